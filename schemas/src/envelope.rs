@@ -1,0 +1,925 @@
+//! Parsing request bodies in every accepted envelope into [`Event`]s, reporting every problem at
+//! once with its JSON path.
+//!
+//! Accepted: Lago (`{"event": {...}}`, `{"events": [...]}`), CloudEvents (one object, or an array),
+//! and NDJSON whose lines are either.
+
+use crate::error::{ErrorKind, FieldError};
+use crate::event::Event;
+use crate::meter::{Catalog, valid_code};
+use crate::quantity::parse_decimal;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Longest id (transaction id, tenant id) accepted, in characters.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Limits a request must stay within.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most events in one request.
+    pub max_events: usize,
+    /// How far in the future an event time may be, in microseconds.
+    pub max_future_us: i64,
+    /// How far in the past an event time may be (the lateness window), in microseconds.
+    pub lateness_us: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_events: 1000,
+            max_future_us: 300_000_000,
+            lateness_us: 7 * 86_400_000_000,
+        }
+    }
+}
+
+/// Which tenants the caller's key may write for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TenantScope {
+    /// A service key: every event must name its tenant.
+    Any,
+    /// A tenant key: events are for this tenant; naming another is forbidden.
+    Only(String),
+}
+
+/// The envelope of a request body, known from its path and content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `application/json` on `/api/v1/events`: Lago's `{"event": ...}`, or CloudEvents.
+    Json,
+    /// `/api/v1/events/batch`: Lago's `{"events": [...]}`.
+    LagoBatch,
+    /// `application/cloudevents+json`: one CloudEvent.
+    CloudEvent,
+    /// `application/cloudevents-batch+json`: an array of CloudEvents.
+    CloudEventBatch,
+    /// `application/x-ndjson`: one event (either envelope) per line.
+    Ndjson,
+}
+
+/// Which API's conventions a request follows, for the shape of its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// Lago: 200 with the events echoed, Lago-style errors.
+    Lago,
+    /// OpenMeter: 204, `application/problem+json` errors.
+    CloudEvents,
+    /// NDJSON bulk: 200 with a summary.
+    Ndjson,
+}
+
+/// A parsed request: the events, and for each the path of its id field (for later errors).
+#[derive(Debug)]
+pub struct Parsed {
+    /// The events, in request order.
+    pub events: Vec<Event>,
+    /// `events[3].transaction_id` and the like, one per event.
+    pub id_paths: Vec<String>,
+    /// Which API's conventions to answer in.
+    pub dialect: Dialect,
+}
+
+/// A refused request: its dialect (for the error's shape) and every problem found.
+#[derive(Debug)]
+pub struct Refused {
+    /// Which API's conventions to answer in.
+    pub dialect: Dialect,
+    /// Every problem, in request order.
+    pub errors: Vec<FieldError>,
+}
+
+/// What parsing needs besides the body.
+pub struct Context<'a> {
+    /// Request limits.
+    pub limits: &'a Limits,
+    /// Meters and accepted codes.
+    pub catalog: &'a Catalog,
+    /// Tenants the key may write for.
+    pub scope: &'a TenantScope,
+    /// The time of receipt, microseconds since the epoch.
+    pub now_us: i64,
+}
+
+/// The dialect a format answers in before its body is read (for errors about the body itself).
+pub fn dialect_of(format: Format) -> Dialect {
+    match format {
+        Format::Json | Format::LagoBatch => Dialect::Lago,
+        Format::CloudEvent | Format::CloudEventBatch => Dialect::CloudEvents,
+        Format::Ndjson => Dialect::Ndjson,
+    }
+}
+
+/// Parses and validates a whole request. Either every event is valid, or nothing is accepted and
+/// every problem is reported.
+pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Refused> {
+    let mut dialect = dialect_of(format);
+    let refuse = |dialect, errors| Err(Refused { dialect, errors });
+    let mut items: Vec<(String, Value, Kind)> = Vec::new();
+    if format == Format::Ndjson {
+        let mut errors = Vec::new();
+        let text = match std::str::from_utf8(body) {
+            Ok(t) => t,
+            Err(e) => {
+                return refuse(
+                    dialect,
+                    vec![malformed("body", &format!("is not UTF-8: {e}"))],
+                );
+            }
+        };
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let path = format!("lines[{i}]");
+            match serde_json::from_str::<Value>(line) {
+                Ok(v) => {
+                    let kind = if v.get("specversion").is_some() {
+                        Kind::Cloud
+                    } else {
+                        Kind::Lago
+                    };
+                    items.push((path, v, kind));
+                }
+                Err(e) => errors.push(malformed(&path, &format!("malformed JSON: {e}"))),
+            }
+        }
+        if !errors.is_empty() {
+            return refuse(dialect, errors);
+        }
+    } else {
+        let root: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return refuse(
+                    dialect,
+                    vec![malformed("body", &format!("malformed JSON: {e}"))],
+                );
+            }
+        };
+        let (shape, root) = match (format, root) {
+            (Format::Json, Value::Object(mut o))
+                if o.contains_key("event") && o.get("specversion").is_none() =>
+            {
+                let extra: Vec<FieldError> = o
+                    .keys()
+                    .filter(|k| *k != "event")
+                    .map(|k| FieldError::invalid(k.as_str(), "unknown field"))
+                    .collect();
+                if !extra.is_empty() {
+                    return refuse(dialect, extra);
+                }
+                items.push((
+                    "event".into(),
+                    o.remove("event").unwrap_or(Value::Null),
+                    Kind::Lago,
+                ));
+                (None, Value::Null)
+            }
+            (Format::Json, v @ Value::Object(_)) => {
+                dialect = Dialect::CloudEvents;
+                (Some(Format::CloudEvent), v)
+            }
+            (Format::Json, v @ Value::Array(_)) => {
+                dialect = Dialect::CloudEvents;
+                (Some(Format::CloudEventBatch), v)
+            }
+            (Format::Json, _) => {
+                return refuse(
+                    dialect,
+                    vec![FieldError::invalid(
+                        "body",
+                        "must be {\"event\": {...}} or a CloudEvent",
+                    )],
+                );
+            }
+            (f, v) => (Some(f), v),
+        };
+        match (shape, root) {
+            (None, _) => {}
+            (Some(Format::LagoBatch), Value::Object(mut o)) => {
+                let extra: Vec<FieldError> = o
+                    .keys()
+                    .filter(|k| *k != "events")
+                    .map(|k| FieldError::invalid(k.as_str(), "unknown field"))
+                    .collect();
+                if !extra.is_empty() {
+                    return refuse(dialect, extra);
+                }
+                match o.remove("events") {
+                    Some(Value::Array(list)) => {
+                        items.extend(
+                            list.into_iter()
+                                .enumerate()
+                                .map(|(i, v)| (format!("events[{i}]"), v, Kind::Lago)),
+                        );
+                    }
+                    Some(_) => {
+                        return refuse(
+                            dialect,
+                            vec![FieldError::invalid("events", "must be an array")],
+                        );
+                    }
+                    None => {
+                        return refuse(dialect, vec![FieldError::invalid("events", "is required")]);
+                    }
+                }
+            }
+            (Some(Format::LagoBatch), _) => {
+                return refuse(
+                    dialect,
+                    vec![FieldError::invalid(
+                        "body",
+                        "must be an object {\"events\": [...]}",
+                    )],
+                );
+            }
+            (Some(Format::CloudEvent), v @ Value::Object(_)) => {
+                items.push((String::new(), v, Kind::Cloud))
+            }
+            (Some(Format::CloudEvent), _) => {
+                return refuse(
+                    dialect,
+                    vec![FieldError::invalid("body", "must be a CloudEvent object")],
+                );
+            }
+            (Some(Format::CloudEventBatch), Value::Array(list)) => {
+                items.extend(
+                    list.into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (format!("[{i}]"), v, Kind::Cloud)),
+                );
+            }
+            (Some(_), _) => {
+                return refuse(
+                    dialect,
+                    vec![FieldError::invalid(
+                        "body",
+                        "must be an array of CloudEvents",
+                    )],
+                );
+            }
+        }
+    }
+
+    let list_path = match format {
+        Format::LagoBatch => "events",
+        _ => "body",
+    };
+    if items.is_empty() {
+        return refuse(
+            dialect,
+            vec![FieldError::invalid(
+                list_path,
+                "must contain at least one event",
+            )],
+        );
+    }
+    if items.len() > cx.limits.max_events {
+        let msg = format!(
+            "has {} events; at most {} are accepted per request",
+            items.len(),
+            cx.limits.max_events
+        );
+        return refuse(
+            dialect,
+            vec![FieldError::new(ErrorKind::TooLarge, list_path, msg)],
+        );
+    }
+
+    let mut errors = Vec::new();
+    let mut events = Vec::with_capacity(items.len());
+    let mut id_paths = Vec::with_capacity(items.len());
+    for (path, value, kind) in items {
+        let (event, id_path) = match kind {
+            Kind::Lago => (
+                lago_event(&path, value, cx, &mut errors),
+                join(&path, "transaction_id"),
+            ),
+            Kind::Cloud => (
+                cloud_event(&path, value, cx, &mut errors),
+                join(&path, "id"),
+            ),
+        };
+        if let Some(e) = event {
+            events.push(e);
+            id_paths.push(id_path);
+        }
+    }
+    if errors.is_empty() {
+        conflicts_within(&events, &id_paths, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(Parsed {
+            events,
+            id_paths,
+            dialect,
+        })
+    } else {
+        refuse(dialect, errors)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Lago,
+    Cloud,
+}
+
+fn malformed(path: &str, message: &str) -> FieldError {
+    FieldError::new(ErrorKind::Malformed, path, message)
+}
+
+fn join(prefix: &str, field: &str) -> String {
+    if prefix.is_empty() {
+        field.to_string()
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
+const LAGO_FIELDS: &[&str] = &[
+    "transaction_id",
+    "external_customer_id",
+    "external_subscription_id",
+    "code",
+    "timestamp",
+    "properties",
+    "precise_total_amount_cents",
+];
+
+fn lago_event(
+    path: &str,
+    value: Value,
+    cx: &Context<'_>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Event> {
+    let before = errors.len();
+    let Value::Object(mut o) = value else {
+        errors.push(FieldError::invalid(
+            if path.is_empty() { "body" } else { path },
+            "must be an object",
+        ));
+        return None;
+    };
+    for k in o.keys().filter(|k| !LAGO_FIELDS.contains(&k.as_str())) {
+        errors.push(FieldError::invalid(join(path, k), "unknown field"));
+    }
+    let id = required_id(&o, path, "transaction_id", errors);
+    let customer = optional_id(&o, path, "external_customer_id", errors);
+    let subscription = optional_id(&o, path, "external_subscription_id", errors);
+    let tenant_field = if customer.is_some() {
+        "external_customer_id"
+    } else {
+        "external_subscription_id"
+    };
+    let tenant = resolve_tenant(
+        customer.clone().or_else(|| subscription.clone()),
+        path,
+        tenant_field,
+        cx,
+        errors,
+    );
+    let code = code(&o, path, "code", cx, errors);
+    let time = match o.get("timestamp") {
+        None | Some(Value::Null) => Some((cx.now_us, true)),
+        Some(v) => lago_time(v)
+            .map_err(|m| errors.push(FieldError::invalid(join(path, "timestamp"), m)))
+            .ok(),
+    };
+    let time = time.and_then(|(t, implicit)| {
+        check_window(t, &join(path, "timestamp"), cx, errors).map(|t| (t, implicit))
+    });
+    let properties = properties(o.remove("properties"), &join(path, "properties"), errors);
+    if let (Some(code), Some(props)) = (&code, &properties) {
+        cx.catalog
+            .check_properties(code, props, &join(path, "properties"), errors);
+    }
+    if errors.len() > before {
+        return None;
+    }
+    let (time_us, implicit_time) = time?;
+    Some(Event {
+        tenant: tenant?,
+        id: id?,
+        code: code?,
+        time_us,
+        implicit_time,
+        subscription,
+        source: None,
+        properties: properties?,
+    })
+}
+
+const CLOUD_FIELDS: &[&str] = &[
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "data",
+    "datacontenttype",
+    "dataschema",
+];
+
+fn cloud_event(
+    path: &str,
+    value: Value,
+    cx: &Context<'_>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Event> {
+    let before = errors.len();
+    let Value::Object(mut o) = value else {
+        errors.push(FieldError::invalid(
+            if path.is_empty() { "body" } else { path },
+            "must be an object",
+        ));
+        return None;
+    };
+    for k in o.keys().filter(|k| !CLOUD_FIELDS.contains(&k.as_str())) {
+        // CloudEvents extension attributes: lower-case letters and digits, at most 20.
+        let extension = k.len() <= 20
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !extension {
+            errors.push(FieldError::invalid(
+                join(path, k),
+                "unknown attribute (extensions are [a-z0-9]{1,20})",
+            ));
+        }
+    }
+    match o.get("specversion") {
+        Some(Value::String(s)) if s == "1.0" => {}
+        None | Some(Value::Null) => errors.push(FieldError::invalid(
+            join(path, "specversion"),
+            "is required (\"1.0\")",
+        )),
+        Some(_) => errors.push(FieldError::invalid(
+            join(path, "specversion"),
+            "must be \"1.0\"",
+        )),
+    }
+    let id = required_id(&o, path, "id", errors);
+    let source = match o.get("source") {
+        Some(Value::String(s))
+            if !s.is_empty() && s.len() <= 1024 && !s.chars().any(char::is_control) =>
+        {
+            Some(s.clone())
+        }
+        None | Some(Value::Null) => {
+            errors.push(FieldError::invalid(join(path, "source"), "is required"));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::invalid(
+                join(path, "source"),
+                "must be a non-empty URI reference of at most 1024 characters",
+            ));
+            None
+        }
+    };
+    let subject = optional_id(&o, path, "subject", errors);
+    let tenant = resolve_tenant(subject, path, "subject", cx, errors);
+    let code = code(&o, path, "type", cx, errors);
+    match o.get("datacontenttype") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.starts_with("application/json") => {}
+        Some(_) => errors.push(FieldError::invalid(
+            join(path, "datacontenttype"),
+            "must be application/json",
+        )),
+    }
+    let time = match o.get("time") {
+        None | Some(Value::Null) => Some((cx.now_us, true)),
+        Some(Value::String(s)) => rfc3339(s)
+            .map(|t| (t, false))
+            .map_err(|m| errors.push(FieldError::invalid(join(path, "time"), m)))
+            .ok(),
+        Some(_) => {
+            errors.push(FieldError::invalid(
+                join(path, "time"),
+                "must be an RFC 3339 date-time string",
+            ));
+            None
+        }
+    };
+    let time = time.and_then(|(t, implicit)| {
+        check_window(t, &join(path, "time"), cx, errors).map(|t| (t, implicit))
+    });
+    let properties = properties(o.remove("data"), &join(path, "data"), errors);
+    if let (Some(code), Some(props)) = (&code, &properties) {
+        cx.catalog
+            .check_properties(code, props, &join(path, "data"), errors);
+    }
+    if errors.len() > before {
+        return None;
+    }
+    let (time_us, implicit_time) = time?;
+    Some(Event {
+        tenant: tenant?,
+        id: id?,
+        code: code?,
+        time_us,
+        implicit_time,
+        subscription: None,
+        source: source,
+        properties: properties?,
+    })
+}
+
+/// Checks an id's text: 1 to 128 printable ASCII characters, no spaces.
+pub fn check_id(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let len = text.chars().count();
+    if len > MAX_ID_LEN {
+        return Err(format!(
+            "must be at most {MAX_ID_LEN} characters (got {len})"
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if !text.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err("may contain only printable ASCII characters, without spaces".into());
+    }
+    Ok(())
+}
+
+fn id_value(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => check_id(s).map(|()| s.clone()),
+        _ => Err("must be a string".into()),
+    }
+}
+
+fn required_id(
+    o: &Map<String, Value>,
+    path: &str,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    match o.get(field) {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::invalid(join(path, field), "is required"));
+            None
+        }
+        Some(v) => id_value(v)
+            .map_err(|m| errors.push(FieldError::invalid(join(path, field), m)))
+            .ok(),
+    }
+}
+
+fn optional_id(
+    o: &Map<String, Value>,
+    path: &str,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    match o.get(field) {
+        None | Some(Value::Null) => None,
+        Some(v) => id_value(v)
+            .map_err(|m| errors.push(FieldError::invalid(join(path, field), m)))
+            .ok(),
+    }
+}
+
+fn resolve_tenant(
+    named: Option<String>,
+    path: &str,
+    field: &str,
+    cx: &Context<'_>,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    match (named, cx.scope) {
+        (Some(t), TenantScope::Only(own)) if t != *own => {
+            errors.push(FieldError::new(
+                ErrorKind::Forbidden,
+                join(path, field),
+                "names another tenant than the one the API key belongs to",
+            ));
+            None
+        }
+        (Some(t), _) => Some(t),
+        (None, TenantScope::Only(own)) => Some(own.clone()),
+        (None, TenantScope::Any) => {
+            errors.push(FieldError::invalid(
+                join(path, field),
+                "is required: a service key must name the tenant of each event",
+            ));
+            None
+        }
+    }
+}
+
+fn code(
+    o: &Map<String, Value>,
+    path: &str,
+    field: &str,
+    cx: &Context<'_>,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let p = join(path, field);
+    match o.get(field) {
+        None | Some(Value::Null) => errors.push(FieldError::invalid(p, "is required")),
+        Some(Value::String(c)) if !valid_code(c) => {
+            errors.push(FieldError::invalid(
+                p,
+                "must be 1 to 128 characters of [A-Za-z0-9._:-]",
+            ));
+        }
+        Some(Value::String(c)) if !cx.catalog.accepts(c) => errors.push(FieldError::invalid(
+            p,
+            format!(
+                "unknown event code {c:?}; accepted codes: {}",
+                cx.catalog.codes().join(", ")
+            ),
+        )),
+        Some(Value::String(c)) => return Some(c.clone()),
+        Some(_) => errors.push(FieldError::invalid(p, "must be a string")),
+    }
+    None
+}
+
+fn properties(
+    v: Option<Value>,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<Map<String, Value>> {
+    match v {
+        None | Some(Value::Null) => Some(Map::new()),
+        Some(Value::Object(m)) => {
+            let bad: Vec<_> = m
+                .keys()
+                .filter(|k| k.is_empty() || k.len() > 128 || k.chars().any(char::is_control))
+                .collect();
+            for k in &bad {
+                errors.push(FieldError::invalid(
+                    format!("{path}.{k}"),
+                    "property names must be 1 to 128 characters without control characters",
+                ));
+            }
+            bad.is_empty().then_some(m)
+        }
+        Some(_) => {
+            errors.push(FieldError::invalid(path, "must be an object"));
+            None
+        }
+    }
+}
+
+const TIME_HINT: &str =
+    "must be Unix seconds (a number or a string of digits) or an RFC 3339 date-time";
+
+/// Lago timestamps: Unix seconds as a number or string (fractions allowed), or RFC 3339.
+fn lago_time(v: &Value) -> Result<(i64, bool), String> {
+    let text = match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => return Err(TIME_HINT.into()),
+    };
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+        && !text.is_empty()
+    {
+        let secs: Decimal = parse_decimal(&text).map_err(|_| TIME_HINT.to_string())?;
+        let us = secs
+            .checked_mul(Decimal::from(1_000_000))
+            .and_then(|d| d.trunc().to_i64())
+            .ok_or_else(|| "is out of range".to_string())?;
+        return Ok((us, false));
+    }
+    if matches!(v, Value::String(_)) {
+        return rfc3339(&text)
+            .map(|t| (t, false))
+            .map_err(|_| TIME_HINT.into());
+    }
+    Err(TIME_HINT.into())
+}
+
+fn rfc3339(s: &str) -> Result<i64, String> {
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|_| "must be an RFC 3339 date-time, e.g. 2026-11-21T10:00:00Z")?;
+    Ok((t.unix_timestamp_nanos() / 1000) as i64)
+}
+
+fn check_window(t: i64, path: &str, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<i64> {
+    if t > cx.now_us.saturating_add(cx.limits.max_future_us) {
+        errors.push(FieldError::invalid(
+            path,
+            format!(
+                "is more than {} in the future",
+                human(cx.limits.max_future_us)
+            ),
+        ));
+        None
+    } else if t < cx.now_us.saturating_sub(cx.limits.lateness_us) {
+        errors.push(FieldError::invalid(
+            path,
+            format!(
+                "is older than the lateness window of {}",
+                human(cx.limits.lateness_us)
+            ),
+        ));
+        None
+    } else {
+        Some(t)
+    }
+}
+
+/// `7 days`, `5 minutes`, `90 seconds`.
+fn human(us: i64) -> String {
+    let s = us / 1_000_000;
+    let (n, unit) = if s % 86_400 == 0 {
+        (s / 86_400, "day")
+    } else if s % 3600 == 0 {
+        (s / 3600, "hour")
+    } else if s % 60 == 0 {
+        (s / 60, "minute")
+    } else {
+        (s, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The same `(tenant, id)` twice in one request with different content is a conflict.
+fn conflicts_within(events: &[Event], id_paths: &[String], errors: &mut Vec<FieldError>) {
+    let mut seen: HashMap<(&str, &str), (usize, [u8; 32])> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let hash = e.payload_hash();
+        match seen.get(&(e.tenant.as_str(), e.id.as_str())) {
+            Some((j, h)) if *h != hash => errors.push(FieldError::new(
+                ErrorKind::Conflict,
+                id_paths[i].clone(),
+                format!(
+                    "repeats the id of {} with a different payload",
+                    id_paths[*j]
+                ),
+            )),
+            Some(_) => {}
+            None => {
+                seen.insert((&e.tenant, &e.id), (i, hash));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_763_683_200_000_000; // 2025-11-21T00:00:00Z
+
+    fn run(format: Format, body: &str, scope: TenantScope) -> Result<Parsed, Refused> {
+        let catalog = Catalog::new(vec![]).unwrap();
+        let limits = Limits {
+            max_events: 3,
+            ..Limits::default()
+        };
+        parse(
+            format,
+            body.as_bytes(),
+            &Context {
+                limits: &limits,
+                catalog: &catalog,
+                scope: &scope,
+                now_us: NOW,
+            },
+        )
+    }
+
+    fn errors(format: Format, body: &str) -> Vec<String> {
+        run(format, body, TenantScope::Any)
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn lago_single_with_unix_seconds_string() {
+        let p = run(
+            Format::Json,
+            r#"{"event":{"transaction_id":"t1","external_customer_id":"acme","code":"user.login","timestamp":"1763683100","properties":{"user_id":"u1"}}}"#,
+            TenantScope::Any,
+        )
+        .unwrap();
+        assert_eq!(p.dialect, Dialect::Lago);
+        assert_eq!(p.events[0].tenant, "acme");
+        assert_eq!(p.events[0].time_us, 1_763_683_100_000_000);
+        assert_eq!(p.id_paths, vec!["event.transaction_id"]);
+    }
+
+    #[test]
+    fn cloud_event_batch_with_tenant_key() {
+        let body = r#"[{"specversion":"1.0","id":"a","source":"svc","type":"api.call","time":"2025-11-20T23:59:59.999Z","data":{"route":"/x","method":"GET","status":200}}]"#;
+        let p = run(
+            Format::CloudEventBatch,
+            body,
+            TenantScope::Only("acme".into()),
+        )
+        .unwrap();
+        assert_eq!(p.events[0].tenant, "acme");
+        assert_eq!(p.events[0].time_us, NOW - 1000);
+        assert_eq!(p.dialect, Dialect::CloudEvents);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let body = r#"{"events":[
+            {"transaction_id":"ok","external_customer_id":"a","code":"work_order.created"},
+            {"transaction_id":"","external_customer_id":"a","code":"nope"},
+            {"transaction_id":"x","code":"agent.invocation","properties":{"model":"m","input_tokens":"NaN","output_tokens":1e400}}
+        ]}"#;
+        let e = errors(Format::LagoBatch, body);
+        assert_eq!(e.len(), 5, "{e:#?}");
+        assert_eq!(e[0], "events[1].transaction_id: must not be empty");
+        assert!(e[1].starts_with("events[1].code: unknown event code \"nope\""));
+        assert!(e[2].starts_with("events[2].external_subscription_id: is required"));
+        assert_eq!(
+            e[3],
+            "events[2].properties.input_tokens: must be a finite decimal number"
+        );
+        assert_eq!(
+            e[4],
+            "events[2].properties.output_tokens: is beyond the decimal range (at most 28 significant digits)"
+        );
+    }
+
+    #[test]
+    fn limits_and_windows() {
+        let four = r#"{"events":[{},{},{},{}]}"#;
+        let r = run(Format::LagoBatch, four, TenantScope::Any).unwrap_err();
+        assert_eq!(r.errors[0].kind, ErrorKind::TooLarge);
+        let future = r#"{"event":{"transaction_id":"f","external_customer_id":"a","code":"work_order.created","timestamp":4102444800}}"#;
+        assert_eq!(
+            errors(Format::Json, future),
+            vec!["event.timestamp: is more than 5 minutes in the future"]
+        );
+        let old = r#"{"event":{"transaction_id":"f","external_customer_id":"a","code":"work_order.created","timestamp":"2020-01-01T00:00:00Z"}}"#;
+        assert_eq!(
+            errors(Format::Json, old),
+            vec!["event.timestamp: is older than the lateness window of 7 days"]
+        );
+    }
+
+    #[test]
+    fn another_tenant_is_forbidden() {
+        let body = r#"{"event":{"transaction_id":"x","external_customer_id":"other","code":"work_order.created"}}"#;
+        let r = run(Format::Json, body, TenantScope::Only("acme".into())).unwrap_err();
+        assert_eq!(r.errors[0].kind, ErrorKind::Forbidden);
+        assert_eq!(r.errors[0].path, "event.external_customer_id");
+    }
+
+    #[test]
+    fn same_id_twice_with_different_payload_conflicts() {
+        let body = r#"{"events":[
+            {"transaction_id":"d","external_customer_id":"a","code":"work_order.created","timestamp":1763683000},
+            {"transaction_id":"d","external_customer_id":"a","code":"work_order.completed","timestamp":1763683000}]}"#;
+        let r = run(Format::LagoBatch, body, TenantScope::Any).unwrap_err();
+        assert_eq!(r.errors[0].kind, ErrorKind::Conflict);
+        assert_eq!(
+            r.errors[0].to_string(),
+            "events[1].transaction_id: repeats the id of events[0].transaction_id with a different payload"
+        );
+    }
+
+    #[test]
+    fn ndjson_mixes_envelopes_and_reports_bad_lines() {
+        let body = "{\"transaction_id\":\"1\",\"external_customer_id\":\"a\",\"code\":\"work_order.created\"}\n\n{\"specversion\":\"1.0\",\"id\":\"2\",\"source\":\"s\",\"type\":\"work_order.created\",\"subject\":\"a\"}\n";
+        assert_eq!(
+            run(Format::Ndjson, body, TenantScope::Any)
+                .unwrap()
+                .events
+                .len(),
+            2
+        );
+        let e = errors(Format::Ndjson, "{\"a\":\n");
+        assert!(e[0].starts_with("lines[0]: malformed JSON"));
+    }
+
+    #[test]
+    fn ids_with_bad_characters_are_refused() {
+        assert!(check_id(&"x".repeat(128)).is_ok());
+        assert_eq!(
+            check_id(&"x".repeat(129)).unwrap_err(),
+            "must be at most 128 characters (got 129)"
+        );
+        assert_eq!(
+            check_id("a\u{0}b").unwrap_err(),
+            "must not contain control characters"
+        );
+        assert!(check_id("a b").is_err());
+        assert!(check_id("é").is_err());
+    }
+}

@@ -1,0 +1,652 @@
+//! Meters: how events become numbers. Meters are configuration; six defaults ship built in.
+
+use crate::error::FieldError;
+use crate::event::Event;
+use crate::quantity::{self, QuantityError};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// How a meter folds the values of its events into one number per period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Number of events.
+    Count,
+    /// Sum of the property (or of several properties).
+    Sum,
+    /// Number of distinct values of the property.
+    UniqueCount,
+    /// Largest value of the property.
+    Max,
+    /// Value of the property on the latest event (by event time, then id).
+    Latest,
+}
+
+/// One meter, as written in configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeterDef {
+    /// Name shown in the usage API, `[a-z][a-z0-9_]*`.
+    pub name: String,
+    /// Event code the meter reads.
+    pub event: String,
+    /// How values are folded.
+    pub aggregation: Aggregation,
+    /// Property (or properties, summed per event) the value is read from; none for `count`.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub property: Vec<String>,
+    /// Only events whose property equals one of the listed values count.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, Vec<String>>)]
+    pub filter: BTreeMap<String, FilterValues>,
+    /// Free text for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// Allowed values of a filtered property, written as one value or a list.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct FilterValues(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for FilterValues {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            S(String),
+            I(i64),
+            B(bool),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(Scalar),
+            Many(Vec<Scalar>),
+        }
+        let text = |s: Scalar| match s {
+            Scalar::S(s) => s,
+            Scalar::I(i) => i.to_string(),
+            Scalar::B(b) => b.to_string(),
+        };
+        Ok(match Form::deserialize(d)? {
+            Form::One(s) => FilterValues(vec![text(s)]),
+            Form::Many(v) => FilterValues(v.into_iter().map(text).collect()),
+        })
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::One(s) => vec![s],
+        Form::Many(v) => v,
+    })
+}
+
+impl MeterDef {
+    fn new(
+        name: &str,
+        event: &str,
+        aggregation: Aggregation,
+        property: &[&str],
+        description: &str,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            event: event.into(),
+            aggregation,
+            property: property.iter().map(|p| (*p).to_string()).collect(),
+            filter: BTreeMap::new(),
+            description: description.into(),
+        }
+    }
+
+    /// The six meters every installation has.
+    pub fn defaults() -> Vec<MeterDef> {
+        use Aggregation::*;
+        vec![
+            Self::new(
+                "work_orders",
+                "work_order.created",
+                Count,
+                &[],
+                "Work orders created",
+            ),
+            Self::new(
+                "work_orders_completed",
+                "work_order.completed",
+                Count,
+                &[],
+                "Work orders completed",
+            ),
+            Self::new(
+                "agent_invocations",
+                "agent.invocation",
+                Count,
+                &[],
+                "AI agent invocations",
+            ),
+            Self::new(
+                "agent_tokens",
+                "agent.invocation",
+                Sum,
+                &["input_tokens", "output_tokens"],
+                "Input plus output tokens of AI agent invocations",
+            ),
+            Self::new("api_calls", "api.call", Count, &[], "API calls"),
+            Self::new(
+                "active_users",
+                "user.login",
+                UniqueCount,
+                &["user_id"],
+                "Distinct users who logged in",
+            ),
+        ]
+    }
+
+    fn matches(&self, props: &Map<String, Value>) -> bool {
+        self.filter.iter().all(|(key, allowed)| {
+            props
+                .get(key)
+                .and_then(scalar_text)
+                .is_some_and(|v| allowed.0.iter().any(|a| *a == v))
+        })
+    }
+}
+
+/// What one event adds to one meter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Contribution {
+    /// One more event.
+    Count,
+    /// A quantity to add.
+    Sum(Decimal),
+    /// A value whose distinct occurrences are counted.
+    Unique(String),
+    /// A candidate for the maximum.
+    Max(Decimal),
+    /// A candidate for the latest value.
+    Latest(Decimal),
+}
+
+/// The running state of one meter over one bucket (a period or a day).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// The value so far; `None` before any event (and for `max`/`latest`, "no value").
+    pub value: Option<Decimal>,
+    /// For `latest`: event time and id of the event that set the value.
+    pub latest: Option<(i64, String)>,
+}
+
+/// A period total that no longer fits a decimal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("meter total overflows the decimal range")]
+pub struct Overflow;
+
+impl Tally {
+    /// Folds a contribution in. For `Unique`, call only when the value was not seen before.
+    /// The result does not depend on the order in which contributions arrive.
+    pub fn add(&mut self, c: &Contribution, time_us: i64, id: &str) -> Result<(), Overflow> {
+        let current = self.value.unwrap_or(Decimal::ZERO);
+        match c {
+            Contribution::Count | Contribution::Unique(_) => {
+                self.value = Some(current.checked_add(Decimal::ONE).ok_or(Overflow)?);
+            }
+            Contribution::Sum(q) => self.value = Some(current.checked_add(*q).ok_or(Overflow)?),
+            Contribution::Max(q) => self.value = Some(self.value.map_or(*q, |v| v.max(*q))),
+            Contribution::Latest(q) => {
+                let newer = match &self.latest {
+                    None => true,
+                    Some((t, i)) => (time_us, id) > (*t, i.as_str()),
+                };
+                if newer {
+                    self.value = Some(*q);
+                    self.latest = Some((time_us, id.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The value as exact decimal text; zero for counts and sums with no event, `None` for
+    /// `max`/`latest` with no event.
+    pub fn display(&self, aggregation: Aggregation) -> Option<String> {
+        match (self.value, aggregation) {
+            (Some(v), _) => Some(v.normalize().to_string()),
+            (None, Aggregation::Max | Aggregation::Latest) => None,
+            (None, _) => Some("0".into()),
+        }
+    }
+}
+
+/// Why a meter configuration is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("meters[{index}] ({name}): {reason}")]
+pub struct MeterConfigError {
+    index: usize,
+    name: String,
+    reason: String,
+}
+
+/// How a built-in property is typed.
+#[derive(Clone, Copy, Debug)]
+enum PropKind {
+    Text,
+    Count,
+    HttpStatus,
+}
+
+struct PropSpec {
+    name: &'static str,
+    kind: PropKind,
+    required: bool,
+}
+
+const fn prop(name: &'static str, kind: PropKind, required: bool) -> PropSpec {
+    PropSpec {
+        name,
+        kind,
+        required,
+    }
+}
+
+/// The built-in event codes and their typed properties.
+const BUILTIN: &[(&str, &[PropSpec])] = &[
+    (
+        "work_order.created",
+        &[prop("work_order_id", PropKind::Text, false)],
+    ),
+    (
+        "work_order.completed",
+        &[prop("work_order_id", PropKind::Text, false)],
+    ),
+    (
+        "agent.invocation",
+        &[
+            prop("model", PropKind::Text, true),
+            prop("input_tokens", PropKind::Count, true),
+            prop("output_tokens", PropKind::Count, true),
+        ],
+    ),
+    (
+        "api.call",
+        &[
+            prop("route", PropKind::Text, true),
+            prop("method", PropKind::Text, true),
+            prop("status", PropKind::HttpStatus, true),
+        ],
+    ),
+    ("user.login", &[prop("user_id", PropKind::Text, true)]),
+];
+
+/// Longest text property value accepted.
+pub const MAX_TEXT_LEN: usize = 1024;
+
+/// The compiled set of meters and the event codes they accept.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    meters: Vec<MeterDef>,
+    by_code: HashMap<String, Vec<usize>>,
+}
+
+impl Catalog {
+    /// The six default meters followed by `custom` ones; a custom meter with a default's name
+    /// replaces it.
+    pub fn new(custom: Vec<MeterDef>) -> Result<Self, MeterConfigError> {
+        let mut meters = MeterDef::defaults();
+        for m in custom {
+            match meters.iter().position(|d| d.name == m.name) {
+                Some(i) => meters[i] = m,
+                None => meters.push(m),
+            }
+        }
+        let mut seen = HashSet::new();
+        let mut by_code: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, m) in meters.iter().enumerate() {
+            let fail = |reason: &str| MeterConfigError {
+                index,
+                name: m.name.clone(),
+                reason: reason.into(),
+            };
+            let valid_name = m.name.len() <= 64
+                && m.name.starts_with(|c: char| c.is_ascii_lowercase())
+                && m.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid_name {
+                return Err(fail("name must match [a-z][a-z0-9_]{0,63}"));
+            }
+            if !seen.insert(m.name.clone()) {
+                return Err(fail("name is used twice"));
+            }
+            if !valid_code(&m.event) {
+                return Err(fail(
+                    "event must be a code of 1 to 128 characters [A-Za-z0-9._:-]",
+                ));
+            }
+            match (m.aggregation, m.property.len()) {
+                (Aggregation::Count, 0) | (Aggregation::Sum, 1..) => {}
+                (Aggregation::Count, _) => return Err(fail("count takes no property")),
+                (Aggregation::UniqueCount | Aggregation::Max | Aggregation::Latest, 1) => {}
+                _ => {
+                    return Err(fail(
+                        "this aggregation needs exactly one property (sum: one or more)",
+                    ));
+                }
+            }
+            by_code.entry(m.event.clone()).or_default().push(index);
+        }
+        Ok(Self { meters, by_code })
+    }
+
+    /// All meters, defaults first.
+    pub fn meters(&self) -> &[MeterDef] {
+        &self.meters
+    }
+
+    /// Whether events of `code` are accepted: a built-in code, or one a meter reads.
+    pub fn accepts(&self, code: &str) -> bool {
+        builtin(code).is_some() || self.by_code.contains_key(code)
+    }
+
+    /// Codes accepted, sorted, for error messages.
+    pub fn codes(&self) -> Vec<String> {
+        let mut codes: Vec<String> = BUILTIN.iter().map(|(c, _)| (*c).to_string()).collect();
+        codes.extend(self.by_code.keys().cloned());
+        codes.sort();
+        codes.dedup();
+        codes
+    }
+
+    /// Checks the properties of an event of `code` (known to be accepted): the built-in types,
+    /// then whatever the meters reading it need. Problems are pushed with paths under `path`.
+    pub fn check_properties(
+        &self,
+        code: &str,
+        props: &Map<String, Value>,
+        path: &str,
+        out: &mut Vec<FieldError>,
+    ) {
+        let mut reported = HashSet::new();
+        for spec in builtin(code).unwrap_or(&[]) {
+            let p = format!("{path}.{}", spec.name);
+            let problem = match props.get(spec.name) {
+                None | Some(Value::Null) if spec.required => Some("is required".to_string()),
+                None | Some(Value::Null) => None,
+                Some(v) => check_kind(spec.kind, v).err(),
+            };
+            if let Some(message) = problem {
+                out.push(FieldError::invalid(p, message));
+                reported.insert(spec.name);
+            }
+        }
+        for &i in self.by_code.get(code).map(Vec::as_slice).unwrap_or(&[]) {
+            let m = &self.meters[i];
+            if !m.matches(props) {
+                continue;
+            }
+            for name in &m.property {
+                if reported.contains(name.as_str()) {
+                    continue;
+                }
+                let problem = match props.get(name) {
+                    None | Some(Value::Null) => Some(format!("is required by meter {}", m.name)),
+                    Some(v) => contribution_value(m.aggregation, v)
+                        .err()
+                        .map(|e| e.to_string()),
+                };
+                if let Some(message) = problem {
+                    out.push(FieldError::invalid(format!("{path}.{name}"), message));
+                    reported.insert(name.as_str());
+                }
+            }
+        }
+    }
+
+    /// What `event` adds to each meter, by meter index. Meters whose property is missing or
+    /// invalid (possible only when configuration changed after ingest) are left out and
+    /// counted in the second value.
+    pub fn contributions(&self, event: &Event) -> (Vec<(usize, Contribution)>, usize) {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for &i in self
+            .by_code
+            .get(&event.code)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let m = &self.meters[i];
+            if !m.matches(&event.properties) {
+                continue;
+            }
+            match contribution(m, &event.properties) {
+                Some(c) => out.push((i, c)),
+                None => skipped += 1,
+            }
+        }
+        (out, skipped)
+    }
+}
+
+fn builtin(code: &str) -> Option<&'static [PropSpec]> {
+    BUILTIN.iter().find(|(c, _)| *c == code).map(|(_, s)| *s)
+}
+
+/// Event codes: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+pub fn valid_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 128
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn check_kind(kind: PropKind, v: &Value) -> Result<(), String> {
+    match kind {
+        PropKind::Text => match v {
+            Value::String(s) if s.is_empty() => Err("must not be empty".into()),
+            Value::String(s) if s.chars().count() > MAX_TEXT_LEN => {
+                Err(format!("must be at most {MAX_TEXT_LEN} characters"))
+            }
+            Value::String(s) if s.chars().any(char::is_control) => {
+                Err("must not contain control characters".into())
+            }
+            Value::String(_) => Ok(()),
+            _ => Err("must be a string".into()),
+        },
+        PropKind::Count => quantity::count(v).map(|_| ()).map_err(|e| match e {
+            QuantityError::NotInteger | QuantityError::NotANumber => {
+                "must be a non-negative integer".into()
+            }
+            other => other.to_string(),
+        }),
+        PropKind::HttpStatus => match quantity::count(v) {
+            Ok(d) if d >= Decimal::from(100) && d <= Decimal::from(599) => Ok(()),
+            _ => Err("must be an HTTP status code from 100 to 599".into()),
+        },
+    }
+}
+
+fn contribution_value(aggregation: Aggregation, v: &Value) -> Result<Contribution, QuantityError> {
+    Ok(match aggregation {
+        Aggregation::Count => Contribution::Count,
+        Aggregation::Sum => Contribution::Sum(quantity::quantity(v)?),
+        Aggregation::Max => Contribution::Max(quantity::quantity(v)?),
+        Aggregation::Latest => Contribution::Latest(quantity::quantity(v)?),
+        Aggregation::UniqueCount => {
+            Contribution::Unique(scalar_text(v).ok_or(QuantityError::NotANumber)?)
+        }
+    })
+}
+
+fn contribution(m: &MeterDef, props: &Map<String, Value>) -> Option<Contribution> {
+    match m.aggregation {
+        Aggregation::Count => Some(Contribution::Count),
+        Aggregation::Sum => {
+            let mut total = Decimal::ZERO;
+            for name in &m.property {
+                total = total.checked_add(quantity::quantity(props.get(name)?).ok()?)?;
+            }
+            Some(Contribution::Sum(total))
+        }
+        _ => contribution_value(m.aggregation, props.get(m.property.first()?)?).ok(),
+    }
+}
+
+/// Text of a scalar JSON value: strings as they are, numbers normalized, booleans as words.
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => {
+            let t = n.to_string();
+            Some(
+                quantity::parse_decimal(&t)
+                    .map(|d| d.normalize().to_string())
+                    .unwrap_or(t),
+            )
+        }
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(code: &str, props: Value) -> Event {
+        Event {
+            tenant: "t".into(),
+            id: "1".into(),
+            code: code.into(),
+            time_us: 0,
+            implicit_time: false,
+            subscription: None,
+            source: None,
+            properties: props.as_object().unwrap().clone(),
+        }
+    }
+
+    fn check(code: &str, props: Value) -> Vec<String> {
+        let mut out = Vec::new();
+        Catalog::new(vec![]).unwrap().check_properties(
+            code,
+            props.as_object().unwrap(),
+            "p",
+            &mut out,
+        );
+        out.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn agent_tokens_sums_input_and_output() {
+        let c = Catalog::new(vec![]).unwrap();
+        let e = event(
+            "agent.invocation",
+            json!({"model": "m", "input_tokens": 10, "output_tokens": "5"}),
+        );
+        let (contribs, skipped) = c.contributions(&e);
+        assert_eq!(skipped, 0);
+        let names: Vec<_> = contribs
+            .iter()
+            .map(|(i, c)| (c.clone(), c_name(&c_meters(), *i)))
+            .collect();
+        assert!(names.contains(&(Contribution::Count, "agent_invocations".into())));
+        assert!(names.contains(&(Contribution::Sum(Decimal::from(15)), "agent_tokens".into())));
+    }
+
+    fn c_meters() -> Vec<MeterDef> {
+        Catalog::new(vec![]).unwrap().meters().to_vec()
+    }
+
+    fn c_name(m: &[MeterDef], i: usize) -> String {
+        m[i].name.clone()
+    }
+
+    #[test]
+    fn typed_properties_are_checked() {
+        assert_eq!(
+            check(
+                "agent.invocation",
+                json!({"model": "m", "input_tokens": -1, "output_tokens": 1.5})
+            ),
+            vec![
+                "p.input_tokens: must be a non-negative integer",
+                "p.output_tokens: must be a non-negative integer"
+            ]
+        );
+        assert_eq!(
+            check(
+                "api.call",
+                json!({"route": "/x", "method": "GET", "status": 700})
+            ),
+            vec!["p.status: must be an HTTP status code from 100 to 599"]
+        );
+        assert_eq!(
+            check("user.login", json!({})),
+            vec!["p.user_id: is required"]
+        );
+        assert!(check("work_order.created", json!({})).is_empty());
+    }
+
+    #[test]
+    fn custom_meters_with_filters() {
+        let custom: MeterDef = serde_json::from_value(json!({
+            "name": "storage_gb_max", "event": "storage.sample", "aggregation": "max",
+            "property": "gb", "filter": {"region": ["eu", "us"]}
+        }))
+        .unwrap();
+        let c = Catalog::new(vec![custom]).unwrap();
+        assert!(c.accepts("storage.sample"));
+        assert!(!c.accepts("storage.other"));
+        let (hit, _) = c.contributions(&event(
+            "storage.sample",
+            json!({"gb": "2.5", "region": "eu"}),
+        ));
+        assert_eq!(hit.len(), 1);
+        let (miss, _) = c.contributions(&event(
+            "storage.sample",
+            json!({"gb": "2.5", "region": "ap"}),
+        ));
+        assert!(miss.is_empty());
+    }
+
+    #[test]
+    fn bad_meter_configs_are_refused() {
+        let bad = MeterDef::new("Bad Name", "x", Aggregation::Count, &[], "");
+        assert!(Catalog::new(vec![bad]).is_err());
+        let no_prop = MeterDef::new("s", "x", Aggregation::Sum, &[], "");
+        assert!(Catalog::new(vec![no_prop]).is_err());
+    }
+
+    #[test]
+    fn tally_is_order_independent() {
+        let items = [
+            (Contribution::Latest(Decimal::from(3)), 5, "b"),
+            (Contribution::Latest(Decimal::from(7)), 5, "a"),
+        ];
+        let mut fwd = Tally::default();
+        let mut rev = Tally::default();
+        for (c, t, id) in &items {
+            fwd.add(c, *t, id).unwrap();
+        }
+        for (c, t, id) in items.iter().rev() {
+            rev.add(c, *t, id).unwrap();
+        }
+        assert_eq!(fwd, rev);
+        assert_eq!(fwd.value, Some(Decimal::from(3)));
+    }
+}
