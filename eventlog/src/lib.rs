@@ -1,1 +1,111 @@
-//! stub
+//! The event log: an append-only, partitioned sequence of validated events.
+//!
+//! Ingest appends; the aggregator reads each partition from an offset. A backend guarantees that
+//! an append acknowledged with `Ok` is durable, and that appends are idempotent by
+//! `(tenant, id)`: a repeated event is answered [`Outcome::Duplicate`] and not stored twice, and an
+//! id reused with different content is refused as a conflict.
+
+#[cfg(feature = "testing")]
+pub mod contract;
+mod sqlite;
+
+pub use sqlite::SqliteLog;
+
+use async_trait::async_trait;
+use meter_schemas::Event;
+use std::time::Duration;
+
+/// Where a record sits in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// Partition number, from 0.
+    pub partition: u32,
+    /// Offset within the partition, from 0.
+    pub offset: u64,
+}
+
+/// What happened to one event of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored at this position.
+    Appended(Position),
+    /// The same event was stored before; nothing was written.
+    Duplicate,
+}
+
+/// One event read back from the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// Where it is.
+    pub position: Position,
+    /// When ingest stored it, microseconds since the epoch.
+    pub ingested_us: i64,
+    /// The event.
+    pub event: Event,
+}
+
+/// Errors of the event log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// These events (by index in the append) reuse a stored id with different content; nothing
+    /// of the append was written.
+    #[error("{} event id(s) already used with a different payload", .0.len())]
+    Conflicts(Vec<usize>),
+    /// The log cannot take writes now; the caller may retry.
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record cannot be read.
+    #[error("corrupt record at partition {partition} offset {offset}: {reason}")]
+    Corrupt {
+        /// Partition of the record.
+        partition: u32,
+        /// Offset of the record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The storage underneath failed.
+    #[error(transparent)]
+    Storage(#[from] meter_sqlite::Error),
+}
+
+impl From<meter_sqlite::rusqlite::Error> for Error {
+    fn from(e: meter_sqlite::rusqlite::Error) -> Self {
+        Error::Storage(e.into())
+    }
+}
+
+/// The write side of the log.
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// Number of partitions.
+    fn partitions(&self) -> u32;
+
+    /// Appends all of `events` or none. On `Ok`, every event is durable and the outcome of each is
+    /// given in order.
+    async fn append(&self, events: Vec<Event>) -> Result<Vec<Outcome>, Error>;
+
+    /// A reader that starts at offset 0 of every partition.
+    fn reader(&self) -> Result<Box<dyn LogReader>, Error>;
+}
+
+/// Records read in one poll.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Records in log order within each partition.
+    pub records: Vec<Record>,
+    /// True when the poll reached the end of every partition.
+    pub caught_up: bool,
+    /// When the poll started reading: if `caught_up`, every event acknowledged before this
+    /// instant is in this batch or an earlier one.
+    pub started_us: i64,
+}
+
+/// The read side of the log, used from one blocking thread.
+pub trait LogReader: Send {
+    /// Continues each listed partition from the given offset.
+    fn seek(&mut self, positions: &[Position]);
+
+    /// Reads up to `max` records, waiting up to `timeout` when there are none.
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error>;
+}

@@ -2,7 +2,6 @@
 
 use rust_decimal::Decimal;
 use serde_json::Value;
-use std::str::FromStr;
 
 /// The largest quantity one event may carry. Ten billion events at this size still fit a `Decimal`,
 /// so a period total can never overflow.
@@ -90,6 +89,7 @@ pub fn count(value: &Value) -> Result<Decimal, QuantityError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::str::FromStr;
 
     fn num(text: &str) -> Value {
         serde_json::from_str(text).unwrap()

@@ -1,1 +1,151 @@
-//! stub
+//! SQLite plumbing shared by meter's embedded backends: connection settings (WAL), versioned
+//! migrations, and a small pool for reads that run off the async runtime.
+
+use rusqlite::Connection;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub use rusqlite;
+
+/// Errors of the SQLite plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SQLite refused an operation.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file was written by a newer meter.
+    #[error(
+        "{path}: schema version {found} is newer than this meter knows ({known}); upgrade meter"
+    )]
+    UnknownSchema {
+        /// The database file.
+        path: String,
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// How hard a commit waits for the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives power loss. The default.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: a commit survives a process crash, not a power loss.
+    Normal,
+}
+
+/// Opens a connection in WAL mode with a busy timeout and the given durability.
+pub fn open(path: &Path, durability: Durability) -> Result<Connection, Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -32_000)?;
+    Ok(conn)
+}
+
+/// Brings the schema to the newest version: `migrations[i]` upgrades from version `i` to `i + 1`.
+/// Refuses a file whose version is newer than `migrations.len()`.
+pub fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), Error> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = migrations.len() as i64;
+    if found > known {
+        return Err(Error::UnknownSchema {
+            path: path.display().to_string(),
+            found,
+            known,
+        });
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// A few read connections to one file, used from blocking threads.
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    /// A pool over `path`; connections open on first use.
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on a pooled connection, on the calling (blocking) thread.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let taken = self
+            .idle
+            .lock()
+            .map_err(|e| Error::Task(e.to_string()))?
+            .pop();
+        let mut conn = match taken {
+            Some(c) => c,
+            None => open(&self.path, Durability::Normal)?,
+        };
+        let out = f(&mut conn);
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < 8
+        {
+            idle.push(conn);
+        }
+        out
+    }
+}
+
+/// Runs blocking database work off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_refuse_newer_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut c = open(&path, Durability::Full).unwrap();
+        migrate(&mut c, &path, &["CREATE TABLE a (x)", "CREATE TABLE b (y)"]).unwrap();
+        migrate(&mut c, &path, &["CREATE TABLE a (x)", "CREATE TABLE b (y)"]).unwrap();
+        let err = migrate(&mut c, &path, &["CREATE TABLE a (x)"]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UnknownSchema {
+                    found: 2,
+                    known: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Contract tests of the event-log port: each body is written once and run against every backend
+//! through [`Harness`]. A backend's test file calls [`eventlog_contract!`](crate::eventlog_contract).
+
+use crate::{Error, EventLog, Outcome, Position};
+use meter_schemas::Event;
+use meter_schemas::partition::partition_for;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Opens a backend for a test; `open` again must reach the same data.
+#[async_trait::async_trait]
+pub trait Harness: Send + Sync {
+    /// Opens (or reopens) the log under test.
+    async fn open(&self) -> Arc<dyn EventLog>;
+}
+
+/// An event of tenant `tenant` with id `id` and one property.
+pub fn event(tenant: &str, id: &str, n: u64) -> Event {
+    let mut properties = serde_json::Map::new();
+    properties.insert("n".into(), n.into());
+    Event {
+        tenant: tenant.into(),
+        id: id.into(),
+        code: "work_order.created".into(),
+        time_us: 1_763_683_200_000_000 + n as i64,
+        implicit_time: false,
+        subscription: None,
+        source: None,
+        properties,
+    }
+}
+
+async fn read_all(log: &dyn EventLog) -> Vec<(Position, Event)> {
+    let mut reader = log.reader().unwrap();
+    let mut out = Vec::new();
+    loop {
+        let batch = reader.poll(1000, Duration::from_millis(50)).unwrap();
+        let done = batch.caught_up && batch.records.is_empty();
+        out.extend(batch.records.into_iter().map(|r| (r.position, r.event)));
+        if done {
+            return out;
+        }
+    }
+}
+
+/// Appended events read back in order, each partition from offset 0, at their tenant's partition.
+pub async fn append_then_read(h: &dyn Harness) {
+    let log = h.open().await;
+    let events: Vec<Event> = (0..20)
+        .map(|i| event(&format!("t{}", i % 5), &format!("e{i}"), i))
+        .collect();
+    let outcomes = log.append(events.clone()).await.unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Appended(_))));
+    let read = read_all(&*log).await;
+    assert_eq!(read.len(), 20);
+    for (pos, e) in &read {
+        assert_eq!(pos.partition, partition_for(&e.tenant, log.partitions()));
+    }
+    let mut by_partition = std::collections::BTreeMap::<u32, Vec<u64>>::new();
+    for (pos, _) in &read {
+        by_partition
+            .entry(pos.partition)
+            .or_default()
+            .push(pos.offset);
+    }
+    for offsets in by_partition.values() {
+        assert_eq!(*offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+    }
+    let mut got: Vec<Event> = read.into_iter().map(|(_, e)| e).collect();
+    got.sort_by_key(|e| e.properties["n"].to_string().parse::<u64>().unwrap());
+    assert_eq!(got, events);
+}
+
+/// A repeated event is answered `Duplicate` and stored once, within one append and across appends.
+pub async fn duplicates_are_stored_once(h: &dyn Harness) {
+    let log = h.open().await;
+    let e = event("acme", "dup", 1);
+    let first = log.append(vec![e.clone(), e.clone()]).await.unwrap();
+    assert!(matches!(first[0], Outcome::Appended(_)));
+    assert_eq!(first[1], Outcome::Duplicate);
+    assert_eq!(log.append(vec![e]).await.unwrap(), vec![Outcome::Duplicate]);
+    assert_eq!(read_all(&*log).await.len(), 1);
+}
+
+/// An id reused with other content refuses the whole append, and nothing of it is stored.
+pub async fn conflicts_refuse_the_whole_append(h: &dyn Harness) {
+    let log = h.open().await;
+    log.append(vec![event("acme", "x", 1)]).await.unwrap();
+    let err = log
+        .append(vec![event("acme", "fresh", 2), event("acme", "x", 99)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Conflicts(i) if *i == vec![1]),
+        "{err}"
+    );
+    let read = read_all(&*log).await;
+    assert_eq!(
+        read.len(),
+        1,
+        "the fresh event of the refused append must not be stored"
+    );
+    // The same id in another tenant is another event.
+    log.append(vec![event("other", "x", 99)]).await.unwrap();
+    assert_eq!(read_all(&*log).await.len(), 2);
+}
+
+/// Concurrent appends all land, with no offset used twice.
+pub async fn concurrent_appends_get_distinct_offsets(h: &dyn Harness) {
+    let log = h.open().await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                log.append(vec![event(&format!("t{t}"), &format!("{t}-{i}"), i)])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let read = read_all(&*log).await;
+    assert_eq!(read.len(), 200);
+    let positions: std::collections::HashSet<Position> = read.iter().map(|(p, _)| *p).collect();
+    assert_eq!(positions.len(), 200);
+}
+
+/// A reader continues from where it was told; records survive a reopen.
+pub async fn seek_resumes_and_data_survives_reopen(h: &dyn Harness) {
+    let log = h.open().await;
+    log.append(
+        (0..10)
+            .map(|i| event("acme", &format!("s{i}"), i))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let p = partition_for("acme", log.partitions());
+    drop(log);
+    let log = h.open().await;
+    let mut reader = log.reader().unwrap();
+    reader.seek(&[Position {
+        partition: p,
+        offset: 7,
+    }]);
+    let batch = reader.poll(100, Duration::from_millis(50)).unwrap();
+    let offsets: Vec<u64> = batch
+        .records
+        .iter()
+        .filter(|r| r.position.partition == p)
+        .map(|r| r.position.offset)
+        .collect();
+    assert_eq!(offsets, vec![7, 8, 9]);
+    // Offsets continue after a reopen rather than restarting.
+    let out = log.append(vec![event("acme", "after", 10)]).await.unwrap();
+    assert_eq!(
+        out,
+        vec![Outcome::Appended(Position {
+            partition: p,
+            offset: 10
+        })]
+    );
+    // And a duplicate of an event from before the reopen is still recognised.
+    assert_eq!(
+        log.append(vec![event("acme", "s3", 3)]).await.unwrap(),
+        vec![Outcome::Duplicate]
+    );
+}
+
+/// Expands to one `#[tokio::test]` per contract body, for a backend given by a harness factory.
+#[macro_export]
+macro_rules! eventlog_contract {
+    ($harness:expr) => {
+        $crate::eventlog_contract!(@t $harness; append_then_read, duplicates_are_stored_once,
+            conflicts_refuse_the_whole_append, concurrent_appends_get_distinct_offsets,
+            seek_resumes_and_data_survives_reopen);
+    };
+    (@t $harness:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let h = $harness;
+                $crate::contract::$name(&h).await;
+            }
+        )*
+    };
+}

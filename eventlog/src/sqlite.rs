@@ -1,0 +1,365 @@
+//! The embedded event log: one SQLite file in WAL mode.
+//!
+//! A single writer thread takes append requests from a channel and commits whatever has queued up
+//! as one transaction (group commit), each request inside its own savepoint so that one request's
+//! conflict leaves the others untouched. A record's rowid is `partition << 40 | offset`, so a
+//! partition reads as one range of the primary key.
+
+use crate::{Batch, Error, EventLog, LogReader, Outcome, Position, Record};
+use async_trait::async_trait;
+use meter_schemas::Event;
+use meter_schemas::partition::partition_for;
+use meter_schemas::period::now_us;
+use meter_sqlite::rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use meter_sqlite::{Durability, migrate, open};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+const OFFSET_BITS: u32 = 40;
+/// Most requests folded into one commit.
+const GROUP_REQUESTS: usize = 512;
+/// Most events folded into one commit.
+const GROUP_EVENTS: usize = 50_000;
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE log (key INTEGER PRIMARY KEY, ingested_us INTEGER NOT NULL, payload BLOB NOT NULL);
+    CREATE TABLE ids (
+        tenant TEXT NOT NULL, id TEXT NOT NULL, hash BLOB NOT NULL, key INTEGER NOT NULL,
+        PRIMARY KEY (tenant, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"];
+
+/// Metric names of the log, declared once.
+pub mod metric {
+    /// Events stored (duplicates excluded).
+    pub const APPENDED: &str = "meter_log_appended_events_total";
+    /// Duplicates answered without storing.
+    pub const DUPLICATES: &str = "meter_log_duplicate_events_total";
+    /// Time a group commit takes.
+    pub const COMMIT: &str = "meter_log_commit_duration_seconds";
+    /// Requests folded into one commit.
+    pub const GROUP: &str = "meter_log_group_commit_requests";
+}
+
+struct Request {
+    events: Vec<Event>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, Error>>,
+}
+
+/// Count of commits, for readers waiting for new records.
+#[derive(Default)]
+struct Heads {
+    commits: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Heads {
+    fn current(&self) -> u64 {
+        *self.commits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        *self.commits.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    fn wait_beyond(&self, seen: u64, timeout: Duration) {
+        let guard = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .changed
+            .wait_timeout_while(guard, timeout, |c| *c == seen);
+    }
+}
+
+/// The SQLite event log.
+pub struct SqliteLog {
+    path: PathBuf,
+    partitions: u32,
+    requests: mpsc::Sender<Request>,
+    heads: Arc<Heads>,
+}
+
+impl SqliteLog {
+    /// Opens (creating if needed) the log at `path` with `partitions` partitions. A log created
+    /// with another partition count is refused: tenants would move between partitions.
+    pub fn open(path: &Path, partitions: u32, durability: Durability) -> Result<Self, Error> {
+        let partitions = partitions.max(1);
+        let mut conn = open(path, durability)?;
+        migrate(&mut conn, path, MIGRATIONS)?;
+        let stored: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'partitions'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match stored {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (name, value) VALUES ('partitions', ?1)",
+                    [partitions],
+                )?;
+            }
+            Some(n) if n != i64::from(partitions) => {
+                return Err(Error::Unavailable(format!(
+                    "{} has {n} partitions but {partitions} are configured; the partition count of a log cannot change",
+                    path.display()
+                )));
+            }
+            Some(_) => {}
+        }
+        let mut next = Vec::with_capacity(partitions as usize);
+        for p in 0..u64::from(partitions) {
+            let max: Option<i64> = conn.query_row(
+                "SELECT max(key) FROM log WHERE key >= ?1 AND key < ?2",
+                params![(p << OFFSET_BITS) as i64, ((p + 1) << OFFSET_BITS) as i64],
+                |r| r.get(0),
+            )?;
+            next.push(max.map_or(0, |k| (k as u64 & ((1 << OFFSET_BITS) - 1)) + 1));
+        }
+        let heads = Arc::new(Heads::default());
+        let (tx, rx) = mpsc::channel(4096);
+        let writer = Writer {
+            conn,
+            partitions,
+            next,
+            heads: heads.clone(),
+        };
+        std::thread::Builder::new()
+            .name("meter-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Unavailable(format!("cannot start the log writer: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            partitions,
+            requests: tx,
+            heads,
+        })
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteLog {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn append(&self, events: Vec<Event>) -> Result<Vec<Outcome>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { events, reply })
+            .await
+            .map_err(|_| Error::Unavailable("the log writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("the log writer has stopped".into()))?
+    }
+
+    fn reader(&self) -> Result<Box<dyn LogReader>, Error> {
+        let conn = open(&self.path, Durability::Normal)?;
+        Ok(Box::new(SqliteReader {
+            conn,
+            next: vec![0; self.partitions as usize],
+            heads: self.heads.clone(),
+        }))
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    partitions: u32,
+    next: Vec<u64>,
+    heads: Arc<Heads>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            let mut events = group[0].events.len();
+            while group.len() < GROUP_REQUESTS && events < GROUP_EVENTS {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        events += r.events.len();
+                        group.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            metrics::histogram!(metric::GROUP).record(group.len() as f64);
+            let started = Instant::now();
+            let snapshot = self.next.clone();
+            match self.commit(&group) {
+                Ok(results) => {
+                    metrics::histogram!(metric::COMMIT).record(started.elapsed().as_secs_f64());
+                    self.heads.bump();
+                    for (req, result) in group.into_iter().zip(results) {
+                        if let Ok(outcomes) = &result {
+                            let new = outcomes
+                                .iter()
+                                .filter(|o| matches!(o, Outcome::Appended(_)))
+                                .count();
+                            metrics::counter!(metric::APPENDED).increment(new as u64);
+                            metrics::counter!(metric::DUPLICATES)
+                                .increment((outcomes.len() - new) as u64);
+                        }
+                        let _ = req.reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "event log commit failed");
+                    self.next = snapshot;
+                    for req in group {
+                        let _ = req.reply.send(Err(Error::Unavailable(e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes every request of the group in one transaction; a request with conflicts is rolled
+    /// back to its savepoint and answered with them.
+    #[allow(clippy::type_complexity)]
+    fn commit(&mut self, group: &[Request]) -> Result<Vec<Result<Vec<Outcome>, Error>>, Error> {
+        let now = now_us();
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(group.len());
+        for req in group {
+            let before = self.next.clone();
+            let mut sp = tx.savepoint()?;
+            let mut outcomes = Vec::with_capacity(req.events.len());
+            let mut conflicts = Vec::new();
+            {
+                let mut claim = sp.prepare_cached(
+                    "INSERT OR IGNORE INTO ids (tenant, id, hash, key) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                let mut stored =
+                    sp.prepare_cached("SELECT hash FROM ids WHERE tenant = ?1 AND id = ?2")?;
+                let mut insert = sp.prepare_cached(
+                    "INSERT INTO log (key, ingested_us, payload) VALUES (?1, ?2, ?3)",
+                )?;
+                for (i, e) in req.events.iter().enumerate() {
+                    let hash = e.payload_hash();
+                    let partition = partition_for(&e.tenant, self.partitions);
+                    let offset = self.next[partition as usize];
+                    let key = (u64::from(partition) << OFFSET_BITS | offset) as i64;
+                    if claim.execute(params![e.tenant, e.id, &hash[..], key])? == 1 {
+                        insert.execute(params![key, now, e.encode()])?;
+                        self.next[partition as usize] += 1;
+                        outcomes.push(Outcome::Appended(Position { partition, offset }));
+                    } else {
+                        let previous: Vec<u8> =
+                            stored.query_row(params![e.tenant, e.id], |r| r.get(0))?;
+                        if previous == hash {
+                            outcomes.push(Outcome::Duplicate);
+                        } else {
+                            conflicts.push(i);
+                        }
+                    }
+                }
+            }
+            if conflicts.is_empty() {
+                sp.commit()?;
+                results.push(Ok(outcomes));
+            } else {
+                sp.rollback()?;
+                drop(sp);
+                self.next = before;
+                results.push(Err(Error::Conflicts(conflicts)));
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+}
+
+struct SqliteReader {
+    conn: Connection,
+    next: Vec<u64>,
+    heads: Arc<Heads>,
+}
+
+impl SqliteReader {
+    fn read(&mut self, max: usize) -> Result<(Vec<Record>, bool), Error> {
+        let mut records = Vec::new();
+        let mut caught_up = true;
+        let per_partition = (max / self.next.len()).max(1);
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT key, ingested_us, payload FROM log WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3",
+            )?;
+            for (p, next) in self.next.iter_mut().enumerate() {
+                let base = (p as u64) << OFFSET_BITS;
+                let mut rows = stmt.query(params![
+                    (base | *next) as i64,
+                    (base + (1 << OFFSET_BITS)) as i64,
+                    per_partition as i64
+                ])?;
+                let mut n = 0;
+                while let Some(row) = rows.next()? {
+                    let key: i64 = row.get(0)?;
+                    let offset = key as u64 & ((1 << OFFSET_BITS) - 1);
+                    let payload = row
+                        .get_ref(2)?
+                        .as_blob()
+                        .map_err(meter_sqlite::rusqlite::Error::from)?;
+                    let event = Event::decode(payload).map_err(|e| Error::Corrupt {
+                        partition: p as u32,
+                        offset,
+                        reason: e.to_string(),
+                    })?;
+                    records.push(Record {
+                        position: Position {
+                            partition: p as u32,
+                            offset,
+                        },
+                        ingested_us: row.get(1)?,
+                        event,
+                    });
+                    *next = offset + 1;
+                    n += 1;
+                }
+                if n >= per_partition {
+                    caught_up = false;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok((records, caught_up))
+    }
+}
+
+impl LogReader for SqliteReader {
+    fn seek(&mut self, positions: &[Position]) {
+        for p in positions {
+            if let Some(n) = self.next.get_mut(p.partition as usize) {
+                *n = p.offset;
+            }
+        }
+    }
+
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.heads.current();
+            let started_us = now_us();
+            let (records, caught_up) = self.read(max)?;
+            let now = Instant::now();
+            if !records.is_empty() || now >= deadline {
+                return Ok(Batch {
+                    records,
+                    caught_up,
+                    started_us,
+                });
+            }
+            self.heads
+                .wait_beyond(seen, (deadline - now).min(Duration::from_millis(250)));
+        }
+    }
+}
