@@ -1,0 +1,243 @@
+//! The embedded usage store: one SQLite file in WAL mode.
+//!
+//! Writes come from the aggregator through one connection; the current tallies of touched keys are
+//! cached in memory (written through), so a batch reads the database only for keys it has not met
+//! before. Reads for the API use a small pool of connections off the async runtime.
+
+use crate::{Applied, Checkpoint, Error, MeterTallies, Metered, PeriodUsage, UsageStore};
+use async_trait::async_trait;
+use meter_schemas::period::{day_of, format_day};
+use meter_schemas::{Contribution, MeterDef, Period, Tally};
+use meter_sqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use meter_sqlite::{Durability, ReadPool, blocking, migrate, open};
+use rust_decimal::Decimal;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE tallies (
+        tenant TEXT NOT NULL, meter TEXT NOT NULL, bucket TEXT NOT NULL,
+        value TEXT, latest_us INTEGER, latest_id TEXT,
+        PRIMARY KEY (tenant, meter, bucket)
+    ) WITHOUT ROWID;
+    CREATE TABLE uniques (
+        tenant TEXT NOT NULL, meter TEXT NOT NULL, bucket TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (tenant, meter, bucket, value)
+    ) WITHOUT ROWID;
+    CREATE TABLE seen (tenant TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+    CREATE TABLE checkpoints (
+        consumer TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+        PRIMARY KEY (consumer, partition)
+    );
+    CREATE TABLE watermarks (consumer TEXT PRIMARY KEY, watermark_us INTEGER NOT NULL);
+"];
+
+/// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
+type Key = (String, String, String);
+
+/// The SQLite usage store.
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    cache: Mutex<HashMap<Key, Tally>>,
+    reads: Arc<ReadPool>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, Error> {
+        let mut conn = open(path, durability)?;
+        migrate(&mut conn, path, MIGRATIONS)?;
+        Ok(Self {
+            writer: Mutex::new(conn),
+            cache: Mutex::new(HashMap::new()),
+            reads: Arc::new(ReadPool::new(path)),
+        })
+    }
+}
+
+fn tally_from(row: &Row<'_>, first: usize) -> meter_sqlite::rusqlite::Result<Tally> {
+    let value: Option<String> = row.get(first)?;
+    let latest_us: Option<i64> = row.get(first + 1)?;
+    let latest_id: Option<String> = row.get(first + 2)?;
+    Ok(Tally {
+        value: value.and_then(|v| Decimal::from_str(&v).ok()),
+        latest: latest_us.zip(latest_id),
+    })
+}
+
+#[async_trait]
+impl UsageStore for SqliteStore {
+    fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
+        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached(
+            "SELECT partition, next_offset FROM checkpoints WHERE consumer = ?1 ORDER BY partition",
+        )?;
+        let positions = stmt
+            .query_map([consumer], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let watermark_us = conn
+            .query_row(
+                "SELECT watermark_us FROM watermarks WHERE consumer = ?1",
+                [consumer],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(Checkpoint {
+            positions,
+            watermark_us,
+        })
+    }
+
+    fn apply(
+        &self,
+        consumer: &str,
+        meters: &[MeterDef],
+        events: &[Metered],
+        checkpoint: &Checkpoint,
+    ) -> Result<Applied, Error> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut applied = Applied::default();
+        let mut scratch: HashMap<Key, Tally> = HashMap::new();
+        {
+            let mut seen =
+                tx.prepare_cached("INSERT OR IGNORE INTO seen (tenant, id) VALUES (?1, ?2)")?;
+            let mut unique =
+                tx.prepare_cached("INSERT OR IGNORE INTO uniques (tenant, meter, bucket, value) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut load = tx.prepare_cached(
+                "SELECT value, latest_us, latest_id FROM tallies WHERE tenant = ?1 AND meter = ?2 AND bucket = ?3",
+            )?;
+            for ev in events {
+                if seen.execute(params![ev.tenant, ev.id])? == 0 {
+                    applied.duplicates += 1;
+                    continue;
+                }
+                applied.counted += 1;
+                let buckets = [
+                    Period::containing(ev.time_us).to_string(),
+                    format_day(day_of(ev.time_us)),
+                ];
+                for (m, c) in &ev.contributions {
+                    let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
+                    for bucket in &buckets {
+                        if let Contribution::Unique(v) = c
+                            && unique.execute(params![ev.tenant, meter, bucket, v])? == 0
+                        {
+                            continue;
+                        }
+                        let key = (ev.tenant.clone(), meter.clone(), bucket.clone());
+                        let tally = match scratch.entry(key) {
+                            Entry::Occupied(o) => o.into_mut(),
+                            Entry::Vacant(v) => {
+                                let current = match cache.get(v.key()) {
+                                    Some(t) => t.clone(),
+                                    None => {
+                                        let (t, m, b) = v.key();
+                                        load.query_row(params![t, m, b], |r| tally_from(r, 0))
+                                            .optional()?
+                                            .unwrap_or_default()
+                                    }
+                                };
+                                v.insert(current)
+                            }
+                        };
+                        tally.add(c, ev.time_us, &ev.id)?;
+                    }
+                }
+            }
+            let mut save = tx.prepare_cached(
+                "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (tenant, meter, bucket) DO UPDATE
+                 SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id",
+            )?;
+            for ((tenant, meter, bucket), t) in &scratch {
+                let (latest_us, latest_id) = t.latest.clone().unzip();
+                save.execute(params![
+                    tenant,
+                    meter,
+                    bucket,
+                    t.value.map(|v| v.to_string()),
+                    latest_us,
+                    latest_id
+                ])?;
+            }
+            let mut position = tx.prepare_cached(
+                "INSERT INTO checkpoints (consumer, partition, next_offset) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (consumer, partition) DO UPDATE SET next_offset = excluded.next_offset",
+            )?;
+            for (p, next) in &checkpoint.positions {
+                position.execute(params![consumer, p, *next as i64])?;
+            }
+            if let Some(w) = checkpoint.watermark_us {
+                save_watermark(&tx, consumer, w)?;
+            }
+        }
+        tx.commit()?;
+        cache.extend(scratch);
+        Ok(applied)
+    }
+
+    fn advance_watermark(&self, consumer: &str, watermark_us: i64) -> Result<(), Error> {
+        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        save_watermark(&conn, consumer, watermark_us)
+    }
+
+    async fn usage(&self, tenant: &str, period: Period) -> Result<PeriodUsage, Error> {
+        let reads = self.reads.clone();
+        let tenant = tenant.to_string();
+        let (from, to) = (period.to_string(), period.next().to_string());
+        let rows = blocking(move || {
+            reads.with(|conn| {
+                let tx = conn.transaction()?;
+                let rows = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT meter, bucket, value, latest_us, latest_id FROM tallies
+                         WHERE tenant = ?1 AND bucket >= ?2 AND bucket < ?3",
+                    )?;
+                    stmt.query_map(params![tenant, from, to], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            tally_from(r, 2)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?
+                };
+                let watermark: Option<i64> =
+                    tx.query_row("SELECT min(watermark_us) FROM watermarks", [], |r| r.get(0))?;
+                tx.commit()?;
+                Ok((rows, watermark))
+            })
+        })
+        .await?;
+        let (rows, watermark_us) = rows;
+        let mut usage = PeriodUsage {
+            meters: Default::default(),
+            watermark_us,
+        };
+        for (meter, bucket, tally) in rows {
+            let entry: &mut MeterTallies = usage.meters.entry(meter).or_default();
+            if bucket.len() == 7 {
+                entry.period = tally;
+            } else {
+                entry.days.insert(bucket, tally);
+            }
+        }
+        Ok(usage)
+    }
+}
+
+fn save_watermark(conn: &Connection, consumer: &str, watermark_us: i64) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO watermarks (consumer, watermark_us) VALUES (?1, ?2)
+         ON CONFLICT (consumer) DO UPDATE SET watermark_us = max(watermark_us, excluded.watermark_us)",
+    )?
+    .execute(params![consumer, watermark_us])?;
+    Ok(())
+}
