@@ -1,1 +1,423 @@
-//! stub
+//! API keys: 256 random bits, shown once, stored only as SHA-256, each with a role and (for
+//! tenant keys) a tenant.
+//!
+//! The server keeps the key table in memory and reloads it when the file changes, so a check is a
+//! hash and a map look-up, and `meter keys create` or `revoke` take effect within a second.
+
+use base64::Engine;
+use meter_schemas::envelope::check_id;
+use meter_sqlite::rusqlite::{OptionalExtension, params};
+use meter_sqlite::{Durability, blocking, migrate, open};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE keys (
+        id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, role TEXT NOT NULL, tenant TEXT,
+        created_at TEXT NOT NULL, revoked_at TEXT
+    );
+"];
+
+/// Prefix of every key, so that leaked keys are easy to find by scanners.
+pub const KEY_PREFIX: &str = "mtr_";
+/// How stale the in-memory key table may get before a check reloads it.
+const RELOAD_AFTER: Duration = Duration::from_secs(1);
+/// Least time between reloads forced by unknown keys.
+const MISS_RELOAD_GAP: Duration = Duration::from_millis(100);
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Send events.
+    Ingest,
+    /// Read one tenant's usage.
+    Read,
+    /// Everything, for every tenant.
+    Admin,
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ingest" => Ok(Role::Ingest),
+            "read" => Ok(Role::Read),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("unknown role {s:?}: use ingest, read or admin")),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Ingest => "ingest",
+            Role::Read => "read",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// Who is calling: the key's id, role and tenant scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// Public id of the key (safe to log).
+    pub key_id: String,
+    /// What the key may do.
+    pub role: Role,
+    /// The only tenant the key may act for; `None` for service and admin keys.
+    pub tenant: Option<String>,
+}
+
+impl Principal {
+    /// The tenant this caller may read: its own, or (admin, or a service key) the one asked for.
+    pub fn readable_tenant(&self, asked: Option<&str>) -> Result<String, AuthError> {
+        match (&self.tenant, asked) {
+            (Some(own), Some(a)) if own != a => Err(AuthError::OtherTenant),
+            (Some(own), _) => Ok(own.clone()),
+            (None, Some(a)) => Ok(a.to_string()),
+            (None, None) => Err(AuthError::TenantRequired),
+        }
+    }
+}
+
+/// A key as listed (never the secret).
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyInfo {
+    /// Public id.
+    pub id: String,
+    /// Role.
+    pub role: Role,
+    /// Tenant scope.
+    pub tenant: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, when revoked.
+    pub revoked_at: Option<String>,
+}
+
+/// A key just created. The secret exists only here.
+pub struct NewKey {
+    /// Public id.
+    pub id: String,
+    /// The key itself, to show once.
+    pub secret: String,
+}
+
+impl fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a call is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// Missing, malformed, unknown or revoked key: all alike, on purpose.
+    #[error("missing, malformed, unknown or revoked API key")]
+    Unauthenticated,
+    /// The key's role may not do this.
+    #[error("an API key with role {have} may not {action}")]
+    WrongRole {
+        /// The key's role.
+        have: Role,
+        /// What was attempted.
+        action: &'static str,
+    },
+    /// The key belongs to another tenant.
+    #[error("this API key belongs to another tenant")]
+    OtherTenant,
+    /// A key with no tenant must say which tenant.
+    #[error("tenant is required with a key that is not scoped to one tenant")]
+    TenantRequired,
+    /// The key store failed.
+    #[error("key store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Errors of key management.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bad argument.
+    #[error("{0}")]
+    Invalid(String),
+    /// The storage underneath failed.
+    #[error(transparent)]
+    Storage(#[from] meter_sqlite::Error),
+}
+
+impl From<meter_sqlite::rusqlite::Error> for Error {
+    fn from(e: meter_sqlite::rusqlite::Error) -> Self {
+        Error::Storage(e.into())
+    }
+}
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn now_text() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+struct Loaded {
+    by_hash: HashMap<String, Principal>,
+    at: Instant,
+}
+
+/// The key table.
+pub struct KeyStore {
+    path: PathBuf,
+    loaded: RwLock<Loaded>,
+    last_miss_reload: Mutex<Instant>,
+}
+
+impl KeyStore {
+    /// Opens (creating if needed) the key table at `path`.
+    pub fn open(path: &Path) -> Result<Arc<Self>, Error> {
+        let mut conn = open(path, Durability::Full)?;
+        migrate(&mut conn, path, MIGRATIONS)?;
+        let store = Self {
+            path: path.to_path_buf(),
+            loaded: RwLock::new(Loaded {
+                by_hash: HashMap::new(),
+                at: Instant::now(),
+            }),
+            last_miss_reload: Mutex::new(Instant::now() - MISS_RELOAD_GAP),
+        };
+        store.reload()?;
+        Ok(Arc::new(store))
+    }
+
+    /// Creates a key. A tenant key's tenant must be a valid id; an ingest key without a tenant is
+    /// a service key, which must name the tenant of every event.
+    pub fn create(&self, role: Role, tenant: Option<&str>) -> Result<NewKey, Error> {
+        if let Some(t) = tenant {
+            check_id(t).map_err(|m| Error::Invalid(format!("tenant {m}")))?;
+        }
+        if role == Role::Read && tenant.is_none() {
+            return Err(Error::Invalid(
+                "a read key needs --tenant (an admin key reads every tenant)".into(),
+            ));
+        }
+        if role == Role::Admin && tenant.is_some() {
+            return Err(Error::Invalid(
+                "an admin key acts for every tenant; drop --tenant".into(),
+            ));
+        }
+        let mut bytes = [0u8; 32];
+        rand::fill(&mut bytes);
+        let secret = format!(
+            "{KEY_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        );
+        let digest = hash(&secret);
+        let id = format!("key_{}", &digest[..12]);
+        let conn = open(&self.path, Durability::Full)?;
+        conn.execute(
+            "INSERT INTO keys (id, hash, role, tenant, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, digest, role.to_string(), tenant, now_text()],
+        )?;
+        self.reload()?;
+        Ok(NewKey { id, secret })
+    }
+
+    /// Revokes the key with this id; false when there is no such key.
+    pub fn revoke(&self, id: &str) -> Result<bool, Error> {
+        let conn = open(&self.path, Durability::Full)?;
+        let n = conn.execute(
+            "UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, now_text()],
+        )?;
+        self.reload()?;
+        Ok(n == 1)
+    }
+
+    /// Every key, oldest first.
+    pub fn list(&self) -> Result<Vec<KeyInfo>, Error> {
+        let conn = open(&self.path, Durability::Full)?;
+        let mut stmt = conn.prepare(
+            "SELECT id, role, tenant, created_at, revoked_at FROM keys ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(KeyInfo {
+                id: r.get(0)?,
+                role: r.get::<_, String>(1)?.parse().unwrap_or(Role::Read),
+                tenant: r.get(2)?,
+                created_at: r.get(3)?,
+                revoked_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether no key has ever been created.
+    pub fn is_empty(&self) -> Result<bool, Error> {
+        let conn = open(&self.path, Durability::Full)?;
+        Ok(conn
+            .query_row("SELECT id FROM keys LIMIT 1", [], |r| r.get::<_, String>(0))
+            .optional()?
+            .is_none())
+    }
+
+    fn reload(&self) -> Result<(), Error> {
+        let conn = open(&self.path, Durability::Full)?;
+        let mut stmt =
+            conn.prepare("SELECT id, hash, role, tenant FROM keys WHERE revoked_at IS NULL")?;
+        let by_hash = stmt
+            .query_map([], |r| {
+                let role: String = r.get(2)?;
+                Ok((
+                    r.get::<_, String>(1)?,
+                    Principal {
+                        key_id: r.get(0)?,
+                        role: role.parse().unwrap_or(Role::Read),
+                        tenant: r.get(3)?,
+                    },
+                ))
+            })?
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Loaded {
+            by_hash,
+            at: Instant::now(),
+        };
+        Ok(())
+    }
+
+    fn lookup(&self, digest: &str) -> (Option<Principal>, bool) {
+        let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+        (
+            loaded.by_hash.get(digest).cloned(),
+            loaded.at.elapsed() > RELOAD_AFTER,
+        )
+    }
+
+    /// Checks an `Authorization` header value (`Bearer <key>`).
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        header: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        let secret = header
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, k)| k.trim())
+            .filter(|k| k.starts_with(KEY_PREFIX) && k.len() < 200)
+            .ok_or(AuthError::Unauthenticated)?;
+        let digest = hash(secret);
+        let (found, stale) = self.lookup(&digest);
+        let retry_miss = found.is_none() && {
+            let mut last = self
+                .last_miss_reload
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let due = last.elapsed() >= MISS_RELOAD_GAP;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if !(stale || retry_miss) {
+            return found.ok_or(AuthError::Unauthenticated);
+        }
+        let this = self.clone();
+        blocking(move || {
+            this.reload()
+                .map_err(|e| meter_sqlite::Error::Task(e.to_string()))
+        })
+        .await
+        .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        self.lookup(&digest).0.ok_or(AuthError::Unauthenticated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_are_hashed_scoped_and_revocable() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::open(&dir.path().join("keys.db")).unwrap();
+        assert!(keys.is_empty().unwrap());
+        let k = keys.create(Role::Ingest, Some("acme")).unwrap();
+        assert!(k.secret.starts_with(KEY_PREFIX) && k.secret.len() >= 40);
+        assert!(!format!("{k:?}").contains(&k.secret));
+        let header = format!("Bearer {}", k.secret);
+        let p = keys.authenticate(Some(&header)).await.unwrap();
+        assert_eq!((p.role, p.tenant.as_deref()), (Role::Ingest, Some("acme")));
+        // Only the hash is on disk.
+        let raw = std::fs::read(dir.path().join("keys.db")).unwrap();
+        assert!(
+            !raw.windows(k.secret.len())
+                .any(|w| w == k.secret.as_bytes())
+        );
+        for bad in [
+            None,
+            Some("Bearer"),
+            Some("Basic abc"),
+            Some("Bearer mtr_unknown"),
+            Some("bearer x"),
+        ] {
+            assert_eq!(
+                keys.authenticate(bad).await,
+                Err(AuthError::Unauthenticated),
+                "{bad:?}"
+            );
+        }
+        assert!(keys.revoke(&k.id).unwrap());
+        assert_eq!(
+            keys.authenticate(Some(&header)).await,
+            Err(AuthError::Unauthenticated)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_created_by_another_process_works_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = KeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let cli = KeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let k = cli.create(Role::Admin, None).unwrap();
+        let p = server
+            .authenticate(Some(&format!("Bearer {}", k.secret)))
+            .await
+            .unwrap();
+        assert_eq!(p.role, Role::Admin);
+    }
+
+    #[test]
+    fn scopes_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::open(&dir.path().join("keys.db")).unwrap();
+        assert!(keys.create(Role::Read, None).is_err());
+        assert!(keys.create(Role::Admin, Some("a")).is_err());
+        assert!(keys.create(Role::Ingest, Some("bad tenant")).is_err());
+        let reader = Principal {
+            key_id: "k".into(),
+            role: Role::Read,
+            tenant: Some("a".into()),
+        };
+        assert_eq!(reader.readable_tenant(None), Ok("a".into()));
+        assert_eq!(
+            reader.readable_tenant(Some("b")),
+            Err(AuthError::OtherTenant)
+        );
+        let admin = Principal {
+            key_id: "k".into(),
+            role: Role::Admin,
+            tenant: None,
+        };
+        assert_eq!(admin.readable_tenant(None), Err(AuthError::TenantRequired));
+    }
+}
