@@ -1,1 +1,183 @@
-//! stub
+//! The aggregator: reads the event log, turns each event into meter contributions, and applies them
+//! to the usage store together with the log positions they cover, in one atomic step.
+//!
+//! On start it resumes from the checkpoint stored with the tallies, so after a crash it re-reads
+//! at most the batch that was in flight; the store's dedup state makes that re-read count nothing
+//! twice. It runs on its own thread because every call it makes blocks.
+
+pub mod metric;
+
+use meter_eventlog::{LogReader, Position};
+use meter_schemas::Catalog;
+use meter_schemas::period::now_us;
+use meter_store::{Checkpoint, Metered, UsageStore};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Errors that stop the aggregator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the log failed.
+    #[error(transparent)]
+    Log(#[from] meter_eventlog::Error),
+    /// Writing the store failed.
+    #[error(transparent)]
+    Store(#[from] meter_store::Error),
+}
+
+/// Settings of the aggregator.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Name under which the checkpoint is stored.
+    pub consumer: String,
+    /// Most records applied in one transaction.
+    pub batch_size: usize,
+    /// How long a poll waits for new records.
+    pub poll_timeout: Duration,
+    /// Least time between watermark writes when idle.
+    pub idle_watermark_every: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            consumer: "aggregator".into(),
+            batch_size: 10_000,
+            poll_timeout: Duration::from_millis(200),
+            idle_watermark_every: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A running aggregator.
+pub struct Aggregator {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<(), Error>>,
+}
+
+impl Aggregator {
+    /// Starts consuming `reader` into `store` from the stored checkpoint.
+    pub fn start(
+        reader: Box<dyn LogReader>,
+        store: Arc<dyn UsageStore>,
+        catalog: Arc<Catalog>,
+        settings: Settings,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("meter-aggregator".into())
+            .spawn(move || {
+                let result = run(reader, &*store, &catalog, &settings, &flag);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "aggregator stopped");
+                }
+                result
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Whether the aggregator thread has ended (it only ends on its own after an error).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Asks the aggregator to finish what the log holds now, then stop; waits for it.
+    pub fn drain_and_stop(self) -> Result<(), Error> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap_or_else(|_| {
+            tracing::error!("aggregator thread panicked");
+            Ok(())
+        })
+    }
+}
+
+fn run(
+    mut reader: Box<dyn LogReader>,
+    store: &dyn UsageStore,
+    catalog: &Catalog,
+    settings: &Settings,
+    stop: &AtomicBool,
+) -> Result<(), Error> {
+    let start = store.checkpoint(&settings.consumer)?;
+    let positions: Vec<Position> = start
+        .positions
+        .iter()
+        .map(|&(partition, offset)| Position { partition, offset })
+        .collect();
+    reader.seek(&positions);
+    tracing::info!(consumer = %settings.consumer, partitions = positions.len(), "aggregator resumed from checkpoint");
+    let mut last_watermark = Instant::now() - settings.idle_watermark_every;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let timeout = if stopping {
+            Duration::ZERO
+        } else {
+            settings.poll_timeout
+        };
+        let batch = reader.poll(settings.batch_size, timeout)?;
+        if batch.records.is_empty() {
+            if batch.caught_up && last_watermark.elapsed() >= settings.idle_watermark_every {
+                store.advance_watermark(&settings.consumer, batch.started_us)?;
+                last_watermark = Instant::now();
+            }
+            metrics::gauge!(metric::LAG).set(0.0);
+            if stopping && batch.caught_up {
+                tracing::info!("aggregator drained the log and stopped");
+                return Ok(());
+            }
+            continue;
+        }
+        let started = Instant::now();
+        let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut skipped = 0;
+        let mut oldest_ingest = i64::MAX;
+        let metered: Vec<Metered> = batch
+            .records
+            .iter()
+            .map(|r| {
+                let p = next.entry(r.position.partition).or_default();
+                *p = (*p).max(r.position.offset + 1);
+                oldest_ingest = oldest_ingest.min(r.ingested_us);
+                let (contributions, s) = catalog.contributions(&r.event);
+                skipped += s;
+                Metered {
+                    tenant: r.event.tenant.clone(),
+                    id: r.event.id.clone(),
+                    time_us: r.event.time_us,
+                    contributions,
+                }
+            })
+            .collect();
+        let checkpoint = Checkpoint {
+            positions: next.into_iter().collect(),
+            watermark_us: batch.caught_up.then_some(batch.started_us),
+        };
+        let applied = store.apply(&settings.consumer, catalog.meters(), &metered, &checkpoint)?;
+        if batch.caught_up {
+            last_watermark = Instant::now();
+        }
+        let now = now_us();
+        metrics::counter!(metric::EVENTS, "outcome" => "counted").increment(applied.counted as u64);
+        metrics::counter!(metric::EVENTS, "outcome" => "duplicate")
+            .increment(applied.duplicates as u64);
+        metrics::counter!(metric::SKIPPED).increment(skipped as u64);
+        metrics::histogram!(metric::BATCH_DURATION).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::EVENT_TO_COUNTER)
+            .record((now - oldest_ingest).max(0) as f64 / 1e6);
+        metrics::gauge!(metric::LAG).set(if batch.caught_up {
+            0.0
+        } else {
+            settings.batch_size as f64
+        });
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "events the current meters cannot read (configuration changed since ingest)"
+            );
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Metric names of the aggregator, declared once.
+
+/// Events applied, by `outcome` (`counted` or `duplicate`).
+pub const EVENTS: &str = "meter_aggregator_events_total";
+/// Meter contributions left out because the event lacks what the meter reads.
+pub const SKIPPED: &str = "meter_aggregator_skipped_contributions_total";
+/// Time to apply one batch.
+pub const BATCH_DURATION: &str = "meter_aggregator_batch_duration_seconds";
+/// Time from the oldest event of a batch being stored in the log to its being counted.
+pub const EVENT_TO_COUNTER: &str = "meter_aggregator_event_to_counter_seconds";
+/// Records known to be waiting (0 when caught up).
+pub const LAG: &str = "meter_aggregator_lag_events";

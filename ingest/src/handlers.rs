@@ -1,0 +1,362 @@
+//! The ingest endpoints.
+
+use crate::docs::{
+    CloudEvent, LagoBatchRequest, LagoBatchResponse, LagoError, LagoEventRequest,
+    LagoEventResponse, NdjsonSummary, Problem,
+};
+use crate::{Ingest, IngestError, metric};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use meter_auth::{AuthError, Role};
+use meter_eventlog::{Error as LogError, Outcome};
+use meter_schemas::envelope::{self, Context, Dialect, Format, Parsed};
+use meter_schemas::period::{format_time, now_us};
+use meter_schemas::{ErrorKind, Event, FieldError, TenantScope};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Bodies larger than this are parsed off the async runtime.
+const INLINE_PARSE_BYTES: usize = 256 * 1024;
+
+/// Sends events: Lago `{"event": ...}`, CloudEvents (one or a batch), or NDJSON.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "ingest",
+    request_body(content(
+        (LagoEventRequest = "application/json"),
+        (CloudEvent = "application/cloudevents+json"),
+        (Vec<CloudEvent> = "application/cloudevents-batch+json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 200, description = "Lago event stored (or a duplicate of one stored before)", body = LagoEventResponse),
+        (status = 200, description = "NDJSON events stored", body = NdjsonSummary, content_type = "application/json"),
+        (status = 204, description = "CloudEvents stored; headers Meter-Accepted and Meter-Duplicates count them"),
+        (status = 400, description = "Malformed body", body = Problem),
+        (status = 401, description = "Missing, malformed, unknown or revoked key", body = LagoError),
+        (status = 403, description = "The key may not ingest, or not for this tenant", body = Problem),
+        (status = 409, description = "An id was already used with a different payload", body = Problem),
+        (status = 413, description = "Body or event count over the limit", body = Problem),
+        (status = 415, description = "Unsupported content type", body = Problem),
+        (status = 422, description = "Invalid events; every problem is listed, nothing was stored", body = LagoError),
+        (status = 503, description = "The log cannot take events now; retry after Retry-After", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn post_events(
+    State(ingest): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let format = match content_type(&headers) {
+        Ok(f) => f,
+        Err(e) => return e.into_response_for(Dialect::CloudEvents),
+    };
+    handle(&ingest, format, &headers, body).await
+}
+
+/// Sends a Lago batch `{"events": [...]}`: all events are stored, or none.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events/batch",
+    tag = "ingest",
+    request_body(content((LagoBatchRequest = "application/json"))),
+    responses(
+        (status = 200, description = "Events stored (duplicates are flagged)", body = LagoBatchResponse),
+        (status = 400, description = "Malformed body", body = LagoError),
+        (status = 401, description = "Missing, malformed, unknown or revoked key", body = LagoError),
+        (status = 403, description = "The key may not ingest, or not for this tenant", body = LagoError),
+        (status = 409, description = "An id was already used with a different payload", body = LagoError),
+        (status = 413, description = "Body or event count over the limit", body = LagoError),
+        (status = 422, description = "Invalid events; every problem is listed, nothing was stored", body = LagoError),
+        (status = 503, description = "The log cannot take events now; retry after Retry-After", body = LagoError),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn post_events_batch(
+    State(ingest): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match content_type(&headers) {
+        Ok(Format::Json) => handle(&ingest, Format::LagoBatch, &headers, body).await,
+        Ok(_) => {
+            IngestError::UnsupportedMediaType("the batch endpoint takes application/json".into())
+                .into_response_for(Dialect::Lago)
+        }
+        Err(e) => e.into_response_for(Dialect::Lago),
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> Result<Format, IngestError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(Format::Json);
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" | "" => Ok(Format::Json),
+        "application/cloudevents+json" => Ok(Format::CloudEvent),
+        "application/cloudevents-batch+json" => Ok(Format::CloudEventBatch),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(Format::Ndjson),
+        other => Err(IngestError::UnsupportedMediaType(format!(
+            "content type {other:?} is not accepted; use application/json, application/cloudevents+json, \
+             application/cloudevents-batch+json or application/x-ndjson"
+        ))),
+    }
+}
+
+fn api_label(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Lago => "lago",
+        Dialect::CloudEvents => "cloudevents",
+        Dialect::Ndjson => "ndjson",
+    }
+}
+
+async fn handle(
+    ingest: &Arc<Ingest>,
+    format: Format,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let mut dialect = envelope::dialect_of(format);
+    let response = match accept(ingest, format, headers, body, &mut dialect).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let IngestError::Fields(errors) = &e {
+                tracing::debug!(problems = errors.len(), first = %summary_line(errors), "ingest request refused");
+            }
+            e.into_response_for(dialect)
+        }
+    };
+    let api = api_label(dialect);
+    metrics::counter!(metric::REQUESTS, "api" => api, "status" => response.status().as_u16().to_string()).increment(1);
+    metrics::histogram!(metric::DURATION, "api" => api).record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn summary_line(errors: &[FieldError]) -> String {
+    meter_schemas::error::summary(errors)
+}
+
+async fn accept(
+    ingest: &Arc<Ingest>,
+    format: Format,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    dialect: &mut Dialect,
+) -> Result<Response, IngestError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = ingest.keys.authenticate(auth).await?;
+    if principal.role == Role::Read {
+        return Err(AuthError::WrongRole {
+            have: principal.role,
+            action: "send events",
+        }
+        .into());
+    }
+    let body = body.map_err(|rejection| {
+        let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "is larger than the limit of {} bytes",
+                ingest.max_body_bytes
+            )
+        } else {
+            format!("cannot be read: {rejection}")
+        };
+        let kind = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorKind::TooLarge
+        } else {
+            ErrorKind::Malformed
+        };
+        IngestError::Fields(vec![FieldError::new(kind, "body", message)])
+    })?;
+    let scope = match principal.tenant {
+        Some(t) => TenantScope::Only(t),
+        None => TenantScope::Any,
+    };
+    let now = now_us();
+    let parse = {
+        let ingest = ingest.clone();
+        move || {
+            let cx = Context {
+                limits: &ingest.limits,
+                catalog: &ingest.catalog,
+                scope: &scope,
+                now_us: now,
+            };
+            envelope::parse(format, &body, &cx)
+        }
+    };
+    let parsed = if headers_len(headers) <= INLINE_PARSE_BYTES {
+        parse()
+    } else {
+        tokio::task::spawn_blocking(parse)
+            .await
+            .map_err(|e| IngestError::Unavailable(e.to_string()))?
+    };
+    let parsed = parsed.map_err(|refused| {
+        *dialect = refused.dialect;
+        IngestError::Fields(refused.errors)
+    })?;
+    *dialect = parsed.dialect;
+    let Parsed {
+        events,
+        id_paths,
+        dialect: _,
+    } = parsed;
+    let outcomes = match ingest.log.append(events.clone()).await {
+        Ok(o) => o,
+        Err(LogError::Conflicts(indexes)) => {
+            let errors = indexes
+                .into_iter()
+                .map(|i| {
+                    FieldError::new(
+                        ErrorKind::Conflict,
+                        id_paths[i].clone(),
+                        "was already used with a different payload",
+                    )
+                })
+                .collect();
+            return Err(IngestError::Fields(errors));
+        }
+        Err(e) => return Err(IngestError::Unavailable(e.to_string())),
+    };
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Duplicate)
+        .count();
+    metrics::counter!(metric::EVENTS, "outcome" => "new")
+        .increment((outcomes.len() - duplicates) as u64);
+    metrics::counter!(metric::EVENTS, "outcome" => "duplicate").increment(duplicates as u64);
+    Ok(respond(
+        *dialect, format, &events, &id_paths, &outcomes, now,
+    ))
+}
+
+fn headers_len(headers: &HeaderMap) -> usize {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+fn respond(
+    dialect: Dialect,
+    format: Format,
+    events: &[Event],
+    id_paths: &[String],
+    outcomes: &[Outcome],
+    now: i64,
+) -> Response {
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Duplicate)
+        .count();
+    match dialect {
+        Dialect::Lago => {
+            let created_at = format_time(now / 1_000_000 * 1_000_000);
+            let echo: Vec<Value> = events
+                .iter()
+                .zip(outcomes)
+                .map(|(e, o)| lago_echo(e, *o == Outcome::Duplicate, &created_at))
+                .collect();
+            let body = if format == Format::LagoBatch {
+                json!({ "events": echo })
+            } else {
+                json!({ "event": echo.into_iter().next().unwrap_or(Value::Null) })
+            };
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Dialect::CloudEvents => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            r.headers_mut().insert(
+                "meter-accepted",
+                HeaderValue::from(outcomes.len() - duplicates),
+            );
+            r.headers_mut()
+                .insert("meter-duplicates", HeaderValue::from(duplicates));
+            r
+        }
+        Dialect::Ndjson => {
+            let duplicate_paths: Vec<&String> = id_paths
+                .iter()
+                .zip(outcomes)
+                .filter(|(_, o)| **o == Outcome::Duplicate)
+                .map(|(p, _)| p)
+                .collect();
+            let body = json!({
+                "accepted": outcomes.len() - duplicates,
+                "duplicates": duplicates,
+                "duplicate_paths": duplicate_paths,
+            });
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+    }
+}
+
+/// A stable UUID (version 8) for an event, from its tenant and id.
+pub fn lago_id(tenant: &str, id: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(tenant.as_bytes())
+        .chain_update([0])
+        .chain_update(id.as_bytes())
+        .finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn lago_echo(e: &Event, duplicate: bool, created_at: &str) -> Value {
+    let millis = e.time_us.div_euclid(1000) * 1000;
+    let timestamp = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default();
+    json!({
+        "lago_id": lago_id(&e.tenant, &e.id),
+        "transaction_id": e.id,
+        "lago_customer_id": null,
+        "code": e.code,
+        "timestamp": timestamp,
+        "precise_total_amount_cents": null,
+        "properties": e.properties,
+        "lago_subscription_id": null,
+        "external_subscription_id": e.subscription.clone().unwrap_or_else(|| e.tenant.clone()),
+        "external_customer_id": e.tenant,
+        "created_at": created_at,
+        "duplicate": duplicate,
+    })
+}
