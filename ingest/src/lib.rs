@@ -12,6 +12,7 @@ mod error;
 mod handlers;
 pub mod metric;
 
+pub use docs::Problem;
 pub use error::IngestError;
 
 use axum::extract::DefaultBodyLimit;

@@ -1,0 +1,81 @@
+//! The one error type of the read API and the one place it becomes an HTTP answer
+//! (`application/problem+json`).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use meter_auth::AuthError;
+use meter_schemas::FieldError;
+use meter_schemas::error::{problem_body, summary};
+
+/// Why a read request failed.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The key is missing or may not do this.
+    Auth(AuthError),
+    /// A query parameter is wrong.
+    Invalid(Vec<FieldError>),
+    /// Storage failed.
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// HTTP status, decided here and nowhere else.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Auth(AuthError::Unauthenticated) => StatusCode::UNAUTHORIZED,
+            ApiError::Auth(AuthError::TenantRequired) | ApiError::Invalid(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Auth(AuthError::Unavailable(_)) | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Auth(_) => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::Auth(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let errors = match &self {
+            ApiError::Invalid(e) => e.clone(),
+            ApiError::Auth(AuthError::TenantRequired) => vec![FieldError::invalid(
+                "tenant",
+                "is required with an admin key",
+            )],
+            ApiError::Auth(AuthError::OtherTenant) => {
+                vec![FieldError::invalid(
+                    "tenant",
+                    "is not the tenant this API key belongs to",
+                )]
+            }
+            _ => vec![],
+        };
+        let detail = match &self {
+            ApiError::Auth(e) if errors.is_empty() => e.to_string(),
+            ApiError::Unavailable(m) => format!("storage unavailable: {m}"),
+            _ => summary(&errors),
+        };
+        let body = problem_body(status.as_u16(), &detail, &errors).to_string();
+        let mut r = (status, body).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}

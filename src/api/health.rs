@@ -1,0 +1,38 @@
+//! Liveness, readiness and metrics.
+
+use crate::server::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use std::sync::Arc;
+
+/// Liveness: the process answers HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the aggregator is running, so usage keeps up with ingest.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready", body = String))
+)]
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    if state.aggregator_running() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "aggregator stopped")
+    }
+}
+
+/// Prometheus metrics, named `meter_<subsystem>_<name>_<unit>`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics() -> String {
+    crate::telemetry::prometheus().render()
+}

@@ -1,0 +1,51 @@
+//! The HTTP API besides ingest: usage, health, metrics, and the OpenAPI document of it all.
+
+pub mod error;
+pub mod health;
+pub mod usage;
+
+use crate::server::AppState;
+use std::sync::Arc;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "meter", description = "Usage metering: ingest events, read exact usage."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "ingest", description = "Send usage events (Lago and OpenMeter compatible)"),
+        (name = "usage", description = "Read usage"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("mtr_…")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route but ingest's, with the document that describes them.
+pub fn router(state: Arc<AppState>) -> OpenApiRouter {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(usage::get_usage))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .with_state(state)
+}

@@ -1,0 +1,175 @@
+//! `GET /api/v1/usage`: a tenant's usage in a period, per meter, with the daily series and the
+//! watermark up to which it is complete.
+
+use super::error::ApiError;
+use crate::server::AppState;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use meter_auth::{AuthError, Role};
+use meter_schemas::envelope::check_id;
+use meter_schemas::period::{date_start_us, format_day, format_time, now_us};
+use meter_schemas::{Aggregation, FieldError, Period};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+/// Query of the usage endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UsageQuery {
+    /// Tenant; implied by a tenant-scoped read key, required with an admin key.
+    pub tenant: Option<String>,
+    /// `YYYY-MM` (UTC calendar month); default: the current month.
+    pub period: Option<String>,
+}
+
+/// One day of a meter's series.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct DayValue {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// Exact decimal text; null for `max`/`latest` on a day without events.
+    pub value: Option<String>,
+}
+
+/// One meter's usage.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MeterUsage {
+    /// Meter name.
+    pub name: String,
+    /// How the meter folds events.
+    pub aggregation: Aggregation,
+    /// Event code it reads.
+    pub event: String,
+    /// Period-to-date value, exact decimal text; null for `max`/`latest` with no events.
+    pub value: Option<String>,
+    /// One entry per day of the period up to today.
+    pub daily: Vec<DayValue>,
+}
+
+/// A tenant's usage in a period.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    /// Tenant.
+    pub tenant: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// First instant of the period (RFC 3339).
+    pub from: String,
+    /// First instant after the period (RFC 3339).
+    pub to: String,
+    /// Every event acknowledged by ingest before this instant is counted (RFC 3339); null until
+    /// the aggregator has caught up once.
+    pub watermark: Option<String>,
+    /// True once no more events can arrive for the period: the watermark is past the period's
+    /// end plus the lateness window.
+    pub complete: bool,
+    /// Every configured meter, in configuration order.
+    pub meters: Vec<MeterUsage>,
+}
+
+/// A tenant's usage in a period.
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage",
+    tag = "usage",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "Usage per meter", body = Usage),
+        (status = 401, description = "Missing, malformed, unknown or revoked key", body = meter_ingest_docs::Problem),
+        (status = 403, description = "The key may not read this tenant", body = meter_ingest_docs::Problem),
+        (status = 422, description = "A bad query parameter", body = meter_ingest_docs::Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_usage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Usage>, ApiError> {
+    let principal = state
+        .keys
+        .authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
+        .await?;
+    if principal.role == Role::Ingest {
+        return Err(AuthError::WrongRole {
+            have: Role::Ingest,
+            action: "read usage",
+        }
+        .into());
+    }
+    let Query(query) =
+        query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    let mut problems = Vec::new();
+    if let Some(t) = &query.tenant
+        && let Err(m) = check_id(t)
+    {
+        problems.push(FieldError::invalid("tenant", m));
+    }
+    let now = now_us();
+    let period = match query.period.as_deref().map(str::parse::<Period>) {
+        None => Some(Period::containing(now)),
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            problems.push(FieldError::invalid("period", e.to_string()));
+            None
+        }
+    };
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems));
+    }
+    let period = period.expect("checked above");
+    let tenant = principal.readable_tenant(query.tenant.as_deref())?;
+    let stored = state
+        .store
+        .usage(&tenant, period)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let days_so_far: Vec<_> = period.days().filter(|d| date_start_us(*d) <= now).collect();
+    let meters = state
+        .catalog
+        .meters()
+        .iter()
+        .map(|m| {
+            let tallies = stored.meters.get(&m.name).cloned().unwrap_or_default();
+            let daily = days_so_far
+                .iter()
+                .map(|d| {
+                    let date = format_day(*d);
+                    let value = tallies
+                        .days
+                        .get(&date)
+                        .cloned()
+                        .unwrap_or_default()
+                        .display(m.aggregation);
+                    DayValue { date, value }
+                })
+                .collect();
+            MeterUsage {
+                name: m.name.clone(),
+                aggregation: m.aggregation,
+                event: m.event.clone(),
+                value: tallies.period.display(m.aggregation),
+                daily,
+            }
+        })
+        .collect();
+    let complete = stored
+        .watermark_us
+        .is_some_and(|w| w >= period.end_us() + state.limits.lateness_us);
+    Ok(Json(Usage {
+        tenant,
+        period: period.to_string(),
+        from: format_time(period.start_us()),
+        to: format_time(period.end_us()),
+        watermark: stored.watermark_us.map(format_time),
+        complete,
+        meters,
+    }))
+}
+
+/// Re-export of the problem schema for the document.
+mod meter_ingest_docs {
+    pub use meter_ingest::Problem;
+}

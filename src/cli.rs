@@ -1,0 +1,141 @@
+//! The `meter` command line: one binary, every role a subcommand.
+
+use crate::config::{Config, Overrides};
+use clap::{Args, Parser, Subcommand};
+use meter_auth::{KeyStore, Role};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Usage metering: exact counts of tenants' usage events.
+#[derive(Debug, Parser)]
+#[command(name = "meter", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run ingest, aggregator and the API in one process.
+    Serve(ServeArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Send generated events to a running meter and report events/s and latency.
+    Loadgen(crate::loadgen::LoadgenArgs),
+}
+
+/// Where configuration comes from.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArgs {
+    /// TOML configuration file (defaults, then this file, then METER__* env, then flags).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the embedded backends' files.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// Loads the layered configuration.
+    pub fn load(&self, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+        Ok(Config::load(
+            self.config.as_deref(),
+            &Overrides {
+                listen,
+                data_dir: self.data_dir.clone(),
+            },
+        )?)
+    }
+}
+
+/// `meter serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `meter keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it once.
+    Create {
+        /// Configuration.
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// ingest, read or admin.
+        #[arg(long)]
+        role: Role,
+        /// Tenant the key is limited to (required for read keys; an ingest key without one is a
+        /// service key that must name the tenant of every event).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List {
+        /// Configuration.
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// Configuration.
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Key id, as `keys list` shows it.
+        id: String,
+    },
+}
+
+/// Runs a `keys` subcommand.
+#[allow(clippy::print_stdout)]
+pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let open = |c: &ConfigArgs| -> anyhow::Result<_> {
+        let config = c.load(None)?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        Ok(KeyStore::open(&config.keys_path())?)
+    };
+    match command {
+        KeysCommand::Create {
+            config,
+            role,
+            tenant,
+        } => {
+            let key = open(&config)?.create(role, tenant.as_deref())?;
+            eprintln!(
+                "created {} ({role}{}); the key is shown only this once:",
+                key.id,
+                tenant.map(|t| format!(", tenant {t}")).unwrap_or_default()
+            );
+            println!("{}", key.secret);
+        }
+        KeysCommand::List { config } => {
+            for k in open(&config)?.list()? {
+                println!(
+                    "{}\t{}\t{}\tcreated {}{}",
+                    k.id,
+                    k.role,
+                    k.tenant.as_deref().unwrap_or("*"),
+                    k.created_at,
+                    k.revoked_at
+                        .map(|r| format!("\trevoked {r}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        KeysCommand::Revoke { config, id } => {
+            if !open(&config)?.revoke(&id)? {
+                anyhow::bail!("no active key with id {id}");
+            }
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! Configuration, layered: built-in defaults, then the file given with `--config`, then `METER__*`
+//! environment variables (`METER__INGEST__MAX_EVENTS_PER_REQUEST=100`), then command-line flags.
+//! Unknown keys are errors at every layer.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use meter_schemas::{Catalog, Limits, MeterDef};
+use meter_sqlite::Durability;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Directory of the embedded backends' files.
+    pub data_dir: PathBuf,
+    /// Create an admin key, printed once, when the key table is empty.
+    pub bootstrap_admin_key: bool,
+    /// The event log.
+    pub log: LogConfig,
+    /// The usage store.
+    pub store: StoreConfig,
+    /// The ingest API.
+    pub ingest: IngestConfig,
+    /// The aggregator.
+    pub aggregator: AggregatorConfig,
+    /// Meters besides the six defaults; one with a default's name replaces it.
+    pub meters: Vec<MeterDef>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("meter-data"),
+            bootstrap_admin_key: true,
+            log: LogConfig::default(),
+            store: StoreConfig::default(),
+            ingest: IngestConfig::default(),
+            aggregator: AggregatorConfig::default(),
+            meters: Vec::new(),
+        }
+    }
+}
+
+/// The event log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `sqlite` (a file in the data directory) or `sqlite://PATH`.
+    pub url: String,
+    /// Partitions; fixed when the log is created.
+    pub partitions: u32,
+    /// `full` (survives power loss, the default) or `normal` (survives a crash).
+    pub durability: Durability,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite".into(),
+            partitions: 4,
+            durability: Durability::Full,
+        }
+    }
+}
+
+/// The usage store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite` (a file in the data directory) or `sqlite://PATH`.
+    pub url: String,
+    /// `normal` by default: a store commit lost to power failure is re-read from the durable log.
+    pub durability: Durability,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite".into(),
+            durability: Durability::Normal,
+        }
+    }
+}
+
+/// The ingest API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most events in one request.
+    pub max_events_per_request: usize,
+    /// How far in the future an event time may be.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// How old an event may be when it arrives.
+    #[serde(with = "humantime_serde")]
+    pub lateness: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 5 * 1024 * 1024,
+            max_events_per_request: 1000,
+            max_future: Duration::from_secs(300),
+            lateness: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// The per-request limits ingest enforces.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_events: self.max_events_per_request,
+            max_future_us: self.max_future.as_micros() as i64,
+            lateness_us: self.lateness.as_micros() as i64,
+        }
+    }
+}
+
+/// The aggregator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Most events applied in one transaction.
+    pub batch_size: usize,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self { batch_size: 10_000 }
+    }
+}
+
+/// Command-line values that override every other layer.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Why the configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer has an unknown key, a wrong type, or is unreadable.
+    #[error("configuration: {0}")]
+    Layer(#[from] Box<figment::Error>),
+    /// Values are individually fine but do not make sense.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then `METER__*` env, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("METER__").split("__"));
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        if let Some(l) = overrides.listen {
+            config.listen = l;
+        }
+        if let Some(d) = &overrides.data_dir {
+            config.data_dir = d.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.catalog()?;
+        let i = &self.ingest;
+        if i.max_events_per_request == 0 || i.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "ingest.max_events_per_request must be at least 1 and ingest.max_body_bytes at least 1024".into(),
+            ));
+        }
+        if self.log.partitions == 0 || self.log.partitions > 1024 {
+            return Err(ConfigError::Invalid(
+                "log.partitions must be from 1 to 1024".into(),
+            ));
+        }
+        self.log_path()?;
+        self.store_path()?;
+        Ok(())
+    }
+
+    /// The meters: defaults plus configured ones.
+    pub fn catalog(&self) -> Result<Catalog, ConfigError> {
+        Catalog::new(self.meters.clone()).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    fn sqlite_path(&self, what: &str, url: &str, file: &str) -> Result<PathBuf, ConfigError> {
+        match url {
+            "sqlite" | "sqlite://" => Ok(self.data_dir.join(file)),
+            u if u.starts_with("sqlite://") => Ok(PathBuf::from(&u["sqlite://".len()..])),
+            u => Err(ConfigError::Invalid(format!(
+                "{what}.url {u:?} is not supported by this build; use \"sqlite\" or \"sqlite://PATH\""
+            ))),
+        }
+    }
+
+    /// File of the embedded event log.
+    pub fn log_path(&self) -> Result<PathBuf, ConfigError> {
+        self.sqlite_path("log", &self.log.url, "events.db")
+    }
+
+    /// File of the embedded usage store.
+    pub fn store_path(&self) -> Result<PathBuf, ConfigError> {
+        self.sqlite_path("store", &self.store.url, "usage.db")
+    }
+
+    /// File of the API keys.
+    pub fn keys_path(&self) -> PathBuf {
+        self.data_dir.join("keys.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "meter.toml",
+                "listen = \"127.0.0.1:9000\"\n[ingest]\nmax_events_per_request = 50\n",
+            )?;
+            jail.set_env("METER__INGEST__MAX_EVENTS_PER_REQUEST", "70");
+            let c = Config::load(Some(Path::new("meter.toml")), &Overrides::default()).unwrap();
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.ingest.max_events_per_request, 70);
+            let o = Overrides {
+                listen: Some("127.0.0.1:1".parse().unwrap()),
+                data_dir: None,
+            };
+            assert_eq!(
+                Config::load(Some(Path::new("meter.toml")), &o)
+                    .unwrap()
+                    .listen
+                    .port(),
+                1
+            );
+
+            jail.create_file("bad.toml", "[ingest]\nmax_event = 5\n")?;
+            let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_event"), "{err}");
+            jail.set_env("METER__NOPE", "1");
+            assert!(
+                Config::load(None, &Overrides::default())
+                    .unwrap_err()
+                    .to_string()
+                    .contains("nope")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn durations_and_meters_from_a_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "m.toml",
+                "[ingest]\nlateness = \"30days\"\n[[meters]]\nname = \"gb\"\nevent = \"storage\"\naggregation = \"max\"\nproperty = \"gb\"\n",
+            )?;
+            let c = Config::load(Some(Path::new("m.toml")), &Overrides::default()).unwrap();
+            assert_eq!(c.ingest.lateness, Duration::from_secs(30 * 86_400));
+            assert!(c.catalog().unwrap().accepts("storage"));
+            jail.create_file("k.toml", "[log]\nurl = \"kafka://x:9092\"\n")?;
+            assert!(Config::load(Some(Path::new("k.toml")), &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+}

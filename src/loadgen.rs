@@ -1,0 +1,215 @@
+//! `meter loadgen`: sends generated events to a running meter over HTTP, as many requests in
+//! flight as asked, and reports events/s and request latency percentiles.
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// `meter loadgen`.
+#[derive(Debug, Args, Clone)]
+pub struct LoadgenArgs {
+    /// Base URL of the meter to load.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// API key (an ingest service key or an admin key).
+    #[arg(long, env = "METER_KEY", hide_env_values = true)]
+    pub key: String,
+    /// Events to send in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Events per request (Lago batch).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Distinct tenants the events are spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub tenants: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Prefix of event ids; change it between runs against the same data, or every event is a
+    /// duplicate.
+    #[arg(long)]
+    pub id_prefix: Option<String>,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Events acknowledged with 2xx.
+    pub events: usize,
+    /// Requests answered other than 2xx, or failed.
+    pub errors: usize,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Request latency, microseconds.
+    pub latency_us: Histogram<u64>,
+}
+
+impl Report {
+    /// Acknowledged events per second.
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// One generated event in Lago's shape; codes rotate over the five built-in ones.
+pub fn event(prefix: &str, i: usize, tenants: usize, now_secs: i64) -> serde_json::Value {
+    let tenant = format!("tenant-{:04}", i % tenants.max(1));
+    let (code, properties) = match i % 5 {
+        0 => (
+            "work_order.created",
+            json!({"work_order_id": format!("wo-{i}")}),
+        ),
+        1 => (
+            "work_order.completed",
+            json!({"work_order_id": format!("wo-{i}")}),
+        ),
+        2 => (
+            "agent.invocation",
+            json!({"model": "gpt-x", "input_tokens": 1000 + i % 97, "output_tokens": 200 + i % 13}),
+        ),
+        3 => (
+            "api.call",
+            json!({"route": "/v1/orders", "method": "GET", "status": 200}),
+        ),
+        _ => ("user.login", json!({"user_id": format!("user-{}", i % 50)})),
+    };
+    json!({
+        "transaction_id": format!("{prefix}-{i}"),
+        "external_customer_id": tenant,
+        "code": code,
+        "timestamp": now_secs,
+        "properties": properties,
+    })
+}
+
+/// Runs the load and prints the report.
+#[allow(clippy::print_stdout)]
+pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    let report = generate(&args).await?;
+    let h = &report.latency_us;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "events: {} acknowledged in {:.2} s = {:.0} events/s ({} per request, {} in flight, {} tenants)",
+        report.events,
+        report.elapsed.as_secs_f64(),
+        report.events_per_second(),
+        args.batch,
+        args.concurrency,
+        args.tenants
+    );
+    println!(
+        "request latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        h.max() as f64 / 1000.0
+    );
+    println!("errors: {}", report.errors);
+    if report.errors > 0 {
+        anyhow::bail!("{} requests failed", report.errors);
+    }
+    Ok(())
+}
+
+/// Sends the load and measures it; bodies are built before the clock starts.
+pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
+    let prefix = args
+        .id_prefix
+        .clone()
+        .unwrap_or_else(|| format!("lg{}", meter_schemas::period::now_us()));
+    let now_secs = meter_schemas::period::now_us() / 1_000_000;
+    let batch = args.batch.max(1);
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..args.events.div_ceil(batch))
+            .map(|r| {
+                let events: Vec<_> = (r * batch..((r + 1) * batch).min(args.events))
+                    .map(|i| event(&prefix, i, args.tenants, now_secs))
+                    .collect();
+                serde_json::to_vec(&json!({ "events": events })).expect("serializable")
+            })
+            .collect(),
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let url = format!("{}/api/v1/events/batch", args.url.trim_end_matches('/'));
+    let next = Arc::new(AtomicUsize::new(0));
+    let done_events = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let progress = {
+        let done = done_events.clone();
+        let total = args.events;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let d = done.load(Ordering::Relaxed);
+                eprintln!(
+                    "loadgen: {d}/{total} events, {:.0} events/s",
+                    d as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (bodies, client, url, next, done) = (
+            bodies.clone(),
+            client.clone(),
+            url.clone(),
+            next.clone(),
+            done_events.clone(),
+        );
+        let (key, total) = (args.key.clone(), args.events);
+        workers.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("valid precision");
+            let mut errors = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let t = Instant::now();
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let ok = match sent {
+                    Ok(r) => {
+                        let ok = r.status().is_success();
+                        let _ = r.bytes().await;
+                        ok
+                    }
+                    Err(_) => false,
+                };
+                let _ = hist.record(t.elapsed().as_micros() as u64);
+                if ok {
+                    done.fetch_add(batch.min(total - i * batch), Ordering::Relaxed);
+                } else {
+                    errors += 1;
+                }
+            }
+            (hist, errors)
+        }));
+    }
+    let mut latency_us = Histogram::<u64>::new(3).expect("valid precision");
+    let mut errors = 0;
+    for w in workers {
+        let (h, e) = w.await?;
+        latency_us.add(&h).expect("same precision");
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    let events = done_events.load(Ordering::Relaxed);
+    Ok(Report {
+        events,
+        errors,
+        elapsed,
+        latency_us,
+    })
+}

@@ -1,0 +1,168 @@
+//! `meter serve`: ingest, aggregator and the API in one process on the embedded backends.
+
+use crate::api;
+use crate::config::Config;
+use anyhow::Context as _;
+use axum::Json;
+use axum::routing::get;
+use fs4::fs_std::FileExt;
+use meter_aggregator::{Aggregator, Settings};
+use meter_auth::{KeyStore, Role};
+use meter_eventlog::{EventLog, SqliteLog};
+use meter_ingest::Ingest;
+use meter_schemas::{Catalog, Limits};
+use meter_store::{SqliteStore, UsageStore};
+use std::fs::File;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+/// What the API handlers share.
+pub struct AppState {
+    /// API keys.
+    pub keys: Arc<KeyStore>,
+    /// Usage store.
+    pub store: Arc<dyn UsageStore>,
+    /// Meters.
+    pub catalog: Arc<Catalog>,
+    /// Ingest limits (the lateness window decides when a period is complete).
+    pub limits: Limits,
+    aggregator: Mutex<Option<Aggregator>>,
+}
+
+impl AppState {
+    /// Whether the aggregator is still consuming.
+    pub fn aggregator_running(&self) -> bool {
+        self.aggregator
+            .lock()
+            .map(|a| a.as_ref().is_some_and(|a| !a.is_finished()))
+            .unwrap_or(false)
+    }
+}
+
+/// Holds the data directory's lock for the life of the server.
+struct DataDirLock(#[allow(dead_code)] File);
+
+fn lock_data_dir(config: &Config) -> anyhow::Result<DataDirLock> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let path = config.data_dir.join("meter.lock");
+    let file = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock_exclusive() {
+        Ok(true) => Ok(DataDirLock(file)),
+        _ => anyhow::bail!(
+            "another meter process is using {}; stop it or pick another --data-dir",
+            config.data_dir.display()
+        ),
+    }
+}
+
+/// Runs the server on `listener` until `shutdown` resolves; then stops taking requests, finishes
+/// those in flight, lets the aggregator count everything in the log, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&config)?;
+    let catalog = Arc::new(config.catalog()?);
+    let keys = KeyStore::open(&config.keys_path()).context("opening the key table")?;
+    if config.bootstrap_admin_key && keys.is_empty()? {
+        let key = keys.create(Role::Admin, None)?;
+        eprintln!(
+            "\n  meter: created the first admin key; it is shown only this once:\n\n    {}\n\n  \
+             Create narrower keys with `meter keys create --role ingest|read [--tenant T]`.\n",
+            key.secret
+        );
+    }
+    let log: Arc<dyn EventLog> = Arc::new(
+        SqliteLog::open(
+            &config.log_path()?,
+            config.log.partitions,
+            config.log.durability,
+        )
+        .context("opening the event log")?,
+    );
+    let store: Arc<dyn UsageStore> = Arc::new(
+        SqliteStore::open(&config.store_path()?, config.store.durability)
+            .context("opening the usage store")?,
+    );
+    let settings = Settings {
+        batch_size: config.aggregator.batch_size,
+        ..Settings::default()
+    };
+    let aggregator = Aggregator::start(log.reader()?, store.clone(), catalog.clone(), settings)?;
+    let limits = config.ingest.limits();
+    let state = Arc::new(AppState {
+        keys: keys.clone(),
+        store,
+        catalog: catalog.clone(),
+        limits: limits.clone(),
+        aggregator: Mutex::new(Some(aggregator)),
+    });
+    let ingest = Arc::new(Ingest {
+        log: log.clone(),
+        keys,
+        catalog,
+        limits,
+        max_body_bytes: config.ingest.max_body_bytes,
+    });
+    let (router, openapi) = api::router(state.clone())
+        .merge(meter_ingest::router(ingest))
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+    let app = router.route(
+        "/api/v1/openapi.json",
+        get(move || async move { Json(openapi.as_ref().clone()) }),
+    );
+
+    crate::telemetry::prometheus();
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "meter serving");
+    #[allow(clippy::print_stdout)]
+    {
+        println!("meter listening on http://{addr}");
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("HTTP drained; letting the aggregator count what the log holds");
+    let aggregator = state
+        .aggregator
+        .lock()
+        .map_err(|_| anyhow::anyhow!("state poisoned"))?
+        .take();
+    if let Some(a) = aggregator {
+        a.drain_and_stop()?;
+    }
+    drop(log);
+    tracing::info!("meter stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
