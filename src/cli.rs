@@ -41,13 +41,7 @@ pub struct ConfigArgs {
 impl ConfigArgs {
     /// Loads the layered configuration.
     pub fn load(&self, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
-        Ok(Config::load(
-            self.config.as_deref(),
-            &Overrides {
-                listen,
-                data_dir: self.data_dir.clone(),
-            },
-        )?)
+        Ok(Config::load(self.config.as_deref(), &Overrides { listen, data_dir: self.data_dir.clone() })?)
     }
 }
 
@@ -103,11 +97,7 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
         Ok(KeyStore::open(&config.keys_path())?)
     };
     match command {
-        KeysCommand::Create {
-            config,
-            role,
-            tenant,
-        } => {
+        KeysCommand::Create { config, role, tenant } => {
             let key = open(&config)?.create(role, tenant.as_deref())?;
             eprintln!(
                 "created {} ({role}{}); the key is shown only this once:",
@@ -124,9 +114,7 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
                     k.role,
                     k.tenant.as_deref().unwrap_or("*"),
                     k.created_at,
-                    k.revoked_at
-                        .map(|r| format!("\trevoked {r}"))
-                        .unwrap_or_default()
+                    k.revoked_at.map(|r| format!("\trevoked {r}")).unwrap_or_default()
                 );
             }
         }

@@ -62,11 +62,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            url: "sqlite".into(),
-            partitions: 4,
-            durability: Durability::Full,
-        }
+        Self { url: "sqlite".into(), partitions: 4, durability: Durability::Full }
     }
 }
 
@@ -82,10 +78,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            url: "sqlite".into(),
-            durability: Durability::Normal,
-        }
+        Self { url: "sqlite".into(), durability: Durability::Normal }
     }
 }
 
@@ -167,10 +160,7 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError::Invalid(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", path.display())));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -195,9 +185,7 @@ impl Config {
             ));
         }
         if self.log.partitions == 0 || self.log.partitions > 1024 {
-            return Err(ConfigError::Invalid(
-                "log.partitions must be from 1 to 1024".into(),
-            ));
+            return Err(ConfigError::Invalid("log.partitions must be from 1 to 1024".into()));
         }
         self.log_path()?;
         self.store_path()?;
@@ -242,38 +230,19 @@ mod tests {
     #[test]
     fn layers_apply_in_order_and_unknown_keys_are_errors() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "meter.toml",
-                "listen = \"127.0.0.1:9000\"\n[ingest]\nmax_events_per_request = 50\n",
-            )?;
+            jail.create_file("meter.toml", "listen = \"127.0.0.1:9000\"\n[ingest]\nmax_events_per_request = 50\n")?;
             jail.set_env("METER__INGEST__MAX_EVENTS_PER_REQUEST", "70");
             let c = Config::load(Some(Path::new("meter.toml")), &Overrides::default()).unwrap();
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.ingest.max_events_per_request, 70);
-            let o = Overrides {
-                listen: Some("127.0.0.1:1".parse().unwrap()),
-                data_dir: None,
-            };
-            assert_eq!(
-                Config::load(Some(Path::new("meter.toml")), &o)
-                    .unwrap()
-                    .listen
-                    .port(),
-                1
-            );
+            let o = Overrides { listen: Some("127.0.0.1:1".parse().unwrap()), data_dir: None };
+            assert_eq!(Config::load(Some(Path::new("meter.toml")), &o).unwrap().listen.port(), 1);
 
             jail.create_file("bad.toml", "[ingest]\nmax_event = 5\n")?;
-            let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("max_event"), "{err}");
             jail.set_env("METER__NOPE", "1");
-            assert!(
-                Config::load(None, &Overrides::default())
-                    .unwrap_err()
-                    .to_string()
-                    .contains("nope")
-            );
+            assert!(Config::load(None, &Overrides::default()).unwrap_err().to_string().contains("nope"));
             Ok(())
         });
     }

@@ -59,22 +59,13 @@ impl Report {
 pub fn event(prefix: &str, i: usize, tenants: usize, now_secs: i64) -> serde_json::Value {
     let tenant = format!("tenant-{:04}", i % tenants.max(1));
     let (code, properties) = match i % 5 {
-        0 => (
-            "work_order.created",
-            json!({"work_order_id": format!("wo-{i}")}),
-        ),
-        1 => (
-            "work_order.completed",
-            json!({"work_order_id": format!("wo-{i}")}),
-        ),
+        0 => ("work_order.created", json!({"work_order_id": format!("wo-{i}")})),
+        1 => ("work_order.completed", json!({"work_order_id": format!("wo-{i}")})),
         2 => (
             "agent.invocation",
             json!({"model": "gpt-x", "input_tokens": 1000 + i % 97, "output_tokens": 200 + i % 13}),
         ),
-        3 => (
-            "api.call",
-            json!({"route": "/v1/orders", "method": "GET", "status": 200}),
-        ),
+        3 => ("api.call", json!({"route": "/v1/orders", "method": "GET", "status": 200})),
         _ => ("user.login", json!({"user_id": format!("user-{}", i % 50)})),
     };
     json!({
@@ -117,10 +108,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
 
 /// Sends the load and measures it; bodies are built before the clock starts.
 pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
-    let prefix = args
-        .id_prefix
-        .clone()
-        .unwrap_or_else(|| format!("lg{}", meter_schemas::period::now_us()));
+    let prefix = args.id_prefix.clone().unwrap_or_else(|| format!("lg{}", meter_schemas::period::now_us()));
     let now_secs = meter_schemas::period::now_us() / 1_000_000;
     let batch = args.batch.max(1);
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
@@ -133,9 +121,7 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
             })
             .collect(),
     );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
     let url = format!("{}/api/v1/events/batch", args.url.trim_end_matches('/'));
     let next = Arc::new(AtomicUsize::new(0));
     let done_events = Arc::new(AtomicUsize::new(0));
@@ -147,22 +133,14 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let d = done.load(Ordering::Relaxed);
-                eprintln!(
-                    "loadgen: {d}/{total} events, {:.0} events/s",
-                    d as f64 / started.elapsed().as_secs_f64()
-                );
+                eprintln!("loadgen: {d}/{total} events, {:.0} events/s", d as f64 / started.elapsed().as_secs_f64());
             }
         })
     };
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
-        let (bodies, client, url, next, done) = (
-            bodies.clone(),
-            client.clone(),
-            url.clone(),
-            next.clone(),
-            done_events.clone(),
-        );
+        let (bodies, client, url, next, done) =
+            (bodies.clone(), client.clone(), url.clone(), next.clone(), done_events.clone());
         let (key, total) = (args.key.clone(), args.events);
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("valid precision");
@@ -206,10 +184,5 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
     let elapsed = started.elapsed();
     progress.abort();
     let events = done_events.load(Ordering::Relaxed);
-    Ok(Report {
-        events,
-        errors,
-        elapsed,
-        latency_us,
-    })
+    Ok(Report { events, errors, elapsed, latency_us })
 }

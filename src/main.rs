@@ -16,8 +16,6 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Keys(command) => meter::cli::keys(command),
-        Command::Loadgen(args) => {
-            tokio::runtime::Runtime::new()?.block_on(meter::loadgen::run(args))
-        }
+        Command::Loadgen(args) => tokio::runtime::Runtime::new()?.block_on(meter::loadgen::run(args)),
     }
 }

@@ -33,10 +33,7 @@ pub struct AppState {
 impl AppState {
     /// Whether the aggregator is still consuming.
     pub fn aggregator_running(&self) -> bool {
-        self.aggregator
-            .lock()
-            .map(|a| a.as_ref().is_some_and(|a| !a.is_finished()))
-            .unwrap_or(false)
+        self.aggregator.lock().map(|a| a.as_ref().is_some_and(|a| !a.is_finished())).unwrap_or(false)
     }
 }
 
@@ -44,12 +41,8 @@ impl AppState {
 struct DataDirLock(#[allow(dead_code)] File);
 
 fn lock_data_dir(config: &Config) -> anyhow::Result<DataDirLock> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            config.data_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let path = config.data_dir.join("meter.lock");
     let file = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
     match file.try_lock_exclusive() {
@@ -80,21 +73,12 @@ pub async fn run(
         );
     }
     let log: Arc<dyn EventLog> = Arc::new(
-        SqliteLog::open(
-            &config.log_path()?,
-            config.log.partitions,
-            config.log.durability,
-        )
-        .context("opening the event log")?,
+        SqliteLog::open(&config.log_path()?, config.log.partitions, config.log.durability)
+            .context("opening the event log")?,
     );
-    let store: Arc<dyn UsageStore> = Arc::new(
-        SqliteStore::open(&config.store_path()?, config.store.durability)
-            .context("opening the usage store")?,
-    );
-    let settings = Settings {
-        batch_size: config.aggregator.batch_size,
-        ..Settings::default()
-    };
+    let store: Arc<dyn UsageStore> =
+        Arc::new(SqliteStore::open(&config.store_path()?, config.store.durability).context("opening the usage store")?);
+    let settings = Settings { batch_size: config.aggregator.batch_size, ..Settings::default() };
     let aggregator = Aggregator::start(log.reader()?, store.clone(), catalog.clone(), settings)?;
     let limits = config.ingest.limits();
     let state = Arc::new(AppState {
@@ -104,21 +88,11 @@ pub async fn run(
         limits: limits.clone(),
         aggregator: Mutex::new(Some(aggregator)),
     });
-    let ingest = Arc::new(Ingest {
-        log: log.clone(),
-        keys,
-        catalog,
-        limits,
-        max_body_bytes: config.ingest.max_body_bytes,
-    });
-    let (router, openapi) = api::router(state.clone())
-        .merge(meter_ingest::router(ingest))
-        .split_for_parts();
+    let ingest =
+        Arc::new(Ingest { log: log.clone(), keys, catalog, limits, max_body_bytes: config.ingest.max_body_bytes });
+    let (router, openapi) = api::router(state.clone()).merge(meter_ingest::router(ingest)).split_for_parts();
     let openapi = Arc::new(openapi);
-    let app = router.route(
-        "/api/v1/openapi.json",
-        get(move || async move { Json(openapi.as_ref().clone()) }),
-    );
+    let app = router.route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }));
 
     crate::telemetry::prometheus();
     let addr = listener.local_addr()?;
@@ -127,15 +101,9 @@ pub async fn run(
     {
         println!("meter listening on http://{addr}");
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     tracing::info!("HTTP drained; letting the aggregator count what the log holds");
-    let aggregator = state
-        .aggregator
-        .lock()
-        .map_err(|_| anyhow::anyhow!("state poisoned"))?
-        .take();
+    let aggregator = state.aggregator.lock().map_err(|_| anyhow::anyhow!("state poisoned"))?.take();
     if let Some(a) = aggregator {
         a.drain_and_stop()?;
     }

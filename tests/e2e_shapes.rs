@@ -15,9 +15,7 @@ struct Send {
 
 fn sends(now_s: i64) -> Vec<Send> {
     let t = time::OffsetDateTime::from_unix_timestamp(now_s).unwrap();
-    let rfc = t
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let rfc = t.format(&time::format_description::well_known::Rfc3339).unwrap();
     let ce = |id: &str, ty: &str, data: Value| json!({"specversion": "1.0", "id": id, "source": "tests", "type": ty, "subject": "acme", "time": rfc, "data": data});
     vec![
         Send {
@@ -93,10 +91,7 @@ async fn post(url: &str, s: &Send, keys: &(String, String)) -> reqwest::Response
 async fn every_shape_is_metered_and_resending_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let admin = create_key(dir.path(), "admin", None);
-    let keys = (
-        create_key(dir.path(), "ingest", None),
-        create_key(dir.path(), "ingest", Some("acme")),
-    );
+    let keys = (create_key(dir.path(), "ingest", None), create_key(dir.path(), "ingest", Some("acme")));
     let reader = create_key(dir.path(), "read", Some("acme"));
     let meter = Meter::start(dir.path(), &[]);
     let now_s = now_us() / 1_000_000 - 60;
@@ -126,18 +121,8 @@ async fn every_shape_is_metered_and_resending_changes_nothing() {
     });
     let u = wait_counted(&meter.url, &reader, "acme", acked).await;
     assert_eq!(serde_json::to_value(values(&u)).unwrap(), expected, "{u}");
-    let tokens = u["meters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "agent_tokens")
-        .unwrap();
-    let today = tokens["daily"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["value"] != "0")
-        .unwrap();
+    let tokens = u["meters"].as_array().unwrap().iter().find(|m| m["name"] == "agent_tokens").unwrap();
+    let today = tokens["daily"].as_array().unwrap().iter().find(|d| d["value"] != "0").unwrap();
     assert_eq!(today["value"], "130");
     let other = wait_counted(&meter.url, &admin, "other", acked).await;
     assert_eq!(values(&other)["work_orders"], "1");
@@ -152,22 +137,11 @@ async fn every_shape_is_metered_and_resending_changes_nothing() {
         let body = r.text().await.unwrap();
         if s.path.ends_with("/batch") {
             let v: Value = serde_json::from_str(&body).unwrap();
-            assert!(
-                v["events"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|e| e["duplicate"] == true),
-                "{v}"
-            );
+            assert!(v["events"].as_array().unwrap().iter().all(|e| e["duplicate"] == true), "{v}");
         }
         if s.content_type == "application/x-ndjson" {
             let v: Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(
-                (v["accepted"].as_u64(), v["duplicates"].as_u64()),
-                (Some(0), Some(2)),
-                "{v}"
-            );
+            assert_eq!((v["accepted"].as_u64(), v["duplicates"].as_u64()), (Some(0), Some(2)), "{v}");
         }
     }
     let u = wait_counted(&meter.url, &reader, "acme", now_us()).await;
@@ -179,76 +153,23 @@ async fn openapi_metrics_and_health_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let meter = Meter::start(dir.path(), &[]);
     let c = client();
-    let doc: Value = c
-        .get(format!("{}/api/v1/openapi.json", meter.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for path in [
-        "/api/v1/events",
-        "/api/v1/events/batch",
-        "/api/v1/usage",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ] {
+    let doc: Value = c.get(format!("{}/api/v1/openapi.json", meter.url)).send().await.unwrap().json().await.unwrap();
+    for path in ["/api/v1/events", "/api/v1/events/batch", "/api/v1/usage", "/healthz", "/readyz", "/metrics"] {
         assert!(doc["paths"][path].is_object(), "OpenAPI lacks {path}");
     }
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    assert_eq!(
-        c.get(format!("{}/healthz", meter.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(format!("{}/readyz", meter.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get(format!("{}/healthz", meter.url)).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{}/readyz", meter.url)).send().await.unwrap().status(), 200);
     let key = create_key(dir.path(), "ingest", Some("acme"));
     let body = json!({"event": {"transaction_id": "x", "code": "work_order.created"}});
-    let r = c
-        .post(format!("{}/api/v1/events", meter.url))
-        .bearer_auth(&key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(format!("{}/api/v1/events", meter.url)).bearer_auth(&key).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let metrics = c
-        .get(format!("{}/metrics", meter.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.get(format!("{}/metrics", meter.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("meter_ingest_requests_total"), "{metrics}");
-    assert!(
-        metrics.contains("meter_log_appended_events_total"),
-        "{metrics}"
-    );
-    assert!(
-        !metrics.contains("acme"),
-        "tenant ids must never be metric labels"
-    );
-    for line in metrics
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        assert!(
-            line.starts_with("meter_"),
-            "metric not named meter_…: {line}"
-        );
+    assert!(metrics.contains("meter_log_appended_events_total"), "{metrics}");
+    assert!(!metrics.contains("acme"), "tenant ids must never be metric labels");
+    for line in metrics.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        assert!(line.starts_with("meter_"), "metric not named meter_…: {line}");
     }
 }
 
@@ -257,9 +178,7 @@ async fn sigterm_drains_and_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let key = create_key(dir.path(), "admin", None);
     let mut meter = Meter::start(dir.path(), &[]);
-    let events: Vec<Value> = (0..500)
-        .map(|i| meter::loadgen::event("g", i, 3, now_us() / 1_000_000))
-        .collect();
+    let events: Vec<Value> = (0..500).map(|i| meter::loadgen::event("g", i, 3, now_us() / 1_000_000)).collect();
     for chunk in events.chunks(100) {
         let r = client()
             .post(format!("{}/api/v1/events/batch", meter.url))

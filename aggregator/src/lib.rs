@@ -68,15 +68,13 @@ impl Aggregator {
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("meter-aggregator".into())
-            .spawn(move || {
-                let result = run(reader, &*store, &catalog, &settings, &flag);
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "aggregator stopped");
-                }
-                result
-            })?;
+        let thread = std::thread::Builder::new().name("meter-aggregator".into()).spawn(move || {
+            let result = run(reader, &*store, &catalog, &settings, &flag);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "aggregator stopped");
+            }
+            result
+        })?;
         Ok(Self { stop, thread })
     }
 
@@ -103,21 +101,14 @@ fn run(
     stop: &AtomicBool,
 ) -> Result<(), Error> {
     let start = store.checkpoint(&settings.consumer)?;
-    let positions: Vec<Position> = start
-        .positions
-        .iter()
-        .map(|&(partition, offset)| Position { partition, offset })
-        .collect();
+    let positions: Vec<Position> =
+        start.positions.iter().map(|&(partition, offset)| Position { partition, offset }).collect();
     reader.seek(&positions);
     tracing::info!(consumer = %settings.consumer, partitions = positions.len(), "aggregator resumed from checkpoint");
     let mut last_watermark = Instant::now() - settings.idle_watermark_every;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
-        let timeout = if stopping {
-            Duration::ZERO
-        } else {
-            settings.poll_timeout
-        };
+        let timeout = if stopping { Duration::ZERO } else { settings.poll_timeout };
         let batch = reader.poll(settings.batch_size, timeout)?;
         if batch.records.is_empty() {
             if batch.caught_up && last_watermark.elapsed() >= settings.idle_watermark_every {
@@ -162,22 +153,13 @@ fn run(
         }
         let now = now_us();
         metrics::counter!(metric::EVENTS, "outcome" => "counted").increment(applied.counted as u64);
-        metrics::counter!(metric::EVENTS, "outcome" => "duplicate")
-            .increment(applied.duplicates as u64);
+        metrics::counter!(metric::EVENTS, "outcome" => "duplicate").increment(applied.duplicates as u64);
         metrics::counter!(metric::SKIPPED).increment(skipped as u64);
         metrics::histogram!(metric::BATCH_DURATION).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(metric::EVENT_TO_COUNTER)
-            .record((now - oldest_ingest).max(0) as f64 / 1e6);
-        metrics::gauge!(metric::LAG).set(if batch.caught_up {
-            0.0
-        } else {
-            settings.batch_size as f64
-        });
+        metrics::histogram!(metric::EVENT_TO_COUNTER).record((now - oldest_ingest).max(0) as f64 / 1e6);
+        metrics::gauge!(metric::LAG).set(if batch.caught_up { 0.0 } else { settings.batch_size as f64 });
         if skipped > 0 {
-            tracing::warn!(
-                skipped,
-                "events the current meters cannot read (configuration changed since ingest)"
-            );
+            tracing::warn!(skipped, "events the current meters cannot read (configuration changed since ingest)");
         }
     }
 }

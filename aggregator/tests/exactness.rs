@@ -25,11 +25,7 @@ fn invocation(tenant: &str, id: u32, tokens: u32) -> Event {
 async fn tokens(store: &dyn UsageStore, tenant: &str) -> String {
     let period = Period::containing(meter_schemas::period::now_us());
     let usage = store.usage(tenant, period).await.unwrap();
-    usage
-        .meters
-        .get("agent_tokens")
-        .and_then(|m| m.period.value)
-        .map_or("0".into(), |v| v.to_string())
+    usage.meters.get("agent_tokens").and_then(|m| m.period.value).map_or("0".into(), |v| v.to_string())
 }
 
 async fn wait_for(store: &dyn UsageStore, tenant: &str, want: &str) {
@@ -39,33 +35,20 @@ async fn wait_for(store: &dyn UsageStore, tenant: &str, want: &str) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!(
-        "{tenant}: expected {want}, have {}",
-        tokens(store, tenant).await
-    );
+    panic!("{tenant}: expected {want}, have {}", tokens(store, tenant).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_exactly_across_restarts_and_rereads() {
     let dir = tempfile::tempdir().unwrap();
-    let log =
-        Arc::new(SqliteLog::open(&dir.path().join("events.db"), 4, Durability::Normal).unwrap());
+    let log = Arc::new(SqliteLog::open(&dir.path().join("events.db"), 4, Durability::Normal).unwrap());
     let store: Arc<dyn UsageStore> =
         Arc::new(SqliteStore::open(&dir.path().join("usage.db"), Durability::Normal).unwrap());
     let catalog = Arc::new(Catalog::new(vec![]).unwrap());
-    let start = || {
-        Aggregator::start(
-            log.reader().unwrap(),
-            store.clone(),
-            catalog.clone(),
-            Settings::default(),
-        )
-        .unwrap()
-    };
+    let start =
+        || Aggregator::start(log.reader().unwrap(), store.clone(), catalog.clone(), Settings::default()).unwrap();
 
-    log.append((0..100).map(|i| invocation("a", i, 10)).collect())
-        .await
-        .unwrap();
+    log.append((0..100).map(|i| invocation("a", i, 10)).collect()).await.unwrap();
     let agg = start();
     wait_for(&*store, "a", "1100").await;
     agg.drain_and_stop().unwrap();
@@ -76,36 +59,16 @@ async fn counts_exactly_across_restarts_and_rereads() {
             "aggregator",
             catalog.meters(),
             &[],
-            &Checkpoint {
-                positions: (0..4).map(|p| (p, 0)).collect(),
-                watermark_us: None,
-            },
+            &Checkpoint { positions: (0..4).map(|p| (p, 0)).collect(), watermark_us: None },
         )
         .unwrap();
-    log.append((100..150).map(|i| invocation("a", i, 10)).collect())
-        .await
-        .unwrap();
-    log.append((0..10).map(|i| invocation("b", i, 1)).collect())
-        .await
-        .unwrap();
+    log.append((100..150).map(|i| invocation("a", i, 10)).collect()).await.unwrap();
+    log.append((0..10).map(|i| invocation("b", i, 1)).collect()).await.unwrap();
     let agg = start();
     wait_for(&*store, "a", "1650").await;
     wait_for(&*store, "b", "20").await;
     agg.drain_and_stop().unwrap();
-    let usage = store
-        .usage("a", Period::containing(meter_schemas::period::now_us()))
-        .await
-        .unwrap();
-    assert_eq!(
-        usage.meters["agent_invocations"]
-            .period
-            .value
-            .unwrap()
-            .to_string(),
-        "150"
-    );
-    assert!(
-        usage.watermark_us.is_some(),
-        "a caught-up aggregator publishes a watermark"
-    );
+    let usage = store.usage("a", Period::containing(meter_schemas::period::now_us())).await.unwrap();
+    assert_eq!(usage.meters["agent_invocations"].period.value.unwrap().to_string(), "150");
+    assert!(usage.watermark_us.is_some(), "a caught-up aggregator publishes a watermark");
 }

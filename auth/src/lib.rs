@@ -113,10 +113,7 @@ pub struct NewKey {
 
 impl fmt::Debug for NewKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewKey")
-            .field("id", &self.id)
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("NewKey").field("id", &self.id).field("secret", &"<redacted>").finish()
     }
 }
 
@@ -167,9 +164,7 @@ fn hash(secret: &str) -> String {
 }
 
 fn now_text() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 struct Loaded {
@@ -191,10 +186,7 @@ impl KeyStore {
         migrate(&mut conn, path, MIGRATIONS)?;
         let store = Self {
             path: path.to_path_buf(),
-            loaded: RwLock::new(Loaded {
-                by_hash: HashMap::new(),
-                at: Instant::now(),
-            }),
+            loaded: RwLock::new(Loaded { by_hash: HashMap::new(), at: Instant::now() }),
             last_miss_reload: Mutex::new(Instant::now() - MISS_RELOAD_GAP),
         };
         store.reload()?;
@@ -208,21 +200,14 @@ impl KeyStore {
             check_id(t).map_err(|m| Error::Invalid(format!("tenant {m}")))?;
         }
         if role == Role::Read && tenant.is_none() {
-            return Err(Error::Invalid(
-                "a read key needs --tenant (an admin key reads every tenant)".into(),
-            ));
+            return Err(Error::Invalid("a read key needs --tenant (an admin key reads every tenant)".into()));
         }
         if role == Role::Admin && tenant.is_some() {
-            return Err(Error::Invalid(
-                "an admin key acts for every tenant; drop --tenant".into(),
-            ));
+            return Err(Error::Invalid("an admin key acts for every tenant; drop --tenant".into()));
         }
         let mut bytes = [0u8; 32];
         rand::fill(&mut bytes);
-        let secret = format!(
-            "{KEY_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        );
+        let secret = format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
         let digest = hash(&secret);
         let id = format!("key_{}", &digest[..12]);
         let conn = open(&self.path, Durability::Full)?;
@@ -237,10 +222,8 @@ impl KeyStore {
     /// Revokes the key with this id; false when there is no such key.
     pub fn revoke(&self, id: &str) -> Result<bool, Error> {
         let conn = open(&self.path, Durability::Full)?;
-        let n = conn.execute(
-            "UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-            params![id, now_text()],
-        )?;
+        let n = conn
+            .execute("UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now_text()])?;
         self.reload()?;
         Ok(n == 1)
     }
@@ -248,9 +231,8 @@ impl KeyStore {
     /// Every key, oldest first.
     pub fn list(&self) -> Result<Vec<KeyInfo>, Error> {
         let conn = open(&self.path, Durability::Full)?;
-        let mut stmt = conn.prepare(
-            "SELECT id, role, tenant, created_at, revoked_at FROM keys ORDER BY created_at, id",
-        )?;
+        let mut stmt =
+            conn.prepare("SELECT id, role, tenant, created_at, revoked_at FROM keys ORDER BY created_at, id")?;
         let rows = stmt.query_map([], |r| {
             Ok(KeyInfo {
                 id: r.get(0)?,
@@ -266,49 +248,32 @@ impl KeyStore {
     /// Whether no key has ever been created.
     pub fn is_empty(&self) -> Result<bool, Error> {
         let conn = open(&self.path, Durability::Full)?;
-        Ok(conn
-            .query_row("SELECT id FROM keys LIMIT 1", [], |r| r.get::<_, String>(0))
-            .optional()?
-            .is_none())
+        Ok(conn.query_row("SELECT id FROM keys LIMIT 1", [], |r| r.get::<_, String>(0)).optional()?.is_none())
     }
 
     fn reload(&self) -> Result<(), Error> {
         let conn = open(&self.path, Durability::Full)?;
-        let mut stmt =
-            conn.prepare("SELECT id, hash, role, tenant FROM keys WHERE revoked_at IS NULL")?;
+        let mut stmt = conn.prepare("SELECT id, hash, role, tenant FROM keys WHERE revoked_at IS NULL")?;
         let by_hash = stmt
             .query_map([], |r| {
                 let role: String = r.get(2)?;
                 Ok((
                     r.get::<_, String>(1)?,
-                    Principal {
-                        key_id: r.get(0)?,
-                        role: role.parse().unwrap_or(Role::Read),
-                        tenant: r.get(3)?,
-                    },
+                    Principal { key_id: r.get(0)?, role: role.parse().unwrap_or(Role::Read), tenant: r.get(3)? },
                 ))
             })?
             .collect::<Result<HashMap<_, _>, _>>()?;
-        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Loaded {
-            by_hash,
-            at: Instant::now(),
-        };
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Loaded { by_hash, at: Instant::now() };
         Ok(())
     }
 
     fn lookup(&self, digest: &str) -> (Option<Principal>, bool) {
         let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
-        (
-            loaded.by_hash.get(digest).cloned(),
-            loaded.at.elapsed() > RELOAD_AFTER,
-        )
+        (loaded.by_hash.get(digest).cloned(), loaded.at.elapsed() > RELOAD_AFTER)
     }
 
     /// Checks an `Authorization` header value (`Bearer <key>`).
-    pub async fn authenticate(
-        self: &Arc<Self>,
-        header: Option<&str>,
-    ) -> Result<Principal, AuthError> {
+    pub async fn authenticate(self: &Arc<Self>, header: Option<&str>) -> Result<Principal, AuthError> {
         let secret = header
             .and_then(|h| h.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
@@ -318,10 +283,7 @@ impl KeyStore {
         let digest = hash(secret);
         let (found, stale) = self.lookup(&digest);
         let retry_miss = found.is_none() && {
-            let mut last = self
-                .last_miss_reload
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut last = self.last_miss_reload.lock().unwrap_or_else(|e| e.into_inner());
             let due = last.elapsed() >= MISS_RELOAD_GAP;
             if due {
                 *last = Instant::now();
@@ -332,12 +294,9 @@ impl KeyStore {
             return found.ok_or(AuthError::Unauthenticated);
         }
         let this = self.clone();
-        blocking(move || {
-            this.reload()
-                .map_err(|e| meter_sqlite::Error::Task(e.to_string()))
-        })
-        .await
-        .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        blocking(move || this.reload().map_err(|e| meter_sqlite::Error::Task(e.to_string())))
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         self.lookup(&digest).0.ok_or(AuthError::Unauthenticated)
     }
 }
@@ -359,28 +318,12 @@ mod tests {
         assert_eq!((p.role, p.tenant.as_deref()), (Role::Ingest, Some("acme")));
         // Only the hash is on disk.
         let raw = std::fs::read(dir.path().join("keys.db")).unwrap();
-        assert!(
-            !raw.windows(k.secret.len())
-                .any(|w| w == k.secret.as_bytes())
-        );
-        for bad in [
-            None,
-            Some("Bearer"),
-            Some("Basic abc"),
-            Some("Bearer mtr_unknown"),
-            Some("bearer x"),
-        ] {
-            assert_eq!(
-                keys.authenticate(bad).await,
-                Err(AuthError::Unauthenticated),
-                "{bad:?}"
-            );
+        assert!(!raw.windows(k.secret.len()).any(|w| w == k.secret.as_bytes()));
+        for bad in [None, Some("Bearer"), Some("Basic abc"), Some("Bearer mtr_unknown"), Some("bearer x")] {
+            assert_eq!(keys.authenticate(bad).await, Err(AuthError::Unauthenticated), "{bad:?}");
         }
         assert!(keys.revoke(&k.id).unwrap());
-        assert_eq!(
-            keys.authenticate(Some(&header)).await,
-            Err(AuthError::Unauthenticated)
-        );
+        assert_eq!(keys.authenticate(Some(&header)).await, Err(AuthError::Unauthenticated));
     }
 
     #[tokio::test]
@@ -389,10 +332,7 @@ mod tests {
         let server = KeyStore::open(&dir.path().join("keys.db")).unwrap();
         let cli = KeyStore::open(&dir.path().join("keys.db")).unwrap();
         let k = cli.create(Role::Admin, None).unwrap();
-        let p = server
-            .authenticate(Some(&format!("Bearer {}", k.secret)))
-            .await
-            .unwrap();
+        let p = server.authenticate(Some(&format!("Bearer {}", k.secret))).await.unwrap();
         assert_eq!(p.role, Role::Admin);
     }
 
@@ -403,21 +343,10 @@ mod tests {
         assert!(keys.create(Role::Read, None).is_err());
         assert!(keys.create(Role::Admin, Some("a")).is_err());
         assert!(keys.create(Role::Ingest, Some("bad tenant")).is_err());
-        let reader = Principal {
-            key_id: "k".into(),
-            role: Role::Read,
-            tenant: Some("a".into()),
-        };
+        let reader = Principal { key_id: "k".into(), role: Role::Read, tenant: Some("a".into()) };
         assert_eq!(reader.readable_tenant(None), Ok("a".into()));
-        assert_eq!(
-            reader.readable_tenant(Some("b")),
-            Err(AuthError::OtherTenant)
-        );
-        let admin = Principal {
-            key_id: "k".into(),
-            role: Role::Admin,
-            tenant: None,
-        };
+        assert_eq!(reader.readable_tenant(Some("b")), Err(AuthError::OtherTenant));
+        let admin = Principal { key_id: "k".into(), role: Role::Admin, tenant: None };
         assert_eq!(admin.readable_tenant(None), Err(AuthError::TenantRequired));
     }
 }

@@ -46,9 +46,7 @@ async fn read_all(log: &dyn EventLog) -> Vec<(Position, Event)> {
 /// Appended events read back in order, each partition from offset 0, at their tenant's partition.
 pub async fn append_then_read(h: &dyn Harness) {
     let log = h.open().await;
-    let events: Vec<Event> = (0..20)
-        .map(|i| event(&format!("t{}", i % 5), &format!("e{i}"), i))
-        .collect();
+    let events: Vec<Event> = (0..20).map(|i| event(&format!("t{}", i % 5), &format!("e{i}"), i)).collect();
     let outcomes = log.append(events.clone()).await.unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, Outcome::Appended(_))));
     let read = read_all(&*log).await;
@@ -58,10 +56,7 @@ pub async fn append_then_read(h: &dyn Harness) {
     }
     let mut by_partition = std::collections::BTreeMap::<u32, Vec<u64>>::new();
     for (pos, _) in &read {
-        by_partition
-            .entry(pos.partition)
-            .or_default()
-            .push(pos.offset);
+        by_partition.entry(pos.partition).or_default().push(pos.offset);
     }
     for offsets in by_partition.values() {
         assert_eq!(*offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
@@ -86,20 +81,10 @@ pub async fn duplicates_are_stored_once(h: &dyn Harness) {
 pub async fn conflicts_refuse_the_whole_append(h: &dyn Harness) {
     let log = h.open().await;
     log.append(vec![event("acme", "x", 1)]).await.unwrap();
-    let err = log
-        .append(vec![event("acme", "fresh", 2), event("acme", "x", 99)])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Conflicts(i) if *i == vec![1]),
-        "{err}"
-    );
+    let err = log.append(vec![event("acme", "fresh", 2), event("acme", "x", 99)]).await.unwrap_err();
+    assert!(matches!(&err, Error::Conflicts(i) if *i == vec![1]), "{err}");
     let read = read_all(&*log).await;
-    assert_eq!(
-        read.len(),
-        1,
-        "the fresh event of the refused append must not be stored"
-    );
+    assert_eq!(read.len(), 1, "the fresh event of the refused append must not be stored");
     // The same id in another tenant is another event.
     log.append(vec![event("other", "x", 99)]).await.unwrap();
     assert_eq!(read_all(&*log).await.len(), 2);
@@ -113,9 +98,7 @@ pub async fn concurrent_appends_get_distinct_offsets(h: &dyn Harness) {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
-                log.append(vec![event(&format!("t{t}"), &format!("{t}-{i}"), i)])
-                    .await
-                    .unwrap();
+                log.append(vec![event(&format!("t{t}"), &format!("{t}-{i}"), i)]).await.unwrap();
             }
         }));
     }
@@ -131,43 +114,21 @@ pub async fn concurrent_appends_get_distinct_offsets(h: &dyn Harness) {
 /// A reader continues from where it was told; records survive a reopen.
 pub async fn seek_resumes_and_data_survives_reopen(h: &dyn Harness) {
     let log = h.open().await;
-    log.append(
-        (0..10)
-            .map(|i| event("acme", &format!("s{i}"), i))
-            .collect(),
-    )
-    .await
-    .unwrap();
+    log.append((0..10).map(|i| event("acme", &format!("s{i}"), i)).collect()).await.unwrap();
     let p = partition_for("acme", log.partitions());
     drop(log);
     let log = h.open().await;
     let mut reader = log.reader().unwrap();
-    reader.seek(&[Position {
-        partition: p,
-        offset: 7,
-    }]);
+    reader.seek(&[Position { partition: p, offset: 7 }]);
     let batch = reader.poll(100, Duration::from_millis(50)).unwrap();
-    let offsets: Vec<u64> = batch
-        .records
-        .iter()
-        .filter(|r| r.position.partition == p)
-        .map(|r| r.position.offset)
-        .collect();
+    let offsets: Vec<u64> =
+        batch.records.iter().filter(|r| r.position.partition == p).map(|r| r.position.offset).collect();
     assert_eq!(offsets, vec![7, 8, 9]);
     // Offsets continue after a reopen rather than restarting.
     let out = log.append(vec![event("acme", "after", 10)]).await.unwrap();
-    assert_eq!(
-        out,
-        vec![Outcome::Appended(Position {
-            partition: p,
-            offset: 10
-        })]
-    );
+    assert_eq!(out, vec![Outcome::Appended(Position { partition: p, offset: 10 })]);
     // And a duplicate of an event from before the reopen is still recognised.
-    assert_eq!(
-        log.append(vec![event("acme", "s3", 3)]).await.unwrap(),
-        vec![Outcome::Duplicate]
-    );
+    assert_eq!(log.append(vec![event("acme", "s3", 3)]).await.unwrap(), vec![Outcome::Duplicate]);
 }
 
 /// Expands to one `#[tokio::test]` per contract body, for a backend given by a harness factory.

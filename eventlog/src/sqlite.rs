@@ -68,9 +68,7 @@ impl Heads {
 
     fn wait_beyond(&self, seen: u64, timeout: Duration) {
         let guard = self.commits.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self
-            .changed
-            .wait_timeout_while(guard, timeout, |c| *c == seen);
+        let _ = self.changed.wait_timeout_while(guard, timeout, |c| *c == seen);
     }
 }
 
@@ -89,19 +87,11 @@ impl SqliteLog {
         let partitions = partitions.max(1);
         let mut conn = open(path, durability)?;
         migrate(&mut conn, path, MIGRATIONS)?;
-        let stored: Option<i64> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE name = 'partitions'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let stored: Option<i64> =
+            conn.query_row("SELECT value FROM meta WHERE name = 'partitions'", [], |r| r.get(0)).optional()?;
         match stored {
             None => {
-                conn.execute(
-                    "INSERT INTO meta (name, value) VALUES ('partitions', ?1)",
-                    [partitions],
-                )?;
+                conn.execute("INSERT INTO meta (name, value) VALUES ('partitions', ?1)", [partitions])?;
             }
             Some(n) if n != i64::from(partitions) => {
                 return Err(Error::Unavailable(format!(
@@ -122,22 +112,12 @@ impl SqliteLog {
         }
         let heads = Arc::new(Heads::default());
         let (tx, rx) = mpsc::channel(4096);
-        let writer = Writer {
-            conn,
-            partitions,
-            next,
-            heads: heads.clone(),
-        };
+        let writer = Writer { conn, partitions, next, heads: heads.clone() };
         std::thread::Builder::new()
             .name("meter-log-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::Unavailable(format!("cannot start the log writer: {e}")))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            partitions,
-            requests: tx,
-            heads,
-        })
+        Ok(Self { path: path.to_path_buf(), partitions, requests: tx, heads })
     }
 }
 
@@ -153,18 +133,12 @@ impl EventLog for SqliteLog {
             .send(Request { events, reply })
             .await
             .map_err(|_| Error::Unavailable("the log writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Unavailable("the log writer has stopped".into()))?
+        answer.await.map_err(|_| Error::Unavailable("the log writer has stopped".into()))?
     }
 
     fn reader(&self) -> Result<Box<dyn LogReader>, Error> {
         let conn = open(&self.path, Durability::Normal)?;
-        Ok(Box::new(SqliteReader {
-            conn,
-            next: vec![0; self.partitions as usize],
-            heads: self.heads.clone(),
-        }))
+        Ok(Box::new(SqliteReader { conn, next: vec![0; self.partitions as usize], heads: self.heads.clone() }))
     }
 }
 
@@ -198,13 +172,9 @@ impl Writer {
                     self.heads.bump();
                     for (req, result) in group.into_iter().zip(results) {
                         if let Ok(outcomes) = &result {
-                            let new = outcomes
-                                .iter()
-                                .filter(|o| matches!(o, Outcome::Appended(_)))
-                                .count();
+                            let new = outcomes.iter().filter(|o| matches!(o, Outcome::Appended(_))).count();
                             metrics::counter!(metric::APPENDED).increment(new as u64);
-                            metrics::counter!(metric::DUPLICATES)
-                                .increment((outcomes.len() - new) as u64);
+                            metrics::counter!(metric::DUPLICATES).increment((outcomes.len() - new) as u64);
                         }
                         let _ = req.reply.send(result);
                     }
@@ -225,9 +195,7 @@ impl Writer {
     #[allow(clippy::type_complexity)]
     fn commit(&mut self, group: &[Request]) -> Result<Vec<Result<Vec<Outcome>, Error>>, Error> {
         let now = now_us();
-        let mut tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(group.len());
         for req in group {
             let before = self.next.clone();
@@ -235,14 +203,11 @@ impl Writer {
             let mut outcomes = Vec::with_capacity(req.events.len());
             let mut conflicts = Vec::new();
             {
-                let mut claim = sp.prepare_cached(
-                    "INSERT OR IGNORE INTO ids (tenant, id, hash, key) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                let mut stored =
-                    sp.prepare_cached("SELECT hash FROM ids WHERE tenant = ?1 AND id = ?2")?;
-                let mut insert = sp.prepare_cached(
-                    "INSERT INTO log (key, ingested_us, payload) VALUES (?1, ?2, ?3)",
-                )?;
+                let mut claim =
+                    sp.prepare_cached("INSERT OR IGNORE INTO ids (tenant, id, hash, key) VALUES (?1, ?2, ?3, ?4)")?;
+                let mut stored = sp.prepare_cached("SELECT hash FROM ids WHERE tenant = ?1 AND id = ?2")?;
+                let mut insert =
+                    sp.prepare_cached("INSERT INTO log (key, ingested_us, payload) VALUES (?1, ?2, ?3)")?;
                 for (i, e) in req.events.iter().enumerate() {
                     let hash = e.payload_hash();
                     let partition = partition_for(&e.tenant, self.partitions);
@@ -253,8 +218,7 @@ impl Writer {
                         self.next[partition as usize] += 1;
                         outcomes.push(Outcome::Appended(Position { partition, offset }));
                     } else {
-                        let previous: Vec<u8> =
-                            stored.query_row(params![e.tenant, e.id], |r| r.get(0))?;
+                        let previous: Vec<u8> = stored.query_row(params![e.tenant, e.id], |r| r.get(0))?;
                         if previous == hash {
                             outcomes.push(Outcome::Duplicate);
                         } else {
@@ -305,20 +269,14 @@ impl SqliteReader {
                 while let Some(row) = rows.next()? {
                     let key: i64 = row.get(0)?;
                     let offset = key as u64 & ((1 << OFFSET_BITS) - 1);
-                    let payload = row
-                        .get_ref(2)?
-                        .as_blob()
-                        .map_err(meter_sqlite::rusqlite::Error::from)?;
+                    let payload = row.get_ref(2)?.as_blob().map_err(meter_sqlite::rusqlite::Error::from)?;
                     let event = Event::decode(payload).map_err(|e| Error::Corrupt {
                         partition: p as u32,
                         offset,
                         reason: e.to_string(),
                     })?;
                     records.push(Record {
-                        position: Position {
-                            partition: p as u32,
-                            offset,
-                        },
+                        position: Position { partition: p as u32, offset },
                         ingested_us: row.get(1)?,
                         event,
                     });
@@ -352,14 +310,9 @@ impl LogReader for SqliteReader {
             let (records, caught_up) = self.read(max)?;
             let now = Instant::now();
             if !records.is_empty() || now >= deadline {
-                return Ok(Batch {
-                    records,
-                    caught_up,
-                    started_us,
-                });
+                return Ok(Batch { records, caught_up, started_us });
             }
-            self.heads
-                .wait_beyond(seen, (deadline - now).min(Duration::from_millis(250)));
+            self.heads.wait_beyond(seen, (deadline - now).min(Duration::from_millis(250)));
         }
     }
 }

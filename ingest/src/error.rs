@@ -77,14 +77,10 @@ impl IngestError {
             )],
         };
         let (body, content_type) = match dialect {
-            Dialect::Lago => (
-                lago_body(status.as_u16(), self.lago_code(), &fields),
-                "application/json",
-            ),
-            Dialect::CloudEvents | Dialect::Ndjson => (
-                problem_body(status.as_u16(), &self.detail(), &fields),
-                "application/problem+json",
-            ),
+            Dialect::Lago => (lago_body(status.as_u16(), self.lago_code(), &fields), "application/json"),
+            Dialect::CloudEvents | Dialect::Ndjson => {
+                (problem_body(status.as_u16(), &self.detail(), &fields), "application/problem+json")
+            }
         };
         let mut response = (status, body.to_string()).into_response();
         let headers = response.headers_mut();

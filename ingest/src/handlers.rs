@@ -1,8 +1,8 @@
 //! The ingest endpoints.
 
 use crate::docs::{
-    CloudEvent, LagoBatchRequest, LagoBatchResponse, LagoError, LagoEventRequest,
-    LagoEventResponse, NdjsonSummary, Problem,
+    CloudEvent, LagoBatchRequest, LagoBatchResponse, LagoError, LagoEventRequest, LagoEventResponse, NdjsonSummary,
+    Problem,
 };
 use crate::{Ingest, IngestError, metric};
 use axum::body::Bytes;
@@ -86,10 +86,8 @@ pub async fn post_events_batch(
 ) -> Response {
     match content_type(&headers) {
         Ok(Format::Json) => handle(&ingest, Format::LagoBatch, &headers, body).await,
-        Ok(_) => {
-            IngestError::UnsupportedMediaType("the batch endpoint takes application/json".into())
-                .into_response_for(Dialect::Lago)
-        }
+        Ok(_) => IngestError::UnsupportedMediaType("the batch endpoint takes application/json".into())
+            .into_response_for(Dialect::Lago),
         Err(e) => e.into_response_for(Dialect::Lago),
     }
 }
@@ -98,14 +96,7 @@ fn content_type(headers: &HeaderMap) -> Result<Format, IngestError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(Format::Json);
     };
-    let essence = value
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
         "application/json" | "" => Ok(Format::Json),
         "application/cloudevents+json" => Ok(Format::CloudEvent),
@@ -160,23 +151,14 @@ async fn accept(
     body: Result<Bytes, BytesRejection>,
     dialect: &mut Dialect,
 ) -> Result<Response, IngestError> {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let principal = ingest.keys.authenticate(auth).await?;
     if principal.role == Role::Read {
-        return Err(AuthError::WrongRole {
-            have: principal.role,
-            action: "send events",
-        }
-        .into());
+        return Err(AuthError::WrongRole { have: principal.role, action: "send events" }.into());
     }
     let body = body.map_err(|rejection| {
         let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            format!(
-                "is larger than the limit of {} bytes",
-                ingest.max_body_bytes
-            )
+            format!("is larger than the limit of {} bytes", ingest.max_body_bytes)
         } else {
             format!("cannot be read: {rejection}")
         };
@@ -195,32 +177,21 @@ async fn accept(
     let parse = {
         let ingest = ingest.clone();
         move || {
-            let cx = Context {
-                limits: &ingest.limits,
-                catalog: &ingest.catalog,
-                scope: &scope,
-                now_us: now,
-            };
+            let cx = Context { limits: &ingest.limits, catalog: &ingest.catalog, scope: &scope, now_us: now };
             envelope::parse(format, &body, &cx)
         }
     };
     let parsed = if headers_len(headers) <= INLINE_PARSE_BYTES {
         parse()
     } else {
-        tokio::task::spawn_blocking(parse)
-            .await
-            .map_err(|e| IngestError::Unavailable(e.to_string()))?
+        tokio::task::spawn_blocking(parse).await.map_err(|e| IngestError::Unavailable(e.to_string()))?
     };
     let parsed = parsed.map_err(|refused| {
         *dialect = refused.dialect;
         IngestError::Fields(refused.errors)
     })?;
     *dialect = parsed.dialect;
-    let Parsed {
-        events,
-        id_paths,
-        dialect: _,
-    } = parsed;
+    let Parsed { events, id_paths, dialect: _ } = parsed;
     let outcomes = match ingest.log.append(events.clone()).await {
         Ok(o) => o,
         Err(LogError::Conflicts(indexes)) => {
@@ -238,24 +209,14 @@ async fn accept(
         }
         Err(e) => return Err(IngestError::Unavailable(e.to_string())),
     };
-    let duplicates = outcomes
-        .iter()
-        .filter(|o| **o == Outcome::Duplicate)
-        .count();
-    metrics::counter!(metric::EVENTS, "outcome" => "new")
-        .increment((outcomes.len() - duplicates) as u64);
+    let duplicates = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count();
+    metrics::counter!(metric::EVENTS, "outcome" => "new").increment((outcomes.len() - duplicates) as u64);
     metrics::counter!(metric::EVENTS, "outcome" => "duplicate").increment(duplicates as u64);
-    Ok(respond(
-        *dialect, format, &events, &id_paths, &outcomes, now,
-    ))
+    Ok(respond(*dialect, format, &events, &id_paths, &outcomes, now))
 }
 
 fn headers_len(headers: &HeaderMap) -> usize {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(usize::MAX)
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(usize::MAX)
 }
 
 fn respond(
@@ -266,18 +227,12 @@ fn respond(
     outcomes: &[Outcome],
     now: i64,
 ) -> Response {
-    let duplicates = outcomes
-        .iter()
-        .filter(|o| **o == Outcome::Duplicate)
-        .count();
+    let duplicates = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count();
     match dialect {
         Dialect::Lago => {
             let created_at = format_time(now / 1_000_000 * 1_000_000);
-            let echo: Vec<Value> = events
-                .iter()
-                .zip(outcomes)
-                .map(|(e, o)| lago_echo(e, *o == Outcome::Duplicate, &created_at))
-                .collect();
+            let echo: Vec<Value> =
+                events.iter().zip(outcomes).map(|(e, o)| lago_echo(e, *o == Outcome::Duplicate, &created_at)).collect();
             let body = if format == Format::LagoBatch {
                 json!({ "events": echo })
             } else {
@@ -287,21 +242,13 @@ fn respond(
         }
         Dialect::CloudEvents => {
             let mut r = StatusCode::NO_CONTENT.into_response();
-            r.headers_mut().insert(
-                "meter-accepted",
-                HeaderValue::from(outcomes.len() - duplicates),
-            );
-            r.headers_mut()
-                .insert("meter-duplicates", HeaderValue::from(duplicates));
+            r.headers_mut().insert("meter-accepted", HeaderValue::from(outcomes.len() - duplicates));
+            r.headers_mut().insert("meter-duplicates", HeaderValue::from(duplicates));
             r
         }
         Dialect::Ndjson => {
-            let duplicate_paths: Vec<&String> = id_paths
-                .iter()
-                .zip(outcomes)
-                .filter(|(_, o)| **o == Outcome::Duplicate)
-                .map(|(p, _)| p)
-                .collect();
+            let duplicate_paths: Vec<&String> =
+                id_paths.iter().zip(outcomes).filter(|(_, o)| **o == Outcome::Duplicate).map(|(p, _)| p).collect();
             let body = json!({
                 "accepted": outcomes.len() - duplicates,
                 "duplicates": duplicates,
@@ -314,24 +261,13 @@ fn respond(
 
 /// A stable UUID (version 8) for an event, from its tenant and id.
 pub fn lago_id(tenant: &str, id: &str) -> String {
-    let digest = Sha256::new()
-        .chain_update(tenant.as_bytes())
-        .chain_update([0])
-        .chain_update(id.as_bytes())
-        .finalize();
+    let digest = Sha256::new().chain_update(tenant.as_bytes()).chain_update([0]).chain_update(id.as_bytes()).finalize();
     let mut b = [0u8; 16];
     b.copy_from_slice(&digest[..16]);
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 fn lago_echo(e: &Event, duplicate: bool, created_at: &str) -> Value {

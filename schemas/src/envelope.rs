@@ -31,11 +31,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_events: 1000,
-            max_future_us: 300_000_000,
-            lateness_us: 7 * 86_400_000_000,
-        }
+        Self { max_events: 1000, max_future_us: 300_000_000, lateness_us: 7 * 86_400_000_000 }
     }
 }
 
@@ -126,25 +122,14 @@ pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Re
         let text = match std::str::from_utf8(body) {
             Ok(t) => t,
             Err(e) => {
-                return refuse(
-                    dialect,
-                    vec![malformed("body", &format!("is not UTF-8: {e}"))],
-                );
+                return refuse(dialect, vec![malformed("body", &format!("is not UTF-8: {e}"))]);
             }
         };
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let path = format!("lines[{i}]");
             match serde_json::from_str::<Value>(line) {
                 Ok(v) => {
-                    let kind = if v.get("specversion").is_some() {
-                        Kind::Cloud
-                    } else {
-                        Kind::Lago
-                    };
+                    let kind = if v.get("specversion").is_some() { Kind::Cloud } else { Kind::Lago };
                     items.push((path, v, kind));
                 }
                 Err(e) => errors.push(malformed(&path, &format!("malformed JSON: {e}"))),
@@ -157,16 +142,11 @@ pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Re
         let root: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => {
-                return refuse(
-                    dialect,
-                    vec![malformed("body", &format!("malformed JSON: {e}"))],
-                );
+                return refuse(dialect, vec![malformed("body", &format!("malformed JSON: {e}"))]);
             }
         };
         let (shape, root) = match (format, root) {
-            (Format::Json, Value::Object(mut o))
-                if o.contains_key("event") && o.get("specversion").is_none() =>
-            {
+            (Format::Json, Value::Object(mut o)) if o.contains_key("event") && o.get("specversion").is_none() => {
                 let extra: Vec<FieldError> = o
                     .keys()
                     .filter(|k| *k != "event")
@@ -175,11 +155,7 @@ pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Re
                 if !extra.is_empty() {
                     return refuse(dialect, extra);
                 }
-                items.push((
-                    "event".into(),
-                    o.remove("event").unwrap_or(Value::Null),
-                    Kind::Lago,
-                ));
+                items.push(("event".into(), o.remove("event").unwrap_or(Value::Null), Kind::Lago));
                 (None, Value::Null)
             }
             (Format::Json, v @ Value::Object(_)) => {
@@ -193,10 +169,7 @@ pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Re
             (Format::Json, _) => {
                 return refuse(
                     dialect,
-                    vec![FieldError::invalid(
-                        "body",
-                        "must be {\"event\": {...}} or a CloudEvent",
-                    )],
+                    vec![FieldError::invalid("body", "must be {\"event\": {...}} or a CloudEvent")],
                 );
             }
             (f, v) => (Some(f), v),
@@ -214,17 +187,11 @@ pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Re
                 }
                 match o.remove("events") {
                     Some(Value::Array(list)) => {
-                        items.extend(
-                            list.into_iter()
-                                .enumerate()
-                                .map(|(i, v)| (format!("events[{i}]"), v, Kind::Lago)),
-                        );
+                        items
+                            .extend(list.into_iter().enumerate().map(|(i, v)| (format!("events[{i}]"), v, Kind::Lago)));
                     }
                     Some(_) => {
-                        return refuse(
-                            dialect,
-                            vec![FieldError::invalid("events", "must be an array")],
-                        );
+                        return refuse(dialect, vec![FieldError::invalid("events", "must be an array")]);
                     }
                     None => {
                         return refuse(dialect, vec![FieldError::invalid("events", "is required")]);
@@ -232,38 +199,17 @@ pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Re
                 }
             }
             (Some(Format::LagoBatch), _) => {
-                return refuse(
-                    dialect,
-                    vec![FieldError::invalid(
-                        "body",
-                        "must be an object {\"events\": [...]}",
-                    )],
-                );
+                return refuse(dialect, vec![FieldError::invalid("body", "must be an object {\"events\": [...]}")]);
             }
-            (Some(Format::CloudEvent), v @ Value::Object(_)) => {
-                items.push((String::new(), v, Kind::Cloud))
-            }
+            (Some(Format::CloudEvent), v @ Value::Object(_)) => items.push((String::new(), v, Kind::Cloud)),
             (Some(Format::CloudEvent), _) => {
-                return refuse(
-                    dialect,
-                    vec![FieldError::invalid("body", "must be a CloudEvent object")],
-                );
+                return refuse(dialect, vec![FieldError::invalid("body", "must be a CloudEvent object")]);
             }
             (Some(Format::CloudEventBatch), Value::Array(list)) => {
-                items.extend(
-                    list.into_iter()
-                        .enumerate()
-                        .map(|(i, v)| (format!("[{i}]"), v, Kind::Cloud)),
-                );
+                items.extend(list.into_iter().enumerate().map(|(i, v)| (format!("[{i}]"), v, Kind::Cloud)));
             }
             (Some(_), _) => {
-                return refuse(
-                    dialect,
-                    vec![FieldError::invalid(
-                        "body",
-                        "must be an array of CloudEvents",
-                    )],
-                );
+                return refuse(dialect, vec![FieldError::invalid("body", "must be an array of CloudEvents")]);
             }
         }
     }
@@ -273,24 +219,11 @@ pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Re
         _ => "body",
     };
     if items.is_empty() {
-        return refuse(
-            dialect,
-            vec![FieldError::invalid(
-                list_path,
-                "must contain at least one event",
-            )],
-        );
+        return refuse(dialect, vec![FieldError::invalid(list_path, "must contain at least one event")]);
     }
     if items.len() > cx.limits.max_events {
-        let msg = format!(
-            "has {} events; at most {} are accepted per request",
-            items.len(),
-            cx.limits.max_events
-        );
-        return refuse(
-            dialect,
-            vec![FieldError::new(ErrorKind::TooLarge, list_path, msg)],
-        );
+        let msg = format!("has {} events; at most {} are accepted per request", items.len(), cx.limits.max_events);
+        return refuse(dialect, vec![FieldError::new(ErrorKind::TooLarge, list_path, msg)]);
     }
 
     let mut errors = Vec::new();
@@ -298,14 +231,8 @@ pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Re
     let mut id_paths = Vec::with_capacity(items.len());
     for (path, value, kind) in items {
         let (event, id_path) = match kind {
-            Kind::Lago => (
-                lago_event(&path, value, cx, &mut errors),
-                join(&path, "transaction_id"),
-            ),
-            Kind::Cloud => (
-                cloud_event(&path, value, cx, &mut errors),
-                join(&path, "id"),
-            ),
+            Kind::Lago => (lago_event(&path, value, cx, &mut errors), join(&path, "transaction_id")),
+            Kind::Cloud => (cloud_event(&path, value, cx, &mut errors), join(&path, "id")),
         };
         if let Some(e) = event {
             events.push(e);
@@ -315,15 +242,7 @@ pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Re
     if errors.is_empty() {
         conflicts_within(&events, &id_paths, &mut errors);
     }
-    if errors.is_empty() {
-        Ok(Parsed {
-            events,
-            id_paths,
-            dialect,
-        })
-    } else {
-        refuse(dialect, errors)
-    }
+    if errors.is_empty() { Ok(Parsed { events, id_paths, dialect }) } else { refuse(dialect, errors) }
 }
 
 #[derive(Clone, Copy)]
@@ -337,11 +256,7 @@ fn malformed(path: &str, message: &str) -> FieldError {
 }
 
 fn join(prefix: &str, field: &str) -> String {
-    if prefix.is_empty() {
-        field.to_string()
-    } else {
-        format!("{prefix}.{field}")
-    }
+    if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") }
 }
 
 const LAGO_FIELDS: &[&str] = &[
@@ -354,18 +269,10 @@ const LAGO_FIELDS: &[&str] = &[
     "precise_total_amount_cents",
 ];
 
-fn lago_event(
-    path: &str,
-    value: Value,
-    cx: &Context<'_>,
-    errors: &mut Vec<FieldError>,
-) -> Option<Event> {
+fn lago_event(path: &str, value: Value, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<Event> {
     let before = errors.len();
     let Value::Object(mut o) = value else {
-        errors.push(FieldError::invalid(
-            if path.is_empty() { "body" } else { path },
-            "must be an object",
-        ));
+        errors.push(FieldError::invalid(if path.is_empty() { "body" } else { path }, "must be an object"));
         return None;
     };
     for k in o.keys().filter(|k| !LAGO_FIELDS.contains(&k.as_str())) {
@@ -374,32 +281,18 @@ fn lago_event(
     let id = required_id(&o, path, "transaction_id", errors);
     let customer = optional_id(&o, path, "external_customer_id", errors);
     let subscription = optional_id(&o, path, "external_subscription_id", errors);
-    let tenant_field = if customer.is_some() {
-        "external_customer_id"
-    } else {
-        "external_subscription_id"
-    };
-    let tenant = resolve_tenant(
-        customer.clone().or_else(|| subscription.clone()),
-        path,
-        tenant_field,
-        cx,
-        errors,
-    );
+    let tenant_field = if customer.is_some() { "external_customer_id" } else { "external_subscription_id" };
+    let tenant = resolve_tenant(customer.clone().or_else(|| subscription.clone()), path, tenant_field, cx, errors);
     let code = code(&o, path, "code", cx, errors);
     let time = match o.get("timestamp") {
         None | Some(Value::Null) => Some((cx.now_us, true)),
-        Some(v) => lago_time(v)
-            .map_err(|m| errors.push(FieldError::invalid(join(path, "timestamp"), m)))
-            .ok(),
+        Some(v) => lago_time(v).map_err(|m| errors.push(FieldError::invalid(join(path, "timestamp"), m))).ok(),
     };
-    let time = time.and_then(|(t, implicit)| {
-        check_window(t, &join(path, "timestamp"), cx, errors).map(|t| (t, implicit))
-    });
+    let time =
+        time.and_then(|(t, implicit)| check_window(t, &join(path, "timestamp"), cx, errors).map(|t| (t, implicit)));
     let properties = properties(o.remove("properties"), &join(path, "properties"), errors);
     if let (Some(code), Some(props)) = (&code, &properties) {
-        cx.catalog
-            .check_properties(code, props, &join(path, "properties"), errors);
+        cx.catalog.check_properties(code, props, &join(path, "properties"), errors);
     }
     if errors.len() > before {
         return None;
@@ -417,60 +310,32 @@ fn lago_event(
     })
 }
 
-const CLOUD_FIELDS: &[&str] = &[
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "subject",
-    "time",
-    "data",
-    "datacontenttype",
-    "dataschema",
-];
+const CLOUD_FIELDS: &[&str] =
+    &["specversion", "id", "source", "type", "subject", "time", "data", "datacontenttype", "dataschema"];
 
-fn cloud_event(
-    path: &str,
-    value: Value,
-    cx: &Context<'_>,
-    errors: &mut Vec<FieldError>,
-) -> Option<Event> {
+fn cloud_event(path: &str, value: Value, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<Event> {
     let before = errors.len();
     let Value::Object(mut o) = value else {
-        errors.push(FieldError::invalid(
-            if path.is_empty() { "body" } else { path },
-            "must be an object",
-        ));
+        errors.push(FieldError::invalid(if path.is_empty() { "body" } else { path }, "must be an object"));
         return None;
     };
     for k in o.keys().filter(|k| !CLOUD_FIELDS.contains(&k.as_str())) {
         // CloudEvents extension attributes: lower-case letters and digits, at most 20.
-        let extension = k.len() <= 20
-            && k.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let extension = k.len() <= 20 && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !extension {
-            errors.push(FieldError::invalid(
-                join(path, k),
-                "unknown attribute (extensions are [a-z0-9]{1,20})",
-            ));
+            errors.push(FieldError::invalid(join(path, k), "unknown attribute (extensions are [a-z0-9]{1,20})"));
         }
     }
     match o.get("specversion") {
         Some(Value::String(s)) if s == "1.0" => {}
-        None | Some(Value::Null) => errors.push(FieldError::invalid(
-            join(path, "specversion"),
-            "is required (\"1.0\")",
-        )),
-        Some(_) => errors.push(FieldError::invalid(
-            join(path, "specversion"),
-            "must be \"1.0\"",
-        )),
+        None | Some(Value::Null) => {
+            errors.push(FieldError::invalid(join(path, "specversion"), "is required (\"1.0\")"))
+        }
+        Some(_) => errors.push(FieldError::invalid(join(path, "specversion"), "must be \"1.0\"")),
     }
     let id = required_id(&o, path, "id", errors);
     let source = match o.get("source") {
-        Some(Value::String(s))
-            if !s.is_empty() && s.len() <= 1024 && !s.chars().any(char::is_control) =>
-        {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 && !s.chars().any(char::is_control) => {
             Some(s.clone())
         }
         None | Some(Value::Null) => {
@@ -491,32 +356,22 @@ fn cloud_event(
     match o.get("datacontenttype") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s.starts_with("application/json") => {}
-        Some(_) => errors.push(FieldError::invalid(
-            join(path, "datacontenttype"),
-            "must be application/json",
-        )),
+        Some(_) => errors.push(FieldError::invalid(join(path, "datacontenttype"), "must be application/json")),
     }
     let time = match o.get("time") {
         None | Some(Value::Null) => Some((cx.now_us, true)),
-        Some(Value::String(s)) => rfc3339(s)
-            .map(|t| (t, false))
-            .map_err(|m| errors.push(FieldError::invalid(join(path, "time"), m)))
-            .ok(),
+        Some(Value::String(s)) => {
+            rfc3339(s).map(|t| (t, false)).map_err(|m| errors.push(FieldError::invalid(join(path, "time"), m))).ok()
+        }
         Some(_) => {
-            errors.push(FieldError::invalid(
-                join(path, "time"),
-                "must be an RFC 3339 date-time string",
-            ));
+            errors.push(FieldError::invalid(join(path, "time"), "must be an RFC 3339 date-time string"));
             None
         }
     };
-    let time = time.and_then(|(t, implicit)| {
-        check_window(t, &join(path, "time"), cx, errors).map(|t| (t, implicit))
-    });
+    let time = time.and_then(|(t, implicit)| check_window(t, &join(path, "time"), cx, errors).map(|t| (t, implicit)));
     let properties = properties(o.remove("data"), &join(path, "data"), errors);
     if let (Some(code), Some(props)) = (&code, &properties) {
-        cx.catalog
-            .check_properties(code, props, &join(path, "data"), errors);
+        cx.catalog.check_properties(code, props, &join(path, "data"), errors);
     }
     if errors.len() > before {
         return None;
@@ -541,9 +396,7 @@ pub fn check_id(text: &str) -> Result<(), String> {
     }
     let len = text.chars().count();
     if len > MAX_ID_LEN {
-        return Err(format!(
-            "must be at most {MAX_ID_LEN} characters (got {len})"
-        ));
+        return Err(format!("must be at most {MAX_ID_LEN} characters (got {len})"));
     }
     if text.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
@@ -561,34 +414,20 @@ fn id_value(v: &Value) -> Result<String, String> {
     }
 }
 
-fn required_id(
-    o: &Map<String, Value>,
-    path: &str,
-    field: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<String> {
+fn required_id(o: &Map<String, Value>, path: &str, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
     match o.get(field) {
         None | Some(Value::Null) => {
             errors.push(FieldError::invalid(join(path, field), "is required"));
             None
         }
-        Some(v) => id_value(v)
-            .map_err(|m| errors.push(FieldError::invalid(join(path, field), m)))
-            .ok(),
+        Some(v) => id_value(v).map_err(|m| errors.push(FieldError::invalid(join(path, field), m))).ok(),
     }
 }
 
-fn optional_id(
-    o: &Map<String, Value>,
-    path: &str,
-    field: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<String> {
+fn optional_id(o: &Map<String, Value>, path: &str, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
     match o.get(field) {
         None | Some(Value::Null) => None,
-        Some(v) => id_value(v)
-            .map_err(|m| errors.push(FieldError::invalid(join(path, field), m)))
-            .ok(),
+        Some(v) => id_value(v).map_err(|m| errors.push(FieldError::invalid(join(path, field), m))).ok(),
     }
 }
 
@@ -631,17 +470,11 @@ fn code(
     match o.get(field) {
         None | Some(Value::Null) => errors.push(FieldError::invalid(p, "is required")),
         Some(Value::String(c)) if !valid_code(c) => {
-            errors.push(FieldError::invalid(
-                p,
-                "must be 1 to 128 characters of [A-Za-z0-9._:-]",
-            ));
+            errors.push(FieldError::invalid(p, "must be 1 to 128 characters of [A-Za-z0-9._:-]"));
         }
         Some(Value::String(c)) if !cx.catalog.accepts(c) => errors.push(FieldError::invalid(
             p,
-            format!(
-                "unknown event code {c:?}; accepted codes: {}",
-                cx.catalog.codes().join(", ")
-            ),
+            format!("unknown event code {c:?}; accepted codes: {}", cx.catalog.codes().join(", ")),
         )),
         Some(Value::String(c)) => return Some(c.clone()),
         Some(_) => errors.push(FieldError::invalid(p, "must be a string")),
@@ -649,18 +482,12 @@ fn code(
     None
 }
 
-fn properties(
-    v: Option<Value>,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<Map<String, Value>> {
+fn properties(v: Option<Value>, path: &str, errors: &mut Vec<FieldError>) -> Option<Map<String, Value>> {
     match v {
         None | Some(Value::Null) => Some(Map::new()),
         Some(Value::Object(m)) => {
-            let bad: Vec<_> = m
-                .keys()
-                .filter(|k| k.is_empty() || k.len() > 128 || k.chars().any(char::is_control))
-                .collect();
+            let bad: Vec<_> =
+                m.keys().filter(|k| k.is_empty() || k.len() > 128 || k.chars().any(char::is_control)).collect();
             for k in &bad {
                 errors.push(FieldError::invalid(
                     format!("{path}.{k}"),
@@ -676,8 +503,7 @@ fn properties(
     }
 }
 
-const TIME_HINT: &str =
-    "must be Unix seconds (a number or a string of digits) or an RFC 3339 date-time";
+const TIME_HINT: &str = "must be Unix seconds (a number or a string of digits) or an RFC 3339 date-time";
 
 /// Lago timestamps: Unix seconds as a number or string (fractions allowed), or RFC 3339.
 fn lago_time(v: &Value) -> Result<(i64, bool), String> {
@@ -686,11 +512,7 @@ fn lago_time(v: &Value) -> Result<(i64, bool), String> {
         Value::String(s) => s.clone(),
         _ => return Err(TIME_HINT.into()),
     };
-    if text
-        .bytes()
-        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
-        && !text.is_empty()
-    {
+    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') && !text.is_empty() {
         let secs: Decimal = parse_decimal(&text).map_err(|_| TIME_HINT.to_string())?;
         let us = secs
             .checked_mul(Decimal::from(1_000_000))
@@ -699,36 +521,26 @@ fn lago_time(v: &Value) -> Result<(i64, bool), String> {
         return Ok((us, false));
     }
     if matches!(v, Value::String(_)) {
-        return rfc3339(&text)
-            .map(|t| (t, false))
-            .map_err(|_| TIME_HINT.into());
+        return rfc3339(&text).map(|t| (t, false)).map_err(|_| TIME_HINT.into());
     }
     Err(TIME_HINT.into())
 }
 
 fn rfc3339(s: &str) -> Result<i64, String> {
-    let t = OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|_| "must be an RFC 3339 date-time, e.g. 2026-11-21T10:00:00Z")?;
+    let t =
+        OffsetDateTime::parse(s, &Rfc3339).map_err(|_| "must be an RFC 3339 date-time, e.g. 2026-11-21T10:00:00Z")?;
     Ok((t.unix_timestamp_nanos() / 1000) as i64)
 }
 
 fn check_window(t: i64, path: &str, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<i64> {
     if t > cx.now_us.saturating_add(cx.limits.max_future_us) {
-        errors.push(FieldError::invalid(
-            path,
-            format!(
-                "is more than {} in the future",
-                human(cx.limits.max_future_us)
-            ),
-        ));
+        errors
+            .push(FieldError::invalid(path, format!("is more than {} in the future", human(cx.limits.max_future_us))));
         None
     } else if t < cx.now_us.saturating_sub(cx.limits.lateness_us) {
         errors.push(FieldError::invalid(
             path,
-            format!(
-                "is older than the lateness window of {}",
-                human(cx.limits.lateness_us)
-            ),
+            format!("is older than the lateness window of {}", human(cx.limits.lateness_us)),
         ));
         None
     } else {
@@ -760,10 +572,7 @@ fn conflicts_within(events: &[Event], id_paths: &[String], errors: &mut Vec<Fiel
             Some((j, h)) if *h != hash => errors.push(FieldError::new(
                 ErrorKind::Conflict,
                 id_paths[i].clone(),
-                format!(
-                    "repeats the id of {} with a different payload",
-                    id_paths[*j]
-                ),
+                format!("repeats the id of {} with a different payload", id_paths[*j]),
             )),
             Some(_) => {}
             None => {
@@ -781,29 +590,12 @@ mod tests {
 
     fn run(format: Format, body: &str, scope: TenantScope) -> Result<Parsed, Refused> {
         let catalog = Catalog::new(vec![]).unwrap();
-        let limits = Limits {
-            max_events: 3,
-            ..Limits::default()
-        };
-        parse(
-            format,
-            body.as_bytes(),
-            &Context {
-                limits: &limits,
-                catalog: &catalog,
-                scope: &scope,
-                now_us: NOW,
-            },
-        )
+        let limits = Limits { max_events: 3, ..Limits::default() };
+        parse(format, body.as_bytes(), &Context { limits: &limits, catalog: &catalog, scope: &scope, now_us: NOW })
     }
 
     fn errors(format: Format, body: &str) -> Vec<String> {
-        run(format, body, TenantScope::Any)
-            .unwrap_err()
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        run(format, body, TenantScope::Any).unwrap_err().errors.iter().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -823,12 +615,7 @@ mod tests {
     #[test]
     fn cloud_event_batch_with_tenant_key() {
         let body = r#"[{"specversion":"1.0","id":"a","source":"svc","type":"api.call","time":"2025-11-20T23:59:59.999Z","data":{"route":"/x","method":"GET","status":200}}]"#;
-        let p = run(
-            Format::CloudEventBatch,
-            body,
-            TenantScope::Only("acme".into()),
-        )
-        .unwrap();
+        let p = run(Format::CloudEventBatch, body, TenantScope::Only("acme".into())).unwrap();
         assert_eq!(p.events[0].tenant, "acme");
         assert_eq!(p.events[0].time_us, NOW - 1000);
         assert_eq!(p.dialect, Dialect::CloudEvents);
@@ -846,10 +633,7 @@ mod tests {
         assert_eq!(e[0], "events[1].transaction_id: must not be empty");
         assert!(e[1].starts_with("events[1].code: unknown event code \"nope\""));
         assert!(e[2].starts_with("events[2].external_subscription_id: is required"));
-        assert_eq!(
-            e[3],
-            "events[2].properties.input_tokens: must be a finite decimal number"
-        );
+        assert_eq!(e[3], "events[2].properties.input_tokens: must be a finite decimal number");
         assert_eq!(
             e[4],
             "events[2].properties.output_tokens: is beyond the decimal range (at most 28 significant digits)"
@@ -862,15 +646,9 @@ mod tests {
         let r = run(Format::LagoBatch, four, TenantScope::Any).unwrap_err();
         assert_eq!(r.errors[0].kind, ErrorKind::TooLarge);
         let future = r#"{"event":{"transaction_id":"f","external_customer_id":"a","code":"work_order.created","timestamp":4102444800}}"#;
-        assert_eq!(
-            errors(Format::Json, future),
-            vec!["event.timestamp: is more than 5 minutes in the future"]
-        );
+        assert_eq!(errors(Format::Json, future), vec!["event.timestamp: is more than 5 minutes in the future"]);
         let old = r#"{"event":{"transaction_id":"f","external_customer_id":"a","code":"work_order.created","timestamp":"2020-01-01T00:00:00Z"}}"#;
-        assert_eq!(
-            errors(Format::Json, old),
-            vec!["event.timestamp: is older than the lateness window of 7 days"]
-        );
+        assert_eq!(errors(Format::Json, old), vec!["event.timestamp: is older than the lateness window of 7 days"]);
     }
 
     #[test]
@@ -897,13 +675,7 @@ mod tests {
     #[test]
     fn ndjson_mixes_envelopes_and_reports_bad_lines() {
         let body = "{\"transaction_id\":\"1\",\"external_customer_id\":\"a\",\"code\":\"work_order.created\"}\n\n{\"specversion\":\"1.0\",\"id\":\"2\",\"source\":\"s\",\"type\":\"work_order.created\",\"subject\":\"a\"}\n";
-        assert_eq!(
-            run(Format::Ndjson, body, TenantScope::Any)
-                .unwrap()
-                .events
-                .len(),
-            2
-        );
+        assert_eq!(run(Format::Ndjson, body, TenantScope::Any).unwrap().events.len(), 2);
         let e = errors(Format::Ndjson, "{\"a\":\n");
         assert!(e[0].starts_with("lines[0]: malformed JSON"));
     }
@@ -911,14 +683,8 @@ mod tests {
     #[test]
     fn ids_with_bad_characters_are_refused() {
         assert!(check_id(&"x".repeat(128)).is_ok());
-        assert_eq!(
-            check_id(&"x".repeat(129)).unwrap_err(),
-            "must be at most 128 characters (got 129)"
-        );
-        assert_eq!(
-            check_id("a\u{0}b").unwrap_err(),
-            "must not contain control characters"
-        );
+        assert_eq!(check_id(&"x".repeat(129)).unwrap_err(), "must be at most 128 characters (got 129)");
+        assert_eq!(check_id("a\u{0}b").unwrap_err(), "must not contain control characters");
         assert!(check_id("a b").is_err());
         assert!(check_id("é").is_err());
     }

@@ -38,11 +38,7 @@ impl FieldError {
 
     /// A problem of the given kind.
     pub fn new(kind: ErrorKind, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-            kind,
-        }
+        Self { path: path.into(), message: message.into(), kind }
     }
 }
 
@@ -54,11 +50,7 @@ impl fmt::Display for FieldError {
 
 /// The kind that decides the status when a request has several problems: the most severe wins.
 pub fn dominant_kind(errors: &[FieldError]) -> ErrorKind {
-    errors
-        .iter()
-        .map(|e| e.kind)
-        .max()
-        .unwrap_or(ErrorKind::Invalid)
+    errors.iter().map(|e| e.kind).max().unwrap_or(ErrorKind::Invalid)
 }
 
 impl ErrorKind {
@@ -114,9 +106,7 @@ pub fn lago_body(status: u16, code: &str, errors: &[FieldError]) -> serde_json::
     if !errors.is_empty() {
         let mut details = serde_json::Map::new();
         for e in errors {
-            let entry = details
-                .entry(e.path.clone())
-                .or_insert_with(|| serde_json::Value::Array(vec![]));
+            let entry = details.entry(e.path.clone()).or_insert_with(|| serde_json::Value::Array(vec![]));
             if let serde_json::Value::Array(list) = entry {
                 list.push(e.message.clone().into());
             }

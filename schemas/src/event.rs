@@ -123,10 +123,7 @@ mod tests {
         let a: Value = serde_json::from_str(r#"{"a":1,"b":"x"}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"b":"x","a":1}"#).unwrap();
         assert_eq!(event(a.clone()).payload_hash(), event(b).payload_hash());
-        assert_ne!(
-            event(a).payload_hash(),
-            event(json!({"a": 2, "b": "x"})).payload_hash()
-        );
+        assert_ne!(event(a).payload_hash(), event(json!({"a": 2, "b": "x"})).payload_hash());
     }
 
     #[test]
@@ -144,9 +141,6 @@ mod tests {
         let e = event(v);
         let back = Event::decode(&e.encode()).unwrap();
         assert_eq!(back, e);
-        assert_eq!(
-            back.properties["n"].to_string(),
-            "0.10000000000000000000001"
-        );
+        assert_eq!(back.properties["n"].to_string(), "0.10000000000000000000001");
     }
 }

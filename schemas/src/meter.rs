@@ -35,11 +35,7 @@ pub struct MeterDef {
     /// How values are folded.
     pub aggregation: Aggregation,
     /// Property (or properties, summed per event) the value is read from; none for `count`.
-    #[serde(
-        default,
-        deserialize_with = "one_or_many",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
     pub property: Vec<String>,
     /// Only events whose property equals one of the listed values count.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -96,13 +92,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 }
 
 impl MeterDef {
-    fn new(
-        name: &str,
-        event: &str,
-        aggregation: Aggregation,
-        property: &[&str],
-        description: &str,
-    ) -> Self {
+    fn new(name: &str, event: &str, aggregation: Aggregation, property: &[&str], description: &str) -> Self {
         Self {
             name: name.into(),
             event: event.into(),
@@ -117,27 +107,9 @@ impl MeterDef {
     pub fn defaults() -> Vec<MeterDef> {
         use Aggregation::*;
         vec![
-            Self::new(
-                "work_orders",
-                "work_order.created",
-                Count,
-                &[],
-                "Work orders created",
-            ),
-            Self::new(
-                "work_orders_completed",
-                "work_order.completed",
-                Count,
-                &[],
-                "Work orders completed",
-            ),
-            Self::new(
-                "agent_invocations",
-                "agent.invocation",
-                Count,
-                &[],
-                "AI agent invocations",
-            ),
+            Self::new("work_orders", "work_order.created", Count, &[], "Work orders created"),
+            Self::new("work_orders_completed", "work_order.completed", Count, &[], "Work orders completed"),
+            Self::new("agent_invocations", "agent.invocation", Count, &[], "AI agent invocations"),
             Self::new(
                 "agent_tokens",
                 "agent.invocation",
@@ -146,22 +118,13 @@ impl MeterDef {
                 "Input plus output tokens of AI agent invocations",
             ),
             Self::new("api_calls", "api.call", Count, &[], "API calls"),
-            Self::new(
-                "active_users",
-                "user.login",
-                UniqueCount,
-                &["user_id"],
-                "Distinct users who logged in",
-            ),
+            Self::new("active_users", "user.login", UniqueCount, &["user_id"], "Distinct users who logged in"),
         ]
     }
 
     fn matches(&self, props: &Map<String, Value>) -> bool {
         self.filter.iter().all(|(key, allowed)| {
-            props
-                .get(key)
-                .and_then(scalar_text)
-                .is_some_and(|v| allowed.0.iter().any(|a| *a == v))
+            props.get(key).and_then(scalar_text).is_some_and(|v| allowed.0.iter().any(|a| *a == v))
         })
     }
 }
@@ -255,23 +218,13 @@ struct PropSpec {
 }
 
 const fn prop(name: &'static str, kind: PropKind, required: bool) -> PropSpec {
-    PropSpec {
-        name,
-        kind,
-        required,
-    }
+    PropSpec { name, kind, required }
 }
 
 /// The built-in event codes and their typed properties.
 const BUILTIN: &[(&str, &[PropSpec])] = &[
-    (
-        "work_order.created",
-        &[prop("work_order_id", PropKind::Text, false)],
-    ),
-    (
-        "work_order.completed",
-        &[prop("work_order_id", PropKind::Text, false)],
-    ),
+    ("work_order.created", &[prop("work_order_id", PropKind::Text, false)]),
+    ("work_order.completed", &[prop("work_order_id", PropKind::Text, false)]),
     (
         "agent.invocation",
         &[
@@ -315,16 +268,10 @@ impl Catalog {
         let mut seen = HashSet::new();
         let mut by_code: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, m) in meters.iter().enumerate() {
-            let fail = |reason: &str| MeterConfigError {
-                index,
-                name: m.name.clone(),
-                reason: reason.into(),
-            };
+            let fail = |reason: &str| MeterConfigError { index, name: m.name.clone(), reason: reason.into() };
             let valid_name = m.name.len() <= 64
                 && m.name.starts_with(|c: char| c.is_ascii_lowercase())
-                && m.name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                && m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
             if !valid_name {
                 return Err(fail("name must match [a-z][a-z0-9_]{0,63}"));
             }
@@ -332,18 +279,14 @@ impl Catalog {
                 return Err(fail("name is used twice"));
             }
             if !valid_code(&m.event) {
-                return Err(fail(
-                    "event must be a code of 1 to 128 characters [A-Za-z0-9._:-]",
-                ));
+                return Err(fail("event must be a code of 1 to 128 characters [A-Za-z0-9._:-]"));
             }
             match (m.aggregation, m.property.len()) {
                 (Aggregation::Count, 0) | (Aggregation::Sum, 1..) => {}
                 (Aggregation::Count, _) => return Err(fail("count takes no property")),
                 (Aggregation::UniqueCount | Aggregation::Max | Aggregation::Latest, 1) => {}
                 _ => {
-                    return Err(fail(
-                        "this aggregation needs exactly one property (sum: one or more)",
-                    ));
+                    return Err(fail("this aggregation needs exactly one property (sum: one or more)"));
                 }
             }
             by_code.entry(m.event.clone()).or_default().push(index);
@@ -372,13 +315,7 @@ impl Catalog {
 
     /// Checks the properties of an event of `code` (known to be accepted): the built-in types,
     /// then whatever the meters reading it need. Problems are pushed with paths under `path`.
-    pub fn check_properties(
-        &self,
-        code: &str,
-        props: &Map<String, Value>,
-        path: &str,
-        out: &mut Vec<FieldError>,
-    ) {
+    pub fn check_properties(&self, code: &str, props: &Map<String, Value>, path: &str, out: &mut Vec<FieldError>) {
         let mut reported = HashSet::new();
         for spec in builtin(code).unwrap_or(&[]) {
             let p = format!("{path}.{}", spec.name);
@@ -403,9 +340,7 @@ impl Catalog {
                 }
                 let problem = match props.get(name) {
                     None | Some(Value::Null) => Some(format!("is required by meter {}", m.name)),
-                    Some(v) => contribution_value(m.aggregation, v)
-                        .err()
-                        .map(|e| e.to_string()),
+                    Some(v) => contribution_value(m.aggregation, v).err().map(|e| e.to_string()),
                 };
                 if let Some(message) = problem {
                     out.push(FieldError::invalid(format!("{path}.{name}"), message));
@@ -421,12 +356,7 @@ impl Catalog {
     pub fn contributions(&self, event: &Event) -> (Vec<(usize, Contribution)>, usize) {
         let mut out = Vec::new();
         let mut skipped = 0;
-        for &i in self
-            .by_code
-            .get(&event.code)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
+        for &i in self.by_code.get(&event.code).map(Vec::as_slice).unwrap_or(&[]) {
             let m = &self.meters[i];
             if !m.matches(&event.properties) {
                 continue;
@@ -448,9 +378,7 @@ fn builtin(code: &str) -> Option<&'static [PropSpec]> {
 pub fn valid_code(code: &str) -> bool {
     !code.is_empty()
         && code.len() <= 128
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 fn check_kind(kind: PropKind, v: &Value) -> Result<(), String> {
@@ -460,16 +388,12 @@ fn check_kind(kind: PropKind, v: &Value) -> Result<(), String> {
             Value::String(s) if s.chars().count() > MAX_TEXT_LEN => {
                 Err(format!("must be at most {MAX_TEXT_LEN} characters"))
             }
-            Value::String(s) if s.chars().any(char::is_control) => {
-                Err("must not contain control characters".into())
-            }
+            Value::String(s) if s.chars().any(char::is_control) => Err("must not contain control characters".into()),
             Value::String(_) => Ok(()),
             _ => Err("must be a string".into()),
         },
         PropKind::Count => quantity::count(v).map(|_| ()).map_err(|e| match e {
-            QuantityError::NotInteger | QuantityError::NotANumber => {
-                "must be a non-negative integer".into()
-            }
+            QuantityError::NotInteger | QuantityError::NotANumber => "must be a non-negative integer".into(),
             other => other.to_string(),
         }),
         PropKind::HttpStatus => match quantity::count(v) {
@@ -485,9 +409,7 @@ fn contribution_value(aggregation: Aggregation, v: &Value) -> Result<Contributio
         Aggregation::Sum => Contribution::Sum(quantity::quantity(v)?),
         Aggregation::Max => Contribution::Max(quantity::quantity(v)?),
         Aggregation::Latest => Contribution::Latest(quantity::quantity(v)?),
-        Aggregation::UniqueCount => {
-            Contribution::Unique(scalar_text(v).ok_or(QuantityError::NotANumber)?)
-        }
+        Aggregation::UniqueCount => Contribution::Unique(scalar_text(v).ok_or(QuantityError::NotANumber)?),
     })
 }
 
@@ -511,11 +433,7 @@ fn scalar_text(v: &Value) -> Option<String> {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => {
             let t = n.to_string();
-            Some(
-                quantity::parse_decimal(&t)
-                    .map(|d| d.normalize().to_string())
-                    .unwrap_or(t),
-            )
+            Some(quantity::parse_decimal(&t).map(|d| d.normalize().to_string()).unwrap_or(t))
         }
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
@@ -542,28 +460,17 @@ mod tests {
 
     fn check(code: &str, props: Value) -> Vec<String> {
         let mut out = Vec::new();
-        Catalog::new(vec![]).unwrap().check_properties(
-            code,
-            props.as_object().unwrap(),
-            "p",
-            &mut out,
-        );
+        Catalog::new(vec![]).unwrap().check_properties(code, props.as_object().unwrap(), "p", &mut out);
         out.iter().map(ToString::to_string).collect()
     }
 
     #[test]
     fn agent_tokens_sums_input_and_output() {
         let c = Catalog::new(vec![]).unwrap();
-        let e = event(
-            "agent.invocation",
-            json!({"model": "m", "input_tokens": 10, "output_tokens": "5"}),
-        );
+        let e = event("agent.invocation", json!({"model": "m", "input_tokens": 10, "output_tokens": "5"}));
         let (contribs, skipped) = c.contributions(&e);
         assert_eq!(skipped, 0);
-        let names: Vec<_> = contribs
-            .iter()
-            .map(|(i, c)| (c.clone(), c_name(&c_meters(), *i)))
-            .collect();
+        let names: Vec<_> = contribs.iter().map(|(i, c)| (c.clone(), c_name(&c_meters(), *i))).collect();
         assert!(names.contains(&(Contribution::Count, "agent_invocations".into())));
         assert!(names.contains(&(Contribution::Sum(Decimal::from(15)), "agent_tokens".into())));
     }
@@ -579,26 +486,14 @@ mod tests {
     #[test]
     fn typed_properties_are_checked() {
         assert_eq!(
-            check(
-                "agent.invocation",
-                json!({"model": "m", "input_tokens": -1, "output_tokens": 1.5})
-            ),
-            vec![
-                "p.input_tokens: must be a non-negative integer",
-                "p.output_tokens: must be a non-negative integer"
-            ]
+            check("agent.invocation", json!({"model": "m", "input_tokens": -1, "output_tokens": 1.5})),
+            vec!["p.input_tokens: must be a non-negative integer", "p.output_tokens: must be a non-negative integer"]
         );
         assert_eq!(
-            check(
-                "api.call",
-                json!({"route": "/x", "method": "GET", "status": 700})
-            ),
+            check("api.call", json!({"route": "/x", "method": "GET", "status": 700})),
             vec!["p.status: must be an HTTP status code from 100 to 599"]
         );
-        assert_eq!(
-            check("user.login", json!({})),
-            vec!["p.user_id: is required"]
-        );
+        assert_eq!(check("user.login", json!({})), vec!["p.user_id: is required"]);
         assert!(check("work_order.created", json!({})).is_empty());
     }
 
@@ -612,15 +507,9 @@ mod tests {
         let c = Catalog::new(vec![custom]).unwrap();
         assert!(c.accepts("storage.sample"));
         assert!(!c.accepts("storage.other"));
-        let (hit, _) = c.contributions(&event(
-            "storage.sample",
-            json!({"gb": "2.5", "region": "eu"}),
-        ));
+        let (hit, _) = c.contributions(&event("storage.sample", json!({"gb": "2.5", "region": "eu"})));
         assert_eq!(hit.len(), 1);
-        let (miss, _) = c.contributions(&event(
-            "storage.sample",
-            json!({"gb": "2.5", "region": "ap"}),
-        ));
+        let (miss, _) = c.contributions(&event("storage.sample", json!({"gb": "2.5", "region": "ap"})));
         assert!(miss.is_empty());
     }
 
@@ -634,10 +523,8 @@ mod tests {
 
     #[test]
     fn tally_is_order_independent() {
-        let items = [
-            (Contribution::Latest(Decimal::from(3)), 5, "b"),
-            (Contribution::Latest(Decimal::from(7)), 5, "a"),
-        ];
+        let items =
+            [(Contribution::Latest(Decimal::from(3)), 5, "b"), (Contribution::Latest(Decimal::from(7)), 5, "a")];
         let mut fwd = Tally::default();
         let mut rev = Tally::default();
         for (c, t, id) in &items {

@@ -20,10 +20,7 @@ impl Period {
     /// The period containing `time_us` (microseconds since the Unix epoch).
     pub fn containing(time_us: i64) -> Self {
         let d = day_of(time_us);
-        Self {
-            year: d.year(),
-            month: d.month(),
-        }
+        Self { year: d.year(), month: d.month() }
     }
 
     /// First instant of the period, in microseconds.
@@ -39,14 +36,8 @@ impl Period {
     /// The period after this one.
     pub fn next(&self) -> Self {
         match self.month {
-            Month::December => Self {
-                year: self.year + 1,
-                month: Month::January,
-            },
-            m => Self {
-                year: self.year,
-                month: m.next(),
-            },
+            Month::December => Self { year: self.year + 1, month: Month::January },
+            m => Self { year: self.year, month: m.next() },
         }
     }
 
@@ -66,9 +57,7 @@ impl Period {
 /// The UTC day containing `time_us`.
 pub fn day_of(time_us: i64) -> Date {
     let secs = time_us.div_euclid(1_000_000);
-    OffsetDateTime::from_unix_timestamp(secs)
-        .map(|t| t.date())
-        .unwrap_or(Date::MIN)
+    OffsetDateTime::from_unix_timestamp(secs).map(|t| t.date()).unwrap_or(Date::MIN)
 }
 
 /// First instant of `date` in UTC, in microseconds.
@@ -78,20 +67,13 @@ pub fn date_start_us(date: Date) -> i64 {
 
 /// `YYYY-MM-DD`.
 pub fn format_day(date: Date) -> String {
-    format!(
-        "{:04}-{:02}-{:02}",
-        date.year(),
-        u8::from(date.month()),
-        date.day()
-    )
+    format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day())
 }
 
 /// RFC 3339 text of a time in microseconds, e.g. `2026-11-21T00:00:00.123456Z`.
 pub fn format_time(time_us: i64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_us) * 1000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_us) * 1000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// Now, in microseconds since the Unix epoch.
@@ -152,19 +134,14 @@ mod tests {
         assert_eq!(Period::containing(last_us), nov);
         assert_eq!(Period::containing(nov.end_us()), nov.next());
         assert_eq!(nov.next().to_string(), "2026-12");
-        assert_eq!(
-            "2026-12".parse::<Period>().unwrap().next().to_string(),
-            "2027-01"
-        );
+        assert_eq!("2026-12".parse::<Period>().unwrap().next().to_string(), "2027-01");
         assert_eq!(nov.days().count(), 30);
         assert_eq!(format_day(day_of(last_us)), "2026-11-30");
     }
 
     #[test]
     fn refuses_malformed_periods() {
-        for bad in [
-            "2026-13", "2026-1", "26-11", "2026/11", "", "2026-00", "abcd-ef",
-        ] {
+        for bad in ["2026-13", "2026-1", "26-11", "2026/11", "", "2026-00", "abcd-ef"] {
             assert!(bad.parse::<Period>().is_err(), "{bad}");
         }
     }

@@ -41,10 +41,7 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, QuantityError> {
     if matches!(lower.as_str(), "nan" | "inf" | "infinity") {
         return Err(QuantityError::NotFinite);
     }
-    if !t
-        .bytes()
-        .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'e' | b'E' | b'+'))
-    {
+    if !t.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'e' | b'E' | b'+')) {
         return Err(QuantityError::NotANumber);
     }
     if t.contains(['e', 'E']) {
@@ -105,33 +102,18 @@ mod tests {
         assert_eq!(quantity(&num("0.1")).unwrap().to_string(), "0.1");
         assert_eq!(quantity(&num("\"12.50\"")).unwrap().to_string(), "12.5");
         assert_eq!(quantity(&num("1e3")).unwrap().to_string(), "1000");
-        assert_eq!(
-            quantity(&num("123456789.123456789")).unwrap().to_string(),
-            "123456789.123456789"
-        );
+        assert_eq!(quantity(&num("123456789.123456789")).unwrap().to_string(), "123456789.123456789");
     }
 
     #[test]
     fn refuses_what_is_not_a_finite_decimal() {
         assert_eq!(quantity(&num("1e400")), Err(QuantityError::OutOfRange));
         assert_eq!(quantity(&num("\"NaN\"")), Err(QuantityError::NotFinite));
-        assert_eq!(
-            quantity(&num("\"-Infinity\"")),
-            Err(QuantityError::NotFinite)
-        );
+        assert_eq!(quantity(&num("\"-Infinity\"")), Err(QuantityError::NotFinite));
         assert_eq!(quantity(&num("-1")), Err(QuantityError::Negative));
-        assert_eq!(
-            quantity(&num("123456789012345678901234567890")),
-            Err(QuantityError::OutOfRange)
-        );
-        assert_eq!(
-            quantity(&num("0.12345678901234567890123456789012")),
-            Err(QuantityError::OutOfRange)
-        );
-        assert_eq!(
-            quantity(&num("1000000000000000001")),
-            Err(QuantityError::TooLarge)
-        );
+        assert_eq!(quantity(&num("123456789012345678901234567890")), Err(QuantityError::OutOfRange));
+        assert_eq!(quantity(&num("0.12345678901234567890123456789012")), Err(QuantityError::OutOfRange));
+        assert_eq!(quantity(&num("1000000000000000001")), Err(QuantityError::TooLarge));
         assert_eq!(quantity(&num("true")), Err(QuantityError::NotANumber));
         assert_eq!(quantity(&num("\"12abc\"")), Err(QuantityError::NotANumber));
         assert_eq!(count(&num("1.5")), Err(QuantityError::NotInteger));

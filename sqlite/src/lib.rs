@@ -16,9 +16,7 @@ pub enum Error {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The file was written by a newer meter.
-    #[error(
-        "{path}: schema version {found} is newer than this meter knows ({known}); upgrade meter"
-    )]
+    #[error("{path}: schema version {found} is newer than this meter knows ({known}); upgrade meter")]
     UnknownSchema {
         /// The database file.
         path: String,
@@ -64,11 +62,7 @@ pub fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Resul
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = migrations.len() as i64;
     if found > known {
-        return Err(Error::UnknownSchema {
-            path: path.display().to_string(),
-            found,
-            known,
-        });
+        return Err(Error::UnknownSchema { path: path.display().to_string(), found, known });
     }
     for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction()?;
@@ -88,19 +82,12 @@ pub struct ReadPool {
 impl ReadPool {
     /// A pool over `path`; connections open on first use.
     pub fn new(path: &Path) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            idle: Mutex::new(Vec::new()),
-        }
+        Self { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }
     }
 
     /// Runs `f` on a pooled connection, on the calling (blocking) thread.
     pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let taken = self
-            .idle
-            .lock()
-            .map_err(|e| Error::Task(e.to_string()))?
-            .pop();
+        let taken = self.idle.lock().map_err(|e| Error::Task(e.to_string()))?.pop();
         let mut conn = match taken {
             Some(c) => c,
             None => open(&self.path, Durability::Normal)?,
@@ -116,12 +103,8 @@ impl ReadPool {
 }
 
 /// Runs blocking database work off the async runtime.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Task(e.to_string()))?
 }
 
 #[cfg(test)]
@@ -136,16 +119,6 @@ mod tests {
         migrate(&mut c, &path, &["CREATE TABLE a (x)", "CREATE TABLE b (y)"]).unwrap();
         migrate(&mut c, &path, &["CREATE TABLE a (x)", "CREATE TABLE b (y)"]).unwrap();
         let err = migrate(&mut c, &path, &["CREATE TABLE a (x)"]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::UnknownSchema {
-                    found: 2,
-                    known: 1,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, Error::UnknownSchema { found: 2, known: 1, .. }), "{err}");
     }
 }

@@ -23,12 +23,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Auth(AuthError::Unauthenticated) => StatusCode::UNAUTHORIZED,
-            ApiError::Auth(AuthError::TenantRequired) | ApiError::Invalid(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            ApiError::Auth(AuthError::Unavailable(_)) | ApiError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Auth(AuthError::TenantRequired) | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Auth(AuthError::Unavailable(_)) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
         }
     }
@@ -45,36 +41,31 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let errors = match &self {
             ApiError::Invalid(e) => e.clone(),
-            ApiError::Auth(AuthError::TenantRequired) => vec![FieldError::invalid(
-                "tenant",
-                "is required with an admin key",
-            )],
+            ApiError::Auth(AuthError::TenantRequired) => {
+                vec![FieldError::invalid("tenant", "is required with an admin key")]
+            }
             ApiError::Auth(AuthError::OtherTenant) => {
-                vec![FieldError::invalid(
-                    "tenant",
-                    "is not the tenant this API key belongs to",
-                )]
+                vec![FieldError::invalid("tenant", "is not the tenant this API key belongs to")]
+            }
+            ApiError::Auth(e @ AuthError::WrongRole { .. }) => {
+                vec![FieldError::invalid("authorization", e.to_string())]
             }
             _ => vec![],
         };
         let detail = match &self {
+            ApiError::Auth(e @ AuthError::WrongRole { .. }) => e.to_string(),
             ApiError::Auth(e) if errors.is_empty() => e.to_string(),
             ApiError::Unavailable(m) => format!("storage unavailable: {m}"),
             _ => summary(&errors),
         };
         let body = problem_body(status.as_u16(), &detail, &errors).to_string();
         let mut r = (status, body).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         r
     }

@@ -88,19 +88,11 @@ pub async fn get_usage(
     headers: HeaderMap,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Usage>, ApiError> {
-    let principal = state
-        .keys
-        .authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
-        .await?;
+    let principal = state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?;
     if principal.role == Role::Ingest {
-        return Err(AuthError::WrongRole {
-            have: Role::Ingest,
-            action: "read usage",
-        }
-        .into());
+        return Err(AuthError::WrongRole { have: Role::Ingest, action: "read usage" }.into());
     }
-    let Query(query) =
-        query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    let Query(query) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
     let mut problems = Vec::new();
     if let Some(t) = &query.tenant
         && let Err(m) = check_id(t)
@@ -121,11 +113,7 @@ pub async fn get_usage(
     }
     let period = period.expect("checked above");
     let tenant = principal.readable_tenant(query.tenant.as_deref())?;
-    let stored = state
-        .store
-        .usage(&tenant, period)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let stored = state.store.usage(&tenant, period).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let days_so_far: Vec<_> = period.days().filter(|d| date_start_us(*d) <= now).collect();
     let meters = state
         .catalog
@@ -137,12 +125,7 @@ pub async fn get_usage(
                 .iter()
                 .map(|d| {
                     let date = format_day(*d);
-                    let value = tallies
-                        .days
-                        .get(&date)
-                        .cloned()
-                        .unwrap_or_default()
-                        .display(m.aggregation);
+                    let value = tallies.days.get(&date).cloned().unwrap_or_default().display(m.aggregation);
                     DayValue { date, value }
                 })
                 .collect();
@@ -155,9 +138,7 @@ pub async fn get_usage(
             }
         })
         .collect();
-    let complete = stored
-        .watermark_us
-        .is_some_and(|w| w >= period.end_us() + state.limits.lateness_us);
+    let complete = stored.watermark_us.is_some_and(|w| w >= period.end_us() + state.limits.lateness_us);
     Ok(Json(Usage {
         tenant,
         period: period.to_string(),

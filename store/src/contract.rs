@@ -46,65 +46,28 @@ fn tokens(tenant: &str, id: &str, n: i64, time_us: i64) -> Metered {
 }
 
 fn cp(next: u64) -> Checkpoint {
-    Checkpoint {
-        positions: vec![(0, next)],
-        watermark_us: None,
-    }
+    Checkpoint { positions: vec![(0, next)], watermark_us: None }
 }
 
 async fn value(store: &dyn UsageStore, tenant: &str, meter: &str, period: &str) -> Option<String> {
     let usage = store.usage(tenant, period.parse().unwrap()).await.unwrap();
-    usage
-        .meters
-        .get(meter)
-        .and_then(|m| m.period.value)
-        .map(|v| v.normalize().to_string())
+    usage.meters.get(meter).and_then(|m| m.period.value).map(|v| v.normalize().to_string())
 }
 
 /// Each event counts once, whether repeated within a batch or across batches.
 pub async fn each_event_counts_once(h: &dyn Harness) {
     let s = h.open().await;
     let m = meters();
-    let batch = vec![
-        tokens("a", "1", 10, MID_NOVEMBER),
-        tokens("a", "2", 5, MID_NOVEMBER),
-        tokens("a", "1", 10, MID_NOVEMBER),
-    ];
-    assert_eq!(
-        s.apply("c", &m, &batch, &cp(3)).unwrap(),
-        Applied {
-            counted: 2,
-            duplicates: 1
-        }
-    );
-    assert_eq!(
-        s.apply("c", &m, &batch, &cp(3)).unwrap(),
-        Applied {
-            counted: 0,
-            duplicates: 3
-        }
-    );
-    assert_eq!(
-        value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(),
-        Some("15")
-    );
-    assert_eq!(
-        value(&*s, "a", "agent_invocations", "2026-11")
-            .await
-            .as_deref(),
-        Some("2")
-    );
+    let batch =
+        vec![tokens("a", "1", 10, MID_NOVEMBER), tokens("a", "2", 5, MID_NOVEMBER), tokens("a", "1", 10, MID_NOVEMBER)];
+    assert_eq!(s.apply("c", &m, &batch, &cp(3)).unwrap(), Applied { counted: 2, duplicates: 1 });
+    assert_eq!(s.apply("c", &m, &batch, &cp(3)).unwrap(), Applied { counted: 0, duplicates: 3 });
+    assert_eq!(value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(), Some("15"));
+    assert_eq!(value(&*s, "a", "agent_invocations", "2026-11").await.as_deref(), Some("2"));
     // The same id under another tenant is another event, and tenants never see each other.
-    s.apply("c", &m, &[tokens("b", "1", 7, MID_NOVEMBER)], &cp(4))
-        .unwrap();
-    assert_eq!(
-        value(&*s, "b", "agent_tokens", "2026-11").await.as_deref(),
-        Some("7")
-    );
-    assert_eq!(
-        value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(),
-        Some("15")
-    );
+    s.apply("c", &m, &[tokens("b", "1", 7, MID_NOVEMBER)], &cp(4)).unwrap();
+    assert_eq!(value(&*s, "b", "agent_tokens", "2026-11").await.as_deref(), Some("7"));
+    assert_eq!(value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(), Some("15"));
 }
 
 /// The checkpoint is stored with the tallies and survives a reopen; so do the tallies and the
@@ -112,36 +75,14 @@ pub async fn each_event_counts_once(h: &dyn Harness) {
 pub async fn checkpoint_moves_with_the_tallies(h: &dyn Harness) {
     let s = h.open().await;
     assert_eq!(s.checkpoint("c").unwrap(), Checkpoint::default());
-    let checkpoint = Checkpoint {
-        positions: vec![(0, 5), (3, 9)],
-        watermark_us: Some(MID_NOVEMBER),
-    };
-    s.apply(
-        "c",
-        &meters(),
-        &[tokens("a", "1", 1, MID_NOVEMBER)],
-        &checkpoint,
-    )
-    .unwrap();
+    let checkpoint = Checkpoint { positions: vec![(0, 5), (3, 9)], watermark_us: Some(MID_NOVEMBER) };
+    s.apply("c", &meters(), &[tokens("a", "1", 1, MID_NOVEMBER)], &checkpoint).unwrap();
     drop(s);
     let s = h.open().await;
     assert_eq!(s.checkpoint("c").unwrap(), checkpoint);
     assert_eq!(s.checkpoint("other").unwrap(), Checkpoint::default());
-    let again = s
-        .apply(
-            "c",
-            &meters(),
-            &[tokens("a", "1", 1, MID_NOVEMBER)],
-            &checkpoint,
-        )
-        .unwrap();
-    assert_eq!(
-        again,
-        Applied {
-            counted: 0,
-            duplicates: 1
-        }
-    );
+    let again = s.apply("c", &meters(), &[tokens("a", "1", 1, MID_NOVEMBER)], &checkpoint).unwrap();
+    assert_eq!(again, Applied { counted: 0, duplicates: 1 });
     let usage = s.usage("a", "2026-11".parse().unwrap()).await.unwrap();
     assert_eq!(usage.watermark_us, Some(MID_NOVEMBER));
 }
@@ -150,8 +91,7 @@ pub async fn checkpoint_moves_with_the_tallies(h: &dyn Harness) {
 pub async fn a_failed_batch_changes_nothing(h: &dyn Harness) {
     let s = h.open().await;
     let m = meters();
-    s.apply("c", &m, &[tokens("a", "ok", 1, MID_NOVEMBER)], &cp(1))
-        .unwrap();
+    s.apply("c", &m, &[tokens("a", "ok", 1, MID_NOVEMBER)], &cp(1)).unwrap();
     let huge = |id: &str| Metered {
         tenant: "a".into(),
         id: id.into(),
@@ -160,19 +100,11 @@ pub async fn a_failed_batch_changes_nothing(h: &dyn Harness) {
     };
     assert!(s.apply("c", &m, &[huge("x"), huge("y")], &cp(3)).is_err());
     assert_eq!(s.checkpoint("c").unwrap(), cp(1));
-    assert_eq!(
-        value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(),
-        Some("1")
-    );
+    assert_eq!(value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(), Some("1"));
     // "x" was not marked as seen by the failed batch.
-    let retry = s
-        .apply("c", &m, &[tokens("a", "x", 2, MID_NOVEMBER)], &cp(3))
-        .unwrap();
+    let retry = s.apply("c", &m, &[tokens("a", "x", 2, MID_NOVEMBER)], &cp(3)).unwrap();
     assert_eq!(retry.counted, 1);
-    assert_eq!(
-        value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(),
-        Some("3")
-    );
+    assert_eq!(value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(), Some("3"));
 }
 
 /// Unique counts are per period and per day; events at the last microsecond of a month and the
@@ -189,20 +121,12 @@ pub async fn uniques_and_period_boundaries(h: &dyn Harness) {
         login("a", "4", "ann", first),
     ];
     s.apply("c", &meters(), &batch, &cp(4)).unwrap();
-    assert_eq!(
-        value(&*s, "a", "active_users", "2026-11").await.as_deref(),
-        Some("2")
-    );
-    assert_eq!(
-        value(&*s, "a", "active_users", "2026-12").await.as_deref(),
-        Some("1")
-    );
+    assert_eq!(value(&*s, "a", "active_users", "2026-11").await.as_deref(), Some("2"));
+    assert_eq!(value(&*s, "a", "active_users", "2026-12").await.as_deref(), Some("1"));
     let usage = s.usage("a", nov).await.unwrap();
     let days = &usage.meters["active_users"].days;
-    let day_values: Vec<(String, String)> = days
-        .iter()
-        .map(|(d, t)| (d.clone(), t.value.unwrap().to_string()))
-        .collect();
+    let day_values: Vec<(String, String)> =
+        days.iter().map(|(d, t)| (d.clone(), t.value.unwrap().to_string())).collect();
     assert_eq!(
         day_values,
         vec![
@@ -233,28 +157,16 @@ pub async fn max_and_latest_ignore_arrival_order(h: &dyn Harness) {
             (ilatest, Contribution::Latest(Decimal::from(v))),
         ],
     };
-    let items = [
-        ("1", 5, MID_NOVEMBER + 2),
-        ("2", 9, MID_NOVEMBER),
-        ("3", 7, MID_NOVEMBER + 1),
-    ];
+    let items = [("1", 5, MID_NOVEMBER + 2), ("2", 9, MID_NOVEMBER), ("3", 7, MID_NOVEMBER + 1)];
     for (i, (id, v, t)) in items.iter().enumerate() {
-        s.apply("c", &m, &[ev("fwd", id, *v, *t)], &cp(i as u64))
-            .unwrap();
+        s.apply("c", &m, &[ev("fwd", id, *v, *t)], &cp(i as u64)).unwrap();
     }
     for (i, (id, v, t)) in items.iter().rev().enumerate() {
-        s.apply("c", &m, &[ev("rev", id, *v, *t)], &cp(i as u64))
-            .unwrap();
+        s.apply("c", &m, &[ev("rev", id, *v, *t)], &cp(i as u64)).unwrap();
     }
     for tenant in ["fwd", "rev"] {
-        assert_eq!(
-            value(&*s, tenant, "g_max", "2026-11").await.as_deref(),
-            Some("9")
-        );
-        assert_eq!(
-            value(&*s, tenant, "g_latest", "2026-11").await.as_deref(),
-            Some("5")
-        );
+        assert_eq!(value(&*s, tenant, "g_max", "2026-11").await.as_deref(), Some("9"));
+        assert_eq!(value(&*s, tenant, "g_latest", "2026-11").await.as_deref(), Some("5"));
     }
 }
 

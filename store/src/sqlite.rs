@@ -50,11 +50,7 @@ impl SqliteStore {
     pub fn open(path: &Path, durability: Durability) -> Result<Self, Error> {
         let mut conn = open(path, durability)?;
         migrate(&mut conn, path, MIGRATIONS)?;
-        Ok(Self {
-            writer: Mutex::new(conn),
-            cache: Mutex::new(HashMap::new()),
-            reads: Arc::new(ReadPool::new(path)),
-        })
+        Ok(Self { writer: Mutex::new(conn), cache: Mutex::new(HashMap::new()), reads: Arc::new(ReadPool::new(path)) })
     }
 }
 
@@ -62,35 +58,22 @@ fn tally_from(row: &Row<'_>, first: usize) -> meter_sqlite::rusqlite::Result<Tal
     let value: Option<String> = row.get(first)?;
     let latest_us: Option<i64> = row.get(first + 1)?;
     let latest_id: Option<String> = row.get(first + 2)?;
-    Ok(Tally {
-        value: value.and_then(|v| Decimal::from_str(&v).ok()),
-        latest: latest_us.zip(latest_id),
-    })
+    Ok(Tally { value: value.and_then(|v| Decimal::from_str(&v).ok()), latest: latest_us.zip(latest_id) })
 }
 
 #[async_trait]
 impl UsageStore for SqliteStore {
     fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
         let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stmt = conn.prepare_cached(
-            "SELECT partition, next_offset FROM checkpoints WHERE consumer = ?1 ORDER BY partition",
-        )?;
+        let mut stmt = conn
+            .prepare_cached("SELECT partition, next_offset FROM checkpoints WHERE consumer = ?1 ORDER BY partition")?;
         let positions = stmt
-            .query_map([consumer], |r| {
-                Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
-            })?
+            .query_map([consumer], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)))?
             .collect::<Result<Vec<_>, _>>()?;
         let watermark_us = conn
-            .query_row(
-                "SELECT watermark_us FROM watermarks WHERE consumer = ?1",
-                [consumer],
-                |r| r.get(0),
-            )
+            .query_row("SELECT watermark_us FROM watermarks WHERE consumer = ?1", [consumer], |r| r.get(0))
             .optional()?;
-        Ok(Checkpoint {
-            positions,
-            watermark_us,
-        })
+        Ok(Checkpoint { positions, watermark_us })
     }
 
     fn apply(
@@ -106,10 +89,10 @@ impl UsageStore for SqliteStore {
         let mut applied = Applied::default();
         let mut scratch: HashMap<Key, Tally> = HashMap::new();
         {
-            let mut seen =
-                tx.prepare_cached("INSERT OR IGNORE INTO seen (tenant, id) VALUES (?1, ?2)")?;
-            let mut unique =
-                tx.prepare_cached("INSERT OR IGNORE INTO uniques (tenant, meter, bucket, value) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO seen (tenant, id) VALUES (?1, ?2)")?;
+            let mut unique = tx.prepare_cached(
+                "INSERT OR IGNORE INTO uniques (tenant, meter, bucket, value) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             let mut load = tx.prepare_cached(
                 "SELECT value, latest_us, latest_id FROM tallies WHERE tenant = ?1 AND meter = ?2 AND bucket = ?3",
             )?;
@@ -119,10 +102,7 @@ impl UsageStore for SqliteStore {
                     continue;
                 }
                 applied.counted += 1;
-                let buckets = [
-                    Period::containing(ev.time_us).to_string(),
-                    format_day(day_of(ev.time_us)),
-                ];
+                let buckets = [Period::containing(ev.time_us).to_string(), format_day(day_of(ev.time_us))];
                 for (m, c) in &ev.contributions {
                     let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
                     for bucket in &buckets {
@@ -158,14 +138,7 @@ impl UsageStore for SqliteStore {
             )?;
             for ((tenant, meter, bucket), t) in &scratch {
                 let (latest_us, latest_id) = t.latest.clone().unzip();
-                save.execute(params![
-                    tenant,
-                    meter,
-                    bucket,
-                    t.value.map(|v| v.to_string()),
-                    latest_us,
-                    latest_id
-                ])?;
+                save.execute(params![tenant, meter, bucket, t.value.map(|v| v.to_string()), latest_us, latest_id])?;
             }
             let mut position = tx.prepare_cached(
                 "INSERT INTO checkpoints (consumer, partition, next_offset) VALUES (?1, ?2, ?3)
@@ -201,11 +174,7 @@ impl UsageStore for SqliteStore {
                          WHERE tenant = ?1 AND bucket >= ?2 AND bucket < ?3",
                     )?;
                     stmt.query_map(params![tenant, from, to], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            tally_from(r, 2)?,
-                        ))
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, tally_from(r, 2)?))
                     })?
                     .collect::<Result<Vec<_>, _>>()?
                 };
@@ -217,10 +186,7 @@ impl UsageStore for SqliteStore {
         })
         .await?;
         let (rows, watermark_us) = rows;
-        let mut usage = PeriodUsage {
-            meters: Default::default(),
-            watermark_us,
-        };
+        let mut usage = PeriodUsage { meters: Default::default(), watermark_us };
         for (meter, bucket, tally) in rows {
             let entry: &mut MeterTallies = usage.meters.entry(meter).or_default();
             if bucket.len() == 7 {

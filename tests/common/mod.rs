@@ -26,10 +26,7 @@ pub struct Meter {
 impl Meter {
     /// Starts `meter serve` on a free port with `env` (METER__… overrides) and waits until it listens.
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Meter {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Self::spawn(dir, env)
     }
 
@@ -53,15 +50,8 @@ impl Meter {
                 }
             }
         });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("meter announces its address");
-        Meter {
-            child,
-            url,
-            dir: dir.to_path_buf(),
-            env,
-        }
+        let url = rx.recv_timeout(Duration::from_secs(60)).expect("meter announces its address");
+        Meter { child, url, dir: dir.to_path_buf(), env }
     }
 
     /// Kills the process with SIGKILL, as a crash would.
@@ -93,36 +83,23 @@ impl Drop for Meter {
 /// Creates a key with `meter keys create` and returns it.
 pub fn create_key(dir: &Path, role: &str, tenant: Option<&str>) -> String {
     let mut cmd = Command::new(meter_bin());
-    cmd.args(["keys", "create", "--role", role, "--data-dir"])
-        .arg(dir);
+    cmd.args(["keys", "create", "--role", role, "--data-dir"]).arg(dir);
     if let Some(t) = tenant {
         cmd.args(["--tenant", t]);
     }
     let out = cmd.output().expect("meter keys create runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// An HTTP client for tests.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 /// `GET /api/v1/usage` as JSON.
 pub async fn usage(url: &str, key: &str, tenant: &str) -> Value {
-    let r = client()
-        .get(format!("{url}/api/v1/usage?tenant={tenant}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(format!("{url}/api/v1/usage?tenant={tenant}")).bearer_auth(key).send().await.unwrap();
     assert_eq!(r.status(), 200, "usage of {tenant}");
     r.json().await.unwrap()
 }
@@ -143,8 +120,7 @@ pub async fn wait_counted(url: &str, key: &str, tenant: &str, after_us: i64) -> 
     loop {
         let u = usage(url, key, tenant).await;
         if let Some(w) = u["watermark"].as_str() {
-            let w = time::OffsetDateTime::parse(w, &time::format_description::well_known::Rfc3339)
-                .unwrap();
+            let w = time::OffsetDateTime::parse(w, &time::format_description::well_known::Rfc3339).unwrap();
             if (w.unix_timestamp_nanos() / 1000) as i64 >= after_us {
                 return u;
             }
