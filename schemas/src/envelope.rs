@@ -384,7 +384,7 @@ fn cloud_event(path: &str, value: Value, cx: &Context<'_>, errors: &mut Vec<Fiel
         time_us,
         implicit_time,
         subscription: None,
-        source: source,
+        source,
         properties: properties?,
     })
 }

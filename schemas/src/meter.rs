@@ -123,9 +123,9 @@ impl MeterDef {
     }
 
     fn matches(&self, props: &Map<String, Value>) -> bool {
-        self.filter.iter().all(|(key, allowed)| {
-            props.get(key).and_then(scalar_text).is_some_and(|v| allowed.0.iter().any(|a| *a == v))
-        })
+        self.filter
+            .iter()
+            .all(|(key, allowed)| props.get(key).and_then(scalar_text).is_some_and(|v| allowed.0.contains(&v)))
     }
 }
 
