@@ -66,7 +66,7 @@ fn storage_path(c: &mut Criterion) {
                 round += 1;
                 parsed(&format!("l{round}"), 1000, 1000, &catalog)
             },
-            |events| rt.block_on(log.append(events)).unwrap(),
+            |events| rt.block_on(log.append(&events)).unwrap(),
             BatchSize::LargeInput,
         )
     });

@@ -33,6 +33,10 @@ pub struct LoadgenArgs {
     /// duplicate.
     #[arg(long)]
     pub id_prefix: Option<String>,
+    /// Random ids (like UUIDv4) instead of increasing ones (like ULIDs): the worst case for the
+    /// dedup indexes.
+    #[arg(long)]
+    pub random_ids: bool,
 }
 
 /// What a run measured.
@@ -115,7 +119,13 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
         (0..args.events.div_ceil(batch))
             .map(|r| {
                 let events: Vec<_> = (r * batch..((r + 1) * batch).min(args.events))
-                    .map(|i| event(&prefix, i, args.tenants, now_secs))
+                    .map(|i| {
+                        let mut e = event(&prefix, i, args.tenants, now_secs);
+                        if args.random_ids {
+                            e["transaction_id"] = format!("{prefix}-{:032x}", rand::random::<u128>()).into();
+                        }
+                        e
+                    })
                     .collect();
                 serde_json::to_vec(&json!({ "events": events })).expect("serializable")
             })

@@ -3,6 +3,10 @@
 use clap::Parser;
 use meter::cli::{Cli, Command};
 
+// glibc's malloc was a tenth of ingest's CPU under load (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     meter::telemetry::init_logs();

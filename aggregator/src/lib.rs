@@ -39,6 +39,9 @@ pub struct Settings {
     pub poll_timeout: Duration,
     /// Least time between watermark writes when idle.
     pub idle_watermark_every: Duration,
+    /// After a small read, how long to wait for more records before applying: bigger batches
+    /// rewrite each touched tally once for more events.
+    pub linger: Duration,
 }
 
 impl Default for Settings {
@@ -48,6 +51,7 @@ impl Default for Settings {
             batch_size: 10_000,
             poll_timeout: Duration::from_millis(200),
             idle_watermark_every: Duration::from_millis(500),
+            linger: Duration::from_millis(5),
         }
     }
 }
@@ -109,7 +113,13 @@ fn run(
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let timeout = if stopping { Duration::ZERO } else { settings.poll_timeout };
-        let batch = reader.poll(settings.batch_size, timeout)?;
+        let mut batch = reader.poll(settings.batch_size, timeout)?;
+        if !stopping && !batch.records.is_empty() && batch.records.len() < settings.batch_size / 4 {
+            let more = reader.poll(settings.batch_size - batch.records.len(), settings.linger)?;
+            batch.records.extend(more.records);
+            batch.caught_up = more.caught_up;
+            batch.started_us = more.started_us;
+        }
         if batch.records.is_empty() {
             if batch.caught_up && last_watermark.elapsed() >= settings.idle_watermark_every {
                 store.advance_watermark(&settings.consumer, batch.started_us)?;

@@ -48,7 +48,7 @@ async fn counts_exactly_across_restarts_and_rereads() {
     let start =
         || Aggregator::start(log.reader().unwrap(), store.clone(), catalog.clone(), Settings::default()).unwrap();
 
-    log.append((0..100).map(|i| invocation("a", i, 10)).collect()).await.unwrap();
+    log.append(&(0..100).map(|i| invocation("a", i, 10)).collect::<Vec<_>>()).await.unwrap();
     let agg = start();
     wait_for(&*store, "a", "1100").await;
     agg.drain_and_stop().unwrap();
@@ -62,8 +62,8 @@ async fn counts_exactly_across_restarts_and_rereads() {
             &Checkpoint { positions: (0..4).map(|p| (p, 0)).collect(), watermark_us: None },
         )
         .unwrap();
-    log.append((100..150).map(|i| invocation("a", i, 10)).collect()).await.unwrap();
-    log.append((0..10).map(|i| invocation("b", i, 1)).collect()).await.unwrap();
+    log.append(&(100..150).map(|i| invocation("a", i, 10)).collect::<Vec<_>>()).await.unwrap();
+    log.append(&(0..10).map(|i| invocation("b", i, 1)).collect::<Vec<_>>()).await.unwrap();
     let agg = start();
     wait_for(&*store, "a", "1650").await;
     wait_for(&*store, "b", "20").await;

@@ -47,7 +47,7 @@ async fn read_all(log: &dyn EventLog) -> Vec<(Position, Event)> {
 pub async fn append_then_read(h: &dyn Harness) {
     let log = h.open().await;
     let events: Vec<Event> = (0..20).map(|i| event(&format!("t{}", i % 5), &format!("e{i}"), i)).collect();
-    let outcomes = log.append(events.clone()).await.unwrap();
+    let outcomes = log.append(&events).await.unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, Outcome::Appended(_))));
     let read = read_all(&*log).await;
     assert_eq!(read.len(), 20);
@@ -70,23 +70,23 @@ pub async fn append_then_read(h: &dyn Harness) {
 pub async fn duplicates_are_stored_once(h: &dyn Harness) {
     let log = h.open().await;
     let e = event("acme", "dup", 1);
-    let first = log.append(vec![e.clone(), e.clone()]).await.unwrap();
+    let first = log.append(&[e.clone(), e.clone()]).await.unwrap();
     assert!(matches!(first[0], Outcome::Appended(_)));
     assert_eq!(first[1], Outcome::Duplicate);
-    assert_eq!(log.append(vec![e]).await.unwrap(), vec![Outcome::Duplicate]);
+    assert_eq!(log.append(&[e]).await.unwrap(), vec![Outcome::Duplicate]);
     assert_eq!(read_all(&*log).await.len(), 1);
 }
 
 /// An id reused with other content refuses the whole append, and nothing of it is stored.
 pub async fn conflicts_refuse_the_whole_append(h: &dyn Harness) {
     let log = h.open().await;
-    log.append(vec![event("acme", "x", 1)]).await.unwrap();
-    let err = log.append(vec![event("acme", "fresh", 2), event("acme", "x", 99)]).await.unwrap_err();
+    log.append(&[event("acme", "x", 1)]).await.unwrap();
+    let err = log.append(&[event("acme", "fresh", 2), event("acme", "x", 99)]).await.unwrap_err();
     assert!(matches!(&err, Error::Conflicts(i) if *i == vec![1]), "{err}");
     let read = read_all(&*log).await;
     assert_eq!(read.len(), 1, "the fresh event of the refused append must not be stored");
     // The same id in another tenant is another event.
-    log.append(vec![event("other", "x", 99)]).await.unwrap();
+    log.append(&[event("other", "x", 99)]).await.unwrap();
     assert_eq!(read_all(&*log).await.len(), 2);
 }
 
@@ -98,7 +98,7 @@ pub async fn concurrent_appends_get_distinct_offsets(h: &dyn Harness) {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
-                log.append(vec![event(&format!("t{t}"), &format!("{t}-{i}"), i)]).await.unwrap();
+                log.append(&[event(&format!("t{t}"), &format!("{t}-{i}"), i)]).await.unwrap();
             }
         }));
     }
@@ -114,7 +114,7 @@ pub async fn concurrent_appends_get_distinct_offsets(h: &dyn Harness) {
 /// A reader continues from where it was told; records survive a reopen.
 pub async fn seek_resumes_and_data_survives_reopen(h: &dyn Harness) {
     let log = h.open().await;
-    log.append((0..10).map(|i| event("acme", &format!("s{i}"), i)).collect()).await.unwrap();
+    log.append(&(0..10).map(|i| event("acme", &format!("s{i}"), i)).collect::<Vec<_>>()).await.unwrap();
     let p = partition_for("acme", log.partitions());
     drop(log);
     let log = h.open().await;
@@ -125,10 +125,10 @@ pub async fn seek_resumes_and_data_survives_reopen(h: &dyn Harness) {
         batch.records.iter().filter(|r| r.position.partition == p).map(|r| r.position.offset).collect();
     assert_eq!(offsets, vec![7, 8, 9]);
     // Offsets continue after a reopen rather than restarting.
-    let out = log.append(vec![event("acme", "after", 10)]).await.unwrap();
+    let out = log.append(&[event("acme", "after", 10)]).await.unwrap();
     assert_eq!(out, vec![Outcome::Appended(Position { partition: p, offset: 10 })]);
     // And a duplicate of an event from before the reopen is still recognised.
-    assert_eq!(log.append(vec![event("acme", "s3", 3)]).await.unwrap(), vec![Outcome::Duplicate]);
+    assert_eq!(log.append(&[event("acme", "s3", 3)]).await.unwrap(), vec![Outcome::Duplicate]);
 }
 
 /// Expands to one `#[tokio::test]` per contract body, for a backend given by a harness factory.

@@ -83,7 +83,7 @@ pub trait EventLog: Send + Sync {
 
     /// Appends all of `events` or none. On `Ok`, every event is durable and the outcome of each is
     /// given in order.
-    async fn append(&self, events: Vec<Event>) -> Result<Vec<Outcome>, Error>;
+    async fn append(&self, events: &[Event]) -> Result<Vec<Outcome>, Error>;
 
     /// A reader that starts at offset 0 of every partition.
     fn reader(&self) -> Result<Box<dyn LogReader>, Error>;

@@ -27,7 +27,7 @@ const MIGRATIONS: &[&str] = &["
     CREATE TABLE log (key INTEGER PRIMARY KEY, ingested_us INTEGER NOT NULL, payload BLOB NOT NULL);
     CREATE TABLE ids (
         tenant TEXT NOT NULL, id TEXT NOT NULL, hash BLOB NOT NULL, key INTEGER NOT NULL,
-        PRIMARY KEY (tenant, id)
+        PRIMARY KEY (id, tenant)
     ) WITHOUT ROWID;
     CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 "];
@@ -44,8 +44,18 @@ pub mod metric {
     pub const GROUP: &str = "meter_log_group_commit_requests";
 }
 
+/// An event made ready for the writer: hashing and encoding happen on the caller's task, so the
+/// single writer thread only runs SQL.
+struct Prepared {
+    tenant: String,
+    id: String,
+    partition: u32,
+    hash: [u8; 32],
+    payload: Vec<u8>,
+}
+
 struct Request {
-    events: Vec<Event>,
+    events: Vec<Prepared>,
     reply: oneshot::Sender<Result<Vec<Outcome>, Error>>,
 }
 
@@ -112,7 +122,7 @@ impl SqliteLog {
         }
         let heads = Arc::new(Heads::default());
         let (tx, rx) = mpsc::channel(4096);
-        let writer = Writer { conn, partitions, next, heads: heads.clone() };
+        let writer = Writer { conn, next, heads: heads.clone() };
         std::thread::Builder::new()
             .name("meter-log-writer".into())
             .spawn(move || writer.run(rx))
@@ -127,7 +137,17 @@ impl EventLog for SqliteLog {
         self.partitions
     }
 
-    async fn append(&self, events: Vec<Event>) -> Result<Vec<Outcome>, Error> {
+    async fn append(&self, events: &[Event]) -> Result<Vec<Outcome>, Error> {
+        let events = events
+            .iter()
+            .map(|e| Prepared {
+                partition: partition_for(&e.tenant, self.partitions),
+                hash: e.payload_hash(),
+                payload: e.encode(),
+                tenant: e.tenant.clone(),
+                id: e.id.clone(),
+            })
+            .collect();
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request { events, reply })
@@ -144,7 +164,6 @@ impl EventLog for SqliteLog {
 
 struct Writer {
     conn: Connection,
-    partitions: u32,
     next: Vec<u64>,
     heads: Arc<Heads>,
 }
@@ -209,17 +228,16 @@ impl Writer {
                 let mut insert =
                     sp.prepare_cached("INSERT INTO log (key, ingested_us, payload) VALUES (?1, ?2, ?3)")?;
                 for (i, e) in req.events.iter().enumerate() {
-                    let hash = e.payload_hash();
-                    let partition = partition_for(&e.tenant, self.partitions);
+                    let partition = e.partition;
                     let offset = self.next[partition as usize];
                     let key = (u64::from(partition) << OFFSET_BITS | offset) as i64;
-                    if claim.execute(params![e.tenant, e.id, &hash[..], key])? == 1 {
-                        insert.execute(params![key, now, e.encode()])?;
+                    if claim.execute(params![e.tenant, e.id, &e.hash[..], key])? == 1 {
+                        insert.execute(params![key, now, e.payload])?;
                         self.next[partition as usize] += 1;
                         outcomes.push(Outcome::Appended(Position { partition, offset }));
                     } else {
                         let previous: Vec<u8> = stored.query_row(params![e.tenant, e.id], |r| r.get(0))?;
-                        if previous == hash {
+                        if previous == e.hash {
                             outcomes.push(Outcome::Duplicate);
                         } else {
                             conflicts.push(i);

@@ -192,7 +192,7 @@ async fn accept(
     })?;
     *dialect = parsed.dialect;
     let Parsed { events, id_paths, dialect: _ } = parsed;
-    let outcomes = match ingest.log.append(events.clone()).await {
+    let outcomes = match ingest.log.append(&events).await {
         Ok(o) => o,
         Err(LogError::Conflicts(indexes)) => {
             let errors = indexes

@@ -49,7 +49,7 @@ impl Event {
                 None => h.update(b"-"),
             }
         }
-        canonical(&mut h, &Value::Object(self.properties.clone()));
+        canonical_map(&mut h, &self.properties);
         h.finalize().into()
     }
 
@@ -87,16 +87,18 @@ fn canonical(h: &mut Sha256, v: &Value) {
             h.update((items.len() as u64).to_le_bytes());
             items.iter().for_each(|i| canonical(h, i));
         }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            h.update(b"{");
-            h.update((keys.len() as u64).to_le_bytes());
-            for k in keys {
-                write_str(h, k);
-                canonical(h, &map[k]);
-            }
-        }
+        Value::Object(map) => canonical_map(h, map),
+    }
+}
+
+fn canonical_map(h: &mut Sha256, map: &Map<String, Value>) {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_unstable();
+    h.update(b"{");
+    h.update((keys.len() as u64).to_le_bytes());
+    for k in keys {
+        write_str(h, k);
+        canonical(h, &map[k]);
     }
 }
 

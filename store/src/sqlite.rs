@@ -27,7 +27,7 @@ const MIGRATIONS: &[&str] = &["
         tenant TEXT NOT NULL, meter TEXT NOT NULL, bucket TEXT NOT NULL, value TEXT NOT NULL,
         PRIMARY KEY (tenant, meter, bucket, value)
     ) WITHOUT ROWID;
-    CREATE TABLE seen (tenant TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+    CREATE TABLE seen (tenant TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (id, tenant)) WITHOUT ROWID;
     CREATE TABLE checkpoints (
         consumer TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
         PRIMARY KEY (consumer, partition)
