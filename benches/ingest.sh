@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# End-to-end ingest on the embedded default: a release `meter serve` and `meter loadgen` on this
+# machine, 100 events per Lago batch request, 32 requests in flight, for 1, 10, 100 and 1000 tenants,
+# with time-ordered ids (like ULIDs) and random ids (like UUIDv4). Prints a Markdown table.
+#   EVENTS=300000 benches/ingest.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS=${EVENTS:-300000}
+cargo build --release -q
+BIN=target/release/meter
+echo "| ids | tenants | events/s | request p50 ms | request p99 ms | server CPU µs/event |"
+echo "|---|---:|---:|---:|---:|---:|"
+for ids in ordered random; do
+  for tenants in 1 10 100 1000; do
+    dir=$(mktemp -d)
+    key=$($BIN keys create --role admin --data-dir "$dir" 2>/dev/null)
+    METER__BOOTSTRAP_ADMIN_KEY=false RUST_LOG=warn $BIN serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
+    pid=$!
+    for _ in $(seq 100); do grep -q listening "$dir/out" && break; sleep 0.1; done
+    url=$(sed -n 's/^meter listening on //p' "$dir/out")
+    flag=""; [ "$ids" = random ] && flag="--random-ids"
+    cpu0=$(awk '{print $14+$15}' /proc/$pid/stat)
+    out=$($BIN loadgen --url "$url" --key "$key" --events "$EVENTS" --tenants "$tenants" --batch 100 --concurrency 32 $flag 2>/dev/null)
+    # Let the aggregator finish, so its CPU is counted too.
+    sleep 2
+    cpu1=$(awk '{print $14+$15}' /proc/$pid/stat)
+    kill "$pid"; wait "$pid" || true
+    rate=$(echo "$out" | sed -n 's/.*= \([0-9]*\) events\/s.*/\1/p')
+    p50=$(echo "$out" | sed -n 's/.*p50 \([0-9.]*\).*/\1/p')
+    p99=$(echo "$out" | sed -n 's/.*p99 \([0-9.]*\).*/\1/p')
+    hz=$(getconf CLK_TCK)
+    us=$(awk -v t=$((cpu1 - cpu0)) -v hz="$hz" -v n="$EVENTS" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+    echo "| $ids | $tenants | $rate | $p50 | $p99 | $us |"
+    rm -rf "$dir"
+  done
+done
