@@ -167,7 +167,16 @@ impl Tally {
             Contribution::Count | Contribution::Unique(_) => {
                 self.value = Some(current.checked_add(Decimal::ONE).ok_or(Overflow)?);
             }
-            Contribution::Sum(q) => self.value = Some(current.checked_add(*q).ok_or(Overflow)?),
+            Contribution::Sum(q) => {
+                let sum = current.checked_add(*q).ok_or(Overflow)?;
+                // A Decimal rounds rather than fail when a sum needs more than 28 digits, and only
+                // then does the result have fewer decimal places than its operands: a lost digit is
+                // an overflow here, never a silently inexact total.
+                if sum.scale() < current.scale().max(q.scale()) {
+                    return Err(Overflow);
+                }
+                self.value = Some(sum);
+            }
             Contribution::Max(q) => self.value = Some(self.value.map_or(*q, |v| v.max(*q))),
             Contribution::Latest(q) => {
                 let newer = match &self.latest {
@@ -519,6 +528,16 @@ mod tests {
         assert!(Catalog::new(vec![bad]).is_err());
         let no_prop = MeterDef::new("s", "x", Aggregation::Sum, &[], "");
         assert!(Catalog::new(vec![no_prop]).is_err());
+    }
+
+    #[test]
+    fn a_sum_that_would_round_is_an_overflow() {
+        let mut t = Tally { value: Some(Decimal::from_str_exact("10000000000000000000").unwrap()), latest: None };
+        let tiny = Decimal::from_str_exact("0.000000001").unwrap();
+        t.add(&Contribution::Sum(tiny), 0, "a").unwrap();
+        assert_eq!(t.value.unwrap().to_string(), "10000000000000000000.000000001");
+        let mut big = Tally { value: Some(Decimal::from_str_exact("100000000000000000000").unwrap()), latest: None };
+        assert_eq!(big.add(&Contribution::Sum(tiny), 0, "a"), Err(Overflow));
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub fn now_us() -> i64 {
 
 /// Why a period text is refused.
 #[derive(Debug, thiserror::Error)]
-#[error("must be a month written YYYY-MM, e.g. 2026-11")]
+#[error("must be a month written YYYY-MM from 1970-01 to 9998-12, e.g. 2026-11")]
 pub struct PeriodError;
 
 impl FromStr for Period {
@@ -97,7 +97,7 @@ impl FromStr for Period {
         let year: i32 = y.parse().map_err(|_| PeriodError)?;
         let month: u8 = m.parse().map_err(|_| PeriodError)?;
         let month = Month::try_from(month).map_err(|_| PeriodError)?;
-        if year < 1970 {
+        if !(1970..=9998).contains(&year) {
             return Err(PeriodError);
         }
         Ok(Self { year, month })
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn refuses_malformed_periods() {
-        for bad in ["2026-13", "2026-1", "26-11", "2026/11", "", "2026-00", "abcd-ef"] {
+        for bad in ["2026-13", "2026-1", "26-11", "2026/11", "", "2026-00", "abcd-ef", "9999-12", "1969-12"] {
             assert!(bad.parse::<Period>().is_err(), "{bad}");
         }
     }

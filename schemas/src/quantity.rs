@@ -7,6 +7,10 @@ use serde_json::Value;
 /// so a period total can never overflow.
 pub const MAX_QUANTITY: Decimal = Decimal::from_parts(0xA764_0000, 0x0DE0_B6B3, 0, false, 0);
 
+/// Most decimal places a quantity may have. With at most 10^18 per event, totals stay exact (a
+/// `Decimal` holds 28 digits) up to 10^19.
+pub const MAX_SCALE: u32 = 9;
+
 /// Why a text is not an acceptable quantity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
@@ -25,6 +29,9 @@ pub enum QuantityError {
     /// Above [`MAX_QUANTITY`].
     #[error("must be at most 1000000000000000000")]
     TooLarge,
+    /// More decimal places than [`MAX_SCALE`].
+    #[error("must have at most 9 decimal places")]
+    TooPrecise,
     /// Has a fractional part where an integer is required.
     #[error("must be a non-negative integer")]
     NotInteger,
@@ -33,8 +40,8 @@ pub enum QuantityError {
 /// Parses a decimal from its exact text (`"12"`, `"0.25"`, `"1e3"`), refusing anything that would
 /// be rounded.
 pub fn parse_decimal(text: &str) -> Result<Decimal, QuantityError> {
-    let t = text.trim_start_matches('+');
-    if t.is_empty() {
+    let t = text.strip_prefix('+').unwrap_or(text);
+    if t.is_empty() || t.strip_prefix('-').unwrap_or(t).starts_with(['+', '-']) {
         return Err(QuantityError::NotANumber);
     }
     let lower = t.trim_start_matches('-').to_ascii_lowercase();
@@ -44,7 +51,11 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, QuantityError> {
     if !t.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'e' | b'E' | b'+')) {
         return Err(QuantityError::NotANumber);
     }
-    if t.contains(['e', 'E']) {
+    if let Some((mantissa, _)) = t.split_once(['e', 'E']) {
+        // `from_scientific` rounds a long mantissa; refuse one that a Decimal cannot hold exactly.
+        if mantissa.trim_start_matches(['-', '+', '0', '.']).bytes().filter(u8::is_ascii_digit).count() > 28 {
+            return Err(QuantityError::OutOfRange);
+        }
         let d = Decimal::from_scientific(t).map_err(|_| QuantityError::OutOfRange)?;
         return Ok(d.normalize());
     }
@@ -67,13 +78,17 @@ pub fn quantity(value: &Value) -> Result<Decimal, QuantityError> {
     if d > MAX_QUANTITY {
         return Err(QuantityError::TooLarge);
     }
-    Ok(d.normalize())
+    let d = d.normalize();
+    if d.scale() > MAX_SCALE {
+        return Err(QuantityError::TooPrecise);
+    }
+    Ok(d)
 }
 
 /// A non-negative integer of at most [`MAX_QUANTITY`] (token counts, for instance).
 pub fn count(value: &Value) -> Result<Decimal, QuantityError> {
     let d = quantity(value).map_err(|e| match e {
-        QuantityError::NotANumber | QuantityError::Negative => QuantityError::NotInteger,
+        QuantityError::NotANumber | QuantityError::Negative | QuantityError::TooPrecise => QuantityError::NotInteger,
         other => other,
     })?;
     if !d.fract().is_zero() {
@@ -113,6 +128,10 @@ mod tests {
         assert_eq!(quantity(&num("-1")), Err(QuantityError::Negative));
         assert_eq!(quantity(&num("123456789012345678901234567890")), Err(QuantityError::OutOfRange));
         assert_eq!(quantity(&num("0.12345678901234567890123456789012")), Err(QuantityError::OutOfRange));
+        assert_eq!(quantity(&num("0.12345678901234567890123456789012e0")), Err(QuantityError::OutOfRange));
+        assert_eq!(quantity(&num("0.0000000001")), Err(QuantityError::TooPrecise));
+        assert_eq!(quantity(&num("\"++5\"")), Err(QuantityError::NotANumber));
+        assert_eq!(quantity(&num("0.000000001")).unwrap().to_string(), "0.000000001");
         assert_eq!(quantity(&num("1000000000000000001")), Err(QuantityError::TooLarge));
         assert_eq!(quantity(&num("true")), Err(QuantityError::NotANumber));
         assert_eq!(quantity(&num("\"12abc\"")), Err(QuantityError::NotANumber));
