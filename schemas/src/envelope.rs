@@ -680,6 +680,48 @@ mod tests {
         assert!(e[0].starts_with("lines[0]: malformed JSON"));
     }
 
+    proptest::proptest! {
+        /// The stable-toolchain twin of `fuzz/fuzz_targets/parse.rs`: no input panics the parser,
+        /// and accepted events survive the log encoding.
+        #[test]
+        fn hostile_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+                                      json in "[\\[\\]{}\",:a-z0-9.eE+-]{0,200}") {
+            for bytes in [body.as_slice(), json.as_bytes()] {
+                for format in [Format::Json, Format::LagoBatch, Format::CloudEvent, Format::CloudEventBatch, Format::Ndjson] {
+                    if let Ok(p) = run(format, std::str::from_utf8(bytes).unwrap_or("\u{fffd}"), TenantScope::Any) {
+                        for e in p.events {
+                            proptest::prop_assert_eq!(Event::decode(&e.encode()).unwrap(), e);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Structured near-valid events: every field drawn from good and bad values.
+        #[test]
+        fn near_valid_events_are_accepted_or_refused_with_paths(
+            id in proptest::option::of("[ -~]{0,130}"),
+            tokens in proptest::option::of("-?[0-9]{0,31}(\\.[0-9]{0,12})?(e[0-9]{1,3})?"),
+            ts in proptest::option::of(0i64..4_000_000_000),
+        ) {
+            let mut ev = serde_json::json!({"external_customer_id": "acme", "code": "agent.invocation",
+                "properties": {"model": "m", "output_tokens": 1}});
+            if let Some(id) = id { ev["transaction_id"] = id.into(); }
+            if let Some(t) = tokens { ev["properties"]["input_tokens"] = t.into(); }
+            if let Some(ts) = ts { ev["timestamp"] = ts.into(); }
+            let body = serde_json::json!({"event": ev}).to_string();
+            match run(Format::Json, &body, TenantScope::Any) {
+                Ok(p) => proptest::prop_assert_eq!(p.events.len(), 1),
+                Err(r) => {
+                    proptest::prop_assert!(!r.errors.is_empty());
+                    for e in &r.errors {
+                        proptest::prop_assert!(e.path.starts_with("event."), "{}", e);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn ids_with_bad_characters_are_refused() {
         assert!(check_id(&"x".repeat(128)).is_ok());
