@@ -51,6 +51,10 @@ pub enum Error {
     /// of the append was written.
     #[error("{} event id(s) already used with a different payload", .0.len())]
     Conflicts(Vec<usize>),
+    /// These events (by index in the append) were older than the lateness window when the log
+    /// committed; nothing of the append was written.
+    #[error("{} event(s) older than the lateness window at commit", .0.len())]
+    TooLate(Vec<usize>),
     /// The log cannot take writes now; the caller may retry.
     #[error("event log unavailable: {0}")]
     Unavailable(String),
@@ -103,7 +107,8 @@ pub struct Batch {
 
 /// The read side of the log, used from one blocking thread.
 pub trait LogReader: Send {
-    /// Continues each listed partition from the given offset.
+    /// Resumes from a checkpoint: each listed partition at the given offset, every other
+    /// partition from offset 0.
     fn seek(&mut self, positions: &[Position]);
 
     /// Reads up to `max` records, waiting up to `timeout` when there are none.

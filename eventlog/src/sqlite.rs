@@ -50,6 +50,7 @@ struct Prepared {
     tenant: String,
     id: String,
     partition: u32,
+    time_us: i64,
     hash: [u8; 32],
     payload: Vec<u8>,
 }
@@ -59,11 +60,16 @@ struct Request {
     reply: oneshot::Sender<Result<Vec<Outcome>, Error>>,
 }
 
-/// Count of commits, for readers waiting for new records.
+/// Count of commits, for readers waiting for new records, and the lock that orders commit times
+/// against watermark times.
 #[derive(Default)]
 struct Heads {
     commits: Mutex<u64>,
     changed: Condvar,
+    /// Held by the writer from taking its commit time until the commit is visible, and by a reader
+    /// while it takes the time it starts reading. So a commit a reader cannot see yet has a commit
+    /// time after that reader's start, and its events passed the lateness check against it.
+    committing: Mutex<()>,
 }
 
 impl Heads {
@@ -94,6 +100,19 @@ impl SqliteLog {
     /// Opens (creating if needed) the log at `path` with `partitions` partitions. A log created
     /// with another partition count is refused: tenants would move between partitions.
     pub fn open(path: &Path, partitions: u32, durability: Durability) -> Result<Self, Error> {
+        Self::open_with_lateness(path, partitions, durability, i64::MAX)
+    }
+
+    /// Like [`SqliteLog::open`], and refuses at commit time any event older than `lateness_us`
+    /// at that moment ([`Error::TooLate`]). Ingest checks the window on receipt; this second check
+    /// closes the gap between receipt and commit, so that a watermark past a period's end plus the
+    /// lateness window really means no more events for that period.
+    pub fn open_with_lateness(
+        path: &Path,
+        partitions: u32,
+        durability: Durability,
+        lateness_us: i64,
+    ) -> Result<Self, Error> {
         let partitions = partitions.max(1);
         let mut conn = open(path, durability)?;
         migrate(&mut conn, path, MIGRATIONS)?;
@@ -122,7 +141,7 @@ impl SqliteLog {
         }
         let heads = Arc::new(Heads::default());
         let (tx, rx) = mpsc::channel(4096);
-        let writer = Writer { conn, next, heads: heads.clone() };
+        let writer = Writer { conn, next, heads: heads.clone(), lateness_us };
         std::thread::Builder::new()
             .name("meter-log-writer".into())
             .spawn(move || writer.run(rx))
@@ -142,6 +161,7 @@ impl EventLog for SqliteLog {
             .iter()
             .map(|e| Prepared {
                 partition: partition_for(&e.tenant, self.partitions),
+                time_us: e.time_us,
                 hash: e.payload_hash(),
                 payload: e.encode(),
                 tenant: e.tenant.clone(),
@@ -166,6 +186,7 @@ struct Writer {
     conn: Connection,
     next: Vec<u64>,
     heads: Arc<Heads>,
+    lateness_us: i64,
 }
 
 impl Writer {
@@ -185,7 +206,11 @@ impl Writer {
             metrics::histogram!(metric::GROUP).record(group.len() as f64);
             let started = Instant::now();
             let snapshot = self.next.clone();
-            match self.commit(&group) {
+            let heads = self.heads.clone();
+            let committing = heads.committing.lock().unwrap_or_else(|e| e.into_inner());
+            let result = self.commit(&group);
+            drop(committing);
+            match result {
                 Ok(results) => {
                     metrics::histogram!(metric::COMMIT).record(started.elapsed().as_secs_f64());
                     self.heads.bump();
@@ -221,6 +246,7 @@ impl Writer {
             let mut sp = tx.savepoint()?;
             let mut outcomes = Vec::with_capacity(req.events.len());
             let mut conflicts = Vec::new();
+            let mut late = Vec::new();
             {
                 let mut claim =
                     sp.prepare_cached("INSERT OR IGNORE INTO ids (tenant, id, hash, key) VALUES (?1, ?2, ?3, ?4)")?;
@@ -228,6 +254,10 @@ impl Writer {
                 let mut insert =
                     sp.prepare_cached("INSERT INTO log (key, ingested_us, payload) VALUES (?1, ?2, ?3)")?;
                 for (i, e) in req.events.iter().enumerate() {
+                    if e.time_us < now.saturating_sub(self.lateness_us) {
+                        late.push(i);
+                        continue;
+                    }
                     let partition = e.partition;
                     let offset = self.next[partition as usize];
                     let key = (u64::from(partition) << OFFSET_BITS | offset) as i64;
@@ -245,14 +275,14 @@ impl Writer {
                     }
                 }
             }
-            if conflicts.is_empty() {
+            if conflicts.is_empty() && late.is_empty() {
                 sp.commit()?;
                 results.push(Ok(outcomes));
             } else {
                 sp.rollback()?;
                 drop(sp);
                 self.next = before;
-                results.push(Err(Error::Conflicts(conflicts)));
+                results.push(Err(if late.is_empty() { Error::Conflicts(conflicts) } else { Error::TooLate(late) }));
             }
         }
         tx.commit()?;
@@ -313,6 +343,7 @@ impl SqliteReader {
 
 impl LogReader for SqliteReader {
     fn seek(&mut self, positions: &[Position]) {
+        self.next.iter_mut().for_each(|n| *n = 0);
         for p in positions {
             if let Some(n) = self.next.get_mut(p.partition as usize) {
                 *n = p.offset;
@@ -324,7 +355,10 @@ impl LogReader for SqliteReader {
         let deadline = Instant::now() + timeout;
         loop {
             let seen = self.heads.current();
-            let started_us = now_us();
+            let started_us = {
+                let _ordered = self.heads.committing.lock().unwrap_or_else(|e| e.into_inner());
+                now_us()
+            };
             let (records, caught_up) = self.read(max)?;
             let now = Instant::now();
             if !records.is_empty() || now >= deadline {

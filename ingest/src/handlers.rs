@@ -207,12 +207,27 @@ async fn accept(
                 .collect();
             return Err(IngestError::Fields(errors));
         }
+        Err(LogError::TooLate(indexes)) => {
+            let errors = indexes
+                .into_iter()
+                .map(|i| FieldError::invalid(time_path(&id_paths[i]), "was older than the lateness window when stored"))
+                .collect();
+            return Err(IngestError::Fields(errors));
+        }
         Err(e) => return Err(IngestError::Unavailable(e.to_string())),
     };
     let duplicates = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count();
     metrics::counter!(metric::EVENTS, "outcome" => "new").increment((outcomes.len() - duplicates) as u64);
     metrics::counter!(metric::EVENTS, "outcome" => "duplicate").increment(duplicates as u64);
     Ok(respond(*dialect, format, &events, &id_paths, &outcomes, now))
+}
+
+/// `events[2].timestamp` for `events[2].transaction_id`, `[0].time` for `[0].id`.
+fn time_path(id_path: &str) -> String {
+    match id_path.strip_suffix("transaction_id") {
+        Some(prefix) => format!("{prefix}timestamp"),
+        None => format!("{}time", id_path.strip_suffix("id").unwrap_or(id_path)),
+    }
 }
 
 fn headers_len(headers: &HeaderMap) -> usize {
