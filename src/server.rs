@@ -13,9 +13,17 @@ use meter_ingest::Ingest;
 use meter_schemas::{Catalog, Limits};
 use meter_store::{SqliteStore, UsageStore};
 use std::fs::File;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+/// Longest a request may take; a slow client cannot hold a connection (or shutdown) for ever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest shutdown waits for requests in flight before it stops waiting.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What the API handlers share.
 pub struct AppState {
@@ -31,9 +39,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Whether the aggregator is still consuming.
-    pub fn aggregator_running(&self) -> bool {
-        self.aggregator.lock().map(|a| a.as_ref().is_some_and(|a| !a.is_finished())).unwrap_or(false)
+    /// `Ok` while the aggregator consumes; otherwise why not.
+    pub fn aggregator_status(&self) -> Result<(), String> {
+        let guard = self.aggregator.lock().map_err(|_| "state poisoned".to_string())?;
+        match guard.as_ref() {
+            None => Err("aggregator stopped".into()),
+            Some(a) if a.is_finished() => Err("aggregator stopped".into()),
+            Some(a) => a.failure().map_or(Ok(()), |e| Err(format!("aggregator failing, retrying: {e}"))),
+        }
     }
 }
 
@@ -92,7 +105,11 @@ pub async fn run(
         Arc::new(Ingest { log: log.clone(), keys, catalog, limits, max_body_bytes: config.ingest.max_body_bytes });
     let (router, openapi) = api::router(state.clone()).merge(meter_ingest::router(ingest)).split_for_parts();
     let openapi = Arc::new(openapi);
-    let app = router.route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }));
+    let app = router
+        .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        .fallback(api::not_found)
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(CatchPanicLayer::custom(api::panicked));
 
     crate::telemetry::prometheus();
     let addr = listener.local_addr()?;
@@ -101,7 +118,23 @@ pub async fn run(
     {
         println!("meter listening on http://{addr}");
     }
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future();
+    let deadline = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = deadline => tracing::warn!("requests still in flight after {DRAIN_DEADLINE:?}; stopping anyway"),
+    }
     tracing::info!("HTTP drained; letting the aggregator count what the log holds");
     let aggregator = state.aggregator.lock().map_err(|_| anyhow::anyhow!("state poisoned"))?.take();
     if let Some(a) = aggregator {

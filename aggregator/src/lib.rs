@@ -12,8 +12,8 @@ use meter_schemas::Catalog;
 use meter_schemas::period::now_us;
 use meter_store::{Checkpoint, Metered, UsageStore};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,7 @@ impl Default for Settings {
 /// A running aggregator.
 pub struct Aggregator {
     stop: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<String>>>,
     thread: JoinHandle<Result<(), Error>>,
 }
 
@@ -71,20 +72,26 @@ impl Aggregator {
         settings: Settings,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let failure = Arc::new(Mutex::new(None));
+        let (flag, failing) = (stop.clone(), failure.clone());
         let thread = std::thread::Builder::new().name("meter-aggregator".into()).spawn(move || {
-            let result = run(reader, &*store, &catalog, &settings, &flag);
+            let result = run(reader, &*store, &catalog, &settings, &flag, &failing);
             if let Err(e) = &result {
                 tracing::error!(error = %e, "aggregator stopped");
             }
             result
         })?;
-        Ok(Self { stop, thread })
+        Ok(Self { stop, failure, thread })
     }
 
-    /// Whether the aggregator thread has ended (it only ends on its own after an error).
+    /// Whether the aggregator thread has ended (it ends only when asked to stop).
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
+    }
+
+    /// The last error, while batches keep failing; `None` once one succeeds again.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().map(|f| f.clone()).unwrap_or(None)
     }
 
     /// Asks the aggregator to finish what the log holds now, then stop; waits for it.
@@ -97,12 +104,47 @@ impl Aggregator {
     }
 }
 
+/// Consumes until stopped. A failed batch is not skipped: after a pause (doubling up to 30 s) the
+/// aggregator resumes from the checkpoint in the store, so it retries the same records, and
+/// `failure` says why meanwhile.
 fn run(
     mut reader: Box<dyn LogReader>,
     store: &dyn UsageStore,
     catalog: &Catalog,
     settings: &Settings,
     stop: &AtomicBool,
+    failure: &Mutex<Option<String>>,
+) -> Result<(), Error> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut progressed = false;
+        match consume(&mut *reader, store, catalog, settings, stop, failure, &mut progressed) {
+            Ok(()) => return Ok(()),
+            Err(e) if stop.load(Ordering::SeqCst) => return Err(e),
+            Err(e) => {
+                if progressed {
+                    backoff = Duration::from_millis(100);
+                }
+                tracing::error!(error = %e, retry_in = ?backoff, "aggregator batch failed; retrying from the checkpoint");
+                metrics::counter!(metric::FAILURES).increment(1);
+                if let Ok(mut f) = failure.lock() {
+                    *f = Some(e.to_string());
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+fn consume(
+    reader: &mut dyn LogReader,
+    store: &dyn UsageStore,
+    catalog: &Catalog,
+    settings: &Settings,
+    stop: &AtomicBool,
+    failure: &Mutex<Option<String>>,
+    progressed: &mut bool,
 ) -> Result<(), Error> {
     let start = store.checkpoint(&settings.consumer)?;
     let positions: Vec<Position> =
@@ -158,6 +200,10 @@ fn run(
             watermark_us: batch.caught_up.then_some(batch.started_us),
         };
         let applied = store.apply(&settings.consumer, catalog.meters(), &metered, &checkpoint)?;
+        *progressed = true;
+        if let Ok(mut f) = failure.lock() {
+            f.take();
+        }
         if batch.caught_up {
             last_watermark = Instant::now();
         }

@@ -10,3 +10,5 @@ pub const BATCH_DURATION: &str = "meter_aggregator_batch_duration_seconds";
 pub const EVENT_TO_COUNTER: &str = "meter_aggregator_event_to_counter_seconds";
 /// Records known to be waiting (0 when caught up).
 pub const LAG: &str = "meter_aggregator_lag_events";
+/// Batches that failed and will be retried from the checkpoint.
+pub const FAILURES: &str = "meter_aggregator_failed_batches_total";

@@ -72,3 +72,60 @@ async fn counts_exactly_across_restarts_and_rereads() {
     assert_eq!(usage.meters["agent_invocations"].period.value.unwrap().to_string(), "150");
     assert!(usage.watermark_us.is_some(), "a caught-up aggregator publishes a watermark");
 }
+
+/// A store whose first `fail` applies fail, as a full disk or a locked file would.
+struct Flaky {
+    inner: Arc<dyn UsageStore>,
+    fail: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl UsageStore for Flaky {
+    fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, meter_store::Error> {
+        self.inner.checkpoint(consumer)
+    }
+    fn apply(
+        &self,
+        consumer: &str,
+        meters: &[meter_schemas::MeterDef],
+        events: &[meter_store::Metered],
+        checkpoint: &Checkpoint,
+    ) -> Result<meter_store::Applied, meter_store::Error> {
+        let left = self.fail.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.fail.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(meter_store::Error::UnknownMeter(usize::MAX));
+        }
+        self.inner.apply(consumer, meters, events, checkpoint)
+    }
+    fn advance_watermark(&self, consumer: &str, watermark_us: i64) -> Result<(), meter_store::Error> {
+        self.inner.advance_watermark(consumer, watermark_us)
+    }
+    async fn usage(&self, tenant: &str, period: Period) -> Result<meter_store::PeriodUsage, meter_store::Error> {
+        self.inner.usage(tenant, period).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_batches_are_retried_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(SqliteLog::open(&dir.path().join("events.db"), 4, Durability::Normal).unwrap());
+    let inner: Arc<dyn UsageStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("usage.db"), Durability::Normal).unwrap());
+    let flaky = Arc::new(Flaky { inner: inner.clone(), fail: std::sync::atomic::AtomicUsize::new(3) });
+    let catalog = Arc::new(Catalog::new(vec![]).unwrap());
+    log.append(&(0..40).map(|i| invocation("a", i, 10)).collect::<Vec<_>>()).await.unwrap();
+    let agg = Aggregator::start(log.reader().unwrap(), flaky.clone(), catalog, Settings::default()).unwrap();
+    let mut saw_failure = false;
+    for _ in 0..100 {
+        saw_failure |= agg.failure().is_some();
+        if tokens(&*inner, "a").await == "440" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_failure, "the failure is reported while batches fail");
+    wait_for(&*inner, "a", "440").await;
+    assert_eq!(agg.failure(), None, "a successful batch clears the failure");
+    agg.drain_and_stop().unwrap();
+}

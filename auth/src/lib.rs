@@ -177,6 +177,8 @@ pub struct KeyStore {
     path: PathBuf,
     loaded: RwLock<Loaded>,
     last_miss_reload: Mutex<Instant>,
+    /// One reload at a time; callers that find one under way wait for it rather than start another.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl KeyStore {
@@ -188,6 +190,7 @@ impl KeyStore {
             path: path.to_path_buf(),
             loaded: RwLock::new(Loaded { by_hash: HashMap::new(), at: Instant::now() }),
             last_miss_reload: Mutex::new(Instant::now() - MISS_RELOAD_GAP),
+            reloading: tokio::sync::Mutex::new(()),
         };
         store.reload()?;
         Ok(Arc::new(store))
@@ -293,11 +296,22 @@ impl KeyStore {
         if !(stale || retry_miss) {
             return found.ok_or(AuthError::Unauthenticated);
         }
+        let _one = self.reloading.lock().await;
+        let (again, still_stale) = self.lookup(&digest);
+        if let (Some(p), false) = (again, still_stale) {
+            return Ok(p);
+        }
         let this = self.clone();
-        blocking(move || this.reload().map_err(|e| meter_sqlite::Error::Task(e.to_string())))
-            .await
-            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
-        self.lookup(&digest).0.ok_or(AuthError::Unauthenticated)
+        let reloaded = blocking(move || this.reload().map_err(|e| meter_sqlite::Error::Task(e.to_string()))).await;
+        match (reloaded, found) {
+            (Ok(()), _) => self.lookup(&digest).0.ok_or(AuthError::Unauthenticated),
+            // The table cannot be read now: a key known a moment ago still works.
+            (Err(e), Some(p)) => {
+                tracing::warn!(error = %e, "key table reload failed; using the cached table");
+                Ok(p)
+            }
+            (Err(e), None) => Err(AuthError::Unavailable(e.to_string())),
+        }
     }
 }
 

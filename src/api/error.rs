@@ -16,6 +16,10 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     /// Storage failed.
     Unavailable(String),
+    /// No route serves this path.
+    NotFound(String),
+    /// A bug: the handler panicked.
+    Internal,
 }
 
 impl ApiError {
@@ -25,6 +29,8 @@ impl ApiError {
             ApiError::Auth(AuthError::Unauthenticated) => StatusCode::UNAUTHORIZED,
             ApiError::Auth(AuthError::TenantRequired) | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Auth(AuthError::Unavailable(_)) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
         }
     }
@@ -56,6 +62,8 @@ impl IntoResponse for ApiError {
             ApiError::Auth(e @ AuthError::WrongRole { .. }) => e.to_string(),
             ApiError::Auth(e) if errors.is_empty() => e.to_string(),
             ApiError::Unavailable(m) => format!("storage unavailable: {m}"),
+            ApiError::NotFound(path) => format!("no such endpoint: {path}; see /api/v1/openapi.json"),
+            ApiError::Internal => "internal error; the server log has the details".into(),
             _ => summary(&errors),
         };
         let body = problem_body(status.as_u16(), &detail, &errors).to_string();

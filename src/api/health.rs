@@ -11,18 +11,17 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the aggregator is running, so usage keeps up with ingest.
+/// Readiness: the aggregator is running and its batches succeed, so usage keeps up with ingest.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready", body = String))
 )]
-pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
-    if state.aggregator_running() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "aggregator stopped")
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
+    match state.aggregator_status() {
+        Ok(()) => (StatusCode::OK, "ready".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

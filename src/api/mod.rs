@@ -35,6 +35,17 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Answer for paths no route serves.
+pub async fn not_found(uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::NotFound(uri.path().to_string())
+}
+
+/// Answer when a handler panicked: a 500 in the API's error shape, never a dropped connection.
+pub fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("a request handler panicked");
+    axum::response::IntoResponse::into_response(error::ApiError::Internal)
+}
+
 /// Every route but ingest's, with the document that describes them.
 pub fn router(state: Arc<AppState>) -> OpenApiRouter {
     OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -38,6 +38,9 @@ const MIGRATIONS: &[&str] = &["
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
 type Key = (String, String, String);
 
+/// Most tallies kept in memory; past it the cache starts over (the database has every value).
+const CACHE_ENTRIES: usize = 500_000;
+
 /// The SQLite usage store.
 pub struct SqliteStore {
     writer: Mutex<Connection>,
@@ -152,6 +155,9 @@ impl UsageStore for SqliteStore {
             }
         }
         tx.commit()?;
+        if cache.len() + scratch.len() > CACHE_ENTRIES {
+            cache.clear();
+        }
         cache.extend(scratch);
         Ok(applied)
     }
