@@ -246,14 +246,16 @@ fn respond(
     match dialect {
         Dialect::Lago => {
             let created_at = format_time(now / 1_000_000 * 1_000_000);
-            let echo: Vec<Value> =
+            let echo: Vec<LagoEcho<'_>> =
                 events.iter().zip(outcomes).map(|(e, o)| lago_echo(e, *o == Outcome::Duplicate, &created_at)).collect();
             let body = if format == Format::LagoBatch {
-                json!({ "events": echo })
+                serde_json::to_vec(&LagoEvents { events: &echo })
             } else {
-                json!({ "event": echo.into_iter().next().unwrap_or(Value::Null) })
+                serde_json::to_vec(&LagoOne { event: echo.first() })
             };
-            (StatusCode::OK, axum::Json(body)).into_response()
+            let mut r = (StatusCode::OK, body.unwrap_or_default()).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
         }
         Dialect::CloudEvents => {
             let mut r = StatusCode::NO_CONTENT.into_response();
@@ -285,7 +287,36 @@ pub fn lago_id(tenant: &str, id: &str) -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
-fn lago_echo(e: &Event, duplicate: bool, created_at: &str) -> Value {
+/// `{"events": [...]}`.
+#[derive(serde::Serialize)]
+struct LagoEvents<'a> {
+    events: &'a [LagoEcho<'a>],
+}
+
+/// `{"event": {...}}`.
+#[derive(serde::Serialize)]
+struct LagoOne<'a> {
+    event: Option<&'a LagoEcho<'a>>,
+}
+
+/// One event as Lago echoes it, borrowed from the parsed event (no copy of its properties).
+#[derive(serde::Serialize)]
+struct LagoEcho<'a> {
+    lago_id: String,
+    transaction_id: &'a str,
+    lago_customer_id: Option<()>,
+    code: &'a str,
+    timestamp: String,
+    precise_total_amount_cents: Option<()>,
+    properties: &'a serde_json::Map<String, Value>,
+    lago_subscription_id: Option<()>,
+    external_subscription_id: &'a str,
+    external_customer_id: &'a str,
+    created_at: &'a str,
+    duplicate: bool,
+}
+
+fn lago_echo<'a>(e: &'a Event, duplicate: bool, created_at: &'a str) -> LagoEcho<'a> {
     let millis = e.time_us.div_euclid(1000) * 1000;
     let timestamp = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1000)
         .ok()
@@ -296,18 +327,18 @@ fn lago_echo(e: &Event, duplicate: bool, created_at: &str) -> Value {
             .ok()
         })
         .unwrap_or_default();
-    json!({
-        "lago_id": lago_id(&e.tenant, &e.id),
-        "transaction_id": e.id,
-        "lago_customer_id": null,
-        "code": e.code,
-        "timestamp": timestamp,
-        "precise_total_amount_cents": null,
-        "properties": e.properties,
-        "lago_subscription_id": null,
-        "external_subscription_id": e.subscription.clone().unwrap_or_else(|| e.tenant.clone()),
-        "external_customer_id": e.tenant,
-        "created_at": created_at,
-        "duplicate": duplicate,
-    })
+    LagoEcho {
+        lago_id: lago_id(&e.tenant, &e.id),
+        transaction_id: &e.id,
+        lago_customer_id: None,
+        code: &e.code,
+        timestamp,
+        precise_total_amount_cents: None,
+        properties: &e.properties,
+        lago_subscription_id: None,
+        external_subscription_id: e.subscription.as_deref().unwrap_or(&e.tenant),
+        external_customer_id: &e.tenant,
+        created_at,
+        duplicate,
+    }
 }
