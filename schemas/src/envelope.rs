@@ -288,26 +288,8 @@ fn lago_event(path: &str, value: Value, cx: &Context<'_>, errors: &mut Vec<Field
         None | Some(Value::Null) => Some((cx.now_us, true)),
         Some(v) => lago_time(v).map_err(|m| errors.push(FieldError::invalid(join(path, "timestamp"), m))).ok(),
     };
-    let time =
-        time.and_then(|(t, implicit)| check_window(t, &join(path, "timestamp"), cx, errors).map(|t| (t, implicit)));
-    let properties = properties(o.remove("properties"), &join(path, "properties"), errors);
-    if let (Some(code), Some(props)) = (&code, &properties) {
-        cx.catalog.check_properties(code, props, &join(path, "properties"), errors);
-    }
-    if errors.len() > before {
-        return None;
-    }
-    let (time_us, implicit_time) = time?;
-    Some(Event {
-        tenant: tenant?,
-        id: id?,
-        code: code?,
-        time_us,
-        implicit_time,
-        subscription,
-        source: None,
-        properties: properties?,
-    })
+    let parts = Parts { tenant, id, code, time, subscription, source: None };
+    assemble(parts, o.remove("properties"), (path, "timestamp", "properties"), cx, errors, before)
 }
 
 const CLOUD_FIELDS: &[&str] =
@@ -368,23 +350,51 @@ fn cloud_event(path: &str, value: Value, cx: &Context<'_>, errors: &mut Vec<Fiel
             None
         }
     };
-    let time = time.and_then(|(t, implicit)| check_window(t, &join(path, "time"), cx, errors).map(|t| (t, implicit)));
-    let properties = properties(o.remove("data"), &join(path, "data"), errors);
-    if let (Some(code), Some(props)) = (&code, &properties) {
-        cx.catalog.check_properties(code, props, &join(path, "data"), errors);
+    let parts = Parts { tenant, id, code, time, subscription: None, source };
+    assemble(parts, o.remove("data"), (path, "time", "data"), cx, errors, before)
+}
+
+/// The fields of an event read from either envelope, each `None` where it was refused.
+struct Parts {
+    tenant: Option<String>,
+    id: Option<String>,
+    code: Option<String>,
+    /// Event time, and whether ingest filled it in.
+    time: Option<(i64, bool)>,
+    subscription: Option<String>,
+    source: Option<String>,
+}
+
+/// Checks what both envelopes check alike (the time window, the properties against the meters)
+/// and builds the event when nothing about it was refused since `before` errors.
+/// `fields` is `(path, time field, properties field)`.
+fn assemble(
+    parts: Parts,
+    props: Option<Value>,
+    (path, time_field, props_field): (&str, &str, &str),
+    cx: &Context<'_>,
+    errors: &mut Vec<FieldError>,
+    before: usize,
+) -> Option<Event> {
+    let time = parts
+        .time
+        .and_then(|(t, implicit)| check_window(t, &join(path, time_field), cx, errors).map(|t| (t, implicit)));
+    let properties = properties(props, &join(path, props_field), errors);
+    if let (Some(code), Some(props)) = (&parts.code, &properties) {
+        cx.catalog.check_properties(code, props, &join(path, props_field), errors);
     }
     if errors.len() > before {
         return None;
     }
     let (time_us, implicit_time) = time?;
     Some(Event {
-        tenant: tenant?,
-        id: id?,
-        code: code?,
+        tenant: parts.tenant?,
+        id: parts.id?,
+        code: parts.code?,
         time_us,
         implicit_time,
-        subscription: None,
-        source,
+        subscription: parts.subscription,
+        source: parts.source,
         properties: properties?,
     })
 }
