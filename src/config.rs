@@ -52,8 +52,10 @@ impl Default for Config {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `sqlite` (a file in the data directory) or `sqlite://PATH`.
+    /// `sqlite` (a file in the data directory), `sqlite://PATH`, or `kafka://HOST:PORT[,HOST:PORT]`.
     pub url: String,
+    /// Kafka topic of the events.
+    pub topic: String,
     /// Partitions; fixed when the log is created.
     pub partitions: u32,
     /// `full` (survives power loss, the default) or `normal` (survives a crash).
@@ -62,7 +64,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { url: "sqlite".into(), partitions: 4, durability: Durability::Full }
+        Self { url: "sqlite".into(), topic: "usage.events".into(), partitions: 4, durability: Durability::Full }
     }
 }
 
@@ -134,6 +136,15 @@ impl Default for AggregatorConfig {
     }
 }
 
+/// Where the event log lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogBackend {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// Kafka brokers, `host:port[,host:port]`.
+    Kafka(String),
+}
+
 /// Command-line values that override every other layer.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -187,7 +198,7 @@ impl Config {
         if self.log.partitions == 0 || self.log.partitions > 1024 {
             return Err(ConfigError::Invalid("log.partitions must be from 1 to 1024".into()));
         }
-        self.log_path()?;
+        self.log_backend()?;
         self.store_path()?;
         Ok(())
     }
@@ -202,14 +213,19 @@ impl Config {
             "sqlite" | "sqlite://" => Ok(self.data_dir.join(file)),
             u if u.starts_with("sqlite://") => Ok(PathBuf::from(&u["sqlite://".len()..])),
             u => Err(ConfigError::Invalid(format!(
-                "{what}.url {u:?} is not supported by this build; use \"sqlite\" or \"sqlite://PATH\""
+                "{what}.url {u:?} is not supported; use \"sqlite\" or \"sqlite://PATH\"{}",
+                if what == "log" { " or \"kafka://HOST:PORT\"" } else { "" }
             ))),
         }
     }
 
-    /// File of the embedded event log.
-    pub fn log_path(&self) -> Result<PathBuf, ConfigError> {
-        self.sqlite_path("log", &self.log.url, "events.db")
+    /// Where the event log is.
+    pub fn log_backend(&self) -> Result<LogBackend, ConfigError> {
+        match self.log.url.strip_prefix("kafka://") {
+            Some("") => Err(ConfigError::Invalid("log.url kafka:// needs HOST:PORT".into())),
+            Some(brokers) => Ok(LogBackend::Kafka(brokers.to_string())),
+            None => self.sqlite_path("log", &self.log.url, "events.db").map(LogBackend::Sqlite),
+        }
     }
 
     /// File of the embedded usage store.
@@ -258,8 +274,11 @@ mod tests {
             let c = Config::load(Some(Path::new("m.toml")), &Overrides::default()).unwrap();
             assert_eq!(c.ingest.lateness, Duration::from_secs(30 * 86_400));
             assert!(c.catalog().unwrap().accepts("storage"));
-            jail.create_file("k.toml", "[log]\nurl = \"kafka://x:9092\"\n")?;
-            assert!(Config::load(Some(Path::new("k.toml")), &Overrides::default()).is_err());
+            jail.create_file("k.toml", "[log]\nurl = \"kafka://x:9092,y:9092\"\n")?;
+            let k = Config::load(Some(Path::new("k.toml")), &Overrides::default()).unwrap();
+            assert_eq!(k.log_backend().unwrap(), LogBackend::Kafka("x:9092,y:9092".into()));
+            jail.create_file("c.toml", "[store]\nurl = \"clickhouse://x:8123/db\"\n")?;
+            assert!(Config::load(Some(Path::new("c.toml")), &Overrides::default()).is_err());
             Ok(())
         });
     }

@@ -1,14 +1,14 @@
 //! `meter serve`: ingest, aggregator and the API in one process on the embedded backends.
 
 use crate::api;
-use crate::config::Config;
+use crate::config::{Config, LogBackend};
 use anyhow::Context as _;
 use axum::Json;
 use axum::routing::get;
 use fs4::fs_std::FileExt;
 use meter_aggregator::{Aggregator, Settings};
 use meter_auth::{KeyStore, Role};
-use meter_eventlog::{EventLog, SqliteLog};
+use meter_eventlog::{EventLog, KafkaLog, KafkaSettings, SqliteLog};
 use meter_ingest::Ingest;
 use meter_schemas::{Catalog, Limits};
 use meter_store::{SqliteStore, UsageStore};
@@ -85,10 +85,7 @@ pub async fn run(
             key.secret
         );
     }
-    let log: Arc<dyn EventLog> = Arc::new(
-        SqliteLog::open(&config.log_path()?, config.log.partitions, config.log.durability)
-            .context("opening the event log")?,
-    );
+    let log = open_log(&config).await?;
     let store: Arc<dyn UsageStore> =
         Arc::new(SqliteStore::open(&config.store_path()?, config.store.durability).context("opening the usage store")?);
     let settings = Settings { batch_size: config.aggregator.batch_size, ..Settings::default() };
@@ -145,6 +142,26 @@ pub async fn run(
     Ok(())
 }
 
+/// Opens the configured event log. The SQLite log re-checks the lateness window at commit (see
+/// ARCHITECTURE.md, Watermark).
+async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
+    Ok(match config.log_backend()? {
+        LogBackend::Sqlite(path) => {
+            let lateness_us = config.ingest.limits().lateness_us;
+            Arc::new(
+                SqliteLog::open_with_lateness(&path, config.log.partitions, config.log.durability, lateness_us)
+                    .context("opening the event log")?,
+            )
+        }
+        LogBackend::Kafka(brokers) => {
+            let mut settings = KafkaSettings::new(&brokers);
+            settings.topic = config.log.topic.clone();
+            settings.partitions = config.log.partitions;
+            Arc::new(KafkaLog::open(settings).await.context("opening the Kafka event log")?)
+        }
+    })
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -166,4 +183,29 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_served_log_refuses_events_past_the_lateness_window_at_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        config.ingest.lateness = Duration::from_secs(86_400);
+        let log = open_log(&config).await.unwrap();
+        let old = meter_schemas::Event {
+            tenant: "a".into(),
+            id: "late".into(),
+            code: "work_order.created".into(),
+            time_us: meter_schemas::period::now_us() - 2 * 86_400_000_000,
+            implicit_time: false,
+            subscription: None,
+            source: None,
+            properties: Default::default(),
+        };
+        let err = log.append(&[old]).await.unwrap_err();
+        assert!(matches!(err, meter_eventlog::Error::TooLate(_)), "{err}");
+    }
 }

@@ -1,14 +1,19 @@
 //! The event log: an append-only, partitioned sequence of validated events.
 //!
 //! Ingest appends; the aggregator reads each partition from an offset. A backend guarantees that
-//! an append acknowledged with `Ok` is durable, and that appends are idempotent by
-//! `(tenant, id)`: a repeated event is answered [`Outcome::Duplicate`] and not stored twice, and an
-//! id reused with different content is refused as a conflict.
+//! an append acknowledged with `Ok` is durable. A backend that [deduplicates](EventLog::deduplicates)
+//! (the SQLite log) is also idempotent by `(tenant, id)`: a repeated event is answered
+//! [`Outcome::Duplicate`] and not stored twice, an id reused with different content is refused as
+//! a conflict, and an append is all or nothing. One that does not (Kafka) may store a retried
+//! event twice, or part of a failed append; the aggregator's dedup state counts each event once
+//! either way.
 
 #[cfg(feature = "testing")]
 pub mod contract;
+mod kafka;
 mod sqlite;
 
+pub use kafka::{KafkaLog, KafkaSettings};
 pub use sqlite::SqliteLog;
 
 use async_trait::async_trait;
@@ -85,8 +90,13 @@ pub trait EventLog: Send + Sync {
     /// Number of partitions.
     fn partitions(&self) -> u32;
 
-    /// Appends all of `events` or none. On `Ok`, every event is durable and the outcome of each is
-    /// given in order.
+    /// Whether appends are idempotent by `(tenant, id)` and all-or-nothing (see the module docs).
+    fn deduplicates(&self) -> bool {
+        true
+    }
+
+    /// Appends `events`. On `Ok`, every event is durable and the outcome of each is given in order;
+    /// on `Err`, a deduplicating log stored none of them.
     async fn append(&self, events: &[Event]) -> Result<Vec<Outcome>, Error>;
 
     /// A reader that starts at offset 0 of every partition.

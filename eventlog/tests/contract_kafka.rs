@@ -1,0 +1,69 @@
+//! The event-log contract against Kafka: librdkafka's mock cluster (a real Kafka-protocol broker
+//! in-process), or the broker named by `METER_TEST_KAFKA=HOST:PORT`.
+
+use meter_eventlog::contract::Harness;
+use meter_eventlog::{EventLog, KafkaLog, KafkaSettings};
+use rdkafka::mocking::MockCluster;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+/// A Kafka for one test. The mock cluster is not `Send`, so a thread owns it until the harness drops.
+struct Kafka {
+    settings: KafkaSettings,
+    _stop: Option<mpsc::Sender<()>>,
+}
+
+fn kafka() -> Kafka {
+    let mut settings = KafkaSettings::new("");
+    settings.partitions = 4;
+    if let Ok(broker) = std::env::var("METER_TEST_KAFKA") {
+        settings.bootstrap = broker;
+        settings.topic = format!("usage.events.test-{}", rand_suffix());
+        return Kafka { settings, _stop: None };
+    }
+    let (stop, stopped) = mpsc::channel::<()>();
+    let (ready, bootstrap) = mpsc::channel();
+    let topic = settings.topic.clone();
+    std::thread::spawn(move || {
+        let cluster = MockCluster::new(1).expect("mock cluster starts");
+        cluster.create_topic(&topic, 4, 1).expect("topic");
+        ready.send(cluster.bootstrap_servers()).expect("test waits");
+        let _ = stopped.recv();
+        drop(cluster);
+    });
+    settings.bootstrap = bootstrap.recv().expect("mock cluster address");
+    Kafka { settings, _stop: Some(stop) }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+#[async_trait::async_trait]
+impl Harness for Kafka {
+    async fn open(&self) -> Arc<dyn EventLog> {
+        Arc::new(KafkaLog::open(self.settings.clone()).await.expect("kafka log opens"))
+    }
+}
+
+meter_eventlog::eventlog_contract!(kafka());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_with_another_partition_count_is_refused() {
+    let k = kafka();
+    let mut other = k.settings.clone();
+    other.partitions = 8;
+    let err = KafkaLog::open(other).await.err().expect("refused");
+    assert!(err.to_string().contains("cannot change"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_is_down_fails_the_append_instead_of_acknowledging() {
+    let mut settings = KafkaSettings::new("127.0.0.1:1");
+    settings.delivery_timeout = std::time::Duration::from_millis(500);
+    // Nothing listens on port 1: opening fails, or (if metadata was cached) the append does.
+    match KafkaLog::open(settings).await {
+        Err(e) => assert!(e.to_string().contains("kafka"), "{e}"),
+        Ok(log) => assert!(log.append(&[meter_eventlog::contract::event("a", "1", 1)]).await.is_err()),
+    }
+}
