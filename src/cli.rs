@@ -25,6 +25,16 @@ pub enum Command {
     Keys(KeysCommand),
     /// Send generated events to a running meter and report events/s and latency.
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// Local stand-ins for development and tests.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+/// `meter dev …`.
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Run librdkafka's mock cluster as a local Kafka broker and print its bootstrap address.
+    Kafka(crate::dev::DevKafkaArgs),
 }
 
 /// Where configuration comes from.

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod loadgen;
 pub mod server;
 pub mod telemetry;

@@ -21,5 +21,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Keys(command) => meter::cli::keys(command),
         Command::Loadgen(args) => tokio::runtime::Runtime::new()?.block_on(meter::loadgen::run(args)),
+        Command::Dev(meter::cli::DevCommand::Kafka(args)) => meter::dev::kafka(args),
     }
 }

@@ -1,5 +1,7 @@
-//! End to end: a client streams 100,000 events, retrying every failure, while `meter serve` is
-//! killed with SIGKILL and restarted again and again. Usage ends exactly at the distinct events.
+//! End to end: a client streams events, retrying every failure, while `meter serve` is killed
+//! with SIGKILL and restarted again and again. Usage ends exactly at the distinct events. The same
+//! body runs on the embedded SQLite log and on a Kafka log (`meter dev kafka`), where retries leave
+//! real duplicates in the log for the aggregator to drop.
 
 mod common;
 
@@ -10,10 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-const EVENTS: usize = 100_000;
 const BATCH: usize = 100;
 const TENANTS: usize = 40;
-const KILLS: usize = 6;
 
 /// Expected period totals per tenant, computed from the events themselves.
 fn expected(events: &[Value]) -> BTreeMap<String, BTreeMap<&'static str, String>> {
@@ -54,15 +54,25 @@ fn expected(events: &[Value]) -> BTreeMap<String, BTreeMap<&'static str, String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_stream_neither_loses_nor_double_counts() {
+    stream_through_kills(&[], 100_000, 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_on_a_kafka_log_neither_loses_nor_double_counts() {
+    let kafka = DevKafka::start(4);
+    stream_through_kills(&[("METER__LOG__URL", &kafka.log_url())], 30_000, 4).await;
+}
+
+async fn stream_through_kills(env: &[(&str, &str)], events_total: usize, kills_total: usize) {
     let dir = tempfile::tempdir().unwrap();
     let key = create_key(dir.path(), "admin", None);
-    let meter = Arc::new(std::sync::Mutex::new(Meter::start(dir.path(), &[])));
+    let meter = Arc::new(std::sync::Mutex::new(Meter::start(dir.path(), env)));
     let url = Arc::new(RwLock::new(meter.lock().unwrap().url.clone()));
 
     let now_s = now_us() / 1_000_000;
     let events: Arc<Vec<Value>> =
-        Arc::new((0..EVENTS).map(|i| meter::loadgen::event("crash", i, TENANTS, now_s)).collect());
-    let batches = EVENTS / BATCH;
+        Arc::new((0..events_total).map(|i| meter::loadgen::event("crash", i, TENANTS, now_s)).collect());
+    let batches = events_total / BATCH;
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
@@ -99,8 +109,8 @@ async fn sigkill_during_a_stream_neither_loses_nor_double_counts() {
     }
 
     let mut kills = 0;
-    while kills < KILLS {
-        let threshold = batches * (kills + 1) / (KILLS + 1);
+    while kills < kills_total {
+        let threshold = batches * (kills + 1) / (kills_total + 1);
         while done.load(Ordering::SeqCst) < threshold {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -134,3 +134,46 @@ pub async fn wait_counted(url: &str, key: &str, tenant: &str, after_us: i64) -> 
 pub fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
+
+/// A `meter dev kafka` process: librdkafka's mock cluster as a broker for `meter serve`.
+pub struct DevKafka {
+    child: Child,
+    /// `host:port` to bootstrap from.
+    pub bootstrap: String,
+}
+
+impl DevKafka {
+    /// Starts the mock cluster with `partitions` partitions of `usage.events`.
+    pub fn start(partitions: u32) -> DevKafka {
+        let mut child = Command::new(meter_bin())
+            .args(["dev", "kafka", "--partitions", &partitions.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("meter dev kafka starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("kafka bootstrap: ") {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
+                }
+            }
+        });
+        let bootstrap = rx.recv_timeout(Duration::from_secs(30)).expect("mock cluster announces its address");
+        DevKafka { child, bootstrap }
+    }
+
+    /// `METER__LOG__URL` for a `meter serve` on this broker.
+    pub fn log_url(&self) -> String {
+        format!("kafka://{}", self.bootstrap)
+    }
+}
+
+impl Drop for DevKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
