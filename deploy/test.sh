@@ -11,8 +11,12 @@ cargo --version
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-# The embedded default needs nothing installed: SQLite is compiled into the binary.
-# Services that later backends test against (Kafka's mock cluster is in-process) are started here.
+# Nothing to install yet: SQLite and librdkafka (whose mock cluster the Kafka tests use) are
+# compiled into the binary from their crates; the bundled librdkafka needs only gcc, g++ and make.
+# The SDK compatibility test installs its pinned Python SDKs from PyPI into target/sdk-venv.
+for tool in gcc g++ make python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y build-essential python3-venv" >&2; exit 1; }
+done
 
 step "format"
 cargo fmt --all -- --check
