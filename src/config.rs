@@ -56,6 +56,9 @@ pub struct LogConfig {
     pub url: String,
     /// Kafka topic of the events.
     pub topic: String,
+    /// Kafka: how long an append waits for its delivery reports before answering 503.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
     /// Partitions; fixed when the log is created.
     pub partitions: u32,
     /// `full` (survives power loss, the default) or `normal` (survives a crash).
@@ -64,7 +67,13 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { url: "sqlite".into(), topic: "usage.events".into(), partitions: 4, durability: Durability::Full }
+        Self {
+            url: "sqlite".into(),
+            topic: "usage.events".into(),
+            delivery_timeout: Duration::from_secs(10),
+            partitions: 4,
+            durability: Durability::Full,
+        }
     }
 }
 

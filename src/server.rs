@@ -157,6 +157,7 @@ async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
             let mut settings = KafkaSettings::new(&brokers);
             settings.topic = config.log.topic.clone();
             settings.partitions = config.log.partitions;
+            settings.delivery_timeout = config.log.delivery_timeout;
             Arc::new(KafkaLog::open(settings).await.context("opening the Kafka event log")?)
         }
     })

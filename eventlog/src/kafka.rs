@@ -154,17 +154,19 @@ impl EventLog for KafkaLog {
     }
 
     fn reader(&self) -> Result<Box<dyn LogReader>, Error> {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &self.settings.bootstrap)
             .set("group.id", "meter-aggregator")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .set("isolation.level", "read_committed")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .map_err(unavailable)?;
+            .set("fetch.wait.max.ms", "10");
+        let consumer: BaseConsumer = config.create().map_err(unavailable)?;
         let mut reader = KafkaReader {
             consumer,
+            config,
+            failed: false,
             topic: self.settings.topic.clone(),
             next: vec![0; self.settings.partitions as usize],
         };
@@ -176,6 +178,10 @@ impl EventLog for KafkaLog {
 /// Reads every partition of the topic, by manual assignment, from the offsets it is given.
 struct KafkaReader {
     consumer: BaseConsumer,
+    /// To build a fresh consumer after a failure: a client that lost its broker does not always
+    /// find it again by itself.
+    config: ClientConfig,
+    failed: bool,
     topic: String,
     next: Vec<u64>,
 }
@@ -204,6 +210,15 @@ impl KafkaReader {
 
 impl LogReader for KafkaReader {
     fn seek(&mut self, positions: &[Position]) {
+        if self.failed {
+            match self.config.create::<BaseConsumer>() {
+                Ok(fresh) => {
+                    self.consumer = fresh;
+                    self.failed = false;
+                }
+                Err(e) => tracing::warn!(error = %e, "kafka reader could not rebuild its consumer"),
+            }
+        }
         self.next.iter_mut().for_each(|n| *n = 0);
         for p in positions {
             if let Some(n) = self.next.get_mut(p.partition as usize) {
@@ -216,6 +231,14 @@ impl LogReader for KafkaReader {
     }
 
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error> {
+        let result = self.read(max, timeout);
+        self.failed |= result.is_err();
+        result
+    }
+}
+
+impl KafkaReader {
+    fn read(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error> {
         let deadline = Instant::now() + timeout;
         let started_us = now_us();
         let highs = self.high_watermarks()?;
