@@ -37,6 +37,14 @@ pub struct LoadgenArgs {
     /// dedup indexes.
     #[arg(long)]
     pub random_ids: bool,
+    /// Baseline instead of HTTP: parse the same requests before the clock starts, then append
+    /// their events straight to the Kafka log at HOST:PORT (meter's producer and settings, no
+    /// HTTP, no validation), with the same batching and concurrency.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub direct_kafka: Option<String>,
+    /// Partitions of the topic, for `--direct-kafka`.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
 }
 
 /// What a run measured.
@@ -131,6 +139,9 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
             })
             .collect(),
     );
+    if let Some(brokers) = &args.direct_kafka {
+        return direct_kafka(args, brokers, bodies.as_slice()).await;
+    }
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
     let url = format!("{}/api/v1/events/batch", args.url.trim_end_matches('/'));
     let next = Arc::new(AtomicUsize::new(0));
@@ -195,4 +206,54 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
     progress.abort();
     let events = done_events.load(Ordering::Relaxed);
     Ok(Report { events, errors, elapsed, latency_us })
+}
+
+/// The `--direct-kafka` baseline: the same events, appended to the Kafka log without HTTP.
+async fn direct_kafka(args: &LoadgenArgs, brokers: &str, bodies: &[Vec<u8>]) -> anyhow::Result<Report> {
+    use meter_schemas::envelope::{Context, Format, parse};
+    let catalog = meter_schemas::Catalog::new(vec![])?;
+    let limits = meter_schemas::Limits { max_events: args.batch.max(1), ..Default::default() };
+    let scope = meter_schemas::TenantScope::Any;
+    let now = meter_schemas::period::now_us();
+    let requests: Vec<Vec<meter_schemas::Event>> = bodies
+        .iter()
+        .map(|b| {
+            let cx = Context { limits: &limits, catalog: &catalog, scope: &scope, now_us: now };
+            parse(Format::LagoBatch, b, &cx).map(|p| p.events).map_err(|r| anyhow::anyhow!("{:?}", r.errors))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut settings = meter_eventlog::KafkaSettings::new(brokers);
+    settings.partitions = args.partitions;
+    let log = Arc::new(meter_eventlog::KafkaLog::open(settings).await?);
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (log, requests, next) = (log.clone(), requests.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("valid precision");
+            let (mut events, mut errors) = (0, 0);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(batch) = requests.get(i) else { break };
+                let t = Instant::now();
+                match meter_eventlog::EventLog::append(&*log, batch).await {
+                    Ok(_) => events += batch.len(),
+                    Err(_) => errors += 1,
+                }
+                let _ = hist.record(t.elapsed().as_micros() as u64);
+            }
+            (hist, events, errors)
+        }));
+    }
+    let mut latency_us = Histogram::<u64>::new(3).expect("valid precision");
+    let (mut events, mut errors) = (0, 0);
+    for w in workers {
+        let (h, e, x) = w.await?;
+        latency_us.add(&h).expect("same precision");
+        events += e;
+        errors += x;
+    }
+    Ok(Report { events, errors, elapsed: started.elapsed(), latency_us })
 }
