@@ -31,26 +31,12 @@ impl Meter {
     }
 
     fn spawn(dir: &Path, env: Vec<(String, String)>) -> Meter {
-        let mut child = Command::new(meter_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        let mut cmd = Command::new(meter_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("METER__BOOTSTRAP_ADMIN_KEY", "false")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("meter starts");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("meter listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let url = rx.recv_timeout(Duration::from_secs(60)).expect("meter announces its address");
+            .env("METER__BOOTSTRAP_ADMIN_KEY", "false");
+        let (child, url) = spawn_announcing(cmd, "meter listening on ");
         Meter { child, url, dir: dir.to_path_buf(), env }
     }
 
@@ -145,23 +131,9 @@ pub struct DevKafka {
 impl DevKafka {
     /// Starts the mock cluster with `partitions` partitions of `usage.events`.
     pub fn start(partitions: u32) -> DevKafka {
-        let mut child = Command::new(meter_bin())
-            .args(["dev", "kafka", "--partitions", &partitions.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("meter dev kafka starts");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("kafka bootstrap: ") {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
-                }
-            }
-        });
-        let bootstrap = rx.recv_timeout(Duration::from_secs(30)).expect("mock cluster announces its address");
+        let mut cmd = Command::new(meter_bin());
+        cmd.args(["dev", "kafka", "--partitions", &partitions.to_string()]);
+        let (child, bootstrap) = spawn_announcing(cmd, "kafka bootstrap: ");
         DevKafka { child, bootstrap }
     }
 
@@ -176,4 +148,26 @@ impl Drop for DevKafka {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `cmd` (quiet logs, stdout piped) and waits for the stdout line starting with `prefix`;
+/// returns the child and the first word after the prefix (an address).
+fn spawn_announcing(mut cmd: Command, prefix: &'static str) -> (Child, String) {
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the meter binary starts");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let address = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no line {prefix:?} within 60 s"));
+    (child, address)
 }
