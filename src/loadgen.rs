@@ -4,6 +4,7 @@
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -143,13 +144,42 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
         return direct_kafka(args, brokers, bodies.as_slice()).await;
     }
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
-    let url = format!("{}/api/v1/events/batch", args.url.trim_end_matches('/'));
+    let url = Arc::new(format!("{}/api/v1/events/batch", args.url.trim_end_matches('/')));
+    let key = Arc::new(args.key.clone());
+    let total = args.events;
+    let send = move |i: usize| {
+        let (client, url, key, bodies) = (client.clone(), url.clone(), key.clone(), bodies.clone());
+        async move {
+            let sent = client
+                .post(url.as_str())
+                .bearer_auth(key.as_str())
+                .header("content-type", "application/json")
+                .body(bodies[i].clone())
+                .send()
+                .await
+                .ok()?;
+            let ok = sent.status().is_success();
+            let _ = sent.bytes().await;
+            ok.then(|| batch.min(total - i * batch))
+        }
+    };
+    drive(args.events.div_ceil(batch), args.concurrency, total, send).await
+}
+
+/// Sends requests `0..requests` through `send`, `concurrency` at a time, measuring each one's
+/// latency and printing progress every second. `send(i)` answers how many events request `i` had
+/// acknowledged, or `None` when it failed.
+async fn drive<F, Fut>(requests: usize, concurrency: usize, total: usize, send: F) -> anyhow::Result<Report>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<usize>> + Send,
+{
+    let send = Arc::new(send);
     let next = Arc::new(AtomicUsize::new(0));
-    let done_events = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let progress = {
-        let done = done_events.clone();
-        let total = args.events;
+        let done = done.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -159,37 +189,24 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
         })
     };
     let mut workers = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (bodies, client, url, next, done) =
-            (bodies.clone(), client.clone(), url.clone(), next.clone(), done_events.clone());
-        let (key, total) = (args.key.clone(), args.events);
+    for _ in 0..concurrency.max(1) {
+        let (send, next, done) = (send.clone(), next.clone(), done.clone());
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("valid precision");
             let mut errors = 0;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { break };
+                if i >= requests {
+                    break;
+                }
                 let t = Instant::now();
-                let sent = client
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
-                let ok = match sent {
-                    Ok(r) => {
-                        let ok = r.status().is_success();
-                        let _ = r.bytes().await;
-                        ok
-                    }
-                    Err(_) => false,
-                };
+                let acked = send(i).await;
                 let _ = hist.record(t.elapsed().as_micros() as u64);
-                if ok {
-                    done.fetch_add(batch.min(total - i * batch), Ordering::Relaxed);
-                } else {
-                    errors += 1;
+                match acked {
+                    Some(n) => {
+                        done.fetch_add(n, Ordering::Relaxed);
+                    }
+                    None => errors += 1,
                 }
             }
             (hist, errors)
@@ -204,8 +221,7 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
     }
     let elapsed = started.elapsed();
     progress.abort();
-    let events = done_events.load(Ordering::Relaxed);
-    Ok(Report { events, errors, elapsed, latency_us })
+    Ok(Report { events: done.load(Ordering::Relaxed), errors, elapsed, latency_us })
 }
 
 /// The `--direct-kafka` baseline: the same events, appended to the Kafka log without HTTP.
@@ -226,34 +242,13 @@ async fn direct_kafka(args: &LoadgenArgs, brokers: &str, bodies: &[Vec<u8>]) -> 
     settings.partitions = args.partitions;
     let log = Arc::new(meter_eventlog::KafkaLog::open(settings).await?);
     let requests = Arc::new(requests);
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (log, requests, next) = (log.clone(), requests.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new(3).expect("valid precision");
-            let (mut events, mut errors) = (0, 0);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(batch) = requests.get(i) else { break };
-                let t = Instant::now();
-                match meter_eventlog::EventLog::append(&*log, batch).await {
-                    Ok(_) => events += batch.len(),
-                    Err(_) => errors += 1,
-                }
-                let _ = hist.record(t.elapsed().as_micros() as u64);
-            }
-            (hist, events, errors)
-        }));
-    }
-    let mut latency_us = Histogram::<u64>::new(3).expect("valid precision");
-    let (mut events, mut errors) = (0, 0);
-    for w in workers {
-        let (h, e, x) = w.await?;
-        latency_us.add(&h).expect("same precision");
-        events += e;
-        errors += x;
-    }
-    Ok(Report { events, errors, elapsed: started.elapsed(), latency_us })
+    let count = requests.len();
+    let send = move |i: usize| {
+        let (log, requests) = (log.clone(), requests.clone());
+        async move {
+            let batch = &requests[i];
+            meter_eventlog::EventLog::append(&*log, batch).await.ok().map(|_| batch.len())
+        }
+    };
+    drive(count, args.concurrency, args.events, send).await
 }

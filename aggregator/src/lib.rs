@@ -180,19 +180,14 @@ fn consume(
         let mut oldest_ingest = i64::MAX;
         let metered: Vec<Metered> = batch
             .records
-            .iter()
+            .into_iter()
             .map(|r| {
                 let p = next.entry(r.position.partition).or_default();
                 *p = (*p).max(r.position.offset + 1);
                 oldest_ingest = oldest_ingest.min(r.ingested_us);
                 let (contributions, s) = catalog.contributions(&r.event);
                 skipped += s;
-                Metered {
-                    tenant: r.event.tenant.clone(),
-                    id: r.event.id.clone(),
-                    time_us: r.event.time_us,
-                    contributions,
-                }
+                Metered { tenant: r.event.tenant, id: r.event.id, time_us: r.event.time_us, contributions }
             })
             .collect();
         let checkpoint = Checkpoint {

@@ -350,6 +350,29 @@ mod tests {
         assert_eq!(p.role, Role::Admin);
     }
 
+    #[tokio::test]
+    async fn revocation_by_another_process_takes_effect_and_a_failed_reload_keeps_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let server = KeyStore::open(&path).unwrap();
+        let cli = KeyStore::open(&path).unwrap();
+        let (kept, revoked) = (cli.create(Role::Admin, None).unwrap(), cli.create(Role::Read, Some("a")).unwrap());
+        let header = |k: &NewKey| format!("Bearer {}", k.secret);
+        assert!(server.authenticate(Some(&header(&revoked))).await.is_ok());
+        cli.revoke(&revoked.id).unwrap();
+        std::thread::sleep(RELOAD_AFTER + Duration::from_millis(100));
+        assert_eq!(server.authenticate(Some(&header(&revoked))).await, Err(AuthError::Unauthenticated));
+
+        // The table cannot be read any more: known keys still work, unknown ones get a 503, not a 401.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        std::thread::sleep(RELOAD_AFTER + Duration::from_millis(100));
+        assert!(server.authenticate(Some(&header(&kept))).await.is_ok());
+        let unknown = server.authenticate(Some("Bearer mtr_unknown")).await;
+        assert!(matches!(unknown, Err(AuthError::Unavailable(_))), "{unknown:?}");
+    }
+
     #[test]
     fn scopes_are_checked() {
         let dir = tempfile::tempdir().unwrap();

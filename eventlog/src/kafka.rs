@@ -195,6 +195,41 @@ impl KafkaReader {
         self.consumer.assign(&list).map_err(unavailable)
     }
 
+    /// Waits up to `timeout` for a first record, then takes what the consumer already holds, up to
+    /// `max`. Only when it runs dry does it ask the broker where each partition ends: a read that
+    /// reached those marks has every record acknowledged before `started_us`, taken just before
+    /// asking. A busy stream pays no round trip.
+    fn read(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut records = Vec::new();
+        while records.len() < max {
+            let wait =
+                if records.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            let Some(message) = self.consumer.poll(wait) else { break };
+            let m = message.map_err(unavailable)?;
+            let (partition, offset) = (m.partition() as u32, m.offset() as u64);
+            let Some(next) = self.next.get_mut(partition as usize) else { continue };
+            if offset < *next {
+                continue; // from before a seek
+            }
+            let event = Event::decode(m.payload().unwrap_or_default()).map_err(|e| Error::Corrupt {
+                partition,
+                offset,
+                reason: e.to_string(),
+            })?;
+            let ingested_us = m.timestamp().to_millis().map_or_else(now_us, |ms| ms * 1000);
+            records.push(Record { position: Position { partition, offset }, ingested_us, event });
+            *next = offset + 1;
+        }
+        let started_us = now_us();
+        if records.len() >= max {
+            return Ok(Batch { records, caught_up: false, started_us });
+        }
+        let highs = self.high_watermarks()?;
+        let caught_up = self.next.iter().zip(&highs).all(|(n, h)| n >= h);
+        Ok(Batch { records, caught_up, started_us })
+    }
+
     /// The high watermark of each partition: every record acknowledged by now is below it.
     fn high_watermarks(&self) -> Result<Vec<u64>, Error> {
         (0..self.next.len())
@@ -234,43 +269,5 @@ impl LogReader for KafkaReader {
         let result = self.read(max, timeout);
         self.failed |= result.is_err();
         result
-    }
-}
-
-impl KafkaReader {
-    fn read(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error> {
-        let deadline = Instant::now() + timeout;
-        let started_us = now_us();
-        let highs = self.high_watermarks()?;
-        let mut records = Vec::new();
-        let caught_up = |next: &[u64]| next.iter().zip(&highs).all(|(n, h)| n >= h);
-        while records.len() < max && !caught_up(&self.next) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(message) = self.consumer.poll(left.max(Duration::from_millis(1))) else {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                continue;
-            };
-            let m = message.map_err(unavailable)?;
-            let (partition, offset) = (m.partition() as u32, m.offset() as u64);
-            let Some(next) = self.next.get_mut(partition as usize) else { continue };
-            if offset < *next {
-                continue; // from before a seek
-            }
-            let event = Event::decode(m.payload().unwrap_or_default()).map_err(|e| Error::Corrupt {
-                partition,
-                offset,
-                reason: e.to_string(),
-            })?;
-            let ingested_us = m.timestamp().to_millis().map_or(started_us, |ms| ms * 1000);
-            records.push(Record { position: Position { partition, offset }, ingested_us, event });
-            *next = offset + 1;
-        }
-        let caught_up = caught_up(&self.next);
-        if records.is_empty() && !caught_up {
-            std::thread::sleep(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(5)));
-        }
-        Ok(Batch { records, caught_up, started_us })
     }
 }

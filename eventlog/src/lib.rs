@@ -110,8 +110,9 @@ pub struct Batch {
     pub records: Vec<Record>,
     /// True when the poll reached the end of every partition.
     pub caught_up: bool,
-    /// When the poll started reading: if `caught_up`, every event acknowledged before this
-    /// instant is in this batch or an earlier one.
+    /// An instant such that, if `caught_up`, every event acknowledged before it is in this batch
+    /// or an earlier one (the SQLite reader takes it before reading, the Kafka reader before it
+    /// asks where the partitions end).
     pub started_us: i64,
 }
 

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use meter_auth::{AuthError, Role};
 use meter_eventlog::{Error as LogError, Outcome};
 use meter_schemas::envelope::{self, Context, Dialect, Format, Parsed};
+use meter_schemas::error::summary;
 use meter_schemas::period::{format_time, now_us};
 use meter_schemas::{ErrorKind, Event, FieldError, TenantScope};
 use serde_json::{Value, json};
@@ -129,7 +130,7 @@ async fn handle(
         Ok(r) => r,
         Err(e) => {
             if let IngestError::Fields(errors) = &e {
-                tracing::debug!(problems = errors.len(), first = %summary_line(errors), "ingest request refused");
+                tracing::debug!(problems = errors.len(), first = %summary(errors), "ingest request refused");
             }
             e.into_response_for(dialect)
         }
@@ -138,10 +139,6 @@ async fn handle(
     metrics::counter!(metric::REQUESTS, "api" => api, "status" => response.status().as_u16().to_string()).increment(1);
     metrics::histogram!(metric::DURATION, "api" => api).record(started.elapsed().as_secs_f64());
     response
-}
-
-fn summary_line(errors: &[FieldError]) -> String {
-    meter_schemas::error::summary(errors)
 }
 
 async fn accept(
@@ -157,23 +154,20 @@ async fn accept(
         return Err(AuthError::WrongRole { have: principal.role, action: "send events" }.into());
     }
     let body = body.map_err(|rejection| {
-        let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("is larger than the limit of {} bytes", ingest.max_body_bytes)
+        let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let limit = ingest.max_body_bytes;
+            FieldError::new(ErrorKind::TooLarge, "body", format!("is larger than the limit of {limit} bytes"))
         } else {
-            format!("cannot be read: {rejection}")
+            FieldError::new(ErrorKind::Malformed, "body", format!("cannot be read: {rejection}"))
         };
-        let kind = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorKind::TooLarge
-        } else {
-            ErrorKind::Malformed
-        };
-        IngestError::Fields(vec![FieldError::new(kind, "body", message)])
+        IngestError::Fields(vec![error])
     })?;
     let scope = match principal.tenant {
         Some(t) => TenantScope::Only(t),
         None => TenantScope::Any,
     };
     let now = now_us();
+    let inline = body.len() <= INLINE_PARSE_BYTES;
     let parse = {
         let ingest = ingest.clone();
         move || {
@@ -181,7 +175,7 @@ async fn accept(
             envelope::parse(format, &body, &cx)
         }
     };
-    let parsed = if headers_len(headers) <= INLINE_PARSE_BYTES {
+    let parsed = if inline {
         parse()
     } else {
         tokio::task::spawn_blocking(parse).await.map_err(|e| IngestError::Unavailable(e.to_string()))?
@@ -228,10 +222,6 @@ fn time_path(id_path: &str) -> String {
         Some(prefix) => format!("{prefix}timestamp"),
         None => format!("{}time", id_path.strip_suffix("id").unwrap_or(id_path)),
     }
-}
-
-fn headers_len(headers: &HeaderMap) -> usize {
-    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(usize::MAX)
 }
 
 fn respond(
@@ -340,5 +330,29 @@ fn lago_echo<'a>(e: &'a Event, duplicate: bool, created_at: &'a str) -> LagoEcho
         external_customer_id: &e.tenant,
         created_at,
         duplicate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_event_is_reported_at_its_time_field() {
+        assert_eq!(time_path("events[2].transaction_id"), "events[2].timestamp");
+        assert_eq!(time_path("event.transaction_id"), "event.timestamp");
+        assert_eq!(time_path("[0].id"), "[0].time");
+        assert_eq!(time_path("id"), "time");
+        assert_eq!(time_path("lines[3].transaction_id"), "lines[3].timestamp");
+    }
+
+    #[test]
+    fn lago_ids_are_stable_uuids() {
+        let id = lago_id("acme", "t1");
+        assert_eq!(id, lago_id("acme", "t1"));
+        assert_ne!(id, lago_id("acme", "t2"));
+        assert_ne!(lago_id("a", "bc"), lago_id("ab", "c"), "tenant and id are separated");
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "8", "version 8");
     }
 }
