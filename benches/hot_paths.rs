@@ -7,7 +7,7 @@ use meter_eventlog::{EventLog, SqliteLog};
 use meter_schemas::envelope::{Context, Format, parse};
 use meter_schemas::{Catalog, Event, Limits, TenantScope};
 use meter_sqlite::Durability;
-use meter_store::{Checkpoint, Metered, SqliteStore, UsageStore};
+use meter_store::{Metered, Progress, SqliteStore, UsageStore};
 use std::hint::black_box;
 
 fn body(prefix: &str, n: usize, tenants: usize) -> Vec<u8> {
@@ -86,7 +86,7 @@ fn storage_path(c: &mut Criterion) {
                     })
                     .collect::<Vec<_>>()
             },
-            |metered| store.apply("bench", catalog.meters(), &metered, &Checkpoint::default()).unwrap(),
+            |metered| store.apply("bench", catalog.meters(), &metered, &Progress::default()).unwrap(),
             BatchSize::LargeInput,
         )
     });

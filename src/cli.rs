@@ -20,6 +20,10 @@ pub struct Cli {
 pub enum Command {
     /// Run ingest, aggregator and the API in one process.
     Serve(ServeArgs),
+    /// Run the write API (stateless; any number of processes) on a Kafka log.
+    Ingest(ServeArgs),
+    /// Run an aggregator, one member of the consumer group sharing the Kafka log's partitions.
+    Aggregate(ServeArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -46,16 +50,20 @@ pub struct ConfigArgs {
     /// Directory for the embedded backends' files.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Event log: `sqlite`, `sqlite://PATH` or `kafka://HOST:PORT[,HOST:PORT]`.
+    #[arg(long, value_name = "URL")]
+    pub log: Option<String>,
 }
 
 impl ConfigArgs {
     /// Loads the layered configuration.
     pub fn load(&self, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
-        Ok(Config::load(self.config.as_deref(), &Overrides { listen, data_dir: self.data_dir.clone() })?)
+        let overrides = Overrides { listen, data_dir: self.data_dir.clone(), log_url: self.log.clone() };
+        Ok(Config::load(self.config.as_deref(), &overrides)?)
     }
 }
 
-/// `meter serve`.
+/// `meter serve`, `meter ingest` and `meter aggregate`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Configuration.

@@ -137,11 +137,16 @@ impl IngestConfig {
 pub struct AggregatorConfig {
     /// Most events applied in one transaction.
     pub batch_size: usize,
+    /// Kafka: the aggregators' consumer group, and the name their checkpoints are stored under.
+    pub group: String,
+    /// Kafka: how long a silent aggregator keeps its partitions before the group hands them on.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
 }
 
 impl Default for AggregatorConfig {
     fn default() -> Self {
-        Self { batch_size: 10_000 }
+        Self { batch_size: 10_000, group: "meter-aggregator".into(), session_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -161,6 +166,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// `--log`.
+    pub log_url: Option<String>,
 }
 
 /// Why the configuration is refused.
@@ -192,6 +199,9 @@ impl Config {
         if let Some(d) = &overrides.data_dir {
             config.data_dir = d.clone();
         }
+        if let Some(u) = &overrides.log_url {
+            config.log.url = u.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -209,6 +219,7 @@ impl Config {
         }
         self.log_backend()?;
         self.store_path()?;
+        self.ingest_limits()?;
         Ok(())
     }
 
@@ -237,6 +248,33 @@ impl Config {
         }
     }
 
+    /// Name of the aggregators' checkpoints in the usage store: the consumer group on Kafka.
+    pub fn consumer(&self) -> String {
+        match self.log_backend() {
+            Ok(LogBackend::Kafka(_)) => self.aggregator.group.clone(),
+            _ => "aggregator".into(),
+        }
+    }
+
+    /// The limits ingest enforces. On Kafka the lateness window is shortened by twice the
+    /// delivery timeout: a record may be stored that long after ingest checked it (a timed-out
+    /// send can still land), and the usage API's `complete` counts on no record of a closed
+    /// period arriving after the full window (ARCHITECTURE.md, Watermark).
+    pub fn ingest_limits(&self) -> Result<Limits, ConfigError> {
+        let mut limits = self.ingest.limits();
+        if let LogBackend::Kafka(_) = self.log_backend()? {
+            let margin = 2 * self.log.delivery_timeout.as_micros() as i64;
+            if limits.lateness_us <= margin {
+                return Err(ConfigError::Invalid(format!(
+                    "ingest.lateness must exceed twice log.delivery_timeout ({:?}) on Kafka",
+                    2 * self.log.delivery_timeout
+                )));
+            }
+            limits.lateness_us -= margin;
+        }
+        Ok(limits)
+    }
+
     /// File of the embedded usage store.
     pub fn store_path(&self) -> Result<PathBuf, ConfigError> {
         self.sqlite_path("store", &self.store.url, "usage.db")
@@ -261,8 +299,17 @@ mod tests {
             let c = Config::load(Some(Path::new("meter.toml")), &Overrides::default()).unwrap();
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.ingest.max_events_per_request, 70);
-            let o = Overrides { listen: Some("127.0.0.1:1".parse().unwrap()), data_dir: None };
-            assert_eq!(Config::load(Some(Path::new("meter.toml")), &o).unwrap().listen.port(), 1);
+            let o = Overrides {
+                listen: Some("127.0.0.1:1".parse().unwrap()),
+                data_dir: None,
+                log_url: Some("kafka://k:9092".into()),
+            };
+            let c = Config::load(Some(Path::new("meter.toml")), &o).unwrap();
+            assert_eq!(c.listen.port(), 1);
+            assert_eq!(c.log_backend().unwrap(), LogBackend::Kafka("k:9092".into()));
+            assert_eq!(c.consumer(), "meter-aggregator");
+            let window = c.ingest.lateness.as_micros() as i64 - 2 * c.log.delivery_timeout.as_micros() as i64;
+            assert_eq!(c.ingest_limits().unwrap().lateness_us, window, "Kafka shortens the window at arrival");
 
             jail.create_file("bad.toml", "[ingest]\nmax_event = 5\n")?;
             let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();

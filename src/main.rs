@@ -1,7 +1,8 @@
 //! The `meter` binary: parses arguments and hands over to the library.
 
 use clap::Parser;
-use meter::cli::{Cli, Command};
+use meter::cli::{Cli, Command, ServeArgs};
+use meter::server::Roles;
 
 // glibc's malloc was a tenth of ingest's CPU under load (BENCHMARKS.md).
 #[global_allocator]
@@ -11,16 +12,19 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     meter::telemetry::init_logs();
     match cli.command {
-        Command::Serve(args) => {
-            let config = args.config.load(args.listen)?;
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(config.listen).await?;
-                meter::server::run(listener, config, meter::server::shutdown_signal()).await
-            })
-        }
+        Command::Serve(args) => serve(args, Roles::ALL),
+        Command::Ingest(args) => serve(args, Roles::INGEST),
+        Command::Aggregate(args) => serve(args, Roles::AGGREGATE),
         Command::Keys(command) => meter::cli::keys(command),
         Command::Loadgen(args) => tokio::runtime::Runtime::new()?.block_on(meter::loadgen::run(args)),
         Command::Dev(meter::cli::DevCommand::Kafka(args)) => meter::dev::kafka(args),
     }
+}
+
+fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
+    let config = args.config.load(args.listen)?;
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        meter::server::run_roles(listener, config, roles, meter::server::shutdown_signal()).await
+    })
 }

@@ -1,4 +1,5 @@
-//! `meter serve`: ingest, aggregator and the API in one process on the embedded backends.
+//! The server behind `meter serve`, `meter ingest` and `meter aggregate`: ingest, the aggregator
+//! and the read API, all of them or one role per process (roles need a shared log: Kafka).
 
 use crate::api;
 use crate::config::{Config, LogBackend};
@@ -35,12 +36,20 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// Ingest limits (the lateness window decides when a period is complete).
     pub limits: Limits,
+    /// The aggregators' consumer name, whose watermarks the usage API reports.
+    pub consumer: String,
+    /// Partitions of the log; a tenant's watermark is its partition's.
+    pub partitions: u32,
+    runs_aggregator: bool,
     aggregator: Mutex<Option<Aggregator>>,
 }
 
 impl AppState {
-    /// `Ok` while the aggregator consumes; otherwise why not.
+    /// `Ok` while the aggregator consumes (or this process runs none); otherwise why not.
     pub fn aggregator_status(&self) -> Result<(), String> {
+        if !self.runs_aggregator {
+            return Ok(());
+        }
         let guard = self.aggregator.lock().map_err(|_| "state poisoned".to_string())?;
         match guard.as_ref() {
             None => Err("aggregator stopped".into()),
@@ -54,8 +63,6 @@ impl AppState {
 struct DataDirLock(#[allow(dead_code)] File);
 
 fn lock_data_dir(config: &Config) -> anyhow::Result<DataDirLock> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let path = config.data_dir.join("meter.lock");
     let file = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
     match file.try_lock_exclusive() {
@@ -67,14 +74,52 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<DataDirLock> {
     }
 }
 
-/// Runs the server on `listener` until `shutdown` resolves; then stops taking requests, finishes
-/// those in flight, lets the aggregator count everything in the log, and returns.
+/// What one process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// The write API (`meter ingest`).
+    pub ingest: bool,
+    /// A member of the aggregators' group (`meter aggregate`).
+    pub aggregate: bool,
+}
+
+impl Roles {
+    /// Everything, as `meter serve` runs.
+    pub const ALL: Roles = Roles { ingest: true, aggregate: true };
+    /// `meter ingest`: the write API and the read API; stateless.
+    pub const INGEST: Roles = Roles { ingest: true, aggregate: false };
+    /// `meter aggregate`: an aggregator, with the read API, health and metrics.
+    pub const AGGREGATE: Roles = Roles { ingest: false, aggregate: true };
+}
+
+/// Runs every role on `listener` until `shutdown` resolves (see [`run_roles`]).
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let _lock = lock_data_dir(&config)?;
+    run_roles(listener, config, Roles::ALL, shutdown).await
+}
+
+/// Runs `roles` on `listener` until `shutdown` resolves; then stops taking requests, finishes
+/// those in flight, lets the aggregator count everything it owns in the log, and returns.
+pub async fn run_roles(
+    listener: TcpListener,
+    config: Config,
+    roles: Roles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let kafka = matches!(config.log_backend()?, LogBackend::Kafka(_));
+    if roles != Roles::ALL && !kafka {
+        anyhow::bail!(
+            "`meter ingest` and `meter aggregate` run as separate processes around a shared log; \
+             give one with --log kafka://HOST:PORT, or run both roles in one process with `meter serve`"
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    // The embedded log is one process's; with Kafka, processes share the store and key files.
+    let _lock = if kafka { None } else { Some(lock_data_dir(&config)?) };
     let catalog = Arc::new(config.catalog()?);
     let keys = KeyStore::open(&config.keys_path()).context("opening the key table")?;
     if config.bootstrap_admin_key && keys.is_empty()? {
@@ -88,19 +133,36 @@ pub async fn run(
     let log = open_log(&config).await?;
     let store: Arc<dyn UsageStore> =
         Arc::new(SqliteStore::open(&config.store_path()?, config.store.durability).context("opening the usage store")?);
-    let settings = Settings { batch_size: config.aggregator.batch_size, ..Settings::default() };
-    let aggregator = Aggregator::start(log.reader()?, store.clone(), catalog.clone(), settings)?;
-    let limits = config.ingest.limits();
+    let consumer = config.consumer();
+    let aggregator = if roles.aggregate {
+        let settings =
+            Settings { batch_size: config.aggregator.batch_size, consumer: consumer.clone(), ..Settings::default() };
+        Some(Aggregator::start(log.reader()?, store.clone(), catalog.clone(), settings)?)
+    } else {
+        None
+    };
     let state = Arc::new(AppState {
         keys: keys.clone(),
         store,
         catalog: catalog.clone(),
-        limits: limits.clone(),
-        aggregator: Mutex::new(Some(aggregator)),
+        limits: config.ingest.limits(),
+        consumer,
+        partitions: config.log.partitions,
+        runs_aggregator: roles.aggregate,
+        aggregator: Mutex::new(aggregator),
     });
-    let ingest =
-        Arc::new(Ingest { log: log.clone(), keys, catalog, limits, max_body_bytes: config.ingest.max_body_bytes });
-    let (router, openapi) = api::router(state.clone()).merge(meter_ingest::router(ingest)).split_for_parts();
+    let mut routes = api::router(state.clone());
+    if roles.ingest {
+        let ingest = Arc::new(Ingest {
+            log: log.clone(),
+            keys,
+            catalog,
+            limits: config.ingest_limits()?,
+            max_body_bytes: config.ingest.max_body_bytes,
+        });
+        routes = routes.merge(meter_ingest::router(ingest));
+    }
+    let (router, openapi) = routes.split_for_parts();
     let openapi = Arc::new(openapi);
     let app = router
         .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
@@ -110,7 +172,7 @@ pub async fn run(
 
     crate::telemetry::prometheus();
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "meter serving");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), ?roles, "meter serving");
     #[allow(clippy::print_stdout)]
     {
         println!("meter listening on http://{addr}");
@@ -158,6 +220,8 @@ async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
             settings.topic = config.log.topic.clone();
             settings.partitions = config.log.partitions;
             settings.delivery_timeout = config.log.delivery_timeout;
+            settings.group = config.aggregator.group.clone();
+            settings.session_timeout = config.aggregator.session_timeout;
             Arc::new(KafkaLog::open(settings).await.context("opening the Kafka event log")?)
         }
     })

@@ -10,7 +10,7 @@ pub mod metric;
 use meter_eventlog::{LogReader, Position};
 use meter_schemas::Catalog;
 use meter_schemas::period::now_us;
-use meter_store::{Checkpoint, Metered, UsageStore};
+use meter_store::{Advance, Metered, Progress, UsageStore};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,8 +119,15 @@ fn run(
     loop {
         let mut progressed = false;
         match consume(&mut *reader, store, catalog, settings, stop, failure, &mut progressed) {
-            Ok(()) => return Ok(()),
+            Ok(Ended::Drained) => return Ok(()),
+            Ok(Ended::Reassigned) => continue,
             Err(e) if stop.load(Ordering::SeqCst) => return Err(e),
+            Err(Error::Store(e @ meter_store::Error::Fenced { .. })) => {
+                // Another aggregator took the partition; the group tells this one at its next poll.
+                tracing::info!(error = %e, "aggregator fenced off a partition; resuming from the checkpoint");
+                metrics::counter!(metric::FENCED).increment(1);
+                std::thread::sleep(Duration::from_millis(100));
+            }
             Err(e) => {
                 if progressed {
                     backoff = Duration::from_millis(100);
@@ -137,6 +144,14 @@ fn run(
     }
 }
 
+/// Why [`consume`] returned without an error.
+enum Ended {
+    /// Asked to stop, and everything in the log is counted.
+    Drained,
+    /// The partitions this aggregator owns changed; resume from the checkpoint.
+    Reassigned,
+}
+
 fn consume(
     reader: &mut dyn LogReader,
     store: &dyn UsageStore,
@@ -145,32 +160,42 @@ fn consume(
     stop: &AtomicBool,
     failure: &Mutex<Option<String>>,
     progressed: &mut bool,
-) -> Result<(), Error> {
+) -> Result<Ended, Error> {
     let start = store.checkpoint(&settings.consumer)?;
     let positions: Vec<Position> =
         start.positions.iter().map(|&(partition, offset)| Position { partition, offset }).collect();
     reader.seek(&positions);
-    tracing::info!(consumer = %settings.consumer, partitions = positions.len(), "aggregator resumed from checkpoint");
+    let owned = reader.owned();
+    // Where each owned partition stands in the store; a batch moves it only from here.
+    let mut at: BTreeMap<u32, u64> =
+        owned.iter().map(|p| (*p, positions.iter().find(|q| q.partition == *p).map_or(0, |q| q.offset))).collect();
+    tracing::info!(consumer = %settings.consumer, partitions = ?owned, "aggregator resumed from checkpoint");
+    metrics::gauge!(metric::PARTITIONS).set(owned.len() as f64);
     let mut last_watermark = Instant::now() - settings.idle_watermark_every;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let timeout = if stopping { Duration::ZERO } else { settings.poll_timeout };
         let mut batch = reader.poll(settings.batch_size, timeout)?;
-        if !stopping && !batch.records.is_empty() && batch.records.len() < settings.batch_size / 4 {
+        if !stopping && !batch.reassigned && !batch.records.is_empty() && batch.records.len() < settings.batch_size / 4
+        {
             let more = reader.poll(settings.batch_size - batch.records.len(), settings.linger)?;
             batch.records.extend(more.records);
             batch.caught_up = more.caught_up;
             batch.started_us = more.started_us;
+            batch.reassigned = more.reassigned;
+        }
+        if batch.reassigned {
+            return Ok(Ended::Reassigned);
         }
         if batch.records.is_empty() {
             if batch.caught_up && last_watermark.elapsed() >= settings.idle_watermark_every {
-                store.advance_watermark(&settings.consumer, batch.started_us)?;
+                store.advance_watermark(&settings.consumer, &owned, batch.started_us)?;
                 last_watermark = Instant::now();
             }
             metrics::gauge!(metric::LAG).set(0.0);
             if stopping && batch.caught_up {
                 tracing::info!("aggregator drained the log and stopped");
-                return Ok(());
+                return Ok(Ended::Drained);
             }
             continue;
         }
@@ -190,11 +215,20 @@ fn consume(
                 Metered { tenant: r.event.tenant, id: r.event.id, time_us: r.event.time_us, contributions }
             })
             .collect();
-        let checkpoint = Checkpoint {
-            positions: next.into_iter().collect(),
+        let progress = Progress {
+            partitions: at
+                .iter()
+                .map(|(p, from)| Advance { partition: *p, from: *from, to: next.get(p).copied().unwrap_or(*from) })
+                .collect(),
             watermark_us: batch.caught_up.then_some(batch.started_us),
         };
-        let applied = store.apply(&settings.consumer, catalog.meters(), &metered, &checkpoint)?;
+        let applied = store.apply(&settings.consumer, catalog.meters(), &metered, &progress)?;
+        for a in &progress.partitions {
+            at.insert(a.partition, a.to);
+        }
+        reader.stored(
+            &progress.partitions.iter().map(|a| Position { partition: a.partition, offset: a.to }).collect::<Vec<_>>(),
+        );
         *progressed = true;
         if let Ok(mut f) = failure.lock() {
             f.take();

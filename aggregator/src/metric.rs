@@ -12,3 +12,7 @@ pub const EVENT_TO_COUNTER: &str = "meter_aggregator_event_to_counter_seconds";
 pub const LAG: &str = "meter_aggregator_lag_events";
 /// Batches that failed and will be retried from the checkpoint.
 pub const FAILURES: &str = "meter_aggregator_failed_batches_total";
+/// Batches refused because another aggregator had moved a partition's checkpoint.
+pub const FENCED: &str = "meter_aggregator_fenced_batches_total";
+/// Partitions this aggregator owns.
+pub const PARTITIONS: &str = "meter_aggregator_owned_partitions";

@@ -4,7 +4,7 @@ use meter_aggregator::{Aggregator, Settings};
 use meter_eventlog::{EventLog, SqliteLog};
 use meter_schemas::{Catalog, Event, Period};
 use meter_sqlite::Durability;
-use meter_store::{Checkpoint, SqliteStore, UsageStore};
+use meter_store::{Checkpoint, Coverage, SqliteStore, UsageStore};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +22,15 @@ fn invocation(tenant: &str, id: u32, tokens: u32) -> Event {
     }
 }
 
-async fn tokens(store: &dyn UsageStore, tenant: &str) -> String {
+/// The tenant's usage this month, with the watermark of its partition (of 4).
+async fn usage(store: &dyn UsageStore, tenant: &str) -> meter_store::PeriodUsage {
     let period = Period::containing(meter_schemas::period::now_us());
-    let usage = store.usage(tenant, period).await.unwrap();
+    let partition = meter_schemas::partition::partition_for(tenant, 4);
+    store.usage(tenant, period, Coverage { consumer: "aggregator", partition }).await.unwrap()
+}
+
+async fn tokens(store: &dyn UsageStore, tenant: &str) -> String {
+    let usage = usage(store, tenant).await;
     usage.meters.get("agent_tokens").and_then(|m| m.period.value).map_or("0".into(), |v| v.to_string())
 }
 
@@ -54,21 +60,16 @@ async fn counts_exactly_across_restarts_and_rereads() {
     agg.drain_and_stop().unwrap();
 
     // Rewind the checkpoint as if the process had died before committing: the re-read counts nothing twice.
-    store
-        .apply(
-            "aggregator",
-            catalog.meters(),
-            &[],
-            &Checkpoint { positions: (0..4).map(|p| (p, 0)).collect(), watermark_us: None },
-        )
-        .unwrap();
+    let db = meter_sqlite::rusqlite::Connection::open(dir.path().join("usage.db")).unwrap();
+    assert_eq!(db.execute("UPDATE checkpoints SET next_offset = 0", []).unwrap(), 4);
+    drop(db);
     log.append(&(100..150).map(|i| invocation("a", i, 10)).collect::<Vec<_>>()).await.unwrap();
     log.append(&(0..10).map(|i| invocation("b", i, 1)).collect::<Vec<_>>()).await.unwrap();
     let agg = start();
     wait_for(&*store, "a", "1650").await;
     wait_for(&*store, "b", "20").await;
     agg.drain_and_stop().unwrap();
-    let usage = store.usage("a", Period::containing(meter_schemas::period::now_us())).await.unwrap();
+    let usage = usage(&*store, "a").await;
     assert_eq!(usage.meters["agent_invocations"].period.value.unwrap().to_string(), "150");
     assert!(usage.watermark_us.is_some(), "a caught-up aggregator publishes a watermark");
 }
@@ -89,20 +90,30 @@ impl UsageStore for Flaky {
         consumer: &str,
         meters: &[meter_schemas::MeterDef],
         events: &[meter_store::Metered],
-        checkpoint: &Checkpoint,
+        progress: &meter_store::Progress,
     ) -> Result<meter_store::Applied, meter_store::Error> {
         let left = self.fail.load(std::sync::atomic::Ordering::SeqCst);
         if left > 0 {
             self.fail.store(left - 1, std::sync::atomic::Ordering::SeqCst);
             return Err(meter_store::Error::UnknownMeter(usize::MAX));
         }
-        self.inner.apply(consumer, meters, events, checkpoint)
+        self.inner.apply(consumer, meters, events, progress)
     }
-    fn advance_watermark(&self, consumer: &str, watermark_us: i64) -> Result<(), meter_store::Error> {
-        self.inner.advance_watermark(consumer, watermark_us)
+    fn advance_watermark(
+        &self,
+        consumer: &str,
+        partitions: &[u32],
+        watermark_us: i64,
+    ) -> Result<(), meter_store::Error> {
+        self.inner.advance_watermark(consumer, partitions, watermark_us)
     }
-    async fn usage(&self, tenant: &str, period: Period) -> Result<meter_store::PeriodUsage, meter_store::Error> {
-        self.inner.usage(tenant, period).await
+    async fn usage(
+        &self,
+        tenant: &str,
+        period: Period,
+        coverage: Coverage<'_>,
+    ) -> Result<meter_store::PeriodUsage, meter_store::Error> {
+        self.inner.usage(tenant, period, coverage).await
     }
 }
 

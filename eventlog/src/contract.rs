@@ -30,11 +30,27 @@ pub fn event(tenant: &str, id: &str, n: u64) -> Event {
     }
 }
 
-async fn read_all(log: &dyn EventLog) -> Vec<(Position, Event)> {
+/// A reader of the whole log, resumed at `positions` once it owns every partition (a consumer
+/// group first has to assign them).
+pub fn owning_reader(log: &dyn EventLog, positions: &[Position]) -> Box<dyn crate::LogReader> {
     let mut reader = log.reader().unwrap();
+    for _ in 0..600 {
+        if reader.owned().len() == log.partitions() as usize {
+            reader.seek(positions);
+            return reader;
+        }
+        let batch = reader.poll(1, Duration::from_millis(50)).unwrap();
+        assert!(batch.records.is_empty(), "records before the reader owns its partitions");
+    }
+    panic!("the reader was never given every partition");
+}
+
+async fn read_all(log: &dyn EventLog) -> Vec<(Position, Event)> {
+    let mut reader = owning_reader(log, &[]);
     let mut out = Vec::new();
     loop {
         let batch = reader.poll(1000, Duration::from_millis(50)).unwrap();
+        assert!(!batch.reassigned, "a lone reader keeps its partitions");
         let done = batch.caught_up && batch.records.is_empty();
         out.extend(batch.records.into_iter().map(|r| (r.position, r.event)));
         if done {
@@ -131,8 +147,7 @@ pub async fn seek_resumes_and_data_survives_reopen(h: &dyn Harness) {
     let p = partition_for("acme", log.partitions());
     drop(log);
     let log = h.open().await;
-    let mut reader = log.reader().unwrap();
-    reader.seek(&[Position { partition: p, offset: 7 }]);
+    let mut reader = owning_reader(&*log, &[Position { partition: p, offset: 7 }]);
     let offsets: Vec<u64> = drain(&mut *reader).iter().map(|r| r.position.offset).collect();
     assert_eq!(offsets, vec![7, 8, 9], "only the rest of the sought partition");
     // Offsets continue after a reopen rather than restarting.
@@ -156,6 +171,7 @@ fn drain(reader: &mut dyn crate::LogReader) -> Vec<crate::Record> {
     let mut out = Vec::new();
     for _ in 0..200 {
         let batch = reader.poll(1000, Duration::from_millis(50)).unwrap();
+        assert!(!batch.reassigned, "a lone reader keeps its partitions");
         let done = batch.caught_up;
         out.extend(batch.records);
         if done {

@@ -13,13 +13,16 @@ use meter_schemas::Event;
 use meter_schemas::partition::partition_for;
 use meter_schemas::period::now_us;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Where the Kafka log is and how it produces.
@@ -37,6 +40,10 @@ pub struct KafkaSettings {
     pub delivery_timeout: Duration,
     /// Records the producer may hold; past it appends fail at once (503) instead of queueing.
     pub queue_max_messages: u32,
+    /// The aggregators' consumer group; partitions are shared among its members.
+    pub group: String,
+    /// How long a silent group member keeps its partitions (`session.timeout.ms`).
+    pub session_timeout: Duration,
 }
 
 impl KafkaSettings {
@@ -49,6 +56,8 @@ impl KafkaSettings {
             linger_ms: 5,
             delivery_timeout: Duration::from_secs(10),
             queue_max_messages: 200_000,
+            group: "meter-aggregator".into(),
+            session_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -157,42 +166,92 @@ impl EventLog for KafkaLog {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.settings.bootstrap)
-            .set("group.id", "meter-aggregator")
+            .set("group.id", &self.settings.group)
             .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", self.settings.session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", (self.settings.session_timeout.as_millis() / 5).max(100).to_string())
             .set("fetch.wait.max.ms", "10");
-        let consumer: BaseConsumer = config.create().map_err(unavailable)?;
-        let mut reader = KafkaReader {
+        let consumer = join(&config, &self.settings.topic)?;
+        Ok(Box::new(KafkaReader {
             consumer,
             config,
             failed: false,
             topic: self.settings.topic.clone(),
-            next: vec![0; self.settings.partitions as usize],
-        };
-        reader.assign()?;
-        Ok(Box::new(reader))
+            next: BTreeMap::new(),
+        }))
     }
 }
 
-/// Reads every partition of the topic, by manual assignment, from the offsets it is given.
+fn join(config: &ClientConfig, topic: &str) -> Result<BaseConsumer<GroupContext>, Error> {
+    let consumer: BaseConsumer<GroupContext> =
+        config.create_with_context(GroupContext::default()).map_err(unavailable)?;
+    consumer.subscribe(&[topic]).map_err(unavailable)?;
+    Ok(consumer)
+}
+
+/// Takes the consumer group's decisions: a revocation is carried out at once; an assignment is
+/// only noted, and carried out by [`LogReader::seek`] with the offsets of the checkpoint that the
+/// caller reads from its store (the group waits for it meanwhile).
+#[derive(Default)]
+struct GroupContext {
+    /// The partitions of the latest change not yet seen by the reader.
+    change: Mutex<Option<Vec<u32>>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let owned = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                tpl.elements().iter().map(|e| e.partition() as u32).collect()
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(error = %e, "kafka reader could not give up its partitions");
+                }
+                Vec::new()
+            }
+            other => {
+                tracing::warn!(error = %RDKafkaErrorCode::from(other), "kafka consumer group rebalance failed");
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(error = %e, "kafka reader could not give up its partitions");
+                }
+                Vec::new()
+            }
+        };
+        tracing::info!(partitions = ?owned, "kafka consumer group assignment changed");
+        *self.change.lock().unwrap_or_else(|e| e.into_inner()) = Some(owned);
+    }
+}
+
+/// Reads the partitions the consumer group gives it, from the offsets of the caller's checkpoint.
 struct KafkaReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<GroupContext>,
     /// To build a fresh consumer after a failure: a client that lost its broker does not always
     /// find it again by itself.
     config: ClientConfig,
     failed: bool,
     topic: String,
-    next: Vec<u64>,
+    /// The next offset of each owned partition.
+    next: BTreeMap<u32, u64>,
 }
 
 impl KafkaReader {
-    fn assign(&mut self) -> Result<(), Error> {
-        let mut list = TopicPartitionList::new();
-        for (p, next) in self.next.iter().enumerate() {
-            list.add_partition_offset(&self.topic, p as i32, Offset::Offset(*next as i64)).map_err(unavailable)?;
+    /// Takes an assignment change, if the group made one since the last look.
+    fn reassigned(&mut self) -> bool {
+        let change = self.consumer.context().change.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match change {
+            Some(owned) => {
+                self.next = owned.into_iter().map(|p| (p, 0)).collect();
+                true
+            }
+            None => false,
         }
-        self.consumer.assign(&list).map_err(unavailable)
     }
 
     /// Waits up to `timeout` for a first record, then takes what the consumer already holds, up to
@@ -202,66 +261,86 @@ impl KafkaReader {
     fn read(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error> {
         let deadline = Instant::now() + timeout;
         let mut records = Vec::new();
+        let reassigned = Batch { reassigned: true, started_us: now_us(), ..Batch::default() };
+        if self.reassigned() {
+            return Ok(reassigned);
+        }
         while records.len() < max {
             let wait =
                 if records.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
-            let Some(message) = self.consumer.poll(wait) else { break };
-            let m = message.map_err(unavailable)?;
-            let (partition, offset) = (m.partition() as u32, m.offset() as u64);
-            let Some(next) = self.next.get_mut(partition as usize) else { continue };
-            if offset < *next {
-                continue; // from before a seek
+            let polled =
+                match self.consumer.poll(wait) {
+                    None => None,
+                    Some(message) => {
+                        let m = message.map_err(unavailable)?;
+                        let (partition, offset) = (m.partition() as u32, m.offset() as u64);
+                        match self.next.get(&partition) {
+                            Some(next) if offset >= *next => {
+                                let event = Event::decode(m.payload().unwrap_or_default())
+                                    .map_err(|e| Error::Corrupt { partition, offset, reason: e.to_string() })?;
+                                let ingested_us = m.timestamp().to_millis().map_or_else(now_us, |ms| ms * 1000);
+                                Some(Some(Record { position: Position { partition, offset }, ingested_us, event }))
+                            }
+                            _ => Some(None), // not ours, or from before a seek
+                        }
+                    }
+                };
+            if self.reassigned() {
+                return Ok(reassigned);
             }
-            let event = Event::decode(m.payload().unwrap_or_default()).map_err(|e| Error::Corrupt {
-                partition,
-                offset,
-                reason: e.to_string(),
-            })?;
-            let ingested_us = m.timestamp().to_millis().map_or_else(now_us, |ms| ms * 1000);
-            records.push(Record { position: Position { partition, offset }, ingested_us, event });
-            *next = offset + 1;
+            match polled {
+                None => break,
+                Some(None) => {}
+                Some(Some(record)) => {
+                    self.next.insert(record.position.partition, record.position.offset + 1);
+                    records.push(record);
+                }
+            }
         }
         let started_us = now_us();
         if records.len() >= max {
-            return Ok(Batch { records, caught_up: false, started_us });
+            return Ok(Batch { records, caught_up: false, started_us, reassigned: false });
         }
-        let highs = self.high_watermarks()?;
-        let caught_up = self.next.iter().zip(&highs).all(|(n, h)| n >= h);
-        Ok(Batch { records, caught_up, started_us })
+        let mut caught_up = true;
+        for (p, next) in &self.next {
+            let (_, high) =
+                self.consumer.fetch_watermarks(&self.topic, *p as i32, Duration::from_secs(5)).map_err(unavailable)?;
+            caught_up &= *next >= high.max(0) as u64;
+        }
+        Ok(Batch { records, caught_up, started_us, reassigned: false })
     }
 
-    /// The high watermark of each partition: every record acknowledged by now is below it.
-    fn high_watermarks(&self) -> Result<Vec<u64>, Error> {
-        (0..self.next.len())
-            .map(|p| {
-                self.consumer
-                    .fetch_watermarks(&self.topic, p as i32, Duration::from_secs(5))
-                    .map(|(_, high)| high.max(0) as u64)
-                    .map_err(unavailable)
-            })
-            .collect()
+    fn list(&self, positions: impl Iterator<Item = (u32, u64)>) -> Result<TopicPartitionList, Error> {
+        let mut list = TopicPartitionList::new();
+        for (p, offset) in positions {
+            list.add_partition_offset(&self.topic, p as i32, Offset::Offset(offset as i64)).map_err(unavailable)?;
+        }
+        Ok(list)
     }
 }
 
 impl LogReader for KafkaReader {
     fn seek(&mut self, positions: &[Position]) {
         if self.failed {
-            match self.config.create::<BaseConsumer>() {
+            match join(&self.config, &self.topic) {
                 Ok(fresh) => {
+                    // A new member: the group assigns it partitions, which the next poll reports.
                     self.consumer = fresh;
+                    self.next.clear();
                     self.failed = false;
                 }
                 Err(e) => tracing::warn!(error = %e, "kafka reader could not rebuild its consumer"),
             }
         }
-        self.next.iter_mut().for_each(|n| *n = 0);
-        for p in positions {
-            if let Some(n) = self.next.get_mut(p.partition as usize) {
-                *n = p.offset;
-            }
+        for (p, next) in self.next.iter_mut() {
+            *next = positions.iter().find(|q| q.partition == *p).map_or(0, |q| q.offset);
         }
-        if let Err(e) = self.assign() {
-            tracing::warn!(error = %e, "kafka reader could not reassign; the next poll retries");
+        let assign = self
+            .list(self.next.iter().map(|(p, n)| (*p, *n)))
+            .and_then(|list| if list.count() == 0 { Ok(()) } else { self.consumer.assign(&list).map_err(unavailable) });
+        if let Err(e) = assign {
+            tracing::warn!(error = %e, "kafka reader could not take its partitions; the next poll retries");
+            self.failed = true;
         }
     }
 
@@ -269,5 +348,21 @@ impl LogReader for KafkaReader {
         let result = self.read(max, timeout);
         self.failed |= result.is_err();
         result
+    }
+
+    fn owned(&self) -> Vec<u32> {
+        self.next.keys().copied().collect()
+    }
+
+    fn stored(&mut self, positions: &[Position]) {
+        let owned = positions.iter().filter(|p| self.next.contains_key(&p.partition));
+        match self.list(owned.map(|p| (p.partition, p.offset))) {
+            Ok(list) if list.count() > 0 => {
+                if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
+                    tracing::debug!(error = %e, "kafka offsets not committed (monitoring only)");
+                }
+            }
+            _ => {}
+        }
     }
 }

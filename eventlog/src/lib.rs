@@ -114,14 +114,25 @@ pub struct Batch {
     /// or an earlier one (the SQLite reader takes it before reading, the Kafka reader before it
     /// asks where the partitions end).
     pub started_us: i64,
+    /// The partitions this reader owns changed (a consumer-group rebalance): `records` is empty,
+    /// and the caller resumes from its checkpoint with [`LogReader::seek`].
+    pub reassigned: bool,
 }
 
 /// The read side of the log, used from one blocking thread.
 pub trait LogReader: Send {
-    /// Resumes from a checkpoint: each listed partition at the given offset, every other
-    /// partition from offset 0.
+    /// Resumes from a checkpoint: each owned partition at the offset listed for it, or at 0.
     fn seek(&mut self, positions: &[Position]);
 
-    /// Reads up to `max` records, waiting up to `timeout` when there are none.
+    /// Reads up to `max` records of the owned partitions, waiting up to `timeout` when there are
+    /// none.
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error>;
+
+    /// The partitions this reader reads now: all of them, or a consumer group's share.
+    fn owned(&self) -> Vec<u32>;
+
+    /// Tells the backend that everything before `positions` is counted and stored, for a backend
+    /// that reports consumer progress itself (Kafka's committed offsets, which monitoring reads).
+    /// Resuming never depends on it: the checkpoint in the usage store is the truth.
+    fn stored(&mut self, _positions: &[Position]) {}
 }

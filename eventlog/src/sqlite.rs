@@ -362,9 +362,13 @@ impl LogReader for SqliteReader {
             let (records, caught_up) = self.read(max)?;
             let now = Instant::now();
             if !records.is_empty() || now >= deadline {
-                return Ok(Batch { records, caught_up, started_us });
+                return Ok(Batch { records, caught_up, started_us, reassigned: false });
             }
             self.heads.wait_beyond(seen, (deadline - now).min(Duration::from_millis(250)));
         }
+    }
+
+    fn owned(&self) -> Vec<u32> {
+        (0..self.next.len() as u32).collect()
     }
 }

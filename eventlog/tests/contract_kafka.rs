@@ -2,10 +2,11 @@
 //! in-process), or the broker named by `METER_TEST_KAFKA=HOST:PORT`.
 
 use meter_eventlog::contract::Harness;
-use meter_eventlog::{EventLog, KafkaLog, KafkaSettings};
+use meter_eventlog::{EventLog, KafkaLog, KafkaSettings, LogReader};
 use rdkafka::mocking::MockCluster;
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::Duration;
 
 /// A Kafka for one test. The mock cluster is not `Send`, so a thread owns it until the harness drops.
 struct Kafka {
@@ -66,4 +67,35 @@ async fn a_broker_that_is_down_fails_the_append_instead_of_acknowledging() {
         Err(e) => assert!(e.to_string().contains("kafka"), "{e}"),
         Ok(log) => assert!(log.append(&[meter_eventlog::contract::event("a", "1", 1)]).await.is_err()),
     }
+}
+
+/// Polls every reader (resuming each from offset 0 when its share changes) until each owns a
+/// share and together they own every partition once.
+fn settle(readers: &mut [Box<dyn LogReader>]) {
+    for _ in 0..400 {
+        for r in readers.iter_mut() {
+            if r.poll(1, Duration::from_millis(25)).unwrap().reassigned {
+                r.seek(&[]);
+            }
+        }
+        let mut owned: Vec<u32> = readers.iter().flat_map(|r| r.owned()).collect();
+        owned.sort();
+        if owned == vec![0, 1, 2, 3] && readers.iter().all(|r| !r.owned().is_empty()) {
+            return;
+        }
+    }
+    panic!("the group never settled: {:?}", readers.iter().map(|r| r.owned()).collect::<Vec<_>>());
+}
+
+/// Readers in one consumer group share the partitions without overlap, and a reader that leaves
+/// hands its partitions to the one that stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_shares_the_partitions_and_hands_them_over() {
+    let k = kafka();
+    let log = k.open().await;
+    let mut readers = vec![log.reader().unwrap(), log.reader().unwrap()];
+    settle(&mut readers);
+    drop(readers.pop());
+    settle(&mut readers);
+    assert_eq!(readers[0].owned(), vec![0, 1, 2, 3]);
 }

@@ -62,17 +62,18 @@ pub fn open(path: &Path, durability: Durability) -> Result<Connection, Error> {
 /// Brings the schema to the newest version: `migrations[i]` upgrades from version `i` to `i + 1`.
 /// Refuses a file whose version is newer than `migrations.len()`.
 pub fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), Error> {
-    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    // One immediate transaction: processes that open the same file at once migrate it once.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = migrations.len() as i64;
     if found > known {
         return Err(Error::UnknownSchema { path: path.display().to_string(), found, known });
     }
-    for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction()?;
+    for sql in migrations.iter().skip(found as usize) {
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
-        tx.commit()?;
     }
+    tx.pragma_update(None, "user_version", known)?;
+    tx.commit()?;
     Ok(())
 }
 

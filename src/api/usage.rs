@@ -11,6 +11,7 @@ use meter_auth::{AuthError, Role};
 use meter_schemas::envelope::check_id;
 use meter_schemas::period::{date_start_us, format_day, format_time, now_us};
 use meter_schemas::{Aggregation, FieldError, Period};
+use meter_store::Coverage;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
@@ -113,7 +114,12 @@ pub async fn get_usage(
     }
     let period = period.expect("checked above");
     let tenant = principal.readable_tenant(query.tenant.as_deref())?;
-    let stored = state.store.usage(&tenant, period).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let coverage = Coverage {
+        consumer: &state.consumer,
+        partition: meter_schemas::partition::partition_for(&tenant, state.partitions),
+    };
+    let stored =
+        state.store.usage(&tenant, period, coverage).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let days_so_far: Vec<_> = period.days().filter(|d| date_start_us(*d) <= now).collect();
     let meters = state
         .catalog

@@ -24,6 +24,17 @@ pub enum Error {
     /// A contribution names a meter index the store was not given.
     #[error("unknown meter index {0}")]
     UnknownMeter(usize),
+    /// The stored checkpoint of a partition is not where the batch started: another consumer
+    /// moved it, so this one no longer owns the partition. Nothing was applied.
+    #[error("partition {partition} was moved to offset {stored} by another consumer (this batch started at {from})")]
+    Fenced {
+        /// The partition.
+        partition: u32,
+        /// Its stored next offset.
+        stored: u64,
+        /// Where the batch expected it.
+        from: u64,
+    },
     /// The storage underneath failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),
@@ -53,8 +64,36 @@ pub struct Metered {
 pub struct Checkpoint {
     /// `(partition, next offset)` pairs.
     pub positions: Vec<(u32, u64)>,
-    /// Every event acknowledged before this instant (microseconds) is counted.
+}
+
+/// How far one partition moves in an [`UsageStore::apply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Advance {
+    /// The partition.
+    pub partition: u32,
+    /// Its next offset when the batch was read; the stored one must still be this.
+    pub from: u64,
+    /// Its next offset after the batch.
+    pub to: u64,
+}
+
+/// The log positions a batch covers, moved in the same step as its tallies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Every partition the consumer owns, including those the batch has no record of.
+    pub partitions: Vec<Advance>,
+    /// Set when the consumer has read all of these partitions: every event acknowledged into them
+    /// before this instant (microseconds) is counted.
     pub watermark_us: Option<i64>,
+}
+
+/// Whose watermark a usage answer reports: the tenant's partition as read by this consumer.
+#[derive(Clone, Copy, Debug)]
+pub struct Coverage<'a> {
+    /// The consumer (the aggregators' group).
+    pub consumer: &'a str,
+    /// The tenant's partition.
+    pub partition: u32,
 }
 
 /// What [`UsageStore::apply`] did.
@@ -80,30 +119,34 @@ pub struct MeterTallies {
 pub struct PeriodUsage {
     /// By meter name; meters with no events are absent.
     pub meters: BTreeMap<String, MeterTallies>,
-    /// Every event acknowledged before this instant is counted (the lowest over all consumers).
+    /// Every event of the tenant acknowledged before this instant is counted.
     pub watermark_us: Option<i64>,
 }
 
 /// The usage-store port.
 #[async_trait]
 pub trait UsageStore: Send + Sync {
-    /// The checkpoint of `consumer` (empty for a new consumer). Blocking.
+    /// The checkpoint of `consumer` (empty for a new consumer), to resume from. Resuming drops
+    /// whatever the store cached for writing: another consumer may have moved those tallies since.
+    /// Blocking.
     fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error>;
 
-    /// Atomically: counts each event of `events` not counted before, and stores `checkpoint` as
-    /// `consumer`'s. `meters` gives the meters that contribution indexes point into. Blocking.
+    /// Atomically: checks that every partition of `progress` is still at its `from` (else
+    /// [`Error::Fenced`]), counts each event of `events` not counted before, and moves the
+    /// partitions to `to`. `meters` gives the meters that contribution indexes point into.
+    /// Blocking.
     fn apply(
         &self,
         consumer: &str,
         meters: &[MeterDef],
         events: &[Metered],
-        checkpoint: &Checkpoint,
+        progress: &Progress,
     ) -> Result<Applied, Error>;
 
-    /// Moves `consumer`'s watermark forward when it has read everything and nothing changed.
-    /// Blocking.
-    fn advance_watermark(&self, consumer: &str, watermark_us: i64) -> Result<(), Error>;
+    /// Moves the watermark of `partitions` forward (never back) when `consumer` has read all of
+    /// them and nothing changed. Blocking.
+    fn advance_watermark(&self, consumer: &str, partitions: &[u32], watermark_us: i64) -> Result<(), Error>;
 
-    /// `tenant`'s tallies for `period`.
-    async fn usage(&self, tenant: &str, period: Period) -> Result<PeriodUsage, Error>;
+    /// `tenant`'s tallies for `period`, with the watermark of `coverage`, in one snapshot.
+    async fn usage(&self, tenant: &str, period: Period, coverage: Coverage<'_>) -> Result<PeriodUsage, Error>;
 }

@@ -4,7 +4,7 @@
 //! cached in memory (written through), so a batch reads the database only for keys it has not met
 //! before. Reads for the API use a small pool of connections off the async runtime.
 
-use crate::{Applied, Checkpoint, Error, MeterTallies, Metered, PeriodUsage, UsageStore};
+use crate::{Applied, Checkpoint, Coverage, Error, MeterTallies, Metered, PeriodUsage, Progress, UsageStore};
 use async_trait::async_trait;
 use meter_schemas::period::{day_of, format_day};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
@@ -17,7 +17,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE tallies (
         tenant TEXT NOT NULL, meter TEXT NOT NULL, bucket TEXT NOT NULL,
         value TEXT, latest_us INTEGER, latest_id TEXT,
@@ -33,7 +34,14 @@ const MIGRATIONS: &[&str] = &["
         PRIMARY KEY (consumer, partition)
     );
     CREATE TABLE watermarks (consumer TEXT PRIMARY KEY, watermark_us INTEGER NOT NULL);
-"];
+",
+    "
+    ALTER TABLE checkpoints ADD COLUMN watermark_us INTEGER;
+    UPDATE checkpoints SET watermark_us =
+        (SELECT w.watermark_us FROM watermarks w WHERE w.consumer = checkpoints.consumer);
+    DROP TABLE watermarks;
+",
+];
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
 type Key = (String, String, String);
@@ -68,15 +76,13 @@ fn tally_from(row: &Row<'_>, first: usize) -> meter_sqlite::rusqlite::Result<Tal
 impl UsageStore for SqliteStore {
     fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
         let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let mut stmt = conn
             .prepare_cached("SELECT partition, next_offset FROM checkpoints WHERE consumer = ?1 ORDER BY partition")?;
         let positions = stmt
             .query_map([consumer], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)))?
             .collect::<Result<Vec<_>, _>>()?;
-        let watermark_us = conn
-            .query_row("SELECT watermark_us FROM watermarks WHERE consumer = ?1", [consumer], |r| r.get(0))
-            .optional()?;
-        Ok(Checkpoint { positions, watermark_us })
+        Ok(Checkpoint { positions })
     }
 
     fn apply(
@@ -84,11 +90,22 @@ impl UsageStore for SqliteStore {
         consumer: &str,
         meters: &[MeterDef],
         events: &[Metered],
-        checkpoint: &Checkpoint,
+        progress: &Progress,
     ) -> Result<Applied, Error> {
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stored =
+                tx.prepare_cached("SELECT next_offset FROM checkpoints WHERE consumer = ?1 AND partition = ?2")?;
+            for a in &progress.partitions {
+                let at: i64 = stored.query_row(params![consumer, a.partition], |r| r.get(0)).optional()?.unwrap_or(0);
+                if at as u64 != a.from {
+                    cache.clear();
+                    return Err(Error::Fenced { partition: a.partition, stored: at as u64, from: a.from });
+                }
+            }
+        }
         let mut applied = Applied::default();
         let mut scratch: HashMap<Key, Tally> = HashMap::new();
         {
@@ -144,14 +161,12 @@ impl UsageStore for SqliteStore {
                 save.execute(params![tenant, meter, bucket, t.value.map(|v| v.to_string()), latest_us, latest_id])?;
             }
             let mut position = tx.prepare_cached(
-                "INSERT INTO checkpoints (consumer, partition, next_offset) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (consumer, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                "INSERT INTO checkpoints (consumer, partition, next_offset, watermark_us) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (consumer, partition) DO UPDATE SET next_offset = excluded.next_offset,
+                     watermark_us = coalesce(max(watermark_us, excluded.watermark_us), watermark_us, excluded.watermark_us)",
             )?;
-            for (p, next) in &checkpoint.positions {
-                position.execute(params![consumer, p, *next as i64])?;
-            }
-            if let Some(w) = checkpoint.watermark_us {
-                save_watermark(&tx, consumer, w)?;
+            for a in &progress.partitions {
+                position.execute(params![consumer, a.partition, a.to as i64, progress.watermark_us])?;
             }
         }
         tx.commit()?;
@@ -162,14 +177,27 @@ impl UsageStore for SqliteStore {
         Ok(applied)
     }
 
-    fn advance_watermark(&self, consumer: &str, watermark_us: i64) -> Result<(), Error> {
-        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        save_watermark(&conn, consumer, watermark_us)
+    fn advance_watermark(&self, consumer: &str, partitions: &[u32], watermark_us: i64) -> Result<(), Error> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut save = tx.prepare_cached(
+                "INSERT INTO checkpoints (consumer, partition, next_offset, watermark_us) VALUES (?1, ?2, 0, ?3)
+                 ON CONFLICT (consumer, partition) DO UPDATE
+                 SET watermark_us = coalesce(max(watermark_us, excluded.watermark_us), watermark_us, excluded.watermark_us)",
+            )?;
+            for p in partitions {
+                save.execute(params![consumer, p, watermark_us])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
-    async fn usage(&self, tenant: &str, period: Period) -> Result<PeriodUsage, Error> {
+    async fn usage(&self, tenant: &str, period: Period, coverage: Coverage<'_>) -> Result<PeriodUsage, Error> {
         let reads = self.reads.clone();
         let tenant = tenant.to_string();
+        let (consumer, partition) = (coverage.consumer.to_string(), coverage.partition);
         let (from, to) = (period.to_string(), period.next().to_string());
         let rows = blocking(move || {
             reads.with(|conn| {
@@ -184,8 +212,14 @@ impl UsageStore for SqliteStore {
                     })?
                     .collect::<Result<Vec<_>, _>>()?
                 };
-                let watermark: Option<i64> =
-                    tx.query_row("SELECT min(watermark_us) FROM watermarks", [], |r| r.get(0))?;
+                let watermark: Option<i64> = tx
+                    .query_row(
+                        "SELECT watermark_us FROM checkpoints WHERE consumer = ?1 AND partition = ?2",
+                        params![consumer, partition],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten();
                 tx.commit()?;
                 Ok((rows, watermark))
             })
@@ -203,13 +237,4 @@ impl UsageStore for SqliteStore {
         }
         Ok(usage)
     }
-}
-
-fn save_watermark(conn: &Connection, consumer: &str, watermark_us: i64) -> Result<(), Error> {
-    conn.prepare_cached(
-        "INSERT INTO watermarks (consumer, watermark_us) VALUES (?1, ?2)
-         ON CONFLICT (consumer) DO UPDATE SET watermark_us = max(watermark_us, excluded.watermark_us)",
-    )?
-    .execute(params![consumer, watermark_us])?;
-    Ok(())
 }
