@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,31 +14,37 @@ pub fn meter_bin() -> &'static str {
     env!("CARGO_BIN_EXE_meter")
 }
 
-/// A running `meter serve`.
+/// A running `meter serve` (or `meter ingest`, `meter aggregate`).
 pub struct Meter {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// Its data directory.
     pub dir: PathBuf,
+    role: &'static str,
     env: Vec<(String, String)>,
 }
 
 impl Meter {
     /// Starts `meter serve` on a free port with `env` (METER__… overrides) and waits until it listens.
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Meter {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self::spawn(dir, env)
+        Self::start_role("serve", dir, env)
     }
 
-    fn spawn(dir: &Path, env: Vec<(String, String)>) -> Meter {
+    /// Starts `meter ROLE` (`serve`, `ingest` or `aggregate`) like [`Meter::start`].
+    pub fn start_role(role: &'static str, dir: &Path, env: &[(&str, &str)]) -> Meter {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::spawn(role, dir, env)
+    }
+
+    fn spawn(role: &'static str, dir: &Path, env: Vec<(String, String)>) -> Meter {
         let mut cmd = Command::new(meter_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args([role, "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("METER__BOOTSTRAP_ADMIN_KEY", "false");
         let (child, url) = spawn_announcing(cmd, "meter listening on ");
-        Meter { child, url, dir: dir.to_path_buf(), env }
+        Meter { child, url, dir: dir.to_path_buf(), role, env }
     }
 
     /// Kills the process with SIGKILL, as a crash would.
@@ -56,7 +63,7 @@ impl Meter {
     /// Starts a new process on the same data directory and settings.
     pub fn restart(&mut self) {
         self.kill9();
-        *self = Self::spawn(&self.dir.clone(), self.env.clone());
+        *self = Self::spawn(self.role, &self.dir.clone(), self.env.clone());
     }
 }
 
@@ -170,4 +177,142 @@ fn spawn_announcing(mut cmd: Command, prefix: &'static str) -> (Child, String) {
     });
     let address = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no line {prefix:?} within 60 s"));
     (child, address)
+}
+
+/// Expected period totals per tenant, computed from the events themselves.
+pub fn expected(events: &[Value]) -> BTreeMap<String, BTreeMap<&'static str, String>> {
+    let mut counts: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
+    let mut users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in events {
+        let tenant = e["external_customer_id"].as_str().unwrap().to_string();
+        let c = counts.entry(tenant.clone()).or_default();
+        let p = &e["properties"];
+        match e["code"].as_str().unwrap() {
+            "work_order.created" => *c.entry("work_orders").or_default() += 1,
+            "work_order.completed" => *c.entry("work_orders_completed").or_default() += 1,
+            "agent.invocation" => {
+                *c.entry("agent_invocations").or_default() += 1;
+                *c.entry("agent_tokens").or_default() +=
+                    p["input_tokens"].as_u64().unwrap() + p["output_tokens"].as_u64().unwrap();
+            }
+            "api.call" => *c.entry("api_calls").or_default() += 1,
+            "user.login" => {
+                users.entry(tenant).or_default().insert(p["user_id"].as_str().unwrap().to_string());
+            }
+            other => panic!("unexpected code {other}"),
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(tenant, c)| {
+            let mut m: BTreeMap<&'static str, String> =
+                ["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls"]
+                    .into_iter()
+                    .map(|k| (k, c.get(k).copied().unwrap_or(0).to_string()))
+                    .collect();
+            m.insert("active_users", users.get(&tenant).map_or(0, BTreeSet::len).to_string());
+            (tenant, m)
+        })
+        .collect()
+}
+
+/// The default meter named `k`.
+pub fn want_key(k: &str) -> &'static str {
+    ["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"]
+        .into_iter()
+        .find(|x| *x == k)
+        .expect("a default meter")
+}
+
+/// Waits until everything acknowledged by now is counted, then checks every tenant's six meters
+/// against the distinct `events`; returns the number of tenants checked.
+pub async fn assert_exact(url: &str, key: &str, events: &[Value]) -> usize {
+    let acked = now_us();
+    let want = expected(events);
+    for (tenant, meters) in &want {
+        let usage = wait_counted(url, key, tenant, acked).await;
+        let got: BTreeMap<&str, String> =
+            values(&usage).iter().map(|(k, v)| (want_key(k), v.as_str().unwrap().to_string())).collect();
+        let expected: BTreeMap<&str, String> = meters.iter().map(|(k, v)| (*k, v.clone())).collect();
+        assert_eq!(got, expected, "tenant {tenant}");
+    }
+    want.len()
+}
+
+/// Events per request of a [`Stream`].
+pub const BATCH: usize = 100;
+
+/// Clients sending `events` in batches of [`BATCH`], each batch to one of `urls` in turn, retrying
+/// every failure until it gets a 200; one batch in ten is sent twice, as by a client that never saw
+/// the first answer.
+pub struct Stream {
+    /// Batches acknowledged.
+    pub done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Batches in all.
+    pub batches: usize,
+    retries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Stream {
+    /// Starts `workers` clients.
+    pub fn start(
+        events: std::sync::Arc<Vec<Value>>,
+        urls: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
+        key: String,
+        workers: usize,
+    ) -> Stream {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let batches = events.len() / BATCH;
+        let next = std::sync::Arc::new(AtomicUsize::new(0));
+        let done = std::sync::Arc::new(AtomicUsize::new(0));
+        let retries = std::sync::Arc::new(AtomicUsize::new(0));
+        let tasks = (0..workers)
+            .map(|worker| {
+                let (events, next, done, retries, urls, key) =
+                    (events.clone(), next.clone(), done.clone(), retries.clone(), urls.clone(), key.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                    loop {
+                        let b = next.fetch_add(1, Ordering::SeqCst);
+                        if b >= batches {
+                            break;
+                        }
+                        let sends = if (b + worker) % 10 == 0 { 2 } else { 1 };
+                        for attempt in 0..sends {
+                            let body = serde_json::json!({ "events": &events[b * BATCH..(b + 1) * BATCH] });
+                            loop {
+                                let u = {
+                                    let urls = urls.read().unwrap();
+                                    urls[(b + attempt) % urls.len()].clone()
+                                };
+                                let sent = http
+                                    .post(format!("{u}/api/v1/events/batch"))
+                                    .bearer_auth(&key)
+                                    .json(&body)
+                                    .send()
+                                    .await;
+                                if matches!(&sent, Ok(r) if r.status() == 200) {
+                                    break;
+                                }
+                                retries.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        Stream { done, batches, retries, tasks }
+    }
+
+    /// Waits for every batch to be acknowledged; returns the number of retried requests.
+    pub async fn finish(self) -> usize {
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(self.done.load(std::sync::atomic::Ordering::SeqCst), self.batches);
+        self.retries.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
