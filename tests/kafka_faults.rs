@@ -1,6 +1,7 @@
-//! Faults on a Kafka log, injected with librdkafka's mock cluster: a broker slower than the
-//! delivery timeout gives 503s (never a 2xx for an event that is not stored); dropped connections,
-//! produce errors and fetch errors are retried; and usage ends exactly at the distinct events.
+//! Faults on a Kafka log, injected with librdkafka's mock cluster of three brokers: a broker
+//! slower than the delivery timeout gives 503s (never a 2xx for an event that is not stored);
+//! dropped connections, produce errors and fetch errors are retried; the consumer group's
+//! coordinator fails over twice; and usage ends exactly at the distinct events.
 //! Not covered yet: `broker_down`/`broker_up` of the mock, after which this setup's consumer did
 //! not reconnect (ARCHITECTURE.md, Kafka).
 
@@ -19,19 +20,26 @@ enum Fault {
     FetchErrors(usize),
     /// Connections drop on the next produce requests.
     Disconnects(usize),
+    /// The consumer group's coordinator moves to this broker.
+    Coordinator(i32),
 }
+
+const BROKERS: i32 = 3;
 
 fn mock_cluster(partitions: i32) -> (String, mpsc::Sender<Fault>) {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let (faults, commands) = mpsc::channel();
     let (ready, address) = mpsc::channel();
     std::thread::spawn(move || {
-        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        let cluster = rdkafka::mocking::MockCluster::new(BROKERS).expect("mock cluster");
         cluster.create_topic("usage.events", partitions, 1).expect("topic");
         ready.send(cluster.bootstrap_servers()).expect("test waits");
         for fault in commands {
             match fault {
-                Fault::Slow(rtt) => cluster.broker_round_trip_time(1, rtt).expect("rtt"),
+                Fault::Slow(rtt) => (1..=BROKERS).for_each(|b| cluster.broker_round_trip_time(b, rtt).expect("rtt")),
+                Fault::Coordinator(broker) => cluster
+                    .coordinator(rdkafka::mocking::MockCoordinator::Group("meter-aggregator".into()), broker)
+                    .expect("coordinator"),
                 Fault::Disconnects(n) => cluster
                     .request_errors(RDKafkaApiKey::Produce, &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT; n]),
                 Fault::ProduceErrors(n) => cluster.request_errors(
@@ -103,8 +111,12 @@ async fn faults_give_503s_and_never_lose_or_double_count_an_acknowledged_event()
     // Produce errors and fetch errors while the rest streams in; the client retries until 200.
     faults.send(Fault::ProduceErrors(20)).unwrap();
     faults.send(Fault::FetchErrors(20)).unwrap();
+    // Meanwhile the group coordinator fails over twice.
     let mut retries = 0;
     for (i, batch) in batches.iter().enumerate().skip(10) {
+        if i == 12 || i == 20 {
+            faults.send(Fault::Coordinator(if i == 12 { 2 } else { 3 })).unwrap();
+        }
         while send(&url, &key, batch).await.0 != 200 {
             retries += 1;
             assert!(retries < 200, "the log never recovered");
