@@ -46,6 +46,9 @@ pub struct LoadgenArgs {
     /// Partitions of the topic, for `--direct-kafka`.
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    /// Send at most this many events per second (requests evenly spaced); unlimited by default.
+    #[arg(long, value_name = "EVENTS_PER_SECOND")]
+    pub rate: Option<f64>,
 }
 
 /// What a run measured.
@@ -163,13 +166,24 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
             ok.then(|| batch.min(total - i * batch))
         }
     };
-    drive(args.events.div_ceil(batch), args.concurrency, total, send).await
+    drive(args.events.div_ceil(batch), args.concurrency, total, pace(args), send).await
 }
 
-/// Sends requests `0..requests` through `send`, `concurrency` at a time, measuring each one's
-/// latency and printing progress every second. `send(i)` answers how many events request `i` had
-/// acknowledged, or `None` when it failed.
-async fn drive<F, Fut>(requests: usize, concurrency: usize, total: usize, send: F) -> anyhow::Result<Report>
+/// The spacing of requests that `--rate` asks for.
+fn pace(args: &LoadgenArgs) -> Option<Duration> {
+    args.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(args.batch.max(1) as f64 / r))
+}
+
+/// Sends requests `0..requests` through `send`, `concurrency` at a time (request `i` not before
+/// `i × every`, when given), measuring each one's latency and printing progress every second.
+/// `send(i)` answers how many events request `i` had acknowledged, or `None` when it failed.
+async fn drive<F, Fut>(
+    requests: usize,
+    concurrency: usize,
+    total: usize,
+    every: Option<Duration>,
+    send: F,
+) -> anyhow::Result<Report>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Option<usize>> + Send,
@@ -198,6 +212,9 @@ where
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= requests {
                     break;
+                }
+                if let Some(every) = every {
+                    tokio::time::sleep_until((started + every * i as u32).into()).await;
                 }
                 let t = Instant::now();
                 let acked = send(i).await;
@@ -250,5 +267,5 @@ async fn direct_kafka(args: &LoadgenArgs, brokers: &str, bodies: &[Vec<u8>]) -> 
             meter_eventlog::EventLog::append(&*log, batch).await.ok().map(|_| batch.len())
         }
     };
-    drive(count, args.concurrency, args.events, send).await
+    drive(count, args.concurrency, args.events, pace(args), send).await
 }

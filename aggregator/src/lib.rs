@@ -202,14 +202,15 @@ fn consume(
         let started = Instant::now();
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
         let mut skipped = 0;
-        let mut oldest_ingest = i64::MAX;
+        // When each event was stored, by millisecond (Kafka's timestamps have no finer grain).
+        let mut stored_ms: BTreeMap<i64, usize> = BTreeMap::new();
         let metered: Vec<Metered> = batch
             .records
             .into_iter()
             .map(|r| {
                 let p = next.entry(r.position.partition).or_default();
                 *p = (*p).max(r.position.offset + 1);
-                oldest_ingest = oldest_ingest.min(r.ingested_us);
+                *stored_ms.entry(r.ingested_us.div_euclid(1000)).or_default() += 1;
                 let (contributions, s) = catalog.contributions(&r.event);
                 skipped += s;
                 Metered { tenant: r.event.tenant, id: r.event.id, time_us: r.event.time_us, contributions }
@@ -241,7 +242,10 @@ fn consume(
         metrics::counter!(metric::EVENTS, "outcome" => "duplicate").increment(applied.duplicates as u64);
         metrics::counter!(metric::SKIPPED).increment(skipped as u64);
         metrics::histogram!(metric::BATCH_DURATION).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(metric::EVENT_TO_COUNTER).record((now - oldest_ingest).max(0) as f64 / 1e6);
+        let to_counter = metrics::histogram!(metric::EVENT_TO_COUNTER);
+        for (ms, n) in stored_ms {
+            to_counter.record_many((now - ms * 1000).max(0) as f64 / 1e6, n);
+        }
         metrics::gauge!(metric::LAG).set(if batch.caught_up { 0.0 } else { settings.batch_size as f64 });
         if skipped > 0 {
             tracing::warn!(skipped, "events the current meters cannot read (configuration changed since ingest)");

@@ -6,7 +6,7 @@ pub const EVENTS: &str = "meter_aggregator_events_total";
 pub const SKIPPED: &str = "meter_aggregator_skipped_contributions_total";
 /// Time to apply one batch.
 pub const BATCH_DURATION: &str = "meter_aggregator_batch_duration_seconds";
-/// Time from the oldest event of a batch being stored in the log to its being counted.
+/// Time from each event being stored in the log to its being counted (committed in the store).
 pub const EVENT_TO_COUNTER: &str = "meter_aggregator_event_to_counter_seconds";
 /// Records known to be waiting (0 when caught up).
 pub const LAG: &str = "meter_aggregator_lag_events";

@@ -171,11 +171,13 @@ impl EventLog for KafkaLog {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "earliest")
+            // A checkpoint the log no longer holds (retention deleted uncounted records) is an
+            // error the aggregator reports and retries, never a silent jump to another offset.
+            .set("auto.offset.reset", "error")
             .set("isolation.level", "read_committed")
             .set("session.timeout.ms", self.settings.session_timeout.as_millis().to_string())
             .set("heartbeat.interval.ms", (self.settings.session_timeout.as_millis() / 5).max(100).to_string())
-            .set("fetch.wait.max.ms", "10");
+            .set("fetch.wait.max.ms", "5");
         let consumer = join(&config, &self.settings.topic)?;
         Ok(Box::new(KafkaReader {
             consumer,
@@ -183,6 +185,12 @@ impl EventLog for KafkaLog {
             failed: false,
             topic: self.settings.topic.clone(),
             next: BTreeMap::new(),
+            last_ends: None,
+            ends_client: ClientConfig::new()
+                .set("bootstrap.servers", &self.settings.bootstrap)
+                .set("isolation.level", "read_committed")
+                .create()
+                .map_err(unavailable)?,
         }))
     }
 }
@@ -254,7 +262,16 @@ struct KafkaReader {
     topic: String,
     /// The next offset of each owned partition.
     next: BTreeMap<u32, u64>,
+    /// When the reader last asked where the partitions end.
+    last_ends: Option<Instant>,
+    /// A client of its own to ask where partitions end: on the consumer's connection the
+    /// question would wait behind a fetch held open by the broker (`fetch.wait.max.ms`).
+    ends_client: BaseConsumer,
 }
+
+/// Least time between two questions to the broker of where the partitions end: each costs a
+/// round trip during which nothing is read, and only the watermark waits for the answer.
+const ENDS_EVERY: Duration = Duration::from_millis(100);
 
 impl KafkaReader {
     /// Takes an assignment change, if the group made one since the last look.
@@ -316,13 +333,33 @@ impl KafkaReader {
         if records.len() >= max {
             return Ok(Batch { records, caught_up: false, started_us, reassigned: false });
         }
-        let mut caught_up = true;
-        for (p, next) in &self.next {
-            let (_, high) =
-                self.consumer.fetch_watermarks(&self.topic, *p as i32, Duration::from_secs(5)).map_err(unavailable)?;
-            caught_up &= *next >= high.max(0) as u64;
+        if self.last_ends.is_some_and(|t| t.elapsed() < ENDS_EVERY) {
+            return Ok(Batch { records, caught_up: false, started_us, reassigned: false });
         }
+        self.last_ends = Some(Instant::now());
+        let caught_up = self.ends()?.iter().all(|(p, end)| self.next.get(p).is_some_and(|n| n >= end));
         Ok(Batch { records, caught_up, started_us, reassigned: false })
+    }
+
+    /// Where each owned partition ends now (its last stable offset, which is the high watermark
+    /// without transactions): every record acknowledged by now is below it. One request for all.
+    fn ends(&self) -> Result<Vec<(u32, u64)>, Error> {
+        if self.next.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut latest = TopicPartitionList::new();
+        for p in self.next.keys() {
+            latest.add_partition_offset(&self.topic, *p as i32, Offset::End).map_err(unavailable)?;
+        }
+        let found = self.ends_client.offsets_for_times(latest, Duration::from_secs(5)).map_err(unavailable)?;
+        found
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => Ok((e.partition() as u32, o.max(0) as u64)),
+                other => Err(unavailable(format!("no end offset for partition {}: {other:?}", e.partition()))),
+            })
+            .collect()
     }
 
     fn list(&self, positions: impl Iterator<Item = (u32, u64)>) -> Result<TopicPartitionList, Error> {

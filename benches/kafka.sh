@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The Kafka figures of BENCHMARKS.md, in one run against one `meter dev kafka` mock cluster (8
+# partitions) on this machine:
+#   1. ingest: meter's Kafka producer appending parsed events directly (`loadgen --direct-kafka`),
+#      then `meter ingest` over HTTP with the same events, batching (100 per request) and
+#      concurrency (32); the ratio HTTP / direct is the figure;
+#   2. aggregator: `meter aggregate` counts the backlog both runs left in the topic; events/s of
+#      wall time, and per core (events over the process's CPU seconds);
+#   3. event-to-counter latency: a fresh `meter aggregate` while `loadgen --rate` sends half of the
+#      slower stage's rate for 20 s; p50/p99 from its histogram `meter_aggregator_event_to_counter_seconds`.
+#   EVENTS=500000 benches/kafka.sh      (RATE=N sets the rate of step 3 instead)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS=${EVENTS:-500000}  # the mock keeps ~5 MB per partition: 2 × EVENTS must fit in 8 of them
+cargo build --release -q
+BIN=target/release/meter
+dir=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
+
+# start NAME ARGS...: runs `meter ARGS` in the background and waits for its address line.
+start() {
+  local name=$1; shift
+  RUST_LOG=warn $BIN "$@" >"$dir/$name.out" 2>"$dir/$name.err" &
+  echo $! >"$dir/$name.pid"
+  for _ in $(seq 200); do grep -qE 'bootstrap|listening' "$dir/$name.out" && return; sleep 0.1; done
+  echo "$name did not start" >&2; cat "$dir/$name.err" >&2; exit 1
+}
+address() { sed -n 's/^meter listening on //p; s/^kafka bootstrap: //p' "$dir/$1.out"; }
+rate() { echo "$1" | sed -n 's/^[^=]*= \([0-9]*\) events\/s.*/\1/p'; }
+counted() { curl -s "$1/metrics" | awk '/^meter_aggregator_events_total/ { s += $2 } END { print s + 0 }'; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+start kafka dev kafka --partitions 8
+bootstrap=$(address kafka)
+export METER__LOG__URL="kafka://$bootstrap" METER__LOG__PARTITIONS=8 METER__BOOTSTRAP_ADMIN_KEY=false
+common=(--events "$EVENTS" --tenants 1000 --batch 100 --concurrency 32 --partitions 8)
+
+echo "== 1. ingest, $EVENTS events"
+direct=$($BIN loadgen --direct-kafka "$bootstrap" --key unused --id-prefix direct "${common[@]}" 2>/dev/null)
+key=$($BIN keys create --role admin --data-dir "$dir" 2>/dev/null)
+start ingest ingest --data-dir "$dir" --listen 127.0.0.1:0
+url=$(address ingest)
+http=$($BIN loadgen --url "$url" --key "$key" --id-prefix http "${common[@]}" 2>/dev/null)
+echo "direct (meter's Kafka producer, no HTTP): $(echo "$direct" | head -2 | tr '\n' ' ')"
+echo "HTTP ingest to Kafka (meter ingest):      $(echo "$http" | head -2 | tr '\n' ' ')"
+awk -v h="$(rate "$http")" -v d="$(rate "$direct")" 'BEGIN { printf "ratio HTTP / direct: %.2f\n", h / d }'
+
+echo "== 2. aggregator on the backlog of $((2 * EVENTS)) events"
+start agg aggregate --data-dir "$dir" --listen 127.0.0.1:0
+pid=$(cat "$dir/agg.pid"); aurl=$(address agg)
+# The clock starts once the group has given it the partitions.
+until curl -s "$aurl/metrics" | grep -q '^meter_aggregator_owned_partitions 8'; do sleep 0.05; done
+t0=$(date +%s.%N); ticks0=$(cpu_ticks "$pid"); before=$(counted "$aurl")
+while [ "$(counted "$aurl")" -lt $((2 * EVENTS)) ]; do sleep 0.1; done
+t1=$(date +%s.%N); ticks=$(( $(cpu_ticks "$pid") - ticks0 )); hz=$(getconf CLK_TCK)
+aggregated=$(awk -v n=$((2 * EVENTS - before)) -v w="$(echo "$t1 - $t0" | bc)" -v c="$ticks" -v hz="$hz" 'BEGIN {
+  printf "counted %d events in %.2f s wall = %.0f events/s; %.2f CPU s = %.0f events/s per core\n", n, w, n / w, c / hz, n / (c / hz) }')
+echo "$aggregated"
+kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+
+# The pipeline's maximum is its slower stage, measured alone above.
+slowest=$(rate "$http"); agg_rate=$(rate "$aggregated")
+[ "$agg_rate" -lt "$slowest" ] && slowest=$agg_rate
+half=${RATE:-$(( slowest / 2 ))}
+echo "== 3. event-to-counter latency at $half events/s (half the slower stage, $slowest) for 20 s"
+start agg2 aggregate --data-dir "$dir" --listen 127.0.0.1:0
+aurl=$(address agg2)
+until curl -s "$aurl/metrics" | grep -q '^meter_aggregator_owned_partitions 8'; do sleep 0.2; done
+paced=$($BIN loadgen --url "$url" --key "$key" --id-prefix paced --rate "$half" --events $((half * 20)) \
+  --tenants 1000 --batch 100 --concurrency 32 2>/dev/null)
+echo "$paced" | head -2
+curl -s "$aurl/metrics" | awk '
+  /^meter_aggregator_event_to_counter_seconds_bucket/ {
+    match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; bound[n] = le; count[n] = $2 }
+  END {
+    total = count[n]
+    for (q = 1; q <= 2; q++) {
+      want = (q == 1 ? 0.5 : 0.99) * total; prev_b = 0; prev_c = 0
+      for (i = 1; i <= n; i++) if (count[i] >= want) {
+        v = bound[i] == "+Inf" ? prev_b : prev_b + (bound[i] - prev_b) * (want - prev_c) / (count[i] - prev_c); break }
+        else { prev_b = bound[i]; prev_c = count[i] }
+      printf "event to counter p%s: %.1f ms (bucket-interpolated, %d events)\n", (q == 1 ? "50" : "99"), v * 1000, total }
+  }'
