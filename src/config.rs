@@ -59,6 +59,9 @@ pub struct LogConfig {
     /// Kafka: how long an append waits for its delivery reports before answering 503.
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
+    /// Kafka: how long the producer waits to fill a batch (`linger.ms`).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
     /// Partitions; fixed when the log is created.
     pub partitions: u32,
     /// `full` (survives power loss, the default) or `normal` (survives a crash).
@@ -71,6 +74,7 @@ impl Default for LogConfig {
             url: "sqlite".into(),
             topic: "usage.events".into(),
             delivery_timeout: Duration::from_secs(10),
+            linger: Duration::from_millis(2),
             partitions: 4,
             durability: Durability::Full,
         }
@@ -137,6 +141,10 @@ impl IngestConfig {
 pub struct AggregatorConfig {
     /// Most events applied in one transaction.
     pub batch_size: usize,
+    /// After a small read, how long to wait for more before applying (bigger batches cost less
+    /// per event; every event waits this much longer to be counted).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
     /// Kafka: the aggregators' consumer group, and the name their checkpoints are stored under.
     pub group: String,
     /// Kafka: how long a silent aggregator keeps its partitions before the group hands them on.
@@ -146,7 +154,12 @@ pub struct AggregatorConfig {
 
 impl Default for AggregatorConfig {
     fn default() -> Self {
-        Self { batch_size: 10_000, group: "meter-aggregator".into(), session_timeout: Duration::from_secs(10) }
+        Self {
+            batch_size: 10_000,
+            linger: Duration::from_millis(1),
+            group: "meter-aggregator".into(),
+            session_timeout: Duration::from_secs(10),
+        }
     }
 }
 

@@ -135,8 +135,12 @@ pub async fn run_roles(
         Arc::new(SqliteStore::open(&config.store_path()?, config.store.durability).context("opening the usage store")?);
     let consumer = config.consumer();
     let aggregator = if roles.aggregate {
-        let settings =
-            Settings { batch_size: config.aggregator.batch_size, consumer: consumer.clone(), ..Settings::default() };
+        let settings = Settings {
+            batch_size: config.aggregator.batch_size,
+            linger: config.aggregator.linger,
+            consumer: consumer.clone(),
+            ..Settings::default()
+        };
         Some(Aggregator::start(log.reader()?, store.clone(), catalog.clone(), settings)?)
     } else {
         None
@@ -220,6 +224,7 @@ async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
             settings.topic = config.log.topic.clone();
             settings.partitions = config.log.partitions;
             settings.delivery_timeout = config.log.delivery_timeout;
+            settings.linger_ms = config.log.linger.as_millis() as u32;
             settings.group = config.aggregator.group.clone();
             settings.session_timeout = config.aggregator.session_timeout;
             Arc::new(KafkaLog::open(settings).await.context("opening the Kafka event log")?)

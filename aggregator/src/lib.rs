@@ -51,7 +51,7 @@ impl Default for Settings {
             batch_size: 10_000,
             poll_timeout: Duration::from_millis(200),
             idle_watermark_every: Duration::from_millis(500),
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(1),
         }
     }
 }

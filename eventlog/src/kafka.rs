@@ -54,7 +54,7 @@ impl KafkaSettings {
             bootstrap: bootstrap.to_string(),
             topic: "usage.events".into(),
             partitions: 4,
-            linger_ms: 5,
+            linger_ms: 2,
             delivery_timeout: Duration::from_secs(10),
             queue_max_messages: 200_000,
             group: "meter-aggregator".into(),
@@ -177,7 +177,8 @@ impl EventLog for KafkaLog {
             .set("isolation.level", "read_committed")
             .set("session.timeout.ms", self.settings.session_timeout.as_millis().to_string())
             .set("heartbeat.interval.ms", (self.settings.session_timeout.as_millis() / 5).max(100).to_string())
-            .set("fetch.wait.max.ms", "5");
+            // Short: an idle partition's next record waits for the held fetch to return.
+            .set("fetch.wait.max.ms", "2");
         let consumer = join(&config, &self.settings.topic)?;
         Ok(Box::new(KafkaReader {
             consumer,

@@ -11,7 +11,7 @@ use meter_schemas::Event;
 use meter_schemas::partition::partition_for;
 use meter_schemas::period::now_us;
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use meter_sqlite::{Durability, migrate, open};
+use meter_sqlite::{Checkpointer, Durability, migrate, open, open_for_checkpointer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -90,6 +90,7 @@ impl Heads {
 
 /// The SQLite event log.
 pub struct SqliteLog {
+    _checkpointer: Checkpointer,
     path: PathBuf,
     partitions: u32,
     requests: mpsc::Sender<Request>,
@@ -114,7 +115,7 @@ impl SqliteLog {
         lateness_us: i64,
     ) -> Result<Self, Error> {
         let partitions = partitions.max(1);
-        let mut conn = open(path, durability)?;
+        let mut conn = open_for_checkpointer(path, durability)?;
         migrate(&mut conn, path, MIGRATIONS)?;
         let stored: Option<i64> =
             conn.query_row("SELECT value FROM meta WHERE name = 'partitions'", [], |r| r.get(0)).optional()?;
@@ -146,7 +147,8 @@ impl SqliteLog {
             .name("meter-log-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::Unavailable(format!("cannot start the log writer: {e}")))?;
-        Ok(Self { path: path.to_path_buf(), partitions, requests: tx, heads })
+        let checkpointer = Checkpointer::start(path, Duration::from_secs(1))?;
+        Ok(Self { _checkpointer: checkpointer, path: path.to_path_buf(), partitions, requests: tx, heads })
     }
 }
 

@@ -59,6 +59,53 @@ pub fn open(path: &Path, durability: Durability) -> Result<Connection, Error> {
     Ok(conn)
 }
 
+/// Checkpoints a database's WAL from a thread of its own, so that writers never do it inline. A
+/// checkpoint copies the WAL's pages into the main file and syncs it; done by the committing
+/// connection (SQLite's default) it stalls that commit for tens of milliseconds. Runs a passive
+/// checkpoint (it never blocks readers or writers) every `every`; stops when dropped.
+pub struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `path`. Connections that write it should be opened with
+    /// [`open_for_checkpointer`].
+    pub fn start(path: &Path, every: Duration) -> Result<Self, Error> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(1))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("meter-sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                    }
+                }
+            })
+            .map_err(|e| Error::Task(e.to_string()))?;
+        Ok(Self { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Like [`open`], for a connection whose WAL a [`Checkpointer`] checkpoints: it never checkpoints
+/// on commit.
+pub fn open_for_checkpointer(path: &Path, durability: Durability) -> Result<Connection, Error> {
+    let conn = open(path, durability)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
+
 /// Brings the schema to the newest version: `migrations[i]` upgrades from version `i` to `i + 1`.
 /// Refuses a file whose version is newer than `migrations.len()`.
 pub fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), Error> {
@@ -114,6 +161,28 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Commits leave pages in the WAL; only the checkpointer's thread moves them to the main file.
+    #[test]
+    fn the_checkpointer_not_the_writer_moves_the_wal_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let conn = open_for_checkpointer(&path, Durability::Normal).unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
+        for _ in 0..2000 {
+            conn.execute("INSERT INTO t (v) VALUES (zeroblob(4096))", []).unwrap();
+        }
+        let file_len = || std::fs::metadata(&path).unwrap().len();
+        assert!(file_len() < 1 << 20, "8 MB committed, yet the main file has {} bytes", file_len());
+        let _checkpointer = Checkpointer::start(&path, Duration::from_millis(10)).unwrap();
+        for _ in 0..500 {
+            if file_len() > 8 << 20 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the checkpointer never checkpointed: {} bytes", file_len());
+    }
 
     #[test]
     fn migrations_apply_once_and_refuse_newer_files() {

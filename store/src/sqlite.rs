@@ -9,13 +9,14 @@ use async_trait::async_trait;
 use meter_schemas::period::{day_of, format_day};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
-use meter_sqlite::{Durability, ReadPool, blocking, migrate, open};
+use meter_sqlite::{Checkpointer, Durability, ReadPool, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -51,6 +52,7 @@ const CACHE_ENTRIES: usize = 500_000;
 
 /// The SQLite usage store.
 pub struct SqliteStore {
+    _checkpointer: Checkpointer,
     writer: Mutex<Connection>,
     cache: Mutex<HashMap<Key, Tally>>,
     reads: Arc<ReadPool>,
@@ -59,9 +61,14 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, Error> {
-        let mut conn = open(path, durability)?;
+        let mut conn = open_for_checkpointer(path, durability)?;
         migrate(&mut conn, path, MIGRATIONS)?;
-        Ok(Self { writer: Mutex::new(conn), cache: Mutex::new(HashMap::new()), reads: Arc::new(ReadPool::new(path)) })
+        Ok(Self {
+            _checkpointer: Checkpointer::start(path, Duration::from_secs(1))?,
+            writer: Mutex::new(conn),
+            cache: Mutex::new(HashMap::new()),
+            reads: Arc::new(ReadPool::new(path)),
+        })
     }
 }
 
