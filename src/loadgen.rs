@@ -166,6 +166,9 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
             ok.then(|| batch.min(total - i * batch))
         }
     };
+    // Warm up (connections, the server's producer) with the first request before the clock starts;
+    // it is sent again in the run, as a duplicate.
+    send(0).await;
     drive(args.events.div_ceil(batch), args.concurrency, total, pace(args), send).await
 }
 
@@ -258,6 +261,11 @@ async fn direct_kafka(args: &LoadgenArgs, brokers: &str, bodies: &[Vec<u8>]) -> 
     let mut settings = meter_eventlog::KafkaSettings::new(brokers);
     settings.partitions = args.partitions;
     let log = Arc::new(meter_eventlog::KafkaLog::open(settings).await?);
+    // Warm up the producer (its first batches wait for metadata and producer ids) before the clock
+    // starts, as the HTTP run warms the server's; the batch is appended again in the run.
+    if let Some(first) = requests.first() {
+        meter_eventlog::EventLog::append(&*log, first).await?;
+    }
     let requests = Arc::new(requests);
     let count = requests.len();
     let send = move |i: usize| {

@@ -271,10 +271,7 @@ pub fn lago_id(tenant: &str, id: &str) -> String {
     let digest = Sha256::new().chain_update(tenant.as_bytes()).chain_update([0]).chain_update(id.as_bytes()).finalize();
     let mut b = [0u8; 16];
     b.copy_from_slice(&digest[..16]);
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    uuid::Uuid::new_v8(b).hyphenated().to_string()
 }
 
 /// `{"events": [...]}`.
@@ -354,5 +351,6 @@ mod tests {
         assert_ne!(lago_id("a", "bc"), lago_id("ab", "c"), "tenant and id are separated");
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "8", "version 8");
+        assert_eq!(id, "6bde20fe-44bd-8fee-9ce7-d90b7473fe33", "ids never change between releases");
     }
 }
