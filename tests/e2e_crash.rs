@@ -1,7 +1,8 @@
 //! End to end: a client streams events, retrying every failure, while `meter serve` is killed
 //! with SIGKILL and restarted again and again. Usage ends exactly at the distinct events. The same
 //! body runs on the embedded SQLite log and on a Kafka log (`meter dev kafka`), where retries leave
-//! real duplicates in the log for the aggregator to drop.
+//! real duplicates in the log for the aggregator to drop (or on the broker named by
+//! `METER_TEST_KAFKA=HOST:PORT`).
 
 mod common;
 
@@ -21,7 +22,7 @@ async fn sigkill_during_a_stream_neither_loses_nor_double_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_on_a_kafka_log_neither_loses_nor_double_counts() {
     let kafka = DevKafka::start(4);
-    stream_through_kills(&[("METER__LOG__URL", &kafka.log_url())], 30_000, 4).await;
+    stream_through_kills(&env_refs(&kafka.env()), 30_000, 4).await;
 }
 
 async fn stream_through_kills(env: &[(&str, &str)], events_total: usize, kills_total: usize) {

@@ -18,17 +18,14 @@ use std::time::Duration;
 const PARTITIONS: u32 = 8;
 
 fn settings(kafka: &DevKafka) -> Vec<(&'static str, String)> {
-    vec![
-        ("METER__LOG__URL", kafka.log_url()),
-        ("METER__LOG__PARTITIONS", PARTITIONS.to_string()),
-        // A killed aggregator's partitions move on after this long.
-        ("METER__AGGREGATOR__SESSION_TIMEOUT", "6s".into()),
-    ]
+    let mut env = kafka.env();
+    // A killed aggregator's partitions move on after this long.
+    env.push(("METER__AGGREGATOR__SESSION_TIMEOUT", "6s".into()));
+    env
 }
 
 fn start(role: &'static str, dir: &Path, env: &[(&'static str, String)]) -> Meter {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Meter::start_role(role, dir, &env)
+    Meter::start_role(role, dir, &env_refs(env))
 }
 
 fn events(prefix: &str, n: usize, tenants: usize) -> Arc<Vec<Value>> {
@@ -44,26 +41,27 @@ struct OffsetWatch {
 }
 
 impl OffsetWatch {
-    fn start(store: PathBuf, bootstrap: String) -> OffsetWatch {
+    fn start(store: PathBuf, kafka: &DevKafka) -> OffsetWatch {
+        let (bootstrap, topic_name, group) = (kafka.bootstrap.clone(), kafka.topic.clone(), kafka.group.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let kafka: BaseConsumer = rdkafka::ClientConfig::new()
                 .set("bootstrap.servers", &bootstrap)
-                .set("group.id", "meter-aggregator")
+                .set("group.id", &group)
                 .create()
                 .unwrap();
             let mut topic = TopicPartitionList::new();
             for p in 0..PARTITIONS as i32 {
-                topic.add_partition("usage.events", p);
+                topic.add_partition(&topic_name, p);
             }
             let (mut highest, mut samples, mut regressions) = (BTreeMap::new(), 0, Vec::new());
             while !flag.load(Ordering::SeqCst) {
                 let mut seen: Vec<(String, i64)> = Vec::new();
                 if let Ok(db) = meter_sqlite::rusqlite::Connection::open(&store)
                     && let Ok(mut stmt) =
-                        db.prepare("SELECT partition, next_offset FROM checkpoints WHERE consumer = 'meter-aggregator'")
-                    && let Ok(rows) = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                        db.prepare("SELECT partition, next_offset FROM checkpoints WHERE consumer = ?1")
+                    && let Ok(rows) = stmt.query_map([&group], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
                 {
                     seen.extend(rows.flatten().map(|(p, o)| (format!("store p{p}"), o)));
                 }
@@ -106,7 +104,7 @@ async fn two_ingest_and_two_aggregate_processes_stay_exact_while_aggregators_are
     let key = create_key(dir.path(), "admin", None);
     let ingest: Vec<Meter> = (0..2).map(|_| start("ingest", dir.path(), &env)).collect();
     let aggregators = Arc::new(Mutex::new((0..2).map(|_| start("aggregate", dir.path(), &env)).collect::<Vec<_>>()));
-    let watch = OffsetWatch::start(dir.path().join("usage.db"), kafka.bootstrap.clone());
+    let watch = OffsetWatch::start(dir.path().join("usage.db"), &kafka);
 
     let events = events("scale", 200_000, 1000);
     let urls = Arc::new(RwLock::new(ingest.iter().map(|m| m.url.clone()).collect()));
@@ -135,7 +133,7 @@ async fn aggregators_joining_and_leaving_keep_totals_exact_and_offsets_never_mov
     let key = create_key(dir.path(), "admin", None);
     let ingest = start("ingest", dir.path(), &env);
     let mut aggregators = vec![start("aggregate", dir.path(), &env)];
-    let watch = OffsetWatch::start(dir.path().join("usage.db"), kafka.bootstrap.clone());
+    let watch = OffsetWatch::start(dir.path().join("usage.db"), &kafka);
 
     let events = events("rebalance", 60_000, 200);
     let stream = Stream::start(events.clone(), Arc::new(RwLock::new(vec![ingest.url.clone()])), key.clone(), 4);

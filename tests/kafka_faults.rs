@@ -1,9 +1,7 @@
 //! Faults on a Kafka log, injected with librdkafka's mock cluster of three brokers: a broker
-//! slower than the delivery timeout gives 503s (never a 2xx for an event that is not stored);
-//! dropped connections, produce errors and fetch errors are retried; the consumer group's
+//! slower than the delivery timeout, or down, gives 503s (never a 2xx for an event that is not
+//! stored); dropped connections, produce errors and fetch errors are retried; the consumer group's
 //! coordinator fails over twice; and usage ends exactly at the distinct events.
-//! Not covered yet: `broker_down`/`broker_up` of the mock, after which this setup's consumer did
-//! not reconnect (ARCHITECTURE.md, Kafka).
 
 mod common;
 
@@ -22,6 +20,10 @@ enum Fault {
     Disconnects(usize),
     /// The consumer group's coordinator moves to this broker.
     Coordinator(i32),
+    /// The broker stops: its connections drop and it takes no new ones.
+    Down(i32),
+    /// The broker takes connections again.
+    Up(i32),
 }
 
 const BROKERS: i32 = 3;
@@ -37,6 +39,8 @@ fn mock_cluster(partitions: i32) -> (String, mpsc::Sender<Fault>) {
         for fault in commands {
             match fault {
                 Fault::Slow(rtt) => (1..=BROKERS).for_each(|b| cluster.broker_round_trip_time(b, rtt).expect("rtt")),
+                Fault::Down(broker) => cluster.broker_down(broker).expect("down"),
+                Fault::Up(broker) => cluster.broker_up(broker).expect("up"),
                 Fault::Coordinator(broker) => cluster
                     .coordinator(rdkafka::mocking::MockCoordinator::Group("meter-aggregator".into()), broker)
                     .expect("coordinator"),
@@ -106,6 +110,15 @@ async fn faults_give_503s_and_never_lose_or_double_count_an_acknowledged_event()
         assert_eq!(retry_after.as_deref(), Some("1"));
     }
     faults.send(Fault::Slow(Duration::ZERO)).unwrap();
+
+    // A broker is down: requests with events for its partitions answer 503, never a 2xx.
+    faults.send(Fault::Down(2)).unwrap();
+    for (i, batch) in batches.iter().enumerate().skip(13).take(2) {
+        let (status, retry_after) = send(&url, &key, batch).await;
+        assert_eq!(status, 503, "batch {i} while broker 2 is down");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+    }
+    faults.send(Fault::Up(2)).unwrap();
     faults.send(Fault::Disconnects(5)).unwrap();
 
     // Produce errors and fetch errors while the rest streams in; the client retries until 200.

@@ -79,6 +79,8 @@ impl KafkaLog {
     pub async fn open(settings: KafkaSettings) -> Result<Self, Error> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &settings.bootstrap)
+            // Asking for a missing topic must not create it with the broker's default partitions.
+            .set("allow.auto.create.topics", "false")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
@@ -110,8 +112,16 @@ async fn ensure_topic(producer: &FutureProducer, s: &KafkaSettings) -> Result<()
             let admin: AdminClient<DefaultClientContext> =
                 ClientConfig::new().set("bootstrap.servers", &s.bootstrap).create().map_err(unavailable)?;
             let topic = NewTopic::new(&s.topic, s.partitions as i32, TopicReplication::Fixed(1));
-            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-            for result in admin.create_topics([&topic], &options).await.map_err(unavailable)? {
+            let options = AdminOptions::new()
+                .operation_timeout(Some(s.delivery_timeout))
+                .request_timeout(Some(s.delivery_timeout));
+            let created = admin.create_topics([&topic], &options).await.map_err(|e| {
+                unavailable(format!(
+                    "topic {} does not exist and creating it failed ({e}); create it with {} partitions",
+                    s.topic, s.partitions
+                ))
+            })?;
+            for result in created {
                 match result {
                     Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((name, code)) => return Err(unavailable(format!("cannot create topic {name}: {code}"))),

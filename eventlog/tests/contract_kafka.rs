@@ -99,3 +99,27 @@ async fn a_consumer_group_shares_the_partitions_and_hands_them_over() {
     settle(&mut readers);
     assert_eq!(readers[0].owned(), vec![0, 1, 2, 3]);
 }
+
+/// Asking for a missing topic does not let the broker create it with its default partition count
+/// (which the check would then refuse): meter creates it, or says it could not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_not_auto_created_with_the_brokers_defaults() {
+    if std::env::var("METER_TEST_KAFKA").is_ok() {
+        return; // a real broker creates the topic; the contract tests cover that
+    }
+    let (stop, stopped) = mpsc::channel::<()>();
+    let (ready, bootstrap) = mpsc::channel();
+    std::thread::spawn(move || {
+        let cluster = MockCluster::new(1).expect("mock cluster starts");
+        ready.send(cluster.bootstrap_servers()).expect("test waits");
+        let _ = stopped.recv();
+    });
+    let mut settings = KafkaSettings::new(&bootstrap.recv().unwrap());
+    settings.partitions = 8;
+    settings.delivery_timeout = Duration::from_secs(1);
+    // The mock cluster auto-creates topics (with 4 partitions) but has no CreateTopics.
+    let err = KafkaLog::open(settings).await.err().expect("the mock cannot create topics");
+    let err = err.to_string();
+    assert!(err.contains("create it with 8 partitions"), "{err}");
+    drop(stop);
+}

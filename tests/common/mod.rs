@@ -128,33 +128,67 @@ pub fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
-/// A `meter dev kafka` process: librdkafka's mock cluster as a broker for `meter serve`.
+/// A Kafka for one test: a `meter dev kafka` process (librdkafka's mock cluster), or the broker
+/// named by `METER_TEST_KAFKA=HOST:PORT`, with a topic and consumer group of the test's own.
 pub struct DevKafka {
-    child: Child,
+    child: Option<Child>,
     /// `host:port` to bootstrap from.
     pub bootstrap: String,
+    /// The events topic.
+    pub topic: String,
+    /// The aggregators' consumer group.
+    pub group: String,
+    partitions: u32,
 }
 
 impl DevKafka {
-    /// Starts the mock cluster with `partitions` partitions of `usage.events`.
+    /// A broker with a topic of `partitions` partitions.
     pub fn start(partitions: u32) -> DevKafka {
+        if let Ok(bootstrap) = std::env::var("METER_TEST_KAFKA") {
+            let suffix = now_us();
+            return DevKafka {
+                child: None,
+                bootstrap,
+                topic: format!("usage.events.test-{suffix}"),
+                group: format!("meter-aggregator-test-{suffix}"),
+                partitions,
+            };
+        }
         let mut cmd = Command::new(meter_bin());
         cmd.args(["dev", "kafka", "--partitions", &partitions.to_string()]);
         let (child, bootstrap) = spawn_announcing(cmd, "kafka bootstrap: ");
-        DevKafka { child, bootstrap }
+        DevKafka {
+            child: Some(child),
+            bootstrap,
+            topic: "usage.events".into(),
+            group: "meter-aggregator".into(),
+            partitions,
+        }
     }
 
-    /// `METER__LOG__URL` for a `meter serve` on this broker.
-    pub fn log_url(&self) -> String {
-        format!("kafka://{}", self.bootstrap)
+    /// `METER__…` settings for meter processes on this broker.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("METER__LOG__URL", format!("kafka://{}", self.bootstrap)),
+            ("METER__LOG__TOPIC", self.topic.clone()),
+            ("METER__LOG__PARTITIONS", self.partitions.to_string()),
+            ("METER__AGGREGATOR__GROUP", self.group.clone()),
+        ]
     }
 }
 
 impl Drop for DevKafka {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// `env` as `meter` processes take it.
+pub fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// Starts `cmd` (quiet logs, stdout piped) and waits for the stdout line starting with `prefix`;
