@@ -62,6 +62,10 @@ pub struct LogConfig {
     /// Kafka: how long the producer waits to fill a batch (`linger.ms`).
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// Kafka: the brokers' `replica.lag.time.max.ms`. A record a stalled replica holds back
+    /// becomes readable up to this long after its send failed; ingest's lateness margin covers it.
+    #[serde(with = "humantime_serde")]
+    pub replica_lag_max: Duration,
     /// Partitions; fixed when the log is created.
     pub partitions: u32,
     /// `full` (survives power loss, the default) or `normal` (survives a crash).
@@ -75,6 +79,7 @@ impl Default for LogConfig {
             topic: "usage.events".into(),
             delivery_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(2),
+            replica_lag_max: Duration::from_secs(30),
             partitions: 4,
             durability: Durability::Full,
         }
@@ -145,7 +150,7 @@ pub struct AggregatorConfig {
     /// per event; every event waits this much longer to be counted).
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// Kafka: the aggregators' consumer group, and the name their checkpoints are stored under.
+    /// The aggregators' consumer group (on Kafka), and the name their checkpoints are stored under.
     pub group: String,
     /// Kafka: how long a silent aggregator keeps its partitions before the group hands them on.
     #[serde(with = "humantime_serde")]
@@ -261,29 +266,27 @@ impl Config {
         }
     }
 
-    /// Name of the aggregators' checkpoints in the usage store: the consumer group on Kafka.
+    /// Name of the aggregators' checkpoints in the usage store: their consumer group's.
     pub fn consumer(&self) -> String {
-        match self.log_backend() {
-            Ok(LogBackend::Kafka(_)) => self.aggregator.group.clone(),
-            _ => "aggregator".into(),
-        }
+        self.aggregator.group.clone()
     }
 
-    /// The limits ingest enforces. On Kafka the lateness window is shortened by twice the
-    /// delivery timeout: a record may be stored that long after ingest checked it (a timed-out
-    /// send can still land), and the usage API's `complete` counts on no record of a closed
+    /// The limits ingest enforces. On Kafka the lateness window is shortened by the longest a
+    /// record can take to become readable after ingest checked it: the delivery timeout, the
+    /// broker's wait for replicas (as long again), and the replica lag after which a stalled
+    /// replica stops holding it back. The usage API's `complete` counts on no record of a closed
     /// period arriving after the full window (ARCHITECTURE.md, Watermark).
     pub fn ingest_limits(&self) -> Result<Limits, ConfigError> {
         let mut limits = self.ingest.limits();
         if let LogBackend::Kafka(_) = self.log_backend()? {
-            let margin = 2 * self.log.delivery_timeout.as_micros() as i64;
-            if limits.lateness_us <= margin {
+            let margin = 2 * self.log.delivery_timeout + self.log.replica_lag_max;
+            if limits.lateness_us <= margin.as_micros() as i64 {
                 return Err(ConfigError::Invalid(format!(
-                    "ingest.lateness must exceed twice log.delivery_timeout ({:?}) on Kafka",
-                    2 * self.log.delivery_timeout
+                    "ingest.lateness must exceed {margin:?} on Kafka (twice log.delivery_timeout plus \
+                     log.replica_lag_max)"
                 )));
             }
-            limits.lateness_us -= margin;
+            limits.lateness_us -= margin.as_micros() as i64;
         }
         Ok(limits)
     }
@@ -321,7 +324,7 @@ mod tests {
             assert_eq!(c.listen.port(), 1);
             assert_eq!(c.log_backend().unwrap(), LogBackend::Kafka("k:9092".into()));
             assert_eq!(c.consumer(), "meter-aggregator");
-            let window = c.ingest.lateness.as_micros() as i64 - 2 * c.log.delivery_timeout.as_micros() as i64;
+            let window = (c.ingest.lateness - 2 * c.log.delivery_timeout - c.log.replica_lag_max).as_micros() as i64;
             assert_eq!(c.ingest_limits().unwrap().lateness_us, window, "Kafka shortens the window at arrival");
 
             jail.create_file("bad.toml", "[ingest]\nmax_event = 5\n")?;

@@ -26,7 +26,7 @@ fn invocation(tenant: &str, id: u32, tokens: u32) -> Event {
 async fn usage(store: &dyn UsageStore, tenant: &str) -> meter_store::PeriodUsage {
     let period = Period::containing(meter_schemas::period::now_us());
     let partition = meter_schemas::partition::partition_for(tenant, 4);
-    store.usage(tenant, period, Coverage { consumer: "aggregator", partition }).await.unwrap()
+    store.usage(tenant, period, Coverage { consumer: "meter-aggregator", partition }).await.unwrap()
 }
 
 async fn tokens(store: &dyn UsageStore, tenant: &str) -> String {

@@ -87,6 +87,9 @@ impl KafkaLog {
             .set("linger.ms", settings.linger_ms.to_string())
             .set("batch.num.messages", "10000")
             .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
+            // How long the broker may wait for replicas before failing a send (a bound for
+            // ingest's lateness margin, see `Config::ingest_limits`).
+            .set("request.timeout.ms", settings.delivery_timeout.as_millis().to_string())
             .set("queue.buffering.max.messages", settings.queue_max_messages.to_string())
             .create()
             .map_err(unavailable)?;
@@ -190,18 +193,18 @@ impl EventLog for KafkaLog {
             // Short: an idle partition's next record waits for the held fetch to return.
             .set("fetch.wait.max.ms", "2");
         let consumer = join(&config, &self.settings.topic)?;
+        let mut ends_config = ClientConfig::new();
+        ends_config.set("bootstrap.servers", &self.settings.bootstrap).set("isolation.level", "read_committed");
         Ok(Box::new(KafkaReader {
             consumer,
             config,
-            failed: false,
+            rebuild: false,
+            failing_since: None,
             topic: self.settings.topic.clone(),
             next: BTreeMap::new(),
             last_ends: None,
-            ends_client: ClientConfig::new()
-                .set("bootstrap.servers", &self.settings.bootstrap)
-                .set("isolation.level", "read_committed")
-                .create()
-                .map_err(unavailable)?,
+            ends_client: ends_config.create().map_err(unavailable)?,
+            ends_config,
         }))
     }
 }
@@ -266,10 +269,12 @@ impl ConsumerContext for GroupContext {
 /// Reads the partitions the consumer group gives it, from the offsets of the caller's checkpoint.
 struct KafkaReader {
     consumer: BaseConsumer<GroupContext>,
-    /// To build a fresh consumer after a failure: a client that lost its broker does not always
-    /// find it again by itself.
+    /// To build a fresh consumer (see [`REBUILD_AFTER`]).
     config: ClientConfig,
-    failed: bool,
+    /// An assign failed: the consumer must leave the group and join again.
+    rebuild: bool,
+    /// Since when reads fail without a healthy read between.
+    failing_since: Option<Instant>,
     topic: String,
     /// The next offset of each owned partition.
     next: BTreeMap<u32, u64>,
@@ -278,7 +283,12 @@ struct KafkaReader {
     /// A client of its own to ask where partitions end: on the consumer's connection the
     /// question would wait behind a fetch held open by the broker (`fetch.wait.max.ms`).
     ends_client: BaseConsumer,
+    ends_config: ClientConfig,
 }
+
+/// How long reads may keep failing before the reader rebuilds its consumer (a client that lost its
+/// brokers does not always find them again by itself).
+const REBUILD_AFTER: Duration = Duration::from_secs(30);
 
 /// Least time between two questions to the broker of where the partitions end: each costs a
 /// round trip during which nothing is read, and only the watermark waits for the answer.
@@ -332,6 +342,8 @@ impl KafkaReader {
                 return Ok(reassigned);
             }
             match polled {
+                // A poll also ends early for an event that is no message (an offset commit).
+                None if records.is_empty() && Instant::now() < deadline => {}
                 None => break,
                 Some(None) => {}
                 Some(Some(record)) => {
@@ -348,13 +360,23 @@ impl KafkaReader {
             return Ok(Batch { records, caught_up: false, started_us, reassigned: false });
         }
         self.last_ends = Some(Instant::now());
-        let caught_up = self.ends()?.iter().all(|(p, end)| self.next.get(p).is_some_and(|n| n >= end));
+        // Not knowing where a partition ends (its leader is away) holds back only the watermark;
+        // the records read are counted.
+        let caught_up = match self.ends() {
+            Ok(ends) => ends.iter().all(|(p, end)| self.next.get(p).is_some_and(|n| n >= end)),
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka reader cannot tell where its partitions end; the watermark waits");
+                false
+            }
+        };
         Ok(Batch { records, caught_up, started_us, reassigned: false })
     }
 
     /// Where each owned partition ends now (its last stable offset, which is the high watermark
     /// without transactions): every record acknowledged by now is below it. One request for all.
-    fn ends(&self) -> Result<Vec<(u32, u64)>, Error> {
+    /// A failed answer replaces the asking client: one that lost a broker does not always find it
+    /// again by itself, and it is not a group member, so replacing it costs nothing.
+    fn ends(&mut self) -> Result<Vec<(u32, u64)>, Error> {
         if self.next.is_empty() {
             return Ok(Vec::new());
         }
@@ -362,15 +384,27 @@ impl KafkaReader {
         for p in self.next.keys() {
             latest.add_partition_offset(&self.topic, *p as i32, Offset::End).map_err(unavailable)?;
         }
-        let found = self.ends_client.offsets_for_times(latest, Duration::from_secs(5)).map_err(unavailable)?;
-        found
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => Ok((e.partition() as u32, o.max(0) as u64)),
-                other => Err(unavailable(format!("no end offset for partition {}: {other:?}", e.partition()))),
-            })
-            .collect()
+        let found = self.ends_client.offsets_for_times(latest, Duration::from_secs(5)).map_err(unavailable);
+        let ends = found.and_then(|found| {
+            found
+                .elements()
+                .iter()
+                .map(|e| match (e.offset(), e.error()) {
+                    (Offset::Offset(o), Ok(())) => Ok((e.partition() as u32, o.max(0) as u64)),
+                    (other, error) => Err(unavailable(format!(
+                        "no end offset for partition {} ({other:?}, {error:?})",
+                        e.partition()
+                    ))),
+                })
+                .collect()
+        });
+        if ends.is_err() {
+            match self.ends_config.create() {
+                Ok(fresh) => self.ends_client = fresh,
+                Err(e) => tracing::warn!(error = %e, "kafka reader could not rebuild its offsets client"),
+            }
+        }
+        ends
     }
 
     fn list(&self, positions: impl Iterator<Item = (u32, u64)>) -> Result<TopicPartitionList, Error> {
@@ -384,13 +418,16 @@ impl KafkaReader {
 
 impl LogReader for KafkaReader {
     fn seek(&mut self, positions: &[Position]) {
-        if self.failed {
+        if self.rebuild || self.failing_since.is_some_and(|t| t.elapsed() >= REBUILD_AFTER) {
+            // Leaving and rejoining rebalances the whole group, so only after a failed assign or
+            // errors that librdkafka did not get over by itself.
             match join(&self.config, &self.topic) {
                 Ok(fresh) => {
                     // A new member: the group assigns it partitions, which the next poll reports.
                     self.consumer = fresh;
                     self.next.clear();
-                    self.failed = false;
+                    self.rebuild = false;
+                    self.failing_since = None;
                 }
                 Err(e) => tracing::warn!(error = %e, "kafka reader could not rebuild its consumer"),
             }
@@ -398,18 +435,30 @@ impl LogReader for KafkaReader {
         for (p, next) in self.next.iter_mut() {
             *next = positions.iter().find(|q| q.partition == *p).map_or(0, |q| q.offset);
         }
+        // Always assign, even nothing: after an assignment the group waits for this call, also
+        // when this member's share is empty.
         let assign = self
             .list(self.next.iter().map(|(p, n)| (*p, *n)))
-            .and_then(|list| if list.count() == 0 { Ok(()) } else { self.consumer.assign(&list).map_err(unavailable) });
+            .and_then(|list| self.consumer.assign(&list).map_err(unavailable));
         if let Err(e) = assign {
-            tracing::warn!(error = %e, "kafka reader could not take its partitions; the next poll retries");
-            self.failed = true;
+            tracing::warn!(error = %e, "kafka reader could not take its partitions; rejoining the group");
+            self.rebuild = true;
         }
     }
 
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error> {
+        if self.rebuild {
+            // The caller resumes from its checkpoint, and `seek` rebuilds the consumer.
+            return Err(Error::Unavailable("kafka: the reader lost its partitions; rejoining the group".into()));
+        }
         let result = self.read(max, timeout);
-        self.failed |= result.is_err();
+        match &result {
+            Err(_) => {
+                self.failing_since.get_or_insert_with(Instant::now);
+            }
+            Ok(batch) if !batch.records.is_empty() || batch.caught_up => self.failing_since = None,
+            Ok(_) => {}
+        }
         result
     }
 

@@ -99,7 +99,8 @@ pub trait EventLog: Send + Sync {
     /// on `Err`, a deduplicating log stored none of them.
     async fn append(&self, events: &[Event]) -> Result<Vec<Outcome>, Error>;
 
-    /// A reader that starts at offset 0 of every partition.
+    /// A reader: of every partition from offset 0 (SQLite), or of the partitions the consumer
+    /// group gives it, from where [`LogReader::seek`] says (Kafka).
     fn reader(&self) -> Result<Box<dyn LogReader>, Error>;
 }
 

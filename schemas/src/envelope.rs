@@ -558,19 +558,16 @@ fn check_window(t: i64, path: &str, cx: &Context<'_>, errors: &mut Vec<FieldErro
     }
 }
 
-/// `7 days`, `5 minutes`, `90 seconds`.
+/// `7 days`, `5 minutes`, `6 days 23 hours 59 minutes 40 seconds`.
 fn human(us: i64) -> String {
     let s = us / 1_000_000;
-    let (n, unit) = if s % 86_400 == 0 {
-        (s / 86_400, "day")
-    } else if s % 3600 == 0 {
-        (s / 3600, "hour")
-    } else if s % 60 == 0 {
-        (s / 60, "minute")
-    } else {
-        (s, "second")
-    };
-    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+    let parts: Vec<String> =
+        [(s / 86_400, "day"), (s / 3600 % 24, "hour"), (s / 60 % 60, "minute"), (s % 60, "second")]
+            .into_iter()
+            .filter(|(n, _)| *n != 0)
+            .map(|(n, unit)| format!("{n} {unit}{}", if n == 1 { "" } else { "s" }))
+            .collect();
+    if parts.is_empty() { "0 seconds".into() } else { parts.join(" ") }
 }
 
 /// The same `(tenant, id)` twice in one request with different content is a conflict.
@@ -597,6 +594,15 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_763_683_200_000_000; // 2025-11-21T00:00:00Z
+
+    #[test]
+    fn windows_read_as_words() {
+        assert_eq!(human(7 * 86_400_000_000), "7 days");
+        assert_eq!(human(300_000_000), "5 minutes");
+        assert_eq!(human(90_000_000), "1 minute 30 seconds");
+        // Kafka ingest's window: 7 days less twice a 10 s delivery timeout.
+        assert_eq!(human(7 * 86_400_000_000 - 20_000_000), "6 days 23 hours 59 minutes 40 seconds");
+    }
 
     fn run(format: Format, body: &str, scope: TenantScope) -> Result<Parsed, Refused> {
         let catalog = Catalog::new(vec![]).unwrap();

@@ -88,7 +88,9 @@ pub async fn checkpoint_moves_with_the_tallies(h: &dyn Harness) {
     drop(s);
     let s = h.open().await;
     assert_eq!(s.checkpoint("c").unwrap(), Checkpoint { positions: vec![(0, 5), (3, 9)] });
-    assert_eq!(s.checkpoint("other").unwrap(), Checkpoint::default());
+    // One store serves one consumer group.
+    let other = s.checkpoint("other");
+    assert!(matches!(&other, Err(Error::OtherConsumer { found, .. }) if found == "c"), "{other:?}");
     let stay = Progress {
         partitions: vec![Advance { partition: 0, from: 5, to: 5 }, Advance { partition: 3, from: 9, to: 9 }],
         watermark_us: None,
@@ -111,12 +113,13 @@ pub async fn watermarks_are_per_partition_and_never_move_back(h: &dyn Harness) {
     let nov: Period = "2026-11".parse().unwrap();
     s.advance_watermark("c", &[0, 1], MID_NOVEMBER).unwrap();
     s.advance_watermark("c", &[1, 2], MID_NOVEMBER - 1).unwrap();
-    s.advance_watermark("other", &[3], MID_NOVEMBER + 1).unwrap();
     let at = |p| s.usage("a", nov, on(p));
     assert_eq!(at(0).await.unwrap().watermark_us, Some(MID_NOVEMBER));
     assert_eq!(at(1).await.unwrap().watermark_us, Some(MID_NOVEMBER), "never moves back");
     assert_eq!(at(2).await.unwrap().watermark_us, Some(MID_NOVEMBER - 1));
-    assert_eq!(at(3).await.unwrap().watermark_us, None, "another consumer's watermark is not ours");
+    assert_eq!(at(3).await.unwrap().watermark_us, None, "partition 3 was never read");
+    let theirs = s.usage("a", nov, Coverage { consumer: "other", partition: 0 }).await.unwrap();
+    assert_eq!(theirs.watermark_us, None, "another consumer's watermark is not ours");
     // Advancing a watermark does not move an offset.
     s.apply("c", &meters(), &[tokens("a", "1", 1, MID_NOVEMBER)], &adv(0, 1)).unwrap();
     assert_eq!(s.checkpoint("c").unwrap().positions, vec![(0, 1), (1, 0), (2, 0)]);

@@ -35,6 +35,18 @@ pub enum Error {
         /// Where the batch expected it.
         from: u64,
     },
+    /// The store counts for another consumer. Two consumers writing one store would not fence
+    /// each other, and one's cached tallies could overwrite the other's counts.
+    #[error(
+        "this usage store counts for consumer group {found:?}, not {asked:?}: one store serves one group \
+         (set aggregator.group = {found:?}, or use another store)"
+    )]
+    OtherConsumer {
+        /// The consumer whose checkpoints the store holds.
+        found: String,
+        /// The consumer that asked.
+        asked: String,
+    },
     /// The storage underneath failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),
@@ -127,8 +139,9 @@ pub struct PeriodUsage {
 #[async_trait]
 pub trait UsageStore: Send + Sync {
     /// The checkpoint of `consumer` (empty for a new consumer), to resume from. Resuming drops
-    /// whatever the store cached for writing: another consumer may have moved those tallies since.
-    /// Blocking.
+    /// whatever the store cached for writing: another member of the group may have moved those
+    /// tallies since. A store that holds another consumer's checkpoints refuses
+    /// ([`Error::OtherConsumer`]). Blocking.
     fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error>;
 
     /// Atomically: checks that every partition of `progress` is still at its `from` (else

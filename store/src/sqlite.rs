@@ -41,6 +41,8 @@ const MIGRATIONS: &[&str] = &[
     UPDATE checkpoints SET watermark_us =
         (SELECT w.watermark_us FROM watermarks w WHERE w.consumer = checkpoints.consumer);
     DROP TABLE watermarks;
+    -- One name for the aggregators on every log: their consumer group's.
+    UPDATE checkpoints SET consumer = 'meter-aggregator' WHERE consumer = 'aggregator';
 ",
 ];
 
@@ -84,6 +86,12 @@ impl UsageStore for SqliteStore {
     fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
         let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let other: Option<String> = conn
+            .query_row("SELECT consumer FROM checkpoints WHERE consumer <> ?1 LIMIT 1", [consumer], |r| r.get(0))
+            .optional()?;
+        if let Some(other) = other {
+            return Err(Error::OtherConsumer { found: other, asked: consumer.to_string() });
+        }
         let mut stmt = conn
             .prepare_cached("SELECT partition, next_offset FROM checkpoints WHERE consumer = ?1 ORDER BY partition")?;
         let positions = stmt
@@ -108,7 +116,6 @@ impl UsageStore for SqliteStore {
             for a in &progress.partitions {
                 let at: i64 = stored.query_row(params![consumer, a.partition], |r| r.get(0)).optional()?.unwrap_or(0);
                 if at as u64 != a.from {
-                    cache.clear();
                     return Err(Error::Fenced { partition: a.partition, stored: at as u64, from: a.from });
                 }
             }

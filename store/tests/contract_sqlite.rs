@@ -19,3 +19,34 @@ fn sqlite() -> Sqlite {
 }
 
 meter_store::store_contract!(sqlite());
+
+/// A store written by the previous schema (one watermark per consumer, consumer "aggregator")
+/// opens with its checkpoints and watermark carried over to the group's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_store_keeps_its_checkpoints_and_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    let old = meter_sqlite::rusqlite::Connection::open(&path).unwrap();
+    old.execute_batch(
+        "CREATE TABLE tallies (tenant TEXT NOT NULL, meter TEXT NOT NULL, bucket TEXT NOT NULL,
+             value TEXT, latest_us INTEGER, latest_id TEXT, PRIMARY KEY (tenant, meter, bucket)) WITHOUT ROWID;
+         CREATE TABLE uniques (tenant TEXT NOT NULL, meter TEXT NOT NULL, bucket TEXT NOT NULL, value TEXT NOT NULL,
+             PRIMARY KEY (tenant, meter, bucket, value)) WITHOUT ROWID;
+         CREATE TABLE seen (tenant TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (id, tenant)) WITHOUT ROWID;
+         CREATE TABLE checkpoints (consumer TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+             PRIMARY KEY (consumer, partition));
+         CREATE TABLE watermarks (consumer TEXT PRIMARY KEY, watermark_us INTEGER NOT NULL);
+         INSERT INTO checkpoints VALUES ('aggregator', 0, 12), ('aggregator', 2, 7);
+         INSERT INTO watermarks VALUES ('aggregator', 1794744000000000);
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(old);
+    let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+    assert_eq!(store.checkpoint("meter-aggregator").unwrap().positions, vec![(0, 12), (2, 7)]);
+    let usage = store
+        .usage("t", "2026-11".parse().unwrap(), meter_store::Coverage { consumer: "meter-aggregator", partition: 2 })
+        .await
+        .unwrap();
+    assert_eq!(usage.watermark_us, Some(1_794_744_000_000_000));
+}

@@ -60,6 +60,15 @@ impl Meter {
         self.child.wait().expect("exit status")
     }
 
+    /// Freezes the process (SIGSTOP) for `pause`, then lets it go on (SIGCONT), as a long GC
+    /// pause or a stalled VM would.
+    pub fn freeze(&mut self, pause: Duration) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("signal");
+        std::thread::sleep(pause);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("signal");
+    }
+
     /// Starts a new process on the same data directory and settings.
     pub fn restart(&mut self) {
         self.kill9();
@@ -138,7 +147,8 @@ pub struct DevKafka {
     pub topic: String,
     /// The aggregators' consumer group.
     pub group: String,
-    partitions: u32,
+    /// Partitions of the topic.
+    pub partitions: u32,
 }
 
 impl DevKafka {
