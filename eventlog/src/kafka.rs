@@ -203,6 +203,7 @@ impl EventLog for KafkaLog {
             topic: self.settings.topic.clone(),
             next: BTreeMap::new(),
             last_ends: None,
+            last_commit: None,
             ends_client: ends_config.create().map_err(unavailable)?,
             ends_config,
         }))
@@ -280,6 +281,8 @@ struct KafkaReader {
     next: BTreeMap<u32, u64>,
     /// When the reader last asked where the partitions end.
     last_ends: Option<Instant>,
+    /// When the reader last committed offsets to Kafka.
+    last_commit: Option<Instant>,
     /// A client of its own to ask where partitions end: on the consumer's connection the
     /// question would wait behind a fetch held open by the broker (`fetch.wait.max.ms`).
     ends_client: BaseConsumer,
@@ -289,6 +292,10 @@ struct KafkaReader {
 /// How long reads may keep failing before the reader rebuilds its consumer (a client that lost its
 /// brokers does not always find them again by itself).
 const REBUILD_AFTER: Duration = Duration::from_secs(30);
+
+/// Least time between two offset commits to Kafka (they are for monitoring; the checkpoint in the
+/// store is committed with every batch).
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// Least time between two questions to the broker of where the partitions end: each costs a
 /// round trip during which nothing is read, and only the watermark waits for the answer.
@@ -467,6 +474,10 @@ impl LogReader for KafkaReader {
     }
 
     fn stored(&mut self, positions: &[Position]) {
+        if self.last_commit.is_some_and(|t| t.elapsed() < COMMIT_EVERY) {
+            return;
+        }
+        self.last_commit = Some(Instant::now());
         let owned = positions.iter().filter(|p| self.next.contains_key(&p.partition));
         match self.list(owned.map(|p| (p.partition, p.offset))) {
             Ok(list) if list.count() > 0 => {
