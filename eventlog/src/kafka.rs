@@ -19,11 +19,12 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where the Kafka log is and how it produces.
@@ -67,9 +68,42 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("kafka: {e}"))
 }
 
+/// The delivery reports of one append, filled in by the producer's thread.
+struct Pending {
+    reports: Mutex<Vec<Option<Result<Position, String>>>>,
+    remaining: AtomicUsize,
+    /// Wakes the append once every record has its report: one wake-up an append, not one a record.
+    done: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// Routes each delivery report to its append.
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<(Arc<Pending>, usize)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (pending, i) = *opaque;
+        let report = match result {
+            Ok(m) => Ok(Position { partition: m.partition() as u32, offset: m.offset() as u64 }),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        if let Some(slot) = pending.reports.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
+            *slot = Some(report);
+        }
+        if pending.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(done) = pending.done.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            let _ = done.send(());
+        }
+    }
+}
+
 /// The Kafka event log.
 pub struct KafkaLog {
-    producer: FutureProducer,
+    producer: ThreadedProducer<Deliveries>,
     settings: KafkaSettings,
 }
 
@@ -77,7 +111,7 @@ impl KafkaLog {
     /// Connects, and creates the topic when it is missing. A topic with another partition count
     /// is refused: tenants would move between partitions.
     pub async fn open(settings: KafkaSettings) -> Result<Self, Error> {
-        let producer: FutureProducer = ClientConfig::new()
+        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", &settings.bootstrap)
             // Asking for a missing topic must not create it with the broker's default partitions.
             .set("allow.auto.create.topics", "false")
@@ -91,7 +125,7 @@ impl KafkaLog {
             // ingest's lateness margin, see `Config::ingest_limits`).
             .set("request.timeout.ms", settings.delivery_timeout.as_millis().to_string())
             .set("queue.buffering.max.messages", settings.queue_max_messages.to_string())
-            .create()
+            .create_with_context(Deliveries)
             .map_err(unavailable)?;
         ensure_topic(&producer, &settings).await?;
         Ok(Self { producer, settings })
@@ -99,7 +133,7 @@ impl KafkaLog {
 }
 
 /// Checks the topic's partition count, creating the topic when it does not exist.
-async fn ensure_topic(producer: &FutureProducer, s: &KafkaSettings) -> Result<(), Error> {
+async fn ensure_topic(producer: &ThreadedProducer<Deliveries>, s: &KafkaSettings) -> Result<(), Error> {
     let client = producer.client();
     let found = {
         let metadata = client.fetch_metadata(Some(&s.topic), s.delivery_timeout).map_err(unavailable)?;
@@ -146,34 +180,40 @@ impl EventLog for KafkaLog {
     }
 
     async fn append(&self, events: &[Event]) -> Result<Vec<Outcome>, Error> {
-        let mut deliveries = Vec::with_capacity(events.len());
-        for e in events {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (done, delivered) = tokio::sync::oneshot::channel();
+        let pending = Arc::new(Pending {
+            reports: Mutex::new(vec![None; events.len()]),
+            remaining: AtomicUsize::new(events.len()),
+            done: Mutex::new(Some(done)),
+        });
+        for (i, e) in events.iter().enumerate() {
             let payload = e.encode();
             let partition = partition_for(&e.tenant, self.settings.partitions);
-            let record = FutureRecord::to(&self.settings.topic)
+            let record = BaseRecord::with_opaque_to(&self.settings.topic, Box::new((pending.clone(), i)))
                 .partition(partition as i32)
                 .key(e.tenant.as_bytes())
                 .payload(&payload);
-            match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
+            match self.producer.send(record) {
+                Ok(()) => {}
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     return Err(Error::Unavailable("kafka: the producer queue is full".into()));
                 }
                 Err((e, _)) => return Err(unavailable(e)),
             }
         }
-        let mut outcomes = Vec::with_capacity(deliveries.len());
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(delivery)) => outcomes.push(Outcome::Appended(Position {
-                    partition: delivery.partition as u32,
-                    offset: delivery.offset as u64,
-                })),
-                Ok(Err((e, _))) => return Err(unavailable(e)),
-                Err(_) => return Err(Error::Unavailable("kafka: the producer stopped".into())),
-            }
-        }
-        Ok(outcomes)
+        delivered.await.map_err(|_| Error::Unavailable("kafka: the producer stopped".into()))?;
+        let reports = std::mem::take(&mut *pending.reports.lock().unwrap_or_else(|e| e.into_inner()));
+        reports
+            .into_iter()
+            .map(|r| match r {
+                Some(Ok(position)) => Ok(Outcome::Appended(position)),
+                Some(Err(e)) => Err(unavailable(e)),
+                None => Err(Error::Unavailable("kafka: a delivery report is missing".into())),
+            })
+            .collect()
     }
 
     fn reader(&self) -> Result<Box<dyn LogReader>, Error> {
