@@ -3,6 +3,7 @@
 
 use meter_eventlog::contract::Harness;
 use meter_eventlog::{EventLog, KafkaLog, KafkaSettings, LogReader};
+use rdkafka::consumer::Consumer;
 use rdkafka::mocking::MockCluster;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -122,4 +123,63 @@ async fn a_missing_topic_is_not_auto_created_with_the_brokers_defaults() {
     let err = err.to_string();
     assert!(err.contains("create it with 8 partitions"), "{err}");
     drop(stop);
+}
+
+/// A checkpoint whose records the broker has already deleted (retention) is an error the reader
+/// reports, never a silent jump to the oldest record left: the events between would never be
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_behind_the_logs_retention_is_an_error_not_a_jump() {
+    if std::env::var("METER_TEST_KAFKA").is_ok() {
+        return; // needs the mock's small retention (about 5 MB per partition)
+    }
+    let (stop, stopped) = mpsc::channel::<()>();
+    let (ready, bootstrap) = mpsc::channel();
+    std::thread::spawn(move || {
+        let cluster = MockCluster::new(1).expect("mock cluster starts");
+        cluster.create_topic("usage.events", 1, 1).expect("topic");
+        ready.send(cluster.bootstrap_servers()).expect("test waits");
+        let _ = stopped.recv();
+    });
+    let mut settings = KafkaSettings::new(&bootstrap.recv().unwrap());
+    settings.partitions = 1;
+    let log = KafkaLog::open(settings.clone()).await.unwrap();
+    // Incompressible events until the mock drops the oldest segment.
+    let mut n = 0u64;
+    let dropped = loop {
+        let batch: Vec<_> = (0..500)
+            .map(|i| {
+                let mut e = meter_eventlog::contract::event("t", &format!("e{n}-{i}"), i);
+                let noise: String = (0..64)
+                    .map(|k| format!("{:016x}", (n * 500 + i + k).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+                    .collect();
+                e.properties.insert("noise".into(), noise.into());
+                e
+            })
+            .collect();
+        log.append(&batch).await.unwrap();
+        n += 1;
+        let probe: rdkafka::consumer::BaseConsumer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", &settings.bootstrap).create().unwrap();
+        let (low, _) = probe.fetch_watermarks("usage.events", 0, Duration::from_secs(5)).unwrap();
+        if low > 0 {
+            break low;
+        }
+        assert!(n < 200, "the mock never dropped a segment");
+    };
+    let mut reader =
+        meter_eventlog::contract::owning_reader(&log, &[meter_eventlog::Position { partition: 0, offset: 0 }]);
+    let mut read = 0;
+    for _ in 0..100 {
+        match reader.poll(10_000, Duration::from_millis(100)) {
+            Err(e) => {
+                assert!(e.to_string().to_lowercase().contains("offset"), "{e}");
+                assert_eq!(read, 0, "nothing was read from after the gap ({dropped} records deleted)");
+                drop(stop);
+                return;
+            }
+            Ok(batch) => read += batch.records.len(),
+        }
+    }
+    panic!("read {read} records from a log whose first {dropped} were deleted, and no error");
 }
