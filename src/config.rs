@@ -266,11 +266,6 @@ impl Config {
         }
     }
 
-    /// Name of the aggregators' checkpoints in the usage store: their consumer group's.
-    pub fn consumer(&self) -> String {
-        self.aggregator.group.clone()
-    }
-
     /// The limits ingest enforces. On Kafka the lateness window is shortened by the longest a
     /// record can take to become readable after ingest checked it: the delivery timeout, the
     /// broker's wait for replicas (as long again), and the replica lag after which a stalled
@@ -323,9 +318,13 @@ mod tests {
             let c = Config::load(Some(Path::new("meter.toml")), &o).unwrap();
             assert_eq!(c.listen.port(), 1);
             assert_eq!(c.log_backend().unwrap(), LogBackend::Kafka("k:9092".into()));
-            assert_eq!(c.consumer(), "meter-aggregator");
+            assert_eq!(c.aggregator.group, "meter-aggregator");
             let window = (c.ingest.lateness - 2 * c.log.delivery_timeout - c.log.replica_lag_max).as_micros() as i64;
             assert_eq!(c.ingest_limits().unwrap().lateness_us, window, "Kafka shortens the window at arrival");
+            // A window no longer than the margin would refuse every event: refused at start-up.
+            jail.set_env("METER__INGEST__LATENESS", "40s");
+            let err = Config::load(Some(Path::new("meter.toml")), &o).unwrap_err().to_string();
+            assert!(err.contains("ingest.lateness must exceed 50s"), "{err}");
 
             jail.create_file("bad.toml", "[ingest]\nmax_event = 5\n")?;
             let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();

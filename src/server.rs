@@ -133,7 +133,7 @@ pub async fn run_roles(
     let log = open_log(&config).await?;
     let store: Arc<dyn UsageStore> =
         Arc::new(SqliteStore::open(&config.store_path()?, config.store.durability).context("opening the usage store")?);
-    let consumer = config.consumer();
+    let consumer = config.aggregator.group.clone();
     let aggregator = if roles.aggregate {
         let settings = Settings {
             batch_size: config.aggregator.batch_size,

@@ -23,18 +23,26 @@ fn kafka() -> Kafka {
         settings.topic = format!("usage.events.test-{}", rand_suffix());
         return Kafka { settings, _stop: None };
     }
+    let (bootstrap, stop) = mock(Some((&settings.topic, 4)));
+    settings.bootstrap = bootstrap;
+    Kafka { settings, _stop: Some(stop) }
+}
+
+/// A one-broker mock cluster, with `topic` created with its partition count when given; it lives
+/// on a thread of its own (it is not `Send`) until the returned sender drops. Returns its address.
+fn mock(topic: Option<(&str, i32)>) -> (String, mpsc::Sender<()>) {
     let (stop, stopped) = mpsc::channel::<()>();
     let (ready, bootstrap) = mpsc::channel();
-    let topic = settings.topic.clone();
+    let topic = topic.map(|(name, partitions)| (name.to_string(), partitions));
     std::thread::spawn(move || {
         let cluster = MockCluster::new(1).expect("mock cluster starts");
-        cluster.create_topic(&topic, 4, 1).expect("topic");
+        if let Some((name, partitions)) = topic {
+            cluster.create_topic(&name, partitions, 1).expect("topic");
+        }
         ready.send(cluster.bootstrap_servers()).expect("test waits");
         let _ = stopped.recv();
-        drop(cluster);
     });
-    settings.bootstrap = bootstrap.recv().expect("mock cluster address");
-    Kafka { settings, _stop: Some(stop) }
+    (bootstrap.recv().expect("mock cluster address"), stop)
 }
 
 fn rand_suffix() -> u64 {
@@ -108,14 +116,8 @@ async fn a_missing_topic_is_not_auto_created_with_the_brokers_defaults() {
     if std::env::var("METER_TEST_KAFKA").is_ok() {
         return; // a real broker creates the topic; the contract tests cover that
     }
-    let (stop, stopped) = mpsc::channel::<()>();
-    let (ready, bootstrap) = mpsc::channel();
-    std::thread::spawn(move || {
-        let cluster = MockCluster::new(1).expect("mock cluster starts");
-        ready.send(cluster.bootstrap_servers()).expect("test waits");
-        let _ = stopped.recv();
-    });
-    let mut settings = KafkaSettings::new(&bootstrap.recv().unwrap());
+    let (bootstrap, stop) = mock(None);
+    let mut settings = KafkaSettings::new(&bootstrap);
     settings.partitions = 8;
     settings.delivery_timeout = Duration::from_secs(1);
     // The mock cluster auto-creates topics (with 4 partitions) but has no CreateTopics.
@@ -133,15 +135,8 @@ async fn a_checkpoint_behind_the_logs_retention_is_an_error_not_a_jump() {
     if std::env::var("METER_TEST_KAFKA").is_ok() {
         return; // needs the mock's small retention (about 5 MB per partition)
     }
-    let (stop, stopped) = mpsc::channel::<()>();
-    let (ready, bootstrap) = mpsc::channel();
-    std::thread::spawn(move || {
-        let cluster = MockCluster::new(1).expect("mock cluster starts");
-        cluster.create_topic("usage.events", 1, 1).expect("topic");
-        ready.send(cluster.bootstrap_servers()).expect("test waits");
-        let _ = stopped.recv();
-    });
-    let mut settings = KafkaSettings::new(&bootstrap.recv().unwrap());
+    let (bootstrap, stop) = mock(Some(("usage.events", 1)));
+    let mut settings = KafkaSettings::new(&bootstrap);
     settings.partitions = 1;
     let log = KafkaLog::open(settings.clone()).await.unwrap();
     // Incompressible events until the mock drops the oldest segment.
