@@ -82,6 +82,7 @@ fn storage_path(c: &mut Criterion) {
                         contributions: catalog.contributions(&e).0,
                         tenant: e.tenant,
                         id: e.id,
+                        offset: 0,
                         time_us: e.time_us,
                     })
                     .collect::<Vec<_>>()

@@ -213,7 +213,13 @@ fn consume(
                 *stored_ms.entry(r.ingested_us.div_euclid(1000)).or_default() += 1;
                 let (contributions, s) = catalog.contributions(&r.event);
                 skipped += s;
-                Metered { tenant: r.event.tenant, id: r.event.id, time_us: r.event.time_us, contributions }
+                Metered {
+                    tenant: r.event.tenant,
+                    id: r.event.id,
+                    offset: r.position.offset,
+                    time_us: r.event.time_us,
+                    contributions,
+                }
             })
             .collect();
         let progress = Progress {

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
-use time::{Date, Month, OffsetDateTime};
+pub use time::Date;
+use time::{Month, OffsetDateTime};
 
 /// Microseconds in a day.
 pub const DAY_US: i64 = 86_400_000_000;

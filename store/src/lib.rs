@@ -5,10 +5,14 @@
 //! new events into the tallies and moves the checkpoint, all in one atomic step, so that a crash at
 //! any instant neither loses nor double-counts an event.
 
+mod clickhouse;
 #[cfg(feature = "testing")]
 pub mod contract;
 mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 
+pub use clickhouse::{ClickHouseStore, ClickHouseUrl, SCHEMA_VERSION as CLICKHOUSE_SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -47,9 +51,19 @@ pub enum Error {
         /// The consumer that asked.
         asked: String,
     },
+    /// A quantity the store cannot hold exactly (more than 10^18, or more than 9 decimal
+    /// places; ingest never accepts one). Nothing was applied.
+    #[error("quantity {0} is outside what the usage store holds (at most 10^18, at most 9 decimal places)")]
+    OutOfRange(rust_decimal::Decimal),
+    /// The store's schema is missing, older or newer than this meter's.
+    #[error("{0}")]
+    Schema(String),
     /// The storage underneath failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),
+    /// ClickHouse failed or could not be reached.
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] ::clickhouse::error::Error),
 }
 
 impl From<meter_sqlite::rusqlite::Error> for Error {
@@ -65,6 +79,9 @@ pub struct Metered {
     pub tenant: String,
     /// The event's id; `(tenant, id)` is what is deduplicated.
     pub id: String,
+    /// The event's offset in its log partition. Of several copies of one `(tenant, id)` (which
+    /// share a partition), the one with the lowest offset counts.
+    pub offset: u64,
     /// Event time, microseconds since the epoch.
     pub time_us: i64,
     /// What it adds, by index into the meter list given to [`UsageStore::apply`].
@@ -138,6 +155,13 @@ pub struct PeriodUsage {
 /// The usage-store port.
 #[async_trait]
 pub trait UsageStore: Send + Sync {
+    /// Whether [`UsageStore::apply`] knows which events it saw before ([`Applied`] counts them
+    /// as duplicates), or stores every copy and counts only the first when read (ClickHouse,
+    /// whose [`Applied`] counts every event).
+    fn deduplicates_at_write(&self) -> bool {
+        true
+    }
+
     /// The checkpoint of `consumer` (empty for a new consumer), to resume from. Resuming drops
     /// whatever the store cached for writing: another member of the group may have moved those
     /// tallies since. A store that holds another consumer's checkpoints refuses
@@ -162,4 +186,17 @@ pub trait UsageStore: Send + Sync {
 
     /// `tenant`'s tallies for `period`, with the watermark of `coverage`, in one snapshot.
     async fn usage(&self, tenant: &str, period: Period, coverage: Coverage<'_>) -> Result<PeriodUsage, Error>;
+
+    /// `tenant`'s daily tallies for the days `from..to` (`YYYY-MM-DD`, `to` excluded), by meter
+    /// and day; days without events are absent.
+    async fn daily(&self, tenant: &str, from: Date, to: Date) -> Result<Series, Error>;
+
+    /// Every tenant's period tallies, by tenant and meter: what closing `period` reads.
+    async fn period_totals(&self, period: Period) -> Result<BTreeMap<String, BTreeMap<String, Tally>>, Error>;
 }
+
+/// Daily tallies by meter and then by day (`YYYY-MM-DD`).
+pub type Series = BTreeMap<String, BTreeMap<String, Tally>>;
+
+/// A calendar day (UTC).
+pub type Date = meter_schemas::period::Date;

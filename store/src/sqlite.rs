@@ -4,15 +4,17 @@
 //! cached in memory (written through), so a batch reads the database only for keys it has not met
 //! before. Reads for the API use a small pool of connections off the async runtime.
 
-use crate::{Applied, Checkpoint, Coverage, Error, MeterTallies, Metered, PeriodUsage, Progress, UsageStore};
+use crate::{
+    Applied, Checkpoint, Coverage, Date, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, UsageStore,
+};
 use async_trait::async_trait;
 use meter_schemas::period::{day_of, format_day};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use meter_sqlite::{Checkpointer, Durability, ReadPool, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -250,5 +252,52 @@ impl UsageStore for SqliteStore {
             }
         }
         Ok(usage)
+    }
+
+    async fn daily(&self, tenant: &str, from: Date, to: Date) -> Result<Series, Error> {
+        let reads = self.reads.clone();
+        let (tenant, from, to) = (tenant.to_string(), format_day(from), format_day(to));
+        let rows = blocking(move || {
+            reads.with(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT meter, bucket, value, latest_us, latest_id FROM tallies
+                     WHERE tenant = ?1 AND bucket >= ?2 AND bucket < ?3 AND length(bucket) = 10",
+                )?;
+                let rows = stmt
+                    .query_map(params![tenant, from, to], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, tally_from(r, 2)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+        })
+        .await?;
+        let mut series = Series::new();
+        for (meter, day, tally) in rows {
+            series.entry(meter).or_default().insert(day, tally);
+        }
+        Ok(series)
+    }
+
+    async fn period_totals(&self, period: Period) -> Result<BTreeMap<String, BTreeMap<String, Tally>>, Error> {
+        let reads = self.reads.clone();
+        let bucket = period.to_string();
+        let rows = blocking(move || {
+            reads.with(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1",
+                )?;
+                let rows = stmt
+                    .query_map([bucket], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, tally_from(r, 2)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+        })
+        .await?;
+        let mut totals: BTreeMap<String, BTreeMap<String, Tally>> = BTreeMap::new();
+        for (tenant, meter, tally) in rows {
+            totals.entry(tenant).or_default().insert(meter, tally);
+        }
+        Ok(totals)
     }
 }

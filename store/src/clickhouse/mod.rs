@@ -1,0 +1,606 @@
+//! The scale-out usage store: ClickHouse over HTTP, rows in RowBinary.
+//!
+//! ClickHouse has no transactions, so this backend is exact by idempotence rather than atomicity:
+//!
+//! * `events` holds every copy of every event the sink inserted, each with its log offset; every
+//!   read counts only the first copy of each `(tenant, id)`. A batch inserted twice, a log replayed
+//!   from offset 0, or a producer retry that stored an event twice changes no total.
+//! * A consumer's offsets and watermarks read as the largest ever written, and are written only
+//!   after ClickHouse acknowledged the events they cover: a crash in between re-inserts events,
+//!   which changes nothing.
+//! * `apply` checks that the stored offsets are where the batch started (the fence the SQLite
+//!   store checks inside its transaction). Here the check and the insert are two requests, so a
+//!   stale owner may still insert between them; what it inserts are copies of rows the new owner
+//!   inserts too, so totals stay exact and the checkpoint never moves back.
+//!
+//! Days no event can reach any more are rolled up into `daily` ([`ClickHouseStore::roll_up`]).
+
+mod query;
+mod schema;
+
+pub use schema::SCHEMA_VERSION;
+
+use crate::{Applied, Checkpoint, Coverage, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, UsageStore};
+use async_trait::async_trait;
+use clickhouse::{Client, Row};
+use meter_schemas::period::{Date, date_start_us, format_day};
+use meter_schemas::{Contribution, MeterDef, Period, Tally};
+use query::{AggRow, Bind, DAY_US, Scope, kind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+/// Longest a query may take before it counts as failed.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest an insert may take (a large batch on a busy server).
+const INSERT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where a ClickHouse store is: `clickhouse://[USER@]HOST:PORT/DATABASE` (HTTP port).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClickHouseUrl {
+    /// `http://HOST:PORT`.
+    pub http: String,
+    /// Database name.
+    pub database: String,
+    /// User, if not `default`.
+    pub user: Option<String>,
+    /// Password (never printed).
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for ClickHouseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseUrl")
+            .field("http", &self.http)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl ClickHouseUrl {
+    /// Parses `clickhouse://[USER@]HOST:PORT/DATABASE`; the error says what is wrong.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("clickhouse://").ok_or("must start with clickhouse://")?;
+        let (authority, database) = rest.split_once('/').ok_or("needs a database: clickhouse://HOST:PORT/DATABASE")?;
+        let (user, host) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, authority),
+        };
+        if host.is_empty() || !host.contains(':') {
+            return Err("needs HOST:PORT (ClickHouse's HTTP port, 8123 by default)".into());
+        }
+        if database.is_empty() || !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("database {database:?} must be letters, digits and underscores"));
+        }
+        Ok(Self { http: format!("http://{host}"), database: database.into(), user, password: None })
+    }
+
+    fn client(&self) -> Client {
+        // Debian's ClickHouse (18.16) knows neither the crate's validation format nor its LZ4
+        // response framing; plain RowBinary works on every version.
+        let mut c = Client::default()
+            .with_url(&self.http)
+            .with_validation(false)
+            .with_compression(clickhouse::Compression::None);
+        if let Some(u) = &self.user {
+            c = c.with_user(u);
+        }
+        if let Some(p) = &self.password {
+            c = c.with_password(p);
+        }
+        c
+    }
+}
+
+/// The ClickHouse usage store.
+pub struct ClickHouseStore {
+    inner: Inner,
+    /// Runs every request, also those of blocking callers (the aggregator's thread).
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    client: Client,
+    database: String,
+}
+
+impl Drop for ClickHouseStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl ClickHouseStore {
+    /// Creates or upgrades the schema at `url`; returns the version it is at now.
+    pub async fn migrate(url: &ClickHouseUrl) -> Result<u32, Error> {
+        let server = url.client();
+        timed(QUERY_TIMEOUT, server.query(&format!("CREATE DATABASE IF NOT EXISTS {}", url.database)).execute())
+            .await?;
+        let db = server.with_database(&url.database);
+        timed(QUERY_TIMEOUT, db.query(schema::VERSIONS_TABLE).execute()).await?;
+        let mut version = stored_version(&db).await?;
+        if version > SCHEMA_VERSION {
+            return Err(newer(url, version));
+        }
+        let current = version;
+        for m in schema::MIGRATIONS.iter().filter(|m| m.version > current) {
+            for statement in m.statements {
+                timed(QUERY_TIMEOUT, db.query(statement).execute()).await?;
+            }
+            timed(
+                QUERY_TIMEOUT,
+                db.query("INSERT INTO schema_versions (version, what) VALUES (?, ?)")
+                    .bind(m.version)
+                    .bind(m.what)
+                    .execute(),
+            )
+            .await?;
+            tracing::info!(version = m.version, what = m.what, database = %url.database, "clickhouse schema migrated");
+            version = m.version;
+        }
+        Ok(version)
+    }
+
+    /// Opens the store at `url`, whose schema must be at this meter's version (else
+    /// [`Error::Schema`] says what to do).
+    pub async fn open(url: &ClickHouseUrl) -> Result<Self, Error> {
+        let inner = Inner { client: url.client().with_database(&url.database), database: url.database.clone() };
+        let has_schema: u64 = timed(
+            QUERY_TIMEOUT,
+            url.client()
+                .query("SELECT count() FROM system.tables WHERE database = ? AND name = 'schema_versions'")
+                .bind(&url.database)
+                .fetch_one::<u64>(),
+        )
+        .await?;
+        let version = if has_schema == 0 { 0 } else { stored_version(&inner.client).await? };
+        if version > SCHEMA_VERSION {
+            return Err(newer(url, version));
+        }
+        if version < SCHEMA_VERSION {
+            return Err(Error::Schema(format!(
+                "the ClickHouse database {:?} at {} has meter schema version {version}; this meter needs version \
+                 {SCHEMA_VERSION}: run `meter migrate --store clickhouse://HOST:PORT/{}` first",
+                url.database, url.http, url.database
+            )));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("meter-clickhouse")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Schema(format!("cannot start the ClickHouse client's runtime: {e}")))?;
+        Ok(Self { inner, rt: Some(rt) })
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().expect("the runtime lives as long as the store")
+    }
+
+    /// Runs `f` on the store's runtime and waits for it, from a plain thread or from async code.
+    fn block<T: Send>(&self, f: impl Future<Output = T> + Send) -> T {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                s.spawn(|| self.rt().block_on(f)).join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+        } else {
+            self.rt().block_on(f)
+        }
+    }
+
+    /// Runs `f` on the store's runtime from async code.
+    async fn spawn<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        self.rt().spawn(f).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Rolls up into `daily` every day that no event can reach any more: each of `partitions`
+    /// (all of the log's) has been read by `consumer` past the day's end plus `lateness_us`.
+    /// Idempotent; returns the first day (days since the epoch) not rolled up.
+    pub async fn roll_up(&self, consumer: &str, partitions: u32, lateness_us: i64) -> Result<i64, Error> {
+        let inner = self.inner.clone();
+        let consumer = consumer.to_string();
+        self.spawn(async move { inner.roll_up(&consumer, partitions, lateness_us).await }).await
+    }
+
+    /// Drops the months of raw events that end before `before_us` (retention). Daily rollups stay.
+    pub async fn expire(&self, before_us: i64) -> Result<Vec<String>, Error> {
+        let inner = self.inner.clone();
+        self.spawn(async move { inner.expire(before_us).await }).await
+    }
+}
+
+fn newer(url: &ClickHouseUrl, version: u32) -> Error {
+    Error::Schema(format!(
+        "the ClickHouse database {:?} has meter schema version {version}, newer than this meter's {SCHEMA_VERSION}: \
+         upgrade meter",
+        url.database
+    ))
+}
+
+async fn stored_version(db: &Client) -> Result<u32, Error> {
+    timed(QUERY_TIMEOUT, db.query("SELECT toUInt32(max(version)) FROM schema_versions").fetch_one::<u32>()).await
+}
+
+/// `f`, failing after `limit` (a server that stopped answering must not hang the sink).
+async fn timed<T>(limit: Duration, f: impl Future<Output = clickhouse::error::Result<T>>) -> Result<T, Error> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::ClickHouse(clickhouse::error::Error::TimedOut)),
+    }
+}
+
+#[derive(Row, Serialize)]
+struct EventRow<'a> {
+    tenant: &'a str,
+    id: &'a str,
+    time_us: i64,
+    rank: u64,
+    meters: Vec<&'a str>,
+    kinds: Vec<u8>,
+    values: Vec<i128>,
+    texts: Vec<&'a str>,
+}
+
+#[derive(Row, Serialize, Deserialize)]
+struct OffsetRow {
+    consumer: String,
+    partition: u32,
+    next_offset: u64,
+}
+
+#[derive(Row, Serialize, Deserialize)]
+struct WatermarkRow {
+    consumer: String,
+    partition: u32,
+    watermark_us: i64,
+}
+
+fn event_row<'a>(meters: &'a [MeterDef], ev: &'a Metered) -> Result<EventRow<'a>, Error> {
+    let n = ev.contributions.len();
+    let mut row = EventRow {
+        tenant: &ev.tenant,
+        id: &ev.id,
+        time_us: ev.time_us,
+        rank: u64::MAX - ev.offset,
+        meters: Vec::with_capacity(n),
+        kinds: Vec::with_capacity(n),
+        values: Vec::with_capacity(n),
+        texts: Vec::with_capacity(n),
+    };
+    for (m, c) in &ev.contributions {
+        row.meters.push(&meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name);
+        let (k, v, text) = match c {
+            Contribution::Count => (kind::COUNT, 1_000_000_000, ""),
+            Contribution::Unique(u) => (kind::UNIQUE, 0, u.as_str()),
+            Contribution::Sum(q) => (kind::SUM, query::raw(*q).ok_or(Error::OutOfRange(*q))?, ""),
+            Contribution::Max(q) => (kind::MAX, query::raw(*q).ok_or(Error::OutOfRange(*q))?, ""),
+            Contribution::Latest(q) => (kind::LATEST, query::raw(*q).ok_or(Error::OutOfRange(*q))?, ""),
+        };
+        row.kinds.push(k);
+        row.values.push(v);
+        row.texts.push(text);
+    }
+    Ok(row)
+}
+
+impl Inner {
+    async fn offsets(&self, consumer: &str) -> Result<Vec<(u32, u64)>, Error> {
+        let rows = timed(
+            QUERY_TIMEOUT,
+            self.client
+                .query(
+                    "SELECT consumer, partition, max(next_offset) AS next_offset FROM offsets WHERE consumer = ?
+                     GROUP BY consumer, partition ORDER BY partition",
+                )
+                .bind(consumer)
+                .fetch_all::<OffsetRow>(),
+        )
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.partition, r.next_offset)).collect())
+    }
+
+    async fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
+        let other = timed(
+            QUERY_TIMEOUT,
+            self.client
+                .query("SELECT consumer FROM offsets WHERE consumer != ? LIMIT 1")
+                .bind(consumer)
+                .fetch_all::<String>(),
+        )
+        .await?;
+        if let Some(found) = other.into_iter().next() {
+            return Err(Error::OtherConsumer { found, asked: consumer.to_string() });
+        }
+        Ok(Checkpoint { positions: self.offsets(consumer).await? })
+    }
+
+    async fn apply(
+        &self,
+        consumer: &str,
+        meters: &[MeterDef],
+        events: &[Metered],
+        progress: &Progress,
+    ) -> Result<Applied, Error> {
+        let rows = events.iter().map(|ev| event_row(meters, ev)).collect::<Result<Vec<_>, _>>()?;
+        if !progress.partitions.is_empty() {
+            let stored = self.offsets(consumer).await?;
+            for a in &progress.partitions {
+                let at = stored.iter().find(|(p, _)| *p == a.partition).map_or(0, |(_, o)| *o);
+                if at != a.from {
+                    return Err(Error::Fenced { partition: a.partition, stored: at, from: a.from });
+                }
+            }
+        }
+        if !rows.is_empty() {
+            let mut insert =
+                self.client.insert::<EventRow<'_>>("events").await?.with_timeouts(None, Some(INSERT_TIMEOUT));
+            for row in &rows {
+                insert.write(row).await?;
+            }
+            insert.end().await?;
+        }
+        // Only now that ClickHouse holds the events may the checkpoint cover them.
+        let offsets: Vec<OffsetRow> = progress
+            .partitions
+            .iter()
+            .map(|a| OffsetRow { consumer: consumer.into(), partition: a.partition, next_offset: a.to })
+            .collect();
+        self.insert_small("offsets", &offsets).await?;
+        if let Some(w) = progress.watermark_us {
+            let marks: Vec<WatermarkRow> = progress
+                .partitions
+                .iter()
+                .map(|a| WatermarkRow { consumer: consumer.into(), partition: a.partition, watermark_us: w })
+                .collect();
+            self.insert_small("watermarks", &marks).await?;
+        }
+        // Duplicates are left for reads to skip; the store does not know them at insert.
+        Ok(Applied { counted: events.len(), duplicates: 0 })
+    }
+
+    async fn insert_small<T>(&self, table: &str, rows: &[T]) -> Result<(), Error>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self.client.insert::<T>(table).await?.with_timeouts(None, Some(QUERY_TIMEOUT));
+        for row in rows {
+            insert.write(row).await?;
+        }
+        Ok(insert.end().await?)
+    }
+
+    async fn advance_watermark(&self, consumer: &str, partitions: &[u32], watermark_us: i64) -> Result<(), Error> {
+        let offsets: Vec<OffsetRow> =
+            partitions.iter().map(|p| OffsetRow { consumer: consumer.into(), partition: *p, next_offset: 0 }).collect();
+        self.insert_small("offsets", &offsets).await?;
+        let marks: Vec<WatermarkRow> = partitions
+            .iter()
+            .map(|p| WatermarkRow { consumer: consumer.into(), partition: *p, watermark_us })
+            .collect();
+        self.insert_small("watermarks", &marks).await
+    }
+
+    async fn watermark(&self, consumer: &str, partition: u32) -> Result<Option<i64>, Error> {
+        let marks = timed(
+            QUERY_TIMEOUT,
+            self.client
+                .query(
+                    "SELECT consumer, partition, max(watermark_us) AS watermark_us FROM watermarks
+                     WHERE consumer = ? AND partition = ? GROUP BY consumer, partition",
+                )
+                .bind(consumer)
+                .bind(partition)
+                .fetch_all::<WatermarkRow>(),
+        )
+        .await?;
+        Ok(marks.first().map(|m| m.watermark_us))
+    }
+
+    /// First day (since the epoch) not rolled up into `daily`.
+    async fn unrolled_from(&self) -> Result<i64, Error> {
+        let rows = timed(
+            QUERY_TIMEOUT,
+            self.client.query("SELECT toInt64(max(day) + 1), count() FROM rolled_days").fetch_one::<(i64, u64)>(),
+        )
+        .await?;
+        Ok(if rows.1 == 0 { i64::MIN / 2 } else { rows.0 })
+    }
+
+    async fn aggregate(
+        &self,
+        tenant: Option<&str>,
+        from_us: i64,
+        to_us: i64,
+        by_day: bool,
+    ) -> Result<Vec<AggRow>, Error> {
+        let scope = Scope {
+            tenant: tenant.map(str::to_string),
+            from_us,
+            to_us,
+            by_day,
+            unrolled_from_day: self.unrolled_from().await?,
+        };
+        let (sql, binds) = query::aggregate(&scope);
+        if sql.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = self.client.query(&sql);
+        for b in binds {
+            q = match b {
+                Bind::Text(t) => q.bind(t),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        timed(QUERY_TIMEOUT, q.fetch_all::<AggRow>()).await
+    }
+
+    async fn usage(&self, tenant: &str, period: Period, coverage: (String, u32)) -> Result<PeriodUsage, Error> {
+        let (from, to) = (period.start_us(), period.end_us());
+        let (whole, days, watermark_us) = tokio::try_join!(
+            self.aggregate(Some(tenant), from, to, false),
+            self.aggregate(Some(tenant), from, to, true),
+            self.watermark(&coverage.0, coverage.1),
+        )?;
+        let mut usage = PeriodUsage { meters: BTreeMap::new(), watermark_us };
+        for row in whole {
+            usage.meters.entry(row.meter.clone()).or_default().period = row.tally()?;
+        }
+        for row in days {
+            let day = format_day(meter_schemas::period::day_of(row.day * DAY_US));
+            let entry: &mut MeterTallies = usage.meters.entry(row.meter.clone()).or_default();
+            entry.days.insert(day, row.tally()?);
+        }
+        Ok(usage)
+    }
+
+    async fn daily(&self, tenant: &str, from: Date, to: Date) -> Result<Series, Error> {
+        let rows = self.aggregate(Some(tenant), date_start_us(from), date_start_us(to), true).await?;
+        let mut series = Series::new();
+        for row in rows {
+            let day = format_day(meter_schemas::period::day_of(row.day * DAY_US));
+            series.entry(row.meter.clone()).or_default().insert(day, row.tally()?);
+        }
+        Ok(series)
+    }
+
+    async fn period_totals(&self, period: Period) -> Result<BTreeMap<String, BTreeMap<String, Tally>>, Error> {
+        let rows = self.aggregate(None, period.start_us(), period.end_us(), false).await?;
+        let mut totals: BTreeMap<String, BTreeMap<String, Tally>> = BTreeMap::new();
+        for row in rows {
+            let tally = row.tally()?;
+            totals.entry(row.tenant).or_default().insert(row.meter, tally);
+        }
+        Ok(totals)
+    }
+
+    async fn roll_up(&self, consumer: &str, partitions: u32, lateness_us: i64) -> Result<i64, Error> {
+        let mut lowest: Option<i64> = None;
+        for p in 0..partitions {
+            match self.watermark(consumer, p).await? {
+                Some(w) => lowest = Some(lowest.map_or(w, |l| l.min(w))),
+                None => return self.unrolled_from().await,
+            }
+        }
+        let Some(watermark) = lowest else { return self.unrolled_from().await };
+        // Day D is sealed when the watermark passed its end plus the lateness window.
+        let sealed_until = (watermark - lateness_us).div_euclid(DAY_US);
+        let from = self.unrolled_from().await?;
+        let first_event_day = timed(
+            QUERY_TIMEOUT,
+            self.client
+                .query("SELECT toInt64(intDiv(min(time_us), ?)), count() FROM events")
+                .bind(DAY_US)
+                .fetch_one::<(i64, u64)>(),
+        )
+        .await?;
+        if first_event_day.1 == 0 {
+            return Ok(from);
+        }
+        let from = from.max(first_event_day.0);
+        if from >= sealed_until {
+            return Ok(from);
+        }
+        let sql = format!(
+            "INSERT INTO daily
+             SELECT tenant, m AS meter, intDiv(t, {DAY_US}) AS day, any(kd) AS kind, count() AS n, sum(v) AS sum,
+                    uniqExactState(x) AS uniques, max(v) AS max, argMax(v, (t, id)) AS latest_value, max(t) AS latest_us,
+                    argMax(id, (t, id)) AS latest_id, toUInt64(?) AS version
+             FROM ({} GROUP BY tenant, id HAVING t >= ? AND t < ?)
+             ARRAY JOIN ms AS m, ks AS kd, vs AS v, xs AS x
+             GROUP BY tenant, meter, day",
+            query::WINNERS
+        );
+        let version = meter_schemas::period::now_us() as u64;
+        timed(
+            INSERT_TIMEOUT,
+            self.client.query(&sql).bind(version).bind(from * DAY_US).bind(sealed_until * DAY_US).execute(),
+        )
+        .await?;
+        // Marked only once the rows are in: a crash in between rolls the same days up again.
+        let days: Vec<String> = (from..sealed_until).map(|d| format!("({d})")).collect();
+        timed(
+            QUERY_TIMEOUT,
+            self.client.query(&format!("INSERT INTO rolled_days VALUES {}", days.join(","))).execute(),
+        )
+        .await?;
+        tracing::info!(from_day = from, until_day = sealed_until, "clickhouse: days rolled up");
+        Ok(sealed_until)
+    }
+
+    async fn expire(&self, before_us: i64) -> Result<Vec<String>, Error> {
+        let parts = timed(
+            QUERY_TIMEOUT,
+            self.client
+                .query("SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = 'events' AND active")
+                .bind(&self.database)
+                .fetch_all::<String>(),
+        )
+        .await?;
+        let mut dropped = Vec::new();
+        for part in parts {
+            let Some(month) = part.trim_matches('\'').parse::<u32>().ok().filter(|m| *m > 197000) else { continue };
+            let Ok(period) = format!("{:04}-{:02}", month / 100, month % 100).parse::<Period>() else { continue };
+            if period.end_us() <= before_us {
+                timed(
+                    QUERY_TIMEOUT,
+                    self.client.query(&format!("ALTER TABLE events DROP PARTITION {month}")).execute(),
+                )
+                .await?;
+                tracing::info!(period = %period, "clickhouse: raw events past retention dropped");
+                dropped.push(period.to_string());
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+#[async_trait]
+impl UsageStore for ClickHouseStore {
+    fn deduplicates_at_write(&self) -> bool {
+        false
+    }
+
+    fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
+        self.block(self.inner.checkpoint(consumer))
+    }
+
+    fn apply(
+        &self,
+        consumer: &str,
+        meters: &[MeterDef],
+        events: &[Metered],
+        progress: &Progress,
+    ) -> Result<Applied, Error> {
+        self.block(self.inner.apply(consumer, meters, events, progress))
+    }
+
+    fn advance_watermark(&self, consumer: &str, partitions: &[u32], watermark_us: i64) -> Result<(), Error> {
+        self.block(self.inner.advance_watermark(consumer, partitions, watermark_us))
+    }
+
+    async fn usage(&self, tenant: &str, period: Period, coverage: Coverage<'_>) -> Result<PeriodUsage, Error> {
+        let (inner, tenant) = (self.inner.clone(), tenant.to_string());
+        let coverage = (coverage.consumer.to_string(), coverage.partition);
+        self.spawn(async move { inner.usage(&tenant, period, coverage).await }).await
+    }
+
+    async fn daily(&self, tenant: &str, from: Date, to: Date) -> Result<Series, Error> {
+        let (inner, tenant) = (self.inner.clone(), tenant.to_string());
+        self.spawn(async move { inner.daily(&tenant, from, to).await }).await
+    }
+
+    async fn period_totals(&self, period: Period) -> Result<BTreeMap<String, BTreeMap<String, Tally>>, Error> {
+        let inner = self.inner.clone();
+        self.spawn(async move { inner.period_totals(period).await }).await
+    }
+}

@@ -1,0 +1,152 @@
+//! The SQL that reads usage, and the rows it returns.
+//!
+//! Every read counts each event once: of the copies of one `(tenant, id)`, the one with the
+//! highest `rank` (the lowest log offset). Days that [`roll_up`](super::ClickHouseStore::roll_up)
+//! sealed are read from `daily`; later days from `events`.
+
+use crate::Error;
+use clickhouse::Row;
+use meter_schemas::Tally;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+/// Microseconds in a day.
+pub(super) const DAY_US: i64 = 86_400_000_000;
+
+/// Contribution kinds as stored in `events.kinds`.
+pub(super) mod kind {
+    pub const COUNT: u8 = 0;
+    pub const SUM: u8 = 1;
+    pub const UNIQUE: u8 = 2;
+    pub const MAX: u8 = 3;
+    pub const LATEST: u8 = 4;
+}
+
+/// One meter's tally over a group (a tenant's day or period).
+#[derive(Debug, Row, Deserialize)]
+pub(super) struct AggRow {
+    pub tenant: String,
+    pub meter: String,
+    /// Days since the epoch, or -1 for a whole range.
+    pub day: i64,
+    pub kind: u8,
+    pub n: u64,
+    pub sum: i128,
+    pub uniq: u64,
+    pub max: i128,
+    pub latest_value: i128,
+    pub latest_us: i64,
+    pub latest_id: String,
+}
+
+impl AggRow {
+    /// The tally this row stands for.
+    pub fn tally(&self) -> Result<Tally, Error> {
+        let value = match self.kind {
+            kind::COUNT => Decimal::from(self.n),
+            kind::UNIQUE => Decimal::from(self.uniq),
+            kind::SUM => decimal(self.sum)?,
+            kind::MAX => decimal(self.max)?,
+            _ => decimal(self.latest_value)?,
+        };
+        let latest = (self.kind == kind::LATEST).then(|| (self.latest_us, self.latest_id.clone()));
+        Ok(Tally { value: Some(value), latest })
+    }
+}
+
+/// A `Decimal(38, 9)` as a `Decimal`, with trailing zeros dropped so that large totals fit.
+pub(super) fn decimal(raw: i128) -> Result<Decimal, Error> {
+    let (mut m, mut scale) = (raw, 9);
+    while scale > 0 && m % 10 == 0 {
+        m /= 10;
+        scale -= 1;
+    }
+    Decimal::try_from_i128_with_scale(m, scale).map_err(|_| Error::Overflow(meter_schemas::meter::Overflow))
+}
+
+/// A quantity as a `Decimal(38, 9)`; `None` when the store cannot hold it exactly.
+pub(super) fn raw(q: Decimal) -> Option<i128> {
+    if q.scale() > meter_schemas::quantity::MAX_SCALE || q.abs() > meter_schemas::quantity::MAX_QUANTITY {
+        return None;
+    }
+    Some(q.mantissa() * 10i128.pow(9 - q.scale()))
+}
+
+/// Which rows a read covers.
+pub(super) struct Scope {
+    /// One tenant, or every tenant.
+    pub tenant: Option<String>,
+    /// Time range, microseconds, end excluded.
+    pub from_us: i64,
+    pub to_us: i64,
+    /// A row per day, or one per range.
+    pub by_day: bool,
+    /// First day not rolled up: days before it are read from `daily`.
+    pub unrolled_from_day: i64,
+}
+
+/// The query of `scope` and its bind values, in order.
+pub(super) fn aggregate(scope: &Scope) -> (String, Vec<Bind>) {
+    let first_day = scope.from_us.div_euclid(DAY_US);
+    let end_day = (scope.to_us + DAY_US - 1).div_euclid(DAY_US);
+    let rolled_end_day = scope.unrolled_from_day.min(end_day);
+    let raw_from_us = scope.from_us.max(scope.unrolled_from_day.saturating_mul(DAY_US));
+    let mut branches = Vec::new();
+    let mut binds = Vec::new();
+    let tenant_filter = |binds: &mut Vec<Bind>| match &scope.tenant {
+        Some(t) => {
+            binds.push(Bind::Text(t.clone()));
+            "tenant = ?"
+        }
+        None => "1",
+    };
+    let group_day = |expr: &str| if scope.by_day { expr.to_string() } else { "toInt64(-1)".to_string() };
+    if first_day < rolled_end_day {
+        let filter = tenant_filter(&mut binds);
+        binds.push(Bind::Int(first_day));
+        binds.push(Bind::Int(rolled_end_day));
+        branches.push(format!(
+            "SELECT tenant, meter, {day} AS g, kind AS k, n, sum AS s, uniques AS u, max AS mx,
+                    latest_value AS lv, latest_us AS lt, latest_id AS li
+             FROM daily FINAL WHERE {filter} AND day >= ? AND day < ?",
+            day = group_day("day"),
+        ));
+    }
+    if raw_from_us < scope.to_us {
+        let filter = tenant_filter(&mut binds);
+        binds.push(Bind::Int(raw_from_us));
+        binds.push(Bind::Int(scope.to_us));
+        branches.push(format!(
+            "SELECT tenant, m AS meter, {day} AS g, any(kd) AS k, count() AS n, sum(v) AS s, uniqExactState(x) AS u,
+                    max(v) AS mx, argMax(v, (t, id)) AS lv, max(t) AS lt, argMax(id, (t, id)) AS li
+             FROM ({winners} WHERE {filter} GROUP BY tenant, id HAVING t >= ? AND t < ?)
+             ARRAY JOIN ms AS m, ks AS kd, vs AS v, xs AS x
+             GROUP BY tenant, meter, g",
+            day = group_day(&format!("intDiv(t, {DAY_US})")),
+            winners = WINNERS,
+        ));
+    }
+    if branches.is_empty() {
+        return (String::new(), binds);
+    }
+    let sql = format!(
+        "SELECT tenant, meter, g AS day, any(k) AS kind, sum(n) AS n, sum(s) AS sum, uniqExactMerge(u) AS uniq,
+                max(mx) AS max, argMax(lv, (lt, li)) AS latest_value, max(lt) AS latest_us,
+                argMax(li, (lt, li)) AS latest_id
+         FROM ({}) GROUP BY tenant, meter, day ORDER BY tenant, meter, day",
+        branches.join(" UNION ALL ")
+    );
+    (sql, binds)
+}
+
+/// Each event's counting copy, to be completed with a `WHERE`, `GROUP BY tenant, id` and a
+/// `HAVING` on `t`.
+pub(super) const WINNERS: &str = "SELECT tenant, id, argMax(time_us, rank) AS t, argMax(meters, rank) AS ms,
+        argMax(kinds, rank) AS ks, argMax(values, rank) AS vs, argMax(texts, rank) AS xs
+    FROM events";
+
+/// A value bound to a `?`.
+pub(super) enum Bind {
+    Text(String),
+    Int(i64),
+}

@@ -1,0 +1,53 @@
+//! The ClickHouse schema, versioned: `meter migrate --store URL` applies what is missing, and a
+//! store opened on any other version is refused.
+//!
+//! The SQL runs on ClickHouse 18.16 (Debian's package) and on current releases: no table TTL, no
+//! `SimpleAggregateFunction`, no CTEs.
+
+/// The schema version this meter reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One migration: its version, what it does, and its statements (on the store's database).
+pub(super) struct Migration {
+    pub version: u32,
+    pub what: &'static str,
+    pub statements: &'static [&'static str],
+}
+
+pub(super) const VERSIONS_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS schema_versions (version UInt32, what String, applied_at DateTime DEFAULT now())
+     ENGINE = MergeTree ORDER BY version";
+
+pub(super) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    what: "events, offsets and watermarks",
+    statements: &[
+        // One row per copy of an event, with its contributions; `rank` is u64::MAX minus the
+        // copy's log offset, so the first copy ranks highest. Merges keep that copy of each
+        // (tenant, id) within a month; queries pick it across months (`argMax(…, rank)`).
+        // Months are the unit of retention (`ALTER TABLE … DROP PARTITION`).
+        "CREATE TABLE IF NOT EXISTS events (
+            tenant String, id String, time_us Int64, rank UInt64,
+            meters Array(String), kinds Array(UInt8), values Array(Decimal(38, 9)), texts Array(String)
+        ) ENGINE = ReplacingMergeTree(rank)
+        PARTITION BY toYYYYMM(toDateTime(intDiv(time_us, 1000000), 'UTC'))
+        ORDER BY (tenant, id)",
+        // A consumer's next offset per partition: read as the maximum written, so a checkpoint
+        // written twice or late never moves back.
+        "CREATE TABLE IF NOT EXISTS offsets (consumer String, partition UInt32, next_offset UInt64)
+        ENGINE = ReplacingMergeTree(next_offset) ORDER BY (consumer, partition)",
+        "CREATE TABLE IF NOT EXISTS watermarks (consumer String, partition UInt32, watermark_us Int64)
+        ENGINE = ReplacingMergeTree(watermark_us) ORDER BY (consumer, partition)",
+        // Daily rollups per tenant and meter, for days no event can reach any more (see
+        // `ClickHouseStore::roll_up`); `uniques` keeps the set state so that a period's unique
+        // count merges exactly across days.
+        "CREATE TABLE IF NOT EXISTS daily (
+            tenant String, meter String, day Int64, kind UInt8, n UInt64, sum Decimal(38, 9),
+            uniques AggregateFunction(uniqExact, String), max Decimal(38, 9),
+            latest_value Decimal(38, 9), latest_us Int64, latest_id String, version UInt64
+        ) ENGINE = ReplacingMergeTree(version)
+        PARTITION BY intDiv(day, 32)
+        ORDER BY (tenant, meter, day)",
+        "CREATE TABLE IF NOT EXISTS rolled_days (day Int64) ENGINE = ReplacingMergeTree ORDER BY day",
+    ],
+}];
