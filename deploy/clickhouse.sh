@@ -14,6 +14,7 @@ port=${2:-18123}
 if ! command -v clickhouse-server >/dev/null; then
   echo "installing clickhouse-server (Debian package)" >&2
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get install -y clickhouse-server clickhouse-client >&2 \
     || { $sudo apt-get update >&2 && $sudo apt-get install -y clickhouse-server clickhouse-client >&2; }
 fi

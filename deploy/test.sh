@@ -11,12 +11,23 @@ cargo --version
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-# Nothing to install yet: SQLite and librdkafka (whose mock cluster the Kafka tests use) are
-# compiled into the binary from their crates; the bundled librdkafka needs only gcc, g++ and make.
-# The SDK compatibility test installs its pinned Python SDKs from PyPI into target/sdk-venv.
-for tool in gcc g++ make python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y build-essential python3-venv" >&2; exit 1; }
+# SQLite and librdkafka (whose mock cluster the Kafka tests use) are compiled into the binary
+# from their crates; the bundled librdkafka needs only gcc, g++ and make. The SDK compatibility
+# test installs its pinned Python SDKs from PyPI into target/sdk-venv.
+for tool in gcc g++ make python3 curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y build-essential python3-venv curl" >&2; exit 1; }
 done
+
+step "clickhouse"
+# One server for the ClickHouse contract tests (Debian's package, installed when missing); the
+# fault test starts servers of its own so that it can kill them.
+if [ -z "${METER_TEST_CLICKHOUSE:-}" ]; then
+  ch_dir=$(mktemp -d /tmp/meter-test-clickhouse.XXXXXX)
+  METER_TEST_CLICKHOUSE=$(deploy/clickhouse.sh "$ch_dir" "${METER_TEST_CLICKHOUSE_PORT:-18723}")
+  export METER_TEST_CLICKHOUSE
+  trap 'kill "$(cat "$ch_dir/pid")" 2>/dev/null || true; rm -rf "$ch_dir"' EXIT
+fi
+echo "clickhouse $(curl -fsS "$METER_TEST_CLICKHOUSE/?query=SELECT%20version()") at $METER_TEST_CLICKHOUSE"
 
 step "format"
 cargo fmt --all -- --check

@@ -24,6 +24,10 @@ pub enum Command {
     Ingest(ServeArgs),
     /// Run an aggregator, one member of the consumer group sharing the Kafka log's partitions.
     Aggregate(ServeArgs),
+    /// Run the sink that fills the ClickHouse store from the Kafka log (its own consumer group).
+    Sink(ServeArgs),
+    /// Create or upgrade the usage store's schema (ClickHouse; SQLite upgrades itself).
+    Migrate(ConfigArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -53,12 +57,20 @@ pub struct ConfigArgs {
     /// Event log: `sqlite`, `sqlite://PATH` or `kafka://HOST:PORT[,HOST:PORT]`.
     #[arg(long, value_name = "URL")]
     pub log: Option<String>,
+    /// Usage store: `sqlite`, `sqlite://PATH` or `clickhouse://[USER@]HOST:PORT/DATABASE`.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 impl ConfigArgs {
     /// Loads the layered configuration.
     pub fn load(&self, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
-        let overrides = Overrides { listen, data_dir: self.data_dir.clone(), log_url: self.log.clone() };
+        let overrides = Overrides {
+            listen,
+            data_dir: self.data_dir.clone(),
+            log_url: self.log.clone(),
+            store_url: self.store.clone(),
+        };
         Ok(Config::load(self.config.as_deref(), &overrides)?)
     }
 }
@@ -141,6 +153,23 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 anyhow::bail!("no active key with id {id}");
             }
             eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `meter migrate`: brings the configured store's schema to this meter's version.
+pub async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
+    let config = args.load(None)?;
+    match config.store_backend()? {
+        crate::config::StoreBackend::ClickHouse(url) => {
+            let version = meter_store::ClickHouseStore::migrate(&url).await?;
+            eprintln!("meter: ClickHouse database {:?} at {} is at schema version {version}", url.database, url.http);
+        }
+        crate::config::StoreBackend::Sqlite(path) => {
+            std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
+            meter_store::SqliteStore::open(&path, config.store.durability)?;
+            eprintln!("meter: SQLite store {} is migrated", path.display());
         }
     }
     Ok(())

@@ -29,6 +29,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// The aggregator.
     pub aggregator: AggregatorConfig,
+    /// The sink that fills a ClickHouse store from the log.
+    pub sink: SinkConfig,
     /// Meters besides the six defaults; one with a default's name replaces it.
     pub meters: Vec<MeterDef>,
 }
@@ -43,6 +45,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             ingest: IngestConfig::default(),
             aggregator: AggregatorConfig::default(),
+            sink: SinkConfig::default(),
             meters: Vec::new(),
         }
     }
@@ -90,16 +93,69 @@ impl Default for LogConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite` (a file in the data directory) or `sqlite://PATH`.
+    /// `sqlite` (a file in the data directory), `sqlite://PATH`, or
+    /// `clickhouse://[USER@]HOST:PORT/DATABASE` (HTTP port). With ClickHouse, the live counters
+    /// stay in `usage.db` in the data directory and ClickHouse holds the history.
     pub url: String,
+    /// ClickHouse password (never printed).
+    pub password: Option<Secret>,
     /// `normal` by default: a store commit lost to power failure is re-read from the durable log.
     pub durability: Durability,
+    /// ClickHouse: how long raw events are kept (whole months are dropped once past it); daily
+    /// rollups are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { url: "sqlite".into(), durability: Durability::Normal }
+        Self {
+            url: "sqlite".into(),
+            password: None,
+            durability: Durability::Normal,
+            retention: Duration::from_secs(400 * 86_400),
+        }
     }
+}
+
+/// A secret: read from configuration, never printed.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The sink: a consumer of the log (its own group) that inserts events into ClickHouse in large
+/// batches, and commits its offsets only after ClickHouse acknowledged them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Most events in one insert.
+    pub batch_size: usize,
+    /// Longest a batch waits to fill before it is inserted.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Its consumer group, and the name its checkpoints are stored under.
+    pub group: String,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self { batch_size: 100_000, linger: Duration::from_secs(1), group: "meter-sink".into() }
+    }
+}
+
+/// Where the usage store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// ClickHouse for history; the live counters in the data directory's `usage.db`.
+    ClickHouse(meter_store::ClickHouseUrl),
 }
 
 /// The ingest API.
@@ -186,6 +242,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--log`.
     pub log_url: Option<String>,
+    /// `--store`.
+    pub store_url: Option<String>,
 }
 
 /// Why the configuration is refused.
@@ -220,6 +278,9 @@ impl Config {
         if let Some(u) = &overrides.log_url {
             config.log.url = u.clone();
         }
+        if let Some(u) = &overrides.store_url {
+            config.store.url = u.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -236,7 +297,10 @@ impl Config {
             return Err(ConfigError::Invalid("log.partitions must be from 1 to 1024".into()));
         }
         self.log_backend()?;
-        self.store_path()?;
+        self.store_backend()?;
+        if self.sink.batch_size == 0 {
+            return Err(ConfigError::Invalid("sink.batch_size must be at least 1".into()));
+        }
         self.ingest_limits()?;
         Ok(())
     }
@@ -252,7 +316,7 @@ impl Config {
             u if u.starts_with("sqlite://") => Ok(PathBuf::from(&u["sqlite://".len()..])),
             u => Err(ConfigError::Invalid(format!(
                 "{what}.url {u:?} is not supported; use \"sqlite\" or \"sqlite://PATH\"{}",
-                if what == "log" { " or \"kafka://HOST:PORT\"" } else { "" }
+                if what == "log" { " or \"kafka://HOST:PORT\"" } else { " or \"clickhouse://HOST:PORT/DATABASE\"" }
             ))),
         }
     }
@@ -286,9 +350,23 @@ impl Config {
         Ok(limits)
     }
 
-    /// File of the embedded usage store.
-    pub fn store_path(&self) -> Result<PathBuf, ConfigError> {
-        self.sqlite_path("store", &self.store.url, "usage.db")
+    /// Where the usage store is.
+    pub fn store_backend(&self) -> Result<StoreBackend, ConfigError> {
+        if self.store.url.starts_with("clickhouse://") {
+            let mut url = meter_store::ClickHouseUrl::parse(&self.store.url)
+                .map_err(|e| ConfigError::Invalid(format!("store.url {:?}: {e}", self.store.url)))?;
+            url.password = self.store.password.as_ref().map(|s| s.0.clone());
+            return Ok(StoreBackend::ClickHouse(url));
+        }
+        self.sqlite_path("store", &self.store.url, "usage.db").map(StoreBackend::Sqlite)
+    }
+
+    /// File of the live counters: the SQLite store, or `usage.db` beside a ClickHouse store.
+    pub fn live_store_path(&self) -> Result<PathBuf, ConfigError> {
+        match self.store_backend()? {
+            StoreBackend::Sqlite(path) => Ok(path),
+            StoreBackend::ClickHouse(_) => Ok(self.data_dir.join("usage.db")),
+        }
     }
 
     /// File of the API keys.
@@ -314,6 +392,7 @@ mod tests {
                 listen: Some("127.0.0.1:1".parse().unwrap()),
                 data_dir: None,
                 log_url: Some("kafka://k:9092".into()),
+                store_url: None,
             };
             let c = Config::load(Some(Path::new("meter.toml")), &o).unwrap();
             assert_eq!(c.listen.port(), 1);
@@ -348,8 +427,16 @@ mod tests {
             jail.create_file("k.toml", "[log]\nurl = \"kafka://x:9092,y:9092\"\n")?;
             let k = Config::load(Some(Path::new("k.toml")), &Overrides::default()).unwrap();
             assert_eq!(k.log_backend().unwrap(), LogBackend::Kafka("x:9092,y:9092".into()));
-            jail.create_file("c.toml", "[store]\nurl = \"clickhouse://x:8123/db\"\n")?;
-            assert!(Config::load(Some(Path::new("c.toml")), &Overrides::default()).is_err());
+            jail.create_file("c.toml", "[store]\nurl = \"clickhouse://x:8123/db\"\npassword = \"hunter2\"\n")?;
+            let c = Config::load(Some(Path::new("c.toml")), &Overrides::default()).unwrap();
+            let StoreBackend::ClickHouse(url) = c.store_backend().unwrap() else { panic!("not ClickHouse") };
+            assert_eq!((url.http.as_str(), url.database.as_str()), ("http://x:8123", "db"));
+            assert_eq!(url.password.as_deref(), Some("hunter2"));
+            assert!(!format!("{c:?} {url:?}").contains("hunter2"), "the password never prints");
+            assert_eq!(c.live_store_path().unwrap(), c.data_dir.join("usage.db"));
+            jail.create_file("d.toml", "[store]\nurl = \"clickhouse://x:8123/my-db\"\n")?;
+            let err = Config::load(Some(Path::new("d.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("store.url") && err.contains("letters, digits and underscores"), "{err}");
             Ok(())
         });
     }

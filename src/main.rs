@@ -15,6 +15,8 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args, Roles::ALL),
         Command::Ingest(args) => serve(args, Roles::INGEST),
         Command::Aggregate(args) => serve(args, Roles::AGGREGATE),
+        Command::Sink(args) => serve(args, Roles::SINK),
+        Command::Migrate(args) => tokio::runtime::Runtime::new()?.block_on(meter::cli::migrate(args)),
         Command::Keys(command) => meter::cli::keys(command),
         Command::Loadgen(args) => tokio::runtime::Runtime::new()?.block_on(meter::loadgen::run(args)),
         Command::Dev(meter::cli::DevCommand::Kafka(args)) => meter::dev::kafka(args),

@@ -2,7 +2,7 @@
 //! and the read API, all of them or one role per process (roles need a shared log: Kafka).
 
 use crate::api;
-use crate::config::{Config, LogBackend};
+use crate::config::{Config, LogBackend, StoreBackend};
 use anyhow::Context as _;
 use axum::Json;
 use axum::routing::get;
@@ -12,7 +12,7 @@ use meter_auth::{KeyStore, Role};
 use meter_eventlog::{EventLog, KafkaLog, KafkaSettings, SqliteLog};
 use meter_ingest::Ingest;
 use meter_schemas::{Catalog, Limits};
-use meter_store::{SqliteStore, UsageStore};
+use meter_store::{ClickHouseStore, SqliteStore, UsageStore};
 use std::fs::File;
 use std::future::{Future, IntoFuture};
 use std::sync::{Arc, Mutex};
@@ -30,8 +30,13 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 pub struct AppState {
     /// API keys.
     pub keys: Arc<KeyStore>,
-    /// Usage store.
+    /// The live counters: the aggregator's store.
     pub store: Arc<dyn UsageStore>,
+    /// The history: the ClickHouse store the sink fills, or the live counters' store when there
+    /// is no other.
+    pub history: Arc<dyn UsageStore>,
+    /// The consumer whose watermarks the history reports (the sink's, or the aggregators').
+    pub history_consumer: String,
     /// Meters.
     pub catalog: Arc<Catalog>,
     /// Ingest limits (the lateness window decides when a period is complete).
@@ -42,6 +47,7 @@ pub struct AppState {
     pub partitions: u32,
     runs_aggregator: bool,
     aggregator: Mutex<Option<Aggregator>>,
+    sink: Mutex<Option<Aggregator>>,
 }
 
 impl AppState {
@@ -55,6 +61,17 @@ impl AppState {
             None => Err("aggregator stopped".into()),
             Some(a) if a.is_finished() => Err("aggregator stopped".into()),
             Some(a) => a.failure().map_or(Ok(()), |e| Err(format!("aggregator failing, retrying: {e}"))),
+        }
+    }
+
+    /// `Ok` while the ClickHouse sink inserts (or this process runs none); otherwise why not.
+    /// Ingest keeps accepting meanwhile: the log holds what the sink has not inserted yet.
+    pub fn sink_status(&self) -> Result<(), String> {
+        let guard = self.sink.lock().map_err(|_| "state poisoned".to_string())?;
+        match guard.as_ref() {
+            None => Ok(()),
+            Some(s) if s.is_finished() => Err("clickhouse sink stopped".into()),
+            Some(s) => s.failure().map_or(Ok(()), |e| Err(format!("clickhouse sink failing, retrying: {e}"))),
         }
     }
 }
@@ -81,16 +98,23 @@ pub struct Roles {
     pub ingest: bool,
     /// A member of the aggregators' group (`meter aggregate`).
     pub aggregate: bool,
+    /// A member of the ClickHouse sink's group (`meter sink`), when the store is ClickHouse.
+    pub sink: bool,
 }
 
 impl Roles {
     /// Everything, as `meter serve` runs.
-    pub const ALL: Roles = Roles { ingest: true, aggregate: true };
+    pub const ALL: Roles = Roles { ingest: true, aggregate: true, sink: true };
     /// `meter ingest`: the write API and the read API; stateless.
-    pub const INGEST: Roles = Roles { ingest: true, aggregate: false };
+    pub const INGEST: Roles = Roles { ingest: true, aggregate: false, sink: false };
     /// `meter aggregate`: an aggregator, with the read API, health and metrics.
-    pub const AGGREGATE: Roles = Roles { ingest: false, aggregate: true };
+    pub const AGGREGATE: Roles = Roles { ingest: false, aggregate: true, sink: false };
+    /// `meter sink`: the ClickHouse sink, with the read API, health and metrics.
+    pub const SINK: Roles = Roles { ingest: false, aggregate: false, sink: true };
 }
+
+/// How often the sink's process rolls up sealed days and drops raw events past retention.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
 
 /// Runs every role on `listener` until `shutdown` resolves (see [`run_roles`]).
 pub async fn run(
@@ -112,8 +136,8 @@ pub async fn run_roles(
     let kafka = matches!(config.log_backend()?, LogBackend::Kafka(_));
     if roles != Roles::ALL && !kafka {
         anyhow::bail!(
-            "`meter ingest` and `meter aggregate` run as separate processes around a shared log; \
-             give one with --log kafka://HOST:PORT, or run both roles in one process with `meter serve`"
+            "`meter ingest`, `meter aggregate` and `meter sink` run as separate processes around a shared log; \
+             give one with --log kafka://HOST:PORT, or run every role in one process with `meter serve`"
         );
     }
     std::fs::create_dir_all(&config.data_dir)
@@ -131,9 +155,41 @@ pub async fn run_roles(
         );
     }
     let log = open_log(&config).await?;
-    let store: Arc<dyn UsageStore> =
-        Arc::new(SqliteStore::open(&config.store_path()?, config.store.durability).context("opening the usage store")?);
+    let store: Arc<dyn UsageStore> = Arc::new(
+        SqliteStore::open(&config.live_store_path()?, config.store.durability).context("opening the usage store")?,
+    );
+    let clickhouse = match config.store_backend()? {
+        StoreBackend::ClickHouse(url) => Some(Arc::new(
+            ClickHouseStore::open(&url)
+                .await
+                .with_context(|| format!("opening the ClickHouse store {:?} at {}", url.database, url.http))?,
+        )),
+        StoreBackend::Sqlite(_) => None,
+    };
+    if roles == Roles::SINK && clickhouse.is_none() {
+        anyhow::bail!("`meter sink` fills a ClickHouse store; give one with --store clickhouse://HOST:PORT/DATABASE");
+    }
     let consumer = config.aggregator.group.clone();
+    let (history, history_consumer): (Arc<dyn UsageStore>, String) = match &clickhouse {
+        Some(ch) => (ch.clone(), config.sink.group.clone()),
+        None => (store.clone(), consumer.clone()),
+    };
+    let (sink, maintenance) = match &clickhouse {
+        Some(ch) if roles.sink => {
+            let settings = Settings {
+                batch_size: config.sink.batch_size,
+                linger: config.sink.linger,
+                consumer: config.sink.group.clone(),
+                // Resume soon after ClickHouse is back; a retry costs one refused connection.
+                max_backoff: Duration::from_secs(5),
+                ..Settings::default()
+            };
+            let reader = log.reader_in(&config.sink.group)?;
+            let sink = Aggregator::start(reader, ch.clone(), catalog.clone(), settings)?;
+            (Some(sink), Some(tokio::spawn(maintain(ch.clone(), config.clone()))))
+        }
+        _ => (None, None),
+    };
     let aggregator = if roles.aggregate {
         let settings = Settings {
             batch_size: config.aggregator.batch_size,
@@ -148,12 +204,15 @@ pub async fn run_roles(
     let state = Arc::new(AppState {
         keys: keys.clone(),
         store,
+        history,
+        history_consumer,
         catalog: catalog.clone(),
         limits: config.ingest.limits(),
         consumer,
         partitions: config.log.partitions,
         runs_aggregator: roles.aggregate,
         aggregator: Mutex::new(aggregator),
+        sink: Mutex::new(sink),
     });
     let mut routes = api::router(state.clone());
     if roles.ingest {
@@ -203,9 +262,36 @@ pub async fn run_roles(
     if let Some(a) = aggregator {
         a.drain_and_stop()?;
     }
+    if let Some(m) = maintenance {
+        m.abort();
+    }
+    let sink = state.sink.lock().map_err(|_| anyhow::anyhow!("state poisoned"))?.take();
+    if let Some(s) = sink {
+        // A sink that cannot reach ClickHouse stops at its first failure: the log keeps the rest.
+        if let Err(e) = s.drain_and_stop() {
+            tracing::warn!(error = %e, "the clickhouse sink stopped before inserting everything; it resumes at the next start");
+        }
+    }
     drop(log);
     tracing::info!("meter stopped");
     Ok(())
+}
+
+/// Rolls up the days no event can reach any more and drops raw events past retention, now and
+/// every [`MAINTAIN_EVERY`]; a failure is logged and tried again next time.
+async fn maintain(store: Arc<ClickHouseStore>, config: Config) {
+    let lateness_us = config.ingest.lateness.as_micros() as i64;
+    let mut every = tokio::time::interval(MAINTAIN_EVERY);
+    loop {
+        every.tick().await;
+        if let Err(e) = store.roll_up(&config.sink.group, config.log.partitions, lateness_us).await {
+            tracing::warn!(error = %e, "clickhouse: rolling up days failed; trying again later");
+        }
+        let before = meter_schemas::period::now_us() - config.store.retention.as_micros() as i64;
+        if let Err(e) = store.expire(before).await {
+            tracing::warn!(error = %e, "clickhouse: dropping raw events past retention failed; trying again later");
+        }
+    }
 }
 
 /// Opens the configured event log. The SQLite log re-checks the lateness window at commit (see

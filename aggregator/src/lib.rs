@@ -42,6 +42,8 @@ pub struct Settings {
     /// After a small read, how long to wait for more records before applying: bigger batches
     /// rewrite each touched tally once for more events.
     pub linger: Duration,
+    /// Longest pause between retries of a failing batch.
+    pub max_backoff: Duration,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             poll_timeout: Duration::from_millis(200),
             idle_watermark_every: Duration::from_millis(500),
             linger: Duration::from_millis(1),
+            max_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -132,13 +135,13 @@ fn run(
                 if progressed {
                     backoff = Duration::from_millis(100);
                 }
-                tracing::error!(error = %e, retry_in = ?backoff, "aggregator batch failed; retrying from the checkpoint");
+                tracing::error!(consumer = %settings.consumer, error = %e, retry_in = ?backoff, "batch failed; retrying from the checkpoint");
                 metrics::counter!(metric::FAILURES).increment(1);
                 if let Ok(mut f) = failure.lock() {
                     *f = Some(e.to_string());
                 }
                 std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(settings.max_backoff);
             }
         }
     }
@@ -176,9 +179,12 @@ fn consume(
         let stopping = stop.load(Ordering::SeqCst);
         let timeout = if stopping { Duration::ZERO } else { settings.poll_timeout };
         let mut batch = reader.poll(settings.batch_size, timeout)?;
-        if !stopping && !batch.reassigned && !batch.records.is_empty() && batch.records.len() < settings.batch_size / 4
-        {
-            let more = reader.poll(settings.batch_size - batch.records.len(), settings.linger)?;
+        // A small batch waits up to `linger` to fill (by size and by time).
+        let lingering = Instant::now();
+        let linger = !stopping && !batch.records.is_empty() && batch.records.len() < settings.batch_size / 4;
+        while linger && !batch.reassigned && batch.records.len() < settings.batch_size {
+            let Some(left) = settings.linger.checked_sub(lingering.elapsed()).filter(|l| !l.is_zero()) else { break };
+            let more = reader.poll(settings.batch_size - batch.records.len(), left)?;
             batch.records.extend(more.records);
             batch.caught_up = more.caught_up;
             batch.started_us = more.started_us;

@@ -115,6 +115,17 @@ impl UsageStore for Flaky {
     ) -> Result<meter_store::PeriodUsage, meter_store::Error> {
         self.inner.usage(tenant, period, coverage).await
     }
+    async fn daily(
+        &self,
+        tenant: &str,
+        from: meter_store::Date,
+        to: meter_store::Date,
+    ) -> Result<meter_store::Series, meter_store::Error> {
+        self.inner.daily(tenant, from, to).await
+    }
+    async fn period_totals(&self, period: Period) -> Result<meter_store::Totals, meter_store::Error> {
+        self.inner.period_totals(period).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

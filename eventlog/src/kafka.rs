@@ -217,10 +217,14 @@ impl EventLog for KafkaLog {
     }
 
     fn reader(&self) -> Result<Box<dyn LogReader>, Error> {
+        self.reader_in(&self.settings.group)
+    }
+
+    fn reader_in(&self, group: &str) -> Result<Box<dyn LogReader>, Error> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.settings.bootstrap)
-            .set("group.id", &self.settings.group)
+            .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")

@@ -102,6 +102,13 @@ pub trait EventLog: Send + Sync {
     /// A reader: of every partition from offset 0 (SQLite), or of the partitions the consumer
     /// group gives it, from where [`LogReader::seek`] says (Kafka).
     fn reader(&self) -> Result<Box<dyn LogReader>, Error>;
+
+    /// A reader for another consumer group than the aggregators' (the ClickHouse sink's). A log
+    /// without groups reads every partition either way.
+    fn reader_in(&self, group: &str) -> Result<Box<dyn LogReader>, Error> {
+        let _ = group;
+        self.reader()
+    }
 }
 
 /// Records read in one poll.

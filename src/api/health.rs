@@ -12,6 +12,7 @@ pub async fn healthz() -> &'static str {
 }
 
 /// Readiness: the aggregator is running and its batches succeed, so usage keeps up with ingest.
+/// The body also says when the ClickHouse sink is failing.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -19,9 +20,12 @@ pub async fn healthz() -> &'static str {
     responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready", body = String))
 )]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
-    match state.aggregator_status() {
-        Ok(()) => (StatusCode::OK, "ready".into()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    // A failing ClickHouse sink does not make the process unready: ingest keeps accepting into
+    // the log, and the sink catches up when ClickHouse is back.
+    match (state.aggregator_status(), state.sink_status()) {
+        (Err(why), _) => (StatusCode::SERVICE_UNAVAILABLE, why),
+        (Ok(()), Ok(())) => (StatusCode::OK, "ready".into()),
+        (Ok(()), Err(sink)) => (StatusCode::OK, format!("ready; {sink}")),
     }
 }
 

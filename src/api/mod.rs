@@ -50,6 +50,7 @@ pub fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
 pub fn router(state: Arc<AppState>) -> OpenApiRouter {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(usage::get_usage))
+        .routes(routes!(usage::get_daily))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use meter_auth::{AuthError, Role};
 use meter_schemas::envelope::check_id;
-use meter_schemas::period::{date_start_us, format_day, format_time, now_us};
+use meter_schemas::period::{date_start_us, day_of, format_day, format_time, now_us};
 use meter_schemas::{Aggregation, FieldError, Period};
 use meter_store::Coverage;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,19 @@ pub struct UsageQuery {
     pub tenant: Option<String>,
     /// `YYYY-MM` (UTC calendar month); default: the current month.
     pub period: Option<String>,
+    /// `live` (the aggregator's counters) or `store` (the history: ClickHouse when configured);
+    /// default: `live` while events can still arrive for the period, `store` after.
+    pub source: Option<Source>,
+}
+
+/// Where an answer comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The aggregator's counters, updated within milliseconds of ingest.
+    Live,
+    /// The usage store's history (ClickHouse when configured), filled by the sink in batches.
+    Store,
 }
 
 /// One day of a meter's series.
@@ -66,6 +79,8 @@ pub struct Usage {
     /// True once no more events can arrive for the period: the watermark is past the period's
     /// end plus the lateness window.
     pub complete: bool,
+    /// Where the figures come from.
+    pub source: Source,
     /// Every configured meter, in configuration order.
     pub meters: Vec<MeterUsage>,
 }
@@ -114,12 +129,11 @@ pub async fn get_usage(
     }
     let period = period.expect("checked above");
     let tenant = principal.readable_tenant(query.tenant.as_deref())?;
-    let coverage = Coverage {
-        consumer: &state.consumer,
-        partition: meter_schemas::partition::partition_for(&tenant, state.partitions),
-    };
-    let stored =
-        state.store.usage(&tenant, period, coverage).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let open = now < period.end_us() + state.limits.lateness_us;
+    let source = query.source.unwrap_or(if open { Source::Live } else { Source::Store });
+    let (store, consumer) = source_of(&state, source);
+    let coverage = Coverage { consumer, partition: meter_schemas::partition::partition_for(&tenant, state.partitions) };
+    let stored = store.usage(&tenant, period, coverage).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let days_so_far: Vec<_> = period.days().filter(|d| date_start_us(*d) <= now).collect();
     let meters = state
         .catalog
@@ -152,6 +166,134 @@ pub async fn get_usage(
         to: format_time(period.end_us()),
         watermark: stored.watermark_us.map(format_time),
         complete,
+        source,
+        meters,
+    }))
+}
+
+fn source_of(state: &AppState, source: Source) -> (&dyn meter_store::UsageStore, &str) {
+    match source {
+        Source::Live => (&*state.store, &state.consumer),
+        Source::Store => (&*state.history, &state.history_consumer),
+    }
+}
+
+/// Query of the daily series endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DailyQuery {
+    /// Tenant; implied by a tenant-scoped read key, required with an admin key.
+    pub tenant: Option<String>,
+    /// How many days back from today (UTC), today included: 30, 60 or 90.
+    pub days: Option<u32>,
+}
+
+/// One meter's daily values.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MeterSeries {
+    /// Meter name.
+    pub name: String,
+    /// How the meter folds events.
+    pub aggregation: Aggregation,
+    /// One entry per day, oldest first.
+    pub daily: Vec<DayValue>,
+}
+
+/// A tenant's daily series.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DailySeries {
+    /// Tenant.
+    pub tenant: String,
+    /// First day (`YYYY-MM-DD`).
+    pub from: String,
+    /// Last day, today (`YYYY-MM-DD`).
+    pub to: String,
+    /// Days from this one on come from the live counters (periods events can still arrive
+    /// for); earlier days from the store's history.
+    pub live_from: String,
+    /// Every configured meter, in configuration order.
+    pub meters: Vec<MeterSeries>,
+}
+
+/// A tenant's daily usage over the last 30, 60 or 90 days.
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage/daily",
+    tag = "usage",
+    params(DailyQuery),
+    responses(
+        (status = 200, description = "Daily values per meter", body = DailySeries),
+        (status = 401, description = "Missing, malformed, unknown or revoked key", body = meter_ingest_docs::Problem),
+        (status = 403, description = "The key may not read this tenant", body = meter_ingest_docs::Problem),
+        (status = 422, description = "A bad query parameter", body = meter_ingest_docs::Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_daily(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<DailyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DailySeries>, ApiError> {
+    let principal = state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?;
+    if principal.role == Role::Ingest {
+        return Err(AuthError::WrongRole { have: Role::Ingest, action: "read usage" }.into());
+    }
+    let Query(query) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    let mut problems = Vec::new();
+    if let Some(t) = &query.tenant
+        && let Err(m) = check_id(t)
+    {
+        problems.push(FieldError::invalid("tenant", m));
+    }
+    let days = query.days.unwrap_or(30);
+    if ![30, 60, 90].contains(&days) {
+        problems.push(FieldError::invalid("days", format!("must be 30, 60 or 90, not {days}")));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems));
+    }
+    let tenant = principal.readable_tenant(query.tenant.as_deref())?;
+    let now = now_us();
+    let today = day_of(now);
+    let first = today - time::Duration::days(i64::from(days) - 1);
+    let after = today + time::Duration::days(1);
+    // The oldest period events can still arrive for starts the live part.
+    let mut live = Period::containing(now);
+    let previous = Period::containing(live.start_us() - 1);
+    if now < previous.end_us() + state.limits.lateness_us {
+        live = previous;
+    }
+    let live_from = live.first_day().max(first);
+    let unavailable = |e: meter_store::Error| ApiError::Unavailable(e.to_string());
+    let mut series = if first < live_from {
+        state.history.daily(&tenant, first, live_from).await.map_err(unavailable)?
+    } else {
+        Default::default()
+    };
+    for (meter, values) in state.store.daily(&tenant, live_from, after).await.map_err(unavailable)? {
+        series.entry(meter).or_default().extend(values);
+    }
+    let dates: Vec<String> = (0..days).map(|i| format_day(first + time::Duration::days(i64::from(i)))).collect();
+    let meters = state
+        .catalog
+        .meters()
+        .iter()
+        .map(|m| {
+            let values = series.get(&m.name);
+            let daily = dates
+                .iter()
+                .map(|date| DayValue {
+                    date: date.clone(),
+                    value: values.and_then(|v| v.get(date)).cloned().unwrap_or_default().display(m.aggregation),
+                })
+                .collect();
+            MeterSeries { name: m.name.clone(), aggregation: m.aggregation, daily }
+        })
+        .collect();
+    Ok(Json(DailySeries {
+        tenant,
+        from: format_day(first),
+        to: format_day(today),
+        live_from: format_day(live_from),
         meters,
     }))
 }

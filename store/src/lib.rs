@@ -192,8 +192,11 @@ pub trait UsageStore: Send + Sync {
     async fn daily(&self, tenant: &str, from: Date, to: Date) -> Result<Series, Error>;
 
     /// Every tenant's period tallies, by tenant and meter: what closing `period` reads.
-    async fn period_totals(&self, period: Period) -> Result<BTreeMap<String, BTreeMap<String, Tally>>, Error>;
+    async fn period_totals(&self, period: Period) -> Result<Totals, Error>;
 }
+
+/// Period tallies by tenant and then by meter.
+pub type Totals = BTreeMap<String, BTreeMap<String, Tally>>;
 
 /// Daily tallies by meter and then by day (`YYYY-MM-DD`).
 pub type Series = BTreeMap<String, BTreeMap<String, Tally>>;

@@ -5,7 +5,8 @@
 //! before. Reads for the API use a small pool of connections off the async runtime.
 
 use crate::{
-    Applied, Checkpoint, Coverage, Date, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, UsageStore,
+    Applied, Checkpoint, Coverage, Date, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, Totals,
+    UsageStore,
 };
 use async_trait::async_trait;
 use meter_schemas::period::{day_of, format_day};
@@ -13,8 +14,8 @@ use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use meter_sqlite::{Checkpointer, Durability, ReadPool, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -279,7 +280,7 @@ impl UsageStore for SqliteStore {
         Ok(series)
     }
 
-    async fn period_totals(&self, period: Period) -> Result<BTreeMap<String, BTreeMap<String, Tally>>, Error> {
+    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
         let reads = self.reads.clone();
         let bucket = period.to_string();
         let rows = blocking(move || {
@@ -294,7 +295,7 @@ impl UsageStore for SqliteStore {
             })
         })
         .await?;
-        let mut totals: BTreeMap<String, BTreeMap<String, Tally>> = BTreeMap::new();
+        let mut totals = Totals::new();
         for (tenant, meter, tally) in rows {
             totals.entry(tenant).or_default().insert(meter, tally);
         }

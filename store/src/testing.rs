@@ -39,10 +39,7 @@ impl ClickHouseServer {
 
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop_wrapper();
         // The wrapper forwards the kill; wait until the port is free again.
         let deadline = Instant::now() + Duration::from_secs(30);
         while ping(self.port) && Instant::now() < deadline {
@@ -86,12 +83,20 @@ impl ClickHouseServer {
     }
 }
 
-impl Drop for ClickHouseServer {
-    fn drop(&mut self) {
+impl ClickHouseServer {
+    /// SIGTERM to the wrapper shell, whose trap SIGKILLs the server (a shell cannot trap SIGKILL
+    /// itself, so killing it outright would orphan the server).
+    fn stop_wrapper(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for ClickHouseServer {
+    fn drop(&mut self) {
+        self.stop_wrapper();
     }
 }
 

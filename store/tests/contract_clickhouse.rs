@@ -105,7 +105,7 @@ async fn rolled_up_days_answer_as_the_raw_events_did() {
     assert_eq!(store.roll_up("c", 2, lateness).await.unwrap(), nov16 / day, "rolling up again changes nothing");
     assert_eq!(november(&store).await, expected_november());
     // A later copy of an event of Nov 15 (a producer retry) with a later time does not count.
-    store.apply("c", &m, &[at(8, tokens("a", "t1", 10, nov16 + 3600_000_000))], &adv(8, 9)).unwrap();
+    store.apply("c", &m, &[at(8, tokens("a", "t1", 10, nov16 + 3_600_000_000))], &adv(8, 9)).unwrap();
     assert_eq!(november(&store).await, expected_november());
     // All of November seals; the answers still hold.
     store.advance_watermark("c", &[0, 1], nov16 + 20 * day).unwrap();

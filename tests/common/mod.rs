@@ -101,7 +101,13 @@ pub fn client() -> reqwest::Client {
 
 /// `GET /api/v1/usage` as JSON.
 pub async fn usage(url: &str, key: &str, tenant: &str) -> Value {
-    let r = client().get(format!("{url}/api/v1/usage?tenant={tenant}")).bearer_auth(key).send().await.unwrap();
+    usage_from(url, key, tenant, None).await
+}
+
+/// `GET /api/v1/usage` as JSON, from `source` (`live` or `store`) if given.
+pub async fn usage_from(url: &str, key: &str, tenant: &str, source: Option<&str>) -> Value {
+    let source = source.map(|s| format!("&source={s}")).unwrap_or_default();
+    let r = client().get(format!("{url}/api/v1/usage?tenant={tenant}{source}")).bearer_auth(key).send().await.unwrap();
     assert_eq!(r.status(), 200, "usage of {tenant}");
     r.json().await.unwrap()
 }
@@ -118,9 +124,21 @@ pub fn values(usage: &Value) -> std::collections::BTreeMap<String, Value> {
 
 /// Waits until the watermark says everything acknowledged before `after_us` is counted.
 pub async fn wait_counted(url: &str, key: &str, tenant: &str, after_us: i64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_counted_in(url, key, tenant, after_us, None, Duration::from_secs(60)).await
+}
+
+/// [`wait_counted`] for `source` (`live` or `store`), waiting at most `patience`.
+pub async fn wait_counted_in(
+    url: &str,
+    key: &str,
+    tenant: &str,
+    after_us: i64,
+    source: Option<&str>,
+    patience: Duration,
+) -> Value {
+    let deadline = Instant::now() + patience;
     loop {
-        let u = usage(url, key, tenant).await;
+        let u = usage_from(url, key, tenant, source).await;
         if let Some(w) = u["watermark"].as_str() {
             let w = time::OffsetDateTime::parse(w, &time::format_description::well_known::Rfc3339).unwrap();
             if (w.unix_timestamp_nanos() / 1000) as i64 >= after_us {
@@ -271,10 +289,21 @@ pub fn want_key(k: &str) -> &'static str {
 /// Waits until everything acknowledged by now is counted, then checks every tenant's six meters
 /// against the distinct `events`; returns the number of tenants checked.
 pub async fn assert_exact(url: &str, key: &str, events: &[Value]) -> usize {
+    assert_exact_in(url, key, events, None, Duration::from_secs(60)).await
+}
+
+/// [`assert_exact`] for `source` (`live` or `store`), waiting at most `patience` for each tenant.
+pub async fn assert_exact_in(
+    url: &str,
+    key: &str,
+    events: &[Value],
+    source: Option<&str>,
+    patience: Duration,
+) -> usize {
     let acked = now_us();
     let want = expected(events);
     for (tenant, meters) in &want {
-        let usage = wait_counted(url, key, tenant, acked).await;
+        let usage = wait_counted_in(url, key, tenant, acked, source, patience).await;
         let got: BTreeMap<&str, String> =
             values(&usage).iter().map(|(k, v)| (want_key(k), v.as_str().unwrap().to_string())).collect();
         let expected: BTreeMap<&str, String> = meters.iter().map(|(k, v)| (*k, v.clone())).collect();

@@ -20,11 +20,13 @@ mod schema;
 
 pub use schema::SCHEMA_VERSION;
 
-use crate::{Applied, Checkpoint, Coverage, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, UsageStore};
+use crate::{
+    Applied, Checkpoint, Coverage, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, Totals, UsageStore,
+};
 use async_trait::async_trait;
 use clickhouse::{Client, Row};
 use meter_schemas::period::{Date, date_start_us, format_day};
-use meter_schemas::{Contribution, MeterDef, Period, Tally};
+use meter_schemas::{Contribution, MeterDef, Period};
 use query::{AggRow, Bind, DAY_US, Scope, kind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -473,9 +475,9 @@ impl Inner {
         Ok(series)
     }
 
-    async fn period_totals(&self, period: Period) -> Result<BTreeMap<String, BTreeMap<String, Tally>>, Error> {
+    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
         let rows = self.aggregate(None, period.start_us(), period.end_us(), false).await?;
-        let mut totals: BTreeMap<String, BTreeMap<String, Tally>> = BTreeMap::new();
+        let mut totals = Totals::new();
         for row in rows {
             let tally = row.tally()?;
             totals.entry(row.tenant).or_default().insert(row.meter, tally);
@@ -599,7 +601,7 @@ impl UsageStore for ClickHouseStore {
         self.spawn(async move { inner.daily(&tenant, from, to).await }).await
     }
 
-    async fn period_totals(&self, period: Period) -> Result<BTreeMap<String, BTreeMap<String, Tally>>, Error> {
+    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
         let inner = self.inner.clone();
         self.spawn(async move { inner.period_totals(period).await }).await
     }
