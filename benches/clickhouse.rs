@@ -124,28 +124,39 @@ fn main() {
     let store = rt.block_on(ClickHouseStore::open(&store_url)).unwrap();
     println!("{total} events, {tenants} tenants, 90 days, batches of {BATCH}; server {http}");
 
-    // Inserts, alternating batch by batch so that both see the same server state.
+    // Inserts, alternating batch by batch (and which goes first) so that both meet the same
+    // server state: the merges one insert starts slow down the next.
     let (mut direct_time, mut store_time) = (Duration::ZERO, Duration::ZERO);
     let mut next = 0u64;
-    for from in (0..total).step_by(BATCH) {
+    for (n, from) in (0..total).step_by(BATCH).enumerate() {
         let batch = events(from, BATCH.min(total - from), tenants, start, span, &catalog);
-        // Both timings include turning events into rows.
-        let t = Instant::now();
-        let rows = direct_rows(&batch, &catalog);
-        rt.block_on(async {
-            let mut insert = client.insert::<Direct<'_>>("events").await.unwrap();
-            for r in &rows {
-                insert.write(r).await.unwrap();
-            }
-            insert.end().await.unwrap();
-        });
-        direct_time += t.elapsed();
-        drop(rows);
+        let direct = || {
+            // Both timings include turning events into rows.
+            let t = Instant::now();
+            let rows = direct_rows(&batch, &catalog);
+            rt.block_on(async {
+                let mut insert = client.insert::<Direct<'_>>("events").await.unwrap();
+                for r in &rows {
+                    insert.write(r).await.unwrap();
+                }
+                insert.end().await.unwrap();
+            });
+            t.elapsed()
+        };
         let to = next + batch.len() as u64;
         let progress = Progress { partitions: vec![Advance { partition: 0, from: next, to }], watermark_us: Some(now) };
-        let t = Instant::now();
-        store.apply("meter-sink", catalog.meters(), &batch, &progress).unwrap();
-        store_time += t.elapsed();
+        let sink = || {
+            let t = Instant::now();
+            store.apply("meter-sink", catalog.meters(), &batch, &progress).unwrap();
+            t.elapsed()
+        };
+        if n % 2 == 0 {
+            direct_time += direct();
+            store_time += sink();
+        } else {
+            store_time += sink();
+            direct_time += direct();
+        }
         next = to;
         if from % 1_000_000 == 0 {
             eprintln!("  inserted {} of {total}", from + batch.len());

@@ -88,6 +88,17 @@ async fn clickhouse_down_for_30_s_during_a_stream_fails_no_request_and_loses_not
     assert_eq!(checked, TENANTS, "ClickHouse history");
     let u = usage_from(&m.url, &key, "tenant-0001", Some("store")).await;
     assert_eq!(u["source"], "store");
+    let r = client().get(format!("{}/api/v1/usage?tenant=tenant-0001&source=nope", m.url)).bearer_auth(&key).send();
+    let r = r.await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("source") && body.contains("live") && body.contains("store"), "{body}");
+    // The sink's metrics are told apart from the aggregator's.
+    let metrics = client().get(format!("{}/metrics", m.url)).send().await.unwrap().text().await.unwrap();
+    for consumer in ["meter-aggregator", "meter-sink"] {
+        let line = format!("meter_aggregator_events_total{{consumer=\"{consumer}\",outcome=\"counted\"}}");
+        assert!(metrics.contains(&line), "{line} missing from {metrics}");
+    }
     assert_eq!(usage(&m.url, &key, "tenant-0001").await["source"], "live", "the open period reads live");
     let r = client().get(format!("{}/api/v1/usage/daily?tenant=tenant-0001&days=90", m.url)).bearer_auth(&key).send();
     let series: Value = r.await.unwrap().json().await.unwrap();

@@ -128,7 +128,7 @@ fn run(
             Err(Error::Store(e @ meter_store::Error::Fenced { .. })) => {
                 // Another aggregator took the partition; the group tells this one at its next poll.
                 tracing::info!(error = %e, "aggregator fenced off a partition; resuming from the checkpoint");
-                metrics::counter!(metric::FENCED).increment(1);
+                metrics::counter!(metric::FENCED, "consumer" => settings.consumer.clone()).increment(1);
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(e) => {
@@ -136,7 +136,7 @@ fn run(
                     backoff = Duration::from_millis(100);
                 }
                 tracing::error!(consumer = %settings.consumer, error = %e, retry_in = ?backoff, "batch failed; retrying from the checkpoint");
-                metrics::counter!(metric::FAILURES).increment(1);
+                metrics::counter!(metric::FAILURES, "consumer" => settings.consumer.clone()).increment(1);
                 if let Ok(mut f) = failure.lock() {
                     *f = Some(e.to_string());
                 }
@@ -173,7 +173,7 @@ fn consume(
     let mut at: BTreeMap<u32, u64> =
         owned.iter().map(|p| (*p, positions.iter().find(|q| q.partition == *p).map_or(0, |q| q.offset))).collect();
     tracing::info!(consumer = %settings.consumer, partitions = ?owned, "aggregator resumed from checkpoint");
-    metrics::gauge!(metric::PARTITIONS).set(owned.len() as f64);
+    metrics::gauge!(metric::PARTITIONS, "consumer" => settings.consumer.clone()).set(owned.len() as f64);
     let mut last_watermark = Instant::now() - settings.idle_watermark_every;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
@@ -198,7 +198,7 @@ fn consume(
                 store.advance_watermark(&settings.consumer, &owned, batch.started_us)?;
                 last_watermark = Instant::now();
             }
-            metrics::gauge!(metric::LAG).set(0.0);
+            metrics::gauge!(metric::LAG, "consumer" => settings.consumer.clone()).set(0.0);
             if stopping && batch.caught_up {
                 tracing::info!("aggregator drained the log and stopped");
                 return Ok(Ended::Drained);
@@ -250,15 +250,22 @@ fn consume(
             last_watermark = Instant::now();
         }
         let now = now_us();
-        metrics::counter!(metric::EVENTS, "outcome" => "counted").increment(applied.counted as u64);
-        metrics::counter!(metric::EVENTS, "outcome" => "duplicate").increment(applied.duplicates as u64);
-        metrics::counter!(metric::SKIPPED).increment(skipped as u64);
-        metrics::histogram!(metric::BATCH_DURATION).record(started.elapsed().as_secs_f64());
-        let to_counter = metrics::histogram!(metric::EVENT_TO_COUNTER);
+        metrics::counter!(metric::EVENTS, "consumer" => settings.consumer.clone(), "outcome" => "counted")
+            .increment(applied.counted as u64);
+        metrics::counter!(metric::EVENTS, "consumer" => settings.consumer.clone(), "outcome" => "duplicate")
+            .increment(applied.duplicates as u64);
+        metrics::counter!(metric::SKIPPED, "consumer" => settings.consumer.clone()).increment(skipped as u64);
+        metrics::histogram!(metric::BATCH_DURATION, "consumer" => settings.consumer.clone())
+            .record(started.elapsed().as_secs_f64());
+        let to_counter = metrics::histogram!(metric::EVENT_TO_COUNTER, "consumer" => settings.consumer.clone());
         for (ms, n) in stored_ms {
             to_counter.record_many((now - ms * 1000).max(0) as f64 / 1e6, n);
         }
-        metrics::gauge!(metric::LAG).set(if batch.caught_up { 0.0 } else { settings.batch_size as f64 });
+        metrics::gauge!(metric::LAG, "consumer" => settings.consumer.clone()).set(if batch.caught_up {
+            0.0
+        } else {
+            settings.batch_size as f64
+        });
         if skipped > 0 {
             tracing::warn!(skipped, "events the current meters cannot read (configuration changed since ingest)");
         }

@@ -1,4 +1,6 @@
-//! Metric names of the aggregator, declared once.
+//! Metric names of the aggregator, declared once. Each carries a `consumer` label: the
+//! aggregators' group (`meter-aggregator`) or the ClickHouse sink's (`meter-sink`), which runs the
+//! same loop.
 
 /// Events applied, by `outcome` (`counted` or `duplicate`).
 pub const EVENTS: &str = "meter_aggregator_events_total";

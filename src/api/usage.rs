@@ -4,10 +4,11 @@
 use super::error::ApiError;
 use crate::server::AppState;
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use meter_auth::{AuthError, Role};
+use meter_auth::{AuthError, Principal, Role};
 use meter_schemas::envelope::check_id;
 use meter_schemas::period::{date_start_us, day_of, format_day, format_time, now_us};
 use meter_schemas::{Aggregation, FieldError, Period};
@@ -102,19 +103,9 @@ pub struct Usage {
 pub async fn get_usage(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Json<Usage>, ApiError> {
-    let principal = state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?;
-    if principal.role == Role::Ingest {
-        return Err(AuthError::WrongRole { have: Role::Ingest, action: "read usage" }.into());
-    }
-    let Query(query) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
-    let mut problems = Vec::new();
-    if let Some(t) = &query.tenant
-        && let Err(m) = check_id(t)
-    {
-        problems.push(FieldError::invalid("tenant", m));
-    }
+    let (principal, query, mut problems) = read_request(&state, &headers, query, |q| q.tenant.as_deref()).await?;
     let now = now_us();
     let period = match query.period.as_deref().map(str::parse::<Period>) {
         None => Some(Period::containing(now)),
@@ -169,6 +160,26 @@ pub async fn get_usage(
         source,
         meters,
     }))
+}
+
+/// What both usage reads check first: a key that may read usage, a query that parses, and the
+/// tenant's form (a problem to report with the others).
+async fn read_request<Q>(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Result<Query<Q>, QueryRejection>,
+    tenant: impl Fn(&Q) -> Option<&str>,
+) -> Result<(Principal, Q, Vec<FieldError>), ApiError> {
+    let principal = state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?;
+    if principal.role == Role::Ingest {
+        return Err(AuthError::WrongRole { have: Role::Ingest, action: "read usage" }.into());
+    }
+    let Query(query) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    let mut problems = Vec::new();
+    if let Some(Err(m)) = tenant(&query).map(check_id) {
+        problems.push(FieldError::invalid("tenant", m));
+    }
+    Ok((principal, query, problems))
 }
 
 fn source_of(state: &AppState, source: Source) -> (&dyn meter_store::UsageStore, &str) {
@@ -231,19 +242,9 @@ pub struct DailySeries {
 pub async fn get_daily(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    query: Result<Query<DailyQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<DailyQuery>, QueryRejection>,
 ) -> Result<Json<DailySeries>, ApiError> {
-    let principal = state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?;
-    if principal.role == Role::Ingest {
-        return Err(AuthError::WrongRole { have: Role::Ingest, action: "read usage" }.into());
-    }
-    let Query(query) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
-    let mut problems = Vec::new();
-    if let Some(t) = &query.tenant
-        && let Err(m) = check_id(t)
-    {
-        problems.push(FieldError::invalid("tenant", m));
-    }
+    let (principal, query, mut problems) = read_request(&state, &headers, query, |q| q.tenant.as_deref()).await?;
     let days = query.days.unwrap_or(30);
     if ![30, 60, 90].contains(&days) {
         problems.push(FieldError::invalid("days", format!("must be 30, 60 or 90, not {days}")));

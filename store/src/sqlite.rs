@@ -14,8 +14,8 @@ use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use meter_sqlite::{Checkpointer, Durability, ReadPool, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -256,16 +256,28 @@ impl UsageStore for SqliteStore {
     }
 
     async fn daily(&self, tenant: &str, from: Date, to: Date) -> Result<Series, Error> {
+        let sql = "SELECT meter, bucket, value, latest_us, latest_id FROM tallies
+                   WHERE tenant = ?1 AND bucket >= ?2 AND bucket < ?3 AND length(bucket) = 10";
+        let args = vec![tenant.to_string(), format_day(from), format_day(to)];
+        Ok(nest(self.keyed_tallies(sql, args).await?))
+    }
+
+    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
+        let sql = "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1";
+        Ok(nest(self.keyed_tallies(sql, vec![period.to_string()]).await?))
+    }
+}
+
+impl SqliteStore {
+    /// Rows of two keys and a tally from `sql` (whose columns are the keys, then the tally's),
+    /// read off the async runtime.
+    async fn keyed_tallies(&self, sql: &'static str, args: Vec<String>) -> Result<Vec<(String, String, Tally)>, Error> {
         let reads = self.reads.clone();
-        let (tenant, from, to) = (tenant.to_string(), format_day(from), format_day(to));
         let rows = blocking(move || {
             reads.with(|conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT meter, bucket, value, latest_us, latest_id FROM tallies
-                     WHERE tenant = ?1 AND bucket >= ?2 AND bucket < ?3 AND length(bucket) = 10",
-                )?;
+                let mut stmt = conn.prepare_cached(sql)?;
                 let rows = stmt
-                    .query_map(params![tenant, from, to], |r| {
+                    .query_map(meter_sqlite::rusqlite::params_from_iter(args), |r| {
                         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, tally_from(r, 2)?))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
@@ -273,32 +285,15 @@ impl UsageStore for SqliteStore {
             })
         })
         .await?;
-        let mut series = Series::new();
-        for (meter, day, tally) in rows {
-            series.entry(meter).or_default().insert(day, tally);
-        }
-        Ok(series)
+        Ok(rows)
     }
+}
 
-    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
-        let reads = self.reads.clone();
-        let bucket = period.to_string();
-        let rows = blocking(move || {
-            reads.with(|conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1",
-                )?;
-                let rows = stmt
-                    .query_map([bucket], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, tally_from(r, 2)?)))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-        })
-        .await?;
-        let mut totals = Totals::new();
-        for (tenant, meter, tally) in rows {
-            totals.entry(tenant).or_default().insert(meter, tally);
-        }
-        Ok(totals)
+/// `(a, b, tally)` rows as a map by `a`, then by `b`.
+fn nest(rows: Vec<(String, String, Tally)>) -> BTreeMap<String, BTreeMap<String, Tally>> {
+    let mut nested: BTreeMap<String, BTreeMap<String, Tally>> = BTreeMap::new();
+    for (a, b, tally) in rows {
+        nested.entry(a).or_default().insert(b, tally);
     }
+    nested
 }

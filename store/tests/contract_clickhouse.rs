@@ -60,6 +60,9 @@ async fn a_database_is_refused_until_migrated_and_a_newer_schema_always() {
     let wrong = ClickHouseUrl::parse("clickhouse://127.0.0.1:1/x-y").unwrap_err();
     assert!(wrong.contains("letters, digits and underscores"), "{wrong}");
     assert!(ClickHouseUrl::parse("clickhouse://host/db").unwrap_err().contains("HOST:PORT"));
+    assert!(ClickHouseUrl::parse("clickhouse://host:8123").unwrap_err().contains("needs a database"));
+    let with_user = ClickHouseUrl::parse("clickhouse://meter@host:8123/usage").unwrap();
+    assert_eq!((with_user.user.as_deref(), with_user.http.as_str()), (Some("meter"), "http://host:8123"));
 }
 
 /// A statement sent over plain HTTP, outside the store (what an operator would type).

@@ -5,9 +5,9 @@
 //! * `events` holds every copy of every event the sink inserted, each with its log offset; every
 //!   read counts only the first copy of each `(tenant, id)`. A batch inserted twice, a log replayed
 //!   from offset 0, or a producer retry that stored an event twice changes no total.
-//! * A consumer's offsets and watermarks read as the largest ever written, and are written only
-//!   after ClickHouse acknowledged the events they cover: a crash in between re-inserts events,
-//!   which changes nothing.
+//! * A consumer's offsets and watermarks (`progress`) read as the largest ever written, and are
+//!   written only after ClickHouse acknowledged the events they cover: a crash in between
+//!   re-inserts events, which changes nothing.
 //! * `apply` checks that the stored offsets are where the batch started (the fence the SQLite
 //!   store checks inside its transaction). Here the check and the insert are two requests, so a
 //!   stale owner may still insert between them; what it inserts are copies of rows the new owner
@@ -25,7 +25,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use clickhouse::{Client, Row};
-use meter_schemas::period::{Date, date_start_us, format_day};
+use meter_schemas::period::{Date, date_start_us};
 use meter_schemas::{Contribution, MeterDef, Period};
 use query::{AggRow, Bind, DAY_US, Scope, kind};
 use serde::{Deserialize, Serialize};
@@ -250,18 +250,23 @@ struct EventRow<'a> {
     texts: Vec<&'a str>,
 }
 
-#[derive(Row, Serialize, Deserialize)]
-struct OffsetRow {
-    consumer: String,
-    partition: u32,
-    next_offset: u64,
-}
+/// `progress.kind` of a next offset.
+const NEXT_OFFSET: u8 = 0;
+/// `progress.kind` of a watermark.
+const WATERMARK: u8 = 1;
 
 #[derive(Row, Serialize, Deserialize)]
-struct WatermarkRow {
+struct ProgressRow {
     consumer: String,
     partition: u32,
-    watermark_us: i64,
+    kind: u8,
+    value: u64,
+}
+
+impl ProgressRow {
+    fn new(consumer: &str, partition: u32, kind: u8, value: u64) -> Self {
+        Self { consumer: consumer.into(), partition, kind, value }
+    }
 }
 
 fn event_row<'a>(meters: &'a [MeterDef], ev: &'a Metered) -> Result<EventRow<'a>, Error> {
@@ -293,26 +298,30 @@ fn event_row<'a>(meters: &'a [MeterDef], ev: &'a Metered) -> Result<EventRow<'a>
 }
 
 impl Inner {
+    /// `consumer`'s progress of one kind, per partition: `(partition, value)` in partition order.
+    async fn progress(&self, consumer: &str, kind: u8, partition: Option<u32>) -> Result<Vec<(u32, u64)>, Error> {
+        let one = if partition.is_some() { "AND partition = ?" } else { "" };
+        let sql = format!(
+            "SELECT consumer, partition, kind, max(value) AS value FROM progress WHERE consumer = ? AND kind = ? {one}
+             GROUP BY consumer, partition, kind ORDER BY partition"
+        );
+        let mut q = self.client.query(&sql).bind(consumer).bind(kind);
+        if let Some(p) = partition {
+            q = q.bind(p);
+        }
+        let rows = timed(QUERY_TIMEOUT, q.fetch_all::<ProgressRow>()).await?;
+        Ok(rows.into_iter().map(|r| (r.partition, r.value)).collect())
+    }
+
     async fn offsets(&self, consumer: &str) -> Result<Vec<(u32, u64)>, Error> {
-        let rows = timed(
-            QUERY_TIMEOUT,
-            self.client
-                .query(
-                    "SELECT consumer, partition, max(next_offset) AS next_offset FROM offsets WHERE consumer = ?
-                     GROUP BY consumer, partition ORDER BY partition",
-                )
-                .bind(consumer)
-                .fetch_all::<OffsetRow>(),
-        )
-        .await?;
-        Ok(rows.into_iter().map(|r| (r.partition, r.next_offset)).collect())
+        self.progress(consumer, NEXT_OFFSET, None).await
     }
 
     async fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
         let other = timed(
             QUERY_TIMEOUT,
             self.client
-                .query("SELECT consumer FROM offsets WHERE consumer != ? LIMIT 1")
+                .query("SELECT consumer FROM progress WHERE consumer != ? LIMIT 1")
                 .bind(consumer)
                 .fetch_all::<String>(),
         )
@@ -330,9 +339,14 @@ impl Inner {
         events: &[Metered],
         progress: &Progress,
     ) -> Result<Applied, Error> {
-        let rows = events.iter().map(|ev| event_row(meters, ev)).collect::<Result<Vec<_>, _>>()?;
-        if !progress.partitions.is_empty() {
-            let stored = self.offsets(consumer).await?;
+        // The fence's read runs while the rows are built.
+        let stored = (!progress.partitions.is_empty()).then(|| {
+            let (inner, consumer) = (self.clone(), consumer.to_string());
+            tokio::spawn(async move { inner.offsets(&consumer).await })
+        });
+        let rows = events.iter().map(|ev| event_row(meters, ev)).collect::<Result<Vec<_>, _>>();
+        if let Some(stored) = stored {
+            let stored = stored.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
             for a in &progress.partitions {
                 let at = stored.iter().find(|(p, _)| *p == a.partition).map_or(0, |(_, o)| *o);
                 if at != a.from {
@@ -340,6 +354,7 @@ impl Inner {
                 }
             }
         }
+        let rows = rows?;
         if !rows.is_empty() {
             let mut insert =
                 self.client.insert::<EventRow<'_>>("events").await?.with_timeouts(None, Some(INSERT_TIMEOUT));
@@ -349,32 +364,23 @@ impl Inner {
             insert.end().await?;
         }
         // Only now that ClickHouse holds the events may the checkpoint cover them.
-        let offsets: Vec<OffsetRow> = progress
-            .partitions
-            .iter()
-            .map(|a| OffsetRow { consumer: consumer.into(), partition: a.partition, next_offset: a.to })
-            .collect();
-        self.insert_small("offsets", &offsets).await?;
+        let mut marks: Vec<ProgressRow> =
+            progress.partitions.iter().map(|a| ProgressRow::new(consumer, a.partition, NEXT_OFFSET, a.to)).collect();
         if let Some(w) = progress.watermark_us {
-            let marks: Vec<WatermarkRow> = progress
-                .partitions
-                .iter()
-                .map(|a| WatermarkRow { consumer: consumer.into(), partition: a.partition, watermark_us: w })
-                .collect();
-            self.insert_small("watermarks", &marks).await?;
+            marks.extend(
+                progress.partitions.iter().map(|a| ProgressRow::new(consumer, a.partition, WATERMARK, w as u64)),
+            );
         }
+        self.insert_progress(&marks).await?;
         // Duplicates are left for reads to skip; the store does not know them at insert.
         Ok(Applied { counted: events.len(), duplicates: 0 })
     }
 
-    async fn insert_small<T>(&self, table: &str, rows: &[T]) -> Result<(), Error>
-    where
-        T: clickhouse::RowOwned + clickhouse::RowWrite,
-    {
+    async fn insert_progress(&self, rows: &[ProgressRow]) -> Result<(), Error> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut insert = self.client.insert::<T>(table).await?.with_timeouts(None, Some(QUERY_TIMEOUT));
+        let mut insert = self.client.insert::<ProgressRow>("progress").await?.with_timeouts(None, Some(QUERY_TIMEOUT));
         for row in rows {
             insert.write(row).await?;
         }
@@ -382,30 +388,22 @@ impl Inner {
     }
 
     async fn advance_watermark(&self, consumer: &str, partitions: &[u32], watermark_us: i64) -> Result<(), Error> {
-        let offsets: Vec<OffsetRow> =
-            partitions.iter().map(|p| OffsetRow { consumer: consumer.into(), partition: *p, next_offset: 0 }).collect();
-        self.insert_small("offsets", &offsets).await?;
-        let marks: Vec<WatermarkRow> = partitions
+        // A zero offset lists the partition in the checkpoint without moving it (reads take the maximum).
+        let rows: Vec<ProgressRow> = partitions
             .iter()
-            .map(|p| WatermarkRow { consumer: consumer.into(), partition: *p, watermark_us })
+            .flat_map(|p| {
+                [
+                    ProgressRow::new(consumer, *p, NEXT_OFFSET, 0),
+                    ProgressRow::new(consumer, *p, WATERMARK, watermark_us as u64),
+                ]
+            })
             .collect();
-        self.insert_small("watermarks", &marks).await
+        self.insert_progress(&rows).await
     }
 
     async fn watermark(&self, consumer: &str, partition: u32) -> Result<Option<i64>, Error> {
-        let marks = timed(
-            QUERY_TIMEOUT,
-            self.client
-                .query(
-                    "SELECT consumer, partition, max(watermark_us) AS watermark_us FROM watermarks
-                     WHERE consumer = ? AND partition = ? GROUP BY consumer, partition",
-                )
-                .bind(consumer)
-                .bind(partition)
-                .fetch_all::<WatermarkRow>(),
-        )
-        .await?;
-        Ok(marks.first().map(|m| m.watermark_us))
+        let marks = self.progress(consumer, WATERMARK, Some(partition)).await?;
+        Ok(marks.first().map(|(_, w)| *w as i64))
     }
 
     /// First day (since the epoch) not rolled up into `daily`.
@@ -418,20 +416,13 @@ impl Inner {
         Ok(if rows.1 == 0 { i64::MIN / 2 } else { rows.0 })
     }
 
-    async fn aggregate(
-        &self,
-        tenant: Option<&str>,
-        from_us: i64,
-        to_us: i64,
-        by_day: bool,
-    ) -> Result<Vec<AggRow>, Error> {
-        let scope = Scope {
-            tenant: tenant.map(str::to_string),
-            from_us,
-            to_us,
-            by_day,
-            unrolled_from_day: self.unrolled_from().await?,
-        };
+    /// The scope of one read: `tenant` (or every tenant) over `from_us..to_us`.
+    async fn scope(&self, tenant: Option<&str>, from_us: i64, to_us: i64, by_day: bool) -> Result<Scope, Error> {
+        let unrolled_from_day = self.unrolled_from().await?;
+        Ok(Scope { tenant: tenant.map(str::to_string), from_us, to_us, by_day, unrolled_from_day })
+    }
+
+    async fn aggregate(&self, scope: Scope) -> Result<Vec<AggRow>, Error> {
         let (sql, binds) = query::aggregate(&scope);
         if sql.is_empty() {
             return Ok(Vec::new());
@@ -447,10 +438,11 @@ impl Inner {
     }
 
     async fn usage(&self, tenant: &str, period: Period, coverage: (String, u32)) -> Result<PeriodUsage, Error> {
-        let (from, to) = (period.start_us(), period.end_us());
+        // One look at what is rolled up serves both reads.
+        let whole = self.scope(Some(tenant), period.start_us(), period.end_us(), false).await?;
         let (whole, days, watermark_us) = tokio::try_join!(
-            self.aggregate(Some(tenant), from, to, false),
-            self.aggregate(Some(tenant), from, to, true),
+            self.aggregate(Scope { by_day: false, ..whole.clone() }),
+            self.aggregate(Scope { by_day: true, ..whole }),
             self.watermark(&coverage.0, coverage.1),
         )?;
         let mut usage = PeriodUsage { meters: BTreeMap::new(), watermark_us };
@@ -458,7 +450,7 @@ impl Inner {
             usage.meters.entry(row.meter.clone()).or_default().period = row.tally()?;
         }
         for row in days {
-            let day = format_day(meter_schemas::period::day_of(row.day * DAY_US));
+            let day = row.date();
             let entry: &mut MeterTallies = usage.meters.entry(row.meter.clone()).or_default();
             entry.days.insert(day, row.tally()?);
         }
@@ -466,17 +458,18 @@ impl Inner {
     }
 
     async fn daily(&self, tenant: &str, from: Date, to: Date) -> Result<Series, Error> {
-        let rows = self.aggregate(Some(tenant), date_start_us(from), date_start_us(to), true).await?;
+        let rows =
+            self.aggregate(self.scope(Some(tenant), date_start_us(from), date_start_us(to), true).await?).await?;
         let mut series = Series::new();
         for row in rows {
-            let day = format_day(meter_schemas::period::day_of(row.day * DAY_US));
+            let day = row.date();
             series.entry(row.meter.clone()).or_default().insert(day, row.tally()?);
         }
         Ok(series)
     }
 
     async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
-        let rows = self.aggregate(None, period.start_us(), period.end_us(), false).await?;
+        let rows = self.aggregate(self.scope(None, period.start_us(), period.end_us(), false).await?).await?;
         let mut totals = Totals::new();
         for row in rows {
             let tally = row.tally()?;
@@ -486,14 +479,12 @@ impl Inner {
     }
 
     async fn roll_up(&self, consumer: &str, partitions: u32, lateness_us: i64) -> Result<i64, Error> {
-        let mut lowest: Option<i64> = None;
-        for p in 0..partitions {
-            match self.watermark(consumer, p).await? {
-                Some(w) => lowest = Some(lowest.map_or(w, |l| l.min(w))),
-                None => return self.unrolled_from().await,
-            }
-        }
-        let Some(watermark) = lowest else { return self.unrolled_from().await };
+        let marks = self.progress(consumer, WATERMARK, None).await?;
+        // Every partition must have been read; the slowest one decides.
+        let watermark = match (0..partitions).map(|p| marks.iter().find(|(q, _)| *q == p)).collect::<Option<Vec<_>>>() {
+            Some(read) if !read.is_empty() => read.iter().map(|(_, w)| *w as i64).min().unwrap_or(i64::MIN),
+            _ => return self.unrolled_from().await,
+        };
         // Day D is sealed when the watermark passed its end plus the lateness window.
         let sealed_until = (watermark - lateness_us).div_euclid(DAY_US);
         let from = self.unrolled_from().await?;

@@ -40,6 +40,11 @@ pub(super) struct AggRow {
 }
 
 impl AggRow {
+    /// The row's day as `YYYY-MM-DD`.
+    pub fn date(&self) -> String {
+        meter_schemas::period::format_day(meter_schemas::period::day_of(self.day * DAY_US))
+    }
+
     /// The tally this row stands for.
     pub fn tally(&self) -> Result<Tally, Error> {
         let value = match self.kind {
@@ -73,6 +78,7 @@ pub(super) fn raw(q: Decimal) -> Option<i128> {
 }
 
 /// Which rows a read covers.
+#[derive(Clone)]
 pub(super) struct Scope {
     /// One tenant, or every tenant.
     pub tenant: Option<String>,
@@ -149,4 +155,22 @@ pub(super) const WINNERS: &str = "SELECT tenant, id, argMax(time_us, rank) AS t,
 pub(super) enum Bind {
     Text(String),
     Int(i64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meter_schemas::quantity::MAX_QUANTITY;
+
+    #[test]
+    fn quantities_convert_exactly_or_are_refused() {
+        assert_eq!(raw("1.5".parse().unwrap()), Some(1_500_000_000));
+        assert_eq!(raw(MAX_QUANTITY), Some(1_000_000_000_000_000_000_000_000_000));
+        assert_eq!(raw(MAX_QUANTITY + Decimal::ONE), None, "more than 10^18");
+        assert_eq!(raw("0.0000000001".parse().unwrap()), None, "more than 9 decimal places");
+        assert_eq!(decimal(1_500_000_000).unwrap().to_string(), "1.5");
+        // A total past a Decimal's 28 digits fits once trailing zeros go, and is refused if not.
+        assert_eq!(decimal(10i128.pow(37)).unwrap().to_string(), "10000000000000000000000000000");
+        assert!(matches!(decimal(10i128.pow(37) + 1), Err(Error::Overflow(_))));
+    }
 }

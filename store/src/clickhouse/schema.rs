@@ -20,7 +20,7 @@ pub(super) const VERSIONS_TABLE: &str =
 
 pub(super) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
-    what: "events, offsets and watermarks",
+    what: "events, progress, daily rollups",
     statements: &[
         // One row per copy of an event, with its contributions; `rank` is u64::MAX minus the
         // copy's log offset, so the first copy ranks highest. Merges keep that copy of each
@@ -32,12 +32,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
         ) ENGINE = ReplacingMergeTree(rank)
         PARTITION BY toYYYYMM(toDateTime(intDiv(time_us, 1000000), 'UTC'))
         ORDER BY (tenant, id)",
-        // A consumer's next offset per partition: read as the maximum written, so a checkpoint
-        // written twice or late never moves back.
-        "CREATE TABLE IF NOT EXISTS offsets (consumer String, partition UInt32, next_offset UInt64)
-        ENGINE = ReplacingMergeTree(next_offset) ORDER BY (consumer, partition)",
-        "CREATE TABLE IF NOT EXISTS watermarks (consumer String, partition UInt32, watermark_us Int64)
-        ENGINE = ReplacingMergeTree(watermark_us) ORDER BY (consumer, partition)",
+        // A consumer's progress per partition: its next offset (kind 0) and its watermark in
+        // microseconds (kind 1), each read as the maximum written, so that progress written
+        // twice or late never moves back. One table, so that a batch writes both in one insert.
+        "CREATE TABLE IF NOT EXISTS progress (consumer String, partition UInt32, kind UInt8, value UInt64)
+        ENGINE = ReplacingMergeTree(value) ORDER BY (consumer, partition, kind)",
         // Daily rollups per tenant and meter, for days no event can reach any more (see
         // `ClickHouseStore::roll_up`); `uniques` keeps the set state so that a period's unique
         // count merges exactly across days.
