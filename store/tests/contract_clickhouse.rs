@@ -107,6 +107,22 @@ async fn rolled_up_days_answer_as_the_raw_events_did() {
     assert_eq!(november(&store).await, expected_november(), "the same answers from the rollups");
     assert_eq!(store.roll_up("c", 2, lateness).await.unwrap(), nov16 / day, "rolling up again changes nothing");
     assert_eq!(november(&store).await, expected_november());
+    // A roll-up that died before marking its days left rows of another version: never read.
+    let nov15 = nov16 / day - 1;
+    reqwest_free_query(
+        &url,
+        &format!(
+            "INSERT INTO daily SELECT tenant, meter, day, kind, n, sum, uniques, max, latest_value, latest_us, latest_id,
+             version + 1 FROM daily WHERE day = {nov15}"
+        ),
+    );
+    assert_eq!(november(&store).await, expected_november(), "unmarked rollup rows are not read");
+    // Two roll-ups of the same day at once both mark it: the higher version alone is read.
+    reqwest_free_query(
+        &url,
+        &format!("INSERT INTO rolled_days SELECT day, version + 1 FROM rolled_days WHERE day = {nov15}"),
+    );
+    assert_eq!(november(&store).await, expected_november(), "one version of a day is read");
     // A later copy of an event of Nov 15 (a producer retry) with a later time does not count.
     store.apply("c", &m, &[at(8, tokens("a", "t1", 10, nov16 + 3_600_000_000))], &adv(8, 9)).unwrap();
     assert_eq!(november(&store).await, expected_november());

@@ -519,8 +519,9 @@ impl Inner {
             self.client.query(&sql).bind(version).bind(from * DAY_US).bind(sealed_until * DAY_US).execute(),
         )
         .await?;
-        // Marked only once the rows are in: a crash in between rolls the same days up again.
-        let days: Vec<String> = (from..sealed_until).map(|d| format!("({d})")).collect();
+        // Marked only once the rows are in: a crash in between rolls the same days up again, under
+        // another version, and reads never take the unmarked rows.
+        let days: Vec<String> = (from..sealed_until).map(|d| format!("({d}, {version})")).collect();
         timed(
             QUERY_TIMEOUT,
             self.client.query(&format!("INSERT INTO rolled_days VALUES {}", days.join(","))).execute(),

@@ -114,7 +114,8 @@ pub(super) fn aggregate(scope: &Scope) -> (String, Vec<Bind>) {
         branches.push(format!(
             "SELECT tenant, meter, {day} AS g, kind AS k, n, sum AS s, uniques AS u, max AS mx,
                     latest_value AS lv, latest_us AS lt, latest_id AS li
-             FROM daily FINAL WHERE {filter} AND day >= ? AND day < ?",
+             FROM daily WHERE {filter} AND day >= ? AND day < ?
+                 AND (day, version) IN (SELECT day, max(version) FROM rolled_days GROUP BY day)",
             day = group_day("day"),
         ));
     }

@@ -39,14 +39,17 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
         ENGINE = ReplacingMergeTree(value) ORDER BY (consumer, partition, kind)",
         // Daily rollups per tenant and meter, for days no event can reach any more (see
         // `ClickHouseStore::roll_up`); `uniques` keeps the set state so that a period's unique
-        // count merges exactly across days.
+        // count merges exactly across days. Each roll-up writes its rows under a version of its
+        // own and then marks its days with it in `rolled_days`; reads take each day's highest
+        // marked version, so a roll-up that died before marking, or ran twice at once, counts
+        // nothing twice (and reads need no FINAL).
         "CREATE TABLE IF NOT EXISTS daily (
             tenant String, meter String, day Int64, kind UInt8, n UInt64, sum Decimal(38, 9),
             uniques AggregateFunction(uniqExact, String), max Decimal(38, 9),
             latest_value Decimal(38, 9), latest_us Int64, latest_id String, version UInt64
-        ) ENGINE = ReplacingMergeTree(version)
+        ) ENGINE = MergeTree
         PARTITION BY intDiv(day, 32)
         ORDER BY (tenant, meter, day)",
-        "CREATE TABLE IF NOT EXISTS rolled_days (day Int64) ENGINE = ReplacingMergeTree ORDER BY day",
+        "CREATE TABLE IF NOT EXISTS rolled_days (day Int64, version UInt64) ENGINE = MergeTree ORDER BY day",
     ],
 }];
