@@ -31,6 +31,12 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage subscriptions through a running meter's admin API.
+    #[command(subcommand)]
+    Subscriptions(crate::admin::SubscriptionsCommand),
+    /// Close a billing period and export its drafts, through a running meter's admin API.
+    #[command(subcommand)]
+    Period(crate::admin::PeriodCommand),
     /// Send generated events to a running meter and report events/s and latency.
     Loadgen(crate::loadgen::LoadgenArgs),
     /// Local stand-ins for development and tests.

@@ -4,6 +4,7 @@
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use meter_rater::PriceBook;
 use meter_schemas::{Catalog, Limits, MeterDef};
 use meter_sqlite::Durability;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,16 @@ pub struct Config {
     pub sink: SinkConfig,
     /// Meters besides the six defaults; one with a default's name replaces it.
     pub meters: Vec<MeterDef>,
+    /// Subscriptions, prices and period close.
+    pub billing: BillingConfig,
+}
+
+/// Subscriptions, prices and period close.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingConfig {
+    /// The price book (TOML); default: the sample that ships with meter.
+    pub price_book: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -47,6 +58,7 @@ impl Default for Config {
             aggregator: AggregatorConfig::default(),
             sink: SinkConfig::default(),
             meters: Vec::new(),
+            billing: BillingConfig::default(),
         }
     }
 }
@@ -302,6 +314,7 @@ impl Config {
             return Err(ConfigError::Invalid("sink.batch_size must be at least 1".into()));
         }
         self.ingest_limits()?;
+        self.price_book()?;
         Ok(())
     }
 
@@ -372,6 +385,29 @@ impl Config {
     /// File of the API keys.
     pub fn keys_path(&self) -> PathBuf {
         self.data_dir.join("keys.db")
+    }
+
+    /// The billing ledger's file.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.data_dir.join("billing.db")
+    }
+
+    /// The price book, checked against the meters.
+    pub fn price_book(&self) -> Result<PriceBook, ConfigError> {
+        let text = match &self.billing.price_book {
+            None => meter_rater::pricebook::SAMPLE.to_string(),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Invalid(format!("billing.price_book {}: {e}", path.display())))?,
+        };
+        let catalog = self.catalog()?;
+        let names: Vec<&str> = catalog.meters().iter().map(|m| m.name.as_str()).collect();
+        let unique: Vec<&str> = catalog
+            .meters()
+            .iter()
+            .filter(|m| m.aggregation == meter_schemas::Aggregation::UniqueCount)
+            .map(|m| m.name.as_str())
+            .collect();
+        PriceBook::parse(&text, &names, &unique).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 }
 

@@ -18,6 +18,10 @@ fn main() -> anyhow::Result<()> {
         Command::Sink(args) => serve(args, Roles::SINK),
         Command::Migrate(args) => tokio::runtime::Runtime::new()?.block_on(meter::cli::migrate(args)),
         Command::Keys(command) => meter::cli::keys(command),
+        Command::Subscriptions(command) => {
+            tokio::runtime::Runtime::new()?.block_on(meter::admin::subscriptions(command))
+        }
+        Command::Period(command) => tokio::runtime::Runtime::new()?.block_on(meter::admin::period(command)),
         Command::Loadgen(args) => tokio::runtime::Runtime::new()?.block_on(meter::loadgen::run(args)),
         Command::Dev(meter::cli::DevCommand::Kafka(args)) => meter::dev::kafka(args),
     }

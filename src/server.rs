@@ -45,6 +45,8 @@ pub struct AppState {
     pub consumer: String,
     /// Partitions of the log; a tenant's watermark is its partition's.
     pub partitions: u32,
+    /// Subscriptions, prices and period close.
+    pub billing: crate::api::billing::Billing,
     runs_aggregator: bool,
     aggregator: Mutex<Option<Aggregator>>,
     sink: Mutex<Option<Aggregator>>,
@@ -201,6 +203,24 @@ pub async fn run_roles(
     } else {
         None
     };
+    let book = Arc::new(config.price_book()?);
+    let ledger = meter_billing::Ledger::open(&config.ledger_path()).context("opening the billing ledger")?;
+    ledger.check_price_book(&book).await?;
+    let billing = crate::api::billing::Billing {
+        ledger,
+        book: book.clone(),
+        sources: meter_billing::Sources {
+            live: store.clone(),
+            history: history.clone(),
+            history_consumer: history_consumer.clone(),
+            partitions: config.log.partitions,
+            log: Some(log.clone()),
+            census_group: "meter-close".into(),
+            catalog: catalog.clone(),
+            book,
+            lateness_us: config.ingest.limits().lateness_us,
+        },
+    };
     let state = Arc::new(AppState {
         keys: keys.clone(),
         store,
@@ -210,6 +230,7 @@ pub async fn run_roles(
         limits: config.ingest.limits(),
         consumer,
         partitions: config.log.partitions,
+        billing,
         runs_aggregator: roles.aggregate,
         aggregator: Mutex::new(aggregator),
         sink: Mutex::new(sink),

@@ -103,6 +103,89 @@ pub struct Invoice {
     pub total: Decimal,
 }
 
+impl Invoice {
+    /// An invoice without lines, to carry adjustments for a subscription with nothing else to bill.
+    pub fn empty(tenant: &str, subscription: &str, period: Period, list: &PriceList) -> Self {
+        Invoice {
+            id: invoice_id(tenant, subscription, period),
+            tenant: tenant.into(),
+            subscription: subscription.into(),
+            period,
+            currency: list.currency,
+            price_version: list.version.clone(),
+            plan: None,
+            lines: Vec::new(),
+            total: Decimal::ZERO,
+        }
+    }
+
+    /// Appends `lines`, numbering them after the others, and updates the total.
+    pub fn append(&mut self, lines: Vec<Line>) -> Result<(), Error> {
+        self.lines.extend(lines);
+        for (i, l) in self.lines.iter_mut().enumerate() {
+            l.id = format!("{}_{:03}", self.id, i + 1);
+        }
+        self.total = self.lines.iter().try_fold(Decimal::ZERO, |t, l| add(t, l.amount, "invoice total"))?;
+        Ok(())
+    }
+}
+
+/// Adjustment lines for a closed period whose usage changed after its close: for each usage
+/// line (seats, overage, minimum, volume discount) the difference between `revised` (the period
+/// rated again on today's totals) and `billed` (what was invoiced, with earlier adjustments).
+pub fn adjustments(billed: &Invoice, revised: &Invoice, watermark_us: Option<i64>) -> Vec<Line> {
+    let key = |l: &Line| (l.kind, l.meter.clone());
+    let usage_kinds = [LineKind::Seats, LineKind::Overage, LineKind::Minimum, LineKind::VolumeDiscount];
+    /// A usage line's change: the amount, and the line before and after.
+    type Change<'l> = (Decimal, Option<&'l Line>, Option<&'l Line>);
+    let mut diff: BTreeMap<(LineKind, Option<String>), Change<'_>> = BTreeMap::new();
+    for l in billed.lines.iter().filter(|l| usage_kinds.contains(&l.kind)) {
+        let e = diff.entry(key(l)).or_default();
+        e.0 -= l.amount;
+        e.1 = Some(l);
+    }
+    for l in revised.lines.iter().filter(|l| usage_kinds.contains(&l.kind)) {
+        let e = diff.entry(key(l)).or_default();
+        e.0 += l.amount;
+        e.2 = Some(l);
+    }
+    diff.into_iter()
+        .filter(|(_, (delta, _, _))| !delta.is_zero())
+        .map(|((kind, meter), (amount, before, after))| {
+            let used = |l: Option<&Line>| l.and_then(|l| meter.as_ref().and_then(|m| l.lineage.meters.get(m))).copied();
+            let what = meter.clone().unwrap_or_else(|| format!("{kind:?}").to_lowercase());
+            let description = match (used(before), used(after)) {
+                (Some(b), Some(a)) => format!(
+                    "adjustment for {}: {what} {} → {} (events counted after that period's close)",
+                    billed.period,
+                    b.normalize(),
+                    a.normalize()
+                ),
+                _ => format!("adjustment for {}: {what} (events counted after that period's close)", billed.period),
+            };
+            let hashes = format!(
+                "{}\u{0}{}",
+                before.map_or("", |l| l.lineage.inputs_hash.as_str()),
+                after.map_or("", |l| l.lineage.inputs_hash.as_str())
+            );
+            Line {
+                id: String::new(),
+                kind: LineKind::Adjustment,
+                description,
+                meter,
+                quantity: None,
+                amount,
+                lineage: Lineage {
+                    meters: after.map(|l| l.lineage.meters.clone()).unwrap_or_default(),
+                    watermark_us,
+                    price_version: revised.price_version.clone(),
+                    inputs_hash: hex::encode(Sha256::digest(hashes.as_bytes())),
+                },
+            }
+        })
+        .collect()
+}
+
 /// The id of the invoice of `subscription` for `period`.
 pub fn invoice_id(tenant: &str, subscription: &str, period: Period) -> String {
     let h = Sha256::digest(format!("{tenant}\u{0}{subscription}\u{0}{period}").as_bytes());

@@ -18,6 +18,17 @@ pub enum ApiError {
     Unavailable(String),
     /// No route serves this path.
     NotFound(String),
+    /// The resource (a subscription, a closed period) does not exist, or is another tenant's.
+    Missing(String),
+    /// The request conflicts with the resource's state; `allowed` lists what the state allows.
+    Conflict {
+        /// Why.
+        detail: String,
+        /// The actions the state allows, for a refused transition.
+        allowed: Option<Vec<&'static str>>,
+    },
+    /// The request is well-formed but cannot be rated (an amount overflows).
+    Unratable(String),
     /// A bug: the handler panicked.
     Internal,
 }
@@ -29,7 +40,9 @@ impl ApiError {
             ApiError::Auth(AuthError::Unauthenticated) => StatusCode::UNAUTHORIZED,
             ApiError::Auth(AuthError::TenantRequired) | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Auth(AuthError::Unavailable(_)) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Unratable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
         }
@@ -42,10 +55,31 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let errors = match &self {
+impl From<meter_billing::Error> for ApiError {
+    fn from(e: meter_billing::Error) -> Self {
+        use meter_billing::Error as B;
+        use meter_rater::Refusal;
+        match e {
+            B::NotFound(what) => ApiError::Missing(format!("no subscription {what:?}")),
+            B::Refused(r) => match r {
+                Refusal::Transition { ref allowed, .. } => {
+                    ApiError::Conflict { allowed: Some(allowed.clone()), detail: r.to_string() }
+                }
+                Refusal::Invalid { field, message } => ApiError::Invalid(vec![FieldError::invalid(field, message)]),
+            },
+            B::Conflict(m) | B::Closed(m) | B::NotReady(m) | B::PriceBook(m) => {
+                ApiError::Conflict { detail: m, allowed: None }
+            }
+            B::Rating(r) => ApiError::Unratable(r.to_string()),
+            e @ (B::Store(_) | B::Log(_) | B::Storage(_) | B::Json(_)) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// The field errors the answer lists.
+    fn errors(&self) -> Vec<FieldError> {
+        match self {
             ApiError::Invalid(e) => e.clone(),
             ApiError::Auth(AuthError::TenantRequired) => {
                 vec![FieldError::invalid("tenant", "is required with an admin key")]
@@ -57,16 +91,33 @@ impl IntoResponse for ApiError {
                 vec![FieldError::invalid("authorization", e.to_string())]
             }
             _ => vec![],
-        };
-        let detail = match &self {
+        }
+    }
+
+    /// The answer's `detail`.
+    pub fn detail(&self) -> String {
+        let errors = self.errors();
+        match self {
             ApiError::Auth(e @ AuthError::WrongRole { .. }) => e.to_string(),
             ApiError::Auth(e) if errors.is_empty() => e.to_string(),
             ApiError::Unavailable(m) => format!("storage unavailable: {m}"),
             ApiError::NotFound(path) => format!("no such endpoint: {path}; see /api/v1/openapi.json"),
+            ApiError::Missing(m) | ApiError::Conflict { detail: m, .. } | ApiError::Unratable(m) => m.clone(),
             ApiError::Internal => "internal error; the server log has the details".into(),
             _ => summary(&errors),
-        };
-        let body = problem_body(status.as_u16(), &detail, &errors).to_string();
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (errors, detail) = (self.errors(), self.detail());
+        let mut body = problem_body(status.as_u16(), &detail, &errors);
+        if let ApiError::Conflict { allowed: Some(allowed), .. } = &self {
+            body["allowed"] = serde_json::json!(allowed);
+        }
+        let body = body.to_string();
         let mut r = (status, body).into_response();
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {

@@ -1,5 +1,6 @@
 //! The HTTP API besides ingest: usage, health, metrics, and the OpenAPI document of it all.
 
+pub mod billing;
 pub mod error;
 pub mod health;
 pub mod usage;
@@ -18,6 +19,7 @@ use utoipa_axum::routes;
     tags(
         (name = "ingest", description = "Send usage events (Lago and OpenMeter compatible)"),
         (name = "usage", description = "Read usage"),
+        (name = "billing", description = "Subscriptions, period close, invoices"),
         (name = "operations", description = "Health and metrics"),
     )
 )]
@@ -51,6 +53,13 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(usage::get_usage))
         .routes(routes!(usage::get_daily))
+        .routes(routes!(billing::create_subscription, billing::list_subscriptions))
+        .routes(routes!(billing::get_subscription))
+        .routes(routes!(billing::change_subscription))
+        .routes(routes!(billing::close_period))
+        .routes(routes!(billing::period_invoices))
+        .routes(routes!(billing::period_report))
+        .routes(routes!(billing::upcoming_invoice))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

@@ -131,6 +131,11 @@ pub async fn watermarks_are_per_partition_and_never_move_back(h: &dyn Harness) {
     assert_eq!(at(3).await.unwrap().watermark_us, None, "partition 3 was never read");
     let theirs = s.usage("a", nov, Coverage { consumer: "other", partition: 0 }).await.unwrap();
     assert_eq!(theirs.watermark_us, None, "another consumer's watermark is not ours");
+    // Over every partition: the slowest one's, and none while one was never read.
+    assert_eq!(s.watermark("c", 3).await.unwrap(), Some(MID_NOVEMBER - 1));
+    assert_eq!(s.watermark("c", 2).await.unwrap(), Some(MID_NOVEMBER));
+    assert_eq!(s.watermark("c", 4).await.unwrap(), None);
+    assert_eq!(s.watermark("other", 1).await.unwrap(), None);
     // Advancing a watermark does not move an offset.
     s.apply("c", &meters(), &[tokens("a", "1", 1, MID_NOVEMBER)], &adv(0, 1)).unwrap();
     assert_eq!(s.checkpoint("c").unwrap().positions, vec![(0, 1), (1, 0), (2, 0)]);

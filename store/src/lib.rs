@@ -193,6 +193,19 @@ pub trait UsageStore: Send + Sync {
 
     /// Every tenant's period tallies, by tenant and meter: what closing `period` reads.
     async fn period_totals(&self, period: Period) -> Result<Totals, Error>;
+
+    /// The watermark of `consumer` over all `partitions`: the slowest partition's, and `None`
+    /// until every partition has one. What a period close freezes at.
+    async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, Error>;
+}
+
+/// The slowest of `(partition, watermark)` marks over `0..partitions`; `None` unless each has one.
+pub fn slowest(marks: &[(u32, i64)], partitions: u32) -> Option<i64> {
+    (0..partitions)
+        .map(|p| marks.iter().find(|(q, _)| *q == p).map(|(_, w)| *w))
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .min()
 }
 
 /// Period tallies by tenant and then by meter.

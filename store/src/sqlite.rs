@@ -266,6 +266,22 @@ impl UsageStore for SqliteStore {
         let sql = "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1";
         Ok(nest(self.keyed_tallies(sql, vec![period.to_string()]).await?))
     }
+
+    async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, Error> {
+        let reads = self.reads.clone();
+        let consumer = consumer.to_string();
+        let marks = blocking(move || {
+            reads.with(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT partition, watermark_us FROM checkpoints WHERE consumer = ?1 AND watermark_us IS NOT NULL",
+                )?;
+                let rows = stmt.query_map(params![consumer], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        })
+        .await?;
+        Ok(crate::slowest(&marks, partitions))
+    }
 }
 
 impl SqliteStore {

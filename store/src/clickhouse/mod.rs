@@ -597,4 +597,14 @@ impl UsageStore for ClickHouseStore {
         let inner = self.inner.clone();
         self.spawn(async move { inner.period_totals(period).await }).await
     }
+
+    async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, Error> {
+        let (inner, consumer) = (self.inner.clone(), consumer.to_string());
+        self.spawn(async move {
+            let marks = inner.progress(&consumer, WATERMARK, None).await?;
+            let marks: Vec<(u32, i64)> = marks.into_iter().map(|(p, w)| (p, w as i64)).collect();
+            Ok(crate::slowest(&marks, partitions))
+        })
+        .await
+    }
 }

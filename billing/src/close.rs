@@ -1,0 +1,390 @@
+//! Period close: freeze a period at a watermark, rate every subscription, carry late events of
+//! earlier closes into adjustment lines, reconcile, and record the drafts once.
+
+use crate::{Error, Ledger};
+use meter_eventlog::EventLog;
+use meter_rater::{Invoice, PriceBook, Usage, adjustments, rate};
+use meter_schemas::period::format_time;
+use meter_schemas::{Catalog, Period};
+use meter_store::{Totals, UsageStore};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Where a close reads its figures.
+pub struct Sources {
+    /// The live counters (the aggregators').
+    pub live: Arc<dyn UsageStore>,
+    /// The history (ClickHouse, or the live store): authoritative, deduplicated totals.
+    pub history: Arc<dyn UsageStore>,
+    /// The consumer whose watermark the history reports.
+    pub history_consumer: String,
+    /// Partitions of the log.
+    pub partitions: u32,
+    /// The log, for the census of accepted events; `None` skips it.
+    pub log: Option<Arc<dyn EventLog>>,
+    /// The consumer group the census reads in (Kafka); a fresh one reads from offset 0.
+    pub census_group: String,
+    /// Meters.
+    pub catalog: Arc<Catalog>,
+    /// Prices.
+    pub book: Arc<PriceBook>,
+    /// The lateness window: events may arrive this long after their time.
+    pub lateness_us: i64,
+}
+
+/// What a close reports while it works.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Progress {
+    /// Reading the log for the census.
+    Census {
+        /// Records read so far.
+        read: u64,
+    },
+    /// Reading the stores' totals.
+    Totals,
+    /// Rating subscriptions.
+    Rating {
+        /// Done so far.
+        done: usize,
+        /// Of.
+        of: usize,
+    },
+    /// Re-rating an earlier period closed before its lateness window ended.
+    Adjusting {
+        /// That period.
+        period: String,
+    },
+}
+
+/// One tenant's meter in the reconciliation report: the four figures and what differs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct ReportRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Meter.
+    pub meter: String,
+    /// Metered again from the events the log accepted (absent when the census was skipped).
+    pub accepted: Option<String>,
+    /// The live counters.
+    pub counted: Option<String>,
+    /// The history store, which the invoice uses.
+    pub stored: Option<String>,
+    /// What the invoice lines used (absent for a meter no line prices).
+    pub rated: Option<String>,
+    /// `ok`, or each difference found.
+    pub status: String,
+}
+
+/// A closed period: its drafts, its report and what it was frozen at.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct Close {
+    /// `YYYY-MM`.
+    #[schema(value_type = String)]
+    pub period: Period,
+    /// When it was closed (RFC 3339).
+    pub closed_at: String,
+    /// The same, µs.
+    pub closed_us: i64,
+    /// Every event acknowledged before this instant was counted (RFC 3339).
+    pub watermark: String,
+    /// The same, µs.
+    pub watermark_us: i64,
+    /// True when the watermark had passed the period's end plus the lateness window: no event
+    /// for the period could still arrive. Otherwise later events go into adjustments.
+    pub complete: bool,
+    /// The price list version that rated it.
+    pub price_version: String,
+    /// The invoice drafts, by tenant.
+    pub invoices: Vec<Invoice>,
+    /// Sum of the drafts, by currency.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub totals: BTreeMap<String, Decimal>,
+    /// The reconciliation report, by tenant and meter.
+    pub report: Vec<ReportRow>,
+    /// Earlier periods rated again on their totals at this close (the baseline of their next
+    /// adjustments).
+    #[schema(value_type = BTreeMap<String, Vec<Invoice>>)]
+    pub revisions: BTreeMap<Period, Vec<Invoice>>,
+}
+
+/// Closes `period` at `now_us`, or returns the close already recorded for it (so running it
+/// again gives the same drafts, byte for byte).
+pub async fn close(
+    ledger: &Ledger,
+    period: Period,
+    src: &Sources,
+    now_us: i64,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Close, Error> {
+    if let Some(done) = ledger.close_of(period).await? {
+        return Ok(done);
+    }
+    let closes = ledger.closes().await?;
+    if let Some(later) = closes.iter().find(|c| c.period > period) {
+        return Err(Error::Conflict(format!("period {} is already closed; periods close in order", later.period)));
+    }
+    if now_us < period.end_us() {
+        return Err(Error::NotReady(format!("period {period} is open until {}", format_time(period.end_us()))));
+    }
+    let watermark_us = src.history.watermark(&src.history_consumer, src.partitions).await?.ok_or_else(|| {
+        Error::NotReady("no watermark yet: the usage store has not read every partition of the log".into())
+    })?;
+    if watermark_us < period.end_us() {
+        return Err(Error::NotReady(format!(
+            "events are counted up to {} only; period {period} ends at {}: retry once the store has caught up",
+            format_time(watermark_us),
+            format_time(period.end_us())
+        )));
+    }
+    let list = src.book.for_period(period).ok_or_else(|| {
+        Error::PriceBook(format!(
+            "no price list is effective on {}",
+            meter_schemas::period::format_day(period.first_day())
+        ))
+    })?;
+
+    let accepted = match &src.log {
+        Some(log) => Some(census(src, log.clone(), period, now_us, progress).await?),
+        None => None,
+    };
+    progress(Progress::Totals);
+    let stored = src.history.period_totals(period).await?;
+    let counted = src.live.period_totals(period).await?;
+
+    let subscriptions = ledger.list(None).await?;
+    let mut invoices: BTreeMap<String, Invoice> = BTreeMap::new();
+    for (i, mut sub) in subscriptions.into_iter().enumerate() {
+        sub.advance(period.end_us() - 1);
+        let usage = usage_of(&stored, &sub.tenant, watermark_us);
+        let inv = rate(&sub.tenant, &sub.id, &sub.entries, period, &usage, list)?;
+        if !inv.lines.is_empty() {
+            invoices.insert(sub.id.clone(), inv);
+        }
+        if (i + 1) % 10_000 == 0 {
+            progress(Progress::Rating { done: i + 1, of: 0 });
+        }
+    }
+    progress(Progress::Rating { done: invoices.len(), of: invoices.len() });
+
+    let mut revisions = BTreeMap::new();
+    for earlier in closes.iter().filter(|c| c.watermark_us < c.period.end_us() + src.lateness_us) {
+        progress(Progress::Adjusting { period: earlier.period.to_string() });
+        let baseline = closes.iter().rev().find_map(|c| c.revisions.get(&earlier.period)).unwrap_or(&earlier.invoices);
+        let totals = src.history.period_totals(earlier.period).await?;
+        let earlier_list = src.book.version(&earlier.price_version).ok_or_else(|| {
+            Error::PriceBook(format!("price list {} of period {} is gone", earlier.price_version, earlier.period))
+        })?;
+        let mut revised = Vec::new();
+        for billed in baseline {
+            let mut sub = ledger.get(&billed.subscription).await?;
+            sub.advance(earlier.period.end_us() - 1);
+            let usage = usage_of(&totals, &sub.tenant, watermark_us);
+            let again = rate(&sub.tenant, &sub.id, &sub.entries, earlier.period, &usage, earlier_list)?;
+            let lines = adjustments(billed, &again, Some(watermark_us));
+            if !lines.is_empty() {
+                let inv = invoices
+                    .entry(sub.id.clone())
+                    .or_insert_with(|| Invoice::empty(&sub.tenant, &sub.id, period, list));
+                inv.append(lines)?;
+            }
+            revised.push(again);
+        }
+        revisions.insert(earlier.period, revised);
+    }
+
+    let mut invoices: Vec<Invoice> = invoices.into_values().collect();
+    invoices.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
+    let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
+    for inv in &invoices {
+        *totals.entry(inv.currency.to_string()).or_default() += inv.total;
+    }
+    let report = report(&src.catalog, accepted.as_ref(), &counted, &stored, &invoices);
+    let close = Close {
+        period,
+        closed_at: format_time(now_us),
+        closed_us: now_us,
+        watermark: format_time(watermark_us),
+        watermark_us,
+        complete: watermark_us >= period.end_us() + src.lateness_us,
+        price_version: list.version.clone(),
+        invoices,
+        totals,
+        report,
+        revisions,
+    };
+    ledger.record(close, list).await
+}
+
+async fn census(
+    src: &Sources,
+    log: Arc<dyn EventLog>,
+    period: Period,
+    now_us: i64,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Totals, Error> {
+    progress(Progress::Census { read: 0 });
+    // A group of its own, so that the census is given every partition (Kafka).
+    let group = format!("{}-{period}-{now_us}", src.census_group);
+    let (catalog, partitions) = (src.catalog.clone(), src.partitions);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::task::spawn_blocking(move || {
+        let reader = log.reader_in(&group)?;
+        crate::census::census(reader, &catalog, period, partitions, &|read| {
+            let _ = tx.send(read);
+        })
+    });
+    while let Some(read) = rx.recv().await {
+        progress(Progress::Census { read });
+    }
+    task.await.map_err(|e| Error::Storage(meter_sqlite::Error::Task(e.to_string())))?
+}
+
+/// `tenant`'s totals as the rater reads them.
+fn usage_of(totals: &Totals, tenant: &str, watermark_us: i64) -> Usage {
+    let totals = totals
+        .get(tenant)
+        .map(|m| m.iter().filter_map(|(name, t)| t.value.map(|v| (name.clone(), v))).collect())
+        .unwrap_or_default();
+    Usage { totals, watermark_us: Some(watermark_us) }
+}
+
+fn report(
+    catalog: &Catalog,
+    accepted: Option<&Totals>,
+    counted: &Totals,
+    stored: &Totals,
+    invoices: &[Invoice],
+) -> Vec<ReportRow> {
+    let mut rated: BTreeMap<&str, BTreeMap<&str, Decimal>> = BTreeMap::new();
+    for inv in invoices {
+        for l in &inv.lines {
+            for (m, v) in &l.lineage.meters {
+                rated.entry(inv.tenant.as_str()).or_default().insert(m, *v);
+            }
+        }
+    }
+    let billed: BTreeSet<&str> = invoices.iter().map(|i| i.tenant.as_str()).collect();
+    let tenants: BTreeSet<&str> = counted
+        .keys()
+        .chain(stored.keys())
+        .chain(accepted.into_iter().flat_map(|a| a.keys()))
+        .map(String::as_str)
+        .chain(billed.iter().copied())
+        .collect();
+    let mut rows = Vec::new();
+    for tenant in tenants {
+        for m in catalog.meters() {
+            let value =
+                |t: &Totals| t.get(tenant).and_then(|ms| ms.get(&m.name)).and_then(|t| t.display(m.aggregation));
+            let (a, c, s) = (accepted.map(value), value(counted), value(stored));
+            let r = rated.get(tenant).and_then(|ms| ms.get(m.name.as_str())).map(|v| v.normalize().to_string());
+            if a.as_ref().is_none_or(Option::is_none) && c.is_none() && s.is_none() && r.is_none() {
+                continue;
+            }
+            let mut flags = Vec::new();
+            if a.as_ref().is_some_and(|a| *a != c) {
+                flags.push("accepted ≠ counted");
+            }
+            if c != s {
+                flags.push("counted ≠ stored");
+            }
+            // The rater reads a meter without events as 0.
+            if r.as_ref().is_some_and(|r| Some(r) != s.as_ref().or(Some(&"0".to_string())).as_ref().copied()) {
+                flags.push("rated ≠ stored");
+            }
+            if !billed.contains(tenant) && s.is_some() {
+                flags.push("no subscription: usage not billed");
+            }
+            rows.push(ReportRow {
+                tenant: tenant.to_string(),
+                meter: m.name.clone(),
+                accepted: a.flatten(),
+                counted: c,
+                stored: s,
+                rated: r,
+                status: if flags.is_empty() { "ok".into() } else { flags.join("; ") },
+            });
+        }
+    }
+    rows
+}
+
+impl Close {
+    /// The drafts as JSON.
+    pub fn invoices_json(&self) -> String {
+        serde_json::to_string_pretty(&self.invoices).expect("invoices serialize") + "\n"
+    }
+
+    /// The report as JSON.
+    pub fn report_json(&self) -> String {
+        serde_json::to_string_pretty(&self.report).expect("a report serializes") + "\n"
+    }
+
+    /// The drafts as CSV, one row per line.
+    pub fn invoices_csv(&self) -> String {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let header = [
+            "invoice_id",
+            "tenant",
+            "subscription",
+            "period",
+            "currency",
+            "price_version",
+            "line_id",
+            "kind",
+            "meter",
+            "quantity",
+            "amount",
+            "description",
+            "watermark",
+            "inputs_hash",
+        ];
+        w.write_record(header).expect("writing to memory");
+        for inv in &self.invoices {
+            for l in &inv.lines {
+                let kind = serde_json::to_value(l.kind).expect("a kind serializes");
+                w.write_record([
+                    inv.id.as_str(),
+                    &inv.tenant,
+                    &inv.subscription,
+                    &inv.period.to_string(),
+                    inv.currency.code(),
+                    &inv.price_version,
+                    &l.id,
+                    kind.as_str().unwrap_or_default(),
+                    l.meter.as_deref().unwrap_or(""),
+                    &l.quantity.map(|q| q.normalize().to_string()).unwrap_or_default(),
+                    &l.amount.to_string(),
+                    &l.description,
+                    &l.lineage.watermark_us.map(format_time).unwrap_or_default(),
+                    &l.lineage.inputs_hash,
+                ])
+                .expect("writing to memory");
+            }
+        }
+        String::from_utf8(w.into_inner().expect("flushing memory")).expect("CSV of text is text")
+    }
+
+    /// The report as CSV.
+    pub fn report_csv(&self) -> String {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["tenant", "meter", "accepted", "counted", "stored", "rated", "status"]).expect("memory");
+        for r in &self.report {
+            let o = |v: &Option<String>| v.clone().unwrap_or_default();
+            w.write_record([
+                r.tenant.clone(),
+                r.meter.clone(),
+                o(&r.accepted),
+                o(&r.counted),
+                o(&r.stored),
+                o(&r.rated),
+                r.status.clone(),
+            ])
+            .expect("memory");
+        }
+        String::from_utf8(w.into_inner().expect("flushing memory")).expect("CSV of text is text")
+    }
+}

@@ -1,0 +1,58 @@
+//! Billing for meter: the ledger of subscriptions and closed periods ([`Ledger`]), the period
+//! close that rates every subscription and reconciles the figures ([`close`]), and the preview of
+//! the open period's invoice ([`upcoming`]).
+
+pub mod census;
+pub mod close;
+pub mod ledger;
+pub mod preview;
+
+pub use close::{Close, Progress, ReportRow, Sources, close};
+pub use ledger::Ledger;
+pub use preview::{Upcoming, upcoming};
+
+use meter_rater::Refusal;
+
+/// Errors of billing. The server maps each to a status code in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such subscription.
+    #[error("no subscription {0:?}")]
+    NotFound(String),
+    /// The subscription's state does not allow the command, or a value is wrong for it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Conflicts with what is there (a second live subscription for a tenant).
+    #[error("{0}")]
+    Conflict(String),
+    /// The change falls in a closed period.
+    #[error("{0}")]
+    Closed(String),
+    /// The period cannot be closed yet.
+    #[error("{0}")]
+    NotReady(String),
+    /// The price book does not fit the ledger.
+    #[error("{0}")]
+    PriceBook(String),
+    /// Rating failed (an overflow, or a plan missing from the price list).
+    #[error(transparent)]
+    Rating(#[from] meter_rater::Error),
+    /// The usage store failed.
+    #[error("usage store: {0}")]
+    Store(#[from] meter_store::Error),
+    /// The event log failed.
+    #[error("event log: {0}")]
+    Log(#[from] meter_eventlog::Error),
+    /// The ledger's storage failed.
+    #[error(transparent)]
+    Storage(#[from] meter_sqlite::Error),
+    /// A stored record does not parse.
+    #[error("ledger record: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<meter_sqlite::rusqlite::Error> for Error {
+    fn from(e: meter_sqlite::rusqlite::Error) -> Self {
+        Error::Storage(e.into())
+    }
+}

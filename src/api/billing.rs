@@ -1,0 +1,521 @@
+//! Subscriptions (`/api/v1/subscriptions`), period close and its exports (`/api/v1/periods`),
+//! and the upcoming invoice (`/api/v1/invoices/upcoming`).
+
+use super::error::ApiError;
+use crate::server::AppState;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use meter_auth::{AuthError, Principal, Role};
+use meter_billing::{Close, Ledger, ReportRow, Sources};
+use meter_rater::subscription::allowed;
+use meter_rater::{Command, Cycle, Entry, PriceBook, Setup, State as SubState, Subscription};
+use meter_schemas::envelope::check_id;
+use meter_schemas::period::{format_time, now_us};
+use meter_schemas::{FieldError, Period};
+use meter_store::Coverage;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+/// How far ahead of the server's clock a change may be dated.
+const FUTURE_SKEW_US: i64 = 5 * 60 * 1_000_000;
+
+/// What billing needs besides the rest of the state.
+pub struct Billing {
+    /// Subscriptions and closes.
+    pub ledger: Ledger,
+    /// Prices.
+    pub book: Arc<PriceBook>,
+    /// Where a close reads its figures.
+    pub sources: Sources,
+}
+
+/// A new subscription.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSubscription {
+    /// The tenant it bills.
+    pub tenant: String,
+    /// Plan code (`starter`, `professional`, `enterprise`, `enterprise_plus` in the sample).
+    pub plan: String,
+    /// `monthly`, `quarterly` or `annual`.
+    pub cycle: Cycle,
+    /// Years committed, 1 to 10 (default 1; 2 or more earns the multi-year discount).
+    pub term_years: Option<u32>,
+    /// Renew at each cycle's end (default true).
+    pub auto_renew: Option<bool>,
+    /// Start with the plan's trial (default false).
+    pub trial: Option<bool>,
+    /// When it starts (RFC 3339; default now). Not in a closed period, not in the future.
+    pub at: Option<String>,
+}
+
+/// A change to a subscription.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRequest {
+    /// The new plan (`change_plan` only).
+    pub plan: Option<String>,
+    /// The new cycle (`change_plan` only; default: the current one).
+    pub cycle: Option<Cycle>,
+    /// When it takes effect (RFC 3339; default now): not before the subscription's last change,
+    /// not in a closed period, not in the future.
+    pub at: Option<String>,
+}
+
+/// A subscription as the API shows it: its state now and its whole audit trail.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionView {
+    /// Id.
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Plan code.
+    pub plan: String,
+    /// Billing cycle.
+    pub cycle: Cycle,
+    /// State now.
+    pub state: SubState,
+    /// Years committed.
+    pub term_years: u32,
+    /// Renews by itself.
+    pub auto_renew: bool,
+    /// The running cycle's start (RFC 3339).
+    pub cycle_start: Option<String>,
+    /// The running cycle's end (RFC 3339).
+    pub cycle_end: Option<String>,
+    /// End of the trial, while in one.
+    pub trial_ends: Option<String>,
+    /// When a cancelled subscription expires.
+    pub ends: Option<String>,
+    /// The actions the state allows.
+    pub allowed: Vec<String>,
+    /// Every change, oldest first.
+    pub trail: Vec<TrailEntry>,
+}
+
+/// An audit-trail entry with its time as text.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TrailEntry {
+    /// When it took effect (RFC 3339).
+    pub at: String,
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+impl SubscriptionView {
+    fn of(mut s: Subscription, now: i64) -> Self {
+        s.advance(now);
+        let state = s.state();
+        SubscriptionView {
+            plan: s.plan().to_string(),
+            cycle: s.cycle(),
+            state,
+            cycle_start: s.current_cycle().map(|c| format_time(c.0)),
+            cycle_end: s.current_cycle().map(|c| format_time(c.1)),
+            trial_ends: s.trial_ends_us().map(format_time),
+            ends: s.ends_us().filter(|_| state == SubState::Cancelled).map(format_time),
+            allowed: allowed(state).iter().map(|a| a.to_string()).collect(),
+            term_years: s.term_years,
+            auto_renew: s.auto_renew,
+            trail: s.entries.into_iter().map(|entry| TrailEntry { at: format_time(entry.at_us), entry }).collect(),
+            id: s.id,
+            tenant: s.tenant,
+        }
+    }
+}
+
+/// Query of the subscription list.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only this tenant's (implied by a tenant-scoped read key).
+    pub tenant: Option<String>,
+}
+
+async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    Ok(state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?)
+}
+
+async fn admin(state: &AppState, headers: &HeaderMap, action: &'static str) -> Result<Principal, ApiError> {
+    let p = principal(state, headers).await?;
+    if p.role != Role::Admin {
+        return Err(AuthError::WrongRole { have: p.role, action }.into());
+    }
+    Ok(p)
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| ApiError::Invalid(vec![FieldError::invalid("body", e.body_text())]))
+}
+
+/// The instant of an `at` field: RFC 3339, not in the future; default now.
+fn instant(at: Option<&str>, now: i64) -> Result<i64, ApiError> {
+    let Some(text) = at else { return Ok(now) };
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| ApiError::Invalid(vec![FieldError::invalid("at", format!("{text:?} is not an RFC 3339 time"))]))?;
+    let us = i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+    if us > now + FUTURE_SKEW_US {
+        return Err(ApiError::Invalid(vec![FieldError::invalid("at", "must not be in the future")]));
+    }
+    Ok(us)
+}
+
+fn list_at(state: &AppState, at: i64) -> Result<meter_rater::PriceList, ApiError> {
+    state.billing.book.for_period(Period::containing(at)).cloned().ok_or_else(|| ApiError::Conflict {
+        detail: format!("no price list is effective in {}", Period::containing(at)),
+        allowed: None,
+    })
+}
+
+/// Create a subscription (admin).
+#[utoipa::path(post, path = "/api/v1/subscriptions", tag = "billing", request_body = NewSubscription,
+    responses(
+        (status = 201, description = "Created", body = SubscriptionView),
+        (status = 409, description = "The tenant has a live subscription, or `at` is in a closed period", body = meter_ingest::Problem),
+        (status = 422, description = "A bad field", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn create_subscription(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    new: Result<Json<NewSubscription>, JsonRejection>,
+) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
+    let who = admin(&state, &headers, "manage subscriptions").await?;
+    let new = body(new)?;
+    if let Err(m) = check_id(&new.tenant) {
+        return Err(ApiError::Invalid(vec![FieldError::invalid("tenant", m)]));
+    }
+    let now = now_us();
+    let at = instant(new.at.as_deref(), now)?;
+    let setup = Setup {
+        plan: new.plan,
+        cycle: new.cycle,
+        term_years: new.term_years.unwrap_or(1),
+        auto_renew: new.auto_renew.unwrap_or(true),
+        trial: new.trial.unwrap_or(false),
+    };
+    let list = list_at(&state, at)?;
+    let sub = state.billing.ledger.create(&new.tenant, setup, at, &who.key_id, &list).await?;
+    tracing::info!(subscription = %sub.id, key = %who.key_id, "subscription created");
+    Ok((StatusCode::CREATED, Json(SubscriptionView::of(sub, now))))
+}
+
+/// List subscriptions: every one (admin), or a tenant's.
+#[utoipa::path(get, path = "/api/v1/subscriptions", tag = "billing", params(ListQuery),
+    responses((status = 200, description = "Subscriptions, oldest first", body = Vec<SubscriptionView>)),
+    security(("bearer" = [])))]
+pub async fn list_subscriptions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<SubscriptionView>>, ApiError> {
+    let p = reader(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    let tenant = match (&p.tenant, q.tenant) {
+        (None, t) => t,
+        (Some(_), t) => Some(p.readable_tenant(t.as_deref())?),
+    };
+    let now = now_us();
+    let subs = state.billing.ledger.list(tenant.as_deref()).await?;
+    Ok(Json(subs.into_iter().map(|s| SubscriptionView::of(s, now)).collect()))
+}
+
+async fn reader(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let p = principal(state, headers).await?;
+    if p.role == Role::Ingest {
+        return Err(AuthError::WrongRole { have: p.role, action: "read subscriptions" }.into());
+    }
+    Ok(p)
+}
+
+/// One subscription with its audit trail (admin, or the tenant's read key).
+#[utoipa::path(get, path = "/api/v1/subscriptions/{id}", tag = "billing",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionView),
+        (status = 404, description = "No such subscription (or another tenant's)", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_subscription(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let p = reader(&state, &headers).await?;
+    let sub = state.billing.ledger.get(&id).await?;
+    if p.tenant.as_ref().is_some_and(|t| *t != sub.tenant) {
+        return Err(meter_billing::Error::NotFound(id).into());
+    }
+    Ok(Json(SubscriptionView::of(sub, now_us())))
+}
+
+/// Change a subscription (admin): `change_plan`, `cancel`, `reactivate`, `payment_failed` or
+/// `convert`. A change the state does not allow is a 409 listing what it allows.
+#[utoipa::path(post, path = "/api/v1/subscriptions/{id}/{action}", tag = "billing", request_body = ChangeRequest,
+    params(("id" = String, Path, description = "Subscription id"), ("action" = String, Path, description = "change_plan, cancel, reactivate, payment_failed or convert")),
+    responses(
+        (status = 200, description = "Changed", body = SubscriptionView),
+        (status = 404, description = "No such subscription or action", body = meter_ingest::Problem),
+        (status = 409, description = "Not allowed in the subscription's state (the body lists `allowed`), or in a closed period", body = meter_ingest::Problem),
+        (status = 422, description = "A bad field", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn change_subscription(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    change: Result<Json<ChangeRequest>, JsonRejection>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let who = admin(&state, &headers, "manage subscriptions").await?;
+    let change = match change {
+        Err(JsonRejection::MissingJsonContentType(_)) => ChangeRequest::default(),
+        other => body(other)?,
+    };
+    if action != "change_plan" && (change.plan.is_some() || change.cycle.is_some()) {
+        return Err(ApiError::Invalid(vec![FieldError::invalid(
+            "plan",
+            format!("is only for change_plan, not {action}"),
+        )]));
+    }
+    let command = match action.as_str() {
+        "change_plan" => {
+            let plan = change
+                .plan
+                .ok_or_else(|| ApiError::Invalid(vec![FieldError::invalid("plan", "is required to change plan")]))?;
+            Command::ChangePlan { plan, cycle: change.cycle }
+        }
+        "cancel" => Command::Cancel,
+        "reactivate" => Command::Reactivate,
+        "payment_failed" => Command::PaymentFailed,
+        "convert" => Command::Convert,
+        other => {
+            return Err(ApiError::Missing(format!(
+                "no action {other:?}: use change_plan, cancel, reactivate, payment_failed or convert"
+            )));
+        }
+    };
+    let now = now_us();
+    let at = instant(change.at.as_deref(), now)?;
+    let list = list_at(&state, at)?;
+    let sub = state.billing.ledger.apply(&id, command, at, &who.key_id, list).await?;
+    tracing::info!(subscription = %id, action, key = %who.key_id, "subscription changed");
+    Ok(Json(SubscriptionView::of(sub, now)))
+}
+
+/// A close, without its drafts (they export separately).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CloseSummary {
+    /// `YYYY-MM`.
+    pub period: String,
+    /// When it was closed.
+    pub closed_at: String,
+    /// Every event acknowledged before this instant was counted.
+    pub watermark: String,
+    /// True when no event for the period could still arrive; otherwise late ones go into
+    /// adjustments on the next period.
+    pub complete: bool,
+    /// The price list version.
+    pub price_version: String,
+    /// Number of invoice drafts.
+    pub invoices: usize,
+    /// Their sum by currency.
+    pub totals: BTreeMap<String, String>,
+    /// Report rows whose figures differ.
+    pub differences: usize,
+    /// The reconciliation report.
+    pub report: Vec<ReportRow>,
+}
+
+impl From<&Close> for CloseSummary {
+    fn from(c: &Close) -> Self {
+        CloseSummary {
+            period: c.period.to_string(),
+            closed_at: c.closed_at.clone(),
+            watermark: c.watermark.clone(),
+            complete: c.complete,
+            price_version: c.price_version.clone(),
+            invoices: c.invoices.len(),
+            totals: c.totals.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            differences: c.report.iter().filter(|r| r.status != "ok").count(),
+            report: c.report.clone(),
+        }
+    }
+}
+
+fn period_of(text: &str) -> Result<Period, ApiError> {
+    text.parse().map_err(|e: meter_schemas::period::PeriodError| {
+        ApiError::Invalid(vec![FieldError::invalid("period", e.to_string())])
+    })
+}
+
+/// Close a period (admin): freeze it at the store's watermark, rate every subscription, write
+/// the drafts once. Running it again returns the same close. With `Accept: application/x-ndjson`
+/// the answer streams progress lines, then `{"close": …}` (or `{"error": …}`).
+#[utoipa::path(post, path = "/api/v1/periods/{period}/close", tag = "billing",
+    params(("period" = String, Path, description = "YYYY-MM")),
+    responses(
+        (status = 200, description = "Closed (now or before)", body = CloseSummary),
+        (status = 409, description = "The period is still open, not counted yet, or a later one is closed", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn close_period(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(period): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = admin(&state, &headers, "close periods").await?;
+    let period = period_of(&period)?;
+    let streaming =
+        headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/x-ndjson"));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        let progress = tx.clone();
+        let report = move |p: meter_billing::Progress| {
+            let _ = progress.send(serde_json::json!({ "progress": p }));
+        };
+        let closed = meter_billing::close(&st.billing.ledger, period, &st.billing.sources, now_us(), &report).await;
+        if let Ok(c) = &closed {
+            tracing::info!(%period, key = %who.key_id, invoices = c.invoices.len(), complete = c.complete, "period closed");
+        }
+        closed
+    });
+    if !streaming {
+        let closed = task.await.map_err(|_| ApiError::Internal)??;
+        return Ok(Json(CloseSummary::from(&closed)).into_response());
+    }
+    let (line_tx, line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            let _ = line_tx.send(format!("{p}\n"));
+        }
+        let last = match task.await {
+            Ok(Ok(c)) => serde_json::json!({ "close": CloseSummary::from(&c) }),
+            Ok(Err(e)) => {
+                let e = ApiError::from(e);
+                serde_json::json!({ "error": { "status": e.status().as_u16(), "detail": e.detail() } })
+            }
+            Err(_) => {
+                serde_json::json!({ "error": { "status": 500, "detail": "the close failed; see the server log" } })
+            }
+        };
+        let _ = line_tx.send(format!("{last}\n"));
+    });
+    let stream = futures_util::stream::unfold(line_rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    let mut r = Body::from_stream(stream).into_response();
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
+/// Query of an export.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ExportQuery {
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// The invoice drafts of a closed period (admin), as JSON or CSV; the same bytes every time.
+#[utoipa::path(get, path = "/api/v1/periods/{period}/invoices", tag = "billing",
+    params(("period" = String, Path, description = "YYYY-MM"), ExportQuery),
+    responses((status = 200, description = "The drafts"), (status = 404, description = "Not closed", body = meter_ingest::Problem)),
+    security(("bearer" = [])))]
+pub async fn period_invoices(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(period): Path<String>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    export(&state, &headers, &period, query, |c, csv| if csv { c.invoices_csv() } else { c.invoices_json() }).await
+}
+
+/// The reconciliation report of a closed period (admin), as JSON or CSV.
+#[utoipa::path(get, path = "/api/v1/periods/{period}/report", tag = "billing",
+    params(("period" = String, Path, description = "YYYY-MM"), ExportQuery),
+    responses((status = 200, description = "The report"), (status = 404, description = "Not closed", body = meter_ingest::Problem)),
+    security(("bearer" = [])))]
+pub async fn period_report(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(period): Path<String>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    export(&state, &headers, &period, query, |c, csv| if csv { c.report_csv() } else { c.report_json() }).await
+}
+
+async fn export(
+    state: &AppState,
+    headers: &HeaderMap,
+    period: &str,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+    render: impl Fn(&Close, bool) -> String,
+) -> Result<Response, ApiError> {
+    admin(state, headers, "export closed periods").await?;
+    let period = period_of(period)?;
+    let Query(q) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::Invalid(vec![FieldError::invalid(
+                "format",
+                format!("must be json or csv, not {other:?}"),
+            )]));
+        }
+    };
+    let close = state
+        .billing
+        .ledger
+        .close_of(period)
+        .await?
+        .ok_or_else(|| ApiError::Missing(format!("period {period} is not closed")))?;
+    let content_type = if csv { "text/csv; charset=utf-8" } else { "application/json" };
+    Ok(([(CONTENT_TYPE, content_type)], render(&close, csv)).into_response())
+}
+
+/// Query of the upcoming invoice.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UpcomingQuery {
+    /// Tenant; implied by a tenant-scoped read key, required with an admin key.
+    pub tenant: Option<String>,
+}
+
+/// The open period's invoice so far, and projected to the period's end.
+#[utoipa::path(get, path = "/api/v1/invoices/upcoming", tag = "billing", params(UpcomingQuery),
+    responses(
+        (status = 200, description = "So far and projected", body = meter_billing::Upcoming),
+        (status = 404, description = "The tenant has no live subscription", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn upcoming_invoice(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<UpcomingQuery>, QueryRejection>,
+) -> Result<Json<meter_billing::Upcoming>, ApiError> {
+    let p = reader(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    if let Some(Err(m)) = q.tenant.as_deref().map(check_id) {
+        return Err(ApiError::Invalid(vec![FieldError::invalid("tenant", m)]));
+    }
+    let tenant = p.readable_tenant(q.tenant.as_deref())?;
+    let coverage = Coverage {
+        consumer: &state.consumer,
+        partition: meter_schemas::partition::partition_for(&tenant, state.partitions),
+    };
+    let b = &state.billing;
+    let up = meter_billing::upcoming(&b.ledger, &*state.store, coverage, &state.catalog, &b.book, &tenant, now_us())
+        .await
+        .map_err(|e| match e {
+            meter_billing::Error::NotFound(_) => ApiError::Missing(format!("tenant {tenant} has no live subscription")),
+            e => e.into(),
+        })?;
+    Ok(Json(up))
+}

@@ -1,0 +1,320 @@
+//! Billing end to end on a real `meter serve`: subscriptions through the API and the CLI, two
+//! period closes (the first before its lateness window ended), events on both sides of a period
+//! boundary, late events turned into an adjustment, byte-identical exports, the reconciliation
+//! report and the upcoming invoice.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::process::Command;
+
+/// A period `back` months before the one containing now, as `YYYY-MM` with its first instant.
+fn period_back(back: i32) -> (String, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    let months = now.year() * 12 + i32::from(u8::from(now.month())) - 1 - back;
+    let (y, m) = (months.div_euclid(12), months.rem_euclid(12) + 1);
+    let start =
+        time::Date::from_calendar_date(y, time::Month::try_from(m as u8).unwrap(), 1).unwrap().midnight().assume_utc();
+    (format!("{y:04}-{m:02}"), start)
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+fn work_order(tenant: &str, id: &str, at: time::OffsetDateTime) -> Value {
+    json!({"transaction_id": id, "external_customer_id": tenant, "code": "work_order.created", "timestamp": rfc3339(at), "properties": {}})
+}
+
+async fn send(url: &str, key: &str, events: &[Value]) {
+    for chunk in events.chunks(50) {
+        let r = client()
+            .post(format!("{url}/api/v1/events/batch"))
+            .bearer_auth(key)
+            .json(&json!({ "events": chunk }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+}
+
+async fn call(method: reqwest::Method, url: String, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = client().request(method, url).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn get_text(url: String, key: &str) -> String {
+    let r = client().get(url).bearer_auth(key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+fn cli(args: &[&str], url: &str, key: &str) -> std::process::Output {
+    Command::new(meter_bin()).args(args).env("METER_URL", url).env("METER_KEY", key).output().unwrap()
+}
+
+fn invoice<'a>(invoices: &'a Value, tenant: &str) -> &'a Value {
+    invoices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["tenant"] == tenant)
+        .unwrap_or_else(|| panic!("no invoice for {tenant}"))
+}
+
+fn lines_of<'a>(inv: &'a Value, kind: &str) -> Vec<&'a Value> {
+    inv["lines"].as_array().unwrap().iter().filter(|l| l["kind"] == kind).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_closes_bill_exactly_and_late_events_become_an_adjustment() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = create_key(dir.path(), "admin", None);
+    let acme_reader = create_key(dir.path(), "read", Some("acme"));
+    let ingest = create_key(dir.path(), "ingest", None);
+    let meter = Meter::start(dir.path(), &[("METER__INGEST__LATENESS", "120days")]);
+    let url = meter.url.clone();
+    let (p1, p1_start) = period_back(2);
+    let (p2, p2_start) = period_back(1);
+    let (open, _) = period_back(0);
+    let ms = time::Duration::milliseconds(1);
+    let post = reqwest::Method::POST;
+    let get = reqwest::Method::GET;
+
+    // Subscriptions: through the API, and one through the CLI.
+    let at = rfc3339(p1_start);
+    let (s, acme) = call(
+        post.clone(),
+        format!("{url}/api/v1/subscriptions"),
+        &admin,
+        Some(json!({"tenant": "acme", "plan": "starter", "cycle": "monthly", "at": at})),
+    )
+    .await;
+    assert_eq!(s, 201, "{acme}");
+    assert_eq!(acme["state"], "active");
+    let out = cli(
+        &[
+            "subscriptions",
+            "create",
+            "--tenant",
+            "hooli",
+            "--plan",
+            "enterprise",
+            "--cycle",
+            "annual",
+            "--term-years",
+            "2",
+            "--at",
+            &at,
+        ],
+        &url,
+        &admin,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hooli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let trial_at = rfc3339(p1_start + time::Duration::days(3));
+    let (s, initech) = call(
+        post.clone(),
+        format!("{url}/api/v1/subscriptions"),
+        &admin,
+        Some(json!({"tenant": "initech", "plan": "professional", "cycle": "monthly", "trial": true, "at": trial_at})),
+    )
+    .await;
+    assert_eq!(s, 201, "{initech}");
+
+    // Refusals name the field or the allowed transitions, and change nothing.
+    let (s, e) = call(
+        post.clone(),
+        format!("{url}/api/v1/subscriptions"),
+        &admin,
+        Some(json!({"tenant": "acme", "plan": "starter", "cycle": "monthly"})),
+    )
+    .await;
+    assert_eq!((s, e["detail"].as_str().unwrap().contains("already has subscription")), (409, true), "{e}");
+    let (s, e) = call(
+        post.clone(),
+        format!("{url}/api/v1/subscriptions"),
+        &admin,
+        Some(json!({"tenant": "x", "plan": "gold", "cycle": "monthly"})),
+    )
+    .await;
+    assert_eq!((s, e["extensions"]["validationErrors"][0]["path"].as_str()), (422, Some("plan")), "{e}");
+    let (s, e) = call(
+        post.clone(),
+        format!("{url}/api/v1/subscriptions"),
+        &admin,
+        Some(json!({"tenant": "x", "plan": "starter", "cycle": "weekly"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("cycle"), "{e}");
+    let (s, e) = call(
+        post.clone(),
+        format!("{url}/api/v1/subscriptions"),
+        &admin,
+        Some(json!({"tenant": "x", "plan": "starter", "cycle": "monthly", "at": "2999-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!((s, e["extensions"]["validationErrors"][0]["path"].as_str()), (422, Some("at")), "{e}");
+    let (s, e) = call(
+        post.clone(),
+        format!("{url}/api/v1/subscriptions"),
+        &admin,
+        Some(json!({"tenant": "x", "plan": "starter", "cycle": "monthly", "colour": "red"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("colour"), "{e}");
+    let id = acme["id"].as_str().unwrap();
+    let (s, e) = call(post.clone(), format!("{url}/api/v1/subscriptions/{id}/convert"), &admin, Some(json!({}))).await;
+    assert_eq!(s, 409, "{e}");
+    assert_eq!(e["allowed"], json!(["change_plan", "cancel", "payment_failed"]));
+    let (s, _) = call(post.clone(), format!("{url}/api/v1/subscriptions/{id}/cancel"), &acme_reader, None).await;
+    assert_eq!(s, 403);
+    let (s, _) =
+        call(get.clone(), format!("{url}/api/v1/subscriptions/{}", hooli["id"].as_str().unwrap()), &acme_reader, None)
+            .await;
+    assert_eq!(s, 404, "another tenant's subscription is not found");
+    let (s, own) = call(get.clone(), format!("{url}/api/v1/subscriptions/{id}"), &acme_reader, None).await;
+    assert_eq!((s, own["tenant"].as_str()), (200, Some("acme")));
+    let (s, e) = call(post.clone(), format!("{url}/api/v1/periods/{open}/close"), &admin, None).await;
+    assert_eq!(s, 409, "the open period cannot close: {e}");
+    let (s, _) = call(post.clone(), format!("{url}/api/v1/periods/2026-13/close"), &admin, None).await;
+    assert_eq!(s, 422);
+
+    // Usage: acme 619 work orders inside P1 plus one at its last millisecond, one at P2's first
+    // instant; a tenant without a subscription.
+    let mut events: Vec<Value> =
+        (0..619).map(|i| work_order("acme", &format!("a{i}"), p1_start + time::Duration::hours(1) + ms * i)).collect();
+    events.push(work_order("acme", "last-ms", p2_start - ms));
+    events.push(work_order("acme", "first-instant", p2_start));
+    events.extend((0..30).map(|i| work_order("initech", &format!("i{i}"), p1_start + time::Duration::days(20))));
+    events.extend((0..7).map(|i| work_order("umbrella", &format!("u{i}"), p1_start + time::Duration::days(2))));
+    send(&url, &ingest, &events).await;
+    let sent = now_us();
+    for t in ["acme", "initech", "umbrella"] {
+        wait_counted(&url, &admin, t, sent).await;
+    }
+
+    // Close P1 with the CLI: progress on stderr, summary on stdout, the four exports.
+    let out_dir = dir.path().join("p1");
+    let out = cli(&["period", "close", &p1, "--out", out_dir.to_str().unwrap()], &url, &admin);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("census of the log"), "{stderr}");
+    assert!(stdout.contains(&format!("period {p1} closed")), "{stdout}");
+    assert!(stdout.contains("closed before the lateness window ended"), "{stdout}");
+    let invoices: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("invoices.json")).unwrap()).unwrap();
+    let a = invoice(&invoices, "acme");
+    assert_eq!(lines_of(a, "base_fee")[0]["amount"], "5000.00");
+    let wo = lines_of(a, "overage").into_iter().find(|l| l["meter"] == "work_orders").unwrap();
+    assert_eq!(wo["lineage"]["meters"]["work_orders"], "620", "619 + the last millisecond, not P2's first instant");
+    assert_eq!(wo["amount"], "3000.00");
+    assert_eq!(a["total"], "8000.00");
+    let h = invoice(&invoices, "hooli");
+    assert_eq!(lines_of(h, "base_fee")[0]["amount"], "300000.00");
+    assert_eq!(lines_of(h, "term_discount")[0]["amount"], "-60000.00");
+    let i = invoice(&invoices, "initech");
+    assert_eq!(lines_of(i, "base_fee")[0]["amount"], "15000.00", "the trial converted 14 days in");
+    assert!(invoices.as_array().unwrap().iter().all(|i| i["tenant"] != "umbrella"));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
+    let row = |r: &Value, t: &str, m: &str| {
+        r.as_array().unwrap().iter().find(|x| x["tenant"] == t && x["meter"] == m).cloned().unwrap()
+    };
+    let acme_wo = row(&report, "acme", "work_orders");
+    assert_eq!(
+        (&acme_wo["accepted"], &acme_wo["counted"], &acme_wo["stored"], &acme_wo["rated"], &acme_wo["status"]),
+        (&json!("620"), &json!("620"), &json!("620"), &json!("620"), &json!("ok"))
+    );
+    assert_eq!(row(&report, "umbrella", "work_orders")["status"], "no subscription: usage not billed");
+
+    // Closing again changes nothing: same drafts, byte for byte.
+    let (s, again) = call(post.clone(), format!("{url}/api/v1/periods/{p1}/close"), &admin, None).await;
+    assert_eq!(s, 200, "{again}");
+    for (what, format) in [("invoices", "json"), ("invoices", "csv"), ("report", "json"), ("report", "csv")] {
+        let served = get_text(format!("{url}/api/v1/periods/{p1}/{what}?format={format}"), &admin).await;
+        let written = std::fs::read_to_string(out_dir.join(format!("{what}.{format}"))).unwrap();
+        assert_eq!(served, written, "{what}.{format}");
+    }
+    let csv = std::fs::read_to_string(out_dir.join("invoices.csv")).unwrap();
+    assert!(
+        csv.starts_with("invoice_id,tenant,subscription,period,currency,price_version,line_id,kind,meter"),
+        "{csv}"
+    );
+    let (s, _) = call(get.clone(), format!("{url}/api/v1/periods/{p1}/invoices?format=xml"), &admin, None).await;
+    assert_eq!(s, 422);
+
+    // A closed period is never rewritten: no change dated inside it.
+    let (s, e) = call(
+        post.clone(),
+        format!("{url}/api/v1/subscriptions/{id}/cancel"),
+        &admin,
+        Some(json!({"at": rfc3339(p1_start + time::Duration::days(5))})),
+    )
+    .await;
+    assert_eq!(s, 409, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("closed period"), "{e}");
+
+    // Ten late events for P1, then close P2: they arrive as an adjustment, P1 stays as it was.
+    let late: Vec<Value> =
+        (0..10).map(|i| work_order("acme", &format!("late{i}"), p1_start + time::Duration::days(9))).collect();
+    send(&url, &ingest, &late).await;
+    wait_counted(&url, &admin, "acme", now_us()).await;
+    let (s, closed) = call(post.clone(), format!("{url}/api/v1/periods/{p2}/close"), &admin, None).await;
+    assert_eq!(s, 200, "{closed}");
+    let p2_invoices: Value =
+        serde_json::from_str(&get_text(format!("{url}/api/v1/periods/{p2}/invoices"), &admin).await).unwrap();
+    let a2 = invoice(&p2_invoices, "acme");
+    let wo2 = lines_of(a2, "overage").into_iter().find(|l| l["meter"] == "work_orders").unwrap();
+    assert_eq!(wo2["lineage"]["meters"]["work_orders"], "1", "P2 holds only its first instant's event");
+    let adj = lines_of(a2, "adjustment");
+    assert_eq!(adj.len(), 1, "{a2:#}");
+    assert_eq!(adj[0]["amount"], "250.00");
+    assert!(
+        adj[0]["description"].as_str().unwrap().contains(&format!("adjustment for {p1}: work_orders 620 → 630")),
+        "{}",
+        adj[0]
+    );
+    let p1_again = get_text(format!("{url}/api/v1/periods/{p1}/invoices?format=json"), &admin).await;
+    assert_eq!(p1_again, std::fs::read_to_string(out_dir.join("invoices.json")).unwrap(), "P1 is not rewritten");
+    let (s, e) = call(post.clone(), format!("{url}/api/v1/periods/{p1}/close"), &admin, None).await;
+    assert_eq!(s, 200, "closing P1 again still answers its close: {e}");
+
+    // The upcoming invoice: so far and projected, for the tenant's own read key.
+    let (s, up) = call(get.clone(), format!("{url}/api/v1/invoices/upcoming"), &acme_reader, None).await;
+    assert_eq!(s, 200, "{up}");
+    assert_eq!(up["period"], open.as_str());
+    let total = |v: &Value| v["total"].as_str().unwrap().parse::<f64>().unwrap();
+    assert!(total(&up["projected"]) >= total(&up["so_far"]), "{up}");
+    let (s, _) = call(get.clone(), format!("{url}/api/v1/invoices/upcoming?tenant=hooli"), &acme_reader, None).await;
+    assert_eq!(s, 403);
+    let (s, _) = call(get.clone(), format!("{url}/api/v1/invoices/upcoming?tenant=umbrella"), &admin, None).await;
+    assert_eq!(s, 404);
+
+    // past_due → reactivated through the API; the trail records each change and who made it.
+    let hid = hooli["id"].as_str().unwrap();
+    let (s, v) = call(post.clone(), format!("{url}/api/v1/subscriptions/{hid}/payment_failed"), &admin, None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("past_due")), "{v}");
+    let (s, e) = call(post.clone(), format!("{url}/api/v1/subscriptions/{hid}/payment_failed"), &admin, None).await;
+    assert_eq!((s, &e["allowed"]), (409, &json!(["change_plan", "cancel", "reactivate"])), "{e}");
+    let out = cli(&["subscriptions", "reactivate", hid], &url, &admin);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "active");
+    let kinds: Vec<&str> = v["trail"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["created", "cycle_started", "payment_failed", "reactivated"]);
+    let (_, t) =
+        call(get, format!("{url}/api/v1/subscriptions/{}", initech["id"].as_str().unwrap()), &admin, None).await;
+    let kinds: Vec<&str> = t["trail"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(&kinds[..3], ["created", "converted", "cycle_started"], "{t}");
+    assert_eq!(t["trail"][1]["by"], "schedule");
+}
