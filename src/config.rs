@@ -451,6 +451,24 @@ mod tests {
     }
 
     #[test]
+    fn the_price_book_is_the_sample_or_a_file_checked_against_the_meters() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert!(c.price_book().unwrap().version("2026-01").is_some(), "the sample is the default");
+            jail.set_env("METER__BILLING__PRICE_BOOK", "missing.toml");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("billing.price_book missing.toml"), "{err}");
+            let book = meter_rater::pricebook::SAMPLE
+                .replace("[list.plans.starter.meters.api_calls]", "[list.plans.starter.meters.api_calls_v2]");
+            jail.create_file("book.toml", &book)?;
+            jail.set_env("METER__BILLING__PRICE_BOOK", "book.toml");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("plans.starter.meters.api_calls_v2: unknown meter"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn durations_and_meters_from_a_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

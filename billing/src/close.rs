@@ -388,3 +388,55 @@ impl Close {
         String::from_utf8(w.into_inner().expect("flushing memory")).expect("CSV of text is text")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meter_schemas::Tally;
+
+    fn totals(rows: &[(&str, &str, i64)]) -> Totals {
+        let mut t = Totals::new();
+        for (tenant, meter, v) in rows {
+            let tally = Tally { value: Some(Decimal::from(*v)), latest: None };
+            t.entry(tenant.to_string()).or_default().insert(meter.to_string(), tally);
+        }
+        t
+    }
+
+    #[test]
+    fn the_report_flags_every_difference_between_the_four_figures() {
+        let catalog = Catalog::new(vec![]).unwrap();
+        let accepted = totals(&[("a", "work_orders", 10), ("b", "work_orders", 5), ("c", "api_calls", 3)]);
+        let counted = totals(&[("a", "work_orders", 10), ("b", "work_orders", 4), ("c", "api_calls", 3)]);
+        let stored = totals(&[("a", "work_orders", 9), ("b", "work_orders", 4), ("c", "api_calls", 3)]);
+        let book = PriceBook::parse(
+            meter_rater::pricebook::SAMPLE,
+            &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
+            &["active_users"],
+        )
+        .unwrap();
+        let list = book.lists().last().unwrap();
+        let mut inv = Invoice::empty("a", "s", "2026-10".parse().unwrap(), list);
+        let line = meter_rater::Line {
+            id: String::new(),
+            kind: meter_rater::LineKind::Overage,
+            description: String::new(),
+            meter: Some("work_orders".into()),
+            quantity: None,
+            amount: Decimal::ZERO,
+            lineage: meter_rater::Lineage {
+                meters: BTreeMap::from([("work_orders".to_string(), Decimal::from(8))]),
+                watermark_us: None,
+                price_version: list.version.clone(),
+                inputs_hash: String::new(),
+            },
+        };
+        inv.append(vec![line]).unwrap();
+        let rows = report(&catalog, Some(&accepted), &counted, &stored, &[inv]);
+        let status = |t: &str, m: &str| rows.iter().find(|r| r.tenant == t && r.meter == m).unwrap().status.clone();
+        assert_eq!(status("a", "work_orders"), "counted ≠ stored; rated ≠ stored");
+        assert_eq!(status("b", "work_orders"), "accepted ≠ counted; no subscription: usage not billed");
+        assert_eq!(status("c", "api_calls"), "no subscription: usage not billed");
+        assert!(rows.iter().all(|r| r.meter != "agent_tokens"), "meters without figures are left out");
+    }
+}

@@ -222,3 +222,47 @@ fn load(c: &Connection, filter: &str, args: &[&dyn meter_sqlite::rusqlite::ToSql
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meter_rater::pricebook::SAMPLE;
+
+    const METERS: &[&str] =
+        &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"];
+
+    #[tokio::test]
+    async fn a_price_list_that_rated_a_closed_period_may_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("billing.db")).unwrap();
+        let book = PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap();
+        ledger.check_price_book(&book).await.unwrap();
+        let period: Period = "2026-10".parse().unwrap();
+        let close = Close {
+            period,
+            closed_at: String::new(),
+            closed_us: 0,
+            watermark: String::new(),
+            watermark_us: 0,
+            complete: true,
+            price_version: "2026-01".into(),
+            invoices: vec![],
+            totals: Default::default(),
+            report: vec![],
+            revisions: Default::default(),
+        };
+        ledger.record(close, book.version("2026-01").unwrap()).await.unwrap();
+        ledger.check_price_book(&book).await.unwrap();
+        let edited = PriceBook::parse(&SAMPLE.replace("\"25.00\"", "\"26.00\""), METERS, &["active_users"]).unwrap();
+        let err = ledger.check_price_book(&edited).await.unwrap_err().to_string();
+        assert!(err.contains("price list 2026-01 changed after it rated the closed period 2026-10"), "{err}");
+        // A new list with a later date is the way to change prices.
+        let next = SAMPLE
+            .replace("version = \"2026-01\"", "version = \"2027-01\"")
+            .replace("effective = 2026-01-01", "effective = 2027-01-01")
+            .replace("\"25.00\"", "\"26.00\"");
+        let later = PriceBook::parse(&format!("{SAMPLE}\n{next}"), METERS, &["active_users"]).unwrap();
+        assert_eq!(later.for_period("2027-03".parse().unwrap()).unwrap().version, "2027-01");
+        ledger.check_price_book(&later).await.unwrap();
+    }
+}

@@ -171,7 +171,8 @@ fn exact(r: Option<Decimal>, what: &str) -> Result<Decimal, Error> {
 
 /// The largest magnitude an amount may reach (10^24).
 pub(crate) fn limit() -> Decimal {
-    Decimal::from_i128_with_scale(1_000_000_000_000_000_000_000_000, 0)
+    const LIMIT: Decimal = Decimal::from_parts(2_701_131_776, 466_537_709, 54_210, false, 0);
+    LIMIT
 }
 
 #[cfg(test)]
@@ -206,6 +207,11 @@ mod tests {
         assert!("15".parse::<Percent>().unwrap_err().contains("like \"15%\""));
         assert!("100%".parse::<Percent>().unwrap_err().contains("below 100%"));
         assert!("-1%".parse::<Percent>().is_err());
+    }
+
+    #[test]
+    fn the_limit_is_ten_to_the_24() {
+        assert_eq!(limit(), Decimal::from_i128_with_scale(1_000_000_000_000_000_000_000_000, 0));
     }
 
     #[test]

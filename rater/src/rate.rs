@@ -398,7 +398,9 @@ impl<'a> Rating<'a> {
                     (Decimal::ZERO, self.round(Decimal::ZERO), format!("{meter}: {} used, unlimited", used.normalize()))
                 }
             };
-            let hash = self.hash(&[&"overage", &meter, &used, &serde_json::to_string(price).unwrap_or_default()]);
+            // The price list's version (in every hash), the plan and whether the tenant's deal
+            // applies determine the price: a list that rated a closed period never changes.
+            let hash = self.hash(&[&"overage", &meter, &used, &terms.code, &terms.deal.is_some()]);
             let meters = BTreeMap::from([(meter.to_string(), used)]);
             self.push(LineKind::Overage, text, Some(meter.to_string()), Some(over), amount, meters, hash);
             usage_charges = add(usage_charges, amount, meter)?;
@@ -458,7 +460,7 @@ impl<'a> Rating<'a> {
         for p in parts {
             let _ = write!(text, "\u{0}{p}");
         }
-        hex::encode(Sha256::digest(text.as_bytes()))
+        format!("{:x}", Sha256::digest(text.as_bytes()))
     }
 
     #[allow(clippy::too_many_arguments)]
