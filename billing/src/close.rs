@@ -1,7 +1,7 @@
 //! Period close: freeze a period at a watermark, rate every subscription, carry late events of
 //! earlier closes into adjustment lines, reconcile, and record the drafts once.
 
-use crate::{Error, Ledger};
+use crate::{Error, Ledger, metric};
 use meter_eventlog::EventLog;
 use meter_rater::{Invoice, PriceBook, Usage, adjustments, rate};
 use meter_schemas::period::format_time;
@@ -122,6 +122,7 @@ pub async fn close(
     if let Some(done) = ledger.close_of(period).await? {
         return Ok(done);
     }
+    let started = std::time::Instant::now();
     let closes = ledger.closes().await?;
     if let Some(later) = closes.iter().find(|c| c.period > period) {
         return Err(Error::Conflict(format!("period {} is already closed; periods close in order", later.period)));
@@ -215,7 +216,15 @@ pub async fn close(
         report,
         revisions,
     };
-    ledger.record(close, list).await
+    let (invoices, differences) = (close.invoices.len(), close.report.iter().filter(|r| r.status != "ok").count());
+    let recorded = ledger.record(close, list).await?;
+    if recorded.closed_us == now_us {
+        metrics::counter!(metric::CLOSES).increment(1);
+        metrics::counter!(metric::INVOICES).increment(invoices as u64);
+        metrics::counter!(metric::DIFFERENCES).increment(differences as u64);
+        metrics::histogram!(metric::CLOSE_DURATION).record(started.elapsed().as_secs_f64());
+    }
+    Ok(recorded)
 }
 
 async fn census(

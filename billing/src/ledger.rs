@@ -105,6 +105,7 @@ impl Ledger {
                 params![sub.id, sub.tenant, at_us, serde_json::to_string(&sub)?],
             )?;
             tx.commit()?;
+            metrics::counter!(crate::metric::SUBSCRIPTION_CHANGES, "action" => "create").increment(1);
             Ok(sub)
         })
         .await
@@ -127,6 +128,7 @@ impl Ledger {
             sub.apply(&command, at_us, &by, &list)?;
             tx.execute("UPDATE subscriptions SET body = ?2 WHERE id = ?1", params![id, serde_json::to_string(&sub)?])?;
             tx.commit()?;
+            metrics::counter!(crate::metric::SUBSCRIPTION_CHANGES, "action" => command.name()).increment(1);
             Ok(sub)
         })
         .await

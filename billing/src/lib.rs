@@ -5,6 +5,7 @@
 pub mod census;
 pub mod close;
 pub mod ledger;
+pub mod metric;
 pub mod preview;
 
 pub use close::{Close, Progress, ReportRow, Sources, close};

@@ -152,7 +152,7 @@ async fn admin(state: &AppState, headers: &HeaderMap, action: &'static str) -> R
 }
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b).map_err(|e| ApiError::Invalid(vec![FieldError::invalid("body", e.body_text())]))
+    Ok(body.map(|Json(b)| b)?)
 }
 
 /// The instant of an `at` field: RFC 3339, not in the future; default now.
@@ -217,7 +217,7 @@ pub async fn list_subscriptions(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<SubscriptionView>>, ApiError> {
     let p = reader(&state, &headers).await?;
-    let Query(q) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    let Query(q) = query?;
     let tenant = match (&p.tenant, q.tenant) {
         (None, t) => t,
         (Some(_), t) => Some(p.readable_tenant(t.as_deref())?),
@@ -460,7 +460,7 @@ async fn export(
 ) -> Result<Response, ApiError> {
     admin(state, headers, "export closed periods").await?;
     let period = period_of(period)?;
-    let Query(q) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    let Query(q) = query?;
     let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
@@ -501,7 +501,7 @@ pub async fn upcoming_invoice(
     query: Result<Query<UpcomingQuery>, QueryRejection>,
 ) -> Result<Json<meter_billing::Upcoming>, ApiError> {
     let p = reader(&state, &headers).await?;
-    let Query(q) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    let Query(q) = query?;
     if let Some(Err(m)) = q.tenant.as_deref().map(check_id) {
         return Err(ApiError::Invalid(vec![FieldError::invalid("tenant", m)]));
     }

@@ -55,6 +55,18 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())])
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::Invalid(vec![FieldError::invalid("body", e.body_text())])
+    }
+}
+
 impl From<meter_billing::Error> for ApiError {
     fn from(e: meter_billing::Error) -> Self {
         use meter_billing::Error as B;

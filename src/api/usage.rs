@@ -174,7 +174,7 @@ async fn read_request<Q>(
     if principal.role == Role::Ingest {
         return Err(AuthError::WrongRole { have: Role::Ingest, action: "read usage" }.into());
     }
-    let Query(query) = query.map_err(|e| ApiError::Invalid(vec![FieldError::invalid("query", e.body_text())]))?;
+    let Query(query) = query?;
     let mut problems = Vec::new();
     if let Some(Err(m)) = tenant(&query).map(check_id) {
         problems.push(FieldError::invalid("tenant", m));
