@@ -155,23 +155,50 @@ pub async fn close(
     let stored = src.history.period_totals(period).await?;
     let counted = src.live.period_totals(period).await?;
 
+    // From here on no change may be dated inside the period: the close reads the trails now.
+    ledger.freeze(period).await?;
     let subscriptions = ledger.list(None).await?;
-    let mut invoices: BTreeMap<String, Invoice> = BTreeMap::new();
+    let subscribed: BTreeSet<String> = subscriptions.iter().map(|s| s.tenant.clone()).collect();
+    let mut rated = Vec::with_capacity(subscriptions.len());
     for (i, mut sub) in subscriptions.into_iter().enumerate() {
         sub.advance(period.end_us() - 1);
         let usage = usage_of(&stored, &sub.tenant, watermark_us);
-        let inv = rate(&sub.tenant, &sub.id, &sub.entries, period, &usage, list)?;
-        if !inv.lines.is_empty() {
-            invoices.insert(sub.id.clone(), inv);
-        }
+        let inv =
+            rate(&sub.tenant, &sub.id, &sub.entries, period, Some(&usage), list).map_err(|e| unratable(&sub, e))?;
+        rated.push((sub, inv));
         if (i + 1) % 10_000 == 0 {
             progress(Progress::Rating { done: i + 1, of: 0 });
+        }
+    }
+    // Usage is the tenant's: of two subscriptions in one period (one ended, the next began), the
+    // later one bills it.
+    let mut owner: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, (sub, inv)) in rated.iter().enumerate() {
+        if inv.plan.is_some() {
+            owner.insert(sub.tenant.clone(), i);
+        }
+    }
+    let mut invoices: BTreeMap<(String, &'static str), Invoice> = BTreeMap::new();
+    for (i, (sub, mut inv)) in rated.into_iter().enumerate() {
+        if inv.plan.is_some() && owner.get(&sub.tenant) != Some(&i) {
+            inv = rate(&sub.tenant, &sub.id, &sub.entries, period, None, list).map_err(|e| unratable(&sub, e))?;
+        }
+        if !inv.lines.is_empty() {
+            invoices.insert((sub.id.clone(), inv.currency.code()), inv);
         }
     }
     progress(Progress::Rating { done: invoices.len(), of: invoices.len() });
 
     let mut revisions = BTreeMap::new();
-    for earlier in closes.iter().filter(|c| c.watermark_us < c.period.end_us() + src.lateness_us) {
+    for earlier in &closes {
+        // A period can still change until a close (its own or a later one's revision) saw a
+        // watermark past its end plus the lateness window.
+        let settled = earlier.period.end_us() + src.lateness_us;
+        let last =
+            closes.iter().rev().find(|c| c.period == earlier.period || c.revisions.contains_key(&earlier.period));
+        if last.is_none_or(|c| c.watermark_us >= settled) {
+            continue;
+        }
         progress(Progress::Adjusting { period: earlier.period.to_string() });
         let baseline = closes.iter().rev().find_map(|c| c.revisions.get(&earlier.period)).unwrap_or(&earlier.invoices);
         let totals = src.history.period_totals(earlier.period).await?;
@@ -183,12 +210,17 @@ pub async fn close(
             let mut sub = ledger.get(&billed.subscription).await?;
             sub.advance(earlier.period.end_us() - 1);
             let usage = usage_of(&totals, &sub.tenant, watermark_us);
-            let again = rate(&sub.tenant, &sub.id, &sub.entries, earlier.period, &usage, earlier_list)?;
+            let usage = billed.plan.is_some().then_some(&usage);
+            let again = rate(&sub.tenant, &sub.id, &sub.entries, earlier.period, usage, earlier_list)
+                .map_err(|e| unratable(&sub, e))?;
             let lines = adjustments(billed, &again, Some(watermark_us));
             if !lines.is_empty() {
+                // In the currency they were billed in: with the current list's, or apart.
+                let mut in_currency = list.clone();
+                in_currency.currency = again.currency;
                 let inv = invoices
-                    .entry(sub.id.clone())
-                    .or_insert_with(|| Invoice::empty(&sub.tenant, &sub.id, period, list));
+                    .entry((sub.id.clone(), again.currency.code()))
+                    .or_insert_with(|| Invoice::empty(&sub.tenant, &sub.id, period, &in_currency));
                 inv.append(lines)?;
             }
             revised.push(again);
@@ -200,9 +232,10 @@ pub async fn close(
     invoices.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
     let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
     for inv in &invoices {
-        *totals.entry(inv.currency.to_string()).or_default() += inv.total;
+        let sum = totals.entry(inv.currency.to_string()).or_default();
+        *sum = sum.checked_add(inv.total).ok_or_else(|| meter_rater::Error::Overflow("the close's total".into()))?;
     }
-    let report = report(&src.catalog, accepted.as_ref(), &counted, &stored, &invoices);
+    let report = report(&src.catalog, accepted.as_ref(), &counted, &stored, &invoices, &subscribed);
     let close = Close {
         period,
         closed_at: format_time(now_us),
@@ -251,6 +284,12 @@ async fn census(
     task.await.map_err(|e| Error::Storage(meter_sqlite::Error::Task(e.to_string())))?
 }
 
+/// A subscription the close cannot rate stops the close, naming it: no period closes with a
+/// tenant left out.
+fn unratable(sub: &meter_rater::Subscription, e: meter_rater::Error) -> Error {
+    Error::Conflict(format!("cannot rate subscription {} of tenant {}: {e}", sub.id, sub.tenant))
+}
+
 /// `tenant`'s totals as the rater reads them.
 fn usage_of(totals: &Totals, tenant: &str, watermark_us: i64) -> Usage {
     let totals = totals
@@ -266,16 +305,18 @@ fn report(
     counted: &Totals,
     stored: &Totals,
     invoices: &[Invoice],
+    subscribed: &BTreeSet<String>,
 ) -> Vec<ReportRow> {
     let mut rated: BTreeMap<&str, BTreeMap<&str, Decimal>> = BTreeMap::new();
     for inv in invoices {
-        for l in &inv.lines {
+        // Adjustment lines carry an earlier period's totals.
+        for l in inv.lines.iter().filter(|l| l.kind != meter_rater::LineKind::Adjustment) {
             for (m, v) in &l.lineage.meters {
                 rated.entry(inv.tenant.as_str()).or_default().insert(m, *v);
             }
         }
     }
-    let billed: BTreeSet<&str> = invoices.iter().map(|i| i.tenant.as_str()).collect();
+    let billed: BTreeSet<&str> = invoices.iter().filter(|i| i.plan.is_some()).map(|i| i.tenant.as_str()).collect();
     let tenants: BTreeSet<&str> = counted
         .keys()
         .chain(stored.keys())
@@ -305,7 +346,11 @@ fn report(
                 flags.push("rated ≠ stored");
             }
             if !billed.contains(tenant) && s.is_some() {
-                flags.push("no subscription: usage not billed");
+                flags.push(if subscribed.contains(tenant) {
+                    "usage not billed: no paid time in the period (trial)"
+                } else {
+                    "no subscription: usage not billed"
+                });
             }
             rows.push(ReportRow {
                 tenant: tenant.to_string(),
@@ -415,9 +460,12 @@ mod tests {
     #[test]
     fn the_report_flags_every_difference_between_the_four_figures() {
         let catalog = Catalog::new(vec![]).unwrap();
-        let accepted = totals(&[("a", "work_orders", 10), ("b", "work_orders", 5), ("c", "api_calls", 3)]);
-        let counted = totals(&[("a", "work_orders", 10), ("b", "work_orders", 4), ("c", "api_calls", 3)]);
-        let stored = totals(&[("a", "work_orders", 9), ("b", "work_orders", 4), ("c", "api_calls", 3)]);
+        let accepted =
+            totals(&[("a", "work_orders", 10), ("b", "work_orders", 5), ("c", "api_calls", 3), ("d", "api_calls", 2)]);
+        let counted =
+            totals(&[("a", "work_orders", 10), ("b", "work_orders", 4), ("c", "api_calls", 3), ("d", "api_calls", 2)]);
+        let stored =
+            totals(&[("a", "work_orders", 9), ("b", "work_orders", 4), ("c", "api_calls", 3), ("d", "api_calls", 2)]);
         let book = PriceBook::parse(
             meter_rater::pricebook::SAMPLE,
             &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
@@ -441,11 +489,13 @@ mod tests {
             },
         };
         inv.append(vec![line]).unwrap();
-        let rows = report(&catalog, Some(&accepted), &counted, &stored, &[inv]);
+        inv.plan = Some("starter".into());
+        let rows = report(&catalog, Some(&accepted), &counted, &stored, &[inv], &BTreeSet::from(["d".to_string()]));
         let status = |t: &str, m: &str| rows.iter().find(|r| r.tenant == t && r.meter == m).unwrap().status.clone();
         assert_eq!(status("a", "work_orders"), "counted ≠ stored; rated ≠ stored");
         assert_eq!(status("b", "work_orders"), "accepted ≠ counted; no subscription: usage not billed");
         assert_eq!(status("c", "api_calls"), "no subscription: usage not billed");
+        assert_eq!(status("d", "api_calls"), "usage not billed: no paid time in the period (trial)");
         assert!(rows.iter().all(|r| r.meter != "agent_tokens"), "meters without figures are left out");
     }
 }

@@ -10,14 +10,19 @@ use meter_sqlite::{Durability, blocking, migrate, open};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE subscriptions (
         id TEXT PRIMARY KEY, tenant TEXT NOT NULL, created_us INTEGER NOT NULL, body TEXT NOT NULL
     );
     CREATE INDEX subscriptions_by_tenant ON subscriptions (tenant, created_us);
     CREATE TABLE closes (period TEXT PRIMARY KEY, closed_us INTEGER NOT NULL, body TEXT NOT NULL);
     CREATE TABLE price_lists (version TEXT PRIMARY KEY, digest TEXT NOT NULL, first_period TEXT NOT NULL);
-"];
+",
+    "
+    CREATE TABLE freezes (period TEXT PRIMARY KEY, since_us INTEGER NOT NULL);
+",
+];
 
 /// The ledger. Every write is one SQLite transaction; calls block (use the async wrappers).
 #[derive(Clone)]
@@ -91,7 +96,9 @@ impl Ledger {
             check_open(&tx, at_us)?;
             for mut other in load(&tx, "WHERE tenant = ?1", params![sub.tenant])? {
                 other.advance(at_us);
-                if other.state() != State::Expired {
+                // Expired by `at`, and nothing of it after `at` (a backdated start must not overlap).
+                let after = other.entries.last().is_some_and(|e| e.at_us > at_us);
+                if other.state() != State::Expired || after {
                     return Err(Error::Conflict(format!(
                         "tenant {} already has subscription {} ({}); cancel it first",
                         other.tenant,
@@ -175,6 +182,18 @@ impl Ledger {
         .await
     }
 
+    /// Marks `period` as being closed: from now on no change may be dated inside it.
+    pub async fn freeze(&self, period: Period) -> Result<(), Error> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO freezes (period, since_us) VALUES (?1, ?2)",
+                params![period.to_string(), meter_schemas::period::now_us()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Records `close` unless the period was closed meanwhile; returns the close that stands.
     pub async fn record(&self, close: Close, list: &PriceList) -> Result<Close, Error> {
         let (version, digest) = (list.version.clone(), list.digest());
@@ -201,9 +220,14 @@ impl Ledger {
     }
 }
 
-/// Refuses a change at `at_us` inside a closed period: a close is never rewritten.
+/// Refuses a change at `at_us` inside a closed period (or one being closed): a close is never
+/// rewritten.
 fn check_open(c: &Connection, at_us: i64) -> Result<(), Error> {
-    let last: Option<String> = c.query_row("SELECT max(period) FROM closes", [], |r| r.get(0))?;
+    let last: Option<String> = c.query_row(
+        "SELECT max(period) FROM (SELECT period FROM closes UNION ALL SELECT period FROM freezes)",
+        [],
+        |r| r.get(0),
+    )?;
     if let Some(p) = last.and_then(|p| p.parse::<Period>().ok())
         && at_us < p.end_us()
     {

@@ -71,7 +71,7 @@ pub async fn upcoming(
     Ok(Upcoming {
         period,
         elapsed: elapsed.round_dp(6),
-        so_far: rate(tenant, &sub.id, &trail(&sub), period, &so_far, list)?,
-        projected: rate(tenant, &sub.id, &trail(&whole), period, &projected, list)?,
+        so_far: rate(tenant, &sub.id, &trail(&sub), period, Some(&so_far), list)?,
+        projected: rate(tenant, &sub.id, &trail(&whole), period, Some(&projected), list)?,
     })
 }

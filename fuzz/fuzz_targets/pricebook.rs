@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
             let Ok(sub) = Subscription::create("s", "acme", &setup, period.start_us(), "fuzz", list) else { continue };
             let quantity = rust_decimal::Decimal::from(u64::from_le_bytes([data.len() as u8; 8]));
             let usage = Usage { totals: METERS.iter().map(|m| (m.to_string(), quantity)).collect(), watermark_us: None };
-            let _ = meter_rater::rate("acme", "s", &sub.entries, period, &usage, list);
+            let _ = meter_rater::rate("acme", "s", &sub.entries, period, Some(&usage), list);
         }
     }
 });

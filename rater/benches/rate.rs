@@ -50,7 +50,7 @@ fn main() {
         let mut lines = 0;
         let mut total = Decimal::ZERO;
         for (s, u) in chunk {
-            let inv: Invoice = rate(&s.tenant, &s.id, &s.entries, period, u, list).unwrap();
+            let inv: Invoice = rate(&s.tenant, &s.id, &s.entries, period, Some(u), list).unwrap();
             lines += inv.lines.len();
             total += inv.total;
         }

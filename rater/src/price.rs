@@ -121,6 +121,13 @@ impl Price {
                         None => {}
                     }
                 }
+                if tiers.last().is_some_and(|t| t.up_to.is_some()) {
+                    let at = format!("tiers[{}].up_to", tiers.len() - 1);
+                    out.push((
+                        at,
+                        "the last tier must be unbounded (no up_to): usage above it would have no price".into(),
+                    ));
+                }
                 if let Price::Volume { tiers } = self {
                     out.extend(check_volume_monotonic(tiers));
                 }
@@ -200,6 +207,14 @@ mod tests {
         assert_eq!(unordered.check()[0].0, "tiers[1].up_to");
         let open_middle = Price::Graduated { tiers: vec![tier(None, "1", "0"), tier(Some("50"), "1", "0")] };
         assert_eq!(open_middle.check()[0].0, "tiers[0].up_to");
+        let bounded = Price::Graduated { tiers: vec![tier(Some("100"), "2", "0"), tier(Some("200"), "1", "0")] };
+        assert_eq!(
+            bounded.check(),
+            [(
+                "tiers[1].up_to".to_string(),
+                "the last tier must be unbounded (no up_to): usage above it would have no price".to_string()
+            )]
+        );
         assert_eq!(Price::Package { size: d("0"), price: d("1") }.check()[0].0, "size");
     }
 }

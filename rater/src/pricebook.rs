@@ -139,7 +139,7 @@ pub enum Feature {
 pub struct Plan {
     /// Display name.
     pub name: String,
-    /// Order among the plans, lowest first (used to tell an upgrade from a downgrade).
+    /// Order among the plans, lowest first (the tier ladder customers see).
     pub rank: u32,
     /// Base fee per cycle, for each cycle the plan is sold on.
     pub fee: BTreeMap<Cycle, Decimal>,
@@ -357,6 +357,9 @@ impl PriceBook {
                 }
                 if p.fee.is_empty() {
                     out.push((format!("{at}.fee"), "needs a fee for at least one cycle".into()));
+                }
+                if p.trial_days > 365 {
+                    out.push((format!("{at}.trial_days"), "must be at most 365".into()));
                 }
                 check_prices(
                     &at,

@@ -94,7 +94,7 @@ pub struct Invoice {
     pub currency: Currency,
     /// The price list version that rated it.
     pub price_version: String,
-    /// Plan at the end of the period (what usage was rated on).
+    /// The plan usage was rated on; `None` when the invoice bills no usage.
     pub plan: Option<String>,
     /// The lines.
     pub lines: Vec<Line>,
@@ -195,17 +195,20 @@ pub fn invoice_id(tenant: &str, subscription: &str, period: Period) -> String {
 /// Rates one subscription for `period`: base fees of cycles starting in it, prorations of plan
 /// changes in it, term discounts, and (when it was paid for at some instant of the period) seats,
 /// overage, the minimum and the volume discount, on the plan in effect at the last such instant.
-/// `entries` is the subscription's trail up to at least the period's end.
+/// `entries` is the subscription's trail up to at least the period's end. `usage` is `None` when
+/// another subscription of the tenant bills the period's usage (one that ended in the period
+/// before this one started): usage is per tenant and is billed once.
 pub fn rate(
     tenant: &str,
     subscription: &str,
     entries: &[Entry],
     period: Period,
-    usage: &Usage,
+    usage: Option<&Usage>,
     list: &PriceList,
 ) -> Result<Invoice, Error> {
     let id = invoice_id(tenant, subscription, period);
-    let mut r = Rating::new(tenant, subscription, period, usage, list);
+    let none = Usage::default();
+    let mut r = Rating::new(tenant, subscription, period, usage.unwrap_or(&none), list);
     let (start, end) = (period.start_us(), period.end_us());
     let term_years = match entries.first().map(|e| &e.change) {
         Some(Change::Created { term_years, .. }) => *term_years,
@@ -233,12 +236,12 @@ pub fn rate(
         .map(|(_, (_, _, plan))| *plan)
         .next_back();
     r.term_discounts()?;
-    if let Some(plan) = billed_plan {
+    if let Some(plan) = billed_plan.filter(|_| usage.is_some()) {
         let terms = list.terms(tenant, plan).ok_or_else(|| Error::UnknownPlan(plan.into(), list.version.clone()))?;
         r.usage(&terms)?;
         r.volume_discount()?;
     }
-    r.finish(id, billed_plan.map(str::to_string))
+    r.finish(id, billed_plan.filter(|_| usage.is_some()).map(str::to_string))
 }
 
 struct Rating<'a> {

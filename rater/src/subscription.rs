@@ -25,7 +25,7 @@ const DAY_US: i64 = meter_schemas::period::DAY_US;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
-    /// Free trial; no fee, no usage charges.
+    /// Free trial: no fee; a period spent wholly in a trial charges no usage.
     Trial,
     /// Paid and running.
     Active,
@@ -65,8 +65,8 @@ pub enum Command {
     },
     /// Stop renewing; the subscription runs to the end of the paid cycle (or trial), then expires.
     Cancel,
-    /// Payment received: past_due or suspended becomes active; a cancelled subscription that has
-    /// not expired yet is un-cancelled.
+    /// Payment received: past_due, suspended or cancelled (before it expired) becomes active; a
+    /// cancelled trial goes back to its trial.
     Reactivate,
     /// A payment failed: active becomes past_due.
     PaymentFailed,
@@ -415,8 +415,9 @@ impl Subscription {
                 self.advance(at_us);
             }
             Command::Reactivate => {
-                let to = match state {
-                    State::Cancelled => self.before_cancel.unwrap_or(State::Active),
+                // Payment makes it active; only a cancelled trial goes back to its trial.
+                let to = match (state, self.before_cancel) {
+                    (State::Cancelled, Some(State::Trial)) => State::Trial,
                     _ => State::Active,
                 };
                 self.ends_us = None;

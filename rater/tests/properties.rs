@@ -82,7 +82,7 @@ impl Scenario {
     }
 
     fn rate(&self, s: &Subscription, usage: &Usage) -> Result<meter_rater::Invoice, Error> {
-        meter_rater::rate(&s.tenant, &s.id, &s.entries, p("2026-11"), usage, list())
+        meter_rater::rate(&s.tenant, &s.id, &s.entries, p("2026-11"), Some(usage), list())
     }
 }
 
@@ -212,7 +212,7 @@ proptest! {
         let sub = Subscription::create("sub", "acme", &setup, NOV_START, "k", list()).unwrap();
         let mut u = usage_of(q);
         u.totals.insert(meter.to_string(), Decimal::from_i128_with_scale(huge, 0));
-        let r = meter_rater::rate(&sub.tenant, &sub.id, &sub.entries, p("2026-11"), &u, list());
+        let r = meter_rater::rate(&sub.tenant, &sub.id, &sub.entries, p("2026-11"), Some(&u), list());
         prop_assert!(matches!(r, Err(Error::Overflow(_))), "{:?}", r.map(|i| i.total));
     }
 }

@@ -343,3 +343,30 @@ fn invalid_commands_name_what_is_allowed() {
     assert!(matches!(e, Refusal::Invalid { field: "at", .. }));
     assert_eq!(s.entries.len(), 2, "refusals change nothing");
 }
+
+#[test]
+fn reactivating_a_cancelled_subscription_makes_it_active_and_a_cancelled_trial_a_trial() {
+    let mut s = subscribe("acme", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
+    act(&mut s, Command::PaymentFailed, "2026-11-02T00:00:00Z");
+    act(&mut s, Command::Cancel, "2026-11-03T00:00:00Z");
+    act(&mut s, Command::Reactivate, "2026-11-04T00:00:00Z");
+    assert_eq!(s.state(), State::Active, "payment received: not past due any more");
+    s.advance(at("2026-12-15T00:00:00Z"));
+    assert_eq!(s.state(), State::Active, "no grace period left running");
+
+    let mut t = subscribe("b", "starter", Cycle::Monthly, 1, true, "2026-11-01T00:00:00Z");
+    act(&mut t, Command::Cancel, "2026-11-03T00:00:00Z");
+    act(&mut t, Command::Reactivate, "2026-11-04T00:00:00Z");
+    assert_eq!(t.state(), State::Trial);
+    t.advance(at("2026-11-15T00:00:00Z"));
+    assert_eq!(t.state(), State::Active, "the trial still converts on its day");
+}
+
+#[test]
+fn usage_billed_by_another_subscription_is_not_billed_again() {
+    let mut s = subscribe("acme", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
+    let period = p("2026-11");
+    s.advance(period.end_us() - 1);
+    let inv = meter_rater::rate(&s.tenant, &s.id, &s.entries, period, None, list()).unwrap();
+    assert_eq!(amounts(&inv), [(K::BaseFee, "5000.00".into())]);
+}

@@ -168,9 +168,9 @@ fn instant(at: Option<&str>, now: i64) -> Result<i64, ApiError> {
 }
 
 fn list_at(state: &AppState, at: i64) -> Result<meter_rater::PriceList, ApiError> {
-    state.billing.book.for_period(Period::containing(at)).cloned().ok_or_else(|| ApiError::Conflict {
-        detail: format!("no price list is effective in {}", Period::containing(at)),
-        allowed: None,
+    let period = Period::containing(at);
+    state.billing.book.for_period(period).cloned().ok_or_else(|| {
+        ApiError::Invalid(vec![FieldError::invalid("at", format!("no price list is effective in {period}"))])
     })
 }
 

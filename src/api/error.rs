@@ -83,7 +83,11 @@ impl From<meter_billing::Error> for ApiError {
                 ApiError::Conflict { detail: m, allowed: None }
             }
             B::Rating(r) => ApiError::Unratable(r.to_string()),
-            e @ (B::Store(_) | B::Log(_) | B::Storage(_) | B::Json(_)) => ApiError::Unavailable(e.to_string()),
+            e @ (B::Store(_) | B::Log(_) | B::Storage(_)) => ApiError::Unavailable(e.to_string()),
+            B::Json(e) => {
+                tracing::error!(error = %e, "a ledger record does not parse");
+                ApiError::Internal
+            }
         }
     }
 }

@@ -58,7 +58,7 @@ pub fn act(s: &mut Subscription, command: Command, when: &str) {
 pub fn rate(s: &mut Subscription, period: &str, u: &Usage) -> Invoice {
     let period = p(period);
     s.advance(period.end_us() - 1);
-    meter_rater::rate(&s.tenant, &s.id, &s.entries, period, u, list()).unwrap()
+    meter_rater::rate(&s.tenant, &s.id, &s.entries, period, Some(u), list()).unwrap()
 }
 
 /// `(kind, amount)` of every line, amounts as text.

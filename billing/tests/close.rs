@@ -1,0 +1,129 @@
+//! The close against a real SQLite usage store and ledger, with the clock given: one tenant's
+//! subscription ending and the next starting in one period (usage billed once), a backdated
+//! overlap refused, late events adjusted once and then no more.
+
+use meter_billing::{Close, Error, Ledger, Sources, close};
+use meter_rater::pricebook::SAMPLE;
+use meter_rater::{Command, Cycle, LineKind, PriceBook, Setup};
+use meter_schemas::{Catalog, Period};
+use meter_store::contract::{adv, meters, tokens};
+use meter_store::{SqliteStore, UsageStore};
+use std::sync::Arc;
+
+const METERS: &[&str] =
+    &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"];
+
+fn at(rfc3339: &str) -> i64 {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).unwrap();
+    (t.unix_timestamp_nanos() / 1000) as i64
+}
+
+fn p(s: &str) -> Period {
+    s.parse().unwrap()
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    ledger: Ledger,
+    sources: Sources,
+    offset: u64,
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open(&dir.path().join("usage.db"), meter_sqlite::Durability::Normal).unwrap());
+        store.checkpoint("c").unwrap();
+        let ledger = Ledger::open(&dir.path().join("billing.db")).unwrap();
+        let book = Arc::new(PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap());
+        let sources = Sources {
+            live: store.clone(),
+            history: store.clone(),
+            history_consumer: "c".into(),
+            partitions: 1,
+            log: None,
+            census_group: "meter-close".into(),
+            catalog: Arc::new(Catalog::new(vec![]).unwrap()),
+            book,
+            lateness_us: 7 * 86_400_000_000,
+        };
+        World { _dir: dir, store, ledger, sources, offset: 0 }
+    }
+
+    /// Counts an invocation of `n` tokens for `tenant` at `time`, and moves the watermark to `watermark`.
+    fn count(&mut self, tenant: &str, n: i64, time: &str, watermark: &str) {
+        let id = format!("e{}", self.offset);
+        let ev = tokens(tenant, &id, n, at(time));
+        self.store.apply("c", &meters(), &[ev], &adv(self.offset, self.offset + 1)).unwrap();
+        self.offset += 1;
+        self.store.advance_watermark("c", &[0], at(watermark)).unwrap();
+    }
+
+    async fn close(&self, period: &str, now: &str) -> Result<Close, Error> {
+        close(&self.ledger, p(period), &self.sources, at(now), &|_| {}).await
+    }
+
+    async fn subscribe(&self, tenant: &str, plan: &str, renew: bool, when: &str) -> Result<String, Error> {
+        let setup = Setup { plan: plan.into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: renew, trial: false };
+        let list = self.sources.book.for_period(Period::containing(at(when))).unwrap();
+        Ok(self.ledger.create(tenant, setup, at(when), "k", list).await?.id)
+    }
+}
+
+fn usage_lines(c: &Close) -> Vec<(String, String, String)> {
+    c.invoices
+        .iter()
+        .flat_map(|i| i.lines.iter().map(move |l| (i.subscription.clone(), l)))
+        .filter(|(_, l)| l.kind == LineKind::Overage && l.meter.as_deref() == Some("agent_tokens"))
+        .map(|(s, l)| (s, l.lineage.meters["agent_tokens"].to_string(), l.amount.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn usage_is_billed_once_across_two_subscriptions_and_late_events_are_adjusted_once() {
+    let mut w = World::new();
+    let first = w.subscribe("a", "starter", false, "2026-09-15T00:00:00Z").await.unwrap();
+    // The first expires on October 15; a second may start after that, never overlapping it.
+    let early = w.subscribe("a", "professional", true, "2026-10-10T00:00:00Z").await.unwrap_err();
+    assert!(early.to_string().contains("already has subscription"), "{early}");
+    let second = w.subscribe("a", "professional", true, "2026-10-20T00:00:00Z").await.unwrap();
+    let backdated = w.subscribe("a", "starter", true, "2026-10-17T00:00:00Z").await.unwrap_err();
+    assert!(backdated.to_string().contains(&second), "a start before the second's overlaps it: {backdated}");
+
+    w.count("a", 60_000_000, "2026-10-05T00:00:00Z", "2026-11-02T00:00:00Z");
+    let oct = w.close("2026-10", "2026-11-02T00:00:00Z").await.unwrap();
+    assert!(!oct.complete, "closed before October's lateness window ended");
+    // 60M tokens: 10M over Professional's 50M, 3 a million; never also on Starter's invoice.
+    assert_eq!(usage_lines(&oct), [(second.clone(), "60000000".into(), "30.00".into())]);
+    assert!(oct.invoices.iter().all(|i| i.subscription != first), "the first has nothing to bill in October");
+
+    // No change may be dated inside a closed period.
+    let list = w.sources.book.for_period(p("2026-10")).unwrap().clone();
+    let refused = w.ledger.apply(&second, Command::Cancel, at("2026-10-25T00:00:00Z"), "k", list).await.unwrap_err();
+    assert!(matches!(refused, Error::Closed(_)), "{refused}");
+
+    // 20M late tokens for October, then November closes: one adjustment of 20 packages at 3.
+    w.count("a", 20_000_000, "2026-10-28T00:00:00Z", "2026-12-10T00:00:00Z");
+    let nov = w.close("2026-11", "2026-12-10T00:00:00Z").await.unwrap();
+    let adj: Vec<_> = nov.invoices.iter().flat_map(|i| &i.lines).filter(|l| l.kind == LineKind::Adjustment).collect();
+    assert_eq!(adj.len(), 1, "{:#?}", nov.invoices);
+    assert_eq!(adj[0].amount.to_string(), "60.00");
+    assert!(nov.revisions.contains_key(&p("2026-10")));
+    assert_eq!(w.ledger.close_of(p("2026-10")).await.unwrap().unwrap(), oct, "October itself is never rewritten");
+
+    // November's close saw October settled: December rates it no more.
+    w.store.advance_watermark("c", &[0], at("2027-01-05T00:00:00Z")).unwrap();
+    let dec = w.close("2026-12", "2027-01-10T00:00:00Z").await.unwrap();
+    assert!(dec.revisions.is_empty(), "{:?}", dec.revisions.keys().collect::<Vec<_>>());
+    assert!(dec.invoices.iter().flat_map(|i| &i.lines).all(|l| l.kind != LineKind::Adjustment));
+
+    // Periods close in order, and a close needs the period ended and counted.
+    let e = w.close("2026-09", "2027-01-10T00:00:00Z").await.unwrap_err();
+    assert!(e.to_string().contains("periods close in order"), "{e}");
+    let e = w.close("2027-01", "2027-01-10T00:00:00Z").await.unwrap_err();
+    assert!(e.to_string().contains("is open until"), "{e}");
+    let e = w.close("2027-01", "2027-02-10T00:00:00Z").await.unwrap_err();
+    assert!(e.to_string().contains("events are counted up to 2027-01-05"), "{e}");
+}
