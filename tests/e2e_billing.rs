@@ -317,6 +317,27 @@ async fn two_closes_bill_exactly_and_late_events_become_an_adjustment() {
     let kinds: Vec<&str> = t["trail"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(&kinds[..3], ["created", "converted", "cycle_started"], "{t}");
     assert_eq!(t["trail"][1]["by"], "schedule");
+
+    // The plans with their feature matrix; deals only for admins (and a tenant's own).
+    let (s, plans) = call(reqwest::Method::GET, format!("{url}/api/v1/plans"), &acme_reader, None).await;
+    assert_eq!(s, 200, "{plans}");
+    assert_eq!(plans["list"]["plans"]["enterprise"]["features"]["sla"], "99.95%");
+    assert_eq!(plans["list"]["plans"]["starter"]["meters"]["work_orders"]["included"], "500");
+    assert_eq!(plans["list"]["overrides"], json!({}), "globex's deal is not acme's to see");
+    let (_, all) = call(reqwest::Method::GET, format!("{url}/api/v1/plans"), &admin, None).await;
+    assert_eq!(all["list"]["overrides"]["globex"]["fee"]["annual"], "650000.00");
+    let (s, _) = call(reqwest::Method::GET, format!("{url}/api/v1/plans?period=1999-01"), &admin, None).await;
+    assert_eq!(s, 404);
+    // Trials: initech's converted.
+    let (s, stats) = call(reqwest::Method::GET, format!("{url}/api/v1/subscriptions/stats"), &admin, None).await;
+    assert_eq!(s, 200, "{stats}");
+    assert_eq!(
+        (&stats["trials_started"], &stats["trials_converted"], &stats["conversion_rate"]),
+        (&json!(1), &json!(1), &json!("1"))
+    );
+    assert_eq!(stats["by_state"]["active"], 3);
+    let (s, _) = call(reqwest::Method::GET, format!("{url}/api/v1/subscriptions/stats"), &acme_reader, None).await;
+    assert_eq!(s, 403);
 }
 
 /// On Kafka the log keeps every copy a retried request sent; the census reads the topic from

@@ -519,3 +519,120 @@ pub async fn upcoming_invoice(
         })?;
     Ok(Json(up))
 }
+
+/// Query of the plan list.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PlansQuery {
+    /// `YYYY-MM`: the list that rates that period (default: the current one).
+    pub period: Option<String>,
+}
+
+/// The plans of a price list, with their fees, allowances, prices and feature matrix. Per-tenant
+/// deals are shown to admins, and to a tenant's read key only its own.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Plans {
+    /// The price list's version.
+    pub version: String,
+    /// First day it rates.
+    pub effective: String,
+    /// Currency of every amount.
+    pub currency: String,
+    /// The list as written in the price book (plans, discounts, deals as allowed).
+    #[schema(value_type = Object)]
+    pub list: serde_json::Value,
+}
+
+/// The price list in effect: plans, fees, allowances, prices, discounts and the feature matrix.
+#[utoipa::path(get, path = "/api/v1/plans", tag = "billing", params(PlansQuery),
+    responses(
+        (status = 200, description = "The price list", body = Plans),
+        (status = 404, description = "No price list rates that period", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn list_plans(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<PlansQuery>, QueryRejection>,
+) -> Result<Json<Plans>, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let Query(q) = query?;
+    let period = match q.period.as_deref() {
+        Some(text) => period_of(text)?,
+        None => Period::containing(now_us()),
+    };
+    let list = state
+        .billing
+        .book
+        .for_period(period)
+        .ok_or_else(|| ApiError::Missing(format!("no price list rates {period}")))?;
+    let mut shown = list.clone();
+    if p.role != Role::Admin {
+        shown.overrides.retain(|tenant, _| p.tenant.as_deref() == Some(tenant.as_str()));
+    }
+    Ok(Json(Plans {
+        version: list.version.clone(),
+        effective: meter_schemas::period::format_day(list.effective),
+        currency: list.currency.to_string(),
+        list: serde_json::to_value(&shown).map_err(|_| ApiError::Internal)?,
+    }))
+}
+
+/// Subscriptions by state, and how trials end.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionStats {
+    /// Count by state now.
+    pub by_state: BTreeMap<String, usize>,
+    /// Trials started.
+    pub trials_started: usize,
+    /// Trials that became paid subscriptions.
+    pub trials_converted: usize,
+    /// Trials cancelled before converting.
+    pub trials_cancelled: usize,
+    /// Trials still running.
+    pub trials_running: usize,
+    /// Converted over ended trials (converted + cancelled), 0 to 1, as decimal text; absent
+    /// before any trial ended.
+    pub conversion_rate: Option<String>,
+}
+
+/// Counts of subscriptions by state and the trial conversion rate (admin).
+#[utoipa::path(get, path = "/api/v1/subscriptions/stats", tag = "billing",
+    responses((status = 200, description = "Counts", body = SubscriptionStats)),
+    security(("bearer" = [])))]
+pub async fn subscription_stats(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<SubscriptionStats>, ApiError> {
+    admin(&state, &headers, "read subscription statistics").await?;
+    let now = now_us();
+    let mut stats = SubscriptionStats {
+        by_state: BTreeMap::new(),
+        trials_started: 0,
+        trials_converted: 0,
+        trials_cancelled: 0,
+        trials_running: 0,
+        conversion_rate: None,
+    };
+    for mut s in state.billing.ledger.list(None).await? {
+        s.advance(now);
+        *stats.by_state.entry(s.state().to_string()).or_default() += 1;
+        let trial = s.entries.first().is_some_and(|e| e.state == SubState::Trial);
+        if !trial {
+            continue;
+        }
+        stats.trials_started += 1;
+        let converted =
+            s.entries.iter().any(|e| matches!(e.change, meter_rater::subscription::Change::Converted { .. }));
+        match (converted, s.state()) {
+            (true, _) => stats.trials_converted += 1,
+            (false, SubState::Trial) => stats.trials_running += 1,
+            (false, _) => stats.trials_cancelled += 1,
+        }
+    }
+    let ended = stats.trials_converted + stats.trials_cancelled;
+    if ended > 0 {
+        let rate = rust_decimal::Decimal::from(stats.trials_converted) / rust_decimal::Decimal::from(ended);
+        stats.conversion_rate = Some(rate.round_dp(4).normalize().to_string());
+    }
+    Ok(Json(stats))
+}
