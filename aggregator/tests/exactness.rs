@@ -126,6 +126,10 @@ impl UsageStore for Flaky {
     async fn period_totals(&self, period: Period) -> Result<meter_store::Totals, meter_store::Error> {
         self.inner.period_totals(period).await
     }
+
+    async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, meter_store::Error> {
+        self.inner.watermark(consumer, partitions).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
