@@ -47,6 +47,8 @@ pub struct AppState {
     pub partitions: u32,
     /// Subscriptions, prices and period close.
     pub billing: crate::api::billing::Billing,
+    /// The live counters' store itself, for the alerts it raises.
+    pub live: Arc<SqliteStore>,
     runs_aggregator: bool,
     aggregator: Mutex<Option<Aggregator>>,
     sink: Mutex<Option<Aggregator>>,
@@ -157,9 +159,18 @@ pub async fn run_roles(
         );
     }
     let log = open_log(&config).await?;
-    let store: Arc<dyn UsageStore> = Arc::new(
+    let live = Arc::new(
         SqliteStore::open(&config.live_store_path()?, config.store.durability).context("opening the usage store")?,
     );
+    let store: Arc<dyn UsageStore> = live.clone();
+    // Alerts are raised as counters change: the allowances must be known before counting starts.
+    let book = Arc::new(config.price_book()?);
+    let ledger = meter_billing::Ledger::open(&config.ledger_path()).context("opening the billing ledger")?;
+    ledger.check_price_book(&book).await?;
+    let allowances = Arc::new(meter_billing::PlanAllowances::new(book.clone()));
+    allowances.refresh(&ledger, meter_schemas::period::now_us()).await?;
+    live.set_allowances(allowances.clone());
+    let refresher = tokio::spawn(refresh_allowances(allowances.clone(), ledger.clone()));
     let clickhouse = match config.store_backend()? {
         StoreBackend::ClickHouse(url) => Some(Arc::new(
             ClickHouseStore::open(&url)
@@ -203,11 +214,9 @@ pub async fn run_roles(
     } else {
         None
     };
-    let book = Arc::new(config.price_book()?);
-    let ledger = meter_billing::Ledger::open(&config.ledger_path()).context("opening the billing ledger")?;
-    ledger.check_price_book(&book).await?;
     let billing = crate::api::billing::Billing {
         ledger,
+        allowances,
         book: book.clone(),
         sources: meter_billing::Sources {
             live: store.clone(),
@@ -231,6 +240,7 @@ pub async fn run_roles(
         consumer,
         partitions: config.log.partitions,
         billing,
+        live,
         runs_aggregator: roles.aggregate,
         aggregator: Mutex::new(aggregator),
         sink: Mutex::new(sink),
@@ -286,6 +296,7 @@ pub async fn run_roles(
     if let Some(m) = maintenance {
         m.abort();
     }
+    refresher.abort();
     let sink = state.sink.lock().map_err(|_| anyhow::anyhow!("state poisoned"))?.take();
     if let Some(s) = sink {
         // A sink that cannot reach ClickHouse stops at its first failure: the log keeps the rest.
@@ -296,6 +307,18 @@ pub async fn run_roles(
     drop(log);
     tracing::info!("meter stopped");
     Ok(())
+}
+
+/// Re-reads every tenant's plan each second (another process may have changed a subscription);
+/// a failure is logged and tried again.
+async fn refresh_allowances(allowances: Arc<meter_billing::PlanAllowances>, ledger: meter_billing::Ledger) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        if let Err(e) = allowances.refresh(&ledger, meter_schemas::period::now_us()).await {
+            tracing::warn!(error = %e, "reading the tenants' plans for alerts failed; trying again");
+        }
+    }
 }
 
 /// Rolls up the days no event can reach any more and drops raw events past retention, now and

@@ -2,12 +2,14 @@
 //! close that rates every subscription and reconciles the figures ([`close`]), and the preview of
 //! the open period's invoice ([`upcoming`]).
 
+pub mod allowances;
 pub mod census;
 pub mod close;
 pub mod ledger;
 pub mod metric;
 pub mod preview;
 
+pub use allowances::PlanAllowances;
 pub use close::{Close, Progress, ReportRow, Sources, close};
 pub use ledger::Ledger;
 pub use preview::{Upcoming, upcoming};

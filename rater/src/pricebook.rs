@@ -156,10 +156,17 @@ pub struct Plan {
     /// The feature matrix.
     #[serde(default)]
     pub features: BTreeMap<String, Feature>,
+    /// Percentages of each included quantity at which the tenant is alerted.
+    #[serde(default = "default_alerts")]
+    pub alerts: Vec<u32>,
 }
 
 fn default_trial_days() -> u32 {
     14
+}
+
+fn default_alerts() -> Vec<u32> {
+    vec![80, 90, 100]
 }
 
 /// A volume discount: this percentage off the part of a period's charges above `above`.
@@ -360,6 +367,9 @@ impl PriceBook {
                 }
                 if p.trial_days > 365 {
                     out.push((format!("{at}.trial_days"), "must be at most 365".into()));
+                }
+                if p.alerts.windows(2).any(|w| w[0] >= w[1]) || p.alerts.iter().any(|a| !(1..=1000).contains(a)) {
+                    out.push((format!("{at}.alerts"), "must be ascending percentages from 1 to 1000".into()));
                 }
                 check_prices(
                     &at,

@@ -30,6 +30,8 @@ const FUTURE_SKEW_US: i64 = 5 * 60 * 1_000_000;
 pub struct Billing {
     /// Subscriptions and closes.
     pub ledger: Ledger,
+    /// Every tenant's plan, for alerts; refreshed after each subscription change.
+    pub allowances: Arc<meter_billing::PlanAllowances>,
     /// Prices.
     pub book: Arc<PriceBook>,
     /// Where a close reads its figures.
@@ -203,6 +205,7 @@ pub async fn create_subscription(
     };
     let list = list_at(&state, at)?;
     let sub = state.billing.ledger.create(&new.tenant, setup, at, &who.key_id, &list).await?;
+    state.billing.allowances.refresh(&state.billing.ledger, now).await?;
     tracing::info!(subscription = %sub.id, key = %who.key_id, "subscription created");
     Ok((StatusCode::CREATED, Json(SubscriptionView::of(sub, now))))
 }
@@ -305,6 +308,7 @@ pub async fn change_subscription(
     let at = instant(change.at.as_deref(), now)?;
     let list = list_at(&state, at)?;
     let sub = state.billing.ledger.apply(&id, command, at, &who.key_id, list).await?;
+    state.billing.allowances.refresh(&state.billing.ledger, now).await?;
     tracing::info!(subscription = %id, action, key = %who.key_id, "subscription changed");
     Ok(Json(SubscriptionView::of(sub, now)))
 }

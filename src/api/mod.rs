@@ -1,5 +1,6 @@
 //! The HTTP API besides ingest: usage, health, metrics, and the OpenAPI document of it all.
 
+pub mod alerts;
 pub mod billing;
 pub mod error;
 pub mod health;
@@ -20,6 +21,7 @@ use utoipa_axum::routes;
         (name = "ingest", description = "Send usage events (Lago and OpenMeter compatible)"),
         (name = "usage", description = "Read usage"),
         (name = "billing", description = "Subscriptions, period close, invoices"),
+        (name = "alerts", description = "Usage alerts"),
         (name = "operations", description = "Health and metrics"),
     )
 )]
@@ -62,6 +64,7 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(billing::period_invoices))
         .routes(routes!(billing::period_report))
         .routes(routes!(billing::upcoming_invoice))
+        .routes(routes!(alerts::list_alerts))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

@@ -5,6 +5,7 @@
 //! new events into the tallies and moves the checkpoint, all in one atomic step, so that a crash at
 //! any instant neither loses nor double-counts an event.
 
+pub mod alerts;
 mod clickhouse;
 #[cfg(feature = "testing")]
 pub mod contract;
@@ -12,6 +13,7 @@ mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use alerts::{Alert, Allowances, Watch};
 pub use clickhouse::{ClickHouseStore, ClickHouseUrl, SCHEMA_VERSION as CLICKHOUSE_SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 

@@ -4,21 +4,22 @@
 //! cached in memory (written through), so a batch reads the database only for keys it has not met
 //! before. Reads for the API use a small pool of connections off the async runtime.
 
+use crate::alerts::{Alert, Allowances, alert_id, reached};
 use crate::{
     Applied, Checkpoint, Coverage, Date, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, Totals,
     UsageStore,
 };
 use async_trait::async_trait;
-use meter_schemas::period::{day_of, format_day};
+use meter_schemas::period::{day_of, format_day, format_time, now_us};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use meter_sqlite::{Checkpointer, Durability, ReadPool, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 const MIGRATIONS: &[&str] = &[
@@ -47,6 +48,15 @@ const MIGRATIONS: &[&str] = &[
     -- One name for the aggregators on every log: their consumer group's.
     UPDATE checkpoints SET consumer = 'meter-aggregator' WHERE consumer = 'aggregator';
 ",
+    "
+    CREATE TABLE alerts (
+        seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+        tenant TEXT NOT NULL, meter TEXT NOT NULL, period TEXT NOT NULL, percent INTEGER NOT NULL,
+        threshold TEXT NOT NULL, included TEXT NOT NULL, value TEXT NOT NULL, plan TEXT NOT NULL,
+        raised_us INTEGER NOT NULL
+    );
+    CREATE INDEX alerts_by_tenant ON alerts (tenant, seq);
+",
 ];
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
@@ -61,6 +71,9 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     cache: Mutex<HashMap<Key, Tally>>,
     reads: Arc<ReadPool>,
+    allowances: RwLock<Option<Arc<dyn Allowances>>>,
+    /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
+    raised: Mutex<HashSet<String>>,
 }
 
 impl SqliteStore {
@@ -73,8 +86,95 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             cache: Mutex::new(HashMap::new()),
             reads: Arc::new(ReadPool::new(path)),
+            allowances: RwLock::new(None),
+            raised: Mutex::new(HashSet::new()),
         })
     }
+
+    /// From now on, every change of a period's counter raises the alerts its tenant's plan sets
+    /// (see [`crate::alerts`]), in the same transaction.
+    pub fn set_allowances(&self, allowances: Arc<dyn Allowances>) {
+        *self.allowances.write().unwrap_or_else(|e| e.into_inner()) = Some(allowances);
+    }
+
+    /// Alerts raised after `after_seq` (of `tenant`, when given), oldest first, at most `limit`.
+    pub async fn alerts(&self, tenant: Option<&str>, after_seq: u64, limit: usize) -> Result<Vec<Alert>, Error> {
+        let reads = self.reads.clone();
+        let tenant = tenant.map(str::to_string);
+        let rows = blocking(move || {
+            reads.with(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us
+                     FROM alerts WHERE seq > ?1 AND (?2 IS NULL OR tenant = ?2) ORDER BY seq LIMIT ?3",
+                )?;
+                let rows = stmt.query_map(params![after_seq as i64, tenant, limit as i64], |r| {
+                    Ok(Alert {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        id: r.get(1)?,
+                        tenant: r.get(2)?,
+                        meter: r.get(3)?,
+                        period: r.get(4)?,
+                        kind: "usage_threshold".into(),
+                        percent: r.get(5)?,
+                        threshold: r.get(6)?,
+                        included: r.get(7)?,
+                        value: r.get(8)?,
+                        plan: r.get(9)?,
+                        raised_at: format_time(r.get(10)?),
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        })
+        .await?;
+        Ok(rows)
+    }
+}
+
+/// Raises, for every period counter of `changed`, each alert its tenant's plan sets that the
+/// counter has reached; an alert raised before (same id; `known`, or in the table) is left as it
+/// was. Returns the ids now known to be raised.
+fn raise_alerts(
+    tx: &Connection,
+    allowances: &dyn Allowances,
+    changed: &HashMap<Key, Tally>,
+    known: &HashSet<String>,
+) -> Result<Vec<String>, Error> {
+    let mut raise = tx.prepare_cached(
+        "INSERT OR IGNORE INTO alerts (id, tenant, meter, period, percent, threshold, included, value, plan, raised_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    let mut exists = tx.prepare_cached("SELECT 1 FROM alerts WHERE id = ?1")?;
+    let now = now_us();
+    let mut out = Vec::new();
+    for ((tenant, meter, bucket), t) in changed {
+        let (Some(value), Ok(period)) = (t.value, bucket.parse::<Period>()) else { continue };
+        let Some(watch) = allowances.watch(tenant, meter, period) else { continue };
+        for (percent, threshold) in reached(&watch, value) {
+            let id = alert_id(tenant, meter, bucket, percent);
+            if known.contains(&id) {
+                continue;
+            }
+            if exists.exists(params![id])? {
+                out.push(id);
+                continue;
+            }
+            raise.execute(params![
+                id,
+                tenant,
+                meter,
+                bucket,
+                percent,
+                threshold.to_string(),
+                watch.included.normalize().to_string(),
+                value.normalize().to_string(),
+                watch.plan,
+                now
+            ])?;
+            out.push(id);
+        }
+    }
+    Ok(out)
 }
 
 fn tally_from(row: &Row<'_>, first: usize) -> meter_sqlite::rusqlite::Result<Tally> {
@@ -125,6 +225,7 @@ impl UsageStore for SqliteStore {
         }
         let mut applied = Applied::default();
         let mut scratch: HashMap<Key, Tally> = HashMap::new();
+        let mut raised = Vec::new();
         {
             let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO seen (tenant, id) VALUES (?1, ?2)")?;
             let mut unique = tx.prepare_cached(
@@ -177,6 +278,11 @@ impl UsageStore for SqliteStore {
                 let (latest_us, latest_id) = t.latest.clone().unzip();
                 save.execute(params![tenant, meter, bucket, t.value.map(|v| v.to_string()), latest_us, latest_id])?;
             }
+            let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(allowances) = allowances {
+                let known = self.raised.lock().unwrap_or_else(|e| e.into_inner());
+                raised = raise_alerts(&tx, &*allowances, &scratch, &known)?;
+            }
             let mut position = tx.prepare_cached(
                 "INSERT INTO checkpoints (consumer, partition, next_offset, watermark_us) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (consumer, partition) DO UPDATE SET next_offset = excluded.next_offset,
@@ -191,6 +297,7 @@ impl UsageStore for SqliteStore {
             cache.clear();
         }
         cache.extend(scratch);
+        self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
         Ok(applied)
     }
 

@@ -1,0 +1,74 @@
+//! Usage alerts: thresholds of each meter's included quantity, evaluated where the counters
+//! change (in the same transaction), each firing once per tenant, meter, period and threshold.
+
+use meter_schemas::Period;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What a tenant's plan includes of a meter in a period, and the percentages that alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// Included quantity (greater than 0).
+    pub included: Decimal,
+    /// Percentages of `included` that alert, e.g. 80, 90, 100.
+    pub percents: Vec<u32>,
+    /// The plan's code, for the alert's text.
+    pub plan: String,
+}
+
+/// Where the store learns what each tenant's plan includes. Called inside the counters'
+/// transaction: it must answer from memory.
+pub trait Allowances: Send + Sync {
+    /// The watch on `meter` of `tenant` in `period`; `None` for a meter that is unlimited, not
+    /// included, or a tenant without a plan.
+    fn watch(&self, tenant: &str, meter: &str, period: Period) -> Option<Watch>;
+}
+
+/// An alert: a meter of a tenant reached a percentage of its included quantity in a period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Alert {
+    /// Deterministic: the same tenant, meter, period and percentage always give the same id, so
+    /// a replay, a restart or a duplicate never makes a second alert.
+    pub id: String,
+    /// Order in which alerts were raised, from 1.
+    pub seq: u64,
+    /// Tenant.
+    pub tenant: String,
+    /// Meter.
+    pub meter: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// `usage_threshold`.
+    pub kind: String,
+    /// The percentage reached.
+    pub percent: u32,
+    /// The quantity that percentage is (exact decimal text).
+    pub threshold: String,
+    /// The plan's included quantity.
+    pub included: String,
+    /// The meter's value when the alert was raised.
+    pub value: String,
+    /// The plan.
+    pub plan: String,
+    /// When it was raised (RFC 3339).
+    pub raised_at: String,
+}
+
+/// The id of the alert for `percent` of `meter` of `tenant` in `period`.
+pub fn alert_id(tenant: &str, meter: &str, period: &str, percent: u32) -> String {
+    let h = Sha256::digest(format!("{tenant}\u{0}{meter}\u{0}{period}\u{0}{percent}").as_bytes());
+    format!("alrt_{:x}", h)[..29].to_string()
+}
+
+/// The percentages of `watch` that `value` has reached, with their thresholds.
+pub fn reached(watch: &Watch, value: Decimal) -> Vec<(u32, Decimal)> {
+    watch
+        .percents
+        .iter()
+        .filter_map(|&p| {
+            let threshold = watch.included.checked_mul(Decimal::from(p))? / Decimal::ONE_HUNDRED;
+            (value >= threshold).then_some((p, threshold.normalize()))
+        })
+        .collect()
+}
