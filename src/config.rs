@@ -36,6 +36,50 @@ pub struct Config {
     pub meters: Vec<MeterDef>,
     /// Subscriptions, prices and period close.
     pub billing: BillingConfig,
+    /// Webhook delivery of alerts.
+    pub webhooks: WebhooksConfig,
+}
+
+/// Webhook delivery of alerts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Retry a failing delivery for this long after its first attempt, then dead-letter it.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Wait after the first failure, doubled after each further one.
+    #[serde(with = "humantime_serde")]
+    pub first_backoff: Duration,
+    /// Longest wait between attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// A receiver that has not answered in this long failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            retry_for: Duration::from_secs(24 * 3600),
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The delivery settings.
+    pub fn settings(&self) -> meter_webhooks::Settings {
+        meter_webhooks::Settings {
+            retry_for: self.retry_for,
+            first_backoff: self.first_backoff,
+            max_backoff: self.max_backoff,
+            timeout: self.timeout,
+            ..meter_webhooks::Settings::default()
+        }
+    }
 }
 
 /// Subscriptions, prices and period close.
@@ -59,6 +103,7 @@ impl Default for Config {
             sink: SinkConfig::default(),
             meters: Vec::new(),
             billing: BillingConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -385,6 +430,11 @@ impl Config {
     /// File of the API keys.
     pub fn keys_path(&self) -> PathBuf {
         self.data_dir.join("keys.db")
+    }
+
+    /// The webhook endpoints' and deliveries' file.
+    pub fn webhooks_path(&self) -> PathBuf {
+        self.data_dir.join("webhooks.db")
     }
 
     /// The billing ledger's file.

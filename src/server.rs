@@ -49,6 +49,8 @@ pub struct AppState {
     pub billing: crate::api::billing::Billing,
     /// The live counters' store itself, for the alerts it raises.
     pub live: Arc<SqliteStore>,
+    /// Webhook endpoints and deliveries.
+    pub webhooks: Arc<meter_webhooks::Webhooks>,
     runs_aggregator: bool,
     aggregator: Mutex<Option<Aggregator>>,
     sink: Mutex<Option<Aggregator>>,
@@ -171,6 +173,12 @@ pub async fn run_roles(
     allowances.refresh(&ledger, meter_schemas::period::now_us()).await?;
     live.set_allowances(allowances.clone());
     let refresher = tokio::spawn(refresh_allowances(allowances.clone(), ledger.clone()));
+    let webhooks = Arc::new(
+        meter_webhooks::Webhooks::open(&config.webhooks_path(), config.webhooks.settings())
+            .context("opening the webhook endpoints")?,
+    );
+    // Alerts are raised where counters change: the process that aggregates delivers them.
+    let dispatcher = roles.aggregate.then(|| tokio::spawn(webhooks.clone().run(live.clone())));
     let clickhouse = match config.store_backend()? {
         StoreBackend::ClickHouse(url) => Some(Arc::new(
             ClickHouseStore::open(&url)
@@ -241,6 +249,7 @@ pub async fn run_roles(
         partitions: config.log.partitions,
         billing,
         live,
+        webhooks,
         runs_aggregator: roles.aggregate,
         aggregator: Mutex::new(aggregator),
         sink: Mutex::new(sink),
@@ -297,6 +306,9 @@ pub async fn run_roles(
         m.abort();
     }
     refresher.abort();
+    if let Some(d) = dispatcher {
+        d.abort();
+    }
     let sink = state.sink.lock().map_err(|_| anyhow::anyhow!("state poisoned"))?.take();
     if let Some(s) = sink {
         // A sink that cannot reach ClickHouse stops at its first failure: the log keeps the rest.

@@ -6,6 +6,78 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A webhook receiver on port 0 that verifies every signature and fails its first `failures`
+/// deliveries with a 500 (`usize::MAX`: it never recovers).
+struct Receiver {
+    url: String,
+    secret: Arc<Mutex<String>>,
+    failures: Arc<AtomicUsize>,
+    /// Alert ids it accepted (answered 2xx), in order.
+    accepted: Arc<Mutex<Vec<String>>>,
+    /// Requests whose signature did not verify.
+    forged: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    async fn start(failures: usize) -> Receiver {
+        let secret = Arc::new(Mutex::new(String::new()));
+        let failures = Arc::new(AtomicUsize::new(failures));
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let forged = Arc::new(AtomicUsize::new(0));
+        let (s, f, a, x) = (secret.clone(), failures.clone(), accepted.clone(), forged.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (s, f, a, x) = (s.clone(), f.clone(), a.clone(), x.clone());
+                async move {
+                    let header = headers.get("Meter-Signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    let now = now_us() / 1_000_000;
+                    let secret = s.lock().unwrap().clone();
+                    if meter_webhooks::verify(&secret, header, &body, now).is_err() {
+                        x.fetch_add(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::BAD_REQUEST;
+                    }
+                    // Tampering is detected by the same check.
+                    let mut tampered = body.to_vec();
+                    tampered.push(b' ');
+                    assert!(meter_webhooks::verify(&secret, header, &tampered, now).is_err());
+                    assert!(meter_webhooks::verify(&secret, header, &body, now + 301).is_err(), "stale");
+                    if f.load(Ordering::SeqCst) > 0 {
+                        f.fetch_sub(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(headers.get("Meter-Event-Id").unwrap().to_str().unwrap(), v["id"].as_str().unwrap());
+                    a.lock().unwrap().push(v["id"].as_str().unwrap().to_string());
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, secret, failures, accepted, forged }
+    }
+
+    async fn register(&self, meter: &str, key: &str, tenant: Option<&str>) {
+        let mut body = json!({ "url": self.url });
+        if let Some(t) = tenant {
+            body["tenant"] = json!(t);
+        }
+        let r = client().post(format!("{meter}/api/v1/webhooks")).bearer_auth(key).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        *self.secret.lock().unwrap() = v["secret"].as_str().unwrap().to_string();
+    }
+
+    fn accepted(&self) -> Vec<String> {
+        self.accepted.lock().unwrap().clone()
+    }
+}
 
 async fn send(url: &str, key: &str, events: &[Value]) {
     for chunk in events.chunks(50) {
@@ -30,7 +102,22 @@ async fn a_tenant_at_120_percent_gets_three_alerts_through_duplicates_reordering
     let dir = tempfile::tempdir().unwrap();
     let admin = create_key(dir.path(), "admin", None);
     let reader = create_key(dir.path(), "read", Some("acme"));
-    let mut meter = Meter::start(dir.path(), &[]);
+    let mut meter = Meter::start(
+        dir.path(),
+        &[
+            ("METER__WEBHOOKS__RETRY_FOR", "3s"),
+            ("METER__WEBHOOKS__FIRST_BACKOFF", "100ms"),
+            ("METER__WEBHOOKS__MAX_BACKOFF", "400ms"),
+        ],
+    );
+    // acme's own endpoint; an admin endpoint for every tenant that fails its first 5
+    // deliveries; an admin endpoint for acme that never recovers.
+    let own = Receiver::start(0).await;
+    own.register(&meter.url, &reader, None).await;
+    let flaky = Receiver::start(5).await;
+    flaky.register(&meter.url, &admin, None).await;
+    let down = Receiver::start(usize::MAX).await;
+    down.register(&meter.url, &admin, Some("acme")).await;
     for (tenant, plan) in [("acme", "starter"), ("hooli", "enterprise")] {
         let r = client()
             .post(format!("{}/api/v1/subscriptions", meter.url))
@@ -101,5 +188,80 @@ async fn a_tenant_at_120_percent_gets_three_alerts_through_duplicates_reordering
     let rest: Value = r.json().await.unwrap();
     assert_eq!(rest["alerts"].as_array().unwrap().len(), 1);
     let r = client().get(format!("{}/api/v1/alerts?limit=0", meter.url)).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+
+    // Every receiver that answers gets each alert once, with the alert's id, signed.
+    let ids: Vec<String> = alerts.iter().map(|a| a["id"].as_str().unwrap().to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (own.accepted().len() < 3 || flaky.accepted().len() < 3) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut got = own.accepted();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "acme's endpoint");
+    let mut got = flaky.accepted();
+    got.sort();
+    assert_eq!(got, want, "the endpoint that failed 5 times gets each alert once it recovers");
+    assert_eq!(flaky.failures.load(Ordering::SeqCst), 0);
+    for r in [&own, &flaky, &down] {
+        assert_eq!(r.forged.load(Ordering::SeqCst), 0, "every signature verified");
+    }
+    // The endpoint that never recovers ends in the dead-letter list after the retry window.
+    let dead = loop {
+        let r = client()
+            .get(format!("{}/api/v1/webhooks/deliveries?state=dead", meter.url))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        let dead: Vec<Value> = r.json().await.unwrap();
+        if dead.len() == 3 || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 3, "{dead:#?}");
+    assert!(
+        dead.iter().all(|d| d["attempts"].as_u64().unwrap() >= 3 && d["last_error"].as_str().unwrap().contains("500")),
+        "{dead:#?}"
+    );
+    assert!(down.accepted().is_empty());
+    // acme's key sees its dead letters too, and may retry one by hand.
+    let r = client()
+        .get(format!("{}/api/v1/webhooks/deliveries?state=dead", meter.url))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Vec<Value>>().await.unwrap().len(), 3);
+    down.failures.store(0, Ordering::SeqCst);
+    let id = dead[0]["id"].as_u64().unwrap();
+    let r = client()
+        .post(format!("{}/api/v1/webhooks/deliveries/{id}/retry", meter.url))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    while down.accepted().is_empty() && Instant::now() < deadline + Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(down.accepted(), [dead[0]["alert_id"].as_str().unwrap().to_string()]);
+    let r = client()
+        .post(format!("{}/api/v1/webhooks/deliveries/{id}/retry", meter.url))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "only a dead delivery is retried");
+    let r = client()
+        .post(format!("{}/api/v1/webhooks", meter.url))
+        .bearer_auth(&reader)
+        .json(&json!({"url": "ftp://x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
 }

@@ -77,6 +77,12 @@ pub fn format_time(time_us: i64) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
+/// Microseconds of an RFC 3339 time; `None` when the text is not one.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
+}
+
 /// Now, in microseconds since the Unix epoch.
 pub fn now_us() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64

@@ -160,9 +160,9 @@ fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 /// The instant of an `at` field: RFC 3339, not in the future; default now.
 fn instant(at: Option<&str>, now: i64) -> Result<i64, ApiError> {
     let Some(text) = at else { return Ok(now) };
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| ApiError::Invalid(vec![FieldError::invalid("at", format!("{text:?} is not an RFC 3339 time"))]))?;
-    let us = i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+    let us = meter_schemas::period::parse_time(text).ok_or_else(|| {
+        ApiError::Invalid(vec![FieldError::invalid("at", format!("{text:?} is not an RFC 3339 time"))])
+    })?;
     if us > now + FUTURE_SKEW_US {
         return Err(ApiError::Invalid(vec![FieldError::invalid("at", "must not be in the future")]));
     }

@@ -5,6 +5,7 @@ pub mod billing;
 pub mod error;
 pub mod health;
 pub mod usage;
+pub mod webhooks;
 
 use crate::server::AppState;
 use std::sync::Arc;
@@ -65,6 +66,10 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(billing::period_report))
         .routes(routes!(billing::upcoming_invoice))
         .routes(routes!(alerts::list_alerts))
+        .routes(routes!(webhooks::register, webhooks::list))
+        .routes(routes!(webhooks::remove))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::retry))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

@@ -1,0 +1,478 @@
+//! Webhook delivery of alerts. Endpoints registered by tenants (their own alerts) and admins
+//! (every tenant's, or one's) receive each alert as a signed POST ([`signature`]); a failed
+//! delivery is retried with exponential backoff until [`Settings::retry_for`] has passed since
+//! its first attempt, then kept in a dead-letter list from which it can be retried by hand.
+//!
+//! State lives in `webhooks.db`: endpoints, one delivery per alert and endpoint (so an alert is
+//! never queued twice for one endpoint), and how far the alerts have been fanned out.
+
+pub mod signature;
+
+pub use signature::{Invalid, sign, verify};
+
+use meter_schemas::period::{format_time, now_us};
+use meter_sqlite::rusqlite::{Connection, OptionalExtension, params};
+use meter_sqlite::{Durability, blocking, migrate, open};
+use meter_store::{Alert, SqliteStore};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE endpoints (
+        id TEXT PRIMARY KEY, url TEXT NOT NULL, tenant TEXT, secret TEXT NOT NULL, created_us INTEGER NOT NULL
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, tenant TEXT NOT NULL, endpoint_id TEXT NOT NULL,
+        body TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, first_us INTEGER,
+        next_us INTEGER NOT NULL, last_error TEXT, delivered_us INTEGER,
+        UNIQUE (alert_id, endpoint_id)
+    );
+    CREATE INDEX deliveries_due ON deliveries (state, next_us);
+    CREATE TABLE fanned_out (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+"];
+
+/// Metric names of webhook delivery, declared once.
+pub mod metric {
+    /// Delivery attempts, by `outcome` (`delivered`, `failed` or `dead`).
+    pub const ATTEMPTS: &str = "meter_webhooks_attempts_total";
+    /// Time from an alert being raised to its first successful delivery.
+    pub const ALERT_TO_DELIVERY: &str = "meter_webhooks_alert_to_delivery_seconds";
+}
+
+/// How deliveries are retried.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Retry for this long after the first attempt, then give up (dead letter).
+    pub retry_for: Duration,
+    /// Wait after the first failure; doubled after each further one.
+    pub first_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+    /// A receiver that has not answered in this long failed.
+    pub timeout: Duration,
+    /// How often the dispatcher looks for new alerts and due deliveries.
+    pub poll: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            retry_for: Duration::from_secs(24 * 3600),
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+            poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Errors of webhook delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such endpoint or delivery (or not the caller's).
+    #[error("no {0}")]
+    NotFound(String),
+    /// A bad field.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] meter_sqlite::Error),
+    /// The usage store failed.
+    #[error("usage store: {0}")]
+    Store(#[from] meter_store::Error),
+}
+
+impl From<meter_sqlite::rusqlite::Error> for Error {
+    fn from(e: meter_sqlite::rusqlite::Error) -> Self {
+        Error::Storage(e.into())
+    }
+}
+
+/// A registered endpoint (its secret is shown once, at registration).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Endpoint {
+    /// Id.
+    pub id: String,
+    /// Where alerts are posted.
+    pub url: String,
+    /// The tenant whose alerts it receives; absent for an admin endpoint receiving every tenant's.
+    pub tenant: Option<String>,
+    /// When it was registered (RFC 3339).
+    pub created_at: String,
+}
+
+/// A delivery of one alert to one endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Delivery {
+    /// Id (for a manual retry).
+    pub id: u64,
+    /// The alert.
+    pub alert_id: String,
+    /// The alert's tenant.
+    pub tenant: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Next attempt (RFC 3339), while pending.
+    pub next_attempt: Option<String>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// Who is asking: an admin (every endpoint) or a tenant (its own).
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Everything.
+    All,
+    /// One tenant's endpoints and deliveries.
+    Tenant(&'a str),
+}
+
+/// Endpoints and deliveries in `webhooks.db`.
+pub struct Webhooks {
+    conn: Arc<Mutex<Connection>>,
+    settings: Settings,
+    http: reqwest::Client,
+}
+
+struct Due {
+    id: u64,
+    alert_id: String,
+    url: String,
+    secret: String,
+    body: String,
+    attempts: u32,
+    first_us: Option<i64>,
+    raised_us: i64,
+}
+
+impl Webhooks {
+    /// Opens (creating or upgrading) `webhooks.db` at `path`.
+    pub fn open(path: &Path, settings: Settings) -> Result<Self, Error> {
+        let mut conn = open(path, Durability::Full)?;
+        migrate(&mut conn, path, MIGRATIONS)?;
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .user_agent("meter-webhooks")
+            .build()
+            .map_err(|e| meter_sqlite::Error::Task(e.to_string()))?;
+        Ok(Webhooks { conn: Arc::new(Mutex::new(conn)), settings, http })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let conn = self.conn.clone();
+        blocking(move || {
+            let mut guard = conn.lock().map_err(|_| meter_sqlite::Error::Task("webhooks lock poisoned".into()))?;
+            Ok(f(&mut guard))
+        })
+        .await?
+    }
+
+    /// Registers `url` for `tenant`'s alerts (every tenant's when `None`); returns the endpoint
+    /// and its signing secret, which is shown only this once.
+    pub async fn register(&self, url: &str, tenant: Option<&str>) -> Result<(Endpoint, String), Error> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| Error::Invalid { field: "url", message: format!("{url:?} is not a URL: {e}") })?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(Error::Invalid { field: "url", message: "must be an http or https URL with a host".into() });
+        }
+        let id = format!("we_{}", hex::encode(rand::random::<[u8; 8]>()));
+        let secret = format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()));
+        let now = now_us();
+        let endpoint = Endpoint {
+            id: id.clone(),
+            url: url.to_string(),
+            tenant: tenant.map(str::to_string),
+            created_at: format_time(now),
+        };
+        let (row, s) = (endpoint.clone(), secret.clone());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO endpoints (id, url, tenant, secret, created_us) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row.id, row.url, row.tenant, s, now],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok((endpoint, secret))
+    }
+
+    /// The endpoints `scope` may see.
+    pub async fn endpoints(&self, scope: Scope<'_>) -> Result<Vec<Endpoint>, Error> {
+        let tenant = tenant_of(scope);
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, url, tenant, created_us FROM endpoints WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_us, id",
+            )?;
+            let rows = stmt.query_map(params![tenant], |r| {
+                Ok(Endpoint { id: r.get(0)?, url: r.get(1)?, tenant: r.get(2)?, created_at: format_time(r.get(3)?) })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Removes an endpoint and its pending deliveries.
+    pub async fn remove(&self, id: &str, scope: Scope<'_>) -> Result<(), Error> {
+        let (id, tenant) = (id.to_string(), tenant_of(scope));
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n =
+                tx.execute("DELETE FROM endpoints WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)", params![id, tenant])?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("webhook endpoint {id:?}")));
+            }
+            tx.execute("DELETE FROM deliveries WHERE endpoint_id = ?1 AND state = 'pending'", params![id])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deliveries `scope` may see, in `state` when given, newest first, at most `limit`.
+    pub async fn deliveries(
+        &self,
+        scope: Scope<'_>,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, Error> {
+        let (tenant, state) = (tenant_of(scope), state.map(str::to_string));
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, alert_id, tenant, endpoint_id, state, attempts, next_us, last_error FROM deliveries
+                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![tenant, state, limit as i64], |r| {
+                let state: String = r.get(4)?;
+                let next: i64 = r.get(6)?;
+                Ok(Delivery {
+                    id: r.get::<_, i64>(0)? as u64,
+                    alert_id: r.get(1)?,
+                    tenant: r.get(2)?,
+                    endpoint_id: r.get(3)?,
+                    next_attempt: (state == "pending").then(|| format_time(next)),
+                    state,
+                    attempts: r.get(5)?,
+                    last_error: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Puts a dead delivery back in the queue, due now, with a fresh retry window.
+    pub async fn retry(&self, id: u64, scope: Scope<'_>) -> Result<(), Error> {
+        let tenant = tenant_of(scope);
+        self.with(move |c| {
+            let n = c.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, first_us = NULL, next_us = ?2
+                 WHERE id = ?1 AND state = 'dead' AND (?3 IS NULL OR tenant = ?3)",
+                params![id as i64, now_us(), tenant],
+            )?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("dead delivery {id}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Queues every alert raised since the last call for each endpoint that wants it.
+    pub async fn fan_out(&self, alerts: &SqliteStore) -> Result<usize, Error> {
+        let after: u64 = self
+            .with(|c| {
+                Ok(c.query_row("SELECT seq FROM fanned_out WHERE name = 'alerts'", [], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .unwrap_or(0) as u64)
+            })
+            .await?;
+        let new = alerts.alerts(None, after, 1000).await?;
+        let Some(last) = new.last().map(|a| a.seq) else { return Ok(0) };
+        let n = new.len();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut targets = tx.prepare_cached("SELECT id FROM endpoints WHERE tenant IS NULL OR tenant = ?1")?;
+                let mut queue = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO deliveries (alert_id, tenant, endpoint_id, body, state, attempts, next_us)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5)",
+                )?;
+                for alert in &new {
+                    let body = body_of(alert);
+                    let ids = targets.query_map(params![alert.tenant], |r| r.get::<_, String>(0))?;
+                    for endpoint in ids {
+                        queue.execute(params![alert.id, alert.tenant, endpoint?, body, now_us()])?;
+                    }
+                }
+            }
+            tx.execute(
+                "INSERT INTO fanned_out (name, seq) VALUES ('alerts', ?1) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+                params![last as i64],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+        Ok(n)
+    }
+
+    /// Claims the deliveries due now (for twice the timeout, so that another dispatcher on the
+    /// same file does not send them too) and sends them; returns how many were sent.
+    pub async fn deliver_due(&self) -> Result<usize, Error> {
+        let lease = (self.settings.timeout * 2).as_micros() as i64;
+        let due: Vec<Due> = self
+            .with(move |c| {
+                let tx = c.transaction()?;
+                let now = now_us();
+                let due = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT d.id, d.alert_id, e.url, e.secret, d.body, d.attempts, d.first_us
+                         FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+                         WHERE d.state = 'pending' AND d.next_us <= ?1 ORDER BY d.next_us LIMIT 100",
+                    )?;
+                    let rows = stmt.query_map(params![now], |r| {
+                        Ok(Due {
+                            id: r.get::<_, i64>(0)? as u64,
+                            alert_id: r.get(1)?,
+                            url: r.get(2)?,
+                            secret: r.get(3)?,
+                            body: r.get(4)?,
+                            attempts: r.get(5)?,
+                            first_us: r.get(6)?,
+                            raised_us: 0,
+                        })
+                    })?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                };
+                let mut claim = tx.prepare_cached("UPDATE deliveries SET next_us = ?2 WHERE id = ?1")?;
+                for d in &due {
+                    claim.execute(params![d.id as i64, now + lease])?;
+                }
+                drop(claim);
+                tx.commit()?;
+                Ok(due)
+            })
+            .await?;
+        let n = due.len();
+        let mut sends = tokio::task::JoinSet::new();
+        for mut d in due {
+            let http = self.http.clone();
+            d.raised_us = raised_us(&d.body);
+            sends.spawn(async move {
+                let t = now_us() / 1_000_000;
+                let sent = http
+                    .post(&d.url)
+                    .header("Content-Type", "application/json")
+                    .header("Meter-Signature", sign(&d.secret, t, d.body.as_bytes()))
+                    .header("Meter-Event-Id", &d.alert_id)
+                    .body(d.body.clone())
+                    .send()
+                    .await;
+                let outcome = match sent {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("answered {}", r.status())),
+                    Err(e) => Err(format!("not reached: {e}")),
+                };
+                (d, outcome)
+            });
+        }
+        while let Some(done) = sends.join_next().await {
+            let Ok((d, outcome)) = done else { continue };
+            self.record(d, outcome).await?;
+        }
+        Ok(n)
+    }
+
+    async fn record(&self, d: Due, outcome: Result<(), String>) -> Result<(), Error> {
+        let now = now_us();
+        let first = d.first_us.unwrap_or(now);
+        let attempts = d.attempts + 1;
+        let settings = self.settings.clone();
+        let label = match &outcome {
+            Ok(()) => {
+                metrics::histogram!(metric::ALERT_TO_DELIVERY).record((now - d.raised_us).max(0) as f64 / 1e6);
+                "delivered"
+            }
+            Err(_) if now - first >= settings.retry_for.as_micros() as i64 => "dead",
+            Err(_) => "failed",
+        };
+        metrics::counter!(metric::ATTEMPTS, "outcome" => label).increment(1);
+        if let Err(e) = &outcome {
+            tracing::info!(alert = %d.alert_id, delivery = d.id, attempts, error = %e, outcome = label, "webhook delivery failed");
+        }
+        self.with(move |c| {
+            match outcome {
+                Ok(()) => c.execute(
+                    "UPDATE deliveries SET state = 'delivered', attempts = ?2, first_us = ?3, delivered_us = ?4,
+                     last_error = NULL WHERE id = ?1",
+                    params![d.id as i64, attempts, first, now],
+                )?,
+                Err(e) => {
+                    let backoff =
+                        settings.first_backoff.saturating_mul(1u32 << (attempts - 1).min(20)).min(settings.max_backoff);
+                    let state = if label == "dead" { "dead" } else { "pending" };
+                    c.execute(
+                        "UPDATE deliveries SET state = ?2, attempts = ?3, first_us = ?4, next_us = ?5, last_error = ?6
+                         WHERE id = ?1",
+                        params![d.id as i64, state, attempts, first, now + backoff.as_micros() as i64, e],
+                    )?
+                }
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// Fans out new alerts and sends due deliveries every [`Settings::poll`], until dropped.
+    pub async fn run(self: Arc<Self>, alerts: Arc<SqliteStore>) {
+        let mut every = tokio::time::interval(self.settings.poll);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(e) = self.fan_out(&alerts).await {
+                tracing::warn!(error = %e, "queueing alerts for webhooks failed; trying again");
+            }
+            if let Err(e) = self.deliver_due().await {
+                tracing::warn!(error = %e, "delivering webhooks failed; trying again");
+            }
+        }
+    }
+}
+
+fn tenant_of(scope: Scope<'_>) -> Option<String> {
+    match scope {
+        Scope::All => None,
+        Scope::Tenant(t) => Some(t.to_string()),
+    }
+}
+
+/// The body posted for `alert`: the same bytes on every attempt.
+fn body_of(alert: &Alert) -> String {
+    serde_json::json!({
+        "id": alert.id,
+        "type": "usage.threshold_reached",
+        "created": alert.raised_at,
+        "data": alert,
+    })
+    .to_string()
+}
+
+fn raised_us(body: &str) -> i64 {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["created"].as_str().and_then(meter_schemas::period::parse_time).unwrap_or_else(now_us)
+}
