@@ -7,5 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod loadgen;
+pub mod quota;
 pub mod server;
 pub mod telemetry;

@@ -256,12 +256,19 @@ pub async fn run_roles(
     });
     let mut routes = api::router(state.clone());
     if roles.ingest {
+        let quota = crate::quota::HardLimits {
+            allowances: state.billing.allowances.clone(),
+            live: state.live.clone(),
+            catalog: catalog.clone(),
+            consumer: state.consumer.clone(),
+        };
         let ingest = Arc::new(Ingest {
             log: log.clone(),
             keys,
             catalog,
             limits: config.ingest_limits()?,
             max_body_bytes: config.ingest.max_body_bytes,
+            quota: Some(Arc::new(quota)),
         });
         routes = routes.merge(meter_ingest::router(ingest));
     }

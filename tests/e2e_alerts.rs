@@ -265,3 +265,97 @@ async fn a_tenant_at_120_percent_gets_three_alerts_through_duplicates_reordering
         .unwrap();
     assert_eq!(r.status(), 422);
 }
+
+fn invocation(tenant: &str, id: &str) -> Value {
+    json!({"transaction_id": id, "external_customer_id": tenant, "code": "agent.invocation",
+           "properties": {"model": "m", "input_tokens": 10, "output_tokens": 5}})
+}
+
+async fn post_batch(url: &str, key: &str, events: &[Value]) -> (u16, Value) {
+    let r = client()
+        .post(format!("{url}/api/v1/events/batch"))
+        .bearer_auth(key)
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn entitlement(url: &str, key: &str, what: &str) -> (u16, Value) {
+    let r = client().get(format!("{url}/api/v1/entitlements{what}")).bearer_auth(key).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Starter's agent invocations are a hard limit of 2,000: entitlements say what is left, and
+/// ingest refuses the events past it (and only those: other tenants, other meters and resends
+/// go through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entitlements_answer_from_the_plan_and_a_hard_limit_refuses_events_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = create_key(dir.path(), "admin", None);
+    let service = create_key(dir.path(), "ingest", None);
+    let capco = create_key(dir.path(), "read", Some("capco"));
+    let meter = Meter::start(dir.path(), &[]);
+    let url = meter.url.clone();
+    for tenant in ["capco", "other"] {
+        let r = client()
+            .post(format!("{url}/api/v1/subscriptions"))
+            .bearer_auth(&admin)
+            .json(&json!({"tenant": tenant, "plan": "starter", "cycle": "monthly"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let first: Vec<Value> = (0..1990).map(|i| invocation("capco", &format!("c{i}"))).collect();
+    for chunk in first.chunks(50) {
+        assert_eq!(post_batch(&url, &service, chunk).await.0, 200);
+    }
+    wait_counted(&url, &admin, "capco", now_us()).await;
+
+    let (s, all) = entitlement(&url, &capco, "").await;
+    assert_eq!(s, 200, "{all}");
+    assert_eq!(all["plan"], "starter");
+    let find =
+        |name: &str| all["entitlements"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap();
+    let inv = find("agent_invocations");
+    assert_eq!(
+        (&inv["limit"], &inv["used"], &inv["remaining"], &inv["allowed"], &inv["hard_limit"]),
+        (&json!("2000"), &json!("1990"), &json!("10"), &json!(true), &json!(true)),
+        "{inv}"
+    );
+    assert_eq!(
+        (&find("sso")["allowed"], &find("integrations")["limit"], &find("sla")["value"]),
+        (&json!(false), &json!("3"), &json!("99.5%"))
+    );
+    assert_eq!(find("work_orders")["limit"], "500");
+    let (s, one) = entitlement(&url, &service, "/agent_tokens?tenant=capco").await;
+    assert_eq!((s, &one["remaining"]), (200, &json!("4970150")), "{one}");
+    let (s, e) = entitlement(&url, &capco, "/teleport").await;
+    assert_eq!(s, 404, "{e}");
+    let (s, _) = entitlement(&url, &capco, "?tenant=other").await;
+    assert_eq!(s, 403);
+
+    // 20 more: the 11th would be the 2,001st. The request is refused whole, naming it; nothing is stored.
+    let more: Vec<Value> = (1990..2010).map(|i| invocation("capco", &format!("c{i}"))).collect();
+    let (s, e) = post_batch(&url, &service, &more).await;
+    assert_eq!(s, 403, "{e}");
+    let detail = e["error_details"]["events[10]"][0].as_str().unwrap_or_default();
+    assert!(detail.contains("past the hard limit of 2000 of plan starter"), "{e}");
+    assert_eq!(e["error_details"].as_object().unwrap().len(), 10, "events 10 to 19: {e}");
+    let (s, _) = post_batch(&url, &service, &more[..10]).await;
+    assert_eq!(s, 200, "the 10 that fit");
+    wait_counted(&url, &admin, "capco", now_us()).await;
+    let (_, inv) = entitlement(&url, &capco, "/agent_invocations").await;
+    assert_eq!((&inv["used"], &inv["remaining"], &inv["allowed"]), (&json!("2000"), &json!("0"), &json!(false)));
+    // A resend of a counted event is a duplicate, not a refusal; other meters and tenants go on.
+    assert_eq!(post_batch(&url, &service, &more[..1]).await.0, 200);
+    assert_eq!(post_batch(&url, &service, &[invocation("other", "o1")]).await.0, 200);
+    let wo = json!({"transaction_id": "w1", "external_customer_id": "capco", "code": "work_order.created", "properties": {}});
+    assert_eq!(post_batch(&url, &service, &[wo]).await.0, 200);
+    let (s, _) = post_batch(&url, &service, &[invocation("capco", "c-over")]).await;
+    assert_eq!(s, 403);
+    wait_counted(&url, &admin, "capco", now_us()).await;
+    assert_eq!(values(&usage(&url, &admin, "capco").await)["agent_invocations"], "2000");
+}

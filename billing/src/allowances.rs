@@ -35,6 +35,33 @@ impl PlanAllowances {
     }
 }
 
+impl PlanAllowances {
+    /// The plan `tenant` is on now, if it has a subscription that has not expired.
+    pub fn plan_of(&self, tenant: &str) -> Option<String> {
+        self.plans.read().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned()
+    }
+
+    /// The price book.
+    pub fn book(&self) -> &PriceBook {
+        &self.book
+    }
+
+    /// The hard limits of `tenant`'s plan in `period`: `(meter, included, plan)`.
+    pub fn hard_limits(&self, tenant: &str, period: Period) -> Vec<(String, rust_decimal::Decimal, String)> {
+        let Some(code) = self.plan_of(tenant) else { return Vec::new() };
+        let Some(terms) = self.book.for_period(period).and_then(|l| l.terms(tenant, &code)) else { return Vec::new() };
+        terms
+            .meters()
+            .into_iter()
+            .filter(|(_, p)| p.hard_limit)
+            .filter_map(|(m, p)| match p.included {
+                Allowance::Up(q) => Some((m.to_string(), q, code.clone())),
+                Allowance::Unlimited => None,
+            })
+            .collect()
+    }
+}
+
 impl Allowances for PlanAllowances {
     fn watch(&self, tenant: &str, meter: &str, period: Period) -> Option<Watch> {
         let plans = self.plans.read().unwrap_or_else(|e| e.into_inner());

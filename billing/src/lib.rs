@@ -5,12 +5,14 @@
 pub mod allowances;
 pub mod census;
 pub mod close;
+pub mod entitlements;
 pub mod ledger;
 pub mod metric;
 pub mod preview;
 
 pub use allowances::PlanAllowances;
 pub use close::{Close, Progress, ReportRow, Sources, close};
+pub use entitlements::{Entitlement, Entitlements, entitlements};
 pub use ledger::Ledger;
 pub use preview::{Upcoming, upcoming};
 

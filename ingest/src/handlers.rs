@@ -186,6 +186,16 @@ async fn accept(
     })?;
     *dialect = parsed.dialect;
     let Parsed { events, id_paths, dialect: _ } = parsed;
+    if let Some(quota) = &ingest.quota {
+        let refused = quota.refused(&events).await.map_err(IngestError::Unavailable)?;
+        if !refused.is_empty() {
+            let errors = refused
+                .into_iter()
+                .map(|(i, why)| FieldError::new(ErrorKind::Forbidden, event_path(&id_paths[i]), why))
+                .collect();
+            return Err(IngestError::Fields(errors));
+        }
+    }
     let outcomes = match ingest.log.append(&events).await {
         Ok(o) => o,
         Err(LogError::Conflicts(indexes)) => {
@@ -214,6 +224,16 @@ async fn accept(
     metrics::counter!(metric::EVENTS, "outcome" => "new").increment((outcomes.len() - duplicates) as u64);
     metrics::counter!(metric::EVENTS, "outcome" => "duplicate").increment(duplicates as u64);
     Ok(respond(*dialect, format, &events, &id_paths, &outcomes, now))
+}
+
+/// `events[2]` for `events[2].transaction_id`, `[0]` for `[0].id`.
+fn event_path(id_path: &str) -> String {
+    let path = id_path.strip_suffix("transaction_id").or_else(|| id_path.strip_suffix("id")).unwrap_or(id_path);
+    match path.strip_suffix('.') {
+        Some(p) if !p.is_empty() => p.to_string(),
+        _ if path.is_empty() => "event".to_string(),
+        _ => path.to_string(),
+    }
 }
 
 /// `events[2].timestamp` for `events[2].transaction_id`, `[0].time` for `[0].id`.

@@ -35,6 +35,16 @@ pub struct Ingest {
     pub limits: Limits,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Hard limits of the tenants' plans; `None` enforces none.
+    pub quota: Option<Arc<dyn Quota>>,
+}
+
+/// Hard limits: events a tenant's plan does not allow any more.
+#[async_trait::async_trait]
+pub trait Quota: Send + Sync {
+    /// For each event of `events` (by index) that would take its tenant past a hard limit, why.
+    /// An event already counted (a resend) is never refused.
+    async fn refused(&self, events: &[meter_schemas::Event]) -> Result<Vec<(usize, String)>, String>;
 }
 
 /// The ingest routes, documented for OpenAPI.

@@ -102,6 +102,9 @@ pub struct MeterPrice {
     pub included: Allowance,
     /// The price of usage beyond `included`; absent with `included = "unlimited"`.
     pub price: Option<Price>,
+    /// Refuse the tenant's events beyond `included` at ingest instead of charging overage.
+    #[serde(default)]
+    pub hard_limit: bool,
 }
 
 /// Seats: distinct users in the period (a unique-count meter) beyond those included.
@@ -446,9 +449,13 @@ fn check_prices(
         if !meters.contains(&name.as_str()) {
             out.push((at.clone(), format!("unknown meter (configured: {})", meters.join(", "))));
         }
+        if m.hard_limit && m.included == Allowance::Unlimited {
+            out.push((format!("{at}.hard_limit"), "needs an included quantity to limit".into()));
+        }
         match (&m.included, &m.price) {
+            (Allowance::Up(_), None) if m.hard_limit => {}
             (Allowance::Up(_), None) => {
-                out.push((format!("{at}.price"), "is needed unless included is \"unlimited\"".into()))
+                out.push((format!("{at}.price"), "is needed unless included is \"unlimited\" or a hard limit".into()))
             }
             (Allowance::Unlimited, Some(_)) => {
                 out.push((format!("{at}.price"), "is never charged: included is \"unlimited\"".into()))

@@ -397,7 +397,11 @@ impl<'a> Rating<'a> {
                     );
                     (over, amount, text)
                 }
-                _ => {
+                (Allowance::Up(included), None) => {
+                    let text = format!("{meter}: {} used of {} (a hard limit)", used.normalize(), included.normalize());
+                    (Decimal::ZERO, self.round(Decimal::ZERO), text)
+                }
+                (Allowance::Unlimited, _) => {
                     (Decimal::ZERO, self.round(Decimal::ZERO), format!("{meter}: {} used, unlimited", used.normalize()))
                 }
             };

@@ -24,6 +24,7 @@ fn starter_monthly_charges_base_seats_and_each_overage() {
         [
             (K::BaseFee, "5000.00".into()),
             (K::Seats, "1100.00".into()),   // 11 seats over 49, at 100
+            (K::Overage, "0.00".into()),    // agent_invocations: a hard limit, never charged
             (K::Overage, "12.00".into()),   // agent_tokens: 2.5M over → 3 packages at 4
             (K::Overage, "100.00".into()),  // api_calls: 50,000 over at 0.002
             (K::Overage, "3000.00".into()), // work_orders: 120 over at 25
@@ -37,7 +38,9 @@ fn starter_monthly_charges_base_seats_and_each_overage() {
     assert_eq!(wo.lineage.price_version, "2026-01");
     assert_eq!(wo.lineage.watermark_us, Some(at("2026-12-08T00:00:00Z")));
     assert_eq!(wo.lineage.inputs_hash.len(), 64);
-    assert_eq!(wo.id, format!("{}_005", inv.id));
+    assert_eq!(wo.id, format!("{}_006", inv.id));
+    let capped = inv.lines.iter().find(|l| l.meter.as_deref() == Some("agent_invocations")).unwrap();
+    assert_eq!(capped.description, "agent_invocations: 30000 used of 2000 (a hard limit)");
     // Rating again gives the same invoice, ids and hashes included.
     assert_eq!(rate(&mut s, "2026-11", &usage(SAMPLE_USAGE)), inv);
 }

@@ -2,6 +2,7 @@
 
 pub mod alerts;
 pub mod billing;
+pub mod entitlements;
 pub mod error;
 pub mod health;
 pub mod usage;
@@ -66,6 +67,8 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(billing::period_report))
         .routes(routes!(billing::upcoming_invoice))
         .routes(routes!(alerts::list_alerts))
+        .routes(routes!(entitlements::list))
+        .routes(routes!(entitlements::one))
         .routes(routes!(webhooks::register, webhooks::list))
         .routes(routes!(webhooks::remove))
         .routes(routes!(webhooks::deliveries))

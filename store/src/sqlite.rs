@@ -97,6 +97,25 @@ impl SqliteStore {
         *self.allowances.write().unwrap_or_else(|e| e.into_inner()) = Some(allowances);
     }
 
+    /// Which of `ids` of `tenant` are counted already.
+    pub async fn counted_ids(&self, tenant: &str, ids: Vec<String>) -> Result<HashSet<String>, Error> {
+        let reads = self.reads.clone();
+        let tenant = tenant.to_string();
+        Ok(blocking(move || {
+            reads.with(|conn| {
+                let mut stmt = conn.prepare_cached("SELECT 1 FROM seen WHERE id = ?1 AND tenant = ?2")?;
+                let mut out = HashSet::new();
+                for id in ids {
+                    if stmt.exists(params![id, tenant])? {
+                        out.insert(id);
+                    }
+                }
+                Ok(out)
+            })
+        })
+        .await?)
+    }
+
     /// Alerts raised after `after_seq` (of `tenant`, when given), oldest first, at most `limit`.
     pub async fn alerts(&self, tenant: Option<&str>, after_seq: u64, limit: usize) -> Result<Vec<Alert>, Error> {
         let reads = self.reads.clone();

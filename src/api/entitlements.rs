@@ -1,0 +1,94 @@
+//! `GET /api/v1/entitlements`: what a tenant's plan allows now, from its feature matrix and the
+//! live counters.
+
+use super::error::ApiError;
+use crate::server::AppState;
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use meter_auth::{AuthError, Role};
+use meter_billing::{Entitlement, Entitlements};
+use meter_schemas::FieldError;
+use meter_schemas::envelope::check_id;
+use meter_schemas::period::now_us;
+use meter_store::Coverage;
+use serde::Deserialize;
+use std::sync::Arc;
+use utoipa::IntoParams;
+
+/// Query of the entitlement endpoints.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EntitlementsQuery {
+    /// Tenant; implied by a tenant's key, required with an admin or service key.
+    pub tenant: Option<String>,
+}
+
+async fn read(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Result<Query<EntitlementsQuery>, QueryRejection>,
+) -> Result<Entitlements, ApiError> {
+    let p = state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?;
+    let Query(q) = query?;
+    if let Some(Err(m)) = q.tenant.as_deref().map(check_id) {
+        return Err(ApiError::Invalid(vec![FieldError::invalid("tenant", m)]));
+    }
+    // Tenant services ask too: an ingest key may read entitlements.
+    if p.role == Role::Ingest && p.tenant.is_none() && q.tenant.is_none() {
+        return Err(AuthError::TenantRequired.into());
+    }
+    let tenant = p.readable_tenant(q.tenant.as_deref())?;
+    let coverage = Coverage {
+        consumer: &state.consumer,
+        partition: meter_schemas::partition::partition_for(&tenant, state.partitions),
+    };
+    let b = &state.billing;
+    meter_billing::entitlements(&b.allowances, &*state.store, coverage, &state.catalog, &tenant, now_us())
+        .await
+        .map_err(|e| match e {
+            meter_billing::Error::NotFound(_) => ApiError::Missing(format!("tenant {tenant} has no live subscription")),
+            e => e.into(),
+        })
+}
+
+/// Every feature and meter the tenant's plan has: allowed or not, limit, used, remaining.
+#[utoipa::path(get, path = "/api/v1/entitlements", tag = "alerts", params(EntitlementsQuery),
+    responses(
+        (status = 200, description = "The tenant's entitlements", body = Entitlements),
+        (status = 404, description = "The tenant has no live subscription", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<EntitlementsQuery>, QueryRejection>,
+) -> Result<Json<Entitlements>, ApiError> {
+    Ok(Json(read(&state, &headers, query).await?))
+}
+
+/// One feature or meter of the tenant's plan.
+#[utoipa::path(get, path = "/api/v1/entitlements/{feature}", tag = "alerts",
+    params(("feature" = String, Path, description = "A feature of the plan's matrix, or a meter"), EntitlementsQuery),
+    responses(
+        (status = 200, description = "The entitlement", body = Entitlement),
+        (status = 404, description = "No such feature or meter in the plan, or no live subscription", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn one(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(feature): Path<String>,
+    query: Result<Query<EntitlementsQuery>, QueryRejection>,
+) -> Result<Json<Entitlement>, ApiError> {
+    let all = read(&state, &headers, query).await?;
+    let names: Vec<String> = all.entitlements.iter().map(|e| e.name.clone()).collect();
+    all.entitlements.into_iter().find(|e| e.name == feature).map(Json).ok_or_else(|| {
+        ApiError::Missing(format!(
+            "plan {} has no feature or meter {feature:?} (it has: {})",
+            all.plan,
+            names.join(", ")
+        ))
+    })
+}
