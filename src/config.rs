@@ -38,6 +38,24 @@ pub struct Config {
     pub billing: BillingConfig,
     /// Webhook delivery of alerts.
     pub webhooks: WebhooksConfig,
+    /// Alerts.
+    pub alerts: AlertsConfig,
+}
+
+/// Alerts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// How often every tenant's projected usage is rated on the higher tiers for upgrade
+    /// suggestions.
+    #[serde(with = "humantime_serde")]
+    pub advise_every: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self { advise_every: Duration::from_secs(60) }
+    }
 }
 
 /// Webhook delivery of alerts.
@@ -104,6 +122,7 @@ impl Default for Config {
             meters: Vec::new(),
             billing: BillingConfig::default(),
             webhooks: WebhooksConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }

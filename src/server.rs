@@ -179,6 +179,17 @@ pub async fn run_roles(
     );
     // Alerts are raised where counters change: the process that aggregates delivers them.
     let dispatcher = roles.aggregate.then(|| tokio::spawn(webhooks.clone().run(live.clone())));
+    let advisor = roles.aggregate.then(|| {
+        let advice = Advice {
+            ledger: ledger.clone(),
+            live: live.clone(),
+            catalog: catalog.clone(),
+            book: book.clone(),
+            consumer: config.aggregator.group.clone(),
+            partitions: config.log.partitions,
+        };
+        tokio::spawn(advise(advice, config.alerts.advise_every))
+    });
     let clickhouse = match config.store_backend()? {
         StoreBackend::ClickHouse(url) => Some(Arc::new(
             ClickHouseStore::open(&url)
@@ -313,8 +324,8 @@ pub async fn run_roles(
         m.abort();
     }
     refresher.abort();
-    if let Some(d) = dispatcher {
-        d.abort();
+    for task in [dispatcher, advisor].into_iter().flatten() {
+        task.abort();
     }
     let sink = state.sink.lock().map_err(|_| anyhow::anyhow!("state poisoned"))?.take();
     if let Some(s) = sink {
@@ -326,6 +337,47 @@ pub async fn run_roles(
     drop(log);
     tracing::info!("meter stopped");
     Ok(())
+}
+
+/// What the upgrade advisor reads.
+struct Advice {
+    ledger: meter_billing::Ledger,
+    live: Arc<SqliteStore>,
+    catalog: Arc<Catalog>,
+    book: Arc<meter_rater::PriceBook>,
+    consumer: String,
+    partitions: u32,
+}
+
+/// Every `every`, rates each tenant's projected usage on the higher tiers and raises an
+/// `upgrade_suggested` alert (once per tier and period) where one is cheaper.
+async fn advise(a: Advice, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = meter_schemas::period::now_us();
+        let found =
+            meter_billing::advisor::advise(&a.ledger, &*a.live, &a.consumer, a.partitions, &a.catalog, &a.book, now)
+                .await;
+        let suggestions = match found {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for upgrade suggestions failed; trying again");
+                continue;
+            }
+        };
+        let live = a.live.clone();
+        let raised = tokio::task::spawn_blocking(move || {
+            suggestions.into_iter().try_fold(0, |n, s| live.suggest(s).map(|new| n + usize::from(new)))
+        })
+        .await;
+        match raised {
+            Ok(Ok(n)) if n > 0 => tracing::info!(suggestions = n, "upgrade suggestions raised"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "raising upgrade suggestions failed; trying again"),
+            _ => {}
+        }
+    }
 }
 
 /// Re-reads every tenant's plan each second (another process may have changed a subscription);

@@ -108,6 +108,8 @@ async fn a_tenant_at_120_percent_gets_three_alerts_through_duplicates_reordering
             ("METER__WEBHOOKS__RETRY_FOR", "3s"),
             ("METER__WEBHOOKS__FIRST_BACKOFF", "100ms"),
             ("METER__WEBHOOKS__MAX_BACKOFF", "400ms"),
+            // Upgrade suggestions depend on the day of the month (the projection): not here.
+            ("METER__ALERTS__ADVISE_EVERY", "1000days"),
         ],
     );
     // acme's own endpoint; an admin endpoint for every tenant that fails its first 5
@@ -358,4 +360,69 @@ async fn entitlements_answer_from_the_plan_and_a_hard_limit_refuses_events_past_
     assert_eq!(s, 403);
     wait_counted(&url, &admin, "capco", now_us()).await;
     assert_eq!(values(&usage(&url, &admin, "capco").await)["agent_invocations"], "2000");
+}
+
+/// A Starter tenant whose projected work orders make a higher tier cheaper than Starter with its
+/// overage gets one `upgrade_suggested` alert naming the tier and the saving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_tier_that_would_cost_less_is_suggested_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = create_key(dir.path(), "admin", None);
+    let meter = Meter::start(dir.path(), &[("METER__ALERTS__ADVISE_EVERY", "200ms")]);
+    let url = meter.url.clone();
+    let events: Vec<Value> = (0..1500)
+        .map(|i| json!({"transaction_id": format!("w{i}"), "external_customer_id": "sugco", "code": "work_order.created", "properties": {}}))
+        .collect();
+    for chunk in events.chunks(50) {
+        assert_eq!(post_batch(&url, &admin, chunk).await.0, 200);
+    }
+    wait_counted(&url, &admin, "sugco", now_us()).await;
+    // Subscribed once every event is counted, so that the advisor never sees a part of them.
+    let r = client()
+        .post(format!("{url}/api/v1/subscriptions"))
+        .bearer_auth(&admin)
+        .json(&json!({"tenant": "sugco", "plan": "starter", "cycle": "monthly"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let suggestions = |page: &Value| -> Vec<Value> {
+        page["alerts"].as_array().unwrap().iter().filter(|a| a["kind"] == "upgrade_suggested").cloned().collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let page: Value = client()
+            .get(format!("{url}/api/v1/alerts?tenant=sugco"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let s = suggestions(&page);
+        if !s.is_empty() || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(found.len(), 1, "{found:?}");
+    // At least 1,500 work orders projected: Starter costs 30,000 or more a month, Professional
+    // 15,000 or (far into the month's projection) Enterprise less.
+    let s = &found[0];
+    assert!(["professional", "enterprise"].contains(&s["suggested_plan"].as_str().unwrap()), "{s}");
+    assert!(s["saving"].as_str().unwrap().parse::<f64>().unwrap() >= 15000.0 - 0.005, "{s}");
+    assert_eq!(s["plan"], "starter");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let page: Value = client()
+        .get(format!("{url}/api/v1/alerts?tenant=sugco"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again = suggestions(&page);
+    assert_eq!(again.len(), 1, "suggested once per tier and period: {again:?}");
 }

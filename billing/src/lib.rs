@@ -2,6 +2,7 @@
 //! close that rates every subscription and reconciles the figures ([`close`]), and the preview of
 //! the open period's invoice ([`upcoming`]).
 
+pub mod advisor;
 pub mod allowances;
 pub mod census;
 pub mod close;

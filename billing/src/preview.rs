@@ -24,6 +24,29 @@ pub struct Upcoming {
     pub projected: Invoice,
 }
 
+/// `usage` so far at `now_us` projected to the end of `period`: counts and sums grow in
+/// proportion to the time left; unique counts, maxima and latest values stay. Returns the share
+/// of the period elapsed too.
+pub fn project(usage: &Usage, catalog: &Catalog, period: Period, now_us: i64) -> Result<(Decimal, Usage), Error> {
+    let (start, end) = (period.start_us(), period.end_us());
+    let elapsed = Decimal::from((now_us - start).clamp(1, end - start)) / Decimal::from(end - start);
+    let mut projected = usage.clone();
+    for (name, v) in projected.totals.iter_mut() {
+        let grows = catalog
+            .meters()
+            .iter()
+            .find(|m| &m.name == name)
+            .is_some_and(|m| matches!(m.aggregation, Aggregation::Count | Aggregation::Sum));
+        if grows {
+            *v = v
+                .checked_div(elapsed)
+                .map(|p| p.round_dp(9))
+                .ok_or_else(|| meter_rater::Error::Overflow(name.clone()))?;
+        }
+    }
+    Ok((elapsed, projected))
+}
+
 /// The upcoming invoice of `tenant`'s subscription at `now_us`.
 pub async fn upcoming(
     ledger: &Ledger,
@@ -49,22 +72,8 @@ pub async fn upcoming(
         totals: live.meters.iter().filter_map(|(m, t)| t.period.value.map(|v| (m.clone(), v))).collect(),
         watermark_us: live.watermark_us,
     };
-    let (start, end) = (period.start_us(), period.end_us());
-    let elapsed = Decimal::from((now_us - start).max(1)) / Decimal::from(end - start);
-    let mut projected = so_far.clone();
-    for (name, v) in projected.totals.iter_mut() {
-        let grows = catalog
-            .meters()
-            .iter()
-            .find(|m| &m.name == name)
-            .is_some_and(|m| matches!(m.aggregation, Aggregation::Count | Aggregation::Sum));
-        if grows {
-            *v = v
-                .checked_div(elapsed)
-                .map(|p| p.round_dp(9))
-                .ok_or_else(|| meter_rater::Error::Overflow(name.clone()))?;
-        }
-    }
+    let (elapsed, projected) = project(&so_far, catalog, period, now_us)?;
+    let end = period.end_us();
     let mut whole = sub.clone();
     whole.advance(end - 1);
     let trail = |s: &meter_rater::Subscription| s.entries.clone();

@@ -25,34 +25,59 @@ pub trait Allowances: Send + Sync {
     fn watch(&self, tenant: &str, meter: &str, period: Period) -> Option<Watch>;
 }
 
-/// An alert: a meter of a tenant reached a percentage of its included quantity in a period.
+/// An alert: a meter of a tenant reached a percentage of its included quantity in a period
+/// (`usage_threshold`), or a higher tier would cost the tenant less (`upgrade_suggested`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alert {
-    /// Deterministic: the same tenant, meter, period and percentage always give the same id, so
-    /// a replay, a restart or a duplicate never makes a second alert.
+    /// Deterministic: the same tenant, meter, period and percentage (or suggested plan) always
+    /// give the same id, so a replay, a restart or a duplicate never makes a second alert.
     pub id: String,
     /// Order in which alerts were raised, from 1.
     pub seq: u64,
     /// Tenant.
     pub tenant: String,
-    /// Meter.
-    pub meter: String,
     /// `YYYY-MM`.
     pub period: String,
-    /// `usage_threshold`.
+    /// `usage_threshold` or `upgrade_suggested`.
     pub kind: String,
-    /// The percentage reached.
-    pub percent: u32,
-    /// The quantity that percentage is (exact decimal text).
-    pub threshold: String,
-    /// The plan's included quantity.
-    pub included: String,
-    /// The meter's value when the alert was raised.
-    pub value: String,
-    /// The plan.
+    /// The tenant's plan.
     pub plan: String,
     /// When it was raised (RFC 3339).
     pub raised_at: String,
+    /// The meter (thresholds).
+    pub meter: Option<String>,
+    /// The percentage reached (thresholds).
+    pub percent: Option<u32>,
+    /// The quantity that percentage is, exact decimal text (thresholds).
+    pub threshold: Option<String>,
+    /// The plan's included quantity (thresholds).
+    pub included: Option<String>,
+    /// The meter's value when the alert was raised (thresholds).
+    pub value: Option<String>,
+    /// The cheaper higher tier (suggestions).
+    pub suggested_plan: Option<String>,
+    /// What the period would cost less on it, projected to the period's end (suggestions).
+    pub saving: Option<String>,
+}
+
+/// A higher tier that would cost a tenant less this period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suggestion {
+    /// Tenant.
+    pub tenant: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// The tenant's plan now.
+    pub plan: String,
+    /// The cheaper higher tier.
+    pub suggested_plan: String,
+    /// The saving, in the price list's currency.
+    pub saving: Decimal,
+}
+
+/// The id of the suggestion of `plan` to `tenant` in `period`.
+pub fn suggestion_id(tenant: &str, period: &str, plan: &str) -> String {
+    alert_id(tenant, &format!("upgrade:{plan}"), period, 0)
 }
 
 /// The id of the alert for `percent` of `meter` of `tenant` in `period`.

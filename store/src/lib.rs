@@ -13,7 +13,7 @@ mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use alerts::{Alert, Allowances, Watch};
+pub use alerts::{Alert, Allowances, Suggestion, Watch};
 pub use clickhouse::{ClickHouseStore, ClickHouseUrl, SCHEMA_VERSION as CLICKHOUSE_SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 

@@ -4,7 +4,7 @@
 //! cached in memory (written through), so a batch reads the database only for keys it has not met
 //! before. Reads for the API use a small pool of connections off the async runtime.
 
-use crate::alerts::{Alert, Allowances, alert_id, reached};
+use crate::alerts::{Alert, Allowances, Suggestion, alert_id, reached, suggestion_id};
 use crate::{
     Applied, Checkpoint, Coverage, Date, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, Totals,
     UsageStore,
@@ -57,6 +57,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alerts_by_tenant ON alerts (tenant, seq);
 ",
+    "
+    ALTER TABLE alerts ADD COLUMN kind TEXT NOT NULL DEFAULT 'usage_threshold';
+    ALTER TABLE alerts ADD COLUMN suggested_plan TEXT;
+    ALTER TABLE alerts ADD COLUMN saving TEXT;
+",
 ];
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
@@ -97,6 +102,21 @@ impl SqliteStore {
         *self.allowances.write().unwrap_or_else(|e| e.into_inner()) = Some(allowances);
     }
 
+    /// Raises an `upgrade_suggested` alert, unless that tier was suggested to the tenant in the
+    /// period before; returns whether it is new. Blocking (it waits for the writer).
+    pub fn suggest(&self, s: Suggestion) -> Result<bool, Error> {
+        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let id = suggestion_id(&s.tenant, &s.period, &s.suggested_plan);
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO alerts (id, tenant, meter, period, percent, threshold, included, value, plan,
+                 raised_us, kind, suggested_plan, saving)
+             VALUES (?1, ?2, '', ?3, 0, '', '', '', ?4, ?5, 'upgrade_suggested', ?6, ?7)",
+            params![id, s.tenant, s.period, s.plan, now_us(), s.suggested_plan, s.saving.normalize().to_string()],
+        )?;
+        drop(conn);
+        Ok(n == 1)
+    }
+
     /// Which of `ids` of `tenant` are counted already.
     pub async fn counted_ids(&self, tenant: &str, ids: Vec<String>) -> Result<HashSet<String>, Error> {
         let reads = self.reads.clone();
@@ -123,23 +143,29 @@ impl SqliteStore {
         let rows = blocking(move || {
             reads.with(|conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us
+                    "SELECT seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us,
+                            kind, suggested_plan, saving
                      FROM alerts WHERE seq > ?1 AND (?2 IS NULL OR tenant = ?2) ORDER BY seq LIMIT ?3",
                 )?;
                 let rows = stmt.query_map(params![after_seq as i64, tenant, limit as i64], |r| {
+                    let kind: String = r.get(11)?;
+                    let threshold = kind == "usage_threshold";
+                    let some = |v: String| threshold.then_some(v);
                     Ok(Alert {
                         seq: r.get::<_, i64>(0)? as u64,
                         id: r.get(1)?,
                         tenant: r.get(2)?,
-                        meter: r.get(3)?,
+                        meter: some(r.get(3)?),
                         period: r.get(4)?,
-                        kind: "usage_threshold".into(),
-                        percent: r.get(5)?,
-                        threshold: r.get(6)?,
-                        included: r.get(7)?,
-                        value: r.get(8)?,
+                        percent: threshold.then_some(r.get(5)?),
+                        threshold: some(r.get(6)?),
+                        included: some(r.get(7)?),
+                        value: some(r.get(8)?),
                         plan: r.get(9)?,
                         raised_at: format_time(r.get(10)?),
+                        kind,
+                        suggested_plan: r.get(12)?,
+                        saving: r.get(13)?,
                     })
                 })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -40,7 +40,10 @@ async fn each_threshold_fires_once_and_never_early() {
     s.apply("c", &m, &batch, &adv(7, 10)).unwrap();
     let alerts = s.alerts(None, 0, 100).await.unwrap();
     assert_eq!(alerts.len(), 1);
-    assert_eq!((alerts[0].percent, alerts[0].value.as_str(), alerts[0].threshold.as_str()), (80, "8", "8"));
+    assert_eq!(
+        (alerts[0].percent, alerts[0].value.as_deref(), alerts[0].threshold.as_deref()),
+        (Some(80), Some("8"), Some("8"))
+    );
     assert_eq!(alerts[0].id, meter_store::alerts::alert_id("a", "agent_invocations", "2026-11", 80));
     // A replay of everything, then 4 more: 90% and 100% once each.
     let all: Vec<_> = (0..7).chain([8]).map(ev).collect();
@@ -51,10 +54,28 @@ async fn each_threshold_fires_once_and_never_early() {
     let more: Vec<_> = [7, 9, 10, 11, 12].into_iter().map(ev).collect();
     s.apply("c", &m, &more, &adv(18, 23)).unwrap();
     let alerts = s.alerts(None, 0, 100).await.unwrap();
-    let fired: Vec<_> = alerts.iter().map(|a| (a.percent, a.value.as_str(), a.seq)).collect();
+    let fired: Vec<_> = alerts.iter().map(|a| (a.percent.unwrap(), a.value.as_deref().unwrap(), a.seq)).collect();
     assert_eq!(fired, [(80, "8", 1), (90, "13", 2), (100, "13", 3)]);
     assert_eq!(s.alerts(Some("a"), 1, 100).await.unwrap().len(), 2, "after seq 1");
     assert!(s.alerts(Some("b"), 0, 100).await.unwrap().is_empty());
     // Tokens are not watched; days are not periods.
-    assert!(alerts.iter().all(|a| a.meter == "agent_invocations" && a.period == "2026-11"));
+    assert!(alerts.iter().all(|a| a.meter.as_deref() == Some("agent_invocations") && a.period == "2026-11"));
+    // A suggestion is raised once per tier and period.
+    let suggestion = meter_store::Suggestion {
+        tenant: "a".into(),
+        period: "2026-11".into(),
+        plan: "starter".into(),
+        suggested_plan: "professional".into(),
+        saving: Decimal::from(15000),
+    };
+    assert!(s.suggest(suggestion.clone()).unwrap());
+    assert!(!s.suggest(suggestion).unwrap(), "once per tier and period");
+    let new = s.alerts(Some("a"), 3, 10).await.unwrap();
+    assert_eq!(new.len(), 1);
+    let a = &new[0];
+    assert_eq!(
+        (a.kind.as_str(), a.suggested_plan.as_deref(), a.saving.as_deref()),
+        ("upgrade_suggested", Some("professional"), Some("15000"))
+    );
+    assert_eq!((a.meter.as_deref(), a.percent), (None, None));
 }

@@ -465,7 +465,7 @@ fn tenant_of(scope: Scope<'_>) -> Option<String> {
 fn body_of(alert: &Alert) -> String {
     serde_json::json!({
         "id": alert.id,
-        "type": "usage.threshold_reached",
+        "type": if alert.kind == "upgrade_suggested" { "usage.upgrade_suggested" } else { "usage.threshold_reached" },
         "created": alert.raised_at,
         "data": alert,
     })
