@@ -79,6 +79,8 @@ pub struct SqliteStore {
     allowances: RwLock<Option<Arc<dyn Allowances>>>,
     /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
     raised: Mutex<HashSet<String>>,
+    /// Woken when a write raised an alert.
+    alerted: Arc<tokio::sync::Notify>,
 }
 
 impl SqliteStore {
@@ -93,6 +95,7 @@ impl SqliteStore {
             reads: Arc::new(ReadPool::new(path)),
             allowances: RwLock::new(None),
             raised: Mutex::new(HashSet::new()),
+            alerted: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -114,6 +117,9 @@ impl SqliteStore {
             params![id, s.tenant, s.period, s.plan, now_us(), s.suggested_plan, s.saving.normalize().to_string()],
         )?;
         drop(conn);
+        if n == 1 {
+            self.alerted.notify_one();
+        }
         Ok(n == 1)
     }
 
@@ -134,6 +140,12 @@ impl SqliteStore {
             })
         })
         .await?)
+    }
+
+    /// Notified (at least once) after every write that raised an alert, so that delivery need
+    /// not poll.
+    pub fn alerted(&self) -> Arc<tokio::sync::Notify> {
+        self.alerted.clone()
     }
 
     /// Alerts raised after `after_seq` (of `tenant`, when given), oldest first, at most `limit`.
@@ -178,20 +190,20 @@ impl SqliteStore {
 
 /// Raises, for every period counter of `changed`, each alert its tenant's plan sets that the
 /// counter has reached; an alert raised before (same id; `known`, or in the table) is left as it
-/// was. Returns the ids now known to be raised.
+/// was. Returns the ids now known to be raised, and how many were raised now.
 fn raise_alerts(
     tx: &Connection,
     allowances: &dyn Allowances,
     changed: &HashMap<Key, Tally>,
     known: &HashSet<String>,
-) -> Result<Vec<String>, Error> {
+) -> Result<(Vec<String>, usize), Error> {
     let mut raise = tx.prepare_cached(
         "INSERT OR IGNORE INTO alerts (id, tenant, meter, period, percent, threshold, included, value, plan, raised_us)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     let mut exists = tx.prepare_cached("SELECT 1 FROM alerts WHERE id = ?1")?;
     let now = now_us();
-    let mut out = Vec::new();
+    let (mut out, mut new) = (Vec::new(), 0);
     for ((tenant, meter, bucket), t) in changed {
         let (Some(value), Ok(period)) = (t.value, bucket.parse::<Period>()) else { continue };
         let Some(watch) = allowances.watch(tenant, meter, period) else { continue };
@@ -217,9 +229,10 @@ fn raise_alerts(
                 now
             ])?;
             out.push(id);
+            new += 1;
         }
     }
-    Ok(out)
+    Ok((out, new))
 }
 
 fn tally_from(row: &Row<'_>, first: usize) -> meter_sqlite::rusqlite::Result<Tally> {
@@ -270,7 +283,7 @@ impl UsageStore for SqliteStore {
         }
         let mut applied = Applied::default();
         let mut scratch: HashMap<Key, Tally> = HashMap::new();
-        let mut raised = Vec::new();
+        let (mut raised, mut new_alerts) = (Vec::new(), 0);
         {
             let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO seen (tenant, id) VALUES (?1, ?2)")?;
             let mut unique = tx.prepare_cached(
@@ -326,7 +339,7 @@ impl UsageStore for SqliteStore {
             let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(allowances) = allowances {
                 let known = self.raised.lock().unwrap_or_else(|e| e.into_inner());
-                raised = raise_alerts(&tx, &*allowances, &scratch, &known)?;
+                (raised, new_alerts) = raise_alerts(&tx, &*allowances, &scratch, &known)?;
             }
             let mut position = tx.prepare_cached(
                 "INSERT INTO checkpoints (consumer, partition, next_offset, watermark_us) VALUES (?1, ?2, ?3, ?4)
@@ -343,6 +356,9 @@ impl UsageStore for SqliteStore {
         }
         cache.extend(scratch);
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
+        if new_alerts > 0 {
+            self.alerted.notify_one();
+        }
         Ok(applied)
     }
 

@@ -438,12 +438,17 @@ impl Webhooks {
         .await
     }
 
-    /// Fans out new alerts and sends due deliveries every [`Settings::poll`], until dropped.
+    /// Fans out new alerts and sends due deliveries as soon as the store raises an alert, and
+    /// every [`Settings::poll`] (for retries), until dropped.
     pub async fn run(self: Arc<Self>, alerts: Arc<SqliteStore>) {
         let mut every = tokio::time::interval(self.settings.poll);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let raised = alerts.alerted();
         loop {
-            every.tick().await;
+            tokio::select! {
+                _ = every.tick() => {}
+                () = raised.notified() => {}
+            }
             if let Err(e) = self.fan_out(&alerts).await {
                 tracing::warn!(error = %e, "queueing alerts for webhooks failed; trying again");
             }
