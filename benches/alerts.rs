@@ -74,10 +74,13 @@ async fn main() {
         vars.push(("METER__LOG__PARTITIONS", "4".into()));
         Kill(child)
     });
-    let key = Command::new(bin).args(["keys", "create", "--role", "admin", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let key =
+        Command::new(bin).args(["keys", "create", "--role", "admin", "--data-dir"]).arg(dir.path()).output().unwrap();
     let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
     let mut cmd = Command::new(bin);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).envs(vars.iter().map(|(k, v)| (*k, v)));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .envs(vars.iter().map(|(k, v)| (*k, v)));
     let (child, url) = announce(cmd, "meter listening on ");
     let _meter = Kill(child);
     let http = reqwest::Client::new();
@@ -92,7 +95,10 @@ async fn main() {
             async move {
                 let v: Value = serde_json::from_slice(&body).unwrap_or_default();
                 if v["data"]["percent"] == 80 {
-                    seen.lock().unwrap().entry(v["data"]["tenant"].as_str().unwrap_or_default().to_string()).or_insert_with(Instant::now);
+                    seen.lock()
+                        .unwrap()
+                        .entry(v["data"]["tenant"].as_str().unwrap_or_default().to_string())
+                        .or_insert_with(Instant::now);
                 }
                 axum::http::StatusCode::OK
             }
@@ -101,7 +107,13 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let r = http.post(format!("{url}/api/v1/webhooks")).bearer_auth(&key).json(&json!({ "url": hook })).send().await.unwrap();
+    let r = http
+        .post(format!("{url}/api/v1/webhooks"))
+        .bearer_auth(&key)
+        .json(&json!({ "url": hook }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
 
     let names: Vec<String> = (0..tenants).map(|i| format!("t{i:04}")).collect();
@@ -115,26 +127,50 @@ async fn main() {
     for t in &names {
         for chunk in (0..399).collect::<Vec<_>>().chunks(50) {
             let events: Vec<Value> = chunk.iter().map(|&i| wo(t, i)).collect();
-            let r = http.post(format!("{url}/api/v1/events/batch")).bearer_auth(&key).json(&json!({ "events": events })).send().await.unwrap();
+            let r = http
+                .post(format!("{url}/api/v1/events/batch"))
+                .bearer_auth(&key)
+                .json(&json!({ "events": events }))
+                .send()
+                .await
+                .unwrap();
             assert!(r.status().is_success());
         }
     }
     // Wait until every tenant's 399 are counted.
     for t in &names {
         loop {
-            let u: Value = http.get(format!("{url}/api/v1/usage?tenant={t}")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+            let u: Value = http
+                .get(format!("{url}/api/v1/usage?tenant={t}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if u["meters"].as_array().unwrap().iter().any(|m| m["name"] == "work_orders" && m["value"] == "399") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    println!("log: {}; {tenants} tenants at 399 of 500 work orders in {:.1} s", if kafka { "kafka (meter dev kafka, 4 partitions)" } else { "embedded (SQLite)" }, started.elapsed().as_secs_f64());
+    println!(
+        "log: {}; {tenants} tenants at 399 of 500 work orders in {:.1} s",
+        if kafka { "kafka (meter dev kafka, 4 partitions)" } else { "embedded (SQLite)" },
+        started.elapsed().as_secs_f64()
+    );
 
     let mut sent: HashMap<String, Instant> = HashMap::new();
     for t in &names {
         let at = Instant::now();
-        let r = http.post(format!("{url}/api/v1/events/batch")).bearer_auth(&key).json(&json!({ "events": [wo(t, 399)] })).send().await.unwrap();
+        let r = http
+            .post(format!("{url}/api/v1/events/batch"))
+            .bearer_auth(&key)
+            .json(&json!({ "events": [wo(t, 399)] }))
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success());
         sent.insert(t.clone(), at);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -148,7 +184,11 @@ async fn main() {
     for (t, at) in &got {
         h.record(at.duration_since(sent[t]).as_micros() as u64).unwrap();
     }
-    println!("event-to-alert (send of the 400th work order to the 80% alert at the webhook): {} of {tenants}, {}", got.len(), percentiles(&h));
+    println!(
+        "event-to-alert (send of the 400th work order to the 80% alert at the webhook): {} of {tenants}, {}",
+        got.len(),
+        percentiles(&h)
+    );
 
     // Entitlement checks.
     let stop = Instant::now() + Duration::from_secs(seconds);
@@ -161,7 +201,12 @@ async fn main() {
             while Instant::now() < stop {
                 let t = &names[i % names.len()];
                 let at = Instant::now();
-                let r = http.get(format!("{url}/api/v1/entitlements/work_orders?tenant={t}")).bearer_auth(&key).send().await.unwrap();
+                let r = http
+                    .get(format!("{url}/api/v1/entitlements/work_orders?tenant={t}"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 200);
                 let _ = r.bytes().await.unwrap();
                 h.record(at.elapsed().as_micros() as u64).unwrap();

@@ -135,6 +135,8 @@ pub struct LogConfig {
     pub url: String,
     /// Kafka topic of the events.
     pub topic: String,
+    /// Kafka topic every alert is published to (created with `partitions` partitions if missing).
+    pub alerts_topic: String,
     /// Kafka: how long an append waits for its delivery reports before answering 503.
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
@@ -156,6 +158,7 @@ impl Default for LogConfig {
         Self {
             url: "sqlite".into(),
             topic: "usage.events".into(),
+            alerts_topic: "usage.alerts".into(),
             delivery_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(2),
             replica_lag_max: Duration::from_secs(30),

@@ -13,6 +13,9 @@ pub struct DevKafkaArgs {
     /// Topic to create.
     #[arg(long, default_value = "usage.events")]
     pub topic: String,
+    /// The alerts topic to create (the mock cluster cannot create topics when asked).
+    #[arg(long, default_value = "usage.alerts")]
+    pub alerts_topic: String,
     /// Brokers in the mock cluster.
     #[arg(long, default_value_t = 1)]
     pub brokers: u32,
@@ -28,6 +31,7 @@ pub struct DevKafkaArgs {
 pub fn kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
     let cluster = rdkafka::mocking::MockCluster::new(args.brokers as i32)?;
     cluster.create_topic(&args.topic, args.partitions as i32, args.brokers.min(3) as i32)?;
+    cluster.create_topic(&args.alerts_topic, args.partitions as i32, args.brokers.min(3) as i32)?;
     let bootstrap = cluster.bootstrap_servers();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {

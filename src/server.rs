@@ -179,6 +179,21 @@ pub async fn run_roles(
     );
     // Alerts are raised where counters change: the process that aggregates delivers them.
     let dispatcher = roles.aggregate.then(|| tokio::spawn(webhooks.clone().run(live.clone())));
+    // On Kafka every alert also goes to the alerts topic.
+    let publisher = match (roles.aggregate, config.log_backend()?) {
+        (true, crate::config::LogBackend::Kafka(brokers)) => {
+            let topic = meter_webhooks::topic::AlertTopic::open(
+                &brokers,
+                &config.log.alerts_topic,
+                config.log.partitions,
+                config.log.delivery_timeout,
+            )
+            .await
+            .context("opening the Kafka alerts topic")?;
+            Some(tokio::spawn(topic.run(webhooks.clone(), live.clone(), Duration::from_millis(100))))
+        }
+        _ => None,
+    };
     let advisor = roles.aggregate.then(|| {
         let advice = Advice {
             ledger: ledger.clone(),
@@ -324,7 +339,7 @@ pub async fn run_roles(
         m.abort();
     }
     refresher.abort();
-    for task in [dispatcher, advisor].into_iter().flatten() {
+    for task in [dispatcher, advisor, publisher].into_iter().flatten() {
         task.abort();
     }
     let sink = state.sink.lock().map_err(|_| anyhow::anyhow!("state poisoned"))?.take();

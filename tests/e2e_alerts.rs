@@ -426,3 +426,87 @@ async fn a_higher_tier_that_would_cost_less_is_suggested_once() {
     let again = suggestions(&page);
     assert_eq!(again.len(), 1, "suggested once per tier and period: {again:?}");
 }
+
+/// On Kafka: one ingest and two aggregate processes sharing the data directory; an aggregator
+/// is SIGKILLed mid-stream and restarted (two rebalances). The receiver gets each of the three
+/// threshold alerts once, and the alerts topic holds the same three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_three_alerts_arrive_once_through_a_rebalance_and_reach_the_alerts_topic() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+
+    let kafka = DevKafka::start(4);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = create_key(dir.path(), "admin", None);
+    let mut env = kafka.env();
+    env.push(("METER__WEBHOOKS__FIRST_BACKOFF", "100ms".into()));
+    env.push(("METER__ALERTS__ADVISE_EVERY", "1000days".into()));
+    let env = env_refs(&env);
+    let ingest = Meter::start_role("ingest", dir.path(), &env);
+    let mut one = Meter::start_role("aggregate", dir.path(), &env);
+    let _two = Meter::start_role("aggregate", dir.path(), &env);
+    let receiver = Receiver::start(0).await;
+    receiver.register(&ingest.url, &admin, None).await;
+    let r = client()
+        .post(format!("{}/api/v1/subscriptions", ingest.url))
+        .bearer_auth(&admin)
+        .json(&json!({"tenant": "acme", "plan": "starter", "cycle": "monthly"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // The aggregators read the tenants' plans every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let mut order: Vec<usize> = (0..600).collect();
+    order.sort_by_key(|i| (i * 7919) % 600);
+    let events: Vec<Value> = order
+        .iter()
+        .map(|i| json!({"transaction_id": format!("wo-{i}"), "external_customer_id": "acme", "code": "work_order.created", "properties": {}}))
+        .collect();
+    for (n, part) in events.chunks(50).enumerate() {
+        send(&ingest.url, &admin, part).await;
+        if n % 4 == 0 {
+            send(&ingest.url, &admin, &part[..10]).await;
+        }
+        match n {
+            3 => one.kill9(),
+            5 => one.restart(),
+            _ => {}
+        }
+    }
+    let usage = wait_counted(&ingest.url, &admin, "acme", now_us()).await;
+    assert_eq!(values(&usage)["work_orders"], "600");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.accepted().len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.accepted();
+    assert_eq!(got.len(), 3, "each alert once: {got:?}");
+    let mut ids = got.clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{got:?}");
+    assert_eq!(receiver.forged.load(Ordering::SeqCst), 0);
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("group.id", format!("alerts-reader-{}", now_us()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&kafka.alerts_topic]).unwrap();
+    let mut topic_ids = std::collections::BTreeSet::new();
+    while topic_ids.len() < 3 && Instant::now() < deadline + Duration::from_secs(20) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            assert_eq!(m.key(), Some("acme".as_bytes()));
+            if v["data"]["kind"] == "usage_threshold" {
+                topic_ids.insert(v["id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(topic_ids.into_iter().collect::<Vec<_>>(), ids, "the alerts topic holds the same alerts");
+}

@@ -35,6 +35,7 @@ fn mock_cluster(partitions: i32) -> (String, mpsc::Sender<Fault>) {
     std::thread::spawn(move || {
         let cluster = rdkafka::mocking::MockCluster::new(BROKERS).expect("mock cluster");
         cluster.create_topic("usage.events", partitions, 1).expect("topic");
+        cluster.create_topic("usage.alerts", partitions, 1).expect("topic");
         ready.send(cluster.bootstrap_servers()).expect("test waits");
         for fault in commands {
             match fault {

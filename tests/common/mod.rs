@@ -163,6 +163,8 @@ pub struct DevKafka {
     pub bootstrap: String,
     /// The events topic.
     pub topic: String,
+    /// The alerts topic.
+    pub alerts_topic: String,
     /// The aggregators' consumer group.
     pub group: String,
     /// Partitions of the topic.
@@ -178,6 +180,7 @@ impl DevKafka {
                 child: None,
                 bootstrap,
                 topic: format!("usage.events.test-{suffix}"),
+                alerts_topic: format!("usage.alerts.test-{suffix}"),
                 group: format!("meter-aggregator-test-{suffix}"),
                 partitions,
             };
@@ -189,6 +192,7 @@ impl DevKafka {
             child: Some(child),
             bootstrap,
             topic: "usage.events".into(),
+            alerts_topic: "usage.alerts".into(),
             group: "meter-aggregator".into(),
             partitions,
         }
@@ -199,6 +203,7 @@ impl DevKafka {
         vec![
             ("METER__LOG__URL", format!("kafka://{}", self.bootstrap)),
             ("METER__LOG__TOPIC", self.topic.clone()),
+            ("METER__LOG__ALERTS_TOPIC", self.alerts_topic.clone()),
             ("METER__LOG__PARTITIONS", self.partitions.to_string()),
             ("METER__AGGREGATOR__GROUP", self.group.clone()),
         ]

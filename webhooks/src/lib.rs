@@ -7,6 +7,7 @@
 //! never queued twice for one endpoint), and how far the alerts have been fanned out.
 
 pub mod signature;
+pub mod topic;
 
 pub use signature::{Invalid, sign, verify};
 
@@ -292,15 +293,34 @@ impl Webhooks {
         .await
     }
 
+    /// How far the alerts have been handed on to `name` (the last alert's `seq`).
+    pub async fn cursor(&self, name: &str) -> Result<u64, Error> {
+        let name = name.to_string();
+        self.with(move |c| {
+            Ok(c.query_row("SELECT seq FROM fanned_out WHERE name = ?1", params![name], |r| r.get::<_, i64>(0))
+                .optional()?
+                .unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    /// Moves `name`'s cursor forward to `seq` (never back).
+    pub async fn move_cursor(&self, name: &str, seq: u64) -> Result<(), Error> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO fanned_out (name, seq) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
+                params![name, seq as i64],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Queues every alert raised since the last call for each endpoint that wants it.
     pub async fn fan_out(&self, alerts: &SqliteStore) -> Result<usize, Error> {
-        let after: u64 = self
-            .with(|c| {
-                Ok(c.query_row("SELECT seq FROM fanned_out WHERE name = 'alerts'", [], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .unwrap_or(0) as u64)
-            })
-            .await?;
+        let after = self.cursor("alerts").await?;
         let new = alerts.alerts(None, after, 1000).await?;
         let Some(last) = new.last().map(|a| a.seq) else { return Ok(0) };
         let n = new.len();
@@ -321,7 +341,7 @@ impl Webhooks {
                 }
             }
             tx.execute(
-                "INSERT INTO fanned_out (name, seq) VALUES ('alerts', ?1) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+                "INSERT INTO fanned_out (name, seq) VALUES ('alerts', ?1) ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
                 params![last as i64],
             )?;
             tx.commit()?;
@@ -467,7 +487,7 @@ fn tenant_of(scope: Scope<'_>) -> Option<String> {
 }
 
 /// The body posted for `alert`: the same bytes on every attempt.
-fn body_of(alert: &Alert) -> String {
+pub(crate) fn body_of(alert: &Alert) -> String {
     serde_json::json!({
         "id": alert.id,
         "type": if alert.kind == "upgrade_suggested" { "usage.upgrade_suggested" } else { "usage.threshold_reached" },

@@ -1,0 +1,95 @@
+//! The alerts topic (`usage.alerts`) on Kafka: every alert, keyed by tenant, in the body a
+//! webhook gets. At least once: a publisher that dies after producing and before moving its
+//! cursor produces the same alerts again (consumers deduplicate on `id`).
+
+use crate::{Error, Webhooks, body_of};
+use meter_store::SqliteStore;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A producer of alerts to one topic.
+pub struct AlertTopic {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Storage(meter_sqlite::Error::Task(format!("kafka: {e}")))
+}
+
+impl AlertTopic {
+    /// Connects to `bootstrap`, creating `topic` with `partitions` partitions when it is missing.
+    pub async fn open(bootstrap: &str, topic: &str, partitions: u32, timeout: Duration) -> Result<Self, Error> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(failed)?;
+        let metadata = producer.client().fetch_metadata(Some(topic), timeout).map_err(failed)?;
+        let exists =
+            metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            let admin: AdminClient<DefaultClientContext> =
+                ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(failed)?;
+            let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
+            let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+            let created = admin
+                .create_topics([&new], &options)
+                .await
+                .map_err(|e| failed(format!("topic {topic} does not exist and creating it failed ({e}); create it")))?;
+            for result in created {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((name, code)) => return Err(failed(format!("cannot create topic {name}: {code}"))),
+                }
+            }
+        }
+        Ok(AlertTopic { producer, topic: topic.to_string(), timeout })
+    }
+
+    /// Produces every alert raised since the last call (the `kafka` cursor in `webhooks.db`), and
+    /// moves the cursor once the brokers acknowledged them all; returns how many.
+    pub async fn publish(&self, cursor: &Webhooks, alerts: &SqliteStore) -> Result<usize, Error> {
+        let after = cursor.cursor("kafka").await?;
+        let new = alerts.alerts(None, after, 1000).await?;
+        let Some(last) = new.last().map(|a| a.seq) else { return Ok(0) };
+        let sends = new.iter().map(|a| {
+            let body = body_of(a);
+            let (producer, topic, tenant, timeout) = (&self.producer, &self.topic, a.tenant.clone(), self.timeout);
+            async move {
+                let record = FutureRecord::to(topic).key(&tenant).payload(&body);
+                producer.send(record, timeout).await.map(|_| ()).map_err(|(e, _)| failed(e))
+            }
+        });
+        for sent in futures_util::future::join_all(sends).await {
+            sent?;
+        }
+        cursor.move_cursor("kafka", last).await?;
+        Ok(new.len())
+    }
+
+    /// Publishes as soon as alerts are raised, and every `poll`, until dropped.
+    pub async fn run(self, cursor: Arc<Webhooks>, alerts: Arc<SqliteStore>, poll: Duration) {
+        let mut every = tokio::time::interval(poll);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let raised = alerts.alerted();
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = raised.notified() => {}
+            }
+            if let Err(e) = self.publish(&cursor, &alerts).await {
+                tracing::warn!(error = %e, topic = %self.topic, "publishing alerts to Kafka failed; trying again");
+            }
+        }
+    }
+}
