@@ -50,11 +50,15 @@ pub struct AlertsConfig {
     /// suggestions.
     #[serde(with = "humantime_serde")]
     pub advise_every: Duration,
+    /// No suggestion before this far into a period: early projections are noise, and a
+    /// suggestion stands for the whole period.
+    #[serde(with = "humantime_serde")]
+    pub advise_after: Duration,
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        Self { advise_every: Duration::from_secs(60) }
+        Self { advise_every: Duration::from_secs(60), advise_after: Duration::from_secs(3 * 86_400) }
     }
 }
 
@@ -74,6 +78,9 @@ pub struct WebhooksConfig {
     /// A receiver that has not answered in this long failed.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Let tenants register endpoints on loopback, private and link-local addresses (for
+    /// development; admin keys always may).
+    pub allow_private_targets: bool,
 }
 
 impl Default for WebhooksConfig {
@@ -83,6 +90,7 @@ impl Default for WebhooksConfig {
             first_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(3600),
             timeout: Duration::from_secs(10),
+            allow_private_targets: false,
         }
     }
 }
@@ -95,6 +103,7 @@ impl WebhooksConfig {
             first_backoff: self.first_backoff,
             max_backoff: self.max_backoff,
             timeout: self.timeout,
+            allow_private_targets: self.allow_private_targets,
             ..meter_webhooks::Settings::default()
         }
     }
@@ -382,6 +391,12 @@ impl Config {
         }
         self.ingest_limits()?;
         self.price_book()?;
+        if self.alerts.advise_every.is_zero() {
+            return Err(ConfigError::Invalid("alerts.advise_every must be more than 0".into()));
+        }
+        if self.webhooks.timeout.is_zero() || self.webhooks.first_backoff.is_zero() {
+            return Err(ConfigError::Invalid("webhooks.timeout and webhooks.first_backoff must be more than 0".into()));
+        }
         Ok(())
     }
 

@@ -202,6 +202,7 @@ pub async fn run_roles(
             book: book.clone(),
             consumer: config.aggregator.group.clone(),
             partitions: config.log.partitions,
+            after_us: config.alerts.advise_after.as_micros() as i64,
         };
         tokio::spawn(advise(advice, config.alerts.advise_every))
     });
@@ -282,12 +283,12 @@ pub async fn run_roles(
     });
     let mut routes = api::router(state.clone());
     if roles.ingest {
-        let quota = crate::quota::HardLimits {
-            allowances: state.billing.allowances.clone(),
-            live: state.live.clone(),
-            catalog: catalog.clone(),
-            consumer: state.consumer.clone(),
-        };
+        let quota = crate::quota::HardLimits::new(
+            state.billing.allowances.clone(),
+            state.live.clone(),
+            catalog.clone(),
+            state.consumer.clone(),
+        );
         let ingest = Arc::new(Ingest {
             log: log.clone(),
             keys,
@@ -362,6 +363,7 @@ struct Advice {
     book: Arc<meter_rater::PriceBook>,
     consumer: String,
     partitions: u32,
+    after_us: i64,
 }
 
 /// Every `every`, rates each tenant's projected usage on the higher tiers and raises an
@@ -372,9 +374,17 @@ async fn advise(a: Advice, every: Duration) {
     loop {
         tick.tick().await;
         let now = meter_schemas::period::now_us();
-        let found =
-            meter_billing::advisor::advise(&a.ledger, &*a.live, &a.consumer, a.partitions, &a.catalog, &a.book, now)
-                .await;
+        let found = meter_billing::advisor::advise(
+            a.after_us,
+            &a.ledger,
+            &*a.live,
+            &a.consumer,
+            a.partitions,
+            &a.catalog,
+            &a.book,
+            now,
+        )
+        .await;
         let suggestions = match found {
             Ok(s) => s,
             Err(e) => {

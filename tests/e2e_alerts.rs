@@ -110,6 +110,8 @@ async fn a_tenant_at_120_percent_gets_three_alerts_through_duplicates_reordering
             ("METER__WEBHOOKS__MAX_BACKOFF", "400ms"),
             // Upgrade suggestions depend on the day of the month (the projection): not here.
             ("METER__ALERTS__ADVISE_EVERY", "1000days"),
+            // acme's own receiver runs on this machine.
+            ("METER__WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true"),
         ],
     );
     // acme's own endpoint; an admin endpoint for every tenant that fails its first 5
@@ -230,34 +232,27 @@ async fn a_tenant_at_120_percent_gets_three_alerts_through_duplicates_reordering
         "{dead:#?}"
     );
     assert!(down.accepted().is_empty());
-    // acme's key sees its dead letters too, and may retry one by hand.
-    let r = client()
-        .get(format!("{}/api/v1/webhooks/deliveries?state=dead", meter.url))
-        .bearer_auth(&reader)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.json::<Vec<Value>>().await.unwrap().len(), 3);
+    // That endpoint is the admin's: acme's key neither sees its deliveries nor retries them.
+    let get = |key: &str, path: &str| client().get(format!("{}{path}", meter.url)).bearer_auth(key.to_string()).send();
+    let mine: Vec<Value> = get(&reader, "/api/v1/webhooks/deliveries?state=dead").await.unwrap().json().await.unwrap();
+    assert!(mine.is_empty(), "{mine:?}");
+    let visible: Vec<Value> = get(&reader, "/api/v1/webhooks").await.unwrap().json().await.unwrap();
+    assert_eq!(visible.len(), 1, "only its own endpoint: {visible:?}");
     down.failures.store(0, Ordering::SeqCst);
     let id = dead[0]["id"].as_u64().unwrap();
-    let r = client()
-        .post(format!("{}/api/v1/webhooks/deliveries/{id}/retry", meter.url))
-        .bearer_auth(&reader)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let retry = |key: &str| {
+        client()
+            .post(format!("{}/api/v1/webhooks/deliveries/{id}/retry", meter.url))
+            .bearer_auth(key.to_string())
+            .send()
+    };
+    assert_eq!(retry(&reader).await.unwrap().status(), 404);
+    assert_eq!(retry(&admin).await.unwrap().status(), 202);
     while down.accepted().is_empty() && Instant::now() < deadline + Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(down.accepted(), [dead[0]["alert_id"].as_str().unwrap().to_string()]);
-    let r = client()
-        .post(format!("{}/api/v1/webhooks/deliveries/{id}/retry", meter.url))
-        .bearer_auth(&reader)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404, "only a dead delivery is retried");
+    assert_eq!(retry(&admin).await.unwrap().status(), 409, "only a dead delivery is retried");
     let r = client()
         .post(format!("{}/api/v1/webhooks", meter.url))
         .bearer_auth(&reader)
@@ -360,6 +355,31 @@ async fn entitlements_answer_from_the_plan_and_a_hard_limit_refuses_events_past_
     assert_eq!(s, 403);
     wait_counted(&url, &admin, "capco", now_us()).await;
     assert_eq!(values(&usage(&url, &admin, "capco").await)["agent_invocations"], "2000");
+
+    // At 1,999, twenty requests at once: one is taken, before any is counted; the others refused.
+    let fill: Vec<Value> = (2..2000).map(|i| invocation("other", &format!("o{i}"))).collect(); // o1 was sent above
+    for chunk in fill.chunks(50) {
+        assert_eq!(post_batch(&url, &service, chunk).await.0, 200);
+    }
+    wait_counted(&url, &admin, "other", now_us()).await;
+    let racing: Vec<_> = (0..20)
+        .map(|i| {
+            let (url, service) = (url.clone(), service.clone());
+            tokio::spawn(async move { post_batch(&url, &service, &[invocation("other", &format!("race{i}"))]).await.0 })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in racing {
+        statuses.push(r.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(
+        (statuses.iter().filter(|s| **s == 200).count(), statuses.iter().filter(|s| **s == 403).count()),
+        (1, 19),
+        "{statuses:?}"
+    );
+    wait_counted(&url, &admin, "other", now_us()).await;
+    assert_eq!(values(&usage(&url, &admin, "other").await)["agent_invocations"], "2000");
 }
 
 /// A Starter tenant whose projected work orders make a higher tier cheaper than Starter with its
@@ -368,7 +388,8 @@ async fn entitlements_answer_from_the_plan_and_a_hard_limit_refuses_events_past_
 async fn a_higher_tier_that_would_cost_less_is_suggested_once() {
     let dir = tempfile::tempdir().unwrap();
     let admin = create_key(dir.path(), "admin", None);
-    let meter = Meter::start(dir.path(), &[("METER__ALERTS__ADVISE_EVERY", "200ms")]);
+    let meter =
+        Meter::start(dir.path(), &[("METER__ALERTS__ADVISE_EVERY", "200ms"), ("METER__ALERTS__ADVISE_AFTER", "0s")]);
     let url = meter.url.clone();
     let events: Vec<Value> = (0..1500)
         .map(|i| json!({"transaction_id": format!("w{i}"), "external_customer_id": "sugco", "code": "work_order.created", "properties": {}}))
@@ -425,6 +446,15 @@ async fn a_higher_tier_that_would_cost_less_is_suggested_once() {
         .unwrap();
     let again = suggestions(&page);
     assert_eq!(again.len(), 1, "suggested once per tier and period: {again:?}");
+    // Subscribing after the usage raised the thresholds it had already passed, at once.
+    let thresholds: Vec<u64> = page["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "usage_threshold")
+        .map(|a| a["percent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(thresholds, [80, 90, 100]);
 }
 
 /// On Kafka: one ingest and two aggregate processes sharing the data directory; an aggregator
@@ -498,15 +528,26 @@ async fn on_kafka_three_alerts_arrive_once_through_a_rebalance_and_reach_the_ale
         .create()
         .unwrap();
     consumer.subscribe(&[&kafka.alerts_topic]).unwrap();
-    let mut topic_ids = std::collections::BTreeSet::new();
+    let mut topic_ids = Vec::new();
     while topic_ids.len() < 3 && Instant::now() < deadline + Duration::from_secs(20) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
             assert_eq!(m.key(), Some("acme".as_bytes()));
             if v["data"]["kind"] == "usage_threshold" {
-                topic_ids.insert(v["id"].as_str().unwrap().to_string());
+                topic_ids.push(v["id"].as_str().unwrap().to_string());
             }
         }
     }
-    assert_eq!(topic_ids.into_iter().collect::<Vec<_>>(), ids, "the alerts topic holds the same alerts");
+    // A second more, to see any copy.
+    let more_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < more_until {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            if v["data"]["kind"] == "usage_threshold" {
+                topic_ids.push(v["id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    topic_ids.sort();
+    assert_eq!(topic_ids, ids, "the alerts topic holds the same alerts, once each (one publisher holds the lease)");
 }

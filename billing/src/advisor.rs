@@ -41,8 +41,11 @@ pub fn monthly_cost(
     Some(list.currency.round(base + sum(&[LineKind::Seats, LineKind::Overage, LineKind::Minimum])))
 }
 
-/// Every live subscription whose plan a higher tier beats this period, with the best such tier.
+/// Every live subscription whose plan a higher tier beats this period, with the best such tier;
+/// nothing until `after_us` into the period.
+#[allow(clippy::too_many_arguments)]
 pub async fn advise(
+    after_us: i64,
     ledger: &Ledger,
     store: &dyn UsageStore,
     consumer: &str,
@@ -53,6 +56,10 @@ pub async fn advise(
 ) -> Result<Vec<Suggestion>, Error> {
     let period = Period::containing(now_us);
     let Some(list) = book.for_period(period) else { return Ok(Vec::new()) };
+    // Projections from the first days of a period are noise, and a suggestion stands all period.
+    if now_us - period.start_us() < after_us {
+        return Ok(Vec::new());
+    }
     let mut out = Vec::new();
     for mut sub in ledger.list(None).await? {
         sub.advance(now_us);
@@ -66,7 +73,13 @@ pub async fn advise(
             totals: live.meters.iter().filter_map(|(m, t)| t.period.value.map(|v| (m.clone(), v))).collect(),
             watermark_us: live.watermark_us,
         };
-        let (_, projected) = project(&so_far, catalog, period, now_us)?;
+        let projected = match project(&so_far, catalog, period, now_us) {
+            Ok((_, p)) => p,
+            Err(e) => {
+                tracing::warn!(tenant = %sub.tenant, error = %e, "cannot project the usage for upgrade advice");
+                continue;
+            }
+        };
         // Each higher tier against the current plan on the same cycle (so that a plan sold only
         // annually is not compared with a monthly price).
         let best = list

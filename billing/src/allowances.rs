@@ -13,16 +13,19 @@ use std::sync::{Arc, RwLock};
 pub struct PlanAllowances {
     book: Arc<PriceBook>,
     plans: RwLock<HashMap<String, String>>,
+    /// One refresh at a time, so that an older snapshot never lands after a newer one.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl PlanAllowances {
     /// Empty until the first [`PlanAllowances::refresh`].
     pub fn new(book: Arc<PriceBook>) -> Self {
-        PlanAllowances { book, plans: RwLock::new(HashMap::new()) }
+        PlanAllowances { book, plans: RwLock::new(HashMap::new()), refreshing: tokio::sync::Mutex::new(()) }
     }
 
     /// Reads every subscription's plan at `now_us` from the ledger.
     pub async fn refresh(&self, ledger: &Ledger, now_us: i64) -> Result<(), Error> {
+        let _one = self.refreshing.lock().await;
         let mut plans = HashMap::new();
         for mut s in ledger.list(None).await? {
             s.advance(now_us);

@@ -176,6 +176,18 @@ fn list_at(state: &AppState, at: i64) -> Result<meter_rater::PriceList, ApiError
     })
 }
 
+/// After a subscription changed: the alerts use the new plan at once, and thresholds its
+/// counters already reached under it are raised now rather than at the next event.
+async fn plan_changed(state: &Arc<AppState>, tenant: &str, now: i64) -> Result<(), ApiError> {
+    state.billing.allowances.refresh(&state.billing.ledger, now).await?;
+    let (live, tenant) = (state.live.clone(), tenant.to_string());
+    tokio::task::spawn_blocking(move || live.reevaluate(&tenant, Period::containing(now)))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(())
+}
+
 /// Create a subscription (admin).
 #[utoipa::path(post, path = "/api/v1/subscriptions", tag = "billing", request_body = NewSubscription,
     responses(
@@ -205,7 +217,7 @@ pub async fn create_subscription(
     };
     let list = list_at(&state, at)?;
     let sub = state.billing.ledger.create(&new.tenant, setup, at, &who.key_id, &list).await?;
-    state.billing.allowances.refresh(&state.billing.ledger, now).await?;
+    plan_changed(&state, &sub.tenant, now).await?;
     tracing::info!(subscription = %sub.id, key = %who.key_id, "subscription created");
     Ok((StatusCode::CREATED, Json(SubscriptionView::of(sub, now))))
 }
@@ -308,7 +320,7 @@ pub async fn change_subscription(
     let at = instant(change.at.as_deref(), now)?;
     let list = list_at(&state, at)?;
     let sub = state.billing.ledger.apply(&id, command, at, &who.key_id, list).await?;
-    state.billing.allowances.refresh(&state.billing.ledger, now).await?;
+    plan_changed(&state, &sub.tenant, now).await?;
     tracing::info!(subscription = %id, action, key = %who.key_id, "subscription changed");
     Ok(Json(SubscriptionView::of(sub, now)))
 }

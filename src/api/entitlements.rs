@@ -49,6 +49,11 @@ async fn read(
         .await
         .map_err(|e| match e {
             meter_billing::Error::NotFound(_) => ApiError::Missing(format!("tenant {tenant} has no live subscription")),
+            // The plan is missing from the price list: the server's configuration, not the request.
+            meter_billing::Error::PriceBook(m) => {
+                tracing::error!(%tenant, error = %m, "entitlements: the price book does not have the tenant's plan");
+                ApiError::Internal
+            }
             e => e.into(),
         })
 }

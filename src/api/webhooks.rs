@@ -23,6 +23,7 @@ impl From<meter_webhooks::Error> for ApiError {
             meter_webhooks::Error::Invalid { field, message } => {
                 ApiError::Invalid(vec![FieldError::invalid(field, message)])
             }
+            meter_webhooks::Error::Conflict(m) => ApiError::Conflict { detail: m, allowed: None },
             e => ApiError::Unavailable(e.to_string()),
         }
     }
@@ -84,7 +85,7 @@ pub async fn register(
         (None, t) if p.role == Role::Admin => t,
         (_, t) => Some(p.readable_tenant(t.as_deref())?),
     };
-    let (endpoint, secret) = state.webhooks.register(&new.url, tenant.as_deref()).await?;
+    let (endpoint, secret) = state.webhooks.register(&new.url, tenant.as_deref(), p.role == Role::Admin).await?;
     tracing::info!(endpoint = %endpoint.id, key = %p.key_id, "webhook endpoint registered");
     Ok((StatusCode::CREATED, Json(Registered { endpoint, secret })))
 }

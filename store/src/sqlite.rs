@@ -79,8 +79,8 @@ pub struct SqliteStore {
     allowances: RwLock<Option<Arc<dyn Allowances>>>,
     /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
     raised: Mutex<HashSet<String>>,
-    /// Woken when a write raised an alert.
-    alerted: Arc<tokio::sync::Notify>,
+    /// Counts writes that raised an alert; every subscriber wakes on a change.
+    alerted: tokio::sync::watch::Sender<u64>,
 }
 
 impl SqliteStore {
@@ -95,7 +95,7 @@ impl SqliteStore {
             reads: Arc::new(ReadPool::new(path)),
             allowances: RwLock::new(None),
             raised: Mutex::new(HashSet::new()),
-            alerted: Arc::new(tokio::sync::Notify::new()),
+            alerted: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -103,6 +103,33 @@ impl SqliteStore {
     /// (see [`crate::alerts`]), in the same transaction.
     pub fn set_allowances(&self, allowances: Arc<dyn Allowances>) {
         *self.allowances.write().unwrap_or_else(|e| e.into_inner()) = Some(allowances);
+    }
+
+    /// Raises the thresholds `tenant`'s counters of `period` have already reached (after its
+    /// plan changed, when no event may come to trigger them); returns how many are new. Blocking.
+    pub fn reevaluate(&self, tenant: &str, period: Period) -> Result<usize, Error> {
+        let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(allowances) = allowances else { return Ok(0) };
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let counters: HashMap<Key, Tally> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT meter, value, latest_us, latest_id FROM tallies WHERE tenant = ?1 AND bucket = ?2",
+            )?;
+            let rows = stmt.query_map(params![tenant, period.to_string()], |r| {
+                Ok(((tenant.to_string(), r.get::<_, String>(0)?, period.to_string()), tally_from(r, 1)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let known = self.raised.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (raised, new) = raise_alerts(&tx, &*allowances, &counters, &known)?;
+        tx.commit()?;
+        drop(conn);
+        self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
+        if new > 0 {
+            self.alerted.send_modify(|n| *n += 1);
+        }
+        Ok(new)
     }
 
     /// Raises an `upgrade_suggested` alert, unless that tier was suggested to the tenant in the
@@ -118,9 +145,36 @@ impl SqliteStore {
         )?;
         drop(conn);
         if n == 1 {
-            self.alerted.notify_one();
+            self.alerted.send_modify(|n| *n += 1);
         }
         Ok(n == 1)
+    }
+
+    /// Which of `values` are counted already in `tenant`'s unique-count `meter` for `bucket`.
+    pub async fn counted_values(
+        &self,
+        tenant: &str,
+        meter: &str,
+        bucket: &str,
+        values: Vec<String>,
+    ) -> Result<HashSet<String>, Error> {
+        let reads = self.reads.clone();
+        let (tenant, meter, bucket) = (tenant.to_string(), meter.to_string(), bucket.to_string());
+        Ok(blocking(move || {
+            reads.with(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT 1 FROM uniques WHERE tenant = ?1 AND meter = ?2 AND bucket = ?3 AND value = ?4",
+                )?;
+                let mut out = HashSet::new();
+                for v in values {
+                    if stmt.exists(params![tenant, meter, bucket, v])? {
+                        out.insert(v);
+                    }
+                }
+                Ok(out)
+            })
+        })
+        .await?)
     }
 
     /// Which of `ids` of `tenant` are counted already.
@@ -142,10 +196,10 @@ impl SqliteStore {
         .await?)
     }
 
-    /// Notified (at least once) after every write that raised an alert, so that delivery need
-    /// not poll.
-    pub fn alerted(&self) -> Arc<tokio::sync::Notify> {
-        self.alerted.clone()
+    /// Changes after every write that raised an alert, so that delivery need not poll; each
+    /// subscriber (webhooks, the Kafka topic) sees every change.
+    pub fn alerted(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.alerted.subscribe()
     }
 
     /// Alerts raised after `after_seq` (of `tenant`, when given), oldest first, at most `limit`.
@@ -357,7 +411,7 @@ impl UsageStore for SqliteStore {
         cache.extend(scratch);
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
         if new_alerts > 0 {
-            self.alerted.notify_one();
+            self.alerted.send_modify(|n| *n += 1);
         }
         Ok(applied)
     }

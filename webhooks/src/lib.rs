@@ -20,7 +20,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE endpoints (
         id TEXT PRIMARY KEY, url TEXT NOT NULL, tenant TEXT, secret TEXT NOT NULL, created_us INTEGER NOT NULL
     );
@@ -32,7 +33,13 @@ const MIGRATIONS: &[&str] = &["
     );
     CREATE INDEX deliveries_due ON deliveries (state, next_us);
     CREATE TABLE fanned_out (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-"];
+",
+    "
+    -- An endpoint an admin registered for a tenant is not that tenant's to see or change.
+    ALTER TABLE endpoints ADD COLUMN by_admin INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_us INTEGER NOT NULL);
+",
+];
 
 /// Metric names of webhook delivery, declared once.
 pub mod metric {
@@ -55,6 +62,9 @@ pub struct Settings {
     pub timeout: Duration,
     /// How often the dispatcher looks for new alerts and due deliveries.
     pub poll: Duration,
+    /// Let tenants register endpoints on loopback, private and link-local addresses (for
+    /// development; admins always may).
+    pub allow_private_targets: bool,
 }
 
 impl Default for Settings {
@@ -65,6 +75,7 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(3600),
             timeout: Duration::from_secs(10),
             poll: Duration::from_millis(100),
+            allow_private_targets: false,
         }
     }
 }
@@ -83,6 +94,9 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The delivery is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),
@@ -165,6 +179,8 @@ impl Webhooks {
         migrate(&mut conn, path, MIGRATIONS)?;
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
+            // A redirect would re-send (or drop) a signed body somewhere else: a failure instead.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent("meter-webhooks")
             .build()
             .map_err(|e| meter_sqlite::Error::Task(e.to_string()))?;
@@ -183,13 +199,19 @@ impl Webhooks {
         .await?
     }
 
-    /// Registers `url` for `tenant`'s alerts (every tenant's when `None`); returns the endpoint
-    /// and its signing secret, which is shown only this once.
-    pub async fn register(&self, url: &str, tenant: Option<&str>) -> Result<(Endpoint, String), Error> {
+    /// Registers `url` for `tenant`'s alerts (every tenant's when `None`), by an admin or by the
+    /// tenant itself; returns the endpoint and its signing secret, which is shown only this once.
+    pub async fn register(&self, url: &str, tenant: Option<&str>, by_admin: bool) -> Result<(Endpoint, String), Error> {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| Error::Invalid { field: "url", message: format!("{url:?} is not a URL: {e}") })?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(Error::Invalid { field: "url", message: "must be an http or https URL with a host".into() });
+        }
+        if !by_admin && !self.settings.allow_private_targets && internal(&parsed) {
+            return Err(Error::Invalid {
+                field: "url",
+                message: "must not point to a loopback, private or link-local address".into(),
+            });
         }
         let id = format!("we_{}", hex::encode(rand::random::<[u8; 8]>()));
         let secret = format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()));
@@ -203,8 +225,8 @@ impl Webhooks {
         let (row, s) = (endpoint.clone(), secret.clone());
         self.with(move |c| {
             c.execute(
-                "INSERT INTO endpoints (id, url, tenant, secret, created_us) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![row.id, row.url, row.tenant, s, now],
+                "INSERT INTO endpoints (id, url, tenant, secret, created_us, by_admin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![row.id, row.url, row.tenant, s, now, by_admin],
             )?;
             Ok(())
         })
@@ -217,7 +239,8 @@ impl Webhooks {
         let tenant = tenant_of(scope);
         self.with(move |c| {
             let mut stmt = c.prepare(
-                "SELECT id, url, tenant, created_us FROM endpoints WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_us, id",
+                "SELECT id, url, tenant, created_us FROM endpoints WHERE ?1 IS NULL OR (tenant = ?1 AND by_admin = 0)
+                 ORDER BY created_us, id",
             )?;
             let rows = stmt.query_map(params![tenant], |r| {
                 Ok(Endpoint { id: r.get(0)?, url: r.get(1)?, tenant: r.get(2)?, created_at: format_time(r.get(3)?) })
@@ -227,17 +250,19 @@ impl Webhooks {
         .await
     }
 
-    /// Removes an endpoint and its pending deliveries.
+    /// Removes an endpoint and its deliveries not yet made (pending or dead).
     pub async fn remove(&self, id: &str, scope: Scope<'_>) -> Result<(), Error> {
         let (id, tenant) = (id.to_string(), tenant_of(scope));
         self.with(move |c| {
             let tx = c.transaction()?;
-            let n =
-                tx.execute("DELETE FROM endpoints WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)", params![id, tenant])?;
+            let n = tx.execute(
+                "DELETE FROM endpoints WHERE id = ?1 AND (?2 IS NULL OR (tenant = ?2 AND by_admin = 0))",
+                params![id, tenant],
+            )?;
             if n == 0 {
                 return Err(Error::NotFound(format!("webhook endpoint {id:?}")));
             }
-            tx.execute("DELETE FROM deliveries WHERE endpoint_id = ?1 AND state = 'pending'", params![id])?;
+            tx.execute("DELETE FROM deliveries WHERE endpoint_id = ?1 AND state <> 'delivered'", params![id])?;
             tx.commit()?;
             Ok(())
         })
@@ -254,8 +279,10 @@ impl Webhooks {
         let (tenant, state) = (tenant_of(scope), state.map(str::to_string));
         self.with(move |c| {
             let mut stmt = c.prepare(
-                "SELECT id, alert_id, tenant, endpoint_id, state, attempts, next_us, last_error FROM deliveries
-                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3",
+                "SELECT d.id, d.alert_id, d.tenant, d.endpoint_id, d.state, d.attempts, d.next_us, d.last_error
+                 FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+                 WHERE (?1 IS NULL OR (e.tenant = ?1 AND e.by_admin = 0)) AND (?2 IS NULL OR d.state = ?2)
+                 ORDER BY d.id DESC LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![tenant, state, limit as i64], |r| {
                 let state: String = r.get(4)?;
@@ -280,15 +307,46 @@ impl Webhooks {
     pub async fn retry(&self, id: u64, scope: Scope<'_>) -> Result<(), Error> {
         let tenant = tenant_of(scope);
         self.with(move |c| {
-            let n = c.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, first_us = NULL, next_us = ?2
-                 WHERE id = ?1 AND state = 'dead' AND (?3 IS NULL OR tenant = ?3)",
-                params![id as i64, now_us(), tenant],
-            )?;
-            if n == 0 {
-                return Err(Error::NotFound(format!("dead delivery {id}")));
+            let tx = c.transaction()?;
+            let state: Option<String> = tx
+                .query_row(
+                    "SELECT d.state FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+                     WHERE d.id = ?1 AND (?2 IS NULL OR (e.tenant = ?2 AND e.by_admin = 0))",
+                    params![id as i64, tenant],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match state.as_deref() {
+                None => return Err(Error::NotFound(format!("delivery {id}"))),
+                Some("dead") => {}
+                Some(other) => {
+                    return Err(Error::Conflict(format!("delivery {id} is {other}; only a dead one is retried")));
+                }
             }
+            tx.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, first_us = NULL, next_us = ?2 WHERE id = ?1",
+                params![id as i64, now_us()],
+            )?;
+            tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `for_` from now, unless another
+    /// holder's lease is still running; returns whether `holder` holds it.
+    pub async fn lease(&self, name: &str, holder: &str, for_: Duration) -> Result<bool, Error> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        let until = for_.as_micros().min(i64::MAX as u128) as i64;
+        self.with(move |c| {
+            let now = now_us();
+            let n = c.execute(
+                "INSERT INTO leases (name, holder, until_us) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_us = excluded.until_us
+                 WHERE leases.holder = excluded.holder OR leases.until_us < ?4",
+                params![name, holder, now.saturating_add(until), now],
+            )?;
+            Ok(n == 1)
         })
         .await
     }
@@ -354,7 +412,7 @@ impl Webhooks {
     /// Claims the deliveries due now (for twice the timeout, so that another dispatcher on the
     /// same file does not send them too) and sends them; returns how many were sent.
     pub async fn deliver_due(&self) -> Result<usize, Error> {
-        let lease = (self.settings.timeout * 2).as_micros() as i64;
+        let lease = self.settings.timeout.saturating_mul(2).as_micros().min(i64::MAX as u128) as i64;
         let due: Vec<Due> = self
             .with(move |c| {
                 let tx = c.transaction()?;
@@ -411,9 +469,16 @@ impl Webhooks {
                 (d, outcome)
             });
         }
+        let mut failed = None;
         while let Some(done) = sends.join_next().await {
             let Ok((d, outcome)) = done else { continue };
-            self.record(d, outcome).await?;
+            // Record every outcome before reporting a failure to record one.
+            if let Err(e) = self.record(d, outcome).await {
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         Ok(n)
     }
@@ -463,11 +528,11 @@ impl Webhooks {
     pub async fn run(self: Arc<Self>, alerts: Arc<SqliteStore>) {
         let mut every = tokio::time::interval(self.settings.poll);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let raised = alerts.alerted();
+        let mut raised = alerts.alerted();
         loop {
             tokio::select! {
                 _ = every.tick() => {}
-                () = raised.notified() => {}
+                Ok(()) = raised.changed() => {}
             }
             if let Err(e) = self.fan_out(&alerts).await {
                 tracing::warn!(error = %e, "queueing alerts for webhooks failed; trying again");
@@ -476,6 +541,25 @@ impl Webhooks {
                 tracing::warn!(error = %e, "delivering webhooks failed; trying again");
             }
         }
+    }
+}
+
+/// Whether `url` names this machine or a private network by address (`localhost`, 127/8, 10/8,
+/// 172.16/12, 192.168/16, 169.254/16, ::1, fc00::/7, fe80::/10). Names that resolve there are
+/// not caught: a tenant could still point a DNS name at an internal address.
+fn internal(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+        }
+        None => true,
     }
 }
 
@@ -500,4 +584,29 @@ pub(crate) fn body_of(alert: &Alert) -> String {
 fn raised_us(body: &str) -> i64 {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
     v["created"].as_str().and_then(meter_schemas::period::parse_time).unwrap_or_else(now_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for u in [
+            "http://127.0.0.1/x",
+            "http://10.1.2.3/",
+            "http://192.168.0.1/",
+            "http://169.254.169.254/latest",
+            "http://[::1]/",
+            "http://[fd00::1]/",
+            "http://localhost:8080/",
+            "http://a.localhost/",
+            "http://0.0.0.0/",
+        ] {
+            assert!(internal(&reqwest::Url::parse(u).unwrap()), "{u}");
+        }
+        for u in ["https://example.com/hook", "http://8.8.8.8/", "http://[2001:db8::1]/"] {
+            assert!(!internal(&reqwest::Url::parse(u).unwrap()), "{u}");
+        }
+    }
 }

@@ -12,6 +12,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long the publisher's lease lasts without renewal.
+pub const LEASE: Duration = Duration::from_secs(10);
+
 /// A producer of alerts to one topic.
 pub struct AlertTopic {
     producer: FutureProducer,
@@ -34,9 +37,17 @@ impl AlertTopic {
             .set("allow.auto.create.topics", "false")
             .create()
             .map_err(failed)?;
-        let metadata = producer.client().fetch_metadata(Some(topic), timeout).map_err(failed)?;
-        let exists =
-            metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        // Off the runtime: the metadata request blocks.
+        let (probe, name) = (producer.clone(), topic.to_string());
+        let exists = tokio::task::spawn_blocking(move || {
+            let metadata = probe.client().fetch_metadata(Some(&name), timeout)?;
+            Ok::<_, rdkafka::error::KafkaError>(
+                metadata.topics().iter().any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty()),
+            )
+        })
+        .await
+        .map_err(failed)?
+        .map_err(failed)?;
         if !exists {
             let admin: AdminClient<DefaultClientContext> =
                 ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(failed)?;
@@ -77,15 +88,26 @@ impl AlertTopic {
         Ok(new.len())
     }
 
-    /// Publishes as soon as alerts are raised, and every `poll`, until dropped.
+    /// Publishes as soon as alerts are raised, and every `poll`, until dropped. Of several
+    /// processes on one data directory only the holder of a lease publishes (another takes over
+    /// within [`LEASE`] of its death), so an alert is not produced once per process.
     pub async fn run(self, cursor: Arc<Webhooks>, alerts: Arc<SqliteStore>, poll: Duration) {
+        let me = format!("{}-{}", std::process::id(), meter_schemas::period::now_us());
         let mut every = tokio::time::interval(poll);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let raised = alerts.alerted();
+        let mut raised = alerts.alerted();
         loop {
             tokio::select! {
                 _ = every.tick() => {}
-                () = raised.notified() => {}
+                Ok(()) = raised.changed() => {}
+            }
+            match cursor.lease("kafka", &me, LEASE).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking the alerts topic's lease failed; trying again");
+                    continue;
+                }
             }
             if let Err(e) = self.publish(&cursor, &alerts).await {
                 tracing::warn!(error = %e, topic = %self.topic, "publishing alerts to Kafka failed; trying again");
