@@ -410,17 +410,13 @@ async fn a_higher_tier_that_would_cost_less_is_suggested_once() {
     let suggestions = |page: &Value| -> Vec<Value> {
         page["alerts"].as_array().unwrap().iter().filter(|a| a["kind"] == "upgrade_suggested").cloned().collect()
     };
+    let alerts = || async {
+        let r = client().get(format!("{url}/api/v1/alerts?tenant=sugco")).bearer_auth(&admin).send().await.unwrap();
+        r.json::<Value>().await.unwrap()
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let found = loop {
-        let page: Value = client()
-            .get(format!("{url}/api/v1/alerts?tenant=sugco"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = alerts().await;
         let s = suggestions(&page);
         if !s.is_empty() || Instant::now() > deadline {
             break s;
@@ -435,15 +431,7 @@ async fn a_higher_tier_that_would_cost_less_is_suggested_once() {
     assert!(s["saving"].as_str().unwrap().parse::<f64>().unwrap() >= 15000.0 - 0.005, "{s}");
     assert_eq!(s["plan"], "starter");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let page: Value = client()
-        .get(format!("{url}/api/v1/alerts?tenant=sugco"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = alerts().await;
     let again = suggestions(&page);
     assert_eq!(again.len(), 1, "suggested once per tier and period: {again:?}");
     // Subscribing after the usage raised the thresholds it had already passed, at once.

@@ -526,14 +526,9 @@ impl Webhooks {
     /// Fans out new alerts and sends due deliveries as soon as the store raises an alert, and
     /// every [`Settings::poll`] (for retries), until dropped.
     pub async fn run(self: Arc<Self>, alerts: Arc<SqliteStore>) {
-        let mut every = tokio::time::interval(self.settings.poll);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut raised = alerts.alerted();
+        let mut rounds = Rounds::new(&alerts, self.settings.poll);
         loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                Ok(()) = raised.changed() => {}
-            }
+            rounds.next().await;
             if let Err(e) = self.fan_out(&alerts).await {
                 tracing::warn!(error = %e, "queueing alerts for webhooks failed; trying again");
             }
@@ -560,6 +555,28 @@ fn internal(url: &reqwest::Url) -> bool {
             d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
         }
         None => true,
+    }
+}
+
+/// When a loop that hands alerts on goes round: as soon as the store raised one, and every
+/// `poll` (for retries and for alerts another process raised).
+pub(crate) struct Rounds {
+    every: tokio::time::Interval,
+    raised: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Rounds {
+    pub(crate) fn new(alerts: &SqliteStore, poll: Duration) -> Self {
+        let mut every = tokio::time::interval(poll);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Rounds { every, raised: alerts.alerted() }
+    }
+
+    pub(crate) async fn next(&mut self) {
+        tokio::select! {
+            _ = self.every.tick() => {}
+            Ok(()) = self.raised.changed() => {}
+        }
     }
 }
 

@@ -93,14 +93,9 @@ impl AlertTopic {
     /// within [`LEASE`] of its death), so an alert is not produced once per process.
     pub async fn run(self, cursor: Arc<Webhooks>, alerts: Arc<SqliteStore>, poll: Duration) {
         let me = format!("{}-{}", std::process::id(), meter_schemas::period::now_us());
-        let mut every = tokio::time::interval(poll);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut raised = alerts.alerted();
+        let mut rounds = crate::Rounds::new(&alerts, poll);
         loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                Ok(()) = raised.changed() => {}
-            }
+            rounds.next().await;
             match cursor.lease("kafka", &me, LEASE).await {
                 Ok(true) => {}
                 Ok(false) => continue,
