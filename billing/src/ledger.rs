@@ -6,9 +6,8 @@ use crate::close::Close;
 use meter_rater::{Command, PriceBook, PriceList, Setup, State, Subscription};
 use meter_schemas::Period;
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, params};
-use meter_sqlite::{Durability, blocking, migrate, open};
+use meter_sqlite::{Durability, Shared, migrate, open};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -27,7 +26,7 @@ const MIGRATIONS: &[&str] = &[
 /// The ledger. Every write is one SQLite transaction; calls block (use the async wrappers).
 #[derive(Clone)]
 pub struct Ledger {
-    conn: Arc<Mutex<Connection>>,
+    conn: Shared,
 }
 
 impl Ledger {
@@ -35,7 +34,7 @@ impl Ledger {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let mut conn = open(path, Durability::Full)?;
         migrate(&mut conn, path, MIGRATIONS)?;
-        Ok(Ledger { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Ledger { conn: Shared::new(conn) })
     }
 
     /// Runs `f` on the connection off the async runtime.
@@ -43,12 +42,7 @@ impl Ledger {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let conn = self.conn.clone();
-        blocking(move || {
-            let mut guard = conn.lock().map_err(|_| meter_sqlite::Error::Task("ledger lock poisoned".into()))?;
-            Ok(f(&mut guard))
-        })
-        .await?
+        self.conn.with(f).await
     }
 
     /// Refuses a price book that changed a list some closed period was rated with.

@@ -153,6 +153,34 @@ impl ReadPool {
     }
 }
 
+/// One connection shared by every caller of a small store (the ledger, the webhooks), each call
+/// run off the async runtime, one at a time.
+#[derive(Clone)]
+pub struct Shared {
+    conn: std::sync::Arc<std::sync::Mutex<Connection>>,
+}
+
+impl Shared {
+    /// Shares `conn`.
+    pub fn new(conn: Connection) -> Self {
+        Shared { conn: std::sync::Arc::new(std::sync::Mutex::new(conn)) }
+    }
+
+    /// Runs `f` on the connection off the async runtime.
+    pub async fn with<T, E>(&self, f: impl FnOnce(&mut Connection) -> Result<T, E> + Send + 'static) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        blocking(move || {
+            let mut guard = conn.lock().map_err(|_| Error::Task("connection lock poisoned".into()))?;
+            Ok(f(&mut guard))
+        })
+        .await?
+    }
+}
+
 /// Runs blocking database work off the async runtime.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Task(e.to_string()))?

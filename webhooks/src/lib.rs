@@ -13,11 +13,11 @@ pub use signature::{Invalid, sign, verify};
 
 use meter_schemas::period::{format_time, now_us};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, params};
-use meter_sqlite::{Durability, blocking, migrate, open};
+use meter_sqlite::{Durability, Shared, migrate, open};
 use meter_store::{Alert, SqliteStore};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const MIGRATIONS: &[&str] = &[
@@ -156,7 +156,7 @@ pub enum Scope<'a> {
 
 /// Endpoints and deliveries in `webhooks.db`.
 pub struct Webhooks {
-    conn: Arc<Mutex<Connection>>,
+    conn: Shared,
     settings: Settings,
     http: reqwest::Client,
 }
@@ -184,19 +184,14 @@ impl Webhooks {
             .user_agent("meter-webhooks")
             .build()
             .map_err(|e| meter_sqlite::Error::Task(e.to_string()))?;
-        Ok(Webhooks { conn: Arc::new(Mutex::new(conn)), settings, http })
+        Ok(Webhooks { conn: Shared::new(conn), settings, http })
     }
 
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let conn = self.conn.clone();
-        blocking(move || {
-            let mut guard = conn.lock().map_err(|_| meter_sqlite::Error::Task("webhooks lock poisoned".into()))?;
-            Ok(f(&mut guard))
-        })
-        .await?
+        self.conn.with(f).await
     }
 
     /// Registers `url` for `tenant`'s alerts (every tenant's when `None`), by an admin or by the
