@@ -1,9 +1,13 @@
 //! Criterion benchmarks of the hot paths: parsing and validating a request, metering events, the
-//! SQLite log append and the store's batch apply. Run with `cargo bench --bench hot_paths`.
+//! SQLite log append and the store's batch apply (without alerts, and with every tenant on a plan
+//! so that each changed counter is checked against its thresholds). Run with
+//! `cargo bench --bench hot_paths`.
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use meter_billing::{Ledger, PlanAllowances};
 use meter_eventlog::{EventLog, SqliteLog};
+use meter_rater::{Cycle, PriceBook, Setup};
 use meter_schemas::envelope::{Context, Format, parse};
 use meter_schemas::{Catalog, Event, Limits, TenantScope};
 use meter_sqlite::Durability;
@@ -70,28 +74,52 @@ fn storage_path(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-    let store = SqliteStore::open(&dir.path().join("usage.db"), Durability::Normal).unwrap();
-    let mut round = 0;
-    g.bench_function("sqlite_store_apply_1000", |bench| {
-        bench.iter_batched(
-            || {
-                round += 1;
-                parsed(&format!("s{round}"), 1000, 1000, &catalog)
-                    .into_iter()
-                    .map(|e| Metered {
-                        contributions: catalog.contributions(&e).0,
-                        tenant: e.tenant,
-                        id: e.id,
-                        offset: 0,
-                        time_us: e.time_us,
-                    })
-                    .collect::<Vec<_>>()
-            },
-            |metered| store.apply("bench", catalog.meters(), &metered, &Progress::default()).unwrap(),
-            BatchSize::LargeInput,
-        )
-    });
+    let plain = SqliteStore::open(&dir.path().join("usage.db"), Durability::Normal).unwrap();
+    let watched = SqliteStore::open(&dir.path().join("watched.db"), Durability::Normal).unwrap();
+    watched.set_allowances(rt.block_on(every_tenant_on_starter(dir.path(), &catalog)));
+    for (name, store) in [("sqlite_store_apply_1000", &plain), ("sqlite_store_apply_1000_alerts", &watched)] {
+        let mut round = 0;
+        g.bench_function(name, |bench| {
+            bench.iter_batched(
+                || {
+                    round += 1;
+                    parsed(&format!("s{round}"), 1000, 1000, &catalog)
+                        .into_iter()
+                        .map(|e| Metered {
+                            contributions: catalog.contributions(&e).0,
+                            tenant: e.tenant,
+                            id: e.id,
+                            offset: 0,
+                            time_us: e.time_us,
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |metered| store.apply("bench", catalog.meters(), &metered, &Progress::default()).unwrap(),
+                BatchSize::LargeInput,
+            )
+        });
+    }
     g.finish();
+}
+
+/// The allowances of the 1,000 tenants `body` uses, each subscribed to the sample's Starter plan.
+async fn every_tenant_on_starter(dir: &std::path::Path, catalog: &Catalog) -> std::sync::Arc<PlanAllowances> {
+    let names: Vec<&str> = catalog.meters().iter().map(|m| m.name.as_str()).collect();
+    let book =
+        std::sync::Arc::new(PriceBook::parse(meter_rater::pricebook::SAMPLE, &names, &["active_users"]).unwrap());
+    let ledger = Ledger::open(&dir.join("billing.db")).unwrap();
+    let now = meter_schemas::period::now_us();
+    let list = book.for_period(meter_schemas::Period::containing(now)).unwrap().clone();
+    let tenants: std::collections::BTreeSet<String> =
+        parsed("t", 1000, 1000, catalog).into_iter().map(|e| e.tenant).collect();
+    for t in tenants {
+        let setup =
+            Setup { plan: "starter".into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: true, trial: false };
+        ledger.create(&t, setup, now, "bench", &list).await.unwrap();
+    }
+    let allowances = std::sync::Arc::new(PlanAllowances::new(book));
+    allowances.refresh(&ledger, now).await.unwrap();
+    allowances
 }
 
 criterion_group!(benches, ingest_path, storage_path);

@@ -333,6 +333,15 @@ async fn entitlements_answer_from_the_plan_and_a_hard_limit_refuses_events_past_
     assert_eq!(s, 404, "{e}");
     let (s, _) = entitlement(&url, &capco, "?tenant=other").await;
     assert_eq!(s, 403);
+    let (s, e) = entitlement(&url, &service, "").await;
+    assert_eq!(s, 422, "a service key names the tenant: {e}");
+    let (s, e) = entitlement(&url, &service, "?tenant=bad%20id").await;
+    assert_eq!((s, e["extensions"]["validationErrors"][0]["path"].as_str()), (422, Some("tenant")), "{e}");
+    let r =
+        client().get(format!("{url}/api/v1/subscriptions?tenant=bad%20id")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = client().get(format!("{url}/api/v1/alerts")).bearer_auth(&service).send().await.unwrap();
+    assert_eq!(r.status(), 403, "an ingest key does not read alerts");
 
     // 20 more: the 11th would be the 2,001st. The request is refused whole, naming it; nothing is stored.
     let more: Vec<Value> = (1990..2010).map(|i| invocation("capco", &format!("c{i}"))).collect();

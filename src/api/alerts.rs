@@ -6,10 +6,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
-use meter_auth::{AuthError, Role};
 use meter_schemas::FieldError;
-use meter_schemas::envelope::check_id;
 use meter_store::Alert;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -52,14 +49,9 @@ pub async fn list_alerts(
     headers: HeaderMap,
     query: Result<Query<AlertsQuery>, QueryRejection>,
 ) -> Result<Json<Alerts>, ApiError> {
-    let p = state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?;
-    if p.role == Role::Ingest {
-        return Err(AuthError::WrongRole { have: p.role, action: "read alerts" }.into());
-    }
+    let p = super::reader(&state, &headers, "read alerts").await?;
     let Query(q) = query?;
-    if let Some(Err(m)) = q.tenant.as_deref().map(check_id) {
-        return Err(ApiError::Invalid(vec![FieldError::invalid("tenant", m)]));
-    }
+    super::check_tenant(q.tenant.as_deref())?;
     let limit = q.limit.unwrap_or(MAX_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::Invalid(vec![FieldError::invalid("limit", format!("must be 1 to {MAX_LIMIT}"))]));

@@ -2,19 +2,19 @@
 //! and the upcoming invoice (`/api/v1/invoices/upcoming`).
 
 use super::error::ApiError;
+use super::{admin, caller, check_tenant, reader};
 use crate::server::AppState;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use meter_auth::{AuthError, Principal, Role};
+use meter_auth::Role;
 use meter_billing::{Close, Ledger, ReportRow, Sources};
 use meter_rater::subscription::allowed;
 use meter_rater::{Command, Cycle, Entry, PriceBook, Setup, State as SubState, Subscription};
-use meter_schemas::envelope::check_id;
 use meter_schemas::period::{format_time, now_us};
 use meter_schemas::{FieldError, Period};
 use meter_store::Coverage;
@@ -141,18 +141,6 @@ pub struct ListQuery {
     pub tenant: Option<String>,
 }
 
-async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    Ok(state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?)
-}
-
-async fn admin(state: &AppState, headers: &HeaderMap, action: &'static str) -> Result<Principal, ApiError> {
-    let p = principal(state, headers).await?;
-    if p.role != Role::Admin {
-        return Err(AuthError::WrongRole { have: p.role, action }.into());
-    }
-    Ok(p)
-}
-
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     Ok(body.map(|Json(b)| b)?)
 }
@@ -203,9 +191,7 @@ pub async fn create_subscription(
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let who = admin(&state, &headers, "manage subscriptions").await?;
     let new = body(new)?;
-    if let Err(m) = check_id(&new.tenant) {
-        return Err(ApiError::Invalid(vec![FieldError::invalid("tenant", m)]));
-    }
+    check_tenant(Some(&new.tenant))?;
     let now = now_us();
     let at = instant(new.at.as_deref(), now)?;
     let setup = Setup {
@@ -231,8 +217,9 @@ pub async fn list_subscriptions(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<SubscriptionView>>, ApiError> {
-    let p = reader(&state, &headers).await?;
+    let p = reader(&state, &headers, "read subscriptions").await?;
     let Query(q) = query?;
+    check_tenant(q.tenant.as_deref())?;
     let tenant = match (&p.tenant, q.tenant) {
         (None, t) => t,
         (Some(_), t) => Some(p.readable_tenant(t.as_deref())?),
@@ -240,14 +227,6 @@ pub async fn list_subscriptions(
     let now = now_us();
     let subs = state.billing.ledger.list(tenant.as_deref()).await?;
     Ok(Json(subs.into_iter().map(|s| SubscriptionView::of(s, now)).collect()))
-}
-
-async fn reader(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let p = principal(state, headers).await?;
-    if p.role == Role::Ingest {
-        return Err(AuthError::WrongRole { have: p.role, action: "read subscriptions" }.into());
-    }
-    Ok(p)
 }
 
 /// One subscription with its audit trail (admin, or the tenant's read key).
@@ -263,7 +242,7 @@ pub async fn get_subscription(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let p = reader(&state, &headers).await?;
+    let p = reader(&state, &headers, "read subscriptions").await?;
     let sub = state.billing.ledger.get(&id).await?;
     if p.tenant.as_ref().is_some_and(|t| *t != sub.tenant) {
         return Err(meter_billing::Error::NotFound(id).into());
@@ -516,11 +495,9 @@ pub async fn upcoming_invoice(
     headers: HeaderMap,
     query: Result<Query<UpcomingQuery>, QueryRejection>,
 ) -> Result<Json<meter_billing::Upcoming>, ApiError> {
-    let p = reader(&state, &headers).await?;
+    let p = reader(&state, &headers, "read subscriptions").await?;
     let Query(q) = query?;
-    if let Some(Err(m)) = q.tenant.as_deref().map(check_id) {
-        return Err(ApiError::Invalid(vec![FieldError::invalid("tenant", m)]));
-    }
+    check_tenant(q.tenant.as_deref())?;
     let tenant = p.readable_tenant(q.tenant.as_deref())?;
     let coverage = Coverage {
         consumer: &state.consumer,
@@ -570,7 +547,7 @@ pub async fn list_plans(
     headers: HeaderMap,
     query: Result<Query<PlansQuery>, QueryRejection>,
 ) -> Result<Json<Plans>, ApiError> {
-    let p = principal(&state, &headers).await?;
+    let p = caller(&state, &headers).await?;
     let Query(q) = query?;
     let period = match q.period.as_deref() {
         Some(text) => period_of(text)?,

@@ -7,11 +7,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
-use meter_auth::{AuthError, Role};
 use meter_billing::{Entitlement, Entitlements};
-use meter_schemas::FieldError;
-use meter_schemas::envelope::check_id;
 use meter_schemas::period::now_us;
 use meter_store::Coverage;
 use serde::Deserialize;
@@ -30,15 +26,10 @@ async fn read(
     headers: &HeaderMap,
     query: Result<Query<EntitlementsQuery>, QueryRejection>,
 ) -> Result<Entitlements, ApiError> {
-    let p = state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?;
+    // Tenant services ask too: any key may read entitlements (a tenant's, only its own).
+    let p = super::caller(state, headers).await?;
     let Query(q) = query?;
-    if let Some(Err(m)) = q.tenant.as_deref().map(check_id) {
-        return Err(ApiError::Invalid(vec![FieldError::invalid("tenant", m)]));
-    }
-    // Tenant services ask too: an ingest key may read entitlements.
-    if p.role == Role::Ingest && p.tenant.is_none() && q.tenant.is_none() {
-        return Err(AuthError::TenantRequired.into());
-    }
+    super::check_tenant(q.tenant.as_deref())?;
     let tenant = p.readable_tenant(q.tenant.as_deref())?;
     let coverage = Coverage {
         consumer: &state.consumer,

@@ -7,8 +7,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
-use meter_auth::{AuthError, Principal, Role};
+use meter_auth::Principal;
 use meter_schemas::envelope::check_id;
 use meter_schemas::period::{date_start_us, day_of, format_day, format_time, now_us};
 use meter_schemas::{Aggregation, FieldError, Period};
@@ -170,10 +169,7 @@ async fn read_request<Q>(
     query: Result<Query<Q>, QueryRejection>,
     tenant: impl Fn(&Q) -> Option<&str>,
 ) -> Result<(Principal, Q, Vec<FieldError>), ApiError> {
-    let principal = state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?;
-    if principal.role == Role::Ingest {
-        return Err(AuthError::WrongRole { have: Role::Ingest, action: "read usage" }.into());
-    }
+    let principal = super::reader(state, headers, "read usage").await?;
     let Query(query) = query?;
     let mut problems = Vec::new();
     if let Some(Err(m)) = tenant(&query).map(check_id) {

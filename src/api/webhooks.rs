@@ -2,15 +2,14 @@
 //! admin's, every tenant's or one's), their deliveries, and the dead-letter list.
 
 use super::error::ApiError;
+use super::{check_tenant, reader};
 use crate::server::AppState;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
-use meter_auth::{AuthError, Principal, Role};
+use meter_auth::{Principal, Role};
 use meter_schemas::FieldError;
-use meter_schemas::envelope::check_id;
 use meter_webhooks::{Delivery, Endpoint, Scope};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -49,14 +48,6 @@ pub struct Registered {
     pub secret: String,
 }
 
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let p = state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?;
-    if p.role == Role::Ingest {
-        return Err(AuthError::WrongRole { have: p.role, action: "manage webhooks" }.into());
-    }
-    Ok(p)
-}
-
 fn scope(p: &Principal) -> Scope<'_> {
     match &p.tenant {
         Some(t) if p.role != Role::Admin => Scope::Tenant(t),
@@ -76,11 +67,9 @@ pub async fn register(
     headers: HeaderMap,
     new: Result<Json<NewEndpoint>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
-    let p = caller(&state, &headers).await?;
+    let p = reader(&state, &headers, "manage webhooks").await?;
     let Json(new) = new?;
-    if let Some(Err(m)) = new.tenant.as_deref().map(check_id) {
-        return Err(ApiError::Invalid(vec![FieldError::invalid("tenant", m)]));
-    }
+    check_tenant(new.tenant.as_deref())?;
     let tenant = match (&p.tenant, new.tenant) {
         (None, t) if p.role == Role::Admin => t,
         (_, t) => Some(p.readable_tenant(t.as_deref())?),
@@ -95,7 +84,7 @@ pub async fn register(
     responses((status = 200, description = "Endpoints (without secrets)", body = Vec<Endpoint>)),
     security(("bearer" = [])))]
 pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Vec<Endpoint>>, ApiError> {
-    let p = caller(&state, &headers).await?;
+    let p = reader(&state, &headers, "manage webhooks").await?;
     Ok(Json(state.webhooks.endpoints(scope(&p)).await?))
 }
 
@@ -109,7 +98,7 @@ pub async fn remove(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = caller(&state, &headers).await?;
+    let p = reader(&state, &headers, "manage webhooks").await?;
     state.webhooks.remove(&id, scope(&p)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -130,7 +119,7 @@ pub async fn deliveries(
     headers: HeaderMap,
     query: Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Delivery>>, ApiError> {
-    let p = caller(&state, &headers).await?;
+    let p = reader(&state, &headers, "manage webhooks").await?;
     let Query(q) = query?;
     if let Some(s) = q.state.as_deref().filter(|s| !["pending", "delivered", "dead"].contains(s)) {
         return Err(ApiError::Invalid(vec![FieldError::invalid(
@@ -151,7 +140,7 @@ pub async fn retry(
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> Result<StatusCode, ApiError> {
-    let p = caller(&state, &headers).await?;
+    let p = reader(&state, &headers, "manage webhooks").await?;
     state.webhooks.retry(id, scope(&p)).await?;
     Ok(StatusCode::ACCEPTED)
 }
