@@ -8,6 +8,14 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "toolchain"
 cargo --version
+# A one-shot build gains nothing from incremental caches, which take gigabytes of disk.
+export CARGO_INCREMENTAL=0
+# A full disk fails the build deep in a compiler's output; say so first.
+avail_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+echo "disk: $((avail_kb / 1024 / 1024)) GiB free"
+if [ "$avail_kb" -lt $((4 * 1024 * 1024)) ]; then
+  echo "warning: under 4 GiB free; a clean build and test run needs about 4 GiB" >&2
+fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
