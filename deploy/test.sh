@@ -14,7 +14,7 @@ export CARGO_INCREMENTAL=0
 avail_kb=$(df -Pk . | awk 'NR==2 {print $4}')
 echo "disk: $((avail_kb / 1024 / 1024)) GiB free"
 if [ "$avail_kb" -lt $((4 * 1024 * 1024)) ]; then
-  echo "warning: under 4 GiB free; a clean build and test run needs about 4 GiB" >&2
+  echo "warning: under 4 GiB free; a clean build and test run takes about 2 GiB of disk" >&2
 fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
