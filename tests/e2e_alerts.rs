@@ -263,6 +263,91 @@ async fn a_tenant_at_120_percent_gets_three_alerts_through_duplicates_reordering
     assert_eq!(r.status(), 422);
 }
 
+/// A receiver that holds its first request open keeps only its own alerts waiting: another
+/// tenant's alert, raised while it holds, is delivered before it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_does_not_hold_back_another_endpoints_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = create_key(dir.path(), "admin", None);
+    let meter =
+        Meter::start(dir.path(), &[("METER__WEBHOOKS__TIMEOUT", "60s"), ("METER__ALERTS__ADVISE_EVERY", "1000days")]);
+    let holding = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (h, r) = (holding.clone(), release.clone());
+    // The slow one answers when the fast one has received its alert, or after 20 s.
+    let slow = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let (h, r) = (h.clone(), r.clone());
+            async move {
+                h.notify_one();
+                let released = tokio::time::timeout(Duration::from_secs(20), r.notified()).await.is_ok();
+                if released { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE }
+            }
+        }),
+    );
+    let r = release.clone();
+    let fast = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let r = r.clone();
+            async move {
+                r.notify_one();
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    for (tenant, app) in [("slowco", slow), ("fastco", fast)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let r = client()
+            .post(format!("{}/api/v1/webhooks", meter.url))
+            .bearer_auth(&admin)
+            .json(&json!({"url": hook, "tenant": tenant}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let r = client()
+            .post(format!("{}/api/v1/subscriptions", meter.url))
+            .bearer_auth(&admin)
+            .json(&json!({"tenant": tenant, "plan": "starter", "cycle": "monthly"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // 400 of Starter's 500 work orders: the 80% alert.
+    let orders = |tenant: &str| -> Vec<Value> {
+        (0..400)
+            .map(|i| json!({"transaction_id": format!("w{i}"), "external_customer_id": tenant, "code": "work_order.created", "properties": {}}))
+            .collect()
+    };
+    send(&meter.url, &admin, &orders("slowco")).await;
+    tokio::time::timeout(Duration::from_secs(30), holding.notified()).await.expect("slowco's alert was never sent");
+    send(&meter.url, &admin, &orders("fastco")).await;
+    let deliveries = || async {
+        let r = client().get(format!("{}/api/v1/webhooks/deliveries", meter.url)).bearer_auth(&admin).send().await;
+        r.unwrap().json::<Vec<Value>>().await.unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let all = loop {
+        let all = deliveries().await;
+        let done = all.iter().filter(|d| d["state"] == "delivered").count();
+        if done == 2 || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Had the slow endpoint held the dispatcher, it would have answered 503 after 20 s first.
+    assert_eq!(all.len(), 2, "{all:#?}");
+    for d in &all {
+        assert_eq!(d["state"], "delivered", "{all:#?}");
+        assert_eq!(d["attempts"], 1, "{all:#?}");
+    }
+}
+
 fn invocation(tenant: &str, id: &str) -> Value {
     json!({"transaction_id": id, "external_customer_id": tenant, "code": "agent.invocation",
            "properties": {"model": "m", "input_tokens": 10, "output_tokens": 5}})

@@ -6,6 +6,8 @@
 //! State lives in `webhooks.db`: endpoints, one delivery per alert and endpoint (so an alert is
 //! never queued twice for one endpoint), and how far the alerts have been fanned out.
 
+mod deliver;
+pub mod guard;
 pub mod signature;
 pub mod topic;
 
@@ -17,7 +19,6 @@ use meter_sqlite::{Durability, Shared, migrate, open};
 use meter_store::{Alert, SqliteStore};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 const MIGRATIONS: &[&str] = &[
@@ -158,18 +159,11 @@ pub enum Scope<'a> {
 pub struct Webhooks {
     conn: Shared,
     settings: Settings,
-    http: reqwest::Client,
-}
-
-struct Due {
-    id: u64,
-    alert_id: String,
-    url: String,
-    secret: String,
-    body: String,
-    attempts: u32,
-    first_us: Option<i64>,
-    raised_us: i64,
+    /// For admins' endpoints, which may be internal.
+    http_admin: reqwest::Client,
+    /// For tenants' endpoints: refuses names that resolve to an internal address, unless
+    /// [`Settings::allow_private_targets`].
+    http_tenant: reqwest::Client,
 }
 
 impl Webhooks {
@@ -177,14 +171,11 @@ impl Webhooks {
     pub fn open(path: &Path, settings: Settings) -> Result<Self, Error> {
         let mut conn = open(path, Durability::Full)?;
         migrate(&mut conn, path, MIGRATIONS)?;
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            // A redirect would re-send (or drop) a signed body somewhere else: a failure instead.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent("meter-webhooks")
-            .build()
-            .map_err(|e| meter_sqlite::Error::Task(e.to_string()))?;
-        Ok(Webhooks { conn: Shared::new(conn), settings, http })
+        let client = |private_allowed| {
+            guard::client(settings.timeout, private_allowed).map_err(|e| meter_sqlite::Error::Task(e.to_string()))
+        };
+        let (http_admin, http_tenant) = (client(true)?, client(settings.allow_private_targets)?);
+        Ok(Webhooks { conn: Shared::new(conn), settings, http_admin, http_tenant })
     }
 
     async fn with<T: Send + 'static>(
@@ -202,7 +193,7 @@ impl Webhooks {
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(Error::Invalid { field: "url", message: "must be an http or https URL with a host".into() });
         }
-        if !by_admin && !self.settings.allow_private_targets && internal(&parsed) {
+        if !by_admin && !self.settings.allow_private_targets && guard::internal(&parsed) {
             return Err(Error::Invalid {
                 field: "url",
                 message: "must not point to a loopback, private or link-local address".into(),
@@ -403,154 +394,6 @@ impl Webhooks {
         .await?;
         Ok(n)
     }
-
-    /// Claims the deliveries due now (for twice the timeout, so that another dispatcher on the
-    /// same file does not send them too) and sends them; returns how many were sent.
-    pub async fn deliver_due(&self) -> Result<usize, Error> {
-        let lease = self.settings.timeout.saturating_mul(2).as_micros().min(i64::MAX as u128) as i64;
-        let due: Vec<Due> = self
-            .with(move |c| {
-                let tx = c.transaction()?;
-                let now = now_us();
-                let due = {
-                    let mut stmt = tx.prepare_cached(
-                        "SELECT d.id, d.alert_id, e.url, e.secret, d.body, d.attempts, d.first_us
-                         FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-                         WHERE d.state = 'pending' AND d.next_us <= ?1 ORDER BY d.next_us LIMIT 100",
-                    )?;
-                    let rows = stmt.query_map(params![now], |r| {
-                        Ok(Due {
-                            id: r.get::<_, i64>(0)? as u64,
-                            alert_id: r.get(1)?,
-                            url: r.get(2)?,
-                            secret: r.get(3)?,
-                            body: r.get(4)?,
-                            attempts: r.get(5)?,
-                            first_us: r.get(6)?,
-                            raised_us: 0,
-                        })
-                    })?;
-                    rows.collect::<Result<Vec<_>, _>>()?
-                };
-                let mut claim = tx.prepare_cached("UPDATE deliveries SET next_us = ?2 WHERE id = ?1")?;
-                for d in &due {
-                    claim.execute(params![d.id as i64, now + lease])?;
-                }
-                drop(claim);
-                tx.commit()?;
-                Ok(due)
-            })
-            .await?;
-        let n = due.len();
-        let mut sends = tokio::task::JoinSet::new();
-        for mut d in due {
-            let http = self.http.clone();
-            d.raised_us = raised_us(&d.body);
-            sends.spawn(async move {
-                let t = now_us() / 1_000_000;
-                let sent = http
-                    .post(&d.url)
-                    .header("Content-Type", "application/json")
-                    .header("Meter-Signature", sign(&d.secret, t, d.body.as_bytes()))
-                    .header("Meter-Event-Id", &d.alert_id)
-                    .body(d.body.clone())
-                    .send()
-                    .await;
-                let outcome = match sent {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("answered {}", r.status())),
-                    Err(e) => Err(format!("not reached: {e}")),
-                };
-                (d, outcome)
-            });
-        }
-        let mut failed = None;
-        while let Some(done) = sends.join_next().await {
-            let Ok((d, outcome)) = done else { continue };
-            // Record every outcome before reporting a failure to record one.
-            if let Err(e) = self.record(d, outcome).await {
-                failed = Some(e);
-            }
-        }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        Ok(n)
-    }
-
-    async fn record(&self, d: Due, outcome: Result<(), String>) -> Result<(), Error> {
-        let now = now_us();
-        let first = d.first_us.unwrap_or(now);
-        let attempts = d.attempts + 1;
-        let settings = self.settings.clone();
-        let label = match &outcome {
-            Ok(()) => {
-                metrics::histogram!(metric::ALERT_TO_DELIVERY).record((now - d.raised_us).max(0) as f64 / 1e6);
-                "delivered"
-            }
-            Err(_) if now - first >= settings.retry_for.as_micros() as i64 => "dead",
-            Err(_) => "failed",
-        };
-        metrics::counter!(metric::ATTEMPTS, "outcome" => label).increment(1);
-        if let Err(e) = &outcome {
-            tracing::info!(alert = %d.alert_id, delivery = d.id, attempts, error = %e, outcome = label, "webhook delivery failed");
-        }
-        self.with(move |c| {
-            match outcome {
-                Ok(()) => c.execute(
-                    "UPDATE deliveries SET state = 'delivered', attempts = ?2, first_us = ?3, delivered_us = ?4,
-                     last_error = NULL WHERE id = ?1",
-                    params![d.id as i64, attempts, first, now],
-                )?,
-                Err(e) => {
-                    let backoff =
-                        settings.first_backoff.saturating_mul(1u32 << (attempts - 1).min(20)).min(settings.max_backoff);
-                    let state = if label == "dead" { "dead" } else { "pending" };
-                    c.execute(
-                        "UPDATE deliveries SET state = ?2, attempts = ?3, first_us = ?4, next_us = ?5, last_error = ?6
-                         WHERE id = ?1",
-                        params![d.id as i64, state, attempts, first, now + backoff.as_micros() as i64, e],
-                    )?
-                }
-            };
-            Ok(())
-        })
-        .await
-    }
-
-    /// Fans out new alerts and sends due deliveries as soon as the store raises an alert, and
-    /// every [`Settings::poll`] (for retries), until dropped.
-    pub async fn run(self: Arc<Self>, alerts: Arc<SqliteStore>) {
-        let mut rounds = Rounds::new(&alerts, self.settings.poll);
-        loop {
-            rounds.next().await;
-            if let Err(e) = self.fan_out(&alerts).await {
-                tracing::warn!(error = %e, "queueing alerts for webhooks failed; trying again");
-            }
-            if let Err(e) = self.deliver_due().await {
-                tracing::warn!(error = %e, "delivering webhooks failed; trying again");
-            }
-        }
-    }
-}
-
-/// Whether `url` names this machine or a private network by address (`localhost`, 127/8, 10/8,
-/// 172.16/12, 192.168/16, 169.254/16, ::1, fc00::/7, fe80::/10). Names that resolve there are
-/// not caught: a tenant could still point a DNS name at an internal address.
-fn internal(url: &reqwest::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified(),
-        Some(url::Host::Ipv6(ip)) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-        }
-        Some(url::Host::Domain(d)) => {
-            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
-        }
-        None => true,
-    }
 }
 
 /// When a loop that hands alerts on goes round: as soon as the store raised one, and every
@@ -591,34 +434,4 @@ pub(crate) fn body_of(alert: &Alert) -> String {
         "data": alert,
     })
     .to_string()
-}
-
-fn raised_us(body: &str) -> i64 {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    v["created"].as_str().and_then(meter_schemas::period::parse_time).unwrap_or_else(now_us)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn internal_addresses_are_recognised() {
-        for u in [
-            "http://127.0.0.1/x",
-            "http://10.1.2.3/",
-            "http://192.168.0.1/",
-            "http://169.254.169.254/latest",
-            "http://[::1]/",
-            "http://[fd00::1]/",
-            "http://localhost:8080/",
-            "http://a.localhost/",
-            "http://0.0.0.0/",
-        ] {
-            assert!(internal(&reqwest::Url::parse(u).unwrap()), "{u}");
-        }
-        for u in ["https://example.com/hook", "http://8.8.8.8/", "http://[2001:db8::1]/"] {
-            assert!(!internal(&reqwest::Url::parse(u).unwrap()), "{u}");
-        }
-    }
 }

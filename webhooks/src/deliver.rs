@@ -1,0 +1,212 @@
+//! Sending: the dispatcher claims due deliveries, posts each signed in a task of its own, and
+//! records every outcome (delivered, or the next attempt after a backoff, or dead). Sends run
+//! side by side, at most [`PER_ENDPOINT`] to one endpoint, so that a slow or unanswering endpoint
+//! holds back only its own deliveries.
+
+use crate::{Error, Rounds, Webhooks, metric, sign};
+use meter_schemas::period::now_us;
+use meter_sqlite::rusqlite::params;
+use meter_store::SqliteStore;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Sends in flight at most, over all endpoints.
+const IN_FLIGHT: usize = 64;
+/// Sends in flight at most to one endpoint.
+const PER_ENDPOINT: usize = 4;
+
+/// A claimed delivery.
+struct Due {
+    id: u64,
+    endpoint_id: String,
+    by_admin: bool,
+    alert_id: String,
+    url: String,
+    secret: String,
+    body: String,
+    attempts: u32,
+    first_us: Option<i64>,
+}
+
+impl Webhooks {
+    /// Fans out new alerts and sends due deliveries as soon as the store raises an alert, as soon
+    /// as a send ends, and every [`crate::Settings::poll`] (for retries), until dropped.
+    pub async fn run(self: Arc<Self>, alerts: Arc<SqliteStore>) {
+        let mut rounds = Rounds::new(&alerts, self.settings.poll);
+        let mut sending = JoinSet::new();
+        // Endpoint of each send in flight, and how many go to each endpoint.
+        let mut endpoint_of = HashMap::new();
+        let mut busy: HashMap<String, usize> = HashMap::new();
+        loop {
+            let ended = tokio::select! {
+                _ = rounds.next() => None,
+                Some(done) = sending.join_next_with_id(), if !sending.is_empty() => Some(done),
+            };
+            let mut settle = |done: Result<(tokio::task::Id, Result<(), Error>), tokio::task::JoinError>| {
+                let (id, outcome) = match done {
+                    Ok((id, outcome)) => (id, outcome),
+                    Err(e) => (e.id(), Err(Error::Conflict(format!("a webhook send ended abnormally: {e}")))),
+                };
+                if let Err(e) = outcome {
+                    tracing::warn!(error = %e, "recording a webhook delivery failed; it is sent again");
+                }
+                if let Some(endpoint) = endpoint_of.remove(&id)
+                    && let Some(n) = busy.get_mut(&endpoint)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        busy.remove(&endpoint);
+                    }
+                }
+            };
+            if let Some(done) = ended {
+                settle(done);
+            } else if let Err(e) = self.fan_out(&alerts).await {
+                tracing::warn!(error = %e, "queueing alerts for webhooks failed; trying again");
+            }
+            while let Some(done) = sending.try_join_next_with_id() {
+                settle(done);
+            }
+            let room = IN_FLIGHT.saturating_sub(sending.len());
+            if room == 0 {
+                continue;
+            }
+            match self.claim(room, busy.clone()).await {
+                Ok(due) => {
+                    for d in due {
+                        *busy.entry(d.endpoint_id.clone()).or_default() += 1;
+                        let endpoint = d.endpoint_id.clone();
+                        let task = sending.spawn(self.clone().send(d));
+                        endpoint_of.insert(task.id(), endpoint);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed; trying again"),
+            }
+        }
+    }
+
+    /// Claims up to `room` deliveries due now, leaving out endpoints with [`PER_ENDPOINT`] sends
+    /// in flight (`busy` counts them). A claim lasts twice the timeout, so that another
+    /// dispatcher on the same file does not send them too.
+    async fn claim(&self, room: usize, mut busy: HashMap<String, usize>) -> Result<Vec<Due>, Error> {
+        let lease = self.settings.timeout.saturating_mul(2).as_micros().min(i64::MAX as u128) as i64;
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let now = now_us();
+            let due = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT d.id, d.endpoint_id, e.by_admin, d.alert_id, e.url, e.secret, d.body, d.attempts, d.first_us
+                     FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+                     WHERE d.state = 'pending' AND d.next_us <= ?1 ORDER BY d.next_us LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![now, (room * PER_ENDPOINT * 4) as i64], |r| {
+                    Ok(Due {
+                        id: r.get::<_, i64>(0)? as u64,
+                        endpoint_id: r.get(1)?,
+                        by_admin: r.get(2)?,
+                        alert_id: r.get(3)?,
+                        url: r.get(4)?,
+                        secret: r.get(5)?,
+                        body: r.get(6)?,
+                        attempts: r.get(7)?,
+                        first_us: r.get(8)?,
+                    })
+                })?;
+                let mut due = Vec::new();
+                for d in rows {
+                    let d = d?;
+                    let n = busy.entry(d.endpoint_id.clone()).or_default();
+                    if *n < PER_ENDPOINT {
+                        *n += 1;
+                        due.push(d);
+                        if due.len() == room {
+                            break;
+                        }
+                    }
+                }
+                due
+            };
+            let mut claim = tx.prepare_cached("UPDATE deliveries SET next_us = ?2 WHERE id = ?1")?;
+            for d in &due {
+                claim.execute(params![d.id as i64, now + lease])?;
+            }
+            drop(claim);
+            tx.commit()?;
+            Ok(due)
+        })
+        .await
+    }
+
+    /// Posts `d` signed and records the outcome.
+    async fn send(self: Arc<Self>, d: Due) -> Result<(), Error> {
+        let http = if d.by_admin { &self.http_admin } else { &self.http_tenant };
+        let t = now_us() / 1_000_000;
+        let sent = http
+            .post(&d.url)
+            .header("Content-Type", "application/json")
+            .header("Meter-Signature", sign(&d.secret, t, d.body.as_bytes()))
+            .header("Meter-Event-Id", &d.alert_id)
+            .body(d.body.clone())
+            .send()
+            .await;
+        let outcome = match sent {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("answered {}", r.status())),
+            Err(e) => Err(format!("not reached: {}", causes(&e))),
+        };
+        self.record(d, outcome).await
+    }
+
+    async fn record(&self, d: Due, outcome: Result<(), String>) -> Result<(), Error> {
+        let now = now_us();
+        let first = d.first_us.unwrap_or(now);
+        let attempts = d.attempts + 1;
+        let settings = self.settings.clone();
+        let label = match &outcome {
+            Ok(()) => {
+                let raised = raised_us(&d.body);
+                metrics::histogram!(metric::ALERT_TO_DELIVERY).record((now - raised).max(0) as f64 / 1e6);
+                "delivered"
+            }
+            Err(_) if now - first >= settings.retry_for.as_micros() as i64 => "dead",
+            Err(_) => "failed",
+        };
+        metrics::counter!(metric::ATTEMPTS, "outcome" => label).increment(1);
+        if let Err(e) = &outcome {
+            tracing::info!(alert = %d.alert_id, delivery = d.id, attempts, error = %e, outcome = label, "webhook delivery failed");
+        }
+        self.with(move |c| {
+            match outcome {
+                Ok(()) => c.execute(
+                    "UPDATE deliveries SET state = 'delivered', attempts = ?2, first_us = ?3, delivered_us = ?4,
+                     last_error = NULL WHERE id = ?1",
+                    params![d.id as i64, attempts, first, now],
+                )?,
+                Err(e) => {
+                    let backoff =
+                        settings.first_backoff.saturating_mul(1u32 << (attempts - 1).min(20)).min(settings.max_backoff);
+                    let state = if label == "dead" { "dead" } else { "pending" };
+                    c.execute(
+                        "UPDATE deliveries SET state = ?2, attempts = ?3, first_us = ?4, next_us = ?5, last_error = ?6
+                         WHERE id = ?1",
+                        params![d.id as i64, state, attempts, first, now + backoff.as_micros() as i64, e],
+                    )?
+                }
+            };
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// `e` and its causes, `: `-separated (reqwest's own message leaves out why a send failed).
+pub(crate) fn causes(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |e| e.source()).map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+/// When the alert in `body` was raised.
+fn raised_us(body: &str) -> i64 {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["created"].as_str().and_then(meter_schemas::period::parse_time).unwrap_or_else(now_us)
+}
