@@ -71,10 +71,12 @@ impl Report {
     }
 }
 
-/// One generated event in Lago's shape; codes rotate over the five built-in ones.
+/// One generated event in Lago's shape; tenants take turns, and codes rotate over the five
+/// built-in ones so that every tenant gets each in turn (whatever the number of tenants).
 pub fn event(prefix: &str, i: usize, tenants: usize, now_secs: i64) -> serde_json::Value {
-    let tenant = format!("tenant-{:04}", i % tenants.max(1));
-    let (code, properties) = match i % 5 {
+    let tenants = tenants.max(1);
+    let tenant = format!("tenant-{:04}", i % tenants);
+    let (code, properties) = match (i + i / tenants) % 5 {
         0 => ("work_order.created", json!({"work_order_id": format!("wo-{i}")})),
         1 => ("work_order.completed", json!({"work_order_id": format!("wo-{i}")})),
         2 => (
@@ -150,8 +152,10 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
     let url = Arc::new(format!("{}/api/v1/events/batch", args.url.trim_end_matches('/')));
     let key = Arc::new(args.key.clone());
     let total = args.events;
+    // The first failure is shown, so that a run that fails says why.
+    let told = Arc::new(std::sync::Once::new());
     let send = move |i: usize| {
-        let (client, url, key, bodies) = (client.clone(), url.clone(), key.clone(), bodies.clone());
+        let (client, url, key, bodies, told) = (client.clone(), url.clone(), key.clone(), bodies.clone(), told.clone());
         async move {
             let sent = client
                 .post(url.as_str())
@@ -159,11 +163,17 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
                 .header("content-type", "application/json")
                 .body(bodies[i].clone())
                 .send()
-                .await
-                .ok()?;
-            let ok = sent.status().is_success();
-            let _ = sent.bytes().await;
-            ok.then(|| batch.min(total - i * batch))
+                .await;
+            let failure = match sent {
+                Ok(r) if r.status().is_success() => {
+                    let _ = r.bytes().await;
+                    return Some(batch.min(total - i * batch));
+                }
+                Ok(r) => format!("answered {}: {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => format!("not sent: {e}"),
+            };
+            told.call_once(|| eprintln!("loadgen: request {i} failed (the first): {failure:.2000}"));
+            None
         }
     };
     // Warm up (connections, the server's producer) with the first request before the clock starts;
@@ -276,4 +286,28 @@ async fn direct_kafka(args: &LoadgenArgs, brokers: &str, bodies: &[Vec<u8>]) -> 
         }
     };
     drive(count, args.concurrency, args.events, pace(args), send).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// With 100 tenants (a multiple of five) each tenant still gets all five codes, evenly.
+    #[test]
+    fn every_tenant_gets_every_code() {
+        for tenants in [1, 3, 5, 100, 1000] {
+            let mut codes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+            for i in 0..tenants * 10 {
+                let e = event("t", i, tenants, 0);
+                let (t, c) = (e["external_customer_id"].as_str().unwrap(), e["code"].as_str().unwrap());
+                *codes.entry(t.into()).or_default().entry(c.into()).or_default() += 1;
+            }
+            assert_eq!(codes.len(), tenants);
+            for (t, by_code) in &codes {
+                assert_eq!(by_code.len(), 5, "{tenants} tenants: {t} got {by_code:?}");
+                assert_eq!(by_code.values().collect::<BTreeSet<_>>(), BTreeSet::from([&2]), "{t}: {by_code:?}");
+            }
+        }
+    }
 }
