@@ -5,9 +5,9 @@
 use async_trait::async_trait;
 use meter_billing::PlanAllowances;
 use meter_schemas::{Catalog, Contribution, Event, Period};
-use meter_store::{Coverage, SqliteStore, UsageStore};
+use meter_store::{LimitQuery, SqliteStore};
 use rust_decimal::Decimal;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, btree_map};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,12 +15,18 @@ use std::time::{Duration, Instant};
 /// only if the aggregator is down: then the limit errs on the side of refusing).
 const RESERVED_FOR: Duration = Duration::from_secs(60);
 
+/// How long an event is still held after a check saw it counted: a check that read the
+/// counters before it was counted (and is deciding now) still needs it.
+const COUNTED_GRACE: Duration = Duration::from_secs(10);
+
 /// An accepted event not yet counted: what it adds to each hard-limited meter.
 struct Reserved {
     id: String,
     period: Period,
     adds: Vec<(String, Add)>,
     at: Instant,
+    /// When a check first saw it counted.
+    counted_at: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -39,76 +45,116 @@ pub struct HardLimits {
     pub live: Arc<SqliteStore>,
     /// Meters.
     pub catalog: Arc<Catalog>,
-    /// The aggregators' consumer (for the usage read's watermark).
-    pub consumer: String,
     /// Accepted events of hard-limited tenants not counted yet, by tenant.
     reserved: Mutex<HashMap<String, Vec<Reserved>>>,
 }
 
 impl HardLimits {
     /// Hard limits checked against `live`.
-    pub fn new(
-        allowances: Arc<PlanAllowances>,
-        live: Arc<SqliteStore>,
-        catalog: Arc<Catalog>,
-        consumer: String,
-    ) -> Self {
-        HardLimits { allowances, live, catalog, consumer, reserved: Mutex::new(HashMap::new()) }
+    pub fn new(allowances: Arc<PlanAllowances>, live: Arc<SqliteStore>, catalog: Arc<Catalog>) -> Self {
+        HardLimits { allowances, live, catalog, reserved: Mutex::new(HashMap::new()) }
     }
+}
+
+/// A tenant's period with hard limits, and the request's events that add to a limited meter.
+struct Group {
+    /// Limited meters: name, included quantity, plan.
+    limits: Vec<(String, Decimal, String)>,
+    /// Event index, and what it adds to each limited meter (by position in `limits`).
+    events: Vec<(usize, Vec<(usize, Contribution)>)>,
 }
 
 #[async_trait]
 impl meter_ingest::Quota for HardLimits {
     async fn refused(&self, events: &[Event]) -> Result<Vec<(usize, String)>, String> {
-        let mut groups: BTreeMap<(&str, Period), Vec<usize>> = BTreeMap::new();
+        // Events that add nothing to a limited meter need no check: a request of only those
+        // reads nothing.
+        let mut groups: BTreeMap<(&str, Period), Group> = BTreeMap::new();
+        let mut unlimited: HashSet<(&str, Period)> = HashSet::new();
         for (i, e) in events.iter().enumerate() {
-            groups.entry((e.tenant.as_str(), Period::containing(e.time_us))).or_default().push(i);
-        }
-        let mut refused = Vec::new();
-        let mut accepted: Vec<(String, Reserved)> = Vec::new();
-        for ((tenant, period), indexes) in groups {
-            let limits = self.allowances.hard_limits(tenant, period);
-            if limits.is_empty() {
+            let key = (e.tenant.as_str(), Period::containing(e.time_us));
+            if unlimited.contains(&key) {
                 continue;
             }
-            let bucket = period.to_string();
-            // What is counted: read the marks before the counters, so that an event counted in
-            // between is held twice (refusing early), never not at all.
-            let mut ids: Vec<String> = indexes.iter().map(|&i| events[i].id.clone()).collect();
-            let held: Vec<String> = {
-                let r = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-                r.get(tenant).map(|v| v.iter().map(|x| x.id.clone()).collect()).unwrap_or_default()
-            };
-            ids.extend(held);
-            let counted = self.live.counted_ids(tenant, ids).await.map_err(|e| e.to_string())?;
-            let mut known_values: HashMap<String, HashSet<String>> = HashMap::new();
-            for (meter, _, _) in &limits {
-                let values: Vec<String> = indexes
-                    .iter()
-                    .flat_map(|&i| self.catalog.contributions(&events[i]).0)
-                    .filter(|(m, _)| self.catalog.meters()[*m].name == *meter)
-                    .filter_map(|(_, c)| match c {
-                        Contribution::Unique(v) => Some(v),
-                        _ => None,
-                    })
-                    .collect();
-                if !values.is_empty() {
-                    let known =
-                        self.live.counted_values(tenant, meter, &bucket, values).await.map_err(|e| e.to_string())?;
-                    known_values.insert(meter.clone(), known);
+            let group = match groups.entry(key) {
+                btree_map::Entry::Occupied(o) => o.into_mut(),
+                btree_map::Entry::Vacant(v) => {
+                    let limits = self.allowances.hard_limits(key.0, key.1);
+                    if limits.is_empty() {
+                        unlimited.insert(key);
+                        continue;
+                    }
+                    v.insert(Group { limits, events: Vec::new() })
                 }
-            }
-            let coverage = Coverage { consumer: &self.consumer, partition: 0 };
-            let usage = self.live.usage(tenant, period, coverage).await.map_err(|e| e.to_string())?;
-
-            let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-            let mine = reserved.entry(tenant.to_string()).or_default();
-            mine.retain(|r| !counted.contains(&r.id) && r.at.elapsed() < RESERVED_FOR);
-            let mut used: BTreeMap<&str, Decimal> = limits
-                .iter()
-                .map(|(m, _, _)| (m.as_str(), usage.meters.get(m).and_then(|t| t.period.value).unwrap_or_default()))
+            };
+            let adds: Vec<(usize, Contribution)> = self
+                .catalog
+                .contributions(e)
+                .0
+                .into_iter()
+                .filter_map(|(m, c)| {
+                    let name = &self.catalog.meters()[m].name;
+                    group.limits.iter().position(|(l, _, _)| l == name).map(|p| (p, c))
+                })
                 .collect();
-            let mut distinct: HashMap<String, HashSet<String>> = known_values;
+            if !adds.is_empty() {
+                group.events.push((i, adds));
+            }
+        }
+        groups.retain(|_, g| !g.events.is_empty());
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        // What is counted, for the whole request in one read: the request's ids and those held.
+        let queries: Vec<LimitQuery> = {
+            let reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+            groups
+                .iter()
+                .map(|((tenant, period), g)| {
+                    let mut ids: Vec<String> = g.events.iter().map(|(i, _)| events[*i].id.clone()).collect();
+                    ids.extend(reserved.get(*tenant).into_iter().flatten().map(|r| r.id.clone()));
+                    let meters = g
+                        .limits
+                        .iter()
+                        .enumerate()
+                        .map(|(p, (meter, _, _))| {
+                            let values = g
+                                .events
+                                .iter()
+                                .flat_map(|(_, adds)| adds)
+                                .filter_map(|(q, c)| match c {
+                                    Contribution::Unique(v) if *q == p => Some(v.clone()),
+                                    _ => None,
+                                })
+                                .collect();
+                            (meter.clone(), values)
+                        })
+                        .collect();
+                    LimitQuery { tenant: tenant.to_string(), bucket: period.to_string(), ids, meters }
+                })
+                .collect()
+        };
+        let states = self.live.limit_states(queries).await.map_err(|e| e.to_string())?;
+        let mut refused = Vec::new();
+        let mut accepted: Vec<(String, Reserved)> = Vec::new();
+        // Held from the first decision to the last reservation, so that concurrent requests
+        // decide one after the other, each seeing what the others took.
+        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        for (((tenant, period), group), state) in groups.into_iter().zip(states) {
+            let Group { limits, events: mine_in_request } = group;
+            let counted = state.counted;
+            let mine = reserved.entry(tenant.to_string()).or_default();
+            let now = Instant::now();
+            for r in mine.iter_mut().filter(|r| counted.contains(&r.id)) {
+                r.counted_at.get_or_insert(now);
+            }
+            mine.retain(|r| {
+                now.duration_since(r.at) < RESERVED_FOR
+                    && r.counted_at.is_none_or(|t| now.duration_since(t) < COUNTED_GRACE)
+            });
+            let mut used: BTreeMap<&str, Decimal> =
+                limits.iter().map(|(m, _, _)| (m.as_str(), state.values.get(m).copied().unwrap_or_default())).collect();
+            let mut distinct: HashMap<String, HashSet<String>> = state.known;
             let mut add = |used: &mut BTreeMap<&str, Decimal>, meter: &str, a: &Add, apply: bool| -> Decimal {
                 let now = used.get(meter).copied().unwrap_or_default();
                 let after = match a {
@@ -130,22 +176,24 @@ impl meter_ingest::Quota for HardLimits {
                 }
                 after
             };
-            for r in mine.iter().filter(|r| r.period == period) {
+            // Held events add what this read does not count yet (one held since the read added
+            // is not in `counted`: added again, which errs on the side of refusing).
+            for r in mine.iter().filter(|r| r.period == period && !counted.contains(&r.id)) {
                 for (m, a) in &r.adds {
                     add(&mut used, m, a, true);
                 }
             }
             let mut in_request = HashSet::new();
-            for &i in &indexes {
+            for (i, contributions) in mine_in_request {
                 let e = &events[i];
                 if counted.contains(&e.id) || !in_request.insert(e.id.as_str()) || mine.iter().any(|r| r.id == e.id) {
                     continue;
                 }
                 let mut adds = Vec::new();
                 let mut over = None;
-                for (m, c) in self.catalog.contributions(e).0 {
-                    let name = self.catalog.meters()[m].name.as_str();
-                    let Some((_, limit, plan)) = limits.iter().find(|(l, _, _)| l == name) else { continue };
+                for (p, c) in contributions {
+                    let (name, limit, plan) = &limits[p];
+                    let name = name.as_str();
                     let a = match c {
                         Contribution::Count => Add::Quantity(Decimal::ONE),
                         Contribution::Sum(q) => Add::Quantity(q),
@@ -177,7 +225,7 @@ impl meter_ingest::Quota for HardLimits {
                             add(&mut used, m, a, true);
                         }
                         if !adds.is_empty() {
-                            let r = Reserved { id: e.id.clone(), period, adds, at: Instant::now() };
+                            let r = Reserved { id: e.id.clone(), period, adds, at: now, counted_at: None };
                             accepted.push((tenant.to_string(), r));
                         }
                     }
@@ -186,11 +234,11 @@ impl meter_ingest::Quota for HardLimits {
         }
         // A request is taken whole or not at all: hold its events only when it is taken.
         if refused.is_empty() {
-            let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
             for (tenant, r) in accepted {
                 reserved.entry(tenant).or_default().push(r);
             }
         }
+        drop(reserved);
         refused.sort_by_key(|(i, _)| *i);
         Ok(refused)
     }

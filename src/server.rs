@@ -283,12 +283,8 @@ pub async fn run_roles(
     });
     let mut routes = api::router(state.clone());
     if roles.ingest {
-        let quota = crate::quota::HardLimits::new(
-            state.billing.allowances.clone(),
-            state.live.clone(),
-            catalog.clone(),
-            state.consumer.clone(),
-        );
+        let quota =
+            crate::quota::HardLimits::new(state.billing.allowances.clone(), state.live.clone(), catalog.clone());
         let ingest = Arc::new(Ingest {
             log: log.clone(),
             keys,

@@ -25,7 +25,8 @@ fn index(name: &str) -> usize {
     meters().iter().position(|m| m.name == name).unwrap()
 }
 
-fn login(tenant: &str, id: &str, user: &str, time_us: i64) -> Metered {
+/// A login of `user` (the unique-count meter `active_users`).
+pub fn login(tenant: &str, id: &str, user: &str, time_us: i64) -> Metered {
     Metered {
         tenant: tenant.into(),
         id: id.into(),

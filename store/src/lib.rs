@@ -9,12 +9,14 @@ pub mod alerts;
 mod clickhouse;
 #[cfg(feature = "testing")]
 pub mod contract;
+pub mod limits;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use alerts::{Alert, Allowances, Suggestion, Watch};
 pub use clickhouse::{ClickHouseStore, ClickHouseUrl, SCHEMA_VERSION as CLICKHOUSE_SCHEMA_VERSION};
+pub use limits::{LimitQuery, LimitState};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -5,6 +5,7 @@
 //! before. Reads for the API use a small pool of connections off the async runtime.
 
 use crate::alerts::{Alert, Allowances, Suggestion, alert_id, reached, suggestion_id};
+use crate::limits::{LimitQuery, LimitState};
 use crate::{
     Applied, Checkpoint, Coverage, Date, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, Totals,
     UsageStore,
@@ -150,47 +151,48 @@ impl SqliteStore {
         Ok(n == 1)
     }
 
-    /// Which of `values` are counted already in `tenant`'s unique-count `meter` for `bucket`.
-    pub async fn counted_values(
-        &self,
-        tenant: &str,
-        meter: &str,
-        bucket: &str,
-        values: Vec<String>,
-    ) -> Result<HashSet<String>, Error> {
+    /// Answers a hard-limit check's queries from one snapshot (see [`crate::limits`]).
+    pub async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<Vec<LimitState>, Error> {
         let reads = self.reads.clone();
-        let (tenant, meter, bucket) = (tenant.to_string(), meter.to_string(), bucket.to_string());
         Ok(blocking(move || {
             reads.with(|conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT 1 FROM uniques WHERE tenant = ?1 AND meter = ?2 AND bucket = ?3 AND value = ?4",
-                )?;
-                let mut out = HashSet::new();
-                for v in values {
-                    if stmt.exists(params![tenant, meter, bucket, v])? {
-                        out.insert(v);
+                let tx = conn.transaction()?;
+                let mut states = Vec::with_capacity(queries.len());
+                {
+                    let mut seen = tx.prepare_cached("SELECT 1 FROM seen WHERE id = ?1 AND tenant = ?2")?;
+                    let mut value = tx
+                        .prepare_cached("SELECT value FROM tallies WHERE tenant = ?1 AND meter = ?2 AND bucket = ?3")?;
+                    let mut unique = tx.prepare_cached(
+                        "SELECT 1 FROM uniques WHERE tenant = ?1 AND meter = ?2 AND bucket = ?3 AND value = ?4",
+                    )?;
+                    for q in queries {
+                        let mut state = LimitState::default();
+                        for id in q.ids {
+                            if seen.exists(params![id, q.tenant])? {
+                                state.counted.insert(id);
+                            }
+                        }
+                        for (meter, values) in q.meters {
+                            let v: Option<Option<String>> =
+                                value.query_row(params![q.tenant, meter, q.bucket], |r| r.get(0)).optional()?;
+                            if let Some(v) = v.flatten().and_then(|v| Decimal::from_str(&v).ok()) {
+                                state.values.insert(meter.clone(), v);
+                            }
+                            let mut known = HashSet::new();
+                            for v in values {
+                                if unique.exists(params![q.tenant, meter, q.bucket, v])? {
+                                    known.insert(v);
+                                }
+                            }
+                            if !known.is_empty() {
+                                state.known.insert(meter, known);
+                            }
+                        }
+                        states.push(state);
                     }
                 }
-                Ok(out)
-            })
-        })
-        .await?)
-    }
-
-    /// Which of `ids` of `tenant` are counted already.
-    pub async fn counted_ids(&self, tenant: &str, ids: Vec<String>) -> Result<HashSet<String>, Error> {
-        let reads = self.reads.clone();
-        let tenant = tenant.to_string();
-        Ok(blocking(move || {
-            reads.with(|conn| {
-                let mut stmt = conn.prepare_cached("SELECT 1 FROM seen WHERE id = ?1 AND tenant = ?2")?;
-                let mut out = HashSet::new();
-                for id in ids {
-                    if stmt.exists(params![id, tenant])? {
-                        out.insert(id);
-                    }
-                }
-                Ok(out)
+                tx.commit()?;
+                Ok(states)
             })
         })
         .await?)

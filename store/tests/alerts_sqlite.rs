@@ -2,8 +2,8 @@
 //! early, not again on duplicates, replays or a reopened store.
 
 use meter_schemas::Period;
-use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
-use meter_store::{Allowances, SqliteStore, UsageStore, Watch};
+use meter_store::contract::{MID_NOVEMBER, adv, login, meters, tokens};
+use meter_store::{Allowances, LimitQuery, SqliteStore, UsageStore, Watch};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 
@@ -78,4 +78,49 @@ async fn each_threshold_fires_once_and_never_early() {
         ("upgrade_suggested", Some("professional"), Some("15000"))
     );
     assert_eq!((a.meter.as_deref(), a.percent), (None, None));
+}
+
+/// A hard-limit check reads counted ids, period values and counted unique values of several
+/// tenants at once; other tenants, periods and meters do not leak in.
+#[tokio::test]
+async fn limit_states_read_ids_values_and_uniques_per_tenant_and_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let m = meters();
+    let batch = vec![
+        tokens("a", "t1", 5, MID_NOVEMBER),
+        tokens("a", "t2", 7, MID_NOVEMBER),
+        tokens("b", "t3", 1, MID_NOVEMBER),
+        // October: another period.
+        tokens("a", "t4", 100, MID_NOVEMBER - 30 * 86_400_000_000),
+        login("a", "l1", "ann", MID_NOVEMBER),
+        login("a", "l2", "bob", MID_NOVEMBER),
+    ];
+    s.apply("c", &m, &batch, &adv(0, 6)).unwrap();
+    let q = |tenant: &str, ids: &[&str], meters: Vec<(&str, Vec<&str>)>| LimitQuery {
+        tenant: tenant.into(),
+        bucket: "2026-11".into(),
+        ids: ids.iter().map(|s| s.to_string()).collect(),
+        meters: meters.into_iter().map(|(m, v)| (m.to_string(), v.into_iter().map(String::from).collect())).collect(),
+    };
+    let states = s
+        .limit_states(vec![
+            q("a", &["t1", "t3", "t4", "l2", "new"], vec![("agent_invocations", vec![]), ("agent_tokens", vec![])]),
+            q("a", &[], vec![("active_users", vec!["ann", "cy"])]),
+            q("b", &["t1", "t3"], vec![("agent_tokens", vec![]), ("api_calls", vec![])]),
+            q("nobody", &["t1"], vec![("agent_tokens", vec![])]),
+        ])
+        .await
+        .unwrap();
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<std::collections::HashSet<_>>();
+    assert_eq!(states[0].counted, set(&["t1", "t4", "l2"]), "ids are per tenant, not per period");
+    assert_eq!(states[0].values["agent_invocations"], Decimal::from(2), "October's is not November's");
+    assert_eq!(states[0].values["agent_tokens"], Decimal::from(12));
+    assert!(states[0].known.is_empty());
+    assert_eq!(states[1].values["active_users"], Decimal::from(2));
+    assert_eq!(states[1].known["active_users"], set(&["ann"]));
+    assert_eq!(states[2].counted, set(&["t3"]));
+    assert_eq!(states[2].values.len(), 1, "nothing counted for api_calls: {:?}", states[2].values);
+    assert_eq!(states[2].values["agent_tokens"], Decimal::from(1));
+    assert_eq!(states[3], Default::default());
 }

@@ -1,0 +1,31 @@
+//! What a hard-limit check at ingest reads of the live counters: for each tenant and period a
+//! request touches, which of its event ids are counted already, the period values of the
+//! limited meters, and which unique values those meters have counted. One read serves a whole
+//! request, from one snapshot, so the ids and the values always agree.
+
+use rust_decimal::Decimal;
+use std::collections::{HashMap, HashSet};
+
+/// One tenant's period, as a hard-limit check asks for it.
+#[derive(Clone, Debug, Default)]
+pub struct LimitQuery {
+    /// The tenant.
+    pub tenant: String,
+    /// The period's bucket (`YYYY-MM`).
+    pub bucket: String,
+    /// Event ids to look up among those counted.
+    pub ids: Vec<String>,
+    /// Limited meters, each with the unique values to look up among its counted ones.
+    pub meters: Vec<(String, Vec<String>)>,
+}
+
+/// The answer to a [`LimitQuery`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LimitState {
+    /// The ids counted already.
+    pub counted: HashSet<String>,
+    /// Each meter's period value (absent: nothing counted).
+    pub values: HashMap<String, Decimal>,
+    /// Each meter's unique values counted already, of those asked.
+    pub known: HashMap<String, HashSet<String>>,
+}
