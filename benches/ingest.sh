@@ -9,8 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-300000}
-cargo build --release -q
-BIN=target/release/meter
+# BIN runs another build (another commit's, side by side) instead of this one's.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q
+  BIN=target/release/meter
+fi
 echo "| ids | tenants | events/s | request p50 ms | request p99 ms | server CPU µs/event |"
 echo "|---|---:|---:|---:|---:|---:|"
 PLAN=${PLAN:-}

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use meter_billing::PlanAllowances;
 use meter_schemas::{Catalog, Contribution, Event, Period};
-use meter_store::{LimitQuery, SqliteStore};
+use meter_store::{LimitQuery, LimitSnapshot, SqliteStore};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet, btree_map};
 use std::sync::{Arc, Mutex};
@@ -15,9 +15,31 @@ use std::time::{Duration, Instant};
 /// only if the aggregator is down: then the limit errs on the side of refusing).
 const RESERVED_FOR: Duration = Duration::from_secs(60);
 
-/// How long an event is still held after a check saw it counted: a check that read the
-/// counters before it was counted (and is deciding now) still needs it.
-const COUNTED_GRACE: Duration = Duration::from_secs(10);
+// Each check looks up only the held events not yet seen counted (the few in flight to the
+// aggregator). One seen counted at progress P is counted for every read at P or later; a check
+// that read before P (overtaken between its read and its decision) still adds it. So an event
+// seen counted is let go only once every check reading now began after it was seen.
+
+/// Accepted events not yet known counted, and the checks between their read and decision.
+#[derive(Default)]
+struct Held {
+    by_tenant: HashMap<String, Vec<Reserved>>,
+    /// When each check in flight began, by ticket (issued in order: the first is the oldest).
+    reading: BTreeMap<u64, Instant>,
+    next_ticket: u64,
+}
+
+/// A check's place in [`Held::reading`], given up when the check ends (or is dropped).
+struct Reading<'a> {
+    held: &'a Mutex<Held>,
+    ticket: u64,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).reading.remove(&self.ticket);
+    }
+}
 
 /// An accepted event not yet counted: what it adds to each hard-limited meter.
 struct Reserved {
@@ -25,8 +47,8 @@ struct Reserved {
     period: Period,
     adds: Vec<(String, Add)>,
     at: Instant,
-    /// When a check first saw it counted.
-    counted_at: Option<Instant>,
+    /// When a check first saw it counted, and that check's [`LimitSnapshot::progress`].
+    counted_at: Option<(Instant, u64)>,
 }
 
 #[derive(Clone)]
@@ -45,14 +67,14 @@ pub struct HardLimits {
     pub live: Arc<SqliteStore>,
     /// Meters.
     pub catalog: Arc<Catalog>,
-    /// Accepted events of hard-limited tenants not counted yet, by tenant.
-    reserved: Mutex<HashMap<String, Vec<Reserved>>>,
+    /// Accepted events of hard-limited tenants not known counted yet.
+    held: Mutex<Held>,
 }
 
 impl HardLimits {
     /// Hard limits checked against `live`.
     pub fn new(allowances: Arc<PlanAllowances>, live: Arc<SqliteStore>, catalog: Arc<Catalog>) -> Self {
-        HardLimits { allowances, live, catalog, reserved: Mutex::new(HashMap::new()) }
+        HardLimits { allowances, live, catalog, held: Mutex::default() }
     }
 }
 
@@ -106,13 +128,18 @@ impl meter_ingest::Quota for HardLimits {
             return Ok(Vec::new());
         }
         // What is counted, for the whole request in one read: the request's ids and those held.
-        let queries: Vec<LimitQuery> = {
-            let reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-            groups
+        let (queries, reading): (Vec<LimitQuery>, Reading) = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let ticket = held.next_ticket;
+            held.next_ticket += 1;
+            held.reading.insert(ticket, Instant::now());
+            let reserved = &held.by_tenant;
+            let queries = groups
                 .iter()
                 .map(|((tenant, period), g)| {
                     let mut ids: Vec<String> = g.events.iter().map(|(i, _)| events[*i].id.clone()).collect();
-                    ids.extend(reserved.get(*tenant).into_iter().flatten().map(|r| r.id.clone()));
+                    let held = reserved.get(*tenant).into_iter().flatten();
+                    ids.extend(held.filter(|r| r.counted_at.is_none()).map(|r| r.id.clone()));
                     let meters = g
                         .limits
                         .iter()
@@ -132,26 +159,33 @@ impl meter_ingest::Quota for HardLimits {
                         .collect();
                     LimitQuery { tenant: tenant.to_string(), bucket: period.to_string(), ids, meters }
                 })
-                .collect()
+                .collect();
+            (queries, Reading { held: &self.held, ticket })
         };
-        let states = self.live.limit_states(queries).await.map_err(|e| e.to_string())?;
+        let LimitSnapshot { progress, states } = self.live.limit_states(queries).await.map_err(|e| e.to_string())?;
         let mut refused = Vec::new();
         let mut accepted: Vec<(String, Reserved)> = Vec::new();
         // Held from the first decision to the last reservation, so that concurrent requests
         // decide one after the other, each seeing what the others took.
-        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest_other = held.reading.iter().find(|(t, _)| **t != reading.ticket).map(|(_, at)| *at);
+        let reserved = &mut held.by_tenant;
         for (((tenant, period), group), state) in groups.into_iter().zip(states) {
             let Group { limits, events: mine_in_request } = group;
             let counted = state.counted;
             let mine = reserved.entry(tenant.to_string()).or_default();
             let now = Instant::now();
             for r in mine.iter_mut().filter(|r| counted.contains(&r.id)) {
-                r.counted_at.get_or_insert(now);
+                r.counted_at.get_or_insert((now, progress));
             }
-            mine.retain(|r| {
-                now.duration_since(r.at) < RESERVED_FOR
-                    && r.counted_at.is_none_or(|t| now.duration_since(t) < COUNTED_GRACE)
+            // Held events add what this read does not count yet.
+            let uncounted =
+                |r: &Reserved| !counted.contains(&r.id) && r.counted_at.is_none_or(|(_, seen_at)| seen_at > progress);
+            mine.retain(|r| match r.counted_at {
+                None => now.duration_since(r.at) < RESERVED_FOR,
+                Some((seen, _)) => uncounted(r) || oldest_other.is_some_and(|began| began <= seen),
             });
+            let held: HashSet<&str> = mine.iter().map(|r| r.id.as_str()).collect();
             let mut used: BTreeMap<&str, Decimal> =
                 limits.iter().map(|(m, _, _)| (m.as_str(), state.values.get(m).copied().unwrap_or_default())).collect();
             let mut distinct: HashMap<String, HashSet<String>> = state.known;
@@ -176,9 +210,7 @@ impl meter_ingest::Quota for HardLimits {
                 }
                 after
             };
-            // Held events add what this read does not count yet (one held since the read added
-            // is not in `counted`: added again, which errs on the side of refusing).
-            for r in mine.iter().filter(|r| r.period == period && !counted.contains(&r.id)) {
+            for r in mine.iter().filter(|r| r.period == period && uncounted(r)) {
                 for (m, a) in &r.adds {
                     add(&mut used, m, a, true);
                 }
@@ -186,7 +218,7 @@ impl meter_ingest::Quota for HardLimits {
             let mut in_request = HashSet::new();
             for (i, contributions) in mine_in_request {
                 let e = &events[i];
-                if counted.contains(&e.id) || !in_request.insert(e.id.as_str()) || mine.iter().any(|r| r.id == e.id) {
+                if counted.contains(&e.id) || !in_request.insert(e.id.as_str()) || held.contains(e.id.as_str()) {
                     continue;
                 }
                 let mut adds = Vec::new();
@@ -238,8 +270,123 @@ impl meter_ingest::Quota for HardLimits {
                 reserved.entry(tenant).or_default().push(r);
             }
         }
-        drop(reserved);
+        drop(held);
+        drop(reading);
         refused.sort_by_key(|(i, _)| *i);
         Ok(refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meter_ingest::Quota;
+    use meter_rater::{Cycle, PriceBook, Setup};
+    use meter_store::{Metered, Progress, UsageStore};
+
+    /// A Starter tenant (agent invocations: a hard limit of 2,000) and its live store.
+    async fn starter() -> (tempfile::TempDir, HardLimits) {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::new(vec![]).unwrap());
+        let names: Vec<&str> = catalog.meters().iter().map(|m| m.name.as_str()).collect();
+        let book = Arc::new(PriceBook::parse(meter_rater::pricebook::SAMPLE, &names, &["active_users"]).unwrap());
+        let ledger = meter_billing::Ledger::open(&dir.path().join("billing.db")).unwrap();
+        let now = meter_schemas::period::now_us();
+        let list = book.for_period(Period::containing(now)).unwrap();
+        let setup = Setup { plan: "starter".into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: true, trial: false };
+        ledger.create("t", setup, now, "test", list).await.unwrap();
+        let allowances = Arc::new(PlanAllowances::new(book));
+        allowances.refresh(&ledger, now).await.unwrap();
+        let live = Arc::new(SqliteStore::open(&dir.path().join("usage.db"), meter_sqlite::Durability::Normal).unwrap());
+        live.checkpoint("c").unwrap();
+        (dir, HardLimits::new(allowances, live, catalog))
+    }
+
+    fn invocations(ids: std::ops::Range<usize>) -> Vec<Event> {
+        let now = meter_schemas::period::now_us();
+        ids.map(|i| Event {
+            tenant: "t".into(),
+            id: format!("e{i}"),
+            code: "agent.invocation".into(),
+            time_us: now,
+            implicit_time: false,
+            subscription: None,
+            source: None,
+            properties: serde_json::from_str(r#"{"model": "m", "input_tokens": 1, "output_tokens": 1}"#).unwrap(),
+        })
+        .collect()
+    }
+
+    /// The aggregator counts `events` (log offsets `from..`).
+    fn count(limits: &HardLimits, events: &[Event], from: u64) {
+        let metered: Vec<Metered> = events
+            .iter()
+            .enumerate()
+            .map(|(n, e)| Metered {
+                tenant: e.tenant.clone(),
+                id: e.id.clone(),
+                offset: from + n as u64,
+                time_us: e.time_us,
+                contributions: limits.catalog.contributions(e).0,
+            })
+            .collect();
+        let to = from + events.len() as u64;
+        let progress = Progress {
+            partitions: vec![meter_store::Advance { partition: 0, from, to }],
+            watermark_us: None,
+        };
+        limits.live.apply("c", limits.catalog.meters(), &metered, &progress).unwrap();
+    }
+
+    fn held(limits: &HardLimits) -> usize {
+        limits.held.lock().unwrap().by_tenant.values().map(Vec::len).sum()
+    }
+
+    /// Accepted events are held until counted, then let go (no check was reading); counted and
+    /// held ones add up to the limit exactly; resends are never refused.
+    #[tokio::test]
+    async fn held_and_counted_events_add_up_to_the_limit() {
+        let (_dir, limits) = starter().await;
+        let first = invocations(0..1990);
+        assert!(limits.refused(&first).await.unwrap().is_empty());
+        assert_eq!(held(&limits), 1990);
+        // Not counted yet: held events count against the limit.
+        let r = limits.refused(&invocations(1990..2001)).await.unwrap();
+        assert_eq!(r.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [10], "only the 2,001st: {r:?}");
+        assert!(r[0].1.contains("to 2001"), "{r:?}");
+        count(&limits, &first, 0);
+        // Now counted: seen so by this check and let go, and the 10 that fit are held.
+        assert!(limits.refused(&invocations(1990..2000)).await.unwrap().is_empty());
+        assert_eq!(held(&limits), 10, "the counted 1,990 are let go");
+        assert_eq!(limits.refused(&invocations(2000..2001)).await.unwrap().len(), 1);
+        // Resends of counted and of held events go through.
+        assert!(limits.refused(&invocations(0..5)).await.unwrap().is_empty());
+        assert!(limits.refused(&invocations(1995..2000)).await.unwrap().is_empty());
+        count(&limits, &invocations(1990..2000), 1990);
+        assert_eq!(limits.refused(&invocations(2000..2001)).await.unwrap().len(), 1, "2,000 counted");
+        assert_eq!(held(&limits), 0);
+    }
+
+    /// An event seen counted is kept while a check that began before it was seen is reading:
+    /// that check's read may not count it yet.
+    #[tokio::test]
+    async fn a_counted_event_is_kept_while_an_older_check_reads() {
+        let (_dir, limits) = starter().await;
+        let first = invocations(0..100);
+        assert!(limits.refused(&first).await.unwrap().is_empty());
+        count(&limits, &first, 0);
+        // An older check is reading (it registered before the next one sees them counted).
+        let older = {
+            let mut h = limits.held.lock().unwrap();
+            let ticket = h.next_ticket;
+            h.next_ticket += 1;
+            h.reading.insert(ticket, Instant::now());
+            Reading { held: &limits.held, ticket }
+        };
+        assert!(limits.refused(&invocations(100..101)).await.unwrap().is_empty());
+        assert_eq!(held(&limits), 101, "kept for the older check");
+        drop(older);
+        assert!(limits.refused(&invocations(101..102)).await.unwrap().is_empty());
+        assert_eq!(held(&limits), 2, "let go once no older check reads");
     }
 }

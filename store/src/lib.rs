@@ -16,7 +16,7 @@ pub mod testing;
 
 pub use alerts::{Alert, Allowances, Suggestion, Watch};
 pub use clickhouse::{ClickHouseStore, ClickHouseUrl, SCHEMA_VERSION as CLICKHOUSE_SCHEMA_VERSION};
-pub use limits::{LimitQuery, LimitState};
+pub use limits::{LimitQuery, LimitSnapshot, LimitState};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

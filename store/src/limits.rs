@@ -19,6 +19,16 @@ pub struct LimitQuery {
     pub meters: Vec<(String, Vec<String>)>,
 }
 
+/// The answers to a request's [`LimitQuery`]s, from one snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LimitSnapshot {
+    /// How far the counters are in that snapshot: the sum of every partition's next offset.
+    /// It never decreases, so an id counted at one `progress` is counted at every later one.
+    pub progress: u64,
+    /// One per query, in order.
+    pub states: Vec<LimitState>,
+}
+
 /// The answer to a [`LimitQuery`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LimitState {

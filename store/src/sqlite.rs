@@ -5,7 +5,7 @@
 //! before. Reads for the API use a small pool of connections off the async runtime.
 
 use crate::alerts::{Alert, Allowances, Suggestion, alert_id, reached, suggestion_id};
-use crate::limits::{LimitQuery, LimitState};
+use crate::limits::{LimitQuery, LimitSnapshot, LimitState};
 use crate::{
     Applied, Checkpoint, Coverage, Date, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, Totals,
     UsageStore,
@@ -152,7 +152,7 @@ impl SqliteStore {
     }
 
     /// Answers a hard-limit check's queries from one snapshot (see [`crate::limits`]).
-    pub async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<Vec<LimitState>, Error> {
+    pub async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<LimitSnapshot, Error> {
         let reads = self.reads.clone();
         Ok(blocking(move || {
             reads.with(|conn| {
@@ -191,8 +191,10 @@ impl SqliteStore {
                         states.push(state);
                     }
                 }
+                let progress: i64 =
+                    tx.query_row("SELECT COALESCE(SUM(next_offset), 0) FROM checkpoints", [], |r| r.get(0))?;
                 tx.commit()?;
-                Ok(states)
+                Ok(LimitSnapshot { progress: progress.max(0) as u64, states })
             })
         })
         .await?)

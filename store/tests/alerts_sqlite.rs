@@ -103,7 +103,7 @@ async fn limit_states_read_ids_values_and_uniques_per_tenant_and_period() {
         ids: ids.iter().map(|s| s.to_string()).collect(),
         meters: meters.into_iter().map(|(m, v)| (m.to_string(), v.into_iter().map(String::from).collect())).collect(),
     };
-    let states = s
+    let snapshot = s
         .limit_states(vec![
             q("a", &["t1", "t3", "t4", "l2", "new"], vec![("agent_invocations", vec![]), ("agent_tokens", vec![])]),
             q("a", &[], vec![("active_users", vec!["ann", "cy"])]),
@@ -112,6 +112,8 @@ async fn limit_states_read_ids_values_and_uniques_per_tenant_and_period() {
         ])
         .await
         .unwrap();
+    assert_eq!(snapshot.progress, 6, "partition 0 counted up to offset 6");
+    let states = snapshot.states;
     let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<std::collections::HashSet<_>>();
     assert_eq!(states[0].counted, set(&["t1", "t4", "l2"]), "ids are per tenant, not per period");
     assert_eq!(states[0].values["agent_invocations"], Decimal::from(2), "October's is not November's");
