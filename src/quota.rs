@@ -293,7 +293,8 @@ mod tests {
         let ledger = meter_billing::Ledger::open(&dir.path().join("billing.db")).unwrap();
         let now = meter_schemas::period::now_us();
         let list = book.for_period(Period::containing(now)).unwrap();
-        let setup = Setup { plan: "starter".into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: true, trial: false };
+        let setup =
+            Setup { plan: "starter".into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: true, trial: false };
         ledger.create("t", setup, now, "test", list).await.unwrap();
         let allowances = Arc::new(PlanAllowances::new(book));
         allowances.refresh(&ledger, now).await.unwrap();
@@ -331,10 +332,8 @@ mod tests {
             })
             .collect();
         let to = from + events.len() as u64;
-        let progress = Progress {
-            partitions: vec![meter_store::Advance { partition: 0, from, to }],
-            watermark_us: None,
-        };
+        let progress =
+            Progress { partitions: vec![meter_store::Advance { partition: 0, from, to }], watermark_us: None };
         limits.live.apply("c", limits.catalog.meters(), &metered, &progress).unwrap();
     }
 
