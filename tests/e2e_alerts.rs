@@ -346,6 +346,9 @@ async fn a_slow_endpoint_does_not_hold_back_another_endpoints_alerts() {
         assert_eq!(d["state"], "delivered", "{all:#?}");
         assert_eq!(d["attempts"], 1, "{all:#?}");
     }
+    let metrics = client().get(format!("{}/metrics", meter.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"meter_alerts_raised_total{kind="usage_threshold"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"meter_webhooks_attempts_total{outcome="delivered"} 2"#), "{metrics}");
 }
 
 fn invocation(tenant: &str, id: &str) -> Value {

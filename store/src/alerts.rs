@@ -6,6 +6,12 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// Metric names of alerts, declared once.
+pub mod metric {
+    /// Alerts raised (each once), by `kind` (`usage_threshold` or `upgrade_suggested`).
+    pub const RAISED: &str = "meter_alerts_raised_total";
+}
+
 /// What a tenant's plan includes of a meter in a period, and the percentages that alert.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Watch {

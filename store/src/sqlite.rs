@@ -127,9 +127,7 @@ impl SqliteStore {
         tx.commit()?;
         drop(conn);
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
-        if new > 0 {
-            self.alerted.send_modify(|n| *n += 1);
-        }
+        self.announce("usage_threshold", new);
         Ok(new)
     }
 
@@ -145,9 +143,7 @@ impl SqliteStore {
             params![id, s.tenant, s.period, s.plan, now_us(), s.suggested_plan, s.saving.normalize().to_string()],
         )?;
         drop(conn);
-        if n == 1 {
-            self.alerted.send_modify(|n| *n += 1);
-        }
+        self.announce("upgrade_suggested", n);
         Ok(n == 1)
     }
 
@@ -198,6 +194,14 @@ impl SqliteStore {
             })
         })
         .await?)
+    }
+
+    /// Counts `new` alerts of `kind` just committed and wakes their subscribers.
+    fn announce(&self, kind: &'static str, new: usize) {
+        if new > 0 {
+            metrics::counter!(crate::alerts::metric::RAISED, "kind" => kind).increment(new as u64);
+            self.alerted.send_modify(|n| *n += 1);
+        }
     }
 
     /// Changes after every write that raised an alert, so that delivery need not poll; each
@@ -414,9 +418,7 @@ impl UsageStore for SqliteStore {
         }
         cache.extend(scratch);
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
-        if new_alerts > 0 {
-            self.alerted.send_modify(|n| *n += 1);
-        }
+        self.announce("usage_threshold", new_alerts);
         Ok(applied)
     }
 
