@@ -3,7 +3,7 @@
 //! side by side, at most [`PER_ENDPOINT`] to one endpoint, so that a slow or unanswering endpoint
 //! holds back only its own deliveries.
 
-use crate::{Error, Rounds, Webhooks, metric, sign};
+use crate::{Error, Rounds, Webhooks, guard, metric, sign};
 use meter_schemas::period::now_us;
 use meter_sqlite::rusqlite::params;
 use meter_store::SqliteStore;
@@ -91,6 +91,10 @@ impl Webhooks {
     /// dispatcher on the same file does not send them too.
     async fn claim(&self, room: usize, mut busy: HashMap<String, usize>) -> Result<Vec<Due>, Error> {
         let lease = self.settings.timeout.saturating_mul(2).as_micros().min(i64::MAX as u128) as i64;
+        // Endpoints at their cap are left out in the query, so that one endpoint's backlog
+        // cannot fill the window of due rows.
+        let full: Vec<&String> = busy.iter().filter(|(_, n)| **n >= PER_ENDPOINT).map(|(e, _)| e).collect();
+        let full = serde_json::to_string(&full).unwrap_or_else(|_| "[]".into());
         self.with(move |c| {
             let tx = c.transaction()?;
             let now = now_us();
@@ -98,9 +102,11 @@ impl Webhooks {
                 let mut stmt = tx.prepare_cached(
                     "SELECT d.id, d.endpoint_id, e.by_admin, d.alert_id, e.url, e.secret, d.body, d.attempts, d.first_us
                      FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-                     WHERE d.state = 'pending' AND d.next_us <= ?1 ORDER BY d.next_us LIMIT ?2",
+                     WHERE d.state = 'pending' AND d.next_us <= ?1
+                       AND d.endpoint_id NOT IN (SELECT value FROM json_each(?3))
+                     ORDER BY d.next_us LIMIT ?2",
                 )?;
-                let rows = stmt.query_map(params![now, (room * PER_ENDPOINT * 4) as i64], |r| {
+                let rows = stmt.query_map(params![now, (room * PER_ENDPOINT * 4) as i64, full], |r| {
                     Ok(Due {
                         id: r.get::<_, i64>(0)? as u64,
                         endpoint_id: r.get(1)?,
@@ -140,6 +146,12 @@ impl Webhooks {
 
     /// Posts `d` signed and records the outcome.
     async fn send(self: Arc<Self>, d: Due) -> Result<(), Error> {
+        let guarded = !d.by_admin && !self.settings.allow_private_targets;
+        // The client's resolver checks names; an address in the URL is checked here.
+        if guarded && reqwest::Url::parse(&d.url).map_or(true, |u| guard::internal(&u)) {
+            let why = format!("not sent: {} is an internal address, which a tenant's endpoint may not be", d.url);
+            return self.record(d, Err(why)).await;
+        }
         let http = if d.by_admin { &self.http_admin } else { &self.http_tenant };
         let t = now_us() / 1_000_000;
         let sent = http
@@ -209,4 +221,75 @@ pub(crate) fn causes(e: &dyn std::error::Error) -> String {
 fn raised_us(body: &str) -> i64 {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
     v["created"].as_str().and_then(meter_schemas::period::parse_time).unwrap_or_else(now_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Settings;
+
+    async fn hooks(dir: &std::path::Path) -> Arc<Webhooks> {
+        Arc::new(Webhooks::open(&dir.join("webhooks.db"), Settings::default()).unwrap())
+    }
+
+    /// Queues `n` deliveries due now for `endpoint`.
+    async fn queue(w: &Webhooks, endpoint: &str, n: usize, from: usize) {
+        let endpoint = endpoint.to_string();
+        w.with(move |c| {
+            let tx = c.transaction()?;
+            for i in from..from + n {
+                tx.execute(
+                    "INSERT INTO deliveries (alert_id, tenant, endpoint_id, body, state, attempts, next_us)
+                     VALUES (?1, 't', ?2, '{}', 'pending', 0, ?3)",
+                    params![format!("alrt_{i}"), endpoint, i as i64],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A tenant's endpoint stored with an internal address (registered before the guard knew
+    /// that form, or while private targets were allowed) is not sent to.
+    #[tokio::test]
+    async fn a_tenant_endpoint_at_an_internal_address_is_not_sent_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = hooks(dir.path()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tenants, _) = w.register("http://198.51.100.7/hook", Some("t"), false).await.unwrap();
+        let (id, stored) = (tenants.id.clone(), url.clone());
+        w.with(move |c| Ok(c.execute("UPDATE endpoints SET url = ?2 WHERE id = ?1", params![id, stored])?))
+            .await
+            .unwrap();
+        queue(&w, &tenants.id, 1, 0).await;
+        let due = w.claim(IN_FLIGHT, HashMap::new()).await.unwrap();
+        assert_eq!(due.len(), 1);
+        w.clone().send(due.into_iter().next().unwrap()).await.unwrap();
+        let accepted = tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "no connection was made");
+        let d = &w.deliveries(crate::Scope::All, None, 10).await.unwrap()[0];
+        assert_eq!((d.state.as_str(), d.attempts), ("pending", 1));
+        assert!(d.last_error.as_deref().unwrap().contains("internal address"), "{d:?}");
+    }
+
+    /// One endpoint's backlog, older than everything else, does not keep another endpoint's
+    /// deliveries from being claimed while its own sends are in flight.
+    #[tokio::test]
+    async fn a_backlog_at_one_endpoint_does_not_hide_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = hooks(dir.path()).await;
+        let (slow, _) = w.register("http://198.51.100.7/hook", None, true).await.unwrap();
+        let (other, _) = w.register("http://198.51.100.8/hook", None, true).await.unwrap();
+        queue(&w, &slow.id, 3000, 0).await;
+        queue(&w, &other.id, 1, 3000).await;
+        let first = w.claim(IN_FLIGHT, HashMap::new()).await.unwrap();
+        assert_eq!(first.iter().filter(|d| d.endpoint_id == slow.id).count(), PER_ENDPOINT);
+        let busy = HashMap::from([(slow.id.clone(), PER_ENDPOINT)]);
+        let next = w.claim(IN_FLIGHT - PER_ENDPOINT, busy).await.unwrap();
+        let ids: Vec<&str> = next.iter().map(|d| d.endpoint_id.as_str()).collect();
+        assert_eq!(ids, [other.id.as_str()], "the other endpoint's delivery is claimed");
+    }
 }

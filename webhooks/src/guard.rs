@@ -6,28 +6,41 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// Whether `ip` is this machine, a private or shared network, link-local (cloud metadata
-/// services live there) or unspecified, including IPv4 addresses written as IPv6.
+/// Whether `ip` is anything but a public unicast address: this machine, a private, shared or
+/// benchmarking network, link-local (cloud metadata services live there), "this network",
+/// multicast, reserved or broadcast; IPv4 addresses written as IPv6 (mapped, compatible or
+/// through NAT64) are judged as IPv4.
 pub fn internal_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
-                || v4.is_unspecified()
+                || v4.is_multicast()
                 || v4.is_broadcast()
-                // 100.64.0.0/10, carrier-grade NAT.
-                || (a == 100 && (b & 0xc0) == 64)
+                || a == 0 // 0.0.0.0/8, "this network"
+                || a >= 240 // 240.0.0.0/4, reserved
+                || (a == 100 && (b & 0xc0) == 64) // 100.64.0.0/10, carrier-grade NAT
+                || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24, protocol assignments
+                || (a == 198 && (b & 0xfe) == 18) // 198.18.0.0/15, benchmarking
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let s = v6.segments();
+            // ::a.b.c.d (compatible) and ::ffff:a.b.c.d (mapped); :: and ::1 are caught as IPv4
+            // 0.0.0.0 and 0.0.0.1.
+            if let Some(v4) = v6.to_ipv4() {
                 return internal_ip(IpAddr::V4(v4));
             }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
+            // 64:ff9b::/96, NAT64 to the IPv4 address in the last 32 bits.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return internal_ip(IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32)));
+            }
+            (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // 64:ff9b:1::/48, local NAT64
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (s[0] & 0xff00) == 0xff00 // multicast
         }
     }
 }
@@ -48,13 +61,18 @@ pub fn internal(url: &reqwest::Url) -> bool {
 
 /// An HTTP client for webhooks: no redirects (one would re-send, or drop, a signed body
 /// somewhere else) and, unless `private_allowed`, no connection to a name that resolves to an
-/// internal address.
+/// internal address and no proxy (through which only the proxy's name would be resolved here).
+/// A URL with an address in it is not resolved: check it with [`internal`] before sending.
 pub fn client(timeout: Duration, private_allowed: bool) -> reqwest::Result<reqwest::Client> {
     let builder = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent("meter-webhooks");
-    if private_allowed { builder.build() } else { builder.dns_resolver(std::sync::Arc::new(PublicOnly)).build() }
+    if private_allowed {
+        builder.build()
+    } else {
+        builder.no_proxy().dns_resolver(std::sync::Arc::new(PublicOnly)).build()
+    }
 }
 
 /// Resolves with the system's resolver, then refuses the name if any address is internal.
@@ -108,10 +126,29 @@ mod tests {
             "http://LocalHost/",
             "http://a.localhost/",
             "http://0.0.0.0/",
+            "http://0.1.2.3/",
+            "http://192.0.0.8/",
+            "http://198.18.0.1/",
+            "http://224.0.0.1/",
+            "http://240.0.0.1/",
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[64:ff9b::a00:1]/",
+            "http://[64:ff9b:1::1]/",
+            "http://[fec0::1]/",
+            "http://[ff02::1]/",
         ] {
             assert!(internal(&reqwest::Url::parse(u).unwrap()), "{u}");
         }
-        for u in ["https://example.com/hook", "http://8.8.8.8/", "http://100.128.0.1/", "http://[2001:db8::1]/"] {
+        for u in [
+            "https://example.com/hook",
+            "http://8.8.8.8/",
+            "http://100.128.0.1/",
+            "http://198.20.0.1/",
+            "http://[2001:db8::1]/",
+            "http://[64:ff9b::808:808]/",
+            "http://[2606:4700::1111]/",
+        ] {
             assert!(!internal(&reqwest::Url::parse(u).unwrap()), "{u}");
         }
     }
