@@ -76,7 +76,7 @@ impl Report {
 pub fn event(prefix: &str, i: usize, tenants: usize, now_secs: i64) -> serde_json::Value {
     let tenants = tenants.max(1);
     let tenant = format!("tenant-{:04}", i % tenants);
-    let (code, properties) = match (i + i / tenants) % 5 {
+    let (code, properties) = match (i % tenants + i / tenants) % 5 {
         0 => ("work_order.created", json!({"work_order_id": format!("wo-{i}")})),
         1 => ("work_order.completed", json!({"work_order_id": format!("wo-{i}")})),
         2 => (
@@ -296,7 +296,7 @@ mod tests {
     /// With 100 tenants (a multiple of five) each tenant still gets all five codes, evenly.
     #[test]
     fn every_tenant_gets_every_code() {
-        for tenants in [1, 3, 5, 100, 1000] {
+        for tenants in [1, 3, 4, 5, 9, 99, 100, 1000] {
             let mut codes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
             for i in 0..tenants * 10 {
                 let e = event("t", i, tenants, 0);
