@@ -11,8 +11,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, btree_map};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long an accepted event is held against its limit while waiting to be counted (longer
-/// only if the aggregator is down: then the limit errs on the side of refusing).
+/// How long an accepted event is held against its limit while waiting to be counted, at least:
+/// it is let go after this only if the aggregator has counted something since it was accepted
+/// (its append failed, say). While the aggregator counts nothing (down), it stays held and the
+/// limit errs on the side of refusing.
 const RESERVED_FOR: Duration = Duration::from_secs(60);
 
 // Each check looks up only the held events not yet seen counted (the few in flight to the
@@ -47,6 +49,8 @@ struct Reserved {
     period: Period,
     adds: Vec<(String, Add)>,
     at: Instant,
+    /// The [`LimitSnapshot::progress`] of the check that accepted it.
+    accepted_at: u64,
     /// When a check first saw it counted, and that check's [`LimitSnapshot::progress`].
     counted_at: Option<(Instant, u64)>,
 }
@@ -182,7 +186,7 @@ impl meter_ingest::Quota for HardLimits {
             let uncounted =
                 |r: &Reserved| !counted.contains(&r.id) && r.counted_at.is_none_or(|(_, seen_at)| seen_at > progress);
             mine.retain(|r| match r.counted_at {
-                None => now.duration_since(r.at) < RESERVED_FOR,
+                None => now.duration_since(r.at) < RESERVED_FOR || progress <= r.accepted_at,
                 Some((seen, _)) => uncounted(r) || oldest_other.is_some_and(|began| began <= seen),
             });
             let held: HashSet<&str> = mine.iter().map(|r| r.id.as_str()).collect();
@@ -257,7 +261,7 @@ impl meter_ingest::Quota for HardLimits {
                             add(&mut used, m, a, true);
                         }
                         if !adds.is_empty() {
-                            let r = Reserved { id: e.id.clone(), period, adds, at: now, counted_at: None };
+                            let r = Reserved { id: e.id.clone(), period, adds, at: now, accepted_at: progress, counted_at: None };
                             accepted.push((tenant.to_string(), r));
                         }
                     }
@@ -364,6 +368,28 @@ mod tests {
         count(&limits, &invocations(1990..2000), 1990);
         assert_eq!(limits.refused(&invocations(2000..2001)).await.unwrap().len(), 1, "2,000 counted");
         assert_eq!(held(&limits), 0);
+    }
+
+    /// An event never seen counted is held past a minute while the aggregator counts nothing
+    /// (it may be down: refusing errs on the safe side), and let go once it has counted others.
+    #[tokio::test]
+    async fn an_uncounted_event_is_held_while_the_aggregator_stands_still() {
+        let (_dir, limits) = starter().await;
+        assert!(limits.refused(&invocations(0..1999)).await.unwrap().is_empty());
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(61)).unwrap();
+        for r in limits.held.lock().unwrap().by_tenant.values_mut().flatten() {
+            r.at = long_ago;
+        }
+        assert!(limits.refused(&invocations(1999..2000)).await.unwrap().is_empty());
+        assert_eq!(limits.refused(&invocations(2000..2001)).await.unwrap().len(), 1, "the 1,999 still count");
+        assert_eq!(held(&limits), 2000);
+        // The aggregator moves on (another tenant's events) without counting the 1,999 (their
+        // append failed, say): after a minute they are let go.
+        let mut other = invocations(5000..5001);
+        other[0].tenant = "other".into();
+        count(&limits, &other, 0);
+        assert!(limits.refused(&invocations(2000..2001)).await.unwrap().is_empty());
+        assert_eq!(held(&limits), 2, "the 1,999 are let go");
     }
 
     /// An event seen counted is kept while a check that began before it was seen is reading:
