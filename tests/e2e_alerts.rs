@@ -79,6 +79,18 @@ impl Receiver {
     }
 }
 
+/// Subscribes `tenant` to `plan`, monthly.
+async fn subscribe(url: &str, key: &str, tenant: &str, plan: &str) {
+    let r = client()
+        .post(format!("{url}/api/v1/subscriptions"))
+        .bearer_auth(key)
+        .json(&json!({"tenant": tenant, "plan": plan, "cycle": "monthly"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
 async fn send(url: &str, key: &str, events: &[Value]) {
     for chunk in events.chunks(50) {
         loop {
@@ -123,14 +135,7 @@ async fn a_tenant_at_120_percent_gets_three_alerts_through_duplicates_reordering
     let down = Receiver::start(usize::MAX).await;
     down.register(&meter.url, &admin, Some("acme")).await;
     for (tenant, plan) in [("acme", "starter"), ("hooli", "enterprise")] {
-        let r = client()
-            .post(format!("{}/api/v1/subscriptions", meter.url))
-            .bearer_auth(&admin)
-            .json(&json!({"tenant": tenant, "plan": plan, "cycle": "monthly"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        subscribe(&meter.url, &admin, tenant, plan).await;
     }
     // 600 work orders (Starter includes 500) at times spread over the period so far, sent in a
     // shuffled order; one batch in five sent twice; the server SIGKILLed twice on the way.
@@ -309,14 +314,7 @@ async fn a_slow_endpoint_does_not_hold_back_another_endpoints_alerts() {
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
-        let r = client()
-            .post(format!("{}/api/v1/subscriptions", meter.url))
-            .bearer_auth(&admin)
-            .json(&json!({"tenant": tenant, "plan": "starter", "cycle": "monthly"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        subscribe(&meter.url, &admin, tenant, "starter").await;
     }
     // 400 of Starter's 500 work orders: the 80% alert.
     let orders = |tenant: &str| -> Vec<Value> {
@@ -384,14 +382,7 @@ async fn entitlements_answer_from_the_plan_and_a_hard_limit_refuses_events_past_
     let meter = Meter::start(dir.path(), &[]);
     let url = meter.url.clone();
     for tenant in ["capco", "other"] {
-        let r = client()
-            .post(format!("{url}/api/v1/subscriptions"))
-            .bearer_auth(&admin)
-            .json(&json!({"tenant": tenant, "plan": "starter", "cycle": "monthly"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        subscribe(&url, &admin, tenant, "starter").await;
     }
     let first: Vec<Value> = (0..1990).map(|i| invocation("capco", &format!("c{i}"))).collect();
     for chunk in first.chunks(50) {
@@ -496,14 +487,7 @@ async fn a_higher_tier_that_would_cost_less_is_suggested_once() {
     }
     wait_counted(&url, &admin, "sugco", now_us()).await;
     // Subscribed once every event is counted, so that the advisor never sees a part of them.
-    let r = client()
-        .post(format!("{url}/api/v1/subscriptions"))
-        .bearer_auth(&admin)
-        .json(&json!({"tenant": "sugco", "plan": "starter", "cycle": "monthly"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    subscribe(&url, &admin, "sugco", "starter").await;
     let suggestions = |page: &Value| -> Vec<Value> {
         page["alerts"].as_array().unwrap().iter().filter(|a| a["kind"] == "upgrade_suggested").cloned().collect()
     };
@@ -562,14 +546,7 @@ async fn on_kafka_three_alerts_arrive_once_through_a_rebalance_and_reach_the_ale
     let _two = Meter::start_role("aggregate", dir.path(), &env);
     let receiver = Receiver::start(0).await;
     receiver.register(&ingest.url, &admin, None).await;
-    let r = client()
-        .post(format!("{}/api/v1/subscriptions", ingest.url))
-        .bearer_auth(&admin)
-        .json(&json!({"tenant": "acme", "plan": "starter", "cycle": "monthly"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    subscribe(&ingest.url, &admin, "acme", "starter").await;
     // The aggregators read the tenants' plans every second.
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
