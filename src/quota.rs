@@ -174,6 +174,7 @@ impl meter_ingest::Quota for HardLimits {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let oldest_other = held.reading.iter().find(|(t, _)| **t != reading.ticket).map(|(_, at)| *at);
         let reserved = &mut held.by_tenant;
+        let touched: Vec<&str> = groups.keys().map(|(tenant, _)| *tenant).collect();
         for (((tenant, period), group), state) in groups.into_iter().zip(states) {
             let Group { limits, events: mine_in_request } = group;
             let counted = state.counted;
@@ -274,6 +275,12 @@ impl meter_ingest::Quota for HardLimits {
                 reserved.entry(tenant).or_default().push(r);
             }
         }
+        // A tenant with nothing held is forgotten (it may not send again).
+        for tenant in &touched {
+            if reserved.get(*tenant).is_some_and(Vec::is_empty) {
+                reserved.remove(*tenant);
+            }
+        }
         drop(held);
         drop(reading);
         refused.sort_by_key(|(i, _)| *i);
@@ -368,6 +375,7 @@ mod tests {
         count(&limits, &invocations(1990..2000), 1990);
         assert_eq!(limits.refused(&invocations(2000..2001)).await.unwrap().len(), 1, "2,000 counted");
         assert_eq!(held(&limits), 0);
+        assert!(limits.held.lock().unwrap().by_tenant.is_empty(), "the tenant is forgotten");
     }
 
     /// An event never seen counted is held past a minute while the aggregator counts nothing
