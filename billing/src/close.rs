@@ -123,7 +123,7 @@ pub async fn close(
         return Ok(done);
     }
     let started = std::time::Instant::now();
-    let closes = ledger.closes().await?;
+    let closes = ledger.close_summaries().await?;
     if let Some(later) = closes.iter().find(|c| c.period > period) {
         return Err(Error::Conflict(format!("period {} is already closed; periods close in order", later.period)));
     }
@@ -194,19 +194,29 @@ pub async fn close(
         // A period can still change until a close (its own or a later one's revision) saw a
         // watermark past its end plus the lateness window.
         let settled = earlier.period.end_us() + src.lateness_us;
-        let last =
-            closes.iter().rev().find(|c| c.period == earlier.period || c.revisions.contains_key(&earlier.period));
+        let last = closes.iter().rev().find(|c| c.period == earlier.period || c.revises.contains(&earlier.period));
         if last.is_none_or(|c| c.watermark_us >= settled) {
             continue;
         }
         progress(Progress::Adjusting { period: earlier.period.to_string() });
-        let baseline = closes.iter().rev().find_map(|c| c.revisions.get(&earlier.period)).unwrap_or(&earlier.invoices);
+        // Only now are the closes read whole: the period's own, and its latest revision.
+        let gone = |p: Period| Error::Conflict(format!("the close of {p} is gone from the ledger"));
+        let revised_by = closes.iter().rev().find(|c| c.revises.contains(&earlier.period)).map(|c| c.period);
+        let mut revising = match revised_by {
+            Some(p) => Some(ledger.close_of(p).await?.ok_or_else(|| gone(p))?),
+            None => None,
+        };
+        let mut earlier = ledger.close_of(earlier.period).await?.ok_or_else(|| gone(earlier.period))?;
+        let baseline = match revising.as_mut() {
+            Some(c) => c.revisions.remove(&earlier.period).ok_or_else(|| gone(earlier.period))?,
+            None => std::mem::take(&mut earlier.invoices),
+        };
         let totals = src.history.period_totals(earlier.period).await?;
         let earlier_list = src.book.version(&earlier.price_version).ok_or_else(|| {
             Error::PriceBook(format!("price list {} of period {} is gone", earlier.price_version, earlier.period))
         })?;
         let mut revised = Vec::new();
-        for billed in baseline {
+        for billed in &baseline {
             let mut sub = ledger.get(&billed.subscription).await?;
             sub.advance(earlier.period.end_us() - 1);
             let usage = usage_of(&totals, &sub.tenant, watermark_us);

@@ -21,12 +21,36 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE freezes (period TEXT PRIMARY KEY, since_us INTEGER NOT NULL);
 ",
+    // A close's body past PART_BYTES is kept in parts (SQLite refuses a value over 1 GB: about
+    // 350,000 invoices); what a later close needs to know of it is kept beside it.
+    "
+    ALTER TABLE closes ADD COLUMN watermark_us INTEGER;
+    ALTER TABLE closes ADD COLUMN revises TEXT;
+    CREATE TABLE close_parts (
+        period TEXT NOT NULL, part INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (period, part)
+    );
+",
 ];
+
+/// A close body longer than this is stored in parts of this size.
+const PART_BYTES: usize = 64 << 20;
 
 /// The ledger. Every write is one SQLite transaction; calls block (use the async wrappers).
 #[derive(Clone)]
 pub struct Ledger {
     conn: Shared,
+    part_bytes: usize,
+}
+
+/// What a later close needs to know of a recorded close, without reading its invoices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseSummary {
+    /// The period closed.
+    pub period: Period,
+    /// Its watermark.
+    pub watermark_us: i64,
+    /// The earlier periods it rated again.
+    pub revises: Vec<Period>,
 }
 
 impl Ledger {
@@ -34,7 +58,7 @@ impl Ledger {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let mut conn = open(path, Durability::Full)?;
         migrate(&mut conn, path, MIGRATIONS)?;
-        Ok(Ledger { conn: Shared::new(conn) })
+        Ok(Ledger { conn: Shared::new(conn), part_bytes: PART_BYTES })
     }
 
     /// Runs `f` on the connection off the async runtime.
@@ -153,23 +177,32 @@ impl Ledger {
 
     /// The close of `period`, if it was closed.
     pub async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
-        self.with(move |c| {
-            let body: Option<String> = c
-                .query_row("SELECT body FROM closes WHERE period = ?1", params![period.to_string()], |r| r.get(0))
-                .optional()?;
-            Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
-        })
-        .await
+        self.with(move |c| read_close(c, &period.to_string())).await
     }
 
-    /// Every closed period, oldest first.
-    pub async fn closes(&self) -> Result<Vec<Close>, Error> {
+    /// What every recorded close rated, oldest first (their invoices are not read).
+    pub async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT body FROM closes ORDER BY period")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut stmt = c.prepare("SELECT period, watermark_us, revises FROM closes ORDER BY period")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, Option<String>>(2)?))
+            })?;
             let mut out = Vec::new();
-            for body in rows {
-                out.push(serde_json::from_str(&body?)?);
+            for row in rows {
+                let (period, watermark_us, revises) = row?;
+                out.push(match (watermark_us, revises) {
+                    (Some(watermark_us), Some(revises)) => CloseSummary {
+                        period: parse_period(&period)?,
+                        watermark_us,
+                        revises: serde_json::from_str(&revises)?,
+                    },
+                    // Recorded before summaries were kept: read from the close itself.
+                    _ => {
+                        let close =
+                            read_close(c, &period)?.ok_or_else(|| Error::Conflict(format!("no close {period}")))?;
+                        summary(&close)
+                    }
+                });
             }
             Ok(out)
         })
@@ -191,24 +224,35 @@ impl Ledger {
     /// Records `close` unless the period was closed meanwhile; returns the close that stands.
     pub async fn record(&self, close: Close, list: &PriceList) -> Result<Close, Error> {
         let (version, digest) = (list.version.clone(), list.digest());
+        let part_bytes = self.part_bytes;
         self.with(move |c| {
             let tx = c.transaction()?;
             let period = close.period.to_string();
+            let body = serde_json::to_vec(&close)?;
+            let s = summary(&close);
+            let revises = serde_json::to_string(&s.revises)?;
+            let inline = if body.len() <= part_bytes { std::str::from_utf8(&body).ok() } else { None };
             let inserted = tx.execute(
-                "INSERT OR IGNORE INTO closes (period, closed_us, body) VALUES (?1, ?2, ?3)",
-                params![period, close.closed_us, serde_json::to_string(&close)?],
+                "INSERT OR IGNORE INTO closes (period, closed_us, body, watermark_us, revises) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![period, close.closed_us, inline.unwrap_or(""), s.watermark_us, revises],
             )?;
+            if inserted == 1 && inline.is_none() {
+                let mut part = tx.prepare("INSERT INTO close_parts (period, part, body) VALUES (?1, ?2, ?3)")?;
+                for (i, chunk) in body.chunks(part_bytes).enumerate() {
+                    part.execute(params![period, i as i64, chunk])?;
+                }
+            }
             tx.execute(
                 "INSERT OR IGNORE INTO price_lists (version, digest, first_period) VALUES (?1, ?2, ?3)",
                 params![version, digest, period],
             )?;
-            let body: String =
-                tx.query_row("SELECT body FROM closes WHERE period = ?1", params![period], |r| r.get(0))?;
+            // What stands, as it reads back (so that a rerun's exports are the same bytes).
+            let stands = read_close(&tx, &period)?.ok_or_else(|| Error::Conflict(format!("no close {period}")))?;
             tx.commit()?;
             if inserted == 0 {
                 tracing::info!(period, "period was closed meanwhile; keeping that close");
             }
-            Ok(serde_json::from_str(&body)?)
+            Ok(stands)
         })
         .await
     }
@@ -231,6 +275,36 @@ fn check_open(c: &Connection, at_us: i64) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// The close of `period`, whole or from its parts.
+fn read_close(c: &Connection, period: &str) -> Result<Option<Close>, Error> {
+    let body: Option<String> =
+        c.query_row("SELECT body FROM closes WHERE period = ?1", params![period], |r| r.get(0)).optional()?;
+    match body {
+        None => Ok(None),
+        Some(b) if !b.is_empty() => Ok(Some(serde_json::from_str(&b)?)),
+        Some(_) => {
+            let mut stmt = c.prepare("SELECT body FROM close_parts WHERE period = ?1 ORDER BY part")?;
+            let mut body = Vec::new();
+            for part in stmt.query_map(params![period], |r| r.get::<_, Vec<u8>>(0))? {
+                body.extend_from_slice(&part?);
+            }
+            Ok(Some(serde_json::from_slice(&body)?))
+        }
+    }
+}
+
+fn summary(close: &Close) -> CloseSummary {
+    CloseSummary {
+        period: close.period,
+        watermark_us: close.watermark_us,
+        revises: close.revisions.keys().copied().collect(),
+    }
+}
+
+fn parse_period(s: &str) -> Result<Period, Error> {
+    s.parse().map_err(|e| Error::Conflict(format!("a close's period {s:?} is not a period: {e}")))
 }
 
 fn load(c: &Connection, filter: &str, args: &[&dyn meter_sqlite::rusqlite::ToSql]) -> Result<Vec<Subscription>, Error> {
@@ -284,5 +358,73 @@ mod tests {
         let later = PriceBook::parse(&format!("{SAMPLE}\n{next}"), METERS, &["active_users"]).unwrap();
         assert_eq!(later.for_period("2027-03".parse().unwrap()).unwrap().version, "2027-01");
         ledger.check_price_book(&later).await.unwrap();
+    }
+
+    fn a_close(period: &str, revises: &[&str]) -> Close {
+        let period: Period = period.parse().unwrap();
+        let row = crate::ReportRow {
+            tenant: "t".into(),
+            meter: "work_orders".into(),
+            accepted: Some("1".into()),
+            counted: Some("1".into()),
+            stored: Some("1".into()),
+            rated: Some("1".into()),
+            status: "ok".into(),
+        };
+        Close {
+            period,
+            closed_at: "2026-11-02T00:00:00Z".into(),
+            closed_us: 7,
+            watermark: String::new(),
+            watermark_us: 42,
+            complete: false,
+            price_version: "2026-01".into(),
+            invoices: vec![],
+            totals: Default::default(),
+            report: vec![row; 50],
+            revisions: revises.iter().map(|p| (p.parse().unwrap(), vec![])).collect(),
+        }
+    }
+
+    /// A close too long for one value is kept in parts and reads back the same; what later
+    /// closes need is read without it; a close recorded before summaries were kept still
+    /// answers them.
+    #[tokio::test]
+    async fn a_large_close_is_kept_in_parts_and_summaries_need_not_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("billing.db")).unwrap();
+        ledger.part_bytes = 1000;
+        let book = PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap();
+        let list = book.version("2026-01").unwrap();
+        // Recorded the old way: the whole body in one value, no summary.
+        let old = a_close("2026-09", &[]);
+        let body = serde_json::to_string(&old).unwrap();
+        ledger
+            .with(move |c| {
+                Ok(c.execute("INSERT INTO closes (period, closed_us, body) VALUES ('2026-09', 7, ?1)", [body])?)
+            })
+            .await
+            .unwrap();
+        let big = a_close("2026-10", &["2026-09"]);
+        assert!(serde_json::to_vec(&big).unwrap().len() > 5000);
+        assert_eq!(ledger.record(big.clone(), list).await.unwrap(), big);
+        let parts: i64 = ledger
+            .with(|c| Ok(c.query_row("SELECT count(*) FROM close_parts WHERE period = '2026-10'", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert!(parts > 5, "{parts} parts");
+        assert_eq!(ledger.close_of("2026-10".parse().unwrap()).await.unwrap().unwrap(), big);
+        assert_eq!(ledger.close_of("2026-09".parse().unwrap()).await.unwrap().unwrap(), old);
+        // Recording it again keeps the first (and its parts).
+        let mut again = big.clone();
+        again.closed_us = 8;
+        assert_eq!(ledger.record(again, list).await.unwrap(), big);
+        let summaries = ledger.close_summaries().await.unwrap();
+        let want = |p: &str, revises: &[&str]| CloseSummary {
+            period: p.parse().unwrap(),
+            watermark_us: 42,
+            revises: revises.iter().map(|p| p.parse().unwrap()).collect(),
+        };
+        assert_eq!(summaries, [want("2026-09", &[]), want("2026-10", &["2026-09"])]);
     }
 }

@@ -1,0 +1,99 @@
+//! Two period closes in a row over SUBSCRIPTIONS tenants (default 20,000), each with usage on
+//! all six meters in a real SQLite usage store and a subscription in a real ledger: the time of
+//! each close, and the size of what it records.
+//!
+//! `cargo bench -p meter-billing --bench close` (`SUBSCRIPTIONS=100000` for a larger run).
+
+use meter_billing::{Ledger, Sources, close};
+use meter_rater::pricebook::SAMPLE;
+use meter_rater::{Cycle, PriceBook, Setup};
+use meter_schemas::{Catalog, Contribution, Period};
+use meter_store::{Advance, Metered, Progress, SqliteStore, UsageStore};
+use rust_decimal::Decimal;
+use std::sync::Arc;
+use std::time::Instant;
+
+const DAY: i64 = 86_400_000_000;
+
+fn at(period: &str, days: i64) -> i64 {
+    period.parse::<Period>().unwrap().start_us() + days * DAY
+}
+
+#[allow(clippy::print_stdout)]
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("SUBSCRIPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Arc::new(Catalog::new(vec![]).unwrap());
+    let meters = catalog.meters().to_vec();
+    let names: Vec<&str> = meters.iter().map(|m| m.name.as_str()).collect();
+    let book = Arc::new(PriceBook::parse(SAMPLE, &names, &["active_users"]).unwrap());
+    let store = Arc::new(SqliteStore::open(&dir.path().join("usage.db"), meter_sqlite::Durability::Normal).unwrap());
+    store.checkpoint("c").unwrap();
+    let ledger = Ledger::open(&dir.path().join("billing.db")).unwrap();
+
+    let t = Instant::now();
+    let plans = [("starter", Cycle::Monthly), ("professional", Cycle::Quarterly), ("enterprise", Cycle::Annual)];
+    let list = book.for_period("2026-09".parse().unwrap()).unwrap();
+    for i in 0..n {
+        let (plan, cycle) = plans[i % 3];
+        let setup = Setup { plan: plan.into(), cycle, term_years: 1, auto_renew: true, trial: false };
+        ledger.create(&format!("tenant-{i:07}"), setup, at("2026-09", (i % 28) as i64), "bench", list).await.unwrap();
+    }
+    println!("set-up: {n} subscriptions in {:.2} s", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let mut offset = 0u64;
+    for period in ["2026-10", "2026-11"] {
+        let mut batch = Vec::new();
+        for i in 0..n {
+            for (m, def) in meters.iter().enumerate() {
+                let c = match def.aggregation {
+                    meter_schemas::Aggregation::Sum => Contribution::Sum(Decimal::from((i * 7919 + m) % 3_000_000)),
+                    meter_schemas::Aggregation::UniqueCount => Contribution::Unique(format!("u{}", i % 50)),
+                    _ => Contribution::Count,
+                };
+                batch.push(Metered {
+                    tenant: format!("tenant-{i:07}"),
+                    id: format!("{period}-{i}-{m}"),
+                    offset: offset + batch.len() as u64,
+                    time_us: at(period, (i % 28) as i64),
+                    contributions: vec![(m, c)],
+                });
+            }
+        }
+        for chunk in batch.chunks(10_000) {
+            let (from, to) = (chunk[0].offset, chunk[chunk.len() - 1].offset + 1);
+            let progress = Progress { partitions: vec![Advance { partition: 0, from, to }], watermark_us: None };
+            store.apply("c", &meters, chunk, &progress).unwrap();
+        }
+        offset += batch.len() as u64;
+    }
+    println!("set-up: {offset} events counted in {:.2} s", t.elapsed().as_secs_f64());
+
+    let sources = Sources {
+        live: store.clone(),
+        history: store.clone(),
+        history_consumer: "c".into(),
+        partitions: 1,
+        log: None,
+        census_group: "bench".into(),
+        catalog,
+        book: book.clone(),
+        lateness_us: 7 * DAY,
+    };
+    for (period, now) in [("2026-10", at("2026-11", 9)), ("2026-11", at("2026-12", 9))] {
+        store.advance_watermark("c", &[0], now).unwrap();
+        let t = Instant::now();
+        let closed = close(&ledger, period.parse().unwrap(), &sources, now, &|_| {}).await.unwrap();
+        let lines: usize = closed.invoices.iter().map(|i| i.lines.len()).sum();
+        let bytes = serde_json::to_vec(&closed).unwrap().len();
+        println!(
+            "close {period}: {} invoices, {lines} lines, {} report rows, {:.1} MB recorded, in {:.2} s",
+            closed.invoices.len(),
+            closed.report.len(),
+            bytes as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
