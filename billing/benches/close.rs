@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p meter-billing --bench close` (`SUBSCRIPTIONS=100000` for a larger run).
 
-use meter_billing::{Ledger, Sources, close};
+use meter_billing::{Ledger, Progress as Stage, Sources, close};
 use meter_rater::pricebook::SAMPLE;
 use meter_rater::{Cycle, PriceBook, Setup};
 use meter_schemas::{Catalog, Contribution, Period};
@@ -85,7 +85,15 @@ async fn main() {
     for (period, now) in [("2026-10", at("2026-11", 9)), ("2026-11", at("2026-12", 9))] {
         store.advance_watermark("c", &[0], now).unwrap();
         let t = Instant::now();
-        let closed = close(&ledger, period.parse().unwrap(), &sources, now, &|_| {}).await.unwrap();
+        // When the totals were read and when rating ended: the stages before and after.
+        let marks = std::sync::Mutex::new(Vec::new());
+        let mark = |p: Stage| match p {
+            Stage::Totals => marks.lock().unwrap().push(("totals", t.elapsed())),
+            Stage::Rating { done, of } if done == of => marks.lock().unwrap().push(("rated", t.elapsed())),
+            _ => {}
+        };
+        let closed = close(&ledger, period.parse().unwrap(), &sources, now, &mark).await.unwrap();
+        let took = t.elapsed();
         let lines: usize = closed.invoices.iter().map(|i| i.lines.len()).sum();
         let bytes = serde_json::to_vec(&closed).unwrap().len();
         println!(
@@ -93,7 +101,10 @@ async fn main() {
             closed.invoices.len(),
             closed.report.len(),
             bytes as f64 / 1e6,
-            t.elapsed().as_secs_f64()
+            took.as_secs_f64()
         );
+        for (stage, at) in marks.lock().unwrap().iter() {
+            println!("  {stage} at {:.2} s", at.as_secs_f64());
+        }
     }
 }

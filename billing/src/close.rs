@@ -3,7 +3,7 @@
 
 use crate::{Error, Ledger, metric};
 use meter_eventlog::EventLog;
-use meter_rater::{Invoice, PriceBook, Usage, adjustments, rate};
+use meter_rater::{Invoice, PriceBook, PriceList, Subscription, Usage, adjustments, rate};
 use meter_schemas::period::format_time;
 use meter_schemas::{Catalog, Period};
 use meter_store::{Totals, UsageStore};
@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Where a close reads its figures.
 pub struct Sources {
@@ -159,17 +160,8 @@ pub async fn close(
     ledger.freeze(period).await?;
     let subscriptions = ledger.list(None).await?;
     let subscribed: BTreeSet<String> = subscriptions.iter().map(|s| s.tenant.clone()).collect();
-    let mut rated = Vec::with_capacity(subscriptions.len());
-    for (i, mut sub) in subscriptions.into_iter().enumerate() {
-        sub.advance(period.end_us() - 1);
-        let usage = usage_of(&stored, &sub.tenant, watermark_us);
-        let inv =
-            rate(&sub.tenant, &sub.id, &sub.entries, period, Some(&usage), list).map_err(|e| unratable(&sub, e))?;
-        rated.push((sub, inv));
-        if (i + 1) % 10_000 == 0 {
-            progress(Progress::Rating { done: i + 1, of: 0 });
-        }
-    }
+    let stored = Arc::new(stored);
+    let rated = rate_all(subscriptions, stored.clone(), period, list.clone(), watermark_us, progress).await?;
     // Usage is the tenant's: of two subscriptions in one period (one ended, the next began), the
     // later one bills it.
     let mut owner: BTreeMap<String, usize> = BTreeMap::new();
@@ -268,6 +260,67 @@ pub async fn close(
         metrics::histogram!(metric::CLOSE_DURATION).record(started.elapsed().as_secs_f64());
     }
     Ok(recorded)
+}
+
+/// Rates every subscription on `stored`, in order, on every core and off the async runtime.
+async fn rate_all(
+    subscriptions: Vec<Subscription>,
+    stored: Arc<Totals>,
+    period: Period,
+    list: PriceList,
+    watermark_us: i64,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Vec<(Subscription, Invoice)>, Error> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::task::spawn_blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_thread = subscriptions.len().div_ceil(threads).max(1);
+        let mut parts: Vec<Vec<Subscription>> = Vec::new();
+        let mut rest = subscriptions.into_iter();
+        loop {
+            let part: Vec<Subscription> = rest.by_ref().take(per_thread).collect();
+            if part.is_empty() {
+                break;
+            }
+            parts.push(part);
+        }
+        let done = AtomicUsize::new(0);
+        let (stored, list, done, tx) = (&*stored, &list, &done, &tx);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = parts
+                .into_iter()
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut out = Vec::with_capacity(part.len());
+                        for mut sub in part {
+                            sub.advance(period.end_us() - 1);
+                            let usage = usage_of(stored, &sub.tenant, watermark_us);
+                            let inv = rate(&sub.tenant, &sub.id, &sub.entries, period, Some(&usage), list)
+                                .map_err(|e| unratable(&sub, e))?;
+                            out.push((sub, inv));
+                            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n % 10_000 == 0 {
+                                let _ = tx.send(n);
+                            }
+                        }
+                        Ok::<_, Error>(out)
+                    })
+                })
+                .collect();
+            let mut rated = Vec::new();
+            for w in workers {
+                let part = w
+                    .join()
+                    .map_err(|_| Error::Storage(meter_sqlite::Error::Task("a rating thread panicked".into())))?;
+                rated.extend(part?);
+            }
+            Ok(rated)
+        })
+    });
+    while let Some(done) = rx.recv().await {
+        progress(Progress::Rating { done, of: 0 });
+    }
+    task.await.map_err(|e| Error::Storage(meter_sqlite::Error::Task(e.to_string())))?
 }
 
 async fn census(
