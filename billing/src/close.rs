@@ -182,6 +182,8 @@ pub async fn close(
     progress(Progress::Rating { done: invoices.len(), of: invoices.len() });
 
     let mut revisions = BTreeMap::new();
+    // Read once, when an earlier period needs rating again, as recorded (not advanced).
+    let recorded = tokio::sync::OnceCell::new();
     for earlier in &closes {
         // A period can still change until a close (its own or a later one's revision) saw a
         // watermark past its end plus the lateness window.
@@ -192,7 +194,7 @@ pub async fn close(
         }
         progress(Progress::Adjusting { period: earlier.period.to_string() });
         // Only now are the closes read whole: the period's own, and its latest revision.
-        let gone = |p: Period| Error::Conflict(format!("the close of {p} is gone from the ledger"));
+        let gone = |p: Period| Error::Corrupt(format!("the close of {p} is gone"));
         let revised_by = closes.iter().rev().find(|c| c.revises.contains(&earlier.period)).map(|c| c.period);
         let mut revising = match revised_by {
             Some(p) => Some(ledger.close_of(p).await?.ok_or_else(|| gone(p))?),
@@ -208,8 +210,16 @@ pub async fn close(
             Error::PriceBook(format!("price list {} of period {} is gone", earlier.price_version, earlier.period))
         })?;
         let mut revised = Vec::new();
+        let recorded: &BTreeMap<String, Subscription> = recorded
+            .get_or_try_init(|| async {
+                Ok::<_, Error>(ledger.list(None).await?.into_iter().map(|s| (s.id.clone(), s)).collect())
+            })
+            .await?;
         for billed in &baseline {
-            let mut sub = ledger.get(&billed.subscription).await?;
+            let mut sub = recorded
+                .get(&billed.subscription)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(billed.subscription.clone()))?;
             sub.advance(earlier.period.end_us() - 1);
             let usage = usage_of(&totals, &sub.tenant, watermark_us);
             let usage = billed.plan.is_some().then_some(&usage);
@@ -237,7 +247,14 @@ pub async fn close(
         let sum = totals.entry(inv.currency.to_string()).or_default();
         *sum = sum.checked_add(inv.total).ok_or_else(|| meter_rater::Error::Overflow("the close's total".into()))?;
     }
-    let report = report(&src.catalog, accepted.as_ref(), &counted, &stored, &invoices, &subscribed);
+    // Hundreds of thousands of rows at scale: off the async runtime too.
+    let catalog = src.catalog.clone();
+    let (invoices, report) = tokio::task::spawn_blocking(move || {
+        let rows = report(&catalog, accepted.as_ref(), &counted, &stored, &invoices, &subscribed);
+        (invoices, rows)
+    })
+    .await
+    .map_err(task_failed)?;
     let close = Close {
         period,
         closed_at: format_time(now_us),
@@ -320,7 +337,12 @@ async fn rate_all(
     while let Some(done) = rx.recv().await {
         progress(Progress::Rating { done, of: 0 });
     }
-    task.await.map_err(|e| Error::Storage(meter_sqlite::Error::Task(e.to_string())))?
+    task.await.map_err(task_failed)?
+}
+
+/// A blocking task of the close that panicked or was cancelled.
+fn task_failed(e: tokio::task::JoinError) -> Error {
+    Error::Storage(meter_sqlite::Error::Task(e.to_string()))
 }
 
 async fn census(
@@ -344,7 +366,7 @@ async fn census(
     while let Some(read) = rx.recv().await {
         progress(Progress::Census { read });
     }
-    task.await.map_err(|e| Error::Storage(meter_sqlite::Error::Task(e.to_string())))?
+    task.await.map_err(task_failed)?
 }
 
 /// A subscription the close cannot rate stops the close, naming it: no period closes with a

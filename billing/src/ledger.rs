@@ -199,7 +199,7 @@ impl Ledger {
                     // Recorded before summaries were kept: read from the close itself.
                     _ => {
                         let close =
-                            read_close(c, &period)?.ok_or_else(|| Error::Conflict(format!("no close {period}")))?;
+                            read_close(c, &period)?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?;
                         summary(&close)
                     }
                 });
@@ -247,7 +247,7 @@ impl Ledger {
                 params![version, digest, period],
             )?;
             // What stands, as it reads back (so that a rerun's exports are the same bytes).
-            let stands = read_close(&tx, &period)?.ok_or_else(|| Error::Conflict(format!("no close {period}")))?;
+            let stands = read_close(&tx, &period)?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?;
             tx.commit()?;
             if inserted == 0 {
                 tracing::info!(period, "period was closed meanwhile; keeping that close");
@@ -304,7 +304,7 @@ fn summary(close: &Close) -> CloseSummary {
 }
 
 fn parse_period(s: &str) -> Result<Period, Error> {
-    s.parse().map_err(|e| Error::Conflict(format!("a close's period {s:?} is not a period: {e}")))
+    s.parse().map_err(|e| Error::Corrupt(format!("a close's period {s:?} is not a period: {e}")))
 }
 
 fn load(c: &Connection, filter: &str, args: &[&dyn meter_sqlite::rusqlite::ToSql]) -> Result<Vec<Subscription>, Error> {

@@ -55,6 +55,9 @@ pub enum Error {
     /// A stored record does not parse.
     #[error("ledger record: {0}")]
     Json(#[from] serde_json::Error),
+    /// The ledger contradicts itself (a record another one names is missing or malformed).
+    #[error("ledger: {0}")]
+    Corrupt(String),
 }
 
 impl From<meter_sqlite::rusqlite::Error> for Error {

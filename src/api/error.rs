@@ -84,8 +84,8 @@ impl From<meter_billing::Error> for ApiError {
             }
             B::Rating(r) => ApiError::Unratable(r.to_string()),
             e @ (B::Store(_) | B::Log(_) | B::Storage(_)) => ApiError::Unavailable(e.to_string()),
-            B::Json(e) => {
-                tracing::error!(error = %e, "a ledger record does not parse");
+            e @ (B::Json(_) | B::Corrupt(_)) => {
+                tracing::error!(error = %e, "the ledger is inconsistent");
                 ApiError::Internal
             }
         }
