@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p meter-billing --bench close` (`SUBSCRIPTIONS=100000` for a larger run).
 
-use meter_billing::{Ledger, Progress as Stage, Sources, close};
+use meter_billing::{Ledger, Progress as Stage, close};
 use meter_rater::pricebook::SAMPLE;
 use meter_rater::{Cycle, PriceBook, Setup};
 use meter_schemas::{Catalog, Contribution, Period};
@@ -71,17 +71,7 @@ async fn main() {
     }
     println!("set-up: {offset} events counted in {:.2} s", t.elapsed().as_secs_f64());
 
-    let sources = Sources {
-        live: store.clone(),
-        history: store.clone(),
-        history_consumer: "c".into(),
-        partitions: 1,
-        log: None,
-        census_group: "bench".into(),
-        catalog,
-        book: book.clone(),
-        lateness_us: 7 * DAY,
-    };
+    let sources = meter_billing::testing::one_store(store.clone(), book.clone());
     for (period, now) in [("2026-10", at("2026-11", 9)), ("2026-11", at("2026-12", 9))] {
         store.advance_watermark("c", &[0], now).unwrap();
         let t = Instant::now();

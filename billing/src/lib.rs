@@ -10,6 +10,8 @@ pub mod entitlements;
 pub mod ledger;
 pub mod metric;
 pub mod preview;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use allowances::PlanAllowances;
 pub use close::{Close, Progress, ReportRow, Sources, close};

@@ -5,7 +5,7 @@
 use meter_billing::{Close, Error, Ledger, Sources, close};
 use meter_rater::pricebook::SAMPLE;
 use meter_rater::{Command, Cycle, LineKind, PriceBook, Setup};
-use meter_schemas::{Catalog, Period};
+use meter_schemas::Period;
 use meter_store::contract::{adv, meters, tokens};
 use meter_store::{SqliteStore, UsageStore};
 use std::sync::Arc;
@@ -38,17 +38,7 @@ impl World {
         store.checkpoint("c").unwrap();
         let ledger = Ledger::open(&dir.path().join("billing.db")).unwrap();
         let book = Arc::new(PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap());
-        let sources = Sources {
-            live: store.clone(),
-            history: store.clone(),
-            history_consumer: "c".into(),
-            partitions: 1,
-            log: None,
-            census_group: "meter-close".into(),
-            catalog: Arc::new(Catalog::new(vec![]).unwrap()),
-            book,
-            lateness_us: 7 * 86_400_000_000,
-        };
+        let sources = meter_billing::testing::one_store(store.clone(), book);
         World { _dir: dir, store, ledger, sources, offset: 0 }
     }
 
