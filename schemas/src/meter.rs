@@ -24,6 +24,12 @@ pub enum Aggregation {
     Latest,
 }
 
+impl Aggregation {
+    /// Every kind, for backends that map a stored code back to its kind.
+    pub const ALL: [Aggregation; 5] =
+        [Aggregation::Count, Aggregation::Sum, Aggregation::UniqueCount, Aggregation::Max, Aggregation::Latest];
+}
+
 /// One meter, as written in configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +148,19 @@ pub enum Contribution {
     Max(Decimal),
     /// A candidate for the latest value.
     Latest(Decimal),
+}
+
+impl Contribution {
+    /// The aggregation kind this contribution belongs to.
+    pub fn aggregation(&self) -> Aggregation {
+        match self {
+            Contribution::Count => Aggregation::Count,
+            Contribution::Sum(_) => Aggregation::Sum,
+            Contribution::Unique(_) => Aggregation::UniqueCount,
+            Contribution::Max(_) => Aggregation::Max,
+            Contribution::Latest(_) => Aggregation::Latest,
+        }
+    }
 }
 
 /// The running state of one meter over one bucket (a period or a day).
@@ -294,7 +313,7 @@ impl Catalog {
                 (Aggregation::Count, 0) | (Aggregation::Sum, 1..) => {}
                 (Aggregation::Count, _) => return Err(fail("count takes no property")),
                 (Aggregation::UniqueCount | Aggregation::Max | Aggregation::Latest, 1) => {}
-                _ => {
+                (Aggregation::Sum | Aggregation::UniqueCount | Aggregation::Max | Aggregation::Latest, _) => {
                     return Err(fail("this aggregation needs exactly one property (sum: one or more)"));
                 }
             }
@@ -432,7 +451,9 @@ fn contribution(m: &MeterDef, props: &Map<String, Value>) -> Option<Contribution
             }
             Some(Contribution::Sum(total))
         }
-        _ => contribution_value(m.aggregation, props.get(m.property.first()?)?).ok(),
+        Aggregation::UniqueCount | Aggregation::Max | Aggregation::Latest => {
+            contribution_value(m.aggregation, props.get(m.property.first()?)?).ok()
+        }
     }
 }
 

@@ -59,6 +59,9 @@ pub enum Error {
     /// places; ingest never accepts one). Nothing was applied.
     #[error("quantity {0} is outside what the usage store holds (at most 10^18, at most 9 decimal places)")]
     OutOfRange(rust_decimal::Decimal),
+    /// A stored row names an aggregation kind this build does not know (a newer writer's).
+    #[error("stored aggregation kind {0} is unknown to this build of meter")]
+    UnknownKind(u8),
     /// The store's schema is missing, older or newer than this meter's.
     #[error("{0}")]
     Schema(String),

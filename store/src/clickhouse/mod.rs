@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use clickhouse::{Client, Row};
 use meter_schemas::period::{Date, date_start_us};
 use meter_schemas::{Contribution, MeterDef, Period};
-use query::{AggRow, Bind, DAY_US, Scope, kind};
+use query::{AggRow, Bind, DAY_US, Scope, kind_code};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -283,14 +283,14 @@ fn event_row<'a>(meters: &'a [MeterDef], ev: &'a Metered) -> Result<EventRow<'a>
     };
     for (m, c) in &ev.contributions {
         row.meters.push(&meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name);
-        let (k, v, text) = match c {
-            Contribution::Count => (kind::COUNT, 1_000_000_000, ""),
-            Contribution::Unique(u) => (kind::UNIQUE, 0, u.as_str()),
-            Contribution::Sum(q) => (kind::SUM, query::raw(*q).ok_or(Error::OutOfRange(*q))?, ""),
-            Contribution::Max(q) => (kind::MAX, query::raw(*q).ok_or(Error::OutOfRange(*q))?, ""),
-            Contribution::Latest(q) => (kind::LATEST, query::raw(*q).ok_or(Error::OutOfRange(*q))?, ""),
+        let (v, text) = match c {
+            Contribution::Count => (1_000_000_000, ""),
+            Contribution::Unique(u) => (0, u.as_str()),
+            Contribution::Sum(q) | Contribution::Max(q) | Contribution::Latest(q) => {
+                (query::raw(*q).ok_or(Error::OutOfRange(*q))?, "")
+            }
         };
-        row.kinds.push(k);
+        row.kinds.push(kind_code(c.aggregation()));
         row.values.push(v);
         row.texts.push(text);
     }

@@ -6,20 +6,28 @@
 
 use crate::Error;
 use clickhouse::Row;
-use meter_schemas::Tally;
+use meter_schemas::{Aggregation, Tally};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
 /// Microseconds in a day.
 pub(super) const DAY_US: i64 = 86_400_000_000;
 
-/// Contribution kinds as stored in `events.kinds`.
-pub(super) mod kind {
-    pub const COUNT: u8 = 0;
-    pub const SUM: u8 = 1;
-    pub const UNIQUE: u8 = 2;
-    pub const MAX: u8 = 3;
-    pub const LATEST: u8 = 4;
+/// The code an aggregation kind is stored under in `events.kinds` (and `daily.kind`): the one
+/// place these codes are written. A new kind fails to compile here until it has a code.
+pub(super) const fn kind_code(kind: Aggregation) -> u8 {
+    match kind {
+        Aggregation::Count => 0,
+        Aggregation::Sum => 1,
+        Aggregation::UniqueCount => 2,
+        Aggregation::Max => 3,
+        Aggregation::Latest => 4,
+    }
+}
+
+/// The aggregation kind stored under `code`; a code no kind has is an error, never a default.
+pub(super) fn kind_of(code: u8) -> Result<Aggregation, Error> {
+    Aggregation::ALL.into_iter().find(|k| kind_code(*k) == code).ok_or(Error::UnknownKind(code))
 }
 
 /// One meter's tally over a group (a tenant's day or period).
@@ -47,14 +55,15 @@ impl AggRow {
 
     /// The tally this row stands for.
     pub fn tally(&self) -> Result<Tally, Error> {
-        let value = match self.kind {
-            kind::COUNT => Decimal::from(self.n),
-            kind::UNIQUE => Decimal::from(self.uniq),
-            kind::SUM => decimal(self.sum)?,
-            kind::MAX => decimal(self.max)?,
-            _ => decimal(self.latest_value)?,
+        let kind = kind_of(self.kind)?;
+        let value = match kind {
+            Aggregation::Count => Decimal::from(self.n),
+            Aggregation::UniqueCount => Decimal::from(self.uniq),
+            Aggregation::Sum => decimal(self.sum)?,
+            Aggregation::Max => decimal(self.max)?,
+            Aggregation::Latest => decimal(self.latest_value)?,
         };
-        let latest = (self.kind == kind::LATEST).then(|| (self.latest_us, self.latest_id.clone()));
+        let latest = (kind == Aggregation::Latest).then(|| (self.latest_us, self.latest_id.clone()));
         Ok(Tally { value: Some(value), latest })
     }
 }
@@ -173,5 +182,27 @@ mod tests {
         // A total past a Decimal's 28 digits fits once trailing zeros go, and is refused if not.
         assert_eq!(decimal(10i128.pow(37)).unwrap().to_string(), "10000000000000000000000000000");
         assert!(matches!(decimal(10i128.pow(37) + 1), Err(Error::Overflow(_))));
+    }
+
+    #[test]
+    fn every_kind_has_its_own_code_and_an_unknown_code_is_an_error() {
+        for kind in Aggregation::ALL {
+            assert_eq!(kind_of(kind_code(kind)).unwrap(), kind);
+        }
+        let row = |kind| AggRow {
+            tenant: "t".into(),
+            meter: "m".into(),
+            day: -1,
+            kind,
+            n: 1,
+            sum: 0,
+            uniq: 0,
+            max: 0,
+            latest_value: 7_000_000_000,
+            latest_us: 1,
+            latest_id: "e".into(),
+        };
+        assert_eq!(row(kind_code(Aggregation::Latest)).tally().unwrap().value, Some(Decimal::from(7)));
+        assert!(matches!(row(9).tally(), Err(Error::UnknownKind(9))), "never read as `latest`");
     }
 }
