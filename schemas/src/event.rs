@@ -30,14 +30,24 @@ pub struct Event {
 }
 
 impl Event {
+    /// Whether the event's time is part of what the sender said about it, so that a resend with
+    /// another time is a different payload. Not when ingest filled it in, and not for
+    /// CloudEvents (the one envelope with a `source`): OpenMeter's SDKs stamp `time` with the
+    /// current instant on every send, and OpenMeter takes a resend that differs only in `time`
+    /// for a duplicate; it counts once, at the first copy's time.
+    pub fn time_is_identity(&self) -> bool {
+        !self.implicit_time && self.source.is_none()
+    }
+
     /// SHA-256 of what the sender said: two sends of the same event hash alike, and an id reused
-    /// for different content does not. A time filled in by ingest is left out.
+    /// for different content does not. A time that is not part of the event's identity
+    /// ([`Event::time_is_identity`]) is left out.
     pub fn payload_hash(&self) -> [u8; 32] {
         let mut h = Sha256::new();
         for part in [self.tenant.as_str(), self.id.as_str(), self.code.as_str()] {
             write_str(&mut h, part);
         }
-        if self.implicit_time {
+        if !self.time_is_identity() {
             h.update(b"t-");
         } else {
             h.update(b"t+");
@@ -135,6 +145,21 @@ mod tests {
         let mut b = a.clone();
         b.time_us += 5_000_000;
         assert_eq!(a.payload_hash(), b.payload_hash());
+    }
+
+    #[test]
+    fn a_cloudevent_resent_with_another_time_hashes_alike_but_not_with_another_source() {
+        let mut a = event(json!({"n": 1}));
+        a.source = Some("sdk".into());
+        let mut b = a.clone();
+        b.time_us += 5_000_000;
+        assert_eq!(a.payload_hash(), b.payload_hash());
+        b.source = Some("other".into());
+        assert_ne!(a.payload_hash(), b.payload_hash());
+        let mut lago = event(json!({"n": 1}));
+        let first = lago.payload_hash();
+        lago.time_us += 5_000_000;
+        assert_ne!(first, lago.payload_hash(), "a Lago event's explicit timestamp is part of it");
     }
 
     #[test]

@@ -17,6 +17,7 @@ const MAX_LIMIT: usize = 1000;
 
 /// Query of the alert list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AlertsQuery {
     /// Only this tenant's (implied by a tenant's read key; optional with an admin key).
     pub tenant: Option<String>,

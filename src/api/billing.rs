@@ -136,6 +136,7 @@ impl SubscriptionView {
 
 /// Query of the subscription list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this tenant's (implied by a tenant-scoped read key).
     pub tenant: Option<String>,
@@ -413,6 +414,7 @@ pub async fn close_period(
 
 /// Query of an export.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `json` (default) or `csv`.
     pub format: Option<String>,
@@ -478,6 +480,7 @@ async fn export(
 
 /// Query of the upcoming invoice.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UpcomingQuery {
     /// Tenant; implied by a tenant-scoped read key, required with an admin key.
     pub tenant: Option<String>,
@@ -515,6 +518,7 @@ pub async fn upcoming_invoice(
 
 /// Query of the plan list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PlansQuery {
     /// `YYYY-MM`: the list that rates that period (default: the current one).
     pub period: Option<String>,

@@ -16,6 +16,7 @@ use utoipa::IntoParams;
 
 /// Query of the entitlement endpoints.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EntitlementsQuery {
     /// Tenant; implied by a tenant's key, required with an admin or service key.
     pub tenant: Option<String>,
@@ -50,7 +51,7 @@ async fn read(
 }
 
 /// Every feature and meter the tenant's plan has: allowed or not, limit, used, remaining.
-#[utoipa::path(get, path = "/api/v1/entitlements", tag = "alerts", params(EntitlementsQuery),
+#[utoipa::path(get, path = "/api/v1/entitlements", tag = "alerts", operation_id = "list_entitlements", params(EntitlementsQuery),
     responses(
         (status = 200, description = "The tenant's entitlements", body = Entitlements),
         (status = 404, description = "The tenant has no live subscription", body = meter_ingest::Problem),
@@ -65,7 +66,7 @@ pub async fn list(
 }
 
 /// One feature or meter of the tenant's plan.
-#[utoipa::path(get, path = "/api/v1/entitlements/{feature}", tag = "alerts",
+#[utoipa::path(get, path = "/api/v1/entitlements/{feature}", tag = "alerts", operation_id = "get_entitlement",
     params(("feature" = String, Path, description = "A feature of the plan's matrix, or a meter"), EntitlementsQuery),
     responses(
         (status = 200, description = "The entitlement", body = Entitlement),

@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 
 /// Query of the usage endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     /// Tenant; implied by a tenant-scoped read key, required with an admin key.
     pub tenant: Option<String>,
@@ -187,6 +188,7 @@ fn source_of(state: &AppState, source: Source) -> (&dyn meter_store::UsageStore,
 
 /// Query of the daily series endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DailyQuery {
     /// Tenant; implied by a tenant-scoped read key, required with an admin key.
     pub tenant: Option<String>,

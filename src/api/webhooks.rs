@@ -56,7 +56,7 @@ fn scope(p: &Principal) -> Scope<'_> {
 }
 
 /// Register an endpoint for alerts.
-#[utoipa::path(post, path = "/api/v1/webhooks", tag = "alerts", request_body = NewEndpoint,
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "alerts", operation_id = "register_webhook", request_body = NewEndpoint,
     responses(
         (status = 201, description = "Registered; the secret is shown only now", body = Registered),
         (status = 422, description = "A bad field", body = meter_ingest::Problem),
@@ -80,7 +80,7 @@ pub async fn register(
 }
 
 /// The endpoints the key may see.
-#[utoipa::path(get, path = "/api/v1/webhooks", tag = "alerts",
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "alerts", operation_id = "list_webhooks",
     responses((status = 200, description = "Endpoints (without secrets)", body = Vec<Endpoint>)),
     security(("bearer" = [])))]
 pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Vec<Endpoint>>, ApiError> {
@@ -89,7 +89,7 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
 }
 
 /// Remove an endpoint (and its pending deliveries).
-#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "alerts",
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "alerts", operation_id = "remove_webhook",
     params(("id" = String, Path, description = "Endpoint id")),
     responses((status = 204, description = "Removed"), (status = 404, description = "No such endpoint", body = meter_ingest::Problem)),
     security(("bearer" = [])))]
@@ -105,6 +105,7 @@ pub async fn remove(
 
 /// Query of the delivery list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
     /// `pending`, `delivered` or `dead` (the dead-letter list).
     pub state: Option<String>,

@@ -40,6 +40,23 @@ om.events.ingest_event({
     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
     "data": {"route": "/x", "method": "GET", "status": 200},
 })
+# A retry as an application sends one after a lost reply: same id, a fresh `time`. OpenMeter takes it
+# for a duplicate; so does meter (counted once, at the first copy's time).
+om.events.ingest_event({
+    "specversion": "1.0", "id": f"{run}-om-1", "source": "sdk", "type": "api.call", "subject": tenant,
+    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 7)),
+    "data": {"route": "/x", "method": "GET", "status": 200},
+})
+out["openmeter_resend"] = "ok"
+try:
+    om.events.ingest_event({
+        "specversion": "1.0", "id": f"{run}-om-1", "source": "sdk", "type": "api.call", "subject": tenant,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "data": {"route": "/other", "method": "GET", "status": 200},
+    })
+    out["openmeter_conflict"] = "accepted"
+except Exception as e:
+    out["openmeter_conflict"] = {"status": getattr(getattr(e, "response", None), "status_code", None)}
 om.events.ingest_events([
     {"specversion": "1.0", "id": f"{run}-om-{i}", "source": "sdk", "type": "work_order.completed", "subject": tenant}
     for i in (2, 3)
