@@ -2,47 +2,58 @@
 //! address is refused when registered, and a name that resolves to one is refused when sent to
 //! (so that a DNS record changed after registration cannot reach inside either).
 
+use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Whether `ip` is anything but a public unicast address: this machine, a private, shared or
-/// benchmarking network, link-local (cloud metadata services live there), "this network",
-/// multicast, reserved or broadcast; IPv4 addresses written as IPv6 (mapped, compatible or
-/// through NAT64) are judged as IPv4.
+/// Every range a tenant's webhook may not reach: this machine, private, shared (carrier-grade
+/// NAT) and benchmarking networks, link-local (cloud metadata services live there), "this
+/// network", protocol assignments, multicast, reserved and broadcast; for IPv6 also unique and
+/// site-local, link-local, multicast and local NAT64.
+const INTERNAL_RANGES: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "64:ff9b:1::/48",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+];
+
+/// NAT64's well-known prefix: the IPv4 address is in the last 32 bits.
+const NAT64: &str = "64:ff9b::/96";
+
+fn ranges() -> &'static (Vec<IpNet>, IpNet) {
+    static RANGES: OnceLock<(Vec<IpNet>, IpNet)> = OnceLock::new();
+    RANGES.get_or_init(|| {
+        let parse = |r: &str| r.parse::<IpNet>().expect("the ranges above are valid");
+        (INTERNAL_RANGES.iter().map(|r| parse(r)).collect(), parse(NAT64))
+    })
+}
+
+/// Whether `ip` is anything but a public unicast address (one of [`INTERNAL_RANGES`]); IPv4
+/// addresses written as IPv6 (mapped, compatible or through NAT64) are judged as IPv4.
 pub fn internal_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || a == 0 // 0.0.0.0/8, "this network"
-                || a >= 240 // 240.0.0.0/4, reserved
-                || (a == 100 && (b & 0xc0) == 64) // 100.64.0.0/10, carrier-grade NAT
-                || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24, protocol assignments
-                || (a == 198 && (b & 0xfe) == 18) // 198.18.0.0/15, benchmarking
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            // ::a.b.c.d (compatible) and ::ffff:a.b.c.d (mapped); :: and ::1 are caught as IPv4
-            // 0.0.0.0 and 0.0.0.1.
-            if let Some(v4) = v6.to_ipv4() {
-                return internal_ip(IpAddr::V4(v4));
-            }
-            // 64:ff9b::/96, NAT64 to the IPv4 address in the last 32 bits.
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return internal_ip(IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32)));
-            }
-            (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // 64:ff9b:1::/48, local NAT64
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link-local
-                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-                || (s[0] & 0xff00) == 0xff00 // multicast
-        }
-    }
+    let (internal, nat64) = ranges();
+    let ip = match ip {
+        // ::a.b.c.d (compatible) and ::ffff:a.b.c.d (mapped); :: and ::1 are caught as IPv4
+        // 0.0.0.0 and 0.0.0.1.
+        IpAddr::V6(v6) if v6.to_ipv4().is_some() => IpAddr::V4(v6.to_ipv4().expect("checked")),
+        IpAddr::V6(v6) if nat64.contains(&ip) => IpAddr::V4(Ipv4Addr::from(u128::from(v6) as u32)),
+        ip => ip,
+    };
+    internal.iter().any(|r| r.contains(&ip))
 }
 
 /// Whether `url` names an internal address or `localhost` outright (names that resolve to one
