@@ -19,7 +19,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use std::collections::BTreeMap;
@@ -127,35 +127,64 @@ impl KafkaLog {
             .set("queue.buffering.max.messages", settings.queue_max_messages.to_string())
             .create_with_context(Deliveries)
             .map_err(unavailable)?;
-        ensure_topic(&producer, &settings).await?;
+        let partitions = PartitionCount::Exactly(settings.partitions);
+        ensure_topic(&settings.bootstrap, &settings.topic, partitions, settings.delivery_timeout).await?;
         Ok(Self { producer, settings })
     }
 }
 
-/// Checks the topic's partition count, creating the topic when it does not exist.
-async fn ensure_topic(producer: &ThreadedProducer<Deliveries>, s: &KafkaSettings) -> Result<(), Error> {
-    let client = producer.client();
-    let found = {
-        let metadata = client.fetch_metadata(Some(&s.topic), s.delivery_timeout).map_err(unavailable)?;
-        metadata.topics().iter().find(|t| t.name() == s.topic && t.error().is_none()).map(|t| t.partitions().len())
+/// The partition count a topic must have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionCount {
+    /// Exactly this many: records are placed by partition, so another count is refused.
+    Exactly(u32),
+    /// This many when the topic is created; an existing topic may have any count.
+    CreateWith(u32),
+}
+
+/// Makes sure `topic` exists on the cluster at `bootstrap`: creates it when missing (a metadata
+/// request must not let the broker auto-create it with its own default count) and refuses an
+/// existing topic whose partition count `partitions` does not allow. The one place meter creates
+/// Kafka topics.
+pub async fn ensure_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: PartitionCount,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(unavailable)?,
+    );
+    // Off the runtime: the metadata request blocks.
+    let (probe, name) = (admin.clone(), topic.to_string());
+    let found = tokio::task::spawn_blocking(move || {
+        let metadata = probe.inner().fetch_metadata(Some(&name), timeout)?;
+        Ok::<_, rdkafka::error::KafkaError>(
+            metadata.topics().iter().find(|t| t.name() == name && t.error().is_none()).map(|t| t.partitions().len()),
+        )
+    })
+    .await
+    .map_err(|e| unavailable(format!("the metadata request's task failed: {e}")))?
+    .map_err(unavailable)?;
+    let (want, exact) = match partitions {
+        PartitionCount::Exactly(n) => (n, true),
+        PartitionCount::CreateWith(n) => (n, false),
     };
     match found {
-        Some(n) if n == s.partitions as usize => Ok(()),
+        Some(n) if n > 0 && (!exact || n == want as usize) => Ok(()),
         Some(n) if n > 0 => Err(Error::Unavailable(format!(
-            "topic {} has {n} partitions but {} are configured; the partition count of a log cannot change",
-            s.topic, s.partitions
+            "topic {topic} has {n} partitions but {want} are configured; the partition count of a log cannot change"
         ))),
         _ => {
-            let admin: AdminClient<DefaultClientContext> =
-                ClientConfig::new().set("bootstrap.servers", &s.bootstrap).create().map_err(unavailable)?;
-            let topic = NewTopic::new(&s.topic, s.partitions as i32, TopicReplication::Fixed(1));
-            let options = AdminOptions::new()
-                .operation_timeout(Some(s.delivery_timeout))
-                .request_timeout(Some(s.delivery_timeout));
-            let created = admin.create_topics([&topic], &options).await.map_err(|e| {
+            let new = NewTopic::new(topic, want as i32, TopicReplication::Fixed(1));
+            let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+            let created = admin.create_topics([&new], &options).await.map_err(|e| {
                 unavailable(format!(
-                    "topic {} does not exist and creating it failed ({e}); create it with {} partitions",
-                    s.topic, s.partitions
+                    "topic {topic} does not exist and creating it failed ({e}); create it with {want} partitions"
                 ))
             })?;
             for result in created {

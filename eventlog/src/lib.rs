@@ -13,7 +13,7 @@ pub mod contract;
 mod kafka;
 mod sqlite;
 
-pub use kafka::{KafkaLog, KafkaSettings};
+pub use kafka::{KafkaLog, KafkaSettings, PartitionCount, ensure_topic};
 pub use sqlite::SqliteLog;
 
 use async_trait::async_trait;

@@ -3,12 +3,10 @@
 //! cursor produces the same alerts again (consumers deduplicate on `id`).
 
 use crate::{Error, Webhooks, body_of};
+use meter_eventlog::PartitionCount;
 use meter_store::SqliteStore;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +21,7 @@ pub struct AlertTopic {
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
-    Error::Storage(meter_sqlite::Error::Task(format!("kafka: {e}")))
+    Error::Kafka(e.to_string())
 }
 
 impl AlertTopic {
@@ -37,33 +35,9 @@ impl AlertTopic {
             .set("allow.auto.create.topics", "false")
             .create()
             .map_err(failed)?;
-        // Off the runtime: the metadata request blocks.
-        let (probe, name) = (producer.clone(), topic.to_string());
-        let exists = tokio::task::spawn_blocking(move || {
-            let metadata = probe.client().fetch_metadata(Some(&name), timeout)?;
-            Ok::<_, rdkafka::error::KafkaError>(
-                metadata.topics().iter().any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty()),
-            )
-        })
-        .await
-        .map_err(failed)?
-        .map_err(failed)?;
-        if !exists {
-            let admin: AdminClient<DefaultClientContext> =
-                ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(failed)?;
-            let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
-            let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
-            let created = admin
-                .create_topics([&new], &options)
-                .await
-                .map_err(|e| failed(format!("topic {topic} does not exist and creating it failed ({e}); create it")))?;
-            for result in created {
-                match result {
-                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((name, code)) => return Err(failed(format!("cannot create topic {name}: {code}"))),
-                }
-            }
-        }
+        meter_eventlog::ensure_topic(bootstrap, topic, PartitionCount::CreateWith(partitions), timeout)
+            .await
+            .map_err(failed)?;
         Ok(AlertTopic { producer, topic: topic.to_string(), timeout })
     }
 
