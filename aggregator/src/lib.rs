@@ -7,6 +7,7 @@
 
 pub mod metric;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use meter_eventlog::{LogReader, Position};
 use meter_schemas::Catalog;
 use meter_schemas::period::now_us;
@@ -107,7 +108,8 @@ impl Aggregator {
     }
 }
 
-/// Consumes until stopped. A failed batch is not skipped: after a pause (doubling up to 30 s) the
+/// Consumes until stopped. A failed batch is not skipped: after a pause (doubling up to
+/// `max_backoff`, with jitter) the
 /// aggregator resumes from the checkpoint in the store, so it retries the same records, and
 /// `failure` says why meanwhile.
 fn run(
@@ -118,7 +120,14 @@ fn run(
     stop: &AtomicBool,
     failure: &Mutex<Option<String>>,
 ) -> Result<(), Error> {
-    let mut backoff = Duration::from_millis(100);
+    // 100 ms doubling up to `max_backoff`, with jitter so that aggregators failing together do
+    // not retry together; started again once a batch got through.
+    let policy = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(settings.max_backoff)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = policy.build();
     loop {
         let mut progressed = false;
         match consume(&mut *reader, store, catalog, settings, stop, failure, &mut progressed) {
@@ -133,15 +142,15 @@ fn run(
             }
             Err(e) => {
                 if progressed {
-                    backoff = Duration::from_millis(100);
+                    backoff = policy.build();
                 }
-                tracing::error!(consumer = %settings.consumer, error = %e, retry_in = ?backoff, "batch failed; retrying from the checkpoint");
+                let wait = backoff.next().unwrap_or(settings.max_backoff);
+                tracing::error!(consumer = %settings.consumer, error = %e, retry_in = ?wait, "batch failed; retrying from the checkpoint");
                 metrics::counter!(metric::FAILURES, "consumer" => settings.consumer.clone()).increment(1);
                 if let Ok(mut f) = failure.lock() {
                     *f = Some(e.to_string());
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(settings.max_backoff);
+                std::thread::sleep(wait);
             }
         }
     }

@@ -3,7 +3,8 @@
 //! side by side, at most [`PER_ENDPOINT`] to one endpoint, so that a slow or unanswering endpoint
 //! holds back only its own deliveries.
 
-use crate::{Error, Rounds, Webhooks, guard, metric, sign};
+use crate::{Error, Rounds, Settings, Webhooks, guard, metric, sign};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use meter_schemas::period::now_us;
 use meter_sqlite::rusqlite::params;
 use meter_store::SqliteStore;
@@ -196,8 +197,7 @@ impl Webhooks {
                     params![d.id as i64, attempts, first, now],
                 )?,
                 Err(e) => {
-                    let backoff =
-                        settings.first_backoff.saturating_mul(1u32 << (attempts - 1).min(20)).min(settings.max_backoff);
+                    let backoff = retry_delay(&settings, attempts);
                     let state = if label == "dead" { "dead" } else { "pending" };
                     c.execute(
                         "UPDATE deliveries SET state = ?2, attempts = ?3, first_us = ?4, next_us = ?5, last_error = ?6
@@ -210,6 +210,21 @@ impl Webhooks {
         })
         .await
     }
+}
+
+/// How long to wait after the `attempts`-th failed attempt: `first_backoff` doubled after each
+/// further failure up to `max_backoff`, with jitter so that deliveries that failed together (an
+/// endpoint that was down) are not all retried at one instant.
+fn retry_delay(settings: &Settings, attempts: u32) -> std::time::Duration {
+    ExponentialBuilder::new()
+        .with_min_delay(settings.first_backoff)
+        .with_max_delay(settings.max_backoff)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        // Past 64 doublings every delay is `max_backoff` anyway.
+        .nth(attempts.saturating_sub(1).min(64) as usize)
+        .unwrap_or(settings.max_backoff)
 }
 
 /// `e` and its causes, `: `-separated (reqwest's own message leaves out why a send failed).
