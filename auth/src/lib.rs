@@ -7,7 +7,7 @@
 use base64::Engine;
 use meter_schemas::envelope::check_id;
 use meter_sqlite::rusqlite::{OptionalExtension, params};
-use meter_sqlite::{Durability, blocking, migrate, open};
+use meter_sqlite::{Durability, migrate, open};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -148,6 +148,9 @@ pub enum Error {
     /// A bad argument.
     #[error("{0}")]
     Invalid(String),
+    /// Work off the async runtime panicked or was cancelled.
+    #[error("{0}")]
+    Task(String),
     /// The storage underneath failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),
@@ -302,7 +305,9 @@ impl KeyStore {
             return Ok(p);
         }
         let this = self.clone();
-        let reloaded = blocking(move || this.reload().map_err(|e| meter_sqlite::Error::Task(e.to_string()))).await;
+        let reloaded = tokio::task::spawn_blocking(move || this.reload())
+            .await
+            .unwrap_or_else(|e| Err(Error::Task(format!("the key table's reload task failed: {e}"))));
         match (reloaded, found) {
             (Ok(()), _) => self.lookup(&digest).0.ok_or(AuthError::Unauthenticated),
             // The table cannot be read now: a key known a moment ago still works.

@@ -326,9 +326,7 @@ async fn rate_all(
                 .collect();
             let mut rated = Vec::new();
             for w in workers {
-                let part = w
-                    .join()
-                    .map_err(|_| Error::Storage(meter_sqlite::Error::Task("a rating thread panicked".into())))?;
+                let part = w.join().map_err(|_| Error::Task("a rating thread panicked".into()))?;
                 rated.extend(part?);
             }
             Ok(rated)
@@ -342,7 +340,7 @@ async fn rate_all(
 
 /// A blocking task of the close that panicked or was cancelled.
 fn task_failed(e: tokio::task::JoinError) -> Error {
-    Error::Storage(meter_sqlite::Error::Task(e.to_string()))
+    Error::Task(e.to_string())
 }
 
 async fn census(

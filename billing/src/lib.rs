@@ -54,6 +54,10 @@ pub enum Error {
     /// The ledger's storage failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),
+    /// A task of the close (a rating thread, work off the async runtime) panicked or was
+    /// cancelled.
+    #[error("close task failed: {0}")]
+    Task(String),
     /// A stored record does not parse.
     #[error("ledger record: {0}")]
     Json(#[from] serde_json::Error),

@@ -84,6 +84,10 @@ impl From<meter_billing::Error> for ApiError {
             }
             B::Rating(r) => ApiError::Unratable(r.to_string()),
             e @ (B::Store(_) | B::Log(_) | B::Storage(_)) => ApiError::Unavailable(e.to_string()),
+            e @ B::Task(_) => {
+                tracing::error!(error = %e, "a task of the close failed");
+                ApiError::Internal
+            }
             e @ (B::Json(_) | B::Corrupt(_)) => {
                 tracing::error!(error = %e, "the ledger is inconsistent");
                 ApiError::Internal

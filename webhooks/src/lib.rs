@@ -104,6 +104,12 @@ pub enum Error {
     /// The usage store failed.
     #[error("usage store: {0}")]
     Store(#[from] meter_store::Error),
+    /// The alerts topic's brokers failed or could not be reached.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// The HTTP client that posts deliveries could not be built.
+    #[error("webhook HTTP client: {0}")]
+    Client(String),
 }
 
 impl From<meter_sqlite::rusqlite::Error> for Error {
@@ -172,7 +178,7 @@ impl Webhooks {
         let mut conn = open(path, Durability::Full)?;
         migrate(&mut conn, path, MIGRATIONS)?;
         let client = |private_allowed| {
-            guard::client(settings.timeout, private_allowed).map_err(|e| meter_sqlite::Error::Task(e.to_string()))
+            guard::client(settings.timeout, private_allowed).map_err(|e| Error::Client(e.to_string()))
         };
         let (http_admin, http_tenant) = (client(true)?, client(settings.allow_private_targets)?);
         Ok(Webhooks { conn: Shared::new(conn), settings, http_admin, http_tenant })
