@@ -4,6 +4,7 @@
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use meter_eventlog::KafkaSettings;
 use meter_rater::PriceBook;
 use meter_schemas::{Catalog, Limits, MeterDef};
 use meter_sqlite::Durability;
@@ -83,14 +84,16 @@ pub struct WebhooksConfig {
     pub allow_private_targets: bool,
 }
 
+/// The defaults are the webhooks crate's, which owns them.
 impl Default for WebhooksConfig {
     fn default() -> Self {
+        let d = meter_webhooks::Settings::default();
         Self {
-            retry_for: Duration::from_secs(24 * 3600),
-            first_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(3600),
-            timeout: Duration::from_secs(10),
-            allow_private_targets: false,
+            retry_for: d.retry_for,
+            first_backoff: d.first_backoff,
+            max_backoff: d.max_backoff,
+            timeout: d.timeout,
+            allow_private_targets: d.allow_private_targets,
         }
     }
 }
@@ -162,16 +165,18 @@ pub struct LogConfig {
     pub durability: Durability,
 }
 
+/// The Kafka settings' defaults are the event log crate's, which owns them.
 impl Default for LogConfig {
     fn default() -> Self {
+        let kafka = KafkaSettings::new("");
         Self {
             url: "sqlite".into(),
-            topic: "usage.events".into(),
+            topic: kafka.topic,
             alerts_topic: "usage.alerts".into(),
-            delivery_timeout: Duration::from_secs(10),
-            linger: Duration::from_millis(2),
+            delivery_timeout: kafka.delivery_timeout,
+            linger: Duration::from_millis(kafka.linger_ms.into()),
             replica_lag_max: Duration::from_secs(30),
-            partitions: 4,
+            partitions: kafka.partitions,
             durability: Durability::Full,
         }
     }
@@ -301,13 +306,15 @@ pub struct AggregatorConfig {
     pub session_timeout: Duration,
 }
 
+/// The defaults are the aggregator's and (the session) the Kafka log's, which own them.
 impl Default for AggregatorConfig {
     fn default() -> Self {
+        let d = meter_aggregator::Settings::default();
         Self {
-            batch_size: 10_000,
-            linger: Duration::from_millis(1),
-            group: "meter-aggregator".into(),
-            session_timeout: Duration::from_secs(10),
+            batch_size: d.batch_size,
+            linger: d.linger,
+            group: d.consumer,
+            session_timeout: KafkaSettings::new("").session_timeout,
         }
     }
 }
