@@ -2,7 +2,6 @@
 //! them so that tests and benchmarks drive the same code.
 
 pub mod admin;
-pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dev;

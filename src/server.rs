@@ -1,17 +1,17 @@
 //! The server behind `meter serve`, `meter ingest` and `meter aggregate`: ingest, the aggregator
 //! and the read API, all of them or one role per process (roles need a shared log: Kafka).
 
-use crate::api;
 use crate::config::{Config, LogBackend, StoreBackend};
 use anyhow::Context as _;
 use axum::Json;
 use axum::routing::get;
 use fs4::fs_std::FileExt;
 use meter_aggregator::{Aggregator, Settings};
+use meter_api::{AppState, Health};
 use meter_auth::{KeyStore, Role};
 use meter_eventlog::{EventLog, KafkaLog, KafkaSettings, SqliteLog};
 use meter_ingest::Ingest;
-use meter_schemas::{Catalog, Limits};
+use meter_schemas::Catalog;
 use meter_store::{ClickHouseStore, SqliteStore, UsageStore};
 use std::fs::File;
 use std::future::{Future, IntoFuture};
@@ -25,62 +25,6 @@ use tower_http::timeout::TimeoutLayer;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest shutdown waits for requests in flight before it stops waiting.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-
-/// What the API handlers share.
-pub struct AppState {
-    /// API keys.
-    pub keys: Arc<KeyStore>,
-    /// The live counters: the aggregator's store.
-    pub store: Arc<dyn UsageStore>,
-    /// The history: the ClickHouse store the sink fills, or the live counters' store when there
-    /// is no other.
-    pub history: Arc<dyn UsageStore>,
-    /// The consumer whose watermarks the history reports (the sink's, or the aggregators').
-    pub history_consumer: String,
-    /// Meters.
-    pub catalog: Arc<Catalog>,
-    /// Ingest limits (the lateness window decides when a period is complete).
-    pub limits: Limits,
-    /// The aggregators' consumer name, whose watermarks the usage API reports.
-    pub consumer: String,
-    /// Partitions of the log; a tenant's watermark is its partition's.
-    pub partitions: u32,
-    /// Subscriptions, prices and period close.
-    pub billing: crate::api::billing::Billing,
-    /// The live counters' store itself, for the alerts it raises.
-    pub live: Arc<SqliteStore>,
-    /// Webhook endpoints and deliveries.
-    pub webhooks: Arc<meter_webhooks::Webhooks>,
-    runs_aggregator: bool,
-    aggregator: Mutex<Option<Aggregator>>,
-    sink: Mutex<Option<Aggregator>>,
-}
-
-impl AppState {
-    /// `Ok` while the aggregator consumes (or this process runs none); otherwise why not.
-    pub fn aggregator_status(&self) -> Result<(), String> {
-        if !self.runs_aggregator {
-            return Ok(());
-        }
-        let guard = self.aggregator.lock().map_err(|_| "state poisoned".to_string())?;
-        match guard.as_ref() {
-            None => Err("aggregator stopped".into()),
-            Some(a) if a.is_finished() => Err("aggregator stopped".into()),
-            Some(a) => a.failure().map_or(Ok(()), |e| Err(format!("aggregator failing, retrying: {e}"))),
-        }
-    }
-
-    /// `Ok` while the ClickHouse sink inserts (or this process runs none); otherwise why not.
-    /// Ingest keeps accepting meanwhile: the log holds what the sink has not inserted yet.
-    pub fn sink_status(&self) -> Result<(), String> {
-        let guard = self.sink.lock().map_err(|_| "state poisoned".to_string())?;
-        match guard.as_ref() {
-            None => Ok(()),
-            Some(s) if s.is_finished() => Err("clickhouse sink stopped".into()),
-            Some(s) => s.failure().map_or(Ok(()), |e| Err(format!("clickhouse sink failing, retrying: {e}"))),
-        }
-    }
-}
 
 /// Holds the data directory's lock for the life of the server.
 struct DataDirLock(#[allow(dead_code)] File);
@@ -249,7 +193,7 @@ pub async fn run_roles(
     } else {
         None
     };
-    let billing = crate::api::billing::Billing {
+    let billing = meter_api::Billing {
         ledger,
         allowances,
         book: book.clone(),
@@ -267,7 +211,7 @@ pub async fn run_roles(
     };
     let state = Arc::new(AppState {
         keys: keys.clone(),
-        store,
+        live,
         history,
         history_consumer,
         catalog: catalog.clone(),
@@ -275,13 +219,11 @@ pub async fn run_roles(
         consumer,
         partitions: config.log.partitions,
         billing,
-        live,
         webhooks,
-        runs_aggregator: roles.aggregate,
-        aggregator: Mutex::new(aggregator),
-        sink: Mutex::new(sink),
+        metrics: crate::telemetry::prometheus().clone(),
+        health: Health { runs_aggregator: roles.aggregate, aggregator: Mutex::new(aggregator), sink: Mutex::new(sink) },
     });
-    let mut routes = api::router(state.clone());
+    let mut routes = meter_api::router(state.clone());
     if roles.ingest {
         let quota =
             crate::quota::HardLimits::new(state.billing.allowances.clone(), state.live.clone(), catalog.clone());
@@ -299,9 +241,9 @@ pub async fn run_roles(
     let openapi = Arc::new(openapi);
     let app = router
         .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
-        .fallback(api::not_found)
+        .fallback(meter_api::not_found)
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
-        .layer(CatchPanicLayer::custom(api::panicked));
+        .layer(CatchPanicLayer::custom(meter_api::panicked));
 
     crate::telemetry::prometheus();
     let addr = listener.local_addr()?;
@@ -328,7 +270,7 @@ pub async fn run_roles(
         () = deadline => tracing::warn!("requests still in flight after {DRAIN_DEADLINE:?}; stopping anyway"),
     }
     tracing::info!("HTTP drained; letting the aggregator count what the log holds");
-    let aggregator = state.aggregator.lock().map_err(|_| anyhow::anyhow!("state poisoned"))?.take();
+    let (aggregator, sink) = state.health.take();
     if let Some(a) = aggregator {
         a.drain_and_stop()?;
     }
@@ -339,7 +281,6 @@ pub async fn run_roles(
     for task in [dispatcher, advisor, publisher].into_iter().flatten() {
         task.abort();
     }
-    let sink = state.sink.lock().map_err(|_| anyhow::anyhow!("state poisoned"))?.take();
     if let Some(s) = sink {
         // A sink that cannot reach ClickHouse stops at its first failure: the log keeps the rest.
         if let Err(e) = s.drain_and_stop() {

@@ -1,9 +1,10 @@
 //! Subscriptions (`/api/v1/subscriptions`), period close and its exports (`/api/v1/periods`),
 //! and the upcoming invoice (`/api/v1/invoices/upcoming`).
 
-use super::error::ApiError;
-use super::{admin, caller, check_tenant, reader};
-use crate::server::AppState;
+use crate::AppState;
+use crate::auth::*;
+use crate::check_tenant;
+use crate::error::ApiError;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -12,9 +13,9 @@ use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use meter_auth::Role;
-use meter_billing::{Close, Ledger, ReportRow, Sources};
+use meter_billing::{Close, ReportRow};
 use meter_rater::subscription::allowed;
-use meter_rater::{Command, Cycle, Entry, PriceBook, Setup, State as SubState, Subscription};
+use meter_rater::{Command, Cycle, Entry, Setup, State as SubState, Subscription};
 use meter_schemas::period::{format_time, now_us};
 use meter_schemas::{FieldError, Period};
 use meter_store::Coverage;
@@ -25,18 +26,6 @@ use utoipa::{IntoParams, ToSchema};
 
 /// How far ahead of the server's clock a change may be dated.
 const FUTURE_SKEW_US: i64 = 5 * 60 * 1_000_000;
-
-/// What billing needs besides the rest of the state.
-pub struct Billing {
-    /// Subscriptions and closes.
-    pub ledger: Ledger,
-    /// Every tenant's plan, for alerts; refreshed after each subscription change.
-    pub allowances: Arc<meter_billing::PlanAllowances>,
-    /// Prices.
-    pub book: Arc<PriceBook>,
-    /// Where a close reads its figures.
-    pub sources: Sources,
-}
 
 /// A new subscription.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -187,10 +176,9 @@ async fn plan_changed(state: &Arc<AppState>, tenant: &str, now: i64) -> Result<(
     security(("bearer" = [])))]
 pub async fn create_subscription(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Admin(who, _): Admin<ManageSubscriptions>,
     new: Result<Json<NewSubscription>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
-    let who = admin(&state, &headers, "manage subscriptions").await?;
     let new = body(new)?;
     check_tenant(Some(&new.tenant))?;
     let now = now_us();
@@ -215,10 +203,9 @@ pub async fn create_subscription(
     security(("bearer" = [])))]
 pub async fn list_subscriptions(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reader(p, _): Reader<ReadSubscriptions>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<SubscriptionView>>, ApiError> {
-    let p = reader(&state, &headers, "read subscriptions").await?;
     let Query(q) = query?;
     check_tenant(q.tenant.as_deref())?;
     let tenant = match (&p.tenant, q.tenant) {
@@ -240,10 +227,9 @@ pub async fn list_subscriptions(
     security(("bearer" = [])))]
 pub async fn get_subscription(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reader(p, _): Reader<ReadSubscriptions>,
     Path(id): Path<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let p = reader(&state, &headers, "read subscriptions").await?;
     let sub = state.billing.ledger.get(&id).await?;
     if p.tenant.as_ref().is_some_and(|t| *t != sub.tenant) {
         return Err(meter_billing::Error::NotFound(id).into());
@@ -264,11 +250,10 @@ pub async fn get_subscription(
     security(("bearer" = [])))]
 pub async fn change_subscription(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Admin(who, _): Admin<ManageSubscriptions>,
     Path((id, action)): Path<(String, String)>,
     change: Result<Json<ChangeRequest>, JsonRejection>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let who = admin(&state, &headers, "manage subscriptions").await?;
     let change = match change {
         Err(JsonRejection::MissingJsonContentType(_)) => ChangeRequest::default(),
         other => body(other)?,
@@ -363,10 +348,10 @@ fn period_of(text: &str) -> Result<Period, ApiError> {
     security(("bearer" = [])))]
 pub async fn close_period(
     State(state): State<Arc<AppState>>,
+    Admin(who, _): Admin<ClosePeriods>,
     headers: HeaderMap,
     Path(period): Path<String>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&state, &headers, "close periods").await?;
     let period = period_of(&period)?;
     let streaming =
         headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/x-ndjson"));
@@ -427,11 +412,11 @@ pub struct ExportQuery {
     security(("bearer" = [])))]
 pub async fn period_invoices(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Admin<ExportPeriods>,
     Path(period): Path<String>,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    export(&state, &headers, &period, query, |c, csv| if csv { c.invoices_csv() } else { c.invoices_json() }).await
+    export(&state, &period, query, |c, csv| if csv { c.invoices_csv() } else { c.invoices_json() }).await
 }
 
 /// The reconciliation report of a closed period (admin), as JSON or CSV.
@@ -441,21 +426,19 @@ pub async fn period_invoices(
     security(("bearer" = [])))]
 pub async fn period_report(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Admin<ExportPeriods>,
     Path(period): Path<String>,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    export(&state, &headers, &period, query, |c, csv| if csv { c.report_csv() } else { c.report_json() }).await
+    export(&state, &period, query, |c, csv| if csv { c.report_csv() } else { c.report_json() }).await
 }
 
 async fn export(
     state: &AppState,
-    headers: &HeaderMap,
     period: &str,
     query: Result<Query<ExportQuery>, QueryRejection>,
     render: impl Fn(&Close, bool) -> String,
 ) -> Result<Response, ApiError> {
-    admin(state, headers, "export closed periods").await?;
     let period = period_of(period)?;
     let Query(q) = query?;
     let csv = match q.format.as_deref() {
@@ -495,10 +478,9 @@ pub struct UpcomingQuery {
     security(("bearer" = [])))]
 pub async fn upcoming_invoice(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reader(p, _): Reader<ReadSubscriptions>,
     query: Result<Query<UpcomingQuery>, QueryRejection>,
 ) -> Result<Json<meter_billing::Upcoming>, ApiError> {
-    let p = reader(&state, &headers, "read subscriptions").await?;
     let Query(q) = query?;
     check_tenant(q.tenant.as_deref())?;
     let tenant = p.readable_tenant(q.tenant.as_deref())?;
@@ -507,7 +489,7 @@ pub async fn upcoming_invoice(
         partition: meter_schemas::partition::partition_for(&tenant, state.partitions),
     };
     let b = &state.billing;
-    let up = meter_billing::upcoming(&b.ledger, &*state.store, coverage, &state.catalog, &b.book, &tenant, now_us())
+    let up = meter_billing::upcoming(&b.ledger, state.store(), coverage, &state.catalog, &b.book, &tenant, now_us())
         .await
         .map_err(|e| match e {
             meter_billing::Error::NotFound(_) => ApiError::Missing(format!("tenant {tenant} has no live subscription")),
@@ -548,10 +530,9 @@ pub struct Plans {
     security(("bearer" = [])))]
 pub async fn list_plans(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Caller(p): Caller,
     query: Result<Query<PlansQuery>, QueryRejection>,
 ) -> Result<Json<Plans>, ApiError> {
-    let p = caller(&state, &headers).await?;
     let Query(q) = query?;
     let period = match q.period.as_deref() {
         Some(text) => period_of(text)?,
@@ -598,9 +579,8 @@ pub struct SubscriptionStats {
     security(("bearer" = [])))]
 pub async fn subscription_stats(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Admin<ReadStatistics>,
 ) -> Result<Json<SubscriptionStats>, ApiError> {
-    admin(&state, &headers, "read subscription statistics").await?;
     let now = now_us();
     let mut stats = SubscriptionStats {
         by_state: BTreeMap::new(),

@@ -1,17 +1,19 @@
-//! The HTTP API besides ingest: usage, health, metrics, and the OpenAPI document of it all.
+//! The HTTP API besides ingest: usage, billing, alerts, webhooks, health, metrics, and the
+//! OpenAPI document of it all. Handlers parse, authorize (an extractor from [`auth`]), call one
+//! function of the crate they serve, and answer; errors become answers in [`error`] alone.
 
 pub mod alerts;
+pub mod auth;
 pub mod billing;
 pub mod entitlements;
 pub mod error;
 pub mod health;
+mod state;
 pub mod usage;
 pub mod webhooks;
 
-use crate::server::AppState;
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
-use meter_auth::{AuthError, Principal, Role};
+pub use state::{AppState, Billing, Health};
+
 use meter_schemas::envelope::check_id;
 use std::sync::Arc;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -43,29 +45,6 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("mtr_…").build()),
         );
     }
-}
-
-/// Who is calling, from the request's `Authorization` header.
-pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, error::ApiError> {
-    Ok(state.keys.authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?)
-}
-
-/// The caller, unless its key may only send events; `action` names what it tried.
-pub async fn reader(state: &AppState, headers: &HeaderMap, action: &'static str) -> Result<Principal, error::ApiError> {
-    let p = caller(state, headers).await?;
-    if p.role == Role::Ingest {
-        return Err(AuthError::WrongRole { have: p.role, action }.into());
-    }
-    Ok(p)
-}
-
-/// The caller, if its key is an admin's; `action` names what it tried.
-pub async fn admin(state: &AppState, headers: &HeaderMap, action: &'static str) -> Result<Principal, error::ApiError> {
-    let p = caller(state, headers).await?;
-    if p.role != Role::Admin {
-        return Err(AuthError::WrongRole { have: p.role, action }.into());
-    }
-    Ok(p)
 }
 
 /// Refuses a `tenant` field (query or body) that is not a valid id.

@@ -1,11 +1,12 @@
 //! `GET /api/v1/alerts`: the usage alerts raised as counters reached their thresholds.
 
-use super::error::ApiError;
-use crate::server::AppState;
+use crate::AppState;
+use crate::auth::*;
+use crate::error::ApiError;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+
 use meter_schemas::FieldError;
 use meter_store::Alert;
 use serde::{Deserialize, Serialize};
@@ -47,12 +48,11 @@ pub struct Alerts {
     security(("bearer" = [])))]
 pub async fn list_alerts(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reader(p, _): Reader<ReadAlerts>,
     query: Result<Query<AlertsQuery>, QueryRejection>,
 ) -> Result<Json<Alerts>, ApiError> {
-    let p = super::reader(&state, &headers, "read alerts").await?;
     let Query(q) = query?;
-    super::check_tenant(q.tenant.as_deref())?;
+    crate::check_tenant(q.tenant.as_deref())?;
     let limit = q.limit.unwrap_or(MAX_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::Invalid(vec![FieldError::invalid("limit", format!("must be 1 to {MAX_LIMIT}"))]));

@@ -1,12 +1,13 @@
 //! `GET /api/v1/entitlements`: what a tenant's plan allows now, from its feature matrix and the
 //! live counters.
 
-use super::error::ApiError;
-use crate::server::AppState;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use meter_auth::Principal;
 use meter_billing::{Entitlement, Entitlements};
 use meter_schemas::period::now_us;
 use meter_store::Coverage;
@@ -24,20 +25,18 @@ pub struct EntitlementsQuery {
 
 async fn read(
     state: &AppState,
-    headers: &HeaderMap,
+    p: Principal,
     query: Result<Query<EntitlementsQuery>, QueryRejection>,
 ) -> Result<Entitlements, ApiError> {
-    // Tenant services ask too: any key may read entitlements (a tenant's, only its own).
-    let p = super::caller(state, headers).await?;
     let Query(q) = query?;
-    super::check_tenant(q.tenant.as_deref())?;
+    crate::check_tenant(q.tenant.as_deref())?;
     let tenant = p.readable_tenant(q.tenant.as_deref())?;
     let coverage = Coverage {
         consumer: &state.consumer,
         partition: meter_schemas::partition::partition_for(&tenant, state.partitions),
     };
     let b = &state.billing;
-    meter_billing::entitlements(&b.allowances, &*state.store, coverage, &state.catalog, &tenant, now_us())
+    meter_billing::entitlements(&b.allowances, state.store(), coverage, &state.catalog, &tenant, now_us())
         .await
         .map_err(|e| match e {
             meter_billing::Error::NotFound(_) => ApiError::Missing(format!("tenant {tenant} has no live subscription")),
@@ -59,10 +58,11 @@ async fn read(
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    // Tenant services ask too: any key may read entitlements (a tenant's, only its own).
+    Caller(p): Caller,
     query: Result<Query<EntitlementsQuery>, QueryRejection>,
 ) -> Result<Json<Entitlements>, ApiError> {
-    Ok(Json(read(&state, &headers, query).await?))
+    Ok(Json(read(&state, p, query).await?))
 }
 
 /// One feature or meter of the tenant's plan.
@@ -75,11 +75,11 @@ pub async fn list(
     security(("bearer" = [])))]
 pub async fn one(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Caller(p): Caller,
     Path(feature): Path<String>,
     query: Result<Query<EntitlementsQuery>, QueryRejection>,
 ) -> Result<Json<Entitlement>, ApiError> {
-    let all = read(&state, &headers, query).await?;
+    let all = read(&state, p, query).await?;
     let names: Vec<String> = all.entitlements.iter().map(|e| e.name.clone()).collect();
     all.entitlements.into_iter().find(|e| e.name == feature).map(Json).ok_or_else(|| {
         ApiError::Missing(format!(

@@ -1,13 +1,14 @@
 //! `/api/v1/webhooks`: endpoints that receive alerts (a tenant's read key registers its own; an
 //! admin's, every tenant's or one's), their deliveries, and the dead-letter list.
 
-use super::error::ApiError;
-use super::{check_tenant, reader};
-use crate::server::AppState;
+use crate::AppState;
+use crate::auth::*;
+use crate::check_tenant;
+use crate::error::ApiError;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use meter_auth::{Principal, Role};
 use meter_schemas::FieldError;
 use meter_webhooks::{Delivery, Endpoint, Scope};
@@ -64,10 +65,9 @@ fn scope(p: &Principal) -> Scope<'_> {
     security(("bearer" = [])))]
 pub async fn register(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reader(p, _): Reader<ManageWebhooks>,
     new: Result<Json<NewEndpoint>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
-    let p = reader(&state, &headers, "manage webhooks").await?;
     let Json(new) = new?;
     check_tenant(new.tenant.as_deref())?;
     let tenant = match (&p.tenant, new.tenant) {
@@ -83,8 +83,10 @@ pub async fn register(
 #[utoipa::path(get, path = "/api/v1/webhooks", tag = "alerts", operation_id = "list_webhooks",
     responses((status = 200, description = "Endpoints (without secrets)", body = Vec<Endpoint>)),
     security(("bearer" = [])))]
-pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Vec<Endpoint>>, ApiError> {
-    let p = reader(&state, &headers, "manage webhooks").await?;
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Reader(p, _): Reader<ManageWebhooks>,
+) -> Result<Json<Vec<Endpoint>>, ApiError> {
     Ok(Json(state.webhooks.endpoints(scope(&p)).await?))
 }
 
@@ -95,10 +97,9 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
     security(("bearer" = [])))]
 pub async fn remove(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reader(p, _): Reader<ManageWebhooks>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = reader(&state, &headers, "manage webhooks").await?;
     state.webhooks.remove(&id, scope(&p)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -117,10 +118,9 @@ pub struct DeliveriesQuery {
     security(("bearer" = [])))]
 pub async fn deliveries(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reader(p, _): Reader<ManageWebhooks>,
     query: Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Delivery>>, ApiError> {
-    let p = reader(&state, &headers, "manage webhooks").await?;
     let Query(q) = query?;
     if let Some(s) = q.state.as_deref().filter(|s| !["pending", "delivered", "dead"].contains(s)) {
         return Err(ApiError::Invalid(vec![FieldError::invalid(
@@ -138,10 +138,9 @@ pub async fn deliveries(
     security(("bearer" = [])))]
 pub async fn retry(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reader(p, _): Reader<ManageWebhooks>,
     Path(id): Path<u64>,
 ) -> Result<StatusCode, ApiError> {
-    let p = reader(&state, &headers, "manage webhooks").await?;
     state.webhooks.retry(id, scope(&p)).await?;
     Ok(StatusCode::ACCEPTED)
 }

@@ -1,6 +1,6 @@
 //! Liveness, readiness and metrics.
 
-use crate::server::AppState;
+use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     // A failing ClickHouse sink does not make the process unready: ingest keeps accepting into
     // the log, and the sink catches up when ClickHouse is back.
-    match (state.aggregator_status(), state.sink_status()) {
+    match (state.health.aggregator_status(), state.health.sink_status()) {
         (Err(why), _) => (StatusCode::SERVICE_UNAVAILABLE, why),
         (Ok(()), Ok(())) => (StatusCode::OK, "ready".into()),
         (Ok(()), Err(sink)) => (StatusCode::OK, format!("ready; {sink}")),
@@ -36,6 +36,6 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) 
     tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
 )]
-pub async fn metrics() -> String {
-    crate::telemetry::prometheus().render()
+pub async fn metrics(State(state): State<Arc<AppState>>) -> String {
+    state.metrics.render()
 }

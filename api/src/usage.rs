@@ -1,13 +1,12 @@
 //! `GET /api/v1/usage`: a tenant's usage in a period, per meter, with the daily series and the
 //! watermark up to which it is complete.
 
-use super::error::ApiError;
-use crate::server::AppState;
+use crate::AppState;
+use crate::auth::{ReadUsage, Reader};
+use crate::error::ApiError;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use meter_auth::Principal;
 use meter_schemas::envelope::check_id;
 use meter_schemas::period::{date_start_us, day_of, format_day, format_time, now_us};
 use meter_schemas::{Aggregation, FieldError, Period};
@@ -102,10 +101,10 @@ pub struct Usage {
 )]
 pub async fn get_usage(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reader(principal, _): Reader<ReadUsage>,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Json<Usage>, ApiError> {
-    let (principal, query, mut problems) = read_request(&state, &headers, query, |q| q.tenant.as_deref()).await?;
+    let (query, mut problems) = read_request(query, |q| q.tenant.as_deref())?;
     let now = now_us();
     let period = match query.period.as_deref().map(str::parse::<Period>) {
         None => Some(Period::containing(now)),
@@ -162,26 +161,23 @@ pub async fn get_usage(
     }))
 }
 
-/// What both usage reads check first: a key that may read usage, a query that parses, and the
-/// tenant's form (a problem to report with the others).
-async fn read_request<Q>(
-    state: &AppState,
-    headers: &HeaderMap,
+/// What both usage reads check first: a query that parses, and the tenant's form (a problem to
+/// report with the others).
+fn read_request<Q>(
     query: Result<Query<Q>, QueryRejection>,
     tenant: impl Fn(&Q) -> Option<&str>,
-) -> Result<(Principal, Q, Vec<FieldError>), ApiError> {
-    let principal = super::reader(state, headers, "read usage").await?;
+) -> Result<(Q, Vec<FieldError>), ApiError> {
     let Query(query) = query?;
     let mut problems = Vec::new();
     if let Some(Err(m)) = tenant(&query).map(check_id) {
         problems.push(FieldError::invalid("tenant", m));
     }
-    Ok((principal, query, problems))
+    Ok((query, problems))
 }
 
 fn source_of(state: &AppState, source: Source) -> (&dyn meter_store::UsageStore, &str) {
     match source {
-        Source::Live => (&*state.store, &state.consumer),
+        Source::Live => (state.store(), &state.consumer),
         Source::Store => (&*state.history, &state.history_consumer),
     }
 }
@@ -239,10 +235,10 @@ pub struct DailySeries {
 )]
 pub async fn get_daily(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reader(principal, _): Reader<ReadUsage>,
     query: Result<Query<DailyQuery>, QueryRejection>,
 ) -> Result<Json<DailySeries>, ApiError> {
-    let (principal, query, mut problems) = read_request(&state, &headers, query, |q| q.tenant.as_deref()).await?;
+    let (query, mut problems) = read_request(query, |q| q.tenant.as_deref())?;
     let days = query.days.unwrap_or(30);
     if ![30, 60, 90].contains(&days) {
         problems.push(FieldError::invalid("days", format!("must be 30, 60 or 90, not {days}")));
@@ -268,7 +264,7 @@ pub async fn get_daily(
     } else {
         Default::default()
     };
-    for (meter, values) in state.store.daily(&tenant, live_from, after).await.map_err(unavailable)? {
+    for (meter, values) in state.store().daily(&tenant, live_from, after).await.map_err(unavailable)? {
         series.entry(meter).or_default().extend(values);
     }
     let dates: Vec<String> = (0..days).map(|i| format_day(first + time::Duration::days(i64::from(i)))).collect();

@@ -1,0 +1,94 @@
+//! Who may call a handler, as axum extractors: a handler names the caller it needs in its
+//! arguments ([`Caller`], [`Reader`], [`Admin`]) and never runs for anyone else. Whether a key may
+//! read a given tenant is [`meter_auth::Principal::readable_tenant`].
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use meter_auth::{AuthError, Principal, Role};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// What a caller tries, named in the refusal ("an API key with role ingest may not read usage").
+pub trait Action: Send + Sync + 'static {
+    /// The words after "may not".
+    const WHAT: &'static str;
+}
+
+macro_rules! actions {
+    ($($(#[$doc:meta])* $name:ident => $what:literal),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub struct $name;
+            impl Action for $name {
+                const WHAT: &'static str = $what;
+            }
+        )*
+    };
+}
+
+actions! {
+    /// `GET /api/v1/usage…`.
+    ReadUsage => "read usage",
+    /// `GET /api/v1/alerts`.
+    ReadAlerts => "read alerts",
+    /// `/api/v1/webhooks…`.
+    ManageWebhooks => "manage webhooks",
+    /// Reading subscriptions and the upcoming invoice.
+    ReadSubscriptions => "read subscriptions",
+    /// Creating and changing subscriptions.
+    ManageSubscriptions => "manage subscriptions",
+    /// `POST /api/v1/periods/{period}/close`.
+    ClosePeriods => "close periods",
+    /// A closed period's exports.
+    ExportPeriods => "export closed periods",
+    /// `GET /api/v1/subscriptions/stats`.
+    ReadStatistics => "read subscription statistics",
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    Ok(state.keys.authenticate(parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?)
+}
+
+/// Any valid key.
+pub struct Caller(pub Principal);
+
+/// A key that may read (not an ingest-only key), doing `A`.
+pub struct Reader<A>(pub Principal, pub PhantomData<A>);
+
+/// An admin's key, doing `A`.
+pub struct Admin<A>(pub Principal, pub PhantomData<A>);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        authenticate(parts, state).await.map(Caller)
+    }
+}
+
+impl<A: Action> FromRequestParts<Arc<AppState>> for Reader<A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let p = authenticate(parts, state).await?;
+        match p.role {
+            Role::Ingest => Err(AuthError::WrongRole { have: p.role, action: A::WHAT }.into()),
+            Role::Read | Role::Admin => Ok(Reader(p, PhantomData)),
+        }
+    }
+}
+
+impl<A: Action> FromRequestParts<Arc<AppState>> for Admin<A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let p = authenticate(parts, state).await?;
+        match p.role {
+            Role::Admin => Ok(Admin(p, PhantomData)),
+            Role::Ingest | Role::Read => Err(AuthError::WrongRole { have: p.role, action: A::WHAT }.into()),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! What the handlers share: built by the composition root (`meter serve` and the role starters).
+
+use meter_aggregator::Aggregator;
+use meter_auth::KeyStore;
+use meter_billing::{Ledger, PlanAllowances, Sources};
+use meter_rater::PriceBook;
+use meter_schemas::{Catalog, Limits};
+use meter_store::{SqliteStore, UsageStore};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::{Arc, Mutex};
+
+/// What the API handlers share.
+pub struct AppState {
+    /// API keys.
+    pub keys: Arc<KeyStore>,
+    /// The live counters: the aggregator's store, and the alerts it raises.
+    pub live: Arc<SqliteStore>,
+    /// The history: the ClickHouse store the sink fills, or the live counters' store when there
+    /// is no other.
+    pub history: Arc<dyn UsageStore>,
+    /// The consumer whose watermarks the history reports (the sink's, or the aggregators').
+    pub history_consumer: String,
+    /// Meters.
+    pub catalog: Arc<Catalog>,
+    /// Ingest limits (the lateness window decides when a period is complete).
+    pub limits: Limits,
+    /// The aggregators' consumer name, whose watermarks the usage API reports.
+    pub consumer: String,
+    /// Partitions of the log; a tenant's watermark is its partition's.
+    pub partitions: u32,
+    /// Subscriptions, prices and period close.
+    pub billing: Billing,
+    /// Webhook endpoints and deliveries.
+    pub webhooks: Arc<meter_webhooks::Webhooks>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// The roles this process runs, for readiness.
+    pub health: Health,
+}
+
+impl AppState {
+    /// The live counters as the usage-store port.
+    pub fn store(&self) -> &dyn UsageStore {
+        &*self.live
+    }
+}
+
+/// What billing needs besides the rest of the state.
+pub struct Billing {
+    /// Subscriptions and closes.
+    pub ledger: Ledger,
+    /// Every tenant's plan, for alerts; refreshed after each subscription change.
+    pub allowances: Arc<PlanAllowances>,
+    /// Prices.
+    pub book: Arc<PriceBook>,
+    /// Where a close reads its figures.
+    pub sources: Sources,
+}
+
+/// The consumers this process runs, whose state readiness reports. The composition root takes
+/// them back at shutdown to drain them.
+#[derive(Default)]
+pub struct Health {
+    /// Whether this process aggregates (an aggregator that stopped makes it unready).
+    pub runs_aggregator: bool,
+    /// The aggregator, while it runs.
+    pub aggregator: Mutex<Option<Aggregator>>,
+    /// The ClickHouse sink, while it runs.
+    pub sink: Mutex<Option<Aggregator>>,
+}
+
+impl Health {
+    /// `Ok` while the aggregator consumes (or this process runs none); otherwise why not.
+    pub fn aggregator_status(&self) -> Result<(), String> {
+        if !self.runs_aggregator {
+            return Ok(());
+        }
+        let guard = self.aggregator.lock().map_err(|_| "state poisoned".to_string())?;
+        match guard.as_ref() {
+            None => Err("aggregator stopped".into()),
+            Some(a) if a.is_finished() => Err("aggregator stopped".into()),
+            Some(a) => a.failure().map_or(Ok(()), |e| Err(format!("aggregator failing, retrying: {e}"))),
+        }
+    }
+
+    /// `Ok` while the ClickHouse sink inserts (or this process runs none); otherwise why not.
+    /// Ingest keeps accepting meanwhile: the log holds what the sink has not inserted yet.
+    pub fn sink_status(&self) -> Result<(), String> {
+        let guard = self.sink.lock().map_err(|_| "state poisoned".to_string())?;
+        match guard.as_ref() {
+            None => Ok(()),
+            Some(s) if s.is_finished() => Err("clickhouse sink stopped".into()),
+            Some(s) => s.failure().map_or(Ok(()), |e| Err(format!("clickhouse sink failing, retrying: {e}"))),
+        }
+    }
+
+    /// Takes the aggregator and the sink back, for shutdown.
+    pub fn take(&self) -> (Option<Aggregator>, Option<Aggregator>) {
+        let take = |m: &Mutex<Option<Aggregator>>| m.lock().unwrap_or_else(|e| e.into_inner()).take();
+        (take(&self.aggregator), take(&self.sink))
+    }
+}
