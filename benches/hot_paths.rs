@@ -11,7 +11,7 @@ use meter_rater::{Cycle, PriceBook, Setup};
 use meter_schemas::envelope::{Context, Format, parse};
 use meter_schemas::{Catalog, Event, Limits, TenantScope};
 use meter_sqlite::Durability;
-use meter_store::{Metered, Progress, SqliteStore, UsageStore};
+use meter_store::{LiveStore, Metered, Progress, SqliteStore, UsageStore};
 use std::hint::black_box;
 
 fn body(prefix: &str, n: usize, tenants: usize) -> Vec<u8> {

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use meter_billing::PlanAllowances;
 use meter_schemas::{Catalog, Contribution, Event, Period};
-use meter_store::{LimitQuery, LimitSnapshot, SqliteStore};
+use meter_store::{LimitQuery, LimitSnapshot, LiveStore};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet, btree_map};
 use std::sync::{Arc, Mutex};
@@ -68,7 +68,7 @@ pub struct HardLimits {
     /// Every tenant's plan.
     pub allowances: Arc<PlanAllowances>,
     /// The live counters.
-    pub live: Arc<SqliteStore>,
+    pub live: Arc<dyn LiveStore>,
     /// Meters.
     pub catalog: Arc<Catalog>,
     /// Accepted events of hard-limited tenants not known counted yet.
@@ -77,7 +77,7 @@ pub struct HardLimits {
 
 impl HardLimits {
     /// Hard limits checked against `live`.
-    pub fn new(allowances: Arc<PlanAllowances>, live: Arc<SqliteStore>, catalog: Arc<Catalog>) -> Self {
+    pub fn new(allowances: Arc<PlanAllowances>, live: Arc<dyn LiveStore>, catalog: Arc<Catalog>) -> Self {
         HardLimits { allowances, live, catalog, held: Mutex::default() }
     }
 }
@@ -293,7 +293,7 @@ mod tests {
     use super::*;
     use meter_ingest::Quota;
     use meter_rater::{Cycle, PriceBook, Setup};
-    use meter_store::{Metered, Progress, UsageStore};
+    use meter_store::{Metered, Progress};
 
     /// A Starter tenant (agent invocations: a hard limit of 2,000) and its live store.
     async fn starter() -> (tempfile::TempDir, HardLimits) {
@@ -309,7 +309,9 @@ mod tests {
         ledger.create("t", setup, now, "test", list).await.unwrap();
         let allowances = Arc::new(PlanAllowances::new(book));
         allowances.refresh(&ledger, now).await.unwrap();
-        let live = Arc::new(SqliteStore::open(&dir.path().join("usage.db"), meter_sqlite::Durability::Normal).unwrap());
+        let live: Arc<dyn LiveStore> = Arc::new(
+            meter_store::SqliteStore::open(&dir.path().join("usage.db"), meter_sqlite::Durability::Normal).unwrap(),
+        );
         live.checkpoint("c").unwrap();
         (dir, HardLimits::new(allowances, live, catalog))
     }

@@ -12,7 +12,7 @@ use meter_auth::{KeyStore, Role};
 use meter_eventlog::{EventLog, KafkaLog, KafkaSettings, SqliteLog};
 use meter_ingest::Ingest;
 use meter_schemas::Catalog;
-use meter_store::{ClickHouseStore, SqliteStore, UsageStore};
+use meter_store::{ClickHouseStore, LiveStore, SqliteStore, UsageStore};
 use std::fs::File;
 use std::future::{Future, IntoFuture};
 use std::sync::{Arc, Mutex};
@@ -105,7 +105,7 @@ pub async fn run_roles(
         );
     }
     let log = open_log(&config).await?;
-    let live = Arc::new(
+    let live: Arc<dyn LiveStore> = Arc::new(
         SqliteStore::open(&config.live_store_path()?, config.store.durability).context("opening the usage store")?,
     );
     let store: Arc<dyn UsageStore> = live.clone();
@@ -295,7 +295,7 @@ pub async fn run_roles(
 /// What the upgrade advisor reads.
 struct Advice {
     ledger: meter_billing::Ledger,
-    live: Arc<SqliteStore>,
+    live: Arc<dyn LiveStore>,
     catalog: Arc<Catalog>,
     book: Arc<meter_rater::PriceBook>,
     consumer: String,

@@ -5,7 +5,7 @@ use meter_auth::KeyStore;
 use meter_billing::{Ledger, PlanAllowances, Sources};
 use meter_rater::PriceBook;
 use meter_schemas::{Catalog, Limits};
-use meter_store::{SqliteStore, UsageStore};
+use meter_store::{LiveStore, UsageStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +14,7 @@ pub struct AppState {
     /// API keys.
     pub keys: Arc<KeyStore>,
     /// The live counters: the aggregator's store, and the alerts it raises.
-    pub live: Arc<SqliteStore>,
+    pub live: Arc<dyn LiveStore>,
     /// The history: the ClickHouse store the sink fills, or the live counters' store when there
     /// is no other.
     pub history: Arc<dyn UsageStore>,

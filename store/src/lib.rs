@@ -206,6 +206,36 @@ pub trait UsageStore: Send + Sync {
     async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, Error>;
 }
 
+/// The live counters' port: what the stages need beyond [`UsageStore`] from the store the
+/// aggregator counts into. Threshold alerts are raised inside [`UsageStore::apply`]'s
+/// transaction, with the counters and the checkpoint, once allowances are set; delivery reads
+/// them back after a cursor; ingest's hard limits read one consistent snapshot. Every backend
+/// of the live counters implements it; `contract` runs its suite against each.
+#[async_trait]
+pub trait LiveStore: UsageStore {
+    /// From now on, every change of a period's counter raises the alerts its tenant's plan sets
+    /// (see [`alerts`]), in the same transaction.
+    fn set_allowances(&self, allowances: std::sync::Arc<dyn Allowances>);
+
+    /// Raises the thresholds `tenant`'s counters of `period` have already reached (after its
+    /// plan changed, when no event may come to trigger them); returns how many are new. Blocking.
+    fn reevaluate(&self, tenant: &str, period: Period) -> Result<usize, Error>;
+
+    /// Raises an `upgrade_suggested` alert, unless that tier was suggested to the tenant in the
+    /// period before; returns whether it is new. Blocking.
+    fn suggest(&self, s: Suggestion) -> Result<bool, Error>;
+
+    /// Answers a hard-limit check's queries from one snapshot (see [`limits`]).
+    async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<LimitSnapshot, Error>;
+
+    /// Changes after every write that raised an alert, so that delivery need not poll; each
+    /// subscriber (webhooks, the Kafka topic) sees every change.
+    fn alerted(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Alerts raised after `after_seq` (of `tenant`, when given), oldest first, at most `limit`.
+    async fn alerts(&self, tenant: Option<&str>, after_seq: u64, limit: usize) -> Result<Vec<Alert>, Error>;
+}
+
 /// The slowest of `(partition, watermark)` marks over `0..partitions`; `None` unless each has one.
 pub fn slowest(marks: &[(u32, i64)], partitions: u32) -> Option<i64> {
     (0..partitions)

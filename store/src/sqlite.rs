@@ -7,8 +7,8 @@
 use crate::alerts::{Alert, Allowances, Suggestion, alert_id, reached, suggestion_id};
 use crate::limits::{LimitQuery, LimitSnapshot, LimitState};
 use crate::{
-    Applied, Checkpoint, Coverage, Date, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, Totals,
-    UsageStore,
+    Applied, Checkpoint, Coverage, Date, Error, LiveStore, MeterTallies, Metered, PeriodUsage, Progress, Series,
+    Totals, UsageStore,
 };
 use async_trait::async_trait;
 use meter_schemas::period::{day_of, format_day, format_time, now_us};
@@ -100,15 +100,26 @@ impl SqliteStore {
         })
     }
 
+    /// Counts `new` alerts of `kind` just committed and wakes their subscribers.
+    fn announce(&self, kind: &'static str, new: usize) {
+        if new > 0 {
+            metrics::counter!(crate::alerts::metric::RAISED, "kind" => kind).increment(new as u64);
+            self.alerted.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+#[async_trait]
+impl LiveStore for SqliteStore {
     /// From now on, every change of a period's counter raises the alerts its tenant's plan sets
     /// (see [`crate::alerts`]), in the same transaction.
-    pub fn set_allowances(&self, allowances: Arc<dyn Allowances>) {
+    fn set_allowances(&self, allowances: Arc<dyn Allowances>) {
         *self.allowances.write().unwrap_or_else(|e| e.into_inner()) = Some(allowances);
     }
 
     /// Raises the thresholds `tenant`'s counters of `period` have already reached (after its
     /// plan changed, when no event may come to trigger them); returns how many are new. Blocking.
-    pub fn reevaluate(&self, tenant: &str, period: Period) -> Result<usize, Error> {
+    fn reevaluate(&self, tenant: &str, period: Period) -> Result<usize, Error> {
         let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(allowances) = allowances else { return Ok(0) };
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,7 +144,7 @@ impl SqliteStore {
 
     /// Raises an `upgrade_suggested` alert, unless that tier was suggested to the tenant in the
     /// period before; returns whether it is new. Blocking (it waits for the writer).
-    pub fn suggest(&self, s: Suggestion) -> Result<bool, Error> {
+    fn suggest(&self, s: Suggestion) -> Result<bool, Error> {
         let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let id = suggestion_id(&s.tenant, &s.period, &s.suggested_plan);
         let n = conn.execute(
@@ -148,7 +159,7 @@ impl SqliteStore {
     }
 
     /// Answers a hard-limit check's queries from one snapshot (see [`crate::limits`]).
-    pub async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<LimitSnapshot, Error> {
+    async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<LimitSnapshot, Error> {
         let reads = self.reads.clone();
         Ok(blocking(move || {
             reads.with(|conn| {
@@ -196,22 +207,14 @@ impl SqliteStore {
         .await?)
     }
 
-    /// Counts `new` alerts of `kind` just committed and wakes their subscribers.
-    fn announce(&self, kind: &'static str, new: usize) {
-        if new > 0 {
-            metrics::counter!(crate::alerts::metric::RAISED, "kind" => kind).increment(new as u64);
-            self.alerted.send_modify(|n| *n += 1);
-        }
-    }
-
     /// Changes after every write that raised an alert, so that delivery need not poll; each
     /// subscriber (webhooks, the Kafka topic) sees every change.
-    pub fn alerted(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn alerted(&self) -> tokio::sync::watch::Receiver<u64> {
         self.alerted.subscribe()
     }
 
     /// Alerts raised after `after_seq` (of `tenant`, when given), oldest first, at most `limit`.
-    pub async fn alerts(&self, tenant: Option<&str>, after_seq: u64, limit: usize) -> Result<Vec<Alert>, Error> {
+    async fn alerts(&self, tenant: Option<&str>, after_seq: u64, limit: usize) -> Result<Vec<Alert>, Error> {
         let reads = self.reads.clone();
         let tenant = tenant.map(str::to_string);
         let rows = blocking(move || {

@@ -1,8 +1,8 @@
-//! The usage-store contract against the SQLite backend.
+//! The usage-store and live-counter contracts against the SQLite backend.
 
 use meter_sqlite::Durability;
-use meter_store::contract::Harness;
-use meter_store::{SqliteStore, UsageStore};
+use meter_store::contract::{Harness, LiveHarness};
+use meter_store::{LiveStore, SqliteStore, UsageStore};
 use std::sync::Arc;
 
 struct Sqlite(tempfile::TempDir);
@@ -14,11 +14,19 @@ impl Harness for Sqlite {
     }
 }
 
+#[async_trait::async_trait]
+impl LiveHarness for Sqlite {
+    async fn open_live(&self) -> Arc<dyn LiveStore> {
+        Arc::new(SqliteStore::open(&self.0.path().join("usage.db"), Durability::Normal).unwrap())
+    }
+}
+
 fn sqlite() -> Sqlite {
     Sqlite(tempfile::tempdir().unwrap())
 }
 
 meter_store::store_contract!(sqlite());
+meter_store::live_contract!(sqlite());
 
 /// A store written by the previous schema (one watermark per consumer, consumer "aggregator")
 /// opens with its checkpoints and watermark carried over to the group's name.

@@ -7,7 +7,7 @@ use crate::{Error, Rounds, Settings, Webhooks, guard, metric, sign};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use meter_schemas::period::now_us;
 use meter_sqlite::rusqlite::params;
-use meter_store::SqliteStore;
+use meter_store::LiveStore;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -33,8 +33,8 @@ struct Due {
 impl Webhooks {
     /// Fans out new alerts and sends due deliveries as soon as the store raises an alert, as soon
     /// as a send ends, and every [`crate::Settings::poll`] (for retries), until dropped.
-    pub async fn run(self: Arc<Self>, alerts: Arc<SqliteStore>) {
-        let mut rounds = Rounds::new(&alerts, self.settings.poll);
+    pub async fn run(self: Arc<Self>, alerts: Arc<dyn LiveStore>) {
+        let mut rounds = Rounds::new(&*alerts, self.settings.poll);
         let mut sending = JoinSet::new();
         // Endpoint of each send in flight, and how many go to each endpoint.
         let mut endpoint_of = HashMap::new();
@@ -63,7 +63,7 @@ impl Webhooks {
             };
             if let Some(done) = ended {
                 settle(done);
-            } else if let Err(e) = self.fan_out(&alerts).await {
+            } else if let Err(e) = self.fan_out(&*alerts).await {
                 tracing::warn!(error = %e, "queueing alerts for webhooks failed; trying again");
             }
             while let Some(done) = sending.try_join_next_with_id() {

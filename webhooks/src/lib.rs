@@ -16,7 +16,7 @@ pub use signature::{Invalid, sign, verify};
 use meter_schemas::period::{format_time, now_us};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, params};
 use meter_sqlite::{Durability, Shared, migrate, open};
-use meter_store::{Alert, SqliteStore};
+use meter_store::{Alert, LiveStore};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
@@ -369,7 +369,7 @@ impl Webhooks {
     }
 
     /// Queues every alert raised since the last call for each endpoint that wants it.
-    pub async fn fan_out(&self, alerts: &SqliteStore) -> Result<usize, Error> {
+    pub async fn fan_out(&self, alerts: &dyn LiveStore) -> Result<usize, Error> {
         let after = self.cursor("alerts").await?;
         let new = alerts.alerts(None, after, 1000).await?;
         let Some(last) = new.last().map(|a| a.seq) else { return Ok(0) };
@@ -410,7 +410,7 @@ pub(crate) struct Rounds {
 }
 
 impl Rounds {
-    pub(crate) fn new(alerts: &SqliteStore, poll: Duration) -> Self {
+    pub(crate) fn new(alerts: &dyn LiveStore, poll: Duration) -> Self {
         let mut every = tokio::time::interval(poll);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Rounds { every, raised: alerts.alerted() }

@@ -4,7 +4,7 @@
 
 use crate::{Error, Webhooks, body_of};
 use meter_eventlog::PartitionCount;
-use meter_store::SqliteStore;
+use meter_store::LiveStore;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
@@ -43,7 +43,7 @@ impl AlertTopic {
 
     /// Produces every alert raised since the last call (the `kafka` cursor in `webhooks.db`), and
     /// moves the cursor once the brokers acknowledged them all; returns how many.
-    pub async fn publish(&self, cursor: &Webhooks, alerts: &SqliteStore) -> Result<usize, Error> {
+    pub async fn publish(&self, cursor: &Webhooks, alerts: &dyn LiveStore) -> Result<usize, Error> {
         let after = cursor.cursor("kafka").await?;
         let new = alerts.alerts(None, after, 1000).await?;
         let Some(last) = new.last().map(|a| a.seq) else { return Ok(0) };
@@ -65,9 +65,9 @@ impl AlertTopic {
     /// Publishes as soon as alerts are raised, and every `poll`, until dropped. Of several
     /// processes on one data directory only the holder of a lease publishes (another takes over
     /// within [`LEASE`] of its death), so an alert is not produced once per process.
-    pub async fn run(self, cursor: Arc<Webhooks>, alerts: Arc<SqliteStore>, poll: Duration) {
+    pub async fn run(self, cursor: Arc<Webhooks>, alerts: Arc<dyn LiveStore>, poll: Duration) {
         let me = format!("{}-{}", std::process::id(), meter_schemas::period::now_us());
-        let mut rounds = crate::Rounds::new(&alerts, poll);
+        let mut rounds = crate::Rounds::new(&*alerts, poll);
         loop {
             rounds.next().await;
             match cursor.lease("kafka", &me, LEASE).await {
@@ -78,7 +78,7 @@ impl AlertTopic {
                     continue;
                 }
             }
-            if let Err(e) = self.publish(&cursor, &alerts).await {
+            if let Err(e) = self.publish(&cursor, &*alerts).await {
                 tracing::warn!(error = %e, topic = %self.topic, "publishing alerts to Kafka failed; trying again");
             }
         }
