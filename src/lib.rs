@@ -6,6 +6,5 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod loadgen;
-pub mod quota;
 pub mod server;
 pub mod telemetry;

@@ -226,7 +226,7 @@ pub async fn run_roles(
     let mut routes = meter_api::router(state.clone());
     if roles.ingest {
         let quota =
-            crate::quota::HardLimits::new(state.billing.allowances.clone(), state.live.clone(), catalog.clone());
+            meter_billing::HardLimits::new(state.billing.allowances.clone(), state.live.clone(), catalog.clone());
         let ingest = Arc::new(Ingest {
             log: log.clone(),
             keys,

@@ -1,6 +1,7 @@
 //! Billing for meter: the ledger of subscriptions and closed periods ([`Ledger`]), the period
-//! close that rates every subscription and reconciles the figures ([`close`]), and the preview of
-//! the open period's invoice ([`upcoming`]).
+//! close that rates every subscription and reconciles the figures ([`close`]), the preview of
+//! the open period's invoice ([`upcoming`]), and what plans allow: allowances for alerts,
+//! entitlements, and the hard limits ingest checks ([`HardLimits`]).
 
 pub mod advisor;
 pub mod allowances;
@@ -8,6 +9,7 @@ pub mod census;
 pub mod close;
 pub mod entitlements;
 pub mod ledger;
+pub mod limits;
 pub mod metric;
 pub mod preview;
 #[cfg(feature = "testing")]
@@ -17,6 +19,7 @@ pub use allowances::PlanAllowances;
 pub use close::{Close, Progress, ReportRow, Sources, close};
 pub use entitlements::{Entitlement, Entitlements, entitlements};
 pub use ledger::Ledger;
+pub use limits::HardLimits;
 pub use preview::{Upcoming, upcoming};
 
 use meter_rater::Refusal;

@@ -2,8 +2,8 @@
 //! live counter, plus what this process accepted that is not counted yet, plus the request's
 //! own new events, would pass the plan's included quantity.
 
+use crate::PlanAllowances;
 use async_trait::async_trait;
-use meter_billing::PlanAllowances;
 use meter_schemas::{Catalog, Contribution, Event, Period};
 use meter_store::{LimitQuery, LimitSnapshot, LiveStore};
 use rust_decimal::Decimal;
@@ -301,7 +301,7 @@ mod tests {
         let catalog = Arc::new(Catalog::new(vec![]).unwrap());
         let names: Vec<&str> = catalog.meters().iter().map(|m| m.name.as_str()).collect();
         let book = Arc::new(PriceBook::parse(meter_rater::pricebook::SAMPLE, &names, &["active_users"]).unwrap());
-        let ledger = meter_billing::Ledger::open(&dir.path().join("billing.db")).unwrap();
+        let ledger = crate::Ledger::open(&dir.path().join("billing.db")).unwrap();
         let now = meter_schemas::period::now_us();
         let list = book.for_period(Period::containing(now)).unwrap();
         let setup =
