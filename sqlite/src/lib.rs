@@ -56,13 +56,31 @@ pub fn open(path: &Path, durability: Durability) -> Result<Connection, Error> {
     // Checkpoint the WAL every 64 MiB rather than every 4 MiB: a checkpoint rewrites pages into the
     // main file, and at the default it ran after nearly every group commit.
     conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+    // After a checkpoint resets the WAL, cut the file back to this size rather than keep the
+    // largest it ever grew to.
+    conn.pragma_update(None, "journal_size_limit", WAL_BOUND as i64)?;
     Ok(conn)
 }
+
+/// The WAL size past which a [`Checkpointer`] no longer waits for a quiet moment: it checkpoints
+/// and truncates the WAL while writers wait. Passive checkpoints cannot finish while a writer
+/// keeps appending and readers keep reading: under a steady load the WAL grew to twenty times
+/// the data (ARCHITECTURE.md, "The embedded default's disk").
+pub const WAL_BOUND: u64 = 64 << 20;
+
+/// How long a bounding checkpoint waits for the writer and for readers of older snapshots.
+const BOUNDING_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a [`Checkpointer`] looks at the WAL's size (a `stat`; cheap).
+const SIZE_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// Checkpoints a database's WAL from a thread of its own, so that writers never do it inline. A
 /// checkpoint copies the WAL's pages into the main file and syncs it; done by the committing
 /// connection (SQLite's default) it stalls that commit for tens of milliseconds. Runs a passive
-/// checkpoint (it never blocks readers or writers) every `every`; stops when dropped.
+/// checkpoint (it never blocks readers or writers) every `every`; and whenever the WAL has grown
+/// past its bound ([`WAL_BOUND`]), a truncating one that makes writers wait until the WAL is
+/// copied and emptied, so that ingest slows down rather than filling the disk. Stops when
+/// dropped.
 pub struct Checkpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -72,15 +90,40 @@ impl Checkpointer {
     /// Starts checkpointing `path`. Connections that write it should be opened with
     /// [`open_for_checkpointer`].
     pub fn start(path: &Path, every: Duration) -> Result<Self, Error> {
+        Self::start_bounded(path, every, WAL_BOUND)
+    }
+
+    /// [`Checkpointer::start`] with the WAL bounded at `bound` bytes.
+    pub fn start_bounded(path: &Path, every: Duration, bound: u64) -> Result<Self, Error> {
         let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(1))?;
+        conn.busy_timeout(BOUNDING_WAIT)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("meter-sqlite-checkpoint".into())
             .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                let mut last_passive = std::time::Instant::now();
+                let tick = every.min(SIZE_CHECK_EVERY);
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    let over = std::fs::metadata(&wal).is_ok_and(|m| m.len() > bound);
+                    let mode = if over {
+                        "TRUNCATE"
+                    } else if last_passive.elapsed() >= every {
+                        "PASSIVE"
+                    } else {
+                        continue;
+                    };
+                    last_passive = std::time::Instant::now();
+                    let sql = format!("PRAGMA wal_checkpoint({mode})");
+                    match conn.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
+                        Ok(1) if over => tracing::warn!(
+                            wal = %wal.display(),
+                            "the WAL is past its bound and a reader or writer held it for {BOUNDING_WAIT:?}; retrying"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
                     }
                 }
             })
@@ -210,6 +253,35 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("the checkpointer never checkpointed: {} bytes", file_len());
+    }
+
+    /// A WAL that passive checkpoints cannot reset (a reader always holds an old snapshot while
+    /// a writer appends) is truncated once past its bound: the writer waits, the WAL shrinks.
+    #[test]
+    fn a_wal_past_its_bound_is_truncated_while_writers_keep_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = open_for_checkpointer(&path, Durability::Normal).unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
+        let bound = 4 << 20;
+        let _checkpointer = Checkpointer::start_bounded(&path, Duration::from_secs(3600), bound).unwrap();
+        let reader = open(&path, Durability::Normal).unwrap();
+        let wal_len = || std::fs::metadata(dir.path().join("w.db-wal")).map_or(0, |m| m.len());
+        let mut largest = 0;
+        for i in 0..6000 {
+            // A reader that keeps reading, each time in a new short transaction, as the
+            // aggregator does.
+            if i % 10 == 0 {
+                let _: i64 = reader.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+            }
+            conn.execute("INSERT INTO t (v) VALUES (zeroblob(4096))", []).unwrap();
+            largest = largest.max(wal_len());
+        }
+        // 6,000 pages and more written: without the bound the WAL holds them all (77 MB when
+        // this test was written with the bound lifted).
+        assert!(largest < 3 * bound, "the WAL reached {largest} bytes with a bound of {bound}");
+        let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 6000);
     }
 
     #[test]

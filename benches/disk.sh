@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Disk use of the embedded default under a steady load: a release `meter serve` on an empty data
+# directory and `meter loadgen --events $EVENTS --tenants $TENANTS --random-ids`, sampling the data
+# directory every second during the run and for $AFTER seconds after it. Prints the throughput,
+# the largest sample, the databases' size (main files, without their WALs) at the end, and the
+# bound the embedded default keeps to: twice the databases plus 128 MiB.
+#   EVENTS=1000000 TENANTS=10000 benches/disk.sh
+# BIN runs another build (another commit's, side by side) instead of this one's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS=${EVENTS:-1000000}
+TENANTS=${TENANTS:-10000}
+AFTER=${AFTER:-10}
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q
+  BIN=target/release/meter
+fi
+dir=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+key=$($BIN keys create --role admin --data-dir "$dir/data" 2>/dev/null)
+METER__BOOTSTRAP_ADMIN_KEY=false RUST_LOG=warn $BIN serve --data-dir "$dir/data" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
+pid=$!
+for _ in $(seq 100); do grep -q listening "$dir/out" && break; sleep 0.1; done
+url=$(sed -n 's/^meter listening on //p' "$dir/out")
+used() { du -sb "$dir/data" | cut -f1; }
+dbs() { find "$dir/data" -name '*.db' -printf '%s\n' | awk '{s += $1} END {print s}'; }
+( while kill -0 "$pid" 2>/dev/null; do used >>"$dir/samples"; sleep 1; done ) &
+sampler=$!
+out=$($BIN loadgen --url "$url" --key "$key" --events "$EVENTS" --tenants "$TENANTS" --batch 100 --concurrency 32 --random-ids 2>/dev/null)
+sleep "$AFTER"
+final=$(used)
+databases=$(dbs)
+kill "$pid"; wait "$pid" || true
+kill "$sampler" 2>/dev/null || true
+largest=$(sort -n "$dir/samples" | tail -1)
+rate=$(echo "$out" | sed -n 's/.*= \([0-9]*\) events\/s.*/\1/p')
+mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
+bound=$((2 * databases + 128 * 1048576))
+echo "| events/s | largest sample MiB | after the run MiB | databases MiB | bound MiB | within |"
+echo "|---:|---:|---:|---:|---:|---|"
+echo "| $rate | $(mib "$largest") | $(mib "$final") | $(mib "$databases") | $(mib "$bound") | $([ "$largest" -le "$bound" ] && echo yes || echo NO) |"
