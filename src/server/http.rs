@@ -1,0 +1,52 @@
+//! The process's HTTP application: the API of every process, ingest's routes in a process that
+//! ingests, the OpenAPI document of what it serves, and the layers every request passes.
+
+use super::shared::Shared;
+use crate::config::Config;
+use axum::routing::get;
+use axum::{Json, Router};
+use meter_api::AppState;
+use meter_ingest::Ingest;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+/// Longest a request may take; a slow client cannot hold a connection (or shutdown) for ever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The write API, with the hard limits of every tenant's plan, when `ingests`.
+pub(super) fn start_ingest_if_needed(
+    shared: &Shared,
+    config: &Config,
+    ingests: bool,
+) -> anyhow::Result<Option<Arc<Ingest>>> {
+    if !ingests {
+        return Ok(None);
+    }
+    let quota = meter_billing::HardLimits::new(shared.allowances.clone(), shared.live.clone(), shared.catalog.clone());
+    Ok(Some(Arc::new(Ingest {
+        log: shared.log.clone(),
+        keys: shared.keys.clone(),
+        catalog: shared.catalog.clone(),
+        limits: config.ingest_limits()?,
+        max_body_bytes: config.ingest.max_body_bytes,
+        quota: Some(Arc::new(quota)),
+    })))
+}
+
+/// Every route this process serves, `/api/v1/openapi.json` describing them, and the answers for
+/// unknown paths, slow requests and panics.
+pub(super) fn app(state: Arc<AppState>, ingest: Option<Arc<Ingest>>) -> Router {
+    let mut routes = meter_api::router(state);
+    if let Some(ingest) = ingest {
+        routes = routes.merge(meter_ingest::router(ingest));
+    }
+    let (router, openapi) = routes.split_for_parts();
+    let openapi = Arc::new(openapi);
+    router
+        .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        .fallback(meter_api::not_found)
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(CatchPanicLayer::custom(meter_api::panicked))
+}
