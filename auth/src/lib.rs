@@ -1,28 +1,27 @@
 //! API keys: 256 random bits, shown once, stored only as SHA-256, each with a role and (for
 //! tenant keys) a tenant.
 //!
-//! The server keeps the key table in memory and reloads it when the file changes, so a check is a
-//! hash and a map look-up, and `meter keys create` or `revoke` take effect within a second.
+//! The server keeps the key table in memory ([`KeyStore`]) and reloads it from its storage (the
+//! [`KeyTable`] port: SQLite's `keys.db` by default) at most every second, so a check is a hash
+//! and a map look-up, and `meter keys create` or `revoke` take effect within a second.
+
+pub mod contract;
+mod sqlite;
+mod table;
+
+pub use sqlite::SqliteKeys;
+pub use table::{KeyTable, StoredKey};
 
 use base64::Engine;
 use meter_schemas::envelope::check_id;
-use meter_sqlite::rusqlite::{OptionalExtension, params};
-use meter_sqlite::{Durability, migrate, open};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-const MIGRATIONS: &[&str] = &["
-    CREATE TABLE keys (
-        id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, role TEXT NOT NULL, tenant TEXT,
-        created_at TEXT NOT NULL, revoked_at TEXT
-    );
-"];
 
 /// Prefix of every key, so that leaked keys are easy to find by scanners.
 pub const KEY_PREFIX: &str = "mtr_";
@@ -156,12 +155,6 @@ pub enum Error {
     Storage(#[from] meter_sqlite::Error),
 }
 
-impl From<meter_sqlite::rusqlite::Error> for Error {
-    fn from(e: meter_sqlite::rusqlite::Error) -> Self {
-        Error::Storage(e.into())
-    }
-}
-
 fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -175,9 +168,9 @@ struct Loaded {
     at: Instant,
 }
 
-/// The key table.
+/// The key table, cached in memory in front of its storage.
 pub struct KeyStore {
-    path: PathBuf,
+    table: Arc<dyn KeyTable>,
     loaded: RwLock<Loaded>,
     last_miss_reload: Mutex<Instant>,
     /// One reload at a time; callers that find one under way wait for it rather than start another.
@@ -185,12 +178,15 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// Opens (creating if needed) the key table at `path`.
+    /// Opens (creating if needed) the SQLite key table at `path`.
     pub fn open(path: &Path) -> Result<Arc<Self>, Error> {
-        let mut conn = open(path, Durability::Full)?;
-        migrate(&mut conn, path, MIGRATIONS)?;
+        Self::new(Arc::new(SqliteKeys::open(path)?))
+    }
+
+    /// The keys stored in `table`, loaded once now.
+    pub fn new(table: Arc<dyn KeyTable>) -> Result<Arc<Self>, Error> {
         let store = Self {
-            path: path.to_path_buf(),
+            table,
             loaded: RwLock::new(Loaded { by_hash: HashMap::new(), at: Instant::now() }),
             last_miss_reload: Mutex::new(Instant::now() - MISS_RELOAD_GAP),
             reloading: tokio::sync::Mutex::new(()),
@@ -216,59 +212,36 @@ impl KeyStore {
         let secret = format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
         let digest = hash(&secret);
         let id = format!("key_{}", &digest[..12]);
-        let conn = open(&self.path, Durability::Full)?;
-        conn.execute(
-            "INSERT INTO keys (id, hash, role, tenant, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, digest, role.to_string(), tenant, now_text()],
-        )?;
+        self.table.insert(&StoredKey {
+            id: id.clone(),
+            hash: digest,
+            role,
+            tenant: tenant.map(str::to_string),
+            created_at: now_text(),
+        })?;
         self.reload()?;
         Ok(NewKey { id, secret })
     }
 
     /// Revokes the key with this id; false when there is no such key.
     pub fn revoke(&self, id: &str) -> Result<bool, Error> {
-        let conn = open(&self.path, Durability::Full)?;
-        let n = conn
-            .execute("UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now_text()])?;
+        let revoked = self.table.revoke(id, &now_text())?;
         self.reload()?;
-        Ok(n == 1)
+        Ok(revoked)
     }
 
     /// Every key, oldest first.
     pub fn list(&self) -> Result<Vec<KeyInfo>, Error> {
-        let conn = open(&self.path, Durability::Full)?;
-        let mut stmt =
-            conn.prepare("SELECT id, role, tenant, created_at, revoked_at FROM keys ORDER BY created_at, id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(KeyInfo {
-                id: r.get(0)?,
-                role: r.get::<_, String>(1)?.parse().unwrap_or(Role::Read),
-                tenant: r.get(2)?,
-                created_at: r.get(3)?,
-                revoked_at: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.table.list()
     }
 
     /// Whether no key has ever been created.
     pub fn is_empty(&self) -> Result<bool, Error> {
-        let conn = open(&self.path, Durability::Full)?;
-        Ok(conn.query_row("SELECT id FROM keys LIMIT 1", [], |r| r.get::<_, String>(0)).optional()?.is_none())
+        self.table.is_empty()
     }
 
     fn reload(&self) -> Result<(), Error> {
-        let conn = open(&self.path, Durability::Full)?;
-        let mut stmt = conn.prepare("SELECT id, hash, role, tenant FROM keys WHERE revoked_at IS NULL")?;
-        let by_hash = stmt
-            .query_map([], |r| {
-                let role: String = r.get(2)?;
-                Ok((
-                    r.get::<_, String>(1)?,
-                    Principal { key_id: r.get(0)?, role: role.parse().unwrap_or(Role::Read), tenant: r.get(3)? },
-                ))
-            })?
-            .collect::<Result<HashMap<_, _>, _>>()?;
+        let by_hash = self.table.active()?;
         *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Loaded { by_hash, at: Instant::now() };
         Ok(())
     }
