@@ -147,25 +147,6 @@ fn instant(at: Option<&str>, now: i64) -> Result<i64, ApiError> {
     Ok(us)
 }
 
-fn list_at(state: &AppState, at: i64) -> Result<meter_rater::PriceList, ApiError> {
-    let period = Period::containing(at);
-    state.billing.book.for_period(period).cloned().ok_or_else(|| {
-        ApiError::Invalid(vec![FieldError::invalid("at", format!("no price list is effective in {period}"))])
-    })
-}
-
-/// After a subscription changed: the alerts use the new plan at once, and thresholds its
-/// counters already reached under it are raised now rather than at the next event.
-async fn plan_changed(state: &Arc<AppState>, tenant: &str, now: i64) -> Result<(), ApiError> {
-    state.billing.allowances.refresh(&state.billing.ledger, now).await?;
-    let (live, tenant) = (state.live.clone(), tenant.to_string());
-    tokio::task::spawn_blocking(move || live.reevaluate(&tenant, Period::containing(now)))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(())
-}
-
 /// Create a subscription (admin).
 #[utoipa::path(post, path = "/api/v1/subscriptions", tag = "billing", request_body = NewSubscription,
     responses(
@@ -190,9 +171,7 @@ pub async fn create_subscription(
         auto_renew: new.auto_renew.unwrap_or(true),
         trial: new.trial.unwrap_or(false),
     };
-    let list = list_at(&state, at)?;
-    let sub = state.billing.ledger.create(&new.tenant, setup, at, &who.key_id, &list).await?;
-    plan_changed(&state, &sub.tenant, now).await?;
+    let sub = state.billing.subscriptions.create(&new.tenant, setup, at, &who.key_id, now).await?;
     tracing::info!(subscription = %sub.id, key = %who.key_id, "subscription created");
     Ok((StatusCode::CREATED, Json(SubscriptionView::of(sub, now))))
 }
@@ -213,7 +192,7 @@ pub async fn list_subscriptions(
         (Some(_), t) => Some(p.readable_tenant(t.as_deref())?),
     };
     let now = now_us();
-    let subs = state.billing.ledger.list(tenant.as_deref()).await?;
+    let subs = state.billing.subscriptions.ledger.list(tenant.as_deref()).await?;
     Ok(Json(subs.into_iter().map(|s| SubscriptionView::of(s, now)).collect()))
 }
 
@@ -230,7 +209,7 @@ pub async fn get_subscription(
     Reader(p, _): Reader<ReadSubscriptions>,
     Path(id): Path<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let sub = state.billing.ledger.get(&id).await?;
+    let sub = state.billing.subscriptions.ledger.get(&id).await?;
     if p.tenant.as_ref().is_some_and(|t| *t != sub.tenant) {
         return Err(meter_billing::Error::NotFound(id).into());
     }
@@ -283,9 +262,7 @@ pub async fn change_subscription(
     };
     let now = now_us();
     let at = instant(change.at.as_deref(), now)?;
-    let list = list_at(&state, at)?;
-    let sub = state.billing.ledger.apply(&id, command, at, &who.key_id, list).await?;
-    plan_changed(&state, &sub.tenant, now).await?;
+    let sub = state.billing.subscriptions.apply(&id, command, at, &who.key_id, now).await?;
     tracing::info!(subscription = %id, action, key = %who.key_id, "subscription changed");
     Ok(Json(SubscriptionView::of(sub, now)))
 }
@@ -362,7 +339,9 @@ pub async fn close_period(
         let report = move |p: meter_billing::Progress| {
             let _ = progress.send(serde_json::json!({ "progress": p }));
         };
-        let closed = meter_billing::close(&st.billing.ledger, period, &st.billing.sources, now_us(), &report).await;
+        let closed =
+            meter_billing::close(&st.billing.subscriptions.ledger, period, &st.billing.sources, now_us(), &report)
+                .await;
         if let Ok(c) = &closed {
             tracing::info!(%period, key = %who.key_id, invoices = c.invoices.len(), complete = c.complete, "period closed");
         }
@@ -453,6 +432,7 @@ async fn export(
     };
     let close = state
         .billing
+        .subscriptions
         .ledger
         .close_of(period)
         .await?
@@ -488,7 +468,7 @@ pub async fn upcoming_invoice(
         consumer: &state.consumer,
         partition: meter_schemas::partition::partition_for(&tenant, state.partitions),
     };
-    let b = &state.billing;
+    let b = &state.billing.subscriptions;
     let up = meter_billing::upcoming(&b.ledger, state.store(), coverage, &state.catalog, &b.book, &tenant, now_us())
         .await
         .map_err(|e| match e {
@@ -540,6 +520,7 @@ pub async fn list_plans(
     };
     let list = state
         .billing
+        .subscriptions
         .book
         .for_period(period)
         .ok_or_else(|| ApiError::Missing(format!("no price list rates {period}")))?;
@@ -555,61 +536,13 @@ pub async fn list_plans(
     }))
 }
 
-/// Subscriptions by state, and how trials end.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SubscriptionStats {
-    /// Count by state now.
-    pub by_state: BTreeMap<String, usize>,
-    /// Trials started.
-    pub trials_started: usize,
-    /// Trials that became paid subscriptions.
-    pub trials_converted: usize,
-    /// Trials cancelled before converting.
-    pub trials_cancelled: usize,
-    /// Trials still running.
-    pub trials_running: usize,
-    /// Converted over ended trials (converted + cancelled), 0 to 1, as decimal text; absent
-    /// before any trial ended.
-    pub conversion_rate: Option<String>,
-}
-
 /// Counts of subscriptions by state and the trial conversion rate (admin).
 #[utoipa::path(get, path = "/api/v1/subscriptions/stats", tag = "billing",
-    responses((status = 200, description = "Counts", body = SubscriptionStats)),
+    responses((status = 200, description = "Counts", body = meter_billing::SubscriptionStats)),
     security(("bearer" = [])))]
 pub async fn subscription_stats(
     State(state): State<Arc<AppState>>,
     _: Admin<ReadStatistics>,
-) -> Result<Json<SubscriptionStats>, ApiError> {
-    let now = now_us();
-    let mut stats = SubscriptionStats {
-        by_state: BTreeMap::new(),
-        trials_started: 0,
-        trials_converted: 0,
-        trials_cancelled: 0,
-        trials_running: 0,
-        conversion_rate: None,
-    };
-    for mut s in state.billing.ledger.list(None).await? {
-        s.advance(now);
-        *stats.by_state.entry(s.state().to_string()).or_default() += 1;
-        let trial = s.entries.first().is_some_and(|e| e.state == SubState::Trial);
-        if !trial {
-            continue;
-        }
-        stats.trials_started += 1;
-        let converted =
-            s.entries.iter().any(|e| matches!(e.change, meter_rater::subscription::Change::Converted { .. }));
-        match (converted, s.state()) {
-            (true, _) => stats.trials_converted += 1,
-            (false, SubState::Trial) => stats.trials_running += 1,
-            (false, _) => stats.trials_cancelled += 1,
-        }
-    }
-    let ended = stats.trials_converted + stats.trials_cancelled;
-    if ended > 0 {
-        let rate = rust_decimal::Decimal::from(stats.trials_converted) / rust_decimal::Decimal::from(ended);
-        stats.conversion_rate = Some(rate.round_dp(4).normalize().to_string());
-    }
-    Ok(Json(stats))
+) -> Result<Json<meter_billing::SubscriptionStats>, ApiError> {
+    Ok(Json(state.billing.subscriptions.stats(now_us()).await?))
 }

@@ -35,7 +35,7 @@ async fn read(
         consumer: &state.consumer,
         partition: meter_schemas::partition::partition_for(&tenant, state.partitions),
     };
-    let b = &state.billing;
+    let b = &state.billing.subscriptions;
     meter_billing::entitlements(&b.allowances, state.store(), coverage, &state.catalog, &tenant, now_us())
         .await
         .map_err(|e| match e {

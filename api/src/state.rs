@@ -2,8 +2,7 @@
 
 use meter_aggregator::Aggregator;
 use meter_auth::KeyStore;
-use meter_billing::{Ledger, PlanAllowances, Sources};
-use meter_rater::PriceBook;
+use meter_billing::{Sources, Subscriptions};
 use meter_schemas::{Catalog, Limits};
 use meter_store::{LiveStore, UsageStore};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -47,12 +46,8 @@ impl AppState {
 
 /// What billing needs besides the rest of the state.
 pub struct Billing {
-    /// Subscriptions and closes.
-    pub ledger: Ledger,
-    /// Every tenant's plan, for alerts; refreshed after each subscription change.
-    pub allowances: Arc<PlanAllowances>,
-    /// Prices.
-    pub book: Arc<PriceBook>,
+    /// Subscriptions (with the ledger, the prices and every tenant's plan).
+    pub subscriptions: Subscriptions,
     /// Where a close reads its figures.
     pub sources: Sources,
 }

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod limits;
 pub mod metric;
 pub mod preview;
+pub mod subscriptions;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -21,6 +22,7 @@ pub use entitlements::{Entitlement, Entitlements, entitlements};
 pub use ledger::Ledger;
 pub use limits::HardLimits;
 pub use preview::{Upcoming, upcoming};
+pub use subscriptions::{SubscriptionStats, Subscriptions};
 
 use meter_rater::Refusal;
 

@@ -149,9 +149,12 @@ pub async fn run_roles(
 fn app_state(shared: &shared::Shared, config: &Config, health: Health) -> AppState {
     let (history, history_consumer) = shared.history(config);
     let billing = meter_api::Billing {
-        ledger: shared.ledger.clone(),
-        allowances: shared.allowances.clone(),
-        book: shared.book.clone(),
+        subscriptions: meter_billing::Subscriptions {
+            ledger: shared.ledger.clone(),
+            allowances: shared.allowances.clone(),
+            book: shared.book.clone(),
+            live: shared.live.clone(),
+        },
         sources: meter_billing::Sources {
             live: shared.live.clone(),
             history: history.clone(),
