@@ -18,7 +18,6 @@ use meter_rater::subscription::allowed;
 use meter_rater::{Command, Cycle, Entry, Setup, State as SubState, Subscription};
 use meter_schemas::period::{format_time, now_us};
 use meter_schemas::{FieldError, Period};
-use meter_store::Coverage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -464,10 +463,7 @@ pub async fn upcoming_invoice(
     let Query(q) = query?;
     check_tenant(q.tenant.as_deref())?;
     let tenant = p.readable_tenant(q.tenant.as_deref())?;
-    let coverage = Coverage {
-        consumer: &state.consumer,
-        partition: meter_schemas::partition::partition_for(&tenant, state.partitions),
-    };
+    let coverage = state.reads.live_coverage(&tenant);
     let b = &state.billing.subscriptions;
     let up = meter_billing::upcoming(&b.ledger, state.store(), coverage, &state.catalog, &b.book, &tenant, now_us())
         .await

@@ -10,7 +10,6 @@ use axum::extract::{Path, Query, State};
 use meter_auth::Principal;
 use meter_billing::{Entitlement, Entitlements};
 use meter_schemas::period::now_us;
-use meter_store::Coverage;
 use serde::Deserialize;
 use std::sync::Arc;
 use utoipa::IntoParams;
@@ -31,10 +30,7 @@ async fn read(
     let Query(q) = query?;
     crate::check_tenant(q.tenant.as_deref())?;
     let tenant = p.readable_tenant(q.tenant.as_deref())?;
-    let coverage = Coverage {
-        consumer: &state.consumer,
-        partition: meter_schemas::partition::partition_for(&tenant, state.partitions),
-    };
+    let coverage = state.reads.live_coverage(&tenant);
     let b = &state.billing.subscriptions;
     meter_billing::entitlements(&b.allowances, state.store(), coverage, &state.catalog, &tenant, now_us())
         .await

@@ -3,8 +3,8 @@
 use meter_aggregator::Aggregator;
 use meter_auth::KeyStore;
 use meter_billing::{Sources, Subscriptions};
-use meter_schemas::{Catalog, Limits};
-use meter_store::{LiveStore, UsageStore};
+use meter_schemas::Catalog;
+use meter_store::{LiveStore, UsageReads, UsageStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::{Arc, Mutex};
 
@@ -14,19 +14,10 @@ pub struct AppState {
     pub keys: Arc<KeyStore>,
     /// The live counters: the aggregator's store, and the alerts it raises.
     pub live: Arc<dyn LiveStore>,
-    /// The history: the ClickHouse store the sink fills, or the live counters' store when there
-    /// is no other.
-    pub history: Arc<dyn UsageStore>,
-    /// The consumer whose watermarks the history reports (the sink's, or the aggregators').
-    pub history_consumer: String,
+    /// Where usage is read from: the live counters or the history.
+    pub reads: UsageReads,
     /// Meters.
     pub catalog: Arc<Catalog>,
-    /// Ingest limits (the lateness window decides when a period is complete).
-    pub limits: Limits,
-    /// The aggregators' consumer name, whose watermarks the usage API reports.
-    pub consumer: String,
-    /// Partitions of the log; a tenant's watermark is its partition's.
-    pub partitions: u32,
     /// Subscriptions, prices and period close.
     pub billing: Billing,
     /// Webhook endpoints and deliveries.

@@ -10,7 +10,6 @@ use axum::extract::{Query, State};
 use meter_schemas::envelope::check_id;
 use meter_schemas::period::{date_start_us, day_of, format_day, format_time, now_us};
 use meter_schemas::{Aggregation, FieldError, Period};
-use meter_store::Coverage;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
@@ -28,15 +27,7 @@ pub struct UsageQuery {
     pub source: Option<Source>,
 }
 
-/// Where an answer comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// The aggregator's counters, updated within milliseconds of ingest.
-    Live,
-    /// The usage store's history (ClickHouse when configured), filled by the sink in batches.
-    Store,
-}
+pub use meter_store::Source;
 
 /// One day of a meter's series.
 #[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -119,11 +110,8 @@ pub async fn get_usage(
     }
     let period = period.expect("checked above");
     let tenant = principal.readable_tenant(query.tenant.as_deref())?;
-    let open = now < period.end_us() + state.limits.lateness_us;
-    let source = query.source.unwrap_or(if open { Source::Live } else { Source::Store });
-    let (store, consumer) = source_of(&state, source);
-    let coverage = Coverage { consumer, partition: meter_schemas::partition::partition_for(&tenant, state.partitions) };
-    let stored = store.usage(&tenant, period, coverage).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let source = query.source.unwrap_or(state.reads.default_source(period, now));
+    let stored = state.reads.usage(&tenant, period, source).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let days_so_far: Vec<_> = period.days().filter(|d| date_start_us(*d) <= now).collect();
     let meters = state
         .catalog
@@ -148,7 +136,7 @@ pub async fn get_usage(
             }
         })
         .collect();
-    let complete = stored.watermark_us.is_some_and(|w| w >= period.end_us() + state.limits.lateness_us);
+    let complete = state.reads.complete(period, stored.watermark_us);
     Ok(Json(Usage {
         tenant,
         period: period.to_string(),
@@ -173,13 +161,6 @@ fn read_request<Q>(
         problems.push(FieldError::invalid("tenant", m));
     }
     Ok((query, problems))
-}
-
-fn source_of(state: &AppState, source: Source) -> (&dyn meter_store::UsageStore, &str) {
-    match source {
-        Source::Live => (state.store(), &state.consumer),
-        Source::Store => (&*state.history, &state.history_consumer),
-    }
 }
 
 /// Query of the daily series endpoint.
@@ -250,23 +231,9 @@ pub async fn get_daily(
     let now = now_us();
     let today = day_of(now);
     let first = today - time::Duration::days(i64::from(days) - 1);
-    let after = today + time::Duration::days(1);
-    // The oldest period events can still arrive for starts the live part.
-    let mut live = Period::containing(now);
-    let previous = Period::containing(live.start_us() - 1);
-    if now < previous.end_us() + state.limits.lateness_us {
-        live = previous;
-    }
-    let live_from = live.first_day().max(first);
-    let unavailable = |e: meter_store::Error| ApiError::Unavailable(e.to_string());
-    let mut series = if first < live_from {
-        state.history.daily(&tenant, first, live_from).await.map_err(unavailable)?
-    } else {
-        Default::default()
-    };
-    for (meter, values) in state.store().daily(&tenant, live_from, after).await.map_err(unavailable)? {
-        series.entry(meter).or_default().extend(values);
-    }
+    let range =
+        state.reads.daily(&tenant, first, today, now).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let (series, live_from) = (range.series, range.live_from);
     let dates: Vec<String> = (0..days).map(|i| format_day(first + time::Duration::days(i64::from(i)))).collect();
     let meters = state
         .catalog

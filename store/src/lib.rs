@@ -10,6 +10,7 @@ mod clickhouse;
 #[cfg(feature = "testing")]
 pub mod contract;
 pub mod limits;
+pub mod reads;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -17,6 +18,7 @@ pub mod testing;
 pub use alerts::{Alert, Allowances, Suggestion, Watch};
 pub use clickhouse::{ClickHouseStore, ClickHouseUrl, SCHEMA_VERSION as CLICKHOUSE_SCHEMA_VERSION};
 pub use limits::{LimitQuery, LimitSnapshot, LimitState};
+pub use reads::{DailyRange, Source, UsageReads};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
