@@ -42,3 +42,25 @@ async fn events_older_than_the_window_at_commit_are_refused() {
     assert!(matches!(&err, meter_eventlog::Error::TooLate(i) if *i == vec![1]), "{err}");
     assert!(matches!(log.append(&[fresh]).await.unwrap()[0], meter_eventlog::Outcome::Appended(_)));
 }
+
+/// A log written before a CloudEvent's `time` left its payload hash holds the hash with the
+/// time: a resend of such an event is still a duplicate, a resend with other data a conflict.
+#[tokio::test]
+async fn a_cloudevent_stored_under_the_earlier_hash_is_a_duplicate_when_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let log = SqliteLog::open(&path, 4, Durability::Normal).unwrap();
+    let mut ce = meter_eventlog::contract::event("acme", "ce-1", 1);
+    ce.source = Some("sdk".into());
+    assert!(matches!(log.append(std::slice::from_ref(&ce)).await.unwrap()[0], meter_eventlog::Outcome::Appended(_)));
+    // As an earlier meter stored it: a hash with the time in it (any other hash than today's).
+    let conn = meter_sqlite::rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE ids SET hash = ?1 WHERE id = 'ce-1'", [&[7u8; 32][..]]).unwrap();
+    let mut resend = ce.clone();
+    resend.time_us += 1_000_000;
+    assert!(matches!(log.append(&[ce.clone()]).await.unwrap()[0], meter_eventlog::Outcome::Duplicate));
+    assert!(matches!(log.append(&[resend]).await.unwrap()[0], meter_eventlog::Outcome::Duplicate));
+    let mut other = ce.clone();
+    other.code = "api.call".into();
+    assert!(matches!(log.append(&[other]).await, Err(meter_eventlog::Error::Conflicts(_))));
+}

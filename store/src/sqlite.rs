@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use meter_schemas::period::{day_of, format_day, format_time, now_us};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
-use meter_sqlite::{Checkpointer, Durability, ReadPool, blocking, migrate, open_for_checkpointer};
+use meter_sqlite::{Checkpointer, Durability, ReadPool, WAL_BOUND, WalBound, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -75,6 +75,8 @@ const CACHE_ENTRIES: usize = 500_000;
 pub struct SqliteStore {
     _checkpointer: Checkpointer,
     writer: Mutex<Connection>,
+    /// Keeps the WAL bounded; the writer checks it after each batch.
+    wal: WalBound,
     cache: Mutex<HashMap<Key, Tally>>,
     reads: Arc<ReadPool>,
     allowances: RwLock<Option<Arc<dyn Allowances>>>,
@@ -92,6 +94,7 @@ impl SqliteStore {
         Ok(Self {
             _checkpointer: Checkpointer::start(path, Duration::from_secs(1))?,
             writer: Mutex::new(conn),
+            wal: WalBound::new(path, WAL_BOUND),
             cache: Mutex::new(HashMap::new()),
             reads: Arc::new(ReadPool::new(path)),
             allowances: RwLock::new(None),
@@ -416,6 +419,10 @@ impl UsageStore for SqliteStore {
             }
         }
         tx.commit()?;
+        // Committed: a failure to bound the WAL only leaves it for the next batch.
+        if let Err(e) = self.wal.after_commit(&conn) {
+            tracing::warn!(error = %e, "bounding the usage store's WAL failed; trying again after the next batch");
+        }
         if cache.len() + scratch.len() > CACHE_ENTRIES {
             cache.clear();
         }
