@@ -144,7 +144,8 @@ fn run(
                 if progressed {
                     backoff = policy.build();
                 }
-                let wait = backoff.next().unwrap_or(settings.max_backoff);
+                // backon adds its jitter after the cap: keep `max_backoff` a maximum.
+                let wait = backoff.next().unwrap_or(settings.max_backoff).min(settings.max_backoff);
                 tracing::error!(consumer = %settings.consumer, error = %e, retry_in = ?wait, "batch failed; retrying from the checkpoint");
                 metrics::counter!(metric::FAILURES, "consumer" => settings.consumer.clone()).increment(1);
                 if let Ok(mut f) = failure.lock() {

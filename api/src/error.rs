@@ -86,7 +86,7 @@ impl From<meter_billing::Error> for ApiError {
             e @ (B::Store(_) | B::Log(_) | B::Storage(_)) => ApiError::Unavailable(e.to_string()),
             e @ B::Task(_) => {
                 tracing::error!(error = %e, "a task of the close failed");
-                ApiError::Internal
+                ApiError::Unavailable(e.to_string())
             }
             e @ (B::Json(_) | B::Corrupt(_)) => {
                 tracing::error!(error = %e, "the ledger is inconsistent");

@@ -225,6 +225,8 @@ fn retry_delay(settings: &Settings, attempts: u32) -> std::time::Duration {
         // Past 64 doublings every delay is `max_backoff` anyway.
         .nth(attempts.saturating_sub(1).min(64) as usize)
         .unwrap_or(settings.max_backoff)
+        // backon adds its jitter after the cap: keep `max_backoff` a maximum.
+        .min(settings.max_backoff)
 }
 
 /// `e` and its causes, `: `-separated (reqwest's own message leaves out why a send failed).
