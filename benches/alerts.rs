@@ -4,7 +4,8 @@
 //! `meter dev kafka`). TENANTS (default 200) Starter tenants are brought to 399 of their 500
 //! included work orders; then, one tenant every 20 ms, the 400th is sent and the time until the
 //! 80% alert reaches a webhook receiver is measured. Then CLIENTS (default 8) clients ask
-//! `GET /api/v1/entitlements/work_orders` for SECONDS (default 5) seconds.
+//! `GET /api/v1/entitlements/work_orders` for SECONDS (default 5) seconds. METER_BIN=PATH runs
+//! another build of meter (another commit's, side by side).
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -58,7 +59,8 @@ async fn main() {
     let clients: usize = env("CLIENTS", 8);
     let seconds: u64 = env("SECONDS", 5);
     let kafka = std::env::var("LOG").is_ok_and(|l| l == "kafka");
-    let bin = env!("CARGO_BIN_EXE_meter");
+    // METER_BIN runs another build (another commit's, side by side) instead of this one's.
+    let bin = std::env::var("METER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_meter").to_string());
     let dir = tempfile::tempdir().unwrap();
 
     let mut vars: Vec<(&str, String)> = vec![
@@ -67,7 +69,7 @@ async fn main() {
         ("RUST_LOG", "warn".into()),
     ];
     let _broker = kafka.then(|| {
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&bin);
         cmd.args(["dev", "kafka", "--partitions", "4"]);
         let (child, bootstrap) = announce(cmd, "kafka bootstrap: ");
         vars.push(("METER__LOG__URL", format!("kafka://{bootstrap}")));
@@ -75,9 +77,9 @@ async fn main() {
         Kill(child)
     });
     let key =
-        Command::new(bin).args(["keys", "create", "--role", "admin", "--data-dir"]).arg(dir.path()).output().unwrap();
+        Command::new(&bin).args(["keys", "create", "--role", "admin", "--data-dir"]).arg(dir.path()).output().unwrap();
     let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
-    let mut cmd = Command::new(bin);
+    let mut cmd = Command::new(&bin);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .envs(vars.iter().map(|(k, v)| (*k, v)));

@@ -12,8 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-500000}  # the mock keeps ~5 MB per partition: 2 × EVENTS must fit in 8 of them
-cargo build --release -q
-BIN=target/release/meter
+# BIN runs another build (another commit's, side by side) instead of this one's.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q
+  BIN=target/release/meter
+fi
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
