@@ -16,7 +16,7 @@ use std::hint::black_box;
 
 fn body(prefix: &str, n: usize, tenants: usize) -> Vec<u8> {
     let now = meter_schemas::period::now_us() / 1_000_000;
-    let events: Vec<_> = (0..n).map(|i| meter::loadgen::event(prefix, i, tenants, now)).collect();
+    let events: Vec<_> = (0..n).map(|i| meter_tools::loadgen::event(prefix, i, tenants, now)).collect();
     serde_json::to_vec(&serde_json::json!({ "events": events })).unwrap()
 }
 

@@ -33,12 +33,12 @@ pub enum Command {
     Keys(KeysCommand),
     /// Manage subscriptions through a running meter's admin API.
     #[command(subcommand)]
-    Subscriptions(crate::admin::SubscriptionsCommand),
+    Subscriptions(meter_tools::admin::SubscriptionsCommand),
     /// Close a billing period and export its drafts, through a running meter's admin API.
     #[command(subcommand)]
-    Period(crate::admin::PeriodCommand),
+    Period(meter_tools::admin::PeriodCommand),
     /// Send generated events to a running meter and report events/s and latency.
-    Loadgen(crate::loadgen::LoadgenArgs),
+    Loadgen(meter_tools::loadgen::LoadgenArgs),
     /// Local stand-ins for development and tests.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -48,7 +48,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum DevCommand {
     /// Run librdkafka's mock cluster as a local Kafka broker and print its bootstrap address.
-    Kafka(crate::dev::DevKafkaArgs),
+    Kafka(meter_tools::dev::DevKafkaArgs),
 }
 
 /// Where configuration comes from.

@@ -19,11 +19,13 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => tokio::runtime::Runtime::new()?.block_on(meter::cli::migrate(args)),
         Command::Keys(command) => meter::cli::keys(command),
         Command::Subscriptions(command) => {
-            tokio::runtime::Runtime::new()?.block_on(meter::admin::subscriptions(command))
+            tokio::runtime::Runtime::new()?.block_on(meter_tools::admin::subscriptions(command))
         }
-        Command::Period(command) => tokio::runtime::Runtime::new()?.block_on(meter::admin::period(command)),
-        Command::Loadgen(args) => tokio::runtime::Runtime::new()?.block_on(meter::loadgen::run(args)),
-        Command::Dev(meter::cli::DevCommand::Kafka(args)) => meter::dev::kafka(args),
+        Command::Period(command) => tokio::runtime::Runtime::new()?.block_on(meter_tools::admin::period(command)),
+        Command::Loadgen(args) => tokio::runtime::Runtime::new()?.block_on(meter_tools::loadgen::run(args)),
+        Command::Dev(meter::cli::DevCommand::Kafka(args)) => {
+            meter_tools::dev::kafka(args, meter::server::shutdown_signal())
+        }
     }
 }
 

@@ -46,7 +46,7 @@ async fn clickhouse_down_for_30_s_during_a_stream_fails_no_request_and_loses_not
     let urls = Arc::new(RwLock::new(vec![m.url.clone()]));
     let now_s = now_us() / 1_000_000;
     let events: Arc<Vec<Value>> =
-        Arc::new((0..100_000).map(|i| meter::loadgen::event("ch", i, TENANTS, now_s)).collect());
+        Arc::new((0..100_000).map(|i| meter_tools::loadgen::event("ch", i, TENANTS, now_s)).collect());
     let stream = Stream::start(events.clone(), urls.clone(), key.clone(), 4);
     while stream.done.load(Ordering::SeqCst) < stream.batches / 5 {
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -33,7 +33,7 @@ async fn stream_through_kills(env: &[(&str, &str)], events_total: usize, kills_t
 
     let now_s = now_us() / 1_000_000;
     let events: Arc<Vec<Value>> =
-        Arc::new((0..events_total).map(|i| meter::loadgen::event("crash", i, TENANTS, now_s)).collect());
+        Arc::new((0..events_total).map(|i| meter_tools::loadgen::event("crash", i, TENANTS, now_s)).collect());
     let stream = Stream::start(events.clone(), urls.clone(), key.clone(), 4);
     let mut kills = 0;
     while kills < kills_total {

@@ -30,7 +30,7 @@ fn start(role: &'static str, dir: &Path, env: &[(&'static str, String)]) -> Mete
 
 fn events(prefix: &str, n: usize, tenants: usize) -> Arc<Vec<Value>> {
     let now_s = now_us() / 1_000_000;
-    Arc::new((0..n).map(|i| meter::loadgen::event(prefix, i, tenants, now_s)).collect())
+    Arc::new((0..n).map(|i| meter_tools::loadgen::event(prefix, i, tenants, now_s)).collect())
 }
 
 /// Samples, every 50 ms, each partition's offset as the usage store's checkpoint and as Kafka's

@@ -178,7 +178,7 @@ async fn sigterm_drains_and_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let key = create_key(dir.path(), "admin", None);
     let mut meter = Meter::start(dir.path(), &[]);
-    let events: Vec<Value> = (0..500).map(|i| meter::loadgen::event("g", i, 3, now_us() / 1_000_000)).collect();
+    let events: Vec<Value> = (0..500).map(|i| meter_tools::loadgen::event("g", i, 3, now_us() / 1_000_000)).collect();
     for chunk in events.chunks(100) {
         let r = client()
             .post(format!("{}/api/v1/events/batch", meter.url))

@@ -92,7 +92,7 @@ async fn faults_give_503s_and_never_lose_or_double_count_an_acknowledged_event()
     }));
 
     let now_s = common::now_us() / 1_000_000;
-    let events: Vec<Value> = (0..3000).map(|i| meter::loadgen::event("fault", i, 10, now_s)).collect();
+    let events: Vec<Value> = (0..3000).map(|i| meter_tools::loadgen::event("fault", i, 10, now_s)).collect();
     let batches: Vec<&[Value]> = events.chunks(100).collect();
     let mut acked = vec![false; batches.len()];
 

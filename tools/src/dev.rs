@@ -26,9 +26,9 @@ pub struct DevKafkaArgs {
     pub listen: Option<SocketAddr>,
 }
 
-/// Runs the mock cluster until SIGTERM or Ctrl-C. Prints `kafka bootstrap: HOST:PORT` on stdout.
+/// Runs the mock cluster until `shutdown` resolves. Prints `kafka bootstrap: HOST:PORT` on stdout.
 #[allow(clippy::print_stdout)]
-pub fn kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
+pub fn kafka(args: DevKafkaArgs, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let cluster = rdkafka::mocking::MockCluster::new(args.brokers as i32)?;
     cluster.create_topic(&args.topic, args.partitions as i32, args.brokers.min(3) as i32)?;
     cluster.create_topic(&args.alerts_topic, args.partitions as i32, args.brokers.min(3) as i32)?;
@@ -44,7 +44,7 @@ pub fn kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
             println!("kafka bootstrap: {bootstrap}");
         }
         tracing::info!(%bootstrap, topic = %args.topic, partitions = args.partitions, "mock Kafka cluster running");
-        crate::server::shutdown_signal().await;
+        shutdown.await;
         anyhow::Ok(())
     })?;
     drop(cluster);
