@@ -7,6 +7,7 @@ use meter_rater::{Invoice, PriceBook, PriceList, Subscription, Usage, adjustment
 use meter_schemas::period::format_time;
 use meter_schemas::{Catalog, Period};
 use meter_store::{Totals, UsageStore};
+use rayon::prelude::*;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -289,48 +290,24 @@ async fn rate_all(
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Vec<(Subscription, Invoice)>, Error> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // On every core (rayon's pool), off the async runtime; the invoices keep the subscriptions'
+    // order. A panic in a rating thread reaches the task, and the close fails with it.
     let task = tokio::task::spawn_blocking(move || {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per_thread = subscriptions.len().div_ceil(threads).max(1);
-        let mut parts: Vec<Vec<Subscription>> = Vec::new();
-        let mut rest = subscriptions.into_iter();
-        loop {
-            let part: Vec<Subscription> = rest.by_ref().take(per_thread).collect();
-            if part.is_empty() {
-                break;
-            }
-            parts.push(part);
-        }
         let done = AtomicUsize::new(0);
-        let (stored, list, done, tx) = (&*stored, &list, &done, &tx);
-        std::thread::scope(|s| {
-            let workers: Vec<_> = parts
-                .into_iter()
-                .map(|part| {
-                    s.spawn(move || {
-                        let mut out = Vec::with_capacity(part.len());
-                        for mut sub in part {
-                            sub.advance(period.end_us() - 1);
-                            let usage = usage_of(stored, &sub.tenant, watermark_us);
-                            let inv = rate(&sub.tenant, &sub.id, &sub.entries, period, Some(&usage), list)
-                                .map_err(|e| unratable(&sub, e))?;
-                            out.push((sub, inv));
-                            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                            if n % 10_000 == 0 {
-                                let _ = tx.send(n);
-                            }
-                        }
-                        Ok::<_, Error>(out)
-                    })
-                })
-                .collect();
-            let mut rated = Vec::new();
-            for w in workers {
-                let part = w.join().map_err(|_| Error::Task("a rating thread panicked".into()))?;
-                rated.extend(part?);
-            }
-            Ok(rated)
-        })
+        subscriptions
+            .into_par_iter()
+            .map(|mut sub| {
+                sub.advance(period.end_us() - 1);
+                let usage = usage_of(&stored, &sub.tenant, watermark_us);
+                let inv = rate(&sub.tenant, &sub.id, &sub.entries, period, Some(&usage), &list)
+                    .map_err(|e| unratable(&sub, e))?;
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_multiple_of(10_000) {
+                    let _ = tx.send(n);
+                }
+                Ok((sub, inv))
+            })
+            .collect::<Result<Vec<_>, Error>>()
     });
     while let Some(done) = rx.recv().await {
         progress(Progress::Rating { done, of: 0 });
