@@ -3,10 +3,10 @@
 //! side by side, at most [`PER_ENDPOINT`] to one endpoint, so that a slow or unanswering endpoint
 //! holds back only its own deliveries.
 
+use crate::store::{Attempted, Due};
 use crate::{Error, Rounds, Settings, Webhooks, guard, metric, sign};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use meter_schemas::period::now_us;
-use meter_sqlite::rusqlite::params;
 use meter_store::LiveStore;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,19 +16,6 @@ use tokio::task::JoinSet;
 const IN_FLIGHT: usize = 64;
 /// Sends in flight at most to one endpoint.
 const PER_ENDPOINT: usize = 4;
-
-/// A claimed delivery.
-struct Due {
-    id: u64,
-    endpoint_id: String,
-    by_admin: bool,
-    alert_id: String,
-    url: String,
-    secret: String,
-    body: String,
-    attempts: u32,
-    first_us: Option<i64>,
-}
 
 impl Webhooks {
     /// Fans out new alerts and sends due deliveries as soon as the store raises an alert, as soon
@@ -90,59 +77,10 @@ impl Webhooks {
     /// Claims up to `room` deliveries due now, leaving out endpoints with [`PER_ENDPOINT`] sends
     /// in flight (`busy` counts them). A claim lasts twice the timeout, so that another
     /// dispatcher on the same file does not send them too.
-    async fn claim(&self, room: usize, mut busy: HashMap<String, usize>) -> Result<Vec<Due>, Error> {
+    async fn claim(&self, room: usize, busy: HashMap<String, usize>) -> Result<Vec<Due>, Error> {
         let lease = self.settings.timeout.saturating_mul(2).as_micros().min(i64::MAX as u128) as i64;
-        // Endpoints at their cap are left out in the query, so that one endpoint's backlog
-        // cannot fill the window of due rows.
-        let full: Vec<&String> = busy.iter().filter(|(_, n)| **n >= PER_ENDPOINT).map(|(e, _)| e).collect();
-        let full = serde_json::to_string(&full).unwrap_or_else(|_| "[]".into());
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let now = now_us();
-            let due = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT d.id, d.endpoint_id, e.by_admin, d.alert_id, e.url, e.secret, d.body, d.attempts, d.first_us
-                     FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-                     WHERE d.state = 'pending' AND d.next_us <= ?1
-                       AND d.endpoint_id NOT IN (SELECT value FROM json_each(?3))
-                     ORDER BY d.next_us LIMIT ?2",
-                )?;
-                let rows = stmt.query_map(params![now, (room * PER_ENDPOINT * 4) as i64, full], |r| {
-                    Ok(Due {
-                        id: r.get::<_, i64>(0)? as u64,
-                        endpoint_id: r.get(1)?,
-                        by_admin: r.get(2)?,
-                        alert_id: r.get(3)?,
-                        url: r.get(4)?,
-                        secret: r.get(5)?,
-                        body: r.get(6)?,
-                        attempts: r.get(7)?,
-                        first_us: r.get(8)?,
-                    })
-                })?;
-                let mut due = Vec::new();
-                for d in rows {
-                    let d = d?;
-                    let n = busy.entry(d.endpoint_id.clone()).or_default();
-                    if *n < PER_ENDPOINT {
-                        *n += 1;
-                        due.push(d);
-                        if due.len() == room {
-                            break;
-                        }
-                    }
-                }
-                due
-            };
-            let mut claim = tx.prepare_cached("UPDATE deliveries SET next_us = ?2 WHERE id = ?1")?;
-            for d in &due {
-                claim.execute(params![d.id as i64, now + lease])?;
-            }
-            drop(claim);
-            tx.commit()?;
-            Ok(due)
-        })
-        .await
+        let now = now_us();
+        self.store.claim(room, PER_ENDPOINT, busy, now, now.saturating_add(lease)).await
     }
 
     /// Posts `d` signed and records the outcome.
@@ -189,26 +127,17 @@ impl Webhooks {
         if let Err(e) = &outcome {
             tracing::info!(alert = %d.alert_id, delivery = d.id, attempts, error = %e, outcome = label, "webhook delivery failed");
         }
-        self.with(move |c| {
-            match outcome {
-                Ok(()) => c.execute(
-                    "UPDATE deliveries SET state = 'delivered', attempts = ?2, first_us = ?3, delivered_us = ?4,
-                     last_error = NULL WHERE id = ?1",
-                    params![d.id as i64, attempts, first, now],
-                )?,
-                Err(e) => {
-                    let backoff = retry_delay(&settings, attempts);
-                    let state = if label == "dead" { "dead" } else { "pending" };
-                    c.execute(
-                        "UPDATE deliveries SET state = ?2, attempts = ?3, first_us = ?4, next_us = ?5, last_error = ?6
-                         WHERE id = ?1",
-                        params![d.id as i64, state, attempts, first, now + backoff.as_micros() as i64, e],
-                    )?
-                }
-            };
-            Ok(())
-        })
-        .await
+        let attempted = match outcome {
+            Ok(()) => Attempted::Delivered { attempts, first_us: first, at_us: now },
+            Err(error) => Attempted::Failed {
+                attempts,
+                first_us: first,
+                next_us: now + retry_delay(&settings, attempts).as_micros() as i64,
+                dead: label == "dead",
+                error,
+            },
+        };
+        self.store.record(d.id, attempted).await
     }
 }
 
@@ -249,23 +178,16 @@ mod tests {
         Arc::new(Webhooks::open(&dir.join("webhooks.db"), Settings::default()).unwrap())
     }
 
-    /// Queues `n` deliveries due now for `endpoint`.
-    async fn queue(w: &Webhooks, endpoint: &str, n: usize, from: usize) {
-        let endpoint = endpoint.to_string();
-        w.with(move |c| {
-            let tx = c.transaction()?;
-            for i in from..from + n {
-                tx.execute(
-                    "INSERT INTO deliveries (alert_id, tenant, endpoint_id, body, state, attempts, next_us)
-                     VALUES (?1, 't', ?2, '{}', 'pending', 0, ?3)",
-                    params![format!("alrt_{i}"), endpoint, i as i64],
-                )?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    /// Queues `n` alerts of `tenant` for its endpoints, due at `due_us` (long past).
+    async fn queue(w: &Webhooks, tenant: &str, n: usize, due_us: i64) {
+        let alerts = (0..n)
+            .map(|i| crate::store::Queued {
+                alert_id: format!("alrt_{tenant}_{i}"),
+                tenant: tenant.into(),
+                body: "{}".into(),
+            })
+            .collect();
+        w.store.queue(alerts, 0, due_us).await.unwrap();
     }
 
     /// A tenant's endpoint stored with an internal address (registered before the guard knew
@@ -277,11 +199,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let (tenants, _) = w.register("http://198.51.100.7/hook", Some("t"), false).await.unwrap();
-        let (id, stored) = (tenants.id.clone(), url.clone());
-        w.with(move |c| Ok(c.execute("UPDATE endpoints SET url = ?2 WHERE id = ?1", params![id, stored])?))
-            .await
-            .unwrap();
-        queue(&w, &tenants.id, 1, 0).await;
+        let db = meter_sqlite::rusqlite::Connection::open(dir.path().join("webhooks.db")).unwrap();
+        db.execute("UPDATE endpoints SET url = ?2 WHERE id = ?1", [&tenants.id, &url]).unwrap();
+        queue(&w, "t", 1, 0).await;
         let due = w.claim(IN_FLIGHT, HashMap::new()).await.unwrap();
         assert_eq!(due.len(), 1);
         w.clone().send(due.into_iter().next().unwrap()).await.unwrap();
@@ -298,10 +218,10 @@ mod tests {
     async fn a_backlog_at_one_endpoint_does_not_hide_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let w = hooks(dir.path()).await;
-        let (slow, _) = w.register("http://198.51.100.7/hook", None, true).await.unwrap();
-        let (other, _) = w.register("http://198.51.100.8/hook", None, true).await.unwrap();
-        queue(&w, &slow.id, 3000, 0).await;
-        queue(&w, &other.id, 1, 3000).await;
+        let (slow, _) = w.register("http://198.51.100.7/hook", Some("s"), true).await.unwrap();
+        let (other, _) = w.register("http://198.51.100.8/hook", Some("o"), true).await.unwrap();
+        queue(&w, "s", 3000, 0).await;
+        queue(&w, "o", 1, 3000).await;
         let first = w.claim(IN_FLIGHT, HashMap::new()).await.unwrap();
         assert_eq!(first.iter().filter(|d| d.endpoint_id == slow.id).count(), PER_ENDPOINT);
         let busy = HashMap::from([(slow.id.clone(), PER_ENDPOINT)]);

@@ -3,44 +3,28 @@
 //! delivery is retried with exponential backoff until [`Settings::retry_for`] has passed since
 //! its first attempt, then kept in a dead-letter list from which it can be retried by hand.
 //!
-//! State lives in `webhooks.db`: endpoints, one delivery per alert and endpoint (so an alert is
-//! never queued twice for one endpoint), and how far the alerts have been fanned out.
+//! State lives behind the [`WebhookStore`] port (SQLite's `webhooks.db` by default): endpoints,
+//! one delivery per alert and endpoint (so an alert is never queued twice for one endpoint), and
+//! how far the alerts have been fanned out.
 
+pub mod contract;
 mod deliver;
 pub mod guard;
 pub mod signature;
+mod sqlite;
+pub mod store;
 pub mod topic;
 
 pub use signature::{Invalid, sign, verify};
+pub use sqlite::SqliteWebhooks;
+pub use store::WebhookStore;
 
 use meter_schemas::period::{format_time, now_us};
-use meter_sqlite::rusqlite::{Connection, OptionalExtension, params};
-use meter_sqlite::{Durability, Shared, migrate, open};
 use meter_store::{Alert, LiveStore};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
-
-const MIGRATIONS: &[&str] = &[
-    "
-    CREATE TABLE endpoints (
-        id TEXT PRIMARY KEY, url TEXT NOT NULL, tenant TEXT, secret TEXT NOT NULL, created_us INTEGER NOT NULL
-    );
-    CREATE TABLE deliveries (
-        id INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, tenant TEXT NOT NULL, endpoint_id TEXT NOT NULL,
-        body TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, first_us INTEGER,
-        next_us INTEGER NOT NULL, last_error TEXT, delivered_us INTEGER,
-        UNIQUE (alert_id, endpoint_id)
-    );
-    CREATE INDEX deliveries_due ON deliveries (state, next_us);
-    CREATE TABLE fanned_out (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-",
-    "
-    -- An endpoint an admin registered for a tenant is not that tenant's to see or change.
-    ALTER TABLE endpoints ADD COLUMN by_admin INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_us INTEGER NOT NULL);
-",
-];
 
 /// Metric names of webhook delivery, declared once.
 pub mod metric {
@@ -112,12 +96,6 @@ pub enum Error {
     Client(String),
 }
 
-impl From<meter_sqlite::rusqlite::Error> for Error {
-    fn from(e: meter_sqlite::rusqlite::Error) -> Self {
-        Error::Storage(e.into())
-    }
-}
-
 /// A registered endpoint (its secret is shown once, at registration).
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Endpoint {
@@ -161,9 +139,9 @@ pub enum Scope<'a> {
     Tenant(&'a str),
 }
 
-/// Endpoints and deliveries in `webhooks.db`.
+/// Endpoints and deliveries, and the clients that post to them.
 pub struct Webhooks {
-    conn: Shared,
+    store: Arc<dyn WebhookStore>,
     settings: Settings,
     /// For admins' endpoints, which may be internal.
     http_admin: reqwest::Client,
@@ -175,20 +153,16 @@ pub struct Webhooks {
 impl Webhooks {
     /// Opens (creating or upgrading) `webhooks.db` at `path`.
     pub fn open(path: &Path, settings: Settings) -> Result<Self, Error> {
-        let mut conn = open(path, Durability::Full)?;
-        migrate(&mut conn, path, MIGRATIONS)?;
+        Self::new(Arc::new(SqliteWebhooks::open(path)?), settings)
+    }
+
+    /// Webhooks whose state is kept in `store`.
+    pub fn new(store: Arc<dyn WebhookStore>, settings: Settings) -> Result<Self, Error> {
         let client = |private_allowed| {
             guard::client(settings.timeout, private_allowed).map_err(|e| Error::Client(e.to_string()))
         };
         let (http_admin, http_tenant) = (client(true)?, client(settings.allow_private_targets)?);
-        Ok(Webhooks { conn: Shared::new(conn), settings, http_admin, http_tenant })
-    }
-
-    async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
-        self.conn.with(f).await
+        Ok(Webhooks { store, settings, http_admin, http_tenant })
     }
 
     /// Registers `url` for `tenant`'s alerts (every tenant's when `None`), by an admin or by the
@@ -214,51 +188,20 @@ impl Webhooks {
             tenant: tenant.map(str::to_string),
             created_at: format_time(now),
         };
-        let (row, s) = (endpoint.clone(), secret.clone());
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO endpoints (id, url, tenant, secret, created_us, by_admin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![row.id, row.url, row.tenant, s, now, by_admin],
-            )?;
-            Ok(())
-        })
-        .await?;
+        let stored =
+            store::StoredEndpoint { endpoint: endpoint.clone(), created_us: now, secret: secret.clone(), by_admin };
+        self.store.insert_endpoint(stored).await?;
         Ok((endpoint, secret))
     }
 
     /// The endpoints `scope` may see.
     pub async fn endpoints(&self, scope: Scope<'_>) -> Result<Vec<Endpoint>, Error> {
-        let tenant = tenant_of(scope);
-        self.with(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT id, url, tenant, created_us FROM endpoints WHERE ?1 IS NULL OR (tenant = ?1 AND by_admin = 0)
-                 ORDER BY created_us, id",
-            )?;
-            let rows = stmt.query_map(params![tenant], |r| {
-                Ok(Endpoint { id: r.get(0)?, url: r.get(1)?, tenant: r.get(2)?, created_at: format_time(r.get(3)?) })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.store.endpoints(tenant_of(scope)).await
     }
 
     /// Removes an endpoint and its deliveries not yet made (pending or dead).
     pub async fn remove(&self, id: &str, scope: Scope<'_>) -> Result<(), Error> {
-        let (id, tenant) = (id.to_string(), tenant_of(scope));
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let n = tx.execute(
-                "DELETE FROM endpoints WHERE id = ?1 AND (?2 IS NULL OR (tenant = ?2 AND by_admin = 0))",
-                params![id, tenant],
-            )?;
-            if n == 0 {
-                return Err(Error::NotFound(format!("webhook endpoint {id:?}")));
-            }
-            tx.execute("DELETE FROM deliveries WHERE endpoint_id = ?1 AND state <> 'delivered'", params![id])?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        self.store.remove_endpoint(id.to_string(), tenant_of(scope)).await
     }
 
     /// Deliveries `scope` may see, in `state` when given, newest first, at most `limit`.
@@ -268,104 +211,30 @@ impl Webhooks {
         state: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Delivery>, Error> {
-        let (tenant, state) = (tenant_of(scope), state.map(str::to_string));
-        self.with(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT d.id, d.alert_id, d.tenant, d.endpoint_id, d.state, d.attempts, d.next_us, d.last_error
-                 FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-                 WHERE (?1 IS NULL OR (e.tenant = ?1 AND e.by_admin = 0)) AND (?2 IS NULL OR d.state = ?2)
-                 ORDER BY d.id DESC LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![tenant, state, limit as i64], |r| {
-                let state: String = r.get(4)?;
-                let next: i64 = r.get(6)?;
-                Ok(Delivery {
-                    id: r.get::<_, i64>(0)? as u64,
-                    alert_id: r.get(1)?,
-                    tenant: r.get(2)?,
-                    endpoint_id: r.get(3)?,
-                    next_attempt: (state == "pending").then(|| format_time(next)),
-                    state,
-                    attempts: r.get(5)?,
-                    last_error: r.get(7)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.store.deliveries(tenant_of(scope), state.map(str::to_string), limit).await
     }
 
     /// Puts a dead delivery back in the queue, due now, with a fresh retry window.
     pub async fn retry(&self, id: u64, scope: Scope<'_>) -> Result<(), Error> {
-        let tenant = tenant_of(scope);
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let state: Option<String> = tx
-                .query_row(
-                    "SELECT d.state FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-                     WHERE d.id = ?1 AND (?2 IS NULL OR (e.tenant = ?2 AND e.by_admin = 0))",
-                    params![id as i64, tenant],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            match state.as_deref() {
-                None => return Err(Error::NotFound(format!("delivery {id}"))),
-                Some("dead") => {}
-                Some(other) => {
-                    return Err(Error::Conflict(format!("delivery {id} is {other}; only a dead one is retried")));
-                }
-            }
-            tx.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, first_us = NULL, next_us = ?2 WHERE id = ?1",
-                params![id as i64, now_us()],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        self.store.retry(id, tenant_of(scope), now_us()).await
     }
 
     /// Takes or renews the lease `name` for `holder` until `for_` from now, unless another
     /// holder's lease is still running; returns whether `holder` holds it.
     pub async fn lease(&self, name: &str, holder: &str, for_: Duration) -> Result<bool, Error> {
-        let (name, holder) = (name.to_string(), holder.to_string());
-        let until = for_.as_micros().min(i64::MAX as u128) as i64;
-        self.with(move |c| {
-            let now = now_us();
-            let n = c.execute(
-                "INSERT INTO leases (name, holder, until_us) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_us = excluded.until_us
-                 WHERE leases.holder = excluded.holder OR leases.until_us < ?4",
-                params![name, holder, now.saturating_add(until), now],
-            )?;
-            Ok(n == 1)
-        })
-        .await
+        let now = now_us();
+        let until = now.saturating_add(for_.as_micros().min(i64::MAX as u128) as i64);
+        self.store.lease(name.to_string(), holder.to_string(), until, now).await
     }
 
     /// How far the alerts have been handed on to `name` (the last alert's `seq`).
     pub async fn cursor(&self, name: &str) -> Result<u64, Error> {
-        let name = name.to_string();
-        self.with(move |c| {
-            Ok(c.query_row("SELECT seq FROM fanned_out WHERE name = ?1", params![name], |r| r.get::<_, i64>(0))
-                .optional()?
-                .unwrap_or(0) as u64)
-        })
-        .await
+        self.store.cursor(name.to_string()).await
     }
 
     /// Moves `name`'s cursor forward to `seq` (never back).
     pub async fn move_cursor(&self, name: &str, seq: u64) -> Result<(), Error> {
-        let name = name.to_string();
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO fanned_out (name, seq) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
-                params![name, seq as i64],
-            )?;
-            Ok(())
-        })
-        .await
+        self.store.move_cursor(name.to_string(), seq).await
     }
 
     /// Queues every alert raised since the last call for each endpoint that wants it.
@@ -374,30 +243,11 @@ impl Webhooks {
         let new = alerts.alerts(None, after, 1000).await?;
         let Some(last) = new.last().map(|a| a.seq) else { return Ok(0) };
         let n = new.len();
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            {
-                let mut targets = tx.prepare_cached("SELECT id FROM endpoints WHERE tenant IS NULL OR tenant = ?1")?;
-                let mut queue = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO deliveries (alert_id, tenant, endpoint_id, body, state, attempts, next_us)
-                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5)",
-                )?;
-                for alert in &new {
-                    let body = body_of(alert);
-                    let ids = targets.query_map(params![alert.tenant], |r| r.get::<_, String>(0))?;
-                    for endpoint in ids {
-                        queue.execute(params![alert.id, alert.tenant, endpoint?, body, now_us()])?;
-                    }
-                }
-            }
-            tx.execute(
-                "INSERT INTO fanned_out (name, seq) VALUES ('alerts', ?1) ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
-                params![last as i64],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await?;
+        let queued = new
+            .iter()
+            .map(|a| store::Queued { alert_id: a.id.clone(), tenant: a.tenant.clone(), body: body_of(a) })
+            .collect();
+        self.store.queue(queued, last, now_us()).await?;
         Ok(n)
     }
 }
