@@ -1,9 +1,10 @@
-//! The ledger (`billing.db`): subscriptions with their audit trails, closed periods with their
-//! invoice drafts and reports, and the price-list versions those closes used.
+//! The ledger in SQLite (`billing.db`).
 
+use super::{Admit, Change, CloseSummary, LedgerStore, UsedList};
 use crate::Error;
 use crate::close::Close;
-use meter_rater::{Command, PriceBook, PriceList, Setup, State, Subscription};
+use async_trait::async_trait;
+use meter_rater::Subscription;
 use meter_schemas::Period;
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, params};
 use meter_sqlite::{Durability, Shared, migrate, open};
@@ -35,139 +36,74 @@ const MIGRATIONS: &[&str] = &[
 /// A close body longer than this is stored in parts of this size.
 const PART_BYTES: usize = 64 << 20;
 
-/// The ledger. Every write is one SQLite transaction; calls block (use the async wrappers).
-#[derive(Clone)]
-pub struct Ledger {
+/// The ledger in one SQLite file. Every write is one SQLite transaction.
+pub struct SqliteLedger {
     conn: Shared,
     part_bytes: usize,
 }
 
-/// What a later close needs to know of a recorded close, without reading its invoices.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CloseSummary {
-    /// The period closed.
-    pub period: Period,
-    /// Its watermark.
-    pub watermark_us: i64,
-    /// The earlier periods it rated again.
-    pub revises: Vec<Period>,
-}
-
-impl Ledger {
+impl SqliteLedger {
     /// Opens (creating or upgrading) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let mut conn = open(path, Durability::Full)?;
         migrate(&mut conn, path, MIGRATIONS)?;
-        Ok(Ledger { conn: Shared::new(conn), part_bytes: PART_BYTES })
+        Ok(SqliteLedger { conn: Shared::new(conn), part_bytes: PART_BYTES })
     }
 
     /// Runs `f` on the connection off the async runtime.
-    pub(crate) async fn with<T: Send + 'static>(
+    async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         self.conn.with(f).await
     }
+}
 
-    /// Refuses a price book that changed a list some closed period was rated with.
-    pub async fn check_price_book(&self, book: &PriceBook) -> Result<(), Error> {
-        let used: Vec<(String, String, String)> = self
-            .with(|c| {
-                let mut stmt = c.prepare("SELECT version, digest, first_period FROM price_lists ORDER BY version")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await?;
-        for (version, digest, period) in used {
-            match book.version(&version) {
-                Some(l) if l.digest() == digest => {}
-                Some(_) => {
-                    return Err(Error::PriceBook(format!(
-                        "price list {version} changed after it rated the closed period {period}: restore it and add \
-                         a [[list]] with a later effective date instead"
-                    )));
-                }
-                None => {
-                    return Err(Error::PriceBook(format!(
-                        "price list {version} is gone, but it rated the closed period {period}: restore it"
-                    )));
-                }
-            }
-        }
-        Ok(())
+#[async_trait]
+impl LedgerStore for SqliteLedger {
+    async fn price_lists(&self) -> Result<Vec<UsedList>, Error> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT version, digest, first_period FROM price_lists ORDER BY version")?;
+            let rows = stmt
+                .query_map([], |r| Ok(UsedList { version: r.get(0)?, digest: r.get(1)?, first_period: r.get(2)? }))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
-    /// Creates a subscription for `tenant`, refused while the tenant has another that has not
-    /// expired (usage is per tenant: two would bill it twice).
-    pub async fn create(
-        &self,
-        tenant: &str,
-        setup: Setup,
-        at_us: i64,
-        by: &str,
-        list: &PriceList,
-    ) -> Result<Subscription, Error> {
-        let id = format!("sub_{}", hex::encode(rand::random::<[u8; 12]>()));
-        let sub = Subscription::create(&id, tenant, &setup, at_us, by, list)?;
+    async fn insert_subscription(&self, sub: Subscription, at_us: i64, admit: Admit) -> Result<Subscription, Error> {
         self.with(move |c| {
             let tx = c.transaction()?;
             check_open(&tx, at_us)?;
-            for mut other in load(&tx, "WHERE tenant = ?1", params![sub.tenant])? {
-                other.advance(at_us);
-                // Expired by `at`, and nothing of it after `at` (a backdated start must not overlap).
-                let after = other.entries.last().is_some_and(|e| e.at_us > at_us);
-                if other.state() != State::Expired || after {
-                    return Err(Error::Conflict(format!(
-                        "tenant {} already has subscription {} ({}); cancel it first",
-                        other.tenant,
-                        other.id,
-                        other.state()
-                    )));
-                }
-            }
+            admit(&load(&tx, "WHERE tenant = ?1", params![sub.tenant])?)?;
             tx.execute(
                 "INSERT INTO subscriptions (id, tenant, created_us, body) VALUES (?1, ?2, ?3, ?4)",
                 params![sub.id, sub.tenant, at_us, serde_json::to_string(&sub)?],
             )?;
             tx.commit()?;
-            metrics::counter!(crate::metric::SUBSCRIPTION_CHANGES, "action" => "create").increment(1);
             Ok(sub)
         })
         .await
     }
 
-    /// Applies `command` at `at_us` to subscription `id`.
-    pub async fn apply(
-        &self,
-        id: &str,
-        command: Command,
-        at_us: i64,
-        by: &str,
-        list: PriceList,
-    ) -> Result<Subscription, Error> {
-        let (id, by) = (id.to_string(), by.to_string());
+    async fn update_subscription(&self, id: String, at_us: i64, change: Change) -> Result<Subscription, Error> {
         self.with(move |c| {
             let tx = c.transaction()?;
             check_open(&tx, at_us)?;
             let mut sub = load(&tx, "WHERE id = ?1", params![id])?.pop().ok_or_else(|| Error::NotFound(id.clone()))?;
-            sub.apply(&command, at_us, &by, &list)?;
+            change(&mut sub)?;
             tx.execute("UPDATE subscriptions SET body = ?2 WHERE id = ?1", params![id, serde_json::to_string(&sub)?])?;
             tx.commit()?;
-            metrics::counter!(crate::metric::SUBSCRIPTION_CHANGES, "action" => command.name()).increment(1);
             Ok(sub)
         })
         .await
     }
 
-    /// Subscription `id`.
-    pub async fn get(&self, id: &str) -> Result<Subscription, Error> {
-        let id = id.to_string();
-        self.with(move |c| load(c, "WHERE id = ?1", params![id])?.pop().ok_or(Error::NotFound(id))).await
+    async fn subscription(&self, id: String) -> Result<Option<Subscription>, Error> {
+        self.with(move |c| Ok(load(c, "WHERE id = ?1", params![id])?.pop())).await
     }
 
-    /// Every subscription (of `tenant`, when given), oldest first.
-    pub async fn list(&self, tenant: Option<&str>) -> Result<Vec<Subscription>, Error> {
-        let tenant = tenant.map(str::to_string);
+    async fn subscriptions(&self, tenant: Option<String>) -> Result<Vec<Subscription>, Error> {
         self.with(move |c| match tenant {
             Some(t) => load(c, "WHERE tenant = ?1 ORDER BY created_us, id", params![t]),
             None => load(c, "ORDER BY created_us, id", params![]),
@@ -175,13 +111,11 @@ impl Ledger {
         .await
     }
 
-    /// The close of `period`, if it was closed.
-    pub async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
+    async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
         self.with(move |c| read_close(c, &period.to_string())).await
     }
 
-    /// What every recorded close rated, oldest first (their invoices are not read).
-    pub async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error> {
+    async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT period, watermark_us, revises FROM closes ORDER BY period")?;
             let rows = stmt.query_map([], |r| {
@@ -209,21 +143,18 @@ impl Ledger {
         .await
     }
 
-    /// Marks `period` as being closed: from now on no change may be dated inside it.
-    pub async fn freeze(&self, period: Period) -> Result<(), Error> {
+    async fn freeze(&self, period: Period, now_us: i64) -> Result<(), Error> {
         self.with(move |c| {
             c.execute(
                 "INSERT OR IGNORE INTO freezes (period, since_us) VALUES (?1, ?2)",
-                params![period.to_string(), meter_schemas::period::now_us()],
+                params![period.to_string(), now_us],
             )?;
             Ok(())
         })
         .await
     }
 
-    /// Records `close` unless the period was closed meanwhile; returns the close that stands.
-    pub async fn record(&self, close: Close, list: &PriceList) -> Result<Close, Error> {
-        let (version, digest) = (list.version.clone(), list.digest());
+    async fn record(&self, close: Close, version: String, digest: String) -> Result<Close, Error> {
         let part_bytes = self.part_bytes;
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -249,9 +180,6 @@ impl Ledger {
             // What stands, as it reads back (so that a rerun's exports are the same bytes).
             let stands = read_close(&tx, &period)?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?;
             tx.commit()?;
-            if inserted == 0 {
-                tracing::info!(period, "period was closed meanwhile; keeping that close");
-            }
             Ok(stands)
         })
         .await
@@ -320,45 +248,11 @@ fn load(c: &Connection, filter: &str, args: &[&dyn meter_sqlite::rusqlite::ToSql
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meter_rater::PriceBook;
     use meter_rater::pricebook::SAMPLE;
 
     const METERS: &[&str] =
         &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"];
-
-    #[tokio::test]
-    async fn a_price_list_that_rated_a_closed_period_may_not_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(&dir.path().join("billing.db")).unwrap();
-        let book = PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap();
-        ledger.check_price_book(&book).await.unwrap();
-        let period: Period = "2026-10".parse().unwrap();
-        let close = Close {
-            period,
-            closed_at: String::new(),
-            closed_us: 0,
-            watermark: String::new(),
-            watermark_us: 0,
-            complete: true,
-            price_version: "2026-01".into(),
-            invoices: vec![],
-            totals: Default::default(),
-            report: vec![],
-            revisions: Default::default(),
-        };
-        ledger.record(close, book.version("2026-01").unwrap()).await.unwrap();
-        ledger.check_price_book(&book).await.unwrap();
-        let edited = PriceBook::parse(&SAMPLE.replace("\"25.00\"", "\"26.00\""), METERS, &["active_users"]).unwrap();
-        let err = ledger.check_price_book(&edited).await.unwrap_err().to_string();
-        assert!(err.contains("price list 2026-01 changed after it rated the closed period 2026-10"), "{err}");
-        // A new list with a later date is the way to change prices.
-        let next = SAMPLE
-            .replace("version = \"2026-01\"", "version = \"2027-01\"")
-            .replace("effective = 2026-01-01", "effective = 2027-01-01")
-            .replace("\"25.00\"", "\"26.00\"");
-        let later = PriceBook::parse(&format!("{SAMPLE}\n{next}"), METERS, &["active_users"]).unwrap();
-        assert_eq!(later.for_period("2027-03".parse().unwrap()).unwrap().version, "2027-01");
-        ledger.check_price_book(&later).await.unwrap();
-    }
 
     fn a_close(period: &str, revises: &[&str]) -> Close {
         let period: Period = period.parse().unwrap();
@@ -392,14 +286,14 @@ mod tests {
     #[tokio::test]
     async fn a_large_close_is_kept_in_parts_and_summaries_need_not_read_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ledger = Ledger::open(&dir.path().join("billing.db")).unwrap();
-        ledger.part_bytes = 1000;
+        let mut store = SqliteLedger::open(&dir.path().join("billing.db")).unwrap();
+        store.part_bytes = 1000;
         let book = PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap();
         let list = book.version("2026-01").unwrap();
         // Recorded the old way: the whole body in one value, no summary.
         let old = a_close("2026-09", &[]);
         let body = serde_json::to_string(&old).unwrap();
-        ledger
+        store
             .with(move |c| {
                 Ok(c.execute("INSERT INTO closes (period, closed_us, body) VALUES ('2026-09', 7, ?1)", [body])?)
             })
@@ -407,11 +301,11 @@ mod tests {
             .unwrap();
         let big = a_close("2026-10", &["2026-09"]);
         assert!(serde_json::to_vec(&big).unwrap().len() > 5000);
+        let ledger = super::super::Ledger::new(std::sync::Arc::new(store));
         assert_eq!(ledger.record(big.clone(), list).await.unwrap(), big);
-        let parts: i64 = ledger
-            .with(|c| Ok(c.query_row("SELECT count(*) FROM close_parts WHERE period = '2026-10'", [], |r| r.get(0))?))
-            .await
-            .unwrap();
+        let db = Connection::open(dir.path().join("billing.db")).unwrap();
+        let parts: i64 =
+            db.query_row("SELECT count(*) FROM close_parts WHERE period = '2026-10'", [], |r| r.get(0)).unwrap();
         assert!(parts > 5, "{parts} parts");
         assert_eq!(ledger.close_of("2026-10".parse().unwrap()).await.unwrap().unwrap(), big);
         assert_eq!(ledger.close_of("2026-09".parse().unwrap()).await.unwrap().unwrap(), old);

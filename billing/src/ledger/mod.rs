@@ -1,0 +1,207 @@
+//! The ledger: subscriptions with their audit trails, closed periods with their invoice drafts
+//! and reports, and the price-list versions those closes used. [`Ledger`] holds the rules (one
+//! live subscription per tenant, price lists that rated a closed period never change); its rows
+//! live behind the [`LedgerStore`] port (SQLite's `billing.db` by default, [`SqliteLedger`]).
+
+pub mod contract;
+mod sqlite;
+
+pub use sqlite::SqliteLedger;
+
+use crate::Error;
+use crate::close::Close;
+use async_trait::async_trait;
+use meter_rater::{Command, PriceBook, PriceList, Setup, State, Subscription};
+use meter_schemas::Period;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What a later close needs to know of a recorded close, without reading its invoices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseSummary {
+    /// The period closed.
+    pub period: Period,
+    /// Its watermark.
+    pub watermark_us: i64,
+    /// The earlier periods it rated again.
+    pub revises: Vec<Period>,
+}
+
+/// A price-list version a close used: its digest and the first period it rated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsedList {
+    /// The version.
+    pub version: String,
+    /// Its digest when it rated.
+    pub digest: String,
+    /// The first period it rated.
+    pub first_period: String,
+}
+
+/// Decides, inside the transaction that inserts a subscription, whether the tenant's other
+/// subscriptions allow it.
+pub type Admit = Box<dyn FnOnce(&[Subscription]) -> Result<(), Error> + Send>;
+
+/// Changes a subscription inside the transaction that stores it.
+pub type Change = Box<dyn FnOnce(&mut Subscription) -> Result<(), Error> + Send>;
+
+/// Storage of the ledger. Each write is atomic; a write dated inside a closed period, or one
+/// being closed ([`LedgerStore::freeze`]), is refused with [`Error::Closed`] in the same
+/// transaction, so a close is never rewritten.
+#[async_trait]
+pub trait LedgerStore: Send + Sync {
+    /// The price-list versions recorded closes used, by version.
+    async fn price_lists(&self) -> Result<Vec<UsedList>, Error>;
+
+    /// Inserts `sub`, created at `at_us`, if `admit` accepts the tenant's other subscriptions
+    /// (read in the same transaction).
+    async fn insert_subscription(&self, sub: Subscription, at_us: i64, admit: Admit) -> Result<Subscription, Error>;
+
+    /// Applies `change` dated `at_us` to subscription `id` and stores the result, in one
+    /// transaction; [`Error::NotFound`] when there is no such subscription.
+    async fn update_subscription(&self, id: String, at_us: i64, change: Change) -> Result<Subscription, Error>;
+
+    /// Subscription `id`.
+    async fn subscription(&self, id: String) -> Result<Option<Subscription>, Error>;
+
+    /// Every subscription (of `tenant`, when given), oldest first (then by id).
+    async fn subscriptions(&self, tenant: Option<String>) -> Result<Vec<Subscription>, Error>;
+
+    /// The close of `period`, if it was closed.
+    async fn close_of(&self, period: Period) -> Result<Option<Close>, Error>;
+
+    /// What every recorded close rated, oldest first.
+    async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error>;
+
+    /// Marks `period` as being closed since `now_us` (once): from then on no change may be
+    /// dated inside it.
+    async fn freeze(&self, period: Period, now_us: i64) -> Result<(), Error>;
+
+    /// Records `close`, rated with price list `version` (`digest`), unless its period was
+    /// closed meanwhile; returns the close that stands, as it reads back.
+    async fn record(&self, close: Close, version: String, digest: String) -> Result<Close, Error>;
+}
+
+/// The ledger.
+#[derive(Clone)]
+pub struct Ledger {
+    store: Arc<dyn LedgerStore>,
+}
+
+impl Ledger {
+    /// Opens (creating or upgrading) the SQLite ledger at `path`.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        Ok(Self::new(Arc::new(SqliteLedger::open(path)?)))
+    }
+
+    /// The ledger kept in `store`.
+    pub fn new(store: Arc<dyn LedgerStore>) -> Self {
+        Ledger { store }
+    }
+
+    /// Refuses a price book that changed a list some closed period was rated with.
+    pub async fn check_price_book(&self, book: &PriceBook) -> Result<(), Error> {
+        for UsedList { version, digest, first_period: period } in self.store.price_lists().await? {
+            match book.version(&version) {
+                Some(l) if l.digest() == digest => {}
+                Some(_) => {
+                    return Err(Error::PriceBook(format!(
+                        "price list {version} changed after it rated the closed period {period}: restore it and add \
+                         a [[list]] with a later effective date instead"
+                    )));
+                }
+                None => {
+                    return Err(Error::PriceBook(format!(
+                        "price list {version} is gone, but it rated the closed period {period}: restore it"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a subscription for `tenant`, refused while the tenant has another that has not
+    /// expired (usage is per tenant: two would bill it twice).
+    pub async fn create(
+        &self,
+        tenant: &str,
+        setup: Setup,
+        at_us: i64,
+        by: &str,
+        list: &PriceList,
+    ) -> Result<Subscription, Error> {
+        let id = format!("sub_{}", hex::encode(rand::random::<[u8; 12]>()));
+        let sub = Subscription::create(&id, tenant, &setup, at_us, by, list)?;
+        let admit: Admit = Box::new(move |others| {
+            for other in others {
+                let mut other = other.clone();
+                other.advance(at_us);
+                // Expired by `at`, and nothing of it after `at` (a backdated start must not overlap).
+                let after = other.entries.last().is_some_and(|e| e.at_us > at_us);
+                if other.state() != State::Expired || after {
+                    return Err(Error::Conflict(format!(
+                        "tenant {} already has subscription {} ({}); cancel it first",
+                        other.tenant,
+                        other.id,
+                        other.state()
+                    )));
+                }
+            }
+            Ok(())
+        });
+        let sub = self.store.insert_subscription(sub, at_us, admit).await?;
+        metrics::counter!(crate::metric::SUBSCRIPTION_CHANGES, "action" => "create").increment(1);
+        Ok(sub)
+    }
+
+    /// Applies `command` at `at_us` to subscription `id`.
+    pub async fn apply(
+        &self,
+        id: &str,
+        command: Command,
+        at_us: i64,
+        by: &str,
+        list: PriceList,
+    ) -> Result<Subscription, Error> {
+        let name = command.name();
+        let by = by.to_string();
+        let change: Change = Box::new(move |sub| Ok(sub.apply(&command, at_us, &by, &list)?));
+        let sub = self.store.update_subscription(id.to_string(), at_us, change).await?;
+        metrics::counter!(crate::metric::SUBSCRIPTION_CHANGES, "action" => name).increment(1);
+        Ok(sub)
+    }
+
+    /// Subscription `id`.
+    pub async fn get(&self, id: &str) -> Result<Subscription, Error> {
+        self.store.subscription(id.to_string()).await?.ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// Every subscription (of `tenant`, when given), oldest first.
+    pub async fn list(&self, tenant: Option<&str>) -> Result<Vec<Subscription>, Error> {
+        self.store.subscriptions(tenant.map(str::to_string)).await
+    }
+
+    /// The close of `period`, if it was closed.
+    pub async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
+        self.store.close_of(period).await
+    }
+
+    /// What every recorded close rated, oldest first (their invoices are not read).
+    pub async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error> {
+        self.store.close_summaries().await
+    }
+
+    /// Marks `period` as being closed: from now on no change may be dated inside it.
+    pub async fn freeze(&self, period: Period) -> Result<(), Error> {
+        self.store.freeze(period, meter_schemas::period::now_us()).await
+    }
+
+    /// Records `close` unless the period was closed meanwhile; returns the close that stands.
+    pub async fn record(&self, close: Close, list: &PriceList) -> Result<Close, Error> {
+        let stands = self.store.record(close.clone(), list.version.clone(), list.digest()).await?;
+        if stands.closed_us != close.closed_us {
+            tracing::info!(period = %close.period, "period was closed meanwhile; keeping that close");
+        }
+        Ok(stands)
+    }
+}
