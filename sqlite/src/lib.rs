@@ -152,6 +152,11 @@ pub fn open_for_checkpointer(path: &Path, durability: Durability) -> Result<Conn
 
 /// Brings the schema to the newest version: `migrations[i]` upgrades from version `i` to `i + 1`.
 /// Refuses a file whose version is newer than `migrations.len()`.
+///
+/// Not `rusqlite_migration` (the crate that does this with `user_version`): it reads the version
+/// before it opens its transaction, so two processes opening a new file at once (`meter ingest`
+/// and `meter aggregate` on one host) would both run the first migration, and the second would
+/// fail on a table that exists. Here the version is read inside one immediate transaction.
 pub fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), Error> {
     // One immediate transaction: processes that open the same file at once migrate it once.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
