@@ -62,8 +62,7 @@ pub async fn list_alerts(
         (Some(_), t) => Some(p.readable_tenant(t.as_deref())?),
     };
     let after = q.after.unwrap_or(0);
-    let alerts =
-        state.live.alerts(tenant.as_deref(), after, limit).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let alerts = state.live.alerts(tenant.as_deref(), after, limit).await?;
     let next_after = alerts.last().map_or(after, |a| a.seq);
     Ok(Json(Alerts { alerts, next_after }))
 }

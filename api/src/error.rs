@@ -96,6 +96,26 @@ impl From<meter_billing::Error> for ApiError {
     }
 }
 
+impl From<meter_webhooks::Error> for ApiError {
+    fn from(e: meter_webhooks::Error) -> Self {
+        use meter_webhooks::Error as W;
+        match e {
+            W::NotFound(what) => ApiError::Missing(format!("no {what}")),
+            W::Invalid { field, message } => ApiError::Invalid(vec![FieldError::invalid(field, message)]),
+            W::Conflict(m) => ApiError::Conflict { detail: m, allowed: None },
+            e @ (W::Storage(_) | W::Store(_) | W::Kafka(_) | W::Client(_) | W::Task(_)) => {
+                ApiError::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<meter_store::Error> for ApiError {
+    fn from(e: meter_store::Error) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
 impl ApiError {
     /// The field errors the answer lists.
     fn errors(&self) -> Vec<FieldError> {

@@ -111,7 +111,7 @@ pub async fn get_usage(
     let period = period.expect("checked above");
     let tenant = principal.readable_tenant(query.tenant.as_deref())?;
     let source = query.source.unwrap_or(state.reads.default_source(period, now));
-    let stored = state.reads.usage(&tenant, period, source).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let stored = state.reads.usage(&tenant, period, source).await?;
     let days_so_far: Vec<_> = period.days().filter(|d| date_start_us(*d) <= now).collect();
     let meters = state
         .catalog
@@ -231,8 +231,7 @@ pub async fn get_daily(
     let now = now_us();
     let today = day_of(now);
     let first = today - time::Duration::days(i64::from(days) - 1);
-    let range =
-        state.reads.daily(&tenant, first, today, now).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let range = state.reads.daily(&tenant, first, today, now).await?;
     let (series, live_from) = (range.series, range.live_from);
     let dates: Vec<String> = (0..days).map(|i| format_day(first + time::Duration::days(i64::from(i)))).collect();
     let meters = state

@@ -16,19 +16,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
-impl From<meter_webhooks::Error> for ApiError {
-    fn from(e: meter_webhooks::Error) -> Self {
-        match e {
-            meter_webhooks::Error::NotFound(what) => ApiError::Missing(format!("no {what}")),
-            meter_webhooks::Error::Invalid { field, message } => {
-                ApiError::Invalid(vec![FieldError::invalid(field, message)])
-            }
-            meter_webhooks::Error::Conflict(m) => ApiError::Conflict { detail: m, allowed: None },
-            e => ApiError::Unavailable(e.to_string()),
-        }
-    }
-}
-
 /// A new endpoint.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

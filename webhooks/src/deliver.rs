@@ -34,7 +34,7 @@ impl Webhooks {
             let mut settle = |done: Result<(tokio::task::Id, Result<(), Error>), tokio::task::JoinError>| {
                 let (id, outcome) = match done {
                     Ok((id, outcome)) => (id, outcome),
-                    Err(e) => (e.id(), Err(Error::Conflict(format!("a webhook send ended abnormally: {e}")))),
+                    Err(e) => (e.id(), Err(Error::Task(format!("a webhook send ended abnormally: {e}")))),
                 };
                 if let Err(e) = outcome {
                     tracing::warn!(error = %e, "recording a webhook delivery failed; it is sent again");

@@ -94,6 +94,9 @@ pub enum Error {
     /// The HTTP client that posts deliveries could not be built.
     #[error("webhook HTTP client: {0}")]
     Client(String),
+    /// A send's task panicked or was cancelled.
+    #[error("{0}")]
+    Task(String),
 }
 
 /// A registered endpoint (its secret is shown once, at registration).
