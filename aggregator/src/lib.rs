@@ -50,7 +50,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            consumer: "meter-aggregator".into(),
+            consumer: meter_eventlog::DEFAULT_GROUP.into(),
             batch_size: 10_000,
             poll_timeout: Duration::from_millis(200),
             idle_watermark_every: Duration::from_millis(500),

@@ -58,7 +58,7 @@ impl KafkaSettings {
             linger_ms: 2,
             delivery_timeout: Duration::from_secs(10),
             queue_max_messages: 200_000,
-            group: "meter-aggregator".into(),
+            group: crate::DEFAULT_GROUP.into(),
             session_timeout: Duration::from_secs(10),
         }
     }

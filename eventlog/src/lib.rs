@@ -17,6 +17,10 @@ pub use kafka::{KafkaLog, KafkaSettings, PartitionCount, ensure_topic};
 pub use sqlite::SqliteLog;
 
 use async_trait::async_trait;
+
+/// The aggregators' consumer group unless configured otherwise (`aggregator.group`): on Kafka the
+/// group, and on every log the name their checkpoints are stored under.
+pub const DEFAULT_GROUP: &str = "meter-aggregator";
 use meter_schemas::Event;
 use std::time::Duration;
 
