@@ -6,11 +6,12 @@ use crate::docs::{
 };
 use crate::{Ingest, IngestError, metric};
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use meter_auth::{AuthError, Role};
+use meter_auth::{AuthError, Principal, Role};
 use meter_eventlog::{Error as LogError, Outcome};
 use meter_schemas::envelope::{self, Context, Dialect, Format, Parsed};
 use meter_schemas::error::summary;
@@ -23,6 +24,24 @@ use std::time::Instant;
 
 /// Bodies larger than this are parsed off the async runtime.
 const INLINE_PARSE_BYTES: usize = 256 * 1024;
+
+/// A key that may send events: an ingest key (a tenant's, or a service's that names the tenant
+/// of each event) or an admin's. Handlers take it as `Result<Sender, _>`, so that a refusal is
+/// answered in the request's own dialect and counted like every other answer.
+pub struct Sender(Principal);
+
+impl FromRequestParts<Arc<Ingest>> for Sender {
+    type Rejection = IngestError;
+
+    async fn from_request_parts(parts: &mut Parts, ingest: &Arc<Ingest>) -> Result<Self, IngestError> {
+        let auth = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let principal = ingest.keys.authenticate(auth).await?;
+        match principal.role {
+            Role::Read => Err(AuthError::WrongRole { have: principal.role, action: "send events" }.into()),
+            Role::Ingest | Role::Admin => Ok(Sender(principal)),
+        }
+    }
+}
 
 /// Sends events: Lago `{"event": ...}`, CloudEvents (one or a batch), or NDJSON.
 #[utoipa::path(
@@ -52,6 +71,7 @@ const INLINE_PARSE_BYTES: usize = 256 * 1024;
 )]
 pub async fn post_events(
     State(ingest): State<Arc<Ingest>>,
+    sender: Result<Sender, IngestError>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -59,7 +79,7 @@ pub async fn post_events(
         Ok(f) => f,
         Err(e) => return e.into_response_for(Dialect::CloudEvents),
     };
-    handle(&ingest, format, &headers, body).await
+    handle(&ingest, format, sender, body).await
 }
 
 /// Sends a Lago batch `{"events": [...]}`: all events are stored, or none.
@@ -82,11 +102,12 @@ pub async fn post_events(
 )]
 pub async fn post_events_batch(
     State(ingest): State<Arc<Ingest>>,
+    sender: Result<Sender, IngestError>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match content_type(&headers) {
-        Ok(Format::Json) => handle(&ingest, Format::LagoBatch, &headers, body).await,
+        Ok(Format::Json) => handle(&ingest, Format::LagoBatch, sender, body).await,
         Ok(_) => IngestError::UnsupportedMediaType("the batch endpoint takes application/json".into())
             .into_response_for(Dialect::Lago),
         Err(e) => e.into_response_for(Dialect::Lago),
@@ -121,12 +142,12 @@ fn api_label(dialect: Dialect) -> &'static str {
 async fn handle(
     ingest: &Arc<Ingest>,
     format: Format,
-    headers: &HeaderMap,
+    sender: Result<Sender, IngestError>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let mut dialect = envelope::dialect_of(format);
-    let response = match accept(ingest, format, headers, body, &mut dialect).await {
+    let response = match accept(ingest, format, sender, body, &mut dialect).await {
         Ok(r) => r,
         Err(e) => {
             if let IngestError::Fields(errors) = &e {
@@ -144,15 +165,11 @@ async fn handle(
 async fn accept(
     ingest: &Arc<Ingest>,
     format: Format,
-    headers: &HeaderMap,
+    sender: Result<Sender, IngestError>,
     body: Result<Bytes, BytesRejection>,
     dialect: &mut Dialect,
 ) -> Result<Response, IngestError> {
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let principal = ingest.keys.authenticate(auth).await?;
-    if principal.role == Role::Read {
-        return Err(AuthError::WrongRole { have: principal.role, action: "send events" }.into());
-    }
+    let Sender(principal) = sender?;
     let body = body.map_err(|rejection| {
         let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             let limit = ingest.max_body_bytes;
