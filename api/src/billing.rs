@@ -520,10 +520,10 @@ pub async fn list_plans(
         .book
         .for_period(period)
         .ok_or_else(|| ApiError::Missing(format!("no price list rates {period}")))?;
-    let mut shown = list.clone();
-    if p.role != Role::Admin {
-        shown.overrides.retain(|tenant, _| p.tenant.as_deref() == Some(tenant.as_str()));
-    }
+    let shown = match p.role {
+        Role::Admin => list.clone(),
+        Role::Ingest | Role::Read => list.with_deals_of(p.tenant.as_deref()),
+    };
     Ok(Json(Plans {
         version: list.version.clone(),
         effective: meter_schemas::period::format_day(list.effective),

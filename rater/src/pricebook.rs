@@ -280,6 +280,14 @@ impl Terms<'_> {
 }
 
 impl PriceList {
+    /// The list with `tenant`'s deal and no other tenant's (no deal at all for `None`): what a
+    /// tenant may read of it.
+    pub fn with_deals_of(&self, tenant: Option<&str>) -> PriceList {
+        let mut shown = self.clone();
+        shown.overrides.retain(|name, _| tenant == Some(name.as_str()));
+        shown
+    }
+
     /// The plan `code` as `tenant` pays for it.
     pub fn terms<'a>(&'a self, tenant: &str, code: &'a str) -> Option<Terms<'a>> {
         let plan = self.plans.get(code)?;
