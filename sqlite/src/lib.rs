@@ -101,7 +101,9 @@ impl WalBound {
         if wal <= self.floor || wal <= len(&self.db) {
             return Ok(false);
         }
+        let started = std::time::Instant::now();
         let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        tracing::debug!(wal = %self.wal.display(), bytes = wal, took = ?started.elapsed(), busy, "WAL truncated");
         if busy != 0 {
             tracing::warn!(wal = %self.wal.display(), "the WAL is past its bound and a reader held it; trying again after the next commit");
         }
