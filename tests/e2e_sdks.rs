@@ -13,7 +13,14 @@ use std::process::Command;
 const PACKAGES: &[&str] = &["lago-python-client==1.55.0", "openmeter==1.0.0b236", "openapi-spec-validator==0.9.0"];
 const NPM_PACKAGE: &str = "@openmeter/sdk@1.0.0-beta.232";
 
+/// The venv's python, with the pinned packages; made once per test process (two tests use it,
+/// and two `python3 -m venv` at once would clear each other's install).
 fn sdk_python() -> PathBuf {
+    static READY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    READY.get_or_init(install_sdk_python).clone()
+}
+
+fn install_sdk_python() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv");
     let python = venv.join("bin/python");
     let ready = python.exists()
