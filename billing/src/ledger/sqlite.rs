@@ -254,8 +254,8 @@ mod tests {
     const METERS: &[&str] =
         &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"];
 
+    /// The contract's close, with 50 report rows so that its body needs parts.
     fn a_close(period: &str, revises: &[&str]) -> Close {
-        let period: Period = period.parse().unwrap();
         let row = crate::ReportRow {
             tenant: "t".into(),
             meter: "work_orders".into(),
@@ -265,19 +265,7 @@ mod tests {
             rated: Some("1".into()),
             status: "ok".into(),
         };
-        Close {
-            period,
-            closed_at: "2026-11-02T00:00:00Z".into(),
-            closed_us: 7,
-            watermark: String::new(),
-            watermark_us: 42,
-            complete: false,
-            price_version: "2026-01".into(),
-            invoices: vec![],
-            totals: Default::default(),
-            report: vec![row; 50],
-            revisions: revises.iter().map(|p| (p.parse().unwrap(), vec![])).collect(),
-        }
+        Close { report: vec![row; 50], ..super::super::contract::a_close(period, revises) }
     }
 
     /// A close too long for one value is kept in parts and reads back the same; what later
