@@ -56,9 +56,9 @@ pub fn open(path: &Path, durability: Durability) -> Result<Connection, Error> {
     // Checkpoint the WAL every 64 MiB rather than every 4 MiB: a checkpoint rewrites pages into the
     // main file, and at the default it ran after nearly every group commit.
     conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
-    // After a checkpoint resets the WAL, cut the file back to this size rather than keep the
-    // largest it ever grew to.
-    conn.pragma_update(None, "journal_size_limit", WAL_BOUND as i64)?;
+    // When the WAL starts over, cut the file back to this size rather than keep the largest it
+    // ever grew to; below the size at which its writer checkpoints it ([`WalBound`]).
+    conn.pragma_update(None, "journal_size_limit", (WAL_BOUND / 4) as i64)?;
     Ok(conn)
 }
 
@@ -71,16 +71,35 @@ pub const WAL_BOUND: u64 = 64 << 20;
 /// Keeps a database's WAL at most the larger of its database's size and a floor
 /// ([`WAL_BOUND`]), so that a database and its WAL take at most twice the database plus the
 /// floor. Its writer calls [`WalBound::after_commit`] after each commit, outside any
-/// transaction: past the bound it checkpoints and truncates the WAL on its own connection,
-/// waiting (its busy timeout) for readers of older snapshots, and writes nothing meanwhile, so
-/// that ingest slows down rather than filling the disk. A bound that grows with the database
-/// makes these stops rarer as it grows. A thread of its own could not do this: SQLite's write
-/// lock is not fair, and a busy writer takes it back between two commits before a waiting
-/// checkpoint wakes up.
+/// transaction. Past seven eighths of the bound it runs a passive checkpoint on its own
+/// connection: with nothing written meanwhile the checkpoint can copy the whole WAL, and the
+/// next commit starts the WAL over from its beginning. A reader of an older snapshot can keep
+/// that from completing; past the bound itself the writer then truncates the WAL, waiting (its
+/// busy timeout) for such readers, so that ingest slows down rather than filling the disk. A
+/// bound that grows with the database makes these stops rarer as it grows. A thread of its own
+/// could not do this: SQLite's write lock is not fair, and a busy writer takes it back between
+/// two commits before a waiting checkpoint wakes up.
 pub struct WalBound {
     db: PathBuf,
     wal: PathBuf,
     floor: u64,
+}
+
+/// What [`WalBound::after_commit`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bounded {
+    /// The WAL is within seven eighths of its bound: nothing.
+    Within,
+    /// A passive checkpoint copied the whole WAL; the next commit starts it over.
+    Reset,
+    /// A passive checkpoint could not copy all of it (a reader, or the checkpointer thread, held
+    /// it); the next commit tries again.
+    Deferred,
+    /// Past the bound, the WAL was checkpointed and truncated to nothing.
+    Truncated,
+    /// Past the bound, a reader held the WAL beyond the busy timeout; the next commit tries
+    /// again.
+    Held,
 }
 
 impl WalBound {
@@ -91,23 +110,37 @@ impl WalBound {
         Self { db: path.to_path_buf(), wal: PathBuf::from(wal), floor }
     }
 
-    /// Checks the WAL's size (a `stat`; the database's too once the WAL is past the floor) and,
-    /// past the bound, checkpoints and truncates it on `conn`, the writer's connection, which
-    /// must hold no transaction. Returns whether the WAL was emptied; a reader that held it past
-    /// the busy timeout leaves it for the next commit.
-    pub fn after_commit(&self, conn: &Connection) -> Result<bool, Error> {
+    /// Checks the WAL's size (a `stat`; the database's too once the WAL is near the floor) and,
+    /// near or past the bound, checkpoints it on `conn`, the writer's connection, which must
+    /// hold no transaction.
+    pub fn after_commit(&self, conn: &Connection) -> Result<Bounded, Error> {
         let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
         let wal = len(&self.wal);
-        if wal <= self.floor || wal <= len(&self.db) {
-            return Ok(false);
+        let soft = |bound: u64| bound - bound / 8;
+        if wal <= soft(self.floor) {
+            return Ok(Bounded::Within);
+        }
+        let bound = self.floor.max(len(&self.db));
+        if wal <= soft(bound) {
+            return Ok(Bounded::Within);
         }
         let started = std::time::Instant::now();
+        if wal <= bound {
+            // (busy, frames in the WAL, frames copied); busy without waiting when another
+            // connection is checkpointing.
+            let (busy, log, copied): (i64, i64, i64) =
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let done = busy == 0 && log == copied;
+            tracing::debug!(wal = %self.wal.display(), bytes = wal, took = ?started.elapsed(), done, "WAL checkpointed");
+            return Ok(if done { Bounded::Reset } else { Bounded::Deferred });
+        }
         let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
         tracing::debug!(wal = %self.wal.display(), bytes = wal, took = ?started.elapsed(), busy, "WAL truncated");
         if busy != 0 {
             tracing::warn!(wal = %self.wal.display(), "the WAL is past its bound and a reader held it; trying again after the next commit");
+            return Ok(Bounded::Held);
         }
-        Ok(busy == 0)
+        Ok(Bounded::Truncated)
     }
 }
 
@@ -270,10 +303,10 @@ mod tests {
         panic!("the checkpointer never checkpointed: {} bytes", file_len());
     }
 
-    /// A WAL that passive checkpoints cannot reset (a reader keeps reading while a writer
-    /// appends) is truncated by its writer once past its bound.
+    /// A writer that keeps appending while a reader keeps reading, in short transactions as the
+    /// aggregator does: the WAL stays within its bound.
     #[test]
-    fn a_wal_past_its_bound_is_truncated_while_writers_keep_writing() {
+    fn a_wal_stays_within_its_bound_while_a_reader_keeps_reading() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let conn = open_for_checkpointer(&path, Durability::Normal).unwrap();
@@ -302,6 +335,72 @@ mod tests {
         assert!(largest < 24 << 20, "the WAL reached {largest} bytes");
         let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 6000);
+    }
+
+    /// With no reader in the way, the writer's passive checkpoint copies the whole WAL and it
+    /// starts over: the WAL stays within its bound without ever being truncated.
+    #[test]
+    fn a_wal_near_its_bound_starts_over_without_a_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let conn = open_for_checkpointer(&path, Durability::Normal).unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
+        let bound = 4 << 20;
+        let wal_bound = WalBound::new(&path, bound);
+        let wal_len = || std::fs::metadata(dir.path().join("p.db-wal")).map_or(0, |m| m.len());
+        let db_len = || std::fs::metadata(&path).map_or(0, |m| m.len());
+        let mut seen = Vec::new();
+        for _ in 0..6000 {
+            conn.execute("INSERT INTO t (v) VALUES (zeroblob(4096))", []).unwrap();
+            let (wal, db) = (wal_len(), db_len());
+            assert!(wal <= bound.max(db) + 16_384, "the WAL reached {wal} bytes beside a {db}-byte database");
+            seen.push(wal_bound.after_commit(&conn).unwrap());
+        }
+        assert!(seen.contains(&Bounded::Reset), "never reset");
+        assert!(!seen.contains(&Bounded::Truncated), "truncated although nothing held the WAL");
+    }
+
+    /// A reader holding an old snapshot keeps the passive checkpoint from completing; past the
+    /// bound the writer waits for it and truncates.
+    #[test]
+    fn a_reader_holding_the_wal_leads_to_a_truncation_at_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let conn = open_for_checkpointer(&path, Durability::Normal).unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB); INSERT INTO t VALUES (1)").unwrap();
+        let bound = 1 << 20;
+        let wal_bound = WalBound::new(&path, bound);
+        let wal_len = || std::fs::metadata(dir.path().join("r.db-wal")).map_or(0, |m| m.len());
+        let reader = std::thread::scope(|s| {
+            let (held, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+            let reader = s.spawn(move || {
+                let mut r = open(&path, Durability::Normal).unwrap();
+                let tx = r.transaction().unwrap();
+                let _: i64 = tx.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+                held.0.send(()).unwrap();
+                // Released once the WAL is past its bound; the truncation then waits for this
+                // transaction to end.
+                release.1.recv().unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                tx.commit().unwrap();
+            });
+            held.1.recv().unwrap();
+            let (mut seen, mut released) = (Vec::new(), false);
+            while !seen.contains(&Bounded::Truncated) {
+                conn.execute("INSERT INTO t (v) VALUES (zeroblob(4096))", []).unwrap();
+                if wal_len() > bound && !released {
+                    release.0.send(()).unwrap();
+                    released = true;
+                }
+                seen.push(wal_bound.after_commit(&conn).unwrap());
+                assert!(seen.len() < 2000, "never truncated: {seen:?}");
+            }
+            reader.join().unwrap();
+            seen
+        });
+        assert!(reader.contains(&Bounded::Deferred), "{reader:?}");
+        assert!(!reader.contains(&Bounded::Reset), "reset while a reader held the WAL: {reader:?}");
+        assert_eq!(wal_len(), 0);
     }
 
     #[test]
