@@ -1,0 +1,99 @@
+//! billing-sync: the pipeline's last stage. Closed invoices and subscription state go to a
+//! payment provider exactly once, and the provider's payment outcomes come back.
+//!
+//! - [`provider`]: the port (what billing needs from a provider) and the embedded default,
+//!   [`NoProvider`] (invoices stay in meter).
+//! - [`stripe`]: the Stripe backend; requests built by async-stripe, sent by meter's own client
+//!   with keys derived from each request ([`key`]).
+//! - [`amount`]: a line's amount in minor units, exactly, or the reason it cannot be sent.
+//! - [`signature`]: Stripe's webhook signatures.
+
+pub mod amount;
+pub mod key;
+pub mod provider;
+pub mod signature;
+pub mod stripe;
+
+pub use provider::{Collection, NoProvider, Provider, Pushed, Synced};
+
+/// Metric names of the stage, declared once.
+pub mod metric {
+    /// Requests sent to Stripe, by outcome (ok, retried, refused).
+    pub const STRIPE_REQUESTS: &str = "meter_stripe_requests_total";
+}
+
+/// Errors of the sync.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The provider's configuration is wrong (a key Stripe refuses, an unusable address).
+    #[error("stripe configuration: {0}")]
+    Config(String),
+    /// A line the provider cannot represent; nothing of its invoice was sent.
+    #[error("invoice {invoice}, line {line}: {reason}")]
+    Unrepresentable {
+        /// The meter invoice.
+        invoice: String,
+        /// The line.
+        line: String,
+        /// Why.
+        reason: amount::Unrepresentable,
+    },
+    /// Stripe refused a request (a 4xx other than 409 and 429): sending it again cannot help.
+    #[error("Stripe refused {what}: {status} {kind}{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Refused {
+        /// Method and path.
+        what: String,
+        /// HTTP status.
+        status: u16,
+        /// Stripe's error type (`invalid_request_error`, …).
+        kind: String,
+        /// Stripe's error code.
+        code: Option<String>,
+        /// The parameter it names.
+        param: Option<String>,
+        /// Stripe's message.
+        message: String,
+    },
+    /// Stripe did not answer usefully after every try (429, 409, 5xx, timeouts, lost
+    /// connections); the same request, with the same key, may be sent again later.
+    #[error("Stripe unavailable for {what} after {tries} tries: {last}")]
+    Unavailable {
+        /// Method and path.
+        what: String,
+        /// Tries made.
+        tries: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// Stripe answered something meter cannot read.
+    #[error("Stripe's answer to {what}: {detail}")]
+    Protocol {
+        /// Method and path.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Stripe's invoice differs from meter's: it was left unfinalized.
+    #[error("Stripe's invoice for {invoice} differs from meter's: {detail}")]
+    Mismatch {
+        /// The meter invoice.
+        invoice: String,
+        /// How.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// Whether sending the same requests again later may succeed (the outbox keeps it);
+    /// otherwise the operation belongs on the dead list with its reason.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } => true,
+            Error::Config(_)
+            | Error::Unrepresentable { .. }
+            | Error::Refused { .. }
+            | Error::Protocol { .. }
+            | Error::Mismatch { .. } => false,
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The provider port: what billing needs from a payment provider. meter owns prices, rating and
+//! subscription state; the provider collects.
+
+use crate::Error;
+use async_trait::async_trait;
+use meter_rater::Invoice;
+
+/// How an invoice is collected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Collection {
+    /// The provider charges the customer's payment method (cards, the smaller tiers).
+    ChargeAutomatically,
+    /// The provider sends the invoice; the customer pays by transfer within the days given
+    /// (net-30/60 terms).
+    SendInvoice {
+        /// Days until it is due.
+        days_until_due: u32,
+    },
+}
+
+/// An invoice the provider holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Synced {
+    /// The customer's id at the provider.
+    pub customer: String,
+    /// The invoice's id at the provider.
+    pub invoice: String,
+    /// Its status there (draft, open, paid, uncollectible, void).
+    pub status: String,
+    /// Its total before tax, minor units: meter's total, checked.
+    pub total_minor: i64,
+    /// Invoice items sent, one per line but for those aggregated.
+    pub items: usize,
+    /// Lines summed into one item because the invoice had more than the provider takes.
+    pub aggregated: usize,
+}
+
+/// What pushing an invoice came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// The provider holds it, finalized, its total equal to meter's.
+    Synced(Synced),
+    /// No provider is configured: the invoice stays in meter.
+    NotSynced,
+}
+
+/// A payment provider.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// `stripe`, `none`.
+    fn name(&self) -> &'static str;
+
+    /// Makes `tenant` a customer (once: asking again answers the same customer) and returns
+    /// its id; `None` without a provider.
+    async fn ensure_customer(&self, tenant: &str) -> Result<Option<String>, Error>;
+
+    /// Pushes a closed invoice: one provider invoice carrying one item per line, each with the
+    /// line's exact amount, its total checked equal to meter's before it is finalized. Pushing
+    /// it again (after a lost reply, a crash) finds what the first push made instead of making
+    /// it twice. A customer's invoices must be pushed one at a time.
+    async fn push_invoice(&self, invoice: &Invoice, collection: Collection) -> Result<Pushed, Error>;
+}
+
+/// The embedded default: no provider; invoices stay in meter and every push says so.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoProvider;
+
+#[async_trait]
+impl Provider for NoProvider {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    async fn ensure_customer(&self, _tenant: &str) -> Result<Option<String>, Error> {
+        Ok(None)
+    }
+
+    async fn push_invoice(&self, _invoice: &Invoice, _collection: Collection) -> Result<Pushed, Error> {
+        Ok(Pushed::NotSynced)
+    }
+}

@@ -1,0 +1,357 @@
+//! The Stripe backend of the provider port.
+//!
+//! - A tenant becomes one Customer (`metadata.meter_tenant`), created under a key derived from
+//!   the tenant alone, so asking again answers the same customer.
+//! - A closed invoice becomes one Stripe invoice (`metadata.meter_invoice_id`): its items are
+//!   created first, pending, one per line (the line's exact amount in minor units,
+//!   `metadata.meter_line_id` and the line's inputs hash), then the invoice, which takes the
+//!   customer's pending items. Its lines are read back and checked against meter's, line by line,
+//!   and its `total_excluding_tax` against meter's total, before it is finalized with Stripe's
+//!   automatic advancing off (meter drives collection and dunning).
+//! - Every request is keyed by what it does ([`crate::key`]); a push that is run again after a lost
+//!   reply or a crash gets Stripe's first replies back instead of new objects.
+
+mod http;
+pub mod objects;
+
+pub use http::{Client, Settings, api_version};
+
+use crate::Error;
+use crate::amount::minor_units;
+use crate::provider::{Collection, Provider, Pushed, Synced};
+use async_trait::async_trait;
+use meter_rater::Invoice;
+use objects::{Customer, InvoiceItem, InvoiceLine, List};
+use std::collections::{BTreeMap, HashMap};
+use stripe_billing::invoice::{
+    CreateInvoice, CreateInvoiceAutomaticTax, CreateInvoicePendingInvoiceItemsBehavior, FinalizeInvoiceInvoice,
+    RetrieveInvoice,
+};
+use stripe_billing::invoice_item::CreateInvoiceItem;
+use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
+use stripe_client_core::StripeRequest;
+use stripe_core::customer::CreateCustomer;
+use stripe_shared::InvoiceCollectionMethod;
+
+/// The most invoice items one Stripe invoice takes.
+pub const MAX_ITEMS: usize = 250;
+
+/// One invoice item to send: a line, or the lines beyond [`MAX_ITEMS`] summed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// The meter lines it carries (one, or the aggregated tail).
+    pub lines: Vec<String>,
+    /// Minor units.
+    pub amount: i64,
+    /// For people.
+    pub description: String,
+    /// The line's inputs hash (one line only).
+    pub inputs_hash: Option<String>,
+}
+
+impl Item {
+    /// What `metadata.meter_line_id` says: the line, or `first..last` of the aggregated tail.
+    pub fn line_key(&self) -> String {
+        match self.lines.as_slice() {
+            [one] => one.clone(),
+            [first, .., last] => format!("{first}..{last}"),
+            [] => String::new(),
+        }
+    }
+}
+
+/// The items of `invoice`: one per line, each line's amount exactly in minor units. Past
+/// [`MAX_ITEMS`] lines, the last item sums every line from the 250th on (and says which). A
+/// line Stripe cannot represent fails the whole invoice before anything is sent.
+pub fn plan_items(invoice: &Invoice) -> Result<Vec<Item>, Error> {
+    let mut items = Vec::with_capacity(invoice.lines.len().min(MAX_ITEMS));
+    for line in &invoice.lines {
+        let amount = minor_units(line.amount, invoice.currency).map_err(|reason| Error::Unrepresentable {
+            invoice: invoice.id.clone(),
+            line: line.id.clone(),
+            reason,
+        })?;
+        items.push(Item {
+            lines: vec![line.id.clone()],
+            amount,
+            description: line.description.clone(),
+            inputs_hash: Some(line.lineage.inputs_hash.clone()),
+        });
+    }
+    if items.len() > MAX_ITEMS {
+        let tail = items.split_off(MAX_ITEMS - 1);
+        let lines: Vec<String> = tail.iter().flat_map(|i| i.lines.clone()).collect();
+        let amount = tail.iter().map(|i| i.amount).sum();
+        items.push(Item {
+            description: format!("{} further lines, itemized in meter's invoice {}", lines.len(), invoice.id),
+            lines,
+            amount,
+            inputs_hash: None,
+        });
+    }
+    Ok(items)
+}
+
+/// Checks the lines Stripe's invoice holds against the items sent: each item exactly once with
+/// its amount, and nothing else that charges (another invoice's pending items swept in).
+pub fn check_lines(invoice: &str, items: &[Item], lines: &[InvoiceLine]) -> Result<(), Error> {
+    let mismatch = |detail: String| Error::Mismatch { invoice: invoice.to_owned(), detail };
+    let mut found: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for line in lines {
+        match (line.metadata.get("meter_invoice_id"), line.metadata.get("meter_line_id")) {
+            (Some(inv), Some(id)) if inv == invoice => found.entry(id.clone()).or_default().push(line.amount),
+            (Some(inv), _) => return Err(mismatch(format!("line {} belongs to meter invoice {inv}", line.id))),
+            (None, _) if line.amount != 0 => {
+                return Err(mismatch(format!("line {} of {} was not made by meter", line.id, line.amount)));
+            }
+            (None, _) => {}
+        }
+    }
+    for item in items {
+        let key = item.line_key();
+        match found.remove(&key).as_deref() {
+            Some([amount]) if *amount == item.amount => {}
+            Some([amount]) => {
+                return Err(mismatch(format!("line {key} is {amount} in Stripe, {} in meter", item.amount)));
+            }
+            Some(more) => return Err(mismatch(format!("line {key} is in Stripe {} times", more.len()))),
+            None => return Err(mismatch(format!("line {key} is missing in Stripe"))),
+        }
+    }
+    if let Some(extra) = found.keys().next() {
+        return Err(mismatch(format!("line {extra} is in Stripe but not in meter's invoice")));
+    }
+    Ok(())
+}
+
+/// The Stripe provider.
+pub struct Stripe {
+    client: Client,
+    automatic_tax: bool,
+}
+
+impl Stripe {
+    /// A provider sending through `client`; `automatic_tax` turns on Stripe Tax for the invoices
+    /// it creates.
+    pub fn new(client: Client, automatic_tax: bool) -> Self {
+        Stripe { client, automatic_tax }
+    }
+
+    async fn lines(&self, invoice: &str) -> Result<Vec<InvoiceLine>, Error> {
+        let mut all = Vec::new();
+        loop {
+            let mut list = ListInvoiceInvoiceLineItem::new(invoice).limit(100);
+            if let Some(last) = all.last().map(|l: &InvoiceLine| l.id.clone()) {
+                list = list.starting_after(last);
+            }
+            let page: List<InvoiceLine> = self.client.send(list.build()).await?;
+            let more = page.has_more && !page.data.is_empty();
+            all.extend(page.data);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+}
+
+fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[async_trait]
+impl Provider for Stripe {
+    fn name(&self) -> &'static str {
+        "stripe"
+    }
+
+    async fn ensure_customer(&self, tenant: &str) -> Result<Option<String>, Error> {
+        // Only what identifies the tenant: the same request, hence the same key, every time.
+        let create = CreateCustomer::new().name(tenant).metadata(metadata(&[("meter_tenant", tenant)]));
+        let customer: Customer = self.client.send(create.build()).await?;
+        Ok(Some(customer.id))
+    }
+
+    async fn push_invoice(&self, invoice: &Invoice, collection: Collection) -> Result<Pushed, Error> {
+        let items = plan_items(invoice)?;
+        let expected: i64 = items.iter().map(|i| i.amount).sum();
+        let customer = self.ensure_customer(&invoice.tenant).await?.expect("Stripe answers a customer");
+        let currency: stripe_types::Currency =
+            invoice.currency.code().to_lowercase().parse().expect("parsing a currency is infallible");
+        for item in &items {
+            let key = item.line_key();
+            let mut md = vec![("meter_invoice_id", invoice.id.as_str()), ("meter_line_id", key.as_str())];
+            if let Some(h) = &item.inputs_hash {
+                md.push(("meter_inputs_hash", h));
+            }
+            let count = item.lines.len().to_string();
+            if item.lines.len() > 1 {
+                md.push(("meter_lines", &count));
+            }
+            let create = CreateInvoiceItem::new()
+                .customer(customer.as_str())
+                .amount(item.amount)
+                .currency(currency.clone())
+                .description(item.description.as_str())
+                .metadata(metadata(&md));
+            let _: InvoiceItem = self.client.send(create.build()).await?;
+        }
+        let mut create = CreateInvoice::new()
+            .customer(customer.as_str())
+            .currency(currency.clone())
+            .auto_advance(false)
+            .pending_invoice_items_behavior(CreateInvoicePendingInvoiceItemsBehavior::Include)
+            .description(format!("{} {}", invoice.period, invoice.plan.as_deref().unwrap_or("")).trim().to_owned())
+            .metadata(metadata(&[("meter_invoice_id", invoice.id.as_str())]));
+        create = match collection {
+            Collection::ChargeAutomatically => create.collection_method(InvoiceCollectionMethod::ChargeAutomatically),
+            Collection::SendInvoice { days_until_due } => {
+                create.collection_method(InvoiceCollectionMethod::SendInvoice).days_until_due(days_until_due)
+            }
+        };
+        if self.automatic_tax {
+            create = create.automatic_tax(CreateInvoiceAutomaticTax::new(true));
+        }
+        let created: objects::Invoice = self.client.send(create.build()).await?;
+        check_lines(&invoice.id, &items, &self.lines(&created.id).await?)?;
+        let read: objects::Invoice = self.client.send(RetrieveInvoice::new(created.id.as_str()).build()).await?;
+        let before_tax = read.total_excluding_tax.ok_or_else(|| Error::Protocol {
+            what: format!("GET /v1/invoices/{}", read.id),
+            detail: "the invoice has no total_excluding_tax".into(),
+        })?;
+        if before_tax != expected {
+            return Err(Error::Mismatch {
+                invoice: invoice.id.clone(),
+                detail: format!("Stripe's total before tax is {before_tax}, meter's {expected} (minor units)"),
+            });
+        }
+        let finalized: objects::Invoice =
+            self.client.send(FinalizeInvoiceInvoice::new(created.id.as_str()).auto_advance(false).build()).await?;
+        Ok(Pushed::Synced(Synced {
+            customer,
+            invoice: finalized.id,
+            status: finalized.status.unwrap_or_default(),
+            total_minor: before_tax,
+            items: items.len(),
+            aggregated: items.iter().filter(|i| i.lines.len() > 1).map(|i| i.lines.len()).sum(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meter_rater::{Line, LineKind, Lineage};
+    use rust_decimal::Decimal;
+    use std::str::FromStr;
+
+    fn invoice(currency: &str, amounts: &[&str]) -> Invoice {
+        let lines = amounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Line {
+                id: format!("inv_1_{:03}", i + 1),
+                kind: LineKind::Overage,
+                description: format!("line {}", i + 1),
+                meter: None,
+                quantity: None,
+                amount: Decimal::from_str(a).unwrap(),
+                lineage: Lineage {
+                    meters: Default::default(),
+                    watermark_us: None,
+                    price_version: "v1".into(),
+                    inputs_hash: format!("h{i}"),
+                },
+            })
+            .collect::<Vec<_>>();
+        let total = lines.iter().map(|l| l.amount).sum();
+        Invoice {
+            id: "inv_1".into(),
+            tenant: "acme".into(),
+            subscription: "sub_1".into(),
+            period: "2026-10".parse().unwrap(),
+            currency: currency.parse().unwrap(),
+            price_version: "v1".into(),
+            plan: Some("growth".into()),
+            lines,
+            total,
+        }
+    }
+
+    fn line(id: &str, amount: i64, meter_line: Option<(&str, &str)>) -> InvoiceLine {
+        let metadata = meter_line
+            .map(|(inv, l)| {
+                [("meter_invoice_id".to_string(), inv.to_string()), ("meter_line_id".into(), l.into())].into()
+            })
+            .unwrap_or_default();
+        InvoiceLine { id: id.into(), amount, metadata }
+    }
+
+    #[test]
+    fn each_line_becomes_one_item_of_its_exact_amount_credits_negative() {
+        let items = plan_items(&invoice("USD", &["49.00", "0.01", "-12.50"])).unwrap();
+        let got: Vec<_> = items.iter().map(|i| (i.line_key(), i.amount, i.inputs_hash.clone())).collect();
+        assert_eq!(
+            got,
+            [
+                ("inv_1_001".to_string(), 4900, Some("h0".to_string())),
+                ("inv_1_002".into(), 1, Some("h1".into())),
+                ("inv_1_003".into(), -1250, Some("h2".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_stripe_cannot_represent_fails_the_invoice_naming_the_line() {
+        let e = plan_items(&invoice("KWD", &["1.000", "2.345"])).unwrap_err();
+        assert!(matches!(&e, Error::Unrepresentable { line, .. } if line == "inv_1_002"), "{e}");
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn past_250_lines_the_tail_is_summed_into_one_item_that_says_which_lines() {
+        let amounts: Vec<String> = (1..=300).map(|i| format!("{i}.00")).collect();
+        let amounts: Vec<&str> = amounts.iter().map(String::as_str).collect();
+        let items = plan_items(&invoice("USD", &amounts)).unwrap();
+        assert_eq!(items.len(), MAX_ITEMS);
+        let last = items.last().unwrap();
+        assert_eq!(last.lines.len(), 51);
+        assert_eq!(last.line_key(), "inv_1_250..inv_1_300");
+        assert_eq!(last.amount, (250..=300).sum::<i64>() * 100);
+        assert_eq!(items.iter().map(|i| i.amount).sum::<i64>(), (1..=300).sum::<i64>() * 100);
+        assert_eq!(plan_items(&invoice("USD", &amounts[..250])).unwrap().len(), 250);
+    }
+
+    #[test]
+    fn stripe_lines_must_match_meter_items_once_each() {
+        let items = plan_items(&invoice("USD", &["1.00", "2.00"])).unwrap();
+        let ok = [
+            line("il_1", 100, Some(("inv_1", "inv_1_001"))),
+            line("il_2", 200, Some(("inv_1", "inv_1_002"))),
+            // The zero-amount mirror subscription's line is not meter's and charges nothing.
+            line("il_0", 0, None),
+        ];
+        check_lines("inv_1", &items, &ok).unwrap();
+        let twice = [
+            line("il_1", 100, Some(("inv_1", "inv_1_001"))),
+            line("il_1b", 100, Some(("inv_1", "inv_1_001"))),
+            line("il_2", 200, Some(("inv_1", "inv_1_002"))),
+        ];
+        assert!(check_lines("inv_1", &items, &twice).unwrap_err().to_string().contains("2 times"));
+        let missing = [line("il_1", 100, Some(("inv_1", "inv_1_001")))];
+        assert!(check_lines("inv_1", &items, &missing).unwrap_err().to_string().contains("missing"));
+        let wrong = [line("il_1", 100, Some(("inv_1", "inv_1_001"))), line("il_2", 199, Some(("inv_1", "inv_1_002")))];
+        assert!(check_lines("inv_1", &items, &wrong).unwrap_err().to_string().contains("199"));
+        let foreign = [
+            line("il_1", 100, Some(("inv_1", "inv_1_001"))),
+            line("il_2", 200, Some(("inv_1", "inv_1_002"))),
+            line("il_9", 500, Some(("inv_0", "inv_0_001"))),
+        ];
+        assert!(check_lines("inv_1", &items, &foreign).unwrap_err().to_string().contains("inv_0"));
+        let stranger = [
+            line("il_1", 100, Some(("inv_1", "inv_1_001"))),
+            line("il_2", 200, Some(("inv_1", "inv_1_002"))),
+            line("il_x", 700, None),
+        ];
+        assert!(check_lines("inv_1", &items, &stranger).unwrap_err().to_string().contains("not made by meter"));
+    }
+}

@@ -1,0 +1,65 @@
+//! Stripe's objects as meter reads them: only the fields it uses. async-stripe's generated types
+//! require every field of the API version they were generated from, so a reply of another
+//! version (an account pinned to an older one, a stand-in) fails to parse as a whole.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A page of a list.
+#[derive(Debug, Deserialize)]
+pub struct List<T> {
+    /// The objects.
+    pub data: Vec<T>,
+    /// Whether more follow.
+    #[serde(default)]
+    pub has_more: bool,
+}
+
+/// A customer.
+#[derive(Debug, Deserialize)]
+pub struct Customer {
+    /// `cus_…`.
+    pub id: String,
+    /// Its metadata (`meter_tenant`).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An invoice.
+#[derive(Debug, Deserialize)]
+pub struct Invoice {
+    /// `in_…`.
+    pub id: String,
+    /// draft, open, paid, uncollectible or void.
+    pub status: Option<String>,
+    /// Lowercase ISO code.
+    pub currency: String,
+    /// The total before tax, minor units.
+    pub total_excluding_tax: Option<i64>,
+    /// The total, minor units.
+    pub total: i64,
+    /// Its metadata (`meter_invoice_id`).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A line of an invoice.
+#[derive(Debug, Deserialize)]
+pub struct InvoiceLine {
+    /// `il_…`.
+    pub id: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Its metadata (`meter_line_id`), copied from the invoice item.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An invoice item.
+#[derive(Debug, Deserialize)]
+pub struct InvoiceItem {
+    /// `ii_…`.
+    pub id: String,
+    /// Minor units.
+    pub amount: i64,
+}

@@ -1,0 +1,193 @@
+//! The Stripe backend against a real Stripe stand-in (localstripe, from PyPI) behind a proxy
+//! that injects every kind of fault and enforces idempotency keys as Stripe does.
+
+mod common;
+
+use common::proxy::{ADAPTATIONS, FAULTS, Proxy};
+use common::{KEY, LocalStripe, direct};
+use meter_billing_sync::stripe::{Client, Settings, Stripe};
+use meter_billing_sync::{Collection, Error, Provider, Pushed};
+use meter_rater::{Invoice, Line, LineKind, Lineage};
+use reqwest::Method;
+use rust_decimal::Decimal;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+fn settings(base: &str, key: &str) -> Settings {
+    Settings {
+        api_base: base.to_string(),
+        rate_limit: NonZeroU32::new(200).unwrap(),
+        attempts: 12,
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(200),
+        timeout: Duration::from_millis(1500),
+        ..Settings::new(key)
+    }
+}
+
+fn invoice(tenant: &str, currency: &str, amounts: &[&str]) -> Invoice {
+    let id = format!("inv_{tenant}_2026-10");
+    let lines: Vec<Line> = amounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Line {
+            id: format!("{id}_{:03}", i + 1),
+            kind: if a.starts_with('-') { LineKind::Proration } else { LineKind::Overage },
+            description: format!("line {}", i + 1),
+            meter: None,
+            quantity: None,
+            amount: Decimal::from_str(a).unwrap(),
+            lineage: Lineage {
+                meters: Default::default(),
+                watermark_us: None,
+                price_version: "v1".into(),
+                inputs_hash: format!("hash{i}"),
+            },
+        })
+        .collect();
+    let total = lines.iter().map(|l| l.amount).sum();
+    Invoice {
+        id,
+        tenant: tenant.into(),
+        subscription: format!("sub_{tenant}"),
+        period: "2026-10".parse().unwrap(),
+        currency: currency.parse().unwrap(),
+        price_version: "v1".into(),
+        plan: Some("growth".into()),
+        lines,
+        total,
+    }
+}
+
+/// localstripe makes an invoice only for a customer with a subscription: the fixture gives each
+/// a subscription on a zero-amount plan, as meter's mirror of a subscription will be.
+async fn subscribe_to_zero_plan(url: &str, customer: &str) {
+    direct(url, Method::POST, "/v1/subscriptions", &[("customer", customer), ("items[0][plan]", "zero")]).await;
+}
+
+#[tokio::test]
+async fn invoices_reach_stripe_exactly_once_through_every_fault() {
+    let stand_in = LocalStripe::start();
+    let proxy = Proxy::start(&stand_in.url, 4, Duration::from_secs(3)).await;
+    eprintln!("proxy adaptations: {ADAPTATIONS:#?}");
+    let stripe = Stripe::new(Client::new(settings(&proxy.url, KEY)).unwrap(), false);
+    direct(
+        &stand_in.url,
+        Method::POST,
+        "/v1/plans",
+        &[("id", "zero"), ("amount", "0"), ("currency", "eur"), ("interval", "month"), ("product[name]", "Zero")],
+    )
+    .await;
+
+    let invoices = [
+        invoice("acme", "EUR", &["49.00", "12.34", "-5.01"]),
+        invoice("globex", "EUR", &["0.01"]),
+        invoice("initech", "EUR", &["1000.00", "250.50", "3.33", "-100.00", "0.00"]),
+        invoice("umbrella", "EUR", &["99.99", "0.99"]),
+    ];
+    let mut customers = Vec::new();
+    for inv in &invoices {
+        let customer = stripe.ensure_customer(&inv.tenant).await.unwrap().unwrap();
+        subscribe_to_zero_plan(&stand_in.url, &customer).await;
+        customers.push(customer);
+    }
+    let collection = |inv: &Invoice| {
+        if inv.tenant == "initech" {
+            Collection::SendInvoice { days_until_due: 30 }
+        } else {
+            Collection::ChargeAutomatically
+        }
+    };
+    let mut first = Vec::new();
+    for inv in &invoices {
+        match stripe.push_invoice(inv, collection(inv)).await.unwrap() {
+            Pushed::Synced(s) => first.push(s),
+            Pushed::NotSynced => panic!("Stripe is configured"),
+        }
+    }
+    // Pushed again, as after a crash that lost what the first push learnt: the same objects.
+    for (inv, s) in invoices.iter().zip(&first) {
+        assert_eq!(stripe.push_invoice(inv, collection(inv)).await.unwrap(), Pushed::Synced(s.clone()), "{}", inv.id);
+    }
+
+    // What localstripe holds, read directly: one customer per tenant, one charging invoice per
+    // meter invoice, each line once with its exact amount.
+    let all_customers = direct(&stand_in.url, Method::GET, "/v1/customers?limit=100", &[]).await;
+    for inv in &invoices {
+        let n = all_customers["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["metadata"]["meter_tenant"] == inv.tenant.as_str())
+            .count();
+        assert_eq!(n, 1, "customers of {}", inv.tenant);
+    }
+    for (inv, customer) in invoices.iter().zip(&customers) {
+        let list =
+            direct(&stand_in.url, Method::GET, &format!("/v1/invoices?customer={customer}&limit=100"), &[]).await;
+        let mut charging = Vec::new();
+        for i in list["data"].as_array().unwrap() {
+            let id = i["id"].as_str().unwrap();
+            let lines = direct(&stand_in.url, Method::GET, &format!("/v1/invoices/{id}/lines?limit=100"), &[]).await;
+            let ours: Vec<(String, i64)> = lines["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| l["metadata"]["meter_invoice_id"] == inv.id.as_str())
+                .map(|l| (l["metadata"]["meter_line_id"].as_str().unwrap().to_string(), l["amount"].as_i64().unwrap()))
+                .collect();
+            if !ours.is_empty() {
+                charging.push((i["total"].as_i64().unwrap(), ours));
+            }
+        }
+        let expected: Vec<(String, i64)> =
+            inv.lines.iter().map(|l| (l.id.clone(), (l.amount * Decimal::from(100)).try_into().unwrap())).collect();
+        let total: i64 = expected.iter().map(|(_, a)| a).sum();
+        assert_eq!(charging, vec![(total, expected)], "{}", inv.id);
+    }
+
+    let counts = proxy.counts();
+    eprintln!("{counts:?}");
+    for f in FAULTS {
+        assert!(counts.faults.get(&format!("{f:?}")).copied().unwrap_or(0) > 0, "no {f:?} injected: {counts:?}");
+    }
+    assert_eq!(counts.key_errors, 0, "a POST without a key, or a key reused with other parameters");
+    assert!(counts.replayed > 0, "no reply was replayed: the lost replies were not retried with their keys");
+}
+
+#[tokio::test]
+async fn refusals_and_answers_that_are_not_stripe_are_clear_errors_and_send_nothing_twice() {
+    let stand_in = LocalStripe::start();
+    let proxy = Proxy::start(&stand_in.url, 0, Duration::from_secs(3)).await;
+
+    // A key Stripe refuses: the error names the problem, not the key.
+    let bad = Stripe::new(Client::new(settings(&proxy.url, "pk_live_not_a_secret")).unwrap(), false);
+    let e = bad.ensure_customer("acme").await.unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e}");
+    assert!(e.to_string().contains("refused the API key") && !e.to_string().contains("pk_live_not_a_secret"), "{e}");
+
+    let stripe = Stripe::new(Client::new(Settings { attempts: 3, ..settings(&proxy.url, KEY) }).unwrap(), false);
+    // A line Stripe cannot take: nothing is sent.
+    let before = proxy.counts().received;
+    let e = stripe.push_invoice(&invoice("acme", "KWD", &["1.000", "2.345"]), Collection::ChargeAutomatically).await;
+    let e = e.unwrap_err();
+    assert!(matches!(&e, Error::Unrepresentable { line, .. } if line == "inv_acme_2026-10_002"), "{e}");
+    assert_eq!(proxy.counts().received, before);
+
+    // Stripe's address answering HTML: retried, then a clear error; never taken for a reply.
+    proxy.answer_html(true);
+    let e = stripe.ensure_customer("acme").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("not JSON") && e.to_string().contains("after 3 tries"), "{e}");
+    proxy.answer_html(false);
+
+    // A request Stripe refuses (an invoice for a customer it cannot invoice) is not retried.
+    let customer = stripe.ensure_customer("acme").await.unwrap().unwrap();
+    let received = proxy.counts().received;
+    let e = stripe.push_invoice(&invoice("acme", "EUR", &["1.00"]), Collection::ChargeAutomatically).await.unwrap_err();
+    assert!(matches!(&e, Error::Refused { status: 404, .. }), "{e}");
+    assert!(!e.is_transient());
+    // ensure_customer (replayed), the item, the invoice: one try each.
+    assert_eq!(proxy.counts().received - received, 3, "{customer}");
+}
