@@ -73,6 +73,7 @@ impl From<meter_billing::Error> for ApiError {
         use meter_rater::Refusal;
         match e {
             B::NotFound(what) => ApiError::Missing(format!("no subscription {what:?}")),
+            B::NoOperation(what) => ApiError::Missing(format!("no {what}")),
             B::Refused(r) => match r {
                 Refusal::Transition { ref allowed, .. } => {
                     ApiError::Conflict { allowed: Some(allowed.clone()), detail: r.to_string() }

@@ -7,12 +7,14 @@
 //!   with keys derived from each request ([`key`]).
 //! - [`amount`]: a line's amount in minor units, exactly, or the reason it cannot be sent.
 //! - [`signature`]: Stripe's webhook signatures.
+//! - [`worker`]: the outbox worker.
 
 pub mod amount;
 pub mod key;
 pub mod provider;
 pub mod signature;
 pub mod stripe;
+pub mod worker;
 
 pub use provider::{Collection, NoProvider, Provider, Pushed, Synced};
 
@@ -20,6 +22,8 @@ pub use provider::{Collection, NoProvider, Provider, Pushed, Synced};
 pub mod metric {
     /// Requests sent to Stripe, by outcome (ok, retried, refused).
     pub const STRIPE_REQUESTS: &str = "meter_stripe_requests_total";
+    /// Outbox operations settled, by outcome (done, again, dead).
+    pub const OPERATIONS: &str = "meter_sync_operations_total";
 }
 
 /// Errors of the sync.
@@ -73,6 +77,10 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+    /// The ledger (where the outbox and the provider's ids are kept) failed; trying again later
+    /// may succeed.
+    #[error("ledger: {0}")]
+    Ledger(String),
     /// Stripe's invoice differs from meter's: it was left unfinalized.
     #[error("Stripe's invoice for {invoice} differs from meter's: {detail}")]
     Mismatch {
@@ -88,7 +96,7 @@ impl Error {
     /// otherwise the operation belongs on the dead list with its reason.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Unavailable { .. } => true,
+            Error::Unavailable { .. } | Error::Ledger(_) => true,
             Error::Config(_)
             | Error::Unrepresentable { .. }
             | Error::Refused { .. }

@@ -3,7 +3,8 @@
 
 use crate::Error;
 use async_trait::async_trait;
-use meter_rater::Invoice;
+use meter_billing::ledger::outbox::RemoteCustomer;
+use meter_rater::{Currency, Invoice};
 
 /// How an invoice is collected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,7 +20,7 @@ pub enum Collection {
 }
 
 /// An invoice the provider holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Synced {
     /// The customer's id at the provider.
     pub customer: String,
@@ -50,15 +51,21 @@ pub trait Provider: Send + Sync {
     /// `stripe`, `none`.
     fn name(&self) -> &'static str;
 
-    /// Makes `tenant` a customer (once: asking again answers the same customer) and returns
-    /// its id; `None` without a provider.
-    async fn ensure_customer(&self, tenant: &str) -> Result<Option<String>, Error>;
+    /// Whether the provider can take `invoice` as it is (every line's amount, exactly); checked
+    /// before anything of it, its customer included, is sent.
+    fn check(&self, invoice: &Invoice) -> Result<(), Error>;
 
-    /// Pushes a closed invoice: one provider invoice carrying one item per line, each with the
-    /// line's exact amount, its total checked equal to meter's before it is finalized. Pushing
-    /// it again (after a lost reply, a crash) finds what the first push made instead of making
-    /// it twice. A customer's invoices must be pushed one at a time.
-    async fn push_invoice(&self, invoice: &Invoice, collection: Collection) -> Result<Pushed, Error>;
+    /// Makes `tenant` a customer, with a subscription that mirrors meter's (billing nothing:
+    /// meter bills), and answers what the provider calls it; `None` without a provider. Asking
+    /// again within the provider's idempotency window answers the same objects; the caller
+    /// records them ([`meter_billing::Ledger::record_remote_customer`]) so as never to ask again.
+    async fn ensure_customer(&self, tenant: &str, currency: Currency) -> Result<Option<RemoteCustomer>, Error>;
+
+    /// Pushes a closed invoice to `customer`: one provider invoice carrying one item per line,
+    /// each with the line's exact amount, its total checked equal to meter's before it is
+    /// finalized. Pushing it again (after a lost reply, a crash) gets what the first push made
+    /// instead of making it twice. A customer's invoices must be pushed one at a time.
+    async fn push_invoice(&self, invoice: &Invoice, customer: &str, collection: Collection) -> Result<Pushed, Error>;
 }
 
 /// The embedded default: no provider; invoices stay in meter and every push says so.
@@ -71,11 +78,20 @@ impl Provider for NoProvider {
         "none"
     }
 
-    async fn ensure_customer(&self, _tenant: &str) -> Result<Option<String>, Error> {
+    fn check(&self, _invoice: &Invoice) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn ensure_customer(&self, _tenant: &str, _currency: Currency) -> Result<Option<RemoteCustomer>, Error> {
         Ok(None)
     }
 
-    async fn push_invoice(&self, _invoice: &Invoice, _collection: Collection) -> Result<Pushed, Error> {
+    async fn push_invoice(
+        &self,
+        _invoice: &Invoice,
+        _customer: &str,
+        _collection: Collection,
+    ) -> Result<Pushed, Error> {
         Ok(Pushed::NotSynced)
     }
 }

@@ -66,6 +66,9 @@ pub enum Error {
     /// A stored record does not parse.
     #[error("ledger record: {0}")]
     Json(#[from] serde_json::Error),
+    /// No sync operation of that id in the state asked for.
+    #[error("no {0}")]
+    NoOperation(String),
     /// The ledger contradicts itself (a record another one names is missing or malformed).
     #[error("ledger: {0}")]
     Corrupt(String),

@@ -20,6 +20,7 @@ use crate::Error;
 use crate::amount::minor_units;
 use crate::provider::{Collection, Provider, Pushed, Synced};
 use async_trait::async_trait;
+use meter_billing::ledger::outbox::RemoteCustomer;
 use meter_rater::Invoice;
 use objects::{Customer, InvoiceItem, InvoiceLine, List};
 use std::collections::{BTreeMap, HashMap};
@@ -29,9 +30,11 @@ use stripe_billing::invoice::{
 };
 use stripe_billing::invoice_item::CreateInvoiceItem;
 use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
+use stripe_billing::plan::{CreatePlan, CreatePlanInlineProductParams, CreatePlanProduct};
+use stripe_billing::subscription::{CreateSubscription, CreateSubscriptionItems};
 use stripe_client_core::StripeRequest;
 use stripe_core::customer::CreateCustomer;
-use stripe_shared::InvoiceCollectionMethod;
+use stripe_shared::{InvoiceCollectionMethod, PlanInterval};
 
 /// The most invoice items one Stripe invoice takes.
 pub const MAX_ITEMS: usize = 250;
@@ -128,13 +131,37 @@ pub fn check_lines(invoice: &str, items: &[Item], lines: &[InvoiceLine]) -> Resu
 pub struct Stripe {
     client: Client,
     automatic_tax: bool,
+    /// The zero-amount plan of each currency, once made by this process.
+    zero_plans: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+/// A Stripe object with an id.
+#[derive(serde::Deserialize)]
+struct Created {
+    id: String,
 }
 
 impl Stripe {
     /// A provider sending through `client`; `automatic_tax` turns on Stripe Tax for the invoices
     /// it creates.
     pub fn new(client: Client, automatic_tax: bool) -> Self {
-        Stripe { client, automatic_tax }
+        Stripe { client, automatic_tax, zero_plans: Default::default() }
+    }
+
+    /// The zero-amount monthly plan of `currency` the mirrors subscribe to: it bills nothing.
+    async fn zero_plan(&self, currency: meter_rater::Currency) -> Result<String, Error> {
+        let mut plans = self.zero_plans.lock().await;
+        if let Some(id) = plans.get(currency.code()) {
+            return Ok(id.clone());
+        }
+        let create = CreatePlan::new(stripe_currency(currency), PlanInterval::Month)
+            .amount(0)
+            .nickname("meter subscription (billed by meter)")
+            .product(CreatePlanProduct::InlineProductParams(CreatePlanInlineProductParams::new("meter subscription")))
+            .metadata(metadata(&[("meter_zero_plan", "true")]));
+        let plan: Created = self.client.send(create.build()).await?;
+        plans.insert(currency.code().to_owned(), plan.id.clone());
+        Ok(plan.id)
     }
 
     async fn lines(&self, invoice: &str) -> Result<Vec<InvoiceLine>, Error> {
@@ -154,6 +181,10 @@ impl Stripe {
     }
 }
 
+fn stripe_currency(c: meter_rater::Currency) -> stripe_types::Currency {
+    c.code().to_lowercase().parse().expect("parsing a currency is infallible")
+}
+
 fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
@@ -164,19 +195,38 @@ impl Provider for Stripe {
         "stripe"
     }
 
-    async fn ensure_customer(&self, tenant: &str) -> Result<Option<String>, Error> {
-        // Only what identifies the tenant: the same request, hence the same key, every time.
-        let create = CreateCustomer::new().name(tenant).metadata(metadata(&[("meter_tenant", tenant)]));
-        let customer: Customer = self.client.send(create.build()).await?;
-        Ok(Some(customer.id))
+    fn check(&self, invoice: &Invoice) -> Result<(), Error> {
+        plan_items(invoice).map(drop)
     }
 
-    async fn push_invoice(&self, invoice: &Invoice, collection: Collection) -> Result<Pushed, Error> {
+    async fn ensure_customer(
+        &self,
+        tenant: &str,
+        currency: meter_rater::Currency,
+    ) -> Result<Option<RemoteCustomer>, Error> {
+        // Only what identifies the tenant: the same requests, hence the same keys, every time.
+        let create = CreateCustomer::new().name(tenant).metadata(metadata(&[("meter_tenant", tenant)]));
+        let customer: Customer = self.client.send(create.build()).await?;
+        let plan = self.zero_plan(currency).await?;
+        let mut item = CreateSubscriptionItems::new();
+        item.plan = Some(plan);
+        let mirror = CreateSubscription::new()
+            .customer(customer.id.as_str())
+            .items(vec![item])
+            .metadata(metadata(&[("meter_tenant", tenant)]));
+        let subscription: Created = self.client.send(mirror.build()).await?;
+        Ok(Some(RemoteCustomer {
+            tenant: tenant.to_owned(),
+            customer: customer.id,
+            subscription: Some(subscription.id),
+        }))
+    }
+
+    async fn push_invoice(&self, invoice: &Invoice, customer: &str, collection: Collection) -> Result<Pushed, Error> {
         let items = plan_items(invoice)?;
         let expected: i64 = items.iter().map(|i| i.amount).sum();
-        let customer = self.ensure_customer(&invoice.tenant).await?.expect("Stripe answers a customer");
-        let currency: stripe_types::Currency =
-            invoice.currency.code().to_lowercase().parse().expect("parsing a currency is infallible");
+        let customer = customer.to_owned();
+        let currency = stripe_currency(invoice.currency);
         for item in &items {
             let key = item.line_key();
             let mut md = vec![("meter_invoice_id", invoice.id.as_str()), ("meter_line_id", key.as_str())];

@@ -2,6 +2,7 @@
 //! against every backend through [`Ledger`]. A backend's test file calls
 //! [`ledger_contract!`](crate::ledger_contract) with a factory of empty stores.
 
+use super::outbox::{OpKind, OpState, Operation, RemoteCustomer, Settle};
 use super::{Ledger, LedgerStore};
 use crate::Error;
 use crate::close::Close;
@@ -136,12 +137,125 @@ pub async fn a_closed_period_is_never_rewritten(store: Arc<dyn LedgerStore>) {
     assert!(summaries.iter().all(|s| s.watermark_us == 42));
 }
 
+fn invoice(tenant: &str, period: &str, lines: usize) -> meter_rater::Invoice {
+    let p: Period = period.parse().unwrap();
+    let book = book();
+    let mut inv = meter_rater::Invoice::empty(tenant, &format!("sub_{tenant}"), p, book.version("2026-01").unwrap());
+    let lines = (0..lines)
+        .map(|i| meter_rater::Line {
+            id: String::new(),
+            kind: meter_rater::LineKind::BaseFee,
+            description: format!("fee {i}"),
+            meter: None,
+            quantity: None,
+            amount: rust_decimal::Decimal::new(1000 + i as i64, 2),
+            lineage: meter_rater::Lineage {
+                meters: Default::default(),
+                watermark_us: None,
+                price_version: "2026-01".into(),
+                inputs_hash: format!("h{i}"),
+            },
+        })
+        .collect();
+    inv.append(lines).unwrap();
+    inv
+}
+
+fn a_close_of(period: &str, invoices: Vec<meter_rater::Invoice>) -> Close {
+    Close { invoices, ..a_close(period, &[]) }
+}
+
+/// A close writes, in its own transaction, one push per invoice that has lines; recording the
+/// period again writes nothing more.
+pub async fn a_close_writes_its_pushes_to_the_outbox_once(store: Arc<dyn LedgerStore>) {
+    let ledger = Ledger::new(store);
+    let list = book();
+    let list = list.version("2026-01").unwrap();
+    let close = a_close_of(
+        "2026-10",
+        vec![invoice("acme", "2026-10", 2), invoice("beta", "2026-10", 0), invoice("gamma", "2026-10", 1)],
+    );
+    ledger.record(close.clone(), list).await.unwrap();
+    ledger.record(Close { closed_us: 9, ..close.clone() }, list).await.unwrap();
+    let ops = ledger.operations(None, Some("2026-10".parse().unwrap())).await.unwrap();
+    let got: Vec<(OpKind, String, String, OpState)> =
+        ops.iter().map(|o| (o.kind, o.subject.clone(), o.tenant.clone(), o.state)).collect();
+    assert_eq!(
+        got,
+        [
+            (OpKind::PushInvoice, close.invoices[0].id.clone(), "acme".to_string(), OpState::Pending),
+            (OpKind::PushInvoice, close.invoices[2].id.clone(), "gamma".to_string(), OpState::Pending),
+        ]
+    );
+    let body: meter_rater::Invoice = serde_json::from_str(&ops[0].body).unwrap();
+    assert_eq!(body, close.invoices[0]);
+    assert!(ops.iter().all(|o| o.attempts == 0 && o.first_tried_us.is_none() && o.next_us == close.closed_us));
+    assert!(ledger.operations(None, Some("2026-11".parse().unwrap())).await.unwrap().is_empty());
+}
+
+/// Claims take each tenant's oldest pending operation only, lease it, and respect a retry's
+/// due time; done and dead operations leave the queue; a dead one can be revived.
+pub async fn the_outbox_is_worked_one_operation_per_tenant_in_order(store: Arc<dyn LedgerStore>) {
+    let ledger = Ledger::new(store);
+    let list = book();
+    let list = list.version("2026-01").unwrap();
+    ledger.record(a_close_of("2026-09", vec![invoice("acme", "2026-09", 1)]), list).await.unwrap();
+    ledger
+        .record(a_close_of("2026-10", vec![invoice("acme", "2026-10", 1), invoice("beta", "2026-10", 1)]), list)
+        .await
+        .unwrap();
+    let subjects = |ops: &[Operation]| ops.iter().map(|o| o.subject.clone()).collect::<Vec<_>>();
+    let now = 1_000;
+    let first = ledger.claim_operations(now, 100, 10).await.unwrap();
+    assert_eq!(subjects(&first), [invoice("acme", "2026-09", 1).id, invoice("beta", "2026-10", 1).id]);
+    assert!(first.iter().all(|o| o.first_tried_us == Some(now)));
+    // Leased: nobody else takes them until the lease ends.
+    assert!(ledger.claim_operations(now + 50, 100, 10).await.unwrap().is_empty());
+    assert_eq!(ledger.claim_operations(now + 100, 100, 10).await.unwrap().len(), 2);
+    let (acme, beta) = (&first[0], &first[1]);
+    ledger.settle(acme.id, Settle::Done("{}".into()), now).await.unwrap();
+    ledger.settle(beta.id, Settle::Again { next_us: now + 500, error: "429".into() }, now).await.unwrap();
+    let next = ledger.claim_operations(now + 200, 100, 10).await.unwrap();
+    assert_eq!(next.len(), 1, "acme's October only; beta waits for its retry");
+    assert_eq!(next[0].subject, invoice("acme", "2026-10", 1).id);
+    assert_eq!(next[0].first_tried_us, Some(now + 200));
+    ledger.settle(next[0].id, Settle::Done("{}".into()), now + 200).await.unwrap();
+    let retried = ledger.claim_operations(now + 500, 100, 10).await.unwrap();
+    assert_eq!(subjects(&retried), std::slice::from_ref(&beta.subject));
+    assert_eq!(retried[0].attempts, 1);
+    assert_eq!(retried[0].first_tried_us, Some(now), "the first try's time stays");
+    ledger.settle(beta.id, Settle::Dead("Stripe refused: 400".into()), now + 500).await.unwrap();
+    let e = ledger.settle(beta.id, Settle::Done("{}".into()), now + 500).await.unwrap_err();
+    assert!(matches!(e, Error::NoOperation(_)), "{e}");
+    let dead = ledger.operations(Some(OpState::Dead), None).await.unwrap();
+    assert_eq!((dead.len(), dead[0].outcome.as_deref()), (1, Some("Stripe refused: 400")));
+    ledger.revive(beta.id, now + 600).await.unwrap();
+    assert!(matches!(ledger.revive(beta.id, now + 600).await.unwrap_err(), Error::NoOperation(_)));
+    let revived = ledger.claim_operations(now + 600, 100, 10).await.unwrap();
+    assert!(revived.iter().any(|o| o.id == beta.id && o.attempts == 2));
+}
+
+/// What the provider calls a tenant is recorded and replaced whole.
+pub async fn remote_customers_are_recorded_per_tenant(store: Arc<dyn LedgerStore>) {
+    let ledger = Ledger::new(store);
+    assert_eq!(ledger.remote_customer("acme").await.unwrap(), None);
+    let first = RemoteCustomer { tenant: "acme".into(), customer: "cus_1".into(), subscription: None };
+    ledger.record_remote_customer(first.clone()).await.unwrap();
+    assert_eq!(ledger.remote_customer("acme").await.unwrap(), Some(first));
+    let second = RemoteCustomer { tenant: "acme".into(), customer: "cus_1".into(), subscription: Some("sub_9".into()) };
+    ledger.record_remote_customer(second.clone()).await.unwrap();
+    assert_eq!(ledger.remote_customer("acme").await.unwrap(), Some(second));
+    assert_eq!(ledger.remote_customer("beta").await.unwrap(), None);
+}
+
 /// Expands to one test per contract body, for a backend given by a factory of empty stores.
 #[macro_export]
 macro_rules! ledger_contract {
     ($store:expr) => {
         $crate::ledger_contract!(@t $store; a_price_list_that_rated_a_closed_period_may_not_change,
-            a_tenant_has_one_live_subscription, a_closed_period_is_never_rewritten);
+            a_tenant_has_one_live_subscription, a_closed_period_is_never_rewritten,
+            a_close_writes_its_pushes_to_the_outbox_once, the_outbox_is_worked_one_operation_per_tenant_in_order,
+            remote_customers_are_recorded_per_tenant);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(

@@ -4,6 +4,7 @@
 //! live behind the [`LedgerStore`] port (SQLite's `billing.db` by default, [`SqliteLedger`]).
 
 pub mod contract;
+pub mod outbox;
 mod sqlite;
 
 pub use sqlite::SqliteLedger;
@@ -13,6 +14,7 @@ use crate::close::Close;
 use async_trait::async_trait;
 use meter_rater::{Command, PriceBook, PriceList, Setup, State, Subscription};
 use meter_schemas::Period;
+use outbox::{OpState, Operation, RemoteCustomer, Settle};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -78,8 +80,31 @@ pub trait LedgerStore: Send + Sync {
     async fn freeze(&self, period: Period, now_us: i64) -> Result<(), Error>;
 
     /// Records `close`, rated with price list `version` (`digest`), unless its period was
-    /// closed meanwhile; returns the close that stands, as it reads back.
+    /// closed meanwhile; returns the close that stands, as it reads back. In the same
+    /// transaction, writes to the outbox one [`outbox::OpKind::PushInvoice`] per invoice of the
+    /// close that has lines.
     async fn record(&self, close: Close, version: String, digest: String) -> Result<Close, Error>;
+
+    /// Pending operations due at `now_us`, at most `limit`: of each tenant only its oldest
+    /// pending one (a tenant's operations are worked one at a time, in order), and none that
+    /// another worker claimed less than `lease_us` ago. Claims those it returns until
+    /// `now_us + lease_us`, marking their first try.
+    async fn claim_operations(&self, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Operation>, Error>;
+
+    /// Records what a try of operation `id` came to.
+    async fn settle(&self, id: i64, settle: Settle, now_us: i64) -> Result<(), Error>;
+
+    /// Operations in `state` (every state when `None`), of `period` when given, oldest first.
+    async fn operations(&self, state: Option<OpState>, period: Option<String>) -> Result<Vec<Operation>, Error>;
+
+    /// Puts dead operation `id` back to pending, due at `now_us`; false when it is not dead.
+    async fn revive(&self, id: i64, now_us: i64) -> Result<bool, Error>;
+
+    /// What the provider calls `tenant`, once recorded.
+    async fn remote_customer(&self, tenant: String) -> Result<Option<RemoteCustomer>, Error>;
+
+    /// Records what the provider calls a tenant (replacing what was recorded).
+    async fn record_remote_customer(&self, remote: RemoteCustomer) -> Result<(), Error>;
 }
 
 /// The ledger.
@@ -194,6 +219,39 @@ impl Ledger {
     /// Marks `period` as being closed: from now on no change may be dated inside it.
     pub async fn freeze(&self, period: Period) -> Result<(), Error> {
         self.store.freeze(period, meter_schemas::period::now_us()).await
+    }
+
+    /// Claims pending sync operations due at `now_us` ([`LedgerStore::claim_operations`]).
+    pub async fn claim_operations(&self, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Operation>, Error> {
+        self.store.claim_operations(now_us, lease_us, limit).await
+    }
+
+    /// Records what a try of sync operation `id` came to.
+    pub async fn settle(&self, id: i64, settle: Settle, now_us: i64) -> Result<(), Error> {
+        self.store.settle(id, settle, now_us).await
+    }
+
+    /// Sync operations in `state`, of `period`, oldest first.
+    pub async fn operations(&self, state: Option<OpState>, period: Option<Period>) -> Result<Vec<Operation>, Error> {
+        self.store.operations(state, period.map(|p| p.to_string())).await
+    }
+
+    /// Puts dead sync operation `id` back to pending; [`Error::NoOperation`] when it is not dead.
+    pub async fn revive(&self, id: i64, now_us: i64) -> Result<(), Error> {
+        match self.store.revive(id, now_us).await? {
+            true => Ok(()),
+            false => Err(Error::NoOperation(format!("dead outbox operation {id}"))),
+        }
+    }
+
+    /// What the payment provider calls `tenant`, once recorded.
+    pub async fn remote_customer(&self, tenant: &str) -> Result<Option<RemoteCustomer>, Error> {
+        self.store.remote_customer(tenant.to_string()).await
+    }
+
+    /// Records what the payment provider calls a tenant.
+    pub async fn record_remote_customer(&self, remote: RemoteCustomer) -> Result<(), Error> {
+        self.store.record_remote_customer(remote).await
     }
 
     /// Records `close` unless the period was closed meanwhile; returns the close that stands.

@@ -1,5 +1,6 @@
 //! The ledger in SQLite (`billing.db`).
 
+use super::outbox::{OpKind, OpState, Operation, RemoteCustomer, Settle};
 use super::{Admit, Change, CloseSummary, LedgerStore, UsedList};
 use crate::Error;
 use crate::close::Close;
@@ -30,6 +31,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE close_parts (
         period TEXT NOT NULL, part INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (period, part)
     );
+",
+    // The sync outbox (billing-sync): written with the close it follows.
+    "
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL, tenant TEXT NOT NULL,
+        period TEXT, body TEXT NOT NULL, created_us INTEGER NOT NULL, first_tried_us INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0, next_us INTEGER NOT NULL, claimed_until_us INTEGER,
+        state TEXT NOT NULL DEFAULT 'pending', outcome TEXT,
+        UNIQUE (kind, subject)
+    );
+    CREATE INDEX outbox_pending ON outbox (state, tenant, id);
+    CREATE INDEX outbox_by_period ON outbox (period, id);
+    CREATE TABLE remote_customers (tenant TEXT PRIMARY KEY, customer TEXT NOT NULL, subscription TEXT);
 ",
 ];
 
@@ -173,6 +187,23 @@ impl LedgerStore for SqliteLedger {
                     part.execute(params![period, i as i64, chunk])?;
                 }
             }
+            if inserted == 1 {
+                let mut op = tx.prepare(
+                    "INSERT OR IGNORE INTO outbox (kind, subject, tenant, period, body, created_us, next_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                )?;
+                for invoice in close.invoices.iter().filter(|i| !i.lines.is_empty()) {
+                    let body = serde_json::to_string(invoice)?;
+                    op.execute(params![
+                        OpKind::PushInvoice.as_str(),
+                        invoice.id,
+                        invoice.tenant,
+                        period,
+                        body,
+                        close.closed_us
+                    ])?;
+                }
+            }
             tx.execute(
                 "INSERT OR IGNORE INTO price_lists (version, digest, first_period) VALUES (?1, ?2, ?3)",
                 params![version, digest, period],
@@ -184,6 +215,134 @@ impl LedgerStore for SqliteLedger {
         })
         .await
     }
+
+    async fn claim_operations(&self, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Operation>, Error> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let ops = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT {OP_COLUMNS} FROM outbox o
+                     WHERE state = 'pending' AND next_us <= ?1 AND coalesce(claimed_until_us, 0) <= ?1
+                       AND id = (SELECT min(id) FROM outbox p WHERE p.tenant = o.tenant AND p.state = 'pending')
+                     ORDER BY next_us, id LIMIT ?2"
+                ))?;
+                let rows = stmt.query_map(params![now_us, limit as i64], read_op)?;
+                rows.collect::<Result<Result<Vec<_>, _>, _>>()??
+            };
+            let mut claim = tx.prepare(
+                "UPDATE outbox SET claimed_until_us = ?2, first_tried_us = coalesce(first_tried_us, ?3) WHERE id = ?1",
+            )?;
+            for op in &ops {
+                claim.execute(params![op.id, now_us + lease_us, now_us])?;
+            }
+            drop(claim);
+            tx.commit()?;
+            Ok(ops.into_iter().map(|o| Operation { first_tried_us: o.first_tried_us.or(Some(now_us)), ..o }).collect())
+        })
+        .await
+    }
+
+    async fn settle(&self, id: i64, settle: Settle, _now_us: i64) -> Result<(), Error> {
+        self.with(move |c| {
+            let changed = match settle {
+                Settle::Done(outcome) => c.execute(
+                    "UPDATE outbox SET state = 'done', outcome = ?2, attempts = attempts + 1, claimed_until_us = NULL
+                     WHERE id = ?1 AND state = 'pending'",
+                    params![id, outcome],
+                )?,
+                Settle::Again { next_us, error } => c.execute(
+                    "UPDATE outbox SET next_us = ?2, outcome = ?3, attempts = attempts + 1, claimed_until_us = NULL
+                     WHERE id = ?1 AND state = 'pending'",
+                    params![id, next_us, error],
+                )?,
+                Settle::Dead(reason) => c.execute(
+                    "UPDATE outbox SET state = 'dead', outcome = ?2, attempts = attempts + 1, claimed_until_us = NULL
+                     WHERE id = ?1 AND state = 'pending'",
+                    params![id, reason],
+                )?,
+            };
+            if changed == 0 {
+                return Err(Error::NoOperation(format!("pending outbox operation {id}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn operations(&self, state: Option<OpState>, period: Option<String>) -> Result<Vec<Operation>, Error> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {OP_COLUMNS} FROM outbox WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR period = ?2)
+                 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map(params![state.map(OpState::as_str), period], read_op)?;
+            rows.collect::<Result<Result<Vec<_>, _>, _>>()?
+        })
+        .await
+    }
+
+    async fn remote_customer(&self, tenant: String) -> Result<Option<RemoteCustomer>, Error> {
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT customer, subscription FROM remote_customers WHERE tenant = ?1",
+                params![tenant],
+                |r| Ok(RemoteCustomer { tenant: tenant.clone(), customer: r.get(0)?, subscription: r.get(1)? }),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn record_remote_customer(&self, remote: RemoteCustomer) -> Result<(), Error> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO remote_customers (tenant, customer, subscription) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant) DO UPDATE SET customer = excluded.customer, subscription = excluded.subscription",
+                params![remote.tenant, remote.customer, remote.subscription],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revive(&self, id: i64, now_us: i64) -> Result<bool, Error> {
+        self.with(move |c| {
+            let n = c.execute(
+                "UPDATE outbox SET state = 'pending', next_us = ?2, claimed_until_us = NULL WHERE id = ?1 AND state = 'dead'",
+                params![id, now_us],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
+
+const OP_COLUMNS: &str =
+    "id, kind, subject, tenant, period, body, created_us, first_tried_us, attempts, next_us, state, outcome";
+
+fn read_op(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rusqlite::Result<Result<Operation, Error>> {
+    let kind: String = r.get(1)?;
+    let state: String = r.get(10)?;
+    let (Some(kind), Some(state)) = (OpKind::parse(&kind), OpState::parse(&state)) else {
+        return Ok(Err(Error::Corrupt(format!(
+            "outbox operation {}: kind {kind:?}, state {state:?}",
+            r.get::<_, i64>(0)?
+        ))));
+    };
+    Ok(Ok(Operation {
+        id: r.get(0)?,
+        kind,
+        subject: r.get(2)?,
+        tenant: r.get(3)?,
+        period: r.get(4)?,
+        body: r.get(5)?,
+        created_us: r.get(6)?,
+        first_tried_us: r.get(7)?,
+        attempts: r.get::<_, i64>(8)? as u32,
+        next_us: r.get(9)?,
+        state,
+        outcome: r.get(11)?,
+    }))
 }
 
 /// Refuses a change at `at_us` inside a closed period (or one being closed): a close is never

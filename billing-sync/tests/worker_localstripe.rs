@@ -1,0 +1,174 @@
+//! The outbox worker: a close recorded in the ledger reaches localstripe (through the faulting,
+//! key-enforcing proxy) exactly once per invoice; without a provider every push says it was not
+//! synced; an invoice Stripe cannot take goes to the dead list and holds back no other tenant.
+
+mod common;
+
+use common::proxy::Proxy;
+use common::{KEY, LocalStripe, direct};
+use meter_billing::Ledger;
+use meter_billing::close::Close;
+use meter_billing::ledger::SqliteLedger;
+use meter_billing::ledger::outbox::OpState;
+use meter_billing_sync::stripe::{Client, Settings, Stripe};
+use meter_billing_sync::worker::{self, Worker};
+use meter_billing_sync::{NoProvider, Provider};
+use meter_rater::{Invoice, Line, LineKind, Lineage};
+use reqwest::Method;
+use rust_decimal::Decimal;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn invoice(tenant: &str, currency: &str, amounts: &[&str]) -> Invoice {
+    let id = format!("inv_{tenant}_2026-10");
+    let lines: Vec<Line> = amounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Line {
+            id: format!("{id}_{:03}", i + 1),
+            kind: LineKind::Overage,
+            description: format!("line {}", i + 1),
+            meter: None,
+            quantity: None,
+            amount: Decimal::from_str(a).unwrap(),
+            lineage: Lineage {
+                meters: Default::default(),
+                watermark_us: None,
+                price_version: "2026-01".into(),
+                inputs_hash: format!("hash{i}"),
+            },
+        })
+        .collect();
+    let total = lines.iter().map(|l| l.amount).sum();
+    Invoice {
+        id,
+        tenant: tenant.into(),
+        subscription: format!("sub_{tenant}"),
+        period: "2026-10".parse().unwrap(),
+        currency: currency.parse().unwrap(),
+        price_version: "2026-01".into(),
+        plan: Some("growth".into()),
+        lines,
+        total,
+    }
+}
+
+async fn ledger_with(invoices: Vec<Invoice>) -> (Ledger, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::new(Arc::new(SqliteLedger::open(&dir.path().join("billing.db")).unwrap()));
+    let book = meter_rater::PriceBook::parse(
+        meter_rater::pricebook::SAMPLE,
+        &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
+        &["active_users"],
+    )
+    .unwrap();
+    let close = Close {
+        period: "2026-10".parse().unwrap(),
+        closed_at: "2026-11-02T00:00:00Z".into(),
+        closed_us: 1,
+        watermark: String::new(),
+        watermark_us: 0,
+        complete: true,
+        price_version: "2026-01".into(),
+        invoices,
+        totals: Default::default(),
+        report: vec![],
+        revisions: Default::default(),
+    };
+    ledger.record(close, book.version("2026-01").unwrap()).await.unwrap();
+    (ledger, dir)
+}
+
+fn quick() -> worker::Settings {
+    worker::Settings {
+        poll: Duration::from_millis(10),
+        lease: Duration::from_secs(60),
+        batch: 8,
+        min_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(20),
+    }
+}
+
+/// Works the outbox until nothing is pending (or gives up after a while).
+async fn drain(worker: &Worker, ledger: &Ledger) {
+    for _ in 0..500 {
+        if ledger.operations(Some(OpState::Pending), None).await.unwrap().is_empty() {
+            return;
+        }
+        worker.work_due(meter_schemas::period::now_us()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("operations still pending: {:?}", ledger.operations(Some(OpState::Pending), None).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_recorded_close_reaches_stripe_once_per_invoice_and_a_bad_one_is_dead() {
+    let stand_in = LocalStripe::start();
+    let proxy = Proxy::start(&stand_in.url, 5, Duration::from_secs(2)).await;
+    let mut invoices: Vec<Invoice> = (0..12)
+        .map(|i| invoice(&format!("tenant-{i:02}"), "EUR", &["10.00", &format!("{i}.{i:02}"), "-1.00"]))
+        .collect();
+    invoices.push(invoice("kuwait", "KWD", &["1.234"]));
+    let (ledger, _dir) = ledger_with(invoices.clone()).await;
+    let settings = Settings {
+        api_base: proxy.url.clone(),
+        rate_limit: NonZeroU32::new(200).unwrap(),
+        attempts: 3,
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        timeout: Duration::from_millis(1000),
+        ..Settings::new(KEY)
+    };
+    let stripe: Arc<dyn Provider> = Arc::new(Stripe::new(Client::new(settings).unwrap(), false));
+    let worker = Worker::new(ledger.clone(), stripe, quick());
+    drain(&worker, &ledger).await;
+
+    let ops = ledger.operations(None, None).await.unwrap();
+    assert_eq!(ops.len(), 13);
+    for (op, inv) in ops.iter().zip(&invoices) {
+        assert_eq!(op.subject, inv.id);
+        if inv.tenant == "kuwait" {
+            assert_eq!(op.state, OpState::Dead);
+            assert!(op.outcome.as_deref().unwrap().contains("multiples of 0.010"), "{op:?}");
+            continue;
+        }
+        assert_eq!(op.state, OpState::Done, "{op:?}");
+        let outcome: serde_json::Value = serde_json::from_str(op.outcome.as_deref().unwrap()).unwrap();
+        assert_eq!(outcome["synced"], true);
+        let expected = (inv.total * Decimal::from(100)).to_string().parse::<Decimal>().unwrap();
+        assert_eq!(Decimal::from(outcome["total_minor"].as_i64().unwrap()), expected.trunc(), "{}", inv.id);
+        let remote = ledger.remote_customer(&inv.tenant).await.unwrap().unwrap();
+        assert!(remote.subscription.is_some());
+        // In localstripe: one invoice carrying meter's lines for this customer.
+        let list =
+            direct(&stand_in.url, Method::GET, &format!("/v1/invoices?customer={}&limit=100", remote.customer), &[])
+                .await;
+        let charging: Vec<i64> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["total"].as_i64() != Some(0))
+            .map(|i| i["total"].as_i64().unwrap())
+            .collect();
+        assert_eq!(charging, [outcome["total_minor"].as_i64().unwrap()], "{}", inv.id);
+    }
+    let customers = direct(&stand_in.url, Method::GET, "/v1/customers?limit=100", &[]).await;
+    assert_eq!(customers["data"].as_array().unwrap().len(), 12, "one customer per tenant, none for the dead invoice");
+    let counts = proxy.counts();
+    assert_eq!(counts.key_errors, 0);
+    assert!(counts.faults.values().sum::<usize>() >= 6, "{counts:?}");
+}
+
+#[tokio::test]
+async fn without_a_provider_every_push_says_it_was_not_synced() {
+    let (ledger, _dir) = ledger_with(vec![invoice("acme", "USD", &["5.00"]), invoice("beta", "USD", &["1.00"])]).await;
+    let worker = Worker::new(ledger.clone(), Arc::new(NoProvider), quick());
+    drain(&worker, &ledger).await;
+    for op in ledger.operations(None, None).await.unwrap() {
+        assert_eq!(op.state, OpState::Done);
+        assert_eq!(op.outcome.as_deref(), Some(r#"{"provider":"none","synced":false}"#));
+    }
+    assert_eq!(ledger.remote_customer("acme").await.unwrap(), None);
+}

@@ -1,0 +1,113 @@
+//! The sync outbox: what the payment provider must be told, written in the same transaction as
+//! what it follows (a close writes one operation per invoice it drafted), worked by the sync
+//! stage (`meter sync`) until each operation is done or dead. Kept behind the ledger's port.
+
+use serde::{Deserialize, Serialize};
+
+/// What an operation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// Push a closed invoice (its body is the invoice).
+    PushInvoice,
+}
+
+impl OpKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::PushInvoice => "push_invoice",
+        }
+    }
+
+    /// The kind stored as `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [OpKind::PushInvoice].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Where an operation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    /// To be tried (again) from `next_us`.
+    Pending,
+    /// Done; `outcome` says what came of it.
+    Done,
+    /// Failed in a way trying again cannot change; `outcome` says why. An admin may retry it.
+    Dead,
+}
+
+impl OpState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpState::Pending => "pending",
+            OpState::Done => "done",
+            OpState::Dead => "dead",
+        }
+    }
+
+    /// The state stored as `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [OpState::Pending, OpState::Done, OpState::Dead].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One operation of the outbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Operation {
+    /// Its number, in the order operations were written.
+    pub id: i64,
+    /// What it does.
+    pub kind: OpKind,
+    /// What it is about (the meter invoice's id).
+    pub subject: String,
+    /// The tenant: a tenant's operations are worked one at a time, in order.
+    pub tenant: String,
+    /// The period it follows from, if any.
+    pub period: Option<String>,
+    /// What it needs, as JSON (the invoice).
+    pub body: String,
+    /// When it was written (µs).
+    pub created_us: i64,
+    /// When it was first tried (µs): past the provider's idempotency window, what it made must
+    /// be looked up before it is sent again.
+    pub first_tried_us: Option<i64>,
+    /// Tries so far.
+    pub attempts: u32,
+    /// When it is due (µs).
+    pub next_us: i64,
+    /// Where it stands.
+    pub state: OpState,
+    /// What came of it (JSON), or why it failed.
+    pub outcome: Option<String>,
+}
+
+/// What a try of an operation came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Done, with what came of it (JSON).
+    Done(String),
+    /// Failed for now; try again from `next_us`.
+    Again {
+        /// When to try again (µs).
+        next_us: i64,
+        /// Why it failed.
+        error: String,
+    },
+    /// Failed for good; on the dead list with its reason.
+    Dead(String),
+}
+
+/// What the payment provider calls a tenant: its customer, and the subscription that mirrors
+/// meter's there. Recorded once made, so that they are never made twice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RemoteCustomer {
+    /// The tenant.
+    pub tenant: String,
+    /// The provider's customer id.
+    pub customer: String,
+    /// The provider's subscription mirroring meter's, once made.
+    pub subscription: Option<String>,
+}
