@@ -26,6 +26,8 @@ pub enum Command {
     Aggregate(ServeArgs),
     /// Run the sink that fills the ClickHouse store from the Kafka log (its own consumer group).
     Sink(ServeArgs),
+    /// Run the sync outbox's worker: closed invoices to Stripe (`[stripe] api_key`), exactly once.
+    Sync(ServeArgs),
     /// Create or upgrade the usage store's schema (ClickHouse; SQLite upgrades itself).
     Migrate(ConfigArgs),
     /// Manage API keys.

@@ -41,6 +41,103 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Alerts.
     pub alerts: AlertsConfig,
+    /// Stripe, the payment provider (sync is on when `api_key` is set).
+    pub stripe: StripeConfig,
+    /// The sync outbox's worker.
+    pub sync: SyncConfig,
+}
+
+/// Stripe.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StripeConfig {
+    /// The secret key (`sk_…` or a restricted `rk_…`); sync to Stripe is on when it is set.
+    /// Never printed; `METER__STRIPE__API_KEY`.
+    pub api_key: Option<Secret>,
+    /// Stripe's address (tests point it at a stand-in).
+    pub api_base: String,
+    /// Requests a second at most (Stripe allows 25 in test mode, 100 live).
+    pub rate_limit: u32,
+    /// Stripe Tax on the invoices meter creates.
+    pub automatic_tax: bool,
+    /// Tries of one request before the outbox tries again later.
+    pub attempts: u32,
+    /// How long one request may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// The defaults are billing-sync's, which owns them.
+impl Default for StripeConfig {
+    fn default() -> Self {
+        let d = meter_billing_sync::stripe::Settings::new("");
+        Self {
+            api_key: None,
+            api_base: d.api_base,
+            rate_limit: d.rate_limit.get(),
+            automatic_tax: false,
+            attempts: d.attempts,
+            timeout: d.timeout,
+        }
+    }
+}
+
+impl StripeConfig {
+    /// The client's settings, when a key is set; a rate limit of 0 is refused.
+    pub fn settings(&self) -> Result<Option<meter_billing_sync::stripe::Settings>, ConfigError> {
+        let Some(key) = &self.api_key else { return Ok(None) };
+        let rate_limit = std::num::NonZeroU32::new(self.rate_limit)
+            .ok_or_else(|| ConfigError::Invalid("stripe.rate_limit: must be at least 1 request a second".into()))?;
+        Ok(Some(meter_billing_sync::stripe::Settings {
+            api_base: self.api_base.clone(),
+            rate_limit,
+            attempts: self.attempts.max(1),
+            timeout: self.timeout,
+            ..meter_billing_sync::stripe::Settings::new(key.0.clone())
+        }))
+    }
+}
+
+/// The sync outbox's worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// How often it looks for due operations when there were none.
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+    /// How long a claimed operation is one worker's alone: after a crash, another worker (or
+    /// this one restarted) takes it over after this.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Operations (of as many tenants) worked side by side.
+    pub batch: usize,
+    /// The first pause after a transient failure, doubled up to `max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    /// The longest pause.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+/// The defaults are billing-sync's, which owns them.
+impl Default for SyncConfig {
+    fn default() -> Self {
+        let d = meter_billing_sync::worker::Settings::default();
+        Self { poll: d.poll, lease: d.lease, batch: d.batch, min_backoff: d.min_backoff, max_backoff: d.max_backoff }
+    }
+}
+
+impl SyncConfig {
+    /// The worker's settings.
+    pub fn settings(&self) -> meter_billing_sync::worker::Settings {
+        meter_billing_sync::worker::Settings {
+            poll: self.poll,
+            lease: self.lease,
+            batch: self.batch.max(1),
+            min_backoff: self.min_backoff,
+            max_backoff: self.max_backoff,
+        }
+    }
 }
 
 /// Alerts.
@@ -135,6 +232,8 @@ impl Default for Config {
             billing: BillingConfig::default(),
             webhooks: WebhooksConfig::default(),
             alerts: AlertsConfig::default(),
+            stripe: StripeConfig::default(),
+            sync: SyncConfig::default(),
         }
     }
 }

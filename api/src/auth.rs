@@ -44,6 +44,8 @@ actions! {
     ClosePeriods => "close periods",
     /// A closed period's exports.
     ExportPeriods => "export closed periods",
+    /// The payment provider's sync: its dead list and retries.
+    ManageSync => "manage the payment sync",
     /// `GET /api/v1/subscriptions/stats`.
     ReadStatistics => "read subscription statistics",
 }

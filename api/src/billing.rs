@@ -306,7 +306,7 @@ impl From<&Close> for CloseSummary {
     }
 }
 
-fn period_of(text: &str) -> Result<Period, ApiError> {
+pub(crate) fn period_of(text: &str) -> Result<Period, ApiError> {
     text.parse().map_err(|e: meter_schemas::period::PeriodError| {
         ApiError::Invalid(vec![FieldError::invalid("period", e.to_string())])
     })

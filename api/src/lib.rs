@@ -9,6 +9,7 @@ pub mod entitlements;
 pub mod error;
 pub mod health;
 mod state;
+pub mod sync;
 pub mod usage;
 pub mod webhooks;
 
@@ -80,6 +81,9 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(billing::period_invoices))
         .routes(routes!(billing::period_report))
         .routes(routes!(billing::upcoming_invoice))
+        .routes(routes!(sync::period_sync))
+        .routes(routes!(sync::operations))
+        .routes(routes!(sync::retry))
         .routes(routes!(alerts::list_alerts))
         .routes(routes!(entitlements::list))
         .routes(routes!(entitlements::one))

@@ -13,8 +13,12 @@ pub mod amount;
 pub mod key;
 pub mod provider;
 pub mod signature;
+pub mod status;
 pub mod stripe;
 pub mod worker;
+
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use provider::{Collection, NoProvider, Provider, Pushed, Synced};
 

@@ -1,11 +1,9 @@
 //! The Stripe backend against a real Stripe stand-in (localstripe, from PyPI) behind a proxy
 //! that injects every kind of fault and enforces idempotency keys as Stripe does.
 
-mod common;
-
-use common::proxy::{ADAPTATIONS, FAULTS, Proxy};
-use common::{KEY, LocalStripe, direct};
 use meter_billing_sync::stripe::{Client, Settings, Stripe};
+use meter_billing_sync::testing::proxy::{ADAPTATIONS, FAULTS, Proxy};
+use meter_billing_sync::testing::{KEY, LocalStripe, direct};
 use meter_billing_sync::{Collection, Error, Provider, Pushed};
 use meter_rater::{Invoice, Line, LineKind, Lineage};
 use reqwest::Method;

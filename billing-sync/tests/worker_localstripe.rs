@@ -2,15 +2,13 @@
 //! key-enforcing proxy) exactly once per invoice; without a provider every push says it was not
 //! synced; an invoice Stripe cannot take goes to the dead list and holds back no other tenant.
 
-mod common;
-
-use common::proxy::Proxy;
-use common::{KEY, LocalStripe, direct};
 use meter_billing::Ledger;
 use meter_billing::close::Close;
 use meter_billing::ledger::SqliteLedger;
 use meter_billing::ledger::outbox::OpState;
 use meter_billing_sync::stripe::{Client, Settings, Stripe};
+use meter_billing_sync::testing::proxy::Proxy;
+use meter_billing_sync::testing::{KEY, LocalStripe, direct};
 use meter_billing_sync::worker::{self, Worker};
 use meter_billing_sync::{NoProvider, Provider};
 use meter_rater::{Invoice, Line, LineKind, Lineage};

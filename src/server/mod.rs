@@ -8,6 +8,7 @@ mod alerts;
 mod consumers;
 mod http;
 mod shared;
+mod sync;
 
 use crate::config::{Config, LogBackend};
 use anyhow::Context as _;
@@ -46,17 +47,21 @@ pub struct Roles {
     pub aggregate: bool,
     /// A member of the ClickHouse sink's group (`meter sink`), when the store is ClickHouse.
     pub sink: bool,
+    /// The sync outbox's worker (`meter sync`): invoices to the payment provider.
+    pub sync: bool,
 }
 
 impl Roles {
     /// Everything, as `meter serve` runs.
-    pub const ALL: Roles = Roles { ingest: true, aggregate: true, sink: true };
+    pub const ALL: Roles = Roles { ingest: true, aggregate: true, sink: true, sync: true };
     /// `meter ingest`: the write API and the read API; stateless.
-    pub const INGEST: Roles = Roles { ingest: true, aggregate: false, sink: false };
+    pub const INGEST: Roles = Roles { ingest: true, aggregate: false, sink: false, sync: false };
     /// `meter aggregate`: an aggregator, with the read API, health and metrics.
-    pub const AGGREGATE: Roles = Roles { ingest: false, aggregate: true, sink: false };
+    pub const AGGREGATE: Roles = Roles { ingest: false, aggregate: true, sink: false, sync: false };
     /// `meter sink`: the ClickHouse sink, with the read API, health and metrics.
-    pub const SINK: Roles = Roles { ingest: false, aggregate: false, sink: true };
+    pub const SINK: Roles = Roles { ingest: false, aggregate: false, sink: true, sync: false };
+    /// `meter sync`: the sync outbox's worker, with the read API, health and metrics.
+    pub const SYNC: Roles = Roles { ingest: false, aggregate: false, sink: false, sync: true };
 }
 
 /// Runs every role on `listener` until `shutdown` resolves (see [`run_roles`]).
@@ -79,7 +84,7 @@ pub async fn run_roles(
     let kafka = matches!(config.log_backend()?, LogBackend::Kafka(_));
     if roles != Roles::ALL && !kafka {
         anyhow::bail!(
-            "`meter ingest`, `meter aggregate` and `meter sink` run as separate processes around a shared log; \
+            "`meter ingest`, `meter aggregate`, `meter sink` and `meter sync` run as separate processes around a shared log; \
              give one with --log kafka://HOST:PORT, or run every role in one process with `meter serve`"
         );
     }
@@ -92,6 +97,7 @@ pub async fn run_roles(
         anyhow::bail!("`meter sink` fills a ClickHouse store; give one with --store clickhouse://HOST:PORT/DATABASE");
     }
     let mut tasks = alerts::start_alerts_if_needed(&shared, &config, roles.aggregate).await?;
+    tasks.extend(sync::start_sync_if_needed(&shared, &config, roles.sync).await?);
     let (sink, maintenance) = consumers::start_sink_if_needed(&shared, &config, roles.sink)?;
     tasks.extend(maintenance);
     let aggregator = consumers::start_aggregator_if_needed(&shared, &config, roles.aggregate)?;

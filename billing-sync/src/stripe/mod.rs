@@ -33,7 +33,7 @@ use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
 use stripe_billing::plan::{CreatePlan, CreatePlanInlineProductParams, CreatePlanProduct};
 use stripe_billing::subscription::{CreateSubscription, CreateSubscriptionItems};
 use stripe_client_core::StripeRequest;
-use stripe_core::customer::CreateCustomer;
+use stripe_core::customer::{CreateCustomer, ListCustomer};
 use stripe_shared::{InvoiceCollectionMethod, PlanInterval};
 
 /// The most invoice items one Stripe invoice takes.
@@ -146,6 +146,13 @@ impl Stripe {
     /// it creates.
     pub fn new(client: Client, automatic_tax: bool) -> Self {
         Stripe { client, automatic_tax, zero_plans: Default::default() }
+    }
+
+    /// Checks that Stripe answers and takes the key (one light read): a key Stripe refuses is
+    /// [`Error::Config`], which names the problem, not the key.
+    pub async fn verify(&self) -> Result<(), Error> {
+        let _: List<Customer> = self.client.send(ListCustomer::new().limit(1).build()).await?;
+        Ok(())
     }
 
     /// The zero-amount monthly plan of `currency` the mirrors subscribe to: it bills nothing.

@@ -1,7 +1,5 @@
-//! The Stripe stand-in of the tests: localstripe (PyPI, pinned), started on loopback, behind a
-//! proxy that injects faults and enforces idempotency keys as Stripe does.
-
-#![allow(dead_code, missing_docs)]
+//! The Stripe stand-in of the tests (feature `testing`): localstripe (PyPI, pinned), started on
+//! loopback, behind a proxy that injects faults and enforces idempotency keys as Stripe does.
 
 pub mod proxy;
 
@@ -43,7 +41,7 @@ pub struct LocalStripe {
 impl LocalStripe {
     /// Installs (once) and starts a fresh instance.
     pub fn start() -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/run_localstripe.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testing/run_localstripe.py");
         let mut child = Command::new(python())
             .arg(script)
             .arg("0")

@@ -1,0 +1,73 @@
+//! The payment sync: where a closed period's invoices stand with the provider, the dead list,
+//! and retrying an operation from it.
+
+use crate::AppState;
+use crate::auth::{Admin, ExportPeriods, ManageSync};
+use crate::billing::period_of;
+use crate::error::ApiError;
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use meter_billing::ledger::outbox::{OpState, Operation};
+use meter_billing_sync::status::PeriodSync;
+use meter_schemas::FieldError;
+use serde::Deserialize;
+use std::sync::Arc;
+use utoipa::IntoParams;
+
+/// Where a closed period's invoices stand with the payment provider (admin): synced (their
+/// totals checked equal to meter's), not synced (no provider), pending, dead (with why).
+#[utoipa::path(get, path = "/api/v1/periods/{period}/sync", tag = "billing",
+    params(("period" = String, Path, description = "YYYY-MM")),
+    responses((status = 200, description = "The period's sync", body = PeriodSync)),
+    security(("bearer" = [])))]
+pub async fn period_sync(
+    State(state): State<Arc<AppState>>,
+    _: Admin<ExportPeriods>,
+    Path(period): Path<String>,
+) -> Result<Json<PeriodSync>, ApiError> {
+    let period = period_of(&period)?;
+    Ok(Json(meter_billing_sync::status::period_sync(&state.billing.subscriptions.ledger, period).await?))
+}
+
+/// Query of the operation list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OperationsQuery {
+    /// `pending`, `done` or `dead` (the dead list).
+    pub state: Option<String>,
+}
+
+/// The sync's operations (admin), oldest first; `?state=dead` is the dead list.
+#[utoipa::path(get, path = "/api/v1/sync/operations", tag = "billing", params(OperationsQuery),
+    responses((status = 200, description = "Operations", body = Vec<Operation>)),
+    security(("bearer" = [])))]
+pub async fn operations(
+    State(state): State<Arc<AppState>>,
+    _: Admin<ManageSync>,
+    query: Result<Query<OperationsQuery>, QueryRejection>,
+) -> Result<Json<Vec<Operation>>, ApiError> {
+    let Query(q) = query?;
+    let wanted = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(OpState::parse(s).ok_or_else(|| {
+            ApiError::Invalid(vec![FieldError::invalid("state", format!("must be pending, done or dead, not {s:?}"))])
+        })?),
+    };
+    Ok(Json(state.billing.subscriptions.ledger.operations(wanted, None).await?))
+}
+
+/// Try a dead operation again (admin), now; it keeps its idempotency keys.
+#[utoipa::path(post, path = "/api/v1/sync/operations/{id}/retry", tag = "billing",
+    params(("id" = i64, Path, description = "Operation id")),
+    responses((status = 202, description = "Queued"), (status = 404, description = "No such dead operation", body = meter_ingest::Problem)),
+    security(("bearer" = [])))]
+pub async fn retry(
+    State(state): State<Arc<AppState>>,
+    _: Admin<ManageSync>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    state.billing.subscriptions.ledger.revive(id, meter_schemas::period::now_us()).await?;
+    Ok(StatusCode::ACCEPTED)
+}

@@ -1,0 +1,47 @@
+//! Where a period's sync stands: what finance reads before it trusts that Stripe holds what
+//! meter closed.
+
+use meter_billing::Ledger;
+use meter_billing::ledger::outbox::{OpState, Operation};
+use meter_schemas::Period;
+use serde::Serialize;
+
+/// A closed period's sync.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PeriodSync {
+    /// `YYYY-MM`.
+    pub period: String,
+    /// Invoices to push (those with lines).
+    pub invoices: usize,
+    /// Done and held by the provider, their totals checked equal to meter's.
+    pub synced: usize,
+    /// Done without a provider: the invoices stay in meter.
+    pub not_synced: usize,
+    /// Not done yet (being tried, or waiting to be tried again).
+    pub pending: usize,
+    /// On the dead list: failed in a way trying again cannot change; each says why.
+    pub dead: usize,
+    /// Every operation, oldest first.
+    pub operations: Vec<Operation>,
+}
+
+/// Where `period`'s sync stands.
+pub async fn period_sync(ledger: &Ledger, period: Period) -> Result<PeriodSync, meter_billing::Error> {
+    let operations = ledger.operations(None, Some(period)).await?;
+    let count = |f: &dyn Fn(&Operation) -> bool| operations.iter().filter(|o| f(o)).count();
+    let synced_flag = |o: &Operation| {
+        o.outcome
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .and_then(|v| v["synced"].as_bool())
+    };
+    Ok(PeriodSync {
+        period: period.to_string(),
+        invoices: operations.len(),
+        synced: count(&|o| o.state == OpState::Done && synced_flag(o) == Some(true)),
+        not_synced: count(&|o| o.state == OpState::Done && synced_flag(o) != Some(true)),
+        pending: count(&|o| o.state == OpState::Pending),
+        dead: count(&|o| o.state == OpState::Dead),
+        operations,
+    })
+}

@@ -1,0 +1,42 @@
+//! The sync role: the outbox's worker, pushing closed invoices to the payment provider (Stripe
+//! when `[stripe] api_key` is set; otherwise none, and every push says it was not synced).
+
+use super::shared::Shared;
+use crate::config::Config;
+use anyhow::Context as _;
+use meter_billing_sync::stripe::{Client, Stripe};
+use meter_billing_sync::worker::Worker;
+use meter_billing_sync::{NoProvider, Provider};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// Starts the outbox's worker when this process runs the sync role. A Stripe key that Stripe
+/// refuses stops the start with an error that names the problem (never the key); a Stripe that
+/// does not answer does not (metering goes on; the outbox waits).
+pub async fn start_sync_if_needed(
+    shared: &Shared,
+    config: &Config,
+    run: bool,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    if !run {
+        return Ok(None);
+    }
+    let provider: Arc<dyn Provider> = match config.stripe.settings()? {
+        Some(settings) => {
+            let api_base = settings.api_base.clone();
+            let stripe = Stripe::new(Client::new(settings)?, config.stripe.automatic_tax);
+            match stripe.verify().await {
+                Ok(()) => tracing::info!(%api_base, "syncing invoices to Stripe"),
+                // Stripe down or slow at start-up must not stop metering: the outbox waits.
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(%api_base, error = %e, "Stripe does not answer yet; the sync will keep trying")
+                }
+                Err(e) => return Err(e).with_context(|| format!("Stripe at {api_base} cannot be used")),
+            }
+            Arc::new(stripe)
+        }
+        None => Arc::new(NoProvider),
+    };
+    let worker = Worker::new(shared.ledger.clone(), provider, config.sync.settings());
+    Ok(Some(tokio::spawn(worker.run(std::future::pending()))))
+}

@@ -1,0 +1,203 @@
+//! The sync stage end to end: a real `meter serve` configured with Stripe, pointed at
+//! localstripe through the proxy that injects faults on one request in five and enforces
+//! idempotency keys. A period closed for forty tenants reaches Stripe exactly once per invoice and
+//! line, to the cent, through two SIGKILLs during the sync; a key Stripe refuses stops the start.
+
+mod common;
+
+use common::{Meter, client, create_key, meter_bin};
+use meter_billing_sync::testing::proxy::{FAULTS, Proxy};
+use meter_billing_sync::testing::{KEY, LocalStripe, direct};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The month before the one containing now, as `YYYY-MM` with its first instant (RFC 3339).
+fn last_month() -> (String, String) {
+    let now = time::OffsetDateTime::now_utc();
+    let months = now.year() * 12 + i32::from(u8::from(now.month())) - 2;
+    let (y, m) = (months.div_euclid(12), months.rem_euclid(12) + 1);
+    (format!("{y:04}-{m:02}"), format!("{y:04}-{m:02}-01T00:00:00Z"))
+}
+
+async fn call(method: Method, url: String, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = client().request(method, url).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn env(proxy: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("METER__INGEST__LATENESS", "120days".into()),
+        ("METER__STRIPE__API_KEY", KEY.into()),
+        ("METER__STRIPE__API_BASE", proxy.into()),
+        ("METER__STRIPE__RATE_LIMIT", "200".into()),
+        ("METER__STRIPE__ATTEMPTS", "3".into()),
+        ("METER__STRIPE__TIMEOUT", "1s".into()),
+        ("METER__SYNC__POLL", "100ms".into()),
+        ("METER__SYNC__LEASE", "2s".into()),
+        ("METER__SYNC__MIN_BACKOFF", "50ms".into()),
+        ("METER__SYNC__MAX_BACKOFF", "500ms".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigkills() {
+    let stand_in = LocalStripe::start();
+    let proxy = Proxy::start(&stand_in.url, 5, Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = create_key(dir.path(), "admin", None);
+    let env = env(&proxy.url);
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut meter = Meter::start(dir.path(), &env_refs);
+    let (period, start) = last_month();
+
+    // The four tiers, the last sold only yearly.
+    let plans =
+        [("starter", "monthly"), ("professional", "monthly"), ("enterprise", "monthly"), ("enterprise_plus", "annual")];
+    let tenants: Vec<String> = (0..40).map(|i| format!("tenant-{i:02}")).collect();
+    for (i, t) in tenants.iter().enumerate() {
+        let (s, sub) = call(
+            Method::POST,
+            format!("{}/api/v1/subscriptions", meter.url),
+            &admin,
+            Some(
+                json!({"tenant": t, "plan": plans[i % plans.len()].0, "cycle": plans[i % plans.len()].1, "at": start}),
+            ),
+        )
+        .await;
+        assert_eq!(s, 201, "{sub}");
+    }
+    // Usage in the period for every tenant (a few hundred work orders each: overage on the
+    // smaller plans).
+    let ingest = create_key(dir.path(), "ingest", None);
+    let day = start.replace("-01T00:00:00Z", "-02T12:00:00Z");
+    for (i, t) in tenants.iter().enumerate() {
+        let events: Vec<Value> = (0..(50 * (i % 7) + 1))
+            .map(|n| json!({"transaction_id": format!("{t}-{n}"), "external_customer_id": t, "code": "work_order.created", "timestamp": day, "properties": {}}))
+            .collect();
+        let (s, r) =
+            call(Method::POST, format!("{}/api/v1/events/batch", meter.url), &ingest, Some(json!({"events": events})))
+                .await;
+        assert!(s < 300, "{r}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let closed = loop {
+        let (s, closed) =
+            call(Method::POST, format!("{}/api/v1/periods/{period}/close", meter.url), &admin, None).await;
+        if s == 200 {
+            break closed;
+        }
+        assert!(s == 409 && Instant::now() < deadline, "{s} {closed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(closed["invoices"].as_u64().unwrap_or(0) > 0 || closed.to_string().contains("invoices"), "{closed}");
+
+    // Two crashes while the sync works through the faults (the first one provably mid-sync).
+    for (n, pause) in [700, 1500].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let (_, status) = call(Method::GET, format!("{}/api/v1/periods/{period}/sync", meter.url), &admin, None).await;
+        eprintln!("SIGKILL {n} with {} of {} pushes pending", status["pending"], status["invoices"]);
+        if n == 0 {
+            assert!(status["pending"].as_u64().unwrap() > 0, "the sync ended before the first kill: {status}");
+        }
+        meter.restart();
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        let (s, status) = call(Method::GET, format!("{}/api/v1/periods/{period}/sync", meter.url), &admin, None).await;
+        assert_eq!(s, 200, "{status}");
+        if status["pending"] == 0 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still pending: {}", status["pending"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["dead"], 0, "{status:#}");
+    assert_eq!(status["synced"], status["invoices"], "{status:#}");
+
+    // What localstripe holds, read directly against meter's invoices.
+    let (s, invoices) =
+        call(Method::GET, format!("{}/api/v1/periods/{period}/invoices?format=json", meter.url), &admin, None).await;
+    assert_eq!(s, 200);
+    let invoices = invoices.as_array().unwrap();
+    let with_lines: Vec<&Value> = invoices.iter().filter(|i| !i["lines"].as_array().unwrap().is_empty()).collect();
+    assert_eq!(status["invoices"], with_lines.len());
+    let customers = direct(&stand_in.url, Method::GET, "/v1/customers?limit=100", &[]).await;
+    let mut per_tenant: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in customers["data"].as_array().unwrap() {
+        let tenant = c["metadata"]["meter_tenant"].as_str().unwrap().to_string();
+        per_tenant.entry(tenant).or_default().push(c["id"].as_str().unwrap().to_string());
+    }
+    for inv in &with_lines {
+        let tenant = inv["tenant"].as_str().unwrap();
+        let ids = &per_tenant[tenant];
+        assert_eq!(ids.len(), 1, "customers of {tenant}: {ids:?}");
+        let list =
+            direct(&stand_in.url, Method::GET, &format!("/v1/invoices?customer={}&limit=100", ids[0]), &[]).await;
+        let mut found = Vec::new();
+        for si in list["data"].as_array().unwrap() {
+            let lines = direct(
+                &stand_in.url,
+                Method::GET,
+                &format!("/v1/invoices/{}/lines?limit=100", si["id"].as_str().unwrap()),
+                &[],
+            )
+            .await;
+            let mut ours: Vec<(String, i64)> = lines["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| l["metadata"]["meter_invoice_id"] == inv["id"])
+                .map(|l| (l["metadata"]["meter_line_id"].as_str().unwrap().to_string(), l["amount"].as_i64().unwrap()))
+                .collect();
+            ours.sort();
+            if !ours.is_empty() {
+                found.push((si["total"].as_i64().unwrap(), ours));
+            }
+        }
+        let mut expected: Vec<(String, i64)> = inv["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let cents = l["amount"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap()
+                    * rust_decimal::Decimal::from(100);
+                (l["id"].as_str().unwrap().to_string(), i64::try_from(cents).unwrap())
+            })
+            .collect();
+        expected.sort();
+        let total: i64 = expected.iter().map(|(_, a)| a).sum();
+        assert_eq!(found, vec![(total, expected)], "{}", inv["id"]);
+    }
+    let counts = proxy.counts();
+    assert_eq!(counts.key_errors, 0, "{counts:?}");
+    for f in FAULTS {
+        assert!(counts.faults.get(&format!("{f:?}")).is_some_and(|n| *n > 0), "no {f:?}: {counts:?}");
+    }
+    eprintln!("{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripe_key_that_stripe_refuses_stops_the_start_and_is_never_printed() {
+    let stand_in = LocalStripe::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(meter_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("METER__STRIPE__API_KEY", "pk_test_publishable_not_secret")
+        .env("METER__STRIPE__API_BASE", &stand_in.url)
+        .env("METER__STRIPE__ATTEMPTS", "1")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("refused the API key"), "{text}");
+    assert!(!text.contains("pk_test_publishable_not_secret"), "{text}");
+}
