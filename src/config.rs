@@ -65,6 +65,11 @@ pub struct StripeConfig {
     /// How long one request may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The secret Stripe signs its events with (`whsec_…`); Stripe's events are taken at
+    /// `/api/v1/stripe/webhook` when it is set. Never printed.
+    pub webhook_secret: Option<Secret>,
+    /// The secret before the last rotation, accepted too until it is removed.
+    pub webhook_secret_previous: Option<Secret>,
 }
 
 /// The defaults are billing-sync's, which owns them.
@@ -78,11 +83,18 @@ impl Default for StripeConfig {
             automatic_tax: false,
             attempts: d.attempts,
             timeout: d.timeout,
+            webhook_secret: None,
+            webhook_secret_previous: None,
         }
     }
 }
 
 impl StripeConfig {
+    /// The webhook secrets, newest first.
+    pub fn webhook_secrets(&self) -> Vec<String> {
+        [&self.webhook_secret, &self.webhook_secret_previous].into_iter().flatten().map(|s| s.0.clone()).collect()
+    }
+
     /// The client's settings, when a key is set; a rate limit of 0 is refused.
     pub fn settings(&self) -> Result<Option<meter_billing_sync::stripe::Settings>, ConfigError> {
         let Some(key) = &self.api_key else { return Ok(None) };

@@ -44,7 +44,65 @@ fn env(proxy: &str) -> Vec<(&'static str, String)> {
         ("METER__SYNC__LEASE", "2s".into()),
         ("METER__SYNC__MIN_BACKOFF", "50ms".into()),
         ("METER__SYNC__MAX_BACKOFF", "500ms".into()),
+        ("METER__STRIPE__WEBHOOK_SECRET", SECRET.into()),
+        ("METER__STRIPE__WEBHOOK_SECRET_PREVIOUS", OLD_SECRET.into()),
     ]
+}
+
+const SECRET: &str = "whsec_meter_test_current";
+const OLD_SECRET: &str = "whsec_meter_test_previous";
+
+/// A Stripe event of `kind` about `object`, built from Stripe's published fixture of that
+/// object (`../shared/stripe/fixtures3.json`), with the ids meter knows.
+fn fixture_event(id: &str, kind: &str, created: i64, object: &str, fields: &[(&str, &str)]) -> Value {
+    static FIXTURES: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let fixtures = FIXTURES.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/stripe/fixtures3.json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("Stripe's fixtures beside the project")).unwrap()
+    });
+    let mut obj = fixtures["resources"][object].clone();
+    for (k, v) in fields {
+        obj[*k] = json!(v);
+    }
+    let mut event = fixtures["resources"]["event"].clone();
+    event["id"] = json!(id);
+    event["type"] = json!(kind);
+    event["created"] = json!(created);
+    event["data"] = json!({ "object": obj });
+    event
+}
+
+async fn post_event(url: &str, body: &str, signature: Option<String>) -> (u16, Value) {
+    let mut req = client().post(format!("{url}/api/v1/stripe/webhook")).body(body.to_string());
+    if let Some(sig) = signature {
+        req = req.header("Stripe-Signature", sig);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn now_s() -> i64 {
+    common::now_us() / 1_000_000
+}
+
+async fn state_of(url: &str, admin: &str, tenant: &str) -> String {
+    let (s, subs) = call(Method::GET, format!("{url}/api/v1/subscriptions?tenant={tenant}"), admin, None).await;
+    assert_eq!(s, 200, "{subs}");
+    subs.as_array().unwrap().last().unwrap()["state"].as_str().unwrap().to_string()
+}
+
+/// Waits until every kept event is processed (the state stops changing), then reads `tenant`.
+async fn settled_state(url: &str, admin: &str, tenant: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = state_of(url, admin, tenant).await;
+        if state == want || Instant::now() > deadline {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -182,6 +240,101 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
         assert!(counts.faults.get(&format!("{f:?}")).is_some_and(|n| *n > 0), "no {f:?}: {counts:?}");
     }
     eprintln!("{counts:?}");
+
+    // Stripe's events back, signed as Stripe signs them.
+    let url = meter.url.clone();
+    let outcome = |tenant: &str| -> Value {
+        let op = status["operations"].as_array().unwrap().iter().find(|o| o["tenant"] == tenant).unwrap();
+        serde_json::from_str(op["outcome"].as_str().unwrap()).unwrap()
+    };
+    let (t0, t1, t2) = ("tenant-00", "tenant-01", "tenant-02");
+    let (inv0, cus0) =
+        (outcome(t0)["invoice"].as_str().unwrap().to_string(), outcome(t0)["customer"].as_str().unwrap().to_string());
+    assert_eq!(state_of(&url, &admin, t0).await, "active");
+    let failed = fixture_event(
+        "evt_fail_0",
+        "invoice.payment_failed",
+        now_s(),
+        "invoice",
+        &[("id", &inv0), ("customer", &cus0)],
+    );
+    let body = failed.to_string();
+    // Forged, stale, missing: 400, nothing kept, nothing changed.
+    let (s, e) =
+        post_event(&url, &body, Some(meter_billing_sync::signature::sign(body.as_bytes(), "whsec_forged", now_s())))
+            .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("does not match"), "{e}");
+    let (s, e) =
+        post_event(&url, &body, Some(meter_billing_sync::signature::sign(body.as_bytes(), SECRET, now_s() - 301)))
+            .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("tolerance"), "{e}");
+    let (s, _) = post_event(&url, &body, None).await;
+    assert_eq!(s, 400);
+    let (s, e) =
+        post_event(&url, "not json", Some(meter_billing_sync::signature::sign(b"not json", SECRET, now_s()))).await;
+    assert_eq!(s, 400, "{e}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state_of(&url, &admin, t0).await, "active", "nothing changed");
+
+    // The real one, signed with the previous secret (a rotation): past_due; its redelivery changes nothing.
+    let sig = meter_billing_sync::signature::sign(body.as_bytes(), OLD_SECRET, now_s());
+    let (s, r) = post_event(&url, &body, Some(sig.clone())).await;
+    assert_eq!((s, &r["duplicate"]), (200, &json!(false)), "{r}");
+    assert_eq!(settled_state(&url, &admin, t0, "past_due").await, "past_due");
+    let (s, r) = post_event(&url, &body, Some(sig)).await;
+    assert_eq!((s, &r["duplicate"]), (200, &json!(true)), "{r}");
+
+    // Paid: active again. Then a failure Stripe made earlier, delivered late: no change.
+    let paid = fixture_event("evt_paid_0", "invoice.paid", now_s(), "invoice", &[("id", &inv0), ("customer", &cus0)]);
+    let b = paid.to_string();
+    let (s, _) = post_event(&url, &b, Some(meter_billing_sync::signature::sign(b.as_bytes(), SECRET, now_s()))).await;
+    assert_eq!(s, 200);
+    assert_eq!(settled_state(&url, &admin, t0, "active").await, "active");
+    let late = fixture_event(
+        "evt_fail_late",
+        "invoice.payment_failed",
+        now_s() - 60,
+        "invoice",
+        &[("id", &inv0), ("customer", &cus0)],
+    );
+    let b = late.to_string();
+    let (s, _) = post_event(&url, &b, Some(meter_billing_sync::signature::sign(b.as_bytes(), SECRET, now_s()))).await;
+    assert_eq!(s, 200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(state_of(&url, &admin, t0).await, "active", "the invoice was paid: a late failure changes nothing");
+
+    // An invoice meter did not make: kept, ignored.
+    let stranger = fixture_event(
+        "evt_stranger",
+        "invoice.payment_failed",
+        now_s(),
+        "invoice",
+        &[("id", "in_not_meters"), ("customer", &cus0)],
+    );
+    let b = stranger.to_string();
+    let (s, _) = post_event(&url, &b, Some(meter_billing_sync::signature::sign(b.as_bytes(), SECRET, now_s()))).await;
+    assert_eq!(s, 200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(state_of(&url, &admin, t0).await, "active");
+
+    // The mirror subscription deleted in Stripe's dashboard: meter cancels.
+    let cus1 = outcome(t1)["customer"].as_str().unwrap().to_string();
+    let subs = direct(&stand_in.url, Method::GET, &format!("/v1/subscriptions?customer={cus1}"), &[]).await;
+    let mirror = subs["data"][0]["id"].as_str().unwrap().to_string();
+    let deleted = fixture_event(
+        "evt_del_1",
+        "customer.subscription.deleted",
+        now_s(),
+        "subscription",
+        &[("id", &mirror), ("customer", &cus1)],
+    );
+    let b = deleted.to_string();
+    let (s, _) = post_event(&url, &b, Some(meter_billing_sync::signature::sign(b.as_bytes(), SECRET, now_s()))).await;
+    assert_eq!(s, 200);
+    assert_eq!(settled_state(&url, &admin, t1, "cancelled").await, "cancelled");
+    assert_eq!(state_of(&url, &admin, t2).await, "active", "other tenants unchanged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

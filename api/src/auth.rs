@@ -94,3 +94,25 @@ impl<A: Action> FromRequestParts<Arc<AppState>> for Admin<A> {
         }
     }
 }
+
+/// A body Stripe signed (`Stripe-Signature`, checked against `[stripe] webhook_secret` before
+/// anything else is read). No API key: the signature is the authorization.
+pub struct StripeSigned(pub axum::body::Bytes);
+
+impl axum::extract::FromRequest<Arc<AppState>> for StripeSigned {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let secrets = &state.billing.stripe_webhook_secrets;
+        if secrets.is_empty() {
+            return Err(ApiError::Missing("Stripe's events are not taken here: set [stripe] webhook_secret".into()));
+        }
+        let header = req.headers().get("stripe-signature").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("the body cannot be read: {}", e.body_text())))?;
+        let now_s = meter_schemas::period::now_us() / 1_000_000;
+        meter_billing_sync::signature::verify(&body, header.as_deref(), secrets, now_s)?;
+        Ok(StripeSigned(body))
+    }
+}

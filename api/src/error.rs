@@ -14,6 +14,8 @@ pub enum ApiError {
     Auth(AuthError),
     /// A query parameter is wrong.
     Invalid(Vec<FieldError>),
+    /// The request cannot be read at all (a webhook's signature or body).
+    BadRequest(String),
     /// Storage failed.
     Unavailable(String),
     /// No route serves this path.
@@ -40,6 +42,7 @@ impl ApiError {
             ApiError::Auth(AuthError::Unauthenticated) => StatusCode::UNAUTHORIZED,
             ApiError::Auth(AuthError::TenantRequired) | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Auth(AuthError::Unavailable(_)) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unratable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -97,6 +100,18 @@ impl From<meter_billing::Error> for ApiError {
     }
 }
 
+impl From<meter_billing_sync::signature::SignatureError> for ApiError {
+    fn from(e: meter_billing_sync::signature::SignatureError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<meter_billing_sync::events::Malformed> for ApiError {
+    fn from(e: meter_billing_sync::events::Malformed) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
 impl From<meter_webhooks::Error> for ApiError {
     fn from(e: meter_webhooks::Error) -> Self {
         use meter_webhooks::Error as W;
@@ -143,7 +158,10 @@ impl ApiError {
             ApiError::Auth(e) if errors.is_empty() => e.to_string(),
             ApiError::Unavailable(m) => format!("storage unavailable: {m}"),
             ApiError::NotFound(path) => format!("no such endpoint: {path}; see /api/v1/openapi.json"),
-            ApiError::Missing(m) | ApiError::Conflict { detail: m, .. } | ApiError::Unratable(m) => m.clone(),
+            ApiError::Missing(m)
+            | ApiError::Conflict { detail: m, .. }
+            | ApiError::Unratable(m)
+            | ApiError::BadRequest(m) => m.clone(),
             ApiError::Internal => "internal error; the server log has the details".into(),
             _ => summary(&errors),
         }

@@ -84,6 +84,7 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(sync::period_sync))
         .routes(routes!(sync::operations))
         .routes(routes!(sync::retry))
+        .routes(routes!(sync::stripe_webhook))
         .routes(routes!(alerts::list_alerts))
         .routes(routes!(entitlements::list))
         .routes(routes!(entitlements::one))

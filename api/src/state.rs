@@ -41,6 +41,9 @@ pub struct Billing {
     pub subscriptions: Subscriptions,
     /// Where a close reads its figures.
     pub sources: Sources,
+    /// The secrets Stripe signs its events with (`[stripe] webhook_secret`, and the previous
+    /// one during a rotation); none: Stripe's events are not taken.
+    pub stripe_webhook_secrets: Vec<String>,
 }
 
 /// The consumers this process runs, whose state readiness reports. The composition root takes

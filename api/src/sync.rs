@@ -2,7 +2,7 @@
 //! and retrying an operation from it.
 
 use crate::AppState;
-use crate::auth::{Admin, ExportPeriods, ManageSync};
+use crate::auth::{Admin, ExportPeriods, ManageSync, StripeSigned};
 use crate::billing::period_of;
 use crate::error::ApiError;
 use axum::Json;
@@ -70,4 +70,23 @@ pub async fn retry(
 ) -> Result<StatusCode, ApiError> {
     state.billing.subscriptions.ledger.revive(id, meter_schemas::period::now_us()).await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Stripe's events (signed by Stripe with `[stripe] webhook_secret`; no API key). A verified
+/// event is kept by its id and answered at once; a redelivery changes nothing. A bad or stale
+/// signature (older than 300 s) is a 400 and changes nothing.
+#[utoipa::path(post, path = "/api/v1/stripe/webhook", tag = "billing", request_body = String,
+    responses(
+        (status = 200, description = "Kept (or kept before)"),
+        (status = 400, description = "Signature missing, wrong or stale; or not an event", body = meter_ingest::Problem),
+        (status = 404, description = "No webhook secret configured", body = meter_ingest::Problem),
+    ))]
+pub async fn stripe_webhook(
+    State(state): State<Arc<AppState>>,
+    StripeSigned(body): StripeSigned,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let event = meter_billing_sync::events::parse(&body)?;
+    let id = event.id.clone();
+    let new = meter_billing_sync::events::receive(&state.billing.subscriptions.ledger, event).await?;
+    Ok(Json(serde_json::json!({"received": id, "duplicate": !new})))
 }

@@ -10,6 +10,7 @@
 //! - [`worker`]: the outbox worker.
 
 pub mod amount;
+pub mod events;
 pub mod key;
 pub mod provider;
 pub mod signature;
@@ -26,6 +27,8 @@ pub use provider::{Collection, NoProvider, Provider, Pushed, Synced};
 pub mod metric {
     /// Requests sent to Stripe, by outcome (ok, retried, refused).
     pub const STRIPE_REQUESTS: &str = "meter_stripe_requests_total";
+    /// Stripe events received, by whether they were new (a redelivery is not).
+    pub const EVENTS_RECEIVED: &str = "meter_stripe_events_received_total";
     /// Outbox operations settled, by outcome (done, again, dead).
     pub const OPERATIONS: &str = "meter_sync_operations_total";
 }

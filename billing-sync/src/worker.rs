@@ -100,7 +100,17 @@ impl Worker {
                 None => return Ok(Pushed::NotSynced),
             },
         };
-        self.provider.push_invoice(invoice, &remote.customer, Collection::ChargeAutomatically).await
+        let pushed = self.provider.push_invoice(invoice, &remote.customer, Collection::ChargeAutomatically).await?;
+        if let Pushed::Synced(s) = &pushed {
+            let known = meter_billing::ledger::outbox::RemoteInvoice {
+                remote: s.invoice.clone(),
+                invoice: invoice.id.clone(),
+                tenant: invoice.tenant.clone(),
+                status: s.status.clone(),
+            };
+            self.ledger.store().record_remote_invoice(known).await.map_err(ledger_error)?;
+        }
+        Ok(pushed)
     }
 
     async fn perform(&self, op: &Operation, now_us: i64) -> Settle {

@@ -172,6 +172,7 @@ fn app_state(shared: &shared::Shared, config: &Config, health: Health) -> AppSta
             book: shared.book.clone(),
             lateness_us: config.ingest.limits().lateness_us,
         },
+        stripe_webhook_secrets: config.stripe.webhook_secrets(),
     };
     AppState {
         keys: shared.keys.clone(),

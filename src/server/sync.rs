@@ -38,5 +38,30 @@ pub async fn start_sync_if_needed(
         None => Arc::new(NoProvider),
     };
     let worker = Worker::new(shared.ledger.clone(), provider, config.sync.settings());
-    Ok(Some(tokio::spawn(worker.run(std::future::pending()))))
+    let events = process_events(shared, config.sync.poll);
+    Ok(Some(tokio::spawn(async move {
+        tokio::join!(worker.run(std::future::pending()), events);
+    })))
+}
+
+/// Processes Stripe's kept events (see `meter_billing_sync::events`) as they come.
+fn process_events(shared: &Shared, poll: std::time::Duration) -> impl std::future::Future<Output = ()> + use<> {
+    let ledger = shared.ledger.clone();
+    let subscriptions = meter_billing::Subscriptions {
+        ledger: shared.ledger.clone(),
+        allowances: shared.allowances.clone(),
+        book: shared.book.clone(),
+        live: shared.live.clone(),
+    };
+    async move {
+        loop {
+            let now = meter_schemas::period::now_us();
+            match meter_billing_sync::events::process_pending(&ledger, &subscriptions, 100, now).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "processing Stripe's events failed; trying again"),
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! against every backend through [`Ledger`]. A backend's test file calls
 //! [`ledger_contract!`](crate::ledger_contract) with a factory of empty stores.
 
-use super::outbox::{OpKind, OpState, Operation, RemoteCustomer, Settle};
+use super::outbox::{OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use super::{Ledger, LedgerStore};
 use crate::Error;
 use crate::close::Close;
@@ -248,6 +248,45 @@ pub async fn remote_customers_are_recorded_per_tenant(store: Arc<dyn LedgerStore
     assert_eq!(ledger.remote_customer("beta").await.unwrap(), None);
 }
 
+/// The provider's invoices move forward only; its events are kept once by id and come back per
+/// object in the order the provider made them until processed.
+pub async fn provider_invoices_move_forward_and_events_are_kept_once(store: Arc<dyn LedgerStore>) {
+    let ri = |status: &str| RemoteInvoice {
+        remote: "in_1".into(),
+        invoice: "inv_a".into(),
+        tenant: "acme".into(),
+        status: status.into(),
+    };
+    assert_eq!(store.record_remote_invoice(ri("open")).await.unwrap().status, "open");
+    assert_eq!(store.record_remote_invoice(ri("paid")).await.unwrap().status, "paid");
+    assert_eq!(store.record_remote_invoice(ri("open")).await.unwrap().status, "paid", "never back");
+    assert_eq!(store.remote_invoice("in_1".into()).await.unwrap(), Some(ri("paid")));
+    assert_eq!(store.remote_invoice("in_2".into()).await.unwrap(), None);
+    let remote = RemoteCustomer { tenant: "acme".into(), customer: "cus_1".into(), subscription: Some("sub_1".into()) };
+    store.record_remote_customer(remote.clone()).await.unwrap();
+    assert_eq!(store.remote_customer_by_id("cus_1".into()).await.unwrap(), Some(remote.clone()));
+    assert_eq!(store.remote_customer_by_id("sub_1".into()).await.unwrap(), Some(remote));
+    assert_eq!(store.remote_customer_by_id("cus_9".into()).await.unwrap(), None);
+
+    let ev = |id: &str, object: &str, created: i64| ReceivedEvent {
+        id: id.into(),
+        kind: "invoice.paid".into(),
+        created,
+        object: object.into(),
+        body: format!("{{\"id\":\"{id}\"}}"),
+        outcome: None,
+    };
+    assert!(store.receive_event(ev("evt_2", "in_1", 20)).await.unwrap());
+    assert!(store.receive_event(ev("evt_1", "in_1", 10)).await.unwrap());
+    assert!(store.receive_event(ev("evt_3", "in_0", 30)).await.unwrap());
+    assert!(!store.receive_event(ev("evt_1", "in_1", 10)).await.unwrap(), "a redelivery is not new");
+    let ids = |v: Vec<ReceivedEvent>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.unprocessed_events(10).await.unwrap()), ["evt_3", "evt_1", "evt_2"]);
+    store.processed_event("evt_1".into(), "ignored".into(), 5).await.unwrap();
+    assert_eq!(ids(store.unprocessed_events(10).await.unwrap()), ["evt_3", "evt_2"]);
+    assert_eq!(ids(store.unprocessed_events(1).await.unwrap()), ["evt_3"]);
+}
+
 /// Expands to one test per contract body, for a backend given by a factory of empty stores.
 #[macro_export]
 macro_rules! ledger_contract {
@@ -255,7 +294,7 @@ macro_rules! ledger_contract {
         $crate::ledger_contract!(@t $store; a_price_list_that_rated_a_closed_period_may_not_change,
             a_tenant_has_one_live_subscription, a_closed_period_is_never_rewritten,
             a_close_writes_its_pushes_to_the_outbox_once, the_outbox_is_worked_one_operation_per_tenant_in_order,
-            remote_customers_are_recorded_per_tenant);
+            remote_customers_are_recorded_per_tenant, provider_invoices_move_forward_and_events_are_kept_once);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(

@@ -14,7 +14,7 @@ use crate::close::Close;
 use async_trait::async_trait;
 use meter_rater::{Command, PriceBook, PriceList, Setup, State, Subscription};
 use meter_schemas::Period;
-use outbox::{OpState, Operation, RemoteCustomer, Settle};
+use outbox::{OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -105,6 +105,25 @@ pub trait LedgerStore: Send + Sync {
 
     /// Records what the provider calls a tenant (replacing what was recorded).
     async fn record_remote_customer(&self, remote: RemoteCustomer) -> Result<(), Error>;
+
+    /// The tenant whose customer (or mirror subscription) the provider calls `id`.
+    async fn remote_customer_by_id(&self, id: String) -> Result<Option<RemoteCustomer>, Error>;
+
+    /// Records an invoice the provider holds for meter, or moves its status forward; a status
+    /// that would move it back (an event read out of order) is kept out. Returns what stands.
+    async fn record_remote_invoice(&self, remote: RemoteInvoice) -> Result<RemoteInvoice, Error>;
+
+    /// The invoice the provider calls `remote`, if meter made it.
+    async fn remote_invoice(&self, remote: String) -> Result<Option<RemoteInvoice>, Error>;
+
+    /// Keeps `event` unless an event of its id was kept before; returns whether it is new.
+    async fn receive_event(&self, event: ReceivedEvent) -> Result<bool, Error>;
+
+    /// Events not processed yet, by object and then in the order the provider made them.
+    async fn unprocessed_events(&self, limit: usize) -> Result<Vec<ReceivedEvent>, Error>;
+
+    /// Marks event `id` processed with what came of it.
+    async fn processed_event(&self, id: String, outcome: String, now_us: i64) -> Result<(), Error>;
 }
 
 /// The ledger.
@@ -252,6 +271,11 @@ impl Ledger {
     /// Records what the payment provider calls a tenant.
     pub async fn record_remote_customer(&self, remote: RemoteCustomer) -> Result<(), Error> {
         self.store.record_remote_customer(remote).await
+    }
+
+    /// The store behind the ledger (for the sync stage's state).
+    pub fn store(&self) -> &Arc<dyn LedgerStore> {
+        &self.store
     }
 
     /// Records `close` unless the period was closed meanwhile; returns the close that stands.

@@ -111,3 +111,35 @@ pub struct RemoteCustomer {
     /// The provider's subscription mirroring meter's, once made.
     pub subscription: Option<String>,
 }
+
+/// An invoice the provider holds for meter: its id there, meter's invoice, the tenant, and its
+/// status there, which only moves forward (draft, open, then paid, uncollectible or void).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RemoteInvoice {
+    /// The provider's invoice id.
+    pub remote: String,
+    /// meter's invoice id.
+    pub invoice: String,
+    /// The tenant.
+    pub tenant: String,
+    /// Its status at the provider.
+    pub status: String,
+}
+
+/// An event the provider sent (a webhook), kept by its id: a redelivery changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReceivedEvent {
+    /// The provider's event id.
+    pub id: String,
+    /// Its type (`invoice.payment_failed`, …).
+    pub kind: String,
+    /// When the provider made it (unix seconds): a provider's events are processed per object
+    /// in this order.
+    pub created: i64,
+    /// The id of the object it is about.
+    pub object: String,
+    /// The whole event, as received.
+    pub body: String,
+    /// What processing it came to, once processed.
+    pub outcome: Option<String>,
+}

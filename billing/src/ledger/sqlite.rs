@@ -1,6 +1,6 @@
 //! The ledger in SQLite (`billing.db`).
 
-use super::outbox::{OpKind, OpState, Operation, RemoteCustomer, Settle};
+use super::outbox::{OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use super::{Admit, Change, CloseSummary, LedgerStore, UsedList};
 use crate::Error;
 use crate::close::Close;
@@ -44,6 +44,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_pending ON outbox (state, tenant, id);
     CREATE INDEX outbox_by_period ON outbox (period, id);
     CREATE TABLE remote_customers (tenant TEXT PRIMARY KEY, customer TEXT NOT NULL, subscription TEXT);
+    CREATE INDEX remote_customers_by_customer ON remote_customers (customer);
+    CREATE INDEX remote_customers_by_subscription ON remote_customers (subscription);
+    CREATE TABLE remote_invoices (
+        remote TEXT PRIMARY KEY, invoice TEXT NOT NULL, tenant TEXT NOT NULL, status TEXT NOT NULL
+    );
+    CREATE TABLE received_events (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, created INTEGER NOT NULL, object TEXT NOT NULL,
+        body TEXT NOT NULL, processed_us INTEGER, outcome TEXT
+    );
+    CREATE INDEX received_events_unprocessed ON received_events (processed_us, object, created);
 ",
 ];
 
@@ -305,6 +315,98 @@ impl LedgerStore for SqliteLedger {
         .await
     }
 
+    async fn remote_customer_by_id(&self, id: String) -> Result<Option<RemoteCustomer>, Error> {
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT tenant, customer, subscription FROM remote_customers WHERE customer = ?1 OR subscription = ?1",
+                params![id],
+                |r| Ok(RemoteCustomer { tenant: r.get(0)?, customer: r.get(1)?, subscription: r.get(2)? }),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn record_remote_invoice(&self, remote: RemoteInvoice) -> Result<RemoteInvoice, Error> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let known: Option<String> = tx
+                .query_row("SELECT status FROM remote_invoices WHERE remote = ?1", params![remote.remote], |r| r.get(0))
+                .optional()?;
+            let forward = known.as_deref().is_none_or(|k| rank(&remote.status) > rank(k));
+            if forward {
+                tx.execute(
+                    "INSERT INTO remote_invoices (remote, invoice, tenant, status) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (remote) DO UPDATE SET status = excluded.status",
+                    params![remote.remote, remote.invoice, remote.tenant, remote.status],
+                )?;
+            }
+            let stands = tx.query_row(
+                "SELECT remote, invoice, tenant, status FROM remote_invoices WHERE remote = ?1",
+                params![remote.remote],
+                |r| Ok(RemoteInvoice { remote: r.get(0)?, invoice: r.get(1)?, tenant: r.get(2)?, status: r.get(3)? }),
+            )?;
+            tx.commit()?;
+            Ok(stands)
+        })
+        .await
+    }
+
+    async fn remote_invoice(&self, remote: String) -> Result<Option<RemoteInvoice>, Error> {
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT remote, invoice, tenant, status FROM remote_invoices WHERE remote = ?1",
+                params![remote],
+                |r| Ok(RemoteInvoice { remote: r.get(0)?, invoice: r.get(1)?, tenant: r.get(2)?, status: r.get(3)? }),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn receive_event(&self, event: ReceivedEvent) -> Result<bool, Error> {
+        self.with(move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO received_events (id, kind, created, object, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![event.id, event.kind, event.created, event.object, event.body],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn unprocessed_events(&self, limit: usize) -> Result<Vec<ReceivedEvent>, Error> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, kind, created, object, body, outcome FROM received_events WHERE processed_us IS NULL
+                 ORDER BY object, created, id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                Ok(ReceivedEvent {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    created: r.get(2)?,
+                    object: r.get(3)?,
+                    body: r.get(4)?,
+                    outcome: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn processed_event(&self, id: String, outcome: String, now_us: i64) -> Result<(), Error> {
+        self.with(move |c| {
+            c.execute(
+                "UPDATE received_events SET processed_us = ?2, outcome = ?3 WHERE id = ?1",
+                params![id, now_us, outcome],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn revive(&self, id: i64, now_us: i64) -> Result<bool, Error> {
         self.with(move |c| {
             let n = c.execute(
@@ -314,6 +416,16 @@ impl LedgerStore for SqliteLedger {
             Ok(n == 1)
         })
         .await
+    }
+}
+
+/// How far along an invoice's status is at the provider: it never moves back.
+fn rank(status: &str) -> u8 {
+    match status {
+        "draft" => 0,
+        "open" => 1,
+        "paid" | "uncollectible" | "void" => 2,
+        _ => 0,
     }
 }
 

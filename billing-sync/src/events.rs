@@ -1,0 +1,150 @@
+//! Stripe's events back (`POST /api/v1/stripe/webhook`): a verified body is kept by its event id
+//! (a redelivery changes nothing) and answered at once; [`process_pending`] then works the kept
+//! events per object, in the order Stripe made them:
+//!
+//! - `invoice.payment_failed`: the tenant's subscription goes past_due (and suspended after the
+//!   grace period, as the ledger does);
+//! - `invoice.paid` (and `invoice.payment_succeeded`, which older API versions and localstripe
+//!   send): the invoice is paid, and a past_due or suspended subscription active again;
+//! - `customer.subscription.deleted` of a mirror meter made: meter cancels the subscription;
+//! - an invoice's status never moves back: a failure read after the invoice was paid changes
+//!   nothing;
+//! - events about objects meter did not make, and every other type, are kept and ignored.
+
+use meter_billing::ledger::outbox::{ReceivedEvent, RemoteInvoice};
+use meter_billing::{Ledger, Subscriptions};
+use meter_rater::{Command, State};
+use serde::Deserialize;
+
+/// Why a verified body is not an event meter can keep.
+#[derive(Debug, thiserror::Error)]
+#[error("the event is malformed: {0}")]
+pub struct Malformed(pub String);
+
+#[derive(Deserialize)]
+struct Envelope {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    created: i64,
+    data: Data,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    object: Object,
+}
+
+#[derive(Deserialize)]
+struct Object {
+    id: String,
+}
+
+/// Reads a verified webhook body into the event to keep.
+pub fn parse(body: &[u8]) -> Result<ReceivedEvent, Malformed> {
+    let e: Envelope = serde_json::from_slice(body).map_err(|e| Malformed(e.to_string()))?;
+    if !e.id.starts_with("evt_") {
+        return Err(Malformed(format!("id: {:?} is not an event id (evt_…)", e.id)));
+    }
+    let body = String::from_utf8(body.to_vec()).map_err(|_| Malformed("the body is not UTF-8".into()))?;
+    Ok(ReceivedEvent { id: e.id, kind: e.kind, created: e.created, object: e.data.object.id, body, outcome: None })
+}
+
+/// Keeps `event`; false when it was received before (a redelivery).
+pub async fn receive(ledger: &Ledger, event: ReceivedEvent) -> Result<bool, meter_billing::Error> {
+    let new = ledger.store().receive_event(event).await?;
+    metrics::counter!(crate::metric::EVENTS_RECEIVED, "new" => if new { "true" } else { "false" }).increment(1);
+    Ok(new)
+}
+
+/// Processes up to `limit` kept events; returns how many.
+pub async fn process_pending(
+    ledger: &Ledger,
+    subscriptions: &Subscriptions,
+    limit: usize,
+    now_us: i64,
+) -> Result<usize, meter_billing::Error> {
+    let events = ledger.store().unprocessed_events(limit).await?;
+    let n = events.len();
+    for event in events {
+        let outcome = process(ledger, subscriptions, &event, now_us).await?;
+        tracing::info!(event = %event.id, kind = %event.kind, object = %event.object, %outcome, "Stripe event processed");
+        ledger.store().processed_event(event.id, outcome, now_us).await?;
+    }
+    Ok(n)
+}
+
+async fn process(
+    ledger: &Ledger,
+    subs: &Subscriptions,
+    event: &ReceivedEvent,
+    now_us: i64,
+) -> Result<String, meter_billing::Error> {
+    let settled = |known: &RemoteInvoice| rank(&known.status) >= 2;
+    match event.kind.as_str() {
+        "invoice.payment_failed" => match ledger.store().remote_invoice(event.object.clone()).await? {
+            None => Ok("ignored: not an invoice meter made".into()),
+            Some(known) if settled(&known) => Ok(format!("no change: the invoice is already {}", known.status)),
+            Some(known) => apply(ledger, subs, &known.tenant, Command::PaymentFailed, &[State::Active], now_us).await,
+        },
+        "invoice.paid" | "invoice.payment_succeeded" => {
+            match ledger.store().remote_invoice(event.object.clone()).await? {
+                None => Ok("ignored: not an invoice meter made".into()),
+                Some(known) if settled(&known) => Ok(format!("no change: the invoice is already {}", known.status)),
+                Some(known) => {
+                    let tenant = known.tenant.clone();
+                    ledger.store().record_remote_invoice(RemoteInvoice { status: "paid".into(), ..known }).await?;
+                    apply(ledger, subs, &tenant, Command::Reactivate, &[State::PastDue, State::Suspended], now_us).await
+                }
+            }
+        }
+        "customer.subscription.deleted" => match ledger.store().remote_customer_by_id(event.object.clone()).await? {
+            Some(remote) if remote.subscription.as_deref() == Some(event.object.as_str()) => {
+                apply(
+                    ledger,
+                    subs,
+                    &remote.tenant,
+                    Command::Cancel,
+                    &[State::Trial, State::Active, State::PastDue, State::Suspended],
+                    now_us,
+                )
+                .await
+            }
+            _ => Ok("ignored: not a subscription meter made".into()),
+        },
+        other => Ok(format!("ignored: meter does not act on {other}")),
+    }
+}
+
+/// Applies `command` to `tenant`'s live subscription when it is in one of `from`.
+async fn apply(
+    ledger: &Ledger,
+    subs: &Subscriptions,
+    tenant: &str,
+    command: Command,
+    from: &[State],
+    now_us: i64,
+) -> Result<String, meter_billing::Error> {
+    let name = command.name();
+    let live = ledger.list(Some(tenant)).await?.into_iter().rev().find(|s| {
+        let mut s = s.clone();
+        s.advance(now_us);
+        s.state() != State::Expired
+    });
+    let Some(sub) = live else { return Ok(format!("no change: {tenant} has no live subscription")) };
+    let mut current = sub.clone();
+    current.advance(now_us);
+    if !from.contains(&current.state()) {
+        return Ok(format!("no change: subscription {} is {}", sub.id, current.state()));
+    }
+    let changed = subs.apply(&sub.id, command, now_us, "stripe", now_us).await?;
+    Ok(format!("{name}: subscription {} is now {}", changed.id, changed.state()))
+}
+
+fn rank(status: &str) -> u8 {
+    match status {
+        "paid" | "uncollectible" | "void" => 2,
+        "open" => 1,
+        _ => 0,
+    }
+}
