@@ -18,7 +18,7 @@ use utoipa::IntoParams;
 
 /// Where a closed period's invoices stand with the payment provider (admin): synced (their
 /// totals checked equal to meter's), not synced (no provider), pending, dead (with why).
-#[utoipa::path(get, path = "/api/v1/periods/{period}/sync", tag = "billing",
+#[utoipa::path(get, path = "/api/v1/periods/{period}/sync", tag = "billing", operation_id = "period_sync",
     params(("period" = String, Path, description = "YYYY-MM")),
     responses((status = 200, description = "The period's sync", body = PeriodSync)),
     security(("bearer" = [])))]
@@ -40,7 +40,7 @@ pub struct OperationsQuery {
 }
 
 /// The sync's operations (admin), oldest first; `?state=dead` is the dead list.
-#[utoipa::path(get, path = "/api/v1/sync/operations", tag = "billing", params(OperationsQuery),
+#[utoipa::path(get, path = "/api/v1/sync/operations", tag = "billing", operation_id = "list_sync_operations", params(OperationsQuery),
     responses((status = 200, description = "Operations", body = Vec<Operation>)),
     security(("bearer" = [])))]
 pub async fn operations(
@@ -59,7 +59,7 @@ pub async fn operations(
 }
 
 /// Try a dead operation again (admin), now; it keeps its idempotency keys.
-#[utoipa::path(post, path = "/api/v1/sync/operations/{id}/retry", tag = "billing",
+#[utoipa::path(post, path = "/api/v1/sync/operations/{id}/retry", tag = "billing", operation_id = "retry_sync_operation",
     params(("id" = i64, Path, description = "Operation id")),
     responses((status = 202, description = "Queued"), (status = 404, description = "No such dead operation", body = meter_ingest::Problem)),
     security(("bearer" = [])))]
@@ -75,7 +75,7 @@ pub async fn retry(
 /// Stripe's events (signed by Stripe with `[stripe] webhook_secret`; no API key). A verified
 /// event is kept by its id and answered at once; a redelivery changes nothing. A bad or stale
 /// signature (older than 300 s) is a 400 and changes nothing.
-#[utoipa::path(post, path = "/api/v1/stripe/webhook", tag = "billing", request_body = String,
+#[utoipa::path(post, path = "/api/v1/stripe/webhook", tag = "billing", operation_id = "stripe_webhook", request_body = String,
     responses(
         (status = 200, description = "Kept (or kept before)"),
         (status = 400, description = "Signature missing, wrong or stale; or not an event", body = meter_ingest::Problem),
