@@ -59,6 +59,7 @@ fn invoice(tenant: &str, lines: usize) -> Invoice {
     }
 }
 
+#[allow(clippy::print_stdout)]
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let (n, lines, rate) = (env("N", 1000), env("LINES", 4), env("RATE", 20));
