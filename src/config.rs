@@ -129,13 +129,23 @@ pub struct SyncConfig {
     /// The longest pause.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// How often Stripe's events are read from its API, for those a webhook missed.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_every: Duration,
 }
 
 /// The defaults are billing-sync's, which owns them.
 impl Default for SyncConfig {
     fn default() -> Self {
         let d = meter_billing_sync::worker::Settings::default();
-        Self { poll: d.poll, lease: d.lease, batch: d.batch, min_backoff: d.min_backoff, max_backoff: d.max_backoff }
+        Self {
+            poll: d.poll,
+            lease: d.lease,
+            batch: d.batch,
+            min_backoff: d.min_backoff,
+            max_backoff: d.max_backoff,
+            catch_up_every: meter_billing_sync::events::CATCH_UP_EVERY,
+        }
     }
 }
 

@@ -57,6 +57,30 @@ pub async fn receive(ledger: &Ledger, event: ReceivedEvent) -> Result<bool, mete
     Ok(new)
 }
 
+/// How often the sync role reads Stripe's events for those a webhook missed.
+pub const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How far back catching up reads past the newest event kept: events are not always listed in
+/// the order they were made.
+const CATCH_UP_SLACK_S: i64 = 300;
+
+/// Reads the provider's events since the newest kept (less a slack; the last 30 days when none
+/// is kept) and keeps those a webhook missed; returns how many were new.
+pub async fn catch_up(ledger: &Ledger, provider: &dyn crate::Provider, now_s: i64) -> Result<usize, crate::Error> {
+    let latest = ledger.store().latest_event_created().await.map_err(|e| crate::Error::Ledger(e.to_string()))?;
+    let since = latest.map_or(now_s - 30 * 86_400, |t| t - CATCH_UP_SLACK_S);
+    let mut new = 0;
+    for event in provider.events_since(since).await? {
+        if receive(ledger, event).await.map_err(|e| crate::Error::Ledger(e.to_string()))? {
+            new += 1;
+        }
+    }
+    if new > 0 {
+        tracing::info!(new, "caught up on Stripe events a webhook missed");
+    }
+    Ok(new)
+}
+
 /// Processes up to `limit` kept events; returns how many.
 pub async fn process_pending(
     ledger: &Ledger,

@@ -3,7 +3,7 @@
 
 use crate::Error;
 use async_trait::async_trait;
-use meter_billing::ledger::outbox::RemoteCustomer;
+use meter_billing::ledger::outbox::{ReceivedEvent, RemoteCustomer};
 use meter_rater::{Currency, Invoice};
 
 /// How an invoice is collected.
@@ -66,6 +66,10 @@ pub trait Provider: Send + Sync {
     /// finalized. Pushing it again (after a lost reply, a crash) gets what the first push made
     /// instead of making it twice. A customer's invoices must be pushed one at a time.
     async fn push_invoice(&self, invoice: &Invoice, customer: &str, collection: Collection) -> Result<Pushed, Error>;
+
+    /// The provider's events made at or after `created` (unix seconds), read from its API
+    /// rather than received: what a webhook missed. None without a provider.
+    async fn events_since(&self, created: i64) -> Result<Vec<ReceivedEvent>, Error>;
 }
 
 /// The embedded default: no provider; invoices stay in meter and every push says so.
@@ -93,5 +97,9 @@ impl Provider for NoProvider {
         _collection: Collection,
     ) -> Result<Pushed, Error> {
         Ok(Pushed::NotSynced)
+    }
+
+    async fn events_since(&self, _created: i64) -> Result<Vec<ReceivedEvent>, Error> {
+        Ok(Vec::new())
     }
 }

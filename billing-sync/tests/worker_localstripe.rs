@@ -157,6 +157,20 @@ async fn a_recorded_close_reaches_stripe_once_per_invoice_and_a_bad_one_is_dead(
     let counts = proxy.counts();
     assert_eq!(counts.key_errors, 0);
     assert!(counts.faults.values().sum::<usize>() >= 6, "{counts:?}");
+
+    // Events a webhook missed are read back from Stripe's API and kept once.
+    let now_s = meter_schemas::period::now_us() / 1_000_000;
+    let stripe =
+        Stripe::new(Client::new(Settings { api_base: stand_in.url.clone(), ..Settings::new(KEY) }).unwrap(), false);
+    let new = meter_billing_sync::events::catch_up(&ledger, &stripe, now_s).await.unwrap();
+    let kept = ledger.store().unprocessed_events(10_000).await.unwrap();
+    assert_eq!(new, kept.len());
+    assert!(
+        kept.iter().filter(|e| e.kind == "customer.subscription.created").count() >= 12,
+        "the mirrors' creation events: {:?}",
+        kept.iter().map(|e| &e.kind).collect::<Vec<_>>()
+    );
+    assert_eq!(meter_billing_sync::events::catch_up(&ledger, &stripe, now_s).await.unwrap(), 0, "nothing new twice");
 }
 
 #[tokio::test]

@@ -37,15 +37,21 @@ pub async fn start_sync_if_needed(
         }
         None => Arc::new(NoProvider),
     };
-    let worker = Worker::new(shared.ledger.clone(), provider, config.sync.settings());
-    let events = process_events(shared, config.sync.poll);
+    let worker = Worker::new(shared.ledger.clone(), provider.clone(), config.sync.settings());
+    let events = process_events(shared, provider, config.sync.poll, config.sync.catch_up_every);
     Ok(Some(tokio::spawn(async move {
         tokio::join!(worker.run(std::future::pending()), events);
     })))
 }
 
-/// Processes Stripe's kept events (see `meter_billing_sync::events`) as they come.
-fn process_events(shared: &Shared, poll: std::time::Duration) -> impl std::future::Future<Output = ()> + use<> {
+/// Processes Stripe's kept events as they come, and every `catch_up_every` reads the events a
+/// webhook may have missed from Stripe's API.
+fn process_events(
+    shared: &Shared,
+    provider: Arc<dyn Provider>,
+    poll: std::time::Duration,
+    catch_up_every: std::time::Duration,
+) -> impl std::future::Future<Output = ()> + use<> {
     let ledger = shared.ledger.clone();
     let subscriptions = meter_billing::Subscriptions {
         ledger: shared.ledger.clone(),
@@ -54,8 +60,15 @@ fn process_events(shared: &Shared, poll: std::time::Duration) -> impl std::futur
         live: shared.live.clone(),
     };
     async move {
+        let mut caught_up = std::time::Instant::now() - catch_up_every;
         loop {
             let now = meter_schemas::period::now_us();
+            if caught_up.elapsed() >= catch_up_every {
+                caught_up = std::time::Instant::now();
+                if let Err(e) = meter_billing_sync::events::catch_up(&ledger, &*provider, now / 1_000_000).await {
+                    tracing::warn!(error = %e, "catching up on Stripe's events failed; trying again later");
+                }
+            }
             match meter_billing_sync::events::process_pending(&ledger, &subscriptions, 100, now).await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}

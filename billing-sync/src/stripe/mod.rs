@@ -20,7 +20,7 @@ use crate::Error;
 use crate::amount::minor_units;
 use crate::provider::{Collection, Provider, Pushed, Synced};
 use async_trait::async_trait;
-use meter_billing::ledger::outbox::RemoteCustomer;
+use meter_billing::ledger::outbox::{ReceivedEvent, RemoteCustomer};
 use meter_rater::Invoice;
 use objects::{Customer, InvoiceItem, InvoiceLine, List};
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +34,7 @@ use stripe_billing::plan::{CreatePlan, CreatePlanInlineProductParams, CreatePlan
 use stripe_billing::subscription::{CreateSubscription, CreateSubscriptionItems};
 use stripe_client_core::StripeRequest;
 use stripe_core::customer::{CreateCustomer, ListCustomer};
+use stripe_core::event::ListEvent;
 use stripe_shared::{InvoiceCollectionMethod, PlanInterval};
 
 /// The most invoice items one Stripe invoice takes.
@@ -200,6 +201,28 @@ fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 impl Provider for Stripe {
     fn name(&self) -> &'static str {
         "stripe"
+    }
+
+    async fn events_since(&self, created: i64) -> Result<Vec<ReceivedEvent>, Error> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut list = ListEvent::new().created(stripe_types::RangeQueryTs::gte(created)).limit(100);
+            if let Some(id) = &after {
+                list = list.starting_after(id.as_str());
+            }
+            let page: List<serde_json::Value> = self.client.send(list.build()).await?;
+            let more = page.has_more && !page.data.is_empty();
+            for raw in page.data {
+                let event = crate::events::parse(raw.to_string().as_bytes())
+                    .map_err(|e| Error::Protocol { what: "GET /v1/events".into(), detail: e.to_string() })?;
+                after = Some(event.id.clone());
+                all.push(event);
+            }
+            if !more {
+                return Ok(all);
+            }
+        }
     }
 
     fn check(&self, invoice: &Invoice) -> Result<(), Error> {

@@ -276,10 +276,12 @@ pub async fn provider_invoices_move_forward_and_events_are_kept_once(store: Arc<
         body: format!("{{\"id\":\"{id}\"}}"),
         outcome: None,
     };
+    assert_eq!(store.latest_event_created().await.unwrap(), None);
     assert!(store.receive_event(ev("evt_2", "in_1", 20)).await.unwrap());
     assert!(store.receive_event(ev("evt_1", "in_1", 10)).await.unwrap());
     assert!(store.receive_event(ev("evt_3", "in_0", 30)).await.unwrap());
     assert!(!store.receive_event(ev("evt_1", "in_1", 10)).await.unwrap(), "a redelivery is not new");
+    assert_eq!(store.latest_event_created().await.unwrap(), Some(30));
     let ids = |v: Vec<ReceivedEvent>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
     assert_eq!(ids(store.unprocessed_events(10).await.unwrap()), ["evt_3", "evt_1", "evt_2"]);
     store.processed_event("evt_1".into(), "ignored".into(), 5).await.unwrap();

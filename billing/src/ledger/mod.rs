@@ -124,6 +124,10 @@ pub trait LedgerStore: Send + Sync {
 
     /// Marks event `id` processed with what came of it.
     async fn processed_event(&self, id: String, outcome: String, now_us: i64) -> Result<(), Error>;
+
+    /// When the provider made the newest event kept (unix seconds), if any: where catching up
+    /// on missed events starts.
+    async fn latest_event_created(&self) -> Result<Option<i64>, Error>;
 }
 
 /// The ledger.

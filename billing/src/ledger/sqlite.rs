@@ -407,6 +407,10 @@ impl LedgerStore for SqliteLedger {
         .await
     }
 
+    async fn latest_event_created(&self) -> Result<Option<i64>, Error> {
+        self.with(|c| Ok(c.query_row("SELECT max(created) FROM received_events", [], |r| r.get(0))?)).await
+    }
+
     async fn revive(&self, id: i64, now_us: i64) -> Result<bool, Error> {
         self.with(move |c| {
             let n = c.execute(
