@@ -21,7 +21,7 @@ pub mod worker;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use provider::{Collection, NoProvider, Provider, Pushed, Synced};
+pub use provider::{Collection, Earlier, NoProvider, Provider, Pushed, Synced};
 
 /// Metric names of the stage, declared once.
 pub mod metric {

@@ -19,6 +19,20 @@ pub enum Collection {
     },
 }
 
+/// What meter knows of earlier tries of a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Earlier {
+    /// None, or all within the provider's idempotency window: replaying the same requests with
+    /// the same keys gets their first replies.
+    WithinWindow,
+    /// One before the window: the provider forgot its keys, so what it made is looked up
+    /// before anything is sent again.
+    BeforeWindow,
+}
+
+/// How long Stripe keeps an idempotency key (24 h), less a margin for clocks.
+pub const IDEMPOTENCY_WINDOW_US: i64 = 23 * 3_600_000_000;
+
 /// An invoice the provider holds.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Synced {
@@ -65,7 +79,13 @@ pub trait Provider: Send + Sync {
     /// each with the line's exact amount, its total checked equal to meter's before it is
     /// finalized. Pushing it again (after a lost reply, a crash) gets what the first push made
     /// instead of making it twice. A customer's invoices must be pushed one at a time.
-    async fn push_invoice(&self, invoice: &Invoice, customer: &str, collection: Collection) -> Result<Pushed, Error>;
+    async fn push_invoice(
+        &self,
+        invoice: &Invoice,
+        customer: &str,
+        collection: Collection,
+        earlier: Earlier,
+    ) -> Result<Pushed, Error>;
 
     /// The provider's events made at or after `created` (unix seconds), read from its API
     /// rather than received: what a webhook missed. None without a provider.
@@ -95,6 +115,7 @@ impl Provider for NoProvider {
         _invoice: &Invoice,
         _customer: &str,
         _collection: Collection,
+        _earlier: Earlier,
     ) -> Result<Pushed, Error> {
         Ok(Pushed::NotSynced)
     }

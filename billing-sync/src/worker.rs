@@ -3,7 +3,7 @@
 //! the provider, and settles it: done with what came of it, again later after a transient
 //! failure (exponential backoff with jitter), or dead with its reason.
 
-use crate::provider::{Collection, Provider, Pushed};
+use crate::provider::{Collection, Earlier, Provider, Pushed};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use meter_billing::Ledger;
@@ -87,7 +87,7 @@ impl Worker {
     }
 
     /// The tenant's customer (made and recorded once), then the invoice.
-    async fn push(&self, invoice: &meter_rater::Invoice) -> Result<Pushed, crate::Error> {
+    async fn push(&self, invoice: &meter_rater::Invoice, earlier: Earlier) -> Result<Pushed, crate::Error> {
         self.provider.check(invoice)?;
         let known = self.ledger.remote_customer(&invoice.tenant).await.map_err(ledger_error)?;
         let remote = match known {
@@ -100,7 +100,8 @@ impl Worker {
                 None => return Ok(Pushed::NotSynced),
             },
         };
-        let pushed = self.provider.push_invoice(invoice, &remote.customer, Collection::ChargeAutomatically).await?;
+        let pushed =
+            self.provider.push_invoice(invoice, &remote.customer, Collection::ChargeAutomatically, earlier).await?;
         if let Pushed::Synced(s) = &pushed {
             let known = meter_billing::ledger::outbox::RemoteInvoice {
                 remote: s.invoice.clone(),
@@ -116,7 +117,13 @@ impl Worker {
     async fn perform(&self, op: &Operation, now_us: i64) -> Settle {
         let result = match op.kind {
             OpKind::PushInvoice => match serde_json::from_str::<meter_rater::Invoice>(&op.body) {
-                Ok(invoice) => self.push(&invoice).await,
+                Ok(invoice) => {
+                    let earlier = match op.first_tried_us {
+                        Some(t) if now_us - t > crate::provider::IDEMPOTENCY_WINDOW_US => Earlier::BeforeWindow,
+                        _ => Earlier::WithinWindow,
+                    };
+                    self.push(&invoice, earlier).await
+                }
                 Err(e) => return Settle::Dead(format!("the stored invoice does not parse: {e}")),
             },
         };

@@ -4,7 +4,7 @@
 use meter_billing_sync::stripe::{Client, Settings, Stripe};
 use meter_billing_sync::testing::proxy::{ADAPTATIONS, FAULTS, Proxy};
 use meter_billing_sync::testing::{KEY, LocalStripe, direct};
-use meter_billing_sync::{Collection, Error, Provider, Pushed};
+use meter_billing_sync::{Collection, Earlier, Error, Provider, Pushed};
 use meter_rater::{Invoice, Line, LineKind, Lineage};
 use reqwest::Method;
 use rust_decimal::Decimal;
@@ -87,14 +87,14 @@ async fn invoices_reach_stripe_exactly_once_through_every_fault() {
     };
     let mut first = Vec::new();
     for (inv, customer) in invoices.iter().zip(&customers) {
-        match stripe.push_invoice(inv, customer, collection(inv)).await.unwrap() {
+        match stripe.push_invoice(inv, customer, collection(inv), Earlier::WithinWindow).await.unwrap() {
             Pushed::Synced(s) => first.push(s),
             Pushed::NotSynced => panic!("Stripe is configured"),
         }
     }
     // Pushed again, as after a crash that lost what the first push learnt: the same objects.
     for ((inv, s), customer) in invoices.iter().zip(&first).zip(&customers) {
-        let again = stripe.push_invoice(inv, customer, collection(inv)).await.unwrap();
+        let again = stripe.push_invoice(inv, customer, collection(inv), Earlier::WithinWindow).await.unwrap();
         assert_eq!(again, Pushed::Synced(s.clone()), "{}", inv.id);
     }
 
@@ -160,7 +160,12 @@ async fn refusals_and_answers_that_are_not_stripe_are_clear_errors_and_send_noth
     // A line Stripe cannot take: nothing is sent.
     let before = proxy.counts().received;
     let e = stripe
-        .push_invoice(&invoice("acme", "KWD", &["1.000", "2.345"]), "cus_x", Collection::ChargeAutomatically)
+        .push_invoice(
+            &invoice("acme", "KWD", &["1.000", "2.345"]),
+            "cus_x",
+            Collection::ChargeAutomatically,
+            Earlier::WithinWindow,
+        )
         .await;
     let e = e.unwrap_err();
     assert!(matches!(&e, Error::Unrepresentable { line, .. } if line == "inv_acme_2026-10_002"), "{e}");
@@ -176,10 +181,87 @@ async fn refusals_and_answers_that_are_not_stripe_are_clear_errors_and_send_noth
     // A request Stripe refuses (an item for a customer that does not exist) is not retried.
     let received = proxy.counts().received;
     let e = stripe
-        .push_invoice(&invoice("acme", "EUR", &["1.00"]), "cus_missing", Collection::ChargeAutomatically)
+        .push_invoice(
+            &invoice("acme", "EUR", &["1.00"]),
+            "cus_missing",
+            Collection::ChargeAutomatically,
+            Earlier::WithinWindow,
+        )
         .await
         .unwrap_err();
     assert!(matches!(&e, Error::Refused { status: 404, .. }), "{e}");
     assert!(!e.is_transient());
     assert_eq!(proxy.counts().received - received, 1, "one try");
+}
+
+/// Past Stripe's 24 h idempotency window its keys answer nothing (a fresh proxy forgets them): a
+/// push tried before the window looks up what it made instead of making it twice, whether it
+/// got as far as the invoice or only some of its items.
+#[tokio::test]
+async fn a_push_retried_after_the_idempotency_window_finds_what_it_made() {
+    let stand_in = LocalStripe::start();
+    let before = Proxy::start(&stand_in.url, 0, Duration::from_secs(3)).await;
+    let stripe = Stripe::new(Client::new(settings(&before.url, KEY)).unwrap(), false);
+    let whole = invoice("acme", "EUR", &["10.00", "-2.50", "0.99"]);
+    let acme = stripe.ensure_customer("acme", whole.currency).await.unwrap().unwrap().customer;
+    let Pushed::Synced(first) =
+        stripe.push_invoice(&whole, &acme, Collection::ChargeAutomatically, Earlier::WithinWindow).await.unwrap()
+    else {
+        panic!("not synced")
+    };
+    // A day later: Stripe forgot the keys.
+    let after = Proxy::start(&stand_in.url, 0, Duration::from_secs(3)).await;
+    let later = Stripe::new(Client::new(settings(&after.url, KEY)).unwrap(), false);
+    let again =
+        later.push_invoice(&whole, &acme, Collection::ChargeAutomatically, Earlier::BeforeWindow).await.unwrap();
+    assert_eq!(again, Pushed::Synced(first.clone()));
+
+    // A push that made two of its three items before it stopped, a day ago.
+    let partial = invoice("globex", "EUR", &["1.00", "2.00", "3.00"]);
+    let globex = stripe.ensure_customer("globex", partial.currency).await.unwrap().unwrap().customer;
+    for line in &partial.lines[..2] {
+        let amount = (line.amount * rust_decimal::Decimal::from(100)).to_string();
+        let amount = amount.split('.').next().unwrap().to_string();
+        direct(
+            &stand_in.url,
+            Method::POST,
+            "/v1/invoiceitems",
+            &[
+                ("customer", globex.as_str()),
+                ("amount", amount.as_str()),
+                ("currency", "eur"),
+                ("metadata[meter_invoice_id]", partial.id.as_str()),
+                ("metadata[meter_line_id]", line.id.as_str()),
+            ],
+        )
+        .await;
+    }
+    let Pushed::Synced(s) =
+        later.push_invoice(&partial, &globex, Collection::ChargeAutomatically, Earlier::BeforeWindow).await.unwrap()
+    else {
+        panic!("not synced")
+    };
+    assert_eq!(s.total_minor, 600);
+    for (customer, inv) in [(&acme, &whole), (&globex, &partial)] {
+        let list =
+            direct(&stand_in.url, Method::GET, &format!("/v1/invoices?customer={customer}&limit=100"), &[]).await;
+        let mut ours = Vec::new();
+        for i in list["data"].as_array().unwrap() {
+            let lines = direct(
+                &stand_in.url,
+                Method::GET,
+                &format!("/v1/invoices/{}/lines?limit=100", i["id"].as_str().unwrap()),
+                &[],
+            )
+            .await;
+            for l in lines["data"].as_array().unwrap() {
+                if l["metadata"]["meter_invoice_id"] == inv.id.as_str() {
+                    ours.push(l["metadata"]["meter_line_id"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        ours.sort();
+        let want: Vec<String> = inv.lines.iter().map(|l| l.id.clone()).collect();
+        assert_eq!(ours, want, "each line once in Stripe for {}", inv.id);
+    }
 }

@@ -18,7 +18,7 @@ pub use http::{Client, Settings, api_version};
 
 use crate::Error;
 use crate::amount::minor_units;
-use crate::provider::{Collection, Provider, Pushed, Synced};
+use crate::provider::{Collection, Earlier, Provider, Pushed, Synced};
 use async_trait::async_trait;
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteCustomer};
 use meter_rater::Invoice;
@@ -26,9 +26,9 @@ use objects::{Customer, InvoiceItem, InvoiceLine, List};
 use std::collections::{BTreeMap, HashMap};
 use stripe_billing::invoice::{
     CreateInvoice, CreateInvoiceAutomaticTax, CreateInvoicePendingInvoiceItemsBehavior, FinalizeInvoiceInvoice,
-    RetrieveInvoice,
+    ListInvoice, RetrieveInvoice,
 };
-use stripe_billing::invoice_item::CreateInvoiceItem;
+use stripe_billing::invoice_item::{CreateInvoiceItem, ListInvoiceItem};
 use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
 use stripe_billing::plan::{CreatePlan, CreatePlanInlineProductParams, CreatePlanProduct};
 use stripe_billing::subscription::{CreateSubscription, CreateSubscriptionItems};
@@ -149,6 +149,102 @@ impl Stripe {
         Stripe { client, automatic_tax, zero_plans: Default::default() }
     }
 
+    /// Checks `created`'s lines and total against meter's and finalizes it (unless it is
+    /// already past draft).
+    async fn verify_and_finalize(
+        &self,
+        invoice: &Invoice,
+        items: &[Item],
+        expected: i64,
+        customer: String,
+        created: objects::Invoice,
+    ) -> Result<Pushed, Error> {
+        check_lines(&invoice.id, items, &self.lines(&created.id).await?)?;
+        let read: objects::Invoice = self.client.send(RetrieveInvoice::new(created.id.as_str()).build()).await?;
+        let before_tax = read.total_excluding_tax.ok_or_else(|| Error::Protocol {
+            what: format!("GET /v1/invoices/{}", read.id),
+            detail: "the invoice has no total_excluding_tax".into(),
+        })?;
+        if before_tax != expected {
+            return Err(Error::Mismatch {
+                invoice: invoice.id.clone(),
+                detail: format!("Stripe's total before tax is {before_tax}, meter's {expected} (minor units)"),
+            });
+        }
+        let finalized: objects::Invoice = if read.status.as_deref() == Some("draft") {
+            self.client.send(FinalizeInvoiceInvoice::new(created.id.as_str()).auto_advance(false).build()).await?
+        } else {
+            read
+        };
+        Ok(Pushed::Synced(Synced {
+            customer,
+            invoice: finalized.id,
+            status: finalized.status.unwrap_or_default(),
+            total_minor: before_tax,
+            items: items.len(),
+            aggregated: items.iter().filter(|i| i.lines.len() > 1).map(|i| i.lines.len()).sum(),
+        }))
+    }
+
+    /// The invoice of `customer` carrying lines of meter invoice `invoice`, if one was made
+    /// (read by its lines' metadata, which every Stripe keeps; the invoice's own metadata says
+    /// the same on Stripe).
+    async fn find_invoice(&self, customer: &str, invoice: &str) -> Result<Option<objects::Invoice>, Error> {
+        let mut after: Option<String> = None;
+        loop {
+            let mut list = ListInvoice::new().customer(customer).limit(100);
+            if let Some(id) = &after {
+                list = list.starting_after(id.as_str());
+            }
+            let page: List<objects::Invoice> = self.client.send(list.build()).await?;
+            let more = page.has_more && !page.data.is_empty();
+            for candidate in page.data {
+                after = Some(candidate.id.clone());
+                let ours = candidate.metadata.get("meter_invoice_id").is_some_and(|m| m == invoice)
+                    || self
+                        .lines(&candidate.id)
+                        .await?
+                        .iter()
+                        .any(|l| l.metadata.get("meter_invoice_id").is_some_and(|m| m == invoice));
+                if ours {
+                    return Ok(Some(candidate));
+                }
+            }
+            if !more {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The meter lines of `invoice` already made as pending items of `customer`.
+    async fn pending_items_of(
+        &self,
+        customer: &str,
+        invoice: &str,
+    ) -> Result<std::collections::HashSet<String>, Error> {
+        let mut made = std::collections::HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut list = ListInvoiceItem::new().customer(customer).pending(true).limit(100);
+            if let Some(id) = &after {
+                list = list.starting_after(id.as_str());
+            }
+            let page: List<InvoiceItem> = self.client.send(list.build()).await?;
+            let more = page.has_more && !page.data.is_empty();
+            for item in page.data {
+                after = Some(item.id.clone());
+                if item.metadata.get("meter_invoice_id").is_some_and(|m| m == invoice)
+                    && let Some(line) = item.metadata.get("meter_line_id")
+                {
+                    made.insert(line.clone());
+                }
+            }
+            if !more {
+                return Ok(made);
+            }
+        }
+    }
+
     /// Checks that Stripe answers and takes the key (one light read): a key Stripe refuses is
     /// [`Error::Config`], which names the problem, not the key.
     pub async fn verify(&self) -> Result<(), Error> {
@@ -252,12 +348,27 @@ impl Provider for Stripe {
         }))
     }
 
-    async fn push_invoice(&self, invoice: &Invoice, customer: &str, collection: Collection) -> Result<Pushed, Error> {
+    async fn push_invoice(
+        &self,
+        invoice: &Invoice,
+        customer: &str,
+        collection: Collection,
+        earlier: Earlier,
+    ) -> Result<Pushed, Error> {
         let items = plan_items(invoice)?;
         let expected: i64 = items.iter().map(|i| i.amount).sum();
         let customer = customer.to_owned();
         let currency = stripe_currency(invoice.currency);
-        for item in &items {
+        // Past Stripe's idempotency window the keys no longer answer for what earlier tries
+        // made: look it up instead of making it again.
+        let mut made = std::collections::HashSet::new();
+        if earlier == Earlier::BeforeWindow {
+            if let Some(found) = self.find_invoice(&customer, &invoice.id).await? {
+                return self.verify_and_finalize(invoice, &items, expected, customer, found).await;
+            }
+            made = self.pending_items_of(&customer, &invoice.id).await?;
+        }
+        for item in items.iter().filter(|i| !made.contains(&i.line_key())) {
             let key = item.line_key();
             let mut md = vec![("meter_invoice_id", invoice.id.as_str()), ("meter_line_id", key.as_str())];
             if let Some(h) = &item.inputs_hash {
@@ -292,28 +403,7 @@ impl Provider for Stripe {
             create = create.automatic_tax(CreateInvoiceAutomaticTax::new(true));
         }
         let created: objects::Invoice = self.client.send(create.build()).await?;
-        check_lines(&invoice.id, &items, &self.lines(&created.id).await?)?;
-        let read: objects::Invoice = self.client.send(RetrieveInvoice::new(created.id.as_str()).build()).await?;
-        let before_tax = read.total_excluding_tax.ok_or_else(|| Error::Protocol {
-            what: format!("GET /v1/invoices/{}", read.id),
-            detail: "the invoice has no total_excluding_tax".into(),
-        })?;
-        if before_tax != expected {
-            return Err(Error::Mismatch {
-                invoice: invoice.id.clone(),
-                detail: format!("Stripe's total before tax is {before_tax}, meter's {expected} (minor units)"),
-            });
-        }
-        let finalized: objects::Invoice =
-            self.client.send(FinalizeInvoiceInvoice::new(created.id.as_str()).auto_advance(false).build()).await?;
-        Ok(Pushed::Synced(Synced {
-            customer,
-            invoice: finalized.id,
-            status: finalized.status.unwrap_or_default(),
-            total_minor: before_tax,
-            items: items.len(),
-            aggregated: items.iter().filter(|i| i.lines.len() > 1).map(|i| i.lines.len()).sum(),
-        }))
+        self.verify_and_finalize(invoice, &items, expected, customer, created).await
     }
 }
 

@@ -62,4 +62,7 @@ pub struct InvoiceItem {
     pub id: String,
     /// Minor units.
     pub amount: i64,
+    /// Its metadata (`meter_invoice_id`, `meter_line_id`).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }

@@ -29,6 +29,7 @@ pub const ADAPTATIONS: &[&str] = &[
      their items)",
     "POST /v1/invoices/{id}/finalize: sent to localstripe as GET /v1/invoices/{id} with auto_advance dropped \
      (localstripe has no finalize; its drafts are payable as they are)",
+    "GET /v1/invoiceitems: drops pending=true, which localstripe refuses (it lists only pending items)",
     "replies carrying an invoice: total_excluding_tax, which localstripe lacks, is renamed from its subtotal \
      (localstripe computes no tax)",
 ];
@@ -258,6 +259,7 @@ async fn forward(p: &Inner, method: &Method, uri: &Uri, auth: Option<&str>, body
     }
     let mut url = format!("{}{}", p.upstream, path);
     if let Some(q) = uri.query() {
+        let q = if path == "/v1/invoiceitems" { drop_params(q, &["pending"]) } else { q.to_string() };
         url = format!("{url}?{q}");
     }
     let sent = body.clone();
