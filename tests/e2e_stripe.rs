@@ -38,7 +38,7 @@ fn env(proxy: &str) -> Vec<(&'static str, String)> {
         ("METER__STRIPE__API_KEY", KEY.into()),
         ("METER__STRIPE__API_BASE", proxy.into()),
         ("METER__STRIPE__RATE_LIMIT", "200".into()),
-        ("METER__STRIPE__ATTEMPTS", "3".into()),
+        ("METER__STRIPE__ATTEMPTS", "6".into()),
         ("METER__STRIPE__TIMEOUT", "1s".into()),
         ("METER__SYNC__POLL", "100ms".into()),
         ("METER__SYNC__LEASE", "2s".into()),
@@ -240,6 +240,46 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
         assert!(counts.faults.get(&format!("{f:?}")).is_some_and(|n| *n > 0), "no {f:?}: {counts:?}");
     }
     eprintln!("{counts:?}");
+
+    // The reconciliation against Stripe: nothing differs; money rated equals money pushed.
+    let reconcile = || async {
+        // Through the proxy's faults a read can fail every try: 502, and the caller asks again.
+        for _ in 0..5 {
+            let (s, rec) =
+                call(Method::GET, format!("{}/api/v1/periods/{period}/reconciliation", meter.url), &admin, None).await;
+            if s == 200 {
+                return rec;
+            }
+            assert_eq!(s, 502, "{rec}");
+        }
+        panic!("the reconciliation failed five times");
+    };
+    let rec = reconcile().await;
+    assert_eq!(rec["invoices"], with_lines.len());
+    assert_eq!(rec["with_differences"], 0, "{rec:#}");
+    assert_eq!(rec["rated"], rec["pushed"], "{rec:#}");
+    // Someone adds a copy of a line of tenant-03's invoice in Stripe: the reconciliation says so.
+    let t3 = with_lines.iter().find(|i| i["tenant"] == "tenant-03").unwrap();
+    let cus3 = &per_tenant["tenant-03"][0];
+    let line = &t3["lines"][0];
+    direct(
+        &stand_in.url,
+        Method::POST,
+        "/v1/invoiceitems",
+        &[
+            ("customer", cus3.as_str()),
+            ("amount", "100"),
+            ("currency", "usd"),
+            ("metadata[meter_invoice_id]", t3["id"].as_str().unwrap()),
+            ("metadata[meter_line_id]", line["id"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    direct(&stand_in.url, Method::POST, "/v1/invoices", &[("customer", cus3.as_str())]).await;
+    let rec = reconcile().await;
+    assert_eq!(rec["with_differences"], 1, "{rec:#}");
+    let row = rec["rows"].as_array().unwrap().iter().find(|r| r["tenant"] == "tenant-03").unwrap();
+    assert!(row["differences"][0].as_str().unwrap().contains("2 invoices in the provider carry it"), "{row:#}");
 
     // Stripe's events back, signed as Stripe signs them.
     let url = meter.url.clone();

@@ -18,6 +18,8 @@ pub enum ApiError {
     BadRequest(String),
     /// Storage failed.
     Unavailable(String),
+    /// The payment provider failed or refused.
+    Upstream(String),
     /// No route serves this path.
     NotFound(String),
     /// The resource (a subscription, a closed period) does not exist, or is another tenant's.
@@ -43,6 +45,7 @@ impl ApiError {
             ApiError::Auth(AuthError::TenantRequired) | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Auth(AuthError::Unavailable(_)) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unratable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -106,6 +109,23 @@ impl From<meter_billing_sync::signature::SignatureError> for ApiError {
     }
 }
 
+impl From<meter_billing_sync::Error> for ApiError {
+    fn from(e: meter_billing_sync::Error) -> Self {
+        use meter_billing_sync::Error as S;
+        match e {
+            e @ S::Ledger(_) => ApiError::Unavailable(e.to_string()),
+            e @ S::Unavailable { .. } => ApiError::Upstream(e.to_string()),
+            e @ (S::Config(_) | S::Refused { .. } | S::Protocol { .. }) => {
+                tracing::error!(error = %e, "the payment provider refused or answered wrongly");
+                ApiError::Upstream(e.to_string())
+            }
+            e @ (S::Unrepresentable { .. } | S::Mismatch { .. }) => {
+                ApiError::Conflict { detail: e.to_string(), allowed: None }
+            }
+        }
+    }
+}
+
 impl From<meter_billing_sync::events::Malformed> for ApiError {
     fn from(e: meter_billing_sync::events::Malformed) -> Self {
         ApiError::BadRequest(e.to_string())
@@ -157,6 +177,7 @@ impl ApiError {
             ApiError::Auth(e @ AuthError::WrongRole { .. }) => e.to_string(),
             ApiError::Auth(e) if errors.is_empty() => e.to_string(),
             ApiError::Unavailable(m) => format!("storage unavailable: {m}"),
+            ApiError::Upstream(m) => format!("payment provider: {m}"),
             ApiError::NotFound(path) => format!("no such endpoint: {path}; see /api/v1/openapi.json"),
             ApiError::Missing(m)
             | ApiError::Conflict { detail: m, .. }

@@ -82,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(billing::period_report))
         .routes(routes!(billing::upcoming_invoice))
         .routes(routes!(sync::period_sync))
+        .routes(routes!(sync::reconciliation))
         .routes(routes!(sync::operations))
         .routes(routes!(sync::retry))
         .routes(routes!(sync::stripe_webhook))

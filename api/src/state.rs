@@ -44,6 +44,8 @@ pub struct Billing {
     /// The secrets Stripe signs its events with (`[stripe] webhook_secret`, and the previous
     /// one during a rotation); none: Stripe's events are not taken.
     pub stripe_webhook_secrets: Vec<String>,
+    /// The payment provider, for reconciliation.
+    pub provider: Arc<dyn meter_billing_sync::Provider>,
 }
 
 /// The consumers this process runs, whose state readiness reports. The composition root takes

@@ -31,6 +31,23 @@ pub async fn period_sync(
     Ok(Json(meter_billing_sync::status::period_sync(&state.billing.subscriptions.ledger, period).await?))
 }
 
+/// A closed period reconciled against the payment provider (admin): for every meter invoice,
+/// whether the provider holds it exactly once, in its currency, each line's amount and the total
+/// before tax, its status there and the tax it added; money rated and pushed per currency.
+#[utoipa::path(get, path = "/api/v1/periods/{period}/reconciliation", tag = "billing", operation_id = "reconcile_period",
+    params(("period" = String, Path, description = "YYYY-MM")),
+    responses((status = 200, description = "The reconciliation", body = meter_billing_sync::reconcile::Reconciliation)),
+    security(("bearer" = [])))]
+pub async fn reconciliation(
+    State(state): State<Arc<AppState>>,
+    _: Admin<ExportPeriods>,
+    Path(period): Path<String>,
+) -> Result<Json<meter_billing_sync::reconcile::Reconciliation>, ApiError> {
+    let period = period_of(&period)?;
+    let ledger = &state.billing.subscriptions.ledger;
+    Ok(Json(meter_billing_sync::reconcile::reconcile(ledger, &*state.billing.provider, period).await?))
+}
+
 /// Query of the operation list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

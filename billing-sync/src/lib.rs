@@ -13,6 +13,7 @@ pub mod amount;
 pub mod events;
 pub mod key;
 pub mod provider;
+pub mod reconcile;
 pub mod signature;
 pub mod status;
 pub mod stripe;

@@ -65,6 +65,10 @@ pub trait Provider: Send + Sync {
     /// `stripe`, `none`.
     fn name(&self) -> &'static str;
 
+    /// Checks that the provider answers and takes meter's credentials: [`Error::Config`] when
+    /// it refuses them.
+    async fn verify(&self) -> Result<(), Error>;
+
     /// Whether the provider can take `invoice` as it is (every line's amount, exactly); checked
     /// before anything of it, its customer included, is sent.
     fn check(&self, invoice: &Invoice) -> Result<(), Error>;
@@ -87,6 +91,10 @@ pub trait Provider: Send + Sync {
         earlier: Earlier,
     ) -> Result<Pushed, Error>;
 
+    /// Every invoice of `customer` carrying lines of meter invoice `invoice`, as the provider
+    /// holds it (reconciliation).
+    async fn held(&self, customer: &str, invoice: &str) -> Result<Vec<crate::reconcile::Held>, Error>;
+
     /// The provider's events made at or after `created` (unix seconds), read from its API
     /// rather than received: what a webhook missed. None without a provider.
     async fn events_since(&self, created: i64) -> Result<Vec<ReceivedEvent>, Error>;
@@ -100,6 +108,10 @@ pub struct NoProvider;
 impl Provider for NoProvider {
     fn name(&self) -> &'static str {
         "none"
+    }
+
+    async fn verify(&self) -> Result<(), Error> {
+        Ok(())
     }
 
     fn check(&self, _invoice: &Invoice) -> Result<(), Error> {
@@ -121,6 +133,10 @@ impl Provider for NoProvider {
     }
 
     async fn events_since(&self, _created: i64) -> Result<Vec<ReceivedEvent>, Error> {
+        Ok(Vec::new())
+    }
+
+    async fn held(&self, _customer: &str, _invoice: &str) -> Result<Vec<crate::reconcile::Held>, Error> {
         Ok(Vec::new())
     }
 }

@@ -173,6 +173,7 @@ fn app_state(shared: &shared::Shared, config: &Config, health: Health) -> AppSta
             lateness_us: config.ingest.limits().lateness_us,
         },
         stripe_webhook_secrets: config.stripe.webhook_secrets(),
+        provider: shared.provider.clone(),
     };
     AppState {
         keys: shared.keys.clone(),

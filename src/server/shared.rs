@@ -26,6 +26,8 @@ pub(super) struct Shared {
     /// Every tenant's plan; the live counters raise alerts against it.
     pub allowances: Arc<PlanAllowances>,
     pub webhooks: Arc<Webhooks>,
+    /// The payment provider (one client, one rate limit, for the sync and the API).
+    pub provider: Arc<dyn meter_billing_sync::Provider>,
 }
 
 impl Shared {
@@ -65,7 +67,8 @@ impl Shared {
             )),
             StoreBackend::Sqlite(_) => None,
         };
-        Ok(Shared { keys, catalog, log, live, clickhouse, book, ledger, allowances, webhooks })
+        let provider = super::sync::provider(config)?;
+        Ok(Shared { keys, catalog, log, live, clickhouse, book, ledger, allowances, webhooks, provider })
     }
 
     /// The history and the consumer whose watermarks it reports: ClickHouse and the sink's

@@ -10,6 +10,14 @@ use meter_billing_sync::{NoProvider, Provider};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
+/// The payment provider `config` names: Stripe when `[stripe] api_key` is set, otherwise none.
+pub fn provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
+    Ok(match config.stripe.settings()? {
+        Some(settings) => Arc::new(Stripe::new(Client::new(settings)?, config.stripe.automatic_tax)),
+        None => Arc::new(NoProvider),
+    })
+}
+
 /// Starts the outbox's worker when this process runs the sync role. A Stripe key that Stripe
 /// refuses stops the start with an error that names the problem (never the key); a Stripe that
 /// does not answer does not (metering goes on; the outbox waits).
@@ -21,22 +29,17 @@ pub async fn start_sync_if_needed(
     if !run {
         return Ok(None);
     }
-    let provider: Arc<dyn Provider> = match config.stripe.settings()? {
-        Some(settings) => {
-            let api_base = settings.api_base.clone();
-            let stripe = Stripe::new(Client::new(settings)?, config.stripe.automatic_tax);
-            match stripe.verify().await {
-                Ok(()) => tracing::info!(%api_base, "syncing invoices to Stripe"),
-                // Stripe down or slow at start-up must not stop metering: the outbox waits.
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(%api_base, error = %e, "Stripe does not answer yet; the sync will keep trying")
-                }
-                Err(e) => return Err(e).with_context(|| format!("Stripe at {api_base} cannot be used")),
+    let provider = shared.provider.clone();
+    if let Some(api_base) = config.stripe.api_key.as_ref().map(|_| &config.stripe.api_base) {
+        match provider.verify().await {
+            Ok(()) => tracing::info!(%api_base, "syncing invoices to Stripe"),
+            // Stripe down or slow at start-up must not stop metering: the outbox waits.
+            Err(e) if e.is_transient() => {
+                tracing::warn!(%api_base, error = %e, "Stripe does not answer yet; the sync will keep trying")
             }
-            Arc::new(stripe)
+            Err(e) => return Err(e).with_context(|| format!("Stripe at {api_base} cannot be used")),
         }
-        None => Arc::new(NoProvider),
-    };
+    }
     let worker = Worker::new(shared.ledger.clone(), provider.clone(), config.sync.settings());
     let events = process_events(shared, provider, config.sync.poll, config.sync.catch_up_every);
     Ok(Some(tokio::spawn(async move {

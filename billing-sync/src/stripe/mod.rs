@@ -190,6 +190,18 @@ impl Stripe {
     /// (read by its lines' metadata, which every Stripe keeps; the invoice's own metadata says
     /// the same on Stripe).
     async fn find_invoice(&self, customer: &str, invoice: &str) -> Result<Option<objects::Invoice>, Error> {
+        Ok(self.invoices_carrying(customer, invoice, true).await?.into_iter().next().map(|(i, _)| i))
+    }
+
+    /// The invoices of `customer` carrying lines of meter invoice `invoice`, with their lines;
+    /// the first only when `first`.
+    async fn invoices_carrying(
+        &self,
+        customer: &str,
+        invoice: &str,
+        first: bool,
+    ) -> Result<Vec<(objects::Invoice, Vec<InvoiceLine>)>, Error> {
+        let mut found = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let mut list = ListInvoice::new().customer(customer).limit(100);
@@ -200,18 +212,18 @@ impl Stripe {
             let more = page.has_more && !page.data.is_empty();
             for candidate in page.data {
                 after = Some(candidate.id.clone());
+                let lines = self.lines(&candidate.id).await?;
                 let ours = candidate.metadata.get("meter_invoice_id").is_some_and(|m| m == invoice)
-                    || self
-                        .lines(&candidate.id)
-                        .await?
-                        .iter()
-                        .any(|l| l.metadata.get("meter_invoice_id").is_some_and(|m| m == invoice));
+                    || lines.iter().any(|l| l.metadata.get("meter_invoice_id").is_some_and(|m| m == invoice));
                 if ours {
-                    return Ok(Some(candidate));
+                    found.push((candidate, lines));
+                    if first {
+                        return Ok(found);
+                    }
                 }
             }
             if !more {
-                return Ok(None);
+                return Ok(found);
             }
         }
     }
@@ -243,13 +255,6 @@ impl Stripe {
                 return Ok(made);
             }
         }
-    }
-
-    /// Checks that Stripe answers and takes the key (one light read): a key Stripe refuses is
-    /// [`Error::Config`], which names the problem, not the key.
-    pub async fn verify(&self) -> Result<(), Error> {
-        let _: List<Customer> = self.client.send(ListCustomer::new().limit(1).build()).await?;
-        Ok(())
     }
 
     /// The zero-amount monthly plan of `currency` the mirrors subscribe to: it bills nothing.
@@ -297,6 +302,33 @@ fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 impl Provider for Stripe {
     fn name(&self) -> &'static str {
         "stripe"
+    }
+
+    async fn verify(&self) -> Result<(), Error> {
+        let _: List<Customer> = self.client.send(ListCustomer::new().limit(1).build()).await?;
+        Ok(())
+    }
+
+    async fn held(&self, customer: &str, invoice: &str) -> Result<Vec<crate::reconcile::Held>, Error> {
+        let mut held = Vec::new();
+        for (inv, lines) in self.invoices_carrying(customer, invoice, false).await? {
+            let read: objects::Invoice = self.client.send(RetrieveInvoice::new(inv.id.as_str()).build()).await?;
+            let before_tax = read.total_excluding_tax.unwrap_or(read.total);
+            let mut by_line: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+            for l in lines.iter().filter(|l| l.metadata.get("meter_invoice_id").is_some_and(|m| m == invoice)) {
+                let key = l.metadata.get("meter_line_id").cloned().unwrap_or_default();
+                by_line.entry(key).or_default().push(l.amount);
+            }
+            held.push(crate::reconcile::Held {
+                id: read.id,
+                status: read.status.unwrap_or_default(),
+                currency: read.currency,
+                total_excluding_tax: before_tax,
+                tax: read.total - before_tax,
+                lines: by_line,
+            });
+        }
+        Ok(held)
     }
 
     async fn events_since(&self, created: i64) -> Result<Vec<ReceivedEvent>, Error> {
