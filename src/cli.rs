@@ -26,8 +26,9 @@ pub enum Command {
     Aggregate(ServeArgs),
     /// Run the sink that fills the ClickHouse store from the Kafka log (its own consumer group).
     Sink(ServeArgs),
-    /// Run the sync outbox's worker: closed invoices to Stripe (`[stripe] api_key`), exactly once.
-    Sync(ServeArgs),
+    /// Run the sync outbox's worker: closed invoices to Stripe (`[stripe] api_key`), exactly once;
+    /// or, with a subcommand, ask a running meter about the sync.
+    Sync(SyncArgs),
     /// Create or upgrade the usage store's schema (ClickHouse; SQLite upgrades itself).
     Migrate(ConfigArgs),
     /// Manage API keys.
@@ -92,6 +93,18 @@ pub struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+}
+
+/// `meter sync`: the role, or one of its subcommands.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SyncArgs {
+    /// A question to a running meter instead of running the role.
+    #[command(subcommand)]
+    pub command: Option<meter_tools::admin::SyncCommand>,
+    /// The role's settings.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// `meter keys …`.

@@ -16,7 +16,10 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => serve(args, Roles::INGEST),
         Command::Aggregate(args) => serve(args, Roles::AGGREGATE),
         Command::Sink(args) => serve(args, Roles::SINK),
-        Command::Sync(args) => serve(args, Roles::SYNC),
+        Command::Sync(meter::cli::SyncArgs { command: Some(command), .. }) => {
+            tokio::runtime::Runtime::new()?.block_on(meter_tools::admin::sync(command))
+        }
+        Command::Sync(args) => serve(args.serve, Roles::SYNC),
         Command::Migrate(args) => tokio::runtime::Runtime::new()?.block_on(meter::cli::migrate(args)),
         Command::Keys(command) => meter::cli::keys(command),
         Command::Subscriptions(command) => {

@@ -258,6 +258,34 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     assert_eq!(rec["invoices"], with_lines.len());
     assert_eq!(rec["with_differences"], 0, "{rec:#}");
     assert_eq!(rec["rated"], rec["pushed"], "{rec:#}");
+    // The same from the command line (asked again while the proxy's faults make it a 502).
+    let cli = |url: String, key: String, period: String| async move {
+        for _ in 0..5 {
+            let out = tokio::task::spawn_blocking({
+                let (url, key, period) = (url.clone(), key.clone(), period.clone());
+                move || {
+                    std::process::Command::new(meter_bin())
+                        .args(["sync", "reconcile", &period, "--url", &url, "--key", &key])
+                        .output()
+                        .unwrap()
+                }
+            })
+            .await
+            .unwrap();
+            if !String::from_utf8_lossy(&out.stderr).contains("502") {
+                return out;
+            }
+        }
+        panic!("meter sync reconcile failed five times");
+    };
+    let out = cli(meter.url.clone(), admin.clone(), period.clone()).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 with differences"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Someone adds a copy of a line of tenant-03's invoice in Stripe: the reconciliation says so.
     let t3 = with_lines.iter().find(|i| i["tenant"] == "tenant-03").unwrap();
     let cus3 = &per_tenant["tenant-03"][0];
@@ -280,6 +308,9 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     assert_eq!(rec["with_differences"], 1, "{rec:#}");
     let row = rec["rows"].as_array().unwrap().iter().find(|r| r["tenant"] == "tenant-03").unwrap();
     assert!(row["differences"][0].as_str().unwrap().contains("2 invoices in the provider carry it"), "{row:#}");
+    let out = cli(meter.url.clone(), admin.clone(), period.clone()).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 invoices of"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Stripe's events back, signed as Stripe signs them.
     let url = meter.url.clone();

@@ -162,6 +162,45 @@ pub enum PeriodCommand {
     },
 }
 
+/// `meter sync …` subcommands (beside running the sync role).
+#[derive(Debug, clap::Subcommand)]
+pub enum SyncCommand {
+    /// Reconcile a closed period against the payment provider: every meter invoice held exactly
+    /// once, each line and total to the cent. Prints the report (JSON) and exits non-zero when
+    /// anything differs.
+    Reconcile {
+        /// Server and key.
+        #[command(flatten)]
+        remote: Remote,
+        /// `YYYY-MM`.
+        period: String,
+    },
+}
+
+/// Runs a `meter sync` subcommand.
+#[allow(clippy::print_stdout)]
+pub async fn sync(command: SyncCommand) -> anyhow::Result<()> {
+    match command {
+        SyncCommand::Reconcile { remote, period } => {
+            let client = Client::new(remote);
+            let text = client
+                .send(client.request(reqwest::Method::GET, &format!("/api/v1/periods/{period}/reconciliation")))
+                .await?;
+            let v: Value = serde_json::from_str(&text)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            let differing = v["with_differences"].as_u64().unwrap_or(0);
+            eprintln!(
+                "meter: {period}: {} invoices against {}; {differing} with differences",
+                v["invoices"], v["provider"]
+            );
+            if differing > 0 {
+                bail!("{differing} invoices of {period} differ from the provider's");
+            }
+        }
+    }
+    Ok(())
+}
+
 struct Client {
     http: reqwest::Client,
     remote: Remote,
