@@ -132,6 +132,9 @@ pub struct SyncConfig {
     /// How often Stripe's events are read from its API, for those a webhook missed.
     #[serde(with = "humantime_serde")]
     pub catch_up_every: Duration,
+    /// Who is collected how: `plans` and `tenants`, each `{ method = "send_invoice",
+    /// days_until_due = 30 }` or `{ method = "charge_automatically" }` (the default).
+    pub collection: meter_billing_sync::Terms,
 }
 
 /// The defaults are billing-sync's, which owns them.
@@ -145,6 +148,7 @@ impl Default for SyncConfig {
             min_backoff: d.min_backoff,
             max_backoff: d.max_backoff,
             catch_up_every: meter_billing_sync::events::CATCH_UP_EVERY,
+            collection: meter_billing_sync::Terms::default(),
         }
     }
 }
@@ -158,6 +162,7 @@ impl SyncConfig {
             batch: self.batch.max(1),
             min_backoff: self.min_backoff,
             max_backoff: self.max_backoff,
+            terms: self.collection.clone(),
         }
     }
 }

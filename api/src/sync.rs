@@ -28,7 +28,8 @@ pub async fn period_sync(
     Path(period): Path<String>,
 ) -> Result<Json<PeriodSync>, ApiError> {
     let period = period_of(&period)?;
-    Ok(Json(meter_billing_sync::status::period_sync(&state.billing.subscriptions.ledger, period).await?))
+    let now = meter_schemas::period::now_us();
+    Ok(Json(meter_billing_sync::status::period_sync(&state.billing.subscriptions.ledger, period, now).await?))
 }
 
 /// A closed period reconciled against the payment provider (admin): for every meter invoice,

@@ -117,7 +117,11 @@ async fn process(
                 Some(known) if settled(&known) => Ok(format!("no change: the invoice is already {}", known.status)),
                 Some(known) => {
                     let tenant = known.tenant.clone();
-                    ledger.store().record_remote_invoice(RemoteInvoice { status: "paid".into(), ..known }).await?;
+                    let paid_us = Some(event.created * 1_000_000);
+                    ledger
+                        .store()
+                        .record_remote_invoice(RemoteInvoice { status: "paid".into(), paid_us, ..known })
+                        .await?;
                     apply(ledger, subs, &tenant, Command::Reactivate, &[State::PastDue, State::Suspended], now_us).await
                 }
             }

@@ -22,7 +22,7 @@ pub mod worker;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use provider::{Collection, Earlier, NoProvider, Provider, Pushed, Synced};
+pub use provider::{Collection, Earlier, NoProvider, Provider, Pushed, Synced, Terms};
 
 /// Metric names of the stage, declared once.
 pub mod metric {

@@ -6,8 +6,10 @@ use async_trait::async_trait;
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteCustomer};
 use meter_rater::{Currency, Invoice};
 
-/// How an invoice is collected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How an invoice is collected (`{ method = "send_invoice", days_until_due = 30 }` in the
+/// configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Collection {
     /// The provider charges the customer's payment method (cards, the smaller tiers).
     ChargeAutomatically,
@@ -32,6 +34,28 @@ pub enum Earlier {
 
 /// How long Stripe keeps an idempotency key (24 h), less a margin for clocks.
 pub const IDEMPOTENCY_WINDOW_US: i64 = 23 * 3_600_000_000;
+
+/// Who is collected how: per plan, overridden per tenant (net-30 transfers for the largest
+/// tiers, cards for the others); by default the provider charges the payment method.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Terms {
+    /// By plan code.
+    pub plans: std::collections::BTreeMap<String, Collection>,
+    /// By tenant, over its plan's.
+    pub tenants: std::collections::BTreeMap<String, Collection>,
+}
+
+impl Terms {
+    /// How `tenant`'s invoice on `plan` is collected.
+    pub fn of(&self, tenant: &str, plan: Option<&str>) -> Collection {
+        self.tenants
+            .get(tenant)
+            .or_else(|| plan.and_then(|p| self.plans.get(p)))
+            .copied()
+            .unwrap_or(Collection::ChargeAutomatically)
+    }
+}
 
 /// An invoice the provider holds.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -138,5 +162,28 @@ impl Provider for NoProvider {
 
     async fn held(&self, _customer: &str, _invoice: &str) -> Result<Vec<crate::reconcile::Held>, Error> {
         Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenants_terms_override_its_plans_and_cards_are_the_default() {
+        let terms: Terms = toml::from_str(
+            r#"
+            plans = { enterprise = { method = "send_invoice", days_until_due = 30 } }
+            tenants = { globex = { method = "send_invoice", days_until_due = 60 }, acme = { method = "charge_automatically" } }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(terms.of("initech", Some("enterprise")), Collection::SendInvoice { days_until_due: 30 });
+        assert_eq!(terms.of("globex", Some("starter")), Collection::SendInvoice { days_until_due: 60 });
+        assert_eq!(terms.of("acme", Some("enterprise")), Collection::ChargeAutomatically);
+        assert_eq!(terms.of("hooli", Some("starter")), Collection::ChargeAutomatically);
+        assert_eq!(terms.of("hooli", None), Collection::ChargeAutomatically);
+        let e = toml::from_str::<Terms>(r#"plans = { x = { method = "wire" } }"#).unwrap_err();
+        assert!(e.to_string().contains("wire"), "{e}");
     }
 }

@@ -21,13 +21,48 @@ pub struct PeriodSync {
     pub pending: usize,
     /// On the dead list: failed in a way trying again cannot change; each says why.
     pub dead: usize,
+    /// Invoices sent and not paid yet, with when they are due; `overdue` past that.
+    pub outstanding: Vec<Outstanding>,
     /// Every operation, oldest first.
     pub operations: Vec<Operation>,
 }
 
+/// An invoice sent and not paid yet.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Outstanding {
+    /// meter's invoice id.
+    pub invoice: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The provider's invoice id.
+    pub remote: String,
+    /// Its status there.
+    pub status: String,
+    /// When it was sent, µs.
+    pub sent_us: Option<i64>,
+    /// When it is due, µs (none: charged to the payment method).
+    pub due_us: Option<i64>,
+    /// Past its due date, unpaid.
+    pub overdue: bool,
+}
+
 /// Where `period`'s sync stands.
-pub async fn period_sync(ledger: &Ledger, period: Period) -> Result<PeriodSync, meter_billing::Error> {
+pub async fn period_sync(ledger: &Ledger, period: Period, now_us: i64) -> Result<PeriodSync, meter_billing::Error> {
     let operations = ledger.operations(None, Some(period)).await?;
+    let remote = ledger.store().remote_invoices_of(operations.iter().map(|o| o.subject.clone()).collect()).await?;
+    let outstanding = remote
+        .into_iter()
+        .filter(|r| !matches!(r.status.as_str(), "paid" | "void" | "uncollectible"))
+        .map(|r| Outstanding {
+            overdue: r.due_us.is_some_and(|d| d < now_us),
+            invoice: r.invoice,
+            tenant: r.tenant,
+            remote: r.remote,
+            status: r.status,
+            sent_us: r.sent_us,
+            due_us: r.due_us,
+        })
+        .collect();
     let count = |f: &dyn Fn(&Operation) -> bool| operations.iter().filter(|o| f(o)).count();
     let synced_flag = |o: &Operation| {
         o.outcome
@@ -42,6 +77,7 @@ pub async fn period_sync(ledger: &Ledger, period: Period) -> Result<PeriodSync, 
         not_synced: count(&|o| o.state == OpState::Done && synced_flag(o) != Some(true)),
         pending: count(&|o| o.state == OpState::Pending),
         dead: count(&|o| o.state == OpState::Dead),
+        outstanding,
         operations,
     })
 }

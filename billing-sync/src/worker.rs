@@ -25,6 +25,8 @@ pub struct Settings {
     pub min_backoff: Duration,
     /// The longest pause.
     pub max_backoff: Duration,
+    /// Who is collected how.
+    pub terms: crate::provider::Terms,
 }
 
 impl Default for Settings {
@@ -35,6 +37,7 @@ impl Default for Settings {
             batch: 16,
             min_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(3600),
+            terms: Default::default(),
         }
     }
 }
@@ -87,7 +90,12 @@ impl Worker {
     }
 
     /// The tenant's customer (made and recorded once), then the invoice.
-    async fn push(&self, invoice: &meter_rater::Invoice, earlier: Earlier) -> Result<Pushed, crate::Error> {
+    async fn push(
+        &self,
+        invoice: &meter_rater::Invoice,
+        earlier: Earlier,
+        now_us: i64,
+    ) -> Result<Pushed, crate::Error> {
         self.provider.check(invoice)?;
         let known = self.ledger.remote_customer(&invoice.tenant).await.map_err(ledger_error)?;
         let remote = match known {
@@ -100,14 +108,21 @@ impl Worker {
                 None => return Ok(Pushed::NotSynced),
             },
         };
-        let pushed =
-            self.provider.push_invoice(invoice, &remote.customer, Collection::ChargeAutomatically, earlier).await?;
+        let collection = self.settings.terms.of(&invoice.tenant, invoice.plan.as_deref());
+        let pushed = self.provider.push_invoice(invoice, &remote.customer, collection, earlier).await?;
         if let Pushed::Synced(s) = &pushed {
+            let due_us = match collection {
+                Collection::SendInvoice { days_until_due } => Some(now_us + i64::from(days_until_due) * 86_400_000_000),
+                Collection::ChargeAutomatically => None,
+            };
             let known = meter_billing::ledger::outbox::RemoteInvoice {
                 remote: s.invoice.clone(),
                 invoice: invoice.id.clone(),
                 tenant: invoice.tenant.clone(),
                 status: s.status.clone(),
+                sent_us: Some(now_us),
+                due_us,
+                paid_us: None,
             };
             self.ledger.store().record_remote_invoice(known).await.map_err(ledger_error)?;
         }
@@ -122,7 +137,7 @@ impl Worker {
                         Some(t) if now_us - t > crate::provider::IDEMPOTENCY_WINDOW_US => Earlier::BeforeWindow,
                         _ => Earlier::WithinWindow,
                     };
-                    self.push(&invoice, earlier).await
+                    self.push(&invoice, earlier, now_us).await
                 }
                 Err(e) => return Settle::Dead(format!("the stored invoice does not parse: {e}")),
             },

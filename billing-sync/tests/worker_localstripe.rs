@@ -86,6 +86,8 @@ fn quick() -> worker::Settings {
         batch: 8,
         min_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(20),
+        // Net-30 by bank transfer for one tenant; cards for the others.
+        terms: toml::from_str(r#"tenants = { tenant-03 = { method = "send_invoice", days_until_due = 30 } }"#).unwrap(),
     }
 }
 
@@ -157,6 +159,25 @@ async fn a_recorded_close_reaches_stripe_once_per_invoice_and_a_bad_one_is_dead(
     let counts = proxy.counts();
     assert_eq!(counts.key_errors, 0);
     assert!(counts.faults.values().sum::<usize>() >= 6, "{counts:?}");
+
+    // What finance sees: every synced invoice outstanding (none paid yet), tenant-03's due in
+    // 30 days, the others charged to the card (no due date); none overdue yet.
+    let now = meter_schemas::period::now_us();
+    let status = meter_billing_sync::status::period_sync(&ledger, "2026-10".parse().unwrap(), now).await.unwrap();
+    assert_eq!((status.synced, status.dead, status.outstanding.len()), (12, 1, 12));
+    for o in &status.outstanding {
+        assert!(!o.overdue);
+        let sent = o.sent_us.unwrap();
+        match o.tenant.as_str() {
+            "tenant-03" => assert_eq!(o.due_us, Some(sent + 30 * 86_400_000_000)),
+            _ => assert_eq!(o.due_us, None, "{}", o.tenant),
+        }
+    }
+    let later = meter_billing_sync::status::period_sync(&ledger, "2026-10".parse().unwrap(), now + 31 * 86_400_000_000)
+        .await
+        .unwrap();
+    let overdue: Vec<&str> = later.outstanding.iter().filter(|o| o.overdue).map(|o| o.tenant.as_str()).collect();
+    assert_eq!(overdue, ["tenant-03"]);
 
     // Events a webhook missed are read back from Stripe's API and kept once.
     let now_s = meter_schemas::period::now_us() / 1_000_000;

@@ -256,11 +256,17 @@ pub async fn provider_invoices_move_forward_and_events_are_kept_once(store: Arc<
         invoice: "inv_a".into(),
         tenant: "acme".into(),
         status: status.into(),
+        sent_us: None,
+        due_us: None,
+        paid_us: None,
     };
-    assert_eq!(store.record_remote_invoice(ri("open")).await.unwrap().status, "open");
-    assert_eq!(store.record_remote_invoice(ri("paid")).await.unwrap().status, "paid");
+    let sent = RemoteInvoice { sent_us: Some(10), due_us: Some(30), ..ri("open") };
+    assert_eq!(store.record_remote_invoice(sent.clone()).await.unwrap(), sent);
+    let paid = store.record_remote_invoice(RemoteInvoice { paid_us: Some(20), ..ri("paid") }).await.unwrap();
+    assert_eq!(paid, RemoteInvoice { status: "paid".into(), paid_us: Some(20), ..sent.clone() });
     assert_eq!(store.record_remote_invoice(ri("open")).await.unwrap().status, "paid", "never back");
-    assert_eq!(store.remote_invoice("in_1".into()).await.unwrap(), Some(ri("paid")));
+    assert_eq!(store.remote_invoice("in_1".into()).await.unwrap(), Some(paid.clone()));
+    assert_eq!(store.remote_invoices_of(vec!["inv_a".into(), "inv_b".into()]).await.unwrap(), vec![paid]);
     assert_eq!(store.remote_invoice("in_2".into()).await.unwrap(), None);
     let remote = RemoteCustomer { tenant: "acme".into(), customer: "cus_1".into(), subscription: Some("sub_1".into()) };
     store.record_remote_customer(remote.clone()).await.unwrap();

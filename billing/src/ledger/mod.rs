@@ -116,6 +116,9 @@ pub trait LedgerStore: Send + Sync {
     /// The invoice the provider calls `remote`, if meter made it.
     async fn remote_invoice(&self, remote: String) -> Result<Option<RemoteInvoice>, Error>;
 
+    /// The provider's invoices carrying meter invoices `invoices`.
+    async fn remote_invoices_of(&self, invoices: Vec<String>) -> Result<Vec<RemoteInvoice>, Error>;
+
     /// Keeps `event` unless an event of its id was kept before; returns whether it is new.
     async fn receive_event(&self, event: ReceivedEvent) -> Result<bool, Error>;
 

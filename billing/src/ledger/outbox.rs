@@ -124,6 +124,12 @@ pub struct RemoteInvoice {
     pub tenant: String,
     /// Its status at the provider.
     pub status: String,
+    /// When it was sent (finalized) to the customer, µs.
+    pub sent_us: Option<i64>,
+    /// When it is due (invoices sent for payment by transfer), µs.
+    pub due_us: Option<i64>,
+    /// When it was paid, µs.
+    pub paid_us: Option<i64>,
 }
 
 /// An event the provider sent (a webhook), kept by its id: a redelivery changes nothing.

@@ -55,6 +55,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX received_events_unprocessed ON received_events (processed_us, object, created);
 ",
+    // What finance needs of an invoice at the provider: sent, due and paid.
+    "
+    ALTER TABLE remote_invoices ADD COLUMN sent_us INTEGER;
+    ALTER TABLE remote_invoices ADD COLUMN due_us INTEGER;
+    ALTER TABLE remote_invoices ADD COLUMN paid_us INTEGER;
+    CREATE INDEX remote_invoices_by_invoice ON remote_invoices (invoice);
+",
 ];
 
 /// A close body longer than this is stored in parts of this size.
@@ -336,15 +343,26 @@ impl LedgerStore for SqliteLedger {
             let forward = known.as_deref().is_none_or(|k| rank(&remote.status) > rank(k));
             if forward {
                 tx.execute(
-                    "INSERT INTO remote_invoices (remote, invoice, tenant, status) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (remote) DO UPDATE SET status = excluded.status",
-                    params![remote.remote, remote.invoice, remote.tenant, remote.status],
+                    "INSERT INTO remote_invoices (remote, invoice, tenant, status, sent_us, due_us, paid_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (remote) DO UPDATE SET status = excluded.status,
+                         sent_us = coalesce(sent_us, excluded.sent_us), due_us = coalesce(due_us, excluded.due_us),
+                         paid_us = coalesce(paid_us, excluded.paid_us)",
+                    params![
+                        remote.remote,
+                        remote.invoice,
+                        remote.tenant,
+                        remote.status,
+                        remote.sent_us,
+                        remote.due_us,
+                        remote.paid_us
+                    ],
                 )?;
             }
             let stands = tx.query_row(
-                "SELECT remote, invoice, tenant, status FROM remote_invoices WHERE remote = ?1",
+                &format!("SELECT {REMOTE_INVOICE} FROM remote_invoices WHERE remote = ?1"),
                 params![remote.remote],
-                |r| Ok(RemoteInvoice { remote: r.get(0)?, invoice: r.get(1)?, tenant: r.get(2)?, status: r.get(3)? }),
+                read_remote_invoice,
             )?;
             tx.commit()?;
             Ok(stands)
@@ -355,9 +373,9 @@ impl LedgerStore for SqliteLedger {
     async fn remote_invoice(&self, remote: String) -> Result<Option<RemoteInvoice>, Error> {
         self.with(move |c| {
             Ok(c.query_row(
-                "SELECT remote, invoice, tenant, status FROM remote_invoices WHERE remote = ?1",
+                &format!("SELECT {REMOTE_INVOICE} FROM remote_invoices WHERE remote = ?1"),
                 params![remote],
-                |r| Ok(RemoteInvoice { remote: r.get(0)?, invoice: r.get(1)?, tenant: r.get(2)?, status: r.get(3)? }),
+                read_remote_invoice,
             )
             .optional()?)
         })
@@ -407,6 +425,21 @@ impl LedgerStore for SqliteLedger {
         .await
     }
 
+    async fn remote_invoices_of(&self, invoices: Vec<String>) -> Result<Vec<RemoteInvoice>, Error> {
+        self.with(move |c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {REMOTE_INVOICE} FROM remote_invoices WHERE invoice = ?1"))?;
+            let mut out = Vec::new();
+            for invoice in invoices {
+                for r in stmt.query_map(params![invoice], read_remote_invoice)? {
+                    out.push(r?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn latest_event_created(&self) -> Result<Option<i64>, Error> {
         self.with(|c| Ok(c.query_row("SELECT max(created) FROM received_events", [], |r| r.get(0))?)).await
     }
@@ -421,6 +454,20 @@ impl LedgerStore for SqliteLedger {
         })
         .await
     }
+}
+
+const REMOTE_INVOICE: &str = "remote, invoice, tenant, status, sent_us, due_us, paid_us";
+
+fn read_remote_invoice(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rusqlite::Result<RemoteInvoice> {
+    Ok(RemoteInvoice {
+        remote: r.get(0)?,
+        invoice: r.get(1)?,
+        tenant: r.get(2)?,
+        status: r.get(3)?,
+        sent_us: r.get(4)?,
+        due_us: r.get(5)?,
+        paid_us: r.get(6)?,
+    })
 }
 
 /// How far along an invoice's status is at the provider: it never moves back.
