@@ -90,9 +90,16 @@ impl Default for StripeConfig {
 }
 
 impl StripeConfig {
-    /// The webhook secrets, newest first.
-    pub fn webhook_secrets(&self) -> Vec<String> {
-        [&self.webhook_secret, &self.webhook_secret_previous].into_iter().flatten().map(|s| s.0.clone()).collect()
+    /// The webhook secrets, newest first; an empty one is refused (anyone could sign with it).
+    pub fn webhook_secrets(&self) -> Result<Vec<String>, ConfigError> {
+        let secrets: Vec<String> =
+            [&self.webhook_secret, &self.webhook_secret_previous].into_iter().flatten().map(|s| s.0.clone()).collect();
+        if secrets.iter().any(|s| s.trim().is_empty()) {
+            return Err(ConfigError::Invalid(
+                "stripe.webhook_secret: empty; give the endpoint's signing secret (whsec_…) or leave it out".into(),
+            ));
+        }
+        Ok(secrets)
     }
 
     /// The client's settings, when a key is set; a rate limit of 0 is refused.
@@ -507,6 +514,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.stripe.webhook_secrets()?;
+        self.stripe.settings()?;
         self.catalog()?;
         let i = &self.ingest;
         if i.max_events_per_request == 0 || i.max_body_bytes < 1024 {
@@ -666,6 +675,34 @@ mod tests {
             assert!(err.contains("max_event"), "{err}");
             jail.set_env("METER__NOPE", "1");
             assert!(Config::load(None, &Overrides::default()).unwrap_err().to_string().contains("nope"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn stripe_settings_are_checked_at_load_and_secrets_never_print() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "meter.toml",
+                "[stripe]\napi_key = \"sk_test_secret\"\nwebhook_secret = \"whsec_secret\"\n\
+                 [sync.collection]\nplans = { enterprise = { method = \"send_invoice\", days_until_due = 30 } }\n",
+            )?;
+            let c = Config::load(Some(Path::new("meter.toml")), &Overrides::default()).unwrap();
+            assert_eq!(c.stripe.webhook_secrets().unwrap(), ["whsec_secret"]);
+            assert_eq!(
+                c.sync.settings().terms.of("acme", Some("enterprise")),
+                meter_billing_sync::Collection::SendInvoice { days_until_due: 30 }
+            );
+            let printed = format!("{c:?}");
+            assert!(!printed.contains("sk_test_secret") && !printed.contains("whsec_secret"), "{printed}");
+            // Anyone could sign with an empty secret.
+            jail.set_env("METER__STRIPE__WEBHOOK_SECRET", "");
+            let err = Config::load(Some(Path::new("meter.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("stripe.webhook_secret: empty"), "{err}");
+            jail.set_env("METER__STRIPE__WEBHOOK_SECRET", "whsec_secret");
+            jail.set_env("METER__STRIPE__RATE_LIMIT", "0");
+            let err = Config::load(Some(Path::new("meter.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("stripe.rate_limit"), "{err}");
             Ok(())
         });
     }

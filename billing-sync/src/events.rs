@@ -35,8 +35,10 @@ struct Data {
     object: Object,
 }
 
+/// What an event is about; some objects (a balance) have no id.
 #[derive(Deserialize)]
 struct Object {
+    #[serde(default)]
     id: String,
 }
 
@@ -71,6 +73,7 @@ pub async fn catch_up(ledger: &Ledger, provider: &dyn crate::Provider, now_s: i6
     let since = latest.map_or(now_s - 30 * 86_400, |t| t - CATCH_UP_SLACK_S);
     let mut new = 0;
     for event in provider.events_since(since).await? {
+        let Some(event) = event else { continue };
         if receive(ledger, event).await.map_err(|e| crate::Error::Ledger(e.to_string()))? {
             new += 1;
         }

@@ -120,8 +120,9 @@ pub trait Provider: Send + Sync {
     async fn held(&self, customer: &str, invoice: &str) -> Result<Vec<crate::reconcile::Held>, Error>;
 
     /// The provider's events made at or after `created` (unix seconds), read from its API
-    /// rather than received: what a webhook missed. None without a provider.
-    async fn events_since(&self, created: i64) -> Result<Vec<ReceivedEvent>, Error>;
+    /// rather than received: what a webhook missed (`None` for one that is not an event meter
+    /// can keep). None without a provider.
+    async fn events_since(&self, created: i64) -> Result<Vec<Option<ReceivedEvent>>, Error>;
 }
 
 /// The embedded default: no provider; invoices stay in meter and every push says so.
@@ -156,7 +157,7 @@ impl Provider for NoProvider {
         Ok(Pushed::NotSynced)
     }
 
-    async fn events_since(&self, _created: i64) -> Result<Vec<ReceivedEvent>, Error> {
+    async fn events_since(&self, _created: i64) -> Result<Vec<Option<ReceivedEvent>>, Error> {
         Ok(Vec::new())
     }
 

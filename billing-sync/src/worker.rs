@@ -84,7 +84,14 @@ impl Worker {
                 Settle::Dead(_) => "dead",
             };
             metrics::counter!(crate::metric::OPERATIONS, "outcome" => label).increment(1);
-            self.ledger.settle(id, settle, now_us).await?;
+            match self.ledger.settle(id, settle, now_us).await {
+                Ok(()) => {}
+                // Its lease ran out and another worker settled it first: theirs stands.
+                Err(meter_billing::Error::NoOperation(what)) => {
+                    tracing::warn!(op = id, %what, "operation settled by another worker meanwhile")
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(n)
     }

@@ -331,7 +331,7 @@ impl Provider for Stripe {
         Ok(held)
     }
 
-    async fn events_since(&self, created: i64) -> Result<Vec<ReceivedEvent>, Error> {
+    async fn events_since(&self, created: i64) -> Result<Vec<Option<ReceivedEvent>>, Error> {
         let mut all = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -342,10 +342,16 @@ impl Provider for Stripe {
             let page: List<serde_json::Value> = self.client.send(list.build()).await?;
             let more = page.has_more && !page.data.is_empty();
             for raw in page.data {
-                let event = crate::events::parse(raw.to_string().as_bytes())
-                    .map_err(|e| Error::Protocol { what: "GET /v1/events".into(), detail: e.to_string() })?;
-                after = Some(event.id.clone());
-                all.push(event);
+                if let Some(id) = raw["id"].as_str() {
+                    after = Some(id.to_owned());
+                }
+                match crate::events::parse(raw.to_string().as_bytes()) {
+                    Ok(event) => all.push(Some(event)),
+                    Err(e) => {
+                        tracing::warn!(id = ?raw["id"], error = %e, "a Stripe event meter cannot keep; skipped");
+                        all.push(None);
+                    }
+                }
             }
             if !more {
                 return Ok(all);

@@ -86,8 +86,10 @@ pub trait LedgerStore: Send + Sync {
     async fn record(&self, close: Close, version: String, digest: String) -> Result<Close, Error>;
 
     /// Pending operations due at `now_us`, at most `limit`: of each tenant only its oldest
-    /// pending one (a tenant's operations are worked one at a time, in order), and none that
-    /// another worker claimed less than `lease_us` ago. Claims those it returns until
+    /// pending one (a tenant's operations are worked one at a time, in order; a dead one holds
+    /// back the tenant's later ones until it is revived, since what it left at the provider, such
+    /// as pending invoice items, would go into the next invoice), and none that another worker
+    /// claimed less than `lease_us` ago. Claims those it returns until
     /// `now_us + lease_us`, marking their first try.
     async fn claim_operations(&self, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Operation>, Error>;
 
@@ -122,7 +124,7 @@ pub trait LedgerStore: Send + Sync {
     /// Keeps `event` unless an event of its id was kept before; returns whether it is new.
     async fn receive_event(&self, event: ReceivedEvent) -> Result<bool, Error>;
 
-    /// Events not processed yet, by object and then in the order the provider made them.
+    /// Events not processed yet, in the order the provider made them.
     async fn unprocessed_events(&self, limit: usize) -> Result<Vec<ReceivedEvent>, Error>;
 
     /// Marks event `id` processed with what came of it.

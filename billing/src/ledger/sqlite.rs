@@ -53,7 +53,7 @@ const MIGRATIONS: &[&str] = &[
         id TEXT PRIMARY KEY, kind TEXT NOT NULL, created INTEGER NOT NULL, object TEXT NOT NULL,
         body TEXT NOT NULL, processed_us INTEGER, outcome TEXT
     );
-    CREATE INDEX received_events_unprocessed ON received_events (processed_us, object, created);
+    CREATE INDEX received_events_unprocessed ON received_events (processed_us, created);
 ",
     // What finance needs of an invoice at the provider: sent, due and paid.
     "
@@ -240,7 +240,7 @@ impl LedgerStore for SqliteLedger {
                 let mut stmt = tx.prepare(&format!(
                     "SELECT {OP_COLUMNS} FROM outbox o
                      WHERE state = 'pending' AND next_us <= ?1 AND coalesce(claimed_until_us, 0) <= ?1
-                       AND id = (SELECT min(id) FROM outbox p WHERE p.tenant = o.tenant AND p.state = 'pending')
+                       AND id = (SELECT min(id) FROM outbox p WHERE p.tenant = o.tenant AND p.state IN ('pending', 'dead'))
                      ORDER BY next_us, id LIMIT ?2"
                 ))?;
                 let rows = stmt.query_map(params![now_us, limit as i64], read_op)?;
@@ -397,7 +397,7 @@ impl LedgerStore for SqliteLedger {
         self.with(move |c| {
             let mut stmt = c.prepare(
                 "SELECT id, kind, created, object, body, outcome FROM received_events WHERE processed_us IS NULL
-                 ORDER BY object, created, id LIMIT ?1",
+                 ORDER BY created, id LIMIT ?1",
             )?;
             let rows = stmt.query_map(params![limit as i64], |r| {
                 Ok(ReceivedEvent {
