@@ -8,55 +8,18 @@
 //! Prints the requests per invoice, invoices a second, and the whole time; and which limit bound
 //! (the rate limit, when requests a second came within 5% of it; otherwise the stand-in).
 
-use meter_billing::Ledger;
-use meter_billing::close::Close;
-use meter_billing::ledger::SqliteLedger;
 use meter_billing::ledger::outbox::OpState;
 use meter_billing_sync::Provider;
 use meter_billing_sync::stripe::{Client, Settings, Stripe};
 use meter_billing_sync::testing::proxy::Proxy;
-use meter_billing_sync::testing::{KEY, LocalStripe};
+use meter_billing_sync::testing::{KEY, LocalStripe, invoice, ledger_with};
 use meter_billing_sync::worker::{self, Worker};
-use meter_rater::{Invoice, Line, LineKind, Lineage};
-use rust_decimal::Decimal;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn invoice(tenant: &str, lines: usize) -> Invoice {
-    let id = format!("inv_{tenant}");
-    let lines: Vec<Line> = (0..lines)
-        .map(|i| Line {
-            id: format!("{id}_{:03}", i + 1),
-            kind: LineKind::Overage,
-            description: format!("line {}", i + 1),
-            meter: None,
-            quantity: None,
-            amount: Decimal::new(1000 + i as i64 * 37, 2),
-            lineage: Lineage {
-                meters: Default::default(),
-                watermark_us: None,
-                price_version: "2026-01".into(),
-                inputs_hash: format!("h{i}"),
-            },
-        })
-        .collect();
-    let total = lines.iter().map(|l| l.amount).sum();
-    Invoice {
-        id,
-        tenant: tenant.into(),
-        subscription: format!("sub_{tenant}"),
-        period: "2026-10".parse().unwrap(),
-        currency: "EUR".parse().unwrap(),
-        price_version: "2026-01".into(),
-        plan: Some("growth".into()),
-        lines,
-        total,
-    }
 }
 
 #[allow(clippy::print_stdout)]
@@ -66,28 +29,10 @@ async fn main() {
     let stand_in = LocalStripe::start();
     let proxy = Proxy::start(&stand_in.url, 0, Duration::from_secs(30)).await;
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::new(Arc::new(SqliteLedger::open(&dir.path().join("billing.db")).unwrap()));
-    let book = meter_rater::PriceBook::parse(
-        meter_rater::pricebook::SAMPLE,
-        &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
-        &["active_users"],
-    )
-    .unwrap();
-    let invoices: Vec<Invoice> = (0..n).map(|i| invoice(&format!("tenant-{i:05}"), lines)).collect();
-    let close = Close {
-        period: "2026-10".parse().unwrap(),
-        closed_at: String::new(),
-        closed_us: 1,
-        watermark: String::new(),
-        watermark_us: 0,
-        complete: true,
-        price_version: "2026-01".into(),
-        invoices,
-        totals: Default::default(),
-        report: vec![],
-        revisions: Default::default(),
-    };
-    ledger.record(close, book.version("2026-01").unwrap()).await.unwrap();
+    let amounts: Vec<String> = (0..lines).map(|i| format!("{}.{:02}", 10 + i * 37 / 100, i * 37 % 100)).collect();
+    let amounts: Vec<&str> = amounts.iter().map(String::as_str).collect();
+    let invoices: Vec<_> = (0..n).map(|i| invoice(&format!("tenant-{i:05}"), "EUR", &amounts)).collect();
+    let ledger = ledger_with(&dir.path().join("billing.db"), invoices).await;
     let settings = Settings {
         api_base: proxy.url.clone(),
         rate_limit: NonZeroU32::new(rate as u32).unwrap(),

@@ -11,6 +11,7 @@
 
 pub mod amount;
 pub mod events;
+pub mod items;
 pub mod key;
 pub mod provider;
 pub mod reconcile;
@@ -22,7 +23,7 @@ pub mod worker;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use provider::{Collection, Earlier, NoProvider, Provider, Pushed, Synced, Terms};
+pub use provider::{Collection, Earlier, Held, NoProvider, Provider, Pushed, Synced, Terms};
 
 /// Metric names of the stage, declared once.
 pub mod metric {

@@ -5,6 +5,7 @@ use crate::Error;
 use async_trait::async_trait;
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteCustomer};
 use meter_rater::{Currency, Invoice};
+use std::collections::BTreeMap;
 
 /// How an invoice is collected (`{ method = "send_invoice", days_until_due = 30 }` in the
 /// configuration).
@@ -41,9 +42,9 @@ pub const IDEMPOTENCY_WINDOW_US: i64 = 23 * 3_600_000_000;
 #[serde(default, deny_unknown_fields)]
 pub struct Terms {
     /// By plan code.
-    pub plans: std::collections::BTreeMap<String, Collection>,
+    pub plans: BTreeMap<String, Collection>,
     /// By tenant, over its plan's.
-    pub tenants: std::collections::BTreeMap<String, Collection>,
+    pub tenants: BTreeMap<String, Collection>,
 }
 
 impl Terms {
@@ -55,6 +56,23 @@ impl Terms {
             .copied()
             .unwrap_or(Collection::ChargeAutomatically)
     }
+}
+
+/// An invoice as the provider holds it, with the meter lines it carries.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Held {
+    /// The provider's invoice id.
+    pub id: String,
+    /// draft, open, paid, uncollectible or void.
+    pub status: String,
+    /// Lowercase ISO code.
+    pub currency: String,
+    /// Its total before tax, minor units.
+    pub total_excluding_tax: i64,
+    /// The tax the provider added, minor units.
+    pub tax: i64,
+    /// Each meter line it carries (`meter_line_id`) with its amount, minor units.
+    pub lines: BTreeMap<String, Vec<i64>>,
 }
 
 /// An invoice the provider holds.
@@ -117,7 +135,7 @@ pub trait Provider: Send + Sync {
 
     /// Every invoice of `customer` carrying lines of meter invoice `invoice`, as the provider
     /// holds it (reconciliation).
-    async fn held(&self, customer: &str, invoice: &str) -> Result<Vec<crate::reconcile::Held>, Error>;
+    async fn held(&self, customer: &str, invoice: &str) -> Result<Vec<Held>, Error>;
 
     /// The provider's events made at or after `created` (unix seconds), read from its API
     /// rather than received: what a webhook missed (`None` for one that is not an event meter
@@ -161,7 +179,7 @@ impl Provider for NoProvider {
         Ok(Vec::new())
     }
 
-    async fn held(&self, _customer: &str, _invoice: &str) -> Result<Vec<crate::reconcile::Held>, Error> {
+    async fn held(&self, _customer: &str, _invoice: &str) -> Result<Vec<Held>, Error> {
         Ok(Vec::new())
     }
 }

@@ -4,31 +4,14 @@
 //! trusts that what was charged is what meter rated.
 
 use crate::Error;
-use crate::provider::Provider;
-use crate::stripe::{Item, plan_items};
+use crate::items::{Item, plan_items};
+use crate::provider::{Held, Provider};
 use futures_util::StreamExt;
 use meter_billing::Ledger;
 use meter_billing::ledger::outbox::{OpKind, OpState};
 use meter_schemas::Period;
 use serde::Serialize;
 use std::collections::BTreeMap;
-
-/// An invoice as the provider holds it, with the meter lines it carries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Held {
-    /// The provider's invoice id.
-    pub id: String,
-    /// draft, open, paid, uncollectible or void.
-    pub status: String,
-    /// Lowercase ISO code.
-    pub currency: String,
-    /// Its total before tax, minor units.
-    pub total_excluding_tax: i64,
-    /// The tax the provider added, minor units.
-    pub tax: i64,
-    /// Each meter line it carries (`meter_line_id`) with its amount, minor units.
-    pub lines: BTreeMap<String, Vec<i64>>,
-}
 
 /// One meter invoice against the provider.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

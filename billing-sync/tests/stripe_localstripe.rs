@@ -3,13 +3,12 @@
 
 use meter_billing_sync::stripe::{Client, Settings, Stripe};
 use meter_billing_sync::testing::proxy::{ADAPTATIONS, FAULTS, Proxy};
-use meter_billing_sync::testing::{KEY, LocalStripe, direct};
+use meter_billing_sync::testing::{KEY, LocalStripe, direct, invoice};
 use meter_billing_sync::{Collection, Earlier, Error, Provider, Pushed};
-use meter_rater::{Invoice, Line, LineKind, Lineage};
+use meter_rater::Invoice;
 use reqwest::Method;
 use rust_decimal::Decimal;
 use std::num::NonZeroU32;
-use std::str::FromStr;
 use std::time::Duration;
 
 fn settings(base: &str, key: &str) -> Settings {
@@ -21,40 +20,6 @@ fn settings(base: &str, key: &str) -> Settings {
         max_backoff: Duration::from_millis(200),
         timeout: Duration::from_millis(1500),
         ..Settings::new(key)
-    }
-}
-
-fn invoice(tenant: &str, currency: &str, amounts: &[&str]) -> Invoice {
-    let id = format!("inv_{tenant}_2026-10");
-    let lines: Vec<Line> = amounts
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Line {
-            id: format!("{id}_{:03}", i + 1),
-            kind: if a.starts_with('-') { LineKind::Proration } else { LineKind::Overage },
-            description: format!("line {}", i + 1),
-            meter: None,
-            quantity: None,
-            amount: Decimal::from_str(a).unwrap(),
-            lineage: Lineage {
-                meters: Default::default(),
-                watermark_us: None,
-                price_version: "v1".into(),
-                inputs_hash: format!("hash{i}"),
-            },
-        })
-        .collect();
-    let total = lines.iter().map(|l| l.amount).sum();
-    Invoice {
-        id,
-        tenant: tenant.into(),
-        subscription: format!("sub_{tenant}"),
-        period: "2026-10".parse().unwrap(),
-        currency: currency.parse().unwrap(),
-        price_version: "v1".into(),
-        plan: Some("growth".into()),
-        lines,
-        total,
     }
 }
 

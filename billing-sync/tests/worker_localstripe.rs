@@ -3,80 +3,22 @@
 //! synced; an invoice Stripe cannot take goes to the dead list and holds back no other tenant.
 
 use meter_billing::Ledger;
-use meter_billing::close::Close;
-use meter_billing::ledger::SqliteLedger;
 use meter_billing::ledger::outbox::OpState;
 use meter_billing_sync::stripe::{Client, Settings, Stripe};
 use meter_billing_sync::testing::proxy::Proxy;
-use meter_billing_sync::testing::{KEY, LocalStripe, direct};
+use meter_billing_sync::testing::{KEY, LocalStripe, direct, invoice};
 use meter_billing_sync::worker::{self, Worker};
 use meter_billing_sync::{NoProvider, Provider};
-use meter_rater::{Invoice, Line, LineKind, Lineage};
+use meter_rater::Invoice;
 use reqwest::Method;
 use rust_decimal::Decimal;
 use std::num::NonZeroU32;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn invoice(tenant: &str, currency: &str, amounts: &[&str]) -> Invoice {
-    let id = format!("inv_{tenant}_2026-10");
-    let lines: Vec<Line> = amounts
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Line {
-            id: format!("{id}_{:03}", i + 1),
-            kind: LineKind::Overage,
-            description: format!("line {}", i + 1),
-            meter: None,
-            quantity: None,
-            amount: Decimal::from_str(a).unwrap(),
-            lineage: Lineage {
-                meters: Default::default(),
-                watermark_us: None,
-                price_version: "2026-01".into(),
-                inputs_hash: format!("hash{i}"),
-            },
-        })
-        .collect();
-    let total = lines.iter().map(|l| l.amount).sum();
-    Invoice {
-        id,
-        tenant: tenant.into(),
-        subscription: format!("sub_{tenant}"),
-        period: "2026-10".parse().unwrap(),
-        currency: currency.parse().unwrap(),
-        price_version: "2026-01".into(),
-        plan: Some("growth".into()),
-        lines,
-        total,
-    }
-}
-
 async fn ledger_with(invoices: Vec<Invoice>) -> (Ledger, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::new(Arc::new(SqliteLedger::open(&dir.path().join("billing.db")).unwrap()));
-    let book = meter_rater::PriceBook::parse(
-        meter_rater::pricebook::SAMPLE,
-        &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
-        &["active_users"],
-    )
-    .unwrap();
-    let close = Close {
-        period: "2026-10".parse().unwrap(),
-        closed_at: "2026-11-02T00:00:00Z".into(),
-        closed_us: 1,
-        watermark: String::new(),
-        watermark_us: 0,
-        complete: true,
-        price_version: "2026-01".into(),
-        invoices,
-        totals: Default::default(),
-        report: vec![],
-        revisions: Default::default(),
-    };
-    ledger.record(close, book.version("2026-01").unwrap()).await.unwrap();
-    (ledger, dir)
+    (meter_billing_sync::testing::ledger_with(&dir.path().join("billing.db"), invoices).await, dir)
 }
 
 fn quick() -> worker::Settings {

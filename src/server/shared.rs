@@ -67,7 +67,7 @@ impl Shared {
             )),
             StoreBackend::Sqlite(_) => None,
         };
-        let provider = super::sync::provider(config)?;
+        let provider = provider(config)?;
         Ok(Shared { keys, catalog, log, live, clickhouse, book, ledger, allowances, webhooks, provider })
     }
 
@@ -102,6 +102,17 @@ async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
             settings.session_timeout = config.aggregator.session_timeout;
             Arc::new(KafkaLog::open(settings).await.context("opening the Kafka event log")?)
         }
+    })
+}
+
+/// The payment provider `config` names: Stripe when `[stripe] api_key` is set, otherwise none.
+fn provider(config: &Config) -> anyhow::Result<Arc<dyn meter_billing_sync::Provider>> {
+    Ok(match config.stripe.settings()? {
+        Some(settings) => Arc::new(meter_billing_sync::stripe::Stripe::new(
+            meter_billing_sync::stripe::Client::new(settings)?,
+            config.stripe.automatic_tax,
+        )),
+        None => Arc::new(meter_billing_sync::NoProvider),
     })
 }
 

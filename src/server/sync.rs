@@ -4,19 +4,10 @@
 use super::shared::Shared;
 use crate::config::Config;
 use anyhow::Context as _;
-use meter_billing_sync::stripe::{Client, Stripe};
+use meter_billing_sync::Provider;
 use meter_billing_sync::worker::Worker;
-use meter_billing_sync::{NoProvider, Provider};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
-
-/// The payment provider `config` names: Stripe when `[stripe] api_key` is set, otherwise none.
-pub fn provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
-    Ok(match config.stripe.settings()? {
-        Some(settings) => Arc::new(Stripe::new(Client::new(settings)?, config.stripe.automatic_tax)),
-        None => Arc::new(NoProvider),
-    })
-}
 
 /// Starts the outbox's worker when this process runs the sync role. A Stripe key that Stripe
 /// refuses stops the start with an error that names the problem (never the key); a Stripe that

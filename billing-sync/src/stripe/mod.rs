@@ -17,7 +17,7 @@ pub mod objects;
 pub use http::{Client, Settings, api_version};
 
 use crate::Error;
-use crate::amount::minor_units;
+use crate::items::{Item, plan_items};
 use crate::provider::{Collection, Earlier, Provider, Pushed, Synced};
 use async_trait::async_trait;
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteCustomer};
@@ -36,65 +36,6 @@ use stripe_client_core::StripeRequest;
 use stripe_core::customer::{CreateCustomer, ListCustomer};
 use stripe_core::event::ListEvent;
 use stripe_shared::{InvoiceCollectionMethod, PlanInterval};
-
-/// The most invoice items one Stripe invoice takes.
-pub const MAX_ITEMS: usize = 250;
-
-/// One invoice item to send: a line, or the lines beyond [`MAX_ITEMS`] summed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Item {
-    /// The meter lines it carries (one, or the aggregated tail).
-    pub lines: Vec<String>,
-    /// Minor units.
-    pub amount: i64,
-    /// For people.
-    pub description: String,
-    /// The line's inputs hash (one line only).
-    pub inputs_hash: Option<String>,
-}
-
-impl Item {
-    /// What `metadata.meter_line_id` says: the line, or `first..last` of the aggregated tail.
-    pub fn line_key(&self) -> String {
-        match self.lines.as_slice() {
-            [one] => one.clone(),
-            [first, .., last] => format!("{first}..{last}"),
-            [] => String::new(),
-        }
-    }
-}
-
-/// The items of `invoice`: one per line, each line's amount exactly in minor units. Past
-/// [`MAX_ITEMS`] lines, the last item sums every line from the 250th on (and says which). A
-/// line Stripe cannot represent fails the whole invoice before anything is sent.
-pub fn plan_items(invoice: &Invoice) -> Result<Vec<Item>, Error> {
-    let mut items = Vec::with_capacity(invoice.lines.len().min(MAX_ITEMS));
-    for line in &invoice.lines {
-        let amount = minor_units(line.amount, invoice.currency).map_err(|reason| Error::Unrepresentable {
-            invoice: invoice.id.clone(),
-            line: line.id.clone(),
-            reason,
-        })?;
-        items.push(Item {
-            lines: vec![line.id.clone()],
-            amount,
-            description: line.description.clone(),
-            inputs_hash: Some(line.lineage.inputs_hash.clone()),
-        });
-    }
-    if items.len() > MAX_ITEMS {
-        let tail = items.split_off(MAX_ITEMS - 1);
-        let lines: Vec<String> = tail.iter().flat_map(|i| i.lines.clone()).collect();
-        let amount = tail.iter().map(|i| i.amount).sum();
-        items.push(Item {
-            description: format!("{} further lines, itemized in meter's invoice {}", lines.len(), invoice.id),
-            lines,
-            amount,
-            inputs_hash: None,
-        });
-    }
-    Ok(items)
-}
 
 /// Checks the lines Stripe's invoice holds against the items sent: each item exactly once with
 /// its amount, and nothing else that charges (another invoice's pending items swept in).
@@ -309,7 +250,7 @@ impl Provider for Stripe {
         Ok(())
     }
 
-    async fn held(&self, customer: &str, invoice: &str) -> Result<Vec<crate::reconcile::Held>, Error> {
+    async fn held(&self, customer: &str, invoice: &str) -> Result<Vec<crate::provider::Held>, Error> {
         let mut held = Vec::new();
         for (inv, lines) in self.invoices_carrying(customer, invoice, false).await? {
             let read: objects::Invoice = self.client.send(RetrieveInvoice::new(inv.id.as_str()).build()).await?;
@@ -319,7 +260,7 @@ impl Provider for Stripe {
                 let key = l.metadata.get("meter_line_id").cloned().unwrap_or_default();
                 by_line.entry(key).or_default().push(l.amount);
             }
-            held.push(crate::reconcile::Held {
+            held.push(crate::provider::Held {
                 id: read.id,
                 status: read.status.unwrap_or_default(),
                 currency: read.currency,
@@ -448,42 +389,7 @@ impl Provider for Stripe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meter_rater::{Line, LineKind, Lineage};
-    use rust_decimal::Decimal;
-    use std::str::FromStr;
-
-    fn invoice(currency: &str, amounts: &[&str]) -> Invoice {
-        let lines = amounts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| Line {
-                id: format!("inv_1_{:03}", i + 1),
-                kind: LineKind::Overage,
-                description: format!("line {}", i + 1),
-                meter: None,
-                quantity: None,
-                amount: Decimal::from_str(a).unwrap(),
-                lineage: Lineage {
-                    meters: Default::default(),
-                    watermark_us: None,
-                    price_version: "v1".into(),
-                    inputs_hash: format!("h{i}"),
-                },
-            })
-            .collect::<Vec<_>>();
-        let total = lines.iter().map(|l| l.amount).sum();
-        Invoice {
-            id: "inv_1".into(),
-            tenant: "acme".into(),
-            subscription: "sub_1".into(),
-            period: "2026-10".parse().unwrap(),
-            currency: currency.parse().unwrap(),
-            price_version: "v1".into(),
-            plan: Some("growth".into()),
-            lines,
-            total,
-        }
-    }
+    use crate::testing::invoice;
 
     fn line(id: &str, amount: i64, meter_line: Option<(&str, &str)>) -> InvoiceLine {
         let metadata = meter_line
@@ -495,71 +401,34 @@ mod tests {
     }
 
     #[test]
-    fn each_line_becomes_one_item_of_its_exact_amount_credits_negative() {
-        let items = plan_items(&invoice("USD", &["49.00", "0.01", "-12.50"])).unwrap();
-        let got: Vec<_> = items.iter().map(|i| (i.line_key(), i.amount, i.inputs_hash.clone())).collect();
-        assert_eq!(
-            got,
-            [
-                ("inv_1_001".to_string(), 4900, Some("h0".to_string())),
-                ("inv_1_002".into(), 1, Some("h1".into())),
-                ("inv_1_003".into(), -1250, Some("h2".into()))
-            ]
-        );
-    }
-
-    #[test]
-    fn a_line_stripe_cannot_represent_fails_the_invoice_naming_the_line() {
-        let e = plan_items(&invoice("KWD", &["1.000", "2.345"])).unwrap_err();
-        assert!(matches!(&e, Error::Unrepresentable { line, .. } if line == "inv_1_002"), "{e}");
-        assert!(!e.is_transient());
-    }
-
-    #[test]
-    fn past_250_lines_the_tail_is_summed_into_one_item_that_says_which_lines() {
-        let amounts: Vec<String> = (1..=300).map(|i| format!("{i}.00")).collect();
-        let amounts: Vec<&str> = amounts.iter().map(String::as_str).collect();
-        let items = plan_items(&invoice("USD", &amounts)).unwrap();
-        assert_eq!(items.len(), MAX_ITEMS);
-        let last = items.last().unwrap();
-        assert_eq!(last.lines.len(), 51);
-        assert_eq!(last.line_key(), "inv_1_250..inv_1_300");
-        assert_eq!(last.amount, (250..=300).sum::<i64>() * 100);
-        assert_eq!(items.iter().map(|i| i.amount).sum::<i64>(), (1..=300).sum::<i64>() * 100);
-        assert_eq!(plan_items(&invoice("USD", &amounts[..250])).unwrap().len(), 250);
-    }
-
-    #[test]
     fn stripe_lines_must_match_meter_items_once_each() {
-        let items = plan_items(&invoice("USD", &["1.00", "2.00"])).unwrap();
+        let items = plan_items(&invoice("acme", "USD", &["1.00", "2.00"])).unwrap();
+        let (inv, l1, l2) = ("inv_acme_2026-10", "inv_acme_2026-10_001", "inv_acme_2026-10_002");
         let ok = [
-            line("il_1", 100, Some(("inv_1", "inv_1_001"))),
-            line("il_2", 200, Some(("inv_1", "inv_1_002"))),
+            line("il_1", 100, Some((inv, l1))),
+            line("il_2", 200, Some((inv, l2))),
             // The zero-amount mirror subscription's line is not meter's and charges nothing.
             line("il_0", 0, None),
         ];
-        check_lines("inv_1", &items, &ok).unwrap();
+        check_lines(inv, &items, &ok).unwrap();
         let twice = [
-            line("il_1", 100, Some(("inv_1", "inv_1_001"))),
-            line("il_1b", 100, Some(("inv_1", "inv_1_001"))),
-            line("il_2", 200, Some(("inv_1", "inv_1_002"))),
+            line("il_1", 100, Some((inv, l1))),
+            line("il_1b", 100, Some((inv, l1))),
+            line("il_2", 200, Some((inv, l2))),
         ];
-        assert!(check_lines("inv_1", &items, &twice).unwrap_err().to_string().contains("2 times"));
-        let missing = [line("il_1", 100, Some(("inv_1", "inv_1_001")))];
-        assert!(check_lines("inv_1", &items, &missing).unwrap_err().to_string().contains("missing"));
-        let wrong = [line("il_1", 100, Some(("inv_1", "inv_1_001"))), line("il_2", 199, Some(("inv_1", "inv_1_002")))];
-        assert!(check_lines("inv_1", &items, &wrong).unwrap_err().to_string().contains("199"));
+        assert!(check_lines(inv, &items, &twice).unwrap_err().to_string().contains("2 times"));
+        let missing = [line("il_1", 100, Some((inv, l1)))];
+        assert!(check_lines(inv, &items, &missing).unwrap_err().to_string().contains("missing"));
+        let wrong = [line("il_1", 100, Some((inv, l1))), line("il_2", 199, Some((inv, l2)))];
+        assert!(check_lines(inv, &items, &wrong).unwrap_err().to_string().contains("199"));
         let foreign = [
-            line("il_1", 100, Some(("inv_1", "inv_1_001"))),
-            line("il_2", 200, Some(("inv_1", "inv_1_002"))),
+            line("il_1", 100, Some((inv, l1))),
+            line("il_2", 200, Some((inv, l2))),
             line("il_9", 500, Some(("inv_0", "inv_0_001"))),
         ];
-        assert!(check_lines("inv_1", &items, &foreign).unwrap_err().to_string().contains("inv_0"));
-        let stranger = [
-            line("il_1", 100, Some(("inv_1", "inv_1_001"))),
-            line("il_2", 200, Some(("inv_1", "inv_1_002"))),
-            line("il_x", 700, None),
-        ];
-        assert!(check_lines("inv_1", &items, &stranger).unwrap_err().to_string().contains("not made by meter"));
+        assert!(check_lines(inv, &items, &foreign).unwrap_err().to_string().contains("inv_0"));
+        let stranger =
+            [line("il_1", 100, Some((inv, l1))), line("il_2", 200, Some((inv, l2))), line("il_x", 700, None)];
+        assert!(check_lines(inv, &items, &stranger).unwrap_err().to_string().contains("not made by meter"));
     }
 }

@@ -76,3 +76,67 @@ pub async fn direct(url: &str, method: reqwest::Method, path: &str, form: &[(&st
     assert!(status.is_success(), "{path}: {status} {body}");
     serde_json::from_str(&body).unwrap()
 }
+
+/// October 2026's invoice of `tenant` (`inv_{tenant}_2026-10`) in `currency`, one line per
+/// amount (`inv_{tenant}_2026-10_001`, …, inputs hashes `hash0`, …).
+pub fn invoice(tenant: &str, currency: &str, amounts: &[&str]) -> meter_rater::Invoice {
+    use meter_rater::{Line, LineKind, Lineage};
+    let id = format!("inv_{tenant}_2026-10");
+    let lines: Vec<Line> = amounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Line {
+            id: format!("{id}_{:03}", i + 1),
+            kind: LineKind::Overage,
+            description: format!("line {}", i + 1),
+            meter: None,
+            quantity: None,
+            amount: a.parse().expect("a decimal amount"),
+            lineage: Lineage {
+                meters: Default::default(),
+                watermark_us: None,
+                price_version: "2026-01".into(),
+                inputs_hash: format!("hash{i}"),
+            },
+        })
+        .collect();
+    let total = lines.iter().map(|l| l.amount).sum();
+    meter_rater::Invoice {
+        id,
+        tenant: tenant.into(),
+        subscription: format!("sub_{tenant}"),
+        period: "2026-10".parse().expect("a period"),
+        currency: currency.parse().expect("a currency"),
+        price_version: "2026-01".into(),
+        plan: Some("growth".into()),
+        lines,
+        total,
+    }
+}
+
+/// A SQLite ledger at `path` in which October 2026 is closed with `invoices` (rated with the
+/// sample price book), so that its outbox holds one push per invoice with lines.
+pub async fn ledger_with(path: &Path, invoices: Vec<meter_rater::Invoice>) -> meter_billing::Ledger {
+    let ledger = meter_billing::Ledger::new(std::sync::Arc::new(
+        meter_billing::ledger::SqliteLedger::open(path).expect("a ledger opens"),
+    ));
+    let meters =
+        ["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"];
+    let book = meter_rater::PriceBook::parse(meter_rater::pricebook::SAMPLE, &meters, &["active_users"])
+        .expect("the sample price book parses");
+    let close = meter_billing::Close {
+        period: "2026-10".parse().expect("a period"),
+        closed_at: "2026-11-02T00:00:00Z".into(),
+        closed_us: 1,
+        watermark: String::new(),
+        watermark_us: 0,
+        complete: true,
+        price_version: "2026-01".into(),
+        invoices,
+        totals: Default::default(),
+        report: vec![],
+        revisions: Default::default(),
+    };
+    ledger.record(close, book.version("2026-01").expect("the sample's list")).await.expect("the close is recorded");
+    ledger
+}
