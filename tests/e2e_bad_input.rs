@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 /// Which key a case sends.
 #[derive(Clone, Copy, Debug)]
 enum Key {
+    Admin,
     Service,
     Tenant,
     Read,
@@ -125,6 +126,11 @@ fn cases(now_s: i64) -> Vec<Case> {
         Case { content_type: "application/x-ndjson", ..case("NDJSON with a malformed line", format!("{}\n{{nope\n", ev(json!({"transaction_id": "nd-1"}))), 400, ("lines[1]", "malformed JSON")) },
         Case { method: "GET", path: "/api/v1/usage?tenant=acme&period=2026-13".into(), key: Key::Read, ..case("usage with a bad period", String::new(), 422, ("period", "YYYY-MM")) },
         Case { method: "GET", path: "/api/v1/usage?tenant=acme&period=9999-12".into(), key: Key::Read, ..case("usage in a period past the calendar", String::new(), 422, ("period", "9998-12")) },
+        Case { method: "POST", path: "/api/v1/stripe/webhook".into(), key: Key::None, ..case("a Stripe event where no webhook secret is set", r#"{"id":"evt_1"}"#.into(), 404, ("", "")) },
+        Case { method: "GET", path: "/api/v1/sync/operations?state=lost".into(), key: Key::Admin, ..case("sync operations in an unknown state", String::new(), 422, ("state", "pending, done or dead")) },
+        Case { method: "POST", path: "/api/v1/sync/operations/999999/retry".into(), key: Key::Admin, ..case("retrying a sync operation that is not dead", String::new(), 404, ("", "")) },
+        Case { method: "GET", path: "/api/v1/periods/2026-13/sync".into(), key: Key::Admin, ..case("the sync of a month that does not exist", String::new(), 422, ("period", "")) },
+        Case { method: "GET", path: "/api/v1/sync/operations".into(), key: Key::Read, ..case("sync operations with a read key", String::new(), 403, ("authorization", "may not manage the payment sync")) },
         Case { method: "GET", path: "/api/v1/nothing-here".into(), key: Key::Read, ..case("unknown endpoint", String::new(), 404, ("", "")) },
         case("quantity with 10 decimal places", lago(ev(json!({"code": "agent.invocation", "properties": {"input_tokens": "0.0000000001"}}))), 422, ("event.properties.input_tokens", "non-negative integer")),
         Case { method: "GET", path: "/api/v1/usage?tenant=globex".into(), key: Key::Read, ..case("usage of another tenant", String::new(), 403, ("tenant", "not the tenant")) },
@@ -185,6 +191,7 @@ async fn bad_inputs_are_refused_clearly_and_change_nothing() {
         let mut req = if case.method == "GET" { c.get(&url) } else { c.post(&url).body(case.body.clone()) };
         req = req.header("content-type", case.content_type);
         req = match case.key {
+            Key::Admin => req.bearer_auth(&admin),
             Key::Service => req.bearer_auth(&service),
             Key::Tenant => req.bearer_auth(&tenant),
             Key::Read => req.bearer_auth(&read),

@@ -40,17 +40,6 @@ async fn send(url: &str, key: &str, events: &[Value]) {
     }
 }
 
-async fn call(method: reqwest::Method, url: String, key: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = client().request(method, url).bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
 async fn get_text(url: String, key: &str) -> String {
     let r = client().get(url).bearer_auth(key).send().await.unwrap();
     assert_eq!(r.status(), 200);

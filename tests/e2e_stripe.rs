@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Meter, client, create_key, meter_bin};
+use common::{Meter, call, client, create_key, meter_bin};
 use meter_billing_sync::testing::proxy::{FAULTS, Proxy};
 use meter_billing_sync::testing::{KEY, LocalStripe, direct};
 use reqwest::Method;
@@ -19,17 +19,6 @@ fn last_month() -> (String, String) {
     let months = now.year() * 12 + i32::from(u8::from(now.month())) - 2;
     let (y, m) = (months.div_euclid(12), months.rem_euclid(12) + 1);
     (format!("{y:04}-{m:02}"), format!("{y:04}-{m:02}-01T00:00:00Z"))
-}
-
-async fn call(method: Method, url: String, key: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = client().request(method, url).bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 fn env(proxy: &str) -> Vec<(&'static str, String)> {

@@ -69,12 +69,12 @@ const CATCH_UP_SLACK_S: i64 = 300;
 /// Reads the provider's events since the newest kept (less a slack; the last 30 days when none
 /// is kept) and keeps those a webhook missed; returns how many were new.
 pub async fn catch_up(ledger: &Ledger, provider: &dyn crate::Provider, now_s: i64) -> Result<usize, crate::Error> {
-    let latest = ledger.store().latest_event_created().await.map_err(|e| crate::Error::Ledger(e.to_string()))?;
+    let latest = ledger.store().latest_event_created().await?;
     let since = latest.map_or(now_s - 30 * 86_400, |t| t - CATCH_UP_SLACK_S);
     let mut new = 0;
     for event in provider.events_since(since).await? {
         let Some(event) = event else { continue };
-        if receive(ledger, event).await.map_err(|e| crate::Error::Ledger(e.to_string()))? {
+        if receive(ledger, event).await? {
             new += 1;
         }
     }

@@ -89,7 +89,7 @@ pub enum Error {
     /// The ledger (where the outbox and the provider's ids are kept) failed; trying again later
     /// may succeed.
     #[error("ledger: {0}")]
-    Ledger(String),
+    Ledger(#[from] meter_billing::Error),
     /// Stripe's invoice differs from meter's: it was left unfinalized.
     #[error("Stripe's invoice for {invoice} differs from meter's: {detail}")]
     Mismatch {

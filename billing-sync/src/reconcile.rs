@@ -56,7 +56,7 @@ pub struct Reconciliation {
 
 /// Reconciles `period`'s invoices against `provider`.
 pub async fn reconcile(ledger: &Ledger, provider: &dyn Provider, period: Period) -> Result<Reconciliation, Error> {
-    let ops = ledger.operations(None, Some(period)).await.map_err(|e| Error::Ledger(e.to_string()))?;
+    let ops = ledger.operations(None, Some(period)).await?;
     let mut out = Reconciliation {
         period: period.to_string(),
         provider: provider.name().to_string(),
@@ -98,7 +98,7 @@ async fn check(
     provider: &dyn Provider,
     op: &meter_billing::ledger::outbox::Operation,
 ) -> Result<Row, Error> {
-    let invoice: meter_rater::Invoice = serde_json::from_str(&op.body).map_err(|e| Error::Ledger(e.to_string()))?;
+    let invoice: meter_rater::Invoice = serde_json::from_str(&op.body).map_err(|e| Error::Ledger(e.into()))?;
     let sync = match op.state {
         OpState::Pending => "pending",
         OpState::Done => "done",
@@ -126,7 +126,7 @@ async fn check(
     if provider.name() == "none" {
         return Ok(row);
     }
-    let remote = ledger.remote_customer(&invoice.tenant).await.map_err(|e| Error::Ledger(e.to_string()))?;
+    let remote = ledger.remote_customer(&invoice.tenant).await?;
     row.held = match &remote {
         Some(r) => provider.held(&r.customer, &invoice.id).await?,
         None => Vec::new(),

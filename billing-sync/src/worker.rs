@@ -104,12 +104,12 @@ impl Worker {
         now_us: i64,
     ) -> Result<Pushed, crate::Error> {
         self.provider.check(invoice)?;
-        let known = self.ledger.remote_customer(&invoice.tenant).await.map_err(ledger_error)?;
+        let known = self.ledger.remote_customer(&invoice.tenant).await?;
         let remote = match known {
             Some(r) => r,
             None => match self.provider.ensure_customer(&invoice.tenant, invoice.currency).await? {
                 Some(r) => {
-                    self.ledger.record_remote_customer(r.clone()).await.map_err(ledger_error)?;
+                    self.ledger.record_remote_customer(r.clone()).await?;
                     r
                 }
                 None => return Ok(Pushed::NotSynced),
@@ -131,7 +131,7 @@ impl Worker {
                 due_us,
                 paid_us: None,
             };
-            self.ledger.store().record_remote_invoice(known).await.map_err(ledger_error)?;
+            self.ledger.store().record_remote_invoice(known).await?;
         }
         Ok(pushed)
     }
@@ -195,10 +195,6 @@ impl Worker {
             }
         }
     }
-}
-
-fn ledger_error(e: meter_billing::Error) -> crate::Error {
-    crate::Error::Ledger(e.to_string())
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {

@@ -301,9 +301,9 @@ impl LedgerStore for SqliteLedger {
     async fn remote_customer(&self, tenant: String) -> Result<Option<RemoteCustomer>, Error> {
         self.with(move |c| {
             Ok(c.query_row(
-                "SELECT customer, subscription FROM remote_customers WHERE tenant = ?1",
+                "SELECT tenant, customer, subscription FROM remote_customers WHERE tenant = ?1",
                 params![tenant],
-                |r| Ok(RemoteCustomer { tenant: tenant.clone(), customer: r.get(0)?, subscription: r.get(1)? }),
+                read_remote_customer,
             )
             .optional()?)
         })
@@ -327,7 +327,7 @@ impl LedgerStore for SqliteLedger {
             Ok(c.query_row(
                 "SELECT tenant, customer, subscription FROM remote_customers WHERE customer = ?1 OR subscription = ?1",
                 params![id],
-                |r| Ok(RemoteCustomer { tenant: r.get(0)?, customer: r.get(1)?, subscription: r.get(2)? }),
+                read_remote_customer,
             )
             .optional()?)
         })
@@ -454,6 +454,10 @@ impl LedgerStore for SqliteLedger {
         })
         .await
     }
+}
+
+fn read_remote_customer(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rusqlite::Result<RemoteCustomer> {
+    Ok(RemoteCustomer { tenant: r.get(0)?, customer: r.get(1)?, subscription: r.get(2)? })
 }
 
 const REMOTE_INVOICE: &str = "remote, invoice, tenant, status, sent_us, due_us, paid_us";
