@@ -84,6 +84,34 @@ pub async fn catch_up(ledger: &Ledger, provider: &dyn crate::Provider, now_s: i6
     Ok(new)
 }
 
+/// Processes kept events as they come, looking every `poll` when there were none, and every
+/// `catch_up_every` reads the events a webhook may have missed from the provider's API. Runs
+/// until dropped.
+pub async fn run(
+    ledger: Ledger,
+    subscriptions: Subscriptions,
+    provider: std::sync::Arc<dyn crate::Provider>,
+    poll: std::time::Duration,
+    catch_up_every: std::time::Duration,
+) {
+    let mut caught_up: Option<std::time::Instant> = None;
+    loop {
+        let now = meter_schemas::period::now_us();
+        if caught_up.is_none_or(|t| t.elapsed() >= catch_up_every) {
+            caught_up = Some(std::time::Instant::now());
+            if let Err(e) = catch_up(&ledger, &*provider, now / 1_000_000).await {
+                tracing::warn!(error = %e, "catching up on Stripe's events failed; trying again later");
+            }
+        }
+        match process_pending(&ledger, &subscriptions, 100, now).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "processing Stripe's events failed; trying again"),
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// Processes up to `limit` kept events; returns how many.
 pub async fn process_pending(
     ledger: &Ledger,

@@ -84,7 +84,7 @@ impl Worker {
                 Settle::Dead(_) => "dead",
             };
             metrics::counter!(crate::metric::OPERATIONS, "outcome" => label).increment(1);
-            match self.ledger.settle(id, settle, now_us).await {
+            match self.ledger.settle(id, settle).await {
                 Ok(()) => {}
                 // Its lease ran out and another worker settled it first: theirs stands.
                 Err(meter_billing::Error::NoOperation(what)) => {

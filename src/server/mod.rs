@@ -155,12 +155,7 @@ pub async fn run_roles(
 fn app_state(shared: &shared::Shared, config: &Config, health: Health) -> AppState {
     let (history, history_consumer) = shared.history(config);
     let billing = meter_api::Billing {
-        subscriptions: meter_billing::Subscriptions {
-            ledger: shared.ledger.clone(),
-            allowances: shared.allowances.clone(),
-            book: shared.book.clone(),
-            live: shared.live.clone(),
-        },
+        subscriptions: shared.subscriptions(),
         sources: meter_billing::Sources {
             live: shared.live.clone(),
             history: history.clone(),

@@ -105,6 +105,18 @@ async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
     })
 }
 
+impl Shared {
+    /// Subscription changes with what follows them, over what the roles share.
+    pub fn subscriptions(&self) -> meter_billing::Subscriptions {
+        meter_billing::Subscriptions {
+            ledger: self.ledger.clone(),
+            allowances: self.allowances.clone(),
+            book: self.book.clone(),
+            live: self.live.clone(),
+        }
+    }
+}
+
 /// The payment provider `config` names: Stripe when `[stripe] api_key` is set, otherwise none.
 fn provider(config: &Config) -> anyhow::Result<Arc<dyn meter_billing_sync::Provider>> {
     Ok(match config.stripe.settings()? {

@@ -4,9 +4,7 @@
 use super::shared::Shared;
 use crate::config::Config;
 use anyhow::Context as _;
-use meter_billing_sync::Provider;
 use meter_billing_sync::worker::Worker;
-use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// Starts the outbox's worker when this process runs the sync role. A Stripe key that Stripe
@@ -32,43 +30,14 @@ pub async fn start_sync_if_needed(
         }
     }
     let worker = Worker::new(shared.ledger.clone(), provider.clone(), config.sync.settings());
-    let events = process_events(shared, provider, config.sync.poll, config.sync.catch_up_every);
+    let events = meter_billing_sync::events::run(
+        shared.ledger.clone(),
+        shared.subscriptions(),
+        provider,
+        config.sync.poll,
+        config.sync.catch_up_every,
+    );
     Ok(Some(tokio::spawn(async move {
         tokio::join!(worker.run(std::future::pending()), events);
     })))
-}
-
-/// Processes Stripe's kept events as they come, and every `catch_up_every` reads the events a
-/// webhook may have missed from Stripe's API.
-fn process_events(
-    shared: &Shared,
-    provider: Arc<dyn Provider>,
-    poll: std::time::Duration,
-    catch_up_every: std::time::Duration,
-) -> impl std::future::Future<Output = ()> + use<> {
-    let ledger = shared.ledger.clone();
-    let subscriptions = meter_billing::Subscriptions {
-        ledger: shared.ledger.clone(),
-        allowances: shared.allowances.clone(),
-        book: shared.book.clone(),
-        live: shared.live.clone(),
-    };
-    async move {
-        let mut caught_up = std::time::Instant::now() - catch_up_every;
-        loop {
-            let now = meter_schemas::period::now_us();
-            if caught_up.elapsed() >= catch_up_every {
-                caught_up = std::time::Instant::now();
-                if let Err(e) = meter_billing_sync::events::catch_up(&ledger, &*provider, now / 1_000_000).await {
-                    tracing::warn!(error = %e, "catching up on Stripe's events failed; trying again later");
-                }
-            }
-            match meter_billing_sync::events::process_pending(&ledger, &subscriptions, 100, now).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "processing Stripe's events failed; trying again"),
-            }
-            tokio::time::sleep(poll).await;
-        }
-    }
 }

@@ -94,7 +94,7 @@ pub trait LedgerStore: Send + Sync {
     async fn claim_operations(&self, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Operation>, Error>;
 
     /// Records what a try of operation `id` came to.
-    async fn settle(&self, id: i64, settle: Settle, now_us: i64) -> Result<(), Error>;
+    async fn settle(&self, id: i64, settle: Settle) -> Result<(), Error>;
 
     /// Operations in `state` (every state when `None`), of `period` when given, oldest first.
     async fn operations(&self, state: Option<OpState>, period: Option<String>) -> Result<Vec<Operation>, Error>;
@@ -255,8 +255,8 @@ impl Ledger {
     }
 
     /// Records what a try of sync operation `id` came to.
-    pub async fn settle(&self, id: i64, settle: Settle, now_us: i64) -> Result<(), Error> {
-        self.store.settle(id, settle, now_us).await
+    pub async fn settle(&self, id: i64, settle: Settle) -> Result<(), Error> {
+        self.store.settle(id, settle).await
     }
 
     /// Sync operations in `state`, of `period`, oldest first.

@@ -259,7 +259,7 @@ impl LedgerStore for SqliteLedger {
         .await
     }
 
-    async fn settle(&self, id: i64, settle: Settle, _now_us: i64) -> Result<(), Error> {
+    async fn settle(&self, id: i64, settle: Settle) -> Result<(), Error> {
         self.with(move |c| {
             let changed = match settle {
                 Settle::Done(outcome) => c.execute(
