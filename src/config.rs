@@ -142,6 +142,9 @@ pub struct SyncConfig {
     /// Who is collected how: `plans` and `tenants`, each `{ method = "send_invoice",
     /// days_until_due = 30 }` or `{ method = "charge_automatically" }` (the default).
     pub collection: meter_billing_sync::Terms,
+    /// Dunning: after a failed payment, when the payment is tried again (a reminder sent, for
+    /// invoices paid by transfer), counted from the first failure; `[]` for none.
+    pub retries: Vec<humantime_serde::Serde<Duration>>,
 }
 
 /// The defaults are billing-sync's, which owns them.
@@ -156,6 +159,7 @@ impl Default for SyncConfig {
             max_backoff: d.max_backoff,
             catch_up_every: meter_billing_sync::events::CATCH_UP_EVERY,
             collection: meter_billing_sync::Terms::default(),
+            retries: d.retries.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -170,6 +174,7 @@ impl SyncConfig {
             min_backoff: self.min_backoff,
             max_backoff: self.max_backoff,
             terms: self.collection.clone(),
+            retries: self.retries.iter().map(|r| **r).collect(),
         }
     }
 }
@@ -244,11 +249,20 @@ impl WebhooksConfig {
 }
 
 /// Subscriptions, prices and period close.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BillingConfig {
     /// The price book (TOML); default: the sample that ships with meter.
     pub price_book: Option<PathBuf>,
+    /// From a failed payment (past_due) to suspension.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig { price_book: None, grace: meter_billing::subscriptions::DEFAULT_GRACE }
+    }
 }
 
 impl Default for Config {
@@ -539,6 +553,16 @@ impl Config {
         if self.webhooks.timeout.is_zero() || self.webhooks.first_backoff.is_zero() {
             return Err(ConfigError::Invalid("webhooks.timeout and webhooks.first_backoff must be more than 0".into()));
         }
+        if self.billing.grace.is_zero() {
+            return Err(ConfigError::Invalid("billing.grace: must be more than 0".into()));
+        }
+        if !self.sync.retries.windows(2).all(|w| *w[0] < *w[1])
+            || self.sync.retries.first().is_some_and(|r| r.is_zero())
+        {
+            return Err(ConfigError::Invalid(
+                "sync.retries: each retry must come after the one before it, and after the failure".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -703,6 +727,27 @@ mod tests {
             jail.set_env("METER__STRIPE__RATE_LIMIT", "0");
             let err = Config::load(Some(Path::new("meter.toml")), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("stripe.rate_limit"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dunning_durations_default_to_15_days_and_1_3_7_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            let day = Duration::from_secs(86_400);
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.billing.grace, 15 * day);
+            assert_eq!(c.sync.settings().retries, [day, 3 * day, 7 * day]);
+            jail.create_file("d.toml", "[billing]\ngrace = \"90s\"\n[sync]\nretries = [\"10s\", \"30s\"]\n")?;
+            let c = Config::load(Some(Path::new("d.toml")), &Overrides::default()).unwrap();
+            assert_eq!(c.billing.grace, Duration::from_secs(90));
+            assert_eq!(c.sync.settings().retries, [Duration::from_secs(10), Duration::from_secs(30)]);
+            jail.create_file("o.toml", "[sync]\nretries = [\"3days\", \"1day\"]\n")?;
+            let err = Config::load(Some(Path::new("o.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("sync.retries"), "{err}");
+            jail.create_file("z.toml", "[billing]\ngrace = \"0s\"\n")?;
+            let err = Config::load(Some(Path::new("z.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("billing.grace"), "{err}");
             Ok(())
         });
     }

@@ -1,7 +1,11 @@
 //! The sync stage end to end: a real `meter serve` configured with Stripe, pointed at
 //! localstripe through the proxy that injects faults on one request in five and enforces
-//! idempotency keys. A period closed for forty tenants reaches Stripe exactly once per invoice and
-//! line, to the cent, through two SIGKILLs during the sync; a key Stripe refuses stops the start.
+//! idempotency keys (a POST without a key, or a key reused with other parameters, is refused). A
+//! period closed for 200 tenants on the four tiers reaches Stripe exactly once per invoice and
+//! line, to the cent, through two SIGKILLs during the sync, and each invoice's collection starts:
+//! the smaller tiers' cards are charged (declined in localstripe, where no customer has a payment
+//! method: past_due, first retry in a day), the enterprise tiers' invoices are sent on net-30
+//! terms. A key Stripe refuses stops the start.
 
 mod common;
 
@@ -35,6 +39,11 @@ fn env(proxy: &str) -> Vec<(&'static str, String)> {
         ("METER__SYNC__MAX_BACKOFF", "500ms".into()),
         ("METER__STRIPE__WEBHOOK_SECRET", SECRET.into()),
         ("METER__STRIPE__WEBHOOK_SECRET_PREVIOUS", OLD_SECRET.into()),
+        // Cards for the smaller tiers (the default), net-30 transfers for the enterprise tiers.
+        ("METER__SYNC__COLLECTION__PLANS__ENTERPRISE__METHOD", "send_invoice".into()),
+        ("METER__SYNC__COLLECTION__PLANS__ENTERPRISE__DAYS_UNTIL_DUE", "30".into()),
+        ("METER__SYNC__COLLECTION__PLANS__ENTERPRISE_PLUS__METHOD", "send_invoice".into()),
+        ("METER__SYNC__COLLECTION__PLANS__ENTERPRISE_PLUS__DAYS_UNTIL_DUE", "30".into()),
     ]
 }
 
@@ -108,7 +117,7 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     // The four tiers, the last sold only yearly.
     let plans =
         [("starter", "monthly"), ("professional", "monthly"), ("enterprise", "monthly"), ("enterprise_plus", "annual")];
-    let tenants: Vec<String> = (0..40).map(|i| format!("tenant-{i:02}")).collect();
+    let tenants: Vec<String> = (0..200).map(|i| format!("tenant-{i:03}")).collect();
     for (i, t) in tenants.iter().enumerate() {
         let (s, sub) = call(
             Method::POST,
@@ -146,6 +155,7 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     };
     assert!(closed["invoices"].as_u64().unwrap_or(0) > 0 || closed.to_string().contains("invoices"), "{closed}");
 
+    let sync_started = Instant::now();
     // Two crashes while the sync works through the faults (the first one provably mid-sync).
     for (n, pause) in [700, 1500].into_iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -156,7 +166,7 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
         }
         meter.restart();
     }
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(600);
     let status = loop {
         let (s, status) = call(Method::GET, format!("{}/api/v1/periods/{period}/sync", meter.url), &admin, None).await;
         assert_eq!(s, 200, "{status}");
@@ -168,6 +178,46 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     };
     assert_eq!(status["dead"], 0, "{status:#}");
     assert_eq!(status["synced"], status["invoices"], "{status:#}");
+    // Each invoice's first collection step: the cards charged (declined: no payment method in
+    // localstripe), each with its first retry a day later and the end of its grace period
+    // waiting; the net-30 invoices sent, each with its due date waiting.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let (_, status) = call(Method::GET, format!("{}/api/v1/periods/{period}/sync", meter.url), &admin, None).await;
+        let ops = status["operations"].as_array().unwrap();
+        let firsts_done = ops
+            .iter()
+            .filter(|o| o["kind"] == "collect" && o["state"] == "done")
+            .filter(|o| o["subject"].as_str().unwrap().ends_with("/first"))
+            .count();
+        if firsts_done == status["invoices"].as_u64().unwrap() as usize {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "collection not started: {status:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["collection_dead"], 0, "{status:#}");
+    let ops = status["operations"].as_array().unwrap();
+    let mut waiting: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for o in ops.iter().filter(|o| o["kind"] != "push_invoice" && o["state"] == "pending") {
+        let step = match o["kind"].as_str().unwrap() {
+            "collect" => o["subject"].as_str().unwrap().rsplit('/').next().unwrap().to_string(),
+            other => other.to_string(),
+        };
+        waiting.entry(o["tenant"].as_str().unwrap().to_string()).or_default().push(step);
+    }
+    for (i, t) in tenants.iter().enumerate() {
+        let on_terms = plans[i % plans.len()].0.starts_with("enterprise");
+        let want: Vec<String> =
+            if on_terms { vec!["due".into()] } else { vec!["retry-1".into(), "check_suspension".into()] };
+        let got = waiting.get(t).cloned().unwrap_or_default();
+        if i < 8 || got != want {
+            assert_eq!(got, want, "{t}");
+            let state = state_of(&meter.url, &admin, t).await;
+            assert_eq!(state, if on_terms { "active" } else { "past_due" }, "{t}");
+        }
+    }
+    eprintln!("synced {} invoices in {:.1} s after the close", status["synced"], sync_started.elapsed().as_secs_f64());
 
     // What localstripe holds, read directly against meter's invoices.
     let (s, invoices) =
@@ -176,9 +226,18 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     let invoices = invoices.as_array().unwrap();
     let with_lines: Vec<&Value> = invoices.iter().filter(|i| !i["lines"].as_array().unwrap().is_empty()).collect();
     assert_eq!(status["invoices"], with_lines.len());
-    let customers = direct(&stand_in.url, Method::GET, "/v1/customers?limit=100", &[]).await;
+    let mut customers = Vec::new();
+    loop {
+        let after = customers.last().map(|c: &Value| format!("&starting_after={}", c["id"].as_str().unwrap()));
+        let path = format!("/v1/customers?limit=100{}", after.unwrap_or_default());
+        let page = direct(&stand_in.url, Method::GET, &path, &[]).await;
+        customers.extend(page["data"].as_array().unwrap().iter().cloned());
+        if page["has_more"] != true {
+            break;
+        }
+    }
     let mut per_tenant: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for c in customers["data"].as_array().unwrap() {
+    for c in &customers {
         let tenant = c["metadata"]["meter_tenant"].as_str().unwrap().to_string();
         per_tenant.entry(tenant).or_default().push(c["id"].as_str().unwrap().to_string());
     }
@@ -233,9 +292,19 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     // The reconciliation against Stripe: nothing differs; money rated equals money pushed.
     let reconcile = || async {
         // Through the proxy's faults a read can fail every try: 502, and the caller asks again.
+        // Reading 200 invoices back through the faults takes a while: a patient client.
+        let patient = reqwest::Client::builder().timeout(Duration::from_secs(600)).build().unwrap();
         for _ in 0..5 {
-            let (s, rec) =
-                call(Method::GET, format!("{}/api/v1/periods/{period}/reconciliation", meter.url), &admin, None).await;
+            let started = Instant::now();
+            let r = patient
+                .get(format!("{}/api/v1/periods/{period}/reconciliation", meter.url))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            let rec: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            eprintln!("reconciliation: {s} in {:.1} s", started.elapsed().as_secs_f64());
             if s == 200 {
                 return rec;
             }
@@ -275,9 +344,9 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Someone adds a copy of a line of tenant-03's invoice in Stripe: the reconciliation says so.
-    let t3 = with_lines.iter().find(|i| i["tenant"] == "tenant-03").unwrap();
-    let cus3 = &per_tenant["tenant-03"][0];
+    // Someone adds a copy of a line of tenant-003's invoice in Stripe: the reconciliation says so.
+    let t3 = with_lines.iter().find(|i| i["tenant"] == "tenant-003").unwrap();
+    let cus3 = &per_tenant["tenant-003"][0];
     let line = &t3["lines"][0];
     direct(
         &stand_in.url,
@@ -295,7 +364,7 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     direct(&stand_in.url, Method::POST, "/v1/invoices", &[("customer", cus3.as_str())]).await;
     let rec = reconcile().await;
     assert_eq!(rec["with_differences"], 1, "{rec:#}");
-    let row = rec["rows"].as_array().unwrap().iter().find(|r| r["tenant"] == "tenant-03").unwrap();
+    let row = rec["rows"].as_array().unwrap().iter().find(|r| r["tenant"] == "tenant-003").unwrap();
     assert!(row["differences"][0].as_str().unwrap().contains("2 invoices in the provider carry it"), "{row:#}");
     let out = cli(meter.url.clone(), admin.clone(), period.clone()).await;
     assert!(!out.status.success());
@@ -307,7 +376,9 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
         let op = status["operations"].as_array().unwrap().iter().find(|o| o["tenant"] == tenant).unwrap();
         serde_json::from_str(op["outcome"].as_str().unwrap()).unwrap()
     };
-    let (t0, t1, t2) = ("tenant-00", "tenant-01", "tenant-02");
+    // tenant-002 (enterprise, net-30: active after the sync), tenant-001 (professional, card
+    // declined: past_due), tenant-006 (enterprise).
+    let (t0, t1, t2) = ("tenant-002", "tenant-001", "tenant-006");
     let (inv0, cus0) =
         (outcome(t0)["invoice"].as_str().unwrap().to_string(), outcome(t0)["customer"].as_str().unwrap().to_string());
     assert_eq!(state_of(&url, &admin, t0).await, "active");

@@ -251,7 +251,7 @@ pub async fn change_subscription(
         }
         "cancel" => Command::Cancel,
         "reactivate" => Command::Reactivate,
-        "payment_failed" => Command::PaymentFailed,
+        "payment_failed" => Command::PaymentFailed { grace_us: None },
         "convert" => Command::Convert,
         other => {
             return Err(ApiError::Missing(format!(

@@ -113,7 +113,7 @@ impl From<meter_billing_sync::Error> for ApiError {
     fn from(e: meter_billing_sync::Error) -> Self {
         use meter_billing_sync::Error as S;
         match e {
-            e @ S::Ledger(_) => ApiError::Unavailable(e.to_string()),
+            e @ (S::Ledger(_) | S::Notice(_)) => ApiError::Unavailable(e.to_string()),
             e @ S::Unavailable { .. } => ApiError::Upstream(e.to_string()),
             e @ (S::Config(_) | S::Refused { .. } | S::Protocol { .. }) => {
                 tracing::error!(error = %e, "the payment provider refused or answered wrongly");

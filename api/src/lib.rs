@@ -67,7 +67,14 @@ pub fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
     axum::response::IntoResponse::into_response(error::ApiError::Internal)
 }
 
-/// Every route but ingest's, with the document that describes them.
+/// The routes whose work is long by nature and grows with the data (reading every invoice of
+/// a period back from the payment provider, through its rate limit): served under a longer
+/// request timeout than [`router`]'s.
+pub fn slow_router(state: Arc<AppState>) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(sync::reconciliation)).with_state(state)
+}
+
+/// Every route but ingest's and [`slow_router`]'s, with the document that describes them.
 pub fn router(state: Arc<AppState>) -> OpenApiRouter {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(usage::get_usage))
@@ -82,7 +89,6 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(billing::period_report))
         .routes(routes!(billing::upcoming_invoice))
         .routes(routes!(sync::period_sync))
-        .routes(routes!(sync::reconciliation))
         .routes(routes!(sync::operations))
         .routes(routes!(sync::retry))
         .routes(routes!(sync::stripe_webhook))

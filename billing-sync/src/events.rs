@@ -135,26 +135,21 @@ async fn process(
     event: &ReceivedEvent,
     now_us: i64,
 ) -> Result<String, meter_billing::Error> {
-    let settled = |known: &RemoteInvoice| rank(&known.status) >= 2;
+    let settled = |known: &RemoteInvoice| is_settled(&known.status);
     match event.kind.as_str() {
         "invoice.payment_failed" => match ledger.store().remote_invoice(event.object.clone()).await? {
             None => Ok("ignored: not an invoice meter made".into()),
             Some(known) if settled(&known) => Ok(format!("no change: the invoice is already {}", known.status)),
-            Some(known) => apply(ledger, subs, &known.tenant, Command::PaymentFailed, &[State::Active], now_us).await,
+            Some(known) => {
+                apply(ledger, subs, &known.tenant, Command::PaymentFailed { grace_us: None }, &[State::Active], now_us)
+                    .await
+            }
         },
         "invoice.paid" | "invoice.payment_succeeded" => {
             match ledger.store().remote_invoice(event.object.clone()).await? {
                 None => Ok("ignored: not an invoice meter made".into()),
                 Some(known) if settled(&known) => Ok(format!("no change: the invoice is already {}", known.status)),
-                Some(known) => {
-                    let tenant = known.tenant.clone();
-                    let paid_us = Some(event.created * 1_000_000);
-                    ledger
-                        .store()
-                        .record_remote_invoice(RemoteInvoice { status: "paid".into(), paid_us, ..known })
-                        .await?;
-                    apply(ledger, subs, &tenant, Command::Reactivate, &[State::PastDue, State::Suspended], now_us).await
-                }
+                Some(known) => paid(ledger, subs, known, event.created * 1_000_000, now_us).await,
             }
         }
         "customer.subscription.deleted" => match ledger.store().remote_customer_by_id(event.object.clone()).await? {
@@ -175,8 +170,25 @@ async fn process(
     }
 }
 
+/// Records `known` paid at `paid_us` and makes its tenant's past_due or suspended subscription
+/// active again.
+pub(crate) async fn paid(
+    ledger: &Ledger,
+    subs: &Subscriptions,
+    known: RemoteInvoice,
+    paid_us: i64,
+    now_us: i64,
+) -> Result<String, meter_billing::Error> {
+    let tenant = known.tenant.clone();
+    ledger
+        .store()
+        .record_remote_invoice(RemoteInvoice { status: "paid".into(), paid_us: Some(paid_us), ..known })
+        .await?;
+    apply(ledger, subs, &tenant, Command::Reactivate, &[State::PastDue, State::Suspended], now_us).await
+}
+
 /// Applies `command` to `tenant`'s live subscription when it is in one of `from`.
-async fn apply(
+pub(crate) async fn apply(
     ledger: &Ledger,
     subs: &Subscriptions,
     tenant: &str,
@@ -200,10 +212,8 @@ async fn apply(
     Ok(format!("{name}: subscription {} is now {}", changed.id, changed.state()))
 }
 
-fn rank(status: &str) -> u8 {
-    match status {
-        "paid" | "uncollectible" | "void" => 2,
-        "open" => 1,
-        _ => 0,
-    }
+/// Whether an invoice in `status` at the provider is past collecting (paid, uncollectible or
+/// void).
+pub(crate) fn is_settled(status: &str) -> bool {
+    matches!(status, "paid" | "uncollectible" | "void")
 }

@@ -16,10 +16,27 @@ pub fn canonical_form(form: &str) -> String {
 /// The key of `method path?query` with `body`: `meter_` and the SHA-256 of their canonical
 /// forms (Stripe keeps keys up to 255 characters).
 pub fn idempotency_key(method: &str, path: &str, query: Option<&str>, body: Option<&str>) -> String {
+    occasion_key(method, path, query, body, None)
+}
+
+/// The key of a request that is meant to be made again on purpose with the same parameters
+/// (the second try of a payment, a week after the first failed): `occasion` names which time
+/// it is, so each occasion has its key, and each retry of one occasion the same key.
+pub fn occasion_key(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    body: Option<&str>,
+    occasion: Option<&str>,
+) -> String {
     let mut h = Sha256::new();
     for part in [method, path, &canonical_form(query.unwrap_or("")), &canonical_form(body.unwrap_or(""))] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
+    }
+    if let Some(occasion) = occasion {
+        h.update((occasion.len() as u64).to_be_bytes());
+        h.update(occasion.as_bytes());
     }
     format!("meter_{}", hex::encode(h.finalize()))
 }
@@ -43,6 +60,12 @@ mod tests {
         assert_ne!(base, idempotency_key("POST", "/customers/cus_1", None, Some("name=x")));
         assert_ne!(base, idempotency_key("DELETE", "/customers", None, Some("name=x")));
         assert_ne!(base, idempotency_key("POST", "/customers", Some("name=x"), None));
+        // Each occasion of the same request has its own key, the same on every try.
+        let pay = |o| occasion_key("POST", "/invoices/in_1/pay", None, Some(""), o);
+        assert_eq!(pay(None), idempotency_key("POST", "/invoices/in_1/pay", None, Some("")));
+        assert_ne!(pay(Some("attempt=0")), pay(Some("attempt=1")));
+        assert_ne!(pay(Some("attempt=0")), pay(None));
+        assert_eq!(pay(Some("attempt=1")), pay(Some("attempt=1")));
         // Lengths are part of the hash: moving a boundary changes the key.
         assert_ne!(idempotency_key("POST", "/a", None, Some("b")), idempotency_key("POST", "/ab", None, None));
     }

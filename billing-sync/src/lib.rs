@@ -7,9 +7,11 @@
 //!   with keys derived from each request ([`key`]).
 //! - [`amount`]: a line's amount in minor units, exactly, or the reason it cannot be sent.
 //! - [`signature`]: Stripe's webhook signatures.
-//! - [`worker`]: the outbox worker.
+//! - [`worker`]: the outbox worker; [`collect`]: collecting a pushed invoice, and dunning.
+//! - [`events`]: Stripe's events back.
 
 pub mod amount;
+pub mod collect;
 pub mod events;
 pub mod items;
 pub mod key;
@@ -23,7 +25,7 @@ pub mod worker;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use provider::{Collection, Earlier, Held, NoProvider, Provider, Pushed, Synced, Terms};
+pub use provider::{Ask, Collected, Collection, Earlier, Held, NoProvider, Provider, Pushed, Synced, Terms};
 
 /// Metric names of the stage, declared once.
 pub mod metric {
@@ -90,6 +92,10 @@ pub enum Error {
     /// may succeed.
     #[error("ledger: {0}")]
     Ledger(#[from] meter_billing::Error),
+    /// The tenant's webhook endpoints could not be told (their queue failed); trying again
+    /// later may succeed.
+    #[error("webhooks: {0}")]
+    Notice(#[from] meter_webhooks::Error),
     /// Stripe's invoice differs from meter's: it was left unfinalized.
     #[error("Stripe's invoice for {invoice} differs from meter's: {detail}")]
     Mismatch {
@@ -105,7 +111,7 @@ impl Error {
     /// otherwise the operation belongs on the dead list with its reason.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Unavailable { .. } | Error::Ledger(_) => true,
+            Error::Unavailable { .. } | Error::Ledger(_) | Error::Notice(_) => true,
             Error::Config(_)
             | Error::Unrepresentable { .. }
             | Error::Refused { .. }

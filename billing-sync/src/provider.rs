@@ -101,6 +101,30 @@ pub enum Pushed {
     NotSynced,
 }
 
+/// What a step of collection asks of the provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ask {
+    /// Charge the customer's payment method now (`charge_automatically`).
+    Pay,
+    /// Send the invoice to the customer, who pays it by transfer (`send_invoice`); sent again,
+    /// it is a reminder.
+    Send,
+}
+
+/// What a step of collection came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Collected {
+    /// The invoice is paid.
+    Paid,
+    /// The invoice was sent; the customer has until it is due.
+    Sent,
+    /// The payment failed (a card declined, no payment method); the provider's reason.
+    Declined(String),
+    /// There is nothing to collect: the invoice is void or uncollectible at the provider.
+    Closed(String),
+}
+
 /// A payment provider.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -136,6 +160,11 @@ pub trait Provider: Send + Sync {
     /// Every invoice of `customer` carrying lines of meter invoice `invoice`, as the provider
     /// holds it (reconciliation).
     async fn held(&self, customer: &str, invoice: &str) -> Result<Vec<Held>, Error>;
+
+    /// Collects the provider's invoice `invoice` as `ask` says, for the `attempt`-th time (0
+    /// first, then each retry of dunning): each attempt is made once however often it is
+    /// asked again (after a lost reply, a crash), and a new attempt is a new one.
+    async fn collect(&self, invoice: &str, ask: Ask, attempt: u32) -> Result<Collected, Error>;
 
     /// The provider's events made at or after `created` (unix seconds), read from its API
     /// rather than received: what a webhook missed (`None` for one that is not an event meter
@@ -181,6 +210,10 @@ impl Provider for NoProvider {
 
     async fn held(&self, _customer: &str, _invoice: &str) -> Result<Vec<Held>, Error> {
         Ok(Vec::new())
+    }
+
+    async fn collect(&self, invoice: &str, _ask: Ask, _attempt: u32) -> Result<Collected, Error> {
+        Err(Error::Config(format!("no payment provider is configured to collect {invoice}")))
     }
 }
 

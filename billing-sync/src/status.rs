@@ -2,7 +2,7 @@
 //! meter closed.
 
 use meter_billing::Ledger;
-use meter_billing::ledger::outbox::{OpState, Operation};
+use meter_billing::ledger::outbox::{OpKind, OpState, Operation};
 use meter_schemas::Period;
 use serde::Serialize;
 
@@ -11,7 +11,7 @@ use serde::Serialize;
 pub struct PeriodSync {
     /// `YYYY-MM`.
     pub period: String,
-    /// Invoices to push (those with lines).
+    /// Invoices to push (those with lines); this and the next four count pushes.
     pub invoices: usize,
     /// Done and held by the provider, their totals checked equal to meter's.
     pub synced: usize,
@@ -21,9 +21,14 @@ pub struct PeriodSync {
     pub pending: usize,
     /// On the dead list: failed in a way trying again cannot change; each says why.
     pub dead: usize,
+    /// Steps of collection and dunning waiting for their time (a retry in a few days, a due
+    /// date, the end of a grace period).
+    pub collecting: usize,
+    /// Steps of collection on the dead list.
+    pub collection_dead: usize,
     /// Invoices sent and not paid yet, with when they are due; `overdue` past that.
     pub outstanding: Vec<Outstanding>,
-    /// Every operation, oldest first.
+    /// Every operation (pushes, collection steps), oldest first.
     pub operations: Vec<Operation>,
 }
 
@@ -49,7 +54,9 @@ pub struct Outstanding {
 /// Where `period`'s sync stands.
 pub async fn period_sync(ledger: &Ledger, period: Period, now_us: i64) -> Result<PeriodSync, meter_billing::Error> {
     let operations = ledger.operations(None, Some(period)).await?;
-    let remote = ledger.store().remote_invoices_of(operations.iter().map(|o| o.subject.clone()).collect()).await?;
+    let push = |o: &Operation| o.kind == OpKind::PushInvoice;
+    let pushed = operations.iter().filter(|o| push(o)).map(|o| o.subject.clone()).collect();
+    let remote = ledger.store().remote_invoices_of(pushed).await?;
     let outstanding = remote
         .into_iter()
         .filter(|r| !matches!(r.status.as_str(), "paid" | "void" | "uncollectible"))
@@ -72,11 +79,13 @@ pub async fn period_sync(ledger: &Ledger, period: Period, now_us: i64) -> Result
     };
     Ok(PeriodSync {
         period: period.to_string(),
-        invoices: operations.len(),
-        synced: count(&|o| o.state == OpState::Done && synced_flag(o) == Some(true)),
-        not_synced: count(&|o| o.state == OpState::Done && synced_flag(o) != Some(true)),
-        pending: count(&|o| o.state == OpState::Pending),
-        dead: count(&|o| o.state == OpState::Dead),
+        invoices: count(&push),
+        synced: count(&|o| push(o) && o.state == OpState::Done && synced_flag(o) == Some(true)),
+        not_synced: count(&|o| push(o) && o.state == OpState::Done && synced_flag(o) != Some(true)),
+        pending: count(&|o| push(o) && o.state == OpState::Pending),
+        dead: count(&|o| push(o) && o.state == OpState::Dead),
+        collecting: count(&|o| !push(o) && o.state == OpState::Pending),
+        collection_dead: count(&|o| !push(o) && o.state == OpState::Dead),
         outstanding,
         operations,
     })

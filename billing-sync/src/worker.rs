@@ -1,13 +1,16 @@
 //! The outbox worker (`meter sync`, and inside `meter serve`): claims the ledger's due
-//! operations (a tenant's one at a time, in order; tenants side by side), performs each through
-//! the provider, and settles it: done with what came of it, again later after a transient
-//! failure (exponential backoff with jitter), or dead with its reason.
+//! operations (a tenant's lane one at a time, in order; lanes and tenants side by side),
+//! performs each through the provider, and settles it: done with what came of it and what
+//! follows it (a pushed invoice's collection, dunning's next step), again later after a
+//! transient failure (exponential backoff with jitter), or dead with its reason.
 
+use crate::collect::{CheckSuspension, Collect, Collector};
 use crate::provider::{Collection, Earlier, Provider, Pushed};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
-use meter_billing::Ledger;
+use meter_billing::Subscriptions;
 use meter_billing::ledger::outbox::{OpKind, Operation, Settle};
+use meter_webhooks::Webhooks;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +30,8 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Who is collected how.
     pub terms: crate::provider::Terms,
+    /// After a failed payment, when each retry comes, counted from the first failure.
+    pub retries: Vec<Duration>,
 }
 
 impl Default for Settings {
@@ -38,14 +43,16 @@ impl Default for Settings {
             min_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(3600),
             terms: Default::default(),
+            retries: crate::collect::DEFAULT_RETRIES.to_vec(),
         }
     }
 }
 
 /// The outbox worker.
 pub struct Worker {
-    ledger: Ledger,
+    subs: Subscriptions,
     provider: Arc<dyn Provider>,
+    notices: Arc<Webhooks>,
     settings: Settings,
 }
 
@@ -59,15 +66,16 @@ struct Outcome<'a> {
 }
 
 impl Worker {
-    /// A worker of `ledger`'s outbox through `provider`.
-    pub fn new(ledger: Ledger, provider: Arc<dyn Provider>, settings: Settings) -> Self {
-        Worker { ledger, provider, settings }
+    /// A worker of the outbox of `subs`' ledger through `provider`, changing subscriptions
+    /// through `subs` as payments fail and succeed and telling tenants through `notices`.
+    pub fn new(subs: Subscriptions, provider: Arc<dyn Provider>, notices: Arc<Webhooks>, settings: Settings) -> Self {
+        Worker { subs, provider, notices, settings }
     }
 
     /// Works what is due at `now_us` once; returns how many operations it settled.
     pub async fn work_due(&self, now_us: i64) -> Result<usize, meter_billing::Error> {
         let lease = self.settings.lease.as_micros() as i64;
-        let ops = self.ledger.claim_operations(now_us, lease, self.settings.batch).await?;
+        let ops = self.subs.ledger.claim_operations(now_us, lease, self.settings.batch).await?;
         let n = ops.len();
         let settled = futures_util::stream::iter(ops)
             .map(|op| async move {
@@ -78,22 +86,28 @@ impl Worker {
             .collect::<Vec<_>>()
             .await;
         for (id, settle) in settled {
-            let label = match &settle {
-                Settle::Done(_) => "done",
-                Settle::Again { .. } => "again",
-                Settle::Dead(_) => "dead",
-            };
-            metrics::counter!(crate::metric::OPERATIONS, "outcome" => label).increment(1);
-            match self.ledger.settle(id, settle).await {
-                Ok(()) => {}
-                // Its lease ran out and another worker settled it first: theirs stands.
-                Err(meter_billing::Error::NoOperation(what)) => {
-                    tracing::warn!(op = id, %what, "operation settled by another worker meanwhile")
-                }
-                Err(e) => return Err(e),
-            }
+            self.record(id, settle).await?;
         }
         Ok(n)
+    }
+
+    /// Records what operation `id` came to.
+    async fn record(&self, id: i64, settle: Settle) -> Result<(), meter_billing::Error> {
+        let label = match &settle {
+            Settle::Done { .. } => "done",
+            Settle::Again { .. } => "again",
+            Settle::Dead(_) => "dead",
+        };
+        metrics::counter!(crate::metric::OPERATIONS, "outcome" => label).increment(1);
+        match self.subs.ledger.settle(id, settle).await {
+            Ok(()) => Ok(()),
+            // Its lease ran out and another worker settled it first: theirs stands.
+            Err(meter_billing::Error::NoOperation(what)) => {
+                tracing::warn!(op = id, %what, "operation settled by another worker meanwhile");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The tenant's customer (made and recorded once), then the invoice.
@@ -102,38 +116,48 @@ impl Worker {
         invoice: &meter_rater::Invoice,
         earlier: Earlier,
         now_us: i64,
-    ) -> Result<Pushed, crate::Error> {
+    ) -> Result<(Pushed, Option<Collect>), crate::Error> {
         self.provider.check(invoice)?;
-        let known = self.ledger.remote_customer(&invoice.tenant).await?;
+        let ledger = &self.subs.ledger;
+        let known = ledger.remote_customer(&invoice.tenant).await?;
         let remote = match known {
             Some(r) => r,
             None => match self.provider.ensure_customer(&invoice.tenant, invoice.currency).await? {
                 Some(r) => {
-                    self.ledger.record_remote_customer(r.clone()).await?;
+                    ledger.record_remote_customer(r.clone()).await?;
                     r
                 }
-                None => return Ok(Pushed::NotSynced),
+                None => return Ok((Pushed::NotSynced, None)),
             },
         };
         let collection = self.settings.terms.of(&invoice.tenant, invoice.plan.as_deref());
         let pushed = self.provider.push_invoice(invoice, &remote.customer, collection, earlier).await?;
-        if let Pushed::Synced(s) = &pushed {
-            let due_us = match collection {
-                Collection::SendInvoice { days_until_due } => Some(now_us + i64::from(days_until_due) * 86_400_000_000),
-                Collection::ChargeAutomatically => None,
-            };
-            let known = meter_billing::ledger::outbox::RemoteInvoice {
-                remote: s.invoice.clone(),
-                invoice: invoice.id.clone(),
-                tenant: invoice.tenant.clone(),
-                status: s.status.clone(),
-                sent_us: Some(now_us),
-                due_us,
-                paid_us: None,
-            };
-            self.ledger.store().record_remote_invoice(known).await?;
+        let Pushed::Synced(s) = &pushed else { return Ok((pushed, None)) };
+        let due_us = match collection {
+            Collection::SendInvoice { days_until_due } => Some(now_us + i64::from(days_until_due) * 86_400_000_000),
+            Collection::ChargeAutomatically => None,
+        };
+        let known = meter_billing::ledger::outbox::RemoteInvoice {
+            remote: s.invoice.clone(),
+            invoice: invoice.id.clone(),
+            tenant: invoice.tenant.clone(),
+            status: s.status.clone(),
+            sent_us: Some(now_us),
+            due_us,
+            paid_us: None,
+        };
+        ledger.store().record_remote_invoice(known).await?;
+        let collect = Collect::first(invoice, &s.invoice, collection, due_us);
+        Ok((pushed, Some(collect)))
+    }
+
+    fn collector(&self) -> Collector<'_> {
+        Collector {
+            subs: &self.subs,
+            provider: &*self.provider,
+            notices: &self.notices,
+            retries: &self.settings.retries,
         }
-        Ok(pushed)
     }
 
     async fn perform(&self, op: &Operation, now_us: i64) -> Settle {
@@ -144,18 +168,23 @@ impl Worker {
                         Some(t) if now_us - t > crate::provider::IDEMPOTENCY_WINDOW_US => Earlier::BeforeWindow,
                         _ => Earlier::WithinWindow,
                     };
-                    self.push(&invoice, earlier, now_us).await
+                    self.push(&invoice, earlier, now_us)
+                        .await
+                        .map(|(pushed, collect)| self.pushed(op, pushed, collect, now_us))
                 }
                 Err(e) => return Settle::Dead(format!("the stored invoice does not parse: {e}")),
             },
+            OpKind::Collect => match serde_json::from_str::<Collect>(&op.body) {
+                Ok(c) => self.collector().step(&c, now_us).await,
+                Err(e) => return Settle::Dead(format!("the stored collection step does not parse: {e}")),
+            },
+            OpKind::CheckSuspension => match serde_json::from_str::<CheckSuspension>(&op.body) {
+                Ok(c) => self.collector().check_suspension(&c, now_us).await,
+                Err(e) => return Settle::Dead(format!("the stored suspension check does not parse: {e}")),
+            },
         };
-        let provider = self.provider.name();
         match result {
-            Ok(Pushed::Synced(s)) => {
-                tracing::info!(op = op.id, invoice = %op.subject, remote = %s.invoice, "invoice synced");
-                Settle::Done(json(&Outcome { provider, synced: true, invoice: Some(s) }))
-            }
-            Ok(Pushed::NotSynced) => Settle::Done(json(&Outcome { provider, synced: false, invoice: None })),
+            Ok(settle) => settle,
             Err(e) if e.is_transient() => {
                 let pause = ExponentialBuilder::default()
                     .with_min_delay(self.settings.min_backoff)
@@ -166,32 +195,63 @@ impl Worker {
                     .nth(op.attempts as usize)
                     .unwrap_or(self.settings.max_backoff)
                     .min(self.settings.max_backoff);
-                tracing::warn!(op = op.id, invoice = %op.subject, error = %e, ?pause, "sync failed; trying again later");
+                tracing::warn!(op = op.id, kind = op.kind.as_str(), subject = %op.subject, error = %e, ?pause, "sync failed; trying again later");
                 Settle::Again { next_us: now_us + pause.as_micros() as i64, error: e.to_string() }
             }
             Err(e) => {
-                tracing::error!(op = op.id, invoice = %op.subject, error = %e, "sync failed for good; on the dead list");
+                tracing::error!(op = op.id, kind = op.kind.as_str(), subject = %op.subject, error = %e, "sync failed for good; on the dead list");
                 Settle::Dead(e.to_string())
             }
+        }
+    }
+
+    /// A push's settlement: done, with its collection's first step when it synced.
+    fn pushed(&self, op: &Operation, pushed: Pushed, collect: Option<Collect>, now_us: i64) -> Settle {
+        let provider = self.provider.name();
+        match pushed {
+            Pushed::Synced(s) => {
+                tracing::info!(op = op.id, invoice = %op.subject, remote = %s.invoice, "invoice synced");
+                let then = collect.map(|c| c.operation(now_us)).into_iter().collect();
+                Settle::Done { outcome: json(&Outcome { provider, synced: true, invoice: Some(s) }), then }
+            }
+            Pushed::NotSynced => Settle::done(json(&Outcome { provider, synced: false, invoice: None })),
         }
     }
 
     /// Works the outbox until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let lease = self.settings.lease.as_micros() as i64;
+        let batch = self.settings.batch.max(1);
+        // Up to `batch` operations in flight; each slot that frees is filled at once, so that a
+        // slow one (a timeout, a Retry-After) holds back only itself.
+        let this = &self;
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
         loop {
+            let room = batch - in_flight.len();
             let now = meter_schemas::period::now_us();
-            let pause = match self.work_due(now).await {
-                Ok(0) => self.settings.poll,
-                Ok(_) => Duration::ZERO,
-                Err(e) => {
+            let claimed = match room {
+                0 => Vec::new(),
+                _ => this.subs.ledger.claim_operations(now, lease, room).await.unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "the sync outbox could not be read; trying again");
-                    self.settings.poll
-                }
+                    Vec::new()
+                }),
             };
+            for op in claimed {
+                in_flight.push(async move {
+                    let settle = this.perform(&op, now).await;
+                    (op.id, settle)
+                });
+            }
             tokio::select! {
                 () = &mut shutdown => return,
-                () = tokio::time::sleep(pause) => {}
+                Some((id, settle)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Err(e) = this.record(id, settle).await {
+                        // Not recorded: its lease runs out and it is worked again, with its keys.
+                        tracing::warn!(op = id, error = %e, "an outcome could not be recorded; the operation will be tried again");
+                    }
+                }
+                () = tokio::time::sleep(self.settings.poll), if in_flight.is_empty() => {}
             }
         }
     }

@@ -1,12 +1,13 @@
 //! The outbox worker: a close recorded in the ledger reaches localstripe (through the faulting,
-//! key-enforcing proxy) exactly once per invoice; without a provider every push says it was not
-//! synced; an invoice Stripe cannot take goes to the dead list and holds back no other tenant.
+//! key-enforcing proxy) exactly once per invoice, and each synced invoice's collection starts
+//! (charged, or sent); without a provider every push says it was not synced; an invoice Stripe
+//! cannot take goes to the dead list and holds back no other tenant.
 
 use meter_billing::Ledger;
-use meter_billing::ledger::outbox::OpState;
+use meter_billing::ledger::outbox::{OpKind, OpState};
 use meter_billing_sync::stripe::{Client, Settings, Stripe};
 use meter_billing_sync::testing::proxy::Proxy;
-use meter_billing_sync::testing::{KEY, LocalStripe, direct, invoice};
+use meter_billing_sync::testing::{KEY, LocalStripe, billing_of, direct, invoice};
 use meter_billing_sync::worker::{self, Worker};
 use meter_billing_sync::{NoProvider, Provider};
 use meter_rater::Invoice;
@@ -21,6 +22,11 @@ async fn ledger_with(invoices: Vec<Invoice>) -> (Ledger, tempfile::TempDir) {
     (meter_billing_sync::testing::ledger_with(&dir.path().join("billing.db"), invoices).await, dir)
 }
 
+fn worker(ledger: &Ledger, dir: &tempfile::TempDir, provider: Arc<dyn Provider>) -> Worker {
+    let (subs, notices) = billing_of(ledger, dir.path(), meter_billing::subscriptions::DEFAULT_GRACE);
+    Worker::new(subs, provider, notices, quick())
+}
+
 fn quick() -> worker::Settings {
     worker::Settings {
         poll: Duration::from_millis(10),
@@ -30,13 +36,16 @@ fn quick() -> worker::Settings {
         max_backoff: Duration::from_millis(20),
         // Net-30 by bank transfer for one tenant; cards for the others.
         terms: toml::from_str(r#"tenants = { tenant-03 = { method = "send_invoice", days_until_due = 30 } }"#).unwrap(),
+        ..Default::default()
     }
 }
 
-/// Works the outbox until nothing is pending (or gives up after a while).
+/// Works the outbox until nothing pending is due (or gives up after a while).
 async fn drain(worker: &Worker, ledger: &Ledger) {
     for _ in 0..500 {
-        if ledger.operations(Some(OpState::Pending), None).await.unwrap().is_empty() {
+        let now = meter_schemas::period::now_us();
+        let pending = ledger.operations(Some(OpState::Pending), None).await.unwrap();
+        if pending.iter().all(|o| o.next_us > now) {
             return;
         }
         worker.work_due(meter_schemas::period::now_us()).await.unwrap();
@@ -53,7 +62,7 @@ async fn a_recorded_close_reaches_stripe_once_per_invoice_and_a_bad_one_is_dead(
         .map(|i| invoice(&format!("tenant-{i:02}"), "EUR", &["10.00", &format!("{i}.{i:02}"), "-1.00"]))
         .collect();
     invoices.push(invoice("kuwait", "KWD", &["1.234"]));
-    let (ledger, _dir) = ledger_with(invoices.clone()).await;
+    let (ledger, dir) = ledger_with(invoices.clone()).await;
     let settings = Settings {
         api_base: proxy.url.clone(),
         rate_limit: NonZeroU32::new(200).unwrap(),
@@ -64,10 +73,11 @@ async fn a_recorded_close_reaches_stripe_once_per_invoice_and_a_bad_one_is_dead(
         ..Settings::new(KEY)
     };
     let stripe: Arc<dyn Provider> = Arc::new(Stripe::new(Client::new(settings).unwrap(), false));
-    let worker = Worker::new(ledger.clone(), stripe, quick());
+    let worker = worker(&ledger, &dir, stripe);
     drain(&worker, &ledger).await;
 
-    let ops = ledger.operations(None, None).await.unwrap();
+    let all = ledger.operations(None, None).await.unwrap();
+    let ops: Vec<_> = all.iter().filter(|o| o.kind == OpKind::PushInvoice).collect();
     assert_eq!(ops.len(), 13);
     for (op, inv) in ops.iter().zip(&invoices) {
         assert_eq!(op.subject, inv.id);
@@ -96,6 +106,27 @@ async fn a_recorded_close_reaches_stripe_once_per_invoice_and_a_bad_one_is_dead(
             .collect();
         assert_eq!(charging, [outcome["total_minor"].as_i64().unwrap()], "{}", inv.id);
     }
+    // Each synced invoice's collection started: the cards charged (no customer has a payment
+    // method in localstripe, so each charge failed and its first retry waits a day), tenant-03's
+    // invoice sent, due in 30 days.
+    let of = |kind: OpKind, subject: &str| all.iter().find(|o| o.kind == kind && o.subject == subject);
+    for inv in invoices.iter().filter(|i| i.tenant != "kuwait") {
+        let first = of(OpKind::Collect, &format!("{}/first", inv.id)).unwrap_or_else(|| panic!("{}", inv.id));
+        assert_eq!(first.state, OpState::Done, "{first:?}");
+        let outcome: serde_json::Value = serde_json::from_str(first.outcome.as_deref().unwrap()).unwrap();
+        if inv.tenant == "tenant-03" {
+            assert_eq!(outcome["result"], "sent", "{outcome}");
+            let due = of(OpKind::Collect, &format!("{}/due", inv.id)).unwrap();
+            assert_eq!(due.state, OpState::Pending);
+            assert!(due.next_us > meter_schemas::period::now_us() + 29 * 86_400_000_000);
+        } else {
+            assert_eq!(outcome["result"], "failed", "{outcome}");
+            assert!(outcome["detail"].as_str().unwrap().contains("payment method"), "{outcome}");
+            let retry = of(OpKind::Collect, &format!("{}/retry-1", inv.id)).unwrap();
+            assert_eq!(retry.state, OpState::Pending);
+        }
+    }
+    assert!(of(OpKind::Collect, "inv_kuwait_2026-10/first").is_none(), "nothing to collect of a dead push");
     let customers = direct(&stand_in.url, Method::GET, "/v1/customers?limit=100", &[]).await;
     assert_eq!(customers["data"].as_array().unwrap().len(), 12, "one customer per tenant, none for the dead invoice");
     let counts = proxy.counts();
@@ -138,8 +169,8 @@ async fn a_recorded_close_reaches_stripe_once_per_invoice_and_a_bad_one_is_dead(
 
 #[tokio::test]
 async fn without_a_provider_every_push_says_it_was_not_synced() {
-    let (ledger, _dir) = ledger_with(vec![invoice("acme", "USD", &["5.00"]), invoice("beta", "USD", &["1.00"])]).await;
-    let worker = Worker::new(ledger.clone(), Arc::new(NoProvider), quick());
+    let (ledger, dir) = ledger_with(vec![invoice("acme", "USD", &["5.00"]), invoice("beta", "USD", &["1.00"])]).await;
+    let worker = worker(&ledger, &dir, Arc::new(NoProvider));
     drain(&worker, &ledger).await;
     for op in ledger.operations(None, None).await.unwrap() {
         assert_eq!(op.state, OpState::Done);

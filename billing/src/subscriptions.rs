@@ -24,7 +24,13 @@ pub struct Subscriptions {
     pub book: Arc<PriceBook>,
     /// The live counters, which raise the alerts.
     pub live: Arc<dyn LiveStore>,
+    /// From a failed payment to suspension, unless a command gives its own.
+    pub grace: std::time::Duration,
 }
+
+/// The grace period by default: [`meter_rater::subscription::GRACE_DAYS`].
+pub const DEFAULT_GRACE: std::time::Duration =
+    std::time::Duration::from_secs(meter_rater::subscription::GRACE_DAYS as u64 * 86_400);
 
 /// Subscriptions by state, and how trials end.
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -78,6 +84,12 @@ impl Subscriptions {
         now_us: i64,
     ) -> Result<Subscription, Error> {
         let list = self.list_at(at_us)?;
+        let command = match command {
+            Command::PaymentFailed { grace_us: None } => {
+                Command::PaymentFailed { grace_us: Some(self.grace.as_micros().min(i64::MAX as u128) as i64) }
+            }
+            other => other,
+        };
         let sub = self.ledger.apply(id, command, at_us, by, list).await?;
         self.plan_changed(&sub.tenant, now_us).await?;
         Ok(sub)

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use time::OffsetDateTime;
 
-/// Days from `past_due` to `suspended`.
+/// Days from `past_due` to `suspended` unless a command says otherwise (`[billing] grace`).
 pub const GRACE_DAYS: i64 = 15;
 const DAY_US: i64 = meter_schemas::period::DAY_US;
 
@@ -68,8 +68,13 @@ pub enum Command {
     /// Payment received: past_due, suspended or cancelled (before it expired) becomes active; a
     /// cancelled trial goes back to its trial.
     Reactivate,
-    /// A payment failed: active becomes past_due.
-    PaymentFailed,
+    /// A payment failed: active becomes past_due, and suspended when the grace period runs out
+    /// unpaid.
+    PaymentFailed {
+        /// The grace period (µs); default [`GRACE_DAYS`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_us: Option<i64>,
+    },
     /// End a trial early and start paying.
     Convert,
 }
@@ -81,7 +86,7 @@ impl Command {
             Command::ChangePlan { .. } => "change_plan",
             Command::Cancel => "cancel",
             Command::Reactivate => "reactivate",
-            Command::PaymentFailed => "payment_failed",
+            Command::PaymentFailed { .. } => "payment_failed",
             Command::Convert => "convert",
         }
     }
@@ -245,6 +250,10 @@ pub struct Subscription {
     cycle_index: u32,
     cycle: Option<(i64, i64)>,
     past_due_since_us: Option<i64>,
+    /// When a past_due subscription is suspended unless paid (absent in rows written before
+    /// the grace period was configurable: [`GRACE_DAYS`] after it went past_due).
+    #[serde(default)]
+    suspends_us: Option<i64>,
     ends_us: Option<i64>,
     before_cancel: Option<State>,
 }
@@ -279,6 +288,7 @@ impl Subscription {
             cycle_index: 0,
             cycle: None,
             past_due_since_us: None,
+            suspends_us: None,
             ends_us: None,
             before_cancel: None,
         };
@@ -304,6 +314,14 @@ impl Subscription {
     /// The billing cycle.
     pub fn cycle(&self) -> Cycle {
         self.last().cycle
+    }
+
+    /// When a past_due subscription is suspended unless paid (µs); `None` in any other state.
+    pub fn suspends_at(&self) -> Option<i64> {
+        match self.state() {
+            State::PastDue => self.suspends_us.or(self.past_due_since_us.map(|t| t + GRACE_DAYS * DAY_US)),
+            _ => None,
+        }
     }
 
     /// The running cycle's start and end (µs), if one runs.
@@ -335,7 +353,7 @@ impl Subscription {
                 State::Trial => self.trial_ends_us.map(|t| (t, 0)),
                 State::Cancelled => self.ends_us.map(|t| (t, 1)),
                 State::PastDue => {
-                    let suspend = self.past_due_since_us.map(|t| t + GRACE_DAYS * DAY_US);
+                    let suspend = self.suspends_us.or(self.past_due_since_us.map(|t| t + GRACE_DAYS * DAY_US));
                     let end = self.cycle.map(|c| c.1);
                     match (suspend, end) {
                         (Some(s), Some(e)) if e < s => Some((e, 3)),
@@ -422,13 +440,15 @@ impl Subscription {
                 };
                 self.ends_us = None;
                 self.past_due_since_us = None;
+                self.suspends_us = None;
                 self.push(at_us, Change::Reactivated, by, to, &plan, cycle);
                 if to != State::Trial && self.cycle.is_none() {
                     self.start_cycle(at_us, CycleReason::Reactivation, by, to);
                 }
             }
-            Command::PaymentFailed => {
+            Command::PaymentFailed { grace_us } => {
                 self.past_due_since_us = Some(at_us);
+                self.suspends_us = Some(at_us.saturating_add(grace_us.unwrap_or(GRACE_DAYS * DAY_US)));
                 self.push(at_us, Change::PaymentFailed, by, State::PastDue, &plan, cycle);
             }
             Command::Convert => {

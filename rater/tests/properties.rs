@@ -72,7 +72,7 @@ impl Scenario {
                 0 => Command::ChangePlan { plan: PLANS[plan].into(), cycle: Some(CYCLES[cycle]) },
                 1 => Command::Cancel,
                 2 => Command::Reactivate,
-                3 => Command::PaymentFailed,
+                3 => Command::PaymentFailed { grace_us: None },
                 _ => Command::Convert,
             };
             let _ = s.apply(&command, t, "k", list());

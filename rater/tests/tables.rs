@@ -222,16 +222,39 @@ fn a_trial_converts_after_14_days_and_bills_from_then() {
 }
 
 #[test]
+fn a_grace_period_given_with_the_failure_is_the_one_that_suspends_and_payment_clears_it() {
+    let hour = 3_600_000_000;
+    let mut s = subscribe("acme", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
+    act(&mut s, Command::PaymentFailed { grace_us: Some(36 * hour) }, "2026-11-03T00:00:00Z");
+    s.advance(at("2026-11-04T11:59:59Z"));
+    assert_eq!(s.state(), State::PastDue, "still in its 36 h");
+    s.advance(at("2026-11-04T12:00:00Z"));
+    assert_eq!(s.state(), State::Suspended, "36 h after the failure, not 15 days");
+    act(&mut s, Command::Reactivate, "2026-11-05T00:00:00Z");
+    // A later failure without a grace of its own gets the default again.
+    act(&mut s, Command::PaymentFailed { grace_us: None }, "2026-11-06T00:00:00Z");
+    s.advance(at("2026-11-20T23:59:59Z"));
+    assert_eq!(s.state(), State::PastDue, "the default 15 days, not the earlier 36 h");
+    s.advance(at("2026-11-21T00:00:00Z"));
+    assert_eq!(s.state(), State::Suspended);
+    // The grace is part of the stored subscription.
+    let mut back: meter_rater::Subscription = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    back.advance(at("2026-11-22T00:00:00Z"));
+    assert_eq!(back.state(), State::Suspended);
+}
+
+#[test]
 fn past_due_is_suspended_after_15_days_and_reactivated_by_payment() {
     let mut s = subscribe("acme", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
-    act(&mut s, Command::PaymentFailed, "2026-11-03T12:00:00Z");
+    act(&mut s, Command::PaymentFailed { grace_us: None }, "2026-11-03T12:00:00Z");
     assert_eq!(s.state(), State::PastDue);
     s.advance(at("2026-11-18T11:59:59Z"));
     assert_eq!(s.state(), State::PastDue, "still in the grace period");
     s.advance(at("2026-11-18T12:00:00Z"));
     assert_eq!(s.state(), State::Suspended, "exactly 15 days later");
     assert_eq!(s.entries.last().unwrap().by, "schedule");
-    let refused = s.apply(&Command::PaymentFailed, at("2026-11-19T00:00:00Z"), "k", list()).unwrap_err();
+    let refused =
+        s.apply(&Command::PaymentFailed { grace_us: None }, at("2026-11-19T00:00:00Z"), "k", list()).unwrap_err();
     assert_eq!(
         refused,
         Refusal::Transition {
@@ -252,7 +275,7 @@ fn past_due_is_suspended_after_15_days_and_reactivated_by_payment() {
 
     // Suspended past the cycle's end: nothing renews; paying starts a new cycle.
     let mut t = subscribe("b", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
-    act(&mut t, Command::PaymentFailed, "2026-11-10T00:00:00Z");
+    act(&mut t, Command::PaymentFailed { grace_us: None }, "2026-11-10T00:00:00Z");
     let dec = rate(&mut t, "2026-12", &usage(&[]));
     assert!(dec.lines.iter().all(|l| l.kind != K::BaseFee), "no renewal while past due is suspended");
     act(&mut t, Command::Reactivate, "2027-01-05T00:00:00Z");
@@ -263,7 +286,7 @@ fn past_due_is_suspended_after_15_days_and_reactivated_by_payment() {
 #[test]
 fn a_past_due_subscription_renews_while_in_its_grace_period() {
     let mut s = subscribe("acme", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
-    act(&mut s, Command::PaymentFailed, "2026-11-25T00:00:00Z");
+    act(&mut s, Command::PaymentFailed { grace_us: None }, "2026-11-25T00:00:00Z");
     let dec = rate(&mut s, "2026-12", &usage(&[]));
     assert_eq!(line(&dec, K::BaseFee, None), "5000.00");
     assert_eq!(s.state(), State::Suspended, "suspended on December 10");
@@ -350,7 +373,7 @@ fn invalid_commands_name_what_is_allowed() {
 #[test]
 fn reactivating_a_cancelled_subscription_makes_it_active_and_a_cancelled_trial_a_trial() {
     let mut s = subscribe("acme", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
-    act(&mut s, Command::PaymentFailed, "2026-11-02T00:00:00Z");
+    act(&mut s, Command::PaymentFailed { grace_us: None }, "2026-11-02T00:00:00Z");
     act(&mut s, Command::Cancel, "2026-11-03T00:00:00Z");
     act(&mut s, Command::Reactivate, "2026-11-04T00:00:00Z");
     assert_eq!(s.state(), State::Active, "payment received: not past due any more");

@@ -15,6 +15,10 @@ use tower_http::timeout::TimeoutLayer;
 /// Longest a request may take; a slow client cannot hold a connection (or shutdown) for ever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest a request of [`meter_api::slow_router`] may take (a period's reconciliation reads
+/// every invoice back from Stripe, at its rate limit).
+const SLOW_REQUEST_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// The write API, with the hard limits of every tenant's plan, when `ingests`.
 pub(super) fn start_ingest_if_needed(
     shared: &Shared,
@@ -38,15 +42,16 @@ pub(super) fn start_ingest_if_needed(
 /// Every route this process serves, `/api/v1/openapi.json` describing them, and the answers for
 /// unknown paths, slow requests and panics.
 pub(super) fn app(state: Arc<AppState>, ingest: Option<Arc<Ingest>>) -> Router {
-    let mut routes = meter_api::router(state);
+    let timeout = |limit| TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, limit);
+    let mut routes = meter_api::router(state.clone()).layer(timeout(REQUEST_TIMEOUT));
     if let Some(ingest) = ingest {
-        routes = routes.merge(meter_ingest::router(ingest));
+        routes = routes.merge(meter_ingest::router(ingest).layer(timeout(REQUEST_TIMEOUT)));
     }
+    routes = routes.merge(meter_api::slow_router(state).layer(timeout(SLOW_REQUEST_TIMEOUT)));
     let (router, openapi) = routes.split_for_parts();
     let openapi = Arc::new(openapi);
     router
         .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
         .fallback(meter_api::not_found)
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(CatchPanicLayer::custom(meter_api::panicked))
 }

@@ -28,6 +28,8 @@ pub(super) struct Shared {
     pub webhooks: Arc<Webhooks>,
     /// The payment provider (one client, one rate limit, for the sync and the API).
     pub provider: Arc<dyn meter_billing_sync::Provider>,
+    /// From a failed payment to suspension.
+    pub grace: std::time::Duration,
 }
 
 impl Shared {
@@ -68,7 +70,8 @@ impl Shared {
             StoreBackend::Sqlite(_) => None,
         };
         let provider = provider(config)?;
-        Ok(Shared { keys, catalog, log, live, clickhouse, book, ledger, allowances, webhooks, provider })
+        let grace = config.billing.grace;
+        Ok(Shared { keys, catalog, log, live, clickhouse, book, ledger, allowances, webhooks, provider, grace })
     }
 
     /// The history and the consumer whose watermarks it reports: ClickHouse and the sink's
@@ -113,6 +116,7 @@ impl Shared {
             allowances: self.allowances.clone(),
             book: self.book.clone(),
             live: self.live.clone(),
+            grace: self.grace,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The sync role: the outbox's worker, pushing closed invoices to the payment provider (Stripe
-//! when `[stripe] api_key` is set; otherwise none, and every push says it was not synced).
+//! when `[stripe] api_key` is set; otherwise none, and every push says it was not synced),
+//! collecting them and dunning, and the processor of the provider's events.
 
 use super::shared::Shared;
 use crate::config::Config;
@@ -29,7 +30,7 @@ pub async fn start_sync_if_needed(
             Err(e) => return Err(e).with_context(|| format!("Stripe at {api_base} cannot be used")),
         }
     }
-    let worker = Worker::new(shared.ledger.clone(), provider.clone(), config.sync.settings());
+    let worker = Worker::new(shared.subscriptions(), provider.clone(), shared.webhooks.clone(), config.sync.settings());
     let events = meter_billing_sync::events::run(
         shared.ledger.clone(),
         shared.subscriptions(),

@@ -40,7 +40,7 @@ pub async fn endpoints_are_scoped_to_who_registered_them(s: Arc<dyn WebhookStore
     assert!(matches!(e, Error::NotFound(_)), "an admin's endpoint is not the tenant's: {e}");
     let e = s.remove_endpoint("other".into(), Some("t".into())).await.unwrap_err();
     assert!(matches!(e, Error::NotFound(_)), "another tenant's: {e}");
-    s.queue(vec![alert("a1", "t")], 1, 10).await.unwrap();
+    s.queue(vec![alert("a1", "t")], Some(1), 10).await.unwrap();
     assert_eq!(s.deliveries(Some("t".into()), None, 10).await.unwrap().len(), 1, "own endpoint's only");
     assert_eq!(s.deliveries(None, None, 10).await.unwrap().len(), 3, "all, own and for-t");
     s.remove_endpoint("own".into(), Some("t".into())).await.unwrap();
@@ -55,14 +55,19 @@ pub async fn an_alert_is_queued_once_per_endpoint(s: Arc<dyn WebhookStore>) {
     add(&*s, "t1", Some("t"), false, 2).await;
     add(&*s, "u1", Some("u"), false, 3).await;
     assert_eq!(s.cursor("alerts".into()).await.unwrap(), 0);
-    s.queue(vec![alert("a1", "t"), alert("a2", "u")], 7, 10).await.unwrap();
-    s.queue(vec![alert("a1", "t")], 5, 11).await.unwrap();
+    s.queue(vec![alert("a1", "t"), alert("a2", "u")], Some(7), 10).await.unwrap();
+    s.queue(vec![alert("a1", "t")], Some(5), 11).await.unwrap();
     let mut queued: Vec<(String, String)> =
         s.deliveries(None, None, 10).await.unwrap().into_iter().map(|d| (d.alert_id, d.endpoint_id)).collect();
     queued.sort();
     let want = [("a1", "all"), ("a1", "t1"), ("a2", "all"), ("a2", "u1")];
     assert_eq!(queued, want.map(|(a, e)| (a.to_string(), e.to_string())));
     assert_eq!(s.cursor("alerts".into()).await.unwrap(), 7, "never moved back");
+    // A billing notice is queued the same way, once, and leaves the alerts' cursor alone.
+    s.queue(vec![alert("billing.payment_failed:in_1:0", "u")], None, 12).await.unwrap();
+    s.queue(vec![alert("billing.payment_failed:in_1:0", "u")], None, 13).await.unwrap();
+    assert_eq!(s.deliveries(Some("u".into()), None, 10).await.unwrap().len(), 2, "a2 and the notice, once");
+    assert_eq!(s.cursor("alerts".into()).await.unwrap(), 7);
     s.move_cursor("kafka".into(), 9).await.unwrap();
     s.move_cursor("kafka".into(), 3).await.unwrap();
     assert_eq!(s.cursor("kafka".into()).await.unwrap(), 9);
@@ -73,8 +78,8 @@ pub async fn an_alert_is_queued_once_per_endpoint(s: Arc<dyn WebhookStore>) {
 pub async fn deliveries_are_claimed_recorded_and_retried(s: Arc<dyn WebhookStore>) {
     add(&*s, "e1", Some("t"), false, 1).await;
     add(&*s, "e2", Some("u"), false, 2).await;
-    s.queue((0..5).map(|i| alert(&format!("t{i}"), "t")).collect(), 5, 100).await.unwrap();
-    s.queue(vec![alert("u0", "u")], 6, 200).await.unwrap();
+    s.queue((0..5).map(|i| alert(&format!("t{i}"), "t")).collect(), Some(5), 100).await.unwrap();
+    s.queue(vec![alert("u0", "u")], Some(6), 200).await.unwrap();
     assert!(s.claim(10, 2, HashMap::new(), 99, 1_000).await.unwrap().is_empty(), "nothing due yet");
     let claimed = s.claim(10, 2, HashMap::new(), 300, 1_000).await.unwrap();
     let per: Vec<&str> = claimed.iter().map(|d| d.endpoint_id.as_str()).collect();

@@ -187,7 +187,7 @@ mod tests {
                 body: "{}".into(),
             })
             .collect();
-        w.store.queue(alerts, 0, due_us).await.unwrap();
+        w.store.queue(alerts, Some(0), due_us).await.unwrap();
     }
 
     /// A tenant's endpoint stored with an internal address (registered before the guard knew

@@ -1,5 +1,7 @@
-//! Webhook delivery of alerts. Endpoints registered by tenants (their own alerts) and admins
-//! (every tenant's, or one's) receive each alert as a signed POST ([`signature`]); a failed
+//! Webhook delivery of alerts and billing notices. Endpoints registered by tenants (their own)
+//! and admins (every tenant's, or one's) receive each alert (`usage.*`) and each billing notice
+//! of the sync stage's dunning (`billing.payment_failed`, `billing.payment_retry_scheduled`,
+//! `billing.suspended`; [`Webhooks::notify`]) as a signed POST ([`signature`]); a failed
 //! delivery is retried with exponential backoff until [`Settings::retry_for`] has passed since
 //! its first attempt, then kept in a dead-letter list from which it can be retried by hand.
 //!
@@ -250,8 +252,28 @@ impl Webhooks {
             .iter()
             .map(|a| store::Queued { alert_id: a.id.clone(), tenant: a.tenant.clone(), body: body_of(a) })
             .collect();
-        self.store.queue(queued, last, now_us()).await?;
+        self.store.queue(queued, Some(last), now_us()).await?;
         Ok(n)
+    }
+}
+
+impl Webhooks {
+    /// Queues a billing notice for `tenant`'s endpoints (and every tenant's): `kind` such as
+    /// `billing.payment_failed`, its `data`, made at `at_us`. `id` names it: a notice of an id
+    /// queued before is not queued again, so a step that notifies and then crashes may notify
+    /// again safely.
+    pub async fn notify(
+        &self,
+        tenant: &str,
+        id: &str,
+        kind: &str,
+        data: serde_json::Value,
+        at_us: i64,
+    ) -> Result<(), Error> {
+        let body =
+            serde_json::json!({ "id": id, "type": kind, "created": format_time(at_us), "data": data }).to_string();
+        let notice = store::Queued { alert_id: id.to_string(), tenant: tenant.to_string(), body };
+        self.store.queue(vec![notice], None, now_us()).await
     }
 }
 

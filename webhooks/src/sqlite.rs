@@ -195,7 +195,7 @@ impl WebhookStore for SqliteWebhooks {
         .await
     }
 
-    async fn queue(&self, alerts: Vec<Queued>, through_seq: u64, now_us: i64) -> Result<(), Error> {
+    async fn queue(&self, alerts: Vec<Queued>, through_seq: Option<u64>, now_us: i64) -> Result<(), Error> {
         self.with(move |c| {
             let tx = c.transaction()?;
             {
@@ -211,10 +211,12 @@ impl WebhookStore for SqliteWebhooks {
                     }
                 }
             }
-            tx.execute(
-                "INSERT INTO fanned_out (name, seq) VALUES ('alerts', ?1) ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
-                params![through_seq as i64],
-            )?;
+            if let Some(seq) = through_seq {
+                tx.execute(
+                    "INSERT INTO fanned_out (name, seq) VALUES ('alerts', ?1) ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    params![seq as i64],
+                )?;
+            }
             tx.commit()?;
             Ok(())
         })

@@ -20,7 +20,7 @@ pub struct StoredEndpoint {
     pub by_admin: bool,
 }
 
-/// An alert to queue for every endpoint that wants it.
+/// An alert (or a billing notice) to queue for every endpoint that wants it.
 #[derive(Clone, Debug)]
 pub struct Queued {
     /// The alert's id.
@@ -117,9 +117,10 @@ pub trait WebhookStore: Send + Sync {
     /// Moves `name`'s cursor forward to `seq` (never back).
     async fn move_cursor(&self, name: String, seq: u64) -> Result<(), Error>;
 
-    /// Queues each alert once for every endpoint that wants it (its tenant's and every
-    /// tenant's), due at `now_us`, and moves the `alerts` cursor to `through_seq`, at once.
-    async fn queue(&self, alerts: Vec<Queued>, through_seq: u64, now_us: i64) -> Result<(), Error>;
+    /// Queues each alert (or billing notice) once for every endpoint that wants it (its
+    /// tenant's and every tenant's), due at `now_us`, and moves the `alerts` cursor to
+    /// `through_seq` when given (alerts), at once.
+    async fn queue(&self, alerts: Vec<Queued>, through_seq: Option<u64>, now_us: i64) -> Result<(), Error>;
 
     /// Claims up to `room` pending deliveries due at `now_us`, oldest due first, at most
     /// `per_endpoint` to one endpoint counting `busy` (sends in flight), until `until_us`:

@@ -7,7 +7,7 @@
 //! most `rate_limit` requests a second, and replies are read into meter's own slim types.
 
 use crate::Error;
-use crate::key::{canonical_form, idempotency_key};
+use crate::key::{canonical_form, occasion_key};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::de::DeserializeOwned;
@@ -100,6 +100,16 @@ impl Client {
     /// Sends `request`, trying again (same key, same bytes) after 429, 409, 5xx, a timeout or a
     /// lost connection, honouring `Retry-After` and `Stripe-Should-Retry`; reads the reply as `T`.
     pub async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, Error> {
+        self.send_on(request, None).await
+    }
+
+    /// [`Client::send`] for a request made again on purpose with the same parameters; its key
+    /// also names the `occasion` ([`crate::key::occasion_key`]).
+    pub async fn send_on<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        occasion: Option<&str>,
+    ) -> Result<T, Error> {
         let method = match request.method {
             StripeMethod::Get => reqwest::Method::GET,
             StripeMethod::Post => reqwest::Method::POST,
@@ -108,7 +118,7 @@ impl Client {
         let query = request.query.as_deref().map(canonical_form);
         let body = request.body.as_deref().map(canonical_form);
         let key = (method == reqwest::Method::POST)
-            .then(|| idempotency_key(method.as_str(), &request.path, query.as_deref(), body.as_deref()));
+            .then(|| occasion_key(method.as_str(), &request.path, query.as_deref(), body.as_deref(), occasion));
         let what = format!("{method} /v1{}", request.path);
         let mut url = format!("{}/v1{}", self.settings.api_base.trim_end_matches('/'), request.path);
         if let Some(q) = query.as_deref().filter(|q| !q.is_empty()) {

@@ -18,7 +18,7 @@ pub use http::{Client, Settings, api_version};
 
 use crate::Error;
 use crate::items::{Item, plan_items};
-use crate::provider::{Collection, Earlier, Provider, Pushed, Synced};
+use crate::provider::{Ask, Collected, Collection, Earlier, Provider, Pushed, Synced};
 use async_trait::async_trait;
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteCustomer};
 use meter_rater::Invoice;
@@ -26,7 +26,7 @@ use objects::{Customer, InvoiceItem, InvoiceLine, List};
 use std::collections::{BTreeMap, HashMap};
 use stripe_billing::invoice::{
     CreateInvoice, CreateInvoiceAutomaticTax, CreateInvoicePendingInvoiceItemsBehavior, FinalizeInvoiceInvoice,
-    ListInvoice, RetrieveInvoice,
+    ListInvoice, PayInvoice, RetrieveInvoice, SendInvoiceInvoice,
 };
 use stripe_billing::invoice_item::{CreateInvoiceItem, ListInvoiceItem};
 use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
@@ -153,6 +153,9 @@ impl Stripe {
             let more = page.has_more && !page.data.is_empty();
             for candidate in page.data {
                 after = Some(candidate.id.clone());
+                if candidate.is_empty_subscription_invoice() {
+                    continue;
+                }
                 let lines = self.lines(&candidate.id).await?;
                 let ours = candidate.metadata.get("meter_invoice_id").is_some_and(|m| m == invoice)
                     || lines.iter().any(|l| l.metadata.get("meter_invoice_id").is_some_and(|m| m == invoice));
@@ -253,7 +256,10 @@ impl Provider for Stripe {
     async fn held(&self, customer: &str, invoice: &str) -> Result<Vec<crate::provider::Held>, Error> {
         let mut held = Vec::new();
         for (inv, lines) in self.invoices_carrying(customer, invoice, false).await? {
-            let read: objects::Invoice = self.client.send(RetrieveInvoice::new(inv.id.as_str()).build()).await?;
+            let read: objects::Invoice = match inv.total_excluding_tax {
+                Some(_) => inv,
+                None => self.client.send(RetrieveInvoice::new(inv.id.as_str()).build()).await?,
+            };
             let before_tax = read.total_excluding_tax.unwrap_or(read.total);
             let mut by_line: BTreeMap<String, Vec<i64>> = BTreeMap::new();
             for l in lines.iter().filter(|l| l.metadata.get("meter_invoice_id").is_some_and(|m| m == invoice)) {
@@ -270,6 +276,34 @@ impl Provider for Stripe {
             });
         }
         Ok(held)
+    }
+
+    async fn collect(&self, invoice: &str, ask: Ask, attempt: u32) -> Result<Collected, Error> {
+        let occasion = format!("attempt={attempt}");
+        let request = match ask {
+            // Off session: the customer is not there to authenticate a charge meter starts.
+            Ask::Pay => PayInvoice::new(invoice).off_session(true).build(),
+            Ask::Send => SendInvoiceInvoice::new(invoice).build(),
+        };
+        let answered: Result<objects::Invoice, Error> = self.client.send_on(request, Some(&occasion)).await;
+        let (read, refusal) = match answered {
+            Ok(read) => (read, None),
+            // A declined card (402), no payment method, an invoice paid or voided meanwhile:
+            // where the invoice stands says which.
+            Err(Error::Refused { message, .. }) if ask == Ask::Pay => {
+                (self.client.send(RetrieveInvoice::new(invoice).build()).await?, Some(message))
+            }
+            Err(e) => return Err(e),
+        };
+        let status = read.status.unwrap_or_default();
+        Ok(match (status.as_str(), ask) {
+            ("paid", _) => Collected::Paid,
+            ("void" | "uncollectible", _) => Collected::Closed(status),
+            (_, Ask::Send) => Collected::Sent,
+            (_, Ask::Pay) => Collected::Declined(
+                refusal.unwrap_or_else(|| format!("the charge did not go through; the invoice is {status}")),
+            ),
+        })
     }
 
     async fn events_since(&self, created: i64) -> Result<Vec<Option<ReceivedEvent>>, Error> {

@@ -41,6 +41,22 @@ pub struct Invoice {
     /// Its metadata (`meter_invoice_id`).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The subscription that made it (API versions before 2025-03-31).
+    #[serde(default)]
+    pub subscription: Option<serde_json::Value>,
+    /// What made it (`subscription_details` for a subscription's; later API versions).
+    #[serde(default)]
+    pub parent: Option<serde_json::Value>,
+}
+
+impl Invoice {
+    /// Whether a subscription made it with nothing to pay: a mirror subscription's invoice,
+    /// which cannot carry meter's money.
+    pub fn is_empty_subscription_invoice(&self) -> bool {
+        let of_subscription = self.subscription.as_ref().is_some_and(|s| !s.is_null())
+            || self.parent.as_ref().is_some_and(|p| !p["subscription_details"].is_null());
+        of_subscription && self.total == 0
+    }
 }
 
 /// A line of an invoice.

@@ -140,3 +140,32 @@ pub async fn ledger_with(path: &Path, invoices: Vec<meter_rater::Invoice>) -> me
     ledger.record(close, book.version("2026-01").expect("the sample's list")).await.expect("the close is recorded");
     ledger
 }
+
+/// Subscriptions over `ledger` (the sample price book, live counters and webhooks in `dir`),
+/// with `grace` from a failed payment to suspension, and the webhooks that tell tenants.
+pub fn billing_of(
+    ledger: &meter_billing::Ledger,
+    dir: &Path,
+    grace: std::time::Duration,
+) -> (meter_billing::Subscriptions, std::sync::Arc<meter_webhooks::Webhooks>) {
+    use std::sync::Arc;
+    let meters =
+        ["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"];
+    let book = Arc::new(
+        meter_rater::PriceBook::parse(meter_rater::pricebook::SAMPLE, &meters, &["active_users"])
+            .expect("the sample price book parses"),
+    );
+    let live = Arc::new(
+        meter_store::SqliteStore::open(&dir.join("usage.db"), meter_sqlite::Durability::Normal).expect("a store opens"),
+    );
+    let subs = meter_billing::Subscriptions {
+        ledger: ledger.clone(),
+        allowances: Arc::new(meter_billing::PlanAllowances::new(book.clone())),
+        book,
+        live,
+        grace,
+    };
+    let settings = meter_webhooks::Settings { allow_private_targets: true, ..Default::default() };
+    let webhooks = Arc::new(meter_webhooks::Webhooks::open(&dir.join("webhooks.db"), settings).expect("webhooks open"));
+    (subs, webhooks)
+}

@@ -29,9 +29,12 @@ pub const ADAPTATIONS: &[&str] = &[
      their items)",
     "POST /v1/invoices/{id}/finalize: sent to localstripe as GET /v1/invoices/{id} with auto_advance dropped \
      (localstripe has no finalize; its drafts are payable as they are)",
+    "POST /v1/invoices/{id}/pay: drops off_session, which localstripe refuses (it takes no parameters)",
+    "POST /v1/invoices/{id}/send: sent to localstripe as GET /v1/invoices/{id} (localstripe has no send and no \
+     email; the invoice stays open, as Stripe's does once sent)",
     "GET /v1/invoiceitems: drops pending=true, which localstripe refuses (it lists only pending items)",
-    "replies carrying an invoice: total_excluding_tax, which localstripe lacks, is renamed from its subtotal \
-     (localstripe computes no tax)",
+    "replies carrying an invoice, or a list of them: total_excluding_tax, which localstripe lacks, is renamed \
+     from its subtotal (localstripe computes no tax)",
 ];
 
 /// A fault the proxy injects.
@@ -257,6 +260,14 @@ async fn forward(p: &Inner, method: &Method, uri: &Uri, auth: Option<&str>, body
         path = path.trim_end_matches("/finalize").to_string();
         body.clear();
     }
+    if method == Method::POST && path.starts_with("/v1/invoices/") && path.ends_with("/pay") {
+        body = drop_params(&body, &["off_session"]);
+    }
+    if method == Method::POST && path.starts_with("/v1/invoices/") && path.ends_with("/send") {
+        method = Method::GET;
+        path = path.trim_end_matches("/send").to_string();
+        body.clear();
+    }
     let mut url = format!("{}{}", p.upstream, path);
     if let Some(q) = uri.query() {
         let q = if path == "/v1/invoiceitems" { drop_params(q, &["pending"]) } else { q.to_string() };
@@ -278,9 +289,21 @@ async fn forward(p: &Inner, method: &Method, uri: &Uri, auth: Option<&str>, body
     if !status.is_success() {
         eprintln!("proxy: localstripe answered {status} to {path} {sent:?}: {}", String::from_utf8_lossy(&bytes));
     }
-    let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(mut v) if v["object"] == "invoice" && v.get("total_excluding_tax").is_none() => {
+    let with_total = |v: &mut serde_json::Value| {
+        if v["object"] == "invoice" && v.get("total_excluding_tax").is_none() {
             v["total_excluding_tax"] = v["subtotal"].clone();
+        }
+    };
+    let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut v) if v["object"] == "invoice" => {
+            with_total(&mut v);
+            Bytes::from(v.to_string())
+        }
+        Ok(mut v)
+            if v["object"] == "list"
+                && v["data"].as_array().is_some_and(|d| d.iter().any(|i| i["object"] == "invoice")) =>
+        {
+            v["data"].as_array_mut().into_iter().flatten().for_each(with_total);
             Bytes::from(v.to_string())
         }
         _ => bytes,

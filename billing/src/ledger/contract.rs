@@ -2,7 +2,7 @@
 //! against every backend through [`Ledger`]. A backend's test file calls
 //! [`ledger_contract!`](crate::ledger_contract) with a factory of empty stores.
 
-use super::outbox::{OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
+use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use super::{Ledger, LedgerStore};
 use crate::Error;
 use crate::close::Close;
@@ -214,19 +214,19 @@ pub async fn the_outbox_is_worked_one_operation_per_tenant_in_order(store: Arc<d
     assert!(ledger.claim_operations(now + 50, 100, 10).await.unwrap().is_empty());
     assert_eq!(ledger.claim_operations(now + 100, 100, 10).await.unwrap().len(), 2);
     let (acme, beta) = (&first[0], &first[1]);
-    ledger.settle(acme.id, Settle::Done("{}".into())).await.unwrap();
+    ledger.settle(acme.id, Settle::done("{}".into())).await.unwrap();
     ledger.settle(beta.id, Settle::Again { next_us: now + 500, error: "429".into() }).await.unwrap();
     let next = ledger.claim_operations(now + 200, 100, 10).await.unwrap();
     assert_eq!(next.len(), 1, "acme's October only; beta waits for its retry");
     assert_eq!(next[0].subject, invoice("acme", "2026-10", 1).id);
     assert_eq!(next[0].first_tried_us, Some(now + 200));
-    ledger.settle(next[0].id, Settle::Done("{}".into())).await.unwrap();
+    ledger.settle(next[0].id, Settle::done("{}".into())).await.unwrap();
     let retried = ledger.claim_operations(now + 500, 100, 10).await.unwrap();
     assert_eq!(subjects(&retried), std::slice::from_ref(&beta.subject));
     assert_eq!(retried[0].attempts, 1);
     assert_eq!(retried[0].first_tried_us, Some(now), "the first try's time stays");
     ledger.settle(beta.id, Settle::Dead("Stripe refused: 400".into())).await.unwrap();
-    let e = ledger.settle(beta.id, Settle::Done("{}".into())).await.unwrap_err();
+    let e = ledger.settle(beta.id, Settle::done("{}".into())).await.unwrap_err();
     assert!(matches!(e, Error::NoOperation(_)), "{e}");
     let dead = ledger.operations(Some(OpState::Dead), None).await.unwrap();
     assert_eq!((dead.len(), dead[0].outcome.as_deref()), (1, Some("Stripe refused: 400")));
@@ -237,6 +237,67 @@ pub async fn the_outbox_is_worked_one_operation_per_tenant_in_order(store: Arc<d
     assert!(matches!(ledger.revive(beta.id, now + 600).await.unwrap_err(), Error::NoOperation(_)));
     let revived = ledger.claim_operations(now + 600, 100, 10).await.unwrap();
     assert_eq!(revived.iter().map(|o| (o.id, o.attempts)).collect::<Vec<_>>(), [(beta.id, 2)]);
+}
+
+/// A done operation writes what follows it in the same step, once however often it is
+/// settled or written again; a tenant's lanes are worked apart: a retry due later holds back
+/// neither its tenant's next push nor the collection of another of its invoices.
+pub async fn what_follows_an_operation_is_written_with_it_and_lanes_are_worked_apart(store: Arc<dyn LedgerStore>) {
+    let ledger = Ledger::new(store);
+    let list = book();
+    let list = list.version("2026-01").unwrap();
+    let sept = invoice("acme", "2026-09", 1);
+    ledger.record(a_close_of("2026-09", vec![sept.clone()]), list).await.unwrap();
+    let now = 1_000;
+    let push = ledger.claim_operations(now, 100, 10).await.unwrap().remove(0);
+    let step = |n: u32, due: i64| NewOperation {
+        kind: OpKind::Collect,
+        subject: format!("{}/{n}", sept.id),
+        tenant: "acme".into(),
+        period: Some("2026-09".into()),
+        body: format!("{{\"step\":{n}}}"),
+        next_us: due,
+    };
+    let settle = Settle::Done { outcome: "{}".into(), then: vec![step(0, now)] };
+    ledger.settle(push.id, settle.clone()).await.unwrap();
+    assert!(matches!(ledger.settle(push.id, settle).await.unwrap_err(), Error::NoOperation(_)));
+    let ops = ledger.operations(None, None).await.unwrap();
+    let kinds: Vec<_> = ops.iter().map(|o| (o.kind, o.subject.clone(), o.state)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (OpKind::PushInvoice, sept.id.clone(), OpState::Done),
+            (OpKind::Collect, format!("{}/0", sept.id), OpState::Pending)
+        ]
+    );
+    assert_eq!(ops[1].body, r#"{"step":0}"#);
+    let collect = ledger.claim_operations(now, 100, 10).await.unwrap();
+    assert_eq!(collect.len(), 1);
+    // The first collection failed: a retry in a week, and the suspension check after it.
+    let week = 7 * DAY;
+    let check = NewOperation {
+        kind: OpKind::CheckSuspension,
+        subject: sept.id.clone(),
+        tenant: "acme".into(),
+        period: Some("2026-09".into()),
+        body: "{}".into(),
+        next_us: now + 2 * week,
+    };
+    let then = vec![step(1, now + week), check.clone(), step(1, now + week)];
+    ledger.settle(collect[0].id, Settle::Done { outcome: "{}".into(), then }).await.unwrap();
+    assert_eq!(ledger.operations(Some(OpState::Pending), None).await.unwrap().len(), 2, "written once each");
+    // October's push is not held back by September's retry, due in a week.
+    let oct = invoice("acme", "2026-10", 1);
+    ledger.record(a_close_of("2026-10", vec![oct.clone()]), list).await.unwrap();
+    let due = ledger.claim_operations(now + 10, 100, 10).await.unwrap();
+    assert_eq!(due.iter().map(|o| o.subject.clone()).collect::<Vec<_>>(), [oct.id]);
+    ledger.settle(due[0].id, Settle::done("{}".into())).await.unwrap();
+    let later = ledger.claim_operations(now + week, 100, 10).await.unwrap();
+    assert_eq!(later.iter().map(|o| o.subject.clone()).collect::<Vec<_>>(), [format!("{}/1", sept.id)]);
+    // Written again after it was done: nothing changes.
+    ledger.settle(later[0].id, Settle::Done { outcome: "{}".into(), then: vec![step(0, now)] }).await.unwrap();
+    let last = ledger.claim_operations(now + 2 * week, 100, 10).await.unwrap();
+    assert_eq!(last.iter().map(|o| o.kind).collect::<Vec<_>>(), [OpKind::CheckSuspension]);
 }
 
 /// What the provider calls a tenant is recorded and replaced whole.
@@ -307,6 +368,7 @@ macro_rules! ledger_contract {
         $crate::ledger_contract!(@t $store; a_price_list_that_rated_a_closed_period_may_not_change,
             a_tenant_has_one_live_subscription, a_closed_period_is_never_rewritten,
             a_close_writes_its_pushes_to_the_outbox_once, the_outbox_is_worked_one_operation_per_tenant_in_order,
+            what_follows_an_operation_is_written_with_it_and_lanes_are_worked_apart,
             remote_customers_are_recorded_per_tenant, provider_invoices_move_forward_and_events_are_kept_once);
     };
     (@t $store:expr; $($name:ident),*) => {

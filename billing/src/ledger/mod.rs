@@ -85,15 +85,17 @@ pub trait LedgerStore: Send + Sync {
     /// close that has lines.
     async fn record(&self, close: Close, version: String, digest: String) -> Result<Close, Error>;
 
-    /// Pending operations due at `now_us`, at most `limit`: of each tenant only its oldest
-    /// pending one (a tenant's operations are worked one at a time, in order; a dead one holds
-    /// back the tenant's later ones until it is revived, since what it left at the provider, such
-    /// as pending invoice items, would go into the next invoice), and none that another worker
-    /// claimed less than `lease_us` ago. Claims those it returns until
-    /// `now_us + lease_us`, marking their first try.
+    /// Pending operations due at `now_us`, at most `limit`: of each tenant's lane
+    /// ([`outbox::OpKind::lane`]) only its oldest pending one (a lane's operations are worked one
+    /// at a time, in order; a dead one holds back the lane's later ones until it is revived,
+    /// since what it left at the provider, such as pending invoice items, would go into the
+    /// next invoice), and none that another worker claimed less than `lease_us` ago. Claims
+    /// those it returns until `now_us + lease_us`, marking their first try.
     async fn claim_operations(&self, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Operation>, Error>;
 
-    /// Records what a try of operation `id` came to.
+    /// Records what a try of operation `id` came to; a done one writes what follows it in the
+    /// same transaction (an operation of a kind and subject already written is not written
+    /// again).
     async fn settle(&self, id: i64, settle: Settle) -> Result<(), Error>;
 
     /// Operations in `state` (every state when `None`), of `period` when given, oldest first.

@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 pub enum OpKind {
     /// Push a closed invoice (its body is the invoice).
     PushInvoice,
+    /// One step of collecting a pushed invoice: charge it, send it, check it at its due date,
+    /// or retry after a failed payment (dunning). Its subject is `{invoice}/{step}`.
+    Collect,
+    /// At the end of a failed payment's grace period: tell the tenant its subscription is
+    /// suspended, unless it was paid meanwhile. Its subject is the meter invoice.
+    CheckSuspension,
 }
 
 impl OpKind {
@@ -17,13 +23,46 @@ impl OpKind {
     pub fn as_str(self) -> &'static str {
         match self {
             OpKind::PushInvoice => "push_invoice",
+            OpKind::Collect => "collect",
+            OpKind::CheckSuspension => "check_suspension",
         }
     }
 
     /// The kind stored as `s`.
     pub fn parse(s: &str) -> Option<Self> {
-        [OpKind::PushInvoice].into_iter().find(|k| k.as_str() == s)
+        [OpKind::PushInvoice, OpKind::Collect, OpKind::CheckSuspension].into_iter().find(|k| k.as_str() == s)
     }
+
+    /// The lane of an operation of this kind about `subject`: a tenant's operations in one lane
+    /// are worked one at a time, in the order they were written. Pushes share one lane per
+    /// tenant (what one leaves at the provider, such as pending items, would go into the next);
+    /// collecting an invoice is a lane of its own, so that a retry due in a week holds back
+    /// neither the next push nor another invoice's collection.
+    pub fn lane(self, subject: &str) -> String {
+        match self {
+            OpKind::PushInvoice => "push".into(),
+            OpKind::Collect => format!("collect:{}", subject.split_once('/').map_or(subject, |(invoice, _)| invoice)),
+            OpKind::CheckSuspension => format!("suspension:{subject}"),
+        }
+    }
+}
+
+/// An operation to write to the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewOperation {
+    /// What it does.
+    pub kind: OpKind,
+    /// What it is about; one operation per kind and subject is ever written (writing it again
+    /// changes nothing).
+    pub subject: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The period it follows from, if any.
+    pub period: Option<String>,
+    /// What it needs, as JSON.
+    pub body: String,
+    /// When it is due (µs).
+    pub next_us: i64,
 }
 
 /// Where an operation stands.
@@ -87,8 +126,14 @@ pub struct Operation {
 /// What a try of an operation came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settle {
-    /// Done, with what came of it (JSON).
-    Done(String),
+    /// Done, with what came of it (JSON), writing the operations that follow from it in the
+    /// same transaction (the next step of collecting an invoice).
+    Done {
+        /// What came of it (JSON).
+        outcome: String,
+        /// What follows.
+        then: Vec<NewOperation>,
+    },
     /// Failed for now; try again from `next_us`.
     Again {
         /// When to try again (µs).
@@ -98,6 +143,13 @@ pub enum Settle {
     },
     /// Failed for good; on the dead list with its reason.
     Dead(String),
+}
+
+impl Settle {
+    /// Done, with what came of it, and nothing following.
+    pub fn done(outcome: String) -> Self {
+        Settle::Done { outcome, then: Vec::new() }
+    }
 }
 
 /// What the payment provider calls a tenant: its customer, and the subscription that mirrors

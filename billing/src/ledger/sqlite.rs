@@ -1,6 +1,6 @@
 //! The ledger in SQLite (`billing.db`).
 
-use super::outbox::{OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
+use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use super::{Admit, Change, CloseSummary, LedgerStore, UsedList};
 use crate::Error;
 use crate::close::Close;
@@ -61,6 +61,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE remote_invoices ADD COLUMN due_us INTEGER;
     ALTER TABLE remote_invoices ADD COLUMN paid_us INTEGER;
     CREATE INDEX remote_invoices_by_invoice ON remote_invoices (invoice);
+",
+    // Lanes: a tenant's operations are worked in order within a lane (OpKind::lane).
+    "
+    ALTER TABLE outbox ADD COLUMN lane TEXT NOT NULL DEFAULT 'push';
+    CREATE INDEX outbox_lanes ON outbox (tenant, lane, state, id);
 ",
 ];
 
@@ -205,20 +210,16 @@ impl LedgerStore for SqliteLedger {
                 }
             }
             if inserted == 1 {
-                let mut op = tx.prepare(
-                    "INSERT OR IGNORE INTO outbox (kind, subject, tenant, period, body, created_us, next_us)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-                )?;
                 for invoice in close.invoices.iter().filter(|i| !i.lines.is_empty()) {
-                    let body = serde_json::to_string(invoice)?;
-                    op.execute(params![
-                        OpKind::PushInvoice.as_str(),
-                        invoice.id,
-                        invoice.tenant,
-                        period,
-                        body,
-                        close.closed_us
-                    ])?;
+                    let op = NewOperation {
+                        kind: OpKind::PushInvoice,
+                        subject: invoice.id.clone(),
+                        tenant: invoice.tenant.clone(),
+                        period: Some(period.clone()),
+                        body: serde_json::to_string(invoice)?,
+                        next_us: close.closed_us,
+                    };
+                    write_operation(&tx, &op, close.closed_us)?;
                 }
             }
             tx.execute(
@@ -240,7 +241,8 @@ impl LedgerStore for SqliteLedger {
                 let mut stmt = tx.prepare(&format!(
                     "SELECT {OP_COLUMNS} FROM outbox o
                      WHERE state = 'pending' AND next_us <= ?1 AND coalesce(claimed_until_us, 0) <= ?1
-                       AND id = (SELECT min(id) FROM outbox p WHERE p.tenant = o.tenant AND p.state IN ('pending', 'dead'))
+                       AND id = (SELECT min(id) FROM outbox p
+                                 WHERE p.tenant = o.tenant AND p.lane = o.lane AND p.state IN ('pending', 'dead'))
                      ORDER BY next_us, id LIMIT ?2"
                 ))?;
                 let rows = stmt.query_map(params![now_us, limit as i64], read_op)?;
@@ -261,12 +263,23 @@ impl LedgerStore for SqliteLedger {
 
     async fn settle(&self, id: i64, settle: Settle) -> Result<(), Error> {
         self.with(move |c| {
+            let tx = c.transaction()?;
+            let c = &tx;
             let changed = match settle {
-                Settle::Done(outcome) => c.execute(
-                    "UPDATE outbox SET state = 'done', outcome = ?2, attempts = attempts + 1, claimed_until_us = NULL
-                     WHERE id = ?1 AND state = 'pending'",
-                    params![id, outcome],
-                )?,
+                Settle::Done { outcome, then } => {
+                    let changed = c.execute(
+                        "UPDATE outbox SET state = 'done', outcome = ?2, attempts = attempts + 1, claimed_until_us = NULL
+                         WHERE id = ?1 AND state = 'pending'",
+                        params![id, outcome],
+                    )?;
+                    if changed == 1 {
+                        let now_us = meter_schemas::period::now_us();
+                        for op in &then {
+                            write_operation(c, op, now_us)?;
+                        }
+                    }
+                    changed
+                }
                 Settle::Again { next_us, error } => c.execute(
                     "UPDATE outbox SET next_us = ?2, outcome = ?3, attempts = attempts + 1, claimed_until_us = NULL
                      WHERE id = ?1 AND state = 'pending'",
@@ -281,6 +294,7 @@ impl LedgerStore for SqliteLedger {
             if changed == 0 {
                 return Err(Error::NoOperation(format!("pending outbox operation {id}")));
             }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -482,6 +496,25 @@ fn rank(status: &str) -> u8 {
         "paid" | "uncollectible" | "void" => 2,
         _ => 0,
     }
+}
+
+/// Writes `op` unless one of its kind and subject was written before.
+fn write_operation(c: &Connection, op: &NewOperation, now_us: i64) -> Result<(), Error> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO outbox (kind, subject, tenant, period, body, created_us, next_us, lane)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        op.kind.as_str(),
+        op.subject,
+        op.tenant,
+        op.period,
+        op.body,
+        now_us,
+        op.next_us,
+        op.kind.lane(&op.subject)
+    ])?;
+    Ok(())
 }
 
 const OP_COLUMNS: &str =

@@ -1,0 +1,229 @@
+//! Dunning on meter's clock, against localstripe behind the faulting, key-enforcing proxy: the
+//! worker is run at chosen instants (its clock is injected), with a grace period of 9 days and
+//! retries 1, 3 and 7 days after the first failure (both configurable).
+//!
+//! - acme's card is declined every time: past_due at the first failure, retries at 1, 3 and 7
+//!   days, each failure and retry told to its webhook endpoint, suspended at 9 days and told so;
+//! - beta's payment goes through at the second retry: active again, no third retry, no
+//!   suspension;
+//! - gamma pays by transfer (net-30): its invoice is sent, and unpaid at its due date it counts
+//!   as a failed payment from then.
+
+use meter_billing::Ledger;
+use meter_billing::ledger::outbox::{OpKind, OpState};
+use meter_billing_sync::stripe::{Client, Settings, Stripe};
+use meter_billing_sync::testing::proxy::Proxy;
+use meter_billing_sync::testing::{KEY, LocalStripe, billing_of, direct, invoice};
+use meter_billing_sync::worker::{self, Worker};
+use meter_billing_sync::{Provider, collect};
+use meter_rater::{Cycle, Setup, State};
+use meter_webhooks::Scope;
+use reqwest::Method;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+const DAY: i64 = 86_400_000_000;
+
+/// Works everything due at `now` (some requests fault and are tried again later by the outbox:
+/// those are worked at `now` too, as the clock does not move meanwhile).
+async fn work_at(worker: &Worker, ledger: &Ledger, now: i64) {
+    for _ in 0..200 {
+        worker.work_due(now).await.unwrap();
+        let pending = ledger.operations(Some(OpState::Pending), None).await.unwrap();
+        if pending.iter().all(|o| o.next_us > now) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("still due at {now}: {:?}", ledger.operations(Some(OpState::Pending), None).await.unwrap());
+}
+
+async fn state(ledger: &Ledger, tenant: &str, now: i64) -> State {
+    let mut sub = ledger.list(Some(tenant)).await.unwrap().pop().unwrap();
+    sub.advance(now);
+    sub.state()
+}
+
+/// Gives `tenant`'s customer in localstripe the test card `card` as its default.
+async fn card(url: &str, ledger: &Ledger, tenant: &str, card: &str) {
+    let customer = ledger.remote_customer(tenant).await.unwrap().unwrap().customer;
+    let pm = direct(url, Method::POST, &format!("/v1/payment_methods/{card}/attach"), &[("customer", &customer)]).await;
+    let pm = pm["id"].as_str().unwrap();
+    direct(
+        url,
+        Method::POST,
+        &format!("/v1/customers/{customer}"),
+        &[("invoice_settings[default_payment_method]", pm)],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grace_unless_paid() {
+    let stand_in = LocalStripe::start();
+    let proxy = Proxy::start(&stand_in.url, 4, Duration::from_secs(1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let invoices = vec![
+        invoice("acme", "EUR", &["120.00", "3.45"]),
+        invoice("beta", "EUR", &["49.00"]),
+        invoice("gamma", "EUR", &["990.00"]),
+    ];
+    let ledger = meter_billing_sync::testing::ledger_with(&dir.path().join("billing.db"), invoices).await;
+    let grace = Duration::from_secs(9 * 86_400);
+    let (subs, notices) = billing_of(&ledger, dir.path(), grace);
+    let t0 = meter_schemas::period::now_us();
+    for tenant in ["acme", "beta", "gamma"] {
+        let setup =
+            Setup { plan: "starter".into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: true, trial: false };
+        subs.create(tenant, setup, t0, "test", t0).await.unwrap();
+        notices.register("http://127.0.0.1:9/billing", Some(tenant), false).await.unwrap();
+    }
+    let settings = Settings {
+        api_base: proxy.url.clone(),
+        rate_limit: NonZeroU32::new(200).unwrap(),
+        attempts: 3,
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        timeout: Duration::from_millis(500),
+        ..Settings::new(KEY)
+    };
+    let stripe: Arc<dyn Provider> = Arc::new(Stripe::new(Client::new(settings).unwrap(), false));
+    let settings = worker::Settings {
+        lease: Duration::from_secs(60),
+        // The clock stands still at each instant: an operation whose requests all failed is due
+        // again at the same instant.
+        min_backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+        terms: toml::from_str(r#"tenants = { gamma = { method = "send_invoice", days_until_due = 30 } }"#).unwrap(),
+        retries: collect::DEFAULT_RETRIES.to_vec(),
+        ..Default::default()
+    };
+    let worker = Worker::new(subs, stripe, notices.clone(), settings);
+
+    // Pushed and charged at once: no customer has a payment method yet, so acme's and beta's
+    // charges fail; gamma's invoice is sent.
+    work_at(&worker, &ledger, t0).await;
+    assert_eq!(state(&ledger, "acme", t0).await, State::PastDue);
+    assert_eq!(state(&ledger, "beta", t0).await, State::PastDue);
+    assert_eq!(state(&ledger, "gamma", t0).await, State::Active);
+    card(&stand_in.url, &ledger, "acme", "pm_card_chargeCustomerFail").await;
+    card(&stand_in.url, &ledger, "beta", "pm_card_chargeCustomerFail").await;
+
+    // Nothing before a day; the first retry at one day fails for both.
+    let ops_before = ledger.operations(Some(OpState::Done), None).await.unwrap().len();
+    work_at(&worker, &ledger, t0 + DAY - 1).await;
+    assert_eq!(ledger.operations(Some(OpState::Done), None).await.unwrap().len(), ops_before);
+    work_at(&worker, &ledger, t0 + DAY).await;
+    // beta's payment method is mended before its second retry, at three days.
+    card(&stand_in.url, &ledger, "beta", "pm_card_visa").await;
+    work_at(&worker, &ledger, t0 + 3 * DAY).await;
+    assert_eq!(state(&ledger, "beta", t0 + 3 * DAY).await, State::Active, "paid at the second retry");
+    assert_eq!(state(&ledger, "acme", t0 + 3 * DAY).await, State::PastDue);
+    work_at(&worker, &ledger, t0 + 7 * DAY).await;
+    work_at(&worker, &ledger, t0 + 9 * DAY - 1).await;
+    assert_eq!(state(&ledger, "acme", t0 + 9 * DAY - 1).await, State::PastDue, "still in its grace");
+    work_at(&worker, &ledger, t0 + 9 * DAY).await;
+    assert_eq!(state(&ledger, "acme", t0 + 9 * DAY).await, State::Suspended, "9 days after the first failure");
+    assert_eq!(state(&ledger, "beta", t0 + 9 * DAY).await, State::Active);
+
+    // gamma: unpaid at its due date (30 days), a failed payment from then.
+    assert_eq!(state(&ledger, "gamma", t0 + 30 * DAY - 1).await, State::Active);
+    work_at(&worker, &ledger, t0 + 30 * DAY).await;
+    assert_eq!(state(&ledger, "gamma", t0 + 30 * DAY).await, State::PastDue);
+
+    // What each tenant's endpoint was told, once each.
+    let told = |tenant: &'static str| {
+        let notices = notices.clone();
+        async move {
+            let mut ids: Vec<String> = notices
+                .deliveries(Scope::Tenant(tenant), None, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| {
+                    d.alert_id
+                        .split(':')
+                        .enumerate()
+                        .filter(|(i, _)| *i != 1)
+                        .map(|(_, p)| p)
+                        .collect::<Vec<_>>()
+                        .join(":")
+                })
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let want = |ids: &[&str]| {
+        let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        told("acme").await,
+        want(&[
+            "billing.payment_failed:0",
+            "billing.payment_failed:1",
+            "billing.payment_failed:2",
+            "billing.payment_failed:3",
+            "billing.payment_retry_scheduled:1",
+            "billing.payment_retry_scheduled:2",
+            "billing.payment_retry_scheduled:3",
+            "billing.suspended:4",
+        ])
+    );
+    assert_eq!(
+        told("beta").await,
+        want(&[
+            "billing.payment_failed:0",
+            "billing.payment_failed:1",
+            "billing.payment_retry_scheduled:1",
+            "billing.payment_retry_scheduled:2",
+        ])
+    );
+    assert_eq!(told("gamma").await, want(&["billing.payment_failed:0", "billing.payment_retry_scheduled:1"]));
+
+    // The steps, as the outbox shows them.
+    let ops = ledger.operations(None, None).await.unwrap();
+    let steps = |tenant: &str| {
+        ops.iter()
+            .filter(|o| o.tenant == tenant && o.kind != OpKind::PushInvoice)
+            .map(|o| {
+                let outcome: serde_json::Value = serde_json::from_str(o.outcome.as_deref().unwrap_or("{}")).unwrap();
+                (
+                    o.subject.rsplit('/').next().unwrap().to_string(),
+                    o.state,
+                    outcome["result"].as_str().map(str::to_string),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let done = |s: &str, r: &str| (s.to_string(), OpState::Done, Some(r.to_string()));
+    assert_eq!(
+        steps("acme"),
+        [
+            done("first", "failed"),
+            done("retry-1", "failed"),
+            done("inv_acme_2026-10", "suspended"),
+            done("retry-2", "failed"),
+            done("retry-3", "failed"),
+        ]
+    );
+    assert_eq!(
+        steps("beta"),
+        [
+            done("first", "failed"),
+            done("retry-1", "failed"),
+            done("inv_beta_2026-10", "not_suspended"),
+            done("retry-2", "paid"),
+        ]
+    );
+    let gamma = steps("gamma");
+    assert_eq!(gamma[..2], [done("first", "sent"), done("due", "failed")]);
+    let paid = ledger.store().remote_invoices_of(vec!["inv_beta_2026-10".into()]).await.unwrap();
+    assert_eq!((paid[0].status.as_str(), paid[0].paid_us), ("paid", Some(t0 + 3 * DAY)));
+    let counts = proxy.counts();
+    assert_eq!(counts.key_errors, 0, "every request carried a stable key");
+    assert!(counts.faults.values().sum::<usize>() >= 6, "{counts:?}");
+}
