@@ -70,6 +70,8 @@ pub struct StripeConfig {
     pub webhook_secret: Option<Secret>,
     /// The secret before the last rotation, accepted too until it is removed.
     pub webhook_secret_previous: Option<Secret>,
+    /// Where Checkout and the customer portal send the customer back to, unless a request says.
+    pub return_url: Option<String>,
 }
 
 /// The defaults are billing-sync's, which owns them.
@@ -85,6 +87,7 @@ impl Default for StripeConfig {
             timeout: d.timeout,
             webhook_secret: None,
             webhook_secret_previous: None,
+            return_url: None,
         }
     }
 }

@@ -70,6 +70,20 @@ fn fixture_event(id: &str, kind: &str, created: i64, object: &str, fields: &[(&s
     event
 }
 
+/// Every customer localstripe holds, page by page.
+async fn all_customers(url: &str) -> Vec<Value> {
+    let mut customers = Vec::new();
+    loop {
+        let after = customers.last().map(|c: &Value| format!("&starting_after={}", c["id"].as_str().unwrap()));
+        let path = format!("/v1/customers?limit=100{}", after.unwrap_or_default());
+        let page = direct(url, Method::GET, &path, &[]).await;
+        customers.extend(page["data"].as_array().unwrap().iter().cloned());
+        if page["has_more"] != true {
+            return customers;
+        }
+    }
+}
+
 async fn post_event(url: &str, body: &str, signature: Option<String>) -> (u16, Value) {
     let mut req = client().post(format!("{url}/api/v1/stripe/webhook")).body(body.to_string());
     if let Some(sig) = signature {
@@ -88,7 +102,7 @@ fn now_s() -> i64 {
 async fn state_of(url: &str, admin: &str, tenant: &str) -> String {
     let (s, subs) = call(Method::GET, format!("{url}/api/v1/subscriptions?tenant={tenant}"), admin, None).await;
     assert_eq!(s, 200, "{subs}");
-    subs.as_array().unwrap().last().unwrap()["state"].as_str().unwrap().to_string()
+    subs.as_array().unwrap().last().map_or("none".into(), |s| s["state"].as_str().unwrap().to_string())
 }
 
 /// Waits until every kept event is processed (the state stops changing), then reads `tenant`.
@@ -226,16 +240,7 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     let invoices = invoices.as_array().unwrap();
     let with_lines: Vec<&Value> = invoices.iter().filter(|i| !i["lines"].as_array().unwrap().is_empty()).collect();
     assert_eq!(status["invoices"], with_lines.len());
-    let mut customers = Vec::new();
-    loop {
-        let after = customers.last().map(|c: &Value| format!("&starting_after={}", c["id"].as_str().unwrap()));
-        let path = format!("/v1/customers?limit=100{}", after.unwrap_or_default());
-        let page = direct(&stand_in.url, Method::GET, &path, &[]).await;
-        customers.extend(page["data"].as_array().unwrap().iter().cloned());
-        if page["has_more"] != true {
-            break;
-        }
-    }
+    let customers = all_customers(&stand_in.url).await;
     let mut per_tenant: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for c in &customers {
         let tenant = c["metadata"]["meter_tenant"].as_str().unwrap().to_string();
@@ -466,6 +471,113 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     assert_eq!(s, 200);
     assert_eq!(settled_state(&url, &admin, t1, "cancelled").await, "cancelled");
     assert_eq!(state_of(&url, &admin, t2).await, "active", "other tenants unchanged");
+
+    // Self-serve sign-up. Refused before anything reaches Stripe: an unknown plan, a cycle the
+    // plan is not sold on, a bad tenant id, a tenant that has a subscription, no return URL.
+    let checkout = |body: Value| {
+        let (url, admin) = (url.clone(), admin.clone());
+        async move { call(Method::POST, format!("{url}/api/v1/checkout/sessions"), &admin, Some(body)).await }
+    };
+    let back = "https://saas.example/welcome";
+    let refusals = [
+        (
+            json!({"tenant": "newco", "plan": "platinum", "cycle": "monthly", "success_url": back, "cancel_url": back}),
+            422,
+            "plan",
+        ),
+        (
+            json!({"tenant": "newco", "plan": "enterprise_plus", "cycle": "monthly", "success_url": back, "cancel_url": back}),
+            422,
+            "cycle",
+        ),
+        (
+            json!({"tenant": "new co!", "plan": "starter", "cycle": "monthly", "success_url": back, "cancel_url": back}),
+            422,
+            "tenant",
+        ),
+        (
+            json!({"tenant": t1, "plan": "starter", "cycle": "monthly", "success_url": back, "cancel_url": back}),
+            409,
+            "already has subscription",
+        ),
+        (json!({"tenant": "newco", "plan": "starter", "cycle": "monthly"}), 422, "success_url"),
+        (
+            json!({"tenant": "newco", "plan": "starter", "cycle": "monthly", "success_url": "ftp://x", "cancel_url": back}),
+            422,
+            "success_url",
+        ),
+        (
+            json!({"tenant": "newco", "plan": "starter", "cycle": "weekly", "success_url": back, "cancel_url": back}),
+            422,
+            "weekly",
+        ),
+    ];
+    for (body, status, says) in refusals {
+        let (s, e) = checkout(body.clone()).await;
+        assert_eq!(s, status, "{body} -> {e}");
+        assert!(e.to_string().contains(says), "{body} -> {e}");
+    }
+    let newco_customers = |url: String| async move {
+        all_customers(&url).await.iter().filter(|c| c["metadata"]["meter_tenant"] == "newco").count()
+    };
+    assert_eq!(newco_customers(stand_in.url.clone()).await, 0, "nothing half-done at Stripe");
+    // A good one: newco becomes a customer (once); localstripe has no Checkout, so the page
+    // itself is a 502 here, and nothing else changes.
+    let good =
+        json!({"tenant": "newco", "plan": "professional", "cycle": "monthly", "success_url": back, "cancel_url": back});
+    let (s, e) = checkout(good.clone()).await;
+    assert_eq!(s, 502, "{e}");
+    let (s, _) = checkout(good).await;
+    assert_eq!(s, 502);
+    assert_eq!(newco_customers(stand_in.url.clone()).await, 1, "one customer, however often asked");
+    let (s, subs) = call(Method::GET, format!("{url}/api/v1/subscriptions?tenant=newco"), &admin, None).await;
+    assert_eq!((s, subs.as_array().unwrap().len()), (200, 0), "not subscribed before the payment method is given");
+    // Stripe says the session completed (built from its published fixture): provisioned within
+    // 5 seconds; a session carrying newco's name but another customer is ignored.
+    let all = all_customers(&stand_in.url).await;
+    let newco = all.iter().find(|c| c["metadata"]["meter_tenant"] == "newco").unwrap();
+    let newco = newco["id"].as_str().unwrap().to_string();
+    let completed = |id: &str, customer: &str| {
+        let mut e = fixture_event(
+            id,
+            "checkout.session.completed",
+            now_s(),
+            "checkout.session",
+            &[("customer", customer), ("mode", "setup")],
+        );
+        e["data"]["object"]["metadata"] =
+            json!({"meter_tenant": "newco", "meter_plan": "professional", "meter_cycle": "monthly"});
+        e.to_string()
+    };
+    let forged = completed("evt_cs_other", &cus1);
+    let (s, _) =
+        post_event(&url, &forged, Some(meter_billing_sync::signature::sign(forged.as_bytes(), SECRET, now_s()))).await;
+    assert_eq!(s, 200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, subs) = call(Method::GET, format!("{url}/api/v1/subscriptions?tenant=newco"), &admin, None).await;
+    assert_eq!(subs.as_array().unwrap().len(), 0, "another customer's session provisions nothing");
+    let b = completed("evt_cs_newco", &newco);
+    let posted = Instant::now();
+    let (s, _) = post_event(&url, &b, Some(meter_billing_sync::signature::sign(b.as_bytes(), SECRET, now_s()))).await;
+    assert_eq!(s, 200);
+    assert_eq!(settled_state(&url, &admin, "newco", "active").await, "active");
+    assert!(posted.elapsed() < Duration::from_secs(5), "provisioned in {:?}", posted.elapsed());
+    let (_, subs) = call(Method::GET, format!("{url}/api/v1/subscriptions?tenant=newco"), &admin, None).await;
+    assert_eq!(subs[0]["plan"], "professional");
+
+    // The customer portal: a tenant with no customer yet is a 404; localstripe has no portal.
+    let portal = |tenant: &str| {
+        let (url, admin, tenant) = (url.clone(), admin.clone(), tenant.to_string());
+        async move {
+            let body = json!({"tenant": tenant, "return_url": back});
+            call(Method::POST, format!("{url}/api/v1/billing-portal/sessions"), &admin, Some(body)).await
+        }
+    };
+    let (s, e) = portal("nobody").await;
+    assert_eq!(s, 404, "{e}");
+    assert!(e.to_string().contains("no customer"), "{e}");
+    let (s, e) = portal(t0).await;
+    assert_eq!(s, 502, "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,12 +113,16 @@ impl From<meter_billing_sync::Error> for ApiError {
     fn from(e: meter_billing_sync::Error) -> Self {
         use meter_billing_sync::Error as S;
         match e {
-            e @ (S::Ledger(_) | S::Notice(_)) => ApiError::Unavailable(e.to_string()),
+            // The ledger's refusals (an unknown plan, a live subscription) as the ledger's API says them.
+            S::Ledger(e) => ApiError::from(e),
+            e @ S::Notice(_) => ApiError::Unavailable(e.to_string()),
             e @ S::Unavailable { .. } => ApiError::Upstream(e.to_string()),
             e @ (S::Config(_) | S::Refused { .. } | S::Protocol { .. }) => {
                 tracing::error!(error = %e, "the payment provider refused or answered wrongly");
                 ApiError::Upstream(e.to_string())
             }
+            e @ S::NoCustomer(_) => ApiError::Missing(e.to_string()),
+            e @ S::NoProvider(_) => ApiError::Conflict { detail: e.to_string(), allowed: None },
             e @ (S::Unrepresentable { .. } | S::Mismatch { .. }) => {
                 ApiError::Conflict { detail: e.to_string(), allowed: None }
             }

@@ -8,6 +8,7 @@ pub mod billing;
 pub mod entitlements;
 pub mod error;
 pub mod health;
+pub mod signup;
 mod state;
 pub mod sync;
 pub mod usage;
@@ -92,6 +93,8 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(sync::operations))
         .routes(routes!(sync::retry))
         .routes(routes!(sync::stripe_webhook))
+        .routes(routes!(signup::create_checkout))
+        .routes(routes!(signup::create_portal))
         .routes(routes!(alerts::list_alerts))
         .routes(routes!(entitlements::list))
         .routes(routes!(entitlements::one))

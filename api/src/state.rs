@@ -44,8 +44,11 @@ pub struct Billing {
     /// The secrets Stripe signs its events with (`[stripe] webhook_secret`, and the previous
     /// one during a rotation); none: Stripe's events are not taken.
     pub stripe_webhook_secrets: Vec<String>,
-    /// The payment provider, for reconciliation.
+    /// The payment provider, for reconciliation, Checkout and the customer portal.
     pub provider: Arc<dyn meter_billing_sync::Provider>,
+    /// Where Checkout and the customer portal send the customer back to, unless a request says
+    /// (`[stripe] return_url`).
+    pub return_url: Option<String>,
 }
 
 /// The consumers this process runs, whose state readiness reports. The composition root takes

@@ -9,6 +9,8 @@
 //! - `customer.subscription.deleted` of a mirror meter made: meter cancels the subscription;
 //! - an invoice's status never moves back: a failure read after the invoice was paid changes
 //!   nothing;
+//! - `checkout.session.completed` of a session meter made (its metadata names the tenant, plan
+//!   and cycle, and its customer is the tenant's): the subscription is provisioned;
 //! - events about objects meter did not make, and every other type, are kept and ignored.
 
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteInvoice};
@@ -166,7 +168,55 @@ async fn process(
             }
             _ => Ok("ignored: not a subscription meter made".into()),
         },
+        "checkout.session.completed" => provision(ledger, subs, event, now_us).await,
         other => Ok(format!("ignored: meter does not act on {other}")),
+    }
+}
+
+/// A completed Checkout of meter's (its metadata names the tenant, plan and cycle, and its
+/// customer is the tenant's): the subscription starts now. Any other session is ignored; a
+/// tenant subscribed meanwhile keeps what it has.
+async fn provision(
+    ledger: &Ledger,
+    subs: &Subscriptions,
+    event: &ReceivedEvent,
+    now_us: i64,
+) -> Result<String, meter_billing::Error> {
+    #[derive(Deserialize)]
+    struct Session {
+        customer: Option<String>,
+        #[serde(default)]
+        metadata: std::collections::BTreeMap<String, String>,
+    }
+    #[derive(Deserialize)]
+    struct Completed {
+        data: Data<Session>,
+    }
+    #[derive(Deserialize)]
+    struct Data<T> {
+        object: T,
+    }
+    let Ok(Completed { data: Data { object: session } }) = serde_json::from_str::<Completed>(&event.body) else {
+        return Ok("ignored: not a Checkout session".into());
+    };
+    let field = |k: &str| session.metadata.get(k).cloned();
+    let (Some(tenant), Some(plan), Some(cycle)) = (field("meter_tenant"), field("meter_plan"), field("meter_cycle"))
+    else {
+        return Ok("ignored: not a Checkout session meter made".into());
+    };
+    let ours = ledger.remote_customer(&tenant).await?.is_some_and(|r| Some(&r.customer) == session.customer.as_ref());
+    if !ours {
+        return Ok(format!("ignored: its customer is not {tenant}'s"));
+    }
+    let Ok(cycle) = serde_json::from_value::<meter_rater::Cycle>(serde_json::Value::String(cycle.clone())) else {
+        return Ok(format!("ignored: meter_cycle {cycle:?} is not a cycle"));
+    };
+    match subs.create(&tenant, crate::signup::setup_of(&plan, cycle), now_us, "stripe", now_us).await {
+        Ok(sub) => Ok(format!("provisioned: subscription {} of {tenant} on {plan}, {cycle}", sub.id)),
+        Err(e @ (meter_billing::Error::Conflict(_) | meter_billing::Error::Refused(_))) => {
+            Ok(format!("no change: {e}"))
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -8,7 +8,7 @@
 //! - [`amount`]: a line's amount in minor units, exactly, or the reason it cannot be sent.
 //! - [`signature`]: Stripe's webhook signatures.
 //! - [`worker`]: the outbox worker; [`collect`]: collecting a pushed invoice, and dunning.
-//! - [`events`]: Stripe's events back.
+//! - [`events`]: Stripe's events back; [`signup`]: Checkout and the customer portal.
 
 pub mod amount;
 pub mod collect;
@@ -18,6 +18,7 @@ pub mod key;
 pub mod provider;
 pub mod reconcile;
 pub mod signature;
+pub mod signup;
 pub mod status;
 pub mod stripe;
 pub mod worker;
@@ -25,7 +26,9 @@ pub mod worker;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use provider::{Ask, Collected, Collection, Earlier, Held, NoProvider, Provider, Pushed, Synced, Terms};
+pub use provider::{
+    Ask, Collected, Collection, Earlier, Held, HostedPage, NoProvider, Provider, Pushed, SignUp, Synced, Terms,
+};
 
 /// Metric names of the stage, declared once.
 pub mod metric {
@@ -40,6 +43,12 @@ pub mod metric {
 /// Errors of the sync.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The tenant has no customer at the provider yet (it signs up, or is invoiced, first).
+    #[error("tenant {0} has no customer at the payment provider yet: it signs up or is invoiced first")]
+    NoCustomer(String),
+    /// No payment provider is configured, and what was asked needs one.
+    #[error("no payment provider is configured (set [stripe] api_key) {0}")]
+    NoProvider(String),
     /// The provider's configuration is wrong (a key Stripe refuses, an unusable address).
     #[error("stripe configuration: {0}")]
     Config(String),
@@ -113,6 +122,8 @@ impl Error {
         match self {
             Error::Unavailable { .. } | Error::Ledger(_) | Error::Notice(_) => true,
             Error::Config(_)
+            | Error::NoProvider(_)
+            | Error::NoCustomer(_)
             | Error::Unrepresentable { .. }
             | Error::Refused { .. }
             | Error::Protocol { .. }

@@ -125,6 +125,37 @@ pub enum Collected {
     Closed(String),
 }
 
+/// A page of the provider's where a customer acts: Checkout (sign-up, a payment method), the
+/// customer portal (payment methods, invoices).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HostedPage {
+    /// The provider's id of the session.
+    pub id: String,
+    /// Where to send the customer.
+    pub url: String,
+    /// When the page stops working (unix seconds), when the provider says.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+/// A sign-up through the provider's Checkout: the customer gives a payment method, and its
+/// completion provisions the subscription in meter (meter bills; nothing is charged there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignUp {
+    /// The tenant.
+    pub tenant: String,
+    /// The plan's code.
+    pub plan: String,
+    /// Its billing cycle.
+    pub cycle: meter_rater::Cycle,
+    /// The plan's currency.
+    pub currency: Currency,
+    /// Where the customer goes back to when done.
+    pub success_url: String,
+    /// Where the customer goes back to on giving up.
+    pub cancel_url: String,
+}
+
 /// A payment provider.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -165,6 +196,13 @@ pub trait Provider: Send + Sync {
     /// first, then each retry of dunning): each attempt is made once however often it is
     /// asked again (after a lost reply, a crash), and a new attempt is a new one.
     async fn collect(&self, invoice: &str, ask: Ask, attempt: u32) -> Result<Collected, Error>;
+
+    /// A Checkout page where `customer` signs up as `sign_up` says, carrying the tenant, plan
+    /// and cycle in its metadata (`meter_tenant`, `meter_plan`, `meter_cycle`).
+    async fn checkout(&self, customer: &str, sign_up: &SignUp) -> Result<HostedPage, Error>;
+
+    /// A customer-portal page of `customer`'s, coming back to `return_url`.
+    async fn billing_portal(&self, customer: &str, return_url: &str) -> Result<HostedPage, Error>;
 
     /// The provider's events made at or after `created` (unix seconds), read from its API
     /// rather than received: what a webhook missed (`None` for one that is not an event meter
@@ -213,7 +251,15 @@ impl Provider for NoProvider {
     }
 
     async fn collect(&self, invoice: &str, _ask: Ask, _attempt: u32) -> Result<Collected, Error> {
-        Err(Error::Config(format!("no payment provider is configured to collect {invoice}")))
+        Err(Error::NoProvider(format!("to collect {invoice}")))
+    }
+
+    async fn checkout(&self, _customer: &str, _sign_up: &SignUp) -> Result<HostedPage, Error> {
+        Err(Error::NoProvider("for a Checkout page".into()))
+    }
+
+    async fn billing_portal(&self, _customer: &str, _return_url: &str) -> Result<HostedPage, Error> {
+        Err(Error::NoProvider("for a customer portal".into()))
     }
 }
 

@@ -2,6 +2,7 @@
 //! (`../shared/stripe/fixtures3.json`, from stripe/openapi), and an event built from them is an
 //! event meter keeps.
 
+use meter_billing_sync::HostedPage;
 use meter_billing_sync::stripe::objects::{Customer, Invoice, InvoiceItem, InvoiceLine, List};
 use serde_json::Value;
 
@@ -23,6 +24,11 @@ fn the_objects_meter_reads_parse_from_stripes_fixtures() {
     assert!(l.id.starts_with("il_"));
     let ii: InvoiceItem = serde_json::from_value(r["invoiceitem"].clone()).unwrap();
     assert!(ii.id.starts_with("ii_"));
+    // The hosted pages of Checkout and the customer portal.
+    let checkout: HostedPage = serde_json::from_value(r["checkout.session"].clone()).unwrap();
+    assert!(checkout.id.starts_with("cs_") && checkout.url.starts_with("https://") && checkout.expires_at.is_some());
+    let portal: HostedPage = serde_json::from_value(r["billing_portal.session"].clone()).unwrap();
+    assert!(portal.id.starts_with("bps_") && portal.url.starts_with("https://"), "{portal:?}");
 }
 
 #[test]

@@ -74,6 +74,16 @@ impl Subscriptions {
         Ok(sub)
     }
 
+    /// Whether `tenant` could start `setup` at `at_us` (a plan of the price list then, sold on
+    /// that cycle; no other live subscription), without starting it: the price list it would
+    /// start on. A sign-up checks this before it sends the customer to pay.
+    pub async fn check_create(&self, tenant: &str, setup: &Setup, at_us: i64) -> Result<PriceList, Error> {
+        let list = self.list_at(at_us)?;
+        Subscription::create("sub_check", tenant, setup, at_us, "check", &list)?;
+        crate::ledger::admit_new(&self.ledger.list(Some(tenant)).await?, at_us)?;
+        Ok(list)
+    }
+
     /// Applies `command` to subscription `id` at `at_us`, by `by` (a key id).
     pub async fn apply(
         &self,

@@ -169,6 +169,7 @@ fn app_state(shared: &shared::Shared, config: &Config, health: Health) -> AppSta
         },
         // Refused at load when one is empty (`Config::validate`).
         stripe_webhook_secrets: config.stripe.webhook_secrets().unwrap_or_default(),
+        return_url: config.stripe.return_url.clone(),
         provider: shared.provider.clone(),
     };
     AppState {

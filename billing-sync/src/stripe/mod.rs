@@ -18,12 +18,13 @@ pub use http::{Client, Settings, api_version};
 
 use crate::Error;
 use crate::items::{Item, plan_items};
-use crate::provider::{Ask, Collected, Collection, Earlier, Provider, Pushed, Synced};
+use crate::provider::{Ask, Collected, Collection, Earlier, HostedPage, Provider, Pushed, SignUp, Synced};
 use async_trait::async_trait;
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteCustomer};
 use meter_rater::Invoice;
 use objects::{Customer, InvoiceItem, InvoiceLine, List};
 use std::collections::{BTreeMap, HashMap};
+use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_billing::invoice::{
     CreateInvoice, CreateInvoiceAutomaticTax, CreateInvoicePendingInvoiceItemsBehavior, FinalizeInvoiceInvoice,
     ListInvoice, PayInvoice, RetrieveInvoice, SendInvoiceInvoice,
@@ -32,9 +33,11 @@ use stripe_billing::invoice_item::{CreateInvoiceItem, ListInvoiceItem};
 use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
 use stripe_billing::plan::{CreatePlan, CreatePlanInlineProductParams, CreatePlanProduct};
 use stripe_billing::subscription::{CreateSubscription, CreateSubscriptionItems};
+use stripe_checkout::checkout_session::CreateCheckoutSession;
 use stripe_client_core::StripeRequest;
 use stripe_core::customer::{CreateCustomer, ListCustomer};
 use stripe_core::event::ListEvent;
+use stripe_shared::CheckoutSessionMode;
 use stripe_shared::{InvoiceCollectionMethod, PlanInterval};
 
 /// Checks the lines Stripe's invoice holds against the items sent: each item exactly once with
@@ -304,6 +307,36 @@ impl Provider for Stripe {
                 refusal.unwrap_or_else(|| format!("the charge did not go through; the invoice is {status}")),
             ),
         })
+    }
+
+    async fn checkout(&self, customer: &str, sign_up: &SignUp) -> Result<HostedPage, Error> {
+        let metadata: HashMap<String, String> = [
+            ("meter_tenant", sign_up.tenant.clone()),
+            ("meter_plan", sign_up.plan.clone()),
+            ("meter_cycle", sign_up.cycle.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        // Setup mode: the customer gives a payment method and pays nothing here; meter bills.
+        // The same sign-up asked again within Stripe's key window answers the same session.
+        let create = CreateCheckoutSession::new()
+            .mode(CheckoutSessionMode::Setup)
+            .customer(customer)
+            .currency(stripe_currency(sign_up.currency))
+            .client_reference_id(sign_up.tenant.as_str())
+            .success_url(sign_up.success_url.as_str())
+            .cancel_url(sign_up.cancel_url.as_str())
+            .metadata(metadata);
+        self.client.send(create.build()).await
+    }
+
+    async fn billing_portal(&self, customer: &str, return_url: &str) -> Result<HostedPage, Error> {
+        // A portal session lives minutes: each minute's asking is an occasion of its own, and the
+        // client's retries within one share its key.
+        let minute = format!("minute={}", meter_schemas::period::now_us() / 60_000_000);
+        let create = CreateBillingPortalSession::new().customer(customer).return_url(return_url);
+        self.client.send_on(create.build(), Some(&minute)).await
     }
 
     async fn events_since(&self, created: i64) -> Result<Vec<Option<ReceivedEvent>>, Error> {

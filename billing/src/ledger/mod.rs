@@ -137,6 +137,26 @@ pub trait LedgerStore: Send + Sync {
     async fn latest_event_created(&self) -> Result<Option<i64>, Error>;
 }
 
+/// Whether a tenant whose subscriptions are `others` may start a new one at `at_us`: only when
+/// every other one expired by then, with nothing of it after (usage is per tenant: two would bill
+/// it twice; a backdated start must not overlap).
+pub fn admit_new(others: &[Subscription], at_us: i64) -> Result<(), Error> {
+    for other in others {
+        let mut other = other.clone();
+        other.advance(at_us);
+        let after = other.entries.last().is_some_and(|e| e.at_us > at_us);
+        if other.state() != State::Expired || after {
+            return Err(Error::Conflict(format!(
+                "tenant {} already has subscription {} ({}); cancel it first",
+                other.tenant,
+                other.id,
+                other.state()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The ledger.
 #[derive(Clone)]
 pub struct Ledger {
@@ -187,23 +207,7 @@ impl Ledger {
     ) -> Result<Subscription, Error> {
         let id = format!("sub_{}", hex::encode(rand::random::<[u8; 12]>()));
         let sub = Subscription::create(&id, tenant, &setup, at_us, by, list)?;
-        let admit: Admit = Box::new(move |others| {
-            for other in others {
-                let mut other = other.clone();
-                other.advance(at_us);
-                // Expired by `at`, and nothing of it after `at` (a backdated start must not overlap).
-                let after = other.entries.last().is_some_and(|e| e.at_us > at_us);
-                if other.state() != State::Expired || after {
-                    return Err(Error::Conflict(format!(
-                        "tenant {} already has subscription {} ({}); cancel it first",
-                        other.tenant,
-                        other.id,
-                        other.state()
-                    )));
-                }
-            }
-            Ok(())
-        });
+        let admit: Admit = Box::new(move |others| admit_new(others, at_us));
         let sub = self.store.insert_subscription(sub, at_us, admit).await?;
         metrics::counter!(crate::metric::SUBSCRIPTION_CHANGES, "action" => "create").increment(1);
         Ok(sub)
