@@ -321,6 +321,14 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     assert_eq!(rec["invoices"], with_lines.len());
     assert_eq!(rec["with_differences"], 0, "{rec:#}");
     assert_eq!(rec["rated"], rec["pushed"], "{rec:#}");
+    // Joined with the close's report: each tenant's events accepted = counted = stored = rated.
+    assert_eq!(rec["with_metering_differences"], 0, "{rec:#}");
+    for row in rec["rows"].as_array().unwrap() {
+        let metering = row["metering"].as_array().unwrap();
+        assert!(!metering.is_empty() && metering.iter().all(|m| m["status"] == "ok"), "{row:#}");
+        let work_orders = metering.iter().find(|m| m["meter"] == "work_orders").unwrap();
+        assert_eq!(work_orders["accepted"], work_orders["stored"], "{row:#}");
+    }
     // The same from the command line (asked again while the proxy's faults make it a 502).
     let cli = |url: String, key: String, period: String| async move {
         for _ in 0..5 {

@@ -23,6 +23,7 @@ use crate::events::{apply, is_settled, paid};
 use crate::provider::{Ask, Collected, Collection, Provider};
 use meter_billing::Subscriptions;
 use meter_billing::ledger::outbox::{NewOperation, OpKind, RemoteInvoice, Settle};
+use meter_rater::subscription::{Change, Dunning};
 use meter_rater::{Command, State};
 use meter_schemas::period::format_time;
 use meter_webhooks::Webhooks;
@@ -76,6 +77,9 @@ pub struct Collect {
     pub remote: String,
     /// The tenant.
     pub tenant: String,
+    /// The subscription the invoice bills, whose trail records each step of dunning.
+    #[serde(default)]
+    pub subscription: Option<String>,
     /// The period the invoice bills.
     pub period: Option<String>,
     /// How it is collected.
@@ -96,6 +100,7 @@ impl Collect {
             invoice: invoice.id.clone(),
             remote: remote.to_string(),
             tenant: invoice.tenant.clone(),
+            subscription: Some(invoice.subscription.clone()),
             period: Some(invoice.period.to_string()),
             collection,
             step: Step::First,
@@ -176,6 +181,7 @@ impl Collector<'_> {
             Collected::Paid => {
                 let known = known.unwrap_or_else(|| self.unrecorded(c));
                 let detail = paid(ledger, self.subs, known, now_us, now_us).await?;
+                self.trail(c, "paid", None, None, now_us).await?;
                 Ok(done(label, "paid", Some(detail), vec![]))
             }
             Collected::Closed(status) => {
@@ -226,9 +232,10 @@ impl Collector<'_> {
         self.notices.notify(&c.tenant, &id, "billing.payment_failed", data, now_us).await?;
         let mut then = Vec::new();
         let mut detail = format!("{reason}; {subscription}");
-        if let Some(pause) = self.retries.get(attempt as usize) {
+        let next_us = self.retries.get(attempt as usize).map(|pause| failed_us.saturating_add(micros(*pause)));
+        self.trail(c, "failed", Some(reason.clone()), next_us, now_us).await?;
+        if let Some(at_us) = next_us {
             let n = attempt + 1;
-            let at_us = failed_us.saturating_add(micros(*pause));
             then.push(Collect { step: Step::Retry { n }, failed_us: Some(failed_us), ..c.clone() }.operation(at_us));
             let data = serde_json::json!({
                 "invoice": c.invoice, "provider_invoice": c.remote, "attempt": n, "at": format_time(at_us),
@@ -259,6 +266,46 @@ impl Collector<'_> {
             detail.push_str(&format!("; suspended at {} unless paid", format_time(suspends_us)));
         }
         Ok(done(c.step.label(), "failed", Some(detail), then))
+    }
+
+    /// Records step `c`'s `outcome` in its subscription's trail, once (a step tried again after a
+    /// crash finds it there). A subscription that can no longer take it (expired) is left as it
+    /// is.
+    async fn trail(
+        &self,
+        c: &Collect,
+        outcome: &str,
+        reason: Option<String>,
+        next_retry_us: Option<i64>,
+        now_us: i64,
+    ) -> Result<(), crate::Error> {
+        let Some(id) = &c.subscription else { return Ok(()) };
+        let step = Dunning {
+            invoice: c.invoice.clone(),
+            attempt: c.step.attempt(),
+            outcome: outcome.into(),
+            reason,
+            next_retry_us,
+        };
+        let sub = match self.subs.ledger.get(id).await {
+            Ok(sub) => sub,
+            Err(meter_billing::Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let recorded = sub.entries.iter().any(|e| {
+            matches!(&e.change, Change::Dunning(d) if d.invoice == step.invoice && d.attempt == step.attempt && d.outcome == step.outcome)
+        });
+        if recorded {
+            return Ok(());
+        }
+        match self.subs.apply(id, Command::Dunning(step), now_us, "meter", now_us).await {
+            Ok(_) => Ok(()),
+            Err(e @ (meter_billing::Error::Refused(_) | meter_billing::Error::Closed(_))) => {
+                tracing::warn!(subscription = %id, error = %e, "a step of dunning not recorded in the trail");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The tenant's past_due subscription at `now_us` and when it is suspended unless paid.

@@ -1,7 +1,9 @@
 //! Reconciliation of a closed period against the provider: for every meter invoice, whether the
 //! provider holds it exactly once, with the same currency, each line's amount and the same total
-//! before tax, its status there and the tax the provider added. What finance checks before it
-//! trusts that what was charged is what meter rated.
+//! before tax, its status there and the tax the provider added; joined with the close's report
+//! for its tenant (events accepted = counted = stored = rated, meter by meter). What finance
+//! checks before it trusts that what was charged is what meter rated, and what it rated is
+//! what was sent.
 
 use crate::Error;
 use crate::items::{Item, plan_items};
@@ -30,6 +32,11 @@ pub struct Row {
     pub held: Vec<Held>,
     /// Every difference, in words; empty when the provider holds exactly what meter rated.
     pub differences: Vec<String>,
+    /// The close's report for the tenant, meter by meter: events accepted (metered again from
+    /// the log) = counted (the live counters) = stored (the history) = rated.
+    pub metering: Vec<meter_billing::close::ReportRow>,
+    /// Whether every meter of the tenant's report is `ok`.
+    pub metering_ok: bool,
 }
 
 /// A period against the provider.
@@ -41,8 +48,11 @@ pub struct Reconciliation {
     pub provider: String,
     /// meter invoices with lines.
     pub invoices: usize,
-    /// Invoices with at least one difference.
+    /// Invoices with at least one difference from the provider.
     pub with_differences: usize,
+    /// Invoices whose tenant's metering differs in the close's report (accepted, counted,
+    /// stored and rated not all equal).
+    pub with_metering_differences: usize,
     /// Money rated and pushed, by currency, minor units: meter's totals and the provider's
     /// totals before tax; equal when nothing differs.
     pub rated: BTreeMap<String, i64>,
@@ -62,6 +72,7 @@ pub async fn reconcile(ledger: &Ledger, provider: &dyn Provider, period: Period)
         provider: provider.name().to_string(),
         invoices: 0,
         with_differences: 0,
+        with_metering_differences: 0,
         rated: BTreeMap::new(),
         pushed: BTreeMap::new(),
         tax: BTreeMap::new(),
@@ -74,11 +85,17 @@ pub async fn reconcile(ledger: &Ledger, provider: &dyn Provider, period: Period)
         .buffered(16)
         .collect()
         .await;
+    let report = ledger.close_of(period).await?.map(|c| c.report).unwrap_or_default();
     for row in checked {
-        let row = row?;
+        let mut row = row?;
+        row.metering = report.iter().filter(|r| r.tenant == row.tenant).cloned().collect();
+        row.metering_ok = row.metering.iter().all(|r| r.status == "ok");
         out.invoices += 1;
         if !row.differences.is_empty() {
             out.with_differences += 1;
+        }
+        if !row.metering_ok {
+            out.with_metering_differences += 1;
         }
         if let Some(total) = row.total_minor {
             *out.rated.entry(row.currency.clone()).or_default() += total;
@@ -113,6 +130,8 @@ async fn check(
         sync: sync.into(),
         held: Vec::new(),
         differences: Vec::new(),
+        metering: Vec::new(),
+        metering_ok: true,
     };
     let items = match plan_items(&invoice) {
         Ok(items) => items,

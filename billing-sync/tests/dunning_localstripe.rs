@@ -16,6 +16,7 @@ use meter_billing_sync::testing::proxy::Proxy;
 use meter_billing_sync::testing::{KEY, LocalStripe, billing_of, direct, invoice};
 use meter_billing_sync::worker::{self, Worker};
 use meter_billing_sync::{Provider, collect};
+use meter_rater::subscription::Change;
 use meter_rater::{Cycle, Setup, State};
 use meter_webhooks::Scope;
 use reqwest::Method;
@@ -64,21 +65,26 @@ async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grac
     let stand_in = LocalStripe::start();
     let proxy = Proxy::start(&stand_in.url, 4, Duration::from_secs(1)).await;
     let dir = tempfile::tempdir().unwrap();
-    let invoices = vec![
+    // The tenants subscribe first; October's invoices bill those subscriptions.
+    let path = dir.path().join("billing.db");
+    let grace = Duration::from_secs(9 * 86_400);
+    let t0 = meter_schemas::period::now_us();
+    let mut invoices = vec![
         invoice("acme", "EUR", &["120.00", "3.45"]),
         invoice("beta", "EUR", &["49.00"]),
         invoice("gamma", "EUR", &["990.00"]),
     ];
-    let ledger = meter_billing_sync::testing::ledger_with(&dir.path().join("billing.db"), invoices).await;
-    let grace = Duration::from_secs(9 * 86_400);
-    let (subs, notices) = billing_of(&ledger, dir.path(), grace);
-    let t0 = meter_schemas::period::now_us();
-    for tenant in ["acme", "beta", "gamma"] {
-        let setup =
-            Setup { plan: "starter".into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: true, trial: false };
-        subs.create(tenant, setup, t0, "test", t0).await.unwrap();
-        notices.register("http://127.0.0.1:9/billing", Some(tenant), false).await.unwrap();
+    {
+        let (subs, notices) = billing_of(&Ledger::open(&path).unwrap(), dir.path(), grace);
+        for inv in &mut invoices {
+            let setup =
+                Setup { plan: "starter".into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: true, trial: false };
+            inv.subscription = subs.create(&inv.tenant, setup, t0, "test", t0).await.unwrap().id;
+            notices.register("http://127.0.0.1:9/billing", Some(&inv.tenant), false).await.unwrap();
+        }
     }
+    let ledger = meter_billing_sync::testing::ledger_with(&path, invoices).await;
+    let (subs, notices) = billing_of(&ledger, dir.path(), grace);
     let settings = Settings {
         api_base: proxy.url.clone(),
         rate_limit: NonZeroU32::new(200).unwrap(),
@@ -170,7 +176,7 @@ async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grac
             "billing.payment_retry_scheduled:1",
             "billing.payment_retry_scheduled:2",
             "billing.payment_retry_scheduled:3",
-            "billing.suspended:4",
+            "billing.suspended:8",
         ])
     );
     assert_eq!(
@@ -183,6 +189,25 @@ async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grac
         ])
     );
     assert_eq!(told("gamma").await, want(&["billing.payment_failed:0", "billing.payment_retry_scheduled:1"]));
+
+    // Each step in the subscription's own trail, once.
+    let trail = |tenant: &'static str| {
+        let ledger = ledger.clone();
+        async move {
+            let sub = ledger.list(Some(tenant)).await.unwrap().pop().unwrap();
+            sub.entries
+                .iter()
+                .filter_map(|e| match &e.change {
+                    Change::Dunning(d) => Some((d.attempt, d.outcome.clone(), d.next_retry_us.is_some())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let failed = |n: u32, more: bool| (n, "failed".to_string(), more);
+    assert_eq!(trail("acme").await, [failed(0, true), failed(1, true), failed(2, true), failed(3, false)]);
+    assert_eq!(trail("beta").await, [failed(0, true), failed(1, true), (2, "paid".to_string(), false)]);
+    assert_eq!(trail("gamma").await, [failed(0, true)]);
 
     // The steps, as the outbox shows them.
     let ops = ledger.operations(None, None).await.unwrap();

@@ -77,6 +77,25 @@ pub enum Command {
     },
     /// End a trial early and start paying.
     Convert,
+    /// Record a step of dunning in the trail (the state does not change by it).
+    Dunning(Dunning),
+}
+
+/// A step of dunning: an attempt to collect an invoice and what came of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Dunning {
+    /// meter's invoice.
+    pub invoice: String,
+    /// The attempt: 0 the first, then each retry.
+    pub attempt: u32,
+    /// `failed`, `paid`.
+    pub outcome: String,
+    /// Why it failed, as the payment provider says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the next retry comes (µs), if one is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_us: Option<i64>,
 }
 
 impl Command {
@@ -88,6 +107,7 @@ impl Command {
             Command::Reactivate => "reactivate",
             Command::PaymentFailed { .. } => "payment_failed",
             Command::Convert => "convert",
+            Command::Dunning(_) => "dunning",
         }
     }
 }
@@ -160,6 +180,8 @@ pub enum Change {
     },
     /// A payment failed.
     PaymentFailed,
+    /// A step of dunning (the state did not change by it).
+    Dunning(Dunning),
     /// The grace period ran out.
     Suspended,
     /// Paid again (or un-cancelled).
@@ -401,7 +423,10 @@ impl Subscription {
         }
         self.advance(at_us);
         let state = self.state();
-        if !allowed(state).contains(&command.name()) {
+        // Dunning is recorded while an invoice is being collected: in any state but a trial's
+        // (nothing billed yet) and the end.
+        let dunning = matches!(command, Command::Dunning(_)) && !matches!(state, State::Trial | State::Expired);
+        if !dunning && !allowed(state).contains(&command.name()) {
             return Err(Refusal::Transition { state, action: command.name(), allowed: allowed(state).to_vec() });
         }
         let (plan, cycle) = (self.plan().to_string(), self.cycle());
@@ -451,6 +476,7 @@ impl Subscription {
                 self.suspends_us = Some(at_us.saturating_add(grace_us.unwrap_or(GRACE_DAYS * DAY_US)));
                 self.push(at_us, Change::PaymentFailed, by, State::PastDue, &plan, cycle);
             }
+            Command::Dunning(step) => self.push(at_us, Change::Dunning(step.clone()), by, state, &plan, cycle),
             Command::Convert => {
                 let trial_started_us = self.trial_started_us.unwrap_or(at_us);
                 self.push(at_us, Change::Converted { trial_started_us }, by, State::Active, &plan, cycle);

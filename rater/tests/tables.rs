@@ -244,6 +244,34 @@ fn a_grace_period_given_with_the_failure_is_the_one_that_suspends_and_payment_cl
 }
 
 #[test]
+fn steps_of_dunning_are_kept_in_the_trail_and_change_no_state() {
+    use meter_rater::subscription::Dunning;
+    let step = |attempt, outcome: &str| {
+        Command::Dunning(Dunning {
+            invoice: "in_1".into(),
+            attempt,
+            outcome: outcome.into(),
+            reason: Some("card declined".into()),
+            next_retry_us: None,
+        })
+    };
+    let mut s = subscribe("acme", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
+    act(&mut s, Command::PaymentFailed { grace_us: None }, "2026-11-03T00:00:00Z");
+    act(&mut s, step(0, "failed"), "2026-11-03T00:00:00Z");
+    assert_eq!(s.state(), State::PastDue);
+    assert_eq!(s.suspends_at(), Some(at("2026-11-18T00:00:00Z")), "the grace runs on");
+    s.advance(at("2026-11-18T00:00:00Z"));
+    act(&mut s, step(1, "failed"), "2026-11-19T00:00:00Z");
+    assert_eq!(s.state(), State::Suspended);
+    let kinds: Vec<_> = s.entries.iter().filter(|e| matches!(e.change, Change::Dunning(_))).map(|e| e.state).collect();
+    assert_eq!(kinds, [State::PastDue, State::Suspended]);
+    // Nothing is billed in a trial: nothing to dun.
+    let mut t = subscribe("beta", "starter", Cycle::Monthly, 1, true, "2026-11-01T00:00:00Z");
+    let refused = t.apply(&step(0, "failed"), at("2026-11-02T00:00:00Z"), "k", list()).unwrap_err();
+    assert!(matches!(refused, Refusal::Transition { state: State::Trial, .. }), "{refused:?}");
+}
+
+#[test]
 fn past_due_is_suspended_after_15_days_and_reactivated_by_payment() {
     let mut s = subscribe("acme", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
     act(&mut s, Command::PaymentFailed { grace_us: None }, "2026-11-03T12:00:00Z");

@@ -189,12 +189,16 @@ pub async fn sync(command: SyncCommand) -> anyhow::Result<()> {
             let v: Value = serde_json::from_str(&text)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             let differing = v["with_differences"].as_u64().unwrap_or(0);
+            let metering = v["with_metering_differences"].as_u64().unwrap_or(0);
             eprintln!(
-                "meter: {period}: {} invoices against {}; {differing} with differences",
+                "meter: {period}: {} invoices against {}; {differing} with differences; {metering} whose metering differs in the close's report",
                 v["invoices"], v["provider"]
             );
             if differing > 0 {
                 bail!("{differing} invoices of {period} differ from the provider's");
+            }
+            if metering > 0 {
+                bail!("{metering} invoices of {period} bill a tenant whose events accepted, counted and stored differ");
             }
         }
     }
