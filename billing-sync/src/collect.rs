@@ -162,16 +162,20 @@ pub(crate) struct Collector<'a> {
 }
 
 impl Collector<'_> {
-    /// Performs step `c` at `now_us`.
-    pub async fn step(&self, c: &Collect, now_us: i64) -> Result<Settle, crate::Error> {
+    /// Performs step `c` at `now_us`; it was first tried at `first_tried_us` (a failure of a
+    /// first step or a due date counts from then, however often it is tried again).
+    pub async fn step(&self, c: &Collect, first_tried_us: i64, now_us: i64) -> Result<Settle, crate::Error> {
         let ledger = &self.subs.ledger;
         let label = c.step.label();
         let known = ledger.store().remote_invoice(c.remote.clone()).await?;
         if let Some(k) = known.as_ref().filter(|k| is_settled(&k.status)) {
             return Ok(done(label, "nothing_to_collect", Some(format!("the invoice is {}", k.status)), vec![]));
         }
+        // A failure counts from the first failure (retries), or from when this step was first
+        // tried (a first charge, a due date), however often it is tried again.
+        let since = c.failed_us.unwrap_or(first_tried_us);
         if c.step == Step::Due {
-            return self.failed(c, "unpaid at its due date".into(), now_us).await;
+            return self.failed(c, since, "unpaid at its due date".into(), now_us).await;
         }
         let ask = match c.collection {
             Collection::ChargeAutomatically => Ask::Pay,
@@ -195,9 +199,9 @@ impl Collector<'_> {
                 Ok(done(label, "sent", Some(format!("due {}", format_time(due_us))), vec![due.operation(due_us)]))
             }
             Collected::Sent => {
-                self.failed(c, "still unpaid after its due date; a reminder was sent".into(), now_us).await
+                self.failed(c, since, "still unpaid after its due date; a reminder was sent".into(), now_us).await
             }
-            Collected::Declined(reason) => self.failed(c, reason, now_us).await,
+            Collected::Declined(reason) => self.failed(c, since, reason, now_us).await,
         }
     }
 
@@ -215,11 +219,11 @@ impl Collector<'_> {
         }
     }
 
-    /// Attempt `c` ended unpaid: the subscription goes past_due, the tenant is told, and the
-    /// next retry (and, after the first failure, the suspension check) is written.
-    async fn failed(&self, c: &Collect, reason: String, now_us: i64) -> Result<Settle, crate::Error> {
+    /// Attempt `c` ended unpaid (dunning counting from `failed_us`): the subscription goes
+    /// past_due, the tenant is told, and the next retry and the end of the grace period are
+    /// written.
+    async fn failed(&self, c: &Collect, failed_us: i64, reason: String, now_us: i64) -> Result<Settle, crate::Error> {
         let ledger = &self.subs.ledger;
-        let failed_us = c.failed_us.unwrap_or(now_us);
         let attempt = c.step.attempt();
         let subscription =
             apply(ledger, self.subs, &c.tenant, Command::PaymentFailed { grace_us: None }, &[State::Active], now_us)
@@ -246,9 +250,10 @@ impl Collector<'_> {
         } else {
             detail.push_str("; no retry left");
         }
-        if c.failed_us.is_none()
-            && let Some((sub, suspends_us)) = self.past_due(&c.tenant, now_us).await?
-        {
+        // The end of the grace period, written whenever the subscription is past_due after a
+        // failure: named by when it comes, so the same grace is written once however often it
+        // is seen, and a new one (past_due again after a payment) gets its own.
+        if let Some((sub, suspends_us)) = self.past_due(&c.tenant, now_us).await? {
             let check = CheckSuspension {
                 invoice: c.invoice.clone(),
                 remote: c.remote.clone(),
@@ -257,7 +262,7 @@ impl Collector<'_> {
             };
             then.push(NewOperation {
                 kind: OpKind::CheckSuspension,
-                subject: c.invoice.clone(),
+                subject: format!("{}@{suspends_us}", c.invoice),
                 tenant: c.tenant.clone(),
                 period: c.period.clone(),
                 body: serde_json::to_string(&check).expect("a suspension check serializes"),
@@ -298,9 +303,15 @@ impl Collector<'_> {
         if recorded {
             return Ok(());
         }
-        match self.subs.apply(id, Command::Dunning(step), now_us, "meter", now_us).await {
+        // Not before the trail's last entry (the events' processor may have written one since
+        // this step's clock was read).
+        let at_us = sub.entries.last().map_or(now_us, |e| e.at_us.max(now_us));
+        match self.subs.apply(id, Command::Dunning(step), at_us, "meter", now_us).await {
             Ok(_) => Ok(()),
-            Err(e @ (meter_billing::Error::Refused(_) | meter_billing::Error::Closed(_))) => {
+            Err(
+                e @ (meter_billing::Error::Refused(meter_rater::Refusal::Transition { .. })
+                | meter_billing::Error::Closed(_)),
+            ) => {
                 tracing::warn!(subscription = %id, error = %e, "a step of dunning not recorded in the trail");
                 Ok(())
             }

@@ -175,7 +175,7 @@ impl Worker {
                 Err(e) => return Settle::Dead(format!("the stored invoice does not parse: {e}")),
             },
             OpKind::Collect => match serde_json::from_str::<Collect>(&op.body) {
-                Ok(c) => self.collector().step(&c, now_us).await,
+                Ok(c) => self.collector().step(&c, op.first_tried_us.unwrap_or(now_us), now_us).await,
                 Err(e) => return Settle::Dead(format!("the stored collection step does not parse: {e}")),
             },
             OpKind::CheckSuspension => match serde_json::from_str::<CheckSuspension>(&op.body) {
@@ -223,10 +223,13 @@ impl Worker {
         tokio::pin!(shutdown);
         let lease = self.settings.lease.as_micros() as i64;
         let batch = self.settings.batch.max(1);
-        // Up to `batch` operations in flight; each slot that frees is filled at once, so that a
-        // slow one (a timeout, a Retry-After) holds back only itself.
+        // Up to `batch` operations in flight; each slot that frees is filled at once, and free
+        // slots are looked at every `poll` as well, so that a slow one (a timeout, a
+        // Retry-After) holds back only itself. Claiming again an operation still in flight (its
+        // lease ran out) renews its lease and does not start it twice.
         let this = &self;
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        let mut running = std::collections::HashSet::new();
         loop {
             let room = batch - in_flight.len();
             let now = meter_schemas::period::now_us();
@@ -237,7 +240,7 @@ impl Worker {
                     Vec::new()
                 }),
             };
-            for op in claimed {
+            for op in claimed.into_iter().filter(|op| running.insert(op.id)) {
                 in_flight.push(async move {
                     let settle = this.perform(&op, now).await;
                     (op.id, settle)
@@ -246,12 +249,13 @@ impl Worker {
             tokio::select! {
                 () = &mut shutdown => return,
                 Some((id, settle)) = in_flight.next(), if !in_flight.is_empty() => {
+                    running.remove(&id);
                     if let Err(e) = this.record(id, settle).await {
                         // Not recorded: its lease runs out and it is worked again, with its keys.
                         tracing::warn!(op = id, error = %e, "an outcome could not be recorded; the operation will be tried again");
                     }
                 }
-                () = tokio::time::sleep(self.settings.poll), if in_flight.is_empty() => {}
+                () = tokio::time::sleep(self.settings.poll), if in_flight.len() < batch => {}
             }
         }
     }

@@ -8,18 +8,13 @@ use meter_billing_sync::{Collection, Earlier, Error, Provider, Pushed};
 use meter_rater::Invoice;
 use reqwest::Method;
 use rust_decimal::Decimal;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 fn settings(base: &str, key: &str) -> Settings {
     Settings {
-        api_base: base.to_string(),
-        rate_limit: NonZeroU32::new(200).unwrap(),
-        attempts: 12,
-        min_backoff: Duration::from_millis(10),
+        api_key: key.to_string(),
         max_backoff: Duration::from_millis(200),
-        timeout: Duration::from_millis(1500),
-        ..Settings::new(key)
+        ..meter_billing_sync::testing::quick_settings(base, 12, Duration::from_millis(1500))
     }
 }
 

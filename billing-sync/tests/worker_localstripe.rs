@@ -7,13 +7,12 @@ use meter_billing::Ledger;
 use meter_billing::ledger::outbox::{OpKind, OpState};
 use meter_billing_sync::stripe::{Client, Settings, Stripe};
 use meter_billing_sync::testing::proxy::Proxy;
-use meter_billing_sync::testing::{KEY, LocalStripe, billing_of, direct, invoice};
+use meter_billing_sync::testing::{KEY, LocalStripe, billing_of, direct, invoice, quick_stripe};
 use meter_billing_sync::worker::{self, Worker};
 use meter_billing_sync::{NoProvider, Provider};
 use meter_rater::Invoice;
 use reqwest::Method;
 use rust_decimal::Decimal;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,16 +62,7 @@ async fn a_recorded_close_reaches_stripe_once_per_invoice_and_a_bad_one_is_dead(
         .collect();
     invoices.push(invoice("kuwait", "KWD", &["1.234"]));
     let (ledger, dir) = ledger_with(invoices.clone()).await;
-    let settings = Settings {
-        api_base: proxy.url.clone(),
-        rate_limit: NonZeroU32::new(200).unwrap(),
-        attempts: 3,
-        min_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(100),
-        timeout: Duration::from_millis(1000),
-        ..Settings::new(KEY)
-    };
-    let stripe: Arc<dyn Provider> = Arc::new(Stripe::new(Client::new(settings).unwrap(), false));
+    let stripe = quick_stripe(&proxy.url, 3, Duration::from_millis(1000));
     let worker = worker(&ledger, &dir, stripe);
     drain(&worker, &ledger).await;
 

@@ -293,19 +293,22 @@ impl Provider for Stripe {
             Ok(read) => (read, None),
             // A declined card (402), no payment method, an invoice paid or voided meanwhile:
             // where the invoice stands says which.
-            Err(Error::Refused { message, .. }) if ask == Ask::Pay => {
-                (self.client.send(RetrieveInvoice::new(invoice).build()).await?, Some(message))
+            Err(refused @ Error::Refused { .. }) => {
+                (self.client.send(RetrieveInvoice::new(invoice).build()).await?, Some(refused))
             }
             Err(e) => return Err(e),
         };
         let status = read.status.unwrap_or_default();
-        Ok(match (status.as_str(), ask) {
-            ("paid", _) => Collected::Paid,
-            ("void" | "uncollectible", _) => Collected::Closed(status),
-            (_, Ask::Send) => Collected::Sent,
-            (_, Ask::Pay) => Collected::Declined(
-                refusal.unwrap_or_else(|| format!("the charge did not go through; the invoice is {status}")),
-            ),
+        Ok(match (status.as_str(), ask, refusal) {
+            ("paid", _, _) => Collected::Paid,
+            ("void" | "uncollectible", _, _) => Collected::Closed(status),
+            (_, Ask::Send, None) => Collected::Sent,
+            // Sending refused while the invoice is still to be paid: nothing a retry changes.
+            (_, Ask::Send, Some(refused)) => return Err(refused),
+            (_, Ask::Pay, refused) => Collected::Declined(match refused {
+                Some(Error::Refused { message, .. }) => message,
+                _ => format!("the charge did not go through; the invoice is {status}"),
+            }),
         })
     }
 

@@ -169,3 +169,24 @@ pub fn billing_of(
     let webhooks = Arc::new(meter_webhooks::Webhooks::open(&dir.join("webhooks.db"), settings).expect("webhooks open"));
     (subs, webhooks)
 }
+
+/// Client settings for tests against `base` (the proxy, or localstripe itself): a high rate
+/// limit, quick retries, `attempts` tries of a request each waiting at most `timeout`.
+pub fn quick_settings(base: &str, attempts: u32, timeout: std::time::Duration) -> crate::stripe::Settings {
+    use std::time::Duration;
+    crate::stripe::Settings {
+        api_base: base.to_string(),
+        rate_limit: std::num::NonZeroU32::new(200).expect("not zero"),
+        attempts,
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        timeout,
+        ..crate::stripe::Settings::new(KEY)
+    }
+}
+
+/// The Stripe provider through `base` with [`quick_settings`].
+pub fn quick_stripe(base: &str, attempts: u32, timeout: std::time::Duration) -> std::sync::Arc<dyn crate::Provider> {
+    let client = crate::stripe::Client::new(quick_settings(base, attempts, timeout)).expect("a client");
+    std::sync::Arc::new(crate::stripe::Stripe::new(client, false))
+}

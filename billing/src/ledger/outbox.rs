@@ -14,7 +14,7 @@ pub enum OpKind {
     /// or retry after a failed payment (dunning). Its subject is `{invoice}/{step}`.
     Collect,
     /// At the end of a failed payment's grace period: tell the tenant its subscription is
-    /// suspended, unless it was paid meanwhile. Its subject is the meter invoice.
+    /// suspended, unless it was paid meanwhile. Its subject is `{invoice}@{when}`.
     CheckSuspension,
 }
 
