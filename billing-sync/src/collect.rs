@@ -6,7 +6,8 @@
 //!
 //! - **first**: a `charge_automatically` invoice is charged; a `send_invoice` one is sent, and
 //!   its **due** step is written for its due date;
-//! - **due**: a sent invoice unpaid at its due date counts as a failed payment from then;
+//! - **due**: a sent invoice unpaid at its due date (read back from the provider) counts as a
+//!   failed payment from then;
 //! - **retry n**: after a failure, the n-th retry (`[sync] retries`, 1, 3 and 7 days after the
 //!   first failure by default) charges again, or sends a reminder.
 //!
@@ -174,12 +175,12 @@ impl Collector<'_> {
         // A failure counts from the first failure (retries), or from when this step was first
         // tried (a first charge, a due date), however often it is tried again.
         let since = c.failed_us.unwrap_or(first_tried_us);
-        if c.step == Step::Due {
-            return self.failed(c, since, "unpaid at its due date".into(), now_us).await;
-        }
-        let ask = match c.collection {
-            Collection::ChargeAutomatically => Ask::Pay,
-            Collection::SendInvoice { .. } => Ask::Send,
+        // At a due date, where the invoice stands at the provider, not only what meter heard of
+        // it (a transfer's invoice.paid may not have come yet).
+        let ask = match (c.step, c.collection) {
+            (Step::Due, _) => Ask::Check,
+            (_, Collection::ChargeAutomatically) => Ask::Pay,
+            (_, Collection::SendInvoice { .. }) => Ask::Send,
         };
         match self.provider.collect(&c.remote, ask, c.step.attempt()).await? {
             Collected::Paid => {
@@ -192,6 +193,9 @@ impl Collector<'_> {
                 let known = known.unwrap_or_else(|| self.unrecorded(c));
                 ledger.store().record_remote_invoice(RemoteInvoice { status: status.clone(), ..known }).await?;
                 Ok(done(label, "nothing_to_collect", Some(format!("the invoice is {status}")), vec![]))
+            }
+            Collected::Sent if c.step == Step::Due => {
+                self.failed(c, since, "unpaid at its due date".into(), now_us).await
             }
             Collected::Sent if c.step == Step::First => {
                 let due_us = c.due_us.unwrap_or(now_us);

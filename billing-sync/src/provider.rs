@@ -110,6 +110,8 @@ pub enum Ask {
     /// Send the invoice to the customer, who pays it by transfer (`send_invoice`); sent again,
     /// it is a reminder.
     Send,
+    /// Only read where the invoice stands (at a due date: paid by transfer, or not).
+    Check,
 }
 
 /// What a step of collection came to.
@@ -117,7 +119,7 @@ pub enum Ask {
 pub enum Collected {
     /// The invoice is paid.
     Paid,
-    /// The invoice was sent; the customer has until it is due.
+    /// The invoice was sent (or, asked to check, is still to be paid).
     Sent,
     /// The payment failed (a card declined, no payment method); the provider's reason.
     Declined(String),

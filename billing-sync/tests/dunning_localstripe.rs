@@ -6,6 +6,8 @@
 //!   days, each failure and retry told to its webhook endpoint, suspended at 9 days and told so;
 //! - beta's payment goes through at the second retry: active again, no third retry, no
 //!   suspension;
+//! - delta pays by transfer too, in time, but Stripe's event of it has not come: at the due
+//!   date meter reads the invoice from Stripe, finds it paid, and nothing fails;
 //! - gamma pays by transfer (net-30): its invoice is sent, and unpaid at its due date it counts
 //!   as a failed payment from then.
 
@@ -71,6 +73,7 @@ async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grac
         invoice("acme", "EUR", &["120.00", "3.45"]),
         invoice("beta", "EUR", &["49.00"]),
         invoice("gamma", "EUR", &["990.00"]),
+        invoice("delta", "EUR", &["75.00"]),
     ];
     {
         let (subs, notices) = billing_of(&Ledger::open(&path).unwrap(), dir.path(), grace);
@@ -90,7 +93,7 @@ async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grac
         // again at the same instant.
         min_backoff: Duration::ZERO,
         max_backoff: Duration::ZERO,
-        terms: toml::from_str(r#"tenants = { gamma = { method = "send_invoice", days_until_due = 30 } }"#).unwrap(),
+        terms: toml::from_str(r#"tenants = { gamma = { method = "send_invoice", days_until_due = 30 }, delta = { method = "send_invoice", days_until_due = 30 } }"#).unwrap(),
         retries: collect::DEFAULT_RETRIES.to_vec(),
         ..Default::default()
     };
@@ -122,10 +125,19 @@ async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grac
     assert_eq!(state(&ledger, "acme", t0 + 9 * DAY).await, State::Suspended, "9 days after the first failure");
     assert_eq!(state(&ledger, "beta", t0 + 9 * DAY).await, State::Active);
 
+    // delta pays in Stripe before its due date (here by card, straight to localstripe: no event
+    // reaches meter).
+    card(&stand_in.url, &ledger, "delta", "pm_card_visa").await;
+    let delta = ledger.store().remote_invoices_of(vec!["inv_delta_2026-10".into()]).await.unwrap();
+    direct(&stand_in.url, Method::POST, &format!("/v1/invoices/{}/pay", delta[0].remote), &[]).await;
     // gamma: unpaid at its due date (30 days), a failed payment from then.
     assert_eq!(state(&ledger, "gamma", t0 + 30 * DAY - 1).await, State::Active);
     work_at(&worker, &ledger, t0 + 30 * DAY).await;
     assert_eq!(state(&ledger, "gamma", t0 + 30 * DAY).await, State::PastDue);
+    assert_eq!(state(&ledger, "delta", t0 + 30 * DAY).await, State::Active, "paid, as Stripe says at the due date");
+    let delta = ledger.store().remote_invoices_of(vec!["inv_delta_2026-10".into()]).await.unwrap();
+    assert_eq!((delta[0].status.as_str(), delta[0].paid_us), ("paid", Some(t0 + 30 * DAY)));
+    assert!(notices.deliveries(Scope::Tenant("delta"), None, 10).await.unwrap().is_empty(), "nothing to tell delta");
 
     // What each tenant's endpoint was told, once each.
     let told = |tenant: &'static str| {

@@ -287,6 +287,7 @@ impl Provider for Stripe {
             // Off session: the customer is not there to authenticate a charge meter starts.
             Ask::Pay => PayInvoice::new(invoice).off_session(true).build(),
             Ask::Send => SendInvoiceInvoice::new(invoice).build(),
+            Ask::Check => RetrieveInvoice::new(invoice).build(),
         };
         let answered: Result<objects::Invoice, Error> = self.client.send_on(request, Some(&occasion)).await;
         let (read, refusal) = match answered {
@@ -302,9 +303,9 @@ impl Provider for Stripe {
         Ok(match (status.as_str(), ask, refusal) {
             ("paid", _, _) => Collected::Paid,
             ("void" | "uncollectible", _, _) => Collected::Closed(status),
-            (_, Ask::Send, None) => Collected::Sent,
+            (_, Ask::Send | Ask::Check, None) => Collected::Sent,
             // Sending refused while the invoice is still to be paid: nothing a retry changes.
-            (_, Ask::Send, Some(refused)) => return Err(refused),
+            (_, Ask::Send | Ask::Check, Some(refused)) => return Err(refused),
             (_, Ask::Pay, refused) => Collected::Declined(match refused {
                 Some(Error::Refused { message, .. }) => message,
                 _ => format!("the charge did not go through; the invoice is {status}"),
