@@ -213,7 +213,10 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     assert_eq!(status["collection_dead"], 0, "{status:#}");
     let ops = status["operations"].as_array().unwrap();
     let mut waiting: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for o in ops.iter().filter(|o| o["kind"] != "push_invoice" && o["state"] == "pending") {
+    for o in ops
+        .iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("collect" | "check_suspension")) && o["state"] == "pending")
+    {
         let step = match o["kind"].as_str().unwrap() {
             "collect" => o["subject"].as_str().unwrap().rsplit('/').next().unwrap().to_string(),
             other => other.to_string(),
@@ -479,6 +482,28 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     assert_eq!(s, 200);
     assert_eq!(settled_state(&url, &admin, t1, "cancelled").await, "cancelled");
     assert_eq!(state_of(&url, &admin, t2).await, "active", "other tenants unchanged");
+
+    // An admin cancels tenant-010's subscription in meter: Stripe's mirror is told
+    // (`cancel_at_period_end`, `metadata.meter_state`).
+    let (_, subs10) = call(Method::GET, format!("{url}/api/v1/subscriptions?tenant=tenant-010"), &admin, None).await;
+    let id10 = subs10[0]["id"].as_str().unwrap().to_string();
+    let (s, r) = call(Method::POST, format!("{url}/api/v1/subscriptions/{id10}/cancel"), &admin, Some(json!({}))).await;
+    assert_eq!(s, 200, "{r}");
+    let cus10 = &per_tenant["tenant-010"][0];
+    let mirrors = direct(&stand_in.url, Method::GET, &format!("/v1/subscriptions?customer={cus10}"), &[]).await;
+    let mirror10 = mirrors["data"][0]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = direct(&stand_in.url, Method::GET, &format!("/v1/subscriptions/{mirror10}"), &[]).await;
+        let told = proxy.sent("POST", &format!("/v1/subscriptions/{mirror10}"));
+        if shown["cancel_at_period_end"] == true
+            && told.last().is_some_and(|b| b.contains("metadata[meter_state]=cancelled"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the mirror was not told: {shown} {told:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Self-serve sign-up. Refused before anything reaches Stripe: an unknown plan, a cycle the
     // plan is not sold on, a bad tenant id, a tenant that has a subscription, no return URL.

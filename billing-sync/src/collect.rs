@@ -352,11 +352,14 @@ impl Collector<'_> {
         });
         let id = format!("billing.suspended:{}:{since}", sub.id);
         self.notices.notify(&c.tenant, &id, "billing.suspended", data, now_us).await?;
+        // The suspension came with time, not with a change written to the ledger: the mirror is
+        // told here.
+        let mirror = meter_billing::ledger::outbox::mirror_of(&sub, now_us).into_iter().collect();
         Ok(done(
             step,
             "suspended",
             Some(format!("subscription {} suspended at {}", sub.id, format_time(at_us))),
-            vec![],
+            mirror,
         ))
     }
 }

@@ -127,6 +127,29 @@ pub enum Collected {
     Closed(String),
 }
 
+/// What the provider's mirror of a subscription shows (see ARCHITECTURE.md, the mapping of
+/// meter's states).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorState {
+    /// meter's state (`metadata.meter_state`).
+    pub state: meter_rater::State,
+    /// Cancelled: it ends with the paid cycle.
+    pub cancel_at_period_end: bool,
+    /// In a trial: when it ends (unix seconds).
+    pub trial_end: Option<i64>,
+}
+
+/// What mirroring came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mirrored {
+    /// The mirror shows it.
+    Updated,
+    /// The mirror was ended (meter's subscription expired, or it was deleted at the provider).
+    Ended,
+    /// No provider.
+    NotSynced,
+}
+
 /// A page of the provider's where a customer acts: Checkout (sign-up, a payment method), the
 /// customer portal (payment methods, invoices).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -199,6 +222,10 @@ pub trait Provider: Send + Sync {
     /// asked again (after a lost reply, a crash), and a new attempt is a new one.
     async fn collect(&self, invoice: &str, ask: Ask, attempt: u32) -> Result<Collected, Error>;
 
+    /// Makes the mirror subscription `mirror` show `state`; `occasion` names the change (each
+    /// change of meter's is sent once, and a change back is a new one).
+    async fn mirror(&self, mirror: &str, state: &MirrorState, occasion: &str) -> Result<Mirrored, Error>;
+
     /// A Checkout page where `customer` signs up as `sign_up` says, carrying the tenant, plan
     /// and cycle in its metadata (`meter_tenant`, `meter_plan`, `meter_cycle`).
     async fn checkout(&self, customer: &str, sign_up: &SignUp) -> Result<HostedPage, Error>;
@@ -254,6 +281,10 @@ impl Provider for NoProvider {
 
     async fn collect(&self, invoice: &str, _ask: Ask, _attempt: u32) -> Result<Collected, Error> {
         Err(Error::NoProvider(format!("to collect {invoice}")))
+    }
+
+    async fn mirror(&self, _mirror: &str, _state: &MirrorState, _occasion: &str) -> Result<Mirrored, Error> {
+        Ok(Mirrored::NotSynced)
     }
 
     async fn checkout(&self, _customer: &str, _sign_up: &SignUp) -> Result<HostedPage, Error> {

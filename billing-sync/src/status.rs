@@ -55,6 +55,7 @@ pub struct Outstanding {
 pub async fn period_sync(ledger: &Ledger, period: Period, now_us: i64) -> Result<PeriodSync, meter_billing::Error> {
     let operations = ledger.operations(None, Some(period)).await?;
     let push = |o: &Operation| o.kind == OpKind::PushInvoice;
+    let collection = |o: &Operation| matches!(o.kind, OpKind::Collect | OpKind::CheckSuspension);
     let pushed = operations.iter().filter(|o| push(o)).map(|o| o.subject.clone()).collect();
     let remote = ledger.store().remote_invoices_of(pushed).await?;
     let outstanding = remote
@@ -84,8 +85,8 @@ pub async fn period_sync(ledger: &Ledger, period: Period, now_us: i64) -> Result
         not_synced: count(&|o| push(o) && o.state == OpState::Done && synced_flag(o) != Some(true)),
         pending: count(&|o| push(o) && o.state == OpState::Pending),
         dead: count(&|o| push(o) && o.state == OpState::Dead),
-        collecting: count(&|o| !push(o) && o.state == OpState::Pending),
-        collection_dead: count(&|o| !push(o) && o.state == OpState::Dead),
+        collecting: count(&|o| collection(o) && o.state == OpState::Pending),
+        collection_dead: count(&|o| collection(o) && o.state == OpState::Dead),
         outstanding,
         operations,
     })

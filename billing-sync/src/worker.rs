@@ -5,11 +5,17 @@
 //! transient failure (exponential backoff with jitter), or dead with its reason.
 
 use crate::collect::{CheckSuspension, Collect, Collector};
+
+/// The body of an [`OpKind::MirrorSubscription`] operation.
+#[derive(serde::Deserialize)]
+struct MirrorOp {
+    subscription: String,
+}
 use crate::provider::{Collection, Earlier, Provider, Pushed};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use meter_billing::Subscriptions;
-use meter_billing::ledger::outbox::{OpKind, Operation, Settle};
+use meter_billing::ledger::outbox::{NewOperation, OpKind, Operation, Settle};
 use meter_webhooks::Webhooks;
 use std::future::Future;
 use std::sync::Arc;
@@ -178,6 +184,10 @@ impl Worker {
                 Ok(c) => self.collector().step(&c, op.first_tried_us.unwrap_or(now_us), now_us).await,
                 Err(e) => return Settle::Dead(format!("the stored collection step does not parse: {e}")),
             },
+            OpKind::MirrorSubscription => match serde_json::from_str::<MirrorOp>(&op.body) {
+                Ok(m) => self.mirror(&m.subscription, &op.subject, now_us).await,
+                Err(e) => return Settle::Dead(format!("the stored mirror operation does not parse: {e}")),
+            },
             OpKind::CheckSuspension => match serde_json::from_str::<CheckSuspension>(&op.body) {
                 Ok(c) => self.collector().check_suspension(&c, now_us).await,
                 Err(e) => return Settle::Dead(format!("the stored suspension check does not parse: {e}")),
@@ -205,13 +215,56 @@ impl Worker {
         }
     }
 
+    /// Makes the provider's mirror of `subscription` show its state at `now_us`; `occasion`
+    /// names the change. Before the tenant's first push there is no mirror yet: that push
+    /// mirrors the state it finds.
+    async fn mirror(&self, subscription: &str, occasion: &str, now_us: i64) -> Result<Settle, crate::Error> {
+        let outcome = |result: &str, detail: String| {
+            Settle::done(json(&serde_json::json!({ "result": result, "detail": detail })))
+        };
+        let mut sub = match self.subs.ledger.get(subscription).await {
+            Ok(sub) => sub,
+            Err(meter_billing::Error::NotFound(_)) => {
+                return Ok(outcome("nothing_to_mirror", "no such subscription".into()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        sub.advance(now_us);
+        let remote = self.subs.ledger.remote_customer(&sub.tenant).await?;
+        let Some(mirror) = remote.and_then(|r| r.subscription) else {
+            return Ok(outcome("no_mirror_yet", "the tenant's first push makes the mirror".into()));
+        };
+        let state = crate::provider::MirrorState {
+            state: sub.state(),
+            cancel_at_period_end: sub.state() == meter_rater::State::Cancelled,
+            trial_end: sub.trial_ends_us().filter(|_| sub.state() == meter_rater::State::Trial).map(|t| t / 1_000_000),
+        };
+        let done = self.provider.mirror(&mirror, &state, occasion).await?;
+        Ok(outcome(&format!("{done:?}").to_lowercase(), format!("{mirror} shows {}", state.state)))
+    }
+
     /// A push's settlement: done, with its collection's first step when it synced.
     fn pushed(&self, op: &Operation, pushed: Pushed, collect: Option<Collect>, now_us: i64) -> Settle {
         let provider = self.provider.name();
         match pushed {
             Pushed::Synced(s) => {
                 tracing::info!(op = op.id, invoice = %op.subject, remote = %s.invoice, "invoice synced");
-                let then = collect.map(|c| c.operation(now_us)).into_iter().collect();
+                let mut then: Vec<NewOperation> = Vec::new();
+                if let Some(c) = collect {
+                    // The mirror, made by the tenant's first push as active, shows the
+                    // subscription's state as it is now (once per subscription).
+                    if let Some(sub) = &c.subscription {
+                        then.push(NewOperation {
+                            kind: OpKind::MirrorSubscription,
+                            subject: format!("{sub}#push"),
+                            tenant: c.tenant.clone(),
+                            period: None,
+                            body: serde_json::json!({ "subscription": sub }).to_string(),
+                            next_us: now_us,
+                        });
+                    }
+                    then.push(c.operation(now_us));
+                }
                 Settle::Done { outcome: json(&Outcome { provider, synced: true, invoice: Some(s) }), then }
             }
             Pushed::NotSynced => Settle::done(json(&Outcome { provider, synced: false, invoice: None })),

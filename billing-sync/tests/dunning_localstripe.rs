@@ -68,7 +68,8 @@ async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grac
     // The tenants subscribe first; October's invoices bill those subscriptions.
     let path = dir.path().join("billing.db");
     let grace = Duration::from_secs(9 * 86_400);
-    let t0 = meter_schemas::period::now_us();
+    // A second ahead of the wall clock, which dates what the ledger writes (its mirrors).
+    let t0 = meter_schemas::period::now_us() + 1_000_000;
     let mut invoices = vec![
         invoice("acme", "EUR", &["120.00", "3.45"]),
         invoice("beta", "EUR", &["49.00"]),
@@ -109,9 +110,13 @@ async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grac
     card(&stand_in.url, &ledger, "beta", "pm_card_chargeCustomerFail").await;
 
     // Nothing before a day; the first retry at one day fails for both.
-    let ops_before = ledger.operations(Some(OpState::Done), None).await.unwrap().len();
+    let dunning_done = || async {
+        let done = ledger.operations(Some(OpState::Done), None).await.unwrap();
+        done.iter().filter(|o| matches!(o.kind, OpKind::Collect | OpKind::CheckSuspension)).count()
+    };
+    let ops_before = dunning_done().await;
     work_at(&worker, &ledger, t0 + DAY - 1).await;
-    assert_eq!(ledger.operations(Some(OpState::Done), None).await.unwrap().len(), ops_before);
+    assert_eq!(dunning_done().await, ops_before);
     work_at(&worker, &ledger, t0 + DAY).await;
     // beta's payment method is mended before its second retry, at three days.
     card(&stand_in.url, &ledger, "beta", "pm_card_visa").await;
@@ -138,6 +143,16 @@ async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grac
     let delta = ledger.store().remote_invoices_of(vec!["inv_delta_2026-10".into()]).await.unwrap();
     assert_eq!((delta[0].status.as_str(), delta[0].paid_us), ("paid", Some(t0 + 30 * DAY)));
     assert!(notices.deliveries(Scope::Tenant("delta"), None, 10).await.unwrap().is_empty(), "nothing to tell delta");
+
+    // Stripe's mirror of each subscription is told meter's state (`metadata.meter_state`; as
+    // sent: localstripe keeps no metadata on a subscription's update).
+    for (tenant, want) in [("acme", "suspended"), ("beta", "active"), ("gamma", "past_due"), ("delta", "active")] {
+        let mirror = ledger.remote_customer(tenant).await.unwrap().unwrap().subscription.unwrap();
+        let sent = proxy.sent("POST", &format!("/v1/subscriptions/{mirror}"));
+        let last = sent.last().unwrap_or_else(|| panic!("{tenant}: no update of its mirror"));
+        assert!(last.contains(&format!("metadata[meter_state]={want}")), "{tenant}: {last}");
+        assert!(last.contains("cancel_at_period_end=false"), "{tenant}: {last}");
+    }
 
     // What each tenant's endpoint was told, once each.
     let told = |tenant: &'static str| {
@@ -214,7 +229,7 @@ async fn a_failed_payment_is_retried_on_meters_clock_and_suspends_after_the_grac
     let ops = ledger.operations(None, None).await.unwrap();
     let steps = |tenant: &str| {
         ops.iter()
-            .filter(|o| o.tenant == tenant && o.kind != OpKind::PushInvoice)
+            .filter(|o| o.tenant == tenant && matches!(o.kind, OpKind::Collect | OpKind::CheckSuspension))
             .map(|o| {
                 let outcome: serde_json::Value = serde_json::from_str(o.outcome.as_deref().unwrap_or("{}")).unwrap();
                 let step = match o.kind {

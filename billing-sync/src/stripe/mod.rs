@@ -18,7 +18,9 @@ pub use http::{Client, Settings, api_version};
 
 use crate::Error;
 use crate::items::{Item, plan_items};
-use crate::provider::{Ask, Collected, Collection, Earlier, HostedPage, Provider, Pushed, SignUp, Synced};
+use crate::provider::{
+    Ask, Collected, Collection, Earlier, HostedPage, MirrorState, Mirrored, Provider, Pushed, SignUp, Synced,
+};
 use async_trait::async_trait;
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteCustomer};
 use meter_rater::Invoice;
@@ -32,7 +34,9 @@ use stripe_billing::invoice::{
 use stripe_billing::invoice_item::{CreateInvoiceItem, ListInvoiceItem};
 use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
 use stripe_billing::plan::{CreatePlan, CreatePlanInlineProductParams, CreatePlanProduct};
-use stripe_billing::subscription::{CreateSubscription, CreateSubscriptionItems};
+use stripe_billing::subscription::{
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems, UpdateSubscription,
+};
 use stripe_checkout::checkout_session::CreateCheckoutSession;
 use stripe_client_core::StripeRequest;
 use stripe_core::customer::{CreateCustomer, ListCustomer};
@@ -311,6 +315,28 @@ impl Provider for Stripe {
                 _ => format!("the charge did not go through; the invoice is {status}"),
             }),
         })
+    }
+
+    async fn mirror(&self, mirror: &str, state: &MirrorState, occasion: &str) -> Result<Mirrored, Error> {
+        let sent: Result<Created, Error> = if state.state == meter_rater::State::Expired {
+            self.client.send_on(CancelSubscription::new(mirror).build(), Some(occasion)).await
+        } else {
+            let metadata: HashMap<String, String> = [("meter_state".to_string(), state.state.to_string())].into();
+            let mut update =
+                UpdateSubscription::new(mirror).cancel_at_period_end(state.cancel_at_period_end).metadata(metadata);
+            if let Some(end) = state.trial_end {
+                update = update.trial_end(stripe_billing::subscription::UpdateSubscriptionTrialEnd::Timestamp(end));
+            }
+            self.client.send_on(update.build(), Some(occasion)).await
+        };
+        match sent {
+            Ok(_) if state.state == meter_rater::State::Expired => Ok(Mirrored::Ended),
+            Ok(_) => Ok(Mirrored::Updated),
+            // Deleted at the provider (its dashboard): nothing left to show meter's state on.
+            Err(Error::Refused { status: 404, .. }) => Ok(Mirrored::Ended),
+            Err(Error::Refused { message, .. }) if message.contains("cancel") => Ok(Mirrored::Ended),
+            Err(e) => Err(e),
+        }
     }
 
     async fn checkout(&self, customer: &str, sign_up: &SignUp) -> Result<HostedPage, Error> {

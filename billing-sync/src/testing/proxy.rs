@@ -95,6 +95,8 @@ struct Inner {
     keys: Mutex<HashMap<String, Arc<Mutex<Option<Stored>>>>>,
     counts: std::sync::Mutex<Counts>,
     html: AtomicBool,
+    /// Each request forwarded to localstripe: method, path and body as meter sent them.
+    forwarded: std::sync::Mutex<Vec<(String, String, String)>>,
 }
 
 /// A running proxy.
@@ -118,6 +120,7 @@ impl Proxy {
             keys: Mutex::new(HashMap::new()),
             counts: Default::default(),
             html: AtomicBool::new(false),
+            forwarded: Default::default(),
         });
         let app = axum::Router::new().fallback(handle).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -129,6 +132,14 @@ impl Proxy {
     /// What it saw so far.
     pub fn counts(&self) -> Counts {
         self.inner.counts.lock().unwrap().clone()
+    }
+
+    /// The bodies meter sent with `method path`, oldest first, as forwarded (before any
+    /// adaptation): what a test checks where localstripe keeps less than Stripe (it ignores a
+    /// subscription's metadata on update).
+    pub fn sent(&self, method: &str, path: &str) -> Vec<String> {
+        let forwarded = self.inner.forwarded.lock().unwrap();
+        forwarded.iter().filter(|(m, p, _)| m == method && p == path).map(|(_, _, b)| b.clone()).collect()
     }
 
     /// From now on every reply is a 200 HTML page (Stripe's address answered by something else).
@@ -237,6 +248,11 @@ fn canonical(body: &[u8]) -> String {
 /// Sends meter's request to localstripe, adapted ([`ADAPTATIONS`]).
 async fn forward(p: &Inner, method: &Method, uri: &Uri, auth: Option<&str>, body: &Bytes) -> Reply {
     p.counts.lock().unwrap().forwarded += 1;
+    p.forwarded.lock().unwrap().push((
+        method.to_string(),
+        uri.path().to_string(),
+        String::from_utf8_lossy(body).replace("%5B", "[").replace("%5D", "]"),
+    ));
     let path = uri.path();
     let mut method = method.clone();
     let mut path = path.to_string();

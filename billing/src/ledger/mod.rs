@@ -56,11 +56,12 @@ pub trait LedgerStore: Send + Sync {
     async fn price_lists(&self) -> Result<Vec<UsedList>, Error>;
 
     /// Inserts `sub`, created at `at_us`, if `admit` accepts the tenant's other subscriptions
-    /// (read in the same transaction).
+    /// (read in the same transaction), with its mirror's operation ([`outbox::mirror_of`]).
     async fn insert_subscription(&self, sub: Subscription, at_us: i64, admit: Admit) -> Result<Subscription, Error>;
 
-    /// Applies `change` dated `at_us` to subscription `id` and stores the result, in one
-    /// transaction; [`Error::NotFound`] when there is no such subscription.
+    /// Applies `change` dated `at_us` to subscription `id` and stores the result with its
+    /// mirror's operation ([`outbox::mirror_of`]), in one transaction; [`Error::NotFound`] when
+    /// there is no such subscription.
     async fn update_subscription(&self, id: String, at_us: i64, change: Change) -> Result<Subscription, Error>;
 
     /// Subscription `id`.

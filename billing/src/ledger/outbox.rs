@@ -13,6 +13,9 @@ pub enum OpKind {
     /// One step of collecting a pushed invoice: charge it, send it, check it at its due date,
     /// or retry after a failed payment (dunning). Its subject is `{invoice}/{step}`.
     Collect,
+    /// Make the provider's mirror of a subscription show the subscription's state now. Its
+    /// subject is `{subscription}#{entries}`, one per change.
+    MirrorSubscription,
     /// At the end of a failed payment's grace period: tell the tenant its subscription is
     /// suspended, unless it was paid meanwhile. Its subject is `{invoice}@{when}`.
     CheckSuspension,
@@ -25,12 +28,15 @@ impl OpKind {
             OpKind::PushInvoice => "push_invoice",
             OpKind::Collect => "collect",
             OpKind::CheckSuspension => "check_suspension",
+            OpKind::MirrorSubscription => "mirror_subscription",
         }
     }
 
     /// The kind stored as `s`.
     pub fn parse(s: &str) -> Option<Self> {
-        [OpKind::PushInvoice, OpKind::Collect, OpKind::CheckSuspension].into_iter().find(|k| k.as_str() == s)
+        [OpKind::PushInvoice, OpKind::Collect, OpKind::CheckSuspension, OpKind::MirrorSubscription]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 
     /// The lane of an operation of this kind about `subject`: a tenant's operations in one lane
@@ -43,8 +49,27 @@ impl OpKind {
             OpKind::PushInvoice => "push".into(),
             OpKind::Collect => format!("collect:{}", subject.split_once('/').map_or(subject, |(invoice, _)| invoice)),
             OpKind::CheckSuspension => format!("suspension:{subject}"),
+            OpKind::MirrorSubscription => "mirror".into(),
         }
     }
+}
+
+/// The operation that mirrors `sub` at the provider after its last change, written with the
+/// change (the store calls it in the transaction that writes `sub`); none for a change the
+/// mirror does not show (a step of dunning).
+pub fn mirror_of(sub: &meter_rater::Subscription, now_us: i64) -> Option<NewOperation> {
+    let last = sub.entries.last()?;
+    if matches!(last.change, meter_rater::subscription::Change::Dunning(_)) {
+        return None;
+    }
+    Some(NewOperation {
+        kind: OpKind::MirrorSubscription,
+        subject: format!("{}#{}", sub.id, sub.entries.len()),
+        tenant: sub.tenant.clone(),
+        period: None,
+        body: serde_json::json!({ "subscription": sub.id }).to_string(),
+        next_us: now_us,
+    })
 }
 
 /// An operation to write to the outbox.

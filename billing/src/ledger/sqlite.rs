@@ -116,6 +116,10 @@ impl LedgerStore for SqliteLedger {
                 "INSERT INTO subscriptions (id, tenant, created_us, body) VALUES (?1, ?2, ?3, ?4)",
                 params![sub.id, sub.tenant, at_us, serde_json::to_string(&sub)?],
             )?;
+            let now_us = meter_schemas::period::now_us();
+            if let Some(op) = super::outbox::mirror_of(&sub, now_us) {
+                write_operation(&tx, &op, now_us)?;
+            }
             tx.commit()?;
             Ok(sub)
         })
@@ -129,6 +133,10 @@ impl LedgerStore for SqliteLedger {
             let mut sub = load(&tx, "WHERE id = ?1", params![id])?.pop().ok_or_else(|| Error::NotFound(id.clone()))?;
             change(&mut sub)?;
             tx.execute("UPDATE subscriptions SET body = ?2 WHERE id = ?1", params![id, serde_json::to_string(&sub)?])?;
+            let now_us = meter_schemas::period::now_us();
+            if let Some(op) = super::outbox::mirror_of(&sub, now_us) {
+                write_operation(&tx, &op, now_us)?;
+            }
             tx.commit()?;
             Ok(sub)
         })
