@@ -20,7 +20,7 @@
 //! goes through, `invoice.paid` from the provider) makes the subscription active again, and the
 //! steps still due find the invoice paid and do nothing.
 
-use crate::events::{apply, is_settled, paid};
+use crate::events::{apply, paid};
 use crate::provider::{Ask, Collected, Collection, Provider};
 use meter_billing::Subscriptions;
 use meter_billing::ledger::outbox::{NewOperation, OpKind, RemoteInvoice, Settle};
@@ -169,7 +169,7 @@ impl Collector<'_> {
         let ledger = &self.subs.ledger;
         let label = c.step.label();
         let known = ledger.store().remote_invoice(c.remote.clone()).await?;
-        if let Some(k) = known.as_ref().filter(|k| is_settled(&k.status)) {
+        if let Some(k) = known.as_ref().filter(|k| k.is_settled()) {
             return Ok(done(label, "nothing_to_collect", Some(format!("the invoice is {}", k.status)), vec![]));
         }
         // A failure counts from the first failure (retries), or from when this step was first
@@ -337,7 +337,7 @@ impl Collector<'_> {
     pub async fn check_suspension(&self, c: &CheckSuspension, now_us: i64) -> Result<Settle, crate::Error> {
         let ledger = &self.subs.ledger;
         let step = "check_suspension".to_string();
-        if let Some(k) = ledger.store().remote_invoice(c.remote.clone()).await?.filter(|k| is_settled(&k.status)) {
+        if let Some(k) = ledger.store().remote_invoice(c.remote.clone()).await?.filter(|k| k.is_settled()) {
             return Ok(done(step, "not_suspended", Some(format!("the invoice is {}", k.status)), vec![]));
         }
         let mut sub = ledger.get(&c.subscription).await?;

@@ -137,7 +137,7 @@ async fn process(
     event: &ReceivedEvent,
     now_us: i64,
 ) -> Result<String, meter_billing::Error> {
-    let settled = |known: &RemoteInvoice| is_settled(&known.status);
+    let settled = RemoteInvoice::is_settled;
     match event.kind.as_str() {
         "invoice.payment_failed" => match ledger.store().remote_invoice(event.object.clone()).await? {
             None => Ok("ignored: not an invoice meter made".into()),
@@ -260,10 +260,4 @@ pub(crate) async fn apply(
     }
     let changed = subs.apply(&sub.id, command, now_us, "stripe", now_us).await?;
     Ok(format!("{name}: subscription {} is now {}", changed.id, changed.state()))
-}
-
-/// Whether an invoice in `status` at the provider is past collecting (paid, uncollectible or
-/// void).
-pub(crate) fn is_settled(status: &str) -> bool {
-    matches!(status, "paid" | "uncollectible" | "void")
 }

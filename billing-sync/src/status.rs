@@ -60,7 +60,7 @@ pub async fn period_sync(ledger: &Ledger, period: Period, now_us: i64) -> Result
     let remote = ledger.store().remote_invoices_of(pushed).await?;
     let outstanding = remote
         .into_iter()
-        .filter(|r| !matches!(r.status.as_str(), "paid" | "void" | "uncollectible"))
+        .filter(|r| !r.is_settled())
         .map(|r| Outstanding {
             overdue: r.due_us.is_some_and(|d| d < now_us),
             invoice: r.invoice,

@@ -209,6 +209,23 @@ pub struct RemoteInvoice {
     pub paid_us: Option<i64>,
 }
 
+impl RemoteInvoice {
+    /// How far along a status at the provider is: draft 0, open 1, then paid, uncollectible or
+    /// void 2 (settled). A recorded status never moves back.
+    pub fn rank(status: &str) -> u8 {
+        match status {
+            "open" => 1,
+            "paid" | "uncollectible" | "void" => 2,
+            _ => 0,
+        }
+    }
+
+    /// Whether it is past collecting (paid, uncollectible or void).
+    pub fn is_settled(&self) -> bool {
+        Self::rank(&self.status) == 2
+    }
+}
+
 /// An event the provider sent (a webhook), kept by its id: a redelivery changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReceivedEvent {

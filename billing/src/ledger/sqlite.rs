@@ -362,7 +362,7 @@ impl LedgerStore for SqliteLedger {
             let known: Option<String> = tx
                 .query_row("SELECT status FROM remote_invoices WHERE remote = ?1", params![remote.remote], |r| r.get(0))
                 .optional()?;
-            let forward = known.as_deref().is_none_or(|k| rank(&remote.status) > rank(k));
+            let forward = known.as_deref().is_none_or(|k| RemoteInvoice::rank(&remote.status) > RemoteInvoice::rank(k));
             if forward {
                 tx.execute(
                     "INSERT INTO remote_invoices (remote, invoice, tenant, status, sent_us, due_us, paid_us)
@@ -494,16 +494,6 @@ fn read_remote_invoice(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rus
         due_us: r.get(5)?,
         paid_us: r.get(6)?,
     })
-}
-
-/// How far along an invoice's status is at the provider: it never moves back.
-fn rank(status: &str) -> u8 {
-    match status {
-        "draft" => 0,
-        "open" => 1,
-        "paid" | "uncollectible" | "void" => 2,
-        _ => 0,
-    }
 }
 
 /// Writes `op` unless one of its kind and subject was written before.
