@@ -352,9 +352,9 @@ impl Collector<'_> {
         });
         let id = format!("billing.suspended:{}:{since}", sub.id);
         self.notices.notify(&c.tenant, &id, "billing.suspended", data, now_us).await?;
-        // The suspension came with time, not with a change written to the ledger: the mirror is
-        // told here.
-        let mirror = meter_billing::ledger::outbox::mirror_of(&sub, now_us).into_iter().collect();
+        // The suspension came with time, not with a change written to the ledger: its mirror is
+        // the one written with the failure (the same operation, should that one be missing).
+        let mirror = vec![meter_billing::ledger::outbox::mirror_at(&sub, at_us)];
         Ok(done(
             step,
             "suspended",

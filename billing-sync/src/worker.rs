@@ -5,12 +5,6 @@
 //! transient failure (exponential backoff with jitter), or dead with its reason.
 
 use crate::collect::{CheckSuspension, Collect, Collector};
-
-/// The body of an [`OpKind::MirrorSubscription`] operation.
-#[derive(serde::Deserialize)]
-struct MirrorOp {
-    subscription: String,
-}
 use crate::provider::{Collection, Earlier, Provider, Pushed};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
@@ -20,6 +14,15 @@ use meter_webhooks::Webhooks;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The body of an [`OpKind::MirrorSubscription`] or [`OpKind::MirrorWhenDue`] operation.
+#[derive(serde::Deserialize)]
+struct MirrorOp {
+    subscription: String,
+    /// For a change that comes with time: when it is due.
+    #[serde(default)]
+    at_us: Option<i64>,
+}
 
 /// How the worker works.
 #[derive(Clone, Debug)]
@@ -184,8 +187,8 @@ impl Worker {
                 Ok(c) => self.collector().step(&c, op.first_tried_us.unwrap_or(now_us), now_us).await,
                 Err(e) => return Settle::Dead(format!("the stored collection step does not parse: {e}")),
             },
-            OpKind::MirrorSubscription => match serde_json::from_str::<MirrorOp>(&op.body) {
-                Ok(m) => self.mirror(&m.subscription, &op.subject, now_us).await,
+            OpKind::MirrorSubscription | OpKind::MirrorWhenDue => match serde_json::from_str::<MirrorOp>(&op.body) {
+                Ok(m) => self.mirror(&m, &op.subject, now_us).await,
                 Err(e) => return Settle::Dead(format!("the stored mirror operation does not parse: {e}")),
             },
             OpKind::CheckSuspension => match serde_json::from_str::<CheckSuspension>(&op.body) {
@@ -215,24 +218,38 @@ impl Worker {
         }
     }
 
-    /// Makes the provider's mirror of `subscription` show its state at `now_us`; `occasion`
+    /// Makes the provider's mirror of the subscription show its state at `now_us`; `occasion`
     /// names the change. Before the tenant's first push there is no mirror yet: that push
-    /// mirrors the state it finds.
-    async fn mirror(&self, subscription: &str, occasion: &str, now_us: i64) -> Result<Settle, crate::Error> {
-        let outcome = |result: &str, detail: String| {
-            Settle::done(json(&serde_json::json!({ "result": result, "detail": detail })))
+    /// mirrors the state it finds. A change that was to come with time (`at_us`) but did not,
+    /// because a command changed the subscription first, is not mirrored (that command's own
+    /// operation was). Each mirroring also writes the one for the next change time will bring.
+    async fn mirror(&self, m: &MirrorOp, occasion: &str, now_us: i64) -> Result<Settle, crate::Error> {
+        let outcome = |result: &str, detail: String, then: Vec<NewOperation>| Settle::Done {
+            outcome: json(&serde_json::json!({ "result": result, "detail": detail })),
+            then,
         };
-        let mut sub = match self.subs.ledger.get(subscription).await {
+        let mut sub = match self.subs.ledger.get(&m.subscription).await {
             Ok(sub) => sub,
             Err(meter_billing::Error::NotFound(_)) => {
-                return Ok(outcome("nothing_to_mirror", "no such subscription".into()));
+                return Ok(outcome("nothing_to_mirror", "no such subscription".into(), vec![]));
             }
             Err(e) => return Err(e.into()),
         };
         sub.advance(now_us);
+        let then: Vec<NewOperation> = meter_billing::ledger::outbox::mirror_when_due(&sub).into_iter().collect();
+        if let Some(at_us) = m.at_us {
+            // A renewal at that instant keeps the state: it is not the change that was due.
+            let came = sub.entries.windows(2).any(|w| {
+                w[1].at_us == at_us && w[1].by == meter_rater::subscription::SCHEDULE && w[1].state != w[0].state
+            });
+            if !came {
+                let why = format!("no change came with time at {at_us} µs: the subscription was changed before");
+                return Ok(outcome("not_due", why, then));
+            }
+        }
         let remote = self.subs.ledger.remote_customer(&sub.tenant).await?;
         let Some(mirror) = remote.and_then(|r| r.subscription) else {
-            return Ok(outcome("no_mirror_yet", "the tenant's first push makes the mirror".into()));
+            return Ok(outcome("no_mirror_yet", "the tenant's first push makes the mirror".into(), then));
         };
         let state = crate::provider::MirrorState {
             state: sub.state(),
@@ -240,7 +257,7 @@ impl Worker {
             trial_end: sub.trial_ends_us().filter(|_| sub.state() == meter_rater::State::Trial).map(|t| t / 1_000_000),
         };
         let done = self.provider.mirror(&mirror, &state, occasion).await?;
-        Ok(outcome(&format!("{done:?}").to_lowercase(), format!("{mirror} shows {}", state.state)))
+        Ok(outcome(&format!("{done:?}").to_lowercase(), format!("{mirror} shows {}", state.state), then))
     }
 
     /// A push's settlement: done, with its collection's first step when it synced.

@@ -20,6 +20,8 @@ use time::OffsetDateTime;
 /// Days from `past_due` to `suspended` unless a command says otherwise (`[billing] grace`).
 pub const GRACE_DAYS: i64 = 15;
 const DAY_US: i64 = meter_schemas::period::DAY_US;
+/// Who made the changes that come with time, in the trail.
+pub const SCHEDULE: &str = "schedule";
 
 /// Where a subscription is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -253,6 +255,21 @@ pub struct Setup {
     pub trial: bool,
 }
 
+/// What time brings to a subscription next.
+#[derive(Clone, Copy, Debug)]
+enum Due {
+    /// The trial ends: it converts.
+    TrialEnds,
+    /// A cancelled subscription runs out: it expires.
+    CancelledEnds,
+    /// A past_due subscription's grace period runs out: it is suspended.
+    GraceEnds,
+    /// The cycle ends: it renews, or expires when it does not renew by itself.
+    CycleEnds,
+    /// A suspended subscription's paid cycle runs out: nothing renews until it is paid.
+    PaidCycleRunsOut,
+}
+
 /// A subscription and its audit trail.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
@@ -368,47 +385,68 @@ impl Subscription {
     /// Applies every change that time brings up to `until_us` (trial ends, grace periods,
     /// renewals, expiries), each at the instant it was due.
     pub fn advance(&mut self, until_us: i64) {
-        const SCHEDULE: &str = "schedule";
         loop {
             let state = self.state();
-            let due = match state {
-                State::Trial => self.trial_ends_us.map(|t| (t, 0)),
-                State::Cancelled => self.ends_us.map(|t| (t, 1)),
-                State::PastDue => {
-                    let suspend = self.suspends_us.or(self.past_due_since_us.map(|t| t + GRACE_DAYS * DAY_US));
-                    let end = self.cycle.map(|c| c.1);
-                    match (suspend, end) {
-                        (Some(s), Some(e)) if e < s => Some((e, 3)),
-                        (Some(s), _) => Some((s, 2)),
-                        (None, Some(e)) => Some((e, 3)),
-                        (None, None) => None,
-                    }
-                }
-                State::Active => self.cycle.map(|c| (c.1, 3)),
-                State::Suspended => self.cycle.map(|c| (c.1, 4)),
-                State::Expired => None,
-            };
-            let Some((at, what)) = due.filter(|(at, _)| *at <= until_us) else { return };
+            let Some((at, what)) = self.due().filter(|(at, _)| *at <= until_us) else { return };
             let (plan, cycle) = (self.plan().to_string(), self.cycle());
             match what {
-                0 => {
+                Due::TrialEnds => {
                     let trial_started_us = self.trial_started_us.unwrap_or(at);
                     self.push(at, Change::Converted { trial_started_us }, SCHEDULE, State::Active, &plan, cycle);
                     self.start_cycle(at, CycleReason::Conversion, SCHEDULE, State::Active);
                 }
-                1 => {
+                Due::CancelledEnds => {
                     self.cycle = None;
                     self.push(at, Change::Expired, SCHEDULE, State::Expired, &plan, cycle);
                 }
-                2 => self.push(at, Change::Suspended, SCHEDULE, State::Suspended, &plan, cycle),
-                3 if self.auto_renew => self.start_cycle(at, CycleReason::Renewal, SCHEDULE, state),
-                3 => {
+                Due::GraceEnds => self.push(at, Change::Suspended, SCHEDULE, State::Suspended, &plan, cycle),
+                Due::CycleEnds if self.auto_renew => self.start_cycle(at, CycleReason::Renewal, SCHEDULE, state),
+                Due::CycleEnds => {
                     self.cycle = None;
                     self.push(at, Change::Expired, SCHEDULE, State::Expired, &plan, cycle);
                 }
                 // A suspended subscription's paid cycle ran out: nothing renews until it is paid.
-                _ => self.cycle = None,
+                Due::PaidCycleRunsOut => self.cycle = None,
             }
+        }
+    }
+
+    /// When time alone next changes the state (a trial converting, a grace period running out,
+    /// an expiry; a renewal keeps the state and does not count), if it ever does without a
+    /// command. What a mirror of the subscription at a payment provider must be told then.
+    pub fn next_state_change(&self) -> Option<i64> {
+        let mut ahead = self.clone();
+        let state = self.state();
+        // Renewals keep the state; a past_due subscription is suspended within its grace
+        // period, so a few cycles ahead is as far as a change can be.
+        for _ in 0..4 {
+            let (at, _) = ahead.due()?;
+            ahead.advance(at);
+            if ahead.state() != state {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// The next thing time brings ([`Subscription::advance`]), and when.
+    fn due(&self) -> Option<(i64, Due)> {
+        match self.state() {
+            State::Trial => self.trial_ends_us.map(|t| (t, Due::TrialEnds)),
+            State::Cancelled => self.ends_us.map(|t| (t, Due::CancelledEnds)),
+            State::PastDue => {
+                let suspend = self.suspends_us.or(self.past_due_since_us.map(|t| t + GRACE_DAYS * DAY_US));
+                let end = self.cycle.map(|c| c.1);
+                match (suspend, end) {
+                    (Some(s), Some(e)) if e < s => Some((e, Due::CycleEnds)),
+                    (Some(s), _) => Some((s, Due::GraceEnds)),
+                    (None, Some(e)) => Some((e, Due::CycleEnds)),
+                    (None, None) => None,
+                }
+            }
+            State::Active => self.cycle.map(|c| (c.1, Due::CycleEnds)),
+            State::Suspended => self.cycle.map(|c| (c.1, Due::PaidCycleRunsOut)),
+            State::Expired => None,
         }
     }
 

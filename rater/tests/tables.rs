@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use meter_rater::subscription::{Change, CycleReason, Refusal, add_months};
-use meter_rater::{Command, Cycle, LineKind as K, State};
+use meter_rater::{Command, Cycle, LineKind as K, Setup, State, Subscription};
 
 const SAMPLE_USAGE: &[(&str, &str)] = &[
     ("active_users", "60"),
@@ -423,4 +423,29 @@ fn usage_billed_by_another_subscription_is_not_billed_again() {
     s.advance(period.end_us() - 1);
     let inv = meter_rater::rate(&s.tenant, &s.id, &s.entries, period, None, list()).unwrap();
     assert_eq!(amounts(&inv), [(K::BaseFee, "5000.00".into())]);
+}
+
+#[test]
+fn the_next_change_time_alone_brings_is_known_ahead_and_renewals_are_not_one() {
+    // A trial converts at its end.
+    let t = subscribe("a", "starter", Cycle::Monthly, 1, true, "2026-11-03T10:00:00Z");
+    assert_eq!(t.next_state_change(), Some(at("2026-11-17T10:00:00Z")));
+    // An active subscription that renews itself keeps its state: nothing to expect.
+    let r = subscribe("b", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
+    assert_eq!(r.next_state_change(), None);
+    // Cancelled, it expires at the end of what was paid.
+    let mut c = r.clone();
+    act(&mut c, Command::Cancel, "2026-11-05T00:00:00Z");
+    assert_eq!(c.next_state_change(), Some(at("2026-12-01T00:00:00Z")));
+    // Past due, it is suspended when its grace runs out, across a renewal.
+    let mut p = r.clone();
+    act(&mut p, Command::PaymentFailed { grace_us: None }, "2026-11-20T00:00:00Z");
+    assert_eq!(p.next_state_change(), Some(at("2026-12-05T00:00:00Z")));
+    // One that does not renew expires at its cycle's end.
+    let setup = Setup { plan: "starter".into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: false, trial: false };
+    let once = Subscription::create("sub_once", "once", &setup, at("2026-11-01T00:00:00Z"), "k", list()).unwrap();
+    assert_eq!(once.next_state_change(), Some(at("2026-12-01T00:00:00Z")));
+    let mut expired = once.clone();
+    expired.advance(at("2026-12-01T00:00:00Z"));
+    assert_eq!((expired.state(), expired.next_state_change()), (State::Expired, None));
 }

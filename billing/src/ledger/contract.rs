@@ -107,6 +107,37 @@ pub async fn a_tenant_has_one_live_subscription(store: Arc<dyn LedgerStore>) {
     assert!(matches!(e, Error::NotFound(_)), "{e}");
 }
 
+/// Every change of a subscription writes, in its transaction, the operation that mirrors it at
+/// the provider, and the one that will mirror the next change time alone brings, due then.
+pub async fn a_subscription_change_writes_its_mirror_and_the_one_time_will_bring(store: Arc<dyn LedgerStore>) {
+    let ledger = Ledger::new(store);
+    let book = book();
+    let list = book.version("2026-01").unwrap();
+    let trial = Setup { trial: true, ..setup("starter") };
+    let a = ledger.create("acme", trial, MID_OCTOBER, "k", list).await.unwrap();
+    let ends = a.trial_ends_us().unwrap();
+    let mirrors = |kind| {
+        let ledger = ledger.clone();
+        async move {
+            let ops = ledger.operations(Some(OpState::Pending), None).await.unwrap();
+            ops.into_iter().filter(|o| o.kind == kind).map(|o| (o.subject, o.next_us)).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        mirrors(OpKind::MirrorSubscription).await.iter().map(|m| &m.0).collect::<Vec<_>>(),
+        [&format!("{}#1", a.id)]
+    );
+    assert_eq!(mirrors(OpKind::MirrorWhenDue).await, [(format!("{}@{ends}", a.id), ends)]);
+    // Cancelled in its trial, it expires at the trial's end: the same instant, the same operation.
+    ledger.apply(&a.id, Command::Cancel, MID_OCTOBER + DAY, "k", list.clone()).await.unwrap();
+    assert_eq!(mirrors(OpKind::MirrorSubscription).await.len(), 2);
+    assert_eq!(mirrors(OpKind::MirrorWhenDue).await, [(format!("{}@{ends}", a.id), ends)]);
+    // One that renews by itself has nothing coming with time.
+    ledger.create("beta", setup("starter"), MID_OCTOBER, "k", list).await.unwrap();
+    let due = mirrors(OpKind::MirrorWhenDue).await;
+    assert!(due.iter().all(|(subject, _)| subject.starts_with(&a.id)), "{due:?}");
+}
+
 /// Once a period is being closed, no change may be dated inside it, and a close is recorded
 /// once: recording it again returns the first.
 pub async fn a_closed_period_is_never_rewritten(store: Arc<dyn LedgerStore>) {
@@ -369,7 +400,8 @@ macro_rules! ledger_contract {
             a_tenant_has_one_live_subscription, a_closed_period_is_never_rewritten,
             a_close_writes_its_pushes_to_the_outbox_once, the_outbox_is_worked_one_operation_per_tenant_in_order,
             what_follows_an_operation_is_written_with_it_and_lanes_are_worked_apart,
-            remote_customers_are_recorded_per_tenant, provider_invoices_move_forward_and_events_are_kept_once);
+            remote_customers_are_recorded_per_tenant, provider_invoices_move_forward_and_events_are_kept_once,
+            a_subscription_change_writes_its_mirror_and_the_one_time_will_bring);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(

@@ -16,6 +16,10 @@ pub enum OpKind {
     /// Make the provider's mirror of a subscription show the subscription's state now. Its
     /// subject is `{subscription}#{entries}`, one per change.
     MirrorSubscription,
+    /// Make the provider's mirror show a change that time alone brings (a trial converting, a
+    /// grace period running out, an expiry), when it is due: nothing is written to the ledger
+    /// then. Its subject is `{subscription}@{when}`.
+    MirrorWhenDue,
     /// At the end of a failed payment's grace period: tell the tenant its subscription is
     /// suspended, unless it was paid meanwhile. Its subject is `{invoice}@{when}`.
     CheckSuspension,
@@ -29,14 +33,21 @@ impl OpKind {
             OpKind::Collect => "collect",
             OpKind::CheckSuspension => "check_suspension",
             OpKind::MirrorSubscription => "mirror_subscription",
+            OpKind::MirrorWhenDue => "mirror_when_due",
         }
     }
 
     /// The kind stored as `s`.
     pub fn parse(s: &str) -> Option<Self> {
-        [OpKind::PushInvoice, OpKind::Collect, OpKind::CheckSuspension, OpKind::MirrorSubscription]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            OpKind::PushInvoice,
+            OpKind::Collect,
+            OpKind::CheckSuspension,
+            OpKind::MirrorSubscription,
+            OpKind::MirrorWhenDue,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 
     /// The lane of an operation of this kind about `subject`: a tenant's operations in one lane
@@ -50,26 +61,46 @@ impl OpKind {
             OpKind::Collect => format!("collect:{}", subject.split_once('/').map_or(subject, |(invoice, _)| invoice)),
             OpKind::CheckSuspension => format!("suspension:{subject}"),
             OpKind::MirrorSubscription => "mirror".into(),
+            // Due later: a lane of its own, holding back no mirror written meanwhile.
+            OpKind::MirrorWhenDue => format!("mirror:{subject}"),
         }
     }
 }
 
-/// The operation that mirrors `sub` at the provider after its last change, written with the
-/// change (the store calls it in the transaction that writes `sub`); none for a change the
-/// mirror does not show (a step of dunning).
-pub fn mirror_of(sub: &meter_rater::Subscription, now_us: i64) -> Option<NewOperation> {
-    let last = sub.entries.last()?;
-    if matches!(last.change, meter_rater::subscription::Change::Dunning(_)) {
-        return None;
-    }
-    Some(NewOperation {
+/// The operations that keep the provider's mirror of `sub` true, written with each change (the
+/// store calls it in the transaction that writes `sub`): one that mirrors the change now (none
+/// for a change the mirror does not show, a step of dunning), and one for the next change time
+/// alone will bring ([`mirror_when_due`]).
+pub fn mirror_of(sub: &meter_rater::Subscription, now_us: i64) -> Vec<NewOperation> {
+    let Some(last) = sub.entries.last() else { return Vec::new() };
+    let now = (!matches!(last.change, meter_rater::subscription::Change::Dunning(_))).then(|| NewOperation {
         kind: OpKind::MirrorSubscription,
         subject: format!("{}#{}", sub.id, sub.entries.len()),
         tenant: sub.tenant.clone(),
         period: None,
         body: serde_json::json!({ "subscription": sub.id }).to_string(),
         next_us: now_us,
-    })
+    });
+    now.into_iter().chain(mirror_when_due(sub)).collect()
+}
+
+/// The operation that mirrors the next change time alone brings to `sub`
+/// ([`meter_rater::Subscription::next_state_change`]), due then; none when its state lasts until
+/// a command changes it. Written again it changes nothing (one per subscription and instant).
+pub fn mirror_when_due(sub: &meter_rater::Subscription) -> Option<NewOperation> {
+    sub.next_state_change().map(|at_us| mirror_at(sub, at_us))
+}
+
+/// The operation that mirrors the change time brought to `sub` at `at_us`, due then.
+pub fn mirror_at(sub: &meter_rater::Subscription, at_us: i64) -> NewOperation {
+    NewOperation {
+        kind: OpKind::MirrorWhenDue,
+        subject: format!("{}@{at_us}", sub.id),
+        tenant: sub.tenant.clone(),
+        period: None,
+        body: serde_json::json!({ "subscription": sub.id, "at_us": at_us }).to_string(),
+        next_us: at_us,
+    }
 }
 
 /// An operation to write to the outbox.

@@ -117,7 +117,7 @@ impl LedgerStore for SqliteLedger {
                 params![sub.id, sub.tenant, at_us, serde_json::to_string(&sub)?],
             )?;
             let now_us = meter_schemas::period::now_us();
-            if let Some(op) = super::outbox::mirror_of(&sub, now_us) {
+            for op in super::outbox::mirror_of(&sub, now_us) {
                 write_operation(&tx, &op, now_us)?;
             }
             tx.commit()?;
@@ -134,7 +134,7 @@ impl LedgerStore for SqliteLedger {
             change(&mut sub)?;
             tx.execute("UPDATE subscriptions SET body = ?2 WHERE id = ?1", params![id, serde_json::to_string(&sub)?])?;
             let now_us = meter_schemas::period::now_us();
-            if let Some(op) = super::outbox::mirror_of(&sub, now_us) {
+            for op in super::outbox::mirror_of(&sub, now_us) {
                 write_operation(&tx, &op, now_us)?;
             }
             tx.commit()?;
