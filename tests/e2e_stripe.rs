@@ -570,13 +570,29 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     let all = all_customers(&stand_in.url).await;
     let newco = all.iter().find(|c| c["metadata"]["meter_tenant"] == "newco").unwrap();
     let newco = newco["id"].as_str().unwrap().to_string();
+    // What Checkout does in setup mode, done straight to localstripe (it has no Checkout): a
+    // card attached to newco's customer, and a setup intent confirmed with it.
+    let card =
+        direct(&stand_in.url, Method::POST, "/v1/payment_methods/pm_card_visa/attach", &[("customer", newco.as_str())])
+            .await;
+    let card = card["id"].as_str().unwrap().to_string();
+    let setup = direct(&stand_in.url, Method::POST, "/v1/setup_intents", &[("customer", newco.as_str())]).await;
+    let setup = setup["id"].as_str().unwrap().to_string();
+    let confirmed = direct(
+        &stand_in.url,
+        Method::POST,
+        &format!("/v1/setup_intents/{setup}/confirm"),
+        &[("payment_method", card.as_str())],
+    )
+    .await;
+    assert_eq!(confirmed["status"], "succeeded", "{confirmed}");
     let completed = |id: &str, customer: &str| {
         let mut e = fixture_event(
             id,
             "checkout.session.completed",
             now_s(),
             "checkout.session",
-            &[("customer", customer), ("mode", "setup")],
+            &[("customer", customer), ("mode", "setup"), ("setup_intent", setup.as_str())],
         );
         e["data"]["object"]["metadata"] =
             json!({"meter_tenant": "newco", "meter_plan": "professional", "meter_cycle": "monthly"});
@@ -597,6 +613,9 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     assert!(posted.elapsed() < Duration::from_secs(5), "provisioned in {:?}", posted.elapsed());
     let (_, subs) = call(Method::GET, format!("{url}/api/v1/subscriptions?tenant=newco"), &admin, None).await;
     assert_eq!(subs[0]["plan"], "professional");
+    // The card the session collected is what meter's charges of newco will use.
+    let customer = direct(&stand_in.url, Method::GET, &format!("/v1/customers/{newco}"), &[]).await;
+    assert_eq!(customer["invoice_settings"]["default_payment_method"], card.as_str(), "{customer}");
 
     // The customer portal: a tenant with no customer yet is a 404; localstripe has no portal.
     let portal = |tenant: &str| {

@@ -13,6 +13,7 @@
 //!   and cycle, and its customer is the tenant's): the subscription is provisioned;
 //! - events about objects meter did not make, and every other type, are kept and ignored.
 
+use crate::provider::PaymentMethod;
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteInvoice};
 use meter_billing::{Ledger, Subscriptions};
 use meter_rater::{Command, State};
@@ -105,7 +106,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "catching up on Stripe's events failed; trying again later");
             }
         }
-        match process_pending(&ledger, &subscriptions, 100, now).await {
+        match process_pending(&ledger, &subscriptions, &*provider, 100, now).await {
             Ok(n) if n > 0 => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "processing Stripe's events failed; trying again"),
@@ -118,13 +119,14 @@ pub async fn run(
 pub async fn process_pending(
     ledger: &Ledger,
     subscriptions: &Subscriptions,
+    provider: &dyn crate::Provider,
     limit: usize,
     now_us: i64,
-) -> Result<usize, meter_billing::Error> {
+) -> Result<usize, crate::Error> {
     let events = ledger.store().unprocessed_events(limit).await?;
     let n = events.len();
     for event in events {
-        let outcome = process(ledger, subscriptions, &event, now_us).await?;
+        let outcome = process(ledger, subscriptions, provider, &event, now_us).await?;
         tracing::info!(event = %event.id, kind = %event.kind, object = %event.object, %outcome, "Stripe event processed");
         ledger.store().processed_event(event.id, outcome, now_us).await?;
     }
@@ -134,9 +136,10 @@ pub async fn process_pending(
 async fn process(
     ledger: &Ledger,
     subs: &Subscriptions,
+    provider: &dyn crate::Provider,
     event: &ReceivedEvent,
     now_us: i64,
-) -> Result<String, meter_billing::Error> {
+) -> Result<String, crate::Error> {
     let settled = RemoteInvoice::is_settled;
     match event.kind.as_str() {
         "invoice.payment_failed" => match ledger.store().remote_invoice(event.object.clone()).await? {
@@ -145,46 +148,51 @@ async fn process(
             Some(known) => {
                 apply(ledger, subs, &known.tenant, Command::PaymentFailed { grace_us: None }, &[State::Active], now_us)
                     .await
+                    .map_err(Into::into)
             }
         },
         "invoice.paid" | "invoice.payment_succeeded" => {
             match ledger.store().remote_invoice(event.object.clone()).await? {
                 None => Ok("ignored: not an invoice meter made".into()),
                 Some(known) if settled(&known) => Ok(format!("no change: the invoice is already {}", known.status)),
-                Some(known) => paid(ledger, subs, known, event.created * 1_000_000, now_us).await,
+                Some(known) => paid(ledger, subs, known, event.created * 1_000_000, now_us).await.map_err(Into::into),
             }
         }
         "customer.subscription.deleted" => match ledger.store().remote_customer_by_id(event.object.clone()).await? {
-            Some(remote) if remote.subscription.as_deref() == Some(event.object.as_str()) => {
-                apply(
-                    ledger,
-                    subs,
-                    &remote.tenant,
-                    Command::Cancel,
-                    &[State::Trial, State::Active, State::PastDue, State::Suspended],
-                    now_us,
-                )
-                .await
-            }
+            Some(remote) if remote.subscription.as_deref() == Some(event.object.as_str()) => apply(
+                ledger,
+                subs,
+                &remote.tenant,
+                Command::Cancel,
+                &[State::Trial, State::Active, State::PastDue, State::Suspended],
+                now_us,
+            )
+            .await
+            .map_err(Into::into),
             _ => Ok("ignored: not a subscription meter made".into()),
         },
-        "checkout.session.completed" => provision(ledger, subs, event, now_us).await,
+        "checkout.session.completed" => provision(ledger, subs, provider, event, now_us).await,
         other => Ok(format!("ignored: meter does not act on {other}")),
     }
 }
 
 /// A completed Checkout of meter's (its metadata names the tenant, plan and cycle, and its
-/// customer is the tenant's): the subscription starts now. Any other session is ignored; a
-/// tenant subscribed meanwhile keeps what it has.
+/// customer is the tenant's): the payment method it collected becomes the customer's default
+/// for invoices, and the subscription starts now. Any other session is ignored; a tenant
+/// subscribed meanwhile keeps what it has. Should the provider fail to answer, the event is
+/// processed again: nothing is started before the payment method is kept.
 async fn provision(
     ledger: &Ledger,
     subs: &Subscriptions,
+    provider: &dyn crate::Provider,
     event: &ReceivedEvent,
     now_us: i64,
-) -> Result<String, meter_billing::Error> {
+) -> Result<String, crate::Error> {
     #[derive(Deserialize)]
     struct Session {
         customer: Option<String>,
+        #[serde(default)]
+        setup_intent: Option<String>,
         #[serde(default)]
         metadata: std::collections::BTreeMap<String, String>,
     }
@@ -211,12 +219,20 @@ async fn provision(
     let Ok(cycle) = serde_json::from_value::<meter_rater::Cycle>(serde_json::Value::String(cycle.clone())) else {
         return Ok(format!("ignored: meter_cycle {cycle:?} is not a cycle"));
     };
+    let customer = session.customer.as_deref().unwrap_or_default();
+    let method = match session.setup_intent.as_deref() {
+        Some(setup) => match provider.keep_payment_method(customer, setup).await? {
+            PaymentMethod::Default(pm) => format!("payment method {pm} is the default for invoices"),
+            PaymentMethod::NotKept(why) => format!("no payment method kept: {why}"),
+        },
+        None => "no payment method kept: the session collected none".into(),
+    };
     match subs.create(&tenant, crate::signup::setup_of(&plan, cycle), now_us, "stripe", now_us).await {
-        Ok(sub) => Ok(format!("provisioned: subscription {} of {tenant} on {plan}, {cycle}", sub.id)),
+        Ok(sub) => Ok(format!("provisioned: subscription {} of {tenant} on {plan}, {cycle}; {method}", sub.id)),
         Err(e @ (meter_billing::Error::Conflict(_) | meter_billing::Error::Refused(_))) => {
-            Ok(format!("no change: {e}"))
+            Ok(format!("no change: {e}; {method}"))
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -27,7 +27,8 @@ pub mod worker;
 pub mod testing;
 
 pub use provider::{
-    Ask, Collected, Collection, Earlier, Held, HostedPage, NoProvider, Provider, Pushed, SignUp, Synced, Terms,
+    Ask, Collected, Collection, Earlier, Held, HostedPage, NoProvider, PaymentMethod, Provider, Pushed, SignUp, Synced,
+    Terms,
 };
 
 /// Metric names of the stage, declared once.

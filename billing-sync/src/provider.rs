@@ -150,6 +150,15 @@ pub enum Mirrored {
     NotSynced,
 }
 
+/// What came of keeping the payment method a sign-up collected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PaymentMethod {
+    /// It is now the customer's default for invoices: meter's charges use it.
+    Default(String),
+    /// Nothing was kept, and why (nothing collected, not the customer's).
+    NotKept(String),
+}
+
 /// A page of the provider's where a customer acts: Checkout (sign-up, a payment method), the
 /// customer portal (payment methods, invoices).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -233,6 +242,10 @@ pub trait Provider: Send + Sync {
     /// A customer-portal page of `customer`'s, coming back to `return_url`.
     async fn billing_portal(&self, customer: &str, return_url: &str) -> Result<HostedPage, Error>;
 
+    /// Makes the payment method that `customer`'s completed setup `setup` (a Checkout in setup
+    /// mode) collected the customer's default for invoices, so that meter's charges use it.
+    async fn keep_payment_method(&self, customer: &str, setup: &str) -> Result<PaymentMethod, Error>;
+
     /// The provider's events made at or after `created` (unix seconds), read from its API
     /// rather than received: what a webhook missed (`None` for one that is not an event meter
     /// can keep). None without a provider.
@@ -293,6 +306,10 @@ impl Provider for NoProvider {
 
     async fn billing_portal(&self, _customer: &str, _return_url: &str) -> Result<HostedPage, Error> {
         Err(Error::NoProvider("for a customer portal".into()))
+    }
+
+    async fn keep_payment_method(&self, _customer: &str, _setup: &str) -> Result<PaymentMethod, Error> {
+        Err(Error::NoProvider("for a payment method".into()))
     }
 }
 

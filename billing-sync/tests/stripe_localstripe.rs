@@ -225,3 +225,45 @@ async fn a_push_retried_after_the_idempotency_window_finds_what_it_made() {
         assert_eq!(ours, want, "each line once in Stripe for {}", inv.id);
     }
 }
+
+#[tokio::test]
+async fn the_payment_method_a_setup_collected_becomes_the_customers_default_and_only_its_own() {
+    use meter_billing_sync::PaymentMethod;
+    let stand_in = LocalStripe::start();
+    let proxy = Proxy::start(&stand_in.url, 4, Duration::from_secs(3)).await;
+    let stripe = Stripe::new(Client::new(settings(&proxy.url, KEY)).unwrap(), false);
+    let acme = stripe.ensure_customer("acme", "EUR".parse().unwrap()).await.unwrap().unwrap().customer;
+    let beta = stripe.ensure_customer("beta", "EUR".parse().unwrap()).await.unwrap().unwrap().customer;
+    // What Checkout in setup mode does (localstripe has no Checkout): a card attached to acme's
+    // customer and a setup intent confirmed with it; and one of beta's never confirmed.
+    let card =
+        direct(&stand_in.url, Method::POST, "/v1/payment_methods/pm_card_visa/attach", &[("customer", &acme)]).await;
+    let card = card["id"].as_str().unwrap().to_string();
+    let setup = direct(&stand_in.url, Method::POST, "/v1/setup_intents", &[("customer", &acme)]).await;
+    let setup = setup["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/setup_intents/{setup}/confirm");
+    direct(&stand_in.url, Method::POST, &path, &[("payment_method", card.as_str())]).await;
+    let unconfirmed = direct(&stand_in.url, Method::POST, "/v1/setup_intents", &[("customer", &beta)]).await;
+    let unconfirmed = unconfirmed["id"].as_str().unwrap().to_string();
+
+    let default_of = |customer: String| {
+        let url = stand_in.url.clone();
+        async move {
+            let c = direct(&url, Method::GET, &format!("/v1/customers/{customer}"), &[]).await;
+            c["invoice_settings"]["default_payment_method"].as_str().map(str::to_string)
+        }
+    };
+    // Another customer's setup keeps nothing, nor one that collected nothing.
+    let other = stripe.keep_payment_method(&beta, &setup).await.unwrap();
+    assert!(matches!(&other, PaymentMethod::NotKept(why) if why.contains("not for customer")), "{other:?}");
+    let none = stripe.keep_payment_method(&beta, &unconfirmed).await.unwrap();
+    assert!(matches!(&none, PaymentMethod::NotKept(why) if why.contains("collected no payment method")), "{none:?}");
+    assert_eq!(default_of(beta.clone()).await, None);
+    // acme's own: its card is the default for invoices, however often asked.
+    assert_eq!(stripe.keep_payment_method(&acme, &setup).await.unwrap(), PaymentMethod::Default(card.clone()));
+    assert_eq!(stripe.keep_payment_method(&acme, &setup).await.unwrap(), PaymentMethod::Default(card.clone()));
+    assert_eq!(default_of(acme).await, Some(card));
+    // An unknown setup is the provider's refusal, named.
+    let e = stripe.keep_payment_method(&beta, "seti_nope").await.unwrap_err();
+    assert!(matches!(e, Error::Refused { status: 404, .. }), "{e}");
+}

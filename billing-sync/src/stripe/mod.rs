@@ -19,7 +19,8 @@ pub use http::{Client, Settings, api_version};
 use crate::Error;
 use crate::items::{Item, plan_items};
 use crate::provider::{
-    Ask, Collected, Collection, Earlier, HostedPage, MirrorState, Mirrored, Provider, Pushed, SignUp, Synced,
+    Ask, Collected, Collection, Earlier, HostedPage, MirrorState, Mirrored, PaymentMethod, Provider, Pushed, SignUp,
+    Synced,
 };
 use async_trait::async_trait;
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteCustomer};
@@ -39,8 +40,9 @@ use stripe_billing::subscription::{
 };
 use stripe_checkout::checkout_session::CreateCheckoutSession;
 use stripe_client_core::StripeRequest;
-use stripe_core::customer::{CreateCustomer, ListCustomer};
+use stripe_core::customer::{CreateCustomer, ListCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
 use stripe_core::event::ListEvent;
+use stripe_core::setup_intent::RetrieveSetupIntent;
 use stripe_shared::CheckoutSessionMode;
 use stripe_shared::{InvoiceCollectionMethod, PlanInterval};
 
@@ -367,6 +369,23 @@ impl Provider for Stripe {
         let minute = format!("minute={}", meter_schemas::period::now_us() / 60_000_000);
         let create = CreateBillingPortalSession::new().customer(customer).return_url(return_url);
         self.client.send_on(create.build(), Some(&minute)).await
+    }
+
+    async fn keep_payment_method(&self, customer: &str, setup: &str) -> Result<PaymentMethod, Error> {
+        let intent: objects::SetupIntent = self.client.send(RetrieveSetupIntent::new(setup).build()).await?;
+        if intent.customer.as_deref() != Some(customer) {
+            return Ok(PaymentMethod::NotKept(format!("setup {} is not for customer {customer}", intent.id)));
+        }
+        let Some(method) = intent.payment_method.filter(|_| intent.status == "succeeded") else {
+            return Ok(PaymentMethod::NotKept(format!(
+                "setup {} collected no payment method (it is {})",
+                intent.id, intent.status
+            )));
+        };
+        let settings =
+            UpdateCustomerInvoiceSettings { default_payment_method: Some(method.clone()), ..Default::default() };
+        let _: Customer = self.client.send(UpdateCustomer::new(customer).invoice_settings(settings).build()).await?;
+        Ok(PaymentMethod::Default(method))
     }
 
     async fn events_since(&self, created: i64) -> Result<Vec<Option<ReceivedEvent>>, Error> {

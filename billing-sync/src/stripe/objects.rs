@@ -25,6 +25,21 @@ pub struct Customer {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// A setup intent: what a Checkout session in setup mode collected.
+#[derive(Debug, Deserialize)]
+pub struct SetupIntent {
+    /// `seti_…`.
+    pub id: String,
+    /// The customer it is for.
+    #[serde(default)]
+    pub customer: Option<String>,
+    /// The payment method it collected (its id; absent until one was given).
+    #[serde(default)]
+    pub payment_method: Option<String>,
+    /// `succeeded` once the payment method can be used.
+    pub status: String,
+}
+
 /// An invoice.
 #[derive(Debug, Deserialize)]
 pub struct Invoice {
