@@ -148,6 +148,10 @@ pub struct SyncConfig {
     /// Dunning: after a failed payment, when the payment is tried again (a reminder sent, for
     /// invoices paid by transfer), counted from the first failure; `[]` for none.
     pub retries: Vec<humantime_serde::Serde<Duration>>,
+    /// While a payment is on its way (a SEPA or ACH debit takes days), how often its invoice is
+    /// looked at again until it is paid or fails.
+    #[serde(with = "humantime_serde")]
+    pub settling_check: Duration,
 }
 
 /// The defaults are billing-sync's, which owns them.
@@ -163,6 +167,7 @@ impl Default for SyncConfig {
             catch_up_every: meter_billing_sync::events::CATCH_UP_EVERY,
             collection: meter_billing_sync::Terms::default(),
             retries: d.retries.into_iter().map(Into::into).collect(),
+            settling_check: d.settling_check,
         }
     }
 }
@@ -178,6 +183,7 @@ impl SyncConfig {
             max_backoff: self.max_backoff,
             terms: self.collection.clone(),
             retries: self.retries.iter().map(|r| **r).collect(),
+            settling_check: self.settling_check,
         }
     }
 }
@@ -559,6 +565,9 @@ impl Config {
         if self.billing.grace.is_zero() {
             return Err(ConfigError::Invalid("billing.grace: must be more than 0".into()));
         }
+        if self.sync.settling_check.is_zero() {
+            return Err(ConfigError::Invalid("sync.settling_check: must be more than 0".into()));
+        }
         if !self.sync.retries.windows(2).all(|w| *w[0] < *w[1])
             || self.sync.retries.first().is_some_and(|r| r.is_zero())
         {
@@ -751,6 +760,14 @@ mod tests {
             jail.create_file("z.toml", "[billing]\ngrace = \"0s\"\n")?;
             let err = Config::load(Some(Path::new("z.toml")), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("billing.grace"), "{err}");
+            // A debit on its way is looked at daily by default; never "0s".
+            assert_eq!(c.sync.settings().settling_check, day);
+            jail.create_file("s.toml", "[sync]\nsettling_check = \"6h\"\n")?;
+            let c = Config::load(Some(Path::new("s.toml")), &Overrides::default()).unwrap();
+            assert_eq!(c.sync.settings().settling_check, Duration::from_secs(6 * 3600));
+            jail.create_file("s0.toml", "[sync]\nsettling_check = \"0s\"\n")?;
+            let err = Config::load(Some(Path::new("s0.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("sync.settling_check"), "{err}");
             Ok(())
         });
     }

@@ -9,7 +9,11 @@
 //! - **due**: a sent invoice unpaid at its due date (read back from the provider) counts as a
 //!   failed payment from then;
 //! - **retry n**: after a failure, the n-th retry (`[sync] retries`, 1, 3 and 7 days after the
-//!   first failure by default) charges again, or sends a reminder.
+//!   first failure by default) charges again, or sends a reminder;
+//! - **settling**: a payment on its way (a SEPA or ACH debit, which takes days) is neither paid
+//!   nor failed: its invoice is looked at again every `[sync] settling_check` (a day by
+//!   default) until it is paid, or the payment did not go through, which is then the failure
+//!   of the attempt that started it.
 //!
 //! A failure makes the tenant's active subscription past_due (suspended when its grace period,
 //! `[billing] grace`, runs out unpaid) and writes the next retry, if one is left; the first
@@ -35,6 +39,9 @@ use std::time::Duration;
 pub const DEFAULT_RETRIES: [Duration; 3] =
     [Duration::from_secs(86_400), Duration::from_secs(3 * 86_400), Duration::from_secs(7 * 86_400)];
 
+/// While a payment is on its way, how often its invoice is looked at again by default.
+pub const DEFAULT_SETTLING_CHECK: Duration = Duration::from_secs(86_400);
+
 /// Which step of collecting an invoice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
@@ -48,6 +55,14 @@ pub enum Step {
         /// Which.
         n: u32,
     },
+    /// The `n`-th look (1, 2, …) at a payment that attempt `attempt` started and that was on its
+    /// way.
+    Settling {
+        /// The attempt whose payment it is.
+        attempt: u32,
+        /// Which look.
+        n: u32,
+    },
 }
 
 impl Step {
@@ -57,6 +72,7 @@ impl Step {
             Step::First => "first".into(),
             Step::Due => "due".into(),
             Step::Retry { n } => format!("retry-{n}"),
+            Step::Settling { attempt, n } => format!("settling-{attempt}-{n}"),
         }
     }
 
@@ -65,6 +81,7 @@ impl Step {
         match self {
             Step::First | Step::Due => 0,
             Step::Retry { n } => n,
+            Step::Settling { attempt, .. } => attempt,
         }
     }
 }
@@ -160,6 +177,7 @@ pub(crate) struct Collector<'a> {
     pub provider: &'a dyn Provider,
     pub notices: &'a Webhooks,
     pub retries: &'a [Duration],
+    pub settling_check: Duration,
 }
 
 impl Collector<'_> {
@@ -178,7 +196,7 @@ impl Collector<'_> {
         // At a due date, where the invoice stands at the provider, not only what meter heard of
         // it (a transfer's invoice.paid may not have come yet).
         let ask = match (c.step, c.collection) {
-            (Step::Due, _) => Ask::Check,
+            (Step::Due | Step::Settling { .. }, _) => Ask::Check,
             (_, Collection::ChargeAutomatically) => Ask::Pay,
             (_, Collection::SendInvoice { .. }) => Ask::Send,
         };
@@ -193,6 +211,19 @@ impl Collector<'_> {
                 let known = known.unwrap_or_else(|| self.unrecorded(c));
                 ledger.store().record_remote_invoice(RemoteInvoice { status: status.clone(), ..known }).await?;
                 Ok(done(label, "nothing_to_collect", Some(format!("the invoice is {status}")), vec![]))
+            }
+            Collected::Processing => {
+                let n = match c.step {
+                    Step::Settling { n, .. } => n + 1,
+                    _ => 1,
+                };
+                let next_us = now_us.saturating_add(micros(self.settling_check));
+                let look = Collect { step: Step::Settling { attempt: c.step.attempt(), n }, ..c.clone() };
+                let detail = format!("a payment is on its way; looked at again at {}", format_time(next_us));
+                Ok(done(label, "processing", Some(detail), vec![look.operation(next_us)]))
+            }
+            Collected::Sent if matches!(c.step, Step::Settling { .. }) => {
+                self.failed(c, since, "the payment on its way did not go through".into(), now_us).await
             }
             Collected::Sent if c.step == Step::Due => {
                 self.failed(c, since, "unpaid at its due date".into(), now_us).await

@@ -2,18 +2,23 @@
 //! (a redelivery changes nothing) and answered at once; [`process_pending`] then works the kept
 //! events per object, in the order Stripe made them:
 //!
-//! - `invoice.payment_failed`: the tenant's subscription goes past_due (and suspended after the
-//!   grace period, as the ledger does);
+//! - `invoice.payment_failed`: the invoice is read back from Stripe (events come late and out of
+//!   order): still unpaid, the tenant's subscription goes past_due (and suspended after the
+//!   grace period, as the ledger does); paid since, it is recorded paid;
 //! - `invoice.paid` (and `invoice.payment_succeeded`, which older API versions and localstripe
 //!   send): the invoice is paid, and a past_due or suspended subscription active again;
 //! - `customer.subscription.deleted` of a mirror meter made: meter cancels the subscription;
 //! - an invoice's status never moves back: a failure read after the invoice was paid changes
 //!   nothing;
 //! - `checkout.session.completed` of a session meter made (its metadata names the tenant, plan
-//!   and cycle, and its customer is the tenant's): the subscription is provisioned;
-//! - events about objects meter did not make, and every other type, are kept and ignored.
+//!   and cycle, and its customer is the tenant's): the payment method it collected becomes the
+//!   customer's default for invoices, and the subscription is provisioned;
+//! - events about objects meter did not make, and every other type, are kept and ignored;
+//! - an event whose processing fails for good (Stripe refused a read) keeps why as its outcome;
+//!   one that fails for now (Stripe or the ledger unavailable) is processed again, before any
+//!   event after it.
 
-use crate::provider::PaymentMethod;
+use crate::provider::{Ask, Collected, PaymentMethod};
 use meter_billing::ledger::outbox::{ReceivedEvent, RemoteInvoice};
 use meter_billing::{Ledger, Subscriptions};
 use meter_rater::{Command, State};
@@ -126,7 +131,14 @@ pub async fn process_pending(
     let events = ledger.store().unprocessed_events(limit).await?;
     let n = events.len();
     for event in events {
-        let outcome = process(ledger, subscriptions, provider, &event, now_us).await?;
+        let outcome = match process(ledger, subscriptions, provider, &event, now_us).await {
+            Ok(outcome) => outcome,
+            // Tried again at the next look, before any later event.
+            Err(e) if e.is_transient() => return Err(e),
+            // What no retry changes (the provider refused a read) is the event's outcome: it
+            // must not hold back every event after it.
+            Err(e) => format!("failed: {e}"),
+        };
         tracing::info!(event = %event.id, kind = %event.kind, object = %event.object, %outcome, "Stripe event processed");
         ledger.store().processed_event(event.id, outcome, now_us).await?;
     }
@@ -145,11 +157,31 @@ async fn process(
         "invoice.payment_failed" => match ledger.store().remote_invoice(event.object.clone()).await? {
             None => Ok("ignored: not an invoice meter made".into()),
             Some(known) if settled(&known) => Ok(format!("no change: the invoice is already {}", known.status)),
-            Some(known) => {
-                apply(ledger, subs, &known.tenant, Command::PaymentFailed { grace_us: None }, &[State::Active], now_us)
-                    .await
-                    .map_err(Into::into)
-            }
+            // Events come out of order and late: the invoice as it stands at the provider now
+            // decides (paid since, a failure is no failure).
+            Some(known) => match provider.collect(&known.remote, Ask::Check, 0).await? {
+                Collected::Paid => Ok(format!("read back paid: {}", paid(ledger, subs, known, now_us, now_us).await?)),
+                Collected::Closed(status) => {
+                    let status = ledger
+                        .store()
+                        .record_remote_invoice(RemoteInvoice { status: status.clone(), ..known })
+                        .await?
+                        .status;
+                    Ok(format!("no change: the invoice is {status}"))
+                }
+                // Another payment started since the one that failed: its outcome decides.
+                Collected::Processing => Ok("no change: a payment of the invoice is on its way".into()),
+                Collected::Sent | Collected::Declined(_) => apply(
+                    ledger,
+                    subs,
+                    &known.tenant,
+                    Command::PaymentFailed { grace_us: None },
+                    &[State::Active],
+                    now_us,
+                )
+                .await
+                .map_err(Into::into),
+            },
         },
         "invoice.paid" | "invoice.payment_succeeded" => {
             match ledger.store().remote_invoice(event.object.clone()).await? {

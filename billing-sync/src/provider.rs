@@ -125,6 +125,9 @@ pub enum Collected {
     Declined(String),
     /// There is nothing to collect: the invoice is void or uncollectible at the provider.
     Closed(String),
+    /// A payment is on its way and not settled yet (a SEPA or ACH debit takes days): neither
+    /// paid nor failed.
+    Processing,
 }
 
 /// What the provider's mirror of a subscription shows (see ARCHITECTURE.md, the mapping of

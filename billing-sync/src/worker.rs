@@ -41,6 +41,8 @@ pub struct Settings {
     pub terms: crate::provider::Terms,
     /// After a failed payment, when each retry comes, counted from the first failure.
     pub retries: Vec<Duration>,
+    /// While a payment is on its way (a debit), how often its invoice is looked at again.
+    pub settling_check: Duration,
 }
 
 impl Default for Settings {
@@ -53,6 +55,7 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(3600),
             terms: Default::default(),
             retries: crate::collect::DEFAULT_RETRIES.to_vec(),
+            settling_check: crate::collect::DEFAULT_SETTLING_CHECK,
         }
     }
 }
@@ -166,6 +169,7 @@ impl Worker {
             provider: &*self.provider,
             notices: &self.notices,
             retries: &self.settings.retries,
+            settling_check: self.settings.settling_check,
         }
     }
 

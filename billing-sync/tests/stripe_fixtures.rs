@@ -32,6 +32,36 @@ fn the_objects_meter_reads_parse_from_stripes_fixtures() {
 }
 
 #[test]
+fn a_payment_on_its_way_is_read_from_an_invoices_expanded_payments_and_a_setup_intent_parses() {
+    use meter_billing_sync::stripe::objects::SetupIntent;
+    let r = &fixtures()["resources"];
+    let with_intent = |intent: Value| {
+        let mut invoice = r["invoice"].clone();
+        let mut payment = r["invoice_payment"].clone();
+        payment["payment"]["payment_intent"] = intent;
+        invoice["payments"] = serde_json::json!({ "object": "list", "data": [payment], "has_more": false });
+        serde_json::from_value::<Invoice>(invoice).unwrap()
+    };
+    let intent = |status: &str| {
+        let mut pi = r["payment_intent"].clone();
+        pi["status"] = status.into();
+        pi
+    };
+    assert!(with_intent(intent("processing")).payment_processing(), "a debit on its way");
+    assert!(!with_intent(intent("succeeded")).payment_processing());
+    assert!(!with_intent(intent("requires_payment_method")).payment_processing());
+    // Not expanded: only its id, which says nothing.
+    assert!(!with_intent("pi_123".into()).payment_processing());
+    assert!(!serde_json::from_value::<Invoice>(r["invoice"].clone()).unwrap().payment_processing());
+    // Earlier API versions: the invoice's one payment intent.
+    let mut old = r["invoice"].clone();
+    old["payment_intent"] = intent("processing");
+    assert!(serde_json::from_value::<Invoice>(old).unwrap().payment_processing());
+    let s: SetupIntent = serde_json::from_value(r["setup_intent"].clone()).unwrap();
+    assert!(s.id.starts_with("seti_"), "{s:?}");
+}
+
+#[test]
 fn events_built_from_the_fixtures_are_kept_with_their_object() {
     let r = &fixtures()["resources"];
     for (kind, object) in [

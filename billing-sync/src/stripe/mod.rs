@@ -226,6 +226,12 @@ impl Stripe {
         Ok(plan.id)
     }
 
+    /// Invoice `invoice` as the provider holds it now, with its payments' intents.
+    async fn read_back(&self, invoice: &str) -> Result<objects::Invoice, Error> {
+        let expand = vec![objects::Invoice::EXPAND_PAYMENTS.to_string()];
+        self.client.send(RetrieveInvoice::new(invoice).expand(expand).build()).await
+    }
+
     async fn lines(&self, invoice: &str) -> Result<Vec<InvoiceLine>, Error> {
         let mut all = Vec::new();
         loop {
@@ -293,22 +299,34 @@ impl Provider for Stripe {
             // Off session: the customer is not there to authenticate a charge meter starts.
             Ask::Pay => PayInvoice::new(invoice).off_session(true).build(),
             Ask::Send => SendInvoiceInvoice::new(invoice).build(),
-            Ask::Check => RetrieveInvoice::new(invoice).build(),
+            Ask::Check => {
+                RetrieveInvoice::new(invoice).expand(vec![objects::Invoice::EXPAND_PAYMENTS.to_string()]).build()
+            }
         };
         let answered: Result<objects::Invoice, Error> = self.client.send_on(request, Some(&occasion)).await;
         let (read, refusal) = match answered {
-            Ok(read) => (read, None),
+            // Read with its payments, sent, paid or voided: that is all there is to know.
+            Ok(read)
+                if !matches!(ask, Ask::Pay)
+                    || matches!(read.status.as_deref(), Some("paid" | "void" | "uncollectible")) =>
+            {
+                (read, None)
+            }
+            // Charged and still open: whether the payment is on its way, with its payments read
+            // back (a debit takes days).
+            Ok(_) => (self.read_back(invoice).await?, None),
             // A declined card (402), no payment method, an invoice paid or voided meanwhile:
             // where the invoice stands says which.
-            Err(refused @ Error::Refused { .. }) => {
-                (self.client.send(RetrieveInvoice::new(invoice).build()).await?, Some(refused))
-            }
+            Err(refused @ Error::Refused { .. }) => (self.read_back(invoice).await?, Some(refused)),
             Err(e) => return Err(e),
         };
+        let processing = read.payment_processing();
         let status = read.status.unwrap_or_default();
         Ok(match (status.as_str(), ask, refusal) {
             ("paid", _, _) => Collected::Paid,
             ("void" | "uncollectible", _, _) => Collected::Closed(status),
+            // A debit on its way: neither paid nor failed, whatever was asked.
+            ("open", _, _) if processing => Collected::Processing,
             (_, Ask::Send | Ask::Check, None) => Collected::Sent,
             // Sending refused while the invoice is still to be paid: nothing a retry changes.
             (_, Ask::Send | Ask::Check, Some(refused)) => return Err(refused),

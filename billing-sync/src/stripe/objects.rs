@@ -62,9 +62,27 @@ pub struct Invoice {
     /// What made it (`subscription_details` for a subscription's; later API versions).
     #[serde(default)]
     pub parent: Option<serde_json::Value>,
+    /// Its payments (API versions from 2025-03-31), each payment intent expanded when asked
+    /// ([`Invoice::EXPAND_PAYMENTS`]).
+    #[serde(default)]
+    pub payments: Option<List<serde_json::Value>>,
+    /// Its payment intent (earlier API versions), expanded when asked.
+    #[serde(default)]
+    pub payment_intent: Option<serde_json::Value>,
 }
 
 impl Invoice {
+    /// What to expand to see whether a payment is on its way ([`Invoice::payment_processing`]).
+    pub const EXPAND_PAYMENTS: &'static str = "payments.data.payment.payment_intent";
+
+    /// Whether a payment of it is on its way, not settled yet (a debit's payment intent
+    /// `processing`): read from its payments, or its payment intent in earlier API versions.
+    pub fn payment_processing(&self) -> bool {
+        let processing = |intent: &serde_json::Value| intent["status"] == "processing";
+        self.payment_intent.as_ref().is_some_and(processing)
+            || self.payments.iter().flat_map(|p| &p.data).any(|p| processing(&p["payment"]["payment_intent"]))
+    }
+
     /// Whether a subscription made it with nothing to pay: a mirror subscription's invoice,
     /// which cannot carry meter's money.
     pub fn is_empty_subscription_invoice(&self) -> bool {

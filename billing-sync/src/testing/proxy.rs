@@ -33,6 +33,8 @@ pub const ADAPTATIONS: &[&str] = &[
     "POST /v1/invoices/{id}/send: sent to localstripe as GET /v1/invoices/{id} (localstripe has no send and no \
      email; the invoice stays open, as Stripe's does once sent)",
     "GET /v1/invoiceitems: drops pending=true, which localstripe refuses (it lists only pending items)",
+    "GET /v1/invoices/{id}: expand=payments.data.payment.payment_intent is renamed expand=payment_intent \
+     (localstripe speaks a 2017 API version: an invoice's one payment intent instead of its payments)",
     "replies carrying an invoice, or a list of them: total_excluding_tax, which localstripe lacks, is renamed \
      from its subtotal (localstripe computes no tax)",
 ];
@@ -286,7 +288,11 @@ async fn forward(p: &Inner, method: &Method, uri: &Uri, auth: Option<&str>, body
     }
     let mut url = format!("{}{}", p.upstream, path);
     if let Some(q) = uri.query() {
-        let q = if path == "/v1/invoiceitems" { drop_params(q, &["pending"]) } else { q.to_string() };
+        let q = if path == "/v1/invoiceitems" {
+            drop_params(q, &["pending"])
+        } else {
+            q.replace("payments.data.payment.payment_intent", "payment_intent")
+        };
         url = format!("{url}?{q}");
     }
     let sent = body.clone();

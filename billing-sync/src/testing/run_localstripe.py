@@ -2,7 +2,9 @@
 
 localstripe's own command binds every interface and pickles its whole state after each write to
 /tmp/localstripe.pickle, which two instances at once would overwrite; this starts its app on
-loopback (port 0: any free one) and keeps the state in this process only.
+loopback (port 0: any free one) and keeps the state in this process only. One more change to the
+stand-in itself, none to what meter sends or reads: its lists are read from an index by kind
+(the same objects in the same order, found without scanning every object).
 """
 import asyncio
 import sys
