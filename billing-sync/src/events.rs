@@ -133,16 +133,30 @@ pub async fn process_pending(
     for event in events {
         let outcome = match process(ledger, subscriptions, provider, &event, now_us).await {
             Ok(outcome) => outcome,
-            // Tried again at the next look, before any later event.
-            Err(e) if e.is_transient() => return Err(e),
-            // What no retry changes (the provider refused a read) is the event's outcome: it
-            // must not hold back every event after it.
+            // Tried again at the next look, before any later event: the provider or the ledger
+            // unavailable, or meter's key refused (revoked, rotated): no event is lost to that.
+            Err(e) if holds(&e) => return Err(e),
+            // The provider refused what it was asked about this one object (it does not know it):
+            // no retry changes that, and it must not hold back every event after it.
             Err(e) => format!("failed: {e}"),
         };
         tracing::info!(event = %event.id, kind = %event.kind, object = %event.object, %outcome, "Stripe event processed");
         ledger.store().processed_event(event.id, outcome, now_us).await?;
     }
     Ok(n)
+}
+
+/// Whether a failure to process an event is one of meter's side (it holds the queue until it
+/// passes), rather than the provider's answer about that event's object.
+fn holds(e: &crate::Error) -> bool {
+    e.is_transient()
+        || matches!(
+            e,
+            crate::Error::Config(_)
+                | crate::Error::NoProvider(_)
+                | crate::Error::Protocol { .. }
+                | crate::Error::Refused { status: 401 | 403, .. }
+        )
 }
 
 async fn process(
@@ -252,10 +266,15 @@ async fn provision(
         return Ok(format!("ignored: meter_cycle {cycle:?} is not a cycle"));
     };
     let customer = session.customer.as_deref().unwrap_or_default();
+    // The customer finished Checkout: a card the provider will not make the default (its setup
+    // unknown there) still starts the subscription, and says so; only a failure of meter's side
+    // holds it, to be processed again.
     let method = match session.setup_intent.as_deref() {
-        Some(setup) => match provider.keep_payment_method(customer, setup).await? {
-            PaymentMethod::Default(pm) => format!("payment method {pm} is the default for invoices"),
-            PaymentMethod::NotKept(why) => format!("no payment method kept: {why}"),
+        Some(setup) => match provider.keep_payment_method(customer, setup).await {
+            Ok(PaymentMethod::Default(pm)) => format!("payment method {pm} is the default for invoices"),
+            Ok(PaymentMethod::NotKept(why)) => format!("no payment method kept: {why}"),
+            Err(e) if holds(&e) => return Err(e),
+            Err(e) => format!("no payment method kept: {e}"),
         },
         None => "no payment method kept: the session collected none".into(),
     };

@@ -85,10 +85,15 @@ pub async fn reconcile(ledger: &Ledger, provider: &dyn Provider, period: Period)
         .buffered(16)
         .collect()
         .await;
-    let report = ledger.close_of(period).await?.map(|c| c.report).unwrap_or_default();
+    // The close's report, by tenant (a report row per tenant and meter: looked up, not scanned,
+    // for each of thousands of invoices).
+    let mut report: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for r in ledger.close_of(period).await?.map(|c| c.report).unwrap_or_default() {
+        report.entry(r.tenant.clone()).or_default().push(r);
+    }
     for row in checked {
         let mut row = row?;
-        row.metering = report.iter().filter(|r| r.tenant == row.tenant).cloned().collect();
+        row.metering = report.get(&row.tenant).cloned().unwrap_or_default();
         row.metering_ok = row.metering.iter().all(|r| r.status == "ok");
         out.invoices += 1;
         if !row.differences.is_empty() {

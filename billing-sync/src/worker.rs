@@ -240,7 +240,7 @@ impl Worker {
             Err(e) => return Err(e.into()),
         };
         sub.advance(now_us);
-        let then: Vec<NewOperation> = meter_billing::ledger::outbox::mirror_when_due(&sub).into_iter().collect();
+        let mut then: Vec<NewOperation> = meter_billing::ledger::outbox::mirror_when_due(&sub).into_iter().collect();
         if let Some(at_us) = m.at_us {
             // A renewal at that instant keeps the state: it is not the change that was due.
             let came = sub.entries.windows(2).any(|w| {
@@ -250,6 +250,18 @@ impl Worker {
                 let why = format!("no change came with time at {at_us} µs: the subscription was changed before");
                 return Ok(outcome("not_due", why, then));
             }
+            // The change came: mirrored in the tenant's mirror lane, in order with the mirrors of
+            // written changes (two updates of one mirror in flight at once could land in either
+            // order).
+            then.push(NewOperation {
+                kind: OpKind::MirrorSubscription,
+                subject: format!("{}@{at_us}", sub.id),
+                tenant: sub.tenant.clone(),
+                period: None,
+                body: serde_json::json!({ "subscription": sub.id }).to_string(),
+                next_us: now_us,
+            });
+            return Ok(outcome("came", format!("{} is {} since {at_us} µs", sub.id, sub.state()), then));
         }
         let remote = self.subs.ledger.remote_customer(&sub.tenant).await?;
         let Some(mirror) = remote.and_then(|r| r.subscription) else {

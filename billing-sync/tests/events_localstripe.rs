@@ -1,7 +1,7 @@
 //! Stripe's events processed against what Stripe holds now (localstripe behind the faulting,
 //! key-enforcing proxy): events come late and out of order, so a failure is read back before it
-//! counts, and an event Stripe's answers make impossible to act on is recorded, not retried
-//! for ever ahead of every later one.
+//! counts; an event about an object Stripe no longer knows is recorded as failed, not retried
+//! for ever ahead of every later one; a Checkout whose card cannot be kept still provisions.
 
 use meter_billing::Ledger;
 use meter_billing::ledger::outbox::{OpState, ReceivedEvent};
@@ -58,13 +58,16 @@ async fn a_failure_is_read_back_before_it_counts_and_a_refused_read_holds_nothin
         ..Default::default()
     };
     let worker = Worker::new(subs.clone(), stripe.clone(), notices, settings);
+    let mut settled = false;
     for _ in 0..200 {
         worker.work_due(t0).await.unwrap();
         let pending = ledger.operations(Some(OpState::Pending), None).await.unwrap();
         if pending.iter().all(|o| o.next_us > t0) {
+            settled = true;
             break;
         }
     }
+    assert!(settled, "the pushes did not finish: {:?}", ledger.operations(Some(OpState::Pending), None).await.unwrap());
     let remote = |tenant: &'static str| {
         let ledger = ledger.clone();
         async move {
@@ -92,15 +95,20 @@ async fn a_failure_is_read_back_before_it_counts_and_a_refused_read_holds_nothin
         "id": "cs_1", "object": "checkout.session", "customer": customer, "mode": "setup", "setup_intent": "seti_nope",
         "metadata": { "meter_tenant": "acme", "meter_plan": "starter", "meter_cycle": "monthly" },
     });
+    // An invoice meter recorded that Stripe no longer has (a ledger restored into another
+    // account, say): reading it back is refused.
+    let gone = meter_billing::ledger::outbox::RemoteInvoice { remote: "in_gone".into(), ..remote("beta").await };
+    store.record_remote_invoice(gone).await.unwrap();
     for e in [
         event("evt_1", "invoice.payment_failed", now_s, &acme.remote, serde_json::json!({ "id": acme.remote })),
         event("evt_2", "checkout.session.completed", now_s + 1, "cs_1", checkout),
-        event("evt_3", "invoice.payment_failed", now_s + 2, &beta.remote, serde_json::json!({ "id": beta.remote })),
+        event("evt_3", "invoice.payment_failed", now_s + 2, "in_gone", serde_json::json!({ "id": "in_gone" })),
+        event("evt_4", "invoice.payment_failed", now_s + 3, &beta.remote, serde_json::json!({ "id": beta.remote })),
     ] {
         assert!(store.receive_event(e).await.unwrap());
     }
     let provider: &dyn Provider = &*stripe;
-    assert_eq!(events::process_pending(&ledger, &subs, provider, 10, t0).await.unwrap(), 3);
+    assert_eq!(events::process_pending(&ledger, &subs, provider, 10, t0).await.unwrap(), 4);
     assert!(store.unprocessed_events(10).await.unwrap().is_empty(), "nothing held back");
 
     // acme's failure was read back: paid since, so no failure; beta's is one.
@@ -109,8 +117,11 @@ async fn a_failure_is_read_back_before_it_counts_and_a_refused_read_holds_nothin
     assert_eq!(state(&ledger, "beta", t0).await, State::PastDue);
     let outcomes: Vec<String> = sqlite_outcomes(&path);
     assert!(outcomes[0].starts_with("read back paid"), "{outcomes:?}");
-    assert!(outcomes[1].starts_with("failed: ") && outcomes[1].contains("seti_nope"), "{outcomes:?}");
-    assert!(!outcomes[2].starts_with("failed"), "{outcomes:?}");
+    // A setup Stripe does not know keeps no card, and holds no sign-up back (acme has its
+    // subscription already).
+    assert!(outcomes[1].contains("no payment method kept") && outcomes[1].contains("seti_nope"), "{outcomes:?}");
+    assert!(outcomes[2].starts_with("failed: ") && outcomes[2].contains("404"), "{outcomes:?}");
+    assert!(!outcomes[3].starts_with("failed"), "{outcomes:?}");
 }
 
 /// The kept events' outcomes, in the order they were made.

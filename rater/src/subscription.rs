@@ -415,18 +415,19 @@ impl Subscription {
     /// an expiry; a renewal keeps the state and does not count), if it ever does without a
     /// command. What a mirror of the subscription at a payment provider must be told then.
     pub fn next_state_change(&self) -> Option<i64> {
-        let mut ahead = self.clone();
-        let state = self.state();
-        // Renewals keep the state; a past_due subscription is suspended within its grace
-        // period, so a few cycles ahead is as far as a change can be.
-        for _ in 0..4 {
-            let (at, _) = ahead.due()?;
-            ahead.advance(at);
-            if ahead.state() != state {
-                return Some(at);
+        // What `due` would bring, leaving out what keeps the state: a renewal (a cycle that
+        // renews by itself), and a suspended subscription's paid cycle running out.
+        let ends = self.cycle.map(|c| c.1).filter(|_| !self.auto_renew);
+        match self.state() {
+            State::Trial => self.trial_ends_us,
+            State::Cancelled => self.ends_us,
+            State::PastDue => {
+                let suspends = self.suspends_us.or(self.past_due_since_us.map(|t| t + GRACE_DAYS * DAY_US));
+                [suspends, ends].into_iter().flatten().min()
             }
+            State::Active => ends,
+            State::Suspended | State::Expired => None,
         }
-        None
     }
 
     /// The next thing time brings ([`Subscription::advance`]), and when.

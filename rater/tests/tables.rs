@@ -441,6 +441,14 @@ fn the_next_change_time_alone_brings_is_known_ahead_and_renewals_are_not_one() {
     let mut p = r.clone();
     act(&mut p, Command::PaymentFailed { grace_us: None }, "2026-11-20T00:00:00Z");
     assert_eq!(p.next_state_change(), Some(at("2026-12-05T00:00:00Z")));
+    // However long its grace, across as many renewals.
+    let mut long = r.clone();
+    act(&mut long, Command::PaymentFailed { grace_us: Some(200 * 86_400_000_000) }, "2026-11-20T00:00:00Z");
+    assert_eq!(long.next_state_change(), Some(at("2027-06-08T00:00:00Z")));
+    let mut ahead = long.clone();
+    ahead.advance(at("2027-06-08T00:00:00Z"));
+    assert_eq!(ahead.state(), State::Suspended);
+    assert_eq!(ahead.next_state_change(), None, "suspended until paid");
     // One that does not renew expires at its cycle's end.
     let setup = Setup { plan: "starter".into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: false, trial: false };
     let once = Subscription::create("sub_once", "once", &setup, at("2026-11-01T00:00:00Z"), "k", list()).unwrap();

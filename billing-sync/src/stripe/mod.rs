@@ -298,7 +298,11 @@ impl Provider for Stripe {
         let request = match ask {
             // Off session: the customer is not there to authenticate a charge meter starts.
             Ask::Pay => PayInvoice::new(invoice).off_session(true).build(),
-            Ask::Send => SendInvoiceInvoice::new(invoice).build(),
+            // With its payments: a reminder sent while a transfer or debit is on its way is no
+            // failure.
+            Ask::Send => {
+                SendInvoiceInvoice::new(invoice).expand(vec![objects::Invoice::EXPAND_PAYMENTS.to_string()]).build()
+            }
             Ask::Check => {
                 RetrieveInvoice::new(invoice).expand(vec![objects::Invoice::EXPAND_PAYMENTS.to_string()]).build()
             }

@@ -132,10 +132,17 @@ pub async fn a_subscription_change_writes_its_mirror_and_the_one_time_will_bring
     ledger.apply(&a.id, Command::Cancel, MID_OCTOBER + DAY, "k", list.clone()).await.unwrap();
     assert_eq!(mirrors(OpKind::MirrorSubscription).await.len(), 2);
     assert_eq!(mirrors(OpKind::MirrorWhenDue).await, [(format!("{}@{ends}", a.id), ends)]);
-    // One that renews by itself has nothing coming with time.
-    ledger.create("beta", setup("starter"), MID_OCTOBER, "k", list).await.unwrap();
+    // One that renews by itself has nothing coming with time; until a payment fails: then its
+    // suspension, when the grace runs out.
+    let b = ledger.create("beta", setup("starter"), MID_OCTOBER, "k", list).await.unwrap();
     let due = mirrors(OpKind::MirrorWhenDue).await;
     assert!(due.iter().all(|(subject, _)| subject.starts_with(&a.id)), "{due:?}");
+    let failed = Command::PaymentFailed { grace_us: Some(3 * DAY) };
+    let b = ledger.apply(&b.id, failed, MID_OCTOBER + DAY, "k", list.clone()).await.unwrap();
+    let suspends = MID_OCTOBER + 4 * DAY;
+    assert_eq!(b.next_state_change(), Some(suspends));
+    let due = mirrors(OpKind::MirrorWhenDue).await;
+    assert!(due.contains(&(format!("{}@{suspends}", b.id), suspends)), "{due:?}");
 }
 
 /// Once a period is being closed, no change may be dated inside it, and a close is recorded

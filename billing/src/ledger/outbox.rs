@@ -16,9 +16,10 @@ pub enum OpKind {
     /// Make the provider's mirror of a subscription show the subscription's state now. Its
     /// subject is `{subscription}#{entries}`, one per change.
     MirrorSubscription,
-    /// Make the provider's mirror show a change that time alone brings (a trial converting, a
-    /// grace period running out, an expiry), when it is due: nothing is written to the ledger
-    /// then. Its subject is `{subscription}@{when}`.
+    /// When a change that time alone brings is due (a trial converting, a grace period running
+    /// out, an expiry; nothing is written to the ledger then): if it came, write the
+    /// [`OpKind::MirrorSubscription`] that mirrors it, in the tenant's mirror lane. Its subject
+    /// is `{subscription}@{when}`.
     MirrorWhenDue,
     /// At the end of a failed payment's grace period: tell the tenant its subscription is
     /// suspended, unless it was paid meanwhile. Its subject is `{invoice}@{when}`.
