@@ -48,10 +48,45 @@ actions! {
     ManageSync => "manage the payment sync",
     /// `GET /api/v1/subscriptions/stats`.
     ReadStatistics => "read subscription statistics",
+    /// Opening, listing and revoking portal and console sessions.
+    ManageSessions => "manage browser sessions",
 }
 
+/// The cookie a browser session is carried in (`HttpOnly`, `SameSite=Strict`).
+pub const SESSION_COOKIE: &str = "meter_session";
+
+/// The caller: an API key (`Authorization: Bearer …`), or else a browser session's cookie.
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    if parts.headers.contains_key(AUTHORIZATION) {
+        return authenticate_key(parts, state).await;
+    }
+    let Some(secret) = session_cookie(parts) else {
+        return Err(AuthError::Unauthenticated.into());
+    };
+    let sessions = state.sessions.clone();
+    let now = meter_schemas::period::now_us();
+    tokio::task::spawn_blocking(move || sessions.authenticate(&secret, now))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .map_err(Into::into)
+}
+
+/// The caller by its API key alone: no session.
+async fn authenticate_key(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     Ok(state.keys.authenticate(parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?)
+}
+
+/// The session cookie's secret, if the request carries one.
+fn session_cookie(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_string())
 }
 
 /// Any valid key.
@@ -62,6 +97,22 @@ pub struct Reader<A>(pub Principal, pub PhantomData<A>);
 
 /// An admin's key, doing `A`.
 pub struct Admin<A>(pub Principal, pub PhantomData<A>);
+
+/// An API key that may read (not a browser session, not an ingest-only key), doing `A`:
+/// what opens sessions, so that a session can never open another.
+pub struct KeyHolder<A>(pub Principal, pub PhantomData<A>);
+
+impl<A: Action> FromRequestParts<Arc<AppState>> for KeyHolder<A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let p = authenticate_key(parts, state).await?;
+        match p.role {
+            Role::Ingest => Err(AuthError::WrongRole { have: p.role, action: A::WHAT }.into()),
+            Role::Read | Role::Admin => Ok(KeyHolder(p, PhantomData)),
+        }
+    }
+}
 
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;

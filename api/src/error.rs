@@ -150,6 +150,20 @@ impl From<meter_webhooks::Error> for ApiError {
     }
 }
 
+impl From<meter_auth::Error> for ApiError {
+    fn from(e: meter_auth::Error) -> Self {
+        match e {
+            // "field: why", as the auth crate words a bad argument.
+            meter_auth::Error::Invalid(m) => {
+                let (field, why) = m.split_once(": ").unwrap_or(("body", m.as_str()));
+                let field = if field.contains(' ') { "body" } else { field };
+                ApiError::Invalid(vec![FieldError::invalid(field, why.to_string())])
+            }
+            e => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<meter_store::Error> for ApiError {
     fn from(e: meter_store::Error) -> Self {
         ApiError::Unavailable(e.to_string())

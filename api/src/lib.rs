@@ -8,6 +8,7 @@ pub mod billing;
 pub mod entitlements;
 pub mod error;
 pub mod health;
+pub mod sessions;
 pub mod signup;
 mod state;
 pub mod sync;
@@ -95,6 +96,11 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(sync::stripe_webhook))
         .routes(routes!(signup::create_checkout))
         .routes(routes!(signup::create_portal))
+        .routes(routes!(sessions::open_portal))
+        .routes(routes!(sessions::open_console))
+        .routes(routes!(sessions::list))
+        .routes(routes!(sessions::revoke))
+        .routes(routes!(sessions::exchange))
         .routes(routes!(alerts::list_alerts))
         .routes(routes!(entitlements::list))
         .routes(routes!(entitlements::one))

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 pub struct AppState {
     /// API keys.
     pub keys: Arc<KeyStore>,
+    /// Browser sessions: the customer portal's and the finance console's.
+    pub sessions: Arc<meter_auth::Sessions>,
     /// The live counters: the aggregator's store, and the alerts it raises.
     pub live: Arc<dyn LiveStore>,
     /// Where usage is read from: the live counters or the history.

@@ -6,9 +6,11 @@
 //! and a map look-up, and `meter keys create` or `revoke` take effect within a second.
 
 pub mod contract;
+pub mod session;
 mod sqlite;
 mod table;
 
+pub use session::{SessionKind, SessionTable, Sessions};
 pub use sqlite::SqliteKeys;
 pub use table::{KeyTable, StoredKey};
 

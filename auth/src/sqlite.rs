@@ -1,18 +1,30 @@
 //! The key table in SQLite (`keys.db`). Each call opens its own connection: `meter keys` in
 //! another process writes the same file.
 
+use crate::session::{SessionInfo, SessionKind, SessionTable, StoredSession};
 use crate::{Error, KeyInfo, KeyTable, Principal, Role, StoredKey};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, params};
 use meter_sqlite::{Durability, migrate, open};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE keys (
         id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, role TEXT NOT NULL, tenant TEXT,
         created_at TEXT NOT NULL, revoked_at TEXT
     );
-"];
+",
+    // Browser sessions (portal and console): hashes of the link's token and the cookie's secret.
+    "
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, tenant TEXT, link_hash TEXT NOT NULL UNIQUE,
+        cookie_hash TEXT UNIQUE, created_by TEXT NOT NULL, created_us INTEGER NOT NULL,
+        expires_us INTEGER NOT NULL, exchanged_us INTEGER, revoked_us INTEGER
+    );
+    CREATE INDEX sessions_by_tenant ON sessions (tenant, created_us);
+",
+];
 
 /// API keys in a SQLite file.
 pub struct SqliteKeys {
@@ -80,6 +92,76 @@ impl KeyTable for SqliteKeys {
     fn is_empty(&self) -> Result<bool, Error> {
         let conn = self.conn()?;
         Ok(conn.query_row("SELECT id FROM keys LIMIT 1", [], |r| r.get::<_, String>(0)).optional()?.is_none())
+    }
+}
+
+const SESSION_COLUMNS: &str = "id, kind, tenant, created_by, created_us, expires_us, exchanged_us, revoked_us";
+
+fn read_session(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rusqlite::Result<SessionInfo> {
+    let kind: String = r.get(1)?;
+    Ok(SessionInfo {
+        id: r.get(0)?,
+        kind: SessionKind::parse(&kind).unwrap_or(SessionKind::Portal),
+        tenant: r.get(2)?,
+        created_by: r.get(3)?,
+        created_us: r.get(4)?,
+        expires_us: r.get(5)?,
+        exchanged_us: r.get(6)?,
+        revoked_us: r.get(7)?,
+    })
+}
+
+impl SessionTable for SqliteKeys {
+    fn insert(&self, s: &StoredSession) -> Result<(), Error> {
+        self.conn()?.execute(
+            "INSERT INTO sessions (id, kind, tenant, link_hash, created_by, created_us, expires_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![s.id, s.kind.as_str(), s.tenant, s.link_hash, s.created_by, s.created_us, s.expires_us],
+        )?;
+        Ok(())
+    }
+
+    fn exchange(&self, link_hash: &str, cookie_hash: &str, now_us: i64) -> Result<Option<SessionInfo>, Error> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE sessions SET cookie_hash = ?2, exchanged_us = ?3
+             WHERE link_hash = ?1 AND exchanged_us IS NULL AND revoked_us IS NULL AND expires_us > ?3",
+            params![link_hash, cookie_hash, now_us],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE link_hash = ?1");
+        Ok(conn.query_row(&sql, params![link_hash], read_session).optional()?)
+    }
+
+    fn by_cookie(&self, cookie_hash: &str, now_us: i64) -> Result<Option<SessionInfo>, Error> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE cookie_hash = ?1 AND revoked_us IS NULL AND expires_us > ?2"
+        );
+        Ok(self.conn()?.query_row(&sql, params![cookie_hash, now_us], read_session).optional()?)
+    }
+
+    fn revoke(&self, id: &str, now_us: i64) -> Result<bool, Error> {
+        let n = self
+            .conn()?
+            .execute("UPDATE sessions SET revoked_us = ?2 WHERE id = ?1 AND revoked_us IS NULL", params![id, now_us])?;
+        Ok(n == 1)
+    }
+
+    fn get(&self, id: &str) -> Result<Option<SessionInfo>, Error> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1");
+        Ok(self.conn()?.query_row(&sql, params![id], read_session).optional()?)
+    }
+
+    fn list(&self, tenant: Option<&str>) -> Result<Vec<SessionInfo>, Error> {
+        let conn = self.conn()?;
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE (?1 IS NULL OR tenant = ?1) ORDER BY created_us DESC, id"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![tenant], read_session)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 

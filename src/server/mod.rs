@@ -174,6 +174,7 @@ fn app_state(shared: &shared::Shared, config: &Config, health: Health) -> AppSta
     };
     AppState {
         keys: shared.keys.clone(),
+        sessions: shared.sessions.clone(),
         live: shared.live.clone(),
         reads: meter_store::UsageReads {
             live: shared.live.clone(),

@@ -3,7 +3,7 @@
 
 use crate::config::{Config, LogBackend, StoreBackend};
 use anyhow::Context as _;
-use meter_auth::{KeyStore, Role};
+use meter_auth::{KeyStore, Role, Sessions, SqliteKeys};
 use meter_billing::{Ledger, PlanAllowances};
 use meter_eventlog::{EventLog, KafkaLog, KafkaSettings, SqliteLog};
 use meter_rater::PriceBook;
@@ -15,6 +15,8 @@ use std::sync::Arc;
 /// The components a process's roles share.
 pub(super) struct Shared {
     pub keys: Arc<KeyStore>,
+    /// Browser sessions, kept beside the keys.
+    pub sessions: Arc<Sessions>,
     pub catalog: Arc<Catalog>,
     pub log: Arc<dyn EventLog>,
     /// The live counters (and the alerts they raise).
@@ -38,6 +40,7 @@ impl Shared {
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
         let catalog = Arc::new(config.catalog()?);
         let keys = KeyStore::open(&config.keys_path()).context("opening the key table")?;
+        let sessions = Sessions::new(Arc::new(SqliteKeys::open(&config.keys_path()).context("opening the sessions")?));
         if config.bootstrap_admin_key && keys.is_empty()? {
             let key = keys.create(Role::Admin, None)?;
             eprintln!(
@@ -71,7 +74,20 @@ impl Shared {
         };
         let provider = provider(config)?;
         let grace = config.billing.grace;
-        Ok(Shared { keys, catalog, log, live, clickhouse, book, ledger, allowances, webhooks, provider, grace })
+        Ok(Shared {
+            keys,
+            sessions,
+            catalog,
+            log,
+            live,
+            clickhouse,
+            book,
+            ledger,
+            allowances,
+            webhooks,
+            provider,
+            grace,
+        })
     }
 
     /// The history and the consumer whose watermarks it reports: ClickHouse and the sink's
