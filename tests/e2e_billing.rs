@@ -278,6 +278,40 @@ async fn two_closes_bill_exactly_and_late_events_become_an_adjustment() {
     let (s, e) = call(post.clone(), format!("{url}/api/v1/periods/{p1}/close"), &admin, None).await;
     assert_eq!(s, 200, "closing P1 again still answers its close: {e}");
 
+    // acme's invoice history, with its own read key: both periods, newest first, the same
+    // invoices as the periods' exports; no payment state (no provider); CSV as the export's
+    // rows of those invoices; never another tenant's.
+    let (s, history) = call(get.clone(), format!("{url}/api/v1/invoices"), &acme_reader, None).await;
+    assert_eq!(s, 200, "{history}");
+    let history = history.as_array().unwrap().clone();
+    let p1_invoices: Value = serde_json::from_str(&p1_again).unwrap();
+    let a1 = invoice(&p1_invoices, "acme");
+    assert_eq!(history.len(), 2, "{history:#?}");
+    let without_payment = |v: &Value| {
+        let mut v = v.clone();
+        assert_eq!(v.as_object_mut().unwrap().remove("payment"), Some(Value::Null));
+        v
+    };
+    assert_eq!((without_payment(&history[0]), without_payment(&history[1])), (a2.clone(), a1.clone()));
+    let csv = get_text(format!("{url}/api/v1/invoices?format=csv"), &acme_reader).await;
+    let export = get_text(format!("{url}/api/v1/periods/{p2}/invoices?format=csv"), &admin).await;
+    let acme_rows =
+        |text: &str| text.lines().skip(1).filter(|l| l.contains(",acme,")).map(str::to_string).collect::<Vec<_>>();
+    assert!(acme_rows(&export).iter().all(|row| csv.contains(row.as_str())), "{csv}\n{export}");
+    assert_eq!(csv.lines().next(), export.lines().next(), "the same columns");
+    let id1 = a1["id"].as_str().unwrap();
+    let (s, one) = call(get.clone(), format!("{url}/api/v1/invoices/{id1}"), &acme_reader, None).await;
+    assert_eq!((s, without_payment(&one[0])), (200, a1.clone()));
+    let (s, _) = call(get.clone(), format!("{url}/api/v1/invoices?tenant=hooli"), &acme_reader, None).await;
+    assert_eq!(s, 403);
+    let hooli_invoice = invoice(&p2_invoices, "hooli")["id"].as_str().unwrap().to_string();
+    let (s, _) = call(get.clone(), format!("{url}/api/v1/invoices/{hooli_invoice}"), &acme_reader, None).await;
+    assert_eq!(s, 404, "another tenant's invoice is not there for acme");
+    let (s, _) = call(get.clone(), format!("{url}/api/v1/invoices/{hooli_invoice}"), &admin, None).await;
+    assert_eq!(s, 200);
+    let (s, e) = call(get.clone(), format!("{url}/api/v1/invoices"), &admin, None).await;
+    assert_eq!(s, 422, "an admin names the tenant: {e}");
+
     // The upcoming invoice: so far and projected, for the tenant's own read key.
     let (s, up) = call(get.clone(), format!("{url}/api/v1/invoices/upcoming"), &acme_reader, None).await;
     assert_eq!(s, 200, "{up}");

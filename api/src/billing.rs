@@ -411,6 +411,17 @@ pub async fn period_report(
     export(&state, &period, query, |c, csv| if csv { c.report_csv() } else { c.report_json() }).await
 }
 
+/// Whether an export's `format` asks for CSV (`json`, the default, or `csv`).
+pub(crate) fn wants_csv(format: Option<&str>) -> Result<bool, ApiError> {
+    match format {
+        None | Some("json") => Ok(false),
+        Some("csv") => Ok(true),
+        Some(other) => {
+            Err(ApiError::Invalid(vec![FieldError::invalid("format", format!("must be json or csv, not {other:?}"))]))
+        }
+    }
+}
+
 async fn export(
     state: &AppState,
     period: &str,
@@ -419,16 +430,7 @@ async fn export(
 ) -> Result<Response, ApiError> {
     let period = period_of(period)?;
     let Query(q) = query?;
-    let csv = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("csv") => true,
-        Some(other) => {
-            return Err(ApiError::Invalid(vec![FieldError::invalid(
-                "format",
-                format!("must be json or csv, not {other:?}"),
-            )]));
-        }
-    };
+    let csv = wants_csv(q.format.as_deref())?;
     let close = state
         .billing
         .subscriptions

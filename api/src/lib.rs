@@ -8,6 +8,7 @@ pub mod billing;
 pub mod entitlements;
 pub mod error;
 pub mod health;
+pub mod invoices;
 pub mod sessions;
 pub mod signup;
 mod state;
@@ -89,6 +90,8 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(billing::close_period))
         .routes(routes!(billing::period_invoices))
         .routes(routes!(billing::period_report))
+        .routes(routes!(invoices::list))
+        .routes(routes!(invoices::one))
         .routes(routes!(billing::upcoming_invoice))
         .routes(routes!(sync::period_sync))
         .routes(routes!(sync::operations))

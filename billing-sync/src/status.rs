@@ -91,3 +91,80 @@ pub async fn period_sync(ledger: &Ledger, period: Period, now_us: i64) -> Result
         operations,
     })
 }
+
+/// A closed invoice of a tenant's, with where its payment stands.
+#[derive(Debug, Serialize)]
+pub struct BilledInvoice {
+    /// The invoice as closed: its lines with their lineage.
+    #[serde(flatten)]
+    pub invoice: meter_rater::Invoice,
+    /// At the payment provider; `None` while it was not pushed (or without a provider).
+    pub payment: Option<Payment>,
+}
+
+/// Where an invoice's payment stands at the provider.
+#[derive(Debug, Serialize)]
+pub struct Payment {
+    /// The provider's invoice id.
+    pub provider_invoice: String,
+    /// draft, open, paid, uncollectible or void.
+    pub status: String,
+    /// When it was sent (RFC 3339).
+    pub sent_at: Option<String>,
+    /// When it is due (RFC 3339), for an invoice paid by transfer.
+    pub due_at: Option<String>,
+    /// When it was paid (RFC 3339).
+    pub paid_at: Option<String>,
+    /// Past its due date, unpaid.
+    pub overdue: bool,
+}
+
+/// `invoices` with where each one's payment stands at `now_us`.
+async fn with_payments(
+    ledger: &Ledger,
+    invoices: Vec<meter_rater::Invoice>,
+    now_us: i64,
+) -> Result<Vec<BilledInvoice>, meter_billing::Error> {
+    use meter_schemas::period::format_time;
+    let ids = invoices.iter().map(|i| i.id.clone()).collect();
+    let mut remote: std::collections::BTreeMap<String, _> =
+        ledger.store().remote_invoices_of(ids).await?.into_iter().map(|r| (r.invoice.clone(), r)).collect();
+    Ok(invoices
+        .into_iter()
+        .map(|invoice| {
+            let payment = remote.remove(&invoice.id).map(|r| Payment {
+                overdue: !r.is_settled() && r.due_us.is_some_and(|d| d < now_us),
+                provider_invoice: r.remote,
+                status: r.status,
+                sent_at: r.sent_us.map(format_time),
+                due_at: r.due_us.map(format_time),
+                paid_at: r.paid_us.map(format_time),
+            });
+            BilledInvoice { invoice, payment }
+        })
+        .collect())
+}
+
+/// Every closed invoice of `tenant`, newest period first, with where its payment stands.
+pub async fn invoices_of(
+    ledger: &Ledger,
+    tenant: &str,
+    now_us: i64,
+) -> Result<Vec<BilledInvoice>, meter_billing::Error> {
+    let invoices = ledger.invoices_of(tenant).await?;
+    with_payments(ledger, invoices, now_us).await
+}
+
+/// The closed invoice `id` with where its payment stands, if it is `tenant`'s (any tenant's for
+/// `None`).
+pub async fn invoice(
+    ledger: &Ledger,
+    id: &str,
+    tenant: Option<&str>,
+    now_us: i64,
+) -> Result<Option<BilledInvoice>, meter_billing::Error> {
+    let Some(invoice) = ledger.invoice(id).await?.filter(|i| tenant.is_none_or(|t| i.tenant == t)) else {
+        return Ok(None);
+    };
+    Ok(with_payments(ledger, vec![invoice], now_us).await?.pop())
+}

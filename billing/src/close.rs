@@ -437,49 +437,9 @@ impl Close {
         serde_json::to_string_pretty(&self.report).expect("a report serializes") + "\n"
     }
 
-    /// The drafts as CSV, one row per line.
+    /// The drafts as CSV, one row per line ([`invoices_csv`]).
     pub fn invoices_csv(&self) -> String {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        let header = [
-            "invoice_id",
-            "tenant",
-            "subscription",
-            "period",
-            "currency",
-            "price_version",
-            "line_id",
-            "kind",
-            "meter",
-            "quantity",
-            "amount",
-            "description",
-            "watermark",
-            "inputs_hash",
-        ];
-        w.write_record(header).expect("writing to memory");
-        for inv in &self.invoices {
-            for l in &inv.lines {
-                let kind = serde_json::to_value(l.kind).expect("a kind serializes");
-                w.write_record([
-                    inv.id.as_str(),
-                    &inv.tenant,
-                    &inv.subscription,
-                    &inv.period.to_string(),
-                    inv.currency.code(),
-                    &inv.price_version,
-                    &l.id,
-                    kind.as_str().unwrap_or_default(),
-                    l.meter.as_deref().unwrap_or(""),
-                    &l.quantity.map(|q| q.normalize().to_string()).unwrap_or_default(),
-                    &l.amount.to_string(),
-                    &l.description,
-                    &l.lineage.watermark_us.map(format_time).unwrap_or_default(),
-                    &l.lineage.inputs_hash,
-                ])
-                .expect("writing to memory");
-            }
-        }
-        String::from_utf8(w.into_inner().expect("flushing memory")).expect("CSV of text is text")
+        invoices_csv(&self.invoices)
     }
 
     /// The report as CSV.
@@ -501,6 +461,52 @@ impl Close {
         }
         String::from_utf8(w.into_inner().expect("flushing memory")).expect("CSV of text is text")
     }
+}
+
+/// Invoices as CSV, one row per line with its lineage (the close's export and a tenant's
+/// invoice history alike).
+pub fn invoices_csv(invoices: &[Invoice]) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let header = [
+        "invoice_id",
+        "tenant",
+        "subscription",
+        "period",
+        "currency",
+        "price_version",
+        "line_id",
+        "kind",
+        "meter",
+        "quantity",
+        "amount",
+        "description",
+        "watermark",
+        "inputs_hash",
+    ];
+    w.write_record(header).expect("writing to memory");
+    for inv in invoices {
+        for l in &inv.lines {
+            let kind = serde_json::to_value(l.kind).expect("a kind serializes");
+            w.write_record([
+                inv.id.as_str(),
+                &inv.tenant,
+                &inv.subscription,
+                &inv.period.to_string(),
+                inv.currency.code(),
+                &inv.price_version,
+                &l.id,
+                kind.as_str().unwrap_or_default(),
+                l.meter.as_deref().unwrap_or(""),
+                &l.quantity.map(|q| q.normalize().to_string()).unwrap_or_default(),
+                &l.amount.to_string(),
+                &l.description,
+                &l.lineage.watermark_us.map(format_time).unwrap_or_default(),
+                &l.lineage.inputs_hash,
+            ])
+            .expect("writing to memory");
+        }
+    }
+    String::from_utf8(w.into_inner().expect("flushing memory")).expect("CSV of text is text")
 }
 
 #[cfg(test)]

@@ -10,3 +10,27 @@ fn store() -> Arc<dyn LedgerStore> {
 }
 
 meter_billing::ledger_contract!(store());
+
+/// A ledger whose closes were recorded before the invoice table existed gets it filled at open.
+#[tokio::test]
+async fn closes_recorded_before_the_invoice_table_fill_it_at_open() {
+    use meter_billing::Ledger;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("billing.db");
+    let close = meter_billing::ledger::contract::a_close("2026-10", &[]);
+    let inv = meter_billing::ledger::contract::invoice("acme", "2026-10", 2);
+    {
+        let ledger = Ledger::open(&path).unwrap();
+        let book = meter_billing::ledger::contract::book();
+        ledger
+            .record(meter_billing::Close { invoices: vec![inv.clone()], ..close }, book.version("2026-01").unwrap())
+            .await
+            .unwrap();
+    }
+    // As an older meter left it: the closes, no invoice table rows.
+    let c = meter_sqlite::rusqlite::Connection::open(&path).unwrap();
+    c.execute("DELETE FROM invoices", []).unwrap();
+    drop(c);
+    let ledger = Ledger::open(&path).unwrap();
+    assert_eq!(ledger.invoices_of("acme").await.unwrap(), [inv]);
+}

@@ -18,7 +18,8 @@ const METERS: &[&str] =
 const MID_OCTOBER: i64 = 1_791_849_600_000_000;
 const DAY: i64 = 86_400_000_000;
 
-fn book() -> PriceBook {
+/// The sample price book.
+pub fn book() -> PriceBook {
     PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap()
 }
 
@@ -175,7 +176,8 @@ pub async fn a_closed_period_is_never_rewritten(store: Arc<dyn LedgerStore>) {
     assert!(summaries.iter().all(|s| s.watermark_us == 42));
 }
 
-fn invoice(tenant: &str, period: &str, lines: usize) -> meter_rater::Invoice {
+/// An invoice of `tenant` for `period` with `lines` lines.
+pub fn invoice(tenant: &str, period: &str, lines: usize) -> meter_rater::Invoice {
     let p: Period = period.parse().unwrap();
     let book = book();
     let mut inv = meter_rater::Invoice::empty(tenant, &format!("sub_{tenant}"), p, book.version("2026-01").unwrap());
@@ -201,6 +203,28 @@ fn invoice(tenant: &str, period: &str, lines: usize) -> meter_rater::Invoice {
 
 fn a_close_of(period: &str, invoices: Vec<meter_rater::Invoice>) -> Close {
     Close { invoices, ..a_close(period, &[]) }
+}
+
+/// Each closed invoice is found by its tenant (newest period first) and by its id, whatever
+/// else the close holds; recording a period again changes none.
+pub async fn a_tenants_closed_invoices_are_found_by_tenant_and_id(store: Arc<dyn LedgerStore>) {
+    let ledger = Ledger::new(store);
+    let list = book();
+    let list = list.version("2026-01").unwrap();
+    let oct = a_close_of("2026-10", vec![invoice("acme", "2026-10", 2), invoice("beta", "2026-10", 1)]);
+    let nov = a_close_of("2026-11", vec![invoice("acme", "2026-11", 0)]);
+    ledger.record(oct.clone(), list).await.unwrap();
+    ledger.record(nov.clone(), list).await.unwrap();
+    ledger
+        .record(Close { closed_us: 9, invoices: vec![invoice("acme", "2026-10", 5)], ..oct.clone() }, list)
+        .await
+        .unwrap();
+    let acme = ledger.invoices_of("acme").await.unwrap();
+    assert_eq!(acme, [nov.invoices[0].clone(), oct.invoices[0].clone()], "newest first, as first recorded");
+    assert_eq!(ledger.invoices_of("beta").await.unwrap(), [oct.invoices[1].clone()]);
+    assert!(ledger.invoices_of("gamma").await.unwrap().is_empty());
+    assert_eq!(ledger.invoice(&oct.invoices[1].id).await.unwrap().as_ref(), Some(&oct.invoices[1]));
+    assert_eq!(ledger.invoice("inv_nope").await.unwrap(), None);
 }
 
 /// A close writes, in its own transaction, one push per invoice that has lines; recording the
@@ -408,7 +432,8 @@ macro_rules! ledger_contract {
             a_close_writes_its_pushes_to_the_outbox_once, the_outbox_is_worked_one_operation_per_tenant_in_order,
             what_follows_an_operation_is_written_with_it_and_lanes_are_worked_apart,
             remote_customers_are_recorded_per_tenant, provider_invoices_move_forward_and_events_are_kept_once,
-            a_subscription_change_writes_its_mirror_and_the_one_time_will_bring);
+            a_subscription_change_writes_its_mirror_and_the_one_time_will_bring,
+            a_tenants_closed_invoices_are_found_by_tenant_and_id);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(

@@ -76,6 +76,12 @@ pub trait LedgerStore: Send + Sync {
     /// What every recorded close rated, oldest first.
     async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error>;
 
+    /// Every closed invoice of `tenant`, newest period first (then by id).
+    async fn invoices_of(&self, tenant: String) -> Result<Vec<meter_rater::Invoice>, Error>;
+
+    /// The closed invoice `id`.
+    async fn invoice(&self, id: String) -> Result<Option<meter_rater::Invoice>, Error>;
+
     /// Marks `period` as being closed since `now_us` (once): from then on no change may be
     /// dated inside it.
     async fn freeze(&self, period: Period, now_us: i64) -> Result<(), Error>;
@@ -249,6 +255,16 @@ impl Ledger {
     /// What every recorded close rated, oldest first (their invoices are not read).
     pub async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error> {
         self.store.close_summaries().await
+    }
+
+    /// Every closed invoice of `tenant`, newest period first.
+    pub async fn invoices_of(&self, tenant: &str) -> Result<Vec<meter_rater::Invoice>, Error> {
+        self.store.invoices_of(tenant.to_string()).await
+    }
+
+    /// The closed invoice `id`.
+    pub async fn invoice(&self, id: &str) -> Result<Option<meter_rater::Invoice>, Error> {
+        self.store.invoice(id.to_string()).await
     }
 
     /// Marks `period` as being closed: from now on no change may be dated inside it.

@@ -72,6 +72,14 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX outbox_due ON outbox (state, next_us, id);
 ",
+    // Each closed invoice by itself, for a tenant's history without reading whole closes
+    // (written with its close; filled from the closes recorded before, at open).
+    "
+    CREATE TABLE invoices (
+        id TEXT PRIMARY KEY, tenant TEXT NOT NULL, period TEXT NOT NULL, body TEXT NOT NULL
+    );
+    CREATE INDEX invoices_by_tenant ON invoices (tenant, period);
+",
 ];
 
 /// A close body longer than this is stored in parts of this size.
@@ -88,6 +96,7 @@ impl SqliteLedger {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let mut conn = open(path, Durability::Full)?;
         migrate(&mut conn, path, MIGRATIONS)?;
+        fill_invoices(&mut conn)?;
         Ok(SqliteLedger { conn: Shared::new(conn), part_bytes: PART_BYTES })
     }
 
@@ -223,6 +232,7 @@ impl LedgerStore for SqliteLedger {
                 }
             }
             if inserted == 1 {
+                write_invoices(&tx, &period, &close.invoices)?;
                 for invoice in close.invoices.iter().filter(|i| !i.lines.is_empty()) {
                     let op = NewOperation {
                         kind: OpKind::PushInvoice,
@@ -243,6 +253,24 @@ impl LedgerStore for SqliteLedger {
             let stands = read_close(&tx, &period)?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?;
             tx.commit()?;
             Ok(stands)
+        })
+        .await
+    }
+
+    async fn invoices_of(&self, tenant: String) -> Result<Vec<meter_rater::Invoice>, Error> {
+        self.with(move |c| {
+            let mut stmt = c.prepare("SELECT body FROM invoices WHERE tenant = ?1 ORDER BY period DESC, id")?;
+            let bodies = stmt.query_map(params![tenant], |r| r.get::<_, String>(0))?;
+            bodies.map(|b| Ok(serde_json::from_str(&b?)?)).collect()
+        })
+        .await
+    }
+
+    async fn invoice(&self, id: String) -> Result<Option<meter_rater::Invoice>, Error> {
+        self.with(move |c| {
+            let body: Option<String> =
+                c.query_row("SELECT body FROM invoices WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
+            body.map(|b| Ok(serde_json::from_str(&b)?)).transpose()
         })
         .await
     }
@@ -568,6 +596,36 @@ fn check_open(c: &Connection, at_us: i64) -> Result<(), Error> {
 }
 
 /// The close of `period`, whole or from its parts.
+/// Writes `invoices` of `period` into the invoice table (once each).
+fn write_invoices(c: &Connection, period: &str, invoices: &[meter_rater::Invoice]) -> Result<(), Error> {
+    let mut stmt =
+        c.prepare_cached("INSERT OR IGNORE INTO invoices (id, tenant, period, body) VALUES (?1, ?2, ?3, ?4)")?;
+    for inv in invoices {
+        stmt.execute(params![inv.id, inv.tenant, period, serde_json::to_string(inv)?])?;
+    }
+    Ok(())
+}
+
+/// Fills the invoice table from the closes recorded before it existed, once: in one
+/// transaction, so that a crash leaves it empty and the next open fills it again.
+fn fill_invoices(conn: &mut Connection) -> Result<(), Error> {
+    let tx = conn.transaction()?;
+    let empty = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM invoices)", [], |r| r.get::<_, bool>(0))?;
+    if empty {
+        let periods: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT period FROM closes ORDER BY period")?;
+            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        for period in periods {
+            if let Some(close) = read_close(&tx, &period)? {
+                write_invoices(&tx, &period, &close.invoices)?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 fn read_close(c: &Connection, period: &str) -> Result<Option<Close>, Error> {
     let body: Option<String> =
         c.query_row("SELECT body FROM closes WHERE period = ?1", params![period], |r| r.get(0)).optional()?;
