@@ -92,3 +92,45 @@ pub async fn one(
         .ok_or_else(|| ApiError::Missing(format!("no invoice {id}")))?;
     Ok(answer(vec![found], csv))
 }
+
+/// As of which day.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ReceivablesQuery {
+    /// `YYYY-MM-DD` (UTC): as at the end of that day; default now.
+    pub as_of: Option<String>,
+}
+
+/// Accounts receivable (admin): what customers owe on the invoices the payment provider holds,
+/// per currency, by age (current, 1–30, 31–60, 61–90, over 90 days past due), with the last 90
+/// days' billing, collection rate and DSO, and every outstanding invoice, most overdue first.
+#[utoipa::path(get, path = "/api/v1/receivables", tag = "billing", params(ReceivablesQuery),
+    responses(
+        (status = 200, description = "Receivables"),
+        (status = 422, description = "A bad as_of", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn receivables(
+    State(state): State<Arc<AppState>>,
+    _: crate::auth::Admin<crate::auth::ExportPeriods>,
+    query: Result<Query<ReceivablesQuery>, QueryRejection>,
+) -> Result<Json<meter_billing_sync::receivables::Receivables>, ApiError> {
+    let Query(q) = query?;
+    let as_of = match q.as_of.as_deref() {
+        None => meter_schemas::period::now_us(),
+        Some(day) => {
+            let format = time::macros::format_description!("[year]-[month]-[day]");
+            let date = time::Date::parse(day, &format).map_err(|_| {
+                ApiError::Invalid(vec![meter_schemas::FieldError::invalid(
+                    "as_of",
+                    format!("{day:?} is not a YYYY-MM-DD day"),
+                )])
+            })?;
+            let next = date.next_day().unwrap_or(date).midnight().assume_utc();
+            (next.unix_timestamp_nanos() / 1_000) as i64 - 1
+        }
+    };
+    let ledger = &state.billing.subscriptions.ledger;
+    Ok(Json(meter_billing_sync::receivables::of(ledger, as_of).await?))
+}

@@ -16,6 +16,7 @@ pub mod events;
 pub mod items;
 pub mod key;
 pub mod provider;
+pub mod receivables;
 pub mod reconcile;
 pub mod signature;
 pub mod signup;

@@ -225,6 +225,19 @@ pub async fn a_tenants_closed_invoices_are_found_by_tenant_and_id(store: Arc<dyn
     assert!(ledger.invoices_of("gamma").await.unwrap().is_empty());
     assert_eq!(ledger.invoice(&oct.invoices[1].id).await.unwrap().as_ref(), Some(&oct.invoices[1]));
     assert_eq!(ledger.invoice("inv_nope").await.unwrap(), None);
+    // What the provider holds, with meter's invoice it carries.
+    assert!(ledger.store().held_invoices().await.unwrap().is_empty());
+    let held = RemoteInvoice {
+        remote: "in_1".into(),
+        invoice: oct.invoices[1].id.clone(),
+        tenant: "beta".into(),
+        status: "open".into(),
+        sent_us: Some(5),
+        due_us: None,
+        paid_us: None,
+    };
+    ledger.store().record_remote_invoice(held.clone()).await.unwrap();
+    assert_eq!(ledger.store().held_invoices().await.unwrap(), [(held, oct.invoices[1].clone())]);
 }
 
 /// A close writes, in its own transaction, one push per invoice that has lines; recording the

@@ -82,6 +82,9 @@ pub trait LedgerStore: Send + Sync {
     /// The closed invoice `id`.
     async fn invoice(&self, id: String) -> Result<Option<meter_rater::Invoice>, Error>;
 
+    /// Every invoice held at the provider, with meter's closed invoice it carries.
+    async fn held_invoices(&self) -> Result<Vec<(RemoteInvoice, meter_rater::Invoice)>, Error>;
+
     /// Marks `period` as being closed since `now_us` (once): from then on no change may be
     /// dated inside it.
     async fn freeze(&self, period: Period, now_us: i64) -> Result<(), Error>;

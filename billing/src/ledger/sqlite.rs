@@ -266,6 +266,22 @@ impl LedgerStore for SqliteLedger {
         .await
     }
 
+    async fn held_invoices(&self) -> Result<Vec<(RemoteInvoice, meter_rater::Invoice)>, Error> {
+        self.with(move |c| {
+            let columns = REMOTE_INVOICE.split(", ").map(|col| format!("r.{col}")).collect::<Vec<_>>().join(", ");
+            let mut stmt = c.prepare(&format!(
+                "SELECT {columns}, i.body FROM remote_invoices r JOIN invoices i ON i.id = r.invoice ORDER BY r.invoice, r.remote"
+            ))?;
+            let rows = stmt.query_map([], |r| Ok((read_remote_invoice(r)?, r.get::<_, String>(7)?)))?;
+            rows.map(|row| {
+                let (remote, body) = row?;
+                Ok((remote, serde_json::from_str(&body)?))
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn invoice(&self, id: String) -> Result<Option<meter_rater::Invoice>, Error> {
         self.with(move |c| {
             let body: Option<String> =
