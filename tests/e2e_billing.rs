@@ -312,6 +312,28 @@ async fn two_closes_bill_exactly_and_late_events_become_an_adjustment() {
     let (s, e) = call(get.clone(), format!("{url}/api/v1/invoices"), &admin, None).await;
     assert_eq!(s, 422, "an admin names the tenant: {e}");
 
+    // The month's recurring revenue (admin), JSON and CSV alike; a tenant's key may not.
+    let (s, rev) = call(get.clone(), format!("{url}/api/v1/revenue?period={p2}"), &admin, None).await;
+    assert_eq!(s, 200, "{rev}");
+    let usd = &rev["currencies"]["USD"];
+    let num = |v: &Value| v.as_str().unwrap().parse::<f64>().unwrap();
+    assert!(num(&usd["mrr_end"]) > 0.0 && (num(&usd["arr_end"]) - 12.0 * num(&usd["mrr_end"])).abs() < 0.01, "{rev}");
+    let moved = &usd["movements"];
+    let sum = num(&moved["new"]) + num(&moved["expansion"]) + num(&moved["reactivation"])
+        - num(&moved["contraction"])
+        - num(&moved["churn"]);
+    assert!((sum - num(&moved["net_new"])).abs() < 0.01, "{rev}");
+    assert!((num(&usd["mrr_end"]) - num(&usd["mrr_start"]) - num(&moved["net_new"])).abs() < 0.01, "{rev}");
+    let csv = get_text(format!("{url}/api/v1/revenue?period={p2}&format=csv"), &admin).await;
+    assert!(
+        csv.starts_with("period,currency,mrr_start,mrr_end,arr_end,") && csv.contains(&format!("{p2},USD,")),
+        "{csv}"
+    );
+    let (s, _) = call(get.clone(), format!("{url}/api/v1/revenue?period={p2}"), &acme_reader, None).await;
+    assert_eq!(s, 403);
+    let (s, e) = call(get.clone(), format!("{url}/api/v1/revenue?period=2026-13"), &admin, None).await;
+    assert_eq!(s, 422, "{e}");
+
     // The upcoming invoice: so far and projected, for the tenant's own read key.
     let (s, up) = call(get.clone(), format!("{url}/api/v1/invoices/upcoming"), &acme_reader, None).await;
     assert_eq!(s, 200, "{up}");

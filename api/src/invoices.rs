@@ -134,3 +134,39 @@ pub async fn receivables(
     let ledger = &state.billing.subscriptions.ledger;
     Ok(Json(meter_billing_sync::receivables::of(ledger, as_of).await?))
 }
+
+/// Which month, and how.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RevenueQuery {
+    /// `YYYY-MM`.
+    pub period: String,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// A month's recurring revenue (admin), per currency: MRR at its start and end, ARR, and the
+/// month's movements (new, expansion, contraction, churn, reactivation, net new); subscriptions
+/// by state at its end.
+#[utoipa::path(get, path = "/api/v1/revenue", tag = "billing", params(RevenueQuery),
+    responses(
+        (status = 200, description = "The month's revenue (JSON), or one row per currency (CSV)"),
+        (status = 422, description = "A bad period or format", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn revenue(
+    State(state): State<Arc<AppState>>,
+    _: crate::auth::Admin<crate::auth::ExportPeriods>,
+    query: Result<Query<RevenueQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    let csv = wants_csv(q.format.as_deref())?;
+    let period = crate::billing::period_of(&q.period)?;
+    let revenue = state.billing.subscriptions.revenue(period).await?;
+    Ok(if csv {
+        ([(CONTENT_TYPE, "text/csv; charset=utf-8")], revenue.csv()).into_response()
+    } else {
+        Json(revenue).into_response()
+    })
+}

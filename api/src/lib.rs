@@ -93,6 +93,7 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(invoices::list))
         .routes(routes!(invoices::one))
         .routes(routes!(invoices::receivables))
+        .routes(routes!(invoices::revenue))
         .routes(routes!(billing::upcoming_invoice))
         .routes(routes!(sync::period_sync))
         .routes(routes!(sync::operations))

@@ -116,6 +116,15 @@ impl Subscriptions {
         Ok(())
     }
 
+    /// `period`'s recurring revenue: MRR, ARR and their movements ([`crate::revenue`]).
+    pub async fn revenue(&self, period: Period) -> Result<crate::revenue::Revenue, Error> {
+        let subs = self.ledger.list(None).await?;
+        let book = self.book.clone();
+        tokio::task::spawn_blocking(move || crate::revenue::revenue(&subs, &book, period))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))
+    }
+
     /// Counts of subscriptions by state at `now_us`, and how trials ended.
     pub async fn stats(&self, now_us: i64) -> Result<SubscriptionStats, Error> {
         let mut stats = SubscriptionStats::default();

@@ -9,6 +9,7 @@ pub mod money;
 pub mod price;
 pub mod pricebook;
 pub mod rate;
+pub mod recurring;
 pub mod subscription;
 
 pub use money::{Currency, Percent};

@@ -274,17 +274,8 @@ impl<'a> Rating<'a> {
     /// The discount off the base fee of `plan` on `cycle`: a deal's, else multi-year, else
     /// annual prepay.
     fn term_discount(&self, plan: &str, cycle: Cycle, term_years: u32) -> Result<Option<(String, Percent)>, Error> {
-        let d = &self.list.discounts;
-        let found = if let Some(p) = self.terms(plan)?.deal.and_then(|d| d.discount) {
-            Some(("negotiated discount".to_string(), p))
-        } else if term_years >= 2 {
-            Some((format!("multi-year discount ({term_years} years)"), d.multi_year))
-        } else if cycle == Cycle::Annual {
-            Some(("annual prepay discount".to_string(), d.annual_prepay))
-        } else {
-            None
-        };
-        Ok(found.filter(|(_, p)| !p.is_zero()))
+        self.terms(plan)?;
+        Ok(crate::recurring::base_fee_discount(self.list, self.tenant, plan, cycle, term_years))
     }
 
     fn base(&mut self, e: &Entry, term_years: u32) -> Result<(), Error> {
