@@ -37,6 +37,17 @@ if [ -z "${METER_TEST_CLICKHOUSE:-}" ]; then
 fi
 echo "clickhouse $(curl -fsS "$METER_TEST_CLICKHOUSE/?query=SELECT%20version()") at $METER_TEST_CLICKHOUSE"
 
+step "chromium"
+# The browser tests drive Debian's Chromium headless through chromedriver (WebDriver).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "installing chromium and chromium-driver (Debian packages)"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y chromium chromium-driver \
+    || { $sudo apt-get update && $sudo apt-get install -y chromium chromium-driver; }
+fi
+/usr/bin/chromium --version
+
 step "format"
 cargo fmt --all -- --check
 

@@ -52,6 +52,7 @@ pub(super) fn app(state: Arc<AppState>, ingest: Option<Arc<Ingest>>) -> Router {
     let openapi = Arc::new(openapi);
     router
         .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        .merge(meter_web::router())
         .fallback(meter_api::not_found)
         .layer(CatchPanicLayer::custom(meter_api::panicked))
 }

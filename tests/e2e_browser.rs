@@ -1,0 +1,217 @@
+//! The customer portal in a real browser: Debian's Chromium, headless, driven over WebDriver
+//! (`chromedriver`, `fantoccini`). `deploy/test.sh` installs both; without them this test fails
+//! and says so.
+//!
+//! A portal link for acme is opened: the page exchanges its token, drops it from the address
+//! bar, and shows a card per meter whose figures equal `/api/v1/usage` and
+//! `/api/v1/entitlements`; the page's own session is refused beta's usage (by the page's fetch
+//! and by a hand-edited URL); the link does not open a second time. Screenshots go under
+//! `target/screenshots/`.
+
+mod common;
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// chromedriver on a free loopback port, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn driver() -> Driver {
+    assert!(
+        std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} and {CHROMEDRIVER} are needed: apt-get install -y chromium chromium-driver (deploy/test.sh does)"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Driver { child, url: format!("http://127.0.0.1:{port}") }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let profile = tempfile::tempdir().unwrap().keep();
+    let caps = json!({
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,1000", format!("--user-data-dir={}", profile.display()),
+            ],
+        }
+    });
+    let caps = caps.as_object().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&driver.url).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "chromedriver did not start: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), c.screenshot().await.unwrap()).unwrap();
+}
+
+/// Waits until the page says it is ready, or shows a message.
+async fn ready(c: &Client) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = c
+            .execute("return [document.body.dataset.ready || null, document.getElementById('message').hidden ? null : document.getElementById('message').textContent]", vec![])
+            .await
+            .unwrap();
+        if !state[0].is_null() || !state[1].is_null() {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "the page never got ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = create_key(dir.path(), "admin", None);
+    let ingest = create_key(dir.path(), "ingest", None);
+    let meter = Meter::start(dir.path(), &[]);
+    let url = meter.url.clone();
+    // acme on starter; some usage for acme and for beta.
+    let (s, e) = call(
+        Method::POST,
+        format!("{url}/api/v1/subscriptions"),
+        &admin,
+        Some(json!({"tenant": "acme", "plan": "starter", "cycle": "monthly"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{e}");
+    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let mut events = Vec::new();
+    for (tenant, n) in [("acme", 7), ("beta", 3)] {
+        for i in 0..n {
+            events.push(json!({
+                "transaction_id": format!("{tenant}-{i}"), "external_customer_id": tenant, "code": "work_order.created",
+                "timestamp": now, "properties": {},
+            }));
+        }
+    }
+    let (s, e) =
+        call(Method::POST, format!("{url}/api/v1/events/batch"), &ingest, Some(json!({"events": events}))).await;
+    assert!(s == 200 || s == 202, "{s} {e}");
+    wait_counted(&url, &admin, "acme", now_us()).await;
+    let (_, opened) =
+        call(Method::POST, format!("{url}/api/v1/portal/sessions"), &admin, Some(json!({"tenant": "acme"}))).await;
+    let link = opened["url"].as_str().unwrap().to_string();
+
+    // Pages and assets: from the binary, under the policy that allows only this server.
+    for (path, kind) in
+        [("/portal", "text/html"), ("/assets/portal.js", "text/javascript"), ("/assets/style.css", "text/css")]
+    {
+        let r = client().get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let header = |h: &str| r.headers().get(h).map(|v| v.to_str().unwrap().to_string());
+        assert!(header("content-type").unwrap().starts_with(kind), "{path}");
+        assert_eq!(header("content-security-policy").as_deref(), Some(meter_web::CSP), "{path}");
+        assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"), "{path}");
+    }
+    let r = client().get(format!("{url}/")).send().await.unwrap();
+    assert_eq!(r.url().path(), "/portal", "/ leads to the portal");
+
+    let driver = driver();
+    let c = browser(&driver).await;
+    c.goto(&link).await.unwrap();
+    let state = ready(&c).await;
+    assert!(state[1].is_null(), "the page says: {state}");
+    screenshot(&c, "portal").await;
+    // The token is gone from the address bar.
+    assert!(!c.current_url().await.unwrap().as_str().contains("token"), "the token stays in the address bar");
+
+    // Every card equals the API's figures.
+    let usage = usage(&url, &admin, "acme").await;
+    let (_, ent) = call(Method::GET, format!("{url}/api/v1/entitlements?tenant=acme"), &admin, None).await;
+    let tenant = c.find(Locator::Id("tenant")).await.unwrap().attr("data-value").await.unwrap();
+    assert_eq!(tenant.as_deref(), Some("acme"));
+    let badge = c.find(Locator::Id("watermark")).await.unwrap().attr("data-value").await.unwrap().unwrap();
+    let instant = |t: &str| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap();
+    let later = usage["watermark"].as_str().unwrap();
+    assert!(
+        instant(&badge) <= instant(later),
+        "the page's watermark {badge} is not before the API's later one {later}"
+    );
+    let cards = c.find_all(Locator::Css("[data-meter]")).await.unwrap();
+    assert_eq!(cards.len(), usage["meters"].as_array().unwrap().len());
+    for m in usage["meters"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        let card = c.find(Locator::Css(&format!("[data-meter='{name}']"))).await.unwrap();
+        let field = |f: &'static str| {
+            let card = card.clone();
+            async move {
+                match card.find(Locator::Css(&format!("[data-field='{f}']"))).await {
+                    Ok(e) => e.attr("data-value").await.unwrap(),
+                    Err(_) => None,
+                }
+            }
+        };
+        assert_eq!(field("used").await.unwrap_or_default(), m["value"].as_str().unwrap_or(""), "{name}");
+        let e = ent["entitlements"].as_array().unwrap().iter().find(|e| e["kind"] == "meter" && e["name"] == name);
+        assert_eq!(field("included").await.as_deref(), e.and_then(|e| e["limit"].as_str()), "{name}");
+        assert_eq!(field("remaining").await.as_deref(), e.and_then(|e| e["remaining"].as_str()), "{name}");
+        let hard = e.is_some_and(|e| e["hard_limit"] == true);
+        assert_eq!(field("hard_limit").await.is_some(), hard, "{name}");
+    }
+    let wo = usage["meters"].as_array().unwrap().iter().find(|m| m["name"] == "work_orders").unwrap();
+    assert_eq!(wo["value"], "7", "acme's own events, not beta's");
+
+    // The page's session reads acme only: beta's usage is refused to its own fetch.
+    let status = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; fetch('/api/v1/usage?tenant=beta').then(r => done(r.status))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    // And by a hand-edited URL.
+    c.goto(&format!("{url}/api/v1/usage?tenant=beta")).await.unwrap();
+    let text = c.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
+    assert!(text.contains("403") || text.contains("another tenant"), "{text}");
+    c.goto(&format!("{url}/api/v1/usage?tenant=acme")).await.unwrap();
+    let text = c.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
+    assert!(text.contains("\"tenant\":\"acme\""), "{text}");
+
+    // The link works once: opened again (a fresh browser, no cookie), it is refused.
+    c.close().await.unwrap();
+    let again = browser(&driver).await;
+    again.goto(&link).await.unwrap();
+    let state = ready(&again).await;
+    assert!(state[1].as_str().is_some_and(|m| m.contains("already used")), "{state}");
+    screenshot(&again, "portal-link-used").await;
+    again.close().await.unwrap();
+}

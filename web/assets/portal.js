@@ -1,0 +1,140 @@
+// The customer portal: one tenant's usage against its plan, read with the portal session's
+// cookie from the same API a script would call. Every figure is also a data-value attribute.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function show(el, text, value) {
+  el.textContent = text;
+  el.dataset.value = value === undefined ? text : value;
+}
+
+function fail(text) {
+  const m = $("message");
+  m.textContent = text;
+  m.hidden = false;
+}
+
+async function api(path) {
+  const r = await fetch(path, { headers: { accept: "application/json" } });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const e = new Error(body.detail || r.statusText);
+    e.status = r.status;
+    throw e;
+  }
+  return body;
+}
+
+// The link's one-time token, exchanged for the session's cookie, then dropped from the
+// address bar (and so from history and bookmarks).
+async function exchange() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (!token) return true;
+  history.replaceState(null, "", location.pathname);
+  const r = await fetch("/api/v1/sessions/exchange", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ token }),
+  });
+  if (!r.ok) {
+    fail("This link was already used, has expired or was revoked. Ask for a new one.");
+    return false;
+  }
+  return true;
+}
+
+function dd(dl, label, field, text, value) {
+  const dt = document.createElement("dt");
+  dt.textContent = label;
+  const d = document.createElement("dd");
+  d.dataset.field = field;
+  show(d, text, value);
+  dl.append(dt, d);
+}
+
+// A bar with the 80, 90 and 100% marks; the level is also said in words.
+function bar(card, used, limit) {
+  const share = limit > 0 ? used / limit : 0;
+  const b = document.createElement("div");
+  b.className = "bar";
+  b.setAttribute("role", "meter");
+  b.setAttribute("aria-valuemin", "0");
+  b.setAttribute("aria-valuemax", String(limit));
+  b.setAttribute("aria-valuenow", String(used));
+  const fill = document.createElement("div");
+  fill.className = "fill";
+  fill.style.width = Math.min(share, 1) * 100 + "%";
+  b.append(fill);
+  for (const mark of [0.8, 0.9, 1]) {
+    const m = document.createElement("div");
+    m.className = "mark";
+    m.style.left = "calc(" + mark * 100 + "% - 1px)";
+    b.append(m);
+  }
+  const level = document.createElement("p");
+  level.className = "level";
+  level.dataset.field = "percent";
+  const pct = Math.floor(share * 100);
+  const passed = [100, 90, 80].find((p) => pct >= p);
+  show(level, pct + "% of the included quantity" + (passed ? " (past " + passed + "%)" : ""), String(pct));
+  card.append(b, level);
+}
+
+function card(meter, ent) {
+  const c = document.createElement("article");
+  c.className = "card";
+  c.dataset.meter = meter.name;
+  const h = document.createElement("h3");
+  h.textContent = meter.name;
+  c.append(h);
+  const dl = document.createElement("dl");
+  const used = meter.value === null ? "—" : meter.value;
+  dd(dl, "Used", "used", used, meter.value === null ? "" : meter.value);
+  if (ent && ent.limit !== null) {
+    dd(dl, "Included", "included", ent.limit);
+    if (ent.remaining !== null) dd(dl, "Remaining", "remaining", ent.remaining);
+  }
+  c.append(dl);
+  if (ent && ent.limit !== null && ent.limit !== "unlimited" && meter.value !== null) {
+    bar(c, Number(meter.value), Number(ent.limit));
+  }
+  if (ent && ent.hard_limit) {
+    const p = document.createElement("p");
+    p.className = "hard";
+    p.dataset.field = "hard_limit";
+    show(p, "Hard limit: events beyond it are refused", "true");
+    c.append(p);
+  }
+  return c;
+}
+
+async function start() {
+  if (!(await exchange())) return;
+  let usage;
+  try {
+    usage = await api("/api/v1/usage");
+  } catch (e) {
+    fail(e.status === 401 ? "This session has ended. Ask for a new link." : "Usage cannot be read: " + e.message);
+    return;
+  }
+  let entitled = new Map();
+  try {
+    const ent = await api("/api/v1/entitlements");
+    $("plan").hidden = false;
+    show($("plan-code"), ent.plan);
+    entitled = new Map(ent.entitlements.filter((x) => x.kind === "meter").map((x) => [x.name, x]));
+  } catch (e) {
+    if (e.status !== 404) fail("The plan cannot be read: " + e.message);
+  }
+  show($("tenant"), usage.tenant);
+  show($("period"), "Period " + usage.period + " (" + usage.from.slice(0, 10) + " to " + usage.to.slice(0, 10) + ")", usage.period);
+  const w = $("watermark");
+  if (usage.watermark) show(w, "Complete up to " + usage.watermark, usage.watermark);
+  else show(w, "Not counted yet", "");
+  const cards = $("meters");
+  cards.replaceChildren(...usage.meters.map((m) => card(m, entitled.get(m.name))));
+  document.body.dataset.ready = "true";
+}
+
+start();
