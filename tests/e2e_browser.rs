@@ -56,7 +56,7 @@ async fn browser(driver: &Driver) -> Client {
             "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,1000", format!("--user-data-dir={}", profile.display()),
+                "--window-size=1280,2200", format!("--user-data-dir={}", profile.display()),
             ],
         }
     });
@@ -114,7 +114,8 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     assert_eq!(s, 201, "{e}");
     let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
     let mut events = Vec::new();
-    for (tenant, n) in [("acme", 7), ("beta", 3)] {
+    // acme past 80% of its 500 work orders: an alert.
+    for (tenant, n) in [("acme", 410), ("beta", 3)] {
         for i in 0..n {
             events.push(json!({
                 "transaction_id": format!("{tenant}-{i}"), "external_customer_id": tenant, "code": "work_order.created",
@@ -122,9 +123,11 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
             }));
         }
     }
-    let (s, e) =
-        call(Method::POST, format!("{url}/api/v1/events/batch"), &ingest, Some(json!({"events": events}))).await;
-    assert!(s == 200 || s == 202, "{s} {e}");
+    for chunk in events.chunks(50) {
+        let (s, e) =
+            call(Method::POST, format!("{url}/api/v1/events/batch"), &ingest, Some(json!({"events": chunk}))).await;
+        assert!(s == 200 || s == 202, "{s} {e}");
+    }
     wait_counted(&url, &admin, "acme", now_us()).await;
     let (_, opened) =
         call(Method::POST, format!("{url}/api/v1/portal/sessions"), &admin, Some(json!({"tenant": "acme"}))).await;
@@ -187,7 +190,37 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         assert_eq!(field("hard_limit").await.is_some(), hard, "{name}");
     }
     let wo = usage["meters"].as_array().unwrap().iter().find(|m| m["name"] == "work_orders").unwrap();
-    assert_eq!(wo["value"], "7", "acme's own events, not beta's");
+    assert_eq!(wo["value"], "410", "acme's own events, not beta's");
+    let level = c.find(Locator::Css("[data-meter='work_orders'] [data-field='percent']")).await.unwrap();
+    assert_eq!(level.attr("data-value").await.unwrap().as_deref(), Some("82"));
+    assert!(level.text().await.unwrap().contains("past 80%"), "the level is said in words");
+
+    // This period's invoice, so far and projected, line by line as the API rates it.
+    let (_, up) = call(Method::GET, format!("{url}/api/v1/invoices/upcoming?tenant=acme"), &admin, None).await;
+    let value = |id: &'static str| {
+        let c = c.clone();
+        async move { c.find(Locator::Id(id)).await.unwrap().attr("data-value").await.unwrap().unwrap() }
+    };
+    assert_eq!(value("so-far-total").await, up["so_far"]["total"].as_str().unwrap());
+    assert_eq!(value("projected-total").await, up["projected"]["total"].as_str().unwrap());
+    let rows = c.find_all(Locator::Css("#upcoming-lines tr")).await.unwrap();
+    assert_eq!(rows.len(), up["so_far"]["lines"].as_array().unwrap().len());
+    for line in up["so_far"]["lines"].as_array().unwrap() {
+        let id = line["id"].as_str().unwrap();
+        let row = c.find(Locator::Css(&format!("[data-line='{id}'] [data-field='so_far']"))).await.unwrap();
+        assert_eq!(row.attr("data-value").await.unwrap().as_deref(), line["amount"].as_str(), "{id}");
+    }
+    // The 80% alert, as the API lists it; no invoice closed yet.
+    let (_, alerts) = call(Method::GET, format!("{url}/api/v1/alerts?tenant=acme"), &admin, None).await;
+    let alerts = alerts["alerts"].as_array().unwrap();
+    assert!(alerts.iter().any(|a| a["meter"] == "work_orders" && a["percent"] == 80), "{alerts:?}");
+    for a in alerts {
+        let id = a["id"].as_str().unwrap();
+        let li = c.find(Locator::Css(&format!("#alerts [data-alert='{id}']"))).await.unwrap();
+        assert!(li.text().await.unwrap().contains(a["raised_at"].as_str().unwrap()), "{id}");
+    }
+    assert_eq!(c.find_all(Locator::Css("#alerts li")).await.unwrap().len(), alerts.len());
+    assert!(c.find_all(Locator::Css("#invoices tr")).await.unwrap().is_empty());
 
     // The page's session reads acme only: beta's usage is refused to its own fetch.
     let status = c

@@ -81,7 +81,7 @@ function bar(card, used, limit) {
   card.append(b, level);
 }
 
-function card(meter, ent) {
+function card(meter, ent, overage) {
   const c = document.createElement("article");
   c.className = "card";
   c.dataset.meter = meter.name;
@@ -98,6 +98,12 @@ function card(meter, ent) {
   c.append(dl);
   if (ent && ent.limit !== null && ent.limit !== "unlimited" && meter.value !== null) {
     bar(c, Number(meter.value), Number(ent.limit));
+  }
+  if (overage) {
+    const p = document.createElement("p");
+    p.dataset.field = "overage";
+    show(p, "Overage so far: " + overage.amount + " " + overage.currency, overage.amount);
+    c.append(p);
   }
   if (ent && ent.hard_limit) {
     const p = document.createElement("p");
@@ -132,9 +138,98 @@ async function start() {
   const w = $("watermark");
   if (usage.watermark) show(w, "Complete up to " + usage.watermark, usage.watermark);
   else show(w, "Not counted yet", "");
+  const upcoming = await api("/api/v1/invoices/upcoming").catch((e) => {
+    if (e.status !== 404) fail("The upcoming invoice cannot be read: " + e.message);
+    return null;
+  });
+  const overage = new Map();
+  if (upcoming) {
+    for (const l of upcoming.so_far.lines) {
+      if (l.meter && l.kind === "overage") overage.set(l.meter, { amount: l.amount, currency: upcoming.so_far.currency });
+    }
+    renderUpcoming(upcoming);
+  }
   const cards = $("meters");
-  cards.replaceChildren(...usage.meters.map((m) => card(m, entitled.get(m.name))));
+  cards.replaceChildren(...usage.meters.map((m) => card(m, entitled.get(m.name), overage.get(m.name))));
+  const [alerts, invoices] = await Promise.all([api("/api/v1/alerts"), api("/api/v1/invoices")]);
+  renderAlerts(alerts.alerts, usage.period);
+  renderInvoices(invoices);
   document.body.dataset.ready = "true";
+}
+
+function cell(row, text, value) {
+  const td = document.createElement("td");
+  show(td, text, value);
+  row.append(td);
+  return td;
+}
+
+// The period's invoice so far and projected, line by line (lines matched by id).
+function renderUpcoming(up) {
+  $("upcoming").hidden = false;
+  const projected = new Map(up.projected.lines.map((l) => [l.id, l]));
+  const rows = up.so_far.lines.map((l) => {
+    const tr = document.createElement("tr");
+    tr.dataset.line = l.id;
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = l.description;
+    tr.append(th);
+    cell(tr, l.amount).dataset.field = "so_far";
+    const p = projected.get(l.id);
+    cell(tr, p ? p.amount : "—", p ? p.amount : "").dataset.field = "projected";
+    return tr;
+  });
+  $("upcoming-lines").replaceChildren(...rows);
+  show($("so-far-total"), up.so_far.total + " " + up.so_far.currency, up.so_far.total);
+  show($("projected-total"), up.projected.total + " " + up.projected.currency, up.projected.total);
+}
+
+// Alerts raised, newest first; the period's latest upgrade suggestion, with its saving.
+function renderAlerts(alerts, period) {
+  const items = alerts
+    .slice()
+    .reverse()
+    .map((a) => {
+      const li = document.createElement("li");
+      li.dataset.alert = a.id;
+      li.textContent =
+        a.kind === "usage_threshold"
+          ? a.raised_at + ": " + a.meter + " passed " + a.percent + "% of " + a.included + " (at " + a.value + ")"
+          : a.raised_at + ": " + a.suggested_plan + " would cost " + a.saving + " less this period";
+      return li;
+    });
+  $("alerts").replaceChildren(...items);
+  const suggestion = alerts.filter((a) => a.kind === "upgrade_suggested" && a.period === period).pop();
+  if (suggestion) {
+    const s = $("suggestion");
+    s.hidden = false;
+    show(s, "Upgrade to " + suggestion.suggested_plan + " and save " + suggestion.saving + " this period", suggestion.saving);
+  }
+}
+
+// Closed invoices, newest first, with where their payment stands and their downloads.
+function renderInvoices(invoices) {
+  const rows = invoices.map((inv) => {
+    const tr = document.createElement("tr");
+    tr.dataset.invoice = inv.id;
+    cell(tr, inv.period);
+    cell(tr, inv.total + " " + inv.currency, inv.total).dataset.field = "total";
+    const pay = inv.payment;
+    const status = pay ? pay.status + (pay.overdue ? " (overdue)" : "") : "in meter (not sent to a payment provider)";
+    cell(tr, status, pay ? pay.status : "").dataset.field = "payment";
+    const td = document.createElement("td");
+    for (const format of ["csv", "json"]) {
+      const a = document.createElement("a");
+      a.href = "/api/v1/invoices/" + encodeURIComponent(inv.id) + "?format=" + format;
+      a.download = inv.id + "." + format;
+      a.textContent = format.toUpperCase();
+      td.append(a, " ");
+    }
+    tr.append(td);
+    return tr;
+  });
+  $("invoices").replaceChildren(...rows);
 }
 
 start();
