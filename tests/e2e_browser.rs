@@ -210,6 +210,43 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         let row = c.find(Locator::Css(&format!("[data-line='{id}'] [data-field='so_far']"))).await.unwrap();
         assert_eq!(row.attr("data-value").await.unwrap().as_deref(), line["amount"].as_str(), "{id}");
     }
+    // The daily chart of work orders: 30, 60 and 90 days, each plotted value the running total
+    // within its month of the API's daily series; drawn (a canvas) and tabled.
+    for days in [30u32, 60, 90] {
+        if days != 30 {
+            c.find(Locator::Css(&format!("input[name='days'][value='{days}']"))).await.unwrap().click().await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let shown = c.find(Locator::Id("chart")).await.unwrap().attr("data-chart-days").await.unwrap();
+            let rows = c.find_all(Locator::Css("#daily-table tbody tr")).await.unwrap().len();
+            if shown.as_deref() == Some(days.to_string().as_str()) && rows == days as usize {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the chart did not switch to {days} days");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!c.find_all(Locator::Css("#chart canvas")).await.unwrap().is_empty(), "nothing drawn");
+        let (_, series) =
+            call(Method::GET, format!("{url}/api/v1/usage/daily?tenant=acme&days={days}"), &admin, None).await;
+        let wo = series["meters"].as_array().unwrap().iter().find(|m| m["name"] == "work_orders").unwrap();
+        let (mut month, mut total) = (String::new(), 0u64);
+        for d in wo["daily"].as_array().unwrap() {
+            let date = d["date"].as_str().unwrap();
+            if date[..7] != month {
+                (month, total) = (date[..7].to_string(), 0);
+            }
+            total += d["value"].as_str().unwrap_or("0").parse::<u64>().unwrap_or(0);
+            let cell = c
+                .find(Locator::Css(&format!("#daily-table tr[data-date='{date}'] [data-field='value']")))
+                .await
+                .unwrap();
+            assert_eq!(cell.attr("data-value").await.unwrap(), Some(total.to_string()), "{days} days, {date}");
+        }
+        assert_eq!(total, 410, "this month's running total ends at the month's usage");
+    }
+    screenshot(&c, "portal-90-days").await;
+
     // The 80% alert, as the API lists it; no invoice closed yet.
     let (_, alerts) = call(Method::GET, format!("{url}/api/v1/alerts?tenant=acme"), &admin, None).await;
     let alerts = alerts["alerts"].as_array().unwrap();

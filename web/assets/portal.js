@@ -151,6 +151,10 @@ async function start() {
   }
   const cards = $("meters");
   cards.replaceChildren(...usage.meters.map((m) => card(m, entitled.get(m.name), overage.get(m.name))));
+  daily.meters = usage.meters;
+  daily.included = new Map([...entitled].map(([name, e]) => [name, e.limit === null || e.limit === "unlimited" ? null : Number(e.limit)]));
+  setUpChart();
+  await drawChart();
   const [alerts, invoices] = await Promise.all([api("/api/v1/alerts"), api("/api/v1/invoices")]);
   renderAlerts(alerts.alerts, usage.period);
   renderInvoices(invoices);
@@ -233,3 +237,113 @@ function renderInvoices(invoices) {
 }
 
 start();
+
+// The daily chart: for count and sum meters, usage accumulated within each period (restarting at
+// each period's first day) against the included quantity, the current period projected to its
+// end (dashed), and the previous period at the same day of its month (faint); for unique counts,
+// maxima and latest values, each day's value. The table under it holds what is plotted.
+const daily = { meters: [], included: new Map(), chart: null };
+
+function setUpChart() {
+  const select = $("daily-meter");
+  select.replaceChildren(
+    ...daily.meters.map((m) => {
+      const o = document.createElement("option");
+      o.value = m.name;
+      o.textContent = m.name;
+      return o;
+    }),
+  );
+  $("daily-controls").addEventListener("change", () => drawChart());
+}
+
+function cumulative(meter) {
+  return meter.aggregation === "count" || meter.aggregation === "sum";
+}
+
+// Day values → what is plotted: the running total within each month for count and sum meters.
+function plotted(series, accumulate) {
+  let month = null;
+  let total = 0;
+  return series.map((d) => {
+    const v = d.value === null || d.value === "" ? 0 : Number(d.value);
+    if (!accumulate) return v;
+    const m = d.date.slice(0, 7);
+    if (m !== month) {
+      month = m;
+      total = 0;
+    }
+    total += v;
+    return total;
+  });
+}
+
+function daysIn(month) {
+  const [y, m] = month.split("-").map(Number);
+  return new Date(Date.UTC(y, m, 0)).getUTCDate();
+}
+
+async function drawChart() {
+  const days = Number(new FormData($("daily-controls")).get("days"));
+  const name = $("daily-meter").value;
+  const data = await api("/api/v1/usage/daily?days=" + days);
+  const meter = data.meters.find((m) => m.name === name);
+  const accumulate = cumulative(meter);
+  const values = plotted(meter.daily, accumulate);
+  const included = daily.included.get(name) ?? null;
+  const xs = meter.daily.map((d) => Date.parse(d.date + "T00:00:00Z") / 1000);
+  const series = [xs, values];
+  const opts = [{}, { label: name, stroke: "#3b6fb6", width: 2 }];
+  if (accumulate) {
+    series.push(xs.map(() => included));
+    opts.push({ label: "included", stroke: "#1b1f23", dash: [2, 4] });
+    // The current period projected to its end: the running total grown with the days left.
+    const last = meter.daily[meter.daily.length - 1];
+    const month = last.date.slice(0, 7);
+    const day = Number(last.date.slice(8, 10));
+    const end = daysIn(month);
+    const now = values[values.length - 1];
+    const projection = xs.map(() => null);
+    projection[projection.length - 1] = now;
+    for (let d = day + 1; d <= end; d++) {
+      xs.push(Date.parse(month + "-" + String(d).padStart(2, "0") + "T00:00:00Z") / 1000);
+      values.push(null);
+      series[2].push(included);
+      projection.push((now * d) / day);
+    }
+    series.push(projection);
+    opts.push({ label: "projected", stroke: "#3b6fb6", dash: [8, 6] });
+    // The previous period, day of month by day of month, drawn over the current one (from what
+    // the chart holds of it: none in a 30-day chart early in a month).
+    const [y, m] = month.split("-").map(Number);
+    const before = new Date(Date.UTC(y, m - 2, 1)).toISOString().slice(0, 7);
+    const previous = new Map();
+    meter.daily.forEach((d, i) => {
+      if (d.date.slice(0, 7) === before) previous.set(Number(d.date.slice(8, 10)), values[i]);
+    });
+    const inMonth = (x) => new Date(x * 1000).toISOString().slice(0, 7) === month;
+    series.push(xs.map((x) => (inMonth(x) ? (previous.get(new Date(x * 1000).getUTCDate()) ?? null) : null)));
+    opts.push({ label: "previous period", stroke: "#b8c2cc", width: 1 });
+  }
+  const chart = $("chart");
+  chart.dataset.chartDays = String(days);
+  chart.dataset.chartMeter = name;
+  const width = Math.max(chart.clientWidth || 600, 280);
+  if (daily.chart) daily.chart.destroy();
+  daily.chart = new uPlot({ width, height: 260, series: opts, scales: { x: { time: true } } }, series, chart);
+  $("daily-legend").textContent = accumulate
+    ? name + ": running total in each period, the included quantity, the period projected to its end, and the previous period"
+    : name + ": each day's value";
+  const rows = meter.daily.map((d, i) => {
+    const tr = document.createElement("tr");
+    tr.dataset.date = d.date;
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = d.date;
+    tr.append(th);
+    cell(tr, String(values[i])).dataset.field = "value";
+    cell(tr, included === null || !accumulate ? "—" : String(included), included === null || !accumulate ? "" : String(included));
+    return tr;
+  });
+  $("daily-table").tBodies[0].replaceChildren(...rows);
+}

@@ -27,6 +27,15 @@ const PORTAL_HTML: Asset =
 const PORTAL_JS: Asset =
     Asset { body: include_str!("../assets/portal.js"), content_type: "text/javascript; charset=utf-8" };
 const STYLE_CSS: Asset = Asset { body: include_str!("../assets/style.css"), content_type: "text/css; charset=utf-8" };
+/// uPlot 1.6.32 (MIT, `assets/vendor/uplot/LICENSE`), vendored from the npm registry unchanged.
+const UPLOT_JS: Asset = Asset {
+    body: include_str!("../assets/vendor/uplot/uPlot.iife.min.js"),
+    content_type: "text/javascript; charset=utf-8",
+};
+const UPLOT_CSS: Asset =
+    Asset { body: include_str!("../assets/vendor/uplot/uPlot.min.css"), content_type: "text/css; charset=utf-8" };
+const UPLOT_LICENSE: Asset =
+    Asset { body: include_str!("../assets/vendor/uplot/LICENSE"), content_type: "text/plain; charset=utf-8" };
 
 fn serve(asset: &'static Asset) -> Response {
     let headers = [
@@ -48,4 +57,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/portal", get(|| async { serve(&PORTAL_HTML) }))
         .route("/assets/portal.js", get(|| async { serve(&PORTAL_JS) }))
         .route("/assets/style.css", get(|| async { serve(&STYLE_CSS) }))
+        .route("/assets/vendor/uplot/uPlot.iife.min.js", get(|| async { serve(&UPLOT_JS) }))
+        .route("/assets/vendor/uplot/uPlot.min.css", get(|| async { serve(&UPLOT_CSS) }))
+        .route("/assets/vendor/uplot/LICENSE", get(|| async { serve(&UPLOT_LICENSE) }))
 }
