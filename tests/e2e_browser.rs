@@ -146,6 +146,21 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     }
     let r = client().get(format!("{url}/")).send().await.unwrap();
     assert_eq!(r.url().path(), "/portal", "/ leads to the portal");
+    // Gzip-compressed, all the page's own assets together at most 150 KB so.
+    let mut weight = 0;
+    for path in [
+        "/portal",
+        "/assets/portal.js",
+        "/assets/style.css",
+        "/assets/vendor/uplot/uPlot.iife.min.js",
+        "/assets/vendor/uplot/uPlot.min.css",
+    ] {
+        let r = client().get(format!("{url}{path}")).header("accept-encoding", "gzip").send().await.unwrap();
+        assert_eq!(r.headers().get("content-encoding").map(|v| v.to_str().unwrap()), Some("gzip"), "{path}");
+        weight += r.bytes().await.unwrap().len();
+    }
+    eprintln!("the portal's assets weigh {weight} bytes gzip-compressed");
+    assert!(weight <= 150 * 1024, "{weight} bytes");
 
     let driver = driver();
     let c = browser(&driver).await;

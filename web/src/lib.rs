@@ -50,7 +50,7 @@ fn serve(asset: &'static Asset) -> Response {
     (headers, asset.body).into_response()
 }
 
-/// The pages and their assets.
+/// The pages and their assets, gzip-compressed for clients that take it.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/portal") }))
@@ -60,4 +60,5 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/assets/vendor/uplot/uPlot.iife.min.js", get(|| async { serve(&UPLOT_JS) }))
         .route("/assets/vendor/uplot/uPlot.min.css", get(|| async { serve(&UPLOT_CSS) }))
         .route("/assets/vendor/uplot/LICENSE", get(|| async { serve(&UPLOT_LICENSE) }))
+        .layer(tower_http::compression::CompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd())
 }
