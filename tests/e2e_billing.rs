@@ -312,6 +312,27 @@ async fn two_closes_bill_exactly_and_late_events_become_an_adjustment() {
     let (s, e) = call(get.clone(), format!("{url}/api/v1/invoices"), &admin, None).await;
     assert_eq!(s, 422, "an admin names the tenant: {e}");
 
+    // The months as finance sees them: this one open, the two closed (no payment provider: never
+    // synced), each with its pushes.
+    let (s, months) = call(get.clone(), format!("{url}/api/v1/periods"), &admin, None).await;
+    assert_eq!(s, 200, "{months}");
+    let months = months.as_array().unwrap();
+    assert_eq!(
+        (months[0]["period"].as_str(), months[0]["state"].as_str()),
+        (Some(open.as_str()), Some("open")),
+        "{months:?}"
+    );
+    for (p, invoices) in [(&p2, &p2_invoices), (&p1, &p1_invoices)] {
+        let m = months.iter().find(|m| m["period"] == p.as_str()).unwrap_or_else(|| panic!("{p} missing: {months:?}"));
+        assert!(matches!(m["state"].as_str(), Some("closed" | "complete")), "{m}");
+        let with_lines =
+            invoices.as_array().unwrap().iter().filter(|i| !i["lines"].as_array().unwrap().is_empty()).count();
+        assert_eq!(m["invoices"].as_u64(), Some(with_lines as u64), "{m}");
+        assert_eq!(m["synced"], 0, "{m}");
+    }
+    let (s, _) = call(get.clone(), format!("{url}/api/v1/periods"), &acme_reader, None).await;
+    assert_eq!(s, 403);
+
     // The month's recurring revenue (admin), JSON and CSV alike; a tenant's key may not.
     let (s, rev) = call(get.clone(), format!("{url}/api/v1/revenue?period={p2}"), &admin, None).await;
     assert_eq!(s, 200, "{rev}");

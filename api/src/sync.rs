@@ -108,3 +108,20 @@ pub async fn stripe_webhook(
     let new = meter_billing_sync::events::receive(&state.billing.subscriptions.ledger, event).await?;
     Ok(Json(serde_json::json!({"received": id, "duplicate": !new})))
 }
+
+/// Every closed month and every month since the last close, newest first (admin), each with where
+/// it stands: open, ended, closable, closed, complete or synced, and for a closed one its
+/// invoices' sync.
+#[utoipa::path(get, path = "/api/v1/periods", tag = "billing", operation_id = "list_periods",
+    responses((status = 200, description = "The months", body = [meter_billing_sync::status::PeriodState])),
+    security(("bearer" = [])))]
+pub async fn periods(
+    State(state): State<Arc<AppState>>,
+    _: Admin<ExportPeriods>,
+) -> Result<Json<Vec<meter_billing_sync::status::PeriodState>>, ApiError> {
+    let reads = &state.reads;
+    let watermark = reads.live.watermark(&reads.consumer, reads.partitions).await?;
+    let now = meter_schemas::period::now_us();
+    let ledger = &state.billing.subscriptions.ledger;
+    Ok(Json(meter_billing_sync::status::periods(ledger, watermark, reads.lateness_us, now).await?))
+}

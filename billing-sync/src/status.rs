@@ -168,3 +168,67 @@ pub async fn invoice(
     };
     Ok(with_payments(ledger, vec![invoice], now_us).await?.pop())
 }
+
+/// Where a month stands, as finance sees it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PeriodState {
+    /// `YYYY-MM`.
+    pub period: String,
+    /// `open` (running), `ended` (over, the counters not yet past its end), `closable` (over,
+    /// counted past its end), `closed` (events may still come for it: they go to the next
+    /// invoice), `complete` (closed, and no event can come any more), `synced` (complete, and every
+    /// invoice with lines is held by the payment provider).
+    pub state: &'static str,
+    /// For a closed month: how many invoices with lines it pushes, and how many are synced,
+    /// pending and dead.
+    pub invoices: Option<usize>,
+    /// Synced.
+    pub synced: Option<usize>,
+    /// Pending.
+    pub pending: Option<usize>,
+    /// Dead.
+    pub dead: Option<usize>,
+}
+
+/// Every closed month and every month since the last close, newest first, at `now_us`, with the
+/// live counters complete up to `watermark_us` and events accepted up to `lateness_us` late.
+pub async fn periods(
+    ledger: &Ledger,
+    watermark_us: Option<i64>,
+    lateness_us: i64,
+    now_us: i64,
+) -> Result<Vec<PeriodState>, meter_billing::Error> {
+    let current = Period::containing(now_us);
+    let summaries = ledger.close_summaries().await?;
+    let mut out = Vec::new();
+    let first_open = summaries.iter().map(|s| s.period).max().map_or(current, |p| p.next());
+    let mut p = current;
+    while p >= first_open {
+        let state = match (p == current, watermark_us.is_some_and(|w| w >= p.end_us())) {
+            (true, _) => "open",
+            (false, true) => "closable",
+            (false, false) => "ended",
+        };
+        out.push(PeriodState { period: p.to_string(), state, invoices: None, synced: None, pending: None, dead: None });
+        p = p.previous();
+    }
+    for s in summaries.iter().rev() {
+        let sync = period_sync(ledger, s.period, now_us).await?;
+        let complete = s.watermark_us >= s.period.end_us() + lateness_us;
+        let synced = sync.synced == sync.invoices && sync.pending == 0 && sync.dead == 0;
+        let state = match (complete, synced && sync.invoices > 0) {
+            (true, true) => "synced",
+            (true, false) => "complete",
+            (false, _) => "closed",
+        };
+        out.push(PeriodState {
+            period: s.period.to_string(),
+            state,
+            invoices: Some(sync.invoices),
+            synced: Some(sync.synced),
+            pending: Some(sync.pending),
+            dead: Some(sync.dead),
+        });
+    }
+    Ok(out)
+}

@@ -42,6 +42,11 @@ impl Period {
         }
     }
 
+    /// The period before this one.
+    pub fn previous(&self) -> Self {
+        Self::containing(self.start_us() - 1)
+    }
+
     /// First day of the period.
     pub fn first_day(&self) -> Date {
         Date::from_calendar_date(self.year, self.month, 1).expect("day 1 exists")
