@@ -291,6 +291,11 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     let text = c.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
     assert!(text.contains("\"tenant\":\"acme\""), "{text}");
 
+    // The console refuses a portal session.
+    c.goto(&format!("{url}/console")).await.unwrap();
+    let state = ready(&c).await;
+    assert!(state[1].as_str().is_some_and(|m| m.contains("may not open the finance console")), "{state}");
+
     // The link works once: opened again (a fresh browser, no cookie), it is refused.
     c.close().await.unwrap();
     let again = browser(&driver).await;
@@ -299,4 +304,44 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     assert!(state[1].as_str().is_some_and(|m| m.contains("already used")), "{state}");
     screenshot(&again, "portal-link-used").await;
     again.close().await.unwrap();
+
+    // The finance console, through a console session: every figure as the API gives it.
+    let (_, console) = call(Method::POST, format!("{url}/api/v1/console/sessions"), &admin, Some(json!({}))).await;
+    let f = browser(&driver).await;
+    f.goto(console["url"].as_str().unwrap()).await.unwrap();
+    let state = ready(&f).await;
+    assert!(state[1].is_null(), "the console says: {state}");
+    screenshot(&f, "console").await;
+    let data = |css: String| {
+        let f = f.clone();
+        async move { f.find(Locator::Css(&css)).await.unwrap().attr("data-value").await.unwrap() }
+    };
+    let (_, months) = call(Method::GET, format!("{url}/api/v1/periods"), &admin, None).await;
+    let months = months.as_array().unwrap();
+    assert_eq!(f.find_all(Locator::Css("#periods tr")).await.unwrap().len(), months.len());
+    for m in months {
+        let p = m["period"].as_str().unwrap();
+        assert_eq!(
+            data(format!("#periods [data-period='{p}'] [data-field='state']")).await.as_deref(),
+            m["state"].as_str()
+        );
+    }
+    let month = months[0]["period"].as_str().unwrap();
+    let (_, rev) = call(Method::GET, format!("{url}/api/v1/revenue?period={month}"), &admin, None).await;
+    for (currency, c) in rev["currencies"].as_object().unwrap() {
+        for field in ["mrr_start", "mrr_end", "arr_end"] {
+            let shown = data(format!("#revenue [data-currency='{currency}'] [data-field='{field}']")).await;
+            assert_eq!(shown.as_deref(), c[field].as_str(), "{field}");
+        }
+        let shown = data(format!("#revenue [data-currency='{currency}'] [data-field='new']")).await;
+        assert_eq!(shown.as_deref(), c["movements"]["new"].as_str());
+    }
+    assert!(rev["currencies"]["USD"]["mrr_end"].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "acme's starter fee");
+    let (_, ar) = call(Method::GET, format!("{url}/api/v1/receivables"), &admin, None).await;
+    assert_eq!(f.find_all(Locator::Css("#aging tr")).await.unwrap().len(), ar["currencies"].as_object().unwrap().len());
+    let (_, stats) = call(Method::GET, format!("{url}/api/v1/subscriptions/stats"), &admin, None).await;
+    for (state, n) in stats["by_state"].as_object().unwrap() {
+        assert_eq!(data(format!("#subscriptions [data-field='state-{state}']")).await, Some(n.to_string()), "{state}");
+    }
+    f.close().await.unwrap();
 }

@@ -1,48 +1,7 @@
 // The customer portal: one tenant's usage against its plan, read with the portal session's
-// cookie from the same API a script would call. Every figure is also a data-value attribute.
+// cookie from the same API a script would call (helpers in common.js). Every figure is also a
+// data-value attribute.
 "use strict";
-
-const $ = (id) => document.getElementById(id);
-
-function show(el, text, value) {
-  el.textContent = text;
-  el.dataset.value = value === undefined ? text : value;
-}
-
-function fail(text) {
-  const m = $("message");
-  m.textContent = text;
-  m.hidden = false;
-}
-
-async function api(path) {
-  const r = await fetch(path, { headers: { accept: "application/json" } });
-  const body = await r.json().catch(() => ({}));
-  if (!r.ok) {
-    const e = new Error(body.detail || r.statusText);
-    e.status = r.status;
-    throw e;
-  }
-  return body;
-}
-
-// The link's one-time token, exchanged for the session's cookie, then dropped from the
-// address bar (and so from history and bookmarks).
-async function exchange() {
-  const token = new URLSearchParams(location.hash.slice(1)).get("token");
-  if (!token) return true;
-  history.replaceState(null, "", location.pathname);
-  const r = await fetch("/api/v1/sessions/exchange", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ token }),
-  });
-  if (!r.ok) {
-    fail("This link was already used, has expired or was revoked. Ask for a new one.");
-    return false;
-  }
-  return true;
-}
 
 function dd(dl, label, field, text, value) {
   const dt = document.createElement("dt");
@@ -161,12 +120,6 @@ async function start() {
   document.body.dataset.ready = "true";
 }
 
-function cell(row, text, value) {
-  const td = document.createElement("td");
-  show(td, text, value);
-  row.append(td);
-  return td;
-}
 
 // The period's invoice so far and projected, line by line (lines matched by id).
 function renderUpcoming(up) {

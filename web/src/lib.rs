@@ -3,6 +3,9 @@
 //! comes from the same API a script would call, with the session the page was opened with; each
 //! is also in the DOM as a `data-value` attribute, for tests and screen readers.
 //!
+//! - `/console#token=…`: the finance console, opened by a console session's link
+//!   (`POST /api/v1/console/sessions`): the months and their closes with their exports,
+//!   recurring revenue, accounts receivable, subscriptions by state.
 //! - `/portal#token=…`: a tenant's dashboard, opened by a portal session's link
 //!   (`POST /api/v1/portal/sessions`): the page exchanges the one-time token for the session's
 //!   cookie, drops it from the address bar, and reads the tenant's usage and entitlements.
@@ -26,6 +29,12 @@ const PORTAL_HTML: Asset =
     Asset { body: include_str!("../assets/portal.html"), content_type: "text/html; charset=utf-8" };
 const PORTAL_JS: Asset =
     Asset { body: include_str!("../assets/portal.js"), content_type: "text/javascript; charset=utf-8" };
+const CONSOLE_HTML: Asset =
+    Asset { body: include_str!("../assets/console.html"), content_type: "text/html; charset=utf-8" };
+const CONSOLE_JS: Asset =
+    Asset { body: include_str!("../assets/console.js"), content_type: "text/javascript; charset=utf-8" };
+const COMMON_JS: Asset =
+    Asset { body: include_str!("../assets/common.js"), content_type: "text/javascript; charset=utf-8" };
 const STYLE_CSS: Asset = Asset { body: include_str!("../assets/style.css"), content_type: "text/css; charset=utf-8" };
 /// uPlot 1.6.32 (MIT, `assets/vendor/uplot/LICENSE`), vendored from the npm registry unchanged.
 const UPLOT_JS: Asset = Asset {
@@ -56,6 +65,9 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/", get(|| async { Redirect::to("/portal") }))
         .route("/portal", get(|| async { serve(&PORTAL_HTML) }))
         .route("/assets/portal.js", get(|| async { serve(&PORTAL_JS) }))
+        .route("/console", get(|| async { serve(&CONSOLE_HTML) }))
+        .route("/assets/console.js", get(|| async { serve(&CONSOLE_JS) }))
+        .route("/assets/common.js", get(|| async { serve(&COMMON_JS) }))
         .route("/assets/style.css", get(|| async { serve(&STYLE_CSS) }))
         .route("/assets/vendor/uplot/uPlot.iife.min.js", get(|| async { serve(&UPLOT_JS) }))
         .route("/assets/vendor/uplot/uPlot.min.css", get(|| async { serve(&UPLOT_CSS) }))
