@@ -171,6 +171,11 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     // The token is gone from the address bar.
     assert!(!c.current_url().await.unwrap().as_str().contains("token"), "the token stays in the address bar");
 
+    // No payment provider here: no "manage payment method" button.
+    let button = c.find(Locator::Id("payment-method")).await.unwrap();
+    assert_eq!(button.attr("data-value").await.unwrap().as_deref(), Some("false"));
+    assert!(!button.is_displayed().await.unwrap());
+
     // Every card equals the API's figures.
     let usage = usage(&url, &admin, "acme").await;
     let (_, ent) = call(Method::GET, format!("{url}/api/v1/entitlements?tenant=acme"), &admin, None).await;

@@ -50,6 +50,8 @@ actions! {
     ReadStatistics => "read subscription statistics",
     /// Opening, listing and revoking portal and console sessions.
     ManageSessions => "manage browser sessions",
+    /// The payment provider's customer portal, for a tenant's payment methods.
+    ManagePaymentMethods => "manage payment methods",
 }
 
 /// The cookie a browser session is carried in (`HttpOnly`, `SameSite=Strict`).

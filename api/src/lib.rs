@@ -102,6 +102,7 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(sync::stripe_webhook))
         .routes(routes!(signup::create_checkout))
         .routes(routes!(signup::create_portal))
+        .routes(routes!(signup::portal_availability))
         .routes(routes!(sessions::open_portal))
         .routes(routes!(sessions::open_console))
         .routes(routes!(sessions::list))

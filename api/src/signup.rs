@@ -3,20 +3,20 @@
 //! customer-portal page for a tenant's customer.
 
 use crate::AppState;
-use crate::auth::{Admin, ManageSubscriptions};
+use crate::auth::{Admin, ManagePaymentMethods, ManageSubscriptions, Reader};
 use crate::check_tenant;
 use crate::error::ApiError;
 use axum::Json;
-use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use meter_billing_sync::HostedPage;
 use meter_billing_sync::signup::CheckoutAsk;
 use meter_rater::Cycle;
 use meter_schemas::FieldError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// A sign-up: a new tenant on a plan and cycle.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -38,8 +38,8 @@ pub struct NewCheckout {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPortal {
-    /// The tenant.
-    pub tenant: String,
+    /// The tenant; implied by a tenant's key or portal session, required with an admin key.
+    pub tenant: Option<String>,
     /// Where the customer goes back to; default `[stripe] return_url`.
     pub return_url: Option<String>,
 }
@@ -92,8 +92,9 @@ pub async fn create_checkout(
     Ok((StatusCode::CREATED, Json(page)))
 }
 
-/// A Stripe customer-portal page for a tenant's customer (admin), where it updates its payment
-/// method and downloads its invoices.
+/// A Stripe customer-portal page for a tenant's customer, where it updates its payment method and
+/// downloads its invoices: an admin key for any tenant, a tenant's read key or portal session for
+/// its own.
 #[utoipa::path(post, path = "/api/v1/billing-portal/sessions", tag = "billing", request_body = NewPortal,
     responses(
         (status = 201, description = "The page to send the customer to", body = HostedPage),
@@ -104,18 +105,55 @@ pub async fn create_checkout(
     security(("bearer" = [])))]
 pub async fn create_portal(
     State(state): State<Arc<AppState>>,
-    _: Admin<ManageSubscriptions>,
+    Reader(p, _): Reader<ManagePaymentMethods>,
     new: Result<Json<NewPortal>, JsonRejection>,
 ) -> Result<(StatusCode, Json<HostedPage>), ApiError> {
     let Json(new) = new?;
-    check_tenant(Some(&new.tenant))?;
+    check_tenant(new.tenant.as_deref())?;
+    let tenant = p.readable_tenant(new.tenant.as_deref())?;
     let return_url = url_of("return_url", new.return_url, state.billing.return_url.as_ref())?;
     let page = meter_billing_sync::signup::billing_portal(
         &state.billing.subscriptions,
         &*state.billing.provider,
-        &new.tenant,
+        &tenant,
         &return_url,
     )
     .await?;
     Ok((StatusCode::CREATED, Json(page)))
+}
+
+/// Whether a tenant can open a customer-portal page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortalAvailability {
+    /// The tenant.
+    pub tenant: String,
+    /// A payment provider is configured and the tenant is its customer.
+    pub available: bool,
+}
+
+/// Which tenant.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PortalQuery {
+    /// The tenant; implied by a tenant's key or portal session, required with an admin key.
+    pub tenant: Option<String>,
+}
+
+/// Whether the tenant can open a customer-portal page (`POST /api/v1/billing-portal/sessions`):
+/// what a dashboard asks before it shows a "manage payment method" button.
+#[utoipa::path(get, path = "/api/v1/billing-portal", tag = "billing", params(PortalQuery),
+    responses((status = 200, description = "Whether it can", body = PortalAvailability)),
+    security(("bearer" = [])))]
+pub async fn portal_availability(
+    State(state): State<Arc<AppState>>,
+    Reader(p, _): Reader<ManagePaymentMethods>,
+    q: Result<Query<PortalQuery>, QueryRejection>,
+) -> Result<Json<PortalAvailability>, ApiError> {
+    let Query(q) = q?;
+    check_tenant(q.tenant.as_deref())?;
+    let tenant = p.readable_tenant(q.tenant.as_deref())?;
+    let subs = &state.billing.subscriptions;
+    let available = meter_billing_sync::signup::portal_available(subs, &*state.billing.provider, &tenant).await?;
+    Ok(Json(PortalAvailability { tenant, available }))
 }

@@ -72,6 +72,12 @@ pub async fn billing_portal(
     provider.billing_portal(&remote.customer, return_url).await
 }
 
+/// Whether `tenant` can open a customer-portal page: a provider is configured and the tenant is
+/// its customer.
+pub async fn portal_available(subs: &Subscriptions, provider: &dyn Provider, tenant: &str) -> Result<bool, Error> {
+    Ok(provider.name() != "none" && subs.ledger.remote_customer(tenant).await?.is_some())
+}
+
 /// The tenant's customer at the provider, made and recorded the first time.
 async fn customer_of(
     subs: &Subscriptions,

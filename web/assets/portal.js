@@ -92,6 +92,7 @@ async function start() {
   } catch (e) {
     if (e.status !== 404) fail("The plan cannot be read: " + e.message);
   }
+  await paymentMethodButton();
   show($("tenant"), usage.tenant);
   show($("period"), "Period " + usage.period + " (" + usage.from.slice(0, 10) + " to " + usage.to.slice(0, 10) + ")", usage.period);
   const w = $("watermark");
@@ -299,4 +300,24 @@ async function drawChart() {
     return tr;
   });
   $("daily-table").tBodies[0].replaceChildren(...rows);
+}
+
+// "Manage payment method": the payment provider's customer portal, when one is configured and
+// the tenant is its customer; it comes back here.
+async function paymentMethodButton() {
+  const portal = await api("/api/v1/billing-portal").catch(() => ({ available: false }));
+  const button = $("payment-method");
+  button.dataset.value = String(portal.available);
+  if (!portal.available) return;
+  button.hidden = false;
+  button.addEventListener("click", async () => {
+    const r = await fetch("/api/v1/billing-portal/sessions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ return_url: location.origin + location.pathname }),
+    });
+    const page = await r.json().catch(() => ({}));
+    if (r.ok) location.assign(page.url);
+    else fail("The payment portal cannot be opened: " + (page.detail || r.statusText));
+  });
 }
