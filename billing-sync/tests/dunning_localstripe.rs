@@ -16,7 +16,7 @@ use meter_billing::ledger::outbox::{OpKind, OpState};
 
 use meter_billing_sync::collect;
 use meter_billing_sync::testing::proxy::Proxy;
-use meter_billing_sync::testing::{LocalStripe, billing_of, direct, invoice, quick_stripe};
+use meter_billing_sync::testing::{LocalStripe, billing_of, direct, invoice, quick_stripe, work_at};
 use meter_billing_sync::worker::{self, Worker};
 use meter_rater::subscription::Change;
 use meter_rater::{Cycle, Setup, State};
@@ -25,20 +25,6 @@ use reqwest::Method;
 use std::time::Duration;
 
 const DAY: i64 = 86_400_000_000;
-
-/// Works everything due at `now` (some requests fault and are tried again later by the outbox:
-/// those are worked at `now` too, as the clock does not move meanwhile).
-async fn work_at(worker: &Worker, ledger: &Ledger, now: i64) {
-    for _ in 0..200 {
-        worker.work_due(now).await.unwrap();
-        let pending = ledger.operations(Some(OpState::Pending), None).await.unwrap();
-        if pending.iter().all(|o| o.next_us > now) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("still due at {now}: {:?}", ledger.operations(Some(OpState::Pending), None).await.unwrap());
-}
 
 async fn state(ledger: &Ledger, tenant: &str, now: i64) -> State {
     let mut sub = ledger.list(Some(tenant)).await.unwrap().pop().unwrap();

@@ -11,25 +11,12 @@
 use meter_billing::Ledger;
 use meter_billing::ledger::outbox::{OpKind, OpState};
 use meter_billing_sync::testing::proxy::Proxy;
-use meter_billing_sync::testing::{LocalStripe, billing_of, invoice, quick_stripe};
+use meter_billing_sync::testing::{LocalStripe, billing_of, invoice, quick_stripe, work_at};
 use meter_billing_sync::worker::{self, Worker};
 use meter_rater::{Command, Cycle, Setup, State};
 use std::time::Duration;
 
 const DAY: i64 = 86_400_000_000;
-
-/// Works everything due at `now`, faulted requests included (tried again at the same instant).
-async fn work_at(worker: &Worker, ledger: &Ledger, now: i64) {
-    for _ in 0..200 {
-        worker.work_due(now).await.unwrap();
-        let pending = ledger.operations(Some(OpState::Pending), None).await.unwrap();
-        if pending.iter().all(|o| o.next_us > now) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("still due at {now}: {:?}", ledger.operations(Some(OpState::Pending), None).await.unwrap());
-}
 
 #[tokio::test]
 async fn a_change_that_comes_with_time_reaches_the_mirror_when_it_is_due() {

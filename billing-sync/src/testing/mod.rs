@@ -190,3 +190,18 @@ pub fn quick_stripe(base: &str, attempts: u32, timeout: std::time::Duration) -> 
     let client = crate::stripe::Client::new(quick_settings(base, attempts, timeout)).expect("a client");
     std::sync::Arc::new(crate::stripe::Stripe::new(client, false))
 }
+
+/// Works everything the outbox holds due at `now` (faulted requests included: tried again at the
+/// same instant, the clock standing still), failing the test if it never settles.
+pub async fn work_at(worker: &crate::worker::Worker, ledger: &meter_billing::Ledger, now: i64) {
+    use meter_billing::ledger::outbox::OpState;
+    for _ in 0..200 {
+        worker.work_due(now).await.expect("the worker works");
+        let pending = ledger.operations(Some(OpState::Pending), None).await.expect("the ledger reads");
+        if pending.iter().all(|o| o.next_us > now) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("still due at {now}: {:?}", ledger.operations(Some(OpState::Pending), None).await);
+}
