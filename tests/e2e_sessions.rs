@@ -25,8 +25,20 @@ async fn exchange(base: &str, url: &str) -> (u16, Value, Option<String>) {
 
 /// A request carrying only the session cookie.
 async fn as_session(method: Method, url: String, cookie: &str, body: Option<Value>) -> (u16, Value) {
+    as_session_from(method, url, cookie, body, None).await
+}
+
+/// The same from a page of `origin` (this server's own when `None`, as a browser says it).
+async fn as_session_from(
+    method: Method,
+    url: String,
+    cookie: &str,
+    body: Option<Value>,
+    origin: Option<&str>,
+) -> (u16, Value) {
     let pair = cookie.split(';').next().unwrap().to_string();
-    let mut req = client().request(method, url).header("cookie", pair);
+    let own = url.split('/').take(3).collect::<Vec<_>>().join("/");
+    let mut req = client().request(method, url).header("cookie", pair).header("origin", origin.unwrap_or(&own));
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -86,6 +98,30 @@ async fn a_portal_session_reads_its_own_tenant_only_and_a_console_session_reads_
     let other = json!({"url": "https://hooks.beta.example/meter", "tenant": "beta"});
     let (s, _) = as_session(Method::POST, format!("{url}/api/v1/webhooks"), &cookie, Some(other)).await;
     assert!(s == 403 || s == 422, "another tenant's webhooks: {s}");
+    // A write carried by the cookie from another site's page (or with no origin said) is refused.
+    let other = json!({"url": "https://hooks.acme.example/other"});
+    let (s, e) = as_session_from(
+        Method::POST,
+        format!("{url}/api/v1/webhooks"),
+        &cookie,
+        Some(other),
+        Some("https://evil.example"),
+    )
+    .await;
+    assert_eq!(s, 403, "{e}");
+    assert_eq!(e["extensions"]["validationErrors"][0]["path"], "origin", "{e}");
+    // Nor may it list or revoke sessions, read another tenant's invoice, or retry anything.
+    let (s, _) = as_session(Method::GET, format!("{url}/api/v1/sessions"), &cookie, None).await;
+    assert_eq!(s, 401);
+    let (s, _) =
+        as_session(Method::DELETE, format!("{url}/api/v1/sessions/{}", opened["id"].as_str().unwrap()), &cookie, None)
+            .await;
+    assert_eq!(s, 401);
+    let (s, _) = as_session(Method::GET, format!("{url}/api/v1/invoices/inv_beta_2026-10"), &cookie, None).await;
+    assert_eq!(s, 404);
+    let (s, _) = as_session(Method::POST, format!("{url}/api/v1/sync/operations/1/retry"), &cookie, None).await;
+    assert_eq!(s, 403);
+
     // Not the console's routes, and no session of its own making.
     let (s, _) = as_session(Method::POST, format!("{url}/api/v1/periods/2026-10/close"), &cookie, None).await;
     assert_eq!(s, 403);

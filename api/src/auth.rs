@@ -65,6 +65,11 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     let Some(secret) = session_cookie(parts) else {
         return Err(AuthError::Unauthenticated.into());
     };
+    // A cookie goes with every request the browser makes to this site, a form posted from
+    // another page of it included: a request that changes anything must come from this origin.
+    if !parts.method.is_safe() && !same_origin(parts) {
+        return Err(AuthError::CrossOrigin.into());
+    }
     let sessions = state.sessions.clone();
     let now = meter_schemas::period::now_us();
     tokio::task::spawn_blocking(move || sessions.authenticate(&secret, now))
@@ -76,6 +81,19 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
 /// The caller by its API key alone: no session.
 async fn authenticate_key(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     Ok(state.keys.authenticate(parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())).await?)
+}
+
+/// Whether a browser says the request comes from a page of this origin (`Sec-Fetch-Site`, or
+/// else `Origin` naming this host).
+fn same_origin(parts: &Parts) -> bool {
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return site == "same-origin";
+    }
+    match (header("origin"), header("host")) {
+        (Some(origin), Some(host)) => origin.split_once("://").is_some_and(|(_, h)| h == host),
+        _ => false,
+    }
 }
 
 /// The session cookie's secret, if the request carries one.

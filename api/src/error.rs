@@ -184,6 +184,7 @@ impl ApiError {
             ApiError::Auth(e @ AuthError::WrongRole { .. }) => {
                 vec![FieldError::invalid("authorization", e.to_string())]
             }
+            ApiError::Auth(e @ AuthError::CrossOrigin) => vec![FieldError::invalid("origin", e.to_string())],
             _ => vec![],
         }
     }

@@ -109,9 +109,9 @@ pub async fn stripe_webhook(
     Ok(Json(serde_json::json!({"received": id, "duplicate": !new})))
 }
 
-/// Every closed month and every month since the last close, newest first (admin), each with where
-/// it stands: open, ended, closable, closed, complete or synced, and for a closed one its
-/// invoices' sync.
+/// Every month from the first closed one to this one, newest first (admin), each with where it
+/// stands: open, ended, closable, not_closed, closed, complete or synced, and for a closed one
+/// its invoices' sync.
 #[utoipa::path(get, path = "/api/v1/periods", tag = "billing", operation_id = "list_periods",
     responses((status = 200, description = "The months", body = [meter_billing_sync::status::PeriodState])),
     security(("bearer" = [])))]
@@ -119,9 +119,10 @@ pub async fn periods(
     State(state): State<Arc<AppState>>,
     _: Admin<ExportPeriods>,
 ) -> Result<Json<Vec<meter_billing_sync::status::PeriodState>>, ApiError> {
-    let reads = &state.reads;
-    let watermark = reads.live.watermark(&reads.consumer, reads.partitions).await?;
+    // The history's watermark: what a close checks before it closes a month.
+    let sources = &state.billing.sources;
+    let watermark = sources.history.watermark(&sources.history_consumer, sources.partitions).await?;
     let now = meter_schemas::period::now_us();
     let ledger = &state.billing.subscriptions.ledger;
-    Ok(Json(meter_billing_sync::status::periods(ledger, watermark, reads.lateness_us, now).await?))
+    Ok(Json(meter_billing_sync::status::periods(ledger, watermark, sources.lateness_us, now).await?))
 }

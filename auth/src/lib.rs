@@ -141,6 +141,9 @@ pub enum AuthError {
     /// The key store failed.
     #[error("key store unavailable: {0}")]
     Unavailable(String),
+    /// A browser session's request that changes something did not come from this site's pages.
+    #[error("a browser session's request that changes something must come from meter's own pages")]
+    CrossOrigin,
 }
 
 /// Errors of key management.

@@ -9,6 +9,9 @@
 //!   uncollectible ones; **collected**: those of them paid by `as_of`; the **collection rate**
 //!   is collected ÷ billed.
 //! - **DSO** (days sales outstanding): outstanding ÷ billed over the 90 days × 90.
+//!
+//! A void or uncollectible invoice is left out as of any day: the provider's status says that it
+//! was written off, not when, so a report as of a day before that does not show it owed.
 
 use meter_billing::ledger::outbox::RemoteInvoice;
 use rust_decimal::Decimal;

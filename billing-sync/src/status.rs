@@ -174,10 +174,12 @@ pub async fn invoice(
 pub struct PeriodState {
     /// `YYYY-MM`.
     pub period: String,
-    /// `open` (running), `ended` (over, the counters not yet past its end), `closable` (over,
-    /// counted past its end), `closed` (events may still come for it: they go to the next
-    /// invoice), `complete` (closed, and no event can come any more), `synced` (complete, and every
-    /// invoice with lines is held by the payment provider).
+    /// `open` (running); `ended` (over, the counters not yet past its end, or an earlier month to
+    /// close first); `closable` (the oldest month not closed, counted past its end);
+    /// `not_closed` (a later month was closed first: this one can no longer be); `closed`
+    /// (events may still come for it: they go to a later invoice); `complete` (closed, and no
+    /// event can come any more); `synced` (complete, and every invoice with lines is held by the
+    /// payment provider).
     pub state: &'static str,
     /// For a closed month: how many invoices with lines it pushes, and how many are synced,
     /// pending and dead.
@@ -190,8 +192,9 @@ pub struct PeriodState {
     pub dead: Option<usize>,
 }
 
-/// Every closed month and every month since the last close, newest first, at `now_us`, with the
-/// live counters complete up to `watermark_us` and events accepted up to `lateness_us` late.
+/// Every month from the first closed one (or the one before this one, before any close) to this
+/// one, newest first, at `now_us`, with the history complete up to `watermark_us` (what a close
+/// checks) and events accepted up to `lateness_us` late.
 pub async fn periods(
     ledger: &Ledger,
     watermark_us: Option<i64>,
@@ -200,35 +203,56 @@ pub async fn periods(
 ) -> Result<Vec<PeriodState>, meter_billing::Error> {
     let current = Period::containing(now_us);
     let summaries = ledger.close_summaries().await?;
+    let last_closed = summaries.iter().map(|s| s.period).max();
+    let first = summaries.iter().map(|s| s.period).min().unwrap_or_else(|| current.previous());
+    let open =
+        |state| PeriodState { period: String::new(), state, invoices: None, synced: None, pending: None, dead: None };
     let mut out = Vec::new();
-    let first_open = summaries.iter().map(|s| s.period).max().map_or(current, |p| p.next());
-    let mut p = current;
-    while p >= first_open {
-        let state = match (p == current, watermark_us.is_some_and(|w| w >= p.end_us())) {
-            (true, _) => "open",
-            (false, true) => "closable",
-            (false, false) => "ended",
+    let mut p = first;
+    // The oldest month after the last close is the one a close takes next.
+    let mut next_to_close = true;
+    while p <= current {
+        let own = summaries.iter().find(|s| s.period == p);
+        let state = match own {
+            Some(close) => {
+                // Complete once a close of it, or a later one revising it, saw past its lateness.
+                let seen = summaries
+                    .iter()
+                    .filter(|s| s.period == p || s.revises.contains(&p))
+                    .map(|s| s.watermark_us)
+                    .max()
+                    .unwrap_or(close.watermark_us);
+                let sync = period_sync(ledger, p, now_us).await?;
+                let state = match (
+                    seen >= p.end_us() + lateness_us,
+                    sync.synced == sync.invoices && sync.pending == 0 && sync.dead == 0,
+                ) {
+                    (true, true) => "synced",
+                    (true, false) => "complete",
+                    (false, _) => "closed",
+                };
+                out.push(PeriodState {
+                    period: p.to_string(),
+                    state,
+                    invoices: Some(sync.invoices),
+                    synced: Some(sync.synced),
+                    pending: Some(sync.pending),
+                    dead: Some(sync.dead),
+                });
+                p = p.next();
+                continue;
+            }
+            None if p == current => "open",
+            None if last_closed.is_some_and(|l| p < l) => "not_closed",
+            None if next_to_close && watermark_us.is_some_and(|w| w >= p.end_us()) => "closable",
+            None => "ended",
         };
-        out.push(PeriodState { period: p.to_string(), state, invoices: None, synced: None, pending: None, dead: None });
-        p = p.previous();
+        if matches!(state, "closable" | "ended") {
+            next_to_close = false;
+        }
+        out.push(PeriodState { period: p.to_string(), ..open(state) });
+        p = p.next();
     }
-    for s in summaries.iter().rev() {
-        let sync = period_sync(ledger, s.period, now_us).await?;
-        let complete = s.watermark_us >= s.period.end_us() + lateness_us;
-        let synced = sync.synced == sync.invoices && sync.pending == 0 && sync.dead == 0;
-        let state = match (complete, synced && sync.invoices > 0) {
-            (true, true) => "synced",
-            (true, false) => "complete",
-            (false, _) => "closed",
-        };
-        out.push(PeriodState {
-            period: s.period.to_string(),
-            state,
-            invoices: Some(sync.invoices),
-            synced: Some(sync.synced),
-            pending: Some(sync.pending),
-            dead: Some(sync.dead),
-        });
-    }
+    out.reverse();
     Ok(out)
 }

@@ -5,8 +5,9 @@
 //! (some at the start, none at the end); net new is their sum, the end's MRR less the start's.
 //!
 //! MRR is subscription fees alone, net of the discount off them, spread over the cycle's months
-//! ([`meter_rater::recurring`]): no usage, no prorations. A cancelled subscription counts until
-//! the end of what it paid for; a trial, a suspended or an expired one counts nothing.
+//! ([`meter_rater::recurring`]), each tenant's rounded to the cent: no usage, no prorations. A
+//! cancelled subscription counts until the end of what it paid for; a trial, a suspended or an
+//! expired one counts nothing.
 
 use meter_rater::recurring::{monthly_fee, standing_at};
 use meter_rater::{PriceBook, Subscription};
@@ -74,8 +75,17 @@ pub fn revenue(subs: &[Subscription], book: &PriceBook, period: Period) -> Reven
         if let Some((state, ..)) = standing_at(s, end) {
             *by_state.entry(state.to_string()).or_default() += 1;
         }
-        let before =
-            s.entries.iter().filter(|e| e.at_us < start).any(|e| fee(s, e.at_us).is_some_and(|(_, f)| !f.is_zero()));
+        // Paying at any instant before the month: the changes time brought count too (a trial
+        // that converted, then ran out, is in no written entry).
+        let mut history = s.clone();
+        if history.entries.last().is_some_and(|e| e.at_us <= start) {
+            history.advance(start);
+        }
+        let before = history
+            .entries
+            .iter()
+            .filter(|e| e.at_us < start)
+            .any(|e| fee(&history, e.at_us).is_some_and(|(_, f)| !f.is_zero()));
         for (at, slot) in [(start, 0), (end, 1)] {
             let Some((currency, f)) = fee(s, at) else { continue };
             let t = tenants.entry((currency, s.tenant.clone())).or_default();
@@ -88,6 +98,8 @@ pub fn revenue(subs: &[Subscription], book: &PriceBook, period: Period) -> Reven
     }
     let mut currencies: BTreeMap<String, InCurrency> = BTreeMap::new();
     for ((currency, _), (a, b, before)) in tenants {
+        // Each tenant's MRR in cents, so that every total and movement adds up to the cent.
+        let (a, b) = (a.round_dp(2), b.round_dp(2));
         let c = currencies.entry(currency).or_default();
         c.mrr_start += a;
         c.mrr_end += b;
@@ -106,13 +118,7 @@ pub fn revenue(subs: &[Subscription], book: &PriceBook, period: Period) -> Reven
     for c in currencies.values_mut() {
         let m = &mut c.movements;
         m.net_new = m.new + m.expansion + m.reactivation - m.contraction - m.churn;
-        let cents = |d: &mut Decimal| *d = d.round_dp(2);
-        for d in [&mut m.new, &mut m.expansion, &mut m.contraction, &mut m.churn, &mut m.reactivation, &mut m.net_new] {
-            cents(d);
-        }
-        c.arr_end = (c.mrr_end * Decimal::from(12)).round_dp(2);
-        cents(&mut c.mrr_start);
-        cents(&mut c.mrr_end);
+        c.arr_end = c.mrr_end * Decimal::from(12);
     }
     Revenue { period: period.to_string(), currencies, by_state }
 }

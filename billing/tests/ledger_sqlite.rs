@@ -29,7 +29,7 @@ async fn closes_recorded_before_the_invoice_table_fill_it_at_open() {
     }
     // As an older meter left it: the closes, no invoice table rows.
     let c = meter_sqlite::rusqlite::Connection::open(&path).unwrap();
-    c.execute("DELETE FROM invoices", []).unwrap();
+    c.execute_batch("DELETE FROM invoices; DELETE FROM invoices_filled;").unwrap();
     drop(c);
     let ledger = Ledger::open(&path).unwrap();
     assert_eq!(ledger.invoices_of("acme").await.unwrap(), [inv]);

@@ -2,6 +2,12 @@
 // session's cookie. Every figure shown is also a data-value attribute.
 "use strict";
 
+// What the Content-Security-Policy blocked on this page, kept where a test reads it.
+document.addEventListener("securitypolicyviolation", (e) => {
+  const seen = document.documentElement.dataset.cspViolations || "";
+  document.documentElement.dataset.cspViolations = seen + e.violatedDirective + " " + e.blockedURI + "; ";
+});
+
 const $ = (id) => document.getElementById(id);
 
 function show(el, text, value) {

@@ -79,6 +79,7 @@ const MIGRATIONS: &[&str] = &[
         id TEXT PRIMARY KEY, tenant TEXT NOT NULL, period TEXT NOT NULL, body TEXT NOT NULL
     );
     CREATE INDEX invoices_by_tenant ON invoices (tenant, period);
+    CREATE TABLE invoices_filled (done INTEGER NOT NULL);
 ",
 ];
 
@@ -622,12 +623,18 @@ fn write_invoices(c: &Connection, period: &str, invoices: &[meter_rater::Invoice
     Ok(())
 }
 
-/// Fills the invoice table from the closes recorded before it existed, once: in one
-/// transaction, so that a crash leaves it empty and the next open fills it again.
+/// Fills the invoice table from the closes recorded before it existed, once (`invoices_filled`
+/// says it was): in one write transaction taken at once, so that two processes opening the
+/// ledger together fill it once, and a crash leaves it to the next open.
 fn fill_invoices(conn: &mut Connection) -> Result<(), Error> {
-    let tx = conn.transaction()?;
-    let empty = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM invoices)", [], |r| r.get::<_, bool>(0))?;
-    if empty {
+    let filled = |c: &Connection| -> Result<bool, Error> {
+        Ok(c.query_row("SELECT EXISTS (SELECT 1 FROM invoices_filled)", [], |r| r.get::<_, bool>(0))?)
+    };
+    if filled(conn)? {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(meter_sqlite::rusqlite::TransactionBehavior::Immediate)?;
+    if !filled(&tx)? {
         let periods: Vec<String> = {
             let mut stmt = tx.prepare("SELECT period FROM closes ORDER BY period")?;
             stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
@@ -637,6 +644,7 @@ fn fill_invoices(conn: &mut Connection) -> Result<(), Error> {
                 write_invoices(&tx, &period, &close.invoices)?;
             }
         }
+        tx.execute("INSERT INTO invoices_filled (done) VALUES (1)", [])?;
     }
     tx.commit()?;
     Ok(())
