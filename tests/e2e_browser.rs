@@ -213,6 +213,18 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         let hard = e.is_some_and(|e| e["hard_limit"] == true);
         assert_eq!(field("hard_limit").await.is_some(), hard, "{name}");
     }
+    // The plan's features, as the entitlements give them.
+    let features: Vec<&Value> =
+        ent["entitlements"].as_array().unwrap().iter().filter(|e| e["kind"] == "feature").collect();
+    assert!(!features.is_empty());
+    assert_eq!(c.find_all(Locator::Css("#features tr")).await.unwrap().len(), features.len());
+    for f in features {
+        let name = f["name"].as_str().unwrap();
+        let shown = c.find(Locator::Css(&format!("[data-feature='{name}'] [data-field='value']"))).await.unwrap();
+        assert_eq!(shown.attr("data-value").await.unwrap(), Some(f["value"].to_string()), "{name}");
+        let allowed = c.find(Locator::Css(&format!("[data-feature='{name}'] [data-field='allowed']"))).await.unwrap();
+        assert_eq!(allowed.attr("data-value").await.unwrap(), Some(f["allowed"].to_string()), "{name}");
+    }
     let wo = usage["meters"].as_array().unwrap().iter().find(|m| m["name"] == "work_orders").unwrap();
     assert_eq!(wo["value"], "410", "acme's own events, not beta's");
     let level = c.find(Locator::Css("[data-meter='work_orders'] [data-field='percent']")).await.unwrap();

@@ -89,6 +89,7 @@ async function start() {
     $("plan").hidden = false;
     show($("plan-code"), ent.plan);
     entitled = new Map(ent.entitlements.filter((x) => x.kind === "meter").map((x) => [x.name, x]));
+    renderFeatures(ent.entitlements.filter((x) => x.kind === "feature"));
   } catch (e) {
     if (e.status !== 404) fail("The plan cannot be read: " + e.message);
   }
@@ -320,4 +321,22 @@ async function paymentMethodButton() {
     if (r.ok) location.assign(page.url);
     else fail("The payment portal cannot be opened: " + (page.detail || r.statusText));
   });
+}
+
+// The plan's features and their limits: on or off, a number, a level.
+function renderFeatures(features) {
+  $("features").replaceChildren(
+    ...features.map((f) => {
+      const tr = document.createElement("tr");
+      tr.dataset.feature = f.name;
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = f.name;
+      tr.append(th);
+      const value = typeof f.value === "boolean" ? (f.value ? "yes" : "no") : String(f.value);
+      cell(tr, value, JSON.stringify(f.value)).dataset.field = "value";
+      cell(tr, f.allowed ? "yes" : "no", String(f.allowed)).dataset.field = "allowed";
+      return tr;
+    }),
+  );
 }
