@@ -107,12 +107,17 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     let ingest = create_key(dir.path(), "ingest", None);
     let meter = Meter::start(dir.path(), &[]);
     let url = meter.url.clone();
-    // acme on starter; some usage for acme and for beta.
+    // acme on starter since the start of last month; some usage for acme and for beta.
+    let today = time::OffsetDateTime::now_utc().date();
+    let this_month = today.replace_day(1).unwrap();
+    let last_month = (this_month - time::Duration::days(1)).replace_day(1).unwrap();
+    let since = last_month.midnight().assume_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let last = format!("{:04}-{:02}", last_month.year(), u8::from(last_month.month()));
     let (s, e) = call(
         Method::POST,
         format!("{url}/api/v1/subscriptions"),
         &admin,
-        Some(json!({"tenant": "acme", "plan": "starter", "cycle": "monthly"})),
+        Some(json!({"tenant": "acme", "plan": "starter", "cycle": "monthly", "at": since})),
     )
     .await;
     assert_eq!(s, 201, "{e}");
@@ -133,6 +138,9 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         assert!(s == 200 || s == 202, "{s} {e}");
     }
     wait_counted(&url, &admin, "acme", now_us()).await;
+    // Last month closed: acme has an invoice.
+    let (s, e) = call(Method::POST, format!("{url}/api/v1/periods/{last}/close"), &admin, None).await;
+    assert_eq!(s, 200, "{e}");
     let (_, opened) =
         call(Method::POST, format!("{url}/api/v1/portal/sessions"), &admin, Some(json!({"tenant": "acme"}))).await;
     let link = opened["url"].as_str().unwrap().to_string();
@@ -289,7 +297,35 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     }
     screenshot(&c, "portal-90-days").await;
 
-    // The 80% alert, as the API lists it; no invoice closed yet. (Only the thresholds: the
+    // Last month's invoice in the history, its CSV (the page's own download link, fetched as
+    // the browser would) the same bytes as the API's.
+    let (_, history) = call(Method::GET, format!("{url}/api/v1/invoices?tenant=acme"), &admin, None).await;
+    let inv = &history[0];
+    let id = inv["id"].as_str().unwrap();
+    let total = c.find(Locator::Css(&format!("[data-invoice='{id}'] [data-field='total']"))).await.unwrap();
+    assert_eq!(total.attr("data-value").await.unwrap().as_deref(), inv["total"].as_str());
+    let csv_link = c.find(Locator::Css(&format!("[data-invoice='{id}'] a[download$='.csv']"))).await.unwrap();
+    let href = csv_link.attr("href").await.unwrap().unwrap();
+    let downloaded = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; fetch(arguments[0]).then(r => r.text()).then(done)",
+            vec![json!(href)],
+        )
+        .await
+        .unwrap();
+    let from_api = client()
+        .get(format!("{url}/api/v1/invoices/{id}?format=csv"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(downloaded.as_str(), Some(from_api.as_str()));
+    assert!(from_api.lines().count() > 1, "{from_api}");
+
+    // The 80% alert, as the API lists it. (Only the thresholds: the
     // upgrade advisor may raise a suggestion at any time.)
     let (_, alerts) = call(Method::GET, format!("{url}/api/v1/alerts?tenant=acme"), &admin, None).await;
     let alerts: Vec<&Value> =
@@ -305,7 +341,7 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         shown += usize::from(li.text().await.unwrap().contains(" passed "));
     }
     assert_eq!(shown, alerts.len());
-    assert!(c.find_all(Locator::Css("#invoices tr")).await.unwrap().is_empty());
+    assert_eq!(c.find_all(Locator::Css("#invoices tr")).await.unwrap().len(), 1, "last month's");
 
     // The page's session reads acme only: beta's usage is refused to its own fetch.
     let status = c
