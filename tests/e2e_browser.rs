@@ -343,6 +343,27 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     assert_eq!(shown, alerts.len());
     assert_eq!(c.find_all(Locator::Css("#invoices tr")).await.unwrap().len(), 1, "last month's");
 
+    // The invoice's own page, from the history's link: every line and the total as the API has
+    // them, with each line's inputs hash.
+    c.find(Locator::Css(&format!("[data-invoice='{id}'] a[data-field='view']"))).await.unwrap().click().await.unwrap();
+    let state = ready(&c).await;
+    assert!(state[1].is_null(), "the invoice page says: {state}");
+    screenshot(&c, "invoice").await;
+    let (_, one) = call(Method::GET, format!("{url}/api/v1/invoices/{id}"), &admin, None).await;
+    let one = &one[0];
+    let shown_total = c.find(Locator::Id("invoice-total")).await.unwrap().attr("data-value").await.unwrap();
+    assert_eq!(shown_total.as_deref(), one["total"].as_str());
+    let lines = one["lines"].as_array().unwrap();
+    assert_eq!(c.find_all(Locator::Css("#lines tr")).await.unwrap().len(), lines.len());
+    for l in lines {
+        let lid = l["id"].as_str().unwrap();
+        let amount = c.find(Locator::Css(&format!("#lines [data-line='{lid}'] [data-field='amount']"))).await.unwrap();
+        assert_eq!(amount.attr("data-value").await.unwrap().as_deref(), l["amount"].as_str(), "{lid}");
+    }
+    let hashes = c.find_all(Locator::Css("#lineage [data-field='inputs_hash']")).await.unwrap();
+    assert_eq!(hashes.len(), lines.len());
+    assert_eq!(hashes[0].attr("data-value").await.unwrap().as_deref(), lines[0]["lineage"]["inputs_hash"].as_str());
+
     // The page's session reads acme only: beta's usage is refused to its own fetch.
     let status = c
         .execute_async(

@@ -178,6 +178,11 @@ function renderInvoices(invoices) {
     const status = pay ? pay.status + (pay.overdue ? " (overdue)" : "") : "in meter (not sent to a payment provider)";
     cell(tr, status, pay ? pay.status : "").dataset.field = "payment";
     const td = document.createElement("td");
+    const page = document.createElement("a");
+    page.href = "/invoice?id=" + encodeURIComponent(inv.id);
+    page.textContent = "View";
+    page.dataset.field = "view";
+    td.append(page, " ");
     for (const format of ["csv", "json"]) {
       const a = document.createElement("a");
       a.href = "/api/v1/invoices/" + encodeURIComponent(inv.id) + "?format=" + format;

@@ -6,6 +6,8 @@
 //! - `/console#token=…`: the finance console, opened by a console session's link
 //!   (`POST /api/v1/console/sessions`): the months and their closes with their exports,
 //!   recurring revenue, accounts receivable, subscriptions by state.
+//! - `/invoice?id=…`: one closed invoice, printable, with where each line comes from (the
+//!   portal's invoice history links to it).
 //! - `/portal#token=…`: a tenant's dashboard, opened by a portal session's link
 //!   (`POST /api/v1/portal/sessions`): the page exchanges the one-time token for the session's
 //!   cookie, drops it from the address bar, and reads the tenant's usage and entitlements.
@@ -35,6 +37,10 @@ const CONSOLE_JS: Asset =
     Asset { body: include_str!("../assets/console.js"), content_type: "text/javascript; charset=utf-8" };
 const COMMON_JS: Asset =
     Asset { body: include_str!("../assets/common.js"), content_type: "text/javascript; charset=utf-8" };
+const INVOICE_HTML: Asset =
+    Asset { body: include_str!("../assets/invoice.html"), content_type: "text/html; charset=utf-8" };
+const INVOICE_JS: Asset =
+    Asset { body: include_str!("../assets/invoice.js"), content_type: "text/javascript; charset=utf-8" };
 const STYLE_CSS: Asset = Asset { body: include_str!("../assets/style.css"), content_type: "text/css; charset=utf-8" };
 /// uPlot 1.6.32 (MIT, `assets/vendor/uplot/LICENSE`), vendored from the npm registry unchanged.
 const UPLOT_JS: Asset = Asset {
@@ -66,6 +72,8 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/portal", get(|| async { serve(&PORTAL_HTML) }))
         .route("/assets/portal.js", get(|| async { serve(&PORTAL_JS) }))
         .route("/console", get(|| async { serve(&CONSOLE_HTML) }))
+        .route("/invoice", get(|| async { serve(&INVOICE_HTML) }))
+        .route("/assets/invoice.js", get(|| async { serve(&INVOICE_JS) }))
         .route("/assets/console.js", get(|| async { serve(&CONSOLE_JS) }))
         .route("/assets/common.js", get(|| async { serve(&COMMON_JS) }))
         .route("/assets/style.css", get(|| async { serve(&STYLE_CSS) }))

@@ -1,0 +1,60 @@
+// One closed invoice, printable: its lines and where each comes from, read with the session's
+// cookie from GET /api/v1/invoices/{id} (helpers in common.js).
+"use strict";
+
+function item(dl, label, text, field) {
+  const dt = document.createElement("dt");
+  dt.textContent = label;
+  const dd = document.createElement("dd");
+  dd.dataset.field = field;
+  show(dd, text);
+  dl.append(dt, dd);
+}
+
+async function start() {
+  const id = new URLSearchParams(location.search).get("id");
+  if (!id) return fail("No invoice named: open it from the invoice history.");
+  let found;
+  try {
+    found = (await api("/api/v1/invoices/" + encodeURIComponent(id)))[0];
+  } catch (e) {
+    return fail(e.status === 401 ? "This session has ended. Ask for a new link." : "This invoice cannot be read: " + e.message);
+  }
+  show($("invoice-id"), found.id);
+  const head = $("invoice-head");
+  item(head, "Customer", found.tenant, "tenant");
+  item(head, "Period", String(found.period), "period");
+  item(head, "Plan", found.plan ?? "—", "plan");
+  item(head, "Currency", found.currency, "currency");
+  item(head, "Payment", found.payment ? found.payment.status : "in meter (not sent to a payment provider)", "payment");
+  $("lines").replaceChildren(
+    ...found.lines.map((l) => {
+      const tr = document.createElement("tr");
+      tr.dataset.line = l.id;
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = l.description;
+      tr.append(th);
+      cell(tr, l.meter ?? "—", l.meter ?? "");
+      cell(tr, l.quantity ?? "—", l.quantity ?? "");
+      cell(tr, l.amount).dataset.field = "amount";
+      return tr;
+    }),
+  );
+  show($("invoice-total"), found.total + " " + found.currency, found.total);
+  $("lineage").replaceChildren(
+    ...found.lines.map((l) => {
+      const tr = document.createElement("tr");
+      cell(tr, l.id);
+      cell(tr, Object.entries(l.lineage.meters || {}).map(([m, v]) => m + " " + v).join(", ") || "—");
+      cell(tr, l.lineage.watermark_us ? new Date(l.lineage.watermark_us / 1000).toISOString() : "—");
+      cell(tr, l.lineage.price_version);
+      cell(tr, l.lineage.inputs_hash).dataset.field = "inputs_hash";
+      return tr;
+    }),
+  );
+  $("print").addEventListener("click", () => window.print());
+  document.body.dataset.ready = "true";
+}
+
+start();
