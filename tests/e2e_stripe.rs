@@ -236,6 +236,36 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     }
     eprintln!("synced {} invoices in {:.1} s after the close", status["synced"], sync_started.elapsed().as_secs_f64());
 
+    // Receivables: every invoice still unpaid is outstanding, the same ones the period's sync
+    // lists; none is past due yet (the cards' were due on sending, today; the others in 30 days).
+    let (s, ar) = call(Method::GET, format!("{}/api/v1/receivables", meter.url), &admin, None).await;
+    assert_eq!(s, 200, "{ar}");
+    let (_, status) = call(Method::GET, format!("{}/api/v1/periods/{period}/sync", meter.url), &admin, None).await;
+    let ids = |v: &Value, field: &str| {
+        let mut ids: Vec<String> =
+            v[field].as_array().unwrap().iter().map(|o| o["invoice"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&ar, "outstanding"), ids(&status, "outstanding"), "{ar:#}");
+    assert_eq!(ids(&ar, "outstanding").len(), tenants.len(), "nothing paid yet");
+    assert!(ar["outstanding"].as_array().unwrap().iter().all(|o| o["days_past_due"].as_i64().unwrap() <= 0), "{ar:#}");
+    let total: f64 = ar["currencies"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["outstanding"].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    let current: f64 = ar["currencies"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["aging"]["current"].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(total > 0.0 && (total - current).abs() < 1e-9, "{ar:#}");
+    let (s, e) = call(Method::GET, format!("{}/api/v1/receivables?as_of=2026-13-01", meter.url), &admin, None).await;
+    assert_eq!(s, 422, "{e}");
+
     // What localstripe holds, read directly against meter's invoices.
     let (s, invoices) =
         call(Method::GET, format!("{}/api/v1/periods/{period}/invoices?format=json", meter.url), &admin, None).await;
@@ -627,6 +657,11 @@ async fn a_closed_period_reaches_stripe_exactly_once_through_faults_and_two_sigk
     };
     let (s, e) = portal("nobody").await;
     assert_eq!(s, 404, "{e}");
+    // Whether a dashboard shows a "manage payment method" button: a customer, yes; none, no.
+    for (tenant, available) in [(t0, true), ("nobody", false)] {
+        let (s, a) = call(Method::GET, format!("{url}/api/v1/billing-portal?tenant={tenant}"), &admin, None).await;
+        assert_eq!((s, a["available"].as_bool()), (200, Some(available)), "{tenant}: {a}");
+    }
     assert!(e.to_string().contains("no customer"), "{e}");
     let (s, e) = portal(t0).await;
     assert_eq!(s, 502, "{e}");
