@@ -14,6 +14,7 @@ use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::Method;
 use serde_json::{Value, json};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,11 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// chromedriver and every browser it started, which share its process group: none is left
+    /// running, whether the test passed or not.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -40,6 +44,7 @@ fn driver() -> Driver {
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(CHROMEDRIVER)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
