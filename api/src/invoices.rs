@@ -47,7 +47,7 @@ fn answer(invoices: Vec<BilledInvoice>, csv: bool) -> Response {
 
 /// A tenant's closed invoices, newest period first, each with its lines' lineage and where its
 /// payment stands at the provider (status, sent, due, paid, overdue).
-#[utoipa::path(get, path = "/api/v1/invoices", tag = "billing", params(InvoicesQuery),
+#[utoipa::path(get, path = "/api/v1/invoices", tag = "billing", operation_id = "list_invoices", params(InvoicesQuery),
     responses(
         (status = 200, description = "The invoices (JSON), or their lines (CSV)"),
         (status = 403, description = "Another tenant's", body = meter_ingest::Problem),
@@ -70,7 +70,7 @@ pub async fn list(
 
 /// One closed invoice: its tenant's (404 for another tenant's, as for none), any with an admin
 /// key.
-#[utoipa::path(get, path = "/api/v1/invoices/{id}", tag = "billing",
+#[utoipa::path(get, path = "/api/v1/invoices/{id}", tag = "billing", operation_id = "get_invoice",
     params(("id" = String, Path, description = "The invoice's id"), InvoiceQuery),
     responses(
         (status = 200, description = "The invoice (JSON), or its lines (CSV)"),
@@ -105,7 +105,7 @@ pub struct ReceivablesQuery {
 /// Accounts receivable (admin): what customers owe on the invoices the payment provider holds,
 /// per currency, by age (current, 1–30, 31–60, 61–90, over 90 days past due), with the last 90
 /// days' billing, collection rate and DSO, and every outstanding invoice, most overdue first.
-#[utoipa::path(get, path = "/api/v1/receivables", tag = "billing", params(ReceivablesQuery),
+#[utoipa::path(get, path = "/api/v1/receivables", tag = "billing", operation_id = "get_receivables", params(ReceivablesQuery),
     responses(
         (status = 200, description = "Receivables"),
         (status = 422, description = "A bad as_of", body = meter_ingest::Problem),
@@ -149,7 +149,7 @@ pub struct RevenueQuery {
 /// A month's recurring revenue (admin), per currency: MRR at its start and end, ARR, and the
 /// month's movements (new, expansion, contraction, churn, reactivation, net new); subscriptions
 /// by state at its end.
-#[utoipa::path(get, path = "/api/v1/revenue", tag = "billing", params(RevenueQuery),
+#[utoipa::path(get, path = "/api/v1/revenue", tag = "billing", operation_id = "get_revenue", params(RevenueQuery),
     responses(
         (status = 200, description = "The month's revenue (JSON), or one row per currency (CSV)"),
         (status = 422, description = "A bad period or format", body = meter_ingest::Problem),

@@ -98,6 +98,7 @@ pub struct Exchange {
 
 /// Which sessions to list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SessionQuery {
     /// The tenant (a read key's own; every tenant's with an admin key when absent).
@@ -141,7 +142,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Opens a portal session for a tenant: an admin key for any tenant, a read key for its own.
-#[utoipa::path(post, path = "/api/v1/portal/sessions", tag = "usage", request_body = NewPortalSession,
+#[utoipa::path(post, path = "/api/v1/portal/sessions", tag = "usage", operation_id = "open_portal_session", request_body = NewPortalSession,
     responses(
         (status = 201, description = "The link, with its one-time token", body = OpenedSession),
         (status = 403, description = "Another tenant's, or asked by a session rather than a key", body = meter_ingest::Problem),
@@ -165,7 +166,7 @@ pub async fn open_portal(
 }
 
 /// Opens a console session (admin key).
-#[utoipa::path(post, path = "/api/v1/console/sessions", tag = "billing", request_body = NewConsoleSession,
+#[utoipa::path(post, path = "/api/v1/console/sessions", tag = "billing", operation_id = "open_console_session", request_body = NewConsoleSession,
     responses(
         (status = 201, description = "The link, with its one-time token", body = OpenedSession),
         (status = 403, description = "Not an admin key", body = meter_ingest::Problem),
@@ -190,7 +191,7 @@ pub async fn open_console(
 }
 
 /// The sessions of a tenant (a read key's own), or every one (admin key), newest first.
-#[utoipa::path(get, path = "/api/v1/sessions", tag = "usage", params(SessionQuery),
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "usage", operation_id = "list_sessions", params(SessionQuery),
     responses((status = 200, description = "Sessions, without their secrets", body = [ListedSession])),
     security(("bearer" = [])))]
 pub async fn list(
@@ -209,7 +210,7 @@ pub async fn list(
 }
 
 /// Revokes a session: an admin key any, a read key its own tenant's.
-#[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "usage",
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "usage", operation_id = "revoke_session",
     params(("id" = String, Path, description = "The session's id")),
     responses(
         (status = 204, description = "Revoked"),
@@ -237,7 +238,7 @@ pub async fn revoke(
 
 /// Exchanges a link's one-time token for the session's cookie (`HttpOnly`, `SameSite=Strict`).
 /// No key: the token is the authorization, and it works once.
-#[utoipa::path(post, path = "/api/v1/sessions/exchange", tag = "usage", request_body = Exchange,
+#[utoipa::path(post, path = "/api/v1/sessions/exchange", tag = "usage", operation_id = "exchange_session", request_body = Exchange,
     responses(
         (status = 200, description = "The session; its cookie is set", body = ListedSession),
         (status = 401, description = "An unknown, used, expired or revoked token", body = meter_ingest::Problem),

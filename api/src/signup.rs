@@ -142,7 +142,7 @@ pub struct PortalQuery {
 
 /// Whether the tenant can open a customer-portal page (`POST /api/v1/billing-portal/sessions`):
 /// what a dashboard asks before it shows a "manage payment method" button.
-#[utoipa::path(get, path = "/api/v1/billing-portal", tag = "billing", params(PortalQuery),
+#[utoipa::path(get, path = "/api/v1/billing-portal", tag = "billing", operation_id = "billing_portal_availability", params(PortalQuery),
     responses((status = 200, description = "Whether it can", body = PortalAvailability)),
     security(("bearer" = [])))]
 pub async fn portal_availability(
