@@ -391,6 +391,15 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     let state = ready(&c).await;
     assert!(state[1].as_str().is_some_and(|m| m.contains("may not open the finance console")), "{state}");
 
+    // Revoked, the session's page is refused at once.
+    let sid = opened["id"].as_str().unwrap();
+    let (s, _) = call(Method::DELETE, format!("{url}/api/v1/sessions/{sid}"), &admin, None).await;
+    assert_eq!(s, 204);
+    c.goto(&format!("{url}/portal")).await.unwrap();
+    let state = ready(&c).await;
+    assert!(state[1].as_str().is_some_and(|m| m.contains("session has ended")), "{state}");
+    screenshot(&c, "portal-revoked").await;
+
     // The link works once: opened again (a fresh browser, no cookie), it is refused.
     c.close().await.unwrap();
     let again = browser(&driver).await;
