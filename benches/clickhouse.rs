@@ -58,6 +58,11 @@ fn events(from: usize, n: usize, tenants: usize, start_us: i64, span_us: i64, ca
                 offset: i as u64,
                 // Spread over the whole span, in no order.
                 time_us: start_us + ((i as u64).wrapping_mul(11_400_714_819_323_198_485) >> 16) as i64 % span_us,
+                groups: match i % 4 {
+                    1 => vec![(tok, vec![format!("model-{}", i % 3)])],
+                    2 => vec![(api, vec![format!("/v1/route-{}", i % 7)])],
+                    _ => vec![],
+                },
                 contributions,
             }
         })

@@ -85,12 +85,16 @@ fn storage_path(c: &mut Criterion) {
                     round += 1;
                     parsed(&format!("s{round}"), 1000, 1000, &catalog)
                         .into_iter()
-                        .map(|e| Metered {
-                            contributions: catalog.contributions(&e).0,
-                            tenant: e.tenant,
-                            id: e.id,
-                            offset: 0,
-                            time_us: e.time_us,
+                        .map(|e| {
+                            let contributions = catalog.contributions(&e).0;
+                            Metered {
+                                groups: catalog.groups(&contributions, &e),
+                                contributions,
+                                tenant: e.tenant,
+                                id: e.id,
+                                offset: 0,
+                                time_us: e.time_us,
+                            }
                         })
                         .collect::<Vec<_>>()
                 },

@@ -137,6 +137,23 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
             }));
         }
     }
+    // acme's agents on six models, and its API calls on two routes: the breakdown.
+    let models =
+        [("claude", 100, 0, 2), ("gpt-4o", 10, 5, 3), ("qwen", 2, 3, 1), ("phi", 4, 0, 1), ("mistral", 1, 2, 1)];
+    for (model, input, output, n) in models.into_iter().chain([("llama", 1, 1, 1)]) {
+        for i in 0..n {
+            events.push(json!({
+                "transaction_id": format!("inv-{model}-{i}"), "external_customer_id": "acme", "code": "agent.invocation",
+                "timestamp": now, "properties": {"model": model, "input_tokens": input, "output_tokens": output},
+            }));
+        }
+    }
+    for (i, route) in ["/v1/orders", "/v1/orders", "/v1/users", "/v1/orders"].into_iter().enumerate() {
+        events.push(json!({
+            "transaction_id": format!("call-{i}"), "external_customer_id": "acme", "code": "api.call",
+            "timestamp": now, "properties": {"route": route, "method": "GET", "status": 200},
+        }));
+    }
     for chunk in events.chunks(50) {
         let (s, e) =
             call(Method::POST, format!("{url}/api/v1/events/batch"), &ingest, Some(json!({"events": chunk}))).await;
@@ -205,11 +222,11 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         instant(&badge) <= instant(later),
         "the page's watermark {badge} is not before the API's later one {later}"
     );
-    let cards = c.find_all(Locator::Css("[data-meter]")).await.unwrap();
+    let cards = c.find_all(Locator::Css("#meters [data-meter]")).await.unwrap();
     assert_eq!(cards.len(), usage["meters"].as_array().unwrap().len());
     for m in usage["meters"].as_array().unwrap() {
         let name = m["name"].as_str().unwrap();
-        let card = c.find(Locator::Css(&format!("[data-meter='{name}']"))).await.unwrap();
+        let card = c.find(Locator::Css(&format!("#meters [data-meter='{name}']"))).await.unwrap();
         let field = |f: &'static str| {
             let card = card.clone();
             async move {
@@ -240,9 +257,51 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     }
     let wo = usage["meters"].as_array().unwrap().iter().find(|m| m["name"] == "work_orders").unwrap();
     assert_eq!(wo["value"], "410", "acme's own events, not beta's");
-    let level = c.find(Locator::Css("[data-meter='work_orders'] [data-field='percent']")).await.unwrap();
+    let level = c.find(Locator::Css("#meters [data-meter='work_orders'] [data-field='percent']")).await.unwrap();
     assert_eq!(level.attr("data-value").await.unwrap().as_deref(), Some("82"));
     assert!(level.text().await.unwrap().contains("past 80%"), "the level is said in words");
+
+    // Usage by dimension: the API's figures equal the hand table, and the page's equal the API's.
+    let (_, breakdown) = call(Method::GET, format!("{url}/api/v1/usage/breakdown?tenant=acme"), &admin, None).await;
+    let dims = breakdown["dimensions"].as_array().unwrap();
+    let dim = |meter: &str| dims.iter().find(|d| d["meter"] == meter).unwrap().clone();
+    let tokens = dim("agent_tokens");
+    assert_eq!(tokens["property"], "model");
+    let top: Vec<(String, String)> = tokens["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["value"].as_str().unwrap().to_string(), s["amount"].as_str().unwrap().to_string()))
+        .collect();
+    let hand = [("claude", "200"), ("gpt-4o", "45"), ("qwen", "5"), ("phi", "4"), ("mistral", "3")];
+    assert_eq!(top, hand.map(|(v, a)| (v.to_string(), a.to_string())).to_vec());
+    assert_eq!(tokens["rest"], json!({"values": 1, "amount": "2"}), "llama");
+    assert_eq!(tokens["total"], "259");
+    let calls = dim("api_calls");
+    assert_eq!(calls["property"], "route");
+    assert_eq!(calls["top"], json!([{"value": "/v1/orders", "amount": "3"}, {"value": "/v1/users", "amount": "1"}]));
+    assert_eq!(calls["rest"], json!({"values": 0, "amount": "0"}));
+    for d in dims {
+        let (meter, property) = (d["meter"].as_str().unwrap(), d["property"].as_str().unwrap());
+        let table = format!("#breakdown table[data-meter='{meter}'][data-property='{property}']");
+        let mut expected: Vec<(String, String)> = d["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| ("top".to_string(), s["amount"].as_str().unwrap().to_string()))
+            .collect();
+        if d["rest"]["values"] != 0 {
+            expected.push(("rest".into(), d["rest"]["amount"].as_str().unwrap().into()));
+        }
+        expected.push(("total".into(), d["total"].as_str().unwrap().into()));
+        let mut shown = Vec::new();
+        for row in c.find_all(Locator::Css(&format!("{table} tr[data-field]"))).await.unwrap() {
+            let field = row.attr("data-field").await.unwrap().unwrap();
+            let amount = row.find(Locator::Css("[data-field='amount']")).await.unwrap();
+            shown.push((field, amount.attr("data-value").await.unwrap().unwrap()));
+        }
+        assert_eq!(shown, expected, "{meter} by {property}");
+    }
 
     // This period's invoice, so far and projected, line by line as the API rates it.
     let (_, up) = call(Method::GET, format!("{url}/api/v1/invoices/upcoming?tenant=acme"), &admin, None).await;

@@ -39,7 +39,8 @@ async fn clickhouse_down_for_30_s_during_a_stream_fails_no_request_and_loses_not
     assert!(!refused.status.success() && stderr.contains("meter migrate --store"), "{stderr}");
     let migrated = meter(&["migrate", "--store", &store], dir.path());
     assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
-    assert!(String::from_utf8_lossy(&migrated.stderr).contains("schema version 1"));
+    let at = format!("schema version {}", meter_store::CLICKHOUSE_SCHEMA_VERSION);
+    assert!(String::from_utf8_lossy(&migrated.stderr).contains(&at));
 
     let key = create_key(dir.path(), "admin", None);
     let m = Meter::start(dir.path(), &[("METER__STORE__URL", &store), ("METER__SINK__LINGER", "200ms")]);
@@ -86,6 +87,17 @@ async fn clickhouse_down_for_30_s_during_a_stream_fails_no_request_and_loses_not
     assert_eq!(assert_exact(&m.url, &key, &events).await, TENANTS, "live counters");
     let checked = assert_exact_in(&m.url, &key, &events, Some("store"), Duration::from_secs(120)).await;
     assert_eq!(checked, TENANTS, "ClickHouse history");
+    // Usage by model and by route: ClickHouse's history answers as the live counters do.
+    for tenant in ["tenant-0001", "tenant-0002"] {
+        let mut by_source = Vec::new();
+        for source in ["live", "store"] {
+            let path = format!("{}/api/v1/usage/breakdown?tenant={tenant}&top=100&source={source}", m.url);
+            let body: Value = client().get(path).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+            by_source.push(body["dimensions"].clone());
+        }
+        assert!(!by_source[0].as_array().unwrap().is_empty(), "{tenant} has no breakdown");
+        assert_eq!(by_source[0], by_source[1], "{tenant}: live and ClickHouse differ");
+    }
     let u = usage_from(&m.url, &key, "tenant-0001", Some("store")).await;
     assert_eq!(u["source"], "store");
     let r = client().get(format!("{}/api/v1/usage?tenant=tenant-0001&source=nope", m.url)).bearer_auth(&key).send();

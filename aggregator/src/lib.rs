@@ -229,7 +229,9 @@ fn consume(
                 *stored_ms.entry(r.ingested_us.div_euclid(1000)).or_default() += 1;
                 let (contributions, s) = catalog.contributions(&r.event);
                 skipped += s;
+                let groups = catalog.groups(&contributions, &r.event);
                 Metered {
+                    groups,
                     tenant: r.event.tenant,
                     id: r.event.id,
                     offset: r.position.offset,

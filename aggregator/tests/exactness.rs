@@ -127,6 +127,10 @@ impl UsageStore for Flaky {
         self.inner.period_totals(period).await
     }
 
+    async fn breakdown(&self, tenant: &str, period: Period) -> Result<meter_store::Breakdown, meter_store::Error> {
+        self.inner.breakdown(tenant, period).await
+    }
+
     async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, meter_store::Error> {
         self.inner.watermark(consumer, partitions).await
     }

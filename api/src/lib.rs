@@ -82,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(usage::get_usage))
         .routes(routes!(usage::get_daily))
+        .routes(routes!(usage::get_breakdown))
         .routes(routes!(billing::create_subscription, billing::list_subscriptions))
         .routes(routes!(billing::subscription_stats))
         .routes(routes!(billing::get_subscription))

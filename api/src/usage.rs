@@ -97,18 +97,10 @@ pub async fn get_usage(
 ) -> Result<Json<Usage>, ApiError> {
     let (query, mut problems) = read_request(query, |q| q.tenant.as_deref())?;
     let now = now_us();
-    let period = match query.period.as_deref().map(str::parse::<Period>) {
-        None => Some(Period::containing(now)),
-        Some(Ok(p)) => Some(p),
-        Some(Err(e)) => {
-            problems.push(FieldError::invalid("period", e.to_string()));
-            None
-        }
-    };
+    let period = period_of(query.period.as_deref(), now, &mut problems);
     if !problems.is_empty() {
         return Err(ApiError::Invalid(problems));
     }
-    let period = period.expect("checked above");
     let tenant = principal.readable_tenant(query.tenant.as_deref())?;
     let source = query.source.unwrap_or(state.reads.default_source(period, now));
     let stored = state.reads.usage(&tenant, period, source).await?;
@@ -147,6 +139,132 @@ pub async fn get_usage(
         source,
         meters,
     }))
+}
+
+/// The `period` parameter: the current month when absent; a problem pushed when malformed.
+fn period_of(period: Option<&str>, now: i64, problems: &mut Vec<FieldError>) -> Period {
+    match period.map(str::parse::<Period>) {
+        None => Period::containing(now),
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            problems.push(FieldError::invalid("period", e.to_string()));
+            Period::containing(now)
+        }
+    }
+}
+
+/// Query of the breakdown endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BreakdownQuery {
+    /// Tenant; implied by a tenant-scoped read key, required with an admin key.
+    pub tenant: Option<String>,
+    /// `YYYY-MM` (UTC calendar month); default: the current month.
+    pub period: Option<String>,
+    /// As for `/api/v1/usage`.
+    pub source: Option<Source>,
+    /// How many of the largest values to list for each property, 1 to 100; default 5.
+    pub top: Option<u32>,
+}
+
+/// One value of a property and what its events add to the meter.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Share {
+    /// The property's value; null for events without it.
+    pub value: Option<String>,
+    /// Exact decimal text.
+    pub amount: String,
+}
+
+/// Every value besides the top ones.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Rest {
+    /// How many values.
+    pub values: usize,
+    /// Their amount together, exact decimal text.
+    pub amount: String,
+}
+
+/// A meter's period total by one of its `group_by` properties.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DimensionUsage {
+    /// The meter.
+    pub meter: String,
+    /// The property.
+    pub property: String,
+    /// Every value's amount added up (the meter's total over the events counted since it was
+    /// broken down), exact decimal text.
+    pub total: String,
+    /// The largest values, largest first.
+    pub top: Vec<Share>,
+    /// The others.
+    pub rest: Rest,
+}
+
+/// A tenant's broken-down meters in a period.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Breakdown {
+    /// Tenant.
+    pub tenant: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// Where the figures come from.
+    pub source: Source,
+    /// Each broken-down meter with events, by property.
+    pub dimensions: Vec<DimensionUsage>,
+}
+
+/// A tenant's usage by dimension: each meter that declares `group_by` properties (by default
+/// `agent_tokens` by `model`, `api_calls` by `route`), with each property's largest values.
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage/breakdown",
+    tag = "usage",
+    params(BreakdownQuery),
+    responses(
+        (status = 200, description = "Usage by dimension", body = Breakdown),
+        (status = 401, description = "Missing, malformed, unknown or revoked key", body = meter_ingest_docs::Problem),
+        (status = 403, description = "The key may not read this tenant", body = meter_ingest_docs::Problem),
+        (status = 422, description = "A bad query parameter", body = meter_ingest_docs::Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_breakdown(
+    State(state): State<Arc<AppState>>,
+    Reader(principal, _): Reader<ReadUsage>,
+    query: Result<Query<BreakdownQuery>, QueryRejection>,
+) -> Result<Json<Breakdown>, ApiError> {
+    let (query, mut problems) = read_request(query, |q| q.tenant.as_deref())?;
+    let now = now_us();
+    let period = period_of(query.period.as_deref(), now, &mut problems);
+    let top = query.top.unwrap_or(5);
+    if !(1..=100).contains(&top) {
+        problems.push(FieldError::invalid("top", format!("must be from 1 to 100, not {top}")));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems));
+    }
+    let tenant = principal.readable_tenant(query.tenant.as_deref())?;
+    let source = query.source.unwrap_or(state.reads.default_source(period, now));
+    let text = |d: rust_decimal::Decimal| d.normalize().to_string();
+    let dimensions = state
+        .reads
+        .breakdown(&tenant, period, source, top as usize)
+        .await?
+        .into_iter()
+        .map(|d| DimensionUsage {
+            total: text(d.total),
+            top: d
+                .top
+                .into_iter()
+                .map(|(v, a)| Share { value: (!v.is_empty()).then_some(v), amount: text(a) })
+                .collect(),
+            rest: Rest { values: d.rest.0, amount: text(d.rest.1) },
+            meter: d.meter,
+            property: d.property,
+        })
+        .collect();
+    Ok(Json(Breakdown { tenant, period: period.to_string(), source, dimensions }))
 }
 
 /// What both usage reads check first: a query that parses, and the tenant's form (a problem to

@@ -59,6 +59,7 @@ async fn main() {
                     offset: offset + batch.len() as u64,
                     time_us: at(period, (i % 28) as i64),
                     contributions: vec![(m, c)],
+                    groups: vec![],
                 });
             }
         }

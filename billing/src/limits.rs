@@ -342,6 +342,7 @@ mod tests {
                 offset: from + n as u64,
                 time_us: e.time_us,
                 contributions: limits.catalog.contributions(e).0,
+                groups: vec![],
             })
             .collect();
         let to = from + events.len() as u64;

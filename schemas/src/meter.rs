@@ -50,7 +50,15 @@ pub struct MeterDef {
     /// Free text for people.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// Properties the meter's period total is also broken down by, each on its own (count and
+    /// sum meters only; at most [`MAX_GROUP_BY`]). An event without the property counts under no
+    /// value.
+    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<String>,
 }
+
+/// Most properties one meter is broken down by.
+pub const MAX_GROUP_BY: usize = 4;
 
 /// Allowed values of a filtered property, written as one value or a list.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -106,7 +114,13 @@ impl MeterDef {
             property: property.iter().map(|p| (*p).to_string()).collect(),
             filter: BTreeMap::new(),
             description: description.into(),
+            group_by: Vec::new(),
         }
+    }
+
+    fn grouped_by(mut self, properties: &[&str]) -> Self {
+        self.group_by = properties.iter().map(|p| (*p).to_string()).collect();
+        self
     }
 
     /// The six meters every installation has.
@@ -122,8 +136,9 @@ impl MeterDef {
                 Sum,
                 &["input_tokens", "output_tokens"],
                 "Input plus output tokens of AI agent invocations",
-            ),
-            Self::new("api_calls", "api.call", Count, &[], "API calls"),
+            )
+            .grouped_by(&["model"]),
+            Self::new("api_calls", "api.call", Count, &[], "API calls").grouped_by(&["route"]),
             Self::new("active_users", "user.login", UniqueCount, &["user_id"], "Distinct users who logged in"),
         ]
     }
@@ -317,9 +332,38 @@ impl Catalog {
                     return Err(fail("this aggregation needs exactly one property (sum: one or more)"));
                 }
             }
+            if !m.group_by.is_empty() && !matches!(m.aggregation, Aggregation::Count | Aggregation::Sum) {
+                return Err(fail("group_by: only count and sum meters can be broken down"));
+            }
+            if m.group_by.len() > MAX_GROUP_BY {
+                return Err(fail(&format!("group_by: at most {MAX_GROUP_BY} properties")));
+            }
+            let mut names = HashSet::new();
+            for p in &m.group_by {
+                if p.is_empty() || p.len() > 128 || !names.insert(p) {
+                    return Err(fail("group_by: each property is named once, in 1 to 128 characters"));
+                }
+            }
             by_code.entry(m.event.clone()).or_default().push(index);
         }
         Ok(Self { meters, by_code })
+    }
+
+    /// For each of `contributions` whose meter is broken down, the event's values of the
+    /// meter's `group_by` properties, in order (`""` where the event has none). Empty, and no
+    /// allocation, when no meter it reaches is broken down.
+    pub fn groups(&self, contributions: &[(usize, Contribution)], event: &Event) -> Vec<(usize, Vec<String>)> {
+        let mut out = Vec::new();
+        for (i, _) in contributions {
+            let Some(m) = self.meters.get(*i) else { continue };
+            if m.group_by.is_empty() {
+                continue;
+            }
+            let values =
+                m.group_by.iter().map(|p| event.properties.get(p).and_then(scalar_text).unwrap_or_default()).collect();
+            out.push((*i, values));
+        }
+        out
     }
 
     /// All meters, defaults first.
@@ -541,6 +585,43 @@ mod tests {
         assert_eq!(hit.len(), 1);
         let (miss, _) = c.contributions(&event("storage.sample", json!({"gb": "2.5", "region": "ap"})));
         assert!(miss.is_empty());
+    }
+
+    #[test]
+    fn broken_down_meters_carry_their_group_values() {
+        let c = Catalog::new(vec![]).unwrap();
+        let e = event("agent.invocation", json!({"model": "m-1", "input_tokens": 1, "output_tokens": 2}));
+        let (contribs, _) = c.contributions(&e);
+        let groups = c.groups(&contribs, &e);
+        assert_eq!(groups.len(), 1, "agent_tokens by model; agent_invocations is not broken down");
+        assert_eq!(c_name(&c_meters(), groups[0].0), "agent_tokens");
+        assert_eq!(groups[0].1, vec!["m-1".to_string()]);
+        let login = event("user.login", json!({"user_id": "u"}));
+        assert!(c.groups(&c.contributions(&login).0, &login).is_empty());
+        // A custom meter by two properties; a missing one is the empty value.
+        let custom: MeterDef = serde_json::from_value(json!({
+            "name": "gb", "event": "storage.sample", "aggregation": "sum", "property": "gb",
+            "group_by": ["region", "tier"]
+        }))
+        .unwrap();
+        let c = Catalog::new(vec![custom]).unwrap();
+        let e = event("storage.sample", json!({"gb": 2, "region": "eu", "tier": 3}));
+        let (contribs, _) = c.contributions(&e);
+        assert_eq!(c.groups(&contribs, &e)[0].1, vec!["eu".to_string(), "3".to_string()]);
+        let e = event("storage.sample", json!({"gb": 2}));
+        assert_eq!(c.groups(&c.contributions(&e).0, &e)[0].1, vec![String::new(), String::new()]);
+    }
+
+    #[test]
+    fn group_by_is_refused_where_it_cannot_add_up() {
+        let refused = |v: Value| Catalog::new(vec![serde_json::from_value(v).unwrap()]).unwrap_err().to_string();
+        let max = refused(json!({"name": "m", "event": "x", "aggregation": "max", "property": "v", "group_by": "r"}));
+        assert!(max.contains("group_by: only count and sum meters"), "{max}");
+        let twice = refused(json!({"name": "m", "event": "x", "aggregation": "count", "group_by": ["r", "r"]}));
+        assert!(twice.contains("each property is named once"), "{twice}");
+        let many =
+            refused(json!({"name": "m", "event": "x", "aggregation": "count", "group_by": ["a","b","c","d","e"]}));
+        assert!(many.contains("at most 4"), "{many}");
     }
 
     #[test]

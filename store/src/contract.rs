@@ -65,6 +65,7 @@ pub fn login(tenant: &str, id: &str, user: &str, time_us: i64) -> Metered {
         offset: 0,
         time_us,
         contributions: vec![(index("active_users"), Contribution::Unique(user.into()))],
+        groups: vec![],
     }
 }
 
@@ -79,7 +80,34 @@ pub fn tokens(tenant: &str, id: &str, n: i64, time_us: i64) -> Metered {
             (index("agent_invocations"), Contribution::Count),
             (index("agent_tokens"), Contribution::Sum(Decimal::from(n))),
         ],
+        groups: vec![],
     }
+}
+
+/// An event of `code` with `properties` as the aggregator meters it (its contributions and its
+/// group values from the default catalog), at log offset `offset`.
+pub fn metered(
+    offset: u64,
+    tenant: &str,
+    id: &str,
+    code: &str,
+    properties: serde_json::Value,
+    time_us: i64,
+) -> Metered {
+    let catalog = Catalog::new(vec![]).unwrap();
+    let event = meter_schemas::Event {
+        tenant: tenant.into(),
+        id: id.into(),
+        code: code.into(),
+        time_us,
+        implicit_time: false,
+        subscription: None,
+        source: None,
+        properties: properties.as_object().cloned().unwrap_or_default(),
+    };
+    let (contributions, _) = catalog.contributions(&event);
+    let groups = catalog.groups(&contributions, &event);
+    Metered { tenant: tenant.into(), id: id.into(), offset, time_us, contributions, groups }
 }
 
 /// Partition 0 moves from `from` to `to`.
@@ -208,6 +236,7 @@ pub async fn a_failed_batch_changes_nothing(h: &dyn Harness) {
         offset: 1,
         time_us: MID_NOVEMBER,
         contributions: vec![(index("agent_tokens"), Contribution::Sum(Decimal::MAX))],
+        groups: vec![],
     };
     assert!(s.apply("c", &m, &[huge("x"), huge("y")], &adv(1, 3)).is_err());
     assert_eq!(s.checkpoint("c").unwrap().positions, vec![(0, 1)]);
@@ -268,6 +297,7 @@ pub async fn max_and_latest_ignore_arrival_order(h: &dyn Harness) {
             (imax, Contribution::Max(Decimal::from(v))),
             (ilatest, Contribution::Latest(Decimal::from(v))),
         ],
+        groups: vec![],
     };
     let items = [("1", 5, MID_NOVEMBER + 2), ("2", 9, MID_NOVEMBER), ("3", 7, MID_NOVEMBER + 1)];
     for (i, (id, v, t)) in items.iter().enumerate() {
@@ -286,6 +316,73 @@ pub async fn max_and_latest_ignore_arrival_order(h: &dyn Harness) {
 pub fn at(offset: u64, mut ev: Metered) -> Metered {
     ev.offset = offset;
     ev
+}
+
+/// A broken-down meter's period total by each value of its `group_by` properties: each event
+/// once (copies in one batch and across batches), in its own period and tenant; an event without
+/// the property under `""`; the values add up to the meter's total.
+pub async fn breakdown_by_group_values(h: &dyn Harness) {
+    use serde_json::json;
+    let s = h.open().await;
+    let m = meters();
+    let day = 86_400_000_000;
+    let december = 1_796_083_200_000_000; // 2026-12-01T00:00:00Z
+    let inv = |o, t: &str, id: &str, model: Option<&str>, n: u64, time| {
+        let mut p = json!({"input_tokens": n, "output_tokens": 0});
+        if let Some(model) = model {
+            p["model"] = json!(model);
+        }
+        metered(o, t, id, "agent.invocation", p, time)
+    };
+    let call = |o, id: &str, route: &str| {
+        metered(o, "a", id, "api.call", json!({"route": route, "method": "GET", "status": 200}), MID_NOVEMBER)
+    };
+    let first = vec![
+        inv(0, "a", "i1", Some("gpt"), 10, MID_NOVEMBER),
+        inv(1, "a", "i2", Some("claude"), 5, MID_NOVEMBER + day),
+        inv(2, "a", "i1", Some("gpt"), 10, MID_NOVEMBER),
+        inv(3, "a", "i3", Some("gpt"), 7, december - 1),
+        inv(4, "a", "i4", None, 3, MID_NOVEMBER),
+        inv(5, "a", "i5", Some("gpt"), 100, december),
+        inv(6, "b", "i1", Some("gpt"), 1, MID_NOVEMBER),
+        call(7, "c1", "/v1/orders"),
+        call(8, "c2", "/v1/orders"),
+        call(9, "c3", "/v1/users"),
+    ];
+    s.apply("c", &m, &first, &adv(0, 10)).unwrap();
+    let second = vec![
+        inv(10, "a", "i2", Some("claude"), 5, MID_NOVEMBER + day),
+        inv(11, "a", "i6", Some("claude"), 2, MID_NOVEMBER),
+    ];
+    s.apply("c", &m, &second, &adv(10, 12)).unwrap();
+    let flat = |b: crate::Breakdown| -> Vec<String> {
+        b.into_iter()
+            .flat_map(|(meter, by)| {
+                by.into_iter().flat_map(move |(p, values)| {
+                    let meter = meter.clone();
+                    values.into_iter().map(move |(v, a)| format!("{meter} {p} {v:?} {}", a.normalize()))
+                })
+            })
+            .collect()
+    };
+    let nov: Period = "2026-11".parse().unwrap();
+    assert_eq!(
+        flat(s.breakdown("a", nov).await.unwrap()),
+        vec![
+            "agent_tokens model \"\" 3",
+            "agent_tokens model \"claude\" 7",
+            "agent_tokens model \"gpt\" 17",
+            "api_calls route \"/v1/orders\" 2",
+            "api_calls route \"/v1/users\" 1",
+        ]
+    );
+    assert_eq!(value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(), Some("27"), "3 + 7 + 17");
+    assert_eq!(
+        flat(s.breakdown("a", "2026-12".parse().unwrap()).await.unwrap()),
+        vec!["agent_tokens model \"gpt\" 100"]
+    );
+    assert_eq!(flat(s.breakdown("b", nov).await.unwrap()), vec!["agent_tokens model \"gpt\" 1"]);
+    assert!(s.breakdown("nobody", nov).await.unwrap().is_empty());
 }
 
 /// Everything a store answers about November for tenants `a` and `b`, as text: period values,
@@ -566,7 +663,7 @@ macro_rules! store_contract {
             watermarks_are_per_partition_and_never_move_back, a_stale_owner_is_fenced_and_resumes_exactly,
             a_failed_batch_changes_nothing, uniques_and_period_boundaries, max_and_latest_ignore_arrival_order,
             a_batch_inserted_twice_changes_nothing, a_replay_of_the_whole_log_from_offset_0_changes_nothing,
-            the_first_copy_of_an_id_counts_whatever_its_time);
+            the_first_copy_of_an_id_counts_whatever_its_time, breakdown_by_group_values);
     };
     (@t $harness:expr; $($name:ident),*) => {
         $(

@@ -18,7 +18,7 @@ pub mod testing;
 pub use alerts::{Alert, Allowances, Suggestion, Watch};
 pub use clickhouse::{ClickHouseStore, ClickHouseUrl, SCHEMA_VERSION as CLICKHOUSE_SCHEMA_VERSION};
 pub use limits::{LimitQuery, LimitSnapshot, LimitState};
-pub use reads::{DailyRange, Source, UsageReads};
+pub use reads::{DailyRange, Dimension, Source, UsageReads};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -95,6 +95,10 @@ pub struct Metered {
     pub time_us: i64,
     /// What it adds, by index into the meter list given to [`UsageStore::apply`].
     pub contributions: Vec<(usize, Contribution)>,
+    /// For each contribution whose meter is broken down (`group_by`), the event's values of the
+    /// meter's `group_by` properties, in their order (`""` for none): what
+    /// [`meter_schemas::Catalog::groups`] gives.
+    pub groups: Vec<(usize, Vec<String>)>,
 }
 
 /// Where a consumer has got to: for each partition, the next offset to read.
@@ -203,6 +207,11 @@ pub trait UsageStore: Send + Sync {
     /// Every tenant's period tallies, by tenant and meter: what closing `period` reads.
     async fn period_totals(&self, period: Period) -> Result<Totals, Error>;
 
+    /// `tenant`'s period totals of each broken-down meter (`group_by`), by property and then by
+    /// the property's value (`""`: events without it), from events counted since the meter was
+    /// broken down.
+    async fn breakdown(&self, tenant: &str, period: Period) -> Result<Breakdown, Error>;
+
     /// The watermark of `consumer` over all `partitions`: the slowest partition's, and `None`
     /// until every partition has one. What a period close freezes at.
     async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, Error>;
@@ -249,6 +258,9 @@ pub fn slowest(marks: &[(u32, i64)], partitions: u32) -> Option<i64> {
 
 /// Period tallies by tenant and then by meter.
 pub type Totals = BTreeMap<String, BTreeMap<String, Tally>>;
+
+/// Period totals by meter, then by `group_by` property, then by the property's value.
+pub type Breakdown = BTreeMap<String, BTreeMap<String, BTreeMap<String, rust_decimal::Decimal>>>;
 
 /// Daily tallies by meter and then by day (`YYYY-MM-DD`).
 pub type Series = BTreeMap<String, BTreeMap<String, Tally>>;

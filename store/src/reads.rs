@@ -5,6 +5,7 @@
 use crate::{Coverage, Date, Error, PeriodUsage, Series, UsageStore};
 use meter_schemas::Period;
 use meter_schemas::partition::partition_for;
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -33,6 +34,24 @@ pub struct UsageReads {
     pub partitions: u32,
     /// The lateness window: events for a period arrive until its end plus this.
     pub lateness_us: i64,
+}
+
+/// One broken-down meter's period total by one of its `group_by` properties: the largest
+/// values, and what the others add up to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dimension {
+    /// The meter.
+    pub meter: String,
+    /// The property.
+    pub property: String,
+    /// Every value's amount added up: the meter's total over the events counted since it was
+    /// broken down by this property.
+    pub total: Decimal,
+    /// The largest values, largest first (ties by value); `""` stands for events without the
+    /// property.
+    pub top: Vec<(String, Decimal)>,
+    /// How many other values there are, and their amount together.
+    pub rest: (usize, Decimal),
 }
 
 /// A tenant's daily series over a range of days, and where its live part starts.
@@ -77,6 +96,30 @@ impl UsageReads {
     pub async fn usage(&self, tenant: &str, period: Period, source: Source) -> Result<PeriodUsage, Error> {
         let (store, consumer) = self.store_of(source);
         store.usage(tenant, period, Coverage { consumer, partition: partition_for(tenant, self.partitions) }).await
+    }
+
+    /// `tenant`'s broken-down meters in `period` from `source`, each property with its `top`
+    /// largest values and the rest.
+    pub async fn breakdown(
+        &self,
+        tenant: &str,
+        period: Period,
+        source: Source,
+        top: usize,
+    ) -> Result<Vec<Dimension>, Error> {
+        let (store, _) = self.store_of(source);
+        let mut out = Vec::new();
+        for (meter, properties) in store.breakdown(tenant, period).await? {
+            for (property, values) in properties {
+                let mut values: Vec<(String, Decimal)> = values.into_iter().collect();
+                values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let total = values.iter().map(|(_, a)| *a).sum();
+                let others = values.split_off(top.min(values.len()));
+                let rest = (others.len(), others.iter().map(|(_, a)| *a).sum());
+                out.push(Dimension { meter: meter.clone(), property, total, top: values, rest });
+            }
+        }
+        Ok(out)
     }
 
     /// `tenant`'s daily values for the days `first..=last`: the days of periods events can still

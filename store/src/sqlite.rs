@@ -7,8 +7,8 @@
 use crate::alerts::{Alert, Allowances, Suggestion, alert_id, reached, suggestion_id};
 use crate::limits::{LimitQuery, LimitSnapshot, LimitState};
 use crate::{
-    Applied, Checkpoint, Coverage, Date, Error, LiveStore, MeterTallies, Metered, PeriodUsage, Progress, Series,
-    Totals, UsageStore,
+    Applied, Breakdown, Checkpoint, Coverage, Date, Error, LiveStore, MeterTallies, Metered, PeriodUsage, Progress,
+    Series, Totals, UsageStore,
 };
 use async_trait::async_trait;
 use meter_schemas::period::{day_of, format_day, format_time, now_us};
@@ -63,10 +63,20 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN suggested_plan TEXT;
     ALTER TABLE alerts ADD COLUMN saving TEXT;
 ",
+    "
+    CREATE TABLE breakdowns (
+        tenant TEXT NOT NULL, period TEXT NOT NULL, meter TEXT NOT NULL, property TEXT NOT NULL,
+        value TEXT NOT NULL, amount TEXT NOT NULL,
+        PRIMARY KEY (tenant, period, meter, property, value)
+    ) WITHOUT ROWID;
+",
 ];
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
 type Key = (String, String, String);
+
+/// `(tenant, period, meter, property, value)`: one value of a broken-down meter's property.
+type GroupKey = (String, String, String, String, String);
 
 /// Most tallies kept in memory; past it the cache starts over (the database has every value).
 const CACHE_ENTRIES: usize = 500_000;
@@ -78,6 +88,8 @@ pub struct SqliteStore {
     /// Keeps the WAL bounded; the writer checks it after each batch.
     wal: WalBound,
     cache: Mutex<HashMap<Key, Tally>>,
+    /// The same for the breakdowns' amounts, cleared with it.
+    group_cache: Mutex<HashMap<GroupKey, Tally>>,
     reads: Arc<ReadPool>,
     allowances: RwLock<Option<Arc<dyn Allowances>>>,
     /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
@@ -96,6 +108,7 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             wal: WalBound::new(path, WAL_BOUND),
             cache: Mutex::new(HashMap::new()),
+            group_cache: Mutex::new(HashMap::new()),
             reads: Arc::new(ReadPool::new(path)),
             allowances: RwLock::new(None),
             raised: Mutex::new(HashSet::new()),
@@ -315,6 +328,7 @@ impl UsageStore for SqliteStore {
     fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
         let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.group_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let other: Option<String> = conn
             .query_row("SELECT consumer FROM checkpoints WHERE consumer <> ?1 LIMIT 1", [consumer], |r| r.get(0))
             .optional()?;
@@ -338,6 +352,7 @@ impl UsageStore for SqliteStore {
     ) -> Result<Applied, Error> {
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut group_cache = self.group_cache.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut stored =
@@ -351,6 +366,7 @@ impl UsageStore for SqliteStore {
         }
         let mut applied = Applied::default();
         let mut scratch: HashMap<Key, Tally> = HashMap::new();
+        let mut groups: HashMap<GroupKey, Tally> = HashMap::new();
         let (mut raised, mut new_alerts) = (Vec::new(), 0);
         {
             let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO seen (tenant, id) VALUES (?1, ?2)")?;
@@ -359,6 +375,10 @@ impl UsageStore for SqliteStore {
             )?;
             let mut load = tx.prepare_cached(
                 "SELECT value, latest_us, latest_id FROM tallies WHERE tenant = ?1 AND meter = ?2 AND bucket = ?3",
+            )?;
+            let mut load_group = tx.prepare_cached(
+                "SELECT amount FROM breakdowns
+                 WHERE tenant = ?1 AND period = ?2 AND meter = ?3 AND property = ?4 AND value = ?5",
             )?;
             for ev in events {
                 if seen.execute(params![ev.tenant, ev.id])? == 0 {
@@ -394,6 +414,38 @@ impl UsageStore for SqliteStore {
                         tally.add(c, ev.time_us, &ev.id)?;
                     }
                 }
+                for (m, values) in &ev.groups {
+                    let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
+                    let Some((_, c)) = ev.contributions.iter().find(|(i, _)| i == m) else { continue };
+                    for (property, value) in def.group_by.iter().zip(values) {
+                        let key =
+                            (ev.tenant.clone(), buckets[0].clone(), def.name.clone(), property.clone(), value.clone());
+                        let amount = match groups.entry(key) {
+                            Entry::Occupied(o) => o.into_mut(),
+                            Entry::Vacant(v) => {
+                                let current = match group_cache.get(v.key()) {
+                                    Some(t) => t.clone(),
+                                    None => {
+                                        let (t, b, m, p, x) = v.key();
+                                        let amount: Option<String> =
+                                            load_group.query_row(params![t, b, m, p, x], |r| r.get(0)).optional()?;
+                                        Tally { value: amount.and_then(|a| Decimal::from_str(&a).ok()), latest: None }
+                                    }
+                                };
+                                v.insert(current)
+                            }
+                        };
+                        amount.add(c, ev.time_us, &ev.id)?;
+                    }
+                }
+            }
+            let mut save_group = tx.prepare_cached(
+                "INSERT INTO breakdowns (tenant, period, meter, property, value, amount) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount",
+            )?;
+            for ((tenant, period, meter, property, value), t) in &groups {
+                let amount = t.value.unwrap_or_default().to_string();
+                save_group.execute(params![tenant, period, meter, property, value, amount])?;
             }
             let mut save = tx.prepare_cached(
                 "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -427,6 +479,10 @@ impl UsageStore for SqliteStore {
             cache.clear();
         }
         cache.extend(scratch);
+        if group_cache.len() + groups.len() > CACHE_ENTRIES {
+            group_cache.clear();
+        }
+        group_cache.extend(groups);
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
         self.announce("usage_threshold", new_alerts);
         Ok(applied)
@@ -503,6 +559,30 @@ impl UsageStore for SqliteStore {
     async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
         let sql = "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1";
         Ok(nest(self.keyed_tallies(sql, vec![period.to_string()]).await?))
+    }
+
+    async fn breakdown(&self, tenant: &str, period: Period) -> Result<Breakdown, Error> {
+        let reads = self.reads.clone();
+        let (tenant, period) = (tenant.to_string(), period.to_string());
+        let rows = blocking(move || {
+            reads.with(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT meter, property, value, amount FROM breakdowns WHERE tenant = ?1 AND period = ?2",
+                )?;
+                let rows = stmt.query_map(params![tenant, period], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        })
+        .await?;
+        let mut out = Breakdown::new();
+        for (meter, property, value, amount) in rows {
+            let amount =
+                Decimal::from_str(&amount).map_err(|_| Error::Schema(format!("breakdown amount {amount:?}")))?;
+            out.entry(meter).or_default().entry(property).or_default().insert(value, amount);
+        }
+        Ok(out)
     }
 
     async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, Error> {

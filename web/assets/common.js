@@ -50,6 +50,15 @@ async function exchange() {
   return true;
 }
 
+// A row's header cell: what the row is about, for screen readers too.
+function rowHeader(row, text) {
+  const th = document.createElement("th");
+  th.scope = "row";
+  th.textContent = text;
+  row.append(th);
+  return th;
+}
+
 function cell(row, text, value) {
   const td = document.createElement("td");
   show(td, text, value);

@@ -31,10 +31,7 @@ async function start() {
     ...found.lines.map((l) => {
       const tr = document.createElement("tr");
       tr.dataset.line = l.id;
-      const th = document.createElement("th");
-      th.scope = "row";
-      th.textContent = l.description;
-      tr.append(th);
+      rowHeader(tr, l.description);
       cell(tr, l.meter ?? "—", l.meter ?? "");
       cell(tr, l.quantity ?? "—", l.quantity ?? "");
       cell(tr, l.amount).dataset.field = "amount";

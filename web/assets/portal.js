@@ -116,6 +116,7 @@ async function start() {
   daily.included = new Map([...entitled].map(([name, e]) => [name, e.limit === null || e.limit === "unlimited" ? null : Number(e.limit)]));
   setUpChart();
   await drawChart();
+  renderBreakdown(await api("/api/v1/usage/breakdown?period=" + usage.period));
   const [alerts, invoices] = await Promise.all([api("/api/v1/alerts"), api("/api/v1/invoices")]);
   renderAlerts(alerts.alerts, usage.period);
   renderInvoices(invoices);
@@ -130,10 +131,7 @@ function renderUpcoming(up) {
   const rows = up.so_far.lines.map((l) => {
     const tr = document.createElement("tr");
     tr.dataset.line = l.id;
-    const th = document.createElement("th");
-    th.scope = "row";
-    th.textContent = l.description;
-    tr.append(th);
+    rowHeader(tr, l.description);
     cell(tr, l.amount).dataset.field = "so_far";
     const p = projected.get(l.id);
     cell(tr, p ? p.amount : "—", p ? p.amount : "").dataset.field = "projected";
@@ -165,6 +163,45 @@ function renderAlerts(alerts, period) {
     s.hidden = false;
     show(s, "Upgrade to " + suggestion.suggested_plan + " and save " + suggestion.saving + " this period", suggestion.saving);
   }
+}
+
+// Each broken-down meter by each of its properties: the largest values, the others together,
+// and the total; each amount with its share of the total in words, not only in a bar.
+function renderBreakdown(b) {
+  $("breakdown-none").hidden = b.dimensions.length > 0;
+  const tables = b.dimensions.map((d) => {
+    const table = document.createElement("table");
+    table.dataset.meter = d.meter;
+    table.dataset.property = d.property;
+    const caption = document.createElement("caption");
+    caption.textContent = d.meter + " by " + d.property;
+    const head = document.createElement("thead");
+    head.innerHTML = '<tr><th scope="col">Value</th><th scope="col">Amount</th><th scope="col">Share</th></tr>';
+    const share = (amount) => {
+      const total = Number(d.total);
+      return total > 0 ? ((Number(amount) / total) * 100).toFixed(1) + "%" : "—";
+    };
+    const row = (label, amount, field) => {
+      const tr = document.createElement("tr");
+      tr.dataset.field = field;
+      rowHeader(tr, label);
+      cell(tr, amount).dataset.field = "amount";
+      cell(tr, share(amount), share(amount)).dataset.field = "share";
+      return tr;
+    };
+    const body = document.createElement("tbody");
+    for (const s of d.top) {
+      const tr = row(s.value === null ? "(not set)" : s.value, s.amount, "top");
+      tr.dataset.value = s.value === null ? "" : s.value;
+      body.append(tr);
+    }
+    if (d.rest.values > 0) body.append(row(d.rest.values + " other values", d.rest.amount, "rest"));
+    const foot = document.createElement("tfoot");
+    foot.append(row("Total", d.total, "total"));
+    table.append(caption, head, body, foot);
+    return table;
+  });
+  $("breakdown").replaceChildren(...tables);
 }
 
 // Closed invoices, newest first, with where their payment stands and their downloads.
@@ -297,10 +334,7 @@ async function drawChart() {
   const rows = meter.daily.map((d, i) => {
     const tr = document.createElement("tr");
     tr.dataset.date = d.date;
-    const th = document.createElement("th");
-    th.scope = "row";
-    th.textContent = d.date;
-    tr.append(th);
+    rowHeader(tr, d.date);
     cell(tr, String(values[i])).dataset.field = "value";
     cell(tr, included === null || !accumulate ? "—" : String(included), included === null || !accumulate ? "" : String(included));
     return tr;
@@ -334,10 +368,7 @@ function renderFeatures(features) {
     ...features.map((f) => {
       const tr = document.createElement("tr");
       tr.dataset.feature = f.name;
-      const th = document.createElement("th");
-      th.scope = "row";
-      th.textContent = f.name;
-      tr.append(th);
+      rowHeader(tr, f.name);
       const value = typeof f.value === "boolean" ? (f.value ? "yes" : "no") : String(f.value);
       cell(tr, value, JSON.stringify(f.value)).dataset.field = "value";
       cell(tr, f.allowed ? "yes" : "no", String(f.allowed)).dataset.field = "allowed";

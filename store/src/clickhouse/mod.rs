@@ -21,7 +21,8 @@ mod schema;
 pub use schema::SCHEMA_VERSION;
 
 use crate::{
-    Applied, Checkpoint, Coverage, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, Totals, UsageStore,
+    Applied, Breakdown, Checkpoint, Coverage, Error, MeterTallies, Metered, PeriodUsage, Progress, Series, Totals,
+    UsageStore,
 };
 use async_trait::async_trait;
 use clickhouse::{Client, Row};
@@ -136,6 +137,21 @@ impl ClickHouseStore {
             for statement in m.statements {
                 timed(QUERY_TIMEOUT, db.query(statement).execute()).await?;
             }
+            for (table, column, kind) in m.add_columns {
+                let present: u64 = timed(
+                    QUERY_TIMEOUT,
+                    db.query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+                        .bind(&url.database)
+                        .bind(*table)
+                        .bind(*column)
+                        .fetch_one::<u64>(),
+                )
+                .await?;
+                if present == 0 {
+                    let sql = format!("ALTER TABLE {table} ADD COLUMN {column} {kind}");
+                    timed(QUERY_TIMEOUT, db.query(&sql).execute()).await?;
+                }
+            }
             timed(
                 QUERY_TIMEOUT,
                 db.query("INSERT INTO schema_versions (version, what) VALUES (?, ?)")
@@ -248,6 +264,10 @@ struct EventRow<'a> {
     kinds: Vec<u8>,
     values: Vec<i128>,
     texts: Vec<&'a str>,
+    group_meters: Vec<&'a str>,
+    group_properties: Vec<&'a str>,
+    group_values: Vec<&'a str>,
+    group_amounts: Vec<i128>,
 }
 
 /// `progress.kind` of a next offset.
@@ -280,6 +300,10 @@ fn event_row<'a>(meters: &'a [MeterDef], ev: &'a Metered) -> Result<EventRow<'a>
         kinds: Vec::with_capacity(n),
         values: Vec::with_capacity(n),
         texts: Vec::with_capacity(n),
+        group_meters: Vec::new(),
+        group_properties: Vec::new(),
+        group_values: Vec::new(),
+        group_amounts: Vec::new(),
     };
     for (m, c) in &ev.contributions {
         row.meters.push(&meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name);
@@ -293,6 +317,16 @@ fn event_row<'a>(meters: &'a [MeterDef], ev: &'a Metered) -> Result<EventRow<'a>
         row.kinds.push(kind_code(c.aggregation()));
         row.values.push(v);
         row.texts.push(text);
+    }
+    for (m, values) in &ev.groups {
+        let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
+        let Some(at) = ev.contributions.iter().position(|(i, _)| i == m) else { continue };
+        for (property, value) in def.group_by.iter().zip(values) {
+            row.group_meters.push(&def.name);
+            row.group_properties.push(property);
+            row.group_values.push(value);
+            row.group_amounts.push(row.values[at]);
+        }
     }
     Ok(row)
 }
@@ -478,6 +512,24 @@ impl Inner {
         Ok(totals)
     }
 
+    async fn breakdown(&self, tenant: &str, period: Period) -> Result<Breakdown, Error> {
+        // Each event's counting copy, as every read takes it.
+        let sql = "SELECT m, p, x, sum(a) AS amount FROM (
+                SELECT argMax(time_us, rank) AS t, argMax(group_meters, rank) AS gm,
+                       argMax(group_properties, rank) AS gp, argMax(group_values, rank) AS gv,
+                       argMax(group_amounts, rank) AS ga
+                FROM events WHERE tenant = ? GROUP BY tenant, id HAVING t >= ? AND t < ?)
+            ARRAY JOIN gm AS m, gp AS p, gv AS x, ga AS a
+            GROUP BY m, p, x";
+        let q = self.client.query(sql).bind(tenant).bind(period.start_us()).bind(period.end_us());
+        let rows = timed(QUERY_TIMEOUT, q.fetch_all::<(String, String, String, i128)>()).await?;
+        let mut out = Breakdown::new();
+        for (meter, property, value, amount) in rows {
+            out.entry(meter).or_default().entry(property).or_default().insert(value, query::decimal(amount)?);
+        }
+        Ok(out)
+    }
+
     async fn roll_up(&self, consumer: &str, partitions: u32, lateness_us: i64) -> Result<i64, Error> {
         let marks = self.progress(consumer, WATERMARK, None).await?;
         // Every partition must have been read; the slowest one decides.
@@ -596,6 +648,11 @@ impl UsageStore for ClickHouseStore {
     async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
         let inner = self.inner.clone();
         self.spawn(async move { inner.period_totals(period).await }).await
+    }
+
+    async fn breakdown(&self, tenant: &str, period: Period) -> Result<Breakdown, Error> {
+        let (inner, tenant) = (self.inner.clone(), tenant.to_string());
+        self.spawn(async move { inner.breakdown(&tenant, period).await }).await
     }
 
     async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, Error> {
