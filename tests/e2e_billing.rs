@@ -345,9 +345,20 @@ async fn two_closes_bill_exactly_and_late_events_become_an_adjustment() {
         - num(&moved["churn"]);
     assert!((sum - num(&moved["net_new"])).abs() < 0.01, "{rev}");
     assert!((num(&usd["mrr_end"]) - num(&usd["mrr_start"]) - num(&moved["net_new"])).abs() < 0.01, "{rev}");
+    // Billed equals the month's invoices; deferred revenue rolls forward to the cent.
+    let g = &usd["recognition"];
+    let usd_invoices = p2_invoices.as_array().unwrap().iter().filter(|i| i["currency"] == "USD");
+    let billed: f64 = usd_invoices.map(|i| num(&i["total"])).sum();
+    assert!((num(&g["billed"]) - billed).abs() < 0.005, "{g} against {billed}");
+    assert!((num(&g["billed"]) - num(&g["billed_fees"]) - num(&g["billed_usage"])).abs() < 0.005, "{g}");
+    let forward = num(&g["deferred_start"]) + num(&g["billed_fees"]) - num(&g["recognised_fees"]);
+    assert!((num(&g["deferred_end"]) - forward).abs() < 0.005, "{g}");
+    assert_eq!(g["collected"], Value::Null, "no payment sync here");
     let csv = get_text(format!("{url}/api/v1/revenue?period={p2}&format=csv"), &admin).await;
     assert!(
-        csv.starts_with("period,currency,mrr_start,mrr_end,arr_end,") && csv.contains(&format!("{p2},USD,")),
+        csv.starts_with("period,currency,mrr_start,mrr_end,arr_end,")
+            && csv.lines().next().unwrap().ends_with(",recognised_usage,deferred_start,deferred_end")
+            && csv.contains(&format!("{p2},USD,")),
         "{csv}"
     );
     let (s, _) = call(get.clone(), format!("{url}/api/v1/revenue?period={p2}"), &acme_reader, None).await;

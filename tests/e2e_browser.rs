@@ -498,6 +498,13 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         }
         let shown = data(format!("#revenue [data-currency='{currency}'] [data-field='new']")).await;
         assert_eq!(shown.as_deref(), c["movements"]["new"].as_str());
+        let g = &c["recognition"];
+        for field in ["billed", "billed_fees", "billed_usage", "recognised", "deferred_start", "deferred_end"] {
+            let shown = data(format!("#recognition [data-currency='{currency}'] [data-field='{field}']")).await;
+            assert_eq!(shown.as_deref(), g[field].as_str(), "{field}");
+        }
+        let collected = data(format!("#recognition [data-currency='{currency}'] [data-field='collected']")).await;
+        assert_eq!(collected.unwrap_or_default(), g["collected"].as_str().unwrap_or(""), "collected");
     }
     assert!(rev["currencies"]["USD"]["mrr_end"].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "acme's starter fee");
     let (_, ar) = call(Method::GET, format!("{url}/api/v1/receivables"), &admin, None).await;

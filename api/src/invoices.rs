@@ -163,7 +163,7 @@ pub async fn revenue(
     let Query(q) = query?;
     let csv = wants_csv(q.format.as_deref())?;
     let period = crate::billing::period_of(&q.period)?;
-    let revenue = state.billing.subscriptions.revenue(period).await?;
+    let revenue = state.billing.subscriptions.revenue(period, meter_schemas::period::now_us()).await?;
     Ok(if csv {
         ([(CONTENT_TYPE, "text/csv; charset=utf-8")], revenue.csv()).into_response()
     } else {

@@ -553,6 +553,7 @@ mod tests {
                 price_version: list.version.clone(),
                 inputs_hash: String::new(),
             },
+            service: None,
         };
         inv.append(vec![line]).unwrap();
         inv.plan = Some("starter".into());

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod limits;
 pub mod metric;
 pub mod preview;
+pub mod recognition;
 pub mod revenue;
 pub mod subscriptions;
 #[cfg(feature = "testing")]

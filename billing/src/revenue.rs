@@ -8,6 +8,9 @@
 //! ([`meter_rater::recurring`]), each tenant's rounded to the cent: no usage, no prorations. A
 //! cancelled subscription counts until the end of what it paid for; a trial, a suspended or an
 //! expired one counts nothing.
+//!
+//! Beside them, per currency, what the month billed, collected and recognised, and the deferred
+//! revenue at its start and end ([`crate::recognition`]).
 
 use meter_rater::recurring::{monthly_fee, standing_at};
 use meter_rater::{PriceBook, Subscription};
@@ -48,6 +51,8 @@ pub struct InCurrency {
     pub paying_start: usize,
     /// At the end.
     pub paying_end: usize,
+    /// What was billed, collected and recognised, and deferred revenue ([`crate::recognition`]).
+    pub recognition: crate::recognition::Recognition,
 }
 
 /// A month's revenue.
@@ -124,6 +129,16 @@ pub fn revenue(subs: &[Subscription], book: &PriceBook, period: Period) -> Reven
 }
 
 impl Revenue {
+    /// Adds each currency's recognition of the month.
+    pub fn with_recognition(mut self, recognition: BTreeMap<String, crate::recognition::Recognition>) -> Self {
+        for (currency, r) in recognition {
+            self.currencies.entry(currency).or_default().recognition = r;
+        }
+        self
+    }
+}
+
+impl Revenue {
     /// As CSV: one row per currency.
     pub fn csv(&self) -> String {
         let mut w = csv::Writer::from_writer(Vec::new());
@@ -141,10 +156,19 @@ impl Revenue {
             "net_new",
             "paying_start",
             "paying_end",
+            "billed",
+            "billed_fees",
+            "billed_usage",
+            "collected",
+            "recognised",
+            "recognised_fees",
+            "recognised_usage",
+            "deferred_start",
+            "deferred_end",
         ];
         w.write_record(header).expect("writing to memory");
         for (currency, c) in &self.currencies {
-            let m = &c.movements;
+            let (m, r) = (&c.movements, &c.recognition);
             let row = [
                 self.period.clone(),
                 currency.clone(),
@@ -159,6 +183,15 @@ impl Revenue {
                 m.net_new.to_string(),
                 c.paying_start.to_string(),
                 c.paying_end.to_string(),
+                r.billed.to_string(),
+                r.billed_fees.to_string(),
+                r.billed_usage.to_string(),
+                r.collected.map(|c| c.to_string()).unwrap_or_default(),
+                r.recognised.to_string(),
+                r.recognised_fees.to_string(),
+                r.recognised_usage.to_string(),
+                r.deferred_start.to_string(),
+                r.deferred_end.to_string(),
             ];
             w.write_record(row).expect("writing to memory");
         }

@@ -116,13 +116,22 @@ impl Subscriptions {
         Ok(())
     }
 
-    /// `period`'s recurring revenue: MRR, ARR and their movements ([`crate::revenue`]).
-    pub async fn revenue(&self, period: Period) -> Result<crate::revenue::Revenue, Error> {
+    /// `period`'s recurring revenue: MRR, ARR and their movements ([`crate::revenue`]); and
+    /// what it billed, collected by `as_of_us` and recognised, with deferred revenue
+    /// ([`crate::recognition`]).
+    pub async fn revenue(&self, period: Period, as_of_us: i64) -> Result<crate::revenue::Revenue, Error> {
         let subs = self.ledger.list(None).await?;
         let book = self.book.clone();
-        tokio::task::spawn_blocking(move || crate::revenue::revenue(&subs, &book, period))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))
+        let first = (0..crate::recognition::LOOKBACK_MONTHS).fold(period, |p, _| p.previous());
+        let invoices = self.ledger.invoices_between(first, period).await?;
+        let paid =
+            self.ledger.store().held_invoices().await?.into_iter().map(|(r, _)| (r.invoice, r.paid_us)).collect();
+        tokio::task::spawn_blocking(move || {
+            let recognition = crate::recognition::recognition(&invoices, &paid, period, as_of_us);
+            crate::revenue::revenue(&subs, &book, period).with_recognition(recognition)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))
     }
 
     /// Counts of subscriptions by state at `now_us`, and how trials ended.

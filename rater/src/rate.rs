@@ -56,6 +56,16 @@ pub struct Lineage {
     pub inputs_hash: String,
 }
 
+/// The time a fee line pays for, billed in advance: a cycle, or the rest of one after a
+/// change. Revenue recognition spreads the line over it by the microsecond.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Service {
+    /// Its start (µs).
+    pub from_us: i64,
+    /// Its end, excluded (µs).
+    pub to_us: i64,
+}
+
 /// One invoice line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Line {
@@ -75,6 +85,10 @@ pub struct Line {
     pub amount: Decimal,
     /// Where its figures come from.
     pub lineage: Lineage,
+    /// For base fees, prorations and the discounts off them: the time the line pays for.
+    /// Other lines are for the invoice's period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Service>,
 }
 
 /// An invoice draft.
@@ -181,6 +195,7 @@ pub fn adjustments(billed: &Invoice, revised: &Invoice, watermark_us: Option<i64
                     price_version: revised.price_version.clone(),
                     inputs_hash: hex::encode(Sha256::digest(hashes.as_bytes())),
                 },
+                service: None,
             }
         })
         .collect()
@@ -252,7 +267,8 @@ struct Rating<'a> {
     list: &'a PriceList,
     lines: Vec<Line>,
     /// Base and proration amounts by the discount that applies to them.
-    discountable: BTreeMap<(String, Percent), Decimal>,
+    /// Fees a term discount is taken off, by discount and the time they pay for.
+    discountable: BTreeMap<(String, Percent, Service), Decimal>,
 }
 
 impl<'a> Rating<'a> {
@@ -292,9 +308,11 @@ impl<'a> Rating<'a> {
                     reason
                 );
                 let hash = self.hash(&[&"base", &e.plan, &e.cycle, start_us, end_us, &fee]);
+                let service = Service { from_us: *start_us, to_us: *end_us };
                 self.push(LineKind::BaseFee, text, None, None, amount, BTreeMap::new(), hash);
-                if let Some(k) = self.term_discount(&e.plan, e.cycle, term_years)? {
-                    *self.discountable.entry(k).or_default() += amount;
+                self.serves(service);
+                if let Some((name, p)) = self.term_discount(&e.plan, e.cycle, term_years)? {
+                    *self.discountable.entry((name, p, service)).or_default() += amount;
                 }
             }
             Change::PlanChanged { from_plan, from_cycle, cycle_start_us: Some(cs), cycle_end_us: Some(ce), .. }
@@ -310,9 +328,11 @@ impl<'a> Rating<'a> {
                     day(*ce)
                 );
                 let hash = self.hash(&[&"credit", from_plan, from_cycle, cs, ce, &e.at_us, &old]);
+                let service = Service { from_us: e.at_us, to_us: *ce };
                 self.push(LineKind::Proration, text, None, None, credit, BTreeMap::new(), hash);
-                if let Some(k) = self.term_discount(from_plan, *from_cycle, term_years)? {
-                    *self.discountable.entry(k).or_default() += credit;
+                self.serves(service);
+                if let Some((name, p)) = self.term_discount(from_plan, *from_cycle, term_years)? {
+                    *self.discountable.entry((name, p, service)).or_default() += credit;
                 }
                 if *from_cycle == e.cycle {
                     let new = self.fee(&e.plan, e.cycle)?;
@@ -326,8 +346,9 @@ impl<'a> Rating<'a> {
                     );
                     let hash = self.hash(&[&"charge", &e.plan, &e.cycle, cs, ce, &e.at_us, &new]);
                     self.push(LineKind::Proration, text, None, None, charge, BTreeMap::new(), hash);
-                    if let Some(k) = self.term_discount(&e.plan, e.cycle, term_years)? {
-                        *self.discountable.entry(k).or_default() += charge;
+                    self.serves(service);
+                    if let Some((name, p)) = self.term_discount(&e.plan, e.cycle, term_years)? {
+                        *self.discountable.entry((name, p, service)).or_default() += charge;
                     }
                 }
             }
@@ -337,12 +358,12 @@ impl<'a> Rating<'a> {
     }
 
     fn term_discounts(&mut self) -> Result<(), Error> {
-        for ((name, percent), base) in std::mem::take(&mut self.discountable) {
+        for ((name, percent, service), base) in std::mem::take(&mut self.discountable) {
             if base.is_zero() {
                 continue;
             }
             let amount = -self.round(mul(base, percent.fraction(), "term discount")?);
-            let hash = self.hash(&[&"term_discount", &name, &percent, &base]);
+            let hash = self.hash(&[&"term_discount", &name, &percent, &base, &service.from_us, &service.to_us]);
             self.push(
                 LineKind::TermDiscount,
                 format!("{name}: {percent} of {base}"),
@@ -352,6 +373,7 @@ impl<'a> Rating<'a> {
                 BTreeMap::new(),
                 hash,
             );
+            self.serves(service);
         }
         Ok(())
     }
@@ -478,7 +500,14 @@ impl<'a> Rating<'a> {
             price_version: self.list.version.clone(),
             inputs_hash,
         };
-        self.lines.push(Line { id: String::new(), kind, description, meter, quantity, amount, lineage });
+        self.lines.push(Line { id: String::new(), kind, description, meter, quantity, amount, lineage, service: None });
+    }
+
+    /// The line just pushed pays for `service`.
+    fn serves(&mut self, service: Service) {
+        if let Some(l) = self.lines.last_mut() {
+            l.service = Some(service);
+        }
     }
 
     fn finish(mut self, id: String, plan: Option<String>) -> Result<Invoice, Error> {

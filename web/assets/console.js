@@ -77,6 +77,27 @@ async function renderRevenue() {
       ),
     ),
   );
+  $("recognition").replaceChildren(
+    ...Object.entries(r.currencies).map(([currency, c]) => {
+      const g = c.recognition;
+      return row(
+        [
+          [currency],
+          [g.billed, "billed"],
+          [g.billed_fees, "billed_fees"],
+          [g.billed_usage, "billed_usage"],
+          g.collected === null ? ["no payment sync", "collected", ""] : [g.collected, "collected"],
+          [g.recognised, "recognised"],
+          [g.recognised_fees, "recognised_fees"],
+          [g.recognised_usage, "recognised_usage"],
+          [g.deferred_start, "deferred_start"],
+          [g.deferred_end, "deferred_end"],
+        ],
+        "currency",
+        currency,
+      );
+    }),
+  );
 }
 
 function renderReceivables(ar) {

@@ -98,6 +98,7 @@ pub fn invoice(tenant: &str, currency: &str, amounts: &[&str]) -> meter_rater::I
                 price_version: "2026-01".into(),
                 inputs_hash: format!("hash{i}"),
             },
+            service: None,
         })
         .collect();
     let total = lines.iter().map(|l| l.amount).sum();

@@ -195,6 +195,7 @@ pub fn invoice(tenant: &str, period: &str, lines: usize) -> meter_rater::Invoice
                 price_version: "2026-01".into(),
                 inputs_hash: format!("h{i}"),
             },
+            service: None,
         })
         .collect();
     inv.append(lines).unwrap();
@@ -223,6 +224,14 @@ pub async fn a_tenants_closed_invoices_are_found_by_tenant_and_id(store: Arc<dyn
     assert_eq!(acme, [nov.invoices[0].clone(), oct.invoices[0].clone()], "newest first, as first recorded");
     assert_eq!(ledger.invoices_of("beta").await.unwrap(), [oct.invoices[1].clone()]);
     assert!(ledger.invoices_of("gamma").await.unwrap().is_empty());
+    // By period, oldest first: October's two, then November's.
+    let p = |s: &str| s.parse::<meter_schemas::Period>().unwrap();
+    let mut october = oct.invoices.clone();
+    october.sort_by(|a, b| a.id.cmp(&b.id));
+    let both: Vec<_> = october.iter().cloned().chain([nov.invoices[0].clone()]).collect();
+    assert_eq!(ledger.invoices_between(p("2026-09"), p("2026-11")).await.unwrap(), both);
+    assert_eq!(ledger.invoices_between(p("2026-11"), p("2026-12")).await.unwrap(), [nov.invoices[0].clone()]);
+    assert!(ledger.invoices_between(p("2026-12"), p("2027-03")).await.unwrap().is_empty());
     assert_eq!(ledger.invoice(&oct.invoices[1].id).await.unwrap().as_ref(), Some(&oct.invoices[1]));
     assert_eq!(ledger.invoice("inv_nope").await.unwrap(), None);
     // What the provider holds, with meter's invoice it carries.

@@ -82,6 +82,9 @@ pub trait LedgerStore: Send + Sync {
     /// The closed invoice `id`.
     async fn invoice(&self, id: String) -> Result<Option<meter_rater::Invoice>, Error>;
 
+    /// Every closed invoice of the periods `from..=to`, oldest period first (then by id).
+    async fn invoices_between(&self, from: Period, to: Period) -> Result<Vec<meter_rater::Invoice>, Error>;
+
     /// Every invoice held at the provider, with meter's closed invoice it carries.
     async fn held_invoices(&self) -> Result<Vec<(RemoteInvoice, meter_rater::Invoice)>, Error>;
 
@@ -268,6 +271,11 @@ impl Ledger {
     /// The closed invoice `id`.
     pub async fn invoice(&self, id: &str) -> Result<Option<meter_rater::Invoice>, Error> {
         self.store.invoice(id.to_string()).await
+    }
+
+    /// Every closed invoice of the periods `from..=to`, oldest period first.
+    pub async fn invoices_between(&self, from: Period, to: Period) -> Result<Vec<meter_rater::Invoice>, Error> {
+        self.store.invoices_between(from, to).await
     }
 
     /// Marks `period` as being closed: from now on no change may be dated inside it.

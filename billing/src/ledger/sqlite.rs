@@ -267,6 +267,17 @@ impl LedgerStore for SqliteLedger {
         .await
     }
 
+    async fn invoices_between(&self, from: Period, to: Period) -> Result<Vec<meter_rater::Invoice>, Error> {
+        let (from, to) = (from.to_string(), to.to_string());
+        self.with(move |c| {
+            let mut stmt =
+                c.prepare("SELECT body FROM invoices WHERE period >= ?1 AND period <= ?2 ORDER BY period, id")?;
+            let bodies = stmt.query_map(params![from, to], |r| r.get::<_, String>(0))?;
+            bodies.map(|b| Ok(serde_json::from_str(&b?)?)).collect()
+        })
+        .await
+    }
+
     async fn held_invoices(&self) -> Result<Vec<(RemoteInvoice, meter_rater::Invoice)>, Error> {
         self.with(move |c| {
             let columns = REMOTE_INVOICE.split(", ").map(|col| format!("r.{col}")).collect::<Vec<_>>().join(", ");
