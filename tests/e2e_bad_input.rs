@@ -145,6 +145,8 @@ fn cases(now_s: i64) -> Vec<Case> {
         Case { method: "GET", path: "/api/v1/nothing-here".into(), key: Key::Read, ..case("unknown endpoint", String::new(), 404, ("", "")) },
         case("quantity with 10 decimal places", lago(ev(json!({"code": "agent.invocation", "properties": {"input_tokens": "0.0000000001"}}))), 422, ("event.properties.input_tokens", "non-negative integer")),
         Case { method: "GET", path: "/api/v1/usage?tenant=globex".into(), key: Key::Read, ..case("usage of another tenant", String::new(), 403, ("tenant", "not the tenant")) },
+        Case { method: "GET", path: "/api/v1/periods/2026-01/invoices/search?limit=0".into(), key: Key::Admin, ..case("an invoice search of no rows", String::new(), 422, ("limit", "from 1 to 500")) },
+        Case { method: "GET", path: "/api/v1/periods/2026-01/invoices/search?q=acme".into(), key: Key::Read, ..case("an invoice search with a read key", String::new(), 403, ("authorization", "may not export")) },
         Case { method: "GET", path: "/api/v1/usage/breakdown?tenant=acme&top=0".into(), key: Key::Read, ..case("a breakdown of no values", String::new(), 422, ("top", "from 1 to 100")) },
         Case { method: "GET", path: "/api/v1/usage/breakdown?tenant=globex".into(), key: Key::Read, ..case("another tenant's breakdown", String::new(), 403, ("tenant", "not the tenant")) },
         Case { method: "GET", path: "/api/v1/usage?tenant=acme".into(), key: Key::Service, ..case("usage with an ingest key", String::new(), 403, ("authorization", "may not read usage")) },

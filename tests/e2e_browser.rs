@@ -112,12 +112,15 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     let ingest = create_key(dir.path(), "ingest", None);
     let meter = Meter::start(dir.path(), &[]);
     let url = meter.url.clone();
-    // acme on starter since the start of last month; some usage for acme and for beta.
+    // acme on starter since the start of the month before last; some usage for acme and for
+    // beta. That month is closed here; last month is left for the console to close.
     let today = time::OffsetDateTime::now_utc().date();
     let this_month = today.replace_day(1).unwrap();
     let last_month = (this_month - time::Duration::days(1)).replace_day(1).unwrap();
-    let since = last_month.midnight().assume_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
-    let last = format!("{:04}-{:02}", last_month.year(), u8::from(last_month.month()));
+    let before_last = (last_month - time::Duration::days(1)).replace_day(1).unwrap();
+    let since = before_last.midnight().assume_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let month = |d: time::Date| format!("{:04}-{:02}", d.year(), u8::from(d.month()));
+    let (last, first) = (month(last_month), month(before_last));
     let (s, e) = call(
         Method::POST,
         format!("{url}/api/v1/subscriptions"),
@@ -161,7 +164,7 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     }
     wait_counted(&url, &admin, "acme", now_us()).await;
     // Last month closed: acme has an invoice.
-    let (s, e) = call(Method::POST, format!("{url}/api/v1/periods/{last}/close"), &admin, None).await;
+    let (s, e) = call(Method::POST, format!("{url}/api/v1/periods/{first}/close"), &admin, None).await;
     assert_eq!(s, 200, "{e}");
     let (_, opened) =
         call(Method::POST, format!("{url}/api/v1/portal/sessions"), &admin, Some(json!({"tenant": "acme"}))).await;
@@ -405,7 +408,7 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         shown += usize::from(li.text().await.unwrap().contains(" passed "));
     }
     assert_eq!(shown, alerts.len());
-    assert_eq!(c.find_all(Locator::Css("#invoices tr")).await.unwrap().len(), 1, "last month's");
+    assert_eq!(c.find_all(Locator::Css("#invoices tr")).await.unwrap().len(), 1, "the month before last's");
 
     // The invoice's own page, from the history's link: every line and the total as the API has
     // them, with each line's inputs hash.
@@ -507,6 +510,85 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         assert_eq!(collected.unwrap_or_default(), g["collected"].as_str().unwrap_or(""), "collected");
     }
     assert!(rev["currencies"]["USD"]["mrr_end"].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "acme's starter fee");
+    // Last month closed from the console: its progress streamed onto the page, then the month
+    // closed, its reconciliation with every difference first, and its invoices found by tenant.
+    f.find(Locator::Css(&format!("[data-close='{last}']"))).await.unwrap().click().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stages = Vec::new();
+    loop {
+        let stage = f.find(Locator::Id("close-status")).await.unwrap().attr("data-stage").await.unwrap();
+        if let Some(stage) = stage
+            && stages.last() != Some(&stage)
+        {
+            stages.push(stage);
+        }
+        let closed = f.execute("return document.body.dataset.closed || null", vec![]).await.unwrap();
+        if closed.as_str() == Some(last.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the close never ended: {stages:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stages.last().map(String::as_str), Some("done"), "{stages:?}");
+    let seen = f.find(Locator::Id("close-status")).await.unwrap().attr("data-seen").await.unwrap().unwrap_or_default();
+    assert!(seen.contains("totals") && seen.contains("rating"), "the page showed no progress: {seen:?}");
+    screenshot(&f, "console-closed").await;
+    let (_, months) = call(Method::GET, format!("{url}/api/v1/periods"), &admin, None).await;
+    let state = months.as_array().unwrap().iter().find(|m| m["period"] == last.as_str()).unwrap()["state"].clone();
+    assert!(state == "closed" || state == "complete", "{state}");
+    assert_eq!(data(format!("#periods [data-period='{last}'] [data-field='state']")).await.as_deref(), state.as_str());
+    assert!(f.find_all(Locator::Css("[data-close]")).await.unwrap().is_empty(), "nothing else to close");
+    let (_, report) = call(Method::GET, format!("{url}/api/v1/periods/{last}/report"), &admin, None).await;
+    let report = report.as_array().unwrap();
+    let rows = f.find_all(Locator::Css("#report tr")).await.unwrap();
+    assert_eq!(rows.len(), report.len());
+    let mut seen_ok = false;
+    for (shown, _) in rows.iter().zip(report) {
+        let tenant = shown.attr("data-tenant").await.unwrap().unwrap();
+        let meter = shown.attr("data-meter").await.unwrap().unwrap();
+        let want = report.iter().find(|r| r["tenant"] == tenant.as_str() && r["meter"] == meter.as_str()).unwrap();
+        let status = shown.find(Locator::Css("[data-field='status']")).await.unwrap();
+        assert_eq!(status.attr("data-value").await.unwrap().as_deref(), want["status"].as_str(), "{tenant} {meter}");
+        for field in ["accepted", "counted", "stored", "rated"] {
+            let cell = shown.find(Locator::Css(&format!("[data-field='{field}']"))).await.unwrap();
+            let value = cell.attr("data-value").await.unwrap().unwrap_or_default();
+            assert_eq!(value, want[field].as_str().map(str::to_string).unwrap_or_default(), "{tenant} {meter} {field}");
+        }
+        let flagged = shown.attr("class").await.unwrap().is_some_and(|c| c.contains("flagged"));
+        assert_eq!(flagged, want["status"] != "ok", "{tenant} {meter}: highlighted when it differs");
+        if want["status"] != "ok" {
+            assert!(status.text().await.unwrap().starts_with("differs"), "said in words");
+            assert!(!seen_ok, "differences come first");
+        } else {
+            seen_ok = true;
+        }
+    }
+    // A tenant's link finds its invoices: the same as the API's search, with their totals.
+    f.find(Locator::Css("#report tr[data-tenant='acme'] a")).await.unwrap().click().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.find(Locator::Id("found")).await.unwrap().attr("data-query").await.unwrap().as_deref() != Some("acme") {
+        assert!(Instant::now() < deadline, "the search never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, found) =
+        call(Method::GET, format!("{url}/api/v1/periods/{last}/invoices/search?q=acme"), &admin, None).await;
+    assert_eq!(found["matched"], 1, "{found}");
+    let shown: Vec<String> = {
+        let mut v = Vec::new();
+        for r in f.find_all(Locator::Css("#found tr")).await.unwrap() {
+            v.push(r.attr("data-invoice").await.unwrap().unwrap());
+        }
+        v
+    };
+    let want: Vec<String> =
+        found["invoices"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(shown, want);
+    assert_eq!(data("#search-summary".to_string()).await, Some(found["matched"].to_string()));
+    for (currency, total) in found["totals"].as_object().unwrap() {
+        let shown = data(format!("#found-totals [data-currency='{currency}'] [data-field='total']")).await;
+        assert_eq!(shown.as_deref(), total.as_str(), "{currency}");
+    }
+    screenshot(&f, "console-search").await;
     let (_, ar) = call(Method::GET, format!("{url}/api/v1/receivables"), &admin, None).await;
     assert_eq!(f.find_all(Locator::Css("#aging tr")).await.unwrap().len(), ar["currencies"].as_object().unwrap().len());
     let (_, stats) = call(Method::GET, format!("{url}/api/v1/subscriptions/stats"), &admin, None).await;

@@ -397,6 +397,60 @@ pub async fn period_invoices(
     export(&state, &period, query, |c, csv| if csv { c.invoices_csv() } else { c.invoices_json() }).await
 }
 
+/// Query of the invoice search.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    /// A piece of the tenant's name or of the invoice's id (case-insensitive); none: every one.
+    pub q: Option<String>,
+    /// Also invoices without lines (nothing billed); default false.
+    pub empty: Option<bool>,
+    /// Where the page starts among the matches; default 0.
+    pub offset: Option<usize>,
+    /// How many, 1 to 500; default 50.
+    pub limit: Option<usize>,
+}
+
+/// A closed period's invoices (admin) whose tenant or id contains `q`: how many match, what they
+/// come to per currency, and a page of them.
+#[utoipa::path(get, path = "/api/v1/periods/{period}/invoices/search", tag = "billing",
+    params(("period" = String, Path, description = "YYYY-MM"), SearchQuery),
+    responses(
+        (status = 200, description = "The matches", body = meter_billing::search::Search),
+        (status = 404, description = "Not closed", body = meter_ingest::Problem),
+        (status = 422, description = "A bad query parameter", body = meter_ingest::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn search_invoices(
+    State(state): State<Arc<AppState>>,
+    _: Admin<ExportPeriods>,
+    Path(period): Path<String>,
+    query: Result<Query<SearchQuery>, QueryRejection>,
+) -> Result<Json<meter_billing::search::Search>, ApiError> {
+    let period = period_of(&period)?;
+    let Query(q) = query?;
+    let (text, limit) = (q.q.unwrap_or_default(), q.limit.unwrap_or(50));
+    let mut problems = Vec::new();
+    if text.chars().count() > meter_billing::search::MAX_QUERY {
+        problems
+            .push(FieldError::invalid("q", format!("must be at most {} characters", meter_billing::search::MAX_QUERY)));
+    }
+    if !(1..=meter_billing::search::MAX_LIMIT).contains(&limit) {
+        problems.push(FieldError::invalid(
+            "limit",
+            format!("must be from 1 to {}, not {limit}", meter_billing::search::MAX_LIMIT),
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems));
+    }
+    let ledger = &state.billing.subscriptions.ledger;
+    let (empty, offset) = (q.empty.unwrap_or(false), q.offset.unwrap_or(0));
+    let found = meter_billing::search::of(ledger, period, &text, empty, offset, limit).await?;
+    Ok(Json(found.ok_or_else(|| ApiError::Missing(format!("period {period} is not closed")))?))
+}
+
 /// The reconciliation report of a closed period (admin), as JSON or CSV.
 #[utoipa::path(get, path = "/api/v1/periods/{period}/report", tag = "billing",
     params(("period" = String, Path, description = "YYYY-MM"), ExportQuery),

@@ -97,6 +97,7 @@ pub fn router(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(invoices::revenue))
         .routes(routes!(billing::upcoming_invoice))
         .routes(routes!(sync::periods))
+        .routes(routes!(billing::search_invoices))
         .routes(routes!(sync::period_sync))
         .routes(routes!(sync::operations))
         .routes(routes!(sync::retry))

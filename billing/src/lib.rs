@@ -14,6 +14,7 @@ pub mod metric;
 pub mod preview;
 pub mod recognition;
 pub mod revenue;
+pub mod search;
 pub mod subscriptions;
 #[cfg(feature = "testing")]
 pub mod testing;

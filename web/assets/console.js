@@ -29,6 +29,14 @@ function renderPeriods(months) {
         m.period,
       );
       const td = document.createElement("td");
+      if (m.state === "closable") {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.dataset.close = m.period;
+        b.textContent = "Close " + m.period;
+        b.addEventListener("click", () => closeMonth(m.period));
+        td.append(b);
+      }
       if (m.invoices !== null && m.invoices !== undefined) {
         for (const [what, path] of [["invoices", "invoices"], ["report", "report"]]) {
           const a = document.createElement("a");
@@ -42,13 +50,170 @@ function renderPeriods(months) {
       return tr;
     }),
   );
-  const select = $("revenue-month");
-  select.replaceChildren(
-    ...months.map((m) => {
+  const options = (list) =>
+    list.map((m) => {
       const o = document.createElement("option");
       o.value = m.period;
       o.textContent = m.period;
       return o;
+    });
+  $("revenue-month").replaceChildren(...options(months));
+  const closed = months.filter((m) => m.invoices !== null && m.invoices !== undefined);
+  $("closed-month").replaceChildren(...options(closed));
+}
+
+// What a close says while it works, in words and on a bar.
+function closeProgress(p) {
+  const status = $("close-status");
+  const bar = $("close-progress");
+  status.dataset.stage = p.stage;
+  // Every step seen, for a test to read however fast they went by.
+  status.dataset.seen = (status.dataset.seen || "") + p.stage + " ";
+  if (p.stage === "census") {
+    show(status, "Counting the log: " + p.read + " records read", p.read);
+    bar.removeAttribute("value");
+  } else if (p.stage === "totals") {
+    show(status, "Reading the stores' totals", "");
+    bar.removeAttribute("value");
+  } else if (p.stage === "rating") {
+    show(status, "Rating subscriptions: " + p.done + (p.of ? " of " + p.of : ""), p.done);
+    if (p.of) {
+      bar.max = p.of;
+      bar.value = p.done;
+    }
+  } else if (p.stage === "adjusting") {
+    show(status, "Rating " + p.period + " again for late events", p.period);
+  }
+}
+
+// Closes a month, its progress streamed (one JSON line per step, then the close).
+async function closeMonth(period) {
+  $("closing").hidden = false;
+  for (const b of document.querySelectorAll("[data-close]")) b.disabled = true;
+  show($("close-status"), "Closing " + period, "");
+  const r = await fetch("/api/v1/periods/" + period + "/close", {
+    method: "POST",
+    headers: { accept: "application/x-ndjson" },
+  });
+  let last = null;
+  if (r.ok && r.body) {
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += value;
+      const lines = buffered.split("\n");
+      buffered = lines.pop();
+      for (const line of lines.filter((l) => l.trim())) {
+        const msg = JSON.parse(line);
+        if (msg.progress) closeProgress(msg.progress);
+        else last = msg;
+      }
+    }
+  } else {
+    last = { error: { detail: (await r.json().catch(() => ({}))).detail || r.statusText } };
+  }
+  const status = $("close-status");
+  if (last && last.close) {
+    status.dataset.stage = "done";
+    const c = last.close;
+    show(status, "Closed " + c.period + ": " + c.invoices + " invoices, " + c.differences + " differences", c.period);
+    $("close-progress").max = 1;
+    $("close-progress").value = 1;
+  } else {
+    status.dataset.stage = "failed";
+    show(status, "The close failed: " + (last && last.error ? last.error.detail : "no answer"), "");
+  }
+  const months = await api("/api/v1/periods");
+  renderPeriods(months);
+  if (last && last.close) $("closed-month").value = last.close.period;
+  await renderClosed();
+  document.body.dataset.closed = last && last.close ? last.close.period : "";
+}
+
+// The reconciliation report of a closed month, every difference first and said in words; each
+// tenant a link that finds its invoices.
+async function renderClosed() {
+  const month = $("closed-month").value;
+  if (!month) return;
+  const report = await api("/api/v1/periods/" + month + "/report");
+  const rows = report.slice().sort((a, b) => (a.status === "ok") - (b.status === "ok"));
+  $("report").dataset.period = month;
+  $("report").replaceChildren(
+    ...rows.map((r) => {
+      const tr = document.createElement("tr");
+      tr.dataset.tenant = r.tenant;
+      tr.dataset.meter = r.meter;
+      const th = rowHeader(tr, "");
+      const a = document.createElement("a");
+      a.href = "#search";
+      a.textContent = r.tenant;
+      a.addEventListener("click", (e) => {
+        e.preventDefault();
+        $("search").value = r.tenant;
+        search();
+      });
+      th.append(a);
+      cell(tr, r.meter);
+      for (const f of ["accepted", "counted", "stored", "rated"]) {
+        cell(tr, r[f] ?? "—", r[f] ?? "").dataset.field = f;
+      }
+      const s = cell(tr, r.status === "ok" ? "ok" : "differs: " + r.status, r.status);
+      s.dataset.field = "status";
+      if (r.status !== "ok") tr.className = "flagged";
+      return tr;
+    }),
+  );
+  const flagged = report.filter((r) => r.status !== "ok").length;
+  show($("report-summary"), flagged + " of " + report.length + " rows differ", flagged);
+  const exports = $("closed-exports");
+  exports.replaceChildren();
+  for (const [what, path, format] of [["invoices", "invoices", "csv"], ["invoices", "invoices", "json"], ["report", "report", "csv"]]) {
+    const a = document.createElement("a");
+    a.href = "/api/v1/periods/" + month + "/" + path + "?format=" + format;
+    a.download = month + "-" + what + "." + format;
+    a.textContent = what + " (" + format.toUpperCase() + ")";
+    exports.append(a, " ");
+  }
+  await search();
+}
+
+// The closed month's invoices whose tenant or id holds the search text: how many, their totals
+// per currency, and the first 50.
+async function search() {
+  const month = $("closed-month").value;
+  const q = $("search").value.trim();
+  const found = await api("/api/v1/periods/" + month + "/invoices/search?limit=50&q=" + encodeURIComponent(q));
+  const body = $("found");
+  body.dataset.query = q;
+  body.replaceChildren(
+    ...found.invoices.map((i) => {
+      const tr = document.createElement("tr");
+      tr.dataset.invoice = i.id;
+      rowHeader(tr, i.tenant);
+      const td = document.createElement("td");
+      const a = document.createElement("a");
+      a.href = "/invoice?id=" + encodeURIComponent(i.id);
+      a.textContent = i.id;
+      td.append(a);
+      tr.append(td);
+      cell(tr, String(i.lines));
+      cell(tr, i.total + " " + i.currency, i.total).dataset.field = "total";
+      return tr;
+    }),
+  );
+  const shown = found.invoices.length < found.matched ? " (the first " + found.invoices.length + " shown)" : "";
+  show($("search-summary"), found.matched + " invoices of " + month + " match" + shown, found.matched);
+  $("found-totals").replaceChildren(
+    ...Object.entries(found.totals).map(([currency, total]) => {
+      const tr = document.createElement("tr");
+      tr.dataset.currency = currency;
+      rowHeader(tr, "Total " + currency);
+      cell(tr, "");
+      cell(tr, "");
+      cell(tr, total, total).dataset.field = "total";
+      return tr;
     }),
   );
 }
@@ -161,6 +326,12 @@ async function start() {
     renderSubscriptions(stats);
     await renderRevenue();
     $("revenue-controls").addEventListener("change", () => renderRevenue());
+    await renderClosed();
+    $("closed-controls").addEventListener("change", () => renderClosed());
+    $("search-controls").addEventListener("submit", (e) => {
+      e.preventDefault();
+      search();
+    });
   } catch (e) {
     fail(
       e.status === 401

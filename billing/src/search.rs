@@ -1,0 +1,154 @@
+//! Finding a closed period's invoices: by a piece of the tenant's name or of the invoice's id,
+//! a page at a time, with how many match and what they come to per currency.
+
+use meter_rater::Invoice;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Longest search text.
+pub const MAX_QUERY: usize = 128;
+/// Most invoices in one page.
+pub const MAX_LIMIT: usize = 500;
+
+/// One invoice found, without its lines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Found {
+    /// The invoice.
+    pub id: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its subscription.
+    pub subscription: String,
+    /// ISO code.
+    pub currency: String,
+    /// Its total.
+    #[schema(value_type = String)]
+    pub total: Decimal,
+    /// How many lines it has.
+    pub lines: usize,
+}
+
+/// A page of the invoices that match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Search {
+    /// How many invoices match in all.
+    pub matched: usize,
+    /// What every match comes to, by currency.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub totals: BTreeMap<String, Decimal>,
+    /// Where this page starts among the matches.
+    pub offset: usize,
+    /// The page, by tenant then id.
+    pub invoices: Vec<Found>,
+}
+
+/// The invoices of `invoices` whose tenant or id contains `query` (case-insensitively; every
+/// one when it is empty), `limit` of them from `offset`, by tenant then id; those without lines
+/// only when `with_empty`.
+pub fn search(invoices: &[Invoice], query: &str, with_empty: bool, offset: usize, limit: usize) -> Search {
+    let needle = query.to_lowercase();
+    let mut matches: Vec<&Invoice> = invoices
+        .iter()
+        .filter(|i| with_empty || !i.lines.is_empty())
+        .filter(|i| {
+            needle.is_empty() || i.tenant.to_lowercase().contains(&needle) || i.id.to_lowercase().contains(&needle)
+        })
+        .collect();
+    matches.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
+    let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
+    for i in &matches {
+        *totals.entry(i.currency.code().to_string()).or_default() += i.total;
+    }
+    let page = matches
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|i| Found {
+            id: i.id.clone(),
+            tenant: i.tenant.clone(),
+            subscription: i.subscription.clone(),
+            currency: i.currency.code().to_string(),
+            total: i.total,
+            lines: i.lines.len(),
+        })
+        .collect();
+    Search { matched: matches.len(), totals, offset, invoices: page }
+}
+
+/// [`search`] among the invoices of `period`'s close; `None` when it is not closed.
+pub async fn of(
+    ledger: &crate::Ledger,
+    period: meter_schemas::Period,
+    query: &str,
+    with_empty: bool,
+    offset: usize,
+    limit: usize,
+) -> Result<Option<Search>, crate::Error> {
+    if !ledger.close_summaries().await?.iter().any(|s| s.period == period) {
+        return Ok(None);
+    }
+    let invoices = ledger.invoices_between(period, period).await?;
+    Ok(Some(search(&invoices, query, with_empty, offset, limit)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invoice(tenant: &str, currency: &str, total: &str, lines: usize) -> Invoice {
+        let list = meter_rater::PriceBook::parse(
+            &meter_rater::pricebook::SAMPLE.replace("currency = \"USD\"", &format!("currency = \"{currency}\"")),
+            &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
+            &["active_users"],
+        )
+        .unwrap();
+        let list = list.version("2026-01").unwrap();
+        let mut i = Invoice::empty(tenant, &format!("sub_{tenant}"), "2026-11".parse().unwrap(), list);
+        i.total = total.parse().unwrap();
+        i.lines = vec![];
+        for _ in 0..lines {
+            i.lines.push(meter_rater::Line {
+                id: String::new(),
+                kind: meter_rater::LineKind::BaseFee,
+                description: String::new(),
+                meter: None,
+                quantity: None,
+                amount: Decimal::ZERO,
+                lineage: meter_rater::Lineage {
+                    meters: Default::default(),
+                    watermark_us: None,
+                    price_version: String::new(),
+                    inputs_hash: String::new(),
+                },
+                service: None,
+            });
+        }
+        i
+    }
+
+    #[test]
+    fn finds_by_tenant_or_id_with_totals_of_every_match_and_pages() {
+        let all = [
+            invoice("globex", "EUR", "10.00", 1),
+            invoice("acme", "USD", "100.00", 2),
+            invoice("acme-labs", "USD", "50.50", 1),
+            invoice("beta", "USD", "0", 0),
+            invoice("hooli", "USD", "7.00", 1),
+        ];
+        let s = search(&all, "ACME", false, 0, 1);
+        assert_eq!(s.matched, 2);
+        assert_eq!(s.totals, BTreeMap::from([("USD".to_string(), "150.50".parse().unwrap())]));
+        assert_eq!(s.invoices.iter().map(|f| f.tenant.as_str()).collect::<Vec<_>>(), ["acme"]);
+        let next = search(&all, "ACME", false, 1, 1);
+        assert_eq!(next.invoices[0].tenant, "acme-labs");
+        // By a piece of the id, which names the tenant's subscription.
+        assert_eq!(search(&all, &all[4].id[..12], false, 0, 10).invoices[0].tenant, "hooli");
+        // Everything, per currency; the empty invoice only when asked.
+        let every = search(&all, "", false, 0, 10);
+        assert_eq!(every.matched, 4);
+        assert_eq!(every.totals["EUR"], "10.00".parse::<Decimal>().unwrap());
+        assert_eq!(search(&all, "", true, 0, 10).matched, 5);
+        assert!(search(&all, "nobody", true, 0, 10).invoices.is_empty());
+    }
+}
