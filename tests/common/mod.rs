@@ -22,6 +22,7 @@ pub struct Meter {
     /// Its data directory.
     pub dir: PathBuf,
     role: &'static str,
+    args: Vec<String>,
     env: Vec<(String, String)>,
 }
 
@@ -34,17 +35,24 @@ impl Meter {
     /// Starts `meter ROLE` (`serve`, `ingest` or `aggregate`) like [`Meter::start`].
     pub fn start_role(role: &'static str, dir: &Path, env: &[(&str, &str)]) -> Meter {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self::spawn(role, dir, env)
+        Self::spawn(role, dir, Vec::new(), env)
     }
 
-    fn spawn(role: &'static str, dir: &Path, env: Vec<(String, String)>) -> Meter {
+    /// Starts `meter serve` like [`Meter::start`], with the configuration file `config`.
+    pub fn start_configured(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Meter {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::spawn("serve", dir, vec!["--config".into(), config.display().to_string()], env)
+    }
+
+    fn spawn(role: &'static str, dir: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Meter {
         let mut cmd = Command::new(meter_bin());
         cmd.args([role, "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            .args(&args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("METER__BOOTSTRAP_ADMIN_KEY", "false");
         let (child, url) = spawn_announcing(cmd, "meter listening on ");
-        Meter { child, url, dir: dir.to_path_buf(), role, env }
+        Meter { child, url, dir: dir.to_path_buf(), role, args, env }
     }
 
     /// Kills the process with SIGKILL, as a crash would.
@@ -72,7 +80,7 @@ impl Meter {
     /// Starts a new process on the same data directory and settings.
     pub fn restart(&mut self) {
         self.kill9();
-        *self = Self::spawn(self.role, &self.dir.clone(), self.env.clone());
+        *self = Self::spawn(self.role, &self.dir.clone(), self.args.clone(), self.env.clone());
     }
 }
 
