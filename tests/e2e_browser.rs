@@ -26,6 +26,17 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     let ingest = create_key(dir.path(), "ingest", None);
     let meter = Meter::start(dir.path(), &[]);
     let url = meter.url.clone();
+    // A link that will have expired by the end of the test (a minute is the shortest a session
+    // may last).
+    let (s, expiring) = call(
+        Method::POST,
+        format!("{url}/api/v1/portal/sessions"),
+        &admin,
+        Some(json!({"tenant": "acme", "ttl": "1m"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{expiring}");
+    let expires = Instant::now() + Duration::from_secs(61);
     // acme on starter since the start of the month before last; some usage for acme and for
     // beta. That month is closed here; last month is left for the console to close.
     let today = time::OffsetDateTime::now_utc().date();
@@ -238,7 +249,11 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     // The daily chart of work orders: 30, 60 and 90 days, each plotted value the running total
     // within its month of the API's daily series; drawn (a canvas) and tabled.
     for days in [30u32, 60, 90] {
-        if days != 30 {
+        if days == 60 {
+            // By the keyboard: the focused choice moves on with the arrow key.
+            let thirty = c.find(Locator::Css("input[name='days'][value='30']")).await.unwrap();
+            thirty.send_keys(&fantoccini::key::Key::Right.to_string()).await.unwrap();
+        } else if days == 90 {
             c.find(Locator::Css(&format!("input[name='days'][value='{days}']"))).await.unwrap().click().await.unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -366,6 +381,16 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     c.goto(&format!("{url}/console")).await.unwrap();
     let state = ready(&c).await;
     assert!(state[1].as_str().is_some_and(|m| m.contains("may not open the finance console")), "{state}");
+
+    // On a phone-sized screen nothing runs off the page sideways.
+    c.set_window_size(390, 844).await.unwrap();
+    c.goto(&format!("{url}/portal")).await.unwrap();
+    let state = ready(&c).await;
+    assert!(state[1].is_null(), "the page says: {state}");
+    let widths = c.execute("return [document.documentElement.scrollWidth, window.innerWidth]", vec![]).await.unwrap();
+    assert!(widths[0].as_u64() <= widths[1].as_u64(), "the page is wider than the phone: {widths}");
+    screenshot(&c, "portal-phone").await;
+    c.set_window_size(1280, 2200).await.unwrap();
 
     // Revoked, the session's page is refused at once.
     let sid = opened["id"].as_str().unwrap();
@@ -510,4 +535,13 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         assert_eq!(data(format!("#subscriptions [data-field='state-{state}']")).await, Some(n.to_string()), "{state}");
     }
     f.close().await.unwrap();
+
+    // The link opened after its minute: refused.
+    tokio::time::sleep(expires.saturating_duration_since(Instant::now())).await;
+    let late = browser(&driver).await;
+    late.goto(expiring["url"].as_str().unwrap()).await.unwrap();
+    let state = ready(&late).await;
+    assert!(state[1].as_str().is_some_and(|m| m.contains("expired")), "{state}");
+    screenshot(&late, "portal-link-expired").await;
+    late.close().await.unwrap();
 }
