@@ -171,6 +171,17 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
         let hard = e.is_some_and(|e| e["hard_limit"] == true);
         assert_eq!(field("hard_limit").await.is_some(), hard, "{name}");
     }
+    // The subscription's cycle, state and running cycle, as the API gives them.
+    let (_, subs) = call(Method::GET, format!("{url}/api/v1/subscriptions?tenant=acme"), &admin, None).await;
+    let sub = subs.as_array().unwrap().last().unwrap();
+    for (field, want) in [
+        ("cycle", sub["cycle"].as_str().unwrap().to_string()),
+        ("state", sub["state"].as_str().unwrap().to_string()),
+        ("cycle_dates", format!("{}/{}", sub["cycle_start"].as_str().unwrap(), sub["cycle_end"].as_str().unwrap())),
+    ] {
+        let shown = c.find(Locator::Css(&format!("#subscription [data-field='{field}']"))).await.unwrap();
+        assert_eq!(shown.attr("data-value").await.unwrap(), Some(want), "{field}");
+    }
     // The plan's features, as the entitlements give them.
     let features: Vec<&Value> =
         ent["entitlements"].as_array().unwrap().iter().filter(|e| e["kind"] == "feature").collect();

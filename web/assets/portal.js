@@ -83,7 +83,7 @@ async function start() {
       if (e.status !== 404 && e.status !== 401) fail(what + " cannot be read: " + e.message);
       return null;
     });
-  const [usage, ent, upcoming, portal] = await Promise.all([
+  const [usage, ent, upcoming, portal, subs] = await Promise.all([
     api("/api/v1/usage").catch((e) => {
       fail(e.status === 401 ? "This session has ended. Ask for a new link." : "Usage cannot be read: " + e.message);
       return null;
@@ -91,6 +91,7 @@ async function start() {
     optional("/api/v1/entitlements", "The plan"),
     optional("/api/v1/invoices/upcoming", "The upcoming invoice"),
     api("/api/v1/billing-portal").catch(() => ({ available: false })),
+    optional("/api/v1/subscriptions", "The subscription"),
   ]);
   if (!usage) return;
   let entitled = new Map();
@@ -101,6 +102,7 @@ async function start() {
     renderFeatures(ent.entitlements.filter((x) => x.kind === "feature"));
   }
   paymentMethodButton(portal);
+  if (subs && subs.length) renderSubscription(subs[subs.length - 1]);
   show($("tenant"), usage.tenant);
   show($("period"), "Period " + usage.period + " (" + usage.from.slice(0, 10) + " to " + usage.to.slice(0, 10) + ")", usage.period);
   const w = $("watermark");
@@ -132,6 +134,28 @@ async function start() {
   document.body.dataset.ready = "true";
 }
 
+
+// The tenant's latest subscription: its cycle, its state and the running cycle's dates.
+function renderSubscription(s) {
+  const dl = $("subscription");
+  dl.dataset.subscription = s.id;
+  const add = (label, field, text, value) => {
+    const dt = document.createElement("dt");
+    dt.textContent = label;
+    const d = document.createElement("dd");
+    d.dataset.field = field;
+    show(d, text, value);
+    dl.append(dt, d);
+  };
+  dl.replaceChildren();
+  add("Billing cycle", "cycle", s.cycle);
+  add("State", "state", s.state.replace("_", " "), s.state);
+  if (s.cycle_start && s.cycle_end) {
+    add("This cycle", "cycle_dates", s.cycle_start.slice(0, 10) + " to " + s.cycle_end.slice(0, 10), s.cycle_start + "/" + s.cycle_end);
+  }
+  if (s.trial_ends) add("Trial ends", "trial_ends", s.trial_ends.slice(0, 10), s.trial_ends);
+  if (s.ends) add("Ends", "ends", s.ends.slice(0, 10), s.ends);
+}
 
 // The period's invoice so far and projected, line by line (lines matched by id).
 function renderUpcoming(up) {
