@@ -371,6 +371,40 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     assert_eq!(hashes.len(), lines.len());
     assert_eq!(hashes[0].attr("data-value").await.unwrap().as_deref(), lines[0]["lineage"]["inputs_hash"].as_str());
 
+    // Sent through a payment provider (recorded in the ledger as the sync records a push to
+    // Stripe), the invoice links to the provider's hosted page and PDF, on its page and in the
+    // history.
+    let (hosted, pdf) =
+        ("https://invoice.stripe.com/i/acct_1/test_acme", "https://pay.stripe.com/invoice/acct_1/test_acme/pdf");
+    let ledger = meter_billing::ledger::SqliteLedger::open(&dir.path().join("billing.db")).unwrap();
+    let sent = meter_billing::ledger::outbox::RemoteInvoice {
+        remote: "in_acme".into(),
+        invoice: id.to_string(),
+        tenant: "acme".into(),
+        status: "open".into(),
+        sent_us: Some(now_us()),
+        due_us: None,
+        paid_us: None,
+        hosted_url: Some(hosted.into()),
+        pdf_url: Some(pdf.into()),
+    };
+    meter_billing::ledger::LedgerStore::record_remote_invoice(&ledger, sent).await.unwrap();
+    c.refresh().await.unwrap();
+    ready(&c).await;
+    for (field, href) in [("hosted", hosted), ("pdf", pdf)] {
+        let a = c.find(Locator::Css(&format!("#invoice-head a[data-field='{field}']"))).await.unwrap();
+        assert_eq!(a.attr("href").await.unwrap().as_deref(), Some(href), "{field}");
+    }
+    c.goto(&format!("{url}/portal")).await.unwrap();
+    ready(&c).await;
+    let row = format!("[data-invoice='{id}']");
+    let payment = c.find(Locator::Css(&format!("{row} [data-field='payment']"))).await.unwrap();
+    assert_eq!(payment.attr("data-value").await.unwrap().as_deref(), Some("open"));
+    for (field, href) in [("hosted", hosted), ("pdf", pdf)] {
+        let a = c.find(Locator::Css(&format!("{row} a[data-field='{field}']"))).await.unwrap();
+        assert_eq!(a.attr("href").await.unwrap().as_deref(), Some(href), "{field}");
+    }
+
     // The page's session reads acme only: beta's usage is refused to its own fetch.
     let status = c
         .execute_async(

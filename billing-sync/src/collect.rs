@@ -251,6 +251,8 @@ impl Collector<'_> {
             sent_us: None,
             due_us: c.due_us,
             paid_us: None,
+            hosted_url: None,
+            pdf_url: None,
         }
     }
 

@@ -90,6 +90,10 @@ pub struct Synced {
     pub items: usize,
     /// Lines summed into one item because the invoice had more than the provider takes.
     pub aggregated: usize,
+    /// The provider's page of the invoice for the customer, when it has one.
+    pub hosted_url: Option<String>,
+    /// The provider's PDF of the invoice, when it has one.
+    pub pdf_url: Option<String>,
 }
 
 /// What pushing an invoice came to.

@@ -179,6 +179,8 @@ mod tests {
             sent_us: Some(day - sent * DAY_US),
             due_us: due.map(|d| day - d * DAY_US),
             paid_us: paid.map(|p| day - p * DAY_US),
+            hosted_url: None,
+            pdf_url: None,
         };
         (remote, invoice)
     }

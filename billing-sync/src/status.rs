@@ -117,6 +117,10 @@ pub struct Payment {
     pub paid_at: Option<String>,
     /// Past its due date, unpaid.
     pub overdue: bool,
+    /// The provider's page of the invoice for the customer (Stripe's hosted invoice).
+    pub hosted_url: Option<String>,
+    /// The provider's PDF of the invoice.
+    pub pdf_url: Option<String>,
 }
 
 /// `invoices` with where each one's payment stands at `now_us`.
@@ -139,6 +143,8 @@ async fn with_payments(
                 sent_at: r.sent_us.map(format_time),
                 due_at: r.due_us.map(format_time),
                 paid_at: r.paid_us.map(format_time),
+                hosted_url: r.hosted_url,
+                pdf_url: r.pdf_url,
             });
             BilledInvoice { invoice, payment }
         })

@@ -157,6 +157,8 @@ impl Worker {
             sent_us: Some(now_us),
             due_us,
             paid_us: None,
+            hosted_url: s.hosted_url.clone(),
+            pdf_url: s.pdf_url.clone(),
         };
         ledger.store().record_remote_invoice(known).await?;
         let collect = Collect::first(invoice, &s.invoice, collection, due_us);

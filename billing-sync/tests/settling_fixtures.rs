@@ -110,6 +110,8 @@ async fn a_debit_on_its_way_is_neither_paid_nor_failed_until_its_outcome_comes()
             sent_us: Some(t0),
             due_us: None,
             paid_us: None,
+            hosted_url: None,
+            pdf_url: None,
         })
         .await
         .unwrap();

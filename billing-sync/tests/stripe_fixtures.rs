@@ -18,6 +18,15 @@ fn the_objects_meter_reads_parse_from_stripes_fixtures() {
     assert!(c.id.starts_with("cus_"));
     let i: Invoice = serde_json::from_value(r["invoice"].clone()).unwrap();
     assert!(i.id.starts_with("in_") && i.total_excluding_tax.is_some() && i.status.is_some(), "{i:?}");
+    // A draft has no pages yet; a finalized one has its hosted page and PDF.
+    assert_eq!((i.hosted_invoice_url.as_deref(), i.invoice_pdf.as_deref()), (None, None));
+    let mut open = r["invoice"].clone();
+    open["status"] = "open".into();
+    open["hosted_invoice_url"] = "https://invoice.stripe.com/i/acct_1/test_x".into();
+    open["invoice_pdf"] = "https://pay.stripe.com/invoice/acct_1/test_x/pdf".into();
+    let open: Invoice = serde_json::from_value(open).unwrap();
+    assert_eq!(open.hosted_invoice_url.as_deref(), Some("https://invoice.stripe.com/i/acct_1/test_x"));
+    assert_eq!(open.invoice_pdf.as_deref(), Some("https://pay.stripe.com/invoice/acct_1/test_x/pdf"));
     let lines: List<InvoiceLine> = serde_json::from_value(r["invoice"]["lines"].clone()).unwrap();
     assert!(!lines.data.is_empty());
     let l: InvoiceLine = serde_json::from_value(r["line_item"].clone()).unwrap();

@@ -50,6 +50,25 @@ async function exchange() {
   return true;
 }
 
+// The payment provider's pages of an invoice it sent (Stripe's hosted invoice and its PDF), as
+// links; none when it has none.
+function providerLinks(payment) {
+  const links = [];
+  for (const [url, text, field] of [
+    [payment && payment.hosted_url, "View and pay at the payment provider", "hosted"],
+    [payment && payment.pdf_url, "PDF", "pdf"],
+  ]) {
+    if (!url || !/^https:\/\//.test(url)) continue;
+    const a = document.createElement("a");
+    a.href = url;
+    a.rel = "noopener noreferrer";
+    a.textContent = text;
+    a.dataset.field = field;
+    links.push(a);
+  }
+  return links;
+}
+
 // A row's header cell: what the row is about, for screen readers too.
 function rowHeader(row, text) {
   const th = document.createElement("th");

@@ -27,6 +27,14 @@ async function start() {
   item(head, "Plan", found.plan ?? "—", "plan");
   item(head, "Currency", found.currency, "currency");
   item(head, "Payment", found.payment ? found.payment.status : "in meter (not sent to a payment provider)", "payment");
+  const links = providerLinks(found.payment);
+  if (links.length) {
+    const dt = document.createElement("dt");
+    dt.textContent = "At the payment provider";
+    const dd = document.createElement("dd");
+    for (const a of links) dd.append(a, " ");
+    head.append(dt, dd);
+  }
   $("lines").replaceChildren(
     ...found.lines.map((l) => {
       const tr = document.createElement("tr");

@@ -260,6 +260,7 @@ function renderInvoices(invoices) {
       a.textContent = format.toUpperCase();
       td.append(a, " ");
     }
+    for (const a of providerLinks(pay)) td.append(a, " ");
     tr.append(td);
     return tr;
   });

@@ -133,6 +133,8 @@ impl Stripe {
             total_minor: before_tax,
             items: items.len(),
             aggregated: items.iter().filter(|i| i.lines.len() > 1).map(|i| i.lines.len()).sum(),
+            hosted_url: finalized.hosted_invoice_url,
+            pdf_url: finalized.invoice_pdf,
         }))
     }
 

@@ -56,6 +56,12 @@ pub struct Invoice {
     /// Its metadata (`meter_invoice_id`).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The customer's page of it, once finalized.
+    #[serde(default)]
+    pub hosted_invoice_url: Option<String>,
+    /// Its PDF, once finalized.
+    #[serde(default)]
+    pub invoice_pdf: Option<String>,
     /// The subscription that made it (API versions before 2025-03-31).
     #[serde(default)]
     pub subscription: Option<serde_json::Value>,

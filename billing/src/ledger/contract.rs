@@ -244,6 +244,8 @@ pub async fn a_tenants_closed_invoices_are_found_by_tenant_and_id(store: Arc<dyn
         sent_us: Some(5),
         due_us: None,
         paid_us: None,
+        hosted_url: None,
+        pdf_url: None,
     };
     ledger.store().record_remote_invoice(held.clone()).await.unwrap();
     assert_eq!(ledger.store().held_invoices().await.unwrap(), [(held, oct.invoices[1].clone())]);
@@ -408,9 +410,18 @@ pub async fn provider_invoices_move_forward_and_events_are_kept_once(store: Arc<
         sent_us: None,
         due_us: None,
         paid_us: None,
+        hosted_url: None,
+        pdf_url: None,
     };
-    let sent = RemoteInvoice { sent_us: Some(10), due_us: Some(30), ..ri("open") };
+    let sent = RemoteInvoice {
+        sent_us: Some(10),
+        due_us: Some(30),
+        hosted_url: Some("https://invoice.stripe.com/i/x".into()),
+        pdf_url: Some("https://pay.stripe.com/invoice/x/pdf".into()),
+        ..ri("open")
+    };
     assert_eq!(store.record_remote_invoice(sent.clone()).await.unwrap(), sent);
+    // A later word without the pages (an event's) keeps them.
     let paid = store.record_remote_invoice(RemoteInvoice { paid_us: Some(20), ..ri("paid") }).await.unwrap();
     assert_eq!(paid, RemoteInvoice { status: "paid".into(), paid_us: Some(20), ..sent.clone() });
     assert_eq!(store.record_remote_invoice(ri("open")).await.unwrap().status, "paid", "never back");

@@ -239,6 +239,12 @@ pub struct RemoteInvoice {
     pub due_us: Option<i64>,
     /// When it was paid, µs.
     pub paid_us: Option<i64>,
+    /// The provider's page of the invoice for the customer (Stripe's hosted invoice), once sent.
+    #[serde(default)]
+    pub hosted_url: Option<String>,
+    /// The provider's PDF of it, once sent.
+    #[serde(default)]
+    pub pdf_url: Option<String>,
 }
 
 impl RemoteInvoice {

@@ -81,6 +81,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX invoices_by_tenant ON invoices (tenant, period);
     CREATE TABLE invoices_filled (done INTEGER NOT NULL);
 ",
+    // The provider's pages of an invoice it sent: the hosted invoice and the PDF.
+    "
+    ALTER TABLE remote_invoices ADD COLUMN hosted_url TEXT;
+    ALTER TABLE remote_invoices ADD COLUMN pdf_url TEXT;
+",
 ];
 
 /// A close body longer than this is stored in parts of this size.
@@ -284,7 +289,7 @@ impl LedgerStore for SqliteLedger {
             let mut stmt = c.prepare(&format!(
                 "SELECT {columns}, i.body FROM remote_invoices r JOIN invoices i ON i.id = r.invoice ORDER BY r.invoice, r.remote"
             ))?;
-            let rows = stmt.query_map([], |r| Ok((read_remote_invoice(r)?, r.get::<_, String>(7)?)))?;
+            let rows = stmt.query_map([], |r| Ok((read_remote_invoice(r)?, r.get::<_, String>(9)?)))?;
             rows.map(|row| {
                 let (remote, body) = row?;
                 Ok((remote, serde_json::from_str(&body)?))
@@ -426,11 +431,14 @@ impl LedgerStore for SqliteLedger {
             let forward = known.as_deref().is_none_or(|k| RemoteInvoice::rank(&remote.status) > RemoteInvoice::rank(k));
             if forward {
                 tx.execute(
-                    "INSERT INTO remote_invoices (remote, invoice, tenant, status, sent_us, due_us, paid_us)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                    "INSERT INTO remote_invoices (remote, invoice, tenant, status, sent_us, due_us, paid_us, hosted_url,
+                         pdf_url)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT (remote) DO UPDATE SET status = excluded.status,
                          sent_us = coalesce(sent_us, excluded.sent_us), due_us = coalesce(due_us, excluded.due_us),
-                         paid_us = coalesce(paid_us, excluded.paid_us)",
+                         paid_us = coalesce(paid_us, excluded.paid_us),
+                         hosted_url = coalesce(excluded.hosted_url, hosted_url),
+                         pdf_url = coalesce(excluded.pdf_url, pdf_url)",
                     params![
                         remote.remote,
                         remote.invoice,
@@ -438,7 +446,9 @@ impl LedgerStore for SqliteLedger {
                         remote.status,
                         remote.sent_us,
                         remote.due_us,
-                        remote.paid_us
+                        remote.paid_us,
+                        remote.hosted_url,
+                        remote.pdf_url
                     ],
                 )?;
             }
@@ -543,7 +553,7 @@ fn read_remote_customer(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::ru
     Ok(RemoteCustomer { tenant: r.get(0)?, customer: r.get(1)?, subscription: r.get(2)? })
 }
 
-const REMOTE_INVOICE: &str = "remote, invoice, tenant, status, sent_us, due_us, paid_us";
+const REMOTE_INVOICE: &str = "remote, invoice, tenant, status, sent_us, due_us, paid_us, hosted_url, pdf_url";
 
 fn read_remote_invoice(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rusqlite::Result<RemoteInvoice> {
     Ok(RemoteInvoice {
@@ -554,6 +564,8 @@ fn read_remote_invoice(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rus
         sent_us: r.get(4)?,
         due_us: r.get(5)?,
         paid_us: r.get(6)?,
+        hosted_url: r.get(7)?,
+        pdf_url: r.get(8)?,
     })
 }
 
