@@ -57,8 +57,12 @@ function renderPeriods(months) {
       o.textContent = m.period;
       return o;
     });
-  $("revenue-month").replaceChildren(...options(months));
   const closed = months.filter((m) => m.invoices !== null && m.invoices !== undefined);
+  const chosen = $("revenue-month").value;
+  $("revenue-month").replaceChildren(...options(months));
+  // The latest closed month first: the one whose billing and recognition are booked.
+  if (chosen) $("revenue-month").value = chosen;
+  else if (closed.length) $("revenue-month").value = closed[0].period;
   $("closed-month").replaceChildren(...options(closed));
 }
 
