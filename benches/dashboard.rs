@@ -208,16 +208,19 @@ async fn run(backend: &str, tenants: usize, per_day: usize, samples: usize, navi
     let sub = json!({"tenant": "acme", "plan": "starter", "cycle": "monthly", "at": since});
     let (s, e) = common::call(reqwest::Method::POST, format!("{url}/api/v1/subscriptions"), &admin, Some(sub)).await;
     assert_eq!(s, 201, "{e}");
-    // A portal session's cookie, as the page holds it.
-    let (s, opened) = common::call(
-        reqwest::Method::POST,
-        format!("{url}/api/v1/portal/sessions"),
-        &admin,
-        Some(json!({"tenant": "acme", "ttl": "1h"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{opened}");
-    let link = opened["url"].as_str().unwrap().to_string();
+    // A portal link for the browser, and another one's cookie, as the page holds it.
+    let portal_link = || async {
+        let (s, opened) = common::call(
+            reqwest::Method::POST,
+            format!("{url}/api/v1/portal/sessions"),
+            &admin,
+            Some(json!({"tenant": "acme", "ttl": "1h"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{opened}");
+        opened["url"].as_str().unwrap().to_string()
+    };
+    let link = portal_link().await;
     let period = meter_schemas::Period::containing(now).to_string();
     let calls = [
         "/api/v1/usage".to_string(),
@@ -230,14 +233,7 @@ async fn run(backend: &str, tenants: usize, per_day: usize, samples: usize, navi
         "/api/v1/alerts".to_string(),
         "/api/v1/invoices".to_string(),
     ];
-    let (_, second) = common::call(
-        reqwest::Method::POST,
-        format!("{url}/api/v1/portal/sessions"),
-        &admin,
-        Some(json!({"tenant": "acme", "ttl": "1h"})),
-    )
-    .await;
-    let token = second["url"].as_str().unwrap().split("#token=").nth(1).unwrap().to_string();
+    let token = portal_link().await.split("#token=").nth(1).unwrap().to_string();
     let exchanged = common::client()
         .post(format!("{url}/api/v1/sessions/exchange"))
         .json(&json!({"token": token}))

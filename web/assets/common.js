@@ -69,6 +69,16 @@ function providerLinks(payment) {
   return links;
 }
 
+// A term and its figure in a description list.
+function dd(dl, label, field, text, value) {
+  const dt = document.createElement("dt");
+  dt.textContent = label;
+  const d = document.createElement("dd");
+  d.dataset.field = field;
+  show(d, text, value);
+  dl.append(dt, d);
+}
+
 // A row's header cell: what the row is about, for screen readers too.
 function rowHeader(row, text) {
   const th = document.createElement("th");

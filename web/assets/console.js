@@ -307,14 +307,7 @@ function renderReceivables(ar) {
 
 function renderSubscriptions(stats) {
   const dl = $("subscriptions");
-  const add = (label, field, value) => {
-    const dt = document.createElement("dt");
-    dt.textContent = label;
-    const dd = document.createElement("dd");
-    dd.dataset.field = field;
-    show(dd, String(value));
-    dl.append(dt, dd);
-  };
+  const add = (label, field, value) => dd(dl, label, field, String(value));
   dl.replaceChildren();
   for (const [state, n] of Object.entries(stats.by_state)) add(state, "state-" + state, n);
   add("trial conversion", "conversion_rate", stats.conversion_rate ?? "—");

@@ -2,15 +2,6 @@
 // cookie from GET /api/v1/invoices/{id} (helpers in common.js).
 "use strict";
 
-function item(dl, label, text, field) {
-  const dt = document.createElement("dt");
-  dt.textContent = label;
-  const dd = document.createElement("dd");
-  dd.dataset.field = field;
-  show(dd, text);
-  dl.append(dt, dd);
-}
-
 async function start() {
   const id = new URLSearchParams(location.search).get("id");
   if (!id) return fail("No invoice named: open it from the invoice history.");
@@ -22,11 +13,11 @@ async function start() {
   }
   show($("invoice-id"), found.id);
   const head = $("invoice-head");
-  item(head, "Customer", found.tenant, "tenant");
-  item(head, "Period", String(found.period), "period");
-  item(head, "Plan", found.plan ?? "—", "plan");
-  item(head, "Currency", found.currency, "currency");
-  item(head, "Payment", found.payment ? found.payment.status : "in meter (not sent to a payment provider)", "payment");
+  dd(head, "Customer", "tenant", found.tenant);
+  dd(head, "Period", "period", String(found.period));
+  dd(head, "Plan", "plan", found.plan ?? "—");
+  dd(head, "Currency", "currency", found.currency);
+  dd(head, "Payment", "payment", found.payment ? found.payment.status : "in meter (not sent to a payment provider)");
   const links = providerLinks(found.payment);
   if (links.length) {
     const dt = document.createElement("dt");

@@ -3,15 +3,6 @@
 // data-value attribute.
 "use strict";
 
-function dd(dl, label, field, text, value) {
-  const dt = document.createElement("dt");
-  dt.textContent = label;
-  const d = document.createElement("dd");
-  d.dataset.field = field;
-  show(d, text, value);
-  dl.append(dt, d);
-}
-
 // A bar with the 80, 90 and 100% marks; the level is also said in words.
 function bar(card, used, limit) {
   const share = limit > 0 ? used / limit : 0;
@@ -139,14 +130,7 @@ async function start() {
 function renderSubscription(s) {
   const dl = $("subscription");
   dl.dataset.subscription = s.id;
-  const add = (label, field, text, value) => {
-    const dt = document.createElement("dt");
-    dt.textContent = label;
-    const d = document.createElement("dd");
-    d.dataset.field = field;
-    show(d, text, value);
-    dl.append(dt, d);
-  };
+  const add = (label, field, text, value) => dd(dl, label, field, text, value);
   dl.replaceChildren();
   add("Billing cycle", "cycle", s.cycle);
   add("State", "state", s.state.replace("_", " "), s.state);
