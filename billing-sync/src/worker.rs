@@ -9,7 +9,7 @@ use crate::provider::{Collection, Earlier, Provider, Pushed};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use meter_billing::Subscriptions;
-use meter_billing::ledger::outbox::{NewOperation, OpKind, Operation, Settle};
+use meter_billing::ledger::outbox::{NewOperation, OpKind, Operation, Settle, mirror_now};
 use meter_webhooks::Webhooks;
 use std::future::Future;
 use std::sync::Arc;
@@ -255,14 +255,7 @@ impl Worker {
             // The change came: mirrored in the tenant's mirror lane, in order with the mirrors of
             // written changes (two updates of one mirror in flight at once could land in either
             // order).
-            then.push(NewOperation {
-                kind: OpKind::MirrorSubscription,
-                subject: format!("{}@{at_us}", sub.id),
-                tenant: sub.tenant.clone(),
-                period: None,
-                body: serde_json::json!({ "subscription": sub.id }).to_string(),
-                next_us: now_us,
-            });
+            then.push(mirror_now(&sub.id, &sub.tenant, &format!("@{at_us}"), now_us));
             return Ok(outcome("came", format!("{} is {} since {at_us} µs", sub.id, sub.state()), then));
         }
         let remote = self.subs.ledger.remote_customer(&sub.tenant).await?;
@@ -289,14 +282,7 @@ impl Worker {
                     // The mirror, made by the tenant's first push as active, shows the
                     // subscription's state as it is now (once per subscription).
                     if let Some(sub) = &c.subscription {
-                        then.push(NewOperation {
-                            kind: OpKind::MirrorSubscription,
-                            subject: format!("{sub}#push"),
-                            tenant: c.tenant.clone(),
-                            period: None,
-                            body: serde_json::json!({ "subscription": sub }).to_string(),
-                            next_us: now_us,
-                        });
+                        then.push(mirror_now(sub, &c.tenant, "#push", now_us));
                     }
                     then.push(c.operation(now_us));
                 }

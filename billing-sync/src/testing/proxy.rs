@@ -290,8 +290,11 @@ async fn forward(p: &Inner, method: &Method, uri: &Uri, auth: Option<&str>, body
     if let Some(q) = uri.query() {
         let q = if path == "/v1/invoiceitems" {
             drop_params(q, &["pending"])
-        } else {
+        } else if path.starts_with("/v1/invoices/") {
+            // Only an invoice's own reads (a send is one here) expand its payment.
             q.replace("payments.data.payment.payment_intent", "payment_intent")
+        } else {
+            q.to_string()
         };
         url = format!("{url}?{q}");
     }

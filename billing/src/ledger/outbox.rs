@@ -74,15 +74,22 @@ impl OpKind {
 /// alone will bring ([`mirror_when_due`]).
 pub fn mirror_of(sub: &meter_rater::Subscription, now_us: i64) -> Vec<NewOperation> {
     let Some(last) = sub.entries.last() else { return Vec::new() };
-    let now = (!matches!(last.change, meter_rater::subscription::Change::Dunning(_))).then(|| NewOperation {
-        kind: OpKind::MirrorSubscription,
-        subject: format!("{}#{}", sub.id, sub.entries.len()),
-        tenant: sub.tenant.clone(),
-        period: None,
-        body: serde_json::json!({ "subscription": sub.id }).to_string(),
-        next_us: now_us,
-    });
+    let now = (!matches!(last.change, meter_rater::subscription::Change::Dunning(_)))
+        .then(|| mirror_now(&sub.id, &sub.tenant, &format!("#{}", sub.entries.len()), now_us));
     now.into_iter().chain(mirror_when_due(sub)).collect()
+}
+
+/// The operation that mirrors subscription `id` of `tenant` as it stands, due at `now_us`, in
+/// the tenant's mirror lane; `occasion` (appended to the id) makes its subject: one per occasion.
+pub fn mirror_now(id: &str, tenant: &str, occasion: &str, now_us: i64) -> NewOperation {
+    NewOperation {
+        kind: OpKind::MirrorSubscription,
+        subject: format!("{id}{occasion}"),
+        tenant: tenant.to_string(),
+        period: None,
+        body: serde_json::json!({ "subscription": id }).to_string(),
+        next_us: now_us,
+    }
 }
 
 /// The operation that mirrors the next change time alone brings to `sub`
