@@ -1,7 +1,8 @@
 //! The customer dashboard's speed, on SQLite and on ClickHouse: a tenant with 10 meters (the six
 //! defaults and four of the config here) and 90 days of data among `TENANTS` tenants, read by
 //! `meter serve` as the portal reads it (with a portal session's cookie), each call `SAMPLES`
-//! times one after another: p50, p99 and the slowest. Then the portal page itself in Debian's
+//! times one after another: p50, p99 and the slowest; and last month's usage and breakdown from
+//! the history, which the portal does not ask for but which read ClickHouse. Then the portal page itself in Debian's
 //! Chromium, navigated `NAVIGATIONS` times: when its meter cards were in the DOM, from the
 //! Performance API's mark `cards` (milliseconds after navigation started).
 //!
@@ -222,16 +223,21 @@ async fn run(backend: &str, tenants: usize, per_day: usize, samples: usize, navi
     };
     let link = portal_link().await;
     let period = meter_schemas::Period::containing(now).to_string();
+    let before = meter_schemas::Period::containing(now).previous().to_string();
     let calls = [
         "/api/v1/usage".to_string(),
         "/api/v1/entitlements".to_string(),
         "/api/v1/invoices/upcoming".to_string(),
         "/api/v1/billing-portal".to_string(),
+        "/api/v1/subscriptions".to_string(),
         "/api/v1/usage/daily?days=30".to_string(),
         "/api/v1/usage/daily?days=90".to_string(),
         format!("/api/v1/usage/breakdown?period={period}"),
         "/api/v1/alerts".to_string(),
         "/api/v1/invoices".to_string(),
+        // Not the portal's: last month from the history (ClickHouse when configured).
+        format!("/api/v1/usage?period={before}&source=store"),
+        format!("/api/v1/usage/breakdown?period={before}&source=store"),
     ];
     let token = portal_link().await.split("#token=").nth(1).unwrap().to_string();
     let exchanged = common::client()

@@ -357,7 +357,11 @@ async fn two_closes_bill_exactly_and_late_events_become_an_adjustment() {
     let csv = get_text(format!("{url}/api/v1/revenue?period={p2}&format=csv"), &admin).await;
     assert!(
         csv.starts_with("period,currency,mrr_start,mrr_end,arr_end,")
-            && csv.lines().next().unwrap().ends_with(",recognised_usage,deferred_start,deferred_end")
+            && csv
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with(",recognised_usage,deferred_start,deferred_end,fees_without_service")
             && csv.contains(&format!("{p2},USD,")),
         "{csv}"
     );

@@ -123,6 +123,7 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     for path in [
         "/portal",
         "/assets/portal.js",
+        "/assets/common.js",
         "/assets/style.css",
         "/assets/vendor/uplot/uPlot.iife.min.js",
         "/assets/vendor/uplot/uPlot.min.css",
@@ -564,12 +565,14 @@ async fn the_portal_shows_a_tenant_its_own_usage_exactly_and_nothing_else() {
     // A tenant's link finds its invoices: the same as the API's search, with their totals.
     f.find(Locator::Css("#report tr[data-tenant='acme'] a")).await.unwrap().click().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while f.find(Locator::Id("found")).await.unwrap().attr("data-query").await.unwrap().as_deref() != Some("acme") {
+    while f.find(Locator::Id("found")).await.unwrap().attr("data-query").await.unwrap().as_deref()
+        != Some("tenant:acme")
+    {
         assert!(Instant::now() < deadline, "the search never ran");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, found) =
-        call(Method::GET, format!("{url}/api/v1/periods/{last}/invoices/search?q=acme"), &admin, None).await;
+        call(Method::GET, format!("{url}/api/v1/periods/{last}/invoices/search?tenant=acme"), &admin, None).await;
     assert_eq!(found["matched"], 1, "{found}");
     let shown: Vec<String> = {
         let mut v = Vec::new();

@@ -404,6 +404,8 @@ pub async fn period_invoices(
 pub struct SearchQuery {
     /// A piece of the tenant's name or of the invoice's id (case-insensitive); none: every one.
     pub q: Option<String>,
+    /// Exactly this tenant's invoices.
+    pub tenant: Option<String>,
     /// Also invoices without lines (nothing billed); default false.
     pub empty: Option<bool>,
     /// Where the page starts among the matches; default 0.
@@ -445,9 +447,16 @@ pub async fn search_invoices(
     if !problems.is_empty() {
         return Err(ApiError::Invalid(problems));
     }
+    check_tenant(q.tenant.as_deref())?;
     let ledger = &state.billing.subscriptions.ledger;
-    let (empty, offset) = (q.empty.unwrap_or(false), q.offset.unwrap_or(0));
-    let found = meter_billing::search::of(ledger, period, &text, empty, offset, limit).await?;
+    let query = meter_billing::search::Query {
+        text,
+        tenant: q.tenant,
+        with_empty: q.empty.unwrap_or(false),
+        offset: q.offset.unwrap_or(0),
+        limit,
+    };
+    let found = meter_billing::search::of(ledger, period, &query).await?;
     Ok(Json(found.ok_or_else(|| ApiError::Missing(format!("period {period} is not closed")))?))
 }
 

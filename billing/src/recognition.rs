@@ -5,7 +5,8 @@
 //! - **Billed**: the month's closed invoices, in all. **Fees** are the lines that pay in advance
 //!   for a time (a base fee for its cycle, a proration for the rest of one, the term discount off
 //!   them: each line's [`Service`]); **usage** is every other line (overage, seats, minimums,
-//!   volume discounts, adjustments), billed in arrears for the month.
+//!   adjustments, and the volume discount, though it is taken off fees too), recognised in the
+//!   month it is billed for.
 //! - **Collected**: of the month's invoices, the totals paid at the payment provider by `as_of`;
 //!   `None` when none of them is held at a provider (no payment sync).
 //! - **Recognised**: usage in the month it is billed for; each fee ratably over its service
@@ -15,7 +16,7 @@
 //!   end. A fee's service never starts before the month it is billed for, so
 //!   `deferred_end = deferred_start + billed_fees − recognised_fees`, to the cent.
 
-use meter_rater::{Invoice, Line, Service, prorate};
+use meter_rater::{Invoice, Line, LineKind, Service, prorate};
 use meter_schemas::Period;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -45,11 +46,24 @@ pub struct Recognition {
     pub deferred_start: Decimal,
     /// Fees billed up to the month, not recognised by its end.
     pub deferred_end: Decimal,
+    /// Of `billed_fees`, lines of invoices closed before meter recorded what a fee pays for,
+    /// taken to pay for the month itself (0 for every invoice closed since).
+    pub fees_without_service: Decimal,
 }
 
-/// What `line` of an invoice in `currency` pays for, if it is a fee.
-fn fee(line: &Line) -> Option<Service> {
-    line.service.filter(|s| s.to_us > s.from_us)
+/// What a fee `line` of `invoice` pays for; `None` when the line is usage. A fee line of an
+/// invoice closed before meter recorded what fees pay for has no `service`: it is taken to pay
+/// for the invoice's own month (and counted in `fees_without_service`).
+fn fee(invoice: &Invoice, line: &Line) -> Option<(Service, bool)> {
+    match line.kind {
+        LineKind::BaseFee | LineKind::Proration | LineKind::TermDiscount => Some(match line.service {
+            Some(s) if s.to_us > s.from_us => (s, true),
+            _ => (Service { from_us: invoice.period.start_us(), to_us: invoice.period.end_us() }, false),
+        }),
+        LineKind::Seats | LineKind::Overage | LineKind::Minimum | LineKind::VolumeDiscount | LineKind::Adjustment => {
+            None
+        }
+    }
 }
 
 /// The part of a fee `line` recognised in `from..to`.
@@ -82,8 +96,11 @@ pub fn recognition(
             }
         }
         for line in &inv.lines {
-            match fee(line) {
-                Some(s) => {
+            match fee(inv, line) {
+                Some((s, known)) => {
+                    if !known && this_month {
+                        r.fees_without_service += line.amount;
+                    }
                     if this_month {
                         r.billed_fees += line.amount;
                     } else {

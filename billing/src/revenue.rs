@@ -165,6 +165,7 @@ impl Revenue {
             "recognised_usage",
             "deferred_start",
             "deferred_end",
+            "fees_without_service",
         ];
         w.write_record(header).expect("writing to memory");
         for (currency, c) in &self.currencies {
@@ -192,6 +193,7 @@ impl Revenue {
                 r.recognised_usage.to_string(),
                 r.deferred_start.to_string(),
                 r.deferred_end.to_string(),
+                r.fees_without_service.to_string(),
             ];
             w.write_record(row).expect("writing to memory");
         }

@@ -43,14 +43,28 @@ pub struct Search {
     pub invoices: Vec<Found>,
 }
 
-/// The invoices of `invoices` whose tenant or id contains `query` (case-insensitively; every
-/// one when it is empty), `limit` of them from `offset`, by tenant then id; those without lines
-/// only when `with_empty`.
-pub fn search(invoices: &[Invoice], query: &str, with_empty: bool, offset: usize, limit: usize) -> Search {
-    let needle = query.to_lowercase();
+/// What to find.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// A piece of the tenant's name or of the invoice's id, case-insensitive; empty: any.
+    pub text: String,
+    /// Exactly this tenant's, when given.
+    pub tenant: Option<String>,
+    /// Also invoices without lines.
+    pub with_empty: bool,
+    /// Where the page starts among the matches.
+    pub offset: usize,
+    /// How many in the page.
+    pub limit: usize,
+}
+
+/// The invoices of `invoices` that `q` finds, a page of them, by tenant then id.
+pub fn search(invoices: &[Invoice], q: &Query) -> Search {
+    let (needle, with_empty, offset, limit) = (q.text.to_lowercase(), q.with_empty, q.offset, q.limit);
     let mut matches: Vec<&Invoice> = invoices
         .iter()
         .filter(|i| with_empty || !i.lines.is_empty())
+        .filter(|i| q.tenant.as_ref().is_none_or(|t| *t == i.tenant))
         .filter(|i| {
             needle.is_empty() || i.tenant.to_lowercase().contains(&needle) || i.id.to_lowercase().contains(&needle)
         })
@@ -80,16 +94,13 @@ pub fn search(invoices: &[Invoice], query: &str, with_empty: bool, offset: usize
 pub async fn of(
     ledger: &crate::Ledger,
     period: meter_schemas::Period,
-    query: &str,
-    with_empty: bool,
-    offset: usize,
-    limit: usize,
+    q: &Query,
 ) -> Result<Option<Search>, crate::Error> {
     if !ledger.close_summaries().await?.iter().any(|s| s.period == period) {
         return Ok(None);
     }
     let invoices = ledger.invoices_between(period, period).await?;
-    Ok(Some(search(&invoices, query, with_empty, offset, limit)))
+    Ok(Some(search(&invoices, q)))
 }
 
 #[cfg(test)]
@@ -136,19 +147,29 @@ mod tests {
             invoice("beta", "USD", "0", 0),
             invoice("hooli", "USD", "7.00", 1),
         ];
-        let s = search(&all, "ACME", false, 0, 1);
+        let q = |text: &str, with_empty, offset, limit| Query {
+            text: text.into(),
+            tenant: None,
+            with_empty,
+            offset,
+            limit,
+        };
+        let s = search(&all, &q("ACME", false, 0, 1));
         assert_eq!(s.matched, 2);
         assert_eq!(s.totals, BTreeMap::from([("USD".to_string(), "150.50".parse().unwrap())]));
         assert_eq!(s.invoices.iter().map(|f| f.tenant.as_str()).collect::<Vec<_>>(), ["acme"]);
-        let next = search(&all, "ACME", false, 1, 1);
+        let next = search(&all, &q("ACME", false, 1, 1));
         assert_eq!(next.invoices[0].tenant, "acme-labs");
         // By a piece of the id, which names the tenant's subscription.
-        assert_eq!(search(&all, &all[4].id[..12], false, 0, 10).invoices[0].tenant, "hooli");
+        assert_eq!(search(&all, &q(&all[4].id[..12], false, 0, 10)).invoices[0].tenant, "hooli");
         // Everything, per currency; the empty invoice only when asked.
-        let every = search(&all, "", false, 0, 10);
+        let every = search(&all, &q("", false, 0, 10));
         assert_eq!(every.matched, 4);
         assert_eq!(every.totals["EUR"], "10.00".parse::<Decimal>().unwrap());
-        assert_eq!(search(&all, "", true, 0, 10).matched, 5);
-        assert!(search(&all, "nobody", true, 0, 10).invoices.is_empty());
+        assert_eq!(search(&all, &q("", true, 0, 10)).matched, 5);
+        assert!(search(&all, &q("nobody", true, 0, 10)).invoices.is_empty());
+        // One tenant exactly: acme, not acme-labs.
+        let acme = search(&all, &Query { tenant: Some("acme".into()), ..q("", false, 0, 10) });
+        assert_eq!((acme.matched, acme.invoices[0].tenant.as_str()), (1, "acme"));
     }
 }

@@ -124,8 +124,16 @@ impl Subscriptions {
         let book = self.book.clone();
         let first = (0..crate::recognition::LOOKBACK_MONTHS).fold(period, |p, _| p.previous());
         let invoices = self.ledger.invoices_between(first, period).await?;
-        let paid =
-            self.ledger.store().held_invoices().await?.into_iter().map(|(r, _)| (r.invoice, r.paid_us)).collect();
+        // A meter invoice the provider holds twice (one voided, one pushed again) is paid when
+        // either is.
+        let mut paid: std::collections::BTreeMap<String, Option<i64>> = Default::default();
+        for (r, _) in self.ledger.store().held_invoices().await? {
+            let at = paid.entry(r.invoice).or_default();
+            *at = match (*at, r.paid_us) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         tokio::task::spawn_blocking(move || {
             let recognition = crate::recognition::recognition(&invoices, &paid, period, as_of_us);
             crate::revenue::revenue(&subs, &book, period).with_recognition(recognition)

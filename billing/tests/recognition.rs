@@ -88,6 +88,7 @@ fn billed_collected_recognised_and_deferred_equal_a_table_computed_by_hand() {
         recognised_usage: d("123.45"),
         deferred_start: d("6430.87"),
         deferred_end: d("37317.59"),
+        fees_without_service: Decimal::ZERO,
     };
     assert_eq!(nov["USD"], want);
     assert_eq!(want.deferred_end, want.deferred_start + want.billed_fees - want.recognised_fees);
@@ -111,4 +112,18 @@ fn billed_collected_recognised_and_deferred_equal_a_table_computed_by_hand() {
         .map(|m| recognition(&ann_only, &paid, *m, as_of).get("USD").map_or(Decimal::ZERO, |r| r.recognised))
         .sum();
     assert_eq!(year, d("38250.00"));
+
+    // An invoice closed before fee lines carried what they pay for: its fees are taken to pay
+    // for its own month, and said so; its usage stays usage.
+    let mut old: Vec<Invoice> = invoices.clone();
+    for i in &mut old {
+        for l in &mut i.lines {
+            l.service = None;
+        }
+    }
+    let before = &recognition(&old, &paid, "2026-11".parse().unwrap(), as_of)["USD"];
+    assert_eq!((before.billed_fees, before.billed_usage), (d("53583.33"), d("123.45")));
+    assert_eq!(before.fees_without_service, d("53583.33"));
+    assert_eq!(before.recognised_fees, d("53583.33"), "every fee in its own month");
+    assert_eq!((before.deferred_start, before.deferred_end), (Decimal::ZERO, Decimal::ZERO));
 }

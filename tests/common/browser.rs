@@ -15,6 +15,8 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 pub struct Driver {
     child: Child,
     url: String,
+    /// The browsers' profile directories, removed with the driver.
+    profiles: std::sync::Mutex<Vec<tempfile::TempDir>>,
 }
 
 impl Drop for Driver {
@@ -24,6 +26,8 @@ impl Drop for Driver {
         let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
+        // The browsers are gone: their profiles can go too (TempDir removes each on drop).
+        self.profiles.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -40,11 +44,13 @@ pub fn driver() -> Driver {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Driver { child, url: format!("http://127.0.0.1:{port}") }
+    Driver { child, url: format!("http://127.0.0.1:{port}"), profiles: Default::default() }
 }
 
 pub async fn browser(driver: &Driver) -> Client {
-    let profile = tempfile::tempdir().unwrap().keep();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().to_path_buf();
+    driver.profiles.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
     let caps = json!({
         "goog:chromeOptions": {
             "binary": CHROMIUM,

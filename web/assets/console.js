@@ -95,6 +95,36 @@ async function closeMonth(period) {
   $("closing").hidden = false;
   for (const b of document.querySelectorAll("[data-close]")) b.disabled = true;
   show($("close-status"), "Closing " + period, "");
+  let last = null;
+  try {
+    last = await streamClose(period);
+  } catch (e) {
+    last = { error: { detail: "the answer was cut off (" + e.message + "); the months below say where the close stands" } };
+  }
+  const status = $("close-status");
+  if (last && last.close) {
+    status.dataset.stage = "done";
+    const c = last.close;
+    show(status, "Closed " + c.period + ": " + c.invoices + " invoices, " + c.differences + " differences", c.period);
+    $("close-progress").max = 1;
+    $("close-progress").value = 1;
+  } else {
+    status.dataset.stage = "failed";
+    show(status, "The close failed: " + (last && last.error ? last.error.detail : "no answer"), "");
+  }
+  try {
+    renderPeriods(await api("/api/v1/periods"));
+    if (last && last.close) $("closed-month").value = last.close.period;
+    await renderClosed();
+  } catch (e) {
+    fail("The months cannot be read again: " + e.message);
+  }
+  for (const b of document.querySelectorAll("[data-close]")) b.disabled = false;
+  document.body.dataset.closed = last && last.close ? last.close.period : "";
+}
+
+// The close's answer: each progress line shown as it comes, then the close (or its error).
+async function streamClose(period) {
   const r = await fetch("/api/v1/periods/" + period + "/close", {
     method: "POST",
     headers: { accept: "application/x-ndjson" },
@@ -118,22 +148,7 @@ async function closeMonth(period) {
   } else {
     last = { error: { detail: (await r.json().catch(() => ({}))).detail || r.statusText } };
   }
-  const status = $("close-status");
-  if (last && last.close) {
-    status.dataset.stage = "done";
-    const c = last.close;
-    show(status, "Closed " + c.period + ": " + c.invoices + " invoices, " + c.differences + " differences", c.period);
-    $("close-progress").max = 1;
-    $("close-progress").value = 1;
-  } else {
-    status.dataset.stage = "failed";
-    show(status, "The close failed: " + (last && last.error ? last.error.detail : "no answer"), "");
-  }
-  const months = await api("/api/v1/periods");
-  renderPeriods(months);
-  if (last && last.close) $("closed-month").value = last.close.period;
-  await renderClosed();
-  document.body.dataset.closed = last && last.close ? last.close.period : "";
+  return last;
 }
 
 // The reconciliation report of a closed month, every difference first and said in words; each
@@ -155,8 +170,8 @@ async function renderClosed() {
       a.textContent = r.tenant;
       a.addEventListener("click", (e) => {
         e.preventDefault();
-        $("search").value = r.tenant;
-        search();
+        $("search").value = "";
+        search(r.tenant);
       });
       th.append(a);
       cell(tr, r.meter);
@@ -183,14 +198,15 @@ async function renderClosed() {
   await search();
 }
 
-// The closed month's invoices whose tenant or id holds the search text: how many, their totals
-// per currency, and the first 50.
-async function search() {
+// The closed month's invoices whose tenant or id holds the search text (or exactly `tenant`'s):
+// how many, their totals per currency, and the first 50.
+async function search(tenant) {
   const month = $("closed-month").value;
   const q = $("search").value.trim();
-  const found = await api("/api/v1/periods/" + month + "/invoices/search?limit=50&q=" + encodeURIComponent(q));
+  const which = tenant ? "tenant=" + encodeURIComponent(tenant) : "q=" + encodeURIComponent(q);
+  const found = await api("/api/v1/periods/" + month + "/invoices/search?limit=50&" + which);
   const body = $("found");
-  body.dataset.query = q;
+  body.dataset.query = tenant ? "tenant:" + tenant : q;
   body.replaceChildren(
     ...found.invoices.map((i) => {
       const tr = document.createElement("tr");
@@ -208,7 +224,8 @@ async function search() {
     }),
   );
   const shown = found.invoices.length < found.matched ? " (the first " + found.invoices.length + " shown)" : "";
-  show($("search-summary"), found.matched + " invoices of " + month + " match" + shown, found.matched);
+  const what = tenant ? " of tenant " + tenant : "";
+  show($("search-summary"), found.matched + " invoices of " + month + what + " match" + shown, found.matched);
   $("found-totals").replaceChildren(
     ...Object.entries(found.totals).map(([currency, total]) => {
       const tr = document.createElement("tr");
@@ -327,7 +344,7 @@ async function start() {
     $("closed-controls").addEventListener("change", () => renderClosed());
     $("search-controls").addEventListener("submit", (e) => {
       e.preventDefault();
-      search();
+      search().catch((err) => fail("The search failed: " + err.message));
     });
   } catch (e) {
     fail(

@@ -113,12 +113,19 @@ async function start() {
   daily.meters = usage.meters;
   daily.included = new Map([...entitled].map(([name, e]) => [name, e.limit === null || e.limit === "unlimited" ? null : Number(e.limit)]));
   setUpChart();
-  const [, breakdown, alerts, invoices] = await Promise.all([
-    drawChart(),
-    api("/api/v1/usage/breakdown?period=" + usage.period),
-    api("/api/v1/alerts"),
-    api("/api/v1/invoices"),
-  ]);
+  let rest;
+  try {
+    rest = await Promise.all([
+      drawChart(),
+      api("/api/v1/usage/breakdown?period=" + usage.period),
+      api("/api/v1/alerts"),
+      api("/api/v1/invoices"),
+    ]);
+  } catch (e) {
+    fail("Part of the page cannot be read: " + e.message);
+    return;
+  }
+  const [, breakdown, alerts, invoices] = rest;
   renderBreakdown(breakdown);
   renderAlerts(alerts.alerts, usage.period);
   renderInvoices(invoices);

@@ -425,6 +425,10 @@ pub async fn provider_invoices_move_forward_and_events_are_kept_once(store: Arc<
     let paid = store.record_remote_invoice(RemoteInvoice { paid_us: Some(20), ..ri("paid") }).await.unwrap();
     assert_eq!(paid, RemoteInvoice { status: "paid".into(), paid_us: Some(20), ..sent.clone() });
     assert_eq!(store.record_remote_invoice(ri("open")).await.unwrap().status, "paid", "never back");
+    // Pages learnt with a status already known are kept.
+    let later = RemoteInvoice { pdf_url: Some("https://pay.stripe.com/invoice/x/pdf2".into()), ..ri("paid") };
+    let paid = RemoteInvoice { pdf_url: later.pdf_url.clone(), ..paid };
+    assert_eq!(store.record_remote_invoice(later).await.unwrap(), paid);
     assert_eq!(store.remote_invoice("in_1".into()).await.unwrap(), Some(paid.clone()));
     assert_eq!(store.remote_invoices_of(vec!["inv_a".into(), "inv_b".into()]).await.unwrap(), vec![paid]);
     assert_eq!(store.remote_invoice("in_2".into()).await.unwrap(), None);

@@ -429,6 +429,14 @@ impl LedgerStore for SqliteLedger {
                 .query_row("SELECT status FROM remote_invoices WHERE remote = ?1", params![remote.remote], |r| r.get(0))
                 .optional()?;
             let forward = known.as_deref().is_none_or(|k| RemoteInvoice::rank(&remote.status) > RemoteInvoice::rank(k));
+            if !forward {
+                // The provider's pages, learnt late, are kept whatever the status.
+                tx.execute(
+                    "UPDATE remote_invoices SET hosted_url = coalesce(?2, hosted_url), pdf_url = coalesce(?3, pdf_url)
+                     WHERE remote = ?1",
+                    params![remote.remote, remote.hosted_url, remote.pdf_url],
+                )?;
+            }
             if forward {
                 tx.execute(
                     "INSERT INTO remote_invoices (remote, invoice, tenant, status, sent_us, due_us, paid_us, hosted_url,
