@@ -65,6 +65,54 @@ async fn a_database_is_refused_until_migrated_and_a_newer_schema_always() {
     assert_eq!((with_user.user.as_deref(), with_user.http.as_str()), (Some("meter"), "http://host:8123"));
 }
 
+/// A database at schema version 1 holding events (as an older meter left it) is upgraded in
+/// place: its events still count, they have no breakdown (the columns they lack read as empty),
+/// and events written after the upgrade have one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_with_events_is_upgraded_in_place() {
+    use meter_store::contract::{MID_NOVEMBER, adv, metered, meters};
+    let url = fresh_database(&shared_http());
+    let at_one = url.clone();
+    let v = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(ClickHouseStore::migrate_up_to(&at_one, 1))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(v, 1);
+    // A row as version 1 wrote it: no group columns.
+    let t = MID_NOVEMBER;
+    let old = format!(
+        "INSERT INTO events (tenant, id, time_us, rank, meters, kinds, values, texts) VALUES \
+         ('a', 'old', {t}, {rank}, ['agent_invocations', 'agent_tokens'], [0, 1], [1, 10], ['', ''])",
+        rank = u64::MAX
+    );
+    assert_eq!(reqwest_free_query(&url, &old), "");
+    assert_eq!(migrated(&url), meter_store::CLICKHOUSE_SCHEMA_VERSION);
+    let s: Arc<dyn UsageStore> = Arc::new(ClickHouseStore::open(&url).await.unwrap());
+    let new = vec![metered(
+        1,
+        "a",
+        "new",
+        "agent.invocation",
+        serde_json::json!({"model": "m", "input_tokens": 5, "output_tokens": 0}),
+        t,
+    )];
+    let store = s.clone();
+    tokio::task::spawn_blocking(move || store.apply("c", &meters(), &new, &adv(0, 2)).unwrap()).await.unwrap();
+    let nov = "2026-11".parse().unwrap();
+    let usage = s.usage("a", nov, meter_store::Coverage { consumer: "c", partition: 0 }).await.unwrap();
+    let tokens_total = usage.meters["agent_tokens"].period.value.unwrap();
+    assert_eq!(tokens_total, rust_decimal::Decimal::from(15), "the old event and the new one");
+    let by = s.breakdown("a", nov).await.unwrap();
+    assert_eq!(by["agent_tokens"]["model"].len(), 1, "{by:?}");
+    assert_eq!(by["agent_tokens"]["model"]["m"], rust_decimal::Decimal::from(5), "only the new event has a model");
+}
+
 /// A statement sent over plain HTTP, outside the store (what an operator would type).
 fn reqwest_free_query(url: &ClickHouseUrl, sql: &str) -> String {
     use std::io::{Read, Write};

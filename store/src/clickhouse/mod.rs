@@ -123,6 +123,17 @@ impl Drop for ClickHouseStore {
 impl ClickHouseStore {
     /// Creates or upgrades the schema at `url`; returns the version it is at now.
     pub async fn migrate(url: &ClickHouseUrl) -> Result<u32, Error> {
+        Self::migrate_to(url, SCHEMA_VERSION).await
+    }
+
+    /// Creates or upgrades the schema at `url` up to version `target` (at most this meter's):
+    /// what an older meter's `migrate` left, for tests of the upgrades.
+    #[cfg(feature = "testing")]
+    pub async fn migrate_up_to(url: &ClickHouseUrl, target: u32) -> Result<u32, Error> {
+        Self::migrate_to(url, target.min(SCHEMA_VERSION)).await
+    }
+
+    async fn migrate_to(url: &ClickHouseUrl, target: u32) -> Result<u32, Error> {
         let server = url.client();
         timed(QUERY_TIMEOUT, server.query(&format!("CREATE DATABASE IF NOT EXISTS {}", url.database)).execute())
             .await?;
@@ -133,7 +144,7 @@ impl ClickHouseStore {
             return Err(newer(url, version));
         }
         let current = version;
-        for m in schema::MIGRATIONS.iter().filter(|m| m.version > current) {
+        for m in schema::MIGRATIONS.iter().filter(|m| m.version > current && m.version <= target) {
             for statement in m.statements {
                 timed(QUERY_TIMEOUT, db.query(statement).execute()).await?;
             }
