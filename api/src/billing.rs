@@ -434,6 +434,9 @@ pub async fn search_invoices(
     let Query(q) = query?;
     let (text, limit) = (q.q.unwrap_or_default(), q.limit.unwrap_or(50));
     let mut problems = Vec::new();
+    if let Some(Err(m)) = q.tenant.as_deref().map(meter_schemas::envelope::check_id) {
+        problems.push(FieldError::invalid("tenant", m));
+    }
     if text.chars().count() > meter_billing::search::MAX_QUERY {
         problems
             .push(FieldError::invalid("q", format!("must be at most {} characters", meter_billing::search::MAX_QUERY)));
@@ -447,7 +450,6 @@ pub async fn search_invoices(
     if !problems.is_empty() {
         return Err(ApiError::Invalid(problems));
     }
-    check_tenant(q.tenant.as_deref())?;
     let ledger = &state.billing.subscriptions.ledger;
     let query = meter_billing::search::Query {
         text,

@@ -16,6 +16,7 @@
 //!   end. A fee's service never starts before the month it is billed for, so
 //!   `deferred_end = deferred_start + billed_fees − recognised_fees`, to the cent.
 
+use crate::ledger::outbox::RemoteInvoice;
 use meter_rater::{Invoice, Line, LineKind, Service, prorate};
 use meter_schemas::Period;
 use rust_decimal::Decimal;
@@ -73,14 +74,19 @@ fn share(invoice: &Invoice, line: &Line, s: Service, from: i64, to: i64) -> Deci
 }
 
 /// The recognition of `period`, per currency, from `invoices` (every closed invoice of the
-/// periods [`LOOKBACK_MONTHS`] before `period` up to it) and `paid` (when each invoice the
-/// payment provider holds was paid, by meter's invoice id; `None` for unpaid ones).
+/// periods [`LOOKBACK_MONTHS`] before `period` up to it) and `held` (where the payment provider
+/// holds the month's invoices). A meter invoice the provider holds twice (one voided, one pushed
+/// again) is collected when either was paid.
 pub fn recognition(
     invoices: &[Invoice],
-    paid: &BTreeMap<String, Option<i64>>,
+    held: &[RemoteInvoice],
     period: Period,
     as_of_us: i64,
 ) -> BTreeMap<String, Recognition> {
+    let mut paid: BTreeMap<&str, bool> = BTreeMap::new();
+    for r in held {
+        *paid.entry(r.invoice.as_str()).or_default() |= r.paid_us.is_some_and(|at| at <= as_of_us);
+    }
     let (start, end) = (period.start_us(), period.end_us());
     let mut out: BTreeMap<String, Recognition> = BTreeMap::new();
     for inv in invoices.iter().filter(|i| i.period <= period) {
@@ -88,9 +94,9 @@ pub fn recognition(
         let this_month = inv.period == period;
         if this_month {
             r.billed += inv.total;
-            if let Some(at) = paid.get(&inv.id) {
+            if let Some(paid) = paid.get(inv.id.as_str()) {
                 let collected = r.collected.get_or_insert(Decimal::ZERO);
-                if at.is_some_and(|at| at <= as_of_us) {
+                if *paid {
                     *collected += inv.total;
                 }
             }

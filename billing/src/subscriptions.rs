@@ -124,18 +124,11 @@ impl Subscriptions {
         let book = self.book.clone();
         let first = (0..crate::recognition::LOOKBACK_MONTHS).fold(period, |p, _| p.previous());
         let invoices = self.ledger.invoices_between(first, period).await?;
-        // A meter invoice the provider holds twice (one voided, one pushed again) is paid when
-        // either is.
-        let mut paid: std::collections::BTreeMap<String, Option<i64>> = Default::default();
-        for (r, _) in self.ledger.store().held_invoices().await? {
-            let at = paid.entry(r.invoice).or_default();
-            *at = match (*at, r.paid_us) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
+        // Where the month's own invoices stand at the provider: what was collected of them.
+        let ids = invoices.iter().filter(|i| i.period == period).map(|i| i.id.clone()).collect();
+        let held = self.ledger.store().remote_invoices_of(ids).await?;
         tokio::task::spawn_blocking(move || {
-            let recognition = crate::recognition::recognition(&invoices, &paid, period, as_of_us);
+            let recognition = crate::recognition::recognition(&invoices, &held, period, as_of_us);
             crate::revenue::revenue(&subs, &book, period).with_recognition(recognition)
         })
         .await

@@ -6,6 +6,13 @@ use meter_schemas::Catalog;
 use meter_store::UsageStore;
 use std::sync::Arc;
 
+/// The sample price book (`rater/pricebook.toml`) for the default meters.
+pub fn sample_book() -> PriceBook {
+    let catalog = Catalog::new(vec![]).expect("the default meters are valid");
+    let names: Vec<&str> = catalog.meters().iter().map(|m| m.name.as_str()).collect();
+    PriceBook::parse(meter_rater::pricebook::SAMPLE, &names, &["active_users"]).expect("the sample price book parses")
+}
+
 /// Sources on one store that is both the live counters and the history (consumer `c`, one
 /// partition), with no log (no census), the default meters and a 7-day lateness window.
 pub fn one_store(store: Arc<dyn UsageStore>, book: Arc<PriceBook>) -> Sources {

@@ -18,14 +18,14 @@
 //! Billed in November: fees 5,000 + 38,250 + 10,333.33 = 53,583.33, usage 123.45, in all
 //! 53,706.78. Recognised: fees 22,696.61, usage 123.45, in all 22,820.06. Deferred: 6,430.87 →
 //! 37,317.59 (= 6,430.87 + 53,583.33 − 22,696.61). Collected by 5 Dec: mon's invoice, paid 3 Dec
-//! (5,123.45); upg's was paid 10 Dec, ann's is open.
+//! (5,123.45) under its second push at the provider (the first voided); upg's was paid 10 Dec,
+//! ann's is open.
 
+use meter_billing::ledger::outbox::RemoteInvoice;
 use meter_billing::recognition::{Recognition, recognition};
-use meter_rater::pricebook::SAMPLE;
-use meter_rater::{Command, Cycle, Invoice, LineKind, PriceBook, Setup, Subscription, rate};
+use meter_rater::{Command, Cycle, Invoice, LineKind, Setup, Subscription, rate};
 use meter_schemas::Period;
 use rust_decimal::Decimal;
-use std::collections::BTreeMap;
 
 fn at(text: &str) -> i64 {
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap();
@@ -38,9 +38,7 @@ fn d(s: &str) -> Decimal {
 
 #[test]
 fn billed_collected_recognised_and_deferred_equal_a_table_computed_by_hand() {
-    let meters =
-        ["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"];
-    let book = PriceBook::parse(SAMPLE, &meters, &["active_users"]).unwrap();
+    let book = meter_billing::testing::sample_book();
     let list = book.version("2026-01").unwrap();
     let sub = |tenant: &str, cycle, when: &str| {
         let setup = Setup { plan: "starter".into(), cycle, term_years: 1, auto_renew: true, trial: false };
@@ -70,11 +68,24 @@ fn billed_collected_recognised_and_deferred_equal_a_table_computed_by_hand() {
     let id = |tenant: &str| {
         invoices.iter().find(|i| i.tenant == tenant && i.period.to_string() == "2026-11").unwrap().id.clone()
     };
-    let paid = BTreeMap::from([
-        (id("mon"), Some(at("2026-12-03T09:00:00Z"))),
-        (id("upg"), Some(at("2026-12-10T09:00:00Z"))),
-        (id("ann"), None),
-    ]);
+    let held = |tenant: &str, remote: &str, status: &str, paid: Option<&str>| RemoteInvoice {
+        remote: remote.into(),
+        invoice: id(tenant),
+        tenant: tenant.into(),
+        status: status.into(),
+        sent_us: Some(at("2026-12-01T09:00:00Z")),
+        due_us: None,
+        paid_us: paid.map(at),
+        hosted_url: None,
+        pdf_url: None,
+    };
+    // mon's invoice is held twice: paid under its second push, its first one voided after.
+    let paid = vec![
+        held("mon", "in_mon_2", "paid", Some("2026-12-03T09:00:00Z")),
+        held("mon", "in_mon_1", "void", None),
+        held("upg", "in_upg", "paid", Some("2026-12-10T09:00:00Z")),
+        held("ann", "in_ann", "open", None),
+    ];
     let as_of = at("2026-12-05T23:59:59Z");
 
     let nov = recognition(&invoices, &paid, "2026-11".parse().unwrap(), as_of);

@@ -18,8 +18,7 @@
 //! MRR 44,500 → 42,687.50; net new −1,812.50; ARR 512,250.
 
 use meter_billing::revenue::{Movements, revenue};
-use meter_rater::pricebook::SAMPLE;
-use meter_rater::{Command, Cycle, PriceBook, Setup, Subscription};
+use meter_rater::{Command, Cycle, Setup, Subscription};
 use rust_decimal::Decimal;
 
 fn at(text: &str) -> i64 {
@@ -29,9 +28,7 @@ fn at(text: &str) -> i64 {
 
 #[test]
 fn a_months_mrr_arr_and_movements_equal_a_table_computed_by_hand() {
-    let meters =
-        ["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"];
-    let book = PriceBook::parse(SAMPLE, &meters, &["active_users"]).unwrap();
+    let book = meter_billing::testing::sample_book();
     let list = book.version("2026-01").unwrap();
     let sub = |tenant: &str, plan: &str, cycle, trial, when: &str| {
         let setup = Setup { plan: plan.into(), cycle, term_years: 1, auto_renew: true, trial };

@@ -67,6 +67,10 @@ pub enum Error {
     /// The store's schema is missing, older or newer than this meter's.
     #[error("{0}")]
     Schema(String),
+    /// A stored value this build cannot read (a hand-edited or damaged store); nothing was
+    /// applied.
+    #[error("stored {0} cannot be read")]
+    Unreadable(String),
     /// The storage underneath failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),

@@ -316,6 +316,31 @@ fn raise_alerts(
     Ok((out, new))
 }
 
+/// The tally of `key` as the batch has it: from the batch's `scratch`, else the `cache` of
+/// committed tallies, else `load`ed from the database; kept in `scratch` to be added to.
+fn current<'s, K: Clone + Eq + std::hash::Hash>(
+    scratch: &'s mut HashMap<K, Tally>,
+    cache: &HashMap<K, Tally>,
+    key: K,
+    load: impl FnOnce(&K) -> Result<Tally, Error>,
+) -> Result<&'s mut Tally, Error> {
+    Ok(match scratch.entry(key) {
+        Entry::Occupied(o) => o.into_mut(),
+        Entry::Vacant(v) => {
+            let tally = match cache.get(v.key()) {
+                Some(t) => t.clone(),
+                None => load(v.key())?,
+            };
+            v.insert(tally)
+        }
+    })
+}
+
+/// A breakdown's stored amount.
+fn amount_of(text: &str) -> Result<Decimal, Error> {
+    Decimal::from_str(text).map_err(|_| Error::Unreadable(format!("breakdown amount {text:?}")))
+}
+
 fn tally_from(row: &Row<'_>, first: usize) -> meter_sqlite::rusqlite::Result<Tally> {
     let value: Option<String> = row.get(first)?;
     let latest_us: Option<i64> = row.get(first + 1)?;
@@ -396,21 +421,9 @@ impl UsageStore for SqliteStore {
                             continue;
                         }
                         let key = (ev.tenant.clone(), meter.clone(), bucket.clone());
-                        let tally = match scratch.entry(key) {
-                            Entry::Occupied(o) => o.into_mut(),
-                            Entry::Vacant(v) => {
-                                let current = match cache.get(v.key()) {
-                                    Some(t) => t.clone(),
-                                    None => {
-                                        let (t, m, b) = v.key();
-                                        load.query_row(params![t, m, b], |r| tally_from(r, 0))
-                                            .optional()?
-                                            .unwrap_or_default()
-                                    }
-                                };
-                                v.insert(current)
-                            }
-                        };
+                        let tally = current(&mut scratch, &cache, key, |(t, m, b)| {
+                            Ok(load.query_row(params![t, m, b], |r| tally_from(r, 0)).optional()?.unwrap_or_default())
+                        })?;
                         tally.add(c, ev.time_us, &ev.id)?;
                     }
                 }
@@ -420,21 +433,11 @@ impl UsageStore for SqliteStore {
                     for (property, value) in def.group_by.iter().zip(values) {
                         let key =
                             (ev.tenant.clone(), buckets[0].clone(), def.name.clone(), property.clone(), value.clone());
-                        let amount = match groups.entry(key) {
-                            Entry::Occupied(o) => o.into_mut(),
-                            Entry::Vacant(v) => {
-                                let current = match group_cache.get(v.key()) {
-                                    Some(t) => t.clone(),
-                                    None => {
-                                        let (t, b, m, p, x) = v.key();
-                                        let amount: Option<String> =
-                                            load_group.query_row(params![t, b, m, p, x], |r| r.get(0)).optional()?;
-                                        Tally { value: amount.and_then(|a| Decimal::from_str(&a).ok()), latest: None }
-                                    }
-                                };
-                                v.insert(current)
-                            }
-                        };
+                        let amount = current(&mut groups, &group_cache, key, |(t, b, m, p, x)| {
+                            let stored: Option<String> =
+                                load_group.query_row(params![t, b, m, p, x], |r| r.get(0)).optional()?;
+                            Ok(Tally { value: stored.as_deref().map(amount_of).transpose()?, latest: None })
+                        })?;
                         amount.add(c, ev.time_us, &ev.id)?;
                     }
                 }
@@ -578,9 +581,7 @@ impl UsageStore for SqliteStore {
         .await?;
         let mut out = Breakdown::new();
         for (meter, property, value, amount) in rows {
-            let amount =
-                Decimal::from_str(&amount).map_err(|_| Error::Schema(format!("breakdown amount {amount:?}")))?;
-            out.entry(meter).or_default().entry(property).or_default().insert(value, amount);
+            out.entry(meter).or_default().entry(property).or_default().insert(value, amount_of(&amount)?);
         }
         Ok(out)
     }

@@ -58,3 +58,41 @@ async fn a_version_1_store_keeps_its_checkpoints_and_watermark() {
         .unwrap();
     assert_eq!(usage.watermark_us, Some(1_794_744_000_000_000));
 }
+
+/// A breakdown amount the store cannot read (a damaged or hand-edited file) is an error, on
+/// reading it and on adding to it, and the batch that would have added to it changes nothing;
+/// it never reads as zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_breakdown_amount_is_an_error_and_changes_nothing() {
+    use meter_store::contract::{MID_NOVEMBER, adv, metered, meters};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+    let call = |o, id: &str| {
+        metered(
+            o,
+            "a",
+            id,
+            "api.call",
+            serde_json::json!({"route": "/x", "method": "GET", "status": 200}),
+            MID_NOVEMBER,
+        )
+    };
+    store.apply("c", &meters(), &[call(0, "c1")], &adv(0, 1)).unwrap();
+    meter_sqlite::rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE breakdowns SET amount = 'lots'", [])
+        .unwrap();
+    let nov = "2026-11".parse().unwrap();
+    let read = store.breakdown("a", nov).await.unwrap_err().to_string();
+    assert!(read.contains("breakdown amount \"lots\""), "{read}");
+    // A fresh process has no cached amount: it reads the stored one, and refuses the batch.
+    drop(store);
+    let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+    store.checkpoint("c").unwrap();
+    let applied = store.apply("c", &meters(), &[call(1, "c2")], &adv(1, 2));
+    assert!(matches!(applied, Err(meter_store::Error::Unreadable(_))), "{applied:?}");
+    assert_eq!(store.checkpoint("c").unwrap().positions, vec![(0, 1)], "the checkpoint did not move");
+    let usage = store.usage("a", nov, meter_store::Coverage { consumer: "c", partition: 0 }).await.unwrap();
+    assert_eq!(usage.meters["api_calls"].period.value, Some(rust_decimal::Decimal::ONE), "c2 not counted");
+}

@@ -79,6 +79,15 @@ function dd(dl, label, field, text, value) {
   dl.append(dt, d);
 }
 
+// A link that downloads `href` as `file`.
+function download(href, file, text) {
+  const a = document.createElement("a");
+  a.href = href;
+  a.download = file;
+  a.textContent = text;
+  return a;
+}
+
 // A row's header cell: what the row is about, for screen readers too.
 function rowHeader(row, text) {
   const th = document.createElement("th");

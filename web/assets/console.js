@@ -13,6 +13,12 @@ function row(cells, key, value) {
   return tr;
 }
 
+// A closed month's export (`invoices` or `report`) in `format`.
+function periodExport(period, what, format) {
+  const href = "/api/v1/periods/" + period + "/" + what + "?format=" + format;
+  return download(href, period + "-" + what + "." + format, what + " (" + format.toUpperCase() + ")");
+}
+
 function renderPeriods(months) {
   $("periods").replaceChildren(
     ...months.map((m) => {
@@ -38,13 +44,7 @@ function renderPeriods(months) {
         td.append(b);
       }
       if (m.invoices !== null && m.invoices !== undefined) {
-        for (const [what, path] of [["invoices", "invoices"], ["report", "report"]]) {
-          const a = document.createElement("a");
-          a.href = "/api/v1/periods/" + m.period + "/" + path + "?format=csv";
-          a.download = m.period + "-" + what + ".csv";
-          a.textContent = what + " (CSV)";
-          td.append(a, " ");
-        }
+        for (const what of ["invoices", "report"]) td.append(periodExport(m.period, what, "csv"), " ");
       }
       tr.append(td);
       return tr;
@@ -188,12 +188,8 @@ async function renderClosed() {
   show($("report-summary"), flagged + " of " + report.length + " rows differ", flagged);
   const exports = $("closed-exports");
   exports.replaceChildren();
-  for (const [what, path, format] of [["invoices", "invoices", "csv"], ["invoices", "invoices", "json"], ["report", "report", "csv"]]) {
-    const a = document.createElement("a");
-    a.href = "/api/v1/periods/" + month + "/" + path + "?format=" + format;
-    a.download = month + "-" + what + "." + format;
-    a.textContent = what + " (" + format.toUpperCase() + ")";
-    exports.append(a, " ");
+  for (const [what, format] of [["invoices", "csv"], ["invoices", "json"], ["report", "csv"]]) {
+    exports.append(periodExport(month, what, format), " ");
   }
   await search();
 }

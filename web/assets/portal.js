@@ -245,11 +245,8 @@ function renderInvoices(invoices) {
     page.dataset.field = "view";
     td.append(page, " ");
     for (const format of ["csv", "json"]) {
-      const a = document.createElement("a");
-      a.href = "/api/v1/invoices/" + encodeURIComponent(inv.id) + "?format=" + format;
-      a.download = inv.id + "." + format;
-      a.textContent = format.toUpperCase();
-      td.append(a, " ");
+      const href = "/api/v1/invoices/" + encodeURIComponent(inv.id) + "?format=" + format;
+      td.append(download(href, inv.id + "." + format, format.toUpperCase()), " ");
     }
     for (const a of providerLinks(pay)) td.append(a, " ");
     tr.append(td);

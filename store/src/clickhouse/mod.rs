@@ -524,15 +524,7 @@ impl Inner {
     }
 
     async fn breakdown(&self, tenant: &str, period: Period) -> Result<Breakdown, Error> {
-        // Each event's counting copy, as every read takes it.
-        let sql = "SELECT m, p, x, sum(a) AS amount FROM (
-                SELECT argMax(time_us, rank) AS t, argMax(group_meters, rank) AS gm,
-                       argMax(group_properties, rank) AS gp, argMax(group_values, rank) AS gv,
-                       argMax(group_amounts, rank) AS ga
-                FROM events WHERE tenant = ? GROUP BY tenant, id HAVING t >= ? AND t < ?)
-            ARRAY JOIN gm AS m, gp AS p, gv AS x, ga AS a
-            GROUP BY m, p, x";
-        let q = self.client.query(sql).bind(tenant).bind(period.start_us()).bind(period.end_us());
+        let q = self.client.query(query::BREAKDOWN).bind(tenant).bind(period.start_us()).bind(period.end_us());
         let rows = timed(QUERY_TIMEOUT, q.fetch_all::<(String, String, String, i128)>()).await?;
         let mut out = Breakdown::new();
         for (meter, property, value, amount) in rows {

@@ -161,6 +161,17 @@ pub(super) const WINNERS: &str = "SELECT tenant, id, argMax(time_us, rank) AS t,
         argMax(kinds, rank) AS ks, argMax(values, rank) AS vs, argMax(texts, rank) AS xs
     FROM events";
 
+/// One tenant's (`?`) breakdown over a time range (`?` to `?`, end excluded): each counting
+/// copy's group values, as [`WINNERS`] picks its contributions, summed by meter, property and
+/// value. Its own query, so that usage reads do not carry the group arrays.
+pub(super) const BREAKDOWN: &str = "SELECT m, p, x, sum(a) AS amount FROM (
+        SELECT argMax(time_us, rank) AS t, argMax(group_meters, rank) AS gm,
+               argMax(group_properties, rank) AS gp, argMax(group_values, rank) AS gv,
+               argMax(group_amounts, rank) AS ga
+        FROM events WHERE tenant = ? GROUP BY tenant, id HAVING t >= ? AND t < ?)
+    ARRAY JOIN gm AS m, gp AS p, gv AS x, ga AS a
+    GROUP BY m, p, x";
+
 /// A value bound to a `?`.
 pub(super) enum Bind {
     Text(String),
