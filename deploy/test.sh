@@ -26,6 +26,17 @@ for tool in gcc g++ make python3 curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y build-essential python3-venv curl" >&2; exit 1; }
 done
 
+# Servers this script starts are stopped when it ends, however it ends.
+ch_dir="" pg_dir=""
+cleanup() {
+  for d in "$ch_dir" "$pg_dir"; do
+    [ -n "$d" ] || continue
+    kill -INT "$(cat "$d/pid" 2>/dev/null)" 2>/dev/null || true
+    rm -rf "$d"
+  done
+}
+trap cleanup EXIT
+
 step "clickhouse"
 # One server for the ClickHouse contract tests (Debian's package, installed when missing); the
 # fault test starts servers of its own so that it can kill them.
@@ -33,9 +44,18 @@ if [ -z "${METER_TEST_CLICKHOUSE:-}" ]; then
   ch_dir=$(mktemp -d /tmp/meter-test-clickhouse.XXXXXX)
   METER_TEST_CLICKHOUSE=$(deploy/clickhouse.sh "$ch_dir" "${METER_TEST_CLICKHOUSE_PORT:-18723}")
   export METER_TEST_CLICKHOUSE
-  trap 'kill "$(cat "$ch_dir/pid")" 2>/dev/null || true; rm -rf "$ch_dir"' EXIT
 fi
 echo "clickhouse $(curl -fsS "$METER_TEST_CLICKHOUSE/?query=SELECT%20version()") at $METER_TEST_CLICKHOUSE"
+
+step "postgres"
+# One private cluster for the Postgres contract tests (Debian's package, installed when missing),
+# on its own port and data directory; tests that kill Postgres start clusters of their own.
+if [ -z "${METER_TEST_POSTGRES:-}" ]; then
+  pg_dir=$(mktemp -d /tmp/meter-test-postgres.XXXXXX)
+  METER_TEST_POSTGRES=$(deploy/postgres.sh "$pg_dir" "${METER_TEST_POSTGRES_PORT:-18732}")
+  export METER_TEST_POSTGRES
+fi
+echo "postgres at ${METER_TEST_POSTGRES%%:*}://${METER_TEST_POSTGRES#*@}"
 
 step "chromium"
 # The browser tests drive Debian's Chromium headless through chromedriver (WebDriver).
