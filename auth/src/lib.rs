@@ -6,10 +6,12 @@
 //! and a map look-up, and `meter keys create` or `revoke` take effect within a second.
 
 pub mod contract;
+mod postgres;
 pub mod session;
 mod sqlite;
 mod table;
 
+pub use postgres::PgKeys;
 pub use session::{SessionKind, SessionTable, Sessions};
 pub use sqlite::SqliteKeys;
 pub use table::{KeyTable, StoredKey};
@@ -158,6 +160,9 @@ pub enum Error {
     /// The storage underneath failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),
+    /// The shared state in Postgres failed.
+    #[error(transparent)]
+    Postgres(#[from] meter_postgres::Error),
 }
 
 fn hash(secret: &str) -> String {

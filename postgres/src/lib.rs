@@ -16,6 +16,8 @@ pub use url::PgUrl;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use std::future::Future;
 use std::time::Duration;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 /// Errors of the Postgres plumbing. None carries a password.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +154,27 @@ impl Pg {
             },
             other => Error::Connect { url: self.url.to_string(), reason: other.to_string() },
         })
+    }
+
+    /// Runs one statement on a pooled connection and waits; the number of rows it changed.
+    pub fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        self.block(async { Ok(self.client().await?.execute(sql, params).await?) })
+    }
+
+    /// Runs one query on a pooled connection and waits; its rows.
+    pub fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        self.block(async { Ok(self.client().await?.query(sql, params).await?) })
+    }
+
+    /// Runs one query on a pooled connection and waits; its row, if any (more than one is an
+    /// error).
+    pub fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error> {
+        self.block(async { Ok(self.client().await?.query_opt(sql, params).await?) })
+    }
+
+    /// Runs one query on a pooled connection and waits; its one row.
+    pub fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
+        self.block(async { Ok(self.client().await?.query_one(sql, params).await?) })
     }
 
     fn rt(&self) -> &tokio::runtime::Runtime {
