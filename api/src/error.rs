@@ -143,7 +143,7 @@ impl From<meter_webhooks::Error> for ApiError {
             W::NotFound(what) => ApiError::Missing(format!("no {what}")),
             W::Invalid { field, message } => ApiError::Invalid(vec![FieldError::invalid(field, message)]),
             W::Conflict(m) => ApiError::Conflict { detail: m, allowed: None },
-            e @ (W::Storage(_) | W::Store(_) | W::Kafka(_) | W::Client(_) | W::Task(_)) => {
+            e @ (W::Storage(_) | W::Postgres(_) | W::Store(_) | W::Kafka(_) | W::Client(_) | W::Task(_)) => {
                 ApiError::Unavailable(e.to_string())
             }
         }

@@ -122,17 +122,50 @@ pub async fn a_lease_has_one_holder_until_it_runs_out(s: Arc<dyn WebhookStore>) 
     assert!(s.lease("other".into(), "a".into(), 400, 201).await.unwrap(), "leases are by name");
 }
 
+/// Dispatchers claiming at the same moment never share a delivery, and between them claim
+/// every one that is due.
+pub async fn concurrent_claimers_never_share_a_delivery(s: Arc<dyn WebhookStore>) {
+    for e in 0..4 {
+        add(&*s, &format!("e{e}"), Some("t"), false, e).await;
+    }
+    s.queue((0..50).map(|i| alert(&format!("a{i}"), "t")).collect(), Some(50), 100).await.unwrap();
+    let claimers: Vec<_> = (0..6)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = s.claim(7, 100, HashMap::new(), 200, 10_000).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|d| d.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let claimed = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), claimed, "a delivery claimed twice");
+    assert_eq!(claimed, 200, "every due delivery claimed: 50 alerts × 4 endpoints");
+}
+
 /// Expands to one test per contract body, for a backend given by a factory of empty stores.
 #[macro_export]
 macro_rules! webhooks_contract {
     ($store:expr) => {
         $crate::webhooks_contract!(@t $store; endpoints_are_scoped_to_who_registered_them,
             an_alert_is_queued_once_per_endpoint, deliveries_are_claimed_recorded_and_retried,
-            a_lease_has_one_holder_until_it_runs_out);
+            a_lease_has_one_holder_until_it_runs_out, concurrent_claimers_never_share_a_delivery);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 $crate::contract::$name($store).await;
             }

@@ -12,11 +12,13 @@
 pub mod contract;
 mod deliver;
 pub mod guard;
+mod postgres;
 pub mod signature;
 mod sqlite;
 pub mod store;
 pub mod topic;
 
+pub use postgres::PgWebhooks;
 pub use signature::{Invalid, sign, verify};
 pub use sqlite::SqliteWebhooks;
 pub use store::WebhookStore;
@@ -87,6 +89,9 @@ pub enum Error {
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),
+    /// The shared state in Postgres failed.
+    #[error(transparent)]
+    Postgres(#[from] meter_postgres::Error),
     /// The usage store failed.
     #[error("usage store: {0}")]
     Store(#[from] meter_store::Error),

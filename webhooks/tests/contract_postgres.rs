@@ -1,0 +1,60 @@
+//! The webhooks' state contract against Postgres (`METER_TEST_POSTGRES`, or a private cluster),
+//! and dispatchers on several hosts claiming from one queue.
+
+use meter_postgres::testing::{fresh_database, shared_url};
+use meter_postgres::{MAX_CONNECTIONS, Pg, PgUrl};
+use meter_webhooks::{PgWebhooks, WebhookStore};
+use std::sync::Arc;
+
+fn database() -> PgUrl {
+    let url = fresh_database(&shared_url());
+    PgWebhooks::migrate(&Pg::connect(&url, 1).unwrap()).unwrap();
+    url
+}
+
+/// A process's view of the tables at `url`: a pool of its own, as on another host.
+fn host(url: &PgUrl) -> PgWebhooks {
+    PgWebhooks::open(Arc::new(Pg::connect(url, MAX_CONNECTIONS).unwrap())).unwrap()
+}
+
+fn store() -> Arc<dyn WebhookStore> {
+    Arc::new(host(&database()))
+}
+
+meter_webhooks::webhooks_contract!(store());
+
+/// Three hosts' dispatchers claim from one queue: no delivery twice, none left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_never_claim_one_delivery_twice() {
+    let url = database();
+    let first = host(&url);
+    meter_webhooks::contract::concurrent_claimers_never_share_a_delivery(Arc::new(first)).await;
+    let hosts: Vec<Arc<dyn WebhookStore>> = (0..3).map(|_| Arc::new(host(&url)) as Arc<dyn WebhookStore>).collect();
+    // Everything was claimed until 10,000 µs; at 20,000 it is due again, for every host at once.
+    let claimers: Vec<_> = hosts
+        .iter()
+        .cycle()
+        .take(6)
+        .map(|s| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = s.claim(5, 100, Default::default(), 20_000, 90_000).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|d| d.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!((all.len(), n), (200, 200));
+}
