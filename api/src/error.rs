@@ -90,7 +90,7 @@ impl From<meter_billing::Error> for ApiError {
                 ApiError::Conflict { detail: m, allowed: None }
             }
             B::Rating(r) => ApiError::Unratable(r.to_string()),
-            e @ (B::Store(_) | B::Log(_) | B::Storage(_)) => ApiError::Unavailable(e.to_string()),
+            e @ (B::Store(_) | B::Log(_) | B::Storage(_) | B::Postgres(_)) => ApiError::Unavailable(e.to_string()),
             e @ B::Task(_) => {
                 tracing::error!(error = %e, "a task of the close failed");
                 ApiError::Unavailable(e.to_string())

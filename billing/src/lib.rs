@@ -62,6 +62,9 @@ pub enum Error {
     /// The ledger's storage failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),
+    /// The ledger's storage in Postgres failed.
+    #[error(transparent)]
+    Postgres(#[from] meter_postgres::Error),
     /// A task of the close (a rating thread, work off the async runtime) panicked or was
     /// cancelled.
     #[error("close task failed: {0}")]

@@ -460,6 +460,63 @@ pub async fn provider_invoices_move_forward_and_events_are_kept_once(store: Arc<
     assert_eq!(ids(store.unprocessed_events(1).await.unwrap()), ["evt_2"]);
 }
 
+/// Eight requests creating a subscription for one tenant at once: one is admitted, the others
+/// are refused as a conflict, and one subscription is stored.
+pub async fn concurrent_creates_for_one_tenant_admit_one(store: Arc<dyn LedgerStore>) {
+    let ledger = Arc::new(Ledger::new(store));
+    let tries: Vec<_> = (0..8)
+        .map(|i| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let book = book();
+                let list = book.version("2026-01").unwrap();
+                ledger.create("acme", setup("starter"), MID_OCTOBER + i, "k", list).await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tries {
+        match t.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(Error::Conflict(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(admitted, 1);
+    assert_eq!(ledger.list(Some("acme")).await.unwrap().len(), 1);
+}
+
+/// Six workers claiming at once never take one operation twice, and between them take every
+/// lane's first.
+pub async fn concurrent_workers_never_claim_one_operation(store: Arc<dyn LedgerStore>) {
+    let ledger = Arc::new(Ledger::new(store));
+    let invoices = (0..40).map(|t| invoice(&format!("t{t:02}"), "2026-10", 1)).collect();
+    ledger.record(a_close_of("2026-10", invoices), book().version("2026-01").unwrap()).await.unwrap();
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = ledger.claim_operations(1_000, 10_000, 3).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|o| o.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!((all.len(), n), (40, 40), "each of the 40 tenants' pushes claimed once");
+}
+
 /// Expands to one test per contract body, for a backend given by a factory of empty stores.
 #[macro_export]
 macro_rules! ledger_contract {
@@ -470,11 +527,12 @@ macro_rules! ledger_contract {
             what_follows_an_operation_is_written_with_it_and_lanes_are_worked_apart,
             remote_customers_are_recorded_per_tenant, provider_invoices_move_forward_and_events_are_kept_once,
             a_subscription_change_writes_its_mirror_and_the_one_time_will_bring,
-            a_tenants_closed_invoices_are_found_by_tenant_and_id);
+            a_tenants_closed_invoices_are_found_by_tenant_and_id, concurrent_creates_for_one_tenant_admit_one,
+            concurrent_workers_never_claim_one_operation);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 $crate::ledger::contract::$name($store).await;
             }

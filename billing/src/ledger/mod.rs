@@ -5,8 +5,10 @@
 
 pub mod contract;
 pub mod outbox;
+mod postgres;
 mod sqlite;
 
+pub use postgres::PgLedger;
 pub use sqlite::SqliteLedger;
 
 use crate::Error;

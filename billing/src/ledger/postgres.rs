@@ -1,0 +1,722 @@
+//! The ledger in Postgres (`--state postgres://…`): the tables of component `ledger`, shared by
+//! every host. SQLite serialises every write; here advisory transaction locks keep the same
+//! rules with several writers:
+//!
+//! - `periods` (shared by subscription writes, exclusive for `freeze` and `record`): a change
+//!   is never dated inside a period that a close on another host is freezing or recording;
+//! - `sub:<tenant>`: two hosts cannot both admit a subscription for one tenant;
+//! - `outbox`: operation ids appear in commit order, so that a lane's oldest pending operation
+//!   (its `min(id)`) is the next one on every host;
+//! - `remote:<id>`: a provider invoice's status only moves forward.
+//!
+//! Claims lock the rows they read (`FOR UPDATE SKIP LOCKED`), so two workers never claim one
+//! operation.
+
+use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
+use super::{Admit, Change, CloseSummary, LedgerStore, UsedList};
+use crate::Error;
+use crate::close::Close;
+use async_trait::async_trait;
+use meter_postgres::deadpool_postgres::{GenericClient, Object, Transaction};
+use meter_postgres::tokio_postgres::Row;
+use meter_postgres::{Pg, lock_key};
+use meter_rater::Subscription;
+use meter_schemas::Period;
+use std::sync::Arc;
+
+/// The component's name in `meter_schema_versions`.
+pub const COMPONENT: &str = "ledger";
+
+/// The `ledger` component's migrations, in order (version N is the N-th).
+pub const MIGRATIONS: &[&str] = &["
+    CREATE TABLE subscriptions (
+        id text COLLATE \"C\" PRIMARY KEY, tenant text COLLATE \"C\" NOT NULL, created_us bigint NOT NULL,
+        body text NOT NULL
+    );
+    CREATE INDEX subscriptions_by_tenant ON subscriptions (tenant, created_us);
+    CREATE TABLE closes (
+        period text COLLATE \"C\" PRIMARY KEY, closed_us bigint NOT NULL, body text NOT NULL,
+        watermark_us bigint NOT NULL, revises text NOT NULL
+    );
+    CREATE TABLE close_parts (
+        period text COLLATE \"C\" NOT NULL, part integer NOT NULL, body bytea NOT NULL, PRIMARY KEY (period, part)
+    );
+    CREATE TABLE freezes (period text COLLATE \"C\" PRIMARY KEY, since_us bigint NOT NULL);
+    CREATE TABLE price_lists (
+        version text COLLATE \"C\" PRIMARY KEY, digest text NOT NULL, first_period text COLLATE \"C\" NOT NULL
+    );
+    CREATE TABLE invoices (
+        id text COLLATE \"C\" PRIMARY KEY, tenant text COLLATE \"C\" NOT NULL, period text COLLATE \"C\" NOT NULL,
+        body text NOT NULL
+    );
+    CREATE INDEX invoices_by_tenant ON invoices (tenant, period);
+    CREATE INDEX invoices_by_period ON invoices (period, id);
+    CREATE TABLE outbox (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, kind text NOT NULL, subject text COLLATE \"C\" NOT NULL,
+        tenant text COLLATE \"C\" NOT NULL, lane text COLLATE \"C\" NOT NULL, period text COLLATE \"C\",
+        body text NOT NULL, created_us bigint NOT NULL, first_tried_us bigint, attempts integer NOT NULL DEFAULT 0,
+        next_us bigint NOT NULL, claimed_until_us bigint, state text NOT NULL DEFAULT 'pending', outcome text,
+        UNIQUE (kind, subject)
+    );
+    CREATE INDEX outbox_lanes ON outbox (tenant, lane, id) WHERE state IN ('pending', 'dead');
+    CREATE INDEX outbox_due ON outbox (next_us, id) WHERE state = 'pending';
+    CREATE INDEX outbox_by_period ON outbox (period, id);
+    CREATE TABLE remote_customers (
+        tenant text COLLATE \"C\" PRIMARY KEY, customer text COLLATE \"C\" NOT NULL, subscription text COLLATE \"C\"
+    );
+    CREATE INDEX remote_customers_by_customer ON remote_customers (customer);
+    CREATE INDEX remote_customers_by_subscription ON remote_customers (subscription);
+    CREATE TABLE remote_invoices (
+        remote text COLLATE \"C\" PRIMARY KEY, invoice text COLLATE \"C\" NOT NULL, tenant text COLLATE \"C\" NOT NULL,
+        status text NOT NULL, sent_us bigint, due_us bigint, paid_us bigint, hosted_url text, pdf_url text
+    );
+    CREATE INDEX remote_invoices_by_invoice ON remote_invoices (invoice);
+    CREATE TABLE received_events (
+        id text COLLATE \"C\" PRIMARY KEY, kind text NOT NULL, created bigint NOT NULL, object text NOT NULL,
+        body text NOT NULL, processed_us bigint, outcome text
+    );
+    CREATE INDEX received_events_unprocessed ON received_events (created, id) WHERE processed_us IS NULL;
+"];
+
+/// A close body longer than this is stored in parts of this size (Postgres refuses a value over
+/// 1 GB).
+const PART_BYTES: usize = 64 << 20;
+
+/// The ledger in Postgres.
+pub struct PgLedger {
+    pg: Arc<Pg>,
+    part_bytes: usize,
+}
+
+impl PgLedger {
+    /// The tables on `pg`, refused unless `meter migrate` has brought them to this build's version.
+    pub fn open(pg: Arc<Pg>) -> Result<Self, Error> {
+        meter_postgres::check(&pg, COMPONENT, MIGRATIONS.len() as i64)?;
+        Ok(Self { pg, part_bytes: PART_BYTES })
+    }
+
+    /// Creates or upgrades the tables (`meter migrate`).
+    pub fn migrate(pg: &Pg) -> Result<i64, Error> {
+        Ok(meter_postgres::migrate(pg, COMPONENT, MIGRATIONS)?)
+    }
+
+    /// The same ledger, keeping close bodies past `bytes` in parts (tests).
+    #[doc(hidden)]
+    pub fn with_part_bytes(self, bytes: usize) -> Self {
+        Self { part_bytes: bytes, ..self }
+    }
+
+    /// Runs `f` with a pooled connection on the pool's runtime.
+    async fn with<T: Send + 'static, F>(&self, f: impl FnOnce(Object) -> F + Send + 'static) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let pg = self.pg.clone();
+        self.pg.spawn(async move { f(pg.client().await?).await }).await
+    }
+}
+
+impl From<meter_postgres::tokio_postgres::Error> for Error {
+    fn from(e: meter_postgres::tokio_postgres::Error) -> Self {
+        Error::Postgres(e.into())
+    }
+}
+
+/// Takes the advisory lock `name` until the transaction ends; `shared` lets other shared
+/// holders in.
+async fn lock(tx: &Transaction<'_>, name: &str, shared: bool) -> Result<(), Error> {
+    let sql = if shared { "SELECT pg_advisory_xact_lock_shared($1)" } else { "SELECT pg_advisory_xact_lock($1)" };
+    tx.execute(sql, &[&lock_key(name)]).await?;
+    Ok(())
+}
+
+const PERIODS: &str = "ledger:periods";
+const OUTBOX: &str = "ledger:outbox";
+
+#[async_trait]
+impl LedgerStore for PgLedger {
+    async fn price_lists(&self) -> Result<Vec<UsedList>, Error> {
+        self.with(async |c| {
+            let rows = c.query("SELECT version, digest, first_period FROM price_lists ORDER BY version", &[]).await?;
+            Ok(rows.iter().map(|r| UsedList { version: r.get(0), digest: r.get(1), first_period: r.get(2) }).collect())
+        })
+        .await
+    }
+
+    async fn insert_subscription(&self, sub: Subscription, at_us: i64, admit: Admit) -> Result<Subscription, Error> {
+        self.with(async move |mut c| {
+            let tx = c.transaction().await?;
+            lock(&tx, PERIODS, true).await?;
+            lock(&tx, &format!("ledger:sub:{}", sub.tenant), false).await?;
+            check_open(&tx, at_us).await?;
+            admit(&load(&tx, "WHERE tenant = $1", &[&sub.tenant]).await?)?;
+            tx.execute(
+                "INSERT INTO subscriptions (id, tenant, created_us, body) VALUES ($1, $2, $3, $4)",
+                &[&sub.id, &sub.tenant, &at_us, &serde_json::to_string(&sub)?],
+            )
+            .await?;
+            let now_us = meter_schemas::period::now_us();
+            write_operations(&tx, &super::outbox::mirror_of(&sub, now_us), now_us).await?;
+            tx.commit().await?;
+            Ok(sub)
+        })
+        .await
+    }
+
+    async fn update_subscription(&self, id: String, at_us: i64, change: Change) -> Result<Subscription, Error> {
+        self.with(async move |mut c| {
+            let tx = c.transaction().await?;
+            lock(&tx, PERIODS, true).await?;
+            check_open(&tx, at_us).await?;
+            let mut sub = load(&tx, "WHERE id = $1 FOR UPDATE", &[&id])
+                .await?
+                .pop()
+                .ok_or_else(|| Error::NotFound(id.clone()))?;
+            change(&mut sub)?;
+            tx.execute("UPDATE subscriptions SET body = $2 WHERE id = $1", &[&id, &serde_json::to_string(&sub)?])
+                .await?;
+            let now_us = meter_schemas::period::now_us();
+            write_operations(&tx, &super::outbox::mirror_of(&sub, now_us), now_us).await?;
+            tx.commit().await?;
+            Ok(sub)
+        })
+        .await
+    }
+
+    async fn subscription(&self, id: String) -> Result<Option<Subscription>, Error> {
+        self.with(async move |c| Ok(load(&c, "WHERE id = $1", &[&id]).await?.pop())).await
+    }
+
+    async fn subscriptions(&self, tenant: Option<String>) -> Result<Vec<Subscription>, Error> {
+        self.with(async move |c| {
+            load(&c, "WHERE $1::text IS NULL OR tenant = $1 ORDER BY created_us, id", &[&tenant]).await
+        })
+        .await
+    }
+
+    async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
+        self.with(async move |c| read_close(&c, &period.to_string()).await).await
+    }
+
+    async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error> {
+        self.with(async |c| {
+            let rows = c.query("SELECT period, watermark_us, revises FROM closes ORDER BY period", &[]).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(CloseSummary {
+                        period: parse_period(r.get(0))?,
+                        watermark_us: r.get(1),
+                        revises: serde_json::from_str(r.get(2))?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn freeze(&self, period: Period, now_us: i64) -> Result<(), Error> {
+        self.with(async move |mut c| {
+            let tx = c.transaction().await?;
+            lock(&tx, PERIODS, false).await?;
+            tx.execute(
+                "INSERT INTO freezes (period, since_us) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&period.to_string(), &now_us],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record(&self, close: Close, version: String, digest: String) -> Result<Close, Error> {
+        let part_bytes = self.part_bytes;
+        self.with(async move |mut c| {
+            let tx = c.transaction().await?;
+            lock(&tx, PERIODS, false).await?;
+            let period = close.period.to_string();
+            let body = serde_json::to_vec(&close)?;
+            let s = summary(&close);
+            let revises = serde_json::to_string(&s.revises)?;
+            let inline = if body.len() <= part_bytes { std::str::from_utf8(&body).ok() } else { None };
+            let inserted = tx
+                .execute(
+                    "INSERT INTO closes (period, closed_us, body, watermark_us, revises) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT DO NOTHING",
+                    &[&period, &close.closed_us, &inline.unwrap_or(""), &s.watermark_us, &revises],
+                )
+                .await?;
+            if inserted == 1 {
+                if inline.is_none() {
+                    let part = tx.prepare("INSERT INTO close_parts (period, part, body) VALUES ($1, $2, $3)").await?;
+                    for (i, chunk) in body.chunks(part_bytes).enumerate() {
+                        tx.execute(&part, &[&period, &(i as i32), &chunk]).await?;
+                    }
+                }
+                let ids: Vec<&str> = close.invoices.iter().map(|i| i.id.as_str()).collect();
+                let tenants: Vec<&str> = close.invoices.iter().map(|i| i.tenant.as_str()).collect();
+                let bodies = close.invoices.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>()?;
+                tx.execute(
+                    "INSERT INTO invoices (id, tenant, period, body)
+                     SELECT id, tenant, $3, body FROM unnest($1::text[], $2::text[], $4::text[]) AS i(id, tenant, body)
+                     ON CONFLICT DO NOTHING",
+                    &[&ids, &tenants, &period, &bodies],
+                )
+                .await?;
+                let ops = close
+                    .invoices
+                    .iter()
+                    .zip(&bodies)
+                    .filter(|(i, _)| !i.lines.is_empty())
+                    .map(|(invoice, body)| NewOperation {
+                        kind: OpKind::PushInvoice,
+                        subject: invoice.id.clone(),
+                        tenant: invoice.tenant.clone(),
+                        period: Some(period.clone()),
+                        body: body.clone(),
+                        next_us: close.closed_us,
+                    })
+                    .collect::<Vec<_>>();
+                write_operations(&tx, &ops, close.closed_us).await?;
+            }
+            tx.execute(
+                "INSERT INTO price_lists (version, digest, first_period) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&version, &digest, &period],
+            )
+            .await?;
+            // What stands, as it reads back (so that a rerun's exports are the same bytes).
+            let stands = read_close(&tx, &period).await?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?;
+            tx.commit().await?;
+            Ok(stands)
+        })
+        .await
+    }
+
+    async fn invoices_of(&self, tenant: String) -> Result<Vec<meter_rater::Invoice>, Error> {
+        self.with(async move |c| {
+            let rows =
+                c.query("SELECT body FROM invoices WHERE tenant = $1 ORDER BY period DESC, id", &[&tenant]).await?;
+            rows.iter().map(|r| Ok(serde_json::from_str(r.get(0))?)).collect()
+        })
+        .await
+    }
+
+    async fn invoices_between(&self, from: Period, to: Period) -> Result<Vec<meter_rater::Invoice>, Error> {
+        let (from, to) = (from.to_string(), to.to_string());
+        self.with(async move |c| {
+            let rows = c
+                .query(
+                    "SELECT body FROM invoices WHERE period >= $1 AND period <= $2 ORDER BY period, id",
+                    &[&from, &to],
+                )
+                .await?;
+            rows.iter().map(|r| Ok(serde_json::from_str(r.get(0))?)).collect()
+        })
+        .await
+    }
+
+    async fn held_invoices(&self) -> Result<Vec<(RemoteInvoice, meter_rater::Invoice)>, Error> {
+        self.with(async move |c| {
+            let columns = REMOTE_INVOICE.split(", ").map(|col| format!("r.{col}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "SELECT {columns}, i.body FROM remote_invoices r JOIN invoices i ON i.id = r.invoice
+                 ORDER BY r.invoice, r.remote"
+            );
+            let rows = c.query(&sql, &[]).await?;
+            rows.iter().map(|r| Ok((remote_invoice(r), serde_json::from_str(r.get(9))?))).collect()
+        })
+        .await
+    }
+
+    async fn invoice(&self, id: String) -> Result<Option<meter_rater::Invoice>, Error> {
+        self.with(async move |c| {
+            let row = c.query_opt("SELECT body FROM invoices WHERE id = $1", &[&id]).await?;
+            row.map(|r| Ok(serde_json::from_str(r.get(0))?)).transpose()
+        })
+        .await
+    }
+
+    async fn claim_operations(&self, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Operation>, Error> {
+        self.with(async move |mut c| {
+            let tx = c.transaction().await?;
+            // Each lane's oldest pending or dead operation, when it is pending, due and not
+            // claimed by a worker whose claim still runs; rows another worker is claiming right
+            // now are skipped.
+            let sql = format!(
+                "UPDATE outbox SET claimed_until_us = $3, first_tried_us = coalesce(first_tried_us, $1)
+                 WHERE id IN (
+                     SELECT o.id FROM outbox o
+                     WHERE o.state = 'pending' AND o.next_us <= $1 AND coalesce(o.claimed_until_us, 0) <= $1
+                       AND o.id = (SELECT min(p.id) FROM outbox p
+                                   WHERE p.tenant = o.tenant AND p.lane = o.lane AND p.state IN ('pending', 'dead'))
+                     ORDER BY o.next_us, o.id LIMIT $2
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING {OP_COLUMNS}"
+            );
+            let rows = tx.query(&sql, &[&now_us, &(limit as i64), &(now_us + lease_us)]).await?;
+            tx.commit().await?;
+            let mut ops = rows.iter().map(operation).collect::<Result<Vec<_>, _>>()?;
+            ops.sort_by_key(|o| (o.next_us, o.id));
+            Ok(ops)
+        })
+        .await
+    }
+
+    async fn settle(&self, id: i64, settle: Settle) -> Result<(), Error> {
+        self.with(async move |mut c| {
+            let tx = c.transaction().await?;
+            let changed = match settle {
+                Settle::Done { outcome, then } => {
+                    let changed = tx
+                        .execute(
+                            "UPDATE outbox SET state = 'done', outcome = $2, attempts = attempts + 1,
+                             claimed_until_us = NULL WHERE id = $1 AND state = 'pending'",
+                            &[&id, &outcome],
+                        )
+                        .await?;
+                    if changed == 1 {
+                        write_operations(&tx, &then, meter_schemas::period::now_us()).await?;
+                    }
+                    changed
+                }
+                Settle::Again { next_us, error } => {
+                    tx.execute(
+                        "UPDATE outbox SET next_us = $2, outcome = $3, attempts = attempts + 1, claimed_until_us = NULL
+                         WHERE id = $1 AND state = 'pending'",
+                        &[&id, &next_us, &error],
+                    )
+                    .await?
+                }
+                Settle::Dead(reason) => {
+                    tx.execute(
+                        "UPDATE outbox SET state = 'dead', outcome = $2, attempts = attempts + 1,
+                         claimed_until_us = NULL WHERE id = $1 AND state = 'pending'",
+                        &[&id, &reason],
+                    )
+                    .await?
+                }
+            };
+            if changed == 0 {
+                return Err(Error::NoOperation(format!("pending outbox operation {id}")));
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn operations(&self, state: Option<OpState>, period: Option<String>) -> Result<Vec<Operation>, Error> {
+        self.with(async move |c| {
+            let sql = format!(
+                "SELECT {OP_COLUMNS} FROM outbox WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR period = $2)
+                 ORDER BY id"
+            );
+            let rows = c.query(&sql, &[&state.map(OpState::as_str), &period]).await?;
+            rows.iter().map(operation).collect()
+        })
+        .await
+    }
+
+    async fn remote_customer(&self, tenant: String) -> Result<Option<RemoteCustomer>, Error> {
+        self.with(async move |c| {
+            let row = c
+                .query_opt("SELECT tenant, customer, subscription FROM remote_customers WHERE tenant = $1", &[&tenant])
+                .await?;
+            Ok(row.as_ref().map(remote_customer))
+        })
+        .await
+    }
+
+    async fn record_remote_customer(&self, remote: RemoteCustomer) -> Result<(), Error> {
+        self.with(async move |c| {
+            c.execute(
+                "INSERT INTO remote_customers (tenant, customer, subscription) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant) DO UPDATE SET customer = excluded.customer, subscription = excluded.subscription",
+                &[&remote.tenant, &remote.customer, &remote.subscription],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remote_customer_by_id(&self, id: String) -> Result<Option<RemoteCustomer>, Error> {
+        self.with(async move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT tenant, customer, subscription FROM remote_customers
+                     WHERE customer = $1 OR subscription = $1 LIMIT 1",
+                    &[&id],
+                )
+                .await?;
+            Ok(row.as_ref().map(remote_customer))
+        })
+        .await
+    }
+
+    async fn record_remote_invoice(&self, remote: RemoteInvoice) -> Result<RemoteInvoice, Error> {
+        self.with(async move |mut c| {
+            let tx = c.transaction().await?;
+            lock(&tx, &format!("ledger:remote:{}", remote.remote), false).await?;
+            let known = tx.query_opt("SELECT status FROM remote_invoices WHERE remote = $1", &[&remote.remote]).await?;
+            let forward = known
+                .as_ref()
+                .is_none_or(|k| RemoteInvoice::rank(&remote.status) > RemoteInvoice::rank(k.get::<_, &str>(0)));
+            if forward {
+                tx.execute(
+                    "INSERT INTO remote_invoices AS r (remote, invoice, tenant, status, sent_us, due_us, paid_us,
+                         hosted_url, pdf_url)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (remote) DO UPDATE SET status = excluded.status,
+                         sent_us = coalesce(r.sent_us, excluded.sent_us), due_us = coalesce(r.due_us, excluded.due_us),
+                         paid_us = coalesce(r.paid_us, excluded.paid_us),
+                         hosted_url = coalesce(excluded.hosted_url, r.hosted_url),
+                         pdf_url = coalesce(excluded.pdf_url, r.pdf_url)",
+                    &[
+                        &remote.remote,
+                        &remote.invoice,
+                        &remote.tenant,
+                        &remote.status,
+                        &remote.sent_us,
+                        &remote.due_us,
+                        &remote.paid_us,
+                        &remote.hosted_url,
+                        &remote.pdf_url,
+                    ],
+                )
+                .await?;
+            } else {
+                // The provider's pages, learnt late, are kept whatever the status.
+                tx.execute(
+                    "UPDATE remote_invoices SET hosted_url = coalesce($2, hosted_url), pdf_url = coalesce($3, pdf_url)
+                     WHERE remote = $1",
+                    &[&remote.remote, &remote.hosted_url, &remote.pdf_url],
+                )
+                .await?;
+            }
+            let sql = format!("SELECT {REMOTE_INVOICE} FROM remote_invoices WHERE remote = $1");
+            let stands = remote_invoice(&tx.query_one(&sql, &[&remote.remote]).await?);
+            tx.commit().await?;
+            Ok(stands)
+        })
+        .await
+    }
+
+    async fn remote_invoice(&self, remote: String) -> Result<Option<RemoteInvoice>, Error> {
+        self.with(async move |c| {
+            let sql = format!("SELECT {REMOTE_INVOICE} FROM remote_invoices WHERE remote = $1");
+            Ok(c.query_opt(&sql, &[&remote]).await?.as_ref().map(remote_invoice))
+        })
+        .await
+    }
+
+    async fn receive_event(&self, event: ReceivedEvent) -> Result<bool, Error> {
+        self.with(async move |c| {
+            let n = c
+                .execute(
+                    "INSERT INTO received_events (id, kind, created, object, body) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT DO NOTHING",
+                    &[&event.id, &event.kind, &event.created, &event.object, &event.body],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn unprocessed_events(&self, limit: usize) -> Result<Vec<ReceivedEvent>, Error> {
+        self.with(async move |c| {
+            let rows = c
+                .query(
+                    "SELECT id, kind, created, object, body, outcome FROM received_events WHERE processed_us IS NULL
+                     ORDER BY created, id LIMIT $1",
+                    &[&(limit as i64)],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| ReceivedEvent {
+                    id: r.get(0),
+                    kind: r.get(1),
+                    created: r.get(2),
+                    object: r.get(3),
+                    body: r.get(4),
+                    outcome: r.get(5),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn processed_event(&self, id: String, outcome: String, now_us: i64) -> Result<(), Error> {
+        self.with(async move |c| {
+            c.execute(
+                "UPDATE received_events SET processed_us = $2, outcome = $3 WHERE id = $1",
+                &[&id, &now_us, &outcome],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remote_invoices_of(&self, invoices: Vec<String>) -> Result<Vec<RemoteInvoice>, Error> {
+        self.with(async move |c| {
+            let columns = REMOTE_INVOICE.split(", ").map(|col| format!("r.{col}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "SELECT {columns} FROM remote_invoices r
+                 JOIN unnest($1::text[]) WITH ORDINALITY AS i(wanted, n) ON i.wanted = r.invoice
+                 ORDER BY i.n, r.remote"
+            );
+            Ok(c.query(&sql, &[&invoices]).await?.iter().map(remote_invoice).collect())
+        })
+        .await
+    }
+
+    async fn latest_event_created(&self) -> Result<Option<i64>, Error> {
+        self.with(async |c| Ok(c.query_one("SELECT max(created) FROM received_events", &[]).await?.get(0))).await
+    }
+
+    async fn revive(&self, id: i64, now_us: i64) -> Result<bool, Error> {
+        self.with(async move |c| {
+            let n = c
+                .execute(
+                    "UPDATE outbox SET state = 'pending', next_us = $2, claimed_until_us = NULL
+                     WHERE id = $1 AND state = 'dead'",
+                    &[&id, &now_us],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
+
+fn remote_customer(r: &Row) -> RemoteCustomer {
+    RemoteCustomer { tenant: r.get(0), customer: r.get(1), subscription: r.get(2) }
+}
+
+const REMOTE_INVOICE: &str = "remote, invoice, tenant, status, sent_us, due_us, paid_us, hosted_url, pdf_url";
+
+fn remote_invoice(r: &Row) -> RemoteInvoice {
+    RemoteInvoice {
+        remote: r.get(0),
+        invoice: r.get(1),
+        tenant: r.get(2),
+        status: r.get(3),
+        sent_us: r.get(4),
+        due_us: r.get(5),
+        paid_us: r.get(6),
+        hosted_url: r.get(7),
+        pdf_url: r.get(8),
+    }
+}
+
+/// Writes each of `ops` unless one of its kind and subject was written before, in the order
+/// given, under the outbox's lock (ids in commit order).
+async fn write_operations(tx: &Transaction<'_>, ops: &[NewOperation], now_us: i64) -> Result<(), Error> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    lock(tx, OUTBOX, false).await?;
+    let kinds: Vec<&str> = ops.iter().map(|o| o.kind.as_str()).collect();
+    let subjects: Vec<&str> = ops.iter().map(|o| o.subject.as_str()).collect();
+    let tenants: Vec<&str> = ops.iter().map(|o| o.tenant.as_str()).collect();
+    let periods: Vec<Option<&str>> = ops.iter().map(|o| o.period.as_deref()).collect();
+    let bodies: Vec<&str> = ops.iter().map(|o| o.body.as_str()).collect();
+    let next: Vec<i64> = ops.iter().map(|o| o.next_us).collect();
+    let lanes: Vec<String> = ops.iter().map(|o| o.kind.lane(&o.subject)).collect();
+    tx.execute(
+        "INSERT INTO outbox (kind, subject, tenant, period, body, created_us, next_us, lane)
+         SELECT kind, subject, tenant, period, body, $6, next_us, lane
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::int8[], $8::text[])
+              WITH ORDINALITY AS o(kind, subject, tenant, period, body, next_us, lane, n)
+         ORDER BY n
+         ON CONFLICT (kind, subject) DO NOTHING",
+        &[&kinds, &subjects, &tenants, &periods, &bodies, &now_us, &next, &lanes],
+    )
+    .await?;
+    Ok(())
+}
+
+const OP_COLUMNS: &str =
+    "id, kind, subject, tenant, period, body, created_us, first_tried_us, attempts, next_us, state, outcome";
+
+fn operation(r: &Row) -> Result<Operation, Error> {
+    let id: i64 = r.get(0);
+    let (kind, state): (&str, &str) = (r.get(1), r.get(10));
+    let (Some(kind), Some(state)) = (OpKind::parse(kind), OpState::parse(state)) else {
+        return Err(Error::Corrupt(format!("outbox operation {id}: kind {kind:?}, state {state:?}")));
+    };
+    let attempts: i32 = r.get(8);
+    Ok(Operation {
+        id,
+        kind,
+        subject: r.get(2),
+        tenant: r.get(3),
+        period: r.get(4),
+        body: r.get(5),
+        created_us: r.get(6),
+        first_tried_us: r.get(7),
+        attempts: attempts as u32,
+        next_us: r.get(9),
+        state,
+        outcome: r.get(11),
+    })
+}
+
+/// Refuses a change at `at_us` inside a closed period (or one being closed): a close is never
+/// rewritten. Called under the `periods` lock, shared.
+async fn check_open(c: &impl GenericClient, at_us: i64) -> Result<(), Error> {
+    let last: Option<String> = c
+        .query_one("SELECT max(period) FROM (SELECT period FROM closes UNION ALL SELECT period FROM freezes) p", &[])
+        .await?
+        .get(0);
+    if let Some(p) = last.and_then(|p| p.parse::<Period>().ok())
+        && at_us < p.end_us()
+    {
+        return Err(Error::Closed(format!(
+            "at: {} is in or before the closed period {p}; a closed period is never rewritten",
+            meter_schemas::period::format_time(at_us)
+        )));
+    }
+    Ok(())
+}
+
+/// The close of `period`, whole or from its parts.
+async fn read_close(c: &impl GenericClient, period: &str) -> Result<Option<Close>, Error> {
+    let Some(row) = c.query_opt("SELECT body FROM closes WHERE period = $1", &[&period]).await? else {
+        return Ok(None);
+    };
+    let body: &str = row.get(0);
+    if !body.is_empty() {
+        return Ok(Some(serde_json::from_str(body)?));
+    }
+    let parts = c.query("SELECT body FROM close_parts WHERE period = $1 ORDER BY part", &[&period]).await?;
+    let mut body = Vec::new();
+    for part in &parts {
+        body.extend_from_slice(part.get::<_, &[u8]>(0));
+    }
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+fn summary(close: &Close) -> CloseSummary {
+    CloseSummary {
+        period: close.period,
+        watermark_us: close.watermark_us,
+        revises: close.revisions.keys().copied().collect(),
+    }
+}
+
+fn parse_period(s: &str) -> Result<Period, Error> {
+    s.parse().map_err(|e| Error::Corrupt(format!("a close's period {s:?} is not a period: {e}")))
+}
+
+async fn load(
+    c: &impl GenericClient,
+    filter: &str,
+    args: &[&(dyn meter_postgres::tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<Subscription>, Error> {
+    let rows = c.query(&format!("SELECT body FROM subscriptions {filter}"), args).await?;
+    rows.iter().map(|r| Ok(serde_json::from_str(r.get(0))?)).collect()
+}
