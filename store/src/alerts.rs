@@ -103,3 +103,54 @@ pub fn reached(watch: &Watch, value: Decimal) -> Vec<(u32, Decimal)> {
         })
         .collect()
 }
+
+/// A threshold alert a period counter has reached, as a store writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reached {
+    /// [`alert_id`].
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Meter.
+    pub meter: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// The percentage reached.
+    pub percent: u32,
+    /// The quantity that percentage is, exact decimal text.
+    pub threshold: String,
+    /// The plan's included quantity, exact decimal text.
+    pub included: String,
+    /// The counter's value, exact decimal text.
+    pub value: String,
+    /// The plan.
+    pub plan: String,
+}
+
+/// The threshold alerts the counter `tally` of `tenant`'s `meter` in `bucket` has reached under
+/// its plan, but those in `known`: none for a day's bucket, a counter without a value or a
+/// meter its plan does not watch. Every backend of the live counters raises these, each once.
+pub fn thresholds(
+    allowances: &dyn Allowances,
+    (tenant, meter, bucket): (&str, &str, &str),
+    tally: &meter_schemas::Tally,
+    known: &std::collections::HashSet<String>,
+) -> Vec<Reached> {
+    let (Some(value), Ok(period)) = (tally.value, bucket.parse::<Period>()) else { return Vec::new() };
+    let Some(watch) = allowances.watch(tenant, meter, period) else { return Vec::new() };
+    reached(&watch, value)
+        .into_iter()
+        .map(|(percent, threshold)| Reached {
+            id: alert_id(tenant, meter, bucket, percent),
+            tenant: tenant.to_string(),
+            meter: meter.to_string(),
+            period: bucket.to_string(),
+            percent,
+            threshold: threshold.to_string(),
+            included: watch.included.normalize().to_string(),
+            value: value.normalize().to_string(),
+            plan: watch.plan.clone(),
+        })
+        .filter(|r| !known.contains(&r.id))
+        .collect()
+}

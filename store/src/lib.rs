@@ -10,6 +10,7 @@ mod clickhouse;
 #[cfg(feature = "testing")]
 pub mod contract;
 pub mod limits;
+mod postgres;
 pub mod reads;
 mod sqlite;
 #[cfg(feature = "testing")]
@@ -18,6 +19,7 @@ pub mod testing;
 pub use alerts::{Alert, Allowances, Suggestion, Watch};
 pub use clickhouse::{ClickHouseStore, ClickHouseUrl, SCHEMA_VERSION as CLICKHOUSE_SCHEMA_VERSION};
 pub use limits::{LimitQuery, LimitSnapshot, LimitState};
+pub use postgres::PgStore;
 pub use reads::{DailyRange, Dimension, Source, UsageReads};
 pub use sqlite::SqliteStore;
 
@@ -74,6 +76,9 @@ pub enum Error {
     /// The storage underneath failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),
+    /// The live counters in Postgres failed or could not be reached.
+    #[error(transparent)]
+    Postgres(#[from] meter_postgres::Error),
     /// ClickHouse failed or could not be reached.
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] ::clickhouse::error::Error),

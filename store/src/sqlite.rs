@@ -4,7 +4,7 @@
 //! cached in memory (written through), so a batch reads the database only for keys it has not met
 //! before. Reads for the API use a small pool of connections off the async runtime.
 
-use crate::alerts::{Alert, Allowances, Suggestion, alert_id, reached, suggestion_id};
+use crate::alerts::{Alert, Allowances, Suggestion, suggestion_id, thresholds};
 use crate::limits::{LimitQuery, LimitSnapshot, LimitState};
 use crate::{
     Applied, Breakdown, Checkpoint, Coverage, Date, Error, LiveStore, MeterTallies, Metered, PeriodUsage, Progress,
@@ -286,30 +286,24 @@ fn raise_alerts(
     let now = now_us();
     let (mut out, mut new) = (Vec::new(), 0);
     for ((tenant, meter, bucket), t) in changed {
-        let (Some(value), Ok(period)) = (t.value, bucket.parse::<Period>()) else { continue };
-        let Some(watch) = allowances.watch(tenant, meter, period) else { continue };
-        for (percent, threshold) in reached(&watch, value) {
-            let id = alert_id(tenant, meter, bucket, percent);
-            if known.contains(&id) {
-                continue;
-            }
-            if exists.exists(params![id])? {
-                out.push(id);
+        for r in thresholds(allowances, (tenant, meter, bucket), t, known) {
+            if exists.exists(params![r.id])? {
+                out.push(r.id);
                 continue;
             }
             raise.execute(params![
-                id,
-                tenant,
-                meter,
-                bucket,
-                percent,
-                threshold.to_string(),
-                watch.included.normalize().to_string(),
-                value.normalize().to_string(),
-                watch.plan,
+                r.id,
+                r.tenant,
+                r.meter,
+                r.period,
+                r.percent,
+                r.threshold,
+                r.included,
+                r.value,
+                r.plan,
                 now
             ])?;
-            out.push(id);
+            out.push(r.id);
             new += 1;
         }
     }

@@ -1,0 +1,795 @@
+//! The live counters in Postgres (`--state postgres://…`): the tables of component `store`,
+//! shared by the aggregators of every host.
+//!
+//! A batch, its dedup rows, its tallies, the alerts it raises and its checkpoint commit in one
+//! transaction. The checkpoint moves first, by a compare-and-set on the offsets the batch
+//! started from: the rows it updates stay locked until the commit, so a stale owner after a
+//! rebalance waits, then finds the offsets moved and commits nothing ([`Error::Fenced`]).
+//! A tenant's events are in one partition, so only that partition's owner writes the tenant's
+//! tallies: as on SQLite, the batch folds its events into the tallies in Rust with
+//! [`Tally::add`] (the one rule for every aggregation kind), reading only the tallies it has not
+//! cached since the partition was assigned to it ([`UsageStore::checkpoint`] drops the cache).
+//! Alert ids are handed out under an advisory lock, so that their `seq` is in commit order and a
+//! reader past one alert never misses an earlier one.
+
+use crate::alerts::{Alert, Allowances, Reached, Suggestion, suggestion_id, thresholds};
+use crate::limits::{LimitQuery, LimitSnapshot, LimitState};
+use crate::{
+    Applied, Breakdown, Checkpoint, Coverage, Date, Error, LiveStore, MeterTallies, Metered, PeriodUsage, Progress,
+    Series, Totals, UsageStore,
+};
+use async_trait::async_trait;
+use meter_postgres::deadpool_postgres::{Object, Transaction};
+use meter_postgres::tokio_postgres::{IsolationLevel, Row};
+use meter_postgres::{Pg, lock_key};
+use meter_schemas::period::{day_of, format_day, format_time, now_us};
+use meter_schemas::{Contribution, MeterDef, Period, Tally};
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The component's name in `meter_schema_versions`.
+pub const COMPONENT: &str = "store";
+
+/// The `store` component's migrations, in order (version N is the N-th).
+pub const MIGRATIONS: &[&str] = &["
+    CREATE TABLE tallies (
+        tenant text COLLATE \"C\" NOT NULL, meter text COLLATE \"C\" NOT NULL, bucket text COLLATE \"C\" NOT NULL,
+        value numeric, latest_us bigint, latest_id text COLLATE \"C\",
+        PRIMARY KEY (tenant, meter, bucket)
+    );
+    CREATE INDEX tallies_by_bucket ON tallies (bucket);
+    CREATE TABLE uniques (
+        tenant text COLLATE \"C\" NOT NULL, meter text COLLATE \"C\" NOT NULL, bucket text COLLATE \"C\" NOT NULL,
+        value text COLLATE \"C\" NOT NULL,
+        PRIMARY KEY (tenant, meter, bucket, value)
+    );
+    CREATE TABLE seen (tenant text COLLATE \"C\" NOT NULL, id text COLLATE \"C\" NOT NULL, PRIMARY KEY (tenant, id));
+    CREATE TABLE checkpoints (
+        consumer text COLLATE \"C\" NOT NULL, partition integer NOT NULL, next_offset bigint NOT NULL,
+        watermark_us bigint,
+        PRIMARY KEY (consumer, partition)
+    );
+    CREATE TABLE breakdowns (
+        tenant text COLLATE \"C\" NOT NULL, period text COLLATE \"C\" NOT NULL, meter text COLLATE \"C\" NOT NULL,
+        property text COLLATE \"C\" NOT NULL, value text COLLATE \"C\" NOT NULL, amount numeric NOT NULL,
+        PRIMARY KEY (tenant, period, meter, property, value)
+    );
+    CREATE TABLE alerts (
+        seq bigint PRIMARY KEY, id text COLLATE \"C\" NOT NULL UNIQUE,
+        tenant text COLLATE \"C\" NOT NULL, meter text NOT NULL, period text NOT NULL, percent integer NOT NULL,
+        threshold text NOT NULL, included text NOT NULL, value text NOT NULL, plan text NOT NULL,
+        raised_us bigint NOT NULL, kind text NOT NULL DEFAULT 'usage_threshold', suggested_plan text, saving text
+    );
+    CREATE INDEX alerts_by_tenant ON alerts (tenant, seq);
+"];
+
+/// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
+type Key = (String, String, String);
+
+/// `(tenant, period, meter, property, value)`: one value of a broken-down meter's property.
+type GroupKey = (String, String, String, String, String);
+
+/// Most tallies kept in memory; past it the cache starts over (the database has every value).
+const CACHE_ENTRIES: usize = 500_000;
+
+/// Serialises the writers of alerts, so that `seq` (the last one's plus one, with no gaps) is in
+/// commit order.
+const ALERTS: &str = "store:alerts";
+
+/// The live counters in Postgres.
+pub struct PgStore {
+    pg: Arc<Pg>,
+    cache: Mutex<HashMap<Key, Tally>>,
+    group_cache: Mutex<HashMap<GroupKey, Tally>>,
+    allowances: RwLock<Option<Arc<dyn Allowances>>>,
+    /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
+    raised: Mutex<HashSet<String>>,
+    /// Counts writes of this process that raised an alert; other hosts' dispatchers poll.
+    alerted: tokio::sync::watch::Sender<u64>,
+}
+
+impl PgStore {
+    /// The tables on `pg`, refused unless `meter migrate` has brought them to this build's version.
+    pub fn open(pg: Arc<Pg>) -> Result<Self, Error> {
+        meter_postgres::check(&pg, COMPONENT, MIGRATIONS.len() as i64)?;
+        Ok(Self {
+            pg,
+            cache: Mutex::new(HashMap::new()),
+            group_cache: Mutex::new(HashMap::new()),
+            allowances: RwLock::new(None),
+            raised: Mutex::new(HashSet::new()),
+            alerted: tokio::sync::watch::Sender::new(0),
+        })
+    }
+
+    /// Creates or upgrades the tables (`meter migrate`).
+    pub fn migrate(pg: &Pg) -> Result<i64, Error> {
+        Ok(meter_postgres::migrate(pg, COMPONENT, MIGRATIONS)?)
+    }
+
+    /// Runs `f` with a pooled connection on the pool's runtime, from async code.
+    async fn read<T: Send + 'static, F>(&self, f: impl FnOnce(Object) -> F + Send + 'static) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let pg = self.pg.clone();
+        self.pg.spawn(async move { f(pg.client().await?).await }).await
+    }
+
+    /// Counts `new` alerts of `kind` just committed and wakes this process's subscribers.
+    fn announce(&self, kind: &'static str, new: usize) {
+        if new > 0 {
+            metrics::counter!(crate::alerts::metric::RAISED, "kind" => kind).increment(new as u64);
+            self.alerted.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn allowances(&self) -> Option<Arc<dyn Allowances>> {
+        self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn known(&self) -> HashSet<String> {
+        self.raised.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl From<meter_postgres::tokio_postgres::Error> for Error {
+    fn from(e: meter_postgres::tokio_postgres::Error) -> Self {
+        Error::Postgres(e.into())
+    }
+}
+
+fn decimal(text: Option<&str>, what: &str) -> Result<Option<Decimal>, Error> {
+    text.map(|t| Decimal::from_str(t).map_err(|_| Error::Unreadable(format!("{what} {t:?}")))).transpose()
+}
+
+/// A tally from `value::text, latest_us, latest_id` at column `first`.
+fn tally(r: &Row, first: usize) -> Result<Tally, Error> {
+    let value = decimal(r.get(first), "tally value")?;
+    let latest_us: Option<i64> = r.get(first + 1);
+    let latest_id: Option<String> = r.get(first + 2);
+    Ok(Tally { value, latest: latest_us.zip(latest_id) })
+}
+
+/// Writes `reached` alerts not raised before (under the alerts' lock); returns the ids now
+/// known to be raised and how many were raised now.
+async fn raise(tx: &Transaction<'_>, reached: Vec<Reached>) -> Result<(Vec<String>, usize), Error> {
+    if reached.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(ALERTS)]).await?;
+    let col = |f: fn(&Reached) -> &str| reached.iter().map(f).collect::<Vec<_>>();
+    let percents: Vec<i32> = reached.iter().map(|r| r.percent as i32).collect();
+    let new = tx
+        .execute(
+            "INSERT INTO alerts (seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us)
+             SELECT (SELECT coalesce(max(seq), 0) FROM alerts) + row_number() OVER (ORDER BY n),
+                    id, tenant, meter, period, percent, threshold, included, value, plan, $10
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[],
+                         $8::text[], $9::text[]) WITH ORDINALITY
+                  AS a(id, tenant, meter, period, percent, threshold, included, value, plan, n)
+             WHERE NOT EXISTS (SELECT 1 FROM alerts x WHERE x.id = a.id)",
+            &[
+                &col(|r| &r.id),
+                &col(|r| &r.tenant),
+                &col(|r| &r.meter),
+                &col(|r| &r.period),
+                &percents,
+                &col(|r| &r.threshold),
+                &col(|r| &r.included),
+                &col(|r| &r.value),
+                &col(|r| &r.plan),
+                &now_us(),
+            ],
+        )
+        .await?;
+    Ok((reached.into_iter().map(|r| r.id).collect(), new as usize))
+}
+
+/// Moves every partition of `progress` from its `from` to its `to`, or fails with
+/// [`Error::Fenced`] naming the first partition that is elsewhere. The rows stay locked until
+/// the transaction ends.
+async fn fence(tx: &Transaction<'_>, consumer: &str, progress: &Progress) -> Result<(), Error> {
+    let parts: Vec<i32> = progress.partitions.iter().map(|a| a.partition as i32).collect();
+    let from: Vec<i64> = progress.partitions.iter().map(|a| a.from as i64).collect();
+    let to: Vec<i64> = progress.partitions.iter().map(|a| a.to as i64).collect();
+    let create = tx
+        .prepare_cached(
+            "INSERT INTO checkpoints (consumer, partition, next_offset)
+             SELECT $1, p, 0 FROM unnest($2::int4[]) AS p ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    tx.execute(&create, &[&consumer, &parts]).await?;
+    let cas = tx
+        .prepare_cached(
+            "UPDATE checkpoints c SET next_offset = x.to_, watermark_us = GREATEST(c.watermark_us, $5::int8)
+             FROM unnest($2::int4[], $3::int8[], $4::int8[]) AS x(p, from_, to_)
+             WHERE c.consumer = $1 AND c.partition = x.p AND c.next_offset = x.from_
+             RETURNING c.partition",
+        )
+        .await?;
+    let moved = tx.query(&cas, &[&consumer, &parts, &from, &to, &progress.watermark_us]).await?;
+    if moved.len() == parts.len() {
+        return Ok(());
+    }
+    let moved: HashSet<i32> = moved.iter().map(|r| r.get(0)).collect();
+    let a = progress.partitions.iter().find(|a| !moved.contains(&(a.partition as i32))).expect("a partition not moved");
+    let stored: i64 = tx
+        .query_one(
+            "SELECT next_offset FROM checkpoints WHERE consumer = $1 AND partition = $2",
+            &[&consumer, &(a.partition as i32)],
+        )
+        .await?
+        .get(0);
+    Err(Error::Fenced { partition: a.partition, stored: stored as u64, from: a.from })
+}
+
+/// What a batch changes, folded in Rust before it is written.
+struct Folded {
+    applied: Applied,
+    tallies: HashMap<Key, Tally>,
+    groups: HashMap<GroupKey, Tally>,
+}
+
+impl PgStore {
+    /// Dedups `events` and folds the new ones into the tallies, inside `tx`.
+    async fn fold(&self, tx: &Transaction<'_>, meters: &[MeterDef], events: &[Metered]) -> Result<Folded, Error> {
+        // The first copy of each (tenant, id) in the batch; of those, the ones never counted.
+        let mut firsts = HashSet::new();
+        let candidates: Vec<&Metered> = events.iter().filter(|e| firsts.insert((&e.tenant, &e.id))).collect();
+        let tenants: Vec<&str> = candidates.iter().map(|e| e.tenant.as_str()).collect();
+        let ids: Vec<&str> = candidates.iter().map(|e| e.id.as_str()).collect();
+        let seen = tx
+            .prepare_cached(
+                "INSERT INTO seen (tenant, id) SELECT * FROM unnest($1::text[], $2::text[])
+                 ON CONFLICT DO NOTHING RETURNING tenant, id",
+            )
+            .await?;
+        let new: HashSet<(String, String)> =
+            tx.query(&seen, &[&tenants, &ids]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut taken = HashSet::new();
+        let counted: Vec<&Metered> = events
+            .iter()
+            .filter(|e| new.contains(&(e.tenant.clone(), e.id.clone())) && taken.insert((&e.tenant, &e.id)))
+            .collect();
+        let applied = Applied { counted: counted.len(), duplicates: events.len() - counted.len() };
+
+        // Unique values, each bucket's new ones.
+        let buckets = |e: &Metered| [Period::containing(e.time_us).to_string(), format_day(day_of(e.time_us))];
+        let mut unique_keys: Vec<(String, String, String, String)> = Vec::new();
+        let mut unique_set = HashSet::new();
+        for e in &counted {
+            for (m, c) in &e.contributions {
+                if let Contribution::Unique(v) = c {
+                    let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
+                    for bucket in buckets(e) {
+                        let key = (e.tenant.clone(), meter.clone(), bucket, v.clone());
+                        if unique_set.insert(key.clone()) {
+                            unique_keys.push(key);
+                        }
+                    }
+                }
+            }
+        }
+        let mut new_uniques: HashSet<(String, String, String, String)> = HashSet::new();
+        if !unique_keys.is_empty() {
+            let col = |i: usize| unique_keys.iter().map(|k| [&k.0, &k.1, &k.2, &k.3][i].as_str()).collect::<Vec<_>>();
+            let rows = tx
+                .query(
+                    "INSERT INTO uniques (tenant, meter, bucket, value)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                     ON CONFLICT DO NOTHING RETURNING tenant, meter, bucket, value",
+                    &[&col(0), &col(1), &col(2), &col(3)],
+                )
+                .await?;
+            new_uniques = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+        }
+
+        // The tallies and breakdown amounts the batch adds to, from the cache or the table.
+        let mut keys: HashSet<Key> = HashSet::new();
+        let mut group_keys: HashSet<GroupKey> = HashSet::new();
+        for e in &counted {
+            let [period, day] = buckets(e);
+            for (m, _) in &e.contributions {
+                let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
+                keys.insert((e.tenant.clone(), meter.clone(), period.clone()));
+                keys.insert((e.tenant.clone(), meter.clone(), day.clone()));
+            }
+            for (m, values) in &e.groups {
+                let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
+                for (property, value) in def.group_by.iter().zip(values) {
+                    group_keys.insert((
+                        e.tenant.clone(),
+                        period.clone(),
+                        def.name.clone(),
+                        property.clone(),
+                        value.clone(),
+                    ));
+                }
+            }
+        }
+        let mut tallies = self.load_tallies(tx, keys).await?;
+        let mut groups = self.load_groups(tx, group_keys).await?;
+
+        for e in &counted {
+            let [period, day] = buckets(e);
+            for (m, c) in &e.contributions {
+                let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
+                for bucket in [&period, &day] {
+                    if let Contribution::Unique(v) = c
+                        && !new_uniques.remove(&(e.tenant.clone(), meter.clone(), bucket.clone(), v.clone()))
+                    {
+                        continue;
+                    }
+                    let key = (e.tenant.clone(), meter.clone(), bucket.clone());
+                    tallies.entry(key).or_default().add(c, e.time_us, &e.id)?;
+                }
+            }
+            for (m, values) in &e.groups {
+                let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
+                let Some((_, c)) = e.contributions.iter().find(|(i, _)| i == m) else { continue };
+                for (property, value) in def.group_by.iter().zip(values) {
+                    let key = (e.tenant.clone(), period.clone(), def.name.clone(), property.clone(), value.clone());
+                    groups.entry(key).or_default().add(c, e.time_us, &e.id)?;
+                }
+            }
+        }
+        Ok(Folded { applied, tallies, groups })
+    }
+
+    /// The tallies of `keys`: cached ones from memory, the others from the table (a key with no
+    /// row starts empty).
+    async fn load_tallies(&self, tx: &Transaction<'_>, keys: HashSet<Key>) -> Result<HashMap<Key, Tally>, Error> {
+        let mut out = HashMap::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for k in keys {
+                match cache.get(&k) {
+                    Some(t) => {
+                        out.insert(k, t.clone());
+                    }
+                    None => missing.push(k),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let col = |i: usize| missing.iter().map(|k| [&k.0, &k.1, &k.2][i].as_str()).collect::<Vec<_>>();
+        let load = tx
+            .prepare_cached(
+                "SELECT t.tenant, t.meter, t.bucket, t.value::text, t.latest_us, t.latest_id
+                 FROM tallies t JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant, meter, bucket)
+                   ON t.tenant = k.tenant AND t.meter = k.meter AND t.bucket = k.bucket",
+            )
+            .await?;
+        for r in tx.query(&load, &[&col(0), &col(1), &col(2)]).await? {
+            out.insert((r.get(0), r.get(1), r.get(2)), tally(&r, 3)?);
+        }
+        for k in missing {
+            out.entry(k).or_default();
+        }
+        Ok(out)
+    }
+
+    /// The breakdown amounts of `keys`, as [`PgStore::load_tallies`].
+    async fn load_groups(
+        &self,
+        tx: &Transaction<'_>,
+        keys: HashSet<GroupKey>,
+    ) -> Result<HashMap<GroupKey, Tally>, Error> {
+        let mut out = HashMap::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        {
+            let cache = self.group_cache.lock().unwrap_or_else(|e| e.into_inner());
+            for k in keys {
+                match cache.get(&k) {
+                    Some(t) => {
+                        out.insert(k, t.clone());
+                    }
+                    None => missing.push(k),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let col = |i: usize| missing.iter().map(|k| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
+        let rows = tx
+            .query(
+                "SELECT b.tenant, b.period, b.meter, b.property, b.value, b.amount::text
+                 FROM breakdowns b
+                 JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(t, p, m, pr, v)
+                   ON b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v",
+                &[&col(0), &col(1), &col(2), &col(3), &col(4)],
+            )
+            .await?;
+        for r in rows {
+            let amount = decimal(r.get(5), "breakdown amount")?;
+            out.insert((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), Tally { value: amount, latest: None });
+        }
+        for k in missing {
+            out.entry(k).or_default();
+        }
+        Ok(out)
+    }
+}
+
+/// Writes the folded tallies and breakdown amounts.
+async fn save(tx: &Transaction<'_>, folded: &Folded) -> Result<(), Error> {
+    if !folded.tallies.is_empty() {
+        let rows: Vec<(&Key, &Tally)> = folded.tallies.iter().collect();
+        let tenants: Vec<&str> = rows.iter().map(|(k, _)| k.0.as_str()).collect();
+        let meters: Vec<&str> = rows.iter().map(|(k, _)| k.1.as_str()).collect();
+        let buckets: Vec<&str> = rows.iter().map(|(k, _)| k.2.as_str()).collect();
+        let values: Vec<Option<String>> = rows.iter().map(|(_, t)| t.value.map(|v| v.to_string())).collect();
+        let latest_us: Vec<Option<i64>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.0)).collect();
+        let latest_id: Vec<Option<&str>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.1.as_str())).collect();
+        let upsert = tx
+            .prepare_cached(
+                "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id)
+                 SELECT tenant, meter, bucket, value::numeric, latest_us, latest_id
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
+                      AS k(tenant, meter, bucket, value, latest_us, latest_id)
+                 ON CONFLICT (tenant, meter, bucket) DO UPDATE
+                 SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id",
+            )
+            .await?;
+        tx.execute(&upsert, &[&tenants, &meters, &buckets, &values, &latest_us, &latest_id]).await?;
+    }
+    if !folded.groups.is_empty() {
+        let rows: Vec<(&GroupKey, &Tally)> = folded.groups.iter().collect();
+        let col = |i: usize| rows.iter().map(|(k, _)| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
+        let amounts: Vec<String> = rows.iter().map(|(_, t)| t.value.unwrap_or_default().to_string()).collect();
+        tx.execute(
+            "INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
+             SELECT t, p, m, pr, v, a::numeric
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
+             ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount",
+            &[&col(0), &col(1), &col(2), &col(3), &col(4), &amounts],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl UsageStore for PgStore {
+    fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.group_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let other = self.pg.query_opt("SELECT consumer FROM checkpoints WHERE consumer <> $1 LIMIT 1", &[&consumer])?;
+        if let Some(other) = other {
+            return Err(Error::OtherConsumer { found: other.get(0), asked: consumer.to_string() });
+        }
+        let rows = self.pg.query(
+            "SELECT partition, next_offset FROM checkpoints WHERE consumer = $1 ORDER BY partition",
+            &[&consumer],
+        )?;
+        let positions = rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)).collect();
+        Ok(Checkpoint { positions })
+    }
+
+    fn apply(
+        &self,
+        consumer: &str,
+        meters: &[MeterDef],
+        events: &[Metered],
+        progress: &Progress,
+    ) -> Result<Applied, Error> {
+        let allowances = self.allowances();
+        let known = self.known();
+        let (folded, raised, new_alerts) = self.pg.block(async {
+            let mut client = self.pg.client().await?;
+            let tx = client.transaction().await?;
+            fence(&tx, consumer, progress).await?;
+            let folded = self.fold(&tx, meters, events).await?;
+            save(&tx, &folded).await?;
+            let reached = match &allowances {
+                Some(a) => folded
+                    .tallies
+                    .iter()
+                    .flat_map(|((t, m, b), tally)| thresholds(&**a, (t, m, b), tally, &known))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let (raised, new) = raise(&tx, reached).await?;
+            tx.commit().await?;
+            Ok::<_, Error>((folded, raised, new))
+        })?;
+        let applied = folded.applied;
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() + folded.tallies.len() > CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.extend(folded.tallies);
+            let mut group_cache = self.group_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if group_cache.len() + folded.groups.len() > CACHE_ENTRIES {
+                group_cache.clear();
+            }
+            group_cache.extend(folded.groups);
+        }
+        self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
+        self.announce("usage_threshold", new_alerts);
+        Ok(applied)
+    }
+
+    fn advance_watermark(&self, consumer: &str, partitions: &[u32], watermark_us: i64) -> Result<(), Error> {
+        let parts: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
+        self.pg.execute(
+            "INSERT INTO checkpoints AS c (consumer, partition, next_offset, watermark_us)
+             SELECT $1, p, 0, $3 FROM unnest($2::int4[]) AS p
+             ON CONFLICT (consumer, partition) DO UPDATE SET watermark_us = GREATEST(c.watermark_us, excluded.watermark_us)",
+            &[&consumer, &parts, &watermark_us],
+        )?;
+        Ok(())
+    }
+
+    async fn usage(&self, tenant: &str, period: Period, coverage: Coverage<'_>) -> Result<PeriodUsage, Error> {
+        let tenant = tenant.to_string();
+        let (consumer, partition) = (coverage.consumer.to_string(), coverage.partition as i32);
+        let (from, to) = (period.to_string(), period.next().to_string());
+        self.read(async move |mut c| {
+            // One snapshot for the tallies and the watermark.
+            let tx =
+                c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+            let rows = tx
+                .query(
+                    "SELECT meter, bucket, value::text, latest_us, latest_id FROM tallies
+                     WHERE tenant = $1 AND bucket >= $2 AND bucket < $3",
+                    &[&tenant, &from, &to],
+                )
+                .await?;
+            let watermark_us: Option<i64> = tx
+                .query_opt(
+                    "SELECT watermark_us FROM checkpoints WHERE consumer = $1 AND partition = $2",
+                    &[&consumer, &partition],
+                )
+                .await?
+                .and_then(|r| r.get(0));
+            tx.commit().await?;
+            let mut usage = PeriodUsage { meters: Default::default(), watermark_us };
+            for r in &rows {
+                let (meter, bucket): (String, String) = (r.get(0), r.get(1));
+                let entry: &mut MeterTallies = usage.meters.entry(meter).or_default();
+                if bucket.len() == 7 {
+                    entry.period = tally(r, 2)?;
+                } else {
+                    entry.days.insert(bucket, tally(r, 2)?);
+                }
+            }
+            Ok(usage)
+        })
+        .await
+    }
+
+    async fn daily(&self, tenant: &str, from: Date, to: Date) -> Result<Series, Error> {
+        let args = [tenant.to_string(), format_day(from), format_day(to)];
+        self.read(async move |c| {
+            let rows = c
+                .query(
+                    "SELECT meter, bucket, value::text, latest_us, latest_id FROM tallies
+                     WHERE tenant = $1 AND bucket >= $2 AND bucket < $3 AND length(bucket) = 10",
+                    &[&args[0], &args[1], &args[2]],
+                )
+                .await?;
+            nest(&rows)
+        })
+        .await
+    }
+
+    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
+        let bucket = period.to_string();
+        self.read(async move |c| {
+            let rows = c
+                .query(
+                    "SELECT tenant, meter, value::text, latest_us, latest_id FROM tallies WHERE bucket = $1",
+                    &[&bucket],
+                )
+                .await?;
+            nest(&rows)
+        })
+        .await
+    }
+
+    async fn breakdown(&self, tenant: &str, period: Period) -> Result<Breakdown, Error> {
+        let (tenant, period) = (tenant.to_string(), period.to_string());
+        self.read(async move |c| {
+            let rows = c
+                .query(
+                    "SELECT meter, property, value, amount::text FROM breakdowns WHERE tenant = $1 AND period = $2",
+                    &[&tenant, &period],
+                )
+                .await?;
+            let mut out = Breakdown::new();
+            for r in &rows {
+                let amount = decimal(r.get(3), "breakdown amount")?.unwrap_or_default();
+                out.entry(r.get(0)).or_default().entry(r.get(1)).or_default().insert(r.get(2), amount);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, Error> {
+        let consumer = consumer.to_string();
+        let marks = self
+            .read(async move |c| {
+                let rows = c
+                    .query(
+                        "SELECT partition, watermark_us FROM checkpoints
+                         WHERE consumer = $1 AND watermark_us IS NOT NULL",
+                        &[&consumer],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1))).collect::<Vec<_>>())
+            })
+            .await?;
+        Ok(crate::slowest(&marks, partitions))
+    }
+}
+
+/// `(a, b, value, latest_us, latest_id)` rows as tallies by `a`, then by `b`.
+fn nest(rows: &[Row]) -> Result<BTreeMap<String, BTreeMap<String, Tally>>, Error> {
+    let mut nested: BTreeMap<String, BTreeMap<String, Tally>> = BTreeMap::new();
+    for r in rows {
+        nested.entry(r.get(0)).or_default().insert(r.get(1), tally(r, 2)?);
+    }
+    Ok(nested)
+}
+
+#[async_trait]
+impl LiveStore for PgStore {
+    fn set_allowances(&self, allowances: Arc<dyn Allowances>) {
+        *self.allowances.write().unwrap_or_else(|e| e.into_inner()) = Some(allowances);
+    }
+
+    fn reevaluate(&self, tenant: &str, period: Period) -> Result<usize, Error> {
+        let Some(allowances) = self.allowances() else { return Ok(0) };
+        let known = self.known();
+        let bucket = period.to_string();
+        let (raised, new) = self.pg.block(async {
+            let mut c = self.pg.client().await?;
+            let tx = c.transaction().await?;
+            let rows = tx
+                .query(
+                    "SELECT meter, value::text, latest_us, latest_id FROM tallies WHERE tenant = $1 AND bucket = $2",
+                    &[&tenant, &bucket],
+                )
+                .await?;
+            let mut reached = Vec::new();
+            for r in &rows {
+                let meter: String = r.get(0);
+                reached.extend(thresholds(&*allowances, (tenant, &meter, &bucket), &tally(r, 1)?, &known));
+            }
+            let out = raise(&tx, reached).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(out)
+        })?;
+        self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
+        self.announce("usage_threshold", new);
+        Ok(new)
+    }
+
+    fn suggest(&self, s: Suggestion) -> Result<bool, Error> {
+        let id = suggestion_id(&s.tenant, &s.period, &s.suggested_plan);
+        let saving = s.saving.normalize().to_string();
+        let n = self.pg.block(async {
+            let mut c = self.pg.client().await?;
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(ALERTS)]).await?;
+            let n = tx
+                .execute(
+                    "INSERT INTO alerts (seq, id, tenant, meter, period, percent, threshold, included, value, plan,
+                         raised_us, kind, suggested_plan, saving)
+                     SELECT (SELECT coalesce(max(seq), 0) + 1 FROM alerts), $1, $2, '', $3, 0, '', '', '', $4, $5,
+                         'upgrade_suggested', $6, $7
+                     WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE id = $1)",
+                    &[&id, &s.tenant, &s.period, &s.plan, &now_us(), &s.suggested_plan, &saving],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok::<_, Error>(n)
+        })?;
+        self.announce("upgrade_suggested", n as usize);
+        Ok(n == 1)
+    }
+
+    async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<LimitSnapshot, Error> {
+        self.read(async move |mut c| {
+            let tx =
+                c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+            let mut states = Vec::with_capacity(queries.len());
+            for q in queries {
+                let mut state = LimitState::default();
+                if !q.ids.is_empty() {
+                    let rows = tx
+                        .query("SELECT id FROM seen WHERE tenant = $1 AND id = ANY($2)", &[&q.tenant, &q.ids])
+                        .await?;
+                    state.counted = rows.iter().map(|r| r.get(0)).collect();
+                }
+                let names: Vec<&str> = q.meters.iter().map(|(m, _)| m.as_str()).collect();
+                let rows = tx
+                    .query(
+                        "SELECT meter, value::text FROM tallies WHERE tenant = $1 AND bucket = $2 AND meter = ANY($3)",
+                        &[&q.tenant, &q.bucket, &names],
+                    )
+                    .await?;
+                for r in &rows {
+                    if let Some(v) = decimal(r.get(1), "tally value")? {
+                        state.values.insert(r.get(0), v);
+                    }
+                }
+                let (um, uv): (Vec<&str>, Vec<&str>) =
+                    q.meters.iter().flat_map(|(m, vs)| vs.iter().map(move |v| (m.as_str(), v.as_str()))).unzip();
+                if !um.is_empty() {
+                    let rows = tx
+                        .query(
+                            "SELECT u.meter, u.value FROM uniques u
+                             JOIN unnest($3::text[], $4::text[]) AS k(meter, value)
+                               ON u.meter = k.meter AND u.value = k.value
+                             WHERE u.tenant = $1 AND u.bucket = $2",
+                            &[&q.tenant, &q.bucket, &um, &uv],
+                        )
+                        .await?;
+                    for r in &rows {
+                        state.known.entry(r.get(0)).or_insert_with(HashSet::new).insert(r.get(1));
+                    }
+                }
+                states.push(state);
+            }
+            let progress: i64 =
+                tx.query_one("SELECT COALESCE(SUM(next_offset), 0)::int8 FROM checkpoints", &[]).await?.get(0);
+            tx.commit().await?;
+            Ok(LimitSnapshot { progress: progress.max(0) as u64, states })
+        })
+        .await
+    }
+
+    fn alerted(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.alerted.subscribe()
+    }
+
+    async fn alerts(&self, tenant: Option<&str>, after_seq: u64, limit: usize) -> Result<Vec<Alert>, Error> {
+        let tenant = tenant.map(str::to_string);
+        self.read(async move |c| {
+            let rows = c
+                .query(
+                    "SELECT seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us,
+                            kind, suggested_plan, saving
+                     FROM alerts WHERE seq > $1 AND ($2::text IS NULL OR tenant = $2) ORDER BY seq LIMIT $3",
+                    &[&(after_seq as i64), &tenant, &(limit as i64)],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let kind: String = r.get(11);
+                    let threshold = kind == "usage_threshold";
+                    let some = |i: usize| threshold.then(|| r.get::<_, String>(i));
+                    Alert {
+                        seq: r.get::<_, i64>(0) as u64,
+                        id: r.get(1),
+                        tenant: r.get(2),
+                        meter: some(3),
+                        period: r.get(4),
+                        percent: threshold.then(|| r.get::<_, i32>(5) as u32),
+                        threshold: some(6),
+                        included: some(7),
+                        value: some(8),
+                        plan: r.get(9),
+                        raised_at: format_time(r.get(10)),
+                        kind,
+                        suggested_plan: r.get(12),
+                        saving: r.get(13),
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+}
