@@ -251,8 +251,10 @@ impl KeyStore {
     }
 
     fn reload(&self) -> Result<(), Error> {
+        // Dated when the read starts: a key made during the read may be missing from it.
+        let at = Instant::now();
         let by_hash = self.table.active()?;
-        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Loaded { by_hash, at: Instant::now() };
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Loaded { by_hash, at };
         Ok(())
     }
 
@@ -270,22 +272,35 @@ impl KeyStore {
             .filter(|k| k.starts_with(KEY_PREFIX) && k.len() < 200)
             .ok_or(AuthError::Unauthenticated)?;
         let digest = hash(secret);
+        let arrived = Instant::now();
         let (found, stale) = self.lookup(&digest);
-        let retry_miss = found.is_none() && {
-            let mut last = self.last_miss_reload.lock().unwrap_or_else(|e| e.into_inner());
-            let due = last.elapsed() >= MISS_RELOAD_GAP;
-            if due {
-                *last = Instant::now();
-            }
-            due
-        };
-        if !(stale || retry_miss) {
+        if found.is_some() && !stale {
             return found.ok_or(AuthError::Unauthenticated);
         }
+        // One reload at a time; a request that waited for another's finds its answer in it.
         let _one = self.reloading.lock().await;
-        let (again, still_stale) = self.lookup(&digest);
-        if let (Some(p), false) = (again, still_stale) {
-            return Ok(p);
+        let (again, loaded_at) = {
+            let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+            (loaded.by_hash.get(&digest).cloned(), loaded.at)
+        };
+        if let Some(p) = &again
+            && loaded_at.elapsed() <= RELOAD_AFTER
+        {
+            return Ok(p.clone());
+        }
+        if found.is_none() {
+            if loaded_at >= arrived {
+                // Loaded after this request arrived: the key did not exist then.
+                return Err(AuthError::Unauthenticated);
+            }
+            // An unknown key (one just made on another host, or a wrong one) reloads the table
+            // at most once per gap: this request waits for its turn rather than being refused
+            // a key made before it arrived.
+            let since = self.last_miss_reload.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+            if since < MISS_RELOAD_GAP {
+                tokio::time::sleep(MISS_RELOAD_GAP - since).await;
+            }
+            *self.last_miss_reload.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         }
         let this = self.clone();
         let reloaded = tokio::task::spawn_blocking(move || this.reload())
@@ -306,6 +321,28 @@ impl KeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key made by another process (another host), used by many requests at once: each is
+    /// accepted, not only the one whose miss reloaded the table.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_key_made_elsewhere_works_for_concurrent_first_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let serving = KeyStore::open(&path).unwrap();
+        for round in 0..5 {
+            let k = KeyStore::open(&path).unwrap().create(Role::Ingest, Some("acme")).unwrap();
+            let header = format!("Bearer {}", k.secret);
+            let tries: Vec<_> = (0..8)
+                .map(|_| {
+                    let (serving, header) = (serving.clone(), header.clone());
+                    tokio::spawn(async move { serving.authenticate(Some(&header)).await })
+                })
+                .collect();
+            for t in tries {
+                assert!(t.await.unwrap().is_ok(), "round {round}");
+            }
+        }
+    }
 
     #[tokio::test]
     async fn keys_are_hashed_scoped_and_revocable() {
