@@ -2,7 +2,7 @@
 
 use crate::config::{Config, Overrides};
 use clap::{Args, Parser, Subcommand};
-use meter_auth::{KeyStore, Role};
+use meter_auth::Role;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -69,6 +69,10 @@ pub struct ConfigArgs {
     /// Usage store: `sqlite`, `sqlite://PATH` or `clickhouse://[USER@]HOST:PORT/DATABASE`.
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+    /// Shared state (keys, live counters, ledger, webhooks): `sqlite` or
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`.
+    #[arg(long, value_name = "URL")]
+    pub state: Option<crate::config::StateUrl>,
 }
 
 impl ConfigArgs {
@@ -79,6 +83,7 @@ impl ConfigArgs {
             data_dir: self.data_dir.clone(),
             log_url: self.log.clone(),
             store_url: self.store.clone(),
+            state_url: self.state.clone(),
         };
         Ok(Config::load(self.config.as_deref(), &overrides)?)
     }
@@ -144,8 +149,7 @@ pub enum KeysCommand {
 pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
     let open = |c: &ConfigArgs| -> anyhow::Result<_> {
         let config = c.load(None)?;
-        std::fs::create_dir_all(&config.data_dir)?;
-        Ok(KeyStore::open(&config.keys_path())?)
+        Ok(crate::server::State::keys(&config)?.0)
     };
     match command {
         KeysCommand::Create { config, role, tenant } => {
@@ -182,11 +186,19 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
 /// `meter migrate`: brings the configured store's schema to this meter's version.
 pub async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
     let config = args.load(None)?;
+    let postgres = matches!(config.state_backend()?, crate::config::StateBackend::Postgres(_));
+    if postgres {
+        let config = config.clone();
+        let done = tokio::task::spawn_blocking(move || crate::server::State::migrate(&config)).await??;
+        eprintln!("meter: {done}");
+    }
     match config.store_backend()? {
         crate::config::StoreBackend::ClickHouse(url) => {
             let version = meter_store::ClickHouseStore::migrate(&url).await?;
             eprintln!("meter: ClickHouse database {:?} at {} is at schema version {version}", url.database, url.http);
         }
+        // With the state on Postgres, the live counters (the history too, without ClickHouse) are there.
+        crate::config::StoreBackend::Sqlite(_) if postgres => {}
         crate::config::StoreBackend::Sqlite(path) => {
             std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
             meter_store::SqliteStore::open(&path, config.store.durability)?;

@@ -25,6 +25,9 @@ pub struct Config {
     pub bootstrap_admin_key: bool,
     /// The event log.
     pub log: LogConfig,
+    /// Where the state every process shares is kept: keys and sessions, the live counters, the
+    /// billing ledger, the webhooks.
+    pub state: StateConfig,
     /// The usage store.
     pub store: StoreConfig,
     /// The ingest API.
@@ -281,6 +284,7 @@ impl Default for Config {
             data_dir: PathBuf::from("meter-data"),
             bootstrap_admin_key: true,
             log: LogConfig::default(),
+            state: StateConfig::default(),
             store: StoreConfig::default(),
             ingest: IngestConfig::default(),
             aggregator: AggregatorConfig::default(),
@@ -365,6 +369,53 @@ impl Default for StoreConfig {
             retention: Duration::from_secs(400 * 86_400),
         }
     }
+}
+
+/// The shared state: keys and sessions, the live counters, the billing ledger, the webhooks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// `sqlite` (files in the data directory: one host) or
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE` (every host; `meter migrate` creates the
+    /// tables). The password is never printed.
+    pub url: StateUrl,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { url: StateUrl("sqlite".into()) }
+    }
+}
+
+/// A state URL as given; printed without its password.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct StateUrl(pub String);
+
+impl std::fmt::Debug for StateUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match meter_postgres::PgUrl::parse(&self.0) {
+            Ok(url) => write!(f, "\"{url}\""),
+            Err(_) if !self.0.contains('@') => write!(f, "{:?}", self.0),
+            Err(_) => f.write_str("\"***\""),
+        }
+    }
+}
+
+impl std::str::FromStr for StateUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// Where the shared state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateBackend {
+    /// SQLite files in the data directory.
+    Sqlite,
+    /// A Postgres database every host shares.
+    Postgres(meter_postgres::PgUrl),
 }
 
 /// A secret: read from configuration, never printed.
@@ -495,6 +546,8 @@ pub struct Overrides {
     pub log_url: Option<String>,
     /// `--store`.
     pub store_url: Option<String>,
+    /// `--state`.
+    pub state_url: Option<StateUrl>,
 }
 
 /// Why the configuration is refused.
@@ -532,6 +585,9 @@ impl Config {
         if let Some(u) = &overrides.store_url {
             config.store.url = u.clone();
         }
+        if let Some(u) = &overrides.state_url {
+            config.state.url = u.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -551,6 +607,7 @@ impl Config {
         }
         self.log_backend()?;
         self.store_backend()?;
+        self.state_backend()?;
         if self.sink.batch_size == 0 {
             return Err(ConfigError::Invalid("sink.batch_size must be at least 1".into()));
         }
@@ -634,6 +691,20 @@ impl Config {
         self.sqlite_path("store", &self.store.url, "usage.db").map(StoreBackend::Sqlite)
     }
 
+    /// Where the shared state is.
+    pub fn state_backend(&self) -> Result<StateBackend, ConfigError> {
+        match self.state.url.0.as_str() {
+            "sqlite" => Ok(StateBackend::Sqlite),
+            u if u.starts_with("postgres://") || u.starts_with("postgresql://") => meter_postgres::PgUrl::parse(u)
+                .map(StateBackend::Postgres)
+                .map_err(|e| ConfigError::Invalid(format!("state.url: {e}"))),
+            _ => Err(ConfigError::Invalid(format!(
+                "state.url {:?} is not supported; use \"sqlite\" or \"postgres://USER:PASSWORD@HOST:PORT/DATABASE\"",
+                self.state.url
+            ))),
+        }
+    }
+
     /// File of the live counters: the SQLite store, or `usage.db` beside a ClickHouse store.
     pub fn live_store_path(&self) -> Result<PathBuf, ConfigError> {
         match self.store_backend()? {
@@ -682,6 +753,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_state_url_is_parsed_and_its_password_never_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("METER__STATE__URL", "postgres://meter:s3cret@db:5432/meter");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            let StateBackend::Postgres(url) = c.state_backend().unwrap() else { panic!("postgres") };
+            assert_eq!(url.to_string(), "postgres://meter@db:5432/meter");
+            let printed = format!("{c:?}");
+            assert!(printed.contains("postgres://meter@db:5432/meter") && !printed.contains("s3cret"), "{printed}");
+            let flag = Overrides { state_url: Some(StateUrl("sqlite".into())), ..Overrides::default() };
+            assert_eq!(Config::load(None, &flag).unwrap().state_backend().unwrap(), StateBackend::Sqlite);
+            for (bad, says) in [
+                ("mysql://u:pw@h/d", "state.url"),
+                ("postgres://u:s3cret@h/d?sslmode=require", "sslmode=require"),
+                ("postgres://u:s3cret@h:99999/d", "port"),
+            ] {
+                let o = Overrides { state_url: Some(StateUrl(bad.into())), ..Overrides::default() };
+                let e = Config::load(None, &o).unwrap_err().to_string();
+                assert!(e.contains(says) && !e.contains("s3cret") && !e.contains(":pw@"), "{bad}: {e}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn layers_apply_in_order_and_unknown_keys_are_errors() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("meter.toml", "listen = \"127.0.0.1:9000\"\n[ingest]\nmax_events_per_request = 50\n")?;
@@ -694,6 +789,7 @@ mod tests {
                 data_dir: None,
                 log_url: Some("kafka://k:9092".into()),
                 store_url: None,
+                state_url: None,
             };
             let c = Config::load(Some(Path::new("meter.toml")), &o).unwrap();
             assert_eq!(c.listen.port(), 1);

@@ -94,6 +94,13 @@ impl PgUrl {
         Self { database: database.to_string(), ..self.clone() }
     }
 
+    /// The whole URL, password included, for handing to a process of meter under test.
+    #[cfg(feature = "testing")]
+    pub fn with_password_text(&self) -> String {
+        let password = self.password.as_deref().map(|p| format!(":{p}")).unwrap_or_default();
+        format!("postgres://{}{password}@{}:{}/{}", self.user, self.host, self.port, self.database)
+    }
+
     /// The database's name.
     pub fn database(&self) -> &str {
         &self.database

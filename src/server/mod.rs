@@ -10,6 +10,8 @@ mod http;
 mod shared;
 mod sync;
 
+pub(crate) use shared::State;
+
 use crate::config::{Config, LogBackend};
 use anyhow::Context as _;
 use fs4::fs_std::FileExt;

@@ -1,15 +1,17 @@
 //! What every role of a process shares, opened once at start-up: keys, the log, the live
 //! counters and the history, the price book, the ledger with every tenant's plan, the webhooks.
 
-use crate::config::{Config, LogBackend, StoreBackend};
+use crate::config::{Config, LogBackend, StateBackend, StoreBackend};
 use anyhow::Context as _;
-use meter_auth::{KeyStore, Role, Sessions, SqliteKeys};
+use meter_auth::{KeyStore, PgKeys, Role, Sessions, SqliteKeys};
+use meter_billing::ledger::PgLedger;
 use meter_billing::{Ledger, PlanAllowances};
 use meter_eventlog::{EventLog, KafkaLog, KafkaSettings, SqliteLog};
+use meter_postgres::Pg;
 use meter_rater::PriceBook;
 use meter_schemas::Catalog;
-use meter_store::{ClickHouseStore, LiveStore, SqliteStore, UsageStore};
-use meter_webhooks::Webhooks;
+use meter_store::{ClickHouseStore, LiveStore, PgStore, SqliteStore, UsageStore};
+use meter_webhooks::{PgWebhooks, Webhooks};
 use std::sync::Arc;
 
 /// The components a process's roles share.
@@ -39,8 +41,7 @@ impl Shared {
     /// batch already raises its alerts.
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
         let catalog = Arc::new(config.catalog()?);
-        let keys = KeyStore::open(&config.keys_path()).context("opening the key table")?;
-        let sessions = Sessions::new(Arc::new(SqliteKeys::open(&config.keys_path()).context("opening the sessions")?));
+        let State { keys, sessions, live, ledger, webhooks } = State::open(config)?;
         if config.bootstrap_admin_key && keys.is_empty()? {
             let key = keys.create(Role::Admin, None)?;
             eprintln!(
@@ -50,20 +51,11 @@ impl Shared {
             );
         }
         let log = open_log(config).await?;
-        let live: Arc<dyn LiveStore> = Arc::new(
-            SqliteStore::open(&config.live_store_path()?, config.store.durability)
-                .context("opening the usage store")?,
-        );
         let book = Arc::new(config.price_book()?);
-        let ledger = Ledger::open(&config.ledger_path()).context("opening the billing ledger")?;
         ledger.check_price_book(&book).await?;
         let allowances = Arc::new(PlanAllowances::new(book.clone()));
         allowances.refresh(&ledger, meter_schemas::period::now_us()).await?;
         live.set_allowances(allowances.clone());
-        let webhooks = Arc::new(
-            Webhooks::open(&config.webhooks_path(), config.webhooks.settings())
-                .context("opening the webhook endpoints")?,
-        );
         let clickhouse = match config.store_backend()? {
             StoreBackend::ClickHouse(url) => Some(Arc::new(
                 ClickHouseStore::open(&url)
@@ -97,6 +89,86 @@ impl Shared {
             Some(ch) => (ch.clone(), config.sink.group.clone()),
             None => (self.live.clone(), config.aggregator.group.clone()),
         }
+    }
+}
+
+/// The state every process of an installation shares: in the data directory's SQLite files, or
+/// in one Postgres database for every host.
+pub(crate) struct State {
+    pub keys: Arc<KeyStore>,
+    pub sessions: Arc<Sessions>,
+    pub live: Arc<dyn LiveStore>,
+    pub ledger: Ledger,
+    pub webhooks: Arc<Webhooks>,
+}
+
+impl State {
+    /// Opens the configured backend of each piece of shared state. On Postgres, a database
+    /// that `meter migrate` has not brought to this build's schema is refused.
+    pub fn open(config: &Config) -> anyhow::Result<Self> {
+        let settings = config.webhooks.settings();
+        let (keys, sessions) = Self::keys(config)?;
+        Ok(match config.state_backend()? {
+            StateBackend::Sqlite => State {
+                keys,
+                sessions,
+                live: Arc::new(
+                    SqliteStore::open(&config.live_store_path()?, config.store.durability)
+                        .context("opening the usage store")?,
+                ),
+                ledger: Ledger::open(&config.ledger_path()).context("opening the billing ledger")?,
+                webhooks: Arc::new(
+                    Webhooks::open(&config.webhooks_path(), settings).context("opening the webhook endpoints")?,
+                ),
+            },
+            StateBackend::Postgres(url) => {
+                let pg = Arc::new(Pg::connect(&url, meter_postgres::MAX_CONNECTIONS)?);
+                State {
+                    keys,
+                    sessions,
+                    live: Arc::new(PgStore::open(pg.clone())?),
+                    ledger: Ledger::new(Arc::new(PgLedger::open(pg.clone())?)),
+                    webhooks: Arc::new(Webhooks::new(Arc::new(PgWebhooks::open(pg)?), settings)?),
+                }
+            }
+        })
+    }
+
+    /// The key table, cached, and the browser sessions kept beside it.
+    pub fn keys(config: &Config) -> anyhow::Result<(Arc<KeyStore>, Arc<Sessions>)> {
+        Ok(match config.state_backend()? {
+            StateBackend::Sqlite => {
+                std::fs::create_dir_all(&config.data_dir)?;
+                let keys = Arc::new(SqliteKeys::open(&config.keys_path()).context("opening the key table")?);
+                (KeyStore::new(keys.clone())?, Sessions::new(keys))
+            }
+            StateBackend::Postgres(url) => {
+                let keys = Arc::new(PgKeys::open(Arc::new(Pg::connect(&url, 2)?))?);
+                (KeyStore::new(keys.clone())?, Sessions::new(keys))
+            }
+        })
+    }
+
+    /// Creates or upgrades the shared state's schema (`meter migrate`); what was done, in words.
+    pub fn migrate(config: &Config) -> anyhow::Result<String> {
+        Ok(match config.state_backend()? {
+            StateBackend::Sqlite => {
+                std::fs::create_dir_all(&config.data_dir)?;
+                Self::open(config)?;
+                format!("SQLite state in {} is migrated", config.data_dir.display())
+            }
+            StateBackend::Postgres(url) => {
+                let pg = Pg::connect(&url, 1)?;
+                let versions = [
+                    ("keys", PgKeys::migrate(&pg)?),
+                    ("store", PgStore::migrate(&pg)?),
+                    ("ledger", PgLedger::migrate(&pg)?),
+                    ("webhooks", PgWebhooks::migrate(&pg)?),
+                ];
+                let versions: Vec<String> = versions.iter().map(|(c, v)| format!("{c} {v}")).collect();
+                format!("Postgres state at {url} is at schema versions {}", versions.join(", "))
+            }
+        })
     }
 }
 
