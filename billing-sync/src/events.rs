@@ -101,9 +101,15 @@ pub async fn run(
     provider: std::sync::Arc<dyn crate::Provider>,
     poll: std::time::Duration,
     catch_up_every: std::time::Duration,
+    lease: meter_webhooks::Lease,
 ) {
     let mut caught_up: Option<std::time::Instant> = None;
     loop {
+        // One processor for every host: Stripe's events are applied in Stripe's order, once.
+        if !lease.held().await {
+            tokio::time::sleep(poll).await;
+            continue;
+        }
         let now = meter_schemas::period::now_us();
         if caught_up.is_none_or(|t| t.elapsed() >= catch_up_every) {
             caught_up = Some(std::time::Instant::now());

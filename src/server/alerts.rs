@@ -44,6 +44,7 @@ pub(super) async fn start_alerts_if_needed(
         consumer: config.aggregator.group.clone(),
         partitions: config.log.partitions,
         after_us: config.alerts.advise_after.as_micros() as i64,
+        lease: shared.webhooks.single_runner("advisor"),
     };
     tasks.push(tokio::spawn(advise(advice, config.alerts.advise_every)));
     Ok(tasks)
@@ -58,6 +59,8 @@ struct Advice {
     consumer: String,
     partitions: u32,
     after_us: i64,
+    /// One advisor for every host.
+    lease: meter_webhooks::Lease,
 }
 
 /// Every `every`, rates each tenant's projected usage on the higher tiers and raises an
@@ -67,6 +70,9 @@ async fn advise(a: Advice, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !a.lease.held().await {
+            continue;
+        }
         let now = meter_schemas::period::now_us();
         let found = meter_billing::advisor::advise(
             a.after_us,

@@ -37,6 +37,7 @@ pub async fn start_sync_if_needed(
         provider,
         config.sync.poll,
         config.sync.catch_up_every,
+        shared.webhooks.single_runner("stripe-events"),
     );
     Ok(Some(tokio::spawn(async move {
         tokio::join!(worker.run(std::future::pending()), events);

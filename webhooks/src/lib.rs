@@ -237,6 +237,17 @@ impl Webhooks {
         self.store.lease(name.to_string(), holder.to_string(), until, now).await
     }
 
+    /// A lease named `name` for a loop that must run on one process of the installation at a
+    /// time (on every host): see [`Lease`].
+    pub fn single_runner(self: &Arc<Self>, name: &str) -> Lease {
+        Lease {
+            store: self.clone(),
+            name: name.to_string(),
+            holder: format!("{}-{}-{}", hostname(), std::process::id(), now_us()),
+            for_: LEASE,
+        }
+    }
+
     /// How far the alerts have been handed on to `name` (the last alert's `seq`).
     pub async fn cursor(&self, name: &str) -> Result<u64, Error> {
         self.store.cursor(name.to_string()).await
@@ -320,4 +331,37 @@ pub(crate) fn body_of(alert: &Alert) -> String {
         "data": alert,
     })
     .to_string()
+}
+
+/// How long a loop's lease lasts: its holder renews it every round (well within it), and
+/// another process takes over within this of the holder's death.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// The right of one process of an installation (of every host sharing its state) to run a loop
+/// that must not run twice at once: the alerts-topic publisher, the upgrade advisor, the
+/// processor of the payment provider's events. Held until [`LEASE`] after its last renewal.
+pub struct Lease {
+    store: Arc<Webhooks>,
+    name: String,
+    holder: String,
+    for_: Duration,
+}
+
+impl Lease {
+    /// Takes or renews the lease; false (logged) when another process holds it or the store
+    /// cannot be reached, so that the loop skips its round.
+    pub async fn held(&self) -> bool {
+        match self.store.lease(&self.name, &self.holder, self.for_).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, lease = %self.name, "taking a loop's lease failed; skipping this round");
+                false
+            }
+        }
+    }
+}
+
+/// This host's name, for telling lease holders apart.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into())
 }

@@ -10,9 +10,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long the publisher's lease lasts without renewal.
-pub const LEASE: Duration = Duration::from_secs(10);
-
 /// A producer of alerts to one topic.
 pub struct AlertTopic {
     producer: FutureProducer,
@@ -64,19 +61,14 @@ impl AlertTopic {
 
     /// Publishes as soon as alerts are raised, and every `poll`, until dropped. Of several
     /// processes on one data directory only the holder of a lease publishes (another takes over
-    /// within [`LEASE`] of its death), so an alert is not produced once per process.
+    /// within [`crate::LEASE`] of its death), so an alert is not produced once per process.
     pub async fn run(self, cursor: Arc<Webhooks>, alerts: Arc<dyn LiveStore>, poll: Duration) {
-        let me = format!("{}-{}", std::process::id(), meter_schemas::period::now_us());
+        let lease = cursor.single_runner("kafka");
         let mut rounds = crate::Rounds::new(&*alerts, poll);
         loop {
             rounds.next().await;
-            match cursor.lease("kafka", &me, LEASE).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "taking the alerts topic's lease failed; trying again");
-                    continue;
-                }
+            if !lease.held().await {
+                continue;
             }
             if let Err(e) = self.publish(&cursor, &*alerts).await {
                 tracing::warn!(error = %e, topic = %self.topic, "publishing alerts to Kafka failed; trying again");

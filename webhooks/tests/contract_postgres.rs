@@ -58,3 +58,25 @@ async fn hosts_never_claim_one_delivery_twice() {
     all.dedup();
     assert_eq!((all.len(), n), (200, 200));
 }
+
+/// A loop that must run once for every host: of three hosts' leases of one name, one is held,
+/// and it stays with its holder while renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_holds_a_single_runners_lease() {
+    use meter_webhooks::{Settings, Webhooks};
+    let url = database();
+    let leases: Vec<_> = (0..3)
+        .map(|_| Arc::new(Webhooks::new(Arc::new(host(&url)), Settings::default()).unwrap()).single_runner("advisor"))
+        .collect();
+    let mut holders = Vec::new();
+    for (i, l) in leases.iter().enumerate() {
+        if l.held().await {
+            holders.push(i);
+        }
+    }
+    assert_eq!(holders, [0]);
+    for _ in 0..3 {
+        assert!(leases[0].held().await, "renewed by its holder");
+        assert!(!leases[1].held().await && !leases[2].held().await);
+    }
+}
