@@ -61,7 +61,7 @@ fn start_up_refuses_what_it_cannot_use_and_never_prints_the_password() {
         let migrated = meter(&["migrate", "--state", &full], dir.path());
         let e = stderr(&migrated);
         assert!(migrated.status.success(), "{e}");
-        assert!(e.contains("schema versions keys 1, store 1, ledger 1, webhooks 1") && !e.contains(&password), "{e}");
+        assert!(e.contains("schema versions keys 1, store 2, ledger 1, webhooks 1") && !e.contains(&password), "{e}");
     }
     // A schema newer than this build is refused at start-up, naming the component.
     let pg = meter_postgres::Pg::connect(&url, 1).unwrap();
@@ -107,6 +107,50 @@ async fn two_hosts_share_only_kafka_and_postgres() {
     assert_eq!(retried, 0, "no request failed");
     assert_eq!(assert_exact(&a.url, &key, &events).await, 40);
     assert_eq!(assert_exact(&b.url, &key, &events).await, 40);
+
+    // The hard-limit race across hosts: a Starter tenant (agent invocations stop at 2,000) at
+    // 1,999 counted, twenty one-event requests at once, ten through each host: one accepted.
+    let r = client()
+        .post(format!("{}/api/v1/subscriptions", a.url))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"tenant": "capped", "plan": "starter", "cycle": "monthly"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let invocation = |i: usize| {
+        serde_json::json!({"transaction_id": format!("cap-{i}"), "external_customer_id": "capped",
+            "code": "agent.invocation", "timestamp": now_s,
+            "properties": {"model": "m", "input_tokens": 1, "output_tokens": 1}})
+    };
+    // Both hosts' plan caches see the subscription within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for chunk in (0..1999).map(invocation).collect::<Vec<_>>().chunks(100) {
+        let (status, body) = call(
+            reqwest::Method::POST,
+            format!("{}/api/v1/events/batch", a.url),
+            &key,
+            Some(serde_json::json!({ "events": chunk })),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_counted(&b.url, &key, "capped", now_us()).await;
+    let racers: Vec<_> = (0..20)
+        .map(|n| {
+            let (url, key, body) =
+                ([&a.url, &b.url][n % 2].clone(), key.clone(), serde_json::json!({ "events": [invocation(5000 + n)] }));
+            tokio::spawn(async move {
+                call(reqwest::Method::POST, format!("{url}/api/v1/events/batch"), &key, Some(body)).await.0
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in racers {
+        statuses.push(r.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 403), "{statuses:?}");
 
     // A key revoked through host A's command line stops working on host B once B's cache of
     // the key table is a second old.

@@ -5,7 +5,7 @@
 use crate::PlanAllowances;
 use async_trait::async_trait;
 use meter_schemas::{Catalog, Contribution, Event, Period};
-use meter_store::{LimitQuery, LimitSnapshot, LiveStore};
+use meter_store::{Decide, Hold, LimitQuery, LimitSnapshot, LimitState, LiveStore};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet, btree_map};
 use std::sync::{Arc, Mutex};
@@ -55,7 +55,7 @@ struct Reserved {
     counted_at: Option<(Instant, u64)>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 enum Add {
     /// Adds this much.
     Quantity(Decimal),
@@ -82,27 +82,151 @@ impl HardLimits {
     }
 }
 
-/// A tenant's period with hard limits, and the request's events that add to a limited meter.
-struct Group {
+/// What an event adds to each limited meter of its check (by position in its limits).
+type Adds = Vec<(usize, Contribution)>;
+
+/// An accepted event: its id and what it adds to each limited meter, by name.
+type Accepted = (String, Vec<(String, Add)>);
+
+/// One tenant's period of a check, owned, so that a shared store's transaction can decide it.
+struct Check {
+    tenant: String,
+    period: Period,
     /// Limited meters: name, included quantity, plan.
     limits: Vec<(String, Decimal, String)>,
-    /// Event index, and what it adds to each limited meter (by position in `limits`).
-    events: Vec<(usize, Vec<(usize, Contribution)>)>,
+    /// Request index, event id, and what it adds to each limited meter (by position in `limits`).
+    events: Vec<(usize, String, Adds)>,
 }
 
-#[async_trait]
-impl meter_ingest::Quota for HardLimits {
-    async fn refused(&self, events: &[Event]) -> Result<Vec<(usize, String)>, String> {
+impl Check {
+    fn query(&self, held_ids: impl Iterator<Item = String>) -> LimitQuery {
+        let mut ids: Vec<String> = self.events.iter().map(|(_, id, _)| id.clone()).collect();
+        ids.extend(held_ids);
+        let meters = self
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(p, (meter, _, _))| {
+                let values = self
+                    .events
+                    .iter()
+                    .flat_map(|(_, _, adds)| adds)
+                    .filter_map(|(q, c)| match c {
+                        Contribution::Unique(v) if *q == p => Some(v.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                (meter.clone(), values)
+            })
+            .collect();
+        LimitQuery { tenant: self.tenant.clone(), bucket: self.period.to_string(), ids, meters }
+    }
+
+    /// The one rule of a check: the events of the request that would take a limited meter past
+    /// its limit, given the counters (`state`), the accepted events not counted yet
+    /// (`uncounted`: what each adds) and every event held for the tenant (`held`: resends of
+    /// those go through). Returns the refusals and what each accepted event adds.
+    fn decide(
+        self,
+        state: LimitState,
+        uncounted: &[&[(String, Add)]],
+        held: &HashSet<&str>,
+    ) -> (Vec<(usize, String)>, Vec<Accepted>) {
+        let Check { tenant, period, limits, events } = self;
+        let counted = state.counted;
+        let mut used: BTreeMap<&str, Decimal> =
+            limits.iter().map(|(m, _, _)| (m.as_str(), state.values.get(m).copied().unwrap_or_default())).collect();
+        let mut distinct: HashMap<String, HashSet<String>> = state.known;
+        let mut add = |used: &mut BTreeMap<&str, Decimal>, meter: &str, a: &Add, apply: bool| -> Decimal {
+            let now = used.get(meter).copied().unwrap_or_default();
+            let after = match a {
+                Add::Quantity(q) => now.checked_add(*q).unwrap_or(Decimal::MAX),
+                Add::Distinct(v) => {
+                    let seen = distinct.entry(meter.to_string()).or_default();
+                    if seen.contains(v) {
+                        now
+                    } else {
+                        if apply {
+                            seen.insert(v.clone());
+                        }
+                        now + Decimal::ONE
+                    }
+                }
+            };
+            if apply && let Some(u) = used.get_mut(meter) {
+                *u = after;
+            }
+            after
+        };
+        for adds in uncounted {
+            for (m, a) in *adds {
+                add(&mut used, m, a, true);
+            }
+        }
+        let (mut refused, mut accepted) = (Vec::new(), Vec::new());
+        let mut in_request = HashSet::new();
+        for (i, id, contributions) in events {
+            if counted.contains(&id) || held.contains(id.as_str()) || !in_request.insert(id.clone()) {
+                continue;
+            }
+            let mut adds = Vec::new();
+            let mut over = None;
+            for (p, c) in contributions {
+                let (name, limit, plan) = &limits[p];
+                let name = name.as_str();
+                let a = match c {
+                    Contribution::Count => Add::Quantity(Decimal::ONE),
+                    Contribution::Sum(q) => Add::Quantity(q),
+                    Contribution::Unique(v) => Add::Distinct(v),
+                    Contribution::Max(q) | Contribution::Latest(q) => {
+                        if q > *limit {
+                            over = Some((name.to_string(), q, *limit, plan.clone()));
+                        }
+                        continue;
+                    }
+                };
+                let after = add(&mut used, name, &a, false);
+                if after > *limit {
+                    over = Some((name.to_string(), after, *limit, plan.clone()));
+                }
+                adds.push((name.to_string(), a));
+            }
+            match over {
+                Some((name, after, limit, plan)) => refused.push((
+                    i,
+                    format!(
+                        "would take tenant {tenant}'s {name} to {} in {period}, past the hard limit of {} of plan {plan}",
+                        after.normalize(),
+                        limit.normalize()
+                    ),
+                )),
+                None => {
+                    for (m, a) in &adds {
+                        add(&mut used, m, a, true);
+                    }
+                    if !adds.is_empty() {
+                        accepted.push((id, adds));
+                    }
+                }
+            }
+        }
+        (refused, accepted)
+    }
+}
+
+impl HardLimits {
+    /// The request's tenant periods with hard limits, and the events that add to them.
+    fn checks(&self, events: &[Event]) -> Vec<Check> {
         // Events that add nothing to a limited meter need no check: a request of only those
         // reads nothing.
-        let mut groups: BTreeMap<(&str, Period), Group> = BTreeMap::new();
+        let mut checks: BTreeMap<(&str, Period), Check> = BTreeMap::new();
         let mut unlimited: HashSet<(&str, Period)> = HashSet::new();
         for (i, e) in events.iter().enumerate() {
             let key = (e.tenant.as_str(), Period::containing(e.time_us));
             if unlimited.contains(&key) {
                 continue;
             }
-            let group = match groups.entry(key) {
+            let check = match checks.entry(key) {
                 btree_map::Entry::Occupied(o) => o.into_mut(),
                 btree_map::Entry::Vacant(v) => {
                     let limits = self.allowances.hard_limits(key.0, key.1);
@@ -110,7 +234,7 @@ impl meter_ingest::Quota for HardLimits {
                         unlimited.insert(key);
                         continue;
                     }
-                    v.insert(Group { limits, events: Vec::new() })
+                    v.insert(Check { tenant: key.0.to_string(), period: key.1, limits, events: Vec::new() })
                 }
             };
             let adds: Vec<(usize, Contribution)> = self
@@ -120,16 +244,60 @@ impl meter_ingest::Quota for HardLimits {
                 .into_iter()
                 .filter_map(|(m, c)| {
                     let name = &self.catalog.meters()[m].name;
-                    group.limits.iter().position(|(l, _, _)| l == name).map(|p| (p, c))
+                    check.limits.iter().position(|(l, _, _)| l == name).map(|p| (p, c))
                 })
                 .collect();
             if !adds.is_empty() {
-                group.events.push((i, adds));
+                check.events.push((i, e.id.clone(), adds));
             }
         }
-        groups.retain(|_, g| !g.events.is_empty());
-        if groups.is_empty() {
+        checks.into_values().filter(|c| !c.events.is_empty()).collect()
+    }
+
+    /// A check against the holds the live store keeps for every process of every host: the
+    /// store locks each tenant's period, reads the counters and the holds not counted yet, and
+    /// keeps what this check accepts, in one transaction. `None` when the store keeps no
+    /// shared holds.
+    async fn shared_check(&self, checks: Vec<Check>) -> Result<Option<Vec<(usize, String)>>, String> {
+        let queries: Vec<LimitQuery> = checks.iter().map(|c| c.query(std::iter::empty())).collect();
+        let decide: Decide = Box::new(move |snapshot: &LimitSnapshot, holds: &[Vec<Hold>]| {
+            let mut refused = Vec::new();
+            let mut new = Vec::new();
+            for ((check, state), holds) in checks.into_iter().zip(snapshot.states.iter().cloned()).zip(holds) {
+                let parsed: Vec<Vec<(String, Add)>> =
+                    holds.iter().map(|h| serde_json::from_str(&h.adds).unwrap_or_default()).collect();
+                let uncounted: Vec<&[(String, Add)]> = parsed.iter().map(Vec::as_slice).collect();
+                let held: HashSet<&str> = holds.iter().map(|h| h.id.as_str()).collect();
+                let (r, accepted) = check.decide(state, &uncounted, &held);
+                refused.extend(r);
+                new.push(
+                    accepted
+                        .into_iter()
+                        .map(|(id, adds)| Hold { id, adds: serde_json::to_string(&adds).unwrap_or_default() })
+                        .collect(),
+                );
+            }
+            // A request is taken whole or not at all: hold its events only when it is taken.
+            if !refused.is_empty() {
+                new.iter_mut().for_each(Vec::clear);
+            }
+            (new, refused)
+        });
+        self.live.limit_check(queries, RESERVED_FOR, decide).await.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl meter_ingest::Quota for HardLimits {
+    async fn refused(&self, events: &[Event]) -> Result<Vec<(usize, String)>, String> {
+        let checks = self.checks(events);
+        if checks.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.live.shares_holds() {
+            let mut refused = self.shared_check(checks).await?.unwrap_or_default();
+            refused.sort_by_key(|(i, _)| *i);
+            return Ok(refused);
         }
         // What is counted, for the whole request in one read: the request's ids and those held.
         let (queries, reading): (Vec<LimitQuery>, Reading) = {
@@ -138,30 +306,11 @@ impl meter_ingest::Quota for HardLimits {
             held.next_ticket += 1;
             held.reading.insert(ticket, Instant::now());
             let reserved = &held.by_tenant;
-            let queries = groups
+            let queries = checks
                 .iter()
-                .map(|((tenant, period), g)| {
-                    let mut ids: Vec<String> = g.events.iter().map(|(i, _)| events[*i].id.clone()).collect();
-                    let held = reserved.get(*tenant).into_iter().flatten();
-                    ids.extend(held.filter(|r| r.counted_at.is_none()).map(|r| r.id.clone()));
-                    let meters = g
-                        .limits
-                        .iter()
-                        .enumerate()
-                        .map(|(p, (meter, _, _))| {
-                            let values = g
-                                .events
-                                .iter()
-                                .flat_map(|(_, adds)| adds)
-                                .filter_map(|(q, c)| match c {
-                                    Contribution::Unique(v) if *q == p => Some(v.clone()),
-                                    _ => None,
-                                })
-                                .collect();
-                            (meter.clone(), values)
-                        })
-                        .collect();
-                    LimitQuery { tenant: tenant.to_string(), bucket: period.to_string(), ids, meters }
+                .map(|c| {
+                    let held = reserved.get(&c.tenant).into_iter().flatten();
+                    c.query(held.filter(|r| r.counted_at.is_none()).map(|r| r.id.clone()))
                 })
                 .collect();
             (queries, Reading { held: &self.held, ticket })
@@ -174,16 +323,16 @@ impl meter_ingest::Quota for HardLimits {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let oldest_other = held.reading.iter().find(|(t, _)| **t != reading.ticket).map(|(_, at)| *at);
         let reserved = &mut held.by_tenant;
-        let touched: Vec<&str> = groups.keys().map(|(tenant, _)| *tenant).collect();
-        for (((tenant, period), group), state) in groups.into_iter().zip(states) {
-            let Group { limits, events: mine_in_request } = group;
-            let counted = state.counted;
-            let mine = reserved.entry(tenant.to_string()).or_default();
+        let touched: Vec<String> = checks.iter().map(|c| c.tenant.clone()).collect();
+        for (check, state) in checks.into_iter().zip(states) {
+            let (tenant, period) = (check.tenant.clone(), check.period);
+            let mine = reserved.entry(tenant.clone()).or_default();
             let now = Instant::now();
-            for r in mine.iter_mut().filter(|r| counted.contains(&r.id)) {
+            for r in mine.iter_mut().filter(|r| state.counted.contains(&r.id)) {
                 r.counted_at.get_or_insert((now, progress));
             }
             // Held events add what this read does not count yet.
+            let counted = &state.counted;
             let uncounted =
                 |r: &Reserved| !counted.contains(&r.id) && r.counted_at.is_none_or(|(_, seen_at)| seen_at > progress);
             mine.retain(|r| match r.counted_at {
@@ -191,83 +340,13 @@ impl meter_ingest::Quota for HardLimits {
                 Some((seen, _)) => uncounted(r) || oldest_other.is_some_and(|began| began <= seen),
             });
             let held: HashSet<&str> = mine.iter().map(|r| r.id.as_str()).collect();
-            let mut used: BTreeMap<&str, Decimal> =
-                limits.iter().map(|(m, _, _)| (m.as_str(), state.values.get(m).copied().unwrap_or_default())).collect();
-            let mut distinct: HashMap<String, HashSet<String>> = state.known;
-            let mut add = |used: &mut BTreeMap<&str, Decimal>, meter: &str, a: &Add, apply: bool| -> Decimal {
-                let now = used.get(meter).copied().unwrap_or_default();
-                let after = match a {
-                    Add::Quantity(q) => now.checked_add(*q).unwrap_or(Decimal::MAX),
-                    Add::Distinct(v) => {
-                        let seen = distinct.entry(meter.to_string()).or_default();
-                        if seen.contains(v) {
-                            now
-                        } else {
-                            if apply {
-                                seen.insert(v.clone());
-                            }
-                            now + Decimal::ONE
-                        }
-                    }
-                };
-                if apply && let Some(u) = used.get_mut(meter) {
-                    *u = after;
-                }
-                after
-            };
-            for r in mine.iter().filter(|r| r.period == period && uncounted(r)) {
-                for (m, a) in &r.adds {
-                    add(&mut used, m, a, true);
-                }
-            }
-            let mut in_request = HashSet::new();
-            for (i, contributions) in mine_in_request {
-                let e = &events[i];
-                if counted.contains(&e.id) || !in_request.insert(e.id.as_str()) || held.contains(e.id.as_str()) {
-                    continue;
-                }
-                let mut adds = Vec::new();
-                let mut over = None;
-                for (p, c) in contributions {
-                    let (name, limit, plan) = &limits[p];
-                    let name = name.as_str();
-                    let a = match c {
-                        Contribution::Count => Add::Quantity(Decimal::ONE),
-                        Contribution::Sum(q) => Add::Quantity(q),
-                        Contribution::Unique(v) => Add::Distinct(v),
-                        Contribution::Max(q) | Contribution::Latest(q) => {
-                            if q > *limit {
-                                over = Some((name.to_string(), q, *limit, plan.clone()));
-                            }
-                            continue;
-                        }
-                    };
-                    let after = add(&mut used, name, &a, false);
-                    if after > *limit {
-                        over = Some((name.to_string(), after, *limit, plan.clone()));
-                    }
-                    adds.push((name.to_string(), a));
-                }
-                match over {
-                    Some((name, after, limit, plan)) => refused.push((
-                        i,
-                        format!(
-                            "would take tenant {tenant}'s {name} to {} in {period}, past the hard limit of {} of plan {plan}",
-                            after.normalize(),
-                            limit.normalize()
-                        ),
-                    )),
-                    None => {
-                        for (m, a) in &adds {
-                            add(&mut used, m, a, true);
-                        }
-                        if !adds.is_empty() {
-                            let r = Reserved { id: e.id.clone(), period, adds, at: now, accepted_at: progress, counted_at: None };
-                            accepted.push((tenant.to_string(), r));
-                        }
-                    }
-                }
-            }
+            let adds: Vec<&[(String, Add)]> =
+                mine.iter().filter(|r| r.period == period && uncounted(r)).map(|r| r.adds.as_slice()).collect();
+            let (r, taken) = check.decide(state.clone(), &adds, &held);
+            refused.extend(r);
+            accepted.extend(taken.into_iter().map(|(id, adds)| {
+                (tenant.clone(), Reserved { id, period, adds, at: now, accepted_at: progress, counted_at: None })
+            }));
         }
         // A request is taken whole or not at all: hold its events only when it is taken.
         if refused.is_empty() {
@@ -277,8 +356,8 @@ impl meter_ingest::Quota for HardLimits {
         }
         // A tenant with nothing held is forgotten (it may not send again).
         for tenant in &touched {
-            if reserved.get(*tenant).is_some_and(Vec::is_empty) {
-                reserved.remove(*tenant);
+            if reserved.get(tenant).is_some_and(Vec::is_empty) {
+                reserved.remove(tenant);
             }
         }
         drop(held);

@@ -18,7 +18,7 @@ pub mod testing;
 
 pub use alerts::{Alert, Allowances, Suggestion, Watch};
 pub use clickhouse::{ClickHouseStore, ClickHouseUrl, SCHEMA_VERSION as CLICKHOUSE_SCHEMA_VERSION};
-pub use limits::{LimitQuery, LimitSnapshot, LimitState};
+pub use limits::{Decide, Hold, LimitQuery, LimitSnapshot, LimitState};
 pub use postgres::PgStore;
 pub use reads::{DailyRange, Dimension, Source, UsageReads};
 pub use sqlite::SqliteStore;
@@ -247,6 +247,24 @@ pub trait LiveStore: UsageStore {
 
     /// Answers a hard-limit check's queries from one snapshot (see [`limits`]).
     async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<LimitSnapshot, Error>;
+
+    /// Whether the store keeps hard-limit holds for every process (of every host) that checks
+    /// limits ([`LiveStore::limit_check`]); otherwise each process keeps its own in memory,
+    /// which is exact only while one process checks a tenant's limits.
+    fn shares_holds(&self) -> bool;
+
+    /// A hard-limit check against the holds the store shares: under a lock on each query's
+    /// tenant and period, reads the queries' states with the holds not counted yet (a hold
+    /// whose event is counted is dropped; so is one older than `release_after` once the
+    /// counters moved past where it was accepted: its append failed), calls `decide`, keeps the
+    /// holds it returns, and commits; returns its refusals. `None` from a store that does not
+    /// share holds.
+    async fn limit_check(
+        &self,
+        queries: Vec<LimitQuery>,
+        release_after: std::time::Duration,
+        decide: Decide,
+    ) -> Result<Option<Vec<(usize, String)>>, Error>;
 
     /// Changes after every write that raised an alert, so that delivery need not poll; each
     /// subscriber (webhooks, the Kafka topic) sees every change.

@@ -39,3 +39,17 @@ pub struct LimitState {
     /// Each meter's unique values counted already, of those asked.
     pub known: HashMap<String, HashSet<String>>,
 }
+
+/// An accepted event held against its tenant's hard limits until it is counted, as a store that
+/// shares holds between processes keeps it: its id and what it adds (the caller's own text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// The event's id.
+    pub id: String,
+    /// What it adds to the limited meters, as the caller wrote it.
+    pub adds: String,
+}
+
+/// A shared hard-limit check's decision: given the snapshot and, per query, the holds not
+/// counted in it, the holds to keep per query (the events accepted now) and the refusals.
+pub type Decide = Box<dyn FnOnce(&LimitSnapshot, &[Vec<Hold>]) -> (Vec<Vec<Hold>>, Vec<(usize, String)>) + Send>;

@@ -33,7 +33,8 @@ use std::sync::{Arc, Mutex, RwLock};
 pub const COMPONENT: &str = "store";
 
 /// The `store` component's migrations, in order (version N is the N-th).
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE tallies (
         tenant text COLLATE \"C\" NOT NULL, meter text COLLATE \"C\" NOT NULL, bucket text COLLATE \"C\" NOT NULL,
         value numeric, latest_us bigint, latest_id text COLLATE \"C\",
@@ -63,7 +64,16 @@ pub const MIGRATIONS: &[&str] = &["
         raised_us bigint NOT NULL, kind text NOT NULL DEFAULT 'usage_threshold', suggested_plan text, saving text
     );
     CREATE INDEX alerts_by_tenant ON alerts (tenant, seq);
-"];
+",
+    "
+    -- Accepted events held against their tenant's hard limits until counted, for every host.
+    CREATE TABLE limit_holds (
+        tenant text COLLATE \"C\" NOT NULL, bucket text COLLATE \"C\" NOT NULL, id text COLLATE \"C\" NOT NULL,
+        adds text NOT NULL, accepted_progress bigint NOT NULL, created_us bigint NOT NULL,
+        PRIMARY KEY (tenant, bucket, id)
+    );
+",
+];
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
 type Key = (String, String, String);
@@ -746,6 +756,118 @@ impl LiveStore for PgStore {
                 tx.query_one("SELECT COALESCE(SUM(next_offset), 0)::int8 FROM checkpoints", &[]).await?.get(0);
             tx.commit().await?;
             Ok(LimitSnapshot { progress: progress.max(0) as u64, states })
+        })
+        .await
+    }
+
+    fn shares_holds(&self) -> bool {
+        true
+    }
+
+    async fn limit_check(
+        &self,
+        queries: Vec<LimitQuery>,
+        release_after: std::time::Duration,
+        decide: crate::Decide,
+    ) -> Result<Option<Vec<(usize, String)>>, Error> {
+        let release_us = release_after.as_micros() as i64;
+        self.read(async move |mut c| {
+            let tx = c.transaction().await?;
+            // One check at a time per tenant and period, on every host; locks taken in order.
+            let mut keys: Vec<i64> = queries.iter().map(|q| lock_key(&format!("limit:{}:{}", q.tenant, q.bucket))).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            tx.execute("SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest($1::int8[]) AS k ORDER BY 1) l", &[&keys])
+                .await?;
+            let read = tx
+                .prepare_cached(
+                    // One statement, one snapshot, taken after the locks: the ids counted (of the
+                    // request's and the held ones) always agree with the values.
+                    "SELECT 1, s.id, NULL::text, NULL::int8, NULL::int8 FROM seen s
+                       WHERE s.tenant = $1 AND (s.id = ANY($2)
+                             OR s.id IN (SELECT h.id FROM limit_holds h WHERE h.tenant = $1 AND h.bucket = $3))
+                     UNION ALL SELECT 2, t.meter, t.value::text, NULL, NULL FROM tallies t
+                       WHERE t.tenant = $1 AND t.bucket = $3 AND t.meter = ANY($4)
+                     UNION ALL SELECT 3, u.meter, u.value, NULL, NULL FROM uniques u
+                       JOIN unnest($5::text[], $6::text[]) AS x(meter, value) ON u.meter = x.meter AND u.value = x.value
+                       WHERE u.tenant = $1 AND u.bucket = $3
+                     UNION ALL SELECT 4, h.id, h.adds, h.accepted_progress, h.created_us FROM limit_holds h
+                       WHERE h.tenant = $1 AND h.bucket = $3
+                     UNION ALL SELECT 5, NULL, NULL, (SELECT COALESCE(SUM(next_offset), 0)::int8 FROM checkpoints), NULL",
+                )
+                .await?;
+            let now = now_us();
+            let mut progress = 0u64;
+            let (mut states, mut holds, mut released) = (Vec::new(), Vec::new(), Vec::new());
+            let mut accepted_at = Vec::new();
+            for q in &queries {
+                let names: Vec<&str> = q.meters.iter().map(|(m, _)| m.as_str()).collect();
+                let (um, uv): (Vec<&str>, Vec<&str>) =
+                    q.meters.iter().flat_map(|(m, vs)| vs.iter().map(move |v| (m.as_str(), v.as_str()))).unzip();
+                let rows = tx.query(&read, &[&q.tenant, &q.ids, &q.bucket, &names, &um, &uv]).await?;
+                let mut state = LimitState::default();
+                let mut held = Vec::new();
+                for r in &rows {
+                    match r.get::<_, i32>(0) {
+                        1 => {
+                            state.counted.insert(r.get(1));
+                        }
+                        2 => {
+                            if let Some(v) = decimal(r.get(2), "tally value")? {
+                                state.values.insert(r.get(1), v);
+                            }
+                        }
+                        3 => {
+                            state.known.entry(r.get(1)).or_insert_with(HashSet::new).insert(r.get(2));
+                        }
+                        4 => held.push((r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, i64>(3), r.get::<_, i64>(4))),
+                        _ => progress = r.get::<_, i64>(3).max(0) as u64,
+                    }
+                }
+                // Counted holds are let go; so are lost ones (old, and the counters moved on).
+                let mut kept = Vec::new();
+                for (id, adds, at_progress, created_us) in held {
+                    let lost = now - created_us > release_us && progress > at_progress as u64;
+                    if state.counted.contains(&id) || lost {
+                        released.push((q.tenant.clone(), q.bucket.clone(), id));
+                    } else {
+                        kept.push(crate::Hold { id, adds });
+                    }
+                }
+                states.push(state);
+                holds.push(kept);
+                accepted_at.push(q.bucket.clone());
+            }
+            let (new, refused) = decide(&LimitSnapshot { progress, states }, &holds);
+            let (mut t, mut b, mut ids, mut adds) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((q, bucket), new) in queries.iter().zip(&accepted_at).zip(new) {
+                for h in new {
+                    t.push(q.tenant.clone());
+                    b.push(bucket.clone());
+                    ids.push(h.id);
+                    adds.push(h.adds);
+                }
+            }
+            if !released.is_empty() {
+                let col = |i: usize| released.iter().map(|r| [&r.0, &r.1, &r.2][i].as_str()).collect::<Vec<_>>();
+                tx.execute(
+                    "DELETE FROM limit_holds h USING unnest($1::text[], $2::text[], $3::text[]) AS x(t, b, id)
+                     WHERE h.tenant = x.t AND h.bucket = x.b AND h.id = x.id",
+                    &[&col(0), &col(1), &col(2)],
+                )
+                .await?;
+            }
+            if !ids.is_empty() {
+                tx.execute(
+                    "INSERT INTO limit_holds (tenant, bucket, id, adds, accepted_progress, created_us)
+                     SELECT t, b, id, a, $5, $6 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(t, b, id, a)
+                     ON CONFLICT DO NOTHING",
+                    &[&t, &b, &ids, &adds, &(progress as i64), &now],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Some(refused))
         })
         .await
     }

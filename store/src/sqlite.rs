@@ -223,6 +223,20 @@ impl LiveStore for SqliteStore {
         .await?)
     }
 
+    /// One file on one host: the process that checks limits keeps its holds in memory.
+    fn shares_holds(&self) -> bool {
+        false
+    }
+
+    async fn limit_check(
+        &self,
+        _: Vec<LimitQuery>,
+        _: Duration,
+        _: crate::Decide,
+    ) -> Result<Option<Vec<(usize, String)>>, Error> {
+        Ok(None)
+    }
+
     /// Changes after every write that raised an alert, so that delivery need not poll; each
     /// subscriber (webhooks, the Kafka topic) sees every change.
     fn alerted(&self) -> tokio::sync::watch::Receiver<u64> {
