@@ -164,3 +164,75 @@ async fn two_hosts_share_only_kafka_and_postgres() {
     assert_eq!(call(reqwest::Method::GET, read(&b.url), &reader, None).await.0, 401);
     assert_eq!(call(reqwest::Method::GET, read(&a.url), &reader, None).await.0, 401);
 }
+
+/// Postgres killed for a few seconds under load, then started again on the same data: ingest
+/// keeps answering for meters without a hard limit (the log holds the events), answers 503
+/// with `Retry-After` for a hard-limited meter (deciding it needs Postgres), `/readyz` names
+/// Postgres; counting resumes and ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_fails_no_unlimited_request_and_ends_exact() {
+    use meter_postgres::testing::PostgresServer;
+    let pg_dir = tempfile::tempdir().unwrap();
+    let server = PostgresServer::start(pg_dir.path());
+    let state = server.url().with_password_text();
+    let kafka = DevKafka::start(4);
+    let dir = tempfile::tempdir().unwrap();
+    assert!(meter(&["migrate", "--state", &state], dir.path()).status.success());
+    let mut env = kafka.env();
+    env.push(("METER__STATE__URL", state.clone()));
+    let m = Meter::start(dir.path(), &env_refs(&env));
+    let key = keys(&["create", "--role", "admin"], &state, dir.path());
+    let (status, body) = call(
+        reqwest::Method::POST,
+        format!("{}/api/v1/subscriptions", m.url),
+        &key,
+        Some(serde_json::json!({"tenant": "capped", "plan": "starter", "cycle": "monthly"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let now_s = now_us() / 1_000_000;
+    let events: Arc<Vec<Value>> =
+        Arc::new((0..100_000).map(|i| meter_tools::loadgen::event("pgr", i, 20, now_s)).collect());
+    let stream = Stream::start(events.clone(), Arc::new(RwLock::new(vec![m.url.clone()])), key.clone(), 2);
+    while stream.done.load(std::sync::atomic::Ordering::SeqCst) < stream.batches / 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut server = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.kill();
+        server
+    })
+    .await
+    .unwrap();
+    // Down: readiness names Postgres; a hard-limited meter's event waits for it.
+    let ready = client().get(format!("{}/readyz", m.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("postgres"), "{why}");
+    let capped = serde_json::json!({"events": [{"transaction_id": "cap-1", "external_customer_id": "capped",
+        "code": "agent.invocation", "timestamp": now_s,
+        "properties": {"model": "m", "input_tokens": 1, "output_tokens": 1}}]});
+    let r =
+        client().post(format!("{}/api/v1/events/batch", m.url)).bearer_auth(&key).json(&capped).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let down_done = stream.done.load(std::sync::atomic::Ordering::SeqCst);
+    let _server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let retried = stream.finish().await;
+    eprintln!("{down_done} batches acknowledged by the end of the outage; {retried} requests retried");
+    assert_eq!(retried, 0, "ingest kept answering for the unlimited meters");
+    assert_eq!(assert_exact(&m.url, &key, &events).await, 20);
+    let r =
+        client().post(format!("{}/api/v1/events/batch", m.url)).bearer_auth(&key).json(&capped).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready = client().get(format!("{}/readyz", m.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+}

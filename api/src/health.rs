@@ -11,8 +11,9 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the aggregator is running and its batches succeed, so usage keeps up with ingest.
-/// The body also says when the ClickHouse sink is failing.
+/// Readiness: the shared state's Postgres (when configured) answers, and the aggregator is
+/// running and its batches succeed, so usage keeps up with ingest. The body says which
+/// dependency fails, and also when the ClickHouse sink is failing.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -20,6 +21,12 @@ pub async fn healthz() -> &'static str {
     responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready", body = String))
 )]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
+    // The shared state's server down: keys, plans and the live counters cannot be read fresh.
+    if let Some(probe) = &state.health.state
+        && let Err(why) = probe.check().await
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, why);
+    }
     // A failing ClickHouse sink does not make the process unready: ingest keeps accepting into
     // the log, and the sink catches up when ClickHouse is back.
     match (state.health.aggregator_status(), state.health.sink_status()) {

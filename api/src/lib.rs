@@ -16,7 +16,7 @@ pub mod sync;
 pub mod usage;
 pub mod webhooks;
 
-pub use state::{AppState, Billing, Health};
+pub use state::{AppState, Billing, Health, StateProbe};
 
 use meter_schemas::envelope::check_id;
 use std::sync::Arc;

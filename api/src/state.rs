@@ -63,6 +63,15 @@ pub struct Health {
     pub aggregator: Mutex<Option<Aggregator>>,
     /// The ClickHouse sink, while it runs.
     pub sink: Mutex<Option<Aggregator>>,
+    /// The shared state's database, when it is a server (Postgres): checked at each readiness
+    /// probe.
+    pub state: Option<Arc<dyn StateProbe>>,
+}
+
+/// A check that the shared state's server answers.
+pub trait StateProbe: Send + Sync {
+    /// `Ok` when it answers in time; otherwise why not, naming the server (never a password).
+    fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
 }
 
 impl Health {

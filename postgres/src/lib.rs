@@ -34,7 +34,7 @@ pub enum Error {
         reason: String,
     },
     /// Postgres refused or failed a statement.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// A component's schema in the database was written by a newer meter.
     #[error(
@@ -195,6 +195,15 @@ impl Pg {
     /// Runs `f` on the pool's runtime from async code.
     pub async fn spawn<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
         self.rt().spawn(f).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
+/// A statement's error in words: the server's message and code, or the innermost cause
+/// (tokio-postgres says only "db error" or "error communicating with the server").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => reason(e),
     }
 }
 

@@ -107,7 +107,12 @@ pub async fn run_roles(
     let state = Arc::new(app_state(
         &shared,
         &config,
-        Health { runs_aggregator: roles.aggregate, aggregator: Mutex::new(aggregator), sink: Mutex::new(sink) },
+        Health {
+            runs_aggregator: roles.aggregate,
+            aggregator: Mutex::new(aggregator),
+            sink: Mutex::new(sink),
+            state: shared.pg.clone().map(|pg| Arc::new(shared::PgProbe(pg)) as Arc<dyn meter_api::StateProbe>),
+        },
     ));
     let app = http::app(state.clone(), ingest);
 

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 /// The components a process's roles share.
 pub(super) struct Shared {
+    /// The shared state's Postgres pool, when it is there.
+    pub pg: Option<Arc<Pg>>,
     pub keys: Arc<KeyStore>,
     /// Browser sessions, kept beside the keys.
     pub sessions: Arc<Sessions>,
@@ -41,7 +43,7 @@ impl Shared {
     /// batch already raises its alerts.
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
         let catalog = Arc::new(config.catalog()?);
-        let State { keys, sessions, live, ledger, webhooks } = State::open(config)?;
+        let State { pg, keys, sessions, live, ledger, webhooks } = State::open(config)?;
         if config.bootstrap_admin_key && keys.is_empty()? {
             let key = keys.create(Role::Admin, None)?;
             eprintln!(
@@ -67,6 +69,7 @@ impl Shared {
         let provider = provider(config)?;
         let grace = config.billing.grace;
         Ok(Shared {
+            pg,
             keys,
             sessions,
             catalog,
@@ -95,6 +98,8 @@ impl Shared {
 /// The state every process of an installation shares: in the data directory's SQLite files, or
 /// in one Postgres database for every host.
 pub(crate) struct State {
+    /// The Postgres pool, when the state is there.
+    pub pg: Option<Arc<Pg>>,
     pub keys: Arc<KeyStore>,
     pub sessions: Arc<Sessions>,
     pub live: Arc<dyn LiveStore>,
@@ -110,6 +115,7 @@ impl State {
         let (keys, sessions) = Self::keys(config)?;
         Ok(match config.state_backend()? {
             StateBackend::Sqlite => State {
+                pg: None,
                 keys,
                 sessions,
                 live: Arc::new(
@@ -128,7 +134,8 @@ impl State {
                     sessions,
                     live: Arc::new(PgStore::open(pg.clone())?),
                     ledger: Ledger::new(Arc::new(PgLedger::open(pg.clone())?)),
-                    webhooks: Arc::new(Webhooks::new(Arc::new(PgWebhooks::open(pg)?), settings)?),
+                    webhooks: Arc::new(Webhooks::new(Arc::new(PgWebhooks::open(pg.clone())?), settings)?),
+                    pg: Some(pg),
                 }
             }
         })
@@ -167,6 +174,26 @@ impl State {
                 ];
                 let versions: Vec<String> = versions.iter().map(|(c, v)| format!("{c} {v}")).collect();
                 format!("Postgres state at {url} is at schema versions {}", versions.join(", "))
+            }
+        })
+    }
+}
+
+/// Readiness: the shared state's Postgres answers a `SELECT 1` within two seconds.
+pub(super) struct PgProbe(pub Arc<Pg>);
+
+impl meter_api::StateProbe for PgProbe {
+    fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let pg = self.0.clone();
+            let asked = self.0.spawn(async move {
+                let c = pg.client().await.map_err(|e| e.to_string())?;
+                c.simple_query("SELECT 1").await.map(drop).map_err(|e| e.to_string())
+            });
+            match tokio::time::timeout(std::time::Duration::from_secs(2), asked).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("postgres (the shared state) failing: {e}")),
+                Err(_) => Err(format!("postgres (the shared state) at {} did not answer within 2 s", self.0.url())),
             }
         })
     }
