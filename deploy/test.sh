@@ -68,6 +68,10 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
 fi
 /usr/bin/chromium --version
 
+step "deploy"
+# The Dockerfile, the compose file and the Kubernetes manifests, by their own validators.
+deploy/validate.sh
+
 step "format"
 cargo fmt --all -- --check
 

@@ -29,7 +29,7 @@ pub enum Command {
     /// Run the sync outbox's worker: closed invoices to Stripe (`[stripe] api_key`), exactly once;
     /// or, with a subcommand, ask a running meter about the sync.
     Sync(SyncArgs),
-    /// Create or upgrade the usage store's schema (ClickHouse; SQLite upgrades itself).
+    /// Create or upgrade the schemas: the shared state on Postgres (`--state`) and the usage store on ClickHouse (SQLite upgrades itself).
     Migrate(ConfigArgs),
     /// Manage API keys.
     #[command(subcommand)]
