@@ -61,6 +61,9 @@ meter_eventlog::eventlog_contract!(kafka());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_with_another_partition_count_is_refused() {
     let k = kafka();
+    // The topic exists with 4 partitions: made by this first open on a real broker (the mock
+    // has it from the start, having no CreateTopics).
+    k.open().await;
     let mut other = k.settings.clone();
     other.partitions = 8;
     let err = KafkaLog::open(other).await.err().expect("refused");
