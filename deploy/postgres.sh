@@ -29,6 +29,8 @@ dir=$(cd "$dir" && pwd)
 if [ "$(id -u)" = 0 ]; then
   chown -R postgres:postgres "$dir"
   as_pg=(setpriv --reuid=postgres --regid=postgres --init-groups)
+  "${as_pg[@]}" test -x "$dir" \
+    || { echo "the postgres user cannot reach $dir: every directory above it must be searchable (chmod o+x)" >&2; exit 1; }
 else
   as_pg=()
 fi

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Issue 15's figures: the live counters on Postgres against SQLite, side by side in one run, on
+# `meter dev kafka` mock clusters (8 partitions) and a private Postgres cluster with fsync on.
+#   1. aggregator throughput: one backlog of EVENTS events (produced once with meter's producer,
+#      `loadgen --direct-kafka`, 1,000 tenants each sending all five codes); then ROUNDS rounds,
+#      each counting the whole backlog with a fresh consumer group and empty state, SQLite then
+#      Postgres: events per CPU-second, the CPU being the aggregator's plus, on Postgres, the
+#      Postgres server's (its processes and the backends it reaped);
+#   2. event-to-counter p50/p99 at a fixed RATE events/s for 20 s, each backend on a fresh mock
+#      cluster with `meter ingest` and `meter aggregate` (histogram
+#      `meter_aggregator_event_to_counter_seconds`, bucket-interpolated);
+#   3. 1, 2 and 3 aggregator processes on Postgres counting the backlog: wall events/s.
+#   EVENTS=300000 ROUNDS=3 RATE=20000 benches/postgres.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS=${EVENTS:-300000}
+ROUNDS=${ROUNDS:-3}
+RATE=${RATE:-20000}
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q --bin meter
+  BIN=target/release/meter
+fi
+dir=$(mktemp -d /tmp/meter-bench-pg.XXXXXX)
+chmod 755 "$dir"  # the Postgres server runs as `postgres` and keeps its data under it
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  [ -f "$dir/pg/pid" ] && kill -INT "$(cat "$dir/pg/pid")" 2>/dev/null || true
+  sleep 1
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+pg_port=${PG_PORT:-18791}
+pg=$(METER_PG_FSYNC=on deploy/postgres.sh "$dir/pg" "$pg_port")
+pg_pid=$(cat "$dir/pg/pid")
+hz=$(getconf CLK_TCK)
+# CPU ticks of the Postgres server: the postmaster, its live children, and the children it reaped.
+pg_ticks() {
+  local t
+  t=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pg_pid/stat")
+  for c in $(pgrep -P "$pg_pid"); do
+    t=$((t + $(awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+fresh_db() {  # a new, migrated database; prints its URL (called in a subshell: named by the clock)
+  local name; name="bench_$(date +%s%N)"
+  psql -q "$pg" -c "CREATE DATABASE $name" >/dev/null || { echo "cannot create $name" >&2; exit 1; }
+  local url="${pg%/postgres}/$name"
+  $BIN migrate --state "$url" --data-dir "$dir/migrate" >/dev/null 2>&1 || { echo "cannot migrate $name" >&2; exit 1; }
+  echo "$url"
+}
+# start NAME ARGS...: runs `meter ARGS` in the background and waits for its address line.
+start() {
+  local name=$1; shift
+  RUST_LOG=warn $BIN "$@" >"$dir/$name.out" 2>"$dir/$name.err" &
+  echo $! >"$dir/$name.pid"
+  for _ in $(seq 300); do grep -qE 'bootstrap|listening' "$dir/$name.out" && return; sleep 0.1; done
+  echo "$name did not start" >&2; cat "$dir/$name.err" >&2; exit 1
+}
+stop() { local p; p=$(cat "$dir/$1.pid"); kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; }
+address() { sed -n 's/^meter listening on //p; s/^kafka bootstrap: //p' "$dir/$1.out"; }
+counted() { curl -s "$1/metrics" | awk '/^meter_aggregator_events_total/ { s += $2 } END { print s + 0 }'; }
+owned() { curl -s "$1/metrics" | awk '/^meter_aggregator_owned_partitions/ { s += $2 } END { print s + 0 }'; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+export METER__LOG__PARTITIONS=8 METER__BOOTSTRAP_ADMIN_KEY=false
+
+start kafka dev kafka --partitions 8
+backlog=$(address kafka)
+$BIN loadgen --direct-kafka "$backlog" --key unused --id-prefix backlog --events "$EVENTS" --tenants 1000 \
+  --batch 100 --concurrency 32 --partitions 8 >/dev/null 2>&1
+echo "== 1. aggregator counting a backlog of $EVENTS events (1,000 tenants, all five codes), $ROUNDS rounds"
+run=0
+count_backlog() {  # BACKEND STATE_URL: prints "events/s-wall events-per-CPU-second agg-CPU-s pg-CPU-s"
+  run=$((run + 1))
+  local name="agg$run"
+  mkdir -p "$dir/$name"
+  local p0; p0=$(pg_ticks)
+  METER__LOG__URL="kafka://$backlog" METER__AGGREGATOR__GROUP="bench-$run" METER__STATE__URL="$2" \
+    start "$name" aggregate --data-dir "$dir/$name" --listen 127.0.0.1:0
+  local pid url; pid=$(cat "$dir/$name.pid"); url=$(address "$name")
+  until [ "$(owned "$url")" = 8 ]; do sleep 0.05; done
+  local t0 a0 c; t0=$(date +%s.%N); a0=$(cpu_ticks "$pid"); p0=$(pg_ticks)
+  while [ "$(counted "$url")" -lt "$EVENTS" ]; do sleep 0.05; done
+  local t1 a1 p1; t1=$(date +%s.%N); a1=$(cpu_ticks "$pid"); p1=$(pg_ticks)
+  [ "$1" = sqlite ] && p1=$p0
+  stop "$name"
+  awk -v n="$EVENTS" -v w="$(echo "$t1 - $t0" | bc)" -v a=$((a1 - a0)) -v p=$((p1 - p0)) -v hz="$hz" -v b="$1" 'BEGIN {
+    printf "%-8s %8.0f events/s wall, %8.0f events per CPU-second (aggregator %.2f CPU s + postgres %.2f CPU s)\n",
+      b, n / w, n / ((a + p) / hz), a / hz, p / hz }'
+}
+for r in $(seq "$ROUNDS"); do
+  echo "round $r"
+  count_backlog sqlite sqlite
+  count_backlog postgres "$(fresh_db)"
+done
+
+echo "== 2. event to counter at $RATE events/s for 20 s"
+latency() {  # BACKEND STATE_URL
+  run=$((run + 1))
+  local k="kafka$run" d="$dir/lat$run"
+  mkdir -p "$d"
+  start "$k" dev kafka --partitions 8
+  export METER__LOG__URL="kafka://$(address "$k")"
+  local key; key=$($BIN keys create --role admin --data-dir "$d" --state "$2" 2>/dev/null)
+  METER__STATE__URL="$2" start "ing$run" ingest --data-dir "$d" --listen 127.0.0.1:0
+  METER__STATE__URL="$2" start "lag$run" aggregate --data-dir "$d" --listen 127.0.0.1:0
+  local aurl; aurl=$(address "lag$run")
+  until [ "$(owned "$aurl")" = 8 ]; do sleep 0.1; done
+  local sent; sent=$($BIN loadgen --url "$(address "ing$run")" --key "$key" --id-prefix "lat$run" --rate "$RATE" \
+    --events $((RATE * 20)) --tenants 1000 --batch 100 --concurrency 32 2>/dev/null | head -1)
+  sleep 1
+  curl -s "$aurl/metrics" | awk -v b="$1" -v sent="$sent" '
+    /^meter_aggregator_event_to_counter_seconds_bucket/ {
+      match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; bound[n] = le; count[n] = $2 }
+    END {
+      total = count[n]; out = ""
+      for (q = 1; q <= 2; q++) {
+        want = (q == 1 ? 0.5 : 0.99) * total; prev_b = 0; prev_c = 0
+        for (i = 1; i <= n; i++) if (count[i] >= want) {
+          v = bound[i] == "+Inf" ? prev_b : prev_b + (bound[i] - prev_b) * (want - prev_c) / (count[i] - prev_c); break }
+          else { prev_b = bound[i]; prev_c = count[i] }
+        out = out sprintf(" p%s %.1f ms", (q == 1 ? "50" : "99"), v * 1000) }
+      printf "%-8s%s (%d events counted; loadgen: %s)\n", b, out, total, sent }'
+  stop "lag$run"; stop "ing$run"; stop "$k"
+}
+latency sqlite sqlite
+latency postgres "$(fresh_db)"
+
+echo "== 3. 1, 2 and 3 aggregators on Postgres counting the backlog of $EVENTS events"
+export METER__LOG__URL="kafka://$backlog"
+for k in 1 2 3; do
+  run=$((run + 1))
+  state=$(fresh_db)
+  urls=()
+  for i in $(seq "$k"); do
+    mkdir -p "$dir/s$run-$i"
+    METER__AGGREGATOR__GROUP="scale-$run" METER__STATE__URL="$state" \
+      start "s$run-$i" aggregate --data-dir "$dir/s$run-$i" --listen 127.0.0.1:0
+    urls+=("$(address "s$run-$i")")
+  done
+  total_owned() { local s=0; for u in "${urls[@]}"; do s=$((s + $(owned "$u"))); done; echo $s; }
+  total_counted() { local s=0; for u in "${urls[@]}"; do s=$((s + $(counted "$u"))); done; echo $s; }
+  every_one_owns() { for u in "${urls[@]}"; do [ "$(owned "$u")" -gt 0 ] || return 1; done; }
+  # Every partition assigned, and to every process (the group settled).
+  until [ "$(total_owned)" = 8 ] && every_one_owns; do sleep 0.1; done
+  t0=$(date +%s.%N); p0=$(pg_ticks)
+  while [ "$(total_counted)" -lt "$EVENTS" ]; do sleep 0.05; done
+  t1=$(date +%s.%N); p1=$(pg_ticks)
+  for i in $(seq "$k"); do stop "s$run-$i"; done
+  awk -v n="$EVENTS" -v w="$(echo "$t1 - $t0" | bc)" -v k="$k" -v p=$((p1 - p0)) -v hz="$hz" 'BEGIN {
+    printf "%d aggregator(s): %8.0f events/s wall (postgres %.2f CPU s of %.2f s wall)\n", k, n / w, p / hz, w }'
+done
