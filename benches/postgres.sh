@@ -108,7 +108,8 @@ latency() {  # BACKEND STATE_URL
   local aurl; aurl=$(address "lag$run")
   until [ "$(owned "$aurl")" = 8 ]; do sleep 0.1; done
   local sent; sent=$($BIN loadgen --url "$(address "ing$run")" --key "$key" --id-prefix "lat$run" --rate "$RATE" \
-    --events $((RATE * 20)) --tenants 1000 --batch 100 --concurrency 32 2>/dev/null | head -1)
+    --events $((RATE * 20)) --tenants 1000 --batch 100 --concurrency 32 2>/dev/null)
+  sent=${sent%%$'\n'*}  # its first line (a pipe to head would close under its later lines)
   sleep 1
   curl -s "$aurl/metrics" | awk -v b="$1" -v sent="$sent" '
     /^meter_aggregator_event_to_counter_seconds_bucket/ {
