@@ -15,6 +15,7 @@ pub use url::PgUrl;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -190,6 +191,18 @@ impl Pg {
         } else {
             self.rt().block_on(f)
         }
+    }
+
+    /// Runs `f` with a pooled connection on the pool's runtime, from async code; errors are the
+    /// caller's own (a failure to get a connection becomes one through `From`).
+    pub async fn with<T, E, F>(self: &Arc<Self>, f: impl FnOnce(Object) -> F + Send + 'static) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let pg = self.clone();
+        self.spawn(async move { f(pg.client().await?).await }).await
     }
 
     /// Runs `f` on the pool's runtime from async code.

@@ -19,7 +19,7 @@ use crate::{
     Series, Totals, UsageStore,
 };
 use async_trait::async_trait;
-use meter_postgres::deadpool_postgres::{Object, Transaction};
+use meter_postgres::deadpool_postgres::Transaction;
 use meter_postgres::tokio_postgres::{IsolationLevel, Row};
 use meter_postgres::{Pg, lock_key};
 use meter_schemas::period::{day_of, format_day, format_time, now_us};
@@ -123,15 +123,6 @@ impl PgStore {
     /// Creates or upgrades the tables (`meter migrate`).
     pub fn migrate(pg: &Pg) -> Result<i64, Error> {
         Ok(meter_postgres::migrate(pg, COMPONENT, MIGRATIONS)?)
-    }
-
-    /// Runs `f` with a pooled connection on the pool's runtime, from async code.
-    async fn read<T: Send + 'static, F>(&self, f: impl FnOnce(Object) -> F + Send + 'static) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, Error>> + Send + 'static,
-    {
-        let pg = self.pg.clone();
-        self.pg.spawn(async move { f(pg.client().await?).await }).await
     }
 
     /// Counts `new` alerts of `kind` just committed and wakes this process's subscribers.
@@ -366,19 +357,7 @@ impl PgStore {
         tx: &Transaction<'_>,
         keys: HashSet<Key>,
     ) -> Result<(HashMap<Key, Tally>, HashSet<Key>), Error> {
-        let mut out = HashMap::with_capacity(keys.len());
-        let mut missing = Vec::new();
-        {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            for k in keys {
-                match cache.get(&k) {
-                    Some(t) => {
-                        out.insert(k, t.clone());
-                    }
-                    None => missing.push(k),
-                }
-            }
-        }
+        let (mut out, missing) = from_cache(&self.cache, keys);
         if missing.is_empty() {
             return Ok((out, HashSet::new()));
         }
@@ -393,10 +372,7 @@ impl PgStore {
         for r in tx.query(&load, &[&col(0), &col(1), &col(2)]).await? {
             out.insert((r.get(0), r.get(1), r.get(2)), tally(&r, 3)?);
         }
-        let new: HashSet<Key> = missing.into_iter().filter(|k| !out.contains_key(k)).collect();
-        for k in &new {
-            out.insert(k.clone(), Tally::default());
-        }
+        let new = start_new(&mut out, missing);
         Ok((out, new))
     }
 
@@ -406,19 +382,7 @@ impl PgStore {
         tx: &Transaction<'_>,
         keys: HashSet<GroupKey>,
     ) -> Result<(HashMap<GroupKey, Tally>, HashSet<GroupKey>), Error> {
-        let mut out = HashMap::with_capacity(keys.len());
-        let mut missing = Vec::new();
-        {
-            let cache = self.group_cache.lock().unwrap_or_else(|e| e.into_inner());
-            for k in keys {
-                match cache.get(&k) {
-                    Some(t) => {
-                        out.insert(k, t.clone());
-                    }
-                    None => missing.push(k),
-                }
-            }
-        }
+        let (mut out, missing) = from_cache(&self.group_cache, keys);
         if missing.is_empty() {
             return Ok((out, HashSet::new()));
         }
@@ -436,12 +400,38 @@ impl PgStore {
             let amount = decimal(r.get(5), "breakdown amount")?;
             out.insert((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), Tally { value: amount, latest: None });
         }
-        let new: HashSet<GroupKey> = missing.into_iter().filter(|k| !out.contains_key(k)).collect();
-        for k in &new {
-            out.insert(k.clone(), Tally::default());
-        }
+        let new = start_new(&mut out, missing);
         Ok((out, new))
     }
+}
+
+/// The tallies of `keys` the cache holds, and the keys it does not (to read from the table).
+fn from_cache<K: Clone + Eq + std::hash::Hash>(
+    cache: &Mutex<HashMap<K, Tally>>,
+    keys: HashSet<K>,
+) -> (HashMap<K, Tally>, Vec<K>) {
+    let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = HashMap::with_capacity(keys.len());
+    let mut missing = Vec::new();
+    for k in keys {
+        match cache.get(&k) {
+            Some(t) => {
+                out.insert(k, t.clone());
+            }
+            None => missing.push(k),
+        }
+    }
+    (out, missing)
+}
+
+/// Of the keys `missing` from the cache, those the table had no row for either: each starts
+/// empty in `out`, and is returned to be inserted rather than updated.
+fn start_new<K: Clone + Eq + std::hash::Hash>(out: &mut HashMap<K, Tally>, missing: Vec<K>) -> HashSet<K> {
+    let new: HashSet<K> = missing.into_iter().filter(|k| !out.contains_key(k)).collect();
+    for k in &new {
+        out.insert(k.clone(), Tally::default());
+    }
+    new
 }
 
 /// Writes the folded tallies and breakdown amounts: rows that exist are updated in place (an
@@ -583,92 +573,101 @@ impl UsageStore for PgStore {
         let tenant = tenant.to_string();
         let (consumer, partition) = (coverage.consumer.to_string(), coverage.partition as i32);
         let (from, to) = (period.to_string(), period.next().to_string());
-        self.read(async move |mut c| {
-            // One snapshot for the tallies and the watermark.
-            let tx =
-                c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
-            let rows = tx
-                .query(
-                    "SELECT meter, bucket, value::text, latest_us, latest_id FROM tallies
+        self.pg
+            .with(async move |mut c| {
+                // One snapshot for the tallies and the watermark.
+                let tx = c
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let rows = tx
+                    .query(
+                        "SELECT meter, bucket, value::text, latest_us, latest_id FROM tallies
                      WHERE tenant = $1 AND bucket >= $2 AND bucket < $3",
-                    &[&tenant, &from, &to],
-                )
-                .await?;
-            let watermark_us: Option<i64> = tx
-                .query_opt(
-                    "SELECT watermark_us FROM checkpoints WHERE consumer = $1 AND partition = $2",
-                    &[&consumer, &partition],
-                )
-                .await?
-                .and_then(|r| r.get(0));
-            tx.commit().await?;
-            let mut usage = PeriodUsage { meters: Default::default(), watermark_us };
-            for r in &rows {
-                let (meter, bucket): (String, String) = (r.get(0), r.get(1));
-                let entry: &mut MeterTallies = usage.meters.entry(meter).or_default();
-                if bucket.len() == 7 {
-                    entry.period = tally(r, 2)?;
-                } else {
-                    entry.days.insert(bucket, tally(r, 2)?);
+                        &[&tenant, &from, &to],
+                    )
+                    .await?;
+                let watermark_us: Option<i64> = tx
+                    .query_opt(
+                        "SELECT watermark_us FROM checkpoints WHERE consumer = $1 AND partition = $2",
+                        &[&consumer, &partition],
+                    )
+                    .await?
+                    .and_then(|r| r.get(0));
+                tx.commit().await?;
+                let mut usage = PeriodUsage { meters: Default::default(), watermark_us };
+                for r in &rows {
+                    let (meter, bucket): (String, String) = (r.get(0), r.get(1));
+                    let entry: &mut MeterTallies = usage.meters.entry(meter).or_default();
+                    if bucket.len() == 7 {
+                        entry.period = tally(r, 2)?;
+                    } else {
+                        entry.days.insert(bucket, tally(r, 2)?);
+                    }
                 }
-            }
-            Ok(usage)
-        })
-        .await
+                Ok(usage)
+            })
+            .await
     }
 
     async fn daily(&self, tenant: &str, from: Date, to: Date) -> Result<Series, Error> {
         let args = [tenant.to_string(), format_day(from), format_day(to)];
-        self.read(async move |c| {
-            let rows = c
-                .query(
-                    "SELECT meter, bucket, value::text, latest_us, latest_id FROM tallies
+        self.pg
+            .with(async move |c| {
+                let rows = c
+                    .query(
+                        "SELECT meter, bucket, value::text, latest_us, latest_id FROM tallies
                      WHERE tenant = $1 AND bucket >= $2 AND bucket < $3 AND length(bucket) = 10",
-                    &[&args[0], &args[1], &args[2]],
-                )
-                .await?;
-            nest(&rows)
-        })
-        .await
+                        &[&args[0], &args[1], &args[2]],
+                    )
+                    .await?;
+                nest(&rows)
+            })
+            .await
     }
 
     async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
         let bucket = period.to_string();
-        self.read(async move |c| {
-            let rows = c
-                .query(
-                    "SELECT tenant, meter, value::text, latest_us, latest_id FROM tallies WHERE bucket = $1",
-                    &[&bucket],
-                )
-                .await?;
-            nest(&rows)
-        })
-        .await
+        self.pg
+            .with(async move |c| {
+                let rows = c
+                    .query(
+                        "SELECT tenant, meter, value::text, latest_us, latest_id FROM tallies WHERE bucket = $1",
+                        &[&bucket],
+                    )
+                    .await?;
+                nest(&rows)
+            })
+            .await
     }
 
     async fn breakdown(&self, tenant: &str, period: Period) -> Result<Breakdown, Error> {
         let (tenant, period) = (tenant.to_string(), period.to_string());
-        self.read(async move |c| {
-            let rows = c
-                .query(
-                    "SELECT meter, property, value, amount::text FROM breakdowns WHERE tenant = $1 AND period = $2",
-                    &[&tenant, &period],
-                )
-                .await?;
-            let mut out = Breakdown::new();
-            for r in &rows {
-                let amount = decimal(r.get(3), "breakdown amount")?.unwrap_or_default();
-                out.entry(r.get(0)).or_default().entry(r.get(1)).or_default().insert(r.get(2), amount);
-            }
-            Ok(out)
-        })
-        .await
+        self.pg
+            .with(async move |c| {
+                let rows = c
+                    .query(
+                        "SELECT meter, property, value, amount::text FROM breakdowns WHERE tenant = $1 AND period = $2",
+                        &[&tenant, &period],
+                    )
+                    .await?;
+                let mut out = Breakdown::new();
+                for r in &rows {
+                    let amount = decimal(r.get(3), "breakdown amount")?.unwrap_or_default();
+                    out.entry(r.get(0)).or_default().entry(r.get(1)).or_default().insert(r.get(2), amount);
+                }
+                Ok(out)
+            })
+            .await
     }
 
     async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, Error> {
         let consumer = consumer.to_string();
         let marks = self
-            .read(async move |c| {
+            .pg
+            .with(async move |c| {
                 let rows = c
                     .query(
                         "SELECT partition, watermark_us FROM checkpoints
@@ -676,7 +675,7 @@ impl UsageStore for PgStore {
                         &[&consumer],
                     )
                     .await?;
-                Ok(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1))).collect::<Vec<_>>())
+                Ok::<_, Error>(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1))).collect::<Vec<_>>())
             })
             .await?;
         Ok(crate::slowest(&marks, partitions))
@@ -750,54 +749,59 @@ impl LiveStore for PgStore {
     }
 
     async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<LimitSnapshot, Error> {
-        self.read(async move |mut c| {
-            let tx =
-                c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
-            let mut states = Vec::with_capacity(queries.len());
-            for q in queries {
-                let mut state = LimitState::default();
-                if !q.ids.is_empty() {
+        self.pg
+            .with(async move |mut c| {
+                let tx = c
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let mut states = Vec::with_capacity(queries.len());
+                for q in queries {
+                    let mut state = LimitState::default();
+                    if !q.ids.is_empty() {
+                        let rows = tx
+                            .query("SELECT id FROM seen WHERE tenant = $1 AND id = ANY($2)", &[&q.tenant, &q.ids])
+                            .await?;
+                        state.counted = rows.iter().map(|r| r.get(0)).collect();
+                    }
+                    let names: Vec<&str> = q.meters.iter().map(|(m, _)| m.as_str()).collect();
                     let rows = tx
-                        .query("SELECT id FROM seen WHERE tenant = $1 AND id = ANY($2)", &[&q.tenant, &q.ids])
-                        .await?;
-                    state.counted = rows.iter().map(|r| r.get(0)).collect();
-                }
-                let names: Vec<&str> = q.meters.iter().map(|(m, _)| m.as_str()).collect();
-                let rows = tx
                     .query(
                         "SELECT meter, value::text FROM tallies WHERE tenant = $1 AND bucket = $2 AND meter = ANY($3)",
                         &[&q.tenant, &q.bucket, &names],
                     )
                     .await?;
-                for r in &rows {
-                    if let Some(v) = decimal(r.get(1), "tally value")? {
-                        state.values.insert(r.get(0), v);
+                    for r in &rows {
+                        if let Some(v) = decimal(r.get(1), "tally value")? {
+                            state.values.insert(r.get(0), v);
+                        }
                     }
-                }
-                let (um, uv): (Vec<&str>, Vec<&str>) =
-                    q.meters.iter().flat_map(|(m, vs)| vs.iter().map(move |v| (m.as_str(), v.as_str()))).unzip();
-                if !um.is_empty() {
-                    let rows = tx
-                        .query(
-                            "SELECT u.meter, u.value FROM uniques u
+                    let (um, uv): (Vec<&str>, Vec<&str>) =
+                        q.meters.iter().flat_map(|(m, vs)| vs.iter().map(move |v| (m.as_str(), v.as_str()))).unzip();
+                    if !um.is_empty() {
+                        let rows = tx
+                            .query(
+                                "SELECT u.meter, u.value FROM uniques u
                              JOIN unnest($3::text[], $4::text[]) AS k(meter, value)
                                ON u.meter = k.meter AND u.value = k.value
                              WHERE u.tenant = $1 AND u.bucket = $2",
-                            &[&q.tenant, &q.bucket, &um, &uv],
-                        )
-                        .await?;
-                    for r in &rows {
-                        state.known.entry(r.get(0)).or_insert_with(HashSet::new).insert(r.get(1));
+                                &[&q.tenant, &q.bucket, &um, &uv],
+                            )
+                            .await?;
+                        for r in &rows {
+                            state.known.entry(r.get(0)).or_insert_with(HashSet::new).insert(r.get(1));
+                        }
                     }
+                    states.push(state);
                 }
-                states.push(state);
-            }
-            let progress: i64 =
-                tx.query_one("SELECT COALESCE(SUM(next_offset), 0)::int8 FROM checkpoints", &[]).await?.get(0);
-            tx.commit().await?;
-            Ok(LimitSnapshot { progress: progress.max(0) as u64, states })
-        })
-        .await
+                let progress: i64 =
+                    tx.query_one("SELECT COALESCE(SUM(next_offset), 0)::int8 FROM checkpoints", &[]).await?.get(0);
+                tx.commit().await?;
+                Ok(LimitSnapshot { progress: progress.max(0) as u64, states })
+            })
+            .await
     }
 
     fn shares_holds(&self) -> bool {
@@ -811,7 +815,7 @@ impl LiveStore for PgStore {
         decide: crate::Decide,
     ) -> Result<Option<Vec<(usize, String)>>, Error> {
         let release_us = release_after.as_micros() as i64;
-        self.read(async move |mut c| {
+        self.pg.with(async move |mut c| {
             let tx = c.transaction().await?;
             // One check at a time per tenant and period, on every host; locks taken in order.
             let mut keys: Vec<i64> = queries.iter().map(|q| lock_key(&format!("limit:{}:{}", q.tenant, q.bucket))).collect();
@@ -918,40 +922,41 @@ impl LiveStore for PgStore {
 
     async fn alerts(&self, tenant: Option<&str>, after_seq: u64, limit: usize) -> Result<Vec<Alert>, Error> {
         let tenant = tenant.map(str::to_string);
-        self.read(async move |c| {
-            let rows = c
-                .query(
-                    "SELECT seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us,
+        self.pg
+            .with(async move |c| {
+                let rows = c
+                    .query(
+                        "SELECT seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us,
                             kind, suggested_plan, saving
                      FROM alerts WHERE seq > $1 AND ($2::text IS NULL OR tenant = $2) ORDER BY seq LIMIT $3",
-                    &[&(after_seq as i64), &tenant, &(limit as i64)],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| {
-                    let kind: String = r.get(11);
-                    let threshold = kind == "usage_threshold";
-                    let some = |i: usize| threshold.then(|| r.get::<_, String>(i));
-                    Alert {
-                        seq: r.get::<_, i64>(0) as u64,
-                        id: r.get(1),
-                        tenant: r.get(2),
-                        meter: some(3),
-                        period: r.get(4),
-                        percent: threshold.then(|| r.get::<_, i32>(5) as u32),
-                        threshold: some(6),
-                        included: some(7),
-                        value: some(8),
-                        plan: r.get(9),
-                        raised_at: format_time(r.get(10)),
-                        kind,
-                        suggested_plan: r.get(12),
-                        saving: r.get(13),
-                    }
-                })
-                .collect())
-        })
-        .await
+                        &[&(after_seq as i64), &tenant, &(limit as i64)],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let kind: String = r.get(11);
+                        let threshold = kind == "usage_threshold";
+                        let some = |i: usize| threshold.then(|| r.get::<_, String>(i));
+                        Alert {
+                            seq: r.get::<_, i64>(0) as u64,
+                            id: r.get(1),
+                            tenant: r.get(2),
+                            meter: some(3),
+                            period: r.get(4),
+                            percent: threshold.then(|| r.get::<_, i32>(5) as u32),
+                            threshold: some(6),
+                            included: some(7),
+                            value: some(8),
+                            plan: r.get(9),
+                            raised_at: format_time(r.get(10)),
+                            kind,
+                            suggested_plan: r.get(12),
+                            saving: r.get(13),
+                        }
+                    })
+                    .collect())
+            })
+            .await
     }
 }

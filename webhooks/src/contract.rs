@@ -129,13 +129,33 @@ pub async fn concurrent_claimers_never_share_a_delivery(s: Arc<dyn WebhookStore>
         add(&*s, &format!("e{e}"), Some("t"), false, e).await;
     }
     s.queue((0..50).map(|i| alert(&format!("a{i}"), "t")).collect(), Some(50), 100).await.unwrap();
-    let claimers: Vec<_> = (0..6)
-        .map(|_| {
+    let mut all = claim_everything(std::slice::from_ref(&s), 6, 7, 200, 10_000).await;
+    let claimed = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), claimed, "a delivery claimed twice");
+    assert_eq!(claimed, 200, "every due delivery claimed: 50 alerts × 4 endpoints");
+}
+
+/// `claimers` dispatchers, spread over `stores` (hosts), each claiming `room` at a time at
+/// `now_us` until nothing is due; every delivery id each got.
+pub async fn claim_everything(
+    stores: &[Arc<dyn WebhookStore>],
+    claimers: usize,
+    room: usize,
+    now_us: i64,
+    until_us: i64,
+) -> Vec<u64> {
+    let tasks: Vec<_> = stores
+        .iter()
+        .cycle()
+        .take(claimers)
+        .map(|s| {
             let s = s.clone();
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let got = s.claim(7, 100, HashMap::new(), 200, 10_000).await.unwrap();
+                    let got = s.claim(room, 100, HashMap::new(), now_us, until_us).await.unwrap();
                     if got.is_empty() {
                         return mine;
                     }
@@ -145,14 +165,10 @@ pub async fn concurrent_claimers_never_share_a_delivery(s: Arc<dyn WebhookStore>
         })
         .collect();
     let mut all = Vec::new();
-    for c in claimers {
-        all.extend(c.await.unwrap());
+    for t in tasks {
+        all.extend(t.await.unwrap());
     }
-    let claimed = all.len();
-    all.sort_unstable();
-    all.dedup();
-    assert_eq!(all.len(), claimed, "a delivery claimed twice");
-    assert_eq!(claimed, 200, "every due delivery claimed: 50 alerts × 4 endpoints");
+    all
 }
 
 /// Expands to one test per contract body, for a backend given by a factory of empty stores.

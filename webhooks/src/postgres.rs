@@ -7,7 +7,6 @@ use crate::store::{Attempted, Due, Queued, StoredEndpoint, WebhookStore};
 use crate::{Delivery, Endpoint, Error};
 use async_trait::async_trait;
 use meter_postgres::Pg;
-use meter_postgres::deadpool_postgres::Object;
 use meter_schemas::period::format_time;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,15 +49,6 @@ impl PgWebhooks {
     pub fn migrate(pg: &Pg) -> Result<i64, Error> {
         Ok(meter_postgres::migrate(pg, COMPONENT, MIGRATIONS)?)
     }
-
-    /// Runs `f` with a pooled connection on the pool's runtime.
-    async fn with<T: Send + 'static, F>(&self, f: impl FnOnce(Object) -> F + Send + 'static) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, Error>> + Send + 'static,
-    {
-        let pg = self.pg.clone();
-        self.pg.spawn(async move { f(pg.client().await?).await }).await
-    }
 }
 
 impl From<meter_postgres::tokio_postgres::Error> for Error {
@@ -70,51 +60,59 @@ impl From<meter_postgres::tokio_postgres::Error> for Error {
 #[async_trait]
 impl WebhookStore for PgWebhooks {
     async fn insert_endpoint(&self, e: StoredEndpoint) -> Result<(), Error> {
-        self.with(async move |c| {
-            c.execute(
+        self.pg
+            .with(async move |c| {
+                c.execute(
                 "INSERT INTO endpoints (id, url, tenant, secret, created_us, by_admin) VALUES ($1, $2, $3, $4, $5, $6)",
                 &[&e.endpoint.id, &e.endpoint.url, &e.endpoint.tenant, &e.secret, &e.created_us, &e.by_admin],
             )
             .await?;
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await
     }
 
     async fn endpoints(&self, tenant: Option<String>) -> Result<Vec<Endpoint>, Error> {
-        self.with(async move |c| {
-            let rows = c
-                .query(
-                    "SELECT id, url, tenant, created_us FROM endpoints
+        self.pg
+            .with(async move |c| {
+                let rows = c
+                    .query(
+                        "SELECT id, url, tenant, created_us FROM endpoints
                      WHERE $1::text IS NULL OR (tenant = $1 AND NOT by_admin) ORDER BY created_us, id",
-                    &[&tenant],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| Endpoint { id: r.get(0), url: r.get(1), tenant: r.get(2), created_at: format_time(r.get(3)) })
-                .collect())
-        })
-        .await
+                        &[&tenant],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| Endpoint {
+                        id: r.get(0),
+                        url: r.get(1),
+                        tenant: r.get(2),
+                        created_at: format_time(r.get(3)),
+                    })
+                    .collect())
+            })
+            .await
     }
 
     async fn remove_endpoint(&self, id: String, tenant: Option<String>) -> Result<(), Error> {
-        self.with(async move |mut c| {
-            let tx = c.transaction().await?;
-            let n = tx
-                .execute(
-                    "DELETE FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR (tenant = $2 AND NOT by_admin))",
-                    &[&id, &tenant],
-                )
-                .await?;
-            if n == 0 {
-                return Err(Error::NotFound(format!("webhook endpoint {id:?}")));
-            }
-            tx.execute("DELETE FROM deliveries WHERE endpoint_id = $1 AND state <> 'delivered'", &[&id]).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.pg
+            .with(async move |mut c| {
+                let tx = c.transaction().await?;
+                let n = tx
+                    .execute(
+                        "DELETE FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR (tenant = $2 AND NOT by_admin))",
+                        &[&id, &tenant],
+                    )
+                    .await?;
+                if n == 0 {
+                    return Err(Error::NotFound(format!("webhook endpoint {id:?}")));
+                }
+                tx.execute("DELETE FROM deliveries WHERE endpoint_id = $1 AND state <> 'delivered'", &[&id]).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn deliveries(
@@ -123,7 +121,7 @@ impl WebhookStore for PgWebhooks {
         state: Option<String>,
         limit: usize,
     ) -> Result<Vec<Delivery>, Error> {
-        self.with(async move |c| {
+        self.pg.with(async move |c| {
             let rows = c
                 .query(
                     "SELECT d.id, d.alert_id, d.tenant, d.endpoint_id, d.state, d.attempts, d.next_us, d.last_error
@@ -155,97 +153,102 @@ impl WebhookStore for PgWebhooks {
     }
 
     async fn retry(&self, id: u64, tenant: Option<String>, now_us: i64) -> Result<(), Error> {
-        self.with(async move |mut c| {
-            let tx = c.transaction().await?;
-            let row = tx
-                .query_opt(
-                    "SELECT d.state FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+        self.pg
+            .with(async move |mut c| {
+                let tx = c.transaction().await?;
+                let row = tx
+                    .query_opt(
+                        "SELECT d.state FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
                      WHERE d.id = $1 AND ($2::text IS NULL OR (e.tenant = $2 AND NOT e.by_admin)) FOR UPDATE OF d",
-                    &[&(id as i64), &tenant],
-                )
-                .await?;
-            match row.as_ref().map(|r| r.get::<_, &str>(0)) {
-                None => return Err(Error::NotFound(format!("delivery {id}"))),
-                Some("dead") => {}
-                Some(other) => {
-                    return Err(Error::Conflict(format!("delivery {id} is {other}; only a dead one is retried")));
+                        &[&(id as i64), &tenant],
+                    )
+                    .await?;
+                match row.as_ref().map(|r| r.get::<_, &str>(0)) {
+                    None => return Err(Error::NotFound(format!("delivery {id}"))),
+                    Some("dead") => {}
+                    Some(other) => {
+                        return Err(Error::Conflict(format!("delivery {id} is {other}; only a dead one is retried")));
+                    }
                 }
-            }
-            tx.execute(
+                tx.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, first_us = NULL, next_us = $2 WHERE id = $1",
                 &[&(id as i64), &now_us],
             )
             .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn lease(&self, name: String, holder: String, until_us: i64, now_us: i64) -> Result<bool, Error> {
-        self.with(async move |c| {
-            let n = c
-                .execute(
-                    "INSERT INTO leases AS l (name, holder, until_us) VALUES ($1, $2, $3)
+        self.pg
+            .with(async move |c| {
+                let n = c
+                    .execute(
+                        "INSERT INTO leases AS l (name, holder, until_us) VALUES ($1, $2, $3)
                      ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_us = excluded.until_us
                      WHERE l.holder = excluded.holder OR l.until_us < $4",
-                    &[&name, &holder, &until_us, &now_us],
-                )
-                .await?;
-            Ok(n == 1)
-        })
-        .await
+                        &[&name, &holder, &until_us, &now_us],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+            .await
     }
 
     async fn cursor(&self, name: String) -> Result<u64, Error> {
-        self.with(async move |c| {
-            let row = c.query_opt("SELECT seq FROM fanned_out WHERE name = $1", &[&name]).await?;
-            Ok(row.map_or(0, |r| r.get::<_, i64>(0)) as u64)
-        })
-        .await
+        self.pg
+            .with(async move |c| {
+                let row = c.query_opt("SELECT seq FROM fanned_out WHERE name = $1", &[&name]).await?;
+                Ok(row.map_or(0, |r| r.get::<_, i64>(0)) as u64)
+            })
+            .await
     }
 
     async fn move_cursor(&self, name: String, seq: u64) -> Result<(), Error> {
-        self.with(async move |c| {
-            c.execute(
-                "INSERT INTO fanned_out AS f (name, seq) VALUES ($1, $2)
+        self.pg
+            .with(async move |c| {
+                c.execute(
+                    "INSERT INTO fanned_out AS f (name, seq) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET seq = GREATEST(f.seq, excluded.seq)",
-                &[&name, &(seq as i64)],
-            )
-            .await?;
-            Ok(())
-        })
-        .await
+                    &[&name, &(seq as i64)],
+                )
+                .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn queue(&self, alerts: Vec<Queued>, through_seq: Option<u64>, now_us: i64) -> Result<(), Error> {
-        self.with(async move |mut c| {
-            let ids: Vec<&str> = alerts.iter().map(|a| a.alert_id.as_str()).collect();
-            let tenants: Vec<&str> = alerts.iter().map(|a| a.tenant.as_str()).collect();
-            let bodies: Vec<&str> = alerts.iter().map(|a| a.body.as_str()).collect();
-            let tx = c.transaction().await?;
-            tx.execute(
-                "INSERT INTO deliveries (alert_id, tenant, endpoint_id, body, state, attempts, next_us)
+        self.pg
+            .with(async move |mut c| {
+                let ids: Vec<&str> = alerts.iter().map(|a| a.alert_id.as_str()).collect();
+                let tenants: Vec<&str> = alerts.iter().map(|a| a.tenant.as_str()).collect();
+                let bodies: Vec<&str> = alerts.iter().map(|a| a.body.as_str()).collect();
+                let tx = c.transaction().await?;
+                tx.execute(
+                    "INSERT INTO deliveries (alert_id, tenant, endpoint_id, body, state, attempts, next_us)
                  SELECT a.alert_id, a.tenant, e.id, a.body, 'pending', 0, $4
                  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS a(alert_id, tenant, body, n)
                  JOIN endpoints e ON e.tenant IS NULL OR e.tenant = a.tenant
                  ORDER BY a.n, e.created_us, e.id
                  ON CONFLICT (alert_id, endpoint_id) DO NOTHING",
-                &[&ids, &tenants, &bodies, &now_us],
-            )
-            .await?;
-            if let Some(seq) = through_seq {
-                tx.execute(
-                    "INSERT INTO fanned_out AS f (name, seq) VALUES ('alerts', $1)
-                     ON CONFLICT (name) DO UPDATE SET seq = GREATEST(f.seq, excluded.seq)",
-                    &[&(seq as i64)],
+                    &[&ids, &tenants, &bodies, &now_us],
                 )
                 .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+                if let Some(seq) = through_seq {
+                    tx.execute(
+                        "INSERT INTO fanned_out AS f (name, seq) VALUES ('alerts', $1)
+                     ON CONFLICT (name) DO UPDATE SET seq = GREATEST(f.seq, excluded.seq)",
+                        &[&(seq as i64)],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn claim(
@@ -260,9 +263,10 @@ impl WebhookStore for PgWebhooks {
         // cannot fill the window of due rows. Rows another dispatcher is claiming are skipped,
         // and those it claimed are no longer due once it commits.
         let full: Vec<String> = busy.iter().filter(|(_, n)| **n >= per_endpoint).map(|(e, _)| e.clone()).collect();
-        self.with(async move |mut c| {
-            let tx = c.transaction().await?;
-            let rows = tx
+        self.pg
+            .with(async move |mut c| {
+                let tx = c.transaction().await?;
+                let rows = tx
                 .query(
                     "SELECT d.id, d.endpoint_id, e.by_admin, d.alert_id, e.url, e.secret, d.body, d.attempts, d.first_us
                      FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
@@ -272,40 +276,41 @@ impl WebhookStore for PgWebhooks {
                     &[&now_us, &((room * per_endpoint * 4) as i64), &full],
                 )
                 .await?;
-            let mut due = Vec::new();
-            for r in &rows {
-                let endpoint_id: String = r.get(1);
-                let n = busy.entry(endpoint_id.clone()).or_default();
-                if *n < per_endpoint {
-                    *n += 1;
-                    let attempts: i32 = r.get(7);
-                    due.push(Due {
-                        id: r.get::<_, i64>(0) as u64,
-                        endpoint_id,
-                        by_admin: r.get(2),
-                        alert_id: r.get(3),
-                        url: r.get(4),
-                        secret: r.get(5),
-                        body: r.get(6),
-                        attempts: attempts as u32,
-                        first_us: r.get(8),
-                    });
-                    if due.len() == room {
-                        break;
+                let mut due = Vec::new();
+                for r in &rows {
+                    let endpoint_id: String = r.get(1);
+                    let n = busy.entry(endpoint_id.clone()).or_default();
+                    if *n < per_endpoint {
+                        *n += 1;
+                        let attempts: i32 = r.get(7);
+                        due.push(Due {
+                            id: r.get::<_, i64>(0) as u64,
+                            endpoint_id,
+                            by_admin: r.get(2),
+                            alert_id: r.get(3),
+                            url: r.get(4),
+                            secret: r.get(5),
+                            body: r.get(6),
+                            attempts: attempts as u32,
+                            first_us: r.get(8),
+                        });
+                        if due.len() == room {
+                            break;
+                        }
                     }
                 }
-            }
-            let claimed: Vec<i64> = due.iter().map(|d| d.id as i64).collect();
-            tx.execute("UPDATE deliveries SET next_us = $2 WHERE id = ANY($1)", &[&claimed, &until_us]).await?;
-            tx.commit().await?;
-            Ok(due)
-        })
-        .await
+                let claimed: Vec<i64> = due.iter().map(|d| d.id as i64).collect();
+                tx.execute("UPDATE deliveries SET next_us = $2 WHERE id = ANY($1)", &[&claimed, &until_us]).await?;
+                tx.commit().await?;
+                Ok(due)
+            })
+            .await
     }
 
     async fn record(&self, id: u64, attempted: Attempted) -> Result<(), Error> {
-        self.with(async move |c| {
-            match attempted {
+        self.pg
+            .with(async move |c| {
+                match attempted {
                 Attempted::Delivered { attempts, first_us, at_us } => {
                     c.execute(
                         "UPDATE deliveries SET state = 'delivered', attempts = $2, first_us = $3, delivered_us = $4,
@@ -330,8 +335,8 @@ impl WebhookStore for PgWebhooks {
                     .await?
                 }
             };
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await
     }
 }

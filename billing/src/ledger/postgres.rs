@@ -17,7 +17,7 @@ use super::{Admit, Change, CloseSummary, LedgerStore, UsedList};
 use crate::Error;
 use crate::close::Close;
 use async_trait::async_trait;
-use meter_postgres::deadpool_postgres::{GenericClient, Object, Transaction};
+use meter_postgres::deadpool_postgres::{GenericClient, Transaction};
 use meter_postgres::tokio_postgres::Row;
 use meter_postgres::{Pg, lock_key};
 use meter_rater::Subscription;
@@ -105,15 +105,6 @@ impl PgLedger {
     pub fn with_part_bytes(self, bytes: usize) -> Self {
         Self { part_bytes: bytes, ..self }
     }
-
-    /// Runs `f` with a pooled connection on the pool's runtime.
-    async fn with<T: Send + 'static, F>(&self, f: impl FnOnce(Object) -> F + Send + 'static) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, Error>> + Send + 'static,
-    {
-        let pg = self.pg.clone();
-        self.pg.spawn(async move { f(pg.client().await?).await }).await
-    }
 }
 
 impl From<meter_postgres::tokio_postgres::Error> for Error {
@@ -136,214 +127,232 @@ const OUTBOX: &str = "ledger:outbox";
 #[async_trait]
 impl LedgerStore for PgLedger {
     async fn price_lists(&self) -> Result<Vec<UsedList>, Error> {
-        self.with(async |c| {
-            let rows = c.query("SELECT version, digest, first_period FROM price_lists ORDER BY version", &[]).await?;
-            Ok(rows.iter().map(|r| UsedList { version: r.get(0), digest: r.get(1), first_period: r.get(2) }).collect())
-        })
-        .await
+        self.pg
+            .with(async |c| {
+                let rows =
+                    c.query("SELECT version, digest, first_period FROM price_lists ORDER BY version", &[]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| UsedList { version: r.get(0), digest: r.get(1), first_period: r.get(2) })
+                    .collect())
+            })
+            .await
     }
 
     async fn insert_subscription(&self, sub: Subscription, at_us: i64, admit: Admit) -> Result<Subscription, Error> {
-        self.with(async move |mut c| {
-            let tx = c.transaction().await?;
-            lock(&tx, PERIODS, true).await?;
-            lock(&tx, &format!("ledger:sub:{}", sub.tenant), false).await?;
-            check_open(&tx, at_us).await?;
-            admit(&load(&tx, "WHERE tenant = $1", &[&sub.tenant]).await?)?;
-            tx.execute(
-                "INSERT INTO subscriptions (id, tenant, created_us, body) VALUES ($1, $2, $3, $4)",
-                &[&sub.id, &sub.tenant, &at_us, &serde_json::to_string(&sub)?],
-            )
-            .await?;
-            let now_us = meter_schemas::period::now_us();
-            write_operations(&tx, &super::outbox::mirror_of(&sub, now_us), now_us).await?;
-            tx.commit().await?;
-            Ok(sub)
-        })
-        .await
+        self.pg
+            .with(async move |mut c| {
+                let tx = c.transaction().await?;
+                lock(&tx, PERIODS, true).await?;
+                lock(&tx, &format!("ledger:sub:{}", sub.tenant), false).await?;
+                check_open(&tx, at_us).await?;
+                admit(&load(&tx, "WHERE tenant = $1", &[&sub.tenant]).await?)?;
+                tx.execute(
+                    "INSERT INTO subscriptions (id, tenant, created_us, body) VALUES ($1, $2, $3, $4)",
+                    &[&sub.id, &sub.tenant, &at_us, &serde_json::to_string(&sub)?],
+                )
+                .await?;
+                let now_us = meter_schemas::period::now_us();
+                write_operations(&tx, &super::outbox::mirror_of(&sub, now_us), now_us).await?;
+                tx.commit().await?;
+                Ok(sub)
+            })
+            .await
     }
 
     async fn update_subscription(&self, id: String, at_us: i64, change: Change) -> Result<Subscription, Error> {
-        self.with(async move |mut c| {
-            let tx = c.transaction().await?;
-            lock(&tx, PERIODS, true).await?;
-            check_open(&tx, at_us).await?;
-            let mut sub = load(&tx, "WHERE id = $1 FOR UPDATE", &[&id])
-                .await?
-                .pop()
-                .ok_or_else(|| Error::NotFound(id.clone()))?;
-            change(&mut sub)?;
-            tx.execute("UPDATE subscriptions SET body = $2 WHERE id = $1", &[&id, &serde_json::to_string(&sub)?])
-                .await?;
-            let now_us = meter_schemas::period::now_us();
-            write_operations(&tx, &super::outbox::mirror_of(&sub, now_us), now_us).await?;
-            tx.commit().await?;
-            Ok(sub)
-        })
-        .await
+        self.pg
+            .with(async move |mut c| {
+                let tx = c.transaction().await?;
+                lock(&tx, PERIODS, true).await?;
+                check_open(&tx, at_us).await?;
+                let mut sub = load(&tx, "WHERE id = $1 FOR UPDATE", &[&id])
+                    .await?
+                    .pop()
+                    .ok_or_else(|| Error::NotFound(id.clone()))?;
+                change(&mut sub)?;
+                tx.execute("UPDATE subscriptions SET body = $2 WHERE id = $1", &[&id, &serde_json::to_string(&sub)?])
+                    .await?;
+                let now_us = meter_schemas::period::now_us();
+                write_operations(&tx, &super::outbox::mirror_of(&sub, now_us), now_us).await?;
+                tx.commit().await?;
+                Ok(sub)
+            })
+            .await
     }
 
     async fn subscription(&self, id: String) -> Result<Option<Subscription>, Error> {
-        self.with(async move |c| Ok(load(&c, "WHERE id = $1", &[&id]).await?.pop())).await
+        self.pg.with(async move |c| Ok(load(&c, "WHERE id = $1", &[&id]).await?.pop())).await
     }
 
     async fn subscriptions(&self, tenant: Option<String>) -> Result<Vec<Subscription>, Error> {
-        self.with(async move |c| {
-            load(&c, "WHERE $1::text IS NULL OR tenant = $1 ORDER BY created_us, id", &[&tenant]).await
-        })
-        .await
+        self.pg
+            .with(async move |c| {
+                load(&c, "WHERE $1::text IS NULL OR tenant = $1 ORDER BY created_us, id", &[&tenant]).await
+            })
+            .await
     }
 
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
-        self.with(async move |c| read_close(&c, &period.to_string()).await).await
+        self.pg.with(async move |c| read_close(&c, &period.to_string()).await).await
     }
 
     async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error> {
-        self.with(async |c| {
-            let rows = c.query("SELECT period, watermark_us, revises FROM closes ORDER BY period", &[]).await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(CloseSummary {
-                        period: parse_period(r.get(0))?,
-                        watermark_us: r.get(1),
-                        revises: serde_json::from_str(r.get(2))?,
+        self.pg
+            .with(async |c| {
+                let rows = c.query("SELECT period, watermark_us, revises FROM closes ORDER BY period", &[]).await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(CloseSummary {
+                            period: parse_period(r.get(0))?,
+                            watermark_us: r.get(1),
+                            revises: serde_json::from_str(r.get(2))?,
+                        })
                     })
-                })
-                .collect()
-        })
-        .await
+                    .collect()
+            })
+            .await
     }
 
     async fn freeze(&self, period: Period, now_us: i64) -> Result<(), Error> {
-        self.with(async move |mut c| {
-            let tx = c.transaction().await?;
-            lock(&tx, PERIODS, false).await?;
-            tx.execute(
-                "INSERT INTO freezes (period, since_us) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&period.to_string(), &now_us],
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.pg
+            .with(async move |mut c| {
+                let tx = c.transaction().await?;
+                lock(&tx, PERIODS, false).await?;
+                tx.execute(
+                    "INSERT INTO freezes (period, since_us) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&period.to_string(), &now_us],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn record(&self, close: Close, version: String, digest: String) -> Result<Close, Error> {
         let part_bytes = self.part_bytes;
-        self.with(async move |mut c| {
-            let tx = c.transaction().await?;
-            lock(&tx, PERIODS, false).await?;
-            let period = close.period.to_string();
-            let body = serde_json::to_vec(&close)?;
-            let s = summary(&close);
-            let revises = serde_json::to_string(&s.revises)?;
-            let inline = if body.len() <= part_bytes { std::str::from_utf8(&body).ok() } else { None };
-            let inserted = tx
+        self.pg
+            .with(async move |mut c| {
+                let tx = c.transaction().await?;
+                lock(&tx, PERIODS, false).await?;
+                let period = close.period.to_string();
+                let body = serde_json::to_vec(&close)?;
+                let s = summary(&close);
+                let revises = serde_json::to_string(&s.revises)?;
+                let inline = if body.len() <= part_bytes { std::str::from_utf8(&body).ok() } else { None };
+                let inserted = tx
                 .execute(
                     "INSERT INTO closes (period, closed_us, body, watermark_us, revises) VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT DO NOTHING",
                     &[&period, &close.closed_us, &inline.unwrap_or(""), &s.watermark_us, &revises],
                 )
                 .await?;
-            if inserted == 1 {
-                if inline.is_none() {
-                    let part = tx.prepare("INSERT INTO close_parts (period, part, body) VALUES ($1, $2, $3)").await?;
-                    for (i, chunk) in body.chunks(part_bytes).enumerate() {
-                        tx.execute(&part, &[&period, &(i as i32), &chunk]).await?;
+                if inserted == 1 {
+                    if inline.is_none() {
+                        let part =
+                            tx.prepare("INSERT INTO close_parts (period, part, body) VALUES ($1, $2, $3)").await?;
+                        for (i, chunk) in body.chunks(part_bytes).enumerate() {
+                            tx.execute(&part, &[&period, &(i as i32), &chunk]).await?;
+                        }
                     }
-                }
-                let ids: Vec<&str> = close.invoices.iter().map(|i| i.id.as_str()).collect();
-                let tenants: Vec<&str> = close.invoices.iter().map(|i| i.tenant.as_str()).collect();
-                let bodies = close.invoices.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>()?;
-                tx.execute(
-                    "INSERT INTO invoices (id, tenant, period, body)
+                    let ids: Vec<&str> = close.invoices.iter().map(|i| i.id.as_str()).collect();
+                    let tenants: Vec<&str> = close.invoices.iter().map(|i| i.tenant.as_str()).collect();
+                    let bodies = close.invoices.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>()?;
+                    tx.execute(
+                        "INSERT INTO invoices (id, tenant, period, body)
                      SELECT id, tenant, $3, body FROM unnest($1::text[], $2::text[], $4::text[]) AS i(id, tenant, body)
                      ON CONFLICT DO NOTHING",
-                    &[&ids, &tenants, &period, &bodies],
-                )
-                .await?;
-                let ops = close
-                    .invoices
-                    .iter()
-                    .zip(&bodies)
-                    .filter(|(i, _)| !i.lines.is_empty())
-                    .map(|(invoice, body)| NewOperation {
-                        kind: OpKind::PushInvoice,
-                        subject: invoice.id.clone(),
-                        tenant: invoice.tenant.clone(),
-                        period: Some(period.clone()),
-                        body: body.clone(),
-                        next_us: close.closed_us,
-                    })
-                    .collect::<Vec<_>>();
-                write_operations(&tx, &ops, close.closed_us).await?;
-            }
-            tx.execute(
+                        &[&ids, &tenants, &period, &bodies],
+                    )
+                    .await?;
+                    let ops = close
+                        .invoices
+                        .iter()
+                        .zip(&bodies)
+                        .filter(|(i, _)| !i.lines.is_empty())
+                        .map(|(invoice, body)| NewOperation {
+                            kind: OpKind::PushInvoice,
+                            subject: invoice.id.clone(),
+                            tenant: invoice.tenant.clone(),
+                            period: Some(period.clone()),
+                            body: body.clone(),
+                            next_us: close.closed_us,
+                        })
+                        .collect::<Vec<_>>();
+                    write_operations(&tx, &ops, close.closed_us).await?;
+                }
+                tx.execute(
                 "INSERT INTO price_lists (version, digest, first_period) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 &[&version, &digest, &period],
             )
             .await?;
-            // What stands, as it reads back (so that a rerun's exports are the same bytes).
-            let stands = read_close(&tx, &period).await?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?;
-            tx.commit().await?;
-            Ok(stands)
-        })
-        .await
+                // What stands, as it reads back (so that a rerun's exports are the same bytes).
+                let stands =
+                    read_close(&tx, &period).await?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?;
+                tx.commit().await?;
+                Ok(stands)
+            })
+            .await
     }
 
     async fn invoices_of(&self, tenant: String) -> Result<Vec<meter_rater::Invoice>, Error> {
-        self.with(async move |c| {
-            let rows =
-                c.query("SELECT body FROM invoices WHERE tenant = $1 ORDER BY period DESC, id", &[&tenant]).await?;
-            rows.iter().map(|r| Ok(serde_json::from_str(r.get(0))?)).collect()
-        })
-        .await
+        self.pg
+            .with(async move |c| {
+                let rows =
+                    c.query("SELECT body FROM invoices WHERE tenant = $1 ORDER BY period DESC, id", &[&tenant]).await?;
+                rows.iter().map(|r| Ok(serde_json::from_str(r.get(0))?)).collect()
+            })
+            .await
     }
 
     async fn invoices_between(&self, from: Period, to: Period) -> Result<Vec<meter_rater::Invoice>, Error> {
         let (from, to) = (from.to_string(), to.to_string());
-        self.with(async move |c| {
-            let rows = c
-                .query(
-                    "SELECT body FROM invoices WHERE period >= $1 AND period <= $2 ORDER BY period, id",
-                    &[&from, &to],
-                )
-                .await?;
-            rows.iter().map(|r| Ok(serde_json::from_str(r.get(0))?)).collect()
-        })
-        .await
+        self.pg
+            .with(async move |c| {
+                let rows = c
+                    .query(
+                        "SELECT body FROM invoices WHERE period >= $1 AND period <= $2 ORDER BY period, id",
+                        &[&from, &to],
+                    )
+                    .await?;
+                rows.iter().map(|r| Ok(serde_json::from_str(r.get(0))?)).collect()
+            })
+            .await
     }
 
     async fn held_invoices(&self) -> Result<Vec<(RemoteInvoice, meter_rater::Invoice)>, Error> {
-        self.with(async move |c| {
-            let columns = REMOTE_INVOICE.split(", ").map(|col| format!("r.{col}")).collect::<Vec<_>>().join(", ");
-            let sql = format!(
-                "SELECT {columns}, i.body FROM remote_invoices r JOIN invoices i ON i.id = r.invoice
+        self.pg
+            .with(async move |c| {
+                let columns = REMOTE_INVOICE.split(", ").map(|col| format!("r.{col}")).collect::<Vec<_>>().join(", ");
+                let sql = format!(
+                    "SELECT {columns}, i.body FROM remote_invoices r JOIN invoices i ON i.id = r.invoice
                  ORDER BY r.invoice, r.remote"
-            );
-            let rows = c.query(&sql, &[]).await?;
-            rows.iter().map(|r| Ok((remote_invoice(r), serde_json::from_str(r.get(9))?))).collect()
-        })
-        .await
+                );
+                let rows = c.query(&sql, &[]).await?;
+                rows.iter().map(|r| Ok((remote_invoice(r), serde_json::from_str(r.get(9))?))).collect()
+            })
+            .await
     }
 
     async fn invoice(&self, id: String) -> Result<Option<meter_rater::Invoice>, Error> {
-        self.with(async move |c| {
-            let row = c.query_opt("SELECT body FROM invoices WHERE id = $1", &[&id]).await?;
-            row.map(|r| Ok(serde_json::from_str(r.get(0))?)).transpose()
-        })
-        .await
+        self.pg
+            .with(async move |c| {
+                let row = c.query_opt("SELECT body FROM invoices WHERE id = $1", &[&id]).await?;
+                row.map(|r| Ok(serde_json::from_str(r.get(0))?)).transpose()
+            })
+            .await
     }
 
     async fn claim_operations(&self, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Operation>, Error> {
-        self.with(async move |mut c| {
-            let tx = c.transaction().await?;
-            // Each lane's oldest pending or dead operation, when it is pending, due and not
-            // claimed by a worker whose claim still runs; rows another worker is claiming right
-            // now are skipped.
-            let sql = format!(
-                "UPDATE outbox SET claimed_until_us = $3, first_tried_us = coalesce(first_tried_us, $1)
+        self.pg
+            .with(async move |mut c| {
+                let tx = c.transaction().await?;
+                // Each lane's oldest pending or dead operation, when it is pending, due and not
+                // claimed by a worker whose claim still runs; rows another worker is claiming right
+                // now are skipped.
+                let sql = format!(
+                    "UPDATE outbox SET claimed_until_us = $3, first_tried_us = coalesce(first_tried_us, $1)
                  WHERE id IN (
                      SELECT o.id FROM outbox o
                      WHERE o.state = 'pending' AND o.next_us <= $1 AND coalesce(o.claimed_until_us, 0) <= $1
@@ -352,20 +361,21 @@ impl LedgerStore for PgLedger {
                      ORDER BY o.next_us, o.id LIMIT $2
                      FOR UPDATE SKIP LOCKED)
                  RETURNING {OP_COLUMNS}"
-            );
-            let rows = tx.query(&sql, &[&now_us, &(limit as i64), &(now_us + lease_us)]).await?;
-            tx.commit().await?;
-            let mut ops = rows.iter().map(operation).collect::<Result<Vec<_>, _>>()?;
-            ops.sort_by_key(|o| (o.next_us, o.id));
-            Ok(ops)
-        })
-        .await
+                );
+                let rows = tx.query(&sql, &[&now_us, &(limit as i64), &(now_us + lease_us)]).await?;
+                tx.commit().await?;
+                let mut ops = rows.iter().map(operation).collect::<Result<Vec<_>, _>>()?;
+                ops.sort_by_key(|o| (o.next_us, o.id));
+                Ok(ops)
+            })
+            .await
     }
 
     async fn settle(&self, id: i64, settle: Settle) -> Result<(), Error> {
-        self.with(async move |mut c| {
-            let tx = c.transaction().await?;
-            let changed = match settle {
+        self.pg
+            .with(async move |mut c| {
+                let tx = c.transaction().await?;
+                let changed = match settle {
                 Settle::Done { outcome, then } => {
                     let changed = tx
                         .execute(
@@ -396,17 +406,17 @@ impl LedgerStore for PgLedger {
                     .await?
                 }
             };
-            if changed == 0 {
-                return Err(Error::NoOperation(format!("pending outbox operation {id}")));
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+                if changed == 0 {
+                    return Err(Error::NoOperation(format!("pending outbox operation {id}")));
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn operations(&self, state: Option<OpState>, period: Option<String>) -> Result<Vec<Operation>, Error> {
-        self.with(async move |c| {
+        self.pg.with(async move |c| {
             let sql = format!(
                 "SELECT {OP_COLUMNS} FROM outbox WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR period = $2)
                  ORDER BY id"
@@ -418,53 +428,61 @@ impl LedgerStore for PgLedger {
     }
 
     async fn remote_customer(&self, tenant: String) -> Result<Option<RemoteCustomer>, Error> {
-        self.with(async move |c| {
-            let row = c
-                .query_opt("SELECT tenant, customer, subscription FROM remote_customers WHERE tenant = $1", &[&tenant])
-                .await?;
-            Ok(row.as_ref().map(remote_customer))
-        })
-        .await
+        self.pg
+            .with(async move |c| {
+                let row = c
+                    .query_opt(
+                        "SELECT tenant, customer, subscription FROM remote_customers WHERE tenant = $1",
+                        &[&tenant],
+                    )
+                    .await?;
+                Ok(row.as_ref().map(remote_customer))
+            })
+            .await
     }
 
     async fn record_remote_customer(&self, remote: RemoteCustomer) -> Result<(), Error> {
-        self.with(async move |c| {
-            c.execute(
-                "INSERT INTO remote_customers (tenant, customer, subscription) VALUES ($1, $2, $3)
+        self.pg
+            .with(async move |c| {
+                c.execute(
+                    "INSERT INTO remote_customers (tenant, customer, subscription) VALUES ($1, $2, $3)
                  ON CONFLICT (tenant) DO UPDATE SET customer = excluded.customer, subscription = excluded.subscription",
-                &[&remote.tenant, &remote.customer, &remote.subscription],
-            )
-            .await?;
-            Ok(())
-        })
-        .await
+                    &[&remote.tenant, &remote.customer, &remote.subscription],
+                )
+                .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn remote_customer_by_id(&self, id: String) -> Result<Option<RemoteCustomer>, Error> {
-        self.with(async move |c| {
-            let row = c
-                .query_opt(
-                    "SELECT tenant, customer, subscription FROM remote_customers
+        self.pg
+            .with(async move |c| {
+                let row = c
+                    .query_opt(
+                        "SELECT tenant, customer, subscription FROM remote_customers
                      WHERE customer = $1 OR subscription = $1 LIMIT 1",
-                    &[&id],
-                )
-                .await?;
-            Ok(row.as_ref().map(remote_customer))
-        })
-        .await
+                        &[&id],
+                    )
+                    .await?;
+                Ok(row.as_ref().map(remote_customer))
+            })
+            .await
     }
 
     async fn record_remote_invoice(&self, remote: RemoteInvoice) -> Result<RemoteInvoice, Error> {
-        self.with(async move |mut c| {
-            let tx = c.transaction().await?;
-            lock(&tx, &format!("ledger:remote:{}", remote.remote), false).await?;
-            let known = tx.query_opt("SELECT status FROM remote_invoices WHERE remote = $1", &[&remote.remote]).await?;
-            let forward = known
-                .as_ref()
-                .is_none_or(|k| RemoteInvoice::rank(&remote.status) > RemoteInvoice::rank(k.get::<_, &str>(0)));
-            if forward {
-                tx.execute(
-                    "INSERT INTO remote_invoices AS r (remote, invoice, tenant, status, sent_us, due_us, paid_us,
+        self.pg
+            .with(async move |mut c| {
+                let tx = c.transaction().await?;
+                lock(&tx, &format!("ledger:remote:{}", remote.remote), false).await?;
+                let known =
+                    tx.query_opt("SELECT status FROM remote_invoices WHERE remote = $1", &[&remote.remote]).await?;
+                let forward = known
+                    .as_ref()
+                    .is_none_or(|k| RemoteInvoice::rank(&remote.status) > RemoteInvoice::rank(k.get::<_, &str>(0)));
+                if forward {
+                    tx.execute(
+                        "INSERT INTO remote_invoices AS r (remote, invoice, tenant, status, sent_us, due_us, paid_us,
                          hosted_url, pdf_url)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (remote) DO UPDATE SET status = excluded.status,
@@ -472,123 +490,129 @@ impl LedgerStore for PgLedger {
                          paid_us = coalesce(r.paid_us, excluded.paid_us),
                          hosted_url = coalesce(excluded.hosted_url, r.hosted_url),
                          pdf_url = coalesce(excluded.pdf_url, r.pdf_url)",
-                    &[
-                        &remote.remote,
-                        &remote.invoice,
-                        &remote.tenant,
-                        &remote.status,
-                        &remote.sent_us,
-                        &remote.due_us,
-                        &remote.paid_us,
-                        &remote.hosted_url,
-                        &remote.pdf_url,
-                    ],
-                )
-                .await?;
-            } else {
-                // The provider's pages, learnt late, are kept whatever the status.
-                tx.execute(
+                        &[
+                            &remote.remote,
+                            &remote.invoice,
+                            &remote.tenant,
+                            &remote.status,
+                            &remote.sent_us,
+                            &remote.due_us,
+                            &remote.paid_us,
+                            &remote.hosted_url,
+                            &remote.pdf_url,
+                        ],
+                    )
+                    .await?;
+                } else {
+                    // The provider's pages, learnt late, are kept whatever the status.
+                    tx.execute(
                     "UPDATE remote_invoices SET hosted_url = coalesce($2, hosted_url), pdf_url = coalesce($3, pdf_url)
                      WHERE remote = $1",
                     &[&remote.remote, &remote.hosted_url, &remote.pdf_url],
                 )
                 .await?;
-            }
-            let sql = format!("SELECT {REMOTE_INVOICE} FROM remote_invoices WHERE remote = $1");
-            let stands = remote_invoice(&tx.query_one(&sql, &[&remote.remote]).await?);
-            tx.commit().await?;
-            Ok(stands)
-        })
-        .await
+                }
+                let sql = format!("SELECT {REMOTE_INVOICE} FROM remote_invoices WHERE remote = $1");
+                let stands = remote_invoice(&tx.query_one(&sql, &[&remote.remote]).await?);
+                tx.commit().await?;
+                Ok(stands)
+            })
+            .await
     }
 
     async fn remote_invoice(&self, remote: String) -> Result<Option<RemoteInvoice>, Error> {
-        self.with(async move |c| {
-            let sql = format!("SELECT {REMOTE_INVOICE} FROM remote_invoices WHERE remote = $1");
-            Ok(c.query_opt(&sql, &[&remote]).await?.as_ref().map(remote_invoice))
-        })
-        .await
+        self.pg
+            .with(async move |c| {
+                let sql = format!("SELECT {REMOTE_INVOICE} FROM remote_invoices WHERE remote = $1");
+                Ok(c.query_opt(&sql, &[&remote]).await?.as_ref().map(remote_invoice))
+            })
+            .await
     }
 
     async fn receive_event(&self, event: ReceivedEvent) -> Result<bool, Error> {
-        self.with(async move |c| {
-            let n = c
-                .execute(
-                    "INSERT INTO received_events (id, kind, created, object, body) VALUES ($1, $2, $3, $4, $5)
+        self.pg
+            .with(async move |c| {
+                let n = c
+                    .execute(
+                        "INSERT INTO received_events (id, kind, created, object, body) VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT DO NOTHING",
-                    &[&event.id, &event.kind, &event.created, &event.object, &event.body],
-                )
-                .await?;
-            Ok(n == 1)
-        })
-        .await
+                        &[&event.id, &event.kind, &event.created, &event.object, &event.body],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+            .await
     }
 
     async fn unprocessed_events(&self, limit: usize) -> Result<Vec<ReceivedEvent>, Error> {
-        self.with(async move |c| {
-            let rows = c
+        self.pg
+            .with(async move |c| {
+                let rows = c
                 .query(
                     "SELECT id, kind, created, object, body, outcome FROM received_events WHERE processed_us IS NULL
                      ORDER BY created, id LIMIT $1",
                     &[&(limit as i64)],
                 )
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|r| ReceivedEvent {
-                    id: r.get(0),
-                    kind: r.get(1),
-                    created: r.get(2),
-                    object: r.get(3),
-                    body: r.get(4),
-                    outcome: r.get(5),
-                })
-                .collect())
-        })
-        .await
+                Ok(rows
+                    .iter()
+                    .map(|r| ReceivedEvent {
+                        id: r.get(0),
+                        kind: r.get(1),
+                        created: r.get(2),
+                        object: r.get(3),
+                        body: r.get(4),
+                        outcome: r.get(5),
+                    })
+                    .collect())
+            })
+            .await
     }
 
     async fn processed_event(&self, id: String, outcome: String, now_us: i64) -> Result<(), Error> {
-        self.with(async move |c| {
-            c.execute(
-                "UPDATE received_events SET processed_us = $2, outcome = $3 WHERE id = $1",
-                &[&id, &now_us, &outcome],
-            )
-            .await?;
-            Ok(())
-        })
-        .await
+        self.pg
+            .with(async move |c| {
+                c.execute(
+                    "UPDATE received_events SET processed_us = $2, outcome = $3 WHERE id = $1",
+                    &[&id, &now_us, &outcome],
+                )
+                .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn remote_invoices_of(&self, invoices: Vec<String>) -> Result<Vec<RemoteInvoice>, Error> {
-        self.with(async move |c| {
-            let columns = REMOTE_INVOICE.split(", ").map(|col| format!("r.{col}")).collect::<Vec<_>>().join(", ");
-            let sql = format!(
-                "SELECT {columns} FROM remote_invoices r
+        self.pg
+            .with(async move |c| {
+                let columns = REMOTE_INVOICE.split(", ").map(|col| format!("r.{col}")).collect::<Vec<_>>().join(", ");
+                let sql = format!(
+                    "SELECT {columns} FROM remote_invoices r
                  JOIN unnest($1::text[]) WITH ORDINALITY AS i(wanted, n) ON i.wanted = r.invoice
                  ORDER BY i.n, r.remote"
-            );
-            Ok(c.query(&sql, &[&invoices]).await?.iter().map(remote_invoice).collect())
-        })
-        .await
+                );
+                Ok(c.query(&sql, &[&invoices]).await?.iter().map(remote_invoice).collect())
+            })
+            .await
     }
 
     async fn latest_event_created(&self) -> Result<Option<i64>, Error> {
-        self.with(async |c| Ok(c.query_one("SELECT max(created) FROM received_events", &[]).await?.get(0))).await
+        self.pg.with(async |c| Ok(c.query_one("SELECT max(created) FROM received_events", &[]).await?.get(0))).await
     }
 
     async fn revive(&self, id: i64, now_us: i64) -> Result<bool, Error> {
-        self.with(async move |c| {
-            let n = c
-                .execute(
-                    "UPDATE outbox SET state = 'pending', next_us = $2, claimed_until_us = NULL
+        self.pg
+            .with(async move |c| {
+                let n = c
+                    .execute(
+                        "UPDATE outbox SET state = 'pending', next_us = $2, claimed_until_us = NULL
                      WHERE id = $1 AND state = 'dead'",
-                    &[&id, &now_us],
-                )
-                .await?;
-            Ok(n == 1)
-        })
-        .await
+                        &[&id, &now_us],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+            .await
     }
 }
 
