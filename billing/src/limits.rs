@@ -264,8 +264,13 @@ impl HardLimits {
             let mut refused = Vec::new();
             let mut new = Vec::new();
             for ((check, state), holds) in checks.into_iter().zip(snapshot.states.iter().cloned()).zip(holds) {
-                let parsed: Vec<Vec<(String, Add)>> =
-                    holds.iter().map(|h| serde_json::from_str(&h.adds).unwrap_or_default()).collect();
+                // A hold that cannot be read is refused as an error, never counted as nothing
+                // (that would let the limit be passed).
+                let parsed = holds
+                    .iter()
+                    .map(|h| serde_json::from_str::<Vec<(String, Add)>>(&h.adds))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("a hard-limit hold of tenant {}: {e}", check.tenant))?;
                 let uncounted: Vec<&[(String, Add)]> = parsed.iter().map(Vec::as_slice).collect();
                 let held: HashSet<&str> = holds.iter().map(|h| h.id.as_str()).collect();
                 let (r, accepted) = check.decide(state, &uncounted, &held);
@@ -273,15 +278,17 @@ impl HardLimits {
                 new.push(
                     accepted
                         .into_iter()
-                        .map(|(id, adds)| Hold { id, adds: serde_json::to_string(&adds).unwrap_or_default() })
-                        .collect(),
+                        .map(|(id, adds)| {
+                            Ok(Hold { id, adds: serde_json::to_string(&adds).map_err(|e| e.to_string())? })
+                        })
+                        .collect::<Result<Vec<_>, String>>()?,
                 );
             }
             // A request is taken whole or not at all: hold its events only when it is taken.
             if !refused.is_empty() {
                 new.iter_mut().for_each(Vec::clear);
             }
-            (new, refused)
+            Ok((new, refused))
         });
         self.live.limit_check(queries, RESERVED_FOR, decide).await.map_err(|e| e.to_string())
     }
@@ -342,7 +349,7 @@ impl meter_ingest::Quota for HardLimits {
             let held: HashSet<&str> = mine.iter().map(|r| r.id.as_str()).collect();
             let adds: Vec<&[(String, Add)]> =
                 mine.iter().filter(|r| r.period == period && uncounted(r)).map(|r| r.adds.as_slice()).collect();
-            let (r, taken) = check.decide(state.clone(), &adds, &held);
+            let (r, taken) = check.decide(state, &adds, &held);
             refused.extend(r);
             accepted.extend(taken.into_iter().map(|(id, adds)| {
                 (tenant.clone(), Reserved { id, period, adds, at: now, accepted_at: progress, counted_at: None })

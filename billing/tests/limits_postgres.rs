@@ -111,3 +111,19 @@ async fn events_held_on_one_host_count_against_the_limit_on_the_other() {
     // A resend of a held event goes through on the other host.
     assert!(hosts[1].refused(&held[..3]).await.unwrap().is_empty());
 }
+
+/// A hold that cannot be read fails the check (ingest answers 503) rather than counting as
+/// nothing, and keeps nothing of the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_hold_fails_the_check_instead_of_counting_as_nothing() {
+    let url = database();
+    let (_dir, hosts) = hosts(&url).await;
+    let now = meter_schemas::period::now_us();
+    assert!(hosts[0].refused(&[invocation(1, now)]).await.unwrap().is_empty());
+    let pg = Pg::connect(&url, 1).unwrap();
+    assert_eq!(pg.execute("UPDATE limit_holds SET adds = 'not json'", &[]).unwrap(), 1);
+    let e = hosts[1].refused(&[invocation(2, now)]).await.unwrap_err();
+    assert!(e.contains("hard-limit hold of tenant t"), "{e}");
+    let held: i64 = pg.query_one("SELECT count(*) FROM limit_holds", &[]).unwrap().get(0);
+    assert_eq!(held, 1, "nothing of the failed request is held");
+}

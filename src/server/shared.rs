@@ -3,7 +3,7 @@
 
 use crate::config::{Config, LogBackend, StateBackend, StoreBackend};
 use anyhow::Context as _;
-use meter_auth::{KeyStore, PgKeys, Role, Sessions, SqliteKeys};
+use meter_auth::{KeyStore, KeyTable, PgKeys, Role, SessionTable, Sessions, SqliteKeys};
 use meter_billing::ledger::PgLedger;
 use meter_billing::{Ledger, PlanAllowances};
 use meter_eventlog::{EventLog, KafkaLog, KafkaSettings, SqliteLog};
@@ -112,9 +112,10 @@ impl State {
     /// that `meter migrate` has not brought to this build's schema is refused.
     pub fn open(config: &Config) -> anyhow::Result<Self> {
         let settings = config.webhooks.settings();
-        let (keys, sessions) = Self::keys(config)?;
-        Ok(match config.state_backend()? {
-            StateBackend::Sqlite => State {
+        let pg = Self::pool(config, meter_postgres::MAX_CONNECTIONS)?;
+        let (keys, sessions) = Self::keys_on(config, pg.as_ref())?;
+        Ok(match pg {
+            None => State {
                 pg: None,
                 keys,
                 sessions,
@@ -127,33 +128,43 @@ impl State {
                     Webhooks::open(&config.webhooks_path(), settings).context("opening the webhook endpoints")?,
                 ),
             },
-            StateBackend::Postgres(url) => {
-                let pg = Arc::new(Pg::connect(&url, meter_postgres::MAX_CONNECTIONS)?);
-                State {
-                    keys,
-                    sessions,
-                    live: Arc::new(PgStore::open(pg.clone())?),
-                    ledger: Ledger::new(Arc::new(PgLedger::open(pg.clone())?)),
-                    webhooks: Arc::new(Webhooks::new(Arc::new(PgWebhooks::open(pg.clone())?), settings)?),
-                    pg: Some(pg),
-                }
-            }
+            Some(pg) => State {
+                keys,
+                sessions,
+                live: Arc::new(PgStore::open(pg.clone())?),
+                ledger: Ledger::new(Arc::new(PgLedger::open(pg.clone())?)),
+                webhooks: Arc::new(Webhooks::new(Arc::new(PgWebhooks::open(pg.clone())?), settings)?),
+                pg: Some(pg),
+            },
         })
     }
 
-    /// The key table, cached, and the browser sessions kept beside it.
+    /// The key table, cached, and the browser sessions kept beside it (`meter keys`).
     pub fn keys(config: &Config) -> anyhow::Result<(Arc<KeyStore>, Arc<Sessions>)> {
+        Self::keys_on(config, Self::pool(config, 2)?.as_ref())
+    }
+
+    /// A pool of at most `max` connections to the state's Postgres; none for SQLite.
+    fn pool(config: &Config, max: usize) -> anyhow::Result<Option<Arc<Pg>>> {
         Ok(match config.state_backend()? {
-            StateBackend::Sqlite => {
-                std::fs::create_dir_all(&config.data_dir)?;
-                let keys = Arc::new(SqliteKeys::open(&config.keys_path()).context("opening the key table")?);
-                (KeyStore::new(keys.clone())?, Sessions::new(keys))
-            }
-            StateBackend::Postgres(url) => {
-                let keys = Arc::new(PgKeys::open(Arc::new(Pg::connect(&url, 2)?))?);
-                (KeyStore::new(keys.clone())?, Sessions::new(keys))
-            }
+            StateBackend::Sqlite => None,
+            StateBackend::Postgres(url) => Some(Arc::new(Pg::connect(&url, max)?)),
         })
+    }
+
+    /// The key table and the sessions on `pg`, or in the data directory's `keys.db`.
+    fn keys_on(config: &Config, pg: Option<&Arc<Pg>>) -> anyhow::Result<(Arc<KeyStore>, Arc<Sessions>)> {
+        fn both<T: KeyTable + SessionTable + 'static>(t: T) -> anyhow::Result<(Arc<KeyStore>, Arc<Sessions>)> {
+            let t = Arc::new(t);
+            Ok((KeyStore::new(t.clone())?, Sessions::new(t)))
+        }
+        match pg {
+            None => {
+                std::fs::create_dir_all(&config.data_dir)?;
+                both(SqliteKeys::open(&config.keys_path()).context("opening the key table")?)
+            }
+            Some(pg) => both(PgKeys::open(pg.clone())?),
+        }
     }
 
     /// Creates or upgrades the shared state's schema (`meter migrate`); what was done, in words.

@@ -51,5 +51,7 @@ pub struct Hold {
 }
 
 /// A shared hard-limit check's decision: given the snapshot and, per query, the holds not
-/// counted in it, the holds to keep per query (the events accepted now) and the refusals.
-pub type Decide = Box<dyn FnOnce(&LimitSnapshot, &[Vec<Hold>]) -> (Vec<Vec<Hold>>, Vec<(usize, String)>) + Send>;
+/// counted in it, the holds to keep per query (the events accepted now) and the refusals; or
+/// why a hold cannot be read (nothing is kept then).
+pub type Decide =
+    Box<dyn FnOnce(&LimitSnapshot, &[Vec<Hold>]) -> Result<(Vec<Vec<Hold>>, Vec<(usize, String)>), String> + Send>;

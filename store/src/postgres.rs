@@ -19,7 +19,7 @@ use crate::{
     Series, Totals, UsageStore,
 };
 use async_trait::async_trait;
-use meter_postgres::deadpool_postgres::Transaction;
+use meter_postgres::deadpool_postgres::{Object, Transaction};
 use meter_postgres::tokio_postgres::{IsolationLevel, Row};
 use meter_postgres::{Pg, lock_key};
 use meter_schemas::period::{day_of, format_day, format_time, now_us};
@@ -405,6 +405,11 @@ impl PgStore {
     }
 }
 
+/// A read-only transaction reading one snapshot (REPEATABLE READ).
+async fn snapshot(c: &mut Object) -> Result<Transaction<'_>, Error> {
+    Ok(c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?)
+}
+
 /// The tallies of `keys` the cache holds, and the keys it does not (to read from the table).
 fn from_cache<K: Clone + Eq + std::hash::Hash>(
     cache: &Mutex<HashMap<K, Tally>>,
@@ -576,12 +581,7 @@ impl UsageStore for PgStore {
         self.pg
             .with(async move |mut c| {
                 // One snapshot for the tallies and the watermark.
-                let tx = c
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await?;
+                let tx = snapshot(&mut c).await?;
                 let rows = tx
                     .query(
                         "SELECT meter, bucket, value::text, latest_us, latest_id FROM tallies
@@ -751,12 +751,7 @@ impl LiveStore for PgStore {
     async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<LimitSnapshot, Error> {
         self.pg
             .with(async move |mut c| {
-                let tx = c
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await?;
+                let tx = snapshot(&mut c).await?;
                 let mut states = Vec::with_capacity(queries.len());
                 for q in queries {
                     let mut state = LimitState::default();
@@ -843,7 +838,6 @@ impl LiveStore for PgStore {
             let now = now_us();
             let mut progress = 0u64;
             let (mut states, mut holds, mut released) = (Vec::new(), Vec::new(), Vec::new());
-            let mut accepted_at = Vec::new();
             for q in &queries {
                 let names: Vec<&str> = q.meters.iter().map(|(m, _)| m.as_str()).collect();
                 let (um, uv): (Vec<&str>, Vec<&str>) =
@@ -880,14 +874,13 @@ impl LiveStore for PgStore {
                 }
                 states.push(state);
                 holds.push(kept);
-                accepted_at.push(q.bucket.clone());
             }
-            let (new, refused) = decide(&LimitSnapshot { progress, states }, &holds);
+            let (new, refused) = decide(&LimitSnapshot { progress, states }, &holds).map_err(Error::Unreadable)?;
             let (mut t, mut b, mut ids, mut adds) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for ((q, bucket), new) in queries.iter().zip(&accepted_at).zip(new) {
+            for (q, new) in queries.iter().zip(new) {
                 for h in new {
                     t.push(q.tenant.clone());
-                    b.push(bucket.clone());
+                    b.push(q.bucket.clone());
                     ids.push(h.id);
                     adds.push(h.adds);
                 }
