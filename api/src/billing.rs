@@ -319,7 +319,7 @@ pub(crate) fn period_of(text: &str) -> Result<Period, ApiError> {
     params(("period" = String, Path, description = "YYYY-MM")),
     responses(
         (status = 200, description = "Closed (now or before)", body = CloseSummary),
-        (status = 409, description = "The period is still open, not counted yet, or a later one is closed", body = meter_ingest::Problem),
+        (status = 409, description = "The period is still open, not counted yet, a later one is closed, or another close is running (named)", body = meter_ingest::Problem),
     ),
     security(("bearer" = [])))]
 pub async fn close_period(

@@ -299,11 +299,16 @@ impl Worker {
         let batch = self.settings.batch.max(1);
         // Up to `batch` operations in flight; each slot that frees is filled at once, and free
         // slots are looked at every `poll` as well, so that a slow one (a timeout, a
-        // Retry-After) holds back only itself. Claiming again an operation still in flight (its
-        // lease ran out) renews its lease and does not start it twice.
+        // Retry-After) holds back only itself. The claims of those in flight are renewed every
+        // third of the lease, so that a long one is not taken over by another worker while it
+        // runs; claiming again one still in flight (its renewal failed and its lease ran out)
+        // holds it again and does not start it twice.
         let this = &self;
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
-        let mut running = std::collections::HashSet::new();
+        // In flight: each operation's id and the end of the claim held on it.
+        let mut running = std::collections::HashMap::new();
+        let mut renew = tokio::time::interval((self.settings.lease / 3).max(Duration::from_millis(1)));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let room = batch - in_flight.len();
             let now = meter_schemas::period::now_us();
@@ -314,7 +319,7 @@ impl Worker {
                     Vec::new()
                 }),
             };
-            for op in claimed.into_iter().filter(|op| running.insert(op.id)) {
+            for op in claimed.into_iter().filter(|op| running.insert(op.id, now + lease).is_none()) {
                 in_flight.push(async move {
                     let settle = this.perform(&op, now).await;
                     (op.id, settle)
@@ -330,6 +335,21 @@ impl Worker {
                     }
                 }
                 () = tokio::time::sleep(self.settings.poll), if in_flight.len() < batch => {}
+                _ = renew.tick(), if !running.is_empty() => {
+                    let now = meter_schemas::period::now_us();
+                    let claims: Vec<(i64, i64)> = running.iter().map(|(id, until)| (*id, *until)).collect();
+                    match this.subs.ledger.renew_claims(claims, now + lease).await {
+                        Ok(renewed) => {
+                            for id in renewed {
+                                running.insert(id, now + lease);
+                            }
+                            for (id, until) in running.iter().filter(|(_, until)| **until <= now) {
+                                tracing::warn!(op = id, until, "the claim on an operation in flight ran out");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "renewing the claims in flight failed; trying again"),
+                    }
+                }
             }
         }
     }

@@ -168,3 +168,50 @@ async fn without_a_provider_every_push_says_it_was_not_synced() {
     }
     assert_eq!(ledger.remote_customer("acme").await.unwrap(), None);
 }
+
+/// Two workers on one outbox, each push taking longer than a claim (Stripe answering slowly):
+/// the worker that claimed an operation renews its claim while the push runs, so the other
+/// never takes it over, and every request reaches Stripe once (none replayed from its key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_is_renewed_while_its_slow_push_runs() {
+    let stand_in = LocalStripe::start();
+    let proxy = Proxy::start(&stand_in.url, 0, Duration::from_secs(2)).await;
+    let invoices: Vec<Invoice> =
+        (0..4).map(|i| invoice(&format!("tenant-{i:02}"), "EUR", &["10.00", "2.50"])).collect();
+    let (ledger, dir) = ledger_with(invoices).await;
+    proxy.slow(Duration::from_millis(250));
+    let settings = || worker::Settings { lease: Duration::from_millis(300), ..quick() };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (subs, notices) = billing_of(&ledger, dir.path(), meter_billing::subscriptions::DEFAULT_GRACE);
+            let w = Worker::new(subs, quick_stripe(&proxy.url, 3, Duration::from_secs(5)), notices, settings());
+            let mut stopped = stopped.clone();
+            tokio::spawn(w.run(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        })
+        .collect();
+    let pushes = || async {
+        let all = ledger.operations(None, None).await.unwrap();
+        all.into_iter().filter(|o| o.kind == OpKind::PushInvoice).collect::<Vec<_>>()
+    };
+    for _ in 0..600 {
+        if pushes().await.iter().all(|o| o.state == OpState::Done) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let pushes = pushes().await;
+    assert_eq!(pushes.len(), 4);
+    for op in &pushes {
+        assert_eq!((op.state, op.attempts), (OpState::Done, 1), "{op:?}");
+    }
+    let counts = proxy.counts();
+    assert!(counts.forwarded >= 4 * 3, "each push takes several slow requests: {counts:?}");
+    assert_eq!(counts.replayed, 0, "no request was sent twice: {counts:?}");
+}

@@ -124,6 +124,116 @@ pub async fn close(
     if let Some(done) = ledger.close_of(period).await? {
         return Ok(done);
     }
+    let lease = CloseLease::take(ledger, period).await?;
+    let closed = close_holding(ledger, period, src, now_us, progress, &lease).await;
+    lease.give_back().await;
+    closed
+}
+
+/// How long the close lease lasts unless renewed: its holder renews it every third of this, and
+/// a close on another process can start this long after the holder died.
+pub const CLOSE_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The right to run the one close of the installation (every process, on every host, sharing the
+/// ledger), renewed in the background while the close runs.
+struct CloseLease {
+    ledger: Ledger,
+    holder: String,
+    lost: Arc<std::sync::Mutex<Option<crate::ledger::CloseHolder>>>,
+    renewing: tokio::task::JoinHandle<()>,
+    given_back: bool,
+}
+
+impl CloseLease {
+    /// Takes the lease, or says who holds it ([`Error::Conflict`]).
+    async fn take(ledger: &Ledger, period: Period) -> Result<Self, Error> {
+        let holder = format!("{}-{}-{}", hostname(), std::process::id(), meter_schemas::period::now_us());
+        let lease_us = CLOSE_LEASE.as_micros() as i64;
+        let now = meter_schemas::period::now_us();
+        if let Some(other) = ledger.lease_close(&holder, period, now + lease_us, now).await? {
+            return Err(Error::Conflict(format!(
+                "a close of {} is running on {} since {} (its lease runs until {} unless renewed); retry once it \
+                 finishes",
+                other.period,
+                other.holder,
+                format_time(other.since_us),
+                format_time(other.until_us)
+            )));
+        }
+        let lost = Arc::new(std::sync::Mutex::new(None));
+        let renewing = tokio::spawn({
+            let (ledger, holder, lost) = (ledger.clone(), holder.clone(), lost.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(CLOSE_LEASE / 3).await;
+                    let now = meter_schemas::period::now_us();
+                    match ledger.lease_close(&holder, period, now + lease_us, now).await {
+                        Ok(None) => {}
+                        Ok(Some(other)) => {
+                            tracing::error!(holder = %other.holder, "the close lease was lost; this close stops");
+                            *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(other);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "renewing the close lease failed; trying again"),
+                    }
+                }
+            }
+        });
+        Ok(CloseLease { ledger: ledger.clone(), holder, lost, renewing, given_back: false })
+    }
+
+    /// Fails once another process took the lease over (this one stalled past it): the close
+    /// stops before it freezes or records anything more.
+    fn check(&self) -> Result<(), Error> {
+        match &*self.lost.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => Ok(()),
+            Some(other) => Err(Error::Conflict(format!(
+                "this close stalled past its lease and {} took over the close of {}; retry once it finishes",
+                other.holder, other.period
+            ))),
+        }
+    }
+
+    async fn give_back(mut self) {
+        self.renewing.abort();
+        self.given_back = true;
+        if let Err(e) = self.ledger.release_close(&self.holder).await {
+            tracing::warn!(error = %e, "giving the close lease back failed; it runs out by itself");
+        }
+    }
+}
+
+impl Drop for CloseLease {
+    /// A close dropped midway (its request went away) gives its lease back too.
+    fn drop(&mut self) {
+        self.renewing.abort();
+        if !self.given_back
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (ledger, holder) = (self.ledger.clone(), std::mem::take(&mut self.holder));
+            rt.spawn(async move { ledger.release_close(&holder).await });
+        }
+    }
+}
+
+/// This host's name, for telling lease holders apart.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into())
+}
+
+/// The close proper, once its lease is held.
+async fn close_holding(
+    ledger: &Ledger,
+    period: Period,
+    src: &Sources,
+    now_us: i64,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+    lease: &CloseLease,
+) -> Result<Close, Error> {
+    // Another process may have recorded it just before this one took the lease.
+    if let Some(done) = ledger.close_of(period).await? {
+        return Ok(done);
+    }
     let started = std::time::Instant::now();
     let closes = ledger.close_summaries().await?;
     if let Some(later) = closes.iter().find(|c| c.period > period) {
@@ -158,6 +268,7 @@ pub async fn close(
     let counted = src.live.period_totals(period).await?;
 
     // From here on no change may be dated inside the period: the close reads the trails now.
+    lease.check()?;
     ledger.freeze(period).await?;
     let subscriptions = ledger.list(None).await?;
     let subscribed: BTreeSet<String> = subscriptions.iter().map(|s| s.tenant.clone()).collect();
@@ -270,6 +381,7 @@ pub async fn close(
         revisions,
     };
     let (invoices, differences) = (close.invoices.len(), close.report.iter().filter(|r| r.status != "ok").count());
+    lease.check()?;
     let recorded = ledger.record(close, list).await?;
     if recorded.closed_us == now_us {
         metrics::counter!(metric::CLOSES).increment(1);

@@ -117,3 +117,26 @@ async fn usage_is_billed_once_across_two_subscriptions_and_late_events_are_adjus
     let e = w.close("2027-01", "2027-02-10T00:00:00Z").await.unwrap_err();
     assert!(e.to_string().contains("events are counted up to 2027-01-05"), "{e}");
 }
+
+/// One close at a time: while another process holds the close lease, a close is refused with
+/// a conflict naming it and changes nothing; once that lease is given back or runs out, the
+/// close runs, gives the lease back, and closing again returns what was recorded.
+#[tokio::test]
+async fn a_close_while_another_runs_is_refused_naming_it() {
+    let mut w = World::new();
+    w.subscribe("a", "starter", true, "2026-10-01T00:00:00Z").await.unwrap();
+    w.count("a", 5, "2026-10-05T00:00:00Z", "2026-11-02T00:00:00Z");
+    let now = meter_schemas::period::now_us();
+    assert_eq!(w.ledger.lease_close("host-b-42-7", p("2026-10"), now + 60_000_000, now).await.unwrap(), None);
+    let e = w.close("2026-10", "2026-11-02T00:00:00Z").await.unwrap_err();
+    assert!(matches!(e, Error::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("host-b-42-7") && e.to_string().contains("2026-10"), "{e}");
+    assert!(w.ledger.close_of(p("2026-10")).await.unwrap().is_none(), "nothing recorded");
+    w.ledger.release_close("host-b-42-7").await.unwrap();
+    // A holder that died: its lease ran out.
+    assert_eq!(w.ledger.lease_close("host-c-43-8", p("2026-10"), now - 1, now - 10).await.unwrap(), None);
+    let oct = w.close("2026-10", "2026-11-02T00:00:00Z").await.unwrap();
+    let now = meter_schemas::period::now_us();
+    assert_eq!(w.ledger.lease_close("host-d", p("2026-11"), now + 1_000, now).await.unwrap(), None, "given back");
+    assert_eq!(w.close("2026-10", "2026-11-03T00:00:00Z").await.unwrap(), oct, "the recorded close, lease or not");
+}

@@ -97,6 +97,8 @@ struct Inner {
     keys: Mutex<HashMap<String, Arc<Mutex<Option<Stored>>>>>,
     counts: std::sync::Mutex<Counts>,
     html: AtomicBool,
+    /// Each reply waits this long (ms) before it is sent: a slow Stripe.
+    slow_ms: AtomicUsize,
     /// Each request forwarded to localstripe: method, path and body as meter sent them.
     forwarded: std::sync::Mutex<Vec<(String, String, String)>>,
 }
@@ -122,6 +124,7 @@ impl Proxy {
             keys: Mutex::new(HashMap::new()),
             counts: Default::default(),
             html: AtomicBool::new(false),
+            slow_ms: AtomicUsize::new(0),
             forwarded: Default::default(),
         });
         let app = axum::Router::new().fallback(handle).with_state(inner.clone());
@@ -142,6 +145,11 @@ impl Proxy {
     pub fn sent(&self, method: &str, path: &str) -> Vec<String> {
         let forwarded = self.inner.forwarded.lock().unwrap();
         forwarded.iter().filter(|(m, p, _)| m == method && p == path).map(|(_, _, b)| b.clone()).collect()
+    }
+
+    /// From now on every reply waits `by` before it is sent (a slow Stripe).
+    pub fn slow(&self, by: Duration) {
+        self.inner.slow_ms.store(by.as_millis() as usize, Ordering::SeqCst);
     }
 
     /// From now on every reply is a 200 HTML page (Stripe's address answered by something else).
@@ -165,6 +173,10 @@ fn cut() -> Response {
 async fn handle(State(p): State<Arc<Inner>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let n = p.n.fetch_add(1, Ordering::SeqCst) + 1;
     p.counts.lock().unwrap().received += 1;
+    let slow = p.slow_ms.load(Ordering::SeqCst);
+    if slow > 0 {
+        tokio::time::sleep(Duration::from_millis(slow as u64)).await;
+    }
     if p.html.load(Ordering::SeqCst) {
         return (StatusCode::OK, [("content-type", "text/html")], "<html><body>Sign in to the Wi-Fi</body></html>")
             .into_response();

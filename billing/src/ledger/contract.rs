@@ -517,6 +517,73 @@ pub async fn concurrent_workers_never_claim_one_operation(store: Arc<dyn LedgerS
     assert_eq!((all.len(), n), (40, 40), "each of the 40 tenants' pushes claimed once");
 }
 
+/// One close at a time: the lease is its holder's until it runs out, renewed by its holder,
+/// taken over once it ran out, and given back by its holder only.
+pub async fn one_close_holds_the_lease_at_a_time(store: Arc<dyn LedgerStore>) {
+    let ledger = Ledger::new(store);
+    let (oct, nov): (Period, Period) = ("2026-10".parse().unwrap(), "2026-11".parse().unwrap());
+    assert_eq!(ledger.lease_close("a", oct, 100, 0).await.unwrap(), None);
+    let held = ledger.lease_close("b", nov, 150, 50).await.unwrap().expect("a holds it until 100");
+    assert_eq!(held, super::CloseHolder { holder: "a".into(), period: oct, since_us: 0, until_us: 100 });
+    assert_eq!(ledger.lease_close("a", oct, 200, 60).await.unwrap(), None, "renewed");
+    let held = ledger.lease_close("b", nov, 250, 150).await.unwrap().expect("renewed until 200");
+    assert_eq!((held.since_us, held.until_us), (0, 200), "a renewal keeps the start");
+    assert_eq!(ledger.lease_close("b", nov, 400, 201).await.unwrap(), None, "taken over once it ran out");
+    let held = ledger.lease_close("a", oct, 450, 300).await.unwrap().expect("b holds it");
+    assert_eq!(held, super::CloseHolder { holder: "b".into(), period: nov, since_us: 201, until_us: 400 });
+    ledger.release_close("a").await.unwrap();
+    assert!(ledger.lease_close("a", oct, 450, 300).await.unwrap().is_some(), "only its holder gives it back");
+    ledger.release_close("b").await.unwrap();
+    assert_eq!(ledger.lease_close("a", oct, 450, 300).await.unwrap(), None, "given back");
+}
+
+/// Eight closes starting at once: one takes the lease, and the others are told who has it.
+pub async fn concurrent_closes_take_the_lease_once(store: Arc<dyn LedgerStore>) {
+    let ledger = Arc::new(Ledger::new(store));
+    let oct: Period = "2026-10".parse().unwrap();
+    let tries: Vec<_> = (0..8)
+        .map(|i| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move { (i, ledger.lease_close(&format!("host-{i}"), oct, 1_000, 10).await.unwrap()) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut told = Vec::new();
+    for t in tries {
+        match t.await.unwrap() {
+            (i, None) => winners.push(format!("host-{i}")),
+            (_, Some(h)) => told.push(h.holder),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert!(told.iter().all(|h| *h == winners[0]), "{told:?} against {winners:?}");
+}
+
+/// A worker extends the claims it still holds, and only those: not one that ran out and was
+/// claimed by another worker, nor one settled meanwhile.
+pub async fn a_worker_renews_only_the_claims_it_still_holds(store: Arc<dyn LedgerStore>) {
+    let ledger = Ledger::new(store);
+    let invoices = ["acme", "beta", "coop"].iter().map(|t| invoice(t, "2026-10", 1)).collect();
+    ledger.record(a_close_of("2026-10", invoices), book().version("2026-01").unwrap()).await.unwrap();
+    let mut ids: Vec<i64> = ledger.claim_operations(1_000, 100, 10).await.unwrap().iter().map(|o| o.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids.len(), 3);
+    let claims = |until: i64| ids.iter().map(|id| (*id, until)).collect::<Vec<_>>();
+    let mut renewed = ledger.renew_claims(claims(1_100), 1_190).await.unwrap();
+    renewed.sort_unstable();
+    assert_eq!(renewed, ids);
+    assert!(ledger.claim_operations(1_150, 100, 10).await.unwrap().is_empty(), "held past the first claim's end");
+    assert!(ledger.renew_claims(claims(1_100), 1_300).await.unwrap().is_empty(), "not the claim it holds now");
+    ledger.settle(ids[0], Settle::done("{}".into())).await.unwrap();
+    // The others ran out at 1,190; another worker claims them.
+    let taken = ledger.claim_operations(1_200, 100, 10).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert!(ledger.renew_claims(claims(1_190), 1_400).await.unwrap().is_empty(), "lost to the other worker");
+    let mut theirs = ledger.renew_claims(taken.iter().map(|o| (o.id, 1_300)).collect(), 1_400).await.unwrap();
+    theirs.sort_unstable();
+    assert_eq!(theirs, ids[1..]);
+}
+
 /// Expands to one test per contract body, for a backend given by a factory of empty stores.
 #[macro_export]
 macro_rules! ledger_contract {
@@ -528,7 +595,8 @@ macro_rules! ledger_contract {
             remote_customers_are_recorded_per_tenant, provider_invoices_move_forward_and_events_are_kept_once,
             a_subscription_change_writes_its_mirror_and_the_one_time_will_bring,
             a_tenants_closed_invoices_are_found_by_tenant_and_id, concurrent_creates_for_one_tenant_admit_one,
-            concurrent_workers_never_claim_one_operation);
+            concurrent_workers_never_claim_one_operation, one_close_holds_the_lease_at_a_time,
+            concurrent_closes_take_the_lease_once, a_worker_renews_only_the_claims_it_still_holds);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(

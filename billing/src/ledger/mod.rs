@@ -42,6 +42,36 @@ pub struct UsedList {
     pub first_period: String,
 }
 
+/// Who holds the close lease ([`LedgerStore::lease_close`]): one close runs at a time, on every
+/// host sharing the ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseHolder {
+    /// The holding process (host, process id, start).
+    pub holder: String,
+    /// The period it is closing.
+    pub period: Period,
+    /// Since when it holds the lease (µs).
+    pub since_us: i64,
+    /// Until when, unless renewed (µs).
+    pub until_us: i64,
+}
+
+/// Takes or renews the close lease (parameters: holder, period, now, until), written once for
+/// every backend: a row is taken when there is none, when it is the holder's own (which keeps
+/// its start) or when it ran out. Changes one row exactly when the holder has the lease.
+const CLOSE_LEASE_SQL: &str = "
+    INSERT INTO close_lease AS l (id, holder, period, since_us, until_us) VALUES (1, ?1, ?2, ?3, ?4)
+    ON CONFLICT (id) DO UPDATE SET
+        since_us = CASE WHEN l.holder = excluded.holder THEN l.since_us ELSE excluded.since_us END,
+        holder = excluded.holder, period = excluded.period, until_us = excluded.until_us
+    WHERE l.holder = excluded.holder OR l.until_us <= ?3";
+
+/// A stored close holder, read back.
+fn close_holder(holder: String, period: &str, since_us: i64, until_us: i64) -> Result<CloseHolder, Error> {
+    let period = period.parse().map_err(|e| Error::Corrupt(format!("the close lease names period {period:?}: {e}")))?;
+    Ok(CloseHolder { holder, period, since_us, until_us })
+}
+
 /// Decides, inside the transaction that inserts a subscription, whether the tenant's other
 /// subscriptions allow it.
 pub type Admit = Box<dyn FnOnce(&[Subscription]) -> Result<(), Error> + Send>;
@@ -107,6 +137,24 @@ pub trait LedgerStore: Send + Sync {
     /// next invoice), and none that another worker claimed less than `lease_us` ago. Claims
     /// those it returns until `now_us + lease_us`, marking their first try.
     async fn claim_operations(&self, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Operation>, Error>;
+
+    /// Extends to `until_us` each claim `(id, claimed_until_us)` that is still the one its worker
+    /// took (the operation is pending and claimed until that instant: nobody claimed it since);
+    /// returns the ids renewed.
+    async fn renew_claims(&self, claims: Vec<(i64, i64)>, until_us: i64) -> Result<Vec<i64>, Error>;
+
+    /// Takes or renews the close lease for `holder`, closing `period`, until `until_us`; when
+    /// another holder's lease runs past `now_us`, changes nothing and returns that holder.
+    async fn lease_close(
+        &self,
+        holder: String,
+        period: Period,
+        until_us: i64,
+        now_us: i64,
+    ) -> Result<Option<CloseHolder>, Error>;
+
+    /// Gives the close lease back, if `holder` holds it.
+    async fn release_close(&self, holder: String) -> Result<(), Error>;
 
     /// Records what a try of operation `id` came to; a done one writes what follows it in the
     /// same transaction (an operation of a kind and subject already written is not written
@@ -288,6 +336,30 @@ impl Ledger {
     /// Claims pending sync operations due at `now_us` ([`LedgerStore::claim_operations`]).
     pub async fn claim_operations(&self, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Operation>, Error> {
         self.store.claim_operations(now_us, lease_us, limit).await
+    }
+
+    /// Extends the claims that are still their worker's ([`LedgerStore::renew_claims`]).
+    pub async fn renew_claims(&self, claims: Vec<(i64, i64)>, until_us: i64) -> Result<Vec<i64>, Error> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.renew_claims(claims, until_us).await
+    }
+
+    /// Takes or renews the close lease ([`LedgerStore::lease_close`]).
+    pub async fn lease_close(
+        &self,
+        holder: &str,
+        period: Period,
+        until_us: i64,
+        now_us: i64,
+    ) -> Result<Option<CloseHolder>, Error> {
+        self.store.lease_close(holder.to_string(), period, until_us, now_us).await
+    }
+
+    /// Gives the close lease back, if `holder` holds it.
+    pub async fn release_close(&self, holder: &str) -> Result<(), Error> {
+        self.store.release_close(holder.to_string()).await
     }
 
     /// Records what a try of sync operation `id` came to.

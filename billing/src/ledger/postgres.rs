@@ -13,7 +13,7 @@
 //! operation.
 
 use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
-use super::{Admit, Change, CloseSummary, LedgerStore, UsedList};
+use super::{Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, LedgerStore, UsedList, close_holder};
 use crate::Error;
 use crate::close::Close;
 use async_trait::async_trait;
@@ -28,7 +28,8 @@ use std::sync::Arc;
 pub const COMPONENT: &str = "ledger";
 
 /// The `ledger` component's migrations, in order (version N is the N-th).
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE subscriptions (
         id text COLLATE \"C\" PRIMARY KEY, tenant text COLLATE \"C\" NOT NULL, created_us bigint NOT NULL,
         body text NOT NULL
@@ -76,7 +77,14 @@ pub const MIGRATIONS: &[&str] = &["
         body text NOT NULL, processed_us bigint, outcome text
     );
     CREATE INDEX received_events_unprocessed ON received_events (created, id) WHERE processed_us IS NULL;
-"];
+",
+    "
+    CREATE TABLE close_lease (
+        id integer PRIMARY KEY CHECK (id = 1), holder text NOT NULL, period text NOT NULL,
+        since_us bigint NOT NULL, until_us bigint NOT NULL
+    );
+",
+];
 
 /// A close body longer than this is stored in parts of this size (Postgres refuses a value over
 /// 1 GB).
@@ -367,6 +375,55 @@ impl LedgerStore for PgLedger {
                 let mut ops = rows.iter().map(operation).collect::<Result<Vec<_>, _>>()?;
                 ops.sort_by_key(|o| (o.next_us, o.id));
                 Ok(ops)
+            })
+            .await
+    }
+
+    async fn renew_claims(&self, claims: Vec<(i64, i64)>, until_us: i64) -> Result<Vec<i64>, Error> {
+        let (ids, untils): (Vec<i64>, Vec<i64>) = claims.into_iter().unzip();
+        self.pg
+            .with(async move |c| {
+                let rows = c
+                    .query(
+                        "UPDATE outbox o SET claimed_until_us = $3
+                         FROM unnest($1::bigint[], $2::bigint[]) AS c (id, until_us)
+                         WHERE o.id = c.id AND o.claimed_until_us = c.until_us AND o.state = 'pending'
+                         RETURNING o.id",
+                        &[&ids, &untils, &until_us],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            })
+            .await
+    }
+
+    async fn lease_close(
+        &self,
+        holder: String,
+        period: Period,
+        until_us: i64,
+        now_us: i64,
+    ) -> Result<Option<CloseHolder>, Error> {
+        self.pg
+            .with(async move |c| {
+                // Two takers at once: the upsert of one waits for the other's row and then sees it.
+                let sql =
+                    CLOSE_LEASE_SQL.replace("?1", "$1").replace("?2", "$2").replace("?3", "$3").replace("?4", "$4");
+                if c.execute(&sql, &[&holder, &period.to_string(), &now_us, &until_us]).await? == 1 {
+                    return Ok(None);
+                }
+                let r =
+                    c.query_one("SELECT holder, period, since_us, until_us FROM close_lease WHERE id = 1", &[]).await?;
+                close_holder(r.get(0), r.get(1), r.get(2), r.get(3)).map(Some)
+            })
+            .await
+    }
+
+    async fn release_close(&self, holder: String) -> Result<(), Error> {
+        self.pg
+            .with(async move |c| {
+                c.execute("DELETE FROM close_lease WHERE id = 1 AND holder = $1", &[&holder]).await?;
+                Ok(())
             })
             .await
     }

@@ -1,7 +1,7 @@
 //! The ledger in SQLite (`billing.db`).
 
 use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
-use super::{Admit, Change, CloseSummary, LedgerStore, UsedList};
+use super::{Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, LedgerStore, UsedList, close_holder};
 use crate::Error;
 use crate::close::Close;
 use async_trait::async_trait;
@@ -85,6 +85,13 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE remote_invoices ADD COLUMN hosted_url TEXT;
     ALTER TABLE remote_invoices ADD COLUMN pdf_url TEXT;
+",
+    // One close at a time, on every process sharing the ledger.
+    "
+    CREATE TABLE close_lease (
+        id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, period TEXT NOT NULL,
+        since_us INTEGER NOT NULL, until_us INTEGER NOT NULL
+    );
 ",
 ];
 
@@ -331,6 +338,60 @@ impl LedgerStore for SqliteLedger {
             drop(claim);
             tx.commit()?;
             Ok(ops.into_iter().map(|o| Operation { first_tried_us: o.first_tried_us.or(Some(now_us)), ..o }).collect())
+        })
+        .await
+    }
+
+    async fn renew_claims(&self, claims: Vec<(i64, i64)>, until_us: i64) -> Result<Vec<i64>, Error> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut renewed = Vec::new();
+            {
+                let mut renew = tx.prepare(
+                    "UPDATE outbox SET claimed_until_us = ?3 WHERE id = ?1 AND claimed_until_us = ?2 AND state = 'pending'",
+                )?;
+                for (id, until) in claims {
+                    if renew.execute(params![id, until, until_us])? == 1 {
+                        renewed.push(id);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(renewed)
+        })
+        .await
+    }
+
+    async fn lease_close(
+        &self,
+        holder: String,
+        period: Period,
+        until_us: i64,
+        now_us: i64,
+    ) -> Result<Option<CloseHolder>, Error> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let taken = tx.execute(CLOSE_LEASE_SQL, params![holder, period.to_string(), now_us, until_us])?;
+            let other = match taken {
+                1 => None,
+                _ => Some(tx.query_row(
+                    "SELECT holder, period, since_us, until_us FROM close_lease WHERE id = 1",
+                    [],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?)),
+                )?),
+            };
+            tx.commit()?;
+            other
+                .map(|(holder, period, since_us, until_us)| close_holder(holder, &period, since_us, until_us))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn release_close(&self, holder: String) -> Result<(), Error> {
+        self.with(move |c| {
+            c.execute("DELETE FROM close_lease WHERE id = 1 AND holder = ?1", params![holder])?;
+            Ok(())
         })
         .await
     }
