@@ -201,7 +201,7 @@ pub async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
         crate::config::StoreBackend::Sqlite(_) if postgres => {}
         crate::config::StoreBackend::Sqlite(path) => {
             std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
-            meter_store::SqliteStore::open(&path, config.store.durability)?;
+            meter_store::SqliteStore::open_with(&path, config.store.durability, config.dedup()?)?;
             eprintln!("meter: SQLite store {} is migrated", path.display());
         }
     }

@@ -472,6 +472,12 @@ pub struct IngestConfig {
     /// How old an event may be when it arrives.
     #[serde(with = "humantime_serde")]
     pub lateness: Duration,
+    /// How long an event id is kept after it arrived, for duplicates: at least `lateness` plus
+    /// `max_future` (plus the delivery margin on Kafka), so that a resend arriving after its id
+    /// was dropped is refused as late. A CloudEvents resend with a fresh `time` past the horizon
+    /// counts again.
+    #[serde(with = "humantime_serde")]
+    pub dedup_horizon: Duration,
 }
 
 impl Default for IngestConfig {
@@ -481,6 +487,7 @@ impl Default for IngestConfig {
             max_events_per_request: 1000,
             max_future: Duration::from_secs(300),
             lateness: Duration::from_secs(7 * 86_400),
+            dedup_horizon: Duration::from_micros(meter_schemas::envelope::DEDUP_HORIZON_US as u64),
         }
     }
 }
@@ -612,6 +619,7 @@ impl Config {
             return Err(ConfigError::Invalid("sink.batch_size must be at least 1".into()));
         }
         self.ingest_limits()?;
+        self.dedup()?;
         self.price_book()?;
         if self.alerts.advise_every.is_zero() {
             return Err(ConfigError::Invalid("alerts.advise_every must be more than 0".into()));
@@ -678,6 +686,27 @@ impl Config {
             limits.lateness_us -= margin.as_micros() as i64;
         }
         Ok(limits)
+    }
+
+    /// How the embedded backends keep event ids for duplicates: `ingest.dedup_horizon`, refused
+    /// when shorter than the lateness window plus `ingest.max_future` (plus, on Kafka, the
+    /// delivery margin): a resend could then arrive after its id was dropped and still be on time.
+    pub fn dedup(&self) -> Result<meter_sqlite::dedup::Settings, ConfigError> {
+        let mut least = self.ingest.lateness + self.ingest.max_future;
+        let mut what = "ingest.lateness + ingest.max_future";
+        if let LogBackend::Kafka(_) = self.log_backend()? {
+            least += 2 * self.log.delivery_timeout + self.log.replica_lag_max;
+            what = "ingest.lateness + ingest.max_future + twice log.delivery_timeout + log.replica_lag_max";
+        }
+        if self.ingest.dedup_horizon < least {
+            return Err(ConfigError::Invalid(format!(
+                "ingest.dedup_horizon ({}) must be at least {what} ({}): a resend arriving after its id was dropped \
+                 would count again",
+                humantime::format_duration(self.ingest.dedup_horizon),
+                humantime::format_duration(least)
+            )));
+        }
+        Ok(meter_sqlite::dedup::Settings::new(self.ingest.dedup_horizon.as_micros().min(i64::MAX as u128) as i64))
     }
 
     /// Where the usage store is.
@@ -772,6 +801,34 @@ mod tests {
                 let e = Config::load(None, &o).unwrap_err().to_string();
                 assert!(e.contains(says) && !e.contains("s3cret") && !e.contains(":pw@"), "{bad}: {e}");
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_dedup_horizon_shorter_than_the_windows_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.dedup().unwrap().horizon_us, 35 * 86_400_000_000, "35 days by default");
+            jail.set_env("METER__INGEST__LATENESS", "2days");
+            jail.set_env("METER__INGEST__DEDUP_HORIZON", "2days");
+            let e = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(
+                e.contains(
+                    "ingest.dedup_horizon (2days) must be at least ingest.lateness + ingest.max_future (2days 5m)"
+                ),
+                "{e}"
+            );
+            jail.set_env("METER__INGEST__DEDUP_HORIZON", "3days");
+            assert_eq!(
+                Config::load(None, &Overrides::default()).unwrap().dedup().unwrap().horizon_us,
+                3 * 86_400_000_000
+            );
+            // On Kafka the delivery margin is added.
+            let kafka = Overrides { log_url: Some("kafka://k:9092".into()), ..Overrides::default() };
+            jail.set_env("METER__INGEST__DEDUP_HORIZON", "2days 5m 30s");
+            let e = Config::load(None, &kafka).unwrap_err().to_string();
+            assert!(e.contains("twice log.delivery_timeout"), "{e}");
             Ok(())
         });
     }

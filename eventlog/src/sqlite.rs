@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use meter_schemas::Event;
 use meter_schemas::partition::partition_for;
 use meter_schemas::period::now_us;
+use meter_sqlite::dedup::{self, Dedup};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use meter_sqlite::{Checkpointer, Durability, WAL_BOUND, WalBound, migrate, open, open_for_checkpointer};
 use std::path::{Path, PathBuf};
@@ -114,9 +115,23 @@ impl SqliteLog {
         durability: Durability,
         lateness_us: i64,
     ) -> Result<Self, Error> {
+        let horizon = dedup::Settings::new(meter_schemas::envelope::DEDUP_HORIZON_US);
+        Self::open_with(path, partitions, durability, lateness_us, horizon)
+    }
+
+    /// Like [`SqliteLog::open_with_lateness`], keeping event ids for duplicates as `dedup` says
+    /// (a horizon at least the lateness window plus how far ahead events may be dated).
+    pub fn open_with(
+        path: &Path,
+        partitions: u32,
+        durability: Durability,
+        lateness_us: i64,
+        dedup: dedup::Settings,
+    ) -> Result<Self, Error> {
         let partitions = partitions.max(1);
         let mut conn = open_for_checkpointer(path, durability)?;
         migrate(&mut conn, path, MIGRATIONS)?;
+        let dedup = Dedup::open(&mut conn, "ids", Some("ids"), dedup, now_us())?;
         let stored: Option<i64> =
             conn.query_row("SELECT value FROM meta WHERE name = 'partitions'", [], |r| r.get(0)).optional()?;
         match stored {
@@ -142,7 +157,8 @@ impl SqliteLog {
         }
         let heads = Arc::new(Heads::default());
         let (tx, rx) = mpsc::channel(4096);
-        let writer = Writer { conn, next, heads: heads.clone(), lateness_us, wal: WalBound::new(path, WAL_BOUND) };
+        let writer =
+            Writer { conn, next, heads: heads.clone(), lateness_us, wal: WalBound::new(path, WAL_BOUND), dedup };
         std::thread::Builder::new()
             .name("meter-log-writer".into())
             .spawn(move || writer.run(rx))
@@ -191,6 +207,8 @@ struct Writer {
     lateness_us: i64,
     /// Keeps the WAL bounded: this thread is the log's only writer.
     wal: WalBound,
+    /// The ids seen, for duplicates.
+    dedup: Dedup,
 }
 
 impl Writer {
@@ -227,6 +245,9 @@ impl Writer {
                         let _ = req.reply.send(result);
                     }
                     // Answered first: the requests just committed do not wait for this.
+                    if let Err(e) = self.dedup.committed(&mut self.conn, now_us()) {
+                        tracing::warn!(error = %e, "moving the event log's new ids into its dedup index failed; trying again after the next commit");
+                    }
                     if let Err(e) = self.wal.after_commit(&self.conn) {
                         tracing::warn!(error = %e, "bounding the event log's WAL failed; trying again after the next commit");
                     }
@@ -248,17 +269,16 @@ impl Writer {
     fn commit(&mut self, group: &[Request]) -> Result<Vec<Result<Vec<Outcome>, Error>>, Error> {
         let now = now_us();
         let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.dedup.begin(&tx)?;
         let mut results = Vec::with_capacity(group.len());
         for req in group {
             let before = self.next.clone();
+            let mark = self.dedup.mark();
             let mut sp = tx.savepoint()?;
             let mut outcomes = Vec::with_capacity(req.events.len());
             let mut conflicts = Vec::new();
             let mut late = Vec::new();
             {
-                let mut claim =
-                    sp.prepare_cached("INSERT OR IGNORE INTO ids (tenant, id, hash, key) VALUES (?1, ?2, ?3, ?4)")?;
-                let mut stored = sp.prepare_cached("SELECT hash, key FROM ids WHERE tenant = ?1 AND id = ?2")?;
                 let mut first_copy = sp.prepare_cached("SELECT payload FROM log WHERE key = ?1")?;
                 let mut insert =
                     sp.prepare_cached("INSERT INTO log (key, ingested_us, payload) VALUES (?1, ?2, ?3)")?;
@@ -270,13 +290,7 @@ impl Writer {
                     let partition = e.partition;
                     let offset = self.next[partition as usize];
                     let key = (u64::from(partition) << OFFSET_BITS | offset) as i64;
-                    if claim.execute(params![e.tenant, e.id, &e.hash[..], key])? == 1 {
-                        insert.execute(params![key, now, e.payload])?;
-                        self.next[partition as usize] += 1;
-                        outcomes.push(Outcome::Appended(Position { partition, offset }));
-                    } else {
-                        let (previous, first_key): (Vec<u8>, i64) =
-                            stored.query_row(params![e.tenant, e.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    if let Some((previous, first_key)) = self.dedup.get(&sp, &e.tenant, &e.id)? {
                         // The stored hash may follow an earlier rule (a CloudEvent's time was
                         // part of it until the hash left it out): on a mismatch, which is rare,
                         // the first copy is read back and hashed as today.
@@ -291,6 +305,11 @@ impl Writer {
                         } else {
                             conflicts.push(i);
                         }
+                    } else {
+                        self.dedup.insert(&sp, &e.tenant, &e.id, (e.hash.to_vec(), key))?;
+                        insert.execute(params![key, now, e.payload])?;
+                        self.next[partition as usize] += 1;
+                        outcomes.push(Outcome::Appended(Position { partition, offset }));
                     }
                 }
             }
@@ -301,6 +320,7 @@ impl Writer {
                 sp.rollback()?;
                 drop(sp);
                 self.next = before;
+                self.dedup.rollback_to(mark);
                 results.push(Err(if late.is_empty() { Error::Conflicts(conflicts) } else { Error::TooLate(late) }));
             }
         }

@@ -35,6 +35,11 @@ impl Default for Limits {
     }
 }
 
+/// How long the dedup state keeps an event id after it arrived, by default (35 days; Metronome
+/// keeps 34). Never shorter than the lateness window plus how far ahead an event may be dated:
+/// a resend arriving after its id was dropped is then refused as late.
+pub const DEDUP_HORIZON_US: i64 = 35 * 86_400_000_000;
+
 /// Which tenants the caller's key may write for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TenantScope {

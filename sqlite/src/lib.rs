@@ -1,6 +1,8 @@
 //! SQLite plumbing shared by meter's embedded backends: connection settings (WAL), versioned
 //! migrations, and a small pool for reads that run off the async runtime.
 
+pub mod dedup;
+
 use rusqlite::Connection;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

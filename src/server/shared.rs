@@ -120,7 +120,7 @@ impl State {
                 keys,
                 sessions,
                 live: Arc::new(
-                    SqliteStore::open(&config.live_store_path()?, config.store.durability)
+                    SqliteStore::open_with(&config.live_store_path()?, config.store.durability, config.dedup()?)
                         .context("opening the usage store")?,
                 ),
                 ledger: Ledger::open(&config.ledger_path()).context("opening the billing ledger")?,
@@ -217,7 +217,7 @@ async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
         LogBackend::Sqlite(path) => {
             let lateness_us = config.ingest.limits().lateness_us;
             Arc::new(
-                SqliteLog::open_with_lateness(&path, config.log.partitions, config.log.durability, lateness_us)
+                SqliteLog::open_with(&path, config.log.partitions, config.log.durability, lateness_us, config.dedup()?)
                     .context("opening the event log")?,
             )
         }

@@ -13,6 +13,7 @@ use crate::{
 use async_trait::async_trait;
 use meter_schemas::period::{day_of, format_day, format_time, now_us};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
+use meter_sqlite::dedup::{self, Dedup, Mirror};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use meter_sqlite::{Checkpointer, Durability, ReadPool, WAL_BOUND, WalBound, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
@@ -70,6 +71,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant, period, meter, property, value)
     ) WITHOUT ROWID;
 ",
+    // The ids seen move to arrival generations (meter_sqlite::dedup); this table becomes the
+    // oldest, dropped a horizon after the upgrade.
+    "
+    ALTER TABLE seen ADD COLUMN hash BLOB;
+    ALTER TABLE seen ADD COLUMN key INTEGER;
+",
 ];
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
@@ -96,14 +103,27 @@ pub struct SqliteStore {
     raised: Mutex<HashSet<String>>,
     /// Counts writes that raised an alert; every subscriber wakes on a change.
     alerted: tokio::sync::watch::Sender<u64>,
+    /// The event ids counted, for duplicates: the writer's (locked after `writer`).
+    seen: Mutex<Dedup>,
+    /// What the readers know of them.
+    seen_by_readers: Arc<Mutex<Mirror>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, Error> {
+        Self::open_with(path, durability, dedup::Settings::new(meter_schemas::envelope::DEDUP_HORIZON_US))
+    }
+
+    /// Opens the store at `path`, keeping counted event ids as `dedup` says (a horizon at least
+    /// the lateness window plus how far ahead events may be dated, plus Kafka's delivery margin).
+    pub fn open_with(path: &Path, durability: Durability, dedup: dedup::Settings) -> Result<Self, Error> {
         let mut conn = open_for_checkpointer(path, durability)?;
         migrate(&mut conn, path, MIGRATIONS)?;
+        let seen = Dedup::open(&mut conn, "seen", Some("seen"), dedup, now_us())?;
         Ok(Self {
+            seen: Mutex::new(seen),
+            seen_by_readers: Arc::new(Mutex::new(Mirror::default())),
             _checkpointer: Checkpointer::start(path, Duration::from_secs(1))?,
             writer: Mutex::new(conn),
             wal: WalBound::new(path, WAL_BOUND),
@@ -177,12 +197,14 @@ impl LiveStore for SqliteStore {
     /// Answers a hard-limit check's queries from one snapshot (see [`crate::limits`]).
     async fn limit_states(&self, queries: Vec<LimitQuery>) -> Result<LimitSnapshot, Error> {
         let reads = self.reads.clone();
+        let seen_by_readers = self.seen_by_readers.clone();
         Ok(blocking(move || {
             reads.with(|conn| {
                 let tx = conn.transaction()?;
                 let mut states = Vec::with_capacity(queries.len());
+                let mut seen = seen_by_readers.lock().unwrap_or_else(|e| e.into_inner());
+                seen.refresh(&tx, "seen")?;
                 {
-                    let mut seen = tx.prepare_cached("SELECT 1 FROM seen WHERE id = ?1 AND tenant = ?2")?;
                     let mut value = tx
                         .prepare_cached("SELECT value FROM tallies WHERE tenant = ?1 AND meter = ?2 AND bucket = ?3")?;
                     let mut unique = tx.prepare_cached(
@@ -191,7 +213,7 @@ impl LiveStore for SqliteStore {
                     for q in queries {
                         let mut state = LimitState::default();
                         for id in q.ids {
-                            if seen.exists(params![id, q.tenant])? {
+                            if seen.get(&tx, &q.tenant, &id)?.is_some() {
                                 state.counted.insert(id);
                             }
                         }
@@ -216,6 +238,7 @@ impl LiveStore for SqliteStore {
                 }
                 let progress: i64 =
                     tx.query_row("SELECT COALESCE(SUM(next_offset), 0) FROM checkpoints", [], |r| r.get(0))?;
+                drop(seen);
                 tx.commit()?;
                 Ok(LimitSnapshot { progress: progress.max(0) as u64, states })
             })
@@ -386,7 +409,9 @@ impl UsageStore for SqliteStore {
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let mut group_cache = self.group_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        seen.begin(&tx)?;
         {
             let mut stored =
                 tx.prepare_cached("SELECT next_offset FROM checkpoints WHERE consumer = ?1 AND partition = ?2")?;
@@ -402,7 +427,6 @@ impl UsageStore for SqliteStore {
         let mut groups: HashMap<GroupKey, Tally> = HashMap::new();
         let (mut raised, mut new_alerts) = (Vec::new(), 0);
         {
-            let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO seen (tenant, id) VALUES (?1, ?2)")?;
             let mut unique = tx.prepare_cached(
                 "INSERT OR IGNORE INTO uniques (tenant, meter, bucket, value) VALUES (?1, ?2, ?3, ?4)",
             )?;
@@ -414,10 +438,11 @@ impl UsageStore for SqliteStore {
                  WHERE tenant = ?1 AND period = ?2 AND meter = ?3 AND property = ?4 AND value = ?5",
             )?;
             for ev in events {
-                if seen.execute(params![ev.tenant, ev.id])? == 0 {
+                if seen.contains(&tx, &ev.tenant, &ev.id)? {
                     applied.duplicates += 1;
                     continue;
                 }
+                seen.insert(&tx, &ev.tenant, &ev.id, (Vec::new(), 0))?;
                 applied.counted += 1;
                 let buckets = [Period::containing(ev.time_us).to_string(), format_day(day_of(ev.time_us))];
                 for (m, c) in &ev.contributions {
@@ -482,6 +507,10 @@ impl UsageStore for SqliteStore {
             }
         }
         tx.commit()?;
+        if let Err(e) = seen.committed(&mut conn, now_us()) {
+            tracing::warn!(error = %e, "moving counted ids into the dedup index failed; trying again after the next batch");
+        }
+        drop(seen);
         // Committed: a failure to bound the WAL only leaves it for the next batch.
         if let Err(e) = self.wal.after_commit(&conn) {
             tracing::warn!(error = %e, "bounding the usage store's WAL failed; trying again after the next batch");

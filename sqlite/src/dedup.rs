@@ -1,0 +1,430 @@
+//! Dedup state for the embedded default, kept for a horizon and cheap for random ids.
+//!
+//! One B-tree keyed by event id dirties a random page per new id, and a commit writes every
+//! dirty page to the WAL: with random (UUIDv4) ids that cost ingest more than half its rate.
+//! Here a new id is appended to a small table in arrival order (`<name>_pending`, its rowid)
+//! and mirrored in memory; once that holds [`Settings::flush_at`] ids they move, sorted, into
+//! the open generation's B-tree in one transaction, so a leaf page of it is written once per
+//! flush however many of its ids arrived. Generations are arrival buckets: a new one opens
+//! every quarter of the horizon, and one whose last arrival is older than the horizon is
+//! dropped whole (`DROP TABLE`), so the state stays flat under a steady load. A lookup asks the
+//! memory mirror, then each live generation, newest first.
+//!
+//! Every connection that looks ids up keeps a [`Mirror`] refreshed inside its transaction: the
+//! rows appended since it last looked (rowid order), or all of them after a flush (an epoch in
+//! `<name>_state` says when). The single writer stages its own uncommitted ids apart
+//! ([`Dedup::insert`], [`Dedup::rollback_to`]), so a rolled back request leaves nothing behind.
+
+use hashbrown::{Equivalent, HashMap};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::hash::{Hash, Hasher};
+
+/// A stored id's value: the event's payload hash and its place in the log (the store keeps
+/// neither).
+pub type Value = (Vec<u8>, i64);
+
+/// How the dedup state is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// How long an id is kept after it arrived (µs), at least.
+    pub horizon_us: i64,
+    /// Ids appended before they move into the open generation's B-tree.
+    pub flush_at: usize,
+}
+
+/// Generations per horizon: ids are kept between the horizon and a quarter more.
+const GENERATIONS: i64 = 4;
+
+impl Settings {
+    /// Kept for `horizon_us`, flushed every 131,072 new ids (about 20 MB of memory per mirror).
+    pub fn new(horizon_us: i64) -> Self {
+        Settings { horizon_us: horizon_us.max(GENERATIONS), flush_at: 131_072 }
+    }
+
+    fn bucket_us(&self) -> i64 {
+        self.horizon_us / GENERATIONS
+    }
+}
+
+/// `(tenant, id)`.
+type Key = (String, String);
+
+/// A `(tenant, id)` looked up without copying it: hashes and compares as a [`Key`].
+struct Probe<'a>(&'a str, &'a str);
+
+impl Hash for Probe<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.0, self.1).hash(state);
+    }
+}
+
+impl Equivalent<Key> for Probe<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+/// What a connection knows of the appended ids and the live generations.
+#[derive(Default)]
+pub struct Mirror {
+    epoch: Option<i64>,
+    last_rowid: i64,
+    /// The lookup of each live generation, newest first.
+    lookups: Vec<String>,
+    /// Since when the open generation takes ids.
+    open_since: i64,
+    ids: HashMap<Key, Value>,
+}
+
+/// The dedup state `name` in one SQLite file.
+pub struct Dedup {
+    name: String,
+    settings: Settings,
+    mirror: Mirror,
+    insert_sql: String,
+    /// Ids written in the open transaction: their values and order of writing.
+    staged: HashMap<Key, (usize, Value)>,
+    /// The rowid of the last id written in the open transaction.
+    last_written: i64,
+}
+
+impl Dedup {
+    /// Opens the state `name` on `conn` (its writer), creating its tables; an existing table
+    /// `legacy` (an earlier layout: `id`, `tenant`, `hash` and `key`) becomes its oldest
+    /// generation, dropped a horizon from now.
+    pub fn open(
+        conn: &mut Connection,
+        name: &str,
+        legacy: Option<&str>,
+        settings: Settings,
+        now_us: i64,
+    ) -> Result<Self, crate::Error> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {name}_gens (
+                 gen INTEGER PRIMARY KEY, tbl TEXT NOT NULL, from_us INTEGER NOT NULL, until_us INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS {name}_pending (
+                 rowid INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, hash BLOB, key INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS {name}_state (one INTEGER PRIMARY KEY CHECK (one = 1), epoch INTEGER NOT NULL);
+             INSERT OR IGNORE INTO {name}_state (one, epoch) VALUES (1, 0);"
+        ))?;
+        let gens: i64 = tx.query_row(&format!("SELECT count(*) FROM {name}_gens"), [], |r| r.get(0))?;
+        if gens == 0 {
+            let legacy = match legacy {
+                Some(t) => tx
+                    .query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1", [t], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .optional()?,
+                None => None,
+            };
+            if let Some(t) = legacy {
+                tx.execute(
+                    &format!("INSERT INTO {name}_gens (gen, tbl, from_us, until_us) VALUES (0, ?1, 0, ?2)"),
+                    params![t, now_us],
+                )?;
+            }
+            open_generation(&tx, name, 1, now_us)?;
+        }
+        tx.commit()?;
+        let mut dedup = Dedup {
+            name: name.to_string(),
+            settings,
+            mirror: Mirror::default(),
+            insert_sql: format!("INSERT INTO {name}_pending (tenant, id, hash, key) VALUES (?1, ?2, ?3, ?4)"),
+            staged: HashMap::new(),
+            last_written: 0,
+        };
+        dedup.begin(conn)?;
+        Ok(dedup)
+    }
+
+    /// Starts a transaction's work on `tx` (the writer's, holding the write lock): learns what
+    /// other writers appended, forgets anything staged by a transaction that did not commit.
+    pub fn begin(&mut self, tx: &Connection) -> Result<(), crate::Error> {
+        self.staged.clear();
+        self.last_written = 0;
+        self.mirror.refresh(tx, &self.name)
+    }
+
+    /// The value of `(tenant, id)`, if it was seen: staged in this transaction, appended, or in a
+    /// live generation.
+    pub fn get(&self, tx: &Connection, tenant: &str, id: &str) -> Result<Option<Value>, crate::Error> {
+        if let Some((_, v)) = self.staged.get(&Probe(tenant, id)) {
+            return Ok(Some(v.clone()));
+        }
+        self.mirror.get(tx, tenant, id)
+    }
+
+    /// Whether `(tenant, id)` was seen (as [`Dedup::get`], without its value).
+    pub fn contains(&self, tx: &Connection, tenant: &str, id: &str) -> Result<bool, crate::Error> {
+        Ok(self.staged.contains_key(&Probe(tenant, id)) || self.mirror.get(tx, tenant, id)?.is_some())
+    }
+
+    /// Records `(tenant, id)` with `value` in the open transaction (appended; seen by
+    /// [`Dedup::get`] at once). The caller has checked it is new.
+    pub fn insert(&mut self, tx: &Connection, tenant: &str, id: &str, value: Value) -> Result<(), crate::Error> {
+        // A value-less id (the store's) keeps NULLs.
+        let (hash, at) = match value.0.is_empty() {
+            true => (None, None),
+            false => (Some(&value.0), Some(value.1)),
+        };
+        tx.prepare_cached(&self.insert_sql)?.execute(params![tenant, id, hash, at])?;
+        self.last_written = tx.last_insert_rowid();
+        let n = self.staged.len();
+        self.staged.insert((tenant.to_string(), id.to_string()), (n, value));
+        Ok(())
+    }
+
+    /// How many ids are staged: a mark to roll back to.
+    pub fn mark(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Forgets the ids staged after `mark` (their savepoint was rolled back).
+    pub fn rollback_to(&mut self, mark: usize) {
+        if self.staged.len() > mark {
+            self.staged.retain(|_, (n, _)| *n < mark);
+        }
+    }
+
+    /// After the transaction committed: its ids count as appended (this writer held the write
+    /// lock from [`Dedup::begin`], so nobody else appended meanwhile). Then, outside any
+    /// transaction, flushes the appended ids into the open generation once there are enough,
+    /// opens a new generation every quarter of the horizon and drops those past it.
+    pub fn committed(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
+        for (key, (_, value)) in self.staged.drain() {
+            self.mirror.ids.insert(key, value);
+        }
+        self.mirror.last_rowid = self.mirror.last_rowid.max(self.last_written);
+        let due = self.mirror.ids.len() >= self.settings.flush_at;
+        let roll = now_us >= self.mirror.open_since.saturating_add(self.settings.bucket_us());
+        if due || roll {
+            self.maintain(conn, now_us, roll)?;
+        }
+        Ok(())
+    }
+
+    fn maintain(&mut self, conn: &mut Connection, now_us: i64, roll: bool) -> Result<(), crate::Error> {
+        let name = &self.name;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (open, tbl): (i64, String) =
+            tx.query_row(&format!("SELECT gen, tbl FROM {name}_gens WHERE until_us IS NULL"), [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        tx.execute_batch(&format!(
+            "INSERT OR IGNORE INTO {tbl} (id, tenant, hash, key)
+                 SELECT id, tenant, hash, key FROM {name}_pending ORDER BY id, tenant;
+             DELETE FROM {name}_pending;
+             UPDATE {name}_state SET epoch = epoch + 1;"
+        ))?;
+        if roll {
+            tx.execute(&format!("UPDATE {name}_gens SET until_us = ?1 WHERE gen = ?2"), params![now_us, open])?;
+            open_generation(&tx, name, open + 1, now_us)?;
+            let gone: Vec<(i64, String)> = {
+                let mut stmt =
+                    tx.prepare(&format!("SELECT gen, tbl FROM {name}_gens WHERE until_us <= ?1 ORDER BY gen"))?;
+                let rows =
+                    stmt.query_map([now_us.saturating_sub(self.settings.horizon_us)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for (number, tbl) in gone {
+                tx.execute_batch(&format!("DROP TABLE IF EXISTS {tbl}"))?;
+                tx.execute(&format!("DELETE FROM {name}_gens WHERE gen = ?1"), [number])?;
+                tracing::info!(state = %name, generation = number, "dedup generation past the horizon dropped");
+            }
+        }
+        tx.commit()?;
+        self.mirror.epoch = None;
+        self.mirror.refresh(conn, name)
+    }
+}
+
+/// Opens generation `number` (its table) from `from_us`.
+fn open_generation(tx: &Connection, name: &str, number: i64, from_us: i64) -> Result<(), crate::Error> {
+    let tbl = format!("{name}_g{number}");
+    tx.execute_batch(&format!(
+        "CREATE TABLE {tbl} (id TEXT NOT NULL, tenant TEXT NOT NULL, hash BLOB, key INTEGER,
+             PRIMARY KEY (id, tenant)) WITHOUT ROWID;"
+    ))?;
+    tx.execute(
+        &format!("INSERT INTO {name}_gens (gen, tbl, from_us) VALUES (?1, ?2, ?3)"),
+        params![number, tbl, from_us],
+    )?;
+    Ok(())
+}
+
+impl Mirror {
+    /// Brings the mirror of `name` up to what `tx` sees (call it inside the transaction that
+    /// then looks ids up, so that a flush cannot move an id out of sight in between).
+    pub fn refresh(&mut self, tx: &Connection, name: &str) -> Result<(), crate::Error> {
+        let epoch: i64 = tx.prepare_cached(&format!("SELECT epoch FROM {name}_state"))?.query_row([], |r| r.get(0))?;
+        if self.epoch != Some(epoch) {
+            self.ids.clear();
+            self.last_rowid = 0;
+            let mut stmt = tx.prepare(&format!("SELECT tbl, from_us, until_us FROM {name}_gens ORDER BY gen DESC"))?;
+            let gens: Vec<(String, i64, Option<i64>)> =
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+            self.open_since = gens.iter().find(|g| g.2.is_none()).map_or(0, |g| g.1);
+            self.lookups = gens
+                .into_iter()
+                .map(|(tbl, _, _)| format!("SELECT hash, key FROM {tbl} WHERE id = ?1 AND tenant = ?2"))
+                .collect();
+            self.epoch = Some(epoch);
+        }
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT rowid, tenant, id, hash, key FROM {name}_pending WHERE rowid > ?1 ORDER BY rowid"
+        ))?;
+        let mut rows = stmt.query([self.last_rowid])?;
+        while let Some(r) = rows.next()? {
+            self.last_rowid = r.get(0)?;
+            let value = (r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(), r.get::<_, Option<i64>>(4)?.unwrap_or(0));
+            self.ids.insert((r.get(1)?, r.get(2)?), value);
+        }
+        Ok(())
+    }
+
+    /// The value of `(tenant, id)` if seen, as of the last refresh.
+    pub fn get(&self, tx: &Connection, tenant: &str, id: &str) -> Result<Option<Value>, crate::Error> {
+        if let Some(v) = self.ids.get(&Probe(tenant, id)) {
+            return Ok(Some(v.clone()));
+        }
+        for sql in &self.lookups {
+            let found = tx
+                .prepare_cached(sql)?
+                .query_row(params![id, tenant], |r| {
+                    Ok((r.get::<_, Option<Vec<u8>>>(0)?.unwrap_or_default(), r.get::<_, Option<i64>>(1)?.unwrap_or(0)))
+                })
+                .optional()?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(n: i64) -> Value {
+        (vec![n as u8; 4], n)
+    }
+
+    fn writer(path: &std::path::Path, settings: Settings, now: i64) -> (Connection, Dedup) {
+        let mut conn = crate::open(path, crate::Durability::Normal).unwrap();
+        let d = Dedup::open(&mut conn, "ids", None, settings, now).unwrap();
+        (conn, d)
+    }
+
+    /// Inserts `ids` for tenant `t` in one committed transaction at `now`.
+    fn commit(conn: &mut Connection, d: &mut Dedup, ids: &[i64], now: i64) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        d.begin(&tx).unwrap();
+        for i in ids {
+            d.insert(&tx, "t", &format!("e{i}"), value(*i)).unwrap();
+        }
+        tx.commit().unwrap();
+        d.committed(conn, now).unwrap();
+    }
+
+    fn seen(conn: &mut Connection, d: &mut Dedup, i: i64) -> Option<Value> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        d.begin(&tx).unwrap();
+        d.get(&tx, "t", &format!("e{i}")).unwrap()
+    }
+
+    fn tables(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'ids_g[0-9]*' ORDER BY name")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn staged_ids_are_seen_at_once_and_a_rollback_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, mut d) = writer(&dir.path().join("x.db"), Settings::new(1_000_000), 0);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        d.begin(&tx).unwrap();
+        d.insert(&tx, "t", "e1", value(1)).unwrap();
+        assert_eq!(d.get(&tx, "t", "e1").unwrap(), Some(value(1)));
+        assert_eq!(d.get(&tx, "u", "e1").unwrap(), None, "ids are per tenant");
+        let mark = d.mark();
+        d.insert(&tx, "t", "e2", value(2)).unwrap();
+        d.rollback_to(mark);
+        assert_eq!(d.get(&tx, "t", "e2").unwrap(), None);
+        drop(tx); // rolled back whole
+        assert_eq!(seen(&mut conn, &mut d, 1), None, "a transaction that did not commit leaves nothing");
+        commit(&mut conn, &mut d, &[3], 0);
+        assert_eq!(seen(&mut conn, &mut d, 3), Some(value(3)));
+    }
+
+    #[test]
+    fn ids_survive_a_restart_and_a_flush_and_other_connections_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 10, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        commit(&mut conn, &mut d, &(0..6).collect::<Vec<_>>(), 1);
+        drop((conn, d)); // a crash: the appended ids are in the file
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        assert_eq!(seen(&mut conn, &mut d, 5), Some(value(5)));
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mut mirror = Mirror::default();
+        let look = |reader: &mut Connection, mirror: &mut Mirror, i: i64| {
+            let tx = reader.transaction().unwrap();
+            mirror.refresh(&tx, "ids").unwrap();
+            mirror.get(&tx, "t", &format!("e{i}")).unwrap()
+        };
+        assert_eq!(look(&mut reader, &mut mirror, 4), Some(value(4)));
+        commit(&mut conn, &mut d, &(6..12).collect::<Vec<_>>(), 3);
+        let pending: i64 = conn.query_row("SELECT count(*) FROM ids_pending", [], |r| r.get(0)).unwrap();
+        assert_eq!(pending, 0, "12 ids reached flush_at: moved into the generation's B-tree");
+        for i in [0, 7, 11] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
+            assert_eq!(look(&mut reader, &mut mirror, i), Some(value(i)), "the reader after the flush");
+        }
+        assert_eq!(look(&mut reader, &mut mirror, 12), None);
+    }
+
+    #[test]
+    fn generations_open_every_quarter_horizon_and_go_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let horizon = 400;
+        let (mut conn, mut d) = writer(&dir.path().join("x.db"), Settings::new(horizon), 0);
+        commit(&mut conn, &mut d, &[1], 10);
+        assert_eq!(tables(&conn), ["ids_g1"]);
+        commit(&mut conn, &mut d, &[2], 100);
+        assert_eq!(tables(&conn), ["ids_g1", "ids_g2"], "a quarter of the horizon: a new generation");
+        commit(&mut conn, &mut d, &[3], 250);
+        assert_eq!(seen(&mut conn, &mut d, 1), Some(value(1)), "kept for the horizon");
+        commit(&mut conn, &mut d, &[4], 499);
+        assert_eq!(seen(&mut conn, &mut d, 1), Some(value(1)), "its generation's last arrival was at 100");
+        commit(&mut conn, &mut d, &[5], 600);
+        assert_eq!(seen(&mut conn, &mut d, 1), None, "dropped: every id of it arrived a horizon ago");
+        assert_eq!(seen(&mut conn, &mut d, 2), None, "it arrived at 100, in the same generation");
+        assert_eq!(seen(&mut conn, &mut d, 3), Some(value(3)), "arrived at 250");
+        assert!(!tables(&conn).contains(&"ids_g1".to_string()), "{:?}", tables(&conn));
+    }
+
+    #[test]
+    fn an_earlier_table_becomes_the_oldest_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let mut conn = crate::open(&path, crate::Durability::Normal).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE ids (tenant TEXT NOT NULL, id TEXT NOT NULL, hash BLOB NOT NULL, key INTEGER NOT NULL,
+                 PRIMARY KEY (id, tenant)) WITHOUT ROWID;
+             INSERT INTO ids VALUES ('t', 'old', x'01', 9);",
+        )
+        .unwrap();
+        let mut d = Dedup::open(&mut conn, "ids", Some("ids"), Settings::new(400), 1_000).unwrap();
+        let tx = conn.transaction().unwrap();
+        d.begin(&tx).unwrap();
+        assert_eq!(d.get(&tx, "t", "old").unwrap(), Some((vec![1], 9)));
+    }
+}
