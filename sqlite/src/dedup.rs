@@ -411,6 +411,48 @@ mod tests {
         assert!(!tables(&conn).contains(&"ids_g1".to_string()), "{:?}", tables(&conn));
     }
 
+    /// Pages of the file: all, and those in use (not on the free list).
+    fn pages(conn: &Connection) -> (i64, i64) {
+        let all: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).unwrap();
+        (all, all - free)
+    }
+
+    /// Random ids at a steady rate for eight horizons, for three horizons: once a horizon has
+    /// passed, the file stops growing (dropped generations' pages are reused), and what it
+    /// holds grows with the horizon, not with the ids ever seen.
+    #[test]
+    fn the_file_is_flat_under_a_steady_load_once_the_horizon_is_reached() {
+        let mut steady = Vec::new();
+        for horizon in [400, 800, 1600] {
+            let dir = tempfile::tempdir().unwrap();
+            let settings = Settings { flush_at: 2_000, ..Settings::new(horizon) };
+            let (mut conn, mut d) = writer(&dir.path().join("x.db"), settings, 0);
+            let mut at = Vec::new();
+            let (tick, per_tick) = (10, 100);
+            for t in (tick..=8 * horizon).step_by(tick as usize) {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+                d.begin(&tx).unwrap();
+                for _ in 0..per_tick {
+                    let id = format!("{:032x}", rand::random::<u128>());
+                    d.insert(&tx, "t", &id, (Vec::new(), 0)).unwrap();
+                }
+                tx.commit().unwrap();
+                d.committed(&mut conn, t).unwrap();
+                if t % horizon == 0 {
+                    at.push(pages(&conn));
+                }
+            }
+            let (file, used): (Vec<i64>, Vec<i64>) = at.iter().copied().unzip();
+            eprintln!("horizon {horizon}: file pages at each horizon {file:?}, in use {used:?}");
+            // From 3 horizons on, twice the ids ever seen and the file no larger than a quarter more.
+            assert!(file[7] * 4 <= file[2] * 5, "horizon {horizon}: {file:?}");
+            assert!(used[7] * 4 <= used[2] * 5, "horizon {horizon}: {used:?}");
+            steady.push(file[7]);
+        }
+        assert!(steady[0] < steady[1] && steady[1] < steady[2], "the state grows with the horizon: {steady:?}");
+    }
+
     #[test]
     fn an_earlier_table_becomes_the_oldest_generation() {
         let dir = tempfile::tempdir().unwrap();
