@@ -53,9 +53,16 @@ async fn a_cloudevent_stored_under_the_earlier_hash_is_a_duplicate_when_resent()
     let mut ce = meter_eventlog::contract::event("acme", "ce-1", 1);
     ce.source = Some("sdk".into());
     assert!(matches!(log.append(std::slice::from_ref(&ce)).await.unwrap()[0], meter_eventlog::Outcome::Appended(_)));
-    // As an earlier meter stored it: a hash with the time in it (any other hash than today's).
+    // As an earlier meter stored it: a hash with the time in it (any other hash than today's),
+    // read back when the log opens again.
+    drop(log);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let conn = meter_sqlite::rusqlite::Connection::open(&path).unwrap();
-    conn.execute("UPDATE ids SET hash = ?1 WHERE id = 'ce-1'", [&[7u8; 32][..]]).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let changed = conn.execute("UPDATE ids_pending SET hash = ?1 WHERE id = 'ce-1'", [&[7u8; 32][..]]).unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let log = SqliteLog::open(&path, 4, Durability::Normal).unwrap();
     let mut resend = ce.clone();
     resend.time_us += 1_000_000;
     assert!(matches!(log.append(&[ce.clone()]).await.unwrap()[0], meter_eventlog::Outcome::Duplicate));

@@ -120,6 +120,17 @@ impl Dedup {
                     .optional()?,
                 None => None,
             };
+            // An empty earlier table (a new file's, made by its first migration) is dropped:
+            // every lookup would ask it.
+            let legacy = match legacy {
+                Some(t)
+                    if tx.query_row(&format!("SELECT 1 FROM {t} LIMIT 1"), [], |_| Ok(())).optional()?.is_none() =>
+                {
+                    tx.execute_batch(&format!("DROP TABLE {t}"))?;
+                    None
+                }
+                other => other,
+            };
             if let Some(t) = legacy {
                 tx.execute(
                     &format!("INSERT INTO {name}_gens (gen, tbl, from_us, until_us) VALUES (0, ?1, 0, ?2)"),
@@ -468,5 +479,17 @@ mod tests {
         let tx = conn.transaction().unwrap();
         d.begin(&tx).unwrap();
         assert_eq!(d.get(&tx, "t", "old").unwrap(), Some((vec![1], 9)));
+        drop(tx);
+        // A new file's empty earlier table is dropped rather than asked on every lookup.
+        let path = dir.path().join("new.db");
+        let mut conn = crate::open(&path, crate::Durability::Normal).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE seen (tenant TEXT, id TEXT, hash BLOB, key INTEGER, PRIMARY KEY (id, tenant));",
+        )
+        .unwrap();
+        Dedup::open(&mut conn, "seen", Some("seen"), Settings::new(400), 1_000).unwrap();
+        let gone: Option<String> =
+            conn.query_row("SELECT name FROM sqlite_master WHERE name = 'seen'", [], |r| r.get(0)).optional().unwrap();
+        assert_eq!(gone, None);
     }
 }
