@@ -139,7 +139,8 @@ pub const CLOSE_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 struct CloseLease {
     ledger: Ledger,
     holder: String,
-    lost: Arc<std::sync::Mutex<Option<crate::ledger::CloseHolder>>>,
+    /// Who took the lease over, when this close lost it: the holder and the period it closes.
+    lost: Arc<std::sync::Mutex<Option<(String, Period)>>>,
     renewing: tokio::task::JoinHandle<()>,
     given_back: bool,
 }
@@ -171,7 +172,7 @@ impl CloseLease {
                         Ok(None) => {}
                         Ok(Some(other)) => {
                             tracing::error!(holder = %other.holder, "the close lease was lost; this close stops");
-                            *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(other);
+                            *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some((other.holder, other.period));
                             return;
                         }
                         Err(e) => tracing::warn!(error = %e, "renewing the close lease failed; trying again"),
@@ -187,9 +188,9 @@ impl CloseLease {
     fn check(&self) -> Result<(), Error> {
         match &*self.lost.lock().unwrap_or_else(|e| e.into_inner()) {
             None => Ok(()),
-            Some(other) => Err(Error::Conflict(format!(
+            Some((holder, period)) => Err(Error::Conflict(format!(
                 "this close stalled past its lease and {} took over the close of {}; retry once it finishes",
-                other.holder, other.period
+                holder, period
             ))),
         }
     }
