@@ -475,9 +475,9 @@ pub struct IngestConfig {
     /// How long an event id is kept after it arrived, for duplicates: at least `lateness` plus
     /// `max_future` (plus the delivery margin on Kafka), so that a resend arriving after its id
     /// was dropped is refused as late. A CloudEvents resend with a fresh `time` past the horizon
-    /// counts again.
+    /// counts again. Unset: 35 days, or that least value when it is longer.
     #[serde(with = "humantime_serde")]
-    pub dedup_horizon: Duration,
+    pub dedup_horizon: Option<Duration>,
 }
 
 impl Default for IngestConfig {
@@ -487,7 +487,7 @@ impl Default for IngestConfig {
             max_events_per_request: 1000,
             max_future: Duration::from_secs(300),
             lateness: Duration::from_secs(7 * 86_400),
-            dedup_horizon: Duration::from_micros(meter_schemas::envelope::DEDUP_HORIZON_US as u64),
+            dedup_horizon: None,
         }
     }
 }
@@ -698,15 +698,19 @@ impl Config {
             least += 2 * self.log.delivery_timeout + self.log.replica_lag_max;
             what = "ingest.lateness + ingest.max_future + twice log.delivery_timeout + log.replica_lag_max";
         }
-        if self.ingest.dedup_horizon < least {
-            return Err(ConfigError::Invalid(format!(
-                "ingest.dedup_horizon ({}) must be at least {what} ({}): a resend arriving after its id was dropped \
-                 would count again",
-                humantime::format_duration(self.ingest.dedup_horizon),
-                humantime::format_duration(least)
-            )));
-        }
-        Ok(meter_sqlite::dedup::Settings::new(self.ingest.dedup_horizon.as_micros().min(i64::MAX as u128) as i64))
+        let horizon = match self.ingest.dedup_horizon {
+            Some(h) if h < least => {
+                return Err(ConfigError::Invalid(format!(
+                    "ingest.dedup_horizon ({}) must be at least {what} ({}): a resend arriving after its id was \
+                     dropped would count again",
+                    humantime::format_duration(h),
+                    humantime::format_duration(least)
+                )));
+            }
+            Some(h) => h,
+            None => Duration::from_micros(meter_schemas::envelope::DEDUP_HORIZON_US as u64).max(least),
+        };
+        Ok(meter_sqlite::dedup::Settings::new(horizon.as_micros().min(i64::MAX as u128) as i64))
     }
 
     /// Where the usage store is.
@@ -810,6 +814,10 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             let c = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(c.dedup().unwrap().horizon_us, 35 * 86_400_000_000, "35 days by default");
+            // Unset, it follows a lateness window longer than 35 days.
+            jail.set_env("METER__INGEST__LATENESS", "120days");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.dedup().unwrap().horizon_us, (120 * 86_400 + 300) * 1_000_000);
             jail.set_env("METER__INGEST__LATENESS", "2days");
             jail.set_env("METER__INGEST__DEDUP_HORIZON", "2days");
             let e = Config::load(None, &Overrides::default()).unwrap_err().to_string();
