@@ -127,14 +127,22 @@ fn rows(catalog: &Catalog, batch: &[Metered]) -> Rows {
 
 fn raw(base: &PgUrl, all: &[Rows]) -> Duration {
     let pg = migrated(base);
+    // One arrival partition for every row, as the apply writes into the newest one.
+    pg.execute(
+        "CREATE TABLE seen_all PARTITION OF seen (PRIMARY KEY (tenant, id)) FOR VALUES FROM (MINVALUE) TO (MAXVALUE)",
+        &[],
+    )
+    .unwrap();
+    let arrived = now_us();
     let started = Instant::now();
     for r in all {
         pg.block(async {
             let mut c = pg.client().await?;
             let tx = c.transaction().await?;
             tx.execute(
-                "INSERT INTO seen (tenant, id) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-                &[&r.seen[0], &r.seen[1]],
+                "INSERT INTO seen (tenant, id, arrived_us) SELECT t, i, $3 FROM unnest($1::text[], $2::text[]) AS k(t, i)
+                 ON CONFLICT DO NOTHING",
+                &[&r.seen[0], &r.seen[1], &arrived],
             )
             .await?;
             tx.execute(

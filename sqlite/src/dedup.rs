@@ -41,7 +41,8 @@ impl Settings {
         Settings { horizon_us: horizon_us.max(GENERATIONS), flush_at: 131_072 }
     }
 
-    fn bucket_us(&self) -> i64 {
+    /// How long a generation takes arrivals: a quarter of the horizon.
+    pub fn bucket_us(&self) -> i64 {
         self.horizon_us / GENERATIONS
     }
 }

@@ -131,7 +131,7 @@ impl State {
             Some(pg) => State {
                 keys,
                 sessions,
-                live: Arc::new(PgStore::open(pg.clone())?),
+                live: Arc::new(PgStore::open_with(pg.clone(), config.dedup()?)?),
                 ledger: Ledger::new(Arc::new(PgLedger::open(pg.clone())?)),
                 webhooks: Arc::new(Webhooks::new(Arc::new(PgWebhooks::open(pg.clone())?), settings)?),
                 pg: Some(pg),

@@ -23,6 +23,9 @@ pub trait Harness: Send + Sync {
 pub trait LiveHarness: Send + Sync {
     /// Opens (or reopens) the store under test.
     async fn open_live(&self) -> Arc<dyn LiveStore>;
+
+    /// Opens (or reopens) the store under test, keeping counted ids for `horizon`.
+    async fn open_live_keeping(&self, horizon: std::time::Duration) -> Arc<dyn LiveStore>;
 }
 
 /// Tenant `a`'s agent invocations are watched at 80, 90 and 100 % of 10.
@@ -638,11 +641,14 @@ pub async fn limit_states_read_ids_values_and_uniques_per_tenant_and_period(h: &
 
 /// Expands to one `#[tokio::test]` per contract body of the live counters' port, for a backend
 /// given by a [`LiveHarness`] factory.
+///
+/// (The dedup horizon's body sleeps past a short horizon: about eight seconds.)
 #[macro_export]
 macro_rules! live_contract {
     ($harness:expr) => {
         $crate::live_contract!(@t $harness; each_threshold_fires_once_and_never_early,
-            limit_states_read_ids_values_and_uniques_per_tenant_and_period);
+            limit_states_read_ids_values_and_uniques_per_tenant_and_period,
+            counted_ids_are_kept_for_the_dedup_horizon_then_dropped);
     };
     (@t $harness:expr; $($name:ident),*) => {
         $(
@@ -653,6 +659,33 @@ macro_rules! live_contract {
             }
         )*
     };
+}
+
+/// An id counted stays a duplicate while it is younger than the dedup horizon, across the
+/// arrival generations that open meanwhile and across a reopen; a horizon later its state is
+/// dropped (ingest refuses such a resend as late before it reaches the store), so it counts again.
+pub async fn counted_ids_are_kept_for_the_dedup_horizon_then_dropped(h: &dyn LiveHarness) {
+    let horizon = std::time::Duration::from_secs(4);
+    let m = meters();
+    let s = h.open_live_keeping(horizon).await;
+    s.checkpoint("c").unwrap();
+    let counted = |s: &Arc<dyn LiveStore>, from: u64, ids: &[&str]| {
+        let batch: Vec<Metered> = ids.iter().map(|id| tokens("a", id, 1, MID_NOVEMBER)).collect();
+        s.apply("c", &m, &batch, &adv(from, from + ids.len() as u64)).unwrap().counted
+    };
+    assert_eq!(counted(&s, 0, &["1", "2"]), 2);
+    // Past a quarter of the horizon: a new generation is open.
+    tokio::time::sleep(horizon / 3).await;
+    assert_eq!(counted(&s, 2, &["1", "3"]), 1, "an id younger than the horizon is a duplicate");
+    drop(s);
+    let s = h.open_live_keeping(horizon).await;
+    s.checkpoint("c").unwrap();
+    assert_eq!(counted(&s, 4, &["2", "3", "4"]), 1, "and stays one after a reopen");
+    // Ids "1" and "2" arrived more than a horizon (and a generation) ago.
+    tokio::time::sleep(horizon + horizon / 2).await;
+    assert_eq!(counted(&s, 7, &["5"]), 1);
+    assert_eq!(counted(&s, 8, &["1", "2"]), 2, "an id older than the horizon is no longer kept");
+    assert_eq!(value(&*s, "a", "agent_invocations", "2026-11").await.as_deref(), Some("7"));
 }
 
 /// Expands to one `#[tokio::test]` per contract body, for a backend given by a harness factory.

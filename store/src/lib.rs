@@ -19,7 +19,7 @@ pub mod testing;
 pub use alerts::{Alert, Allowances, Suggestion, Watch};
 pub use clickhouse::{ClickHouseStore, ClickHouseUrl, SCHEMA_VERSION as CLICKHOUSE_SCHEMA_VERSION};
 pub use limits::{Decide, Hold, LimitQuery, LimitSnapshot, LimitState};
-pub use postgres::PgStore;
+pub use postgres::{COMPONENT as PG_COMPONENT, MIGRATIONS as PG_MIGRATIONS, PgStore};
 pub use reads::{DailyRange, Dimension, Source, UsageReads};
 pub use sqlite::SqliteStore;
 

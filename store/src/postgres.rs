@@ -24,9 +24,11 @@ use meter_postgres::tokio_postgres::{IsolationLevel, Row};
 use meter_postgres::{Pg, lock_key};
 use meter_schemas::period::{day_of, format_day, format_time, now_us};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
+use meter_sqlite::dedup;
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// The component's name in `meter_schema_versions`.
@@ -79,6 +81,30 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tallies SET (fillfactor = 50);
     ALTER TABLE breakdowns SET (fillfactor = 50);
 ",
+    "
+    -- The ids counted, in arrival partitions (one per quarter of `ingest.dedup_horizon`): recent
+    -- inserts stay on the newest partition's pages, and a partition a horizon old is dropped whole.
+    -- The ids kept before become the oldest partition, dropped a horizon after this upgrade (when
+    -- there are none, as on a new database, the old table goes now).
+    ALTER TABLE seen RENAME TO seen_legacy;
+    ALTER TABLE seen_legacy RENAME CONSTRAINT seen_pkey TO seen_legacy_pkey;
+    ALTER TABLE seen_legacy ADD COLUMN arrived_us bigint NOT NULL DEFAULT 0;
+    CREATE TABLE seen (
+        tenant text COLLATE \"C\" NOT NULL, id text COLLATE \"C\" NOT NULL, arrived_us bigint NOT NULL
+    ) PARTITION BY RANGE (arrived_us);
+    -- Each partition's range; `to_us` plus the horizon is when it is dropped.
+    CREATE TABLE seen_parts (name text COLLATE \"C\" PRIMARY KEY, from_us bigint NOT NULL, to_us bigint NOT NULL);
+    DO $$
+    DECLARE upgraded bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    BEGIN
+        IF EXISTS (SELECT 1 FROM seen_legacy) THEN
+            EXECUTE format('ALTER TABLE seen ATTACH PARTITION seen_legacy FOR VALUES FROM (MINVALUE) TO (%s)', upgraded);
+            INSERT INTO seen_parts VALUES ('seen_legacy', -9223372036854775808, upgraded);
+        ELSE
+            DROP TABLE seen_legacy;
+        END IF;
+    END $$;
+",
 ];
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
@@ -94,6 +120,9 @@ const CACHE_ENTRIES: usize = 500_000;
 /// commit order.
 const ALERTS: &str = "store:alerts";
 
+/// Serialises the creation and dropping of `seen`'s arrival partitions, on every host.
+const SEEN_PARTS: &str = "store:seen-parts";
+
 /// The live counters in Postgres.
 pub struct PgStore {
     pg: Arc<Pg>,
@@ -104,11 +133,23 @@ pub struct PgStore {
     raised: Mutex<HashSet<String>>,
     /// Counts writes of this process that raised an alert; other hosts' dispatchers poll.
     alerted: tokio::sync::watch::Sender<u64>,
+    /// How long counted ids are kept, and how wide an arrival partition of `seen` is.
+    dedup: dedup::Settings,
+    /// The end of the newest arrival partition this process knows of (µs): a batch arriving
+    /// within a partition's width of it makes room first ([`PgStore::make_room`]).
+    covered_to: AtomicI64,
 }
 
 impl PgStore {
-    /// The tables on `pg`, refused unless `meter migrate` has brought them to this build's version.
+    /// The tables on `pg`, refused unless `meter migrate` has brought them to this build's version;
+    /// counted ids are kept for the default horizon.
     pub fn open(pg: Arc<Pg>) -> Result<Self, Error> {
+        Self::open_with(pg, dedup::Settings::new(meter_schemas::envelope::DEDUP_HORIZON_US))
+    }
+
+    /// As [`PgStore::open`], keeping counted ids as `dedup` says (a horizon at least the lateness
+    /// window plus `ingest.max_future`; the configuration checks it).
+    pub fn open_with(pg: Arc<Pg>, dedup: dedup::Settings) -> Result<Self, Error> {
         meter_postgres::check(&pg, COMPONENT, MIGRATIONS.len() as i64)?;
         Ok(Self {
             pg,
@@ -117,7 +158,61 @@ impl PgStore {
             allowances: RwLock::new(None),
             raised: Mutex::new(HashSet::new()),
             alerted: tokio::sync::watch::Sender::new(0),
+            dedup,
+            covered_to: AtomicI64::new(i64::MIN),
         })
+    }
+
+    /// The arrival time of a batch committed now, making room for it first when it falls near
+    /// the end of the newest partition of `seen`.
+    async fn arrival(&self, client: &mut Object) -> Result<i64, Error> {
+        let now = now_us();
+        if now.saturating_add(self.dedup.bucket_us()) >= self.covered_to.load(Ordering::Relaxed) {
+            // A failure leaves the partition `now` falls in, when there is one, to the batch;
+            // when there is none, the batch fails and is tried again.
+            if let Err(e) = self.make_room(client, now).await {
+                tracing::warn!(error = %e, "making room for the ids counted failed; trying again at the next batch");
+            }
+        }
+        Ok(now)
+    }
+
+    /// Creates the arrival partitions of `seen` for `now` and the next one, and drops those whose
+    /// last arrival is a horizon old: in one transaction, one host at a time.
+    async fn make_room(&self, client: &mut Object, now: i64) -> Result<(), Error> {
+        let width = self.dedup.bucket_us();
+        let tx = client.transaction().await?;
+        // Dropping a partition waits for the batches in flight; never for long.
+        tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(SEEN_PARTS)]).await?;
+        let current = now - now.rem_euclid(width);
+        let newest: Option<i64> = tx.query_one("SELECT max(to_us) FROM seen_parts", &[]).await?.get(0);
+        // Partitions are contiguous: after a pause, the first new one reaches back to the last.
+        let mut to = newest.unwrap_or(current);
+        while to < current + 2 * width {
+            let from = to;
+            to = (from + width).max(current + width);
+            let name = format!("seen_{from}");
+            tx.batch_execute(&format!(
+                "CREATE TABLE {name} PARTITION OF seen (PRIMARY KEY (tenant, id)) FOR VALUES FROM ({from}) TO ({to})"
+            ))
+            .await?;
+            tx.execute("INSERT INTO seen_parts (name, from_us, to_us) VALUES ($1, $2, $3)", &[&name, &from, &to])
+                .await?;
+        }
+        let old = tx
+            .query("DELETE FROM seen_parts WHERE to_us <= $1 RETURNING name", &[&(now - self.dedup.horizon_us)])
+            .await?;
+        for r in &old {
+            let name: String = r.get(0);
+            tx.batch_execute(&format!("DROP TABLE {name}")).await?;
+        }
+        tx.commit().await?;
+        if !old.is_empty() {
+            tracing::info!(dropped = old.len(), "dropped the ids counted more than a dedup horizon ago");
+        }
+        self.covered_to.store(to, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Creates or upgrades the tables (`meter migrate`).
@@ -246,7 +341,13 @@ struct Folded {
 
 impl PgStore {
     /// Dedups `events` and folds the new ones into the tallies, inside `tx`.
-    async fn fold(&self, tx: &Transaction<'_>, meters: &[MeterDef], events: &[Metered]) -> Result<Folded, Error> {
+    async fn fold(
+        &self,
+        tx: &Transaction<'_>,
+        meters: &[MeterDef],
+        events: &[Metered],
+        arrived_us: i64,
+    ) -> Result<Folded, Error> {
         // The first copy of each (tenant, id) in the batch; of those, the ones never counted.
         let mut firsts = HashSet::new();
         let candidates: Vec<&Metered> = events.iter().filter(|e| firsts.insert((&e.tenant, &e.id))).collect();
@@ -254,12 +355,14 @@ impl PgStore {
         let ids: Vec<&str> = candidates.iter().map(|e| e.id.as_str()).collect();
         let seen = tx
             .prepare_cached(
-                "INSERT INTO seen (tenant, id) SELECT * FROM unnest($1::text[], $2::text[])
+                "INSERT INTO seen (tenant, id, arrived_us)
+                 SELECT x.tenant, x.id, $3 FROM unnest($1::text[], $2::text[]) AS x(tenant, id)
+                 WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.tenant = x.tenant AND s.id = x.id)
                  ON CONFLICT DO NOTHING RETURNING tenant, id",
             )
             .await?;
         let new: HashSet<(String, String)> =
-            tx.query(&seen, &[&tenants, &ids]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+            tx.query(&seen, &[&tenants, &ids, &arrived_us]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
         let mut taken = HashSet::new();
         let counted: Vec<&Metered> = events
             .iter()
@@ -529,9 +632,10 @@ impl UsageStore for PgStore {
         let known = self.known();
         let (folded, raised, new_alerts) = self.pg.block(async {
             let mut client = self.pg.client().await?;
+            let arrived = self.arrival(&mut client).await?;
             let tx = client.transaction().await?;
             fence(&tx, consumer, progress).await?;
-            let folded = self.fold(&tx, meters, events).await?;
+            let folded = self.fold(&tx, meters, events, arrived).await?;
             save(&tx, &folded).await?;
             let reached = match &allowances {
                 Some(a) => folded

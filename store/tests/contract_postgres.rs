@@ -3,9 +3,11 @@
 
 use meter_postgres::testing::{fresh_database, shared_url};
 use meter_postgres::{MAX_CONNECTIONS, Pg, PgUrl};
+use meter_sqlite::dedup::Settings;
 use meter_store::contract::{Harness, LiveHarness};
 use meter_store::{LiveStore, PgStore, UsageStore};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A migrated database; each `open` is a process of its own (a pool of its own).
 struct Postgres(PgUrl);
@@ -28,6 +30,11 @@ impl LiveHarness for Postgres {
     async fn open_live(&self) -> Arc<dyn LiveStore> {
         Arc::new(self.open_store())
     }
+
+    async fn open_live_keeping(&self, horizon: Duration) -> Arc<dyn LiveStore> {
+        let pg = Arc::new(Pg::connect(&self.0, MAX_CONNECTIONS).unwrap());
+        Arc::new(PgStore::open_with(pg, Settings::new(horizon.as_micros() as i64)).unwrap())
+    }
 }
 
 fn postgres() -> Postgres {
@@ -44,6 +51,26 @@ fn an_unmigrated_database_is_refused() {
     let url = fresh_database(&shared_url());
     let e = PgStore::open(Arc::new(Pg::connect(&url, 1).unwrap())).err().unwrap().to_string();
     assert!(e.contains("store schema version 0") && e.contains("run `meter migrate --state"), "{e}");
+}
+
+/// An upgrade keeps the ids counted before it: they become the oldest arrival partition.
+#[test]
+fn the_ids_counted_before_the_arrival_partitions_stay_counted() {
+    use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
+    let url = fresh_database(&shared_url());
+    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
+    let before = &meter_store::PG_MIGRATIONS[..3];
+    meter_postgres::migrate(&pg, meter_store::PG_COMPONENT, before).unwrap();
+    pg.execute("INSERT INTO seen (tenant, id) VALUES ('a', 'old-1'), ('a', 'old-2')", &[]).unwrap();
+    PgStore::migrate(&pg).unwrap();
+    let s = PgStore::open(pg.clone()).unwrap();
+    s.checkpoint("c").unwrap();
+    let batch = [tokens("a", "old-1", 1, MID_NOVEMBER), tokens("a", "new-1", 1, MID_NOVEMBER)];
+    assert_eq!(s.apply("c", &meters(), &batch, &adv(0, 2)).unwrap().counted, 1);
+    let parts: Vec<String> =
+        pg.query("SELECT name FROM seen_parts ORDER BY from_us", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(parts.len(), 3, "the old ids, the partition of now and the next: {parts:?}");
+    assert_eq!(parts[0], "seen_legacy");
 }
 
 /// Two hosts applying a batch from the same offset at once (an owner and a stale one after a

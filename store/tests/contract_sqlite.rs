@@ -1,9 +1,11 @@
 //! The usage-store and live-counter contracts against the SQLite backend.
 
 use meter_sqlite::Durability;
+use meter_sqlite::dedup::Settings;
 use meter_store::contract::{Harness, LiveHarness};
 use meter_store::{LiveStore, SqliteStore, UsageStore};
 use std::sync::Arc;
+use std::time::Duration;
 
 struct Sqlite(tempfile::TempDir);
 
@@ -18,6 +20,11 @@ impl Harness for Sqlite {
 impl LiveHarness for Sqlite {
     async fn open_live(&self) -> Arc<dyn LiveStore> {
         Arc::new(SqliteStore::open(&self.0.path().join("usage.db"), Durability::Normal).unwrap())
+    }
+
+    async fn open_live_keeping(&self, horizon: Duration) -> Arc<dyn LiveStore> {
+        let dedup = Settings::new(horizon.as_micros() as i64);
+        Arc::new(SqliteStore::open_with(&self.0.path().join("usage.db"), Durability::Normal, dedup).unwrap())
     }
 }
 
