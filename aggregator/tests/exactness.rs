@@ -134,6 +134,10 @@ impl UsageStore for Flaky {
     async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, meter_store::Error> {
         self.inner.watermark(consumer, partitions).await
     }
+
+    async fn positions(&self, consumer: &str) -> Result<Vec<(u32, u64)>, meter_store::Error> {
+        self.inner.positions(consumer).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

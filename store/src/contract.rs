@@ -688,6 +688,23 @@ pub async fn counted_ids_are_kept_for_the_dedup_horizon_then_dropped(h: &dyn Liv
     assert_eq!(value(&*s, "a", "agent_invocations", "2026-11").await.as_deref(), Some("7"));
 }
 
+/// `positions` reads where a consumer stands, as its checkpoint says, and changes nothing: a
+/// store holding another consumer's checkpoints still answers (empty), unlike `checkpoint`.
+pub async fn positions_read_where_a_consumer_stands(h: &dyn Harness) {
+    let s = h.open().await;
+    assert_eq!(s.positions("c").await.unwrap(), vec![]);
+    s.checkpoint("c").unwrap();
+    let m = meters();
+    let progress = Progress {
+        partitions: vec![Advance { partition: 3, from: 0, to: 5 }, Advance { partition: 1, from: 0, to: 2 }],
+        watermark_us: None,
+    };
+    s.apply("c", &m, &[at(1, tokens("a", "1", 1, MID_NOVEMBER))], &progress).unwrap();
+    assert_eq!(s.positions("c").await.unwrap(), vec![(1, 2), (3, 5)]);
+    assert_eq!(s.positions("another").await.unwrap(), vec![]);
+    assert_eq!(s.checkpoint("c").unwrap().positions, vec![(1, 2), (3, 5)]);
+}
+
 /// Expands to one `#[tokio::test]` per contract body, for a backend given by a harness factory.
 #[macro_export]
 macro_rules! store_contract {
@@ -696,7 +713,8 @@ macro_rules! store_contract {
             watermarks_are_per_partition_and_never_move_back, a_stale_owner_is_fenced_and_resumes_exactly,
             a_failed_batch_changes_nothing, uniques_and_period_boundaries, max_and_latest_ignore_arrival_order,
             a_batch_inserted_twice_changes_nothing, a_replay_of_the_whole_log_from_offset_0_changes_nothing,
-            the_first_copy_of_an_id_counts_whatever_its_time, breakdown_by_group_values);
+            the_first_copy_of_an_id_counts_whatever_its_time, breakdown_by_group_values,
+            positions_read_where_a_consumer_stands);
     };
     (@t $harness:expr; $($name:ident),*) => {
         $(

@@ -224,6 +224,11 @@ pub trait UsageStore: Send + Sync {
     /// The watermark of `consumer` over all `partitions`: the slowest partition's, and `None`
     /// until every partition has one. What a period close freezes at.
     async fn watermark(&self, consumer: &str, partitions: u32) -> Result<Option<i64>, Error>;
+
+    /// Where `consumer` stands: the next offset of each partition it has stored, by partition
+    /// (empty for a new consumer). Read only, unlike [`UsageStore::checkpoint`]: what compacting
+    /// the embedded log reads.
+    async fn positions(&self, consumer: &str) -> Result<Vec<(u32, u64)>, Error>;
 }
 
 /// The live counters' port: what the stages need beyond [`UsageStore`] from the store the

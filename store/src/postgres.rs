@@ -784,6 +784,21 @@ impl UsageStore for PgStore {
             .await?;
         Ok(crate::slowest(&marks, partitions))
     }
+
+    async fn positions(&self, consumer: &str) -> Result<Vec<(u32, u64)>, Error> {
+        let consumer = consumer.to_string();
+        self.pg
+            .with(async move |c| {
+                let rows = c
+                    .query(
+                        "SELECT partition, next_offset FROM checkpoints WHERE consumer = $1 ORDER BY partition",
+                        &[&consumer],
+                    )
+                    .await?;
+                Ok::<_, Error>(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)).collect())
+            })
+            .await
+    }
 }
 
 /// `(a, b, value, latest_us, latest_id)` rows as tallies by `a`, then by `b`.

@@ -638,6 +638,23 @@ impl UsageStore for SqliteStore {
         .await?;
         Ok(crate::slowest(&marks, partitions))
     }
+
+    async fn positions(&self, consumer: &str) -> Result<Vec<(u32, u64)>, Error> {
+        let reads = self.reads.clone();
+        let consumer = consumer.to_string();
+        blocking(move || {
+            reads.with(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT partition, next_offset FROM checkpoints WHERE consumer = ?1 ORDER BY partition",
+                )?;
+                let rows =
+                    stmt.query_map(params![consumer], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        })
+        .await
+        .map_err(Error::from)
+    }
 }
 
 impl SqliteStore {

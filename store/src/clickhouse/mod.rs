@@ -667,4 +667,14 @@ impl UsageStore for ClickHouseStore {
         })
         .await
     }
+
+    async fn positions(&self, consumer: &str) -> Result<Vec<(u32, u64)>, Error> {
+        let (inner, consumer) = (self.inner.clone(), consumer.to_string());
+        self.spawn(async move {
+            let mut offsets = inner.offsets(&consumer).await?;
+            offsets.sort_unstable();
+            Ok(offsets)
+        })
+        .await
+    }
 }
