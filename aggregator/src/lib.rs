@@ -27,6 +27,23 @@ pub enum Error {
     /// Writing the store failed.
     #[error(transparent)]
     Store(#[from] meter_store::Error),
+    /// The store's checkpoint is behind what the log still holds: the records between were
+    /// compacted away (behind every consumer known then), so they would never be counted.
+    #[error(
+        "consumer {consumer} stands at offset {at} of partition {partition}, but the log holds records from offset \
+         {kept_from} on (it was compacted behind every consumer then known): this store cannot be filled from the \
+         log; restore it, or start it on an empty log"
+    )]
+    Behind {
+        /// The consumer.
+        consumer: String,
+        /// The partition.
+        partition: u32,
+        /// Where the consumer stands.
+        at: u64,
+        /// The first offset the log holds.
+        kept_from: u64,
+    },
 }
 
 /// Settings of the aggregator.
@@ -182,6 +199,12 @@ fn consume(
     // Where each owned partition stands in the store; a batch moves it only from here.
     let mut at: BTreeMap<u32, u64> =
         owned.iter().map(|p| (*p, positions.iter().find(|q| q.partition == *p).map_or(0, |q| q.offset))).collect();
+    for kept in reader.kept_from()? {
+        if let Some(&at) = at.get(&kept.partition).filter(|&&at| at < kept.offset) {
+            let (consumer, partition, kept_from) = (settings.consumer.clone(), kept.partition, kept.offset);
+            return Err(Error::Behind { consumer, partition, at, kept_from });
+        }
+    }
     tracing::info!(consumer = %settings.consumer, partitions = ?owned, "aggregator resumed from checkpoint");
     metrics::gauge!(metric::PARTITIONS, "consumer" => settings.consumer.clone()).set(owned.len() as f64);
     let mut last_watermark = Instant::now() - settings.idle_watermark_every;

@@ -163,3 +163,35 @@ async fn failed_batches_are_retried_not_skipped() {
     assert_eq!(agg.failure(), None, "a successful batch clears the failure");
     agg.drain_and_stop().unwrap();
 }
+
+/// A store whose checkpoint is behind what a compacted log holds (a usage store lost and started
+/// empty) is refused, naming the partition and offsets, rather than counting only what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_behind_the_compacted_log_is_refused() {
+    use meter_eventlog::Position;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(SqliteLog::open(&dir.path().join("events.db"), 4, Durability::Normal).unwrap());
+    let store: Arc<dyn UsageStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("usage.db"), Durability::Normal).unwrap());
+    let catalog = Arc::new(Catalog::new(vec![]).unwrap());
+    log.append(&(0..10).map(|i| invocation("a", i, 10)).collect::<Vec<_>>()).await.unwrap();
+    let partition = meter_schemas::partition::partition_for("a", 4);
+    assert_eq!(log.compact(&[Position { partition, offset: 4 }], i64::MAX).await.unwrap(), 4);
+
+    let agg = Aggregator::start(log.reader().unwrap(), store.clone(), catalog, Settings::default()).unwrap();
+    let mut failure = None;
+    for _ in 0..200 {
+        failure = agg.failure();
+        if failure.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let failure = failure.expect("the aggregator refuses to resume");
+    assert!(
+        failure.contains(&format!("offset 0 of partition {partition}")) && failure.contains("from offset 4 on"),
+        "{failure}"
+    );
+    assert_eq!(tokens(&*store, "a").await, "0", "nothing counted");
+    drop(agg);
+}

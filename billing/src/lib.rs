@@ -7,6 +7,7 @@ pub mod advisor;
 pub mod allowances;
 pub mod census;
 pub mod close;
+pub mod compaction;
 pub mod entitlements;
 pub mod ledger;
 pub mod limits;

@@ -281,6 +281,12 @@ impl EventLog for KafkaLog {
             ends_config,
         }))
     }
+
+    async fn compact(&self, _behind: &[Position], _arrived_before_us: i64) -> Result<u64, Error> {
+        // The topic's retention (`retention.ms`, the broker's) decides when records go; a reader
+        // behind it fails (`auto.offset.reset=error`) rather than skipping them.
+        Ok(0)
+    }
 }
 
 fn join(config: &ClientConfig, topic: &str) -> Result<BaseConsumer<GroupContext>, Error> {

@@ -113,6 +113,12 @@ pub trait EventLog: Send + Sync {
         let _ = group;
         self.reader()
     }
+
+    /// Drops the records no one will read again: of each partition in `behind`, those below its
+    /// offset (where the slowest consumer stands) that arrived before `arrived_before_us` (what
+    /// no census still to come reads), as one prefix of the partition. Returns how many it
+    /// dropped. Kafka's retention is the broker's: it drops nothing here.
+    async fn compact(&self, behind: &[Position], arrived_before_us: i64) -> Result<u64, Error>;
 }
 
 /// Records read in one poll.
@@ -142,6 +148,12 @@ pub trait LogReader: Send {
 
     /// The partitions this reader reads now: all of them, or a consumer group's share.
     fn owned(&self) -> Vec<u32>;
+
+    /// The first offset each compacted partition still holds ([`EventLog::compact`]): a consumer
+    /// behind it would never read the records before it. Empty for a log never compacted.
+    fn kept_from(&self) -> Result<Vec<Position>, Error> {
+        Ok(Vec::new())
+    }
 
     /// Tells the backend that everything before `positions` is counted and stored, for a backend
     /// that reports consumer progress itself (Kafka's committed offsets, which monitoring reads).

@@ -4,6 +4,11 @@
 //! as one transaction (group commit), each request inside its own savepoint so that one request's
 //! conflict leaves the others untouched. A record's rowid is `partition << 40 | offset`, so a
 //! partition reads as one range of the primary key.
+//!
+//! Compaction ([`EventLog::compact`]) deletes a prefix of a partition in transactions of
+//! [`COMPACT_CHUNK`] records and records, in the same transaction, the first offset the
+//! partition still holds (`meta`'s `kept_from:<partition>`): the next offset never goes back,
+//! even when every record of a partition was dropped, and a reader behind it is told.
 
 use crate::{Batch, Error, EventLog, LogReader, Outcome, Position, Record};
 use async_trait::async_trait;
@@ -23,6 +28,10 @@ const OFFSET_BITS: u32 = 40;
 const GROUP_REQUESTS: usize = 512;
 /// Most events folded into one commit.
 const GROUP_EVENTS: usize = 50_000;
+/// Records deleted per transaction when compacting: the log's writer waits at most for one.
+const COMPACT_CHUNK: u64 = 10_000;
+/// `meta`'s name of the first offset a partition still holds, followed by the partition.
+const KEPT_FROM: &str = "kept_from:";
 
 const MIGRATIONS: &[&str] = &["
     CREATE TABLE log (key INTEGER PRIMARY KEY, ingested_us INTEGER NOT NULL, payload BLOB NOT NULL);
@@ -43,6 +52,8 @@ pub mod metric {
     pub const COMMIT: &str = "meter_log_commit_duration_seconds";
     /// Requests folded into one commit.
     pub const GROUP: &str = "meter_log_group_commit_requests";
+    /// Records dropped by compaction, behind every consumer and every census still to come.
+    pub const COMPACTED: &str = "meter_log_compacted_events_total";
 }
 
 /// An event made ready for the writer: hashing and encoding happen on the caller's task, so the
@@ -94,8 +105,64 @@ pub struct SqliteLog {
     _checkpointer: Checkpointer,
     path: PathBuf,
     partitions: u32,
+    durability: Durability,
     requests: mpsc::Sender<Request>,
     heads: Arc<Heads>,
+}
+
+/// The first offset each compacted partition still holds, from `meta`.
+fn kept_from(conn: &Connection) -> Result<Vec<Position>, Error> {
+    let mut stmt = conn.prepare_cached("SELECT name, value FROM meta WHERE name >= ?1 AND name < ?2")?;
+    let rows = stmt.query_map(params![KEPT_FROM, format!("{}\u{10FFFF}", KEPT_FROM)], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    let mut kept = Vec::new();
+    for row in rows {
+        let (name, offset) = row?;
+        if let Ok(partition) = name[KEPT_FROM.len()..].parse() {
+            kept.push(Position { partition, offset: offset as u64 });
+        }
+    }
+    kept.sort_by_key(|p| p.partition);
+    Ok(kept)
+}
+
+/// Deletes the prefix of each partition of `behind` that arrived before `arrived_before_us`,
+/// in transactions of [`COMPACT_CHUNK`] records. Blocking.
+fn compact(conn: &mut Connection, behind: &[Position], arrived_before_us: i64) -> Result<u64, Error> {
+    let kept = kept_from(conn)?;
+    let mut dropped = 0;
+    for b in behind {
+        let base = u64::from(b.partition) << OFFSET_BITS;
+        let from = kept.iter().find(|k| k.partition == b.partition).map_or(0, |k| k.offset);
+        // The prefix ends at the first record that arrived at or after the cut-off.
+        let arrived_since: Option<i64> = conn
+            .query_row(
+                "SELECT key FROM log WHERE key >= ?1 AND key < ?2 AND ingested_us >= ?3 ORDER BY key LIMIT 1",
+                params![(base | from) as i64, (base | b.offset) as i64, arrived_before_us],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let to = arrived_since.map_or(b.offset, |k| k as u64 & ((1 << OFFSET_BITS) - 1));
+        let mut at = from;
+        while at < to {
+            let end = (at + COMPACT_CHUNK).min(to);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "DELETE FROM log WHERE key >= ?1 AND key < ?2",
+                params![(base | at) as i64, (base | end) as i64],
+            )?;
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                params![format!("{KEPT_FROM}{}", b.partition), end as i64],
+            )?;
+            tx.commit()?;
+            metrics::counter!(metric::COMPACTED).increment(n as u64);
+            dropped += n as u64;
+            at = end;
+        }
+    }
+    Ok(dropped)
 }
 
 impl SqliteLog {
@@ -155,6 +222,12 @@ impl SqliteLog {
             )?;
             next.push(max.map_or(0, |k| (k as u64 & ((1 << OFFSET_BITS) - 1)) + 1));
         }
+        // A partition compacted to its end holds no record: its next offset is where it was kept from.
+        for k in kept_from(&conn)? {
+            if let Some(n) = next.get_mut(k.partition as usize) {
+                *n = (*n).max(k.offset);
+            }
+        }
         let heads = Arc::new(Heads::default());
         let (tx, rx) = mpsc::channel(4096);
         let writer =
@@ -164,7 +237,7 @@ impl SqliteLog {
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::Unavailable(format!("cannot start the log writer: {e}")))?;
         let checkpointer = Checkpointer::start(path, Duration::from_secs(1))?;
-        Ok(Self { _checkpointer: checkpointer, path: path.to_path_buf(), partitions, requests: tx, heads })
+        Ok(Self { _checkpointer: checkpointer, path: path.to_path_buf(), partitions, durability, requests: tx, heads })
     }
 }
 
@@ -197,6 +270,13 @@ impl EventLog for SqliteLog {
     fn reader(&self) -> Result<Box<dyn LogReader>, Error> {
         let conn = open(&self.path, Durability::Normal)?;
         Ok(Box::new(SqliteReader { conn, next: vec![0; self.partitions as usize], heads: self.heads.clone() }))
+    }
+
+    async fn compact(&self, behind: &[Position], arrived_before_us: i64) -> Result<u64, Error> {
+        let (path, durability, behind) = (self.path.clone(), self.durability, behind.to_vec());
+        tokio::task::spawn_blocking(move || compact(&mut open(&path, durability)?, &behind, arrived_before_us))
+            .await
+            .map_err(|e| Error::Unavailable(format!("compacting the log stopped: {e}")))?
     }
 }
 
@@ -409,5 +489,9 @@ impl LogReader for SqliteReader {
 
     fn owned(&self) -> Vec<u32> {
         (0..self.next.len() as u32).collect()
+    }
+
+    fn kept_from(&self) -> Result<Vec<Position>, Error> {
+        kept_from(&self.conn)
     }
 }

@@ -71,3 +71,59 @@ async fn a_cloudevent_stored_under_the_earlier_hash_is_a_duplicate_when_resent()
     other.code = "api.call".into();
     assert!(matches!(log.append(&[other]).await, Err(meter_eventlog::Error::Conflicts(_))));
 }
+
+/// Offsets of what a reader from offset 0 reads now.
+fn read_all(log: &SqliteLog) -> Vec<u64> {
+    let mut r = log.reader().unwrap();
+    r.seek(&[]);
+    let mut offsets = Vec::new();
+    loop {
+        let b = r.poll(1_000, std::time::Duration::from_millis(50)).unwrap();
+        offsets.extend(b.records.iter().map(|r| r.position.offset));
+        if b.caught_up {
+            return offsets;
+        }
+    }
+}
+
+/// Compaction drops a prefix of a partition: only records below where every consumer stands
+/// that arrived before the cut-off; the next offset never goes back, even after a reopen with the
+/// partition emptied, readers are told where it starts, and a dropped id stays a duplicate.
+#[tokio::test]
+async fn compaction_drops_only_what_no_consumer_and_no_census_reads() {
+    use meter_eventlog::contract::event;
+    use meter_eventlog::{Outcome, Position};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let log = SqliteLog::open(&path, 1, Durability::Normal).unwrap();
+    let first: Vec<_> = (0..10).map(|i| event("acme", &format!("a{i}"), i)).collect();
+    log.append(&first).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cut_off = meter_schemas::period::now_us();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let second: Vec<_> = (0..5).map(|i| event("acme", &format!("b{i}"), i)).collect();
+    log.append(&second).await.unwrap();
+    let at = |offset| [Position { partition: 0, offset }];
+
+    // The slowest consumer is at offset 6: 0-5 go.
+    assert_eq!(log.compact(&at(6), cut_off).await.unwrap(), 6);
+    assert_eq!(read_all(&log), (6..15).collect::<Vec<_>>());
+    assert_eq!(log.reader().unwrap().kept_from().unwrap(), at(6));
+    // Every consumer is at the end, but 10-14 arrived after the cut-off: only 6-9 go.
+    assert_eq!(log.compact(&at(15), cut_off).await.unwrap(), 4);
+    assert_eq!(read_all(&log), (10..15).collect::<Vec<_>>());
+    // Nothing more to drop; and a consumer position below what is gone changes nothing.
+    assert_eq!(log.compact(&at(15), cut_off).await.unwrap(), 0);
+    assert_eq!(log.compact(&at(3), i64::MAX).await.unwrap(), 0);
+    // All of it.
+    assert_eq!(log.compact(&at(15), i64::MAX).await.unwrap(), 5);
+    assert_eq!(read_all(&log), Vec::<u64>::new());
+    drop(log);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let log = SqliteLog::open(&path, 1, Durability::Normal).unwrap();
+    assert_eq!(log.reader().unwrap().kept_from().unwrap(), at(15));
+    let outcomes = log.append(&[event("acme", "a0", 0), event("acme", "c0", 0)]).await.unwrap();
+    assert_eq!(outcomes, vec![Outcome::Duplicate, Outcome::Appended(Position { partition: 0, offset: 15 })]);
+    assert_eq!(read_all(&log), vec![15]);
+}

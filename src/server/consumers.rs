@@ -1,9 +1,10 @@
 //! The log's consumers a process runs: the aggregator (into the live counters) and the sink
-//! (into ClickHouse, with its maintenance).
+//! (into ClickHouse, with its maintenance); and, on the embedded log, its compaction behind them.
 
 use super::shared::Shared;
-use crate::config::Config;
+use crate::config::{Config, LogBackend};
 use meter_aggregator::{Aggregator, Settings};
+use meter_billing::compaction::LogCompaction;
 use meter_store::ClickHouseStore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,29 @@ pub(super) fn start_sink_if_needed(
     let reader = shared.log.reader_in(&config.sink.group)?;
     let sink = Aggregator::start(reader, ch.clone(), shared.catalog.clone(), settings)?;
     Ok((Some(sink), Some(tokio::spawn(maintain(ch.clone(), config.clone())))))
+}
+
+/// Compacts the embedded log behind the aggregator, the sink when there is one, and the census
+/// of every period still to close. Kafka's retention is the broker's.
+pub(super) fn start_log_compaction_if_needed(
+    shared: &Shared,
+    config: &Config,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    if !matches!(config.log_backend()?, LogBackend::Sqlite(_)) {
+        return Ok(None);
+    }
+    let mut consumers: Vec<(Arc<dyn meter_store::UsageStore>, String)> =
+        vec![(shared.live.clone(), config.aggregator.group.clone())];
+    if let Some(ch) = &shared.clickhouse {
+        consumers.push((ch.clone(), config.sink.group.clone()));
+    }
+    let compaction = LogCompaction {
+        log: shared.log.clone(),
+        consumers,
+        ledger: shared.ledger.clone(),
+        max_future_us: config.ingest.limits().max_future_us,
+    };
+    Ok(Some(tokio::spawn(compaction.run())))
 }
 
 /// Rolls up the days no event can reach any more and drops raw events past retention, now and

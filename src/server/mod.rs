@@ -102,6 +102,7 @@ pub async fn run_roles(
     tasks.extend(sync::start_sync_if_needed(&shared, &config, roles.sync).await?);
     let (sink, maintenance) = consumers::start_sink_if_needed(&shared, &config, roles.sink)?;
     tasks.extend(maintenance);
+    tasks.extend(consumers::start_log_compaction_if_needed(&shared, &config)?);
     let aggregator = consumers::start_aggregator_if_needed(&shared, &config, roles.aggregate)?;
     let ingest = http::start_ingest_if_needed(&shared, &config, roles.ingest)?;
     let state = Arc::new(app_state(
