@@ -148,7 +148,7 @@ struct CloseLease {
 impl CloseLease {
     /// Takes the lease, or says who holds it ([`Error::Conflict`]).
     async fn take(ledger: &Ledger, period: Period) -> Result<Self, Error> {
-        let holder = format!("{}-{}-{}", hostname(), std::process::id(), meter_schemas::period::now_us());
+        let holder = meter_schemas::process::holder();
         let lease_us = CLOSE_LEASE.as_micros() as i64;
         let now = meter_schemas::period::now_us();
         if let Some(other) = ledger.lease_close(&holder, period, now + lease_us, now).await? {
@@ -215,11 +215,6 @@ impl Drop for CloseLease {
             rt.spawn(async move { ledger.release_close(&holder).await });
         }
     }
-}
-
-/// This host's name, for telling lease holders apart.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into())
 }
 
 /// The close proper, once its lease is held.

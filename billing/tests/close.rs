@@ -140,3 +140,38 @@ async fn a_close_while_another_runs_is_refused_naming_it() {
     assert_eq!(w.ledger.lease_close("host-d", p("2026-11"), now + 1_000, now).await.unwrap(), None, "given back");
     assert_eq!(w.close("2026-10", "2026-11-03T00:00:00Z").await.unwrap(), oct, "the recorded close, lease or not");
 }
+
+/// A close that stalls past its lease while another process takes the close over stops before
+/// it freezes or records anything, naming who took over; the lease stays with the new holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_that_lost_its_lease_records_nothing() {
+    let mut w = World::new();
+    w.subscribe("a", "starter", true, "2026-10-01T00:00:00Z").await.unwrap();
+    w.count("a", 5, "2026-10-05T00:00:00Z", "2026-11-02T00:00:00Z");
+    let ledger = w.ledger.clone();
+    let stall = move |p: meter_billing::Progress| {
+        if p == meter_billing::Progress::Totals {
+            tokio::task::block_in_place(|| {
+                // Seen from another process a minute from now, this close's lease ran out.
+                let later = meter_schemas::period::now_us() + 60_000_000;
+                let took = tokio::runtime::Handle::current()
+                    .block_on(ledger.lease_close("host-b-42-7", p_oct(), later + 30_000_000, later))
+                    .unwrap();
+                assert_eq!(took, None, "host-b takes the lease over");
+                // This close stalls past its next renewal, which finds the lease gone.
+                std::thread::sleep(meter_billing::close::CLOSE_LEASE / 3 + std::time::Duration::from_secs(1));
+            });
+        }
+    };
+    let e = close(&w.ledger, p("2026-10"), &w.sources, at("2026-11-02T00:00:00Z"), &stall).await.unwrap_err();
+    assert!(matches!(e, Error::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("took over") && e.to_string().contains("host-b-42-7"), "{e}");
+    assert!(w.ledger.close_of(p("2026-10")).await.unwrap().is_none(), "nothing recorded");
+    let now = meter_schemas::period::now_us();
+    let holder = w.ledger.lease_close("host-c", p("2026-10"), now + 1_000, now).await.unwrap();
+    assert_eq!(holder.map(|h| h.holder).as_deref(), Some("host-b-42-7"), "the lease is not given away by the loser");
+}
+
+fn p_oct() -> Period {
+    p("2026-10")
+}

@@ -9,6 +9,7 @@ pub mod event;
 pub mod meter;
 pub mod partition;
 pub mod period;
+pub mod process;
 pub mod quantity;
 
 pub use envelope::{Limits, TenantScope};

@@ -75,6 +75,9 @@ pub struct Mirror {
     /// Since when the open generation takes ids.
     open_since: i64,
     ids: HashMap<Key, Value>,
+    /// What [`Mirror::refresh`] asks in every transaction (the epoch, the ids appended since),
+    /// formatted once.
+    sql: Option<(String, String)>,
 }
 
 /// The dedup state `name` in one SQLite file.
@@ -272,7 +275,19 @@ impl Mirror {
     /// Brings the mirror of `name` up to what `tx` sees (call it inside the transaction that
     /// then looks ids up, so that a flush cannot move an id out of sight in between).
     pub fn refresh(&mut self, tx: &Connection, name: &str) -> Result<(), crate::Error> {
-        let epoch: i64 = tx.prepare_cached(&format!("SELECT epoch FROM {name}_state"))?.query_row([], |r| r.get(0))?;
+        let sql = self.sql.take().unwrap_or_else(|| {
+            (
+                format!("SELECT epoch FROM {name}_state"),
+                format!("SELECT rowid, tenant, id, hash, key FROM {name}_pending WHERE rowid > ?1 ORDER BY rowid"),
+            )
+        });
+        let refreshed = self.refresh_with(tx, name, &sql);
+        self.sql = Some(sql);
+        refreshed
+    }
+
+    fn refresh_with(&mut self, tx: &Connection, name: &str, sql: &(String, String)) -> Result<(), crate::Error> {
+        let epoch: i64 = tx.prepare_cached(&sql.0)?.query_row([], |r| r.get(0))?;
         if self.epoch != Some(epoch) {
             self.ids.clear();
             self.last_rowid = 0;
@@ -286,9 +301,7 @@ impl Mirror {
                 .collect();
             self.epoch = Some(epoch);
         }
-        let mut stmt = tx.prepare_cached(&format!(
-            "SELECT rowid, tenant, id, hash, key FROM {name}_pending WHERE rowid > ?1 ORDER BY rowid"
-        ))?;
+        let mut stmt = tx.prepare_cached(&sql.1)?;
         let mut rows = stmt.query([self.last_rowid])?;
         while let Some(r) = rows.next()? {
             self.last_rowid = r.get(0)?;
@@ -401,6 +414,44 @@ mod tests {
             assert_eq!(look(&mut reader, &mut mirror, i), Some(value(i)), "the reader after the flush");
         }
         assert_eq!(look(&mut reader, &mut mirror, 12), None);
+    }
+
+    /// A flush that fails (the file locked by another writer past the busy timeout) loses
+    /// nothing: the ids stay appended and seen, and the next commit moves them.
+    #[test]
+    fn a_failed_flush_loses_nothing_and_is_done_at_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 4, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        conn.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        d.begin(&tx).unwrap();
+        for i in 0..5 {
+            d.insert(&tx, "t", &format!("e{i}"), value(i)).unwrap();
+        }
+        tx.commit().unwrap();
+        let mut other = crate::open(&path, crate::Durability::Normal).unwrap();
+        let lock = other.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        assert!(d.committed(&mut conn, 1).is_err(), "the flush cannot take the write lock");
+        drop(lock);
+        let pending = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM ids_pending", [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(pending(&conn), 5, "still appended");
+        for i in 0..5 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
+        }
+        commit(&mut conn, &mut d, &[5], 2);
+        assert_eq!(pending(&conn), 0, "moved at the next commit");
+        for i in 0..6 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
+        }
+        drop((conn, d));
+        let (mut conn, mut d) = writer(&path, settings, 3);
+        for i in 0..6 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "after a restart");
+        }
     }
 
     #[test]

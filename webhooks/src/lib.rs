@@ -240,12 +240,7 @@ impl Webhooks {
     /// A lease named `name` for a loop that must run on one process of the installation at a
     /// time (on every host): see [`Lease`].
     pub fn single_runner(self: &Arc<Self>, name: &str) -> Lease {
-        Lease {
-            store: self.clone(),
-            name: name.to_string(),
-            holder: format!("{}-{}-{}", hostname(), std::process::id(), now_us()),
-            for_: LEASE,
-        }
+        Lease { store: self.clone(), name: name.to_string(), holder: meter_schemas::process::holder(), for_: LEASE }
     }
 
     /// How far the alerts have been handed on to `name` (the last alert's `seq`).
@@ -359,9 +354,4 @@ impl Lease {
             }
         }
     }
-}
-
-/// This host's name, for telling lease holders apart.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into())
 }

@@ -407,9 +407,10 @@ impl LedgerStore for PgLedger {
         self.pg
             .with(async move |c| {
                 // Two takers at once: the upsert of one waits for the other's row and then sees it.
-                let sql =
-                    CLOSE_LEASE_SQL.replace("?1", "$1").replace("?2", "$2").replace("?3", "$3").replace("?4", "$4");
-                if c.execute(&sql, &[&holder, &period.to_string(), &now_us, &until_us]).await? == 1 {
+                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                    CLOSE_LEASE_SQL.replace("?1", "$1").replace("?2", "$2").replace("?3", "$3").replace("?4", "$4")
+                });
+                if c.execute(SQL.as_str(), &[&holder, &period.to_string(), &now_us, &until_us]).await? == 1 {
                     return Ok(None);
                 }
                 let r =
