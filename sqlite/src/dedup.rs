@@ -4,8 +4,10 @@
 //! dirty page to the WAL: with random (UUIDv4) ids that cost ingest more than half its rate.
 //! Here a new id is appended to a small table in arrival order (`<name>_pending`, its rowid)
 //! and mirrored in memory; once that holds [`Settings::flush_at`] ids they move, sorted, into
-//! the open generation's B-tree in one transaction, so a leaf page of it is written once per
-//! flush however many of its ids arrived. Generations are arrival buckets: a new one opens
+//! the open generation's B-tree, so a leaf page of it is written about once per move however
+//! many of its ids arrived. The move goes in key order, [`MOVE_CHUNK`] ids after each commit of
+//! the writer, so that no commit waits for the whole move; the appended rows go in the move's
+//! last transaction. Generations are arrival buckets: a new one opens
 //! every quarter of the horizon, and one whose last arrival is older than the horizon is
 //! dropped whole (`DROP TABLE`), so the state stays flat under a steady load. A lookup asks the
 //! memory mirror, then each live generation, newest first.
@@ -34,6 +36,9 @@ pub struct Settings {
 
 /// Generations per horizon: ids are kept between the horizon and a quarter more.
 const GENERATIONS: i64 = 4;
+
+/// Ids moved into the open generation after each commit while a move runs.
+pub const MOVE_CHUNK: usize = 16_384;
 
 impl Settings {
     /// Kept for `horizon_us`, flushed every 131,072 new ids (about 20 MB of memory per mirror).
@@ -75,6 +80,9 @@ pub struct Mirror {
     /// Since when the open generation takes ids.
     open_since: i64,
     ids: HashMap<Key, Value>,
+    /// The ids a move takes into the open generation, sorted as its key (id, then tenant):
+    /// still appended until the move's last transaction. Only the writer's mirror has any.
+    moving: Vec<(Key, Value)>,
     /// What [`Mirror::refresh`] asks in every transaction (the epoch, the ids appended since),
     /// formatted once.
     sql: Option<(String, String)>,
@@ -90,6 +98,18 @@ pub struct Dedup {
     staged: HashMap<Key, (usize, Value)>,
     /// The rowid of the last id written in the open transaction.
     last_written: i64,
+    /// The move under way, if any.
+    moving: Option<Move>,
+}
+
+/// A move of the appended ids into the open generation (the ids are the mirror's `moving`).
+struct Move {
+    /// How many of them are in the generation.
+    done: usize,
+    /// The last appended rowid it covers.
+    through: i64,
+    /// `INSERT OR IGNORE` into the open generation.
+    insert: String,
 }
 
 impl Dedup {
@@ -151,6 +171,7 @@ impl Dedup {
             insert_sql: format!("INSERT INTO {name}_pending (tenant, id, hash, key) VALUES (?1, ?2, ?3, ?4)"),
             staged: HashMap::new(),
             last_written: 0,
+            moving: None,
         };
         dedup.begin(conn)?;
         Ok(dedup)
@@ -181,11 +202,7 @@ impl Dedup {
     /// Records `(tenant, id)` with `value` in the open transaction (appended; seen by
     /// [`Dedup::get`] at once). The caller has checked it is new.
     pub fn insert(&mut self, tx: &Connection, tenant: &str, id: &str, value: Value) -> Result<(), crate::Error> {
-        // A value-less id (the store's) keeps NULLs.
-        let (hash, at) = match value.0.is_empty() {
-            true => (None, None),
-            false => (Some(&value.0), Some(value.1)),
-        };
+        let (hash, at) = nullable(&value);
         tx.prepare_cached(&self.insert_sql)?.execute(params![tenant, id, hash, at])?;
         self.last_written = tx.last_insert_rowid();
         let n = self.staged.len();
@@ -207,17 +224,74 @@ impl Dedup {
 
     /// After the transaction committed: its ids count as appended (this writer held the write
     /// lock from [`Dedup::begin`], so nobody else appended meanwhile). Then, outside any
-    /// transaction, flushes the appended ids into the open generation once there are enough,
-    /// opens a new generation every quarter of the horizon and drops those past it.
+    /// transaction, moves the next chunk of appended ids into the open generation once there
+    /// are enough, opens a new generation every quarter of the horizon and drops those past it.
+    /// A failure leaves everything appended; the next call goes on.
     pub fn committed(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
         for (key, (_, value)) in self.staged.drain() {
             self.mirror.ids.insert(key, value);
         }
         self.mirror.last_rowid = self.mirror.last_rowid.max(self.last_written);
-        let due = self.mirror.ids.len() >= self.settings.flush_at;
-        let roll = now_us >= self.mirror.open_since.saturating_add(self.settings.bucket_us());
-        if due || roll {
-            self.maintain(conn, now_us, roll)?;
+        if now_us >= self.mirror.open_since.saturating_add(self.settings.bucket_us()) {
+            // Once a quarter horizon: what a move left and everything appended go at once.
+            return self.maintain(conn, now_us, true);
+        }
+        if self.moving.is_none() && self.mirror.ids.len() >= self.settings.flush_at {
+            self.start_move(conn)?;
+        }
+        if self.moving.is_some() {
+            self.move_chunk(conn)?;
+        }
+        Ok(())
+    }
+
+    /// Freezes the appended ids, sorted, for a move into the open generation.
+    fn start_move(&mut self, conn: &Connection) -> Result<(), crate::Error> {
+        let tbl: String =
+            conn.query_row(&format!("SELECT tbl FROM {}_gens WHERE until_us IS NULL", self.name), [], |r| r.get(0))?;
+        let moving = &mut self.mirror.moving;
+        moving.extend(self.mirror.ids.drain());
+        moving.sort_unstable_by(|(a, _), (b, _)| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
+        self.moving = Some(Move {
+            done: 0,
+            through: self.mirror.last_rowid,
+            insert: format!("INSERT OR IGNORE INTO {tbl} (id, tenant, hash, key) VALUES (?1, ?2, ?3, ?4)"),
+        });
+        Ok(())
+    }
+
+    /// Moves the next [`MOVE_CHUNK`] ids; the last chunk also deletes the rows it moved from
+    /// the appended ones and tells readers (the epoch).
+    fn move_chunk(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
+        let Some(m) = self.moving.as_mut() else { return Ok(()) };
+        let ids = &self.mirror.moving;
+        let end = (m.done + MOVE_CHUNK).min(ids.len());
+        let last = end == ids.len();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(&m.insert)?;
+            for ((tenant, id), value) in &ids[m.done..end] {
+                let (hash, at) = nullable(value);
+                insert.execute(params![id, tenant, hash, at])?;
+            }
+        }
+        let epoch = match last {
+            true => {
+                let name = &self.name;
+                tx.execute(&format!("DELETE FROM {name}_pending WHERE rowid <= ?1"), [m.through])?;
+                Some(tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| {
+                    r.get::<_, i64>(0)
+                })?)
+            }
+            false => None,
+        };
+        tx.commit()?;
+        m.done = end;
+        if last {
+            self.moving = None;
+            self.mirror.moving.clear();
+            // This mirror already holds what is appended now: only readers start over.
+            self.mirror.epoch = epoch;
         }
         Ok(())
     }
@@ -252,8 +326,17 @@ impl Dedup {
             }
         }
         tx.commit()?;
+        self.moving = None;
         self.mirror.epoch = None;
         self.mirror.refresh(conn, name)
+    }
+}
+
+/// A value as stored: a value-less id (the store's) keeps NULLs.
+fn nullable(value: &Value) -> (Option<&Vec<u8>>, Option<i64>) {
+    match value.0.is_empty() {
+        true => (None, None),
+        false => (Some(&value.0), Some(value.1)),
     }
 }
 
@@ -290,6 +373,7 @@ impl Mirror {
         let epoch: i64 = tx.prepare_cached(&sql.0)?.query_row([], |r| r.get(0))?;
         if self.epoch != Some(epoch) {
             self.ids.clear();
+            self.moving.clear();
             self.last_rowid = 0;
             let mut stmt = tx.prepare(&format!("SELECT tbl, from_us, until_us FROM {name}_gens ORDER BY gen DESC"))?;
             let gens: Vec<(String, i64, Option<i64>)> =
@@ -315,6 +399,9 @@ impl Mirror {
     pub fn get(&self, tx: &Connection, tenant: &str, id: &str) -> Result<Option<Value>, crate::Error> {
         if let Some(v) = self.ids.get(&Probe(tenant, id)) {
             return Ok(Some(v.clone()));
+        }
+        if let Ok(i) = self.moving.binary_search_by(|((t, i), _)| (i.as_str(), t.as_str()).cmp(&(id, tenant))) {
+            return Ok(Some(self.moving[i].1.clone()));
         }
         for sql in &self.lookups {
             let found = tx
@@ -443,7 +530,7 @@ mod tests {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
         }
         commit(&mut conn, &mut d, &[5], 2);
-        assert_eq!(pending(&conn), 0, "moved at the next commit");
+        assert_eq!(pending(&conn), 1, "the five moved at the next commit; the sixth waits for the next move");
         for i in 0..6 {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
         }
@@ -452,6 +539,54 @@ mod tests {
         for i in 0..6 {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "after a restart");
         }
+    }
+
+    /// A move goes a chunk per commit: meanwhile every id is seen by the writer and by a
+    /// reader, the appended rows stay until its last chunk, a crash midway loses nothing, and a
+    /// move started again ends with every id in the generation once.
+    #[test]
+    fn a_move_goes_a_chunk_per_commit_and_a_crash_midway_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let n = 2 * MOVE_CHUNK as i64 + 100;
+        let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        let pending = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM ids_pending", [], |r| r.get(0)).unwrap()
+        };
+        let in_generation =
+            |conn: &Connection| -> i64 { conn.query_row("SELECT count(*) FROM ids_g1", [], |r| r.get(0)).unwrap() };
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mut mirror = Mirror::default();
+        let mut look = |i: i64| {
+            let tx = reader.transaction().unwrap();
+            mirror.refresh(&tx, "ids").unwrap();
+            mirror.get(&tx, "t", &format!("e{i}")).unwrap()
+        };
+        // Descending ids: the move sorts them.
+        commit(&mut conn, &mut d, &(0..n).rev().collect::<Vec<_>>(), 1);
+        assert_eq!((pending(&conn), in_generation(&conn)), (n, MOVE_CHUNK as i64), "the first chunk");
+        commit(&mut conn, &mut d, &[n], 1);
+        assert_eq!((pending(&conn), in_generation(&conn)), (n + 1, 2 * MOVE_CHUNK as i64), "the second");
+        for i in [0, n / 2, n - 1, n] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "the writer sees {i} midway");
+            assert_eq!(look(i), Some(value(i)), "a reader sees {i} midway");
+        }
+        drop((conn, d)); // a crash midway
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        for i in [0, n / 2, n - 1, n] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i} after the crash");
+        }
+        commit(&mut conn, &mut d, &[n + 1], 3);
+        commit(&mut conn, &mut d, &[n + 2], 3);
+        commit(&mut conn, &mut d, &[n + 3], 3);
+        assert_eq!(in_generation(&conn), n + 2, "moved again, once each");
+        assert_eq!(pending(&conn), 2, "the ids appended after the move began wait for the next");
+        for i in [0, 1, n / 2, n + 2, n + 3] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
+            assert_eq!(look(i), Some(value(i)), "a reader sees {i} after the move");
+        }
+        assert_eq!(look(n + 4), None);
     }
 
     #[test]
