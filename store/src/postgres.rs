@@ -353,11 +353,17 @@ impl PgStore {
         let candidates: Vec<&Metered> = events.iter().filter(|e| firsts.insert((&e.tenant, &e.id))).collect();
         let tenants: Vec<&str> = candidates.iter().map(|e| e.tenant.as_str()).collect();
         let ids: Vec<&str> = candidates.iter().map(|e| e.id.as_str()).collect();
+        // Each id is looked up in every partition by its key (a lateral `LIMIT 1`, never a hash
+        // join over all the ids kept), and the statement is prepared anew at each batch, so
+        // planned for the partitions as they are now: a plan cached while the newest partition
+        // was small would scan it whole for every id once it is not.
         let seen = tx
-            .prepare_cached(
+            .prepare(
                 "INSERT INTO seen (tenant, id, arrived_us)
                  SELECT x.tenant, x.id, $3 FROM unnest($1::text[], $2::text[]) AS x(tenant, id)
-                 WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.tenant = x.tenant AND s.id = x.id)
+                 LEFT JOIN LATERAL (SELECT 1 AS one FROM seen s WHERE s.tenant = x.tenant AND s.id = x.id LIMIT 1) f
+                   ON true
+                 WHERE f.one IS NULL
                  ON CONFLICT DO NOTHING RETURNING tenant, id",
             )
             .await?;
@@ -937,8 +943,9 @@ impl LiveStore for PgStore {
             keys.dedup();
             tx.execute("SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest($1::int8[]) AS k ORDER BY 1) l", &[&keys])
                 .await?;
+            // Not cached: planned for `seen`'s partitions as they are now (see `fold`).
             let read = tx
-                .prepare_cached(
+                .prepare(
                     // One statement, one snapshot, taken after the locks: the ids counted (of the
                     // request's and the held ones) always agree with the values.
                     "SELECT 1, s.id, NULL::text, NULL::int8, NULL::int8 FROM seen s
