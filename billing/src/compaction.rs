@@ -35,6 +35,9 @@ impl LogCompaction {
     pub async fn bounds(&self) -> Result<Option<(Vec<Position>, i64)>, Error> {
         let closes = self.ledger.close_summaries().await?;
         let Some(newest) = closes.iter().map(|c| c.period).max() else { return Ok(None) };
+        if self.consumers.is_empty() {
+            return Ok(None);
+        }
         let arrived_before_us = newest.next().start_us().saturating_sub(self.max_future_us);
         let mut behind: Vec<Position> =
             (0..self.log.partitions()).map(|partition| Position { partition, offset: u64::MAX }).collect();

@@ -135,15 +135,22 @@ fn compact(conn: &mut Connection, behind: &[Position], arrived_before_us: i64) -
     for b in behind {
         let base = u64::from(b.partition) << OFFSET_BITS;
         let from = kept.iter().find(|k| k.partition == b.partition).map_or(0, |k| k.offset);
+        // Never past the partition's last record (a consumer ahead of a restored log).
+        let last: Option<i64> = conn.query_row(
+            "SELECT max(key) FROM log WHERE key >= ?1 AND key < ?2",
+            params![base as i64, (base + (1 << OFFSET_BITS)) as i64],
+            |r| r.get(0),
+        )?;
+        let behind = b.offset.min(last.map_or(from, |k| (k as u64 & ((1 << OFFSET_BITS) - 1)) + 1));
         // The prefix ends at the first record that arrived at or after the cut-off.
         let arrived_since: Option<i64> = conn
             .query_row(
                 "SELECT key FROM log WHERE key >= ?1 AND key < ?2 AND ingested_us >= ?3 ORDER BY key LIMIT 1",
-                params![(base | from) as i64, (base | b.offset) as i64, arrived_before_us],
+                params![(base | from) as i64, (base | behind) as i64, arrived_before_us],
                 |r| r.get(0),
             )
             .optional()?;
-        let to = arrived_since.map_or(b.offset, |k| k as u64 & ((1 << OFFSET_BITS) - 1));
+        let to = arrived_since.map_or(behind, |k| k as u64 & ((1 << OFFSET_BITS) - 1));
         let mut at = from;
         while at < to {
             let end = (at + COMPACT_CHUNK).min(to);

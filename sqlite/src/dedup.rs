@@ -249,12 +249,18 @@ impl Dedup {
     fn start_move(&mut self, conn: &Connection) -> Result<(), crate::Error> {
         let tbl: String =
             conn.query_row(&format!("SELECT tbl FROM {}_gens WHERE until_us IS NULL", self.name), [], |r| r.get(0))?;
+        // What the table holds now is exactly what the mirror holds (only this writer appends):
+        // the move covers those rows. Not the mirror's last rowid, which may be a rolled back
+        // row's and which an emptied table reuses: rows appended during the move would be at
+        // or below it and deleted unmoved.
+        let through: i64 =
+            conn.query_row(&format!("SELECT coalesce(max(rowid), 0) FROM {}_pending", self.name), [], |r| r.get(0))?;
         let moving = &mut self.mirror.moving;
         moving.extend(self.mirror.ids.drain());
         moving.sort_unstable_by(|(a, _), (b, _)| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
         self.moving = Some(Move {
             done: 0,
-            through: self.mirror.last_rowid,
+            through,
             insert: format!("INSERT OR IGNORE INTO {tbl} (id, tenant, hash, key) VALUES (?1, ?2, ?3, ?4)"),
         });
         Ok(())
@@ -265,7 +271,10 @@ impl Dedup {
     fn move_chunk(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
         let Some(m) = self.moving.as_mut() else { return Ok(()) };
         let ids = &self.mirror.moving;
-        let end = (m.done + MOVE_CHUNK).min(ids.len());
+        // At least twice what arrived since the move began, so that a move always ends before
+        // the next is due, however large the commits.
+        let step = MOVE_CHUNK.max(2 * self.mirror.ids.len());
+        let end = (m.done + step).min(ids.len());
         let last = end == ids.len();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
@@ -587,6 +596,41 @@ mod tests {
             assert_eq!(look(i), Some(value(i)), "a reader sees {i} after the move");
         }
         assert_eq!(look(n + 4), None);
+    }
+
+    /// An id appended during a move after a rolled back one (whose rowid SQLite gives again)
+    /// is not deleted with the moved rows.
+    #[test]
+    fn an_id_appended_during_a_move_after_a_rollback_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let n = MOVE_CHUNK as i64 + 1;
+        let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        commit(&mut conn, &mut d, &(0..n - 1).collect::<Vec<_>>(), 1);
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        d.begin(&tx).unwrap();
+        d.insert(&tx, "t", &format!("e{}", n - 1), value(n - 1)).unwrap();
+        let mark = d.mark();
+        let mut sp = tx.savepoint().unwrap();
+        d.insert(&sp, "t", "rolled-back", value(0)).unwrap();
+        sp.rollback().unwrap();
+        drop(sp);
+        d.rollback_to(mark);
+        tx.commit().unwrap();
+        d.committed(&mut conn, 1).unwrap(); // the move starts: its first chunk
+        commit(&mut conn, &mut d, &[n], 1); // appended at the rolled back row's rowid; the last chunk
+        drop((conn, d));
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        for i in [0, n - 1, n] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i} after a restart");
+        }
+        let rolled_back = {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            d.begin(&tx).unwrap();
+            d.get(&tx, "t", "rolled-back").unwrap()
+        };
+        assert_eq!(rolled_back, None);
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl PgStore {
         let width = self.dedup.bucket_us();
         let tx = client.transaction().await?;
         // Dropping a partition waits for the batches in flight; never for long.
-        tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
+        tx.batch_execute("SET LOCAL lock_timeout = '1s'").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(SEEN_PARTS)]).await?;
         let current = now - now.rem_euclid(width);
         let newest: Option<i64> = tx.query_one("SELECT max(to_us) FROM seen_parts", &[]).await?.get(0);
@@ -205,7 +205,7 @@ impl PgStore {
             .await?;
         for r in &old {
             let name: String = r.get(0);
-            tx.batch_execute(&format!("DROP TABLE {name}")).await?;
+            tx.batch_execute(&format!("DROP TABLE IF EXISTS {name}")).await?;
         }
         tx.commit().await?;
         if !old.is_empty() {
