@@ -93,4 +93,9 @@ async fn the_log_is_compacted_behind_every_consumer_and_the_census_still_to_come
     sink.apply("c", &meters(), &more, &adv(3, 9)).unwrap();
     assert_eq!(compaction.once().await.unwrap(), 5);
     assert_eq!(offsets(&log), vec![8, 9]);
+    // With no consumer named, nothing is known to be read: nothing goes.
+    let unknown = LogCompaction { consumers: vec![], ..compaction };
+    assert_eq!(unknown.bounds().await.unwrap(), None);
+    assert_eq!(unknown.once().await.unwrap(), 0);
+    assert_eq!(offsets(&log), vec![8, 9]);
 }

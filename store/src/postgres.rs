@@ -165,7 +165,7 @@ impl PgStore {
 
     /// The arrival time of a batch committed now, making room for it first when it falls near
     /// the end of the newest partition of `seen`.
-    async fn arrival(&self, client: &mut Object) -> Result<i64, Error> {
+    async fn arrival(&self, client: &mut Object) -> i64 {
         let now = now_us();
         if now.saturating_add(self.dedup.bucket_us()) >= self.covered_to.load(Ordering::Relaxed) {
             // A failure leaves the partition `now` falls in, when there is one, to the batch;
@@ -174,7 +174,7 @@ impl PgStore {
                 tracing::warn!(error = %e, "making room for the ids counted failed; trying again at the next batch");
             }
         }
-        Ok(now)
+        now
     }
 
     /// Creates the arrival partitions of `seen` for `now` and the next one, and drops those whose
@@ -638,7 +638,7 @@ impl UsageStore for PgStore {
         let known = self.known();
         let (folded, raised, new_alerts) = self.pg.block(async {
             let mut client = self.pg.client().await?;
-            let arrived = self.arrival(&mut client).await?;
+            let arrived = self.arrival(&mut client).await;
             let tx = client.transaction().await?;
             fence(&tx, consumer, progress).await?;
             let folded = self.fold(&tx, meters, events, arrived).await?;
