@@ -56,7 +56,8 @@ impl Settings {
 type Key = (String, String);
 
 /// A `(tenant, id)` looked up without copying it: hashes and compares as a [`Key`].
-struct Probe<'a>(&'a str, &'a str);
+/// A borrowed `(tenant, id)`: looks up a [`Key`] without building one.
+pub struct Probe<'a>(pub &'a str, pub &'a str);
 
 impl Hash for Probe<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {

@@ -19,14 +19,15 @@ use crate::{
     Series, Totals, UsageStore,
 };
 use async_trait::async_trait;
+use hashbrown::{HashMap, HashSet};
 use meter_postgres::deadpool_postgres::{Object, Transaction};
 use meter_postgres::tokio_postgres::{IsolationLevel, Row};
 use meter_postgres::{Pg, lock_key};
-use meter_schemas::period::{day_of, format_day, format_time, now_us};
+use meter_schemas::period::{DAY_US, day_of, format_day, format_time, now_us};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::dedup;
 use rust_decimal::Decimal;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -110,6 +111,22 @@ pub const MIGRATIONS: &[&str] = &[
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
 type Key = (String, String, String);
 
+/// A borrowed [`Key`]: looks one up without building it.
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, &'a str, &'a str);
+
+impl KeyRef<'_> {
+    fn owned(&self) -> Key {
+        (self.0.to_string(), self.1.to_string(), self.2.to_string())
+    }
+}
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+    }
+}
+
 /// `(tenant, period, meter, property, value)`: one value of a broken-down meter's property.
 type GroupKey = (String, String, String, String, String);
 
@@ -130,7 +147,7 @@ pub struct PgStore {
     group_cache: Mutex<HashMap<GroupKey, Tally>>,
     allowances: RwLock<Option<Arc<dyn Allowances>>>,
     /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
-    raised: Mutex<HashSet<String>>,
+    raised: Mutex<std::collections::HashSet<String>>,
     /// Counts writes of this process that raised an alert; other hosts' dispatchers poll.
     alerted: tokio::sync::watch::Sender<u64>,
     /// How long counted ids are kept, and how wide an arrival partition of `seen` is.
@@ -138,6 +155,17 @@ pub struct PgStore {
     /// The end of the newest arrival partition this process knows of (µs): a batch arriving
     /// within a partition's width of it makes room first ([`PgStore::make_room`]).
     covered_to: AtomicI64,
+    /// The arrival partitions' ranges `[from, to)` (µs) as `make_room` last read them, by `from`.
+    /// Partitions are never changed once created, only dropped, so the one a batch writes to is
+    /// found here.
+    parts: Mutex<Vec<(i64, i64)>>,
+}
+
+/// When a batch arrives: the time it is stamped with, and the range of the partition that time
+/// falls in, when this process knows it.
+struct Arrival {
+    at_us: i64,
+    part: Option<(i64, i64)>,
 }
 
 impl PgStore {
@@ -156,16 +184,17 @@ impl PgStore {
             cache: Mutex::new(HashMap::new()),
             group_cache: Mutex::new(HashMap::new()),
             allowances: RwLock::new(None),
-            raised: Mutex::new(HashSet::new()),
+            raised: Mutex::new(std::collections::HashSet::new()),
             alerted: tokio::sync::watch::Sender::new(0),
             dedup,
             covered_to: AtomicI64::new(i64::MIN),
+            parts: Mutex::new(Vec::new()),
         })
     }
 
     /// The arrival time of a batch committed now, making room for it first when it falls near
     /// the end of the newest partition of `seen`.
-    async fn arrival(&self, client: &mut Object) -> i64 {
+    async fn arrival(&self, client: &mut Object) -> Arrival {
         let now = now_us();
         if now.saturating_add(self.dedup.bucket_us()) >= self.covered_to.load(Ordering::Relaxed) {
             // A failure leaves the partition `now` falls in, when there is one, to the batch;
@@ -174,7 +203,9 @@ impl PgStore {
                 tracing::warn!(error = %e, "making room for the ids counted failed; trying again at the next batch");
             }
         }
-        now
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let part = parts.iter().find(|(from, to)| (*from..*to).contains(&now)).copied();
+        Arrival { at_us: now, part }
     }
 
     /// Creates the arrival partitions of `seen` for `now` and the next one, and drops those whose
@@ -207,7 +238,14 @@ impl PgStore {
             let name: String = r.get(0);
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {name}")).await?;
         }
+        let parts: Vec<(i64, i64)> = tx
+            .query("SELECT from_us, to_us FROM seen_parts ORDER BY from_us", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         tx.commit().await?;
+        *self.parts.lock().unwrap_or_else(|e| e.into_inner()) = parts;
         if !old.is_empty() {
             tracing::info!(dropped = old.len(), "dropped the ids counted more than a dedup horizon ago");
         }
@@ -232,7 +270,7 @@ impl PgStore {
         self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn known(&self) -> HashSet<String> {
+    fn known(&self) -> std::collections::HashSet<String> {
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -346,46 +384,69 @@ impl PgStore {
         tx: &Transaction<'_>,
         meters: &[MeterDef],
         events: &[Metered],
-        arrived_us: i64,
+        arrival: &Arrival,
     ) -> Result<Folded, Error> {
         // The first copy of each (tenant, id) in the batch; of those, the ones never counted.
         let mut firsts = HashSet::new();
         let candidates: Vec<&Metered> = events.iter().filter(|e| firsts.insert((&e.tenant, &e.id))).collect();
         let tenants: Vec<&str> = candidates.iter().map(|e| e.tenant.as_str()).collect();
         let ids: Vec<&str> = candidates.iter().map(|e| e.id.as_str()).collect();
-        // Each id is looked up in every partition by its key (a lateral `LIMIT 1`, never a hash
-        // join over all the ids kept), and the statement is prepared anew at each batch, so
-        // planned for the partitions as they are now: a plan cached while the newest partition
-        // was small would scan it whole for every id once it is not.
+        // Each id is looked up by its key (a lateral `LIMIT 1`, never a hash join over all the ids
+        // kept) in every partition but the one the batch writes to, whose primary key refuses a
+        // copy by itself (`ON CONFLICT`): that partition is pruned from the lookup when the
+        // statement is planned, which costs each id one index descent fewer. The statement is
+        // prepared anew at each batch, so planned for the partitions as they are now: a plan
+        // cached while the newest partition was small would scan it whole for every id once it
+        // is not.
+        let (from, to) = arrival.part.unwrap_or((i64::MAX, i64::MAX));
         let seen = tx
             .prepare(
                 "INSERT INTO seen (tenant, id, arrived_us)
                  SELECT x.tenant, x.id, $3 FROM unnest($1::text[], $2::text[]) AS x(tenant, id)
-                 LEFT JOIN LATERAL (SELECT 1 AS one FROM seen s WHERE s.tenant = x.tenant AND s.id = x.id LIMIT 1) f
-                   ON true
+                 LEFT JOIN LATERAL (
+                     SELECT 1 AS one FROM seen s
+                     WHERE s.tenant = x.tenant AND s.id = x.id AND (s.arrived_us < $4 OR s.arrived_us >= $5)
+                     LIMIT 1
+                 ) f ON true
                  WHERE f.one IS NULL
                  ON CONFLICT DO NOTHING RETURNING tenant, id",
             )
             .await?;
-        let new: HashSet<(String, String)> =
-            tx.query(&seen, &[&tenants, &ids, &arrived_us]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let new: HashSet<(String, String)> = tx
+            .query(&seen, &[&tenants, &ids, &arrival.at_us, &from, &to])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         let mut taken = HashSet::new();
         let counted: Vec<&Metered> = events
             .iter()
-            .filter(|e| new.contains(&(e.tenant.clone(), e.id.clone())) && taken.insert((&e.tenant, &e.id)))
+            .filter(|e| new.contains(&dedup::Probe(&e.tenant, &e.id)) && taken.insert((&e.tenant, &e.id)))
             .collect();
         let applied = Applied { counted: counted.len(), duplicates: events.len() - counted.len() };
 
+        // Each counted event's buckets, its period and its day, formatted once per day of the batch.
+        let mut day_index: HashMap<i64, usize> = HashMap::new();
+        let mut day_names: Vec<[String; 2]> = Vec::new();
+        let at: Vec<usize> = counted
+            .iter()
+            .map(|e| {
+                *day_index.entry(e.time_us.div_euclid(DAY_US)).or_insert_with(|| {
+                    day_names.push([Period::containing(e.time_us).to_string(), format_day(day_of(e.time_us))]);
+                    day_names.len() - 1
+                })
+            })
+            .collect();
+
         // Unique values, each bucket's new ones.
-        let buckets = |e: &Metered| [Period::containing(e.time_us).to_string(), format_day(day_of(e.time_us))];
         let mut unique_keys: Vec<(String, String, String, String)> = Vec::new();
         let mut unique_set = HashSet::new();
-        for e in &counted {
+        for (e, &d) in counted.iter().zip(&at) {
             for (m, c) in &e.contributions {
                 if let Contribution::Unique(v) = c {
                     let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
-                    for bucket in buckets(e) {
-                        let key = (e.tenant.clone(), meter.clone(), bucket, v.clone());
+                    for bucket in &day_names[d] {
+                        let key = (e.tenant.clone(), meter.clone(), bucket.clone(), v.clone());
                         if unique_set.insert(key.clone()) {
                             unique_keys.push(key);
                         }
@@ -407,15 +468,17 @@ impl PgStore {
             new_uniques = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
         }
 
-        // The tallies and breakdown amounts the batch adds to, from the cache or the table.
+        // The tallies and breakdown amounts the batch adds to, from the cache or the table; a
+        // key is built once per batch, not once per event.
         let mut keys: HashSet<Key> = HashSet::new();
         let mut group_keys: HashSet<GroupKey> = HashSet::new();
-        for e in &counted {
-            let [period, day] = buckets(e);
+        for (e, &d) in counted.iter().zip(&at) {
+            let [period, _] = &day_names[d];
             for (m, _) in &e.contributions {
                 let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
-                keys.insert((e.tenant.clone(), meter.clone(), period.clone()));
-                keys.insert((e.tenant.clone(), meter.clone(), day.clone()));
+                for bucket in &day_names[d] {
+                    keys.get_or_insert_with(&KeyRef(&e.tenant, meter, bucket), KeyRef::owned);
+                }
             }
             for (m, values) in &e.groups {
                 let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
@@ -433,18 +496,22 @@ impl PgStore {
         let (mut tallies, new_tallies) = self.load_tallies(tx, keys).await?;
         let (mut groups, new_groups) = self.load_groups(tx, group_keys).await?;
 
-        for e in &counted {
-            let [period, day] = buckets(e);
+        for (e, &d) in counted.iter().zip(&at) {
+            let [period, _] = &day_names[d];
             for (m, c) in &e.contributions {
                 let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
-                for bucket in [&period, &day] {
+                for bucket in &day_names[d] {
                     if let Contribution::Unique(v) = c
                         && !new_uniques.remove(&(e.tenant.clone(), meter.clone(), bucket.clone(), v.clone()))
                     {
                         continue;
                     }
-                    let key = (e.tenant.clone(), meter.clone(), bucket.clone());
-                    tallies.entry(key).or_default().add(c, e.time_us, &e.id)?;
+                    let key = KeyRef(&e.tenant, meter, bucket);
+                    let tally = match tallies.get_mut(&key) {
+                        Some(t) => t,
+                        None => tallies.entry(key.owned()).or_default(),
+                    };
+                    tally.add(c, e.time_us, &e.id)?;
                 }
             }
             for (m, values) in &e.groups {
@@ -635,20 +702,22 @@ impl UsageStore for PgStore {
         progress: &Progress,
     ) -> Result<Applied, Error> {
         let allowances = self.allowances();
-        let known = self.known();
         let (folded, raised, new_alerts) = self.pg.block(async {
             let mut client = self.pg.client().await?;
             let arrived = self.arrival(&mut client).await;
             let tx = client.transaction().await?;
             fence(&tx, consumer, progress).await?;
-            let folded = self.fold(&tx, meters, events, arrived).await?;
+            let folded = self.fold(&tx, meters, events, &arrived).await?;
             save(&tx, &folded).await?;
             let reached = match &allowances {
-                Some(a) => folded
-                    .tallies
-                    .iter()
-                    .flat_map(|((t, m, b), tally)| thresholds(&**a, (t, m, b), tally, &known))
-                    .collect(),
+                Some(a) => {
+                    let known = self.raised.lock().unwrap_or_else(|e| e.into_inner());
+                    folded
+                        .tallies
+                        .iter()
+                        .flat_map(|((t, m, b), tally)| thresholds(&**a, (t, m, b), tally, &known))
+                        .collect()
+                }
                 None => Vec::new(),
             };
             let (raised, new) = raise(&tx, reached).await?;
@@ -911,7 +980,7 @@ impl LiveStore for PgStore {
                             )
                             .await?;
                         for r in &rows {
-                            state.known.entry(r.get(0)).or_insert_with(HashSet::new).insert(r.get(1));
+                            state.known.entry(r.get(0)).or_default().insert(r.get(1));
                         }
                     }
                     states.push(state);
@@ -982,7 +1051,7 @@ impl LiveStore for PgStore {
                             }
                         }
                         3 => {
-                            state.known.entry(r.get(1)).or_insert_with(HashSet::new).insert(r.get(2));
+                            state.known.entry(r.get(1)).or_default().insert(r.get(2));
                         }
                         4 => held.push((r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, i64>(3), r.get::<_, i64>(4))),
                         _ => progress = r.get::<_, i64>(3).max(0) as u64,

@@ -73,6 +73,30 @@ fn the_ids_counted_before_the_arrival_partitions_stay_counted() {
     assert_eq!(parts[0], "seen_legacy");
 }
 
+/// A batch checks its ids against every partition but the one it writes to (whose key refuses a
+/// copy by itself): an id already counted in the next partition, by a host whose clock ran
+/// ahead, or in the partition of now, stays counted once.
+#[test]
+fn an_id_counted_in_any_partition_stays_counted() {
+    use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
+    let url = fresh_database(&shared_url());
+    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
+    PgStore::migrate(&pg).unwrap();
+    let s = PgStore::open(pg.clone()).unwrap();
+    s.checkpoint("c").unwrap();
+    let first = [tokens("a", "now-1", 1, MID_NOVEMBER)];
+    assert_eq!(s.apply("c", &meters(), &first, &adv(0, 1)).unwrap().counted, 1);
+    let next: i64 = pg.query_one("SELECT max(from_us) FROM seen_parts", &[]).unwrap().get(0);
+    pg.execute("INSERT INTO seen (tenant, id, arrived_us) VALUES ('a', 'ahead-1', $1)", &[&next]).unwrap();
+    let batch = [
+        tokens("a", "ahead-1", 1, MID_NOVEMBER),
+        tokens("a", "now-1", 1, MID_NOVEMBER),
+        tokens("a", "new-1", 1, MID_NOVEMBER),
+    ];
+    let applied = s.apply("c", &meters(), &batch, &adv(1, 4)).unwrap();
+    assert_eq!((applied.counted, applied.duplicates), (1, 2), "only new-1 is new");
+}
+
 /// Two hosts applying a batch from the same offset at once (an owner and a stale one after a
 /// rebalance): one commits, the other is fenced and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
