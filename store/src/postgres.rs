@@ -21,6 +21,7 @@ use crate::{
 use async_trait::async_trait;
 use hashbrown::{HashMap, HashSet};
 use meter_postgres::deadpool_postgres::{Object, Transaction};
+use meter_postgres::tokio_postgres::types::Type;
 use meter_postgres::tokio_postgres::{IsolationLevel, Row};
 use meter_postgres::{Pg, lock_key};
 use meter_schemas::period::{DAY_US, day_of, format_day, format_time, now_us};
@@ -299,11 +300,9 @@ async fn raise(tx: &Transaction<'_>, reached: Vec<Reached>) -> Result<(Vec<Strin
     if reached.is_empty() {
         return Ok((Vec::new(), 0));
     }
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(ALERTS)]).await?;
-    let col = |f: fn(&Reached) -> &str| reached.iter().map(f).collect::<Vec<_>>();
-    let percents: Vec<i32> = reached.iter().map(|r| r.percent as i32).collect();
-    let new = tx
-        .execute(
+    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await?;
+    let insert = tx
+        .prepare_cached(
             "INSERT INTO alerts (seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us)
              SELECT (SELECT coalesce(max(seq), 0) FROM alerts) + row_number() OVER (ORDER BY n),
                     id, tenant, meter, period, percent, threshold, included, value, plan, $10
@@ -311,27 +310,36 @@ async fn raise(tx: &Transaction<'_>, reached: Vec<Reached>) -> Result<(Vec<Strin
                          $8::text[], $9::text[]) WITH ORDINALITY
                   AS a(id, tenant, meter, period, percent, threshold, included, value, plan, n)
              WHERE NOT EXISTS (SELECT 1 FROM alerts x WHERE x.id = a.id)",
-            &[
-                &col(|r| &r.id),
-                &col(|r| &r.tenant),
-                &col(|r| &r.meter),
-                &col(|r| &r.period),
-                &percents,
-                &col(|r| &r.threshold),
-                &col(|r| &r.included),
-                &col(|r| &r.value),
-                &col(|r| &r.plan),
-                &now_us(),
-            ],
         )
         .await?;
+    let col = |f: fn(&Reached) -> &str| reached.iter().map(f).collect::<Vec<_>>();
+    let (ids, tenants, meters, periods) = (col(|r| &r.id), col(|r| &r.tenant), col(|r| &r.meter), col(|r| &r.period));
+    let (thresholds, included, values, plans) =
+        (col(|r| &r.threshold), col(|r| &r.included), col(|r| &r.value), col(|r| &r.plan));
+    let percents: Vec<i32> = reached.iter().map(|r| r.percent as i32).collect();
+    let (key, now) = (lock_key(ALERTS), now_us());
+    // The lock, then the insert behind it, in one round trip (Postgres runs them in order).
+    let (_, new) = tokio::try_join!(biased; async { tx.execute(&lock, &[&key]).await }, async {
+        tx.execute(
+            &insert,
+            &[&ids, &tenants, &meters, &periods, &percents, &thresholds, &included, &values, &plans, &now],
+        )
+        .await
+    })?;
     Ok((reached.into_iter().map(|r| r.id).collect(), new as usize))
 }
 
 /// Moves every partition of `progress` from its `from` to its `to`, or fails with
-/// [`Error::Fenced`] naming the first partition that is elsewhere. The rows stay locked until
-/// the transaction ends.
-async fn fence(tx: &Transaction<'_>, consumer: &str, progress: &Progress) -> Result<(), Error> {
+/// [`Error::Fenced`] naming the first partition that is elsewhere; the rows stay locked until
+/// the transaction ends. `then`, the batch's next statement, is sent behind the fence's two
+/// without waiting for them (one round trip for the three; Postgres runs them in order, and a
+/// fenced batch's transaction is rolled back whatever `then` did).
+async fn fenced<T>(
+    tx: &Transaction<'_>,
+    consumer: &str,
+    progress: &Progress,
+    then: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     let parts: Vec<i32> = progress.partitions.iter().map(|a| a.partition as i32).collect();
     let from: Vec<i64> = progress.partitions.iter().map(|a| a.from as i64).collect();
     let to: Vec<i64> = progress.partitions.iter().map(|a| a.to as i64).collect();
@@ -341,7 +349,6 @@ async fn fence(tx: &Transaction<'_>, consumer: &str, progress: &Progress) -> Res
              SELECT $1, p, 0 FROM unnest($2::int4[]) AS p ON CONFLICT DO NOTHING",
         )
         .await?;
-    tx.execute(&create, &[&consumer, &parts]).await?;
     let cas = tx
         .prepare_cached(
             "UPDATE checkpoints c SET next_offset = x.to_, watermark_us = GREATEST(c.watermark_us, $5::int8)
@@ -350,9 +357,15 @@ async fn fence(tx: &Transaction<'_>, consumer: &str, progress: &Progress) -> Res
              RETURNING c.partition",
         )
         .await?;
-    let moved = tx.query(&cas, &[&consumer, &parts, &from, &to, &progress.watermark_us]).await?;
+    // Each query is sent at its first poll, and `biased` polls in order: create, move, then.
+    let (_, moved, out) = tokio::try_join!(
+        biased;
+        async { Ok::<_, Error>(tx.execute(&create, &[&consumer, &parts]).await?) },
+        async { Ok::<_, Error>(tx.query(&cas, &[&consumer, &parts, &from, &to, &progress.watermark_us]).await?) },
+        then,
+    )?;
     if moved.len() == parts.len() {
-        return Ok(());
+        return Ok(out);
     }
     let moved: HashSet<i32> = moved.iter().map(|r| r.get(0)).collect();
     let a = progress.partitions.iter().find(|a| !moved.contains(&(a.partition as i32))).expect("a partition not moved");
@@ -378,15 +391,14 @@ struct Folded {
 }
 
 impl PgStore {
-    /// Dedups `events` and folds the new ones into the tallies, inside `tx`.
-    async fn fold(
+    /// Inserts the first copy of each `(tenant, id)` of `events` never counted before; returns
+    /// those inserted.
+    async fn insert_ids(
         &self,
         tx: &Transaction<'_>,
-        meters: &[MeterDef],
         events: &[Metered],
         arrival: &Arrival,
-    ) -> Result<Folded, Error> {
-        // The first copy of each (tenant, id) in the batch; of those, the ones never counted.
+    ) -> Result<HashSet<(String, String)>, Error> {
         let mut firsts = HashSet::new();
         let candidates: Vec<&Metered> = events.iter().filter(|e| firsts.insert((&e.tenant, &e.id))).collect();
         let tenants: Vec<&str> = candidates.iter().map(|e| e.tenant.as_str()).collect();
@@ -395,12 +407,12 @@ impl PgStore {
         // kept) in every partition but the one the batch writes to, whose primary key refuses a
         // copy by itself (`ON CONFLICT`): that partition is pruned from the lookup when the
         // statement is planned, which costs each id one index descent fewer. The statement is
-        // prepared anew at each batch, so planned for the partitions as they are now: a plan
-        // cached while the newest partition was small would scan it whole for every id once it
-        // is not.
+        // unnamed, so planned at each batch for the partitions as they are now (a plan cached
+        // while the newest partition was small would scan it whole for every id once it is not),
+        // and sent with its parameters' types, in one message with no round trip to prepare it.
         let (from, to) = arrival.part.unwrap_or((i64::MAX, i64::MAX));
-        let seen = tx
-            .prepare(
+        let rows = tx
+            .query_typed(
                 "INSERT INTO seen (tenant, id, arrived_us)
                  SELECT x.tenant, x.id, $3 FROM unnest($1::text[], $2::text[]) AS x(tenant, id)
                  LEFT JOIN LATERAL (
@@ -410,14 +422,27 @@ impl PgStore {
                  ) f ON true
                  WHERE f.one IS NULL
                  ON CONFLICT DO NOTHING RETURNING tenant, id",
+                &[
+                    (&tenants, Type::TEXT_ARRAY),
+                    (&ids, Type::TEXT_ARRAY),
+                    (&arrival.at_us, Type::INT8),
+                    (&from, Type::INT8),
+                    (&to, Type::INT8),
+                ],
             )
             .await?;
-        let new: HashSet<(String, String)> = tx
-            .query(&seen, &[&tenants, &ids, &arrival.at_us, &from, &to])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Folds the events of `events` whose `(tenant, id)` is in `new` (each once) into the
+    /// tallies, inside `tx`.
+    async fn fold(
+        &self,
+        tx: &Transaction<'_>,
+        meters: &[MeterDef],
+        events: &[Metered],
+        new: HashSet<(String, String)>,
+    ) -> Result<Folded, Error> {
         let mut taken = HashSet::new();
         let counted: Vec<&Metered> = events
             .iter()
@@ -457,14 +482,14 @@ impl PgStore {
         let mut new_uniques: HashSet<(String, String, String, String)> = HashSet::new();
         if !unique_keys.is_empty() {
             let col = |i: usize| unique_keys.iter().map(|k| [&k.0, &k.1, &k.2, &k.3][i].as_str()).collect::<Vec<_>>();
-            let rows = tx
-                .query(
+            let insert = tx
+                .prepare_cached(
                     "INSERT INTO uniques (tenant, meter, bucket, value)
                      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
                      ON CONFLICT DO NOTHING RETURNING tenant, meter, bucket, value",
-                    &[&col(0), &col(1), &col(2), &col(3)],
                 )
                 .await?;
+            let rows = tx.query(&insert, &[&col(0), &col(1), &col(2), &col(3)]).await?;
             new_uniques = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
         }
 
@@ -493,8 +518,8 @@ impl PgStore {
                 }
             }
         }
-        let (mut tallies, new_tallies) = self.load_tallies(tx, keys).await?;
-        let (mut groups, new_groups) = self.load_groups(tx, group_keys).await?;
+        let ((mut tallies, new_tallies), (mut groups, new_groups)) =
+            tokio::try_join!(self.load_tallies(tx, keys), self.load_groups(tx, group_keys))?;
 
         for (e, &d) in counted.iter().zip(&at) {
             let [period, _] = &day_names[d];
@@ -563,15 +588,15 @@ impl PgStore {
             return Ok((out, HashSet::new()));
         }
         let col = |i: usize| missing.iter().map(|k| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
-        let rows = tx
-            .query(
+        let load = tx
+            .prepare_cached(
                 "SELECT b.tenant, b.period, b.meter, b.property, b.value, b.amount::text
                  FROM breakdowns b
                  JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(t, p, m, pr, v)
                    ON b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v",
-                &[&col(0), &col(1), &col(2), &col(3), &col(4)],
             )
             .await?;
+        let rows = tx.query(&load, &[&col(0), &col(1), &col(2), &col(3), &col(4)]).await?;
         for r in rows {
             let amount = decimal(r.get(5), "breakdown amount")?;
             out.insert((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), Tally { value: amount, latest: None });
@@ -617,63 +642,76 @@ fn start_new<K: Clone + Eq + std::hash::Hash>(out: &mut HashMap<K, Tally>, missi
 
 /// Writes the folded tallies and breakdown amounts: rows that exist are updated in place (an
 /// `UPDATE` joined to the batch; cheaper than an upsert's speculative insert), new ones inserted.
+/// The four statements are sent at once, without waiting for each other's answer.
 async fn save(tx: &Transaction<'_>, folded: &Folded) -> Result<(), Error> {
-    for new in [false, true] {
-        let rows: Vec<(&Key, &Tally)> =
-            folded.tallies.iter().filter(|(k, _)| folded.new_tallies.contains(*k) == new).collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let tenants: Vec<&str> = rows.iter().map(|(k, _)| k.0.as_str()).collect();
-        let meters: Vec<&str> = rows.iter().map(|(k, _)| k.1.as_str()).collect();
-        let buckets: Vec<&str> = rows.iter().map(|(k, _)| k.2.as_str()).collect();
-        let values: Vec<Option<String>> = rows.iter().map(|(_, t)| t.value.map(|v| v.to_string())).collect();
-        let latest_us: Vec<Option<i64>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.0)).collect();
-        let latest_id: Vec<Option<&str>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.1.as_str())).collect();
-        let sql = if new {
-            "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id)
-             SELECT tenant, meter, bucket, value::numeric, latest_us, latest_id
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
-                  AS k(tenant, meter, bucket, value, latest_us, latest_id)
-             ON CONFLICT (tenant, meter, bucket) DO UPDATE
-             SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id"
-        } else {
-            "UPDATE tallies t SET value = k.value::numeric, latest_us = k.latest_us, latest_id = k.latest_id
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
-                  AS k(tenant, meter, bucket, value, latest_us, latest_id)
-             WHERE t.tenant = k.tenant AND t.meter = k.meter AND t.bucket = k.bucket"
-        };
-        let statement = tx.prepare_cached(sql).await?;
-        let n = tx.execute(&statement, &[&tenants, &meters, &buckets, &values, &latest_us, &latest_id]).await?;
-        if !new && n as usize != rows.len() {
-            return Err(Error::Unreadable(format!(
-                "{} of {} tallies to update are missing",
-                rows.len() - n as usize,
-                rows.len()
-            )));
-        }
+    tokio::try_join!(
+        save_tallies(tx, folded, false),
+        save_tallies(tx, folded, true),
+        save_groups(tx, folded, false),
+        save_groups(tx, folded, true),
+    )?;
+    Ok(())
+}
+
+/// Writes the folded tallies that have a row (`new` false) or those that have none.
+async fn save_tallies(tx: &Transaction<'_>, folded: &Folded, new: bool) -> Result<(), Error> {
+    let rows: Vec<(&Key, &Tally)> =
+        folded.tallies.iter().filter(|(k, _)| folded.new_tallies.contains(*k) == new).collect();
+    if rows.is_empty() {
+        return Ok(());
     }
-    for new in [false, true] {
-        let rows: Vec<(&GroupKey, &Tally)> =
-            folded.groups.iter().filter(|(k, _)| folded.new_groups.contains(*k) == new).collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let col = |i: usize| rows.iter().map(|(k, _)| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
-        let amounts: Vec<String> = rows.iter().map(|(_, t)| t.value.unwrap_or_default().to_string()).collect();
-        let sql = if new {
-            "INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
-             SELECT t, p, m, pr, v, a::numeric
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
-             ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount"
-        } else {
-            "UPDATE breakdowns b SET amount = k.a::numeric
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
-             WHERE b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v"
-        };
-        let statement = tx.prepare_cached(sql).await?;
-        tx.execute(&statement, &[&col(0), &col(1), &col(2), &col(3), &col(4), &amounts]).await?;
+    let tenants: Vec<&str> = rows.iter().map(|(k, _)| k.0.as_str()).collect();
+    let meters: Vec<&str> = rows.iter().map(|(k, _)| k.1.as_str()).collect();
+    let buckets: Vec<&str> = rows.iter().map(|(k, _)| k.2.as_str()).collect();
+    let values: Vec<Option<String>> = rows.iter().map(|(_, t)| t.value.map(|v| v.to_string())).collect();
+    let latest_us: Vec<Option<i64>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.0)).collect();
+    let latest_id: Vec<Option<&str>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.1.as_str())).collect();
+    let sql = if new {
+        "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id)
+         SELECT tenant, meter, bucket, value::numeric, latest_us, latest_id
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
+              AS k(tenant, meter, bucket, value, latest_us, latest_id)
+         ON CONFLICT (tenant, meter, bucket) DO UPDATE
+         SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id"
+    } else {
+        "UPDATE tallies t SET value = k.value::numeric, latest_us = k.latest_us, latest_id = k.latest_id
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
+              AS k(tenant, meter, bucket, value, latest_us, latest_id)
+         WHERE t.tenant = k.tenant AND t.meter = k.meter AND t.bucket = k.bucket"
+    };
+    let statement = tx.prepare_cached(sql).await?;
+    let n = tx.execute(&statement, &[&tenants, &meters, &buckets, &values, &latest_us, &latest_id]).await?;
+    if !new && n as usize != rows.len() {
+        return Err(Error::Unreadable(format!(
+            "{} of {} tallies to update are missing",
+            rows.len() - n as usize,
+            rows.len()
+        )));
     }
+    Ok(())
+}
+
+/// Writes the folded breakdown amounts that have a row (`new` false) or those that have none.
+async fn save_groups(tx: &Transaction<'_>, folded: &Folded, new: bool) -> Result<(), Error> {
+    let rows: Vec<(&GroupKey, &Tally)> =
+        folded.groups.iter().filter(|(k, _)| folded.new_groups.contains(*k) == new).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let col = |i: usize| rows.iter().map(|(k, _)| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
+    let amounts: Vec<String> = rows.iter().map(|(_, t)| t.value.unwrap_or_default().to_string()).collect();
+    let sql = if new {
+        "INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
+         SELECT t, p, m, pr, v, a::numeric
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
+         ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount"
+    } else {
+        "UPDATE breakdowns b SET amount = k.a::numeric
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
+         WHERE b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v"
+    };
+    let statement = tx.prepare_cached(sql).await?;
+    tx.execute(&statement, &[&col(0), &col(1), &col(2), &col(3), &col(4), &amounts]).await?;
     Ok(())
 }
 
@@ -706,8 +744,8 @@ impl UsageStore for PgStore {
             let mut client = self.pg.client().await?;
             let arrived = self.arrival(&mut client).await;
             let tx = client.transaction().await?;
-            fence(&tx, consumer, progress).await?;
-            let folded = self.fold(&tx, meters, events, &arrived).await?;
+            let new = fenced(&tx, consumer, progress, self.insert_ids(&tx, events, &arrived)).await?;
+            let folded = self.fold(&tx, meters, events, new).await?;
             save(&tx, &folded).await?;
             let reached = match &allowances {
                 Some(a) => {
