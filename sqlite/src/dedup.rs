@@ -56,7 +56,6 @@ impl Settings {
 type Key = (String, String);
 
 /// A `(tenant, id)` looked up without copying it: hashes and compares as a [`Key`].
-/// A borrowed `(tenant, id)`: looks up a [`Key`] without building one.
 pub struct Probe<'a>(pub &'a str, pub &'a str);
 
 impl Hash for Probe<'_> {

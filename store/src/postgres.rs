@@ -158,12 +158,13 @@ pub struct PgStore {
     covered_to: AtomicI64,
     /// The arrival partitions' ranges `[from, to)` (µs) as `make_room` last read them, by `from`.
     /// Partitions are never changed once created, only dropped, so the one a batch writes to is
-    /// found here.
+    /// found here when this process has read it (else every partition is looked up).
     parts: Mutex<Vec<(i64, i64)>>,
 }
 
 /// When a batch arrives: the time it is stamped with, and the range of the partition that time
-/// falls in, when this process knows it.
+/// falls in, when this process knows it. `None` is always safe: the batch's ids are then looked
+/// up in every partition, the one they go to included.
 struct Arrival {
     at_us: i64,
     part: Option<(i64, i64)>,
@@ -318,22 +319,24 @@ async fn raise(tx: &Transaction<'_>, reached: Vec<Reached>) -> Result<(Vec<Strin
         (col(|r| &r.threshold), col(|r| &r.included), col(|r| &r.value), col(|r| &r.plan));
     let percents: Vec<i32> = reached.iter().map(|r| r.percent as i32).collect();
     let (key, now) = (lock_key(ALERTS), now_us());
-    // The lock, then the insert behind it, in one round trip (Postgres runs them in order).
-    let (_, new) = tokio::try_join!(biased; async { tx.execute(&lock, &[&key]).await }, async {
+    // The lock, then the insert behind it, in one round trip (Postgres runs them in order; the
+    // lock's error, if any, is the cause).
+    let (locked, new) = tokio::join!(biased; async { tx.execute(&lock, &[&key]).await }, async {
         tx.execute(
             &insert,
             &[&ids, &tenants, &meters, &periods, &percents, &thresholds, &included, &values, &plans, &now],
         )
         .await
-    })?;
-    Ok((reached.into_iter().map(|r| r.id).collect(), new as usize))
+    });
+    locked?;
+    Ok((reached.into_iter().map(|r| r.id).collect(), new? as usize))
 }
 
 /// Moves every partition of `progress` from its `from` to its `to`, or fails with
 /// [`Error::Fenced`] naming the first partition that is elsewhere; the rows stay locked until
-/// the transaction ends. `then`, the batch's next statement, is sent behind the fence's two
-/// without waiting for them (one round trip for the three; Postgres runs them in order, and a
-/// fenced batch's transaction is rolled back whatever `then` did).
+/// the transaction ends. `then`, the batch's next statement, is sent behind the fence's without
+/// waiting for them (one round trip for all; Postgres runs them in order). A fenced batch's
+/// `then` has run too, holding the checkpoint rows until the caller rolls the transaction back.
 async fn fenced<T>(
     tx: &Transaction<'_>,
     consumer: &str,
@@ -357,25 +360,37 @@ async fn fenced<T>(
              RETURNING c.partition",
         )
         .await?;
-    // Each query is sent at its first poll, and `biased` polls in order: create, move, then.
-    let (_, moved, out) = tokio::try_join!(
+    // Where each partition stands after the move (this transaction's offsets where it moved,
+    // the other owner's where it did not): read behind the move, so after any wait for its rows.
+    let stand = tx
+        .prepare_cached("SELECT partition, next_offset FROM checkpoints WHERE consumer = $1 AND partition = ANY($2)")
+        .await?;
+    // Each query is sent at its first poll, and `biased` polls in order: create, move, stand,
+    // then. Postgres runs them in that order, each with a snapshot taken when it starts, so
+    // `then` sees what the owner before this one committed (never merge it into the move's
+    // statement: a statement's snapshot is taken before its waits). Once one fails, the ones
+    // behind it fail with "current transaction is aborted": the results are read in order, so
+    // the error returned is the cause, and a fenced batch is `Fenced` whatever `then` did.
+    let (created, moved, stood, out) = tokio::join!(
         biased;
-        async { Ok::<_, Error>(tx.execute(&create, &[&consumer, &parts]).await?) },
-        async { Ok::<_, Error>(tx.query(&cas, &[&consumer, &parts, &from, &to, &progress.watermark_us]).await?) },
+        async { tx.execute(&create, &[&consumer, &parts]).await },
+        async { tx.query(&cas, &[&consumer, &parts, &from, &to, &progress.watermark_us]).await },
+        async { tx.query(&stand, &[&consumer, &parts]).await },
         then,
-    )?;
+    );
+    created?;
+    let moved = moved?;
+    let stood = stood?;
     if moved.len() == parts.len() {
-        return Ok(out);
+        return out;
     }
     let moved: HashSet<i32> = moved.iter().map(|r| r.get(0)).collect();
     let a = progress.partitions.iter().find(|a| !moved.contains(&(a.partition as i32))).expect("a partition not moved");
-    let stored: i64 = tx
-        .query_one(
-            "SELECT next_offset FROM checkpoints WHERE consumer = $1 AND partition = $2",
-            &[&consumer, &(a.partition as i32)],
-        )
-        .await?
-        .get(0);
+    let stored: i64 = stood
+        .iter()
+        .find(|r| r.get::<_, i32>(0) == a.partition as i32)
+        .map(|r| r.get(1))
+        .ok_or_else(|| Error::Unreadable(format!("partition {} has no checkpoint row", a.partition)))?;
     Err(Error::Fenced { partition: a.partition, stored: stored as u64, from: a.from })
 }
 
@@ -518,8 +533,9 @@ impl PgStore {
                 }
             }
         }
-        let ((mut tallies, new_tallies), (mut groups, new_groups)) =
-            tokio::try_join!(self.load_tallies(tx, keys), self.load_groups(tx, group_keys))?;
+        // Both reads at once, their results in the order sent (the first error is the cause).
+        let (t, g) = tokio::join!(biased; self.load_tallies(tx, keys), self.load_groups(tx, group_keys));
+        let ((mut tallies, new_tallies), (mut groups, new_groups)) = (t?, g?);
 
         for (e, &d) in counted.iter().zip(&at) {
             let [period, _] = &day_names[d];
@@ -644,13 +660,16 @@ fn start_new<K: Clone + Eq + std::hash::Hash>(out: &mut HashMap<K, Tally>, missi
 /// `UPDATE` joined to the batch; cheaper than an upsert's speculative insert), new ones inserted.
 /// The four statements are sent at once, without waiting for each other's answer.
 async fn save(tx: &Transaction<'_>, folded: &Folded) -> Result<(), Error> {
-    tokio::try_join!(
+    // Read in the order sent: the first error is the cause (the others say the transaction is
+    // aborted).
+    let (a, b, c, d) = tokio::join!(
+        biased;
         save_tallies(tx, folded, false),
         save_tallies(tx, folded, true),
         save_groups(tx, folded, false),
         save_groups(tx, folded, true),
-    )?;
-    Ok(())
+    );
+    a.and(b).and(c).and(d)
 }
 
 /// Writes the folded tallies that have a row (`new` false) or those that have none.
@@ -1050,7 +1069,7 @@ impl LiveStore for PgStore {
             keys.dedup();
             tx.execute("SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest($1::int8[]) AS k ORDER BY 1) l", &[&keys])
                 .await?;
-            // Not cached: planned for `seen`'s partitions as they are now (see `fold`).
+            // Not cached: planned for `seen`'s partitions as they are now (see `insert_ids`).
             let read = tx
                 .prepare(
                     // One statement, one snapshot, taken after the locks: the ids counted (of the
@@ -1184,5 +1203,26 @@ impl LiveStore for PgStore {
                     .collect())
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    /// The fold finds tallies and new ids by borrowed keys: each must hash and compare as the
+    /// owned key, or a counted event would be taken for a duplicate.
+    #[test]
+    fn borrowed_keys_find_their_owned_keys() {
+        let owned: Key = ("acme".into(), "tokens".into(), "2026-11".into());
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        assert_eq!(hasher.hash_one(KeyRef("acme", "tokens", "2026-11")), hasher.hash_one(&owned));
+        let tallies: HashSet<Key> = [owned].into_iter().collect();
+        assert!(tallies.contains(&KeyRef("acme", "tokens", "2026-11")));
+        assert!(!tallies.contains(&KeyRef("acme", "tokens2", "026-11")));
+        let new: HashSet<(String, String)> = [("acme".to_string(), "e-1".to_string())].into_iter().collect();
+        assert!(new.contains(&dedup::Probe("acme", "e-1")));
+        assert!(!new.contains(&dedup::Probe("acm", "ee-1")));
     }
 }

@@ -97,6 +97,30 @@ fn an_id_counted_in_any_partition_stays_counted() {
     assert_eq!((applied.counted, applied.duplicates), (1, 2), "only new-1 is new");
 }
 
+/// A batch over two log partitions, one of which another owner moved: fenced, naming that
+/// partition and where it stands, and none of it is kept (its ids count when it is applied from
+/// where the partitions stand). The batch's id insert is sent behind the fence without waiting.
+#[test]
+fn a_batch_fenced_on_one_of_its_partitions_keeps_nothing() {
+    use meter_store::contract::{MID_NOVEMBER, meters, tokens};
+    use meter_store::{Advance, Progress};
+    let h = postgres();
+    let (owner, stale) = (h.open_store(), h.open_store());
+    owner.checkpoint("c").unwrap();
+    stale.checkpoint("c").unwrap();
+    let moves = |moves: &[(u32, u64, u64)]| Progress {
+        partitions: moves.iter().map(|&(partition, from, to)| Advance { partition, from, to }).collect(),
+        watermark_us: None,
+    };
+    owner.apply("c", &meters(), &[tokens("b", "b-1", 1, MID_NOVEMBER)], &moves(&[(1, 0, 3)])).unwrap();
+    let batch = [tokens("a", "a-1", 1, MID_NOVEMBER), tokens("b", "b-2", 1, MID_NOVEMBER)];
+    let fenced = stale.apply("c", &meters(), &batch, &moves(&[(0, 0, 1), (1, 0, 1)]));
+    assert!(matches!(fenced, Err(meter_store::Error::Fenced { partition: 1, stored: 3, from: 0 })), "{fenced:?}");
+    let applied = stale.apply("c", &meters(), &batch, &moves(&[(0, 0, 1), (1, 3, 4)])).unwrap();
+    assert_eq!((applied.counted, applied.duplicates), (2, 0), "nothing of the fenced batch was kept");
+    assert_eq!(stale.checkpoint("c").unwrap().positions, vec![(0, 1), (1, 4)]);
+}
+
 /// Two hosts applying a batch from the same offset at once (an owner and a stale one after a
 /// rebalance): one commits, the other is fenced and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
