@@ -182,7 +182,15 @@ impl Dedup {
     pub fn begin(&mut self, tx: &Connection) -> Result<(), crate::Error> {
         self.staged.clear();
         self.last_written = 0;
-        self.mirror.refresh(tx, &self.name)
+        let epoch = self.mirror.epoch;
+        self.mirror.refresh(tx, &self.name)?;
+        if self.mirror.epoch != epoch {
+            // Another writer moved the appended ids (this mirror started over, its frozen ids
+            // gone): this writer's move, if any, is abandoned; what it had not moved is still
+            // appended, and read back.
+            self.moving = None;
+        }
+        Ok(())
     }
 
     /// The value of `(tenant, id)`, if it was seen: staged in this transaction, appended, or in a
@@ -246,15 +254,19 @@ impl Dedup {
     }
 
     /// Freezes the appended ids, sorted, for a move into the open generation.
-    fn start_move(&mut self, conn: &Connection) -> Result<(), crate::Error> {
+    fn start_move(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
+        // The mirror and the rows the move covers are read in one snapshot: another writer may
+        // have appended since this one committed, and the move covers exactly what the mirror
+        // then holds. Not the mirror's last rowid, which may be a rolled back row's and which an
+        // emptied table reuses: rows appended during the move would be at or below it and
+        // deleted unmoved.
+        let tx = conn.transaction()?;
+        self.mirror.refresh(&tx, &self.name)?;
         let tbl: String =
-            conn.query_row(&format!("SELECT tbl FROM {}_gens WHERE until_us IS NULL", self.name), [], |r| r.get(0))?;
-        // What the table holds now is exactly what the mirror holds (only this writer appends):
-        // the move covers those rows. Not the mirror's last rowid, which may be a rolled back
-        // row's and which an emptied table reuses: rows appended during the move would be at
-        // or below it and deleted unmoved.
+            tx.query_row(&format!("SELECT tbl FROM {}_gens WHERE until_us IS NULL", self.name), [], |r| r.get(0))?;
         let through: i64 =
-            conn.query_row(&format!("SELECT coalesce(max(rowid), 0) FROM {}_pending", self.name), [], |r| r.get(0))?;
+            tx.query_row(&format!("SELECT coalesce(max(rowid), 0) FROM {}_pending", self.name), [], |r| r.get(0))?;
+        tx.commit()?;
         let moving = &mut self.mirror.moving;
         moving.extend(self.mirror.ids.drain());
         moving.sort_unstable_by(|(a, _), (b, _)| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
@@ -277,6 +289,16 @@ impl Dedup {
         let end = (m.done + step).min(ids.len());
         let last = end == ids.len();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let epoch: i64 = tx.query_row(&format!("SELECT epoch FROM {}_state", self.name), [], |r| r.get(0))?;
+        if self.mirror.epoch != Some(epoch) {
+            // Another writer moved the appended ids since this one's last look: abandon this
+            // move (what it had not moved is still appended) and start the mirror over.
+            drop(tx);
+            self.moving = None;
+            self.mirror.moving.clear();
+            self.mirror.epoch = None;
+            return Ok(());
+        }
         {
             let mut insert = tx.prepare_cached(&m.insert)?;
             for ((tenant, id), value) in &ids[m.done..end] {
@@ -631,6 +653,32 @@ mod tests {
             d.get(&tx, "t", "rolled-back").unwrap()
         };
         assert_eq!(rolled_back, None);
+    }
+
+    /// Two writers on one database (two aggregate processes sharing a data directory): one
+    /// finishes a move while the other is midway through its own. The other abandons its move
+    /// (its mirror starts over) rather than slicing a mirror that is gone, and every id stays
+    /// seen, whoever moved it.
+    #[test]
+    fn a_move_by_another_writer_midway_through_ours_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let n = 2 * MOVE_CHUNK as i64 + 1;
+        let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
+        let (mut a_conn, mut a) = writer(&path, settings, 0);
+        let (mut b_conn, mut b) = writer(&path, settings, 0);
+        commit(&mut a_conn, &mut a, &(0..n).collect::<Vec<_>>(), 1); // A's move: its first chunk
+        for i in n..n + 3 {
+            commit(&mut b_conn, &mut b, &[i], 1); // B's move, from its first chunk to its last
+        }
+        assert!(b.moving.is_none(), "B's move ended");
+        commit(&mut a_conn, &mut a, &[n + 3], 1);
+        commit(&mut a_conn, &mut a, &[n + 4], 1);
+        drop((a_conn, a, b_conn, b));
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        for i in 0..n + 5 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
+        }
     }
 
     #[test]
