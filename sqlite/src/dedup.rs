@@ -681,6 +681,50 @@ mod tests {
         }
     }
 
+    /// Commits `ids` at `now` without the work done after a commit (`Dedup::committed`), which
+    /// the caller runs later: another writer may act in between.
+    fn commit_only(conn: &mut Connection, d: &mut Dedup, ids: &[i64]) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        d.begin(&tx).unwrap();
+        for i in ids {
+            d.insert(&tx, "t", &format!("e{i}"), value(*i)).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    /// Another writer acts between this writer's commit and the move that follows it: an id
+    /// it appends then is moved with the rest (the move reads what it covers in one snapshot,
+    /// never deleting a row it did not move), and a move it finishes then makes this writer's
+    /// next chunk abandon its own move.
+    #[test]
+    fn another_writer_between_a_commit_and_its_move_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let n = 2 * MOVE_CHUNK as i64 + 1;
+        let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
+        let (mut a_conn, mut a) = writer(&path, settings, 0);
+        let (mut b_conn, mut b) = writer(&path, settings, 0);
+        // B appends one id after A's commit, before A's move starts: A's move covers it.
+        commit_only(&mut a_conn, &mut a, &(0..n).collect::<Vec<_>>());
+        commit(&mut b_conn, &mut b, &[n], 1);
+        a.committed(&mut a_conn, 1).unwrap();
+        assert_eq!(a.moving.as_ref().map(|m| m.done), Some(MOVE_CHUNK), "A's move: its first chunk");
+        // B finishes a move of everything after A's next commit, before A's next chunk.
+        commit_only(&mut a_conn, &mut a, &[n + 1]);
+        for i in n + 2..n + 5 {
+            commit(&mut b_conn, &mut b, &[i], 1);
+        }
+        assert!(b.moving.is_none(), "B's move ended");
+        a.committed(&mut a_conn, 1).unwrap();
+        assert!(a.moving.is_none(), "A's move abandoned");
+        commit(&mut a_conn, &mut a, &[n + 5], 1);
+        drop((a_conn, a, b_conn, b));
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        for i in 0..n + 6 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
+        }
+    }
+
     #[test]
     fn generations_open_every_quarter_horizon_and_go_past_it() {
         let dir = tempfile::tempdir().unwrap();
