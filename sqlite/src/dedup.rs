@@ -96,8 +96,9 @@ pub struct Dedup {
     insert_sql: String,
     /// Ids written in the open transaction: their values and order of writing.
     staged: HashMap<Key, (usize, Value)>,
-    /// The rowid of the last id written in the open transaction.
-    last_written: i64,
+    /// The rowids of the ids written in the open transaction, in order (those rolled back to a
+    /// savepoint gone: SQLite gives their rowids again, maybe to another writer).
+    written: Vec<i64>,
     /// The move under way, if any.
     moving: Option<Move>,
 }
@@ -170,7 +171,7 @@ impl Dedup {
             mirror: Mirror::default(),
             insert_sql: format!("INSERT INTO {name}_pending (tenant, id, hash, key) VALUES (?1, ?2, ?3, ?4)"),
             staged: HashMap::new(),
-            last_written: 0,
+            written: Vec::new(),
             moving: None,
         };
         dedup.begin(conn)?;
@@ -181,7 +182,7 @@ impl Dedup {
     /// other writers appended, forgets anything staged by a transaction that did not commit.
     pub fn begin(&mut self, tx: &Connection) -> Result<(), crate::Error> {
         self.staged.clear();
-        self.last_written = 0;
+        self.written.clear();
         let epoch = self.mirror.epoch;
         self.mirror.refresh(tx, &self.name)?;
         if self.mirror.epoch != epoch {
@@ -212,7 +213,7 @@ impl Dedup {
     pub fn insert(&mut self, tx: &Connection, tenant: &str, id: &str, value: Value) -> Result<(), crate::Error> {
         let (hash, at) = nullable(&value);
         tx.prepare_cached(&self.insert_sql)?.execute(params![tenant, id, hash, at])?;
-        self.last_written = tx.last_insert_rowid();
+        self.written.push(tx.last_insert_rowid());
         let n = self.staged.len();
         self.staged.insert((tenant.to_string(), id.to_string()), (n, value));
         Ok(())
@@ -225,6 +226,7 @@ impl Dedup {
 
     /// Forgets the ids staged after `mark` (their savepoint was rolled back).
     pub fn rollback_to(&mut self, mark: usize) {
+        self.written.truncate(mark);
         if self.staged.len() > mark {
             self.staged.retain(|_, (n, _)| *n < mark);
         }
@@ -239,7 +241,9 @@ impl Dedup {
         for (key, (_, value)) in self.staged.drain() {
             self.mirror.ids.insert(key, value);
         }
-        self.mirror.last_rowid = self.mirror.last_rowid.max(self.last_written);
+        if let Some(&last) = self.written.last() {
+            self.mirror.last_rowid = self.mirror.last_rowid.max(last);
+        }
         if now_us >= self.mirror.open_since.saturating_add(self.settings.bucket_us()) {
             // Once a quarter horizon: what a move left and everything appended go at once.
             return self.maintain(conn, now_us, true);
@@ -306,10 +310,16 @@ impl Dedup {
                 insert.execute(params![id, tenant, hash, at])?;
             }
         }
+        let mut emptied = false;
         let epoch = match last {
             true => {
                 let name = &self.name;
                 tx.execute(&format!("DELETE FROM {name}_pending WHERE rowid <= ?1"), [m.through])?;
+                // An emptied table gives rowids from 1 again: this mirror must read from there.
+                emptied = tx
+                    .query_row(&format!("SELECT 1 FROM {name}_pending LIMIT 1"), [], |_| Ok(()))
+                    .optional()?
+                    .is_none();
                 Some(tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| {
                     r.get::<_, i64>(0)
                 })?)
@@ -323,6 +333,9 @@ impl Dedup {
             self.mirror.moving.clear();
             // This mirror already holds what is appended now: only readers start over.
             self.mirror.epoch = epoch;
+            if emptied {
+                self.mirror.last_rowid = 0;
+            }
         }
         Ok(())
     }
@@ -679,6 +692,52 @@ mod tests {
         for i in 0..n + 5 {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
         }
+    }
+
+    /// A move that empties the appended rows makes SQLite give rowids from 1 again: a row
+    /// another writer appends then is read by this writer's mirror, and moved, not deleted
+    /// unmoved by this writer's next move.
+    #[test]
+    fn a_row_another_writer_appends_after_our_move_emptied_the_table_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 10, ..Settings::new(1_000_000) };
+        let (mut a_conn, mut a) = writer(&path, settings, 0);
+        let (mut b_conn, mut b) = writer(&path, settings, 0);
+        commit(&mut a_conn, &mut a, &(0..10).collect::<Vec<_>>(), 1); // moved: the table emptied
+        commit(&mut b_conn, &mut b, &[100], 1); // rowid 1 again
+        assert_eq!(seen(&mut a_conn, &mut a, 100), Some(value(100)), "A sees B's id");
+        commit(&mut a_conn, &mut a, &(10..20).collect::<Vec<_>>(), 1); // A's next move
+        drop((a_conn, a, b_conn, b));
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        for i in (0..20).chain([100]) {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
+        }
+    }
+
+    /// A row rolled back to a savepoint gives its rowid again, maybe to another writer's row:
+    /// this writer's mirror still reads that row.
+    #[test]
+    fn a_rowid_rolled_back_here_and_given_to_another_writer_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings::new(1_000_000);
+        let (mut a_conn, mut a) = writer(&path, settings, 0);
+        let (mut b_conn, mut b) = writer(&path, settings, 0);
+        let mut tx = a_conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        a.begin(&tx).unwrap();
+        a.insert(&tx, "t", "e1", value(1)).unwrap();
+        let mark = a.mark();
+        let mut sp = tx.savepoint().unwrap();
+        a.insert(&sp, "t", "rolled-back", value(0)).unwrap();
+        sp.rollback().unwrap();
+        drop(sp);
+        a.rollback_to(mark);
+        tx.commit().unwrap();
+        a.committed(&mut a_conn, 1).unwrap();
+        commit(&mut b_conn, &mut b, &[2], 1); // the rolled back row's rowid
+        assert_eq!(seen(&mut a_conn, &mut a, 2), Some(value(2)), "A sees B's id");
+        assert_eq!(seen(&mut a_conn, &mut a, 1), Some(value(1)));
     }
 
     /// Commits `ids` at `now` without the work done after a commit (`Dedup::committed`), which
