@@ -52,17 +52,19 @@ const GENERATIONS: i64 = 4;
 /// About how many sealed generations a lookup asks the filters of: once the sealed ones hold
 /// more than `SEALED` × [`Settings::seal_at`] ids, a generation is sealed at a `SEALED`th of
 /// them rather than at `seal_at`.
-pub const SEALED: usize = 16;
+pub const SEALED: usize = 32;
 
 /// Ids moved into the open generation after each commit while a move runs.
 pub const MOVE_CHUNK: usize = 16_384;
 
 impl Settings {
     /// Kept for `horizon_us`, flushed every 131,072 new ids (about 20 MB of memory per mirror),
-    /// a generation sealed at 262,144 ids (about 25 MB of B-tree, within a connection's 64 MiB
-    /// page cache).
+    /// a generation sealed at as many: each move fills a generation of its own, written in key
+    /// order into an empty B-tree, so each of its pages is written once whatever the ids (at
+    /// 3,000,000 random ids this ran at 0.88-0.95 of ordered ones, sealing at twice as many at
+    /// 0.75-0.83; BENCHMARKS.md).
     pub fn new(horizon_us: i64) -> Self {
-        Settings { horizon_us: horizon_us.max(GENERATIONS), flush_at: 131_072, seal_at: 262_144 }
+        Settings { horizon_us: horizon_us.max(GENERATIONS), flush_at: 131_072, seal_at: 131_072 }
     }
 
     /// How long a generation takes arrivals: a quarter of the horizon.
@@ -1062,8 +1064,8 @@ mod tests {
             commit(&mut conn, &mut d, &(batch * 10..batch * 10 + 10).collect::<Vec<_>>(), 1);
         }
         let gens = tables(&conn).len();
-        // 55 (the sealed ones at 1 + 1/16 times the last, from 16 of seal_at); 200 at seal_at.
-        assert_eq!(gens, 55, "generations for 4,000 ids");
+        // 87 (each sealed at 1 + 1/32 times the last, from 32 of seal_at); 200 at seal_at.
+        assert_eq!(gens, 87, "generations for 4,000 ids");
         for i in (0..4_000).step_by(7) {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
         }
