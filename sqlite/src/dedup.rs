@@ -333,7 +333,7 @@ impl Dedup {
         }
         if now_us >= self.mirror.open_since.saturating_add(self.settings.bucket_us()) {
             // Once a quarter horizon: what a move left and everything appended go at once.
-            return self.maintain(conn, now_us, true);
+            return self.roll(conn, now_us);
         }
         if self.moving.is_none() && self.mirror.ids.len() >= self.settings.flush_at {
             self.start_move(conn)?;
@@ -388,16 +388,17 @@ impl Dedup {
         let last = end == ids.len();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let epoch: i64 = tx.query_row(&format!("SELECT epoch FROM {}_state", self.name), [], |r| r.get(0))?;
-        if self.mirror.epoch != Some(epoch) {
-            // Another writer moved the appended ids since this one's last look: abandon this
-            // move (what it had not moved is still appended) and start the mirror over.
+        let (Some(open), true) = (self.open.as_mut(), self.mirror.epoch == Some(epoch)) else {
+            // Another writer moved the appended ids since this one's last look (or the open
+            // generation is not known): abandon this move (what it had not moved is still
+            // appended) and start the mirror over.
             drop(tx);
             self.moving = None;
             self.open = None;
             self.mirror.moving.clear();
             self.mirror.epoch = None;
             return Ok(());
-        }
+        };
         let mut inserted = 0;
         {
             let mut insert = tx.prepare_cached(&m.insert)?;
@@ -406,14 +407,6 @@ impl Dedup {
                 inserted += insert.execute(params![id, tenant, hash, at])?;
             }
         }
-        let Some(open) = self.open.as_mut() else {
-            // Not known since the move began (a failed roll): the move starts over.
-            drop(tx);
-            self.moving = None;
-            self.mirror.moving.clear();
-            self.mirror.epoch = None;
-            return Ok(());
-        };
         let mut sealed = None;
         let mut emptied = false;
         let epoch = match last {
@@ -474,7 +467,9 @@ impl Dedup {
         Ok(())
     }
 
-    fn maintain(&mut self, conn: &mut Connection, now_us: i64, roll: bool) -> Result<(), crate::Error> {
+    /// Once a quarter horizon: everything appended goes into the open generation, which is
+    /// sealed (its filter built from the table: it took ids this writer does not hold).
+    fn roll(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
         let name = &self.name;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let tbl: String =
@@ -484,19 +479,12 @@ impl Dedup {
                  SELECT id, tenant, hash, key FROM {name}_pending ORDER BY id, tenant;
              DELETE FROM {name}_pending;"
         ))?;
-        // The generation took ids this writer does not hold: its filter is built from the table.
-        let open = match roll {
-            true => {
-                let held: i64 = tx.query_row(&format!("SELECT count(*) FROM {tbl}"), [], |r| r.get(0))?;
-                let tbl = seal(&tx, name, now_us, self.settings.horizon_us, held as usize)?;
-                Some(Open { tbl, ids: 0, fps: Some(Vec::new()) })
-            }
-            false => None,
-        };
+        let held: i64 = tx.query_row(&format!("SELECT count(*) FROM {tbl}"), [], |r| r.get(0))?;
+        let tbl = seal(&tx, name, now_us, self.settings.horizon_us, held as usize)?;
         let epoch: i64 =
             tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| r.get(0))?;
         tx.commit()?;
-        self.open = open;
+        self.open = Some(Open { tbl, ids: 0, fps: Some(Vec::new()) });
         self.moving = None;
         self.mirror.moving.clear();
         self.reload(conn, Some(epoch))
@@ -656,13 +644,8 @@ mod tests {
     }
 
     /// Inserts `ids` for tenant `t` in one committed transaction at `now`.
-    fn commit(conn: &mut Connection, d: &mut Dedup, ids: &[i64], now: i64) {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
-        d.begin(&tx).unwrap();
-        for i in ids {
-            d.insert(&tx, "t", &format!("e{i}"), value(*i)).unwrap();
-        }
-        tx.commit().unwrap();
+    fn commit(conn: &mut Connection, d: &mut Dedup, ids: impl IntoIterator<Item = i64>, now: i64) {
+        commit_only(conn, d, ids);
         d.committed(conn, now).unwrap();
     }
 
@@ -670,6 +653,18 @@ mod tests {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
         d.begin(&tx).unwrap();
         d.get(&tx, "t", &format!("e{i}")).unwrap()
+    }
+
+    /// A reader's look at `(t, e{i})`, refreshed in its own transaction.
+    fn look(reader: &mut Connection, mirror: &mut Mirror, i: i64) -> Option<Value> {
+        let tx = reader.transaction().unwrap();
+        mirror.refresh(&tx, "ids").unwrap();
+        mirror.get(&tx, "t", &format!("e{i}")).unwrap()
+    }
+
+    /// How many ids are appended, not yet moved.
+    fn pending(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM ids_pending", [], |r| r.get(0)).unwrap()
     }
 
     fn tables(conn: &Connection) -> Vec<String> {
@@ -694,7 +689,7 @@ mod tests {
         assert_eq!(d.get(&tx, "t", "e2").unwrap(), None);
         drop(tx); // rolled back whole
         assert_eq!(seen(&mut conn, &mut d, 1), None, "a transaction that did not commit leaves nothing");
-        commit(&mut conn, &mut d, &[3], 0);
+        commit(&mut conn, &mut d, [3], 0);
         assert_eq!(seen(&mut conn, &mut d, 3), Some(value(3)));
     }
 
@@ -704,21 +699,15 @@ mod tests {
         let path = dir.path().join("x.db");
         let settings = Settings { flush_at: 10, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
-        commit(&mut conn, &mut d, &(0..6).collect::<Vec<_>>(), 1);
+        commit(&mut conn, &mut d, 0..6, 1);
         drop((conn, d)); // a crash: the appended ids are in the file
         let (mut conn, mut d) = writer(&path, settings, 2);
         assert_eq!(seen(&mut conn, &mut d, 5), Some(value(5)));
         let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
         let mut mirror = Mirror::default();
-        let look = |reader: &mut Connection, mirror: &mut Mirror, i: i64| {
-            let tx = reader.transaction().unwrap();
-            mirror.refresh(&tx, "ids").unwrap();
-            mirror.get(&tx, "t", &format!("e{i}")).unwrap()
-        };
         assert_eq!(look(&mut reader, &mut mirror, 4), Some(value(4)));
-        commit(&mut conn, &mut d, &(6..12).collect::<Vec<_>>(), 3);
-        let pending: i64 = conn.query_row("SELECT count(*) FROM ids_pending", [], |r| r.get(0)).unwrap();
-        assert_eq!(pending, 0, "12 ids reached flush_at: moved into the generation's B-tree");
+        commit(&mut conn, &mut d, 6..12, 3);
+        assert_eq!(pending(&conn), 0, "12 ids reached flush_at: moved into the generation's B-tree");
         for i in [0, 7, 11] {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
             assert_eq!(look(&mut reader, &mut mirror, i), Some(value(i)), "the reader after the flush");
@@ -745,14 +734,11 @@ mod tests {
         let lock = other.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
         assert!(d.committed(&mut conn, 1).is_err(), "the flush cannot take the write lock");
         drop(lock);
-        let pending = |conn: &Connection| -> i64 {
-            conn.query_row("SELECT count(*) FROM ids_pending", [], |r| r.get(0)).unwrap()
-        };
         assert_eq!(pending(&conn), 5, "still appended");
         for i in 0..5 {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
         }
-        commit(&mut conn, &mut d, &[5], 2);
+        commit(&mut conn, &mut d, [5], 2);
         assert_eq!(pending(&conn), 1, "the five moved at the next commit; the sixth waits for the next move");
         for i in 0..6 {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
@@ -774,42 +760,34 @@ mod tests {
         let n = 2 * MOVE_CHUNK as i64 + 100;
         let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
-        let pending = |conn: &Connection| -> i64 {
-            conn.query_row("SELECT count(*) FROM ids_pending", [], |r| r.get(0)).unwrap()
-        };
         let in_generation =
             |conn: &Connection| -> i64 { conn.query_row("SELECT count(*) FROM ids_g1", [], |r| r.get(0)).unwrap() };
         let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
         let mut mirror = Mirror::default();
-        let mut look = |i: i64| {
-            let tx = reader.transaction().unwrap();
-            mirror.refresh(&tx, "ids").unwrap();
-            mirror.get(&tx, "t", &format!("e{i}")).unwrap()
-        };
         // Descending ids: the move sorts them.
-        commit(&mut conn, &mut d, &(0..n).rev().collect::<Vec<_>>(), 1);
+        commit(&mut conn, &mut d, (0..n).rev(), 1);
         assert_eq!((pending(&conn), in_generation(&conn)), (n, MOVE_CHUNK as i64), "the first chunk");
-        commit(&mut conn, &mut d, &[n], 1);
+        commit(&mut conn, &mut d, [n], 1);
         assert_eq!((pending(&conn), in_generation(&conn)), (n + 1, 2 * MOVE_CHUNK as i64), "the second");
         for i in [0, n / 2, n - 1, n] {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "the writer sees {i} midway");
-            assert_eq!(look(i), Some(value(i)), "a reader sees {i} midway");
+            assert_eq!(look(&mut reader, &mut mirror, i), Some(value(i)), "a reader sees {i} midway");
         }
         drop((conn, d)); // a crash midway
         let (mut conn, mut d) = writer(&path, settings, 2);
         for i in [0, n / 2, n - 1, n] {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i} after the crash");
         }
-        commit(&mut conn, &mut d, &[n + 1], 3);
-        commit(&mut conn, &mut d, &[n + 2], 3);
-        commit(&mut conn, &mut d, &[n + 3], 3);
+        commit(&mut conn, &mut d, [n + 1], 3);
+        commit(&mut conn, &mut d, [n + 2], 3);
+        commit(&mut conn, &mut d, [n + 3], 3);
         assert_eq!(in_generation(&conn), n + 2, "moved again, once each");
         assert_eq!(pending(&conn), 2, "the ids appended after the move began wait for the next");
         for i in [0, 1, n / 2, n + 2, n + 3] {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
-            assert_eq!(look(i), Some(value(i)), "a reader sees {i} after the move");
+            assert_eq!(look(&mut reader, &mut mirror, i), Some(value(i)), "a reader sees {i} after the move");
         }
-        assert_eq!(look(n + 4), None);
+        assert_eq!(look(&mut reader, &mut mirror, n + 4), None);
     }
 
     /// An id appended during a move after a rolled back one (whose rowid SQLite gives again)
@@ -821,7 +799,7 @@ mod tests {
         let n = MOVE_CHUNK as i64 + 1;
         let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
-        commit(&mut conn, &mut d, &(0..n - 1).collect::<Vec<_>>(), 1);
+        commit(&mut conn, &mut d, 0..n - 1, 1);
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
         d.begin(&tx).unwrap();
         d.insert(&tx, "t", &format!("e{}", n - 1), value(n - 1)).unwrap();
@@ -833,7 +811,7 @@ mod tests {
         d.rollback_to(mark);
         tx.commit().unwrap();
         d.committed(&mut conn, 1).unwrap(); // the move starts: its first chunk
-        commit(&mut conn, &mut d, &[n], 1); // appended at the rolled back row's rowid; the last chunk
+        commit(&mut conn, &mut d, [n], 1); // appended at the rolled back row's rowid; the last chunk
         drop((conn, d));
         let (mut conn, mut d) = writer(&path, settings, 2);
         for i in [0, n - 1, n] {
@@ -859,13 +837,13 @@ mod tests {
         let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
         let (mut a_conn, mut a) = writer(&path, settings, 0);
         let (mut b_conn, mut b) = writer(&path, settings, 0);
-        commit(&mut a_conn, &mut a, &(0..n).collect::<Vec<_>>(), 1); // A's move: its first chunk
+        commit(&mut a_conn, &mut a, 0..n, 1); // A's move: its first chunk
         for i in n..n + 3 {
-            commit(&mut b_conn, &mut b, &[i], 1); // B's move, from its first chunk to its last
+            commit(&mut b_conn, &mut b, [i], 1); // B's move, from its first chunk to its last
         }
         assert!(b.moving.is_none(), "B's move ended");
-        commit(&mut a_conn, &mut a, &[n + 3], 1);
-        commit(&mut a_conn, &mut a, &[n + 4], 1);
+        commit(&mut a_conn, &mut a, [n + 3], 1);
+        commit(&mut a_conn, &mut a, [n + 4], 1);
         drop((a_conn, a, b_conn, b));
         let (mut conn, mut d) = writer(&path, settings, 2);
         for i in 0..n + 5 {
@@ -883,10 +861,10 @@ mod tests {
         let settings = Settings { flush_at: 10, ..Settings::new(1_000_000) };
         let (mut a_conn, mut a) = writer(&path, settings, 0);
         let (mut b_conn, mut b) = writer(&path, settings, 0);
-        commit(&mut a_conn, &mut a, &(0..10).collect::<Vec<_>>(), 1); // moved: the table emptied
-        commit(&mut b_conn, &mut b, &[100], 1); // rowid 1 again
+        commit(&mut a_conn, &mut a, 0..10, 1); // moved: the table emptied
+        commit(&mut b_conn, &mut b, [100], 1); // rowid 1 again
         assert_eq!(seen(&mut a_conn, &mut a, 100), Some(value(100)), "A sees B's id");
-        commit(&mut a_conn, &mut a, &(10..20).collect::<Vec<_>>(), 1); // A's next move
+        commit(&mut a_conn, &mut a, 10..20, 1); // A's next move
         drop((a_conn, a, b_conn, b));
         let (mut conn, mut d) = writer(&path, settings, 2);
         for i in (0..20).chain([100]) {
@@ -914,18 +892,18 @@ mod tests {
         a.rollback_to(mark);
         tx.commit().unwrap();
         a.committed(&mut a_conn, 1).unwrap();
-        commit(&mut b_conn, &mut b, &[2], 1); // the rolled back row's rowid
+        commit(&mut b_conn, &mut b, [2], 1); // the rolled back row's rowid
         assert_eq!(seen(&mut a_conn, &mut a, 2), Some(value(2)), "A sees B's id");
         assert_eq!(seen(&mut a_conn, &mut a, 1), Some(value(1)));
     }
 
     /// Commits `ids` at `now` without the work done after a commit (`Dedup::committed`), which
     /// the caller runs later: another writer may act in between.
-    fn commit_only(conn: &mut Connection, d: &mut Dedup, ids: &[i64]) {
+    fn commit_only(conn: &mut Connection, d: &mut Dedup, ids: impl IntoIterator<Item = i64>) {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
         d.begin(&tx).unwrap();
         for i in ids {
-            d.insert(&tx, "t", &format!("e{i}"), value(*i)).unwrap();
+            d.insert(&tx, "t", &format!("e{i}"), value(i)).unwrap();
         }
         tx.commit().unwrap();
     }
@@ -943,31 +921,24 @@ mod tests {
         let (mut a_conn, mut a) = writer(&path, settings, 0);
         let (mut b_conn, mut b) = writer(&path, settings, 0);
         // B appends one id after A's commit, before A's move starts: A's move covers it.
-        commit_only(&mut a_conn, &mut a, &(0..n).collect::<Vec<_>>());
-        commit(&mut b_conn, &mut b, &[n], 1);
+        commit_only(&mut a_conn, &mut a, 0..n);
+        commit(&mut b_conn, &mut b, [n], 1);
         a.committed(&mut a_conn, 1).unwrap();
         assert_eq!(a.moving.as_ref().map(|m| m.done), Some(MOVE_CHUNK), "A's move: its first chunk");
         // B finishes a move of everything after A's next commit, before A's next chunk.
-        commit_only(&mut a_conn, &mut a, &[n + 1]);
+        commit_only(&mut a_conn, &mut a, [n + 1]);
         for i in n + 2..n + 5 {
-            commit(&mut b_conn, &mut b, &[i], 1);
+            commit(&mut b_conn, &mut b, [i], 1);
         }
         assert!(b.moving.is_none(), "B's move ended");
         a.committed(&mut a_conn, 1).unwrap();
         assert!(a.moving.is_none(), "A's move abandoned");
-        commit(&mut a_conn, &mut a, &[n + 5], 1);
+        commit(&mut a_conn, &mut a, [n + 5], 1);
         drop((a_conn, a, b_conn, b));
         let (mut conn, mut d) = writer(&path, settings, 2);
         for i in 0..n + 6 {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
         }
-    }
-
-    /// A reader's look at `(t, e{i})`, refreshed in its own transaction.
-    fn look(reader: &mut Connection, mirror: &mut Mirror, i: i64) -> Option<Value> {
-        let tx = reader.transaction().unwrap();
-        mirror.refresh(&tx, "ids").unwrap();
-        mirror.get(&tx, "t", &format!("e{i}")).unwrap()
     }
 
     /// How many live generations `d`'s own lookups have, and how many of them have a filter.
@@ -986,7 +957,7 @@ mod tests {
         let settings = Settings { flush_at: 10, seal_at: 25, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
         for batch in 0..10 {
-            commit(&mut conn, &mut d, &(batch * 10..batch * 10 + 10).collect::<Vec<_>>(), 1);
+            commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 1);
         }
         assert_eq!(tables(&conn), ["ids_g1", "ids_g2", "ids_g3", "ids_g4"], "sealed every third move");
         let count =
@@ -1017,7 +988,7 @@ mod tests {
         }
         // The generation left open before the restart is counted and sealed when full.
         for batch in 10..13 {
-            commit(&mut conn, &mut d, &(batch * 10..batch * 10 + 10).collect::<Vec<_>>(), 3);
+            commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 3);
         }
         assert_eq!(tables(&conn).len(), 5);
         for i in 0..130 {
@@ -1036,14 +1007,14 @@ mod tests {
         let settings = Settings { flush_at: n as usize, seal_at: 10, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
         // The first generation was opened before this writer knew it: sealed after one move.
-        commit(&mut conn, &mut d, &(0..n).collect::<Vec<_>>(), 1);
-        commit(&mut conn, &mut d, &[n], 1);
-        commit(&mut conn, &mut d, &[n + 1], 1);
+        commit(&mut conn, &mut d, 0..n, 1);
+        commit(&mut conn, &mut d, [n], 1);
+        commit(&mut conn, &mut d, [n + 1], 1);
         assert_eq!(tables(&conn), ["ids_g1", "ids_g2"]);
         // The second, opened by this writer: its filter comes from the three chunks moved.
-        commit(&mut conn, &mut d, &(n + 2..2 * n).collect::<Vec<_>>(), 1);
-        commit(&mut conn, &mut d, &[2 * n], 1);
-        commit(&mut conn, &mut d, &[2 * n + 1], 1);
+        commit(&mut conn, &mut d, n + 2..2 * n, 1);
+        commit(&mut conn, &mut d, [2 * n], 1);
+        commit(&mut conn, &mut d, [2 * n + 1], 1);
         assert_eq!(tables(&conn), ["ids_g1", "ids_g2", "ids_g3"]);
         assert!(d.mirror.adopted.is_empty() && filtered(&d) == (3, 2), "{:?}", filtered(&d));
         for i in 0..2 * n + 2 {
@@ -1061,7 +1032,7 @@ mod tests {
         let settings = Settings { flush_at: 10, seal_at: 20, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
         for batch in 0..400 {
-            commit(&mut conn, &mut d, &(batch * 10..batch * 10 + 10).collect::<Vec<_>>(), 1);
+            commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 1);
         }
         let gens = tables(&conn).len();
         // 87 (each sealed at 1 + 1/32 times the last, from 32 of seal_at); 200 at seal_at.
@@ -1081,7 +1052,7 @@ mod tests {
         let settings = Settings { flush_at: 10, seal_at: 20, ..Settings::new(horizon) };
         let (mut conn, mut d) = writer(&dir.path().join("x.db"), settings, 0);
         for t in 1..=80 {
-            commit(&mut conn, &mut d, &(t * 10..t * 10 + 10).collect::<Vec<_>>(), t * 10);
+            commit(&mut conn, &mut d, t * 10..t * 10 + 10, t * 10);
         }
         // Sealed every second commit (20 µs), so at most a horizon of them, and the open one.
         assert!(tables(&conn).len() <= (horizon / 20 + 1) as usize, "{:?}", tables(&conn));
@@ -1103,10 +1074,10 @@ mod tests {
         let (mut a_conn, mut a) = writer(&path, settings, 0);
         let (mut b_conn, mut b) = writer(&path, settings, 0);
         for batch in 0..20 {
-            let ids: Vec<i64> = (batch * 7..batch * 7 + 7).collect();
+            let ids = batch * 7..batch * 7 + 7;
             match batch % 3 {
-                0 => commit(&mut b_conn, &mut b, &ids, 1),
-                _ => commit(&mut a_conn, &mut a, &ids, 1),
+                0 => commit(&mut b_conn, &mut b, ids, 1),
+                _ => commit(&mut a_conn, &mut a, ids, 1),
             }
         }
         assert!(tables(&a_conn).len() >= 4, "sealed at least thrice: {:?}", tables(&a_conn));
@@ -1122,15 +1093,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let horizon = 400;
         let (mut conn, mut d) = writer(&dir.path().join("x.db"), Settings::new(horizon), 0);
-        commit(&mut conn, &mut d, &[1], 10);
+        commit(&mut conn, &mut d, [1], 10);
         assert_eq!(tables(&conn), ["ids_g1"]);
-        commit(&mut conn, &mut d, &[2], 100);
+        commit(&mut conn, &mut d, [2], 100);
         assert_eq!(tables(&conn), ["ids_g1", "ids_g2"], "a quarter of the horizon: a new generation");
-        commit(&mut conn, &mut d, &[3], 250);
+        commit(&mut conn, &mut d, [3], 250);
         assert_eq!(seen(&mut conn, &mut d, 1), Some(value(1)), "kept for the horizon");
-        commit(&mut conn, &mut d, &[4], 499);
+        commit(&mut conn, &mut d, [4], 499);
         assert_eq!(seen(&mut conn, &mut d, 1), Some(value(1)), "its generation's last arrival was at 100");
-        commit(&mut conn, &mut d, &[5], 600);
+        commit(&mut conn, &mut d, [5], 600);
         assert_eq!(seen(&mut conn, &mut d, 1), None, "dropped: every id of it arrived a horizon ago");
         assert_eq!(seen(&mut conn, &mut d, 2), None, "it arrived at 100, in the same generation");
         assert_eq!(seen(&mut conn, &mut d, 3), Some(value(3)), "arrived at 250");
