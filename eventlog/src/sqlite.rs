@@ -377,7 +377,9 @@ impl Writer {
                     let partition = e.partition;
                     let offset = self.next[partition as usize];
                     let key = (u64::from(partition) << OFFSET_BITS | offset) as i64;
-                    if let Some((previous, first_key)) = self.dedup.get(&sp, &e.tenant, &e.id)? {
+                    if let Some((previous, first_key)) =
+                        self.dedup.insert_new(&sp, &e.tenant, &e.id, (e.hash.to_vec(), key))?
+                    {
                         // The stored hash may follow an earlier rule (a CloudEvent's time was
                         // part of it until the hash left it out): on a mismatch, which is rare,
                         // the first copy is read back and hashed as today.
@@ -393,7 +395,6 @@ impl Writer {
                             conflicts.push(i);
                         }
                     } else {
-                        self.dedup.insert(&sp, &e.tenant, &e.id, (e.hash.to_vec(), key))?;
                         insert.execute(params![key, now, e.payload])?;
                         self.next[partition as usize] += 1;
                         outcomes.push(Outcome::Appended(Position { partition, offset }));

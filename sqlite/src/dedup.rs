@@ -15,9 +15,11 @@
 //! (beyond, a generation is sealed at a `SEALED`th of the sealed ids, so that there are about
 //! `SEALED` of them whatever the load). A lookup asks the memory mirror, then each live
 //! generation, newest first; a sealed generation (it takes no more ids) is asked only if its
-//! filter (a binary fuse filter of its ids, kept by each connection, about 9 bits an id, no false
-//! negatives, 0.4 % false positives) says it may hold the id, so that a new id costs the open
-//! generation's pages and seldom one of a sealed one.
+//! filter (a binary fuse filter of its ids, about 9 bits an id, no false negatives, 0.4 % false
+//! positives) says it may hold the id, so that a new id costs the open generation's pages and
+//! seldom one of a sealed one. A generation's filter is written into `<name>_gens` in the
+//! transaction that seals it, and each connection reads it from there rather than scanning the
+//! generation (a filter it cannot read, or none, is built from the table).
 //!
 //! Every connection that looks ids up keeps a [`Mirror`] refreshed inside its transaction: the
 //! rows appended since it last looked (rowid order), or all of them after a flush (an epoch in
@@ -26,8 +28,9 @@
 
 use hashbrown::{Equivalent, HashMap};
 use rusqlite::{Connection, OptionalExtension, params};
-use std::hash::{DefaultHasher, Hash, Hasher};
-use xorf::{BinaryFuse8, Filter};
+use siphasher::sip::SipHasher13;
+use std::hash::{Hash, Hasher};
+use xorf::{BinaryFuse8, Descriptor, Filter};
 
 /// A stored id's value: the event's payload hash and its place in the log (the store keeps
 /// neither).
@@ -44,6 +47,9 @@ pub struct Settings {
     /// of each move, so a generation may hold up to a move more), or a [`SEALED`]th of the
     /// ids in the sealed ones if more.
     pub seal_at: usize,
+    /// Whether an id above the open generation's recent keys goes straight into it rather than
+    /// being appended and moved (see [`EDGE_LAG`]).
+    pub straight: bool,
 }
 
 /// Generations per horizon: ids are kept between the horizon and a quarter more.
@@ -57,6 +63,13 @@ pub const SEALED: usize = 32;
 /// Ids moved into the open generation after each commit while a move runs.
 pub const MOVE_CHUNK: usize = 16_384;
 
+/// How many commits back the writer looks for the open generation's greatest key: a new id
+/// above the greatest key as it was then goes straight into the generation's B-tree (its right
+/// edge, whose pages the last commits wrote anyway) rather than being appended and moved. Time-
+/// ordered ids (ULIDs, UUIDv7) then cost one insert, as in a plain B-tree, even when requests
+/// in flight commit a little out of order; random ids seldom land above it.
+const EDGE_LAG: usize = 8;
+
 impl Settings {
     /// Kept for `horizon_us`, flushed every 131,072 new ids (about 20 MB of memory per mirror),
     /// a generation sealed at as many: each move fills a generation of its own, written in key
@@ -64,7 +77,7 @@ impl Settings {
     /// 3,000,000 random ids this ran at 0.88-0.95 of ordered ones, sealing at twice as many at
     /// 0.75-0.83; BENCHMARKS.md).
     pub fn new(horizon_us: i64) -> Self {
-        Settings { horizon_us: horizon_us.max(GENERATIONS), flush_at: 131_072, seal_at: 131_072 }
+        Settings { horizon_us: horizon_us.max(GENERATIONS), flush_at: 131_072, seal_at: 131_072, straight: true }
     }
 
     /// How long a generation takes arrivals: a quarter of the horizon.
@@ -91,13 +104,83 @@ impl Equivalent<Key> for Probe<'_> {
     }
 }
 
-/// What a filter is built from: a `(tenant, id)`'s 64-bit hash. Filters never leave the
-/// process, so the hash need only agree with itself there (std's `DefaultHasher::new()`:
-/// fixed keys, its algorithm free to change between Rust releases).
+/// What a filter is built from: a `(tenant, id)`'s 64-bit hash. Filters are kept in the file,
+/// so the hash must not change between builds: SipHash-1-3 with zero keys over the tenant's
+/// length, the tenant and the id (the `siphasher` crate; std's `DefaultHasher` may change its
+/// algorithm in any Rust release). Changing it means a new [`FILTER_FORMAT`].
 fn fingerprint(tenant: &str, id: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    (tenant, id).hash(&mut h);
+    let mut h = SipHasher13::new();
+    h.write(&(tenant.len() as u64).to_le_bytes());
+    h.write(tenant.as_bytes());
+    h.write(id.as_bytes());
     h.finish()
+}
+
+/// The layout of a filter kept in `<name>_gens.filter`: this byte, the filter's descriptor (seed
+/// u64, segment length, its mask and the segments' total length, u32 each, little-endian), a
+/// checksum (u64, SipHash-1-3 keyed [`FILTER_SUM_KEY`] over everything else) and the
+/// fingerprints. An empty blob says no filter could be built (the generation is always asked).
+const FILTER_FORMAT: u8 = 1;
+const FILTER_SUM_KEY: (u64, u64) = (0x6d65_7465_7220_6467, 0x6669_6c74_6572_7331);
+const FILTER_HEADER: usize = 1 + 8 + 4 + 4 + 4;
+
+/// A filter as kept in the file ([`FILTER_FORMAT`]); none is an empty blob.
+fn encode_filter(filter: Option<&BinaryFuse8>) -> Vec<u8> {
+    let Some(f) = filter else { return Vec::new() };
+    let d = &f.descriptor;
+    let mut out = Vec::with_capacity(FILTER_HEADER + 8 + f.fingerprints.len());
+    out.push(FILTER_FORMAT);
+    out.extend_from_slice(&d.seed.to_le_bytes());
+    out.extend_from_slice(&d.segment_length.to_le_bytes());
+    out.extend_from_slice(&d.segment_length_mask.to_le_bytes());
+    out.extend_from_slice(&d.segment_count_length.to_le_bytes());
+    let sum = filter_sum(&out, &f.fingerprints);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out.extend_from_slice(&f.fingerprints);
+    out
+}
+
+fn filter_sum(header: &[u8], fingerprints: &[u8]) -> u64 {
+    let mut h = SipHasher13::new_with_keys(FILTER_SUM_KEY.0, FILTER_SUM_KEY.1);
+    h.write(header);
+    h.write(fingerprints);
+    h.finish()
+}
+
+/// What a blob kept by [`encode_filter`] says: a filter, none (`Ok(None)`: always ask), or why it
+/// cannot be used (another format, a checksum that does not match, a descriptor that would read
+/// past its fingerprints).
+fn decode_filter(blob: &[u8]) -> Result<Option<BinaryFuse8>, &'static str> {
+    if blob.is_empty() {
+        return Ok(None);
+    }
+    if blob[0] != FILTER_FORMAT {
+        return Err("another format");
+    }
+    if blob.len() < FILTER_HEADER + 8 {
+        return Err("shorter than its header");
+    }
+    let (header, rest) = blob.split_at(FILTER_HEADER);
+    let (sum, fingerprints) = rest.split_at(8);
+    if filter_sum(header, fingerprints).to_le_bytes() != sum {
+        return Err("checksum does not match");
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+    let descriptor = Descriptor {
+        seed: u64::from_le_bytes(header[1..9].try_into().expect("8 bytes")),
+        segment_length: u32_at(9),
+        segment_length_mask: u32_at(13),
+        segment_count_length: u32_at(17),
+    };
+    // A lookup reads fingerprints below the segments' total length plus two segments.
+    let reach = u64::from(descriptor.segment_count_length) + 2 * u64::from(descriptor.segment_length);
+    if !descriptor.segment_length.is_power_of_two()
+        || descriptor.segment_length_mask != descriptor.segment_length - 1
+        || reach > fingerprints.len() as u64
+    {
+        return Err("descriptor does not fit its fingerprints");
+    }
+    Ok(Some(BinaryFuse8 { descriptor, fingerprints: fingerprints.into() }))
 }
 
 /// A filter of `fps` (each id's [`fingerprint`]); none if it cannot be built, and the generation
@@ -131,6 +214,9 @@ pub struct Mirror {
     /// Generations' B-trees asked (a test's count: the filters spare the others).
     #[cfg(test)]
     probes: std::cell::Cell<usize>,
+    /// Sealed generations scanned for their filter (a test's count: kept filters spare them).
+    #[cfg(test)]
+    scans: std::cell::Cell<usize>,
     /// Since when the open generation takes ids.
     open_since: i64,
     ids: HashMap<Key, Value>,
@@ -148,23 +234,96 @@ pub struct Dedup {
     settings: Settings,
     mirror: Mirror,
     insert_sql: String,
-    /// Ids written in the open transaction: their values and order of writing.
-    staged: HashMap<Key, (usize, Value)>,
-    /// The rowids of the ids written in the open transaction, in order (those rolled back to a
-    /// savepoint gone: SQLite gives their rowids again, maybe to another writer).
-    written: Vec<i64>,
+    /// Ids written in the open transaction: their values, order of writing and whether they
+    /// went straight into the open generation (else appended).
+    staged: HashMap<Key, (usize, Value, bool)>,
+    /// The rowids of the ids written in the open transaction, in order, none for those written
+    /// straight into the open generation (those rolled back to a savepoint gone: SQLite gives
+    /// their rowids again, maybe to another writer).
+    written: Vec<Option<i64>>,
+    /// `PRAGMA data_version` as this writer last read it: it changes when another connection
+    /// commits, which may have put ids into the open generation unseen by this one.
+    data_version: Option<i64>,
     /// The move under way, if any.
     moving: Option<Move>,
     /// The open generation as this writer last saw it.
     open: Option<Open>,
 }
 
-/// The open generation: its table, about how many ids it holds and, while this writer moved
-/// every one of them since it opened it, their fingerprints (its filter once sealed).
+/// The open generation: its table, about how many ids it holds and, while this writer put
+/// every one of them there since it opened it, their fingerprints (its filter once sealed).
 struct Open {
     tbl: String,
     ids: usize,
     fps: Option<Vec<u64>>,
+    /// `INSERT OR IGNORE` of one id straight into it.
+    insert: String,
+    /// The greatest key (id, then tenant) this writer knows in it.
+    max: Option<Key>,
+    /// `max` as it was after each of the last [`EDGE_LAG`] commits, oldest first.
+    edges: std::collections::VecDeque<Option<Key>>,
+}
+
+impl Open {
+    /// The open generation `tbl` holding `ids`, their fingerprints if known, `max` the greatest.
+    fn new(tbl: String, ids: usize, fps: Option<Vec<u64>>, max: Option<Key>) -> Self {
+        let insert = format!("INSERT OR IGNORE INTO {tbl} (id, tenant, hash, key) VALUES (?1, ?2, ?3, ?4)");
+        Open { tbl, ids, fps, insert, max, edges: Default::default() }
+    }
+
+    /// The open generation `tbl` as `tx` sees it, opened elsewhere (another writer, or before
+    /// this process): counted once, its greatest key read, and its filter built from the table
+    /// when it is sealed unless it is empty now.
+    fn learn(tx: &Connection, tbl: String) -> Result<Self, crate::Error> {
+        let ids: i64 = tx.query_row(&format!("SELECT count(*) FROM {tbl}"), [], |r| r.get(0))?;
+        let max: Option<Key> = tx
+            .query_row(&format!("SELECT tenant, id FROM {tbl} ORDER BY id DESC, tenant DESC LIMIT 1"), [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        Ok(Open::new(tbl, ids as usize, (ids == 0).then(Vec::new), max))
+    }
+
+    /// The generation `tbl` this writer opens after another: empty, its ids all known.
+    fn opened(tbl: String) -> Self {
+        Open::new(tbl, 0, Some(Vec::new()), None)
+    }
+
+    /// Whether `(tenant, id)` goes straight into the generation: above its greatest key as it
+    /// was [`EDGE_LAG`] commits ago, or, until that is known (the generation was empty then,
+    /// or this writer learned it since), as it was at the last commit. So a new generation
+    /// takes at most one commit of random ids before its greatest key is near the top.
+    fn takes(&self, tenant: &str, id: &str) -> bool {
+        let edge = match self.edges.front() {
+            Some(Some(edge)) if self.edges.len() == EDGE_LAG => Some(edge),
+            _ => self.max.as_ref(),
+        };
+        edge.is_none_or(|m| above(tenant, id, m))
+    }
+
+    /// After a commit: the ids it put straight here are counted, fingerprinted and raise `max`.
+    fn took(&mut self, key: Key) {
+        self.ids += 1;
+        if let Some(fps) = self.fps.as_mut() {
+            fps.push(fingerprint(&key.0, &key.1));
+        }
+        if self.max.as_ref().is_none_or(|m| above(&key.0, &key.1, m)) {
+            self.max = Some(key);
+        }
+    }
+
+    /// After a commit: where the edge stood.
+    fn committed(&mut self) {
+        self.edges.push_back(self.max.clone());
+        if self.edges.len() > EDGE_LAG {
+            self.edges.pop_front();
+        }
+    }
+}
+
+/// Whether `(tenant, id)` sorts after `key` in a generation (by id, then tenant).
+fn above(tenant: &str, id: &str, key: &Key) -> bool {
+    (id, tenant) > (key.1.as_str(), key.0.as_str())
 }
 
 /// A move of the appended ids into the open generation (the ids are the mirror's `moving`).
@@ -191,7 +350,8 @@ impl Dedup {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {name}_gens (
-                 gen INTEGER PRIMARY KEY, tbl TEXT NOT NULL, from_us INTEGER NOT NULL, until_us INTEGER, ids INTEGER
+                 gen INTEGER PRIMARY KEY, tbl TEXT NOT NULL, from_us INTEGER NOT NULL, until_us INTEGER, ids INTEGER,
+                 filter BLOB
              );
              CREATE TABLE IF NOT EXISTS {name}_pending (
                  rowid INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, hash BLOB, key INTEGER
@@ -199,15 +359,17 @@ impl Dedup {
              CREATE TABLE IF NOT EXISTS {name}_state (one INTEGER PRIMARY KEY CHECK (one = 1), epoch INTEGER NOT NULL);
              INSERT OR IGNORE INTO {name}_state (one, epoch) VALUES (1, 0);"
         ))?;
-        // Files from before generations were sealed for their size: how many ids a sealed one
-        // holds is unknown (NULL).
-        let counted: i64 = tx.query_row(
-            &format!("SELECT count(*) FROM pragma_table_info('{name}_gens') WHERE name = 'ids'"),
-            [],
-            |r| r.get(0),
-        )?;
-        if counted == 0 {
-            tx.execute_batch(&format!("ALTER TABLE {name}_gens ADD COLUMN ids INTEGER"))?;
+        // Files from before generations were sealed for their size (how many ids a sealed one
+        // holds is unknown: NULL) or kept their filters (NULL: built from the table, below).
+        for (column, kind) in [("ids", "INTEGER"), ("filter", "BLOB")] {
+            let known: i64 = tx.query_row(
+                &format!("SELECT count(*) FROM pragma_table_info('{name}_gens') WHERE name = ?1"),
+                [column],
+                |r| r.get(0),
+            )?;
+            if known == 0 {
+                tx.execute_batch(&format!("ALTER TABLE {name}_gens ADD COLUMN {column} {kind}"))?;
+            }
         }
         let gens: i64 = tx.query_row(&format!("SELECT count(*) FROM {name}_gens"), [], |r| r.get(0))?;
         if gens == 0 {
@@ -238,6 +400,20 @@ impl Dedup {
             }
             open_generation(&tx, name, 1, now_us)?;
         }
+        // A sealed generation without its filter (an earlier file's, or the earlier table just
+        // taken in) gets it now, once, rather than at every connection's start.
+        let unfiltered: Vec<String> = {
+            let mut stmt =
+                tx.prepare(&format!("SELECT tbl FROM {name}_gens WHERE until_us IS NOT NULL AND filter IS NULL"))?;
+            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        for tbl in unfiltered {
+            let filter = build_filter(&tx, &tbl)?;
+            tx.execute(
+                &format!("UPDATE {name}_gens SET filter = ?1 WHERE tbl = ?2"),
+                params![encode_filter(filter.as_ref()), tbl],
+            )?;
+        }
         tx.commit()?;
         let mut dedup = Dedup {
             name: name.to_string(),
@@ -246,12 +422,16 @@ impl Dedup {
             insert_sql: format!("INSERT INTO {name}_pending (tenant, id, hash, key) VALUES (?1, ?2, ?3, ?4)"),
             staged: HashMap::new(),
             written: Vec::new(),
+            data_version: None,
             moving: None,
             open: None,
         };
         // One snapshot: another writer may drop a generation meanwhile.
         let tx = conn.transaction()?;
         dedup.begin(&tx)?;
+        let open: String =
+            tx.query_row(&format!("SELECT tbl FROM {name}_gens WHERE until_us IS NULL"), [], |r| r.get(0))?;
+        dedup.open = Some(Open::learn(&tx, open)?);
         tx.commit()?;
         Ok(dedup)
     }
@@ -261,7 +441,21 @@ impl Dedup {
     pub fn begin(&mut self, tx: &Connection) -> Result<(), crate::Error> {
         self.staged.clear();
         self.written.clear();
+        self.others_committed(tx)?;
         self.refresh(tx)
+    }
+
+    /// Whether another connection committed since this writer last looked (inside its write
+    /// transaction `tx`): it may have put ids straight into the open generation, whose
+    /// fingerprints this writer then no longer knows all of (its filter comes from the table).
+    fn others_committed(&mut self, tx: &Connection) -> Result<bool, crate::Error> {
+        let version: i64 = tx.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
+        let others = self.data_version.replace(version).is_some_and(|v| v != version);
+        if let Some(open) = self.open.as_mut().filter(|o| others && o.fps.is_some()) {
+            tracing::debug!(state = %self.name, generation = %open.tbl, "another connection wrote: filter from the table");
+            open.fps = None;
+        }
+        Ok(others)
     }
 
     /// Refreshes this writer's mirror; if another writer moved ids meanwhile, forgets what it
@@ -284,7 +478,7 @@ impl Dedup {
     /// The value of `(tenant, id)`, if it was seen: staged in this transaction, appended, or in a
     /// live generation.
     pub fn get(&self, tx: &Connection, tenant: &str, id: &str) -> Result<Option<Value>, crate::Error> {
-        if let Some((_, v)) = self.staged.get(&Probe(tenant, id)) {
+        if let Some((_, v, _)) = self.staged.get(&Probe(tenant, id)) {
             return Ok(Some(v.clone()));
         }
         self.mirror.get(tx, tenant, id)
@@ -295,15 +489,73 @@ impl Dedup {
         Ok(self.staged.contains_key(&Probe(tenant, id)) || self.mirror.get(tx, tenant, id)?.is_some())
     }
 
-    /// Records `(tenant, id)` with `value` in the open transaction (appended; seen by
-    /// [`Dedup::get`] at once). The caller has checked it is new.
+    /// Records `(tenant, id)` with `value` in the open transaction (appended, or straight into
+    /// the open generation if it sorts above its recent keys; seen by [`Dedup::get`] at once).
+    /// The caller has checked it is new.
     pub fn insert(&mut self, tx: &Connection, tenant: &str, id: &str, value: Value) -> Result<(), crate::Error> {
-        let (hash, at) = nullable(&value);
-        tx.prepare_cached(&self.insert_sql)?.execute(params![tenant, id, hash, at])?;
-        self.written.push(tx.last_insert_rowid());
-        let n = self.staged.len();
-        self.staged.insert((tenant.to_string(), id.to_string()), (n, value));
+        let straight = self.straight(tenant, id);
+        self.write(tx, tenant, id, value, straight)?;
         Ok(())
+    }
+
+    /// Records `(tenant, id)` with `value` as [`Dedup::insert`] does if it was never seen, and
+    /// answers `None`; else answers the value it was seen with and writes nothing. An id that
+    /// goes straight into the open generation is not looked up there first: that B-tree's key
+    /// refuses a copy by itself (one statement where a lookup and an insert were two).
+    pub fn insert_new(
+        &mut self,
+        tx: &Connection,
+        tenant: &str,
+        id: &str,
+        value: Value,
+    ) -> Result<Option<Value>, crate::Error> {
+        if let Some((_, v, _)) = self.staged.get(&Probe(tenant, id)) {
+            return Ok(Some(v.clone()));
+        }
+        let straight = self.straight(tenant, id);
+        let open = self.open.as_ref().filter(|_| straight).map(|o| o.tbl.as_str());
+        if let Some(v) = self.mirror.get_but(tx, tenant, id, open)? {
+            return Ok(Some(v));
+        }
+        if self.write(tx, tenant, id, value, straight)? {
+            return Ok(None);
+        }
+        // Already in the open generation.
+        self.mirror.get(tx, tenant, id)
+    }
+
+    /// Whether `(tenant, id)` goes straight into the open generation (not while a move runs:
+    /// another writer's move may have learned the open generation too).
+    fn straight(&self, tenant: &str, id: &str) -> bool {
+        self.settings.straight && self.moving.is_none() && self.open.as_ref().is_some_and(|o| o.takes(tenant, id))
+    }
+
+    /// Writes `(tenant, id)`: straight into the open generation (`INSERT OR IGNORE`: false if it
+    /// was there) or appended; stages it if written.
+    fn write(
+        &mut self,
+        tx: &Connection,
+        tenant: &str,
+        id: &str,
+        value: Value,
+        straight: bool,
+    ) -> Result<bool, crate::Error> {
+        let (hash, at) = nullable(&value);
+        match self.open.as_ref().filter(|_| straight) {
+            Some(open) => {
+                if tx.prepare_cached(&open.insert)?.execute(params![id, tenant, hash, at])? == 0 {
+                    return Ok(false);
+                }
+                self.written.push(None);
+            }
+            None => {
+                tx.prepare_cached(&self.insert_sql)?.execute(params![tenant, id, hash, at])?;
+                self.written.push(Some(tx.last_insert_rowid()));
+            }
+        }
+        let n = self.staged.len();
+        self.staged.insert((tenant.to_string(), id.to_string()), (n, value, straight));
+        Ok(true)
     }
 
     /// How many ids are staged: a mark to roll back to.
@@ -315,25 +567,40 @@ impl Dedup {
     pub fn rollback_to(&mut self, mark: usize) {
         self.written.truncate(mark);
         if self.staged.len() > mark {
-            self.staged.retain(|_, (n, _)| *n < mark);
+            self.staged.retain(|_, (n, _, _)| *n < mark);
         }
     }
 
-    /// After the transaction committed: its ids count as appended (this writer held the write
-    /// lock from [`Dedup::begin`], so nobody else appended meanwhile). Then, outside any
-    /// transaction, moves the next chunk of appended ids into the open generation once there
-    /// are enough, opens a new generation every quarter of the horizon and drops those past it.
-    /// A failure leaves everything appended; the next call goes on.
+    /// After the transaction committed: its ids count as appended or as in the open generation
+    /// (this writer held the write lock from [`Dedup::begin`], so nobody else appended
+    /// meanwhile). Then, outside any transaction, moves the next chunk of appended ids into the
+    /// open generation once there are enough, seals it once full, opens a new generation every
+    /// quarter of the horizon and drops those past it. A failure leaves everything appended;
+    /// the next call goes on.
     pub fn committed(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
-        for (key, (_, value)) in self.staged.drain() {
-            self.mirror.ids.insert(key, value);
+        let mut open = self.open.as_mut();
+        for (key, (_, value, direct)) in self.staged.drain() {
+            match (direct, open.as_mut()) {
+                (false, _) => {
+                    self.mirror.ids.insert(key, value);
+                }
+                (true, Some(open)) => open.took(key),
+                // Not reached: an id goes straight in only while the open generation is known.
+                (true, None) => {}
+            }
         }
-        if let Some(&last) = self.written.last() {
-            self.mirror.last_rowid = self.mirror.last_rowid.max(last);
+        if let Some(open) = open {
+            open.committed();
+        }
+        if let Some(last) = self.written.iter().rev().flatten().next() {
+            self.mirror.last_rowid = self.mirror.last_rowid.max(*last);
         }
         if now_us >= self.mirror.open_since.saturating_add(self.settings.bucket_us()) {
             // Once a quarter horizon: what a move left and everything appended go at once.
             return self.roll(conn, now_us);
+        }
+        if self.moving.is_none() && self.open.as_ref().is_some_and(|o| o.ids >= self.seal_at()) {
+            self.seal_full(conn, now_us)?;
         }
         if self.moving.is_none() && self.mirror.ids.len() >= self.settings.flush_at {
             self.start_move(conn)?;
@@ -358,10 +625,7 @@ impl Dedup {
         let through: i64 =
             tx.query_row(&format!("SELECT coalesce(max(rowid), 0) FROM {}_pending", self.name), [], |r| r.get(0))?;
         if self.open.as_ref().is_none_or(|o| o.tbl != tbl) {
-            // Opened elsewhere (another writer, or before this process): counted once, and its
-            // filter built from the table when it is sealed.
-            let ids: i64 = tx.query_row(&format!("SELECT count(*) FROM {tbl}"), [], |r| r.get(0))?;
-            self.open = Some(Open { tbl: tbl.clone(), ids: ids as usize, fps: None });
+            self.open = Some(Open::learn(&tx, tbl.clone())?);
         }
         tx.commit()?;
         let moving = &mut self.mirror.moving;
@@ -379,15 +643,18 @@ impl Dedup {
     /// the appended ones, seals the open generation if it holds [`Settings::seal_at`] ids, and
     /// tells readers (the epoch).
     fn move_chunk(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
-        let Some(m) = self.moving.as_mut() else { return Ok(()) };
-        let ids = &self.mirror.moving;
+        let Some(done) = self.moving.as_ref().map(|m| m.done) else { return Ok(()) };
         // At least twice what arrived since the move began, so that a move always ends before
         // the next is due, however large the commits.
         let step = MOVE_CHUNK.max(2 * self.mirror.ids.len());
-        let end = (m.done + step).min(ids.len());
-        let last = end == ids.len();
+        let end = (done + step).min(self.mirror.moving.len());
+        let last = end == self.mirror.moving.len();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let epoch: i64 = tx.query_row(&format!("SELECT epoch FROM {}_state", self.name), [], |r| r.get(0))?;
+        self.others_committed(&tx)?;
+        let seal_at = self.seal_at();
+        let Some(m) = self.moving.as_mut() else { return Ok(()) };
+        let ids = &self.mirror.moving;
         let (Some(open), true) = (self.open.as_mut(), self.mirror.epoch == Some(epoch)) else {
             // Another writer moved the appended ids since this one's last look (or the open
             // generation is not known): abandon this move (what it had not moved is still
@@ -407,6 +674,9 @@ impl Dedup {
                 inserted += insert.execute(params![id, tenant, hash, at])?;
             }
         }
+        if let Some(fps) = open.fps.as_mut() {
+            fps.extend(ids[m.done..end].iter().map(|((tenant, id), _)| fingerprint(tenant, id)));
+        }
         let mut sealed = None;
         let mut emptied = false;
         let epoch = match last {
@@ -419,8 +689,14 @@ impl Dedup {
                     .optional()?
                     .is_none();
                 let held = open.ids + inserted;
-                if held >= self.settings.seal_at.max(self.mirror.sealed_ids / SEALED) {
-                    sealed = Some(seal(&tx, name, now_us, self.settings.horizon_us, held)?);
+                if held >= seal_at {
+                    // From the ids this writer moved if it moved them all, else from the table.
+                    let filter = match open.fps.take() {
+                        Some(fps) => filter_of(fps),
+                        None => build_filter(&tx, &open.tbl)?,
+                    };
+                    let tbl = seal(&tx, name, now_us, self.settings.horizon_us, held, filter.as_ref())?;
+                    sealed = Some((tbl, filter));
                 }
                 Some(tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| {
                     r.get::<_, i64>(0)
@@ -428,10 +704,17 @@ impl Dedup {
             }
             false => None,
         };
-        tx.commit()?;
+        let committed = tx.commit();
+        if let Err(e) = committed {
+            // Its fingerprints may be taken or this chunk's counted: nothing more is known.
+            self.open = None;
+            return Err(e.into());
+        }
         open.ids += inserted;
-        if let Some(fps) = open.fps.as_mut() {
-            fps.extend(ids[m.done..end].iter().map(|((tenant, id), _)| fingerprint(tenant, id)));
+        if let Some((key, _)) =
+            ids[..end].last().filter(|(k, _)| open.max.as_ref().is_none_or(|m| above(&k.0, &k.1, m)))
+        {
+            open.max = Some(key.clone());
         }
         m.done = end;
         if last {
@@ -443,14 +726,51 @@ impl Dedup {
                 self.mirror.last_rowid = 0;
             }
         }
-        if let Some(tbl) = sealed {
-            let done = std::mem::replace(open, Open { tbl, ids: 0, fps: Some(Vec::new()) });
-            if let Some(filter) = done.fps.and_then(filter_of) {
+        if let Some((tbl, filter)) = sealed {
+            let done = std::mem::replace(open, Open::opened(tbl));
+            if let Some(filter) = filter {
                 self.mirror.adopted.insert(done.tbl, filter);
             }
             self.reload(conn, epoch)?;
         }
         Ok(())
+    }
+
+    /// How many ids seal the open generation: [`Settings::seal_at`], or a [`SEALED`]th of the
+    /// sealed ones if more.
+    fn seal_at(&self) -> usize {
+        self.settings.seal_at.max(self.mirror.sealed_ids / SEALED)
+    }
+
+    /// Seals the open generation once the ids put straight into it filled it (a move's last
+    /// chunk does the same for the ids it moved).
+    fn seal_full(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
+        let name = &self.name;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let epoch: i64 = tx.query_row(&format!("SELECT epoch FROM {name}_state"), [], |r| r.get(0))?;
+        self.others_committed(&tx)?;
+        let name = &self.name;
+        let (Some(open), true) = (self.open.as_mut(), self.mirror.epoch == Some(epoch)) else {
+            // Another writer moved or sealed since this one's last look.
+            self.open = None;
+            return Ok(());
+        };
+        let filter = match open.fps.take() {
+            Some(fps) => filter_of(fps),
+            None => build_filter(&tx, &open.tbl)?,
+        };
+        let tbl = seal(&tx, name, now_us, self.settings.horizon_us, open.ids, filter.as_ref())?;
+        let epoch: i64 =
+            tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| r.get(0))?;
+        if let Err(e) = tx.commit() {
+            self.open = None;
+            return Err(e.into());
+        }
+        let done = std::mem::replace(open, Open::opened(tbl));
+        if let Some(filter) = filter {
+            self.mirror.adopted.insert(done.tbl, filter);
+        }
+        self.reload(conn, Some(epoch))
     }
 
     /// After this writer sealed a generation: its mirror looks up the new list of generations.
@@ -480,24 +800,36 @@ impl Dedup {
              DELETE FROM {name}_pending;"
         ))?;
         let held: i64 = tx.query_row(&format!("SELECT count(*) FROM {tbl}"), [], |r| r.get(0))?;
-        let tbl = seal(&tx, name, now_us, self.settings.horizon_us, held as usize)?;
+        let filter = build_filter(&tx, &tbl)?;
+        let next = seal(&tx, name, now_us, self.settings.horizon_us, held as usize, filter.as_ref())?;
         let epoch: i64 =
             tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| r.get(0))?;
         tx.commit()?;
-        self.open = Some(Open { tbl, ids: 0, fps: Some(Vec::new()) });
+        if let Some(filter) = filter {
+            self.mirror.adopted.insert(tbl, filter);
+        }
+        self.open = Some(Open::opened(next));
         self.moving = None;
         self.mirror.moving.clear();
         self.reload(conn, Some(epoch))
     }
 }
 
-/// Seals the open generation of `name` (holding `held` ids) at `now_us`, opens the next and drops
-/// those whose last arrival is a horizon ago; returns the new open generation's table.
-fn seal(tx: &Connection, name: &str, now_us: i64, horizon_us: i64, held: usize) -> Result<String, crate::Error> {
+/// Seals the open generation of `name` (holding `held` ids, all of them in `filter`, if one could
+/// be built) at `now_us`, opens the next and drops those whose last arrival is a horizon ago;
+/// returns the new open generation's table.
+fn seal(
+    tx: &Connection,
+    name: &str,
+    now_us: i64,
+    horizon_us: i64,
+    held: usize,
+    filter: Option<&BinaryFuse8>,
+) -> Result<String, crate::Error> {
     let open: i64 = tx.query_row(&format!("SELECT gen FROM {name}_gens WHERE until_us IS NULL"), [], |r| r.get(0))?;
     tx.execute(
-        &format!("UPDATE {name}_gens SET until_us = ?1, ids = ?2 WHERE gen = ?3"),
-        params![now_us, held as i64, open],
+        &format!("UPDATE {name}_gens SET until_us = ?1, ids = ?2, filter = ?3 WHERE gen = ?4"),
+        params![now_us, held as i64, encode_filter(filter), open],
     )?;
     let tbl = open_generation(tx, name, open + 1, now_us)?;
     let gone: Vec<(i64, String)> = {
@@ -569,7 +901,7 @@ impl Mirror {
                     None => None,
                     Some(_) => match known.remove(&tbl) {
                         Some(f) => Some(f),
-                        None => build_filter(tx, &tbl)?,
+                        None => self.kept_filter(tx, name, &tbl)?,
                     },
                 };
                 let sql = format!("SELECT hash, key FROM {tbl} WHERE id = ?1 AND tenant = ?2");
@@ -587,8 +919,40 @@ impl Mirror {
         Ok(())
     }
 
+    /// The filter of the sealed generation `tbl` as kept in the file; built from the table if
+    /// none is kept (a file from before filters were kept) or it cannot be read.
+    fn kept_filter(&self, tx: &Connection, name: &str, tbl: &str) -> Result<Option<BinaryFuse8>, crate::Error> {
+        let blob: Option<Vec<u8>> = tx
+            .prepare_cached(&format!("SELECT filter FROM {name}_gens WHERE tbl = ?1"))?
+            .query_row([tbl], |r| r.get(0))
+            .optional()?
+            .flatten();
+        if let Some(blob) = blob {
+            match decode_filter(&blob) {
+                Ok(filter) => return Ok(filter),
+                Err(why) => {
+                    tracing::warn!(generation = tbl, why, "dedup filter kept in the file not used; built again")
+                }
+            }
+        }
+        #[cfg(test)]
+        self.scans.set(self.scans.get() + 1);
+        build_filter(tx, tbl)
+    }
+
     /// The value of `(tenant, id)` if seen, as of the last refresh.
     pub fn get(&self, tx: &Connection, tenant: &str, id: &str) -> Result<Option<Value>, crate::Error> {
+        self.get_but(tx, tenant, id, None)
+    }
+
+    /// [`Mirror::get`] asking every live generation but `skip`.
+    fn get_but(
+        &self,
+        tx: &Connection,
+        tenant: &str,
+        id: &str,
+        skip: Option<&str>,
+    ) -> Result<Option<Value>, crate::Error> {
         if let Some(v) = self.ids.get(&Probe(tenant, id)) {
             return Ok(Some(v.clone()));
         }
@@ -596,8 +960,8 @@ impl Mirror {
             return Ok(Some(self.moving[i].1.clone()));
         }
         let fp = fingerprint(tenant, id);
-        for Lookup { sql, filter, .. } in &self.lookups {
-            if filter.as_ref().is_some_and(|f| !f.contains(&fp)) {
+        for Lookup { tbl, sql, filter } in &self.lookups {
+            if filter.as_ref().is_some_and(|f| !f.contains(&fp)) || skip == Some(tbl.as_str()) {
                 continue;
             }
             #[cfg(test)]
@@ -677,7 +1041,8 @@ mod tests {
     #[test]
     fn staged_ids_are_seen_at_once_and_a_rollback_forgets_them() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut conn, mut d) = writer(&dir.path().join("x.db"), Settings::new(1_000_000), 0);
+        let (mut conn, mut d) =
+            writer(&dir.path().join("x.db"), Settings { straight: false, ..Settings::new(1_000_000) }, 0);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
         d.begin(&tx).unwrap();
         d.insert(&tx, "t", "e1", value(1)).unwrap();
@@ -697,7 +1062,7 @@ mod tests {
     fn ids_survive_a_restart_and_a_flush_and_other_connections_see_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let settings = Settings { flush_at: 10, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: 10, straight: false, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
         commit(&mut conn, &mut d, 0..6, 1);
         drop((conn, d)); // a crash: the appended ids are in the file
@@ -721,7 +1086,7 @@ mod tests {
     fn a_failed_flush_loses_nothing_and_is_done_at_the_next_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let settings = Settings { flush_at: 4, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: 4, straight: false, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
         conn.busy_timeout(std::time::Duration::ZERO).unwrap();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
@@ -758,7 +1123,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let n = 2 * MOVE_CHUNK as i64 + 100;
-        let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: n as usize, straight: false, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
         let in_generation =
             |conn: &Connection| -> i64 { conn.query_row("SELECT count(*) FROM ids_g1", [], |r| r.get(0)).unwrap() };
@@ -797,7 +1162,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let n = MOVE_CHUNK as i64 + 1;
-        let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: n as usize, straight: false, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
         commit(&mut conn, &mut d, 0..n - 1, 1);
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
@@ -834,7 +1199,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let n = 2 * MOVE_CHUNK as i64 + 1;
-        let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: n as usize, straight: false, ..Settings::new(1_000_000) };
         let (mut a_conn, mut a) = writer(&path, settings, 0);
         let (mut b_conn, mut b) = writer(&path, settings, 0);
         commit(&mut a_conn, &mut a, 0..n, 1); // A's move: its first chunk
@@ -858,7 +1223,7 @@ mod tests {
     fn a_row_another_writer_appends_after_our_move_emptied_the_table_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let settings = Settings { flush_at: 10, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: 10, straight: false, ..Settings::new(1_000_000) };
         let (mut a_conn, mut a) = writer(&path, settings, 0);
         let (mut b_conn, mut b) = writer(&path, settings, 0);
         commit(&mut a_conn, &mut a, 0..10, 1); // moved: the table emptied
@@ -878,7 +1243,7 @@ mod tests {
     fn a_rowid_rolled_back_here_and_given_to_another_writer_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let settings = Settings::new(1_000_000);
+        let settings = Settings { straight: false, ..Settings::new(1_000_000) };
         let (mut a_conn, mut a) = writer(&path, settings, 0);
         let (mut b_conn, mut b) = writer(&path, settings, 0);
         let mut tx = a_conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
@@ -917,7 +1282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let n = 2 * MOVE_CHUNK as i64 + 1;
-        let settings = Settings { flush_at: n as usize, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: n as usize, straight: false, ..Settings::new(1_000_000) };
         let (mut a_conn, mut a) = writer(&path, settings, 0);
         let (mut b_conn, mut b) = writer(&path, settings, 0);
         // B appends one id after A's commit, before A's move starts: A's move covers it.
@@ -954,7 +1319,7 @@ mod tests {
     fn a_full_generation_is_sealed_and_its_ids_are_found_through_its_filter() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let settings = Settings { flush_at: 10, seal_at: 25, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: 10, seal_at: 25, straight: false, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
         for batch in 0..10 {
             commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 1);
@@ -1004,7 +1369,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let n = 2 * MOVE_CHUNK as i64 + 100;
-        let settings = Settings { flush_at: n as usize, seal_at: 10, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: n as usize, seal_at: 10, straight: false, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
         // The first generation was opened before this writer knew it: sealed after one move.
         commit(&mut conn, &mut d, 0..n, 1);
@@ -1029,7 +1394,7 @@ mod tests {
     fn generations_grow_with_the_sealed_ids_past_sealed_times_seal_at() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let settings = Settings { flush_at: 10, seal_at: 20, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: 10, seal_at: 20, straight: false, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
         for batch in 0..400 {
             commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 1);
@@ -1049,7 +1414,7 @@ mod tests {
     fn generations_sealed_for_their_size_go_past_the_horizon() {
         let dir = tempfile::tempdir().unwrap();
         let horizon = 400;
-        let settings = Settings { flush_at: 10, seal_at: 20, ..Settings::new(horizon) };
+        let settings = Settings { flush_at: 10, seal_at: 20, straight: false, ..Settings::new(horizon) };
         let (mut conn, mut d) = writer(&dir.path().join("x.db"), settings, 0);
         for t in 1..=80 {
             commit(&mut conn, &mut d, t * 10..t * 10 + 10, t * 10);
@@ -1070,7 +1435,7 @@ mod tests {
     fn two_writers_sealing_in_turn_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let settings = Settings { flush_at: 10, seal_at: 25, ..Settings::new(1_000_000) };
+        let settings = Settings { flush_at: 10, seal_at: 25, straight: false, ..Settings::new(1_000_000) };
         let (mut a_conn, mut a) = writer(&path, settings, 0);
         let (mut b_conn, mut b) = writer(&path, settings, 0);
         for batch in 0..20 {
@@ -1092,7 +1457,8 @@ mod tests {
     fn generations_open_every_quarter_horizon_and_go_past_it() {
         let dir = tempfile::tempdir().unwrap();
         let horizon = 400;
-        let (mut conn, mut d) = writer(&dir.path().join("x.db"), Settings::new(horizon), 0);
+        let (mut conn, mut d) =
+            writer(&dir.path().join("x.db"), Settings { straight: false, ..Settings::new(horizon) }, 0);
         commit(&mut conn, &mut d, [1], 10);
         assert_eq!(tables(&conn), ["ids_g1"]);
         commit(&mut conn, &mut d, [2], 100);
@@ -1123,7 +1489,7 @@ mod tests {
         let mut steady = Vec::new();
         for horizon in [400, 800, 1600] {
             let dir = tempfile::tempdir().unwrap();
-            let settings = Settings { flush_at: 2_000, ..Settings::new(horizon) };
+            let settings = Settings { flush_at: 2_000, straight: false, ..Settings::new(horizon) };
             let (mut conn, mut d) = writer(&dir.path().join("x.db"), settings, 0);
             let mut at = Vec::new();
             let (tick, per_tick) = (10, 100);
@@ -1161,7 +1527,9 @@ mod tests {
              INSERT INTO ids VALUES ('t', 'old', x'01', 9);",
         )
         .unwrap();
-        let mut d = Dedup::open(&mut conn, "ids", Some("ids"), Settings::new(400), 1_000).unwrap();
+        let mut d =
+            Dedup::open(&mut conn, "ids", Some("ids"), Settings { straight: false, ..Settings::new(400) }, 1_000)
+                .unwrap();
         let tx = conn.transaction().unwrap();
         d.begin(&tx).unwrap();
         assert_eq!(d.get(&tx, "t", "old").unwrap(), Some((vec![1], 9)));
@@ -1173,9 +1541,257 @@ mod tests {
             "CREATE TABLE seen (tenant TEXT, id TEXT, hash BLOB, key INTEGER, PRIMARY KEY (id, tenant));",
         )
         .unwrap();
-        Dedup::open(&mut conn, "seen", Some("seen"), Settings::new(400), 1_000).unwrap();
+        Dedup::open(&mut conn, "seen", Some("seen"), Settings { straight: false, ..Settings::new(400) }, 1_000)
+            .unwrap();
         let gone: Option<String> =
             conn.query_row("SELECT name FROM sqlite_master WHERE name = 'seen'", [], |r| r.get(0)).optional().unwrap();
         assert_eq!(gone, None);
+    }
+
+    /// Filters are kept in the file, so the fingerprint must not change between builds: this is
+    /// SipHash-1-3 with zero keys over `1u64` (little-endian), `t` and `e1`, as computed by an
+    /// implementation apart from this crate's (a Python one checked against SipHash's reference
+    /// vector). A change here needs a new `FILTER_FORMAT`.
+    #[test]
+    fn the_fingerprint_of_an_id_does_not_change_between_builds() {
+        assert_eq!(fingerprint("t", "e1"), 0x4d7a_a49d_6fde_6bc5);
+        assert_ne!(fingerprint("ab", "c"), fingerprint("a", "bc"), "the tenant's length is hashed");
+    }
+
+    /// A reader's mirror, started on `path` as a new process's would be.
+    fn started(reader: &mut Connection) -> Mirror {
+        let mut mirror = Mirror::default();
+        let tx = reader.transaction().unwrap();
+        mirror.refresh(&tx, "ids").unwrap();
+        mirror
+    }
+
+    /// How many sealed generations `mirror` scanned, and how many of its lookups have a filter.
+    fn started_with(mirror: &Mirror) -> (usize, usize) {
+        (mirror.scans.get(), mirror.lookups.iter().filter(|l| l.filter.is_some()).count())
+    }
+
+    fn sees_all(reader: &mut Connection, mirror: &Mirror, ids: std::ops::Range<i64>) {
+        let tx = reader.transaction().unwrap();
+        for i in ids {
+            assert_eq!(mirror.get(&tx, "t", &format!("e{i}")).unwrap(), Some(value(i)), "{i}");
+        }
+    }
+
+    /// Each sealed generation's filter is kept in the file when it is sealed (by a move and by
+    /// the quarter-horizon roll): a connection that starts reads them instead of scanning the
+    /// generations, and finds every id through them. A kept filter that cannot be used (damaged,
+    /// another format) is built from its table; an earlier file's generations, with none kept,
+    /// get theirs when a writer opens the file.
+    #[test]
+    fn sealed_generations_keep_their_filters_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 10, seal_at: 25, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        for batch in 0..10 {
+            commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 1);
+        }
+        let kept = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM ids_gens WHERE length(filter) > 0", [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!((tables(&conn).len(), kept(&conn)), (4, 3), "three sealed generations, each with its filter");
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mirror = started(&mut reader);
+        assert_eq!(started_with(&mirror), (0, 3), "filters read from the file, no generation scanned");
+        sees_all(&mut reader, &mirror, 0..100);
+        let before = mirror.probes.get();
+        {
+            let tx = reader.transaction().unwrap();
+            for i in 100..1_100 {
+                assert_eq!(mirror.get(&tx, "t", &format!("e{i}")).unwrap(), None);
+            }
+        }
+        let asked = mirror.probes.get() - before;
+        assert!((1_000..1_060).contains(&asked), "{asked} B-trees asked for 1,000 new ids: the kept filters work");
+
+        // One kept filter damaged (a fingerprint's byte), one of another format.
+        let blob: Vec<u8> = conn.query_row("SELECT filter FROM ids_gens WHERE gen = 1", [], |r| r.get(0)).unwrap();
+        let mut damaged = blob.clone();
+        *damaged.last_mut().unwrap() ^= 0x40;
+        let mut other = blob;
+        other[0] = FILTER_FORMAT + 1;
+        conn.execute("UPDATE ids_gens SET filter = ?1 WHERE gen = 1", [damaged]).unwrap();
+        conn.execute("UPDATE ids_gens SET filter = ?1 WHERE gen = 2", [other]).unwrap();
+        let mirror = started(&mut reader);
+        assert_eq!(started_with(&mirror), (2, 3), "the two unusable filters built from their tables");
+        sees_all(&mut reader, &mirror, 0..100);
+
+        // An earlier file: no filter kept. Connections build them until a writer opens it.
+        conn.execute("UPDATE ids_gens SET filter = NULL", []).unwrap();
+        let mirror = started(&mut reader);
+        assert_eq!(started_with(&mirror), (3, 3));
+        sees_all(&mut reader, &mirror, 0..100);
+        drop((conn, d));
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        assert_eq!(kept(&conn), 3, "the writer kept every sealed generation's filter at its open");
+        let mirror = started(&mut reader);
+        assert_eq!(started_with(&mirror), (0, 3));
+        sees_all(&mut reader, &mirror, 0..100);
+
+        // The quarter-horizon roll keeps the filter of the generation it seals.
+        commit(&mut conn, &mut d, 100..105, 300_000);
+        assert_eq!((tables(&conn).len(), kept(&conn)), (5, 4));
+        let mirror = started(&mut reader);
+        assert_eq!(started_with(&mirror), (0, 4));
+        sees_all(&mut reader, &mirror, 0..105);
+        assert!(d.mirror.scans.get() == 0 && filtered(&d) == (5, 4), "the writer scanned nothing: {:?}", filtered(&d));
+    }
+
+    /// Ids above the open generation's recent keys (time-ordered ids, even a little out of
+    /// order) go straight into its B-tree (the writer knows it from its start): nothing
+    /// appended, nothing moved. An id below them is appended as before. Each is seen at once, by
+    /// a reader and after a restart; a rolled back one is not.
+    #[test]
+    fn ordered_ids_go_straight_into_the_open_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 100, seal_at: 1_000_000, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        let state = |conn: &Connection| -> (i64, i64) {
+            (pending(conn), conn.query_row("SELECT count(*) FROM ids_g1", [], |r| r.get(0)).unwrap())
+        };
+        commit(&mut conn, &mut d, 3000..3100, 1);
+        assert_eq!(state(&conn), (0, 100), "an empty generation takes a commit whole");
+        let mut next = 3100;
+        for _ in 0..EDGE_LAG {
+            commit(&mut conn, &mut d, next..next + 5, 1);
+            next += 5;
+        }
+        assert_eq!(state(&conn), (0, 140), "ids above the greatest key go straight in");
+        // A request overtaken by a later one: below the greatest key, above it as it was
+        // EDGE_LAG commits ago.
+        commit(&mut conn, &mut d, next + 5..next + 10, 1);
+        commit(&mut conn, &mut d, next..next + 5, 1);
+        next += 10;
+        assert_eq!(state(&conn), (0, 150), "a little out of order goes straight in too");
+        commit(&mut conn, &mut d, [2000], 1);
+        assert_eq!(state(&conn), (1, 150), "an id below the edge is appended");
+        {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            d.begin(&tx).unwrap();
+            d.insert(&tx, "t", &format!("e{next}"), value(next)).unwrap();
+            assert_eq!(d.get(&tx, "t", &format!("e{next}")).unwrap(), Some(value(next)), "seen at once");
+        }
+        assert_eq!(seen(&mut conn, &mut d, next), None, "rolled back");
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mut mirror = Mirror::default();
+        for i in (3000..next).chain([2000]) {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
+            assert_eq!(look(&mut reader, &mut mirror, i), Some(value(i)), "a reader sees {i}");
+        }
+        drop((conn, d));
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        for i in (3000..next).chain([2000]) {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i} after a restart");
+        }
+    }
+
+    /// A generation filled by ids put straight into it is sealed once it holds `seal_at`, with
+    /// its filter from those ids: every id is found through the filters, by the writer, by a
+    /// reader and after a restart, and new ids ask about one B-tree each.
+    #[test]
+    fn a_generation_filled_straight_is_sealed_with_its_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 1_000, seal_at: 60, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        // The quarter-horizon roll opens the next generation.
+        commit(&mut conn, &mut d, [1000], 300_000);
+        for i in 0..100 {
+            commit(&mut conn, &mut d, 3000 + 5 * i..3005 + 5 * i, 300_001);
+        }
+        assert_eq!(tables(&conn).len(), 10, "a generation every 60 ids");
+        assert_eq!(pending(&conn), 0, "none appended");
+        let filters: i64 =
+            conn.query_row("SELECT count(*) FROM ids_gens WHERE length(filter) > 0", [], |r| r.get(0)).unwrap();
+        assert_eq!(filters, 9);
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mirror = started(&mut reader);
+        assert_eq!(started_with(&mirror), (0, 9));
+        sees_all(&mut reader, &mirror, 3000..3500);
+        for i in 3000..3500 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "the writer sees {i}");
+        }
+        let before = d.mirror.probes.get();
+        for i in 5000..5500 {
+            assert_eq!(seen(&mut conn, &mut d, i), None);
+        }
+        let asked = d.mirror.probes.get() - before;
+        assert!((500..545).contains(&asked), "{asked} B-trees asked for 500 new ids in 10 generations");
+        drop((conn, d));
+        let (mut conn, mut d) = writer(&path, settings, 300_002);
+        for i in 3000..3500 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i} after a restart");
+        }
+    }
+
+    /// An id another connection put into the open generation while this writer was putting ids
+    /// there itself is in the filter it seals the generation with (then built from the table,
+    /// not from the ids this writer knows).
+    #[test]
+    fn an_id_another_connection_put_in_the_open_generation_is_in_its_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 1_000, seal_at: 60, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        commit(&mut conn, &mut d, [1000], 300_000);
+        for i in 0..EDGE_LAG as i64 + 2 {
+            commit(&mut conn, &mut d, 3000 + 5 * i..3005 + 5 * i, 300_001);
+        }
+        let other = crate::open(&path, crate::Durability::Normal).unwrap();
+        other
+            .execute("INSERT INTO ids_g2 (id, tenant, hash, key) VALUES ('e9999', 't', x'0f0f0f0f', 9999)", [])
+            .unwrap();
+        for i in EDGE_LAG as i64 + 2..20 {
+            commit(&mut conn, &mut d, 3000 + 5 * i..3005 + 5 * i, 300_001);
+        }
+        assert_eq!(tables(&conn).len(), 3, "the generation was sealed");
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mirror = started(&mut reader);
+        let tx = reader.transaction().unwrap();
+        assert_eq!(mirror.get(&tx, "t", "e9999").unwrap(), Some((vec![15; 4], 9999)));
+    }
+
+    /// `insert_new` answers the value an id was seen with wherever it is (staged, appended, in
+    /// a sealed generation, in the open one even where it would go straight in) and writes
+    /// nothing then; a new id it writes once.
+    #[test]
+    fn insert_new_finds_an_id_wherever_it_is_and_writes_a_new_one_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 1_000, seal_at: 100, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        for c in 0..10 {
+            commit(&mut conn, &mut d, 3000 + 10 * c..3010 + 10 * c, 1);
+        }
+        assert_eq!(tables(&conn), ["ids_g1", "ids_g2"], "the first generation sealed at 100 ids");
+        let in_g2 =
+            |conn: &Connection| -> i64 { conn.query_row("SELECT count(*) FROM ids_g2", [], |r| r.get(0)).unwrap() };
+        let new = |conn: &mut Connection, d: &mut Dedup, ids: &[i64]| -> Vec<Option<Value>> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            d.begin(&tx).unwrap();
+            let out = ids.iter().map(|&i| d.insert_new(&tx, "t", &format!("e{i}"), value(i)).unwrap()).collect();
+            tx.commit().unwrap();
+            d.committed(conn, 1).unwrap();
+            out
+        };
+        // The open generation is empty: any id would go straight in; one in the sealed one is found.
+        assert_eq!(new(&mut conn, &mut d, &[3050, 3100, 3100]), [Some(value(3050)), None, Some(value(3100))]);
+        assert_eq!(in_g2(&conn), 1);
+        for c in 0..9 {
+            commit(&mut conn, &mut d, 3101 + 10 * c..3111 + 10 * c, 1);
+        }
+        assert_eq!((pending(&conn), in_g2(&conn)), (0, 91));
+        // e3185 is in the open generation above its edge: refused by its key, not looked up.
+        assert_eq!(new(&mut conn, &mut d, &[3185, 2000, 2000]), [Some(value(3185)), None, Some(value(2000))]);
+        assert_eq!((pending(&conn), in_g2(&conn)), (1, 91), "e2000 appended once, e3185 not written again");
+        assert_eq!(new(&mut conn, &mut d, &[2000, 3191]), [Some(value(2000)), None]);
+        assert_eq!((pending(&conn), in_g2(&conn)), (1, 92));
     }
 }

@@ -438,11 +438,10 @@ impl UsageStore for SqliteStore {
                  WHERE tenant = ?1 AND period = ?2 AND meter = ?3 AND property = ?4 AND value = ?5",
             )?;
             for ev in events {
-                if seen.contains(&tx, &ev.tenant, &ev.id)? {
+                if seen.insert_new(&tx, &ev.tenant, &ev.id, (Vec::new(), 0))?.is_some() {
                     applied.duplicates += 1;
                     continue;
                 }
-                seen.insert(&tx, &ev.tenant, &ev.id, (Vec::new(), 0))?;
                 applied.counted += 1;
                 let buckets = [Period::containing(ev.time_us).to_string(), format_day(day_of(ev.time_us))];
                 for (m, c) in &ev.contributions {
