@@ -9,11 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-300000}
-# BIN runs another build (another commit's, side by side) instead of this one's.
+# BIN runs another build (another commit's, side by side) instead of this one's; LOADGEN (default
+# BIN) is the build whose load generator sends the events, the same for every build compared.
 if [ -z "${BIN:-}" ]; then
   cargo build --release -q
   BIN=target/release/meter
 fi
+LOADGEN=${LOADGEN:-$BIN}
 echo "| ids | tenants | events/s | request p50 ms | request p99 ms | server CPU µs/event |"
 echo "|---|---:|---:|---:|---:|---:|"
 PLAN=${PLAN:-}
@@ -36,7 +38,7 @@ for ids in ${IDS:-ordered random}; do
     fi
     flag=""; [ "$ids" = random ] && flag="--random-ids"
     cpu0=$(awk '{print $14+$15}' /proc/$pid/stat)
-    out=$($BIN loadgen --url "$url" --key "$key" --events "$EVENTS" --tenants "$tenants" --batch 100 --concurrency 32 $flag 2>/dev/null)
+    out=$($LOADGEN loadgen --url "$url" --key "$key" --events "$EVENTS" --tenants "$tenants" --batch 100 --concurrency 32 $flag 2>/dev/null)
     # Let the aggregator finish, so its CPU is counted too.
     sleep 2
     cpu1=$(awk '{print $14+$15}' /proc/$pid/stat)

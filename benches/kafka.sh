@@ -12,11 +12,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-500000}  # the mock keeps ~5 MB per partition: 2 × EVENTS must fit in 8 of them
-# BIN runs another build (another commit's, side by side) instead of this one's.
+# BIN runs another build (another commit's, side by side) instead of this one's; LOADGEN (default
+# BIN) is the build whose load generator sends the events, the same for every build compared.
 if [ -z "${BIN:-}" ]; then
   cargo build --release -q
   BIN=target/release/meter
 fi
+LOADGEN=${LOADGEN:-$BIN}
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
@@ -39,11 +41,11 @@ export METER__LOG__URL="kafka://$bootstrap" METER__LOG__PARTITIONS=8 METER__BOOT
 common=(--events "$EVENTS" --tenants 1000 --batch 100 --concurrency 32 --partitions 8)
 
 echo "== 1. ingest, $EVENTS events"
-direct=$($BIN loadgen --direct-kafka "$bootstrap" --key unused --id-prefix direct "${common[@]}" 2>/dev/null)
+direct=$($LOADGEN loadgen --direct-kafka "$bootstrap" --key unused --id-prefix direct "${common[@]}" 2>/dev/null)
 key=$($BIN keys create --role admin --data-dir "$dir" 2>/dev/null)
 start ingest ingest --data-dir "$dir" --listen 127.0.0.1:0
 url=$(address ingest)
-http=$($BIN loadgen --url "$url" --key "$key" --id-prefix http "${common[@]}" 2>/dev/null)
+http=$($LOADGEN loadgen --url "$url" --key "$key" --id-prefix http "${common[@]}" 2>/dev/null)
 echo "direct (meter's Kafka producer, no HTTP): $(echo "$direct" | head -2 | tr '\n' ' ')"
 echo "HTTP ingest to Kafka (meter ingest):      $(echo "$http" | head -2 | tr '\n' ' ')"
 awk -v h="$(rate "$http")" -v d="$(rate "$direct")" 'BEGIN { printf "ratio HTTP / direct: %.2f\n", h / d }'
@@ -69,7 +71,7 @@ echo "== 3. event-to-counter latency at $half events/s (half the slower stage, $
 start agg2 aggregate --data-dir "$dir" --listen 127.0.0.1:0
 aurl=$(address agg2)
 until curl -s "$aurl/metrics" | grep -q '^meter_aggregator_owned_partitions{[^}]*} 8'; do sleep 0.2; done
-paced=$($BIN loadgen --url "$url" --key "$key" --id-prefix paced --rate "$half" --events $((half * 20)) \
+paced=$($LOADGEN loadgen --url "$url" --key "$key" --id-prefix paced --rate "$half" --events $((half * 20)) \
   --tenants 1000 --batch 100 --concurrency 32 2>/dev/null)
 echo "$paced" | head -2
 curl -s "$aurl/metrics" | awk '

@@ -87,7 +87,8 @@ pub fn event(prefix: &str, i: usize, tenants: usize, now_secs: i64) -> serde_jso
         _ => ("user.login", json!({"user_id": format!("user-{}", i % 50)})),
     };
     json!({
-        "transaction_id": format!("{prefix}-{i}"),
+        // Zero-padded, so that ids sort in the order they are sent, as ULIDs and UUIDv7 do.
+        "transaction_id": format!("{prefix}-{i:012}"),
         "external_customer_id": tenant,
         "code": code,
         "timestamp": now_secs,
