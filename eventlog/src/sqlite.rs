@@ -33,14 +33,21 @@ const COMPACT_CHUNK: u64 = 10_000;
 /// `meta`'s name of the first offset a partition still holds, followed by the partition.
 const KEPT_FROM: &str = "kept_from:";
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE log (key INTEGER PRIMARY KEY, ingested_us INTEGER NOT NULL, payload BLOB NOT NULL);
     CREATE TABLE ids (
         tenant TEXT NOT NULL, id TEXT NOT NULL, hash BLOB NOT NULL, key INTEGER NOT NULL,
         PRIMARY KEY (id, tenant)
     ) WITHOUT ROWID;
     CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"];
+",
+    "
+    -- meter_sqlite::dedup puts time-ordered ids straight into the open generation of `ids`; a
+    -- build from before would not see them in its filters, so this version makes it refuse the
+    -- file (a newer file is refused).
+",
+];
 
 /// Metric names of the log, declared once.
 pub mod metric {

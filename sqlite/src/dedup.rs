@@ -172,11 +172,15 @@ fn decode_filter(blob: &[u8]) -> Result<Option<BinaryFuse8>, &'static str> {
         segment_length_mask: u32_at(13),
         segment_count_length: u32_at(17),
     };
-    // A lookup reads fingerprints below the segments' total length plus two segments.
-    let reach = u64::from(descriptor.segment_count_length) + 2 * u64::from(descriptor.segment_length);
-    if !descriptor.segment_length.is_power_of_two()
-        || descriptor.segment_length_mask != descriptor.segment_length - 1
-        || reach > fingerprints.len() as u64
+    // As xorf builds one: whole segments of a power of two, and two more segments of
+    // fingerprints after them (a lookup reads up to two segments past its first).
+    let (length, total) = (descriptor.segment_length, descriptor.segment_count_length);
+    let reach = u64::from(total) + 2 * u64::from(length);
+    if !length.is_power_of_two()
+        || descriptor.segment_length_mask != length - 1
+        || total < length
+        || total % length != 0
+        || reach != fingerprints.len() as u64
     {
         return Err("descriptor does not fit its fingerprints");
     }
@@ -1793,5 +1797,29 @@ mod tests {
         assert_eq!((pending(&conn), in_g2(&conn)), (1, 91), "e2000 appended once, e3185 not written again");
         assert_eq!(new(&mut conn, &mut d, &[2000, 3191]), [Some(value(2000)), None]);
         assert_eq!((pending(&conn), in_g2(&conn)), (1, 92));
+    }
+
+    /// A kept filter whose descriptor would read past its fingerprints is refused even with a
+    /// checksum that matches (a blob written by hand or by a faulty build), so a lookup cannot
+    /// panic on it; a filter as built passes.
+    #[test]
+    fn a_kept_filter_that_does_not_fit_its_fingerprints_is_refused() {
+        let blob = |length: u32, total: u32, bytes: usize| {
+            let mut header = vec![FILTER_FORMAT];
+            header.extend_from_slice(&7u64.to_le_bytes());
+            header.extend_from_slice(&length.to_le_bytes());
+            header.extend_from_slice(&length.wrapping_sub(1).to_le_bytes());
+            header.extend_from_slice(&total.to_le_bytes());
+            let fingerprints = vec![0u8; bytes];
+            let sum = filter_sum(&header, &fingerprints);
+            [header, sum.to_le_bytes().to_vec(), fingerprints].concat()
+        };
+        for (length, total, bytes) in [(1, 0, 2), (4, 5, 13), (4, 8, 24), (3, 6, 12)] {
+            assert!(decode_filter(&blob(length, total, bytes)).is_err(), "{length} {total} {bytes}");
+        }
+        assert!(decode_filter(&blob(4, 8, 16)).unwrap().is_some());
+        let built = filter_of((0..10_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect()).unwrap();
+        let read = decode_filter(&encode_filter(Some(&built))).unwrap().unwrap();
+        assert!((0..10_000u64).all(|i| read.contains(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
     }
 }

@@ -77,6 +77,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE seen ADD COLUMN hash BLOB;
     ALTER TABLE seen ADD COLUMN key INTEGER;
 ",
+    "
+    -- meter_sqlite::dedup puts time-ordered ids straight into the open generation of `seen`; a
+    -- build from before would not see them in its filters, so this version makes it refuse the
+    -- file (a newer file is refused).
+",
 ];
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
