@@ -288,6 +288,15 @@ impl Open {
         Ok(Open::new(tbl, ids as usize, (ids == 0).then(Vec::new), max))
     }
 
+    /// Its filter as it is sealed in `tx`: from the ids this writer put there if it knows them
+    /// all, else from the table.
+    fn filter(&mut self, tx: &Connection) -> Result<Option<BinaryFuse8>, crate::Error> {
+        match self.fps.take() {
+            Some(fps) => Ok(filter_of(fps)),
+            None => build_filter(tx, &self.tbl),
+        }
+    }
+
     /// The generation `tbl` this writer opens after another: empty, its ids all known.
     fn opened(tbl: String) -> Self {
         Open::new(tbl, 0, Some(Vec::new()), None)
@@ -449,17 +458,17 @@ impl Dedup {
         self.refresh(tx)
     }
 
-    /// Whether another connection committed since this writer last looked (inside its write
-    /// transaction `tx`): it may have put ids straight into the open generation, whose
+    /// Notes whether another connection committed since this writer last looked (inside its
+    /// write transaction `tx`): it may have put ids straight into the open generation, whose
     /// fingerprints this writer then no longer knows all of (its filter comes from the table).
-    fn others_committed(&mut self, tx: &Connection) -> Result<bool, crate::Error> {
+    fn others_committed(&mut self, tx: &Connection) -> Result<(), crate::Error> {
         let version: i64 = tx.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
         let others = self.data_version.replace(version).is_some_and(|v| v != version);
         if let Some(open) = self.open.as_mut().filter(|o| others && o.fps.is_some()) {
             tracing::debug!(state = %self.name, generation = %open.tbl, "another connection wrote: filter from the table");
             open.fps = None;
         }
-        Ok(others)
+        Ok(())
     }
 
     /// Refreshes this writer's mirror; if another writer moved ids meanwhile, forgets what it
@@ -486,11 +495,6 @@ impl Dedup {
             return Ok(Some(v.clone()));
         }
         self.mirror.get(tx, tenant, id)
-    }
-
-    /// Whether `(tenant, id)` was seen (as [`Dedup::get`], without its value).
-    pub fn contains(&self, tx: &Connection, tenant: &str, id: &str) -> Result<bool, crate::Error> {
-        Ok(self.staged.contains_key(&Probe(tenant, id)) || self.mirror.get(tx, tenant, id)?.is_some())
     }
 
     /// Records `(tenant, id)` with `value` in the open transaction (appended, or straight into
@@ -694,13 +698,9 @@ impl Dedup {
                     .is_none();
                 let held = open.ids + inserted;
                 if held >= seal_at {
-                    // From the ids this writer moved if it moved them all, else from the table.
-                    let filter = match open.fps.take() {
-                        Some(fps) => filter_of(fps),
-                        None => build_filter(&tx, &open.tbl)?,
-                    };
-                    let tbl = seal(&tx, name, now_us, self.settings.horizon_us, held, filter.as_ref())?;
-                    sealed = Some((tbl, filter));
+                    let filter = open.filter(&tx)?;
+                    let next = seal(&tx, name, now_us, self.settings.horizon_us, held, filter.as_ref())?;
+                    sealed = Some((open.tbl.clone(), next, filter));
                 }
                 Some(tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| {
                     r.get::<_, i64>(0)
@@ -730,11 +730,8 @@ impl Dedup {
                 self.mirror.last_rowid = 0;
             }
         }
-        if let Some((tbl, filter)) = sealed {
-            let done = std::mem::replace(open, Open::opened(tbl));
-            if let Some(filter) = filter {
-                self.mirror.adopted.insert(done.tbl, filter);
-            }
+        if let Some((done, next, filter)) = sealed {
+            self.opened(done, next, filter);
             self.reload(conn, epoch)?;
         }
         Ok(())
@@ -749,9 +746,8 @@ impl Dedup {
     /// Seals the open generation once the ids put straight into it filled it (a move's last
     /// chunk does the same for the ids it moved).
     fn seal_full(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
-        let name = &self.name;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let epoch: i64 = tx.query_row(&format!("SELECT epoch FROM {name}_state"), [], |r| r.get(0))?;
+        let epoch: i64 = tx.query_row(&format!("SELECT epoch FROM {}_state", self.name), [], |r| r.get(0))?;
         self.others_committed(&tx)?;
         let name = &self.name;
         let (Some(open), true) = (self.open.as_mut(), self.mirror.epoch == Some(epoch)) else {
@@ -759,22 +755,26 @@ impl Dedup {
             self.open = None;
             return Ok(());
         };
-        let filter = match open.fps.take() {
-            Some(fps) => filter_of(fps),
-            None => build_filter(&tx, &open.tbl)?,
-        };
-        let tbl = seal(&tx, name, now_us, self.settings.horizon_us, open.ids, filter.as_ref())?;
+        let filter = open.filter(&tx)?;
+        let next = seal(&tx, name, now_us, self.settings.horizon_us, open.ids, filter.as_ref())?;
+        let done = open.tbl.clone();
         let epoch: i64 =
             tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| r.get(0))?;
         if let Err(e) = tx.commit() {
             self.open = None;
             return Err(e.into());
         }
-        let done = std::mem::replace(open, Open::opened(tbl));
-        if let Some(filter) = filter {
-            self.mirror.adopted.insert(done.tbl, filter);
-        }
+        self.opened(done, next, filter);
         self.reload(conn, Some(epoch))
+    }
+
+    /// After this writer's seal of `done` (its filter, if built, taken at the next reload rather
+    /// than read back) committed: `next` is the open generation, empty.
+    fn opened(&mut self, done: String, next: String, filter: Option<BinaryFuse8>) {
+        if let Some(filter) = filter {
+            self.mirror.adopted.insert(done, filter);
+        }
+        self.open = Some(Open::opened(next));
     }
 
     /// After this writer sealed a generation: its mirror looks up the new list of generations.
@@ -809,10 +809,7 @@ impl Dedup {
         let epoch: i64 =
             tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| r.get(0))?;
         tx.commit()?;
-        if let Some(filter) = filter {
-            self.mirror.adopted.insert(tbl, filter);
-        }
-        self.open = Some(Open::opened(next));
+        self.opened(tbl, next, filter);
         self.moving = None;
         self.mirror.moving.clear();
         self.reload(conn, Some(epoch))
@@ -1696,6 +1693,22 @@ mod tests {
         }
     }
 
+    /// A writer sealing every 60 ids, whose quarter-horizon roll has just opened its second
+    /// generation (empty: ids go straight in).
+    fn rolled(path: &std::path::Path) -> (Connection, Dedup, Settings) {
+        let settings = Settings { flush_at: 1_000, seal_at: 60, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(path, settings, 0);
+        commit(&mut conn, &mut d, [1000], 300_000);
+        (conn, d, settings)
+    }
+
+    /// Commits of five ids each, the `i`th `e{3000 + 5i}` to `e{3004 + 5i}`.
+    fn fives(conn: &mut Connection, d: &mut Dedup, commits: std::ops::Range<i64>) {
+        for i in commits {
+            commit(conn, d, 3000 + 5 * i..3005 + 5 * i, 300_001);
+        }
+    }
+
     /// A generation filled by ids put straight into it is sealed once it holds `seal_at`, with
     /// its filter from those ids: every id is found through the filters, by the writer, by a
     /// reader and after a restart, and new ids ask about one B-tree each.
@@ -1703,13 +1716,8 @@ mod tests {
     fn a_generation_filled_straight_is_sealed_with_its_filter() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let settings = Settings { flush_at: 1_000, seal_at: 60, ..Settings::new(1_000_000) };
-        let (mut conn, mut d) = writer(&path, settings, 0);
-        // The quarter-horizon roll opens the next generation.
-        commit(&mut conn, &mut d, [1000], 300_000);
-        for i in 0..100 {
-            commit(&mut conn, &mut d, 3000 + 5 * i..3005 + 5 * i, 300_001);
-        }
+        let (mut conn, mut d, settings) = rolled(&path);
+        fives(&mut conn, &mut d, 0..100);
         assert_eq!(tables(&conn).len(), 10, "a generation every 60 ids");
         assert_eq!(pending(&conn), 0, "none appended");
         let filters: i64 =
@@ -1742,19 +1750,13 @@ mod tests {
     fn an_id_another_connection_put_in_the_open_generation_is_in_its_filter() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let settings = Settings { flush_at: 1_000, seal_at: 60, ..Settings::new(1_000_000) };
-        let (mut conn, mut d) = writer(&path, settings, 0);
-        commit(&mut conn, &mut d, [1000], 300_000);
-        for i in 0..EDGE_LAG as i64 + 2 {
-            commit(&mut conn, &mut d, 3000 + 5 * i..3005 + 5 * i, 300_001);
-        }
+        let (mut conn, mut d, _) = rolled(&path);
+        fives(&mut conn, &mut d, 0..EDGE_LAG as i64 + 2);
         let other = crate::open(&path, crate::Durability::Normal).unwrap();
         other
             .execute("INSERT INTO ids_g2 (id, tenant, hash, key) VALUES ('e9999', 't', x'0f0f0f0f', 9999)", [])
             .unwrap();
-        for i in EDGE_LAG as i64 + 2..20 {
-            commit(&mut conn, &mut d, 3000 + 5 * i..3005 + 5 * i, 300_001);
-        }
+        fives(&mut conn, &mut d, EDGE_LAG as i64 + 2..20);
         assert_eq!(tables(&conn).len(), 3, "the generation was sealed");
         let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
         let mirror = started(&mut reader);
