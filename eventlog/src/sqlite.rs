@@ -376,6 +376,7 @@ impl Writer {
                 let mut first_copy = sp.prepare_cached("SELECT payload FROM log WHERE key = ?1")?;
                 let mut insert =
                     sp.prepare_cached("INSERT INTO log (key, ingested_us, payload) VALUES (?1, ?2, ?3)")?;
+                let mut ids = self.dedup.batch(&sp);
                 for (i, e) in req.events.iter().enumerate() {
                     if e.time_us < now.saturating_sub(self.lateness_us) {
                         late.push(i);
@@ -384,9 +385,7 @@ impl Writer {
                     let partition = e.partition;
                     let offset = self.next[partition as usize];
                     let key = (u64::from(partition) << OFFSET_BITS | offset) as i64;
-                    if let Some((previous, first_key)) =
-                        self.dedup.insert_new(&sp, &e.tenant, &e.id, (e.hash.to_vec(), key))?
-                    {
+                    if let Some((previous, first_key)) = ids.insert_new(&e.tenant, &e.id, (e.hash.to_vec(), key))? {
                         // The stored hash may follow an earlier rule (a CloudEvent's time was
                         // part of it until the hash left it out): on a mismatch, which is rare,
                         // the first copy is read back and hashed as today.

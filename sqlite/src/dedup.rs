@@ -23,8 +23,9 @@
 //!
 //! Every connection that looks ids up keeps a [`Mirror`] refreshed inside its transaction: the
 //! rows appended since it last looked (rowid order), or all of them after a flush (an epoch in
-//! `<name>_state` says when). The single writer stages its own uncommitted ids apart
-//! ([`Dedup::insert`], [`Dedup::rollback_to`]), so a rolled back request leaves nothing behind.
+//! `<name>_state` says when). The single writer stages its own uncommitted appended ids apart,
+//! and keeps the fingerprints of those it put straight into the open generation
+//! ([`Batch::insert`], [`Dedup::rollback_to`]), so a rolled back request leaves nothing behind.
 
 use hashbrown::{Equivalent, HashMap};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -238,9 +239,16 @@ pub struct Dedup {
     settings: Settings,
     mirror: Mirror,
     insert_sql: String,
-    /// Ids written in the open transaction: their values, order of writing and whether they
-    /// went straight into the open generation (else appended).
-    staged: HashMap<Key, (usize, Value, bool)>,
+    /// Ids appended in the open transaction: their place in `written` and their values.
+    staged: HashMap<Key, (usize, Value)>,
+    /// Ids written straight into the open generation in the open transaction: their place in
+    /// `written` and their fingerprints (the generation's table holds them; a savepoint rolled
+    /// back takes them out of it).
+    took: Vec<(usize, u64)>,
+    /// The greatest of those ids as they were written (its place in `written`), for the open
+    /// generation's greatest key: forgotten if a savepoint rolls it back, so the greatest key
+    /// may then stay below the generation's for a commit, which only sends more ids straight.
+    top: Option<(usize, Key)>,
     /// The rowids of the ids written in the open transaction, in order, none for those written
     /// straight into the open generation (those rolled back to a savepoint gone: SQLite gives
     /// their rowids again, maybe to another writer).
@@ -314,13 +322,16 @@ impl Open {
         edge.is_none_or(|m| above(tenant, id, m))
     }
 
-    /// After a commit: the ids it put straight here are counted, fingerprinted and raise `max`.
-    fn took(&mut self, key: Key) {
-        self.ids += 1;
+    /// After a commit: the ids it put straight here (their fingerprints, the greatest of them)
+    /// are counted, fingerprinted and raise `max`.
+    fn took(&mut self, took: &[(usize, u64)], top: Option<(usize, Key)>) {
+        self.ids += took.len();
         if let Some(fps) = self.fps.as_mut() {
-            fps.push(fingerprint(&key.0, &key.1));
+            fps.extend(took.iter().map(|&(_, fp)| fp));
         }
-        if self.max.as_ref().is_none_or(|m| above(&key.0, &key.1, m)) {
+        if let Some((_, key)) = top
+            && self.max.as_ref().is_none_or(|m| above(&key.0, &key.1, m))
+        {
             self.max = Some(key);
         }
     }
@@ -331,6 +342,94 @@ impl Open {
         if self.edges.len() > EDGE_LAG {
             self.edges.pop_front();
         }
+    }
+}
+
+/// The writes of one transaction of [`Dedup`]'s writer ([`Dedup::batch`]): its two inserts
+/// are prepared once for the batch rather than looked up in the connection's statement cache
+/// for every id.
+pub struct Batch<'d, 'c> {
+    dedup: &'d mut Dedup,
+    tx: &'c Connection,
+    /// `INSERT OR IGNORE` into the open generation, once used.
+    straight: Option<rusqlite::CachedStatement<'c>>,
+    /// The append, once used.
+    append: Option<rusqlite::CachedStatement<'c>>,
+}
+
+impl Batch<'_, '_> {
+    /// Records `(tenant, id)` with `value` in the open transaction (appended, or straight into
+    /// the open generation if it sorts above its recent keys; seen by [`Dedup::get`] at once).
+    /// The caller has checked it is new.
+    pub fn insert(&mut self, tenant: &str, id: &str, value: Value) -> Result<(), crate::Error> {
+        let straight = self.dedup.straight(tenant, id);
+        self.write(tenant, id, value, straight, fingerprint(tenant, id))?;
+        Ok(())
+    }
+
+    /// Records `(tenant, id)` with `value` as [`Batch::insert`] does if it was never seen, and
+    /// answers `None`; else answers the value it was seen with and writes nothing. An id that
+    /// goes straight into the open generation is not looked up there first: that B-tree's key
+    /// refuses a copy by itself (one statement where a lookup and an insert were two).
+    pub fn insert_new(&mut self, tenant: &str, id: &str, value: Value) -> Result<Option<Value>, crate::Error> {
+        let d = &*self.dedup;
+        if let Some((_, v)) = d.staged.get(&Probe(tenant, id)) {
+            return Ok(Some(v.clone()));
+        }
+        let straight = d.straight(tenant, id);
+        let fp = fingerprint(tenant, id);
+        let open = d.open.as_ref().filter(|_| straight).map(|o| o.tbl.as_str());
+        if let Some(v) = d.mirror.get_but(self.tx, tenant, id, open, fp)? {
+            return Ok(Some(v));
+        }
+        if self.write(tenant, id, value, straight, fp)? {
+            return Ok(None);
+        }
+        // Already in the open generation.
+        self.dedup.mirror.get_but(self.tx, tenant, id, None, fp)
+    }
+
+    /// Writes `(tenant, id)` (`fp` its fingerprint): straight into the open generation (`INSERT
+    /// OR IGNORE`: false if it was there) or appended and staged.
+    fn write(&mut self, tenant: &str, id: &str, value: Value, straight: bool, fp: u64) -> Result<bool, crate::Error> {
+        let d = &mut *self.dedup;
+        let (hash, at) = nullable(&value);
+        let n = d.written.len();
+        match d.open.as_ref().filter(|_| straight) {
+            Some(open) => {
+                let insert = match &mut self.straight {
+                    Some(insert) => insert,
+                    None => self.straight.insert(self.tx.prepare_cached(&open.insert)?),
+                };
+                if insert.execute(params![id, tenant, hash, at])? == 0 {
+                    return Ok(false);
+                }
+                d.written.push(None);
+                d.took.push((n, fp));
+                match &mut d.top {
+                    Some((_, key)) if !above(tenant, id, key) => {}
+                    Some((at, key)) => {
+                        // Ordered ids raise it at every write: its strings are reused.
+                        *at = n;
+                        key.0.clear();
+                        key.0.push_str(tenant);
+                        key.1.clear();
+                        key.1.push_str(id);
+                    }
+                    None => d.top = Some((n, (tenant.to_string(), id.to_string()))),
+                }
+            }
+            None => {
+                let append = match &mut self.append {
+                    Some(append) => append,
+                    None => self.append.insert(self.tx.prepare_cached(&d.insert_sql)?),
+                };
+                append.execute(params![tenant, id, hash, at])?;
+                d.written.push(Some(self.tx.last_insert_rowid()));
+                d.staged.insert((tenant.to_string(), id.to_string()), (n, value));
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -434,6 +533,8 @@ impl Dedup {
             mirror: Mirror::default(),
             insert_sql: format!("INSERT INTO {name}_pending (tenant, id, hash, key) VALUES (?1, ?2, ?3, ?4)"),
             staged: HashMap::new(),
+            took: Vec::new(),
+            top: None,
             written: Vec::new(),
             data_version: None,
             moving: None,
@@ -453,6 +554,8 @@ impl Dedup {
     /// other writers appended, forgets anything staged by a transaction that did not commit.
     pub fn begin(&mut self, tx: &Connection) -> Result<(), crate::Error> {
         self.staged.clear();
+        self.took.clear();
+        self.top = None;
         self.written.clear();
         self.others_committed(tx)?;
         self.refresh(tx)
@@ -491,25 +594,24 @@ impl Dedup {
     /// The value of `(tenant, id)`, if it was seen: staged in this transaction, appended, or in a
     /// live generation.
     pub fn get(&self, tx: &Connection, tenant: &str, id: &str) -> Result<Option<Value>, crate::Error> {
-        if let Some((_, v, _)) = self.staged.get(&Probe(tenant, id)) {
+        if let Some((_, v)) = self.staged.get(&Probe(tenant, id)) {
             return Ok(Some(v.clone()));
         }
         self.mirror.get(tx, tenant, id)
     }
 
-    /// Records `(tenant, id)` with `value` in the open transaction (appended, or straight into
-    /// the open generation if it sorts above its recent keys; seen by [`Dedup::get`] at once).
-    /// The caller has checked it is new.
-    pub fn insert(&mut self, tx: &Connection, tenant: &str, id: &str, value: Value) -> Result<(), crate::Error> {
-        let straight = self.straight(tenant, id);
-        self.write(tx, tenant, id, value, straight)?;
-        Ok(())
+    /// The writes of one transaction on `tx` (or on a savepoint of it), their statements
+    /// prepared once for all of them.
+    pub fn batch<'d, 'c>(&'d mut self, tx: &'c Connection) -> Batch<'d, 'c> {
+        Batch { dedup: self, tx, straight: None, append: None }
     }
 
-    /// Records `(tenant, id)` with `value` as [`Dedup::insert`] does if it was never seen, and
-    /// answers `None`; else answers the value it was seen with and writes nothing. An id that
-    /// goes straight into the open generation is not looked up there first: that B-tree's key
-    /// refuses a copy by itself (one statement where a lookup and an insert were two).
+    /// Records `(tenant, id)` as [`Batch::insert`] does.
+    pub fn insert(&mut self, tx: &Connection, tenant: &str, id: &str, value: Value) -> Result<(), crate::Error> {
+        self.batch(tx).insert(tenant, id, value)
+    }
+
+    /// Records `(tenant, id)` if it was never seen, as [`Batch::insert_new`] does.
     pub fn insert_new(
         &mut self,
         tx: &Connection,
@@ -517,19 +619,7 @@ impl Dedup {
         id: &str,
         value: Value,
     ) -> Result<Option<Value>, crate::Error> {
-        if let Some((_, v, _)) = self.staged.get(&Probe(tenant, id)) {
-            return Ok(Some(v.clone()));
-        }
-        let straight = self.straight(tenant, id);
-        let open = self.open.as_ref().filter(|_| straight).map(|o| o.tbl.as_str());
-        if let Some(v) = self.mirror.get_but(tx, tenant, id, open)? {
-            return Ok(Some(v));
-        }
-        if self.write(tx, tenant, id, value, straight)? {
-            return Ok(None);
-        }
-        // Already in the open generation.
-        self.mirror.get(tx, tenant, id)
+        self.batch(tx).insert_new(tenant, id, value)
     }
 
     /// Whether `(tenant, id)` goes straight into the open generation (not while a move runs:
@@ -538,44 +628,20 @@ impl Dedup {
         self.settings.straight && self.moving.is_none() && self.open.as_ref().is_some_and(|o| o.takes(tenant, id))
     }
 
-    /// Writes `(tenant, id)`: straight into the open generation (`INSERT OR IGNORE`: false if it
-    /// was there) or appended; stages it if written.
-    fn write(
-        &mut self,
-        tx: &Connection,
-        tenant: &str,
-        id: &str,
-        value: Value,
-        straight: bool,
-    ) -> Result<bool, crate::Error> {
-        let (hash, at) = nullable(&value);
-        match self.open.as_ref().filter(|_| straight) {
-            Some(open) => {
-                if tx.prepare_cached(&open.insert)?.execute(params![id, tenant, hash, at])? == 0 {
-                    return Ok(false);
-                }
-                self.written.push(None);
-            }
-            None => {
-                tx.prepare_cached(&self.insert_sql)?.execute(params![tenant, id, hash, at])?;
-                self.written.push(Some(tx.last_insert_rowid()));
-            }
-        }
-        let n = self.staged.len();
-        self.staged.insert((tenant.to_string(), id.to_string()), (n, value, straight));
-        Ok(true)
-    }
-
-    /// How many ids are staged: a mark to roll back to.
+    /// How many ids are written in the open transaction: a mark to roll back to.
     pub fn mark(&self) -> usize {
-        self.staged.len()
+        self.written.len()
     }
 
-    /// Forgets the ids staged after `mark` (their savepoint was rolled back).
+    /// Forgets the ids written after `mark` (their savepoint was rolled back).
     pub fn rollback_to(&mut self, mark: usize) {
         self.written.truncate(mark);
-        if self.staged.len() > mark {
-            self.staged.retain(|_, (n, _, _)| *n < mark);
+        self.took.truncate(self.took.partition_point(|(n, _)| *n < mark));
+        if self.top.as_ref().is_some_and(|(n, _)| *n >= mark) {
+            self.top = None;
+        }
+        if !self.staged.is_empty() {
+            self.staged.retain(|_, (n, _)| *n < mark);
         }
     }
 
@@ -586,20 +652,15 @@ impl Dedup {
     /// quarter of the horizon and drops those past it. A failure leaves everything appended;
     /// the next call goes on.
     pub fn committed(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
-        let mut open = self.open.as_mut();
-        for (key, (_, value, direct)) in self.staged.drain() {
-            match (direct, open.as_mut()) {
-                (false, _) => {
-                    self.mirror.ids.insert(key, value);
-                }
-                (true, Some(open)) => open.took(key),
-                // Not reached: an id goes straight in only while the open generation is known.
-                (true, None) => {}
-            }
+        for (key, (_, value)) in self.staged.drain() {
+            self.mirror.ids.insert(key, value);
         }
-        if let Some(open) = open {
+        // An id goes straight in only while the open generation is known.
+        if let Some(open) = self.open.as_mut() {
+            open.took(&self.took, self.top.take());
             open.committed();
         }
+        self.took.clear();
         if let Some(last) = self.written.iter().rev().flatten().next() {
             self.mirror.last_rowid = self.mirror.last_rowid.max(*last);
         }
@@ -943,16 +1004,17 @@ impl Mirror {
 
     /// The value of `(tenant, id)` if seen, as of the last refresh.
     pub fn get(&self, tx: &Connection, tenant: &str, id: &str) -> Result<Option<Value>, crate::Error> {
-        self.get_but(tx, tenant, id, None)
+        self.get_but(tx, tenant, id, None, fingerprint(tenant, id))
     }
 
-    /// [`Mirror::get`] asking every live generation but `skip`.
+    /// [`Mirror::get`] asking every live generation but `skip` (`fp` is the id's fingerprint).
     fn get_but(
         &self,
         tx: &Connection,
         tenant: &str,
         id: &str,
         skip: Option<&str>,
+        fp: u64,
     ) -> Result<Option<Value>, crate::Error> {
         if let Some(v) = self.ids.get(&Probe(tenant, id)) {
             return Ok(Some(v.clone()));
@@ -960,7 +1022,6 @@ impl Mirror {
         if let Ok(i) = self.moving.binary_search_by(|((t, i), _)| (i.as_str(), t.as_str()).cmp(&(id, tenant))) {
             return Ok(Some(self.moving[i].1.clone()));
         }
-        let fp = fingerprint(tenant, id);
         for Lookup { tbl, sql, filter } in &self.lookups {
             if filter.as_ref().is_some_and(|f| !f.contains(&fp)) || skip == Some(tbl.as_str()) {
                 continue;
@@ -1572,7 +1633,7 @@ mod tests {
         (mirror.scans.get(), mirror.lookups.iter().filter(|l| l.filter.is_some()).count())
     }
 
-    fn sees_all(reader: &mut Connection, mirror: &Mirror, ids: std::ops::Range<i64>) {
+    fn sees_all(reader: &mut Connection, mirror: &Mirror, ids: impl IntoIterator<Item = i64>) {
         let tx = reader.transaction().unwrap();
         for i in ids {
             assert_eq!(mirror.get(&tx, "t", &format!("e{i}")).unwrap(), Some(value(i)), "{i}");
@@ -1762,6 +1823,54 @@ mod tests {
         let mirror = started(&mut reader);
         let tx = reader.transaction().unwrap();
         assert_eq!(mirror.get(&tx, "t", "e9999").unwrap(), Some((vec![15; 4], 9999)));
+    }
+
+    /// Ids put straight into the open generation after a savepoint that is rolled back leave
+    /// it as they leave its table: not counted, not in the filter the generation is sealed
+    /// with, and the greatest key is the greatest kept (one batch of statements throughout).
+    #[test]
+    fn straight_ids_rolled_back_to_a_savepoint_are_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let (mut conn, mut d, _) = rolled(&path);
+        fives(&mut conn, &mut d, 0..EDGE_LAG as i64 + 2);
+        let key = |i: i64| ("t".to_string(), format!("e{i}"));
+        {
+            let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            d.begin(&tx).unwrap();
+            d.batch(&tx).insert_new("t", "e3050", value(3050)).unwrap();
+            let mark = d.mark();
+            let mut sp = tx.savepoint().unwrap();
+            {
+                let mut ids = d.batch(&sp);
+                for i in 3051..3054 {
+                    assert_eq!(ids.insert_new("t", &format!("e{i}"), value(i)).unwrap(), None);
+                }
+            }
+            assert_eq!(d.top.as_ref().map(|(_, k)| k.clone()), Some(key(3053)));
+            sp.rollback().unwrap();
+            drop(sp);
+            d.rollback_to(mark);
+            assert_eq!(d.top, None, "the greatest was rolled back");
+            let mut ids = d.batch(&tx);
+            assert_eq!(ids.insert_new("t", "e3052", value(3052)).unwrap(), None, "written again, once");
+            assert_eq!(ids.insert_new("t", "e3052", value(0)).unwrap(), Some(value(3052)), "its copy is refused");
+            drop(ids);
+            tx.commit().unwrap();
+            d.committed(&mut conn, 300_001).unwrap();
+        }
+        let open = d.open.as_ref().unwrap();
+        let in_table: i64 = conn.query_row("SELECT count(*) FROM ids_g2", [], |r| r.get(0)).unwrap();
+        assert_eq!((open.ids, open.fps.as_ref().map(Vec::len), in_table), (52, Some(52), 52));
+        assert_eq!(open.max, Some(key(3052)));
+        commit(&mut conn, &mut d, 3100..3110, 300_001);
+        assert_eq!(tables(&conn).len(), 3, "the generation was sealed, its filter from what was kept");
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mirror = started(&mut reader);
+        sees_all(&mut reader, &mirror, (3000..3051).chain([3052]).chain(3100..3110));
+        for i in [3051, 3053] {
+            assert_eq!(seen(&mut conn, &mut d, i), None, "{i} was rolled back");
+        }
     }
 
     /// `insert_new` answers the value an id was seen with wherever it is (staged, appended, in

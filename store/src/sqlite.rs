@@ -442,8 +442,9 @@ impl UsageStore for SqliteStore {
                 "SELECT amount FROM breakdowns
                  WHERE tenant = ?1 AND period = ?2 AND meter = ?3 AND property = ?4 AND value = ?5",
             )?;
+            let mut ids = seen.batch(&tx);
             for ev in events {
-                if seen.insert_new(&tx, &ev.tenant, &ev.id, (Vec::new(), 0))?.is_some() {
+                if ids.insert_new(&ev.tenant, &ev.id, (Vec::new(), 0))?.is_some() {
                     applied.duplicates += 1;
                     continue;
                 }
