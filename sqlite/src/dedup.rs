@@ -246,8 +246,9 @@ pub struct Dedup {
     /// back takes them out of it).
     took: Vec<(usize, u64)>,
     /// The greatest of those ids as they were written (its place in `written`), for the open
-    /// generation's greatest key: forgotten if a savepoint rolls it back, so the greatest key
-    /// may then stay below the generation's for a commit, which only sends more ids straight.
+    /// generation's greatest key: forgotten if a savepoint rolls it back, with any kept before
+    /// it, so the greatest key may then stay below the generation's until a later id raises it,
+    /// which only sends more ids straight (still answered right: `INSERT OR IGNORE`).
     top: Option<(usize, Key)>,
     /// The rowids of the ids written in the open transaction, in order, none for those written
     /// straight into the open generation (those rolled back to a savepoint gone: SQLite gives
@@ -345,9 +346,9 @@ impl Open {
     }
 }
 
-/// The writes of one transaction of [`Dedup`]'s writer ([`Dedup::batch`]): its two inserts
-/// are prepared once for the batch rather than looked up in the connection's statement cache
-/// for every id.
+/// A run of writes in one transaction of [`Dedup`]'s writer ([`Dedup::batch`]: the store's
+/// whole batch, one request of the event log): its two inserts are looked up in the
+/// connection's statement cache once for the run rather than for every id.
 pub struct Batch<'d, 'c> {
     dedup: &'d mut Dedup,
     tx: &'c Connection,
@@ -408,9 +409,9 @@ impl Batch<'_, '_> {
                 d.took.push((n, fp));
                 match &mut d.top {
                     Some((_, key)) if !above(tenant, id, key) => {}
-                    Some((at, key)) => {
+                    Some((place, key)) => {
                         // Ordered ids raise it at every write: its strings are reused.
-                        *at = n;
+                        *place = n;
                         key.0.clear();
                         key.0.push_str(tenant);
                         key.1.clear();
@@ -600,8 +601,8 @@ impl Dedup {
         self.mirror.get(tx, tenant, id)
     }
 
-    /// The writes of one transaction on `tx` (or on a savepoint of it), their statements
-    /// prepared once for all of them.
+    /// A run of writes on `tx` (a transaction or a savepoint of it), their statements looked up
+    /// once for all of them.
     pub fn batch<'d, 'c>(&'d mut self, tx: &'c Connection) -> Batch<'d, 'c> {
         Batch { dedup: self, tx, straight: None, append: None }
     }
