@@ -28,12 +28,23 @@ done
 
 # Servers this script starts are stopped when it ends, however it ends.
 ch_dir="" pg_dir=""
+# A server still flushing while its directory is removed makes `rm` fail ("Directory not empty"):
+# wait for each to exit (KILL after 30 s), and never let the cleanup change the suite's status.
 cleanup() {
+  local rc=$? d pid i
+  set +e
   for d in "$ch_dir" "$pg_dir"; do
     [ -n "$d" ] || continue
-    kill -INT "$(cat "$d/pid" 2>/dev/null)" 2>/dev/null || true
-    rm -rf "$d"
+    pid=$(cat "$d/pid" 2>/dev/null)
+    if [ -n "$pid" ]; then
+      kill -INT "$pid" 2>/dev/null
+      for i in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null
+    fi
+    for i in 1 2 3 4 5; do rm -rf "$d" 2>/dev/null && break; sleep 1; done
+    [ -e "$d" ] && echo "warning: could not remove $d" >&2
   done
+  exit "$rc"
 }
 trap cleanup EXIT
 
