@@ -11,14 +11,16 @@ use crate::{
     Series, Totals, UsageStore,
 };
 use async_trait::async_trait;
+use hashbrown::Equivalent;
+use hashbrown::hash_map::EntryRef;
 use meter_schemas::period::{day_of, format_day, format_time, now_us};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::dedup::{self, Dedup, Mirror};
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use meter_sqlite::{Checkpointer, Durability, ReadPool, WAL_BOUND, WalBound, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -90,6 +92,53 @@ type Key = (String, String, String);
 /// `(tenant, period, meter, property, value)`: one value of a broken-down meter's property.
 type GroupKey = (String, String, String, String, String);
 
+/// Tallies by key (hashbrown's map: a batch looks its keys up by reference, [`KeyRef`] and
+/// [`GroupRef`], and copies one only when it first adds to it).
+type Tallies<K> = hashbrown::HashMap<K, Tally>;
+
+/// A [`Key`] looked up without copying its strings: hashes and compares as the key.
+struct KeyRef<'a>(&'a str, &'a str, &'a str);
+
+/// A [`GroupKey`] looked up without copying its strings.
+struct GroupRef<'a>(&'a str, &'a str, &'a str, &'a str, &'a str);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.0, self.1, self.2).hash(state);
+    }
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        (self.0, self.1, self.2) == (k.0.as_str(), k.1.as_str(), k.2.as_str())
+    }
+}
+
+impl From<&KeyRef<'_>> for Key {
+    fn from(k: &KeyRef<'_>) -> Key {
+        (k.0.to_string(), k.1.to_string(), k.2.to_string())
+    }
+}
+
+impl Hash for GroupRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.0, self.1, self.2, self.3, self.4).hash(state);
+    }
+}
+
+impl Equivalent<GroupKey> for GroupRef<'_> {
+    fn equivalent(&self, k: &GroupKey) -> bool {
+        (self.0, self.1, self.2, self.3, self.4)
+            == (k.0.as_str(), k.1.as_str(), k.2.as_str(), k.3.as_str(), k.4.as_str())
+    }
+}
+
+impl From<&GroupRef<'_>> for GroupKey {
+    fn from(k: &GroupRef<'_>) -> GroupKey {
+        (k.0.to_string(), k.1.to_string(), k.2.to_string(), k.3.to_string(), k.4.to_string())
+    }
+}
+
 /// Most tallies kept in memory; past it the cache starts over (the database has every value).
 const CACHE_ENTRIES: usize = 500_000;
 
@@ -99,9 +148,9 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     /// Keeps the WAL bounded; the writer checks it after each batch.
     wal: WalBound,
-    cache: Mutex<HashMap<Key, Tally>>,
+    cache: Mutex<Tallies<Key>>,
     /// The same for the breakdowns' amounts, cleared with it.
-    group_cache: Mutex<HashMap<GroupKey, Tally>>,
+    group_cache: Mutex<Tallies<GroupKey>>,
     reads: Arc<ReadPool>,
     allowances: RwLock<Option<Arc<dyn Allowances>>>,
     /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
@@ -132,8 +181,8 @@ impl SqliteStore {
             _checkpointer: Checkpointer::start(path, Duration::from_secs(1))?,
             writer: Mutex::new(conn),
             wal: WalBound::new(path, WAL_BOUND),
-            cache: Mutex::new(HashMap::new()),
-            group_cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Tallies::new()),
+            group_cache: Mutex::new(Tallies::new()),
             reads: Arc::new(ReadPool::new(path)),
             allowances: RwLock::new(None),
             raised: Mutex::new(HashSet::new()),
@@ -165,7 +214,7 @@ impl LiveStore for SqliteStore {
         let Some(allowances) = allowances else { return Ok(0) };
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let counters: HashMap<Key, Tally> = {
+        let counters: Tallies<Key> = {
             let mut stmt = tx.prepare_cached(
                 "SELECT meter, value, latest_us, latest_id FROM tallies WHERE tenant = ?1 AND bucket = ?2",
             )?;
@@ -317,7 +366,7 @@ impl LiveStore for SqliteStore {
 fn raise_alerts(
     tx: &Connection,
     allowances: &dyn Allowances,
-    changed: &HashMap<Key, Tally>,
+    changed: &Tallies<Key>,
     known: &HashSet<String>,
 ) -> Result<(Vec<String>, usize), Error> {
     let mut raise = tx.prepare_cached(
@@ -353,19 +402,23 @@ fn raise_alerts(
 }
 
 /// The tally of `key` as the batch has it: from the batch's `scratch`, else the `cache` of
-/// committed tallies, else `load`ed from the database; kept in `scratch` to be added to.
-fn current<'s, K: Clone + Eq + std::hash::Hash>(
-    scratch: &'s mut HashMap<K, Tally>,
-    cache: &HashMap<K, Tally>,
-    key: K,
-    load: impl FnOnce(&K) -> Result<Tally, Error>,
-) -> Result<&'s mut Tally, Error> {
-    Ok(match scratch.entry(key) {
-        Entry::Occupied(o) => o.into_mut(),
-        Entry::Vacant(v) => {
-            let tally = match cache.get(v.key()) {
+/// committed tallies, else `load`ed from the database; kept in `scratch` to be added to (the
+/// key copied then, once a batch).
+fn current<'s, 'q, K: Eq + Hash, Q: Hash + Equivalent<K>>(
+    scratch: &'s mut Tallies<K>,
+    cache: &Tallies<K>,
+    key: &'q Q,
+    load: impl FnOnce(&Q) -> Result<Tally, Error>,
+) -> Result<&'s mut Tally, Error>
+where
+    &'q Q: Into<K>,
+{
+    Ok(match scratch.entry_ref(key) {
+        EntryRef::Occupied(o) => o.into_mut(),
+        EntryRef::Vacant(v) => {
+            let tally = match cache.get(key) {
                 Some(t) => t.clone(),
-                None => load(v.key())?,
+                None => load(key)?,
             };
             v.insert(tally)
         }
@@ -428,8 +481,10 @@ impl UsageStore for SqliteStore {
             }
         }
         let mut applied = Applied::default();
-        let mut scratch: HashMap<Key, Tally> = HashMap::new();
-        let mut groups: HashMap<GroupKey, Tally> = HashMap::new();
+        let mut scratch: Tallies<Key> = Tallies::with_capacity(events.len());
+        let mut groups: Tallies<GroupKey> = Tallies::new();
+        // The period's and the day's bucket of the last event's day: a batch is mostly one day.
+        let mut day = None;
         let (mut raised, mut new_alerts) = (Vec::new(), 0);
         {
             let mut unique = tx.prepare_cached(
@@ -449,17 +504,21 @@ impl UsageStore for SqliteStore {
                     continue;
                 }
                 applied.counted += 1;
-                let buckets = [Period::containing(ev.time_us).to_string(), format_day(day_of(ev.time_us))];
+                let d = day_of(ev.time_us);
+                let buckets = match &day {
+                    Some((at, buckets)) if *at == d => buckets,
+                    _ => &day.insert((d, [Period::containing(ev.time_us).to_string(), format_day(d)])).1,
+                };
                 for (m, c) in &ev.contributions {
                     let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
-                    for bucket in &buckets {
+                    for bucket in buckets {
                         if let Contribution::Unique(v) = c
                             && unique.execute(params![ev.tenant, meter, bucket, v])? == 0
                         {
                             continue;
                         }
-                        let key = (ev.tenant.clone(), meter.clone(), bucket.clone());
-                        let tally = current(&mut scratch, &cache, key, |(t, m, b)| {
+                        let key = KeyRef(&ev.tenant, meter, bucket);
+                        let tally = current(&mut scratch, &cache, &key, |KeyRef(t, m, b)| {
                             Ok(load.query_row(params![t, m, b], |r| tally_from(r, 0)).optional()?.unwrap_or_default())
                         })?;
                         tally.add(c, ev.time_us, &ev.id)?;
@@ -469,9 +528,8 @@ impl UsageStore for SqliteStore {
                     let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
                     let Some((_, c)) = ev.contributions.iter().find(|(i, _)| i == m) else { continue };
                     for (property, value) in def.group_by.iter().zip(values) {
-                        let key =
-                            (ev.tenant.clone(), buckets[0].clone(), def.name.clone(), property.clone(), value.clone());
-                        let amount = current(&mut groups, &group_cache, key, |(t, b, m, p, x)| {
+                        let key = GroupRef(&ev.tenant, &buckets[0], &def.name, property, value);
+                        let amount = current(&mut groups, &group_cache, &key, |GroupRef(t, b, m, p, x)| {
                             let stored: Option<String> =
                                 load_group.query_row(params![t, b, m, p, x], |r| r.get(0)).optional()?;
                             Ok(Tally { value: stored.as_deref().map(amount_of).transpose()?, latest: None })
