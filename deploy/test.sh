@@ -30,16 +30,19 @@ done
 ch_dir="" pg_dir=""
 # A server still flushing while its directory is removed makes `rm` fail ("Directory not empty"):
 # wait for each to exit (KILL after 30 s), and never let the cleanup change the suite's status.
+# A server counts as running while its pid's command line names its directory: not a process that
+# reused the pid, nor an exited server no one has reaped yet.
 cleanup() {
   local rc=$? d pid i
   set +e
+  serves() { grep -qF "$2" "/proc/$1/cmdline" 2>/dev/null; }
   for d in "$ch_dir" "$pg_dir"; do
     [ -n "$d" ] || continue
     pid=$(cat "$d/pid" 2>/dev/null)
-    if [ -n "$pid" ]; then
+    if [ -n "$pid" ] && serves "$pid" "$d"; then
       kill -INT "$pid" 2>/dev/null
-      for i in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$pid" 2>/dev/null
+      for i in $(seq 300); do serves "$pid" "$d" || break; sleep 0.1; done
+      serves "$pid" "$d" && kill -KILL "$pid" 2>/dev/null
     fi
     for i in 1 2 3 4 5; do rm -rf "$d" 2>/dev/null && break; sleep 1; done
     [ -e "$d" ] && echo "warning: could not remove $d" >&2

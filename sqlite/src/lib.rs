@@ -149,16 +149,17 @@ impl WalBound {
 /// Checkpoints a database's WAL from a thread of its own, so that writers never do it inline. A
 /// checkpoint copies the WAL's pages into the main file and syncs it; done by the committing
 /// connection (SQLite's default) it stalls that commit for tens of milliseconds. Runs a passive
-/// checkpoint (it never blocks readers or writers) at once, then every `every`, or after
-/// [`BUSY_EVERY`] while each one finds new pages to copy; stops when dropped. The WAL's size is
+/// checkpoint (it never blocks readers or writers) at once, then every [`BUSY_EVERY`] until
+/// `every` has gone by with the WAL unchanged (the frames in it and those copied the same, and no
+/// other checkpoint under way), then every `every`; stops when dropped. The WAL's size is
 /// bounded by its writer ([`WalBound`]).
 pub struct Checkpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// How soon the [`Checkpointer`] looks again after a checkpoint that found new pages: under a
-/// steady load it follows the writer closely, so that little is left to copy when the writer
+/// How soon the [`Checkpointer`] looks again while the WAL keeps changing: under a steady load it
+/// follows the writer closely, so that little is left to copy when the writer
 /// checkpoints itself near its WAL's bound ([`WalBound`]). Once a second, that was up to a
 /// second of writes: about 200 ms during which no request was appended, at 70,000 events/s
 /// (BENCHMARKS.md).
@@ -174,21 +175,25 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("meter-sqlite-checkpoint".into())
             .spawn(move || {
-                // (frames in the WAL, frames copied) as the last checkpoint left them.
-                let mut last = None;
+                // (busy, frames in the WAL, frames copied) as the last checkpoint left them, and
+                // when they last changed (a busy answer, another checkpoint under way, counts as a
+                // change: the writer's own, near the WAL's bound, is when to look again soon).
+                let mut last: Option<(i64, i64, i64)> = None;
+                let mut changed = std::time::Instant::now();
                 let mut wait = Duration::ZERO;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
-                    wait = every;
-                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?))) {
+                    match conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    {
                         Ok(now) => {
-                            let (_, copied): (i64, i64) = now;
-                            if copied > 0 && last != Some(now) {
-                                wait = BUSY_EVERY.min(every);
+                            if now.0 != 0 || last != Some(now) {
+                                changed = std::time::Instant::now();
                             }
                             last = Some(now);
                         }
                         Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
                     }
+                    wait = if changed.elapsed() < every { BUSY_EVERY.min(every) } else { every };
                 }
             })
             .map_err(|e| Error::Task(e.to_string()))?;
