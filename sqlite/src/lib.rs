@@ -330,8 +330,8 @@ mod tests {
     }
 
     /// Under a writer's steady load the checkpointer follows it closely, not once an idle
-    /// interval (here an hour): it starts at once and looks again soon after each checkpoint
-    /// that copied pages.
+    /// interval (here an hour): it starts at once and looks again every [`BUSY_EVERY`] while the
+    /// WAL keeps changing.
     #[test]
     fn the_checkpointer_follows_a_busy_writer_closely() {
         let dir = tempfile::tempdir().unwrap();
