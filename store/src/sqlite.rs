@@ -871,7 +871,8 @@ mod tests {
         migrate(&mut old, &path, &MIGRATIONS[..7]).unwrap();
         old.execute_batch(
             "INSERT INTO tallies VALUES ('a', 'api_calls', '2026-11', '5', NULL, NULL),
-                 ('a', 'api_calls', '2026-11-15', '4', NULL, NULL), ('b', 'api_calls', '2026-11', '9', NULL, NULL);
+                 ('a', 'api_calls', '2026-11-15', '4', NULL, NULL), ('b', 'api_calls', '2026-11', '9', NULL, NULL),
+                 ('b', 'seats', '2026-11', '3', 1794744000000123, 'e9');
              INSERT INTO breakdowns VALUES ('a', '2026-11', 'api_calls', 'route', '/x', '5');
              INSERT INTO checkpoints (consumer, partition, next_offset) VALUES ('c', 0, 1);",
         )
@@ -893,6 +894,8 @@ mod tests {
         assert_eq!(calls(&store).await, (Some(eight), Some(Decimal::from(7)), Some(eight)));
         let b = store.usage("b", "2026-11".parse().unwrap(), Coverage { consumer: "c", partition: 0 }).await.unwrap();
         assert_eq!(b.meters["api_calls"].period.value, Some(Decimal::from(9)));
+        let seats = Tally { value: Some(Decimal::from(3)), latest: Some((1_794_744_000_000_123, "e9".into())) };
+        assert_eq!(b.meters["seats"].period, seats, "a latest value keeps the event that set it");
     }
 
     /// A counter whose row went (removed by hand) while this process remembered its id is
