@@ -196,6 +196,9 @@ fn filter_of(mut fps: Vec<u64>) -> Option<BinaryFuse8> {
     BinaryFuse8::try_from(&fps).ok()
 }
 
+/// The fingerprints of every id in the open generation, while its writer knows them all.
+type Fingerprints = hashbrown::HashSet<u64>;
+
 /// How a connection looks an id up in one live generation.
 struct Lookup {
     tbl: String,
@@ -268,7 +271,7 @@ pub struct Dedup {
 struct Open {
     tbl: String,
     ids: usize,
-    fps: Option<Vec<u64>>,
+    fps: Option<Fingerprints>,
     /// `INSERT OR IGNORE` of one id straight into it.
     insert: String,
     /// The greatest key (id, then tenant) this writer knows in it.
@@ -279,7 +282,7 @@ struct Open {
 
 impl Open {
     /// The open generation `tbl` holding `ids`, their fingerprints if known, `max` the greatest.
-    fn new(tbl: String, ids: usize, fps: Option<Vec<u64>>, max: Option<Key>) -> Self {
+    fn new(tbl: String, ids: usize, fps: Option<Fingerprints>, max: Option<Key>) -> Self {
         let insert = format!("INSERT OR IGNORE INTO {tbl} (id, tenant, hash, key) VALUES (?1, ?2, ?3, ?4)");
         Open { tbl, ids, fps, insert, max, edges: Default::default() }
     }
@@ -294,21 +297,21 @@ impl Open {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
-        Ok(Open::new(tbl, ids as usize, (ids == 0).then(Vec::new), max))
+        Ok(Open::new(tbl, ids as usize, (ids == 0).then(Fingerprints::default), max))
     }
 
     /// Its filter as it is sealed in `tx`: from the ids this writer put there if it knows them
     /// all, else from the table.
     fn filter(&mut self, tx: &Connection) -> Result<Option<BinaryFuse8>, crate::Error> {
         match self.fps.take() {
-            Some(fps) => Ok(filter_of(fps)),
+            Some(fps) => Ok(filter_of(fps.into_iter().collect())),
             None => build_filter(tx, &self.tbl),
         }
     }
 
     /// The generation `tbl` this writer opens after another: empty, its ids all known.
     fn opened(tbl: String) -> Self {
-        Open::new(tbl, 0, Some(Vec::new()), None)
+        Open::new(tbl, 0, Some(Fingerprints::default()), None)
     }
 
     /// Whether `(tenant, id)` goes straight into the generation: above its greatest key as it
@@ -379,7 +382,15 @@ impl Batch<'_, '_> {
         }
         let straight = d.straight(tenant, id);
         let fp = fingerprint(tenant, id);
-        let open = d.open.as_ref().filter(|_| straight).map(|o| o.tbl.as_str());
+        // The open generation is not asked about an id going straight in (its key refuses a
+        // copy), nor about one its fingerprints say it does not hold. Those are the ids this
+        // writer committed there; an id it put there in this transaction went straight, and so
+        // does this one if it is the same (the edge moves only at a commit).
+        let open = d
+            .open
+            .as_ref()
+            .filter(|o| straight || o.fps.as_ref().is_some_and(|f| !f.contains(&fp)))
+            .map(|o| o.tbl.as_str());
         if let Some(v) = d.mirror.get_but(self.tx, tenant, id, open, fp)? {
             return Ok(Some(v));
         }
@@ -1862,7 +1873,7 @@ mod tests {
         }
         let open = d.open.as_ref().unwrap();
         let in_table: i64 = conn.query_row("SELECT count(*) FROM ids_g2", [], |r| r.get(0)).unwrap();
-        assert_eq!((open.ids, open.fps.as_ref().map(Vec::len), in_table), (52, Some(52), 52));
+        assert_eq!((open.ids, open.fps.as_ref().map(|f| f.len()), in_table), (52, Some(52), 52));
         assert_eq!(open.max, Some(key(3052)));
         commit(&mut conn, &mut d, 3100..3110, 300_001);
         assert_eq!(tables(&conn).len(), 3, "the generation was sealed, its filter from what was kept");
@@ -1872,6 +1883,48 @@ mod tests {
         for i in [3051, 3053] {
             assert_eq!(seen(&mut conn, &mut d, i), None, "{i} was rolled back");
         }
+    }
+
+    /// While this writer knows every id in the open generation (it opened it and nobody else
+    /// wrote since), a new id that is not going straight in (below the generation's keys, as
+    /// random ids mostly are) costs no look into that generation's B-tree: its fingerprints
+    /// answer. An id that is there is still found, and after another connection wrote, the
+    /// B-tree is asked again.
+    #[test]
+    fn the_open_generation_is_asked_only_for_ids_its_fingerprints_may_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 10, seal_at: 1_000, straight: false, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        for batch in 0..10 {
+            commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 1);
+        }
+        assert_eq!(pending(&conn), 0, "all moved into the open generation");
+        let probes = |d: &Dedup| d.mirror.probes.get();
+        let before = probes(&d);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        d.begin(&tx).unwrap();
+        {
+            let mut ids = d.batch(&tx);
+            for i in 1_000..1_500 {
+                assert_eq!(ids.insert_new("t", &format!("e{i}"), value(i)).unwrap(), None);
+            }
+            for i in 0..100 {
+                assert_eq!(ids.insert_new("t", &format!("e{i}"), value(0)).unwrap(), Some(value(i)), "{i} is seen");
+            }
+        }
+        tx.commit().unwrap();
+        d.committed(&mut conn, 1).unwrap();
+        assert_eq!(probes(&d) - before, 100, "only the ids that are there were looked up");
+        // Another connection writes: the fingerprints no longer tell.
+        let (mut other_conn, mut other) = writer(&path, settings, 1);
+        commit(&mut other_conn, &mut other, [5_000], 1);
+        let before = probes(&d);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        d.begin(&tx).unwrap();
+        assert_eq!(d.batch(&tx).insert_new("t", "e2000", value(2000)).unwrap(), None);
+        tx.commit().unwrap();
+        assert_eq!(probes(&d) - before, 1, "asked again once another connection wrote");
     }
 
     /// `insert_new` answers the value an id was seen with wherever it is (staged, appended, in
