@@ -17,7 +17,9 @@
 //! generation, newest first; a sealed generation (it takes no more ids) is asked only if its
 //! filter (a binary fuse filter of its ids, about 9 bits an id, no false negatives, 0.4 % false
 //! positives) says it may hold the id, so that a new id costs the open generation's pages and
-//! seldom one of a sealed one. A generation's filter is written into `<name>_gens` in the
+//! seldom one of a sealed one. The writer's batch ([`Batch::insert_new`]) asks the open
+//! generation only about an id going straight in (its key refuses a copy) or one whose
+//! fingerprint the generation may hold, while the writer knows every id there. A generation's filter is written into `<name>_gens` in the
 //! transaction that seals it, and each connection reads it from there rather than scanning the
 //! generation (a filter it cannot read, or none, is built from the table).
 //!
@@ -1835,6 +1837,39 @@ mod tests {
         let mirror = started(&mut reader);
         let tx = reader.transaction().unwrap();
         assert_eq!(mirror.get(&tx, "t", "e9999").unwrap(), Some((vec![15; 4], 9999)));
+    }
+
+    /// `insert_new` finds, below the open generation's edge (so not going straight in), an id
+    /// this writer put straight into it at an earlier commit (through the fingerprints that
+    /// commit added), one another connection put there (the fingerprints are then unknown and
+    /// the B-tree is asked), and after a restart every id of the generation left open.
+    #[test]
+    fn insert_new_finds_below_the_edge_what_went_straight_or_came_from_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let (mut conn, mut d, settings) = rolled(&path);
+        fives(&mut conn, &mut d, 0..EDGE_LAG as i64 + 2);
+        assert_eq!(pending(&conn), 0, "all went straight");
+        // In a transaction that is rolled back.
+        let again = |conn: &mut Connection, d: &mut Dedup, id: &str| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            d.begin(&tx).unwrap();
+            d.batch(&tx).insert_new("t", id, value(0)).unwrap()
+        };
+        assert!(!d.straight("t", "e3002"), "below the edge");
+        assert_eq!(again(&mut conn, &mut d, "e3002"), Some(value(3002)));
+        assert_eq!(again(&mut conn, &mut d, "e3002x"), None, "a new id below the edge");
+        let other = crate::open(&path, crate::Durability::Normal).unwrap();
+        other
+            .execute("INSERT INTO ids_g2 (id, tenant, hash, key) VALUES ('e2500', 't', x'0f0f0f0f', 2500)", [])
+            .unwrap();
+        assert_eq!(again(&mut conn, &mut d, "e2500"), Some((vec![15; 4], 2500)));
+        drop((conn, d));
+        let (mut conn, mut d) = writer(&path, settings, 300_002);
+        for i in 3000..3050 {
+            assert_eq!(again(&mut conn, &mut d, &format!("e{i}")), Some(value(i)), "e{i} after a restart");
+        }
+        assert_eq!(again(&mut conn, &mut d, "e2500"), Some((vec![15; 4], 2500)), "after a restart");
     }
 
     /// Ids put straight into the open generation after a savepoint that is rolled back leave
