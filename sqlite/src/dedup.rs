@@ -19,9 +19,10 @@
 //! positives) says it may hold the id, so that a new id costs the open generation's pages and
 //! seldom one of a sealed one. The writer's batch ([`Batch::insert_new`]) asks the open
 //! generation only about an id going straight in (its key refuses a copy) or one whose
-//! fingerprint the generation may hold, while the writer knows every id there. A generation's filter is written into `<name>_gens` in the
-//! transaction that seals it, and each connection reads it from there rather than scanning the
-//! generation (a filter it cannot read, or none, is built from the table).
+//! fingerprint the generation may hold, while the writer knows every id there. A generation's
+//! filter is written into `<name>_gens` in the transaction that seals it, and each connection
+//! reads it from there rather than scanning the generation (a filter it cannot read, or none,
+//! is built from the table).
 //!
 //! Every connection that looks ids up keeps a [`Mirror`] refreshed inside its transaction: the
 //! rows appended since it last looked (rowid order), or all of them after a flush (an epoch in
