@@ -191,12 +191,10 @@ fn decode_filter(blob: &[u8]) -> Result<Option<BinaryFuse8>, &'static str> {
     Ok(Some(BinaryFuse8 { descriptor, fingerprints: fingerprints.into() }))
 }
 
-/// A filter of `fps` (each id's [`fingerprint`]); none if it cannot be built, and the generation
-/// is then always asked.
-fn filter_of(mut fps: Vec<u64>) -> Option<BinaryFuse8> {
-    fps.sort_unstable();
-    fps.dedup();
-    BinaryFuse8::try_from(&fps).ok()
+/// A filter of `fps` (each id's [`fingerprint`], each once: xorf fails on duplicates); none if it
+/// cannot be built, and the generation is then always asked.
+fn filter_of(fps: &[u64]) -> Option<BinaryFuse8> {
+    BinaryFuse8::try_from(fps).ok()
 }
 
 /// The fingerprints of every id in the open generation, while its writer knows them all.
@@ -307,7 +305,8 @@ impl Open {
     /// all, else from the table.
     fn filter(&mut self, tx: &Connection) -> Result<Option<BinaryFuse8>, crate::Error> {
         match self.fps.take() {
-            Some(fps) => Ok(filter_of(fps.into_iter().collect())),
+            // A set: each fingerprint once already.
+            Some(fps) => Ok(filter_of(&fps.into_iter().collect::<Vec<_>>())),
             None => build_filter(tx, &self.tbl),
         }
     }
@@ -1061,11 +1060,14 @@ impl Mirror {
 fn build_filter(tx: &Connection, tbl: &str) -> Result<Option<BinaryFuse8>, crate::Error> {
     let started = std::time::Instant::now();
     let mut stmt = tx.prepare(&format!("SELECT tenant, id FROM {tbl}"))?;
-    let fps = stmt
+    let mut fps = stmt
         .query_map([], |r| Ok(fingerprint(r.get_ref(0)?.as_str()?, r.get_ref(1)?.as_str()?)))?
         .collect::<Result<Vec<_>, _>>()?;
     let n = fps.len();
-    let filter = filter_of(fps);
+    // Two ids of the table may share a fingerprint.
+    fps.sort_unstable();
+    fps.dedup();
+    let filter = filter_of(&fps);
     tracing::debug!(generation = tbl, ids = n, built = filter.is_some(), took = ?started.elapsed(), "dedup filter built");
     Ok(filter)
 }
@@ -2019,7 +2021,8 @@ mod tests {
             assert!(decode_filter(&blob(length, total, bytes)).is_err(), "{length} {total} {bytes}");
         }
         assert!(decode_filter(&blob(4, 8, 16)).unwrap().is_some());
-        let built = filter_of((0..10_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect()).unwrap();
+        let built =
+            filter_of(&(0..10_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect::<Vec<_>>()).unwrap();
         let read = decode_filter(&encode_filter(Some(&built))).unwrap().unwrap();
         assert!((0..10_000u64).all(|i| read.contains(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
     }
