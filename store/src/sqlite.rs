@@ -184,6 +184,10 @@ pub struct SqliteStore {
     cache: Mutex<Counters<Key>>,
     /// The same for the breakdowns' amounts, cleared with it.
     group_cache: Mutex<Counters<GroupKey>>,
+    /// A batch's counters and breakdown amounts (locked last): emptied into the
+    /// caches after each batch but kept, so that a batch does not allocate and grow its maps
+    /// again (at 10,000 tenants a batch touches about 2.4 counters an event).
+    batch: Mutex<(Counters<Key>, Counters<GroupKey>)>,
     reads: Arc<ReadPool>,
     allowances: RwLock<Option<Arc<dyn Allowances>>>,
     /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
@@ -216,6 +220,7 @@ impl SqliteStore {
             wal: WalBound::new(path, WAL_BOUND),
             cache: Mutex::new(Counters::new()),
             group_cache: Mutex::new(Counters::new()),
+            batch: Mutex::default(),
             reads: Arc::new(ReadPool::new(path)),
             allowances: RwLock::new(None),
             raised: Mutex::new(HashSet::new()),
@@ -459,20 +464,22 @@ where
     Ok(&mut counter.tally)
 }
 
-/// Writes `counter`: by its row's id when it has one (`by_id`, answering how many rows it
-/// changed), else, or if no row has that id any more, by its key (`by_key`, an upsert answering
-/// the row's id, which is kept).
+/// Writes `counter` in the write transaction that read it: by its row's id when it has one
+/// (`by_id`, answering how many rows it changed); if it has none, the transaction found no row
+/// for its key, and `insert` adds one (a plain insert, answering the new row's id: an upsert's
+/// `RETURNING` cost about as much again); if no row has its id any more, by its key (`by_key`,
+/// an upsert answering the row's id). The id is kept.
 fn store_counter(
     counter: &mut Counter,
     by_id: impl FnOnce(i64, &Tally) -> meter_sqlite::rusqlite::Result<usize>,
+    insert: impl FnOnce(&Tally) -> meter_sqlite::rusqlite::Result<i64>,
     by_key: impl FnOnce(&Tally) -> meter_sqlite::rusqlite::Result<i64>,
 ) -> Result<(), Error> {
-    if let Some(id) = counter.id
-        && by_id(id, &counter.tally)? == 1
-    {
-        return Ok(());
-    }
-    counter.id = Some(by_key(&counter.tally)?);
+    counter.id = Some(match counter.id {
+        None => insert(&counter.tally)?,
+        Some(id) if by_id(id, &counter.tally)? == 1 => return Ok(()),
+        Some(_) => by_key(&counter.tally)?,
+    });
     Ok(())
 }
 
@@ -532,8 +539,11 @@ impl UsageStore for SqliteStore {
             }
         }
         let mut applied = Applied::default();
-        let mut scratch: Counters<Key> = Counters::with_capacity(events.len());
-        let mut groups: Counters<GroupKey> = Counters::new();
+        let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        let (scratch, groups) = &mut *batch;
+        // Left by a batch that failed.
+        scratch.clear();
+        groups.clear();
         // The period's and the day's bucket of the last event's day: a batch is mostly one day.
         let mut day = None;
         let (mut raised, mut new_alerts) = (Vec::new(), 0);
@@ -569,7 +579,7 @@ impl UsageStore for SqliteStore {
                             continue;
                         }
                         let key = KeyRef(&ev.tenant, meter, bucket);
-                        let tally = current(&mut scratch, &cache, &key, |KeyRef(t, m, b)| {
+                        let tally = current(scratch, &cache, &key, |KeyRef(t, m, b)| {
                             let stored = load.query_row(params![t, m, b], |r| {
                                 Ok(Counter { tally: tally_from(r, 0)?, id: Some(r.get(3)?) })
                             });
@@ -583,7 +593,7 @@ impl UsageStore for SqliteStore {
                     let Some((_, c)) = ev.contributions.iter().find(|(i, _)| i == m) else { continue };
                     for (property, value) in def.group_by.iter().zip(values) {
                         let key = GroupRef(&ev.tenant, &buckets[0], &def.name, property, value);
-                        let amount = current(&mut groups, &group_cache, &key, |GroupRef(t, b, m, p, x)| {
+                        let amount = current(groups, &group_cache, &key, |GroupRef(t, b, m, p, x)| {
                             let stored: Option<(String, i64)> = load_group
                                 .query_row(params![t, b, m, p, x], |r| Ok((r.get(0)?, r.get(1)?)))
                                 .optional()?;
@@ -603,10 +613,18 @@ impl UsageStore for SqliteStore {
                  RETURNING id",
             )?;
             let mut group_by_id = tx.prepare_cached("UPDATE breakdowns SET amount = ?2 WHERE id = ?1")?;
-            for ((tenant, period, meter, property, value), c) in &mut groups {
+            let mut add_group = tx.prepare_cached(
+                "INSERT INTO breakdowns (tenant, period, meter, property, value, amount) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for ((tenant, period, meter, property, value), c) in groups.iter_mut() {
                 store_counter(
                     c,
                     |id, t| group_by_id.execute(params![id, t.value.unwrap_or_default().to_string()]),
+                    |t| {
+                        let amount = t.value.unwrap_or_default().to_string();
+                        add_group.execute(params![tenant, period, meter, property, value, amount])?;
+                        Ok(tx.last_insert_rowid())
+                    },
                     |t| {
                         let amount = t.value.unwrap_or_default().to_string();
                         save_group.query_row(params![tenant, period, meter, property, value, amount], |r| r.get(0))
@@ -621,7 +639,10 @@ impl UsageStore for SqliteStore {
             )?;
             let mut by_id =
                 tx.prepare_cached("UPDATE tallies SET value = ?2, latest_us = ?3, latest_id = ?4 WHERE id = ?1")?;
-            for ((tenant, meter, bucket), c) in &mut scratch {
+            let mut add = tx.prepare_cached(
+                "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for ((tenant, meter, bucket), c) in scratch.iter_mut() {
                 store_counter(
                     c,
                     |id, t| {
@@ -632,6 +653,12 @@ impl UsageStore for SqliteStore {
                             latest.map(|l| l.0),
                             latest.map(|l| &l.1)
                         ])
+                    },
+                    |t| {
+                        let latest = t.latest.as_ref();
+                        let value = t.value.map(|v| v.to_string());
+                        add.execute(params![tenant, meter, bucket, value, latest.map(|l| l.0), latest.map(|l| &l.1)])?;
+                        Ok(tx.last_insert_rowid())
                     },
                     |t| {
                         let latest = t.latest.as_ref();
@@ -670,11 +697,11 @@ impl UsageStore for SqliteStore {
         if cache.len() + scratch.len() > CACHE_ENTRIES {
             cache.clear();
         }
-        cache.extend(scratch);
+        cache.extend(scratch.drain());
         if group_cache.len() + groups.len() > CACHE_ENTRIES {
             group_cache.clear();
         }
-        group_cache.extend(groups);
+        group_cache.extend(groups.drain());
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
         self.announce("usage_threshold", new_alerts);
         Ok(applied)
