@@ -2,7 +2,9 @@
 # CPU seconds of each thread of a release `meter serve` on the embedded default, once the
 # aggregator has counted every event one `meter loadgen` run sent (time-ordered ids, 100 events
 # per request, 32 in flight): the HTTP workers, the log writer, the aggregator and the
-# checkpointers apart, where benches/ingest.sh gives only their sum.
+# checkpointers apart, where benches/ingest.sh gives only their sum. Each figure is the thread's
+# CPU since the server started; a thread that ended before the count (an idle tokio blocking-pool
+# thread) is not in it: the last field, the process's own total, says how much that left out.
 #   EVENTS=300000 TENANTS=10000 benches/threads.sh
 # BIN runs another build; LOADGEN (default BIN) is the build whose load generator sends the events.
 set -euo pipefail
@@ -15,12 +17,17 @@ if [ -z "${BIN:-}" ]; then
 fi
 LOADGEN=${LOADGEN:-$BIN}
 dir=$(mktemp -d)
-key=$($BIN keys create --role admin --data-dir "$dir" 2>/dev/null)
-METER__BOOTSTRAP_ADMIN_KEY=false RUST_LOG=warn $BIN serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
+pid=""
+trap '[ -n "$pid" ] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }; rm -rf "$dir"' EXIT
+key=$("$BIN" keys create --role admin --data-dir "$dir" 2>/dev/null)
+METER__BOOTSTRAP_ADMIN_KEY=false RUST_LOG=warn "$BIN" serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
 pid=$!
 for _ in $(seq 100); do grep -q listening "$dir/out" && break; sleep 0.1; done
 url=$(sed -n 's/^meter listening on //p' "$dir/out")
-$LOADGEN loadgen --url "$url" --key "$key" --events "$EVENTS" --tenants "$TENANTS" --batch 100 --concurrency 32 2>/dev/null | head -1
+[ -n "$url" ] || { echo "meter serve did not start: $(cat "$dir/err")" >&2; exit 1; }
+out=$("$LOADGEN" loadgen --url "$url" --key "$key" --events "$EVENTS" --tenants "$TENANTS" --batch 100 --concurrency 32 2>"$dir/loadgen.err") ||
+  { cat "$dir/loadgen.err" >&2; exit 1; }
+echo "${out%%$'\n'*}"
 caught_up=""
 for _ in $(seq 3000); do
   m=$(curl -fsS "$url/metrics" 2>/dev/null || true)
@@ -32,9 +39,10 @@ done
 [ -n "$caught_up" ] || echo "warning: after 10 minutes the aggregator had counted $seen of $took events" >&2
 sleep 0.5
 hz=$(getconf CLK_TCK)
-# Threads by name (the kernel keeps 15 characters of it), CPU seconds summed over those that share one.
-for t in /proc/$pid/task/*; do
-  printf '%s %s\n' "$(tr ' ' '_' <"$t/comm")" "$(awk '{ print $14 + $15 }' "$t/stat")"
-done | awk -v hz="$hz" '{ s[$1] += $2 } END { for (k in s) printf "%s=%.2f ", k, s[k] / hz; print "" }'
-kill "$pid"; wait "$pid" || true
-rm -rf "$dir"
+# Threads by name (the kernel keeps 15 characters of it), CPU seconds summed over those that
+# share one; utime and stime are the 12th and 13th fields after the name's closing parenthesis.
+ticks() { sed 's/^.*) //' "$1" | awk '{ print $12 + $13 }'; }
+{
+  for t in /proc/"$pid"/task/*; do printf '%s %s\n' "$(tr ' ' '_' <"$t/comm")" "$(ticks "$t/stat")"; done
+  printf 'process %s\n' "$(ticks /proc/"$pid"/stat)"
+} | awk -v hz="$hz" '{ s[$1] += $2 } END { for (k in s) if (k != "process") printf "%s=%.2f ", k, s[k] / hz; printf "process=%.2f\n", s["process"] / hz }'
