@@ -9,10 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-5000}
 ROUNDS=${ROUNDS:-4}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q
-  BIN=target/release/meter
-fi
+source benches/lib.sh
+meter_bin
 state_kb() {
   python3 - "$1" "$2" <<'PY'
 import sqlite3, sys
@@ -26,13 +24,8 @@ echo "|---|---:|---:|---:|---:|---:|---:|"
 for h in ${HORIZONS:-20s 40s 80s}; do
   secs=${h%s}
   dir=$(mktemp -d)
-  key=$($BIN keys create --role admin --data-dir "$dir" 2>/dev/null)
-  METER__BOOTSTRAP_ADMIN_KEY=false METER__INGEST__LATENESS=10s METER__INGEST__MAX_FUTURE=5s \
-    METER__INGEST__DEDUP_HORIZON="$h" RUST_LOG=warn \
-    $BIN serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
-  pid=$!
-  for _ in $(seq 100); do grep -q listening "$dir/out" && break; sleep 0.1; done
-  url=$(sed -n 's/^meter listening on //p' "$dir/out")
+  METER__INGEST__LATENESS=10s METER__INGEST__MAX_FUTURE=5s METER__INGEST__DEDUP_HORIZON="$h" \
+    serve_embedded "$dir" "$dir"
   # Five seconds of events per loadgen run, each run's stamped when it starts (the lateness
   # window is short), until the last sample.
   (

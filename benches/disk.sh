@@ -12,17 +12,11 @@ cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-1000000}
 TENANTS=${TENANTS:-10000}
 AFTER=${AFTER:-10}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q
-  BIN=target/release/meter
-fi
+source benches/lib.sh
+meter_bin
 dir=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
-key=$($BIN keys create --role admin --data-dir "$dir/data" 2>/dev/null)
-METER__BOOTSTRAP_ADMIN_KEY=false RUST_LOG=warn $BIN serve --data-dir "$dir/data" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
-pid=$!
-for _ in $(seq 100); do grep -q listening "$dir/out" && break; sleep 0.1; done
-url=$(sed -n 's/^meter listening on //p' "$dir/out")
+serve_embedded "$dir/data" "$dir"
 used() { du -sb "$dir/data" | cut -f1; }
 dbs() { find "$dir/data" -name '*.db' -printf '%s\n' | awk '{s += $1} END {print s}'; }
 ( while kill -0 "$pid" 2>/dev/null; do echo "$(used) $(dbs)" >>"$dir/samples"; sleep 1; done ) &

@@ -11,10 +11,8 @@ cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-300000}
 # BIN runs another build (another commit's, side by side) instead of this one's; LOADGEN (default
 # BIN) is the build whose load generator sends the events, the same for every build compared.
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q
-  BIN=target/release/meter
-fi
+source benches/lib.sh
+meter_bin
 LOADGEN=${LOADGEN:-$BIN}
 echo "| ids | tenants | events/s | request p50 ms | request p99 ms | server CPU µs/event |"
 echo "|---|---:|---:|---:|---:|---:|"
@@ -22,11 +20,7 @@ PLAN=${PLAN:-}
 for ids in ${IDS:-ordered random}; do
   for tenants in ${TENANTS:-1 10 100 1000}; do
     dir=$(mktemp -d)
-    key=$($BIN keys create --role admin --data-dir "$dir" 2>/dev/null)
-    METER__BOOTSTRAP_ADMIN_KEY=false RUST_LOG=warn $BIN serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
-    pid=$!
-    for _ in $(seq 100); do grep -q listening "$dir/out" && break; sleep 0.1; done
-    url=$(sed -n 's/^meter listening on //p' "$dir/out")
+    serve_embedded "$dir" "$dir"
     if [ -n "$PLAN" ]; then
       for t in $(seq 0 $((tenants - 1))); do
         printf '{"tenant": "tenant-%04d", "plan": "%s", "cycle": "monthly"}' "$t" "$PLAN" |
@@ -41,15 +35,7 @@ for ids in ${IDS:-ordered random}; do
     out=$($LOADGEN loadgen --url "$url" --key "$key" --events "$EVENTS" --tenants "$tenants" --batch 100 --concurrency 32 $flag 2>/dev/null)
     # Let the aggregator count every event the log took, so that its CPU is counted too (until
     # 2026-12-02 this slept 2 s, which left uncounted whatever it had not reached by then).
-    caught_up=""
-    for _ in $(seq 3000); do
-      m=$(curl -fsS "$url/metrics" 2>/dev/null || true)
-      took=$(echo "$m" | awk '/^meter_log_appended_events_total/ { s += $2 } END { printf "%d", s }')
-      seen=$(echo "$m" | awk '/^meter_aggregator_events_total/ { s += $2 } END { printf "%d", s }')
-      if [ "$took" -gt 0 ] && [ "$seen" -ge "$took" ]; then caught_up=1; break; fi
-      sleep 0.2
-    done
-    [ -n "$caught_up" ] || echo "warning: after 10 minutes the aggregator had counted $seen of $took events; its CPU figure leaves out the rest" >&2
+    wait_counted "$url" || true
     sleep 0.5
     cpu1=$(awk '{print $14+$15}' /proc/$pid/stat)
     kill "$pid"; wait "$pid" || true

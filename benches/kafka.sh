@@ -14,10 +14,8 @@ cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-500000}  # the mock keeps ~5 MB per partition: 2 × EVENTS must fit in 8 of them
 # BIN runs another build (another commit's, side by side) instead of this one's; LOADGEN (default
 # BIN) is the build whose load generator sends the events, the same for every build compared.
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q
-  BIN=target/release/meter
-fi
+source benches/lib.sh
+meter_bin
 LOADGEN=${LOADGEN:-$BIN}
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT

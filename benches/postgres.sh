@@ -16,10 +16,8 @@ cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-300000}
 ROUNDS=${ROUNDS:-3}
 RATE=${RATE:-20000}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q --bin meter
-  BIN=target/release/meter
-fi
+source benches/lib.sh
+meter_bin
 dir=$(mktemp -d /tmp/meter-bench-pg.XXXXXX)
 chmod 755 "$dir"  # the Postgres server runs as `postgres` and keeps its data under it
 cleanup() {

@@ -11,32 +11,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-300000}
 TENANTS=${TENANTS:-1}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q
-  BIN=target/release/meter
-fi
+source benches/lib.sh
+meter_bin
 LOADGEN=${LOADGEN:-$BIN}
 dir=$(mktemp -d)
 pid=""
 trap '[ -n "$pid" ] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }; rm -rf "$dir"' EXIT
-key=$("$BIN" keys create --role admin --data-dir "$dir" 2>/dev/null)
-METER__BOOTSTRAP_ADMIN_KEY=false RUST_LOG=warn "$BIN" serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
-pid=$!
-for _ in $(seq 100); do grep -q listening "$dir/out" && break; sleep 0.1; done
-url=$(sed -n 's/^meter listening on //p' "$dir/out")
-[ -n "$url" ] || { echo "meter serve did not start: $(cat "$dir/err")" >&2; exit 1; }
+serve_embedded "$dir" "$dir"
 out=$("$LOADGEN" loadgen --url "$url" --key "$key" --events "$EVENTS" --tenants "$TENANTS" --batch 100 --concurrency 32 2>"$dir/loadgen.err") ||
   { cat "$dir/loadgen.err" >&2; exit 1; }
 echo "${out%%$'\n'*}"
-caught_up=""
-for _ in $(seq 3000); do
-  m=$(curl -fsS "$url/metrics" 2>/dev/null || true)
-  took=$(echo "$m" | awk '/^meter_log_appended_events_total/ { s += $2 } END { printf "%d", s }')
-  seen=$(echo "$m" | awk '/^meter_aggregator_events_total/ { s += $2 } END { printf "%d", s }')
-  if [ "$took" -gt 0 ] && [ "$seen" -ge "$took" ]; then caught_up=1; break; fi
-  sleep 0.2
-done
-[ -n "$caught_up" ] || echo "warning: after 10 minutes the aggregator had counted $seen of $took events" >&2
+wait_counted "$url" || true
 sleep 0.5
 hz=$(getconf CLK_TCK)
 # Threads by name (the kernel keeps 15 characters of it), CPU seconds summed over those that
