@@ -16,7 +16,9 @@ use hashbrown::hash_map::EntryRef;
 use meter_schemas::period::{day_of, format_day, format_time, now_us};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::dedup::{self, Dedup, Mirror};
-use meter_sqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use meter_sqlite::rusqlite::{
+    CachedStatement, Connection, OptionalExtension, Row, ToSql, TransactionBehavior, params, params_from_iter,
+};
 use meter_sqlite::{Checkpointer, Durability, ReadPool, WAL_BOUND, WalBound, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
@@ -464,24 +466,55 @@ where
     Ok(&mut counter.tally)
 }
 
-/// Writes `counter` in the write transaction that read it: by its row's id when it has one
-/// (`by_id`, answering how many rows it changed); if it has none, the transaction found no row
-/// for its key, and `insert` adds one (a plain insert, answering the new row's id, rather than
-/// the upsert with `RETURNING`); if no row has its id any more, by its key (`by_key`, an upsert
-/// answering the row's id). The id is kept. A counter has no id only in the transaction that
-/// loaded it: the caches take a batch's counters once it committed, each with its id.
-fn store_counter(
-    counter: &mut Counter,
-    by_id: impl FnOnce(i64, &Tally) -> meter_sqlite::rusqlite::Result<usize>,
-    insert: impl FnOnce(&Tally) -> meter_sqlite::rusqlite::Result<i64>,
-    by_key: impl FnOnce(&Tally) -> meter_sqlite::rusqlite::Result<i64>,
-) -> Result<(), Error> {
-    counter.id = Some(match counter.id {
-        None => insert(&counter.tally)?,
-        Some(id) if by_id(id, &counter.tally)? == 1 => return Ok(()),
-        Some(_) => by_key(&counter.tally)?,
-    });
-    Ok(())
+/// The three statements that write one table's counters in a batch's transaction. `insert` and
+/// `upsert` bind the key's columns and then the stored ones; `by_id` binds the row's id and then
+/// the stored ones.
+struct CounterWrites<'c> {
+    by_id: CachedStatement<'c>,
+    insert: CachedStatement<'c>,
+    upsert: CachedStatement<'c>,
+}
+
+impl<'c> CounterWrites<'c> {
+    /// The statements: `by_id` an update by row id; `insert` the plain insert, which with
+    /// `on_conflict` after it and `RETURNING id` makes the upsert.
+    fn prepare(tx: &'c Connection, by_id: &str, insert: &str, on_conflict: &str) -> Result<Self, Error> {
+        Ok(CounterWrites {
+            by_id: tx.prepare_cached(by_id)?,
+            insert: tx.prepare_cached(insert)?,
+            upsert: tx.prepare_cached(&format!("{insert} {on_conflict} RETURNING id"))?,
+        })
+    }
+
+    /// Writes one counter in the write transaction that read it: by its row's id when it has one;
+    /// if it has none, the transaction found no row for its key, and a plain insert adds one
+    /// (answering `last_insert_rowid()`, rather than the upsert with `RETURNING`); if no row has
+    /// its id any more, by its key (the upsert, answering the row's id). The id is kept. A counter
+    /// has no id only in the transaction that loaded it: the caches take a batch's counters once
+    /// it committed, each with its id.
+    fn store(
+        &mut self,
+        tx: &Connection,
+        id: &mut Option<i64>,
+        key: &[&dyn ToSql],
+        stored: &[&dyn ToSql],
+    ) -> Result<(), Error> {
+        let row = || params_from_iter(key.iter().chain(stored));
+        *id = Some(match *id {
+            None => {
+                self.insert.execute(row())?;
+                tx.last_insert_rowid()
+            }
+            Some(at) => {
+                let set = std::iter::once(&at as &dyn ToSql).chain(stored.iter().copied());
+                if self.by_id.execute(params_from_iter(set))? == 1 {
+                    return Ok(());
+                }
+                self.upsert.query_row(row(), |r| r.get(0))?
+            }
+        });
+        Ok(())
+    }
 }
 
 /// A breakdown's stored amount.
@@ -609,68 +642,28 @@ impl UsageStore for SqliteStore {
                     }
                 }
             }
-            let mut save_group = tx.prepare_cached(
-                "INSERT INTO breakdowns (tenant, period, meter, property, value, amount) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount
-                 RETURNING id",
-            )?;
-            let mut group_by_id = tx.prepare_cached("UPDATE breakdowns SET amount = ?2 WHERE id = ?1")?;
-            let mut add_group = tx.prepare_cached(
+            let mut breakdowns = CounterWrites::prepare(
+                &tx,
+                "UPDATE breakdowns SET amount = ?2 WHERE id = ?1",
                 "INSERT INTO breakdowns (tenant, period, meter, property, value, amount) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount",
             )?;
             for ((tenant, period, meter, property, value), c) in groups.iter_mut() {
-                store_counter(
-                    c,
-                    |id, t| group_by_id.execute(params![id, t.value.unwrap_or_default().to_string()]),
-                    |t| {
-                        let amount = t.value.unwrap_or_default().to_string();
-                        add_group.execute(params![tenant, period, meter, property, value, amount])?;
-                        Ok(tx.last_insert_rowid())
-                    },
-                    |t| {
-                        let amount = t.value.unwrap_or_default().to_string();
-                        save_group.query_row(params![tenant, period, meter, property, value, amount], |r| r.get(0))
-                    },
-                )?;
+                let amount = c.tally.value.unwrap_or_default().to_string();
+                breakdowns.store(&tx, &mut c.id, &[tenant, period, meter, property, value], &[&amount])?;
             }
-            let mut save = tx.prepare_cached(
-                "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (tenant, meter, bucket) DO UPDATE
-                 SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id
-                 RETURNING id",
-            )?;
-            let mut by_id =
-                tx.prepare_cached("UPDATE tallies SET value = ?2, latest_us = ?3, latest_id = ?4 WHERE id = ?1")?;
-            let mut add = tx.prepare_cached(
+            let mut tallies = CounterWrites::prepare(
+                &tx,
+                "UPDATE tallies SET value = ?2, latest_us = ?3, latest_id = ?4 WHERE id = ?1",
                 "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "ON CONFLICT (tenant, meter, bucket) DO UPDATE
+                 SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id",
             )?;
             for ((tenant, meter, bucket), c) in scratch.iter_mut() {
-                store_counter(
-                    c,
-                    |id, t| {
-                        let latest = t.latest.as_ref();
-                        by_id.execute(params![
-                            id,
-                            t.value.map(|v| v.to_string()),
-                            latest.map(|l| l.0),
-                            latest.map(|l| &l.1)
-                        ])
-                    },
-                    |t| {
-                        let latest = t.latest.as_ref();
-                        let value = t.value.map(|v| v.to_string());
-                        add.execute(params![tenant, meter, bucket, value, latest.map(|l| l.0), latest.map(|l| &l.1)])?;
-                        Ok(tx.last_insert_rowid())
-                    },
-                    |t| {
-                        let latest = t.latest.as_ref();
-                        let value = t.value.map(|v| v.to_string());
-                        save.query_row(
-                            params![tenant, meter, bucket, value, latest.map(|l| l.0), latest.map(|l| &l.1)],
-                            |r| r.get(0),
-                        )
-                    },
-                )?;
+                let value = c.tally.value.map(|v| v.to_string());
+                let latest = c.tally.latest.as_ref();
+                let (latest_us, latest_id) = (latest.map(|l| l.0), latest.map(|l| &l.1));
+                tallies.store(&tx, &mut c.id, &[tenant, meter, bucket], &[&value, &latest_us, &latest_id])?;
             }
             let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(allowances) = allowances {
