@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The Kafka figures of BENCHMARKS.md, in one run against one `meter dev kafka` mock cluster (8
 # partitions) on this machine:
-#   1. ingest: meter's Kafka producer appending parsed events directly (`loadgen --direct-kafka`),
-#      then `meter ingest` over HTTP with the same events, batching (100 per request) and
-#      concurrency (32); the ratio HTTP / direct is the figure;
+#   1. ingest: meter's Kafka producer appending parsed events directly (`loadgen --direct-kafka`);
+#      the HTTP baseline (`meter dev http-baseline`: axum, serde_json into the log's event type,
+#      the same producer and settings; no key, no validation, no answer body), on a mock cluster
+#      of its own so that its events stay out of the backlog below; then `meter ingest` over HTTP;
+#      the same events, batching (100 per request) and concurrency (32) in all three. The figures
+#      are HTTP / baseline and HTTP / direct;
 #   2. aggregator: `meter aggregate` counts the backlog both runs left in the topic; events/s of
 #      wall time, and per core (events over the process's CPU seconds);
 #   3. event-to-counter latency: a fresh `meter aggregate` while `loadgen --rate` sends half of the
@@ -28,7 +31,7 @@ start() {
   for _ in $(seq 200); do grep -qE 'bootstrap|listening' "$dir/$name.out" && return; sleep 0.1; done
   echo "$name did not start" >&2; cat "$dir/$name.err" >&2; exit 1
 }
-address() { sed -n 's/^meter listening on //p; s/^kafka bootstrap: //p' "$dir/$1.out"; }
+address() { sed -n 's/^meter listening on //p; s/^http baseline listening on //p; s/^kafka bootstrap: //p' "$dir/$1.out"; }
 rate() { echo "$1" | sed -n 's/^[^=]*= \([0-9]*\) events\/s.*/\1/p'; }
 counted() { curl -s "$1/metrics" | awk '/^meter_aggregator_events_total/ { s += $2 } END { print s + 0 }'; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -40,13 +43,19 @@ common=(--events "$EVENTS" --tenants 1000 --batch 100 --concurrency 32 --partiti
 
 echo "== 1. ingest, $EVENTS events"
 direct=$($LOADGEN loadgen --direct-kafka "$bootstrap" --key unused --id-prefix direct "${common[@]}" 2>/dev/null)
+start kafka2 dev kafka --partitions 8
+start baseline dev http-baseline --kafka "$(address kafka2)" --partitions 8 --listen 127.0.0.1:0
+baseline=$($LOADGEN loadgen --url "$(address baseline)" --key unused --id-prefix base "${common[@]}" 2>/dev/null)
+for name in baseline kafka2; do kill -TERM "$(cat "$dir/$name.pid")"; wait "$(cat "$dir/$name.pid")" 2>/dev/null || true; done
 key=$($BIN keys create --role admin --data-dir "$dir" 2>/dev/null)
 start ingest ingest --data-dir "$dir" --listen 127.0.0.1:0
 url=$(address ingest)
 http=$($LOADGEN loadgen --url "$url" --key "$key" --id-prefix http "${common[@]}" 2>/dev/null)
 echo "direct (meter's Kafka producer, no HTTP): $(echo "$direct" | head -2 | tr '\n' ' ')"
+echo "HTTP baseline (parse and produce only):   $(echo "$baseline" | head -2 | tr '\n' ' ')"
 echo "HTTP ingest to Kafka (meter ingest):      $(echo "$http" | head -2 | tr '\n' ' ')"
-awk -v h="$(rate "$http")" -v d="$(rate "$direct")" 'BEGIN { printf "ratio HTTP / direct: %.2f\n", h / d }'
+awk -v h="$(rate "$http")" -v b="$(rate "$baseline")" -v d="$(rate "$direct")" \
+  'BEGIN { printf "ratio HTTP / baseline: %.2f; HTTP / direct: %.2f; baseline / direct: %.2f\n", h / b, h / d, b / d }'
 
 echo "== 2. aggregator on the backlog of $((2 * EVENTS)) events"
 start agg aggregate --data-dir "$dir" --listen 127.0.0.1:0

@@ -52,6 +52,9 @@ pub enum Command {
 pub enum DevCommand {
     /// Run librdkafka's mock cluster as a local Kafka broker and print its bootstrap address.
     Kafka(meter_tools::dev::DevKafkaArgs),
+    /// Serve the least HTTP ingest to Kafka can do (parse and produce; no key, no validation),
+    /// the baseline benches/kafka.sh measures `meter ingest` against.
+    HttpBaseline(meter_tools::baseline::HttpBaselineArgs),
 }
 
 /// Where configuration comes from.

@@ -30,6 +30,8 @@ fn main() -> anyhow::Result<()> {
         Command::Dev(meter::cli::DevCommand::Kafka(args)) => {
             meter_tools::dev::kafka(args, meter::server::shutdown_signal())
         }
+        Command::Dev(meter::cli::DevCommand::HttpBaseline(args)) => tokio::runtime::Runtime::new()?
+            .block_on(meter_tools::baseline::http_baseline(args, meter::server::shutdown_signal())),
     }
 }
 
