@@ -21,6 +21,8 @@ PY
 }
 echo "| horizon | seconds | events sent (at RATE) | log ids KiB | store seen KiB | usage.db KiB | events.db KiB |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
+pid=""; dir=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; [ -n "$dir" ] && rm -rf "$dir"' EXIT
 for h in ${HORIZONS:-20s 40s 80s}; do
   secs=${h%s}
   dir=$(mktemp -d)
@@ -45,6 +47,6 @@ for h in ${HORIZONS:-20s 40s 80s}; do
   done
   pkill -P "$load" 2>/dev/null || true; kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true
   grep -m1 "failed" "$dir/load.err" >&2 || true
-  kill "$pid"; wait "$pid" || true
+  kill "$pid"; wait "$pid" || true; pid=""
   rm -rf "$dir"
 done

@@ -15,7 +15,8 @@ AFTER=${AFTER:-10}
 source benches/lib.sh
 meter_bin
 dir=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+pid=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
 serve_embedded "$dir/data" "$dir"
 used() { du -sb "$dir/data" | cut -f1; }
 dbs() { find "$dir/data" -name '*.db' -printf '%s\n' | awk '{s += $1} END {print s}'; }

@@ -17,6 +17,8 @@ LOADGEN=${LOADGEN:-$BIN}
 echo "| ids | tenants | events/s | request p50 ms | request p99 ms | server CPU µs/event |"
 echo "|---|---:|---:|---:|---:|---:|"
 PLAN=${PLAN:-}
+pid=""; dir=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; [ -n "$dir" ] && rm -rf "$dir"' EXIT
 for ids in ${IDS:-ordered random}; do
   for tenants in ${TENANTS:-1 10 100 1000}; do
     dir=$(mktemp -d)
@@ -38,7 +40,7 @@ for ids in ${IDS:-ordered random}; do
     wait_counted "$url" || true
     sleep 0.5
     cpu1=$(awk '{print $14+$15}' /proc/$pid/stat)
-    kill "$pid"; wait "$pid" || true
+    kill "$pid"; wait "$pid" || true; pid=""
     rate=$(echo "$out" | sed -n 's/.*= \([0-9]*\) events\/s.*/\1/p')
     p50=$(echo "$out" | sed -n 's/.*p50 \([0-9.]*\).*/\1/p')
     p99=$(echo "$out" | sed -n 's/.*p99 \([0-9.]*\).*/\1/p')

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The Kafka figures of BENCHMARKS.md, in one run against one `meter dev kafka` mock cluster (8
-# partitions) on this machine:
+# The Kafka figures of BENCHMARKS.md, in one run against `meter dev kafka` mock clusters (8
+# partitions) on this machine (a second one for step 1's baseline only):
 #   1. ingest: meter's Kafka producer appending parsed events directly (`loadgen --direct-kafka`);
 #      the HTTP baseline (`meter dev http-baseline`: axum, serde_json into the log's event type,
 #      the same producer and settings; no key, no validation, no answer body), on a mock cluster
@@ -46,7 +46,9 @@ direct=$($LOADGEN loadgen --direct-kafka "$bootstrap" --key unused --id-prefix d
 start kafka2 dev kafka --partitions 8
 start baseline dev http-baseline --kafka "$(address kafka2)" --partitions 8 --listen 127.0.0.1:0
 baseline=$($LOADGEN loadgen --url "$(address baseline)" --key unused --id-prefix base "${common[@]}" 2>/dev/null)
-for name in baseline kafka2; do kill -TERM "$(cat "$dir/$name.pid")"; wait "$(cat "$dir/$name.pid")" 2>/dev/null || true; done
+for name in baseline kafka2; do
+  kill -TERM "$(cat "$dir/$name.pid")" 2>/dev/null || true; wait "$(cat "$dir/$name.pid")" 2>/dev/null || true
+done
 key=$($BIN keys create --role admin --data-dir "$dir" 2>/dev/null)
 start ingest ingest --data-dir "$dir" --listen 127.0.0.1:0
 url=$(address ingest)

@@ -16,7 +16,7 @@ meter_bin() {
 serve_embedded() {
   key=$("$BIN" keys create --role admin --data-dir "$1" 2>"$2/keys.err") ||
     { echo "meter keys create failed: $(cat "$2/keys.err")" >&2; return 1; }
-  METER__BOOTSTRAP_ADMIN_KEY=false RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --data-dir "$1" --listen 127.0.0.1:0 \
+  METER__BOOTSTRAP_ADMIN_KEY=false RUST_LOG=warn "$BIN" serve --data-dir "$1" --listen 127.0.0.1:0 \
     >"$2/out" 2>"$2/err" &
   pid=$!
   for _ in $(seq 100); do grep -q listening "$2/out" && break; sleep 0.1; done

@@ -1,5 +1,5 @@
 //! meter's tools for operators and developers, each a `meter` subcommand: the admin API from the
-//! command line (`meter subscriptions`, `meter period`), the load generator (`meter loadgen`)
+//! command line (`meter subscriptions`, `meter period`), the load generator (`meter loadgen`),
 //! a local Kafka-protocol broker (`meter dev kafka`) and the HTTP
 //! baseline that benches/kafka.sh measures `meter ingest` against (`meter dev http-baseline`).
 
