@@ -383,10 +383,11 @@ fn assemble(
 ) -> Option<Event> {
     let time = parts
         .time
-        .and_then(|(t, implicit)| check_window(t, &join(path, time_field), cx, errors).map(|t| (t, implicit)));
-    let properties = properties(props, &join(path, props_field), errors);
+        .and_then(|(t, implicit)| check_window(t, || join(path, time_field), cx, errors).map(|t| (t, implicit)));
+    let props_path = || join(path, props_field);
+    let properties = properties(props, props_path, errors);
     if let (Some(code), Some(props)) = (&parts.code, &properties) {
-        cx.catalog.check_properties(code, props, &join(path, props_field), errors);
+        cx.catalog.check_properties(code, props, props_path, errors);
     }
     if errors.len() > before {
         return None;
@@ -481,23 +482,25 @@ fn code(
     cx: &Context<'_>,
     errors: &mut Vec<FieldError>,
 ) -> Option<String> {
-    let p = join(path, field);
+    // The field's path is written out only for an error: most events have none.
+    let p = || join(path, field);
     match o.get(field) {
-        None | Some(Value::Null) => errors.push(FieldError::invalid(p, "is required")),
+        None | Some(Value::Null) => errors.push(FieldError::invalid(p(), "is required")),
         Some(Value::String(c)) if !valid_code(c) => {
-            errors.push(FieldError::invalid(p, "must be 1 to 128 characters of [A-Za-z0-9._:-]"));
+            errors.push(FieldError::invalid(p(), "must be 1 to 128 characters of [A-Za-z0-9._:-]"));
         }
         Some(Value::String(c)) if !cx.catalog.accepts(c) => errors.push(FieldError::invalid(
-            p,
+            p(),
             format!("unknown event code {c:?}; accepted codes: {}", cx.catalog.codes().join(", ")),
         )),
         Some(Value::String(c)) => return Some(c.clone()),
-        Some(_) => errors.push(FieldError::invalid(p, "must be a string")),
+        Some(_) => errors.push(FieldError::invalid(p(), "must be a string")),
     }
     None
 }
 
-fn properties(v: Option<Value>, path: &str, errors: &mut Vec<FieldError>) -> Option<Map<String, Value>> {
+/// `path` writes out the field's path, for an error.
+fn properties(v: Option<Value>, path: impl Fn() -> String, errors: &mut Vec<FieldError>) -> Option<Map<String, Value>> {
     match v {
         None | Some(Value::Null) => Some(Map::new()),
         Some(Value::Object(m)) => {
@@ -505,14 +508,14 @@ fn properties(v: Option<Value>, path: &str, errors: &mut Vec<FieldError>) -> Opt
                 m.keys().filter(|k| k.is_empty() || k.len() > 128 || k.chars().any(char::is_control)).collect();
             for k in &bad {
                 errors.push(FieldError::invalid(
-                    format!("{path}.{k}"),
+                    format!("{}.{k}", path()),
                     "property names must be 1 to 128 characters without control characters",
                 ));
             }
             bad.is_empty().then_some(m)
         }
         Some(_) => {
-            errors.push(FieldError::invalid(path, "must be an object"));
+            errors.push(FieldError::invalid(path(), "must be an object"));
             None
         }
     }
@@ -547,14 +550,17 @@ fn rfc3339(s: &str) -> Result<i64, String> {
     Ok((t.unix_timestamp_nanos() / 1000) as i64)
 }
 
-fn check_window(t: i64, path: &str, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<i64> {
+/// `path` writes out the field's path, for an error.
+fn check_window(t: i64, path: impl Fn() -> String, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<i64> {
     if t > cx.now_us.saturating_add(cx.limits.max_future_us) {
-        errors
-            .push(FieldError::invalid(path, format!("is more than {} in the future", human(cx.limits.max_future_us))));
+        errors.push(FieldError::invalid(
+            path(),
+            format!("is more than {} in the future", human(cx.limits.max_future_us)),
+        ));
         None
     } else if t < cx.now_us.saturating_sub(cx.limits.lateness_us) {
         errors.push(FieldError::invalid(
-            path,
+            path(),
             format!("is older than the lateness window of {}", human(cx.limits.lateness_us)),
         ));
         None

@@ -386,18 +386,24 @@ impl Catalog {
     }
 
     /// Checks the properties of an event of `code` (known to be accepted): the built-in types,
-    /// then whatever the meters reading it need. Problems are pushed with paths under `path`.
-    pub fn check_properties(&self, code: &str, props: &Map<String, Value>, path: &str, out: &mut Vec<FieldError>) {
+    /// then whatever the meters reading it need. Problems are pushed with paths under the one
+    /// `path` writes out (called only for a problem: most events have none).
+    pub fn check_properties(
+        &self,
+        code: &str,
+        props: &Map<String, Value>,
+        path: impl Fn() -> String,
+        out: &mut Vec<FieldError>,
+    ) {
         let mut reported = HashSet::new();
         for spec in builtin(code).unwrap_or(&[]) {
-            let p = format!("{path}.{}", spec.name);
             let problem = match props.get(spec.name) {
                 None | Some(Value::Null) if spec.required => Some("is required".to_string()),
                 None | Some(Value::Null) => None,
                 Some(v) => check_kind(spec.kind, v).err(),
             };
             if let Some(message) = problem {
-                out.push(FieldError::invalid(p, message));
+                out.push(FieldError::invalid(format!("{}.{}", path(), spec.name), message));
                 reported.insert(spec.name);
             }
         }
@@ -415,7 +421,7 @@ impl Catalog {
                     Some(v) => contribution_value(m.aggregation, v).err().map(|e| e.to_string()),
                 };
                 if let Some(message) = problem {
-                    out.push(FieldError::invalid(format!("{path}.{name}"), message));
+                    out.push(FieldError::invalid(format!("{}.{name}", path()), message));
                     reported.insert(name.as_str());
                 }
             }
@@ -534,7 +540,7 @@ mod tests {
 
     fn check(code: &str, props: Value) -> Vec<String> {
         let mut out = Vec::new();
-        Catalog::new(vec![]).unwrap().check_properties(code, props.as_object().unwrap(), "p", &mut out);
+        Catalog::new(vec![]).unwrap().check_properties(code, props.as_object().unwrap(), || "p".to_string(), &mut out);
         out.iter().map(ToString::to_string).collect()
     }
 
