@@ -30,6 +30,24 @@ pub fn event(tenant: &str, id: &str, n: u64) -> Event {
     }
 }
 
+/// A one-broker librdkafka mock cluster, with `topic` created with its partition count when
+/// given; it lives on a thread of its own (it is not `Send`) until the returned sender drops.
+/// Returns its address.
+pub fn mock_kafka(topic: Option<(&str, i32)>) -> (String, std::sync::mpsc::Sender<()>) {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (ready, bootstrap) = std::sync::mpsc::channel();
+    let topic = topic.map(|(name, partitions)| (name.to_string(), partitions));
+    std::thread::spawn(move || {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster starts");
+        if let Some((name, partitions)) = topic {
+            cluster.create_topic(&name, partitions, 1).expect("topic");
+        }
+        ready.send(cluster.bootstrap_servers()).expect("test waits");
+        let _ = stopped.recv();
+    });
+    (bootstrap.recv().expect("mock cluster address"), stop)
+}
+
 /// A reader of the whole log, resumed at `positions` once it owns every partition (a consumer
 /// group first has to assign them).
 pub fn owning_reader(log: &dyn EventLog, positions: &[Position]) -> Box<dyn crate::LogReader> {

@@ -1,10 +1,9 @@
 //! The event-log contract against Kafka: librdkafka's mock cluster (a real Kafka-protocol broker
 //! in-process), or the broker named by `METER_TEST_KAFKA=HOST:PORT`.
 
-use meter_eventlog::contract::Harness;
+use meter_eventlog::contract::{Harness, mock_kafka};
 use meter_eventlog::{EventLog, KafkaLog, KafkaSettings, LogReader};
 use rdkafka::consumer::Consumer;
-use rdkafka::mocking::MockCluster;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -23,26 +22,9 @@ fn kafka() -> Kafka {
         settings.topic = format!("usage.events.test-{}", rand_suffix());
         return Kafka { settings, _stop: None };
     }
-    let (bootstrap, stop) = mock(Some((&settings.topic, 4)));
+    let (bootstrap, stop) = mock_kafka(Some((&settings.topic, 4)));
     settings.bootstrap = bootstrap;
     Kafka { settings, _stop: Some(stop) }
-}
-
-/// A one-broker mock cluster, with `topic` created with its partition count when given; it lives
-/// on a thread of its own (it is not `Send`) until the returned sender drops. Returns its address.
-fn mock(topic: Option<(&str, i32)>) -> (String, mpsc::Sender<()>) {
-    let (stop, stopped) = mpsc::channel::<()>();
-    let (ready, bootstrap) = mpsc::channel();
-    let topic = topic.map(|(name, partitions)| (name.to_string(), partitions));
-    std::thread::spawn(move || {
-        let cluster = MockCluster::new(1).expect("mock cluster starts");
-        if let Some((name, partitions)) = topic {
-            cluster.create_topic(&name, partitions, 1).expect("topic");
-        }
-        ready.send(cluster.bootstrap_servers()).expect("test waits");
-        let _ = stopped.recv();
-    });
-    (bootstrap.recv().expect("mock cluster address"), stop)
 }
 
 fn rand_suffix() -> u64 {
@@ -119,7 +101,7 @@ async fn a_missing_topic_is_not_auto_created_with_the_brokers_defaults() {
     if std::env::var("METER_TEST_KAFKA").is_ok() {
         return; // a real broker creates the topic; the contract tests cover that
     }
-    let (bootstrap, stop) = mock(None);
+    let (bootstrap, stop) = mock_kafka(None);
     let mut settings = KafkaSettings::new(&bootstrap);
     settings.partitions = 8;
     settings.delivery_timeout = Duration::from_secs(1);
@@ -138,7 +120,7 @@ async fn a_checkpoint_behind_the_logs_retention_is_an_error_not_a_jump() {
     if std::env::var("METER_TEST_KAFKA").is_ok() {
         return; // needs the mock's small retention (about 5 MB per partition)
     }
-    let (bootstrap, stop) = mock(Some(("usage.events", 1)));
+    let (bootstrap, stop) = mock_kafka(Some(("usage.events", 1)));
     let mut settings = KafkaSettings::new(&bootstrap);
     settings.partitions = 1;
     let log = KafkaLog::open(settings.clone()).await.unwrap();

@@ -470,6 +470,7 @@ where
 /// `upsert` bind the key's columns and then the stored ones; `by_id` binds the row's id and then
 /// the stored ones.
 struct CounterWrites<'c> {
+    tx: &'c Connection,
     by_id: CachedStatement<'c>,
     insert: CachedStatement<'c>,
     upsert: CachedStatement<'c>,
@@ -480,6 +481,7 @@ impl<'c> CounterWrites<'c> {
     /// `on_conflict` after it and `RETURNING id` makes the upsert.
     fn prepare(tx: &'c Connection, by_id: &str, insert: &str, on_conflict: &str) -> Result<Self, Error> {
         Ok(CounterWrites {
+            tx,
             by_id: tx.prepare_cached(by_id)?,
             insert: tx.prepare_cached(insert)?,
             upsert: tx.prepare_cached(&format!("{insert} {on_conflict} RETURNING id"))?,
@@ -492,18 +494,12 @@ impl<'c> CounterWrites<'c> {
     /// its id any more, by its key (the upsert, answering the row's id). The id is kept. A counter
     /// has no id only in the transaction that loaded it: the caches take a batch's counters once
     /// it committed, each with its id.
-    fn store(
-        &mut self,
-        tx: &Connection,
-        id: &mut Option<i64>,
-        key: &[&dyn ToSql],
-        stored: &[&dyn ToSql],
-    ) -> Result<(), Error> {
+    fn store(&mut self, id: &mut Option<i64>, key: &[&dyn ToSql], stored: &[&dyn ToSql]) -> Result<(), Error> {
         let row = || params_from_iter(key.iter().chain(stored));
         *id = Some(match *id {
             None => {
                 self.insert.execute(row())?;
-                tx.last_insert_rowid()
+                self.tx.last_insert_rowid()
             }
             Some(at) => {
                 let set = std::iter::once(&at as &dyn ToSql).chain(stored.iter().copied());
@@ -650,7 +646,7 @@ impl UsageStore for SqliteStore {
             )?;
             for ((tenant, period, meter, property, value), c) in groups.iter_mut() {
                 let amount = c.tally.value.unwrap_or_default().to_string();
-                breakdowns.store(&tx, &mut c.id, &[tenant, period, meter, property, value], &[&amount])?;
+                breakdowns.store(&mut c.id, &[tenant, period, meter, property, value], &[&amount])?;
             }
             let mut tallies = CounterWrites::prepare(
                 &tx,
@@ -663,7 +659,7 @@ impl UsageStore for SqliteStore {
                 let value = c.tally.value.map(|v| v.to_string());
                 let latest = c.tally.latest.as_ref();
                 let (latest_us, latest_id) = (latest.map(|l| l.0), latest.map(|l| &l.1));
-                tallies.store(&tx, &mut c.id, &[tenant, meter, bucket], &[&value, &latest_us, &latest_id])?;
+                tallies.store(&mut c.id, &[tenant, meter, bucket], &[&value, &latest_us, &latest_id])?;
             }
             let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(allowances) = allowances {

@@ -100,23 +100,7 @@ async fn append(State(log): State<Arc<KafkaLog>>, body: Bytes) -> StatusCode {
 mod tests {
     use super::*;
     use meter_schemas::envelope::{Context, Format, parse};
-    use std::sync::mpsc;
     use std::time::Duration;
-
-    /// A one-broker mock cluster with the events topic, on a thread of its own (it is not
-    /// `Send`) until the returned sender drops.
-    fn mock(topic: &str, partitions: i32) -> (String, mpsc::Sender<()>) {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let (ready, bootstrap) = mpsc::channel();
-        let topic = topic.to_string();
-        std::thread::spawn(move || {
-            let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster starts");
-            cluster.create_topic(&topic, partitions, 1).expect("topic");
-            ready.send(cluster.bootstrap_servers()).expect("test waits");
-            let _ = stopped.recv();
-        });
-        (bootstrap.recv().expect("mock cluster address"), stop)
-    }
 
     /// What the load generator sends lands on the Kafka log as the events meter's own parser
     /// reads from the same body, each once; a body that is not a Lago batch is refused with 400
@@ -125,7 +109,7 @@ mod tests {
     async fn a_loadgen_batch_lands_on_the_log_as_meters_parser_reads_it() {
         let mut settings = KafkaSettings::new("");
         settings.partitions = 4;
-        let (bootstrap, _stop) = mock(&settings.topic, 4);
+        let (bootstrap, _stop) = meter_eventlog::contract::mock_kafka(Some((&settings.topic, 4)));
         settings.bootstrap = bootstrap;
         let log = Arc::new(KafkaLog::open(settings).await.unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
