@@ -20,6 +20,9 @@ EVENTS=${EVENTS:-500000}  # the mock keeps ~5 MB per partition: 2 × EVENTS must
 source benches/lib.sh
 meter_bin
 LOADGEN=${LOADGEN:-$BIN}
+# BASELINE (default BIN) is the build whose `dev http-baseline` runs step 1's baseline, so that a
+# build older than the baseline can be measured against the same one.
+BASELINE=${BASELINE:-$BIN}
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
@@ -44,7 +47,7 @@ common=(--events "$EVENTS" --tenants 1000 --batch 100 --concurrency 32 --partiti
 echo "== 1. ingest, $EVENTS events"
 direct=$($LOADGEN loadgen --direct-kafka "$bootstrap" --key unused --id-prefix direct "${common[@]}" 2>/dev/null)
 start kafka2 dev kafka --partitions 8
-start baseline dev http-baseline --kafka "$(address kafka2)" --partitions 8 --listen 127.0.0.1:0
+BIN=$BASELINE start baseline dev http-baseline --kafka "$(address kafka2)" --partitions 8 --listen 127.0.0.1:0
 baseline=$($LOADGEN loadgen --url "$(address baseline)" --key unused --id-prefix base "${common[@]}" 2>/dev/null)
 for name in baseline kafka2; do
   kill -TERM "$(cat "$dir/$name.pid")" 2>/dev/null || true; wait "$(cat "$dir/$name.pid")" 2>/dev/null || true
