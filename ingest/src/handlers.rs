@@ -303,12 +303,66 @@ fn respond(
     }
 }
 
-/// A stable UUID (version 8) for an event, from its tenant and id.
-pub fn lago_id(tenant: &str, id: &str) -> String {
+/// A stable UUID (version 8) for an event, from its tenant and id: its `lago_id`.
+fn lago_uuid(tenant: &str, id: &str) -> uuid::Uuid {
     let digest = Sha256::new().chain_update(tenant.as_bytes()).chain_update([0]).chain_update(id.as_bytes()).finalize();
     let mut b = [0u8; 16];
     b.copy_from_slice(&digest[..16]);
-    uuid::Uuid::new_v8(b).hyphenated().to_string()
+    uuid::Uuid::new_v8(b)
+}
+
+/// An event's [`lago_id`] in an answer, written without a `String` of its own.
+struct LagoId(uuid::Uuid);
+
+impl serde::Serialize for LagoId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
+    }
+}
+
+/// An event's time in a Lago answer: its whole milliseconds, `2025-11-21T09:30:00.250Z`. Written
+/// digit by digit for the years 0 to 9999 (the `time` crate's formatter and a `String` per event
+/// cost more than the rest of the echo); any other year, as [`lago_time`] writes it.
+struct LagoTime(i64);
+
+impl serde::Serialize for LagoTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let millis = self.0.div_euclid(1000);
+        let at = time::OffsetDateTime::from_unix_timestamp(millis.div_euclid(1000)).ok();
+        let Some(at) = at.filter(|t| (0..=9999).contains(&t.year())) else {
+            return s.serialize_str(&lago_time(self.0));
+        };
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |end: usize, width: usize, mut v: u32| {
+            for i in (end - width..end).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(4, 4, at.year() as u32);
+        put(7, 2, u32::from(u8::from(at.month())));
+        put(10, 2, u32::from(at.day()));
+        put(13, 2, u32::from(at.hour()));
+        put(16, 2, u32::from(at.minute()));
+        put(19, 2, u32::from(at.second()));
+        put(23, 3, millis.rem_euclid(1000) as u32);
+        s.serialize_str(std::str::from_utf8(&b).map_err(serde::ser::Error::custom)?)
+    }
+}
+
+/// An event's time (µs) as Lago echoes it, through the `time` crate's formatter: its whole
+/// milliseconds, or nothing if `time` cannot represent it.
+fn lago_time(time_us: i64) -> String {
+    let millis = i128::from(time_us.div_euclid(1000));
+    time::OffsetDateTime::from_unix_timestamp_nanos(millis * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// `{"events": [...]}`.
@@ -326,11 +380,11 @@ struct LagoOne<'a> {
 /// One event as Lago echoes it, borrowed from the parsed event (no copy of its properties).
 #[derive(serde::Serialize)]
 struct LagoEcho<'a> {
-    lago_id: String,
+    lago_id: LagoId,
     transaction_id: &'a str,
     lago_customer_id: Option<()>,
     code: &'a str,
-    timestamp: String,
+    timestamp: LagoTime,
     precise_total_amount_cents: Option<()>,
     properties: &'a serde_json::Map<String, Value>,
     lago_subscription_id: Option<()>,
@@ -341,22 +395,12 @@ struct LagoEcho<'a> {
 }
 
 fn lago_echo<'a>(e: &'a Event, duplicate: bool, created_at: &'a str) -> LagoEcho<'a> {
-    let millis = e.time_us.div_euclid(1000) * 1000;
-    let timestamp = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-            ))
-            .ok()
-        })
-        .unwrap_or_default();
     LagoEcho {
-        lago_id: lago_id(&e.tenant, &e.id),
+        lago_id: LagoId(lago_uuid(&e.tenant, &e.id)),
         transaction_id: &e.id,
         lago_customer_id: None,
         code: &e.code,
-        timestamp,
+        timestamp: LagoTime(e.time_us),
         precise_total_amount_cents: None,
         properties: &e.properties,
         lago_subscription_id: None,
@@ -378,6 +422,44 @@ mod tests {
         assert_eq!(time_path("[0].id"), "[0].time");
         assert_eq!(time_path("id"), "time");
         assert_eq!(time_path("lines[3].transaction_id"), "lines[3].timestamp");
+    }
+
+    /// The echo's times and ids, written by hand, are byte for byte what the `time` crate's
+    /// formatter and `Uuid`'s `to_string` write: across four centuries in steps that cross
+    /// every month, leap days and year ends, before 1970 and at the range's edges.
+    #[test]
+    fn the_echo_writes_times_and_ids_as_the_formatters_do() {
+        let mut t = -12_219_292_800_000_000i64; // 1582-10-15
+        while t < 253_402_300_800_000_000 {
+            assert_eq!(json(LagoTime(t)), format!("\"{}\"", lago_time(t)), "at {t} µs");
+            t += 7_777_777_777_777;
+        }
+        for t in [
+            -1,
+            0,
+            1,
+            999,
+            1_000,
+            951_782_400_000_123,
+            253_402_300_799_999_999,
+            253_402_300_800_000_000,
+            -62_167_219_200_000_000,
+            -62_167_219_200_000_001,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            assert_eq!(json(LagoTime(t)), format!("\"{}\"", lago_time(t)), "at {t} µs");
+        }
+        assert_eq!(json(LagoTime(951_782_400_000_123)), "\"2000-02-29T00:00:00.000Z\"");
+        assert_eq!(json(LagoId(lago_uuid("acme", "t1"))), format!("\"{}\"", lago_id("acme", "t1")));
+    }
+
+    fn json(v: impl serde::Serialize) -> String {
+        serde_json::to_string(&v).unwrap()
+    }
+
+    fn lago_id(tenant: &str, id: &str) -> String {
+        lago_uuid(tenant, id).hyphenated().to_string()
     }
 
     #[test]
