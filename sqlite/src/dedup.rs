@@ -811,7 +811,8 @@ impl Dedup {
         }
         if let Some((done, next, filter)) = sealed {
             self.opened(done, next, filter);
-            self.reload(conn, epoch)?;
+            // This mirror holds what is appended as of `epoch` (above).
+            self.reload(conn, epoch, true)?;
         }
         Ok(())
     }
@@ -845,8 +846,7 @@ impl Dedup {
         }
         self.opened(done, next, filter);
         // The seal moved no appended id: this mirror holds what is appended as of `epoch`.
-        self.mirror.epoch = Some(epoch);
-        self.reload(conn, Some(epoch))
+        self.reload(conn, Some(epoch), true)
     }
 
     /// After this writer's seal of `done` (its filter, if built, taken at the next reload rather
@@ -859,22 +859,17 @@ impl Dedup {
     }
 
     /// After this writer sealed a generation at `epoch`: its mirror looks up the new list of
-    /// generations. A seal moves no appended id, so the mirror keeps those it holds (reading
-    /// them all again cost a commit tens of milliseconds at 131,072 ids) unless another writer
-    /// moved since; then it starts over, and this writer no longer knows every id in the open
-    /// generation (the other may have moved ids there).
-    fn reload(&mut self, conn: &mut Connection, epoch: Option<i64>) -> Result<(), crate::Error> {
-        let keep = self.mirror.epoch == epoch;
+    /// generations. If `kept` (its mirror holds every id appended as of `epoch`: a seal moves
+    /// none), the mirror keeps those ids (reading them all again cost a commit tens of
+    /// milliseconds at 131,072 ids) unless another writer moved since; then it starts over,
+    /// and this writer no longer knows every id in the open generation (the other may have
+    /// moved ids there).
+    fn reload(&mut self, conn: &mut Connection, epoch: Option<i64>, kept: bool) -> Result<(), crate::Error> {
         // Not current until the generations are read again: if that fails, the next refresh
         // starts over rather than keep a list without the new open generation.
         self.mirror.epoch = None;
         let tx = conn.transaction()?;
-        let now: i64 = tx.query_row(&format!("SELECT epoch FROM {}_state", self.name), [], |r| r.get(0))?;
-        if keep && epoch == Some(now) {
-            self.mirror.generations(&tx, &self.name)?;
-            self.mirror.epoch = epoch;
-        }
-        self.mirror.refresh(&tx, &self.name)?;
+        self.mirror.refresh_keeping(&tx, &self.name, epoch.filter(|_| kept))?;
         tx.commit()?;
         if self.mirror.epoch != epoch {
             self.open = None;
@@ -903,8 +898,8 @@ impl Dedup {
         self.opened(tbl, next, filter);
         self.moving = None;
         self.mirror.moving.clear();
-        // Everything appended went: the mirror starts over (its epoch is still the one before).
-        self.reload(conn, Some(epoch))
+        // Everything appended went: the mirror starts over.
+        self.reload(conn, Some(epoch), false)
     }
 }
 
@@ -964,26 +959,41 @@ impl Mirror {
     /// Brings the mirror of `name` up to what `tx` sees (call it inside the transaction that
     /// then looks ids up, so that a flush cannot move an id out of sight in between).
     pub fn refresh(&mut self, tx: &Connection, name: &str) -> Result<(), crate::Error> {
+        self.refresh_keeping(tx, name, None)
+    }
+
+    /// [`Mirror::refresh`]; if the epoch `tx` sees is `current`, the one as of which the ids
+    /// this mirror holds are all that is appended (its writer's own seal moved none), it reads
+    /// the generations again but keeps the ids.
+    fn refresh_keeping(&mut self, tx: &Connection, name: &str, current: Option<i64>) -> Result<(), crate::Error> {
         let sql = self.sql.take().unwrap_or_else(|| {
             (
                 format!("SELECT epoch FROM {name}_state"),
                 format!("SELECT rowid, tenant, id, hash, key FROM {name}_pending WHERE rowid > ?1 ORDER BY rowid"),
             )
         });
-        let refreshed = self.refresh_with(tx, name, &sql);
+        let refreshed = self.refresh_with(tx, name, &sql, current);
         self.sql = Some(sql);
         refreshed
     }
 
-    fn refresh_with(&mut self, tx: &Connection, name: &str, sql: &(String, String)) -> Result<(), crate::Error> {
+    fn refresh_with(
+        &mut self,
+        tx: &Connection,
+        name: &str,
+        sql: &(String, String),
+        current: Option<i64>,
+    ) -> Result<(), crate::Error> {
         let epoch: i64 = tx.prepare_cached(&sql.0)?.query_row([], |r| r.get(0))?;
         if self.epoch != Some(epoch) {
-            self.ids.clear();
-            self.moving.clear();
-            self.last_rowid = 0;
-            #[cfg(test)]
-            {
-                self.rereads += 1;
+            if current != Some(epoch) {
+                self.ids.clear();
+                self.moving.clear();
+                self.last_rowid = 0;
+                #[cfg(test)]
+                {
+                    self.rereads += 1;
+                }
             }
             self.generations(tx, name)?;
             self.epoch = Some(epoch);
