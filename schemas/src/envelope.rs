@@ -76,15 +76,81 @@ pub enum Dialect {
     Ndjson,
 }
 
-/// A parsed request: the events, and for each the path of its id field (for later errors).
+/// A parsed request: the events, and for each where it sits in the body (for later errors).
 #[derive(Debug)]
 pub struct Parsed {
     /// The events, in request order.
     pub events: Vec<Event>,
-    /// `events[3].transaction_id` and the like, one per event.
-    pub id_paths: Vec<String>,
+    /// Where each event sits, one per event.
+    pub paths: Vec<EventPath>,
     /// Which API's conventions to answer in.
     pub dialect: Dialect,
+}
+
+/// Where an event sits in its request's body, written out only for an error: `events[3]`,
+/// `event`, `[2]`, `lines[4]`, or the body itself (one CloudEvent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventPath {
+    at: At,
+    /// A Lago event (`transaction_id`, `timestamp`), or a CloudEvent (`id`, `time`).
+    lago: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    Body,
+    Event,
+    Events(usize),
+    Array(usize),
+    Line(usize),
+}
+
+impl std::fmt::Display for EventPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at {
+            At::Body => Ok(()),
+            At::Event => f.write_str("event"),
+            At::Events(i) => write!(f, "events[{i}]"),
+            At::Array(i) => write!(f, "[{i}]"),
+            At::Line(i) => write!(f, "lines[{i}]"),
+        }
+    }
+}
+
+impl EventPath {
+    /// The path of the event's `field`: `events[3].code`, or `code` for the body itself.
+    pub fn field(&self, field: &str) -> String {
+        match self.at {
+            At::Body => field.to_string(),
+            _ => format!("{self}.{field}"),
+        }
+    }
+
+    /// The path of the event's id: `events[3].transaction_id`, `[0].id`.
+    pub fn id(&self) -> String {
+        self.field(if self.lago { "transaction_id" } else { "id" })
+    }
+
+    /// The path of the event's time: `events[3].timestamp`, `[0].time`.
+    pub fn time(&self) -> String {
+        self.field(if self.lago { "timestamp" } else { "time" })
+    }
+
+    /// The path of the event itself: `events[3]`, `event` for the body itself.
+    pub fn event(&self) -> String {
+        match self.at {
+            At::Body => "event".to_string(),
+            _ => self.to_string(),
+        }
+    }
+
+    /// The event's own path for an error about the whole of it: `body` for the body itself.
+    fn whole(&self) -> String {
+        match self.at {
+            At::Body => "body".to_string(),
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// A refused request: its dialect (for the error's shape) and every problem found.
@@ -128,7 +194,7 @@ pub fn parse(format: Format, body: &[u8], cx: &Context<'_>) -> Result<Parsed, Re
 fn parse_with(format: Format, body: &[u8], cx: &Context<'_>, typed: bool) -> Result<Parsed, Refused> {
     let mut dialect = dialect_of(format);
     let refuse = |dialect, errors| Err(Refused { dialect, errors });
-    let mut items: Vec<(String, Item)> = Vec::new();
+    let mut items: Vec<(EventPath, Item)> = Vec::new();
     let lago = match format {
         Format::LagoBatch if typed => {
             serde_json::from_slice::<ObjectOnly<LagoBatchBody>>(body).ok().map(|b| (b.0.events, "events"))
@@ -139,12 +205,9 @@ fn parse_with(format: Format, body: &[u8], cx: &Context<'_>, typed: bool) -> Res
         _ => None,
     };
     if let Some((events, field)) = lago {
-        let single = events.len() == 1 && field == "event";
+        let at = |i| if field == "event" { At::Event } else { At::Events(i) };
         items.extend(
-            events
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| (if single { field.to_string() } else { format!("{field}[{i}]") }, Item::Lago(e.0))),
+            events.into_iter().enumerate().map(|(i, e)| (EventPath { at: at(i), lago: true }, Item::Lago(e.0))),
         );
     } else if format == Format::Ndjson {
         let mut errors = Vec::new();
@@ -155,13 +218,13 @@ fn parse_with(format: Format, body: &[u8], cx: &Context<'_>, typed: bool) -> Res
             }
         };
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let path = format!("lines[{i}]");
             match serde_json::from_str::<Value>(line) {
                 Ok(v) => {
-                    let item = if v.get("specversion").is_some() { Item::Cloud(v) } else { Item::LagoValue(v) };
-                    items.push((path, item));
+                    let lago = v.get("specversion").is_none();
+                    let item = if lago { Item::LagoValue(v) } else { Item::Cloud(v) };
+                    items.push((EventPath { at: At::Line(i), lago }, item));
                 }
-                Err(e) => errors.push(malformed(&path, &format!("malformed JSON: {e}"))),
+                Err(e) => errors.push(malformed(&format!("lines[{i}]"), &format!("malformed JSON: {e}"))),
             }
         }
         if !errors.is_empty() {
@@ -184,7 +247,8 @@ fn parse_with(format: Format, body: &[u8], cx: &Context<'_>, typed: bool) -> Res
                 if !extra.is_empty() {
                     return refuse(dialect, extra);
                 }
-                items.push(("event".into(), Item::LagoValue(o.remove("event").unwrap_or(Value::Null))));
+                let event = o.remove("event").unwrap_or(Value::Null);
+                items.push((EventPath { at: At::Event, lago: true }, Item::LagoValue(event)));
                 (None, Value::Null)
             }
             (Format::Json, v @ Value::Object(_)) => {
@@ -217,7 +281,9 @@ fn parse_with(format: Format, body: &[u8], cx: &Context<'_>, typed: bool) -> Res
                 match o.remove("events") {
                     Some(Value::Array(list)) => {
                         items.extend(
-                            list.into_iter().enumerate().map(|(i, v)| (format!("events[{i}]"), Item::LagoValue(v))),
+                            list.into_iter()
+                                .enumerate()
+                                .map(|(i, v)| (EventPath { at: At::Events(i), lago: true }, Item::LagoValue(v))),
                         );
                     }
                     Some(_) => {
@@ -231,12 +297,18 @@ fn parse_with(format: Format, body: &[u8], cx: &Context<'_>, typed: bool) -> Res
             (Some(Format::LagoBatch), _) => {
                 return refuse(dialect, vec![FieldError::invalid("body", "must be an object {\"events\": [...]}")]);
             }
-            (Some(Format::CloudEvent), v @ Value::Object(_)) => items.push((String::new(), Item::Cloud(v))),
+            (Some(Format::CloudEvent), v @ Value::Object(_)) => {
+                items.push((EventPath { at: At::Body, lago: false }, Item::Cloud(v)));
+            }
             (Some(Format::CloudEvent), _) => {
                 return refuse(dialect, vec![FieldError::invalid("body", "must be a CloudEvent object")]);
             }
             (Some(Format::CloudEventBatch), Value::Array(list)) => {
-                items.extend(list.into_iter().enumerate().map(|(i, v)| (format!("[{i}]"), Item::Cloud(v))));
+                items.extend(
+                    list.into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (EventPath { at: At::Array(i), lago: false }, Item::Cloud(v))),
+                );
             }
             (Some(_), _) => {
                 return refuse(dialect, vec![FieldError::invalid("body", "must be an array of CloudEvents")]);
@@ -258,22 +330,22 @@ fn parse_with(format: Format, body: &[u8], cx: &Context<'_>, typed: bool) -> Res
 
     let mut errors = Vec::new();
     let mut events = Vec::with_capacity(items.len());
-    let mut id_paths = Vec::with_capacity(items.len());
+    let mut paths = Vec::with_capacity(items.len());
     for (path, item) in items {
-        let (event, id_path) = match item {
-            Item::Lago(fields) => (lago_fields(&path, fields, cx, &mut errors), join(&path, "transaction_id")),
-            Item::LagoValue(value) => (lago_event(&path, value, cx, &mut errors), join(&path, "transaction_id")),
-            Item::Cloud(value) => (cloud_event(&path, value, cx, &mut errors), join(&path, "id")),
+        let event = match item {
+            Item::Lago(fields) => lago_fields(&path, fields, cx, &mut errors),
+            Item::LagoValue(value) => lago_event(&path, value, cx, &mut errors),
+            Item::Cloud(value) => cloud_event(&path, value, cx, &mut errors),
         };
         if let Some(e) = event {
             events.push(e);
-            id_paths.push(id_path);
+            paths.push(path);
         }
     }
     if errors.is_empty() {
-        conflicts_within(&events, &id_paths, &mut errors);
+        conflicts_within(&events, &paths, &mut errors);
     }
-    if errors.is_empty() { Ok(Parsed { events, id_paths, dialect }) } else { refuse(dialect, errors) }
+    if errors.is_empty() { Ok(Parsed { events, paths, dialect }) } else { refuse(dialect, errors) }
 }
 
 /// One event of a request, as read.
@@ -342,8 +414,8 @@ fn malformed(path: &str, message: &str) -> FieldError {
     FieldError::new(ErrorKind::Malformed, path, message)
 }
 
-fn join(prefix: &str, field: &str) -> String {
-    if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") }
+fn join(path: &EventPath, field: &str) -> String {
+    path.field(field)
 }
 
 const LAGO_FIELDS: &[&str] = &[
@@ -357,9 +429,9 @@ const LAGO_FIELDS: &[&str] = &[
 ];
 
 /// A Lago event read as a tree: its unknown fields reported, the rest checked as [`lago_fields`].
-fn lago_event(path: &str, value: Value, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<Event> {
+fn lago_event(path: &EventPath, value: Value, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<Event> {
     let Value::Object(mut o) = value else {
-        errors.push(FieldError::invalid(if path.is_empty() { "body" } else { path }, "must be an object"));
+        errors.push(FieldError::invalid(path.whole(), "must be an object"));
         return None;
     };
     let before = errors.len();
@@ -373,7 +445,7 @@ fn lago_event(path: &str, value: Value, cx: &Context<'_>, errors: &mut Vec<Field
 }
 
 /// Checks a Lago event's fields and builds the event when none is refused.
-fn lago_fields(path: &str, o: LagoFields, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<Event> {
+fn lago_fields(path: &EventPath, o: LagoFields, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<Event> {
     let before = errors.len();
     let id = required_id(o.transaction_id, path, "transaction_id", errors);
     let customer = optional_id(o.external_customer_id, path, "external_customer_id", errors);
@@ -392,10 +464,10 @@ fn lago_fields(path: &str, o: LagoFields, cx: &Context<'_>, errors: &mut Vec<Fie
 const CLOUD_FIELDS: &[&str] =
     &["specversion", "id", "source", "type", "subject", "time", "data", "datacontenttype", "dataschema"];
 
-fn cloud_event(path: &str, value: Value, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<Event> {
+fn cloud_event(path: &EventPath, value: Value, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<Event> {
     let before = errors.len();
     let Value::Object(mut o) = value else {
-        errors.push(FieldError::invalid(if path.is_empty() { "body" } else { path }, "must be an object"));
+        errors.push(FieldError::invalid(path.whole(), "must be an object"));
         return None;
     };
     for k in o.keys().filter(|k| !CLOUD_FIELDS.contains(&k.as_str())) {
@@ -466,7 +538,7 @@ struct Parts {
 fn assemble(
     parts: Parts,
     props: Option<Value>,
-    (path, time_field, props_field): (&str, &str, &str),
+    (path, time_field, props_field): (&EventPath, &str, &str),
     cx: &Context<'_>,
     errors: &mut Vec<FieldError>,
     before: usize,
@@ -521,7 +593,7 @@ fn id_value(v: Value) -> Result<String, String> {
 }
 
 /// The id in `field`'s value `v`.
-fn required_id(v: Option<Value>, path: &str, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+fn required_id(v: Option<Value>, path: &EventPath, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
     match v {
         None | Some(Value::Null) => {
             errors.push(FieldError::invalid(join(path, field), "is required"));
@@ -532,7 +604,7 @@ fn required_id(v: Option<Value>, path: &str, field: &str, errors: &mut Vec<Field
 }
 
 /// The id in `field`'s value `v`, if it has one.
-fn optional_id(v: Option<Value>, path: &str, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+fn optional_id(v: Option<Value>, path: &EventPath, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
     match v {
         None | Some(Value::Null) => None,
         Some(v) => id_value(v).map_err(|m| errors.push(FieldError::invalid(join(path, field), m))).ok(),
@@ -541,7 +613,7 @@ fn optional_id(v: Option<Value>, path: &str, field: &str, errors: &mut Vec<Field
 
 fn resolve_tenant(
     named: Option<String>,
-    path: &str,
+    path: &EventPath,
     field: &str,
     cx: &Context<'_>,
     errors: &mut Vec<FieldError>,
@@ -568,7 +640,13 @@ fn resolve_tenant(
 }
 
 /// The event code in `field`'s value `v`.
-fn code(v: Option<Value>, path: &str, field: &str, cx: &Context<'_>, errors: &mut Vec<FieldError>) -> Option<String> {
+fn code(
+    v: Option<Value>,
+    path: &EventPath,
+    field: &str,
+    cx: &Context<'_>,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
     // The field's path is written out only for an error: most events have none.
     let p = || join(path, field);
     match v {
@@ -670,7 +748,7 @@ fn human(us: i64) -> String {
 
 /// The same `(tenant, id)` twice in one request with different content is a conflict.
 /// Payloads are hashed only for an id that comes again: most requests repeat none.
-fn conflicts_within(events: &[Event], id_paths: &[String], errors: &mut Vec<FieldError>) {
+fn conflicts_within(events: &[Event], paths: &[EventPath], errors: &mut Vec<FieldError>) {
     // (tenant, id) -> the first event with them, and its payload's hash once one came again.
     type First = (usize, Option<[u8; 32]>);
     let mut first: HashMap<(&str, &str), First> = HashMap::with_capacity(events.len());
@@ -681,8 +759,8 @@ fn conflicts_within(events: &[Event], id_paths: &[String], errors: &mut Vec<Fiel
                 if *hash.get_or_insert_with(|| events[*j].payload_hash()) != e.payload_hash() {
                     errors.push(FieldError::new(
                         ErrorKind::Conflict,
-                        id_paths[i].clone(),
-                        format!("repeats the id of {} with a different payload", id_paths[*j]),
+                        paths[i].id(),
+                        format!("repeats the id of {} with a different payload", paths[*j].id()),
                     ));
                 }
             }
@@ -729,7 +807,7 @@ mod tests {
         assert_eq!(p.dialect, Dialect::Lago);
         assert_eq!(p.events[0].tenant, "acme");
         assert_eq!(p.events[0].time_us, 1_763_683_100_000_000);
-        assert_eq!(p.id_paths, vec!["event.transaction_id"]);
+        assert_eq!(p.paths.iter().map(EventPath::id).collect::<Vec<_>>(), vec!["event.transaction_id"]);
     }
 
     #[test]
@@ -943,6 +1021,39 @@ mod tests {
         let err = serde_json::from_str::<LagoFields>(r#"{"unknown":1}"#).err().unwrap().to_string();
         let expected: Vec<String> = LAGO_FIELDS.iter().map(|f| format!("`{f}`")).collect();
         assert!(err.contains(&format!("expected one of {}", expected.join(", "))), "{err}");
+    }
+
+    /// Each envelope's events, their ids', times' and own paths, for errors found after parsing.
+    #[test]
+    fn every_envelope_names_its_events_ids_and_times() {
+        let lago =
+            r#"{"transaction_id":"t","external_customer_id":"a","code":"user.login","properties":{"user_id":"u"}}"#;
+        let cloud =
+            r#"{"specversion":"1.0","id":"c","source":"s","type":"user.login","subject":"a","data":{"user_id":"u"}}"#;
+        let cases = [
+            (
+                Format::LagoBatch,
+                format!(r#"{{"events":[{lago},{lago}]}}"#),
+                1,
+                ["events[1].transaction_id", "events[1].timestamp", "events[1]"],
+            ),
+            (Format::Json, format!(r#"{{"event":{lago}}}"#), 0, ["event.transaction_id", "event.timestamp", "event"]),
+            (Format::Json, cloud.to_string(), 0, ["id", "time", "event"]),
+            (Format::CloudEvent, cloud.to_string(), 0, ["id", "time", "event"]),
+            (Format::CloudEventBatch, format!("[{cloud}]"), 0, ["[0].id", "[0].time", "[0]"]),
+            (
+                Format::Ndjson,
+                format!("{cloud}\n\n\n{lago}\n"),
+                1,
+                ["lines[3].transaction_id", "lines[3].timestamp", "lines[3]"],
+            ),
+            (Format::Ndjson, format!("{cloud}\n"), 0, ["lines[0].id", "lines[0].time", "lines[0]"]),
+        ];
+        for (format, body, i, [id, time, event]) in cases {
+            let p = run(format, &body, TenantScope::Any).unwrap();
+            let path = p.paths[i];
+            assert_eq!([path.id(), path.time(), path.event()], [id, time, event], "{body}");
+        }
     }
 
     #[test]
