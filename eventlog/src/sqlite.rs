@@ -244,13 +244,13 @@ impl SqliteLog {
         }
         let heads = Arc::new(Heads::default());
         let (tx, rx) = mpsc::channel(4096);
-        let writer =
-            Writer { conn, next, heads: heads.clone(), lateness_us, wal: WalBound::new(path, WAL_BOUND), dedup };
+        let checkpointer = Checkpointer::start(path, Duration::from_secs(1))?;
+        let wal = WalBound::new(path, WAL_BOUND).asking(&checkpointer);
+        let writer = Writer { conn, next, heads: heads.clone(), lateness_us, wal, dedup };
         std::thread::Builder::new()
             .name("meter-log-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::Unavailable(format!("cannot start the log writer: {e}")))?;
-        let checkpointer = Checkpointer::start(path, Duration::from_secs(1))?;
         Ok(Self { _checkpointer: checkpointer, path: path.to_path_buf(), partitions, durability, requests: tx, heads })
     }
 }

@@ -6,7 +6,8 @@ pub mod dedup;
 use rusqlite::Connection;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use rusqlite;
@@ -60,9 +61,14 @@ pub fn open(path: &Path, durability: Durability) -> Result<Connection, Error> {
     conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     // When the WAL starts over, cut the file back to this size rather than keep the largest it
     // ever grew to; below the size at which its writer checkpoints it ([`WalBound`]).
-    conn.pragma_update(None, "journal_size_limit", (WAL_BOUND / 4) as i64)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_LIMIT as i64)?;
     Ok(conn)
 }
+
+/// The size SQLite cuts a WAL back to when it starts over (`journal_size_limit`). A WAL file
+/// larger than this has not started over since it grew past it: its writer then asks the
+/// [`Checkpointer`] for a pass after each commit ([`WalBound::after_commit`]).
+pub const JOURNAL_LIMIT: u64 = WAL_BOUND / 4;
 
 /// The least WAL size past which the writer stops to checkpoint and truncate it ([`WalBound`]);
 /// a WAL may grow to the size of its database when that is larger. Passive checkpoints cannot
@@ -81,10 +87,18 @@ pub const WAL_BOUND: u64 = 64 << 20;
 /// bound that grows with the database makes these stops rarer as it grows. A thread of its own
 /// could not do this: SQLite's write lock is not fair, and a busy writer takes it back between
 /// two commits before a waiting checkpoint wakes up.
+///
+/// Before that, past [`JOURNAL_LIMIT`], the writer asks its [`Checkpointer`] (if it has one,
+/// [`WalBound::asking`]) for a pass right after each commit. The WAL starts over only when a
+/// pass has copied all of it before the writer's next transaction begins. The checkpointer's own
+/// passes, every [`BUSY_EVERY`], begin at any moment, copy up to 50 ms of commits and seldom end
+/// within a gap between two transactions; a pass that begins as a commit ends copies one commit
+/// and mostly does. Under a steady load the writer's own stops then become rare.
 pub struct WalBound {
     db: PathBuf,
     wal: PathBuf,
     floor: u64,
+    asks: Option<std::sync::mpsc::Sender<Pass>>,
 }
 
 /// What [`WalBound::after_commit`] did.
@@ -92,6 +106,9 @@ pub struct WalBound {
 pub enum Bounded {
     /// The WAL is within seven eighths of its bound: nothing.
     Within,
+    /// The WAL is within seven eighths of its bound and past [`JOURNAL_LIMIT`]: the
+    /// checkpointer was asked for a pass.
+    Asked,
     /// A passive checkpoint copied the whole WAL; the next commit starts it over.
     Reset,
     /// A passive checkpoint could not copy all of it (a reader, or the checkpointer thread, held
@@ -109,7 +126,22 @@ impl WalBound {
     pub fn new(path: &Path, floor: u64) -> Self {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        Self { db: path.to_path_buf(), wal: PathBuf::from(wal), floor }
+        Self { db: path.to_path_buf(), wal: PathBuf::from(wal), floor, asks: None }
+    }
+
+    /// The same bound, whose writer asks `checkpointer` for a pass once the WAL is past
+    /// [`JOURNAL_LIMIT`].
+    pub fn asking(self, checkpointer: &Checkpointer) -> Self {
+        Self { asks: Some(checkpointer.asks.clone()), ..self }
+    }
+
+    /// Asks the checkpointer for a pass if the WAL is past [`JOURNAL_LIMIT`].
+    fn ask(&self, wal: u64) -> Bounded {
+        match &self.asks {
+            // A checkpointer that has stopped answers nothing; the bound still holds.
+            Some(asks) if wal > JOURNAL_LIMIT && asks.send(Pass::Now).is_ok() => Bounded::Asked,
+            _ => Bounded::Within,
+        }
     }
 
     /// Checks the WAL's size (a `stat`; the database's too once the WAL is near the floor) and,
@@ -120,11 +152,11 @@ impl WalBound {
         let wal = len(&self.wal);
         let soft = |bound: u64| bound - bound / 8;
         if wal <= soft(self.floor) {
-            return Ok(Bounded::Within);
+            return Ok(self.ask(wal));
         }
         let bound = self.floor.max(len(&self.db));
         if wal <= soft(bound) {
-            return Ok(Bounded::Within);
+            return Ok(self.ask(wal));
         }
         let started = std::time::Instant::now();
         if wal <= bound {
@@ -151,11 +183,21 @@ impl WalBound {
 /// connection (SQLite's default) it stalls that commit for tens of milliseconds. Runs a passive
 /// checkpoint (it never blocks readers or writers) at once, then every [`BUSY_EVERY`] until
 /// `every` has gone by with the WAL unchanged (the frames in it and those copied the same, and no
-/// other checkpoint under way), then every `every`; stops when dropped. The WAL's size is
-/// bounded by its writer ([`WalBound`]).
+/// other checkpoint under way), then every `every`, and at once when a writer asks
+/// ([`WalBound::asking`]); stops when dropped. The WAL's size is bounded by its writer
+/// ([`WalBound`]).
 pub struct Checkpointer {
-    stop: Option<std::sync::mpsc::Sender<()>>,
+    asks: std::sync::mpsc::Sender<Pass>,
+    passes: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the [`Checkpointer`]'s thread is asked.
+enum Pass {
+    /// A pass at once (asks that arrive during a pass are answered by one more).
+    Now,
+    /// Stop.
+    Stop,
 }
 
 /// How soon the [`Checkpointer`] looks again while the WAL keeps changing: under a steady load it
@@ -169,9 +211,16 @@ impl Checkpointer {
     /// Starts checkpointing `path`, idle every `every`. Connections that write it should be
     /// opened with [`open_for_checkpointer`].
     pub fn start(path: &Path, every: Duration) -> Result<Self, Error> {
+        Self::start_with(path, every, BUSY_EVERY)
+    }
+
+    /// [`Checkpointer::start`], looking again every `busy_every` while the WAL changes.
+    fn start_with(path: &Path, every: Duration, busy_every: Duration) -> Result<Self, Error> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(1))?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (asks, asked) = std::sync::mpsc::channel::<Pass>();
+        let passes = Arc::new(AtomicU64::new(0));
+        let passed = passes.clone();
         let thread = std::thread::Builder::new()
             .name("meter-sqlite-checkpoint".into())
             .spawn(move || {
@@ -181,7 +230,17 @@ impl Checkpointer {
                 let mut last: Option<(i64, i64, i64)> = None;
                 let mut changed = std::time::Instant::now();
                 let mut wait = Duration::ZERO;
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                loop {
+                    match asked.recv_timeout(wait) {
+                        Ok(Pass::Now) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Ok(Pass::Stop) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    // One pass answers every ask made so far.
+                    for ask in asked.try_iter() {
+                        if let Pass::Stop = ask {
+                            return;
+                        }
+                    }
                     match conn
                         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     {
@@ -193,17 +252,23 @@ impl Checkpointer {
                         }
                         Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
                     }
-                    wait = if changed.elapsed() < every { BUSY_EVERY.min(every) } else { every };
+                    passed.fetch_add(1, Ordering::Relaxed);
+                    wait = if changed.elapsed() < every { busy_every.min(every) } else { every };
                 }
             })
             .map_err(|e| Error::Task(e.to_string()))?;
-        Ok(Self { stop: Some(stop), thread: Some(thread) })
+        Ok(Self { asks, passes, thread: Some(thread) })
+    }
+
+    /// The passes made so far.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        let _ = self.asks.send(Pass::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -447,6 +512,51 @@ mod tests {
         assert!(reader.contains(&Bounded::Deferred), "{reader:?}");
         assert!(!reader.contains(&Bounded::Reset), "reset while a reader held the WAL: {reader:?}");
         assert_eq!(wal_len(), 0);
+    }
+
+    /// Past the size SQLite cuts the WAL back to when it starts over, the WAL has not started
+    /// over for a while: the writer asks its checkpointer for a pass at once, right after its
+    /// commit, rather than at the checkpointer's own cadence (here an hour). A pass that begins
+    /// as a commit ends copies little and can finish before the writer's next transaction, which
+    /// then starts the WAL over; the writer need not stop to checkpoint it itself.
+    #[test]
+    fn a_wal_past_its_journal_limit_has_the_checkpointer_pass_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let conn = open_for_checkpointer(&path, Durability::Normal).unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
+        let checkpointer =
+            Checkpointer::start_with(&path, Duration::from_secs(3600), Duration::from_secs(3600)).unwrap();
+        let wal_bound = WalBound::new(&path, WAL_BOUND).asking(&checkpointer);
+        let wal_len = || std::fs::metadata(dir.path().join("k.db-wal")).map_or(0, |m| m.len());
+        // The checkpointer's first pass, at its start.
+        let wait_for = |passes: u64| {
+            for _ in 0..1000 {
+                if checkpointer.passes() >= passes {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("the checkpointer made {} passes, not {passes}", checkpointer.passes());
+        };
+        wait_for(1);
+        let mut asked = 0;
+        for _ in 0..6000 {
+            conn.execute("INSERT INTO t (v) VALUES (zeroblob(4096))", []).unwrap();
+            let wal = wal_len();
+            let did = wal_bound.after_commit(&conn).unwrap();
+            assert_eq!(did == Bounded::Asked, wal > JOURNAL_LIMIT, "{did:?} with a WAL of {wal} bytes");
+            if did == Bounded::Asked {
+                asked += 1;
+                // Nothing written until the pass has copied the WAL: the next commit starts it
+                // over and SQLite cuts it back to its journal limit.
+                wait_for(1 + asked);
+                conn.execute("INSERT INTO t (v) VALUES (zeroblob(4096))", []).unwrap();
+                assert_eq!(wal_len(), JOURNAL_LIMIT, "the WAL did not start over after the pass");
+                assert_eq!(wal_bound.after_commit(&conn).unwrap(), Bounded::Within);
+            }
+        }
+        assert!(asked > 0, "6,000 pages committed and the WAL never passed {JOURNAL_LIMIT} bytes");
     }
 
     #[test]

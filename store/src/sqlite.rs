@@ -214,12 +214,13 @@ impl SqliteStore {
         let mut conn = open_for_checkpointer(path, durability)?;
         migrate(&mut conn, path, MIGRATIONS)?;
         let seen = Dedup::open(&mut conn, "seen", Some("seen"), dedup, now_us())?;
+        let checkpointer = Checkpointer::start(path, Duration::from_secs(1))?;
         Ok(Self {
             seen: Mutex::new(seen),
             seen_by_readers: Arc::new(Mutex::new(Mirror::default())),
-            _checkpointer: Checkpointer::start(path, Duration::from_secs(1))?,
+            wal: WalBound::new(path, WAL_BOUND).asking(&checkpointer),
+            _checkpointer: checkpointer,
             writer: Mutex::new(conn),
-            wal: WalBound::new(path, WAL_BOUND),
             cache: Mutex::new(Counters::new()),
             group_cache: Mutex::new(Counters::new()),
             batch: Mutex::default(),
