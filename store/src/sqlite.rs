@@ -156,20 +156,39 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
-/// The id of a new `tallies` row of tenant `?1`: its slot (a new tenant takes the next) times
-/// 2^32 plus its count of rows so far, which it increments. Rolled back with its transaction.
-const ALLOCATE_TALLY: &str = "
-    INSERT INTO counter_slots (tenant, slot, tallies)
-        VALUES (?1, (SELECT coalesce(max(slot), 0) + 1 FROM counter_slots), 1)
-    ON CONFLICT (tenant) DO UPDATE SET tallies = tallies + 1
-    RETURNING (slot << 32) + tallies - 1";
+/// The id of a new row of table `$table` (also the name of its count in `counter_slots`) for
+/// tenant `?1`: its slot (a new tenant takes the next) times 2^32 plus its count of rows so far,
+/// which it increments, and past any row in the slot's range the count does not know (one added
+/// without an id, by a build from before migration 9 still running, takes the table's greatest id
+/// plus one: the next position of the greatest slot). Rolled back with its transaction.
+macro_rules! allocate {
+    ($table:literal) => {
+        concat!(
+            "INSERT INTO counter_slots (tenant, slot, ",
+            $table,
+            ")
+                 VALUES (?1, (SELECT coalesce(max(slot), 0) + 1 FROM counter_slots), 1)
+             ON CONFLICT (tenant) DO UPDATE SET ",
+            $table,
+            " = 1 + max(",
+            $table,
+            ", (
+                 SELECT coalesce(max(id) + 1 - (counter_slots.slot << 32), 0) FROM ",
+            $table,
+            "
+                 WHERE id BETWEEN (counter_slots.slot << 32) AND ((counter_slots.slot << 32) + 4294967295)))
+             RETURNING (slot << 32) + ",
+            $table,
+            " - 1"
+        )
+    };
+}
 
-/// [`ALLOCATE_TALLY`] for a `breakdowns` row.
-const ALLOCATE_BREAKDOWN: &str = "
-    INSERT INTO counter_slots (tenant, slot, breakdowns)
-        VALUES (?1, (SELECT coalesce(max(slot), 0) + 1 FROM counter_slots), 1)
-    ON CONFLICT (tenant) DO UPDATE SET breakdowns = breakdowns + 1
-    RETURNING (slot << 32) + breakdowns - 1";
+/// [`allocate!`] for a `tallies` row.
+const ALLOCATE_TALLY: &str = allocate!("tallies");
+
+/// [`allocate!`] for a `breakdowns` row.
+const ALLOCATE_BREAKDOWN: &str = allocate!("breakdowns");
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
 type Key = (String, String, String);
@@ -586,8 +605,9 @@ impl<'c> CounterWrites<'c> {
 }
 
 /// A batch's counters in the order they are written: those with a row first, then the new ones
-/// in key order, so that the tenants a batch counts first take their slots ([`ALLOCATE_TALLY`])
-/// in the order of their names, as rows keyed by tenant lay before.
+/// in key order. Its tallies are written before its breakdowns (every counted event has a
+/// tally), so the tenants a batch counts first take their slots ([`ALLOCATE_TALLY`]) in the order
+/// of their names, as rows keyed by tenant lay before.
 fn writing_order<K: Ord>(counters: &mut Counters<K>) -> Vec<(&K, &mut Counter)> {
     let (mut rows, mut new): (Vec<_>, Vec<_>) = counters.iter_mut().partition(|(_, c)| c.id.is_some());
     new.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -654,7 +674,7 @@ impl UsageStore for SqliteStore {
         let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
         let (scratch, groups) = &mut *batch;
         // A batch that failed left its counters here, some with the ids of rows it inserted and
-        // rolled back, which SQLite gives out again (to other keys): none is used.
+        // rolled back, whose ids `counter_slots` gives out again (to other keys): none is used.
         scratch.clear();
         groups.clear();
         // The period's and the day's bucket of the last event's day: a batch is mostly one day.
@@ -720,18 +740,6 @@ impl UsageStore for SqliteStore {
                     }
                 }
             }
-            let mut breakdowns = CounterWrites::prepare(
-                &tx,
-                ALLOCATE_BREAKDOWN,
-                "UPDATE breakdowns SET amount = ?2 WHERE id = ?1",
-                "INSERT INTO breakdowns (id, tenant, period, meter, property, value, amount)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                "ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount",
-            )?;
-            for ((tenant, period, meter, property, value), c) in writing_order(groups) {
-                let amount = c.tally.value.unwrap_or_default().to_string();
-                breakdowns.store(&mut c.id, tenant, &[tenant, period, meter, property, value], &[&amount])?;
-            }
             let mut tallies = CounterWrites::prepare(
                 &tx,
                 ALLOCATE_TALLY,
@@ -746,6 +754,18 @@ impl UsageStore for SqliteStore {
                 let latest = c.tally.latest.as_ref();
                 let (latest_us, latest_id) = (latest.map(|l| l.0), latest.map(|l| &l.1));
                 tallies.store(&mut c.id, tenant, &[tenant, meter, bucket], &[&value, &latest_us, &latest_id])?;
+            }
+            let mut breakdowns = CounterWrites::prepare(
+                &tx,
+                ALLOCATE_BREAKDOWN,
+                "UPDATE breakdowns SET amount = ?2 WHERE id = ?1",
+                "INSERT INTO breakdowns (id, tenant, period, meter, property, value, amount)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount",
+            )?;
+            for ((tenant, period, meter, property, value), c) in writing_order(groups) {
+                let amount = c.tally.value.unwrap_or_default().to_string();
+                breakdowns.store(&mut c.id, tenant, &[tenant, period, meter, property, value], &[&amount])?;
             }
             let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(allowances) = allowances {
@@ -1034,9 +1054,10 @@ mod tests {
                 .map(|t| {
                     offset += 1;
                     let id = format!("{t}{round}");
-                    match round {
-                        0 => metered(offset - 1, t, &id, "api.call", route("/x"), MID_NOVEMBER),
-                        1 => crate::contract::tokens(t, &id, 10, MID_NOVEMBER),
+                    // `a` first counts a meter without breakdowns: still the first slot.
+                    match (round, *t) {
+                        (0, "a") | (1, _) => crate::contract::tokens(t, &id, 10, MID_NOVEMBER),
+                        (0, _) => metered(offset - 1, t, &id, "api.call", route("/x"), MID_NOVEMBER),
                         _ => metered(offset - 1, t, &id, "api.call", route("/y"), MID_NOVEMBER + 86_400_000_000),
                     }
                 })
@@ -1083,10 +1104,44 @@ mod tests {
         let seats = Tally { value: Some(Decimal::from(3)), latest: Some((1_794_744_000_000_123, "e9".into())) };
         assert_eq!(b.meters["seats"].period, seats);
         assert_eq!(calls(&store).await.0, Some(Decimal::from(6)));
+        // A new breakdown value of a (its count of breakdowns carried over): after a's.
+        let route = serde_json::json!({"route": "/z", "method": "GET", "status": 200});
+        store.apply("c", &meters(), &[metered(2, "a", "c2", "api.call", route, MID_NOVEMBER)], &adv(2, 3)).unwrap();
+        assert_eq!(runs(&path, "breakdowns"), ["a", "b"]);
+        let nov = "2026-11".parse().unwrap();
+        let by_route = store.breakdown("b", nov).await.unwrap();
+        assert_eq!(by_route["api_calls"]["route"]["/y"], Decimal::from(2));
+        assert_eq!(store.breakdown("a", nov).await.unwrap()["api_calls"]["route"]["/z"], Decimal::from(1));
+    }
+
+    /// A row added without an id (by a build from before migration 9 still running against the
+    /// file) takes the greatest id plus one, which is the next position of the greatest slot: that
+    /// tenant's next counter is given the position after it, not a taken id.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_added_without_an_id_does_not_take_a_tenants_next_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        store.apply("c", &meters(), &[call(0, "c1")], &adv(0, 1)).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "INSERT INTO tallies (tenant, meter, bucket, value) VALUES ('a', 'seats', '2026-11', '1');
+                 INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
+                     VALUES ('a', '2026-11', 'api_calls', 'method', 'PUT', '1');",
+            )
+            .unwrap();
+        let mut next = metered(1, "a", "c2", "api.call", serde_json::json!({"route": "/z"}), MID_NOVEMBER);
+        next.time_us += 86_400_000_000;
+        store.apply("c", &meters(), &[next], &adv(1, 2)).unwrap();
+        let usage =
+            store.usage("a", "2026-11".parse().unwrap(), Coverage { consumer: "c", partition: 0 }).await.unwrap();
+        assert_eq!(usage.meters["api_calls"].period.value, Some(Decimal::from(2)));
+        assert_eq!(usage.meters["api_calls"].days["2026-11-16"].value, Some(Decimal::from(1)));
     }
 
     /// A batch that fails midway leaves its counters in the store's kept maps (ids of rolled
-    /// back rows among them, which SQLite gives out again): the next batch starts them over,
+    /// back rows among them, which `counter_slots` gives out again): the next batch starts them over,
     /// so what the failed one added is not counted, nor written to another key's row.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_batch_leaves_nothing_in_the_next() {
