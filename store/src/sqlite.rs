@@ -604,15 +604,21 @@ impl<'c> CounterWrites<'c> {
     }
 }
 
-/// A batch's counters in the order they are written: those with a row first, then the new ones
+/// Writes a batch's counters in this order: those with a row first, then the new ones
 /// in key order. Its tallies are written before its breakdowns (every counted event has a
 /// tally), so the tenants a batch counts first take their slots ([`ALLOCATE_TALLY`]) in the order
 /// of their names, as rows keyed by tenant lay before.
-fn writing_order<K: Ord>(counters: &mut Counters<K>) -> Vec<(&K, &mut Counter)> {
-    let (mut rows, mut new): (Vec<_>, Vec<_>) = counters.iter_mut().partition(|(_, c)| c.id.is_some());
+fn write_in_order<K: Ord>(
+    counters: &mut Counters<K>,
+    mut write: impl FnMut(&K, &mut Counter) -> Result<(), Error>,
+) -> Result<(), Error> {
+    for (key, c) in counters.iter_mut().filter(|(_, c)| c.id.is_some()) {
+        write(key, c)?;
+    }
+    // Only the new ones are gathered and sorted (few once a tenant's counters exist).
+    let mut new: Vec<_> = counters.iter_mut().filter(|(_, c)| c.id.is_none()).collect();
     new.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    rows.append(&mut new);
-    rows
+    new.into_iter().try_for_each(|(key, c)| write(key, c))
 }
 
 /// A breakdown's stored amount.
@@ -749,12 +755,12 @@ impl UsageStore for SqliteStore {
                 "ON CONFLICT (tenant, meter, bucket) DO UPDATE
                  SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id",
             )?;
-            for ((tenant, meter, bucket), c) in writing_order(scratch) {
+            write_in_order(scratch, |(tenant, meter, bucket), c| {
                 let value = c.tally.value.map(|v| v.to_string());
                 let latest = c.tally.latest.as_ref();
                 let (latest_us, latest_id) = (latest.map(|l| l.0), latest.map(|l| &l.1));
-                tallies.store(&mut c.id, tenant, &[tenant, meter, bucket], &[&value, &latest_us, &latest_id])?;
-            }
+                tallies.store(&mut c.id, tenant, &[tenant, meter, bucket], &[&value, &latest_us, &latest_id])
+            })?;
             let mut breakdowns = CounterWrites::prepare(
                 &tx,
                 ALLOCATE_BREAKDOWN,
@@ -763,10 +769,10 @@ impl UsageStore for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 "ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount",
             )?;
-            for ((tenant, period, meter, property, value), c) in writing_order(groups) {
+            write_in_order(groups, |(tenant, period, meter, property, value), c| {
                 let amount = c.tally.value.unwrap_or_default().to_string();
-                breakdowns.store(&mut c.id, tenant, &[tenant, period, meter, property, value], &[&amount])?;
-            }
+                breakdowns.store(&mut c.id, tenant, &[tenant, period, meter, property, value], &[&amount])
+            })?;
             let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(allowances) = allowances {
                 let known = self.raised.lock().unwrap_or_else(|e| e.into_inner());
@@ -989,19 +995,14 @@ mod tests {
     /// its counters, and counting adds to them, in this process and in the next.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn counters_kept_by_key_before_keep_their_values_and_count_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("usage.db");
-        let mut old = Connection::open(&path).unwrap();
-        migrate(&mut old, &path, &MIGRATIONS[..7]).unwrap();
-        old.execute_batch(
+        let (_dir, path) = old_file(
+            7,
             "INSERT INTO tallies VALUES ('a', 'api_calls', '2026-11', '5', NULL, NULL),
                  ('a', 'api_calls', '2026-11-15', '4', NULL, NULL), ('b', 'api_calls', '2026-11', '9', NULL, NULL),
                  ('b', 'seats', '2026-11', '3', 1794744000000123, 'e9');
              INSERT INTO breakdowns VALUES ('a', '2026-11', 'api_calls', 'route', '/x', '5');
              INSERT INTO checkpoints (consumer, partition, next_offset) VALUES ('c', 0, 1);",
-        )
-        .unwrap();
-        drop(old);
+        );
         let store = SqliteStore::open(&path, Durability::Normal).unwrap();
         store.checkpoint("c").unwrap();
         let five = Decimal::from(5);
@@ -1020,6 +1021,16 @@ mod tests {
         assert_eq!(b.meters["api_calls"].period.value, Some(Decimal::from(9)));
         let seats = Tally { value: Some(Decimal::from(3)), latest: Some((1_794_744_000_000_123, "e9".into())) };
         assert_eq!(b.meters["seats"].period, seats, "a latest value keeps the event that set it");
+    }
+
+    /// A file at schema `version` (an older build's) holding the rows `sql` inserts.
+    fn old_file(version: usize, sql: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let mut old = Connection::open(&path).unwrap();
+        migrate(&mut old, &path, &MIGRATIONS[..version]).unwrap();
+        old.execute_batch(sql).unwrap();
+        (dir, path)
     }
 
     /// Tenants in the order each table's rows lie in (by row id), one entry per run.
@@ -1074,20 +1085,14 @@ mod tests {
     /// follows its others.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn counters_given_ids_in_turn_are_laid_out_by_tenant() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("usage.db");
-        let mut old = Connection::open(&path).unwrap();
-        migrate(&mut old, &path, &MIGRATIONS[..8]).unwrap();
-        old.execute_batch(
+        let (_dir, path) = old_file(8,
             "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id) VALUES
                  ('a', 'api_calls', '2026-11', '5', NULL, NULL), ('b', 'api_calls', '2026-11', '9', NULL, NULL),
                  ('a', 'api_calls', '2026-11-15', '4', NULL, NULL), ('b', 'seats', '2026-11', '3', 1794744000000123, 'e9');
              INSERT INTO breakdowns (tenant, period, meter, property, value, amount) VALUES
                  ('b', '2026-11', 'api_calls', 'route', '/y', '2'), ('a', '2026-11', 'api_calls', 'route', '/x', '5');
              INSERT INTO checkpoints (consumer, partition, next_offset) VALUES ('c', 0, 1);",
-        )
-        .unwrap();
-        drop(old);
+        );
         let store = SqliteStore::open(&path, Durability::Normal).unwrap();
         store.checkpoint("c").unwrap();
         let five = Decimal::from(5);
