@@ -478,6 +478,57 @@ pub struct IngestConfig {
     /// counts again. Unset: 35 days, or that least value when it is longer.
     #[serde(with = "humantime_serde")]
     pub dedup_horizon: Option<Duration>,
+    /// Per-tenant rate quotas, by plan; none by default.
+    pub quotas: QuotasConfig,
+}
+
+/// Per-tenant ingest rate quotas (`[ingest.quotas]`): a request that would take a tenant past its
+/// plan's quota is answered 429 with `Retry-After`, and nothing of it is stored. Quotas live
+/// here rather than in the price book, whose lists are frozen once they rate a closed period.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// The quota of a tenant whose plan has none below, or that has no plan; unset: such
+    /// tenants are not limited.
+    pub default: Option<RateQuotaConfig>,
+    /// Quotas by plan code (`[ingest.quotas.plans.pro]`).
+    pub plans: std::collections::BTreeMap<String, RateQuotaConfig>,
+    /// Ingest hosts sharing the quotas (each enforces this share of them); unset: 1.
+    pub hosts: Option<u32>,
+}
+
+/// One rate quota.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateQuotaConfig {
+    /// Events a second, for the whole deployment.
+    pub events_per_second: u32,
+    /// Requests a second; unset: not limited apart from events.
+    #[serde(default)]
+    pub requests_per_second: Option<u32>,
+    /// How much more than the rate may arrive at once: this long's worth of the quota (unset:
+    /// a second's).
+    #[serde(default, with = "humantime_serde")]
+    pub burst: Option<Duration>,
+}
+
+impl RateQuotaConfig {
+    /// The quota, or what is wrong with it (`at` names it).
+    fn quota(&self, at: &str) -> Result<meter_ingest::RateQuota, ConfigError> {
+        let positive = |v: u32, field: &str| {
+            std::num::NonZeroU32::new(v)
+                .ok_or_else(|| ConfigError::Invalid(format!("{at}.{field}: must be at least 1 a second")))
+        };
+        let burst = self.burst.unwrap_or(meter_ingest::RateQuota::DEFAULT_BURST);
+        if burst.is_zero() {
+            return Err(ConfigError::Invalid(format!("{at}.burst: must be more than 0")));
+        }
+        Ok(meter_ingest::RateQuota {
+            events_per_second: positive(self.events_per_second, "events_per_second")?,
+            requests_per_second: self.requests_per_second.map(|r| positive(r, "requests_per_second")).transpose()?,
+            burst,
+        })
+    }
 }
 
 impl Default for IngestConfig {
@@ -488,6 +539,7 @@ impl Default for IngestConfig {
             max_future: Duration::from_secs(300),
             lateness: Duration::from_secs(7 * 86_400),
             dedup_horizon: None,
+            quotas: QuotasConfig::default(),
         }
     }
 }
@@ -619,6 +671,7 @@ impl Config {
             return Err(ConfigError::Invalid("sink.batch_size must be at least 1".into()));
         }
         self.ingest_limits()?;
+        self.ingest_quotas()?;
         self.dedup()?;
         self.price_book()?;
         if self.alerts.advise_every.is_zero() {
@@ -686,6 +739,45 @@ impl Config {
             limits.lateness_us -= margin.as_micros() as i64;
         }
         Ok(limits)
+    }
+
+    /// The tenants' rate quotas: each a positive rate, on a plan of the price book, and letting a
+    /// host take a request of `ingest.max_events_per_request` events at once.
+    pub fn ingest_quotas(&self) -> Result<meter_ingest::Quotas, ConfigError> {
+        let q = &self.ingest.quotas;
+        let hosts = std::num::NonZeroU32::new(q.hosts.unwrap_or(1))
+            .ok_or_else(|| ConfigError::Invalid("ingest.quotas.hosts: must be at least 1".into()))?;
+        let book = self.price_book()?;
+        let mut named = Vec::new();
+        if let Some(d) = &q.default {
+            named.push(("ingest.quotas.default".to_string(), None, d));
+        }
+        for (plan, quota) in &q.plans {
+            let at = format!("ingest.quotas.plans.{plan}");
+            if !book.lists().iter().any(|l| l.plans.contains_key(plan)) {
+                return Err(ConfigError::Invalid(format!("{at}: no price list of the price book has a plan {plan:?}")));
+            }
+            named.push((at, Some(plan), quota));
+        }
+        let mut quotas = meter_ingest::Quotas { hosts, ..meter_ingest::Quotas::default() };
+        let max = self.ingest.max_events_per_request;
+        for (at, plan, quota) in named {
+            let quota = quota.quota(&at)?;
+            if let Some(at_once) = quotas.too_small_for(&quota, max) {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}: its burst lets a host take {at_once} events at once (events_per_second × burst ÷ \
+                     ingest.quotas.hosts), fewer than ingest.max_events_per_request ({max}): such a request \
+                     could never be admitted"
+                )));
+            }
+            match plan {
+                Some(plan) => {
+                    quotas.plans.insert(plan.clone(), quota);
+                }
+                None => quotas.default = Some(quota),
+            }
+        }
+        Ok(quotas)
     }
 
     /// How the embedded backends keep event ids for duplicates: `ingest.dedup_horizon`, refused
@@ -804,6 +896,62 @@ mod tests {
                 let o = Overrides { state_url: Some(StateUrl(bad.into())), ..Overrides::default() };
                 let e = Config::load(None, &o).unwrap_err().to_string();
                 assert!(e.contains(says) && !e.contains("s3cret") && !e.contains(":pw@"), "{bad}: {e}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rate_quotas_are_read_by_plan_and_checked_at_load() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert!(!c.ingest_quotas().unwrap().any(), "no quota by default");
+            jail.create_file(
+                "q.toml",
+                "[ingest.quotas]\nhosts = 2\n[ingest.quotas.default]\nevents_per_second = 4000\n\
+                 requests_per_second = 50\n[ingest.quotas.plans.professional]\nevents_per_second = 20000\n\
+                 burst = \"500ms\"\n",
+            )?;
+            let q = Config::load(Some(Path::new("q.toml")), &Overrides::default()).unwrap().ingest_quotas().unwrap();
+            assert_eq!(q.hosts.get(), 2);
+            let d = q.default.unwrap();
+            assert_eq!((d.events_per_second.get(), d.requests_per_second.map(|r| r.get())), (4000, Some(50)));
+            assert_eq!(d.burst, Duration::from_secs(1), "a second's worth unless set");
+            let p = q.plans["professional"];
+            assert_eq!(
+                (p.events_per_second.get(), p.requests_per_second, p.burst),
+                (20000, None, Duration::from_millis(500))
+            );
+            // Each refusal names the field and why.
+            for (file, field, why) in [
+                ("[ingest.quotas.plans.gold]\nevents_per_second = 5000\n", "ingest.quotas.plans.gold", "no price list"),
+                (
+                    "[ingest.quotas.default]\nevents_per_second = 0\n",
+                    "ingest.quotas.default.events_per_second",
+                    "at least 1",
+                ),
+                (
+                    "[ingest.quotas.default]\nevents_per_second = 5000\nrequests_per_second = 0\n",
+                    "ingest.quotas.default.requests_per_second",
+                    "at least 1",
+                ),
+                (
+                    "[ingest.quotas.default]\nevents_per_second = 5000\nburst = \"0s\"\n",
+                    "ingest.quotas.default.burst",
+                    "more than 0",
+                ),
+                ("[ingest.quotas]\nhosts = 0\n", "ingest.quotas.hosts", "at least 1"),
+                // 1,000 events a request, but 4,000 a second over 8 hosts lets a host take 500 at once.
+                (
+                    "[ingest.quotas]\nhosts = 8\n[ingest.quotas.default]\nevents_per_second = 4000\n",
+                    "ingest.quotas.default",
+                    "take 500 events at once",
+                ),
+                ("[ingest.quotas.default]\nevents_per_second = 5000\nper_minute = 3\n", "per_minute", "unknown field"),
+            ] {
+                jail.create_file("bad.toml", file)?;
+                let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();
+                assert!(err.contains(field) && err.contains(why), "{file}: {err}");
             }
             Ok(())
         });

@@ -84,3 +84,10 @@ impl Allowances for PlanAllowances {
         })
     }
 }
+
+/// Ingest's rate quotas go by the plan a tenant is on now.
+impl meter_ingest::Plans for PlanAllowances {
+    fn plan_of(&self, tenant: &str) -> Option<String> {
+        PlanAllowances::plan_of(self, tenant)
+    }
+}

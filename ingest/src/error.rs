@@ -19,6 +19,8 @@ pub enum IngestError {
     UnsupportedMediaType(String),
     /// The log could not take the events; nothing was acknowledged, retry later.
     Unavailable(String),
+    /// A tenant of the request is over its rate quota; nothing was stored, retry after a while.
+    Throttled(crate::Throttled),
 }
 
 impl IngestError {
@@ -30,6 +32,7 @@ impl IngestError {
             IngestError::Auth(_) => 403,
             IngestError::Fields(errors) => dominant_kind(errors).status(),
             IngestError::UnsupportedMediaType(_) => 415,
+            IngestError::Throttled(_) => 429,
         };
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
@@ -47,6 +50,7 @@ impl IngestError {
             },
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::Unavailable(_) => "service_unavailable",
+            IngestError::Throttled(_) => "too_many_requests",
         }
     }
 
@@ -58,6 +62,7 @@ impl IngestError {
             IngestError::Unavailable(m) => {
                 format!("the event log cannot take events now ({m}); nothing was stored, retry")
             }
+            IngestError::Throttled(t) => format!("{t}; nothing was stored"),
         }
     }
 
@@ -71,6 +76,7 @@ impl IngestError {
                 match other {
                     IngestError::Auth(_) => "authorization",
                     IngestError::UnsupportedMediaType(_) => "content-type",
+                    IngestError::Throttled(_) => "tenant",
                     _ => "body",
                 },
                 other.detail(),
@@ -88,6 +94,9 @@ impl IngestError {
         match self {
             IngestError::Unavailable(_) | IngestError::Auth(AuthError::Unavailable(_)) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            IngestError::Throttled(t) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(t.retry_after_secs()));
             }
             IngestError::Auth(AuthError::Unauthenticated) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -65,6 +65,7 @@ impl FromRequestParts<Arc<Ingest>> for Sender {
         (status = 413, description = "Body or event count over the limit", body = Problem),
         (status = 415, description = "Unsupported content type", body = Problem),
         (status = 422, description = "Invalid events; every problem is listed, nothing was stored", body = LagoError),
+        (status = 429, description = "A tenant is over its rate quota; nothing was stored, retry after Retry-After", body = Problem),
         (status = 503, description = "The log cannot take events now; retry after Retry-After", body = Problem),
     ),
     security(("bearer" = []))
@@ -96,6 +97,7 @@ pub async fn post_events(
         (status = 409, description = "An id was already used with a different payload", body = LagoError),
         (status = 413, description = "Body or event count over the limit", body = LagoError),
         (status = 422, description = "Invalid events; every problem is listed, nothing was stored", body = LagoError),
+        (status = 429, description = "A tenant is over its rate quota; nothing was stored, retry after Retry-After", body = LagoError),
         (status = 503, description = "The log cannot take events now; retry after Retry-After", body = LagoError),
     ),
     security(("bearer" = []))
@@ -179,6 +181,14 @@ async fn accept(
         };
         IngestError::Fields(vec![error])
     })?;
+    let throttled = |t: crate::Throttled| {
+        metrics::counter!(metric::THROTTLED, "exceeded" => t.exceeded.as_str()).increment(1);
+        tracing::debug!(tenant = %t.tenant, exceeded = t.exceeded.as_str(), "ingest request over a rate quota");
+        IngestError::Throttled(t)
+    };
+    if let (Some(throttle), Some(tenant)) = (&ingest.throttle, &principal.tenant) {
+        throttle.could_admit(tenant).map_err(throttled)?;
+    }
     let scope = match principal.tenant {
         Some(t) => TenantScope::Only(t),
         None => TenantScope::Any,
@@ -203,6 +213,9 @@ async fn accept(
     })?;
     *dialect = parsed.dialect;
     let Parsed { events, paths, dialect: _ } = parsed;
+    if let Some(throttle) = &ingest.throttle {
+        throttle.admit(&per_tenant(&events)).map_err(throttled)?;
+    }
     if let Some(quota) = &ingest.quota {
         let refused = quota.refused(&events).await.map_err(IngestError::Unavailable)?;
         if !refused.is_empty() {
@@ -237,6 +250,22 @@ async fn accept(
     metrics::counter!(metric::EVENTS, "outcome" => "new").increment((outcomes.len() - duplicates) as u64);
     metrics::counter!(metric::EVENTS, "outcome" => "duplicate").increment(duplicates as u64);
     Ok(respond(*dialect, format, &events, &paths, &outcomes, now))
+}
+
+/// How many events of each tenant `events` holds, tenants in order of first appearance.
+fn per_tenant(events: &[Event]) -> Vec<(&str, u32)> {
+    let mut counts: Vec<(&str, u32)> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for e in events {
+        match at.entry(&e.tenant) {
+            std::collections::hash_map::Entry::Occupied(i) => counts[*i.get()].1 += 1,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(counts.len());
+                counts.push((&e.tenant, 1));
+            }
+        }
+    }
+    counts
 }
 
 fn respond(

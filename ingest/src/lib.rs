@@ -11,9 +11,11 @@ mod docs;
 mod error;
 mod handlers;
 pub mod metric;
+mod throttle;
 
 pub use docs::Problem;
 pub use error::IngestError;
+pub use throttle::{Exceeded, Plans, Quotas, RateQuota, Throttle, Throttled};
 
 use axum::extract::DefaultBodyLimit;
 use meter_auth::KeyStore;
@@ -37,6 +39,8 @@ pub struct Ingest {
     pub max_body_bytes: usize,
     /// Hard limits of the tenants' plans; `None` enforces none.
     pub quota: Option<Arc<dyn Quota>>,
+    /// Rate quotas of the tenants' plans; `None` enforces none.
+    pub throttle: Option<Arc<Throttle>>,
 }
 
 /// Hard limits: events a tenant's plan does not allow any more.

@@ -6,3 +6,5 @@ pub const REQUESTS: &str = "meter_ingest_requests_total";
 pub const EVENTS: &str = "meter_ingest_events_total";
 /// Time from request to answer, by `api`.
 pub const DURATION: &str = "meter_ingest_request_duration_seconds";
+/// Requests refused for a tenant's rate quota, by what it `exceeded` (`events`, `requests`).
+pub const THROTTLED: &str = "meter_ingest_throttled_total";

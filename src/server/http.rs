@@ -19,7 +19,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// every invoice back from Stripe, at its rate limit).
 const SLOW_REQUEST_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// The write API, with the hard limits of every tenant's plan, when `ingests`.
+/// The write API, with the hard limits and rate quotas of every tenant's plan, when `ingests`.
 pub(super) fn start_ingest_if_needed(
     shared: &Shared,
     config: &Config,
@@ -29,6 +29,8 @@ pub(super) fn start_ingest_if_needed(
         return Ok(None);
     }
     let quota = meter_billing::HardLimits::new(shared.allowances.clone(), shared.live.clone(), shared.catalog.clone());
+    let quotas = config.ingest_quotas()?;
+    let throttle = quotas.any().then(|| Arc::new(meter_ingest::Throttle::new(quotas, shared.allowances.clone())));
     Ok(Some(Arc::new(Ingest {
         log: shared.log.clone(),
         keys: shared.keys.clone(),
@@ -36,6 +38,7 @@ pub(super) fn start_ingest_if_needed(
         limits: config.ingest_limits()?,
         max_body_bytes: config.ingest.max_body_bytes,
         quota: Some(Arc::new(quota)),
+        throttle,
     })))
 }
 

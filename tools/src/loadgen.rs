@@ -49,6 +49,13 @@ pub struct LoadgenArgs {
     /// Send at most this many events per second (requests evenly spaced); unlimited by default.
     #[arg(long, value_name = "EVENTS_PER_SECOND")]
     pub rate: Option<f64>,
+    /// Tenants are named this followed by their number (`tenant-0042`).
+    #[arg(long, default_value = "tenant-")]
+    pub tenant_prefix: String,
+    /// Each request carries one tenant's events (tenants take turns by request), as tenants
+    /// sending with their own keys do; by default a request's events take turns over tenants.
+    #[arg(long)]
+    pub tenant_per_request: bool,
 }
 
 /// What a run measured.
@@ -139,6 +146,8 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
                         if args.random_ids {
                             e["transaction_id"] = format!("{prefix}-{:032x}", rand::random::<u128>()).into();
                         }
+                        let tenant = if args.tenant_per_request { r } else { i } % args.tenants.max(1);
+                        e["external_customer_id"] = format!("{}{tenant:04}", args.tenant_prefix).into();
                         e
                     })
                     .collect();
