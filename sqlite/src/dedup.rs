@@ -5,9 +5,9 @@
 //! Here a new id is appended to a small table in arrival order (`<name>_pending`, its rowid)
 //! and mirrored in memory; once that holds [`Settings::flush_at`] ids they move, sorted, into
 //! the open generation's B-tree, so a leaf page of it is written about once per move however
-//! many of its ids arrived. The move goes in key order, [`MOVE_CHUNK`] ids after each commit of
-//! the writer, so that no commit waits for the whole move; the appended rows go in the move's
-//! last transaction. Generations are arrival buckets: a new one opens
+//! many of its ids arrived. The move goes in key order, a chunk after each commit of the writer
+//! ([`MOVE_CHUNK`] ids, or twice those appended since the last chunk if more), so that no commit
+//! waits for the whole move; the appended rows go in the move's last transaction. Generations are arrival buckets: a new one opens
 //! every quarter of the horizon, and one whose last arrival is older than the horizon is
 //! dropped whole (`DROP TABLE`), so the state stays flat under a steady load. A generation is
 //! also sealed, and a new one opened, once it holds [`Settings::seal_at`] ids, so that the B-tree
@@ -64,8 +64,12 @@ const GENERATIONS: i64 = 4;
 /// them rather than at `seal_at`.
 pub const SEALED: usize = 32;
 
-/// Ids moved into the open generation after each commit while a move runs.
-pub const MOVE_CHUNK: usize = 16_384;
+/// Ids moved into the open generation after each commit while a move runs (at least; twice
+/// the ids appended since the last chunk if more). Random ids cost about 0.9-2.6 µs each to
+/// move here, so a chunk holds the writer's next commit for about 1-3 ms; at 16,384 a chunk
+/// took 14-43 ms, and requests arriving during a move waited that long (BENCHMARKS.md, "Rate
+/// quotas and a flood; dedup moves in short chunks").
+pub const MOVE_CHUNK: usize = 1_024;
 
 /// How many commits back the writer looks for the open generation's greatest key: a new id
 /// above the greatest key as it was then goes straight into the generation's B-tree (its right
@@ -460,6 +464,8 @@ fn above(tenant: &str, id: &str, key: &Key) -> bool {
 struct Move {
     /// How many of them are in the generation.
     done: usize,
+    /// How many ids had been appended since the move began when its last chunk went.
+    arrived: usize,
     /// The last appended rowid it covers.
     through: i64,
     /// `INSERT OR IGNORE` into the open generation.
@@ -720,6 +726,7 @@ impl Dedup {
         moving.sort_unstable_by(|(a, _), (b, _)| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
         self.moving = Some(Move {
             done: 0,
+            arrived: 0,
             through,
             insert: format!("INSERT OR IGNORE INTO {tbl} (id, tenant, hash, key) VALUES (?1, ?2, ?3, ?4)"),
         });
@@ -731,9 +738,14 @@ impl Dedup {
     /// tells readers (the epoch).
     fn move_chunk(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
         let Some(done) = self.moving.as_ref().map(|m| m.done) else { return Ok(()) };
-        // At least twice what arrived since the move began, so that a move always ends before
-        // the next is due, however large the commits.
-        let step = MOVE_CHUNK.max(2 * self.mirror.ids.len());
+        let started = std::time::Instant::now();
+        // At least twice what arrived since the last chunk, so that a move always ends before
+        // the next is due (it moves at least twice as many ids as arrive meanwhile), however
+        // large the commits; and no more under a steady load, so that no commit waits behind a
+        // long one.
+        let arrived = self.mirror.ids.len();
+        let since = arrived.saturating_sub(self.moving.as_ref().map_or(0, |m| m.arrived));
+        let step = MOVE_CHUNK.max(2 * since);
         let end = (done + step).min(self.mirror.moving.len());
         let last = end == self.mirror.moving.len();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -800,6 +812,7 @@ impl Dedup {
             open.max = Some(key.clone());
         }
         m.done = end;
+        m.arrived = arrived;
         if last {
             self.moving = None;
             self.mirror.moving.clear();
@@ -809,11 +822,13 @@ impl Dedup {
                 self.mirror.last_rowid = 0;
             }
         }
+        let sealed_one = sealed.is_some();
         if let Some((done, next, filter)) = sealed {
             self.opened(done, next, filter);
             // This mirror holds what is appended as of `epoch` (above).
             self.reload(conn, epoch, true)?;
         }
+        tracing::debug!(state = %self.name, ids = end - done, last, sealed = sealed_one, took = ?started.elapsed(), "dedup ids moved");
         Ok(())
     }
 
@@ -1269,6 +1284,36 @@ mod tests {
             assert_eq!(look(&mut reader, &mut mirror, i), Some(value(i)), "a reader sees {i} after the move");
         }
         assert_eq!(look(&mut reader, &mut mirror, n + 4), None);
+    }
+
+    /// A chunk moves twice the ids appended since the last chunk, at least [`MOVE_CHUNK`]: a
+    /// large commit is outrun, and the commits after it are not held behind long chunks.
+    #[test]
+    fn a_chunk_moves_twice_what_arrived_since_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let c = MOVE_CHUNK as i64;
+        let n = 8 * c;
+        let settings = Settings { flush_at: n as usize, straight: false, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        let in_generation =
+            |conn: &Connection| -> i64 { conn.query_row("SELECT count(*) FROM ids_g1", [], |r| r.get(0)).unwrap() };
+        commit(&mut conn, &mut d, 0..n, 1);
+        assert_eq!(in_generation(&conn), c, "the first chunk");
+        commit(&mut conn, &mut d, [n], 1);
+        assert_eq!(in_generation(&conn), 2 * c, "one id arrived: a chunk");
+        commit(&mut conn, &mut d, n + 1..n + 1 + c, 1);
+        assert_eq!(in_generation(&conn), 4 * c, "a chunk's worth arrived: twice that");
+        commit(&mut conn, &mut d, [n + 1 + c], 1);
+        assert_eq!(in_generation(&conn), 5 * c, "one id arrived since: a chunk again");
+        for _ in 0..3 {
+            commit(&mut conn, &mut d, [], 1);
+        }
+        assert_eq!(in_generation(&conn), n, "the move ended");
+        assert_eq!(pending(&conn), c + 2, "what arrived meanwhile waits for the next");
+        for i in [0, n - 1, n, n + 1 + c] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)));
+        }
     }
 
     /// An id appended during a move after a rolled back one (whose rowid SQLite gives again)
