@@ -5,7 +5,8 @@
 # FLOOD events/s (100 a request). Every tenant's quota is QUOTA events/s
 # (`METER__INGEST__QUOTAS__DEFAULT__EVENTS_PER_SECOND`; QUOTA=0 sets none, to see the flood land).
 # Each round starts a fresh `meter serve` for each run, alternating. Prints, per run, the others'
-# request p50/p99 and failed requests, and the flooder's events acknowledged and requests refused.
+# request p50/p99 and failed requests, and the flooder's events acknowledged and requests answered
+# other than 2xx (the 429s of its quota).
 #   ROUNDS=3 DURATION=20 benches/fairness.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,7 @@ trap '[ -n "$flood_pid" ] && kill "$flood_pid" 2>/dev/null; [ -n "$pid" ] && kil
 field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" "$2" | head -1; }
 
 echo "quota $QUOTA events/s a tenant; 100 tenants × 200 events/s; flood $FLOOD events/s; $DURATION s a run"
-echo "| round | run | others p50 ms | others p99 ms | others failed requests | flood events acknowledged | flood requests refused |"
+echo "| round | run | others p50 ms | others p99 ms | others failed requests | flood events acknowledged | flood requests not 2xx |"
 echo "|---|---|---:|---:|---:|---:|---:|"
 for round in $(seq "$ROUNDS"); do
   for run in unloaded flooded; do

@@ -187,7 +187,13 @@ async fn accept(
         IngestError::Throttled(t)
     };
     if let (Some(throttle), Some(tenant)) = (&ingest.throttle, &principal.tenant) {
-        throttle.could_admit(tenant).map_err(throttled)?;
+        throttle.could_admit(tenant).map_err(|t| {
+            // Answered in the request's own style: a CloudEvent may come as plain JSON.
+            if format == Format::Json && body.windows(13).any(|w| w == b"\"specversion\"") {
+                *dialect = Dialect::CloudEvents;
+            }
+            throttled(t)
+        })?;
     }
     let scope = match principal.tenant {
         Some(t) => TenantScope::Only(t),
@@ -213,11 +219,30 @@ async fn accept(
     })?;
     *dialect = parsed.dialect;
     let Parsed { events, paths, dialect: _ } = parsed;
-    if let Some(throttle) = &ingest.throttle {
-        throttle.admit(&per_tenant(&events)).map_err(throttled)?;
-    }
+    let taken = match &ingest.throttle {
+        Some(throttle) => Some(throttle.admit(&per_tenant(&events)).map_err(throttled)?),
+        None => None,
+    };
+    let outcomes = match store(ingest, &events, &paths).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            // Nothing was stored: the request costs its tenants no quota.
+            if let (Some(throttle), Some(taken)) = (&ingest.throttle, taken) {
+                throttle.give_back(taken);
+            }
+            return Err(e);
+        }
+    };
+    let duplicates = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count();
+    metrics::counter!(metric::EVENTS, "outcome" => "new").increment((outcomes.len() - duplicates) as u64);
+    metrics::counter!(metric::EVENTS, "outcome" => "duplicate").increment(duplicates as u64);
+    Ok(respond(*dialect, format, &events, &paths, &outcomes, now))
+}
+
+/// Checks the hard limits of `events`' tenants and appends them to the log.
+async fn store(ingest: &Ingest, events: &[Event], paths: &[EventPath]) -> Result<Vec<Outcome>, IngestError> {
     if let Some(quota) = &ingest.quota {
-        let refused = quota.refused(&events).await.map_err(IngestError::Unavailable)?;
+        let refused = quota.refused(events).await.map_err(IngestError::Unavailable)?;
         if !refused.is_empty() {
             let errors = refused
                 .into_iter()
@@ -226,8 +251,8 @@ async fn accept(
             return Err(IngestError::Fields(errors));
         }
     }
-    let outcomes = match ingest.log.append(&events).await {
-        Ok(o) => o,
+    match ingest.log.append(events).await {
+        Ok(o) => Ok(o),
         Err(LogError::Conflicts(indexes)) => {
             let errors = indexes
                 .into_iter()
@@ -235,21 +260,17 @@ async fn accept(
                     FieldError::new(ErrorKind::Conflict, paths[i].id(), "was already used with a different payload")
                 })
                 .collect();
-            return Err(IngestError::Fields(errors));
+            Err(IngestError::Fields(errors))
         }
         Err(LogError::TooLate(indexes)) => {
             let errors = indexes
                 .into_iter()
                 .map(|i| FieldError::invalid(paths[i].time(), "was older than the lateness window when stored"))
                 .collect();
-            return Err(IngestError::Fields(errors));
+            Err(IngestError::Fields(errors))
         }
-        Err(e) => return Err(IngestError::Unavailable(e.to_string())),
-    };
-    let duplicates = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count();
-    metrics::counter!(metric::EVENTS, "outcome" => "new").increment((outcomes.len() - duplicates) as u64);
-    metrics::counter!(metric::EVENTS, "outcome" => "duplicate").increment(duplicates as u64);
-    Ok(respond(*dialect, format, &events, &paths, &outcomes, now))
+        Err(e) => Err(IngestError::Unavailable(e.to_string())),
+    }
 }
 
 /// How many events of each tenant `events` holds, tenants in order of first appearance.

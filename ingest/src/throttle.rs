@@ -70,8 +70,8 @@ impl Quotas {
     /// Why a quota cannot take a request of `max_events` events on one host, if it cannot: the
     /// events its burst lets a host take at once.
     pub fn too_small_for(&self, quota: &RateQuota, max_events: usize) -> Option<u64> {
-        let at_once = Limit::events(quota, self.hosts).capacity();
-        (at_once < max_events as f64).then_some(at_once.floor() as u64)
+        let at_once = Limit::events(quota, self.hosts).capacity().floor();
+        (at_once < max_events as f64).then_some(at_once as u64)
     }
 }
 
@@ -157,21 +157,30 @@ impl Limit {
         Limit::new(quota.events_per_second, quota.burst, hosts)
     }
 
-    /// Cells a full bucket holds.
+    /// Cells a full bucket holds (with [`SLACK`], as [`Limit::take`] admits them).
     fn capacity(&self) -> f64 {
-        self.burst_ns / self.interval_ns
+        self.burst_ns * (1.0 + SLACK) / self.interval_ns
     }
 
     /// The bucket's TAT after `n` more cells at `now`, or how long until they would fit.
     fn take(&self, tat: f64, now: f64, n: u32) -> Result<f64, f64> {
         let next = tat.max(now) + f64::from(n) * self.interval_ns;
-        // A hair of slack for the float arithmetic: a full burst into an empty bucket fits.
-        match next - now <= self.burst_ns * (1.0 + 1e-9) {
+        match next - now <= self.burst_ns * (1.0 + SLACK) {
             true => Ok(next),
             false => Err(next - now - self.burst_ns),
         }
     }
 }
+
+/// A hair of slack for the float arithmetic: a full burst into an empty bucket fits, and the
+/// configuration's check ([`Quotas::too_small_for`]) agrees with what is admitted.
+const SLACK: f64 = 1e-9;
+
+/// What an admitted request took from each tenant's buckets (ns of their TATs), to give back if
+/// the request is refused after all ([`Throttle::give_back`]).
+#[derive(Debug, Default)]
+#[must_use = "what an admitted request took is given back if the request fails"]
+pub struct Taken(Vec<(String, f64, f64)>);
 
 /// A tenant's two buckets: the TAT of its events and of its requests (ns since the throttle
 /// started).
@@ -189,16 +198,23 @@ pub struct Throttle {
     state: Mutex<State>,
 }
 
-#[derive(Default)]
 struct State {
     buckets: HashMap<String, Buckets>,
-    /// Admissions since idle buckets were last dropped.
-    since_sweep: usize,
+    /// Idle buckets (those whose TATs are past: a fresh bucket would say the same) are dropped
+    /// once there are this many, which then becomes twice those left (at least
+    /// [`SWEEP_FROM`]): the map stays within twice the tenants recently sending, and a sweep
+    /// (a pass over all of them under the lock) comes after as many new tenants as it passed.
+    sweep_at: usize,
 }
 
-/// Admissions between two sweeps of idle buckets (those whose TATs are past: a fresh bucket
-/// would say the same).
-const SWEEP_EVERY: usize = 4096;
+impl Default for State {
+    fn default() -> Self {
+        State { buckets: HashMap::new(), sweep_at: SWEEP_FROM }
+    }
+}
+
+/// The fewest buckets a sweep waits for.
+const SWEEP_FROM: usize = 4096;
 
 impl Throttle {
     /// Quotas `quotas`, each tenant's plan asked of `plans`.
@@ -207,8 +223,8 @@ impl Throttle {
     }
 
     /// Admits a request carrying `events` events of each tenant, or says which tenant's quota
-    /// it would exceed (nothing is then taken from any).
-    pub fn admit(&self, events: &[(&str, u32)]) -> Result<(), Throttled> {
+    /// it would exceed for longest (nothing is then taken from any).
+    pub fn admit(&self, events: &[(&str, u32)]) -> Result<Taken, Throttled> {
         self.admit_at(self.started.elapsed(), events)
     }
 
@@ -216,17 +232,30 @@ impl Throttle {
     /// tenant key's request is refused before its body is parsed when it could not, so that a
     /// flood of refused requests costs little.
     pub fn could_admit(&self, tenant: &str) -> Result<(), Throttled> {
-        self.check_at(self.started.elapsed(), &[(tenant, 1)], false)
+        self.check_at(self.started.elapsed(), &[(tenant, 1)], false).map(|_| ())
+    }
+
+    /// Gives back what an admitted request took, when it was refused after all (a hard limit,
+    /// a conflict, the log unavailable): a request that stores nothing costs no quota.
+    pub fn give_back(&self, taken: Taken) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (tenant, events, requests) in taken.0 {
+            if let Some(b) = state.buckets.get_mut(&tenant) {
+                b.events -= events;
+                b.requests -= requests;
+            }
+        }
     }
 
     /// [`Throttle::admit`] at `now` after the throttle started.
-    fn admit_at(&self, now: Duration, events: &[(&str, u32)]) -> Result<(), Throttled> {
+    fn admit_at(&self, now: Duration, events: &[(&str, u32)]) -> Result<Taken, Throttled> {
         self.check_at(now, events, true)
     }
 
     /// Whether a request carrying `events` fits at `now`; if it does and `take`, its events and
-    /// its request are taken from each tenant's buckets.
-    fn check_at(&self, now: Duration, events: &[(&str, u32)], take: bool) -> Result<(), Throttled> {
+    /// its request are taken from each tenant's buckets. If it does not, the refusal names the
+    /// bucket that needs longest, so that `Retry-After` is when the whole request fits.
+    fn check_at(&self, now: Duration, events: &[(&str, u32)], take: bool) -> Result<Taken, Throttled> {
         let hosts = self.quotas.hosts;
         let limited: Vec<(&str, u32, Option<String>, &RateQuota)> = events
             .iter()
@@ -238,35 +267,54 @@ impl Throttle {
             })
             .collect();
         if limited.is_empty() {
-            return Ok(());
+            return Ok(Taken::default());
         }
         let now = now.as_nanos() as f64;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = Vec::with_capacity(limited.len());
-        for (tenant, n, plan, quota) in &limited {
+        let mut worst: Option<(f64, usize, Exceeded, NonZeroU32)> = None;
+        for (i, (tenant, n, _, quota)) in limited.iter().enumerate() {
             let was = state.buckets.get(*tenant).copied().unwrap_or_default();
-            let refused = |exceeded, per_second: NonZeroU32, wait: f64| Throttled {
+            let mut refuse = |wait: f64, exceeded, per_second| {
+                if worst.is_none_or(|(w, ..)| wait > w) {
+                    worst = Some((wait, i, exceeded, per_second));
+                }
+            };
+            let limit = Limit::events(quota, hosts);
+            let events = limit.take(was.events, now, *n).unwrap_or_else(|wait| {
+                refuse(wait, Exceeded::Events, quota.events_per_second);
+                was.events
+            });
+            let mut took = (f64::from(*n) * limit.interval_ns, 0.0);
+            let requests = match quota.requests_per_second {
+                Some(rps) => {
+                    let limit = Limit::new(rps, quota.burst, hosts);
+                    took.1 = limit.interval_ns;
+                    limit.take(was.requests, now, 1).unwrap_or_else(|wait| {
+                        refuse(wait, Exceeded::Requests, rps);
+                        was.requests
+                    })
+                }
+                None => was.requests,
+            };
+            next.push((*tenant, Buckets { events, requests }, took));
+        }
+        if let Some((wait, i, exceeded, per_second)) = worst {
+            let (tenant, _, plan, _) = &limited[i];
+            return Err(Throttled {
                 tenant: tenant.to_string(),
                 plan: plan.clone(),
                 exceeded,
                 per_second: per_second.get(),
                 retry_after: Duration::from_nanos(wait.ceil() as u64),
-            };
-            let events = Limit::events(quota, hosts)
-                .take(was.events, now, *n)
-                .map_err(|wait| refused(Exceeded::Events, quota.events_per_second, wait))?;
-            let requests = match quota.requests_per_second {
-                Some(rps) => Limit::new(rps, quota.burst, hosts)
-                    .take(was.requests, now, 1)
-                    .map_err(|wait| refused(Exceeded::Requests, rps, wait))?,
-                None => was.requests,
-            };
-            next.push((*tenant, Buckets { events, requests }));
+            });
         }
         if !take {
-            return Ok(());
+            return Ok(Taken::default());
         }
-        for (tenant, buckets) in next {
+        let mut taken = Vec::with_capacity(next.len());
+        for (tenant, buckets, (events, requests)) in next {
+            taken.push((tenant.to_string(), events, requests));
             match state.buckets.get_mut(tenant) {
                 Some(b) => *b = buckets,
                 None => {
@@ -274,12 +322,11 @@ impl Throttle {
                 }
             }
         }
-        state.since_sweep += 1;
-        if state.since_sweep >= SWEEP_EVERY {
-            state.since_sweep = 0;
+        if state.buckets.len() >= state.sweep_at {
             state.buckets.retain(|_, b| b.events > now || b.requests > now);
+            state.sweep_at = (2 * state.buckets.len()).max(SWEEP_FROM);
         }
-        Ok(())
+        Ok(Taken(taken))
     }
 
     /// Tenants with a bucket kept (a test's look at the sweep).
@@ -327,14 +374,14 @@ mod tests {
     fn a_tenant_gets_its_burst_then_its_rate() {
         let t = throttle(Some(quota(1000, None)), &[], 1);
         // A second's worth at once, then nothing more at that instant.
-        assert_eq!(t.admit_at(ms(0), &[("a", 1000)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("a", 1000)]).is_ok());
         let refused = t.admit_at(ms(0), &[("a", 1)]).unwrap_err();
         assert_eq!((refused.exceeded, refused.per_second, refused.tenant.as_str()), (Exceeded::Events, 1000, "a"));
         assert_eq!(refused.retry_after, ms(1));
         assert_eq!(refused.retry_after_secs(), 1);
         // 100 ms later, 100 events more fit, and not 101.
         assert!(t.admit_at(ms(100), &[("a", 101)]).is_err());
-        assert_eq!(t.admit_at(ms(100), &[("a", 100)]), Ok(()));
+        assert!(t.admit_at(ms(100), &[("a", 100)]).is_ok());
         // Over ten seconds at twice the rate, half is admitted.
         let mut admitted = 0;
         for i in 0..200u64 {
@@ -348,13 +395,13 @@ mod tests {
     #[test]
     fn a_refusal_says_how_long_to_wait_for_the_whole_request() {
         let t = throttle(Some(quota(100, None)), &[], 1);
-        assert_eq!(t.admit_at(ms(0), &[("a", 100)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("a", 100)]).is_ok());
         // 50 events need half a second; Retry-After rounds up to whole seconds.
         let refused = t.admit_at(ms(0), &[("a", 50)]).unwrap_err();
         assert_eq!(refused.retry_after, ms(500));
         assert_eq!(refused.retry_after_secs(), 1);
         assert!(t.admit_at(ms(499), &[("a", 50)]).is_err());
-        assert_eq!(t.admit_at(ms(500), &[("a", 50)]), Ok(()));
+        assert!(t.admit_at(ms(500), &[("a", 50)]).is_ok());
         let long = Throttled { retry_after: Duration::from_millis(2001), ..refused };
         assert_eq!(long.retry_after_secs(), 3);
         assert!(
@@ -366,15 +413,15 @@ mod tests {
     #[test]
     fn tenants_do_not_share_a_bucket() {
         let t = throttle(Some(quota(100, None)), &[], 1);
-        assert_eq!(t.admit_at(ms(0), &[("a", 100)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("a", 100)]).is_ok());
         assert!(t.admit_at(ms(0), &[("a", 1)]).is_err());
-        assert_eq!(t.admit_at(ms(0), &[("b", 100)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("b", 100)]).is_ok());
     }
 
     #[test]
     fn a_plan_has_its_own_quota_and_the_default_covers_the_rest() {
         let t = throttle(Some(quota(10, None)), &[("pro", quota(1000, None))], 1);
-        assert_eq!(t.admit_at(ms(0), &[("big", 1000)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("big", 1000)]).is_ok());
         let refused = t.admit_at(ms(0), &[("small", 11)]).unwrap_err();
         assert_eq!((refused.plan, refused.per_second), (None, 10));
         let refused = t.admit_at(ms(0), &[("big", 1)]).unwrap_err();
@@ -382,45 +429,45 @@ mod tests {
         assert!(refused.to_string().contains("plan \"pro\"'s quota"), "{refused}");
         // Without a default, a tenant on no limited plan is not limited.
         let t = throttle(None, &[("pro", quota(10, None))], 1);
-        assert_eq!(t.admit_at(ms(0), &[("small", 1_000_000)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("small", 1_000_000)]).is_ok());
         assert!(t.admit_at(ms(0), &[("big", 11)]).is_err());
     }
 
     #[test]
     fn requests_are_limited_apart_from_events() {
         let t = throttle(Some(quota(1000, Some(2))), &[], 1);
-        assert_eq!(t.admit_at(ms(0), &[("a", 1)]), Ok(()));
-        assert_eq!(t.admit_at(ms(0), &[("a", 1)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("a", 1)]).is_ok());
+        assert!(t.admit_at(ms(0), &[("a", 1)]).is_ok());
         let refused = t.admit_at(ms(0), &[("a", 1)]).unwrap_err();
         assert_eq!((refused.exceeded, refused.per_second, refused.retry_after), (Exceeded::Requests, 2, ms(500)));
         assert!(refused.to_string().contains("2 requests a second"), "{refused}");
-        assert_eq!(t.admit_at(ms(500), &[("a", 1)]), Ok(()));
+        assert!(t.admit_at(ms(500), &[("a", 1)]).is_ok());
     }
 
     #[test]
     fn a_refused_request_takes_nothing_from_any_tenant() {
         let t = throttle(Some(quota(100, Some(100))), &[], 1);
-        assert_eq!(t.admit_at(ms(0), &[("b", 100)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("b", 100)]).is_ok());
         // a's 60 would fit, b's 1 does not: a keeps its whole burst.
         let refused = t.admit_at(ms(0), &[("a", 60), ("b", 1)]).unwrap_err();
         assert_eq!(refused.tenant, "b");
-        assert_eq!(t.admit_at(ms(0), &[("a", 100)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("a", 100)]).is_ok());
         // A refused request is not counted as a request either.
         let t = throttle(Some(quota(10, Some(1))), &[], 1);
         assert!(t.admit_at(ms(0), &[("a", 11)]).is_err());
-        assert_eq!(t.admit_at(ms(0), &[("a", 10)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("a", 10)]).is_ok());
     }
 
     #[test]
     fn each_host_enforces_its_share() {
         let t = throttle(Some(quota(1000, Some(10))), &[], 4);
-        assert_eq!(t.admit_at(ms(0), &[("a", 250)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("a", 250)]).is_ok());
         let refused = t.admit_at(ms(0), &[("a", 1)]).unwrap_err();
         // The quota named is the deployment's; the wait is this host's.
         assert_eq!((refused.per_second, refused.retry_after), (1000, ms(4)));
         let t = throttle(Some(quota(1000, Some(10))), &[], 4);
-        assert_eq!(t.admit_at(ms(0), &[("a", 1)]), Ok(()));
-        assert_eq!(t.admit_at(ms(0), &[("a", 1)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("a", 1)]).is_ok());
+        assert!(t.admit_at(ms(0), &[("a", 1)]).is_ok());
         assert_eq!(t.admit_at(ms(0), &[("a", 1)]).unwrap_err().exceeded, Exceeded::Requests);
     }
 
@@ -437,23 +484,80 @@ mod tests {
     fn could_admit_takes_nothing() {
         let t = throttle(Some(quota(10, Some(1))), &[], 1);
         for _ in 0..5 {
-            assert_eq!(t.check_at(ms(0), &[("a", 1)], false), Ok(()));
+            assert!(t.check_at(ms(0), &[("a", 1)], false).is_ok());
         }
-        assert_eq!(t.admit_at(ms(0), &[("a", 10)]), Ok(()));
+        assert!(t.admit_at(ms(0), &[("a", 10)]).is_ok());
         let refused = t.check_at(ms(0), &[("a", 1)], false).unwrap_err();
-        assert_eq!((refused.exceeded, refused.retry_after), (Exceeded::Events, ms(100)));
+        assert_eq!(
+            (refused.exceeded, refused.retry_after),
+            (Exceeded::Requests, ms(1000)),
+            "the longer of its two waits"
+        );
         assert!(t.could_admit("b").is_ok());
     }
 
     #[test]
-    fn idle_buckets_are_dropped() {
+    fn idle_buckets_are_dropped_and_live_ones_kept() {
         let t = throttle(Some(quota(1000, None)), &[], 1);
-        for i in 0..SWEEP_EVERY as u64 - 1 {
-            t.admit_at(ms(0), &[(&format!("t{i}"), 1)]).unwrap();
+        for i in 0..SWEEP_FROM as u64 - 1 {
+            let _ = t.admit_at(ms(0), &[(&format!("t{i}"), 1)]).unwrap();
         }
-        assert_eq!(t.kept(), SWEEP_EVERY - 1);
+        assert_eq!(t.kept(), SWEEP_FROM - 1);
         // A second later every bucket is full again: the sweep drops them all but the busy one.
-        t.admit_at(ms(1000), &[("busy", 5)]).unwrap();
+        let _ = t.admit_at(ms(1000), &[("busy", 5)]).unwrap();
         assert_eq!(t.kept(), 1);
+        // Buckets still in use are kept, and the next sweep waits for twice as many.
+        let t = throttle(Some(quota(1000, None)), &[], 1);
+        for i in 0..SWEEP_FROM as u64 {
+            let _ = t.admit_at(ms(0), &[(&format!("t{i}"), 1)]).unwrap();
+        }
+        assert_eq!(t.kept(), SWEEP_FROM, "each bucket's TAT is 1 ms ahead: none idle");
+        let _ = t.admit_at(ms(2), &[("late", 1)]).unwrap();
+        assert_eq!(t.kept(), SWEEP_FROM + 1, "no sweep before twice as many");
+    }
+
+    #[test]
+    fn what_a_refused_request_took_is_given_back() {
+        let t = throttle(Some(quota(100, Some(2))), &[], 1);
+        let taken = t.admit_at(ms(0), &[("a", 60), ("b", 100)]).unwrap();
+        assert!(t.admit_at(ms(0), &[("a", 41)]).is_err());
+        t.give_back(taken);
+        // Both tenants have their whole burst again, events and requests.
+        let _ = t.admit_at(ms(0), &[("a", 100)]).unwrap();
+        let _ = t.admit_at(ms(0), &[("b", 100)]).unwrap();
+        let _ = t.admit_at(ms(0), &[("a", 0)]).unwrap();
+        assert_eq!(t.admit_at(ms(0), &[("a", 0)]).unwrap_err().exceeded, Exceeded::Requests, "two requests each");
+    }
+
+    #[test]
+    fn a_refusal_names_the_longest_wait() {
+        // a lacks 1 event (10 ms); b lacks a request (500 ms): the request fits in 500 ms.
+        let t = throttle(Some(quota(100, Some(2))), &[], 1);
+        let _ = t.admit_at(ms(0), &[("a", 100)]).unwrap();
+        let _ = t.admit_at(ms(0), &[("b", 1)]).unwrap();
+        let _ = t.admit_at(ms(0), &[("b", 1)]).unwrap();
+        let refused = t.admit_at(ms(0), &[("a", 1), ("b", 1)]).unwrap_err();
+        assert_eq!(
+            (refused.tenant.as_str(), refused.exceeded, refused.retry_after),
+            ("b", Exceeded::Requests, ms(500))
+        );
+        // One tenant over both: its longer wait.
+        let t = throttle(Some(quota(1000, Some(1))), &[], 4);
+        let _ = t.admit_at(ms(0), &[("a", 250)]).unwrap();
+        let refused = t.admit_at(ms(0), &[("a", 1)]).unwrap_err();
+        assert_eq!(
+            (refused.exceeded, refused.retry_after, refused.retry_after_secs()),
+            (Exceeded::Requests, ms(4000), 4)
+        );
+    }
+
+    #[test]
+    fn the_configuration_check_agrees_with_what_is_admitted() {
+        // 55 a second with a burst of a second: 1e9 / (1e9 / 55) is a hair under 55 in floats.
+        let q = quota(55, None);
+        assert_eq!(Quotas::default().too_small_for(&q, 55), None);
+        let t = throttle(Some(q), &[], 1);
+        assert!(t.admit_at(ms(0), &[("a", 55)]).is_ok());
+        assert_eq!(Quotas::default().too_small_for(&q, 56), Some(55));
     }
 }

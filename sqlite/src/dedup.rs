@@ -739,10 +739,11 @@ impl Dedup {
     fn move_chunk(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
         let Some(done) = self.moving.as_ref().map(|m| m.done) else { return Ok(()) };
         let started = std::time::Instant::now();
-        // At least twice what arrived since the last chunk, so that a move always ends before
-        // the next is due (it moves at least twice as many ids as arrive meanwhile), however
-        // large the commits; and no more under a steady load, so that no commit waits behind a
-        // long one.
+        // At least twice what arrived since the last chunk, so that a move moves at least twice
+        // as many ids as arrive meanwhile and ends before the next is due (unless one commit
+        // appends more than half of `flush_at`: the next move is then larger, which costs memory,
+        // not exactness); and no more under a steady load, so that no commit waits behind a
+        // long chunk.
         let arrived = self.mirror.ids.len();
         let since = arrived.saturating_sub(self.moving.as_ref().map_or(0, |m| m.arrived));
         let step = MOVE_CHUNK.max(2 * since);
