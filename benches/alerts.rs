@@ -6,6 +6,7 @@
 //! 80% alert reaches a webhook receiver is measured. Then CLIENTS (default 8) clients ask
 //! `GET /api/v1/entitlements/work_orders` for SECONDS (default 5) seconds. METER_BIN=PATH runs
 //! another build of meter (another commit's, side by side).
+//! After the alerts, each server stage's mean over those sends alone is printed from `/metrics`.
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -50,6 +51,32 @@ fn percentiles(h: &Histogram<u64>) -> String {
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     )
+}
+
+/// The sum and count of each server histogram that an alert passes through, from `/metrics`.
+async fn stages(http: &reqwest::Client, url: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    const STAGES: [&str; 5] = [
+        "meter_ingest_request_duration_seconds",
+        "meter_log_commit_duration_seconds",
+        "meter_aggregator_batch_duration_seconds",
+        "meter_aggregator_event_to_counter_seconds",
+        "meter_webhooks_alert_to_delivery_seconds",
+    ];
+    let text = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let mut out = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let name = series.split('{').next().unwrap_or_default();
+        let value: f64 = value.parse().unwrap_or_default();
+        for stage in STAGES {
+            if name == format!("{stage}_sum") {
+                out.entry(stage.to_string()).or_default().0 += value;
+            } else if name == format!("{stage}_count") {
+                out.entry(stage.to_string()).or_default().1 += value;
+            }
+        }
+    }
+    out
 }
 
 #[allow(clippy::print_stdout)]
@@ -163,7 +190,9 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
 
+    let before = stages(&http, &url).await;
     let mut sent: HashMap<String, Instant> = HashMap::new();
+    let mut acked = Histogram::<u64>::new(3).unwrap();
     for t in &names {
         let at = Instant::now();
         let r = http
@@ -174,6 +203,7 @@ async fn main() {
             .await
             .unwrap();
         assert!(r.status().is_success());
+        acked.record(at.elapsed().as_micros() as u64).unwrap();
         sent.insert(t.clone(), at);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -191,6 +221,16 @@ async fn main() {
         got.len(),
         percentiles(&h)
     );
+    println!("  of which the send to its answer: {}", percentiles(&acked));
+    // Where the rest went: each stage's mean over these sends alone, from the server's own
+    // histograms (the difference of their sums and counts before and after).
+    let after = stages(&http, &url).await;
+    for (name, (sum, count)) in &after {
+        let (s0, c0) = before.get(name).copied().unwrap_or_default();
+        if count > &c0 {
+            println!("  {name}: mean {:.2} ms over {}", (sum - s0) / (count - c0) * 1e3, count - c0);
+        }
+    }
 
     // Entitlement checks.
     let stop = Instant::now() + Duration::from_secs(seconds);
