@@ -4,6 +4,7 @@
 pub mod dedup;
 
 use rusqlite::Connection;
+use rusqlite::config::DbConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,10 +45,17 @@ pub enum Durability {
     Normal,
 }
 
+/// Statements a connection keeps prepared (`prepare_cached`).
+pub const PREPARED_STATEMENTS: usize = 128;
+
 /// Opens a connection in WAL mode with a busy timeout and the given durability.
 pub fn open(path: &Path, durability: Durability) -> Result<Connection, Error> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
+    // Plan each statement once, whatever is bound to it later: otherwise a parameter the planner
+    // looked at (every `LIMIT ?`) recompiles its statement each time it is bound.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let sync = match durability {
         Durability::Full => "FULL",
@@ -372,6 +380,40 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::params;
+
+    /// A statement with a bound `LIMIT` runs again without being compiled again. SQLite marks a
+    /// parameter the planner looked at (a `LIMIT ?` is one) and, unless the planner is told to
+    /// ignore bound values, recompiles the statement each time that parameter is bound: the log's
+    /// reader spent about a seventh of its thread doing so, once per partition per poll.
+    #[test]
+    fn a_statement_bound_again_is_not_compiled_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("q.db"), Durability::Normal).unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)").unwrap();
+        for limit in [10, 10, 20, 5] {
+            let mut stmt = conn.prepare_cached("SELECT v FROM t WHERE k >= ?1 AND k < ?2 ORDER BY k LIMIT ?3").unwrap();
+            stmt.query(params![0, limit, limit]).unwrap().next().unwrap();
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0, "recompiled at LIMIT {limit}");
+        }
+    }
+
+    /// A connection keeps every statement a store's transaction uses prepared: the usage store's
+    /// writer uses more than rusqlite's default of 16, and at 16 it compiled a third of them again
+    /// on every batch.
+    #[test]
+    fn a_connection_keeps_many_statements_prepared() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("s.db"), Durability::Normal).unwrap();
+        let sql = |i: usize| format!("SELECT {i}");
+        for round in 0..2 {
+            for i in 0..PREPARED_STATEMENTS {
+                let mut stmt = conn.prepare_cached(&sql(i)).unwrap();
+                assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), round, "statement {i} compiled again");
+                stmt.query_row([], |r| r.get::<_, i64>(0)).unwrap();
+            }
+        }
+    }
 
     /// Commits leave pages in the WAL; only the checkpointer's thread moves them to the main file.
     #[test]
