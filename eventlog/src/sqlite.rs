@@ -47,6 +47,13 @@ const MIGRATIONS: &[&str] = &[
     -- build from before would not see them in its filters, so this version makes it refuse the
     -- file (a newer file is refused).
 ",
+    "
+    -- meter_sqlite::dedup leaves the rows a move took from `ids_pending` below a floor
+    -- (`ids_state.floor`) that readers skip, deleting them after later commits. A build from
+    -- before would read them, and its quarter-horizon roll would empty the table without
+    -- lowering the floor, hiding the rows appended after it: this version makes it refuse the
+    -- file.
+",
 ];
 
 /// Metric names of the log, declared once.

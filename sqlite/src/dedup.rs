@@ -7,9 +7,12 @@
 //! the open generation's B-tree, so a leaf page of it is written about once per move however
 //! many of its ids arrived. The move goes in key order, a chunk after each commit of the writer
 //! ([`MOVE_CHUNK`] ids, or twice those appended since the last chunk if more), so that no commit
-//! waits for the whole move; the appended rows go in the move's last transaction. Generations are arrival buckets: a new one opens
-//! every quarter of the horizon, and one whose last arrival is older than the horizon is
-//! dropped whole (`DROP TABLE`), so the state stays flat under a steady load. A generation is
+//! waits for the whole move. The move's last transaction raises a floor below which every
+//! appended row is moved (readers read above it); the rows below it are deleted after later
+//! commits, [`TRIM_PIECE`] at a time, the floor's own row kept so that no rowid is given twice.
+//! Generations are arrival buckets: a new one opens every quarter of the horizon, and one whose
+//! last arrival is older than the horizon is dropped whole (`DROP TABLE`), so the state stays
+//! flat under a steady load. A generation is
 //! also sealed, and a new one opened, once it holds [`Settings::seal_at`] ids, so that the B-tree
 //! a move writes into stays within the page cache until the horizon holds [`SEALED`] times that
 //! (beyond, a generation is sealed at a `SEALED`th of the sealed ids, so that there are about
@@ -70,6 +73,12 @@ pub const SEALED: usize = 32;
 /// took 14-43 ms, and requests arriving during a move waited that long (BENCHMARKS.md, "Rate
 /// quotas and a flood; dedup moves in short chunks").
 pub const MOVE_CHUNK: usize = 1_024;
+
+/// Moved rows deleted from the appended ones after each commit once a move has ended (at
+/// least; twice the ids appended since the last piece if more). A move's last chunk deleted
+/// every row it moved, 131,072 at the default `flush_at`: that held the writer for 17-26 ms and
+/// made its commit as long again.
+pub const TRIM_PIECE: usize = 8_192;
 
 /// How many commits back the writer looks for the open generation's greatest key: a new id
 /// above the greatest key as it was then goes straight into the generation's B-tree (its right
@@ -271,6 +280,9 @@ pub struct Dedup {
     data_version: Option<i64>,
     /// The move under way, if any.
     moving: Option<Move>,
+    /// Whether moved rows may lie below the floor, to be deleted a piece after each commit,
+    /// and how many ids were appended when the last piece went.
+    trimming: Option<usize>,
     /// The open generation as this writer last saw it.
     open: Option<Open>,
 }
@@ -492,9 +504,21 @@ impl Dedup {
              CREATE TABLE IF NOT EXISTS {name}_pending (
                  rowid INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, hash BLOB, key INTEGER
              );
-             CREATE TABLE IF NOT EXISTS {name}_state (one INTEGER PRIMARY KEY CHECK (one = 1), epoch INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS {name}_state (
+                 one INTEGER PRIMARY KEY CHECK (one = 1), epoch INTEGER NOT NULL, floor INTEGER NOT NULL DEFAULT 0
+             );
              INSERT OR IGNORE INTO {name}_state (one, epoch) VALUES (1, 0);"
         ))?;
+        // Files from before moved rows were deleted after the move (all of them went with its
+        // last chunk: nothing lies below the floor).
+        let floored: i64 = tx.query_row(
+            &format!("SELECT count(*) FROM pragma_table_info('{name}_state') WHERE name = 'floor'"),
+            [],
+            |r| r.get(0),
+        )?;
+        if floored == 0 {
+            tx.execute_batch(&format!("ALTER TABLE {name}_state ADD COLUMN floor INTEGER NOT NULL DEFAULT 0"))?;
+        }
         // Files from before generations were sealed for their size (how many ids a sealed one
         // holds is unknown: NULL) or kept their filters (NULL: built from the table, below).
         for (column, kind) in [("ids", "INTEGER"), ("filter", "BLOB")] {
@@ -562,11 +586,14 @@ impl Dedup {
             written: Vec::new(),
             data_version: None,
             moving: None,
+            trimming: None,
             open: None,
         };
         // One snapshot: another writer may drop a generation meanwhile.
         let tx = conn.transaction()?;
         dedup.begin(&tx)?;
+        // An earlier process may have left moved rows below the floor.
+        dedup.trimming = Some(dedup.mirror.ids.len());
         let open: String =
             tx.query_row(&format!("SELECT tbl FROM {name}_gens WHERE until_us IS NULL"), [], |r| r.get(0))?;
         dedup.open = Some(Open::learn(&tx, open)?);
@@ -700,6 +727,33 @@ impl Dedup {
         }
         if self.moving.is_some() {
             self.move_chunk(conn, now_us)?;
+        } else if self.trimming.is_some() {
+            self.trim(conn)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the next [`TRIM_PIECE`] moved rows (below the floor, oldest first), keeping the
+    /// floor's own: while the greatest rowid is at least the floor, SQLite gives new rows
+    /// rowids above it.
+    fn trim(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
+        let started = std::time::Instant::now();
+        let arrived = self.mirror.ids.len();
+        let since = arrived.saturating_sub(self.trimming.unwrap_or(0));
+        let step = TRIM_PIECE.max(2 * since);
+        let name = &self.name;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let deleted = tx
+            .prepare_cached(&format!(
+                "DELETE FROM {name}_pending WHERE rowid IN (
+                 SELECT rowid FROM {name}_pending WHERE rowid < (SELECT floor FROM {name}_state) ORDER BY rowid LIMIT ?1
+             )"
+            ))?
+            .execute([step as i64])?;
+        tx.commit()?;
+        self.trimming = (deleted == step).then_some(arrived);
+        if deleted > 0 {
+            tracing::debug!(state = %self.name, rows = deleted, took = ?started.elapsed(), "moved dedup rows deleted");
         }
         Ok(())
     }
@@ -778,25 +832,21 @@ impl Dedup {
             fps.extend(ids[m.done..end].iter().map(|((tenant, id), _)| fingerprint(tenant, id)));
         }
         let mut sealed = None;
-        let mut emptied = false;
         let epoch = match last {
             true => {
                 let name = &self.name;
-                tx.execute(&format!("DELETE FROM {name}_pending WHERE rowid <= ?1"), [m.through])?;
-                // An emptied table gives rowids from 1 again: this mirror must read from there.
-                emptied = tx
-                    .query_row(&format!("SELECT 1 FROM {name}_pending LIMIT 1"), [], |_| Ok(()))
-                    .optional()?
-                    .is_none();
                 let held = open.ids + inserted;
                 if held >= seal_at {
                     let filter = open.filter(&tx)?;
                     let next = seal(&tx, name, now_us, self.settings.horizon_us, held, filter.as_ref())?;
                     sealed = Some((open.tbl.clone(), next, filter));
                 }
-                Some(tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| {
-                    r.get::<_, i64>(0)
-                })?)
+                // The rows moved stay until the commits after this one delete them ([`Dedup::trim`]).
+                Some(tx.query_row(
+                    &format!("UPDATE {name}_state SET epoch = epoch + 1, floor = max(floor, ?1) RETURNING epoch"),
+                    [m.through],
+                    |r| r.get::<_, i64>(0),
+                )?)
             }
             false => None,
         };
@@ -819,9 +869,7 @@ impl Dedup {
             self.mirror.moving.clear();
             // This mirror already holds what is appended now: only readers start over.
             self.mirror.epoch = epoch;
-            if emptied {
-                self.mirror.last_rowid = 0;
-            }
+            self.trimming = Some(arrived);
         }
         let sealed_one = sealed.is_some();
         if let Some((done, next, filter)) = sealed {
@@ -908,11 +956,15 @@ impl Dedup {
         let held: i64 = tx.query_row(&format!("SELECT count(*) FROM {tbl}"), [], |r| r.get(0))?;
         let filter = build_filter(&tx, &tbl)?;
         let next = seal(&tx, name, now_us, self.settings.horizon_us, held as usize, filter.as_ref())?;
+        // The table is empty: SQLite gives rowids from 1 again.
         let epoch: i64 =
-            tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| r.get(0))?;
+            tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1, floor = 0 RETURNING epoch"), [], |r| {
+                r.get(0)
+            })?;
         tx.commit()?;
         self.opened(tbl, next, filter);
         self.moving = None;
+        self.trimming = None;
         self.mirror.moving.clear();
         // Everything appended went: the mirror starts over.
         self.reload(conn, Some(epoch), false)
@@ -984,7 +1036,7 @@ impl Mirror {
     fn refresh_keeping(&mut self, tx: &Connection, name: &str, current: Option<i64>) -> Result<(), crate::Error> {
         let sql = self.sql.take().unwrap_or_else(|| {
             (
-                format!("SELECT epoch FROM {name}_state"),
+                format!("SELECT epoch, floor FROM {name}_state"),
                 format!("SELECT rowid, tenant, id, hash, key FROM {name}_pending WHERE rowid > ?1 ORDER BY rowid"),
             )
         });
@@ -1000,12 +1052,13 @@ impl Mirror {
         sql: &(String, String),
         current: Option<i64>,
     ) -> Result<(), crate::Error> {
-        let epoch: i64 = tx.prepare_cached(&sql.0)?.query_row([], |r| r.get(0))?;
+        let (epoch, floor): (i64, i64) = tx.prepare_cached(&sql.0)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         if self.epoch != Some(epoch) {
             if current != Some(epoch) {
                 self.ids.clear();
                 self.moving.clear();
-                self.last_rowid = 0;
+                // Below the floor every row is moved (the floor only rises with the epoch).
+                self.last_rowid = floor;
                 #[cfg(test)]
                 {
                     self.rereads += 1;
@@ -1158,9 +1211,10 @@ mod tests {
         mirror.get(&tx, "t", &format!("e{i}")).unwrap()
     }
 
-    /// How many ids are appended, not yet moved.
+    /// How many ids are appended, not yet moved (above the floor).
     fn pending(conn: &Connection) -> i64 {
-        conn.query_row("SELECT count(*) FROM ids_pending", [], |r| r.get(0)).unwrap()
+        conn.query_row("SELECT count(*) FROM ids_pending WHERE rowid > (SELECT floor FROM ids_state)", [], |r| r.get(0))
+            .unwrap()
     }
 
     fn tables(conn: &Connection) -> Vec<String> {
@@ -1287,6 +1341,50 @@ mod tests {
         assert_eq!(look(&mut reader, &mut mirror, n + 4), None);
     }
 
+    /// A move's last chunk deletes none of the rows it moved (deleting 131,072 at once held the
+    /// log's writer for 17-26 ms, its commit as long again): it raises the floor below which
+    /// rows are moved, readers read only above it, and the commits after it delete them, a
+    /// piece each, oldest first, keeping the floor's own row so that SQLite never gives a rowid
+    /// at or below the floor again.
+    #[test]
+    fn a_move_leaves_its_rows_to_the_next_commits_to_delete_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let n = 2 * TRIM_PIECE as i64 + 10;
+        let settings = Settings { flush_at: n as usize, straight: false, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        let rows = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM ids_pending", [], |r| r.get(0)).unwrap()
+        };
+        commit(&mut conn, &mut d, 0..n, 1);
+        while d.moving.is_some() {
+            commit(&mut conn, &mut d, [], 1);
+        }
+        assert_eq!((rows(&conn), pending(&conn)), (n, 0), "moved, all kept, none above the floor");
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        assert_eq!(started(&mut reader).ids.len(), 0, "a reader reads none of them");
+        commit(&mut conn, &mut d, [], 1);
+        assert_eq!(rows(&conn), n - TRIM_PIECE as i64, "a piece");
+        commit(&mut conn, &mut d, [], 1);
+        assert_eq!(rows(&conn), n - 2 * TRIM_PIECE as i64, "another");
+        commit(&mut conn, &mut d, [], 1);
+        commit(&mut conn, &mut d, [], 1);
+        assert_eq!(rows(&conn), 1, "the floor's own row is kept");
+        commit(&mut conn, &mut d, [n], 1);
+        assert_eq!((rows(&conn), pending(&conn)), (2, 1), "appended above the floor");
+        let mut mirror = started(&mut reader);
+        assert_eq!(mirror.ids.len(), 1, "a reader reads what is above the floor");
+        for i in [0, n - 1, n] {
+            assert_eq!(look(&mut reader, &mut mirror, i), Some(value(i)), "a reader sees {i}");
+        }
+        drop((conn, d));
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        for i in [0, n / 2, n - 1, n] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i} after a restart");
+        }
+        assert_eq!(seen(&mut conn, &mut d, n + 1), None);
+    }
+
     /// A chunk moves twice the ids appended since the last chunk, at least [`MOVE_CHUNK`]: a
     /// large commit is outrun, and the commits after it are not held behind long chunks.
     #[test]
@@ -1378,18 +1476,17 @@ mod tests {
         }
     }
 
-    /// A move that empties the appended rows makes SQLite give rowids from 1 again: a row
-    /// another writer appends then is read by this writer's mirror, and moved, not deleted
-    /// unmoved by this writer's next move.
+    /// A row another writer appends after this writer's move is read by this writer's mirror,
+    /// and moved, not deleted unmoved by this writer's next move or the deletions after it.
     #[test]
-    fn a_row_another_writer_appends_after_our_move_emptied_the_table_is_kept() {
+    fn a_row_another_writer_appends_after_our_move_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let settings = Settings { flush_at: 10, straight: false, ..Settings::new(1_000_000) };
         let (mut a_conn, mut a) = writer(&path, settings, 0);
         let (mut b_conn, mut b) = writer(&path, settings, 0);
-        commit(&mut a_conn, &mut a, 0..10, 1); // moved: the table emptied
-        commit(&mut b_conn, &mut b, [100], 1); // rowid 1 again
+        commit(&mut a_conn, &mut a, 0..10, 1); // moved
+        commit(&mut b_conn, &mut b, [100], 1);
         assert_eq!(seen(&mut a_conn, &mut a, 100), Some(value(100)), "A sees B's id");
         commit(&mut a_conn, &mut a, 10..20, 1); // A's next move
         drop((a_conn, a, b_conn, b));
