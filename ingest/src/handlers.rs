@@ -58,15 +58,15 @@ impl FromRequestParts<Arc<Ingest>> for Sender {
         (status = 200, description = "Lago event stored (or a duplicate of one stored before)", body = LagoEventResponse),
         (status = 200, description = "NDJSON events stored", body = NdjsonSummary, content_type = "application/json"),
         (status = 204, description = "CloudEvents stored; headers Meter-Accepted and Meter-Duplicates count them"),
-        (status = 400, description = "Malformed body", body = Problem),
-        (status = 401, description = "Missing, malformed, unknown or revoked key", body = LagoError),
-        (status = 403, description = "The key may not ingest, or not for this tenant", body = Problem),
-        (status = 409, description = "An id was already used with a different payload", body = Problem),
-        (status = 413, description = "Body or event count over the limit", body = Problem),
-        (status = 415, description = "Unsupported content type", body = Problem),
-        (status = 422, description = "Invalid events; every problem is listed, nothing was stored", body = LagoError),
-        (status = 429, description = "A tenant is over its rate quota; nothing was stored, retry after Retry-After", body = Problem),
-        (status = 503, description = "The log cannot take events now; retry after Retry-After", body = Problem),
+        (status = 400, description = "Malformed body (in the shape of the body sent, as every refusal but a 415)", content((LagoError = "application/json"), (Problem = "application/problem+json"))),
+        (status = 401, description = "Missing, malformed, unknown or revoked key", content((LagoError = "application/json"), (Problem = "application/problem+json"))),
+        (status = 403, description = "The key may not ingest, or not for this tenant", content((LagoError = "application/json"), (Problem = "application/problem+json"))),
+        (status = 409, description = "An id was already used with a different payload", content((LagoError = "application/json"), (Problem = "application/problem+json"))),
+        (status = 413, description = "Body or event count over the limit", content((LagoError = "application/json"), (Problem = "application/problem+json"))),
+        (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid events; every problem is listed, nothing was stored", content((LagoError = "application/json"), (Problem = "application/problem+json"))),
+        (status = 429, description = "A tenant is over its rate quota; nothing was stored, retry after Retry-After", headers(("Retry-After" = u64, description = "Whole seconds to wait before sending again")), content((LagoError = "application/json"), (Problem = "application/problem+json"))),
+        (status = 503, description = "The log cannot take events now; retry after Retry-After", headers(("Retry-After" = u64, description = "Whole seconds to wait before sending again")), content((LagoError = "application/json"), (Problem = "application/problem+json"))),
     ),
     security(("bearer" = []))
 )]
@@ -97,8 +97,8 @@ pub async fn post_events(
         (status = 409, description = "An id was already used with a different payload", body = LagoError),
         (status = 413, description = "Body or event count over the limit", body = LagoError),
         (status = 422, description = "Invalid events; every problem is listed, nothing was stored", body = LagoError),
-        (status = 429, description = "A tenant is over its rate quota; nothing was stored, retry after Retry-After", body = LagoError),
-        (status = 503, description = "The log cannot take events now; retry after Retry-After", body = LagoError),
+        (status = 429, description = "A tenant is over its rate quota; nothing was stored, retry after Retry-After", headers(("Retry-After" = u64, description = "Whole seconds to wait before sending again")), body = LagoError),
+        (status = 503, description = "The log cannot take events now; retry after Retry-After", headers(("Retry-After" = u64, description = "Whole seconds to wait before sending again")), body = LagoError),
     ),
     security(("bearer" = []))
 )]
@@ -442,6 +442,28 @@ fn lago_echo<'a>(e: &'a Event, duplicate: bool, created_at: &'a str) -> LagoEcho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The document says what a refusal carries: on both routes a 429 and a 503 give
+    /// `Retry-After`; on `POST /api/v1/events` every refusal but a 415 comes in the shape of the
+    /// body sent (Lago's for a Lago event, a problem document for CloudEvents and NDJSON).
+    #[test]
+    fn the_document_gives_retry_after_and_each_shape_a_refusal_comes_in() {
+        use utoipa::Path;
+        let events = serde_json::to_value(__path_post_events::operation()).unwrap();
+        let batch = serde_json::to_value(__path_post_events_batch::operation()).unwrap();
+        for (route, doc) in [("events", &events), ("events/batch", &batch)] {
+            for status in ["429", "503"] {
+                let header = &doc["responses"][status]["headers"]["Retry-After"];
+                assert!(header.is_object(), "{route} {status} declares no Retry-After: {}", doc["responses"][status]);
+            }
+        }
+        for status in ["400", "401", "403", "409", "413", "422", "429", "503"] {
+            let content = &events["responses"][status]["content"];
+            for media in ["application/json", "application/problem+json"] {
+                assert!(content[media].is_object(), "events {status} lacks {media}: {content}");
+            }
+        }
+    }
 
     /// The echo's times and ids, written by hand, are byte for byte what the `time` crate's
     /// formatter and `Uuid`'s `to_string` write: across four centuries in steps that cross
