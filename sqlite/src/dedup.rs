@@ -77,8 +77,9 @@ pub const MOVE_CHUNK: usize = 1_024;
 /// Moved rows deleted from the appended ones after each commit once a move has ended (at
 /// least; twice the ids appended since the last piece if more). A move's last chunk deleted
 /// every row it moved, 131,072 at the default `flush_at`: that held the writer for 17-26 ms and
-/// made its commit as long again.
-pub const TRIM_PIECE: usize = 8_192;
+/// made its commit as long again. A piece of 2,048 takes about 1-2.5 ms here (8,192 took 4-8;
+/// BENCHMARKS.md, "Prepared statements kept, and moved rows deleted after the move").
+pub const TRIM_PIECE: usize = 2_048;
 
 /// How many commits back the writer looks for the open generation's greatest key: a new id
 /// above the greatest key as it was then goes straight into the generation's B-tree (its right
