@@ -50,9 +50,9 @@ const MIGRATIONS: &[&str] = &[
     "
     -- meter_sqlite::dedup leaves the rows a move took from `ids_pending` below a floor
     -- (`ids_state.floor`) that readers skip, deleting them after later commits. A build from
-    -- before would read them, and its quarter-horizon roll would empty the table without
-    -- lowering the floor, hiding the rows appended after it: this version makes it refuse the
-    -- file.
+    -- before would delete the floor's own row with its next move, or empty the table with its
+    -- quarter-horizon roll, without lowering the floor: rows appended after it would be given
+    -- rowids below the floor and hidden. This version makes such a build refuse the file.
 ",
 ];
 

@@ -28,8 +28,8 @@
 //! is built from the table).
 //!
 //! Every connection that looks ids up keeps a [`Mirror`] refreshed inside its transaction: the
-//! rows appended since it last looked (rowid order), or all of them after a flush (an epoch in
-//! `<name>_state` says when). The single writer stages its own uncommitted appended ids apart,
+//! rows appended since it last looked (rowid order), or all of them above the floor after a
+//! move (an epoch in `<name>_state` says when). The single writer stages its own uncommitted appended ids apart,
 //! and keeps the fingerprints of those it put straight into the open generation
 //! ([`Batch::insert`], [`Dedup::rollback_to`]), so a rolled back request leaves nothing behind.
 
@@ -734,23 +734,15 @@ impl Dedup {
         Ok(())
     }
 
-    /// Deletes the next [`TRIM_PIECE`] moved rows (below the floor, oldest first), keeping the
-    /// floor's own: while the greatest rowid is at least the floor, SQLite gives new rows
-    /// rowids above it.
+    /// Deletes the next [`TRIM_PIECE`] moved rows (below the floor, oldest first), between
+    /// moves (a move's chunks delete them too, at their own pace).
     fn trim(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
         let started = std::time::Instant::now();
         let arrived = self.mirror.ids.len();
         let since = arrived.saturating_sub(self.trimming.unwrap_or(0));
         let step = TRIM_PIECE.max(2 * since);
-        let name = &self.name;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let deleted = tx
-            .prepare_cached(&format!(
-                "DELETE FROM {name}_pending WHERE rowid IN (
-                 SELECT rowid FROM {name}_pending WHERE rowid < (SELECT floor FROM {name}_state) ORDER BY rowid LIMIT ?1
-             )"
-            ))?
-            .execute([step as i64])?;
+        let deleted = delete_below_floor(&tx, &self.name, step)?;
         tx.commit()?;
         self.trimming = (deleted == step).then_some(arrived);
         if deleted > 0 {
@@ -763,9 +755,8 @@ impl Dedup {
     fn start_move(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
         // The mirror and the rows the move covers are read in one snapshot: another writer may
         // have appended since this one committed, and the move covers exactly what the mirror
-        // then holds. Not the mirror's last rowid, which may be a rolled back row's and which an
-        // emptied table reuses: rows appended during the move would be at or below it and
-        // deleted unmoved.
+        // then holds. Not the mirror's last rowid, which may be a rolled back row's: rows
+        // appended during the move would be at or below it, and the floor would hide them.
         let tx = conn.transaction()?;
         self.refresh(&tx)?;
         let tbl: String =
@@ -788,9 +779,9 @@ impl Dedup {
         Ok(())
     }
 
-    /// Moves the next [`MOVE_CHUNK`] ids; the last chunk also deletes the rows it moved from
-    /// the appended ones, seals the open generation if it holds [`Settings::seal_at`] ids, and
-    /// tells readers (the epoch).
+    /// Moves the next [`MOVE_CHUNK`] ids (and deletes as many rows below the floor, left by an
+    /// earlier move); the last chunk also raises the floor over the rows it moved, seals the open
+    /// generation if it holds [`Settings::seal_at`] ids, and tells readers (the epoch).
     fn move_chunk(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
         let Some(done) = self.moving.as_ref().map(|m| m.done) else { return Ok(()) };
         let started = std::time::Instant::now();
@@ -832,6 +823,12 @@ impl Dedup {
         if let Some(fps) = open.fps.as_mut() {
             fps.extend(ids[m.done..end].iter().map(|((tenant, id), _)| fingerprint(tenant, id)));
         }
+        // The rows an earlier move left below the floor go at this move's pace, so that they
+        // never pile up, however large the commits (between moves [`Dedup::trim`] goes on).
+        let trimmed = match self.trimming {
+            Some(_) => delete_below_floor(&tx, &self.name, step)?,
+            None => 0,
+        };
         let mut sealed = None;
         let epoch = match last {
             true => {
@@ -865,6 +862,9 @@ impl Dedup {
         }
         m.done = end;
         m.arrived = arrived;
+        if trimmed < step {
+            self.trimming = None;
+        }
         if last {
             self.moving = None;
             self.mirror.moving.clear();
@@ -951,7 +951,8 @@ impl Dedup {
             tx.query_row(&format!("SELECT tbl FROM {name}_gens WHERE until_us IS NULL"), [], |r| r.get(0))?;
         tx.execute_batch(&format!(
             "INSERT OR IGNORE INTO {tbl} (id, tenant, hash, key)
-                 SELECT id, tenant, hash, key FROM {name}_pending ORDER BY id, tenant;
+                 SELECT id, tenant, hash, key FROM {name}_pending
+                 WHERE rowid > (SELECT floor FROM {name}_state) ORDER BY id, tenant;
              DELETE FROM {name}_pending;"
         ))?;
         let held: i64 = tx.query_row(&format!("SELECT count(*) FROM {tbl}"), [], |r| r.get(0))?;
@@ -1000,6 +1001,18 @@ fn seal(
         tracing::info!(state = %name, generation = number, "dedup generation past the horizon dropped");
     }
     Ok(tbl)
+}
+
+/// Deletes up to `step` of the rows of `name`'s appended ids below the floor (moved), oldest
+/// first; returns how many. The floor's own row is kept: while the greatest rowid is at least the
+/// floor, SQLite gives new rows rowids above it.
+fn delete_below_floor(tx: &Connection, name: &str, step: usize) -> Result<usize, crate::Error> {
+    let sql = format!(
+        "DELETE FROM {name}_pending WHERE rowid IN (
+             SELECT rowid FROM {name}_pending WHERE rowid < (SELECT floor FROM {name}_state) ORDER BY rowid LIMIT ?1
+         )"
+    );
+    Ok(tx.prepare_cached(&sql)?.execute([step as i64])?)
 }
 
 /// A value as stored: a value-less id (the store's) keeps NULLs.
@@ -1058,7 +1071,7 @@ impl Mirror {
             if current != Some(epoch) {
                 self.ids.clear();
                 self.moving.clear();
-                // Below the floor every row is moved (the floor only rises with the epoch).
+                // Below the floor every row is moved (the floor changes only with the epoch).
                 self.last_rowid = floor;
                 #[cfg(test)]
                 {
@@ -1384,6 +1397,66 @@ mod tests {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i} after a restart");
         }
         assert_eq!(seen(&mut conn, &mut d, n + 1), None);
+    }
+
+    /// However large the commits, the rows moves leave below the floor do not pile up: a move's
+    /// chunks delete an earlier move's at their own pace. (Deleted only between moves, at 3,000
+    /// ids a commit they were never deleted: the next move began at the commit after the last.)
+    #[test]
+    fn moved_rows_do_not_pile_up_under_large_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let n = 8 * MOVE_CHUNK as i64;
+        let settings = Settings { flush_at: n as usize, straight: false, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        let below = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM ids_pending WHERE rowid < (SELECT floor FROM ids_state)", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        let mut most = 0;
+        for c in 0..40 {
+            commit(&mut conn, &mut d, c * 3_000..(c + 1) * 3_000, 1);
+            most = most.max(below(&conn));
+        }
+        assert!(most <= 2 * n, "{most} moved rows below the floor");
+        for i in [0, 59_999, 119_999] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
+        }
+    }
+
+    /// The quarter-horizon roll while moved rows are still below the floor: it takes only the
+    /// rows above it into the generation it seals, empties the table and sets the floor to 0;
+    /// every id stays seen, and rows appended after it are read from rowid 1.
+    #[test]
+    fn a_roll_with_rows_below_the_floor_takes_only_those_above() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let n = MOVE_CHUNK as i64 + 10;
+        let settings =
+            Settings { flush_at: n as usize, seal_at: n as usize, straight: false, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        commit(&mut conn, &mut d, 0..n, 1);
+        commit(&mut conn, &mut d, [n], 1); // the move's last chunk seals g1: n rows below the floor
+        assert_eq!(pending(&conn), 1);
+        let quarter = settings.bucket_us();
+        commit(&mut conn, &mut d, [n + 1], 1 + quarter); // the roll
+        let (rows, floor): (i64, i64) = conn
+            .query_row("SELECT (SELECT count(*) FROM ids_pending), floor FROM ids_state", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((rows, floor), (0, 0));
+        let sealed: i64 = conn.query_row("SELECT count(*) FROM ids_g2", [], |r| r.get(0)).unwrap();
+        assert_eq!(sealed, 2, "the roll took the two ids above the floor into g2, not the moved ones again");
+        commit(&mut conn, &mut d, [n + 2], 2 + quarter);
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mut mirror = started(&mut reader);
+        for i in [0, n - 1, n, n + 1, n + 2] {
+            assert_eq!(look(&mut reader, &mut mirror, i), Some(value(i)), "a reader sees {i}");
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "the writer sees {i}");
+        }
     }
 
     /// A chunk moves twice the ids appended since the last chunk, at least [`MOVE_CHUNK`]: a
