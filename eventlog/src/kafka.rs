@@ -380,6 +380,14 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// round trip during which nothing is read, and only the watermark waits for the answer.
 const ENDS_EVERY: Duration = Duration::from_millis(100);
 
+/// `wait` rounded up to whole milliseconds, as librdkafka waits: rdkafka truncates, so a wait
+/// below a millisecond (what is left of the aggregator's linger) returned at once, and the
+/// reader spun on the clock and the queue's lock until its deadline. A read may so wait up to a
+/// millisecond past it when nothing comes.
+fn whole_millis(wait: Duration) -> Duration {
+    Duration::from_millis(wait.as_nanos().div_ceil(1_000_000) as u64)
+}
+
 impl KafkaReader {
     /// Takes an assignment change, if the group made one since the last look.
     fn reassigned(&mut self) -> bool {
@@ -405,8 +413,10 @@ impl KafkaReader {
             return Ok(reassigned);
         }
         while records.len() < max {
-            let wait =
-                if records.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            let wait = match records.is_empty() {
+                true => whole_millis(deadline.saturating_duration_since(Instant::now())),
+                false => Duration::ZERO,
+            };
             let polled =
                 match self.consumer.poll(wait) {
                     None => None,

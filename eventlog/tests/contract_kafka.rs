@@ -94,6 +94,33 @@ async fn a_consumer_group_shares_the_partitions_and_hands_them_over() {
     assert_eq!(readers[0].owned(), vec![0, 1, 2, 3]);
 }
 
+/// A read that may wait less than a millisecond (the aggregator's linger after a small read)
+/// sleeps in librdkafka rather than spinning: librdkafka waits in whole milliseconds and rdkafka
+/// truncates, so a wait of 0.7 ms was none, and the reader polled again and again until its
+/// deadline (at half the maximum of `benches/kafka.sh`, a fifth of the aggregator's CPU went to
+/// the clock and the queue's lock; BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_below_a_millisecond_sleeps_rather_than_spins() {
+    let k = kafka();
+    let log = k.open().await;
+    let mut readers = vec![log.reader().unwrap()];
+    settle(&mut readers);
+    // This thread's CPU time, in the kernel's clock ticks (USER_HZ: 100 a second).
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let (start, before) = (std::time::Instant::now(), ticks());
+    let mut polls = 0;
+    while start.elapsed() < Duration::from_millis(600) {
+        assert!(readers[0].poll(100, Duration::from_micros(700)).unwrap().records.is_empty());
+        polls += 1;
+    }
+    let (used_ms, wall_ms) = ((ticks() - before) * 10, start.elapsed().as_millis() as u64);
+    assert!(used_ms * 4 < wall_ms, "{used_ms} ms of CPU in {wall_ms} ms over {polls} reads: the reader spun");
+}
+
 /// Asking for a missing topic does not let the broker create it with its default partition count
 /// (which the check would then refuse): meter creates it, or says it could not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
