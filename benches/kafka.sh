@@ -87,13 +87,13 @@ until curl -s "$aurl/metrics" | grep -q '^meter_aggregator_owned_partitions{[^}]
 # librdkafka's mock broker finds a fetch's offset by walking the partition's message sets from
 # the oldest ("FIXME: Maintain an index"), so its CPU grows with every set produced: sampled
 # below for each half of the 20 s, with the percentiles of the first half, before it dominates.
-kafka_pid=$(cat "$dir/kafka.pid"); hz=$(getconf CLK_TCK)
-k0=$(cpu_ticks "$kafka_pid")
+kafka_pid=$(cat "$dir/kafka.pid"); agg_pid=$(cat "$dir/agg2.pid"); hz=$(getconf CLK_TCK)
+k0=$(cpu_ticks "$kafka_pid"); a0=$(cpu_ticks "$agg_pid"); t0=$(date +%s.%N)
 ( sleep 10; curl -s "$aurl/metrics" >"$dir/half.metrics"; cpu_ticks "$kafka_pid" >"$dir/half.ticks" ) &
 sampler=$!
 paced=$($LOADGEN loadgen --url "$url" --key "$key" --id-prefix paced --rate "$half" --events $((half * 20)) \
   --tenants 1000 --batch 100 --concurrency 32 2>/dev/null)
-k2=$(cpu_ticks "$kafka_pid"); wait "$sampler"
+k2=$(cpu_ticks "$kafka_pid"); a2=$(cpu_ticks "$agg_pid"); t2=$(date +%s.%N); wait "$sampler"
 echo "$paced" | head -2
 # percentiles WHAT < metrics: p50 and p99 of event to counter, bucket-interpolated.
 percentiles() {
@@ -114,3 +114,5 @@ curl -s "$aurl/metrics" | percentiles ""
 percentiles " over the first 10 s" <"$dir/half.metrics"
 awk -v a="$k0" -v b="$(cat "$dir/half.ticks")" -v c="$k2" -v hz="$hz" 'BEGIN {
   printf "mock broker CPU: %.0f%% of a core in the first 10 s, %.0f%% in the last 10 s\n", (b - a) / hz * 10, (c - b) / hz * 10 }'
+awk -v a="$a0" -v b="$a2" -v hz="$hz" -v w="$(echo "$t2 - $t0" | bc)" 'BEGIN {
+  printf "aggregator CPU: %.0f%% of a core\n", (b - a) / hz / w * 100 }'
