@@ -176,3 +176,37 @@ async fn a_tenant_over_its_quota_is_answered_429_and_the_others_are_not() {
         assert_eq!(counted(wait_counted(url, &admin, tenant, now_us()).await), admitted, "{tenant}");
     }
 }
+
+/// A tenant key's requests that carry no event it could be charged for (a malformed body, an empty
+/// batch) still spend a request of its quota: a flood of them is answered 429 once the quota is
+/// spent rather than parsed without end (they took nothing before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_keys_malformed_requests_spend_its_requests_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meter.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let key = create_key(dir.path(), "ingest", Some("junk"));
+    let meter = Meter::start_configured(dir.path(), &config, &[]);
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    for i in 0..400 {
+        let body = if i % 2 == 0 { "{not json".to_string() } else { json!({ "events": [] }).to_string() };
+        let r = client()
+            .post(format!("{}/api/v1/events/batch", meter.url))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        answers.push(r.status().as_u16());
+        if r.status() == 429 {
+            break;
+        }
+    }
+    assert_eq!(answers.last(), Some(&429), "never refused: {answers:?}");
+    let spent = answers.len() - 1;
+    let most = 20 + (started.elapsed().as_secs_f64() * 20.0).ceil() as usize;
+    assert!((20..=most).contains(&spent), "{spent} requests answered before the 429 (at most {most}): {answers:?}");
+    assert!(answers[..spent].iter().all(|s| [200, 400, 422].contains(s)), "{answers:?}");
+}

@@ -172,7 +172,18 @@ async fn accept(
     dialect: &mut Dialect,
 ) -> Result<Response, IngestError> {
     let Sender(principal) = sender?;
+    // A tenant key's request is that tenant's whatever it carries: one refused before it carries
+    // an event (a body too large or malformed) or carrying none still spends a request of its
+    // quota, if one is left (if not, its next request is refused before its body is read); its
+    // answer stays what was wrong with it.
+    let key_tenant = principal.tenant.clone();
+    let spend_request = || {
+        if let (Some(throttle), Some(tenant)) = (&ingest.throttle, &key_tenant) {
+            let _spent = throttle.admit(&[(tenant, 0)]);
+        }
+    };
     let body = body.map_err(|rejection| {
+        spend_request();
         let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             let limit = ingest.max_body_bytes;
             FieldError::new(ErrorKind::TooLarge, "body", format!("is larger than the limit of {limit} bytes"))
@@ -215,12 +226,17 @@ async fn accept(
     };
     let parsed = parsed.map_err(|refused| {
         *dialect = refused.dialect;
+        spend_request();
         IngestError::Fields(refused.errors)
     })?;
     *dialect = parsed.dialect;
     let Parsed { events, paths, dialect: _ } = parsed;
+    let mut charged = per_tenant(&events);
+    if let (true, Some(tenant)) = (charged.is_empty(), &key_tenant) {
+        charged.push((tenant, 0));
+    }
     let taken = match &ingest.throttle {
-        Some(throttle) => Some(throttle.admit(&per_tenant(&events)).map_err(throttled)?),
+        Some(throttle) => Some(throttle.admit(&charged).map_err(throttled)?),
         None => None,
     };
     let outcomes = match store(ingest, &events, &paths).await {
