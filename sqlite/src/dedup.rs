@@ -909,6 +909,7 @@ impl Dedup {
     /// Seals the open generation once the ids put straight into it filled it (a move's last
     /// chunk does the same for the ids it moved).
     fn seal_full(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
+        let started = std::time::Instant::now();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let epoch: i64 = tx.query_row(&format!("SELECT epoch FROM {}_state", self.name), [], |r| r.get(0))?;
         self.others_committed(&tx)?;
@@ -927,9 +928,12 @@ impl Dedup {
             self.open = None;
             return Err(e.into());
         }
+        let ids = open.ids;
         self.opened(done, next, filter);
         // The seal moved no appended id: this mirror holds what is appended as of `epoch`.
-        self.reload(conn, Some(epoch), true)
+        self.reload(conn, Some(epoch), true)?;
+        tracing::debug!(state = %self.name, ids, took = ?started.elapsed(), "dedup generation sealed full");
+        Ok(())
     }
 
     /// After this writer's seal of `done` (its filter, if built, taken at the next reload rather
