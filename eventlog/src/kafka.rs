@@ -383,8 +383,9 @@ const ENDS_EVERY: Duration = Duration::from_millis(100);
 /// librdkafka waits in whole milliseconds, and rdkafka truncates: a wait below a millisecond
 /// (what is left of the aggregator's linger) returned at once, and the reader spun on the clock
 /// and the queue's lock until its deadline. Rounded up, the linger overshot by up to a
-/// millisecond (event to counter p50 +0.4 ms at 40,000 events/s). So librdkafka is asked to wait
-/// the whole milliseconds, and what is left below one is slept before a last look.
+/// millisecond (event to counter p50 +0.4 ms at 40,000 events/s). So a wait left below a
+/// millisecond is slept before a last look. A longer wait is passed whole, and rdkafka's own
+/// loop still polls its fraction of a millisecond at the end (not yet mended: see BENCHMARKS.md).
 const POLL_GRAIN: Duration = Duration::from_millis(1);
 
 impl KafkaReader {

@@ -174,7 +174,7 @@ async fn accept(
     let Sender(principal) = sender?;
     // A tenant key's request is that tenant's whatever it carries: one refused before it carries
     // an event (a body too large or malformed) or carrying none still spends a request of its
-    // quota, if one is left (if not, its next request is refused before its body is read); its
+    // quota, if one is left (if not, its next request is refused before its body is parsed); its
     // answer stays what was wrong with it.
     let key_tenant = principal.tenant.clone();
     let spend_request = || {
