@@ -382,10 +382,10 @@ const ENDS_EVERY: Duration = Duration::from_millis(100);
 
 /// librdkafka waits in whole milliseconds, and rdkafka truncates: a wait below a millisecond
 /// (what is left of the aggregator's linger) returned at once, and the reader spun on the clock
-/// and the queue's lock until its deadline. Rounded up, the linger overshot by up to a
-/// millisecond (event to counter p50 +0.4 ms at 40,000 events/s). So a wait left below a
-/// millisecond is slept before a last look. A longer wait is passed whole, and rdkafka's own
-/// loop still polls its fraction of a millisecond at the end (not yet mended: see BENCHMARKS.md).
+/// and the queue's lock until its deadline; a longer one spun on its fraction in rdkafka's own
+/// loop. Rounded up, the linger overshot by up to a millisecond (event to counter p50 +0.4 ms at
+/// 40,000 events/s). So librdkafka is asked for the whole milliseconds of a wait, and what is
+/// left below a millisecond is slept before a last look.
 const POLL_GRAIN: Duration = Duration::from_millis(1);
 
 impl KafkaReader {
@@ -422,7 +422,7 @@ impl KafkaReader {
                     std::thread::sleep(wait);
                     Duration::ZERO
                 }
-                false => wait,
+                false => Duration::from_millis(wait.as_millis() as u64),
             };
             let polled =
                 match self.consumer.poll(wait) {
