@@ -646,7 +646,10 @@ impl Dedup {
     /// knew of the move and of the open generation.
     fn refresh(&mut self, tx: &Connection) -> Result<(), crate::Error> {
         let epoch = self.mirror.epoch;
-        self.mirror.refresh(tx, &self.name)?;
+        // The mirror may take the new epoch and still fail (reading the appended ids): what
+        // follows holds then too, or the next refresh, finding no news, would keep the move and
+        // the open generation another writer ended.
+        let refreshed = self.mirror.refresh(tx, &self.name);
         if self.mirror.epoch != epoch {
             // Another writer moved the appended ids (this mirror started over, its frozen ids
             // gone): this writer's move, if any, is abandoned; what it had not moved is still
@@ -656,7 +659,7 @@ impl Dedup {
             self.moving = None;
             self.open = None;
         }
-        Ok(())
+        refreshed
     }
 
     /// The value of `(tenant, id)`, if it was seen: staged in this transaction, appended, or in a
@@ -2118,6 +2121,44 @@ mod tests {
     fn fives(conn: &mut Connection, d: &mut Dedup, commits: std::ops::Range<i64>) {
         for i in commits {
             commit(conn, d, 3000 + 5 * i..3005 + 5 * i, 300_001);
+        }
+    }
+
+    /// A writer whose refresh fails after it found that another writer rolled the generations
+    /// (the epoch moved; the appended ids could not be read) still forgets the open generation
+    /// it knew. It used to keep it, as the epoch it had then read was no news at the next
+    /// refresh, and put ids straight into the generation the roll had sealed, outside that
+    /// generation's filter, where no lookup found them.
+    #[test]
+    fn a_refresh_that_fails_after_another_writers_roll_still_forgets_the_open_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let (mut a_conn, mut a, settings) = rolled(&path);
+        fives(&mut a_conn, &mut a, 0..EDGE_LAG as i64 + 2);
+        let known = a.open.as_ref().map(|o| o.tbl.clone()).expect("A knows the open generation");
+        let held = |conn: &Connection| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {known}"), [], |r| r.get(0)).unwrap()
+        };
+        let (mut b_conn, mut b) = writer(&path, settings, 300_001);
+        commit(&mut b_conn, &mut b, [9000], 600_000); // B's roll: a new generation, the epoch moved
+        drop((b_conn, b));
+        let before = held(&a_conn);
+        let other = crate::open(&path, crate::Durability::Normal).unwrap();
+        other.execute_batch("ALTER TABLE ids_pending RENAME TO ids_away").unwrap();
+        {
+            let tx = a_conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            assert!(a.begin(&tx).is_err(), "the appended ids cannot be read");
+        }
+        other.execute_batch("ALTER TABLE ids_away RENAME TO ids_pending").unwrap();
+        let next = 3000 + 5 * (EDGE_LAG as i64 + 2);
+        for i in 0..3 {
+            commit(&mut a_conn, &mut a, next + 5 * i..next + 5 * i + 5, 600_001);
+        }
+        assert_eq!(held(&a_conn), before, "A wrote nothing more into the generation B's roll sealed");
+        drop((a_conn, a));
+        let (mut conn, mut d) = writer(&path, settings, 600_002);
+        for i in (3000..next + 15).chain([9000]) {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
         }
     }
 
