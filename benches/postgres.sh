@@ -8,7 +8,9 @@
 #      Postgres server's (its processes and the backends it reaped);
 #   2. event-to-counter p50/p99 at a fixed RATE events/s for 20 s, each backend on a fresh mock
 #      cluster with `meter ingest` and `meter aggregate` (histogram
-#      `meter_aggregator_event_to_counter_seconds`, bucket-interpolated);
+#      `meter_aggregator_event_to_counter_seconds`, bucket-interpolated), over the whole run and
+#      over what was counted after its first 5 s (a fresh aggregator creates every counter in its
+#      first batches);
 #   3. 1, 2 and 3 aggregator processes on Postgres counting the backlog: wall events/s.
 #   EVENTS=300000 ROUNDS=3 RATE=20000 benches/postgres.sh
 set -euo pipefail
@@ -94,6 +96,24 @@ for r in $(seq "$ROUNDS"); do
 done
 
 echo "== 2. event to counter at $RATE events/s for 20 s"
+# buckets URL: the aggregator's event-to-counter histogram, a line "LE COUNT" per bucket.
+buckets() {
+  curl -s "$1/metrics" | awk '/^meter_aggregator_event_to_counter_seconds_bucket/ {
+    match($0, /le="[^"]*"/); print substr($0, RSTART + 4, RLENGTH - 5), $2 }'
+}
+# quantiles Q...: from "LE COUNT" lines on stdin, each quantile in ms, interpolated in its bucket.
+quantiles() {
+  awk -v qs="$*" '{ n++; bound[n] = $1; count[n] = $2 }
+    END {
+      total = count[n]; k = split(qs, q, " "); out = ""
+      for (j = 1; j <= k; j++) {
+        want = q[j] * total; prev_b = 0; prev_c = 0; v = 0
+        for (i = 1; i <= n; i++) if (count[i] >= want) {
+          v = bound[i] == "+Inf" ? prev_b : prev_b + (bound[i] - prev_b) * (want - prev_c) / (count[i] - prev_c); break }
+          else { prev_b = bound[i]; prev_c = count[i] }
+        out = out sprintf(" p%s %.1f ms", substr(q[j] "00", 3, 2), v * 1000) }
+      print out }'
+}
 latency() {  # BACKEND STATE_URL
   run=$((run + 1))
   local k="kafka$run" d="$dir/lat$run"
@@ -105,22 +125,20 @@ latency() {  # BACKEND STATE_URL
   METER__STATE__URL="$2" start "lag$run" aggregate --data-dir "$d" --listen 127.0.0.1:0
   local aurl; aurl=$(address "lag$run")
   until [ "$(owned "$aurl")" = 8 ]; do sleep 0.1; done
-  local sent; sent=$($BIN loadgen --url "$(address "ing$run")" --key "$key" --id-prefix "lat$run" --rate "$RATE" \
-    --events $((RATE * 20)) --tenants 1000 --batch 100 --concurrency 32 2>/dev/null)
-  sent=${sent%%$'\n'*}  # its first line (a pipe to head would close under its later lines)
+  $BIN loadgen --url "$(address "ing$run")" --key "$key" --id-prefix "lat$run" --rate "$RATE" \
+    --events $((RATE * 20)) --tenants 1000 --batch 100 --concurrency 32 >"$d/loadgen.out" 2>/dev/null &
+  local lg=$!
+  # The histogram 5 s into the load: what is counted after it is the aggregator warmed up (its
+  # first batches meet every counter for the first time and create them).
+  sleep 5
+  buckets "$aurl" >"$d/at5s"
+  wait "$lg"
+  local sent; sent=$(head -1 "$d/loadgen.out")
   sleep 1
-  curl -s "$aurl/metrics" | awk -v b="$1" -v sent="$sent" '
-    /^meter_aggregator_event_to_counter_seconds_bucket/ {
-      match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; bound[n] = le; count[n] = $2 }
-    END {
-      total = count[n]; out = ""
-      for (q = 1; q <= 2; q++) {
-        want = (q == 1 ? 0.5 : 0.99) * total; prev_b = 0; prev_c = 0
-        for (i = 1; i <= n; i++) if (count[i] >= want) {
-          v = bound[i] == "+Inf" ? prev_b : prev_b + (bound[i] - prev_b) * (want - prev_c) / (count[i] - prev_c); break }
-          else { prev_b = bound[i]; prev_c = count[i] }
-        out = out sprintf(" p%s %.1f ms", (q == 1 ? "50" : "99"), v * 1000) }
-      printf "%-8s%s (%d events counted; loadgen: %s)\n", b, out, total, sent }'
+  buckets "$aurl" >"$d/end"
+  printf '%-8s%s (%d events counted; loadgen: %s)\n' "$1" "$(quantiles 0.5 0.99 <"$d/end")" \
+    "$(tail -1 "$d/end" | cut -d' ' -f2)" "$sent"
+  printf '%-8s after the first 5 s:%s\n' "$1" "$(paste -d' ' "$d/at5s" "$d/end" | awk '{ print $1, $4 - $2 }' | quantiles 0.99)"
   stop "lag$run"; stop "ing$run"; stop "$k"
 }
 latency sqlite sqlite
