@@ -100,3 +100,22 @@ fn lock_keys_are_stable_across_builds() {
     assert_eq!(meter_postgres::lock_key(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
     assert_ne!(meter_postgres::lock_key("close:2026-11"), meter_postgres::lock_key("close:2026-12"));
 }
+
+/// The connection given back last is the next one handed out: a role that uses one connection at
+/// a time (the aggregator's batches) keeps using one warm connection, its statements prepared and
+/// their plans settled, rather than taking each of the pool's in turn and warming every one (a
+/// fresh aggregator on Postgres met its first batches on cold connections one after another).
+#[test]
+fn the_connection_given_back_last_is_handed_out_next() {
+    let pg = fresh();
+    let pid = |c: &deadpool_postgres::Object| {
+        pg.block(async { c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get::<_, i32>(0) })
+    };
+    let (a, b) = pg.block(async { (pg.client().await.unwrap(), pg.client().await.unwrap()) });
+    let (first, last) = (pid(&a), pid(&b));
+    assert_ne!(first, last, "two connections");
+    drop(a);
+    drop(b);
+    let next: Vec<i32> = (0..4).map(|_| pid(&pg.block(pg.client()).unwrap())).collect();
+    assert_eq!(next, vec![last; 4], "the one given back last, each time");
+}
