@@ -290,6 +290,9 @@ pub struct Dedup {
     trimmed_at: usize,
     /// The open generation as this writer last saw it.
     open: Option<Open>,
+    /// Runs once between this writer's seal and its reload (tests: another writer acts there).
+    #[cfg(test)]
+    before_reload: Option<Box<dyn FnMut() + Send>>,
 }
 
 /// The open generation: its table, about how many ids it holds and, while this writer put
@@ -604,6 +607,8 @@ impl Dedup {
             below_floor: false,
             trimmed_at: 0,
             open: None,
+            #[cfg(test)]
+            before_reload: None,
         };
         // One snapshot: another writer may drop a generation meanwhile.
         let tx = conn.transaction()?;
@@ -933,6 +938,10 @@ impl Dedup {
         }
         let ids = open.ids;
         self.opened(done, next, filter);
+        #[cfg(test)]
+        if let Some(mut between) = self.before_reload.take() {
+            between();
+        }
         // The seal moved no appended id: this mirror holds what is appended as of `epoch`.
         self.reload(conn, Some(epoch), true)?;
         tracing::debug!(state = %self.name, ids, took = ?started.elapsed(), "dedup generation sealed full");
@@ -959,12 +968,15 @@ impl Dedup {
         // starts over rather than keep a list without the new open generation.
         self.mirror.epoch = None;
         let tx = conn.transaction()?;
-        self.mirror.refresh_keeping(&tx, &self.name, epoch.filter(|_| kept))?;
-        tx.commit()?;
+        // Whether it fails or not, a mirror at another epoch than the seal's (another writer
+        // moved, sealed or rolled since) means this writer no longer knows the open generation:
+        // the next refresh, finding no news, would not tell it.
+        let reloaded = self.mirror.refresh_keeping(&tx, &self.name, epoch.filter(|_| kept));
+        let reloaded = reloaded.and_then(|()| Ok(tx.commit()?));
         if self.mirror.epoch != epoch {
             self.open = None;
         }
-        Ok(())
+        reloaded
     }
 
     /// Once a quarter horizon: everything appended goes into the open generation, which is
@@ -1104,9 +1116,10 @@ impl Mirror {
         let mut stmt = tx.prepare_cached(&sql.1)?;
         let mut rows = stmt.query([self.last_rowid])?;
         while let Some(r) = rows.next()? {
-            self.last_rowid = r.get(0)?;
             let value = (r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(), r.get::<_, Option<i64>>(4)?.unwrap_or(0));
             self.ids.insert((r.get(1)?, r.get(2)?), value);
+            // Only once the row is read: a row that failed is read again at the next refresh.
+            self.last_rowid = r.get(0)?;
         }
         Ok(())
     }
@@ -2158,6 +2171,63 @@ mod tests {
         drop((a_conn, a));
         let (mut conn, mut d) = writer(&path, settings, 600_002);
         for i in (3000..next + 15).chain([9000]) {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
+        }
+    }
+
+    /// A row whose columns cannot be read (an error while the mirror reads it) is read again at
+    /// the next refresh, not passed over.
+    #[test]
+    fn an_appended_row_that_could_not_be_read_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { straight: false, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        commit(&mut conn, &mut d, [1], 1);
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mut mirror = Mirror::default();
+        assert_eq!(look(&mut reader, &mut mirror, 1), Some(value(1)));
+        commit(&mut conn, &mut d, [2], 1);
+        conn.execute_batch("UPDATE ids_pending SET tenant = x'00ff' WHERE id = 'e2'").unwrap();
+        {
+            let tx = reader.transaction().unwrap();
+            assert!(mirror.refresh(&tx, "ids").is_err(), "a tenant that is no text");
+        }
+        conn.execute_batch("UPDATE ids_pending SET tenant = 't' WHERE id = 'e2'").unwrap();
+        assert_eq!(look(&mut reader, &mut mirror, 2), Some(value(2)));
+    }
+
+    /// The same after this writer's own seal: its reload fails after another writer's roll
+    /// sealed the generation this writer had just opened, and this writer forgets that
+    /// generation rather than put ids straight into it.
+    #[test]
+    fn a_reload_that_fails_after_another_writers_roll_still_forgets_the_open_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let (mut a_conn, mut a, settings) = rolled(&path);
+        fives(&mut a_conn, &mut a, 0..11);
+        let (mut b_conn, mut b) = writer(&path, settings, 300_001);
+        let other = crate::open(&path, crate::Durability::Normal).unwrap();
+        a.before_reload = Some(Box::new(move || {
+            commit(&mut b_conn, &mut b, [9000], 600_000); // B's roll: the epoch moved
+            other.execute_batch("ALTER TABLE ids_pending RENAME TO ids_away").unwrap();
+        }));
+        commit_only(&mut a_conn, &mut a, 3055..3060);
+        assert!(a.committed(&mut a_conn, 300_001).is_err(), "A's seal committed, its reload failed");
+        a_conn.execute_batch("ALTER TABLE ids_away RENAME TO ids_pending").unwrap();
+        let sealed: String =
+            a_conn.query_row("SELECT tbl FROM ids_gens WHERE until_us = 600000", [], |r| r.get(0)).unwrap();
+        let held = |conn: &Connection| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {sealed}"), [], |r| r.get(0)).unwrap()
+        };
+        let before = held(&a_conn);
+        for i in 0..3 {
+            commit(&mut a_conn, &mut a, 3060 + 5 * i..3065 + 5 * i, 600_001);
+        }
+        assert_eq!(held(&a_conn), before, "A wrote nothing into the generation B's roll sealed");
+        drop((a_conn, a));
+        let (mut conn, mut d) = writer(&path, settings, 600_002);
+        for i in (3000..3075).chain([9000]) {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
         }
     }
