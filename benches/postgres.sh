@@ -107,6 +107,7 @@ quantiles() {
   awk -v qs="$*" '{ n++; bound[n] = $1; count[n] = $2 }
     END {
       total = count[n]; k = split(qs, q, " "); out = ""
+      if (total == 0) { print " (nothing counted)"; exit }
       for (j = 1; j <= k; j++) {
         want = q[j] * total; prev_b = 0; prev_c = 0; v = 0
         for (i = 1; i <= n; i++) if (count[i] >= want) {
@@ -139,7 +140,11 @@ latency() {  # BACKEND STATE_URL
   buckets "$aurl" >"$d/end"
   printf '%-8s%s (%d events counted; loadgen: %s)\n' "$1" "$(quantiles 0.5 0.99 <"$d/end")" \
     "$(tail -1 "$d/end" | cut -d' ' -f2)" "$sent"
-  printf '%-8s after the first 5 s:%s\n' "$1" "$(paste -d' ' "$d/at5s" "$d/end" | awk '{ print $1, $4 - $2 }' | quantiles 0.99)"
+  if [ -s "$d/at5s" ] && [ "$(wc -l <"$d/at5s")" = "$(wc -l <"$d/end")" ]; then
+    printf '%-8s after the first 5 s:%s\n' "$1" "$(paste -d' ' "$d/at5s" "$d/end" | awk '{ print $1, $4 - $2 }' | quantiles 0.99)"
+  else
+    printf '%-8s after the first 5 s: not measured (no histogram at 5 s)\n' "$1"
+  fi
   stop "lag$run"; stop "ing$run"; stop "$k"
 }
 latency sqlite sqlite

@@ -120,6 +120,8 @@ async fn a_wait_with_a_fraction_of_a_millisecond_sleeps_it_rather_than_spins() {
             polls += 1;
         }
         let (used_ms, wall_ms) = ((ticks() - before) * 10, start.elapsed().as_millis() as u64);
+        // Each read waited its whole time: the fraction was slept, not dropped.
+        assert!(start.elapsed() >= wait * polls, "{polls} reads of {wait:?} in {wall_ms} ms: some ended early");
         assert!(
             used_ms * 4 < wall_ms,
             "{used_ms} ms of CPU in {wall_ms} ms over {polls} reads of {wait:?}: the reader spun"
