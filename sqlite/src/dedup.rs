@@ -74,6 +74,11 @@ pub const SEALED: usize = 32;
 /// quotas and a flood; dedup moves in short chunks").
 pub const MOVE_CHUNK: usize = 1_024;
 
+/// Rows a move inserts into the open generation per statement, so that a statement's binding,
+/// step and reset are paid once for them rather than per row (the chunk's remainder goes a row
+/// at a time).
+const MOVE_ROWS: usize = 64;
+
 /// Moved rows deleted from the appended ones after each commit once a move has ended (at
 /// least; twice the ids appended since the last piece if more). A move's last chunk deleted
 /// every row it moved, 131,072 at the default `flush_at`: that held the writer for 17-26 ms and
@@ -250,6 +255,15 @@ pub struct Mirror {
     /// The ids a move takes into the open generation, sorted as its key (id, then tenant):
     /// still appended until the move's last transaction. Only the writer's mirror has any.
     moving: Vec<(Key, Value)>,
+    /// The fingerprint of each of `moving`, in its order.
+    moving_fps: Vec<u64>,
+    /// The same fingerprints as a set: a lookup searches `moving` only for an id whose
+    /// fingerprint is there (a binary search over up to 131,072 strings for every new id was
+    /// 7-9 % of the embedded default's CPU samples with random ids; BENCHMARKS.md).
+    moving_set: Fingerprints,
+    /// Searches of `moving` (a test's count: the fingerprints spare them).
+    #[cfg(test)]
+    searches: std::cell::Cell<usize>,
     /// What [`Mirror::refresh`] asks in every transaction (the epoch, the ids appended since),
     /// formatted once.
     sql: Option<(String, String)>,
@@ -500,6 +514,8 @@ struct Move {
     through: i64,
     /// `INSERT OR IGNORE` into the open generation.
     insert: String,
+    /// The same, of [`MOVE_ROWS`] rows at once.
+    insert_rows: String,
 }
 
 impl Dedup {
@@ -792,14 +808,16 @@ impl Dedup {
             self.open = Some(Open::learn(&tx, tbl.clone())?);
         }
         tx.commit()?;
-        let moving = &mut self.mirror.moving;
-        moving.extend(self.mirror.ids.drain());
-        moving.sort_unstable_by(|(a, _), (b, _)| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
+        self.mirror.freeze();
         self.moving = Some(Move {
             done: 0,
             arrived: 0,
             through,
             insert: format!("INSERT OR IGNORE INTO {tbl} (id, tenant, hash, key) VALUES (?1, ?2, ?3, ?4)"),
+            insert_rows: format!(
+                "INSERT OR IGNORE INTO {tbl} (id, tenant, hash, key) VALUES {}",
+                vec!["(?, ?, ?, ?)"; MOVE_ROWS].join(", ")
+            ),
         });
         Ok(())
     }
@@ -833,20 +851,34 @@ impl Dedup {
             drop(tx);
             self.moving = None;
             self.open = None;
-            self.mirror.moving.clear();
+            self.mirror.thaw();
             self.mirror.epoch = None;
             return Ok(());
         };
         let mut inserted = 0;
         {
+            let mut rows = ids[m.done..end].chunks_exact(MOVE_ROWS);
+            if rows.len() > 0 {
+                let mut insert = tx.prepare_cached(&m.insert_rows)?;
+                for chunk in &mut rows {
+                    for (j, ((tenant, id), value)) in chunk.iter().enumerate() {
+                        let (hash, at) = nullable(value);
+                        insert.raw_bind_parameter(4 * j + 1, id)?;
+                        insert.raw_bind_parameter(4 * j + 2, tenant)?;
+                        insert.raw_bind_parameter(4 * j + 3, hash)?;
+                        insert.raw_bind_parameter(4 * j + 4, at)?;
+                    }
+                    inserted += insert.raw_execute()?;
+                }
+            }
             let mut insert = tx.prepare_cached(&m.insert)?;
-            for ((tenant, id), value) in &ids[m.done..end] {
+            for ((tenant, id), value) in rows.remainder() {
                 let (hash, at) = nullable(value);
                 inserted += insert.execute(params![id, tenant, hash, at])?;
             }
         }
         if let Some(fps) = open.fps.as_mut() {
-            fps.extend(ids[m.done..end].iter().map(|((tenant, id), _)| fingerprint(tenant, id)));
+            fps.extend(&self.mirror.moving_fps[m.done..end]);
         }
         // The rows an earlier move left below the floor go at this move's pace, so that they
         // never pile up, however large the commits (between moves [`Dedup::trim`] goes on).
@@ -892,7 +924,7 @@ impl Dedup {
         }
         if last {
             self.moving = None;
-            self.mirror.moving.clear();
+            self.mirror.thaw();
             // This mirror already holds what is appended now: only readers start over.
             self.mirror.epoch = epoch;
             self.below_floor = true;
@@ -1004,7 +1036,7 @@ impl Dedup {
         self.opened(tbl, next, filter);
         self.moving = None;
         self.below_floor = false;
-        self.mirror.moving.clear();
+        self.mirror.thaw();
         // Everything appended went: the mirror starts over.
         self.reload(conn, Some(epoch), false)
     }
@@ -1070,6 +1102,23 @@ fn open_generation(tx: &Connection, name: &str, number: i64, from_us: i64) -> Re
 }
 
 impl Mirror {
+    /// Takes every appended id it holds into `moving`, sorted as the open generation's key,
+    /// with their fingerprints.
+    fn freeze(&mut self) {
+        self.moving.extend(self.ids.drain());
+        self.moving.sort_unstable_by(|(a, _), (b, _)| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
+        self.moving_fps.clear();
+        self.moving_fps.extend(self.moving.iter().map(|((tenant, id), _)| fingerprint(tenant, id)));
+        self.moving_set.extend(&self.moving_fps);
+    }
+
+    /// Forgets the moving ids (moved, or still appended and read again).
+    fn thaw(&mut self) {
+        self.moving.clear();
+        self.moving_fps.clear();
+        self.moving_set.clear();
+    }
+
     /// Brings the mirror of `name` up to what `tx` sees (call it inside the transaction that
     /// then looks ids up, so that a flush cannot move an id out of sight in between).
     pub fn refresh(&mut self, tx: &Connection, name: &str) -> Result<(), crate::Error> {
@@ -1102,7 +1151,7 @@ impl Mirror {
         if self.epoch != Some(epoch) {
             if current != Some(epoch) {
                 self.ids.clear();
-                self.moving.clear();
+                self.thaw();
                 // Below the floor every row is moved (the floor changes only with the epoch).
                 self.last_rowid = floor;
                 #[cfg(test)]
@@ -1186,8 +1235,12 @@ impl Mirror {
         if let Some(v) = self.ids.get(&Probe(tenant, id)) {
             return Ok(Some(v.clone()));
         }
-        if let Ok(i) = self.moving.binary_search_by(|((t, i), _)| (i.as_str(), t.as_str()).cmp(&(id, tenant))) {
-            return Ok(Some(self.moving[i].1.clone()));
+        if self.moving_set.contains(&fp) {
+            #[cfg(test)]
+            self.searches.set(self.searches.get() + 1);
+            if let Ok(i) = self.moving.binary_search_by(|((t, i), _)| (i.as_str(), t.as_str()).cmp(&(id, tenant))) {
+                return Ok(Some(self.moving[i].1.clone()));
+            }
         }
         for Lookup { tbl, sql, filter } in &self.lookups {
             if filter.as_ref().is_some_and(|f| !f.contains(&fp)) || skip == Some(tbl.as_str()) {
@@ -1386,6 +1439,38 @@ mod tests {
             assert_eq!(look(&mut reader, &mut mirror, i), Some(value(i)), "a reader sees {i} after the move");
         }
         assert_eq!(look(&mut reader, &mut mirror, n + 4), None);
+    }
+
+    /// While a move runs, an id that is not moving is told so by the moving ids' fingerprints,
+    /// without a search of the sorted ids; one that is moving is found there; and the chunks,
+    /// many rows to a statement and the rest one at a time, move each id once.
+    #[test]
+    fn during_a_move_a_new_id_is_told_apart_from_the_moving_ones_by_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let n = 3 * MOVE_CHUNK as i64 + 7;
+        let settings = Settings { flush_at: n as usize, straight: false, ..Settings::new(1_000_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        commit(&mut conn, &mut d, (0..n).rev(), 1);
+        assert!(d.moving.is_some(), "a move runs");
+        let searches = |d: &Dedup| d.mirror.searches.get();
+        let before = searches(&d);
+        for i in n + 10..n + 110 {
+            assert_eq!(seen(&mut conn, &mut d, i), None, "e{i} is new");
+        }
+        assert_eq!(searches(&d) - before, 0, "no new id searched the moving ones");
+        for i in [0, 1, n / 2, n - 1] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "e{i} is moving");
+        }
+        assert_eq!(searches(&d) - before, 4, "each moving id found by one search");
+        while d.moving.is_some() {
+            commit(&mut conn, &mut d, [], 2);
+        }
+        let moved: i64 = conn.query_row("SELECT count(*) FROM ids_g1", [], |r| r.get(0)).unwrap();
+        assert_eq!(moved, n, "every id moved once");
+        for i in [0, n / 3, n - 1] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "e{i} after the move");
+        }
     }
 
     /// A move's last chunk deletes none of the rows it moved (deleting 131,072 at once held the
