@@ -327,9 +327,11 @@ pub struct Dedup {
     settings: Settings,
     mirror: Mirror,
     insert_sql: String,
-    /// Deletes up to `?1` moved rows below the floor, oldest first ([`Dedup::trim`]).
+    /// Deletes the moved rows below the floor among the `?1` rowids from the oldest
+    /// ([`Dedup::trim`]).
     trim_sql: String,
-    /// Ids appended in the open transaction: their place in `written` and their values.
+    /// Ids appended in the open transaction: their place in `written`, their values and their
+    /// fingerprints.
     staged: HashMap<Key, (usize, Value, u64)>,
     /// Ids written straight into the open generation in the open transaction: their place in
     /// `written` and their fingerprints (the generation's table holds them; a savepoint rolled
@@ -827,8 +829,9 @@ impl Dedup {
         Ok(())
     }
 
-    /// Deletes the next [`TRIM_PIECE`] moved rows (below the floor, oldest first), between
-    /// moves (a move's chunks delete them too, at their own pace).
+    /// Deletes the moved rows (below the floor) among the next [`TRIM_PIECE`] rowids from the
+    /// oldest, or twice those appended since the last piece if more, between moves (a move's
+    /// chunks delete them too, at their own pace).
     fn trim(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
         let started = std::time::Instant::now();
         let arrived = self.mirror.ids.len();
@@ -1157,14 +1160,18 @@ fn open_generation(tx: &Connection, name: &str, number: i64, from_us: i64) -> Re
 }
 
 impl Mirror {
-    /// A writer's mirror, with room for `flush_at` appended ids and as many moving, so that
-    /// neither list grows by copying itself inside a commit (a writer's lists trade places at
-    /// each move and keep their room).
+    /// A writer's mirror, with room for one and a half times `flush_at` ids appended and as
+    /// many moving, so that neither list grows by copying itself (some 11 MB at `flush_at`)
+    /// inside a commit unless one commit goes more than half of `flush_at` past it (a writer's
+    /// lists trade places at each move and keep their room). Untouched room costs address
+    /// space, not memory.
     fn reserved(flush_at: usize) -> Self {
+        let room = flush_at.saturating_add(flush_at / 2);
         let mut mirror = Mirror::default();
-        mirror.ids.entries.reserve(flush_at);
-        mirror.ids.index.reserve(flush_at, |_| 0);
-        mirror.moving.reserve(flush_at);
+        mirror.ids.entries.reserve(room);
+        mirror.ids.index.reserve(room, |_| 0);
+        mirror.moving.reserve(room);
+        mirror.moving_set.reserve(room);
         mirror
     }
 
