@@ -865,7 +865,10 @@ impl Dedup {
             self.open = Some(Open::learn(&tx, tbl.clone())?);
         }
         tx.commit()?;
+        let started = std::time::Instant::now();
         self.mirror.freeze();
+        let took = started.elapsed();
+        tracing::debug!(state = %self.name, ids = self.mirror.moving.len(), ?took, "dedup ids frozen for a move");
         self.moving = Some(Move {
             done: 0,
             arrived: 0,
