@@ -122,7 +122,9 @@ async fn three_hosts_sharing_kafka_postgres_and_clickhouse_stay_exact_through_ki
     assert_eq!(assert_exact_in(&sink.url, &admin, &events, Some("store"), Duration::from_secs(120)).await, TENANTS);
     assert_eq!(assert_exact_in(&ingest[1].url, &admin, &events, Some("store"), Duration::from_secs(60)).await, TENANTS);
 
-    // Each tenant's work orders passed 80, 90 and 100 % of 160: 600 alerts, each once, in order.
+    // Each tenant's work orders passed 80, 90 and 100 % of 160: 600 threshold alerts, each once,
+    // in order. From the fourth day of a month (`alerts.advise_after`) the upgrade advisor's
+    // suggestions share the feed: each once too.
     for url in [&ingest[0].url, &aggregate[2].url] {
         let mut alerts = Vec::new();
         let mut after = 0;
@@ -138,8 +140,19 @@ async fn three_hosts_sharing_kafka_postgres_and_clickhouse_stay_exact_through_ki
             alerts.extend(got);
         }
         let seqs: Vec<u64> = alerts.iter().map(|a| a["seq"].as_u64().unwrap()).collect();
-        assert_eq!(seqs, (1..=600).collect::<Vec<u64>>());
-        let distinct: BTreeSet<(String, String, u64)> = alerts
+        assert_eq!(seqs, (1..=alerts.len() as u64).collect::<Vec<u64>>(), "every seq once, in order");
+        let (thresholds, suggested): (Vec<&Value>, Vec<&Value>) =
+            alerts.iter().partition(|a| a["kind"] == "usage_threshold");
+        assert_eq!(thresholds.len(), 600);
+        let suggestions: BTreeSet<(&str, &str)> = suggested
+            .iter()
+            .map(|a| {
+                assert_eq!(a["kind"], "upgrade_suggested", "{a}");
+                (a["tenant"].as_str().unwrap(), a["suggested_plan"].as_str().unwrap())
+            })
+            .collect();
+        assert_eq!(suggestions.len(), suggested.len(), "each suggestion raised once");
+        let distinct: BTreeSet<(String, String, u64)> = thresholds
             .iter()
             .map(|a| {
                 assert_eq!(a["meter"], "work_orders", "{a}");
