@@ -3,8 +3,9 @@
 //!
 //! - **Idempotency keys, enforced as Stripe does.** A POST without `Idempotency-Key` is refused
 //!   (400; a missing key is a bug this proxy exists to catch). A key seen before with the same
-//!   request is answered with the first reply, without reaching localstripe. A key seen before
-//!   with other parameters is a 400 `idempotency_error`.
+//!   request is answered with the first reply, without reaching localstripe, even when the first
+//!   one's client hung up before its reply. A key seen before with other parameters is a 400
+//!   `idempotency_error`.
 //! - **Faults**, on a fixed schedule (every `every`-th request, taking the kinds in turn) so that a
 //!   run meets each kind: 429 with `Retry-After`, 500, a 503 page in HTML, a timeout, a connection
 //!   cut before the reply, and the decisive one, a request that reaches localstripe and commits
@@ -218,26 +219,37 @@ async fn handle(State(p): State<Arc<Inner>>, method: Method, uri: Uri, headers: 
         let fingerprint = format!("{} {}\n{}", method, uri.path(), canonical(&body));
         // Stripe keeps keys per account: the caller's API key scopes them.
         let slot = p.keys.lock().await.entry(format!("{}\n{key}", auth.unwrap_or(""))).or_default().clone();
-        // One request per key at a time, as Stripe does (a second waits here for the first).
-        let mut slot = slot.lock().await;
-        match &*slot {
-            Some(s) if s.fingerprint != fingerprint => {
-                p.counts.lock().unwrap().key_errors += 1;
-                return stripe_error(
-                    StatusCode::BAD_REQUEST,
-                    "idempotency_error",
-                    "Keys for idempotent requests can only be used with the same parameters they were first used with",
-                );
+        // As at Stripe, a request that arrived is carried through and kept under its key even if
+        // its client stops waiting (a timeout, a killed process): axum drops a handler whose
+        // client hung up, so the keyed part runs as its own task.
+        let (p, auth) = (p.clone(), auth.map(str::to_owned));
+        let keyed = tokio::spawn(async move {
+            // One request per key at a time, as Stripe does (a second waits here for the first).
+            let mut slot = slot.lock().await;
+            match &*slot {
+                Some(s) if s.fingerprint != fingerprint => {
+                    p.counts.lock().unwrap().key_errors += 1;
+                    Err(stripe_error(
+                        StatusCode::BAD_REQUEST,
+                        "idempotency_error",
+                        "Keys for idempotent requests can only be used with the same parameters they were first used \
+                         with",
+                    ))
+                }
+                Some(s) => {
+                    p.counts.lock().unwrap().replayed += 1;
+                    Ok(s.reply.clone())
+                }
+                None => {
+                    let reply = forward(&p, &method, &uri, auth.as_deref(), &body).await;
+                    *slot = Some(Stored { fingerprint, reply: reply.clone() });
+                    Ok(reply)
+                }
             }
-            Some(s) => {
-                p.counts.lock().unwrap().replayed += 1;
-                s.reply.clone()
-            }
-            None => {
-                let reply = forward(&p, &method, &uri, auth, &body).await;
-                *slot = Some(Stored { fingerprint, reply: reply.clone() });
-                reply
-            }
+        });
+        match keyed.await.expect("the keyed request's task ends") {
+            Ok(reply) => reply,
+            Err(refusal) => return refusal,
         }
     } else {
         forward(&p, &method, &uri, auth, &body).await
@@ -346,4 +358,52 @@ async fn forward(p: &Inner, method: &Method, uri: &Uri, auth: Option<&str>, body
         _ => bytes,
     };
     Reply { status, content_type, body: bytes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream that commits each request at once (counting it) and answers it `delay` later.
+    async fn slow_upstream(delay: Duration) -> (String, Arc<AtomicUsize>) {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let app = axum::Router::new().fallback(move || {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(delay).await;
+                ([("content-type", "application/json")], format!("{{\"id\":\"ii_{n}\"}}"))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    /// As at Stripe, a request that reached the upstream is kept under its key even when the
+    /// client gave up waiting (or died) before the reply: its retry is answered with that reply
+    /// and makes nothing a second time.
+    #[tokio::test]
+    async fn a_request_abandoned_by_its_client_still_answers_its_key() {
+        let (upstream, seen) = slow_upstream(Duration::from_millis(400)).await;
+        let proxy = Proxy::start(&upstream, 0, Duration::from_secs(5)).await;
+        let post = |client: &reqwest::Client| {
+            client
+                .post(format!("{}/v1/invoiceitems", proxy.url))
+                .header("idempotency-key", "k1")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("amount=100&customer=cus_1")
+                .send()
+        };
+        let impatient = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
+        assert!(post(&impatient).await.is_err(), "the first try gives up before the reply");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let reply = post(&reqwest::Client::new()).await.unwrap();
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reply.text().await.unwrap(), "{\"id\":\"ii_1\"}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "the retry reached the upstream again");
+        assert_eq!(proxy.counts().replayed, 1);
+    }
 }
