@@ -138,6 +138,73 @@ const CACHE_ENTRIES: usize = 500_000;
 /// commit order.
 const ALERTS: &str = "store:alerts";
 
+/// The statements a batch prepares once on each connection (kept in its cache, keyed by their
+/// text), named once so that [`PgStore::warm`] prepares the very same ones ahead of the first.
+mod sql {
+    pub const FENCE_CREATE: &str = "INSERT INTO checkpoints (consumer, partition, next_offset)
+             SELECT $1, p, 0 FROM unnest($2::int4[]) AS p ON CONFLICT DO NOTHING";
+    pub const FENCE_MOVE: &str =
+        "UPDATE checkpoints c SET next_offset = x.to_, watermark_us = GREATEST(c.watermark_us, $5::int8)
+             FROM unnest($2::int4[], $3::int8[], $4::int8[]) AS x(p, from_, to_)
+             WHERE c.consumer = $1 AND c.partition = x.p AND c.next_offset = x.from_
+             RETURNING c.partition";
+    pub const FENCE_STAND: &str =
+        "SELECT partition, next_offset FROM checkpoints WHERE consumer = $1 AND partition = ANY($2)";
+    pub const UNIQUES_INSERT: &str = "INSERT INTO uniques (tenant, meter, bucket, value)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                     ON CONFLICT DO NOTHING RETURNING tenant, meter, bucket, value";
+    pub const TALLIES_LOAD: &str = "SELECT t.tenant, t.meter, t.bucket, t.value::text, t.latest_us, t.latest_id
+                 FROM tallies t JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant, meter, bucket)
+                   ON t.tenant = k.tenant AND t.meter = k.meter AND t.bucket = k.bucket";
+    pub const GROUPS_LOAD: &str = "SELECT b.tenant, b.period, b.meter, b.property, b.value, b.amount::text
+                 FROM breakdowns b
+                 JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(t, p, m, pr, v)
+                   ON b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v";
+    pub const TALLIES_INSERT: &str = "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id)
+         SELECT tenant, meter, bucket, value::numeric, latest_us, latest_id
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
+              AS k(tenant, meter, bucket, value, latest_us, latest_id)
+         ON CONFLICT (tenant, meter, bucket) DO UPDATE
+         SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id";
+    pub const TALLIES_UPDATE: &str =
+        "UPDATE tallies t SET value = k.value::numeric, latest_us = k.latest_us, latest_id = k.latest_id
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
+              AS k(tenant, meter, bucket, value, latest_us, latest_id)
+         WHERE t.tenant = k.tenant AND t.meter = k.meter AND t.bucket = k.bucket";
+    pub const GROUPS_INSERT: &str = "INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
+         SELECT t, p, m, pr, v, a::numeric
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
+         ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount";
+    pub const GROUPS_UPDATE: &str = "UPDATE breakdowns b SET amount = k.a::numeric
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
+         WHERE b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v";
+    pub const ALERT_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+    pub const ALERT_INSERT: &str =
+        "INSERT INTO alerts (seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us)
+             SELECT (SELECT coalesce(max(seq), 0) FROM alerts) + row_number() OVER (ORDER BY n),
+                    id, tenant, meter, period, percent, threshold, included, value, plan, $10
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[],
+                         $8::text[], $9::text[]) WITH ORDINALITY
+                  AS a(id, tenant, meter, period, percent, threshold, included, value, plan, n)
+             WHERE NOT EXISTS (SELECT 1 FROM alerts x WHERE x.id = a.id)";
+
+    /// Every one of them.
+    pub const APPLY: &[&str] = &[
+        FENCE_CREATE,
+        FENCE_MOVE,
+        FENCE_STAND,
+        UNIQUES_INSERT,
+        TALLIES_LOAD,
+        GROUPS_LOAD,
+        TALLIES_INSERT,
+        TALLIES_UPDATE,
+        GROUPS_INSERT,
+        GROUPS_UPDATE,
+        ALERT_LOCK,
+        ALERT_INSERT,
+    ];
+}
+
 /// Serialises the creation and dropping of `seen`'s arrival partitions, on every host.
 const SEEN_PARTS: &str = "store:seen-parts";
 
@@ -181,7 +248,7 @@ impl PgStore {
     /// window plus `ingest.max_future`; the configuration checks it).
     pub fn open_with(pg: Arc<Pg>, dedup: dedup::Settings) -> Result<Self, Error> {
         meter_postgres::check(&pg, COMPONENT, MIGRATIONS.len() as i64)?;
-        Ok(Self {
+        let store = Self {
             pg,
             cache: Mutex::new(HashMap::new()),
             group_cache: Mutex::new(HashMap::new()),
@@ -191,7 +258,29 @@ impl PgStore {
             dedup,
             covered_to: AtomicI64::new(i64::MIN),
             parts: Mutex::new(Vec::new()),
-        })
+        };
+        store.warm();
+        Ok(store)
+    }
+
+    /// Readies a fresh process for its first batch, which otherwise waited for both: makes the
+    /// arrival partitions of `seen` for now and the next, and prepares the batch's statements
+    /// on a connection (the pool hands out the one given back last, so the first batch gets
+    /// it). A failure is only logged: the first batch does both itself.
+    fn warm(&self) {
+        let started = std::time::Instant::now();
+        let warmed = self.pg.block(async {
+            let mut client = self.pg.client().await?;
+            self.make_room(&mut client, now_us()).await?;
+            for statement in sql::APPLY {
+                client.prepare_cached(statement).await?;
+            }
+            Ok::<_, Error>(())
+        });
+        match warmed {
+            Ok(()) => tracing::debug!(took = ?started.elapsed(), "live counters ready for the first batch"),
+            Err(e) => tracing::warn!(error = %e, "readying the live counters failed; the first batch does it"),
+        }
     }
 
     /// The arrival time of a batch committed now, making room for it first when it falls near
@@ -301,18 +390,8 @@ async fn raise(tx: &Transaction<'_>, reached: Vec<Reached>) -> Result<(Vec<Strin
     if reached.is_empty() {
         return Ok((Vec::new(), 0));
     }
-    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await?;
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO alerts (seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us)
-             SELECT (SELECT coalesce(max(seq), 0) FROM alerts) + row_number() OVER (ORDER BY n),
-                    id, tenant, meter, period, percent, threshold, included, value, plan, $10
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[],
-                         $8::text[], $9::text[]) WITH ORDINALITY
-                  AS a(id, tenant, meter, period, percent, threshold, included, value, plan, n)
-             WHERE NOT EXISTS (SELECT 1 FROM alerts x WHERE x.id = a.id)",
-        )
-        .await?;
+    let lock = tx.prepare_cached(sql::ALERT_LOCK).await?;
+    let insert = tx.prepare_cached(sql::ALERT_INSERT).await?;
     let col = |f: fn(&Reached) -> &str| reached.iter().map(f).collect::<Vec<_>>();
     let (ids, tenants, meters, periods) = (col(|r| &r.id), col(|r| &r.tenant), col(|r| &r.meter), col(|r| &r.period));
     let (thresholds, included, values, plans) =
@@ -346,25 +425,11 @@ async fn fenced<T>(
     let parts: Vec<i32> = progress.partitions.iter().map(|a| a.partition as i32).collect();
     let from: Vec<i64> = progress.partitions.iter().map(|a| a.from as i64).collect();
     let to: Vec<i64> = progress.partitions.iter().map(|a| a.to as i64).collect();
-    let create = tx
-        .prepare_cached(
-            "INSERT INTO checkpoints (consumer, partition, next_offset)
-             SELECT $1, p, 0 FROM unnest($2::int4[]) AS p ON CONFLICT DO NOTHING",
-        )
-        .await?;
-    let cas = tx
-        .prepare_cached(
-            "UPDATE checkpoints c SET next_offset = x.to_, watermark_us = GREATEST(c.watermark_us, $5::int8)
-             FROM unnest($2::int4[], $3::int8[], $4::int8[]) AS x(p, from_, to_)
-             WHERE c.consumer = $1 AND c.partition = x.p AND c.next_offset = x.from_
-             RETURNING c.partition",
-        )
-        .await?;
+    let create = tx.prepare_cached(sql::FENCE_CREATE).await?;
+    let cas = tx.prepare_cached(sql::FENCE_MOVE).await?;
     // Where each partition stands after the move (this transaction's offsets where it moved,
     // the other owner's where it did not): read behind the move, so after any wait for its rows.
-    let stand = tx
-        .prepare_cached("SELECT partition, next_offset FROM checkpoints WHERE consumer = $1 AND partition = ANY($2)")
-        .await?;
+    let stand = tx.prepare_cached(sql::FENCE_STAND).await?;
     // Each query is sent at its first poll, and `biased` polls in order: create, move, stand,
     // then. Postgres runs them in that order, each with a snapshot taken when it starts, so
     // `then` sees what the owner before this one committed (never merge it into the move's
@@ -497,13 +562,7 @@ impl PgStore {
         let mut new_uniques: HashSet<(String, String, String, String)> = HashSet::new();
         if !unique_keys.is_empty() {
             let col = |i: usize| unique_keys.iter().map(|k| [&k.0, &k.1, &k.2, &k.3][i].as_str()).collect::<Vec<_>>();
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO uniques (tenant, meter, bucket, value)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                     ON CONFLICT DO NOTHING RETURNING tenant, meter, bucket, value",
-                )
-                .await?;
+            let insert = tx.prepare_cached(sql::UNIQUES_INSERT).await?;
             let rows = tx.query(&insert, &[&col(0), &col(1), &col(2), &col(3)]).await?;
             new_uniques = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
         }
@@ -579,13 +638,7 @@ impl PgStore {
             return Ok((out, HashSet::new()));
         }
         let col = |i: usize| missing.iter().map(|k| [&k.0, &k.1, &k.2][i].as_str()).collect::<Vec<_>>();
-        let load = tx
-            .prepare_cached(
-                "SELECT t.tenant, t.meter, t.bucket, t.value::text, t.latest_us, t.latest_id
-                 FROM tallies t JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant, meter, bucket)
-                   ON t.tenant = k.tenant AND t.meter = k.meter AND t.bucket = k.bucket",
-            )
-            .await?;
+        let load = tx.prepare_cached(sql::TALLIES_LOAD).await?;
         for r in tx.query(&load, &[&col(0), &col(1), &col(2)]).await? {
             out.insert((r.get(0), r.get(1), r.get(2)), tally(&r, 3)?);
         }
@@ -604,14 +657,7 @@ impl PgStore {
             return Ok((out, HashSet::new()));
         }
         let col = |i: usize| missing.iter().map(|k| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
-        let load = tx
-            .prepare_cached(
-                "SELECT b.tenant, b.period, b.meter, b.property, b.value, b.amount::text
-                 FROM breakdowns b
-                 JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(t, p, m, pr, v)
-                   ON b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v",
-            )
-            .await?;
+        let load = tx.prepare_cached(sql::GROUPS_LOAD).await?;
         let rows = tx.query(&load, &[&col(0), &col(1), &col(2), &col(3), &col(4)]).await?;
         for r in rows {
             let amount = decimal(r.get(5), "breakdown amount")?;
@@ -685,19 +731,7 @@ async fn save_tallies(tx: &Transaction<'_>, folded: &Folded, new: bool) -> Resul
     let values: Vec<Option<String>> = rows.iter().map(|(_, t)| t.value.map(|v| v.to_string())).collect();
     let latest_us: Vec<Option<i64>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.0)).collect();
     let latest_id: Vec<Option<&str>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.1.as_str())).collect();
-    let sql = if new {
-        "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id)
-         SELECT tenant, meter, bucket, value::numeric, latest_us, latest_id
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
-              AS k(tenant, meter, bucket, value, latest_us, latest_id)
-         ON CONFLICT (tenant, meter, bucket) DO UPDATE
-         SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id"
-    } else {
-        "UPDATE tallies t SET value = k.value::numeric, latest_us = k.latest_us, latest_id = k.latest_id
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
-              AS k(tenant, meter, bucket, value, latest_us, latest_id)
-         WHERE t.tenant = k.tenant AND t.meter = k.meter AND t.bucket = k.bucket"
-    };
+    let sql = if new { sql::TALLIES_INSERT } else { sql::TALLIES_UPDATE };
     let statement = tx.prepare_cached(sql).await?;
     let n = tx.execute(&statement, &[&tenants, &meters, &buckets, &values, &latest_us, &latest_id]).await?;
     if !new && n as usize != rows.len() {
@@ -719,16 +753,7 @@ async fn save_groups(tx: &Transaction<'_>, folded: &Folded, new: bool) -> Result
     }
     let col = |i: usize| rows.iter().map(|(k, _)| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
     let amounts: Vec<String> = rows.iter().map(|(_, t)| t.value.unwrap_or_default().to_string()).collect();
-    let sql = if new {
-        "INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
-         SELECT t, p, m, pr, v, a::numeric
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
-         ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount"
-    } else {
-        "UPDATE breakdowns b SET amount = k.a::numeric
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
-         WHERE b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v"
-    };
+    let sql = if new { sql::GROUPS_INSERT } else { sql::GROUPS_UPDATE };
     let statement = tx.prepare_cached(sql).await?;
     tx.execute(&statement, &[&col(0), &col(1), &col(2), &col(3), &col(4), &amounts]).await?;
     Ok(())

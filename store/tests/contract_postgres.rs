@@ -53,6 +53,24 @@ fn an_unmigrated_database_is_refused() {
     assert!(e.contains("store schema version 0") && e.contains("run `meter migrate --state"), "{e}");
 }
 
+/// A store readies itself as it opens: the arrival partitions of now and the next are there
+/// before any batch, and the batch's statements are prepared on the connection that the pool
+/// hands out next.
+#[test]
+fn an_opened_store_is_ready_for_its_first_batch() {
+    let url = fresh_database(&shared_url());
+    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
+    PgStore::migrate(&pg).unwrap();
+    let _store = PgStore::open(pg.clone()).unwrap();
+    let parts: i64 = pg.query_one("SELECT count(*) FROM seen_parts", &[]).unwrap().get(0);
+    assert_eq!(parts, 2, "the partition of now and the next");
+    let prepared: Vec<String> =
+        pg.query("SELECT statement FROM pg_prepared_statements", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    for start in ["UPDATE tallies t SET value", "INSERT INTO uniques", "UPDATE checkpoints c SET next_offset"] {
+        assert!(prepared.iter().any(|p| p.starts_with(start)), "{start}… is not prepared: {prepared:?}");
+    }
+}
+
 /// An upgrade keeps the ids counted before it: they become the oldest arrival partition.
 #[test]
 fn the_ids_counted_before_the_arrival_partitions_stay_counted() {
