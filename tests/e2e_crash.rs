@@ -19,6 +19,13 @@ async fn sigkill_during_a_stream_neither_loses_nor_double_counts() {
     stream_through_kills(&[], 100_000, 6).await;
 }
 
+/// The same with random ids (UUIDv4-like): on the embedded default they are appended, a row per
+/// transaction, rather than put straight into a generation, and each restart reads them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_random_ids_neither_loses_nor_double_counts() {
+    stream_through_kills_with(&[], 60_000, 4, true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_on_a_kafka_log_neither_loses_nor_double_counts() {
     let kafka = DevKafka::start(4);
@@ -26,14 +33,27 @@ async fn sigkill_on_a_kafka_log_neither_loses_nor_double_counts() {
 }
 
 async fn stream_through_kills(env: &[(&str, &str)], events_total: usize, kills_total: usize) {
+    stream_through_kills_with(env, events_total, kills_total, false).await;
+}
+
+async fn stream_through_kills_with(env: &[(&str, &str)], events_total: usize, kills_total: usize, random_ids: bool) {
     let dir = tempfile::tempdir().unwrap();
     let key = create_key(dir.path(), "admin", None);
     let meter = Arc::new(std::sync::Mutex::new(Meter::start(dir.path(), env)));
     let urls = Arc::new(RwLock::new(vec![meter.lock().unwrap().url.clone()]));
 
     let now_s = now_us() / 1_000_000;
-    let events: Arc<Vec<Value>> =
-        Arc::new((0..events_total).map(|i| meter_tools::loadgen::event("crash", i, TENANTS, now_s)).collect());
+    let events: Arc<Vec<Value>> = Arc::new(
+        (0..events_total)
+            .map(|i| {
+                let mut e = meter_tools::loadgen::event("crash", i, TENANTS, now_s);
+                if random_ids {
+                    e["transaction_id"] = format!("crash-{:032x}", rand::random::<u128>()).into();
+                }
+                e
+            })
+            .collect(),
+    );
     let stream = Stream::start(events.clone(), urls.clone(), key.clone(), 4);
     let mut kills = 0;
     while kills < kills_total {
