@@ -54,6 +54,11 @@ const MIGRATIONS: &[&str] = &[
     -- quarter-horizon roll, without lowering the floor: rows appended after it would be given
     -- rowids below the floor and hidden. This version makes such a build refuse the file.
 ",
+    "
+    -- meter_sqlite::dedup keeps the ids a transaction appends as one row of `ids_appended`
+    -- (converting `ids_pending`, a row per id, when the state opens). A build from before
+    -- would read none of them. This version makes such a build refuse the file.
+",
 ];
 
 /// Metric names of the log, declared once.
@@ -425,7 +430,7 @@ impl Writer {
                 results.push(Err(if late.is_empty() { Error::Conflicts(conflicts) } else { Error::TooLate(late) }));
             }
         }
-        tx.commit()?;
+        self.dedup.commit(tx)?;
         Ok(results)
     }
 }

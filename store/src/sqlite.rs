@@ -161,6 +161,11 @@ const MIGRATIONS: &[&str] = &[
     -- quarter-horizon roll, without lowering the floor: rows appended after it would be given
     -- rowids below the floor and hidden. This version makes such a build refuse the file.
 ",
+    "
+    -- meter_sqlite::dedup keeps the ids a transaction appends as one row of `seen_appended`
+    -- (converting `seen_pending`, a row per id, when the state opens). A build from before
+    -- would read none of them. This version makes such a build refuse the file.
+",
 ];
 
 /// The id of a new row of table `$table` (also the name of its count in `counter_slots`) for
@@ -795,7 +800,7 @@ impl UsageStore for SqliteStore {
                 position.execute(params![consumer, a.partition, a.to as i64, progress.watermark_us])?;
             }
         }
-        tx.commit()?;
+        seen.commit(tx)?;
         if let Err(e) = seen.committed(&mut conn, now_us()) {
             tracing::warn!(error = %e, "moving counted ids into the dedup index failed; trying again after the next batch");
         }
