@@ -59,8 +59,8 @@ async fn a_cloudevent_stored_under_the_earlier_hash_is_a_duplicate_when_resent()
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let conn = meter_sqlite::rusqlite::Connection::open(&path).unwrap();
     conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    // Wherever the id is kept: appended, or in the open generation (a new file's takes ids
-    // straight in).
+    // In the open generation: a new file's takes its first ids straight in (an appended id
+    // would be inside a transaction's row, which this cannot change: the count below says so).
     let changed: usize = ["ids_g1"]
         .iter()
         .map(|t| conn.execute(&format!("UPDATE {t} SET hash = ?1 WHERE id = 'ce-1'"), [&[7u8; 32][..]]).unwrap())

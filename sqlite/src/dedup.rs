@@ -399,12 +399,15 @@ fn blob<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r [u8], rusqlite::Er
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(e)))
 }
 
-/// Hands each id of a row of `<name>_appended` to `each`, in the order they were appended.
-fn decode_appended(blob: &[u8], mut each: impl FnMut(Key, Value)) -> Result<(), rusqlite::Error> {
+/// Hands each id of a row of `<name>_appended` (its `ids`, which hold `n`) to `each`, in the
+/// order they were appended.
+fn decode_appended(blob: &[u8], n: i64, mut each: impl FnMut(Key, Value)) -> Result<(), rusqlite::Error> {
+    fn corrupt(why: String) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, why.into())
+    }
     fn take<'b>(rest: &mut &'b [u8], n: usize) -> Result<&'b [u8], rusqlite::Error> {
         if rest.len() < n {
-            let why = format!("appended ids cut short: {n} bytes wanted, {} left", rest.len());
-            return Err(rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, why.into()));
+            return Err(corrupt(format!("appended ids cut short: {n} bytes wanted, {} left", rest.len())));
         }
         let (head, tail) = rest.split_at(n);
         *rest = tail;
@@ -415,18 +418,21 @@ fn decode_appended(blob: &[u8], mut each: impl FnMut(Key, Value)) -> Result<(), 
         take(rest, len)
     }
     fn text(bytes: &[u8]) -> Result<String, rusqlite::Error> {
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, Box::new(e)))
+        String::from_utf8(bytes.to_vec()).map_err(|e| corrupt(format!("appended ids: {e}")))
     }
-    let mut rest = blob;
+    let (mut rest, mut found) = (blob, 0);
     while !rest.is_empty() {
         let tenant = text(part(&mut rest)?)?;
         let id = text(part(&mut rest)?)?;
         let bytes = part(&mut rest)?.to_vec();
         let number = i64::from_le_bytes(take(&mut rest, 8)?.try_into().expect("8 bytes"));
         each((tenant, id), (bytes, number));
+        found += 1;
     }
-    Ok(())
+    match found == n {
+        true => Ok(()),
+        false => Err(corrupt(format!("appended ids: the row says {n}, its blob holds {found}"))),
+    }
 }
 
 /// The open generation: its table, about how many ids it holds and, while this writer put
@@ -893,13 +899,19 @@ impl Dedup {
     /// Writes the ids the open transaction appended, as one row, then commits it (the writer's
     /// transaction: call this rather than `tx.commit()`, then [`Dedup::committed`]).
     pub fn commit(&mut self, tx: rusqlite::Transaction<'_>) -> Result<(), crate::Error> {
-        if !self.buffer.is_empty() {
-            let n = self.written.iter().filter(|w| matches!(w, Written::Appended { .. })).count();
-            tx.prepare_cached(&self.append_sql)?.execute(params![n as i64, self.buffer])?;
-            self.flushed = Some(tx.last_insert_rowid());
-            self.buffer.clear();
-        }
+        let row = match self.buffer.is_empty() {
+            true => None,
+            false => {
+                let n = self.written.iter().filter(|w| matches!(w, Written::Appended { .. })).count();
+                tx.prepare_cached(&self.append_sql)?.execute(params![n as i64, self.buffer])?;
+                Some(tx.last_insert_rowid())
+            }
+        };
         tx.commit()?;
+        // Only once committed: a failed commit leaves its rowid to be given again (and
+        // [`Dedup::committed`] refuses to go on).
+        self.flushed = row;
+        self.buffer.clear();
         Ok(())
     }
 
@@ -972,8 +984,8 @@ impl Dedup {
     fn start_move(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
         // The mirror and the rows the move covers are read in one snapshot: another writer may
         // have appended since this one committed, and the move covers exactly what the mirror
-        // then holds. Not the mirror's last rowid, which may be a rolled back row's: rows
-        // appended during the move would be at or below it, and the floor would hide them.
+        // then holds, the rows up to the greatest rowid in that snapshot (rows appended during
+        // the move come above it, and the floor never hides them).
         let tx = conn.transaction()?;
         self.refresh(&tx)?;
         let tbl: String =
@@ -1204,11 +1216,11 @@ impl Dedup {
         let mut appended: Vec<(Key, Value)> = Vec::new();
         {
             let mut stmt = tx.prepare(&format!(
-                "SELECT ids FROM {name}_appended WHERE rowid > (SELECT floor FROM {name}_state) ORDER BY rowid"
+                "SELECT ids, n FROM {name}_appended WHERE rowid > (SELECT floor FROM {name}_state) ORDER BY rowid"
             ))?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                decode_appended(blob(r, 0)?, |key, value| appended.push((key, value)))?;
+                decode_appended(blob(r, 0)?, r.get(1)?, |key, value| appended.push((key, value)))?;
             }
         }
         appended.sort_unstable_by(|(a, _), (b, _)| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
@@ -1350,7 +1362,7 @@ impl Mirror {
         let sql = self.sql.take().unwrap_or_else(|| {
             (
                 format!("SELECT epoch, floor FROM {name}_state"),
-                format!("SELECT rowid, ids FROM {name}_appended WHERE rowid > ?1 ORDER BY rowid"),
+                format!("SELECT rowid, ids, n FROM {name}_appended WHERE rowid > ?1 ORDER BY rowid"),
             )
         });
         let refreshed = self.refresh_with(tx, name, &sql, current);
@@ -1384,7 +1396,7 @@ impl Mirror {
         let mut rows = stmt.query([self.last_rowid])?;
         while let Some(r) = rows.next()? {
             let ids = &mut self.ids;
-            decode_appended(blob(r, 1)?, |key, value| {
+            decode_appended(blob(r, 1)?, r.get(2)?, |key, value| {
                 let fp = fingerprint(&key.0, &key.1);
                 ids.insert(key, value, fp);
             })?;
@@ -1933,9 +1945,9 @@ mod tests {
         let settings =
             Settings { flush_at: n as usize, seal_at: n as usize, straight: false, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
-        commit(&mut conn, &mut d, 0..n, 1);
-        commit(&mut conn, &mut d, [n], 1); // the move's last chunk seals g1: n rows below the floor
-        assert_eq!(pending(&conn), 1);
+        commit_each(&mut conn, &mut d, 0..n, 1);
+        commit(&mut conn, &mut d, [n], 1); // the move's last chunk seals g1: n - 1 rows below the floor
+        assert_eq!((rows(&conn), pending(&conn)), (n + 1, 1), "the moved rows kept below the floor");
         let quarter = settings.bucket_us();
         commit(&mut conn, &mut d, [n + 1], 1 + quarter); // the roll
         let (rows, floor): (i64, i64) = conn
@@ -1985,8 +1997,8 @@ mod tests {
         }
     }
 
-    /// An id appended during a move after a rolled back one (whose rowid SQLite gives again)
-    /// is not deleted with the moved rows.
+    /// An id appended during a move, after a transaction that rolled one back to a savepoint,
+    /// is not deleted with the moved rows, and the rolled back one is not kept.
     #[test]
     fn an_id_appended_during_a_move_after_a_rollback_is_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -2006,7 +2018,7 @@ mod tests {
         d.rollback_to(mark);
         d.commit(tx).unwrap();
         d.committed(&mut conn, 1).unwrap(); // the move starts: its first chunk
-        commit(&mut conn, &mut d, [n], 1); // appended at the rolled back row's rowid; the last chunk
+        commit(&mut conn, &mut d, [n], 1); // appended during the move; the last chunk
         drop((conn, d));
         let (mut conn, mut d) = writer(&path, settings, 2);
         for i in [0, n - 1, n] {
@@ -2066,10 +2078,11 @@ mod tests {
         }
     }
 
-    /// A row rolled back to a savepoint gives its rowid again, maybe to another writer's row:
-    /// this writer's mirror still reads that row.
+    /// Ids appended after a savepoint was rolled back, in the same transaction (the log's usual
+    /// case: one request conflicts, the next appends), are kept; the rolled back one is not,
+    /// and another writer's row after it is read.
     #[test]
-    fn a_rowid_rolled_back_here_and_given_to_another_writer_is_read() {
+    fn ids_appended_after_a_rollback_in_the_same_transaction_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let settings = Settings { straight: false, ..Settings::new(1_000_000) };
@@ -2084,11 +2097,19 @@ mod tests {
         sp.rollback().unwrap();
         drop(sp);
         a.rollback_to(mark);
+        a.insert(&tx, "t", "e3", value(3)).unwrap();
         a.commit(tx).unwrap();
         a.committed(&mut a_conn, 1).unwrap();
+        assert_eq!((rows(&a_conn), pending(&a_conn)), (1, 2), "one row: e1 and e3");
         commit(&mut b_conn, &mut b, [2], 1);
         assert_eq!(seen(&mut a_conn, &mut a, 2), Some(value(2)), "A sees B's id");
-        assert_eq!(seen(&mut a_conn, &mut a, 1), Some(value(1)));
+        drop((a_conn, a, b_conn, b));
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        for i in 1..=3 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i} after a restart");
+        }
+        let tx = conn.transaction().unwrap();
+        assert_eq!(d.get(&tx, "t", "rolled-back").unwrap(), None, "the rolled back id is not kept");
     }
 
     /// Commits `ids` at `now` without the work done after a commit (`Dedup::committed`), which
@@ -2576,7 +2597,8 @@ mod tests {
     }
 
     /// A row whose ids cannot be read (an error while the mirror reads it) is read again at the
-    /// next refresh, not passed over.
+    /// next refresh, not passed over, with the ids decoded before the error taken again as they
+    /// are; a row cut between two ids is refused for holding fewer than it says.
     #[test]
     fn an_appended_row_that_could_not_be_read_is_read_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -2587,16 +2609,19 @@ mod tests {
         let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
         let mut mirror = Mirror::default();
         assert_eq!(look(&mut reader, &mut mirror, 1), Some(value(1)));
-        commit(&mut conn, &mut d, [2], 1);
+        commit(&mut conn, &mut d, [2, 3], 1);
         let kept: Vec<u8> = conn.query_row("SELECT ids FROM ids_appended WHERE rowid = 2", [], |r| r.get(0)).unwrap();
-        conn.execute("UPDATE ids_appended SET ids = ?1 WHERE rowid = 2", [&kept[..kept.len() - 1]]).unwrap();
-        {
+        let mut one = Vec::new();
+        encode_appended(&mut one, "t", "e2", &value(2));
+        for (cut, why) in [(&kept[..kept.len() - 1], "cut short"), (&kept[..one.len()], "holds 1")] {
+            conn.execute("UPDATE ids_appended SET ids = ?1 WHERE rowid = 2", [cut]).unwrap();
             let tx = reader.transaction().unwrap();
             let e = mirror.refresh(&tx, "ids").unwrap_err().to_string();
-            assert!(e.contains("cut short"), "{e}");
+            assert!(e.contains(why), "{e}");
         }
         conn.execute("UPDATE ids_appended SET ids = ?1 WHERE rowid = 2", [&kept]).unwrap();
         assert_eq!(look(&mut reader, &mut mirror, 2), Some(value(2)));
+        assert_eq!(look(&mut reader, &mut mirror, 3), Some(value(3)));
     }
 
     /// The same after this writer's own seal: its reload fails after another writer's roll
