@@ -73,6 +73,17 @@ pub enum Error {
     /// applied.
     #[error("stored {0} cannot be read")]
     Unreadable(String),
+    /// Rows the store had cached are no longer in the table (replaced under it, by hand or by a
+    /// restore); nothing was applied, and the next batch reads them again.
+    #[error("{missing} of the {of} {table} rows this batch rewrites by id are no longer there; reading them again")]
+    Replaced {
+        /// The table.
+        table: &'static str,
+        /// How many of the rows were not found.
+        missing: usize,
+        /// How many the batch rewrites.
+        of: usize,
+    },
     /// The storage underneath failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),

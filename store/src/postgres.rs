@@ -107,16 +107,31 @@ pub const MIGRATIONS: &[&str] = &[
         END IF;
     END $$;
 ",
+    "
+    -- A batch rewrites the counters it has cached by their rows' ids: one int8 index probe a row,
+    -- and one number sent for its key, rather than a probe on three or five text columns and the
+    -- text of each. An id is never changed, so an update by id stays in place (HOT).
+    ALTER TABLE tallies ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000);
+    CREATE UNIQUE INDEX tallies_by_id ON tallies (id);
+    ALTER TABLE breakdowns ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000);
+    CREATE UNIQUE INDEX breakdowns_by_id ON breakdowns (id);
+",
 ];
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
 type Key = (String, String, String);
 
+/// A key looked up by reference: hashes and compares as its owned key `K`, and copies itself
+/// only when the batch adds a key that neither it nor the cache holds.
+trait Borrowed<K>: std::hash::Hash + hashbrown::Equivalent<K> {
+    fn owned(&self) -> K;
+}
+
 /// A borrowed [`Key`]: looks one up without building it.
 #[derive(Hash)]
 struct KeyRef<'a>(&'a str, &'a str, &'a str);
 
-impl KeyRef<'_> {
+impl Borrowed<Key> for KeyRef<'_> {
     fn owned(&self) -> Key {
         (self.0.to_string(), self.1.to_string(), self.2.to_string())
     }
@@ -130,6 +145,29 @@ impl hashbrown::Equivalent<Key> for KeyRef<'_> {
 
 /// `(tenant, period, meter, property, value)`: one value of a broken-down meter's property.
 type GroupKey = (String, String, String, String, String);
+
+/// A borrowed [`GroupKey`].
+#[derive(Hash)]
+struct GroupRef<'a>(&'a str, &'a str, &'a str, &'a str, &'a str);
+
+impl Borrowed<GroupKey> for GroupRef<'_> {
+    fn owned(&self) -> GroupKey {
+        (self.0.to_string(), self.1.to_string(), self.2.to_string(), self.3.to_string(), self.4.to_string())
+    }
+}
+
+impl hashbrown::Equivalent<GroupKey> for GroupRef<'_> {
+    fn equivalent(&self, key: &GroupKey) -> bool {
+        self.0 == key.0 && self.1 == key.1 && self.2 == key.2 && self.3 == key.3 && self.4 == key.4
+    }
+}
+
+/// A counter's tally and, once read or written, its row's id (the batch rewrites it by id).
+#[derive(Clone, Debug, Default)]
+struct Counter {
+    tally: Tally,
+    id: Option<i64>,
+}
 
 /// Most tallies kept in memory; past it the cache starts over (the database has every value).
 const CACHE_ENTRIES: usize = 500_000;
@@ -153,10 +191,10 @@ mod sql {
     pub const UNIQUES_INSERT: &str = "INSERT INTO uniques (tenant, meter, bucket, value)
                      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
                      ON CONFLICT DO NOTHING RETURNING tenant, meter, bucket, value";
-    pub const TALLIES_LOAD: &str = "SELECT t.tenant, t.meter, t.bucket, t.value::text, t.latest_us, t.latest_id
+    pub const TALLIES_LOAD: &str = "SELECT t.tenant, t.meter, t.bucket, t.value::text, t.latest_us, t.latest_id, t.id
                  FROM tallies t JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant, meter, bucket)
                    ON t.tenant = k.tenant AND t.meter = k.meter AND t.bucket = k.bucket";
-    pub const GROUPS_LOAD: &str = "SELECT b.tenant, b.period, b.meter, b.property, b.value, b.amount::text
+    pub const GROUPS_LOAD: &str = "SELECT b.tenant, b.period, b.meter, b.property, b.value, b.amount::text, b.id
                  FROM breakdowns b
                  JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(t, p, m, pr, v)
                    ON b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v";
@@ -165,19 +203,19 @@ mod sql {
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
               AS k(tenant, meter, bucket, value, latest_us, latest_id)
          ON CONFLICT (tenant, meter, bucket) DO UPDATE
-         SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id";
+         SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id
+         RETURNING tenant, meter, bucket, id";
     pub const TALLIES_UPDATE: &str =
         "UPDATE tallies t SET value = k.value::numeric, latest_us = k.latest_us, latest_id = k.latest_id
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
-              AS k(tenant, meter, bucket, value, latest_us, latest_id)
-         WHERE t.tenant = k.tenant AND t.meter = k.meter AND t.bucket = k.bucket";
+         FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[]) AS k(id, value, latest_us, latest_id)
+         WHERE t.id = k.id";
     pub const GROUPS_INSERT: &str = "INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
          SELECT t, p, m, pr, v, a::numeric
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
-         ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount";
+         ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount
+         RETURNING tenant, period, meter, property, value, id";
     pub const GROUPS_UPDATE: &str = "UPDATE breakdowns b SET amount = k.a::numeric
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
-         WHERE b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v";
+         FROM unnest($1::int8[], $2::text[]) AS k(id, a) WHERE b.id = k.id";
     pub const ALERT_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
     pub const ALERT_INSERT: &str =
         "INSERT INTO alerts (seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us)
@@ -211,8 +249,8 @@ const SEEN_PARTS: &str = "store:seen-parts";
 /// The live counters in Postgres.
 pub struct PgStore {
     pg: Arc<Pg>,
-    cache: Mutex<HashMap<Key, Tally>>,
-    group_cache: Mutex<HashMap<GroupKey, Tally>>,
+    cache: Mutex<HashMap<Key, Counter>>,
+    group_cache: Mutex<HashMap<GroupKey, Counter>>,
     allowances: RwLock<Option<Arc<dyn Allowances>>>,
     /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
     raised: Mutex<std::collections::HashSet<String>>,
@@ -361,6 +399,12 @@ impl PgStore {
         self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Drops the cached counters: the next batch reads those it adds to from the table.
+    fn forget(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.group_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     fn known(&self) -> std::collections::HashSet<String> {
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -462,12 +506,11 @@ async fn fenced<T>(
 /// What a batch changes, folded in Rust before it is written.
 struct Folded {
     applied: Applied,
-    tallies: HashMap<Key, Tally>,
-    groups: HashMap<GroupKey, Tally>,
-    /// Keys of `tallies` with no row yet (inserted; the others are updated in place).
-    new_tallies: HashSet<Key>,
-    /// The same for `groups`.
-    new_groups: HashSet<GroupKey>,
+    /// The tallies the batch adds to: those with a row's id are updated by it, the others (no
+    /// row yet) inserted, and given the new row's id once written.
+    tallies: HashMap<Key, Counter>,
+    /// The same for the breakdown amounts.
+    groups: HashMap<GroupKey, Counter>,
 }
 
 impl PgStore {
@@ -567,34 +610,36 @@ impl PgStore {
             new_uniques = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
         }
 
-        // The tallies and breakdown amounts the batch adds to, from the cache or the table; a
-        // key is built once per batch, not once per event.
-        let mut keys: HashSet<Key> = HashSet::new();
-        let mut group_keys: HashSet<GroupKey> = HashSet::new();
-        for (e, &d) in counted.iter().zip(&at) {
-            let [period, _] = &day_names[d];
-            for (m, _) in &e.contributions {
-                let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
-                for bucket in &day_names[d] {
-                    keys.get_or_insert_with(&KeyRef(&e.tenant, meter, bucket), KeyRef::owned);
+        // The tallies and breakdown amounts the batch adds to: taken out of the cache, keys and
+        // all (put back once the batch commits; a failed batch drops the cache), the others read
+        // from the table. A key is copied only when the cache does not have it.
+        let (mut tallies, mut groups) = (HashMap::new(), HashMap::new());
+        let (mut missing, mut missing_groups) = (HashSet::new(), HashSet::new());
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut group_cache = self.group_cache.lock().unwrap_or_else(|e| e.into_inner());
+            for (e, &d) in counted.iter().zip(&at) {
+                let [period, _] = &day_names[d];
+                for (m, _) in &e.contributions {
+                    let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
+                    for bucket in &day_names[d] {
+                        take(&mut cache, &mut tallies, &mut missing, KeyRef(&e.tenant, meter, bucket));
+                    }
                 }
-            }
-            for (m, values) in &e.groups {
-                let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
-                for (property, value) in def.group_by.iter().zip(values) {
-                    group_keys.insert((
-                        e.tenant.clone(),
-                        period.clone(),
-                        def.name.clone(),
-                        property.clone(),
-                        value.clone(),
-                    ));
+                for (m, values) in &e.groups {
+                    let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
+                    for (property, value) in def.group_by.iter().zip(values) {
+                        let key = GroupRef(&e.tenant, period, &def.name, property, value);
+                        take(&mut group_cache, &mut groups, &mut missing_groups, key);
+                    }
                 }
             }
         }
         // Both reads at once, their results in the order sent (the first error is the cause).
-        let (t, g) = tokio::join!(biased; self.load_tallies(tx, keys), self.load_groups(tx, group_keys));
-        let ((mut tallies, new_tallies), (mut groups, new_groups)) = (t?, g?);
+        let (t, g) = tokio::join!(biased; self.load_tallies(tx, missing), self.load_groups(tx, missing_groups));
+        let (t, g) = (t?, g?);
+        tallies.extend(t);
+        groups.extend(g);
 
         for (e, &d) in counted.iter().zip(&at) {
             let [period, _] = &day_names[d];
@@ -607,64 +652,65 @@ impl PgStore {
                         continue;
                     }
                     let key = KeyRef(&e.tenant, meter, bucket);
-                    let tally = match tallies.get_mut(&key) {
+                    let counter = match tallies.get_mut(&key) {
                         Some(t) => t,
                         None => tallies.entry(key.owned()).or_default(),
                     };
-                    tally.add(c, e.time_us, &e.id)?;
+                    counter.tally.add(c, e.time_us, &e.id)?;
                 }
             }
             for (m, values) in &e.groups {
                 let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
                 let Some((_, c)) = e.contributions.iter().find(|(i, _)| i == m) else { continue };
                 for (property, value) in def.group_by.iter().zip(values) {
-                    let key = (e.tenant.clone(), period.clone(), def.name.clone(), property.clone(), value.clone());
-                    groups.entry(key).or_default().add(c, e.time_us, &e.id)?;
+                    let key = GroupRef(&e.tenant, period, &def.name, property, value);
+                    let counter = match groups.get_mut(&key) {
+                        Some(g) => g,
+                        None => groups.entry(key.owned()).or_default(),
+                    };
+                    counter.tally.add(c, e.time_us, &e.id)?;
                 }
             }
         }
-        Ok(Folded { applied, tallies, groups, new_tallies, new_groups })
+        Ok(Folded { applied, tallies, groups })
     }
 
-    /// The tallies of `keys`: cached ones from memory, the others from the table (a key with no
-    /// row starts empty).
-    async fn load_tallies(
-        &self,
-        tx: &Transaction<'_>,
-        keys: HashSet<Key>,
-    ) -> Result<(HashMap<Key, Tally>, HashSet<Key>), Error> {
-        let (mut out, missing) = from_cache(&self.cache, keys);
+    /// The tallies of `missing` (from the cache) read from the table with their rows' ids; a key
+    /// with no row starts empty, with no id.
+    async fn load_tallies(&self, tx: &Transaction<'_>, missing: HashSet<Key>) -> Result<HashMap<Key, Counter>, Error> {
+        let mut out = HashMap::with_capacity(missing.len());
         if missing.is_empty() {
-            return Ok((out, HashSet::new()));
+            return Ok(out);
         }
         let col = |i: usize| missing.iter().map(|k| [&k.0, &k.1, &k.2][i].as_str()).collect::<Vec<_>>();
         let load = tx.prepare_cached(sql::TALLIES_LOAD).await?;
         for r in tx.query(&load, &[&col(0), &col(1), &col(2)]).await? {
-            out.insert((r.get(0), r.get(1), r.get(2)), tally(&r, 3)?);
+            out.insert((r.get(0), r.get(1), r.get(2)), Counter { tally: tally(&r, 3)?, id: Some(r.get(6)) });
         }
-        let new = start_new(&mut out, missing);
-        Ok((out, new))
+        start_new(&mut out, missing);
+        Ok(out)
     }
 
     /// The breakdown amounts of `keys`, as [`PgStore::load_tallies`].
     async fn load_groups(
         &self,
         tx: &Transaction<'_>,
-        keys: HashSet<GroupKey>,
-    ) -> Result<(HashMap<GroupKey, Tally>, HashSet<GroupKey>), Error> {
-        let (mut out, missing) = from_cache(&self.group_cache, keys);
+        missing: HashSet<GroupKey>,
+    ) -> Result<HashMap<GroupKey, Counter>, Error> {
+        let mut out = HashMap::with_capacity(missing.len());
         if missing.is_empty() {
-            return Ok((out, HashSet::new()));
+            return Ok(out);
         }
         let col = |i: usize| missing.iter().map(|k| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
         let load = tx.prepare_cached(sql::GROUPS_LOAD).await?;
         let rows = tx.query(&load, &[&col(0), &col(1), &col(2), &col(3), &col(4)]).await?;
         for r in rows {
             let amount = decimal(r.get(5), "breakdown amount")?;
-            out.insert((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), Tally { value: amount, latest: None });
+            let counter = Counter { tally: Tally { value: amount, latest: None }, id: Some(r.get(6)) };
+            out.insert((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), counter);
         }
-        let new = start_new(&mut out, missing);
-        Ok((out, new))
+        start_new(&mut out, missing);
+        Ok(out)
     }
 }
 
@@ -673,57 +719,93 @@ async fn snapshot(c: &mut Object) -> Result<Transaction<'_>, Error> {
     Ok(c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?)
 }
 
-/// The tallies of `keys` the cache holds, and the keys it does not (to read from the table).
-fn from_cache<K: Clone + Eq + std::hash::Hash>(
-    cache: &Mutex<HashMap<K, Tally>>,
-    keys: HashSet<K>,
-) -> (HashMap<K, Tally>, Vec<K>) {
-    let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    let mut out = HashMap::with_capacity(keys.len());
-    let mut missing = Vec::new();
-    for k in keys {
-        match cache.get(&k) {
-            Some(t) => {
-                out.insert(k, t.clone());
-            }
-            None => missing.push(k),
+/// Adds `key` to the batch's counters: moved out of `cache` when it holds it, else noted as
+/// `missing` (to read from the table). A key already in the batch is left as it is.
+fn take<K: Eq + std::hash::Hash>(
+    cache: &mut HashMap<K, Counter>,
+    batch: &mut HashMap<K, Counter>,
+    missing: &mut HashSet<K>,
+    key: impl Borrowed<K>,
+) {
+    if batch.contains_key(&key) {
+        return;
+    }
+    match cache.remove_entry(&key) {
+        Some((k, counter)) => {
+            batch.insert(k, counter);
+        }
+        None => {
+            missing.get_or_insert_with(&key, |k| k.owned());
         }
     }
-    (out, missing)
 }
 
 /// Of the keys `missing` from the cache, those the table had no row for either: each starts
-/// empty in `out`, and is returned to be inserted rather than updated.
-fn start_new<K: Clone + Eq + std::hash::Hash>(out: &mut HashMap<K, Tally>, missing: Vec<K>) -> HashSet<K> {
-    let new: HashSet<K> = missing.into_iter().filter(|k| !out.contains_key(k)).collect();
-    for k in &new {
-        out.insert(k.clone(), Tally::default());
+/// empty in `out`, with no row's id (to be inserted rather than updated).
+fn start_new<K: Eq + std::hash::Hash>(out: &mut HashMap<K, Counter>, missing: HashSet<K>) {
+    for k in missing {
+        out.entry(k).or_default();
     }
-    new
 }
 
-/// Writes the folded tallies and breakdown amounts: rows that exist are updated in place (an
-/// `UPDATE` joined to the batch; cheaper than an upsert's speculative insert), new ones inserted.
-/// The four statements are sent at once, without waiting for each other's answer.
-async fn save(tx: &Transaction<'_>, folded: &Folded) -> Result<(), Error> {
-    // Read in the order sent: the first error is the cause (the others say the transaction is
-    // aborted).
+/// Writes the folded tallies and breakdown amounts: those with a row's id are updated in place
+/// by it (an `UPDATE` joined to the batch on the id; cheaper than an upsert's speculative
+/// insert), the others inserted and given their new rows' ids. The four statements are sent at
+/// once, without waiting for each other's answer.
+async fn save(tx: &Transaction<'_>, folded: &mut Folded) -> Result<(), Error> {
     let (a, b, c, d) = tokio::join!(
         biased;
-        save_tallies(tx, folded, false),
-        save_tallies(tx, folded, true),
-        save_groups(tx, folded, false),
-        save_groups(tx, folded, true),
+        update_tallies(tx, &folded.tallies),
+        insert_tallies(tx, &folded.tallies),
+        update_groups(tx, &folded.groups),
+        insert_groups(tx, &folded.groups),
     );
-    a.and(b).and(c).and(d)
+    // Read in the order sent: the first error is the cause (the others say the transaction is
+    // aborted).
+    let (tallies, groups) = (a.and(b), c.and(d));
+    let (tallies, groups) = (tallies?, groups?);
+    for (key, id) in tallies {
+        if let Some(counter) = folded.tallies.get_mut(&key) {
+            counter.id = Some(id);
+        }
+    }
+    for (key, id) in groups {
+        if let Some(counter) = folded.groups.get_mut(&key) {
+            counter.id = Some(id);
+        }
+    }
+    Ok(())
 }
 
-/// Writes the folded tallies that have a row (`new` false) or those that have none.
-async fn save_tallies(tx: &Transaction<'_>, folded: &Folded, new: bool) -> Result<(), Error> {
-    let rows: Vec<(&Key, &Tally)> =
-        folded.tallies.iter().filter(|(k, _)| folded.new_tallies.contains(*k) == new).collect();
+/// `Replaced` unless the update found a row for each of the `sent` ids it was given.
+fn all_updated(table: &'static str, updated: u64, sent: usize) -> Result<(), Error> {
+    if updated as usize == sent {
+        return Ok(());
+    }
+    Err(Error::Replaced { table, missing: sent.saturating_sub(updated as usize), of: sent })
+}
+
+/// Rewrites the folded tallies that have a row by its id.
+async fn update_tallies(tx: &Transaction<'_>, tallies: &HashMap<Key, Counter>) -> Result<(), Error> {
+    let rows: Vec<(i64, &Tally)> = tallies.values().filter_map(|c| Some((c.id?, &c.tally))).collect();
     if rows.is_empty() {
         return Ok(());
+    }
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    let values: Vec<Option<String>> = rows.iter().map(|(_, t)| t.value.map(|v| v.to_string())).collect();
+    let latest_us: Vec<Option<i64>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.0)).collect();
+    let latest_id: Vec<Option<&str>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.1.as_str())).collect();
+    let statement = tx.prepare_cached(sql::TALLIES_UPDATE).await?;
+    let n = tx.execute(&statement, &[&ids, &values, &latest_us, &latest_id]).await?;
+    all_updated("tallies", n, rows.len())
+}
+
+/// Inserts the folded tallies that have no row yet; answers their new rows' ids.
+async fn insert_tallies(tx: &Transaction<'_>, tallies: &HashMap<Key, Counter>) -> Result<Vec<(Key, i64)>, Error> {
+    let rows: Vec<(&Key, &Tally)> =
+        tallies.iter().filter(|(_, c)| c.id.is_none()).map(|(k, c)| (k, &c.tally)).collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
     let tenants: Vec<&str> = rows.iter().map(|(k, _)| k.0.as_str()).collect();
     let meters: Vec<&str> = rows.iter().map(|(k, _)| k.1.as_str()).collect();
@@ -731,39 +813,45 @@ async fn save_tallies(tx: &Transaction<'_>, folded: &Folded, new: bool) -> Resul
     let values: Vec<Option<String>> = rows.iter().map(|(_, t)| t.value.map(|v| v.to_string())).collect();
     let latest_us: Vec<Option<i64>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.0)).collect();
     let latest_id: Vec<Option<&str>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.1.as_str())).collect();
-    let sql = if new { sql::TALLIES_INSERT } else { sql::TALLIES_UPDATE };
-    let statement = tx.prepare_cached(sql).await?;
-    let n = tx.execute(&statement, &[&tenants, &meters, &buckets, &values, &latest_us, &latest_id]).await?;
-    if !new && n as usize != rows.len() {
-        return Err(Error::Unreadable(format!(
-            "{} of {} tallies to update are missing",
-            rows.len() - n as usize,
-            rows.len()
-        )));
-    }
-    Ok(())
+    let statement = tx.prepare_cached(sql::TALLIES_INSERT).await?;
+    let written = tx.query(&statement, &[&tenants, &meters, &buckets, &values, &latest_us, &latest_id]).await?;
+    Ok(written.iter().map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3))).collect())
 }
 
-/// Writes the folded breakdown amounts that have a row (`new` false) or those that have none.
-async fn save_groups(tx: &Transaction<'_>, folded: &Folded, new: bool) -> Result<(), Error> {
-    let rows: Vec<(&GroupKey, &Tally)> =
-        folded.groups.iter().filter(|(k, _)| folded.new_groups.contains(*k) == new).collect();
+/// Rewrites the folded breakdown amounts that have a row by its id.
+async fn update_groups(tx: &Transaction<'_>, groups: &HashMap<GroupKey, Counter>) -> Result<(), Error> {
+    let rows: Vec<(i64, &Tally)> = groups.values().filter_map(|c| Some((c.id?, &c.tally))).collect();
     if rows.is_empty() {
         return Ok(());
     }
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    let amounts: Vec<String> = rows.iter().map(|(_, t)| t.value.unwrap_or_default().to_string()).collect();
+    let statement = tx.prepare_cached(sql::GROUPS_UPDATE).await?;
+    let n = tx.execute(&statement, &[&ids, &amounts]).await?;
+    all_updated("breakdowns", n, rows.len())
+}
+
+/// Inserts the folded breakdown amounts that have no row yet; answers their new rows' ids.
+async fn insert_groups(
+    tx: &Transaction<'_>,
+    groups: &HashMap<GroupKey, Counter>,
+) -> Result<Vec<(GroupKey, i64)>, Error> {
+    let rows: Vec<(&GroupKey, &Tally)> =
+        groups.iter().filter(|(_, c)| c.id.is_none()).map(|(k, c)| (k, &c.tally)).collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
     let col = |i: usize| rows.iter().map(|(k, _)| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
     let amounts: Vec<String> = rows.iter().map(|(_, t)| t.value.unwrap_or_default().to_string()).collect();
-    let sql = if new { sql::GROUPS_INSERT } else { sql::GROUPS_UPDATE };
-    let statement = tx.prepare_cached(sql).await?;
-    tx.execute(&statement, &[&col(0), &col(1), &col(2), &col(3), &col(4), &amounts]).await?;
-    Ok(())
+    let statement = tx.prepare_cached(sql::GROUPS_INSERT).await?;
+    let written = tx.query(&statement, &[&col(0), &col(1), &col(2), &col(3), &col(4), &amounts]).await?;
+    Ok(written.iter().map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), r.get(5))).collect())
 }
 
 #[async_trait]
 impl UsageStore for PgStore {
     fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.group_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.forget();
         let other = self.pg.query_opt("SELECT consumer FROM checkpoints WHERE consumer <> $1 LIMIT 1", &[&consumer])?;
         if let Some(other) = other {
             return Err(Error::OtherConsumer { found: other.get(0), asked: consumer.to_string() });
@@ -784,20 +872,20 @@ impl UsageStore for PgStore {
         progress: &Progress,
     ) -> Result<Applied, Error> {
         let allowances = self.allowances();
-        let (folded, raised, new_alerts) = self.pg.block(async {
+        let written = self.pg.block(async {
             let mut client = self.pg.client().await?;
             let arrived = self.arrival(&mut client).await;
             let tx = client.transaction().await?;
             let new = fenced(&tx, consumer, progress, self.insert_ids(&tx, events, &arrived)).await?;
-            let folded = self.fold(&tx, meters, events, new).await?;
-            save(&tx, &folded).await?;
+            let mut folded = self.fold(&tx, meters, events, new).await?;
+            save(&tx, &mut folded).await?;
             let reached = match &allowances {
                 Some(a) => {
                     let known = self.raised.lock().unwrap_or_else(|e| e.into_inner());
                     folded
                         .tallies
                         .iter()
-                        .flat_map(|((t, m, b), tally)| thresholds(&**a, (t, m, b), tally, &known))
+                        .flat_map(|((t, m, b), c)| thresholds(&**a, (t, m, b), &c.tally, &known))
                         .collect()
                 }
                 None => Vec::new(),
@@ -805,7 +893,10 @@ impl UsageStore for PgStore {
             let (raised, new) = raise(&tx, reached).await?;
             tx.commit().await?;
             Ok::<_, Error>((folded, raised, new))
-        })?;
+        });
+        // What failed may have been the cache (a row replaced under it, or another owner's
+        // writes after a fence): the next batch reads its counters from the table.
+        let (folded, raised, new_alerts) = written.inspect_err(|_| self.forget())?;
         let applied = folded.applied;
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -1249,5 +1340,10 @@ mod tests {
         let new: HashSet<(String, String)> = [("acme".to_string(), "e-1".to_string())].into_iter().collect();
         assert!(new.contains(&dedup::Probe("acme", "e-1")));
         assert!(!new.contains(&dedup::Probe("acm", "ee-1")));
+        let group: GroupKey = ("acme".into(), "2026-11".into(), "tokens".into(), "model".into(), "m1".into());
+        assert_eq!(hasher.hash_one(GroupRef("acme", "2026-11", "tokens", "model", "m1")), hasher.hash_one(&group));
+        let groups: HashSet<GroupKey> = [group].into_iter().collect();
+        assert!(groups.contains(&GroupRef("acme", "2026-11", "tokens", "model", "m1")));
+        assert!(!groups.contains(&GroupRef("acme", "2026-11", "tokens", "mode", "lm1")));
     }
 }
