@@ -515,13 +515,8 @@ struct Folded {
 
 impl PgStore {
     /// Inserts the first copy of each `(tenant, id)` of `events` never counted before; returns
-    /// those inserted.
-    async fn insert_ids(
-        &self,
-        tx: &Transaction<'_>,
-        events: &[Metered],
-        arrival: &Arrival,
-    ) -> Result<HashSet<(String, String)>, Error> {
+    /// those inserted, as rows `(tenant, id)` (read by reference: [`inserted`]).
+    async fn insert_ids(&self, tx: &Transaction<'_>, events: &[Metered], arrival: &Arrival) -> Result<Vec<Row>, Error> {
         let mut firsts = HashSet::new();
         let candidates: Vec<&Metered> = events.iter().filter(|e| firsts.insert((&e.tenant, &e.id))).collect();
         let tenants: Vec<&str> = candidates.iter().map(|e| e.tenant.as_str()).collect();
@@ -554,7 +549,7 @@ impl PgStore {
                 ],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows)
     }
 
     /// Folds the events of `events` whose `(tenant, id)` is in `new` (each once) into the
@@ -564,12 +559,12 @@ impl PgStore {
         tx: &Transaction<'_>,
         meters: &[MeterDef],
         events: &[Metered],
-        new: HashSet<(String, String)>,
+        new: HashSet<(&str, &str)>,
     ) -> Result<Folded, Error> {
         let mut taken = HashSet::new();
         let counted: Vec<&Metered> = events
             .iter()
-            .filter(|e| new.contains(&dedup::Probe(&e.tenant, &e.id)) && taken.insert((&e.tenant, &e.id)))
+            .filter(|e| new.contains(&(e.tenant.as_str(), e.id.as_str())) && taken.insert((&e.tenant, &e.id)))
             .collect();
         let applied = Applied { counted: counted.len(), duplicates: events.len() - counted.len() };
 
@@ -613,7 +608,8 @@ impl PgStore {
         // The tallies and breakdown amounts the batch adds to: taken out of the cache, keys and
         // all (put back once the batch commits; a failed batch drops the cache), the others read
         // from the table. A key is copied only when the cache does not have it.
-        let (mut tallies, mut groups) = (HashMap::new(), HashMap::new());
+        // Sized for a batch whose events each add to a few counters (a rehash copies them all).
+        let (mut tallies, mut groups) = (HashMap::with_capacity(4 * counted.len()), HashMap::new());
         let (mut missing, mut missing_groups) = (HashSet::new(), HashSet::new());
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -712,6 +708,11 @@ impl PgStore {
         start_new(&mut out, missing);
         Ok(out)
     }
+}
+
+/// The `(tenant, id)` of each row [`PgStore::insert_ids`] returned, borrowed from the rows.
+fn inserted(rows: &[Row]) -> HashSet<(&str, &str)> {
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
 }
 
 /// A read-only transaction reading one snapshot (REPEATABLE READ).
@@ -877,7 +878,7 @@ impl UsageStore for PgStore {
             let arrived = self.arrival(&mut client).await;
             let tx = client.transaction().await?;
             let new = fenced(&tx, consumer, progress, self.insert_ids(&tx, events, &arrived)).await?;
-            let mut folded = self.fold(&tx, meters, events, new).await?;
+            let mut folded = self.fold(&tx, meters, events, inserted(&new)).await?;
             save(&tx, &mut folded).await?;
             let reached = match &allowances {
                 Some(a) => {
@@ -1327,8 +1328,9 @@ mod tests {
     use super::*;
     use std::hash::BuildHasher;
 
-    /// The fold finds tallies and new ids by borrowed keys: each must hash and compare as the
-    /// owned key, or a counted event would be taken for a duplicate.
+    /// The fold finds tallies and breakdown amounts by borrowed keys: each must hash and compare
+    /// as the owned key, or a batch would miss the counters the cache holds for it and read them
+    /// again from the table.
     #[test]
     fn borrowed_keys_find_their_owned_keys() {
         let owned: Key = ("acme".into(), "tokens".into(), "2026-11".into());
@@ -1337,9 +1339,6 @@ mod tests {
         let tallies: HashSet<Key> = [owned].into_iter().collect();
         assert!(tallies.contains(&KeyRef("acme", "tokens", "2026-11")));
         assert!(!tallies.contains(&KeyRef("acme", "tokens2", "026-11")));
-        let new: HashSet<(String, String)> = [("acme".to_string(), "e-1".to_string())].into_iter().collect();
-        assert!(new.contains(&dedup::Probe("acme", "e-1")));
-        assert!(!new.contains(&dedup::Probe("acm", "ee-1")));
         let group: GroupKey = ("acme".into(), "2026-11".into(), "tokens".into(), "model".into(), "m1".into());
         assert_eq!(hasher.hash_one(GroupRef("acme", "2026-11", "tokens", "model", "m1")), hasher.hash_one(&group));
         let groups: HashSet<GroupKey> = [group].into_iter().collect();
