@@ -199,23 +199,23 @@ mod sql {
                  JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(t, p, m, pr, v)
                    ON b.tenant = k.t AND b.period = k.p AND b.meter = k.m AND b.property = k.pr AND b.value = k.v";
     pub const TALLIES_INSERT: &str = "INSERT INTO tallies (tenant, meter, bucket, value, latest_us, latest_id)
-         SELECT tenant, meter, bucket, value::numeric, latest_us, latest_id
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
+         SELECT tenant, meter, bucket, value, latest_us, latest_id
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::int8[], $6::text[])
               AS k(tenant, meter, bucket, value, latest_us, latest_id)
          ON CONFLICT (tenant, meter, bucket) DO UPDATE
          SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id
          RETURNING tenant, meter, bucket, id";
     pub const TALLIES_UPDATE: &str =
-        "UPDATE tallies t SET value = k.value::numeric, latest_us = k.latest_us, latest_id = k.latest_id
-         FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[]) AS k(id, value, latest_us, latest_id)
+        "UPDATE tallies t SET value = k.value, latest_us = k.latest_us, latest_id = k.latest_id
+         FROM unnest($1::int8[], $2::numeric[], $3::int8[], $4::text[]) AS k(id, value, latest_us, latest_id)
          WHERE t.id = k.id";
     pub const GROUPS_INSERT: &str = "INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
-         SELECT t, p, m, pr, v, a::numeric
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, p, m, pr, v, a)
+         SELECT t, p, m, pr, v, a
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[]) AS k(t, p, m, pr, v, a)
          ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount
          RETURNING tenant, period, meter, property, value, id";
-    pub const GROUPS_UPDATE: &str = "UPDATE breakdowns b SET amount = k.a::numeric
-         FROM unnest($1::int8[], $2::text[]) AS k(id, a) WHERE b.id = k.id";
+    pub const GROUPS_UPDATE: &str =
+        "UPDATE breakdowns b SET amount = k.a FROM unnest($1::int8[], $2::numeric[]) AS k(id, a) WHERE b.id = k.id";
     pub const ALERT_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
     pub const ALERT_INSERT: &str =
         "INSERT INTO alerts (seq, id, tenant, meter, period, percent, threshold, included, value, plan, raised_us)
@@ -793,7 +793,7 @@ async fn update_tallies(tx: &Transaction<'_>, tallies: &HashMap<Key, Counter>) -
         return Ok(());
     }
     let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-    let values: Vec<Option<String>> = rows.iter().map(|(_, t)| t.value.map(|v| v.to_string())).collect();
+    let values: Vec<Option<Decimal>> = rows.iter().map(|(_, t)| t.value).collect();
     let latest_us: Vec<Option<i64>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.0)).collect();
     let latest_id: Vec<Option<&str>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.1.as_str())).collect();
     let statement = tx.prepare_cached(sql::TALLIES_UPDATE).await?;
@@ -811,7 +811,7 @@ async fn insert_tallies(tx: &Transaction<'_>, tallies: &HashMap<Key, Counter>) -
     let tenants: Vec<&str> = rows.iter().map(|(k, _)| k.0.as_str()).collect();
     let meters: Vec<&str> = rows.iter().map(|(k, _)| k.1.as_str()).collect();
     let buckets: Vec<&str> = rows.iter().map(|(k, _)| k.2.as_str()).collect();
-    let values: Vec<Option<String>> = rows.iter().map(|(_, t)| t.value.map(|v| v.to_string())).collect();
+    let values: Vec<Option<Decimal>> = rows.iter().map(|(_, t)| t.value).collect();
     let latest_us: Vec<Option<i64>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.0)).collect();
     let latest_id: Vec<Option<&str>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.1.as_str())).collect();
     let statement = tx.prepare_cached(sql::TALLIES_INSERT).await?;
@@ -826,7 +826,7 @@ async fn update_groups(tx: &Transaction<'_>, groups: &HashMap<GroupKey, Counter>
         return Ok(());
     }
     let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-    let amounts: Vec<String> = rows.iter().map(|(_, t)| t.value.unwrap_or_default().to_string()).collect();
+    let amounts: Vec<Decimal> = rows.iter().map(|(_, t)| t.value.unwrap_or_default()).collect();
     let statement = tx.prepare_cached(sql::GROUPS_UPDATE).await?;
     let n = tx.execute(&statement, &[&ids, &amounts]).await?;
     all_updated("breakdowns", n, rows.len())
@@ -843,7 +843,7 @@ async fn insert_groups(
         return Ok(Vec::new());
     }
     let col = |i: usize| rows.iter().map(|(k, _)| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
-    let amounts: Vec<String> = rows.iter().map(|(_, t)| t.value.unwrap_or_default().to_string()).collect();
+    let amounts: Vec<Decimal> = rows.iter().map(|(_, t)| t.value.unwrap_or_default()).collect();
     let statement = tx.prepare_cached(sql::GROUPS_INSERT).await?;
     let written = tx.query(&statement, &[&col(0), &col(1), &col(2), &col(3), &col(4), &amounts]).await?;
     Ok(written.iter().map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), r.get(5))).collect())
