@@ -73,8 +73,10 @@ pub enum Error {
     /// applied.
     #[error("stored {0} cannot be read")]
     Unreadable(String),
-    /// Rows the store had cached are no longer in the table (replaced under it, by hand or by a
-    /// restore); nothing was applied, and the next batch reads them again.
+    /// Rows the store had cached are no longer in the table (deleted or replaced under it);
+    /// nothing was applied, and the next batch reads them again. Only a row that is gone is seen:
+    /// restoring `tallies` or `breakdowns` alone, without the checkpoints, needs the aggregators
+    /// restarted.
     #[error("{missing} of the {of} {table} rows this batch rewrites by id are no longer there; reading them again")]
     Replaced {
         /// The table.

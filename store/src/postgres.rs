@@ -110,7 +110,8 @@ pub const MIGRATIONS: &[&str] = &[
     "
     -- A batch rewrites the counters it has cached by their rows' ids: one int8 index probe a row,
     -- and one number sent for its key, rather than a probe on three or five text columns and the
-    -- text of each. An id is never changed, so an update by id stays in place (HOT).
+    -- text of each. An id is never changed. Rewriting both tables takes a lock on each until the
+    -- migration commits: aggregators and usage reads wait for it.
     ALTER TABLE tallies ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000);
     CREATE UNIQUE INDEX tallies_by_id ON tallies (id);
     ALTER TABLE breakdowns ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000);
@@ -687,7 +688,7 @@ impl PgStore {
         Ok(out)
     }
 
-    /// The breakdown amounts of `keys`, as [`PgStore::load_tallies`].
+    /// The breakdown amounts of `missing`, as [`PgStore::load_tallies`].
     async fn load_groups(
         &self,
         tx: &Transaction<'_>,
