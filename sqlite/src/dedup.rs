@@ -114,7 +114,7 @@ impl Settings {
 type Key = (String, String);
 
 /// A `(tenant, id)` looked up without copying it: hashes and compares as a [`Key`].
-pub struct Probe<'a>(pub &'a str, pub &'a str);
+pub(crate) struct Probe<'a>(pub(crate) &'a str, pub(crate) &'a str);
 
 impl Hash for Probe<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -1515,6 +1515,15 @@ fn build_filter(tx: &Connection, tbl: &str) -> Result<Option<BinaryFuse8>, crate
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The staged ids are found by a borrowed `(tenant, id)`: it must hash and compare as the
+    /// owned key, or an id counted would be taken for a new one.
+    #[test]
+    fn a_probe_finds_its_owned_key() {
+        let new: hashbrown::HashSet<Key> = [("acme".to_string(), "e-1".to_string())].into_iter().collect();
+        assert!(new.contains(&Probe("acme", "e-1")));
+        assert!(!new.contains(&Probe("acm", "ee-1")));
+    }
 
     fn value(n: i64) -> Value {
         (vec![n as u8; 4], n)

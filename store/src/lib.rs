@@ -9,6 +9,7 @@ pub mod alerts;
 mod clickhouse;
 #[cfg(feature = "testing")]
 pub mod contract;
+mod counters;
 pub mod limits;
 mod postgres;
 pub mod reads;

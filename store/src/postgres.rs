@@ -13,6 +13,7 @@
 //! reader past one alert never misses an earlier one.
 
 use crate::alerts::{Alert, Allowances, Reached, Suggestion, suggestion_id, thresholds};
+use crate::counters::{Counter, GroupKey, GroupRef, Key, KeyRef};
 use crate::limits::{LimitQuery, LimitSnapshot, LimitState};
 use crate::{
     Applied, Breakdown, Checkpoint, Coverage, Date, Error, LiveStore, MeterTallies, Metered, PeriodUsage, Progress,
@@ -118,57 +119,6 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX breakdowns_by_id ON breakdowns (id);
 ",
 ];
-
-/// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
-type Key = (String, String, String);
-
-/// A key looked up by reference: hashes and compares as its owned key `K`, and copies itself
-/// only when the batch adds a key that neither it nor the cache holds.
-trait Borrowed<K>: std::hash::Hash + hashbrown::Equivalent<K> {
-    fn owned(&self) -> K;
-}
-
-/// A borrowed [`Key`]: looks one up without building it.
-#[derive(Hash)]
-struct KeyRef<'a>(&'a str, &'a str, &'a str);
-
-impl Borrowed<Key> for KeyRef<'_> {
-    fn owned(&self) -> Key {
-        (self.0.to_string(), self.1.to_string(), self.2.to_string())
-    }
-}
-
-impl hashbrown::Equivalent<Key> for KeyRef<'_> {
-    fn equivalent(&self, key: &Key) -> bool {
-        self.0 == key.0 && self.1 == key.1 && self.2 == key.2
-    }
-}
-
-/// `(tenant, period, meter, property, value)`: one value of a broken-down meter's property.
-type GroupKey = (String, String, String, String, String);
-
-/// A borrowed [`GroupKey`].
-#[derive(Hash)]
-struct GroupRef<'a>(&'a str, &'a str, &'a str, &'a str, &'a str);
-
-impl Borrowed<GroupKey> for GroupRef<'_> {
-    fn owned(&self) -> GroupKey {
-        (self.0.to_string(), self.1.to_string(), self.2.to_string(), self.3.to_string(), self.4.to_string())
-    }
-}
-
-impl hashbrown::Equivalent<GroupKey> for GroupRef<'_> {
-    fn equivalent(&self, key: &GroupKey) -> bool {
-        self.0 == key.0 && self.1 == key.1 && self.2 == key.2 && self.3 == key.3 && self.4 == key.4
-    }
-}
-
-/// A counter's tally and, once read or written, its row's id (the batch rewrites it by id).
-#[derive(Clone, Debug, Default)]
-struct Counter {
-    tally: Tally,
-    id: Option<i64>,
-}
 
 /// Most tallies kept in memory; past it the cache starts over (the database has every value).
 const CACHE_ENTRIES: usize = 500_000;
@@ -651,7 +601,7 @@ impl PgStore {
                     let key = KeyRef(&e.tenant, meter, bucket);
                     let counter = match tallies.get_mut(&key) {
                         Some(t) => t,
-                        None => tallies.entry(key.owned()).or_default(),
+                        None => tallies.entry(Key::from(&key)).or_default(),
                     };
                     counter.tally.add(c, e.time_us, &e.id)?;
                 }
@@ -663,7 +613,7 @@ impl PgStore {
                     let key = GroupRef(&e.tenant, period, &def.name, property, value);
                     let counter = match groups.get_mut(&key) {
                         Some(g) => g,
-                        None => groups.entry(key.owned()).or_default(),
+                        None => groups.entry(GroupKey::from(&key)).or_default(),
                     };
                     counter.tally.add(c, e.time_us, &e.id)?;
                 }
@@ -723,12 +673,11 @@ async fn snapshot(c: &mut Object) -> Result<Transaction<'_>, Error> {
 
 /// Adds `key` to the batch's counters: moved out of `cache` when it holds it, else noted as
 /// `missing` (to read from the table). A key already in the batch is left as it is.
-fn take<K: Eq + std::hash::Hash>(
-    cache: &mut HashMap<K, Counter>,
-    batch: &mut HashMap<K, Counter>,
-    missing: &mut HashSet<K>,
-    key: impl Borrowed<K>,
-) {
+fn take<K, Q>(cache: &mut HashMap<K, Counter>, batch: &mut HashMap<K, Counter>, missing: &mut HashSet<K>, key: Q)
+where
+    K: Eq + std::hash::Hash + for<'q> From<&'q Q>,
+    Q: std::hash::Hash + hashbrown::Equivalent<K>,
+{
     if batch.contains_key(&key) {
         return;
     }
@@ -737,7 +686,7 @@ fn take<K: Eq + std::hash::Hash>(
             batch.insert(k, counter);
         }
         None => {
-            missing.get_or_insert_with(&key, |k| k.owned());
+            missing.get_or_insert_with(&key, |k| K::from(k));
         }
     }
 }
@@ -765,18 +714,18 @@ async fn save(tx: &Transaction<'_>, folded: &mut Folded) -> Result<(), Error> {
     // Read in the order sent: the first error is the cause (the others say the transaction is
     // aborted).
     let (tallies, groups) = (a.and(b), c.and(d));
-    let (tallies, groups) = (tallies?, groups?);
-    for (key, id) in tallies {
-        if let Some(counter) = folded.tallies.get_mut(&key) {
-            counter.id = Some(id);
-        }
-    }
-    for (key, id) in groups {
-        if let Some(counter) = folded.groups.get_mut(&key) {
-            counter.id = Some(id);
-        }
-    }
+    give_ids(&mut folded.tallies, tallies?);
+    give_ids(&mut folded.groups, groups?);
     Ok(())
+}
+
+/// Keeps each new row's id with its counter.
+fn give_ids<K: Eq + std::hash::Hash>(counters: &mut HashMap<K, Counter>, ids: Vec<(K, i64)>) {
+    for (key, id) in ids {
+        if let Some(counter) = counters.get_mut(&key) {
+            counter.id = Some(id);
+        }
+    }
 }
 
 /// `Replaced` unless the update found a row for each of the `sent` ids it was given.
@@ -1321,29 +1270,5 @@ impl LiveStore for PgStore {
                     .collect())
             })
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::hash::BuildHasher;
-
-    /// The fold finds tallies and breakdown amounts by borrowed keys: each must hash and compare
-    /// as the owned key, or a batch would miss the counters the cache holds for it and read them
-    /// again from the table.
-    #[test]
-    fn borrowed_keys_find_their_owned_keys() {
-        let owned: Key = ("acme".into(), "tokens".into(), "2026-11".into());
-        let hasher = hashbrown::DefaultHashBuilder::default();
-        assert_eq!(hasher.hash_one(KeyRef("acme", "tokens", "2026-11")), hasher.hash_one(&owned));
-        let tallies: HashSet<Key> = [owned].into_iter().collect();
-        assert!(tallies.contains(&KeyRef("acme", "tokens", "2026-11")));
-        assert!(!tallies.contains(&KeyRef("acme", "tokens2", "026-11")));
-        let group: GroupKey = ("acme".into(), "2026-11".into(), "tokens".into(), "model".into(), "m1".into());
-        assert_eq!(hasher.hash_one(GroupRef("acme", "2026-11", "tokens", "model", "m1")), hasher.hash_one(&group));
-        let groups: HashSet<GroupKey> = [group].into_iter().collect();
-        assert!(groups.contains(&GroupRef("acme", "2026-11", "tokens", "model", "m1")));
-        assert!(!groups.contains(&GroupRef("acme", "2026-11", "tokens", "mode", "lm1")));
     }
 }

@@ -5,6 +5,7 @@
 //! before. Reads for the API use a small pool of connections off the async runtime.
 
 use crate::alerts::{Alert, Allowances, Suggestion, suggestion_id, thresholds};
+use crate::counters::{Counter, Counters, GroupKey, GroupRef, Key, KeyRef};
 use crate::limits::{LimitQuery, LimitSnapshot, LimitState};
 use crate::{
     Applied, Breakdown, Checkpoint, Coverage, Date, Error, LiveStore, MeterTallies, Metered, PeriodUsage, Progress,
@@ -22,7 +23,7 @@ use meter_sqlite::rusqlite::{
 use meter_sqlite::{Checkpointer, Durability, ReadPool, WAL_BOUND, WalBound, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -201,66 +202,6 @@ const ALLOCATE_TALLY: &str = allocate!("tallies");
 
 /// [`allocate!`] for a `breakdowns` row.
 const ALLOCATE_BREAKDOWN: &str = allocate!("breakdowns");
-
-/// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
-type Key = (String, String, String);
-
-/// `(tenant, period, meter, property, value)`: one value of a broken-down meter's property.
-type GroupKey = (String, String, String, String, String);
-
-/// Counters by key (hashbrown's map: a batch looks its keys up by reference, [`KeyRef`] and
-/// [`GroupRef`], and copies one only when it first adds to it).
-type Counters<K> = hashbrown::HashMap<K, Counter>;
-
-/// A counter's tally and, once it is stored, its row's id (rewritten by id).
-#[derive(Clone, Default)]
-struct Counter {
-    tally: Tally,
-    id: Option<i64>,
-}
-
-/// A [`Key`] looked up without copying its strings: hashes and compares as the key.
-struct KeyRef<'a>(&'a str, &'a str, &'a str);
-
-/// A [`GroupKey`] looked up without copying its strings.
-struct GroupRef<'a>(&'a str, &'a str, &'a str, &'a str, &'a str);
-
-impl Hash for KeyRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self.0, self.1, self.2).hash(state);
-    }
-}
-
-impl Equivalent<Key> for KeyRef<'_> {
-    fn equivalent(&self, k: &Key) -> bool {
-        (self.0, self.1, self.2) == (k.0.as_str(), k.1.as_str(), k.2.as_str())
-    }
-}
-
-impl From<&KeyRef<'_>> for Key {
-    fn from(k: &KeyRef<'_>) -> Key {
-        (k.0.to_string(), k.1.to_string(), k.2.to_string())
-    }
-}
-
-impl Hash for GroupRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self.0, self.1, self.2, self.3, self.4).hash(state);
-    }
-}
-
-impl Equivalent<GroupKey> for GroupRef<'_> {
-    fn equivalent(&self, k: &GroupKey) -> bool {
-        (self.0, self.1, self.2, self.3, self.4)
-            == (k.0.as_str(), k.1.as_str(), k.2.as_str(), k.3.as_str(), k.4.as_str())
-    }
-}
-
-impl From<&GroupRef<'_>> for GroupKey {
-    fn from(k: &GroupRef<'_>) -> GroupKey {
-        (k.0.to_string(), k.1.to_string(), k.2.to_string(), k.3.to_string(), k.4.to_string())
-    }
-}
 
 /// Most tallies kept in memory; past it the cache starts over (the database has every value).
 const CACHE_ENTRIES: usize = 500_000;

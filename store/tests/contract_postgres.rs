@@ -306,3 +306,34 @@ fn counters_from_before_row_ids_are_added_to() {
     let without: i64 = pg.query_one("SELECT count(*) FROM tallies WHERE id IS NULL", &[]).unwrap().get(0);
     assert_eq!(without, 0);
 }
+
+/// A failed batch drops every counter the store cached, not only those it took: a batch of
+/// another tenant whose rows were replaced too then reads them from the table and goes through
+/// at its first try.
+#[test]
+fn a_failed_batch_drops_every_cached_counter() {
+    use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
+    let url = fresh_database(&shared_url());
+    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
+    PgStore::migrate(&pg).unwrap();
+    let s = PgStore::open(pg.clone()).unwrap();
+    s.checkpoint("c").unwrap();
+    let both = [tokens("a", "a-1", 1, MID_NOVEMBER), tokens("b", "b-1", 1, MID_NOVEMBER)];
+    s.apply("c", &meters(), &both, &adv(0, 2)).unwrap();
+    pg.execute("CREATE TABLE kept AS SELECT * FROM tallies", &[]).unwrap();
+    pg.execute("DELETE FROM tallies", &[]).unwrap();
+    pg.execute("INSERT INTO tallies (tenant, meter, bucket, value) SELECT tenant, meter, bucket, value FROM kept", &[])
+        .unwrap();
+    let a = s.apply("c", &meters(), &[tokens("a", "a-2", 1, MID_NOVEMBER)], &adv(2, 3));
+    assert!(matches!(a, Err(meter_store::Error::Replaced { table: "tallies", .. })), "{a:?}");
+    let b = s.apply("c", &meters(), &[tokens("b", "b-2", 2, MID_NOVEMBER)], &adv(2, 3));
+    assert_eq!(b.unwrap().counted, 1, "b's counters were read again, not rewritten by their old ids");
+    let value: String = pg
+        .query_one(
+            "SELECT value::text FROM tallies WHERE tenant = 'b' AND meter = 'agent_tokens' AND bucket = '2026-11'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(value, "3");
+}
