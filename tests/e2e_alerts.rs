@@ -563,12 +563,16 @@ async fn on_kafka_three_alerts_arrive_once_through_a_rebalance_and_reach_the_ale
     let env = env_refs(&env);
     let ingest = Meter::start_role("ingest", dir.path(), &env);
     let mut one = Meter::start_role("aggregate", dir.path(), &env);
-    let _two = Meter::start_role("aggregate", dir.path(), &env);
+    let two = Meter::start_role("aggregate", dir.path(), &env);
     let receiver = Receiver::start(0).await;
     receiver.register(&ingest.url, &admin, None).await;
     subscribe(&ingest.url, &admin, "acme", "starter").await;
     // The aggregators read the tenants' plans every second.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    // A process that only reads the log has no producer, and so no producer's polling thread
+    // (it spins the last fraction of every 100 ms poll), until it has an alert to publish.
+    const POLLER: &str = "producer polling thread";
+    assert_eq!((one.threads_named(POLLER), two.threads_named(POLLER)), (0, 0), "no producer before an alert");
 
     let mut order: Vec<usize> = (0..600).collect();
     order.sort_by_key(|i| (i * 7919) % 600);
@@ -632,4 +636,6 @@ async fn on_kafka_three_alerts_arrive_once_through_a_rebalance_and_reach_the_ale
     }
     topic_ids.sort();
     assert_eq!(topic_ids, ids, "the alerts topic holds the same alerts, once each (one publisher holds the lease)");
+    // The publisher made its producer for its first alerts; the event log's is still not made.
+    assert_eq!(one.threads_named(POLLER) + two.threads_named(POLLER), 1, "one producer, the alerts topic's");
 }

@@ -24,7 +24,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Where the Kafka log is and how it produces.
@@ -103,7 +103,10 @@ impl ProducerContext for Deliveries {
 
 /// The Kafka event log.
 pub struct KafkaLog {
-    producer: ThreadedProducer<Deliveries>,
+    /// Made at the first append: a process that only reads the log (an aggregator, the sink)
+    /// has none, and none of its polling thread's CPU (rdkafka's thread spins the last fraction
+    /// of a millisecond of each of its 100 ms polls).
+    producer: OnceLock<ThreadedProducer<Deliveries>>,
     settings: KafkaSettings,
 }
 
@@ -111,6 +114,17 @@ impl KafkaLog {
     /// Connects, and creates the topic when it is missing. A topic with another partition count
     /// is refused: tenants would move between partitions.
     pub async fn open(settings: KafkaSettings) -> Result<Self, Error> {
+        let partitions = PartitionCount::Exactly(settings.partitions);
+        ensure_topic(&settings.bootstrap, &settings.topic, partitions, settings.delivery_timeout).await?;
+        Ok(Self { producer: OnceLock::new(), settings })
+    }
+
+    /// The producer, made at the first call.
+    fn producer(&self) -> Result<&ThreadedProducer<Deliveries>, Error> {
+        if let Some(producer) = self.producer.get() {
+            return Ok(producer);
+        }
+        let settings = &self.settings;
         let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", &settings.bootstrap)
             // Asking for a missing topic must not create it with the broker's default partitions.
@@ -127,9 +141,8 @@ impl KafkaLog {
             .set("queue.buffering.max.messages", settings.queue_max_messages.to_string())
             .create_with_context(Deliveries)
             .map_err(unavailable)?;
-        let partitions = PartitionCount::Exactly(settings.partitions);
-        ensure_topic(&settings.bootstrap, &settings.topic, partitions, settings.delivery_timeout).await?;
-        Ok(Self { producer, settings })
+        // Two first appends at once may both make one: the second is dropped unused.
+        Ok(self.producer.get_or_init(|| producer))
     }
 }
 
@@ -218,6 +231,7 @@ impl EventLog for KafkaLog {
             remaining: AtomicUsize::new(events.len()),
             done: Mutex::new(Some(done)),
         });
+        let producer = self.producer()?;
         for (i, e) in events.iter().enumerate() {
             let payload = e.encode();
             let partition = partition_for(&e.tenant, self.settings.partitions);
@@ -225,7 +239,7 @@ impl EventLog for KafkaLog {
                 .partition(partition as i32)
                 .key(e.tenant.as_bytes())
                 .payload(&payload);
-            match self.producer.send(record) {
+            match producer.send(record) {
                 Ok(()) => {}
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     return Err(Error::Unavailable("kafka: the producer queue is full".into()));

@@ -55,6 +55,16 @@ impl Meter {
         Meter { child, url, dir: dir.to_path_buf(), role, args, env }
     }
 
+    /// How many of the process's threads are named `name` (as Linux keeps it: its first 15 bytes).
+    pub fn threads_named(&self, name: &str) -> usize {
+        let name = &name.as_bytes()[..name.len().min(15)];
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).expect("the process's threads");
+        tasks
+            .filter_map(|t| std::fs::read(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.strip_suffix(b"\n").unwrap_or(comm) == name)
+            .count()
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

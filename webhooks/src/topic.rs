@@ -7,12 +7,15 @@ use meter_eventlog::PartitionCount;
 use meter_store::LiveStore;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A producer of alerts to one topic.
 pub struct AlertTopic {
-    producer: FutureProducer,
+    /// Made when there is a first alert to publish: an aggregator that raises none (or does not
+    /// hold the publisher's lease) has no producer, and none of its polling thread's CPU.
+    producer: OnceLock<FutureProducer>,
+    bootstrap: String,
     topic: String,
     timeout: Duration,
 }
@@ -24,18 +27,31 @@ fn failed(e: impl std::fmt::Display) -> Error {
 impl AlertTopic {
     /// Connects to `bootstrap`, creating `topic` with `partitions` partitions when it is missing.
     pub async fn open(bootstrap: &str, topic: &str, partitions: u32, timeout: Duration) -> Result<Self, Error> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", timeout.as_millis().to_string())
-            .set("allow.auto.create.topics", "false")
-            .create()
-            .map_err(failed)?;
         meter_eventlog::ensure_topic(bootstrap, topic, PartitionCount::CreateWith(partitions), timeout)
             .await
             .map_err(failed)?;
-        Ok(AlertTopic { producer, topic: topic.to_string(), timeout })
+        Ok(AlertTopic {
+            producer: OnceLock::new(),
+            bootstrap: bootstrap.to_string(),
+            topic: topic.to_string(),
+            timeout,
+        })
+    }
+
+    /// The producer, made at the first call.
+    fn producer(&self) -> Result<&FutureProducer, Error> {
+        if let Some(producer) = self.producer.get() {
+            return Ok(producer);
+        }
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", self.timeout.as_millis().to_string())
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(failed)?;
+        Ok(self.producer.get_or_init(|| producer))
     }
 
     /// Produces every alert raised since the last call (the `kafka` cursor in `webhooks.db`), and
@@ -44,9 +60,10 @@ impl AlertTopic {
         let after = cursor.cursor("kafka").await?;
         let new = alerts.alerts(None, after, 1000).await?;
         let Some(last) = new.last().map(|a| a.seq) else { return Ok(0) };
+        let producer = self.producer()?;
         let sends = new.iter().map(|a| {
             let body = body_of(a);
-            let (producer, topic, tenant, timeout) = (&self.producer, &self.topic, a.tenant.clone(), self.timeout);
+            let (topic, tenant, timeout) = (&self.topic, a.tenant.clone(), self.timeout);
             async move {
                 let record = FutureRecord::to(topic).key(&tenant).payload(&body);
                 producer.send(record, timeout).await.map(|_| ()).map_err(|(e, _)| failed(e))
