@@ -17,7 +17,7 @@ use meter_schemas::envelope::{self, Context, Dialect, EventPath, Format, Parsed}
 use meter_schemas::error::summary;
 use meter_schemas::period::{format_time, now_us};
 use meter_schemas::{ErrorKind, Event, FieldError, TenantScope};
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
@@ -316,14 +316,7 @@ fn respond(
     let duplicates = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count();
     match dialect {
         Dialect::Lago => {
-            let created_at = format_time(now / 1_000_000 * 1_000_000);
-            let echo: Vec<LagoEcho<'_>> =
-                events.iter().zip(outcomes).map(|(e, o)| lago_echo(e, *o == Outcome::Duplicate, &created_at)).collect();
-            let body = if format == Format::LagoBatch {
-                serde_json::to_vec(&LagoEvents { events: &echo })
-            } else {
-                serde_json::to_vec(&LagoOne { event: echo.first() })
-            };
+            let body = lago_answer(format == Format::LagoBatch, events, outcomes, now);
             let mut r = (StatusCode::OK, body.unwrap_or_default()).into_response();
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
@@ -355,43 +348,83 @@ fn lago_uuid(tenant: &str, id: &str) -> uuid::Uuid {
     uuid::Uuid::new_v8(b)
 }
 
-/// An event's [`lago_id`] in an answer, written without a `String` of its own.
-struct LagoId(uuid::Uuid);
-
-impl serde::Serialize for LagoId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
+/// Lago's answer to the events of a request, each echoed as Lago does: `{"events":[…]}` for a
+/// batch, `{"event":…}` for one event. Written straight into the body: the field names and the
+/// fields Lago leaves `null` as constant bytes, and only the event's own strings escaped (a
+/// derived `Serialize` escaped every field name of every event; the echo was 13-15 % of ingest's
+/// CPU; BENCHMARKS.md). Its bytes are the derived serializer's (test
+/// `the_echo_is_byte_for_byte_what_serde_writes`).
+fn lago_answer(batch: bool, events: &[Event], outcomes: &[Outcome], now: i64) -> serde_json::Result<Vec<u8>> {
+    let created_at = serde_json::to_vec(&format_time(now / 1_000_000 * 1_000_000))?;
+    let echoed = events.iter().zip(outcomes).take(if batch { usize::MAX } else { 1 });
+    let mut out = Vec::with_capacity(32 + 384 * events.len().min(if batch { usize::MAX } else { 1 }));
+    out.extend_from_slice(if batch { b"{\"events\":[" } else { b"{\"event\":" });
+    let mut any = false;
+    for (i, (e, o)) in echoed.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_echo(&mut out, e, *o == Outcome::Duplicate, &created_at)?;
+        any = true;
     }
+    if !batch && !any {
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(if batch { b"]}" } else { b"}" });
+    Ok(out)
 }
 
-/// An event's time in a Lago answer: its whole milliseconds, `2025-11-21T09:30:00.250Z`. Written
-/// digit by digit for the years 0 to 9999, with no `String` per event (with the `lago_id`'s,
-/// ingest's CPU 0.95-1.00 of before; BENCHMARKS.md); any other year as [`lago_time`] writes it.
-struct LagoTime(i64);
+/// One event as Lago echoes it (its properties borrowed, not copied). `created_at` is written
+/// as given: a JSON string, quotes included.
+fn write_echo(out: &mut Vec<u8>, e: &Event, duplicate: bool, created_at: &[u8]) -> serde_json::Result<()> {
+    out.extend_from_slice(b"{\"lago_id\":\"");
+    out.extend_from_slice(
+        lago_uuid(&e.tenant, &e.id).hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes(),
+    );
+    out.extend_from_slice(b"\",\"transaction_id\":");
+    serde_json::to_writer(&mut *out, &e.id)?;
+    out.extend_from_slice(b",\"lago_customer_id\":null,\"code\":");
+    serde_json::to_writer(&mut *out, &e.code)?;
+    out.extend_from_slice(b",\"timestamp\":");
+    write_time(out, e.time_us)?;
+    out.extend_from_slice(b",\"precise_total_amount_cents\":null,\"properties\":");
+    serde_json::to_writer(&mut *out, &e.properties)?;
+    out.extend_from_slice(b",\"lago_subscription_id\":null,\"external_subscription_id\":");
+    serde_json::to_writer(&mut *out, e.subscription.as_deref().unwrap_or(&e.tenant))?;
+    out.extend_from_slice(b",\"external_customer_id\":");
+    serde_json::to_writer(&mut *out, &e.tenant)?;
+    out.extend_from_slice(b",\"created_at\":");
+    out.extend_from_slice(created_at);
+    out.extend_from_slice(if duplicate { b",\"duplicate\":true}" } else { b",\"duplicate\":false}" });
+    Ok(())
+}
 
-impl serde::Serialize for LagoTime {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let millis = self.0.div_euclid(1000);
-        let at = time::OffsetDateTime::from_unix_timestamp(millis.div_euclid(1000)).ok();
-        let Some(at) = at.filter(|t| (0..=9999).contains(&t.year())) else {
-            return s.serialize_str(&lago_time(self.0));
-        };
-        let mut b = *b"0000-00-00T00:00:00.000Z";
-        let mut put = |end: usize, width: usize, mut v: u32| {
-            for i in (end - width..end).rev() {
-                b[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        put(4, 4, at.year() as u32);
-        put(7, 2, u32::from(u8::from(at.month())));
-        put(10, 2, u32::from(at.day()));
-        put(13, 2, u32::from(at.hour()));
-        put(16, 2, u32::from(at.minute()));
-        put(19, 2, u32::from(at.second()));
-        put(23, 3, millis.rem_euclid(1000) as u32);
-        s.serialize_str(std::str::from_utf8(&b).map_err(serde::ser::Error::custom)?)
-    }
+/// An event's time in a Lago answer, as a JSON string: its whole milliseconds,
+/// `"2025-11-21T09:30:00.250Z"`. Written digit by digit for the years 0 to 9999, with no `String`
+/// per event (with the `lago_id`'s, ingest's CPU 0.95-1.00 of before; BENCHMARKS.md); any other
+/// year as [`lago_time`] writes it.
+fn write_time(out: &mut Vec<u8>, time_us: i64) -> serde_json::Result<()> {
+    let millis = time_us.div_euclid(1000);
+    let at = time::OffsetDateTime::from_unix_timestamp(millis.div_euclid(1000)).ok();
+    let Some(at) = at.filter(|t| (0..=9999).contains(&t.year())) else {
+        return serde_json::to_writer(out, &lago_time(time_us));
+    };
+    let mut b = *b"\"0000-00-00T00:00:00.000Z\"";
+    let mut put = |end: usize, width: usize, mut v: u32| {
+        for i in (end + 1 - width..end + 1).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(4, 4, at.year() as u32);
+    put(7, 2, u32::from(u8::from(at.month())));
+    put(10, 2, u32::from(at.day()));
+    put(13, 2, u32::from(at.hour()));
+    put(16, 2, u32::from(at.minute()));
+    put(19, 2, u32::from(at.second()));
+    put(23, 3, millis.rem_euclid(1000) as u32);
+    out.extend_from_slice(&b);
+    Ok(())
 }
 
 /// An event's time (µs) as Lago echoes it, through the `time` crate's formatter: its whole
@@ -409,55 +442,10 @@ fn lago_time(time_us: i64) -> String {
         .unwrap_or_default()
 }
 
-/// `{"events": [...]}`.
-#[derive(serde::Serialize)]
-struct LagoEvents<'a> {
-    events: &'a [LagoEcho<'a>],
-}
-
-/// `{"event": {...}}`.
-#[derive(serde::Serialize)]
-struct LagoOne<'a> {
-    event: Option<&'a LagoEcho<'a>>,
-}
-
-/// One event as Lago echoes it, borrowed from the parsed event (no copy of its properties).
-#[derive(serde::Serialize)]
-struct LagoEcho<'a> {
-    lago_id: LagoId,
-    transaction_id: &'a str,
-    lago_customer_id: Option<()>,
-    code: &'a str,
-    timestamp: LagoTime,
-    precise_total_amount_cents: Option<()>,
-    properties: &'a serde_json::Map<String, Value>,
-    lago_subscription_id: Option<()>,
-    external_subscription_id: &'a str,
-    external_customer_id: &'a str,
-    created_at: &'a str,
-    duplicate: bool,
-}
-
-fn lago_echo<'a>(e: &'a Event, duplicate: bool, created_at: &'a str) -> LagoEcho<'a> {
-    LagoEcho {
-        lago_id: LagoId(lago_uuid(&e.tenant, &e.id)),
-        transaction_id: &e.id,
-        lago_customer_id: None,
-        code: &e.code,
-        timestamp: LagoTime(e.time_us),
-        precise_total_amount_cents: None,
-        properties: &e.properties,
-        lago_subscription_id: None,
-        external_subscription_id: e.subscription.as_deref().unwrap_or(&e.tenant),
-        external_customer_id: &e.tenant,
-        created_at,
-        duplicate,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     /// The document says what a refusal carries: on both routes a 429 and a 503 give
     /// `Retry-After`; on `POST /api/v1/events` every refusal but a 415 comes in the shape of the
@@ -481,14 +469,19 @@ mod tests {
         }
     }
 
-    /// The echo's times and ids, written by hand, are byte for byte what the `time` crate's
-    /// formatter and `Uuid`'s `to_string` write: across four centuries in steps that cross
-    /// every month, leap days and year ends, before 1970 and at the range's edges.
+    /// The echo's times, written by hand, are byte for byte what the `time` crate's formatter
+    /// writes: across four centuries in steps that cross every month, leap days and year ends,
+    /// before 1970 and at the range's edges.
     #[test]
-    fn the_echo_writes_times_and_ids_as_the_formatters_do() {
+    fn the_echo_writes_times_as_the_formatter_does() {
+        let time = |t: i64| {
+            let mut out = Vec::new();
+            write_time(&mut out, t).unwrap();
+            String::from_utf8(out).unwrap()
+        };
         let mut t = -12_219_292_800_000_000i64; // 1582-10-15
         while t < 253_402_300_800_000_000 {
-            assert_eq!(json(LagoTime(t)), format!("\"{}\"", lago_time(t)), "at {t} µs");
+            assert_eq!(time(t), format!("\"{}\"", lago_time(t)), "at {t} µs");
             t += 7_777_777_777_777;
         }
         for t in [
@@ -505,14 +498,91 @@ mod tests {
             i64::MIN,
             i64::MAX,
         ] {
-            assert_eq!(json(LagoTime(t)), format!("\"{}\"", lago_time(t)), "at {t} µs");
+            assert_eq!(time(t), format!("\"{}\"", lago_time(t)), "at {t} µs");
         }
-        assert_eq!(json(LagoTime(951_782_400_000_123)), "\"2000-02-29T00:00:00.000Z\"");
-        assert_eq!(json(LagoId(lago_uuid("acme", "t1"))), format!("\"{}\"", lago_id("acme", "t1")));
+        assert_eq!(time(951_782_400_000_123), "\"2000-02-29T00:00:00.000Z\"");
     }
 
-    fn json(v: impl serde::Serialize) -> String {
-        serde_json::to_string(&v).unwrap()
+    /// Lago's echo as a derived `Serialize` writes it, from the formatters' own strings: what
+    /// [`lago_answer`] must write byte for byte.
+    #[derive(serde::Serialize)]
+    struct Echo<'a> {
+        lago_id: String,
+        transaction_id: &'a str,
+        lago_customer_id: Option<()>,
+        code: &'a str,
+        timestamp: String,
+        precise_total_amount_cents: Option<()>,
+        properties: &'a serde_json::Map<String, Value>,
+        lago_subscription_id: Option<()>,
+        external_subscription_id: &'a str,
+        external_customer_id: &'a str,
+        created_at: String,
+        duplicate: bool,
+    }
+
+    fn echo(e: &Event, duplicate: bool, now: i64) -> Echo<'_> {
+        Echo {
+            lago_id: lago_id(&e.tenant, &e.id),
+            transaction_id: &e.id,
+            lago_customer_id: None,
+            code: &e.code,
+            timestamp: lago_time(e.time_us),
+            precise_total_amount_cents: None,
+            properties: &e.properties,
+            lago_subscription_id: None,
+            external_subscription_id: e.subscription.as_deref().unwrap_or(&e.tenant),
+            external_customer_id: &e.tenant,
+            created_at: format_time(now / 1_000_000 * 1_000_000),
+            duplicate,
+        }
+    }
+
+    /// The hand-written echo is byte for byte what serde writes for the same fields, for strings
+    /// that need escaping (quotes, backslashes, control characters, non-ASCII), nested and exact
+    /// numeric properties, a subscription or none, times in and outside the years written by
+    /// hand, duplicates, a batch and a single event.
+    #[test]
+    fn the_echo_is_byte_for_byte_what_serde_writes() {
+        let properties: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"tokens":"12345678901234567890.000100","model":"gpt-\"4\"\\o","nested":{"a":[1,2.50,null,true],"é":"\u0001\n"},"n":1e3}"#,
+        )
+        .unwrap();
+        let event = |tenant: &str, id: &str, code: &str, time_us: i64, subscription: Option<&str>| Event {
+            tenant: tenant.into(),
+            id: id.into(),
+            code: code.into(),
+            time_us,
+            implicit_time: false,
+            subscription: subscription.map(str::to_string),
+            source: None,
+            properties: properties.clone(),
+        };
+        let events = vec![
+            event("acme", "t1", "agent.invocation", 1_764_000_000_123_456, None),
+            event("ac\"me\\", "id \u{1}\n\t/é😀", "code\u{7f}", -1, Some("sub \"1\"")),
+            event("tenant-0001", "x", "api.call", 253_402_300_800_000_000, Some("")),
+            Event { properties: serde_json::Map::new(), ..event("t", "empty", "c", i64::MIN, None) },
+        ];
+        let at = |offset| Outcome::Appended(meter_eventlog::Position { partition: 0, offset });
+        let outcomes = [at(1), Outcome::Duplicate, at(2), Outcome::Duplicate];
+        let now = 1_764_000_123_456_789;
+        let all: Vec<Echo<'_>> =
+            events.iter().zip(&outcomes).map(|(e, o)| echo(e, *o == Outcome::Duplicate, now)).collect();
+        let batch = lago_answer(true, &events, &outcomes, now).unwrap();
+        #[derive(serde::Serialize)]
+        struct Events<'a> {
+            events: &'a [Echo<'a>],
+        }
+        #[derive(serde::Serialize)]
+        struct One<'a> {
+            event: &'a Echo<'a>,
+        }
+        assert_eq!(String::from_utf8(batch).unwrap(), serde_json::to_string(&Events { events: &all }).unwrap());
+        let one = lago_answer(false, &events[1..2], &outcomes[1..2], now).unwrap();
+        assert_eq!(String::from_utf8(one).unwrap(), serde_json::to_string(&One { event: &all[1] }).unwrap());
+        assert_eq!(lago_answer(false, &[], &[], now).unwrap(), br#"{"event":null}"#);
+        assert_eq!(lago_answer(true, &[], &[], now).unwrap(), br#"{"events":[]}"#);
     }
 
     fn lago_id(tenant: &str, id: &str) -> String {
