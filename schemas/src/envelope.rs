@@ -573,6 +573,10 @@ pub fn check_id(text: &str) -> Result<(), String> {
     if text.is_empty() {
         return Err("must not be empty".into());
     }
+    // The common case in one pass: printable ASCII, so as many characters as bytes.
+    if text.len() <= MAX_ID_LEN && text.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Ok(());
+    }
     let len = text.chars().count();
     if len > MAX_ID_LEN {
         return Err(format!("must be at most {MAX_ID_LEN} characters (got {len})"));
@@ -1070,5 +1074,13 @@ mod tests {
         assert_eq!(check_id("a\u{0}b").unwrap_err(), "must not contain control characters");
         assert!(check_id("a b").is_err());
         assert!(check_id("é").is_err());
+        // Length is in characters, and said before the characters themselves.
+        assert_eq!(
+            check_id(&"é".repeat(128)).unwrap_err(),
+            "may contain only printable ASCII characters, without spaces"
+        );
+        assert_eq!(check_id(&"é".repeat(129)).unwrap_err(), "must be at most 128 characters (got 129)");
+        assert_eq!(check_id(&format!("{} ", "x".repeat(128))).unwrap_err(), "must be at most 128 characters (got 129)");
+        assert!(check_id("~!").is_ok());
     }
 }

@@ -463,7 +463,8 @@ fn check_kind(kind: PropKind, v: &Value) -> Result<(), String> {
     match kind {
         PropKind::Text => match v {
             Value::String(s) if s.is_empty() => Err("must not be empty".into()),
-            Value::String(s) if s.chars().count() > MAX_TEXT_LEN => {
+            // A text has no more characters than bytes: only a long one is counted.
+            Value::String(s) if s.len() > MAX_TEXT_LEN && s.chars().count() > MAX_TEXT_LEN => {
                 Err(format!("must be at most {MAX_TEXT_LEN} characters"))
             }
             Value::String(s) if s.chars().any(char::is_control) => Err("must not contain control characters".into()),
