@@ -107,6 +107,8 @@ pub struct KafkaLog {
     /// has none, and none of its polling thread's CPU (rdkafka's thread spins the last fraction
     /// of a millisecond of each of its 100 ms polls).
     producer: OnceLock<ThreadedProducer<Deliveries>>,
+    /// Held while the producer is made, so that concurrent first appends make one.
+    making: Mutex<()>,
     settings: KafkaSettings,
 }
 
@@ -114,36 +116,53 @@ impl KafkaLog {
     /// Connects, and creates the topic when it is missing. A topic with another partition count
     /// is refused: tenants would move between partitions.
     pub async fn open(settings: KafkaSettings) -> Result<Self, Error> {
+        // The producer's settings are checked now, as when it was made here: each value by
+        // librdkafka (without making a client), and the one rule between two of them that it
+        // checks only when a client is made.
+        if u128::from(settings.linger_ms) >= settings.delivery_timeout.as_millis() {
+            return Err(unavailable(format!(
+                "the producer's linger ({} ms) must be shorter than its delivery timeout ({:?})",
+                settings.linger_ms, settings.delivery_timeout
+            )));
+        }
+        producer_config(&settings).create_native_config().map_err(unavailable)?;
         let partitions = PartitionCount::Exactly(settings.partitions);
         ensure_topic(&settings.bootstrap, &settings.topic, partitions, settings.delivery_timeout).await?;
-        Ok(Self { producer: OnceLock::new(), settings })
+        Ok(Self { producer: OnceLock::new(), making: Mutex::new(()), settings })
     }
 
-    /// The producer, made at the first call.
+    /// The producer, made at the first call (one, whatever the calls at once).
     fn producer(&self) -> Result<&ThreadedProducer<Deliveries>, Error> {
         if let Some(producer) = self.producer.get() {
             return Ok(producer);
         }
-        let settings = &self.settings;
-        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
-            .set("bootstrap.servers", &settings.bootstrap)
-            // Asking for a missing topic must not create it with the broker's default partitions.
-            .set("allow.auto.create.topics", "false")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", settings.linger_ms.to_string())
-            .set("batch.num.messages", "10000")
-            .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
-            // How long the broker may wait for replicas before failing a send (a bound for
-            // ingest's lateness margin, see `Config::ingest_limits`).
-            .set("request.timeout.ms", settings.delivery_timeout.as_millis().to_string())
-            .set("queue.buffering.max.messages", settings.queue_max_messages.to_string())
-            .create_with_context(Deliveries)
-            .map_err(unavailable)?;
-        // Two first appends at once may both make one: the second is dropped unused.
+        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(producer) = self.producer.get() {
+            return Ok(producer);
+        }
+        let producer = producer_config(&self.settings).create_with_context(Deliveries).map_err(unavailable)?;
         Ok(self.producer.get_or_init(|| producer))
     }
+}
+
+/// The producer's configuration: idempotent, every replica's acknowledgement, lz4.
+fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap)
+        // Asking for a missing topic must not create it with the broker's default partitions.
+        .set("allow.auto.create.topics", "false")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", settings.linger_ms.to_string())
+        .set("batch.num.messages", "10000")
+        .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
+        // How long the broker may wait for replicas before failing a send (a bound for
+        // ingest's lateness margin, see `Config::ingest_limits`).
+        .set("request.timeout.ms", settings.delivery_timeout.as_millis().to_string())
+        .set("queue.buffering.max.messages", settings.queue_max_messages.to_string());
+    config
 }
 
 /// The partition count a topic must have.

@@ -63,6 +63,23 @@ async fn a_broker_that_is_down_fails_the_append_instead_of_acknowledging() {
     }
 }
 
+/// The producer is made at the first append, but settings librdkafka would refuse it with still
+/// fail the open, as when it was made there: a process does not start and answer 503 for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_settings_librdkafka_refuses_fail_the_open() {
+    let k = kafka();
+    let mut lingering = k.settings.clone();
+    lingering.linger_ms = 5_000;
+    lingering.delivery_timeout = Duration::from_secs(5);
+    let err = KafkaLog::open(lingering).await.err().expect("a linger as long as the delivery timeout is refused");
+    assert!(err.to_string().contains("linger"), "{err}");
+    let mut endless = k.settings.clone();
+    endless.delivery_timeout = Duration::from_secs(3_600);
+    let err = KafkaLog::open(endless).await.err().expect("a delivery timeout past librdkafka's range is refused");
+    assert!(err.to_string().contains("request.timeout.ms"), "{err}");
+    KafkaLog::open(k.settings.clone()).await.expect("the defaults open");
+}
+
 /// Polls every reader (resuming each from offset 0 when its share changes) until each owns a
 /// share and together they own every partition once.
 fn settle(readers: &mut [Box<dyn LogReader>]) {

@@ -15,6 +15,8 @@ pub struct AlertTopic {
     /// Made when there is a first alert to publish: an aggregator that raises none (or does not
     /// hold the publisher's lease) has no producer, and none of its polling thread's CPU.
     producer: OnceLock<FutureProducer>,
+    /// Held while the producer is made, so that it is made once.
+    making: std::sync::Mutex<()>,
     bootstrap: String,
     topic: String,
     timeout: Duration,
@@ -24,14 +26,29 @@ fn failed(e: impl std::fmt::Display) -> Error {
     Error::Kafka(e.to_string())
 }
 
+/// The alerts producer's configuration: idempotent, every replica's acknowledgement.
+fn producer_config(bootstrap: &str, timeout: Duration) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .set("allow.auto.create.topics", "false");
+    config
+}
+
 impl AlertTopic {
     /// Connects to `bootstrap`, creating `topic` with `partitions` partitions when it is missing.
     pub async fn open(bootstrap: &str, topic: &str, partitions: u32, timeout: Duration) -> Result<Self, Error> {
+        // The producer's settings are checked now (by librdkafka, without making a client).
+        producer_config(bootstrap, timeout).create_native_config().map_err(failed)?;
         meter_eventlog::ensure_topic(bootstrap, topic, PartitionCount::CreateWith(partitions), timeout)
             .await
             .map_err(failed)?;
         Ok(AlertTopic {
             producer: OnceLock::new(),
+            making: std::sync::Mutex::new(()),
             bootstrap: bootstrap.to_string(),
             topic: topic.to_string(),
             timeout,
@@ -43,14 +60,11 @@ impl AlertTopic {
         if let Some(producer) = self.producer.get() {
             return Ok(producer);
         }
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", self.timeout.as_millis().to_string())
-            .set("allow.auto.create.topics", "false")
-            .create()
-            .map_err(failed)?;
+        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(producer) = self.producer.get() {
+            return Ok(producer);
+        }
+        let producer: FutureProducer = producer_config(&self.bootstrap, self.timeout).create().map_err(failed)?;
         Ok(self.producer.get_or_init(|| producer))
     }
 
