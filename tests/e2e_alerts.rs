@@ -573,6 +573,7 @@ async fn on_kafka_three_alerts_arrive_once_through_a_rebalance_and_reach_the_ale
     // (it spins the last fraction of every 100 ms poll), until it has an alert to publish.
     const POLLER: &str = "producer polling thread";
     assert_eq!((one.threads_named(POLLER), two.threads_named(POLLER)), (0, 0), "no producer before an alert");
+    assert_eq!(ingest.threads_named(POLLER), 1, "ingest makes its producer at start, before its first request");
 
     let mut order: Vec<usize> = (0..600).collect();
     order.sort_by_key(|i| (i * 7919) % 600);

@@ -240,6 +240,10 @@ impl EventLog for KafkaLog {
         false
     }
 
+    fn ready_to_append(&self) -> Result<(), Error> {
+        self.producer().map(|_| ())
+    }
+
     async fn append(&self, events: &[Event]) -> Result<Vec<Outcome>, Error> {
         if events.is_empty() {
             return Ok(Vec::new());

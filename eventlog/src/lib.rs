@@ -99,6 +99,13 @@ pub trait EventLog: Send + Sync {
         true
     }
 
+    /// Readies the log for appends now rather than at the first: a process that appends calls
+    /// it at start-up, so that its first requests do not wait for a connection (Kafka makes its
+    /// producer at the first append otherwise; a process that only reads never makes one).
+    fn ready_to_append(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Appends `events`. On `Ok`, every event is durable and the outcome of each is given in order;
     /// on `Err`, a deduplicating log stored none of them.
     async fn append(&self, events: &[Event]) -> Result<Vec<Outcome>, Error>;

@@ -3,6 +3,7 @@
 
 use super::shared::Shared;
 use crate::config::Config;
+use anyhow::Context as _;
 use axum::routing::get;
 use axum::{Json, Router};
 use meter_api::AppState;
@@ -28,6 +29,7 @@ pub(super) fn start_ingest_if_needed(
     if !ingests {
         return Ok(None);
     }
+    shared.log.ready_to_append().context("readying the event log for appends")?;
     let quota = meter_billing::HardLimits::new(shared.allowances.clone(), shared.live.clone(), shared.catalog.clone());
     let quotas = config.ingest_quotas()?;
     let throttle = quotas.any().then(|| Arc::new(meter_ingest::Throttle::new(quotas, shared.allowances.clone())));
