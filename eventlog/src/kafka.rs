@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use meter_schemas::Event;
 use meter_schemas::partition::partition_for;
 use meter_schemas::period::now_us;
+use once_cell::sync::OnceCell;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -24,7 +25,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where the Kafka log is and how it produces.
@@ -105,10 +106,9 @@ impl ProducerContext for Deliveries {
 pub struct KafkaLog {
     /// Made at the first append: a process that only reads the log (an aggregator, the sink)
     /// has none, and none of its polling thread's CPU (rdkafka's thread spins the last fraction
-    /// of a millisecond of each of its 100 ms polls).
-    producer: OnceLock<ThreadedProducer<Deliveries>>,
-    /// Held while the producer is made, so that concurrent first appends make one.
-    making: Mutex<()>,
+    /// of a millisecond of each of its 100 ms polls). Concurrent first appends make one: the
+    /// others wait for it.
+    producer: OnceCell<ThreadedProducer<Deliveries>>,
     settings: KafkaSettings,
 }
 
@@ -128,20 +128,13 @@ impl KafkaLog {
         producer_config(&settings).create_native_config().map_err(unavailable)?;
         let partitions = PartitionCount::Exactly(settings.partitions);
         ensure_topic(&settings.bootstrap, &settings.topic, partitions, settings.delivery_timeout).await?;
-        Ok(Self { producer: OnceLock::new(), making: Mutex::new(()), settings })
+        Ok(Self { producer: OnceCell::new(), settings })
     }
 
-    /// The producer, made at the first call (one, whatever the calls at once).
+    /// The producer, made at the first call.
     fn producer(&self) -> Result<&ThreadedProducer<Deliveries>, Error> {
-        if let Some(producer) = self.producer.get() {
-            return Ok(producer);
-        }
-        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(producer) = self.producer.get() {
-            return Ok(producer);
-        }
-        let producer = producer_config(&self.settings).create_with_context(Deliveries).map_err(unavailable)?;
-        Ok(self.producer.get_or_init(|| producer))
+        self.producer
+            .get_or_try_init(|| producer_config(&self.settings).create_with_context(Deliveries).map_err(unavailable))
     }
 }
 

@@ -356,18 +356,16 @@ fn lago_uuid(tenant: &str, id: &str) -> uuid::Uuid {
 /// `the_echo_is_byte_for_byte_what_serde_writes`).
 fn lago_answer(batch: bool, events: &[Event], outcomes: &[Outcome], now: i64) -> serde_json::Result<Vec<u8>> {
     let created_at = serde_json::to_vec(&format_time(now / 1_000_000 * 1_000_000))?;
-    let echoed = events.iter().zip(outcomes).take(if batch { usize::MAX } else { 1 });
-    let mut out = Vec::with_capacity(32 + 384 * events.len().min(if batch { usize::MAX } else { 1 }));
+    let echoed = if batch { events.len() } else { events.len().min(1) };
+    let mut out = Vec::with_capacity(32 + 384 * echoed);
     out.extend_from_slice(if batch { b"{\"events\":[" } else { b"{\"event\":" });
-    let mut any = false;
-    for (i, (e, o)) in echoed.enumerate() {
+    for (i, (e, o)) in events.iter().zip(outcomes).take(echoed).enumerate() {
         if i > 0 {
             out.push(b',');
         }
         write_echo(&mut out, e, *o == Outcome::Duplicate, &created_at)?;
-        any = true;
     }
-    if !batch && !any {
+    if echoed == 0 && !batch {
         out.extend_from_slice(b"null");
     }
     out.extend_from_slice(if batch { b"]}" } else { b"}" });

@@ -5,18 +5,17 @@
 use crate::{Error, Webhooks, body_of};
 use meter_eventlog::PartitionCount;
 use meter_store::LiveStore;
+use once_cell::sync::OnceCell;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A producer of alerts to one topic.
 pub struct AlertTopic {
     /// Made when there is a first alert to publish: an aggregator that raises none (or does not
     /// hold the publisher's lease) has no producer, and none of its polling thread's CPU.
-    producer: OnceLock<FutureProducer>,
-    /// Held while the producer is made, so that it is made once.
-    making: std::sync::Mutex<()>,
+    producer: OnceCell<FutureProducer>,
     bootstrap: String,
     topic: String,
     timeout: Duration,
@@ -41,14 +40,13 @@ fn producer_config(bootstrap: &str, timeout: Duration) -> ClientConfig {
 impl AlertTopic {
     /// Connects to `bootstrap`, creating `topic` with `partitions` partitions when it is missing.
     pub async fn open(bootstrap: &str, topic: &str, partitions: u32, timeout: Duration) -> Result<Self, Error> {
-        // The producer's settings are checked now (by librdkafka, without making a client).
-        producer_config(bootstrap, timeout).create_native_config().map_err(failed)?;
+        // Its settings, the brokers and the delivery timeout, are the event log's, which checks
+        // them when it opens (before this, in every process).
         meter_eventlog::ensure_topic(bootstrap, topic, PartitionCount::CreateWith(partitions), timeout)
             .await
             .map_err(failed)?;
         Ok(AlertTopic {
-            producer: OnceLock::new(),
-            making: std::sync::Mutex::new(()),
+            producer: OnceCell::new(),
             bootstrap: bootstrap.to_string(),
             topic: topic.to_string(),
             timeout,
@@ -57,15 +55,7 @@ impl AlertTopic {
 
     /// The producer, made at the first call.
     fn producer(&self) -> Result<&FutureProducer, Error> {
-        if let Some(producer) = self.producer.get() {
-            return Ok(producer);
-        }
-        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(producer) = self.producer.get() {
-            return Ok(producer);
-        }
-        let producer: FutureProducer = producer_config(&self.bootstrap, self.timeout).create().map_err(failed)?;
-        Ok(self.producer.get_or_init(|| producer))
+        self.producer.get_or_try_init(|| producer_config(&self.bootstrap, self.timeout).create().map_err(failed))
     }
 
     /// Produces every alert raised since the last call (the `kafka` cursor in `webhooks.db`), and
