@@ -27,15 +27,6 @@ BASELINE=${BASELINE:-$BIN}
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
-# start NAME ARGS...: runs `meter ARGS` in the background and waits for its address line.
-start() {
-  local name=$1; shift
-  RUST_LOG=warn $BIN "$@" >"$dir/$name.out" 2>"$dir/$name.err" &
-  echo $! >"$dir/$name.pid"
-  for _ in $(seq 200); do grep -qE 'bootstrap|listening' "$dir/$name.out" && return; sleep 0.1; done
-  echo "$name did not start" >&2; cat "$dir/$name.err" >&2; exit 1
-}
-address() { sed -n 's/^meter listening on //p; s/^http baseline listening on //p; s/^kafka bootstrap: //p' "$dir/$1.out"; }
 rate() { echo "$1" | sed -n 's/^[^=]*= \([0-9]*\) events\/s.*/\1/p'; }
 counted() { curl -s "$1/metrics" | awk '/^meter_aggregator_events_total/ { s += $2 } END { print s + 0 }'; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

@@ -39,3 +39,18 @@ wait_counted() {
   echo "warning: after 10 minutes the aggregator had counted $seen of $took events; a CPU figure leaves out the rest" >&2
   return 1
 }
+
+# start NAME ARGS...: runs `$BIN ARGS` in the background, its output in $dir/NAME.out and .err
+# and its pid in $dir/NAME.pid (the caller sets `dir`), and waits up to 30 s for its address line;
+# exits, showing its errors, if none comes.
+start() {
+  local name=$1; shift
+  RUST_LOG=warn $BIN "$@" >"$dir/$name.out" 2>"$dir/$name.err" &
+  echo $! >"$dir/$name.pid"
+  for _ in $(seq 300); do grep -qE 'bootstrap|listening' "$dir/$name.out" && return; sleep 0.1; done
+  echo "$name did not start" >&2; cat "$dir/$name.err" >&2; exit 1
+}
+
+# address NAME: the address a process started by `start` printed (its URL, or a broker's
+# bootstrap).
+address() { sed -n 's/^meter listening on //p; s/^http baseline listening on //p; s/^kafka bootstrap: //p' "$dir/$1.out"; }

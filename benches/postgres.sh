@@ -51,16 +51,7 @@ fresh_db() {  # a new, migrated database; prints its URL (called in a subshell: 
   $BIN migrate --state "$url" --data-dir "$dir/migrate" >/dev/null 2>&1 || { echo "cannot migrate $name" >&2; exit 1; }
   echo "$url"
 }
-# start NAME ARGS...: runs `meter ARGS` in the background and waits for its address line.
-start() {
-  local name=$1; shift
-  RUST_LOG=warn $BIN "$@" >"$dir/$name.out" 2>"$dir/$name.err" &
-  echo $! >"$dir/$name.pid"
-  for _ in $(seq 300); do grep -qE 'bootstrap|listening' "$dir/$name.out" && return; sleep 0.1; done
-  echo "$name did not start" >&2; cat "$dir/$name.err" >&2; exit 1
-}
 stop() { local p; p=$(cat "$dir/$1.pid"); kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; }
-address() { sed -n 's/^meter listening on //p; s/^kafka bootstrap: //p' "$dir/$1.out"; }
 counted() { curl -s "$1/metrics" | awk '/^meter_aggregator_events_total/ { s += $2 } END { print s + 0 }'; }
 owned() { curl -s "$1/metrics" | awk '/^meter_aggregator_owned_partitions/ { s += $2 } END { print s + 0 }'; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
