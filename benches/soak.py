@@ -88,10 +88,13 @@ def report(out, name, loadgen_csv, resources_csv, acked_json, url, store=None):
         load = list(csv.DictReader(f))
     with open(resources_csv) as f:
         res = list(csv.DictReader(f))
+    # Each sample takes the load generator's row for the interval ending at the same second (the
+    # first, when its last, partial row ends there too); the sample taken after the load has none.
     rows = []
-    for i, r in enumerate(res):
+    for r in res:
         row = dict(r)
-        for k, v in (load[i] if i < len(load) else {}).items():
+        match = next((l for l in load if abs(float(l["seconds"]) - float(r["seconds"])) <= 2), {})
+        for k, v in match.items():
             if k != "seconds":
                 row[k] = v
         rows.append(row)

@@ -146,22 +146,27 @@ header="$header,data_bytes,wal_bytes"
 [ "$BACKEND" = kafka ] && header="$header,clickhouse_bytes"
 header="$header,events_taken,events_counted,alerts_raised,deliveries_accepted,deliveries_failed,alerts_delivered"
 echo "$header" >"$dir/resources.csv"
+# sample SECONDS: appends one row. Nothing in it may stop the sampler: files vanish while they
+# are measured (ClickHouse merges its parts, SQLite drops its WAL).
+size() { { du -sb "$1" 2>/dev/null || true; } | awk '{ print $1 + 0; exit }'; }
 sample() {
   local row="$1" pid
   for p in $procs ${procs_extra:-}; do
     if [ "$p" = clickhouse ]; then pid=$(cat "$dir/ch/pid"); else pid=$(cat "$dir/$p.pid"); fi
-    row="$row,$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status"),$(ls "/proc/$pid/fd" | wc -l)"
+    row="$row,$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status" 2>/dev/null),$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)"
   done
-  row="$row,$(du -sb "$data" | cut -f1),$(find "$data" -name '*-wal' -printf '%s\n' | awk '{ s += $1 } END { printf "%d", s }')"
-  [ "$BACKEND" = kafka ] && row="$row,$(du -sb "$dir/ch/data" | cut -f1)"
+  row="$row,$(size "$data"),$({ find "$data" -name '*-wal' -printf '%s\n' 2>/dev/null || true; } | awk '{ s += $1 } END { printf "%d", s }')"
+  if [ "$BACKEND" = kafka ]; then row="$row,$(size "$dir/ch/data")"; fi
   echo "$row,$(taken),$(metric "$agg" meter_aggregator_events_total),$(metric "$agg" meter_alerts_raised_total),$(tr ' ' ',' <"$dir/hooks")" \
     >>"$dir/resources.csv"
 }
 t_start=$(date +%s)
 (
+  set +e
   for i in $(seq 1 $((DURATION / EVERY))); do
-    sleep $(( t_start + i * EVERY - $(date +%s) ))
-    sample $((i * EVERY))
+    wait_s=$(( t_start + i * EVERY - $(date +%s) ))
+    if [ "$wait_s" -gt 0 ]; then sleep "$wait_s"; fi
+    sample $((i * EVERY)) || echo "sample at $((i * EVERY)) s failed" >&2
   done
 ) &
 sampler=$!

@@ -59,7 +59,8 @@ pub struct LoadgenArgs {
     #[arg(long)]
     pub tenant_per_request: bool,
     /// Send for this many seconds at `--rate` instead of `--events`; each request's body is
-    /// built when it is sent, so that a long run holds only what is in flight (`benches/soak.sh`).
+    /// built when it is sent, so that a long run holds only what is in flight, and its events
+    /// carry the time it is due rather than the run's start (`benches/soak.sh`).
     #[arg(long, value_name = "SECONDS", requires = "rate", conflicts_with = "direct_kafka")]
     pub duration: Option<u64>,
     /// Resend this share of requests, in percent: every (100 / P)-th request repeats, byte for
@@ -233,7 +234,12 @@ struct Source {
     /// For random ids: each event's is a function of this and its number, so that a body built
     /// again (a resend, `--duration`'s lazy bodies, `--acknowledged`) is the same.
     seed: u64,
+    /// The time of the first request's events (s).
     now_secs: i64,
+    /// With `--duration`, seconds between requests of new events: each request's events carry
+    /// the time it is due to be sent (so that a long run's last events are not as old as the
+    /// run), the same each time it is built; otherwise 0, every event at `now_secs`.
+    secs_per_request: f64,
     events: usize,
 }
 
@@ -244,7 +250,8 @@ impl Source {
         let tenants = self.args.tenants.max(1);
         (r * batch..((r + 1) * batch).min(self.events))
             .map(|i| {
-                let mut e = event(&self.prefix, i, tenants, self.now_secs);
+                let at = self.now_secs + (r as f64 * self.secs_per_request) as i64;
+                let mut e = event(&self.prefix, i, tenants, at);
                 if self.args.random_ids {
                     e["transaction_id"] = format!("{}-{:032x}", self.prefix, random_id(self.seed, i)).into();
                 }
@@ -335,7 +342,15 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
         Some(_) => plan.originals() * batch,
         None => args.events,
     };
-    let source = Arc::new(Source { args: args.clone(), prefix, seed: rand::random(), now_secs, events });
+    // Requests of new events are due about every `requests / originals` slots of `pace` each.
+    let secs_per_request = match (args.duration, pace(args)) {
+        (Some(_), Some(every)) if plan.originals() > 0 => {
+            every.as_secs_f64() * plan.requests as f64 / plan.originals() as f64
+        }
+        _ => 0.0,
+    };
+    let source =
+        Arc::new(Source { args: args.clone(), prefix, seed: rand::random(), now_secs, secs_per_request, events });
     let bodies = Arc::new(match args.duration {
         Some(_) => Bodies::Lazy,
         None => Bodies::Built((0..plan.originals()).map(|r| source.body(r)).collect()),
@@ -680,7 +695,8 @@ mod tests {
     }
 
     /// A source builds the same bodies each time (resends and `--duration`'s lazy bodies rely on
-    /// it), random ids included, and the ids of a run are distinct.
+    /// it), random ids included, the ids of a run are distinct, and each request's events carry the time
+    /// it is due.
     #[test]
     fn a_source_builds_the_same_body_again() {
         #[derive(clap::Parser)]
@@ -693,11 +709,13 @@ mod tests {
                 .unwrap()
                 .args;
         args.tenants = 7;
-        let source = Source { args, prefix: "p".into(), seed: 42, now_secs: 1, events: 1000 };
+        let source = Source { args, prefix: "p".into(), seed: 42, now_secs: 1, secs_per_request: 0.5, events: 1000 };
         assert_eq!(source.body(3), source.body(3));
         let ids: BTreeSet<String> =
             (0..20).flat_map(|r| source.events(r)).map(|e| e["transaction_id"].as_str().unwrap().to_string()).collect();
         assert_eq!(ids.len(), 1000);
         assert!(source.events(19).len() == 50 && source.events(20).is_empty());
+        let times = |r| source.events(r).iter().map(|e| e["timestamp"].as_i64().unwrap()).collect::<BTreeSet<_>>();
+        assert_eq!((times(0), times(3), times(19)), (BTreeSet::from([1]), BTreeSet::from([2]), BTreeSet::from([10])));
     }
 }
