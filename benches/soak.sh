@@ -39,14 +39,16 @@ dir=$(mktemp -d)
 cleanup() {
   kill $(jobs -p) 2>/dev/null || true
   for p in "$dir"/*.pid "$dir"/ch/pid; do if [ -f "$p" ]; then kill "$(cat "$p")" 2>/dev/null || true; fi; done
-  sleep 1
-  rm -rf "$dir"
+  for p in "$dir"/*.pid "$dir"/ch/pid; do
+    if [ -f "$p" ]; then for _ in $(seq 100); do kill -0 "$(cat "$p")" 2>/dev/null || break; sleep 0.1; done; fi
+  done
+  rm -rf "$dir" || true
 }
 trap cleanup EXIT
 
 # metric URL NAME [LABELS]: the sum of NAME's series at URL's /metrics (those matching LABELS).
 metric() {
-  curl -fsS "$1/metrics" 2>/dev/null |
+  { curl -fsS "$1/metrics" 2>/dev/null || true; } |
     awk -v m="$2" -v l="${3:-}" '$1 ~ "^"m"({|$)" && index($1, l) { s += $2 } END { printf "%d", s }'
 }
 # taken: events the log took (on Kafka, the ingest's new ones; duplicates within a request are not
@@ -83,7 +85,8 @@ setup() {
     url=$(address ingest); agg=$(address aggregate); procs="ingest aggregate sink broker"
     # The clock starts once the aggregator and the sink own the partitions.
     for a in "$agg" "$(address sink)"; do
-      until [ "$(metric "$a" meter_aggregator_owned_partitions)" = 8 ]; do sleep 0.1; done
+      for _ in $(seq 600); do [ "$(metric "$a" meter_aggregator_owned_partitions)" = 8 ] && break; sleep 0.1; done
+      [ "$(metric "$a" meter_aggregator_owned_partitions)" = 8 ] || { echo "$a owns no partitions after 60 s" >&2; exit 1; }
     done
   fi
 }
@@ -114,7 +117,7 @@ if [ -z "${RATE:-}" ]; then
   setup "$dir/cap"
   t0=$(date +%s.%N)
   "$BIN" loadgen --url "$url" --key "$key" --id-prefix cap --events "$CAP_EVENTS" --tenants "$TENANTS" \
-    --batch 100 --concurrency 32 2>/dev/null | head -2
+    --batch 100 --concurrency 32 2>/dev/null | sed -n 1,2p
   counted_all
   RATE=$(echo "$CAP_EVENTS / ($(date +%s.%N) - $t0) / 2" | bc)
   echo "capacity $((RATE * 2)) events/s; the soak sends $RATE"
@@ -173,7 +176,8 @@ sampler=$!
 
 "$BIN" loadgen --url "$url" --key "$key" --id-prefix soak --tenants "$TENANTS" --batch 100 --concurrency 32 \
   --rate "$RATE" --duration "$DURATION" --resend-percent 5 --reads-per-second "$READS" \
-  --csv "$dir/loadgen.csv" --every "$EVERY" --acknowledged "$dir/acked.json" 2>"$dir/loadgen.err" || true
+  --csv "$dir/loadgen.csv" --every "$EVERY" --acknowledged "$dir/acked.json" 2>"$dir/loadgen.err" ||
+  { echo "the load generator failed (the rest is still measured):" >&2; grep -v '^loadgen: [0-9]' "$dir/loadgen.err" | tail -5 >&2; }
 wait "$sampler" || true
 counted_all
 echo "counted: $(metric "$agg" meter_aggregator_events_total) of $(taken) taken"
@@ -183,6 +187,6 @@ for _ in $(seq 120); do
   sleep 1
 done
 echo "alerts raised $(metric "$agg" meter_alerts_raised_total); distinct alerts delivered $(cut -d' ' -f3 "$dir/hooks")"
-sample $(( $(date +%s) - t_start ))
+sample $(( $(date +%s) - t_start )) || echo "the last sample failed" >&2
 METER_KEY=$key python3 benches/soak.py report "$OUT" "soak-$BACKEND" "$dir/loadgen.csv" "$dir/resources.csv" \
   "$dir/acked.json" "$url" store

@@ -63,9 +63,10 @@ pub struct LoadgenArgs {
     /// carry the time it is due rather than the run's start (`benches/soak.sh`).
     #[arg(long, value_name = "SECONDS", requires = "rate", conflicts_with = "direct_kafka")]
     pub duration: Option<u64>,
-    /// Resend this share of requests, in percent: every (100 / P)-th request repeats, byte for
-    /// byte, the one sent ten requests of new events before, as a client does that lost an
-    /// answer; its events must be counted once.
+    /// Resend this share of requests, in percent (spread evenly): such a request repeats, byte
+    /// for byte, the one sent ten requests of new events before, as a client does that lost an
+    /// answer (at a high rate the first copy may still be in flight); its events must be counted
+    /// once.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=50), conflicts_with = "direct_kafka")]
     pub resend_percent: u8,
     /// Reads per second alongside the load: `GET /api/v1/usage` and `GET /api/v1/entitlements`
@@ -75,7 +76,7 @@ pub struct LoadgenArgs {
     /// Append a row to this CSV file every `--every` seconds: events acknowledged, requests and
     /// failures, and the p50/p99 of ingest requests, usage reads and entitlement checks in that
     /// interval.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "direct_kafka")]
     pub csv: Option<std::path::PathBuf>,
     /// Seconds between `--csv` rows.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
@@ -189,15 +190,15 @@ const RESEND_BACK: usize = 10;
 struct Plan {
     /// Requests in all.
     requests: usize,
-    /// Every `every`-th request (the `every - 1`-th, the `2 × every - 1`-th, …) is a resend; 0: none.
-    every: usize,
+    /// Percent of requests that are resends: among requests `0..s`, `s × percent / 100`
+    /// (rounded down), so request `s` is one when that count steps up at `s + 1`.
+    percent: usize,
 }
 
 impl Plan {
     /// `requests` requests, `resend_percent` of them resends.
     fn of_requests(requests: usize, resend_percent: u8) -> Self {
-        let every = if resend_percent == 0 { 0 } else { (100 / usize::from(resend_percent)).max(2) };
-        Plan { requests, every }
+        Plan { requests, percent: usize::from(resend_percent) }
     }
 
     /// As many requests as it takes to send `originals` requests of new events.
@@ -211,7 +212,12 @@ impl Plan {
 
     /// Requests of new events among requests `0..s`.
     fn originals_before(&self, s: usize) -> usize {
-        s - s.checked_div(self.every).unwrap_or(0)
+        s - s * self.percent / 100
+    }
+
+    /// Whether request `s` is a resend.
+    fn resends(&self, s: usize) -> bool {
+        (s + 1) * self.percent / 100 > s * self.percent / 100
     }
 
     /// Requests of new events in all.
@@ -223,7 +229,7 @@ impl Plan {
     /// [`RESEND_BACK`] before (the first, early on).
     fn original(&self, s: usize) -> usize {
         let before = self.originals_before(s);
-        if self.every != 0 && s % self.every == self.every - 1 { before.saturating_sub(RESEND_BACK) } else { before }
+        if self.resends(s) { before.saturating_sub(RESEND_BACK) } else { before }
     }
 }
 
@@ -419,7 +425,7 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
                 loop {
                     tokio::time::sleep_until(next.into()).await;
                     let row = window.lock().expect("not poisoned").row(started.elapsed().as_secs_f64());
-                    if let Err(e) = writeln!(file, "{row}") {
+                    if let Err(e) = file.write_all(format!("{row}\n").as_bytes()) {
                         eprintln!("loadgen: cannot write the CSV row: {e}");
                     }
                     next += every;
@@ -436,9 +442,11 @@ pub async fn generate(args: &LoadgenArgs) -> anyhow::Result<Report> {
     }
     if let (Some(task), Some(path)) = (csv, &args.csv) {
         task.abort();
+        // Not before it stopped: a row it was writing would interleave with the last one.
+        let _ = task.await;
         let row = window.lock().expect("not poisoned").row(started.elapsed().as_secs_f64());
         let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
-        writeln!(file, "{row}")?;
+        file.write_all(format!("{row}\n").as_bytes())?;
     }
     if let Some(path) = &args.acknowledged {
         std::fs::write(path, serde_json::to_vec_pretty(&acknowledged(&source, &acked))?)?;
@@ -668,7 +676,19 @@ mod tests {
     /// requests and each repeats one sent before it.
     #[test]
     fn a_plan_sends_every_original_once_and_resends_earlier_ones() {
-        for (originals, percent) in [(0, 5), (1, 5), (7, 50), (1000, 5), (1000, 0), (999, 10), (5000, 1)] {
+        for (originals, percent) in [
+            (0, 5),
+            (1, 5),
+            (7, 50),
+            (1000, 5),
+            (1000, 0),
+            (999, 10),
+            (5000, 1),
+            (3000, 3),
+            (3000, 7),
+            (3000, 34),
+            (100, 50),
+        ] {
             let plan = Plan::of_originals(originals, percent);
             let mut sent_as_itself = vec![0; originals];
             let mut resends = 0;
@@ -685,7 +705,7 @@ mod tests {
                 }
             }
             assert!(sent_as_itself.iter().all(|n| *n == 1), "{originals}, {percent}%");
-            let want = if percent == 0 { 0 } else { plan.requests / (100 / percent as usize) };
+            let want = plan.requests * percent as usize / 100;
             assert_eq!(resends, want, "{originals}, {percent}%");
             assert_eq!(plan.originals(), originals);
         }
