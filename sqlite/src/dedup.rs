@@ -16,8 +16,9 @@
 //! flat under a steady load. A generation is
 //! also sealed, and a new one opened, once it holds [`Settings::seal_at`] ids, so that the B-tree
 //! a move writes into stays within the page cache until the horizon holds [`SEALED`] times that
-//! (beyond, a generation is sealed at a `SEALED`th of the sealed ids, so that there are about
-//! `SEALED` of them whatever the load). A lookup asks the memory mirror, then each live
+//! (beyond, a generation is sealed at a `SEALED`th of the sealed ids: about `SEALED` of them
+//! once a horizon has passed (computed), but about `SEALED` × (1 + ln(ids ÷ (`SEALED` × seal_at))) until
+//! then, 105 at 38.5 million ids; BENCHMARKS.md, "The soak"). A lookup asks the memory mirror, then each live
 //! generation, newest first; a sealed generation (it takes no more ids) is asked only if its
 //! filter (a binary fuse filter of its ids, about 9 bits an id, no false negatives, 0.4 % false
 //! positives) says it may hold the id, so that a new id costs the open generation's pages and
@@ -63,9 +64,10 @@ pub struct Settings {
 /// Generations per horizon: ids are kept between the horizon and a quarter more.
 const GENERATIONS: i64 = 4;
 
-/// About how many sealed generations a lookup asks the filters of: once the sealed ones hold
-/// more than `SEALED` × [`Settings::seal_at`] ids, a generation is sealed at a `SEALED`th of
-/// them rather than at `seal_at`.
+/// About how many sealed generations a lookup asks the filters of once a horizon has passed:
+/// once the sealed ones hold more than `SEALED` × [`Settings::seal_at`] ids, a generation is
+/// sealed at a `SEALED`th of them rather than at `seal_at` (during the first horizon their
+/// number keeps growing, as the logarithm of the ids; see the module's documentation).
 pub const SEALED: usize = 32;
 
 /// Ids moved into the open generation after each commit while a move runs (at least; twice
