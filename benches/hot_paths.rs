@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the hot paths: parsing and validating a request, metering events, the
 //! SQLite log append and the store's batch apply (without alerts, and with every tenant on a plan
-//! so that each changed counter is checked against its thresholds). Run with
-//! `cargo bench --bench hot_paths`.
+//! so that each changed counter is checked against its thresholds), and a new id's lookup in the
+//! embedded default's dedup state of many sealed generations, through their group filters and
+//! through each generation's filter. Run with `cargo bench --bench hot_paths`.
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -136,5 +137,80 @@ async fn every_tenant_on_starter(dir: &std::path::Path, catalog: &Catalog) -> st
     allowances
 }
 
-criterion_group!(benches, ingest_path, storage_path);
+/// A new id's lookup in a dedup state of 104 sealed generations and the open one, as the soak's
+/// was at 38.5 million ids (sealed at 131,072 ids, then at a 32nd of the sealed ids; their
+/// filters some 43 MB), as a reader's mirror does it for every event: through the groups'
+/// filters ([`meter_sqlite::dedup::GROUP`] generations each), and on a copy of the same file
+/// without its groups, through each generation's filter. The set-up writes the ids first (a
+/// minute or two).
+fn dedup_lookup(c: &mut Criterion) {
+    use meter_sqlite::dedup::{Dedup, Mirror, Settings};
+    use meter_sqlite::rusqlite::TransactionBehavior;
+    const SEALED: i64 = 104;
+    const PER_COMMIT: i64 = 8_192;
+    let dir = tempfile::tempdir().unwrap();
+    let grouped = dir.path().join("grouped.db");
+    let settings = Settings { horizon_us: i64::MAX / 2, ..Settings::new(0) };
+    {
+        let mut conn = meter_sqlite::open(&grouped, Durability::Normal).unwrap();
+        let mut dedup = Dedup::open(&mut conn, "ids", None, settings, 0).unwrap();
+        // Time-ordered ids: they go straight into the open generation, which is sealed full.
+        let mut ids = 0;
+        for commit in 0.. {
+            if commit % 64 == 0 {
+                let gens: i64 = conn.query_row("SELECT count(*) FROM ids_gens", [], |r| r.get(0)).unwrap();
+                if gens > SEALED {
+                    break;
+                }
+            }
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+            dedup.begin(&tx).unwrap();
+            {
+                let mut batch = dedup.batch(&tx);
+                for i in commit * PER_COMMIT..(commit + 1) * PER_COMMIT {
+                    batch.insert("t", &format!("{i:012}"), (vec![1; 32], i)).unwrap();
+                }
+            }
+            dedup.commit(tx).unwrap();
+            dedup.committed(&mut conn, 1).unwrap();
+            ids += PER_COMMIT;
+        }
+        dedup.settle_groups(&mut conn).unwrap();
+        eprintln!("dedup state of {ids} ids set up");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    }
+    let each = dir.path().join("each.db");
+    std::fs::copy(&grouped, &each).unwrap();
+    let conn = meter_sqlite::open(&each, Durability::Normal).unwrap();
+    conn.execute_batch("DELETE FROM ids_groups").unwrap();
+    drop(conn);
+    let mut g = c.benchmark_group("dedup");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(1000));
+    for (name, path) in [
+        ("lookup_new_id_104_sealed_generations_grouped", &grouped),
+        ("lookup_new_id_104_sealed_generations_each_filter", &each),
+    ] {
+        let mut conn = meter_sqlite::open(path, Durability::Normal).unwrap();
+        let mut mirror = Mirror::default();
+        let mut round = 0u64;
+        g.bench_function(name, |bench| {
+            bench.iter(|| {
+                round += 1;
+                let tx = conn.transaction().unwrap();
+                mirror.refresh(&tx, "ids").unwrap();
+                let mut found = 0;
+                for i in 0..1000u64 {
+                    // Random-looking ids never written.
+                    let id = format!("{:016x}", (round * 1000 + i).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    found += usize::from(mirror.get(&tx, "t", &id).unwrap().is_some());
+                }
+                black_box(found)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, ingest_path, storage_path, dedup_lookup);
 criterion_main!(benches);

@@ -70,6 +70,19 @@ const GENERATIONS: i64 = 4;
 /// number keeps growing, as the logarithm of the ids; see the module's documentation).
 pub const SEALED: usize = 32;
 
+/// Sealed generations a group filter covers. A lookup asks each sealed generation's filter, a
+/// load from memory that misses the cache, and until a horizon has passed there are about
+/// `SEALED` × (1 + ln(ids ÷ (`SEALED` × seal_at))) of them: 105 at 38.5 million ids, when 21.5 %
+/// of the embedded default's CPU samples were in the lookup, 90 % of those on the filters' loads
+/// (BENCHMARKS.md, "The soak"). Once `GROUP` adjacent sealed generations are in no group, the
+/// writer builds one filter of all their ids, off its thread ([`Dedup::group`]), and lookups ask
+/// it in place of theirs: about a `GROUP`th as many filters, as much memory.
+pub const GROUP: usize = 8;
+
+/// Rows a group's build reads from a generation per read transaction, so that no snapshot is
+/// held long enough to keep a checkpoint from reaching the end of the WAL.
+const GROUP_SCAN_ROWS: i64 = 65_536;
+
 /// Ids moved into the open generation after each commit while a move runs (at least; twice
 /// the ids appended since the last chunk if more). Random ids cost about 0.9-2.6 µs each to
 /// move here, so a chunk holds the writer's next commit for about 1-3 ms; at 16,384 a chunk
@@ -280,8 +293,26 @@ impl Appended {
 struct Lookup {
     tbl: String,
     sql: String,
-    /// A sealed generation's filter: it is asked only if this may hold the id.
+    /// A sealed generation's filter: it is asked only if this may hold the id (none for a
+    /// member of a group, whose filter answers for it).
     filter: Option<BinaryFuse8>,
+    /// The generation's number.
+    gen_no: i64,
+    /// Whether it is sealed.
+    sealed: bool,
+    /// The group it belongs to (its place in [`Mirror`]'s `groups`).
+    group: Option<usize>,
+}
+
+/// A filter over a run of adjacent sealed generations ([`GROUP`] of them), asked once for all
+/// of them: a lookup asks its members' B-trees only if it may hold the id.
+struct Group {
+    /// Its row in `<name>_groups`.
+    id: i64,
+    filter: BinaryFuse8,
+    /// Its live members' places in [`Mirror`]'s `lookups` (adjacent: both go by generation).
+    start: usize,
+    end: usize,
 }
 
 /// What a connection knows of the appended ids and the live generations.
@@ -291,6 +322,15 @@ pub struct Mirror {
     last_rowid: i64,
     /// Each live generation, newest first.
     lookups: Vec<Lookup>,
+    /// The group filters over sealed generations, newest first.
+    groups: Vec<Group>,
+    /// The greatest row of `<name>_groups` as last read: a greater one means a new group.
+    groups_seen: i64,
+    /// The newest generation in a group (kept with a filter or not), if any.
+    grouped_through: Option<i64>,
+    /// Filters asked, a group's or a generation's (a test's count: groups spare them).
+    #[cfg(test)]
+    filters_asked: std::cell::Cell<usize>,
     /// Filters of sealed generations built elsewhere (the writer's, from the ids it moved),
     /// taken at the next reload rather than built from the table.
     adopted: HashMap<String, BinaryFuse8>,
@@ -369,9 +409,21 @@ pub struct Dedup {
     trimmed_at: usize,
     /// The open generation as this writer last saw it.
     open: Option<Open>,
+    /// The group filter being built, off this writer's thread ([`Dedup::group`]).
+    grouping: Option<Grouping>,
+    /// The epoch at which a group's build or keeping last failed: not tried again before the
+    /// generations change.
+    group_failed: Option<Option<i64>>,
     /// Runs once between this writer's seal and its reload (tests: another writer acts there).
     #[cfg(test)]
     before_reload: Option<Box<dyn FnMut() + Send>>,
+}
+
+/// A group filter being built over generations `first..=last`.
+struct Grouping {
+    first: i64,
+    last: i64,
+    built: std::thread::JoinHandle<Result<Option<BinaryFuse8>, crate::Error>>,
 }
 
 /// One id written by the writer's open transaction.
@@ -663,7 +715,11 @@ impl Dedup {
              CREATE TABLE IF NOT EXISTS {name}_state (
                  one INTEGER PRIMARY KEY CHECK (one = 1), epoch INTEGER NOT NULL, floor INTEGER NOT NULL DEFAULT 0
              );
-             INSERT OR IGNORE INTO {name}_state (one, epoch) VALUES (1, 0);"
+             INSERT OR IGNORE INTO {name}_state (one, epoch) VALUES (1, 0);
+             CREATE TABLE IF NOT EXISTS {name}_groups (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, first_gen INTEGER NOT NULL, last_gen INTEGER NOT NULL,
+                 filter BLOB NOT NULL
+             );"
         ))?;
         // Files from before generations were sealed for their size (how many ids a sealed one
         // holds is unknown: NULL) or kept their filters (NULL: built from the table, below), and
@@ -776,6 +832,8 @@ impl Dedup {
             below_floor: false,
             trimmed_at: 0,
             open: None,
+            grouping: None,
+            group_failed: None,
             #[cfg(test)]
             before_reload: None,
         };
@@ -956,6 +1014,90 @@ impl Dedup {
         } else if self.below_floor {
             self.trim(conn)?;
         }
+        self.group(conn, false);
+        Ok(())
+    }
+
+    /// Keeps the group filter built since the last call, if any; else starts building one once
+    /// [`GROUP`] adjacent sealed generations are in no group (each is then read once, a piece
+    /// per read transaction, on a thread and a connection of its own: a generation holds up to
+    /// a `SEALED`th of the horizon's ids, and building its group's filter inside the writer's
+    /// commits would hold each of them as long). If `wait`, waits for a build under way. A
+    /// failure only leaves the generations' own filters asked: it is logged, and tried again
+    /// once the generations change.
+    fn group(&mut self, conn: &mut Connection, wait: bool) {
+        if let Some(grouping) = self.grouping.take_if(|g| wait || g.built.is_finished()) {
+            let (first, last) = (grouping.first, grouping.last);
+            let kept = match grouping.built.join() {
+                Ok(built) => built.and_then(|filter| self.keep_group(conn, first, last, filter.as_ref())),
+                Err(_) => Err(crate::Error::Task("the dedup group's build panicked".into())),
+            };
+            if let Err(e) = kept {
+                tracing::warn!(state = %self.name, first, last, error = %e, "dedup group filter not kept");
+                self.group_failed = Some(self.mirror.epoch);
+            }
+            return;
+        }
+        if self.grouping.is_some() || self.group_failed == Some(self.mirror.epoch) || self.mirror.epoch.is_none() {
+            return;
+        }
+        let gens = self.mirror.ungrouped();
+        let (Some(&first), Some(&last)) = (gens.first(), gens.get(GROUP - 1)) else { return };
+        let Some(path) = conn.path().filter(|p| !p.is_empty()).map(str::to_string) else { return };
+        let name = self.name.clone();
+        let built = std::thread::Builder::new()
+            .name(format!("{name}-group"))
+            .spawn(move || build_group(&path, &name, first, last));
+        match built {
+            Ok(built) => self.grouping = Some(Grouping { first, last, built }),
+            Err(e) => tracing::warn!(state = %self.name, error = %e, "dedup group build not started"),
+        }
+        if wait {
+            self.group(conn, true);
+        }
+    }
+
+    /// Waits for the group filter under way and keeps it, then builds and keeps every other
+    /// group due, one after the other (a benchmark's set-up; a writer's commits do this as they
+    /// go, [`Dedup::committed`]). Stops early if a build or its keeping fails (logged).
+    pub fn settle_groups(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
+        loop {
+            self.group(conn, true);
+            let tx = conn.transaction()?;
+            self.refresh(&tx)?;
+            tx.commit()?;
+            let failed = self.group_failed.is_some_and(|at| at == self.mirror.epoch);
+            if failed || (self.grouping.is_none() && self.mirror.ungrouped().len() < GROUP) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Keeps `filter` as the group of generations `first..=last` (an empty filter if none could
+    /// be built: the generations' own are asked), unless another writer kept one over any of them.
+    fn keep_group(
+        &mut self,
+        conn: &mut Connection,
+        first: i64,
+        last: i64,
+        filter: Option<&BinaryFuse8>,
+    ) -> Result<(), crate::Error> {
+        let started = std::time::Instant::now();
+        let name = &self.name;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let taken: bool = tx.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM {name}_groups WHERE last_gen >= ?1 AND first_gen <= ?2)"),
+            [first, last],
+            |r| r.get(0),
+        )?;
+        if !taken {
+            tx.execute(
+                &format!("INSERT INTO {name}_groups (first_gen, last_gen, filter) VALUES (?1, ?2, ?3)"),
+                params![first, last, encode_filter(filter)],
+            )?;
+        }
+        tx.commit()?;
+        tracing::debug!(state = %name, first, last, built = filter.is_some(), taken, took = ?started.elapsed(), "dedup group filter kept");
         Ok(())
     }
 
@@ -1280,6 +1422,7 @@ fn seal(
         tx.execute(&format!("DELETE FROM {name}_gens WHERE gen = ?1"), [number])?;
         tracing::info!(state = %name, generation = number, "dedup generation past the horizon dropped");
     }
+    tx.execute(&format!("DELETE FROM {name}_groups WHERE last_gen < (SELECT min(gen) FROM {name}_gens)"), [])?;
     Ok(tbl)
 }
 
@@ -1363,7 +1506,12 @@ impl Mirror {
     fn refresh_keeping(&mut self, tx: &Connection, name: &str, current: Option<i64>) -> Result<(), crate::Error> {
         let sql = self.sql.take().unwrap_or_else(|| {
             (
-                format!("SELECT epoch, floor FROM {name}_state"),
+                // The groups' sequence: it grows with each group kept (groups are deleted only
+                // with their generations, which changes the epoch).
+                format!(
+                    "SELECT epoch, floor, coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{name}_groups'), 0)
+                     FROM {name}_state"
+                ),
                 format!("SELECT rowid, ids, n FROM {name}_appended WHERE rowid > ?1 ORDER BY rowid"),
             )
         });
@@ -1379,7 +1527,12 @@ impl Mirror {
         sql: &(String, String),
         current: Option<i64>,
     ) -> Result<(), crate::Error> {
-        let (epoch, floor): (i64, i64) = tx.prepare_cached(&sql.0)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (epoch, floor, groups): (i64, i64, i64) =
+            tx.prepare_cached(&sql.0)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        if self.epoch == Some(epoch) && self.groups_seen != groups {
+            // A group was kept since: the same generations, fewer filters to ask.
+            self.generations(tx, name)?;
+        }
         if self.epoch != Some(epoch) {
             if current != Some(epoch) {
                 self.ids.clear();
@@ -1394,6 +1547,7 @@ impl Mirror {
             self.generations(tx, name)?;
             self.epoch = Some(epoch);
         }
+        self.groups_seen = groups;
         let mut stmt = tx.prepare_cached(&sql.1)?;
         let mut rows = stmt.query([self.last_rowid])?;
         while let Some(r) = rows.next()? {
@@ -1412,25 +1566,74 @@ impl Mirror {
     /// Reads the list of live generations as `tx` sees it (a sealed one's filter taken from
     /// those this mirror holds or adopted, else as kept in the file).
     fn generations(&mut self, tx: &Connection, name: &str) -> Result<(), crate::Error> {
-        let mut stmt = tx.prepare(&format!("SELECT tbl, from_us, until_us, ids FROM {name}_gens ORDER BY gen DESC"))?;
-        let gens: Vec<(String, i64, Option<i64>, Option<i64>)> =
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
-        self.open_since = gens.iter().find(|g| g.2.is_none()).map_or(0, |g| g.1);
-        self.sealed_ids = gens.iter().filter(|g| g.2.is_some()).map(|g| g.3.unwrap_or(0).max(0) as usize).sum();
+        let mut stmt =
+            tx.prepare(&format!("SELECT gen, tbl, from_us, until_us, ids FROM {name}_gens ORDER BY gen DESC"))?;
+        // Number, table, since, until (none: the open one) and ids held (as sealed).
+        type Gen = (i64, String, i64, Option<i64>, Option<i64>);
+        let gens: Vec<Gen> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+            .collect::<Result<_, _>>()?;
+        self.open_since = gens.iter().find(|g| g.3.is_none()).map_or(0, |g| g.2);
+        self.sealed_ids = gens.iter().filter(|g| g.3.is_some()).map(|g| g.4.unwrap_or(0).max(0) as usize).sum();
+        // The groups, newest first: those with a filter this mirror can use, and how far any
+        // reaches (a group kept without one still says its generations are taken).
+        let mut known_groups: HashMap<i64, BinaryFuse8> = self.groups.drain(..).map(|g| (g.id, g.filter)).collect();
+        let rows: Vec<(i64, i64, i64)> = tx
+            .prepare(&format!("SELECT id, first_gen, last_gen FROM {name}_groups ORDER BY first_gen DESC"))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        self.grouped_through = rows.iter().map(|g| g.2).max();
+        let mut ranges = Vec::new();
+        for (id, first, last) in rows {
+            let filter = match known_groups.remove(&id) {
+                Some(f) => Some(f),
+                None => group_filter(tx, name, id)?,
+            };
+            if let Some(filter) = filter {
+                ranges.push((first, last));
+                self.groups.push(Group { id, filter, start: 0, end: 0 });
+            }
+        }
         let mut known: HashMap<String, BinaryFuse8> = std::mem::take(&mut self.adopted);
         known.extend(self.lookups.drain(..).filter_map(|l| Some((l.tbl, l.filter?))));
-        for (tbl, _, until, _) in gens {
-            let filter = match until {
-                None => None,
-                Some(_) => match known.remove(&tbl) {
+        for (gen_no, tbl, _, until, _) in gens {
+            let sealed = until.is_some();
+            let group = match sealed {
+                true => ranges.iter().position(|&(first, last)| (first..=last).contains(&gen_no)),
+                false => None,
+            };
+            let filter = match (sealed, group) {
+                (false, _) | (true, Some(_)) => None,
+                (true, None) => match known.remove(&tbl) {
                     Some(f) => Some(f),
                     None => self.kept_filter(tx, name, &tbl)?,
                 },
             };
+            if let Some(g) = group {
+                let at = self.lookups.len();
+                let group = &mut self.groups[g];
+                if group.start == group.end {
+                    group.start = at;
+                }
+                group.end = at + 1;
+            }
             let sql = format!("SELECT hash, key FROM {tbl} WHERE id = ?1 AND tenant = ?2");
-            self.lookups.push(Lookup { tbl, sql, filter });
+            self.lookups.push(Lookup { tbl, sql, filter, gen_no, sealed, group });
         }
         Ok(())
+    }
+
+    /// The sealed generations in no group, oldest first, above the newest grouped one: those a
+    /// writer groups next.
+    fn ungrouped(&self) -> Vec<i64> {
+        let mut gens: Vec<i64> = self
+            .lookups
+            .iter()
+            .filter(|l| l.sealed && l.group.is_none() && self.grouped_through.is_none_or(|t| l.gen_no > t))
+            .map(|l| l.gen_no)
+            .collect();
+        gens.sort_unstable();
+        gens
     }
 
     /// The filter of the sealed generation `tbl` as kept in the file; built from the table if
@@ -1478,8 +1681,28 @@ impl Mirror {
                 return Ok(Some(self.moving[i].value.clone()));
             }
         }
-        for Lookup { tbl, sql, filter } in &self.lookups {
-            if filter.as_ref().is_some_and(|f| !f.contains(&fp)) || skip == Some(tbl.as_str()) {
+        let mut at = 0;
+        while let Some(Lookup { tbl, sql, filter, group, .. }) = self.lookups.get(at) {
+            at += 1;
+            if let Some(g) = group.map(|g| &self.groups[g])
+                && g.start == at - 1
+            {
+                // The first of a group's members: its filter answers for them all.
+                #[cfg(test)]
+                self.filters_asked.set(self.filters_asked.get() + 1);
+                if !g.filter.contains(&fp) {
+                    at = g.end;
+                    continue;
+                }
+            }
+            if let Some(f) = filter {
+                #[cfg(test)]
+                self.filters_asked.set(self.filters_asked.get() + 1);
+                if !f.contains(&fp) {
+                    continue;
+                }
+            }
+            if skip == Some(tbl.as_str()) {
                 continue;
             }
             #[cfg(test)]
@@ -1495,6 +1718,78 @@ impl Mirror {
             }
         }
         Ok(None)
+    }
+}
+
+/// The filter of the group of generations `first..=last` of `name` in the file at `path`, from
+/// their tables (a generation dropped meanwhile is passed over), read [`GROUP_SCAN_ROWS`] at a
+/// time in key order, each piece in a read transaction of its own.
+fn build_group(path: &str, name: &str, first: i64, last: i64) -> Result<Option<BinaryFuse8>, crate::Error> {
+    let started = std::time::Instant::now();
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let tbls: Vec<String> = conn
+        .prepare(&format!("SELECT tbl FROM {name}_gens WHERE gen BETWEEN ?1 AND ?2 AND until_us IS NOT NULL"))?
+        .query_map([first, last], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut fps = Vec::new();
+    for tbl in &tbls {
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let tx = conn.transaction()?;
+            let present = tx
+                .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [tbl], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !present {
+                break;
+            }
+            let mut rows = 0;
+            {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT id, tenant FROM {tbl} WHERE (id, tenant) > (?1, ?2) ORDER BY id, tenant LIMIT ?3"
+                ))?;
+                let (id, tenant) = after.as_ref().map_or(("", ""), |(i, t)| (i.as_str(), t.as_str()));
+                let mut found = stmt.query(params![id, tenant, GROUP_SCAN_ROWS])?;
+                let mut last_key = None;
+                while let Some(r) = found.next()? {
+                    let text = |i: usize| -> Result<&str, rusqlite::Error> { Ok(r.get_ref(i)?.as_str()?) };
+                    let (id, tenant) = (text(0)?, text(1)?);
+                    fps.push(fingerprint(tenant, id));
+                    rows += 1;
+                    if rows == GROUP_SCAN_ROWS {
+                        last_key = Some((id.to_string(), tenant.to_string()));
+                    }
+                }
+                if last_key.is_some() {
+                    after = last_key;
+                }
+            }
+            tx.commit()?;
+            if rows < GROUP_SCAN_ROWS {
+                break;
+            }
+        }
+    }
+    let n = fps.len();
+    fps.sort_unstable();
+    fps.dedup();
+    let filter = filter_of(&fps);
+    tracing::debug!(state = name, first, last, ids = n, built = filter.is_some(), took = ?started.elapsed(), "dedup group filter built");
+    Ok(filter)
+}
+
+/// The filter kept for group `id` of `name`: none if it could not be built or read (its
+/// generations' own filters are asked).
+fn group_filter(tx: &Connection, name: &str, id: i64) -> Result<Option<BinaryFuse8>, crate::Error> {
+    let blob: Vec<u8> =
+        tx.prepare_cached(&format!("SELECT filter FROM {name}_groups WHERE id = ?1"))?.query_row([id], |r| r.get(0))?;
+    match decode_filter(&blob) {
+        Ok(filter) => Ok(filter),
+        Err(why) => {
+            tracing::warn!(state = name, group = id, why, "dedup group filter kept in the file not used");
+            Ok(None)
+        }
     }
 }
 
@@ -2264,6 +2559,97 @@ mod tests {
         // 87 (each sealed at 1 + 1/32 times the last, from 32 of seal_at); 200 at seal_at.
         assert_eq!(gens, 87, "generations for 4,000 ids");
         for i in (0..4_000).step_by(7) {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
+        }
+    }
+
+    /// Builds and keeps every group due on `d`'s file.
+    fn grouped(conn: &mut Connection, d: &mut Dedup) {
+        d.settle_groups(conn).unwrap();
+        assert!(d.group_failed.is_none());
+    }
+
+    fn groups(conn: &Connection) -> Vec<(i64, i64)> {
+        let mut stmt = conn.prepare("SELECT first_gen, last_gen FROM ids_groups ORDER BY first_gen").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    /// [`GROUP`] adjacent sealed generations get one filter, built off the writer's thread and
+    /// kept in the file: a lookup asks it once for them all, their B-trees only if it may hold
+    /// the id. Every id is still found, by the writer, by a reader and after a restart; a new
+    /// id costs about a filter per group and one per generation in none. Groups go with their
+    /// generations past the horizon.
+    #[test]
+    fn sealed_generations_are_asked_through_a_group_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 10, seal_at: 20, straight: false, ..Settings::new(1_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        for batch in 0..34 {
+            commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 1);
+        }
+        grouped(&mut conn, &mut d);
+        let gens = tables(&conn).len();
+        assert_eq!(gens, 18, "17 sealed generations and the open one");
+        assert_eq!(groups(&conn), [(1, 8), (9, 16)], "two groups of {GROUP}");
+        assert_eq!(filtered(&d), (18, 1), "only the sealed generation in no group keeps its own filter");
+        for i in 0..340 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "the writer sees {i}");
+        }
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mirror = started(&mut reader);
+        assert_eq!(started_with(&mirror), (0, 1), "a reader reads the groups' filters from the file");
+        sees_all(&mut reader, &mirror, 0..340);
+        let (filters, probes) = (mirror.filters_asked.get(), mirror.probes.get());
+        {
+            let tx = reader.transaction().unwrap();
+            for i in 340..1_340 {
+                assert_eq!(mirror.get(&tx, "t", &format!("e{i}")).unwrap(), None, "never written: {i}");
+            }
+        }
+        let (filters, probes) = (mirror.filters_asked.get() - filters, mirror.probes.get() - probes);
+        assert_eq!(filters, 3_000, "two groups' filters and one generation's for each new id, not 17");
+        // The open generation's B-tree for each; a group's members only on a false positive of
+        // its filter (0.4 %: about 8 × 8 of 2,000), a lone one's on its own (about 4 of 1,000).
+        assert!((1_000..1_150).contains(&probes), "{probes} B-trees asked for 1,000 new ids");
+
+        // A restart: the groups come from the file, and the writer groups no generation twice.
+        drop((conn, d));
+        let (mut conn, mut d) = writer(&path, settings, 2);
+        assert_eq!(filtered(&d), (18, 1));
+        for i in 0..340 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i} after a restart");
+        }
+        for batch in 34..50 {
+            commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 3);
+        }
+        grouped(&mut conn, &mut d);
+        assert_eq!(groups(&conn), [(1, 8), (9, 16), (17, 24)]);
+        let mirror = started(&mut reader);
+        sees_all(&mut reader, &mirror, 0..500);
+
+        // Past the horizon, generations go and their groups with them; a group with members
+        // left is asked for those.
+        let min_gen =
+            |conn: &Connection| -> i64 { conn.query_row("SELECT min(gen) FROM ids_gens", [], |r| r.get(0)).unwrap() };
+        for batch in 50..55 {
+            commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 1_002);
+        }
+        assert_eq!(min_gen(&conn), 18, "those sealed at 1 are past the horizon at 1,002");
+        assert_eq!(groups(&conn), [(17, 24)], "the groups of only those went with them");
+        let mirror = started(&mut reader);
+        assert_eq!(seen(&mut conn, &mut d, 10), None, "arrived at 1: dropped");
+        sees_all(&mut reader, &mirror, 340..550);
+        for i in 340..550 {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
+        }
+        for batch in 55..60 {
+            commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 1_004);
+        }
+        assert!(min_gen(&conn) > 24, "those sealed at 3 are past the horizon at 1,004");
+        assert_eq!(groups(&conn), [], "and the last group with them");
+        assert_eq!(seen(&mut conn, &mut d, 400), None, "arrived at 3: dropped");
+        for i in 500..600 {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
         }
     }
