@@ -157,11 +157,9 @@ fn dedup_lookup(c: &mut Criterion) {
         // Time-ordered ids: they go straight into the open generation, which is sealed full.
         let mut ids = 0;
         for commit in 0.. {
-            if commit % 64 == 0 {
-                let gens: i64 = conn.query_row("SELECT count(*) FROM ids_gens", [], |r| r.get(0)).unwrap();
-                if gens > SEALED {
-                    break;
-                }
+            let gens: i64 = conn.query_row("SELECT count(*) FROM ids_gens", [], |r| r.get(0)).unwrap();
+            if gens > SEALED {
+                break;
             }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
             dedup.begin(&tx).unwrap();
