@@ -87,9 +87,9 @@ pub const GROUP: usize = 8;
 const GROUP_SCAN_ROWS: i64 = 65_536;
 
 /// Ids at most (about: fingerprints are spread evenly) in each part of a group's filter
-/// ([`Parted`]). xorf's construction takes some 24 bytes an id: a group of 10 million ids built
-/// whole held about 240 MB beside its 80 MB of fingerprints, where the filters of every
-/// generation took 43 MB (the soak's), and built in parts 25 MB.
+/// ([`Parted`]). xorf's construction takes some 24 bytes an id (computed from its arrays, not
+/// measured): a group of 10 million ids built whole would hold about 240 MB beside its 80 MB of
+/// fingerprints, where the filters of every generation took 43 MB in the soak; in parts, 25 MB.
 const GROUP_PART: usize = 1 << 20;
 
 /// How long after a group's build or keeping failed none is started again.
