@@ -417,7 +417,7 @@ pub struct Mirror {
     lookups: Vec<Lookup>,
     /// The group filters over sealed generations, newest first.
     groups: Vec<Group>,
-    /// The greatest row of `<name>_groups` as last read: a greater one means a new group.
+    /// The groups' `AUTOINCREMENT` sequence as last read: another value means a group was kept.
     groups_seen: i64,
     /// The newest generation in a group (kept with a filter or not), if any.
     grouped_through: Option<i64>,
@@ -1743,17 +1743,11 @@ impl Mirror {
         Ok(())
     }
 
-    /// The sealed generations in no group, oldest first, above the newest grouped one: those a
-    /// writer groups next.
+    /// The sealed generations above the newest grouped one, oldest first: those a writer
+    /// groups next.
     fn ungrouped(&self) -> Vec<i64> {
-        let mut gens: Vec<i64> = self
-            .lookups
-            .iter()
-            .filter(|l| l.sealed && l.group.is_none() && self.grouped_through.is_none_or(|t| l.gen_no > t))
-            .map(|l| l.gen_no)
-            .collect();
-        gens.sort_unstable();
-        gens
+        let above = |l: &&Lookup| l.sealed && self.grouped_through.is_none_or(|t| l.gen_no > t);
+        self.lookups.iter().rev().filter(above).map(|l| l.gen_no).collect()
     }
 
     /// The filter of the sealed generation `tbl` as kept in the file; built from the table if
@@ -2841,6 +2835,41 @@ mod tests {
         assert_eq!(seen(&mut conn, &mut d, 400), None, "arrived at 3: dropped");
         for i in 500..600 {
             assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i}");
+        }
+    }
+
+    /// A group's filter that cannot be read from the file (damaged) is passed over: a connection
+    /// asks its generations' own filters and still finds every id. A database in memory, which
+    /// no other connection can read, gets no group, and settling them ends.
+    #[test]
+    fn an_unreadable_group_filter_leaves_the_generations_own_and_memory_gets_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let settings = Settings { flush_at: 10, seal_at: 20, straight: false, ..Settings::new(1_000) };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        for batch in 0..20 {
+            commit(&mut conn, &mut d, batch * 10..batch * 10 + 10, 1);
+        }
+        grouped(&mut conn, &mut d);
+        assert_eq!(groups(&conn), [(1, 8)]);
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let alone = started_with(&started(&mut reader)).1;
+        conn.execute("UPDATE ids_groups SET filter = substr(filter, 1, length(filter) - 1)", []).unwrap();
+        let mirror = started(&mut reader);
+        assert_eq!(started_with(&mirror), (0, alone + GROUP), "each member's own filter, read from the file");
+        sees_all(&mut reader, &mirror, 0..200);
+
+        let mut memory = Connection::open_in_memory().unwrap();
+        let mut d = Dedup::open(&mut memory, "ids", None, settings, 0).unwrap();
+        for batch in 0..20 {
+            commit(&mut memory, &mut d, batch * 10..batch * 10 + 10, 1);
+        }
+        d.settle_groups(&mut memory).unwrap();
+        assert!(d.group_failed.is_some() && d.grouping.is_none());
+        let none: i64 = memory.query_row("SELECT count(*) FROM ids_groups", [], |r| r.get(0)).unwrap();
+        assert_eq!(none, 0);
+        for i in 0..200 {
+            assert_eq!(seen(&mut memory, &mut d, i), Some(value(i)), "{i}");
         }
     }
 
