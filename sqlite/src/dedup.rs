@@ -38,10 +38,10 @@
 //! and keeps the fingerprints of those it put straight into the open generation
 //! ([`Batch::insert`], [`Dedup::rollback_to`]), so a rolled back request leaves nothing behind.
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 use siphasher::sip::SipHasher13;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use xorf::{BinaryFuse8, Descriptor, Filter};
 
 /// A stored id's value: the event's payload hash and its place in the log (the store keeps
@@ -107,6 +107,10 @@ pub const MOVE_CHUNK: usize = 1_024;
 /// at a time).
 const MOVE_ROWS: usize = 64;
 
+/// Bytes of tenant and id a writer's mirror has room for per id it has room for (the load
+/// generator's random ids and their tenant take about 50; more grows the buffer by copying).
+const TEXT_ROOM: usize = 64;
+
 /// Moved rows of appended ids deleted after each commit once a move has ended (at least; twice
 /// the rows appended since the last piece if more). A row holds the ids one transaction
 /// appended. When each id had a row, a move's last chunk deleted every row it moved, 131,072 at
@@ -139,21 +143,6 @@ impl Settings {
 
 /// `(tenant, id)`.
 type Key = (String, String);
-
-/// A `(tenant, id)` looked up without copying it: hashes and compares as a [`Key`].
-pub(crate) struct Probe<'a>(pub(crate) &'a str, pub(crate) &'a str);
-
-impl Hash for Probe<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self.0, self.1).hash(state);
-    }
-}
-
-impl Equivalent<Key> for Probe<'_> {
-    fn equivalent(&self, key: &Key) -> bool {
-        self.0 == key.0 && self.1 == key.1
-    }
-}
 
 /// What a filter is built from: a `(tenant, id)`'s 64-bit hash. Filters are kept in the file,
 /// so the hash must not change between builds: SipHash-1-3 with zero keys over the tenant's
@@ -328,21 +317,39 @@ const GROUP_FORMAT: u8 = 1;
 /// The fingerprints of every id in the open generation, while its writer knows them all.
 type Fingerprints = hashbrown::HashSet<u64>;
 
-/// An appended id a mirror holds: its key, its value and its [`fingerprint`].
+/// An appended id a mirror holds: where its tenant and id are in its list's `text` (one after
+/// the other), where its value's bytes are in the list's `bytes`, the value's number and its
+/// [`fingerprint`].
+#[derive(Clone, Copy)]
 struct Entry {
-    key: Key,
-    value: Value,
+    text: usize,
+    tenant: u32,
+    id: u32,
+    bytes: usize,
+    len: u32,
+    number: i64,
     fp: u64,
 }
 
 /// The appended ids a mirror holds, in the order it learned them, found through an index of
 /// their places hashed by fingerprint. A move takes the whole list at once, and the index is 4
 /// bytes a slot, where a map of the entries themselves (80 bytes a slot) made every insert
-/// touch a random line of some 20 MB at 131,072 ids.
+/// touch a random line of some 20 MB at 131,072 ids. Their strings and values' bytes are kept
+/// in two buffers rather than each in an allocation of its own: a move sorts the ids and binds
+/// them in that order, and reading each from wherever the allocator had put it was a cache miss
+/// (a tenth of the embedded default's CPU with random ids; BENCHMARKS.md).
 #[derive(Default)]
 struct Appended {
     entries: Vec<Entry>,
+    text: String,
+    bytes: Vec<u8>,
     index: hashbrown::HashTable<u32>,
+    /// What [`Appended::sort`] sorts and the entries in their new order, kept with their room.
+    sorting: (Vec<(u128, u32)>, Vec<Entry>),
+}
+
+fn len_of(bytes: &[u8]) -> u32 {
+    u32::try_from(bytes.len()).expect("a value shorter than 4 GiB")
 }
 
 impl Appended {
@@ -350,34 +357,152 @@ impl Appended {
         self.entries.len()
     }
 
-    fn get(&self, tenant: &str, id: &str, fp: u64) -> Option<&Value> {
-        let entries = &self.entries;
-        let at = self.index.find(fp, |&i| {
-            let e = &entries[i as usize];
-            e.fp == fp && e.key.0 == tenant && e.key.1 == id
-        })?;
-        Some(&entries[*at as usize].value)
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
-    /// Holds `key` with `value` (`fp` its fingerprint), replacing the value it held.
-    fn insert(&mut self, key: Key, value: Value, fp: u64) {
-        let entries = &mut self.entries;
-        let found = self.index.find(fp, |&i| {
-            let e = &entries[i as usize];
-            e.fp == fp && e.key == key
-        });
-        if let Some(&i) = found {
-            entries[i as usize].value = value;
-            return;
+    fn tenant(&self, e: &Entry) -> &str {
+        &self.text[e.text..e.text + e.tenant as usize]
+    }
+
+    fn id(&self, e: &Entry) -> &str {
+        let at = e.text + e.tenant as usize;
+        &self.text[at..at + e.id as usize]
+    }
+
+    /// Its key as a generation sorts it: the id, then the tenant.
+    fn sorted(&self, e: &Entry) -> (&str, &str) {
+        (self.id(e), self.tenant(e))
+    }
+
+    /// Its value's bytes and number as a generation's row holds them (none for no bytes).
+    fn nullable(&self, e: &Entry) -> (Option<&[u8]>, Option<i64>) {
+        match e.len {
+            0 => (None, None),
+            len => (Some(&self.bytes[e.bytes..e.bytes + len as usize]), Some(e.number)),
         }
-        let i = u32::try_from(entries.len()).expect("fewer than 2^32 appended ids in a mirror");
-        entries.push(Entry { key, value, fp });
+    }
+
+    fn value(&self, e: &Entry) -> Value {
+        (self.bytes[e.bytes..e.bytes + e.len as usize].to_vec(), e.number)
+    }
+
+    fn find(&self, tenant: &str, id: &str, fp: u64) -> Option<usize> {
+        let at = self.index.find(fp, |&i| {
+            let e = &self.entries[i as usize];
+            e.fp == fp && self.tenant(e) == tenant && self.id(e) == id
+        })?;
+        Some(*at as usize)
+    }
+
+    fn get(&self, tenant: &str, id: &str, fp: u64) -> Option<Value> {
+        self.find(tenant, id, fp).map(|i| self.value(&self.entries[i]))
+    }
+
+    /// Holds `(tenant, id)` with `value` (`fp` its fingerprint), replacing the value it held.
+    fn insert(&mut self, tenant: &str, id: &str, value: (&[u8], i64), fp: u64) {
+        match self.find(tenant, id, fp) {
+            Some(i) => {
+                let bytes = self.bytes.len();
+                self.bytes.extend_from_slice(value.0);
+                let e = &mut self.entries[i];
+                (e.bytes, e.len, e.number) = (bytes, len_of(value.0), value.1);
+            }
+            None => self.insert_new(tenant, id, value, fp),
+        }
+    }
+
+    /// Holds `(tenant, id)`, which it does not hold, with `value` (`fp` its fingerprint).
+    fn insert_new(&mut self, tenant: &str, id: &str, value: (&[u8], i64), fp: u64) {
+        debug_assert!(self.find(tenant, id, fp).is_none(), "an appended id held twice");
+        let bytes = self.bytes.len();
+        self.bytes.extend_from_slice(value.0);
+        let text = self.text.len();
+        self.text.push_str(tenant);
+        self.text.push_str(id);
+        let i = u32::try_from(self.entries.len()).expect("fewer than 2^32 appended ids in a mirror");
+        self.entries.push(Entry {
+            text,
+            tenant: u32::try_from(tenant.len()).expect("a tenant shorter than 4 GiB"),
+            id: u32::try_from(id.len()).expect("an id shorter than 4 GiB"),
+            bytes,
+            len: len_of(value.0),
+            number: value.1,
+            fp,
+        });
         let entries = &self.entries;
         self.index.insert_unique(fp, i, |&j| entries[j as usize].fp);
     }
 
+    /// Takes `other`'s entries after its own (without indexing them: a moving list's use).
+    fn append(&mut self, other: &Appended) {
+        let (text, bytes) = (self.text.len(), self.bytes.len());
+        self.text.push_str(&other.text);
+        self.bytes.extend_from_slice(&other.bytes);
+        self.entries.extend(other.entries.iter().map(|e| Entry { text: e.text + text, bytes: e.bytes + bytes, ..*e }));
+    }
+
+    /// Takes `other`'s entries, none of which it holds, after its own, indexed.
+    fn extend(&mut self, other: &Appended) {
+        let from = self.entries.len();
+        self.append(other);
+        let entries = &self.entries;
+        for (i, e) in entries.iter().enumerate().skip(from) {
+            let i = u32::try_from(i).expect("fewer than 2^32 appended ids in a mirror");
+            self.index.insert_unique(e.fp, i, |&j| entries[j as usize].fp);
+        }
+    }
+
+    /// Keeps its first `len` entries (of a list that took only new ids: a replaced value's
+    /// bytes would be after the next entry's).
+    fn truncate(&mut self, len: usize) {
+        let Some(&Entry { text, bytes, .. }) = self.entries.get(len) else { return };
+        self.index.retain(|i| (*i as usize) < len);
+        self.entries.truncate(len);
+        self.text.truncate(text);
+        self.bytes.truncate(bytes);
+    }
+
+    /// Sorts the entries as a generation's key (id, then tenant), leaving the index stale. The
+    /// sort compares 16 bytes of each id read once, after the prefix every id shares (random ids
+    /// from one source share one), and reads the ids themselves only where those are equal:
+    /// comparing the strings in place read two random places of the text for every comparison.
+    fn sort(&mut self) {
+        let Appended { entries, text, sorting: (order, sorted), .. } = self;
+        let key = |e: &Entry| {
+            let id = e.text + e.tenant as usize;
+            (&text.as_bytes()[id..id + e.id as usize], &text.as_bytes()[e.text..id])
+        };
+        let Some(first) = entries.first() else { return };
+        let mut shared = key(first).0;
+        for e in entries.iter() {
+            let id = key(e).0;
+            let same = shared.iter().zip(id).take_while(|(a, b)| a == b).count();
+            shared = &shared[..same];
+        }
+        let skip = shared.len();
+        order.clear();
+        order.extend(entries.iter().enumerate().map(|(i, e)| {
+            // The id's next 16 bytes, zeros after its end: where two differ, so do the ids,
+            // the same way (a shorter id sorts first, and an id's byte is never below 0).
+            let mut next = [0u8; 16];
+            let rest = &key(e).0[skip..];
+            let n = rest.len().min(16);
+            next[..n].copy_from_slice(&rest[..n]);
+            (u128::from_be_bytes(next), i as u32)
+        }));
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| key(&entries[a.1 as usize]).cmp(&key(&entries[b.1 as usize])))
+        });
+        sorted.clear();
+        sorted.extend(order.iter().map(|&(_, i)| entries[i as usize]));
+        std::mem::swap(entries, sorted);
+    }
+
     fn clear(&mut self) {
         self.entries.clear();
+        self.text.clear();
+        self.bytes.clear();
         self.index.clear();
     }
 }
@@ -447,7 +572,7 @@ pub struct Mirror {
     ids: Appended,
     /// The ids a move takes into the open generation, sorted as its key (id, then tenant):
     /// still appended until the move's last transaction. Only the writer's mirror has any.
-    moving: Vec<Entry>,
+    moving: Appended,
     /// Their fingerprints as a set: a lookup searches `moving` only for an id whose
     /// fingerprint is there (a binary search over up to 131,072 strings for every new id was
     /// 7-9 % of the embedded default's CPU samples with random ids; BENCHMARKS.md).
@@ -470,9 +595,10 @@ pub struct Dedup {
     /// Deletes the moved rows below the floor among the `?1` rowids from the oldest
     /// ([`Dedup::trim`]).
     trim_sql: String,
-    /// Ids appended in the open transaction: their place in `written`, their values and their
-    /// fingerprints.
-    staged: HashMap<Key, (usize, Value, u64)>,
+    /// Ids appended in the open transaction, with their values, and (`staged_at`, one for each)
+    /// their places in `written`.
+    staged: Appended,
+    staged_at: Vec<usize>,
     /// Ids written straight into the open generation in the open transaction: their place in
     /// `written` and their fingerprints (the generation's table holds them; a savepoint rolled
     /// back takes them out of it).
@@ -553,7 +679,7 @@ fn blob<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r [u8], rusqlite::Er
 
 /// Hands each id of a row of `<name>_appended` (its `ids`, which hold `n`) to `each`, in the
 /// order they were appended.
-fn decode_appended(blob: &[u8], n: i64, mut each: impl FnMut(Key, Value)) -> Result<(), rusqlite::Error> {
+fn decode_appended(blob: &[u8], n: i64, mut each: impl FnMut(&str, &str, (&[u8], i64))) -> Result<(), rusqlite::Error> {
     fn corrupt(why: String) -> rusqlite::Error {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, why.into())
     }
@@ -569,16 +695,16 @@ fn decode_appended(blob: &[u8], n: i64, mut each: impl FnMut(Key, Value)) -> Res
         let len = u32::from_le_bytes(take(rest, 4)?.try_into().expect("4 bytes")) as usize;
         take(rest, len)
     }
-    fn text(bytes: &[u8]) -> Result<String, rusqlite::Error> {
-        String::from_utf8(bytes.to_vec()).map_err(|e| corrupt(format!("appended ids: {e}")))
+    fn text(bytes: &[u8]) -> Result<&str, rusqlite::Error> {
+        std::str::from_utf8(bytes).map_err(|e| corrupt(format!("appended ids: {e}")))
     }
     let (mut rest, mut found) = (blob, 0);
     while !rest.is_empty() {
         let tenant = text(part(&mut rest)?)?;
         let id = text(part(&mut rest)?)?;
-        let bytes = part(&mut rest)?.to_vec();
+        let bytes = part(&mut rest)?;
         let number = i64::from_le_bytes(take(&mut rest, 8)?.try_into().expect("8 bytes"));
-        each((tenant, id), (bytes, number));
+        each(tenant, id, (bytes, number));
         found += 1;
     }
     match found == n {
@@ -707,11 +833,11 @@ impl Batch<'_, '_> {
     /// refuses a copy by itself (one statement where a lookup and an insert were two).
     pub fn insert_new(&mut self, tenant: &str, id: &str, value: Value) -> Result<Option<Value>, crate::Error> {
         let d = &*self.dedup;
-        if let Some((_, v, _)) = d.staged.get(&Probe(tenant, id)) {
-            return Ok(Some(v.clone()));
+        let fp = fingerprint(tenant, id);
+        if let Some(v) = d.staged.get(tenant, id, fp) {
+            return Ok(Some(v));
         }
         let straight = d.straight(tenant, id);
-        let fp = fingerprint(tenant, id);
         // The open generation is not asked about an id going straight in (its key refuses a
         // copy), nor about one its fingerprints say it does not hold. Those are the ids this
         // writer committed there; an id it put there in this transaction went straight, and so
@@ -764,7 +890,8 @@ impl Batch<'_, '_> {
             None => {
                 d.written.push(Written::Appended { at: d.buffer.len() });
                 encode_appended(&mut d.buffer, tenant, id, &value);
-                d.staged.insert((tenant.to_string(), id.to_string()), (n, value, fp));
+                d.staged.insert_new(tenant, id, (&value.0, value.1), fp);
+                d.staged_at.push(n);
             }
         }
         Ok(true)
@@ -918,7 +1045,8 @@ impl Dedup {
                 "DELETE FROM {name}_appended
                  WHERE rowid < min((SELECT floor FROM {name}_state), (SELECT min(rowid) FROM {name}_appended) + ?1)"
             ),
-            staged: HashMap::new(),
+            staged: Appended::default(),
+            staged_at: Vec::new(),
             took: Vec::new(),
             top: None,
             written: Vec::new(),
@@ -953,6 +1081,7 @@ impl Dedup {
     /// other writers appended, forgets anything staged by a transaction that did not commit.
     pub fn begin(&mut self, tx: &Connection) -> Result<(), crate::Error> {
         self.staged.clear();
+        self.staged_at.clear();
         self.took.clear();
         self.top = None;
         self.written.clear();
@@ -998,8 +1127,8 @@ impl Dedup {
     /// The value of `(tenant, id)`, if it was seen: staged in this transaction, appended, or in a
     /// live generation.
     pub fn get(&self, tx: &Connection, tenant: &str, id: &str) -> Result<Option<Value>, crate::Error> {
-        if let Some((_, v, _)) = self.staged.get(&Probe(tenant, id)) {
-            return Ok(Some(v.clone()));
+        if let Some(v) = self.staged.get(tenant, id, fingerprint(tenant, id)) {
+            return Ok(Some(v));
         }
         self.mirror.get(tx, tenant, id)
     }
@@ -1051,9 +1180,9 @@ impl Dedup {
         if self.top.as_ref().is_some_and(|(n, _)| *n >= mark) {
             self.top = None;
         }
-        if !self.staged.is_empty() {
-            self.staged.retain(|_, (n, _, _)| *n < mark);
-        }
+        let keep = self.staged_at.partition_point(|&n| n < mark);
+        self.staged.truncate(keep);
+        self.staged_at.truncate(keep);
     }
 
     /// Writes the ids the open transaction appended, as one row, then commits it (the writer's
@@ -1086,9 +1215,10 @@ impl Dedup {
             self.buffer.is_empty() && (self.staged.is_empty() || self.flushed.is_some()),
             "ids appended in a transaction committed without Dedup::commit"
         );
-        for (key, (_, value, fp)) in self.staged.drain() {
-            self.mirror.ids.insert(key, value, fp);
-        }
+        // Each was looked up before it was written: none is held yet.
+        self.mirror.ids.extend(&self.staged);
+        self.staged.clear();
+        self.staged_at.clear();
         // An id goes straight in only while the open generation is known.
         if let Some(open) = self.open.as_mut() {
             open.took(&self.took, self.top.take());
@@ -1312,14 +1442,14 @@ impl Dedup {
         };
         let mut inserted = 0;
         {
-            let mut rows = ids[m.done..end].chunks_exact(MOVE_ROWS);
+            let mut rows = ids.entries[m.done..end].chunks_exact(MOVE_ROWS);
             if rows.len() > 0 {
                 let mut insert = tx.prepare_cached(&m.insert_rows)?;
                 for chunk in &mut rows {
-                    for (j, Entry { key: (tenant, id), value, .. }) in chunk.iter().enumerate() {
-                        let (hash, at) = nullable(value);
-                        insert.raw_bind_parameter(4 * j + 1, id)?;
-                        insert.raw_bind_parameter(4 * j + 2, tenant)?;
+                    for (j, e) in chunk.iter().enumerate() {
+                        let (hash, at) = ids.nullable(e);
+                        insert.raw_bind_parameter(4 * j + 1, ids.id(e))?;
+                        insert.raw_bind_parameter(4 * j + 2, ids.tenant(e))?;
                         insert.raw_bind_parameter(4 * j + 3, hash)?;
                         insert.raw_bind_parameter(4 * j + 4, at)?;
                     }
@@ -1327,13 +1457,13 @@ impl Dedup {
                 }
             }
             let mut insert = tx.prepare_cached(&m.insert)?;
-            for Entry { key: (tenant, id), value, .. } in rows.remainder() {
-                let (hash, at) = nullable(value);
-                inserted += insert.execute(params![id, tenant, hash, at])?;
+            for e in rows.remainder() {
+                let (hash, at) = ids.nullable(e);
+                inserted += insert.execute(params![ids.id(e), ids.tenant(e), hash, at])?;
             }
         }
         if let Some(fps) = open.fps.as_mut() {
-            fps.extend(ids[m.done..end].iter().map(|e| e.fp));
+            fps.extend(ids.entries[m.done..end].iter().map(|e| e.fp));
         }
         // The rows an earlier move left below the floor go at this move's pace, so that they
         // never pile up, however large the commits (between moves [`Dedup::trim`] goes on).
@@ -1367,10 +1497,10 @@ impl Dedup {
             return Err(e.into());
         }
         open.ids += inserted;
-        if let Some(Entry { key, .. }) =
-            ids[..end].last().filter(|e| open.max.as_ref().is_none_or(|m| above(&e.key.0, &e.key.1, m)))
+        if let Some(e) =
+            ids.entries[..end].last().filter(|e| open.max.as_ref().is_none_or(|m| above(ids.tenant(e), ids.id(e), m)))
         {
-            open.max = Some(key.clone());
+            open.max = Some((ids.tenant(e).to_string(), ids.id(e).to_string()));
         }
         m.done = end;
         m.arrived = arrived;
@@ -1483,7 +1613,9 @@ impl Dedup {
             ))?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                decode_appended(blob(r, 0)?, r.get(1)?, |key, value| appended.push((key, value)))?;
+                decode_appended(blob(r, 0)?, r.get(1)?, |tenant, id, (bytes, number)| {
+                    appended.push(((tenant.to_string(), id.to_string()), (bytes.to_vec(), number)))
+                })?;
             }
         }
         appended.sort_unstable_by(|(a, _), (b, _)| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
@@ -1584,9 +1716,11 @@ impl Mirror {
     fn reserved(flush_at: usize) -> Self {
         let room = flush_at.saturating_add(flush_at / 2);
         let mut mirror = Mirror::default();
-        mirror.ids.entries.reserve(room);
-        mirror.ids.index.reserve(room, |_| 0);
-        mirror.moving.reserve(room);
+        for list in [&mut mirror.ids, &mut mirror.moving] {
+            list.entries.reserve(room);
+            list.text.reserve(room * TEXT_ROOM);
+            list.index.reserve(room, |_| 0);
+        }
         mirror.moving_set.reserve(room);
         mirror
     }
@@ -1596,15 +1730,15 @@ impl Mirror {
     fn freeze(&mut self) {
         if self.moving.is_empty() {
             // The lists trade places: each keeps its capacity for the next time.
-            std::mem::swap(&mut self.moving, &mut self.ids.entries);
+            std::mem::swap(&mut self.moving, &mut self.ids);
         } else {
-            self.moving.append(&mut self.ids.entries);
+            self.moving.append(&self.ids);
         }
         self.ids.clear();
-        self.moving
-            .sort_unstable_by(|a, b| (a.key.1.as_str(), a.key.0.as_str()).cmp(&(b.key.1.as_str(), b.key.0.as_str())));
+        self.moving.index.clear();
+        self.moving.sort();
         self.moving_set.clear();
-        self.moving_set.extend(self.moving.iter().map(|e| e.fp));
+        self.moving_set.extend(self.moving.entries.iter().map(|e| e.fp));
     }
 
     /// Forgets the moving ids (moved, or still appended and read again).
@@ -1671,9 +1805,8 @@ impl Mirror {
         let mut rows = stmt.query([self.last_rowid])?;
         while let Some(r) = rows.next()? {
             let ids = &mut self.ids;
-            decode_appended(blob(r, 1)?, r.get(2)?, |key, value| {
-                let fp = fingerprint(&key.0, &key.1);
-                ids.insert(key, value, fp);
+            decode_appended(blob(r, 1)?, r.get(2)?, |tenant, id, value| {
+                ids.insert(tenant, id, value, fingerprint(tenant, id));
             })?;
             // Only once the row is read: a row that failed is read again at the next refresh
             // (the ids it gave before failing are taken again, as they are).
@@ -1786,13 +1919,14 @@ impl Mirror {
         fp: u64,
     ) -> Result<Option<Value>, crate::Error> {
         if let Some(v) = self.ids.get(tenant, id, fp) {
-            return Ok(Some(v.clone()));
+            return Ok(Some(v));
         }
         if self.moving_set.contains(&fp) {
             #[cfg(test)]
             self.searches.set(self.searches.get() + 1);
-            if let Ok(i) = self.moving.binary_search_by(|e| (e.key.1.as_str(), e.key.0.as_str()).cmp(&(id, tenant))) {
-                return Ok(Some(self.moving[i].value.clone()));
+            let moving = &self.moving;
+            if let Ok(i) = moving.entries.binary_search_by(|e| moving.sorted(e).cmp(&(id, tenant))) {
+                return Ok(Some(moving.value(&moving.entries[i])));
             }
         }
         let mut at = 0;
@@ -1938,15 +2072,6 @@ fn build_filter(tx: &Connection, tbl: &str) -> Result<Option<BinaryFuse8>, crate
 mod tests {
     use super::*;
 
-    /// The staged ids are found by a borrowed `(tenant, id)`: it must hash and compare as the
-    /// owned key, or an id counted would be taken for a new one.
-    #[test]
-    fn a_probe_finds_its_owned_key() {
-        let new: hashbrown::HashSet<Key> = [("acme".to_string(), "e-1".to_string())].into_iter().collect();
-        assert!(new.contains(&Probe("acme", "e-1")));
-        assert!(!new.contains(&Probe("acm", "ee-1")));
-    }
-
     fn value(n: i64) -> Value {
         (vec![n as u8; 4], n)
     }
@@ -2006,6 +2131,46 @@ mod tests {
         stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
     }
 
+    /// A moving list sorts as a generation's key does (id, then tenant, bytewise), whatever
+    /// the ids share: a long common prefix, ids that end inside the 16 bytes compared first,
+    /// ids equal in those 16 bytes, one id for several tenants, and text beyond ASCII.
+    #[test]
+    fn a_moving_list_sorts_as_the_generation_key() {
+        let mut ids: Vec<(String, String)> = Vec::new();
+        for i in 0..600u64 {
+            let tenant = format!("t{}", i % 7);
+            let id = match i % 6 {
+                0 => format!("lg1764889000000-{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                1 => format!("lg1764889000000-{}", i % 13),
+                2 => format!("lg1764889000000-0000000000000000{:x}", i),
+                3 => format!("lg1764889000000-é{}", i % 5),
+                4 => "lg1764889000000-".to_string(),
+                _ => format!("lg1764889000000-{:032x}-{}", i % 3, i),
+            };
+            if !ids.contains(&(tenant.clone(), id.clone())) {
+                ids.push((tenant, id));
+            }
+        }
+        let mut list = Appended::default();
+        for (tenant, id) in &ids {
+            list.insert(tenant, id, (b"", 0), fingerprint(tenant, id));
+        }
+        list.sort();
+        let got: Vec<(&str, &str)> = list.entries.iter().map(|e| list.sorted(e)).collect();
+        let mut want: Vec<(&str, &str)> = ids.iter().map(|(t, i)| (i.as_str(), t.as_str())).collect();
+        want.sort();
+        assert_eq!(got, want);
+        // Ids with nothing in common but their first byte, and an empty list.
+        let mut list = Appended::default();
+        for id in ["b", "a", "ab", "a\u{7f}", "ba"] {
+            list.insert("t", id, (b"", 0), fingerprint("t", id));
+        }
+        list.sort();
+        let got: Vec<&str> = list.entries.iter().map(|e| list.id(e)).collect();
+        assert_eq!(got, ["a", "ab", "a\u{7f}", "b", "ba"]);
+        Appended::default().sort();
+    }
+
     #[test]
     fn staged_ids_are_seen_at_once_and_a_rollback_forgets_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -2024,6 +2189,37 @@ mod tests {
         assert_eq!(seen(&mut conn, &mut d, 1), None, "a transaction that did not commit leaves nothing");
         commit(&mut conn, &mut d, [3], 0);
         assert_eq!(seen(&mut conn, &mut d, 3), Some(value(3)));
+    }
+
+    /// A savepoint rolled back forgets the ids staged after it and only those: one of them
+    /// written again is new, with its new value; what the transaction commits is what it kept,
+    /// for its writer and for a reader of the file.
+    #[test]
+    fn a_rollback_keeps_the_ids_staged_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let (mut conn, mut d) = writer(&path, Settings { straight: false, ..Settings::new(1_000_000) }, 0);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        d.begin(&tx).unwrap();
+        for i in 0..5 {
+            assert_eq!(d.insert_new(&tx, "t", &format!("e{i}"), value(i)).unwrap(), None);
+        }
+        let mark = d.mark();
+        for i in 5..9 {
+            assert_eq!(d.insert_new(&tx, "t", &format!("e{i}"), value(i)).unwrap(), None);
+        }
+        d.rollback_to(mark);
+        assert_eq!(d.insert_new(&tx, "t", "e6", value(60)).unwrap(), None, "rolled back: new again");
+        assert_eq!(d.insert_new(&tx, "t", "e2", value(20)).unwrap(), Some(value(2)), "kept");
+        assert_eq!(d.get(&tx, "t", "e7").unwrap(), None);
+        d.commit(tx).unwrap();
+        d.committed(&mut conn, 1).unwrap();
+        let mut reader = crate::open(&path, crate::Durability::Normal).unwrap();
+        let mut mirror = Mirror::default();
+        for (i, want) in [(0, Some(value(0))), (4, Some(value(4))), (5, None), (6, Some(value(60))), (8, None)] {
+            assert_eq!(seen(&mut conn, &mut d, i), want, "e{i}, its writer");
+            assert_eq!(look(&mut reader, &mut mirror, i), want, "e{i}, a reader");
+        }
     }
 
     #[test]
