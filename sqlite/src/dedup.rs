@@ -111,6 +111,10 @@ const MOVE_ROWS: usize = 64;
 /// generator's random ids and their tenant take about 50; more grows the buffer by copying).
 const TEXT_ROOM: usize = 64;
 
+/// Bytes of value likewise (the event log's hash of an event's content takes 32; the store's
+/// ids have none, and untouched room costs address space, not memory).
+const BYTES_ROOM: usize = 32;
+
 /// Moved rows of appended ids deleted after each commit once a move has ended (at least; twice
 /// the rows appended since the last piece if more). A row holds the ids one transaction
 /// appended. When each id had a row, a move's last chunk deleted every row it moved, 131,072 at
@@ -344,9 +348,11 @@ struct Appended {
     text: String,
     bytes: Vec<u8>,
     index: hashbrown::HashTable<u32>,
-    /// What [`Appended::sort`] sorts and the entries in their new order, kept with their room.
-    sorting: (Vec<(u128, u32)>, Vec<Entry>),
 }
+
+/// What [`Appended::sort`] sorts and the entries in their new order: a writer's mirror keeps
+/// them with their room between moves (some 80 bytes an id moved).
+type Sorting = (Vec<(u128, u32)>, Vec<Entry>);
 
 fn len_of(bytes: &[u8]) -> u32 {
     u32::try_from(bytes.len()).expect("a value shorter than 4 GiB")
@@ -399,17 +405,20 @@ impl Appended {
         self.find(tenant, id, fp).map(|i| self.value(&self.entries[i]))
     }
 
-    /// Holds `(tenant, id)` with `value` (`fp` its fingerprint), replacing the value it held.
+    /// Holds `(tenant, id)` with `value` (`fp` its fingerprint), replacing the value it held
+    /// (in its place if no longer: a row read again after a failure gives the same values, and
+    /// its ids would otherwise take room again at every read).
     fn insert(&mut self, tenant: &str, id: &str, value: (&[u8], i64), fp: u64) {
-        match self.find(tenant, id, fp) {
-            Some(i) => {
-                let bytes = self.bytes.len();
-                self.bytes.extend_from_slice(value.0);
-                let e = &mut self.entries[i];
-                (e.bytes, e.len, e.number) = (bytes, len_of(value.0), value.1);
-            }
-            None => self.insert_new(tenant, id, value, fp),
+        let Some(i) = self.find(tenant, id, fp) else { return self.insert_new(tenant, id, value, fp) };
+        let e = &mut self.entries[i];
+        let len = len_of(value.0);
+        if len > e.len {
+            e.bytes = self.bytes.len();
+            self.bytes.extend_from_slice(value.0);
+        } else {
+            self.bytes[e.bytes..e.bytes + len as usize].copy_from_slice(value.0);
         }
+        (e.len, e.number) = (len, value.1);
     }
 
     /// Holds `(tenant, id)`, which it does not hold, with `value` (`fp` its fingerprint).
@@ -467,8 +476,8 @@ impl Appended {
     /// sort compares 16 bytes of each id read once, after the prefix every id shares (random ids
     /// from one source share one), and reads the ids themselves only where those are equal:
     /// comparing the strings in place read two random places of the text for every comparison.
-    fn sort(&mut self) {
-        let Appended { entries, text, sorting: (order, sorted), .. } = self;
+    fn sort(&mut self, (order, sorted): &mut Sorting) {
+        let Appended { entries, text, .. } = self;
         let key = |e: &Entry| {
             let id = e.text + e.tenant as usize;
             (&text.as_bytes()[id..id + e.id as usize], &text.as_bytes()[e.text..id])
@@ -495,6 +504,8 @@ impl Appended {
             a.0.cmp(&b.0).then_with(|| key(&entries[a.1 as usize]).cmp(&key(&entries[b.1 as usize])))
         });
         sorted.clear();
+        // At least the room the list had, which it keeps (`Mirror::reserved`).
+        sorted.reserve(entries.capacity());
         sorted.extend(order.iter().map(|&(_, i)| entries[i as usize]));
         std::mem::swap(entries, sorted);
     }
@@ -573,6 +584,8 @@ pub struct Mirror {
     /// The ids a move takes into the open generation, sorted as its key (id, then tenant):
     /// still appended until the move's last transaction. Only the writer's mirror has any.
     moving: Appended,
+    /// [`Appended::sort`]'s room, kept for the next move.
+    sorting: Sorting,
     /// Their fingerprints as a set: a lookup searches `moving` only for an id whose
     /// fingerprint is there (a binary search over up to 131,072 strings for every new id was
     /// 7-9 % of the embedded default's CPU samples with random ids; BENCHMARKS.md).
@@ -822,8 +835,14 @@ impl Batch<'_, '_> {
     /// the open generation if it sorts above its recent keys; seen by [`Dedup::get`] at once).
     /// The caller has checked it is new.
     pub fn insert(&mut self, tenant: &str, id: &str, value: Value) -> Result<(), crate::Error> {
+        let fp = fingerprint(tenant, id);
+        if self.dedup.staged.find(tenant, id, fp).is_some() {
+            // Staged already in this transaction: kept with the value it was staged with, and
+            // not staged twice (the list holds an id once).
+            return Ok(());
+        }
         let straight = self.dedup.straight(tenant, id);
-        self.write(tenant, id, value, straight, fingerprint(tenant, id))?;
+        self.write(tenant, id, value, straight, fp)?;
         Ok(())
     }
 
@@ -1301,7 +1320,8 @@ impl Dedup {
 
     /// Waits for the group filter under way and keeps it, then builds and keeps every other
     /// group due, one after the other (a benchmark's set-up; a writer's commits do this as they
-    /// go, [`Dedup::committed`]). Stops early if a build or its keeping fails (logged), or none
+    /// go, [`Dedup::committed`]). Call it between transactions, never between [`Dedup::commit`]
+    /// and [`Dedup::committed`] (its refresh would read the committed ids before they are taken). Stops early if a build or its keeping fails (logged), or none
     /// can be built (a database in memory).
     pub fn settle_groups(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
         loop {
@@ -1719,6 +1739,7 @@ impl Mirror {
         for list in [&mut mirror.ids, &mut mirror.moving] {
             list.entries.reserve(room);
             list.text.reserve(room * TEXT_ROOM);
+            list.bytes.reserve(room * BYTES_ROOM);
             list.index.reserve(room, |_| 0);
         }
         mirror.moving_set.reserve(room);
@@ -1736,7 +1757,7 @@ impl Mirror {
         }
         self.ids.clear();
         self.moving.index.clear();
-        self.moving.sort();
+        self.moving.sort(&mut self.sorting);
         self.moving_set.clear();
         self.moving_set.extend(self.moving.entries.iter().map(|e| e.fp));
     }
@@ -2155,7 +2176,7 @@ mod tests {
         for (tenant, id) in &ids {
             list.insert(tenant, id, (b"", 0), fingerprint(tenant, id));
         }
-        list.sort();
+        list.sort(&mut Sorting::default());
         let got: Vec<(&str, &str)> = list.entries.iter().map(|e| list.sorted(e)).collect();
         let mut want: Vec<(&str, &str)> = ids.iter().map(|(t, i)| (i.as_str(), t.as_str())).collect();
         want.sort();
@@ -2165,10 +2186,10 @@ mod tests {
         for id in ["b", "a", "ab", "a\u{7f}", "ba"] {
             list.insert("t", id, (b"", 0), fingerprint("t", id));
         }
-        list.sort();
+        list.sort(&mut Sorting::default());
         let got: Vec<&str> = list.entries.iter().map(|e| list.id(e)).collect();
         assert_eq!(got, ["a", "ab", "a\u{7f}", "b", "ba"]);
-        Appended::default().sort();
+        Appended::default().sort(&mut Sorting::default());
     }
 
     #[test]
@@ -2189,6 +2210,45 @@ mod tests {
         assert_eq!(seen(&mut conn, &mut d, 1), None, "a transaction that did not commit leaves nothing");
         commit(&mut conn, &mut d, [3], 0);
         assert_eq!(seen(&mut conn, &mut d, 3), Some(value(3)));
+    }
+
+    /// A value replaced takes its old place unless it is longer (a row read again after a
+    /// failure would otherwise add its values at every read), and reads back as replaced.
+    #[test]
+    fn a_replaced_value_takes_no_room_unless_longer() {
+        let mut list = Appended::default();
+        list.insert("t", "e1", (b"abcd", 1), fingerprint("t", "e1"));
+        list.insert("t", "e2", (b"wxyz", 2), fingerprint("t", "e2"));
+        let room = list.bytes.len();
+        for _ in 0..3 {
+            list.insert("t", "e1", (b"ABCD", 3), fingerprint("t", "e1"));
+        }
+        assert_eq!(list.bytes.len(), room, "the same length: in place");
+        assert_eq!(list.get("t", "e1", fingerprint("t", "e1")), Some((b"ABCD".to_vec(), 3)));
+        list.insert("t", "e1", (b"ab", 4), fingerprint("t", "e1"));
+        assert_eq!(list.get("t", "e1", fingerprint("t", "e1")), Some((b"ab".to_vec(), 4)));
+        list.insert("t", "e1", (b"abcdef", 5), fingerprint("t", "e1"));
+        assert_eq!(list.get("t", "e1", fingerprint("t", "e1")), Some((b"abcdef".to_vec(), 5)));
+        assert_eq!(list.get("t", "e2", fingerprint("t", "e2")), Some((b"wxyz".to_vec(), 2)), "its neighbour intact");
+        assert_eq!(list.len(), 2);
+    }
+
+    /// An id inserted twice in one transaction (the caller was to check it is new) is staged
+    /// once, with its first value, and held once after the commit.
+    #[test]
+    fn an_id_inserted_twice_in_a_transaction_is_staged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, mut d) =
+            writer(&dir.path().join("x.db"), Settings { straight: false, ..Settings::new(1_000_000) }, 0);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        d.begin(&tx).unwrap();
+        d.insert(&tx, "t", "e1", value(1)).unwrap();
+        d.insert(&tx, "t", "e1", value(2)).unwrap();
+        assert_eq!(d.staged.len(), 1);
+        d.commit(tx).unwrap();
+        d.committed(&mut conn, 1).unwrap();
+        assert_eq!(d.mirror.ids.len(), 1);
+        assert_eq!(seen(&mut conn, &mut d, 1), Some(value(1)));
     }
 
     /// A savepoint rolled back forgets the ids staged after it and only those: one of them
