@@ -477,16 +477,11 @@ impl Appended {
     /// from one source share one), and reads the ids themselves only where those are equal:
     /// comparing the strings in place read two random places of the text for every comparison.
     fn sort(&mut self, (order, sorted): &mut Sorting) {
-        let Appended { entries, text, .. } = self;
-        let key = |e: &Entry| {
-            let id = e.text + e.tenant as usize;
-            (&text.as_bytes()[id..id + e.id as usize], &text.as_bytes()[e.text..id])
-        };
+        let (list, entries) = (&*self, &self.entries);
         let Some(first) = entries.first() else { return };
-        let mut shared = key(first).0;
-        for e in entries.iter() {
-            let id = key(e).0;
-            let same = shared.iter().zip(id).take_while(|(a, b)| a == b).count();
+        let mut shared = list.id(first).as_bytes();
+        for e in entries {
+            let same = shared.iter().zip(list.id(e).as_bytes()).take_while(|(a, b)| a == b).count();
             shared = &shared[..same];
         }
         let skip = shared.len();
@@ -495,19 +490,19 @@ impl Appended {
             // The id's next 16 bytes, zeros after its end: where two differ, so do the ids,
             // the same way (a shorter id sorts first, and an id's byte is never below 0).
             let mut next = [0u8; 16];
-            let rest = &key(e).0[skip..];
+            let rest = &list.id(e).as_bytes()[skip..];
             let n = rest.len().min(16);
             next[..n].copy_from_slice(&rest[..n]);
             (u128::from_be_bytes(next), i as u32)
         }));
         order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0).then_with(|| key(&entries[a.1 as usize]).cmp(&key(&entries[b.1 as usize])))
+            a.0.cmp(&b.0).then_with(|| list.sorted(&entries[a.1 as usize]).cmp(&list.sorted(&entries[b.1 as usize])))
         });
         sorted.clear();
         // At least the room the list had, which it keeps (`Mirror::reserved`).
         sorted.reserve(entries.capacity());
         sorted.extend(order.iter().map(|&(_, i)| entries[i as usize]));
-        std::mem::swap(entries, sorted);
+        std::mem::swap(&mut self.entries, sorted);
     }
 
     fn clear(&mut self) {
@@ -2097,6 +2092,11 @@ mod tests {
         (vec![n as u8; 4], n)
     }
 
+    /// A writer on `path` that appends every id (none goes straight into the open generation).
+    fn appending(path: &std::path::Path) -> (Connection, Dedup) {
+        writer(path, Settings { straight: false, ..Settings::new(1_000_000) }, 0)
+    }
+
     fn writer(path: &std::path::Path, settings: Settings, now: i64) -> (Connection, Dedup) {
         let mut conn = crate::open(path, crate::Durability::Normal).unwrap();
         let d = Dedup::open(&mut conn, "ids", None, settings, now).unwrap();
@@ -2195,8 +2195,7 @@ mod tests {
     #[test]
     fn staged_ids_are_seen_at_once_and_a_rollback_forgets_them() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut conn, mut d) =
-            writer(&dir.path().join("x.db"), Settings { straight: false, ..Settings::new(1_000_000) }, 0);
+        let (mut conn, mut d) = appending(&dir.path().join("x.db"));
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
         d.begin(&tx).unwrap();
         d.insert(&tx, "t", "e1", value(1)).unwrap();
@@ -2238,8 +2237,7 @@ mod tests {
     #[test]
     fn an_id_inserted_twice_in_a_transaction_is_staged_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut conn, mut d) =
-            writer(&dir.path().join("x.db"), Settings { straight: false, ..Settings::new(1_000_000) }, 0);
+        let (mut conn, mut d) = appending(&dir.path().join("x.db"));
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
         d.begin(&tx).unwrap();
         d.insert(&tx, "t", "e1", value(1)).unwrap();
@@ -2258,7 +2256,7 @@ mod tests {
     fn a_rollback_keeps_the_ids_staged_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let (mut conn, mut d) = writer(&path, Settings { straight: false, ..Settings::new(1_000_000) }, 0);
+        let (mut conn, mut d) = appending(&path);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
         d.begin(&tx).unwrap();
         for i in 0..5 {
