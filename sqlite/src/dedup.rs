@@ -12,8 +12,10 @@
 //! appended row is moved (readers read above it); the rows below it are deleted after later
 //! commits, [`TRIM_ROWS`] at a time, the floor's own row kept so that no rowid is given twice.
 //! Generations are arrival buckets: a new one opens every quarter of the horizon, and one whose
-//! last arrival is older than the horizon is dropped whole (`DROP TABLE`), so the state stays
-//! flat under a steady load. A generation is
+//! last arrival is older than the horizon leaves the lookups at the next seal, dropped whole
+//! there up to [`DROP_WHOLE`] ids, a larger one's rows deleted after later commits,
+//! [`DROP_ROWS`] at a time (its table dropped once empty), so the state stays flat under a
+//! steady load and no commit waits for a large generation's pages. A generation is
 //! also sealed, and a new one opened, once it holds [`Settings::seal_at`] ids, so that the B-tree
 //! a move writes into stays within the page cache until the horizon holds [`SEALED`] times that
 //! (beyond, a generation is sealed at a `SEALED`th of the sealed ids: about `SEALED` of them
@@ -62,6 +64,12 @@ pub struct Settings {
     /// Whether an id above the open generation's recent keys goes straight into it rather than
     /// being appended and moved (see [`EDGE_LAG`]).
     pub straight: bool,
+    /// Rows of a generation past the horizon deleted after each commit, at least (see
+    /// [`DROP_ROWS`]).
+    pub drop_rows: usize,
+    /// Ids of a generation past the horizon up to which it is dropped whole at the seal that
+    /// finds it so (see [`DROP_WHOLE`]).
+    pub drop_whole: usize,
 }
 
 /// Generations per horizon: ids are kept between the horizon and a quarter more.
@@ -122,6 +130,19 @@ const BYTES_ROOM: usize = 32;
 /// (BENCHMARKS.md, "Prepared statements kept, and moved rows deleted after the move").
 pub const TRIM_ROWS: usize = 16;
 
+/// Rows of a large generation past the horizon ([`DROP_WHOLE`]) deleted after each commit (at
+/// least; twice the ids committed since the last piece if more), its table dropped once empty.
+pub const DROP_ROWS: usize = 4_096;
+
+/// Ids of a generation past the horizon up to which it is dropped whole inside the seal that
+/// finds it so; a larger one is emptied a piece at a time ([`DROP_ROWS`]). `DROP TABLE` frees
+/// every page of the table inside the writer's transaction, and a generation holds up to a
+/// thirty-second of the horizon's ids, millions on a busy server: dropped whole, it would hold
+/// every commit for as long (BENCHMARKS.md, "Generations past the horizon: dropped whole or a
+/// piece at a time"). Deleting rows costs more in all than freeing pages, and a piece after
+/// every commit raised the ingest p99 with generations of 131,072 ids, so those still go whole.
+pub const DROP_WHOLE: usize = 262_144;
+
 /// How many commits back the writer looks for the open generation's greatest key: a new id
 /// above the greatest key as it was then goes straight into the generation's B-tree (its right
 /// edge, whose pages the last commits wrote anyway) rather than being appended and moved. Time-
@@ -136,7 +157,14 @@ impl Settings {
     /// 3,000,000 random ids this ran at 0.88-0.95 of ordered ones, sealing at twice as many at
     /// 0.75-0.83; BENCHMARKS.md).
     pub fn new(horizon_us: i64) -> Self {
-        Settings { horizon_us: horizon_us.max(GENERATIONS), flush_at: 131_072, seal_at: 131_072, straight: true }
+        Settings {
+            horizon_us: horizon_us.max(GENERATIONS),
+            flush_at: 131_072,
+            seal_at: 131_072,
+            straight: true,
+            drop_rows: DROP_ROWS,
+            drop_whole: DROP_WHOLE,
+        }
     }
 
     /// How long a generation takes arrivals: a quarter of the horizon.
@@ -637,6 +665,11 @@ pub struct Dedup {
     /// How many rows were appended when the last piece of them was deleted (a piece takes at
     /// least twice as many rows as were appended since).
     trimmed_at: usize,
+    /// Whether a generation past the horizon may still hold rows, to be deleted a piece after
+    /// each commit ([`Dedup::empty_past`]); true at the start, to find any a crash left.
+    past_horizon: bool,
+    /// Ids committed since the last such piece (a piece takes at least twice as many rows).
+    committed_since_piece: usize,
     /// The open generation as this writer last saw it.
     open: Option<Open>,
     /// The group filter being built, off this writer's thread ([`Dedup::group`]).
@@ -1071,6 +1104,8 @@ impl Dedup {
             moving: None,
             below_floor: false,
             trimmed_at: 0,
+            past_horizon: true,
+            committed_since_piece: 0,
             open: None,
             grouping: None,
             group_failed: None,
@@ -1222,13 +1257,15 @@ impl Dedup {
     /// (this writer held the write lock from [`Dedup::begin`], so nobody else appended
     /// meanwhile). Then, outside any transaction, moves the next chunk of appended ids into the
     /// open generation once there are enough, seals it once full, opens a new generation every
-    /// quarter of the horizon and drops those past it. A failure leaves everything appended;
-    /// the next call goes on.
+    /// quarter of the horizon and takes those past it out of the lookups, then deletes a piece
+    /// of those ([`Dedup::empty_past`]). A failure leaves everything appended; the next call
+    /// goes on.
     pub fn committed(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
         assert!(
             self.buffer.is_empty() && (self.staged.is_empty() || self.flushed.is_some()),
             "ids appended in a transaction committed without Dedup::commit"
         );
+        self.committed_since_piece += self.staged.len() + self.took.len();
         // Each was looked up before it was written: none is held yet.
         self.mirror.ids.extend(&self.staged);
         self.staged.clear();
@@ -1257,6 +1294,11 @@ impl Dedup {
             self.move_chunk(conn, now_us)?;
         } else if self.below_floor {
             self.trim(conn)?;
+        }
+        match self.past_horizon {
+            true => self.empty_past(conn)?,
+            // A piece keeps pace with the ids committed while one is due, not before.
+            false => self.committed_since_piece = 0,
         }
         #[cfg(test)]
         if !self.auto_group {
@@ -1493,7 +1535,7 @@ impl Dedup {
                 let held = open.ids + inserted;
                 if held >= seal_at {
                     let filter = open.filter(&tx)?;
-                    let next = seal(&tx, name, now_us, self.settings.horizon_us, held, filter.as_ref())?;
+                    let next = seal(&tx, name, now_us, self.settings, held, filter.as_ref())?;
                     sealed = Some((open.tbl.clone(), next, filter));
                 }
                 // The rows moved stay until the commits after this one delete them ([`Dedup::trim`]).
@@ -1563,7 +1605,7 @@ impl Dedup {
             return Ok(());
         };
         let filter = open.filter(&tx)?;
-        let next = seal(&tx, name, now_us, self.settings.horizon_us, open.ids, filter.as_ref())?;
+        let next = seal(&tx, name, now_us, self.settings, open.ids, filter.as_ref())?;
         let done = open.tbl.clone();
         let epoch: i64 =
             tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1 RETURNING epoch"), [], |r| r.get(0))?;
@@ -1590,6 +1632,74 @@ impl Dedup {
             self.mirror.adopted.insert(done, filter);
         }
         self.open = Some(Open::opened(next));
+        // The seal may have found generations past the horizon.
+        self.past_horizon = true;
+    }
+
+    /// Deletes a piece of the generations past the horizon ([`seal`] takes them out of
+    /// `<name>_gens`, so no lookup asks them; their tables are the `<name>_g<N>` below every
+    /// generation listed): oldest first, [`Settings::drop_rows`] rows or twice the ids committed
+    /// since the last piece if more, a table dropped once it holds fewer than the piece has
+    /// left (an empty one costs SQLite a page or two). Several writers on one file may each
+    /// take pieces: each reads the tables anew inside its own write transaction.
+    fn empty_past(&mut self, conn: &mut Connection) -> Result<(), crate::Error> {
+        let started = std::time::Instant::now();
+        let mut budget = self.settings.drop_rows.max(2 * self.committed_since_piece);
+        let name = &self.name;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let listed: Option<i64> = tx.query_row(&format!("SELECT min(gen) FROM {name}_gens"), [], |r| r.get(0))?;
+        let prefix = format!("{name}_g");
+        let mut past: Vec<(i64, String)> = {
+            let mut stmt = tx.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB ?1")?;
+            let names = stmt.query_map([format!("{prefix}[0-9]*")], |r| r.get::<_, String>(0))?;
+            let mut past = Vec::new();
+            for n in names {
+                let n = n?;
+                let number = n.strip_prefix(&prefix).and_then(|g| g.parse::<i64>().ok());
+                if let (Some(number), Some(listed)) = (number, listed)
+                    && number < listed
+                {
+                    past.push((number, n));
+                }
+            }
+            past
+        };
+        past.sort_unstable();
+        let (mut deleted, mut dropped) = (0, 0);
+        let mut left = false;
+        for (_, tbl) in &past {
+            let cut: Option<(String, String)> = tx
+                .query_row(
+                    &format!("SELECT id, tenant FROM {tbl} ORDER BY id, tenant LIMIT 1 OFFSET ?1"),
+                    [budget as i64 - 1],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match cut {
+                Some((id, tenant)) => {
+                    deleted +=
+                        tx.execute(&format!("DELETE FROM {tbl} WHERE (id, tenant) <= (?1, ?2)"), [id, tenant])?;
+                    left = true;
+                    break;
+                }
+                None => {
+                    let n: i64 = tx.query_row(&format!("SELECT count(*) FROM {tbl}"), [], |r| r.get(0))?;
+                    tx.execute_batch(&format!("DROP TABLE {tbl}"))?;
+                    (deleted, dropped, budget) = (deleted + n as usize, dropped + 1, budget - n as usize);
+                    if budget == 0 {
+                        left = past.len() > dropped;
+                        break;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        self.past_horizon = left;
+        self.committed_since_piece = 0;
+        if deleted > 0 || dropped > 0 {
+            tracing::debug!(state = %name, rows = deleted, dropped, took = ?started.elapsed(), "dedup rows past the horizon deleted");
+        }
+        Ok(())
     }
 
     /// After this writer sealed a generation at `epoch`: its mirror looks up the new list of
@@ -1645,7 +1755,7 @@ impl Dedup {
         tx.execute_batch(&format!("DELETE FROM {name}_appended;"))?;
         let held: i64 = tx.query_row(&format!("SELECT count(*) FROM {tbl}"), [], |r| r.get(0))?;
         let filter = build_filter(&tx, &tbl)?;
-        let next = seal(&tx, name, now_us, self.settings.horizon_us, held as usize, filter.as_ref())?;
+        let next = seal(&tx, name, now_us, self.settings, held as usize, filter.as_ref())?;
         // The table is empty: SQLite gives rowids from 1 again.
         let epoch: i64 =
             tx.query_row(&format!("UPDATE {name}_state SET epoch = epoch + 1, floor = 0 RETURNING epoch"), [], |r| {
@@ -1662,13 +1772,13 @@ impl Dedup {
 }
 
 /// Seals the open generation of `name` (holding `held` ids, all of them in `filter`, if one could
-/// be built) at `now_us`, opens the next and drops those whose last arrival is a horizon ago;
+/// be built) at `now_us`, opens the next and takes out of `<name>_gens` those whose last arrival is a horizon ago;
 /// returns the new open generation's table.
 fn seal(
     tx: &Connection,
     name: &str,
     now_us: i64,
-    horizon_us: i64,
+    settings: Settings,
     held: usize,
     filter: Option<&BinaryFuse8>,
 ) -> Result<String, crate::Error> {
@@ -1678,15 +1788,24 @@ fn seal(
         params![now_us, held as i64, encode_filter(filter), open],
     )?;
     let tbl = open_generation(tx, name, open + 1, now_us)?;
-    let gone: Vec<(i64, String)> = {
-        let mut stmt = tx.prepare(&format!("SELECT gen, tbl FROM {name}_gens WHERE until_us <= ?1 ORDER BY gen"))?;
-        let rows = stmt.query_map([now_us.saturating_sub(horizon_us)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let gone: Vec<(i64, String, Option<i64>)> = {
+        let mut stmt =
+            tx.prepare(&format!("SELECT gen, tbl, ids FROM {name}_gens WHERE until_us <= ?1 ORDER BY gen"))?;
+        let rows =
+            stmt.query_map([now_us.saturating_sub(settings.horizon_us)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect::<Result<_, _>>()?
     };
-    for (number, tbl) in gone {
-        tx.execute_batch(&format!("DROP TABLE IF EXISTS {tbl}"))?;
+    for (number, tbl, ids) in gone {
+        // A large generation's own table is emptied a piece after each later commit
+        // (`Dedup::empty_past`); a small one, or another table (a state's from before
+        // generations), goes now. A count not kept (files from before) is taken as large.
+        let own = tbl == format!("{name}_g{number}");
+        let small = ids.is_some_and(|n| n as usize <= settings.drop_whole);
+        if !own || small {
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS {tbl}"))?;
+        }
         tx.execute(&format!("DELETE FROM {name}_gens WHERE gen = ?1"), [number])?;
-        tracing::info!(state = %name, generation = number, "dedup generation past the horizon dropped");
+        tracing::info!(state = %name, generation = number, ids, whole = !own || small, "dedup generation past the horizon taken out");
     }
     tx.execute(&format!("DELETE FROM {name}_groups WHERE last_gen < (SELECT min(gen) FROM {name}_gens)"), [])?;
     Ok(tbl)
@@ -3191,7 +3310,58 @@ mod tests {
         assert_eq!(seen(&mut conn, &mut d, 1), None, "dropped: every id of it arrived a horizon ago");
         assert_eq!(seen(&mut conn, &mut d, 2), None, "it arrived at 100, in the same generation");
         assert_eq!(seen(&mut conn, &mut d, 3), Some(value(3)), "arrived at 250");
-        assert!(!tables(&conn).contains(&"ids_g1".to_string()), "{:?}", tables(&conn));
+        assert!(!tables(&conn).contains(&"ids_g1".to_string()), "a small one goes whole: {:?}", tables(&conn));
+    }
+
+    /// A generation past the horizon larger than `drop_whole` leaves the lookups at the seal
+    /// that finds it so, and its rows go a piece after each later commit (`drop_rows`, or twice the ids committed since
+    /// the last piece if more), its table once empty: dropped whole, a large generation held
+    /// the writer's commit for as long as SQLite took to free every page. A writer opened on a
+    /// file left halfway goes on.
+    #[test]
+    fn a_generation_past_the_horizon_is_emptied_a_piece_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let horizon = 1_000;
+        let settings = Settings {
+            flush_at: 100,
+            seal_at: 1_000,
+            drop_rows: 100,
+            drop_whole: 999,
+            straight: false,
+            ..Settings::new(horizon)
+        };
+        let (mut conn, mut d) = writer(&path, settings, 0);
+        for c in 0..20 {
+            commit(&mut conn, &mut d, c * 50..c * 50 + 50, 10);
+        }
+        commit(&mut conn, &mut d, 1_000..1_010, 20);
+        assert_eq!(tables(&conn), ["ids_g1", "ids_g2"], "the first sealed full");
+        let rows =
+            |conn: &Connection| -> i64 { conn.query_row("SELECT count(*) FROM ids_g1", [], |r| r.get(0)).unwrap() };
+        assert_eq!(rows(&conn), 1_000);
+        // A quarter horizon later than 1,020 the open one is sealed, and the first is past it.
+        commit(&mut conn, &mut d, 1_010..1_020, 1_300);
+        assert_eq!(seen(&mut conn, &mut d, 5), None, "past the horizon: not asked");
+        let listed: i64 = conn.query_row("SELECT min(gen) FROM ids_gens", [], |r| r.get(0)).unwrap();
+        assert_eq!(listed, 2);
+        let mut left = vec![rows(&conn)];
+        for c in 0..4 {
+            commit(&mut conn, &mut d, 2_000 + c * 10..2_010 + c * 10, 1_310);
+            left.push(rows(&conn));
+        }
+        assert_eq!(left, [1_000, 900, 800, 700, 600], "a piece of drop_rows after each commit");
+        commit(&mut conn, &mut d, 3_000..3_300, 1_320);
+        assert_eq!(rows(&conn), 0, "twice the 300 ids of that commit: the rest");
+        drop(d);
+        drop(conn);
+        let (mut conn, mut d) = writer(&path, settings, 1_320);
+        assert!(tables(&conn).contains(&"ids_g1".to_string()), "{:?}", tables(&conn));
+        commit(&mut conn, &mut d, 4_000..4_010, 1_330);
+        assert!(!tables(&conn).contains(&"ids_g1".to_string()), "reopened, the empty table goes: {:?}", tables(&conn));
+        for i in [1_000, 1_015, 2_035, 3_299, 4_009] {
+            assert_eq!(seen(&mut conn, &mut d, i), Some(value(i)), "{i} kept");
+        }
     }
 
     /// Pages of the file: all, and those in use (not on the free list).
