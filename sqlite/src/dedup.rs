@@ -131,7 +131,8 @@ const BYTES_ROOM: usize = 32;
 pub const TRIM_ROWS: usize = 16;
 
 /// Rows of a large generation past the horizon ([`DROP_WHOLE`]) deleted after each commit (at
-/// least; twice the ids committed since the last piece if more), its table dropped once empty.
+/// least; twice the ids committed since the last piece if more), its table dropped once it holds
+/// fewer rows than a piece has left.
 pub const DROP_ROWS: usize = 4_096;
 
 /// Ids of a generation past the horizon up to which it is dropped whole inside the seal that
@@ -2105,7 +2106,8 @@ impl Mirror {
 }
 
 /// The filter of the group of generations `first..=last` of `name` in the file at `path`, from
-/// their tables (a generation dropped meanwhile is passed over), read [`GROUP_SCAN_ROWS`] at a
+/// their tables (a generation dropped meanwhile is passed over; one taken out of the lookups
+/// meanwhile may be read partly emptied, its missing ids then ones no lookup asks for), read [`GROUP_SCAN_ROWS`] at a
 /// time in key order, each piece in a read transaction of its own.
 fn build_group(path: &str, name: &str, first: i64, last: i64, part_ids: usize) -> Result<Option<Parted>, crate::Error> {
     let started = std::time::Instant::now();
