@@ -2107,8 +2107,8 @@ impl Mirror {
 
 /// The filter of the group of generations `first..=last` of `name` in the file at `path`, from
 /// their tables (a generation dropped meanwhile is passed over; one taken out of the lookups
-/// meanwhile may be read partly emptied, its missing ids then ones no lookup asks for), read [`GROUP_SCAN_ROWS`] at a
-/// time in key order, each piece in a read transaction of its own.
+/// meanwhile may be read partly emptied, its missing ids then ones no lookup asks for), read
+/// [`GROUP_SCAN_ROWS`] at a time in key order, each piece in a read transaction of its own.
 fn build_group(path: &str, name: &str, first: i64, last: i64, part_ids: usize) -> Result<Option<Parted>, crate::Error> {
     let started = std::time::Instant::now();
     let mut conn = Connection::open(path)?;
