@@ -1628,13 +1628,13 @@ impl Dedup {
 
     /// After this writer's seal of `done` (its filter, if built, taken at the next reload rather
     /// than read back) committed: `next` is the open generation, empty.
-    fn opened(&mut self, done: String, next: String, filter: Option<BinaryFuse8>) {
+    /// `left`: the seal left a generation past the horizon to empty a piece at a time.
+    fn opened(&mut self, done: String, (next, left): (String, bool), filter: Option<BinaryFuse8>) {
         if let Some(filter) = filter {
             self.mirror.adopted.insert(done, filter);
         }
         self.open = Some(Open::opened(next));
-        // The seal may have found generations past the horizon.
-        self.past_horizon = true;
+        self.past_horizon |= left;
     }
 
     /// Deletes a piece of the generations past the horizon ([`seal`] takes them out of
@@ -1686,11 +1686,8 @@ impl Dedup {
                 None => {
                     let n: i64 = tx.query_row(&format!("SELECT count(*) FROM {tbl}"), [], |r| r.get(0))?;
                     tx.execute_batch(&format!("DROP TABLE {tbl}"))?;
+                    // Fewer rows than the budget (no row at its last place): some budget is left.
                     (deleted, dropped, budget) = (deleted + n as usize, dropped + 1, budget - n as usize);
-                    if budget == 0 {
-                        left = past.len() > dropped;
-                        break;
-                    }
                 }
             }
         }
@@ -1774,7 +1771,8 @@ impl Dedup {
 
 /// Seals the open generation of `name` (holding `held` ids, all of them in `filter`, if one could
 /// be built) at `now_us`, opens the next and takes out of `<name>_gens` those whose last arrival is a horizon ago;
-/// returns the new open generation's table.
+/// returns the new open generation's table, and whether it left a generation to empty a piece
+/// at a time ([`Dedup::empty_past`]).
 fn seal(
     tx: &Connection,
     name: &str,
@@ -1782,7 +1780,7 @@ fn seal(
     settings: Settings,
     held: usize,
     filter: Option<&BinaryFuse8>,
-) -> Result<String, crate::Error> {
+) -> Result<(String, bool), crate::Error> {
     let open: i64 = tx.query_row(&format!("SELECT gen FROM {name}_gens WHERE until_us IS NULL"), [], |r| r.get(0))?;
     tx.execute(
         &format!("UPDATE {name}_gens SET until_us = ?1, ids = ?2, filter = ?3 WHERE gen = ?4"),
@@ -1796,6 +1794,7 @@ fn seal(
             stmt.query_map([now_us.saturating_sub(settings.horizon_us)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect::<Result<_, _>>()?
     };
+    let mut left = false;
     for (number, tbl, ids) in gone {
         // A large generation's own table is emptied a piece after each later commit
         // (`Dedup::empty_past`); a small one, or another table (a state's from before
@@ -1804,12 +1803,14 @@ fn seal(
         let small = ids.is_some_and(|n| n as usize <= settings.drop_whole);
         if !own || small {
             tx.execute_batch(&format!("DROP TABLE IF EXISTS {tbl}"))?;
+        } else {
+            left = true;
         }
         tx.execute(&format!("DELETE FROM {name}_gens WHERE gen = ?1"), [number])?;
         tracing::info!(state = %name, generation = number, ids, whole = !own || small, "dedup generation past the horizon taken out");
     }
     tx.execute(&format!("DELETE FROM {name}_groups WHERE last_gen < (SELECT min(gen) FROM {name}_gens)"), [])?;
-    Ok(tbl)
+    Ok((tbl, left))
 }
 
 /// Deletes the appended ids' rows below the floor (moved) among the `step` rowids from the
