@@ -248,6 +248,12 @@ pub async fn a_failed_batch_changes_nothing(h: &dyn Harness) {
     let retry = s.apply("c", &m, &[tokens("a", "x", 2, MID_NOVEMBER)], &adv(1, 3)).unwrap();
     assert_eq!(retry.counted, 1);
     assert_eq!(value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(), Some("3"));
+    // A batch that added to a counter before it failed leaves the counter as stored: the next
+    // batch, with no new checkpoint read between them, adds to the stored value.
+    let (p, q) = (tokens("a", "p", 5, MID_NOVEMBER), huge("q"));
+    assert!(s.apply("c", &m, &[at(3, p), at(4, q)], &adv(3, 5)).is_err());
+    s.apply("c", &m, &[at(3, tokens("a", "r", 4, MID_NOVEMBER))], &adv(3, 4)).unwrap();
+    assert_eq!(value(&*s, "a", "agent_tokens", "2026-11").await.as_deref(), Some("7"));
 }
 
 /// Unique counts are per period and per day; events at the last microsecond of a month and the

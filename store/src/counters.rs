@@ -1,10 +1,14 @@
 //! The live counters' keys and cached values, one definition for every backend that folds a batch
 //! in Rust (SQLite, Postgres): a batch looks its counters up by borrowed keys ([`KeyRef`],
-//! [`GroupRef`]) and copies a key only when it first adds to it.
+//! [`GroupRef`]) and copies a key only when it first adds to it. [`Cache`] keeps the committed
+//! counters between batches for the SQLite store, which adds to them in place.
 
+use crate::Error;
 use hashbrown::Equivalent;
 use meter_schemas::Tally;
 use std::hash::{Hash, Hasher};
+
+type Indexed<K> = indexmap::IndexMap<K, (Counter, u64), hashbrown::DefaultHashBuilder>;
 
 /// `(tenant, meter, bucket)`, a bucket being a period `YYYY-MM` or a day `YYYY-MM-DD`.
 pub(crate) type Key = (String, String, String);
@@ -12,14 +16,106 @@ pub(crate) type Key = (String, String, String);
 /// `(tenant, period, meter, property, value)`: one value of a broken-down meter's property.
 pub(crate) type GroupKey = (String, String, String, String, String);
 
-/// Counters by key (hashbrown's map: a batch looks its keys up by reference).
-pub(crate) type Counters<K> = hashbrown::HashMap<K, Counter>;
-
 /// A counter's tally and, once it is stored, its row's id (rewritten by id).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Counter {
     pub(crate) tally: Tally,
     pub(crate) id: Option<i64>,
+}
+
+/// The committed counters by key, kept from batch to batch, which a batch adds to in place: it
+/// finds each by reference (one hash, no copy of a key it has met before) and lists the ones it
+/// touched, each once. A batch that fails must [`Cache::clear`] it, since its counters were
+/// changed in place (the database rolled back has the values).
+pub(crate) struct Cache<K> {
+    /// Each counter with the number of the batch that last touched it.
+    map: Indexed<K>,
+    /// The places in `map` of the counters this batch touched, in the order it met them.
+    touched: Vec<usize>,
+    /// This batch's number.
+    batch: u64,
+}
+
+impl<K: Hash + Eq> Default for Cache<K> {
+    fn default() -> Self {
+        Cache { map: Indexed::default(), touched: Vec::new(), batch: 0 }
+    }
+}
+
+impl<K: Hash + Eq> Cache<K> {
+    /// Starts a batch: none of the counters is touched yet. Past `limit` counters the cache
+    /// starts over (the database has every value).
+    pub(crate) fn begin(&mut self, limit: usize) {
+        self.batch += 1;
+        self.touched.clear();
+        if self.map.len() > limit {
+            self.map.clear();
+        }
+    }
+
+    /// Forgets every counter (after a failed batch, or when another writer may have written).
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.touched.clear();
+    }
+
+    /// The tally of `key` for this batch to add to: the cached one, else the one `load` reads
+    /// (with its row's id, if it has a row), kept under a copy of the key.
+    pub(crate) fn current<Q>(
+        &mut self,
+        key: &Q,
+        load: impl FnOnce(&Q) -> Result<Counter, Error>,
+    ) -> Result<&mut Tally, Error>
+    where
+        Q: Hash + Equivalent<K>,
+        for<'q> &'q Q: Into<K>,
+    {
+        let Cache { map, touched, batch } = self;
+        let at = match map.get_index_of(key) {
+            Some(at) => at,
+            None => map.insert_full(key.into(), (load(key)?, 0)).0,
+        };
+        let (_, (counter, by)) = map.get_index_mut(at).expect("a place the map just gave");
+        if *by != *batch {
+            *by = *batch;
+            touched.push(at);
+        }
+        Ok(&mut counter.tally)
+    }
+
+    /// The counters this batch touched.
+    pub(crate) fn touched(&self) -> impl Iterator<Item = (&K, &Counter)> {
+        self.touched.iter().filter_map(|&at| self.map.get_index(at)).map(|(k, (c, _))| (k, c))
+    }
+
+    /// Hands `write` each counter this batch touched: those with a row's id first, in the order
+    /// met, then the new ones in key order.
+    pub(crate) fn write_touched(
+        &mut self,
+        mut write: impl FnMut(&K, &mut Counter) -> Result<(), Error>,
+    ) -> Result<(), Error>
+    where
+        K: Ord,
+    {
+        let Cache { map, touched, .. } = self;
+        let mut new = Vec::new();
+        for &at in touched.iter() {
+            let Some((key, (counter, _))) = map.get_index_mut(at) else { continue };
+            if counter.id.is_some() {
+                write(key, counter)?;
+            } else {
+                new.push(at);
+            }
+        }
+        // Only the new ones are sorted (few once a tenant's counters exist).
+        new.sort_unstable_by(|&a, &b| map.get_index(a).map(|e| e.0).cmp(&map.get_index(b).map(|e| e.0)));
+        for at in new {
+            if let Some((key, (counter, _))) = map.get_index_mut(at) {
+                write(key, counter)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A [`Key`] looked up without copying its strings: hashes and compares as the key.
@@ -75,7 +171,60 @@ impl From<&GroupRef<'_>> for GroupKey {
 mod tests {
     use super::*;
     use hashbrown::HashSet;
+    use meter_schemas::Contribution;
     use std::hash::BuildHasher;
+
+    fn touched(cache: &Cache<Key>) -> Vec<(String, String)> {
+        cache.touched().map(|(k, c)| (k.0.clone(), c.tally.value.map(|v| v.to_string()).unwrap_or_default())).collect()
+    }
+
+    /// A batch adds to the cached counters in place, loads only the keys the cache lacks, and
+    /// lists each counter it touched once; the next batch starts with none touched and keeps the
+    /// values; past its limit the cache starts over.
+    #[test]
+    fn a_batch_adds_in_place_and_lists_what_it_touched_once() {
+        let mut cache: Cache<Key> = Cache::default();
+        let loads = std::cell::Cell::new(0);
+        let load = |_: &KeyRef<'_>| {
+            loads.set(loads.get() + 1);
+            Ok(Counter::default())
+        };
+        cache.begin(10);
+        for t in ["b", "a", "b"] {
+            cache.current(&KeyRef(t, "m", "2026-11"), load).unwrap().add(&Contribution::Count, 0, "e").unwrap();
+        }
+        assert_eq!(touched(&cache), [("b".into(), "2".into()), ("a".into(), "1".into())]);
+        cache.begin(10);
+        assert!(touched(&cache).is_empty());
+        cache.current(&KeyRef("a", "m", "2026-11"), load).unwrap().add(&Contribution::Count, 0, "e").unwrap();
+        assert_eq!(touched(&cache), [("a".into(), "2".into())]);
+        assert_eq!(loads.get(), 2, "a key the cache has is not loaded again");
+        cache.begin(1);
+        cache.current(&KeyRef("a", "m", "2026-11"), load).unwrap();
+        assert_eq!(loads.get(), 3, "past its limit the cache starts over");
+        cache.clear();
+        assert!(touched(&cache).is_empty());
+    }
+
+    /// Counters with a row are written first, in the order met; new ones after them, by key.
+    #[test]
+    fn counters_with_a_row_are_written_first_and_new_ones_by_key() {
+        let mut cache: Cache<Key> = Cache::default();
+        cache.begin(10);
+        for (t, id) in [("d", None), ("c", Some(7)), ("a", None), ("b", Some(3))] {
+            cache.current(&KeyRef(t, "m", "2026-11"), |_| Ok(Counter { tally: Tally::default(), id })).unwrap();
+        }
+        let mut order = Vec::new();
+        cache
+            .write_touched(|k, c| {
+                order.push(k.0.clone());
+                c.id.get_or_insert(1);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(order, ["c", "b", "a", "d"]);
+        assert!(cache.touched().all(|(_, c)| c.id.is_some()), "the ids given stay with the counters");
+    }
 
     /// A batch finds its counters by borrowed keys: each must hash and compare as the owned key,
     /// or a batch would miss the counters the cache holds for it and read them again.

@@ -5,15 +5,13 @@
 //! before. Reads for the API use a small pool of connections off the async runtime.
 
 use crate::alerts::{Alert, Allowances, Suggestion, suggestion_id, thresholds};
-use crate::counters::{Counter, Counters, GroupKey, GroupRef, Key, KeyRef};
+use crate::counters::{Cache, Counter, GroupKey, GroupRef, Key, KeyRef};
 use crate::limits::{LimitQuery, LimitSnapshot, LimitState};
 use crate::{
     Applied, Breakdown, Checkpoint, Coverage, Date, Error, LiveStore, MeterTallies, Metered, PeriodUsage, Progress,
     Series, Totals, UsageStore,
 };
 use async_trait::async_trait;
-use hashbrown::Equivalent;
-use hashbrown::hash_map::EntryRef;
 use meter_schemas::period::{day_of, format_day, format_time, now_us};
 use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::dedup::{self, Dedup, Mirror};
@@ -23,7 +21,6 @@ use meter_sqlite::rusqlite::{
 use meter_sqlite::{Checkpointer, Durability, ReadPool, WAL_BOUND, WalBound, blocking, migrate, open_for_checkpointer};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
-use std::hash::Hash;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -212,13 +209,11 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     /// Keeps the WAL bounded; the writer checks it after each batch.
     wal: WalBound,
-    cache: Mutex<Counters<Key>>,
+    /// The committed tallies (locked only while `writer` is held), which a batch adds to in
+    /// place: a batch that fails empties it.
+    cache: Mutex<Cache<Key>>,
     /// The same for the breakdowns' amounts, cleared with it.
-    group_cache: Mutex<Counters<GroupKey>>,
-    /// A batch's counters and breakdown amounts (locked after `seen`, only while `writer` is
-    /// held): emptied into the caches after each batch but kept, so that a batch does not
-    /// allocate and grow its maps again.
-    batch: Mutex<(Counters<Key>, Counters<GroupKey>)>,
+    group_cache: Mutex<Cache<GroupKey>>,
     reads: Arc<ReadPool>,
     allowances: RwLock<Option<Arc<dyn Allowances>>>,
     /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
@@ -250,9 +245,8 @@ impl SqliteStore {
             wal: WalBound::new(path, WAL_BOUND).asking(&checkpointer),
             _checkpointer: checkpointer,
             writer: Mutex::new(conn),
-            cache: Mutex::new(Counters::new()),
-            group_cache: Mutex::new(Counters::new()),
-            batch: Mutex::default(),
+            cache: Mutex::default(),
+            group_cache: Mutex::default(),
             reads: Arc::new(ReadPool::new(path)),
             allowances: RwLock::new(None),
             raised: Mutex::new(HashSet::new()),
@@ -471,31 +465,6 @@ fn raise_alerts<'a>(
     Ok((out, new))
 }
 
-/// The tally of `key` as the batch has it: from the batch's `scratch`, else the `cache` of
-/// committed counters, else `load`ed from the database (with its row's id, if it has a row);
-/// kept in `scratch` to be added to (the key copied then, once a batch).
-fn current<'s, 'q, K: Eq + Hash, Q: Hash + Equivalent<K>>(
-    scratch: &'s mut Counters<K>,
-    cache: &Counters<K>,
-    key: &'q Q,
-    load: impl FnOnce(&Q) -> Result<Counter, Error>,
-) -> Result<&'s mut Tally, Error>
-where
-    &'q Q: Into<K>,
-{
-    let counter = match scratch.entry_ref(key) {
-        EntryRef::Occupied(o) => o.into_mut(),
-        EntryRef::Vacant(v) => {
-            let counter = match cache.get(key) {
-                Some(c) => c.clone(),
-                None => load(key)?,
-            };
-            v.insert(counter)
-        }
-    };
-    Ok(&mut counter.tally)
-}
-
 /// The four statements that write one table's counters in a batch's transaction. `allocate`
 /// binds the tenant and answers a new row's id; `insert` and `upsert` bind that id, the key's
 /// columns and then the stored ones; `by_id` binds the row's id and then the stored ones.
@@ -557,23 +526,6 @@ impl<'c> CounterWrites<'c> {
     }
 }
 
-/// Writes a batch's counters in this order: those with a row first, then the new ones
-/// in key order. Its tallies are written before its breakdowns (every counted event has a
-/// tally), so the tenants a batch counts first take their slots ([`ALLOCATE_TALLY`]) in the order
-/// of their names, as rows keyed by tenant lay before.
-fn write_in_order<K: Ord>(
-    counters: &mut Counters<K>,
-    mut write: impl FnMut(&K, &mut Counter) -> Result<(), Error>,
-) -> Result<(), Error> {
-    for (key, c) in counters.iter_mut().filter(|(_, c)| c.id.is_some()) {
-        write(key, c)?;
-    }
-    // Only the new ones are gathered and sorted (few once a tenant's counters exist).
-    let mut new: Vec<_> = counters.iter_mut().filter(|(_, c)| c.id.is_none()).collect();
-    new.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    new.into_iter().try_for_each(|(key, c)| write(key, c))
-}
-
 /// A breakdown's stored amount.
 fn amount_of(text: &str) -> Result<Decimal, Error> {
     Decimal::from_str(text).map_err(|_| Error::Unreadable(format!("breakdown amount {text:?}")))
@@ -629,119 +581,128 @@ impl UsageStore for SqliteStore {
                 }
             }
         }
-        let mut applied = Applied::default();
-        let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
-        let (scratch, groups) = &mut *batch;
-        // A batch that failed left its counters here, some with the ids of rows it inserted and
-        // rolled back, whose ids `counter_slots` gives out again (to other keys): none is used.
-        scratch.clear();
-        groups.clear();
-        // The period's and the day's bucket of the last event's day: a batch is mostly one day.
-        let mut day = None;
-        let (mut raised, mut new_alerts) = (Vec::new(), 0);
-        {
-            let mut unique = tx.prepare_cached(
-                "INSERT OR IGNORE INTO uniques (tenant, meter, bucket, value) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut load = tx.prepare_cached(
-                "SELECT value, latest_us, latest_id, id FROM tallies WHERE tenant = ?1 AND meter = ?2 AND bucket = ?3",
-            )?;
-            let mut load_group = tx.prepare_cached(
-                "SELECT amount, id FROM breakdowns
-                 WHERE tenant = ?1 AND period = ?2 AND meter = ?3 AND property = ?4 AND value = ?5",
-            )?;
-            let mut ids = seen.batch(&tx);
-            for ev in events {
-                if ids.insert_new(&ev.tenant, &ev.id, (Vec::new(), 0))?.is_some() {
-                    applied.duplicates += 1;
-                    continue;
-                }
-                applied.counted += 1;
-                let d = day_of(ev.time_us);
-                let buckets = match &day {
-                    Some((at, buckets)) if *at == d => buckets,
-                    _ => &day.insert((d, [Period::containing(ev.time_us).to_string(), format_day(d)])).1,
-                };
-                for (m, c) in &ev.contributions {
-                    let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
-                    for bucket in buckets {
-                        if let Contribution::Unique(v) = c
-                            && unique.execute(params![ev.tenant, meter, bucket, v])? == 0
-                        {
-                            continue;
+        // The counters are added to in place: a batch that fails leaves them as the database
+        // never had them (and with the ids of rows it rolled back, which `counter_slots` gives
+        // out again), so the caches are emptied.
+        let written = (|| {
+            let mut applied = Applied::default();
+            cache.begin(CACHE_ENTRIES);
+            group_cache.begin(CACHE_ENTRIES);
+            // The period's and the day's bucket of the last event's day: a batch is mostly one day.
+            let mut day = None;
+            let (mut raised, mut new_alerts) = (Vec::new(), 0);
+            {
+                let mut unique = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO uniques (tenant, meter, bucket, value) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                let mut load = tx.prepare_cached(
+                    "SELECT value, latest_us, latest_id, id FROM tallies WHERE tenant = ?1 AND meter = ?2 AND bucket = ?3",
+                )?;
+                let mut load_group = tx.prepare_cached(
+                    "SELECT amount, id FROM breakdowns
+                     WHERE tenant = ?1 AND period = ?2 AND meter = ?3 AND property = ?4 AND value = ?5",
+                )?;
+                let mut ids = seen.batch(&tx);
+                for ev in events {
+                    if ids.insert_new(&ev.tenant, &ev.id, (Vec::new(), 0))?.is_some() {
+                        applied.duplicates += 1;
+                        continue;
+                    }
+                    applied.counted += 1;
+                    let d = day_of(ev.time_us);
+                    let buckets = match &day {
+                        Some((at, buckets)) if *at == d => buckets,
+                        _ => &day.insert((d, [Period::containing(ev.time_us).to_string(), format_day(d)])).1,
+                    };
+                    for (m, c) in &ev.contributions {
+                        let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
+                        for bucket in buckets {
+                            if let Contribution::Unique(v) = c
+                                && unique.execute(params![ev.tenant, meter, bucket, v])? == 0
+                            {
+                                continue;
+                            }
+                            let key = KeyRef(&ev.tenant, meter, bucket);
+                            let tally = cache.current(&key, |KeyRef(t, m, b)| {
+                                let stored = load.query_row(params![t, m, b], |r| {
+                                    Ok(Counter { tally: tally_from(r, 0)?, id: Some(r.get(3)?) })
+                                });
+                                Ok(stored.optional()?.unwrap_or_default())
+                            })?;
+                            tally.add(c, ev.time_us, &ev.id)?;
                         }
-                        let key = KeyRef(&ev.tenant, meter, bucket);
-                        let tally = current(scratch, &cache, &key, |KeyRef(t, m, b)| {
-                            let stored = load.query_row(params![t, m, b], |r| {
-                                Ok(Counter { tally: tally_from(r, 0)?, id: Some(r.get(3)?) })
-                            });
-                            Ok(stored.optional()?.unwrap_or_default())
-                        })?;
-                        tally.add(c, ev.time_us, &ev.id)?;
+                    }
+                    for (m, values) in &ev.groups {
+                        let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
+                        let Some((_, c)) = ev.contributions.iter().find(|(i, _)| i == m) else { continue };
+                        for (property, value) in def.group_by.iter().zip(values) {
+                            let key = GroupRef(&ev.tenant, &buckets[0], &def.name, property, value);
+                            let amount = group_cache.current(&key, |GroupRef(t, b, m, p, x)| {
+                                let stored: Option<(String, i64)> = load_group
+                                    .query_row(params![t, b, m, p, x], |r| Ok((r.get(0)?, r.get(1)?)))
+                                    .optional()?;
+                                let Some((amount, id)) = stored else { return Ok(Counter::default()) };
+                                Ok(Counter {
+                                    tally: Tally { value: Some(amount_of(&amount)?), latest: None },
+                                    id: Some(id),
+                                })
+                            })?;
+                            amount.add(c, ev.time_us, &ev.id)?;
+                        }
                     }
                 }
-                for (m, values) in &ev.groups {
-                    let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
-                    let Some((_, c)) = ev.contributions.iter().find(|(i, _)| i == m) else { continue };
-                    for (property, value) in def.group_by.iter().zip(values) {
-                        let key = GroupRef(&ev.tenant, &buckets[0], &def.name, property, value);
-                        let amount = current(groups, &group_cache, &key, |GroupRef(t, b, m, p, x)| {
-                            let stored: Option<(String, i64)> = load_group
-                                .query_row(params![t, b, m, p, x], |r| Ok((r.get(0)?, r.get(1)?)))
-                                .optional()?;
-                            let Some((amount, id)) = stored else { return Ok(Counter::default()) };
-                            Ok(Counter {
-                                tally: Tally { value: Some(amount_of(&amount)?), latest: None },
-                                id: Some(id),
-                            })
-                        })?;
-                        amount.add(c, ev.time_us, &ev.id)?;
-                    }
+                let mut tallies = CounterWrites::prepare(
+                    &tx,
+                    ALLOCATE_TALLY,
+                    "UPDATE tallies SET value = ?2, latest_us = ?3, latest_id = ?4 WHERE id = ?1",
+                    "INSERT INTO tallies (id, tenant, meter, bucket, value, latest_us, latest_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "ON CONFLICT (tenant, meter, bucket) DO UPDATE
+                     SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id",
+                )?;
+                // Tallies before breakdowns (every counted event has a tally), and a batch's new
+                // counters in key order: the tenants a batch counts first take their slots
+                // ([`ALLOCATE_TALLY`]) in the order of their names, as rows keyed by tenant lay before.
+                cache.write_touched(|(tenant, meter, bucket), c| {
+                    let value = c.tally.value.map(|v| v.to_string());
+                    let latest = c.tally.latest.as_ref();
+                    let (latest_us, latest_id) = (latest.map(|l| l.0), latest.map(|l| &l.1));
+                    tallies.store(&mut c.id, tenant, &[tenant, meter, bucket], &[&value, &latest_us, &latest_id])
+                })?;
+                let mut breakdowns = CounterWrites::prepare(
+                    &tx,
+                    ALLOCATE_BREAKDOWN,
+                    "UPDATE breakdowns SET amount = ?2 WHERE id = ?1",
+                    "INSERT INTO breakdowns (id, tenant, period, meter, property, value, amount)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount",
+                )?;
+                group_cache.write_touched(|(tenant, period, meter, property, value), c| {
+                    let amount = c.tally.value.unwrap_or_default().to_string();
+                    breakdowns.store(&mut c.id, tenant, &[tenant, period, meter, property, value], &[&amount])
+                })?;
+                let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(allowances) = allowances {
+                    let known = self.raised.lock().unwrap_or_else(|e| e.into_inner());
+                    let changed = cache.touched().map(|(k, c)| (k, &c.tally));
+                    (raised, new_alerts) = raise_alerts(&tx, &*allowances, changed, &known)?;
+                }
+                let mut position = tx.prepare_cached(
+                    "INSERT INTO checkpoints (consumer, partition, next_offset, watermark_us) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (consumer, partition) DO UPDATE SET next_offset = excluded.next_offset,
+                         watermark_us = coalesce(max(watermark_us, excluded.watermark_us), watermark_us, excluded.watermark_us)",
+                )?;
+                for a in &progress.partitions {
+                    position.execute(params![consumer, a.partition, a.to as i64, progress.watermark_us])?;
                 }
             }
-            let mut tallies = CounterWrites::prepare(
-                &tx,
-                ALLOCATE_TALLY,
-                "UPDATE tallies SET value = ?2, latest_us = ?3, latest_id = ?4 WHERE id = ?1",
-                "INSERT INTO tallies (id, tenant, meter, bucket, value, latest_us, latest_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                "ON CONFLICT (tenant, meter, bucket) DO UPDATE
-                 SET value = excluded.value, latest_us = excluded.latest_us, latest_id = excluded.latest_id",
-            )?;
-            write_in_order(scratch, |(tenant, meter, bucket), c| {
-                let value = c.tally.value.map(|v| v.to_string());
-                let latest = c.tally.latest.as_ref();
-                let (latest_us, latest_id) = (latest.map(|l| l.0), latest.map(|l| &l.1));
-                tallies.store(&mut c.id, tenant, &[tenant, meter, bucket], &[&value, &latest_us, &latest_id])
-            })?;
-            let mut breakdowns = CounterWrites::prepare(
-                &tx,
-                ALLOCATE_BREAKDOWN,
-                "UPDATE breakdowns SET amount = ?2 WHERE id = ?1",
-                "INSERT INTO breakdowns (id, tenant, period, meter, property, value, amount)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                "ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount",
-            )?;
-            write_in_order(groups, |(tenant, period, meter, property, value), c| {
-                let amount = c.tally.value.unwrap_or_default().to_string();
-                breakdowns.store(&mut c.id, tenant, &[tenant, period, meter, property, value], &[&amount])
-            })?;
-            let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
-            if let Some(allowances) = allowances {
-                let known = self.raised.lock().unwrap_or_else(|e| e.into_inner());
-                let changed = scratch.iter().map(|(k, c)| (k, &c.tally));
-                (raised, new_alerts) = raise_alerts(&tx, &*allowances, changed, &known)?;
-            }
-            let mut position = tx.prepare_cached(
-                "INSERT INTO checkpoints (consumer, partition, next_offset, watermark_us) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (consumer, partition) DO UPDATE SET next_offset = excluded.next_offset,
-                     watermark_us = coalesce(max(watermark_us, excluded.watermark_us), watermark_us, excluded.watermark_us)",
-            )?;
-            for a in &progress.partitions {
-                position.execute(params![consumer, a.partition, a.to as i64, progress.watermark_us])?;
-            }
-        }
-        seen.commit(tx)?;
+            seen.commit(tx)?;
+            Ok::<_, Error>((applied, raised, new_alerts))
+        })();
+        let (applied, raised, new_alerts) = written.inspect_err(|_| {
+            cache.clear();
+            group_cache.clear();
+        })?;
         if let Err(e) = seen.committed(&mut conn, now_us()) {
             tracing::warn!(error = %e, "moving counted ids into the dedup index failed; trying again after the next batch");
         }
@@ -750,14 +711,6 @@ impl UsageStore for SqliteStore {
         if let Err(e) = self.wal.after_commit(&conn) {
             tracing::warn!(error = %e, "bounding the usage store's WAL failed; trying again after the next batch");
         }
-        if cache.len() + scratch.len() > CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.extend(scratch.drain());
-        if group_cache.len() + groups.len() > CACHE_ENTRIES {
-            group_cache.clear();
-        }
-        group_cache.extend(groups.drain());
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
         self.announce("usage_threshold", new_alerts);
         Ok(applied)
