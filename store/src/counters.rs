@@ -7,6 +7,7 @@ use crate::Error;
 use hashbrown::Equivalent;
 use meter_schemas::Tally;
 use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, MutexGuard};
 
 type Indexed<K> = indexmap::IndexMap<K, (Counter, u64), hashbrown::DefaultHashBuilder>;
 
@@ -50,6 +51,20 @@ impl<K: Hash + Eq> Cache<K> {
         self.touched.clear();
         if self.map.len() > limit {
             self.map.clear();
+        }
+    }
+
+    /// Locks `cache`. One a batch panicked while holding (poisoned) may hold counters it changed
+    /// in place and never stored: it is emptied, and no longer poisoned.
+    pub(crate) fn lock(cache: &Mutex<Self>) -> MutexGuard<'_, Self> {
+        match cache.lock() {
+            Ok(held) => held,
+            Err(poisoned) => {
+                let mut held = poisoned.into_inner();
+                held.clear();
+                cache.clear_poison();
+                held
+            }
         }
     }
 
@@ -204,6 +219,25 @@ mod tests {
         assert_eq!(loads.get(), 3, "past its limit the cache starts over");
         cache.clear();
         assert!(touched(&cache).is_empty());
+    }
+
+    /// A batch that panicked while adding in place leaves the lock poisoned: the next lock finds
+    /// the cache empty (the database never had those values) and no longer poisoned.
+    #[test]
+    fn a_cache_a_batch_panicked_in_is_emptied() {
+        let cache: Mutex<Cache<Key>> = Mutex::default();
+        Cache::lock(&cache).begin(10);
+        Cache::lock(&cache).current(&KeyRef("a", "m", "2026-11"), |_| Ok(Counter::default())).unwrap();
+        let panicked = std::panic::catch_unwind(|| {
+            let mut held = Cache::lock(&cache);
+            held.current(&KeyRef("b", "m", "2026-11"), |_| Ok(Counter::default())).unwrap();
+            panic!("a batch fails half-way");
+        });
+        assert!(panicked.is_err() && cache.is_poisoned());
+        let held = Cache::lock(&cache);
+        assert!(held.map.is_empty() && held.touched().next().is_none());
+        drop(held);
+        assert!(!cache.is_poisoned());
     }
 
     /// Counters with a row are written first, in the order met; new ones after them, by key.

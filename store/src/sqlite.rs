@@ -498,8 +498,8 @@ impl<'c> CounterWrites<'c> {
     /// it: by its row's id when it has one; if it has none, the transaction found no row for its
     /// key, and a plain insert adds one with a new id in its tenant's slot (rather than the
     /// upsert); if no row has its id any more, by its key (the upsert with a new id, answering
-    /// the row's). The id is kept. A counter has no id only in the transaction that loaded it:
-    /// the caches take a batch's counters once it committed, each with its id.
+    /// the row's). The id is kept on the cached counter. A counter has no id only in the
+    /// transaction that loaded it (a batch that fails empties the caches).
     fn store(
         &mut self,
         id: &mut Option<i64>,
@@ -566,8 +566,8 @@ impl UsageStore for SqliteStore {
         progress: &Progress,
     ) -> Result<Applied, Error> {
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let mut group_cache = self.group_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = Cache::lock(&self.cache);
+        let mut group_cache = Cache::lock(&self.group_cache);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         seen.begin(&tx)?;
