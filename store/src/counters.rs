@@ -1,7 +1,7 @@
 //! The live counters' keys and cached values, one definition for every backend that folds a batch
 //! in Rust (SQLite, Postgres): a batch looks its counters up by borrowed keys ([`KeyRef`],
 //! [`GroupRef`]) and copies a key only when it first adds to it. [`Cache`] keeps the committed
-//! counters between batches for the SQLite store, which adds to them in place.
+//! counters between batches, and a batch adds to them in place.
 
 use crate::Error;
 use hashbrown::Equivalent;
@@ -96,6 +96,25 @@ impl<K: Hash + Eq> Cache<K> {
             touched.push(at);
         }
         Ok(&mut counter.tally)
+    }
+
+    /// Whether the cache holds `key`'s counter (a batch that reads its counters in one query
+    /// first lists those it lacks).
+    pub(crate) fn holds<Q: Hash + Equivalent<K>>(&self, key: &Q) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Keeps `counters`, read from the database, untouched by this batch until it adds to them.
+    /// A key the cache holds keeps its counter.
+    pub(crate) fn fill(&mut self, counters: impl IntoIterator<Item = (K, Counter)>) {
+        for (key, counter) in counters {
+            self.map.entry(key).or_insert((counter, 0));
+        }
+    }
+
+    /// The counter of `key`, if cached (to give it its new row's id).
+    pub(crate) fn get_mut<Q: Hash + Equivalent<K>>(&mut self, key: &Q) -> Option<&mut Counter> {
+        self.map.get_mut(key).map(|(counter, _)| counter)
     }
 
     /// The counters this batch touched.
@@ -238,6 +257,32 @@ mod tests {
         assert!(held.map.is_empty() && held.touched().next().is_none());
         drop(held);
         assert!(!cache.is_poisoned());
+    }
+
+    /// A batch that reads its counters in one query first: those it read are kept untouched (not
+    /// written by this batch) until it adds to them, a cached one is not replaced by the read,
+    /// and a new row's id reaches the cached counter.
+    #[test]
+    fn counters_filled_before_a_batch_are_touched_only_when_added_to() {
+        let mut cache: Cache<Key> = Cache::default();
+        let key = |t: &str| (t.to_string(), "m".to_string(), "2026-11".to_string());
+        let stored = |v: i64, id| Counter { tally: Tally { value: Some(v.into()), latest: None }, id: Some(id) };
+        cache.begin(10);
+        let a = cache.current(&KeyRef("a", "m", "2026-11"), |_| Ok(Counter::default())).unwrap();
+        a.add(&Contribution::Count, 0, "e").unwrap();
+        cache.begin(10);
+        assert!(cache.holds(&KeyRef("a", "m", "2026-11")) && !cache.holds(&KeyRef("b", "m", "2026-11")));
+        cache.fill([(key("a"), stored(100, 1)), (key("b"), stored(5, 2)), (key("c"), stored(9, 3))]);
+        assert!(touched(&cache).is_empty(), "filled, not touched");
+        for t in ["b", "a"] {
+            let tally = cache.current(&KeyRef(t, "m", "2026-11"), |_| unreachable!("{t} is held")).unwrap();
+            tally.add(&Contribution::Count, 0, "e").unwrap();
+        }
+        assert_eq!(touched(&cache), [("b".into(), "6".into()), ("a".into(), "2".into())]);
+        assert!(cache.get_mut(&KeyRef("d", "m", "2026-11")).is_none());
+        cache.get_mut(&KeyRef("a", "m", "2026-11")).unwrap().id = Some(7);
+        let ids: Vec<_> = cache.touched().map(|(k, c)| (k.0.as_str(), c.id)).collect();
+        assert_eq!(ids, [("b", Some(2)), ("a", Some(7))]);
     }
 
     /// Counters with a row are written first, in the order met; new ones after them, by key.

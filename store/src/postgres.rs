@@ -13,7 +13,7 @@
 //! reader past one alert never misses an earlier one.
 
 use crate::alerts::{Alert, Allowances, Reached, Suggestion, suggestion_id, thresholds};
-use crate::counters::{Counter, GroupKey, GroupRef, Key, KeyRef};
+use crate::counters::{Cache, Counter, GroupKey, GroupRef, Key, KeyRef};
 use crate::limits::{LimitQuery, LimitSnapshot, LimitState};
 use crate::{
     Applied, Breakdown, Checkpoint, Coverage, Date, Error, LiveStore, MeterTallies, Metered, PeriodUsage, Progress,
@@ -200,8 +200,10 @@ const SEEN_PARTS: &str = "store:seen-parts";
 /// The live counters in Postgres.
 pub struct PgStore {
     pg: Arc<Pg>,
-    cache: Mutex<HashMap<Key, Counter>>,
-    group_cache: Mutex<HashMap<GroupKey, Counter>>,
+    /// The committed tallies, added to in place by each batch (emptied when one fails).
+    cache: Mutex<Cache<Key>>,
+    /// The committed breakdown amounts, as `cache`.
+    group_cache: Mutex<Cache<GroupKey>>,
     allowances: RwLock<Option<Arc<dyn Allowances>>>,
     /// Ids of alerts known to be raised, so that a counter above its thresholds costs no write.
     raised: Mutex<std::collections::HashSet<String>>,
@@ -239,8 +241,8 @@ impl PgStore {
         meter_postgres::check(&pg, COMPONENT, MIGRATIONS.len() as i64)?;
         let store = Self {
             pg,
-            cache: Mutex::new(HashMap::new()),
-            group_cache: Mutex::new(HashMap::new()),
+            cache: Mutex::default(),
+            group_cache: Mutex::default(),
             allowances: RwLock::new(None),
             raised: Mutex::new(std::collections::HashSet::new()),
             alerted: tokio::sync::watch::Sender::new(0),
@@ -352,8 +354,8 @@ impl PgStore {
 
     /// Drops the cached counters: the next batch reads those it adds to from the table.
     fn forget(&self) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.group_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Cache::lock(&self.cache).clear();
+        Cache::lock(&self.group_cache).clear();
     }
 
     fn known(&self) -> std::collections::HashSet<String> {
@@ -454,14 +456,53 @@ async fn fenced<T>(
     Err(Error::Fenced { partition: a.partition, stored: stored as u64, from: a.from })
 }
 
-/// What a batch changes, folded in Rust before it is written.
+/// What a batch changes, folded in Rust (added to the cached counters in place) before it is
+/// written.
 struct Folded {
     applied: Applied,
-    /// The tallies the batch adds to: those with a row's id are updated by it, the others (no
-    /// row yet) inserted, and given the new row's id once written.
-    tallies: HashMap<Key, Counter>,
-    /// The same for the breakdown amounts.
-    groups: HashMap<GroupKey, Counter>,
+    /// The tallies the batch added to.
+    tallies: Writes<Key>,
+    /// The breakdown amounts the batch added to.
+    groups: Writes<GroupKey>,
+    /// The alert thresholds its tallies reached.
+    reached: Vec<Reached>,
+}
+
+/// The counters a batch touched, as its statements send them: those with a row rewritten by its
+/// id, the others (no row yet) inserted, in key order, and given their new rows' ids once written.
+struct Writes<K> {
+    ids: Vec<i64>,
+    values: Vec<Option<Decimal>>,
+    latest_us: Vec<Option<i64>>,
+    latest_id: Vec<Option<String>>,
+    new: Vec<(K, Tally)>,
+}
+
+impl<K: std::hash::Hash + Eq + Ord + Clone> Writes<K> {
+    /// The counters this batch touched in `cache`, copied out (a key only when its row is new).
+    fn of(cache: &mut Cache<K>) -> Self {
+        let mut w = Writes {
+            ids: Vec::new(),
+            values: Vec::new(),
+            latest_us: Vec::new(),
+            latest_id: Vec::new(),
+            new: Vec::new(),
+        };
+        let written = cache.write_touched(|key, c| {
+            match c.id {
+                Some(id) => {
+                    w.ids.push(id);
+                    w.values.push(c.tally.value);
+                    w.latest_us.push(c.tally.latest.as_ref().map(|l| l.0));
+                    w.latest_id.push(c.tally.latest.as_ref().map(|l| l.1.clone()));
+                }
+                None => w.new.push((key.clone(), c.tally.clone())),
+            }
+            Ok(())
+        });
+        debug_assert!(written.is_ok(), "copying out fails nothing");
+        w
+    }
 }
 
 impl PgStore {
@@ -504,13 +545,14 @@ impl PgStore {
     }
 
     /// Folds the events of `events` whose `(tenant, id)` is in `new` (each once) into the
-    /// tallies, inside `tx`.
+    /// cached tallies, inside `tx`, and notes the thresholds they reach under `allowances`.
     async fn fold(
         &self,
         tx: &Transaction<'_>,
         meters: &[MeterDef],
         events: &[Metered],
         new: HashSet<(&str, &str)>,
+        allowances: Option<&dyn Allowances>,
     ) -> Result<Folded, Error> {
         let mut taken = HashSet::new();
         let counted: Vec<&Metered> = events
@@ -556,28 +598,33 @@ impl PgStore {
             new_uniques = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
         }
 
-        // The tallies and breakdown amounts the batch adds to: taken out of the cache, keys and
-        // all (put back once the batch commits; a failed batch drops the cache), the others read
-        // from the table. A key is copied only when the cache does not have it.
-        // Sized for a batch whose events each add to a few counters (a rehash copies them all).
-        let (mut tallies, mut groups) = (HashMap::with_capacity(4 * counted.len()), HashMap::new());
+        // The tallies and breakdown amounts the batch adds to: those the caches lack are read
+        // from the table first, in one query each (sent together), then every one is added to in
+        // place in the cache. A key is copied only when the cache does not have it.
         let (mut missing, mut missing_groups) = (HashSet::new(), HashSet::new());
         {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            let mut group_cache = self.group_cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = Cache::lock(&self.cache);
+            let mut group_cache = Cache::lock(&self.group_cache);
+            cache.begin(CACHE_ENTRIES);
+            group_cache.begin(CACHE_ENTRIES);
             for (e, &d) in counted.iter().zip(&at) {
                 let [period, _] = &day_names[d];
                 for (m, _) in &e.contributions {
                     let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
                     for bucket in &day_names[d] {
-                        take(&mut cache, &mut tallies, &mut missing, KeyRef(&e.tenant, meter, bucket));
+                        let key = KeyRef(&e.tenant, meter, bucket);
+                        if !cache.holds(&key) {
+                            missing.get_or_insert_with(&key, |k| Key::from(k));
+                        }
                     }
                 }
                 for (m, values) in &e.groups {
                     let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
                     for (property, value) in def.group_by.iter().zip(values) {
                         let key = GroupRef(&e.tenant, period, &def.name, property, value);
-                        take(&mut group_cache, &mut groups, &mut missing_groups, key);
+                        if !group_cache.holds(&key) {
+                            missing_groups.get_or_insert_with(&key, |k| GroupKey::from(k));
+                        }
                     }
                 }
             }
@@ -585,9 +632,11 @@ impl PgStore {
         // Both reads at once, their results in the order sent (the first error is the cause).
         let (t, g) = tokio::join!(biased; self.load_tallies(tx, missing), self.load_groups(tx, missing_groups));
         let (t, g) = (t?, g?);
-        tallies.extend(t);
-        groups.extend(g);
 
+        let mut cache = Cache::lock(&self.cache);
+        let mut group_cache = Cache::lock(&self.group_cache);
+        cache.fill(t);
+        group_cache.fill(g);
         for (e, &d) in counted.iter().zip(&at) {
             let [period, _] = &day_names[d];
             for (m, c) in &e.contributions {
@@ -598,12 +647,7 @@ impl PgStore {
                     {
                         continue;
                     }
-                    let key = KeyRef(&e.tenant, meter, bucket);
-                    let counter = match tallies.get_mut(&key) {
-                        Some(t) => t,
-                        None => tallies.entry(Key::from(&key)).or_default(),
-                    };
-                    counter.tally.add(c, e.time_us, &e.id)?;
+                    cache.current(&KeyRef(&e.tenant, meter, bucket), absent)?.add(c, e.time_us, &e.id)?;
                 }
             }
             for (m, values) in &e.groups {
@@ -611,31 +655,31 @@ impl PgStore {
                 let Some((_, c)) = e.contributions.iter().find(|(i, _)| i == m) else { continue };
                 for (property, value) in def.group_by.iter().zip(values) {
                     let key = GroupRef(&e.tenant, period, &def.name, property, value);
-                    let counter = match groups.get_mut(&key) {
-                        Some(g) => g,
-                        None => groups.entry(GroupKey::from(&key)).or_default(),
-                    };
-                    counter.tally.add(c, e.time_us, &e.id)?;
+                    group_cache.current(&key, absent)?.add(c, e.time_us, &e.id)?;
                 }
             }
         }
-        Ok(Folded { applied, tallies, groups })
+        let reached = match allowances {
+            Some(a) => {
+                let known = self.raised.lock().unwrap_or_else(|e| e.into_inner());
+                cache.touched().flat_map(|((t, m, b), c)| thresholds(a, (t, m, b), &c.tally, &known)).collect()
+            }
+            None => Vec::new(),
+        };
+        Ok(Folded { applied, tallies: Writes::of(&mut cache), groups: Writes::of(&mut group_cache), reached })
     }
 
-    /// The tallies of `missing` (from the cache) read from the table with their rows' ids; a key
-    /// with no row starts empty, with no id.
-    async fn load_tallies(&self, tx: &Transaction<'_>, missing: HashSet<Key>) -> Result<HashMap<Key, Counter>, Error> {
-        let mut out = HashMap::with_capacity(missing.len());
+    /// The tallies of `missing` (from the cache) that the table has, with their rows' ids.
+    async fn load_tallies(&self, tx: &Transaction<'_>, missing: HashSet<Key>) -> Result<Vec<(Key, Counter)>, Error> {
         if missing.is_empty() {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let col = |i: usize| missing.iter().map(|k| [&k.0, &k.1, &k.2][i].as_str()).collect::<Vec<_>>();
         let load = tx.prepare_cached(sql::TALLIES_LOAD).await?;
-        for r in tx.query(&load, &[&col(0), &col(1), &col(2)]).await? {
-            out.insert((r.get(0), r.get(1), r.get(2)), Counter { tally: tally(&r, 3)?, id: Some(r.get(6)) });
-        }
-        start_new(&mut out, missing);
-        Ok(out)
+        let rows = tx.query(&load, &[&col(0), &col(1), &col(2)]).await?;
+        rows.iter()
+            .map(|r| Ok(((r.get(0), r.get(1), r.get(2)), Counter { tally: tally(r, 3)?, id: Some(r.get(6)) })))
+            .collect()
     }
 
     /// The breakdown amounts of `missing`, as [`PgStore::load_tallies`].
@@ -643,8 +687,8 @@ impl PgStore {
         &self,
         tx: &Transaction<'_>,
         missing: HashSet<GroupKey>,
-    ) -> Result<HashMap<GroupKey, Counter>, Error> {
-        let mut out = HashMap::with_capacity(missing.len());
+    ) -> Result<Vec<(GroupKey, Counter)>, Error> {
+        let mut out = Vec::with_capacity(missing.len());
         if missing.is_empty() {
             return Ok(out);
         }
@@ -654,9 +698,8 @@ impl PgStore {
         for r in rows {
             let amount = decimal(r.get(5), "breakdown amount")?;
             let counter = Counter { tally: Tally { value: amount, latest: None }, id: Some(r.get(6)) };
-            out.insert((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), counter);
+            out.push(((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), counter));
         }
-        start_new(&mut out, missing);
         Ok(out)
     }
 }
@@ -671,58 +714,35 @@ async fn snapshot(c: &mut Object) -> Result<Transaction<'_>, Error> {
     Ok(c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?)
 }
 
-/// Adds `key` to the batch's counters: moved out of `cache` when it holds it, else noted as
-/// `missing` (to read from the table). A key already in the batch is left as it is.
-fn take<K, Q>(cache: &mut HashMap<K, Counter>, batch: &mut HashMap<K, Counter>, missing: &mut HashSet<K>, key: Q)
-where
-    K: Eq + std::hash::Hash + for<'q> From<&'q Q>,
-    Q: std::hash::Hash + hashbrown::Equivalent<K>,
-{
-    if batch.contains_key(&key) {
-        return;
-    }
-    match cache.remove_entry(&key) {
-        Some((k, counter)) => {
-            batch.insert(k, counter);
-        }
-        None => {
-            missing.get_or_insert_with(&key, |k| K::from(k));
-        }
-    }
-}
-
-/// Of the keys `missing` from the cache, those the table had no row for either: each starts
-/// empty in `out`, with no row's id (to be inserted rather than updated).
-fn start_new<K: Eq + std::hash::Hash>(out: &mut HashMap<K, Counter>, missing: HashSet<K>) {
-    for k in missing {
-        out.entry(k).or_default();
-    }
+/// The counter of a key the table had no row for (the batch read those the cache lacks first):
+/// it starts empty, with no row's id, and is inserted rather than updated.
+fn absent<Q>(_: &Q) -> Result<Counter, Error> {
+    Ok(Counter::default())
 }
 
 /// Writes the folded tallies and breakdown amounts: those with a row's id are updated in place
 /// by it (an `UPDATE` joined to the batch on the id; cheaper than an upsert's speculative
-/// insert), the others inserted and given their new rows' ids. The four statements are sent at
-/// once, without waiting for each other's answer.
-async fn save(tx: &Transaction<'_>, folded: &mut Folded) -> Result<(), Error> {
+/// insert), the others inserted. The four statements are sent at once, without waiting for each
+/// other's answer. Answers the new rows' ids.
+async fn save(tx: &Transaction<'_>, folded: &Folded) -> Result<(Vec<(Key, i64)>, Vec<(GroupKey, i64)>), Error> {
     let (a, b, c, d) = tokio::join!(
         biased;
         update_tallies(tx, &folded.tallies),
-        insert_tallies(tx, &folded.tallies),
+        insert_tallies(tx, &folded.tallies.new),
         update_groups(tx, &folded.groups),
-        insert_groups(tx, &folded.groups),
+        insert_groups(tx, &folded.groups.new),
     );
     // Read in the order sent: the first error is the cause (the others say the transaction is
     // aborted).
     let (tallies, groups) = (a.and(b), c.and(d));
-    give_ids(&mut folded.tallies, tallies?);
-    give_ids(&mut folded.groups, groups?);
-    Ok(())
+    Ok((tallies?, groups?))
 }
 
-/// Keeps each new row's id with its counter.
-fn give_ids<K: Eq + std::hash::Hash>(counters: &mut HashMap<K, Counter>, ids: Vec<(K, i64)>) {
+/// Keeps each new row's id with its cached counter.
+fn give_ids<K: std::hash::Hash + Eq>(cache: &Mutex<Cache<K>>, ids: Vec<(K, i64)>) {
+    let mut cache = Cache::lock(cache);
     for (key, id) in ids {
-        if let Some(counter) = counters.get_mut(&key) {
+        if let Some(counter) = cache.get_mut(&key) {
             counter.id = Some(id);
         }
     }
@@ -737,24 +757,17 @@ fn all_updated(table: &'static str, updated: u64, sent: usize) -> Result<(), Err
 }
 
 /// Rewrites the folded tallies that have a row by its id.
-async fn update_tallies(tx: &Transaction<'_>, tallies: &HashMap<Key, Counter>) -> Result<(), Error> {
-    let rows: Vec<(i64, &Tally)> = tallies.values().filter_map(|c| Some((c.id?, &c.tally))).collect();
-    if rows.is_empty() {
+async fn update_tallies(tx: &Transaction<'_>, w: &Writes<Key>) -> Result<(), Error> {
+    if w.ids.is_empty() {
         return Ok(());
     }
-    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-    let values: Vec<Option<Decimal>> = rows.iter().map(|(_, t)| t.value).collect();
-    let latest_us: Vec<Option<i64>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.0)).collect();
-    let latest_id: Vec<Option<&str>> = rows.iter().map(|(_, t)| t.latest.as_ref().map(|l| l.1.as_str())).collect();
     let statement = tx.prepare_cached(sql::TALLIES_UPDATE).await?;
-    let n = tx.execute(&statement, &[&ids, &values, &latest_us, &latest_id]).await?;
-    all_updated("tallies", n, rows.len())
+    let n = tx.execute(&statement, &[&w.ids, &w.values, &w.latest_us, &w.latest_id]).await?;
+    all_updated("tallies", n, w.ids.len())
 }
 
 /// Inserts the folded tallies that have no row yet; answers their new rows' ids.
-async fn insert_tallies(tx: &Transaction<'_>, tallies: &HashMap<Key, Counter>) -> Result<Vec<(Key, i64)>, Error> {
-    let rows: Vec<(&Key, &Tally)> =
-        tallies.iter().filter(|(_, c)| c.id.is_none()).map(|(k, c)| (k, &c.tally)).collect();
+async fn insert_tallies(tx: &Transaction<'_>, rows: &[(Key, Tally)]) -> Result<Vec<(Key, i64)>, Error> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -770,25 +783,18 @@ async fn insert_tallies(tx: &Transaction<'_>, tallies: &HashMap<Key, Counter>) -
 }
 
 /// Rewrites the folded breakdown amounts that have a row by its id.
-async fn update_groups(tx: &Transaction<'_>, groups: &HashMap<GroupKey, Counter>) -> Result<(), Error> {
-    let rows: Vec<(i64, &Tally)> = groups.values().filter_map(|c| Some((c.id?, &c.tally))).collect();
-    if rows.is_empty() {
+async fn update_groups(tx: &Transaction<'_>, w: &Writes<GroupKey>) -> Result<(), Error> {
+    if w.ids.is_empty() {
         return Ok(());
     }
-    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-    let amounts: Vec<Decimal> = rows.iter().map(|(_, t)| t.value.unwrap_or_default()).collect();
+    let amounts: Vec<Decimal> = w.values.iter().map(|v| v.unwrap_or_default()).collect();
     let statement = tx.prepare_cached(sql::GROUPS_UPDATE).await?;
-    let n = tx.execute(&statement, &[&ids, &amounts]).await?;
-    all_updated("breakdowns", n, rows.len())
+    let n = tx.execute(&statement, &[&w.ids, &amounts]).await?;
+    all_updated("breakdowns", n, w.ids.len())
 }
 
 /// Inserts the folded breakdown amounts that have no row yet; answers their new rows' ids.
-async fn insert_groups(
-    tx: &Transaction<'_>,
-    groups: &HashMap<GroupKey, Counter>,
-) -> Result<Vec<(GroupKey, i64)>, Error> {
-    let rows: Vec<(&GroupKey, &Tally)> =
-        groups.iter().filter(|(_, c)| c.id.is_none()).map(|(k, c)| (k, &c.tally)).collect();
+async fn insert_groups(tx: &Transaction<'_>, rows: &[(GroupKey, Tally)]) -> Result<Vec<(GroupKey, i64)>, Error> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -828,39 +834,18 @@ impl UsageStore for PgStore {
             let arrived = self.arrival(&mut client).await;
             let tx = client.transaction().await?;
             let new = fenced(&tx, consumer, progress, self.insert_ids(&tx, events, &arrived)).await?;
-            let mut folded = self.fold(&tx, meters, events, inserted(&new)).await?;
-            save(&tx, &mut folded).await?;
-            let reached = match &allowances {
-                Some(a) => {
-                    let known = self.raised.lock().unwrap_or_else(|e| e.into_inner());
-                    folded
-                        .tallies
-                        .iter()
-                        .flat_map(|((t, m, b), c)| thresholds(&**a, (t, m, b), &c.tally, &known))
-                        .collect()
-                }
-                None => Vec::new(),
-            };
-            let (raised, new) = raise(&tx, reached).await?;
+            let folded = self.fold(&tx, meters, events, inserted(&new), allowances.as_deref()).await?;
+            let (tally_ids, group_ids) = save(&tx, &folded).await?;
+            give_ids(&self.cache, tally_ids);
+            give_ids(&self.group_cache, group_ids);
+            let (raised, new) = raise(&tx, folded.reached).await?;
             tx.commit().await?;
-            Ok::<_, Error>((folded, raised, new))
+            Ok::<_, Error>((folded.applied, raised, new))
         });
-        // What failed may have been the cache (a row replaced under it, or another owner's
-        // writes after a fence): the next batch reads its counters from the table.
-        let (folded, raised, new_alerts) = written.inspect_err(|_| self.forget())?;
-        let applied = folded.applied;
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() + folded.tallies.len() > CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.extend(folded.tallies);
-            let mut group_cache = self.group_cache.lock().unwrap_or_else(|e| e.into_inner());
-            if group_cache.len() + folded.groups.len() > CACHE_ENTRIES {
-                group_cache.clear();
-            }
-            group_cache.extend(folded.groups);
-        }
+        // The cached counters were added to in place, so a failed batch leaves them as the
+        // database never had them; or what failed was the cache (a row replaced under it, or
+        // another owner's writes after a fence): the next batch reads its counters from the table.
+        let (applied, raised, new_alerts) = written.inspect_err(|_| self.forget())?;
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
         self.announce("usage_threshold", new_alerts);
         Ok(applied)
