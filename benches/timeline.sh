@@ -6,7 +6,7 @@
 # p50/p99 of each interval, and the run's p99 whole and after its first 1 s and 5 s.
 #   BACKEND=postgres OUT=/tmp/tl-pg benches/timeline.sh && python3 benches/timeline.py /tmp/tl-pg/poll 4
 # SLOWLOG=MS has the Postgres server log every statement of at least MS ms (0: all, with their
-# durations) into OUT/server.log; PERF=1 records `perf record -a -g` over the first 1.5 s of the
+# durations) into OUT/server.log; PERF=1 records `perf record -a -g` over the first PERF_SECONDS (1.5) s of the
 # load into OUT/perf.data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +57,7 @@ until [ "$(owned "$aurl")" = 8 ]; do sleep 0.1; done
   done
 ) >"$OUT/poll" &
 poller=$!
-if [ -n "${PERF:-}" ]; then (perf record -a -g -F 999 -o "$OUT/perf.data" -- sleep 1.5 >/dev/null 2>&1 &); fi
+if [ -n "${PERF:-}" ]; then (perf record -a -g -F 999 -o "$OUT/perf.data" -- sleep "${PERF_SECONDS:-1.5}" >/dev/null 2>&1 &); fi
 $BIN loadgen --url "$(address ing)" --key "$key" --id-prefix tl --rate "$RATE" --events $((RATE * 20)) \
   --tenants 1000 --batch 100 --concurrency 32 >"$OUT/loadgen.out" 2>/dev/null
 sleep 1.5

@@ -9,6 +9,7 @@ use meter::server::Roles;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    huge_pages_off();
     let cli = Cli::parse();
     meter::telemetry::init_logs();
     match cli.command {
@@ -32,6 +33,21 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Dev(meter::cli::DevCommand::HttpBaseline(args)) => tokio::runtime::Runtime::new()?
             .block_on(meter_tools::baseline::http_baseline(args, meter::server::shutdown_signal())),
+    }
+}
+
+/// Transparent huge pages off for this process and what it starts, unless `MIMALLOC_ALLOW_THP`
+/// is set (to 1 to keep them). mimalloc advises them on its arenas (`MADV_HUGEPAGE`), so the first
+/// touch of any of their 2 MiB faulted in a huge page, zeroed whole: a fresh aggregator spent
+/// about 0.35 of its first second's CPU in the kernel's `clear_page_erms`, its first batches
+/// taking 150-270 ms where later ones take 4-7, and the event-to-counter p99 of a 20-second run
+/// was that start (BENCHMARKS.md, "Huge pages off").
+fn huge_pages_off() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none()
+        && let Err(e) = nix::sys::prctl::set_thp_disable(true)
+    {
+        eprintln!("meter: could not turn transparent huge pages off ({e}); going on with them");
     }
 }
 

@@ -65,6 +65,14 @@ impl Meter {
             .count()
     }
 
+    /// The value of `field` in the process's `/proc/PID/status` (`THP_enabled`, `VmRSS`, …).
+    pub fn status_field(&self, field: &str) -> String {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("the process's status");
+        let line = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'));
+        line.unwrap_or_else(|| panic!("no {field} in /proc/PID/status")).trim().to_string()
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
