@@ -200,6 +200,8 @@ const SEEN_PARTS: &str = "store:seen-parts";
 /// The live counters in Postgres.
 pub struct PgStore {
     pg: Arc<Pg>,
+    /// Held by the batch being applied, from its first statement to its commit.
+    applying: Mutex<()>,
     /// The committed tallies, added to in place by each batch (emptied when one fails).
     cache: Mutex<Cache<Key>>,
     /// The committed breakdown amounts, as `cache`.
@@ -241,6 +243,7 @@ impl PgStore {
         meter_postgres::check(&pg, COMPONENT, MIGRATIONS.len() as i64)?;
         let store = Self {
             pg,
+            applying: Mutex::new(()),
             cache: Mutex::default(),
             group_cache: Mutex::default(),
             allowances: RwLock::new(None),
@@ -473,14 +476,16 @@ struct Folded {
 struct Writes<K> {
     ids: Vec<i64>,
     values: Vec<Option<Decimal>>,
+    /// Each rewritten tally's latest value's time and id (`latest` meters); none for breakdowns.
     latest_us: Vec<Option<i64>>,
     latest_id: Vec<Option<String>>,
     new: Vec<(K, Tally)>,
 }
 
 impl<K: std::hash::Hash + Eq + Ord + Clone> Writes<K> {
-    /// The counters this batch touched in `cache`, copied out (a key only when its row is new).
-    fn of(cache: &mut Cache<K>) -> Self {
+    /// The counters this batch touched in `cache`, copied out (a key only when its row is new),
+    /// with their latest values when `latest` (tallies; a breakdown keeps an amount only).
+    fn of(cache: &mut Cache<K>, latest: bool) -> Result<Self, Error> {
         let mut w = Writes {
             ids: Vec::new(),
             values: Vec::new(),
@@ -488,20 +493,23 @@ impl<K: std::hash::Hash + Eq + Ord + Clone> Writes<K> {
             latest_id: Vec::new(),
             new: Vec::new(),
         };
-        let written = cache.write_touched(|key, c| {
+        cache.write_touched(|key, c| {
             match c.id {
-                Some(id) => {
+                Some(id) if latest => {
                     w.ids.push(id);
                     w.values.push(c.tally.value);
                     w.latest_us.push(c.tally.latest.as_ref().map(|l| l.0));
                     w.latest_id.push(c.tally.latest.as_ref().map(|l| l.1.clone()));
                 }
+                Some(id) => {
+                    w.ids.push(id);
+                    w.values.push(Some(c.tally.value.unwrap_or_default()));
+                }
                 None => w.new.push((key.clone(), c.tally.clone())),
             }
             Ok(())
-        });
-        debug_assert!(written.is_ok(), "copying out fails nothing");
-        w
+        })?;
+        Ok(w)
     }
 }
 
@@ -630,13 +638,17 @@ impl PgStore {
             }
         }
         // Both reads at once, their results in the order sent (the first error is the cause).
-        let (t, g) = tokio::join!(biased; self.load_tallies(tx, missing), self.load_groups(tx, missing_groups));
+        let (t, g) = tokio::join!(biased; self.load_tallies(tx, &missing), self.load_groups(tx, &missing_groups));
         let (t, g) = (t?, g?);
 
         let mut cache = Cache::lock(&self.cache);
         let mut group_cache = Cache::lock(&self.group_cache);
+        // The rows found, then every key read that had none: it starts empty, with no id, and is
+        // inserted rather than updated. Every counter pass 2 adds to is then held.
         cache.fill(t);
+        cache.fill(missing.into_iter().map(|k| (k, Counter::default())));
         group_cache.fill(g);
+        group_cache.fill(missing_groups.into_iter().map(|k| (k, Counter::default())));
         for (e, &d) in counted.iter().zip(&at) {
             let [period, _] = &day_names[d];
             for (m, c) in &e.contributions {
@@ -666,11 +678,16 @@ impl PgStore {
             }
             None => Vec::new(),
         };
-        Ok(Folded { applied, tallies: Writes::of(&mut cache), groups: Writes::of(&mut group_cache), reached })
+        Ok(Folded {
+            applied,
+            tallies: Writes::of(&mut cache, true)?,
+            groups: Writes::of(&mut group_cache, false)?,
+            reached,
+        })
     }
 
     /// The tallies of `missing` (from the cache) that the table has, with their rows' ids.
-    async fn load_tallies(&self, tx: &Transaction<'_>, missing: HashSet<Key>) -> Result<Vec<(Key, Counter)>, Error> {
+    async fn load_tallies(&self, tx: &Transaction<'_>, missing: &HashSet<Key>) -> Result<Vec<(Key, Counter)>, Error> {
         if missing.is_empty() {
             return Ok(Vec::new());
         }
@@ -686,7 +703,7 @@ impl PgStore {
     async fn load_groups(
         &self,
         tx: &Transaction<'_>,
-        missing: HashSet<GroupKey>,
+        missing: &HashSet<GroupKey>,
     ) -> Result<Vec<(GroupKey, Counter)>, Error> {
         let mut out = Vec::with_capacity(missing.len());
         if missing.is_empty() {
@@ -714,10 +731,25 @@ async fn snapshot(c: &mut Object) -> Result<Transaction<'_>, Error> {
     Ok(c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?)
 }
 
-/// The counter of a key the table had no row for (the batch read those the cache lacks first):
-/// it starts empty, with no row's id, and is inserted rather than updated.
+/// Pass 2 of a batch's fold finds every counter it adds to held (pass 1 read and filled those the
+/// cache lacked, while the batch holds `PgStore::applying`): one that is not would be written as if new,
+/// its stored value overwritten, so the batch fails instead.
 fn absent<Q>(_: &Q) -> Result<Counter, Error> {
-    Ok(Counter::default())
+    Err(Error::Unreadable("counter (one a batch added to without reading it first)".into()))
+}
+
+/// Empties the store's caches when dropped before its batch `committed`.
+struct ForgetUnlessCommitted<'a> {
+    store: &'a PgStore,
+    committed: bool,
+}
+
+impl Drop for ForgetUnlessCommitted<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.store.forget();
+        }
+    }
 }
 
 /// Writes the folded tallies and breakdown amounts: those with a row's id are updated in place
@@ -787,9 +819,8 @@ async fn update_groups(tx: &Transaction<'_>, w: &Writes<GroupKey>) -> Result<(),
     if w.ids.is_empty() {
         return Ok(());
     }
-    let amounts: Vec<Decimal> = w.values.iter().map(|v| v.unwrap_or_default()).collect();
     let statement = tx.prepare_cached(sql::GROUPS_UPDATE).await?;
-    let n = tx.execute(&statement, &[&w.ids, &amounts]).await?;
+    let n = tx.execute(&statement, &[&w.ids, &w.values]).await?;
     all_updated("breakdowns", n, w.ids.len())
 }
 
@@ -829,6 +860,13 @@ impl UsageStore for PgStore {
         progress: &Progress,
     ) -> Result<Applied, Error> {
         let allowances = self.allowances();
+        // One batch at a time (its fold lets go of the caches while it reads what they lack), and
+        // the caches emptied unless it commits: its counters are added to in place, so a batch
+        // that fails or panics anywhere leaves them as the database never had them; or what
+        // failed was the cache (a row replaced under it, or another owner's writes after a
+        // fence): the next batch reads its counters from the table.
+        let _one = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        let mut uncommitted = ForgetUnlessCommitted { store: self, committed: false };
         let written = self.pg.block(async {
             let mut client = self.pg.client().await?;
             let arrived = self.arrival(&mut client).await;
@@ -842,10 +880,8 @@ impl UsageStore for PgStore {
             tx.commit().await?;
             Ok::<_, Error>((folded.applied, raised, new))
         });
-        // The cached counters were added to in place, so a failed batch leaves them as the
-        // database never had them; or what failed was the cache (a row replaced under it, or
-        // another owner's writes after a fence): the next batch reads its counters from the table.
-        let (applied, raised, new_alerts) = written.inspect_err(|_| self.forget())?;
+        let (applied, raised, new_alerts) = written?;
+        uncommitted.committed = true;
         self.raised.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
         self.announce("usage_threshold", new_alerts);
         Ok(applied)
