@@ -54,3 +54,12 @@ start() {
 # address NAME: the address a process started by `start` printed (its URL, or a broker's
 # bootstrap).
 address() { sed -n 's/^meter listening on //p; s/^http baseline listening on //p; s/^kafka bootstrap: //p' "$dir/$1.out"; }
+
+# The EXIT trap of a script with processes in the background and a private Postgres cluster in
+# $dir/pg (deploy/postgres.sh): stops them, the cluster last, and removes $dir.
+stop_all_and_postgres() {
+  kill $(jobs -p) 2>/dev/null || true
+  [ -f "$dir/pg/pid" ] && kill -INT "$(cat "$dir/pg/pid")" 2>/dev/null || true
+  sleep 1
+  rm -rf "$dir"
+}

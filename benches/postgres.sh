@@ -23,13 +23,7 @@ source benches/lib.sh
 meter_bin
 dir=$(mktemp -d /tmp/meter-bench-pg.XXXXXX)
 chmod 755 "$dir"  # the Postgres server runs as `postgres` and keeps its data under it
-cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  [ -f "$dir/pg/pid" ] && kill -INT "$(cat "$dir/pg/pid")" 2>/dev/null || true
-  sleep 1
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+trap stop_all_and_postgres EXIT
 
 pg_port=${PG_PORT:-18791}
 pg=$(METER_PG_FSYNC=on deploy/postgres.sh "$dir/pg" "$pg_port")
