@@ -16,8 +16,6 @@ source benches/lib.sh
 meter_bin
 dir=$(mktemp -d /tmp/meter-aggregate.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
-counted() { curl -s "$1/metrics" | awk '/^meter_aggregator_events_total/ { s += $2 } END { print s + 0 }'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # thread_ticks PID NAME: the CPU ticks of the process's threads whose name contains NAME.
 thread_ticks() {
   local t=0 d

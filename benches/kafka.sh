@@ -28,8 +28,6 @@ dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
 rate() { echo "$1" | sed -n 's/^[^=]*= \([0-9]*\) events\/s.*/\1/p'; }
-counted() { curl -s "$1/metrics" | awk '/^meter_aggregator_events_total/ { s += $2 } END { print s + 0 }'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 start kafka dev kafka --partitions 8
 bootstrap=$(address kafka)

@@ -63,3 +63,10 @@ stop_all_and_postgres() {
   sleep 1
   rm -rf "$dir"
 }
+
+# counted URL: the events an aggregator at URL has taken in (counted and duplicates), from /metrics.
+counted() { curl -s "$1/metrics" | awk '/^meter_aggregator_events_total/ { s += $2 } END { print s + 0 }'; }
+# owned URL: the partitions an aggregator at URL owns, from /metrics.
+owned() { curl -s "$1/metrics" | awk '/^meter_aggregator_owned_partitions/ { s += $2 } END { print s + 0 }'; }
+# cpu_ticks PID: the user and system CPU ticks the process has used.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

@@ -46,9 +46,6 @@ fresh_db() {  # a new, migrated database; prints its URL (called in a subshell: 
   echo "$url"
 }
 stop() { local p; p=$(cat "$dir/$1.pid"); kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; }
-counted() { curl -s "$1/metrics" | awk '/^meter_aggregator_events_total/ { s += $2 } END { print s + 0 }'; }
-owned() { curl -s "$1/metrics" | awk '/^meter_aggregator_owned_partitions/ { s += $2 } END { print s + 0 }'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 export METER__LOG__PARTITIONS=8 METER__BOOTSTRAP_ADMIN_KEY=false
 
 start kafka dev kafka --partitions 8

@@ -40,7 +40,6 @@ key=$($BIN keys create --role admin --data-dir "$d" --state "$state" 2>/dev/null
 METER__STATE__URL="$state" start ing ingest --data-dir "$d" --listen 127.0.0.1:0
 METER__STATE__URL="$state" start agg aggregate --data-dir "$d" --listen 127.0.0.1:0
 aurl=$(address agg)
-owned() { curl -s "$1/metrics" | awk '/^meter_aggregator_owned_partitions/ { s += $2 } END { print s + 0 }'; }
 until [ "$(owned "$aurl")" = 8 ]; do sleep 0.1; done
 (
   while true; do
