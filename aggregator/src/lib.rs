@@ -53,7 +53,7 @@ pub struct Settings {
     pub consumer: String,
     /// Most records applied in one transaction. A batch rewrites each counter it touches once,
     /// however many of its events add to it, so a backlog is counted for less CPU in larger
-    /// batches (about 10 % less at 40,000 than at 10,000 on Kafka with SQLite, BENCHMARKS.md,
+    /// batches (6-19 % less at 40,000 than at 10,000 on Kafka with SQLite, BENCHMARKS.md,
     /// "The aggregator's batches"); a live stream's batches are what arrived since the last one.
     pub batch_size: usize,
     /// How long a poll waits for new records.
