@@ -24,7 +24,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedPro
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -333,9 +333,6 @@ fn join(config: &ClientConfig, topic: &str) -> Result<BaseConsumer<GroupContext>
 struct GroupContext {
     /// The partitions of the latest change not yet seen by the reader.
     change: Mutex<Option<Vec<u32>>>,
-    /// Set after `change` is: the reader, which looks after every message it polls, locks
-    /// `change` only when this says there is one.
-    changed: AtomicBool,
 }
 
 impl ClientContext for GroupContext {
@@ -376,7 +373,6 @@ impl ConsumerContext for GroupContext {
         };
         tracing::info!(partitions = ?owned, "kafka consumer group assignment changed");
         *self.change.lock().unwrap_or_else(|e| e.into_inner()) = Some(owned);
-        self.changed.store(true, Ordering::Release);
     }
 }
 
@@ -425,11 +421,7 @@ const POLL_GRAIN: Duration = Duration::from_millis(1);
 impl KafkaReader {
     /// Takes an assignment change, if the group made one since the last look.
     fn reassigned(&mut self) -> bool {
-        let context = self.consumer.context();
-        if !context.changed.load(Ordering::Acquire) || !context.changed.swap(false, Ordering::Acquire) {
-            return false;
-        }
-        let change = context.change.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let change = self.consumer.context().change.lock().unwrap_or_else(|e| e.into_inner()).take();
         match change {
             Some(owned) => {
                 self.next = owned.into_iter().map(|p| (p, 0)).collect();
