@@ -14,6 +14,9 @@
 #   3. 1, 2 and 3 aggregator processes on Postgres counting the backlog: wall events/s of what
 #      they count once every process owns a partition.
 #   EVENTS=300000 ROUNDS=3 RATE=20000 benches/postgres.sh
+# BINS="A B" runs step 1 with each of these builds in turn, every round (side by side; BIN runs
+# the rest). STATEMENTS=1 loads pg_stat_statements and prints, after step 1, the statements that
+# took the server's time, summed over every round's database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-300000}
@@ -26,6 +29,7 @@ chmod 755 "$dir"  # the Postgres server runs as `postgres` and keeps its data un
 trap stop_all_and_postgres EXIT
 
 pg_port=${PG_PORT:-18791}
+if [ "${STATEMENTS:-0}" = 1 ]; then export METER_PG_SETTINGS="shared_preload_libraries=pg_stat_statements"; fi
 pg=$(METER_PG_FSYNC=on deploy/postgres.sh "$dir/pg" "$pg_port")
 pg_pid=$(cat "$dir/pg/pid")
 hz=$(getconf CLK_TCK)
@@ -72,11 +76,22 @@ count_backlog() {  # BACKEND STATE_URL: prints "events/s-wall events-per-CPU-sec
     printf "%-8s %8.0f events/s wall, %8.0f events per CPU-second (aggregator %.2f CPU s + postgres %.2f CPU s)\n",
       b, n / w, n / ((a + p) / hz), a / hz, p / hz }'
 }
+one_bin=$BIN
 for r in $(seq "$ROUNDS"); do
   echo "round $r"
-  count_backlog sqlite sqlite
-  count_backlog postgres "$(fresh_db)"
+  for BIN in ${BINS:-$one_bin}; do
+    [ -n "${BINS:-}" ] && echo "-- $BIN"
+    count_backlog sqlite sqlite
+    count_backlog postgres "$(fresh_db)"
+  done
 done
+BIN=$one_bin
+if [ "${STATEMENTS:-0}" = 1 ]; then
+  psql -q "$pg" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+  psql "$pg" -c "SELECT round(sum(total_exec_time)::numeric) AS ms, sum(calls) AS calls, sum(rows) AS rows,
+    round(sum(wal_bytes) / 1e6, 1) AS wal_mb, left(regexp_replace(query, '\s+', ' ', 'g'), 100) AS statement
+    FROM pg_stat_statements GROUP BY query ORDER BY 1 DESC LIMIT 12"
+fi
 
 echo "== 2. event to counter at $RATE events/s for 20 s"
 # buckets URL: the aggregator's event-to-counter histogram, a line "LE COUNT" per bucket.

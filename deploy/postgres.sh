@@ -9,7 +9,8 @@
 # `meter`, kept in DIR/password) and runs in the background; stop it with `kill $(cat DIR/pid)`.
 # It listens on 127.0.0.1 only, with no unix socket, and never touches Debian's own cluster.
 # Postgres refuses to run as root: as root, DIR is handed to the `postgres` user and the server
-# runs as that user. `fsync=off` unless METER_PG_FSYNC=on (benchmarks).
+# runs as that user. `fsync=off` unless METER_PG_FSYNC=on (benchmarks). METER_PG_SETTINGS adds
+# settings, space-separated NAME=VALUE (for example shared_preload_libraries=pg_stat_statements).
 set -euo pipefail
 dir=${1:?usage: deploy/postgres.sh DIR [PORT]}
 port=${2:-18732}
@@ -47,7 +48,7 @@ if [ ! -f "$dir/data/PG_VERSION" ]; then
 fi
 "${as_pg[@]}" "$bin/postgres" -D "$dir/data" -p "$port" -c listen_addresses=127.0.0.1 \
   -c unix_socket_directories= -c fsync="${METER_PG_FSYNC:-off}" -c max_connections=300 \
-  >>"$dir/server.log" 2>&1 &
+  $(for s in ${METER_PG_SETTINGS:-}; do printf -- '-c %s ' "$s"; done) >>"$dir/server.log" 2>&1 &
 echo $! >"$dir/pid"
 for _ in $(seq 1 300); do
   if "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then

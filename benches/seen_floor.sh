@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# What one counted id costs the Postgres server to record (issue 15's aim of half SQLite's events
+# per CPU-second leaves the server about 3.7 µs an event for everything): benches/seen_floor.sql,
+# ROUNDS times, on a private cluster with fsync on (deploy/postgres.sh), or on PG_URL.
+#   ROUNDS=3 benches/seen_floor.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+if [ -z "${PG_URL:-}" ]; then
+  dir=$(mktemp -d /tmp/meter-bench-seen.XXXXXX)
+  chmod 755 "$dir"
+  PG_URL=$(METER_PG_FSYNC=on deploy/postgres.sh "$dir/pg" "${PG_PORT:-18797}")
+  trap 'kill -INT "$(cat "$dir/pg/pid")" 2>/dev/null || true' EXIT
+fi
+for r in $(seq "$ROUNDS"); do
+  echo "round $r"
+  psql -q "$PG_URL" -f benches/seen_floor.sql 2>&1 | sed -n 's/^.*NOTICE:  //p'
+done
