@@ -103,6 +103,19 @@ impl std::fmt::Debug for Pg {
     }
 }
 
+/// Turns the server's JIT off on a new connection (a session setting, so it works through a
+/// pooler too). meter's statements read and write by key, but a batch's arrays are planned at
+/// their real length, and the lookup of 40,000 ids then cost past `jit_above_cost`: each such
+/// batch compiled its statement, about 21 ms of the server's CPU, a quarter of that statement's
+/// time (`STATEMENTS=1 benches/postgres.sh`; BENCHMARKS.md). A server that refuses the setting
+/// (before Postgres 11, or one that forbids it) keeps its own: the connection is still used.
+async fn no_jit(client: &mut deadpool_postgres::ClientWrapper) -> Result<(), deadpool_postgres::HookError> {
+    if let Err(e) = client.batch_execute("SET jit = off").await {
+        tracing::warn!(error = %e, "the Postgres server did not take `SET jit = off`; large batches may spend its CPU compiling");
+    }
+    Ok(())
+}
+
 impl Pg {
     /// Connects to `url` with at most `max` connections, and checks that one connection opens
     /// (a clear error naming the URL, never its password, when it does not).
@@ -131,6 +144,7 @@ impl Pg {
             .wait_timeout(Some(CONNECT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .post_create(deadpool_postgres::Hook::async_fn(|client, _| Box::pin(no_jit(client))))
             .build()
             .map_err(|e| Error::Connect { url: url.to_string(), reason: e.to_string() })?;
         let pg = Self { pool, url: url.clone(), rt: Some(rt) };

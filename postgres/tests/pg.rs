@@ -119,3 +119,30 @@ fn the_connection_given_back_last_is_handed_out_next() {
     let next: Vec<i32> = (0..4).map(|_| pid(&pg.block(pg.client()).unwrap())).collect();
     assert_eq!(next, vec![last; 4], "the one given back last, each time");
 }
+
+/// Every connection of the pool runs with the server's JIT off (its compiling cost a large batch's
+/// lookup a quarter of its time), however many the pool opens.
+#[test]
+fn every_connection_runs_with_jit_off() {
+    let pg = fresh();
+    let settings: Vec<String> = pg.block(async {
+        let a = pg.client().await.unwrap();
+        let b = pg.client().await.unwrap();
+        let mut out = Vec::new();
+        for c in [&a, &b] {
+            out.push(c.query_one("SHOW jit", &[]).await.unwrap().get(0));
+        }
+        out
+    });
+    assert_eq!(settings, ["off", "off"]);
+    let server_default: String = pg.block(async {
+        pg.client()
+            .await
+            .unwrap()
+            .query_one("SELECT boot_val FROM pg_settings WHERE name = 'jit'", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(server_default, "on", "the server's own default is on: this test must see the change");
+}
