@@ -533,8 +533,11 @@ impl PgStore {
         arrival: &Arrival,
     ) -> Result<HashSet<(&'e str, &'e str)>, Error> {
         let mut firsts: HashSet<(&'e str, &'e str)> = HashSet::new();
-        let candidates: Vec<&Metered> =
+        let mut candidates: Vec<&Metered> =
             events.iter().filter(|e| firsts.insert((e.tenant.as_str(), e.id.as_str()))).collect();
+        // In the key's order (`COLLATE "C"` is byte order, as `str`'s): each lookup and insert
+        // then descends next to the one before it, through pages still in the CPU's caches.
+        candidates.sort_unstable_by(|a, b| (a.tenant.as_str(), a.id.as_str()).cmp(&(b.tenant.as_str(), b.id.as_str())));
         if candidates.is_empty() {
             return Ok(firsts);
         }
