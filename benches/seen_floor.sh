@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # What one counted id costs the Postgres server to record (issue 15's aim of half SQLite's events
 # per CPU-second leaves the server about 3.7 µs an event for everything): benches/seen_floor.sql,
-# ROUNDS times, on a private cluster with fsync on (deploy/postgres.sh), or on PG_URL.
+# ROUNDS times, on a private cluster with fsync on (deploy/postgres.sh), or on PG_URL; with the
+# server's JIT off, as meter's connections run (PGOPTIONS="-c jit=on" to see it on).
 #   ROUNDS=3 benches/seen_floor.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
+export PGOPTIONS=${PGOPTIONS:--c jit=off}
 if [ -z "${PG_URL:-}" ]; then
   dir=$(mktemp -d /tmp/meter-bench-seen.XXXXXX)
   chmod 755 "$dir"

@@ -6,7 +6,7 @@
 -- are), all in one transaction, so commits are left out.
 \set ON_ERROR_STOP on
 SET client_min_messages = notice;
-DROP TABLE IF EXISTS seen, seen_fp, batches, fp_batches;
+DROP TABLE IF EXISTS seen, seen_fp, seen_h, seen_hf, batches, sorted;
 CREATE TABLE seen (tenant text COLLATE "C" NOT NULL, id text COLLATE "C" NOT NULL, arrived_us bigint NOT NULL)
   PARTITION BY RANGE (arrived_us);
 CREATE TABLE seen_cur PARTITION OF seen (PRIMARY KEY (tenant, id)) FOR VALUES FROM (1000) TO (2000);
@@ -15,19 +15,30 @@ CREATE TABLE seen_next PARTITION OF seen (PRIMARY KEY (tenant, id)) FOR VALUES F
 CREATE TABLE seen_fp (fp uuid NOT NULL, arrived_us bigint NOT NULL) PARTITION BY RANGE (arrived_us);
 CREATE TABLE seen_fp_cur PARTITION OF seen_fp (PRIMARY KEY (fp)) FOR VALUES FROM (1000) TO (2000);
 CREATE TABLE seen_fp_next PARTITION OF seen_fp (PRIMARY KEY (fp)) FOR VALUES FROM (2000) TO (3000);
+-- No primary key, a hash index: on the key's text, and on the fingerprint.
+CREATE TABLE seen_h (tenant text COLLATE "C" NOT NULL, id text COLLATE "C" NOT NULL, arrived_us bigint NOT NULL);
+CREATE INDEX ON seen_h USING hash ((tenant || ':' || id));
+CREATE TABLE seen_hf (fp uuid NOT NULL, arrived_us bigint NOT NULL);
+CREATE INDEX ON seen_hf USING hash (fp);
 CREATE TABLE batches AS
   SELECT n / 10000 AS b, array_agg('t' || lpad((n % 1000)::text, 4, '0') ORDER BY n) AS t,
          array_agg('backlog-' || n ORDER BY n) AS i,
          array_agg(md5('t' || lpad((n % 1000)::text, 4, '0') || ':backlog-' || n)::uuid ORDER BY n) AS f
   FROM generate_series(0, 299999) n GROUP BY 1;
+-- The same batches with each one's ids in key order (as the store sends them since 88dd921).
+CREATE TABLE sorted AS
+  SELECT b, (SELECT array_agg(t ORDER BY t, i) FROM unnest(batches.t, batches.i) AS x(t, i)) AS t,
+         (SELECT array_agg(i ORDER BY t, i) FROM unnest(batches.t, batches.i) AS x(t, i)) AS i,
+         (SELECT array_agg(f ORDER BY f) FROM unnest(batches.f) AS x(f)) AS f
+  FROM batches;
 
 -- Runs LOOKUP (unless empty) then INSERT for each batch, parameters $1 tenants, $2 ids, $3 the
 -- arrival, $4 the next partition's start, $5 fingerprints; reports each one's total.
-CREATE OR REPLACE FUNCTION floor_run(label text, lookup text, ins text) RETURNS void LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION floor_run(label text, lookup text, ins text, source text DEFAULT 'batches') RETURNS void LANGUAGE plpgsql AS $$
 DECLARE r record; t0 timestamptz; tl interval := '0'; ti interval := '0'; n bigint; kept bigint := 0;
 BEGIN
-  TRUNCATE seen, seen_fp;
-  FOR r IN SELECT t, i, f FROM batches ORDER BY b LOOP
+  TRUNCATE seen, seen_fp, seen_h, seen_hf;
+  FOR r IN EXECUTE format('SELECT t, i, f FROM %I ORDER BY b', source) LOOP
     IF lookup <> '' THEN
       t0 := clock_timestamp();
       EXECUTE 'WITH w AS (' || lookup || ') SELECT count(*) FROM w' INTO n USING r.t, r.i, 1500::int8, 2000::int8, r.f;
@@ -65,4 +76,25 @@ SELECT floor_run('a plain INSERT, no check (uuid fingerprint key)', '',
   $q$INSERT INTO seen_fp (fp, arrived_us) SELECT x.fp, $3 FROM unnest($5::uuid[]) AS x(fp) RETURNING fp$q$);
 SELECT floor_run('the arrays alone (no table)', '',
   $q$SELECT x.id FROM unnest($1::text[], $2::text[]) AS x(tenant, id) WHERE $3 > 0 AND $4 > 0$q$);
-DROP TABLE seen, seen_fp, batches;
+SELECT floor_run('in key order: a lookup, then a plain INSERT (text key)',
+  $q$SELECT s.id FROM unnest($1::text[], $2::text[]) AS x(tenant, id)
+     JOIN LATERAL (SELECT s.id FROM seen_cur s WHERE s.tenant = x.tenant AND s.id = x.id LIMIT 1) s ON true WHERE $3 > 0 AND $4 > 0$q$,
+  $q$INSERT INTO seen (tenant, id, arrived_us) SELECT x.tenant, x.id, $3 FROM unnest($1::text[], $2::text[]) AS x(tenant, id) RETURNING id$q$,
+  'sorted');
+SELECT floor_run('in key order: a lookup, then a plain INSERT (uuid key)',
+  $q$SELECT s.fp FROM unnest($5::uuid[]) AS x(fp)
+     JOIN LATERAL (SELECT s.fp FROM seen_fp_cur s WHERE s.fp = x.fp LIMIT 1) s ON true WHERE $3 > 0 AND $4 > 0$q$,
+  $q$INSERT INTO seen_fp (fp, arrived_us) SELECT x.fp, $3 FROM unnest($5::uuid[]) AS x(fp) RETURNING fp$q$,
+  'sorted');
+SELECT floor_run('no key, a hash index on tenant:id: lookup, plain INSERT',
+  $q$SELECT s.id FROM unnest($1::text[], $2::text[]) AS x(tenant, id)
+     JOIN LATERAL (SELECT s.id FROM seen_h s WHERE (s.tenant || ':' || s.id) = (x.tenant || ':' || x.id)
+                   AND s.tenant = x.tenant AND s.id = x.id LIMIT 1) s ON true WHERE $3 > 0 AND $4 > 0$q$,
+  $q$INSERT INTO seen_h (tenant, id, arrived_us) SELECT x.tenant, x.id, $3 FROM unnest($1::text[], $2::text[]) AS x(tenant, id) RETURNING id$q$,
+  'sorted');
+SELECT floor_run('no key, a hash index on the uuid: lookup, plain INSERT',
+  $q$SELECT s.fp FROM unnest($5::uuid[]) AS x(fp)
+     JOIN LATERAL (SELECT s.fp FROM seen_hf s WHERE s.fp = x.fp LIMIT 1) s ON true WHERE $3 > 0 AND $4 > 0$q$,
+  $q$INSERT INTO seen_hf (fp, arrived_us) SELECT x.fp, $3 FROM unnest($5::uuid[]) AS x(fp) RETURNING fp$q$,
+  'sorted');
+DROP TABLE seen, seen_fp, seen_h, seen_hf, batches, sorted;
