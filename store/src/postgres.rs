@@ -118,6 +118,14 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE breakdowns ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000);
     CREATE UNIQUE INDEX breakdowns_by_id ON breakdowns (id);
 ",
+    "
+    -- The ids counted are looked up through a hash of their key, and partitions made from now on
+    -- have no primary key: a batch looks its ids up before it inserts them, and the checkpoint's
+    -- fence already puts a tenant's writers one after the other, so a B-tree kept sorted for
+    -- uniqueness is work no lookup needs (BENCHMARKS.md, `benches/seen_floor.sh`). The index is
+    -- made on every partition there is (those keep their primary key) and on each new one.
+    CREATE INDEX seen_by_key ON seen USING hash ((tenant || ':' || id));
+",
 ];
 
 /// Most tallies kept in memory; past it the cache starts over (the database has every value).
@@ -193,6 +201,14 @@ mod sql {
         ALERT_INSERT,
     ];
 }
+
+/// Which of the ids `$2` of tenant `$1` are counted: each looked up through `seen`'s hash index
+/// (a partition made since its migration has no other), once however many rows hold it.
+const SEEN_OF_TENANT: &str = "SELECT x.id FROM unnest($2::text[]) AS x(id)
+     JOIN LATERAL (
+         SELECT 1 FROM seen s WHERE (s.tenant || ':' || s.id) = ($1::text || ':' || x.id) AND s.tenant = $1 AND s.id = x.id
+         LIMIT 1
+     ) f ON true";
 
 /// Serialises the creation and dropping of `seen`'s arrival partitions, on every host.
 const SEEN_PARTS: &str = "store:seen-parts";
@@ -309,10 +325,8 @@ impl PgStore {
             let from = to;
             to = (from + width).max(current + width);
             let name = format!("seen_{from}");
-            tx.batch_execute(&format!(
-                "CREATE TABLE {name} PARTITION OF seen (PRIMARY KEY (tenant, id)) FOR VALUES FROM ({from}) TO ({to})"
-            ))
-            .await?;
+            tx.batch_execute(&format!("CREATE TABLE {name} PARTITION OF seen FOR VALUES FROM ({from}) TO ({to})"))
+                .await?;
             tx.execute("INSERT INTO seen_parts (name, from_us, to_us) VALUES ($1, $2, $3)", &[&name, &from, &to])
                 .await?;
         }
@@ -521,11 +535,14 @@ impl PgStore {
     /// the log (partitions are by tenant), whose owners' batches the fence's row locks put one
     /// after the other, so no other transaction writes one of this batch's ids while it runs, and
     /// what earlier owners wrote is in every statement's snapshot here. The ids are looked up
-    /// first (a probe by key), and those not found go in with a plain `INSERT`: measured alone, a
-    /// quarter less of the server's time an id than `INSERT … ON CONFLICT DO NOTHING`, whose
-    /// speculative insert looks up and writes each id twice (`benches/seen_floor.sh`). Should a
-    /// copy still meet one (it cannot, by the above), the primary key refuses it and the batch
-    /// fails whole and is applied again.
+    /// first, through `seen`'s hash index on `tenant:id` (each match checked on both columns),
+    /// and those not found go in with a plain `INSERT`. Measured alone that is a quarter less of
+    /// the server's time an id than `INSERT … ON CONFLICT DO NOTHING` on a primary key, whose
+    /// speculative insert looks up and writes each id twice, and the hash index, with no primary
+    /// key beside it, a quarter less again (`benches/seen_floor.sh`). Partitions made before the
+    /// hash index keep their primary key, which would refuse a copy there (the batch fails whole
+    /// and is applied again); newer ones have nothing to refuse one, so the fence is what keeps an
+    /// id counted once.
     async fn insert_ids<'e>(
         &self,
         tx: &Transaction<'_>,
@@ -566,7 +583,10 @@ impl PgStore {
             .query_typed(
                 "SELECT x.tenant, x.id FROM unnest($1::text[], $2::text[]) AS x(tenant, id)
                  JOIN LATERAL (
-                     SELECT 1 FROM seen s WHERE s.tenant = x.tenant AND s.id = x.id AND s.arrived_us < $3 LIMIT 1
+                     SELECT 1 FROM seen s
+                     WHERE (s.tenant || ':' || s.id) = (x.tenant || ':' || x.id) AND s.tenant = x.tenant AND s.id = x.id
+                       AND s.arrived_us < $3
+                     LIMIT 1
                  ) f ON true",
                 &[(&tenants, Type::TEXT_ARRAY), (&ids, Type::TEXT_ARRAY), (&below, Type::INT8)],
             )
@@ -1128,9 +1148,7 @@ impl LiveStore for PgStore {
                 for q in queries {
                     let mut state = LimitState::default();
                     if !q.ids.is_empty() {
-                        let rows = tx
-                            .query("SELECT id FROM seen WHERE tenant = $1 AND id = ANY($2)", &[&q.tenant, &q.ids])
-                            .await?;
+                        let rows = tx.query(SEEN_OF_TENANT, &[&q.tenant, &q.ids]).await?;
                         state.counted = rows.iter().map(|r| r.get(0)).collect();
                     }
                     let names: Vec<&str> = q.meters.iter().map(|(m, _)| m.as_str()).collect();
@@ -1195,9 +1213,14 @@ impl LiveStore for PgStore {
                 .prepare(
                     // One statement, one snapshot, taken after the locks: the ids counted (of the
                     // request's and the held ones) always agree with the values.
-                    "SELECT 1, s.id, NULL::text, NULL::int8, NULL::int8 FROM seen s
-                       WHERE s.tenant = $1 AND (s.id = ANY($2)
-                             OR s.id IN (SELECT h.id FROM limit_holds h WHERE h.tenant = $1 AND h.bucket = $3))
+                    "SELECT 1, x.id, NULL::text, NULL::int8, NULL::int8
+                       FROM (SELECT unnest($2::text[]) AS id
+                             UNION SELECT h.id FROM limit_holds h WHERE h.tenant = $1 AND h.bucket = $3) x
+                       JOIN LATERAL (
+                           SELECT 1 FROM seen s
+                           WHERE (s.tenant || ':' || s.id) = ($1::text || ':' || x.id) AND s.tenant = $1 AND s.id = x.id
+                           LIMIT 1
+                       ) f ON true
                      UNION ALL SELECT 2, t.meter, t.value::text, NULL, NULL FROM tallies t
                        WHERE t.tenant = $1 AND t.bucket = $3 AND t.meter = ANY($4)
                      UNION ALL SELECT 3, u.meter, u.value, NULL, NULL FROM uniques u
