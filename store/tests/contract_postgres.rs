@@ -71,6 +71,46 @@ fn an_opened_store_is_ready_for_its_first_batch() {
     }
 }
 
+/// The arrival partitions a store makes are found through the hash index on `tenant:id` and have
+/// no primary key (schema version 6); a lookup shaped as the store's (`SEEN_OF_TENANT`, the batch's)
+/// goes through that index, never a scan of the partition.
+#[test]
+fn new_partitions_have_only_the_hash_index_and_lookups_use_it() {
+    let url = fresh_database(&shared_url());
+    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
+    PgStore::migrate(&pg).unwrap();
+    let _store = PgStore::open(pg.clone()).unwrap();
+    let indexes: Vec<String> = pg
+        .query(
+            "SELECT i.indexdef FROM seen_parts p JOIN pg_indexes i ON i.tablename = p.name ORDER BY p.from_us",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(indexes.len(), 2, "one index on each of the two partitions: {indexes:?}");
+    assert!(indexes.iter().all(|d| d.contains("USING hash") && d.contains("(tenant || ':'::text) || id")), "{indexes:?}");
+    let newest: String = pg.query_one("SELECT max(name) FROM seen_parts", &[]).unwrap().get(0);
+    let from: i64 = pg.query_one("SELECT max(from_us) FROM seen_parts", &[]).unwrap().get(0);
+    pg.execute("INSERT INTO seen SELECT 'a', 'id-' || n, $1 FROM generate_series(1, 20000) n", &[&from]).unwrap();
+    pg.execute("ANALYZE seen", &[]).unwrap();
+    let plan: Vec<String> = pg
+        .query(
+            "EXPLAIN SELECT x.id FROM unnest($2::text[]) AS x(id)
+             JOIN LATERAL (
+                 SELECT 1 FROM seen s WHERE (s.tenant || ':' || s.id) = ($1::text || ':' || x.id) AND s.tenant = $1 AND s.id = x.id
+                 LIMIT 1
+             ) f ON true",
+            &[&"a", &vec!["id-1", "id-2"]],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(plan.iter().any(|l| l.contains(&format!("Index Scan using {newest}_expr_idx"))), "{plan:#?}");
+}
+
 /// An upgrade keeps the ids counted before it: they become the oldest arrival partition.
 #[test]
 fn the_ids_counted_before_the_arrival_partitions_stay_counted() {
