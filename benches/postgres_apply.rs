@@ -131,7 +131,7 @@ fn raw(base: &PgUrl, all: &[Rows]) -> Duration {
     // primary key `ON CONFLICT` needs and no other index (the store's hash index is dropped).
     pg.execute("DROP INDEX seen_by_key", &[]).unwrap();
     pg.execute(
-        "CREATE TABLE seen_all PARTITION OF seen (PRIMARY KEY (tenant, id)) FOR VALUES FROM (MINVALUE) TO (MAXVALUE)",
+        "CREATE TABLE seen_all PARTITION OF seen_ids (PRIMARY KEY (tenant, id)) FOR VALUES FROM (MINVALUE) TO (MAXVALUE)",
         &[],
     )
     .unwrap();
@@ -142,7 +142,7 @@ fn raw(base: &PgUrl, all: &[Rows]) -> Duration {
             let mut c = pg.client().await?;
             let tx = c.transaction().await?;
             tx.execute(
-                "INSERT INTO seen (tenant, id, arrived_us) SELECT t, i, $3 FROM unnest($1::text[], $2::text[]) AS k(t, i)
+                "INSERT INTO seen_ids (tenant, id, arrived_us) SELECT t, i, $3 FROM unnest($1::text[], $2::text[]) AS k(t, i)
                  ON CONFLICT DO NOTHING",
                 &[&r.seen[0], &r.seen[1], &arrived],
             )

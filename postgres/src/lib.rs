@@ -103,8 +103,9 @@ impl std::fmt::Debug for Pg {
     }
 }
 
-/// Turns the server's JIT off on a new connection (a session setting, so it works through a
-/// pooler too). meter's statements read and write by key, but a batch's arrays are planned at
+/// Turns the server's JIT off on a new connection (a session setting: a pooler in session mode
+/// keeps it; one in transaction mode cannot, as it cannot keep meter's prepared statements either,
+/// and is not supported). meter's statements read and write by key, but a batch's arrays are planned at
 /// their real length, and the lookup of 40,000 ids then cost past `jit_above_cost`: each such
 /// batch compiled its statement, about 21 ms of the server's CPU, a quarter of that statement's
 /// time (`STATEMENTS=1 benches/postgres.sh`; BENCHMARKS.md). A server that refuses the setting

@@ -123,8 +123,14 @@ pub const MIGRATIONS: &[&str] = &[
     -- have no primary key: a batch looks its ids up before it inserts them, and the checkpoint's
     -- fence already puts a tenant's writers one after the other, so a B-tree kept sorted for
     -- uniqueness is work no lookup needs (BENCHMARKS.md, `benches/seen_floor.sh`). The index is
-    -- made on every partition there is (those keep their primary key) and on each new one.
-    CREATE INDEX seen_by_key ON seen USING hash ((tenant || ':' || id));
+    -- built on every partition there is (those keep their primary key) and made on each new one;
+    -- building it holds the batches and hard-limit checks of this schema's processes meanwhile.
+    -- The table is renamed: a process of an older build, still running through an upgrade, relied
+    -- on the primary key of the partition it writes to, which new partitions lack, so its
+    -- statements must fail (its batches are tried again until it is replaced) rather than count
+    -- an id twice.
+    ALTER TABLE seen RENAME TO seen_ids;
+    CREATE INDEX seen_by_key ON seen_ids USING hash ((tenant || ':' || id));
 ",
 ];
 
@@ -202,15 +208,15 @@ mod sql {
     ];
 }
 
-/// Which of the ids `$2` of tenant `$1` are counted: each looked up through `seen`'s hash index
+/// Which of the ids `$2` of tenant `$1` are counted: each looked up through `seen_ids`'s hash index
 /// (a partition made since its migration has no other), once however many rows hold it.
 const SEEN_OF_TENANT: &str = "SELECT x.id FROM unnest($2::text[]) AS x(id)
      JOIN LATERAL (
-         SELECT 1 FROM seen s WHERE (s.tenant || ':' || s.id) = ($1::text || ':' || x.id) AND s.tenant = $1 AND s.id = x.id
+         SELECT 1 FROM seen_ids s WHERE (s.tenant || ':' || s.id) = ($1::text || ':' || x.id) AND s.tenant = $1 AND s.id = x.id
          LIMIT 1
      ) f ON true";
 
-/// Serialises the creation and dropping of `seen`'s arrival partitions, on every host.
+/// Serialises the creation and dropping of `seen_ids`'s arrival partitions, on every host.
 const SEEN_PARTS: &str = "store:seen-parts";
 
 /// The live counters in Postgres.
@@ -227,7 +233,7 @@ pub struct PgStore {
     raised: Mutex<std::collections::HashSet<String>>,
     /// Counts writes of this process that raised an alert; other hosts' dispatchers poll.
     alerted: tokio::sync::watch::Sender<u64>,
-    /// How long counted ids are kept, and how wide an arrival partition of `seen` is.
+    /// How long counted ids are kept, and how wide an arrival partition of `seen_ids` is.
     dedup: dedup::Settings,
     /// The end of the newest arrival partition this process knows of (µs): a batch arriving
     /// within a partition's width of it makes room first ([`PgStore::make_room`]).
@@ -274,7 +280,7 @@ impl PgStore {
     }
 
     /// Readies a fresh process for its first batch, which otherwise waited for both: makes the
-    /// arrival partitions of `seen` for now and the next, and prepares the batch's statements
+    /// arrival partitions of `seen_ids` for now and the next, and prepares the batch's statements
     /// on a connection (the pool hands out the one given back last, so the first batch gets
     /// it). A failure is only logged: the first batch does both itself.
     fn warm(&self) {
@@ -294,7 +300,7 @@ impl PgStore {
     }
 
     /// The arrival time of a batch committed now, making room for it first when it falls near
-    /// the end of the newest partition of `seen`.
+    /// the end of the newest partition of `seen_ids`.
     async fn arrival(&self, client: &mut Object) -> Arrival {
         let now = now_us();
         if now.saturating_add(self.dedup.bucket_us()) >= self.covered_to.load(Ordering::Relaxed) {
@@ -309,7 +315,7 @@ impl PgStore {
         Arrival { at_us: now, part }
     }
 
-    /// Creates the arrival partitions of `seen` for `now` and the next one, and drops those whose
+    /// Creates the arrival partitions of `seen_ids` for `now` and the next one, and drops those whose
     /// last arrival is a horizon old: in one transaction, one host at a time.
     async fn make_room(&self, client: &mut Object, now: i64) -> Result<(), Error> {
         let width = self.dedup.bucket_us();
@@ -325,7 +331,7 @@ impl PgStore {
             let from = to;
             to = (from + width).max(current + width);
             let name = format!("seen_{from}");
-            tx.batch_execute(&format!("CREATE TABLE {name} PARTITION OF seen FOR VALUES FROM ({from}) TO ({to})"))
+            tx.batch_execute(&format!("CREATE TABLE {name} PARTITION OF seen_ids FOR VALUES FROM ({from}) TO ({to})"))
                 .await?;
             tx.execute("INSERT INTO seen_parts (name, from_us, to_us) VALUES ($1, $2, $3)", &[&name, &from, &to])
                 .await?;
@@ -427,8 +433,8 @@ async fn raise(tx: &Transaction<'_>, reached: Vec<Reached>) -> Result<(Vec<Strin
 
 /// Moves every partition of `progress` from its `from` to its `to`, or fails with
 /// [`Error::Fenced`] naming the first partition that is elsewhere; the rows stay locked until
-/// the transaction ends. `then`, the batch's next statement, is sent behind the fence's without
-/// waiting for them (one round trip for all; Postgres runs them in order). A fenced batch's
+/// the transaction ends. `then`'s first statement is sent behind the fence's without waiting for
+/// them (one round trip for all; Postgres runs them in order); its later ones follow its replies. A fenced batch's
 /// `then` has run too, holding the checkpoint rows until the caller rolls the transaction back.
 async fn fenced<T>(
     tx: &Transaction<'_>,
@@ -535,7 +541,7 @@ impl PgStore {
     /// the log (partitions are by tenant), whose owners' batches the fence's row locks put one
     /// after the other, so no other transaction writes one of this batch's ids while it runs, and
     /// what earlier owners wrote is in every statement's snapshot here. The ids are looked up
-    /// first, through `seen`'s hash index on `tenant:id` (each match checked on both columns),
+    /// first, through `seen_ids`'s hash index on `tenant:id` (each match checked on both columns),
     /// and those not found go in with a plain `INSERT`. Measured alone that is a quarter less of
     /// the server's time an id than `INSERT … ON CONFLICT DO NOTHING` on a primary key, whose
     /// speculative insert looks up and writes each id twice, and the hash index, with no primary
@@ -570,7 +576,7 @@ impl PgStore {
         let below = match arrival.part {
             Some((_, to)) => {
                 let later: bool = tx
-                    .query_typed("SELECT EXISTS (SELECT 1 FROM seen WHERE arrived_us >= $1)", &[(&to, Type::INT8)])
+                    .query_typed("SELECT EXISTS (SELECT 1 FROM seen_ids WHERE arrived_us >= $1)", &[(&to, Type::INT8)])
                     .await?
                     .first()
                     .map(|r| r.get(0))
@@ -583,7 +589,7 @@ impl PgStore {
             .query_typed(
                 "SELECT x.tenant, x.id FROM unnest($1::text[], $2::text[]) AS x(tenant, id)
                  JOIN LATERAL (
-                     SELECT 1 FROM seen s
+                     SELECT 1 FROM seen_ids s
                      WHERE (s.tenant || ':' || s.id) = (x.tenant || ':' || x.id) AND s.tenant = x.tenant AND s.id = x.id
                        AND s.arrived_us < $3
                      LIMIT 1
@@ -602,7 +608,7 @@ impl PgStore {
         };
         if !ids.is_empty() {
             tx.execute_typed(
-                "INSERT INTO seen (tenant, id, arrived_us) SELECT x.tenant, x.id, $3 FROM unnest($1::text[], $2::text[]) AS x(tenant, id)",
+                "INSERT INTO seen_ids (tenant, id, arrived_us) SELECT x.tenant, x.id, $3 FROM unnest($1::text[], $2::text[]) AS x(tenant, id)",
                 &[(&tenants, Type::TEXT_ARRAY), (&ids, Type::TEXT_ARRAY), (&arrival.at_us, Type::INT8)],
             )
             .await?;
@@ -1208,7 +1214,7 @@ impl LiveStore for PgStore {
             keys.dedup();
             tx.execute("SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest($1::int8[]) AS k ORDER BY 1) l", &[&keys])
                 .await?;
-            // Not cached: planned for `seen`'s partitions as they are now (see `insert_ids`).
+            // Not cached: planned for `seen_ids`'s partitions as they are now (see `insert_ids`).
             let read = tx
                 .prepare(
                     // One statement, one snapshot, taken after the locks: the ids counted (of the
@@ -1217,7 +1223,7 @@ impl LiveStore for PgStore {
                        FROM (SELECT unnest($2::text[]) AS id
                              UNION SELECT h.id FROM limit_holds h WHERE h.tenant = $1 AND h.bucket = $3) x
                        JOIN LATERAL (
-                           SELECT 1 FROM seen s
+                           SELECT 1 FROM seen_ids s
                            WHERE (s.tenant || ':' || s.id) = ($1::text || ':' || x.id) AND s.tenant = $1 AND s.id = x.id
                            LIMIT 1
                        ) f ON true
