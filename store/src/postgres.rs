@@ -208,13 +208,32 @@ mod sql {
     ];
 }
 
-/// Which of the ids `$2` of tenant `$1` are counted: each looked up through `seen_ids`'s hash index
-/// (a partition made since its migration has no other), once however many rows hold it.
-const SEEN_OF_TENANT: &str = "SELECT x.id FROM unnest($2::text[]) AS x(id)
-     JOIN LATERAL (
-         SELECT 1 FROM seen_ids s WHERE (s.tenant || ':' || s.id) = ($1::text || ':' || x.id) AND s.tenant = $1 AND s.id = x.id
-         LIMIT 1
-     ) f ON true";
+/// `JOIN LATERAL` of the id `TENANT`, `ID` (SQL expressions of the query around it) to one row of
+/// `seen_ids` holding it, if any: looked up through the hash index on `tenant:id` (a partition made
+/// since schema 6 has no other), each match checked on both columns, once however many rows hold
+/// it, in the partitions whose arrivals are below `BELOW`. The one spelling of that lookup, so
+/// that every caller's expression is the index's.
+macro_rules! seen_lateral {
+    ($tenant:literal, $id:literal, $below:literal) => {
+        concat!(
+            " JOIN LATERAL (SELECT 1 FROM seen_ids s WHERE (s.tenant || ':' || s.id) = (",
+            $tenant,
+            " || ':' || ",
+            $id,
+            ") AND s.tenant = ",
+            $tenant,
+            " AND s.id = ",
+            $id,
+            " AND s.arrived_us < ",
+            $below,
+            " LIMIT 1) f ON true"
+        )
+    };
+}
+
+/// Which of the ids `$2` of tenant `$1` are counted.
+const SEEN_OF_TENANT: &str =
+    concat!("SELECT x.id FROM unnest($2::text[]) AS x(id)", seen_lateral!("$1::text", "x.id", "9223372036854775807"));
 
 /// Serialises the creation and dropping of `seen_ids`'s arrival partitions, on every host.
 const SEEN_PARTS: &str = "store:seen-parts";
@@ -576,24 +595,22 @@ impl PgStore {
         let below = match arrival.part {
             Some((_, to)) => {
                 let later: bool = tx
-                    .query_typed("SELECT EXISTS (SELECT 1 FROM seen_ids WHERE arrived_us >= $1)", &[(&to, Type::INT8)])
+                    .query_typed_one(
+                        "SELECT EXISTS (SELECT 1 FROM seen_ids WHERE arrived_us >= $1)",
+                        &[(&to, Type::INT8)],
+                    )
                     .await?
-                    .first()
-                    .map(|r| r.get(0))
-                    .unwrap_or(true);
+                    .get(0);
                 if later { i64::MAX } else { to }
             }
             None => i64::MAX,
         };
         let found = tx
             .query_typed(
-                "SELECT x.tenant, x.id FROM unnest($1::text[], $2::text[]) AS x(tenant, id)
-                 JOIN LATERAL (
-                     SELECT 1 FROM seen_ids s
-                     WHERE (s.tenant || ':' || s.id) = (x.tenant || ':' || x.id) AND s.tenant = x.tenant AND s.id = x.id
-                       AND s.arrived_us < $3
-                     LIMIT 1
-                 ) f ON true",
+                concat!(
+                    "SELECT x.tenant, x.id FROM unnest($1::text[], $2::text[]) AS x(tenant, id)",
+                    seen_lateral!("x.tenant", "x.id", "$3")
+                ),
                 &[(&tenants, Type::TEXT_ARRAY), (&ids, Type::TEXT_ARRAY), (&below, Type::INT8)],
             )
             .await?;
@@ -1219,14 +1236,12 @@ impl LiveStore for PgStore {
                 .prepare(
                     // One statement, one snapshot, taken after the locks: the ids counted (of the
                     // request's and the held ones) always agree with the values.
+                    concat!(
                     "SELECT 1, x.id, NULL::text, NULL::int8, NULL::int8
                        FROM (SELECT unnest($2::text[]) AS id
-                             UNION SELECT h.id FROM limit_holds h WHERE h.tenant = $1 AND h.bucket = $3) x
-                       JOIN LATERAL (
-                           SELECT 1 FROM seen_ids s
-                           WHERE (s.tenant || ':' || s.id) = ($1::text || ':' || x.id) AND s.tenant = $1 AND s.id = x.id
-                           LIMIT 1
-                       ) f ON true
+                             UNION SELECT h.id FROM limit_holds h WHERE h.tenant = $1 AND h.bucket = $3) x",
+                    seen_lateral!("$1::text", "x.id", "9223372036854775807"),
+                    "
                      UNION ALL SELECT 2, t.meter, t.value::text, NULL, NULL FROM tallies t
                        WHERE t.tenant = $1 AND t.bucket = $3 AND t.meter = ANY($4)
                      UNION ALL SELECT 3, u.meter, u.value, NULL, NULL FROM uniques u
@@ -1234,7 +1249,8 @@ impl LiveStore for PgStore {
                        WHERE u.tenant = $1 AND u.bucket = $3
                      UNION ALL SELECT 4, h.id, h.adds, h.accepted_progress, h.created_us FROM limit_holds h
                        WHERE h.tenant = $1 AND h.bucket = $3
-                     UNION ALL SELECT 5, NULL, NULL, (SELECT COALESCE(SUM(next_offset), 0)::int8 FROM checkpoints), NULL",
+                     UNION ALL SELECT 5, NULL, NULL, (SELECT COALESCE(SUM(next_offset), 0)::int8 FROM checkpoints), NULL"
+                    ),
                 )
                 .await?;
             let now = now_us();
