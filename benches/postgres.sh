@@ -16,7 +16,9 @@
 #   EVENTS=300000 ROUNDS=3 RATE=20000 benches/postgres.sh
 # BINS="A B" runs step 1 with each of these builds in turn, every round (side by side; BIN runs
 # the rest). STATEMENTS=1 loads pg_stat_statements and prints, after step 1, the statements that
-# took the server's time, summed over every round's database.
+# took the server's time, summed over every round's database. PERF=DIR records each step-1
+# aggregator while it counts (`perf record --call-graph dwarf`) into DIR/NAME-BACKEND.data, and
+# on Postgres the server's processes into DIR/NAME-server.data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-300000}
@@ -68,8 +70,17 @@ count_backlog() {  # BACKEND STATE_URL: prints "events/s-wall events-per-CPU-sec
   local pid url; pid=$(cat "$dir/$name.pid"); url=$(address "$name")
   until [ "$(owned "$url")" = 8 ]; do sleep 0.05; done
   local t0 a0 c; t0=$(date +%s.%N); a0=$(cpu_ticks "$pid"); p0=$(pg_ticks)
+  local perf=
+  if [ -n "${PERF:-}" ]; then
+    mkdir -p "$PERF"
+    perf record -q -F 400 --call-graph dwarf -p "$pid" -o "$PERF/$name-$1.data" 2>/dev/null & perf=$!
+    if [ "$1" = postgres ]; then  # and the server's processes (the aggregator's backends are up)
+      perf record -q -F 400 -g -p "$(pgrep -d, -P "$pg_pid")" -o "$PERF/$name-server.data" 2>/dev/null & perf="$perf $!"
+    fi
+  fi
   while [ "$(counted "$url")" -lt "$EVENTS" ]; do sleep 0.05; done
   local t1 a1 p1; t1=$(date +%s.%N); a1=$(cpu_ticks "$pid"); p1=$(pg_ticks)
+  for p in $perf; do kill -INT "$p"; wait "$p" || true; done
   [ "$1" = sqlite ] && p1=$p0
   stop "$name"
   awk -v n="$EVENTS" -v w="$(echo "$t1 - $t0" | bc)" -v a=$((a1 - a0)) -v p=$((p1 - p0)) -v hz="$hz" -v b="$1" 'BEGIN {

@@ -98,18 +98,48 @@ impl<K: Hash + Eq> Cache<K> {
         Ok(&mut counter.tally)
     }
 
-    /// Whether the cache holds `key`'s counter (a batch that reads its counters in one query
-    /// first lists those it lacks).
-    pub(crate) fn holds<Q: Hash + Equivalent<K>>(&self, key: &Q) -> bool {
-        self.map.contains_key(key)
+    /// The place of `key`'s counter, for a batch that finds each of its counters once, reads those
+    /// the cache lacks in one query, then adds to them by place ([`Cache::at`]): `true` with it
+    /// when the cache lacked it and holds an empty counter there now, untouched, to be replaced
+    /// by what the database has ([`Cache::load`]) before the batch adds to it. Places stay put
+    /// until the next [`Cache::begin`] or [`Cache::clear`].
+    pub(crate) fn slot<Q>(&mut self, key: &Q) -> (usize, bool)
+    where
+        Q: Hash + Equivalent<K>,
+        for<'q> &'q Q: Into<K>,
+    {
+        match self.map.get_index_of(key) {
+            Some(at) => (at, false),
+            None => (self.map.insert_full(key.into(), (Counter::default(), 0)).0, true),
+        }
     }
 
-    /// Keeps `counters`, read from the database, untouched by this batch until it adds to them.
-    /// A key the cache holds keeps its counter.
-    pub(crate) fn fill(&mut self, counters: impl IntoIterator<Item = (K, Counter)>) {
-        for (key, counter) in counters {
-            self.map.entry(key).or_insert((counter, 0));
+    /// The key at `at`, a place [`Cache::slot`] gave.
+    pub(crate) fn key_at(&self, at: usize) -> &K {
+        self.map.get_index(at).expect("a place the cache gave").0
+    }
+
+    /// Puts the stored `counter` of `key` in its place, which [`Cache::slot`] gave and left
+    /// empty; `false` if the cache has no place for `key`.
+    pub(crate) fn load<Q: Hash + Equivalent<K>>(&mut self, key: &Q, counter: Counter) -> bool {
+        match self.map.get_mut(key) {
+            Some((held, _)) => {
+                *held = counter;
+                true
+            }
+            None => false,
         }
+    }
+
+    /// The tally at `at` (a place [`Cache::slot`] gave) for this batch to add to.
+    pub(crate) fn at(&mut self, at: usize) -> &mut Tally {
+        let Cache { map, touched, batch } = self;
+        let (_, (counter, by)) = map.get_index_mut(at).expect("a place the cache gave");
+        if *by != *batch {
+            *by = *batch;
+            touched.push(at);
+        }
+        &mut counter.tally
     }
 
     /// The counter of `key`, if cached (to give it its new row's id).
@@ -259,30 +289,29 @@ mod tests {
         assert!(!cache.is_poisoned());
     }
 
-    /// A batch that reads its counters in one query first: those it read are kept untouched (not
-    /// written by this batch) until it adds to them, a cached one is not replaced by the read,
-    /// and a new row's id reaches the cached counter.
+    /// A batch that finds its counters' places first: a place is given once per key, an empty
+    /// untouched counter stands in for one the cache lacked until the stored one is put there, and
+    /// adding by place touches each counter once.
     #[test]
-    fn counters_filled_before_a_batch_are_touched_only_when_added_to() {
+    fn counters_found_by_place_are_read_once_and_touched_when_added_to() {
         let mut cache: Cache<Key> = Cache::default();
-        let key = |t: &str| (t.to_string(), "m".to_string(), "2026-11".to_string());
         let stored = |v: i64, id| Counter { tally: Tally { value: Some(v.into()), latest: None }, id: Some(id) };
         cache.begin(10);
-        let a = cache.current(&KeyRef("a", "m", "2026-11"), |_| Ok(Counter::default())).unwrap();
-        a.add(&Contribution::Count, 0, "e").unwrap();
+        cache.current(&KeyRef("a", "m", "2026-11"), |_| Ok(stored(1, 1))).unwrap();
         cache.begin(10);
-        assert!(cache.holds(&KeyRef("a", "m", "2026-11")) && !cache.holds(&KeyRef("b", "m", "2026-11")));
-        cache.fill([(key("a"), stored(100, 1)), (key("b"), stored(5, 2)), (key("c"), stored(9, 3))]);
-        assert!(touched(&cache).is_empty(), "filled, not touched");
-        for t in ["b", "a"] {
-            let tally = cache.current(&KeyRef(t, "m", "2026-11"), |_| unreachable!("{t} is held")).unwrap();
-            tally.add(&Contribution::Count, 0, "e").unwrap();
+        let (a, a_new) = cache.slot(&KeyRef("a", "m", "2026-11"));
+        let (b, b_new) = cache.slot(&KeyRef("b", "m", "2026-11"));
+        assert!(!a_new && b_new, "only the key the cache lacked is to be read");
+        assert_eq!(cache.slot(&KeyRef("b", "m", "2026-11")), (b, false), "a key's place is given once");
+        assert!(touched(&cache).is_empty(), "a place found is not a counter touched");
+        assert_eq!(cache.key_at(b), &("b".to_string(), "m".to_string(), "2026-11".to_string()));
+        assert!(cache.load(&KeyRef("b", "m", "2026-11"), stored(5, 2)));
+        assert!(!cache.load(&KeyRef("c", "m", "2026-11"), stored(9, 3)), "no place, nothing kept");
+        for at in [b, a, b] {
+            cache.at(at).add(&Contribution::Count, 0, "e").unwrap();
         }
-        assert_eq!(touched(&cache), [("b".into(), "6".into()), ("a".into(), "2".into())]);
-        assert!(cache.get_mut(&KeyRef("d", "m", "2026-11")).is_none());
-        cache.get_mut(&KeyRef("a", "m", "2026-11")).unwrap().id = Some(7);
-        let ids: Vec<_> = cache.touched().map(|(k, c)| (k.0.as_str(), c.id)).collect();
-        assert_eq!(ids, [("b", Some(2)), ("a", Some(7))]);
+        assert_eq!(touched(&cache), [("b".into(), "7".into()), ("a".into(), "2".into())]);
+        assert_eq!(cache.get_mut(&KeyRef("b", "m", "2026-11")).unwrap().id, Some(2));
     }
 
     /// Counters with a row are written first, in the order met; new ones after them, by key.

@@ -20,8 +20,10 @@ use crate::{
     Series, Totals, UsageStore,
 };
 use async_trait::async_trait;
+use hashbrown::hash_table::{Entry, HashTable};
 use hashbrown::{HashMap, HashSet};
 use meter_postgres::deadpool_postgres::{Object, Transaction};
+use meter_postgres::tokio_postgres::binary_copy::BinaryCopyInWriter;
 use meter_postgres::tokio_postgres::types::Type;
 use meter_postgres::tokio_postgres::{IsolationLevel, Row};
 use meter_postgres::{Pg, lock_key};
@@ -30,6 +32,7 @@ use meter_schemas::{Contribution, MeterDef, Period, Tally};
 use meter_sqlite::dedup;
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -553,38 +556,51 @@ impl<K: std::hash::Hash + Eq + Ord + Clone> Writes<K> {
 }
 
 impl PgStore {
-    /// Inserts the first copy of each `(tenant, id)` of `events` never counted before; returns
-    /// those inserted, borrowed from `events`.
+    /// Inserts the first copy of each `(tenant, id)` of `events` never counted before; answers,
+    /// for each event, whether it is one of those (counted).
     ///
     /// Called behind the fence ([`fenced`]): a `(tenant, id)` is only ever in one partition of
     /// the log (partitions are by tenant), whose owners' batches the fence's row locks put one
     /// after the other, so no other transaction writes one of this batch's ids while it runs, and
     /// what earlier owners wrote is in every statement's snapshot here. The ids are looked up
     /// first, through `seen_ids`'s hash index on `tenant:id` (each match checked on both columns),
-    /// and those not found go in with a plain `INSERT`. Measured alone that is a quarter less of
-    /// the server's time an id than `INSERT … ON CONFLICT DO NOTHING` on a primary key, whose
-    /// speculative insert looks up and writes each id twice, and the hash index, with no primary
-    /// key beside it, a quarter less again (`benches/seen_floor.sh`). Partitions made before the
+    /// and those not found go in with a binary `COPY` (the server writes a page of its rows at a
+    /// time, where an `INSERT` writes and logs each row alone). Measured alone, a lookup and a
+    /// plain `INSERT` were a quarter less of the server's time an id than `INSERT … ON CONFLICT
+    /// DO NOTHING` on a primary key, whose speculative insert looks up and writes each id twice,
+    /// and the hash index, with no primary key beside it, a quarter less again
+    /// (`benches/seen_floor.sh`); `COPY` a fifth less again (BENCHMARKS.md). Partitions made before the
     /// hash index keep their primary key, which would refuse a copy there (the batch fails whole
     /// and is applied again); newer ones have nothing to refuse one, so the fence is what keeps an
     /// id counted once.
-    async fn insert_ids<'e>(
+    async fn insert_ids(
         &self,
         tx: &Transaction<'_>,
-        events: &'e [Metered],
+        events: &[Metered],
         arrival: &Arrival,
-    ) -> Result<HashSet<(&'e str, &'e str)>, Error> {
-        let mut firsts: HashSet<(&'e str, &'e str)> = HashSet::new();
-        let mut candidates: Vec<&Metered> =
-            events.iter().filter(|e| firsts.insert((e.tenant.as_str(), e.id.as_str()))).collect();
-        // In the key's order (`COLLATE "C"` is byte order, as `str`'s): each lookup and insert
-        // then descends next to the one before it, through pages still in the CPU's caches.
-        candidates.sort_unstable_by(|a, b| (a.tenant.as_str(), a.id.as_str()).cmp(&(b.tenant.as_str(), b.id.as_str())));
-        if candidates.is_empty() {
-            return Ok(firsts);
+    ) -> Result<Vec<bool>, Error> {
+        let key = |i: u32| {
+            let e = &events[i as usize];
+            (e.tenant.as_str(), e.id.as_str())
+        };
+        // The batch's first copy of each id, in the batch's order (a hash index has no order to
+        // keep): one hash of each event's key, compared on a match.
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let hash = |i: u32| hasher.hash_one(key(i));
+        let mut kept: HashTable<u32> = HashTable::with_capacity(events.len());
+        let mut firsts: Vec<u32> = Vec::with_capacity(events.len());
+        for i in 0..events.len() as u32 {
+            if let Entry::Vacant(v) = kept.entry(hash(i), |&j| key(j) == key(i), |&j| hash(j)) {
+                v.insert(i);
+                firsts.push(i);
+            }
         }
-        let tenants: Vec<&str> = candidates.iter().map(|e| e.tenant.as_str()).collect();
-        let ids: Vec<&str> = candidates.iter().map(|e| e.id.as_str()).collect();
+        let mut counted = vec![false; events.len()];
+        if firsts.is_empty() {
+            return Ok(counted);
+        }
+        let tenants: Vec<&str> = firsts.iter().map(|&i| key(i).0).collect();
+        let ids: Vec<&str> = firsts.iter().map(|&i| key(i).1).collect();
         // Each id is looked up by its key (a lateral `LIMIT 1`, never a hash join over all the ids
         // kept). The statements are unnamed, so planned at each batch for the partitions as they
         // are now (a plan cached while the newest partition was small would scan it whole for
@@ -618,36 +634,41 @@ impl PgStore {
             (tenants, ids)
         } else {
             let found: HashSet<(&str, &str)> = found.iter().map(|r| (r.get(0), r.get(1))).collect();
-            let new: Vec<&Metered> =
-                candidates.into_iter().filter(|e| !found.contains(&(e.tenant.as_str(), e.id.as_str()))).collect();
-            firsts = new.iter().map(|e| (e.tenant.as_str(), e.id.as_str())).collect();
-            (new.iter().map(|e| e.tenant.as_str()).collect(), new.iter().map(|e| e.id.as_str()).collect())
+            firsts.retain(|&i| !found.contains(&key(i)));
+            (firsts.iter().map(|&i| key(i).0).collect(), firsts.iter().map(|&i| key(i).1).collect())
         };
         if !ids.is_empty() {
-            tx.execute_typed(
-                "INSERT INTO seen_ids (tenant, id, arrived_us) SELECT x.tenant, x.id, $3 FROM unnest($1::text[], $2::text[]) AS x(tenant, id)",
-                &[(&tenants, Type::TEXT_ARRAY), (&ids, Type::TEXT_ARRAY), (&arrival.at_us, Type::INT8)],
-            )
-            .await?;
+            // In binary `COPY`, whose rows the server writes a page at a time (an `INSERT`
+            // writes, and logs, each row alone).
+            let sink = tx.copy_in("COPY seen_ids (tenant, id, arrived_us) FROM STDIN (FORMAT binary)").await?;
+            let rows = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT8]);
+            let mut rows = std::pin::pin!(rows);
+            for (tenant, id) in tenants.iter().zip(&ids) {
+                rows.as_mut().write(&[tenant, id, &arrival.at_us]).await?;
+            }
+            rows.finish().await?;
         }
-        Ok(firsts)
+        for i in firsts {
+            counted[i as usize] = true;
+        }
+        Ok(counted)
     }
 
-    /// Folds the events of `events` whose `(tenant, id)` is in `new` (each once) into the
-    /// cached tallies, inside `tx`, and notes the thresholds they reach under `allowances`.
+    /// Folds the events of `events` that `counted` marks into the cached tallies, inside `tx`,
+    /// and notes the thresholds they reach under `allowances`.
+    ///
+    /// Two passes over the batch, in the same order: the first finds each counter's place in the
+    /// caches (a counter the caches lack is read, with the others, in one query), the second adds
+    /// to the counters by those places, hashing no key again.
     async fn fold(
         &self,
         tx: &Transaction<'_>,
         meters: &[MeterDef],
         events: &[Metered],
-        new: HashSet<(&str, &str)>,
+        counted: &[bool],
         allowances: Option<&dyn Allowances>,
     ) -> Result<Folded, Error> {
-        let mut taken = HashSet::new();
-        let counted: Vec<&Metered> = events
-            .iter()
-            .filter(|e| new.contains(&(e.tenant.as_str(), e.id.as_str())) && taken.insert((&e.tenant, &e.id)))
-            .collect();
+        let counted: Vec<&Metered> = events.iter().zip(counted).filter(|(_, c)| **c).map(|(e, _)| e).collect();
         let applied = Applied { counted: counted.len(), duplicates: events.len() - counted.len() };
 
         // Each counted event's buckets, its period and its day, formatted once per day of the batch.
@@ -662,35 +683,45 @@ impl PgStore {
                 })
             })
             .collect();
+        let meter = |m: usize| meters.get(m).ok_or(Error::UnknownMeter(m));
 
-        // Unique values, each bucket's new ones.
-        let mut unique_keys: Vec<(String, String, String, String)> = Vec::new();
-        let mut unique_set = HashSet::new();
+        // Unique values, each bucket's distinct ones once, and which of them are new (not in the
+        // table before this batch): only a value's first new sighting adds to its counter.
+        let mut unique_index: HashMap<(&str, &str, &str, &str), usize> = HashMap::new();
+        let mut unique_keys: Vec<(&str, &str, &str, &str)> = Vec::new();
+        // For each unique contribution and bucket, in the passes' order, its value's place.
+        let mut unique_at: Vec<usize> = Vec::new();
         for (e, &d) in counted.iter().zip(&at) {
             for (m, c) in &e.contributions {
                 if let Contribution::Unique(v) = c {
-                    let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
+                    let meter = meter(*m)?.name.as_str();
                     for bucket in &day_names[d] {
-                        let key = (e.tenant.clone(), meter.clone(), bucket.clone(), v.clone());
-                        if unique_set.insert(key.clone()) {
+                        let key = (e.tenant.as_str(), meter, bucket.as_str(), v.as_str());
+                        unique_at.push(*unique_index.entry(key).or_insert_with(|| {
                             unique_keys.push(key);
-                        }
+                            unique_keys.len() - 1
+                        }));
                     }
                 }
             }
         }
-        let mut new_uniques: HashSet<(String, String, String, String)> = HashSet::new();
+        let mut unique_new = vec![false; unique_keys.len()];
         if !unique_keys.is_empty() {
-            let col = |i: usize| unique_keys.iter().map(|k| [&k.0, &k.1, &k.2, &k.3][i].as_str()).collect::<Vec<_>>();
+            let col = |i: usize| unique_keys.iter().map(|k| [k.0, k.1, k.2, k.3][i]).collect::<Vec<_>>();
             let insert = tx.prepare_cached(sql::UNIQUES_INSERT).await?;
             let rows = tx.query(&insert, &[&col(0), &col(1), &col(2), &col(3)]).await?;
-            new_uniques = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+            for r in &rows {
+                let key: (&str, &str, &str, &str) = (r.get(0), r.get(1), r.get(2), r.get(3));
+                let at = unique_index.get(&key).ok_or_else(|| Error::Unreadable("unique value not sent".into()))?;
+                unique_new[*at] = true;
+            }
         }
 
-        // The tallies and breakdown amounts the batch adds to: those the caches lack are read
-        // from the table first, in one query each (sent together), then every one is added to in
-        // place in the cache. A key is copied only when the cache does not have it.
-        let (mut missing, mut missing_groups) = (HashSet::new(), HashSet::new());
+        // Pass 1: the places of the tallies and breakdown amounts the batch adds to; those the
+        // caches lacked are read from the table, in one query each (sent together). Pass 2 adds
+        // to every one in place. A key is copied only when the cache does not have it.
+        let (mut slots, mut group_slots) = (Vec::new(), Vec::new());
+        let (mut missing, mut missing_groups) = (Vec::new(), Vec::new());
         {
             let mut cache = Cache::lock(&self.cache);
             let mut group_cache = Cache::lock(&self.group_cache);
@@ -699,56 +730,69 @@ impl PgStore {
             for (e, &d) in counted.iter().zip(&at) {
                 let [period, _] = &day_names[d];
                 for (m, _) in &e.contributions {
-                    let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
+                    let meter = &meter(*m)?.name;
                     for bucket in &day_names[d] {
-                        let key = KeyRef(&e.tenant, meter, bucket);
-                        if !cache.holds(&key) {
-                            missing.get_or_insert_with(&key, |k| Key::from(k));
+                        let (at, new) = cache.slot(&KeyRef(&e.tenant, meter, bucket));
+                        slots.push(at);
+                        if new {
+                            missing.push(at);
                         }
                     }
                 }
                 for (m, values) in &e.groups {
-                    let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
+                    let def = meter(*m)?;
+                    if !e.contributions.iter().any(|(i, _)| i == m) {
+                        continue;
+                    }
                     for (property, value) in def.group_by.iter().zip(values) {
-                        let key = GroupRef(&e.tenant, period, &def.name, property, value);
-                        if !group_cache.holds(&key) {
-                            missing_groups.get_or_insert_with(&key, |k| GroupKey::from(k));
+                        let (at, new) = group_cache.slot(&GroupRef(&e.tenant, period, &def.name, property, value));
+                        group_slots.push(at);
+                        if new {
+                            missing_groups.push(at);
                         }
                     }
                 }
             }
         }
-        // Both reads at once, their results in the order sent (the first error is the cause).
-        let (t, g) = tokio::join!(biased; self.load_tallies(tx, &missing), self.load_groups(tx, &missing_groups));
+        // Both reads at once, their results in the order sent (the first error is the cause);
+        // each fills its counters' places (a key with no row stays empty, with no id: inserted
+        // rather than updated).
+        let (t, g) = tokio::join!(
+            biased;
+            self.load_tallies(tx, &missing),
+            self.load_groups(tx, &missing_groups)
+        );
         let (t, g) = (t?, g?);
 
         let mut cache = Cache::lock(&self.cache);
         let mut group_cache = Cache::lock(&self.group_cache);
-        // The rows found, then every key read that had none: it starts empty, with no id, and is
-        // inserted rather than updated. Every counter pass 2 adds to is then held.
-        cache.fill(t);
-        cache.fill(missing.into_iter().map(|k| (k, Counter::default())));
-        group_cache.fill(g);
-        group_cache.fill(missing_groups.into_iter().map(|k| (k, Counter::default())));
+        for (key, counter) in t {
+            cache.load(&key, counter);
+        }
+        for (key, counter) in g {
+            group_cache.load(&key, counter);
+        }
+        let (mut slots, mut group_slots, mut unique_at) =
+            (slots.into_iter(), group_slots.into_iter(), unique_at.into_iter());
+        let lost = || Error::Unreadable("counter place (the passes of a batch's fold disagree)".into());
         for (e, &d) in counted.iter().zip(&at) {
-            let [period, _] = &day_names[d];
-            for (m, c) in &e.contributions {
-                let meter = &meters.get(*m).ok_or(Error::UnknownMeter(*m))?.name;
-                for bucket in &day_names[d] {
-                    if let Contribution::Unique(v) = c
-                        && !new_uniques.remove(&(e.tenant.clone(), meter.clone(), bucket.clone(), v.clone()))
-                    {
-                        continue;
+            for (_, c) in &e.contributions {
+                for _ in &day_names[d] {
+                    let at = slots.next().ok_or_else(lost)?;
+                    if let Contribution::Unique(_) = c {
+                        let u = unique_at.next().ok_or_else(lost)?;
+                        if !std::mem::take(&mut unique_new[u]) {
+                            continue;
+                        }
                     }
-                    cache.current(&KeyRef(&e.tenant, meter, bucket), absent)?.add(c, e.time_us, &e.id)?;
+                    cache.at(at).add(c, e.time_us, &e.id)?;
                 }
             }
             for (m, values) in &e.groups {
-                let def = meters.get(*m).ok_or(Error::UnknownMeter(*m))?;
+                let def = meter(*m)?;
                 let Some((_, c)) = e.contributions.iter().find(|(i, _)| i == m) else { continue };
-                for (property, value) in def.group_by.iter().zip(values) {
-                    let key = GroupRef(&e.tenant, period, &def.name, property, value);
-                    group_cache.current(&key, absent)?.add(c, e.time_us, &e.id)?;
+                for _ in def.group_by.iter().zip(values) {
+                    group_cache.at(group_slots.next().ok_or_else(lost)?).add(c, e.time_us, &e.id)?;
                 }
             }
         }
@@ -767,32 +811,50 @@ impl PgStore {
         })
     }
 
-    /// The tallies of `missing` (from the cache) that the table has, with their rows' ids.
-    async fn load_tallies(&self, tx: &Transaction<'_>, missing: &HashSet<Key>) -> Result<Vec<(Key, Counter)>, Error> {
-        if missing.is_empty() {
+    /// The stored tallies of the keys at `places` in the cache (those [`Cache::slot`] found
+    /// missing), with their rows' ids; a key with no row is left out.
+    async fn load_tallies(&self, tx: &Transaction<'_>, places: &[usize]) -> Result<Vec<(Key, Counter)>, Error> {
+        if places.is_empty() {
             return Ok(Vec::new());
         }
-        let col = |i: usize| missing.iter().map(|k| [&k.0, &k.1, &k.2][i].as_str()).collect::<Vec<_>>();
+        let (tenants, meters, buckets) = {
+            let cache = Cache::lock(&self.cache);
+            let keys = places.iter().map(|&at| cache.key_at(at));
+            let (mut t, mut m, mut b) = (Vec::new(), Vec::new(), Vec::new());
+            for k in keys {
+                t.push(k.0.clone());
+                m.push(k.1.clone());
+                b.push(k.2.clone());
+            }
+            (t, m, b)
+        };
         let load = tx.prepare_cached(sql::TALLIES_LOAD).await?;
-        let rows = tx.query(&load, &[&col(0), &col(1), &col(2)]).await?;
+        let rows = tx.query(&load, &[&tenants, &meters, &buckets]).await?;
         rows.iter()
             .map(|r| Ok(((r.get(0), r.get(1), r.get(2)), Counter { tally: tally(r, 3)?, id: Some(r.get(6)) })))
             .collect()
     }
 
-    /// The breakdown amounts of `missing`, as [`PgStore::load_tallies`].
-    async fn load_groups(
-        &self,
-        tx: &Transaction<'_>,
-        missing: &HashSet<GroupKey>,
-    ) -> Result<Vec<(GroupKey, Counter)>, Error> {
-        let mut out = Vec::with_capacity(missing.len());
-        if missing.is_empty() {
+    /// The stored breakdown amounts of the keys at `places` in the group cache, as
+    /// [`PgStore::load_tallies`].
+    async fn load_groups(&self, tx: &Transaction<'_>, places: &[usize]) -> Result<Vec<(GroupKey, Counter)>, Error> {
+        let mut out = Vec::with_capacity(places.len());
+        if places.is_empty() {
             return Ok(out);
         }
-        let col = |i: usize| missing.iter().map(|k| [&k.0, &k.1, &k.2, &k.3, &k.4][i].as_str()).collect::<Vec<_>>();
+        let cols: [Vec<String>; 5] = {
+            let cache = Cache::lock(&self.group_cache);
+            let mut cols: [Vec<String>; 5] = Default::default();
+            for &at in places {
+                let k = cache.key_at(at);
+                for (col, v) in cols.iter_mut().zip([&k.0, &k.1, &k.2, &k.3, &k.4]) {
+                    col.push(v.clone());
+                }
+            }
+            cols
+        };
         let load = tx.prepare_cached(sql::GROUPS_LOAD).await?;
-        let rows = tx.query(&load, &[&col(0), &col(1), &col(2), &col(3), &col(4)]).await?;
+        let rows = tx.query(&load, &[&cols[0], &cols[1], &cols[2], &cols[3], &cols[4]]).await?;
         for r in rows {
             let amount = decimal(r.get(5), "breakdown amount")?;
             let counter = Counter { tally: Tally { value: amount, latest: None }, id: Some(r.get(6)) };
@@ -805,13 +867,6 @@ impl PgStore {
 /// A read-only transaction reading one snapshot (REPEATABLE READ).
 async fn snapshot(c: &mut Object) -> Result<Transaction<'_>, Error> {
     Ok(c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?)
-}
-
-/// Pass 2 of a batch's fold finds every counter it adds to held (pass 1 read and filled those the
-/// cache lacked, while the batch holds `PgStore::applying`): one that is not would be written as if new,
-/// its stored value overwritten, so the batch fails instead.
-fn absent<Q>(_: &Q) -> Result<Counter, Error> {
-    Err(Error::Unreadable("counter (one a batch added to without reading it first)".into()))
 }
 
 /// Empties the store's caches when dropped before its batch `committed`.
@@ -948,7 +1003,7 @@ impl UsageStore for PgStore {
             let arrived = self.arrival(&mut client).await;
             let tx = client.transaction().await?;
             let new = fenced(&tx, consumer, progress, self.insert_ids(&tx, events, &arrived)).await?;
-            let folded = self.fold(&tx, meters, events, new, allowances.as_deref()).await?;
+            let folded = self.fold(&tx, meters, events, &new, allowances.as_deref()).await?;
             let (tally_ids, group_ids) = save(&tx, &folded).await?;
             give_ids(&self.cache, tally_ids);
             give_ids(&self.group_cache, group_ids);
