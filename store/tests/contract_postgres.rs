@@ -127,6 +127,49 @@ fn an_older_builds_id_insert_fails_after_the_upgrade() {
     assert!(e.contains("relation \"seen\" does not exist"), "{e}");
 }
 
+/// A partition made before schema version 6 keeps its primary key beside the hash index, and can
+/// be the one batches write to after the upgrade: an id counted there before it stays counted,
+/// and the batch's new ids go in beside it.
+#[test]
+fn a_partition_from_before_the_hash_index_still_counts_each_id_once() {
+    use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
+    let url = fresh_database(&shared_url());
+    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
+    meter_postgres::migrate(&pg, meter_store::PG_COMPONENT, &meter_store::PG_MIGRATIONS[..5]).unwrap();
+    // The partition of now as a schema-5 store made it, with an id counted in it.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let (from, to) = (now - 3_600_000_000, now + 86_400_000_000);
+    pg.execute(
+        &format!(
+            "CREATE TABLE seen_{from} PARTITION OF seen (PRIMARY KEY (tenant, id)) FOR VALUES FROM ({from}) TO ({to})"
+        ),
+        &[],
+    )
+    .unwrap();
+    pg.execute(
+        "INSERT INTO seen_parts (name, from_us, to_us) VALUES ($1, $2, $3)",
+        &[&format!("seen_{from}"), &from, &to],
+    )
+    .unwrap();
+    pg.execute("INSERT INTO seen (tenant, id, arrived_us) VALUES ('a', 'old-1', $1)", &[&(from + 1)]).unwrap();
+    PgStore::migrate(&pg).unwrap();
+    let s = PgStore::open(pg.clone()).unwrap();
+    s.checkpoint("c").unwrap();
+    let batch = [tokens("a", "old-1", 1, MID_NOVEMBER), tokens("a", "new-1", 1, MID_NOVEMBER)];
+    let applied = s.apply("c", &meters(), &batch, &adv(0, 2)).unwrap();
+    assert_eq!((applied.counted, applied.duplicates), (1, 1), "only new-1 is new");
+    let again = [tokens("a", "new-1", 1, MID_NOVEMBER), tokens("a", "new-2", 1, MID_NOVEMBER)];
+    let applied = s.apply("c", &meters(), &again, &adv(2, 4)).unwrap();
+    assert_eq!((applied.counted, applied.duplicates), (1, 1), "only new-2 is new");
+    let holding: Vec<String> = pg
+        .query("SELECT tableoid::regclass::text FROM seen_ids WHERE tenant = 'a' ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(holding, vec![format!("seen_{from}"); 3], "every id in the schema-5 partition, once");
+}
+
 /// An upgrade keeps the ids counted before it: they become the oldest arrival partition.
 #[test]
 fn the_ids_counted_before_the_arrival_partitions_stay_counted() {
