@@ -4,6 +4,8 @@
 # ROUNDS times, on a private cluster with fsync on (deploy/postgres.sh), or on PG_URL; with the
 # server's JIT off, as meter's connections run (PGOPTIONS="-c jit=on" to see it on).
 #   ROUNDS=3 benches/seen_floor.sh
+# SQL=benches/seen_partitions.sql runs that file instead: a lookup's cost by the number of arrival
+# partitions it searches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -16,5 +18,5 @@ if [ -z "${PG_URL:-}" ]; then
 fi
 for r in $(seq "$ROUNDS"); do
   echo "round $r"
-  psql -q "$PG_URL" -f benches/seen_floor.sql 2>&1 | sed -n 's/^.*NOTICE:  //p'
+  psql -q "$PG_URL" -f "${SQL:-benches/seen_floor.sql}" 2>&1 | sed -n 's/^.*NOTICE:  //p'
 done
