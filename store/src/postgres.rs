@@ -564,13 +564,14 @@ impl PgStore {
     /// after the other, so no other transaction writes one of this batch's ids while it runs, and
     /// what earlier owners wrote is in every statement's snapshot here. The ids are looked up
     /// first, through `seen_ids`'s hash index on `tenant:id` (each match checked on both columns),
-    /// and those not found go in with a binary `COPY` (the server writes a page of its rows at a
-    /// time, where an `INSERT` writes and logs each row alone). Measured alone, a lookup and a
+    /// and those not found go in with a binary `COPY` (the server writes the table's rows a page
+    /// at a time, where an `INSERT` writes and logs each row alone; index entries one by one either
+    /// way). Measured alone, a lookup and a
     /// plain `INSERT` were a quarter less of the server's time an id than `INSERT … ON CONFLICT
     /// DO NOTHING` on a primary key, whose speculative insert looks up and writes each id twice,
     /// and the hash index, with no primary key beside it, a quarter less again
     /// (`benches/seen_floor.sh`); `COPY` a fifth less again (BENCHMARKS.md). Partitions made before the
-    /// hash index keep their primary key, which would refuse a copy there (the batch fails whole
+    /// hash index keep their primary key, which would refuse a duplicate id there (the batch fails whole
     /// and is applied again); newer ones have nothing to refuse one, so the fence is what keeps an
     /// id counted once.
     async fn insert_ids(
@@ -640,7 +641,10 @@ impl PgStore {
         if !ids.is_empty() {
             // In binary `COPY`, whose rows the server writes a page at a time (an `INSERT`
             // writes, and logs, each row alone).
-            let sink = tx.copy_in("COPY seen_ids (tenant, id, arrived_us) FROM STDIN (FORMAT binary)").await?;
+            // Prepared once a connection (an unprepared `COPY` is prepared, and closed, at each
+            // batch: a round trip more).
+            let copy = tx.prepare_cached("COPY seen_ids (tenant, id, arrived_us) FROM STDIN (FORMAT binary)").await?;
+            let sink = tx.copy_in(&copy).await?;
             let rows = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT8]);
             let mut rows = std::pin::pin!(rows);
             for (tenant, id) in tenants.iter().zip(&ids) {
@@ -764,13 +768,22 @@ impl PgStore {
         );
         let (t, g) = (t?, g?);
 
+        // The places stay put from pass 1 to here: nothing else changes the caches while a batch
+        // holds `PgStore::applying` (a checkpoint read, which empties them, comes from the same
+        // loop as the batches, never during one).
         let mut cache = Cache::lock(&self.cache);
         let mut group_cache = Cache::lock(&self.group_cache);
+        // A stored counter with no place would leave its empty stand-in to be inserted over it.
+        let unplaced = || Error::Unreadable("counter (a stored one the batch did not ask for)".into());
         for (key, counter) in t {
-            cache.load(&key, counter);
+            if !cache.load(&key, counter) {
+                return Err(unplaced());
+            }
         }
         for (key, counter) in g {
-            group_cache.load(&key, counter);
+            if !group_cache.load(&key, counter) {
+                return Err(unplaced());
+            }
         }
         let (mut slots, mut group_slots, mut unique_at) =
             (slots.into_iter(), group_slots.into_iter(), unique_at.into_iter());
@@ -778,14 +791,14 @@ impl PgStore {
         for (e, &d) in counted.iter().zip(&at) {
             for (_, c) in &e.contributions {
                 for _ in &day_names[d] {
-                    let at = slots.next().ok_or_else(lost)?;
+                    let place = slots.next().ok_or_else(lost)?;
                     if let Contribution::Unique(_) = c {
                         let u = unique_at.next().ok_or_else(lost)?;
                         if !std::mem::take(&mut unique_new[u]) {
                             continue;
                         }
                     }
-                    cache.at(at).add(c, e.time_us, &e.id)?;
+                    cache.at(place).add(c, e.time_us, &e.id)?;
                 }
             }
             for (m, values) in &e.groups {
@@ -795,6 +808,9 @@ impl PgStore {
                     group_cache.at(group_slots.next().ok_or_else(lost)?).add(c, e.time_us, &e.id)?;
                 }
             }
+        }
+        if slots.next().is_some() || group_slots.next().is_some() || unique_at.next().is_some() {
+            return Err(lost());
         }
         let reached = match allowances {
             Some(a) => {
@@ -1002,8 +1018,8 @@ impl UsageStore for PgStore {
             let mut client = self.pg.client().await?;
             let arrived = self.arrival(&mut client).await;
             let tx = client.transaction().await?;
-            let new = fenced(&tx, consumer, progress, self.insert_ids(&tx, events, &arrived)).await?;
-            let folded = self.fold(&tx, meters, events, &new, allowances.as_deref()).await?;
+            let counted = fenced(&tx, consumer, progress, self.insert_ids(&tx, events, &arrived)).await?;
+            let folded = self.fold(&tx, meters, events, &counted, allowances.as_deref()).await?;
             let (tally_ids, group_ids) = save(&tx, &folded).await?;
             give_ids(&self.cache, tally_ids);
             give_ids(&self.group_cache, group_ids);
