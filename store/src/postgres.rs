@@ -565,15 +565,14 @@ impl PgStore {
     /// what earlier owners wrote is in every statement's snapshot here. The ids are looked up
     /// first, through `seen_ids`'s hash index on `tenant:id` (each match checked on both columns),
     /// and those not found go in with a binary `COPY` (the server writes the table's rows a page
-    /// at a time, where an `INSERT` writes and logs each row alone; index entries one by one either
-    /// way). Measured alone, a lookup and a
-    /// plain `INSERT` were a quarter less of the server's time an id than `INSERT … ON CONFLICT
-    /// DO NOTHING` on a primary key, whose speculative insert looks up and writes each id twice,
-    /// and the hash index, with no primary key beside it, a quarter less again
-    /// (`benches/seen_floor.sh`); `COPY` a fifth less again (BENCHMARKS.md). Partitions made before the
-    /// hash index keep their primary key, which would refuse a duplicate id there (the batch fails whole
-    /// and is applied again); newer ones have nothing to refuse one, so the fence is what keeps an
-    /// id counted once.
+    /// at a time, where an `INSERT` writes and logs each row alone; index entries one by one
+    /// either way). Measured alone, a lookup and a plain `INSERT` were a quarter less of the
+    /// server's time an id than `INSERT … ON CONFLICT DO NOTHING` on a primary key, whose
+    /// speculative insert looks up and writes each id twice, and the hash index, with no primary
+    /// key beside it, a quarter less again (`benches/seen_floor.sh`); `COPY` is a fifth less
+    /// again (BENCHMARKS.md). Partitions made before the hash index keep their primary key, which
+    /// would refuse a duplicate id there (the batch fails whole and is applied again); newer ones
+    /// have nothing to refuse one, so the fence is what keeps an id counted once.
     async fn insert_ids(
         &self,
         tx: &Transaction<'_>,
@@ -603,7 +602,7 @@ impl PgStore {
         let tenants: Vec<&str> = firsts.iter().map(|&i| key(i).0).collect();
         let ids: Vec<&str> = firsts.iter().map(|&i| key(i).1).collect();
         // Each id is looked up by its key (a lateral `LIMIT 1`, never a hash join over all the ids
-        // kept). The statements are unnamed, so planned at each batch for the partitions as they
+        // kept). The lookups are unnamed, so planned at each batch for the partitions as they
         // are now (a plan cached while the newest partition was small would scan it whole for
         // every id once it is not), and sent with their parameters' types, with no round trip to
         // prepare them. Partitions after the one this batch writes to hold ids only if a host's
@@ -631,24 +630,19 @@ impl PgStore {
                 &[(&tenants, Type::TEXT_ARRAY), (&ids, Type::TEXT_ARRAY), (&below, Type::INT8)],
             )
             .await?;
-        let (tenants, ids) = if found.is_empty() {
-            (tenants, ids)
-        } else {
+        if !found.is_empty() {
             let found: HashSet<(&str, &str)> = found.iter().map(|r| (r.get(0), r.get(1))).collect();
             firsts.retain(|&i| !found.contains(&key(i)));
-            (firsts.iter().map(|&i| key(i).0).collect(), firsts.iter().map(|&i| key(i).1).collect())
-        };
-        if !ids.is_empty() {
-            // In binary `COPY`, whose rows the server writes a page at a time (an `INSERT`
-            // writes, and logs, each row alone).
+        }
+        if !firsts.is_empty() {
             // Prepared once a connection (an unprepared `COPY` is prepared, and closed, at each
             // batch: a round trip more).
             let copy = tx.prepare_cached("COPY seen_ids (tenant, id, arrived_us) FROM STDIN (FORMAT binary)").await?;
-            let sink = tx.copy_in(&copy).await?;
-            let rows = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT8]);
+            let rows = BinaryCopyInWriter::new(tx.copy_in(&copy).await?, &[Type::TEXT, Type::TEXT, Type::INT8]);
             let mut rows = std::pin::pin!(rows);
-            for (tenant, id) in tenants.iter().zip(&ids) {
-                rows.as_mut().write(&[tenant, id, &arrival.at_us]).await?;
+            for &i in &firsts {
+                let (tenant, id) = key(i);
+                rows.as_mut().write(&[&tenant, &id, &arrival.at_us]).await?;
             }
             rows.finish().await?;
         }

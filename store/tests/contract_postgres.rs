@@ -43,6 +43,13 @@ fn postgres() -> Postgres {
     Postgres(url)
 }
 
+/// A fresh database at this build's schema, on a pool of two connections.
+fn migrated() -> Arc<Pg> {
+    let pg = Arc::new(Pg::connect(&fresh_database(&shared_url()), 2).unwrap());
+    PgStore::migrate(&pg).unwrap();
+    pg
+}
+
 meter_store::store_contract!(postgres());
 meter_store::live_contract!(postgres());
 
@@ -58,9 +65,7 @@ fn an_unmigrated_database_is_refused() {
 /// hands out next.
 #[test]
 fn an_opened_store_is_ready_for_its_first_batch() {
-    let url = fresh_database(&shared_url());
-    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
-    PgStore::migrate(&pg).unwrap();
+    let pg = migrated();
     let _store = PgStore::open(pg.clone()).unwrap();
     let parts: i64 = pg.query_one("SELECT count(*) FROM seen_parts", &[]).unwrap().get(0);
     assert_eq!(parts, 2, "the partition of now and the next");
@@ -76,9 +81,7 @@ fn an_opened_store_is_ready_for_its_first_batch() {
 /// goes through that index, never a scan of the partition.
 #[test]
 fn new_partitions_have_only_the_hash_index_and_lookups_use_it() {
-    let url = fresh_database(&shared_url());
-    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
-    PgStore::migrate(&pg).unwrap();
+    let pg = migrated();
     let _store = PgStore::open(pg.clone()).unwrap();
     let indexes: Vec<String> = pg
         .query("SELECT i.indexdef FROM seen_parts p JOIN pg_indexes i ON i.tablename = p.name ORDER BY p.from_us", &[])
@@ -116,9 +119,7 @@ fn new_partitions_have_only_the_hash_index_and_lookups_use_it() {
 /// gone, so its batches fail (and are tried again until it is replaced) rather than count twice.
 #[test]
 fn an_older_builds_id_insert_fails_after_the_upgrade() {
-    let url = fresh_database(&shared_url());
-    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
-    PgStore::migrate(&pg).unwrap();
+    let pg = migrated();
     let _store = PgStore::open(pg.clone()).unwrap();
     let e = pg
         .execute("INSERT INTO seen (tenant, id, arrived_us) SELECT 'a', 'x', 1 ON CONFLICT DO NOTHING", &[])
@@ -196,9 +197,7 @@ fn the_ids_counted_before_the_arrival_partitions_stay_counted() {
 #[test]
 fn an_id_counted_in_any_partition_stays_counted() {
     use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
-    let url = fresh_database(&shared_url());
-    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
-    PgStore::migrate(&pg).unwrap();
+    let pg = migrated();
     let s = PgStore::open(pg.clone()).unwrap();
     s.checkpoint("c").unwrap();
     let first = [tokens("a", "now-1", 1, MID_NOVEMBER)];
@@ -412,9 +411,7 @@ fn counters_from_before_row_ids_are_added_to() {
 #[test]
 fn a_failed_batch_drops_every_cached_counter() {
     use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
-    let url = fresh_database(&shared_url());
-    let pg = Arc::new(Pg::connect(&url, 2).unwrap());
-    PgStore::migrate(&pg).unwrap();
+    let pg = migrated();
     let s = PgStore::open(pg.clone()).unwrap();
     s.checkpoint("c").unwrap();
     let both = [tokens("a", "a-1", 1, MID_NOVEMBER), tokens("b", "b-1", 1, MID_NOVEMBER)];
