@@ -98,7 +98,7 @@ const GROUP_SCAN_ROWS: i64 = 65_536;
 /// ([`Parted`]). xorf's construction takes some 24 bytes an id (computed from its arrays, not
 /// measured): a group of 10 million ids built whole would hold about 240 MB beside its 80 MB of
 /// fingerprints, where the filters of every generation took 43 MB in the soak; in parts, 25 MB.
-const GROUP_PART: usize = 1 << 20;
+pub const GROUP_PART: usize = 1 << 20;
 
 /// How long after a group's build or keeping failed none is started again.
 const GROUP_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -180,8 +180,9 @@ type Key = (String, String);
 /// What a filter is built from: a `(tenant, id)`'s 64-bit hash. Filters are kept in the file,
 /// so the hash must not change between builds: SipHash-1-3 with zero keys over the tenant's
 /// length, the tenant and the id (the `siphasher` crate; std's `DefaultHasher` may change its
-/// algorithm in any Rust release). Changing it means a new [`FILTER_FORMAT`].
-fn fingerprint(tenant: &str, id: &str) -> u64 {
+/// algorithm in any Rust release). Changing it means a new [`FILTER_FORMAT`]. The Postgres
+/// store's sealed arrival partitions keep filters of the same fingerprints.
+pub fn fingerprint(tenant: &str, id: &str) -> u64 {
     let mut h = SipHasher13::new();
     h.write(&(tenant.len() as u64).to_le_bytes());
     h.write(tenant.as_bytes());
@@ -269,8 +270,8 @@ fn filter_of(fps: &[u64]) -> Option<BinaryFuse8> {
 /// A group's filter: its fingerprints split by their top `bits` bits into parts of about
 /// [`GROUP_PART`] ids at most, a binary fuse filter each (none for an empty part), so that a
 /// build holds one part's construction at a time. A lookup asks the one part its fingerprint
-/// falls in.
-struct Parted {
+/// falls in. The Postgres store keeps one of each sealed arrival partition's ids.
+pub struct Parted {
     bits: u32,
     parts: Vec<Option<BinaryFuse8>>,
 }
@@ -283,32 +284,31 @@ impl Parted {
         }
     }
 
-    fn contains(&self, fp: u64) -> bool {
+    /// Whether the id of fingerprint `fp` may be one of the filter's (never a false no).
+    pub fn contains(&self, fp: u64) -> bool {
         self.parts[self.part(fp)].as_ref().is_some_and(|f| f.contains(&fp))
     }
 
     /// The filter of `fps` (sorted, each once) in parts of about `part_ids` at most; none if a
     /// part cannot be built.
-    fn of(fps: &[u64], part_ids: usize) -> Option<Self> {
-        let count = fps.len().div_ceil(part_ids.max(1)).max(1).next_power_of_two();
-        let mut parted = Parted { bits: count.trailing_zeros(), parts: Vec::with_capacity(count) };
-        let mut rest = fps;
-        for p in 0..count {
-            let end = rest.partition_point(|&fp| parted.part(fp) == p);
-            let (part, tail) = rest.split_at(end);
-            rest = tail;
-            parted.parts.push(match part.is_empty() {
-                true => None,
-                false => Some(filter_of(part)?),
-            });
-        }
-        Some(parted)
+    pub fn of(fps: &[u64], part_ids: usize) -> Option<Self> {
+        let mut build = Parted::build(fps.len(), part_ids);
+        let parts = build.parts();
+        build.add(fps, parts).then_some(())?;
+        build.finish()
     }
 
+    /// A filter of about `ids` fingerprints in parts of about `part_ids` at most, built a range of
+    /// parts at a time ([`PartedBuild::add`]), so that a build need not hold every fingerprint at
+    /// once.
+    pub fn build(ids: usize, part_ids: usize) -> PartedBuild {
+        let count = ids.div_ceil(part_ids.max(1)).max(1).next_power_of_two();
+        PartedBuild { filter: Parted { bits: count.trailing_zeros(), parts: Vec::with_capacity(count) }, count }
+    }
     /// As kept in `<name>_groups.filter`: [`GROUP_FORMAT`], `bits` (a byte), then each part's
     /// length (u64, little-endian) and the part as [`encode_filter`] keeps a filter (empty for an
     /// empty part).
-    fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![GROUP_FORMAT, self.bits as u8];
         for part in &self.parts {
             let blob = encode_filter(part.as_ref());
@@ -320,7 +320,7 @@ impl Parted {
 
     /// What [`Parted::encode`] kept: none for an empty blob (no filter could be built), or why it
     /// cannot be used.
-    fn decode(blob: &[u8]) -> Result<Option<Self>, &'static str> {
+    pub fn decode(blob: &[u8]) -> Result<Option<Self>, &'static str> {
         let Some((&format, rest)) = blob.split_first() else { return Ok(None) };
         if format != GROUP_FORMAT {
             return Err("another format");
@@ -341,6 +341,49 @@ impl Parted {
             true => Ok(Some(parted)),
             false => Err("longer than its parts"),
         }
+    }
+}
+
+/// A [`Parted`] being built, its parts in order.
+pub struct PartedBuild {
+    filter: Parted,
+    count: usize,
+}
+
+impl PartedBuild {
+    /// How many parts the filter has.
+    pub fn parts(&self) -> usize {
+        self.count
+    }
+
+    /// The part fingerprint `fp` falls in.
+    pub fn part(&self, fp: u64) -> usize {
+        self.filter.part(fp)
+    }
+
+    /// Builds the parts from the next one not built up to `upto` (excluded) of `fps`, sorted, each
+    /// once, every one of them in those parts; false if a part cannot be built.
+    pub fn add(&mut self, fps: &[u64], upto: usize) -> bool {
+        let mut rest = fps;
+        for p in self.filter.parts.len()..upto.min(self.count) {
+            let end = rest.partition_point(|&fp| self.filter.part(fp) == p);
+            let (part, tail) = rest.split_at(end);
+            rest = tail;
+            let built = match part.is_empty() {
+                true => None,
+                false => match filter_of(part) {
+                    Some(f) => Some(f),
+                    None => return false,
+                },
+            };
+            self.filter.parts.push(built);
+        }
+        rest.is_empty()
+    }
+
+    /// The filter, once every part is built.
+    pub fn finish(self) -> Option<Parted> {
+        (self.filter.parts.len() == self.count).then_some(self.filter)
     }
 }
 
