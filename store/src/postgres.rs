@@ -135,6 +135,15 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE seen RENAME TO seen_ids;
     CREATE INDEX seen_by_key ON seen_ids USING hash ((tenant || ':' || id));
 ",
+    "
+    -- A partition past its arrivals is sealed: a constraint no row meets refuses every insert
+    -- into it from then on, whichever host or build sends it (`NOT VALID`: the rows it holds
+    -- stay, and the planner, which only trusts valid constraints, never skips the partition for
+    -- it). A filter of its ids is then built once (`meter_sqlite::dedup::Parted`; an empty one
+    -- when none could be built) and kept here, and each process asks a sealed partition only
+    -- about the ids its filter may hold.
+    ALTER TABLE seen_parts ADD COLUMN sealed boolean NOT NULL DEFAULT false, ADD COLUMN filter bytea;
+",
 ];
 
 /// Most tallies kept in memory; past it the cache starts over (the database has every value).
@@ -214,10 +223,10 @@ mod sql {
 /// `JOIN LATERAL` of the id `TENANT`, `ID` (SQL expressions of the query around it) to one row of
 /// `seen_ids` holding it, if any: looked up through the hash index on `tenant:id` (a partition made
 /// since schema 6 has no other), each match checked on both columns, once however many rows hold
-/// it, in the partitions whose arrivals are below `BELOW`. The one spelling of that lookup, so
-/// that every caller's expression is the index's.
+/// it, in the partitions whose arrivals are from `LOW` and below `BELOW`. The one spelling of
+/// that lookup, so that every caller's expression is the index's.
 macro_rules! seen_lateral {
-    ($tenant:literal, $id:literal, $below:literal) => {
+    ($tenant:literal, $id:literal, $low:literal, $below:literal) => {
         concat!(
             " JOIN LATERAL (SELECT 1 FROM seen_ids s WHERE (s.tenant || ':' || s.id) = (",
             $tenant,
@@ -227,6 +236,8 @@ macro_rules! seen_lateral {
             $tenant,
             " AND s.id = ",
             $id,
+            " AND s.arrived_us >= ",
+            $low,
             " AND s.arrived_us < ",
             $below,
             " LIMIT 1) f ON true"
@@ -235,8 +246,10 @@ macro_rules! seen_lateral {
 }
 
 /// Which of the ids `$2` of tenant `$1` are counted.
-const SEEN_OF_TENANT: &str =
-    concat!("SELECT x.id FROM unnest($2::text[]) AS x(id)", seen_lateral!("$1::text", "x.id", "9223372036854775807"));
+const SEEN_OF_TENANT: &str = concat!(
+    "SELECT x.id FROM unnest($2::text[]) AS x(id)",
+    seen_lateral!("$1::text", "x.id", "-9223372036854775808", "9223372036854775807")
+);
 
 /// Serialises the creation and dropping of `seen_ids`'s arrival partitions, on every host.
 const SEEN_PARTS: &str = "store:seen-parts";
@@ -257,21 +270,57 @@ pub struct PgStore {
     alerted: tokio::sync::watch::Sender<u64>,
     /// How long counted ids are kept, and how wide an arrival partition of `seen_ids` is.
     dedup: dedup::Settings,
-    /// The end of the newest arrival partition this process knows of (µs): a batch arriving
-    /// within a partition's width of it makes room first ([`PgStore::make_room`]).
-    covered_to: AtomicI64,
-    /// The arrival partitions' ranges `[from, to)` (µs) as `make_room` last read them, by `from`.
-    /// Partitions are never changed once created, only dropped, so the one a batch writes to is
-    /// found here when this process has read it (else every partition is looked up).
-    parts: Mutex<Vec<(i64, i64)>>,
+    /// When (µs) the next batch makes room first ([`PgStore::make_room`]): a partition's width
+    /// before the end of the newest one, when the oldest open one is due to be sealed, or soon
+    /// while a sealed one's filter is still to be read; `i64::MIN` when a batch found its
+    /// partition sealed.
+    room_at: AtomicI64,
+    /// The arrival partitions as `make_room` last read them, by `from`. A partition's range never
+    /// changes, and once sealed it takes no more ids, so the one a batch writes to is found here
+    /// when this process has read it (else every partition is looked up), and a sealed one's
+    /// filter stays true until the partition is dropped.
+    parts: Mutex<Arc<Vec<Part>>>,
+    /// Whether this process is building a sealed partition's filter ([`build_filter`]).
+    building: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// An arrival partition of `seen_ids`.
+struct Part {
+    name: String,
+    from: i64,
+    to: i64,
+    sealed: bool,
+    filter: Filter,
+}
+
+/// What this process knows of a partition's filter.
+#[derive(Clone)]
+enum Filter {
+    /// None yet: the partition is open, or its filter is still to be built or read.
+    Pending,
+    /// None will be: none could be built or read, and the partition is always asked.
+    Unusable,
+    /// Its ids' filter, read once: the partition is asked only about the ids it may hold.
+    Built(Arc<dedup::Parted>),
 }
 
 /// When a batch arrives: the time it is stamped with, and the range of the partition that time
 /// falls in, when this process knows it. `None` is always safe: the batch's ids are then looked
-/// up in every partition, the one they go to included.
+/// up in every partition, the one they go to included. The partitions as the process knows
+/// them, whose filters spare the lookup of most ids the sealed ones.
 struct Arrival {
     at_us: i64,
     part: Option<(i64, i64)>,
+    parts: Arc<Vec<Part>>,
+}
+
+/// How long after its last arrival a partition is sealed (a sixteenth of its width, at most a
+/// minute): past it, a batch stamped with an earlier time (a host whose clock is behind, a batch
+/// slow to commit) goes to the next partition, or fails once and is tried again when this
+/// process had not yet read that it is sealed. Also how often a process reads whether a sealed
+/// partition's filter is ready.
+fn seal_after(width_us: i64) -> i64 {
+    (width_us / 16).clamp(1, 60_000_000)
 }
 
 impl PgStore {
@@ -294,8 +343,9 @@ impl PgStore {
             raised: Mutex::new(std::collections::HashSet::new()),
             alerted: tokio::sync::watch::Sender::new(0),
             dedup,
-            covered_to: AtomicI64::new(i64::MIN),
-            parts: Mutex::new(Vec::new()),
+            room_at: AtomicI64::new(i64::MIN),
+            parts: Mutex::default(),
+            building: Arc::default(),
         };
         store.warm();
         Ok(store)
@@ -321,30 +371,51 @@ impl PgStore {
         }
     }
 
-    /// The arrival time of a batch committed now, making room for it first when it falls near
-    /// the end of the newest partition of `seen_ids`.
+    /// The arrival time of a batch committed now, making room for it first when it is due: a
+    /// time in the oldest partition still open, and whether its ids need a sealed partition.
     async fn arrival(&self, client: &mut Object) -> Arrival {
         let now = now_us();
-        if now.saturating_add(self.dedup.bucket_us()) >= self.covered_to.load(Ordering::Relaxed) {
+        if now >= self.room_at.load(Ordering::Relaxed) {
             // A failure leaves the partition `now` falls in, when there is one, to the batch;
             // when there is none, the batch fails and is tried again.
             if let Err(e) = self.make_room(client, now).await {
                 tracing::warn!(error = %e, "making room for the ids counted failed; trying again at the next batch");
             }
         }
-        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        let part = parts.iter().find(|(from, to)| (*from..*to).contains(&now)).copied();
-        Arrival { at_us: now, part }
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // A sealed partition takes no more ids: a batch stamped within one (this host's clock is
+        // behind the one that sealed it) goes to the oldest open one after it.
+        let part = parts.iter().find(|p| p.to > now && !p.sealed).map(|p| (p.from, p.to));
+        let at_us = part.map_or(now, |(from, _)| now.max(from));
+        let part = part.filter(|(from, to)| (*from..*to).contains(&at_us));
+        Arrival { at_us, part, parts }
     }
 
-    /// Creates the arrival partitions of `seen_ids` for `now` and the next one, and drops those whose
-    /// last arrival is a horizon old: in one transaction, one host at a time.
+    /// Makes the arrival partitions of `seen_ids` for `now` and the next one, seals those whose
+    /// last arrival is past ([`seal_after`]) and drops those whose last arrival is a horizon old:
+    /// in one transaction, one host at a time. Then reads the filters of sealed partitions it
+    /// has not read, and starts building one that no host has built ([`build_filter`]).
     async fn make_room(&self, client: &mut Object, now: i64) -> Result<(), Error> {
         let width = self.dedup.bucket_us();
         let tx = client.transaction().await?;
-        // Dropping a partition waits for the batches in flight; never for long.
+        // Sealing and dropping a partition wait for the batches in flight; never for long.
         tx.batch_execute("SET LOCAL lock_timeout = '1s'").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(SEEN_PARTS)]).await?;
+        // Sealed before any partition is made: a batch waiting for the lock on `seen_ids` that
+        // making one takes would hold its lock on the partition sealed, and each would wait for
+        // the other. `ALTER TABLE` waits for the batches writing to the partition to commit, and
+        // every later insert into it fails, so the filter built after it holds every id.
+        let sealed = tx
+            .query(
+                "UPDATE seen_parts SET sealed = true WHERE NOT sealed AND to_us <= $1 RETURNING name",
+                &[&(now - seal_after(width))],
+            )
+            .await?;
+        for r in &sealed {
+            let name: String = r.get(0);
+            tx.batch_execute(&format!("ALTER TABLE {name} ADD CONSTRAINT {name}_sealed CHECK (false) NOT VALID"))
+                .await?;
+        }
         let current = now - now.rem_euclid(width);
         let newest: Option<i64> = tx.query_one("SELECT max(to_us) FROM seen_parts", &[]).await?.get(0);
         // Partitions are contiguous: after a pause, the first new one reaches back to the last.
@@ -365,19 +436,104 @@ impl PgStore {
             let name: String = r.get(0);
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {name}")).await?;
         }
-        let parts: Vec<(i64, i64)> = tx
-            .query("SELECT from_us, to_us FROM seen_parts ORDER BY from_us", &[])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let rows = tx
+            .query("SELECT name, from_us, to_us, sealed, filter IS NOT NULL FROM seen_parts ORDER BY from_us", &[])
+            .await?;
         tx.commit().await?;
-        *self.parts.lock().unwrap_or_else(|e| e.into_inner()) = parts;
+        if !sealed.is_empty() {
+            tracing::info!(sealed = sealed.len(), "sealed the arrival partitions of counted ids past their arrivals");
+        }
         if !old.is_empty() {
             tracing::info!(dropped = old.len(), "dropped the ids counted more than a dedup horizon ago");
         }
-        self.covered_to.store(to, Ordering::Relaxed);
+
+        // The filters known already are kept; those built since are read, once each.
+        let known = self.parts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut parts = Vec::with_capacity(rows.len());
+        let mut unbuilt = None;
+        for r in &rows {
+            let (name, from, to, sealed, built): (String, i64, i64, bool, bool) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let filter = match known.iter().find(|p| p.name == name).map(|p| &p.filter) {
+                Some(f @ (Filter::Built(_) | Filter::Unusable)) => f.clone(),
+                _ if sealed && built => read_filter(client, &name).await?,
+                _ => Filter::Pending,
+            };
+            if sealed && !built {
+                unbuilt.get_or_insert(name.clone());
+            }
+            parts.push(Part { name, from, to, sealed, filter });
+        }
+        if let Some(name) = unbuilt {
+            self.build_filter(name);
+        }
+        let recheck = seal_after(width);
+        let room_at = parts
+            .iter()
+            .filter_map(|p| match (p.sealed, &p.filter) {
+                (false, _) => Some(p.to + recheck),
+                (true, Filter::Pending) => Some(now + recheck),
+                (true, _) => None,
+            })
+            .chain([to - width])
+            .min()
+            .unwrap_or(i64::MAX);
+        *self.parts.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(parts);
+        self.room_at.store(room_at, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Builds, off the batches' way, the filter of the ids of sealed partition `name` and keeps
+    /// it in `seen_parts` (an empty one when none can be built: the partition is then always
+    /// asked), unless this process is building one already; the next batch reads it. A process
+    /// that dies building it leaves it to the next that makes room. Two hosts may build the same
+    /// filter; the first kept stays.
+    fn build_filter(&self, name: String) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.building.swap(true, SeqCst) {
+            return;
+        }
+        let (pg, building) = (self.pg.clone(), self.building.clone());
+        // On the pool's runtime: `make_room` runs inside `Pg::block`.
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match filter_of_partition(&pg, &name, (dedup::GROUP_PART, FILTER_PASS_IDS)).await {
+                Ok(ids) => {
+                    tracing::info!(partition = %name, ids, took = ?started.elapsed(), "built the filter of a sealed partition of counted ids")
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %name, error = %e, "building the filter of a sealed partition of counted ids failed; it is tried again")
+                }
+            }
+            building.store(false, SeqCst);
+        });
+    }
+
+    /// Builds, here and now, the filter of every sealed arrival partition on `pg` that has none
+    /// yet (batches build them in the background, one at a time), for processes that open the
+    /// store after it; answers how many were built. For tools and benchmarks.
+    pub fn build_filters(pg: &Pg) -> Result<usize, Error> {
+        Self::build_filters_in(pg, (dedup::GROUP_PART, FILTER_PASS_IDS))
+    }
+
+    /// As [`PgStore::build_filters`], each filter in parts of about `part_ids` ids, its build
+    /// reading the partition once for about each `pass_ids` of them (so that tests see several).
+    #[doc(hidden)]
+    pub fn build_filters_in(pg: &Pg, (part_ids, pass_ids): (usize, usize)) -> Result<usize, Error> {
+        pg.block(async {
+            let names: Vec<String> = pg
+                .client()
+                .await?
+                .query("SELECT name FROM seen_parts WHERE sealed AND filter IS NULL ORDER BY from_us", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for name in &names {
+                filter_of_partition(pg, name, (part_ids, pass_ids)).await?;
+            }
+            Ok(names.len())
+        })
     }
 
     /// Creates or upgrades the tables (`meter migrate`).
@@ -555,6 +711,102 @@ impl<K: std::hash::Hash + Eq + Ord + Clone> Writes<K> {
     }
 }
 
+/// Rows of a partition a filter's build reads at a time.
+const FILTER_SCAN_ROWS: i32 = 65_536;
+
+/// Ids at most in a sealed partition that gets a filter: a larger one is always asked. Each
+/// process keeps a filter in memory, about 1.1 bytes an id (110 MB at the limit).
+const FILTER_MAX_IDS: i64 = 100_000_000;
+
+/// Fingerprints a filter's build holds at once (8 bytes each: 128 MB): a larger partition is read
+/// once for each this many of its ids, each pass keeping those of a range of the filter's parts.
+const FILTER_PASS_IDS: usize = 1 << 24;
+
+/// Reads the ids of sealed partition `name`, builds their filter and keeps it in `seen_parts`
+/// (an empty one when none can be built, or the partition holds more than [`FILTER_MAX_IDS`]),
+/// unless one is kept already, in parts of about `part_ids` ids and passes of about `pass_ids`;
+/// answers how many ids.
+async fn filter_of_partition(pg: &Pg, name: &str, (part_ids, pass_ids): (usize, usize)) -> Result<usize, Error> {
+    let mut client = pg.client().await?;
+    let ids: i64 = client.query_one(&format!("SELECT count(*) FROM {name}"), &[]).await?.get(0);
+    let filter = match ids > FILTER_MAX_IDS {
+        true => {
+            tracing::warn!(partition = %name, ids, max = FILTER_MAX_IDS, "a sealed partition of counted ids holds too many for a filter; it is always asked");
+            Vec::new()
+        }
+        false => {
+            let mut build = dedup::Parted::build(ids as usize, part_ids);
+            let parts = build.parts();
+            let per_pass = parts.div_ceil((ids as usize).div_ceil(pass_ids.max(1)).max(1));
+            let mut built = true;
+            for lo in (0..parts).step_by(per_pass) {
+                let hi = (lo + per_pass).min(parts);
+                let tx = client.build_transaction().read_only(true).start().await?;
+                let scan = tx.bind(&format!("SELECT tenant, id FROM {name}"), &[]).await?;
+                let mut fps = Vec::new();
+                loop {
+                    let rows = tx.query_portal(&scan, FILTER_SCAN_ROWS).await?;
+                    let read = rows.iter().map(|r| dedup::fingerprint(r.get(0), r.get(1)));
+                    fps.extend(read.filter(|&fp| (lo..hi).contains(&build.part(fp))));
+                    if rows.len() < FILTER_SCAN_ROWS as usize {
+                        break;
+                    }
+                }
+                tx.commit().await?;
+                fps.sort_unstable();
+                fps.dedup();
+                if !build.add(&fps, hi) {
+                    built = false;
+                    break;
+                }
+            }
+            build.finish().filter(|_| built).map(|f| f.encode()).unwrap_or_default()
+        }
+    };
+    client
+        .execute("UPDATE seen_parts SET filter = $2 WHERE name = $1 AND sealed AND filter IS NULL", &[&name, &filter])
+        .await?;
+    Ok(ids as usize)
+}
+
+/// The filter kept for sealed partition `name`: unusable (always asked) when none could be
+/// built or it cannot be read.
+async fn read_filter(client: &Object, name: &str) -> Result<Filter, Error> {
+    let blob: Option<Vec<u8>> =
+        match client.query_opt("SELECT filter FROM seen_parts WHERE name = $1", &[&name]).await? {
+            Some(r) => r.get(0),
+            None => return Ok(Filter::Pending),
+        };
+    Ok(match blob.as_deref().map(dedup::Parted::decode) {
+        None => Filter::Pending,
+        Some(Ok(Some(f))) => Filter::Built(Arc::new(f)),
+        Some(Ok(None)) => Filter::Unusable,
+        Some(Err(why)) => {
+            tracing::warn!(partition = %name, why, "the filter of a sealed partition of counted ids cannot be read; the partition is always asked");
+            Filter::Unusable
+        }
+    })
+}
+
+/// Which of the ids `tenants`, `ids` (one of each per id) are counted in the partitions whose
+/// arrivals are in `[low, below)`: as `(tenant, id)` rows.
+async fn seen_among(
+    tx: &Transaction<'_>,
+    tenants: &[&str],
+    ids: &[&str],
+    (low, below): (i64, i64),
+) -> Result<Vec<Row>, Error> {
+    Ok(tx
+        .query_typed(
+            concat!(
+                "SELECT x.tenant, x.id FROM unnest($1::text[], $2::text[]) AS x(tenant, id)",
+                seen_lateral!("x.tenant", "x.id", "$3", "$4")
+            ),
+            &[(&tenants, Type::TEXT_ARRAY), (&ids, Type::TEXT_ARRAY), (&low, Type::INT8), (&below, Type::INT8)],
+        )
+        .await?)
+}
+
 impl PgStore {
     /// Inserts the first copy of each `(tenant, id)` of `events` never counted before; answers,
     /// for each event, whether it is one of those (counted).
@@ -599,8 +851,6 @@ impl PgStore {
         if firsts.is_empty() {
             return Ok(counted);
         }
-        let tenants: Vec<&str> = firsts.iter().map(|&i| key(i).0).collect();
-        let ids: Vec<&str> = firsts.iter().map(|&i| key(i).1).collect();
         // Each id is looked up by its key (a lateral `LIMIT 1`, never a hash join over all the ids
         // kept). The lookups are unnamed, so planned at each batch for the partitions as they
         // are now (a plan cached while the newest partition was small would scan it whole for
@@ -621,30 +871,67 @@ impl PgStore {
             }
             None => i64::MAX,
         };
-        let found = tx
-            .query_typed(
-                concat!(
-                    "SELECT x.tenant, x.id FROM unnest($1::text[], $2::text[]) AS x(tenant, id)",
-                    seen_lateral!("x.tenant", "x.id", "$3")
-                ),
-                &[(&tenants, Type::TEXT_ARRAY), (&ids, Type::TEXT_ARRAY), (&below, Type::INT8)],
-            )
-            .await?;
-        if !found.is_empty() {
-            let found: HashSet<(&str, &str)> = found.iter().map(|r| (r.get(0), r.get(1))).collect();
+        // A sealed partition takes no more ids, so its filter stays true: the oldest sealed ones
+        // with a filter are asked only about the ids the filters may hold (those counted there,
+        // and a few in a thousand others), in a lookup of every partition sent with the one of
+        // the other ids, which starts at the first partition without a filter and so is planned
+        // away from theirs. Each partition asked costs each id an index descent (BENCHMARKS.md).
+        let parts = &arrival.parts;
+        let filters: Vec<&dedup::Parted> = parts
+            .iter()
+            .map_while(|p| match &p.filter {
+                Filter::Built(f) => Some(&**f),
+                Filter::Pending | Filter::Unusable => None,
+            })
+            .collect();
+        let low = match filters.len() {
+            0 => i64::MIN,
+            n => parts.get(n).map_or(i64::MIN, |p| p.from),
+        };
+        let (mut tenants, mut ids) = (Vec::with_capacity(firsts.len()), Vec::with_capacity(firsts.len()));
+        let (mut maybe_tenants, mut maybe_ids) = (Vec::new(), Vec::new());
+        for &i in &firsts {
+            let (tenant, id) = key(i);
+            let fp = (!filters.is_empty()).then(|| dedup::fingerprint(tenant, id));
+            match fp.is_some_and(|fp| filters.iter().any(|f| f.contains(fp))) {
+                true => (maybe_tenants.push(tenant), maybe_ids.push(id)),
+                false => (tenants.push(tenant), ids.push(id)),
+            };
+        }
+        let (found, found_maybe) = match maybe_ids.is_empty() {
+            true => (seen_among(tx, &tenants, &ids, (low, below)).await?, Vec::new()),
+            false => tokio::try_join!(
+                seen_among(tx, &tenants, &ids, (low, below)),
+                seen_among(tx, &maybe_tenants, &maybe_ids, (i64::MIN, below))
+            )?,
+        };
+        if !found.is_empty() || !found_maybe.is_empty() {
+            let found: HashSet<(&str, &str)> = found.iter().chain(&found_maybe).map(|r| (r.get(0), r.get(1))).collect();
             firsts.retain(|&i| !found.contains(&key(i)));
         }
         if !firsts.is_empty() {
-            // Prepared once a connection (an unprepared `COPY` is prepared, and closed, at each
-            // batch: a round trip more).
-            let copy = tx.prepare_cached("COPY seen_ids (tenant, id, arrived_us) FROM STDIN (FORMAT binary)").await?;
-            let rows = BinaryCopyInWriter::new(tx.copy_in(&copy).await?, &[Type::TEXT, Type::TEXT, Type::INT8]);
-            let mut rows = std::pin::pin!(rows);
-            for &i in &firsts {
-                let (tenant, id) = key(i);
-                rows.as_mut().write(&[&tenant, &id, &arrival.at_us]).await?;
+            let copied = async {
+                // Prepared once a connection (an unprepared `COPY` is prepared, and closed, at
+                // each batch: a round trip more).
+                let copy =
+                    tx.prepare_cached("COPY seen_ids (tenant, id, arrived_us) FROM STDIN (FORMAT binary)").await?;
+                let rows = BinaryCopyInWriter::new(tx.copy_in(&copy).await?, &[Type::TEXT, Type::TEXT, Type::INT8]);
+                let mut rows = std::pin::pin!(rows);
+                for &i in &firsts {
+                    let (tenant, id) = key(i);
+                    rows.as_mut().write(&[&tenant, &id, &arrival.at_us]).await?;
+                }
+                rows.finish().await?;
+                Ok::<_, Error>(())
+            };
+            if let Err(e) = copied.await {
+                // The partition was sealed since this process last read them: the batch is
+                // tried again in the next one, after reading them again.
+                if matches!(&e, Error::Postgres(p) if p.is_code("23514")) {
+                    self.room_at.store(i64::MIN, Ordering::Relaxed);
+                }
+                return Err(e);
             }
-            rows.finish().await?;
         }
         for i in firsts {
             counted[i as usize] = true;
@@ -1305,7 +1592,7 @@ impl LiveStore for PgStore {
                     "SELECT 1, x.id, NULL::text, NULL::int8, NULL::int8
                        FROM (SELECT unnest($2::text[]) AS id
                              UNION SELECT h.id FROM limit_holds h WHERE h.tenant = $1 AND h.bucket = $3) x",
-                    seen_lateral!("$1::text", "x.id", "9223372036854775807"),
+                    seen_lateral!("$1::text", "x.id", "-9223372036854775808", "9223372036854775807"),
                     "
                      UNION ALL SELECT 2, t.meter, t.value::text, NULL, NULL FROM tallies t
                        WHERE t.tenant = $1 AND t.bucket = $3 AND t.meter = ANY($4)

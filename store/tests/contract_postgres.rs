@@ -213,6 +213,141 @@ fn an_id_counted_in_any_partition_stays_counted() {
     assert_eq!((applied.counted, applied.duplicates), (1, 2), "only new-1 is new");
 }
 
+/// A store keeping ids for `horizon` on `pg`: arrival partitions a quarter of it wide, each
+/// sealed a sixteenth of that after its last arrival.
+fn keeping(pg: &Arc<Pg>, horizon: Duration) -> PgStore {
+    PgStore::open_with(pg.clone(), Settings::new(horizon.as_micros() as i64)).unwrap()
+}
+
+/// Applies one-event batches to `s` (each a new id, from offset `*next` of consumer "c") until
+/// the partition holding id `a:first` is sealed and its filter kept; answers the partition.
+fn until_sealed_and_filtered(pg: &Pg, s: &PgStore, next: &mut u64) -> String {
+    use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
+    let holding: String =
+        pg.query_one("SELECT tableoid::regclass::text FROM seen_ids WHERE id = 'first'", &[]).unwrap().get(0);
+    let started = std::time::Instant::now();
+    loop {
+        let done: bool = pg
+            .query_one("SELECT sealed AND filter IS NOT NULL FROM seen_parts WHERE name = $1", &[&holding])
+            .unwrap()
+            .get(0);
+        if done {
+            return holding;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{holding} not sealed and filtered in 20 s");
+        let tick = [tokens("a", &format!("tick-{next}"), 1, MID_NOVEMBER)];
+        s.apply("c", &meters(), &tick, &adv(*next, *next + 1)).unwrap();
+        *next += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A partition past its last arrival is sealed: no id goes in any more, from any host, and the
+/// filter built of its ids then keeps each of them counted once, in a process that reads it
+/// (a new one here) as in the one that built it, while new ids still count.
+#[test]
+fn a_sealed_partition_takes_no_ids_and_its_filter_keeps_them_counted() {
+    use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
+    let pg = migrated();
+    let s = keeping(&pg, Duration::from_secs(8));
+    s.checkpoint("c").unwrap();
+    let first: Vec<_> = ["first", "b-1", "b-2"].iter().map(|id| tokens("a", id, 1, MID_NOVEMBER)).collect();
+    assert_eq!(s.apply("c", &meters(), &first, &adv(0, 3)).unwrap().counted, 3);
+    let mut next = 3;
+    let sealed = until_sealed_and_filtered(&pg, &s, &mut next);
+    let refused = pg.execute(&format!("INSERT INTO {sealed} (tenant, id, arrived_us) SELECT 'a', 'late', from_us FROM seen_parts WHERE name = '{sealed}'"), &[]);
+    assert!(refused.unwrap_err().is_code("23514"), "the sealed partition refuses a row");
+    let kept: Option<Vec<u8>> =
+        pg.query_one("SELECT filter FROM seen_parts WHERE name = $1", &[&sealed]).unwrap().get(0);
+    assert!(kept.is_some_and(|f| !f.is_empty()), "a filter was built");
+    for store in [&s, &keeping(&pg, Duration::from_secs(8))] {
+        store.checkpoint("c").unwrap();
+        let again = [
+            tokens("a", "first", 1, MID_NOVEMBER),
+            tokens("a", "b-2", 1, MID_NOVEMBER),
+            tokens("a", &format!("new-{next}"), 1, MID_NOVEMBER),
+        ];
+        let applied = store.apply("c", &meters(), &again, &adv(next, next + 3)).unwrap();
+        assert_eq!((applied.counted, applied.duplicates), (1, 2), "only the new id counts");
+        next += 3;
+    }
+}
+
+/// A sealed partition with a filter is not asked about an id its filter says it does not hold:
+/// with a filter of other ids put in its place, an id counted there is counted again (which is
+/// what the lookup saves; a real filter holds every id of its partition).
+#[test]
+fn a_sealed_partition_is_asked_only_about_the_ids_its_filter_may_hold() {
+    use meter_sqlite::dedup::{GROUP_PART, Parted, fingerprint};
+    use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
+    let pg = migrated();
+    let s = keeping(&pg, Duration::from_secs(8));
+    s.checkpoint("c").unwrap();
+    let first: Vec<_> = ["first", "b-1"].iter().map(|id| tokens("a", id, 1, MID_NOVEMBER)).collect();
+    assert_eq!(s.apply("c", &meters(), &first, &adv(0, 2)).unwrap().counted, 2);
+    let mut next = 2;
+    let sealed = until_sealed_and_filtered(&pg, &s, &mut next);
+    let other = Parted::of(&[fingerprint("a", "b-1")], GROUP_PART).unwrap().encode();
+    pg.execute("UPDATE seen_parts SET filter = $2 WHERE name = $1", &[&sealed, &other]).unwrap();
+    let reading = keeping(&pg, Duration::from_secs(8));
+    reading.checkpoint("c").unwrap();
+    let again = [tokens("a", "first", 1, MID_NOVEMBER), tokens("a", "b-1", 1, MID_NOVEMBER)];
+    let applied = reading.apply("c", &meters(), &again, &adv(next, next + 2)).unwrap();
+    assert_eq!(
+        (applied.counted, applied.duplicates),
+        (1, 1),
+        "\"first\" is not in the filter, so its partition is not asked; \"b-1\" is, and it is found"
+    );
+}
+
+/// A filter built a range of its parts at a time (a sealed partition too large to hold every
+/// fingerprint of at once is read once per range) is the filter built in one pass, byte for byte.
+#[test]
+fn a_filter_built_in_passes_is_the_filter_built_at_once() {
+    use meter_sqlite::dedup::{Parted, fingerprint};
+    let pg = migrated();
+    let _store = PgStore::open(pg.clone()).unwrap();
+    let (name, from): (String, i64) = pg
+        .query_one("SELECT name, from_us FROM seen_parts ORDER BY from_us LIMIT 1", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    pg.execute("INSERT INTO seen_ids SELECT 't' || (n % 7), 'id-' || n, $1 FROM generate_series(1, 5000) n", &[&from])
+        .unwrap();
+    pg.execute(&format!("ALTER TABLE {name} ADD CONSTRAINT {name}_sealed CHECK (false) NOT VALID"), &[]).unwrap();
+    pg.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[&name]).unwrap();
+    // 5,000 ids in parts of about 256: 32 parts, read in 5 passes of 7 parts.
+    assert_eq!(PgStore::build_filters_in(&pg, (256, 1000)).unwrap(), 1);
+    let kept: Vec<u8> = pg.query_one("SELECT filter FROM seen_parts WHERE name = $1", &[&name]).unwrap().get(0);
+    let mut fps: Vec<u64> = (1..=5000).map(|n| fingerprint(&format!("t{}", n % 7), &format!("id-{n}"))).collect();
+    fps.sort_unstable();
+    let whole = Parted::of(&fps, 256).unwrap();
+    assert_eq!(kept, whole.encode(), "the same filter");
+    let read = Parted::decode(&kept).unwrap().unwrap();
+    assert!(fps.iter().all(|&fp| read.contains(fp)), "every id of the partition is in it");
+}
+
+/// A batch stamped within a partition that another host sealed since this process last read
+/// the partitions fails once, whole, and goes to the next partition when tried again.
+#[test]
+fn a_batch_whose_partition_was_sealed_meanwhile_goes_to_the_next() {
+    use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
+    let pg = migrated();
+    let s = PgStore::open(pg.clone()).unwrap();
+    s.checkpoint("c").unwrap();
+    let now: String = pg.query_one("SELECT name FROM seen_parts ORDER BY from_us LIMIT 1", &[]).unwrap().get(0);
+    let next: i64 = pg.query_one("SELECT max(from_us) FROM seen_parts", &[]).unwrap().get(0);
+    pg.execute(&format!("ALTER TABLE {now} ADD CONSTRAINT {now}_sealed CHECK (false) NOT VALID"), &[]).unwrap();
+    pg.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[&now]).unwrap();
+    let batch = [tokens("a", "1", 1, MID_NOVEMBER), tokens("a", "2", 1, MID_NOVEMBER)];
+    let e = s.apply("c", &meters(), &batch, &adv(0, 2)).unwrap_err().to_string();
+    assert!(e.contains(&format!("{now}_sealed")), "{e}");
+    let applied = s.apply("c", &meters(), &batch, &adv(0, 2)).unwrap();
+    assert_eq!(applied.counted, 2);
+    let arrived: Vec<i64> =
+        pg.query("SELECT arrived_us FROM seen_ids WHERE tenant = 'a'", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(arrived, vec![next, next], "stamped at the start of the next partition");
+}
+
 /// A batch over two log partitions, one of which another owner moved: fenced, naming that
 /// partition and where it stands, and none of it is kept (its ids count when it is applied from
 /// where the partitions stand). The batch's id insert is sent behind the fence without waiting.
