@@ -12,44 +12,13 @@ use meter_postgres::testing::{fresh_database, shared_url};
 use meter_postgres::{Pg, PgUrl};
 use meter_schemas::period::{day_of, format_day, now_us};
 use meter_schemas::{Catalog, Contribution, Period};
-use meter_store::{Advance, Metered, PgStore, Progress, UsageStore};
+use meter_store::{Metered, PgStore};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// The load generator's events (every tenant sends all five codes), metered.
-fn events(n: usize, tenants: usize, catalog: &Catalog) -> Vec<Metered> {
-    let now_s = now_us() / 1_000_000;
-    (0..n)
-        .map(|i| {
-            let v = meter_tools::loadgen::event("bench", i, tenants, now_s);
-            let event = meter_schemas::Event {
-                tenant: v["external_customer_id"].as_str().unwrap().into(),
-                id: v["transaction_id"].as_str().unwrap().into(),
-                code: v["code"].as_str().unwrap().into(),
-                time_us: now_s * 1_000_000,
-                implicit_time: false,
-                subscription: None,
-                source: None,
-                properties: v["properties"].as_object().cloned().unwrap_or_default(),
-            };
-            let (contributions, _) = catalog.contributions(&event);
-            let groups = catalog.groups(&contributions, &event);
-            Metered {
-                tenant: event.tenant,
-                id: event.id,
-                offset: i as u64,
-                time_us: event.time_us,
-                contributions,
-                groups,
-            }
-        })
-        .collect()
-}
+#[path = "common/pg_events.rs"]
+mod pg_events;
 
 fn migrated(base: &PgUrl) -> Arc<Pg> {
     let pg = Arc::new(Pg::connect(&fresh_database(base), meter_postgres::MAX_CONNECTIONS).unwrap());
@@ -59,16 +28,7 @@ fn migrated(base: &PgUrl) -> Arc<Pg> {
 
 fn apply(base: &PgUrl, catalog: &Catalog, batches: &[&[Metered]]) -> Duration {
     let store = PgStore::open(migrated(base)).unwrap();
-    store.checkpoint("bench").unwrap();
-    let started = Instant::now();
-    let mut at = 0u64;
-    for b in batches {
-        let to = at + b.len() as u64;
-        let progress = Progress { partitions: vec![Advance { partition: 0, from: at, to }], watermark_us: None };
-        store.apply("bench", catalog.meters(), b, &progress).unwrap();
-        at = to;
-    }
-    started.elapsed()
+    pg_events::applied(&store, catalog, batches)
 }
 
 /// The rows the apply writes for one batch, as text columns.
@@ -176,11 +136,15 @@ fn raw(base: &PgUrl, all: &[Rows]) -> Duration {
 }
 
 fn main() {
-    let (n, batch, tenants, rounds) =
-        (env("EVENTS", 200_000), env("BATCH", 2_000), env("TENANTS", 1_000), env("ROUNDS", 3));
+    let (n, batch, tenants, rounds) = (
+        pg_events::env("EVENTS", 200_000),
+        pg_events::env("BATCH", 2_000),
+        pg_events::env("TENANTS", 1_000),
+        pg_events::env("ROUNDS", 3),
+    );
     let base = shared_url();
     let catalog = Catalog::new(vec![]).unwrap();
-    let events = events(n, tenants, &catalog);
+    let events = pg_events::events(n, tenants, &catalog);
     let batches: Vec<&[Metered]> = events.chunks(batch).collect();
     let all: Vec<Rows> = batches.iter().map(|b| rows(&catalog, b)).collect();
     let written: usize =
