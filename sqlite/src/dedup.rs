@@ -276,12 +276,25 @@ pub struct Parted {
     parts: Vec<Option<BinaryFuse8>>,
 }
 
-impl Parted {
-    fn part(&self, fp: u64) -> usize {
+/// Which part of a [`Parted`] a fingerprint falls in: its top `bits` bits.
+#[derive(Clone, Copy)]
+pub struct Parting {
+    bits: u32,
+}
+
+impl Parting {
+    /// The part fingerprint `fp` falls in.
+    pub fn part(self, fp: u64) -> usize {
         match self.bits {
             0 => 0,
             bits => (fp >> (64 - bits)) as usize,
         }
+    }
+}
+
+impl Parted {
+    fn part(&self, fp: u64) -> usize {
+        Parting { bits: self.bits }.part(fp)
     }
 
     /// Whether the id of fingerprint `fp` may be one of the filter's (never a false no).
@@ -356,9 +369,9 @@ impl PartedBuild {
         self.count
     }
 
-    /// The part fingerprint `fp` falls in.
-    pub fn part(&self, fp: u64) -> usize {
-        self.filter.part(fp)
+    /// Which part each fingerprint falls in.
+    pub fn parting(&self) -> Parting {
+        Parting { bits: self.filter.bits }
     }
 
     /// Builds the parts from the next one not built up to `upto` (excluded) of `fps`, sorted, each

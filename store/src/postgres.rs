@@ -223,10 +223,11 @@ mod sql {
 /// `JOIN LATERAL` of the id `TENANT`, `ID` (SQL expressions of the query around it) to one row of
 /// `seen_ids` holding it, if any: looked up through the hash index on `tenant:id` (a partition made
 /// since schema 6 has no other), each match checked on both columns, once however many rows hold
-/// it, in the partitions whose arrivals are from `LOW` and below `BELOW`. The one spelling of
-/// that lookup, so that every caller's expression is the index's.
+/// it, in the partitions whose arrivals are below `BELOW` and either below `BEFORE` or from
+/// `FROM` (a range the planner prunes partitions with). The one spelling of that lookup, so that
+/// every caller's expression is the index's.
 macro_rules! seen_lateral {
-    ($tenant:literal, $id:literal, $low:literal, $below:literal) => {
+    ($tenant:literal, $id:literal, $before:literal, $from:literal, $below:literal) => {
         concat!(
             " JOIN LATERAL (SELECT 1 FROM seen_ids s WHERE (s.tenant || ':' || s.id) = (",
             $tenant,
@@ -236,9 +237,11 @@ macro_rules! seen_lateral {
             $tenant,
             " AND s.id = ",
             $id,
-            " AND s.arrived_us >= ",
-            $low,
-            " AND s.arrived_us < ",
+            " AND (s.arrived_us < ",
+            $before,
+            " OR s.arrived_us >= ",
+            $from,
+            ") AND s.arrived_us < ",
             $below,
             " LIMIT 1) f ON true"
         )
@@ -248,7 +251,7 @@ macro_rules! seen_lateral {
 /// Which of the ids `$2` of tenant `$1` are counted.
 const SEEN_OF_TENANT: &str = concat!(
     "SELECT x.id FROM unnest($2::text[]) AS x(id)",
-    seen_lateral!("$1::text", "x.id", "-9223372036854775808", "9223372036854775807")
+    seen_lateral!("$1::text", "x.id", "-9223372036854775808", "-9223372036854775808", "9223372036854775807")
 );
 
 /// Serialises the creation and dropping of `seen_ids`'s arrival partitions, on every host.
@@ -280,8 +283,10 @@ pub struct PgStore {
     /// when this process has read it (else every partition is looked up), and a sealed one's
     /// filter stays true until the partition is dropped.
     parts: Mutex<Arc<Vec<Part>>>,
-    /// Whether this process is building a sealed partition's filter ([`build_filter`]).
+    /// Whether this process is building a sealed partition's filter ([`PgStore::build_filter`]).
     building: Arc<std::sync::atomic::AtomicBool>,
+    /// When (µs) this process may start building a filter again after a failed build.
+    build_after: Arc<AtomicI64>,
 }
 
 /// An arrival partition of `seen_ids`.
@@ -346,6 +351,7 @@ impl PgStore {
             room_at: AtomicI64::new(i64::MIN),
             parts: Mutex::default(),
             building: Arc::default(),
+            build_after: Arc::default(),
         };
         store.warm();
         Ok(store)
@@ -379,7 +385,11 @@ impl PgStore {
             // A failure leaves the partition `now` falls in, when there is one, to the batch;
             // when there is none, the batch fails and is tried again.
             if let Err(e) = self.make_room(client, now).await {
-                tracing::warn!(error = %e, "making room for the ids counted failed; trying again at the next batch");
+                // Not at every batch: each attempt may wait a second for the lock on `seen_ids`,
+                // and batches queue behind it meanwhile.
+                let retry = seal_after(self.dedup.bucket_us()).min(MAKE_ROOM_RETRY_US);
+                self.room_at.store(now.saturating_add(retry), Ordering::Relaxed);
+                tracing::warn!(error = %e, "making room for the ids counted failed; trying again in a few seconds");
             }
         }
         let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -394,54 +404,62 @@ impl PgStore {
     /// Makes the arrival partitions of `seen_ids` for `now` and the next one, seals those whose
     /// last arrival is past ([`seal_after`]) and drops those whose last arrival is a horizon old:
     /// in one transaction, one host at a time. Then reads the filters of sealed partitions it
-    /// has not read, and starts building one that no host has built ([`build_filter`]).
+    /// has not read, and starts building one that no host has built ([`PgStore::build_filter`]).
     async fn make_room(&self, client: &mut Object, now: i64) -> Result<(), Error> {
         let width = self.dedup.bucket_us();
         let tx = client.transaction().await?;
-        // Sealing and dropping a partition wait for the batches in flight; never for long.
+        // Changing the partitions waits for the batches in flight; never for long.
         tx.batch_execute("SET LOCAL lock_timeout = '1s'").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(SEEN_PARTS)]).await?;
-        // Sealed before any partition is made: a batch waiting for the lock on `seen_ids` that
-        // making one takes would hold its lock on the partition sealed, and each would wait for
-        // the other. `ALTER TABLE` waits for the batches writing to the partition to commit, and
-        // every later insert into it fails, so the filter built after it holds every id.
-        let sealed = tx
-            .query(
-                "UPDATE seen_parts SET sealed = true WHERE NOT sealed AND to_us <= $1 RETURNING name",
-                &[&(now - seal_after(width))],
-            )
+        let names = async |sql: &str, at: i64| -> Result<Vec<String>, Error> {
+            Ok(tx.query(sql, &[&at]).await?.iter().map(|r| r.get(0)).collect())
+        };
+        let sealing = names(
+            "SELECT name FROM seen_parts WHERE NOT sealed AND to_us <= $1 ORDER BY from_us",
+            now - seal_after(width),
+        )
+        .await?;
+        let old = names("SELECT name FROM seen_parts WHERE to_us <= $1 ORDER BY from_us", now - self.dedup.horizon_us)
             .await?;
-        for r in &sealed {
-            let name: String = r.get(0);
-            tx.batch_execute(&format!("ALTER TABLE {name} ADD CONSTRAINT {name}_sealed CHECK (false) NOT VALID"))
-                .await?;
-        }
         let current = now - now.rem_euclid(width);
         let newest: Option<i64> = tx.query_one("SELECT max(to_us) FROM seen_parts", &[]).await?.get(0);
         // Partitions are contiguous: after a pause, the first new one reaches back to the last.
         let mut to = newest.unwrap_or(current);
+        let mut new = Vec::new();
         while to < current + 2 * width {
             let from = to;
             to = (from + width).max(current + width);
+            new.push((from, to));
+        }
+        if !(sealing.is_empty() && old.is_empty() && new.is_empty()) {
+            // Every change locks `seen_ids` whole first (a partition made or dropped takes that
+            // lock anyway), waiting for the batches and hard-limit checks in flight, which lock
+            // it before its partitions: a lock taken on a partition first would wait for a
+            // lookup that waits for it. Sealing then waits for no one: `CHECK (false)` refuses
+            // every later insert into the partition, so the filter built after it holds every id.
+            tx.batch_execute("LOCK TABLE seen_ids IN ACCESS EXCLUSIVE MODE").await?;
+        }
+        for name in &sealing {
+            tx.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[name]).await?;
+            tx.batch_execute(&format!("ALTER TABLE {name} ADD CONSTRAINT {name}_sealed CHECK (false) NOT VALID"))
+                .await?;
+        }
+        for (from, to) in &new {
             let name = format!("seen_{from}");
             tx.batch_execute(&format!("CREATE TABLE {name} PARTITION OF seen_ids FOR VALUES FROM ({from}) TO ({to})"))
                 .await?;
-            tx.execute("INSERT INTO seen_parts (name, from_us, to_us) VALUES ($1, $2, $3)", &[&name, &from, &to])
-                .await?;
+            tx.execute("INSERT INTO seen_parts (name, from_us, to_us) VALUES ($1, $2, $3)", &[&name, from, to]).await?;
         }
-        let old = tx
-            .query("DELETE FROM seen_parts WHERE to_us <= $1 RETURNING name", &[&(now - self.dedup.horizon_us)])
-            .await?;
-        for r in &old {
-            let name: String = r.get(0);
+        for name in &old {
+            tx.execute("DELETE FROM seen_parts WHERE name = $1", &[name]).await?;
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {name}")).await?;
         }
         let rows = tx
             .query("SELECT name, from_us, to_us, sealed, filter IS NOT NULL FROM seen_parts ORDER BY from_us", &[])
             .await?;
         tx.commit().await?;
-        if !sealed.is_empty() {
-            tracing::info!(sealed = sealed.len(), "sealed the arrival partitions of counted ids past their arrivals");
+        if !sealing.is_empty() {
+            tracing::info!(sealed = sealing.len(), "sealed the arrival partitions of counted ids past their arrivals");
         }
         if !old.is_empty() {
             tracing::info!(dropped = old.len(), "dropped the ids counted more than a dedup horizon ago");
@@ -456,7 +474,7 @@ impl PgStore {
                 (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
             let filter = match known.iter().find(|p| p.name == name).map(|p| &p.filter) {
                 Some(f @ (Filter::Built(_) | Filter::Unusable)) => f.clone(),
-                _ if sealed && built => read_filter(client, &name).await?,
+                _ if sealed && built => read_filter(client, &name).await,
                 _ => Filter::Pending,
             };
             if sealed && !built {
@@ -483,29 +501,40 @@ impl PgStore {
         Ok(())
     }
 
-    /// Builds, off the batches' way, the filter of the ids of sealed partition `name` and keeps
-    /// it in `seen_parts` (an empty one when none can be built: the partition is then always
-    /// asked), unless this process is building one already; the next batch reads it. A process
-    /// that dies building it leaves it to the next that makes room. Two hosts may build the same
-    /// filter; the first kept stays.
+    /// Starts building the filter of the ids of sealed partition `name` and keeping it in
+    /// `seen_parts` (an empty one when none can be built: the partition is then always asked),
+    /// unless this process is building one already, or one failed here less than
+    /// [`FILTER_RETRY_US`] ago; the next batch to make room reads it. The reads and writes run on
+    /// the pool's runtime, the fingerprints, sorting and filters on blocking threads, so that the
+    /// batches' statements are not held. One host builds a filter at a time (a lock on its
+    /// name); a host that dies building it leaves it to the next that makes room.
     fn build_filter(&self, name: String) {
         use std::sync::atomic::Ordering::SeqCst;
-        if self.building.swap(true, SeqCst) {
+        if now_us() < self.build_after.load(SeqCst) || self.building.swap(true, SeqCst) {
             return;
         }
-        let (pg, building) = (self.pg.clone(), self.building.clone());
+        /// Lets the next build start however this one ends, a panic included.
+        struct Done(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.store(false, SeqCst);
+            }
+        }
+        let (pg, done, after) = (self.pg.clone(), Done(self.building.clone()), self.build_after.clone());
         // On the pool's runtime: `make_room` runs inside `Pg::block`.
         tokio::spawn(async move {
+            let _done = done;
             let started = std::time::Instant::now();
             match filter_of_partition(&pg, &name, (dedup::GROUP_PART, FILTER_PASS_IDS)).await {
-                Ok(ids) => {
+                Ok(Some(ids)) => {
                     tracing::info!(partition = %name, ids, took = ?started.elapsed(), "built the filter of a sealed partition of counted ids")
                 }
+                Ok(None) => tracing::debug!(partition = %name, "another host builds the filter of a sealed partition"),
                 Err(e) => {
-                    tracing::warn!(partition = %name, error = %e, "building the filter of a sealed partition of counted ids failed; it is tried again")
+                    after.store(now_us().saturating_add(FILTER_RETRY_US), SeqCst);
+                    tracing::warn!(partition = %name, error = %e, "building the filter of a sealed partition of counted ids failed; it is tried again in a minute")
                 }
             }
-            building.store(false, SeqCst);
         });
     }
 
@@ -718,66 +747,115 @@ const FILTER_SCAN_ROWS: i32 = 65_536;
 /// process keeps a filter in memory, about 1.1 bytes an id (110 MB at the limit).
 const FILTER_MAX_IDS: i64 = 100_000_000;
 
-/// Fingerprints a filter's build holds at once (8 bytes each: 128 MB): a larger partition is read
-/// once for each this many of its ids, each pass keeping those of a range of the filter's parts.
+/// Fingerprints a filter's build holds at once, about (8 bytes each: 128 MB): a larger partition
+/// is read once for each this many of its ids, each pass keeping those of a range of the
+/// filter's parts.
 const FILTER_PASS_IDS: usize = 1 << 24;
+
+/// How long after a failed build of a filter a process starts none (µs).
+const FILTER_RETRY_US: i64 = 60_000_000;
+
+/// How long after a failure to make room a process tries again at most (µs).
+const MAKE_ROOM_RETRY_US: i64 = 5_000_000;
 
 /// Reads the ids of sealed partition `name`, builds their filter and keeps it in `seen_parts`
 /// (an empty one when none can be built, or the partition holds more than [`FILTER_MAX_IDS`]),
 /// unless one is kept already, in parts of about `part_ids` ids and passes of about `pass_ids`;
-/// answers how many ids.
-async fn filter_of_partition(pg: &Pg, name: &str, (part_ids, pass_ids): (usize, usize)) -> Result<usize, Error> {
-    let mut client = pg.client().await?;
+/// answers how many ids, or none when another host is building it or has built it. The
+/// connection is taken out
+/// of the pool, so that the lock held while building goes with it however the build ends.
+async fn filter_of_partition(
+    pg: &Pg,
+    name: &str,
+    (part_ids, pass_ids): (usize, usize),
+) -> Result<Option<usize>, Error> {
+    let mut client = Object::take(pg.client().await?);
+    let key = lock_key(&format!("store:seen-filter:{name}"));
+    if !client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let pending: Option<bool> = client
+        .query_opt("SELECT filter IS NULL FROM seen_parts WHERE name = $1 AND sealed", &[&name])
+        .await?
+        .map(|r| r.get(0));
+    if pending != Some(true) {
+        return Ok(None);
+    }
     let ids: i64 = client.query_one(&format!("SELECT count(*) FROM {name}"), &[]).await?.get(0);
+    let failed = |e: tokio::task::JoinError| Error::Unreadable(format!("building the filter of {name}: {e}"));
     let filter = match ids > FILTER_MAX_IDS {
         true => {
             tracing::warn!(partition = %name, ids, max = FILTER_MAX_IDS, "a sealed partition of counted ids holds too many for a filter; it is always asked");
             Vec::new()
         }
         false => {
-            let mut build = dedup::Parted::build(ids as usize, part_ids);
+            let ids = ids as usize;
+            let mut build = dedup::Parted::build(ids, part_ids);
             let parts = build.parts();
-            let per_pass = parts.div_ceil((ids as usize).div_ceil(pass_ids.max(1)).max(1));
+            let per_pass = (parts * pass_ids / ids.max(1)).clamp(1, parts);
             let mut built = true;
             for lo in (0..parts).step_by(per_pass) {
                 let hi = (lo + per_pass).min(parts);
+                let expected = ids * (hi - lo) / parts;
+                let mut fps: Vec<u64> = Vec::with_capacity(expected + expected / 8);
                 let tx = client.build_transaction().read_only(true).start().await?;
                 let scan = tx.bind(&format!("SELECT tenant, id FROM {name}"), &[]).await?;
-                let mut fps = Vec::new();
                 loop {
                     let rows = tx.query_portal(&scan, FILTER_SCAN_ROWS).await?;
-                    let read = rows.iter().map(|r| dedup::fingerprint(r.get(0), r.get(1)));
-                    fps.extend(read.filter(|&fp| (lo..hi).contains(&build.part(fp))));
-                    if rows.len() < FILTER_SCAN_ROWS as usize {
+                    let last = rows.len() < FILTER_SCAN_ROWS as usize;
+                    let (range, parting) = (lo..hi, build.parting());
+                    fps = tokio::task::spawn_blocking(move || {
+                        let read = rows.iter().map(|r| dedup::fingerprint(r.get(0), r.get(1)));
+                        fps.extend(read.filter(|&fp| range.contains(&parting.part(fp))));
+                        fps
+                    })
+                    .await
+                    .map_err(failed)?;
+                    if last {
                         break;
                     }
                 }
                 tx.commit().await?;
-                fps.sort_unstable();
-                fps.dedup();
-                if !build.add(&fps, hi) {
+                let added;
+                (build, added) = tokio::task::spawn_blocking(move || {
+                    fps.sort_unstable();
+                    fps.dedup();
+                    let added = build.add(&fps, hi);
+                    (build, added)
+                })
+                .await
+                .map_err(failed)?;
+                if !added {
                     built = false;
                     break;
                 }
             }
-            build.finish().filter(|_| built).map(|f| f.encode()).unwrap_or_default()
+            tokio::task::spawn_blocking(move || {
+                build.finish().filter(|_| built).map(|f| f.encode()).unwrap_or_default()
+            })
+            .await
+            .map_err(failed)?
         }
     };
     client
         .execute("UPDATE seen_parts SET filter = $2 WHERE name = $1 AND sealed AND filter IS NULL", &[&name, &filter])
         .await?;
-    Ok(ids as usize)
+    Ok(Some(ids as usize))
 }
 
 /// The filter kept for sealed partition `name`: unusable (always asked) when none could be
-/// built or it cannot be read.
-async fn read_filter(client: &Object, name: &str) -> Result<Filter, Error> {
-    let blob: Option<Vec<u8>> =
-        match client.query_opt("SELECT filter FROM seen_parts WHERE name = $1", &[&name]).await? {
-            Some(r) => r.get(0),
-            None => return Ok(Filter::Pending),
-        };
-    Ok(match blob.as_deref().map(dedup::Parted::decode) {
+/// built or it cannot be decoded; pending (read again soon) when it cannot be read now.
+async fn read_filter(client: &Object, name: &str) -> Filter {
+    let blob: Option<Vec<u8>> = match client.query_opt("SELECT filter FROM seen_parts WHERE name = $1", &[&name]).await
+    {
+        Ok(Some(r)) => r.get(0),
+        Ok(None) => return Filter::Pending,
+        Err(e) => {
+            tracing::warn!(partition = %name, error = %e, "reading the filter of a sealed partition of counted ids failed; read again soon");
+            return Filter::Pending;
+        }
+    };
+    match blob.as_deref().map(dedup::Parted::decode) {
         None => Filter::Pending,
         Some(Ok(Some(f))) => Filter::Built(Arc::new(f)),
         Some(Ok(None)) => Filter::Unusable,
@@ -785,24 +863,30 @@ async fn read_filter(client: &Object, name: &str) -> Result<Filter, Error> {
             tracing::warn!(partition = %name, why, "the filter of a sealed partition of counted ids cannot be read; the partition is always asked");
             Filter::Unusable
         }
-    })
+    }
 }
 
 /// Which of the ids `tenants`, `ids` (one of each per id) are counted in the partitions whose
-/// arrivals are in `[low, below)`: as `(tenant, id)` rows.
+/// arrivals are below `below` and either below `before` or from `from`: as `(tenant, id)` rows.
 async fn seen_among(
     tx: &Transaction<'_>,
     tenants: &[&str],
     ids: &[&str],
-    (low, below): (i64, i64),
+    (before, from, below): (i64, i64, i64),
 ) -> Result<Vec<Row>, Error> {
     Ok(tx
         .query_typed(
             concat!(
                 "SELECT x.tenant, x.id FROM unnest($1::text[], $2::text[]) AS x(tenant, id)",
-                seen_lateral!("x.tenant", "x.id", "$3", "$4")
+                seen_lateral!("x.tenant", "x.id", "$3", "$4", "$5")
             ),
-            &[(&tenants, Type::TEXT_ARRAY), (&ids, Type::TEXT_ARRAY), (&low, Type::INT8), (&below, Type::INT8)],
+            &[
+                (&tenants, Type::TEXT_ARRAY),
+                (&ids, Type::TEXT_ARRAY),
+                (&before, Type::INT8),
+                (&from, Type::INT8),
+                (&below, Type::INT8),
+            ],
         )
         .await?)
 }
@@ -871,22 +955,29 @@ impl PgStore {
             }
             None => i64::MAX,
         };
-        // A sealed partition takes no more ids, so its filter stays true: the oldest sealed ones
-        // with a filter are asked only about the ids the filters may hold (those counted there,
-        // and a few in a thousand others), in a lookup of every partition sent with the one of
-        // the other ids, which starts at the first partition without a filter and so is planned
-        // away from theirs. Each partition asked costs each id an index descent (BENCHMARKS.md).
+        // A sealed partition takes no more ids, so its filter stays true: the newest run of
+        // sealed partitions with a filter is asked only about the ids the filters may hold
+        // (those counted there, and a few in a thousand others), in a lookup of every partition
+        // sent with the one of the other ids, which asks every partition but those (a range the
+        // planner prunes them with). Each partition asked costs each id an index descent
+        // (BENCHMARKS.md). Partitions before the run (one without a filter, as the table kept
+        // from before the partitions, or one too large) are asked about every id.
         let parts = &arrival.parts;
-        let filters: Vec<&dedup::Parted> = parts
+        let built = |p: &Part| matches!(p.filter, Filter::Built(_));
+        let run = match parts.iter().rposition(built) {
+            Some(last) => parts[..=last].iter().rposition(|p| !built(p)).map_or(0, |i| i + 1)..last + 1,
+            None => 0..0,
+        };
+        let filters: Vec<&dedup::Parted> = parts[run.clone()]
             .iter()
-            .map_while(|p| match &p.filter {
+            .filter_map(|p| match &p.filter {
                 Filter::Built(f) => Some(&**f),
                 Filter::Pending | Filter::Unusable => None,
             })
             .collect();
-        let low = match filters.len() {
-            0 => i64::MIN,
-            n => parts.get(n).map_or(i64::MIN, |p| p.from),
+        let (before, from) = match run.is_empty() {
+            true => (i64::MIN, i64::MIN),
+            false => (parts[run.start].from, parts[run.end - 1].to),
         };
         let (mut tenants, mut ids) = (Vec::with_capacity(firsts.len()), Vec::with_capacity(firsts.len()));
         let (mut maybe_tenants, mut maybe_ids) = (Vec::new(), Vec::new());
@@ -899,10 +990,10 @@ impl PgStore {
             };
         }
         let (found, found_maybe) = match maybe_ids.is_empty() {
-            true => (seen_among(tx, &tenants, &ids, (low, below)).await?, Vec::new()),
+            true => (seen_among(tx, &tenants, &ids, (before, from, below)).await?, Vec::new()),
             false => tokio::try_join!(
-                seen_among(tx, &tenants, &ids, (low, below)),
-                seen_among(tx, &maybe_tenants, &maybe_ids, (i64::MIN, below))
+                seen_among(tx, &tenants, &ids, (before, from, below)),
+                seen_among(tx, &maybe_tenants, &maybe_ids, (i64::MIN, i64::MIN, below))
             )?,
         };
         if !found.is_empty() || !found_maybe.is_empty() {
@@ -1592,7 +1683,7 @@ impl LiveStore for PgStore {
                     "SELECT 1, x.id, NULL::text, NULL::int8, NULL::int8
                        FROM (SELECT unnest($2::text[]) AS id
                              UNION SELECT h.id FROM limit_holds h WHERE h.tenant = $1 AND h.bucket = $3) x",
-                    seen_lateral!("$1::text", "x.id", "-9223372036854775808", "9223372036854775807"),
+                    seen_lateral!("$1::text", "x.id", "-9223372036854775808", "-9223372036854775808", "9223372036854775807"),
                     "
                      UNION ALL SELECT 2, t.meter, t.value::text, NULL, NULL FROM tallies t
                        WHERE t.tenant = $1 AND t.bucket = $3 AND t.meter = ANY($4)

@@ -213,6 +213,11 @@ fn an_id_counted_in_any_partition_stays_counted() {
     assert_eq!((applied.counted, applied.duplicates), (1, 2), "only new-1 is new");
 }
 
+/// The dedup horizon of the tests that wait for a partition to be sealed: partitions 4 s wide,
+/// sealed a quarter of a second after their last arrival, dropped 16 s after it (room enough on
+/// a loaded machine).
+const HORIZON: Duration = Duration::from_secs(16);
+
 /// A store keeping ids for `horizon` on `pg`: arrival partitions a quarter of it wide, each
 /// sealed a sixteenth of that after its last arrival.
 fn keeping(pg: &Arc<Pg>, horizon: Duration) -> PgStore {
@@ -234,7 +239,7 @@ fn until_sealed_and_filtered(pg: &Pg, s: &PgStore, next: &mut u64) -> String {
         if done {
             return holding;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "{holding} not sealed and filtered in 20 s");
+        assert!(started.elapsed() < Duration::from_secs(40), "{holding} not sealed and filtered in 40 s");
         let tick = [tokens("a", &format!("tick-{next}"), 1, MID_NOVEMBER)];
         s.apply("c", &meters(), &tick, &adv(*next, *next + 1)).unwrap();
         *next += 1;
@@ -243,13 +248,14 @@ fn until_sealed_and_filtered(pg: &Pg, s: &PgStore, next: &mut u64) -> String {
 }
 
 /// A partition past its last arrival is sealed: no id goes in any more, from any host, and the
-/// filter built of its ids then keeps each of them counted once, in a process that reads it
-/// (a new one here) as in the one that built it, while new ids still count.
+/// filter built of its ids then keeps each of them counted once, in the process that sealed it
+/// (which reads the filter when it next makes room, or asks the partition until then) and in a
+/// new one, which reads it as it opens, while new ids still count.
 #[test]
 fn a_sealed_partition_takes_no_ids_and_its_filter_keeps_them_counted() {
     use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
     let pg = migrated();
-    let s = keeping(&pg, Duration::from_secs(8));
+    let s = keeping(&pg, HORIZON);
     s.checkpoint("c").unwrap();
     let first: Vec<_> = ["first", "b-1", "b-2"].iter().map(|id| tokens("a", id, 1, MID_NOVEMBER)).collect();
     assert_eq!(s.apply("c", &meters(), &first, &adv(0, 3)).unwrap().counted, 3);
@@ -260,7 +266,7 @@ fn a_sealed_partition_takes_no_ids_and_its_filter_keeps_them_counted() {
     let kept: Option<Vec<u8>> =
         pg.query_one("SELECT filter FROM seen_parts WHERE name = $1", &[&sealed]).unwrap().get(0);
     assert!(kept.is_some_and(|f| !f.is_empty()), "a filter was built");
-    for store in [&s, &keeping(&pg, Duration::from_secs(8))] {
+    for store in [&s, &keeping(&pg, HORIZON)] {
         store.checkpoint("c").unwrap();
         let again = [
             tokens("a", "first", 1, MID_NOVEMBER),
@@ -281,7 +287,7 @@ fn a_sealed_partition_is_asked_only_about_the_ids_its_filter_may_hold() {
     use meter_sqlite::dedup::{GROUP_PART, Parted, fingerprint};
     use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
     let pg = migrated();
-    let s = keeping(&pg, Duration::from_secs(8));
+    let s = keeping(&pg, HORIZON);
     s.checkpoint("c").unwrap();
     let first: Vec<_> = ["first", "b-1"].iter().map(|id| tokens("a", id, 1, MID_NOVEMBER)).collect();
     assert_eq!(s.apply("c", &meters(), &first, &adv(0, 2)).unwrap().counted, 2);
@@ -289,7 +295,7 @@ fn a_sealed_partition_is_asked_only_about_the_ids_its_filter_may_hold() {
     let sealed = until_sealed_and_filtered(&pg, &s, &mut next);
     let other = Parted::of(&[fingerprint("a", "b-1")], GROUP_PART).unwrap().encode();
     pg.execute("UPDATE seen_parts SET filter = $2 WHERE name = $1", &[&sealed, &other]).unwrap();
-    let reading = keeping(&pg, Duration::from_secs(8));
+    let reading = keeping(&pg, HORIZON);
     reading.checkpoint("c").unwrap();
     let again = [tokens("a", "first", 1, MID_NOVEMBER), tokens("a", "b-1", 1, MID_NOVEMBER)];
     let applied = reading.apply("c", &meters(), &again, &adv(next, next + 2)).unwrap();
@@ -298,6 +304,41 @@ fn a_sealed_partition_is_asked_only_about_the_ids_its_filter_may_hold() {
         (1, 1),
         "\"first\" is not in the filter, so its partition is not asked; \"b-1\" is, and it is found"
     );
+}
+
+/// A sealed partition without a usable filter (the table kept from before the partitions, one
+/// too large for a filter) is asked about every id, and so is every partition before it, while
+/// the newer sealed ones with filters are asked only about the ids their filters may hold.
+#[test]
+fn a_sealed_partition_without_a_filter_is_asked_about_every_id() {
+    use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
+    let pg = migrated();
+    // Two sealed partitions before the partition of now, as the default horizon makes them.
+    let width = Settings::new(meter_schemas::envelope::DEDUP_HORIZON_US).bucket_us();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let current = now - now.rem_euclid(width);
+    for (k, id) in [(2, "in-older"), (1, "in-newer")] {
+        let (from, to) = (current - k * width, current - (k - 1) * width);
+        let name = format!("seen_{from}");
+        pg.execute(&format!("CREATE TABLE {name} PARTITION OF seen_ids FOR VALUES FROM ({from}) TO ({to})"), &[])
+            .unwrap();
+        pg.execute("INSERT INTO seen_parts (name, from_us, to_us) VALUES ($1, $2, $3)", &[&name, &from, &to]).unwrap();
+        pg.execute("INSERT INTO seen_ids (tenant, id, arrived_us) VALUES ('a', $1, $2)", &[&id, &from]).unwrap();
+        pg.execute(&format!("ALTER TABLE {name} ADD CONSTRAINT {name}_sealed CHECK (false) NOT VALID"), &[]).unwrap();
+        pg.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[&name]).unwrap();
+    }
+    let older = format!("seen_{}", current - 2 * width);
+    pg.execute("UPDATE seen_parts SET filter = ''::bytea WHERE name = $1", &[&older]).unwrap();
+    assert_eq!(PgStore::build_filters(&pg).unwrap(), 1, "the newer one's filter");
+    let s = PgStore::open(pg.clone()).unwrap();
+    s.checkpoint("c").unwrap();
+    let batch = [
+        tokens("a", "in-older", 1, MID_NOVEMBER),
+        tokens("a", "in-newer", 1, MID_NOVEMBER),
+        tokens("a", "new-1", 1, MID_NOVEMBER),
+    ];
+    let applied = s.apply("c", &meters(), &batch, &adv(0, 3)).unwrap();
+    assert_eq!((applied.counted, applied.duplicates), (1, 2), "only new-1 is new");
 }
 
 /// A filter built a range of its parts at a time (a sealed partition too large to hold every
@@ -315,7 +356,7 @@ fn a_filter_built_in_passes_is_the_filter_built_at_once() {
         .unwrap();
     pg.execute(&format!("ALTER TABLE {name} ADD CONSTRAINT {name}_sealed CHECK (false) NOT VALID"), &[]).unwrap();
     pg.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[&name]).unwrap();
-    // 5,000 ids in parts of about 256: 32 parts, read in 5 passes of 7 parts.
+    // 5,000 ids in parts of about 256: 32 parts, read in 6 passes of 6 parts (the last of 2).
     assert_eq!(PgStore::build_filters_in(&pg, (256, 1000)).unwrap(), 1);
     let kept: Vec<u8> = pg.query_one("SELECT filter FROM seen_parts WHERE name = $1", &[&name]).unwrap().get(0);
     let mut fps: Vec<u64> = (1..=5000).map(|n| fingerprint(&format!("t{}", n % 7), &format!("id-{n}"))).collect();
@@ -334,17 +375,23 @@ fn a_batch_whose_partition_was_sealed_meanwhile_goes_to_the_next() {
     let pg = migrated();
     let s = PgStore::open(pg.clone()).unwrap();
     s.checkpoint("c").unwrap();
+    let before = [tokens("a", "0", 1, MID_NOVEMBER)];
+    assert_eq!(s.apply("c", &meters(), &before, &adv(0, 1)).unwrap().counted, 1, "the partitions are known");
     let now: String = pg.query_one("SELECT name FROM seen_parts ORDER BY from_us LIMIT 1", &[]).unwrap().get(0);
     let next: i64 = pg.query_one("SELECT max(from_us) FROM seen_parts", &[]).unwrap().get(0);
     pg.execute(&format!("ALTER TABLE {now} ADD CONSTRAINT {now}_sealed CHECK (false) NOT VALID"), &[]).unwrap();
     pg.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[&now]).unwrap();
     let batch = [tokens("a", "1", 1, MID_NOVEMBER), tokens("a", "2", 1, MID_NOVEMBER)];
-    let e = s.apply("c", &meters(), &batch, &adv(0, 2)).unwrap_err().to_string();
+    let e = s.apply("c", &meters(), &batch, &adv(1, 3)).unwrap_err().to_string();
     assert!(e.contains(&format!("{now}_sealed")), "{e}");
-    let applied = s.apply("c", &meters(), &batch, &adv(0, 2)).unwrap();
+    let applied = s.apply("c", &meters(), &batch, &adv(1, 3)).unwrap();
     assert_eq!(applied.counted, 2);
-    let arrived: Vec<i64> =
-        pg.query("SELECT arrived_us FROM seen_ids WHERE tenant = 'a'", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let arrived: Vec<i64> = pg
+        .query("SELECT arrived_us FROM seen_ids WHERE tenant = 'a' AND id <> '0'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(arrived, vec![next, next], "stamped at the start of the next partition");
 }
 
