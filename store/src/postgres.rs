@@ -432,12 +432,14 @@ impl PgStore {
             new.push((from, to));
         }
         if !(sealing.is_empty() && old.is_empty() && new.is_empty()) {
-            // Every change locks `seen_ids` whole first (a partition made or dropped takes that
-            // lock anyway), waiting for the batches and hard-limit checks in flight, which lock
-            // it before its partitions: a lock taken on a partition first would wait for a
-            // lookup that waits for it. Sealing then waits for no one: `CHECK (false)` refuses
-            // every later insert into the partition, so the filter built after it holds every id.
-            tx.batch_execute("LOCK TABLE seen_ids IN ACCESS EXCLUSIVE MODE").await?;
+            // Every change locks `seen_ids` first (a partition made or dropped takes that lock
+            // anyway), waiting for the batches and hard-limit checks in flight, which lock it
+            // before its partitions: a lock taken on a partition first would wait for a lookup
+            // that waits for it. Only the parent: a partition's own readers (a filter's build, a
+            // read at a time; autovacuum) do not hold it. Sealing then waits for no batch:
+            // `CHECK (false)` refuses every later insert into the partition, so the filter built
+            // after it holds every id.
+            tx.batch_execute("LOCK TABLE ONLY seen_ids IN ACCESS EXCLUSIVE MODE").await?;
         }
         for name in &sealing {
             tx.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[name]).await?;
@@ -513,14 +515,18 @@ impl PgStore {
         if now_us() < self.build_after.load(SeqCst) || self.building.swap(true, SeqCst) {
             return;
         }
-        /// Lets the next build start however this one ends, a panic included.
-        struct Done(Arc<std::sync::atomic::AtomicBool>);
+        /// Lets the next build start however this one ends; after a panic, a retry delay later.
+        struct Done(Arc<std::sync::atomic::AtomicBool>, Arc<AtomicI64>);
         impl Drop for Done {
             fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.1.store(now_us().saturating_add(FILTER_RETRY_US), SeqCst);
+                }
                 self.0.store(false, SeqCst);
             }
         }
-        let (pg, done, after) = (self.pg.clone(), Done(self.building.clone()), self.build_after.clone());
+        let after = self.build_after.clone();
+        let (pg, done) = (self.pg.clone(), Done(self.building.clone(), after.clone()));
         // On the pool's runtime: `make_room` runs inside `Pg::block`.
         tokio::spawn(async move {
             let _done = done;
@@ -558,10 +564,11 @@ impl PgStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
+            let mut built = 0;
             for name in &names {
-                filter_of_partition(pg, name, (part_ids, pass_ids)).await?;
+                built += usize::from(filter_of_partition(pg, name, (part_ids, pass_ids)).await?.is_some());
             }
-            Ok(names.len())
+            Ok(built)
         })
     }
 
@@ -740,8 +747,10 @@ impl<K: std::hash::Hash + Eq + Ord + Clone> Writes<K> {
     }
 }
 
-/// Rows of a partition a filter's build reads at a time.
-const FILTER_SCAN_ROWS: i32 = 65_536;
+/// Pages of a partition a filter's build reads at a time (about 55,000 ids), each read a
+/// statement of its own: a lock on `seen_ids` is held for one read (milliseconds), never for the
+/// whole build, which would keep a host making room waiting until it times out.
+const FILTER_SCAN_PAGES: i64 = 512;
 
 /// Ids at most in a sealed partition that gets a filter: a larger one is always asked. Each
 /// process keeps a filter in memory, about 1.1 bytes an id (110 MB at the limit).
@@ -762,18 +771,19 @@ const MAKE_ROOM_RETRY_US: i64 = 5_000_000;
 /// (an empty one when none can be built, or the partition holds more than [`FILTER_MAX_IDS`]),
 /// unless one is kept already, in parts of about `part_ids` ids and passes of about `pass_ids`;
 /// answers how many ids, or none when another host is building it or has built it. The
-/// connection is taken out
+/// connection that holds the lock is taken out
 /// of the pool, so that the lock held while building goes with it however the build ends.
 async fn filter_of_partition(
     pg: &Pg,
     name: &str,
     (part_ids, pass_ids): (usize, usize),
 ) -> Result<Option<usize>, Error> {
-    let mut client = Object::take(pg.client().await?);
+    let pooled = pg.client().await?;
     let key = lock_key(&format!("store:seen-filter:{name}"));
-    if !client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get::<_, bool>(0) {
+    if !pooled.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get::<_, bool>(0) {
         return Ok(None);
     }
+    let client = Object::take(pooled);
     let pending: Option<bool> = client
         .query_opt("SELECT filter IS NULL FROM seen_parts WHERE name = $1 AND sealed", &[&name])
         .await?
@@ -781,7 +791,23 @@ async fn filter_of_partition(
     if pending != Some(true) {
         return Ok(None);
     }
-    let ids: i64 = client.query_one(&format!("SELECT count(*) FROM {name}"), &[]).await?.get(0);
+    // Read by ranges of pages (a sealed partition does not change): counted, then read once a
+    // pass.
+    let pages: i64 = client
+        .query_one("SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::int8", &[&name])
+        .await?
+        .get(0);
+    let ranges: Vec<(String, String)> = (0..pages)
+        .step_by(FILTER_SCAN_PAGES as usize)
+        .map(|p| (format!("({p},0)"), format!("({},0)", p + FILTER_SCAN_PAGES)))
+        .collect();
+    let within = "WHERE ctid >= $1::text::tid AND ctid < $2::text::tid";
+    let count = client.prepare(&format!("SELECT count(*) FROM {name} {within}")).await?;
+    let scan = client.prepare(&format!("SELECT tenant, id FROM {name} {within}")).await?;
+    let mut ids = 0i64;
+    for (from, to) in &ranges {
+        ids += client.query_one(&count, &[from, to]).await?.get::<_, i64>(0);
+    }
     let failed = |e: tokio::task::JoinError| Error::Unreadable(format!("building the filter of {name}: {e}"));
     let filter = match ids > FILTER_MAX_IDS {
         true => {
@@ -798,11 +824,8 @@ async fn filter_of_partition(
                 let hi = (lo + per_pass).min(parts);
                 let expected = ids * (hi - lo) / parts;
                 let mut fps: Vec<u64> = Vec::with_capacity(expected + expected / 8);
-                let tx = client.build_transaction().read_only(true).start().await?;
-                let scan = tx.bind(&format!("SELECT tenant, id FROM {name}"), &[]).await?;
-                loop {
-                    let rows = tx.query_portal(&scan, FILTER_SCAN_ROWS).await?;
-                    let last = rows.len() < FILTER_SCAN_ROWS as usize;
+                for (from, to) in &ranges {
+                    let rows = client.query(&scan, &[from, to]).await?;
                     let (range, parting) = (lo..hi, build.parting());
                     fps = tokio::task::spawn_blocking(move || {
                         let read = rows.iter().map(|r| dedup::fingerprint(r.get(0), r.get(1)));
@@ -811,11 +834,7 @@ async fn filter_of_partition(
                     })
                     .await
                     .map_err(failed)?;
-                    if last {
-                        break;
-                    }
                 }
-                tx.commit().await?;
                 let added;
                 (build, added) = tokio::task::spawn_blocking(move || {
                     fps.sort_unstable();
@@ -855,12 +874,18 @@ async fn read_filter(client: &Object, name: &str) -> Filter {
             return Filter::Pending;
         }
     };
-    match blob.as_deref().map(dedup::Parted::decode) {
-        None => Filter::Pending,
-        Some(Ok(Some(f))) => Filter::Built(Arc::new(f)),
-        Some(Ok(None)) => Filter::Unusable,
-        Some(Err(why)) => {
-            tracing::warn!(partition = %name, why, "the filter of a sealed partition of counted ids cannot be read; the partition is always asked");
+    let Some(blob) = blob else { return Filter::Pending };
+    // Up to about 110 MB checked and copied: off the pool's runtime thread.
+    let decoded = match tokio::task::spawn_blocking(move || dedup::Parted::decode(&blob).map_err(str::to_string)).await
+    {
+        Ok(decoded) => decoded,
+        Err(e) => Err(e.to_string()),
+    };
+    match decoded {
+        Ok(Some(f)) => Filter::Built(Arc::new(f)),
+        Ok(None) => Filter::Unusable,
+        Err(why) => {
+            tracing::warn!(partition = %name, %why, "the filter of a sealed partition of counted ids cannot be read; the partition is always asked");
             Filter::Unusable
         }
     }
