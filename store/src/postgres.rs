@@ -442,15 +442,10 @@ impl PgStore {
             tx.batch_execute("LOCK TABLE ONLY seen_ids IN ACCESS EXCLUSIVE MODE").await?;
         }
         for name in &sealing {
-            tx.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[name]).await?;
-            tx.batch_execute(&format!("ALTER TABLE {name} ADD CONSTRAINT {name}_sealed CHECK (false) NOT VALID"))
-                .await?;
+            seal(&tx, name).await?;
         }
-        for (from, to) in &new {
-            let name = format!("seen_{from}");
-            tx.batch_execute(&format!("CREATE TABLE {name} PARTITION OF seen_ids FOR VALUES FROM ({from}) TO ({to})"))
-                .await?;
-            tx.execute("INSERT INTO seen_parts (name, from_us, to_us) VALUES ($1, $2, $3)", &[&name, from, to]).await?;
+        for &(from, to) in &new {
+            create_part(&tx, from, to).await?;
         }
         for name in &old {
             tx.execute("DELETE FROM seen_parts WHERE name = $1", &[name]).await?;
@@ -569,6 +564,30 @@ impl PgStore {
                 built += usize::from(filter_of_partition(pg, name, (part_ids, pass_ids)).await?.is_some());
             }
             Ok(built)
+        })
+    }
+
+    /// Makes arrival partition `[from, to)` of `seen_ids` as making room does, for tests and
+    /// benchmarks that need partitions of the past; answers its name.
+    #[doc(hidden)]
+    pub fn make_partition(pg: &Pg, (from, to): (i64, i64)) -> Result<String, Error> {
+        pg.block(async {
+            let mut client = pg.client().await?;
+            let tx = client.transaction().await?;
+            let name = create_part(&tx, from, to).await?;
+            tx.commit().await?;
+            Ok(name)
+        })
+    }
+
+    /// Seals arrival partition `name` as making room does, for tests and benchmarks.
+    #[doc(hidden)]
+    pub fn seal_partition(pg: &Pg, name: &str) -> Result<(), Error> {
+        pg.block(async {
+            let mut client = pg.client().await?;
+            let tx = client.transaction().await?;
+            seal(&tx, name).await?;
+            Ok(tx.commit().await?)
         })
     }
 
@@ -745,6 +764,22 @@ impl<K: std::hash::Hash + Eq + Ord + Clone> Writes<K> {
         })?;
         Ok(w)
     }
+}
+
+/// Makes arrival partition `[from, to)` of `seen_ids` and records it; answers its name.
+async fn create_part(tx: &Transaction<'_>, from: i64, to: i64) -> Result<String, Error> {
+    let name = format!("seen_{from}");
+    tx.batch_execute(&format!("CREATE TABLE {name} PARTITION OF seen_ids FOR VALUES FROM ({from}) TO ({to})")).await?;
+    tx.execute("INSERT INTO seen_parts (name, from_us, to_us) VALUES ($1, $2, $3)", &[&name, &from, &to]).await?;
+    Ok(name)
+}
+
+/// Seals arrival partition `name`: no insert into it succeeds once `tx` commits (`NOT VALID`: its
+/// rows stay, and the planner never skips it for the constraint).
+async fn seal(tx: &Transaction<'_>, name: &str) -> Result<(), Error> {
+    tx.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[&name]).await?;
+    tx.batch_execute(&format!("ALTER TABLE {name} ADD CONSTRAINT {name}_sealed CHECK (false) NOT VALID")).await?;
+    Ok(())
 }
 
 /// Pages of a partition a filter's build reads at a time (about 55,000 ids), each read a

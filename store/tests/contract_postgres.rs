@@ -307,7 +307,7 @@ fn a_sealed_partition_is_asked_only_about_the_ids_its_filter_may_hold() {
 }
 
 /// A sealed partition without a usable filter (the table kept from before the partitions, one
-/// too large for a filter) is asked about every id, and so is every partition before it, filtered
+/// too large for a filter, one whose filter cannot be read) is asked about every id, and so is every partition before it, filtered
 /// or not, while the newer sealed ones with filters are asked only about the ids their filters
 /// may hold: here the newest's filter is of other ids, so an id counted there counts again (what
 /// the lookup saves; a real filter holds every id of its partition).
@@ -316,38 +316,39 @@ fn a_sealed_partition_without_a_filter_is_asked_about_every_id() {
     use meter_sqlite::dedup::{GROUP_PART, Parted, fingerprint};
     use meter_store::contract::{MID_NOVEMBER, adv, meters, tokens};
     let pg = migrated();
-    // Three sealed partitions before the partition of now, as the default horizon makes them.
+    // Four sealed partitions before the partition of now, as the default horizon makes them.
     let width = Settings::new(meter_schemas::envelope::DEDUP_HORIZON_US).bucket_us();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
     let current = now - now.rem_euclid(width);
-    let name = |k: i64| format!("seen_{}", current - k * width);
-    for (k, id) in [(3, "in-oldest"), (2, "in-older"), (1, "in-newer")] {
-        let (from, to, name) = (current - k * width, current - (k - 1) * width, name(k));
-        pg.execute(&format!("CREATE TABLE {name} PARTITION OF seen_ids FOR VALUES FROM ({from}) TO ({to})"), &[])
-            .unwrap();
-        pg.execute("INSERT INTO seen_parts (name, from_us, to_us) VALUES ($1, $2, $3)", &[&name, &from, &to]).unwrap();
+    let mut names = Vec::new();
+    for (k, id) in [(4, "in-oldest"), (3, "in-unreadable"), (2, "in-older"), (1, "in-newer")] {
+        let from = current - k * width;
+        let name = PgStore::make_partition(&pg, (from, from + width)).unwrap();
         pg.execute("INSERT INTO seen_ids (tenant, id, arrived_us) VALUES ('a', $1, $2)", &[&id, &from]).unwrap();
-        pg.execute(&format!("ALTER TABLE {name} ADD CONSTRAINT {name}_sealed CHECK (false) NOT VALID"), &[]).unwrap();
-        pg.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[&name]).unwrap();
+        PgStore::seal_partition(&pg, &name).unwrap();
+        names.push(name);
     }
-    // Filtered, unusable, filtered (of another id).
-    pg.execute("UPDATE seen_parts SET filter = ''::bytea WHERE name = $1", &[&name(2)]).unwrap();
+    // Filtered, unreadable (not a filter's format), unusable (none could be built), filtered (of
+    // another id).
+    pg.execute("UPDATE seen_parts SET filter = '\\x07ff'::bytea WHERE name = $1", &[&names[1]]).unwrap();
+    pg.execute("UPDATE seen_parts SET filter = ''::bytea WHERE name = $1", &[&names[2]]).unwrap();
     assert_eq!(PgStore::build_filters(&pg).unwrap(), 2, "the oldest's and the newest's filters");
     let other = Parted::of(&[fingerprint("a", "elsewhere")], GROUP_PART).unwrap().encode();
-    pg.execute("UPDATE seen_parts SET filter = $2 WHERE name = $1", &[&name(1), &other]).unwrap();
+    pg.execute("UPDATE seen_parts SET filter = $2 WHERE name = $1", &[&names[3], &other]).unwrap();
     let s = PgStore::open(pg.clone()).unwrap();
     s.checkpoint("c").unwrap();
     let batch = [
         tokens("a", "in-oldest", 1, MID_NOVEMBER),
+        tokens("a", "in-unreadable", 1, MID_NOVEMBER),
         tokens("a", "in-older", 1, MID_NOVEMBER),
         tokens("a", "in-newer", 1, MID_NOVEMBER),
         tokens("a", "new-1", 1, MID_NOVEMBER),
     ];
-    let applied = s.apply("c", &meters(), &batch, &adv(0, 4)).unwrap();
+    let applied = s.apply("c", &meters(), &batch, &adv(0, 5)).unwrap();
     assert_eq!(
         (applied.counted, applied.duplicates),
-        (2, 2),
-        "in-oldest and in-older found (their partitions asked), in-newer not (its filter says no), new-1 new"
+        (2, 3),
+        "the first three found (their partitions asked), in-newer not (its filter says no), new-1 new"
     );
 }
 
@@ -364,8 +365,7 @@ fn a_filter_built_in_passes_is_the_filter_built_at_once() {
         .unwrap();
     pg.execute("INSERT INTO seen_ids SELECT 't' || (n % 7), 'id-' || n, $1 FROM generate_series(1, 5000) n", &[&from])
         .unwrap();
-    pg.execute(&format!("ALTER TABLE {name} ADD CONSTRAINT {name}_sealed CHECK (false) NOT VALID"), &[]).unwrap();
-    pg.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[&name]).unwrap();
+    PgStore::seal_partition(&pg, &name).unwrap();
     // 5,000 ids in parts of about 256: 32 parts, read in 6 passes of 6 parts (the last of 2).
     assert_eq!(PgStore::build_filters_in(&pg, (256, 1000)).unwrap(), 1);
     let kept: Vec<u8> = pg.query_one("SELECT filter FROM seen_parts WHERE name = $1", &[&name]).unwrap().get(0);
@@ -389,8 +389,7 @@ fn a_batch_whose_partition_was_sealed_meanwhile_goes_to_the_next() {
     assert_eq!(s.apply("c", &meters(), &before, &adv(0, 1)).unwrap().counted, 1, "the partitions are known");
     let now: String = pg.query_one("SELECT name FROM seen_parts ORDER BY from_us LIMIT 1", &[]).unwrap().get(0);
     let next: i64 = pg.query_one("SELECT max(from_us) FROM seen_parts", &[]).unwrap().get(0);
-    pg.execute(&format!("ALTER TABLE {now} ADD CONSTRAINT {now}_sealed CHECK (false) NOT VALID"), &[]).unwrap();
-    pg.execute("UPDATE seen_parts SET sealed = true WHERE name = $1", &[&now]).unwrap();
+    PgStore::seal_partition(&pg, &now).unwrap();
     let batch = [tokens("a", "1", 1, MID_NOVEMBER), tokens("a", "2", 1, MID_NOVEMBER)];
     let e = s.apply("c", &meters(), &batch, &adv(1, 3)).unwrap_err().to_string();
     assert!(e.contains(&format!("{now}_sealed")), "{e}");
