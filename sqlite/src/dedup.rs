@@ -316,7 +316,7 @@ impl Parted {
     /// once.
     pub fn build(ids: usize, part_ids: usize) -> PartedBuild {
         let count = ids.div_ceil(part_ids.max(1)).max(1).next_power_of_two();
-        PartedBuild { filter: Parted { bits: count.trailing_zeros(), parts: Vec::with_capacity(count) }, count }
+        PartedBuild { filter: Parted { bits: count.trailing_zeros(), parts: Vec::with_capacity(count) } }
     }
     /// As kept in `<name>_groups.filter`: [`GROUP_FORMAT`], `bits` (a byte), then each part's
     /// length (u64, little-endian) and the part as [`encode_filter`] keeps a filter (empty for an
@@ -360,13 +360,12 @@ impl Parted {
 /// A [`Parted`] being built, its parts in order.
 pub struct PartedBuild {
     filter: Parted,
-    count: usize,
 }
 
 impl PartedBuild {
     /// How many parts the filter has.
     pub fn parts(&self) -> usize {
-        self.count
+        1 << self.filter.bits
     }
 
     /// Which part each fingerprint falls in.
@@ -378,7 +377,7 @@ impl PartedBuild {
     /// once, every one of them in those parts; false if a part cannot be built.
     pub fn add(&mut self, fps: &[u64], upto: usize) -> bool {
         let mut rest = fps;
-        for p in self.filter.parts.len()..upto.min(self.count) {
+        for p in self.filter.parts.len()..upto.min(self.parts()) {
             let end = rest.partition_point(|&fp| self.filter.part(fp) == p);
             let (part, tail) = rest.split_at(end);
             rest = tail;
@@ -396,7 +395,7 @@ impl PartedBuild {
 
     /// The filter, once every part is built.
     pub fn finish(self) -> Option<Parted> {
-        (self.filter.parts.len() == self.count).then_some(self.filter)
+        (self.filter.parts.len() == self.parts()).then_some(self.filter)
     }
 }
 
