@@ -1,0 +1,107 @@
+//! The census (the accepted figure of a close) over a real SQLite log of TENANTS tenants sending
+//! PER events each (defaults 100,000 and 10), each tenant all five built-in codes in turn as
+//! `meter loadgen` sends them, every event inside October 2026 but one in twenty in November:
+//! the census's time and the process's memory.
+//!
+//! Two steps, so that the census is measured in a process of its own:
+//! - `MODE=build LOG_DIR=DIR cargo bench -p meter-billing --bench census` writes the log once;
+//! - `MODE=read LOG_DIR=DIR cargo bench -p meter-billing --bench census` takes the census of
+//!   October and prints its time, its totals' checksum (the same for every build that counts
+//!   alike), the resident memory after opening the log and the peak (`VmHWM`) at the end.
+
+use meter_eventlog::{EventLog, SqliteLog};
+use meter_schemas::{Catalog, Event, Period};
+use serde_json::{Map, Value, json};
+use std::path::PathBuf;
+use std::time::Instant;
+
+const PARTITIONS: u32 = 4;
+
+fn event(tenant: usize, k: usize, per: usize, october: Period) -> Event {
+    let i = tenant * per + k;
+    let properties = match (tenant + k) % 5 {
+        0 => json!({"work_order_id": format!("wo-{i}")}),
+        1 => json!({"work_order_id": format!("wo-{i}")}),
+        2 => json!({"model": "gpt-x", "input_tokens": 1000 + i % 97, "output_tokens": 200 + i % 13}),
+        3 => json!({"route": "/v1/orders", "method": "GET", "status": 200}),
+        _ => json!({"user_id": format!("user-{}", i % 50)}),
+    };
+    let code =
+        ["work_order.created", "work_order.completed", "agent.invocation", "api.call", "user.login"][(tenant + k) % 5];
+    // One in twenty falls after October, so that the census also leaves events out.
+    let time_us =
+        if i % 20 == 19 { october.end_us() + 1_000 } else { october.start_us() + (i as i64 % 2_000_000) * 1_000_000 };
+    let properties: Map<String, Value> = properties.as_object().cloned().unwrap_or_default();
+    Event {
+        tenant: format!("tenant-{tenant:07}"),
+        id: format!("ev-{i:012}"),
+        code: code.into(),
+        time_us,
+        implicit_time: false,
+        subscription: None,
+        source: None,
+        properties,
+    }
+}
+
+fn status(field: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .map(|l| l[field.len()..].trim().to_string())
+        .unwrap_or_default()
+}
+
+#[allow(clippy::print_stdout)]
+#[tokio::main]
+async fn main() {
+    let var = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (tenants, per) = (var("TENANTS", 100_000), var("PER", 10));
+    let dir = PathBuf::from(std::env::var("LOG_DIR").expect("LOG_DIR: where the log is kept"));
+    let october: Period = "2026-10".parse().unwrap();
+    let path = dir.join("log.db");
+    match std::env::var("MODE").as_deref() {
+        Ok("build") => {
+            std::fs::create_dir_all(&dir).unwrap();
+            let log = SqliteLog::open(&path, PARTITIONS, meter_sqlite::Durability::Normal).unwrap();
+            let t = Instant::now();
+            let mut batch = Vec::with_capacity(10_000);
+            for k in 0..per {
+                for tenant in 0..tenants {
+                    batch.push(event(tenant, k, per, october));
+                    if batch.len() == 10_000 {
+                        log.append(&batch).await.unwrap();
+                        batch.clear();
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                log.append(&batch).await.unwrap();
+            }
+            println!("built: {} events of {tenants} tenants in {:.1} s", tenants * per, t.elapsed().as_secs_f64());
+        }
+        Ok("read") => {
+            let log = SqliteLog::open(&path, PARTITIONS, meter_sqlite::Durability::Normal).unwrap();
+            let catalog = Catalog::new(vec![]).unwrap();
+            let opened = status("VmRSS:");
+            let t = Instant::now();
+            let reader = log.reader_in("census-bench").unwrap();
+            let totals = tokio::task::block_in_place(|| {
+                meter_billing::census::census(reader, &catalog, october, PARTITIONS, &|_| {})
+            })
+            .unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let counted: rust_decimal::Decimal = totals.values().flat_map(|m| m.values()).filter_map(|t| t.value).sum();
+            println!(
+                "census: {} events of {tenants} tenants in {secs:.2} s ({:.0} events/s); {} tenants counted, \
+                 values summing to {counted}; RSS after opening the log {opened}, peak {}",
+                tenants * per,
+                (tenants * per) as f64 / secs,
+                totals.len(),
+                status("VmHWM:")
+            );
+        }
+        _ => panic!("MODE=build or MODE=read"),
+    }
+}
