@@ -474,9 +474,15 @@ async fn close_reconciles(mut env: Vec<(&'static str, String)>, dir: &std::path:
             wait_counted_in(&url, &admin, &format!("t{t}"), sent, history, std::time::Duration::from_secs(60)).await;
         }
     }
+    // What a census killed midway would have left in the data directory.
+    let left = dir.join("census").join("census-killed");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("0"), b"spilled").unwrap();
     let (s, closed) = call(reqwest::Method::POST, format!("{url}/api/v1/periods/{p1}/close"), &admin, None).await;
     assert_eq!(s, 200, "{closed}");
     assert_eq!(closed["differences"], 8, "t1 to t8 have no subscription: {closed:#}");
+    let spilled: Vec<_> = std::fs::read_dir(dir.join("census")).unwrap().collect();
+    assert!(spilled.is_empty(), "the census removes its spill and what an earlier one left: {spilled:?}");
     let rows: Vec<&Value> =
         closed["report"].as_array().unwrap().iter().filter(|r| r["meter"] == "work_orders").collect();
     assert_eq!(rows.len(), 9);

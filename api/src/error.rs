@@ -91,7 +91,7 @@ impl From<meter_billing::Error> for ApiError {
             }
             B::Rating(r) => ApiError::Unratable(r.to_string()),
             e @ (B::Store(_) | B::Log(_) | B::Storage(_) | B::Postgres(_)) => ApiError::Unavailable(e.to_string()),
-            e @ B::Task(_) => {
+            e @ (B::Task(_) | B::Spill(_)) => {
                 tracing::error!(error = %e, "a task of the close failed");
                 ApiError::Unavailable(e.to_string())
             }

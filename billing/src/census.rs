@@ -1,69 +1,516 @@
 //! The census: every event the log accepted for a period, metered again from the log itself,
 //! the first of the four figures a close reconciles (accepted, counted, stored, rated).
+//!
+//! Its memory does not grow with the log. No set of the log's ids is kept: each record read is
+//! written to one of [`FAN_OUT`] spill files chosen by a hash of its `(tenant, id)`, so that
+//! every copy of an event lands in the same file. The files are then read one at a time, each
+//! one's copies sorted by `(tenant, id, order read)`, and only the first copy of each event is
+//! metered, as the stores count it. A file larger than the budget is first split again
+//! [`FAN_OUT`] ways by the hash's next bits. The distinct values of unique-count meters are
+//! found the same way, through a second spill keyed by `(tenant, meter, value)`. What stays in
+//! memory is the totals (tenants × meters) and one file's records.
 
 use crate::Error;
 use meter_eventlog::LogReader;
 use meter_schemas::{Catalog, Contribution, Period, Tally};
 use meter_store::Totals;
-use std::collections::HashSet;
+use rust_decimal::Decimal;
+use std::fs::File;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long the census waits to be given every partition (a consumer group's assignment).
 const ASSIGNMENT_PATIENCE: Duration = Duration::from_secs(60);
 
+/// Files a spill is split into, at each level.
+pub const FAN_OUT: u64 = 64;
+const FAN_BITS: u32 = FAN_OUT.trailing_zeros();
+
+/// A spill file larger than this is split again before it is read into memory (where its
+/// records take about three times their size on disk).
+pub const BUCKET_BUDGET: u64 = 32 << 20;
+
 /// Reads the whole log from offset 0 and meters every distinct `(tenant, id)` (its first copy,
-/// as the stores count it) whose time falls in `period`. Blocking; `progress` hears the number
-/// of records read every 100,000.
+/// as the stores count it) whose time falls in `period`, spilling into a directory of its own
+/// made inside `spill` (and removed however the census ends). Blocking; `progress` hears the
+/// number of records read every 100,000.
 pub fn census(
+    reader: Box<dyn LogReader>,
+    catalog: &Catalog,
+    period: Period,
+    partitions: u32,
+    spill: &Path,
+    progress: &dyn Fn(u64),
+) -> Result<Totals, Error> {
+    census_within(reader, catalog, period, partitions, spill, BUCKET_BUDGET, progress)
+}
+
+/// [`census`] with the size past which a spill file is split again (tests make it small).
+#[doc(hidden)]
+pub fn census_within(
     mut reader: Box<dyn LogReader>,
     catalog: &Catalog,
     period: Period,
     partitions: u32,
+    spill: &Path,
+    budget: u64,
     progress: &dyn Fn(u64),
 ) -> Result<Totals, Error> {
     let (start, end) = (period.start_us(), period.end_us());
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    let mut uniques: HashSet<(String, usize, String)> = HashSet::new();
-    let mut totals = Totals::new();
-    let mut read = 0u64;
     let started = Instant::now();
     reader.seek(&[]);
-    loop {
-        let owned = reader.owned().len() as u32;
-        if owned < partitions && started.elapsed() > ASSIGNMENT_PATIENCE {
-            return Err(Error::NotReady(format!(
-                "the census was given {owned} of {partitions} partitions of the log within {ASSIGNMENT_PATIENCE:?}"
-            )));
-        }
-        let batch = reader.poll(10_000, Duration::from_millis(200))?;
-        if batch.reassigned {
-            // A group handed partitions over: start again from offset 0.
-            reader.seek(&[]);
-            (seen, uniques, totals, read) = Default::default();
-            continue;
-        }
-        for r in batch.records {
-            read += 1;
-            if read.is_multiple_of(100_000) {
-                progress(read);
+    'from_the_start: loop {
+        let dir = tempfile::Builder::new().prefix("census-").tempdir_in(spill)?;
+        let mut copies = Spill::<Copy>::create(dir.path().join("copies"), 0)?;
+        let mut read = 0u64;
+        loop {
+            let owned = reader.owned().len() as u32;
+            if owned < partitions && started.elapsed() > ASSIGNMENT_PATIENCE {
+                return Err(Error::NotReady(format!(
+                    "the census was given {owned} of {partitions} partitions of the log within {ASSIGNMENT_PATIENCE:?}"
+                )));
             }
-            let e = r.event;
-            if !seen.insert((e.tenant.clone(), e.id.clone())) || e.time_us < start || e.time_us >= end {
+            let batch = reader.poll(10_000, Duration::from_millis(200))?;
+            if batch.reassigned {
+                // A group handed partitions over: start again from offset 0.
+                reader.seek(&[]);
+                continue 'from_the_start;
+            }
+            for r in batch.records {
+                let e = r.event;
+                let inside = e.time_us >= start && e.time_us < end;
+                let contributions = inside.then(|| catalog.contributions(&e).0);
+                let hash = hash_of(&(&e.tenant, &e.id));
+                copies.push(&Copy {
+                    hash,
+                    seq: read,
+                    tenant: e.tenant,
+                    id: e.id,
+                    time_us: e.time_us,
+                    contributions,
+                })?;
+                read += 1;
+                if read.is_multiple_of(100_000) {
+                    progress(read);
+                }
+            }
+            if batch.caught_up && owned == partitions {
+                break;
+            }
+        }
+        let mut totals = Totals::new();
+        let mut distinct = Spill::<Distinct>::create(dir.path().join("distinct"), 0)?;
+        copies.drain(budget, &mut |mut copies| {
+            copies.sort_unstable_by(|a, b| (&a.tenant, &a.id, a.seq).cmp(&(&b.tenant, &b.id, b.seq)));
+            let mut last: Option<(&str, &str)> = None;
+            for c in &copies {
+                if last == Some((&c.tenant, &c.id)) {
+                    continue;
+                }
+                last = Some((&c.tenant, &c.id));
+                for (meter, contribution) in c.contributions.iter().flatten() {
+                    if let Contribution::Unique(value) = contribution {
+                        let (tenant, meter, value) = (c.tenant.clone(), *meter, value.clone());
+                        distinct.push(&Distinct { hash: hash_of(&(&tenant, meter, &value)), tenant, meter, value })?;
+                    } else {
+                        tally(&mut totals, catalog, &c.tenant, *meter)
+                            .add(contribution, c.time_us, &c.id)
+                            .map_err(overflow)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        distinct.drain(budget, &mut |mut values| {
+            values.sort_unstable_by(|a, b| (&a.tenant, a.meter, &a.value).cmp(&(&b.tenant, b.meter, &b.value)));
+            values.dedup_by(|a, b| (&a.tenant, a.meter, &a.value) == (&b.tenant, b.meter, &b.value));
+            for v in values {
+                // A unique value counts once, whichever event carried it first.
+                let t = tally(&mut totals, catalog, &v.tenant, v.meter);
+                t.add(&Contribution::Unique(v.value), 0, "").map_err(overflow)?;
+            }
+            Ok(())
+        })?;
+        return Ok(totals);
+    }
+}
+
+fn overflow(e: meter_schemas::meter::Overflow) -> Error {
+    Error::Store(meter_store::Error::Overflow(e))
+}
+
+/// The tally of `tenant`'s meter number `meter`, made when missing.
+fn tally<'a>(totals: &'a mut Totals, catalog: &Catalog, tenant: &str, meter: usize) -> &'a mut Tally {
+    let name = &catalog.meters()[meter].name;
+    if !totals.contains_key(tenant) {
+        totals.insert(tenant.to_string(), Default::default());
+    }
+    let meters = totals.get_mut(tenant).expect("inserted above");
+    if !meters.contains_key(name) {
+        meters.insert(name.clone(), Tally::default());
+    }
+    meters.get_mut(name).expect("inserted above")
+}
+
+/// Which spill file a record goes to: any hash, the same within one process.
+fn hash_of<T: std::hash::Hash>(key: &T) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+}
+
+/// A record the census spills: written and read back as bytes, placed by its hash.
+trait Spilled: Sized {
+    fn hash(&self) -> u64;
+    fn write(&self, w: &mut impl Write) -> io::Result<()>;
+    /// The next record, or `None` at the end of the file.
+    fn read(r: &mut impl Read) -> io::Result<Option<Self>>;
+}
+
+/// One record of the log as the census spills it.
+struct Copy {
+    hash: u64,
+    /// Its place in the order read: of an event's copies, the first read is the one counted.
+    seq: u64,
+    tenant: String,
+    id: String,
+    time_us: i64,
+    /// What it adds to each meter; `None` when its time is outside the period (it is not
+    /// counted, and neither is a later copy inside it).
+    contributions: Option<Vec<(usize, Contribution)>>,
+}
+
+/// A value of a unique-count meter carried by an event the census counts.
+struct Distinct {
+    hash: u64,
+    tenant: String,
+    meter: usize,
+    value: String,
+}
+
+impl Spilled for Copy {
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    fn write(&self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(&self.hash.to_le_bytes())?;
+        w.write_all(&self.seq.to_le_bytes())?;
+        put_str(w, &self.tenant)?;
+        put_str(w, &self.id)?;
+        w.write_all(&self.time_us.to_le_bytes())?;
+        let Some(cs) = &self.contributions else { return w.write_all(&[0]) };
+        w.write_all(&[1])?;
+        w.write_all(&(cs.len() as u32).to_le_bytes())?;
+        for (meter, c) in cs {
+            w.write_all(&(*meter as u32).to_le_bytes())?;
+            match c {
+                Contribution::Count => w.write_all(&[0])?,
+                Contribution::Sum(d) => put_decimal(w, 1, d)?,
+                Contribution::Max(d) => put_decimal(w, 2, d)?,
+                Contribution::Latest(d) => put_decimal(w, 3, d)?,
+                Contribution::Unique(v) => {
+                    w.write_all(&[4])?;
+                    put_str(w, v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read(r: &mut impl Read) -> io::Result<Option<Self>> {
+        let Some(hash) = first_u64(r)? else { return Ok(None) };
+        let (seq, tenant, id, time_us) = (get_u64(r)?, get_str(r)?, get_str(r)?, get_u64(r)? as i64);
+        let contributions = match get_u8(r)? {
+            0 => None,
+            _ => {
+                let n = get_u32(r)? as usize;
+                let mut cs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let meter = get_u32(r)? as usize;
+                    let c = match get_u8(r)? {
+                        0 => Contribution::Count,
+                        1 => Contribution::Sum(get_decimal(r)?),
+                        2 => Contribution::Max(get_decimal(r)?),
+                        3 => Contribution::Latest(get_decimal(r)?),
+                        4 => Contribution::Unique(get_str(r)?),
+                        k => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("contribution kind {k}"))),
+                    };
+                    cs.push((meter, c));
+                }
+                Some(cs)
+            }
+        };
+        Ok(Some(Copy { hash, seq, tenant, id, time_us, contributions }))
+    }
+}
+
+impl Spilled for Distinct {
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    fn write(&self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(&self.hash.to_le_bytes())?;
+        put_str(w, &self.tenant)?;
+        w.write_all(&(self.meter as u32).to_le_bytes())?;
+        put_str(w, &self.value)
+    }
+
+    fn read(r: &mut impl Read) -> io::Result<Option<Self>> {
+        let Some(hash) = first_u64(r)? else { return Ok(None) };
+        let (tenant, meter, value) = (get_str(r)?, get_u32(r)? as usize, get_str(r)?);
+        Ok(Some(Distinct { hash, tenant, meter, value }))
+    }
+}
+
+fn put_str(w: &mut impl Write, s: &str) -> io::Result<()> {
+    w.write_all(&(s.len() as u32).to_le_bytes())?;
+    w.write_all(s.as_bytes())
+}
+
+fn put_decimal(w: &mut impl Write, kind: u8, d: &Decimal) -> io::Result<()> {
+    w.write_all(&[kind])?;
+    w.write_all(&d.serialize())
+}
+
+fn get_u8(r: &mut impl Read) -> io::Result<u8> {
+    let mut b = [0; 1];
+    r.read_exact(&mut b)?;
+    Ok(b[0])
+}
+
+fn get_u32(r: &mut impl Read) -> io::Result<u32> {
+    let mut b = [0; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn get_u64(r: &mut impl Read) -> io::Result<u64> {
+    let mut b = [0; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// A record's first field, or `None` at the end of the file (and only there).
+fn first_u64(r: &mut impl Read) -> io::Result<Option<u64>> {
+    let mut b = [0; 8];
+    let mut got = 0;
+    while got < b.len() {
+        match r.read(&mut b[got..])? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => got += n,
+        }
+    }
+    Ok(Some(u64::from_le_bytes(b)))
+}
+
+fn get_str(r: &mut impl Read) -> io::Result<String> {
+    let mut b = vec![0; get_u32(r)? as usize];
+    r.read_exact(&mut b)?;
+    String::from_utf8(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn get_decimal(r: &mut impl Read) -> io::Result<Decimal> {
+    let mut b = [0; 16];
+    r.read_exact(&mut b)?;
+    Ok(Decimal::deserialize(b))
+}
+
+/// Records spread over [`FAN_OUT`] files by their hash's bits at `level`.
+struct Spill<T> {
+    dir: PathBuf,
+    level: u32,
+    files: Vec<BufWriter<File>>,
+    records: PhantomData<T>,
+}
+
+impl<T: Spilled> Spill<T> {
+    fn create(dir: PathBuf, level: u32) -> io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let files = (0..FAN_OUT)
+            .map(|i| File::create(dir.join(i.to_string())).map(|f| BufWriter::with_capacity(1 << 15, f)))
+            .collect::<io::Result<_>>()?;
+        Ok(Spill { dir, level, files, records: PhantomData })
+    }
+
+    fn push(&mut self, record: &T) -> io::Result<()> {
+        let file = (record.hash() >> (self.level * FAN_BITS)) % FAN_OUT;
+        record.write(&mut self.files[file as usize])
+    }
+
+    /// Hands `each` every file's records, one file at a time, deleting each once read; a file
+    /// over `budget` is split again first, while the hash has bits left to split it by.
+    fn drain(self, budget: u64, each: &mut dyn FnMut(Vec<T>) -> Result<(), Error>) -> Result<(), Error> {
+        let Spill { dir, level, files, .. } = self;
+        for f in files {
+            f.into_inner().map_err(io::IntoInnerError::into_error)?;
+        }
+        for i in 0..FAN_OUT {
+            let path = dir.join(i.to_string());
+            let size = std::fs::metadata(&path)?.len();
+            let mut r = BufReader::with_capacity(1 << 16, File::open(&path)?);
+            if size > budget && (level + 2) * FAN_BITS <= u64::BITS {
+                let mut again = Spill::<T>::create(dir.join(format!("{i}-split")), level + 1)?;
+                while let Some(record) = T::read(&mut r)? {
+                    again.push(&record)?;
+                }
+                drop(r);
+                std::fs::remove_file(&path)?;
+                again.drain(budget, each)?;
+            } else {
+                let mut records = Vec::new();
+                while let Some(record) = T::read(&mut r)? {
+                    records.push(record);
+                }
+                drop(r);
+                std::fs::remove_file(&path)?;
+                each(records)?;
+            }
+        }
+        std::fs::remove_dir(&dir)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meter_eventlog::{Batch, Position, Record};
+    use meter_schemas::Event;
+    use serde_json::json;
+    use std::collections::HashSet;
+
+    /// A log of one partition read in batches of `per_poll`.
+    struct Log {
+        records: Vec<Record>,
+        at: usize,
+        per_poll: usize,
+    }
+
+    impl LogReader for Log {
+        fn seek(&mut self, _: &[Position]) {
+            self.at = 0;
+        }
+
+        fn poll(&mut self, max: usize, _: Duration) -> Result<Batch, meter_eventlog::Error> {
+            let n = max.min(self.per_poll).min(self.records.len() - self.at);
+            let records = self.records[self.at..self.at + n].to_vec();
+            self.at += n;
+            Ok(Batch { records, caught_up: self.at == self.records.len(), started_us: 0, reassigned: false })
+        }
+
+        fn owned(&self) -> Vec<u32> {
+            vec![0]
+        }
+    }
+
+    fn event(tenant: &str, id: &str, code: &str, time_us: i64, properties: serde_json::Value) -> Event {
+        Event {
+            tenant: tenant.into(),
+            id: id.into(),
+            code: code.into(),
+            time_us,
+            implicit_time: false,
+            subscription: None,
+            source: None,
+            properties: properties.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn log(events: Vec<Event>) -> Box<dyn LogReader> {
+        let records = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Record { position: Position { partition: 0, offset: i as u64 }, ingested_us: 0, event })
+            .collect();
+        Box::new(Log { records, at: 0, per_poll: 7 })
+    }
+
+    /// The census as it was before it spilled: every id in memory, read in order.
+    fn in_memory(events: &[Event], catalog: &Catalog, period: Period) -> Totals {
+        let (mut seen, mut uniques, mut totals) = (HashSet::new(), HashSet::new(), Totals::new());
+        for e in events {
+            if !seen.insert((e.tenant.clone(), e.id.clone()))
+                || e.time_us < period.start_us()
+                || e.time_us >= period.end_us()
+            {
                 continue;
             }
-            for (i, c) in catalog.contributions(&e).0 {
+            for (i, c) in catalog.contributions(e).0 {
                 if let Contribution::Unique(v) = &c
                     && !uniques.insert((e.tenant.clone(), i, v.clone()))
                 {
                     continue;
                 }
-                let meter = catalog.meters()[i].name.clone();
-                let tally: &mut Tally = totals.entry(e.tenant.clone()).or_default().entry(meter).or_default();
-                tally.add(&c, e.time_us, &e.id).map_err(meter_store::Error::Overflow)?;
+                tally(&mut totals, catalog, &e.tenant, i).add(&c, e.time_us, &e.id).unwrap();
             }
         }
-        if batch.caught_up && owned == partitions {
-            return Ok(totals);
+        totals
+    }
+
+    fn value(totals: &Totals, tenant: &str, meter: &str) -> Option<String> {
+        totals.get(tenant)?.get(meter)?.value.map(|v| v.normalize().to_string())
+    }
+
+    #[test]
+    fn the_first_copy_of_an_event_is_counted_once_and_a_copy_outside_the_period_counts_nothing() {
+        let catalog = Catalog::new(vec![]).unwrap();
+        let october: Period = "2026-10".parse().unwrap();
+        let t = october.start_us() + 1_000;
+        let tokens = |input: u64| json!({"model": "m", "input_tokens": input, "output_tokens": 0});
+        let events = vec![
+            event("a", "1", "agent.invocation", t, tokens(100)),
+            // A later copy with other content: the first copy is the one counted.
+            event("a", "1", "agent.invocation", t, tokens(999)),
+            event("a", "2", "agent.invocation", t, tokens(5)),
+            // First read with a time in November: neither it nor its October copy counts.
+            event("a", "3", "agent.invocation", october.end_us(), tokens(1_000)),
+            event("a", "3", "agent.invocation", t, tokens(1_000)),
+            // The same id in another tenant is another event.
+            event("b", "1", "agent.invocation", t, tokens(7)),
+            event("b", "u1", "user.login", t, json!({"user_id": "x"})),
+            event("b", "u2", "user.login", t, json!({"user_id": "x"})),
+            event("b", "u3", "user.login", t, json!({"user_id": "y"})),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let totals = census(log(events), &catalog, october, 1, dir.path(), &|_| {}).unwrap();
+        assert_eq!(value(&totals, "a", "agent_tokens").as_deref(), Some("105"));
+        assert_eq!(value(&totals, "a", "agent_invocations").as_deref(), Some("2"));
+        assert_eq!(value(&totals, "b", "agent_tokens").as_deref(), Some("7"));
+        assert_eq!(value(&totals, "b", "active_users").as_deref(), Some("2"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the spill is removed");
+    }
+
+    #[test]
+    fn split_spills_count_as_the_census_in_memory_did() {
+        let catalog = Catalog::new(vec![]).unwrap();
+        let october: Period = "2026-10".parse().unwrap();
+        let codes = ["work_order.created", "work_order.completed", "agent.invocation", "api.call", "user.login"];
+        let mut events = Vec::new();
+        for i in 0..20_000u64 {
+            let n = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+            // A fifth of the ids are sent again, some with other content or time.
+            let id = if n % 5 == 0 { format!("e{}", n % 1_000) } else { format!("e{i}") };
+            let time_us = if n % 17 == 0 { october.end_us() + 5 } else { october.start_us() + (n % 1_000_000) as i64 };
+            let properties = json!({
+                "work_order_id": format!("w{}", n % 300),
+                "model": "m", "input_tokens": n % 997, "output_tokens": (n % 13) as f64 / 8.0,
+                "route": "/r", "method": "GET", "status": 200,
+                "user_id": format!("u{}", n % 40),
+            });
+            events.push(event(&format!("t{}", n % 50), &id, codes[(n / 50 % 5) as usize], time_us, properties));
         }
+        let expected = in_memory(&events, &catalog, october);
+        let dir = tempfile::tempdir().unwrap();
+        // About 1.1 MB of copies spilled: files of about 17 KB, each split again at this budget.
+        let split = census_within(log(events.clone()), &catalog, october, 1, dir.path(), 4096, &|_| {}).unwrap();
+        let whole = census(log(events), &catalog, october, 1, dir.path(), &|_| {}).unwrap();
+        assert!(expected.len() == 50 && expected.values().all(|m| m.len() >= 5), "every meter has figures");
+        assert_eq!(split, expected);
+        assert_eq!(whole, expected);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the spills are removed");
     }
 }

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -28,6 +29,9 @@ pub struct Sources {
     pub log: Option<Arc<dyn EventLog>>,
     /// The consumer group the census reads in (Kafka); a fresh one reads from offset 0.
     pub census_group: String,
+    /// A directory the close may write temporary files in (the data directory): the census
+    /// spills into its `census` subdirectory, emptied before each census.
+    pub scratch: PathBuf,
     /// Meters.
     pub catalog: Arc<Catalog>,
     /// Prices.
@@ -438,11 +442,17 @@ async fn census(
     progress(Progress::Census { read: 0 });
     // A group of its own, so that the census is given every partition (Kafka).
     let group = format!("{}-{period}-{now_us}", src.census_group);
-    let (catalog, partitions) = (src.catalog.clone(), src.partitions);
+    let (catalog, partitions, spill) = (src.catalog.clone(), src.partitions, src.scratch.join("census"));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::task::spawn_blocking(move || {
+        // What a census killed midway left behind. The close lease lets one close run at a
+        // time, so no other census is spilling here.
+        match std::fs::remove_dir_all(&spill) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => std::fs::create_dir_all(&spill)?,
+        }
         let reader = log.reader_in(&group)?;
-        crate::census::census(reader, &catalog, period, partitions, &|read| {
+        crate::census::census(reader, &catalog, period, partitions, &spill, &|read| {
             let _ = tx.send(read);
         })
     });

@@ -76,6 +76,9 @@ pub enum Error {
     /// No sync operation of that id in the state asked for.
     #[error("no {0}")]
     NoOperation(String),
+    /// The census's spill files could not be written or read back (a full or unwritable disk).
+    #[error("census spill: {0}")]
+    Spill(#[from] std::io::Error),
     /// The ledger contradicts itself (a record another one names is missing or malformed).
     #[error("ledger: {0}")]
     Corrupt(String),

@@ -23,6 +23,7 @@ pub fn one_store(store: Arc<dyn UsageStore>, book: Arc<PriceBook>) -> Sources {
         partitions: 1,
         log: None,
         census_group: "meter-close".into(),
+        scratch: std::env::temp_dir(),
         catalog: Arc::new(Catalog::new(vec![]).expect("the default meters are valid")),
         book,
         lateness_us: 7 * 86_400_000_000,

@@ -171,6 +171,7 @@ fn app_state(shared: &shared::Shared, config: &Config, health: Health) -> AppSta
             partitions: config.log.partitions,
             log: Some(shared.log.clone()),
             census_group: "meter-close".into(),
+            scratch: config.data_dir.clone(),
             catalog: shared.catalog.clone(),
             book: shared.book.clone(),
             lateness_us: config.ingest.limits().lateness_us,
