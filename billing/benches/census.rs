@@ -7,7 +7,8 @@
 //! - `MODE=build LOG_DIR=DIR cargo bench -p meter-billing --bench census` writes the log once;
 //! - `MODE=read LOG_DIR=DIR cargo bench -p meter-billing --bench census` takes the census of
 //!   October and prints its time, its totals' checksum (the same for every build that counts
-//!   alike), the resident memory after opening the log and the peak (`VmHWM`) at the end.
+//!   alike), the resident memory after opening the log and the peak (`VmHWM`) at the end, with
+//!   the allocator `meter` itself runs with (mimalloc).
 
 use meter_eventlog::{EventLog, SqliteLog};
 use meter_schemas::{Catalog, Event, Period};
@@ -16,6 +17,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 const PARTITIONS: u32 = 4;
+
+/// The allocator `meter` runs with, so that the memory measured is the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn event(tenant: usize, k: usize, per: usize, october: Period) -> Event {
     let i = tenant * per + k;
