@@ -11,10 +11,12 @@
 //! memory is the totals (tenants × meters) and one file's records.
 
 use crate::Error;
+use fs4::fs_std::FileExt;
 use meter_eventlog::LogReader;
 use meter_schemas::{Catalog, Contribution, Period, Tally};
 use meter_store::Totals;
 use rust_decimal::Decimal;
+use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -24,6 +26,36 @@ use std::time::{Duration, Instant};
 
 /// How long the census waits to be given every partition (a consumer group's assignment).
 const ASSIGNMENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A census's own directory inside the spill directory starts with this.
+const PREFIX: &str = "census-";
+/// The file in it that its census holds locked while it runs.
+const LOCK: &str = "lock";
+
+/// Distinct values remembered as they are spilled, so that a value seen again soon (one user's
+/// every login) is not spilled again: the spill of a value repeated millions of times could not
+/// be split by its hash. Forgotten all at once when full.
+const RECENT_VALUES: usize = 1 << 16;
+
+/// Removes what censuses killed midway left in `spill`: each census directory whose lock no
+/// live census holds. Best effort: what cannot be removed is logged and left.
+pub fn remove_left_over(spill: &Path) {
+    let Ok(entries) = std::fs::read_dir(spill) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(PREFIX) || !path.is_dir() {
+            continue;
+        }
+        // A directory made before its lock file was is a census killed at its start.
+        let free = match File::open(path.join(LOCK)) {
+            Ok(f) => f.try_lock_exclusive().unwrap_or(false),
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        };
+        if free && let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a census's left-over spill");
+        }
+    }
+}
 
 /// Files a spill is split into, at each level.
 pub const FAN_OUT: u64 = 64;
@@ -63,7 +95,12 @@ pub fn census_within(
     let started = Instant::now();
     reader.seek(&[]);
     'from_the_start: loop {
-        let dir = tempfile::Builder::new().prefix("census-").tempdir_in(spill)?;
+        let dir = tempfile::Builder::new().prefix(PREFIX).tempdir_in(spill)?;
+        // Held while this census runs: `remove_left_over` leaves the directory alone.
+        let lock = File::create(dir.path().join(LOCK))?;
+        if !lock.try_lock_exclusive()? {
+            return Err(Error::Spill(io::Error::other(format!("cannot lock {}", dir.path().display()))));
+        }
         let mut copies = Spill::<Copy>::create(dir.path().join("copies"), 0)?;
         let mut read = 0u64;
         loop {
@@ -103,6 +140,7 @@ pub fn census_within(
         }
         let mut totals = Totals::new();
         let mut distinct = Spill::<Distinct>::create(dir.path().join("distinct"), 0)?;
+        let mut recent = Recent::default();
         copies.drain(budget, &mut |mut copies| {
             copies.sort_unstable_by(|a, b| (&a.tenant, &a.id, a.seq).cmp(&(&b.tenant, &b.id, b.seq)));
             let mut last: Option<(&str, &str)> = None;
@@ -113,8 +151,11 @@ pub fn census_within(
                 last = Some((&c.tenant, &c.id));
                 for (meter, contribution) in c.contributions.iter().flatten() {
                     if let Contribution::Unique(value) = contribution {
-                        let (tenant, meter, value) = (c.tenant.clone(), *meter, value.clone());
-                        distinct.push(&Distinct { hash: hash_of(&(&tenant, meter, &value)), tenant, meter, value })?;
+                        let hash = hash_of(&(&c.tenant, *meter, value));
+                        if recent.insert(hash, &c.tenant, *meter, value) {
+                            let (tenant, meter, value) = (c.tenant.clone(), *meter, value.clone());
+                            distinct.push(&Distinct { hash, tenant, meter, value })?;
+                        }
                     } else {
                         tally(&mut totals, catalog, &c.tenant, *meter)
                             .add(contribution, c.time_us, &c.id)
@@ -135,6 +176,29 @@ pub fn census_within(
             Ok(())
         })?;
         return Ok(totals);
+    }
+}
+
+/// The distinct values spilled last, up to [`RECENT_VALUES`], compared whole (not by hash).
+#[derive(Default)]
+struct Recent {
+    by_hash: HashMap<u64, Vec<(String, usize, String)>>,
+    len: usize,
+}
+
+impl Recent {
+    /// True unless the value is among the recent ones (then it need not be spilled again).
+    fn insert(&mut self, hash: u64, tenant: &str, meter: usize, value: &str) -> bool {
+        let same = |(t, m, v): &(String, usize, String)| t == tenant && *m == meter && v == value;
+        if self.by_hash.get(&hash).is_some_and(|held| held.iter().any(same)) {
+            return false;
+        }
+        if self.len == RECENT_VALUES {
+            (self.by_hash, self.len) = Default::default();
+        }
+        self.by_hash.entry(hash).or_default().push((tenant.to_string(), meter, value.to_string()));
+        self.len += 1;
+        true
     }
 }
 
@@ -324,6 +388,8 @@ struct Spill<T> {
     dir: PathBuf,
     level: u32,
     files: Vec<BufWriter<File>>,
+    /// Records written to each file, checked when it is read back.
+    written: Vec<u64>,
     records: PhantomData<T>,
 }
 
@@ -333,36 +399,47 @@ impl<T: Spilled> Spill<T> {
         let files = (0..FAN_OUT)
             .map(|i| File::create(dir.join(i.to_string())).map(|f| BufWriter::with_capacity(1 << 15, f)))
             .collect::<io::Result<_>>()?;
-        Ok(Spill { dir, level, files, records: PhantomData })
+        Ok(Spill { dir, level, files, written: vec![0; FAN_OUT as usize], records: PhantomData })
     }
 
     fn push(&mut self, record: &T) -> io::Result<()> {
-        let file = (record.hash() >> (self.level * FAN_BITS)) % FAN_OUT;
-        record.write(&mut self.files[file as usize])
+        let file = ((record.hash() >> (self.level * FAN_BITS)) % FAN_OUT) as usize;
+        self.written[file] += 1;
+        record.write(&mut self.files[file])
     }
 
     /// Hands `each` every file's records, one file at a time, deleting each once read; a file
     /// over `budget` is split again first, while the hash has bits left to split it by.
     fn drain(self, budget: u64, each: &mut dyn FnMut(Vec<T>) -> Result<(), Error>) -> Result<(), Error> {
-        let Spill { dir, level, files, .. } = self;
+        let Spill { dir, level, files, written, .. } = self;
         for f in files {
             f.into_inner().map_err(io::IntoInnerError::into_error)?;
         }
-        for i in 0..FAN_OUT {
+        for (i, written) in written.into_iter().enumerate() {
             let path = dir.join(i.to_string());
             let size = std::fs::metadata(&path)?.len();
             let mut r = BufReader::with_capacity(1 << 16, File::open(&path)?);
+            let mut read = 0u64;
+            let mut next = |r: &mut BufReader<File>| -> io::Result<Option<T>> {
+                let record = T::read(r)?;
+                read += u64::from(record.is_some());
+                if record.is_none() && read != written {
+                    let e = format!("{} holds {read} records of the {written} written", path.display());
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+                Ok(record)
+            };
             if size > budget && (level + 2) * FAN_BITS <= u64::BITS {
                 let mut again = Spill::<T>::create(dir.join(format!("{i}-split")), level + 1)?;
-                while let Some(record) = T::read(&mut r)? {
+                while let Some(record) = next(&mut r)? {
                     again.push(&record)?;
                 }
                 drop(r);
                 std::fs::remove_file(&path)?;
                 again.drain(budget, each)?;
             } else {
-                let mut records = Vec::new();
-                while let Some(record) = T::read(&mut r)? {
+                let mut records = Vec::with_capacity(written as usize);
+                while let Some(record) = next(&mut r)? {
                     records.push(record);
                 }
                 drop(r);
@@ -383,11 +460,13 @@ mod tests {
     use serde_json::json;
     use std::collections::HashSet;
 
-    /// A log of one partition read in batches of `per_poll`.
+    /// A log of one partition read in batches of `per_poll`, whose group hands its partition
+    /// over once after `reassign_after` polls (when given).
     struct Log {
         records: Vec<Record>,
         at: usize,
         per_poll: usize,
+        reassign_after: Option<usize>,
     }
 
     impl LogReader for Log {
@@ -396,6 +475,13 @@ mod tests {
         }
 
         fn poll(&mut self, max: usize, _: Duration) -> Result<Batch, meter_eventlog::Error> {
+            if let Some(polls) = self.reassign_after.as_mut() {
+                if *polls == 0 {
+                    self.reassign_after = None;
+                    return Ok(Batch { reassigned: true, ..Batch::default() });
+                }
+                *polls -= 1;
+            }
             let n = max.min(self.per_poll).min(self.records.len() - self.at);
             let records = self.records[self.at..self.at + n].to_vec();
             self.at += n;
@@ -421,12 +507,16 @@ mod tests {
     }
 
     fn log(events: Vec<Event>) -> Box<dyn LogReader> {
+        log_reassigned(events, None)
+    }
+
+    fn log_reassigned(events: Vec<Event>, reassign_after: Option<usize>) -> Box<dyn LogReader> {
         let records = events
             .into_iter()
             .enumerate()
             .map(|(i, event)| Record { position: Position { partition: 0, offset: i as u64 }, ingested_us: 0, event })
             .collect();
-        Box::new(Log { records, at: 0, per_poll: 7 })
+        Box::new(Log { records, at: 0, per_poll: 7, reassign_after })
     }
 
     /// The census as it was before it spilled: every id in memory, read in order.
@@ -449,6 +539,48 @@ mod tests {
             }
         }
         totals
+    }
+
+    #[test]
+    fn a_census_handed_its_partitions_over_midway_reads_the_log_again_from_the_start() {
+        let catalog = catalog();
+        let october: Period = "2026-10".parse().unwrap();
+        let t = october.start_us();
+        let events: Vec<Event> = (0..100)
+            .map(|i| {
+                let tokens = json!({"model": "m", "input_tokens": i, "output_tokens": 0});
+                event("a", &format!("e{}", i % 60), "agent.invocation", t + i, tokens)
+            })
+            .collect();
+        let expected = in_memory(&events, &catalog, october);
+        let dir = tempfile::tempdir().unwrap();
+        let totals = census(log_reassigned(events, Some(5)), &catalog, october, 1, dir.path(), &|_| {}).unwrap();
+        assert_eq!(totals, expected);
+        assert_eq!(value(&totals, "a", "agent_invocations").as_deref(), Some("60"));
+        assert_eq!(value(&totals, "a", "last_prompt").as_deref(), Some("59"), "e59's first copy is the latest");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the first spill is removed too");
+    }
+
+    #[test]
+    fn only_spills_no_live_census_holds_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = |name: &str| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("0"), b"spilled").unwrap();
+            d
+        };
+        let (killed, killed_early, live, other) =
+            (made("census-killed"), made("census-early"), made("census-live"), made("something-else"));
+        File::create(killed.join(LOCK)).unwrap();
+        let held = File::create(live.join(LOCK)).unwrap();
+        assert!(held.try_lock_exclusive().unwrap());
+        remove_left_over(dir.path());
+        assert!(!killed.exists() && !killed_early.exists(), "unlocked spills are removed");
+        assert!(live.join("0").exists() && other.join("0").exists(), "a live census's and others' files stay");
+        drop(held);
+        remove_left_over(dir.path());
+        assert!(!live.exists() && other.exists());
     }
 
     fn value(totals: &Totals, tenant: &str, meter: &str) -> Option<String> {
@@ -484,9 +616,25 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the spill is removed");
     }
 
+    /// The built-in meters, and a max and a latest of the tokens (whose results depend on
+    /// which copies count and on their times and ids).
+    fn catalog() -> Catalog {
+        let meter = |name: &str, aggregation| meter_schemas::MeterDef {
+            name: name.into(),
+            event: "agent.invocation".into(),
+            aggregation,
+            property: vec!["input_tokens".into()],
+            filter: Default::default(),
+            description: String::new(),
+            group_by: vec![],
+        };
+        use meter_schemas::Aggregation::{Latest, Max};
+        Catalog::new(vec![meter("largest_prompt", Max), meter("last_prompt", Latest)]).unwrap()
+    }
+
     #[test]
     fn split_spills_count_as_the_census_in_memory_did() {
-        let catalog = Catalog::new(vec![]).unwrap();
+        let catalog = catalog();
         let october: Period = "2026-10".parse().unwrap();
         let codes = ["work_order.created", "work_order.completed", "agent.invocation", "api.call", "user.login"];
         let mut events = Vec::new();
@@ -508,7 +656,7 @@ mod tests {
         // About 1.1 MB of copies spilled: files of about 17 KB, each split again at this budget.
         let split = census_within(log(events.clone()), &catalog, october, 1, dir.path(), 4096, &|_| {}).unwrap();
         let whole = census(log(events), &catalog, october, 1, dir.path(), &|_| {}).unwrap();
-        assert!(expected.len() == 50 && expected.values().all(|m| m.len() >= 5), "every meter has figures");
+        assert!(expected.len() == 50 && expected.values().all(|m| m.len() == 8), "every meter has figures");
         assert_eq!(split, expected);
         assert_eq!(whole, expected);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the spills are removed");

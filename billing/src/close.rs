@@ -30,7 +30,8 @@ pub struct Sources {
     /// The consumer group the census reads in (Kafka); a fresh one reads from offset 0.
     pub census_group: String,
     /// A directory the close may write temporary files in (the data directory): the census
-    /// spills into its `census` subdirectory, emptied before each census.
+    /// spills into a directory of its own in its `census` subdirectory, where each census
+    /// removes what earlier ones killed midway left.
     pub scratch: PathBuf,
     /// Meters.
     pub catalog: Arc<Catalog>,
@@ -445,12 +446,9 @@ async fn census(
     let (catalog, partitions, spill) = (src.catalog.clone(), src.partitions, src.scratch.join("census"));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::task::spawn_blocking(move || {
-        // What a census killed midway left behind. The close lease lets one close run at a
-        // time, so no other census is spilling here.
-        match std::fs::remove_dir_all(&spill) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => std::fs::create_dir_all(&spill)?,
-        }
+        // What a census killed midway left behind (not what a live one holds).
+        crate::census::remove_left_over(&spill);
+        std::fs::create_dir_all(&spill)?;
         let reader = log.reader_in(&group)?;
         crate::census::census(reader, &catalog, period, partitions, &spill, &|read| {
             let _ = tx.send(read);
