@@ -451,7 +451,12 @@ async fn a_close_on_clickhouse_rates_its_history() {
 async fn close_reconciles(mut env: Vec<(&'static str, String)>, dir: &std::path::Path, history: Option<&str>) {
     let admin = create_key(dir, "admin", None);
     env.push(("METER__INGEST__LATENESS", "120days".into()));
+    // What a census killed with its process left: removed when meter starts again.
+    let killed = dir.join("census").join("census-with-its-process");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join("lock"), b"").unwrap();
     let meter = Meter::start(dir, &env_refs(&env));
+    assert!(!killed.exists(), "a census's spill is removed at start-up");
     let url = meter.url.clone();
     let (p1, p1_start) = period_back(2);
     let (s, v) = call(

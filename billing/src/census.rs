@@ -32,10 +32,19 @@ const PREFIX: &str = "census-";
 /// The file in it that its census holds locked while it runs.
 const LOCK: &str = "lock";
 
+/// Slots of the events last spilled ([`Seen`]), a power of two.
+const SEEN_SLOTS: usize = 1 << 12;
+
 /// Distinct values remembered as they are spilled, so that a value seen again soon (one user's
 /// every login) is not spilled again: the spill of a value repeated millions of times could not
 /// be split by its hash. Forgotten all at once when full.
 const RECENT_VALUES: usize = 1 << 16;
+
+/// Where the census of an installation whose scratch directory (its data directory) is
+/// `scratch` spills.
+pub fn spill_dir(scratch: &Path) -> PathBuf {
+    scratch.join("census")
+}
 
 /// Removes what censuses killed midway left in `spill`: each census directory whose lock no
 /// live census holds. Best effort: what cannot be removed is logged and left.
@@ -102,6 +111,7 @@ pub fn census_within(
             return Err(Error::Spill(io::Error::other(format!("cannot lock {}", dir.path().display()))));
         }
         let mut copies = Spill::<Copy>::create(dir.path().join("copies"), 0)?;
+        let mut seen = Seen::default();
         let mut read = 0u64;
         loop {
             let owned = reader.owned().len() as u32;
@@ -117,10 +127,17 @@ pub fn census_within(
                 continue 'from_the_start;
             }
             for r in batch.records {
+                read += 1;
+                if read.is_multiple_of(100_000) {
+                    progress(read);
+                }
                 let e = r.event;
+                let hash = hash_of(&(&e.tenant, &e.id));
+                if seen.again(hash, &e.tenant, &e.id) {
+                    continue;
+                }
                 let inside = e.time_us >= start && e.time_us < end;
                 let contributions = inside.then(|| catalog.contributions(&e).0);
-                let hash = hash_of(&(&e.tenant, &e.id));
                 copies.push(&Copy {
                     hash,
                     seq: read,
@@ -129,10 +146,6 @@ pub fn census_within(
                     time_us: e.time_us,
                     contributions,
                 })?;
-                read += 1;
-                if read.is_multiple_of(100_000) {
-                    progress(read);
-                }
             }
             if batch.caught_up && owned == partitions {
                 break;
@@ -176,6 +189,42 @@ pub fn census_within(
             Ok(())
         })?;
         return Ok(totals);
+    }
+}
+
+/// The `(tenant, id)` spilled last in each of [`SEEN_SLOTS`] slots, chosen by its hash: a copy
+/// of an event whose first copy was just spilled (a client resending one event in a loop) is not
+/// spilled again, since only the first copy counts. Compared whole, not by hash alone; a slot's
+/// strings are reused, so a slot allocates only while its strings grow.
+#[derive(Default)]
+struct Seen {
+    slots: Vec<Option<(u64, String, String)>>,
+}
+
+impl Seen {
+    /// True when `(tenant, id)` is what its slot holds (a copy already spilled); otherwise it
+    /// takes the slot.
+    fn again(&mut self, hash: u64, tenant: &str, id: &str) -> bool {
+        if self.slots.is_empty() {
+            self.slots.resize(SEEN_SLOTS, None);
+        }
+        // The high bits: the spill's files are chosen by the low ones.
+        let slot = &mut self.slots[(hash >> (u64::BITS - SEEN_SLOTS.trailing_zeros())) as usize];
+        match slot {
+            Some((h, t, i)) if *h == hash && t == tenant && i == id => true,
+            Some((h, t, i)) => {
+                *h = hash;
+                t.clear();
+                t.push_str(tenant);
+                i.clear();
+                i.push_str(id);
+                false
+            }
+            None => {
+                *slot = Some((hash, tenant.to_string(), id.to_string()));
+                false
+            }
+        }
     }
 }
 
@@ -559,6 +608,36 @@ mod tests {
         assert_eq!(value(&totals, "a", "agent_invocations").as_deref(), Some("60"));
         assert_eq!(value(&totals, "a", "last_prompt").as_deref(), Some("59"), "e59's first copy is the latest");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the first spill is removed too");
+    }
+
+    #[test]
+    fn a_copy_is_skipped_only_when_its_slot_holds_the_same_tenant_and_id() {
+        let mut seen = Seen::default();
+        assert!(!seen.again(7, "a", "1"));
+        assert!(seen.again(7, "a", "1"), "a copy of the event just spilled");
+        assert!(!seen.again(7, "a", "2"), "another id of the same hash is spilled");
+        assert!(!seen.again(7, "b", "2"), "and another tenant's");
+        assert!(!seen.again(7, "a", "1"), "the slot now holds b's");
+        assert!(!seen.again(u64::MAX, "a", "1"), "another slot");
+        assert!(seen.again(u64::MAX, "a", "1"));
+    }
+
+    #[test]
+    fn one_event_sent_thousands_of_times_counts_once() {
+        let catalog = catalog();
+        let october: Period = "2026-10".parse().unwrap();
+        let tokens = |n: u64| json!({"model": "m", "input_tokens": n, "output_tokens": 0});
+        let mut events = vec![event("a", "first", "agent.invocation", october.start_us(), tokens(3))];
+        events.extend((0..5_000).map(|n| event("a", "loop", "agent.invocation", october.start_us() + 1, tokens(n))));
+        events.extend(
+            (0..5_000).map(|n| event("a", &format!("e{n}"), "agent.invocation", october.start_us(), tokens(1))),
+        );
+        let expected = in_memory(&events, &catalog, october);
+        let dir = tempfile::tempdir().unwrap();
+        let totals = census_within(log(events), &catalog, october, 1, dir.path(), 4096, &|_| {}).unwrap();
+        assert_eq!(totals, expected);
+        assert_eq!(value(&totals, "a", "agent_tokens").as_deref(), Some("5003"), "3 + the loop's first 0 + 5,000");
+        assert_eq!(value(&totals, "a", "largest_prompt").as_deref(), Some("3"));
     }
 
     #[test]

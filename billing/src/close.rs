@@ -443,7 +443,7 @@ async fn census(
     progress(Progress::Census { read: 0 });
     // A group of its own, so that the census is given every partition (Kafka).
     let group = format!("{}-{period}-{now_us}", src.census_group);
-    let (catalog, partitions, spill) = (src.catalog.clone(), src.partitions, src.scratch.join("census"));
+    let (catalog, partitions, spill) = (src.catalog.clone(), src.partitions, crate::census::spill_dir(&src.scratch));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::task::spawn_blocking(move || {
         // What a census killed midway left behind (not what a live one holds).

@@ -94,6 +94,9 @@ pub async fn run_roles(
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     // The embedded log is one process's; with Kafka, processes share the store and key files.
     let _lock = if kafka { None } else { Some(lock_data_dir(&config)?) };
+    // A census killed with its process leaves its spill (gigabytes on a large log) until the
+    // next census; remove it now, unless a census of another process holds it.
+    meter_billing::census::remove_left_over(&meter_billing::census::spill_dir(&config.data_dir));
     let shared = shared::Shared::open(&config).await?;
     if roles == Roles::SINK && shared.clickhouse.is_none() {
         anyhow::bail!("`meter sink` fills a ClickHouse store; give one with --store clickhouse://HOST:PORT/DATABASE");
