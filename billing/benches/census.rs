@@ -49,15 +49,6 @@ fn event(tenant: usize, k: usize, per: usize, october: Period) -> Event {
     }
 }
 
-fn status(field: &str) -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .map(|l| l[field.len()..].trim().to_string())
-        .unwrap_or_default()
-}
-
 #[allow(clippy::print_stdout)]
 #[tokio::main]
 async fn main() {
@@ -89,7 +80,7 @@ async fn main() {
         Ok("read") => {
             let log = SqliteLog::open(&path, PARTITIONS, meter_sqlite::Durability::Normal).unwrap();
             let catalog = Catalog::new(vec![]).unwrap();
-            let opened = status("VmRSS:");
+            let opened = meter_billing::testing::proc_status("VmRSS:");
             let t = Instant::now();
             let reader = log.reader_in("census-bench").unwrap();
             let totals = tokio::task::block_in_place(|| {
@@ -104,7 +95,7 @@ async fn main() {
                 tenants * per,
                 (tenants * per) as f64 / secs,
                 totals.len(),
-                status("VmHWM:")
+                meter_billing::testing::proc_status("VmHWM:")
             );
         }
         _ => panic!("MODE=build or MODE=read"),

@@ -1,9 +1,12 @@
 //! Two period closes in a row over SUBSCRIPTIONS tenants (default 20,000), each with usage on
 //! all six meters in a real SQLite usage store and a subscription in a real ledger: the time of
-//! each close, and the size of what it records.
+//! each close, and its size as JSON.
 //!
 //! `cargo bench -p meter-billing --bench close` (`SUBSCRIPTIONS=100000` for a larger run).
+//! Each close also reports the resident memory at each stage and its own peak (`VmHWM`, reset
+//! before it through `/proc/self/clear_refs`), with the allocator `meter` runs with (mimalloc).
 
+use meter_billing::testing::proc_status;
 use meter_billing::{Ledger, Progress as Stage, close};
 use meter_rater::pricebook::SAMPLE;
 use meter_rater::{Cycle, PriceBook, Setup};
@@ -12,6 +15,9 @@ use meter_store::{Advance, Metered, Progress, SqliteStore, UsageStore};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DAY: i64 = 86_400_000_000;
 
@@ -75,27 +81,34 @@ async fn main() {
     let sources = meter_billing::testing::one_store(store.clone(), book.clone());
     for (period, now) in [("2026-10", at("2026-11", 9)), ("2026-11", at("2026-12", 9))] {
         store.advance_watermark("c", &[0], now).unwrap();
+        // The peak from here on is the close's own (5: reset VmHWM to the current RSS).
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let before = proc_status("VmRSS:");
         let t = Instant::now();
-        // When the totals were read and when rating ended: the stages before and after.
+        // When the totals were read and when rating ended, with the memory resident then.
         let marks = std::sync::Mutex::new(Vec::new());
         let mark = |p: Stage| match p {
-            Stage::Totals => marks.lock().unwrap().push(("totals", t.elapsed())),
-            Stage::Rating { done, of } if done == of => marks.lock().unwrap().push(("rated", t.elapsed())),
+            Stage::Totals => marks.lock().unwrap().push(("totals", t.elapsed(), proc_status("VmRSS:"))),
+            Stage::Rating { done, of } if done == of => {
+                marks.lock().unwrap().push(("rated", t.elapsed(), proc_status("VmRSS:")))
+            }
             _ => {}
         };
         let closed = close(&ledger, period.parse().unwrap(), &sources, now, &mark).await.unwrap();
         let took = t.elapsed();
+        let (after, peak) = (proc_status("VmRSS:"), proc_status("VmHWM:"));
         let lines: usize = closed.invoices.iter().map(|i| i.lines.len()).sum();
         let bytes = serde_json::to_vec(&closed).unwrap().len();
         println!(
-            "close {period}: {} invoices, {lines} lines, {} report rows, {:.1} MB recorded, in {:.2} s",
+            "close {period}: {} invoices, {lines} lines, {} report rows, {:.1} MB as JSON, in {:.2} s",
             closed.invoices.len(),
             closed.report.len(),
             bytes as f64 / 1e6,
             took.as_secs_f64()
         );
-        for (stage, at) in marks.lock().unwrap().iter() {
-            println!("  {stage} at {:.2} s", at.as_secs_f64());
+        println!("  RSS before {before}, after {after}, peak of the close {peak}");
+        for (stage, at, rss) in marks.lock().unwrap().iter() {
+            println!("  {stage} at {:.2} s, RSS {rss}", at.as_secs_f64());
         }
     }
 }

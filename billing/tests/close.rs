@@ -32,12 +32,17 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::with_book(SAMPLE)
+    }
+
+    /// On the price book `book` (TOML).
+    fn with_book(book: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Arc::new(SqliteStore::open(&dir.path().join("usage.db"), meter_sqlite::Durability::Normal).unwrap());
         store.checkpoint("c").unwrap();
         let ledger = Ledger::open(&dir.path().join("billing.db")).unwrap();
-        let book = Arc::new(PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap());
+        let book = Arc::new(PriceBook::parse(book, METERS, &["active_users"]).unwrap());
         let sources = meter_billing::testing::one_store(store.clone(), book);
         World { _dir: dir, store, ledger, sources, offset: 0 }
     }
@@ -116,6 +121,33 @@ async fn usage_is_billed_once_across_two_subscriptions_and_late_events_are_adjus
     assert!(e.to_string().contains("is open until"), "{e}");
     let e = w.close("2027-01", "2027-02-10T00:00:00Z").await.unwrap_err();
     assert!(e.to_string().contains("events are counted up to 2027-01-05"), "{e}");
+}
+
+/// When prices change currency, a late event of a period billed in the old one is adjusted on an
+/// invoice of its own in that currency, beside the subscription's invoice in the new one (the
+/// two share an id); the close records both, and what it returns reads back byte for byte, as
+/// does closing again.
+#[tokio::test]
+async fn a_close_with_invoices_in_two_currencies_for_one_subscription_reads_back_the_same() {
+    let list = &SAMPLE[SAMPLE.find("\n[[list]]").unwrap()..];
+    let eur = list
+        .replace("version = \"2026-01\"", "version = \"2026-11\"")
+        .replace("effective = 2026-01-01", "effective = 2026-11-01")
+        .replace("currency = \"USD\"", "currency = \"EUR\"");
+    let mut w = World::with_book(&format!("{SAMPLE}\n{eur}"));
+    let sub = w.subscribe("a", "professional", true, "2026-10-01T00:00:00Z").await.unwrap();
+    w.count("a", 60_000_000, "2026-10-05T00:00:00Z", "2026-11-02T00:00:00Z");
+    w.close("2026-10", "2026-11-02T00:00:00Z").await.unwrap();
+    w.count("a", 20_000_000, "2026-10-28T00:00:00Z", "2026-12-10T00:00:00Z");
+    let nov = w.close("2026-11", "2026-12-10T00:00:00Z").await.unwrap();
+    let mine: Vec<_> = nov.invoices.iter().filter(|i| i.subscription == sub).collect();
+    let currencies: Vec<_> = mine.iter().map(|i| i.currency.code()).collect();
+    assert_eq!(currencies, ["EUR", "USD"], "{:#?}", nov.invoices);
+    assert!(mine[1].lines.iter().all(|l| l.kind == LineKind::Adjustment), "{:#?}", mine[1]);
+    // Byte for byte (a decimal's scale too, which `==` does not compare).
+    let json = |c: &Close| serde_json::to_string(c).unwrap();
+    assert_eq!(json(&w.ledger.close_of(p("2026-11")).await.unwrap().unwrap()), json(&nov));
+    assert_eq!(json(&w.close("2026-11", "2026-12-11T00:00:00Z").await.unwrap()), json(&nov));
 }
 
 /// One close at a time: while another process holds the close lease, a close is refused with

@@ -25,22 +25,73 @@ fn store() -> Arc<dyn LedgerStore> {
 
 meter_billing::ledger_contract!(store());
 
-/// A close too long for one value is kept in parts and reads back the same; recording it again
-/// keeps the first.
+/// A close's invoices and report rows are rows of their own, read back in the close's order a
+/// few thousand at a time; a body too long for one value is kept in parts; recording it again
+/// keeps the first; a close recorded whole in parts (before rows were kept apart) still reads
+/// back.
 #[tokio::test]
-async fn a_large_close_is_kept_in_parts() {
-    let ledger = Ledger::new(Arc::new(host(&database()).with_part_bytes(1000)));
-    let invoices = (0..30).map(|t| invoice(&format!("t{t:02}"), "2026-10", 3)).collect();
-    let big = meter_billing::Close { invoices, ..a_close("2026-10", &[]) };
-    assert!(serde_json::to_vec(&big).unwrap().len() > 5000);
+async fn a_large_close_keeps_its_rows_apart_and_reads_back_the_same() {
+    let url = database();
+    let ledger = Ledger::new(Arc::new(host(&url).with_part_bytes(100)));
+    // More than one statement's worth of each (5,000), not in order, and two invoices sharing an
+    // id (a subscription's own and its adjustments in an earlier currency) across the first
+    // statement's end.
+    let mut invoices: Vec<_> = (0..5_000).rev().map(|t| invoice(&format!("t{t:05}"), "2026-10", 1)).collect();
+    invoices.push(invoice("t00000", "2026-10", 2));
+    assert_eq!(invoices[4_999].id, invoices[5_000].id);
+    let row = |i: usize| meter_billing::ReportRow {
+        tenant: format!("t{i:05}"),
+        meter: "api_calls".into(),
+        accepted: i.is_multiple_of(3).then(|| i.to_string()),
+        counted: Some(i.to_string()),
+        stored: None,
+        rated: Some("0".into()),
+        status: "ok".into(),
+    };
+    let report = (0..10_001).map(row).collect();
+    let big = meter_billing::Close { invoices, report, ..a_close("2026-10", &["2026-09"]) };
     let book = book();
     let list = book.version("2026-01").unwrap();
     assert_eq!(ledger.record(big.clone(), list).await.unwrap(), big);
     assert_eq!(ledger.close_of("2026-10".parse().unwrap()).await.unwrap().unwrap(), big);
     let mut again = big.clone();
     again.closed_us = 8;
+    again.report.truncate(1);
     assert_eq!(ledger.record(again, list).await.unwrap(), big);
-    assert_eq!(ledger.invoices_of("t07").await.unwrap().len(), 1);
+    assert_eq!(ledger.invoices_of("t00007").await.unwrap().len(), 1);
+    let pg = Arc::new(Pg::connect(&url, 1).unwrap());
+    let old = meter_billing::Close { invoices: big.invoices[..3].to_vec(), ..a_close("2026-09", &[]) };
+    // Recorded whole, in parts (as a close past 64 MiB was).
+    let body = serde_json::to_vec(&old).unwrap();
+    let (parts, rows, placed): (i64, i64, i64) = pg
+        .with(async move |c| {
+            c.execute(
+                "INSERT INTO closes (period, closed_us, body, watermark_us, revises) VALUES ('2026-09', 7, '', 42, '[]')",
+                &[],
+            )
+            .await?;
+            for (i, part) in body.chunks(body.len() / 2 + 1).enumerate() {
+                c.execute(
+                    "INSERT INTO close_parts (period, part, body) VALUES ('2026-09', $1, $2)",
+                    &[&(i as i32), &part],
+                )
+                .await?;
+            }
+            let counts = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM close_parts WHERE period = '2026-10'),
+                            (SELECT count(*) FROM close_report WHERE period = '2026-10'),
+                            (SELECT count(*) FROM close_invoices WHERE period = '2026-10')",
+                    &[],
+                )
+                .await?;
+            Ok::<_, meter_billing::Error>((counts.get(0), counts.get(1), counts.get(2)))
+        })
+        .await
+        .unwrap();
+    assert!(parts > 1, "the body is in parts");
+    assert_eq!((rows, placed), (10_001, 5_001), "the report's rows and the invoices are rows of their own");
+    assert_eq!(ledger.close_of("2026-09".parse().unwrap()).await.unwrap().unwrap(), old);
 }
 
 /// Three hosts creating one tenant's subscription at once: one is admitted.

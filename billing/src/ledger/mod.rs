@@ -397,10 +397,18 @@ impl Ledger {
 
     /// Records `close` unless the period was closed meanwhile; returns the close that stands.
     pub async fn record(&self, close: Close, list: &PriceList) -> Result<Close, Error> {
-        let stands = self.store.record(close.clone(), list.version.clone(), list.digest()).await?;
-        if stands.closed_us != close.closed_us {
-            tracing::info!(period = %close.period, "period was closed meanwhile; keeping that close");
+        let (period, closed_us) = (close.period, close.closed_us);
+        let stands = self.store.record(close, list.version.clone(), list.digest()).await?;
+        if stands.closed_us != closed_us {
+            tracing::info!(%period, "period was closed meanwhile; keeping that close");
         }
         Ok(stands)
     }
+}
+
+/// A close taken apart for recording: its body without invoices and report, which the backends
+/// keep as rows of their own (the invoices in the order of the close: by tenant, then id).
+pub(crate) fn apart(mut close: Close) -> (Close, Vec<meter_rater::Invoice>, Vec<crate::ReportRow>) {
+    let (invoices, report) = (std::mem::take(&mut close.invoices), std::mem::take(&mut close.report));
+    (close, invoices, report)
 }

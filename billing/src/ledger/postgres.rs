@@ -84,7 +84,25 @@ pub const MIGRATIONS: &[&str] = &[
         since_us bigint NOT NULL, until_us bigint NOT NULL
     );
 ",
+    // A close's invoices and report rows are rows of their own, by position (`rows_apart`), not
+    // in its body: recording one serializes no copy of it whole. (`invoices` stays the index by
+    // id, which two invoices of one close can share: a subscription's own and the adjustments
+    // of a period it was billed in another currency.)
+    "
+    ALTER TABLE closes ADD COLUMN rows_apart boolean NOT NULL DEFAULT false;
+    CREATE TABLE close_invoices (
+        period text COLLATE \"C\" NOT NULL, seq integer NOT NULL, body text NOT NULL, PRIMARY KEY (period, seq)
+    );
+    CREATE TABLE close_report (
+        period text COLLATE \"C\" NOT NULL, row integer NOT NULL, tenant text COLLATE \"C\" NOT NULL,
+        meter text NOT NULL, accepted text, counted text, stored text, rated text, status text NOT NULL,
+        PRIMARY KEY (period, row)
+    );
+",
 ];
+
+/// Invoices or report rows written, or read, in one statement.
+const ROWS_AT_ONCE: usize = 5_000;
 
 /// A close body longer than this is stored in parts of this size (Postgres refuses a value over
 /// 1 GB).
@@ -245,56 +263,35 @@ impl LedgerStore for PgLedger {
                 let tx = c.transaction().await?;
                 lock(&tx, PERIODS, false).await?;
                 let period = close.period.to_string();
-                let body = serde_json::to_vec(&close)?;
-                let s = summary(&close);
+                let (header, invoices, report) = super::apart(close);
+                let body = serde_json::to_vec(&header)?;
+                let s = summary(&header);
                 let revises = serde_json::to_string(&s.revises)?;
                 let inline = if body.len() <= part_bytes { std::str::from_utf8(&body).ok() } else { None };
                 let inserted = tx
-                .execute(
-                    "INSERT INTO closes (period, closed_us, body, watermark_us, revises) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT DO NOTHING",
-                    &[&period, &close.closed_us, &inline.unwrap_or(""), &s.watermark_us, &revises],
-                )
-                .await?;
-                if inserted == 1 {
-                    if inline.is_none() {
-                        let part =
-                            tx.prepare("INSERT INTO close_parts (period, part, body) VALUES ($1, $2, $3)").await?;
-                        for (i, chunk) in body.chunks(part_bytes).enumerate() {
-                            tx.execute(&part, &[&period, &(i as i32), &chunk]).await?;
-                        }
-                    }
-                    let ids: Vec<&str> = close.invoices.iter().map(|i| i.id.as_str()).collect();
-                    let tenants: Vec<&str> = close.invoices.iter().map(|i| i.tenant.as_str()).collect();
-                    let bodies = close.invoices.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>()?;
-                    tx.execute(
-                        "INSERT INTO invoices (id, tenant, period, body)
-                     SELECT id, tenant, $3, body FROM unnest($1::text[], $2::text[], $4::text[]) AS i(id, tenant, body)
-                     ON CONFLICT DO NOTHING",
-                        &[&ids, &tenants, &period, &bodies],
+                    .execute(
+                        "INSERT INTO closes (period, closed_us, body, watermark_us, revises, rows_apart)
+                         VALUES ($1, $2, $3, $4, $5, true) ON CONFLICT DO NOTHING",
+                        &[&period, &header.closed_us, &inline.unwrap_or(""), &s.watermark_us, &revises],
                     )
                     .await?;
-                    let ops = close
-                        .invoices
-                        .iter()
-                        .zip(&bodies)
-                        .filter(|(i, _)| !i.lines.is_empty())
-                        .map(|(invoice, body)| NewOperation {
-                            kind: OpKind::PushInvoice,
-                            subject: invoice.id.clone(),
-                            tenant: invoice.tenant.clone(),
-                            period: Some(period.clone()),
-                            body: body.clone(),
-                            next_us: close.closed_us,
-                        })
-                        .collect::<Vec<_>>();
-                    write_operations(&tx, &ops, close.closed_us).await?;
+                if inserted == 1 && inline.is_none() {
+                    let part = tx.prepare("INSERT INTO close_parts (period, part, body) VALUES ($1, $2, $3)").await?;
+                    for (i, chunk) in body.chunks(part_bytes).enumerate() {
+                        tx.execute(&part, &[&period, &(i as i32), &chunk]).await?;
+                    }
                 }
+                drop(body);
+                if inserted == 1 {
+                    write_close_rows(&tx, &period, header.closed_us, &invoices, &report).await?;
+                }
+                // Not held while the close is read back.
+                drop((header, invoices, report));
                 tx.execute(
-                "INSERT INTO price_lists (version, digest, first_period) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&version, &digest, &period],
-            )
-            .await?;
+                    "INSERT INTO price_lists (version, digest, first_period) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&version, &digest, &period],
+                )
+                .await?;
                 // What stands, as it reads back (so that a rerun's exports are the same bytes).
                 let stands =
                     read_close(&tx, &period).await?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?;
@@ -765,21 +762,133 @@ async fn check_open(c: &impl GenericClient, at_us: i64) -> Result<(), Error> {
     Ok(())
 }
 
-/// The close of `period`, whole or from its parts.
+/// A close's invoices (each in its place, indexed by id, with the push that follows it) and
+/// report rows, some thousands at a time.
+async fn write_close_rows(
+    tx: &Transaction<'_>,
+    period: &str,
+    closed_us: i64,
+    invoices: &[meter_rater::Invoice],
+    report: &[crate::ReportRow],
+) -> Result<(), Error> {
+    for (n, chunk) in invoices.chunks(ROWS_AT_ONCE).enumerate() {
+        let first = (n * ROWS_AT_ONCE) as i32;
+        let ids: Vec<&str> = chunk.iter().map(|i| i.id.as_str()).collect();
+        let tenants: Vec<&str> = chunk.iter().map(|i| i.tenant.as_str()).collect();
+        let bodies = chunk.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>()?;
+        tx.execute(
+            "INSERT INTO close_invoices (period, seq, body)
+             SELECT $1, $2 + n::int4 - 1, body FROM unnest($3::text[]) WITH ORDINALITY AS i(body, n)",
+            &[&period, &first, &bodies],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO invoices (id, tenant, period, body)
+             SELECT id, tenant, $3, body FROM unnest($1::text[], $2::text[], $4::text[]) AS i(id, tenant, body)
+             ON CONFLICT DO NOTHING",
+            &[&ids, &tenants, &period, &bodies],
+        )
+        .await?;
+        let ops = chunk
+            .iter()
+            .zip(bodies)
+            .filter(|(i, _)| !i.lines.is_empty())
+            .map(|(invoice, body)| NewOperation {
+                kind: OpKind::PushInvoice,
+                subject: invoice.id.clone(),
+                tenant: invoice.tenant.clone(),
+                period: Some(period.to_string()),
+                body,
+                next_us: closed_us,
+            })
+            .collect::<Vec<_>>();
+        write_operations(tx, &ops, closed_us).await?;
+    }
+    for (n, chunk) in report.chunks(ROWS_AT_ONCE).enumerate() {
+        let first = (n * ROWS_AT_ONCE) as i32;
+        let column = |f: fn(&crate::ReportRow) -> Option<&str>| chunk.iter().map(f).collect::<Vec<_>>();
+        tx.execute(
+            "INSERT INTO close_report (period, row, tenant, meter, accepted, counted, stored, rated, status)
+             SELECT $1, $2 + n::int4 - 1, tenant, meter, accepted, counted, stored, rated, status
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+                  WITH ORDINALITY AS r(tenant, meter, accepted, counted, stored, rated, status, n)",
+            &[
+                &period,
+                &first,
+                &column(|r| Some(r.tenant.as_str())),
+                &column(|r| Some(r.meter.as_str())),
+                &column(|r| r.accepted.as_deref()),
+                &column(|r| r.counted.as_deref()),
+                &column(|r| r.stored.as_deref()),
+                &column(|r| r.rated.as_deref()),
+                &column(|r| Some(r.status.as_str())),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The close of `period`: its body (whole, or from its parts), with its invoices and report rows
+/// when they are rows of their own.
 async fn read_close(c: &impl GenericClient, period: &str) -> Result<Option<Close>, Error> {
-    let Some(row) = c.query_opt("SELECT body FROM closes WHERE period = $1", &[&period]).await? else {
+    let Some(row) = c.query_opt("SELECT body, rows_apart FROM closes WHERE period = $1", &[&period]).await? else {
         return Ok(None);
     };
-    let body: &str = row.get(0);
-    if !body.is_empty() {
-        return Ok(Some(serde_json::from_str(body)?));
+    let (body, rows_apart): (&str, bool) = (row.get(0), row.get(1));
+    let mut close: Close = if !body.is_empty() {
+        serde_json::from_str(body)?
+    } else {
+        let parts = c.query("SELECT body FROM close_parts WHERE period = $1 ORDER BY part", &[&period]).await?;
+        let mut body = Vec::new();
+        for part in &parts {
+            body.extend_from_slice(part.get::<_, &[u8]>(0));
+        }
+        serde_json::from_slice(&body)?
+    };
+    if !rows_apart {
+        return Ok(Some(close));
     }
-    let parts = c.query("SELECT body FROM close_parts WHERE period = $1 ORDER BY part", &[&period]).await?;
-    let mut body = Vec::new();
-    for part in &parts {
-        body.extend_from_slice(part.get::<_, &[u8]>(0));
+    // Some thousands at a time.
+    let limit = ROWS_AT_ONCE as i64;
+    loop {
+        let from = close.invoices.len() as i32;
+        let rows = c
+            .query(
+                "SELECT body FROM close_invoices WHERE period = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                &[&period, &from, &limit],
+            )
+            .await?;
+        for r in &rows {
+            close.invoices.push(serde_json::from_str(r.get(0))?);
+        }
+        if rows.len() < ROWS_AT_ONCE {
+            break;
+        }
     }
-    Ok(Some(serde_json::from_slice(&body)?))
+    loop {
+        let from = close.report.len() as i32;
+        let rows = c
+            .query(
+                "SELECT tenant, meter, accepted, counted, stored, rated, status FROM close_report
+                 WHERE period = $1 AND row >= $2 ORDER BY row LIMIT $3",
+                &[&period, &from, &limit],
+            )
+            .await?;
+        close.report.extend(rows.iter().map(|r| crate::ReportRow {
+            tenant: r.get(0),
+            meter: r.get(1),
+            accepted: r.get(2),
+            counted: r.get(3),
+            stored: r.get(4),
+            rated: r.get(5),
+            status: r.get(6),
+        }));
+        if rows.len() < ROWS_AT_ONCE {
+            break;
+        }
+    }
+    Ok(Some(close))
 }
 
 fn summary(close: &Close) -> CloseSummary {

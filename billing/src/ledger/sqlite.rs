@@ -93,6 +93,20 @@ const MIGRATIONS: &[&str] = &[
         since_us INTEGER NOT NULL, until_us INTEGER NOT NULL
     );
 ",
+    // A close's invoices and report rows are rows of their own, by position (`rows_apart`), not
+    // in its body: recording one serializes no copy of it whole. (`invoices` stays the index by
+    // id, which two invoices of one close can share: a subscription's own and the adjustments
+    // of a period it was billed in another currency.)
+    "
+    ALTER TABLE closes ADD COLUMN rows_apart INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE close_invoices (
+        period TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (period, seq)
+    );
+    CREATE TABLE close_report (
+        period TEXT NOT NULL, row INTEGER NOT NULL, tenant TEXT NOT NULL, meter TEXT NOT NULL, accepted TEXT,
+        counted TEXT, stored TEXT, rated TEXT, status TEXT NOT NULL, PRIMARY KEY (period, row)
+    );
+",
 ];
 
 /// A close body longer than this is stored in parts of this size.
@@ -230,13 +244,15 @@ impl LedgerStore for SqliteLedger {
         self.with(move |c| {
             let tx = c.transaction()?;
             let period = close.period.to_string();
-            let body = serde_json::to_vec(&close)?;
-            let s = summary(&close);
+            let (header, invoices, report) = super::apart(close);
+            let body = serde_json::to_vec(&header)?;
+            let s = summary(&header);
             let revises = serde_json::to_string(&s.revises)?;
             let inline = if body.len() <= part_bytes { std::str::from_utf8(&body).ok() } else { None };
             let inserted = tx.execute(
-                "INSERT OR IGNORE INTO closes (period, closed_us, body, watermark_us, revises) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![period, close.closed_us, inline.unwrap_or(""), s.watermark_us, revises],
+                "INSERT OR IGNORE INTO closes (period, closed_us, body, watermark_us, revises, rows_apart)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 1)",
+                params![period, header.closed_us, inline.unwrap_or(""), s.watermark_us, revises],
             )?;
             if inserted == 1 && inline.is_none() {
                 let mut part = tx.prepare("INSERT INTO close_parts (period, part, body) VALUES (?1, ?2, ?3)")?;
@@ -244,20 +260,38 @@ impl LedgerStore for SqliteLedger {
                     part.execute(params![period, i as i64, chunk])?;
                 }
             }
+            drop(body);
             if inserted == 1 {
-                write_invoices(&tx, &period, &close.invoices)?;
-                for invoice in close.invoices.iter().filter(|i| !i.lines.is_empty()) {
-                    let op = NewOperation {
-                        kind: OpKind::PushInvoice,
-                        subject: invoice.id.clone(),
-                        tenant: invoice.tenant.clone(),
-                        period: Some(period.clone()),
-                        body: serde_json::to_string(invoice)?,
-                        next_us: close.closed_us,
-                    };
-                    write_operation(&tx, &op, close.closed_us)?;
+                // Each invoice in its place, indexed by id, with the push that follows it.
+                let mut place = tx.prepare("INSERT INTO close_invoices (period, seq, body) VALUES (?1, ?2, ?3)")?;
+                for (i, inv) in invoices.iter().enumerate() {
+                    let body = serde_json::to_string(inv)?;
+                    place.execute(params![period, i as i64, body])?;
+                    write_invoice(&tx, &period, inv, &body)?;
+                    if !inv.lines.is_empty() {
+                        let op = NewOperation {
+                            kind: OpKind::PushInvoice,
+                            subject: inv.id.clone(),
+                            tenant: inv.tenant.clone(),
+                            period: Some(period.clone()),
+                            body,
+                            next_us: header.closed_us,
+                        };
+                        write_operation(&tx, &op, header.closed_us)?;
+                    }
+                }
+                let mut row = tx.prepare(
+                    "INSERT INTO close_report (period, row, tenant, meter, accepted, counted, stored, rated, status)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                for (i, r) in report.iter().enumerate() {
+                    row.execute(params![
+                        period, i as i64, r.tenant, r.meter, r.accepted, r.counted, r.stored, r.rated, r.status
+                    ])?;
                 }
             }
+            // Not held while the close is read back.
+            drop((header, invoices, report));
             tx.execute(
                 "INSERT OR IGNORE INTO price_lists (version, digest, first_period) VALUES (?1, ?2, ?3)",
                 params![version, digest, period],
@@ -704,14 +738,19 @@ fn check_open(c: &Connection, at_us: i64) -> Result<(), Error> {
     Ok(())
 }
 
-/// The close of `period`, whole or from its parts.
 /// Writes `invoices` of `period` into the invoice table (once each).
 fn write_invoices(c: &Connection, period: &str, invoices: &[meter_rater::Invoice]) -> Result<(), Error> {
-    let mut stmt =
-        c.prepare_cached("INSERT OR IGNORE INTO invoices (id, tenant, period, body) VALUES (?1, ?2, ?3, ?4)")?;
     for inv in invoices {
-        stmt.execute(params![inv.id, inv.tenant, period, serde_json::to_string(inv)?])?;
+        write_invoice(c, period, inv, &serde_json::to_string(inv)?)?;
     }
+    Ok(())
+}
+
+/// `inv` (whose JSON is `body`) in the index of closed invoices by id, unless an invoice of its
+/// id is there.
+fn write_invoice(c: &Connection, period: &str, inv: &meter_rater::Invoice, body: &str) -> Result<(), Error> {
+    c.prepare_cached("INSERT OR IGNORE INTO invoices (id, tenant, period, body) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![inv.id, inv.tenant, period, body])?;
     Ok(())
 }
 
@@ -742,21 +781,48 @@ fn fill_invoices(conn: &mut Connection) -> Result<(), Error> {
     Ok(())
 }
 
+/// The close of `period`: its body (whole, or from its parts), with its invoices and report rows
+/// when they are rows of their own.
 fn read_close(c: &Connection, period: &str) -> Result<Option<Close>, Error> {
-    let body: Option<String> =
-        c.query_row("SELECT body FROM closes WHERE period = ?1", params![period], |r| r.get(0)).optional()?;
-    match body {
-        None => Ok(None),
-        Some(b) if !b.is_empty() => Ok(Some(serde_json::from_str(&b)?)),
-        Some(_) => {
-            let mut stmt = c.prepare("SELECT body FROM close_parts WHERE period = ?1 ORDER BY part")?;
-            let mut body = Vec::new();
-            for part in stmt.query_map(params![period], |r| r.get::<_, Vec<u8>>(0))? {
-                body.extend_from_slice(&part?);
-            }
-            Ok(Some(serde_json::from_slice(&body)?))
+    let found: Option<(String, bool)> = c
+        .query_row("SELECT body, rows_apart FROM closes WHERE period = ?1", params![period], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((body, rows_apart)) = found else { return Ok(None) };
+    let mut close: Close = if !body.is_empty() {
+        serde_json::from_str(&body)?
+    } else {
+        let mut stmt = c.prepare("SELECT body FROM close_parts WHERE period = ?1 ORDER BY part")?;
+        let mut body = Vec::new();
+        for part in stmt.query_map(params![period], |r| r.get::<_, Vec<u8>>(0))? {
+            body.extend_from_slice(&part?);
         }
+        serde_json::from_slice(&body)?
+    };
+    if rows_apart {
+        let mut stmt = c.prepare("SELECT body FROM close_invoices WHERE period = ?1 ORDER BY seq")?;
+        for body in stmt.query_map(params![period], |r| r.get::<_, String>(0))? {
+            close.invoices.push(serde_json::from_str(&body?)?);
+        }
+        let mut stmt = c.prepare(
+            "SELECT tenant, meter, accepted, counted, stored, rated, status FROM close_report WHERE period = ?1
+             ORDER BY row",
+        )?;
+        let rows = stmt.query_map(params![period], |r| {
+            Ok(crate::ReportRow {
+                tenant: r.get(0)?,
+                meter: r.get(1)?,
+                accepted: r.get(2)?,
+                counted: r.get(3)?,
+                stored: r.get(4)?,
+                rated: r.get(5)?,
+                status: r.get(6)?,
+            })
+        })?;
+        close.report = rows.collect::<Result<_, _>>()?;
     }
+    Ok(Some(close))
 }
 
 fn summary(close: &Close) -> CloseSummary {
@@ -790,59 +856,91 @@ mod tests {
     const METERS: &[&str] =
         &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"];
 
-    /// The contract's close, with 50 report rows so that its body needs parts.
+    /// The contract's close with 50 report rows and four invoices of three tenants, not in order,
+    /// two of them sharing an id (as a subscription's own and its adjustments in an earlier
+    /// currency do).
     fn a_close(period: &str, revises: &[&str]) -> Close {
         let row = crate::ReportRow {
             tenant: "t".into(),
             meter: "work_orders".into(),
             accepted: Some("1".into()),
-            counted: Some("1".into()),
+            counted: None,
             stored: Some("1".into()),
             rated: Some("1".into()),
-            status: "ok".into(),
+            status: "accepted ≠ counted".into(),
         };
-        Close { report: vec![row; 50], ..super::super::contract::a_close(period, revises) }
+        let invoice = |t: &str, lines| super::super::contract::invoice(t, period, lines);
+        let invoices = vec![invoice("c", 2), invoice("a", 2), invoice("a", 1), invoice("b", 2)];
+        assert_eq!(invoices[1].id, invoices[2].id);
+        Close { report: vec![row; 50], invoices, ..super::super::contract::a_close(period, revises) }
     }
 
-    /// A close too long for one value is kept in parts and reads back the same; what later
-    /// closes need is read without it; a close recorded before summaries were kept still
-    /// answers them.
+    /// A close's invoices and report rows are rows of their own and read back the same; a body
+    /// too long for one value is kept in parts; what later closes need is read without it;
+    /// closes recorded the old ways (whole, in one value or in parts, without a summary) still
+    /// read back and answer them.
     #[tokio::test]
-    async fn a_large_close_is_kept_in_parts_and_summaries_need_not_read_it() {
+    async fn closes_keep_their_rows_apart_and_the_old_ways_still_read() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = SqliteLedger::open(&dir.path().join("billing.db")).unwrap();
-        store.part_bytes = 1000;
+        store.part_bytes = 100;
         let book = PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap();
         let list = book.version("2026-01").unwrap();
-        // Recorded the old way: the whole body in one value, no summary.
-        let old = a_close("2026-09", &[]);
-        let body = serde_json::to_string(&old).unwrap();
+        // Recorded the old ways: the whole body in one value, or in parts; no summary.
+        let (old, older) = (a_close("2026-09", &[]), a_close("2026-08", &[]));
+        let (body, parted) = (serde_json::to_string(&old).unwrap(), serde_json::to_vec(&older).unwrap());
+        assert!(parted.len() > 5000);
         store
             .with(move |c| {
-                Ok(c.execute("INSERT INTO closes (period, closed_us, body) VALUES ('2026-09', 7, ?1)", [body])?)
+                c.execute("INSERT INTO closes (period, closed_us, body) VALUES ('2026-09', 7, ?1)", [body])?;
+                c.execute("INSERT INTO closes (period, closed_us, body) VALUES ('2026-08', 7, '')", [])?;
+                for (i, part) in parted.chunks(1000).enumerate() {
+                    c.execute(
+                        "INSERT INTO close_parts (period, part, body) VALUES ('2026-08', ?1, ?2)",
+                        params![i as i64, part],
+                    )?;
+                }
+                Ok(())
             })
             .await
             .unwrap();
         let big = a_close("2026-10", &["2026-09"]);
-        assert!(serde_json::to_vec(&big).unwrap().len() > 5000);
         let ledger = super::super::Ledger::new(std::sync::Arc::new(store));
         assert_eq!(ledger.record(big.clone(), list).await.unwrap(), big);
         let db = Connection::open(dir.path().join("billing.db")).unwrap();
-        let parts: i64 =
-            db.query_row("SELECT count(*) FROM close_parts WHERE period = '2026-10'", [], |r| r.get(0)).unwrap();
-        assert!(parts > 5, "{parts} parts");
+        let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert!(count("SELECT count(*) FROM close_parts WHERE period = '2026-10'") > 1, "the body is in parts");
+        assert_eq!(count("SELECT count(*) FROM close_report WHERE period = '2026-10'"), 50);
+        assert_eq!(count("SELECT count(*) FROM close_invoices WHERE period = '2026-10'"), 4);
+        assert_eq!(count("SELECT count(*) FROM invoices WHERE period = '2026-10'"), 3, "by id");
+        assert!(
+            count("SELECT max(length(body)) FROM close_parts WHERE period = '2026-10'") <= 100,
+            "parts of the body alone"
+        );
+        let header: String = db
+            .query_row(
+                "SELECT group_concat(CAST(body AS TEXT), '') FROM (SELECT body FROM close_parts WHERE period = '2026-10' \
+                 ORDER BY part)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!header.contains("fee 0") && !header.contains("work_orders"), "no invoice or report row in the body");
         assert_eq!(ledger.close_of("2026-10".parse().unwrap()).await.unwrap().unwrap(), big);
         assert_eq!(ledger.close_of("2026-09".parse().unwrap()).await.unwrap().unwrap(), old);
-        // Recording it again keeps the first (and its parts).
+        assert_eq!(ledger.close_of("2026-08".parse().unwrap()).await.unwrap().unwrap(), older);
+        // Recording it again keeps the first (and its rows).
         let mut again = big.clone();
         again.closed_us = 8;
+        again.report.truncate(3);
         assert_eq!(ledger.record(again, list).await.unwrap(), big);
+        assert_eq!(count("SELECT count(*) FROM close_report WHERE period = '2026-10'"), 50);
         let summaries = ledger.close_summaries().await.unwrap();
         let want = |p: &str, revises: &[&str]| CloseSummary {
             period: p.parse().unwrap(),
             watermark_us: 42,
             revises: revises.iter().map(|p| p.parse().unwrap()).collect(),
         };
-        assert_eq!(summaries, [want("2026-09", &[]), want("2026-10", &["2026-09"])]);
+        assert_eq!(summaries, [want("2026-08", &[]), want("2026-09", &[]), want("2026-10", &["2026-09"])]);
     }
 }
