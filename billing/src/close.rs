@@ -265,15 +265,19 @@ async fn close_holding(
         None => None,
     };
     progress(Progress::Totals);
-    let stored = src.history.period_totals(period).await?;
-    let counted = src.live.period_totals(period).await?;
+    let stored = Arc::new(src.history.period_totals(period).await?);
+    // On the embedded default the history is the live store itself: its totals are read once.
+    let counted = if same_store(&src.history, &src.live) {
+        stored.clone()
+    } else {
+        Arc::new(src.live.period_totals(period).await?)
+    };
 
     // From here on no change may be dated inside the period: the close reads the trails now.
     lease.check()?;
     ledger.freeze(period).await?;
     let subscriptions = ledger.list(None).await?;
     let subscribed: BTreeSet<String> = subscriptions.iter().map(|s| s.tenant.clone()).collect();
-    let stored = Arc::new(stored);
     let rated = rate_all(subscriptions, stored.clone(), period, list.clone(), watermark_us, progress).await?;
     // Usage is the tenant's: of two subscriptions in one period (one ended, the next began), the
     // later one bills it.
@@ -391,6 +395,11 @@ async fn close_holding(
         metrics::histogram!(metric::CLOSE_DURATION).record(started.elapsed().as_secs_f64());
     }
     Ok(recorded)
+}
+
+/// Whether `a` and `b` are one store (their data pointers, not their vtables, compared).
+fn same_store(a: &Arc<dyn UsageStore>, b: &Arc<dyn UsageStore>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
 /// Rates every subscription on `stored`, in order, on every core and off the async runtime.
