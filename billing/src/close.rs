@@ -266,7 +266,7 @@ async fn close_holding(
     };
     progress(Progress::Totals);
     let stored = Arc::new(src.history.period_totals(period).await?);
-    // On the embedded default the history is the live store itself: its totals are read once.
+    // Without ClickHouse the history is the live store itself: its totals are read once.
     let counted = if same_store(&src.history, &src.live) {
         stored.clone()
     } else {
@@ -347,9 +347,15 @@ async fn close_holding(
                 // In the currency they were billed in: with the current list's, or apart.
                 let mut in_currency = list.clone();
                 in_currency.currency = again.currency;
-                let inv = invoices
-                    .entry((sub.id.clone(), again.currency.code()))
-                    .or_insert_with(|| Invoice::empty(&sub.tenant, &sub.id, period, &in_currency));
+                let inv = invoices.entry((sub.id.clone(), again.currency.code())).or_insert_with(|| {
+                    let mut inv = Invoice::empty(&sub.tenant, &sub.id, period, &in_currency);
+                    if in_currency.currency != list.currency {
+                        // Beside the subscription's invoice in the list's currency: an id of its
+                        // own (pushed, and in the tenant's history, as that one is).
+                        inv.id = format!("{}_{}", inv.id, in_currency.currency.code().to_lowercase());
+                    }
+                    inv
+                });
                 inv.append(lines)?;
             }
             revised.push(again);

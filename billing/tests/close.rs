@@ -124,9 +124,9 @@ async fn usage_is_billed_once_across_two_subscriptions_and_late_events_are_adjus
 }
 
 /// When prices change currency, a late event of a period billed in the old one is adjusted on an
-/// invoice of its own in that currency, beside the subscription's invoice in the new one (the
-/// two share an id); the close records both, and what it returns reads back byte for byte, as
-/// does closing again.
+/// invoice of its own in that currency, beside the subscription's invoice in the new one, with
+/// an id of its own (so both are in the tenant's history and pushed); the close records both,
+/// and what it returns reads back byte for byte, as does closing again.
 #[tokio::test]
 async fn a_close_with_invoices_in_two_currencies_for_one_subscription_reads_back_the_same() {
     let list = &SAMPLE[SAMPLE.find("\n[[list]]").unwrap()..];
@@ -144,6 +144,13 @@ async fn a_close_with_invoices_in_two_currencies_for_one_subscription_reads_back
     let currencies: Vec<_> = mine.iter().map(|i| i.currency.code()).collect();
     assert_eq!(currencies, ["EUR", "USD"], "{:#?}", nov.invoices);
     assert!(mine[1].lines.iter().all(|l| l.kind == LineKind::Adjustment), "{:#?}", mine[1]);
+    assert_eq!(mine[1].id, format!("{}_usd", mine[0].id));
+    let history: Vec<_> =
+        w.ledger.invoices_of("a").await.unwrap().into_iter().filter(|i| i.period == p("2026-11")).collect();
+    assert_eq!(history.len(), 2, "both in the tenant's history: {history:#?}");
+    let pushes = w.ledger.operations(None, Some(p("2026-11"))).await.unwrap();
+    let pushed: std::collections::BTreeSet<_> = pushes.iter().map(|o| o.subject.as_str()).collect();
+    assert!(pushed.contains(mine[0].id.as_str()) && pushed.contains(mine[1].id.as_str()), "{pushed:?}");
     // Byte for byte (a decimal's scale too, which `==` does not compare).
     let json = |c: &Close| serde_json::to_string(c).unwrap();
     assert_eq!(json(&w.ledger.close_of(p("2026-11")).await.unwrap().unwrap()), json(&nov));

@@ -86,8 +86,7 @@ pub const MIGRATIONS: &[&str] = &[
 ",
     // A close's invoices and report rows are rows of their own, by position (`rows_apart`), not
     // in its body: recording one serializes no copy of it whole. (`invoices` stays the index by
-    // id, which two invoices of one close can share: a subscription's own and the adjustments
-    // of a period it was billed in another currency.)
+    // id; the close is kept by position, whatever its ids.)
     "
     ALTER TABLE closes ADD COLUMN rows_apart boolean NOT NULL DEFAULT false;
     CREATE TABLE close_invoices (

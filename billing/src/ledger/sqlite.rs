@@ -95,8 +95,7 @@ const MIGRATIONS: &[&str] = &[
 ",
     // A close's invoices and report rows are rows of their own, by position (`rows_apart`), not
     // in its body: recording one serializes no copy of it whole. (`invoices` stays the index by
-    // id, which two invoices of one close can share: a subscription's own and the adjustments
-    // of a period it was billed in another currency.)
+    // id; the close is kept by position, whatever its ids.)
     "
     ALTER TABLE closes ADD COLUMN rows_apart INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE close_invoices (
@@ -857,8 +856,8 @@ mod tests {
         &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"];
 
     /// The contract's close with 50 report rows and four invoices of three tenants, not in order,
-    /// two of them sharing an id (as a subscription's own and its adjustments in an earlier
-    /// currency do).
+    /// two of them sharing an id (which a close does not make, but the ledger keeps a close by
+    /// position whatever its ids).
     fn a_close(period: &str, revises: &[&str]) -> Close {
         let row = crate::ReportRow {
             tenant: "t".into(),
