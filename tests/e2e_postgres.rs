@@ -61,8 +61,11 @@ fn start_up_refuses_what_it_cannot_use_and_never_prints_the_password() {
         let migrated = meter(&["migrate", "--state", &full], dir.path());
         let e = stderr(&migrated);
         assert!(migrated.status.success(), "{e}");
-        let versions =
-            format!("schema versions keys 1, store {}, ledger 2, webhooks 1", meter_store::PG_MIGRATIONS.len());
+        let versions = format!(
+            "schema versions keys 1, store {}, ledger {}, webhooks 1",
+            meter_store::PG_MIGRATIONS.len(),
+            meter_billing::ledger::PG_MIGRATIONS.len()
+        );
         assert!(e.contains(&versions) && !e.contains(&password), "{e}");
     }
     // A schema newer than this build is refused at start-up, naming the component.

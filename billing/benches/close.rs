@@ -2,7 +2,8 @@
 //! all six meters in a real SQLite usage store and a subscription in a real ledger: the time of
 //! each close, and its size as JSON.
 //!
-//! `cargo bench -p meter-billing --bench close` (`SUBSCRIPTIONS=100000` for a larger run).
+//! `cargo bench -p meter-billing --bench close` (`SUBSCRIPTIONS=100000` for a larger run;
+//! `CLOSES=1` closes October only, so that nothing of an earlier close is held).
 //! Each close also reports the resident memory at each stage and its own peak (`VmHWM`, reset
 //! before it through `/proc/self/clear_refs`), with the allocator `meter` runs with (mimalloc).
 
@@ -79,7 +80,8 @@ async fn main() {
     println!("set-up: {offset} events counted in {:.2} s", t.elapsed().as_secs_f64());
 
     let sources = meter_billing::testing::one_store(store.clone(), book.clone());
-    for (period, now) in [("2026-10", at("2026-11", 9)), ("2026-11", at("2026-12", 9))] {
+    let closes: usize = std::env::var("CLOSES").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    for (period, now) in [("2026-10", at("2026-11", 9)), ("2026-11", at("2026-12", 9))].into_iter().take(closes) {
         store.advance_watermark("c", &[0], now).unwrap();
         // The peak from here on is the close's own (5: reset VmHWM to the current RSS).
         std::fs::write("/proc/self/clear_refs", "5").unwrap();

@@ -8,7 +8,7 @@ pub mod outbox;
 mod postgres;
 mod sqlite;
 
-pub use postgres::PgLedger;
+pub use postgres::{MIGRATIONS as PG_MIGRATIONS, PgLedger};
 pub use sqlite::SqliteLedger;
 
 use crate::Error;
