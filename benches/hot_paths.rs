@@ -50,6 +50,15 @@ fn ingest_path(c: &mut Criterion) {
             events.iter().map(|e| (e.payload_hash()[0], e.encode().len())).fold(0usize, |a, (h, l)| a + h as usize + l)
         })
     });
+    // What every reader of the log does per record: the log's format, and JSON as earlier builds
+    // wrote it (still read), side by side.
+    let records: Vec<Vec<u8>> = events.iter().map(Event::encode).collect();
+    let json: Vec<Vec<u8>> = events.iter().map(|e| serde_json::to_vec(e).unwrap()).collect();
+    for (name, records) in [("log_decode_100", &records), ("log_decode_json_100", &json)] {
+        g.bench_function(name, |bench| {
+            bench.iter(|| records.iter().map(|r| Event::decode(black_box(r)).unwrap().properties.len()).sum::<usize>())
+        });
+    }
     // What the aggregator does per event: its contributions, and its group values for the
     // meters broken down.
     g.bench_function("meter_contributions_100", |bench| {

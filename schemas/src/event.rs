@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+pub mod wire;
+
 /// A usage event after validation, in one normal form whatever envelope it arrived in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -63,14 +65,17 @@ impl Event {
         h.finalize().into()
     }
 
-    /// The bytes written to the log.
+    /// The bytes written to the log: [`wire`]'s format.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an event always serializes")
+        wire::encode(self)
     }
 
-    /// Reads an event written by [`Event::encode`].
+    /// Reads an event written by [`Event::encode`], or by an earlier build as JSON.
     pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        match bytes.first() {
+            Some(&wire::VERSION) => wire::decode(bytes),
+            _ => serde_json::from_slice(bytes),
+        }
     }
 }
 
