@@ -158,10 +158,10 @@ impl<'a> Reader<'a> {
             n |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
                 let left = (self.bytes.len() - self.at) as u64;
-                return match n <= left {
-                    true => Ok(n as usize),
-                    false => Err(fail(format!("{what}'s length {n} is more than the {left} bytes left"))),
-                };
+                if n > left {
+                    return Err(fail(format!("{what}'s length {n} is more than the {left} bytes left")));
+                }
+                return Ok(n as usize);
             }
         }
         Err(fail(format!("{what}'s length does not end")))
@@ -271,6 +271,7 @@ mod tests {
 
     #[test]
     fn a_damaged_record_is_refused_with_what_is_wrong() {
+        assert!(Event::decode(&[]).is_err(), "an empty record");
         let bytes = event(nested()).encode();
         for cut in 1..bytes.len() {
             let err = Event::decode(&bytes[..cut]).unwrap_err().to_string();
