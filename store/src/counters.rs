@@ -153,32 +153,57 @@ impl<K: Hash + Eq> Cache<K> {
     }
 
     /// Hands `write` each counter this batch touched: those with a row's id first, in the order
-    /// met, then the new ones in key order.
+    /// met, then the new ones in key order, so a tenant's new counters follow each other. With
+    /// each it gives how many new counters of its tenant are left, itself included (0 for one
+    /// with a row's id), so that a tenant's new rows can be given their ids at once.
     pub(crate) fn write_touched(
         &mut self,
-        mut write: impl FnMut(&K, &mut Counter) -> Result<(), Error>,
+        mut write: impl FnMut(&K, &mut Counter, usize) -> Result<(), Error>,
     ) -> Result<(), Error>
     where
-        K: Ord,
+        K: Ord + Tenanted,
     {
         let Cache { map, touched, .. } = self;
         let mut new = Vec::new();
         for &at in touched.iter() {
             let Some((key, (counter, _))) = map.get_index_mut(at) else { continue };
             if counter.id.is_some() {
-                write(key, counter)?;
+                write(key, counter, 0)?;
             } else {
-                new.push(at);
+                new.push((at, 1));
             }
         }
         // Only the new ones are sorted (few once a tenant's counters exist).
-        new.sort_unstable_by(|&a, &b| map.get_index(a).map(|e| e.0).cmp(&map.get_index(b).map(|e| e.0)));
-        for at in new {
+        let key = |at: usize| map.get_index(at).map(|e| e.0);
+        new.sort_unstable_by(|&(a, _), &(b, _)| key(a).cmp(&key(b)));
+        for i in (1..new.len()).rev() {
+            if key(new[i - 1].0).map(Tenanted::tenant) == key(new[i].0).map(Tenanted::tenant) {
+                new[i - 1].1 = new[i].1 + 1;
+            }
+        }
+        for (at, left) in new {
             if let Some((key, (counter, _))) = map.get_index_mut(at) {
-                write(key, counter)?;
+                write(key, counter, left)?;
             }
         }
         Ok(())
+    }
+}
+
+/// A counter's key, whose first part is its tenant's.
+pub(crate) trait Tenanted {
+    fn tenant(&self) -> &str;
+}
+
+impl Tenanted for Key {
+    fn tenant(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Tenanted for GroupKey {
+    fn tenant(&self) -> &str {
+        &self.0
     }
 }
 
@@ -314,23 +339,26 @@ mod tests {
         assert_eq!(cache.get_mut(&KeyRef("b", "m", "2026-11")).unwrap().id, Some(2));
     }
 
-    /// Counters with a row are written first, in the order met; new ones after them, by key.
+    /// Counters with a row are written first, in the order met; new ones after them, by key,
+    /// each with how many new counters of its tenant are left.
     #[test]
     fn counters_with_a_row_are_written_first_and_new_ones_by_key() {
         let mut cache: Cache<Key> = Cache::default();
         cache.begin(10);
-        for (t, id) in [("d", None), ("c", Some(7)), ("a", None), ("b", Some(3))] {
-            cache.current(&KeyRef(t, "m", "2026-11"), |_| Ok(Counter { tally: Tally::default(), id })).unwrap();
+        let touched = [("d", "m", None), ("c", "m", Some(7)), ("a", "n", None), ("b", "m", Some(3)), ("a", "m", None)];
+        for (t, m, id) in touched {
+            cache.current(&KeyRef(t, m, "2026-11"), |_| Ok(Counter { tally: Tally::default(), id })).unwrap();
         }
         let mut order = Vec::new();
         cache
-            .write_touched(|k, c| {
-                order.push(k.0.clone());
+            .write_touched(|k, c, left| {
+                order.push((k.0.clone() + &k.1, left));
                 c.id.get_or_insert(1);
                 Ok(())
             })
             .unwrap();
-        assert_eq!(order, ["c", "b", "a", "d"]);
+        let expected = [("cm", 0), ("bm", 0), ("am", 2), ("an", 1), ("dm", 1)];
+        assert_eq!(order, expected.map(|(k, n)| (k.to_string(), n)));
         assert!(cache.touched().all(|(_, c)| c.id.is_some()), "the ids given stay with the counters");
     }
 

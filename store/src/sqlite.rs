@@ -166,21 +166,24 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
-/// The id of a new row of table `$table` (also the name of its count in `counter_slots`) for
-/// tenant `?1`: its slot (a new tenant takes the next) times 2^32 plus its count of rows so far,
-/// which it increments, and past any row in the slot's range the count does not know (one added
-/// without an id, by a build from before migration 9 still running, takes the table's greatest id
-/// plus one: the next position of the greatest slot). Rolled back with its transaction.
+/// The first of `?2` ids for new rows of table `$table` (also the name of its count in
+/// `counter_slots`) of tenant `?1`: its slot (a new tenant takes the next) times 2^32 plus its
+/// count of rows so far, which it advances by `?2`, and past any row in the slot's range the count
+/// does not know (one added without an id, by a build from before migration 9 still running,
+/// takes the table's greatest id plus one: the next position of the greatest slot). Rolled back
+/// with its transaction.
 macro_rules! allocate {
     ($table:literal) => {
         concat!(
             "INSERT INTO counter_slots (tenant, slot, ",
             $table,
             ")
-                 VALUES (?1, (SELECT coalesce(max(slot), 0) + 1 FROM counter_slots), 1)
+                 VALUES (?1, (SELECT coalesce(max(slot), 0) + 1 FROM counter_slots), ?2)
              ON CONFLICT (tenant) DO UPDATE SET ",
             $table,
-            " = 1 + max(",
+            " = excluded.",
+            $table,
+            " + max(",
             $table,
             ", (
                  SELECT coalesce(max(id) + 1 - (counter_slots.slot << 32), 0) FROM ",
@@ -189,7 +192,7 @@ macro_rules! allocate {
                  WHERE id BETWEEN (counter_slots.slot << 32) AND ((counter_slots.slot << 32) + 4294967295)))
              RETURNING (slot << 32) + ",
             $table,
-            " - 1"
+            " - ?2"
         )
     };
 }
@@ -466,17 +469,21 @@ fn raise_alerts<'a>(
 }
 
 /// The four statements that write one table's counters in a batch's transaction. `allocate`
-/// binds the tenant and answers a new row's id; `insert` and `upsert` bind that id, the key's
-/// columns and then the stored ones; `by_id` binds the row's id and then the stored ones.
+/// binds the tenant and how many ids it needs, and answers the first; `insert` and `upsert` bind
+/// a new row's id, the key's columns and then the stored ones; `by_id` binds the row's id and then
+/// the stored ones.
 struct CounterWrites<'c> {
     allocate: CachedStatement<'c>,
     by_id: CachedStatement<'c>,
     insert: CachedStatement<'c>,
     upsert: CachedStatement<'c>,
+    /// Ids `allocate` gave a tenant that its new rows have not taken yet: the tenant, the next
+    /// and how many are left.
+    reserved: Option<(String, i64, usize)>,
 }
 
 impl<'c> CounterWrites<'c> {
-    /// The statements: `allocate` a new row's id in its tenant's slot ([`ALLOCATE_TALLY`]);
+    /// The statements: `allocate` new rows' ids in their tenant's slot ([`ALLOCATE_TALLY`]);
     /// `by_id` an update by row id; `insert` the plain insert, which with `on_conflict` after it
     /// and `RETURNING id` makes the upsert.
     fn prepare(
@@ -491,6 +498,7 @@ impl<'c> CounterWrites<'c> {
             by_id: tx.prepare_cached(by_id)?,
             insert: tx.prepare_cached(insert)?,
             upsert: tx.prepare_cached(&format!("{insert} {on_conflict} RETURNING id"))?,
+            reserved: None,
         })
     }
 
@@ -499,11 +507,14 @@ impl<'c> CounterWrites<'c> {
     /// key, and a plain insert adds one with a new id in its tenant's slot (rather than the
     /// upsert); if no row has its id any more, by its key (the upsert with a new id, answering
     /// the row's). The id is kept on the cached counter. A counter has no id only in the
-    /// transaction that loaded it (a batch that fails empties the caches).
+    /// transaction that loaded it (a batch that fails empties the caches). `left` is how many
+    /// new counters of `tenant` this batch writes from this one on ([`Cache::write_touched`]):
+    /// the first takes all their ids at once.
     fn store(
         &mut self,
         id: &mut Option<i64>,
         tenant: &str,
+        left: usize,
         key: &[&dyn ToSql],
         stored: &[&dyn ToSql],
     ) -> Result<(), Error> {
@@ -513,7 +524,7 @@ impl<'c> CounterWrites<'c> {
                 return Ok(());
             }
         }
-        let new: i64 = self.allocate.query_row([tenant], |r| r.get(0))?;
+        let new = self.next_id(tenant, left.max(1))?;
         let row = std::iter::once(&new as &dyn ToSql).chain(key.iter().copied()).chain(stored.iter().copied());
         *id = Some(match *id {
             None => {
@@ -523,6 +534,22 @@ impl<'c> CounterWrites<'c> {
             Some(_) => self.upsert.query_row(params_from_iter(row), |r| r.get(0))?,
         });
         Ok(())
+    }
+
+    /// A new row's id for `tenant`: the next of those reserved for it, else the first of `wanted`
+    /// it reserves.
+    fn next_id(&mut self, tenant: &str, wanted: usize) -> Result<i64, Error> {
+        if let Some((of, next, left)) = &mut self.reserved
+            && of == tenant
+            && *left > 0
+        {
+            *left -= 1;
+            *next += 1;
+            return Ok(*next - 1);
+        }
+        let first: i64 = self.allocate.query_row(params![tenant, wanted as i64], |r| r.get(0))?;
+        self.reserved = Some((tenant.to_string(), first + 1, wanted - 1));
+        Ok(first)
     }
 }
 
@@ -663,11 +690,11 @@ impl UsageStore for SqliteStore {
                 // Tallies before breakdowns (every counted event has a tally), and a batch's new
                 // counters in key order: the tenants a batch counts first take their slots
                 // ([`ALLOCATE_TALLY`]) in the order of their names, as rows keyed by tenant lay before.
-                cache.write_touched(|(tenant, meter, bucket), c| {
+                cache.write_touched(|(tenant, meter, bucket), c, left| {
                     let value = c.tally.value.map(|v| v.to_string());
                     let latest = c.tally.latest.as_ref();
                     let (latest_us, latest_id) = (latest.map(|l| l.0), latest.map(|l| &l.1));
-                    tallies.store(&mut c.id, tenant, &[tenant, meter, bucket], &[&value, &latest_us, &latest_id])
+                    tallies.store(&mut c.id, tenant, left, &[tenant, meter, bucket], &[&value, &latest_us, &latest_id])
                 })?;
                 let mut breakdowns = CounterWrites::prepare(
                     &tx,
@@ -677,9 +704,9 @@ impl UsageStore for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     "ON CONFLICT (tenant, period, meter, property, value) DO UPDATE SET amount = excluded.amount",
                 )?;
-                group_cache.write_touched(|(tenant, period, meter, property, value), c| {
+                group_cache.write_touched(|(tenant, period, meter, property, value), c, left| {
                     let amount = c.tally.value.unwrap_or_default().to_string();
-                    breakdowns.store(&mut c.id, tenant, &[tenant, period, meter, property, value], &[&amount])
+                    breakdowns.store(&mut c.id, tenant, left, &[tenant, period, meter, property, value], &[&amount])
                 })?;
                 let allowances = self.allowances.read().unwrap_or_else(|e| e.into_inner()).clone();
                 if let Some(allowances) = allowances {
@@ -984,6 +1011,58 @@ mod tests {
         drop(store);
         assert_eq!(runs(&path, "tallies"), TENANTS);
         assert_eq!(runs(&path, "breakdowns"), TENANTS);
+    }
+
+    /// Times the writer has run `sql`, a statement it keeps prepared.
+    fn runs_of(store: &SqliteStore, sql: &str) -> i32 {
+        let conn = store.writer.lock().unwrap();
+        conn.prepare_cached(sql).unwrap().get_status(meter_sqlite::rusqlite::StatementStatus::Run)
+    }
+
+    /// A batch gives each tenant's new counters their ids with one statement per table, however
+    /// many it adds (a batch of many tenants would otherwise run one for every new row), and
+    /// the ids are the next ones of the tenant's slot, in key order, whether or not the tenant
+    /// had rows before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_gives_a_tenants_new_counters_their_ids_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let route = |r: &str| serde_json::json!({"route": r, "method": "GET", "status": 200});
+        let next_day = MID_NOVEMBER + 86_400_000_000;
+        // b: two meters, two buckets (4 tallies); a: one meter on two days (3 tallies) and two
+        // routes (2 breakdowns).
+        let first = [
+            crate::contract::tokens("b", "b1", 10, MID_NOVEMBER),
+            metered(1, "a", "a1", "api.call", route("/x"), MID_NOVEMBER),
+            metered(2, "a", "a2", "api.call", route("/y"), next_day),
+        ];
+        store.apply("c", &meters(), &first, &adv(0, 3)).unwrap();
+        assert_eq!(runs_of(&store, ALLOCATE_TALLY), 2, "one statement per tenant for its tallies");
+        assert_eq!(runs_of(&store, ALLOCATE_BREAKDOWN), 1, "and one per tenant for its breakdowns");
+        // a again, with a tally and a breakdown it had not (the 17th, route /z).
+        let later = [metered(3, "a", "a3", "api.call", route("/z"), next_day + 86_400_000_000)];
+        store.apply("c", &meters(), &later, &adv(3, 4)).unwrap();
+        assert_eq!(runs_of(&store, ALLOCATE_TALLY), 3);
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let ids = |table: &str, tenant: &str| -> Vec<i64> {
+            let mut stmt = conn.prepare(&format!("SELECT id FROM {table} WHERE tenant = ?1 ORDER BY id")).unwrap();
+            stmt.query_map([tenant], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        let slot = |tenant: &str| -> i64 {
+            conn.query_row("SELECT slot FROM counter_slots WHERE tenant = ?1", [tenant], |r| r.get(0)).unwrap()
+        };
+        let (a, b) = (slot("a") << 32, slot("b") << 32);
+        assert_eq!(ids("tallies", "a"), [a, a + 1, a + 2, a + 3], "the ids follow each other in the slot");
+        assert_eq!(ids("tallies", "b"), [b, b + 1, b + 2, b + 3]);
+        assert_eq!(ids("breakdowns", "a"), [a, a + 1, a + 2]);
+        let counts: (i64, i64) = conn
+            .query_row("SELECT tallies, breakdowns FROM counter_slots WHERE tenant = 'a'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(counts, (4, 3), "the slot counts every id given, none twice");
     }
 
     /// A file whose counters lie in the order each was first counted (row ids given in turn)
