@@ -7,6 +7,7 @@
 # thread) is not in it: the last field, the process's own total, says how much that left out.
 #   EVENTS=300000 TENANTS=10000 benches/threads.sh
 # BIN runs another build; LOADGEN (default BIN) is the build whose load generator sends the events.
+# The last line is the server's peak resident memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-300000}
@@ -31,3 +32,5 @@ ticks() { sed 's/^.*) //' "$1" | awk '{ print $12 + $13 }'; }
   for t in /proc/"$pid"/task/*; do printf '%s %s\n' "$(tr ' ' '_' <"$t/comm")" "$(ticks "$t/stat")"; done
   printf 'process %s\n' "$(ticks /proc/"$pid"/stat)"
 } | awk -v hz="$hz" '{ s[$1] += $2 } END { for (k in s) if (k != "process") printf "%s=%.2f ", k, s[k] / hz; printf "process=%.2f\n", s["process"] / hz }'
+# The server's peak resident memory (the counters' cache grows with the tenants counted).
+awk '/VmHWM/ { printf "peak RSS %d MB\n", $2 / 1024 }' /proc/"$pid"/status
