@@ -82,40 +82,70 @@ fn keys(p: u32) -> (i64, i64) {
     (base as i64, (base + (1 << OFFSET_BITS)) as i64)
 }
 
+/// Most records one transaction of [`lay_out`] moves.
+const MOVE_CHUNK: i64 = 50_000;
+
 /// Gives each of the `partitions` a table of its own ([`table`]), moving into them the records of
-/// a log that kept every partition in one table (`log`, before migration 5), in one transaction:
-/// a record keeps its key, so the ids the dedup index keeps with their first copy's key still find
-/// it. A record outside every partition refuses the move (the count of partitions is kept with the
-/// log and never changes).
-fn lay_out(conn: &mut Connection, partitions: u32) -> Result<(), Error> {
+/// a log that kept every partition in one table (`log`, before migration 5). A record keeps its
+/// key, so the ids the dedup index keeps with their first copy's key still find it. The records
+/// move `chunk` at a time ([`MOVE_CHUNK`]), each chunk in one transaction (inserted into its partition's
+/// table and deleted from `log`), with the WAL bounded after each: a log of months moves without a
+/// WAL of its size, and a move cut off goes on at the next opening. `log` goes when it is empty.
+/// A record outside every partition (the count of partitions is kept with the log and never
+/// changes) refuses the move before anything moves.
+fn lay_out(conn: &mut Connection, partitions: u32, wal: &WalBound, chunk: i64) -> Result<(), Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for p in 0..partitions {
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (key INTEGER PRIMARY KEY, ingested_us INTEGER NOT NULL, payload BLOB NOT NULL)",
+            table(p)
+        ))?;
+    }
     let one_table: bool =
         tx.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'log'", [], |r| r.get(0))?;
-    let mut moved = 0;
-    for p in 0..partitions {
-        let t = table(p);
-        tx.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {t} (key INTEGER PRIMARY KEY, ingested_us INTEGER NOT NULL, payload BLOB NOT NULL)"
-        ))?;
-        if one_table {
-            let (from, to) = keys(p);
-            moved += tx.execute(
-                &format!("INSERT INTO {t} SELECT key, ingested_us, payload FROM log WHERE key >= ?1 AND key < ?2 ORDER BY key"),
-                params![from, to],
-            )?;
-        }
-    }
     if one_table {
-        let held: usize = tx.query_row("SELECT count(*) FROM log", [], |r| r.get(0))?;
-        if held != moved {
+        let end = keys(partitions - 1).1;
+        let outside: i64 = tx.query_row("SELECT count(*) FROM log WHERE key < 0 OR key >= ?1", [end], |r| r.get(0))?;
+        if outside > 0 {
             return Err(Error::Unavailable(format!(
-                "{} records of the log lie outside its {partitions} partitions; it is left as it is",
-                held - moved
+                "{outside} records of the log's table `log` have keys beyond its {partitions} partitions \
+                 (from {end}); none was moved into the partitions' tables"
             )));
         }
-        tx.execute_batch("DROP TABLE log")?;
     }
     tx.commit()?;
+    if !one_table {
+        return Ok(());
+    }
+    for p in 0..partitions {
+        let (mut from, to) = keys(p);
+        let t = table(p);
+        loop {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let next: Option<i64> = tx
+                .query_row(
+                    "SELECT key FROM log WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT 1 OFFSET ?3",
+                    params![from, to, chunk],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let until = next.unwrap_or(to);
+            tx.execute(
+                &format!("INSERT INTO {t} SELECT key, ingested_us, payload FROM log WHERE key >= ?1 AND key < ?2 ORDER BY key"),
+                params![from, until],
+            )?;
+            tx.execute("DELETE FROM log WHERE key >= ?1 AND key < ?2", params![from, until])?;
+            tx.commit()?;
+            if let Err(e) = wal.after_commit(conn) {
+                tracing::warn!(error = %e, "bounding the event log's WAL while moving its records failed");
+            }
+            match next {
+                Some(_) => from = until,
+                None => break,
+            }
+        }
+    }
+    conn.execute_batch("DROP TABLE log")?;
     Ok(())
 }
 
@@ -294,7 +324,9 @@ impl SqliteLog {
             }
             Some(_) => {}
         }
-        lay_out(&mut conn, partitions)?;
+        let checkpointer = Checkpointer::start(path, Duration::from_secs(1))?;
+        let wal = WalBound::new(path, WAL_BOUND).asking(&checkpointer);
+        lay_out(&mut conn, partitions, &wal, MOVE_CHUNK)?;
         // Each partition's statements kept prepared, with the others'.
         conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS + 2 * partitions as usize);
         let mut next = Vec::with_capacity(partitions as usize);
@@ -310,8 +342,6 @@ impl SqliteLog {
         }
         let heads = Arc::new(Heads::default());
         let (tx, rx) = mpsc::channel(4096);
-        let checkpointer = Checkpointer::start(path, Duration::from_secs(1))?;
-        let wal = WalBound::new(path, WAL_BOUND).asking(&checkpointer);
         let writer = Writer { conn, next, heads: heads.clone(), lateness_us, wal, dedup };
         std::thread::Builder::new()
             .name("meter-log-writer".into())
@@ -600,63 +630,114 @@ mod tests {
     }
 
     /// Each partition's records lie in a table of their own, appended at its end. A log written
-    /// with one table for every partition (a build from before) is moved into them on opening:
-    /// its records read at the same positions, and each partition's next offset follows them.
+    /// with one table for every partition (a build from before, schema 4) is moved into them on
+    /// opening, and so is one whose move was cut off (schema 5, some partitions moved): its
+    /// records read at the same positions, each partition's next offset follows them, and a
+    /// resent event is still a duplicate, also when its first copy is read back from its
+    /// partition's table (the dedup index keeps that copy's key).
     #[tokio::test]
     async fn each_partition_has_a_table_and_a_log_in_one_table_moves_into_them() {
+        let tenants = ["acme", "globex", "initech", "umbrella", "hooli", "stark"];
+        for (version, cut_off) in [(4, false), (5, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("events.db");
+            let log = SqliteLog::open(&path, 4, Durability::Normal).unwrap();
+            // Alone first: its id goes straight into the open generation, whose hash is changed below.
+            let first = event("acme", "acme-first", 9);
+            let outcomes = log.append(std::slice::from_ref(&first)).await.unwrap();
+            let Outcome::Appended(at) = &outcomes[0] else { panic!("{outcomes:?}") };
+            let mut written = vec![("acme-first".to_string(), at.partition, at.offset)];
+            for n in 0..2 {
+                let events: Vec<Event> = tenants.iter().map(|t| event(t, &format!("{t}-{n}"), n)).collect();
+                for (e, o) in events.iter().zip(log.append(&events).await.unwrap()) {
+                    let Outcome::Appended(at) = o else { panic!("{o:?}") };
+                    written.push((e.id.clone(), at.partition, at.offset));
+                }
+            }
+            drop(log);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            {
+                // As a build from before left it: every record in `log`; or, cut off, partition
+                // 0's already moved.
+                let conn = Connection::open(&path).unwrap();
+                conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                conn.execute_batch(
+                    "CREATE TABLE log (key INTEGER PRIMARY KEY, ingested_us INTEGER NOT NULL, payload BLOB NOT NULL)",
+                )
+                .unwrap();
+                for p in u32::from(cut_off)..4 {
+                    conn.execute_batch(&format!("INSERT INTO log SELECT * FROM log_{p}; DROP TABLE log_{p};")).unwrap();
+                }
+                conn.pragma_update(None, "user_version", version).unwrap();
+                let changed =
+                    conn.execute("UPDATE ids_g1 SET hash = ?1 WHERE id = 'acme-first'", [&[7u8; 32][..]]).unwrap();
+                assert_eq!(changed, 1);
+            }
+            let log = SqliteLog::open(&path, 4, Durability::Normal).unwrap();
+            assert_eq!(tables(&path), ["log_0", "log_1", "log_2", "log_3"], "schema {version}");
+            let mut reader = log.reader().unwrap();
+            reader.seek(&[]);
+            let read = reader.poll(100, Duration::from_millis(50)).unwrap().records;
+            let mut got: Vec<(String, u32, u64)> =
+                read.iter().map(|r| (r.event.id.clone(), r.position.partition, r.position.offset)).collect();
+            got.sort();
+            written.sort();
+            assert_eq!(got, written, "every record at its position");
+            let resent = log.append(&[event("acme", "acme-0", 0), first.clone()]).await.unwrap();
+            assert_eq!(resent, [Outcome::Duplicate, Outcome::Duplicate], "a first copy read back from its table");
+            let p = partition_for("acme", 4);
+            let next = written.iter().filter(|w| w.1 == p).count() as u64;
+            let appended = log.append(&[event("acme", "acme-2", 2)]).await.unwrap();
+            assert_eq!(appended, [Outcome::Appended(Position { partition: p, offset: next })]);
+        }
+    }
+
+    /// The records of a log in one table move a chunk a transaction, each partition's all of them
+    /// in order, and `log` goes.
+    #[test]
+    fn records_move_a_chunk_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.db");
-        let tenants = ["acme", "globex", "initech", "umbrella", "hooli", "stark"];
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, &path, &MIGRATIONS[..4]).unwrap();
+        let keys: Vec<i64> = (0..5).chain((0..2).map(|o| 1 << OFFSET_BITS | o)).collect();
+        for &key in &keys {
+            conn.execute("INSERT INTO log VALUES (?1, ?1, x'00')", [key]).unwrap();
+        }
+        lay_out(&mut conn, 2, &WalBound::new(&path, WAL_BOUND), 2).unwrap();
+        drop(conn);
+        assert_eq!(tables(&path), ["log_0", "log_1"]);
+        let conn = Connection::open(&path).unwrap();
+        let held = |t: &str| -> Vec<i64> {
+            let mut stmt = conn.prepare(&format!("SELECT key FROM {t} WHERE ingested_us = key ORDER BY key")).unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        assert_eq!(held("log_0"), keys[..5]);
+        assert_eq!(held("log_1"), keys[5..]);
+    }
+
+    /// A record of a log in one table whose key lies beyond every partition refuses the move,
+    /// and nothing moves.
+    #[tokio::test]
+    async fn a_record_beyond_the_partitions_refuses_the_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
         {
             let mut old = Connection::open(&path).unwrap();
             migrate(&mut old, &path, &MIGRATIONS[..4]).unwrap();
-            old.execute("INSERT INTO meta (name, value) VALUES ('partitions', 4)", []).unwrap();
-            for (i, t) in tenants.iter().enumerate() {
-                for n in 0..2 {
-                    let p = u64::from(partition_for(t, 4));
-                    let e = event(t, &format!("{t}-{n}"), n);
-                    let offset: i64 = old
-                        .query_row(
-                            "SELECT count(*) FROM log WHERE key >= ?1 AND key < ?2",
-                            params![(p << OFFSET_BITS) as i64, ((p + 1) << OFFSET_BITS) as i64],
-                            |r| r.get(0),
-                        )
-                        .unwrap();
-                    old.execute(
-                        "INSERT INTO log (key, ingested_us, payload) VALUES (?1, ?2, ?3)",
-                        params![(p << OFFSET_BITS | offset as u64) as i64, i as i64, e.encode()],
-                    )
-                    .unwrap();
-                }
+            old.execute("INSERT INTO meta (name, value) VALUES ('partitions', 2)", []).unwrap();
+            let payload = event("acme", "a", 0).encode();
+            for key in [0_i64, 2 << OFFSET_BITS] {
+                old.execute("INSERT INTO log VALUES (?1, 0, ?2)", params![key, payload]).unwrap();
             }
         }
-        let log = SqliteLog::open(&path, 4, Durability::Normal).unwrap();
-        assert_eq!(tables(&path), ["log_0", "log_1", "log_2", "log_3"]);
-        let mut reader = log.reader().unwrap();
-        reader.seek(&[]);
-        let read = reader.poll(100, Duration::from_millis(50)).unwrap().records;
-        let mut got: Vec<(String, u32, u64)> =
-            read.iter().map(|r| (r.event.id.clone(), r.position.partition, r.position.offset)).collect();
-        got.sort();
-        let mut expected = Vec::new();
-        let mut next = [0u64; 4];
-        for t in tenants {
-            for n in 0..2 {
-                let p = partition_for(t, 4);
-                expected.push((format!("{t}-{n}"), p, next[p as usize]));
-                next[p as usize] += 1;
-            }
-        }
-        expected.sort();
-        assert_eq!(got, expected, "every record at its position");
-        let p = partition_for("acme", 4);
-        let appended = log.append(&[event("acme", "acme-2", 2)]).await.unwrap();
-        assert_eq!(appended, [Outcome::Appended(Position { partition: p, offset: next[p as usize] })]);
-        drop(reader);
-        drop(log);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let log = SqliteLog::open(&path, 4, Durability::Normal).unwrap();
-        let appended = log.append(&[event("acme", "acme-3", 3)]).await.unwrap();
-        assert_eq!(appended, [Outcome::Appended(Position { partition: p, offset: next[p as usize] + 1 })]);
+        let err = SqliteLog::open(&path, 2, Durability::Normal).err().unwrap();
+        assert!(
+            err.to_string().contains("1 records of the log's table `log` have keys beyond its 2 partitions"),
+            "{err}"
+        );
+        let conn = Connection::open(&path).unwrap();
+        let held: i64 = conn.query_row("SELECT count(*) FROM log", [], |r| r.get(0)).unwrap();
+        assert_eq!(held, 2);
     }
 }

@@ -210,6 +210,9 @@ const ALLOCATE_BREAKDOWN: &str = allocate!("breakdowns");
 /// its peak; BENCHMARKS.md).
 const CACHE_ENTRIES: usize = 2_000_000;
 
+/// Most breakdowns kept in memory (keys of five strings; two a tenant there).
+const GROUP_CACHE_ENTRIES: usize = 500_000;
+
 /// The SQLite usage store.
 pub struct SqliteStore {
     _checkpointer: Checkpointer,
@@ -618,7 +621,7 @@ impl UsageStore for SqliteStore {
         let written = (|| {
             let mut applied = Applied::default();
             cache.begin(CACHE_ENTRIES);
-            group_cache.begin(CACHE_ENTRIES);
+            group_cache.begin(GROUP_CACHE_ENTRIES);
             // The period's and the day's bucket of the last event's day: a batch is mostly one day.
             let mut day = None;
             let (mut raised, mut new_alerts) = (Vec::new(), 0);
