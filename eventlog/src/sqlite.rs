@@ -5,8 +5,8 @@
 //! conflict leaves the others untouched. A record's rowid is `partition << 40 | offset`, in its
 //! partition's own table (`log_<partition>`, [`table`]), so that every partition's records are
 //! appended at the end of a B-tree: in one table for all, every partition but the last split
-//! pages in the middle of it (the log writer took 1.4 times the CPU at 10,000 tenants as with one
-//! partition, BENCHMARKS.md).
+//! pages in the middle of it (at 10,000 tenants the log writer took 1.30 and 1.50 times the CPU
+//! it took with one partition, BENCHMARKS.md).
 //!
 //! Compaction ([`EventLog::compact`]) deletes a prefix of a partition in transactions of
 //! [`COMPACT_CHUNK`] records and records, in the same transaction, the first offset the
