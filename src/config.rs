@@ -559,8 +559,12 @@ impl IngestConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorConfig {
-    /// Most events applied in one transaction.
+    /// Most events applied in one transaction while the aggregator keeps up.
     pub batch_size: usize,
+    /// Most events applied in one transaction while a backlog lasts (batches double from
+    /// `batch_size` up to this; fewer, larger batches catch up for less CPU, holding more events
+    /// in memory).
+    pub max_batch_size: usize,
     /// After a small read, how long to wait for more before applying (bigger batches cost less
     /// per event; every event waits this much longer to be counted).
     #[serde(with = "humantime_serde")]
@@ -578,6 +582,7 @@ impl Default for AggregatorConfig {
         let d = meter_aggregator::Settings::default();
         Self {
             batch_size: d.batch_size,
+            max_batch_size: d.max_batch_size,
             linger: d.linger,
             group: d.consumer,
             session_timeout: KafkaSettings::new("").session_timeout,
@@ -667,6 +672,16 @@ impl Config {
         self.log_backend()?;
         self.store_backend()?;
         self.state_backend()?;
+        let a = &self.aggregator;
+        if a.batch_size == 0 {
+            return Err(ConfigError::Invalid("aggregator.batch_size must be at least 1".into()));
+        }
+        if a.max_batch_size < a.batch_size {
+            return Err(ConfigError::Invalid(format!(
+                "aggregator.max_batch_size ({}) must be at least aggregator.batch_size ({})",
+                a.max_batch_size, a.batch_size
+            )));
+        }
         if self.sink.batch_size == 0 {
             return Err(ConfigError::Invalid("sink.batch_size must be at least 1".into()));
         }
@@ -948,6 +963,12 @@ mod tests {
                     "take 500 events at once",
                 ),
                 ("[ingest.quotas.default]\nevents_per_second = 5000\nper_minute = 3\n", "per_minute", "unknown field"),
+                ("[aggregator]\nbatch_size = 0\n", "aggregator.batch_size", "at least 1"),
+                (
+                    "[aggregator]\nbatch_size = 50000\nmax_batch_size = 40000\n",
+                    "aggregator.max_batch_size (40000)",
+                    "at least aggregator.batch_size (50000)",
+                ),
             ] {
                 jail.create_file("bad.toml", file)?;
                 let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();

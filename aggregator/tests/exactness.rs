@@ -8,6 +8,13 @@ use meter_store::{Checkpoint, Coverage, SqliteStore, UsageStore};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A SQLite log of 4 partitions and a SQLite store in `dir`.
+fn log_and_store(dir: &tempfile::TempDir) -> (Arc<SqliteLog>, Arc<dyn UsageStore>) {
+    let log = SqliteLog::open(&dir.path().join("events.db"), 4, Durability::Normal).unwrap();
+    let store = SqliteStore::open(&dir.path().join("usage.db"), Durability::Normal).unwrap();
+    (Arc::new(log), Arc::new(store))
+}
+
 fn invocation(tenant: &str, id: u32, tokens: u32) -> Event {
     let props = serde_json::json!({"model": "m", "input_tokens": tokens, "output_tokens": 1});
     Event {
@@ -47,9 +54,7 @@ async fn wait_for(store: &dyn UsageStore, tenant: &str, want: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_exactly_across_restarts_and_rereads() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(SqliteLog::open(&dir.path().join("events.db"), 4, Durability::Normal).unwrap());
-    let store: Arc<dyn UsageStore> =
-        Arc::new(SqliteStore::open(&dir.path().join("usage.db"), Durability::Normal).unwrap());
+    let (log, store) = log_and_store(&dir);
     let catalog = Arc::new(Catalog::new(vec![]).unwrap());
     let start =
         || Aggregator::start(log.reader().unwrap(), store.clone(), catalog.clone(), Settings::default()).unwrap();
@@ -74,10 +79,18 @@ async fn counts_exactly_across_restarts_and_rereads() {
     assert!(usage.watermark_us.is_some(), "a caught-up aggregator publishes a watermark");
 }
 
-/// A store whose first `fail` applies fail, as a full disk or a locked file would.
+/// A store whose first `fail` applies fail, as a full disk or a locked file would, and which
+/// records how many events each batch it applied held.
 struct Flaky {
     inner: Arc<dyn UsageStore>,
     fail: std::sync::atomic::AtomicUsize,
+    sizes: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Flaky {
+    fn new(inner: Arc<dyn UsageStore>, fail: usize) -> Arc<Self> {
+        Arc::new(Flaky { inner, fail: fail.into(), sizes: Default::default() })
+    }
 }
 
 #[async_trait::async_trait]
@@ -97,7 +110,9 @@ impl UsageStore for Flaky {
             self.fail.store(left - 1, std::sync::atomic::Ordering::SeqCst);
             return Err(meter_store::Error::UnknownMeter(usize::MAX));
         }
-        self.inner.apply(consumer, meters, events, progress)
+        let applied = self.inner.apply(consumer, meters, events, progress)?;
+        self.sizes.lock().unwrap().push(events.len());
+        Ok(applied)
     }
     fn advance_watermark(
         &self,
@@ -143,10 +158,8 @@ impl UsageStore for Flaky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_batches_are_retried_not_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(SqliteLog::open(&dir.path().join("events.db"), 4, Durability::Normal).unwrap());
-    let inner: Arc<dyn UsageStore> =
-        Arc::new(SqliteStore::open(&dir.path().join("usage.db"), Durability::Normal).unwrap());
-    let flaky = Arc::new(Flaky { inner: inner.clone(), fail: std::sync::atomic::AtomicUsize::new(3) });
+    let (log, inner) = log_and_store(&dir);
+    let flaky = Flaky::new(inner.clone(), 3);
     let catalog = Arc::new(Catalog::new(vec![]).unwrap());
     log.append(&(0..40).map(|i| invocation("a", i, 10)).collect::<Vec<_>>()).await.unwrap();
     let agg = Aggregator::start(log.reader().unwrap(), flaky.clone(), catalog, Settings::default()).unwrap();
@@ -164,15 +177,48 @@ async fn failed_batches_are_retried_not_skipped() {
     agg.drain_and_stop().unwrap();
 }
 
+/// A backlog is counted in batches that double, up to `max_batch_size`, while the log holds more
+/// than a batch (each batch rewrites every counter it touches once, so fewer, larger batches
+/// catch up for less); once caught up, batches start again from `batch_size`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_counted_in_batches_that_grow_and_shrink_again_once_caught_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, inner) = log_and_store(&dir);
+    let store = Flaky::new(inner.clone(), 0);
+    let catalog = Arc::new(Catalog::new(vec![]).unwrap());
+    let tenants = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let events = |from: u32, to: u32| -> Vec<Event> {
+        (from..to).map(|i| invocation(tenants[i as usize % tenants.len()], i, 1)).collect()
+    };
+    log.append(&events(0, 400)).await.unwrap();
+    let settings = Settings { batch_size: 10, max_batch_size: 40, ..Settings::default() };
+    let agg = Aggregator::start(log.reader().unwrap(), store.clone(), catalog, settings).unwrap();
+    for t in tenants {
+        wait_for(&*inner, t, "100").await;
+    }
+    let backlog = std::mem::take(&mut *store.sizes.lock().unwrap());
+    assert_eq!(backlog.iter().sum::<usize>(), 400, "{backlog:?}");
+    assert!(backlog[0] <= 10, "the first batch is at most batch_size: {backlog:?}");
+    assert!(backlog.iter().all(|&n| n <= 40), "no batch above max_batch_size: {backlog:?}");
+    assert!(backlog.iter().any(|&n| n > 20), "batches grow while a backlog lasts: {backlog:?}");
+
+    log.append(&events(400, 480)).await.unwrap();
+    for t in tenants {
+        wait_for(&*inner, t, "120").await;
+    }
+    agg.drain_and_stop().unwrap();
+    let after = store.sizes.lock().unwrap().clone();
+    assert_eq!(after.iter().sum::<usize>(), 80, "{after:?}");
+    assert!(after[0] <= 10, "caught up, batches start again from batch_size: {after:?}");
+}
+
 /// A store whose checkpoint is behind what a compacted log holds (a usage store lost and started
 /// empty) is refused, naming the partition and offsets, rather than counting only what is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_behind_the_compacted_log_is_refused() {
     use meter_eventlog::Position;
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(SqliteLog::open(&dir.path().join("events.db"), 4, Durability::Normal).unwrap());
-    let store: Arc<dyn UsageStore> =
-        Arc::new(SqliteStore::open(&dir.path().join("usage.db"), Durability::Normal).unwrap());
+    let (log, store) = log_and_store(&dir);
     let catalog = Arc::new(Catalog::new(vec![]).unwrap());
     log.append(&(0..10).map(|i| invocation("a", i, 10)).collect::<Vec<_>>()).await.unwrap();
     let partition = meter_schemas::partition::partition_for("a", 4);

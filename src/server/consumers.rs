@@ -24,6 +24,7 @@ pub(super) fn start_aggregator_if_needed(
     }
     let settings = Settings {
         batch_size: config.aggregator.batch_size,
+        max_batch_size: config.aggregator.max_batch_size,
         linger: config.aggregator.linger,
         consumer: config.aggregator.group.clone(),
         ..Settings::default()
@@ -41,6 +42,8 @@ pub(super) fn start_sink_if_needed(
     let Some(ch) = shared.clickhouse.as_ref().filter(|_| sinks) else { return Ok((None, None)) };
     let settings = Settings {
         batch_size: config.sink.batch_size,
+        // The sink's inserts keep their size, backlog or not.
+        max_batch_size: config.sink.batch_size,
         linger: config.sink.linger,
         consumer: config.sink.group.clone(),
         // Resume soon after ClickHouse is back; a retry costs one refused connection.
