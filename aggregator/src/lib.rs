@@ -57,9 +57,11 @@ pub struct Settings {
     /// SQLite, BENCHMARKS.md, "The aggregator's batches"); a live stream's batches are what
     /// arrived since the last one.
     pub batch_size: usize,
-    /// Most records applied in one transaction while a backlog lasts: after a batch that left
-    /// records behind, the next may hold twice as many, up to this; a batch that reached the end
-    /// of the log brings it back to `batch_size`.
+    /// Most records applied in one transaction while a backlog lasts: after a batch not known to
+    /// have reached the end of the log (on Kafka the reader asks where its partitions end at most
+    /// every 100 ms, so a live stream's batches are mostly not known to), the next may hold twice
+    /// as many, up to this; a batch that reached the end brings it back to `batch_size`. No batch
+    /// waits for more because of it: a read stops at what the reader has at hand.
     pub max_batch_size: usize,
     /// How long a poll waits for new records.
     pub poll_timeout: Duration,
