@@ -563,8 +563,8 @@ pub struct AggregatorConfig {
     pub batch_size: usize,
     /// Most events applied in one transaction while a backlog lasts (batches double from
     /// `batch_size` up to this; fewer, larger batches catch up for less CPU, holding more events
-    /// in memory).
-    pub max_batch_size: usize,
+    /// in memory). Unset: the aggregator's default, or `batch_size` if that is larger.
+    pub max_batch_size: Option<usize>,
     /// After a small read, how long to wait for more before applying (bigger batches cost less
     /// per event; every event waits this much longer to be counted).
     #[serde(with = "humantime_serde")]
@@ -582,11 +582,19 @@ impl Default for AggregatorConfig {
         let d = meter_aggregator::Settings::default();
         Self {
             batch_size: d.batch_size,
-            max_batch_size: d.max_batch_size,
+            max_batch_size: None,
             linger: d.linger,
             group: d.consumer,
             session_timeout: KafkaSettings::new("").session_timeout,
         }
+    }
+}
+
+impl AggregatorConfig {
+    /// The largest batch while a backlog lasts: as set, else the aggregator's default or
+    /// `batch_size` if larger (a configuration from before the setting keeps its batches).
+    pub fn max_batch_size(&self) -> usize {
+        self.max_batch_size.unwrap_or_else(|| meter_aggregator::Settings::default().max_batch_size.max(self.batch_size))
     }
 }
 
@@ -676,10 +684,10 @@ impl Config {
         if a.batch_size == 0 {
             return Err(ConfigError::Invalid("aggregator.batch_size must be at least 1".into()));
         }
-        if a.max_batch_size < a.batch_size {
+        if let Some(max) = a.max_batch_size.filter(|max| *max < a.batch_size) {
             return Err(ConfigError::Invalid(format!(
-                "aggregator.max_batch_size ({}) must be at least aggregator.batch_size ({})",
-                a.max_batch_size, a.batch_size
+                "aggregator.max_batch_size ({max}) must be at least aggregator.batch_size ({})",
+                a.batch_size
             )));
         }
         if self.sink.batch_size == 0 {
@@ -974,6 +982,21 @@ mod tests {
                 let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();
                 assert!(err.contains(field) && err.contains(why), "{file}: {err}");
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_largest_batch_follows_a_larger_batch_size_unless_set() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!((c.aggregator.batch_size, c.aggregator.max_batch_size()), (40_000, 160_000));
+            jail.set_env("METER__AGGREGATOR__BATCH_SIZE", "200000");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.aggregator.max_batch_size(), 200_000, "a configuration from before the setting loads");
+            jail.set_env("METER__AGGREGATOR__MAX_BATCH_SIZE", "400000");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.aggregator.max_batch_size(), 400_000);
             Ok(())
         });
     }

@@ -60,8 +60,9 @@ pub struct Settings {
     /// Most records applied in one transaction while a backlog lasts: after a batch not known to
     /// have reached the end of the log (on Kafka the reader asks where its partitions end at most
     /// every 100 ms, so a live stream's batches are mostly not known to), the next may hold twice
-    /// as many, up to this; a batch that reached the end brings it back to `batch_size`. No batch
-    /// waits for more because of it: a read stops at what the reader has at hand.
+    /// as many, up to this; a batch that reached the end, or a poll that found nothing, brings it
+    /// back to `batch_size`. No batch waits for more because of it: a read stops at what the
+    /// reader has at hand.
     pub max_batch_size: usize,
     /// How long a poll waits for new records.
     pub poll_timeout: Duration,
@@ -245,6 +246,8 @@ fn consume(
                 last_watermark = Instant::now();
             }
             metrics::gauge!(metric::LAG, "consumer" => settings.consumer.clone()).set(0.0);
+            // Nothing at hand: no backlog, whatever the last batch knew.
+            limit = settings.batch_size;
             if stopping && batch.caught_up {
                 tracing::info!("aggregator drained the log and stopped");
                 return Ok(Ended::Drained);
@@ -312,12 +315,12 @@ fn consume(
         metrics::gauge!(metric::LAG, "consumer" => settings.consumer.clone()).set(if batch.caught_up {
             0.0
         } else {
-            limit as f64
+            settings.batch_size as f64
         });
         limit = if batch.caught_up {
             settings.batch_size
         } else {
-            (limit * 2).min(settings.max_batch_size).max(settings.batch_size)
+            limit.saturating_mul(2).min(settings.max_batch_size).max(settings.batch_size)
         };
         if skipped > 0 {
             tracing::warn!(skipped, "events the current meters cannot read (configuration changed since ingest)");

@@ -110,9 +110,9 @@ impl UsageStore for Flaky {
             self.fail.store(left - 1, std::sync::atomic::Ordering::SeqCst);
             return Err(meter_store::Error::UnknownMeter(usize::MAX));
         }
-        let applied = self.inner.apply(consumer, meters, events, progress)?;
+        // Recorded before the batch commits, so that a test seeing its counts sees its size.
         self.sizes.lock().unwrap().push(events.len());
-        Ok(applied)
+        self.inner.apply(consumer, meters, events, progress)
     }
     fn advance_watermark(
         &self,
@@ -179,37 +179,46 @@ async fn failed_batches_are_retried_not_skipped() {
 
 /// A backlog is counted in batches that double, up to `max_batch_size`, while the log holds more
 /// than a batch (each batch rewrites every counter it touches once, so fewer, larger batches
-/// catch up for less); once caught up, batches start again from `batch_size`.
+/// catch up for less); once a poll finds nothing, batches start again from `batch_size`, even
+/// when the backlog's last batch was full and so not known to be caught up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_counted_in_batches_that_grow_and_shrink_again_once_caught_up() {
     let dir = tempfile::tempdir().unwrap();
     let (log, inner) = log_and_store(&dir);
     let store = Flaky::new(inner.clone(), 0);
     let catalog = Arc::new(Catalog::new(vec![]).unwrap());
-    let tenants = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    // A tenant in each of the 4 partitions: a read of `limit` takes a quarter of it from each.
+    let tenants: Vec<String> = (0..4)
+        .map(|p| (0..).map(|i| format!("t{i}")).find(|t| meter_schemas::partition::partition_for(t, 4) == p).unwrap())
+        .collect();
     let events = |from: u32, to: u32| -> Vec<Event> {
-        (from..to).map(|i| invocation(tenants[i as usize % tenants.len()], i, 1)).collect()
+        (from..to).map(|i| invocation(&tenants[i as usize % tenants.len()], i, 1)).collect()
     };
-    log.append(&events(0, 400)).await.unwrap();
-    let settings = Settings { batch_size: 10, max_batch_size: 40, ..Settings::default() };
+    // 102 events a partition: reads of 2, 4, then 8 twelve times, the last of them full.
+    log.append(&events(0, 408)).await.unwrap();
+    let settings =
+        Settings { batch_size: 8, max_batch_size: 32, poll_timeout: Duration::from_millis(20), ..Settings::default() };
     let agg = Aggregator::start(log.reader().unwrap(), store.clone(), catalog, settings).unwrap();
-    for t in tenants {
-        wait_for(&*inner, t, "100").await;
+    for t in &tenants {
+        wait_for(&*inner, t, "204").await;
     }
     let backlog = std::mem::take(&mut *store.sizes.lock().unwrap());
-    assert_eq!(backlog.iter().sum::<usize>(), 400, "{backlog:?}");
-    assert!(backlog[0] <= 10, "the first batch is at most batch_size: {backlog:?}");
-    assert!(backlog.iter().all(|&n| n <= 40), "no batch above max_batch_size: {backlog:?}");
-    assert!(backlog.iter().any(|&n| n > 20), "batches grow while a backlog lasts: {backlog:?}");
+    assert_eq!(backlog.iter().sum::<usize>(), 408, "{backlog:?}");
+    assert!(backlog[0] <= 8, "the first batch is at most batch_size: {backlog:?}");
+    assert!(backlog.iter().all(|&n| n <= 32), "no batch above max_batch_size: {backlog:?}");
+    assert!(backlog.iter().any(|&n| n > 16), "batches grow while a backlog lasts: {backlog:?}");
+    assert_eq!(backlog.last(), Some(&32), "the backlog ends on a full batch: {backlog:?}");
 
-    log.append(&events(400, 480)).await.unwrap();
-    for t in tenants {
-        wait_for(&*inner, t, "120").await;
+    // Polls that find nothing (every 20 ms) come before the next events.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    log.append(&events(408, 488)).await.unwrap();
+    for t in &tenants {
+        wait_for(&*inner, t, "244").await;
     }
     agg.drain_and_stop().unwrap();
     let after = store.sizes.lock().unwrap().clone();
     assert_eq!(after.iter().sum::<usize>(), 80, "{after:?}");
-    assert!(after[0] <= 10, "caught up, batches start again from batch_size: {after:?}");
+    assert!(after[0] <= 8, "after a poll that found nothing, batches start again from batch_size: {after:?}");
 }
 
 /// A store whose checkpoint is behind what a compacted log holds (a usage store lost and started

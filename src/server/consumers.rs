@@ -24,7 +24,7 @@ pub(super) fn start_aggregator_if_needed(
     }
     let settings = Settings {
         batch_size: config.aggregator.batch_size,
-        max_batch_size: config.aggregator.max_batch_size,
+        max_batch_size: config.aggregator.max_batch_size(),
         linger: config.aggregator.linger,
         consumer: config.aggregator.group.clone(),
         ..Settings::default()
