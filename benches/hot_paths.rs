@@ -1,8 +1,9 @@
 //! Criterion benchmarks of the hot paths: parsing and validating a request, metering events, the
-//! SQLite log append and the store's batch apply (without alerts, and with every tenant on a plan
-//! so that each changed counter is checked against its thresholds), and a new id's lookup in the
-//! embedded default's dedup state of many sealed generations, through their group filters and
-//! through each generation's filter. Run with `cargo bench --bench hot_paths`.
+//! SQLite log append and the store's batch apply (without alerts, with every tenant on a plan so
+//! that each changed counter is checked against its thresholds, and of tenants counted for the
+//! first time), and a new id's lookup in the embedded default's dedup state of many sealed
+//! generations, through their group filters and through each generation's filter. Run with
+//! `cargo bench --bench hot_paths`.
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -103,27 +104,47 @@ fn storage_path(c: &mut Criterion) {
             bench.iter_batched(
                 || {
                     round += 1;
-                    parsed(&format!("s{round}"), 1000, 1000, &catalog)
-                        .into_iter()
-                        .map(|e| {
-                            let contributions = catalog.contributions(&e).0;
-                            Metered {
-                                groups: catalog.groups(&contributions, &e),
-                                contributions,
-                                tenant: e.tenant,
-                                id: e.id,
-                                offset: 0,
-                                time_us: e.time_us,
-                            }
-                        })
-                        .collect::<Vec<_>>()
+                    metered(parsed(&format!("s{round}"), 1000, 1000, &catalog), &catalog, None)
                 },
                 |metered| store.apply("bench", catalog.meters(), &metered, &Progress::default()).unwrap(),
                 BatchSize::LargeInput,
             )
         });
     }
+    // Tenants counted for the first time: 100 new ones each round, 10 events each (every code
+    // twice), so that each of their counters takes a new row and each tenant a slot.
+    let fresh = SqliteStore::open(&dir.path().join("fresh.db"), Durability::Normal).unwrap();
+    let mut round = 0;
+    g.bench_function("sqlite_store_apply_1000_new_tenants", |bench| {
+        bench.iter_batched(
+            || {
+                round += 1;
+                metered(parsed(&format!("n{round}"), 1000, 100, &catalog), &catalog, Some(&format!("r{round}-")))
+            },
+            |metered| fresh.apply("bench", catalog.meters(), &metered, &Progress::default()).unwrap(),
+            BatchSize::LargeInput,
+        )
+    });
     g.finish();
+}
+
+/// `events` metered as the aggregator hands them to the store, their tenants' names after
+/// `prefix` when given.
+fn metered(events: Vec<Event>, catalog: &Catalog, prefix: Option<&str>) -> Vec<Metered> {
+    events
+        .into_iter()
+        .map(|e| {
+            let contributions = catalog.contributions(&e).0;
+            Metered {
+                groups: catalog.groups(&contributions, &e),
+                contributions,
+                tenant: prefix.map_or(e.tenant.clone(), |p| format!("{p}{}", e.tenant)),
+                id: e.id,
+                offset: 0,
+                time_us: e.time_us,
+            }
+        })
+        .collect()
 }
 
 /// The allowances of the 1,000 tenants `body` uses, each subscribed to the sample's Starter plan.

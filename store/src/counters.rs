@@ -57,15 +57,7 @@ impl<K: Hash + Eq> Cache<K> {
     /// Locks `cache`. One a batch panicked while holding (poisoned) may hold counters it changed
     /// in place and never stored: it is emptied, and no longer poisoned.
     pub(crate) fn lock(cache: &Mutex<Self>) -> MutexGuard<'_, Self> {
-        match cache.lock() {
-            Ok(held) => held,
-            Err(poisoned) => {
-                let mut held = poisoned.into_inner();
-                held.clear();
-                cache.clear_poison();
-                held
-            }
-        }
+        lock_or_clear(cache, Self::clear)
     }
 
     /// Forgets every counter (after a failed batch, or when another writer may have written).
@@ -153,57 +145,46 @@ impl<K: Hash + Eq> Cache<K> {
     }
 
     /// Hands `write` each counter this batch touched: those with a row's id first, in the order
-    /// met, then the new ones in key order, so a tenant's new counters follow each other. With
-    /// each it gives how many new counters of its tenant are left, itself included (0 for one
-    /// with a row's id), so that a tenant's new rows can be given their ids at once.
+    /// met, then the new ones in key order, so a tenant's new counters follow each other.
     pub(crate) fn write_touched(
         &mut self,
-        mut write: impl FnMut(&K, &mut Counter, usize) -> Result<(), Error>,
+        mut write: impl FnMut(&K, &mut Counter) -> Result<(), Error>,
     ) -> Result<(), Error>
     where
-        K: Ord + Tenanted,
+        K: Ord,
     {
         let Cache { map, touched, .. } = self;
         let mut new = Vec::new();
         for &at in touched.iter() {
             let Some((key, (counter, _))) = map.get_index_mut(at) else { continue };
             if counter.id.is_some() {
-                write(key, counter, 0)?;
+                write(key, counter)?;
             } else {
-                new.push((at, 1));
+                new.push(at);
             }
         }
         // Only the new ones are sorted (few once a tenant's counters exist).
-        let key = |at: usize| map.get_index(at).map(|e| e.0);
-        new.sort_unstable_by(|&(a, _), &(b, _)| key(a).cmp(&key(b)));
-        for i in (1..new.len()).rev() {
-            if key(new[i - 1].0).map(Tenanted::tenant) == key(new[i].0).map(Tenanted::tenant) {
-                new[i - 1].1 = new[i].1 + 1;
-            }
-        }
-        for (at, left) in new {
+        new.sort_unstable_by(|&a, &b| map.get_index(a).map(|e| e.0).cmp(&map.get_index(b).map(|e| e.0)));
+        for at in new {
             if let Some((key, (counter, _))) = map.get_index_mut(at) {
-                write(key, counter, left)?;
+                write(key, counter)?;
             }
         }
         Ok(())
     }
 }
 
-/// A counter's key, whose first part is its tenant's.
-pub(crate) trait Tenanted {
-    fn tenant(&self) -> &str;
-}
-
-impl Tenanted for Key {
-    fn tenant(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Tenanted for GroupKey {
-    fn tenant(&self) -> &str {
-        &self.0
+/// Locks `held`. One a batch panicked while holding (poisoned) may hold what the batch changed in
+/// place and never stored: `clear` empties it, and it is no longer poisoned.
+pub(crate) fn lock_or_clear<T>(held: &Mutex<T>, clear: impl FnOnce(&mut T)) -> MutexGuard<'_, T> {
+    match held.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => {
+            let mut guard = poisoned.into_inner();
+            clear(&mut guard);
+            held.clear_poison();
+            guard
+        }
     }
 }
 
@@ -339,8 +320,7 @@ mod tests {
         assert_eq!(cache.get_mut(&KeyRef("b", "m", "2026-11")).unwrap().id, Some(2));
     }
 
-    /// Counters with a row are written first, in the order met; new ones after them, by key,
-    /// each with how many new counters of its tenant are left.
+    /// Counters with a row are written first, in the order met; new ones after them, by key.
     #[test]
     fn counters_with_a_row_are_written_first_and_new_ones_by_key() {
         let mut cache: Cache<Key> = Cache::default();
@@ -351,14 +331,13 @@ mod tests {
         }
         let mut order = Vec::new();
         cache
-            .write_touched(|k, c, left| {
-                order.push((k.0.clone() + &k.1, left));
+            .write_touched(|k, c| {
+                order.push(k.0.clone() + &k.1);
                 c.id.get_or_insert(1);
                 Ok(())
             })
             .unwrap();
-        let expected = [("cm", 0), ("bm", 0), ("am", 2), ("an", 1), ("dm", 1)];
-        assert_eq!(order, expected.map(|(k, n)| (k.to_string(), n)));
+        assert_eq!(order, ["cm", "bm", "am", "an", "dm"]);
         assert!(cache.touched().all(|(_, c)| c.id.is_some()), "the ids given stay with the counters");
     }
 

@@ -735,7 +735,7 @@ struct Writes<K> {
     new: Vec<(K, Tally)>,
 }
 
-impl<K: std::hash::Hash + Eq + Ord + Clone + crate::counters::Tenanted> Writes<K> {
+impl<K: std::hash::Hash + Eq + Ord + Clone> Writes<K> {
     /// The counters this batch touched in `cache`, copied out (a key only when its row is new),
     /// with their latest values when `latest` (tallies; a breakdown keeps an amount only).
     fn of(cache: &mut Cache<K>, latest: bool) -> Result<Self, Error> {
@@ -746,7 +746,7 @@ impl<K: std::hash::Hash + Eq + Ord + Clone + crate::counters::Tenanted> Writes<K
             latest_id: Vec::new(),
             new: Vec::new(),
         };
-        cache.write_touched(|key, c, _| {
+        cache.write_touched(|key, c| {
             match c.id {
                 Some(id) if latest => {
                     w.ids.push(id);
