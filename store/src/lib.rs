@@ -87,6 +87,16 @@ pub enum Error {
         /// How many the batch rewrites.
         of: usize,
     },
+    /// A tenant's slot in SQLite's `counter_slots` is not the one this process gave the tenant's
+    /// new rows their ids in (changed under the store); nothing was applied, and the next batch
+    /// reads it again.
+    #[error("tenant {tenant}'s slot in counter_slots is no longer {kept}; reading it again")]
+    SlotMoved {
+        /// The tenant.
+        tenant: String,
+        /// The slot this process kept for it.
+        kept: i64,
+    },
     /// The storage underneath failed.
     #[error(transparent)]
     Storage(#[from] meter_sqlite::Error),

@@ -170,9 +170,11 @@ const MIGRATIONS: &[&str] = &[
 const READ_SLOT: &str = "SELECT slot, tallies, breakdowns FROM counter_slots WHERE tenant = ?1";
 
 /// Writes a tenant's slot with its counts after a batch gave it ids ([`Slots`]).
+/// Changes nothing if the tenant's stored slot is another one.
 const WRITE_SLOT: &str = "INSERT INTO counter_slots (tenant, slot, tallies, breakdowns) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (tenant) DO UPDATE
-     SET tallies = max(tallies, excluded.tallies), breakdowns = max(breakdowns, excluded.breakdowns)";
+     SET tallies = max(tallies, excluded.tallies), breakdowns = max(breakdowns, excluded.breakdowns)
+     WHERE counter_slots.slot = excluded.slot";
 
 /// Most tallies kept in memory; past it the cache starts over (the database has every value).
 /// 100,000 tenants counting every default meter hold 1.2 million (6 meters, 2 buckets): at
@@ -451,41 +453,43 @@ fn raise_alerts<'a>(
 
 /// The two tables whose rows take their ids in their tenant's slot (`counter_slots`).
 #[derive(Clone, Copy)]
-enum Slotted {
+enum CounterTable {
     Tallies,
     Breakdowns,
 }
 
-impl Slotted {
-    /// The place of the table's count in [`Slot::given`].
-    fn at(self) -> usize {
-        match self {
-            Slotted::Tallies => 0,
-            Slotted::Breakdowns => 1,
-        }
-    }
-
-    /// The position after the last row of the table in the slot at `?1` (its first id), 0 if it
+impl CounterTable {
+    /// The position after the last row of the table in the slot whose first id is `?1`, 0 if it
     /// has none.
     fn past_rows(self) -> &'static str {
         match self {
-            Slotted::Tallies => {
+            CounterTable::Tallies => {
                 "SELECT coalesce(max(id) + 1 - ?1, 0) FROM tallies WHERE id BETWEEN ?1 AND ?1 + 4294967295"
             }
-            Slotted::Breakdowns => {
+            CounterTable::Breakdowns => {
                 "SELECT coalesce(max(id) + 1 - ?1, 0) FROM breakdowns WHERE id BETWEEN ?1 AND ?1 + 4294967295"
             }
         }
     }
 }
 
-/// A tenant's slot and how many ids it has given in each table ([`Slotted::at`]).
-#[derive(Clone, Copy)]
+/// A tenant's slot and how many ids it has given in each table.
 struct Slot {
-    slot: i64,
-    given: [i64; 2],
+    number: i64,
+    tallies: i64,
+    breakdowns: i64,
     /// Whether the batch in progress gave it ids (and must write it).
     changed: bool,
+}
+
+impl Slot {
+    /// Its count of ids given in `table`.
+    fn given(&mut self, table: CounterTable) -> &mut i64 {
+        match table {
+            CounterTable::Tallies => &mut self.tallies,
+            CounterTable::Breakdowns => &mut self.breakdowns,
+        }
+    }
 }
 
 /// Most tenants' slots kept in memory; past it the map starts over (`counter_slots` has them).
@@ -494,86 +498,119 @@ const SLOT_ENTRIES: usize = 500_000;
 /// Each tenant's slot (`counter_slots`) with its counts as committed plus what the batch in
 /// progress gave: a row's id is its tenant's slot times 2^32 plus the tenant's count of rows so
 /// far in that table, never given twice. A tenant's slot is read the first time a batch gives it
-/// an id, a new tenant taking the next slot, and the batch writes it once ([`WRITE_SLOT`]).
-/// Locked only while `writer` is held; emptied with the counters' caches (after a batch that
-/// failed, its counts may be ones its transaction rolled back).
+/// an id; a new tenant takes the greatest slot plus one, read once in each batch that meets a new
+/// tenant (another process on the file may have taken slots since). The batch writes each
+/// tenant it gave ids once ([`WRITE_SLOT`]).
+///
+/// Locked only while `writer` is held, and emptied with the counters' caches: after a batch that
+/// failed, its counts may be ones its transaction rolled back; after a checkpoint read, another
+/// process may have given ids to a tenant (a tenant's events are all in one partition, whose
+/// owner alone writes its counters).
 #[derive(Default)]
 struct Slots {
     by_tenant: indexmap::IndexMap<String, Slot, hashbrown::DefaultHashBuilder>,
-    /// The slot the next new tenant takes, once read.
+    /// The slot the next new tenant takes, once read in a batch.
     next: Option<i64>,
     /// The places in `by_tenant` of the tenants the batch in progress gave ids.
     changed: Vec<usize>,
 }
 
 impl Slots {
-    /// Starts a batch; past [`SLOT_ENTRIES`] tenants the map starts over.
+    /// Starts a batch. Past [`SLOT_ENTRIES`] tenants, or with counts a batch left unwritten
+    /// (one that failed without [`Slots::clear`]), the map starts over.
     fn begin(&mut self) {
-        self.changed.clear();
-        if self.by_tenant.len() > SLOT_ENTRIES {
+        if self.by_tenant.len() > SLOT_ENTRIES || !self.changed.is_empty() {
             self.clear();
         }
+        self.next = None;
     }
 
+    /// Forgets every tenant's slot (`counter_slots` has the committed ones).
     fn clear(&mut self) {
         self.by_tenant.clear();
         self.next = None;
         self.changed.clear();
     }
 
-    /// The next id of `tenant` in `table`. With `past_rows`, first past every row in the slot's
-    /// range (one added without an id, by a build from before migration 9 still running, takes
-    /// the table's greatest id plus one: the next position of the greatest slot).
-    fn next_id(&mut self, tx: &Connection, tenant: &str, table: Slotted, past_rows: bool) -> Result<i64, Error> {
-        let at = match self.by_tenant.get_index_of(tenant) {
-            Some(at) => at,
+    /// The next id of `tenant` in `table`.
+    fn next_id(&mut self, tx: &Connection, tenant: &str, table: CounterTable) -> Result<i64, Error> {
+        let at = self.place(tx, tenant)?;
+        Ok(self.give(at, table))
+    }
+
+    /// The next id of `tenant` in `table` past every row in its slot's range: one added without
+    /// an id, by a build from before migration 9 still running, takes the table's greatest id
+    /// plus one (the next position of the greatest slot), which the count does not know.
+    fn next_id_past_rows(&mut self, tx: &Connection, tenant: &str, table: CounterTable) -> Result<i64, Error> {
+        let at = self.place(tx, tenant)?;
+        let (_, slot) = self.by_tenant.get_index_mut(at).expect("a place the map gave");
+        let past: i64 = tx.prepare_cached(table.past_rows())?.query_row([slot.number << 32], |r| r.get(0))?;
+        let given = slot.given(table);
+        *given = (*given).max(past);
+        Ok(self.give(at, table))
+    }
+
+    /// The place of `tenant`'s slot in the map: read from `counter_slots` if the map lacks it, a
+    /// new slot if the table lacks it too.
+    fn place(&mut self, tx: &Connection, tenant: &str) -> Result<usize, Error> {
+        if let Some(at) = self.by_tenant.get_index_of(tenant) {
+            return Ok(at);
+        }
+        let stored = tx
+            .prepare_cached(READ_SLOT)?
+            .query_row([tenant], |r| {
+                Ok(Slot { number: r.get(0)?, tallies: r.get(1)?, breakdowns: r.get(2)?, changed: false })
+            })
+            .optional()?;
+        let slot = match stored {
+            Some(slot) => slot,
             None => {
-                let stored = tx
-                    .prepare_cached(READ_SLOT)?
-                    .query_row([tenant], |r| {
-                        Ok(Slot { slot: r.get(0)?, given: [r.get(1)?, r.get(2)?], changed: false })
-                    })
-                    .optional()?;
-                let slot = match stored {
-                    Some(slot) => slot,
-                    None => {
-                        let next = match self.next {
-                            Some(next) => next,
-                            None => {
-                                tx.query_row("SELECT coalesce(max(slot), 0) + 1 FROM counter_slots", [], |r| r.get(0))?
-                            }
-                        };
-                        self.next = Some(next + 1);
-                        Slot { slot: next, given: [0, 0], changed: false }
-                    }
+                let number = match self.next {
+                    Some(next) => next,
+                    None => tx.query_row("SELECT coalesce(max(slot), 0) + 1 FROM counter_slots", [], |r| r.get(0))?,
                 };
-                self.by_tenant.insert_full(tenant.to_string(), slot).0
+                self.next = Some(number + 1);
+                Slot { number, tallies: 0, breakdowns: 0, changed: false }
             }
         };
-        let (_, slot) = self.by_tenant.get_index_mut(at).expect("a place the map just gave");
-        let (first, given) = (slot.slot << 32, &mut slot.given[table.at()]);
-        if past_rows {
-            let past: i64 = tx.prepare_cached(table.past_rows())?.query_row([first], |r| r.get(0))?;
-            *given = (*given).max(past);
-        }
-        *given += 1;
+        Ok(self.by_tenant.insert_full(tenant.to_string(), slot).0)
+    }
+
+    /// Gives the next id of the slot at `at` in `table`, marking the slot to be written.
+    fn give(&mut self, at: usize, table: CounterTable) -> i64 {
+        let (_, slot) = self.by_tenant.get_index_mut(at).expect("a place the map gave");
         if !slot.changed {
             slot.changed = true;
             self.changed.push(at);
         }
-        Ok(first + *given - 1)
+        let first = slot.number << 32;
+        let given = slot.given(table);
+        *given += 1;
+        first + *given - 1
     }
 
-    /// Writes the slot of each tenant the batch gave ids, once.
+    /// Writes the slot of each tenant the batch gave ids, once; [`Error::SlotMoved`] if a
+    /// tenant's stored slot is not the one kept.
     fn write(&mut self, tx: &Connection) -> Result<(), Error> {
         let mut write = tx.prepare_cached(WRITE_SLOT)?;
         for at in self.changed.drain(..) {
-            let Some((tenant, slot)) = self.by_tenant.get_index_mut(at) else { continue };
+            let (tenant, slot) = self.by_tenant.get_index_mut(at).expect("a place the map gave");
             slot.changed = false;
-            write.execute(params![tenant, slot.slot, slot.given[0], slot.given[1]])?;
+            if write.execute(params![tenant, slot.number, slot.tallies, slot.breakdowns])? != 1 {
+                return Err(Error::SlotMoved { tenant: tenant.clone(), kept: slot.number });
+            }
         }
         Ok(())
     }
+}
+
+/// Forgets what the writer keeps of the database between batches: the counters and the tenants'
+/// slots (after a batch that failed, having changed them in place; or when another process may
+/// have written).
+fn forget_kept(cache: &mut Cache<Key>, group_cache: &mut Cache<GroupKey>, slots: &mut Slots) {
+    cache.clear();
+    group_cache.clear();
+    slots.clear();
 }
 
 /// The statements that write one table's counters in a batch's transaction. `insert` and
@@ -581,7 +618,7 @@ impl Slots {
 /// row's id and then the stored ones.
 struct CounterWrites<'c> {
     tx: &'c Connection,
-    table: Slotted,
+    table: CounterTable,
     by_id: CachedStatement<'c>,
     insert: CachedStatement<'c>,
     upsert: CachedStatement<'c>,
@@ -591,7 +628,13 @@ impl<'c> CounterWrites<'c> {
     /// The statements: `by_id` an update by row id; `insert` the insert that skips a row whose
     /// id is taken (`INSERT OR IGNORE` + `into`), and the upsert (`INSERT` + `into` +
     /// `on_conflict` + `RETURNING id`).
-    fn prepare(tx: &'c Connection, table: Slotted, by_id: &str, into: &str, on_conflict: &str) -> Result<Self, Error> {
+    fn prepare(
+        tx: &'c Connection,
+        table: CounterTable,
+        by_id: &str,
+        into: &str,
+        on_conflict: &str,
+    ) -> Result<Self, Error> {
         Ok(CounterWrites {
             tx,
             table,
@@ -604,9 +647,10 @@ impl<'c> CounterWrites<'c> {
     /// Writes one counter of `tenant` (the key's first column) in the write transaction that read
     /// it: by its row's id when it has one; if it has none, the transaction found no row for its
     /// key, and an insert adds one with the next id of its tenant's slot (rather than the
-    /// upsert). If no row has its id any more, or the next id was taken by a row the slot's count
-    /// does not know, by its key: the upsert with an id past the slot's rows, answering the
-    /// row's. The id is kept on the cached counter. A counter has no id only in the transaction
+    /// upsert). If no row has its id any more, or the insert added nothing (the next id was taken
+    /// by a row the slot's count does not know; any other conflict it skips, the upsert meets
+    /// again and answers or fails with), by its key: the upsert with an id past the slot's rows,
+    /// answering the row's. The id is kept on the cached counter. A counter has no id only in the transaction
     /// that loaded it (a batch that fails empties the caches).
     fn store(
         &mut self,
@@ -624,7 +668,7 @@ impl<'c> CounterWrites<'c> {
                 }
             }
             None => {
-                let new = slots.next_id(self.tx, tenant, self.table, false)?;
+                let new = slots.next_id(self.tx, tenant, self.table)?;
                 let row = std::iter::once(&new as &dyn ToSql).chain(key.iter().copied()).chain(stored.iter().copied());
                 if self.insert.execute(params_from_iter(row))? == 1 {
                     *id = Some(new);
@@ -632,7 +676,7 @@ impl<'c> CounterWrites<'c> {
                 }
             }
         }
-        let new = slots.next_id(self.tx, tenant, self.table, true)?;
+        let new = slots.next_id_past_rows(self.tx, tenant, self.table)?;
         let row = std::iter::once(&new as &dyn ToSql).chain(key.iter().copied()).chain(stored.iter().copied());
         *id = Some(self.upsert.query_row(params_from_iter(row), |r| r.get(0))?);
         Ok(())
@@ -655,9 +699,11 @@ fn tally_from(row: &Row<'_>, first: usize) -> meter_sqlite::rusqlite::Result<Tal
 impl UsageStore for SqliteStore {
     fn checkpoint(&self, consumer: &str) -> Result<Checkpoint, Error> {
         let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.group_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        forget_kept(
+            &mut Cache::lock(&self.cache),
+            &mut Cache::lock(&self.group_cache),
+            &mut lock_or_clear(&self.slots, Slots::clear),
+        );
         let other: Option<String> = conn
             .query_row("SELECT consumer FROM checkpoints WHERE consumer <> ?1 LIMIT 1", [consumer], |r| r.get(0))
             .optional()?;
@@ -769,7 +815,7 @@ impl UsageStore for SqliteStore {
                 }
                 let mut tallies = CounterWrites::prepare(
                     &tx,
-                    Slotted::Tallies,
+                    CounterTable::Tallies,
                     "UPDATE tallies SET value = ?2, latest_us = ?3, latest_id = ?4 WHERE id = ?1",
                     "INTO tallies (id, tenant, meter, bucket, value, latest_us, latest_id)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -788,7 +834,7 @@ impl UsageStore for SqliteStore {
                 })?;
                 let mut breakdowns = CounterWrites::prepare(
                     &tx,
-                    Slotted::Breakdowns,
+                    CounterTable::Breakdowns,
                     "UPDATE breakdowns SET amount = ?2 WHERE id = ?1",
                     "INTO breakdowns (id, tenant, period, meter, property, value, amount)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -823,11 +869,8 @@ impl UsageStore for SqliteStore {
             seen.commit(tx)?;
             Ok::<_, Error>((applied, raised, new_alerts))
         })();
-        let (applied, raised, new_alerts) = written.inspect_err(|_| {
-            cache.clear();
-            group_cache.clear();
-            slots.clear();
-        })?;
+        let (applied, raised, new_alerts) =
+            written.inspect_err(|_| forget_kept(&mut cache, &mut group_cache, &mut slots))?;
         if let Err(e) = seen.committed(&mut conn, now_us()) {
             tracing::warn!(error = %e, "moving counted ids into the dedup index failed; trying again after the next batch");
         }
@@ -1117,7 +1160,7 @@ mod tests {
         conn.prepare_cached(sql).unwrap().get_status(meter_sqlite::rusqlite::StatementStatus::Run)
     }
 
-    /// A batch reads a tenant's slot (`counter_slots`) only the first time it meets the tenant,
+    /// A batch reads a tenant's slot (`counter_slots`) only the first time one gives it an id,
     /// gives its new counters their ids in memory, the next ones of the slot in key order whether
     /// or not the tenant had rows before, and writes the slot once, whichever tables it added
     /// rows to (a batch of many new tenants ran two upserts with `RETURNING` for each, 10 % of
@@ -1138,11 +1181,11 @@ mod tests {
             metered(2, "a", "a2", "api.call", route("/y"), day(1)),
         ];
         store.apply("c", &meters(), &first, &adv(0, 3)).unwrap();
-        assert_eq!(runs_of(&store, READ_SLOT), 2, "one read for each tenant met for the first time");
+        assert_eq!(runs_of(&store, READ_SLOT), 2, "one read for each tenant given ids for the first time");
         assert_eq!(runs_of(&store, WRITE_SLOT), 2, "one write for each tenant with new rows, for both tables");
         // a again, with a tally and a breakdown it had not (the 17th, route /z).
         store.apply("c", &meters(), &[metered(3, "a", "a3", "api.call", route("/z"), day(2))], &adv(3, 4)).unwrap();
-        assert_eq!(runs_of(&store, READ_SLOT), 2, "a tenant met before is not read again");
+        assert_eq!(runs_of(&store, READ_SLOT), 2, "a tenant given ids before is not read again");
         assert_eq!(runs_of(&store, WRITE_SLOT), 3);
         // a batch without new rows writes no slot.
         store.apply("c", &meters(), &[metered(4, "a", "a4", "api.call", route("/z"), day(2))], &adv(4, 5)).unwrap();
@@ -1242,11 +1285,22 @@ mod tests {
             store.usage("a", "2026-11".parse().unwrap(), Coverage { consumer: "c", partition: 0 }).await.unwrap();
         assert_eq!(usage.meters["api_calls"].period.value, Some(Decimal::from(2)));
         assert_eq!(usage.meters["api_calls"].days["2026-11-16"].value, Some(Decimal::from(1)));
+        let nov = "2026-11".parse().unwrap();
+        assert_eq!(store.breakdown("a", nov).await.unwrap()["api_calls"]["route"]["/z"], Decimal::from(1));
+        assert_counts_past_the_rows(&path, "a");
     }
 
-    /// A batch that fails midway leaves its counters in the store's kept maps (ids of rolled
-    /// back rows among them, which `counter_slots` gives out again): the next batch starts them over,
-    /// so what the failed one added is not counted, nor written to another key's row.
+    /// `tenant`'s counts in `counter_slots` are past its last row in each table.
+    fn assert_counts_past_the_rows(path: &Path, tenant: &str) {
+        let (tallies, (slot, given, _)) = slot_and_ids(path, "tallies", tenant);
+        let (breakdowns, (_, _, given_breakdowns)) = slot_and_ids(path, "breakdowns", tenant);
+        let past = |ids: &[i64]| ids.iter().max().map_or(0, |last| last + 1 - (slot << 32));
+        assert_eq!((given, given_breakdowns), (past(&tallies), past(&breakdowns)), "{tenant}'s counts");
+    }
+
+    /// A batch that fails midway (here in its fold) leaves its counters in the store's kept maps:
+    /// the next batch starts them over, so what the failed one added is not counted, nor written
+    /// to another key's row.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_batch_leaves_nothing_in_the_next() {
         let dir = tempfile::tempdir().unwrap();
@@ -1258,6 +1312,70 @@ mod tests {
         store.apply("c", &meters(), &[call(0, "c1"), call(1, "c2")], &adv(0, 2)).unwrap();
         let two = Some(Decimal::from(2));
         assert_eq!(calls(&store).await, (two, two, two));
+    }
+
+    /// `tenant`'s row ids in `table`, and its slot with its counts in `counter_slots`.
+    fn slot_and_ids(path: &Path, table: &str, tenant: &str) -> (Vec<i64>, (i64, i64, i64)) {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn.prepare(&format!("SELECT id FROM {table} WHERE tenant = ?1 ORDER BY id")).unwrap();
+        let ids = stmt.query_map([tenant], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        let slot = conn
+            .query_row("SELECT slot, tallies, breakdowns FROM counter_slots WHERE tenant = ?1", [tenant], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        (ids, slot)
+    }
+
+    /// A batch that fails after it gave new tenants their slots and ids (here its checkpoint's
+    /// write) leaves none of them behind: the next batch gives the same tenants the same slots
+    /// and ids from the start, and the counts match the rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_fails_after_giving_ids_leaves_no_slot_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let batch = [call(0, "c1"), crate::contract::tokens("b", "b1", 10, MID_NOVEMBER)];
+        let refuse = "CREATE TRIGGER refuse BEFORE INSERT ON checkpoints BEGIN SELECT RAISE(ABORT, 'refused'); END";
+        Connection::open(&path).unwrap().execute_batch(refuse).unwrap();
+        assert!(store.apply("c", &meters(), &batch, &adv(0, 2)).is_err(), "the checkpoint's write fails");
+        Connection::open(&path).unwrap().execute_batch("DROP TRIGGER refuse").unwrap();
+        store.apply("c", &meters(), &batch, &adv(0, 2)).unwrap();
+        let (ids, (slot, tallies, breakdowns)) = slot_and_ids(&path, "tallies", "a");
+        let a = slot << 32;
+        assert_eq!((slot, ids), (1, vec![a, a + 1]), "a's slot and ids from the start");
+        assert_eq!((tallies, breakdowns), (2, 1));
+        assert_eq!(slot_and_ids(&path, "breakdowns", "a").0, [a]);
+        let (ids, (slot, tallies, _)) = slot_and_ids(&path, "tallies", "b");
+        assert_eq!((slot, tallies, ids.len()), (2, 4, 4));
+        assert_eq!(calls(&store).await.0, Some(Decimal::from(1)), "counted once");
+    }
+
+    /// Two processes on one file, each owning a partition, count new tenants in turn: each takes
+    /// the slot after the other's, not one it remembered as free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processes_on_one_file_give_new_tenants_the_next_slots_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let (one, two) = (
+            SqliteStore::open(&path, Durability::Normal).unwrap(),
+            SqliteStore::open(&path, Durability::Normal).unwrap(),
+        );
+        let on = |partition: u32, at: u64| Progress {
+            partitions: vec![crate::Advance { partition, from: at, to: at + 1 }],
+            watermark_us: None,
+        };
+        let tokens = |tenant: &str| [crate::contract::tokens(tenant, &format!("{tenant}1"), 10, MID_NOVEMBER)];
+        one.apply("c", &meters(), &tokens("x"), &on(0, 0)).unwrap();
+        two.apply("c", &meters(), &tokens("y"), &on(1, 0)).unwrap();
+        one.apply("c", &meters(), &tokens("z"), &on(0, 1)).unwrap();
+        two.apply("c", &meters(), &tokens("w"), &on(1, 1)).unwrap();
+        let slots: Vec<i64> = ["x", "y", "z", "w"].iter().map(|t| slot_and_ids(&path, "tallies", t).1.0).collect();
+        assert_eq!(slots, [1, 2, 3, 4]);
+        for t in ["x", "y", "z", "w"] {
+            let (ids, (slot, tallies, _)) = slot_and_ids(&path, "tallies", t);
+            assert_eq!(ids, (0..tallies).map(|i| (slot << 32) + i).collect::<Vec<_>>(), "{t}'s rows in its slot");
+        }
     }
 
     /// A counter whose row went (removed by hand) while this process remembered its id is
@@ -1275,5 +1393,6 @@ mod tests {
         store.apply("c", &meters(), &[call(1, "c2")], &adv(1, 2)).unwrap();
         let two = Some(Decimal::from(2));
         assert_eq!(calls(&store).await, (two, two, two));
+        assert_counts_past_the_rows(&path, "a");
     }
 }
