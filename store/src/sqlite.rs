@@ -462,13 +462,18 @@ impl CounterTable {
     /// The position after the last row of the table in the slot whose first id is `?1`, 0 if it
     /// has none.
     fn past_rows(self) -> &'static str {
+        macro_rules! past_rows {
+            ($table:literal) => {
+                concat!(
+                    "SELECT coalesce(max(id) + 1 - ?1, 0) FROM ",
+                    $table,
+                    " WHERE id BETWEEN ?1 AND ?1 + 4294967295"
+                )
+            };
+        }
         match self {
-            CounterTable::Tallies => {
-                "SELECT coalesce(max(id) + 1 - ?1, 0) FROM tallies WHERE id BETWEEN ?1 AND ?1 + 4294967295"
-            }
-            CounterTable::Breakdowns => {
-                "SELECT coalesce(max(id) + 1 - ?1, 0) FROM breakdowns WHERE id BETWEEN ?1 AND ?1 + 4294967295"
-            }
+            CounterTable::Tallies => past_rows!("tallies"),
+            CounterTable::Breakdowns => past_rows!("breakdowns"),
         }
     }
 }
@@ -650,8 +655,8 @@ impl<'c> CounterWrites<'c> {
     /// upsert). If no row has its id any more, or the insert added nothing (the next id was taken
     /// by a row the slot's count does not know; any other conflict it skips, the upsert meets
     /// again and answers or fails with), by its key: the upsert with an id past the slot's rows,
-    /// answering the row's. The id is kept on the cached counter. A counter has no id only in the transaction
-    /// that loaded it (a batch that fails empties the caches).
+    /// answering the row's. The id is kept on the cached counter. A counter has no id only in
+    /// the transaction that loaded it (a batch that fails empties the caches).
     fn store(
         &mut self,
         slots: &mut Slots,
@@ -1349,6 +1354,28 @@ mod tests {
         let (ids, (slot, tallies, _)) = slot_and_ids(&path, "tallies", "b");
         assert_eq!((slot, tallies, ids.len()), (2, 4, 4));
         assert_eq!(calls(&store).await.0, Some(Decimal::from(1)), "counted once");
+    }
+
+    /// A tenant's slot moved in `counter_slots` (by hand) while this process kept it: the batch that
+    /// would write ids of the old slot fails with `SlotMoved` and changes nothing, and the next one
+    /// reads the slot again and gives ids in the new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slot_moved_under_the_store_fails_the_batch_and_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        store.apply("c", &meters(), &[call(0, "c1")], &adv(0, 1)).unwrap();
+        Connection::open(&path).unwrap().execute_batch("UPDATE counter_slots SET slot = 9 WHERE tenant = 'a'").unwrap();
+        let mut next = call(1, "c2");
+        next.time_us += 86_400_000_000;
+        let moved = store.apply("c", &meters(), std::slice::from_ref(&next), &adv(1, 2));
+        assert!(matches!(&moved, Err(Error::SlotMoved { tenant, kept: 1 }) if tenant == "a"), "{moved:?}");
+        assert_eq!(slot_and_ids(&path, "tallies", "a").0.len(), 2, "nothing of the failed batch is left");
+        store.apply("c", &meters(), &[next], &adv(1, 2)).unwrap();
+        let (ids, (slot, tallies, _)) = slot_and_ids(&path, "tallies", "a");
+        assert_eq!((slot, tallies), (9, 3), "the stored count goes on in the slot read again");
+        assert_eq!(ids.last(), Some(&((9 << 32) + 2)), "the new row in that slot");
+        assert_eq!(calls(&store).await.0, Some(Decimal::from(2)));
     }
 
     /// Two processes on one file, each owning a partition, count new tenants in turn: each takes
