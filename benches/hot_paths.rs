@@ -1,12 +1,13 @@
 //! Criterion benchmarks of the hot paths: parsing and validating a request, metering events, the
 //! SQLite log append and the store's batch apply (without alerts, with every tenant on a plan so
-//! that each changed counter is checked against its thresholds, and of tenants counted for the
-//! first time), and a new id's lookup in the embedded default's dedup state of many sealed
-//! generations, through their group filters and through each generation's filter. Run with
-//! `cargo bench --bench hot_paths`.
+//! that each changed counter is checked against its thresholds, of tenants counted for the
+//! first time, and of 10,000 tenants whose counters exist, in order and mixed), and a new id's
+//! lookup in the embedded default's dedup state of many sealed generations, through their group
+//! filters and through each generation's filter. Run with `cargo bench --bench hot_paths`.
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use meter_billing::{Ledger, PlanAllowances};
 use meter_eventlog::{EventLog, SqliteLog};
 use meter_rater::{Cycle, PriceBook, Setup};
@@ -99,33 +100,55 @@ fn storage_path(c: &mut Criterion) {
     let watched = SqliteStore::open(&dir.path().join("watched.db"), Durability::Normal).unwrap();
     watched.set_allowances(rt.block_on(every_tenant_on_starter(dir.path(), &catalog)));
     for (name, store) in [("sqlite_store_apply_1000", &plain), ("sqlite_store_apply_1000_alerts", &watched)] {
-        let mut round = 0;
-        g.bench_function(name, |bench| {
-            bench.iter_batched(
-                || {
-                    round += 1;
-                    metered(parsed(&format!("s{round}"), 1000, 1000, &catalog), &catalog, None)
-                },
-                |metered| store.apply("bench", catalog.meters(), &metered, &Progress::default()).unwrap(),
-                BatchSize::LargeInput,
-            )
+        bench_apply(&mut g, name, store, &catalog, |round| {
+            metered(parsed(&format!("s{round}"), 1000, 1000, &catalog), &catalog, None)
         });
     }
     // Tenants counted for the first time: 100 new ones each round, 10 events each (every code
     // twice), so that each of their counters takes a new row and each tenant a slot.
     let fresh = SqliteStore::open(&dir.path().join("fresh.db"), Durability::Normal).unwrap();
+    bench_apply(&mut g, "sqlite_store_apply_1000_new_tenants", &fresh, &catalog, |round| {
+        metered(parsed(&format!("n{round}"), 1000, 100, &catalog), &catalog, Some(&format!("r{round}-")))
+    });
+    // Many tenants whose counters exist and are cached, as in a live stream past its first
+    // batches: each round is 40,000 events (the aggregator's batch) of 10,000 tenants, 4 each
+    // (four of the five codes), so that it rewrites most of their counters' rows. The warm-up
+    // gives them their rows.
+    let many = SqliteStore::open(&dir.path().join("many.db"), Durability::Normal).unwrap();
+    g.throughput(Throughput::Elements(40_000));
+    bench_apply(&mut g, "sqlite_store_apply_40000_of_10000_tenants", &many, &catalog, |round| {
+        metered(parsed(&format!("m{round}"), 40_000, 10_000, &catalog), &catalog, None)
+    });
+    // The same in an order of tenants unlike their rows' (a live stream's tenants send when they
+    // will): event j of a round is event j × 7,919 mod 40,000 of the ordered round.
+    let mixed = SqliteStore::open(&dir.path().join("mixed.db"), Durability::Normal).unwrap();
+    bench_apply(&mut g, "sqlite_store_apply_40000_of_10000_tenants_mixed", &mixed, &catalog, |round| {
+        let ordered = metered(parsed(&format!("x{round}"), 40_000, 10_000, &catalog), &catalog, None);
+        (0..ordered.len()).map(|j| ordered[j * 7_919 % ordered.len()].clone()).collect()
+    });
+    g.finish();
+}
+
+/// Benches `store`'s apply of the batch that `events` makes for each round (numbered from 1, so
+/// that each round's ids are new).
+fn bench_apply(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    store: &SqliteStore,
+    catalog: &Catalog,
+    mut events: impl FnMut(usize) -> Vec<Metered>,
+) {
     let mut round = 0;
-    g.bench_function("sqlite_store_apply_1000_new_tenants", |bench| {
+    g.bench_function(name, |bench| {
         bench.iter_batched(
             || {
                 round += 1;
-                metered(parsed(&format!("n{round}"), 1000, 100, &catalog), &catalog, Some(&format!("r{round}-")))
+                events(round)
             },
-            |metered| fresh.apply("bench", catalog.meters(), &metered, &Progress::default()).unwrap(),
+            |metered| store.apply("bench", catalog.meters(), &metered, &Progress::default()).unwrap(),
             BatchSize::LargeInput,
         )
     });
-    g.finish();
 }
 
 /// `events` metered as the aggregator hands them to the store, their tenants' names after
