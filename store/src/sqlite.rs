@@ -462,18 +462,13 @@ impl CounterTable {
     /// The position after the last row of the table in the slot whose first id is `?1`, 0 if it
     /// has none.
     fn past_rows(self) -> &'static str {
-        macro_rules! past_rows {
-            ($table:literal) => {
-                concat!(
-                    "SELECT coalesce(max(id) + 1 - ?1, 0) FROM ",
-                    $table,
-                    " WHERE id BETWEEN ?1 AND ?1 + 4294967295"
-                )
-            };
-        }
         match self {
-            CounterTable::Tallies => past_rows!("tallies"),
-            CounterTable::Breakdowns => past_rows!("breakdowns"),
+            CounterTable::Tallies => {
+                "SELECT coalesce(max(id) + 1 - ?1, 0) FROM tallies WHERE id BETWEEN ?1 AND ?1 + 4294967295"
+            }
+            CounterTable::Breakdowns => {
+                "SELECT coalesce(max(id) + 1 - ?1, 0) FROM breakdowns WHERE id BETWEEN ?1 AND ?1 + 4294967295"
+            }
         }
     }
 }
@@ -1268,21 +1263,14 @@ mod tests {
     /// position after them, not a taken id.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_row_added_without_an_id_does_not_take_a_tenants_next_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("usage.db");
-        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
-        store.apply("c", &meters(), &[call(0, "c1")], &adv(0, 1)).unwrap();
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch(
-                "INSERT INTO tallies (tenant, meter, bucket, value) VALUES ('a', 'seats', '2026-11', '1');
-                 INSERT INTO tallies (tenant, meter, bucket, value) VALUES ('a', 'seats', '2026-11-15', '1');
-                 INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
-                     VALUES ('a', '2026-11', 'api_calls', 'method', 'PUT', '1');
-                 INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
-                     VALUES ('a', '2026-11', 'api_calls', 'method', 'POST', '1');",
-            )
-            .unwrap();
+        let (_dir, path, store) = store_after_c1_then(
+            "INSERT INTO tallies (tenant, meter, bucket, value) VALUES ('a', 'seats', '2026-11', '1');
+             INSERT INTO tallies (tenant, meter, bucket, value) VALUES ('a', 'seats', '2026-11-15', '1');
+             INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
+                 VALUES ('a', '2026-11', 'api_calls', 'method', 'PUT', '1');
+             INSERT INTO breakdowns (tenant, period, meter, property, value, amount)
+                 VALUES ('a', '2026-11', 'api_calls', 'method', 'POST', '1');",
+        );
         let mut next = metered(1, "a", "c2", "api.call", serde_json::json!({"route": "/z"}), MID_NOVEMBER);
         next.time_us += 86_400_000_000;
         store.apply("c", &meters(), &[next], &adv(1, 2)).unwrap();
@@ -1293,6 +1281,16 @@ mod tests {
         let nov = "2026-11".parse().unwrap();
         assert_eq!(store.breakdown("a", nov).await.unwrap()["api_calls"]["route"]["/z"], Decimal::from(1));
         assert_counts_past_the_rows(&path, "a");
+    }
+
+    /// A store in a new file that counted call `c1` of tenant a, then `sql` run on its file by hand.
+    fn store_after_c1_then(sql: &str) -> (tempfile::TempDir, std::path::PathBuf, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        store.apply("c", &meters(), &[call(0, "c1")], &adv(0, 1)).unwrap();
+        Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+        (dir, path, store)
     }
 
     /// `tenant`'s counts in `counter_slots` are past its last row in each table.
@@ -1361,11 +1359,7 @@ mod tests {
     /// reads the slot again and gives ids in the new one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slot_moved_under_the_store_fails_the_batch_and_is_read_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("usage.db");
-        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
-        store.apply("c", &meters(), &[call(0, "c1")], &adv(0, 1)).unwrap();
-        Connection::open(&path).unwrap().execute_batch("UPDATE counter_slots SET slot = 9 WHERE tenant = 'a'").unwrap();
+        let (_dir, path, store) = store_after_c1_then("UPDATE counter_slots SET slot = 9 WHERE tenant = 'a'");
         let mut next = call(1, "c2");
         next.time_us += 86_400_000_000;
         let moved = store.apply("c", &meters(), std::slice::from_ref(&next), &adv(1, 2));
