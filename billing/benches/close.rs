@@ -5,7 +5,8 @@
 //! `cargo bench -p meter-billing --bench close` (`SUBSCRIPTIONS=100000` for a larger run;
 //! `CLOSES=1` closes October only, so that nothing of an earlier close is held).
 //! Each close also reports the resident memory at each stage and its own peak (`VmHWM`, reset
-//! before it through `/proc/self/clear_refs`), with the allocator `meter` runs with (mimalloc).
+//! before it through `/proc/self/clear_refs`), with the allocator `meter` runs with (mimalloc),
+//! and the ledger's size on disk after it.
 
 use meter_billing::testing::proc_status;
 use meter_billing::{Ledger, Progress as Stage, close};
@@ -109,6 +110,12 @@ async fn main() {
             took.as_secs_f64()
         );
         println!("  RSS before {before}, after {after}, peak of the close {peak}");
+        let on_disk: u64 = ["billing.db", "billing.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        println!("  the ledger on disk (file and WAL) {:.1} MB", on_disk as f64 / 1e6);
         for (stage, at, rss) in marks.lock().unwrap().iter() {
             println!("  {stage} at {:.2} s, RSS {rss}", at.as_secs_f64());
         }

@@ -2,7 +2,7 @@
 //! what several hosts writing one ledger need.
 
 use meter_billing::Ledger;
-use meter_billing::ledger::contract::{a_close, book, invoice};
+use meter_billing::ledger::contract::{a_close, book, invoice, pushed};
 use meter_billing::ledger::{LedgerStore, PgLedger};
 use meter_postgres::testing::{fresh_database, shared_url};
 use meter_postgres::{MAX_CONNECTIONS, Pg, PgUrl};
@@ -94,6 +94,57 @@ async fn a_large_close_keeps_its_rows_apart_and_reads_back_the_same() {
     assert!(parts > 1, "the body is in parts");
     assert_eq!((rows, placed), (10_001, 5_001), "the report's rows and the invoices are rows of their own");
     assert_eq!(ledger.close_of("2026-09".parse().unwrap()).await.unwrap().unwrap(), old);
+}
+
+/// Each invoice's body is written once: the close's place and its push read it from the invoice
+/// row of its id. An invoice whose id the close gave before (in the same statement or an earlier
+/// one) or an earlier write took keeps its own body in both, so every read gives what was
+/// recorded.
+#[tokio::test]
+async fn a_close_writes_each_invoice_body_once() {
+    let url = database();
+    let ledger = Ledger::new(Arc::new(host(&url)));
+    let book = book();
+    let list = book.version("2026-01").unwrap();
+    // An invoice row of tenant c's id from before the close (which a close does not make).
+    let taken = invoice("c", "2026-10", 3);
+    let pg = Arc::new(Pg::connect(&url, 1).unwrap());
+    let (id, body) = (taken.id.clone(), serde_json::to_string(&taken).unwrap());
+    pg.with(async move |c| {
+        c.execute("INSERT INTO invoices (id, tenant, period, body) VALUES ($1, 'c', '2026-10', $2)", &[&id, &body])
+            .await?;
+        Ok::<_, meter_billing::Error>(())
+    })
+    .await
+    .unwrap();
+    // Two of tenant a's one id in one statement, and a third of it past the first statement.
+    let mut invoices = vec![invoice("c", "2026-10", 2), invoice("a", "2026-10", 2), invoice("a", "2026-10", 1)];
+    invoices.extend((0..5_000).map(|t| invoice(&format!("t{t:05}"), "2026-10", 1)));
+    invoices.push(invoice("a", "2026-10", 3));
+    let close = meter_billing::Close { invoices, ..a_close("2026-10", &[]) };
+    assert_eq!(ledger.record(close.clone(), list).await.unwrap(), close);
+    let (own, pushes_own): (i64, i64) = pg
+        .with(async move |c| {
+            let counts = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM close_invoices WHERE period = '2026-10' AND body != ''),
+                            (SELECT count(*) FROM outbox WHERE kind = 'push_invoice' AND body != '')",
+                    &[],
+                )
+                .await?;
+            Ok::<_, meter_billing::Error>((counts.get(0), counts.get(1)))
+        })
+        .await
+        .unwrap();
+    // Tenant c's (its id was taken) and a's second and third keep theirs; of the pushes, c's.
+    assert_eq!((own, pushes_own), (3, 1));
+    let read = ledger.close_of("2026-10".parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(serde_json::to_string(&read).unwrap(), serde_json::to_string(&close).unwrap());
+    // Each id's first invoice with lines, as before.
+    let pushed = pushed(&ledger, "2026-10").await;
+    assert_eq!(pushed.len(), 5_002);
+    assert_eq!(pushed[..3], [close.invoices[0].clone(), close.invoices[1].clone(), close.invoices[3].clone()]);
+    assert_eq!(ledger.invoice(&taken.id).await.unwrap().unwrap(), taken, "the row that was there stays");
 }
 
 /// Three hosts creating one tenant's subscription at once: one is admitted.

@@ -27,6 +27,18 @@ fn setup(plan: &str) -> Setup {
     Setup { plan: plan.into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: true, trial: false }
 }
 
+/// The invoices `period`'s pushes carry as listed, checked to be what claiming every due one
+/// gives (each tenant's one push, in the same order).
+pub async fn pushed(ledger: &Ledger, period: &str) -> Vec<meter_rater::Invoice> {
+    let invoices = |ops: Vec<Operation>| -> Vec<meter_rater::Invoice> {
+        ops.iter().map(|o| serde_json::from_str(&o.body).unwrap()).collect()
+    };
+    let listed = invoices(ledger.operations(None, Some(period.parse().unwrap())).await.unwrap());
+    let claimed = invoices(ledger.claim_operations(i64::MAX / 2, 1, 100_000).await.unwrap());
+    assert_eq!(claimed, listed, "claimed as listed");
+    listed
+}
+
 /// A close of `period` with nothing in it but its watermark and revisions.
 pub fn a_close(period: &str, revises: &[&str]) -> Close {
     Close {

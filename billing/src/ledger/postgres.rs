@@ -22,6 +22,7 @@ use meter_postgres::tokio_postgres::Row;
 use meter_postgres::{Pg, lock_key};
 use meter_rater::Subscription;
 use meter_schemas::Period;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// The component's name in `meter_schema_versions`.
@@ -97,6 +98,12 @@ pub const MIGRATIONS: &[&str] = &[
         meter text NOT NULL, accepted text, counted text, stored text, rated text, status text NOT NULL,
         PRIMARY KEY (period, row)
     );
+",
+    // An invoice's body is written once, in `invoices`: a close's place of it and its push say
+    // '' and read it from the row of its id (`close_invoices.id`, `outbox.subject`), unless that
+    // row holds another invoice of the id (written before), when they keep their own.
+    "
+    ALTER TABLE close_invoices ADD COLUMN id text COLLATE \"C\";
 ",
 ];
 
@@ -717,8 +724,12 @@ async fn write_operations(tx: &Transaction<'_>, ops: &[NewOperation], now_us: i6
     Ok(())
 }
 
-const OP_COLUMNS: &str =
-    "id, kind, subject, tenant, period, body, created_us, first_tried_us, attempts, next_us, state, outcome";
+/// An operation's columns, of `outbox`: a push whose body is '' reads its invoice's (written
+/// once, in the invoice row of its id).
+const OP_COLUMNS: &str = "id, kind, subject, tenant, period,
+    CASE WHEN body = '' AND kind = 'push_invoice'
+         THEN (SELECT i.body FROM invoices i WHERE i.id = outbox.subject) ELSE body END,
+    created_us, first_tried_us, attempts, next_us, state, outcome";
 
 fn operation(r: &Row) -> Result<Operation, Error> {
     let id: i64 = r.get(0);
@@ -727,13 +738,15 @@ fn operation(r: &Row) -> Result<Operation, Error> {
         return Err(Error::Corrupt(format!("outbox operation {id}: kind {kind:?}, state {state:?}")));
     };
     let attempts: i32 = r.get(8);
+    let body: Option<String> = r.get(5);
+    let body = body.ok_or_else(|| Error::Corrupt(format!("outbox operation {id}: its invoice is gone")))?;
     Ok(Operation {
         id,
         kind,
         subject: r.get(2),
         tenant: r.get(3),
         period: r.get(4),
-        body: r.get(5),
+        body,
         created_us: r.get(6),
         first_tried_us: r.get(7),
         attempts: attempts as u32,
@@ -773,19 +786,37 @@ async fn write_close_rows(
     for (n, chunk) in invoices.chunks(ROWS_AT_ONCE).enumerate() {
         let first = (n * ROWS_AT_ONCE) as i32;
         let ids: Vec<&str> = chunk.iter().map(|i| i.id.as_str()).collect();
-        let tenants: Vec<&str> = chunk.iter().map(|i| i.tenant.as_str()).collect();
         let bodies = chunk.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>()?;
+        // Indexed by id: the first of each id in the statement, unless its id is there.
+        let mut seen = HashSet::new();
+        let offered: Vec<usize> = (0..chunk.len()).filter(|&k| seen.insert(ids[k])).collect();
+        let offered_ids: Vec<&str> = offered.iter().map(|&k| ids[k]).collect();
+        let tenants: Vec<&str> = offered.iter().map(|&k| chunk[k].tenant.as_str()).collect();
+        let offered_bodies: Vec<&str> = offered.iter().map(|&k| bodies[k].as_str()).collect();
+        let written: HashSet<String> = tx
+            .query(
+                "INSERT INTO invoices (id, tenant, period, body)
+                 SELECT id, tenant, $3, body FROM unnest($1::text[], $2::text[], $4::text[]) AS i(id, tenant, body)
+                 ON CONFLICT DO NOTHING RETURNING id",
+                &[&offered_ids, &tenants, &period, &offered_bodies],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        drop(offered_bodies);
+        // Each body written once: where the invoice row of its id is this invoice's, '' elsewhere.
+        let mut bodies = bodies;
+        for &k in &offered {
+            if written.contains(ids[k]) {
+                bodies[k].clear();
+            }
+        }
         tx.execute(
-            "INSERT INTO close_invoices (period, seq, body)
-             SELECT $1, $2 + n::int4 - 1, body FROM unnest($3::text[]) WITH ORDINALITY AS i(body, n)",
-            &[&period, &first, &bodies],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO invoices (id, tenant, period, body)
-             SELECT id, tenant, $3, body FROM unnest($1::text[], $2::text[], $4::text[]) AS i(id, tenant, body)
-             ON CONFLICT DO NOTHING",
-            &[&ids, &tenants, &period, &bodies],
+            "INSERT INTO close_invoices (period, seq, id, body)
+             SELECT $1, $2 + n::int4 - 1, id, body
+             FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS i(id, body, n)",
+            &[&period, &first, &ids, &bodies],
         )
         .await?;
         let ops = chunk
@@ -852,14 +883,22 @@ async fn read_close(c: &impl GenericClient, period: &str) -> Result<Option<Close
     let limit = ROWS_AT_ONCE as i64;
     loop {
         let from = close.invoices.len() as i32;
+        // An invoice's body is its own, or the invoice row's of its id (written once).
         let rows = c
             .query(
-                "SELECT body FROM close_invoices WHERE period = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                "SELECT c.id, CASE WHEN c.body = '' THEN i.body ELSE c.body END FROM close_invoices c
+                 LEFT JOIN invoices i ON c.body = '' AND i.id = c.id
+                 WHERE c.period = $1 AND c.seq >= $2 ORDER BY c.seq LIMIT $3",
                 &[&period, &from, &limit],
             )
             .await?;
         for r in &rows {
-            close.invoices.push(serde_json::from_str(r.get(0))?);
+            let body: Option<&str> = r.get(1);
+            let body = body.ok_or_else(|| {
+                let id: Option<&str> = r.get(0);
+                Error::Corrupt(format!("invoice {} of the close of {period} is gone", id.unwrap_or_default()))
+            })?;
+            close.invoices.push(serde_json::from_str(body)?);
         }
         if rows.len() < ROWS_AT_ONCE {
             break;

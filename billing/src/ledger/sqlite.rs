@@ -106,6 +106,12 @@ const MIGRATIONS: &[&str] = &[
         counted TEXT, stored TEXT, rated TEXT, status TEXT NOT NULL, PRIMARY KEY (period, row)
     );
 ",
+    // An invoice's body is written once, in `invoices`: a close's place of it and its push say
+    // '' and read it from the row of its id (`close_invoices.id`, `outbox.subject`), unless that
+    // row holds another invoice of the id (written before), when they keep their own.
+    "
+    ALTER TABLE close_invoices ADD COLUMN id TEXT;
+",
 ];
 
 /// A close body longer than this is stored in parts of this size.
@@ -261,12 +267,14 @@ impl LedgerStore for SqliteLedger {
             }
             drop(body);
             if inserted == 1 {
-                // Each invoice in its place, indexed by id, with the push that follows it.
-                let mut place = tx.prepare("INSERT INTO close_invoices (period, seq, body) VALUES (?1, ?2, ?3)")?;
+                // Each invoice indexed by id, in its place, with the push that follows it; its
+                // body written once, in the row of its id, when that row is this invoice's.
+                let mut place =
+                    tx.prepare("INSERT INTO close_invoices (period, seq, id, body) VALUES (?1, ?2, ?3, ?4)")?;
                 for (i, inv) in invoices.iter().enumerate() {
                     let body = serde_json::to_string(inv)?;
-                    place.execute(params![period, i as i64, body])?;
-                    write_invoice(&tx, &period, inv, &body)?;
+                    let body = if write_invoice(&tx, &period, inv, &body)? { String::new() } else { body };
+                    place.execute(params![period, i as i64, inv.id, body])?;
                     if !inv.lines.is_empty() {
                         let op = NewOperation {
                             kind: OpKind::PushInvoice,
@@ -471,7 +479,7 @@ impl LedgerStore for SqliteLedger {
     async fn operations(&self, state: Option<OpState>, period: Option<String>) -> Result<Vec<Operation>, Error> {
         self.with(move |c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {OP_COLUMNS} FROM outbox WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR period = ?2)
+                "SELECT {OP_COLUMNS} FROM outbox o WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR period = ?2)
                  ORDER BY id"
             ))?;
             let rows = stmt.query_map(params![state.map(OpState::as_str), period], read_op)?;
@@ -690,8 +698,11 @@ fn write_operation(c: &Connection, op: &NewOperation, now_us: i64) -> Result<(),
     Ok(())
 }
 
-const OP_COLUMNS: &str =
-    "id, kind, subject, tenant, period, body, created_us, first_tried_us, attempts, next_us, state, outcome";
+/// An operation's columns, of `outbox o`: a push whose body is '' reads its invoice's (written
+/// once, in the invoice row of its id).
+const OP_COLUMNS: &str = "id, kind, subject, tenant, period,
+    CASE WHEN body = '' AND kind = 'push_invoice' THEN (SELECT i.body FROM invoices i WHERE i.id = o.subject) ELSE body END,
+    created_us, first_tried_us, attempts, next_us, state, outcome";
 
 fn read_op(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rusqlite::Result<Result<Operation, Error>> {
     let kind: String = r.get(1)?;
@@ -702,13 +713,16 @@ fn read_op(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rusqlite::Resul
             r.get::<_, i64>(0)?
         ))));
     };
+    let Some(body) = r.get::<_, Option<String>>(5)? else {
+        return Ok(Err(Error::Corrupt(format!("outbox operation {}: its invoice is gone", r.get::<_, i64>(0)?))));
+    };
     Ok(Ok(Operation {
         id: r.get(0)?,
         kind,
         subject: r.get(2)?,
         tenant: r.get(3)?,
         period: r.get(4)?,
-        body: r.get(5)?,
+        body,
         created_us: r.get(6)?,
         first_tried_us: r.get(7)?,
         attempts: r.get::<_, i64>(8)? as u32,
@@ -746,11 +760,12 @@ fn write_invoices(c: &Connection, period: &str, invoices: &[meter_rater::Invoice
 }
 
 /// `inv` (whose JSON is `body`) in the index of closed invoices by id, unless an invoice of its
-/// id is there.
-fn write_invoice(c: &Connection, period: &str, inv: &meter_rater::Invoice, body: &str) -> Result<(), Error> {
-    c.prepare_cached("INSERT OR IGNORE INTO invoices (id, tenant, period, body) VALUES (?1, ?2, ?3, ?4)")?
+/// id is there; returns whether it was written.
+fn write_invoice(c: &Connection, period: &str, inv: &meter_rater::Invoice, body: &str) -> Result<bool, Error> {
+    let written = c
+        .prepare_cached("INSERT OR IGNORE INTO invoices (id, tenant, period, body) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![inv.id, inv.tenant, period, body])?;
-    Ok(())
+    Ok(written == 1)
 }
 
 /// Fills the invoice table from the closes recorded before it existed, once (`invoices_filled`
@@ -800,9 +815,18 @@ fn read_close(c: &Connection, period: &str) -> Result<Option<Close>, Error> {
         serde_json::from_slice(&body)?
     };
     if rows_apart {
-        let mut stmt = c.prepare("SELECT body FROM close_invoices WHERE period = ?1 ORDER BY seq")?;
-        for body in stmt.query_map(params![period], |r| r.get::<_, String>(0))? {
-            close.invoices.push(serde_json::from_str(&body?)?);
+        // An invoice's body is its own, or the invoice row's of its id (written once).
+        let mut stmt = c.prepare(
+            "SELECT c.id, CASE WHEN c.body = '' THEN i.body ELSE c.body END FROM close_invoices c
+             LEFT JOIN invoices i ON c.body = '' AND i.id = c.id WHERE c.period = ?1 ORDER BY c.seq",
+        )?;
+        let rows = stmt.query_map(params![period], |r| Ok((r.get::<_, Option<String>>(0)?, r.get(1)?)))?;
+        for row in rows {
+            let (id, body): (Option<String>, Option<String>) = row?;
+            let body = body.ok_or_else(|| {
+                Error::Corrupt(format!("invoice {} of the close of {period} is gone", id.unwrap_or_default()))
+            })?;
+            close.invoices.push(serde_json::from_str(&body)?);
         }
         let mut stmt = c.prepare(
             "SELECT tenant, meter, accepted, counted, stored, rated, status FROM close_report WHERE period = ?1
@@ -941,5 +965,36 @@ mod tests {
             revises: revises.iter().map(|p| p.parse().unwrap()).collect(),
         };
         assert_eq!(summaries, [want("2026-08", &[]), want("2026-09", &[]), want("2026-10", &["2026-09"])]);
+    }
+
+    /// Each invoice's body is written once: the close's place and its push read it from the
+    /// invoice row of its id. An invoice whose id the close gave before (or an earlier one)
+    /// keeps its own body in both, so every read gives what was recorded.
+    #[tokio::test]
+    async fn a_close_writes_each_invoice_body_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger =
+            super::super::Ledger::new(std::sync::Arc::new(SqliteLedger::open(&dir.path().join("billing.db")).unwrap()));
+        let book = PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap();
+        let list = book.version("2026-01").unwrap();
+        let db = Connection::open(dir.path().join("billing.db")).unwrap();
+        // An invoice row of tenant c's id from before the close (which a close does not make).
+        let taken = super::super::contract::invoice("c", "2026-10", 3);
+        db.execute(
+            "INSERT INTO invoices (id, tenant, period, body) VALUES (?1, 'c', '2026-10', ?2)",
+            params![taken.id, serde_json::to_string(&taken).unwrap()],
+        )
+        .unwrap();
+        let close = a_close("2026-10", &[]);
+        assert_eq!(ledger.record(close.clone(), list).await.unwrap(), close);
+        let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        // Tenant c's (its id was taken) and the second of tenant a's two of one id keep theirs.
+        assert_eq!(count("SELECT count(*) FROM close_invoices WHERE period = '2026-10' AND body != ''"), 2);
+        assert_eq!(count("SELECT count(*) FROM outbox WHERE kind = 'push_invoice' AND body != ''"), 1);
+        assert_eq!(ledger.close_of("2026-10".parse().unwrap()).await.unwrap().unwrap(), close);
+        // Each id's first invoice with lines, as before: c's own, a's first, b's.
+        let pushed = super::super::contract::pushed(&ledger, "2026-10").await;
+        assert_eq!(pushed, [close.invoices[0].clone(), close.invoices[1].clone(), close.invoices[3].clone()]);
+        assert_eq!(ledger.invoice(&taken.id).await.unwrap().unwrap(), taken, "the row that was there stays");
     }
 }
