@@ -97,9 +97,9 @@ async fn a_large_close_keeps_its_rows_apart_and_reads_back_the_same() {
 }
 
 /// Each invoice's body is written once: the close's place and its push read it from the invoice
-/// row of its id. An invoice whose id the close gave before (in the same statement or an earlier
-/// one) or an earlier write took keeps its own body in both, so every read gives what was
-/// recorded.
+/// row of its id. An invoice whose id's row holds another invoice (written before the close, or
+/// earlier in it: in the same statement or an earlier one) keeps its own body in its place, and
+/// in its push when it has one, so every read gives what was recorded.
 #[tokio::test]
 async fn a_close_writes_each_invoice_body_once() {
     let url = database();
@@ -128,7 +128,7 @@ async fn a_close_writes_each_invoice_body_once() {
             let counts = c
                 .query_one(
                     "SELECT (SELECT count(*) FROM close_invoices WHERE period = '2026-10' AND body != ''),
-                            (SELECT count(*) FROM outbox WHERE kind = 'push_invoice' AND body != '')",
+                            (SELECT count(*) FROM outbox WHERE kind = 'push_invoice' AND payload != '')",
                     &[],
                 )
                 .await?;

@@ -27,8 +27,9 @@ fn setup(plan: &str) -> Setup {
     Setup { plan: plan.into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: true, trial: false }
 }
 
-/// The invoices `period`'s pushes carry as listed, checked to be what claiming every due one
-/// gives (each tenant's one push, in the same order).
+/// The invoices `period`'s pushes carry as listed, checked to be what claiming every due
+/// operation gives. For a ledger whose due operations are that period's pushes, one per tenant
+/// (a claim gives each tenant's oldest only, of every period); it claims them.
 pub async fn pushed(ledger: &Ledger, period: &str) -> Vec<meter_rater::Invoice> {
     let invoices = |ops: Vec<Operation>| -> Vec<meter_rater::Invoice> {
         ops.iter().map(|o| serde_json::from_str(&o.body).unwrap()).collect()

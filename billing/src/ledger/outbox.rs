@@ -123,7 +123,8 @@ pub struct NewOperation {
     pub tenant: String,
     /// The period it follows from, if any.
     pub period: Option<String>,
-    /// What it needs, as JSON.
+    /// What it needs, as JSON; '' for a close's push whose invoice row (of its id) holds the
+    /// invoice, which the ledger reads there.
     pub body: String,
     /// When it is due (µs).
     pub next_us: i64,

@@ -99,11 +99,17 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (period, row)
     );
 ",
-    // An invoice's body is written once, in `invoices`: a close's place of it and its push say
+    // An invoice's body is written once, in `invoices`: a close's place of it and its push hold
     // '' and read it from the row of its id (`close_invoices.id`, `outbox.subject`), unless that
-    // row holds another invoice of the id (written before), when they keep their own.
+    // row holds another invoice of the id (written before, or earlier in the same close).
     "
     ALTER TABLE close_invoices ADD COLUMN id text COLLATE \"C\";
+",
+    // The outbox's `body` becomes `payload`, so that a process of an older build still running
+    // fails its outbox statements (tried again until it is replaced) instead of reading a push's
+    // '' as its invoice.
+    "
+    ALTER TABLE outbox RENAME COLUMN body TO payload;
 ",
 ];
 
@@ -712,10 +718,10 @@ async fn write_operations(tx: &Transaction<'_>, ops: &[NewOperation], now_us: i6
     let next: Vec<i64> = ops.iter().map(|o| o.next_us).collect();
     let lanes: Vec<String> = ops.iter().map(|o| o.kind.lane(&o.subject)).collect();
     tx.execute(
-        "INSERT INTO outbox (kind, subject, tenant, period, body, created_us, next_us, lane)
-         SELECT kind, subject, tenant, period, body, $6, next_us, lane
+        "INSERT INTO outbox (kind, subject, tenant, period, payload, created_us, next_us, lane)
+         SELECT kind, subject, tenant, period, payload, $6, next_us, lane
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::int8[], $8::text[])
-              WITH ORDINALITY AS o(kind, subject, tenant, period, body, next_us, lane, n)
+              WITH ORDINALITY AS o(kind, subject, tenant, period, payload, next_us, lane, n)
          ORDER BY n
          ON CONFLICT (kind, subject) DO NOTHING",
         &[&kinds, &subjects, &tenants, &periods, &bodies, &now_us, &next, &lanes],
@@ -724,11 +730,11 @@ async fn write_operations(tx: &Transaction<'_>, ops: &[NewOperation], now_us: i6
     Ok(())
 }
 
-/// An operation's columns, of `outbox`: a push whose body is '' reads its invoice's (written
-/// once, in the invoice row of its id).
+/// An operation's columns, of `outbox`: a push whose payload is '' reads its invoice's body
+/// (written once, in the invoice row of its id).
 const OP_COLUMNS: &str = "id, kind, subject, tenant, period,
-    CASE WHEN body = '' AND kind = 'push_invoice'
-         THEN (SELECT i.body FROM invoices i WHERE i.id = outbox.subject) ELSE body END,
+    CASE WHEN payload = '' AND kind = 'push_invoice'
+         THEN (SELECT i.body FROM invoices i WHERE i.id = outbox.subject) ELSE payload END,
     created_us, first_tried_us, attempts, next_us, state, outcome";
 
 fn operation(r: &Row) -> Result<Operation, Error> {
@@ -886,9 +892,8 @@ async fn read_close(c: &impl GenericClient, period: &str) -> Result<Option<Close
         // An invoice's body is its own, or the invoice row's of its id (written once).
         let rows = c
             .query(
-                "SELECT c.id, CASE WHEN c.body = '' THEN i.body ELSE c.body END FROM close_invoices c
-                 LEFT JOIN invoices i ON c.body = '' AND i.id = c.id
-                 WHERE c.period = $1 AND c.seq >= $2 ORDER BY c.seq LIMIT $3",
+                "SELECT c.id, CASE WHEN c.body = '' THEN (SELECT i.body FROM invoices i WHERE i.id = c.id) ELSE c.body END
+                 FROM close_invoices c WHERE c.period = $1 AND c.seq >= $2 ORDER BY c.seq LIMIT $3",
                 &[&period, &from, &limit],
             )
             .await?;

@@ -106,11 +106,17 @@ const MIGRATIONS: &[&str] = &[
         counted TEXT, stored TEXT, rated TEXT, status TEXT NOT NULL, PRIMARY KEY (period, row)
     );
 ",
-    // An invoice's body is written once, in `invoices`: a close's place of it and its push say
+    // An invoice's body is written once, in `invoices`: a close's place of it and its push hold
     // '' and read it from the row of its id (`close_invoices.id`, `outbox.subject`), unless that
-    // row holds another invoice of the id (written before), when they keep their own.
+    // row holds another invoice of the id (written before, or earlier in the same close).
     "
     ALTER TABLE close_invoices ADD COLUMN id TEXT;
+",
+    // The outbox's `body` becomes `payload`, so that a process of an older build still running
+    // fails its outbox statements (tried again until it is replaced) instead of reading a push's
+    // '' as its invoice.
+    "
+    ALTER TABLE outbox RENAME COLUMN body TO payload;
 ",
 ];
 
@@ -682,7 +688,7 @@ fn read_remote_invoice(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rus
 /// Writes `op` unless one of its kind and subject was written before.
 fn write_operation(c: &Connection, op: &NewOperation, now_us: i64) -> Result<(), Error> {
     c.prepare_cached(
-        "INSERT OR IGNORE INTO outbox (kind, subject, tenant, period, body, created_us, next_us, lane)
+        "INSERT OR IGNORE INTO outbox (kind, subject, tenant, period, payload, created_us, next_us, lane)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
@@ -698,10 +704,11 @@ fn write_operation(c: &Connection, op: &NewOperation, now_us: i64) -> Result<(),
     Ok(())
 }
 
-/// An operation's columns, of `outbox o`: a push whose body is '' reads its invoice's (written
-/// once, in the invoice row of its id).
+/// An operation's columns, of `outbox o`: a push whose payload is '' reads its invoice's body
+/// (written once, in the invoice row of its id).
 const OP_COLUMNS: &str = "id, kind, subject, tenant, period,
-    CASE WHEN body = '' AND kind = 'push_invoice' THEN (SELECT i.body FROM invoices i WHERE i.id = o.subject) ELSE body END,
+    CASE WHEN payload = '' AND kind = 'push_invoice'
+         THEN (SELECT i.body FROM invoices i WHERE i.id = o.subject) ELSE payload END,
     created_us, first_tried_us, attempts, next_us, state, outcome";
 
 fn read_op(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rusqlite::Result<Result<Operation, Error>> {
@@ -817,8 +824,8 @@ fn read_close(c: &Connection, period: &str) -> Result<Option<Close>, Error> {
     if rows_apart {
         // An invoice's body is its own, or the invoice row's of its id (written once).
         let mut stmt = c.prepare(
-            "SELECT c.id, CASE WHEN c.body = '' THEN i.body ELSE c.body END FROM close_invoices c
-             LEFT JOIN invoices i ON c.body = '' AND i.id = c.id WHERE c.period = ?1 ORDER BY c.seq",
+            "SELECT c.id, CASE WHEN c.body = '' THEN (SELECT i.body FROM invoices i WHERE i.id = c.id) ELSE c.body END
+             FROM close_invoices c WHERE c.period = ?1 ORDER BY c.seq",
         )?;
         let rows = stmt.query_map(params![period], |r| Ok((r.get::<_, Option<String>>(0)?, r.get(1)?)))?;
         for row in rows {
@@ -968,8 +975,10 @@ mod tests {
     }
 
     /// Each invoice's body is written once: the close's place and its push read it from the
-    /// invoice row of its id. An invoice whose id the close gave before (or an earlier one)
-    /// keeps its own body in both, so every read gives what was recorded.
+    /// invoice row of its id. An invoice whose id's row holds another invoice (one written
+    /// before, or earlier in the same close) keeps its own body in its place, and in its push
+    /// when it has one, so every read gives what was recorded; rows written before the change
+    /// (a body of their own, no id) read as they did.
     #[tokio::test]
     async fn a_close_writes_each_invoice_body_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -990,11 +999,23 @@ mod tests {
         let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
         // Tenant c's (its id was taken) and the second of tenant a's two of one id keep theirs.
         assert_eq!(count("SELECT count(*) FROM close_invoices WHERE period = '2026-10' AND body != ''"), 2);
-        assert_eq!(count("SELECT count(*) FROM outbox WHERE kind = 'push_invoice' AND body != ''"), 1);
+        assert_eq!(count("SELECT count(*) FROM outbox WHERE kind = 'push_invoice' AND payload != ''"), 1);
         assert_eq!(ledger.close_of("2026-10".parse().unwrap()).await.unwrap().unwrap(), close);
         // Each id's first invoice with lines, as before: c's own, a's first, b's.
         let pushed = super::super::contract::pushed(&ledger, "2026-10").await;
         assert_eq!(pushed, [close.invoices[0].clone(), close.invoices[1].clone(), close.invoices[3].clone()]);
         assert_eq!(ledger.invoice(&taken.id).await.unwrap().unwrap(), taken, "the row that was there stays");
+        // Rows as a build before the change wrote them: each with its body, no id in its place.
+        db.execute_batch(
+            "UPDATE close_invoices SET body = (SELECT i.body FROM invoices i WHERE i.id = close_invoices.id), id = NULL
+             WHERE body = '';
+             UPDATE outbox SET payload = (SELECT i.body FROM invoices i WHERE i.id = outbox.subject) WHERE payload = '';",
+        )
+        .unwrap();
+        assert_eq!(count("SELECT count(*) FROM close_invoices WHERE body = ''"), 0);
+        assert_eq!(ledger.close_of("2026-10".parse().unwrap()).await.unwrap().unwrap(), close);
+        let listed = ledger.operations(None, Some("2026-10".parse().unwrap())).await.unwrap();
+        let listed: Vec<meter_rater::Invoice> = listed.iter().map(|o| serde_json::from_str(&o.body).unwrap()).collect();
+        assert_eq!(listed, pushed);
     }
 }
