@@ -147,6 +147,36 @@ async fn a_close_writes_each_invoice_body_once() {
     assert_eq!(ledger.invoice(&taken.id).await.unwrap().unwrap(), taken, "the row that was there stays");
 }
 
+/// An invoice row that a close's place or push reads, gone (by hand): reading the close or the
+/// outbox fails naming what is missing, and nothing else is read in its place.
+#[tokio::test]
+async fn an_invoice_row_gone_under_a_close_is_named() {
+    let url = database();
+    let ledger = Ledger::new(Arc::new(host(&url)));
+    let book = book();
+    let close = meter_billing::Close {
+        invoices: vec![invoice("a", "2026-10", 1), invoice("b", "2026-10", 2)],
+        ..a_close("2026-10", &[])
+    };
+    ledger.record(close.clone(), book.version("2026-01").unwrap()).await.unwrap();
+    let gone = close.invoices[1].id.clone();
+    let pg = Arc::new(Pg::connect(&url, 1).unwrap());
+    let id = gone.clone();
+    pg.with(async move |c| {
+        c.execute("DELETE FROM invoices WHERE id = $1", &[&id]).await?;
+        Ok::<_, meter_billing::Error>(())
+    })
+    .await
+    .unwrap();
+    let e = ledger.close_of("2026-10".parse().unwrap()).await.unwrap_err();
+    assert!(
+        matches!(&e, meter_billing::Error::Corrupt(m) if m == &format!("invoice {gone} of the close of 2026-10 is gone")),
+        "{e}"
+    );
+    let e = ledger.operations(None, None).await.unwrap_err();
+    assert!(matches!(&e, meter_billing::Error::Corrupt(m) if m.ends_with(": its invoice is gone")), "{e}");
+}
+
 /// Three hosts creating one tenant's subscription at once: one is admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hosts_admit_one_subscription_per_tenant() {

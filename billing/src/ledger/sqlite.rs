@@ -974,6 +974,17 @@ mod tests {
         assert_eq!(summaries, [want("2026-08", &[]), want("2026-09", &[]), want("2026-10", &["2026-09"])]);
     }
 
+    /// A ledger in `billing.db` of a new directory, and the sample price book.
+    fn a_ledger() -> (tempfile::TempDir, super::super::Ledger, PriceBook) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteLedger::open(&dir.path().join("billing.db")).unwrap();
+        (
+            dir,
+            super::super::Ledger::new(std::sync::Arc::new(store)),
+            PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap(),
+        )
+    }
+
     /// Each invoice's body is written once: the close's place and its push read it from the
     /// invoice row of its id. An invoice whose id's row holds another invoice (one written
     /// before, or earlier in the same close) keeps its own body in its place, and in its push
@@ -981,10 +992,7 @@ mod tests {
     /// (a body of their own, no id) read as they did.
     #[tokio::test]
     async fn a_close_writes_each_invoice_body_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger =
-            super::super::Ledger::new(std::sync::Arc::new(SqliteLedger::open(&dir.path().join("billing.db")).unwrap()));
-        let book = PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap();
+        let (dir, ledger, book) = a_ledger();
         let list = book.version("2026-01").unwrap();
         let db = Connection::open(dir.path().join("billing.db")).unwrap();
         // An invoice row of tenant c's id from before the close (which a close does not make).
@@ -1017,5 +1025,26 @@ mod tests {
         let listed = ledger.operations(None, Some("2026-10".parse().unwrap())).await.unwrap();
         let listed: Vec<meter_rater::Invoice> = listed.iter().map(|o| serde_json::from_str(&o.body).unwrap()).collect();
         assert_eq!(listed, pushed);
+    }
+
+    /// An invoice row that a close's place or push reads, gone (by hand): reading the close or
+    /// the outbox fails naming what is missing, and nothing else is read in its place.
+    #[tokio::test]
+    async fn an_invoice_row_gone_under_a_close_is_named() {
+        let (dir, ledger, book) = a_ledger();
+        let close = a_close("2026-10", &[]);
+        ledger.record(close.clone(), book.version("2026-01").unwrap()).await.unwrap();
+        let gone = close.invoices[3].id.clone();
+        Connection::open(dir.path().join("billing.db"))
+            .unwrap()
+            .execute("DELETE FROM invoices WHERE id = ?1", [&gone])
+            .unwrap();
+        let e = ledger.close_of("2026-10".parse().unwrap()).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Corrupt(m) if m == &format!("invoice {gone} of the close of 2026-10 is gone")),
+            "{e}"
+        );
+        let e = ledger.operations(None, None).await.unwrap_err();
+        assert!(matches!(&e, Error::Corrupt(m) if m.ends_with(": its invoice is gone")), "{e}");
     }
 }
