@@ -6,9 +6,14 @@
 //! `CLOSES=1` closes October only, so that nothing of an earlier close is held).
 //! Each close also reports the resident memory at each stage and its own peak (`VmHWM`, reset
 //! before it through `/proc/self/clear_refs`), with the allocator `meter` runs with (mimalloc),
-//! and the ledger's size on disk after it.
+//! the ledger's size on disk after it, and the bytes the close wrote (`wchar` of
+//! `/proc/self/io`: the ledger's WAL and its checkpoint).
+//!
+//! `SETUP=DIR` keeps the set-up (the ledger and the usage store, about 10 minutes at 1,000,000
+//! subscriptions) in `DIR/SUBSCRIPTIONS` and starts later runs from a copy of it: each run closes
+//! the same files, as they were before any close.
 
-use meter_billing::testing::proc_status;
+use meter_billing::testing::{proc_io, proc_status};
 use meter_billing::{Ledger, Progress as Stage, close};
 use meter_rater::pricebook::SAMPLE;
 use meter_rater::{Cycle, PriceBook, Setup};
@@ -32,13 +37,91 @@ fn at(period: &str, days: i64) -> i64 {
 async fn main() {
     let n: usize = std::env::var("SUBSCRIPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let dir = tempfile::tempdir().unwrap();
+    let files = ["usage.db", "usage.db-wal", "billing.db", "billing.db-wal"];
+    let kept = std::env::var_os("SETUP").map(|d| std::path::PathBuf::from(d).join(n.to_string()));
+    let reuse = kept.as_ref().is_some_and(|k| k.join("done").exists());
+    if reuse {
+        let kept = kept.as_ref().unwrap();
+        for f in files.iter().filter(|f| kept.join(f).exists()) {
+            std::fs::copy(kept.join(f), dir.path().join(f)).unwrap();
+        }
+        println!("set-up: copied from {}", kept.display());
+    }
     let catalog = Arc::new(Catalog::new(vec![]).unwrap());
     let meters = catalog.meters().to_vec();
     let names: Vec<&str> = meters.iter().map(|m| m.name.as_str()).collect();
     let book = Arc::new(PriceBook::parse(SAMPLE, &names, &["active_users"]).unwrap());
     let store = Arc::new(SqliteStore::open(&dir.path().join("usage.db"), meter_sqlite::Durability::Normal).unwrap());
-    store.checkpoint("c").unwrap();
     let ledger = Ledger::open(&dir.path().join("billing.db")).unwrap();
+    if !reuse {
+        set_up(n, &store, &ledger, &book, &meters).await;
+    }
+    if let Some(kept) = kept.as_ref().filter(|_| !reuse) {
+        // Copied with no write under way: a copy of a file and its WAL opens as the original.
+        std::fs::create_dir_all(kept).unwrap();
+        for f in files.iter().filter(|f| dir.path().join(f).exists()) {
+            std::fs::copy(dir.path().join(f), kept.join(f)).unwrap();
+        }
+        std::fs::write(kept.join("done"), "").unwrap();
+    }
+
+    let sources = meter_billing::testing::one_store(store.clone(), book.clone());
+    let closes: usize = std::env::var("CLOSES").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    for (period, now) in [("2026-10", at("2026-11", 9)), ("2026-11", at("2026-12", 9))].into_iter().take(closes) {
+        store.advance_watermark("c", &[0], now).unwrap();
+        // The peak from here on is the close's own (5: reset VmHWM to the current RSS).
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let (before, written) = (proc_status("VmRSS:"), proc_io("wchar:"));
+        let t = Instant::now();
+        // When the totals began to be read, when rating began and when it ended, with the memory
+        // resident then.
+        let marks = std::sync::Mutex::new(Vec::new());
+        let mark = |p: Stage| match p {
+            Stage::Totals => marks.lock().unwrap().push(("totals", t.elapsed(), proc_status("VmRSS:"))),
+            // The first 10,000 rated: the totals, the freeze and the subscriptions' list are done.
+            Stage::Rating { done: 10_000, of: 0 } => {
+                marks.lock().unwrap().push(("10,000 rated", t.elapsed(), proc_status("VmRSS:")))
+            }
+            Stage::Rating { done, of } if done == of => {
+                marks.lock().unwrap().push(("rated", t.elapsed(), proc_status("VmRSS:")))
+            }
+            _ => {}
+        };
+        let closed = close(&ledger, period.parse().unwrap(), &sources, now, &mark).await.unwrap();
+        let took = t.elapsed();
+        let written = proc_io("wchar:") - written;
+        let (after, peak) = (proc_status("VmRSS:"), proc_status("VmHWM:"));
+        let lines: usize = closed.invoices.iter().map(|i| i.lines.len()).sum();
+        let bytes = serde_json::to_vec(&closed).unwrap().len();
+        println!(
+            "close {period}: {} invoices, {lines} lines, {} report rows, {:.1} MB as JSON, in {:.2} s",
+            closed.invoices.len(),
+            closed.report.len(),
+            bytes as f64 / 1e6,
+            took.as_secs_f64()
+        );
+        println!("  RSS before {before}, after {after}, peak of the close {peak}");
+        let on_disk: u64 = ["billing.db", "billing.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        println!(
+            "  the ledger on disk (file and WAL) {:.1} MB; the close wrote {:.1} MB",
+            on_disk as f64 / 1e6,
+            written as f64 / 1e6
+        );
+        for (stage, at, rss) in marks.lock().unwrap().iter() {
+            println!("  {stage} at {:.2} s, RSS {rss}", at.as_secs_f64());
+        }
+    }
+}
+
+/// `n` subscriptions in the ledger, and the usage of October and November on all six meters in
+/// the store (consumer `c`, one partition).
+#[allow(clippy::print_stdout)]
+async fn set_up(n: usize, store: &SqliteStore, ledger: &Ledger, book: &PriceBook, meters: &[meter_schemas::MeterDef]) {
+    store.checkpoint("c").unwrap();
 
     let t = Instant::now();
     let plans = [("starter", Cycle::Monthly), ("professional", Cycle::Quarterly), ("enterprise", Cycle::Annual)];
@@ -74,50 +157,9 @@ async fn main() {
         for chunk in batch.chunks(10_000) {
             let (from, to) = (chunk[0].offset, chunk[chunk.len() - 1].offset + 1);
             let progress = Progress { partitions: vec![Advance { partition: 0, from, to }], watermark_us: None };
-            store.apply("c", &meters, chunk, &progress).unwrap();
+            store.apply("c", meters, chunk, &progress).unwrap();
         }
         offset += batch.len() as u64;
     }
     println!("set-up: {offset} events counted in {:.2} s", t.elapsed().as_secs_f64());
-
-    let sources = meter_billing::testing::one_store(store.clone(), book.clone());
-    let closes: usize = std::env::var("CLOSES").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    for (period, now) in [("2026-10", at("2026-11", 9)), ("2026-11", at("2026-12", 9))].into_iter().take(closes) {
-        store.advance_watermark("c", &[0], now).unwrap();
-        // The peak from here on is the close's own (5: reset VmHWM to the current RSS).
-        std::fs::write("/proc/self/clear_refs", "5").unwrap();
-        let before = proc_status("VmRSS:");
-        let t = Instant::now();
-        // When the totals were read and when rating ended, with the memory resident then.
-        let marks = std::sync::Mutex::new(Vec::new());
-        let mark = |p: Stage| match p {
-            Stage::Totals => marks.lock().unwrap().push(("totals", t.elapsed(), proc_status("VmRSS:"))),
-            Stage::Rating { done, of } if done == of => {
-                marks.lock().unwrap().push(("rated", t.elapsed(), proc_status("VmRSS:")))
-            }
-            _ => {}
-        };
-        let closed = close(&ledger, period.parse().unwrap(), &sources, now, &mark).await.unwrap();
-        let took = t.elapsed();
-        let (after, peak) = (proc_status("VmRSS:"), proc_status("VmHWM:"));
-        let lines: usize = closed.invoices.iter().map(|i| i.lines.len()).sum();
-        let bytes = serde_json::to_vec(&closed).unwrap().len();
-        println!(
-            "close {period}: {} invoices, {lines} lines, {} report rows, {:.1} MB as JSON, in {:.2} s",
-            closed.invoices.len(),
-            closed.report.len(),
-            bytes as f64 / 1e6,
-            took.as_secs_f64()
-        );
-        println!("  RSS before {before}, after {after}, peak of the close {peak}");
-        let on_disk: u64 = ["billing.db", "billing.db-wal"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
-            .map(|m| m.len())
-            .sum();
-        println!("  the ledger on disk (file and WAL) {:.1} MB", on_disk as f64 / 1e6);
-        for (stage, at, rss) in marks.lock().unwrap().iter() {
-            println!("  {stage} at {:.2} s, RSS {rss}", at.as_secs_f64());
-        }
-    }
 }

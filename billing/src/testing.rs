@@ -33,7 +33,17 @@ pub fn one_store(store: Arc<dyn UsageStore>, book: Arc<PriceBook>) -> Sources {
 /// A field of this process's `/proc/self/status` (`VmRSS:`, `VmHWM:`), as written there; empty
 /// where there is none (benchmarks report memory with it).
 pub fn proc_status(field: &str) -> String {
-    std::fs::read_to_string("/proc/self/status")
+    proc_field("/proc/self/status", field)
+}
+
+/// A counter of this process's `/proc/self/io` (`wchar:`, the bytes it passed to `write` and
+/// `pwrite`); 0 where there is none (benchmarks report what a stage wrote with it).
+pub fn proc_io(field: &str) -> u64 {
+    proc_field("/proc/self/io", field).parse().unwrap_or(0)
+}
+
+fn proc_field(file: &str, field: &str) -> String {
+    std::fs::read_to_string(file)
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with(field))
