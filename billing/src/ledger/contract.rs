@@ -189,6 +189,38 @@ pub async fn a_closed_period_is_never_rewritten(store: Arc<dyn LedgerStore>) {
     assert!(summaries.iter().all(|s| s.watermark_us == 42));
 }
 
+/// What recording a close returns is the close as it reads back, byte for byte (a decimal's
+/// scale too, which `==` does not compare): the close given, when it was recorded now (the
+/// backends return it without reading it back), and the first, when one was recorded before.
+pub async fn a_recorded_close_reads_back_byte_for_byte(store: Arc<dyn LedgerStore>) {
+    let ledger = Ledger::new(store);
+    let book = book();
+    let list = book.version("2026-01").unwrap();
+    let row = |tenant: &str, accepted: Option<&str>, stored: &str, status: &str| crate::ReportRow {
+        tenant: tenant.into(),
+        meter: "api_calls".into(),
+        accepted: accepted.map(Into::into),
+        counted: Some("3".into()),
+        stored: Some(stored.into()),
+        rated: None,
+        status: status.into(),
+    };
+    let close = Close {
+        invoices: vec![invoice("acme", "2026-10", 3), invoice("béta \"ü\"", "2026-10", 0)],
+        totals: [("USD".to_string(), rust_decimal::Decimal::new(3_003_300, 4))].into(),
+        report: vec![row("acme", Some("3.000"), "3.0", "ok"), row("béta \"ü\"", None, "0", "counted 3, stored 0")],
+        revisions: [("2026-09".parse().unwrap(), vec![invoice("acme", "2026-09", 1)])].into(),
+        ..a_close("2026-10", &[])
+    };
+    let json = |c: &Close| serde_json::to_string(c).unwrap();
+    let recorded = ledger.record(close.clone(), list).await.unwrap();
+    assert_eq!(json(&recorded), json(&close), "the close given");
+    let read = ledger.close_of("2026-10".parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(json(&read), json(&recorded), "as it reads back");
+    let again = ledger.record(Close { closed_us: 9, invoices: vec![], ..close.clone() }, list).await.unwrap();
+    assert_eq!(json(&again), json(&close), "the first close stands, read back");
+}
+
 /// An invoice of `tenant` for `period` with `lines` lines.
 pub fn invoice(tenant: &str, period: &str, lines: usize) -> meter_rater::Invoice {
     let p: Period = period.parse().unwrap();
@@ -609,7 +641,8 @@ macro_rules! ledger_contract {
             a_subscription_change_writes_its_mirror_and_the_one_time_will_bring,
             a_tenants_closed_invoices_are_found_by_tenant_and_id, concurrent_creates_for_one_tenant_admit_one,
             concurrent_workers_never_claim_one_operation, one_close_holds_the_lease_at_a_time,
-            concurrent_closes_take_the_lease_once, a_worker_renews_only_the_claims_it_still_holds);
+            concurrent_closes_take_the_lease_once, a_worker_renews_only_the_claims_it_still_holds,
+            a_recorded_close_reads_back_byte_for_byte);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(

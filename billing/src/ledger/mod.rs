@@ -412,3 +412,9 @@ pub(crate) fn apart(mut close: Close) -> (Close, Vec<meter_rater::Invoice>, Vec<
     let (invoices, report) = (std::mem::take(&mut close.invoices), std::mem::take(&mut close.report));
     (close, invoices, report)
 }
+
+/// A close put back together from what [`apart`] took apart: what a backend just wrote, which
+/// reads back the same, byte for byte.
+pub(crate) fn together(close: Close, invoices: Vec<meter_rater::Invoice>, report: Vec<crate::ReportRow>) -> Close {
+    Close { invoices, report, ..close }
+}

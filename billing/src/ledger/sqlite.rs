@@ -303,14 +303,18 @@ impl LedgerStore for SqliteLedger {
                     ])?;
                 }
             }
-            // Not held while the close is read back.
-            drop((header, invoices, report));
             tx.execute(
                 "INSERT OR IGNORE INTO price_lists (version, digest, first_period) VALUES (?1, ?2, ?3)",
                 params![version, digest, period],
             )?;
-            // What stands, as it reads back (so that a rerun's exports are the same bytes).
-            let stands = read_close(&tx, &period)?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?;
+            // What stands: this close, which reads back as written (so that a rerun's exports are
+            // the same bytes), or the one recorded meanwhile, read (this one dropped first).
+            let stands = if inserted == 1 {
+                super::together(header, invoices, report)
+            } else {
+                drop((header, invoices, report));
+                read_close(&tx, &period)?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?
+            };
             tx.commit()?;
             Ok(stands)
         })
