@@ -118,6 +118,12 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE outbox RENAME COLUMN body TO payload;
 ",
+    // No read of the outbox uses `outbox_pending` (the claim reads `outbox_due` and
+    // `outbox_lanes`, a period's operations `outbox_by_period`), and every push and settle
+    // wrote it.
+    "
+    DROP INDEX outbox_pending;
+",
 ];
 
 /// A close body longer than this is stored in parts of this size.
@@ -370,13 +376,7 @@ impl LedgerStore for SqliteLedger {
         self.with(move |c| {
             let tx = c.transaction()?;
             let ops = {
-                let mut stmt = tx.prepare(&format!(
-                    "SELECT {OP_COLUMNS} FROM outbox o
-                     WHERE state = 'pending' AND next_us <= ?1 AND coalesce(claimed_until_us, 0) <= ?1
-                       AND id = (SELECT min(id) FROM outbox p
-                                 WHERE p.tenant = o.tenant AND p.lane = o.lane AND p.state IN ('pending', 'dead'))
-                     ORDER BY next_us, id LIMIT ?2"
-                ))?;
+                let mut stmt = tx.prepare(&claim_sql())?;
                 let rows = stmt.query_map(params![now_us, limit as i64], read_op)?;
                 rows.collect::<Result<Result<Vec<_>, _>, _>>()??
             };
@@ -488,10 +488,7 @@ impl LedgerStore for SqliteLedger {
 
     async fn operations(&self, state: Option<OpState>, period: Option<String>) -> Result<Vec<Operation>, Error> {
         self.with(move |c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {OP_COLUMNS} FROM outbox o WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR period = ?2)
-                 ORDER BY id"
-            ))?;
+            let mut stmt = c.prepare(&operations_sql(period.is_some()))?;
             let rows = stmt.query_map(params![state.map(OpState::as_str), period], read_op)?;
             rows.collect::<Result<Result<Vec<_>, _>, _>>()?
         })
@@ -714,6 +711,26 @@ const OP_COLUMNS: &str = "id, kind, subject, tenant, period,
     CASE WHEN payload = '' AND kind = 'push_invoice'
          THEN (SELECT i.body FROM invoices i WHERE i.id = o.subject) ELSE payload END,
     created_us, first_tried_us, attempts, next_us, state, outcome";
+
+/// What a claim may take (`?1` now, `?2` how many): the due operations that are each the oldest
+/// pending or dead of their lane, soonest due first.
+fn claim_sql() -> String {
+    format!(
+        "SELECT {OP_COLUMNS} FROM outbox o
+         WHERE state = 'pending' AND next_us <= ?1 AND coalesce(claimed_until_us, 0) <= ?1
+           AND id = (SELECT min(id) FROM outbox p
+                     WHERE p.tenant = o.tenant AND p.lane = o.lane AND p.state IN ('pending', 'dead'))
+         ORDER BY next_us, id LIMIT ?2"
+    )
+}
+
+/// The operations in `?1`'s state (every state when null), of period `?2` when `by_period`, by
+/// id: a period's read through its index, not by a scan of the whole outbox (a statement is
+/// planned once, so a period that may be null would never use it).
+fn operations_sql(by_period: bool) -> String {
+    let period = if by_period { "period = ?2" } else { "?2 IS NULL" };
+    format!("SELECT {OP_COLUMNS} FROM outbox o WHERE (?1 IS NULL OR state = ?1) AND {period} ORDER BY id")
+}
 
 fn read_op(r: &meter_sqlite::rusqlite::Row<'_>) -> meter_sqlite::rusqlite::Result<Result<Operation, Error>> {
     let kind: String = r.get(1)?;
@@ -976,6 +993,32 @@ mod tests {
             revises: revises.iter().map(|p| p.parse().unwrap()).collect(),
         };
         assert_eq!(summaries, [want("2026-08", &[]), want("2026-09", &[]), want("2026-10", &["2026-09"])]);
+    }
+
+    /// Every index of the outbox is one its reads use (each push a close writes, and each
+    /// settle, writes every index): the plans of the claim (with its lane check) and of a
+    /// period's operations name each, and there is no other.
+    #[tokio::test]
+    async fn the_outbox_keeps_only_indexes_its_reads_use() {
+        let (dir, _ledger, _) = a_ledger();
+        let db = Connection::open(dir.path().join("billing.db")).unwrap();
+        let mut stmt = db
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox' AND sql IS NOT NULL")
+            .unwrap();
+        let mut indexes: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        indexes.sort();
+        assert_eq!(indexes, ["outbox_by_period", "outbox_due", "outbox_lanes"]);
+        let plan = |sql: String| -> Vec<String> {
+            let mut stmt = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            stmt.query_map(params![0, "2026-10"], |r| r.get(3)).unwrap().map(Result::unwrap).collect()
+        };
+        let mut used: Vec<String> = [claim_sql(), operations_sql(true)]
+            .into_iter()
+            .flat_map(plan)
+            .filter_map(|step| indexes.iter().find(|i| step.contains(&format!("INDEX {i} "))).cloned())
+            .collect();
+        used.sort();
+        assert_eq!(used, indexes);
     }
 
     /// A ledger in `billing.db` of a new directory, and the sample price book.
