@@ -58,7 +58,7 @@ impl Currency {
     pub fn round(&self, amount: Decimal) -> Decimal {
         let mut r = amount.round_dp_with_strategy(self.minor_units(), RoundingStrategy::MidpointNearestEven);
         r.rescale(self.minor_units());
-        r
+        no_negative_zero(r)
     }
 }
 
@@ -140,6 +140,22 @@ impl fmt::Display for Percent {
     }
 }
 
+/// `−a`, with no negative zero.
+pub(crate) fn negate(a: Decimal) -> Decimal {
+    no_negative_zero(-a)
+}
+
+/// `v`, or of a zero a zero of the same scale and no sign. Negating 0.00 gives −0.00 (and
+/// 0.00 + −0.00 keeps it), which is written "-0.00" and reads back "0.00": a credit that rounds
+/// to nothing would make a close that does not read back the bytes it was recorded with. Every
+/// figure the rater makes passes here (`negate`, `Currency::round`, `exact`).
+fn no_negative_zero(mut v: Decimal) -> Decimal {
+    if v.is_zero() {
+        v.set_sign_positive(true);
+    }
+    v
+}
+
 /// `a × b`, or an overflow error naming `what`.
 pub(crate) fn mul(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, Error> {
     exact(a.checked_mul(b), what)
@@ -164,7 +180,7 @@ pub(crate) fn div(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, Error> 
 /// 10^24 money is an error, not a figure anyone can defend.
 fn exact(r: Option<Decimal>, what: &str) -> Result<Decimal, Error> {
     match r {
-        Some(v) if v.abs() < limit() => Ok(v),
+        Some(v) if v.abs() < limit() => Ok(no_negative_zero(v)),
         _ => Err(Error::Overflow(what.to_string())),
     }
 }
@@ -192,6 +208,12 @@ mod tests {
         assert_eq!(usd.round("0.135".parse().unwrap()).to_string(), "0.14");
         assert_eq!(usd.round("-0.125".parse().unwrap()).to_string(), "-0.12");
         assert_eq!(usd.round("7".parse().unwrap()).to_string(), "7.00");
+        // No negative zero: written "-0.00", it would read back "0.00".
+        assert_eq!(usd.round("-0.004".parse().unwrap()).to_string(), "0.00");
+        assert_eq!(negate("0.00".parse().unwrap()).to_string(), "0.00");
+        let zero: Decimal = "0.00".parse().unwrap();
+        assert_eq!(add(zero, -zero, "x").unwrap().to_string(), "0.00");
+        assert_eq!(sub(zero, zero, "x").unwrap().to_string(), "0.00");
         let jpy: Currency = "JPY".parse().unwrap();
         assert_eq!(jpy.round("2.5".parse().unwrap()).to_string(), "2");
         assert_eq!(jpy.round("3.5".parse().unwrap()).to_string(), "4");

@@ -1,7 +1,7 @@
 //! The rater: usage totals, a subscription's trail and a price list in; invoice lines out.
 
 use crate::Error;
-use crate::money::{Currency, Percent, add, mul, sub};
+use crate::money::{Currency, Percent, add, mul, negate, sub};
 use crate::pricebook::{Allowance, Cycle, PriceList, Terms};
 use crate::subscription::{Change, Entry, State};
 use meter_schemas::Period;
@@ -319,7 +319,7 @@ impl<'a> Rating<'a> {
                 if e.at_us < *ce =>
             {
                 let old = self.fee(from_plan, *from_cycle)?;
-                let credit = -prorate(self.list.currency, old, e.at_us, *ce, *cs, *ce)?;
+                let credit = negate(prorate(self.list.currency, old, e.at_us, *ce, *cs, *ce)?);
                 let text = format!(
                     "credit for {} {} from {} to {} (unused part of the cycle)",
                     self.terms(from_plan)?.plan.name,
@@ -362,7 +362,7 @@ impl<'a> Rating<'a> {
             if base.is_zero() {
                 continue;
             }
-            let amount = -self.round(mul(base, percent.fraction(), "term discount")?);
+            let amount = negate(self.round(mul(base, percent.fraction(), "term discount")?));
             let hash = self.hash(&[&"term_discount", &name, &percent, &base, &service.from_us, &service.to_us]);
             self.push(
                 LineKind::TermDiscount,
@@ -449,7 +449,7 @@ impl<'a> Rating<'a> {
             }
         }
         if discount > Decimal::ZERO {
-            let amount = -self.round(discount);
+            let amount = negate(self.round(discount));
             let hash = self.hash(&[&"volume_discount", &subtotal]);
             let text = format!("volume discount on charges of {subtotal}");
             self.push(LineKind::VolumeDiscount, text, None, None, amount, BTreeMap::new(), hash);

@@ -457,3 +457,18 @@ fn the_next_change_time_alone_brings_is_known_ahead_and_renewals_are_not_one() {
     expired.advance(at("2026-12-01T00:00:00Z"));
     assert_eq!((expired.state(), expired.next_state_change()), (State::Expired, None));
 }
+
+/// A credit that rounds to nothing (a change a microsecond before the cycle ends) is 0.00, not
+/// -0.00: a negative zero is written "-0.00" and reads back "0.00", so a close holding one
+/// would not read back the bytes it was recorded with.
+#[test]
+fn a_credit_that_rounds_to_nothing_is_a_plain_zero() {
+    let mut s = subscribe("acme", "starter", Cycle::Monthly, 1, false, "2026-11-01T00:00:00Z");
+    act(&mut s, Command::ChangePlan { plan: "professional".into(), cycle: None }, "2026-11-30T23:59:59.999999Z");
+    let inv = rate(&mut s, "2026-11", &usage(&[]));
+    let credit = inv.lines.iter().find(|l| l.kind == K::Proration && l.description.starts_with("credit")).unwrap();
+    assert!(credit.amount.is_zero(), "{inv:#?}");
+    assert_eq!(serde_json::to_string(&credit.amount).unwrap(), r#""0.00""#);
+    let json = serde_json::to_string(&inv).unwrap();
+    assert!(!json.contains(r#""-0.00""#), "{json}");
+}
