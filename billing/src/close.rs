@@ -679,7 +679,7 @@ mod tests {
             quantity: None,
             amount: Decimal::ZERO,
             lineage: meter_rater::Lineage {
-                meters: BTreeMap::from([("work_orders".to_string(), Decimal::from(8))]),
+                meters: meter_rater::Meters::from_iter([("work_orders".to_string(), Decimal::from(8))]),
                 watermark_us: None,
                 price_version: list.version.clone(),
                 inputs_hash: String::new(),

@@ -72,7 +72,7 @@ fn usage_lines(c: &Close) -> Vec<(String, String, String)> {
         .iter()
         .flat_map(|i| i.lines.iter().map(move |l| (i.subscription.clone(), l)))
         .filter(|(_, l)| l.kind == LineKind::Overage && l.meter.as_deref() == Some("agent_tokens"))
-        .map(|(s, l)| (s, l.lineage.meters["agent_tokens"].to_string(), l.amount.to_string()))
+        .map(|(s, l)| (s, l.lineage.meters.get("agent_tokens").unwrap().to_string(), l.amount.to_string()))
         .collect()
 }
 

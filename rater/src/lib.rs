@@ -14,7 +14,7 @@ pub mod subscription;
 
 pub use money::{Currency, Percent};
 pub use pricebook::{Cycle, PriceBook, PriceBookError, PriceList};
-pub use rate::{Invoice, Line, LineKind, Lineage, Service, Usage, adjustments, invoice_id, prorate, rate};
+pub use rate::{Invoice, Line, LineKind, Lineage, Meters, Service, Usage, adjustments, invoice_id, prorate, rate};
 pub use subscription::{Command, Entry, Refusal, Setup, State, Subscription};
 
 /// Errors of rating.

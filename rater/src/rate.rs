@@ -42,12 +42,17 @@ pub enum LineKind {
     Adjustment,
 }
 
+/// A line's meter totals by meter name: a sorted `Vec` (one or two entries, where a `BTreeMap`
+/// allocates a node of eleven), written and read as a JSON object in key order, as a
+/// `BTreeMap` is.
+pub type Meters = litemap::LiteMap<String, Decimal>;
+
 /// Where a line's figures come from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lineage {
     /// The meter totals it used.
     #[schema(value_type = BTreeMap<String, String>)]
-    pub meters: BTreeMap<String, Decimal>,
+    pub meters: Meters,
     /// The watermark of those totals (µs).
     pub watermark_us: Option<i64>,
     /// The price list version.
@@ -309,7 +314,7 @@ impl<'a> Rating<'a> {
                 );
                 let hash = self.hash(&[&"base", &e.plan, &e.cycle, start_us, end_us, &fee]);
                 let service = Service { from_us: *start_us, to_us: *end_us };
-                self.push(LineKind::BaseFee, text, None, None, amount, BTreeMap::new(), hash);
+                self.push(LineKind::BaseFee, text, None, None, amount, Meters::new(), hash);
                 self.serves(service);
                 if let Some((name, p)) = self.term_discount(&e.plan, e.cycle, term_years)? {
                     *self.discountable.entry((name, p, service)).or_default() += amount;
@@ -329,7 +334,7 @@ impl<'a> Rating<'a> {
                 );
                 let hash = self.hash(&[&"credit", from_plan, from_cycle, cs, ce, &e.at_us, &old]);
                 let service = Service { from_us: e.at_us, to_us: *ce };
-                self.push(LineKind::Proration, text, None, None, credit, BTreeMap::new(), hash);
+                self.push(LineKind::Proration, text, None, None, credit, Meters::new(), hash);
                 self.serves(service);
                 if let Some((name, p)) = self.term_discount(from_plan, *from_cycle, term_years)? {
                     *self.discountable.entry((name, p, service)).or_default() += credit;
@@ -345,7 +350,7 @@ impl<'a> Rating<'a> {
                         day(*ce)
                     );
                     let hash = self.hash(&[&"charge", &e.plan, &e.cycle, cs, ce, &e.at_us, &new]);
-                    self.push(LineKind::Proration, text, None, None, charge, BTreeMap::new(), hash);
+                    self.push(LineKind::Proration, text, None, None, charge, Meters::new(), hash);
                     self.serves(service);
                     if let Some((name, p)) = self.term_discount(&e.plan, e.cycle, term_years)? {
                         *self.discountable.entry((name, p, service)).or_default() += charge;
@@ -370,7 +375,7 @@ impl<'a> Rating<'a> {
                 None,
                 None,
                 amount,
-                BTreeMap::new(),
+                Meters::new(),
                 hash,
             );
             self.serves(service);
@@ -392,7 +397,7 @@ impl<'a> Rating<'a> {
                 seats.unit_price
             );
             let hash = self.hash(&[&"seats", &seats.meter, &used, &seats.included, &seats.unit_price]);
-            let meters = BTreeMap::from([(seats.meter.clone(), used)]);
+            let meters = Meters::from_iter([(seats.meter.clone(), used)]);
             self.push(LineKind::Seats, text, Some(seats.meter.clone()), Some(extra), amount, meters, hash);
             usage_charges = add(usage_charges, amount, "seats")?;
         }
@@ -421,7 +426,7 @@ impl<'a> Rating<'a> {
             // The price list's version (in every hash), the plan and whether the tenant's deal
             // applies determine the price: a list that rated a closed period never changes.
             let hash = self.hash(&[&"overage", &meter, &used, &terms.code, &terms.deal.is_some()]);
-            let meters = BTreeMap::from([(meter.to_string(), used)]);
+            let meters = Meters::from_iter([(meter.to_string(), used)]);
             self.push(LineKind::Overage, text, Some(meter.to_string()), Some(over), amount, meters, hash);
             usage_charges = add(usage_charges, amount, meter)?;
         }
@@ -431,7 +436,7 @@ impl<'a> Rating<'a> {
                 let amount = sub(minimum, usage_charges, "minimum")?;
                 let text = format!("minimum for usage {minimum}, usage charged {usage_charges}");
                 let hash = self.hash(&[&"minimum", &minimum, &usage_charges]);
-                self.push(LineKind::Minimum, text, None, None, amount, BTreeMap::new(), hash);
+                self.push(LineKind::Minimum, text, None, None, amount, Meters::new(), hash);
             }
         }
         Ok(())
@@ -452,7 +457,7 @@ impl<'a> Rating<'a> {
             let amount = negate(self.round(discount));
             let hash = self.hash(&[&"volume_discount", &subtotal]);
             let text = format!("volume discount on charges of {subtotal}");
-            self.push(LineKind::VolumeDiscount, text, None, None, amount, BTreeMap::new(), hash);
+            self.push(LineKind::VolumeDiscount, text, None, None, amount, Meters::new(), hash);
         }
         Ok(())
     }
@@ -491,7 +496,7 @@ impl<'a> Rating<'a> {
         meter: Option<String>,
         quantity: Option<Decimal>,
         amount: Decimal,
-        meters: BTreeMap<String, Decimal>,
+        meters: Meters,
         inputs_hash: String,
     ) {
         let lineage = Lineage {

@@ -34,7 +34,7 @@ fn starter_monthly_charges_base_seats_and_each_overage() {
     assert_eq!(inv.plan.as_deref(), Some("starter"));
     let wo = inv.lines.iter().find(|l| l.meter.as_deref() == Some("work_orders")).unwrap();
     assert_eq!(wo.description, "work_orders: 620 used, 500 included, 120 over");
-    assert_eq!(wo.lineage.meters["work_orders"].to_string(), "620");
+    assert_eq!(wo.lineage.meters.get("work_orders").unwrap().to_string(), "620");
     assert_eq!(wo.lineage.price_version, "2026-01");
     assert_eq!(wo.lineage.watermark_us, Some(at("2026-12-08T00:00:00Z")));
     assert_eq!(wo.lineage.inputs_hash.len(), 64);
@@ -456,6 +456,24 @@ fn the_next_change_time_alone_brings_is_known_ahead_and_renewals_are_not_one() {
     let mut expired = once.clone();
     expired.advance(at("2026-12-01T00:00:00Z"));
     assert_eq!((expired.state(), expired.next_state_change()), (State::Expired, None));
+}
+
+/// A line's meters are written as the `BTreeMap` they were before (a JSON object in key order,
+/// each figure at its scale), and what was written then reads back as it was, keys in any
+/// order: invoices recorded by earlier builds keep their bytes.
+#[test]
+fn a_lines_meters_read_and_write_as_the_map_they_were() {
+    let pairs =
+        [("work_orders".to_string(), "620.50".parse().unwrap()), ("agent_tokens".to_string(), "7".parse().unwrap())];
+    let old: std::collections::BTreeMap<String, rust_decimal::Decimal> = pairs.iter().cloned().collect();
+    let new: meter_rater::Meters = pairs.iter().cloned().collect();
+    let written = serde_json::to_string(&old).unwrap();
+    assert_eq!(serde_json::to_string(&new).unwrap(), written);
+    assert_eq!(written, r#"{"agent_tokens":"7","work_orders":"620.50"}"#);
+    let read: meter_rater::Meters = serde_json::from_str(r#"{"work_orders":"620.50","agent_tokens":"7"}"#).unwrap();
+    assert_eq!(serde_json::to_string(&read).unwrap(), written);
+    assert_eq!(read.get("work_orders").unwrap().to_string(), "620.50");
+    assert!(serde_json::from_str::<meter_rater::Meters>("{}").unwrap().is_empty());
 }
 
 /// A credit that rounds to nothing (a change a microsecond before the cycle ends) is 0.00, not
