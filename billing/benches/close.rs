@@ -6,12 +6,13 @@
 //! `CLOSES=1` closes October only, so that nothing of an earlier close is held).
 //! Each close also reports the resident memory at each stage and its own peak (`VmHWM`, reset
 //! before it through `/proc/self/clear_refs`), with the allocator `meter` runs with (mimalloc),
-//! the ledger's size on disk after it, and the bytes the close wrote (`wchar` of
-//! `/proc/self/io`: the ledger's WAL and its checkpoint).
+//! the ledger's size on disk after it, and the bytes the process wrote during the close (`wchar`
+//! of `/proc/self/io`: the ledger's WAL and its checkpoint, and whatever the usage store's
+//! checkpointer writes meanwhile).
 //!
-//! `SETUP=DIR` keeps the set-up (the ledger and the usage store, about 10 minutes at 1,000,000
-//! subscriptions) in `DIR/SUBSCRIPTIONS` and starts later runs from a copy of it: each run closes
-//! the same files, as they were before any close.
+//! `SETUP=DIR` keeps the set-up (the ledger and the usage store, about 13 minutes at 1,000,000
+//! subscriptions) in `DIR/SUBSCRIPTIONS-vN` and starts later runs from a copy of it: each run
+//! closes the same files, as they were before any close.
 
 use meter_billing::testing::{proc_io, proc_status};
 use meter_billing::{Ledger, Progress as Stage, close};
@@ -28,6 +29,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DAY: i64 = 86_400_000_000;
 
+/// Names the kept set-up (`SETUP`): raised whenever `set_up` changes what it writes, so that no
+/// run starts from a set-up an older bench kept.
+const SET_UP_VERSION: u32 = 1;
+
 fn at(period: &str, days: i64) -> i64 {
     period.parse::<Period>().unwrap().start_us() + days * DAY
 }
@@ -38,32 +43,39 @@ async fn main() {
     let n: usize = std::env::var("SUBSCRIPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let dir = tempfile::tempdir().unwrap();
     let files = ["usage.db", "usage.db-wal", "billing.db", "billing.db-wal"];
-    let kept = std::env::var_os("SETUP").map(|d| std::path::PathBuf::from(d).join(n.to_string()));
+    let kept = std::env::var_os("SETUP").map(|d| std::path::PathBuf::from(d).join(format!("{n}-v{SET_UP_VERSION}")));
     let reuse = kept.as_ref().is_some_and(|k| k.join("done").exists());
-    if reuse {
-        let kept = kept.as_ref().unwrap();
-        for f in files.iter().filter(|f| kept.join(f).exists()) {
-            std::fs::copy(kept.join(f), dir.path().join(f)).unwrap();
-        }
-        println!("set-up: copied from {}", kept.display());
-    }
     let catalog = Arc::new(Catalog::new(vec![]).unwrap());
     let meters = catalog.meters().to_vec();
     let names: Vec<&str> = meters.iter().map(|m| m.name.as_str()).collect();
     let book = Arc::new(PriceBook::parse(SAMPLE, &names, &["active_users"]).unwrap());
-    let store = Arc::new(SqliteStore::open(&dir.path().join("usage.db"), meter_sqlite::Durability::Normal).unwrap());
-    let ledger = Ledger::open(&dir.path().join("billing.db")).unwrap();
-    if !reuse {
-        set_up(n, &store, &ledger, &book, &meters).await;
-    }
-    if let Some(kept) = kept.as_ref().filter(|_| !reuse) {
-        // Copied with no write under way: a copy of a file and its WAL opens as the original.
-        std::fs::create_dir_all(kept).unwrap();
-        for f in files.iter().filter(|f| dir.path().join(f).exists()) {
-            std::fs::copy(dir.path().join(f), kept.join(f)).unwrap();
+    let open = || {
+        let store =
+            Arc::new(SqliteStore::open(&dir.path().join("usage.db"), meter_sqlite::Durability::Normal).unwrap());
+        (store, Ledger::open(&dir.path().join("billing.db")).unwrap())
+    };
+    match kept.as_ref() {
+        Some(kept) if reuse => {
+            for f in files.iter().filter(|f| kept.join(f).exists()) {
+                std::fs::copy(kept.join(f), dir.path().join(f)).unwrap();
+            }
+            println!("set-up: copied from {}", kept.display());
         }
-        std::fs::write(kept.join("done"), "").unwrap();
+        _ => {
+            let (store, ledger) = open();
+            set_up(n, &store, &ledger, &book, &meters).await;
+            if let Some(kept) = kept.as_ref() {
+                // Closed first (the store's checkpointer stopped): nothing writes while copied.
+                drop((store, ledger));
+                std::fs::create_dir_all(kept).unwrap();
+                for f in files.iter().filter(|f| dir.path().join(f).exists()) {
+                    std::fs::copy(dir.path().join(f), kept.join(f)).unwrap();
+                }
+                std::fs::write(kept.join("done"), "").unwrap();
+            }
+        }
     }
+    let (store, ledger) = open();
 
     let sources = meter_billing::testing::one_store(store.clone(), book.clone());
     let closes: usize = std::env::var("CLOSES").ok().and_then(|v| v.parse().ok()).unwrap_or(2);

@@ -122,7 +122,7 @@ const MIGRATIONS: &[&str] = &[
     // `outbox_lanes`, a period's operations `outbox_by_period`), and every push and settle
     // wrote it.
     "
-    DROP INDEX outbox_pending;
+    DROP INDEX IF EXISTS outbox_pending;
 ",
 ];
 
@@ -1001,7 +1001,8 @@ mod tests {
     #[tokio::test]
     async fn the_outbox_keeps_only_indexes_its_reads_use() {
         let (dir, _ledger, _) = a_ledger();
-        let db = Connection::open(dir.path().join("billing.db")).unwrap();
+        // Opened as the ledger opens it (each statement planned once).
+        let db = open(&dir.path().join("billing.db"), Durability::Full).unwrap();
         let mut stmt = db
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox' AND sql IS NOT NULL")
             .unwrap();
