@@ -43,15 +43,20 @@ pub enum LineKind {
 }
 
 /// A line's meter totals by meter name: a sorted `Vec` (one or two entries, where a `BTreeMap`
-/// allocates a node of eleven), written and read as a JSON object in key order, as a
-/// `BTreeMap` is.
+/// allocates a node of eleven), written in a [`Lineage`] as the JSON object in key order that a
+/// `BTreeMap` was (`LiteMap`'s own serde writes an empty one as `[]`).
 pub type Meters = litemap::LiteMap<String, Decimal>;
+
+fn meters_as_object<S: serde::Serializer>(meters: &Meters, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(meters.iter())
+}
 
 /// Where a line's figures come from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lineage {
     /// The meter totals it used.
     #[schema(value_type = BTreeMap<String, String>)]
+    #[serde(serialize_with = "meters_as_object")]
     pub meters: Meters,
     /// The watermark of those totals (µs).
     pub watermark_us: Option<i64>,

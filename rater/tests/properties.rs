@@ -122,9 +122,10 @@ proptest! {
         for l in &inv.lines {
             prop_assert_eq!(l.amount.scale(), 2, "{} is rounded once, to cents", l.amount);
         }
-        // No amount is a negative zero: it is written "-0.00" and reads back "0.00", so a close
-        // would not read back the bytes it was recorded with.
-        for d in inv.lines.iter().map(|l| l.amount).chain([inv.total]) {
+        // No amount, quantity or total is a negative zero: it is written "-0.00" and reads back
+        // "0.00", so a close would not read back the bytes it was recorded with.
+        let quantities = inv.lines.iter().filter_map(|l| l.quantity);
+        for d in inv.lines.iter().map(|l| l.amount).chain(quantities).chain([inv.total]) {
             prop_assert!(!(d.is_zero() && d.is_sign_negative()), "a negative zero in {:?}", inv);
         }
     }

@@ -459,8 +459,9 @@ fn the_next_change_time_alone_brings_is_known_ahead_and_renewals_are_not_one() {
 }
 
 /// A line's meters are written as the `BTreeMap` they were before (a JSON object in key order,
-/// each figure at its scale), and what was written then reads back as it was, keys in any
-/// order: invoices recorded by earlier builds keep their bytes.
+/// each figure at its scale, `{}` when there is none), and what was written then reads back as
+/// it was, keys in any order: invoices recorded by earlier builds keep their bytes, and an
+/// earlier build reads what this one writes.
 #[test]
 fn a_lines_meters_read_and_write_as_the_map_they_were() {
     let pairs =
@@ -474,6 +475,20 @@ fn a_lines_meters_read_and_write_as_the_map_they_were() {
     assert_eq!(serde_json::to_string(&read).unwrap(), written);
     assert_eq!(read.get("work_orders").unwrap().to_string(), "620.50");
     assert!(serde_json::from_str::<meter_rater::Meters>("{}").unwrap().is_empty());
+    // In a line, with no meter too (a fee's): an object, as the `BTreeMap` wrote it.
+    let lineage = |meters: meter_rater::Meters| meter_rater::Lineage {
+        meters,
+        watermark_us: None,
+        price_version: "2026-01".into(),
+        inputs_hash: "h".into(),
+    };
+    let json = |l: &meter_rater::Lineage| serde_json::to_string(l).unwrap();
+    let fee = lineage(meter_rater::Meters::new());
+    assert_eq!(json(&fee), r#"{"meters":{},"watermark_us":null,"price_version":"2026-01","inputs_hash":"h"}"#);
+    assert_eq!(serde_json::from_str::<meter_rater::Lineage>(&json(&fee)).unwrap(), fee);
+    let usage = lineage(new);
+    assert!(json(&usage).starts_with(&format!(r#"{{"meters":{written},"#)), "{}", json(&usage));
+    assert_eq!(serde_json::from_str::<meter_rater::Lineage>(&json(&usage)).unwrap(), usage);
 }
 
 /// A credit that rounds to nothing (a change a microsecond before the cycle ends) is 0.00, not
