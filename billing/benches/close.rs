@@ -42,7 +42,6 @@ fn at(period: &str, days: i64) -> i64 {
 async fn main() {
     let n: usize = std::env::var("SUBSCRIPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let dir = tempfile::tempdir().unwrap();
-    let files = ["usage.db", "usage.db-wal", "billing.db", "billing.db-wal"];
     let kept = std::env::var_os("SETUP").map(|d| std::path::PathBuf::from(d).join(format!("{n}-v{SET_UP_VERSION}")));
     let reuse = kept.as_ref().is_some_and(|k| k.join("done").exists());
     let catalog = Arc::new(Catalog::new(vec![]).unwrap());
@@ -56,9 +55,7 @@ async fn main() {
     };
     match kept.as_ref() {
         Some(kept) if reuse => {
-            for f in files.iter().filter(|f| kept.join(f).exists()) {
-                std::fs::copy(kept.join(f), dir.path().join(f)).unwrap();
-            }
+            copy_files(kept, dir.path());
             println!("set-up: copied from {}", kept.display());
         }
         _ => {
@@ -68,9 +65,7 @@ async fn main() {
                 // Closed first (the store's checkpointer stopped): nothing writes while copied.
                 drop((store, ledger));
                 std::fs::create_dir_all(kept).unwrap();
-                for f in files.iter().filter(|f| dir.path().join(f).exists()) {
-                    std::fs::copy(dir.path().join(f), kept.join(f)).unwrap();
-                }
+                copy_files(dir.path(), kept);
                 std::fs::write(kept.join("done"), "").unwrap();
             }
         }
@@ -125,6 +120,16 @@ async fn main() {
         );
         for (stage, at, rss) in marks.lock().unwrap().iter() {
             println!("  {stage} at {:.2} s, RSS {rss}", at.as_secs_f64());
+        }
+    }
+}
+
+/// The usage store and the ledger, with their WAL files where there are some, from `from` to
+/// `to`.
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    for f in ["usage.db", "usage.db-wal", "billing.db", "billing.db-wal"] {
+        if from.join(f).exists() {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
         }
     }
 }

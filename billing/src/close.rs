@@ -502,7 +502,7 @@ fn report(
     for inv in invoices {
         // Adjustment lines carry an earlier period's totals.
         for l in inv.lines.iter().filter(|l| l.kind != meter_rater::LineKind::Adjustment) {
-            for (m, v) in &l.lineage.meters {
+            for (m, v) in l.lineage.meters.iter() {
                 rated.entry(inv.tenant.as_str()).or_default().insert(m, *v);
             }
         }

@@ -42,13 +42,46 @@ pub enum LineKind {
     Adjustment,
 }
 
-/// A line's meter totals by meter name: a sorted `Vec` (one or two entries, where a `BTreeMap`
-/// allocates a node of eleven), written in a [`Lineage`] as the JSON object in key order that a
-/// `BTreeMap` was (`LiteMap`'s own serde writes an empty one as `[]`).
-pub type Meters = litemap::LiteMap<String, Decimal>;
+/// A line's meter totals by meter name: a sorted `Vec` (a line has one or two, where a
+/// `BTreeMap` allocates a node of eleven), written as the JSON object in key order that a
+/// `BTreeMap` was, `{}` when empty (`LiteMap`'s own serde writes an empty one as `[]`), and read
+/// from an object in any order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Meters(litemap::LiteMap<String, Decimal>);
 
-fn meters_as_object<S: serde::Serializer>(meters: &Meters, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(meters.iter())
+impl Meters {
+    /// No meter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The total of `meter`.
+    pub fn get(&self, meter: &str) -> Option<&Decimal> {
+        self.0.get(meter)
+    }
+
+    /// Each meter and its total, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Decimal)> {
+        self.0.iter()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, Decimal)> for Meters {
+    fn from_iter<I: IntoIterator<Item = (String, Decimal)>>(pairs: I) -> Self {
+        Self(pairs.into_iter().collect())
+    }
+}
+
+impl Serialize for Meters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter())
+    }
 }
 
 /// Where a line's figures come from.
@@ -56,7 +89,6 @@ fn meters_as_object<S: serde::Serializer>(meters: &Meters, s: S) -> Result<S::Ok
 pub struct Lineage {
     /// The meter totals it used.
     #[schema(value_type = BTreeMap<String, String>)]
-    #[serde(serialize_with = "meters_as_object")]
     pub meters: Meters,
     /// The watermark of those totals (µs).
     pub watermark_us: Option<i64>,

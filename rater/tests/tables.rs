@@ -475,6 +475,7 @@ fn a_lines_meters_read_and_write_as_the_map_they_were() {
     assert_eq!(serde_json::to_string(&read).unwrap(), written);
     assert_eq!(read.get("work_orders").unwrap().to_string(), "620.50");
     assert!(serde_json::from_str::<meter_rater::Meters>("{}").unwrap().is_empty());
+    assert_eq!(serde_json::to_string(&meter_rater::Meters::new()).unwrap(), "{}");
     // In a line, with no meter too (a fee's): an object, as the `BTreeMap` wrote it.
     let lineage = |meters: meter_rater::Meters| meter_rater::Lineage {
         meters,

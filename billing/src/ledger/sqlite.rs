@@ -119,8 +119,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox RENAME COLUMN body TO payload;
 ",
     // No read of the outbox uses `outbox_pending` (the claim reads `outbox_due` and
-    // `outbox_lanes`, a period's operations `outbox_by_period`), and every push and settle
-    // wrote it.
+    // `outbox_lanes`, a period's operations `outbox_by_period`), and every push and every
+    // change of state wrote it.
     "
     DROP INDEX IF EXISTS outbox_pending;
 ",
@@ -995,8 +995,8 @@ mod tests {
         assert_eq!(summaries, [want("2026-08", &[]), want("2026-09", &[]), want("2026-10", &["2026-09"])]);
     }
 
-    /// Every index of the outbox is one its reads use (each push a close writes, and each
-    /// settle, writes every index): the plans of the claim (with its lane check) and of a
+    /// Every index of the outbox is one its reads use (each push a close writes writes every
+    /// index, and a settle those on its state and due time): the plans of the claim (with its lane check) and of a
     /// period's operations name each, and there is no other.
     #[tokio::test]
     async fn the_outbox_keeps_only_indexes_its_reads_use() {
