@@ -77,6 +77,19 @@ impl Event {
             _ => serde_json::from_slice(bytes),
         }
     }
+
+    /// What `read` takes of the event a record holds, viewed in place ([`wire::View`]): a
+    /// record an earlier build wrote as JSON is decoded and encoded again first. A damaged record
+    /// is refused as [`Event::decode`] refuses it.
+    pub fn view<T>(bytes: &[u8], read: impl FnOnce(&wire::View<'_>) -> T) -> Result<T, serde_json::Error> {
+        match bytes.first() {
+            Some(&wire::VERSION) => Ok(read(&wire::View::parse(bytes)?)),
+            _ => {
+                let encoded = Event::decode(bytes)?.encode();
+                Ok(read(&wire::View::parse(&encoded)?))
+            }
+        }
+    }
 }
 
 fn write_str(h: &mut Sha256, s: &str) {

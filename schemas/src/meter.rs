@@ -1,11 +1,12 @@
 //! Meters: how events become numbers. Meters are configuration; six defaults ship built in.
 
 use crate::error::FieldError;
-use crate::event::Event;
+use crate::event::{Event, wire};
 use crate::quantity::{self, QuantityError};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How a meter folds the values of its events into one number per period.
@@ -143,10 +144,10 @@ impl MeterDef {
         ]
     }
 
-    fn matches(&self, props: &Map<String, Value>) -> bool {
-        self.filter
-            .iter()
-            .all(|(key, allowed)| props.get(key).and_then(scalar_text).is_some_and(|v| allowed.0.contains(&v)))
+    fn matches(&self, props: &(impl Properties + ?Sized)) -> bool {
+        self.filter.iter().all(|(key, allowed)| {
+            props.lookup(key).and_then(|v| scalar_text(&v)).is_some_and(|v| allowed.0.contains(&v))
+        })
     }
 }
 
@@ -353,6 +354,15 @@ impl Catalog {
     /// meter's `group_by` properties, in order (`""` where the event has none). Empty, and no
     /// allocation, when no meter it reaches is broken down.
     pub fn groups(&self, contributions: &[(usize, Contribution)], event: &Event) -> Vec<(usize, Vec<String>)> {
+        self.groups_of(contributions, &event.properties)
+    }
+
+    /// [`Catalog::groups`] of an event's properties, wherever they are read from.
+    pub fn groups_of(
+        &self,
+        contributions: &[(usize, Contribution)],
+        props: &(impl Properties + ?Sized),
+    ) -> Vec<(usize, Vec<String>)> {
         let mut out = Vec::new();
         for (i, _) in contributions {
             let Some(m) = self.meters.get(*i) else { continue };
@@ -360,7 +370,7 @@ impl Catalog {
                 continue;
             }
             let values =
-                m.group_by.iter().map(|p| event.properties.get(p).and_then(scalar_text).unwrap_or_default()).collect();
+                m.group_by.iter().map(|p| props.lookup(p).and_then(|v| scalar_text(&v)).unwrap_or_default()).collect();
             out.push((*i, values));
         }
         out
@@ -432,19 +442,48 @@ impl Catalog {
     /// invalid (possible only when configuration changed after ingest) are left out and
     /// counted in the second value.
     pub fn contributions(&self, event: &Event) -> (Vec<(usize, Contribution)>, usize) {
+        self.contributions_of(&event.code, &event.properties)
+    }
+
+    /// [`Catalog::contributions`] of an event of `code` with the properties `props`, wherever
+    /// they are read from.
+    pub fn contributions_of(
+        &self,
+        code: &str,
+        props: &(impl Properties + ?Sized),
+    ) -> (Vec<(usize, Contribution)>, usize) {
         let mut out = Vec::new();
         let mut skipped = 0;
-        for &i in self.by_code.get(&event.code).map(Vec::as_slice).unwrap_or(&[]) {
+        for &i in self.by_code.get(code).map(Vec::as_slice).unwrap_or(&[]) {
             let m = &self.meters[i];
-            if !m.matches(&event.properties) {
+            if !m.matches(props) {
                 continue;
             }
-            match contribution(m, &event.properties) {
+            match contribution(m, props) {
                 Some(c) => out.push((i, c)),
                 None => skipped += 1,
             }
         }
         (out, skipped)
+    }
+}
+
+/// An event's properties as the meters read them, one by name: the map of a decoded event, or
+/// a record viewed in place ([`wire::View`]).
+pub trait Properties {
+    /// The property `name`, if the event has it.
+    fn lookup(&self, name: &str) -> Option<Cow<'_, Value>>;
+}
+
+impl Properties for Map<String, Value> {
+    fn lookup(&self, name: &str) -> Option<Cow<'_, Value>> {
+        self.get(name).map(Cow::Borrowed)
+    }
+}
+
+impl Properties for wire::View<'_> {
+    fn lookup(&self, name: &str) -> Option<Cow<'_, Value>> {
+        self.property(name).map(Cow::Owned)
     }
 }
 
@@ -492,18 +531,18 @@ fn contribution_value(aggregation: Aggregation, v: &Value) -> Result<Contributio
     })
 }
 
-fn contribution(m: &MeterDef, props: &Map<String, Value>) -> Option<Contribution> {
+fn contribution(m: &MeterDef, props: &(impl Properties + ?Sized)) -> Option<Contribution> {
     match m.aggregation {
         Aggregation::Count => Some(Contribution::Count),
         Aggregation::Sum => {
             let mut total = Decimal::ZERO;
             for name in &m.property {
-                total = total.checked_add(quantity::quantity(props.get(name)?).ok()?)?;
+                total = total.checked_add(quantity::quantity(&*props.lookup(name)?).ok()?)?;
             }
             Some(Contribution::Sum(total))
         }
         Aggregation::UniqueCount | Aggregation::Max | Aggregation::Latest => {
-            contribution_value(m.aggregation, props.get(m.property.first()?)?).ok()
+            contribution_value(m.aggregation, &*props.lookup(m.property.first()?)?).ok()
         }
     }
 }
@@ -617,6 +656,47 @@ mod tests {
         assert_eq!(c.groups(&contribs, &e)[0].1, vec!["eu".to_string(), "3".to_string()]);
         let e = event("storage.sample", json!({"gb": 2}));
         assert_eq!(c.groups(&c.contributions(&e).0, &e)[0].1, vec![String::new(), String::new()]);
+    }
+
+    #[test]
+    fn a_record_viewed_in_place_meters_as_its_decoded_event() {
+        let customs = [
+            json!({"name": "gb_max", "event": "storage.sample", "aggregation": "max", "property": "gb",
+                   "filter": {"region": ["eu", "us"]}}),
+            json!({"name": "gb", "event": "storage.sample", "aggregation": "sum", "property": ["gb", "extra"],
+                   "group_by": ["region", "tier"]}),
+            json!({"name": "gb_last", "event": "storage.sample", "aggregation": "latest", "property": "gb"}),
+            json!({"name": "hosts", "event": "storage.sample", "aggregation": "unique_count", "property": "host"}),
+        ];
+        let c = Catalog::new(customs.into_iter().map(|m| serde_json::from_value(m).unwrap()).collect()).unwrap();
+        let events = [
+            event("agent.invocation", json!({"model": "m-1", "input_tokens": 10, "output_tokens": "5"})),
+            event("agent.invocation", json!({"input_tokens": 1})),
+            event("user.login", json!({"user_id": "u-7", "other": [1, {"x": null}]})),
+            event("api.call", json!({"route": "/v1", "method": "GET", "status": 200})),
+            event("work_order.created", json!({})),
+            event("storage.sample", json!({"gb": "2.50", "extra": 1e2, "region": "eu", "tier": 3, "host": 4.0})),
+            event("storage.sample", json!({"gb": 0.1, "region": "ap", "host": true})),
+            event("storage.sample", json!({"gb": "x", "extra": null, "host": ""})),
+            event("unknown.code", json!({"gb": 1})),
+        ];
+        let (mut metered, mut skips, mut grouped) = (0, 0, 0);
+        for e in &events {
+            let json = serde_json::to_vec(e).unwrap();
+            for bytes in [e.encode(), json] {
+                let (contributions, skipped) = c.contributions(e);
+                let groups = c.groups(&contributions, e);
+                let viewed = Event::view(&bytes, |v| {
+                    let (contributions, skipped) = c.contributions_of(v.code, v);
+                    let groups = c.groups_of(&contributions, v);
+                    (contributions, skipped, groups)
+                })
+                .unwrap();
+                (metered, skips, grouped) = (metered + contributions.len(), skips + skipped, grouped + groups.len());
+                assert_eq!(viewed, (contributions, skipped, groups), "{e:?}");
+            }
+        }
+        assert_eq!((metered, skips, grouped), (2 * 12, 2 * 5, 2 * 3), "what the events reach");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The log's record of an event: its fields in a fixed order, each string length-prefixed, its
-//! properties as a tagged tree. Every reader of the log (the aggregators, the sinks, the census)
-//! decodes each event it reads; as JSON, that decode was a sixth of the aggregator's CPU
-//! (BENCHMARKS.md).
+//! properties as a tagged tree. The readers of the log decode each event they read (the sinks,
+//! the census), or view it in place ([`View`], the aggregators); as JSON, the decode was a sixth
+//! of the aggregator's CPU (BENCHMARKS.md).
 //!
 //! A record starts with [`VERSION`], which no JSON text starts with: records an earlier build
 //! wrote as JSON read as before ([`Event::decode`]). Numbers keep their exact text, as
@@ -110,21 +110,79 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
 /// counts, or recurse past [`MAX_DEPTH`].
 pub(super) fn decode(bytes: &[u8]) -> Result<Event, serde_json::Error> {
     let mut r = Reader { bytes, at: 1 };
-    let flags = r.byte("the flags")?;
-    if flags & !(IMPLICIT_TIME | SUBSCRIPTION | SOURCE) != 0 {
-        return Err(fail(format!("unknown flags {flags:#04x}")));
-    }
-    let time_us = i64::from_le_bytes(r.take(8, "the time")?.try_into().expect("8 bytes"));
-    let tenant = r.string("the tenant")?;
-    let id = r.string("the id")?;
-    let code = r.string("the code")?;
-    let subscription = if flags & SUBSCRIPTION != 0 { Some(r.string("the subscription")?) } else { None };
-    let source = if flags & SOURCE != 0 { Some(r.string("the source")?) } else { None };
+    let h = r.header()?;
     let properties = r.object(0)?;
-    if r.at != bytes.len() {
-        return Err(fail(format!("{} bytes follow the event", bytes.len() - r.at)));
+    r.end()?;
+    Ok(Event {
+        tenant: h.tenant.to_owned(),
+        id: h.id.to_owned(),
+        code: h.code.to_owned(),
+        time_us: h.time_us,
+        implicit_time: h.flags & IMPLICIT_TIME != 0,
+        subscription: h.subscription.map(str::to_owned),
+        source: h.source.map(str::to_owned),
+        properties,
+    })
+}
+
+/// A record's fields before its properties, borrowed from it.
+struct Header<'a> {
+    flags: u8,
+    time_us: i64,
+    tenant: &'a str,
+    id: &'a str,
+    code: &'a str,
+    subscription: Option<&'a str>,
+    source: Option<&'a str>,
+}
+
+/// A record in this format read in place: the event's fields borrowed from its bytes, and its
+/// properties looked up one at a time ([`View::property`]), for a reader that takes a few of
+/// each event's fields rather than the whole event (the aggregator: the tenant, the id, the time
+/// and what the meters read). Decoding an event builds every property, a map node, a key and a
+/// value each. [`View::parse`] checks the whole record as [`Event::decode`] does, and refuses
+/// what it refuses in the same words (test `a_view_refuses_and_reads_what_decode_does`).
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    /// The tenant billed for the event.
+    pub tenant: &'a str,
+    /// The sender's id for the event.
+    pub id: &'a str,
+    /// Event code.
+    pub code: &'a str,
+    /// Event time in microseconds since the Unix epoch, UTC.
+    pub time_us: i64,
+    /// The properties' object, from its count on, checked whole.
+    properties: &'a [u8],
+}
+
+impl<'a> View<'a> {
+    /// Checks a record that starts with [`VERSION`] and views it.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        if bytes.first() != Some(&VERSION) {
+            return Err(fail(format!("a record starts with {VERSION}")));
+        }
+        let mut r = Reader { bytes, at: 1 };
+        let h = r.header()?;
+        let start = r.at;
+        r.skip_object(0)?;
+        let properties = &bytes[start..r.at];
+        r.end()?;
+        Ok(View { tenant: h.tenant, id: h.id, code: h.code, time_us: h.time_us, properties })
     }
-    Ok(Event { tenant, id, code, time_us, implicit_time: flags & IMPLICIT_TIME != 0, subscription, source, properties })
+
+    /// The property `name`, as [`Event::decode`] reads it.
+    pub fn property(&self, name: &str) -> Option<Value> {
+        const CHECKED: &str = "properties checked whole by View::parse";
+        let mut r = Reader { bytes: self.properties, at: 0 };
+        for _ in 0..r.count("an object").expect(CHECKED) {
+            if r.str("a key").expect(CHECKED) == name {
+                return Some(r.value(1).expect(CHECKED));
+            }
+            r.pass_value().expect(CHECKED);
+        }
+        None
+    }
 }
 
 fn fail(why: String) -> serde_json::Error {
@@ -173,6 +231,29 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(raw).map_err(|e| fail(format!("{what} is not UTF-8: {e}")))
     }
 
+    /// The fields before the properties, after [`VERSION`].
+    fn header(&mut self) -> Result<Header<'a>, serde_json::Error> {
+        let flags = self.byte("the flags")?;
+        if flags & !(IMPLICIT_TIME | SUBSCRIPTION | SOURCE) != 0 {
+            return Err(fail(format!("unknown flags {flags:#04x}")));
+        }
+        let time_us = i64::from_le_bytes(self.take(8, "the time")?.try_into().expect("8 bytes"));
+        let tenant = self.str("the tenant")?;
+        let id = self.str("the id")?;
+        let code = self.str("the code")?;
+        let subscription = if flags & SUBSCRIPTION != 0 { Some(self.str("the subscription")?) } else { None };
+        let source = if flags & SOURCE != 0 { Some(self.str("the source")?) } else { None };
+        Ok(Header { flags, time_us, tenant, id, code, subscription, source })
+    }
+
+    /// Refuses bytes after the event.
+    fn end(&self) -> Result<(), serde_json::Error> {
+        match self.bytes.len() - self.at {
+            0 => Ok(()),
+            n => Err(fail(format!("{n} bytes follow the event"))),
+        }
+    }
+
     fn string(&mut self, what: &str) -> Result<String, serde_json::Error> {
         self.str(what).map(str::to_owned)
     }
@@ -190,6 +271,104 @@ impl<'a> Reader<'a> {
             }
         }
         Ok(map)
+    }
+
+    /// Checks an object as [`Reader::object`] reads it, building nothing while its keys come in
+    /// order.
+    fn skip_object(&mut self, depth: usize) -> Result<(), serde_json::Error> {
+        let start = self.at;
+        let n = self.count("an object")?;
+        // Our writer puts the keys in order (a map's: serde_json's `Map` is a `BTreeMap` here,
+        // without `preserve_order`), so a key above the greatest so far is new. From the first
+        // one that is not, the keys are kept in a set: the entries before it are walked once more
+        // for theirs, values skipped unchecked (each object's at most once, so a damaged record
+        // costs at most its size times its depth).
+        let mut greatest: Option<&str> = None;
+        let mut keys: Option<std::collections::HashSet<&'a str>> = None;
+        for i in 0..n {
+            let key = self.str("a key")?;
+            self.skip_value(depth + 1)?;
+            let new = match (&mut keys, greatest) {
+                (Some(keys), _) => keys.insert(key),
+                (None, Some(g)) if key <= g => {
+                    let mut before = self.keys_of(start, i)?;
+                    let new = before.insert(key);
+                    keys = Some(before);
+                    new
+                }
+                (None, _) => {
+                    greatest = Some(key);
+                    true
+                }
+            };
+            if !new {
+                return Err(fail("an object holds a key twice".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first `n` keys of the object at `start`, checked already.
+    fn keys_of(&self, start: usize, n: usize) -> Result<std::collections::HashSet<&'a str>, serde_json::Error> {
+        let mut r = Reader { bytes: self.bytes, at: start };
+        r.count("an object")?;
+        let mut keys = std::collections::HashSet::with_capacity(n + 1);
+        for _ in 0..n {
+            keys.insert(r.str("a key")?);
+            r.pass_value()?;
+        }
+        Ok(keys)
+    }
+
+    /// Steps over a value checked already: its tags and lengths only.
+    fn pass_value(&mut self) -> Result<(), serde_json::Error> {
+        match self.byte("a value")? {
+            NULL | FALSE | TRUE => {}
+            NUMBER | STRING => {
+                let n = self.count("a string")?;
+                self.take(n, "a string")?;
+            }
+            ARRAY => {
+                for _ in 0..self.count("an array")? {
+                    self.pass_value()?;
+                }
+            }
+            OBJECT => {
+                for _ in 0..self.count("an object")? {
+                    let n = self.count("a key")?;
+                    self.take(n, "a key")?;
+                    self.pass_value()?;
+                }
+            }
+            tag => return Err(fail(format!("unknown value tag {tag}"))),
+        }
+        Ok(())
+    }
+
+    /// Checks a value as [`Reader::value`] reads it, building nothing (but a number's text,
+    /// parsed as decoding parses it).
+    fn skip_value(&mut self, depth: usize) -> Result<(), serde_json::Error> {
+        if depth > MAX_DEPTH {
+            return Err(fail(format!("the properties nest deeper than {MAX_DEPTH}")));
+        }
+        match self.byte("a value")? {
+            NULL | FALSE | TRUE => {}
+            NUMBER => {
+                let text = self.str("a number")?;
+                text.parse::<Number>().map_err(|_| fail(format!("{text:?} is not a JSON number")))?;
+            }
+            STRING => {
+                self.str("a string")?;
+            }
+            ARRAY => {
+                for _ in 0..self.count("an array")? {
+                    self.skip_value(depth + 1)?;
+                }
+            }
+            OBJECT => self.skip_object(depth)?,
+            tag => return Err(fail(format!("unknown value tag {tag}"))),
+        }
+        Ok(())
     }
 
     fn value(&mut self, depth: usize) -> Result<Value, serde_json::Error> {
@@ -300,7 +479,8 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever a damaged record holds, its reader refuses it or reads an event, and never
-        /// panics; an event it reads survives the encoding unchanged.
+        /// panics; an event it reads survives the encoding unchanged. A view of a record in this
+        /// format refuses what decoding refuses, in its words, and reads what it reads.
         #[test]
         fn any_bytes_are_refused_or_read_never_a_panic(
             tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
@@ -311,8 +491,61 @@ mod tests {
                 if let Ok(e) = Event::decode(&bytes) {
                     proptest::prop_assert_eq!(Event::decode(&e.encode()).unwrap(), e);
                 }
+                if bytes.first() == Some(&VERSION) {
+                    same_as_decode(&bytes)?;
+                }
             }
         }
+    }
+
+    /// A view of `bytes` refuses them as decoding does, in its words, or reads what it reads.
+    fn same_as_decode(bytes: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        match (Event::decode(bytes), View::parse(bytes)) {
+            (Ok(_), Ok(_)) => assert_view_reads_as_decode(bytes),
+            (Err(d), Err(v)) => proptest::prop_assert_eq!(d.to_string(), v.to_string()),
+            (d, v) => proptest::prop_assert!(false, "decode {:?}, view {:?}", d.err(), v.err()),
+        }
+        Ok(())
+    }
+
+    /// What a view reads of a record: the event's fields, and each property as decoding the
+    /// whole event reads it.
+    fn assert_view_reads_as_decode(bytes: &[u8]) {
+        let e = Event::decode(bytes).unwrap();
+        let v = View::parse(bytes).unwrap();
+        assert_eq!((v.tenant, v.id, v.code, v.time_us), (e.tenant.as_str(), e.id.as_str(), e.code.as_str(), e.time_us));
+        for (k, value) in &e.properties {
+            assert_eq!(v.property(k).as_ref(), Some(value), "property {k:?}");
+        }
+        assert_eq!(v.property("not there"), None);
+    }
+
+    #[test]
+    fn a_view_reads_the_fields_and_properties_decode_reads() {
+        assert_view_reads_as_decode(&event(nested()).encode());
+        let bare = Event { implicit_time: false, subscription: None, source: None, ..event(json!({})) };
+        assert_view_reads_as_decode(&bare.encode());
+        // Keys out of order (no writer of ours puts them so, but decode reads them).
+        let mut swapped = event(json!({"a": 1, "b": 2})).encode();
+        let at = swapped.len() - 10;
+        assert_eq!(&swapped[at..], &[1, b'a', NUMBER, 1, b'1', 1, b'b', NUMBER, 1, b'2']);
+        swapped[at + 1] = b'c';
+        assert_view_reads_as_decode(&swapped);
+    }
+
+    #[test]
+    fn a_view_refuses_a_damaged_record_as_decode_does() {
+        let bytes = event(nested()).encode();
+        let refusal = |b: &[u8]| View::parse(b).err().map(|e| e.to_string());
+        let decoded = |b: &[u8]| Event::decode(b).err().map(|e| e.to_string());
+        for cut in 1..bytes.len() {
+            assert_eq!(refusal(&bytes[..cut]), decoded(&bytes[..cut]), "cut at {cut}");
+        }
+        let mut twice = event(json!({"a": null, "b": {"x": 1, "y": 2}})).encode();
+        let at = twice.len() - 4; // "y", the nested object's second key
+        twice[at] = b'x';
+        assert!(refusal(&twice).unwrap().contains("a key twice"));
+        assert_eq!(refusal(&twice), decoded(&twice));
     }
 
     #[test]
@@ -329,5 +562,121 @@ mod tests {
         }
         deep.push(NULL);
         assert!(Event::decode(&deep).unwrap_err().to_string().contains("nest deeper than 128"));
+        for bytes in [&twice, &deep] {
+            assert_eq!(View::parse(bytes).unwrap_err().to_string(), Event::decode(bytes).unwrap_err().to_string());
+        }
+    }
+
+    /// A tree of properties as a record may hold it: keys in any order, and twice.
+    #[derive(Clone, Debug)]
+    enum Tree {
+        Leaf(Value),
+        Array(Vec<Tree>),
+        Object(Vec<(String, Tree)>),
+    }
+
+    fn put_tree(out: &mut Vec<u8>, t: &Tree) {
+        match t {
+            Tree::Leaf(v) => put_value(out, v),
+            Tree::Array(items) => {
+                out.push(ARRAY);
+                put_count(out, items.len());
+                items.iter().for_each(|i| put_tree(out, i));
+            }
+            Tree::Object(entries) => {
+                out.push(OBJECT);
+                put_entries(out, entries);
+            }
+        }
+    }
+
+    fn put_entries(out: &mut Vec<u8>, entries: &[(String, Tree)]) {
+        put_count(out, entries.len());
+        for (k, v) in entries {
+            put_str(out, k);
+            put_tree(out, v);
+        }
+    }
+
+    /// A record of `properties` (its header as [`event`]'s, without the optional fields).
+    fn record_of(properties: &[(String, Tree)]) -> Vec<u8> {
+        let mut out = vec![VERSION, 0];
+        out.extend_from_slice(&7i64.to_le_bytes());
+        for s in ["t", "i", "c"] {
+            put_str(&mut out, s);
+        }
+        put_entries(&mut out, properties);
+        out
+    }
+
+    fn tree() -> impl proptest::strategy::Strategy<Value = Tree> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-1000i64..1000).prop_map(|n| json!(n)),
+            "[a-c]{0,2}".prop_map(Value::String),
+        ]
+        .prop_map(Tree::Leaf);
+        leaf.prop_recursive(6, 48, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Tree::Array),
+                // Keys from three letters: in any order, and often twice.
+                proptest::collection::vec(("[a-c]", inner), 0..4).prop_map(Tree::Object),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Properties of any shape, keys in any order and repeated at any depth, one byte changed
+        /// or not: a view refuses what decoding refuses, in its words, and reads what it reads.
+        #[test]
+        fn a_view_of_any_tree_is_what_decode_makes_of_it(
+            properties in proptest::collection::vec(("[a-c]", tree()), 0..4),
+            flip in proptest::option::of((0usize..512, proptest::prelude::any::<u8>())),
+        ) {
+            let mut bytes = record_of(&properties);
+            if let Some((at, b)) = flip {
+                let header = 16; // VERSION, the flags, the time, and three one-byte strings
+                let at = header + at % (bytes.len() - header);
+                bytes[at] = b;
+            }
+            same_as_decode(&bytes)?;
+        }
+    }
+
+    #[test]
+    fn the_nesting_limit_is_the_same_for_arrays_and_objects() {
+        for levels in [127, 128, 129] {
+            let mut array = Tree::Leaf(Value::Null);
+            let mut object = Tree::Leaf(Value::Null);
+            for _ in 0..levels {
+                array = Tree::Array(vec![array]);
+                object = Tree::Object(vec![("k".into(), object)]);
+            }
+            for t in [array, object] {
+                let bytes = record_of(&[("p".into(), t)]);
+                let (d, v) = (Event::decode(&bytes), View::parse(&bytes));
+                assert_eq!(d.is_ok(), levels < 128, "{levels} levels");
+                assert_eq!(d.err().map(|e| e.to_string()), v.err().map(|e| e.to_string()), "{levels} levels");
+            }
+        }
+    }
+
+    /// Keys out of order at every level of a deep nest are found twice, or not, in time that
+    /// grows with the record (each level's entries walked again once), not with 2 to the depth.
+    #[test]
+    fn keys_out_of_order_deep_down_are_checked_once_a_level() {
+        for twice in [false, true] {
+            let mut t = Tree::Leaf(Value::Null);
+            for _ in 0..120 {
+                let last = if twice { "b" } else { "a" };
+                t = Tree::Object(vec![("b".into(), t), (last.into(), Tree::Leaf(Value::Null))]);
+            }
+            let bytes = record_of(&[("p".into(), t)]);
+            let (d, v) = (Event::decode(&bytes), View::parse(&bytes));
+            assert_eq!(d.is_ok(), !twice);
+            assert_eq!(d.err().map(|e| e.to_string()), v.err().map(|e| e.to_string()));
+        }
     }
 }
