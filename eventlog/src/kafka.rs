@@ -7,7 +7,7 @@
 //! deduplicate ([`EventLog::deduplicates`] is false): a retried append may store a record twice,
 //! and the aggregator's dedup state counts it once.
 
-use crate::{Batch, Error, EventLog, LogReader, Outcome, Position, Record};
+use crate::{Batch, Encoded, Error, EventLog, LogReader, Outcome, Position, Record, decoded, encoded};
 use async_trait::async_trait;
 use meter_schemas::Event;
 use meter_schemas::partition::partition_for;
@@ -431,11 +431,43 @@ impl KafkaReader {
         }
     }
 
+    /// [`LogReader::poll`], each event as `decode` makes it ([`KafkaReader::read`]). A read that
+    /// fails counts towards rebuilding the consumer ([`REBUILD_AFTER`]); one of [`decoded`]
+    /// events fails on a damaged record, one of [`encoded`] events leaves it to the caller (the
+    /// aggregator, which fails its batch and reads it again from the checkpoint: a damaged record
+    /// is no lost broker, and rebuilding the consumer would not mend it).
+    fn poll_as<E>(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        decode: impl Fn(&[u8]) -> Result<E, String>,
+    ) -> Result<Batch<E>, Error> {
+        if self.rebuild {
+            // The caller resumes from its checkpoint, and `seek` rebuilds the consumer.
+            return Err(Error::Unavailable("kafka: the reader lost its partitions; rejoining the group".into()));
+        }
+        let result = self.read(max, timeout, decode);
+        match &result {
+            Err(_) => {
+                self.failing_since.get_or_insert_with(Instant::now);
+            }
+            Ok(batch) if !batch.records.is_empty() || batch.caught_up => self.failing_since = None,
+            Ok(_) => {}
+        }
+        result
+    }
+
     /// Waits up to `timeout` for a first record, then takes what the consumer already holds, up to
     /// `max`. Only when it runs dry does it ask the broker where each partition ends: a read that
     /// reached those marks has every record acknowledged before `started_us`, taken just before
-    /// asking. A busy stream pays no round trip.
-    fn read(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error> {
+    /// asking. A busy stream pays no round trip. Each event is what `decode` makes of the record's
+    /// bytes (`Err` with why the record is damaged).
+    fn read<E>(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        decode: impl Fn(&[u8]) -> Result<E, String>,
+    ) -> Result<Batch<E>, Error> {
         let deadline = Instant::now() + timeout;
         let mut records = Vec::new();
         let reassigned = Batch { reassigned: true, started_us: now_us(), ..Batch::default() };
@@ -462,8 +494,8 @@ impl KafkaReader {
                         let (partition, offset) = (m.partition() as u32, m.offset() as u64);
                         match self.next.get(&partition) {
                             Some(next) if offset >= *next => {
-                                let event = Event::decode(m.payload().unwrap_or_default())
-                                    .map_err(|e| Error::Corrupt { partition, offset, reason: e.to_string() })?;
+                                let event = decode(m.payload().unwrap_or_default())
+                                    .map_err(|reason| Error::Corrupt { partition, offset, reason })?;
                                 let ingested_us = m.timestamp().to_millis().map_or_else(now_us, |ms| ms * 1000);
                                 Some(Some(Record { position: Position { partition, offset }, ingested_us, event }))
                             }
@@ -580,19 +612,11 @@ impl LogReader for KafkaReader {
     }
 
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error> {
-        if self.rebuild {
-            // The caller resumes from its checkpoint, and `seek` rebuilds the consumer.
-            return Err(Error::Unavailable("kafka: the reader lost its partitions; rejoining the group".into()));
-        }
-        let result = self.read(max, timeout);
-        match &result {
-            Err(_) => {
-                self.failing_since.get_or_insert_with(Instant::now);
-            }
-            Ok(batch) if !batch.records.is_empty() || batch.caught_up => self.failing_since = None,
-            Ok(_) => {}
-        }
-        result
+        self.poll_as(max, timeout, decoded)
+    }
+
+    fn poll_encoded(&mut self, max: usize, timeout: Duration) -> Result<Batch<Encoded>, Error> {
+        self.poll_as(max, timeout, encoded)
     }
 
     fn owned(&self) -> Vec<u32> {

@@ -42,15 +42,31 @@ pub enum Outcome {
     Duplicate,
 }
 
-/// One event read back from the log.
+/// One event read back from the log: decoded, or as the log holds it ([`Encoded`], from
+/// [`LogReader::poll_encoded`]).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Record {
+pub struct Record<E = Event> {
     /// Where it is.
     pub position: Position,
     /// When ingest stored it, microseconds since the epoch.
     pub ingested_us: i64,
     /// The event.
-    pub event: Event,
+    pub event: E,
+}
+
+/// An event as the log holds it: [`Event::encode`]'s bytes, or the JSON an earlier build wrote.
+/// [`Event::decode`] reads it whole, [`Event::view`] in place.
+pub type Encoded = Vec<u8>;
+
+/// A record's bytes decoded whole: what [`LogReader::poll`] reads (`Err` with why the record is
+/// damaged).
+fn decoded(bytes: &[u8]) -> Result<Event, String> {
+    Event::decode(bytes).map_err(|e| e.to_string())
+}
+
+/// A record's bytes as they are: what [`LogReader::poll_encoded`] reads.
+fn encoded(bytes: &[u8]) -> Result<Encoded, String> {
+    Ok(bytes.to_vec())
 }
 
 /// Errors of the event log.
@@ -129,10 +145,10 @@ pub trait EventLog: Send + Sync {
 }
 
 /// Records read in one poll.
-#[derive(Debug, Default)]
-pub struct Batch {
+#[derive(Debug)]
+pub struct Batch<E = Event> {
     /// Records in log order within each partition.
-    pub records: Vec<Record>,
+    pub records: Vec<Record<E>>,
     /// True when the poll reached the end of every partition.
     pub caught_up: bool,
     /// An instant such that, if `caught_up`, every event acknowledged before it is in this batch
@@ -144,6 +160,12 @@ pub struct Batch {
     pub reassigned: bool,
 }
 
+impl<E> Default for Batch<E> {
+    fn default() -> Self {
+        Batch { records: Vec::new(), caught_up: false, started_us: 0, reassigned: false }
+    }
+}
+
 /// The read side of the log, used from one blocking thread.
 pub trait LogReader: Send {
     /// Resumes from a checkpoint: each owned partition at the offset listed for it, or at 0.
@@ -152,6 +174,20 @@ pub trait LogReader: Send {
     /// Reads up to `max` records of the owned partitions, waiting up to `timeout` when there are
     /// none.
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error>;
+
+    /// [`LogReader::poll`], with each event as the log holds it, for a reader that takes a few
+    /// fields of each event in place ([`Event::view`]) rather than decoding it whole (the
+    /// aggregator); refusing a damaged record ([`Error::Corrupt`]) may then be the caller's (the
+    /// Kafka and SQLite readers hand its bytes on). By default, the events `poll` reads, encoded
+    /// again.
+    fn poll_encoded(&mut self, max: usize, timeout: Duration) -> Result<Batch<Encoded>, Error> {
+        let Batch { records, caught_up, started_us, reassigned } = self.poll(max, timeout)?;
+        let records = records
+            .into_iter()
+            .map(|r| Record { position: r.position, ingested_us: r.ingested_us, event: r.event.encode() })
+            .collect();
+        Ok(Batch { records, caught_up, started_us, reassigned })
+    }
 
     /// The partitions this reader reads now: all of them, or a consumer group's share.
     fn owned(&self) -> Vec<u32>;

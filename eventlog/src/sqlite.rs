@@ -13,7 +13,7 @@
 //! partition still holds (`meta`'s `kept_from:<partition>`): the next offset never goes back,
 //! even when every record of a partition was dropped, and a reader behind it is told.
 
-use crate::{Batch, Error, EventLog, LogReader, Outcome, Position, Record};
+use crate::{Batch, Encoded, Error, EventLog, LogReader, Outcome, Position, Record, decoded, encoded};
 use async_trait::async_trait;
 use meter_schemas::Event;
 use meter_schemas::partition::partition_for;
@@ -541,7 +541,13 @@ struct SqliteReader {
 }
 
 impl SqliteReader {
-    fn read(&mut self, max: usize) -> Result<(Vec<Record>, bool), Error> {
+    /// Reads up to `max` records, each event as `decode` makes it of the record's bytes (`Err`
+    /// with why the record is damaged).
+    fn read<E>(
+        &mut self,
+        max: usize,
+        decode: &impl Fn(&[u8]) -> Result<E, String>,
+    ) -> Result<(Vec<Record<E>>, bool), Error> {
         let mut records = Vec::new();
         let mut caught_up = true;
         let per_partition = (max / self.next.len()).max(1);
@@ -563,11 +569,8 @@ impl SqliteReader {
                     let key: i64 = row.get(0)?;
                     let offset = key as u64 & ((1 << OFFSET_BITS) - 1);
                     let payload = row.get_ref(2)?.as_blob().map_err(meter_sqlite::rusqlite::Error::from)?;
-                    let event = Event::decode(payload).map_err(|e| Error::Corrupt {
-                        partition: p as u32,
-                        offset,
-                        reason: e.to_string(),
-                    })?;
+                    let event =
+                        decode(payload).map_err(|reason| Error::Corrupt { partition: p as u32, offset, reason })?;
                     records.push(Record {
                         position: Position { partition: p as u32, offset },
                         ingested_us: row.get(1)?,
@@ -584,6 +587,29 @@ impl SqliteReader {
         tx.commit()?;
         Ok((records, caught_up))
     }
+
+    /// [`LogReader::poll`], each event as `decode` makes it ([`SqliteReader::read`]).
+    fn poll_as<E>(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        decode: impl Fn(&[u8]) -> Result<E, String>,
+    ) -> Result<Batch<E>, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.heads.current();
+            let started_us = {
+                let _ordered = self.heads.committing.lock().unwrap_or_else(|e| e.into_inner());
+                now_us()
+            };
+            let (records, caught_up) = self.read(max, &decode)?;
+            let now = Instant::now();
+            if !records.is_empty() || now >= deadline {
+                return Ok(Batch { records, caught_up, started_us, reassigned: false });
+            }
+            self.heads.wait_beyond(seen, (deadline - now).min(Duration::from_millis(250)));
+        }
+    }
 }
 
 impl LogReader for SqliteReader {
@@ -597,20 +623,11 @@ impl LogReader for SqliteReader {
     }
 
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Batch, Error> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen = self.heads.current();
-            let started_us = {
-                let _ordered = self.heads.committing.lock().unwrap_or_else(|e| e.into_inner());
-                now_us()
-            };
-            let (records, caught_up) = self.read(max)?;
-            let now = Instant::now();
-            if !records.is_empty() || now >= deadline {
-                return Ok(Batch { records, caught_up, started_us, reassigned: false });
-            }
-            self.heads.wait_beyond(seen, (deadline - now).min(Duration::from_millis(250)));
-        }
+        self.poll_as(max, timeout, decoded)
+    }
+
+    fn poll_encoded(&mut self, max: usize, timeout: Duration) -> Result<Batch<Encoded>, Error> {
+        self.poll_as(max, timeout, encoded)
     }
 
     fn owned(&self) -> Vec<u32> {
