@@ -74,6 +74,31 @@ fn ingest_path(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
+    // A record to what the aggregator keeps of it (its contributions, its group values, the
+    // tenant and id copied out): decoded whole, as before, and viewed in place, as now.
+    let metered = |e: &Event| {
+        let (contributions, _) = catalog.contributions(e);
+        let groups = catalog.groups(&contributions, e);
+        (e.tenant.clone(), e.id.clone(), contributions.len() + groups.len())
+    };
+    g.bench_function("log_decode_and_meter_100", |bench| {
+        bench.iter(|| records.iter().map(|r| metered(&Event::decode(black_box(r)).unwrap()).2).sum::<usize>())
+    });
+    g.bench_function("log_view_and_meter_100", |bench| {
+        bench.iter(|| {
+            records
+                .iter()
+                .map(|r| {
+                    Event::view(black_box(r), |v| {
+                        let (contributions, _) = catalog.contributions_of(v.code, v);
+                        let groups = catalog.groups_of(&contributions, v);
+                        (v.tenant.to_owned(), v.id.to_owned(), contributions.len() + groups.len()).2
+                    })
+                    .unwrap()
+                })
+                .sum::<usize>()
+        })
+    });
     g.finish();
 }
 

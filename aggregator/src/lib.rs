@@ -9,8 +9,8 @@ pub mod metric;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use meter_eventlog::{LogReader, Position};
-use meter_schemas::Catalog;
 use meter_schemas::period::now_us;
+use meter_schemas::{Catalog, Event};
 use meter_store::{Advance, Metered, Progress, UsageStore};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,13 +225,13 @@ fn consume(
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let timeout = if stopping { Duration::ZERO } else { settings.poll_timeout };
-        let mut batch = reader.poll(limit, timeout)?;
+        let mut batch = reader.poll_encoded(limit, timeout)?;
         // A small batch waits up to `linger` to fill (by size and by time).
         let lingering = Instant::now();
         let linger = !stopping && !batch.records.is_empty() && batch.records.len() < settings.batch_size / 4;
         while linger && !batch.reassigned && batch.records.len() < limit {
             let Some(left) = settings.linger.checked_sub(lingering.elapsed()).filter(|l| !l.is_zero()) else { break };
-            let more = reader.poll(limit - batch.records.len(), left)?;
+            let more = reader.poll_encoded(limit - batch.records.len(), left)?;
             batch.records.extend(more.records);
             batch.caught_up = more.caught_up;
             batch.started_us = more.started_us;
@@ -259,26 +259,30 @@ fn consume(
         let mut skipped = 0;
         // When each event was stored, by millisecond (Kafka's timestamps have no finer grain).
         let mut stored_ms: BTreeMap<i64, usize> = BTreeMap::new();
-        let metered: Vec<Metered> = batch
-            .records
+        // Each event is read in place: only what the meters take of it is copied out.
+        let metered = std::mem::take(&mut batch.records)
             .into_iter()
             .map(|r| {
-                let p = next.entry(r.position.partition).or_default();
-                *p = (*p).max(r.position.offset + 1);
+                let Position { partition, offset } = r.position;
+                let p = next.entry(partition).or_default();
+                *p = (*p).max(offset + 1);
                 *stored_ms.entry(r.ingested_us.div_euclid(1000)).or_default() += 1;
-                let (contributions, s) = catalog.contributions(&r.event);
-                skipped += s;
-                let groups = catalog.groups(&contributions, &r.event);
-                Metered {
-                    groups,
-                    tenant: r.event.tenant,
-                    id: r.event.id,
-                    offset: r.position.offset,
-                    time_us: r.event.time_us,
-                    contributions,
-                }
+                let metered = Event::view(&r.event, |e| {
+                    let (contributions, s) = catalog.contributions_of(e.code, e);
+                    skipped += s;
+                    let groups = catalog.groups_of(&contributions, e);
+                    Metered {
+                        groups,
+                        tenant: e.tenant.to_owned(),
+                        id: e.id.to_owned(),
+                        offset,
+                        time_us: e.time_us,
+                        contributions,
+                    }
+                });
+                metered.map_err(|e| meter_eventlog::Error::Corrupt { partition, offset, reason: e.to_string() })
             })
-            .collect();
+            .collect::<Result<Vec<Metered>, _>>()?;
         let progress = Progress {
             partitions: at
                 .iter()

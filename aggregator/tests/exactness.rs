@@ -177,6 +177,72 @@ async fn failed_batches_are_retried_not_skipped() {
     agg.drain_and_stop().unwrap();
 }
 
+/// A reader that cuts the last byte off the record at `offset` of every partition, as a damaged
+/// log would hold it, until `mended`.
+struct Damaging {
+    inner: Box<dyn meter_eventlog::LogReader>,
+    offset: u64,
+    mended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl meter_eventlog::LogReader for Damaging {
+    fn seek(&mut self, positions: &[meter_eventlog::Position]) {
+        self.inner.seek(positions)
+    }
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<meter_eventlog::Batch, meter_eventlog::Error> {
+        self.inner.poll(max, timeout)
+    }
+    fn poll_encoded(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<meter_eventlog::Batch<meter_eventlog::Encoded>, meter_eventlog::Error> {
+        let mut batch = self.inner.poll_encoded(max, timeout)?;
+        if !self.mended.load(std::sync::atomic::Ordering::SeqCst) {
+            for r in batch.records.iter_mut().filter(|r| r.position.offset == self.offset) {
+                r.event.pop();
+            }
+        }
+        Ok(batch)
+    }
+    fn owned(&self) -> Vec<u32> {
+        self.inner.owned()
+    }
+}
+
+/// A damaged record stops its batch, with where it is and what is wrong, and nothing of the
+/// batch is counted; the records are read again (from the checkpoint) until it can be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_record_holds_its_batch_back_and_says_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, store) = log_and_store(&dir);
+    let catalog = Arc::new(Catalog::new(vec![]).unwrap());
+    log.append(&(0..5).map(|i| invocation("a", i, 10)).collect::<Vec<_>>()).await.unwrap();
+    let mended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = Damaging { inner: log.reader().unwrap(), offset: 2, mended: mended.clone() };
+    let agg = Aggregator::start(Box::new(reader), store.clone(), catalog, Settings::default()).unwrap();
+    let mut failure = None;
+    for _ in 0..200 {
+        failure = agg.failure();
+        if failure.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let partition = meter_schemas::partition::partition_for("a", 4);
+    let failure = failure.expect("the damaged record is reported");
+    assert!(
+        failure.starts_with(&format!("corrupt record at partition {partition} offset 2: ")),
+        "where it is: {failure}"
+    );
+    assert!(failure.contains("meter's format"), "what is wrong: {failure}");
+    assert_eq!(tokens(&*store, "a").await, "0", "nothing of the batch is counted");
+    assert!(store.checkpoint("meter-aggregator").unwrap().positions.is_empty(), "the checkpoint stays");
+    mended.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for(&*store, "a", "55").await;
+    agg.drain_and_stop().unwrap();
+}
+
 /// A backlog is counted in batches that double, up to `max_batch_size`, while the log holds more
 /// than a batch (each batch rewrites every counter it touches once, so fewer, larger batches
 /// catch up for less); once a poll finds nothing, batches start again from `batch_size`, even
