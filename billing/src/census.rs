@@ -12,8 +12,8 @@
 
 use crate::Error;
 use fs4::fs_std::FileExt;
-use meter_eventlog::LogReader;
-use meter_schemas::{Catalog, Contribution, Period, Tally};
+use meter_eventlog::{LogReader, Position};
+use meter_schemas::{Catalog, Contribution, Event, Period, Tally};
 use meter_store::Totals;
 use rust_decimal::Decimal;
 use std::collections::HashMap;
@@ -120,7 +120,7 @@ pub fn census_within(
                     "the census was given {owned} of {partitions} partitions of the log within {ASSIGNMENT_PATIENCE:?}"
                 )));
             }
-            let batch = reader.poll(10_000, Duration::from_millis(200))?;
+            let batch = reader.poll_encoded(10_000, Duration::from_millis(200))?;
             if batch.reassigned {
                 // A group handed partitions over: start again from offset 0.
                 reader.seek(&[]);
@@ -131,21 +131,23 @@ pub fn census_within(
                 if read.is_multiple_of(100_000) {
                     progress(read);
                 }
-                let e = r.event;
-                let hash = hash_of(&(&e.tenant, &e.id));
-                if seen.again(hash, &e.tenant, &e.id) {
-                    continue;
+                // Read in place, as the aggregator reads it: only what the census keeps is copied.
+                let copy = Event::view(&r.event, |e| {
+                    let hash = hash_of(&(e.tenant, e.id));
+                    if seen.again(hash, e.tenant, e.id) {
+                        return None;
+                    }
+                    let inside = e.time_us >= start && e.time_us < end;
+                    let contributions = inside.then(|| catalog.contributions_of(e.code, e).0);
+                    let (tenant, id, time_us) = (e.tenant.to_owned(), e.id.to_owned(), e.time_us);
+                    Some(Copy { hash, seq: read, tenant, id, time_us, contributions })
+                });
+                let Position { partition, offset } = r.position;
+                let copy =
+                    copy.map_err(|e| meter_eventlog::Error::Corrupt { partition, offset, reason: e.to_string() })?;
+                if let Some(copy) = copy {
+                    copies.push(&copy)?;
                 }
-                let inside = e.time_us >= start && e.time_us < end;
-                let contributions = inside.then(|| catalog.contributions(&e).0);
-                copies.push(&Copy {
-                    hash,
-                    seq: read,
-                    tenant: e.tenant,
-                    id: e.id,
-                    time_us: e.time_us,
-                    contributions,
-                })?;
             }
             if batch.caught_up && owned == partitions {
                 break;
@@ -504,8 +506,7 @@ impl<T: Spilled> Spill<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meter_eventlog::{Batch, Position, Record};
-    use meter_schemas::Event;
+    use meter_eventlog::{Batch, Encoded, Record};
     use serde_json::json;
     use std::collections::HashSet;
 
@@ -516,6 +517,8 @@ mod tests {
         at: usize,
         per_poll: usize,
         reassign_after: Option<usize>,
+        /// The offset of a record read damaged (its last byte cut off) as the log holds it.
+        damaged: Option<u64>,
     }
 
     impl LogReader for Log {
@@ -535,6 +538,21 @@ mod tests {
             let records = self.records[self.at..self.at + n].to_vec();
             self.at += n;
             Ok(Batch { records, caught_up: self.at == self.records.len(), started_us: 0, reassigned: false })
+        }
+
+        fn poll_encoded(&mut self, max: usize, timeout: Duration) -> Result<Batch<Encoded>, meter_eventlog::Error> {
+            let Batch { records, caught_up, started_us, reassigned } = self.poll(max, timeout)?;
+            let records = records
+                .into_iter()
+                .map(|r| {
+                    let mut event = r.event.encode();
+                    if Some(r.position.offset) == self.damaged {
+                        event.pop();
+                    }
+                    Record { position: r.position, ingested_us: r.ingested_us, event }
+                })
+                .collect();
+            Ok(Batch { records, caught_up, started_us, reassigned })
         }
 
         fn owned(&self) -> Vec<u32> {
@@ -565,7 +583,7 @@ mod tests {
             .enumerate()
             .map(|(i, event)| Record { position: Position { partition: 0, offset: i as u64 }, ingested_us: 0, event })
             .collect();
-        Box::new(Log { records, at: 0, per_poll: 7, reassign_after })
+        Box::new(Log { records, at: 0, per_poll: 7, reassign_after, damaged: None })
     }
 
     /// The census as it was before it spilled: every id in memory, read in order.
@@ -608,6 +626,26 @@ mod tests {
         assert_eq!(value(&totals, "a", "agent_invocations").as_deref(), Some("60"));
         assert_eq!(value(&totals, "a", "last_prompt").as_deref(), Some("59"), "e59's first copy is the latest");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the first spill is removed too");
+    }
+
+    #[test]
+    fn a_damaged_record_stops_the_census_with_where_it_is() {
+        let catalog = catalog();
+        let october: Period = "2026-10".parse().unwrap();
+        let events: Vec<Event> = (0..20)
+            .map(|i| event("a", &format!("e{i}"), "work_order.created", october.start_us(), json!({})))
+            .collect();
+        let records = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Record { position: Position { partition: 0, offset: i as u64 }, ingested_us: 0, event })
+            .collect();
+        let log = Box::new(Log { records, at: 0, per_poll: 7, reassign_after: None, damaged: Some(11) });
+        let dir = tempfile::tempdir().unwrap();
+        let refused = census(log, &catalog, october, 1, dir.path(), &|_| {}).unwrap_err().to_string();
+        assert!(refused.contains("corrupt record at partition 0 offset 11: "), "{refused}");
+        assert!(refused.contains("meter's format"), "{refused}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "its spill is removed");
     }
 
     #[test]
