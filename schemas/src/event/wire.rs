@@ -1,6 +1,6 @@
 //! The log's record of an event: its fields in a fixed order, each string length-prefixed, its
-//! properties as a tagged tree. The readers of the log decode each event they read (the sinks,
-//! the census), or view it in place ([`View`], the aggregators); as JSON, the decode was a sixth
+//! properties as a tagged tree. The readers of the log decode each event they read (the sinks),
+//! or view it in place ([`View`]: the aggregators, the census); as JSON, the decode was a sixth
 //! of the aggregator's CPU (BENCHMARKS.md).
 //!
 //! A record starts with [`VERSION`], which no JSON text starts with: records an earlier build
