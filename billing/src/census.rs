@@ -578,12 +578,16 @@ mod tests {
     }
 
     fn log_reassigned(events: Vec<Event>, reassign_after: Option<usize>) -> Box<dyn LogReader> {
+        Box::new(log_of(events, reassign_after, None))
+    }
+
+    fn log_of(events: Vec<Event>, reassign_after: Option<usize>, damaged: Option<u64>) -> Log {
         let records = events
             .into_iter()
             .enumerate()
             .map(|(i, event)| Record { position: Position { partition: 0, offset: i as u64 }, ingested_us: 0, event })
             .collect();
-        Box::new(Log { records, at: 0, per_poll: 7, reassign_after, damaged: None })
+        Log { records, at: 0, per_poll: 7, reassign_after, damaged }
     }
 
     /// The census as it was before it spilled: every id in memory, read in order.
@@ -635,12 +639,7 @@ mod tests {
         let events: Vec<Event> = (0..20)
             .map(|i| event("a", &format!("e{i}"), "work_order.created", october.start_us(), json!({})))
             .collect();
-        let records = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, event)| Record { position: Position { partition: 0, offset: i as u64 }, ingested_us: 0, event })
-            .collect();
-        let log = Box::new(Log { records, at: 0, per_poll: 7, reassign_after: None, damaged: Some(11) });
+        let log = Box::new(log_of(events, None, Some(11)));
         let dir = tempfile::tempdir().unwrap();
         let refused = census(log, &catalog, october, 1, dir.path(), &|_| {}).unwrap_err().to_string();
         assert!(refused.contains("corrupt record at partition 0 offset 11: "), "{refused}");

@@ -565,6 +565,10 @@ mod tests {
         for bytes in [&twice, &deep] {
             assert_eq!(View::parse(bytes).unwrap_err().to_string(), Event::decode(bytes).unwrap_err().to_string());
         }
+        // JSON, or nothing, is not this format: a view refuses it (`Event::view` decodes JSON).
+        for bytes in [b"{}".as_slice(), b""] {
+            assert!(View::parse(bytes).unwrap_err().to_string().contains("a record starts with 1"), "{bytes:?}");
+        }
     }
 
     /// A tree of properties as a record may hold it: keys in any order, and twice.
