@@ -8,11 +8,11 @@ use crate::error::{ErrorKind, FieldError};
 use crate::event::Event;
 use crate::meter::{Catalog, valid_code};
 use crate::quantity::parse_decimal;
+use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -696,22 +696,39 @@ const TIME_HINT: &str = "must be Unix seconds (a number or a string of digits) o
 /// Lago timestamps: Unix seconds as a number or string (fractions allowed), or RFC 3339.
 fn lago_time(v: &Value) -> Result<(i64, bool), String> {
     let text = match v {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
+        Value::Number(n) => n.as_str(),
+        Value::String(s) => s.as_str(),
         _ => return Err(TIME_HINT.into()),
     };
     if text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') && !text.is_empty() {
-        let secs: Decimal = parse_decimal(&text).map_err(|_| TIME_HINT.to_string())?;
-        let us = secs
-            .checked_mul(Decimal::from(1_000_000))
-            .and_then(|d| d.trunc().to_i64())
-            .ok_or_else(|| "is out of range".to_string())?;
-        return Ok((us, false));
+        return match whole_seconds(text) {
+            Some(secs) => secs.checked_mul(1_000_000).ok_or_else(|| "is out of range".to_string()),
+            None => decimal_seconds_us(text),
+        }
+        .map(|us| (us, false));
     }
     if matches!(v, Value::String(_)) {
-        return rfc3339(&text).map(|t| (t, false)).map_err(|_| TIME_HINT.into());
+        return rfc3339(text).map(|t| (t, false)).map_err(|_| TIME_HINT.into());
     }
     Err(TIME_HINT.into())
+}
+
+/// Whole seconds written as at most 18 digits, with a minus or not (what clients send, and what
+/// an `i64` holds whatever the digits): read without a decimal. Anything else is `None`.
+fn whole_seconds(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Seconds of any form [`parse_decimal`] reads, as whole microseconds (truncated).
+fn decimal_seconds_us(text: &str) -> Result<i64, String> {
+    let secs: Decimal = parse_decimal(text).map_err(|_| TIME_HINT.to_string())?;
+    secs.checked_mul(Decimal::from(1_000_000))
+        .and_then(|d| d.trunc().to_i64())
+        .ok_or_else(|| "is out of range".to_string())
 }
 
 fn rfc3339(s: &str) -> Result<i64, String> {
@@ -897,6 +914,22 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+
+        /// Whole seconds read without a decimal give what the decimal reading gives, the error
+        /// words included, for every text of digits, minus signs and points: as a JSON number
+        /// and as a string.
+        #[test]
+        fn whole_seconds_read_as_the_decimal_reading(
+            text in "-{0,2}[0-9]{0,22}|-?0*[0-9]{17,20}|[0-9.-]{0,24}",
+        ) {
+            let decimal = |t: &str| {
+                if t.is_empty() { Err(TIME_HINT.to_string()) } else { decimal_seconds_us(t).map(|us| (us, false)) }
+            };
+            proptest::prop_assert_eq!(lago_time(&Value::String(text.clone())), decimal(&text));
+            if let Ok(n) = serde_json::from_str::<serde_json::Number>(&text) {
+                proptest::prop_assert_eq!(lago_time(&Value::Number(n)), decimal(&text));
             }
         }
 

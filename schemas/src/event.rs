@@ -104,7 +104,7 @@ fn canonical(h: &mut Sha256, v: &Value) {
         Value::Bool(b) => h.update(if *b { b"T" } else { b"F" }),
         Value::Number(n) => {
             h.update(b"#");
-            write_str(h, &n.to_string());
+            write_str(h, n.as_str());
         }
         Value::String(s) => {
             h.update(b"s");

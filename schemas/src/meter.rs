@@ -3,11 +3,12 @@
 use crate::error::FieldError;
 use crate::event::{Event, wire};
 use crate::quantity::{self, QuantityError};
+use hashbrown::{HashMap, HashSet};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 /// How a meter folds the values of its events into one number per period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -552,8 +553,8 @@ fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => {
-            let t = n.to_string();
-            Some(quantity::parse_decimal(&t).map(|d| d.normalize().to_string()).unwrap_or(t))
+            let t = n.as_str();
+            Some(quantity::parse_decimal(t).map_or_else(|_| t.to_string(), |d| d.normalize().to_string()))
         }
         Value::Bool(b) => Some(b.to_string()),
         _ => None,

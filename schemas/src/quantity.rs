@@ -44,8 +44,8 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, QuantityError> {
     if t.is_empty() || t.strip_prefix('-').unwrap_or(t).starts_with(['+', '-']) {
         return Err(QuantityError::NotANumber);
     }
-    let lower = t.trim_start_matches('-').to_ascii_lowercase();
-    if matches!(lower.as_str(), "nan" | "inf" | "infinity") {
+    let unsigned = t.trim_start_matches('-');
+    if ["nan", "inf", "infinity"].iter().any(|word| unsigned.eq_ignore_ascii_case(word)) {
         return Err(QuantityError::NotFinite);
     }
     if !t.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'e' | b'E' | b'+')) {
@@ -68,7 +68,7 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, QuantityError> {
 /// A non-negative quantity of at most [`MAX_QUANTITY`], from a JSON number or numeric string.
 pub fn quantity(value: &Value) -> Result<Decimal, QuantityError> {
     let d = match value {
-        Value::Number(n) => parse_decimal(&n.to_string())?,
+        Value::Number(n) => parse_decimal(n.as_str())?,
         Value::String(s) => parse_decimal(s)?,
         _ => return Err(QuantityError::NotANumber),
     };
