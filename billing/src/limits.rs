@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use meter_schemas::{Catalog, Contribution, Event, Period};
 use meter_store::{Decide, Hold, LimitQuery, LimitSnapshot, LimitState, LiveStore};
 use rust_decimal::Decimal;
-use std::collections::{BTreeMap, HashMap, HashSet, btree_map};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -218,25 +218,20 @@ impl HardLimits {
     /// The request's tenant periods with hard limits, and the events that add to them.
     fn checks(&self, events: &[Event]) -> Vec<Check> {
         // Events that add nothing to a limited meter need no check: a request of only those
-        // reads nothing.
-        let mut checks: BTreeMap<(&str, Period), Check> = BTreeMap::new();
-        let mut unlimited: HashSet<(&str, Period)> = HashSet::new();
+        // reads nothing. `None`: a tenant period without hard limits.
+        let mut checks: hashbrown::HashMap<(&str, Period), Option<Check>> = hashbrown::HashMap::new();
         for (i, e) in events.iter().enumerate() {
             let key = (e.tenant.as_str(), Period::containing(e.time_us));
-            if unlimited.contains(&key) {
-                continue;
-            }
-            let check = match checks.entry(key) {
-                btree_map::Entry::Occupied(o) => o.into_mut(),
-                btree_map::Entry::Vacant(v) => {
-                    let limits = self.allowances.hard_limits(key.0, key.1);
-                    if limits.is_empty() {
-                        unlimited.insert(key);
-                        continue;
-                    }
-                    v.insert(Check { tenant: key.0.to_string(), period: key.1, limits, events: Vec::new() })
-                }
-            };
+            let check = checks.entry(key).or_insert_with(|| {
+                let limits = self.allowances.hard_limits(key.0, key.1);
+                (!limits.is_empty()).then(|| Check {
+                    tenant: key.0.to_string(),
+                    period: key.1,
+                    limits,
+                    events: Vec::new(),
+                })
+            });
+            let Some(check) = check else { continue };
             let adds: Vec<(usize, Contribution)> = self
                 .catalog
                 .contributions(e)
@@ -251,7 +246,10 @@ impl HardLimits {
                 check.events.push((i, e.id.clone(), adds));
             }
         }
-        checks.into_values().filter(|c| !c.events.is_empty()).collect()
+        // By tenant and period: the same order whatever the hasher.
+        let mut checks: Vec<Check> = checks.into_values().flatten().filter(|c| !c.events.is_empty()).collect();
+        checks.sort_by(|a, b| (&a.tenant, a.period).cmp(&(&b.tenant, b.period)));
+        checks
     }
 
     /// A check against the holds the live store keeps for every process of every host: the

@@ -292,15 +292,13 @@ async fn store(ingest: &Ingest, events: &[Event], paths: &[EventPath]) -> Result
 /// How many events of each tenant `events` holds, tenants in order of first appearance.
 fn per_tenant(events: &[Event]) -> Vec<(&str, u32)> {
     let mut counts: Vec<(&str, u32)> = Vec::new();
-    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut at: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::new();
     for e in events {
-        match at.entry(&e.tenant) {
-            std::collections::hash_map::Entry::Occupied(i) => counts[*i.get()].1 += 1,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(counts.len());
-                counts.push((&e.tenant, 1));
-            }
-        }
+        let i = *at.entry(&e.tenant).or_insert_with(|| {
+            counts.push((&e.tenant, 0));
+            counts.len() - 1
+        });
+        counts[i].1 += 1;
     }
     counts
 }
