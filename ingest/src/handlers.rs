@@ -292,7 +292,7 @@ async fn store(ingest: &Ingest, events: &[Event], paths: &[EventPath]) -> Result
 /// How many events of each tenant `events` holds, tenants in order of first appearance.
 fn per_tenant(events: &[Event]) -> Vec<(&str, u32)> {
     let mut counts: Vec<(&str, u32)> = Vec::new();
-    let mut at: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::new();
+    let mut at: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::with_capacity(events.len());
     for e in events {
         let i = *at.entry(&e.tenant).or_insert_with(|| {
             counts.push((&e.tenant, 0));
@@ -346,6 +346,11 @@ fn lago_uuid(tenant: &str, id: &str) -> uuid::Uuid {
     uuid::Uuid::new_v8(b)
 }
 
+/// Room for one event's echo: an event of a few short properties, as the load generator sends,
+/// takes 396-438 bytes (test `an_echo_of_a_few_short_properties_fits_its_room`; at 384 a batch's
+/// body was copied once more as it grew). A larger event grows the body as a `Vec` does.
+const ECHO_BYTES: usize = 512;
+
 /// Lago's answer to the events of a request, each echoed as Lago does: `{"events":[…]}` for a
 /// batch, `{"event":…}` for one event. Written straight into the body: the field names and the
 /// fields Lago leaves `null` as constant bytes, and only the event's own strings escaped (a
@@ -355,7 +360,7 @@ fn lago_uuid(tenant: &str, id: &str) -> uuid::Uuid {
 fn lago_answer(batch: bool, events: &[Event], outcomes: &[Outcome], now: i64) -> serde_json::Result<Vec<u8>> {
     let created_at = serde_json::to_vec(&format_time(now / 1_000_000 * 1_000_000))?;
     let echoed = if batch { events.len() } else { events.len().min(1) };
-    let mut out = Vec::with_capacity(32 + 384 * echoed);
+    let mut out = Vec::with_capacity(32 + ECHO_BYTES * echoed);
     out.extend_from_slice(if batch { b"{\"events\":[" } else { b"{\"event\":" });
     for (i, (e, o)) in events.iter().zip(outcomes).take(echoed).enumerate() {
         if i > 0 {
@@ -538,6 +543,32 @@ mod tests {
     /// that need escaping (quotes, backslashes, control characters, non-ASCII), nested and exact
     /// numeric properties, a subscription or none, times in and outside the years written by
     /// hand, duplicates, a batch and a single event.
+    #[test]
+    fn an_echo_of_a_few_short_properties_fits_its_room() {
+        let shapes = [
+            ("work_order.created", serde_json::json!({"work_order_id": "wo-123456"})),
+            ("agent.invocation", serde_json::json!({"model": "gpt-x", "input_tokens": 1096, "output_tokens": 212})),
+            ("api.call", serde_json::json!({"route": "/v1/orders", "method": "GET", "status": 200})),
+            ("user.login", serde_json::json!({"user_id": "user-49"})),
+        ];
+        for (code, properties) in shapes {
+            let Value::Object(properties) = properties else { unreachable!() };
+            let e = Event {
+                tenant: "tenant-0999".into(),
+                id: "http-123456-99".into(),
+                code: code.into(),
+                time_us: 1_764_000_000_000_000,
+                implicit_time: false,
+                subscription: None,
+                source: None,
+                properties,
+            };
+            let mut out = Vec::new();
+            write_echo(&mut out, &e, false, br#""2025-11-24T16:00:00Z""#).unwrap();
+            assert!(out.len() <= ECHO_BYTES, "{code}: {} bytes", out.len());
+        }
+    }
+
     #[test]
     fn the_echo_is_byte_for_byte_what_serde_writes() {
         let properties: serde_json::Map<String, Value> = serde_json::from_str(
