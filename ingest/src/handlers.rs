@@ -346,9 +346,9 @@ fn lago_uuid(tenant: &str, id: &str) -> uuid::Uuid {
     uuid::Uuid::new_v8(b)
 }
 
-/// Room for one event's echo: an event of a few short properties, as the load generator sends,
-/// takes 396-438 bytes (test `an_echo_of_a_few_short_properties_fits_its_room`; at 384 a batch's
-/// body was copied once more as it grew). A larger event grows the body as a `Vec` does.
+/// Room for one event's echo: the load generator's events, a few short properties each, take
+/// 399-441 bytes (test `an_echo_of_a_few_short_properties_fits_its_room`; at 384 a batch's body
+/// was copied once more as it grew). A larger event grows the body as a `Vec` does.
 const ECHO_BYTES: usize = 512;
 
 /// Lago's answer to the events of a request, each echoed as Lago does: `{"events":[…]}` for a
@@ -539,14 +539,12 @@ mod tests {
         }
     }
 
-    /// The hand-written echo is byte for byte what serde writes for the same fields, for strings
-    /// that need escaping (quotes, backslashes, control characters, non-ASCII), nested and exact
-    /// numeric properties, a subscription or none, times in and outside the years written by
-    /// hand, duplicates, a batch and a single event.
+    /// The load generator's events (its five codes, its ids) fit [`ECHO_BYTES`].
     #[test]
     fn an_echo_of_a_few_short_properties_fits_its_room() {
         let shapes = [
-            ("work_order.created", serde_json::json!({"work_order_id": "wo-123456"})),
+            ("work_order.created", serde_json::json!({"work_order_id": "wo-1234567"})),
+            ("work_order.completed", serde_json::json!({"work_order_id": "wo-1234567"})),
             ("agent.invocation", serde_json::json!({"model": "gpt-x", "input_tokens": 1096, "output_tokens": 212})),
             ("api.call", serde_json::json!({"route": "/v1/orders", "method": "GET", "status": 200})),
             ("user.login", serde_json::json!({"user_id": "user-49"})),
@@ -555,7 +553,7 @@ mod tests {
             let Value::Object(properties) = properties else { unreachable!() };
             let e = Event {
                 tenant: "tenant-0999".into(),
-                id: "http-123456-99".into(),
+                id: "http-000001234567".into(),
                 code: code.into(),
                 time_us: 1_764_000_000_000_000,
                 implicit_time: false,
@@ -569,6 +567,10 @@ mod tests {
         }
     }
 
+    /// The hand-written echo is byte for byte what serde writes for the same fields, for strings
+    /// that need escaping (quotes, backslashes, control characters, non-ASCII), nested and exact
+    /// numeric properties, a subscription or none, times in and outside the years written by
+    /// hand, duplicates, a batch and a single event.
     #[test]
     fn the_echo_is_byte_for_byte_what_serde_writes() {
         let properties: serde_json::Map<String, Value> = serde_json::from_str(

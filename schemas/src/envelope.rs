@@ -918,8 +918,8 @@ mod tests {
         }
 
         /// Whole seconds read without a decimal give what the decimal reading gives, the error
-        /// words included, for every text of digits, minus signs and points: as a JSON number
-        /// and as a string.
+        /// words included, over texts of digits, minus signs and points (the edges have a test of
+        /// their own below): as a JSON number and as a string.
         #[test]
         fn whole_seconds_read_as_the_decimal_reading(
             text in "-{0,2}[0-9]{0,22}|-?0*[0-9]{17,20}|[0-9.-]{0,24}",
@@ -956,6 +956,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The edges of reading whole seconds without a decimal: signs, zeros, and the largest
+    /// number of seconds whose microseconds an `i64` holds, either side.
+    #[test]
+    fn whole_seconds_at_their_edges_read_as_the_decimal_reading() {
+        let nines = "9".repeat(18);
+        let mut texts = vec!["0", "-0", "-000", "007", "-", "--1", "1-", "-1", "9223372036854", "9223372036855"];
+        texts.extend(["-9223372036854", "-9223372036855", "-9223372036856", &nines, "1000000000000000000"]);
+        for text in texts {
+            let decimal = decimal_seconds_us(text).map(|us| (us, false));
+            assert_eq!(lago_time(&Value::String(text.into())), decimal, "{text:?} as a string");
+            if let Ok(n) = serde_json::from_str::<serde_json::Number>(text) {
+                assert_eq!(lago_time(&Value::Number(n)), decimal, "{text} as a number");
+            }
+        }
+        assert_eq!(lago_time(&Value::String("9223372036854".into())), Ok((9_223_372_036_854_000_000, false)));
+        assert_eq!(lago_time(&Value::String("9223372036855".into())), Err("is out of range".into()));
     }
 
     /// `parse` on the tree path only, for comparing with the typed one.
