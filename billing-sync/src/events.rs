@@ -93,8 +93,9 @@ pub async fn catch_up(ledger: &Ledger, provider: &dyn crate::Provider, now_s: i6
 }
 
 /// Processes kept events as they come, looking every `poll` when there were none, and every
-/// `catch_up_every` reads the events a webhook may have missed from the provider's API. Runs
-/// until dropped.
+/// `catch_up_every` reads the events a webhook may have missed from the provider's API. The two
+/// run side by side: a provider slow to list its events (answering 429, timing out) does not
+/// hold back the events already kept. Runs until dropped.
 pub async fn run(
     ledger: Ledger,
     subscriptions: Subscriptions,
@@ -103,27 +104,36 @@ pub async fn run(
     catch_up_every: std::time::Duration,
     lease: meter_webhooks::Lease,
 ) {
-    let mut caught_up: Option<std::time::Instant> = None;
-    loop {
-        // One processor for every host: Stripe's events are applied in Stripe's order, once.
-        if !lease.held().await {
+    // One processor for every host: Stripe's events are applied in Stripe's order, once.
+    let processing = async {
+        loop {
+            if lease.held().await {
+                let now = meter_schemas::period::now_us();
+                match process_pending(&ledger, &subscriptions, &*provider, 100, now).await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "processing Stripe's events failed; trying again"),
+                }
+            }
             tokio::time::sleep(poll).await;
-            continue;
         }
-        let now = meter_schemas::period::now_us();
-        if caught_up.is_none_or(|t| t.elapsed() >= catch_up_every) {
-            caught_up = Some(std::time::Instant::now());
-            if let Err(e) = catch_up(&ledger, &*provider, now / 1_000_000).await {
-                tracing::warn!(error = %e, "catching up on Stripe's events failed; trying again later");
+    };
+    // Only keeps what it reads (a redelivery changes nothing), so it needs no order with the
+    // processing; under the same lease, so that one host reads the provider's events.
+    let catching_up = async {
+        loop {
+            if lease.held().await {
+                let now_s = meter_schemas::period::now_us() / 1_000_000;
+                if let Err(e) = catch_up(&ledger, &*provider, now_s).await {
+                    tracing::warn!(error = %e, "catching up on Stripe's events failed; trying again later");
+                }
+                tokio::time::sleep(catch_up_every).await;
+            } else {
+                tokio::time::sleep(poll).await;
             }
         }
-        match process_pending(&ledger, &subscriptions, &*provider, 100, now).await {
-            Ok(n) if n > 0 => continue,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "processing Stripe's events failed; trying again"),
-        }
-        tokio::time::sleep(poll).await;
-    }
+    };
+    tokio::join!(processing, catching_up);
 }
 
 /// Processes up to `limit` kept events; returns how many.

@@ -130,3 +130,47 @@ fn sqlite_outcomes(path: &std::path::Path) -> Vec<String> {
     let mut stmt = c.prepare("SELECT outcome FROM received_events ORDER BY created").unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().collect::<Result<_, _>>().unwrap()
 }
+
+/// A kept event is processed while catching up on the provider's events hangs: the two do not
+/// wait for each other (a Stripe slow to list its events must not hold back a failed payment).
+#[tokio::test]
+async fn a_kept_event_is_processed_while_catching_up_hangs() {
+    let stand_in = LocalStripe::start();
+    let proxy = Proxy::start(&stand_in.url, 0, Duration::from_secs(1)).await;
+    proxy.hang("/v1/events");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("billing.db");
+    let ledger = meter_billing_sync::testing::ledger_with(&path, Vec::new()).await;
+    let (subs, webhooks) = billing_of(&ledger, dir.path(), Duration::from_secs(86_400));
+    // One attempt that waits far longer than this test: the catch-up is held for its whole run.
+    let stripe = quick_stripe(&proxy.url, 1, Duration::from_secs(3_600));
+    let run = tokio::spawn(events::run(
+        ledger.clone(),
+        subs,
+        stripe,
+        Duration::from_millis(20),
+        Duration::from_secs(60),
+        webhooks.single_runner("stripe-events"),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.holding() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the catch-up never asked for Stripe's events");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now_s = meter_schemas::period::now_us() / 1_000_000;
+    let kept = event("evt_kept", "customer.created", now_s, "cus_x", serde_json::json!({ "id": "cus_x" }));
+    assert!(events::receive(&ledger, kept).await.unwrap());
+    while !ledger.store().unprocessed_events(10).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kept event waited behind the catch-up ({} request held)",
+            proxy.holding()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.holding(), 1, "the catch-up is still held: the event did not wait for it to fail");
+    let outcomes = sqlite_outcomes(&path);
+    assert_eq!(outcomes.len(), 1);
+    assert!(outcomes[0].starts_with("ignored"), "{outcomes:?}");
+    run.abort();
+}

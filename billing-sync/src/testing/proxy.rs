@@ -100,6 +100,10 @@ struct Inner {
     html: AtomicBool,
     /// Each reply waits this long (ms) before it is sent: a slow Stripe.
     slow_ms: AtomicUsize,
+    /// Requests to a path starting with one of these are never answered (a Stripe that hangs
+    /// on one endpoint), and how many are held so.
+    hung: std::sync::Mutex<Vec<String>>,
+    holding: AtomicUsize,
     /// Each request forwarded to localstripe: method, path and body as meter sent them.
     forwarded: std::sync::Mutex<Vec<(String, String, String)>>,
 }
@@ -126,6 +130,8 @@ impl Proxy {
             counts: Default::default(),
             html: AtomicBool::new(false),
             slow_ms: AtomicUsize::new(0),
+            hung: Default::default(),
+            holding: AtomicUsize::new(0),
             forwarded: Default::default(),
         });
         let app = axum::Router::new().fallback(handle).with_state(inner.clone());
@@ -153,6 +159,17 @@ impl Proxy {
         self.inner.slow_ms.store(by.as_millis() as usize, Ordering::SeqCst);
     }
 
+    /// From now on a request whose path starts with `prefix` is never answered (the client's own
+    /// timeout ends it).
+    pub fn hang(&self, prefix: &str) {
+        self.inner.hung.lock().unwrap().push(prefix.to_string());
+    }
+
+    /// How many requests are held unanswered by [`Proxy::hang`] now.
+    pub fn holding(&self) -> usize {
+        self.inner.holding.load(Ordering::SeqCst)
+    }
+
     /// From now on every reply is a 200 HTML page (Stripe's address answered by something else).
     pub fn answer_html(&self, on: bool) {
         self.inner.html.store(on, Ordering::SeqCst);
@@ -177,6 +194,18 @@ async fn handle(State(p): State<Arc<Inner>>, method: Method, uri: Uri, headers: 
     let slow = p.slow_ms.load(Ordering::SeqCst);
     if slow > 0 {
         tokio::time::sleep(Duration::from_millis(slow as u64)).await;
+    }
+    if p.hung.lock().unwrap().iter().any(|prefix| uri.path().starts_with(prefix.as_str())) {
+        // Counted while held: the count falls when the client gives up and the future is dropped.
+        struct Held<'a>(&'a AtomicUsize);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        p.holding.fetch_add(1, Ordering::SeqCst);
+        let _held = Held(&p.holding);
+        std::future::pending::<()>().await;
     }
     if p.html.load(Ordering::SeqCst) {
         return (StatusCode::OK, [("content-type", "text/html")], "<html><body>Sign in to the Wi-Fi</body></html>")
