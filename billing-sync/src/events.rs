@@ -75,13 +75,17 @@ pub const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(6
 const CATCH_UP_SLACK_S: i64 = 300;
 
 /// Reads the provider's events since the newest kept (less a slack; the last 30 days when none
-/// is kept) and keeps those a webhook missed; returns how many were new.
+/// is kept) and keeps those a webhook missed, oldest first; returns how many were new.
+///
+/// Oldest first (Stripe lists newest first): the processor, running beside this, then meets
+/// them in the order they were made, and a catch-up cut short (the ledger unavailable, the
+/// process stopped) leaves no older event behind the newest kept, where the next catch-up,
+/// reading from that less a slack, would miss it.
 pub async fn catch_up(ledger: &Ledger, provider: &dyn crate::Provider, now_s: i64) -> Result<usize, crate::Error> {
     let latest = ledger.store().latest_event_created().await?;
     let since = latest.map_or(now_s - 30 * 86_400, |t| t - CATCH_UP_SLACK_S);
     let mut new = 0;
-    for event in provider.events_since(since).await? {
-        let Some(event) = event else { continue };
+    for event in oldest_first(provider.events_since(since).await?) {
         if receive(ledger, event).await? {
             new += 1;
         }
@@ -92,10 +96,20 @@ pub async fn catch_up(ledger: &Ledger, provider: &dyn crate::Provider, now_s: i6
     Ok(new)
 }
 
-/// Processes kept events as they come, looking every `poll` when there were none, and every
-/// `catch_up_every` reads the events a webhook may have missed from the provider's API. The two
-/// run side by side: a provider slow to list its events (answering 429, timing out) does not
-/// hold back the events already kept. Runs until dropped.
+/// The events a listing read that meter can keep, oldest first. Stripe lists the newest first,
+/// so the listing is reversed (its order within a second, where `created` cannot tell), then
+/// sorted by `created` for a provider that lists otherwise.
+fn oldest_first(listed: Vec<Option<ReceivedEvent>>) -> Vec<ReceivedEvent> {
+    let mut events: Vec<ReceivedEvent> = listed.into_iter().rev().flatten().collect();
+    events.sort_by_key(|e| e.created);
+    events
+}
+
+/// Processes kept events as they come, looking every `poll` when there were none, and reads the
+/// events a webhook may have missed from the provider's API, `catch_up_every` (at least `poll`)
+/// after the last reading ended. The two run side by side, neither waiting for the other: a
+/// provider slow to list its events (answering 429, timing out) does not hold back the events
+/// already kept. Runs until dropped.
 pub async fn run(
     ledger: Ledger,
     subscriptions: Subscriptions,
@@ -127,7 +141,7 @@ pub async fn run(
                 if let Err(e) = catch_up(&ledger, &*provider, now_s).await {
                     tracing::warn!(error = %e, "catching up on Stripe's events failed; trying again later");
                 }
-                tokio::time::sleep(catch_up_every).await;
+                tokio::time::sleep(catch_up_every.max(poll)).await;
             } else {
                 tokio::time::sleep(poll).await;
             }
@@ -343,4 +357,32 @@ pub(crate) async fn apply(
     }
     let changed = subs.apply(&sub.id, command, now_us, "stripe", now_us).await?;
     Ok(format!("{name}: subscription {} is now {}", changed.id, changed.state()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(id: &str, created: i64) -> Option<ReceivedEvent> {
+        Some(ReceivedEvent {
+            id: id.into(),
+            kind: "invoice.paid".into(),
+            created,
+            object: "in_1".into(),
+            body: "{}".into(),
+            outcome: None,
+        })
+    }
+
+    /// Stripe's listing, newest first (two made in one second, one meter cannot keep), is kept
+    /// oldest first; a listing oldest first too.
+    #[test]
+    fn a_listing_is_kept_oldest_first() {
+        let ids = |events: Vec<ReceivedEvent>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        let newest_first =
+            vec![listed("evt_4", 30), listed("evt_3", 20), None, listed("evt_2", 20), listed("evt_1", 10)];
+        assert_eq!(ids(oldest_first(newest_first)), ["evt_1", "evt_2", "evt_3", "evt_4"]);
+        let oldest = vec![listed("evt_1", 10), listed("evt_2", 20), listed("evt_4", 30)];
+        assert_eq!(ids(oldest_first(oldest)), ["evt_1", "evt_2", "evt_4"]);
+    }
 }

@@ -133,6 +133,8 @@ fn sqlite_outcomes(path: &std::path::Path) -> Vec<String> {
 
 /// A kept event is processed while catching up on the provider's events hangs: the two do not
 /// wait for each other (a Stripe slow to list its events must not hold back a failed payment).
+/// The event kept needs no call to Stripe: this checks the loops' structure only, not a read
+/// back through the client while another of its requests hangs.
 #[tokio::test]
 async fn a_kept_event_is_processed_while_catching_up_hangs() {
     let stand_in = LocalStripe::start();
