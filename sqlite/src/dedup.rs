@@ -105,8 +105,9 @@ const GROUP_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Ids moved into the open generation after each commit while a move runs (at least; twice
 /// the ids appended since the last chunk if more). Random ids cost about 0.9-2.6 µs each to
-/// move here, so a chunk holds the writer's next commit for about 0.3-0.7 ms (p50-p90 of 2,164
-/// chunks at 20,000 random ids a second, `RUST_LOG=meter_sqlite=debug`). At 16,384
+/// move here, so a chunk holds the writer's next commit for about 0.3-0.6 ms (the median of the store's
+/// and of the log's chunks, 0.35-0.68 ms at p90, at 20,000 random ids a second,
+/// `RUST_LOG=meter_sqlite=debug`; a move's last chunk, which seals, 5.9-8.1 ms). At 16,384
 /// a chunk took 14-43 ms, and requests arriving during a move waited that long (BENCHMARKS.md,
 /// "Rate quotas and a flood; dedup moves in short chunks"); at 1,024, 100 tenants' request p99
 /// beside a flood whose ids sort above theirs was 2.0-3.3 times its value without the flood, at
@@ -1523,8 +1524,9 @@ impl Dedup {
         Ok(())
     }
 
-    /// Moves the next [`MOVE_CHUNK`] ids (and deletes as many rows below the floor, left by an
-    /// earlier move); the last chunk also raises the floor over the rows it moved, seals the open
+    /// Moves the next [`MOVE_CHUNK`] ids, or twice those appended since the last chunk if more
+    /// (and deletes the rows below the floor, left by an earlier move, among the next
+    /// [`Dedup::trim_step`] rowids); the last chunk also raises the floor over the rows it moved, seals the open
     /// generation if it holds [`Settings::seal_at`] ids, and tells readers (the epoch).
     fn move_chunk(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
         let Some(done) = self.moving.as_ref().map(|m| m.done) else { return Ok(()) };
@@ -2778,7 +2780,8 @@ mod tests {
     fn moved_rows_do_not_pile_up_under_large_commits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        // Moves of 8,192 ids from commits of 3,000: a row (a commit's ids) is below a move.
+        // Moves due at 8,192 ids (about 9,000 each, three commits of 3,000): each appended row
+        // (a commit's ids) is a third of a move. The bound was written for MOVE_CHUNK 1,024.
         let n = 8_192;
         let settings = Settings { flush_at: n as usize, straight: false, ..Settings::new(1_000_000) };
         let (mut conn, mut d) = writer(&path, settings, 0);
