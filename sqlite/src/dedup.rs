@@ -105,13 +105,13 @@ const GROUP_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Ids moved into the open generation after each commit while a move runs (at least; twice
 /// the ids appended since the last chunk if more). Random ids cost about 0.9-2.6 µs each to
-/// move here, so a chunk holds the writer's next commit for about 0.3-0.6 ms (the median of the store's
-/// and of the log's chunks, 0.35-0.68 ms at p90, at 20,000 random ids a second,
-/// `RUST_LOG=meter_sqlite=debug`; a move's last chunk, which seals, 5.9-8.1 ms). At 16,384
-/// a chunk took 14-43 ms, and requests arriving during a move waited that long (BENCHMARKS.md,
+/// move here, so a chunk holds the writer's next commit for about 0.3-0.6 ms (the medians of
+/// the store's and of the log's chunks; 0.35-0.68 ms at p90; at 20,000 random ids a second,
+/// `RUST_LOG=meter_sqlite=debug`; a move's last chunk, which seals, 5.9-8.1 ms). At 16,384 a
+/// chunk took 14-43 ms, and requests arriving during a move waited that long (BENCHMARKS.md,
 /// "Rate quotas and a flood; dedup moves in short chunks"); at 1,024, 100 tenants' request p99
-/// beside a flood whose ids sort above theirs was 2.0-3.3 times its value without the flood, at
-/// 256 1.3-1.7 times, for the same CPU per event ("A flood's ids no longer slow the others'").
+/// beside a flood whose ids sort above theirs was 2.0-3.6 times its value without the flood, at
+/// 256 1.3-1.8 times, for the same CPU per event ("A flood's ids no longer slow the others'").
 /// Under a heavy load the chunk is set by the ids arriving, not by this.
 pub const MOVE_CHUNK: usize = 256;
 
@@ -1526,8 +1526,9 @@ impl Dedup {
 
     /// Moves the next [`MOVE_CHUNK`] ids, or twice those appended since the last chunk if more
     /// (and deletes the rows below the floor, left by an earlier move, among the next
-    /// [`Dedup::trim_step`] rowids); the last chunk also raises the floor over the rows it moved, seals the open
-    /// generation if it holds [`Settings::seal_at`] ids, and tells readers (the epoch).
+    /// [`Dedup::trim_step`] rowids); the last chunk also raises the floor over the rows it
+    /// moved, seals the open generation if it holds [`Settings::seal_at`] ids, and tells
+    /// readers (the epoch).
     fn move_chunk(&mut self, conn: &mut Connection, now_us: i64) -> Result<(), crate::Error> {
         let Some(done) = self.moving.as_ref().map(|m| m.done) else { return Ok(()) };
         let started = std::time::Instant::now();
