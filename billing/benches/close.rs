@@ -13,9 +13,20 @@
 //! `SETUP=DIR` keeps the set-up (the ledger and the usage store, about 13 minutes at 1,000,000
 //! subscriptions) in `DIR/SUBSCRIPTIONS-vN` and starts later runs from a copy of it: each run
 //! closes the same files, as they were before any close.
+//!
+//! `PER=N` (issue 16's close with its census) sets up another workload: a real SQLite event log
+//! (one partition) of N events a tenant, `meter loadgen`'s five codes in turn, every event in
+//! October but one in twenty in November (`benches/common/events.rs`, the census bench's), and the
+//! usage store counting exactly those events; each close then takes the census of the log too, so
+//! that its report compares all four figures. `CENSUS=0` closes the same set-up without the census.
+//! The set-up is kept in `DIR/SUBSCRIPTIONS-perN-vN`.
+
+#[path = "common/events.rs"]
+mod events;
 
 use meter_billing::testing::{proc_io, proc_status};
 use meter_billing::{Ledger, Progress as Stage, close};
+use meter_eventlog::{EventLog, SqliteLog};
 use meter_rater::pricebook::SAMPLE;
 use meter_rater::{Cycle, PriceBook, Setup};
 use meter_schemas::{Catalog, Contribution, Period};
@@ -40,9 +51,15 @@ fn at(period: &str, days: i64) -> i64 {
 #[allow(clippy::print_stdout)]
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("SUBSCRIPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let var = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (n, per) = (var("SUBSCRIPTIONS", 20_000), var("PER", 0));
+    let census = per > 0 && var("CENSUS", 1) == 1;
     let dir = tempfile::tempdir().unwrap();
-    let kept = std::env::var_os("SETUP").map(|d| std::path::PathBuf::from(d).join(format!("{n}-v{SET_UP_VERSION}")));
+    let name = match per {
+        0 => format!("{n}-v{SET_UP_VERSION}"),
+        per => format!("{n}-per{per}-v{SET_UP_VERSION}"),
+    };
+    let kept = std::env::var_os("SETUP").map(|d| std::path::PathBuf::from(d).join(name));
     let reuse = kept.as_ref().is_some_and(|k| k.join("done").exists());
     let catalog = Arc::new(Catalog::new(vec![]).unwrap());
     let meters = catalog.meters().to_vec();
@@ -51,7 +68,10 @@ async fn main() {
     let open = || {
         let store =
             Arc::new(SqliteStore::open(&dir.path().join("usage.db"), meter_sqlite::Durability::Normal).unwrap());
-        (store, Ledger::open(&dir.path().join("billing.db")).unwrap())
+        let log = (per > 0).then(|| {
+            Arc::new(SqliteLog::open(&dir.path().join("log.db"), 1, meter_sqlite::Durability::Normal).unwrap())
+        });
+        (store, Ledger::open(&dir.path().join("billing.db")).unwrap(), log)
     };
     match kept.as_ref() {
         Some(kept) if reuse => {
@@ -59,20 +79,29 @@ async fn main() {
             println!("set-up: copied from {}", kept.display());
         }
         _ => {
-            let (store, ledger) = open();
-            set_up(n, &store, &ledger, &book, &meters).await;
+            let (store, ledger, log) = open();
+            set_up(n, &store, &ledger, &book).await;
+            match log.as_ref() {
+                Some(log) => count_log(n, per, &store, log, &catalog).await,
+                None => count_usage(n, &store, &meters),
+            }
             if let Some(kept) = kept.as_ref() {
                 // Closed first (the store's checkpointer stopped): nothing writes while copied.
-                drop((store, ledger));
+                drop((store, ledger, log));
                 std::fs::create_dir_all(kept).unwrap();
                 copy_files(dir.path(), kept);
                 std::fs::write(kept.join("done"), "").unwrap();
             }
         }
     }
-    let (store, ledger) = open();
+    let (store, ledger, log) = open();
 
-    let sources = meter_billing::testing::one_store(store.clone(), book.clone());
+    let mut sources = meter_billing::testing::one_store(store.clone(), book.clone());
+    if census {
+        sources.log = log.map(|l| l as Arc<dyn EventLog>);
+        sources.scratch = dir.path().to_path_buf();
+    }
+    println!("the close takes the census of the log: {census}");
     let closes: usize = std::env::var("CLOSES").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     for (period, now) in [("2026-10", at("2026-11", 9)), ("2026-11", at("2026-12", 9))].into_iter().take(closes) {
         store.advance_watermark("c", &[0], now).unwrap();
@@ -84,6 +113,7 @@ async fn main() {
         // resident then.
         let marks = std::sync::Mutex::new(Vec::new());
         let mark = |p: Stage| match p {
+            Stage::Census { read: 0 } => marks.lock().unwrap().push(("census", t.elapsed(), proc_status("VmRSS:"))),
             Stage::Totals => marks.lock().unwrap().push(("totals", t.elapsed(), proc_status("VmRSS:"))),
             // The first 10,000 rated: the totals, the freeze and the subscriptions' list are done.
             Stage::Rating { done: 10_000, of: 0 } => {
@@ -101,9 +131,10 @@ async fn main() {
         let lines: usize = closed.invoices.iter().map(|i| i.lines.len()).sum();
         let bytes = serde_json::to_vec(&closed).unwrap().len();
         println!(
-            "close {period}: {} invoices, {lines} lines, {} report rows, {:.1} MB as JSON, in {:.2} s",
+            "close {period}: {} invoices, {lines} lines, {} report rows ({} differ), {:.1} MB as JSON, in {:.2} s",
             closed.invoices.len(),
             closed.report.len(),
+            closed.report.iter().filter(|r| r.status != "ok").count(),
             bytes as f64 / 1e6,
             took.as_secs_f64()
         );
@@ -127,17 +158,16 @@ async fn main() {
 /// The usage store and the ledger, with their WAL files where there are some, from `from` to
 /// `to`.
 fn copy_files(from: &std::path::Path, to: &std::path::Path) {
-    for f in ["usage.db", "usage.db-wal", "billing.db", "billing.db-wal"] {
+    for f in ["usage.db", "usage.db-wal", "billing.db", "billing.db-wal", "log.db", "log.db-wal"] {
         if from.join(f).exists() {
             std::fs::copy(from.join(f), to.join(f)).unwrap();
         }
     }
 }
 
-/// `n` subscriptions in the ledger, and the usage of October and November on all six meters in
-/// the store (consumer `c`, one partition).
+/// `n` subscriptions in the ledger.
 #[allow(clippy::print_stdout)]
-async fn set_up(n: usize, store: &SqliteStore, ledger: &Ledger, book: &PriceBook, meters: &[meter_schemas::MeterDef]) {
+async fn set_up(n: usize, store: &SqliteStore, ledger: &Ledger, book: &PriceBook) {
     store.checkpoint("c").unwrap();
 
     let t = Instant::now();
@@ -149,7 +179,12 @@ async fn set_up(n: usize, store: &SqliteStore, ledger: &Ledger, book: &PriceBook
         ledger.create(&format!("tenant-{i:07}"), setup, at("2026-09", (i % 28) as i64), "bench", list).await.unwrap();
     }
     println!("set-up: {n} subscriptions in {:.2} s", t.elapsed().as_secs_f64());
+}
 
+/// The usage of October and November on all six meters in the store (consumer `c`, one
+/// partition), without a log.
+#[allow(clippy::print_stdout)]
+fn count_usage(n: usize, store: &SqliteStore, meters: &[meter_schemas::MeterDef]) {
     let t = Instant::now();
     let mut offset = 0u64;
     for period in ["2026-10", "2026-11"] {
@@ -179,4 +214,43 @@ async fn set_up(n: usize, store: &SqliteStore, ledger: &Ledger, book: &PriceBook
         offset += batch.len() as u64;
     }
     println!("set-up: {offset} events counted in {:.2} s", t.elapsed().as_secs_f64());
+}
+
+/// `per` events a tenant appended to `log` (one partition), and the same events counted in the
+/// store as the aggregator counts them (consumer `c`, the log's offsets).
+#[allow(clippy::print_stdout)]
+async fn count_log(n: usize, per: usize, store: &SqliteStore, log: &SqliteLog, catalog: &Catalog) {
+    let t = Instant::now();
+    let october: Period = "2026-10".parse().unwrap();
+    let mut offset = 0u64;
+    let mut batch = Vec::with_capacity(10_000);
+    for k in 0..per {
+        for tenant in 0..n {
+            batch.push(events::event(tenant, k, per, october));
+            if batch.len() == 10_000 || (k + 1 == per && tenant + 1 == n) {
+                log.append(&batch).await.unwrap();
+                let metered: Vec<Metered> = batch
+                    .drain(..)
+                    .enumerate()
+                    .map(|(j, e)| {
+                        let contributions = catalog.contributions(&e).0;
+                        Metered {
+                            groups: catalog.groups(&contributions, &e),
+                            contributions,
+                            tenant: e.tenant,
+                            id: e.id,
+                            offset: offset + j as u64,
+                            time_us: e.time_us,
+                        }
+                    })
+                    .collect();
+                let to = offset + metered.len() as u64;
+                let progress =
+                    Progress { partitions: vec![Advance { partition: 0, from: offset, to }], watermark_us: None };
+                store.apply("c", catalog.meters(), &metered, &progress).unwrap();
+                offset = to;
+            }
+        }
+    }
+    println!("set-up: {offset} events in the log and counted in {:.2} s", t.elapsed().as_secs_f64());
 }
