@@ -13,6 +13,7 @@ use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use meter_auth::Role;
+use meter_billing::export::{Export, Format, Rows};
 use meter_billing::{Close, ReportRow};
 use meter_rater::subscription::allowed;
 use meter_rater::{Command, Cycle, Entry, Setup, State as SubState, Subscription};
@@ -394,7 +395,7 @@ pub async fn period_invoices(
     Path(period): Path<String>,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    export(&state, &period, query, |c, csv| if csv { c.invoices_csv() } else { c.invoices_json() }).await
+    export(&state, &period, query, Rows::Invoices).await
 }
 
 /// Query of the invoice search.
@@ -473,7 +474,7 @@ pub async fn period_report(
     Path(period): Path<String>,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    export(&state, &period, query, |c, csv| if csv { c.report_csv() } else { c.report_json() }).await
+    export(&state, &period, query, Rows::Report).await
 }
 
 /// Whether an export's `format` asks for CSV (`json`, the default, or `csv`).
@@ -487,24 +488,33 @@ pub(crate) fn wants_csv(format: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
+/// A closed period's `rows` in the format asked for, streamed as the ledger gives them a page
+/// at a time (`meter_billing::export`): the same bytes every time, whatever the close's size.
 async fn export(
     state: &AppState,
     period: &str,
     query: Result<Query<ExportQuery>, QueryRejection>,
-    render: impl Fn(&Close, bool) -> String,
+    rows: Rows,
 ) -> Result<Response, ApiError> {
     let period = period_of(period)?;
     let Query(q) = query?;
     let csv = wants_csv(q.format.as_deref())?;
-    let close = state
-        .billing
-        .subscriptions
-        .ledger
-        .close_of(period)
+    let format = if csv { Format::Csv } else { Format::Json };
+    let export = Export::open(&state.billing.subscriptions.ledger, period, rows, format)
         .await?
         .ok_or_else(|| ApiError::Missing(format!("period {period} is not closed")))?;
     let content_type = if csv { "text/csv; charset=utf-8" } else { "application/json" };
-    Ok(([(CONTENT_TYPE, content_type)], render(&close, csv)).into_response())
+    let pieces = futures_util::stream::try_unfold(export, move |mut export| async move {
+        match export.next().await {
+            Ok(piece) => Ok(piece.map(|p| (p, export))),
+            Err(e) => {
+                // The status is sent: the answer is cut short, and the client sees it end early.
+                tracing::error!(%period, error = %e, "an export failed midway");
+                Err(e)
+            }
+        }
+    });
+    Ok(([(CONTENT_TYPE, content_type)], Body::from_stream(pieces)).into_response())
 }
 
 /// Query of the upcoming invoice.

@@ -39,7 +39,7 @@ pub struct InvoiceQuery {
 fn answer(invoices: Vec<BilledInvoice>, csv: bool) -> Response {
     if csv {
         let plain: Vec<meter_rater::Invoice> = invoices.into_iter().map(|b| b.invoice).collect();
-        ([(CONTENT_TYPE, "text/csv; charset=utf-8")], meter_billing::close::invoices_csv(&plain)).into_response()
+        ([(CONTENT_TYPE, "text/csv; charset=utf-8")], meter_billing::export::invoices_csv(&plain)).into_response()
     } else {
         Json(invoices).into_response()
     }

@@ -9,6 +9,7 @@ pub mod census;
 pub mod close;
 pub mod compaction;
 pub mod entitlements;
+pub mod export;
 pub mod ledger;
 pub mod limits;
 pub mod metric;

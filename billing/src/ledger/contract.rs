@@ -221,6 +221,82 @@ pub async fn a_recorded_close_reads_back_byte_for_byte(store: Arc<dyn LedgerStor
     assert_eq!(json(&again), json(&close), "the first close stands, read back");
 }
 
+/// A close reads in pages of any size, in its order, and its exports, written a page at a time,
+/// are the bytes of its whole lists: pretty JSON as `serde_json` writes a list, CSV with one
+/// header. A period not closed has neither.
+pub async fn a_close_reads_in_pages_and_exports_the_same_bytes(store: Arc<dyn LedgerStore>) {
+    use crate::export::{Export, Format};
+    use crate::ledger::{Page, Rows};
+    let ledger = Ledger::new(store);
+    let book = book();
+    let list = book.version("2026-01").unwrap();
+    let tenants = ["acme", "béta \"ü\"", "c1", "c2", "c3"];
+    let close = Close {
+        invoices: tenants.iter().enumerate().map(|(i, t)| invoice(t, "2026-10", i % 3)).collect(),
+        report: report(7),
+        ..a_close("2026-10", &[])
+    };
+    ledger.record(close.clone(), list).await.unwrap();
+    ledger.record(a_close("2026-11", &[]), list).await.unwrap();
+    let (october, november, december): (Period, Period, Period) =
+        ("2026-10".parse().unwrap(), "2026-11".parse().unwrap(), "2026-12".parse().unwrap());
+    let whole = |rows| serde_json::to_value(Page::of(close.clone(), rows, 0, usize::MAX)).unwrap();
+    for rows in [Rows::Invoices, Rows::Report] {
+        for page in [1, 2, 3, 5, 100] {
+            let mut read = Vec::new();
+            loop {
+                let got = ledger.close_rows(october, rows, read.len(), page).await.unwrap().unwrap();
+                let n = got.len();
+                read.extend(serde_json::to_value(got).unwrap().as_array().unwrap().iter().cloned());
+                if n < page {
+                    break;
+                }
+            }
+            assert_eq!(serde_json::Value::Array(read), whole(rows), "{rows:?} in pages of {page}");
+        }
+        assert!(ledger.close_rows(october, rows, 7, 10).await.unwrap().unwrap().is_empty(), "past the end");
+        assert_eq!(ledger.close_rows(december, rows, 0, 10).await.unwrap(), None, "not closed");
+    }
+
+    let export = async |period, rows, format, page| {
+        let e = Export::open_paged(&ledger, period, rows, format, page).await.unwrap();
+        String::from_utf8(e.unwrap().collect().await.unwrap()).unwrap()
+    };
+    fn pretty<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string_pretty(v).unwrap() + "\n"
+    }
+    let csv = export(october, Rows::Report, Format::Csv, usize::MAX).await;
+    assert_eq!(csv.lines().count(), 8, "a header and a line a row: {csv}");
+    for page in [1, 2, 3, 5, 7, 100] {
+        assert_eq!(export(october, Rows::Invoices, Format::Json, page).await, pretty(&close.invoices), "{page}");
+        assert_eq!(export(october, Rows::Report, Format::Json, page).await, pretty(&close.report), "{page}");
+        let lines = crate::export::invoices_csv(&close.invoices);
+        assert_eq!(export(october, Rows::Invoices, Format::Csv, page).await, lines, "{page}");
+        assert_eq!(export(october, Rows::Report, Format::Csv, page).await, csv, "{page}");
+    }
+    assert_eq!(export(november, Rows::Invoices, Format::Json, 2).await, "[]\n", "a close without invoices");
+    assert_eq!(export(november, Rows::Report, Format::Csv, 2).await, csv.lines().next().unwrap().to_string() + "\n");
+    for rows in [Rows::Invoices, Rows::Report] {
+        assert!(Export::open(&ledger, december, rows, Format::Json).await.unwrap().is_none(), "not closed");
+    }
+}
+
+/// `n` report rows whose tenants need quoting in CSV and escaping in JSON, some figures
+/// missing, some rows differing.
+pub fn report(n: usize) -> Vec<crate::ReportRow> {
+    (0..n)
+        .map(|i| crate::ReportRow {
+            tenant: format!("t\"{i}, é"),
+            meter: "api_calls".into(),
+            accepted: i.is_multiple_of(2).then(|| format!("{i}.50")),
+            counted: Some(i.to_string()),
+            stored: None,
+            rated: Some("0".into()),
+            status: if i.is_multiple_of(3) { "ok".into() } else { "counted ≠ stored".into() },
+        })
+        .collect()
+}
+
 /// An invoice of `tenant` for `period` with `lines` lines.
 pub fn invoice(tenant: &str, period: &str, lines: usize) -> meter_rater::Invoice {
     let p: Period = period.parse().unwrap();
@@ -642,7 +718,7 @@ macro_rules! ledger_contract {
             a_tenants_closed_invoices_are_found_by_tenant_and_id, concurrent_creates_for_one_tenant_admit_one,
             concurrent_workers_never_claim_one_operation, one_close_holds_the_lease_at_a_time,
             concurrent_closes_take_the_lease_once, a_worker_renews_only_the_claims_it_still_holds,
-            a_recorded_close_reads_back_byte_for_byte);
+            a_recorded_close_reads_back_byte_for_byte, a_close_reads_in_pages_and_exports_the_same_bytes);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(

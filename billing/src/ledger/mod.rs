@@ -12,13 +12,55 @@ pub use postgres::{MIGRATIONS as PG_MIGRATIONS, PgLedger};
 pub use sqlite::SqliteLedger;
 
 use crate::Error;
-use crate::close::Close;
+use crate::close::{Close, ReportRow};
 use async_trait::async_trait;
 use meter_rater::{Command, PriceBook, PriceList, Setup, State, Subscription};
 use meter_schemas::Period;
 use outbox::{OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use std::path::Path;
 use std::sync::Arc;
+
+/// Which of a close's rows: its invoices or its report's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// The invoice drafts, by tenant.
+    Invoices,
+    /// The reconciliation report, by tenant and meter.
+    Report,
+}
+
+/// A page of a close's rows ([`LedgerStore::close_rows`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Page {
+    /// Invoices.
+    Invoices(Vec<meter_rater::Invoice>),
+    /// Report rows.
+    Report(Vec<ReportRow>),
+}
+
+impl Page {
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Page::Invoices(p) => p.len(),
+            Page::Report(p) => p.len(),
+        }
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `close`'s `rows` from position `from`, at most `limit` (a close held whole).
+    pub fn of(close: Close, rows: Rows, from: usize, limit: usize) -> Page {
+        match rows {
+            Rows::Invoices => Page::Invoices(close.invoices.into_iter().skip(from).take(limit).collect()),
+            Rows::Report => Page::Report(close.report.into_iter().skip(from).take(limit).collect()),
+        }
+    }
+}
 
 /// What a later close needs to know of a recorded close, without reading its invoices.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +146,10 @@ pub trait LedgerStore: Send + Sync {
 
     /// The close of `period`, if it was closed.
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error>;
+
+    /// The close of `period`'s `rows` from position `from`, at most `limit`, in the close's order
+    /// (fewer, or none, at its end); `None` if the period is not closed.
+    async fn close_rows(&self, period: Period, rows: Rows, from: usize, limit: usize) -> Result<Option<Page>, Error>;
 
     /// What every recorded close rated, oldest first.
     async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error>;
@@ -306,6 +352,17 @@ impl Ledger {
     /// The close of `period`, if it was closed.
     pub async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
         self.store.close_of(period).await
+    }
+
+    /// A page of the close of `period`'s `rows` ([`LedgerStore::close_rows`]).
+    pub async fn close_rows(
+        &self,
+        period: Period,
+        rows: Rows,
+        from: usize,
+        limit: usize,
+    ) -> Result<Option<Page>, Error> {
+        self.store.close_rows(period, rows, from, limit).await
     }
 
     /// What every recorded close rated, oldest first (their invoices are not read).

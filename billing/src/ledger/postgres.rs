@@ -13,7 +13,9 @@
 //! operation.
 
 use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
-use super::{Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, LedgerStore, UsedList, close_holder};
+use super::{
+    Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, LedgerStore, Page, Rows, UsedList, close_holder,
+};
 use crate::Error;
 use crate::close::Close;
 use async_trait::async_trait;
@@ -233,6 +235,22 @@ impl LedgerStore for PgLedger {
 
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
         self.pg.with(async move |c| read_close(&c, &period.to_string()).await).await
+    }
+
+    async fn close_rows(&self, period: Period, rows: Rows, from: usize, limit: usize) -> Result<Option<Page>, Error> {
+        self.pg
+            .with(async move |c| {
+                let period = period.to_string();
+                Ok(match rows_apart(&c, &period).await? {
+                    None => None,
+                    Some(false) => read_close(&c, &period).await?.map(|close| Page::of(close, rows, from, limit)),
+                    Some(true) => Some(match rows {
+                        Rows::Invoices => Page::Invoices(read_invoices(&c, &period, from, limit).await?),
+                        Rows::Report => Page::Report(read_report(&c, &period, from, limit).await?),
+                    }),
+                })
+            })
+            .await
     }
 
     async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error> {
@@ -885,19 +903,40 @@ async fn read_close(c: &impl GenericClient, period: &str) -> Result<Option<Close
         }
         serde_json::from_slice(&body)?
     };
-    if !rows_apart {
-        return Ok(Some(close));
+    if rows_apart {
+        close.invoices = read_invoices(c, period, 0, usize::MAX).await?;
+        close.report = read_report(c, period, 0, usize::MAX).await?;
     }
-    // Some thousands at a time.
-    let limit = ROWS_AT_ONCE as i64;
-    loop {
-        let from = close.invoices.len() as i32;
+    Ok(Some(close))
+}
+
+/// Whether `period` is closed, and then whether its close's rows are rows of their own.
+async fn rows_apart(c: &impl GenericClient, period: &str) -> Result<Option<bool>, Error> {
+    Ok(c.query_opt("SELECT rows_apart FROM closes WHERE period = $1", &[&period]).await?.map(|r| r.get(0)))
+}
+
+/// A position or a count as a close's rows number them (`usize::MAX`: no limit).
+fn position(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The invoices of a close whose rows are apart, from position `from`, at most `limit`, some
+/// thousands a statement.
+async fn read_invoices(
+    c: &impl GenericClient,
+    period: &str,
+    from: usize,
+    limit: usize,
+) -> Result<Vec<meter_rater::Invoice>, Error> {
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let (start, take) = (position(from.saturating_add(out.len())), (limit - out.len()).min(ROWS_AT_ONCE) as i64);
         // An invoice's body is its own, or the invoice row's of its id (written once).
         let rows = c
             .query(
                 "SELECT c.id, CASE WHEN c.body = '' THEN (SELECT i.body FROM invoices i WHERE i.id = c.id) ELSE c.body END
                  FROM close_invoices c WHERE c.period = $1 AND c.seq >= $2 ORDER BY c.seq LIMIT $3",
-                &[&period, &from, &limit],
+                &[&period, &start, &take],
             )
             .await?;
         for r in &rows {
@@ -906,22 +945,34 @@ async fn read_close(c: &impl GenericClient, period: &str) -> Result<Option<Close
                 let id: Option<&str> = r.get(0);
                 Error::Corrupt(format!("invoice {} of the close of {period} is gone", id.unwrap_or_default()))
             })?;
-            close.invoices.push(serde_json::from_str(body)?);
+            out.push(serde_json::from_str(body)?);
         }
-        if rows.len() < ROWS_AT_ONCE {
+        if (rows.len() as i64) < take {
             break;
         }
     }
-    loop {
-        let from = close.report.len() as i32;
+    Ok(out)
+}
+
+/// The report rows of a close whose rows are apart, from position `from`, at most `limit`, some
+/// thousands a statement.
+async fn read_report(
+    c: &impl GenericClient,
+    period: &str,
+    from: usize,
+    limit: usize,
+) -> Result<Vec<crate::ReportRow>, Error> {
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let (start, take) = (position(from.saturating_add(out.len())), (limit - out.len()).min(ROWS_AT_ONCE) as i64);
         let rows = c
             .query(
                 "SELECT tenant, meter, accepted, counted, stored, rated, status FROM close_report
                  WHERE period = $1 AND row >= $2 ORDER BY row LIMIT $3",
-                &[&period, &from, &limit],
+                &[&period, &start, &take],
             )
             .await?;
-        close.report.extend(rows.iter().map(|r| crate::ReportRow {
+        out.extend(rows.iter().map(|r| crate::ReportRow {
             tenant: r.get(0),
             meter: r.get(1),
             accepted: r.get(2),
@@ -930,11 +981,11 @@ async fn read_close(c: &impl GenericClient, period: &str) -> Result<Option<Close
             rated: r.get(5),
             status: r.get(6),
         }));
-        if rows.len() < ROWS_AT_ONCE {
+        if (rows.len() as i64) < take {
             break;
         }
     }
-    Ok(Some(close))
+    Ok(out)
 }
 
 fn summary(close: &Close) -> CloseSummary {

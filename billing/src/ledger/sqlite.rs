@@ -1,7 +1,9 @@
 //! The ledger in SQLite (`billing.db`).
 
 use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
-use super::{Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, LedgerStore, UsedList, close_holder};
+use super::{
+    Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, LedgerStore, Page, Rows, UsedList, close_holder,
+};
 use crate::Error;
 use crate::close::Close;
 use async_trait::async_trait;
@@ -215,6 +217,21 @@ impl LedgerStore for SqliteLedger {
 
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
         self.with(move |c| read_close(c, &period.to_string())).await
+    }
+
+    async fn close_rows(&self, period: Period, rows: Rows, from: usize, limit: usize) -> Result<Option<Page>, Error> {
+        self.with(move |c| {
+            let period = period.to_string();
+            Ok(match rows_apart(c, &period)? {
+                None => None,
+                Some(false) => read_close(c, &period)?.map(|close| Page::of(close, rows, from, limit)),
+                Some(true) => Some(match rows {
+                    Rows::Invoices => Page::Invoices(read_invoices(c, &period, from, limit)?),
+                    Rows::Report => Page::Report(read_report(c, &period, from, limit)?),
+                }),
+            })
+        })
+        .await
     }
 
     async fn close_summaries(&self) -> Result<Vec<CloseSummary>, Error> {
@@ -843,37 +860,61 @@ fn read_close(c: &Connection, period: &str) -> Result<Option<Close>, Error> {
         serde_json::from_slice(&body)?
     };
     if rows_apart {
-        // An invoice's body is its own, or the invoice row's of its id (written once).
-        let mut stmt = c.prepare(
-            "SELECT c.id, CASE WHEN c.body = '' THEN (SELECT i.body FROM invoices i WHERE i.id = c.id) ELSE c.body END
-             FROM close_invoices c WHERE c.period = ?1 ORDER BY c.seq",
-        )?;
-        let rows = stmt.query_map(params![period], |r| Ok((r.get::<_, Option<String>>(0)?, r.get(1)?)))?;
-        for row in rows {
-            let (id, body): (Option<String>, Option<String>) = row?;
-            let body = body.ok_or_else(|| {
-                Error::Corrupt(format!("invoice {} of the close of {period} is gone", id.unwrap_or_default()))
-            })?;
-            close.invoices.push(serde_json::from_str(&body)?);
-        }
-        let mut stmt = c.prepare(
-            "SELECT tenant, meter, accepted, counted, stored, rated, status FROM close_report WHERE period = ?1
-             ORDER BY row",
-        )?;
-        let rows = stmt.query_map(params![period], |r| {
-            Ok(crate::ReportRow {
-                tenant: r.get(0)?,
-                meter: r.get(1)?,
-                accepted: r.get(2)?,
-                counted: r.get(3)?,
-                stored: r.get(4)?,
-                rated: r.get(5)?,
-                status: r.get(6)?,
-            })
-        })?;
-        close.report = rows.collect::<Result<_, _>>()?;
+        close.invoices = read_invoices(c, period, 0, usize::MAX)?;
+        close.report = read_report(c, period, 0, usize::MAX)?;
     }
     Ok(Some(close))
+}
+
+/// Whether `period` is closed, and then whether its close's rows are rows of their own.
+fn rows_apart(c: &Connection, period: &str) -> Result<Option<bool>, Error> {
+    Ok(c.query_row("SELECT rows_apart FROM closes WHERE period = ?1", params![period], |r| r.get(0)).optional()?)
+}
+
+/// The invoices of a close whose rows are apart, from position `from`, at most `limit`.
+fn read_invoices(c: &Connection, period: &str, from: usize, limit: usize) -> Result<Vec<meter_rater::Invoice>, Error> {
+    // An invoice's body is its own, or the invoice row's of its id (written once).
+    let mut stmt = c.prepare_cached(
+        "SELECT c.id, CASE WHEN c.body = '' THEN (SELECT i.body FROM invoices i WHERE i.id = c.id) ELSE c.body END
+         FROM close_invoices c WHERE c.period = ?1 AND c.seq >= ?2 ORDER BY c.seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![period, position(from), position(limit)], |r| {
+        Ok((r.get::<_, Option<String>>(0)?, r.get(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, body): (Option<String>, Option<String>) = row?;
+        let body = body.ok_or_else(|| {
+            Error::Corrupt(format!("invoice {} of the close of {period} is gone", id.unwrap_or_default()))
+        })?;
+        out.push(serde_json::from_str(&body)?);
+    }
+    Ok(out)
+}
+
+/// The report rows of a close whose rows are apart, from position `from`, at most `limit`.
+fn read_report(c: &Connection, period: &str, from: usize, limit: usize) -> Result<Vec<crate::ReportRow>, Error> {
+    let mut stmt = c.prepare_cached(
+        "SELECT tenant, meter, accepted, counted, stored, rated, status FROM close_report
+         WHERE period = ?1 AND row >= ?2 ORDER BY row LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![period, position(from), position(limit)], |r| {
+        Ok(crate::ReportRow {
+            tenant: r.get(0)?,
+            meter: r.get(1)?,
+            accepted: r.get(2)?,
+            counted: r.get(3)?,
+            stored: r.get(4)?,
+            rated: r.get(5)?,
+            status: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A position or a count as SQLite takes it (`usize::MAX`: no limit).
+fn position(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn summary(close: &Close) -> CloseSummary {
@@ -980,6 +1021,16 @@ mod tests {
         assert_eq!(ledger.close_of("2026-10".parse().unwrap()).await.unwrap().unwrap(), big);
         assert_eq!(ledger.close_of("2026-09".parse().unwrap()).await.unwrap().unwrap(), old);
         assert_eq!(ledger.close_of("2026-08".parse().unwrap()).await.unwrap().unwrap(), older);
+        // Closes recorded the old ways read in pages too.
+        for (period, close) in [("2026-09", &old), ("2026-08", &older)] {
+            let period = period.parse().unwrap();
+            let page = |rows, from, limit| ledger.close_rows(period, rows, from, limit);
+            let invoices = |r: std::ops::Range<usize>| Some(super::Page::Invoices(close.invoices[r].to_vec()));
+            assert_eq!(page(super::Rows::Invoices, 1, 2).await.unwrap(), invoices(1..3));
+            assert_eq!(page(super::Rows::Invoices, 3, 2).await.unwrap(), invoices(3..4));
+            let report = Some(super::Page::Report(close.report[48..].to_vec()));
+            assert_eq!(page(super::Rows::Report, 48, 5).await.unwrap(), report);
+        }
         // Recording it again keeps the first (and its rows).
         let mut again = big.clone();
         again.closed_us = 8;
