@@ -20,6 +20,9 @@
 //! usage store counting exactly those events; each close then takes the census of the log too, so
 //! that its report compares all four figures. `CENSUS=0` closes the same set-up without the census.
 //! The set-up is kept in `DIR/SUBSCRIPTIONS-perN-vN`.
+//!
+//! `EXPORTS=1` then exports each close's invoices and report as CSV, as the API answers them
+//! (read and written a page at a time) and as it answered them before (the close read whole).
 
 #[path = "common/events.rs"]
 mod events;
@@ -152,7 +155,51 @@ async fn main() {
         for (stage, at, rss) in marks.lock().unwrap().iter() {
             println!("  {stage} at {:.2} s, RSS {rss}", at.as_secs_f64());
         }
+        drop(closed);
+        if var("EXPORTS", 0) == 1 {
+            exports(&ledger, period.parse().unwrap()).await;
+        }
     }
+}
+
+/// The close's invoices and report as CSV, as the API answers them (a page of rows at a time,
+/// into a sink), then as it answered them before (the close read whole, each list written whole):
+/// the time and the memory of each, its peak over the RSS before it.
+#[allow(clippy::print_stdout)]
+async fn exports(ledger: &Ledger, period: Period) {
+    use meter_billing::export::{Export, Format, Rows};
+    for rows in [Rows::Invoices, Rows::Report] {
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let (before, t) = (proc_status("VmRSS:"), Instant::now());
+        let mut export = Export::open(ledger, period, rows, Format::Csv).await.unwrap().unwrap();
+        let mut bytes = 0;
+        while let Some(piece) = export.next().await.unwrap() {
+            bytes += piece.len();
+        }
+        println!(
+            "  export of the {rows:?} as CSV in pages: {:.1} MB in {:.2} s; RSS before {before}, peak {}",
+            bytes as f64 / 1e6,
+            t.elapsed().as_secs_f64(),
+            proc_status("VmHWM:")
+        );
+    }
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let (before, t) = (proc_status("VmRSS:"), Instant::now());
+    let close = ledger.close_of(period).await.unwrap().unwrap();
+    let invoices = meter_billing::export::invoices_csv(&close.invoices).len();
+    // The report's columns are its fields, in order.
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in &close.report {
+        w.serialize(r).unwrap();
+    }
+    let report = w.into_inner().unwrap().len();
+    println!(
+        "  both exports as before (the close read whole): {:.1} + {:.1} MB in {:.2} s; RSS before {before}, peak {}",
+        invoices as f64 / 1e6,
+        report as f64 / 1e6,
+        t.elapsed().as_secs_f64(),
+        proc_status("VmHWM:")
+    );
 }
 
 /// The usage store and the ledger, with their WAL files where there are some, from `from` to
