@@ -21,8 +21,10 @@
 //! that its report compares all four figures. `CENSUS=0` closes the same set-up without the census.
 //! The set-up is kept in `DIR/SUBSCRIPTIONS-perN-vN`.
 //!
-//! `EXPORTS=1` then exports each close's invoices and report as CSV, as the API answers them
-//! (read and written a page at a time) and as it answered them before (the close read whole).
+//! `KEEP_CLOSED=DIR` keeps the ledger once closed in `DIR`; `LEDGER=DIR EXPORT=paged` (or
+//! `whole`) then exports October's invoices and report from it as CSV, in a process of its own,
+//! as the API answers them (a page of rows at a time) or as it answered them before (the close
+//! read whole).
 
 #[path = "common/events.rs"]
 mod events;
@@ -43,8 +45,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DAY: i64 = 86_400_000_000;
 
-/// Names the kept set-up (`SETUP`): raised whenever `set_up` changes what it writes, so that no
-/// run starts from a set-up an older bench kept.
+/// Names the kept set-up (`SETUP`): raised whenever `set_up`, `count_usage`, `count_log` or the
+/// events of `common/events.rs` change what they write, so that no run starts from a set-up an
+/// older bench kept.
 const SET_UP_VERSION: u32 = 1;
 
 fn at(period: &str, days: i64) -> i64 {
@@ -54,6 +57,9 @@ fn at(period: &str, days: i64) -> i64 {
 #[allow(clippy::print_stdout)]
 #[tokio::main]
 async fn main() {
+    if let (Some(dir), Ok(mode)) = (std::env::var_os("LEDGER"), std::env::var("EXPORT")) {
+        return exports(std::path::Path::new(&dir), &mode).await;
+    }
     let var = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let (n, per) = (var("SUBSCRIPTIONS", 20_000), var("PER", 0));
     let census = per > 0 && var("CENSUS", 1) == 1;
@@ -155,51 +161,52 @@ async fn main() {
         for (stage, at, rss) in marks.lock().unwrap().iter() {
             println!("  {stage} at {:.2} s, RSS {rss}", at.as_secs_f64());
         }
-        drop(closed);
-        if var("EXPORTS", 0) == 1 {
-            exports(&ledger, period.parse().unwrap()).await;
+    }
+    if let Some(keep) = std::env::var_os("KEEP_CLOSED").map(std::path::PathBuf::from) {
+        drop(ledger);
+        std::fs::create_dir_all(&keep).unwrap();
+        for f in ["billing.db", "billing.db-wal"] {
+            if dir.path().join(f).exists() {
+                std::fs::copy(dir.path().join(f), keep.join(f)).unwrap();
+            }
         }
+        println!("the ledger, closed, kept in {}", keep.display());
     }
 }
 
-/// The close's invoices and report as CSV, as the API answers them (a page of rows at a time,
-/// into a sink), then as it answered them before (the close read whole, each list written whole):
-/// the time and the memory of each, its peak over the RSS before it.
+/// October's invoices and report as CSV from the ledger in `dir` (`KEEP_CLOSED`), in this process
+/// alone: as the API answers them now (`paged`: a page of rows at a time, into a sink), or as it
+/// answered them before (`whole`: the close read whole for each, each list written whole). The
+/// time and bytes of each, and its peak memory over the RSS before it.
 #[allow(clippy::print_stdout)]
-async fn exports(ledger: &Ledger, period: Period) {
-    use meter_billing::export::{Export, Format, Rows};
+async fn exports(dir: &std::path::Path, mode: &str) {
+    use meter_billing::export::{Export, Format, Page, Rows, whole};
+    let ledger = Ledger::open(&dir.join("billing.db")).unwrap();
+    let period: Period = "2026-10".parse().unwrap();
     for rows in [Rows::Invoices, Rows::Report] {
         std::fs::write("/proc/self/clear_refs", "5").unwrap();
         let (before, t) = (proc_status("VmRSS:"), Instant::now());
-        let mut export = Export::open(ledger, period, rows, Format::Csv).await.unwrap().unwrap();
-        let mut bytes = 0;
-        while let Some(piece) = export.next().await.unwrap() {
-            bytes += piece.len();
-        }
+        let bytes = match mode {
+            "paged" => {
+                let mut export = Export::open(&ledger, period, rows, Format::Csv).await.unwrap().unwrap();
+                let mut bytes = 0;
+                while let Some(piece) = export.next().await.unwrap() {
+                    bytes += piece.len();
+                }
+                bytes
+            }
+            "whole" => {
+                let close = ledger.close_of(period).await.unwrap().unwrap();
+                whole(&Page::of(close, rows, 0, usize::MAX), Format::Csv).unwrap().len()
+            }
+            _ => panic!("EXPORT=paged or EXPORT=whole"),
+        };
         println!(
-            "  export of the {rows:?} as CSV in pages: {:.1} MB in {:.2} s; RSS before {before}, peak {}",
-            bytes as f64 / 1e6,
+            "export of the {rows:?} as CSV, {mode}: {bytes} bytes in {:.2} s; RSS before {before}, peak {}",
             t.elapsed().as_secs_f64(),
             proc_status("VmHWM:")
         );
     }
-    std::fs::write("/proc/self/clear_refs", "5").unwrap();
-    let (before, t) = (proc_status("VmRSS:"), Instant::now());
-    let close = ledger.close_of(period).await.unwrap().unwrap();
-    let invoices = meter_billing::export::invoices_csv(&close.invoices).len();
-    // The report's columns are its fields, in order.
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in &close.report {
-        w.serialize(r).unwrap();
-    }
-    let report = w.into_inner().unwrap().len();
-    println!(
-        "  both exports as before (the close read whole): {:.1} + {:.1} MB in {:.2} s; RSS before {before}, peak {}",
-        invoices as f64 / 1e6,
-        report as f64 / 1e6,
-        t.elapsed().as_secs_f64(),
-        proc_status("VmHWM:")
-    );
 }
 
 /// The usage store and the ledger, with their WAL files where there are some, from `from` to

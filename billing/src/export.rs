@@ -2,7 +2,10 @@
 //! the ledger a page of rows at a time and written as they are read: an export of a close of a
 //! million invoices holds one page, not the close. The bytes are the same however the rows are
 //! paged: JSON as `serde_json`'s pretty printer writes the whole list (and a newline), CSV with
-//! its header once.
+//! its header once. A period not closed, and a failure to read the first page, are known before
+//! the answer's head is sent; a later failure cuts the answer short (a client sees a body that
+//! ended early, the server logs it). The pages are read as the client takes them, one ledger
+//! read at a time, holding no connection between them.
 
 use crate::close::ReportRow;
 pub use crate::ledger::{Page, Rows};
@@ -29,14 +32,12 @@ pub struct Export {
     ledger: Ledger,
     period: Period,
     rows: Rows,
-    format: Format,
     page: usize,
     /// Where the next page starts among the close's rows.
     from: usize,
     /// The page read by [`Export::open`], written first.
     first: Option<Page>,
-    /// Rows written so far.
-    written: usize,
+    writer: Writer,
     done: bool,
 }
 
@@ -60,11 +61,10 @@ impl Export {
             ledger: ledger.clone(),
             period,
             rows,
-            format,
             page,
             from: first.len(),
             first: Some(first),
-            written: 0,
+            writer: Writer::new(format),
             done: false,
         }))
     }
@@ -86,19 +86,11 @@ impl Export {
             }
         };
         let mut out = Vec::new();
-        let (start, n) = (self.written == 0, page.len());
-        match (&page, self.format) {
-            (Page::Invoices(p), Format::Json) => json_items(&mut out, p, start)?,
-            (Page::Report(p), Format::Json) => json_items(&mut out, p, start)?,
-            (Page::Invoices(p), Format::Csv) => invoice_rows(&mut out, p, start),
-            (Page::Report(p), Format::Csv) => report_rows(&mut out, p, start),
-        }
-        self.written += n;
-        if n < self.page {
+        self.writer.page(&mut out, &page)?;
+        // A short page is the close's last.
+        if page.len() < self.page {
             self.done = true;
-            if self.format == Format::Json {
-                out.extend_from_slice(if self.written == 0 { b"[]\n" } else { b"\n]\n" });
-            }
+            self.writer.end(&mut out);
         }
         Ok(Some(out))
     }
@@ -111,6 +103,50 @@ impl Export {
         }
         Ok(all)
     }
+}
+
+/// Writes a list of rows in a format a page at a time: the same bytes however it is paged.
+/// The one owner of an export's framing (a JSON list's brackets, a CSV header).
+pub struct Writer {
+    format: Format,
+    /// Rows written so far.
+    written: usize,
+}
+
+impl Writer {
+    /// A list not yet begun.
+    pub fn new(format: Format) -> Self {
+        Writer { format, written: 0 }
+    }
+
+    /// Appends `page`'s rows to `out`, opening the list with the first.
+    pub fn page(&mut self, out: &mut Vec<u8>, page: &Page) -> Result<(), Error> {
+        let start = self.written == 0;
+        match (page, self.format) {
+            (Page::Invoices(p), Format::Json) => json_items(out, p, start)?,
+            (Page::Report(p), Format::Json) => json_items(out, p, start)?,
+            (Page::Invoices(p), Format::Csv) => invoice_rows(out, p, start),
+            (Page::Report(p), Format::Csv) => report_rows(out, p, start),
+        }
+        self.written += page.len();
+        Ok(())
+    }
+
+    /// Ends the list: a JSON list's closing bracket (or `[]` when it had no row) and newline.
+    pub fn end(&self, out: &mut Vec<u8>) {
+        if self.format == Format::Json {
+            out.extend_from_slice(if self.written == 0 { b"[]\n" } else { b"\n]\n" });
+        }
+    }
+}
+
+/// `rows` written whole, in one page (a list held in memory).
+pub fn whole(rows: &Page, format: Format) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    let mut w = Writer::new(format);
+    w.page(&mut out, rows)?;
+    w.end(&mut out);
+    Ok(out)
 }
 
 /// `items` as the middle of a pretty-printed JSON list: `serde_json` writes each element of a
@@ -201,25 +237,13 @@ mod tests {
     use super::*;
     use crate::ledger::contract::report;
 
-    /// `rows` written in pages of `page` as `Export::next` writes them.
+    /// `rows` written in pages of `page`, each a page of the list (the last may be empty).
     fn paged(rows: &[ReportRow], page: usize, format: Format) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut written = 0;
-        let mut chunks: Vec<&[ReportRow]> = rows.chunks(page).collect();
-        // A last page shorter than `page` ends the export; a full one is followed by an empty one.
-        if rows.len().is_multiple_of(page) {
-            chunks.push(&[]);
+        let (mut out, mut w) = (Vec::new(), Writer::new(format));
+        for chunk in rows.chunks(page).chain([&[][..]]) {
+            w.page(&mut out, &Page::Report(chunk.to_vec())).unwrap();
         }
-        for chunk in chunks {
-            match format {
-                Format::Json => json_items(&mut out, chunk, written == 0).unwrap(),
-                Format::Csv => report_rows(&mut out, chunk, written == 0),
-            }
-            written += chunk.len();
-        }
-        if format == Format::Json {
-            out.extend_from_slice(if written == 0 { b"[]\n" } else { b"\n]\n" });
-        }
+        w.end(&mut out);
         out
     }
 
@@ -228,9 +252,10 @@ mod tests {
         for n in [0, 1, 2, 5, 7] {
             let rows = report(n);
             let json = serde_json::to_string_pretty(&rows).unwrap() + "\n";
-            let csv = String::from_utf8(paged(&rows, usize::MAX, Format::Csv)).unwrap();
+            let csv = String::from_utf8(whole(&Page::Report(rows.clone()), Format::Csv).unwrap()).unwrap();
             assert!(csv.starts_with("tenant,meter,accepted,counted,stored,rated,status\n"), "{csv}");
             assert_eq!(csv.lines().count(), n + 1, "{csv}");
+            assert_eq!(String::from_utf8(whole(&Page::Report(rows.clone()), Format::Json).unwrap()).unwrap(), json);
             for page in [1, 2, 3, 5, 100] {
                 assert_eq!(
                     String::from_utf8(paged(&rows, page, Format::Json)).unwrap(),
@@ -248,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_report_row_is_quoted_where_csv_needs_it() {
-        let csv = String::from_utf8(paged(&report(2), 1, Format::Csv)).unwrap();
+        let csv = String::from_utf8(whole(&Page::Report(report(2)), Format::Csv).unwrap()).unwrap();
         assert_eq!(
             csv,
             "tenant,meter,accepted,counted,stored,rated,status\n\"t\"\"0, é\",api_calls,0.50,0,,0,ok\n\

@@ -148,7 +148,8 @@ pub trait LedgerStore: Send + Sync {
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error>;
 
     /// The close of `period`'s `rows` from position `from`, at most `limit`, in the close's order
-    /// (fewer, or none, at its end); `None` if the period is not closed.
+    /// (fewer, or none, at its end); `None` if the period is not closed. (A close recorded before
+    /// its rows were kept apart is read whole for each page.)
     async fn close_rows(&self, period: Period, rows: Rows, from: usize, limit: usize) -> Result<Option<Page>, Error>;
 
     /// What every recorded close rated, oldest first.
