@@ -10,6 +10,7 @@ use crate::items::{Item, plan_items};
 use crate::provider::{Held, Provider};
 use futures_util::StreamExt;
 use meter_billing::Ledger;
+use meter_billing::export::{PAGE, Page, Pages, Rows};
 use meter_billing::ledger::outbox::{OpKind, OpState};
 use meter_schemas::Period;
 use serde::Serialize;
@@ -86,10 +87,16 @@ pub async fn reconcile(ledger: &Ledger, provider: &dyn Provider, period: Period)
         .collect()
         .await;
     // The close's report, by tenant (a report row per tenant and meter: looked up, not scanned,
-    // for each of thousands of invoices).
+    // for each of thousands of invoices), read a page at a time without the close's invoices.
     let mut report: BTreeMap<String, Vec<_>> = BTreeMap::new();
-    for r in ledger.close_of(period).await?.map(|c| c.report).unwrap_or_default() {
-        report.entry(r.tenant.clone()).or_default().push(r);
+    if let Some(mut pages) = Pages::open(ledger, period, Rows::Report, PAGE).await? {
+        while let Some(page) = pages.next().await? {
+            if let Page::Report(rows) = page {
+                for r in rows {
+                    report.entry(r.tenant.clone()).or_default().push(r);
+                }
+            }
+        }
     }
     for row in checked {
         let mut row = row?;

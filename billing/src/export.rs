@@ -27,18 +27,66 @@ pub enum Format {
 /// Rows read from the ledger at a time: a thousand invoices are a few megabytes.
 pub const PAGE: usize = 1_000;
 
-/// An export being written: [`Export::next`] gives its bytes a page at a time.
-pub struct Export {
+/// A recorded close's rows read a page at a time: what every reader of a whole close's rows
+/// (its exports, the invoice search, the reconciliation's report) walks, holding one page.
+pub struct Pages {
     ledger: Ledger,
     period: Period,
     rows: Rows,
     page: usize,
     /// Where the next page starts among the close's rows.
     from: usize,
-    /// The page read by [`Export::open`], written first.
+    /// The page read by [`Pages::open`], given first.
     first: Option<Page>,
-    writer: Writer,
+    /// A short page was given: it was the close's last.
     done: bool,
+}
+
+impl Pages {
+    /// `period`'s `rows`, `page` at a time (at least one); `None` when `period` is not closed.
+    pub async fn open(ledger: &Ledger, period: Period, rows: Rows, page: usize) -> Result<Option<Pages>, Error> {
+        let page = page.max(1);
+        let Some(first) = ledger.close_rows(period, rows, 0, page).await? else { return Ok(None) };
+        Ok(Some(Pages {
+            ledger: ledger.clone(),
+            period,
+            rows,
+            page,
+            from: first.len(),
+            first: Some(first),
+            done: false,
+        }))
+    }
+
+    /// The next page, or `None` after the last (a page shorter than asked, possibly empty).
+    pub async fn next(&mut self) -> Result<Option<Page>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = match self.first.take() {
+            Some(first) => first,
+            None => {
+                let gone = || Error::Corrupt(format!("the close of {} went away while it was read", self.period));
+                let page =
+                    self.ledger.close_rows(self.period, self.rows, self.from, self.page).await?.ok_or_else(gone)?;
+                self.from += page.len();
+                page
+            }
+        };
+        self.done = page.len() < self.page;
+        Ok(Some(page))
+    }
+
+    /// Whether the page last given was the last.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+}
+
+/// An export being written: [`Export::next`] gives its bytes a page at a time.
+pub struct Export {
+    pages: Pages,
+    writer: Writer,
 }
 
 impl Export {
@@ -55,41 +103,17 @@ impl Export {
         format: Format,
         page: usize,
     ) -> Result<Option<Export>, Error> {
-        let page = page.max(1);
-        let Some(first) = ledger.close_rows(period, rows, 0, page).await? else { return Ok(None) };
-        Ok(Some(Export {
-            ledger: ledger.clone(),
-            period,
-            rows,
-            page,
-            from: first.len(),
-            first: Some(first),
-            writer: Writer::new(format),
-            done: false,
-        }))
+        let pages = Pages::open(ledger, period, rows, page).await?;
+        Ok(pages.map(|pages| Export { pages, writer: Writer::new(format) }))
     }
 
     /// The next piece of the export, or `None` once it is all written. Every piece but the last
     /// holds a page of rows.
     pub async fn next(&mut self) -> Result<Option<Vec<u8>>, Error> {
-        if self.done {
-            return Ok(None);
-        }
-        let page = match self.first.take() {
-            Some(first) => first,
-            None => {
-                let gone = || Error::Corrupt(format!("the close of {} went away while it was exported", self.period));
-                let page =
-                    self.ledger.close_rows(self.period, self.rows, self.from, self.page).await?.ok_or_else(gone)?;
-                self.from += page.len();
-                page
-            }
-        };
+        let Some(page) = self.pages.next().await? else { return Ok(None) };
         let mut out = Vec::new();
         self.writer.page(&mut out, &page)?;
-        // A short page is the close's last.
-        if page.len() < self.page {
-            self.done = true;
+        if self.pages.done() {
             self.writer.end(&mut out);
         }
         Ok(Some(out))

@@ -60,47 +60,81 @@ pub struct Query {
 
 /// The invoices of `invoices` that `q` finds, a page of them, by tenant then id.
 pub fn search(invoices: &[Invoice], q: &Query) -> Search {
-    let (needle, with_empty, offset, limit) = (q.text.to_lowercase(), q.with_empty, q.offset, q.limit);
-    let mut matches: Vec<&Invoice> = invoices
-        .iter()
-        .filter(|i| with_empty || !i.lines.is_empty())
-        .filter(|i| q.tenant.as_ref().is_none_or(|t| *t == i.tenant))
-        .filter(|i| {
-            needle.is_empty() || i.tenant.to_lowercase().contains(&needle) || i.id.to_lowercase().contains(&needle)
-        })
-        .collect();
-    matches.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
-    let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
-    for i in &matches {
-        *totals.entry(i.currency.code().to_string()).or_default() += i.total;
-    }
-    let page = matches
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|i| Found {
-            id: i.id.clone(),
-            tenant: i.tenant.clone(),
-            subscription: i.subscription.clone(),
-            currency: i.currency.code().to_string(),
-            total: i.total,
-            lines: i.lines.len(),
-        })
-        .collect();
-    Search { matched: matches.len(), totals, offset, invoices: page }
+    let mut m = Matches::new(q);
+    m.add(invoices);
+    m.page()
 }
 
-/// [`search`] among the invoices of `period`'s close; `None` when it is not closed.
+/// What a search found so far, invoices given a page at a time: each match without its lines.
+struct Matches<'q> {
+    q: &'q Query,
+    needle: String,
+    found: Vec<Found>,
+    totals: BTreeMap<String, Decimal>,
+}
+
+impl<'q> Matches<'q> {
+    fn new(q: &'q Query) -> Self {
+        Matches { q, needle: q.text.to_lowercase(), found: Vec::new(), totals: BTreeMap::new() }
+    }
+
+    fn add(&mut self, invoices: &[Invoice]) {
+        let (q, needle) = (self.q, &self.needle);
+        let matching = invoices
+            .iter()
+            .filter(|i| q.with_empty || !i.lines.is_empty())
+            .filter(|i| q.tenant.as_ref().is_none_or(|t| *t == i.tenant))
+            .filter(|i| {
+                needle.is_empty() || i.tenant.to_lowercase().contains(needle) || i.id.to_lowercase().contains(needle)
+            });
+        for i in matching {
+            *self.totals.entry(i.currency.code().to_string()).or_default() += i.total;
+            self.found.push(Found {
+                id: i.id.clone(),
+                tenant: i.tenant.clone(),
+                subscription: i.subscription.clone(),
+                currency: i.currency.code().to_string(),
+                total: i.total,
+                lines: i.lines.len(),
+            });
+        }
+    }
+
+    /// The matches by tenant then id, and the page asked for.
+    fn page(mut self) -> Search {
+        self.found.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
+        let matched = self.found.len();
+        let invoices = self.found.into_iter().skip(self.q.offset).take(self.q.limit).collect();
+        Search { matched, totals: self.totals, offset: self.q.offset, invoices }
+    }
+}
+
+/// [`search`] among the invoices of `period`'s close, read a page at a time (holding what each
+/// match shows, not the invoices); `None` when it is not closed.
 pub async fn of(
     ledger: &crate::Ledger,
     period: meter_schemas::Period,
     q: &Query,
 ) -> Result<Option<Search>, crate::Error> {
-    if !ledger.close_summaries().await?.iter().any(|s| s.period == period) {
-        return Ok(None);
+    of_in_pages(ledger, period, q, crate::export::PAGE).await
+}
+
+/// [`of`], reading `page` invoices at a time.
+pub(crate) async fn of_in_pages(
+    ledger: &crate::Ledger,
+    period: meter_schemas::Period,
+    q: &Query,
+    page: usize,
+) -> Result<Option<Search>, crate::Error> {
+    use crate::export::{Page, Pages, Rows};
+    let Some(mut pages) = Pages::open(ledger, period, Rows::Invoices, page).await? else { return Ok(None) };
+    let mut m = Matches::new(q);
+    while let Some(page) = pages.next().await? {
+        if let Page::Invoices(invoices) = page {
+            m.add(&invoices);
+        }
     }
-    let invoices = ledger.invoices_between(period, period).await?;
-    Ok(Some(search(&invoices, q)))
+    Ok(Some(m.page()))
 }
 
 #[cfg(test)]

@@ -279,6 +279,19 @@ pub async fn a_close_reads_in_pages_and_exports_the_same_bytes(store: Arc<dyn Le
     for rows in [Rows::Invoices, Rows::Report] {
         assert!(Export::open(&ledger, december, rows, Format::Json).await.unwrap().is_none(), "not closed");
     }
+    // The invoice search reads the close in pages too, and finds what it finds in the whole list.
+    use crate::search::{Query, of_in_pages, search};
+    for q in [
+        Query { limit: 10, ..Query::default() },
+        Query { text: "C".into(), offset: 1, limit: 1, ..Query::default() },
+        Query { with_empty: true, offset: 2, limit: 2, ..Query::default() },
+    ] {
+        for page in [1, 2, 100] {
+            let found = of_in_pages(&ledger, october, &q, page).await.unwrap().unwrap();
+            assert_eq!(found, search(&close.invoices, &q), "{q:?}, pages of {page}");
+        }
+        assert_eq!(of_in_pages(&ledger, december, &q, 2).await.unwrap(), None, "not closed");
+    }
 }
 
 /// `n` report rows whose tenants need quoting in CSV and escaping in JSON, some figures
