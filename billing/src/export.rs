@@ -27,8 +27,9 @@ pub enum Format {
 /// Rows read from the ledger at a time: a thousand invoices are a few megabytes.
 pub const PAGE: usize = 1_000;
 
-/// A recorded close's rows read a page at a time: what every reader of a whole close's rows
-/// (its exports, the invoice search, the reconciliation's report) walks, holding one page.
+/// A recorded close's rows read a page at a time (a close recorded before its rows were kept
+/// apart comes whole, in one page): what the exports, the invoice search and the
+/// reconciliation's report walk, so that none of them reads the whole close.
 pub struct Pages {
     ledger: Ledger,
     period: Period,

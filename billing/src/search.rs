@@ -199,6 +199,8 @@ mod tests {
         // Everything, per currency; the empty invoice only when asked.
         let every = search(&all, &q("", false, 0, 10));
         assert_eq!(every.matched, 4);
+        let tenants: Vec<&str> = every.invoices.iter().map(|f| f.tenant.as_str()).collect();
+        assert_eq!(tenants, ["acme", "acme-labs", "globex", "hooli"], "by tenant");
         assert_eq!(every.totals["EUR"], "10.00".parse::<Decimal>().unwrap());
         assert_eq!(search(&all, &q("", true, 0, 10)).matched, 5);
         assert!(search(&all, &q("nobody", true, 0, 10)).invoices.is_empty());

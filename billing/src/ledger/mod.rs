@@ -53,11 +53,11 @@ impl Page {
         self.len() == 0
     }
 
-    /// `close`'s `rows` from position `from`, at most `limit` (a close held whole).
-    pub fn of(close: Close, rows: Rows, from: usize, limit: usize) -> Page {
+    /// `close`'s `rows` from position `from` (a close held whole).
+    pub fn of(close: Close, rows: Rows, from: usize) -> Page {
         match rows {
-            Rows::Invoices => Page::Invoices(close.invoices.into_iter().skip(from).take(limit).collect()),
-            Rows::Report => Page::Report(close.report.into_iter().skip(from).take(limit).collect()),
+            Rows::Invoices => Page::Invoices(close.invoices.into_iter().skip(from).collect()),
+            Rows::Report => Page::Report(close.report.into_iter().skip(from).collect()),
         }
     }
 }
@@ -148,8 +148,9 @@ pub trait LedgerStore: Send + Sync {
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error>;
 
     /// The close of `period`'s `rows` from position `from`, at most `limit`, in the close's order
-    /// (fewer, or none, at its end); `None` if the period is not closed. (A close recorded before
-    /// its rows were kept apart is read whole for each page.)
+    /// (fewer, or none, at its end); `None` if the period is not closed. A close recorded before
+    /// its rows were kept apart is stored whole, and read whole: it gives every row from `from`
+    /// at once, whatever `limit`, so that a reader going through it reads it once.
     async fn close_rows(&self, period: Period, rows: Rows, from: usize, limit: usize) -> Result<Option<Page>, Error>;
 
     /// What every recorded close rated, oldest first.

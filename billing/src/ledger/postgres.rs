@@ -243,7 +243,7 @@ impl LedgerStore for PgLedger {
                 let period = period.to_string();
                 Ok(match rows_apart(&c, &period).await? {
                     None => None,
-                    Some(false) => read_close(&c, &period).await?.map(|close| Page::of(close, rows, from, limit)),
+                    Some(false) => read_close(&c, &period).await?.map(|close| Page::of(close, rows, from)),
                     Some(true) => Some(match rows {
                         Rows::Invoices => Page::Invoices(read_invoices(&c, &period, from, limit).await?),
                         Rows::Report => Page::Report(read_report(&c, &period, from, limit).await?),
