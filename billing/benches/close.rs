@@ -24,7 +24,7 @@
 //! `KEEP_CLOSED=DIR` keeps the ledger once closed in `DIR`; `LEDGER=DIR EXPORT=paged` (or
 //! `whole`) then exports October's invoices and report from it as CSV, in a process of its own,
 //! as the API answers them (a page of rows at a time) or as it answered them before (the close
-//! read whole).
+//! read whole). `LEDGER=DIR SEARCH=paged` (or `whole`) times October's invoice search the same way.
 
 #[path = "common/events.rs"]
 mod events;
@@ -59,6 +59,9 @@ fn at(period: &str, days: i64) -> i64 {
 async fn main() {
     if let (Some(dir), Ok(mode)) = (std::env::var_os("LEDGER"), std::env::var("EXPORT")) {
         return exports(std::path::Path::new(&dir), &mode).await;
+    }
+    if let (Some(dir), Ok(mode)) = (std::env::var_os("LEDGER"), std::env::var("SEARCH")) {
+        return search(std::path::Path::new(&dir), &mode).await;
     }
     let var = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let (n, per) = (var("SUBSCRIPTIONS", 20_000), var("PER", 0));
@@ -203,6 +206,33 @@ async fn exports(dir: &std::path::Path, mode: &str) {
         };
         println!(
             "export of the {rows:?} as CSV, {mode}: {bytes} bytes in {:.2} s; RSS before {before}, peak {}",
+            t.elapsed().as_secs_f64(),
+            proc_status("VmHWM:")
+        );
+    }
+}
+
+/// October's invoice search from the ledger in `dir` (`KEEP_CLOSED`), in this process alone, for
+/// every invoice with lines (the console's search before anything is typed) and for one tenant's
+/// name: as the API answers it now (`paged`: the close's invoices a page at a time) or as it did
+/// before (`whole`: the period's invoices read whole). The time, the matches and the peak memory.
+#[allow(clippy::print_stdout)]
+async fn search(dir: &std::path::Path, mode: &str) {
+    use meter_billing::search::{Query, of, search};
+    let ledger = Ledger::open(&dir.join("billing.db")).unwrap();
+    let period: Period = "2026-10".parse().unwrap();
+    for text in ["", "tenant-0123456"] {
+        let q = Query { text: text.into(), limit: 50, ..Query::default() };
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let (before, t) = (proc_status("VmRSS:"), Instant::now());
+        let found = match mode {
+            "paged" => of(&ledger, period, &q).await.unwrap().unwrap(),
+            "whole" => search(&ledger.invoices_between(period, period).await.unwrap(), &q),
+            _ => panic!("SEARCH=paged or SEARCH=whole"),
+        };
+        println!(
+            "search {text:?}, {mode}: {} matched in {:.2} s; RSS before {before}, peak {}",
+            found.matched,
             t.elapsed().as_secs_f64(),
             proc_status("VmHWM:")
         );
