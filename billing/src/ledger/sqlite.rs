@@ -967,6 +967,23 @@ mod tests {
         Close { report: vec![row; 50], invoices, ..super::super::contract::a_close(period, revises) }
     }
 
+    /// A close gone between two pages of a read (closes are never deleted: only a damaged ledger
+    /// does this) fails the read, naming the period, rather than ending it as if complete.
+    #[tokio::test]
+    async fn a_close_gone_between_pages_fails_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("billing.db");
+        let ledger = super::super::Ledger::new(std::sync::Arc::new(SqliteLedger::open(&path).unwrap()));
+        let book = PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap();
+        ledger.record(a_close("2026-10", &[]), book.version("2026-01").unwrap()).await.unwrap();
+        let october = "2026-10".parse().unwrap();
+        let mut pages = crate::export::Pages::open(&ledger, october, super::Rows::Report, 10).await.unwrap().unwrap();
+        assert_eq!(pages.next().await.unwrap().unwrap().len(), 10);
+        Connection::open(&path).unwrap().execute("DELETE FROM closes WHERE period = '2026-10'", []).unwrap();
+        let e = pages.next().await.unwrap_err();
+        assert!(matches!(&e, Error::Corrupt(m) if m.contains("2026-10")), "{e}");
+    }
+
     /// A close's invoices and report rows are rows of their own and read back the same; a body
     /// too long for one value is kept in parts; what later closes need is read without it;
     /// closes recorded the old ways (whole, in one value or in parts, without a summary) still
