@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use meter_auth::Role;
 use meter_billing::export::{Export, Format, Rows};
-use meter_billing::{Close, ReportRow};
+use meter_billing::ledger::Closed;
 use meter_rater::subscription::allowed;
 use meter_rater::{Command, Cycle, Entry, Setup, State as SubState, Subscription};
 use meter_schemas::period::{format_time, now_us};
@@ -267,7 +267,8 @@ pub async fn change_subscription(
     Ok(Json(SubscriptionView::of(sub, now)))
 }
 
-/// A close, without its drafts (they export separately).
+/// A close, without its rows: its drafts and its report export separately
+/// (`/api/v1/periods/{period}/invoices` and `/report`).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CloseSummary {
     /// `YYYY-MM`.
@@ -287,22 +288,20 @@ pub struct CloseSummary {
     pub totals: BTreeMap<String, String>,
     /// Report rows whose figures differ.
     pub differences: usize,
-    /// The reconciliation report.
-    pub report: Vec<ReportRow>,
 }
 
-impl From<&Close> for CloseSummary {
-    fn from(c: &Close) -> Self {
+impl From<&Closed> for CloseSummary {
+    fn from(closed: &Closed) -> Self {
+        let c = &closed.header;
         CloseSummary {
             period: c.period.to_string(),
             closed_at: c.closed_at.clone(),
             watermark: c.watermark.clone(),
             complete: c.complete,
             price_version: c.price_version.clone(),
-            invoices: c.invoices.len(),
+            invoices: closed.invoices,
             totals: c.totals.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-            differences: c.report.iter().filter(|r| r.status != "ok").count(),
-            report: c.report.clone(),
+            differences: closed.differences,
         }
     }
 }
@@ -343,7 +342,7 @@ pub async fn close_period(
             meter_billing::close(&st.billing.subscriptions.ledger, period, &st.billing.sources, now_us(), &report)
                 .await;
         if let Ok(c) = &closed {
-            tracing::info!(%period, key = %who.key_id, invoices = c.invoices.len(), complete = c.complete, "period closed");
+            tracing::info!(%period, key = %who.key_id, invoices = c.invoices, complete = c.header.complete, "period closed");
         }
         closed
     });

@@ -29,6 +29,7 @@
 #[path = "common/events.rs"]
 mod events;
 
+use meter_billing::export::{PAGE, Page, Pages, Rows};
 use meter_billing::testing::{proc_io, proc_status};
 use meter_billing::{Ledger, Progress as Stage, close};
 use meter_eventlog::{EventLog, SqliteLog};
@@ -127,10 +128,12 @@ async fn main() {
         let mark = |p: Stage| match p {
             Stage::Census { read: 0 } => marks.lock().unwrap().push(("census", t.elapsed(), proc_status("VmRSS:"))),
             Stage::Totals => marks.lock().unwrap().push(("totals", t.elapsed(), proc_status("VmRSS:"))),
-            // The first 10,000 rated: the totals, the freeze and the subscriptions' list are done.
-            Stage::Rating { done: 10_000, of: 0 } => {
-                marks.lock().unwrap().push(("10,000 rated", t.elapsed(), proc_status("VmRSS:")))
+            // The first part rated (5,000 tenants): the totals, the freeze and the subscriptions'
+            // list are done.
+            Stage::Rating { done, of } if done < of && !marks.lock().unwrap().iter().any(|m| m.0 == "first part") => {
+                marks.lock().unwrap().push(("first part", t.elapsed(), proc_status("VmRSS:")))
             }
+            // Every part rated (each recorded as it comes: the last is still being written).
             Stage::Rating { done, of } if done == of => {
                 marks.lock().unwrap().push(("rated", t.elapsed(), proc_status("VmRSS:")))
             }
@@ -140,13 +143,22 @@ async fn main() {
         let took = t.elapsed();
         let written = proc_io("wchar:") - written;
         let (after, peak) = (proc_status("VmRSS:"), proc_status("VmHWM:"));
-        let lines: usize = closed.invoices.iter().map(|i| i.lines.len()).sum();
-        let bytes = serde_json::to_vec(&closed).unwrap().len();
+        // Read back a page at a time, after the close and its peak.
+        let (mut lines, mut bytes, mut rows) = (0, 0, 0);
+        for what in [Rows::Invoices, Rows::Report] {
+            let mut pages = Pages::open(&ledger, closed.header.period, what, PAGE).await.unwrap().unwrap();
+            while let Some(page) = pages.next().await.unwrap() {
+                bytes += serde_json::to_vec(&page).unwrap().len();
+                match page {
+                    Page::Invoices(p) => lines += p.iter().map(|i| i.lines.len()).sum::<usize>(),
+                    Page::Report(p) => rows += p.len(),
+                }
+            }
+        }
         println!(
-            "close {period}: {} invoices, {lines} lines, {} report rows ({} differ), {:.1} MB as JSON, in {:.2} s",
-            closed.invoices.len(),
-            closed.report.len(),
-            closed.report.iter().filter(|r| r.status != "ok").count(),
+            "close {period}: {} invoices, {lines} lines, {rows} report rows ({} differ), {:.1} MB as JSON, in {:.2} s",
+            closed.invoices,
+            closed.differences,
             bytes as f64 / 1e6,
             took.as_secs_f64()
         );

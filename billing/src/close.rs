@@ -1,6 +1,7 @@
 //! Period close: freeze a period at a watermark, rate every subscription, carry late events of
 //! earlier closes into adjustment lines, reconcile, and record the drafts once.
 
+use crate::ledger::{Closed, Part};
 use crate::{Error, Ledger, metric};
 use meter_eventlog::EventLog;
 use meter_rater::{Invoice, PriceBook, PriceList, Subscription, Usage, adjustments, rate};
@@ -11,9 +12,9 @@ use rayon::prelude::*;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Where a close reads its figures.
 pub struct Sources {
@@ -118,15 +119,16 @@ pub struct Close {
 }
 
 /// Closes `period` at `now_us`, or returns the close already recorded for it (so running it
-/// again gives the same drafts, byte for byte).
+/// again gives the same drafts, byte for byte). Answers the close without its rows, which are
+/// read a page at a time ([`Ledger::close_rows`]).
 pub async fn close(
     ledger: &Ledger,
     period: Period,
     src: &Sources,
     now_us: i64,
     progress: &(dyn Fn(Progress) + Send + Sync),
-) -> Result<Close, Error> {
-    if let Some(done) = ledger.close_of(period).await? {
+) -> Result<Closed, Error> {
+    if let Some(done) = ledger.closed(period).await? {
         return Ok(done);
     }
     let lease = CloseLease::take(ledger, period).await?;
@@ -191,13 +193,16 @@ impl CloseLease {
     /// Fails once another process took the lease over (this one stalled past it): the close
     /// stops before it freezes or records anything more.
     fn check(&self) -> Result<(), Error> {
-        match &*self.lost.lock().unwrap_or_else(|e| e.into_inner()) {
+        (self.watch())()
+    }
+
+    /// [`CloseLease::check`], for a thread of the close.
+    fn watch(&self) -> Box<dyn Fn() -> Result<(), Error> + Send + Sync> {
+        let lost = self.lost.clone();
+        Box::new(move || match &*lost.lock().unwrap_or_else(|e| e.into_inner()) {
             None => Ok(()),
-            Some((holder, period)) => Err(Error::Conflict(format!(
-                "this close stalled past its lease and {} took over the close of {}; retry once it finishes",
-                holder, period
-            ))),
-        }
+            Some((holder, period)) => Err(lost_to(holder, *period)),
+        })
     }
 
     async fn give_back(mut self) {
@@ -207,6 +212,13 @@ impl CloseLease {
             tracing::warn!(error = %e, "giving the close lease back failed; it runs out by itself");
         }
     }
+}
+
+/// What a close that lost its lease to `holder`, closing `period`, fails with.
+fn lost_to(holder: &str, period: Period) -> Error {
+    Error::Conflict(format!(
+        "this close stalled past its lease and {holder} took over the close of {period}; retry once it finishes"
+    ))
 }
 
 impl Drop for CloseLease {
@@ -230,9 +242,9 @@ async fn close_holding(
     now_us: i64,
     progress: &(dyn Fn(Progress) + Send + Sync),
     lease: &CloseLease,
-) -> Result<Close, Error> {
+) -> Result<Closed, Error> {
     // Another process may have recorded it just before this one took the lease.
-    if let Some(done) = ledger.close_of(period).await? {
+    if let Some(done) = ledger.closed(period).await? {
         return Ok(done);
     }
     let started = std::time::Instant::now();
@@ -276,32 +288,95 @@ async fn close_holding(
     // From here on no change may be dated inside the period: the close reads the trails now.
     lease.check()?;
     ledger.freeze(period).await?;
-    let subscriptions = ledger.list(None).await?;
-    let subscribed: BTreeSet<String> = subscriptions.iter().map(|s| s.tenant.clone()).collect();
-    let rated = rate_all(subscriptions, stored.clone(), period, list.clone(), watermark_us, progress).await?;
-    // Usage is the tenant's: of two subscriptions in one period (one ended, the next began), the
-    // later one bills it.
-    let mut owner: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, (sub, inv)) in rated.iter().enumerate() {
-        if inv.plan.is_some() {
-            owner.insert(sub.tenant.clone(), i);
+    let mut subscriptions = ledger.list(None).await?;
+    // By tenant, each tenant's oldest first (a stable sort of the list's order), so that the
+    // close walks the tenants in order, a range at a time.
+    subscriptions.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    let (revisions, adjustments) = revise(ledger, src, &closes, &subscriptions, list, watermark_us, progress).await?;
+    let header = Close {
+        period,
+        closed_at: format_time(now_us),
+        closed_us: now_us,
+        watermark: format_time(watermark_us),
+        watermark_us,
+        complete: watermark_us >= period.end_us() + src.lateness_us,
+        price_version: list.version.clone(),
+        invoices: Vec::new(),
+        totals: BTreeMap::new(),
+        report: Vec::new(),
+        revisions,
+    };
+    // The rows are made a range of tenants at a time, off the async runtime, and recorded as
+    // they come: neither the invoices nor the report is ever held whole.
+    let (parts, recording) = tokio::sync::mpsc::channel(2);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let walk = Walk {
+        catalog: src.catalog.clone(),
+        period,
+        list: list.clone(),
+        watermark_us,
+        accepted,
+        counted,
+        stored,
+        subscriptions,
+        adjustments,
+        live: lease.watch(),
+        tenants_a_part: TENANTS_A_PART,
+    };
+    let made = tokio::task::spawn_blocking(move || {
+        walk.run(&parts, &|done, of| {
+            let _ = done_tx.send((done, of));
+        })
+    });
+    let made = async { made.await.map_err(task_failed)? };
+    let told = async {
+        while let Some((done, of)) = done_rx.recv().await {
+            progress(Progress::Rating { done, of });
         }
+    };
+    let (made, recorded, ()) = tokio::join!(made, ledger.record_parts(header, list, recording), told);
+    // What stopped the rows stops the close; otherwise the recording says what stands.
+    made?;
+    let recorded = recorded?;
+    if recorded.header.closed_us == now_us {
+        metrics::counter!(metric::CLOSES).increment(1);
+        metrics::counter!(metric::INVOICES).increment(recorded.invoices as u64);
+        metrics::counter!(metric::DIFFERENCES).increment(recorded.differences as u64);
+        metrics::histogram!(metric::CLOSE_DURATION).record(started.elapsed().as_secs_f64());
     }
-    let mut invoices: BTreeMap<(String, &'static str), Invoice> = BTreeMap::new();
-    for (i, (sub, mut inv)) in rated.into_iter().enumerate() {
-        if inv.plan.is_some() && owner.get(&sub.tenant) != Some(&i) {
-            inv = rate(&sub.tenant, &sub.id, &sub.entries, period, None, list).map_err(|e| unratable(&sub, e))?;
-        }
-        if !inv.lines.is_empty() {
-            invoices.insert((sub.id.clone(), inv.currency.code()), inv);
-        }
-    }
-    progress(Progress::Rating { done: invoices.len(), of: invoices.len() });
+    Ok(recorded)
+}
 
+/// Tenants a part of the close holds: its rows are made and recorded this many tenants at a
+/// time.
+const TENANTS_A_PART: usize = 5_000;
+
+/// Adjustment lines of earlier periods for one subscription's invoice in one currency: the list
+/// (in that currency) an invoice of its own starts from, and the lines, in the order made.
+#[cfg_attr(test, derive(Clone))]
+struct Adjustment {
+    subscription: String,
+    list: PriceList,
+    lines: Vec<meter_rater::Line>,
+}
+
+/// Rates again each earlier period closed before its lateness window ended, on today's totals:
+/// the revisions (the baseline of their next adjustments) and, by tenant, the adjustment lines
+/// for this close's invoices.
+async fn revise(
+    ledger: &Ledger,
+    src: &Sources,
+    closes: &[crate::ledger::CloseSummary],
+    subscriptions: &[Subscription],
+    list: &PriceList,
+    watermark_us: i64,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<(BTreeMap<Period, Vec<Invoice>>, BTreeMap<String, Vec<Adjustment>>), Error> {
     let mut revisions = BTreeMap::new();
-    // Read once, when an earlier period needs rating again, as recorded (not advanced).
-    let recorded = tokio::sync::OnceCell::new();
-    for earlier in &closes {
+    let mut adjusting: BTreeMap<String, Vec<Adjustment>> = BTreeMap::new();
+    // Indexed once, when an earlier period needs rating again, as recorded (not advanced).
+    let mut recorded: Option<BTreeMap<&str, &Subscription>> = None;
+    for earlier in closes {
         // A period can still change until a close (its own or a later one's revision) saw a
         // watermark past its end plus the lateness window.
         let settled = earlier.period.end_us() + src.lateness_us;
@@ -326,16 +401,12 @@ async fn close_holding(
         let earlier_list = src.book.version(&earlier.price_version).ok_or_else(|| {
             Error::PriceBook(format!("price list {} of period {} is gone", earlier.price_version, earlier.period))
         })?;
+        let recorded = recorded.get_or_insert_with(|| subscriptions.iter().map(|s| (s.id.as_str(), s)).collect());
         let mut revised = Vec::new();
-        let recorded: &BTreeMap<String, Subscription> = recorded
-            .get_or_try_init(|| async {
-                Ok::<_, Error>(ledger.list(None).await?.into_iter().map(|s| (s.id.clone(), s)).collect())
-            })
-            .await?;
         for billed in &baseline {
             let mut sub = recorded
-                .get(&billed.subscription)
-                .cloned()
+                .get(billed.subscription.as_str())
+                .map(|s| (*s).clone())
                 .ok_or_else(|| Error::NotFound(billed.subscription.clone()))?;
             sub.advance(earlier.period.end_us() - 1);
             let usage = usage_of(&totals, &sub.tenant, watermark_us);
@@ -347,100 +418,140 @@ async fn close_holding(
                 // In the currency they were billed in: with the current list's, or apart.
                 let mut in_currency = list.clone();
                 in_currency.currency = again.currency;
-                let inv = invoices.entry((sub.id.clone(), again.currency.code())).or_insert_with(|| {
-                    let mut inv = Invoice::empty(&sub.tenant, &sub.id, period, &in_currency);
-                    if in_currency.currency != list.currency {
-                        // Beside the subscription's invoice in the list's currency: an id of its
-                        // own (pushed, and in the tenant's history, as that one is).
-                        inv.id = format!("{}_{}", inv.id, in_currency.currency.code().to_lowercase());
-                    }
-                    inv
+                adjusting.entry(sub.tenant.clone()).or_default().push(Adjustment {
+                    subscription: sub.id.clone(),
+                    list: in_currency,
+                    lines,
                 });
-                inv.append(lines)?;
             }
             revised.push(again);
         }
         revisions.insert(earlier.period, revised);
     }
+    Ok((revisions, adjusting))
+}
 
-    let mut invoices: Vec<Invoice> = invoices.into_values().collect();
-    invoices.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
-    let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
-    for inv in &invoices {
-        let sum = totals.entry(inv.currency.to_string()).or_default();
-        *sum = sum.checked_add(inv.total).ok_or_else(|| meter_rater::Error::Overflow("the close's total".into()))?;
+/// What the close walks, a range of tenants at a time: every source by tenant.
+struct Walk {
+    catalog: Arc<Catalog>,
+    period: Period,
+    list: PriceList,
+    watermark_us: i64,
+    accepted: Option<Totals>,
+    counted: Arc<Totals>,
+    stored: Arc<Totals>,
+    /// By tenant ([`close_holding`] sorts them).
+    subscriptions: Vec<Subscription>,
+    adjustments: BTreeMap<String, Vec<Adjustment>>,
+    /// Fails once the close lost its lease.
+    live: Box<dyn Fn() -> Result<(), Error> + Send + Sync>,
+    /// [`TENANTS_A_PART`], but in tests.
+    tenants_a_part: usize,
+}
+
+impl Walk {
+    /// Makes the close's rows, a range of tenants at a time, in its order (invoices by tenant,
+    /// then id; report rows by tenant, then meter), and sends each range to the recording, then
+    /// the totals; tells `done` how many subscriptions were rated, of how many. A recording that
+    /// stopped (it failed, or found the period closed meanwhile) stops the walk: its answer is
+    /// the close's.
+    fn run(&self, parts: &tokio::sync::mpsc::Sender<Part>, done: &(dyn Fn(usize, usize) + Sync)) -> Result<(), Error> {
+        let tenants: BTreeSet<&str> = self
+            .subscriptions
+            .iter()
+            .map(|s| s.tenant.as_str())
+            .chain(self.counted.keys().map(String::as_str))
+            .chain(self.stored.keys().map(String::as_str))
+            .chain(self.accepted.iter().flat_map(|a| a.keys().map(String::as_str)))
+            .collect();
+        let tenants: Vec<&str> = tenants.into_iter().collect();
+        let (of, mut rated, mut next) = (self.subscriptions.len(), 0, 0);
+        let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
+        for range in tenants.chunks(self.tenants_a_part) {
+            let last = range[range.len() - 1];
+            let end = next + self.subscriptions[next..].partition_point(|s| s.tenant.as_str() <= last);
+            let (invoices, report) = self.part(range, &self.subscriptions[next..end])?;
+            for inv in &invoices {
+                let sum = totals.entry(inv.currency.to_string()).or_default();
+                *sum = sum
+                    .checked_add(inv.total)
+                    .ok_or_else(|| meter_rater::Error::Overflow("the close's total".into()))?;
+            }
+            rated += end - next;
+            next = end;
+            done(rated, of);
+            (self.live)()?;
+            if parts.blocking_send(Part::Rows(invoices, report)).is_err() {
+                return Ok(());
+            }
+        }
+        (self.live)()?;
+        let _ = parts.blocking_send(Part::End(totals));
+        Ok(())
     }
-    // Hundreds of thousands of rows at scale: off the async runtime too.
-    let catalog = src.catalog.clone();
-    let (invoices, report) = tokio::task::spawn_blocking(move || {
-        let rows = report(&catalog, accepted.as_ref(), &counted, &stored, &invoices, &subscribed);
-        (invoices, rows)
-    })
-    .await
-    .map_err(task_failed)?;
-    let close = Close {
-        period,
-        closed_at: format_time(now_us),
-        closed_us: now_us,
-        watermark: format_time(watermark_us),
-        watermark_us,
-        complete: watermark_us >= period.end_us() + src.lateness_us,
-        price_version: list.version.clone(),
-        invoices,
-        totals,
-        report,
-        revisions,
-    };
-    let (invoices, differences) = (close.invoices.len(), close.report.iter().filter(|r| r.status != "ok").count());
-    lease.check()?;
-    let recorded = ledger.record(close, list).await?;
-    if recorded.closed_us == now_us {
-        metrics::counter!(metric::CLOSES).increment(1);
-        metrics::counter!(metric::INVOICES).increment(invoices as u64);
-        metrics::counter!(metric::DIFFERENCES).increment(differences as u64);
-        metrics::histogram!(metric::CLOSE_DURATION).record(started.elapsed().as_secs_f64());
+
+    /// The invoices and report rows of `tenants` (in order), whose subscriptions are `subs`.
+    fn part(&self, tenants: &[&str], subs: &[Subscription]) -> Result<(Vec<Invoice>, Vec<ReportRow>), Error> {
+        let (period, list) = (self.period, &self.list);
+        // On every core (rayon's pool), in the subscriptions' order.
+        let rated = subs
+            .par_iter()
+            .map(|sub| {
+                let mut sub = sub.clone();
+                sub.advance(period.end_us() - 1);
+                let usage = usage_of(&self.stored, &sub.tenant, self.watermark_us);
+                let inv = rate(&sub.tenant, &sub.id, &sub.entries, period, Some(&usage), list)
+                    .map_err(|e| unratable(&sub, e))?;
+                Ok((sub, inv))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        // Usage is the tenant's: of two subscriptions in one period (one ended, the next began),
+        // the later one bills it.
+        let mut owner: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, (sub, inv)) in rated.iter().enumerate() {
+            if inv.plan.is_some() {
+                owner.insert(sub.tenant.as_str(), i);
+            }
+        }
+        let owner: BTreeMap<String, usize> = owner.into_iter().map(|(t, i)| (t.to_string(), i)).collect();
+        let mut invoices: BTreeMap<(String, &'static str), Invoice> = BTreeMap::new();
+        for (i, (sub, mut inv)) in rated.into_iter().enumerate() {
+            if inv.plan.is_some() && owner.get(&sub.tenant) != Some(&i) {
+                inv = rate(&sub.tenant, &sub.id, &sub.entries, period, None, list).map_err(|e| unratable(&sub, e))?;
+            }
+            if !inv.lines.is_empty() {
+                invoices.insert((sub.id.clone(), inv.currency.code()), inv);
+            }
+        }
+        let (first, last) = (tenants[0], tenants[tenants.len() - 1]);
+        let adjusted = self.adjustments.range::<str, _>((Bound::Included(first), Bound::Included(last)));
+        for (tenant, adjustments) in adjusted {
+            for a in adjustments {
+                let key = (a.subscription.clone(), a.list.currency.code());
+                let inv = invoices.entry(key).or_insert_with(|| {
+                    let mut inv = Invoice::empty(tenant, &a.subscription, period, &a.list);
+                    if a.list.currency != list.currency {
+                        // Beside the subscription's invoice in the list's currency: an id of its
+                        // own (pushed, and in the tenant's history, as that one is).
+                        inv.id = format!("{}_{}", inv.id, a.list.currency.code().to_lowercase());
+                    }
+                    inv
+                });
+                inv.append(a.lines.clone())?;
+            }
+        }
+        let mut invoices: Vec<Invoice> = invoices.into_values().collect();
+        invoices.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
+        let subscribed: BTreeSet<&str> = subs.iter().map(|s| s.tenant.as_str()).collect();
+        let figures = Figures { accepted: self.accepted.as_ref(), counted: &self.counted, stored: &self.stored };
+        let rows = report(&self.catalog, &figures, tenants, &invoices, &subscribed);
+        Ok((invoices, rows))
     }
-    Ok(recorded)
 }
 
 /// Whether `a` and `b` are one store (their data pointers, not their vtables, compared).
 fn same_store(a: &Arc<dyn UsageStore>, b: &Arc<dyn UsageStore>) -> bool {
     std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
-}
-
-/// Rates every subscription on `stored`, in order, on every core and off the async runtime.
-async fn rate_all(
-    subscriptions: Vec<Subscription>,
-    stored: Arc<Totals>,
-    period: Period,
-    list: PriceList,
-    watermark_us: i64,
-    progress: &(dyn Fn(Progress) + Send + Sync),
-) -> Result<Vec<(Subscription, Invoice)>, Error> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    // On every core (rayon's pool), off the async runtime; the invoices keep the subscriptions'
-    // order. A panic in a rating thread reaches the task, and the close fails with it.
-    let task = tokio::task::spawn_blocking(move || {
-        let done = AtomicUsize::new(0);
-        subscriptions
-            .into_par_iter()
-            .map(|mut sub| {
-                sub.advance(period.end_us() - 1);
-                let usage = usage_of(&stored, &sub.tenant, watermark_us);
-                let inv = rate(&sub.tenant, &sub.id, &sub.entries, period, Some(&usage), &list)
-                    .map_err(|e| unratable(&sub, e))?;
-                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_multiple_of(10_000) {
-                    let _ = tx.send(n);
-                }
-                Ok((sub, inv))
-            })
-            .collect::<Result<Vec<_>, Error>>()
-    });
-    while let Some(done) = rx.recv().await {
-        progress(Progress::Rating { done, of: 0 });
-    }
-    task.await.map_err(task_failed)?
 }
 
 /// A blocking task of the close that panicked or was cancelled.
@@ -490,14 +601,24 @@ fn usage_of(totals: &Totals, tenant: &str, watermark_us: i64) -> Usage {
     Usage { totals, watermark_us: Some(watermark_us) }
 }
 
+/// The three figures of each tenant's meters besides what was rated: accepted (from the census,
+/// when taken), counted and stored.
+struct Figures<'a> {
+    accepted: Option<&'a Totals>,
+    counted: &'a Totals,
+    stored: &'a Totals,
+}
+
+/// The report rows of `tenants` (in order), rated in `invoices`, with the tenants that have a
+/// subscription `subscribed`.
 fn report(
     catalog: &Catalog,
-    accepted: Option<&Totals>,
-    counted: &Totals,
-    stored: &Totals,
+    figures: &Figures,
+    tenants: &[&str],
     invoices: &[Invoice],
-    subscribed: &BTreeSet<String>,
+    subscribed: &BTreeSet<&str>,
 ) -> Vec<ReportRow> {
+    let Figures { accepted, counted, stored } = *figures;
     let mut rated: BTreeMap<&str, BTreeMap<&str, Decimal>> = BTreeMap::new();
     for inv in invoices {
         // Adjustment lines carry an earlier period's totals.
@@ -508,15 +629,8 @@ fn report(
         }
     }
     let billed: BTreeSet<&str> = invoices.iter().filter(|i| i.plan.is_some()).map(|i| i.tenant.as_str()).collect();
-    let tenants: BTreeSet<&str> = counted
-        .keys()
-        .chain(stored.keys())
-        .chain(accepted.into_iter().flat_map(|a| a.keys()))
-        .map(String::as_str)
-        .chain(billed.iter().copied())
-        .collect();
     let mut rows = Vec::new();
-    for tenant in tenants {
+    for &tenant in tenants {
         for m in catalog.meters() {
             let value =
                 |t: &Totals| t.get(tenant).and_then(|ms| ms.get(&m.name)).and_then(|t| t.display(m.aggregation));
@@ -571,6 +685,137 @@ mod tests {
         t
     }
 
+    /// A close made in parts of any number of tenants is the close made in one: the same
+    /// invoices and report rows in the same order, the same totals, whatever falls on a part's
+    /// edge (a tenant's two subscriptions, usage without a subscription, a tenant the census alone
+    /// saw, adjustment lines in the list's currency and in another).
+    #[test]
+    fn the_parts_of_a_close_are_the_close_made_in_one() {
+        let book = PriceBook::parse(
+            meter_rater::pricebook::SAMPLE,
+            &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
+            &["active_users"],
+        )
+        .unwrap();
+        let period: Period = "2026-10".parse().unwrap();
+        let list = book.for_period(period).unwrap().clone();
+        let setup = |plan: &str| meter_rater::Setup {
+            plan: plan.into(),
+            cycle: meter_rater::Cycle::Monthly,
+            term_years: 1,
+            auto_renew: true,
+            trial: false,
+        };
+        let sub = |id: &str, tenant: &str, plan: &str, day: i64| {
+            let at = period.start_us() + day * 86_400_000_000;
+            Subscription::create(id, tenant, &setup(plan), at, "k", &list).unwrap()
+        };
+        // By tenant, as the close sorts them; "b" has two (the later bills the usage).
+        let subscriptions = vec![
+            sub("s_a", "a", "starter", 0),
+            sub("s_b1", "b", "starter", 0),
+            sub("s_b2", "b", "professional", 10),
+            sub("s_d", "d", "starter", 3),
+            sub("s_f", "f", "professional", 0),
+        ];
+        let stored = totals(&[
+            ("a", "work_orders", 700),
+            ("b", "api_calls", 90_000),
+            ("c", "work_orders", 5),
+            ("d", "agent_tokens", 2_000_000),
+            ("f", "work_orders", 1),
+        ]);
+        let mut counted = stored.clone();
+        counted.get_mut("d").unwrap().get_mut("agent_tokens").unwrap().value = Some(Decimal::from(1_999_999));
+        let mut accepted = counted.clone();
+        accepted.insert("e".into(), totals(&[("e", "api_calls", 3)]).remove("e").unwrap());
+        let line = |amount: i64| meter_rater::Line {
+            id: String::new(),
+            kind: meter_rater::LineKind::Adjustment,
+            description: "late usage of 2026-09".into(),
+            meter: Some("work_orders".into()),
+            quantity: None,
+            amount: Decimal::from(amount),
+            lineage: meter_rater::Lineage {
+                meters: meter_rater::Meters::from_iter([("work_orders".to_string(), Decimal::from(3))]),
+                watermark_us: None,
+                price_version: list.version.clone(),
+                inputs_hash: String::new(),
+            },
+            service: None,
+        };
+        let mut euros = list.clone();
+        euros.currency = "EUR".parse().unwrap();
+        let adjustments = BTreeMap::from([
+            (
+                "a".to_string(),
+                vec![Adjustment { subscription: "s_a".into(), list: list.clone(), lines: vec![line(4)] }],
+            ),
+            (
+                "d".to_string(),
+                vec![
+                    Adjustment { subscription: "s_d".into(), list: euros.clone(), lines: vec![line(7)] },
+                    Adjustment { subscription: "s_d".into(), list: euros, lines: vec![line(1)] },
+                ],
+            ),
+        ]);
+        let walk = |tenants_a_part: usize| Walk {
+            catalog: Arc::new(Catalog::new(vec![]).unwrap()),
+            period,
+            list: list.clone(),
+            watermark_us: period.end_us(),
+            accepted: Some(accepted.clone()),
+            counted: Arc::new(counted.clone()),
+            stored: Arc::new(stored.clone()),
+            subscriptions: subscriptions.clone(),
+            adjustments: adjustments
+                .iter()
+                .map(|(t, a)| (t.clone(), a.iter().map(Adjustment::clone).collect()))
+                .collect(),
+            live: Box::new(|| Ok(())),
+            tenants_a_part,
+        };
+        let made = |tenants_a_part: usize| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(100);
+            walk(tenants_a_part).run(&tx, &|_, _| {}).unwrap();
+            drop(tx);
+            let (mut invoices, mut rows, mut parts, mut end) = (Vec::new(), Vec::new(), 0, None);
+            while let Ok(part) = rx.try_recv() {
+                assert!(end.is_none(), "nothing after the end");
+                match part {
+                    Part::Rows(i, r) => {
+                        parts += 1;
+                        invoices.extend(i);
+                        rows.extend(r);
+                    }
+                    Part::End(totals) => end = Some(totals),
+                }
+            }
+            let json = serde_json::to_string(&(invoices, rows, end.expect("an end"))).unwrap();
+            (json, parts)
+        };
+        let (one, parts) = made(100);
+        assert_eq!(parts, 1);
+        for (n, expected) in [(1, 6), (2, 3), (3, 2), (4, 2)] {
+            let (json, parts) = made(n);
+            assert_eq!(parts, expected, "parts of {n} tenants (a to f)");
+            assert_eq!(json, one, "made in parts of {n} tenants");
+        }
+        let (invoices, rows, end): (Vec<Invoice>, Vec<ReportRow>, BTreeMap<String, Decimal>) =
+            serde_json::from_str(&one).unwrap();
+        let ids: Vec<&str> = invoices.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids.len(), 6, "{ids:?}: a, b twice, d in USD and in EUR, f");
+        assert!(ids.iter().any(|i| i.ends_with("_eur")), "{ids:?}");
+        let eur = invoices.iter().find(|i| i.id.ends_with("_eur")).unwrap();
+        assert_eq!(eur.lines.len(), 2, "both adjustments in one invoice of its own");
+        assert_eq!(end.len(), 2, "USD and EUR: {end:?}");
+        let tenants: BTreeSet<&str> = rows.iter().map(|r| r.tenant.as_str()).collect();
+        assert_eq!(tenants, BTreeSet::from(["a", "b", "c", "d", "e", "f"]));
+        let b_usage: Vec<&Invoice> = invoices.iter().filter(|i| i.tenant == "b" && i.plan.is_some()).collect();
+        assert_eq!(b_usage.len(), 1, "the later of b's subscriptions bills its usage");
+        assert_eq!(b_usage[0].subscription, "s_b2");
+    }
+
     #[test]
     fn the_report_flags_every_difference_between_the_four_figures() {
         let catalog = Catalog::new(vec![]).unwrap();
@@ -605,7 +850,8 @@ mod tests {
         };
         inv.append(vec![line]).unwrap();
         inv.plan = Some("starter".into());
-        let rows = report(&catalog, Some(&accepted), &counted, &stored, &[inv], &BTreeSet::from(["d".to_string()]));
+        let figures = Figures { accepted: Some(&accepted), counted: &counted, stored: &stored };
+        let rows = report(&catalog, &figures, &["a", "b", "c", "d"], &[inv], &BTreeSet::from(["d"]));
         let status = |t: &str, m: &str| rows.iter().find(|r| r.tenant == t && r.meter == m).unwrap().status.clone();
         assert_eq!(status("a", "work_orders"), "counted ≠ stored; rated ≠ stored");
         assert_eq!(status("b", "work_orders"), "accepted ≠ counted; no subscription: usage not billed");

@@ -56,8 +56,10 @@ impl World {
         self.store.advance_watermark("c", &[0], at(watermark)).unwrap();
     }
 
+    /// Closes `period` at `now`, and reads the close back whole.
     async fn close(&self, period: &str, now: &str) -> Result<Close, Error> {
-        close(&self.ledger, p(period), &self.sources, at(now), &|_| {}).await
+        let closed = close(&self.ledger, p(period), &self.sources, at(now), &|_| {}).await?;
+        Ok(self.ledger.close_of(closed.header.period).await?.expect("the close is recorded"))
     }
 
     async fn subscribe(&self, tenant: &str, plan: &str, renew: bool, when: &str) -> Result<String, Error> {

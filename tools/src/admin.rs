@@ -320,7 +320,16 @@ pub async fn period(command: PeriodCommand) -> anyhow::Result<()> {
                 }
             }
             let summary = summary.context("the server ended the answer without the close")?;
-            print_summary(&summary);
+            // The rows that differ, from the report (the close's answer holds none of its rows).
+            let differing = match summary["differences"].as_u64() {
+                Some(0) | None => Vec::new(),
+                Some(_) => {
+                    let req = client.request(reqwest::Method::GET, &format!("/api/v1/periods/{period}/report"));
+                    let report: Vec<Value> = serde_json::from_str(&client.send(req).await?)?;
+                    report.into_iter().filter(|r| r["status"] != json!("ok")).collect()
+                }
+            };
+            print_summary(&summary, &differing);
             if let Some(dir) = out {
                 export(&client, &period, &dir).await?;
             }
@@ -334,8 +343,7 @@ fn progress_text(p: &Value) -> String {
     match p["stage"].as_str() {
         Some("census") => format!("census of the log: {} records read", p["read"]),
         Some("totals") => "reading the stores' totals".into(),
-        Some("rating") if p["of"] != json!(0) => format!("rated: {} invoices", p["done"]),
-        Some("rating") => format!("rating: {} subscriptions done", p["done"]),
+        Some("rating") => format!("rated {} of {} subscriptions", p["done"], p["of"]),
         Some("adjusting") => {
             format!("adjusting {}: rating it again on today's totals", p["period"].as_str().unwrap_or("?"))
         }
@@ -344,7 +352,7 @@ fn progress_text(p: &Value) -> String {
 }
 
 #[allow(clippy::print_stdout)]
-fn print_summary(c: &Value) {
+fn print_summary(c: &Value, differing: &[Value]) {
     let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
     println!("period {} closed at {}, frozen at watermark {}", s("period"), s("closed_at"), s("watermark"));
     if c["complete"] != json!(true) {
@@ -357,7 +365,7 @@ fn print_summary(c: &Value) {
         }
     }
     println!("reconciliation (tenant, meter: accepted / counted / stored / rated): {} differences", c["differences"]);
-    for r in c["report"].as_array().into_iter().flatten() {
+    for r in differing {
         let v = |k: &str| r[k].as_str().unwrap_or("-").to_string();
         println!(
             "  {} {}: {} / {} / {} / {}  {}",

@@ -3,7 +3,7 @@
 //! [`ledger_contract!`](crate::ledger_contract) with a factory of empty stores.
 
 use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
-use super::{Ledger, LedgerStore};
+use super::{Ledger, LedgerStore, Rows};
 use crate::Error;
 use crate::close::Close;
 use meter_rater::pricebook::SAMPLE;
@@ -724,6 +724,74 @@ pub async fn a_worker_renews_only_the_claims_it_still_holds(store: Arc<dyn Ledge
     assert_eq!(theirs, ids[1..]);
 }
 
+/// A close recorded as its parts come (its rows a range of tenants at a time, then its totals)
+/// reads back as the close held whole, its positions running on across parts, with one push per
+/// invoice that has lines; its answer counts its rows. Parts that stop before their end record
+/// nothing: no close, no invoice, no push. A period closed before reads nothing of the parts.
+pub async fn a_close_is_recorded_as_its_parts_come_or_not_at_all(store: Arc<dyn LedgerStore>) {
+    use crate::ledger::{Closed, Part};
+    let ledger = Ledger::new(store);
+    let book = book();
+    let list = book.version("2026-01").unwrap();
+    let invoices: Vec<_> = (0..7).map(|t| invoice(&format!("t{t}"), "2026-10", t % 3)).collect();
+    let report = report(11);
+    let totals: std::collections::BTreeMap<String, rust_decimal::Decimal> =
+        [("USD".to_string(), rust_decimal::Decimal::new(12_345, 2))].into();
+    let whole =
+        Close { invoices: invoices.clone(), report: report.clone(), totals: totals.clone(), ..a_close("2026-10", &[]) };
+    let header = a_close("2026-10", &[]);
+    let parts = |stop: bool| {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (invoices, report, totals) = (invoices.clone(), report.clone(), totals.clone());
+        let sending = tokio::spawn(async move {
+            // Uneven parts: invoices alone, report rows alone, both, and an empty one.
+            let cuts = [(0, 3, 0, 0), (3, 3, 0, 5), (3, 6, 5, 6), (6, 7, 6, 11), (7, 7, 11, 11)];
+            for (a, b, c, d) in cuts {
+                if tx.send(Part::Rows(invoices[a..b].to_vec(), report[c..d].to_vec())).await.is_err() {
+                    return false;
+                }
+            }
+            stop || tx.send(Part::End(totals)).await.is_ok()
+        });
+        (rx, sending)
+    };
+    let period: Period = "2026-10".parse().unwrap();
+
+    let (rx, sending) = parts(true);
+    let e = ledger.record_parts(header.clone(), list, rx).await.unwrap_err();
+    assert!(sending.await.unwrap());
+    assert!(matches!(e, Error::Task(_)) && e.to_string().contains("2026-10"), "{e}");
+    assert_eq!(ledger.closed(period).await.unwrap(), None, "nothing recorded");
+    assert_eq!(ledger.close_rows(period, Rows::Invoices, 0, 100).await.unwrap(), None);
+    assert!(ledger.operations(None, None).await.unwrap().is_empty(), "no push");
+    assert_eq!(ledger.invoices_of("t1").await.unwrap(), vec![], "no invoice");
+
+    let (rx, sending) = parts(false);
+    let recorded = ledger.record_parts(header.clone(), list, rx).await.unwrap();
+    assert!(sending.await.unwrap());
+    let json = |c: &Close| serde_json::to_string(c).unwrap();
+    let read = ledger.close_of(period).await.unwrap().unwrap();
+    assert_eq!(json(&read), json(&whole), "the parts read back as the close held whole");
+    let differences = report.iter().filter(|r| r.status != "ok").count();
+    assert!(differences > 0 && differences < report.len());
+    assert_eq!(
+        recorded,
+        Closed { header: Close { totals: totals.clone(), ..header.clone() }, invoices: 7, differences }
+    );
+    assert_eq!(ledger.closed(period).await.unwrap(), Some(recorded.clone()), "as it reads back");
+    assert_eq!(Closed::of(read), recorded);
+    let with_lines: Vec<_> = invoices.iter().filter(|i| !i.lines.is_empty()).cloned().collect();
+    assert_eq!(pushed(&ledger, "2026-10").await, with_lines, "one push per invoice with lines");
+
+    // Closed before: the first stands, and the parts are left unread.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(Part::Rows(vec![invoice("late", "2026-10", 1)], vec![])).await.unwrap();
+    let again = ledger.record_parts(Close { closed_us: 9, ..header }, list, rx).await.unwrap();
+    assert_eq!(again, recorded, "the first close stands");
+    assert!(tx.is_closed(), "its parts are dropped unread");
+    assert_eq!(ledger.invoices_of("late").await.unwrap(), vec![]);
+}
+
 /// Expands to one test per contract body, for a backend given by a factory of empty stores.
 #[macro_export]
 macro_rules! ledger_contract {
@@ -737,7 +805,8 @@ macro_rules! ledger_contract {
             a_tenants_closed_invoices_are_found_by_tenant_and_id, concurrent_creates_for_one_tenant_admit_one,
             concurrent_workers_never_claim_one_operation, one_close_holds_the_lease_at_a_time,
             concurrent_closes_take_the_lease_once, a_worker_renews_only_the_claims_it_still_holds,
-            a_recorded_close_reads_back_byte_for_byte, a_close_reads_in_pages_and_exports_the_same_bytes);
+            a_recorded_close_reads_back_byte_for_byte, a_close_reads_in_pages_and_exports_the_same_bytes,
+            a_close_is_recorded_as_its_parts_come_or_not_at_all);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(

@@ -62,6 +62,39 @@ impl Page {
     }
 }
 
+/// A part of a close being recorded ([`LedgerStore::record`]), in the close's order: its rows as
+/// the close makes them, a range of tenants at a time, then its end.
+#[derive(Clone, Debug)]
+pub enum Part {
+    /// The next invoices and report rows (by tenant, after every row sent before).
+    Rows(Vec<meter_rater::Invoice>, Vec<ReportRow>),
+    /// The last part: the sum of the invoices by currency, which only the end knows.
+    End(std::collections::BTreeMap<String, rust_decimal::Decimal>),
+}
+
+/// The parts of a close being recorded, as the close sends them.
+pub type Parts = tokio::sync::mpsc::Receiver<Part>;
+
+/// A recorded close without its rows, which are read a page at a time
+/// ([`LedgerStore::close_rows`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Closed {
+    /// The close but its rows: its `invoices` and `report` are empty.
+    pub header: Close,
+    /// How many invoices it has.
+    pub invoices: usize,
+    /// How many of its report rows differ (a status other than `ok`).
+    pub differences: usize,
+}
+
+impl Closed {
+    /// What `close`, held whole, comes to without its rows.
+    pub fn of(close: Close) -> Closed {
+        let (header, invoices, report) = apart(close);
+        Closed { header, invoices: invoices.len(), differences: report.iter().filter(|r| r.status != "ok").count() }
+    }
+}
+
 /// What a later close needs to know of a recorded close, without reading its invoices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloseSummary {
@@ -147,6 +180,9 @@ pub trait LedgerStore: Send + Sync {
     /// The close of `period`, if it was closed.
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error>;
 
+    /// The close of `period` without its rows, if it was closed.
+    async fn closed(&self, period: Period) -> Result<Option<Closed>, Error>;
+
     /// The close of `period`'s `rows` from position `from`, at most `limit`, in the close's order
     /// (fewer, or none, at its end); `None` if the period is not closed. A close recorded before
     /// its rows were kept apart is stored whole, and read whole: it gives every row from `from`
@@ -172,11 +208,14 @@ pub trait LedgerStore: Send + Sync {
     /// dated inside it.
     async fn freeze(&self, period: Period, now_us: i64) -> Result<(), Error>;
 
-    /// Records `close`, rated with price list `version` (`digest`), unless its period was
-    /// closed meanwhile; returns the close that stands, as it reads back. In the same
-    /// transaction, writes to the outbox one [`outbox::OpKind::PushInvoice`] per invoice of the
-    /// close that has lines.
-    async fn record(&self, close: Close, version: String, digest: String) -> Result<Close, Error>;
+    /// Records the close `header` (its invoices and report empty, its totals given by the last
+    /// part), rated with price list `version` (`digest`), with its rows as they come from
+    /// `parts`, unless its period was closed before: then it reads nothing of `parts` and
+    /// returns that close. One transaction: with the rows, it writes to the outbox one
+    /// [`outbox::OpKind::PushInvoice`] per invoice that has lines; parts that stop before their
+    /// [`Part::End`] (the close failed midway) record nothing and fail with [`Error::Task`].
+    /// Returns the close that stands.
+    async fn record(&self, header: Close, version: String, digest: String, parts: Parts) -> Result<Closed, Error>;
 
     /// Pending operations due at `now_us`, at most `limit`: of each tenant's lane
     /// ([`outbox::OpKind::lane`]) only its oldest pending one (a lane's operations are worked one
@@ -454,14 +493,36 @@ impl Ledger {
         &self.store
     }
 
-    /// Records `close` unless the period was closed meanwhile; returns the close that stands.
-    pub async fn record(&self, close: Close, list: &PriceList) -> Result<Close, Error> {
-        let (period, closed_us) = (close.period, close.closed_us);
-        let stands = self.store.record(close, list.version.clone(), list.digest()).await?;
-        if stands.closed_us != closed_us {
+    /// The close of `period` without its rows, if it was closed.
+    pub async fn closed(&self, period: Period) -> Result<Option<Closed>, Error> {
+        self.store.closed(period).await
+    }
+
+    /// Records the close `header` with its rows as they come from `parts`
+    /// ([`LedgerStore::record`]) unless the period was closed meanwhile; returns the close that
+    /// stands.
+    pub async fn record_parts(&self, header: Close, list: &PriceList, parts: Parts) -> Result<Closed, Error> {
+        let (period, closed_us) = (header.period, header.closed_us);
+        let stands = self.store.record(header, list.version.clone(), list.digest(), parts).await?;
+        if stands.header.closed_us != closed_us {
             tracing::info!(%period, "period was closed meanwhile; keeping that close");
         }
         Ok(stands)
+    }
+
+    /// Records `close`, held whole, unless the period was closed meanwhile; returns the close
+    /// that stands, as it reads back.
+    pub async fn record(&self, close: Close, list: &PriceList) -> Result<Close, Error> {
+        let period = close.period;
+        let (mut header, invoices, report) = apart(close);
+        let totals = std::mem::take(&mut header.totals);
+        let (tx, parts) = tokio::sync::mpsc::channel(2);
+        // Both parts fit the channel: sent before the recording reads them.
+        let sent = tx.try_send(Part::Rows(invoices, report)).and_then(|()| tx.try_send(Part::End(totals)));
+        sent.map_err(|e| Error::Task(format!("the close's parts: {e}")))?;
+        drop(tx);
+        self.record_parts(header, list, parts).await?;
+        self.close_of(period).await?.ok_or_else(|| Error::Corrupt(format!("the close of {period} is gone")))
     }
 }
 
@@ -472,8 +533,30 @@ pub(crate) fn apart(mut close: Close) -> (Close, Vec<meter_rater::Invoice>, Vec<
     (close, invoices, report)
 }
 
-/// A close put back together from what [`apart`] took apart: what a backend just wrote, which
-/// reads back the same, byte for byte.
-pub(crate) fn together(close: Close, invoices: Vec<meter_rater::Invoice>, report: Vec<crate::ReportRow>) -> Close {
-    Close { invoices, report, ..close }
+/// Where a recording is in a close's rows: the positions the next part starts at, and how many
+/// of the report rows differ.
+#[derive(Default)]
+pub(crate) struct Written {
+    pub invoices: usize,
+    pub rows: usize,
+    pub differences: usize,
+}
+
+impl Written {
+    /// Past a part of `invoices` and `report` rows.
+    pub fn add(&mut self, invoices: &[meter_rater::Invoice], report: &[ReportRow]) {
+        self.invoices += invoices.len();
+        self.rows += report.len();
+        self.differences += report.iter().filter(|r| r.status != "ok").count();
+    }
+
+    /// The close `header` with the rows written.
+    pub fn closed(&self, header: Close) -> Closed {
+        Closed { header, invoices: self.invoices, differences: self.differences }
+    }
+}
+
+/// What a recording whose parts stopped before their end fails with.
+pub(crate) fn stopped(period: &str) -> Error {
+    Error::Task(format!("the close of {period} stopped before its end; nothing of it was recorded"))
 }

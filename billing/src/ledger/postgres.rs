@@ -14,7 +14,8 @@
 
 use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use super::{
-    Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, LedgerStore, Page, Rows, UsedList, close_holder,
+    Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, Closed, LedgerStore, Page, Part, Parts, Rows, UsedList,
+    Written, close_holder, stopped,
 };
 use crate::Error;
 use crate::close::Close;
@@ -237,6 +238,10 @@ impl LedgerStore for PgLedger {
         self.pg.with(async move |c| read_close(&c, &period.to_string()).await).await
     }
 
+    async fn closed(&self, period: Period) -> Result<Option<Closed>, Error> {
+        self.pg.with(async move |c| read_closed(&c, &period.to_string()).await).await
+    }
+
     async fn close_rows(&self, period: Period, rows: Rows, from: usize, limit: usize) -> Result<Option<Page>, Error> {
         self.pg
             .with(async move |c| {
@@ -286,50 +291,52 @@ impl LedgerStore for PgLedger {
             .await
     }
 
-    async fn record(&self, close: Close, version: String, digest: String) -> Result<Close, Error> {
+    async fn record(&self, header: Close, version: String, digest: String, mut parts: Parts) -> Result<Closed, Error> {
         let part_bytes = self.part_bytes;
         self.pg
             .with(async move |mut c| {
                 let tx = c.transaction().await?;
                 lock(&tx, PERIODS, false).await?;
-                let period = close.period.to_string();
-                let (header, invoices, report) = super::apart(close);
+                let period = header.period.to_string();
+                if let Some(stands) = read_closed(&tx, &period).await? {
+                    return Ok(stands);
+                }
+                let mut at = Written::default();
+                let totals = loop {
+                    match parts.recv().await {
+                        Some(Part::Rows(part, report)) => {
+                            let (from, row) = ((at.invoices, &part[..]), (at.rows, &report[..]));
+                            write_close_rows(&tx, &period, header.closed_us, from, row).await?;
+                            at.add(&part, &report);
+                        }
+                        Some(Part::End(totals)) => break totals,
+                        None => return Err(stopped(&period)),
+                    }
+                };
+                let header = Close { totals, ..header };
                 let body = serde_json::to_vec(&header)?;
                 let s = summary(&header);
                 let revises = serde_json::to_string(&s.revises)?;
                 let inline = if body.len() <= part_bytes { std::str::from_utf8(&body).ok() } else { None };
-                let inserted = tx
-                    .execute(
-                        "INSERT INTO closes (period, closed_us, body, watermark_us, revises, rows_apart)
-                         VALUES ($1, $2, $3, $4, $5, true) ON CONFLICT DO NOTHING",
-                        &[&period, &header.closed_us, &inline.unwrap_or(""), &s.watermark_us, &revises],
-                    )
-                    .await?;
-                if inserted == 1 && inline.is_none() {
+                tx.execute(
+                    "INSERT INTO closes (period, closed_us, body, watermark_us, revises, rows_apart)
+                     VALUES ($1, $2, $3, $4, $5, true)",
+                    &[&period, &header.closed_us, &inline.unwrap_or(""), &s.watermark_us, &revises],
+                )
+                .await?;
+                if inline.is_none() {
                     let part = tx.prepare("INSERT INTO close_parts (period, part, body) VALUES ($1, $2, $3)").await?;
                     for (i, chunk) in body.chunks(part_bytes).enumerate() {
                         tx.execute(&part, &[&period, &(i as i32), &chunk]).await?;
                     }
-                }
-                drop(body);
-                if inserted == 1 {
-                    write_close_rows(&tx, &period, header.closed_us, &invoices, &report).await?;
                 }
                 tx.execute(
                     "INSERT INTO price_lists (version, digest, first_period) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                     &[&version, &digest, &period],
                 )
                 .await?;
-                // What stands: this close, which reads back as written (so that a rerun's exports
-                // are the same bytes), or the one recorded meanwhile, read (this one dropped first).
-                let stands = if inserted == 1 {
-                    super::together(header, invoices, report)
-                } else {
-                    drop((header, invoices, report));
-                    read_close(&tx, &period).await?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?
-                };
                 tx.commit().await?;
-                Ok(stands)
+                Ok(at.closed(header))
             })
             .await
     }
@@ -807,11 +814,11 @@ async fn write_close_rows(
     tx: &Transaction<'_>,
     period: &str,
     closed_us: i64,
-    invoices: &[meter_rater::Invoice],
-    report: &[crate::ReportRow],
+    (first_invoice, invoices): (usize, &[meter_rater::Invoice]),
+    (first_row, report): (usize, &[crate::ReportRow]),
 ) -> Result<(), Error> {
     for (n, chunk) in invoices.chunks(ROWS_AT_ONCE).enumerate() {
-        let first = (n * ROWS_AT_ONCE) as i32;
+        let first = position(first_invoice + n * ROWS_AT_ONCE);
         let ids: Vec<&str> = chunk.iter().map(|i| i.id.as_str()).collect();
         let bodies = chunk.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>()?;
         // Indexed by id: the first of each id in the statement, unless its id is there.
@@ -862,7 +869,7 @@ async fn write_close_rows(
         write_operations(tx, &ops, closed_us).await?;
     }
     for (n, chunk) in report.chunks(ROWS_AT_ONCE).enumerate() {
-        let first = (n * ROWS_AT_ONCE) as i32;
+        let first = position(first_row + n * ROWS_AT_ONCE);
         let column = |f: fn(&crate::ReportRow) -> Option<&str>| chunk.iter().map(f).collect::<Vec<_>>();
         tx.execute(
             "INSERT INTO close_report (period, row, tenant, meter, accepted, counted, stored, rated, status)
@@ -889,11 +896,35 @@ async fn write_close_rows(
 /// The close of `period`: its body (whole, or from its parts), with its invoices and report rows
 /// when they are rows of their own.
 async fn read_close(c: &impl GenericClient, period: &str) -> Result<Option<Close>, Error> {
+    let Some((mut close, rows_apart)) = read_body(c, period).await? else { return Ok(None) };
+    if rows_apart {
+        close.invoices = read_invoices(c, period, 0, usize::MAX).await?;
+        close.report = read_report(c, period, 0, usize::MAX).await?;
+    }
+    Ok(Some(close))
+}
+
+/// The close of `period` without its rows: counted in their tables, or, recorded before they
+/// were kept apart, in its body.
+async fn read_closed(c: &impl GenericClient, period: &str) -> Result<Option<Closed>, Error> {
+    let Some((header, rows_apart)) = read_body(c, period).await? else { return Ok(None) };
+    if !rows_apart {
+        return Ok(Some(Closed::of(header)));
+    }
+    let count =
+        async |sql: &str| -> Result<usize, Error> { Ok(c.query_one(sql, &[&period]).await?.get::<_, i64>(0) as usize) };
+    let invoices = count("SELECT count(*) FROM close_invoices WHERE period = $1").await?;
+    let differences = count("SELECT count(*) FROM close_report WHERE period = $1 AND status <> 'ok'").await?;
+    Ok(Some(Closed { header, invoices, differences }))
+}
+
+/// The body of the close of `period`, and whether its rows are rows of their own.
+async fn read_body(c: &impl GenericClient, period: &str) -> Result<Option<(Close, bool)>, Error> {
     let Some(row) = c.query_opt("SELECT body, rows_apart FROM closes WHERE period = $1", &[&period]).await? else {
         return Ok(None);
     };
     let (body, rows_apart): (&str, bool) = (row.get(0), row.get(1));
-    let mut close: Close = if !body.is_empty() {
+    let close: Close = if !body.is_empty() {
         serde_json::from_str(body)?
     } else {
         let parts = c.query("SELECT body FROM close_parts WHERE period = $1 ORDER BY part", &[&period]).await?;
@@ -903,11 +934,7 @@ async fn read_close(c: &impl GenericClient, period: &str) -> Result<Option<Close
         }
         serde_json::from_slice(&body)?
     };
-    if rows_apart {
-        close.invoices = read_invoices(c, period, 0, usize::MAX).await?;
-        close.report = read_report(c, period, 0, usize::MAX).await?;
-    }
-    Ok(Some(close))
+    Ok(Some((close, rows_apart)))
 }
 
 /// Whether `period` is closed, and then whether its close's rows are rows of their own.

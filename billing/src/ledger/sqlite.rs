@@ -2,7 +2,8 @@
 
 use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use super::{
-    Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, LedgerStore, Page, Rows, UsedList, close_holder,
+    Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, Closed, LedgerStore, Page, Part, Parts, Rows, UsedList,
+    Written, close_holder, stopped,
 };
 use crate::Error;
 use crate::close::Close;
@@ -219,6 +220,10 @@ impl LedgerStore for SqliteLedger {
         self.with(move |c| read_close(c, &period.to_string())).await
     }
 
+    async fn closed(&self, period: Period) -> Result<Option<Closed>, Error> {
+        self.with(move |c| read_closed(c, &period.to_string())).await
+    }
+
     async fn close_rows(&self, period: Period, rows: Rows, from: usize, limit: usize) -> Result<Option<Page>, Error> {
         self.with(move |c| {
             let period = period.to_string();
@@ -273,73 +278,49 @@ impl LedgerStore for SqliteLedger {
         .await
     }
 
-    async fn record(&self, close: Close, version: String, digest: String) -> Result<Close, Error> {
+    async fn record(&self, header: Close, version: String, digest: String, mut parts: Parts) -> Result<Closed, Error> {
         let part_bytes = self.part_bytes;
         self.with(move |c| {
-            let tx = c.transaction()?;
-            let period = close.period.to_string();
-            let (header, invoices, report) = super::apart(close);
+            // Taken for writing at once: no other close can be recorded between the check and
+            // the end.
+            let tx = c.transaction_with_behavior(meter_sqlite::rusqlite::TransactionBehavior::Immediate)?;
+            let period = header.period.to_string();
+            if let Some(stands) = read_closed(&tx, &period)? {
+                return Ok(stands);
+            }
+            let mut at = Written::default();
+            let totals = loop {
+                match parts.blocking_recv() {
+                    Some(Part::Rows(part, report)) => {
+                        write_rows(&tx, &period, header.closed_us, (at.invoices, &part), (at.rows, &report))?;
+                        at.add(&part, &report);
+                    }
+                    Some(Part::End(totals)) => break totals,
+                    None => return Err(stopped(&period)),
+                }
+            };
+            let header = Close { totals, ..header };
             let body = serde_json::to_vec(&header)?;
             let s = summary(&header);
             let revises = serde_json::to_string(&s.revises)?;
             let inline = if body.len() <= part_bytes { std::str::from_utf8(&body).ok() } else { None };
-            let inserted = tx.execute(
-                "INSERT OR IGNORE INTO closes (period, closed_us, body, watermark_us, revises, rows_apart)
+            tx.execute(
+                "INSERT INTO closes (period, closed_us, body, watermark_us, revises, rows_apart)
                  VALUES (?1, ?2, ?3, ?4, ?5, 1)",
                 params![period, header.closed_us, inline.unwrap_or(""), s.watermark_us, revises],
             )?;
-            if inserted == 1 && inline.is_none() {
+            if inline.is_none() {
                 let mut part = tx.prepare("INSERT INTO close_parts (period, part, body) VALUES (?1, ?2, ?3)")?;
                 for (i, chunk) in body.chunks(part_bytes).enumerate() {
                     part.execute(params![period, i as i64, chunk])?;
-                }
-            }
-            drop(body);
-            if inserted == 1 {
-                // Each invoice indexed by id, in its place, with the push that follows it; its
-                // body written once, in the row of its id, when that row is this invoice's.
-                let mut place =
-                    tx.prepare("INSERT INTO close_invoices (period, seq, id, body) VALUES (?1, ?2, ?3, ?4)")?;
-                for (i, inv) in invoices.iter().enumerate() {
-                    let body = serde_json::to_string(inv)?;
-                    let body = if write_invoice(&tx, &period, inv, &body)? { String::new() } else { body };
-                    place.execute(params![period, i as i64, inv.id, body])?;
-                    if !inv.lines.is_empty() {
-                        let op = NewOperation {
-                            kind: OpKind::PushInvoice,
-                            subject: inv.id.clone(),
-                            tenant: inv.tenant.clone(),
-                            period: Some(period.clone()),
-                            body,
-                            next_us: header.closed_us,
-                        };
-                        write_operation(&tx, &op, header.closed_us)?;
-                    }
-                }
-                let mut row = tx.prepare(
-                    "INSERT INTO close_report (period, row, tenant, meter, accepted, counted, stored, rated, status)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?;
-                for (i, r) in report.iter().enumerate() {
-                    row.execute(params![
-                        period, i as i64, r.tenant, r.meter, r.accepted, r.counted, r.stored, r.rated, r.status
-                    ])?;
                 }
             }
             tx.execute(
                 "INSERT OR IGNORE INTO price_lists (version, digest, first_period) VALUES (?1, ?2, ?3)",
                 params![version, digest, period],
             )?;
-            // What stands: this close, which reads back as written (so that a rerun's exports are
-            // the same bytes), or the one recorded meanwhile, read (this one dropped first).
-            let stands = if inserted == 1 {
-                super::together(header, invoices, report)
-            } else {
-                drop((header, invoices, report));
-                read_close(&tx, &period)?.ok_or_else(|| Error::Corrupt(format!("no close {period}")))?
-            };
             tx.commit()?;
-            Ok(stands)
+            Ok(at.closed(header))
         })
         .await
     }
@@ -842,14 +823,84 @@ fn fill_invoices(conn: &mut Connection) -> Result<(), Error> {
 
 /// The close of `period`: its body (whole, or from its parts), with its invoices and report rows
 /// when they are rows of their own.
+/// Writes a part of a close's rows: its invoices from position `first_invoice` (each indexed by
+/// id, with the push that follows it; its body written once, in the row of its id, when that row
+/// is this invoice's) and its report rows from position `first_row`.
+fn write_rows(
+    tx: &Connection,
+    period: &str,
+    closed_us: i64,
+    (first_invoice, invoices): (usize, &[meter_rater::Invoice]),
+    (first_row, report): (usize, &[crate::ReportRow]),
+) -> Result<(), Error> {
+    let mut place = tx.prepare_cached("INSERT INTO close_invoices (period, seq, id, body) VALUES (?1, ?2, ?3, ?4)")?;
+    for (i, inv) in invoices.iter().enumerate() {
+        let body = serde_json::to_string(inv)?;
+        let body = if write_invoice(tx, period, inv, &body)? { String::new() } else { body };
+        place.execute(params![period, (first_invoice + i) as i64, inv.id, body])?;
+        if !inv.lines.is_empty() {
+            let op = NewOperation {
+                kind: OpKind::PushInvoice,
+                subject: inv.id.clone(),
+                tenant: inv.tenant.clone(),
+                period: Some(period.to_string()),
+                body,
+                next_us: closed_us,
+            };
+            write_operation(tx, &op, closed_us)?;
+        }
+    }
+    let mut row = tx.prepare_cached(
+        "INSERT INTO close_report (period, row, tenant, meter, accepted, counted, stored, rated, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for (i, r) in report.iter().enumerate() {
+        row.execute(params![
+            period,
+            (first_row + i) as i64,
+            r.tenant,
+            r.meter,
+            r.accepted,
+            r.counted,
+            r.stored,
+            r.rated,
+            r.status
+        ])?;
+    }
+    Ok(())
+}
+
+/// The close of `period` without its rows: counted in their tables, or, recorded before they
+/// were kept apart, in its body.
+fn read_closed(c: &Connection, period: &str) -> Result<Option<Closed>, Error> {
+    let Some((header, rows_apart)) = read_body(c, period)? else { return Ok(None) };
+    if !rows_apart {
+        return Ok(Some(Closed::of(header)));
+    }
+    let count = |sql: &str| c.query_row(sql, params![period], |r| r.get::<_, i64>(0));
+    let invoices = count("SELECT count(*) FROM close_invoices WHERE period = ?1")? as usize;
+    let differences = count("SELECT count(*) FROM close_report WHERE period = ?1 AND status <> 'ok'")? as usize;
+    Ok(Some(Closed { header, invoices, differences }))
+}
+
 fn read_close(c: &Connection, period: &str) -> Result<Option<Close>, Error> {
+    let Some((mut close, rows_apart)) = read_body(c, period)? else { return Ok(None) };
+    if rows_apart {
+        close.invoices = read_invoices(c, period, 0, usize::MAX)?;
+        close.report = read_report(c, period, 0, usize::MAX)?;
+    }
+    Ok(Some(close))
+}
+
+/// The body of the close of `period`, and whether its rows are rows of their own.
+fn read_body(c: &Connection, period: &str) -> Result<Option<(Close, bool)>, Error> {
     let found: Option<(String, bool)> = c
         .query_row("SELECT body, rows_apart FROM closes WHERE period = ?1", params![period], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?;
     let Some((body, rows_apart)) = found else { return Ok(None) };
-    let mut close: Close = if !body.is_empty() {
+    let close: Close = if !body.is_empty() {
         serde_json::from_str(&body)?
     } else {
         let mut stmt = c.prepare("SELECT body FROM close_parts WHERE period = ?1 ORDER BY part")?;
@@ -859,11 +910,7 @@ fn read_close(c: &Connection, period: &str) -> Result<Option<Close>, Error> {
         }
         serde_json::from_slice(&body)?
     };
-    if rows_apart {
-        close.invoices = read_invoices(c, period, 0, usize::MAX)?;
-        close.report = read_report(c, period, 0, usize::MAX)?;
-    }
-    Ok(Some(close))
+    Ok(Some((close, rows_apart)))
 }
 
 /// Whether `period` is closed, and then whether its close's rows are rows of their own.
