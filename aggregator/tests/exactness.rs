@@ -138,8 +138,13 @@ impl UsageStore for Flaky {
     ) -> Result<meter_store::Series, meter_store::Error> {
         self.inner.daily(tenant, from, to).await
     }
-    async fn period_totals(&self, period: Period) -> Result<meter_store::Totals, meter_store::Error> {
-        self.inner.period_totals(period).await
+    async fn period_totals_in(
+        &self,
+        period: Period,
+        after: Option<&str>,
+        upto: Option<&str>,
+    ) -> Result<meter_store::Totals, meter_store::Error> {
+        self.inner.period_totals_in(period, after, upto).await
     }
 
     async fn breakdown(&self, tenant: &str, period: Period) -> Result<meter_store::Breakdown, meter_store::Error> {

@@ -60,7 +60,7 @@ async fn main() {
             let t = Instant::now();
             let reader = log.reader_in("census-bench").unwrap();
             let totals = tokio::task::block_in_place(|| {
-                meter_billing::census::census(reader, &catalog, october, PARTITIONS, &dir, &|_| {})
+                meter_billing::census::census(reader, &catalog, october, PARTITIONS, &dir, &|_| {})?.rest()
             })
             .unwrap();
             let secs = t.elapsed().as_secs_f64();

@@ -7,16 +7,19 @@
 //! one's copies sorted by `(tenant, id, order read)`, and only the first copy of each event is
 //! metered, as the stores count it. A file larger than the budget is first split again
 //! [`FAN_OUT`] ways by the hash's next bits. The distinct values of unique-count meters are
-//! found the same way, through a second spill keyed by `(tenant, meter, value)`. What stays in
-//! memory is the totals (tenants × meters) and one file's records.
+//! found the same way, through a second spill keyed by `(tenant, meter, value)`. Each file's
+//! totals are written, sorted by tenant, into a run on disk; the runs are merged back a range of
+//! tenants at a time as the close asks for them ([`Accepted`]). What stays in memory is one
+//! file's records, a range's totals and a record of each run.
 
 use crate::Error;
 use fs4::fs_std::FileExt;
 use meter_eventlog::{LogReader, Position};
-use meter_schemas::{Catalog, Contribution, Event, Period, Tally};
+use meter_schemas::{Aggregation, Catalog, Contribution, Event, Period, Tally};
 use meter_store::Totals;
 use rust_decimal::Decimal;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fs::File;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -74,10 +77,14 @@ const FAN_BITS: u32 = FAN_OUT.trailing_zeros();
 /// records take about three times their size on disk).
 pub const BUCKET_BUDGET: u64 = 32 << 20;
 
+/// Runs merged at once, at most (each an open file): past this many, groups of them are merged
+/// into one first.
+const RUNS_AT_ONCE: usize = 256;
+
 /// Reads the whole log from offset 0 and meters every distinct `(tenant, id)` (its first copy,
 /// as the stores count it) whose time falls in `period`, spilling into a directory of its own
-/// made inside `spill` (and removed however the census ends). Blocking; `progress` hears the
-/// number of records read every 100,000.
+/// made inside `spill` (and removed however the census ends: once its totals are read or
+/// dropped). Blocking; `progress` hears the number of records read every 100,000.
 pub fn census(
     reader: Box<dyn LogReader>,
     catalog: &Catalog,
@@ -85,7 +92,7 @@ pub fn census(
     partitions: u32,
     spill: &Path,
     progress: &dyn Fn(u64),
-) -> Result<Totals, Error> {
+) -> Result<Accepted, Error> {
     census_within(reader, catalog, period, partitions, spill, BUCKET_BUDGET, progress)
 }
 
@@ -99,7 +106,7 @@ pub fn census_within(
     spill: &Path,
     budget: u64,
     progress: &dyn Fn(u64),
-) -> Result<Totals, Error> {
+) -> Result<Accepted, Error> {
     let (start, end) = (period.start_us(), period.end_us());
     let started = Instant::now();
     reader.seek(&[]);
@@ -153,11 +160,13 @@ pub fn census_within(
                 break;
             }
         }
-        let mut totals = Totals::new();
+        let mut runs = Runs { dir: dir.path().join("runs"), paths: Vec::new() };
+        std::fs::create_dir_all(&runs.dir)?;
         let mut distinct = Spill::<Distinct>::create(dir.path().join("distinct"), 0)?;
         let mut recent = Recent::default();
         copies.drain(budget, &mut |mut copies| {
             copies.sort_unstable_by(|a, b| (&a.tenant, &a.id, a.seq).cmp(&(&b.tenant, &b.id, b.seq)));
+            let mut totals = Partials::new();
             let mut last: Option<(&str, &str)> = None;
             for c in &copies {
                 if last == Some((&c.tenant, &c.id)) {
@@ -172,25 +181,215 @@ pub fn census_within(
                             distinct.push(&Distinct { hash, tenant, meter, value })?;
                         }
                     } else {
-                        tally(&mut totals, catalog, &c.tenant, *meter)
-                            .add(contribution, c.time_us, &c.id)
-                            .map_err(overflow)?;
+                        tally(&mut totals, &c.tenant, *meter).add(contribution, c.time_us, &c.id).map_err(overflow)?;
                     }
                 }
             }
-            Ok(())
+            runs.write(totals)
         })?;
         distinct.drain(budget, &mut |mut values| {
             values.sort_unstable_by(|a, b| (&a.tenant, a.meter, &a.value).cmp(&(&b.tenant, b.meter, &b.value)));
             values.dedup_by(|a, b| (&a.tenant, a.meter, &a.value) == (&b.tenant, b.meter, &b.value));
+            let mut totals = Partials::new();
             for v in values {
-                // A unique value counts once, whichever event carried it first.
-                let t = tally(&mut totals, catalog, &v.tenant, v.meter);
+                // A unique value counts once, whichever event carried it first: its file holds
+                // every copy of it, so the files' counts add up.
+                let t = tally(&mut totals, &v.tenant, v.meter);
                 t.add(&Contribution::Unique(v.value), 0, "").map_err(overflow)?;
             }
-            Ok(())
+            runs.write(totals)
         })?;
-        return Ok(totals);
+        let meters: Vec<(String, Aggregation)> =
+            catalog.meters().iter().map(|m| (m.name.clone(), m.aggregation)).collect();
+        let merge = Merge::of(runs, &meters)?;
+        tracing::debug!(runs = merge.runs.len(), premerged = merge.premerged, "census totals in runs on disk");
+        return Ok(Accepted { merge, meters, _lock: lock, _dir: dir });
+    }
+}
+
+/// The census's totals, read a range of tenants at a time, in the order of their bytes: each
+/// spill file's totals, sorted by tenant in a run on disk, merged. Holds the census's directory,
+/// removed when this is dropped.
+pub struct Accepted {
+    merge: Merge,
+    /// Each meter's name and aggregation, by its number in the catalog.
+    meters: Vec<(String, Aggregation)>,
+    _lock: File,
+    _dir: tempfile::TempDir,
+}
+
+impl Accepted {
+    /// The totals of the tenants up to `upto`, included (every one left when `None`), that an
+    /// earlier call did not give.
+    pub fn until(&mut self, upto: Option<&str>) -> Result<Totals, Error> {
+        let mut totals = Totals::new();
+        while self.merge.peek().is_some_and(|t| upto.is_none_or(|u| t <= u)) {
+            let Some(p) = self.merge.next(&self.meters)? else { break };
+            totals.entry(p.tenant).or_default().insert(self.meters[p.meter].0.clone(), p.tally);
+        }
+        Ok(totals)
+    }
+
+    /// Every total left, at once.
+    pub fn rest(mut self) -> Result<Totals, Error> {
+        self.until(None)
+    }
+}
+
+/// A spill file's totals: by tenant, then meter number.
+type Partials = BTreeMap<String, BTreeMap<usize, Tally>>;
+
+/// One tenant's meter in a run: the part of its total one spill file holds.
+struct Partial {
+    tenant: String,
+    meter: usize,
+    tally: Tally,
+}
+
+impl Partial {
+    fn write(&self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(&(self.meter as u64).to_le_bytes())?;
+        put_str(w, &self.tenant)?;
+        match &self.tally.value {
+            None => w.write_all(&[0])?,
+            Some(d) => put_decimal(w, 1, d)?,
+        }
+        match &self.tally.latest {
+            None => w.write_all(&[0]),
+            Some((time_us, id)) => {
+                w.write_all(&[1])?;
+                w.write_all(&time_us.to_le_bytes())?;
+                put_str(w, id)
+            }
+        }
+    }
+
+    fn read(r: &mut impl Read) -> io::Result<Option<Self>> {
+        let Some(meter) = first_u64(r)? else { return Ok(None) };
+        let tenant = get_str(r)?;
+        let value = match get_u8(r)? {
+            0 => None,
+            _ => Some(get_decimal(r)?),
+        };
+        let latest = match get_u8(r)? {
+            0 => None,
+            _ => Some((get_u64(r)? as i64, get_str(r)?)),
+        };
+        Ok(Some(Partial { tenant, meter: meter as usize, tally: Tally { value, latest } }))
+    }
+}
+
+/// Folds `part` of a meter's total into `into`: what adding the contributions behind both, in any
+/// order, gives.
+fn combine(into: &mut Tally, part: Tally, aggregation: Aggregation) -> Result<(), Error> {
+    let Some(v) = part.value else { return Ok(()) };
+    let contribution = match aggregation {
+        Aggregation::Count | Aggregation::UniqueCount | Aggregation::Sum => Contribution::Sum(v),
+        Aggregation::Max => Contribution::Max(v),
+        Aggregation::Latest => Contribution::Latest(v),
+    };
+    let (time_us, id) = part.latest.unwrap_or_default();
+    into.add(&contribution, time_us, &id).map_err(overflow)
+}
+
+/// The runs written so far, each a spill file's totals sorted by tenant.
+struct Runs {
+    dir: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl Runs {
+    fn write(&mut self, totals: Partials) -> Result<(), Error> {
+        if totals.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(self.paths.len().to_string());
+        let mut w = BufWriter::with_capacity(1 << 16, File::create(&path)?);
+        for (tenant, meters) in totals {
+            for (meter, tally) in meters {
+                Partial { tenant: tenant.clone(), meter, tally }.write(&mut w)?;
+            }
+        }
+        w.into_inner().map_err(io::IntoInnerError::into_error)?;
+        self.paths.push(path);
+        Ok(())
+    }
+}
+
+/// Runs merged by `(tenant, meter)`, each read a record ahead.
+struct Merge {
+    runs: Vec<BufReader<File>>,
+    heads: Vec<Option<Partial>>,
+    order: BinaryHeap<Reverse<(String, usize, usize)>>,
+    /// Groups of runs merged into one before this merge.
+    premerged: usize,
+}
+
+impl Merge {
+    /// The merge of `runs`, at most [`RUNS_AT_ONCE`] open at a time: groups of them are merged
+    /// into a run first while there are more.
+    fn of(mut runs: Runs, meters: &[(String, Aggregation)]) -> Result<Merge, Error> {
+        let mut premerged = 0;
+        while runs.paths.len() > RUNS_AT_ONCE {
+            premerged += 1;
+            let group: Vec<PathBuf> = runs.paths.drain(..RUNS_AT_ONCE).collect();
+            let mut merge = Merge::open(&group)?;
+            let path = runs.dir.join(format!("{}-merged", runs.paths.len() + group.len()));
+            let mut w = BufWriter::with_capacity(1 << 16, File::create(&path)?);
+            while let Some(p) = merge.next(meters)? {
+                p.write(&mut w)?;
+            }
+            w.into_inner().map_err(io::IntoInnerError::into_error)?;
+            drop(merge);
+            for done in group {
+                std::fs::remove_file(done)?;
+            }
+            runs.paths.push(path);
+        }
+        Ok(Merge { premerged, ..Merge::open(&runs.paths)? })
+    }
+
+    fn open(paths: &[PathBuf]) -> io::Result<Merge> {
+        let mut merge = Merge { runs: Vec::new(), heads: Vec::new(), order: BinaryHeap::new(), premerged: 0 };
+        for path in paths {
+            let mut r = BufReader::with_capacity(1 << 16, File::open(path)?);
+            let head = Partial::read(&mut r)?;
+            if let Some(h) = &head {
+                merge.order.push(Reverse((h.tenant.clone(), h.meter, merge.runs.len())));
+            }
+            merge.runs.push(r);
+            merge.heads.push(head);
+        }
+        Ok(merge)
+    }
+
+    /// The tenant of the next total.
+    fn peek(&self) -> Option<&str> {
+        self.order.peek().map(|Reverse((tenant, _, _))| tenant.as_str())
+    }
+
+    /// The next tenant's meter, its parts combined.
+    fn next(&mut self, meters: &[(String, Aggregation)]) -> Result<Option<Partial>, Error> {
+        let Some(Reverse((tenant, meter, run))) = self.order.pop() else { return Ok(None) };
+        let mut total = self.advance(run)?;
+        while let Some(Reverse((t, m, _))) = self.order.peek()
+            && (t.as_str(), *m) == (tenant.as_str(), meter)
+        {
+            let Some(Reverse((_, _, run))) = self.order.pop() else { break };
+            let part = self.advance(run)?;
+            combine(&mut total.tally, part.tally, meters[meter].1)?;
+        }
+        Ok(Some(total))
+    }
+
+    /// Run `run`'s record ahead, reading the one after it.
+    fn advance(&mut self, run: usize) -> io::Result<Partial> {
+        let head = self.heads[run].take().ok_or_else(|| io::Error::other("a run's record read twice"))?;
+        self.heads[run] = Partial::read(&mut self.runs[run])?;
+        if let Some(h) = &self.heads[run] {
+            self.order.push(Reverse((h.tenant.clone(), h.meter, run)));
+        }
+        Ok(head)
     }
 }
 
@@ -258,16 +457,11 @@ fn overflow(e: meter_schemas::meter::Overflow) -> Error {
 }
 
 /// The tally of `tenant`'s meter number `meter`, made when missing.
-fn tally<'a>(totals: &'a mut Totals, catalog: &Catalog, tenant: &str, meter: usize) -> &'a mut Tally {
-    let name = &catalog.meters()[meter].name;
+fn tally<'a>(totals: &'a mut Partials, tenant: &str, meter: usize) -> &'a mut Tally {
     if !totals.contains_key(tenant) {
         totals.insert(tenant.to_string(), Default::default());
     }
-    let meters = totals.get_mut(tenant).expect("inserted above");
-    if !meters.contains_key(name) {
-        meters.insert(name.clone(), Tally::default());
-    }
-    meters.get_mut(name).expect("inserted above")
+    totals.get_mut(tenant).expect("inserted above").entry(meter).or_default()
 }
 
 /// Which spill file a record goes to: any hash, the same within one process.
@@ -606,7 +800,8 @@ mod tests {
                 {
                     continue;
                 }
-                tally(&mut totals, catalog, &e.tenant, i).add(&c, e.time_us, &e.id).unwrap();
+                let name = catalog.meters()[i].name.clone();
+                totals.entry(e.tenant.clone()).or_default().entry(name).or_default().add(&c, e.time_us, &e.id).unwrap();
             }
         }
         totals
@@ -625,7 +820,8 @@ mod tests {
             .collect();
         let expected = in_memory(&events, &catalog, october);
         let dir = tempfile::tempdir().unwrap();
-        let totals = census(log_reassigned(events, Some(5)), &catalog, october, 1, dir.path(), &|_| {}).unwrap();
+        let totals =
+            census(log_reassigned(events, Some(5)), &catalog, october, 1, dir.path(), &|_| {}).unwrap().rest().unwrap();
         assert_eq!(totals, expected);
         assert_eq!(value(&totals, "a", "agent_invocations").as_deref(), Some("60"));
         assert_eq!(value(&totals, "a", "last_prompt").as_deref(), Some("59"), "e59's first copy is the latest");
@@ -641,7 +837,7 @@ mod tests {
             .collect();
         let log = Box::new(log_of(events, None, Some(11)));
         let dir = tempfile::tempdir().unwrap();
-        let refused = census(log, &catalog, october, 1, dir.path(), &|_| {}).unwrap_err().to_string();
+        let refused = census(log, &catalog, october, 1, dir.path(), &|_| {}).map(drop).unwrap_err().to_string();
         assert!(refused.contains("corrupt record at partition 0 offset 11: "), "{refused}");
         assert!(refused.contains("meter's format"), "{refused}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "its spill is removed");
@@ -671,7 +867,8 @@ mod tests {
         );
         let expected = in_memory(&events, &catalog, october);
         let dir = tempfile::tempdir().unwrap();
-        let totals = census_within(log(events), &catalog, october, 1, dir.path(), 4096, &|_| {}).unwrap();
+        let totals =
+            census_within(log(events), &catalog, october, 1, dir.path(), 4096, &|_| {}).unwrap().rest().unwrap();
         assert_eq!(totals, expected);
         assert_eq!(value(&totals, "a", "agent_tokens").as_deref(), Some("5003"), "3 + the loop's first 0 + 5,000");
         assert_eq!(value(&totals, "a", "largest_prompt").as_deref(), Some("3"));
@@ -724,7 +921,7 @@ mod tests {
             event("b", "u3", "user.login", t, json!({"user_id": "y"})),
         ];
         let dir = tempfile::tempdir().unwrap();
-        let totals = census(log(events), &catalog, october, 1, dir.path(), &|_| {}).unwrap();
+        let totals = census(log(events), &catalog, october, 1, dir.path(), &|_| {}).unwrap().rest().unwrap();
         assert_eq!(value(&totals, "a", "agent_tokens").as_deref(), Some("105"));
         assert_eq!(value(&totals, "a", "agent_invocations").as_deref(), Some("2"));
         assert_eq!(value(&totals, "b", "agent_tokens").as_deref(), Some("7"));
@@ -770,11 +967,32 @@ mod tests {
         let expected = in_memory(&events, &catalog, october);
         let dir = tempfile::tempdir().unwrap();
         // About 1.1 MB of copies spilled: files of about 17 KB, each split again at this budget.
-        let split = census_within(log(events.clone()), &catalog, october, 1, dir.path(), 4096, &|_| {}).unwrap();
-        let whole = census(log(events), &catalog, october, 1, dir.path(), &|_| {}).unwrap();
+        let split = census_within(log(events.clone()), &catalog, october, 1, dir.path(), 4096, &|_| {})
+            .unwrap()
+            .rest()
+            .unwrap();
+        let whole = census(log(events.clone()), &catalog, october, 1, dir.path(), &|_| {}).unwrap().rest().unwrap();
         assert!(expected.len() == 50 && expected.values().all(|m| m.len() == 8), "every meter has figures");
         assert_eq!(split, expected);
         assert_eq!(whole, expected);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the spills are removed");
+
+        // Read a range of tenants at a time, in the order of their bytes (t1 < t10 < … < t2).
+        let mut accepted = census_within(log(events), &catalog, october, 1, dir.path(), 4096, &|_| {}).unwrap();
+        assert!(accepted.merge.premerged > 0, "more runs than are merged at once: groups of them merged first");
+        let (mut read, mut after) = (Totals::new(), None::<&str>);
+        for upto in [Some("t0"), Some("t0"), Some("t19"), Some("t2"), Some("t44"), None] {
+            let range = accepted.until(upto).unwrap();
+            for tenant in range.keys() {
+                assert!(after.is_none_or(|a| tenant.as_str() > a) && upto.is_none_or(|u| tenant.as_str() <= u));
+            }
+            assert!(upto != Some("t0") || after != Some("t0") || range.is_empty(), "nothing twice");
+            read.extend(range);
+            after = upto;
+        }
+        assert_eq!(read, expected, "the ranges together");
+        assert!(accepted.until(None).unwrap().is_empty());
+        drop(accepted);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the spill is removed once read");
     }
 }

@@ -51,13 +51,14 @@ pub enum Progress {
         /// Records read so far.
         read: u64,
     },
-    /// Reading the stores' totals.
+    /// Reading the stores' totals, from here on a range of tenants at a time with their
+    /// subscriptions.
     Totals,
-    /// Rating subscriptions.
+    /// Rating subscriptions, a range of tenants at a time, each range recorded as it comes.
     Rating {
-        /// Done so far.
+        /// Subscriptions rated so far.
         done: usize,
-        /// Of.
+        /// How many there are: 0 until the last is rated.
         of: usize,
     },
     /// Re-rating an earlier period closed before its lateness window ended.
@@ -277,22 +278,11 @@ async fn close_holding(
         None => None,
     };
     progress(Progress::Totals);
-    let stored = Arc::new(src.history.period_totals(period).await?);
-    // Without ClickHouse the history is the live store itself: its totals are read once.
-    let counted = if same_store(&src.history, &src.live) {
-        stored.clone()
-    } else {
-        Arc::new(src.live.period_totals(period).await?)
-    };
 
     // From here on no change may be dated inside the period: the close reads the trails now.
     lease.check()?;
     ledger.freeze(period).await?;
-    let mut subscriptions = ledger.list(None).await?;
-    // By tenant, each tenant's oldest first (a stable sort of the list's order), so that the
-    // close walks the tenants in order, a range at a time.
-    subscriptions.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-    let (revisions, adjustments) = revise(ledger, src, &closes, &subscriptions, list, watermark_us, progress).await?;
+    let (revisions, adjustments) = revise(ledger, src, &closes, list, watermark_us, progress).await?;
     let header = Close {
         period,
         closed_at: format_time(now_us),
@@ -310,15 +300,21 @@ async fn close_holding(
     // they come: neither the invoices nor the report is ever held whole.
     let (parts, recording) = tokio::sync::mpsc::channel(2);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let walk = Walk {
+    let ranges = Stored {
+        ledger: ledger.clone(),
+        history: src.history.clone(),
+        // Without ClickHouse the history is the live store itself: its totals are read once.
+        live: (!same_store(&src.history, &src.live)).then(|| src.live.clone()),
+        accepted,
+        period,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let mut walk = Walk {
         catalog: src.catalog.clone(),
         period,
         list: list.clone(),
         watermark_us,
-        accepted,
-        counted,
-        stored,
-        subscriptions,
+        ranges: Box::new(ranges),
         adjustments,
         live: lease.watch(),
         tenants_a_part: TENANTS_A_PART,
@@ -367,15 +363,14 @@ async fn revise(
     ledger: &Ledger,
     src: &Sources,
     closes: &[crate::ledger::CloseSummary],
-    subscriptions: &[Subscription],
     list: &PriceList,
     watermark_us: i64,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<(BTreeMap<Period, Vec<Invoice>>, BTreeMap<String, Vec<Adjustment>>), Error> {
     let mut revisions = BTreeMap::new();
     let mut adjusting: BTreeMap<String, Vec<Adjustment>> = BTreeMap::new();
-    // Indexed once, when an earlier period needs rating again, as recorded (not advanced).
-    let mut recorded: Option<BTreeMap<&str, &Subscription>> = None;
+    // Read once, when an earlier period needs rating again, as recorded (not advanced).
+    let mut recorded: Option<BTreeMap<String, Subscription>> = None;
     for earlier in closes {
         // A period can still change until a close (its own or a later one's revision) saw a
         // watermark past its end plus the lateness window.
@@ -401,12 +396,15 @@ async fn revise(
         let earlier_list = src.book.version(&earlier.price_version).ok_or_else(|| {
             Error::PriceBook(format!("price list {} of period {} is gone", earlier.price_version, earlier.period))
         })?;
-        let recorded = recorded.get_or_insert_with(|| subscriptions.iter().map(|s| (s.id.as_str(), s)).collect());
+        let recorded = match recorded.as_mut() {
+            Some(r) => r,
+            None => recorded.insert(ledger.list(None).await?.into_iter().map(|s| (s.id.clone(), s)).collect()),
+        };
         let mut revised = Vec::new();
         for billed in &baseline {
             let mut sub = recorded
-                .get(billed.subscription.as_str())
-                .map(|s| (*s).clone())
+                .get(&billed.subscription)
+                .cloned()
                 .ok_or_else(|| Error::NotFound(billed.subscription.clone()))?;
             sub.advance(earlier.period.end_us() - 1);
             let usage = usage_of(&totals, &sub.tenant, watermark_us);
@@ -431,17 +429,67 @@ async fn revise(
     Ok((revisions, adjusting))
 }
 
+/// Where the close reads a range of tenants: their subscriptions and their totals. The ranges
+/// are asked for in order, each after the one before.
+trait Ranges: Send {
+    /// The subscriptions of the next `tenants` tenants after `after` that have one
+    /// ([`LedgerStore::subscriptions_after`](crate::ledger::LedgerStore::subscriptions_after)).
+    fn subscriptions(&mut self, after: Option<&str>, tenants: usize) -> Result<Vec<Subscription>, Error>;
+
+    /// The totals of the tenants after `after` up to `upto`, included (every one left when
+    /// `None`).
+    fn totals(&mut self, after: Option<&str>, upto: Option<&str>) -> Result<RangeTotals, Error>;
+}
+
+/// A range of tenants' totals.
+struct RangeTotals {
+    /// The history's.
+    stored: Totals,
+    /// The live counters', when they are not the history.
+    counted: Option<Totals>,
+    /// The census's, when it was taken.
+    accepted: Option<Totals>,
+}
+
+/// The ledger, the stores and the census, read from a thread of the close.
+struct Stored {
+    ledger: Ledger,
+    history: Arc<dyn UsageStore>,
+    /// The live counters, when they are not the history.
+    live: Option<Arc<dyn UsageStore>>,
+    accepted: Option<crate::census::Accepted>,
+    period: Period,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Ranges for Stored {
+    fn subscriptions(&mut self, after: Option<&str>, tenants: usize) -> Result<Vec<Subscription>, Error> {
+        self.runtime.block_on(self.ledger.subscriptions_after(after.map(str::to_string), tenants))
+    }
+
+    fn totals(&mut self, after: Option<&str>, upto: Option<&str>) -> Result<RangeTotals, Error> {
+        let (stored, counted) = self.runtime.block_on(async {
+            let stored = self.history.period_totals_in(self.period, after, upto).await?;
+            let counted = match &self.live {
+                Some(live) => Some(live.period_totals_in(self.period, after, upto).await?),
+                None => None,
+            };
+            Ok::<_, Error>((stored, counted))
+        })?;
+        // The census's runs are read in order: what is left up to `upto` is this range's.
+        let accepted = self.accepted.as_mut().map(|a| a.until(upto)).transpose()?;
+        Ok(RangeTotals { stored, counted, accepted })
+    }
+}
+
 /// What the close walks, a range of tenants at a time: every source by tenant.
 struct Walk {
     catalog: Arc<Catalog>,
     period: Period,
     list: PriceList,
     watermark_us: i64,
-    accepted: Option<Totals>,
-    counted: Arc<Totals>,
-    stored: Arc<Totals>,
-    /// By tenant ([`close_holding`] sorts them).
-    subscriptions: Vec<Subscription>,
+    /// The subscriptions and the totals, a range at a time.
+    ranges: Box<dyn Ranges>,
     adjustments: BTreeMap<String, Vec<Adjustment>>,
     /// Fails once the close lost its lease.
     live: Box<dyn Fn() -> Result<(), Error> + Send + Sync>,
@@ -455,51 +503,72 @@ impl Walk {
     /// the totals; tells `done` how many subscriptions were rated, of how many. A recording that
     /// stopped (it failed, or found the period closed meanwhile) stops the walk: its answer is
     /// the close's.
-    fn run(&self, parts: &tokio::sync::mpsc::Sender<Part>, done: &(dyn Fn(usize, usize) + Sync)) -> Result<(), Error> {
-        let tenants: BTreeSet<&str> = self
-            .subscriptions
-            .iter()
-            .map(|s| s.tenant.as_str())
-            .chain(self.counted.keys().map(String::as_str))
-            .chain(self.stored.keys().map(String::as_str))
-            .chain(self.accepted.iter().flat_map(|a| a.keys().map(String::as_str)))
-            .collect();
-        let tenants: Vec<&str> = tenants.into_iter().collect();
-        let (of, mut rated, mut next) = (self.subscriptions.len(), 0, 0);
+    fn run(
+        &mut self,
+        parts: &tokio::sync::mpsc::Sender<Part>,
+        done: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<(), Error> {
+        let (mut rated, mut after) = (0, None::<String>);
         let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
-        for range in tenants.chunks(self.tenants_a_part) {
-            let last = range[range.len() - 1];
-            let end = next + self.subscriptions[next..].partition_point(|s| s.tenant.as_str() <= last);
-            let (invoices, report) = self.part(range, &self.subscriptions[next..end])?;
-            for inv in &invoices {
-                let sum = totals.entry(inv.currency.to_string()).or_default();
-                *sum = sum
-                    .checked_add(inv.total)
-                    .ok_or_else(|| meter_rater::Error::Overflow("the close's total".into()))?;
+        loop {
+            // The next tenants with a subscription, and every tenant with figures up to the last
+            // of them (after the last subscription's tenant, every one left).
+            let subs = self.ranges.subscriptions(after.as_deref(), self.tenants_a_part)?;
+            let upto = subs.last().map(|s| s.tenant.clone());
+            let RangeTotals { stored, counted, accepted } = self.ranges.totals(after.as_deref(), upto.as_deref())?;
+            let counted = counted.as_ref().unwrap_or(&stored);
+            let tenants: BTreeSet<&str> = subs
+                .iter()
+                .map(|s| s.tenant.as_str())
+                .chain(stored.keys().map(String::as_str))
+                .chain(counted.keys().map(String::as_str))
+                .chain(accepted.iter().flat_map(|a| a.keys().map(String::as_str)))
+                .collect();
+            if !tenants.is_empty() {
+                let tenants: Vec<&str> = tenants.into_iter().collect();
+                let figures = Figures { accepted: accepted.as_ref(), counted, stored: &stored };
+                let (invoices, report) = self.part(&tenants, &subs, &figures)?;
+                for inv in &invoices {
+                    let sum = totals.entry(inv.currency.to_string()).or_default();
+                    *sum = sum
+                        .checked_add(inv.total)
+                        .ok_or_else(|| meter_rater::Error::Overflow("the close's total".into()))?;
+                }
+                rated += subs.len();
+                (self.live)()?;
+                if parts.blocking_send(Part::Rows(invoices, report)).is_err() {
+                    return Ok(());
+                }
             }
-            rated += end - next;
-            next = end;
-            done(rated, of);
-            (self.live)()?;
-            if parts.blocking_send(Part::Rows(invoices, report)).is_err() {
-                return Ok(());
+            match upto {
+                Some(last) => {
+                    done(rated, 0);
+                    after = Some(last);
+                }
+                None => break,
             }
         }
+        done(rated, rated);
         (self.live)()?;
         let _ = parts.blocking_send(Part::End(totals));
         Ok(())
     }
 
     /// The invoices and report rows of `tenants` (in order), whose subscriptions are `subs`.
-    fn part(&self, tenants: &[&str], subs: &[Subscription]) -> Result<(Vec<Invoice>, Vec<ReportRow>), Error> {
-        let (period, list) = (self.period, &self.list);
+    fn part(
+        &self,
+        tenants: &[&str],
+        subs: &[Subscription],
+        figures: &Figures,
+    ) -> Result<(Vec<Invoice>, Vec<ReportRow>), Error> {
+        let (period, list, watermark_us) = (self.period, &self.list, self.watermark_us);
         // On every core (rayon's pool), in the subscriptions' order.
         let rated = subs
             .par_iter()
             .map(|sub| {
                 let mut sub = sub.clone();
                 sub.advance(period.end_us() - 1);
-                let usage = usage_of(&self.stored, &sub.tenant, self.watermark_us);
+                let usage = usage_of(figures.stored, &sub.tenant, watermark_us);
                 let inv = rate(&sub.tenant, &sub.id, &sub.entries, period, Some(&usage), list)
                     .map_err(|e| unratable(&sub, e))?;
                 Ok((sub, inv))
@@ -543,8 +612,7 @@ impl Walk {
         let mut invoices: Vec<Invoice> = invoices.into_values().collect();
         invoices.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
         let subscribed: BTreeSet<&str> = subs.iter().map(|s| s.tenant.as_str()).collect();
-        let figures = Figures { accepted: self.accepted.as_ref(), counted: &self.counted, stored: &self.stored };
-        let rows = report(&self.catalog, &figures, tenants, &invoices, &subscribed);
+        let rows = report(&self.catalog, figures, tenants, &invoices, &subscribed);
         Ok((invoices, rows))
     }
 }
@@ -565,7 +633,7 @@ async fn census(
     period: Period,
     now_us: i64,
     progress: &(dyn Fn(Progress) + Send + Sync),
-) -> Result<Totals, Error> {
+) -> Result<crate::census::Accepted, Error> {
     progress(Progress::Census { read: 0 });
     // A group of its own, so that the census is given every partition (Kafka).
     let group = format!("{}-{period}-{now_us}", src.census_group);
@@ -689,6 +757,38 @@ mod tests {
     /// invoices and report rows in the same order, the same totals, whatever falls on a part's
     /// edge (a tenant's two subscriptions, usage without a subscription, a tenant the census alone
     /// saw, adjustment lines in the list's currency and in another).
+    /// Subscriptions (by tenant) and totals held in memory, read by range as the stores read them.
+    struct Held {
+        subscriptions: Vec<Subscription>,
+        stored: Totals,
+        counted: Option<Totals>,
+        accepted: Option<Totals>,
+    }
+
+    impl Ranges for Held {
+        fn subscriptions(&mut self, after: Option<&str>, tenants: usize) -> Result<Vec<Subscription>, Error> {
+            let next: Vec<&Subscription> =
+                self.subscriptions.iter().filter(|s| after.is_none_or(|a| s.tenant.as_str() > a)).collect();
+            let first: BTreeSet<&str> = next.iter().map(|s| s.tenant.as_str()).collect();
+            let first: BTreeSet<&str> = first.into_iter().take(tenants).collect();
+            Ok(next.into_iter().filter(|s| first.contains(s.tenant.as_str())).cloned().collect())
+        }
+
+        fn totals(&mut self, after: Option<&str>, upto: Option<&str>) -> Result<RangeTotals, Error> {
+            let within = |t: &Totals| -> Totals {
+                t.iter()
+                    .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a) && upto.is_none_or(|u| k.as_str() <= u))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            };
+            Ok(RangeTotals {
+                stored: within(&self.stored),
+                counted: self.counted.as_ref().map(within),
+                accepted: self.accepted.as_ref().map(within),
+            })
+        }
+    }
+
     #[test]
     fn the_parts_of_a_close_are_the_close_made_in_one() {
         let book = PriceBook::parse(
@@ -724,6 +824,7 @@ mod tests {
             ("c", "work_orders", 5),
             ("d", "agent_tokens", 2_000_000),
             ("f", "work_orders", 1),
+            ("g", "api_calls", 3),
         ]);
         let mut counted = stored.clone();
         counted.get_mut("d").unwrap().get_mut("agent_tokens").unwrap().value = Some(Decimal::from(1_999_999));
@@ -764,10 +865,12 @@ mod tests {
             period,
             list: list.clone(),
             watermark_us: period.end_us(),
-            accepted: Some(accepted.clone()),
-            counted: Arc::new(counted.clone()),
-            stored: Arc::new(stored.clone()),
-            subscriptions: subscriptions.clone(),
+            ranges: Box::new(Held {
+                subscriptions: subscriptions.clone(),
+                stored: stored.clone(),
+                counted: Some(counted.clone()),
+                accepted: Some(accepted.clone()),
+            }),
             adjustments: adjustments
                 .iter()
                 .map(|(t, a)| (t.clone(), a.iter().map(Adjustment::clone).collect()))
@@ -794,11 +897,13 @@ mod tests {
             let json = serde_json::to_string(&(invoices, rows, end.expect("an end"))).unwrap();
             (json, parts)
         };
+        // Parts end at a subscription's tenant: c and e (usage without a subscription) share one
+        // with the next tenant that has one, and g (after the last) one of its own.
         let (one, parts) = made(100);
-        assert_eq!(parts, 1);
-        for (n, expected) in [(1, 6), (2, 3), (3, 2), (4, 2)] {
+        assert_eq!(parts, 2);
+        for (n, expected) in [(1, 5), (2, 3), (3, 3), (4, 2)] {
             let (json, parts) = made(n);
-            assert_eq!(parts, expected, "parts of {n} tenants (a to f)");
+            assert_eq!(parts, expected, "parts of {n} tenants with a subscription");
             assert_eq!(json, one, "made in parts of {n} tenants");
         }
         let (invoices, rows, end): (Vec<Invoice>, Vec<ReportRow>, BTreeMap<String, Decimal>) =
@@ -810,7 +915,7 @@ mod tests {
         assert_eq!(eur.lines.len(), 2, "both adjustments in one invoice of its own");
         assert_eq!(end.len(), 2, "USD and EUR: {end:?}");
         let tenants: BTreeSet<&str> = rows.iter().map(|r| r.tenant.as_str()).collect();
-        assert_eq!(tenants, BTreeSet::from(["a", "b", "c", "d", "e", "f"]));
+        assert_eq!(tenants, BTreeSet::from(["a", "b", "c", "d", "e", "f", "g"]));
         let b_usage: Vec<&Invoice> = invoices.iter().filter(|i| i.tenant == "b" && i.plan.is_some()).collect();
         assert_eq!(b_usage.len(), 1, "the later of b's subscriptions bills its usage");
         assert_eq!(b_usage[0].subscription, "s_b2");

@@ -4,8 +4,8 @@
 //! [`LiveHarness`].
 
 use crate::{
-    Advance, Allowances, Applied, Checkpoint, Coverage, Error, LimitQuery, LiveStore, Metered, Progress, UsageStore,
-    Watch,
+    Advance, Allowances, Applied, Checkpoint, Coverage, Error, LimitQuery, LiveStore, Metered, Progress, Totals,
+    UsageStore, Watch,
 };
 use meter_schemas::{Catalog, Contribution, MeterDef, Period};
 use rust_decimal::Decimal;
@@ -711,6 +711,43 @@ pub async fn positions_read_where_a_consumer_stands(h: &dyn Harness) {
     assert_eq!(s.checkpoint("c").unwrap().positions, vec![(1, 2), (3, 5)]);
 }
 
+/// A close reads the period's totals a range of tenants at a time: those after one tenant up to
+/// another, included, in the order of their bytes (as Rust orders strings), whatever the
+/// backend's collation; the ranges together are every tenant's totals, once.
+pub async fn period_totals_read_a_range_of_tenants_in_byte_order(h: &dyn Harness) {
+    let s = h.open().await;
+    let m = meters();
+    let nov: Period = "2026-11".parse().unwrap();
+    // Byte order: "B" < "a" < "a b" < "ab" < "é".
+    let tenants = ["é", "a", "B", "ab", "a b"];
+    let batch: Vec<Metered> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| at(i as u64, tokens(t, &format!("e{i}"), 10 + i as i64, MID_NOVEMBER)))
+        .collect();
+    s.apply("c", &m, &batch, &adv(0, batch.len() as u64)).unwrap();
+    // And one in December, which no range of November reads.
+    s.apply("c", &m, &[at(5, tokens("a", "late", 1, nov.end_us() + 1))], &adv(5, 6)).unwrap();
+    let whole = s.period_totals(nov).await.unwrap();
+    let keys = |t: &Totals| t.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&whole), ["B", "a", "a b", "ab", "é"]);
+    assert_eq!(s.period_totals_in(nov, None, None).await.unwrap(), whole);
+    let range =
+        async |after: Option<&str>, upto: Option<&str>| keys(&s.period_totals_in(nov, after, upto).await.unwrap());
+    assert_eq!(range(None, Some("a")).await, ["B", "a"]);
+    assert_eq!(range(Some("a"), Some("ab")).await, ["a b", "ab"]);
+    assert_eq!(range(Some("ab"), None).await, ["é"]);
+    assert_eq!(range(Some("B"), Some("B")).await, Vec::<String>::new());
+    assert_eq!(range(Some("é"), None).await, Vec::<String>::new());
+    assert_eq!(range(None, Some("A")).await, Vec::<String>::new());
+    let mut pieces = Totals::new();
+    for (after, upto) in [(None, Some("a")), (Some("a"), Some("ab")), (Some("ab"), None)] {
+        pieces.extend(s.period_totals_in(nov, after, upto).await.unwrap());
+    }
+    assert_eq!(pieces, whole, "the ranges together");
+    assert_eq!(whole["a"]["agent_tokens"].value.map(|v| v.normalize().to_string()).as_deref(), Some("11"));
+}
+
 /// Expands to one `#[tokio::test]` per contract body, for a backend given by a harness factory.
 #[macro_export]
 macro_rules! store_contract {
@@ -720,7 +757,7 @@ macro_rules! store_contract {
             a_failed_batch_changes_nothing, uniques_and_period_boundaries, max_and_latest_ignore_arrival_order,
             a_batch_inserted_twice_changes_nothing, a_replay_of_the_whole_log_from_offset_0_changes_nothing,
             the_first_copy_of_an_id_counts_whatever_its_time, breakdown_by_group_values,
-            positions_read_where_a_consumer_stands);
+            positions_read_where_a_consumer_stands, period_totals_read_a_range_of_tenants_in_byte_order);
     };
     (@t $harness:expr; $($name:ident),*) => {
         $(

@@ -237,8 +237,14 @@ pub trait UsageStore: Send + Sync {
     /// and day; days without events are absent.
     async fn daily(&self, tenant: &str, from: Date, to: Date) -> Result<Series, Error>;
 
-    /// Every tenant's period tallies, by tenant and meter: what closing `period` reads.
-    async fn period_totals(&self, period: Period) -> Result<Totals, Error>;
+    /// Every tenant's period tallies, by tenant and meter.
+    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
+        self.period_totals_in(period, None, None).await
+    }
+
+    /// The period tallies of the tenants after `after` up to `upto`, included (no bound where
+    /// `None`), by tenant and meter: what closing `period` reads, a range of tenants at a time.
+    async fn period_totals_in(&self, period: Period, after: Option<&str>, upto: Option<&str>) -> Result<Totals, Error>;
 
     /// `tenant`'s period totals of each broken-down meter (`group_by`), by property and then by
     /// the property's value (`""`: events without it), from events counted since the meter was

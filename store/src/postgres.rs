@@ -1531,17 +1531,24 @@ impl UsageStore for PgStore {
             .await
     }
 
-    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
+    async fn period_totals_in(&self, period: Period, after: Option<&str>, upto: Option<&str>) -> Result<Totals, Error> {
         let bucket = period.to_string();
+        let (after, upto) = (after.map(str::to_string), upto.map(str::to_string));
+        // A bound only where there is one, so that each shape plans on the tenant index.
+        let mut sql =
+            "SELECT tenant, meter, value::text, latest_us, latest_id FROM tallies WHERE bucket = $1".to_string();
+        let mut bounds = Vec::new();
+        for (bound, op) in [(after, ">"), (upto, "<=")] {
+            if let Some(b) = bound {
+                bounds.push(b);
+                sql.push_str(&format!(" AND tenant {op} ${}", bounds.len() + 1));
+            }
+        }
         self.pg
             .with(async move |c| {
-                let rows = c
-                    .query(
-                        "SELECT tenant, meter, value::text, latest_us, latest_id FROM tallies WHERE bucket = $1",
-                        &[&bucket],
-                    )
-                    .await?;
-                nest(&rows)
+                let mut args: Vec<&(dyn meter_postgres::tokio_postgres::types::ToSql + Sync)> = vec![&bucket];
+                args.extend(bounds.iter().map(|b| b as &(dyn meter_postgres::tokio_postgres::types::ToSql + Sync)));
+                nest(&c.query(&sql, &args).await?)
             })
             .await
     }

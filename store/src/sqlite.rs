@@ -952,9 +952,28 @@ impl UsageStore for SqliteStore {
         Ok(nest(self.keyed_tallies(sql, args).await?))
     }
 
-    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
-        let sql = "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1";
-        Ok(nest(self.keyed_tallies(sql, vec![period.to_string()]).await?))
+    async fn period_totals_in(&self, period: Period, after: Option<&str>, upto: Option<&str>) -> Result<Totals, Error> {
+        // One statement a shape, each kept prepared.
+        let (sql, bounds): (&'static str, Vec<&str>) = match (after, upto) {
+            (None, None) => {
+                ("SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1", vec![])
+            }
+            (Some(a), None) => (
+                "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1 AND tenant > ?2",
+                vec![a],
+            ),
+            (None, Some(u)) => (
+                "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1 AND tenant <= ?2",
+                vec![u],
+            ),
+            (Some(a), Some(u)) => (
+                "SELECT tenant, meter, value, latest_us, latest_id FROM tallies
+                 WHERE bucket = ?1 AND tenant > ?2 AND tenant <= ?3",
+                vec![a, u],
+            ),
+        };
+        let args = std::iter::once(period.to_string()).chain(bounds.into_iter().map(str::to_string)).collect();
+        Ok(nest(self.keyed_tallies(sql, args).await?))
     }
 
     async fn breakdown(&self, tenant: &str, period: Period) -> Result<Breakdown, Error> {

@@ -343,7 +343,8 @@ fn progress_text(p: &Value) -> String {
     match p["stage"].as_str() {
         Some("census") => format!("census of the log: {} records read", p["read"]),
         Some("totals") => "reading the stores' totals".into(),
-        Some("rating") => format!("rated {} of {} subscriptions", p["done"], p["of"]),
+        Some("rating") if p["of"] != json!(0) => format!("rated: {} subscriptions", p["done"]),
+        Some("rating") => format!("rating: {} subscriptions done", p["done"]),
         Some("adjusting") => {
             format!("adjusting {}: rating it again on today's totals", p["period"].as_str().unwrap_or("?"))
         }

@@ -792,6 +792,43 @@ pub async fn a_close_is_recorded_as_its_parts_come_or_not_at_all(store: Arc<dyn 
     assert_eq!(ledger.invoices_of("late").await.unwrap(), vec![]);
 }
 
+/// A close reads the subscriptions a range of tenants at a time: by tenant in the order of their
+/// bytes (as Rust orders strings), each tenant's oldest first, never a tenant's apart; the ranges
+/// together are every subscription, once.
+pub async fn subscriptions_are_read_a_range_of_tenants_at_a_time(store: Arc<dyn LedgerStore>) {
+    let ledger = Ledger::new(store);
+    let book = book();
+    let list = book.version("2026-01").unwrap();
+    for (i, t) in ["é", "a", "B", "ab", "a b"].iter().enumerate() {
+        ledger.create(t, setup("starter"), MID_OCTOBER + i as i64, "k", list).await.unwrap();
+    }
+    // "a" subscribes again once its first subscription ended.
+    let first = ledger.list(Some("a")).await.unwrap().remove(0);
+    ledger.apply(&first.id, Command::Cancel, MID_OCTOBER + DAY, "k", list.clone()).await.unwrap();
+    let again = ledger.create("a", setup("professional"), MID_OCTOBER + 40 * DAY, "k", list).await.unwrap();
+    let ids = |subs: &[meter_rater::Subscription]| subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+    let tenants = |subs: &[meter_rater::Subscription]| subs.iter().map(|s| s.tenant.clone()).collect::<Vec<_>>();
+    let all = ledger.subscriptions_after(None, 100).await.unwrap();
+    assert_eq!(tenants(&all), ["B", "a", "a", "a b", "ab", "é"]);
+    assert_eq!(ids(&all[1..3]), [first.id.clone(), again.id.clone()], "a tenant's oldest first");
+    assert_eq!(tenants(&ledger.subscriptions_after(Some("B".into()), 1).await.unwrap()), ["a", "a"]);
+    assert_eq!(tenants(&ledger.subscriptions_after(Some("a".into()), 2).await.unwrap()), ["a b", "ab"]);
+    assert_eq!(tenants(&ledger.subscriptions_after(Some("A".into()), 1).await.unwrap()), ["B"]);
+    assert!(ledger.subscriptions_after(Some("é".into()), 3).await.unwrap().is_empty());
+    for n in 1..=6 {
+        let (mut read, mut after) = (Vec::new(), None);
+        loop {
+            let page = ledger.subscriptions_after(after.clone(), n).await.unwrap();
+            let Some(last) = page.last() else { break };
+            let distinct: std::collections::BTreeSet<&str> = page.iter().map(|s| s.tenant.as_str()).collect();
+            assert!(distinct.len() <= n, "{n}: {distinct:?}");
+            after = Some(last.tenant.clone());
+            read.extend(page);
+        }
+        assert_eq!(ids(&read), ids(&all), "in ranges of {n} tenants");
+    }
+}
+
 /// Expands to one test per contract body, for a backend given by a factory of empty stores.
 #[macro_export]
 macro_rules! ledger_contract {
@@ -806,7 +843,7 @@ macro_rules! ledger_contract {
             concurrent_workers_never_claim_one_operation, one_close_holds_the_lease_at_a_time,
             concurrent_closes_take_the_lease_once, a_worker_renews_only_the_claims_it_still_holds,
             a_recorded_close_reads_back_byte_for_byte, a_close_reads_in_pages_and_exports_the_same_bytes,
-            a_close_is_recorded_as_its_parts_come_or_not_at_all);
+            a_close_is_recorded_as_its_parts_come_or_not_at_all, subscriptions_are_read_a_range_of_tenants_at_a_time);
     };
     (@t $store:expr; $($name:ident),*) => {
         $(

@@ -177,6 +177,12 @@ pub trait LedgerStore: Send + Sync {
     /// Every subscription (of `tenant`, when given), oldest first (then by id).
     async fn subscriptions(&self, tenant: Option<String>) -> Result<Vec<Subscription>, Error>;
 
+    /// The subscriptions of the tenants after `after` (from the first when `None`), by tenant in
+    /// the order of their bytes, each tenant's oldest first (then by id): those of the next
+    /// `tenants` tenants that have one, or of every one left. Read apart from a close being
+    /// recorded, which this neither waits for nor sees.
+    async fn subscriptions_after(&self, after: Option<String>, tenants: usize) -> Result<Vec<Subscription>, Error>;
+
     /// The close of `period`, if it was closed.
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error>;
 
@@ -388,6 +394,12 @@ impl Ledger {
     /// Every subscription (of `tenant`, when given), oldest first.
     pub async fn list(&self, tenant: Option<&str>) -> Result<Vec<Subscription>, Error> {
         self.store.subscriptions(tenant.map(str::to_string)).await
+    }
+
+    /// The subscriptions of the next `tenants` tenants after `after`
+    /// ([`LedgerStore::subscriptions_after`]).
+    pub async fn subscriptions_after(&self, after: Option<String>, tenants: usize) -> Result<Vec<Subscription>, Error> {
+        self.store.subscriptions_after(after, tenants).await
     }
 
     /// The close of `period`, if it was closed.

@@ -234,6 +234,22 @@ impl LedgerStore for PgLedger {
             .await
     }
 
+    async fn subscriptions_after(&self, after: Option<String>, tenants: usize) -> Result<Vec<Subscription>, Error> {
+        let tenants = tenants as i64;
+        self.pg
+            .with(async move |c| {
+                // The tenants that have one, from the index by tenant; then theirs.
+                let from = if after.is_some() { "tenant > $1" } else { "$1::text IS NULL" };
+                let filter = format!(
+                    "WHERE ({from}) AND tenant <= (SELECT max(tenant) FROM
+                         (SELECT DISTINCT tenant FROM subscriptions WHERE {from} ORDER BY tenant LIMIT $2) t)
+                     ORDER BY tenant, created_us, id"
+                );
+                load(&c, &filter, &[&after, &tenants]).await
+            })
+            .await
+    }
+
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
         self.pg.with(async move |c| read_close(&c, &period.to_string()).await).await
     }

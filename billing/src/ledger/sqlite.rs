@@ -11,8 +11,9 @@ use async_trait::async_trait;
 use meter_rater::Subscription;
 use meter_schemas::Period;
 use meter_sqlite::rusqlite::{Connection, OptionalExtension, params};
-use meter_sqlite::{Durability, Shared, migrate, open};
+use meter_sqlite::{Durability, ReadPool, Shared, blocking, migrate, open};
 use std::path::Path;
+use std::sync::Arc;
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -135,6 +136,8 @@ const PART_BYTES: usize = 64 << 20;
 /// The ledger in one SQLite file. Every write is one SQLite transaction.
 pub struct SqliteLedger {
     conn: Shared,
+    /// Reads that must not wait for `conn` (a close walks the subscriptions while it records).
+    reads: Arc<ReadPool>,
     part_bytes: usize,
 }
 
@@ -144,7 +147,7 @@ impl SqliteLedger {
         let mut conn = open(path, Durability::Full)?;
         migrate(&mut conn, path, MIGRATIONS)?;
         fill_invoices(&mut conn)?;
-        Ok(SqliteLedger { conn: Shared::new(conn), part_bytes: PART_BYTES })
+        Ok(SqliteLedger { conn: Shared::new(conn), reads: Arc::new(ReadPool::new(path)), part_bytes: PART_BYTES })
     }
 
     /// Runs `f` on the connection off the async runtime.
@@ -214,6 +217,29 @@ impl LedgerStore for SqliteLedger {
             None => load(c, "ORDER BY created_us, id", params![]),
         })
         .await
+    }
+
+    async fn subscriptions_after(&self, after: Option<String>, tenants: usize) -> Result<Vec<Subscription>, Error> {
+        let reads = self.reads.clone();
+        let bodies = blocking(move || {
+            reads.with(|c| {
+                // The tenants that have one, from the index by tenant; then theirs.
+                let (from, bound) = match &after {
+                    Some(a) => ("tenant > ?1", a.as_str()),
+                    None => ("tenant >= ?1", ""),
+                };
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT body FROM subscriptions
+                     WHERE {from} AND tenant <= (SELECT max(tenant) FROM
+                         (SELECT DISTINCT tenant FROM subscriptions WHERE {from} ORDER BY tenant LIMIT ?2))
+                     ORDER BY tenant, created_us, id"
+                ))?;
+                let rows = stmt.query_map(params![bound, tenants as i64], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        })
+        .await?;
+        bodies.iter().map(|b| Ok(serde_json::from_str(b)?)).collect()
     }
 
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {

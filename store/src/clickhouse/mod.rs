@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use clickhouse::{Client, Row};
 use meter_schemas::period::{Date, date_start_us};
 use meter_schemas::{Contribution, MeterDef, Period};
-use query::{AggRow, Bind, DAY_US, Scope, kind_code};
+use query::{AggRow, Bind, DAY_US, Scope, Tenants, kind_code};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -464,7 +464,11 @@ impl Inner {
     /// The scope of one read: `tenant` (or every tenant) over `from_us..to_us`.
     async fn scope(&self, tenant: Option<&str>, from_us: i64, to_us: i64, by_day: bool) -> Result<Scope, Error> {
         let unrolled_from_day = self.unrolled_from().await?;
-        Ok(Scope { tenant: tenant.map(str::to_string), from_us, to_us, by_day, unrolled_from_day })
+        let tenants = match tenant {
+            Some(t) => Tenants::One(t.to_string()),
+            None => Tenants::Range { after: None, upto: None },
+        };
+        Ok(Scope { tenants, from_us, to_us, by_day, unrolled_from_day })
     }
 
     async fn aggregate(&self, scope: Scope) -> Result<Vec<AggRow>, Error> {
@@ -513,8 +517,14 @@ impl Inner {
         Ok(series)
     }
 
-    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
-        let rows = self.aggregate(self.scope(None, period.start_us(), period.end_us(), false).await?).await?;
+    async fn period_totals_in(
+        &self,
+        period: Period,
+        after: Option<String>,
+        upto: Option<String>,
+    ) -> Result<Totals, Error> {
+        let scope = self.scope(None, period.start_us(), period.end_us(), false).await?;
+        let rows = self.aggregate(Scope { tenants: Tenants::Range { after, upto }, ..scope }).await?;
         let mut totals = Totals::new();
         for row in rows {
             let tally = row.tally()?;
@@ -648,9 +658,9 @@ impl UsageStore for ClickHouseStore {
         self.spawn(async move { inner.daily(&tenant, from, to).await }).await
     }
 
-    async fn period_totals(&self, period: Period) -> Result<Totals, Error> {
-        let inner = self.inner.clone();
-        self.spawn(async move { inner.period_totals(period).await }).await
+    async fn period_totals_in(&self, period: Period, after: Option<&str>, upto: Option<&str>) -> Result<Totals, Error> {
+        let (inner, after, upto) = (self.inner.clone(), after.map(str::to_string), upto.map(str::to_string));
+        self.spawn(async move { inner.period_totals_in(period, after, upto).await }).await
     }
 
     async fn breakdown(&self, tenant: &str, period: Period) -> Result<Breakdown, Error> {

@@ -89,8 +89,8 @@ pub(super) fn raw(q: Decimal) -> Option<i128> {
 /// Which rows a read covers.
 #[derive(Clone)]
 pub(super) struct Scope {
-    /// One tenant, or every tenant.
-    pub tenant: Option<String>,
+    /// Whose tallies.
+    pub tenants: Tenants,
     /// Time range, microseconds, end excluded.
     pub from_us: i64,
     pub to_us: i64,
@@ -98,6 +98,15 @@ pub(super) struct Scope {
     pub by_day: bool,
     /// First day not rolled up: days before it are read from `daily`.
     pub unrolled_from_day: i64,
+}
+
+/// Whose tallies a [`Scope`] reads.
+#[derive(Clone, Debug)]
+pub(super) enum Tenants {
+    /// One tenant's.
+    One(String),
+    /// Those after `after` up to `upto`, included (no bound where `None`).
+    Range { after: Option<String>, upto: Option<String> },
 }
 
 /// The query of `scope` and its bind values, in order.
@@ -108,12 +117,21 @@ pub(super) fn aggregate(scope: &Scope) -> (String, Vec<Bind>) {
     let raw_from_us = scope.from_us.max(scope.unrolled_from_day.saturating_mul(DAY_US));
     let mut branches = Vec::new();
     let mut binds = Vec::new();
-    let tenant_filter = |binds: &mut Vec<Bind>| match &scope.tenant {
-        Some(t) => {
+    let tenant_filter = |binds: &mut Vec<Bind>| match &scope.tenants {
+        Tenants::One(t) => {
             binds.push(Bind::Text(t.clone()));
-            "tenant = ?"
+            "tenant = ?".to_string()
         }
-        None => "1",
+        Tenants::Range { after, upto } => {
+            let mut filter = Vec::new();
+            for (bound, condition) in [(after, "tenant > ?"), (upto, "tenant <= ?")] {
+                if let Some(b) = bound {
+                    binds.push(Bind::Text(b.clone()));
+                    filter.push(condition);
+                }
+            }
+            if filter.is_empty() { "1".to_string() } else { filter.join(" AND ") }
+        }
     };
     let group_day = |expr: &str| if scope.by_day { expr.to_string() } else { "toInt64(-1)".to_string() };
     if first_day < rolled_end_day {
