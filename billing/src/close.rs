@@ -40,6 +40,9 @@ pub struct Sources {
     pub book: Arc<PriceBook>,
     /// The lateness window: events may arrive this long after their time.
     pub lateness_us: i64,
+    /// How many tenants with a subscription a part of the close holds ([`TENANTS_A_PART`];
+    /// tests make it small).
+    pub tenants_a_part: usize,
 }
 
 /// What a close reports while it works.
@@ -317,7 +320,7 @@ async fn close_holding(
         ranges: Box::new(ranges),
         adjustments,
         live: lease.watch(),
-        tenants_a_part: TENANTS_A_PART,
+        tenants_a_part: src.tenants_a_part.max(1),
     };
     let made = tokio::task::spawn_blocking(move || {
         walk.run(&parts, &|done, of| {
@@ -343,9 +346,9 @@ async fn close_holding(
     Ok(recorded)
 }
 
-/// Tenants a part of the close holds: its rows are made and recorded this many tenants at a
-/// time.
-const TENANTS_A_PART: usize = 5_000;
+/// Tenants with a subscription a part of the close holds: its rows are made and recorded this
+/// many at a time (with every tenant with figures between them).
+pub const TENANTS_A_PART: usize = 5_000;
 
 /// Adjustment lines of earlier periods for one subscription's invoice in one currency: the list
 /// (in that currency) an invoice of its own starts from, and the lines, in the order made.

@@ -27,6 +27,7 @@ pub fn one_store(store: Arc<dyn UsageStore>, book: Arc<PriceBook>) -> Sources {
         catalog: Arc::new(Catalog::new(vec![]).expect("the default meters are valid")),
         book,
         lateness_us: 7 * 86_400_000_000,
+        tenants_a_part: crate::close::TENANTS_A_PART,
     }
 }
 

@@ -19,6 +19,17 @@ fn host(url: &PgUrl) -> PgLedger {
     PgLedger::open(Arc::new(Pg::connect(url, MAX_CONNECTIONS).unwrap())).unwrap()
 }
 
+/// A monthly Starter subscription.
+fn starter() -> meter_rater::Setup {
+    meter_rater::Setup {
+        plan: "starter".into(),
+        cycle: meter_rater::Cycle::Monthly,
+        term_years: 1,
+        auto_renew: true,
+        trial: false,
+    }
+}
+
 fn store() -> Arc<dyn LedgerStore> {
     Arc::new(host(&database()))
 }
@@ -200,15 +211,8 @@ async fn hosts_admit_one_subscription_per_tenant() {
             let ledger = ledger.clone();
             tokio::spawn(async move {
                 let book = book();
-                let setup = meter_rater::Setup {
-                    plan: "starter".into(),
-                    cycle: meter_rater::Cycle::Monthly,
-                    term_years: 1,
-                    auto_renew: true,
-                    trial: false,
-                };
                 ledger
-                    .create("acme", setup, 1_791_849_600_000_000 + i as i64, "k", book.version("2026-01").unwrap())
+                    .create("acme", starter(), 1_791_849_600_000_000 + i as i64, "k", book.version("2026-01").unwrap())
                     .await
             })
         })
@@ -218,4 +222,38 @@ async fn hosts_admit_one_subscription_per_tenant() {
         admitted += usize::from(t.await.unwrap().is_ok());
     }
     assert_eq!(admitted, 1);
+}
+
+/// While a close records its parts, subscriptions are still written on every host (a sign-up
+/// dated after the period, with its mirror's operation): the recording holds neither the
+/// periods' lock nor the outbox's until its end, so no writer waits on it holding a connection
+/// the close's own reads need. Its pushes come after the sign-up's operation in the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscriptions_are_written_while_a_close_records() {
+    use meter_billing::ledger::Part;
+    use meter_billing::ledger::outbox::OpKind;
+    let url = database();
+    let (ledger, other) = (Ledger::new(Arc::new(host(&url))), Ledger::new(Arc::new(host(&url))));
+    let book = book();
+    let list = book.version("2026-01").unwrap().clone();
+    let october: meter_schemas::Period = "2026-10".parse().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let recording = tokio::spawn({
+        let (ledger, list) = (ledger.clone(), list.clone());
+        async move { ledger.record_parts(a_close("2026-10", &[]), &list, rx).await }
+    });
+    tx.send(Part::Rows(vec![invoice("t1", "2026-10", 1)], vec![])).await.unwrap();
+    let signed_up = other.create("newcomer", starter(), october.end_us() + 1, "k", &list);
+    let signed_up = tokio::time::timeout(std::time::Duration::from_secs(5), signed_up).await;
+    signed_up.expect("a sign-up waits for no recording").unwrap();
+    tx.send(Part::Rows(vec![invoice("t2", "2026-10", 1)], vec![])).await.unwrap();
+    tx.send(Part::End(Default::default())).await.unwrap();
+    drop(tx);
+    let recorded = recording.await.unwrap().unwrap();
+    assert_eq!(recorded.invoices, 2);
+    let kinds: Vec<OpKind> = ledger.operations(None, None).await.unwrap().iter().map(|o| o.kind).collect();
+    assert_eq!(kinds.last(), Some(&OpKind::PushInvoice));
+    let first_push = kinds.iter().position(|k| *k == OpKind::PushInvoice).unwrap();
+    assert!(kinds[..first_push].iter().all(|k| *k != OpKind::PushInvoice) && first_push > 0, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == OpKind::PushInvoice).count(), 2);
 }

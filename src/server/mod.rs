@@ -178,6 +178,7 @@ fn app_state(shared: &shared::Shared, config: &Config, health: Health) -> AppSta
             catalog: shared.catalog.clone(),
             book: shared.book.clone(),
             lateness_us: config.ingest.limits().lateness_us,
+            tenants_a_part: meter_billing::close::TENANTS_A_PART,
         },
         // Refused at load when one is empty (`Config::validate`).
         stripe_webhook_secrets: config.stripe.webhook_secrets().unwrap_or_default(),

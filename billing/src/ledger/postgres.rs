@@ -164,6 +164,9 @@ async fn lock(tx: &Transaction<'_>, name: &str, shared: bool) -> Result<(), Erro
 
 const PERIODS: &str = "ledger:periods";
 const OUTBOX: &str = "ledger:outbox";
+/// Held by a close while it records: another close's recording of the period waits for it, and
+/// then reads it. Subscription writes do not take it.
+const RECORDING: &str = "ledger:recording";
 
 #[async_trait]
 impl LedgerStore for PgLedger {
@@ -312,7 +315,17 @@ impl LedgerStore for PgLedger {
         self.pg
             .with(async move |mut c| {
                 let tx = c.transaction().await?;
-                lock(&tx, PERIODS, false).await?;
+                lock(&tx, RECORDING, false).await?;
+                // Its pushes wait in a table of the transaction's own, moved to the outbox at the
+                // end: the outbox's lock (its ids in commit order) is held for that alone, not
+                // while the close walks and reads.
+                tx.batch_execute(
+                    "CREATE TEMP TABLE close_pushes (
+                        n bigint GENERATED ALWAYS AS IDENTITY, kind text, subject text, tenant text,
+                        period text, payload text, created_us bigint, next_us bigint, lane text
+                    ) ON COMMIT DROP",
+                )
+                .await?;
                 let period = header.period.to_string();
                 if let Some(stands) = read_closed(&tx, &period).await? {
                     return Ok(stands);
@@ -330,6 +343,15 @@ impl LedgerStore for PgLedger {
                     }
                 };
                 let header = Close { totals, ..header };
+                lock(&tx, OUTBOX, false).await?;
+                tx.execute(
+                    "INSERT INTO outbox (kind, subject, tenant, period, payload, created_us, next_us, lane)
+                     SELECT kind, subject, tenant, period, payload, created_us, next_us, lane FROM close_pushes
+                     ORDER BY n
+                     ON CONFLICT (kind, subject) DO NOTHING",
+                    &[],
+                )
+                .await?;
                 let body = serde_json::to_vec(&header)?;
                 let s = summary(&header);
                 let revises = serde_json::to_string(&s.revises)?;
@@ -754,6 +776,24 @@ async fn write_operations(tx: &Transaction<'_>, ops: &[NewOperation], now_us: i6
         return Ok(());
     }
     lock(tx, OUTBOX, false).await?;
+    insert_operations(tx, "outbox", ops, now_us, "ON CONFLICT (kind, subject) DO NOTHING").await
+}
+
+/// Stages a close's pushes, made at `now_us`, in its transaction's `close_pushes`, in order
+/// (see `record`).
+async fn stage_pushes(tx: &Transaction<'_>, ops: &[NewOperation], now_us: i64) -> Result<(), Error> {
+    insert_operations(tx, "close_pushes", ops, now_us, "").await
+}
+
+/// Inserts `ops`, made at `now_us`, into `table` (the outbox, or the shape of it a close stages
+/// its pushes in), in their order, the statement ending with `tail`.
+async fn insert_operations(
+    tx: &Transaction<'_>,
+    table: &str,
+    ops: &[NewOperation],
+    now_us: i64,
+    tail: &str,
+) -> Result<(), Error> {
     let kinds: Vec<&str> = ops.iter().map(|o| o.kind.as_str()).collect();
     let subjects: Vec<&str> = ops.iter().map(|o| o.subject.as_str()).collect();
     let tenants: Vec<&str> = ops.iter().map(|o| o.tenant.as_str()).collect();
@@ -761,16 +801,15 @@ async fn write_operations(tx: &Transaction<'_>, ops: &[NewOperation], now_us: i6
     let bodies: Vec<&str> = ops.iter().map(|o| o.body.as_str()).collect();
     let next: Vec<i64> = ops.iter().map(|o| o.next_us).collect();
     let lanes: Vec<String> = ops.iter().map(|o| o.kind.lane(&o.subject)).collect();
-    tx.execute(
-        "INSERT INTO outbox (kind, subject, tenant, period, payload, created_us, next_us, lane)
+    let sql = format!(
+        "INSERT INTO {table} (kind, subject, tenant, period, payload, created_us, next_us, lane)
          SELECT kind, subject, tenant, period, payload, $6, next_us, lane
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::int8[], $8::text[])
               WITH ORDINALITY AS o(kind, subject, tenant, period, payload, next_us, lane, n)
          ORDER BY n
-         ON CONFLICT (kind, subject) DO NOTHING",
-        &[&kinds, &subjects, &tenants, &periods, &bodies, &now_us, &next, &lanes],
-    )
-    .await?;
+         {tail}"
+    );
+    tx.execute(&sql, &[&kinds, &subjects, &tenants, &periods, &bodies, &now_us, &next, &lanes]).await?;
     Ok(())
 }
 
@@ -882,7 +921,7 @@ async fn write_close_rows(
                 next_us: closed_us,
             })
             .collect::<Vec<_>>();
-        write_operations(tx, &ops, closed_us).await?;
+        stage_pushes(tx, &ops, closed_us).await?;
     }
     for (n, chunk) in report.chunks(ROWS_AT_ONCE).enumerate() {
         let first = position(first_row + n * ROWS_AT_ONCE);

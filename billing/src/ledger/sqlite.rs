@@ -136,6 +136,7 @@ const PART_BYTES: usize = 64 << 20;
 /// The ledger in one SQLite file. Every write is one SQLite transaction.
 pub struct SqliteLedger {
     conn: Shared,
+    path: std::path::PathBuf,
     /// Reads that must not wait for `conn` (a close walks the subscriptions while it records).
     reads: Arc<ReadPool>,
     part_bytes: usize,
@@ -147,7 +148,12 @@ impl SqliteLedger {
         let mut conn = open(path, Durability::Full)?;
         migrate(&mut conn, path, MIGRATIONS)?;
         fill_invoices(&mut conn)?;
-        Ok(SqliteLedger { conn: Shared::new(conn), reads: Arc::new(ReadPool::new(path)), part_bytes: PART_BYTES })
+        Ok(SqliteLedger {
+            conn: Shared::new(conn),
+            path: path.to_path_buf(),
+            reads: Arc::new(ReadPool::new(path)),
+            part_bytes: PART_BYTES,
+        })
     }
 
     /// Runs `f` on the connection off the async runtime.
@@ -305,8 +311,11 @@ impl LedgerStore for SqliteLedger {
     }
 
     async fn record(&self, header: Close, version: String, digest: String, mut parts: Parts) -> Result<Closed, Error> {
-        let part_bytes = self.part_bytes;
-        self.with(move |c| {
+        let (part_bytes, path) = (self.part_bytes, self.path.clone());
+        // On a connection of its own, for as long as the parts come: the ledger's others read
+        // meanwhile (its writers wait for the write lock, as SQLite's do).
+        tokio::task::spawn_blocking(move || {
+            let mut c = open(&path, Durability::Full)?;
             // Taken for writing at once: no other close can be recorded between the check and
             // the end.
             let tx = c.transaction_with_behavior(meter_sqlite::rusqlite::TransactionBehavior::Immediate)?;
@@ -349,6 +358,7 @@ impl LedgerStore for SqliteLedger {
             Ok(at.closed(header))
         })
         .await
+        .map_err(|e| Error::Task(e.to_string()))?
     }
 
     async fn invoices_of(&self, tenant: String) -> Result<Vec<meter_rater::Invoice>, Error> {
@@ -446,7 +456,28 @@ impl LedgerStore for SqliteLedger {
     ) -> Result<Option<CloseHolder>, Error> {
         self.with(move |c| {
             let tx = c.transaction()?;
-            let taken = tx.execute(CLOSE_LEASE_SQL, params![holder, period.to_string(), now_us, until_us])?;
+            let taken = match tx.execute(CLOSE_LEASE_SQL, params![holder, period.to_string(), now_us, until_us]) {
+                Ok(n) => n,
+                // The write lock held past the busy timeout: by a close recording its parts (on
+                // a connection of its own), for as long as it writes, and no other process can
+                // take the lease meanwhile. The close is the lease's last holder: this one's own
+                // (kept), or another's (named).
+                Err(e) if e.sqlite_error_code() == Some(meter_sqlite::rusqlite::ErrorCode::DatabaseBusy) => {
+                    let last = tx
+                        .query_row("SELECT holder, period, since_us, until_us FROM close_lease WHERE id = 1", [], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
+                        })
+                        .optional()?;
+                    return match last {
+                        Some((last, ..)) if last == holder => Ok(None),
+                        Some((last, period, since_us, until_us)) => {
+                            close_holder(last, &period, since_us, until_us).map(Some)
+                        }
+                        None => Err(e.into()),
+                    };
+                }
+                Err(e) => return Err(e.into()),
+            };
             let other = match taken {
                 1 => None,
                 _ => Some(tx.query_row(
@@ -1236,5 +1267,36 @@ mod tests {
         );
         let e = ledger.operations(None, None).await.unwrap_err();
         assert!(matches!(&e, Error::Corrupt(m) if m.ends_with(": its invoice is gone")), "{e}");
+    }
+
+    /// While a close records its parts (holding SQLite's write lock on a connection of its own),
+    /// the lease still answers once the busy timeout passes: to another process, the close that
+    /// holds it (a 409 naming it, not a failure); to the close's own renewal, that it is still
+    /// its own (the close is not stopped by its own recording).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_a_close_records_the_lease_names_its_holder() {
+        use crate::ledger::Part;
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = super::super::Ledger::new(Arc::new(SqliteLedger::open(&dir.path().join("billing.db")).unwrap()));
+        let october: Period = "2026-10".parse().unwrap();
+        let lease = |holder: &str, now: i64| ledger.store().lease_close(holder.into(), october, now + 100, now);
+        assert_eq!(lease("me", 1).await.unwrap(), None);
+        let book = PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap();
+        let list = book.version("2026-01").unwrap().clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let recording = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.record_parts(crate::ledger::contract::a_close("2026-10", &[]), &list, rx).await }
+        });
+        // Taken once its transaction began: the recording read this part.
+        tx.send(Part::Rows(vec![], vec![])).await.unwrap();
+        tx.send(Part::Rows(vec![], vec![])).await.unwrap();
+        let other = lease("another", 200).await.unwrap().expect("held");
+        assert_eq!((other.holder.as_str(), other.period), ("me", october));
+        assert_eq!(lease("me", 300).await.unwrap(), None, "still the recording close's own");
+        drop(tx);
+        assert!(matches!(recording.await.unwrap().unwrap_err(), Error::Task(_)));
+        assert_eq!(lease("another", 50).await.unwrap(), Some(other), "written again: held until it runs out");
+        assert_eq!(lease("another", 400).await.unwrap(), None, "then taken");
     }
 }
