@@ -310,6 +310,7 @@ async fn close_holding(
         live: (!same_store(&src.history, &src.live)).then(|| src.live.clone()),
         accepted,
         period,
+        before_us: now_us,
         runtime: tokio::runtime::Handle::current(),
     };
     let mut walk = Walk {
@@ -462,12 +463,14 @@ struct Stored {
     live: Option<Arc<dyn UsageStore>>,
     accepted: Option<crate::census::Accepted>,
     period: Period,
+    /// The close's instant: subscriptions created since (while it walks) are not its own.
+    before_us: i64,
     runtime: tokio::runtime::Handle,
 }
 
 impl Ranges for Stored {
     fn subscriptions(&mut self, after: Option<&str>, tenants: usize) -> Result<Vec<Subscription>, Error> {
-        self.runtime.block_on(self.ledger.subscriptions_after(after.map(str::to_string), tenants))
+        self.runtime.block_on(self.ledger.subscriptions_after(after.map(str::to_string), tenants, self.before_us))
     }
 
     fn totals(&mut self, after: Option<&str>, upto: Option<&str>) -> Result<RangeTotals, Error> {

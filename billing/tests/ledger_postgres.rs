@@ -2,7 +2,7 @@
 //! what several hosts writing one ledger need.
 
 use meter_billing::Ledger;
-use meter_billing::ledger::contract::{a_close, book, invoice, pushed};
+use meter_billing::ledger::contract::{a_close, book, invoice, pushed, setup};
 use meter_billing::ledger::{LedgerStore, Page, PgLedger, Rows};
 use meter_postgres::testing::{fresh_database, shared_url};
 use meter_postgres::{MAX_CONNECTIONS, Pg, PgUrl};
@@ -17,17 +17,6 @@ fn database() -> PgUrl {
 /// A process's view of the ledger at `url`: a pool of its own, as on another host.
 fn host(url: &PgUrl) -> PgLedger {
     PgLedger::open(Arc::new(Pg::connect(url, MAX_CONNECTIONS).unwrap())).unwrap()
-}
-
-/// A monthly Starter subscription.
-fn starter() -> meter_rater::Setup {
-    meter_rater::Setup {
-        plan: "starter".into(),
-        cycle: meter_rater::Cycle::Monthly,
-        term_years: 1,
-        auto_renew: true,
-        trial: false,
-    }
 }
 
 fn store() -> Arc<dyn LedgerStore> {
@@ -212,7 +201,13 @@ async fn hosts_admit_one_subscription_per_tenant() {
             tokio::spawn(async move {
                 let book = book();
                 ledger
-                    .create("acme", starter(), 1_791_849_600_000_000 + i as i64, "k", book.version("2026-01").unwrap())
+                    .create(
+                        "acme",
+                        setup("starter"),
+                        1_791_849_600_000_000 + i as i64,
+                        "k",
+                        book.version("2026-01").unwrap(),
+                    )
                     .await
             })
         })
@@ -243,8 +238,12 @@ async fn subscriptions_are_written_while_a_close_records() {
         async move { ledger.record_parts(a_close("2026-10", &[]), &list, rx).await }
     });
     tx.send(Part::Rows(vec![invoice("t1", "2026-10", 1)], vec![])).await.unwrap();
-    let signed_up = other.create("newcomer", starter(), october.end_us() + 1, "k", &list);
-    let signed_up = tokio::time::timeout(std::time::Duration::from_secs(5), signed_up).await;
+    // Taken (the channel holds one): the recording began, with its locks.
+    tx.send(Part::Rows(vec![], vec![])).await.unwrap();
+    let signed_up = other.create("newcomer", setup("starter"), october.end_us() + 1, "k", &list);
+    // Long enough for a loaded machine; the recording's end is minutes away in a real close, and
+    // a writer waiting on its locks waited for all of it.
+    let signed_up = tokio::time::timeout(std::time::Duration::from_secs(30), signed_up).await;
     signed_up.expect("a sign-up waits for no recording").unwrap();
     tx.send(Part::Rows(vec![invoice("t2", "2026-10", 1)], vec![])).await.unwrap();
     tx.send(Part::End(Default::default())).await.unwrap();

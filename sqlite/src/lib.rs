@@ -48,10 +48,14 @@ pub enum Durability {
 /// Statements a connection keeps prepared (`prepare_cached`).
 pub const PREPARED_STATEMENTS: usize = 128;
 
-/// Opens a connection in WAL mode with a busy timeout and the given durability.
+/// How long a connection waits for another's write lock before it fails with `SQLITE_BUSY`.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection in WAL mode with a busy timeout ([`BUSY_TIMEOUT`]) and the given
+/// durability.
 pub fn open(path: &Path, durability: Durability) -> Result<Connection, Error> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
     // Plan each statement once, whatever is bound to it later: otherwise a parameter the planner
     // looked at (every `LIMIT ?`) recompiles its statement each time it is bound.

@@ -23,7 +23,8 @@ pub fn book() -> PriceBook {
     PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap()
 }
 
-fn setup(plan: &str) -> Setup {
+/// A monthly subscription to `plan`, renewing, without a trial.
+pub fn setup(plan: &str) -> Setup {
     Setup { plan: plan.into(), cycle: Cycle::Monthly, term_years: 1, auto_renew: true, trial: false }
 }
 
@@ -773,10 +774,12 @@ pub async fn a_close_is_recorded_as_its_parts_come_or_not_at_all(store: Arc<dyn 
         async move { ledger.record_parts(header, &list, rx).await }
     });
     tx.send(Part::Rows(invoices[..3].to_vec(), report[..5].to_vec())).await.unwrap();
+    // Taken (the channel holds one): the recording began.
+    tx.send(Part::Rows(vec![], vec![])).await.unwrap();
     let reads = async {
         assert_eq!(ledger.closed(period).await.unwrap(), None);
         assert!(ledger.close_rows(period, Rows::Report, 0, 10).await.unwrap().is_none());
-        ledger.subscriptions_after(None, 10).await.unwrap();
+        ledger.subscriptions_after(None, 10, i64::MAX).await.unwrap();
         ledger.list(None).await.unwrap();
     };
     tokio::time::timeout(std::time::Duration::from_secs(5), reads).await.expect("reads wait for no recording");
@@ -826,17 +829,19 @@ pub async fn subscriptions_are_read_a_range_of_tenants_at_a_time(store: Arc<dyn 
     let again = ledger.create("a", setup("professional"), MID_OCTOBER + 40 * DAY, "k", list).await.unwrap();
     let ids = |subs: &[meter_rater::Subscription]| subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
     let tenants = |subs: &[meter_rater::Subscription]| subs.iter().map(|s| s.tenant.clone()).collect::<Vec<_>>();
-    let all = ledger.subscriptions_after(None, 100).await.unwrap();
+    let all = ledger.subscriptions_after(None, 100, i64::MAX).await.unwrap();
     assert_eq!(tenants(&all), ["B", "a", "a", "a b", "ab", "é"]);
     assert_eq!(ids(&all[1..3]), [first.id.clone(), again.id.clone()], "a tenant's oldest first");
-    assert_eq!(tenants(&ledger.subscriptions_after(Some("B".into()), 1).await.unwrap()), ["a", "a"]);
-    assert_eq!(tenants(&ledger.subscriptions_after(Some("a".into()), 2).await.unwrap()), ["a b", "ab"]);
-    assert_eq!(tenants(&ledger.subscriptions_after(Some("A".into()), 1).await.unwrap()), ["B"]);
-    assert!(ledger.subscriptions_after(Some("é".into()), 3).await.unwrap().is_empty());
+    assert_eq!(tenants(&ledger.subscriptions_after(Some("B".into()), 1, i64::MAX).await.unwrap()), ["a", "a"]);
+    assert_eq!(tenants(&ledger.subscriptions_after(Some("a".into()), 2, i64::MAX).await.unwrap()), ["a b", "ab"]);
+    assert_eq!(tenants(&ledger.subscriptions_after(Some("A".into()), 1, i64::MAX).await.unwrap()), ["B"]);
+    assert!(ledger.subscriptions_after(Some("é".into()), 3, i64::MAX).await.unwrap().is_empty());
+    let before = ledger.subscriptions_after(None, 100, again.entries[0].at_us).await.unwrap();
+    assert_eq!(tenants(&before), ["B", "a", "a b", "ab", "é"], "those created before an instant");
     for n in 1..=6 {
         let (mut read, mut after) = (Vec::new(), None);
         loop {
-            let page = ledger.subscriptions_after(after.clone(), n).await.unwrap();
+            let page = ledger.subscriptions_after(after.clone(), n, i64::MAX).await.unwrap();
             let Some(last) = page.last() else { break };
             let distinct: std::collections::BTreeSet<&str> = page.iter().map(|s| s.tenant.as_str()).collect();
             assert!(distinct.len() <= n, "{n}: {distinct:?}");

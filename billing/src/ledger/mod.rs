@@ -177,11 +177,16 @@ pub trait LedgerStore: Send + Sync {
     /// Every subscription (of `tenant`, when given), oldest first (then by id).
     async fn subscriptions(&self, tenant: Option<String>) -> Result<Vec<Subscription>, Error>;
 
-    /// The subscriptions of the tenants after `after` (from the first when `None`), by tenant in
-    /// the order of their bytes, each tenant's oldest first (then by id): those of the next
-    /// `tenants` tenants that have one, or of every one left. Read apart from a close being
-    /// recorded, which this neither waits for nor sees.
-    async fn subscriptions_after(&self, after: Option<String>, tenants: usize) -> Result<Vec<Subscription>, Error>;
+    /// The subscriptions created before `before_us` of the tenants after `after` (from the first
+    /// when `None`), by tenant in the order of their bytes, each tenant's oldest first (then by
+    /// id): those of the next `tenants` tenants that have one, or of every one left. Read apart
+    /// from a close being recorded, which this neither waits for nor sees.
+    async fn subscriptions_after(
+        &self,
+        after: Option<String>,
+        tenants: usize,
+        before_us: i64,
+    ) -> Result<Vec<Subscription>, Error>;
 
     /// The close of `period`, if it was closed.
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error>;
@@ -398,8 +403,13 @@ impl Ledger {
 
     /// The subscriptions of the next `tenants` tenants after `after`
     /// ([`LedgerStore::subscriptions_after`]).
-    pub async fn subscriptions_after(&self, after: Option<String>, tenants: usize) -> Result<Vec<Subscription>, Error> {
-        self.store.subscriptions_after(after, tenants).await
+    pub async fn subscriptions_after(
+        &self,
+        after: Option<String>,
+        tenants: usize,
+        before_us: i64,
+    ) -> Result<Vec<Subscription>, Error> {
+        self.store.subscriptions_after(after, tenants, before_us).await
     }
 
     /// The close of `period`, if it was closed.

@@ -2,8 +2,12 @@
 //! every host. SQLite serialises every write; here advisory transaction locks keep the same
 //! rules with several writers:
 //!
-//! - `periods` (shared by subscription writes, exclusive for `freeze` and `record`): a change
-//!   is never dated inside a period that a close on another host is freezing or recording;
+//! - `periods` (shared by subscription writes, exclusive for `freeze`): a change is never dated
+//!   inside a period that a close on another host is freezing;
+//! - `recording` (exclusive for `record`): a close's recording on another host waits for this
+//!   one's, and then finds its period closed; it takes neither `periods` nor, until its very end,
+//!   `outbox`, so that writers go on while a close walks (its pushes wait in a temporary table,
+//!   which needs the role's `TEMP` privilege);
 //! - `sub:<tenant>`: two hosts cannot both admit a subscription for one tenant;
 //! - `outbox`: operation ids appear in commit order, so that a lane's oldest pending operation
 //!   (its `min(id)`) is the next one on every host;
@@ -237,18 +241,24 @@ impl LedgerStore for PgLedger {
             .await
     }
 
-    async fn subscriptions_after(&self, after: Option<String>, tenants: usize) -> Result<Vec<Subscription>, Error> {
+    async fn subscriptions_after(
+        &self,
+        after: Option<String>,
+        tenants: usize,
+        before_us: i64,
+    ) -> Result<Vec<Subscription>, Error> {
         let tenants = tenants as i64;
         self.pg
             .with(async move |c| {
                 // The tenants that have one, from the index by tenant; then theirs.
                 let from = if after.is_some() { "tenant > $1" } else { "$1::text IS NULL" };
                 let filter = format!(
-                    "WHERE ({from}) AND tenant <= (SELECT max(tenant) FROM
-                         (SELECT DISTINCT tenant FROM subscriptions WHERE {from} ORDER BY tenant LIMIT $2) t)
+                    "WHERE ({from}) AND created_us < $3 AND tenant <= (SELECT max(tenant) FROM
+                         (SELECT DISTINCT tenant FROM subscriptions WHERE ({from}) AND created_us < $3
+                          ORDER BY tenant LIMIT $2) t)
                      ORDER BY tenant, created_us, id"
                 );
-                load(&c, &filter, &[&after, &tenants]).await
+                load(&c, &filter, &[&after, &tenants, &before_us]).await
             })
             .await
     }
@@ -316,9 +326,9 @@ impl LedgerStore for PgLedger {
             .with(async move |mut c| {
                 let tx = c.transaction().await?;
                 lock(&tx, RECORDING, false).await?;
-                // Its pushes wait in a table of the transaction's own, moved to the outbox at the
-                // end: the outbox's lock (its ids in commit order) is held for that alone, not
-                // while the close walks and reads.
+                // Its pushes wait in a table of the transaction's own, moved to the outbox just
+                // before the commit: the outbox's lock (its ids in commit order) is held from
+                // there only, not while the close walks and reads.
                 tx.batch_execute(
                     "CREATE TEMP TABLE close_pushes (
                         n bigint GENERATED ALWAYS AS IDENTITY, kind text, subject text, tenant text,
@@ -343,15 +353,6 @@ impl LedgerStore for PgLedger {
                     }
                 };
                 let header = Close { totals, ..header };
-                lock(&tx, OUTBOX, false).await?;
-                tx.execute(
-                    "INSERT INTO outbox (kind, subject, tenant, period, payload, created_us, next_us, lane)
-                     SELECT kind, subject, tenant, period, payload, created_us, next_us, lane FROM close_pushes
-                     ORDER BY n
-                     ON CONFLICT (kind, subject) DO NOTHING",
-                    &[],
-                )
-                .await?;
                 let body = serde_json::to_vec(&header)?;
                 let s = summary(&header);
                 let revises = serde_json::to_string(&s.revises)?;
@@ -371,6 +372,16 @@ impl LedgerStore for PgLedger {
                 tx.execute(
                     "INSERT INTO price_lists (version, digest, first_period) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                     &[&version, &digest, &period],
+                )
+                .await?;
+                // Last: the outbox's lock is held from here to the commit only.
+                lock(&tx, OUTBOX, false).await?;
+                tx.execute(
+                    "INSERT INTO outbox (kind, subject, tenant, period, payload, created_us, next_us, lane)
+                     SELECT kind, subject, tenant, period, payload, created_us, next_us, lane FROM close_pushes
+                     ORDER BY n
+                     ON CONFLICT (kind, subject) DO NOTHING",
+                    &[],
                 )
                 .await?;
                 tx.commit().await?;

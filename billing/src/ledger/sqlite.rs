@@ -14,6 +14,7 @@ use meter_sqlite::rusqlite::{Connection, OptionalExtension, params};
 use meter_sqlite::{Durability, ReadPool, Shared, blocking, migrate, open};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -136,6 +137,10 @@ const PART_BYTES: usize = 64 << 20;
 /// The ledger in one SQLite file. Every write is one SQLite transaction.
 pub struct SqliteLedger {
     conn: Shared,
+    /// Set while this process records a close, on a connection of its own: the shared
+    /// connection's writers then fail at once instead of holding it through the busy timeout
+    /// (its readers read on), and the close lease is read, not written.
+    recording: Arc<AtomicBool>,
     path: std::path::PathBuf,
     /// Reads that must not wait for `conn` (a close walks the subscriptions while it records).
     reads: Arc<ReadPool>,
@@ -150,6 +155,7 @@ impl SqliteLedger {
         fill_invoices(&mut conn)?;
         Ok(SqliteLedger {
             conn: Shared::new(conn),
+            recording: Arc::default(),
             path: path.to_path_buf(),
             reads: Arc::new(ReadPool::new(path)),
             part_bytes: PART_BYTES,
@@ -161,7 +167,18 @@ impl SqliteLedger {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        self.conn.with(f).await
+        let recording = self.recording.clone();
+        self.conn
+            .with(move |c| {
+                if !recording.load(Ordering::SeqCst) {
+                    return f(c);
+                }
+                c.busy_timeout(std::time::Duration::ZERO)?;
+                let out = f(c);
+                c.busy_timeout(meter_sqlite::BUSY_TIMEOUT)?;
+                out
+            })
+            .await
     }
 }
 
@@ -225,7 +242,12 @@ impl LedgerStore for SqliteLedger {
         .await
     }
 
-    async fn subscriptions_after(&self, after: Option<String>, tenants: usize) -> Result<Vec<Subscription>, Error> {
+    async fn subscriptions_after(
+        &self,
+        after: Option<String>,
+        tenants: usize,
+        before_us: i64,
+    ) -> Result<Vec<Subscription>, Error> {
         let reads = self.reads.clone();
         let bodies = blocking(move || {
             reads.with(|c| {
@@ -236,11 +258,12 @@ impl LedgerStore for SqliteLedger {
                 };
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT body FROM subscriptions
-                     WHERE {from} AND tenant <= (SELECT max(tenant) FROM
-                         (SELECT DISTINCT tenant FROM subscriptions WHERE {from} ORDER BY tenant LIMIT ?2))
+                     WHERE {from} AND created_us < ?3 AND tenant <= (SELECT max(tenant) FROM
+                         (SELECT DISTINCT tenant FROM subscriptions WHERE {from} AND created_us < ?3
+                          ORDER BY tenant LIMIT ?2))
                      ORDER BY tenant, created_us, id"
                 ))?;
-                let rows = stmt.query_map(params![bound, tenants as i64], |r| r.get::<_, String>(0))?;
+                let rows = stmt.query_map(params![bound, tenants as i64, before_us], |r| r.get::<_, String>(0))?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
         })
@@ -311,10 +334,11 @@ impl LedgerStore for SqliteLedger {
     }
 
     async fn record(&self, header: Close, version: String, digest: String, mut parts: Parts) -> Result<Closed, Error> {
-        let (part_bytes, path) = (self.part_bytes, self.path.clone());
-        // On a connection of its own, for as long as the parts come: the ledger's others read
-        // meanwhile (its writers wait for the write lock, as SQLite's do).
+        let (part_bytes, path, recording) = (self.part_bytes, self.path.clone(), self.recording.clone());
+        // On a connection of its own, for as long as the parts come: the ledger's other callers
+        // read meanwhile, and its writers fail at once (`with`).
         tokio::task::spawn_blocking(move || {
+            let _recording = Recording::start(recording);
             let mut c = open(&path, Durability::Full)?;
             // Taken for writing at once: no other close can be recorded between the check and
             // the end.
@@ -454,42 +478,46 @@ impl LedgerStore for SqliteLedger {
         until_us: i64,
         now_us: i64,
     ) -> Result<Option<CloseHolder>, Error> {
+        let recording = self.recording.load(Ordering::SeqCst);
         self.with(move |c| {
             let tx = c.transaction()?;
+            let held = || -> Result<Option<CloseHolder>, Error> {
+                let row = tx
+                    .query_row("SELECT holder, period, since_us, until_us FROM close_lease WHERE id = 1", [], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
+                    })
+                    .optional()?;
+                row.map(|(holder, period, since_us, until_us)| close_holder(holder, &period, since_us, until_us))
+                    .transpose()
+            };
+            // While a close records (this process's, or, past the busy timeout, another's), the
+            // lease cannot be written, and no other process can take it: it is read. Its last
+            // holder keeps it; another, while it runs, is named; otherwise the writer may be
+            // anything, and the answer is to retry.
+            let busy = || {
+                Error::Conflict("the ledger is being written at length (a close recording); retry once it ends".into())
+            };
+            let recorded_meanwhile = |last: Option<CloseHolder>| match last {
+                Some(last) if last.holder == holder => Ok(None),
+                Some(last) if last.until_us > now_us => Ok(Some(last)),
+                _ => Err(busy()),
+            };
+            if recording {
+                return recorded_meanwhile(held()?);
+            }
             let taken = match tx.execute(CLOSE_LEASE_SQL, params![holder, period.to_string(), now_us, until_us]) {
                 Ok(n) => n,
-                // The write lock held past the busy timeout: by a close recording its parts (on
-                // a connection of its own), for as long as it writes, and no other process can
-                // take the lease meanwhile. The close is the lease's last holder: this one's own
-                // (kept), or another's (named).
                 Err(e) if e.sqlite_error_code() == Some(meter_sqlite::rusqlite::ErrorCode::DatabaseBusy) => {
-                    let last = tx
-                        .query_row("SELECT holder, period, since_us, until_us FROM close_lease WHERE id = 1", [], |r| {
-                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
-                        })
-                        .optional()?;
-                    return match last {
-                        Some((last, ..)) if last == holder => Ok(None),
-                        Some((last, period, since_us, until_us)) => {
-                            close_holder(last, &period, since_us, until_us).map(Some)
-                        }
-                        None => Err(e.into()),
-                    };
+                    return recorded_meanwhile(held()?);
                 }
                 Err(e) => return Err(e.into()),
             };
             let other = match taken {
                 1 => None,
-                _ => Some(tx.query_row(
-                    "SELECT holder, period, since_us, until_us FROM close_lease WHERE id = 1",
-                    [],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?)),
-                )?),
+                _ => Some(held()?.ok_or_else(|| Error::Corrupt("the close lease is gone".into()))?),
             };
             tx.commit()?;
-            other
-                .map(|(holder, period, since_us, until_us)| close_holder(holder, &period, since_us, until_us))
-                .transpose()
+            Ok(other)
         })
         .await
     }
@@ -880,6 +908,22 @@ fn fill_invoices(conn: &mut Connection) -> Result<(), Error> {
 
 /// The close of `period`: its body (whole, or from its parts), with its invoices and report rows
 /// when they are rows of their own.
+/// Marks this process's ledger as recording a close for as long as it lives.
+struct Recording(Arc<AtomicBool>);
+
+impl Recording {
+    fn start(flag: Arc<AtomicBool>) -> Recording {
+        flag.store(true, Ordering::SeqCst);
+        Recording(flag)
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Writes a part of a close's rows: its invoices from position `first_invoice` (each indexed by
 /// id, with the push that follows it; its body written once, in the row of its id, when that row
 /// is this invoice's) and its report rows from position `first_row`.
@@ -1270,33 +1314,49 @@ mod tests {
     }
 
     /// While a close records its parts (holding SQLite's write lock on a connection of its own),
-    /// the lease still answers once the busy timeout passes: to another process, the close that
-    /// holds it (a 409 naming it, not a failure); to the close's own renewal, that it is still
-    /// its own (the close is not stopped by its own recording).
+    /// the lease is read, not written: in the recording process at once, in another once the
+    /// busy timeout passes. Its holder keeps it (the close is not stopped by its own recording);
+    /// another close is told who holds it (a 409 naming it), or, when that lease ran out, to
+    /// retry. The process's other writers fail at once; its readers read on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn while_a_close_records_the_lease_names_its_holder() {
         use crate::ledger::Part;
         let dir = tempfile::tempdir().unwrap();
-        let ledger = super::super::Ledger::new(Arc::new(SqliteLedger::open(&dir.path().join("billing.db")).unwrap()));
+        let path = dir.path().join("billing.db");
+        let ledger = super::super::Ledger::new(Arc::new(SqliteLedger::open(&path).unwrap()));
+        let elsewhere = SqliteLedger::open(&path).unwrap();
         let october: Period = "2026-10".parse().unwrap();
-        let lease = |holder: &str, now: i64| ledger.store().lease_close(holder.into(), october, now + 100, now);
-        assert_eq!(lease("me", 1).await.unwrap(), None);
+        let elsewhere_lease = |now: i64| elsewhere.lease_close("another".into(), october, now + 100, now);
+        assert_eq!(ledger.store().lease_close("me".into(), october, 101, 1).await.unwrap(), None);
         let book = PriceBook::parse(SAMPLE, METERS, &["active_users"]).unwrap();
         let list = book.version("2026-01").unwrap().clone();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let recording = tokio::spawn({
-            let ledger = ledger.clone();
+            let (ledger, list) = (ledger.clone(), list.clone());
             async move { ledger.record_parts(crate::ledger::contract::a_close("2026-10", &[]), &list, rx).await }
         });
-        // Taken once its transaction began: the recording read this part.
+        // Taken (the channel holds one): the recording began.
         tx.send(Part::Rows(vec![], vec![])).await.unwrap();
         tx.send(Part::Rows(vec![], vec![])).await.unwrap();
-        let other = lease("another", 200).await.unwrap().expect("held");
-        assert_eq!((other.holder.as_str(), other.period), ("me", october));
-        assert_eq!(lease("me", 300).await.unwrap(), None, "still the recording close's own");
+        let started = std::time::Instant::now();
+        let store = ledger.store();
+        assert_eq!(store.lease_close("me".into(), october, 300, 200).await.unwrap(), None, "its own");
+        let other = store.lease_close("another".into(), october, 300, 50).await.unwrap().expect("held");
+        assert_eq!((other.holder.as_str(), other.period, other.until_us), ("me", october, 101));
+        let e = store.lease_close("another".into(), october, 300, 200).await.unwrap_err();
+        assert!(matches!(e, Error::Conflict(_)), "ran out while the ledger is written: retry ({e})");
+        let e = ledger
+            .create("t", crate::ledger::contract::setup("starter"), october.end_us() + 1, "k", &list)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Storage(_)), "a writer fails: {e}");
+        assert!(ledger.list(None).await.unwrap().is_empty(), "a reader reads");
+        assert!(started.elapsed() < meter_sqlite::BUSY_TIMEOUT, "none of it waited for the busy timeout");
+        // Another process: after the busy timeout, the same answer.
+        assert_eq!(elsewhere_lease(50).await.unwrap(), Some(other.clone()));
         drop(tx);
         assert!(matches!(recording.await.unwrap().unwrap_err(), Error::Task(_)));
-        assert_eq!(lease("another", 50).await.unwrap(), Some(other), "written again: held until it runs out");
-        assert_eq!(lease("another", 400).await.unwrap(), None, "then taken");
+        assert_eq!(elsewhere_lease(50).await.unwrap(), Some(other), "written again: held until it runs out");
+        assert_eq!(elsewhere_lease(400).await.unwrap(), None, "then taken");
     }
 }
