@@ -35,7 +35,7 @@ pub struct Row {
     pub differences: Vec<String>,
     /// The close's report for the tenant, meter by meter: events accepted (metered again from
     /// the log) = counted (the live counters) = stored (the history) = rated.
-    pub metering: Vec<meter_billing::close::ReportRow>,
+    pub metering: Vec<meter_billing::ReportRow>,
     /// Whether every meter of the tenant's report is `ok`.
     pub metering_ok: bool,
 }

@@ -7,7 +7,7 @@
 //! ended early, the server logs it). The pages are read as the client takes them, one ledger
 //! read at a time, holding no connection between them.
 
-use crate::close::ReportRow;
+use crate::ledger::ReportRow;
 pub use crate::ledger::{Page, Rows};
 use crate::{Error, Ledger};
 use meter_rater::Invoice;

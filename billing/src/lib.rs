@@ -22,9 +22,9 @@ pub mod subscriptions;
 pub mod testing;
 
 pub use allowances::PlanAllowances;
-pub use close::{Close, Progress, ReportRow, Sources, close};
+pub use close::{Progress, Sources, close};
 pub use entitlements::{Entitlement, Entitlements, entitlements};
-pub use ledger::Ledger;
+pub use ledger::{Close, Ledger, ReportRow};
 pub use limits::HardLimits;
 pub use preview::{Upcoming, upcoming};
 pub use subscriptions::{SubscriptionStats, Subscriptions};

@@ -2,10 +2,10 @@
 //! against every backend through [`Ledger`]. A backend's test file calls
 //! [`ledger_contract!`](crate::ledger_contract) with a factory of empty stores.
 
+use super::Close;
 use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use super::{Ledger, LedgerStore, Rows};
 use crate::Error;
-use crate::close::Close;
 use meter_rater::pricebook::SAMPLE;
 use meter_rater::{Command, Cycle, PriceBook, Setup};
 use meter_schemas::Period;
@@ -197,7 +197,7 @@ pub async fn a_recorded_close_reads_back_byte_for_byte(store: Arc<dyn LedgerStor
     let ledger = Ledger::new(store);
     let book = book();
     let list = book.version("2026-01").unwrap();
-    let row = |tenant: &str, accepted: Option<&str>, stored: &str, status: &str| crate::ReportRow {
+    let row = |tenant: &str, accepted: Option<&str>, stored: &str, status: &str| super::ReportRow {
         tenant: tenant.into(),
         meter: "api_calls".into(),
         accepted: accepted.map(Into::into),
@@ -303,9 +303,9 @@ pub async fn a_close_reads_in_pages_and_exports_the_same_bytes(store: Arc<dyn Le
 
 /// `n` report rows whose tenants need quoting in CSV and escaping in JSON, some figures
 /// missing, some rows differing.
-pub fn report(n: usize) -> Vec<crate::ReportRow> {
+pub fn report(n: usize) -> Vec<super::ReportRow> {
     (0..n)
-        .map(|i| crate::ReportRow {
+        .map(|i| super::ReportRow {
             tenant: format!("t\"{i}, é"),
             meter: "api_calls".into(),
             accepted: i.is_multiple_of(2).then(|| format!("{i}.50")),

@@ -6,13 +6,14 @@
 pub mod contract;
 pub mod outbox;
 mod postgres;
+mod record;
 mod sqlite;
 
 pub use postgres::{MIGRATIONS as PG_MIGRATIONS, PgLedger};
+pub use record::{Close, ReportRow};
 pub use sqlite::SqliteLedger;
 
 use crate::Error;
-use crate::close::{Close, ReportRow};
 use async_trait::async_trait;
 use meter_rater::{Command, PriceBook, PriceList, Setup, State, Subscription};
 use meter_schemas::Period;
@@ -140,6 +141,23 @@ const CLOSE_LEASE_SQL: &str = "
         since_us = CASE WHEN l.holder = excluded.holder THEN l.since_us ELSE excluded.since_us END,
         holder = excluded.holder, period = excluded.period, until_us = excluded.until_us
     WHERE l.holder = excluded.holder OR l.until_us <= ?3";
+
+/// The filter of [`LedgerStore::subscriptions_after`] on `subscriptions`, written once for every
+/// backend (parameters: the tenant after which, or `''` from the first; how many tenants;
+/// created before): the next tenants that have one, from the index by tenant, then theirs.
+fn subscriptions_after_filter(after: bool) -> &'static str {
+    if after {
+        "WHERE tenant > ?1 AND created_us < ?3 AND tenant <= (SELECT max(tenant) FROM
+             (SELECT DISTINCT tenant FROM subscriptions WHERE tenant > ?1 AND created_us < ?3
+              ORDER BY tenant LIMIT ?2) t)
+         ORDER BY tenant, created_us, id"
+    } else {
+        "WHERE tenant >= ?1 AND created_us < ?3 AND tenant <= (SELECT max(tenant) FROM
+             (SELECT DISTINCT tenant FROM subscriptions WHERE tenant >= ?1 AND created_us < ?3
+              ORDER BY tenant LIMIT ?2) t)
+         ORDER BY tenant, created_us, id"
+    }
+}
 
 /// A stored close holder, read back.
 fn close_holder(holder: String, period: &str, since_us: i64, until_us: i64) -> Result<CloseHolder, Error> {
@@ -550,7 +568,7 @@ impl Ledger {
 
 /// A close taken apart for recording: its body without invoices and report, which the backends
 /// keep as rows of their own (the invoices in the order of the close: by tenant, then id).
-pub(crate) fn apart(mut close: Close) -> (Close, Vec<meter_rater::Invoice>, Vec<crate::ReportRow>) {
+pub(crate) fn apart(mut close: Close) -> (Close, Vec<meter_rater::Invoice>, Vec<ReportRow>) {
     let (invoices, report) = (std::mem::take(&mut close.invoices), std::mem::take(&mut close.report));
     (close, invoices, report)
 }

@@ -16,13 +16,13 @@
 //! Claims lock the rows they read (`FOR UPDATE SKIP LOCKED`), so two workers never claim one
 //! operation.
 
+use super::Close;
 use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use super::{
     Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, Closed, LedgerStore, Page, Part, Parts, Rows, UsedList,
     Written, close_holder, stopped,
 };
 use crate::Error;
-use crate::close::Close;
 use async_trait::async_trait;
 use meter_postgres::deadpool_postgres::{GenericClient, Transaction};
 use meter_postgres::tokio_postgres::Row;
@@ -160,6 +160,11 @@ impl From<meter_postgres::tokio_postgres::Error> for Error {
 
 /// Takes the advisory lock `name` until the transaction ends; `shared` lets other shared
 /// holders in.
+/// `sql`, written once for every backend with SQLite's `?1`…`?9`, with Postgres's `$1`…`$9`.
+fn numbered(sql: &str) -> String {
+    (1..=9).fold(sql.to_string(), |sql, n| sql.replace(&format!("?{n}"), &format!("${n}")))
+}
+
 async fn lock(tx: &Transaction<'_>, name: &str, shared: bool) -> Result<(), Error> {
     let sql = if shared { "SELECT pg_advisory_xact_lock_shared($1)" } else { "SELECT pg_advisory_xact_lock($1)" };
     tx.execute(sql, &[&lock_key(name)]).await?;
@@ -247,20 +252,9 @@ impl LedgerStore for PgLedger {
         tenants: usize,
         before_us: i64,
     ) -> Result<Vec<Subscription>, Error> {
-        let tenants = tenants as i64;
-        self.pg
-            .with(async move |c| {
-                // The tenants that have one, from the index by tenant; then theirs.
-                let from = if after.is_some() { "tenant > $1" } else { "$1::text IS NULL" };
-                let filter = format!(
-                    "WHERE ({from}) AND created_us < $3 AND tenant <= (SELECT max(tenant) FROM
-                         (SELECT DISTINCT tenant FROM subscriptions WHERE ({from}) AND created_us < $3
-                          ORDER BY tenant LIMIT $2) t)
-                     ORDER BY tenant, created_us, id"
-                );
-                load(&c, &filter, &[&after, &tenants, &before_us]).await
-            })
-            .await
+        let filter = numbered(super::subscriptions_after_filter(after.is_some()));
+        let (from, tenants) = (after.unwrap_or_default(), tenants as i64);
+        self.pg.with(async move |c| load(&c, &filter, &[&from, &tenants, &before_us]).await).await
     }
 
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
@@ -493,9 +487,7 @@ impl LedgerStore for PgLedger {
         self.pg
             .with(async move |c| {
                 // Two takers at once: the upsert of one waits for the other's row and then sees it.
-                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-                    CLOSE_LEASE_SQL.replace("?1", "$1").replace("?2", "$2").replace("?3", "$3").replace("?4", "$4")
-                });
+                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| numbered(CLOSE_LEASE_SQL));
                 if c.execute(SQL.as_str(), &[&holder, &period.to_string(), &now_us, &until_us]).await? == 1 {
                     return Ok(None);
                 }
@@ -881,7 +873,7 @@ async fn write_close_rows(
     period: &str,
     closed_us: i64,
     (first_invoice, invoices): (usize, &[meter_rater::Invoice]),
-    (first_row, report): (usize, &[crate::ReportRow]),
+    (first_row, report): (usize, &[super::ReportRow]),
 ) -> Result<(), Error> {
     for (n, chunk) in invoices.chunks(ROWS_AT_ONCE).enumerate() {
         let first = position(first_invoice + n * ROWS_AT_ONCE);
@@ -936,7 +928,7 @@ async fn write_close_rows(
     }
     for (n, chunk) in report.chunks(ROWS_AT_ONCE).enumerate() {
         let first = position(first_row + n * ROWS_AT_ONCE);
-        let column = |f: fn(&crate::ReportRow) -> Option<&str>| chunk.iter().map(f).collect::<Vec<_>>();
+        let column = |f: fn(&super::ReportRow) -> Option<&str>| chunk.iter().map(f).collect::<Vec<_>>();
         tx.execute(
             "INSERT INTO close_report (period, row, tenant, meter, accepted, counted, stored, rated, status)
              SELECT $1, $2 + n::int4 - 1, tenant, meter, accepted, counted, stored, rated, status
@@ -1054,7 +1046,7 @@ async fn read_report(
     period: &str,
     from: usize,
     limit: usize,
-) -> Result<Vec<crate::ReportRow>, Error> {
+) -> Result<Vec<super::ReportRow>, Error> {
     let mut out = Vec::new();
     while out.len() < limit {
         let (start, take) = (position(from.saturating_add(out.len())), (limit - out.len()).min(ROWS_AT_ONCE) as i64);
@@ -1065,7 +1057,7 @@ async fn read_report(
                 &[&period, &start, &take],
             )
             .await?;
-        out.extend(rows.iter().map(|r| crate::ReportRow {
+        out.extend(rows.iter().map(|r| super::ReportRow {
             tenant: r.get(0),
             meter: r.get(1),
             accepted: r.get(2),

@@ -1,12 +1,12 @@
 //! The ledger in SQLite (`billing.db`).
 
+use super::Close;
 use super::outbox::{NewOperation, OpKind, OpState, Operation, ReceivedEvent, RemoteCustomer, RemoteInvoice, Settle};
 use super::{
     Admit, CLOSE_LEASE_SQL, Change, CloseHolder, CloseSummary, Closed, LedgerStore, Page, Part, Parts, Rows, UsedList,
     Written, close_holder, stopped,
 };
 use crate::Error;
-use crate::close::Close;
 use async_trait::async_trait;
 use meter_rater::Subscription;
 use meter_schemas::Period;
@@ -249,26 +249,9 @@ impl LedgerStore for SqliteLedger {
         before_us: i64,
     ) -> Result<Vec<Subscription>, Error> {
         let reads = self.reads.clone();
-        let bodies = blocking(move || {
-            reads.with(|c| {
-                // The tenants that have one, from the index by tenant; then theirs.
-                let (from, bound) = match &after {
-                    Some(a) => ("tenant > ?1", a.as_str()),
-                    None => ("tenant >= ?1", ""),
-                };
-                let mut stmt = c.prepare_cached(&format!(
-                    "SELECT body FROM subscriptions
-                     WHERE {from} AND created_us < ?3 AND tenant <= (SELECT max(tenant) FROM
-                         (SELECT DISTINCT tenant FROM subscriptions WHERE {from} AND created_us < ?3
-                          ORDER BY tenant LIMIT ?2))
-                     ORDER BY tenant, created_us, id"
-                ))?;
-                let rows = stmt.query_map(params![bound, tenants as i64, before_us], |r| r.get::<_, String>(0))?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-        })
-        .await?;
-        bodies.iter().map(|b| Ok(serde_json::from_str(b)?)).collect()
+        let filter = super::subscriptions_after_filter(after.is_some());
+        let from = after.unwrap_or_default();
+        blocking(move || reads.with(|c| Ok(load(c, filter, params![from, tenants as i64, before_us])))).await?
     }
 
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
@@ -932,7 +915,7 @@ fn write_rows(
     period: &str,
     closed_us: i64,
     (first_invoice, invoices): (usize, &[meter_rater::Invoice]),
-    (first_row, report): (usize, &[crate::ReportRow]),
+    (first_row, report): (usize, &[super::ReportRow]),
 ) -> Result<(), Error> {
     let mut place = tx.prepare_cached("INSERT INTO close_invoices (period, seq, id, body) VALUES (?1, ?2, ?3, ?4)")?;
     for (i, inv) in invoices.iter().enumerate() {
@@ -1041,13 +1024,13 @@ fn read_invoices(c: &Connection, period: &str, from: usize, limit: usize) -> Res
 }
 
 /// The report rows of a close whose rows are apart, from position `from`, at most `limit`.
-fn read_report(c: &Connection, period: &str, from: usize, limit: usize) -> Result<Vec<crate::ReportRow>, Error> {
+fn read_report(c: &Connection, period: &str, from: usize, limit: usize) -> Result<Vec<super::ReportRow>, Error> {
     let mut stmt = c.prepare_cached(
         "SELECT tenant, meter, accepted, counted, stored, rated, status FROM close_report
          WHERE period = ?1 AND row >= ?2 ORDER BY row LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![period, position(from), position(limit)], |r| {
-        Ok(crate::ReportRow {
+        Ok(super::ReportRow {
             tenant: r.get(0)?,
             meter: r.get(1)?,
             accepted: r.get(2)?,
@@ -1100,7 +1083,7 @@ mod tests {
     /// two of them sharing an id (which a close does not make, but the ledger keeps a close by
     /// position whatever its ids).
     fn a_close(period: &str, revises: &[&str]) -> Close {
-        let row = crate::ReportRow {
+        let row = super::super::ReportRow {
             tenant: "t".into(),
             meter: "work_orders".into(),
             accepted: Some("1".into()),
