@@ -101,7 +101,7 @@ pub async fn reconcile(ledger: &Ledger, provider: &dyn Provider, period: Period)
     for row in checked {
         let mut row = row?;
         row.metering = report.get(&row.tenant).cloned().unwrap_or_default();
-        row.metering_ok = row.metering.iter().all(|r| r.status == "ok");
+        row.metering_ok = row.metering.iter().all(|r| !r.differs());
         out.invoices += 1;
         if !row.differences.is_empty() {
             out.with_differences += 1;

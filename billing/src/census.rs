@@ -160,7 +160,7 @@ pub fn census_within(
                 break;
             }
         }
-        let mut runs = Runs { dir: dir.path().join("runs"), paths: Vec::new() };
+        let mut runs = Runs { dir: dir.path().join("runs"), runs: Vec::new() };
         std::fs::create_dir_all(&runs.dir)?;
         let mut distinct = Spill::<Distinct>::create(dir.path().join("distinct"), 0)?;
         let mut recent = Recent::default();
@@ -295,7 +295,13 @@ fn combine(into: &mut Tally, part: Tally, aggregation: Aggregation) -> Result<()
 /// The runs written so far, each a spill file's totals sorted by tenant.
 struct Runs {
     dir: PathBuf,
-    paths: Vec<PathBuf>,
+    runs: Vec<Run>,
+}
+
+/// A run on disk and the records written to it, checked when it is read back.
+struct Run {
+    path: PathBuf,
+    written: u64,
 }
 
 impl Runs {
@@ -303,23 +309,56 @@ impl Runs {
         if totals.is_empty() {
             return Ok(());
         }
-        let path = self.dir.join(self.paths.len().to_string());
+        let path = self.dir.join(self.runs.len().to_string());
         let mut w = BufWriter::with_capacity(1 << 16, File::create(&path)?);
+        let mut written = 0;
         for (tenant, meters) in totals {
             for (meter, tally) in meters {
                 Partial { tenant: tenant.clone(), meter, tally }.write(&mut w)?;
+                written += 1;
             }
         }
         w.into_inner().map_err(io::IntoInnerError::into_error)?;
-        self.paths.push(path);
+        self.runs.push(Run { path, written });
         Ok(())
+    }
+}
+
+/// A run being read: a record ahead, and how many were read.
+struct Reading {
+    run: Run,
+    file: BufReader<File>,
+    read: u64,
+    head: Option<Partial>,
+}
+
+impl Reading {
+    fn open(run: Run) -> io::Result<Reading> {
+        let file = BufReader::with_capacity(1 << 16, File::open(&run.path)?);
+        let mut reading = Reading { run, file, read: 0, head: None };
+        reading.head = reading.next()?;
+        Ok(reading)
+    }
+
+    /// The run's next record; at its end, an error unless every record written was read.
+    fn next(&mut self) -> io::Result<Option<Partial>> {
+        let record = Partial::read(&mut self.file)?;
+        match record {
+            Some(_) => self.read += 1,
+            None if self.read != self.run.written => {
+                let (path, read, written) = (self.run.path.display(), self.read, self.run.written);
+                let e = format!("{path} holds {read} records of the {written} written");
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            None => {}
+        }
+        Ok(record)
     }
 }
 
 /// Runs merged by `(tenant, meter)`, each read a record ahead.
 struct Merge {
-    runs: Vec<BufReader<File>>,
-    heads: Vec<Option<Partial>>,
+    runs: Vec<Reading>,
     order: BinaryHeap<Reverse<(String, usize, usize)>>,
     /// Groups of runs merged into one before this merge.
     premerged: usize,
@@ -330,35 +369,36 @@ impl Merge {
     /// into a run first while there are more.
     fn of(mut runs: Runs, meters: &[(String, Aggregation)]) -> Result<Merge, Error> {
         let mut premerged = 0;
-        while runs.paths.len() > RUNS_AT_ONCE {
+        while runs.runs.len() > RUNS_AT_ONCE {
             premerged += 1;
-            let group: Vec<PathBuf> = runs.paths.drain(..RUNS_AT_ONCE).collect();
-            let mut merge = Merge::open(&group)?;
-            let path = runs.dir.join(format!("{}-merged", runs.paths.len() + group.len()));
+            let group: Vec<Run> = runs.runs.drain(..RUNS_AT_ONCE).collect();
+            let done: Vec<PathBuf> = group.iter().map(|r| r.path.clone()).collect();
+            let mut merge = Merge::open(group)?;
+            let path = runs.dir.join(format!("{}-merged", runs.runs.len() + done.len()));
             let mut w = BufWriter::with_capacity(1 << 16, File::create(&path)?);
+            let mut written = 0;
             while let Some(p) = merge.next(meters)? {
                 p.write(&mut w)?;
+                written += 1;
             }
             w.into_inner().map_err(io::IntoInnerError::into_error)?;
             drop(merge);
-            for done in group {
-                std::fs::remove_file(done)?;
+            for path in done {
+                std::fs::remove_file(path)?;
             }
-            runs.paths.push(path);
+            runs.runs.push(Run { path, written });
         }
-        Ok(Merge { premerged, ..Merge::open(&runs.paths)? })
+        Ok(Merge { premerged, ..Merge::open(runs.runs)? })
     }
 
-    fn open(paths: &[PathBuf]) -> io::Result<Merge> {
-        let mut merge = Merge { runs: Vec::new(), heads: Vec::new(), order: BinaryHeap::new(), premerged: 0 };
-        for path in paths {
-            let mut r = BufReader::with_capacity(1 << 16, File::open(path)?);
-            let head = Partial::read(&mut r)?;
-            if let Some(h) = &head {
+    fn open(runs: Vec<Run>) -> io::Result<Merge> {
+        let mut merge = Merge { runs: Vec::new(), order: BinaryHeap::new(), premerged: 0 };
+        for run in runs {
+            let reading = Reading::open(run)?;
+            if let Some(h) = &reading.head {
                 merge.order.push(Reverse((h.tenant.clone(), h.meter, merge.runs.len())));
             }
-            merge.runs.push(r);
-            merge.heads.push(head);
+            merge.runs.push(reading);
         }
         Ok(merge)
     }
@@ -384,9 +424,10 @@ impl Merge {
 
     /// Run `run`'s record ahead, reading the one after it.
     fn advance(&mut self, run: usize) -> io::Result<Partial> {
-        let head = self.heads[run].take().ok_or_else(|| io::Error::other("a run's record read twice"))?;
-        self.heads[run] = Partial::read(&mut self.runs[run])?;
-        if let Some(h) = &self.heads[run] {
+        let reading = &mut self.runs[run];
+        let head = reading.head.take().ok_or_else(|| io::Error::other("a run's record read twice"))?;
+        reading.head = reading.next()?;
+        if let Some(h) = &reading.head {
             self.order.push(Reverse((h.tenant.clone(), h.meter, run)));
         }
         Ok(head)
@@ -872,6 +913,31 @@ mod tests {
         assert_eq!(totals, expected);
         assert_eq!(value(&totals, "a", "agent_tokens").as_deref(), Some("5003"), "3 + the loop's first 0 + 5,000");
         assert_eq!(value(&totals, "a", "largest_prompt").as_deref(), Some("3"));
+    }
+
+    /// A run that holds fewer records than were written to it (a disk that lost its end) stops
+    /// the read, naming it, rather than giving totals without them.
+    #[test]
+    fn a_run_cut_short_stops_the_read_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs = Runs { dir: dir.path().to_path_buf(), runs: Vec::new() };
+        let mut totals = Partials::new();
+        for tenant in ["a", "b", "c"] {
+            tally(&mut totals, tenant, 0).add(&Contribution::Count, 0, "").unwrap();
+        }
+        runs.write(totals).unwrap();
+        // The same run without its last record.
+        let mut w = File::create(&runs.runs[0].path).unwrap();
+        for tenant in ["a", "b"] {
+            let tally = Tally { value: Some(Decimal::ONE), latest: None };
+            Partial { tenant: tenant.into(), meter: 0, tally }.write(&mut w).unwrap();
+        }
+        drop(w);
+        let meters = [("work_orders".to_string(), Aggregation::Count)];
+        let mut merge = Merge::of(runs, &meters).unwrap();
+        assert_eq!(merge.next(&meters).unwrap().map(|p| p.tenant).as_deref(), Some("a"));
+        let e = merge.next(&meters).map(drop).unwrap_err().to_string();
+        assert!(e.contains("holds 2 records of the 3 written"), "{e}");
     }
 
     #[test]

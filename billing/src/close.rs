@@ -146,16 +146,13 @@ impl CloseLease {
     /// Fails once another process took the lease over (this one stalled past it): the close
     /// stops before it freezes or records anything more.
     fn check(&self) -> Result<(), Error> {
-        (self.watch())()
+        still_held(&self.lost)
     }
 
     /// [`CloseLease::check`], for a thread of the close.
     fn watch(&self) -> Box<dyn Fn() -> Result<(), Error> + Send + Sync> {
         let lost = self.lost.clone();
-        Box::new(move || match &*lost.lock().unwrap_or_else(|e| e.into_inner()) {
-            None => Ok(()),
-            Some((holder, period)) => Err(lost_to(holder, *period)),
-        })
+        Box::new(move || still_held(&lost))
     }
 
     async fn give_back(mut self) {
@@ -167,11 +164,14 @@ impl CloseLease {
     }
 }
 
-/// What a close that lost its lease to `holder`, closing `period`, fails with.
-fn lost_to(holder: &str, period: Period) -> Error {
-    Error::Conflict(format!(
-        "this close stalled past its lease and {holder} took over the close of {period}; retry once it finishes"
-    ))
+/// Fails once the lease was lost to another holder (named, with the period it closes).
+fn still_held(lost: &std::sync::Mutex<Option<(String, Period)>>) -> Result<(), Error> {
+    match &*lost.lock().unwrap_or_else(|e| e.into_inner()) {
+        None => Ok(()),
+        Some((holder, period)) => Err(Error::Conflict(format!(
+            "this close stalled past its lease and {holder} took over the close of {period}; retry once it finishes"
+        ))),
+    }
 }
 
 impl Drop for CloseLease {
@@ -687,7 +687,7 @@ fn report(
                 counted: c,
                 stored: s,
                 rated: r,
-                status: if flags.is_empty() { "ok".into() } else { flags.join("; ") },
+                status: if flags.is_empty() { ReportRow::OK.into() } else { flags.join("; ") },
             });
         }
     }
@@ -706,6 +706,46 @@ mod tests {
             t.entry(tenant.to_string()).or_default().insert(meter.to_string(), tally);
         }
         t
+    }
+
+    /// The walk stops where its close must: once the lease is lost it sends nothing more (not
+    /// its end, so the recording records nothing) and fails naming the new holder; once the
+    /// recording is gone (it failed, or found the period closed) it stops without an error of its
+    /// own, since the recording's answer is the close's.
+    #[test]
+    fn the_walk_stops_when_the_lease_is_lost_or_the_recording_gone() {
+        let book = PriceBook::parse(
+            meter_rater::pricebook::SAMPLE,
+            &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
+            &["active_users"],
+        )
+        .unwrap();
+        let period: Period = "2026-10".parse().unwrap();
+        let walk = |live: Box<dyn Fn() -> Result<(), Error> + Send + Sync>| Walk {
+            catalog: Arc::new(Catalog::new(vec![]).unwrap()),
+            period,
+            list: book.for_period(period).unwrap().clone(),
+            watermark_us: period.end_us(),
+            ranges: Box::new(Held {
+                subscriptions: vec![],
+                stored: totals(&[("x", "api_calls", 3), ("y", "api_calls", 4)]),
+                counted: None,
+                accepted: None,
+            }),
+            adjustments: BTreeMap::new(),
+            live,
+            tenants_a_part: 1,
+        };
+        let lost = std::sync::Mutex::new(Some(("elsewhere".to_string(), period)));
+        let lost = Arc::new(lost);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(10);
+        let e = walk(Box::new(move || still_held(&lost))).run(&tx, &|_, _| {}).unwrap_err();
+        assert!(matches!(&e, Error::Conflict(m) if m.contains("elsewhere")), "{e}");
+        assert!(rx.try_recv().is_err(), "nothing sent");
+
+        let (tx, rx) = tokio::sync::mpsc::channel(10);
+        drop(rx);
+        walk(Box::new(|| Ok(()))).run(&tx, &|_, _| {}).unwrap();
     }
 
     /// A close made in parts of any number of tenants is the close made in one: the same

@@ -953,26 +953,15 @@ impl UsageStore for SqliteStore {
     }
 
     async fn period_totals_in(&self, period: Period, after: Option<&str>, upto: Option<&str>) -> Result<Totals, Error> {
-        // One statement a shape, each kept prepared.
-        let (sql, bounds): (&'static str, Vec<&str>) = match (after, upto) {
-            (None, None) => {
-                ("SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1", vec![])
+        // A bound only where there is one (each shape kept prepared).
+        let mut sql = "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1".to_string();
+        let mut args = vec![period.to_string()];
+        for (bound, op) in [(after, ">"), (upto, "<=")] {
+            if let Some(b) = bound {
+                args.push(b.to_string());
+                sql.push_str(&format!(" AND tenant {op} ?{}", args.len()));
             }
-            (Some(a), None) => (
-                "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1 AND tenant > ?2",
-                vec![a],
-            ),
-            (None, Some(u)) => (
-                "SELECT tenant, meter, value, latest_us, latest_id FROM tallies WHERE bucket = ?1 AND tenant <= ?2",
-                vec![u],
-            ),
-            (Some(a), Some(u)) => (
-                "SELECT tenant, meter, value, latest_us, latest_id FROM tallies
-                 WHERE bucket = ?1 AND tenant > ?2 AND tenant <= ?3",
-                vec![a, u],
-            ),
-        };
-        let args = std::iter::once(period.to_string()).chain(bounds.into_iter().map(str::to_string)).collect();
+        }
         Ok(nest(self.keyed_tallies(sql, args).await?))
     }
 
@@ -1035,11 +1024,15 @@ impl UsageStore for SqliteStore {
 impl SqliteStore {
     /// Rows of two keys and a tally from `sql` (whose columns are the keys, then the tally's),
     /// read off the async runtime.
-    async fn keyed_tallies(&self, sql: &'static str, args: Vec<String>) -> Result<Vec<(String, String, Tally)>, Error> {
-        let reads = self.reads.clone();
+    async fn keyed_tallies(
+        &self,
+        sql: impl Into<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<(String, String, Tally)>, Error> {
+        let (reads, sql) = (self.reads.clone(), sql.into());
         let rows = blocking(move || {
             reads.with(|conn| {
-                let mut stmt = conn.prepare_cached(sql)?;
+                let mut stmt = conn.prepare_cached(&sql)?;
                 let rows = stmt
                     .query_map(meter_sqlite::rusqlite::params_from_iter(args), |r| {
                         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, tally_from(r, 2)?))

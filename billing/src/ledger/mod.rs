@@ -92,7 +92,7 @@ impl Closed {
     /// What `close`, held whole, comes to without its rows.
     pub fn of(close: Close) -> Closed {
         let (header, invoices, report) = apart(close);
-        Closed { header, invoices: invoices.len(), differences: report.iter().filter(|r| r.status != "ok").count() }
+        Closed { header, invoices: invoices.len(), differences: report.iter().filter(|r| r.differs()).count() }
     }
 }
 
@@ -145,18 +145,14 @@ const CLOSE_LEASE_SQL: &str = "
 /// The filter of [`LedgerStore::subscriptions_after`] on `subscriptions`, written once for every
 /// backend (parameters: the tenant after which, or `''` from the first; how many tenants;
 /// created before): the next tenants that have one, from the index by tenant, then theirs.
-fn subscriptions_after_filter(after: bool) -> &'static str {
-    if after {
-        "WHERE tenant > ?1 AND created_us < ?3 AND tenant <= (SELECT max(tenant) FROM
-             (SELECT DISTINCT tenant FROM subscriptions WHERE tenant > ?1 AND created_us < ?3
+fn subscriptions_after_filter(after: bool) -> String {
+    let from = if after { "tenant > ?1" } else { "tenant >= ?1" };
+    format!(
+        "WHERE {from} AND created_us < ?3 AND tenant <= (SELECT max(tenant) FROM
+             (SELECT DISTINCT tenant FROM subscriptions WHERE {from} AND created_us < ?3
               ORDER BY tenant LIMIT ?2) t)
          ORDER BY tenant, created_us, id"
-    } else {
-        "WHERE tenant >= ?1 AND created_us < ?3 AND tenant <= (SELECT max(tenant) FROM
-             (SELECT DISTINCT tenant FROM subscriptions WHERE tenant >= ?1 AND created_us < ?3
-              ORDER BY tenant LIMIT ?2) t)
-         ORDER BY tenant, created_us, id"
-    }
+    )
 }
 
 /// A stored close holder, read back.
@@ -587,7 +583,7 @@ impl Written {
     pub fn add(&mut self, invoices: &[meter_rater::Invoice], report: &[ReportRow]) {
         self.invoices += invoices.len();
         self.rows += report.len();
-        self.differences += report.iter().filter(|r| r.status != "ok").count();
+        self.differences += report.iter().filter(|r| r.differs()).count();
     }
 
     /// The close `header` with the rows written.

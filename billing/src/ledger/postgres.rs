@@ -252,7 +252,7 @@ impl LedgerStore for PgLedger {
         tenants: usize,
         before_us: i64,
     ) -> Result<Vec<Subscription>, Error> {
-        let filter = numbered(super::subscriptions_after_filter(after.is_some()));
+        let filter = numbered(&super::subscriptions_after_filter(after.is_some()));
         let (from, tenants) = (after.unwrap_or_default(), tenants as i64);
         self.pg.with(async move |c| load(&c, &filter, &[&from, &tenants, &before_us]).await).await
     }

@@ -27,6 +27,16 @@ pub struct ReportRow {
     pub status: String,
 }
 
+impl ReportRow {
+    /// The status of a row whose figures agree.
+    pub const OK: &'static str = "ok";
+
+    /// Whether its figures differ (a status other than [`ReportRow::OK`]).
+    pub fn differs(&self) -> bool {
+        self.status != Self::OK
+    }
+}
+
 /// A closed period: its drafts, its report and what it was frozen at.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Close {

@@ -14,7 +14,7 @@ use meter_sqlite::rusqlite::{Connection, OptionalExtension, params};
 use meter_sqlite::{Durability, ReadPool, Shared, blocking, migrate, open};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -137,10 +137,10 @@ const PART_BYTES: usize = 64 << 20;
 /// The ledger in one SQLite file. Every write is one SQLite transaction.
 pub struct SqliteLedger {
     conn: Shared,
-    /// Set while this process records a close, on a connection of its own: the shared
-    /// connection's writers then fail at once instead of holding it through the busy timeout
-    /// (its readers read on), and the close lease is read, not written.
-    recording: Arc<AtomicBool>,
+    /// How many closes this process is recording, each on a connection of its own: while any,
+    /// the shared connection's writers fail at once instead of holding it through the busy
+    /// timeout (its readers read on), and the close lease is read, not written.
+    recording: Arc<AtomicUsize>,
     path: std::path::PathBuf,
     /// Reads that must not wait for `conn` (a close walks the subscriptions while it records).
     reads: Arc<ReadPool>,
@@ -170,7 +170,7 @@ impl SqliteLedger {
         let recording = self.recording.clone();
         self.conn
             .with(move |c| {
-                if !recording.load(Ordering::SeqCst) {
+                if recording.load(Ordering::SeqCst) == 0 {
                     return f(c);
                 }
                 c.busy_timeout(std::time::Duration::ZERO)?;
@@ -251,7 +251,7 @@ impl LedgerStore for SqliteLedger {
         let reads = self.reads.clone();
         let filter = super::subscriptions_after_filter(after.is_some());
         let from = after.unwrap_or_default();
-        blocking(move || reads.with(|c| Ok(load(c, filter, params![from, tenants as i64, before_us])))).await?
+        blocking(move || reads.with(|c| Ok(load(c, &filter, params![from, tenants as i64, before_us])))).await?
     }
 
     async fn close_of(&self, period: Period) -> Result<Option<Close>, Error> {
@@ -461,7 +461,7 @@ impl LedgerStore for SqliteLedger {
         until_us: i64,
         now_us: i64,
     ) -> Result<Option<CloseHolder>, Error> {
-        let recording = self.recording.load(Ordering::SeqCst);
+        let recording = self.recording.load(Ordering::SeqCst) > 0;
         self.with(move |c| {
             let tx = c.transaction()?;
             let held = || -> Result<Option<CloseHolder>, Error> {
@@ -891,19 +891,19 @@ fn fill_invoices(conn: &mut Connection) -> Result<(), Error> {
 
 /// The close of `period`: its body (whole, or from its parts), with its invoices and report rows
 /// when they are rows of their own.
-/// Marks this process's ledger as recording a close for as long as it lives.
-struct Recording(Arc<AtomicBool>);
+/// Counts a close this process's ledger records, for as long as it lives.
+struct Recording(Arc<AtomicUsize>);
 
 impl Recording {
-    fn start(flag: Arc<AtomicBool>) -> Recording {
-        flag.store(true, Ordering::SeqCst);
-        Recording(flag)
+    fn start(count: Arc<AtomicUsize>) -> Recording {
+        count.fetch_add(1, Ordering::SeqCst);
+        Recording(count)
     }
 }
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
