@@ -714,12 +714,7 @@ mod tests {
     /// own, since the recording's answer is the close's.
     #[test]
     fn the_walk_stops_when_the_lease_is_lost_or_the_recording_gone() {
-        let book = PriceBook::parse(
-            meter_rater::pricebook::SAMPLE,
-            &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
-            &["active_users"],
-        )
-        .unwrap();
+        let book = sample_book();
         let period: Period = "2026-10".parse().unwrap();
         let walk = |live: Box<dyn Fn() -> Result<(), Error> + Send + Sync>| Walk {
             catalog: Arc::new(Catalog::new(vec![]).unwrap()),
@@ -752,6 +747,16 @@ mod tests {
     /// invoices and report rows in the same order, the same totals, whatever falls on a part's
     /// edge (a tenant's two subscriptions, usage without a subscription, a tenant the census alone
     /// saw, adjustment lines in the list's currency and in another).
+    /// The sample price book over the default meters.
+    fn sample_book() -> PriceBook {
+        PriceBook::parse(
+            meter_rater::pricebook::SAMPLE,
+            &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
+            &["active_users"],
+        )
+        .unwrap()
+    }
+
     /// Subscriptions (by tenant) and totals held in memory, read by range as the stores read them.
     struct Held {
         subscriptions: Vec<Subscription>,
@@ -786,12 +791,7 @@ mod tests {
 
     #[test]
     fn the_parts_of_a_close_are_the_close_made_in_one() {
-        let book = PriceBook::parse(
-            meter_rater::pricebook::SAMPLE,
-            &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
-            &["active_users"],
-        )
-        .unwrap();
+        let book = sample_book();
         let period: Period = "2026-10".parse().unwrap();
         let list = book.for_period(period).unwrap().clone();
         let setup = |plan: &str| meter_rater::Setup {
@@ -925,12 +925,7 @@ mod tests {
             totals(&[("a", "work_orders", 10), ("b", "work_orders", 4), ("c", "api_calls", 3), ("d", "api_calls", 2)]);
         let stored =
             totals(&[("a", "work_orders", 9), ("b", "work_orders", 4), ("c", "api_calls", 3), ("d", "api_calls", 2)]);
-        let book = PriceBook::parse(
-            meter_rater::pricebook::SAMPLE,
-            &["work_orders", "work_orders_completed", "agent_invocations", "agent_tokens", "api_calls", "active_users"],
-            &["active_users"],
-        )
-        .unwrap();
+        let book = sample_book();
         let list = book.lists().last().unwrap();
         let mut inv = Invoice::empty("a", "s", "2026-10".parse().unwrap(), list);
         let line = meter_rater::Line {
